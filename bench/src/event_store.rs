@@ -1,0 +1,616 @@
+//! Event store throughput benchmark: how fast `cloudsync-eventstore` appends and reads on each backend,
+//! next to the ceiling of a raw INSERT loop on the same database in the same run.
+//!
+//! For each backend (SQLite: a fresh file in a temporary folder, opened through `Database::connect`, so
+//! WAL + `synchronous=FULL`; PostgreSQL: a fresh database `cs_bench_<uuid>` created on
+//! `postgres://postgres@127.0.0.1:5432/postgres`, or `$CLOUDSYNC_BENCH_POSTGRES_URL`, and dropped at the
+//! end) it measures:
+//!
+//! 1. appends/s of single-event transactions from 1 writer, each to a new stream (`ExpectedVersion::NoStream`);
+//! 2. the same from 16 concurrent writers (tokio tasks);
+//! 3. events/s of appends that carry a batch of 100 events each;
+//! 4. the catch-up read rate: events/s reading the whole log with `read_all` in pages of 1000.
+//!
+//! Beside each, the raw ceiling: a plain table `raw_events(id, stream_id, payload)` (bigserial + jsonb on
+//! PostgreSQL, INTEGER PRIMARY KEY + TEXT on SQLite) written with sqlx directly: single-row autocommit
+//! INSERTs from 1 and from 16 writers, and 100-row multi-value INSERTs; for the read row, a keyset-paged
+//! `SELECT` of 1000 rows at a time. The raw pool on SQLite is a second pool on the same file with the same
+//! pragmas as the store's; on PostgreSQL a second pool with the same options.
+//!
+//! Knobs (environment):
+//! - `BENCH_EVENTS`: single-event appends per write scenario (default 5000);
+//! - `BENCH_BATCHES`: 100-event batches for scenario 3 (default `BENCH_EVENTS / 25`, i.e. 200);
+//! - `BENCH_MAX_SECS`: a cap on each measurement, so a slow disk cannot stretch the run (default 10);
+//! - `BENCH_BACKENDS`: `sqlite,postgres` (default both);
+//! - `CLOUDSYNC_BENCH_POSTGRES_URL`: the PostgreSQL server's admin URL.
+//!
+//! The result is a Markdown table on stdout (progress goes to stderr). Run it with:
+//!
+//! ```text
+//! cargo run --release -p cloudsync-bench --bin event_store
+//! ```
+
+use std::future::Future;
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, bail};
+use cloudsync_eventstore::{Database, EventMetadata, EventStore, ExpectedVersion, NewEvent, StreamAppend, append_to};
+use serde_json::{Value, json};
+use sqlx::postgres::PgPoolOptions;
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::{Connection as _, PgPool, SqlitePool};
+use tokio::task::JoinSet;
+use uuid::Uuid;
+
+const DEFAULT_POSTGRES_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
+const BATCH_SIZE: usize = 100;
+const PAGE_SIZE: i64 = 1000;
+const WRITERS: usize = 16;
+/// Unmeasured operations run before the write scenarios, to open connections and fill statement caches.
+const WARM_UP_OPS: u64 = 32;
+
+/// What one run does, read from the environment.
+#[derive(Debug, Clone)]
+struct Config {
+    events: u64,
+    batches: u64,
+    max: Duration,
+    sqlite: bool,
+    postgres: bool,
+    postgres_url: String,
+}
+
+impl Config {
+    fn from_env() -> anyhow::Result<Self> {
+        let events = env_u64("BENCH_EVENTS")?.unwrap_or(5000).max(1);
+        let batches = env_u64("BENCH_BATCHES")?.unwrap_or(events / 25).max(1);
+        let max = Duration::from_secs(env_u64("BENCH_MAX_SECS")?.unwrap_or(10).max(1));
+        let backends = std::env::var("BENCH_BACKENDS").unwrap_or_else(|_| "sqlite,postgres".into());
+        let mut sqlite = false;
+        let mut postgres = false;
+        for name in backends.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+            match name {
+                "sqlite" => sqlite = true,
+                "postgres" => postgres = true,
+                other => bail!("BENCH_BACKENDS: unknown backend {other:?} (expected sqlite and/or postgres)"),
+            }
+        }
+        let postgres_url = std::env::var("CLOUDSYNC_BENCH_POSTGRES_URL").unwrap_or_else(|_| DEFAULT_POSTGRES_URL.into());
+        Ok(Self { events, batches, max, sqlite, postgres, postgres_url })
+    }
+}
+
+fn env_u64(name: &str) -> anyhow::Result<Option<u64>> {
+    match std::env::var(name) {
+        Ok(value) => value.trim().parse().map(Some).with_context(|| format!("{name}={value:?} is not a whole number")),
+        Err(std::env::VarError::NotPresent) => Ok(None),
+        Err(err) => Err(err).with_context(|| format!("reading {name}")),
+    }
+}
+
+/// The outcome of one timed loop.
+#[derive(Debug, Clone, Copy)]
+struct Measured {
+    /// Events (or rows) written or read.
+    units: u64,
+    /// Operations (appends, INSERT statements, pages) completed.
+    ops: u64,
+    elapsed: Duration,
+    /// Stopped by the `BENCH_MAX_SECS` cap before it did every planned operation.
+    capped: bool,
+}
+
+impl Measured {
+    fn rate(&self) -> f64 {
+        let secs = self.elapsed.as_secs_f64();
+        if secs > 0.0 { self.units as f64 / secs } else { 0.0 }
+    }
+
+    fn describe(&self) -> String {
+        format!(
+            "{} in {} ops, {:.2} s{}",
+            thousands(self.units as f64),
+            thousands(self.ops as f64),
+            self.elapsed.as_secs_f64(),
+            if self.capped { ", capped" } else { "" }
+        )
+    }
+}
+
+/// One line of the result table.
+struct Row {
+    backend: &'static str,
+    scenario: &'static str,
+    store: Measured,
+    raw: Measured,
+}
+
+/// Runs `op(0)`, `op(1)`, … up to `total_ops` (or until `max` has passed) from `writers` concurrent tasks;
+/// each `op` returns how many units it did.
+async fn drive<F, Fut>(writers: usize, total_ops: u64, max: Duration, op: F) -> anyhow::Result<Measured>
+where
+    F: Fn(u64) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = anyhow::Result<u64>> + Send + 'static,
+{
+    let op = Arc::new(op);
+    let next = Arc::new(AtomicU64::new(0));
+    let start = Instant::now();
+    let deadline = start + max;
+    let mut tasks = JoinSet::new();
+    for _ in 0..writers {
+        let op = Arc::clone(&op);
+        let next = Arc::clone(&next);
+        tasks.spawn(async move {
+            let (mut units, mut ops) = (0_u64, 0_u64);
+            while Instant::now() < deadline {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                if i >= total_ops {
+                    break;
+                }
+                units += op(i).await?;
+                ops += 1;
+            }
+            anyhow::Ok((units, ops))
+        });
+    }
+    let (mut units, mut ops) = (0, 0);
+    let mut failure = None;
+    while let Some(joined) = tasks.join_next().await {
+        match joined.context("a benchmark task panicked").and_then(|r| r) {
+            Ok((u, o)) => {
+                units += u;
+                ops += o;
+            }
+            Err(err) => {
+                // Stop the others rather than let them run to the deadline.
+                tasks.abort_all();
+                if failure.is_none() {
+                    failure = Some(err);
+                }
+            }
+        }
+    }
+    if let Some(err) = failure {
+        return Err(err);
+    }
+    Ok(Measured { units, ops, elapsed: start.elapsed(), capped: ops < total_ops })
+}
+
+/// A realistic event payload (about 200 bytes of JSON).
+fn payload(i: u64) -> Value {
+    json!({
+        "file_id": Uuid::new_v4(),
+        "path": format!("/bench/folder-{}/file-{i:08}.bin", i % 97),
+        "size_bytes": 4096 + i,
+        "mime_type": "application/octet-stream",
+        "checksum": format!("{:064x}", u128::from(i).wrapping_mul(0x9e37_79b9_7f4a_7c15)),
+    })
+}
+
+fn new_event(i: u64, metadata: EventMetadata) -> NewEvent {
+    NewEvent { event_type: "FileUploaded".into(), schema_version: 1, payload: payload(i), metadata }
+}
+
+fn new_stream() -> String {
+    format!("file-{}", Uuid::new_v4().simple())
+}
+
+// ---- CloudSync event store ----
+
+/// Single-event appends, each to a new stream.
+async fn store_single(store: &Arc<dyn EventStore>, writers: usize, total: u64, max: Duration) -> anyhow::Result<Measured> {
+    let store = Arc::clone(store);
+    let actor = Uuid::new_v4();
+    drive(writers, total, max, move |i| {
+        let store = Arc::clone(&store);
+        async move {
+            let event = new_event(i, EventMetadata::new(Some(actor)));
+            append_to(store.as_ref(), &new_stream(), ExpectedVersion::NoStream, vec![event])
+                .await
+                .context("single-event append")?;
+            Ok(1)
+        }
+    })
+    .await
+}
+
+/// Appends of `BATCH_SIZE` events each, each to a new stream.
+async fn store_batches(store: &Arc<dyn EventStore>, total: u64, max: Duration) -> anyhow::Result<Measured> {
+    let store = Arc::clone(store);
+    let actor = Uuid::new_v4();
+    drive(1, total, max, move |i| {
+        let store = Arc::clone(&store);
+        async move {
+            let first = EventMetadata::new(Some(actor));
+            let events: Vec<NewEvent> = (0..BATCH_SIZE as u64)
+                .map(|k| new_event(i * BATCH_SIZE as u64 + k, if k == 0 { first.clone() } else { first.next() }))
+                .collect();
+            let count = events.len() as u64;
+            store
+                .append(vec![StreamAppend { stream: new_stream(), expected: ExpectedVersion::NoStream, events }])
+                .await
+                .context("batch append")?;
+            Ok(count)
+        }
+    })
+    .await
+}
+
+/// Reads the whole log with `read_all` in pages of `PAGE_SIZE`.
+async fn store_catch_up(store: &dyn EventStore) -> anyhow::Result<Measured> {
+    let start = Instant::now();
+    let (mut after, mut units, mut ops) = (0_i64, 0_u64, 0_u64);
+    loop {
+        let page = store.read_all(after, PAGE_SIZE).await.context("read_all")?;
+        let Some(last) = page.last() else { break };
+        after = last.position;
+        units += page.len() as u64;
+        ops += 1;
+    }
+    Ok(Measured { units, ops, elapsed: start.elapsed(), capped: false })
+}
+
+// ---- Raw sqlx ceiling ----
+
+#[derive(Clone)]
+enum RawPool {
+    Sqlite(SqlitePool),
+    Postgres(PgPool),
+}
+
+/// The `raw_events` table and the statements that write and read it.
+#[derive(Clone)]
+struct Raw {
+    pool: RawPool,
+    insert_one: Arc<str>,
+    insert_batch: Arc<str>,
+    read_page: Arc<str>,
+}
+
+impl Raw {
+    async fn sqlite(pool: SqlitePool) -> anyhow::Result<Self> {
+        sqlx::query("CREATE TABLE raw_events (id INTEGER PRIMARY KEY, stream_id TEXT NOT NULL, payload TEXT NOT NULL)")
+            .execute(&pool)
+            .await
+            .context("create raw_events on SQLite")?;
+        let values = vec!["(?, ?)"; BATCH_SIZE].join(", ");
+        Ok(Self {
+            pool: RawPool::Sqlite(pool),
+            insert_one: "INSERT INTO raw_events (stream_id, payload) VALUES (?, ?)".into(),
+            insert_batch: format!("INSERT INTO raw_events (stream_id, payload) VALUES {values}").into(),
+            read_page: "SELECT id, stream_id, payload FROM raw_events WHERE id > ? ORDER BY id LIMIT ?".into(),
+        })
+    }
+
+    async fn postgres(pool: PgPool) -> anyhow::Result<Self> {
+        sqlx::query("CREATE TABLE raw_events (id BIGSERIAL PRIMARY KEY, stream_id TEXT NOT NULL, payload JSONB NOT NULL)")
+            .execute(&pool)
+            .await
+            .context("create raw_events on PostgreSQL")?;
+        let values =
+            (0..BATCH_SIZE).map(|r| format!("(${}, ${}::jsonb)", 2 * r + 1, 2 * r + 2)).collect::<Vec<_>>().join(", ");
+        Ok(Self {
+            pool: RawPool::Postgres(pool),
+            insert_one: "INSERT INTO raw_events (stream_id, payload) VALUES ($1, $2::jsonb)".into(),
+            insert_batch: format!("INSERT INTO raw_events (stream_id, payload) VALUES {values}").into(),
+            read_page: "SELECT id, stream_id, payload::text FROM raw_events WHERE id > $1 ORDER BY id LIMIT $2".into(),
+        })
+    }
+
+    async fn insert_one(&self, stream: &str, payload: &str) -> anyhow::Result<()> {
+        match &self.pool {
+            RawPool::Sqlite(p) => sqlx::query(&self.insert_one).bind(stream).bind(payload).execute(p).await.map(drop),
+            RawPool::Postgres(p) => sqlx::query(&self.insert_one).bind(stream).bind(payload).execute(p).await.map(drop),
+        }
+        .context("raw single-row INSERT")
+    }
+
+    async fn insert_batch(&self, rows: &[(String, String)]) -> anyhow::Result<()> {
+        match &self.pool {
+            RawPool::Sqlite(p) => {
+                let mut query = sqlx::query(&self.insert_batch);
+                for (stream, payload) in rows {
+                    query = query.bind(stream).bind(payload);
+                }
+                query.execute(p).await.map(drop)
+            }
+            RawPool::Postgres(p) => {
+                let mut query = sqlx::query(&self.insert_batch);
+                for (stream, payload) in rows {
+                    query = query.bind(stream).bind(payload);
+                }
+                query.execute(p).await.map(drop)
+            }
+        }
+        .context("raw multi-row INSERT")
+    }
+
+    async fn read_page(&self, after: i64) -> anyhow::Result<Vec<(i64, String, String)>> {
+        match &self.pool {
+            RawPool::Sqlite(p) => sqlx::query_as(&self.read_page).bind(after).bind(PAGE_SIZE).fetch_all(p).await,
+            RawPool::Postgres(p) => sqlx::query_as(&self.read_page).bind(after).bind(PAGE_SIZE).fetch_all(p).await,
+        }
+        .context("raw paged SELECT")
+    }
+
+    async fn close(&self) {
+        match &self.pool {
+            RawPool::Sqlite(p) => p.close().await,
+            RawPool::Postgres(p) => p.close().await,
+        }
+    }
+}
+
+/// Single-row autocommit INSERTs.
+async fn raw_single(raw: &Raw, writers: usize, total: u64, max: Duration) -> anyhow::Result<Measured> {
+    let raw = raw.clone();
+    drive(writers, total, max, move |i| {
+        let raw = raw.clone();
+        async move {
+            raw.insert_one(&new_stream(), &payload(i).to_string()).await?;
+            Ok(1)
+        }
+    })
+    .await
+}
+
+/// `BATCH_SIZE`-row multi-value INSERTs.
+async fn raw_batches(raw: &Raw, total: u64, max: Duration) -> anyhow::Result<Measured> {
+    let raw = raw.clone();
+    drive(1, total, max, move |i| {
+        let raw = raw.clone();
+        async move {
+            let stream = new_stream();
+            let rows: Vec<(String, String)> =
+                (0..BATCH_SIZE as u64).map(|k| (stream.clone(), payload(i * BATCH_SIZE as u64 + k).to_string())).collect();
+            raw.insert_batch(&rows).await?;
+            Ok(rows.len() as u64)
+        }
+    })
+    .await
+}
+
+/// Reads the whole raw table with keyset paging.
+async fn raw_catch_up(raw: &Raw) -> anyhow::Result<Measured> {
+    let start = Instant::now();
+    let (mut after, mut units, mut ops) = (0_i64, 0_u64, 0_u64);
+    loop {
+        let page = raw.read_page(after).await?;
+        let Some((last, _, _)) = page.last() else { break };
+        after = *last;
+        units += page.len() as u64;
+        ops += 1;
+    }
+    Ok(Measured { units, ops, elapsed: start.elapsed(), capped: false })
+}
+
+// ---- Per backend ----
+
+/// Runs every scenario on one connected backend, pushing each finished row into `rows`.
+async fn bench_backend(
+    backend: &'static str,
+    db: &Database,
+    raw: &Raw,
+    cfg: &Config,
+    rows: &mut Vec<Row>,
+) -> anyhow::Result<()> {
+    let store = &db.events;
+    eprintln!("[{backend}] warming up");
+    store_single(store, WRITERS, WARM_UP_OPS, cfg.max).await.context("warm-up (store)")?;
+    raw_single(raw, WRITERS, WARM_UP_OPS, cfg.max).await.context("warm-up (raw)")?;
+
+    let mut record = |scenario: &'static str, store: Measured, raw: Measured| {
+        eprintln!(
+            "[{backend}] {scenario}: CloudSync {:.0}/s ({}), raw {:.0}/s ({})",
+            store.rate(),
+            store.describe(),
+            raw.rate(),
+            raw.describe()
+        );
+        rows.push(Row { backend, scenario, store, raw });
+    };
+
+    let s = store_single(store, 1, cfg.events, cfg.max).await.context("store: single-event appends, 1 writer")?;
+    let r = raw_single(raw, 1, cfg.events, cfg.max).await.context("raw: single-row INSERTs, 1 writer")?;
+    record("single-event appends, 1 writer", s, r);
+
+    let s = store_single(store, WRITERS, cfg.events, cfg.max).await.context("store: single-event appends, 16 writers")?;
+    let r = raw_single(raw, WRITERS, cfg.events, cfg.max).await.context("raw: single-row INSERTs, 16 writers")?;
+    record("single-event appends, 16 writers", s, r);
+
+    let s = store_batches(store, cfg.batches, cfg.max).await.context("store: 100-event batches")?;
+    let r = raw_batches(raw, cfg.batches, cfg.max).await.context("raw: 100-row INSERTs")?;
+    record("batches of 100 events, 1 writer", s, r);
+
+    let s = store_catch_up(store.as_ref()).await.context("store: catch-up read")?;
+    let r = raw_catch_up(raw).await.context("raw: catch-up read")?;
+    record("catch-up read, pages of 1000 (raw: keyset SELECT)", s, r);
+    Ok(())
+}
+
+async fn run_sqlite(cfg: &Config, rows: &mut Vec<Row>) -> anyhow::Result<()> {
+    let dir = std::env::temp_dir().join(format!("cloudsync-bench-{}", Uuid::new_v4().simple()));
+    std::fs::create_dir_all(&dir).with_context(|| format!("create {}", dir.display()))?;
+    let result = sqlite_in(&dir, cfg, rows).await;
+    if let Err(err) = std::fs::remove_dir_all(&dir) {
+        eprintln!("warning: could not remove {}: {err}", dir.display());
+    }
+    result
+}
+
+async fn sqlite_in(dir: &Path, cfg: &Config, rows: &mut Vec<Row>) -> anyhow::Result<()> {
+    let path = dir.join("cloudsync.db");
+    let url = format!("sqlite://{}", path.display());
+    eprintln!("[sqlite] {}", path.display());
+    let db = Database::connect(&url, true).await.with_context(|| format!("connect and migrate {url}"))?;
+    // The same options `Database::connect` uses for the store's pool.
+    let options = SqliteConnectOptions::new()
+        .filename(&path)
+        .create_if_missing(true)
+        .journal_mode(SqliteJournalMode::Wal)
+        .synchronous(SqliteSynchronous::Full)
+        .busy_timeout(Duration::from_secs(30))
+        .foreign_keys(true);
+    let pool = SqlitePoolOptions::new().max_connections(8).connect_with(options).await.context("open the raw SQLite pool")?;
+    let raw = Raw::sqlite(pool).await?;
+    let result = bench_backend("sqlite", &db, &raw, cfg, rows).await;
+    raw.close().await;
+    db.close().await;
+    result
+}
+
+/// The URL of database `name` on the server of `admin` (keeping credentials and query parameters).
+fn database_url(admin: &str, name: &str) -> anyhow::Result<String> {
+    let (base, query) = admin.split_once('?').map_or((admin, None), |(b, q)| (b, Some(q)));
+    let (scheme, rest) = base.split_once("://").with_context(|| format!("{admin:?} is not a postgres:// URL"))?;
+    let authority = rest.split_once('/').map_or(rest, |(a, _)| a);
+    Ok(match query {
+        Some(q) => format!("{scheme}://{authority}/{name}?{q}"),
+        None => format!("{scheme}://{authority}/{name}"),
+    })
+}
+
+async fn run_postgres(cfg: &Config, rows: &mut Vec<Row>) -> anyhow::Result<()> {
+    let admin = &cfg.postgres_url;
+    let name = format!("cs_bench_{}", Uuid::new_v4().simple());
+    let url = database_url(admin, &name)?;
+    {
+        let mut conn = sqlx::PgConnection::connect(admin)
+            .await
+            .with_context(|| format!("connect to PostgreSQL at {admin} (set CLOUDSYNC_BENCH_POSTGRES_URL)"))?;
+        sqlx::query(&format!("CREATE DATABASE {name}")).execute(&mut conn).await.with_context(|| format!("create {name}"))?;
+        conn.close().await.context("close the admin connection")?;
+    }
+    eprintln!("[postgres] database {name}");
+    let result = postgres_in(&url, cfg, rows).await;
+    let dropped = async {
+        let mut conn = sqlx::PgConnection::connect(admin).await?;
+        sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")).execute(&mut conn).await?;
+        conn.close().await
+    }
+    .await
+    .with_context(|| format!("drop the benchmark database {name}"));
+    match (result, dropped) {
+        (Err(err), Err(drop_err)) => {
+            eprintln!("error: {drop_err:#}");
+            Err(err)
+        }
+        (Err(err), Ok(())) | (Ok(()), Err(err)) => Err(err),
+        (Ok(()), Ok(())) => Ok(()),
+    }
+}
+
+async fn postgres_in(url: &str, cfg: &Config, rows: &mut Vec<Row>) -> anyhow::Result<()> {
+    let db = Database::connect(url, true).await.context("connect and migrate the benchmark database")?;
+    // The same options `Database::connect` uses for the store's pool.
+    let pool = PgPoolOptions::new()
+        .max_connections(24)
+        .acquire_timeout(Duration::from_secs(10))
+        .connect(url)
+        .await
+        .context("open the raw PostgreSQL pool")?;
+    let raw = Raw::postgres(pool).await?;
+    let result = bench_backend("postgres", &db, &raw, cfg, rows).await;
+    raw.close().await;
+    db.close().await;
+    result
+}
+
+// ---- Output ----
+
+/// `1234567.8` → `"1,234,568"`.
+fn thousands(x: f64) -> String {
+    let digits = format!("{:.0}", x.max(0.0));
+    let mut out = String::with_capacity(digits.len() + digits.len() / 3);
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+fn cpu_model() -> Option<String> {
+    let info = std::fs::read_to_string("/proc/cpuinfo").ok()?;
+    info.lines()
+        .find(|l| l.starts_with("model name"))
+        .and_then(|l| l.split_once(':'))
+        .map(|(_, model)| model.trim().to_owned())
+}
+
+fn print_report(cfg: &Config, rows: &[Row]) {
+    let nproc = std::thread::available_parallelism().map_or(0, std::num::NonZeroUsize::get);
+    let cpu = cpu_model().map(|m| format!(" ({m})")).unwrap_or_default();
+    println!("# CloudSync event store benchmark");
+    println!();
+    println!(
+        "nproc {nproc}{cpu}, {}/{}, {}; BENCH_EVENTS={} single-event appends per scenario, {} batches of {BATCH_SIZE}, \
+         cap {} s per measurement",
+        std::env::consts::OS,
+        std::env::consts::ARCH,
+        chrono::Utc::now().format("%Y-%m-%d %H:%M:%S UTC"),
+        cfg.events,
+        cfg.batches,
+        cfg.max.as_secs(),
+    );
+    println!();
+    println!("| backend | scenario | CloudSync events/s | raw INSERT rows/s | ratio |");
+    println!("|---|---|---:|---:|---:|");
+    for row in rows {
+        let (s, r) = (row.store.rate(), row.raw.rate());
+        let ratio = if r > 0.0 { format!("{:.2}", s / r) } else { "n/a".into() };
+        let mark = |m: &Measured| if m.capped { " †" } else { "" };
+        println!(
+            "| {} | {} | {}{} | {}{} | {ratio} |",
+            row.backend,
+            row.scenario,
+            thousands(s),
+            mark(&row.store),
+            thousands(r),
+            mark(&row.raw)
+        );
+    }
+    println!();
+    println!("ratio = CloudSync / raw. † = stopped by the {} s cap before all planned operations.", cfg.max.as_secs());
+    println!(
+        "Raw table: no secondary indexes or version checks; raw read = keyset-paged SELECT without JSON decoding."
+    );
+    println!();
+    for row in rows {
+        println!(
+            "- {} / {}: CloudSync {}; raw {}",
+            row.backend,
+            row.scenario,
+            row.store.describe(),
+            row.raw.describe()
+        );
+    }
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cfg = Config::from_env()?;
+    let mut rows = Vec::new();
+    let mut failures = Vec::new();
+    if cfg.sqlite
+        && let Err(err) = run_sqlite(&cfg, &mut rows).await
+    {
+        eprintln!("sqlite benchmark failed: {err:#}");
+        failures.push("sqlite");
+    }
+    if cfg.postgres
+        && let Err(err) = run_postgres(&cfg, &mut rows).await
+    {
+        eprintln!("postgres benchmark failed: {err:#}");
+        failures.push("postgres");
+    }
+    print_report(&cfg, &rows);
+    if !failures.is_empty() {
+        bail!("the benchmark failed on {}", failures.join(" and "));
+    }
+    Ok(())
+}

@@ -1,0 +1,334 @@
+//! Command handlers: load the aggregate from its stream, let it decide, append what it decided with
+//! the version it was loaded at. Nothing here reads a read model.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use chrono::Utc;
+use cloudsync_domain::file::{File, FileCommand};
+use cloudsync_domain::ids::email_stream;
+use cloudsync_domain::provider::{ProviderCommand, ProviderConnection};
+use cloudsync_domain::sync_job::{JobKind, SyncJob, SyncJobCommand};
+use cloudsync_domain::user::{User, UserCommand};
+use cloudsync_domain::{Aggregate, DomainEvent, Email, FileId, ProviderId, ProviderKind, ProviderPath, SyncJobId, UserId};
+use cloudsync_eventstore::{EventMetadata, EventStore, ExpectedVersion, NewEvent, StreamAppend};
+use serde_json::{Value, json};
+use uuid::Uuid;
+
+use crate::CommandError;
+use crate::local::LocalRoot;
+
+/// Who issues a command and which request it belongs to; stamped on every event it causes.
+#[derive(Debug, Clone, Copy)]
+pub struct Context {
+    pub actor: Option<UserId>,
+    pub correlation_id: Uuid,
+    pub causation_id: Option<Uuid>,
+}
+
+impl Context {
+    /// A new correlation on behalf of `actor`.
+    pub fn new(actor: Option<UserId>) -> Self {
+        Self { actor, correlation_id: Uuid::new_v4(), causation_id: None }
+    }
+
+    pub(crate) fn metadata(&self) -> EventMetadata {
+        EventMetadata {
+            event_id: Uuid::new_v4(),
+            correlation_id: self.correlation_id,
+            causation_id: self.causation_id,
+            actor_id: self.actor.map(|u| u.as_uuid()),
+            occurred_at: Utc::now(),
+        }
+    }
+}
+
+pub(crate) fn encode(event: &DomainEvent, ctx: &Context) -> NewEvent {
+    let encoded = event.encode();
+    NewEvent { event_type: encoded.event_type, schema_version: encoded.schema_version, payload: encoded.payload, metadata: ctx.metadata() }
+}
+
+/// What `connect_provider` created.
+#[derive(Debug, Clone)]
+pub struct Connected {
+    pub provider_id: ProviderId,
+    pub kind: ProviderKind,
+    pub display_name: String,
+    /// The scan job that indexes the provider.
+    pub job_id: SyncJobId,
+    /// Global position of the last event appended.
+    pub position: i64,
+}
+
+/// One file that `move_files` moved.
+#[derive(Debug, Clone)]
+pub struct Moved {
+    pub file_id: FileId,
+    pub to: ProviderPath,
+}
+
+/// The command side of CloudSync.
+#[derive(Clone)]
+pub struct Commands {
+    store: Arc<dyn EventStore>,
+}
+
+impl Commands {
+    pub fn new(store: Arc<dyn EventStore>) -> Self {
+        Self { store }
+    }
+
+    pub fn store(&self) -> &Arc<dyn EventStore> {
+        &self.store
+    }
+
+    /// An aggregate and the version of its stream.
+    ///
+    /// # Errors
+    /// Store failures and undecodable events.
+    pub async fn load<A: Aggregate<Event = DomainEvent>>(&self, stream: &str) -> Result<(A, i64), CommandError> {
+        let recorded = self.store.read_stream(stream).await?;
+        let version = recorded.last().map_or(0, |e| e.stream_version);
+        let events = recorded
+            .iter()
+            .map(|e| DomainEvent::decode(&e.event_type, e.schema_version, &e.payload))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok((A::load(&events), version))
+    }
+
+    /// Appends one stream's events at the version it was loaded at; returns the last position.
+    async fn append(&self, stream: String, version: i64, events: &[DomainEvent], ctx: &Context) -> Result<i64, CommandError> {
+        let events = events.iter().map(|e| encode(e, ctx)).collect();
+        let outcome = self.store.append(vec![StreamAppend { stream, expected: expected(version), events }]).await?;
+        Ok(outcome.last_position)
+    }
+
+    /// Registers a user whose password was already hashed. The address is reserved on its own stream,
+    /// so two registrations of one address cannot both succeed.
+    ///
+    /// # Errors
+    /// [`CommandError::AlreadyExists`] when the address is taken.
+    pub async fn register(&self, email: Email, password_hash: String) -> Result<(UserId, i64), CommandError> {
+        let user_id = UserId::from_uuid(Uuid::new_v4());
+        let ctx = Context::new(Some(user_id));
+        let events = User::default().handle(UserCommand::Register { user_id, email: email.clone(), password_hash, at: Utc::now() })?;
+        let (registered, claimed): (Vec<_>, Vec<_>) = events.iter().partition(|e| matches!(e, DomainEvent::UserRegistered(_)));
+        let batches = vec![
+            StreamAppend { stream: user_id.stream(), expected: ExpectedVersion::NoStream, events: registered.iter().map(|e| encode(e, &ctx)).collect() },
+            StreamAppend { stream: email_stream(&email), expected: ExpectedVersion::NoStream, events: claimed.iter().map(|e| encode(e, &ctx)).collect() },
+        ];
+        match self.store.append(batches).await {
+            Ok(outcome) => Ok((user_id, outcome.last_position)),
+            Err(err) if err.is_concurrency() => Err(CommandError::AlreadyExists("this email address is already registered".into())),
+            Err(err) => Err(err.into()),
+        }
+    }
+
+    /// The user who claimed `email`, read from the reservation stream and the user's own stream (so a
+    /// login right after registering never depends on a projection).
+    ///
+    /// # Errors
+    /// Store failures.
+    pub async fn user_by_email(&self, email: &Email) -> Result<Option<User>, CommandError> {
+        let claims = self.store.read_stream(&email_stream(email)).await?;
+        let Some(claim) = claims.first() else { return Ok(None) };
+        let DomainEvent::EmailClaimed(claimed) = DomainEvent::decode(&claim.event_type, claim.schema_version, &claim.payload)? else {
+            return Ok(None);
+        };
+        let (user, _) = self.load::<User>(&claimed.user_id.stream()).await?;
+        Ok(user.id().map(|_| user))
+    }
+
+    /// Connects a provider and creates the job that scans it. `credentials` are the provider's own
+    /// configuration keys; for `local`, `{"root": "/absolute/folder"}` and an optional `"name"`.
+    ///
+    /// # Errors
+    /// Unknown kinds and unusable credentials are [`CommandError::Invalid`]; nothing is recorded then.
+    pub async fn connect_provider(&self, user: UserId, kind: &str, credentials: &Value) -> Result<Connected, CommandError> {
+        let kind = ProviderKind::parse(kind)?;
+        let Some(fields) = credentials.as_object() else {
+            return Err(CommandError::Invalid("credentials must be an object".into()));
+        };
+        let (config, default_name) = match kind {
+            ProviderKind::Local => {
+                let raw = fields.get("root").and_then(Value::as_str).ok_or_else(|| CommandError::Invalid("credentials.root (a folder path) is required for a local provider".into()))?;
+                let root = LocalRoot::open(raw)?;
+                let root_text = root.path().to_str().ok_or_else(|| CommandError::Invalid("the root must be valid UTF-8".into()))?.to_owned();
+                let name = root.path().file_name().and_then(|n| n.to_str()).unwrap_or("local").to_owned();
+                (json!({ "root": root_text }), name)
+            }
+        };
+        let display_name = match fields.get("name") {
+            None | Some(Value::Null) => default_name,
+            Some(Value::String(name)) => name.trim().to_owned(),
+            Some(_) => return Err(CommandError::Invalid("credentials.name must be a string".into())),
+        };
+        let provider_id = ProviderId::from_uuid(Uuid::new_v4());
+        let job_id = SyncJobId::from_uuid(Uuid::new_v4());
+        let at = Utc::now();
+        let ctx = Context::new(Some(user));
+        let connected = ProviderConnection::default().handle(ProviderCommand::Connect {
+            provider_id,
+            owner_id: user,
+            kind,
+            display_name: display_name.clone(),
+            config,
+            at,
+        })?;
+        let created = SyncJob::default().handle(SyncJobCommand::Create { job_id, owner_id: user, kind: JobKind::Scan { provider_id }, at })?;
+        let outcome = self
+            .store
+            .append(vec![
+                StreamAppend { stream: provider_id.stream(), expected: ExpectedVersion::NoStream, events: connected.iter().map(|e| encode(e, &ctx)).collect() },
+                StreamAppend { stream: job_id.stream(), expected: ExpectedVersion::NoStream, events: created.iter().map(|e| encode(e, &ctx)).collect() },
+            ])
+            .await?;
+        tracing::info!(provider = %provider_id, user = %user, kind = kind.as_str(), job = %job_id, "Provider connected.");
+        Ok(Connected { provider_id, kind, display_name, job_id, position: outcome.last_position })
+    }
+
+    /// Disconnects one of `user`'s providers. Its files stay where they are.
+    ///
+    /// # Errors
+    /// [`CommandError::NotFound`] for unknown, disconnected or someone else's providers.
+    pub async fn disconnect_provider(&self, user: UserId, provider_id: ProviderId) -> Result<i64, CommandError> {
+        let (provider, version) = self.load::<ProviderConnection>(&provider_id.stream()).await?;
+        let events = provider.handle(ProviderCommand::Disconnect { by: user, at: Utc::now() })?;
+        self.append(provider_id.stream(), version, &events, &Context::new(Some(user))).await
+    }
+
+    /// The local root of one of `user`'s connected providers.
+    async fn local_root(&self, user: UserId, provider_id: ProviderId) -> Result<LocalRoot, CommandError> {
+        let (provider, _) = self.load::<ProviderConnection>(&provider_id.stream()).await?;
+        let connected = provider.active_for(user).ok_or(CommandError::NotFound("file"))?;
+        match connected.kind {
+            ProviderKind::Local => {
+                let root = connected.config.get("root").and_then(Value::as_str).unwrap_or_default();
+                LocalRoot::open(root).map_err(|err| CommandError::Storage(format!("the provider's root is unusable: {err}")))
+            }
+        }
+    }
+
+    /// Loads every file and checks that each is `user`'s and live; nothing changes when one is not.
+    async fn live_files(&self, user: UserId, ids: &[FileId]) -> Result<Vec<(FileId, File, i64)>, CommandError> {
+        if ids.is_empty() {
+            return Err(CommandError::Invalid("no file ids given".into()));
+        }
+        if ids.len() > 1000 {
+            return Err(CommandError::Invalid("at most 1000 files per request".into()));
+        }
+        let mut seen = HashSet::new();
+        let mut files = Vec::new();
+        for &id in ids {
+            if !seen.insert(id) {
+                continue;
+            }
+            let (file, version) = self.load::<File>(&id.stream()).await?;
+            if file.live_for(user).is_none() {
+                return Err(CommandError::NotFound("file"));
+            }
+            files.push((id, file, version));
+        }
+        Ok(files)
+    }
+
+    /// Moves files into `folder` (relative to each file's provider root), keeping their names: the real
+    /// file moves first, then `FileMoved` is recorded. Every id is checked before anything changes.
+    ///
+    /// # Errors
+    /// [`CommandError::NotFound`] when any id is unknown or not the caller's; conflicts when a
+    /// destination is taken (files moved before it stay moved and recorded).
+    pub async fn move_files(&self, user: UserId, ids: &[FileId], folder: &ProviderPath) -> Result<(Vec<Moved>, i64), CommandError> {
+        let files = self.live_files(user, ids).await?;
+        let mut plans = Vec::new();
+        for (id, file, version) in files {
+            let (facts, from) = file.live_for(user).ok_or(CommandError::NotFound("file"))?;
+            let to = file.move_target(user, folder)?;
+            let root = self.local_root(user, facts.provider_id).await?;
+            plans.push((id, file.clone(), version, from.clone(), to, root));
+        }
+        let ctx = Context::new(Some(user));
+        let mut moved = Vec::new();
+        let mut position = self.store.head().await?;
+        for (id, file, version, from, to, root) in plans {
+            let events = file.handle(FileCommand::Move { by: user, folder: folder.clone(), at: Utc::now() })?;
+            if events.is_empty() {
+                moved.push(Moved { file_id: id, to });
+                continue;
+            }
+            let (from_c, to_c, root_c) = (from.clone(), to.clone(), root.clone());
+            run_blocking(move || root_c.move_file(&from_c, &to_c)).await?;
+            match self.append(id.stream(), version, &events, &ctx).await {
+                Ok(p) => position = p,
+                Err(err) => {
+                    // Put the file back so the folder and the log agree.
+                    let (from_c, to_c) = (from.clone(), to.clone());
+                    if let Err(undo) = run_blocking(move || root.move_file(&to_c, &from_c)).await {
+                        tracing::error!(file = %id, error = %undo, "Could not undo a move whose event was refused.");
+                    }
+                    return Err(err);
+                }
+            }
+            moved.push(Moved { file_id: id, to });
+        }
+        Ok((moved, position))
+    }
+
+    /// Deletes files from their providers and records `FileDeleted`. Every id is checked first.
+    ///
+    /// # Errors
+    /// [`CommandError::NotFound`] when any id is unknown or not the caller's.
+    pub async fn delete_files(&self, user: UserId, ids: &[FileId]) -> Result<(Vec<FileId>, i64), CommandError> {
+        let files = self.live_files(user, ids).await?;
+        let mut plans = Vec::new();
+        for (id, file, version) in files {
+            let (facts, path) = file.live_for(user).ok_or(CommandError::NotFound("file"))?;
+            let root = self.local_root(user, facts.provider_id).await?;
+            plans.push((id, file.clone(), version, path.clone(), root));
+        }
+        let ctx = Context::new(Some(user));
+        let mut deleted = Vec::new();
+        let mut position = self.store.head().await?;
+        for (id, file, version, path, root) in plans {
+            let events = file.handle(FileCommand::Delete { by: user, at: Utc::now() })?;
+            run_blocking(move || root.delete_file(&path)).await?;
+            position = self.append(id.stream(), version, &events, &ctx).await?;
+            deleted.push(id);
+        }
+        Ok((deleted, position))
+    }
+
+    /// Cancels one of `user`'s jobs.
+    ///
+    /// # Errors
+    /// Not found, or a job that has already ended.
+    pub async fn cancel_job(&self, user: UserId, job_id: SyncJobId) -> Result<i64, CommandError> {
+        let (job, version) = self.load::<SyncJob>(&job_id.stream()).await?;
+        let events = job.handle(SyncJobCommand::Cancel { by: user, at: Utc::now() })?;
+        self.append(job_id.stream(), version, &events, &Context::new(Some(user))).await
+    }
+
+    /// Applies a job command on behalf of the job runner; returns the job's new version.
+    pub(crate) async fn job_step(&self, job_id: SyncJobId, version: i64, job: &mut SyncJob, command: SyncJobCommand, ctx: &Context) -> Result<i64, CommandError> {
+        let events = job.handle(command)?;
+        if events.is_empty() {
+            return Ok(version);
+        }
+        self.append(job_id.stream(), version, &events, ctx).await?;
+        events.iter().for_each(|e| job.apply(e));
+        Ok(version + i64::try_from(events.len()).unwrap_or(1))
+    }
+
+    /// A connected provider's facts as the job runner needs them.
+    pub(crate) async fn provider_root(&self, user: UserId, provider_id: ProviderId) -> Result<LocalRoot, CommandError> {
+        self.local_root(user, provider_id).await
+    }
+}
+
+pub(crate) fn expected(version: i64) -> ExpectedVersion {
+    if version == 0 { ExpectedVersion::NoStream } else { ExpectedVersion::Exact(version) }
+}
+
+pub(crate) async fn run_blocking<T: Send + 'static>(work: impl FnOnce() -> Result<T, CommandError> + Send + 'static) -> Result<T, CommandError> {
+    tokio::task::spawn_blocking(work).await.map_err(|err| CommandError::Storage(format!("storage task failed: {err}")))?
+}

@@ -1,0 +1,287 @@
+//! Every fact CloudSync records, with a stable type name and a schema version, and the upcasters that
+//! bring old versions up to date when they are read.
+
+use chrono::{DateTime, TimeZone, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+use thiserror::Error;
+
+use crate::ids::{FileId, ProviderId, SyncJobId, UserId};
+use crate::sync_job::{JobKind, JobPhase};
+use crate::values::{Email, ProviderKind, ProviderPath};
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct UserRegistered {
+    pub user_id: UserId,
+    pub email: Email,
+    pub password_hash: String,
+    pub registered_at: DateTime<Utc>,
+}
+
+/// Recorded on the `email-…` reservation stream so an address belongs to at most one user.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EmailClaimed {
+    pub email: Email,
+    pub user_id: UserId,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ProviderConnected {
+    pub provider_id: ProviderId,
+    pub owner_id: UserId,
+    pub kind: ProviderKind,
+    pub display_name: String,
+    /// Non-secret configuration (for `local`: the root folder).
+    pub config: Value,
+    pub connected_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ProviderDisconnected {
+    pub provider_id: ProviderId,
+    pub owner_id: UserId,
+    pub disconnected_at: DateTime<Utc>,
+}
+
+/// Schema version 2. Version 1 carried `size` and `mtime` (Unix seconds) and no MIME type.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FileDiscovered {
+    pub file_id: FileId,
+    pub provider_id: ProviderId,
+    pub owner_id: UserId,
+    pub path: ProviderPath,
+    pub size_bytes: u64,
+    pub modified_at: DateTime<Utc>,
+    pub mime_type: String,
+    /// BLAKE3 of the content, lower-case hex.
+    pub checksum: String,
+    /// The scan job that found it, if any.
+    pub job_id: Option<SyncJobId>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FileMoved {
+    pub file_id: FileId,
+    pub provider_id: ProviderId,
+    pub owner_id: UserId,
+    pub from: ProviderPath,
+    pub to: ProviderPath,
+    pub moved_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FileDeleted {
+    pub file_id: FileId,
+    pub provider_id: ProviderId,
+    pub owner_id: UserId,
+    pub path: ProviderPath,
+    pub deleted_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SyncJobCreated {
+    pub job_id: SyncJobId,
+    pub owner_id: UserId,
+    pub kind: JobKind,
+    pub created_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SyncJobPhaseEntered {
+    pub job_id: SyncJobId,
+    pub phase: JobPhase,
+    pub at: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SyncJobProgressed {
+    pub job_id: SyncJobId,
+    pub files_done: u64,
+    pub bytes_done: u64,
+    pub files_total: Option<u64>,
+    pub bytes_total: Option<u64>,
+    pub at: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SyncJobFinished {
+    pub job_id: SyncJobId,
+    pub at: DateTime<Utc>,
+    /// Why it failed or was cancelled; `None` when it completed.
+    pub reason: Option<String>,
+}
+
+/// Every event, internally tagged by its stable type name.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type")]
+pub enum DomainEvent {
+    UserRegistered(UserRegistered),
+    EmailClaimed(EmailClaimed),
+    ProviderConnected(ProviderConnected),
+    ProviderDisconnected(ProviderDisconnected),
+    FileDiscovered(FileDiscovered),
+    FileMoved(FileMoved),
+    FileDeleted(FileDeleted),
+    SyncJobCreated(SyncJobCreated),
+    SyncJobPhaseEntered(SyncJobPhaseEntered),
+    SyncJobProgressed(SyncJobProgressed),
+    SyncJobPaused(SyncJobFinished),
+    SyncJobResumed(SyncJobFinished),
+    SyncJobCompleted(SyncJobFinished),
+    SyncJobFailed(SyncJobFinished),
+    SyncJobCancelled(SyncJobFinished),
+}
+
+/// An event as it is stored: type name, schema version and payload without the type tag.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EncodedEvent {
+    pub event_type: String,
+    pub schema_version: i32,
+    pub payload: Value,
+}
+
+#[derive(Debug, Error)]
+pub enum DecodeError {
+    #[error("unknown event type {0:?}")]
+    UnknownType(String),
+    #[error("{event_type} has schema version {version}, newer than this build knows ({known})")]
+    FutureVersion { event_type: String, version: i32, known: i32 },
+    #[error("malformed {event_type} v{version} payload: {source}")]
+    Malformed { event_type: String, version: i32, source: serde_json::Error },
+}
+
+impl DomainEvent {
+    /// The current schema version of an event type.
+    pub fn schema_version_of(event_type: &str) -> Option<i32> {
+        match event_type {
+            "FileDiscovered" => Some(2),
+            "UserRegistered" | "EmailClaimed" | "ProviderConnected" | "ProviderDisconnected" | "FileMoved"
+            | "FileDeleted" | "SyncJobCreated" | "SyncJobPhaseEntered" | "SyncJobProgressed" | "SyncJobPaused"
+            | "SyncJobResumed" | "SyncJobCompleted" | "SyncJobFailed" | "SyncJobCancelled" => Some(1),
+            _ => None,
+        }
+    }
+
+    pub fn encode(&self) -> EncodedEvent {
+        // Serialising these plain structs cannot fail: every field is a string, number, map or timestamp.
+        let mut payload = serde_json::to_value(self).unwrap_or(Value::Null);
+        let event_type = match payload.as_object_mut().and_then(|o| o.remove("type")) {
+            Some(Value::String(name)) => name,
+            _ => String::new(),
+        };
+        let schema_version = Self::schema_version_of(&event_type).unwrap_or(1);
+        EncodedEvent { event_type, schema_version, payload }
+    }
+
+    /// Decodes a stored event, upcasting older schema versions first.
+    ///
+    /// # Errors
+    /// [`DecodeError`] for unknown types, versions from the future, or payloads that do not parse.
+    pub fn decode(event_type: &str, schema_version: i32, payload: &Value) -> Result<Self, DecodeError> {
+        let known = Self::schema_version_of(event_type).ok_or_else(|| DecodeError::UnknownType(event_type.to_owned()))?;
+        if schema_version > known {
+            return Err(DecodeError::FutureVersion { event_type: event_type.to_owned(), version: schema_version, known });
+        }
+        let mut object = match payload {
+            Value::Object(map) => map.clone(),
+            _ => Map::new(),
+        };
+        if event_type == "FileDiscovered" && schema_version == 1 {
+            upcast_file_discovered_v1(&mut object);
+        }
+        object.insert("type".into(), Value::String(event_type.to_owned()));
+        serde_json::from_value(Value::Object(object)).map_err(|source| DecodeError::Malformed {
+            event_type: event_type.to_owned(),
+            version: schema_version,
+            source,
+        })
+    }
+
+    /// The user whose data this event is about.
+    pub fn owner(&self) -> Option<UserId> {
+        Some(match self {
+            Self::UserRegistered(e) => e.user_id,
+            Self::EmailClaimed(e) => e.user_id,
+            Self::ProviderConnected(e) => e.owner_id,
+            Self::ProviderDisconnected(e) => e.owner_id,
+            Self::FileDiscovered(e) => e.owner_id,
+            Self::FileMoved(e) => e.owner_id,
+            Self::FileDeleted(e) => e.owner_id,
+            Self::SyncJobCreated(e) => e.owner_id,
+            _ => return None,
+        })
+    }
+}
+
+/// v1 → v2: `size` became `size_bytes`, `mtime` (Unix seconds) became `modified_at` (RFC 3339), and
+/// `mime_type` was added (guessed from the name, as the v2 scanner does).
+fn upcast_file_discovered_v1(object: &mut Map<String, Value>) {
+    if let Some(size) = object.remove("size") {
+        object.insert("size_bytes".into(), size);
+    }
+    if let Some(mtime) = object.remove("mtime") {
+        let seconds = mtime.as_i64().unwrap_or_default();
+        let at = Utc.timestamp_opt(seconds, 0).single().unwrap_or_default();
+        object.insert("modified_at".into(), Value::String(at.to_rfc3339()));
+    }
+    if !object.contains_key("mime_type") {
+        let path = object.get("path").and_then(Value::as_str).unwrap_or_default();
+        object.insert("mime_type".into(), Value::String(guess_mime(path)));
+    }
+}
+
+/// The MIME type CloudSync records for a file name.
+pub fn guess_mime(path: &str) -> String {
+    mime_guess::from_path(path).first_or_octet_stream().essence_str().to_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    #[test]
+    fn encode_strips_the_tag_and_decode_restores_it() {
+        let event = DomainEvent::EmailClaimed(EmailClaimed {
+            email: Email::parse("a@example.org").expect("valid"),
+            user_id: UserId::from_uuid(uuid::Uuid::nil()),
+        });
+        let encoded = event.encode();
+        assert_eq!(encoded.event_type, "EmailClaimed");
+        assert_eq!(encoded.schema_version, 1);
+        assert!(encoded.payload.get("type").is_none());
+        let decoded = DomainEvent::decode(&encoded.event_type, 1, &encoded.payload).expect("decodes");
+        assert_eq!(decoded, event);
+    }
+
+    #[test]
+    fn file_discovered_v1_is_upcast_to_v2() {
+        let v1 = json!({
+            "file_id": "67e55044-10b1-426f-9247-bb680e5fe0c8",
+            "provider_id": "67e55044-10b1-426f-9247-bb680e5fe0c9",
+            "owner_id": "67e55044-10b1-426f-9247-bb680e5fe0ca",
+            "path": "docs/report.pdf",
+            "size": 1234,
+            "mtime": 1_700_000_000,
+            "checksum": "ab",
+        });
+        let DomainEvent::FileDiscovered(e) = DomainEvent::decode("FileDiscovered", 1, &v1).expect("upcasts") else {
+            panic!("wrong variant");
+        };
+        assert_eq!(e.size_bytes, 1234);
+        assert_eq!(e.modified_at.timestamp(), 1_700_000_000);
+        assert_eq!(e.mime_type, "application/pdf");
+        assert_eq!(e.path.as_str(), "docs/report.pdf");
+        assert_eq!(e.job_id, None);
+        // Once upcast, it encodes as the current version.
+        assert_eq!(DomainEvent::FileDiscovered(e).encode().schema_version, 2);
+    }
+
+    #[test]
+    fn unknown_and_future_events_are_errors() {
+        assert!(matches!(DomainEvent::decode("Nope", 1, &json!({})), Err(DecodeError::UnknownType(_))));
+        assert!(matches!(DomainEvent::decode("FileMoved", 9, &json!({})), Err(DecodeError::FutureVersion { .. })));
+        assert!(matches!(DomainEvent::decode("FileMoved", 1, &json!({"x": 1})), Err(DecodeError::Malformed { .. })));
+    }
+}

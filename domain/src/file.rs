@@ -1,0 +1,174 @@
+//! The `File` aggregate: one file on one provider, from discovery to deletion.
+
+use chrono::{DateTime, Utc};
+
+use crate::aggregate::{Aggregate, DomainError};
+use crate::events::{DomainEvent, FileDeleted, FileDiscovered, FileMoved};
+use crate::ids::UserId;
+use crate::values::ProviderPath;
+
+#[derive(Debug, Default, Clone)]
+pub struct File {
+    discovered: Option<FileDiscovered>,
+    path: Option<ProviderPath>,
+    deleted: bool,
+}
+
+pub enum FileCommand {
+    Discover(FileDiscovered),
+    /// Move into `folder`, keeping the name.
+    Move { by: UserId, folder: ProviderPath, at: DateTime<Utc> },
+    Delete { by: UserId, at: DateTime<Utc> },
+}
+
+impl File {
+    /// The file's current facts, if it exists, is not deleted and belongs to `user`.
+    pub fn live_for(&self, user: UserId) -> Option<(&FileDiscovered, &ProviderPath)> {
+        match (&self.discovered, &self.path) {
+            (Some(d), Some(path)) if d.owner_id == user && !self.deleted => Some((d, path)),
+            _ => None,
+        }
+    }
+
+    /// Where a move into `folder` would put the file.
+    ///
+    /// # Errors
+    /// When the file is not live for `user`.
+    pub fn move_target(&self, user: UserId, folder: &ProviderPath) -> Result<ProviderPath, DomainError> {
+        let (_, path) = self.live_for(user).ok_or(DomainError::NotFound("file"))?;
+        folder.join(path.name()).map_err(|err| DomainError::Invalid(err.to_string()))
+    }
+}
+
+impl Aggregate for File {
+    type Command = FileCommand;
+    type Event = DomainEvent;
+
+    fn handle(&self, command: FileCommand) -> Result<Vec<DomainEvent>, DomainError> {
+        match command {
+            FileCommand::Discover(discovered) => {
+                if self.discovered.is_some() {
+                    return Err(DomainError::AlreadyExists("file"));
+                }
+                if discovered.path.is_root() {
+                    return Err(DomainError::Invalid("a file cannot be the provider's root".into()));
+                }
+                Ok(vec![DomainEvent::FileDiscovered(discovered)])
+            }
+            FileCommand::Move { by, folder, at } => {
+                let to = self.move_target(by, &folder)?;
+                let (facts, from) = self.live_for(by).ok_or(DomainError::NotFound("file"))?;
+                if &to == from {
+                    return Ok(Vec::new());
+                }
+                Ok(vec![DomainEvent::FileMoved(FileMoved {
+                    file_id: facts.file_id,
+                    provider_id: facts.provider_id,
+                    owner_id: by,
+                    from: from.clone(),
+                    to,
+                    moved_at: at,
+                })])
+            }
+            FileCommand::Delete { by, at } => {
+                let (facts, path) = self.live_for(by).ok_or(DomainError::NotFound("file"))?;
+                Ok(vec![DomainEvent::FileDeleted(FileDeleted {
+                    file_id: facts.file_id,
+                    provider_id: facts.provider_id,
+                    owner_id: by,
+                    path: path.clone(),
+                    deleted_at: at,
+                })])
+            }
+        }
+    }
+
+    fn apply(&mut self, event: &DomainEvent) {
+        match event {
+            DomainEvent::FileDiscovered(e) => {
+                self.path = Some(e.path.clone());
+                self.discovered = Some(e.clone());
+            }
+            DomainEvent::FileMoved(e) => self.path = Some(e.to.clone()),
+            DomainEvent::FileDeleted(_) => self.deleted = true,
+            _ => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use uuid::Uuid;
+
+    use super::*;
+    use crate::ids::{FileId, ProviderId};
+
+    fn alice() -> UserId {
+        UserId::from_uuid(Uuid::from_u128(1))
+    }
+
+    fn path(p: &str) -> ProviderPath {
+        ProviderPath::parse(p).expect("valid path")
+    }
+
+    fn discovered() -> Vec<DomainEvent> {
+        File::default()
+            .handle(FileCommand::Discover(FileDiscovered {
+                file_id: FileId::from_uuid(Uuid::from_u128(7)),
+                provider_id: ProviderId::from_uuid(Uuid::from_u128(8)),
+                owner_id: alice(),
+                path: path("inbox/a.txt"),
+                size_bytes: 3,
+                modified_at: DateTime::UNIX_EPOCH,
+                mime_type: "text/plain".into(),
+                checksum: "00".into(),
+                job_id: None,
+            }))
+            .expect("accepted")
+    }
+
+    #[test]
+    fn given_discovered_when_moved_then_path_changes_and_name_is_kept() {
+        let history = discovered();
+        let events = File::load(&history)
+            .handle(FileCommand::Move { by: alice(), folder: path("archive/2024"), at: DateTime::UNIX_EPOCH })
+            .expect("accepted");
+        let [DomainEvent::FileMoved(moved)] = events.as_slice() else { panic!("expected one FileMoved, got {events:?}") };
+        assert_eq!(moved.from, path("inbox/a.txt"));
+        assert_eq!(moved.to, path("archive/2024/a.txt"));
+    }
+
+    #[test]
+    fn given_discovered_when_moved_to_its_own_folder_then_nothing_happens() {
+        let file = File::load(&discovered());
+        let events = file.handle(FileCommand::Move { by: alice(), folder: path("inbox"), at: DateTime::UNIX_EPOCH });
+        assert_eq!(events, Ok(Vec::new()));
+    }
+
+    #[test]
+    fn given_deleted_when_moved_or_deleted_then_not_found() {
+        let mut history = discovered();
+        history.extend(File::load(&history).handle(FileCommand::Delete { by: alice(), at: DateTime::UNIX_EPOCH }).expect("accepted"));
+        let file = File::load(&history);
+        let moved = file.handle(FileCommand::Move { by: alice(), folder: path("x"), at: DateTime::UNIX_EPOCH });
+        assert_eq!(moved.err(), Some(DomainError::NotFound("file")));
+        let deleted = file.handle(FileCommand::Delete { by: alice(), at: DateTime::UNIX_EPOCH });
+        assert_eq!(deleted.err(), Some(DomainError::NotFound("file")));
+    }
+
+    #[test]
+    fn given_someone_elses_file_when_touched_then_not_found() {
+        let file = File::load(&discovered());
+        let mallory = UserId::from_uuid(Uuid::from_u128(2));
+        let deleted = file.handle(FileCommand::Delete { by: mallory, at: DateTime::UNIX_EPOCH });
+        assert_eq!(deleted.err(), Some(DomainError::NotFound("file")));
+    }
+
+    #[test]
+    fn given_discovered_when_discovered_again_then_refused() {
+        let history = discovered();
+        let DomainEvent::FileDiscovered(again) = &history[0] else { panic!("expected FileDiscovered") };
+        let refused = File::load(&history).handle(FileCommand::Discover(again.clone()));
+        assert_eq!(refused.err(), Some(DomainError::AlreadyExists("file")));
+    }
+}

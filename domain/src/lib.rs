@@ -1,0 +1,15 @@
+//! CloudSync's pure core: ids, validated value types, aggregates, commands and versioned events — no I/O, no async.
+
+pub mod aggregate;
+pub mod events;
+pub mod file;
+pub mod ids;
+pub mod provider;
+pub mod sync_job;
+pub mod user;
+pub mod values;
+
+pub use aggregate::{Aggregate, DomainError};
+pub use events::{DecodeError, DomainEvent, EncodedEvent};
+pub use ids::{FileId, ProviderId, SyncJobId, UserId};
+pub use values::{Email, ProviderKind, ProviderPath, ValueError};

@@ -1,0 +1,126 @@
+//! The `ProviderConnection` aggregate: a user's connection to one storage provider.
+
+use chrono::{DateTime, Utc};
+use serde_json::Value;
+
+use crate::aggregate::{Aggregate, DomainError};
+use crate::events::{DomainEvent, ProviderConnected, ProviderDisconnected};
+use crate::ids::{ProviderId, UserId};
+use crate::values::ProviderKind;
+
+#[derive(Debug, Default, Clone)]
+pub struct ProviderConnection {
+    connected: Option<ProviderConnected>,
+    disconnected: bool,
+}
+
+pub enum ProviderCommand {
+    Connect {
+        provider_id: ProviderId,
+        owner_id: UserId,
+        kind: ProviderKind,
+        display_name: String,
+        config: Value,
+        at: DateTime<Utc>,
+    },
+    Disconnect { by: UserId, at: DateTime<Utc> },
+}
+
+impl ProviderConnection {
+    /// The connection, if it exists, is still connected and belongs to `user`.
+    pub fn active_for(&self, user: UserId) -> Option<&ProviderConnected> {
+        self.connected.as_ref().filter(|c| c.owner_id == user && !self.disconnected)
+    }
+}
+
+impl Aggregate for ProviderConnection {
+    type Command = ProviderCommand;
+    type Event = DomainEvent;
+
+    fn handle(&self, command: ProviderCommand) -> Result<Vec<DomainEvent>, DomainError> {
+        match command {
+            ProviderCommand::Connect { provider_id, owner_id, kind, display_name, config, at } => {
+                if self.connected.is_some() {
+                    return Err(DomainError::AlreadyExists("provider"));
+                }
+                if display_name.trim().is_empty() || display_name.len() > 200 {
+                    return Err(DomainError::Invalid("a display name of 1 to 200 characters is required".into()));
+                }
+                Ok(vec![DomainEvent::ProviderConnected(ProviderConnected {
+                    provider_id,
+                    owner_id,
+                    kind,
+                    display_name,
+                    config,
+                    connected_at: at,
+                })])
+            }
+            ProviderCommand::Disconnect { by, at } => {
+                let connected = self.active_for(by).ok_or(DomainError::NotFound("provider"))?;
+                Ok(vec![DomainEvent::ProviderDisconnected(ProviderDisconnected {
+                    provider_id: connected.provider_id,
+                    owner_id: by,
+                    disconnected_at: at,
+                })])
+            }
+        }
+    }
+
+    fn apply(&mut self, event: &DomainEvent) {
+        match event {
+            DomainEvent::ProviderConnected(e) => self.connected = Some(e.clone()),
+            DomainEvent::ProviderDisconnected(_) => self.disconnected = true,
+            _ => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+    use uuid::Uuid;
+
+    use super::*;
+
+    fn alice() -> UserId {
+        UserId::from_uuid(Uuid::from_u128(1))
+    }
+
+    fn connect() -> ProviderCommand {
+        ProviderCommand::Connect {
+            provider_id: ProviderId::from_uuid(Uuid::from_u128(9)),
+            owner_id: alice(),
+            kind: ProviderKind::Local,
+            display_name: "photos".into(),
+            config: json!({"root": "/srv/photos"}),
+            at: DateTime::UNIX_EPOCH,
+        }
+    }
+
+    #[test]
+    fn given_nothing_when_connect_then_connected() {
+        let events = ProviderConnection::default().handle(connect()).expect("accepted");
+        let provider = ProviderConnection::load(&events);
+        assert!(provider.active_for(alice()).is_some());
+        assert_eq!(provider.handle(connect()).err(), Some(DomainError::AlreadyExists("provider")));
+    }
+
+    #[test]
+    fn given_connected_when_someone_else_disconnects_then_not_found() {
+        let provider = ProviderConnection::load(&ProviderConnection::default().handle(connect()).expect("accepted"));
+        let mallory = UserId::from_uuid(Uuid::from_u128(2));
+        let refused = provider.handle(ProviderCommand::Disconnect { by: mallory, at: DateTime::UNIX_EPOCH });
+        assert_eq!(refused.err(), Some(DomainError::NotFound("provider")));
+    }
+
+    #[test]
+    fn given_disconnected_when_disconnect_again_then_not_found() {
+        let mut history = ProviderConnection::default().handle(connect()).expect("accepted");
+        let provider = ProviderConnection::load(&history);
+        history.extend(provider.handle(ProviderCommand::Disconnect { by: alice(), at: DateTime::UNIX_EPOCH }).expect("accepted"));
+        let provider = ProviderConnection::load(&history);
+        assert!(provider.active_for(alice()).is_none());
+        let again = provider.handle(ProviderCommand::Disconnect { by: alice(), at: DateTime::UNIX_EPOCH });
+        assert_eq!(again.err(), Some(DomainError::NotFound("provider")));
+    }
+}

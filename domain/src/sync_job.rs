@@ -1,0 +1,292 @@
+//! The `SyncJob` aggregate and its state machine:
+//! pending → scanning → planning → transferring → completed | failed | cancelled, with paused/resumed.
+//! A scan-only job goes pending → scanning → completed.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use crate::aggregate::{Aggregate, DomainError};
+use crate::events::{DomainEvent, SyncJobCreated, SyncJobFinished, SyncJobPhaseEntered, SyncJobProgressed};
+use crate::ids::{ProviderId, SyncJobId, UserId};
+
+/// What a job does.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum JobKind {
+    /// Index every file of one provider.
+    Scan { provider_id: ProviderId },
+}
+
+impl JobKind {
+    pub fn name(&self) -> &'static str {
+        match self {
+            Self::Scan { .. } => "scan",
+        }
+    }
+
+    pub fn provider_id(&self) -> ProviderId {
+        match self {
+            Self::Scan { provider_id } => *provider_id,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum JobPhase {
+    Pending,
+    Scanning,
+    Planning,
+    Transferring,
+    Completed,
+    Failed,
+    Cancelled,
+}
+
+impl JobPhase {
+    pub fn is_terminal(self) -> bool {
+        matches!(self, Self::Completed | Self::Failed | Self::Cancelled)
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Pending => "pending",
+            Self::Scanning => "scanning",
+            Self::Planning => "planning",
+            Self::Transferring => "transferring",
+            Self::Completed => "completed",
+            Self::Failed => "failed",
+            Self::Cancelled => "cancelled",
+        }
+    }
+}
+
+#[derive(Debug, Default, Clone)]
+pub struct SyncJob {
+    created: Option<SyncJobCreated>,
+    phase: Option<JobPhase>,
+    paused: bool,
+}
+
+pub enum SyncJobCommand {
+    Create { job_id: SyncJobId, owner_id: UserId, kind: JobKind, at: DateTime<Utc> },
+    EnterPhase { phase: JobPhase, at: DateTime<Utc> },
+    RecordProgress { files_done: u64, bytes_done: u64, files_total: Option<u64>, bytes_total: Option<u64>, at: DateTime<Utc> },
+    Pause { by: UserId, at: DateTime<Utc> },
+    Resume { by: UserId, at: DateTime<Utc> },
+    Cancel { by: UserId, at: DateTime<Utc> },
+    Complete { at: DateTime<Utc> },
+    Fail { reason: String, at: DateTime<Utc> },
+}
+
+impl SyncJob {
+    pub fn phase(&self) -> Option<JobPhase> {
+        self.phase
+    }
+
+    pub fn is_paused(&self) -> bool {
+        self.paused
+    }
+
+    pub fn kind(&self) -> Option<&JobKind> {
+        self.created.as_ref().map(|c| &c.kind)
+    }
+
+    pub fn owner(&self) -> Option<UserId> {
+        self.created.as_ref().map(|c| c.owner_id)
+    }
+
+    fn running(&self) -> Result<(SyncJobId, JobPhase), DomainError> {
+        let (Some(created), Some(phase)) = (&self.created, self.phase) else {
+            return Err(DomainError::NotFound("sync job"));
+        };
+        if phase.is_terminal() {
+            return Err(DomainError::InvalidState(format!("the job has already ended ({})", phase.as_str())));
+        }
+        Ok((created.job_id, phase))
+    }
+
+    fn owned_by(&self, user: UserId) -> Result<(), DomainError> {
+        match &self.created {
+            Some(created) if created.owner_id == user => Ok(()),
+            _ => Err(DomainError::NotFound("sync job")),
+        }
+    }
+
+    fn allowed(&self, from: JobPhase, to: JobPhase) -> bool {
+        let scan_only = matches!(self.kind(), Some(JobKind::Scan { .. }));
+        matches!(
+            (from, to),
+            (JobPhase::Pending, JobPhase::Scanning)
+                | (JobPhase::Scanning, JobPhase::Planning)
+                | (JobPhase::Planning, JobPhase::Transferring)
+                | (JobPhase::Planning | JobPhase::Transferring, JobPhase::Completed)
+        ) || (scan_only && from == JobPhase::Scanning && to == JobPhase::Completed)
+    }
+}
+
+fn finished(job_id: SyncJobId, at: DateTime<Utc>, reason: Option<String>) -> SyncJobFinished {
+    SyncJobFinished { job_id, at, reason }
+}
+
+impl Aggregate for SyncJob {
+    type Command = SyncJobCommand;
+    type Event = DomainEvent;
+
+    fn handle(&self, command: SyncJobCommand) -> Result<Vec<DomainEvent>, DomainError> {
+        use SyncJobCommand as C;
+        let event = match command {
+            C::Create { job_id, owner_id, kind, at } => {
+                if self.created.is_some() {
+                    return Err(DomainError::AlreadyExists("sync job"));
+                }
+                DomainEvent::SyncJobCreated(SyncJobCreated { job_id, owner_id, kind, created_at: at })
+            }
+            C::EnterPhase { phase, at } => {
+                let (job_id, from) = self.running()?;
+                if self.paused {
+                    return Err(DomainError::InvalidState("the job is paused".into()));
+                }
+                if phase == JobPhase::Completed {
+                    return self.handle(C::Complete { at });
+                }
+                if !self.allowed(from, phase) {
+                    return Err(DomainError::InvalidState(format!("cannot go from {} to {}", from.as_str(), phase.as_str())));
+                }
+                DomainEvent::SyncJobPhaseEntered(SyncJobPhaseEntered { job_id, phase, at })
+            }
+            C::RecordProgress { files_done, bytes_done, files_total, bytes_total, at } => {
+                let (job_id, phase) = self.running()?;
+                if phase == JobPhase::Pending {
+                    return Err(DomainError::InvalidState("the job has not started".into()));
+                }
+                DomainEvent::SyncJobProgressed(SyncJobProgressed { job_id, files_done, bytes_done, files_total, bytes_total, at })
+            }
+            C::Pause { by, at } => {
+                self.owned_by(by)?;
+                let (job_id, _) = self.running()?;
+                if self.paused {
+                    return Ok(Vec::new());
+                }
+                DomainEvent::SyncJobPaused(finished(job_id, at, None))
+            }
+            C::Resume { by, at } => {
+                self.owned_by(by)?;
+                let (job_id, _) = self.running()?;
+                if !self.paused {
+                    return Ok(Vec::new());
+                }
+                DomainEvent::SyncJobResumed(finished(job_id, at, None))
+            }
+            C::Cancel { by, at } => {
+                self.owned_by(by)?;
+                let (job_id, _) = self.running()?;
+                DomainEvent::SyncJobCancelled(finished(job_id, at, Some(format!("cancelled by user {by}"))))
+            }
+            C::Complete { at } => {
+                let (job_id, from) = self.running()?;
+                if self.paused || !self.allowed(from, JobPhase::Completed) {
+                    return Err(DomainError::InvalidState(format!("cannot complete from {}", from.as_str())));
+                }
+                DomainEvent::SyncJobCompleted(finished(job_id, at, None))
+            }
+            C::Fail { reason, at } => {
+                let (job_id, _) = self.running()?;
+                DomainEvent::SyncJobFailed(finished(job_id, at, Some(reason)))
+            }
+        };
+        Ok(vec![event])
+    }
+
+    fn apply(&mut self, event: &DomainEvent) {
+        match event {
+            DomainEvent::SyncJobCreated(e) => {
+                self.created = Some(e.clone());
+                self.phase = Some(JobPhase::Pending);
+            }
+            DomainEvent::SyncJobPhaseEntered(e) => self.phase = Some(e.phase),
+            DomainEvent::SyncJobPaused(_) => self.paused = true,
+            DomainEvent::SyncJobResumed(_) => self.paused = false,
+            DomainEvent::SyncJobCompleted(_) => self.phase = Some(JobPhase::Completed),
+            DomainEvent::SyncJobFailed(_) => self.phase = Some(JobPhase::Failed),
+            DomainEvent::SyncJobCancelled(_) => self.phase = Some(JobPhase::Cancelled),
+            _ => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use uuid::Uuid;
+
+    use super::*;
+
+    const T: DateTime<Utc> = DateTime::UNIX_EPOCH;
+
+    fn owner() -> UserId {
+        UserId::from_uuid(Uuid::from_u128(1))
+    }
+
+    /// Given the history produced by `commands`, run `last` and return its outcome.
+    fn check(commands: Vec<SyncJobCommand>, last: SyncJobCommand) -> Result<Vec<DomainEvent>, DomainError> {
+        let mut history = Vec::new();
+        let create = SyncJobCommand::Create {
+            job_id: SyncJobId::from_uuid(Uuid::from_u128(5)),
+            owner_id: owner(),
+            kind: JobKind::Scan { provider_id: crate::ids::ProviderId::from_uuid(Uuid::from_u128(6)) },
+            at: T,
+        };
+        for command in std::iter::once(create).chain(commands) {
+            let events = SyncJob::load(&history).handle(command).expect("history command accepted");
+            history.extend(events);
+        }
+        SyncJob::load(&history).handle(last)
+    }
+
+    fn phase(p: JobPhase) -> SyncJobCommand {
+        SyncJobCommand::EnterPhase { phase: p, at: T }
+    }
+
+    #[test]
+    fn a_scan_runs_pending_scanning_completed() {
+        let events = check(vec![phase(JobPhase::Scanning)], SyncJobCommand::Complete { at: T }).expect("accepted");
+        assert!(matches!(events.as_slice(), [DomainEvent::SyncJobCompleted(_)]));
+    }
+
+    #[test]
+    fn phases_cannot_be_skipped_or_reversed() {
+        assert!(matches!(check(vec![], phase(JobPhase::Transferring)), Err(DomainError::InvalidState(_))));
+        assert!(matches!(check(vec![], SyncJobCommand::Complete { at: T }), Err(DomainError::InvalidState(_))));
+        assert!(matches!(
+            check(vec![phase(JobPhase::Scanning), phase(JobPhase::Planning)], phase(JobPhase::Scanning)),
+            Err(DomainError::InvalidState(_))
+        ));
+        assert!(check(vec![phase(JobPhase::Scanning), phase(JobPhase::Planning)], phase(JobPhase::Transferring)).is_ok());
+    }
+
+    #[test]
+    fn a_paused_job_refuses_progress_until_resumed() {
+        let pause = SyncJobCommand::Pause { by: owner(), at: T };
+        assert!(matches!(check(vec![phase(JobPhase::Scanning), pause], phase(JobPhase::Planning)), Err(DomainError::InvalidState(_))));
+        let pause = SyncJobCommand::Pause { by: owner(), at: T };
+        let resume = SyncJobCommand::Resume { by: owner(), at: T };
+        assert!(check(vec![phase(JobPhase::Scanning), pause, resume], phase(JobPhase::Planning)).is_ok());
+    }
+
+    #[test]
+    fn an_ended_job_accepts_nothing() {
+        let ended = || vec![phase(JobPhase::Scanning), SyncJobCommand::Fail { reason: "disk gone".into(), at: T }];
+        assert!(matches!(check(ended(), SyncJobCommand::Complete { at: T }), Err(DomainError::InvalidState(_))));
+        assert!(matches!(check(ended(), SyncJobCommand::Cancel { by: owner(), at: T }), Err(DomainError::InvalidState(_))));
+    }
+
+    #[test]
+    fn only_the_owner_can_cancel() {
+        let mallory = UserId::from_uuid(Uuid::from_u128(2));
+        assert_eq!(check(vec![], SyncJobCommand::Cancel { by: mallory, at: T }).err(), Some(DomainError::NotFound("sync job")));
+        assert!(matches!(
+            check(vec![], SyncJobCommand::Cancel { by: owner(), at: T }).as_deref(),
+            Ok([DomainEvent::SyncJobCancelled(_)])
+        ));
+    }
+}

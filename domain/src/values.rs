@@ -1,0 +1,257 @@
+//! Validated value types. Parse, don't validate: once one of these exists, it is valid.
+
+use std::fmt;
+
+use serde::{Deserialize, Deserializer, Serialize};
+use thiserror::Error;
+
+/// Why a raw value was refused.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum ValueError {
+    #[error("malformed id {0:?}")]
+    MalformedId(String),
+    #[error("invalid email address: {0}")]
+    InvalidEmail(&'static str),
+    #[error("invalid path: {0}")]
+    InvalidPath(&'static str),
+    #[error("unknown provider kind {0:?} (known: local)")]
+    UnknownProviderKind(String),
+}
+
+/// A syntactically valid email address, trimmed and lower-cased.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
+#[serde(transparent)]
+pub struct Email(String);
+
+impl Email {
+    /// # Errors
+    /// [`ValueError::InvalidEmail`] when the text is not a plausible address.
+    pub fn parse(raw: &str) -> Result<Self, ValueError> {
+        let email = raw.trim().to_lowercase();
+        if email.is_empty() {
+            return Err(ValueError::InvalidEmail("it is empty"));
+        }
+        if email.len() > 254 {
+            return Err(ValueError::InvalidEmail("it is longer than 254 characters"));
+        }
+        if email.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            return Err(ValueError::InvalidEmail("it contains whitespace or control characters"));
+        }
+        let Some((local, domain)) = email.split_once('@') else {
+            return Err(ValueError::InvalidEmail("it has no '@'"));
+        };
+        if local.is_empty() || domain.contains('@') {
+            return Err(ValueError::InvalidEmail("it needs exactly one '@' after a non-empty local part"));
+        }
+        let labels: Vec<&str> = domain.split('.').collect();
+        if labels.len() < 2 || labels.iter().any(|l| l.is_empty() || l.starts_with('-') || l.ends_with('-')) {
+            return Err(ValueError::InvalidEmail("its domain is not a dotted host name"));
+        }
+        Ok(Self(email))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for Email {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for Email {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let raw = String::deserialize(deserializer)?;
+        Self::parse(&raw).map_err(serde::de::Error::custom)
+    }
+}
+
+/// A path inside a provider, relative to the provider's root, normalised to `a/b/c`.
+///
+/// The empty path is the root itself. A leading `/` means "from the provider's root", never the host's
+/// root, so no value of this type can name anything outside the root: `..`, NUL, control characters,
+/// backslashes and drive prefixes are refused.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(transparent)]
+pub struct ProviderPath(String);
+
+impl ProviderPath {
+    pub const MAX_LEN: usize = 4096;
+    pub const MAX_COMPONENT_LEN: usize = 255;
+
+    /// # Errors
+    /// [`ValueError::InvalidPath`] when the path could escape the root or is not representable.
+    pub fn parse(raw: &str) -> Result<Self, ValueError> {
+        if raw.len() > Self::MAX_LEN {
+            return Err(ValueError::InvalidPath("it is longer than 4096 bytes"));
+        }
+        if raw.contains('\0') {
+            return Err(ValueError::InvalidPath("it contains a NUL byte"));
+        }
+        if raw.chars().any(char::is_control) {
+            return Err(ValueError::InvalidPath("it contains control characters"));
+        }
+        if raw.contains('\\') {
+            return Err(ValueError::InvalidPath("it contains a backslash; use '/' as the separator"));
+        }
+        let bytes = raw.as_bytes();
+        if bytes.len() >= 2 && bytes[1] == b':' && bytes[0].is_ascii_alphabetic() {
+            return Err(ValueError::InvalidPath("it starts with a drive letter"));
+        }
+        let mut parts = Vec::new();
+        for part in raw.split('/') {
+            match part {
+                "" | "." => {}
+                ".." => return Err(ValueError::InvalidPath("it contains a '..' component")),
+                _ if part.len() > Self::MAX_COMPONENT_LEN => {
+                    return Err(ValueError::InvalidPath("a component is longer than 255 bytes"));
+                }
+                _ => parts.push(part),
+            }
+        }
+        Ok(Self(parts.join("/")))
+    }
+
+    /// The provider's root.
+    pub fn root() -> Self {
+        Self(String::new())
+    }
+
+    pub fn is_root(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// The last component; empty for the root.
+    pub fn name(&self) -> &str {
+        self.0.rsplit('/').next().unwrap_or_default()
+    }
+
+    /// The containing folder; the root's parent is the root.
+    pub fn parent(&self) -> Self {
+        match self.0.rsplit_once('/') {
+            Some((parent, _)) => Self(parent.to_owned()),
+            None => Self::root(),
+        }
+    }
+
+    /// `self/name` where `name` is one valid component.
+    ///
+    /// # Errors
+    /// When `name` is not a single valid component.
+    pub fn join(&self, name: &str) -> Result<Self, ValueError> {
+        let child = Self::parse(name)?;
+        if child.is_root() || child.0.contains('/') {
+            return Err(ValueError::InvalidPath("a file name must be one non-empty component"));
+        }
+        Ok(if self.is_root() { child } else { Self(format!("{}/{}", self.0, child.0)) })
+    }
+
+    /// Whether `self` is `folder` or lies below it.
+    pub fn is_within(&self, folder: &ProviderPath) -> bool {
+        folder.is_root() || self.0 == folder.0 || self.0.starts_with(&format!("{}/", folder.0))
+    }
+
+    /// The components, for joining onto a host path.
+    pub fn components(&self) -> impl Iterator<Item = &str> {
+        self.0.split('/').filter(|part| !part.is_empty())
+    }
+}
+
+impl fmt::Display for ProviderPath {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "/{}", self.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for ProviderPath {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let raw = String::deserialize(deserializer)?;
+        Self::parse(&raw).map_err(serde::de::Error::custom)
+    }
+}
+
+/// The kinds of storage a provider connection can reach.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ProviderKind {
+    Local,
+}
+
+impl ProviderKind {
+    /// # Errors
+    /// [`ValueError::UnknownProviderKind`] for a kind CloudSync cannot connect yet.
+    pub fn parse(raw: &str) -> Result<Self, ValueError> {
+        match raw.trim().to_ascii_lowercase().as_str() {
+            "local" => Ok(Self::Local),
+            _ => Err(ValueError::UnknownProviderKind(raw.chars().take(64).collect())),
+        }
+    }
+
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Self::Local => "local",
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    #[test]
+    fn emails_are_normalised_and_checked() {
+        assert_eq!(Email::parse("  Ada@Example.ORG ").map(|e| e.to_string()), Ok("ada@example.org".into()));
+        for bad in ["", "ada", "ada@", "@example.org", "ada@example", "a b@example.org", "a@b@example.org", "ada@.org"] {
+            assert!(Email::parse(bad).is_err(), "{bad:?} should be refused");
+        }
+    }
+
+    #[test]
+    fn paths_are_normalised() {
+        let p = ProviderPath::parse("/Photos//2024/./beach.jpg").expect("valid");
+        assert_eq!(p.as_str(), "Photos/2024/beach.jpg");
+        assert_eq!(p.name(), "beach.jpg");
+        assert_eq!(p.parent().as_str(), "Photos/2024");
+        assert!(ProviderPath::parse("/").expect("root").is_root());
+        assert_eq!(ProviderPath::parse("/etc/passwd").expect("valid").as_str(), "etc/passwd");
+    }
+
+    #[test]
+    fn escaping_paths_are_refused() {
+        for bad in ["../x", "a/../../b", "..", "a/\0b", "C:\\Windows", "c:/x", "a\\b", "a/\nb"] {
+            assert!(ProviderPath::parse(bad).is_err(), "{bad:?} should be refused");
+        }
+        assert!(ProviderPath::parse(&"a/".repeat(3000)).is_err());
+        assert!(ProviderPath::root().join("a/b").is_err());
+        assert!(ProviderPath::root().join("..").is_err());
+    }
+
+    #[test]
+    fn within_respects_component_boundaries() {
+        let folder = ProviderPath::parse("docs").expect("valid");
+        assert!(ProviderPath::parse("docs/a.txt").expect("valid").is_within(&folder));
+        assert!(!ProviderPath::parse("docs2/a.txt").expect("valid").is_within(&folder));
+        assert!(folder.is_within(&ProviderPath::root()));
+    }
+
+    proptest! {
+        #[test]
+        fn parsed_paths_never_escape(raw in "[a-z./\\\\\\x00]{0,40}") {
+            if let Ok(path) = ProviderPath::parse(&raw) {
+                prop_assert!(path.components().all(|c| c != ".." && c != "." && !c.is_empty()));
+                prop_assert!(!path.as_str().starts_with('/'));
+                prop_assert!(!path.as_str().contains('\0') && !path.as_str().contains('\\'));
+                // Parsing is idempotent.
+                prop_assert_eq!(ProviderPath::parse(path.as_str()).ok(), Some(path.clone()));
+            }
+        }
+    }
+}

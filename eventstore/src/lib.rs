@@ -1,0 +1,61 @@
+//! The event store: one append-only, globally ordered log behind the [`EventStore`] trait, with an
+//! embedded SQLite backend and a PostgreSQL backend, catch-up-then-live subscriptions, and the database
+//! handle (pool + migrations) that the write and read sides share.
+
+mod database;
+mod postgres;
+mod sqlite;
+mod subscription;
+#[cfg(feature = "testing")]
+pub mod testing;
+mod types;
+
+pub use database::{Database, DbPool};
+pub use postgres::{APPEND_LOCK_KEY, PgEventStore};
+pub use sqlite::SqliteEventStore;
+pub use subscription::subscribe;
+pub use types::{AppendOutcome, EventMetadata, ExpectedVersion, NewEvent, RecordedEvent, StoreError, StreamAppend};
+
+use async_trait::async_trait;
+use tokio::sync::watch;
+use uuid::Uuid;
+
+/// The event store contract, met by both backends and checked by one contract test suite.
+#[async_trait]
+pub trait EventStore: Send + Sync + 'static {
+    /// Appends every batch in one transaction: all or nothing. Each batch names its stream and the
+    /// version that stream must have; a mismatch is [`StoreError::Concurrency`] and writes nothing.
+    async fn append(&self, batches: Vec<StreamAppend>) -> Result<AppendOutcome, StoreError>;
+
+    /// The whole history of one stream, in version order (empty for a stream that does not exist).
+    async fn read_stream(&self, stream: &str) -> Result<Vec<RecordedEvent>, StoreError>;
+
+    /// Up to `limit` events with a global position greater than `after`, in global order.
+    async fn read_all(&self, after: i64, limit: i64) -> Result<Vec<RecordedEvent>, StoreError>;
+
+    /// Up to `limit` events whose actor is `actor`, after `after`, in global order.
+    async fn read_by_actor(&self, actor: Uuid, after: i64, limit: i64) -> Result<Vec<RecordedEvent>, StoreError>;
+
+    /// The position of the newest committed event (0 when the log is empty).
+    async fn head(&self) -> Result<i64, StoreError>;
+
+    /// Changes whenever this process learns of newer events (its own appends; LISTEN/NOTIFY on
+    /// PostgreSQL). Subscribers use it to wake up early and poll as the fallback.
+    fn watch(&self) -> watch::Receiver<i64>;
+
+    /// `"sqlite"` or `"postgres"`.
+    fn backend(&self) -> &'static str;
+}
+
+/// Appends to one stream.
+///
+/// # Errors
+/// As [`EventStore::append`].
+pub async fn append_to(
+    store: &dyn EventStore,
+    stream: &str,
+    expected: ExpectedVersion,
+    events: Vec<NewEvent>,
+) -> Result<AppendOutcome, StoreError> {
+    store.append(vec![StreamAppend { stream: stream.to_owned(), expected, events }]).await
+}

@@ -1,0 +1,206 @@
+//! The scale event store: a table in PostgreSQL, with LISTEN/NOTIFY to wake subscribers.
+//!
+//! Gap safety: every append takes one transaction-scoped advisory lock before it reads the head, so
+//! positions are handed out in commit order. A transaction that took position N has committed (or rolled
+//! back, taking nothing) before any other can take N+1, which closes the BIGSERIAL trap where a reader
+//! sees N+1 committed while N is still in flight and skips N forever.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use sqlx::postgres::{PgListener, PgRow};
+use sqlx::{PgPool, Row as _};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use uuid::Uuid;
+
+use crate::types::{EventMetadata, RecordedEvent, distinct_streams, plan_rows};
+use crate::{AppendOutcome, EventStore, StoreError, StreamAppend};
+
+/// The advisory lock key that serialises appends ("cloudsync" as ASCII).
+pub const APPEND_LOCK_KEY: i64 = 0x0063_6c6f_7564_7379;
+const CHANNEL: &str = "cloudsync_events";
+
+pub struct PgEventStore {
+    pool: PgPool,
+    head: watch::Sender<i64>,
+    listener: JoinHandle<()>,
+}
+
+impl Drop for PgEventStore {
+    fn drop(&mut self) {
+        self.listener.abort();
+    }
+}
+
+impl PgEventStore {
+    /// Starts the LISTEN task that the store owns (it stops when the store is dropped).
+    ///
+    /// # Errors
+    /// When the head position cannot be read.
+    pub async fn new(pool: PgPool) -> Result<Self, StoreError> {
+        let head: i64 = sqlx::query_scalar("SELECT COALESCE(MAX(position), 0)::BIGINT FROM events").fetch_one(&pool).await?;
+        let head = watch::Sender::new(head);
+        let listener = tokio::spawn(listen(pool.clone(), head.clone()));
+        Ok(Self { pool, head, listener })
+    }
+}
+
+fn bump(head: &watch::Sender<i64>, position: i64) {
+    head.send_if_modified(|h| {
+        let newer = position > *h;
+        *h = (*h).max(position);
+        newer
+    });
+}
+
+/// Follows NOTIFY on the events channel; on any error it reconnects after a pause, and subscribers keep
+/// polling meanwhile.
+async fn listen(pool: PgPool, head: watch::Sender<i64>) {
+    loop {
+        let result: Result<(), sqlx::Error> = async {
+            let mut listener = PgListener::connect_with(&pool).await?;
+            listener.listen(CHANNEL).await?;
+            loop {
+                let note = listener.recv().await?;
+                if let Ok(position) = note.payload().parse::<i64>() {
+                    bump(&head, position);
+                }
+            }
+        }
+        .await;
+        if let Err(error) = result {
+            tracing::warn!(error = %error, "Event notification listener failed; subscribers fall back to polling.");
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
+const COLUMNS: &str = "position, stream_id, stream_version, event_type, schema_version, payload, event_id, \
+                       correlation_id, causation_id, actor_id, occurred_at";
+
+fn decode(row: &PgRow) -> Result<RecordedEvent, StoreError> {
+    let occurred_at: DateTime<Utc> = row.try_get("occurred_at")?;
+    Ok(RecordedEvent {
+        position: row.try_get("position")?,
+        stream_id: row.try_get("stream_id")?,
+        stream_version: row.try_get("stream_version")?,
+        event_type: row.try_get("event_type")?,
+        schema_version: row.try_get("schema_version")?,
+        payload: row.try_get::<sqlx::types::Json<serde_json::Value>, _>("payload")?.0,
+        metadata: EventMetadata {
+            event_id: row.try_get("event_id")?,
+            correlation_id: row.try_get("correlation_id")?,
+            causation_id: row.try_get("causation_id")?,
+            actor_id: row.try_get("actor_id")?,
+            occurred_at,
+        },
+    })
+}
+
+#[async_trait]
+impl EventStore for PgEventStore {
+    async fn append(&self, batches: Vec<StreamAppend>) -> Result<AppendOutcome, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("SELECT pg_advisory_xact_lock($1)").bind(APPEND_LOCK_KEY).execute(&mut *tx).await?;
+        let streams = distinct_streams(&batches);
+        let current: HashMap<String, i64> = sqlx::query_as(
+            "SELECT stream_id, MAX(stream_version)::BIGINT FROM events WHERE stream_id = ANY($1) GROUP BY stream_id",
+        )
+        .bind(&streams)
+        .fetch_all(&mut *tx)
+        .await?
+        .into_iter()
+        .collect();
+        let head: i64 = sqlx::query_scalar("SELECT COALESCE(MAX(position), 0)::BIGINT FROM events").fetch_one(&mut *tx).await?;
+        let (rows, versions) = plan_rows(&batches, current, head)?;
+        if !rows.is_empty() {
+            let mut cols = Columns::default();
+            for row in &rows {
+                let m = &row.event.metadata;
+                cols.position.push(row.position);
+                cols.stream_id.push(row.stream_id.to_owned());
+                cols.stream_version.push(row.stream_version);
+                cols.event_type.push(row.event.event_type.clone());
+                cols.schema_version.push(row.event.schema_version);
+                cols.payload.push(row.event.payload.to_string());
+                cols.event_id.push(m.event_id);
+                cols.correlation_id.push(m.correlation_id);
+                cols.causation_id.push(m.causation_id);
+                cols.actor_id.push(m.actor_id);
+                cols.occurred_at.push(m.occurred_at);
+            }
+            sqlx::query(
+                "INSERT INTO events (position, stream_id, stream_version, event_type, schema_version, payload, event_id, \
+                 correlation_id, causation_id, actor_id, occurred_at) \
+                 SELECT p, s, v, t, sv, pl::jsonb, e, c, ca, a, o FROM UNNEST($1::bigint[], $2::text[], $3::bigint[], \
+                 $4::text[], $5::int[], $6::text[], $7::uuid[], $8::uuid[], $9::uuid[], $10::uuid[], $11::timestamptz[]) \
+                 AS x(p, s, v, t, sv, pl, e, c, ca, a, o)",
+            )
+            .bind(cols.position)
+            .bind(cols.stream_id)
+            .bind(cols.stream_version)
+            .bind(cols.event_type)
+            .bind(cols.schema_version)
+            .bind(cols.payload)
+            .bind(cols.event_id)
+            .bind(cols.correlation_id)
+            .bind(cols.causation_id)
+            .bind(cols.actor_id)
+            .bind(cols.occurred_at)
+            .execute(&mut *tx)
+            .await?;
+        }
+        let last = rows.last().map_or(head, |r| r.position);
+        if !rows.is_empty() {
+            sqlx::query("SELECT pg_notify($1, $2)").bind(CHANNEL).bind(last.to_string()).execute(&mut *tx).await?;
+        }
+        tx.commit().await?;
+        bump(&self.head, last);
+        Ok(AppendOutcome { first_position: rows.first().map_or(head, |r| r.position), last_position: last, stream_versions: versions })
+    }
+
+    async fn read_stream(&self, stream: &str) -> Result<Vec<RecordedEvent>, StoreError> {
+        let sql = format!("SELECT {COLUMNS} FROM events WHERE stream_id = $1 ORDER BY stream_version");
+        sqlx::query(&sql).bind(stream).fetch_all(&self.pool).await?.iter().map(decode).collect()
+    }
+
+    async fn read_all(&self, after: i64, limit: i64) -> Result<Vec<RecordedEvent>, StoreError> {
+        let sql = format!("SELECT {COLUMNS} FROM events WHERE position > $1 ORDER BY position LIMIT $2");
+        sqlx::query(&sql).bind(after).bind(limit).fetch_all(&self.pool).await?.iter().map(decode).collect()
+    }
+
+    async fn read_by_actor(&self, actor: Uuid, after: i64, limit: i64) -> Result<Vec<RecordedEvent>, StoreError> {
+        let sql = format!("SELECT {COLUMNS} FROM events WHERE actor_id = $1 AND position > $2 ORDER BY position LIMIT $3");
+        sqlx::query(&sql).bind(actor).bind(after).bind(limit).fetch_all(&self.pool).await?.iter().map(decode).collect()
+    }
+
+    async fn head(&self) -> Result<i64, StoreError> {
+        Ok(sqlx::query_scalar("SELECT COALESCE(MAX(position), 0)::BIGINT FROM events").fetch_one(&self.pool).await?)
+    }
+
+    fn watch(&self) -> watch::Receiver<i64> {
+        self.head.subscribe()
+    }
+
+    fn backend(&self) -> &'static str {
+        "postgres"
+    }
+}
+
+#[derive(Default)]
+struct Columns {
+    position: Vec<i64>,
+    stream_id: Vec<String>,
+    stream_version: Vec<i64>,
+    event_type: Vec<String>,
+    schema_version: Vec<i32>,
+    payload: Vec<String>,
+    event_id: Vec<Uuid>,
+    correlation_id: Vec<Uuid>,
+    causation_id: Vec<Option<Uuid>>,
+    actor_id: Vec<Option<Uuid>>,
+    occurred_at: Vec<DateTime<Utc>>,
+}

@@ -1,0 +1,132 @@
+//! The embedded event store: a table in the SQLite file in the data dir.
+
+use std::collections::HashMap;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use sqlx::sqlite::SqliteRow;
+use sqlx::{Row as _, SqlitePool};
+use tokio::sync::watch;
+use uuid::Uuid;
+
+use crate::types::{EventMetadata, RecordedEvent, distinct_streams, plan_rows};
+use crate::{AppendOutcome, EventStore, StoreError, StreamAppend};
+
+pub struct SqliteEventStore {
+    pool: SqlitePool,
+    head: watch::Sender<i64>,
+}
+
+impl SqliteEventStore {
+    /// # Errors
+    /// When the head position cannot be read.
+    pub async fn new(pool: SqlitePool) -> Result<Self, StoreError> {
+        let head: i64 = sqlx::query_scalar("SELECT COALESCE(MAX(position), 0) FROM events").fetch_one(&pool).await?;
+        Ok(Self { pool, head: watch::Sender::new(head) })
+    }
+}
+
+const COLUMNS: &str = "position, stream_id, stream_version, event_type, schema_version, payload, event_id, \
+                       correlation_id, causation_id, actor_id, occurred_at";
+
+fn uuid_column(row: &SqliteRow, column: &str, position: i64) -> Result<Option<Uuid>, StoreError> {
+    let text: Option<String> = row.try_get(column)?;
+    text.map(|t| Uuid::parse_str(&t).map_err(|err| StoreError::Corrupt { position, reason: format!("{column}: {err}") }))
+        .transpose()
+}
+
+fn decode(row: &SqliteRow) -> Result<RecordedEvent, StoreError> {
+    let position: i64 = row.try_get("position")?;
+    let payload: String = row.try_get("payload")?;
+    let corrupt = |reason: String| StoreError::Corrupt { position, reason };
+    let occurred_at: DateTime<Utc> = row.try_get("occurred_at")?;
+    Ok(RecordedEvent {
+        position,
+        stream_id: row.try_get("stream_id")?,
+        stream_version: row.try_get("stream_version")?,
+        event_type: row.try_get("event_type")?,
+        schema_version: row.try_get("schema_version")?,
+        payload: serde_json::from_str(&payload).map_err(|err| corrupt(format!("payload: {err}")))?,
+        metadata: EventMetadata {
+            event_id: uuid_column(row, "event_id", position)?.ok_or_else(|| corrupt("no event id".into()))?,
+            correlation_id: uuid_column(row, "correlation_id", position)?.ok_or_else(|| corrupt("no correlation id".into()))?,
+            causation_id: uuid_column(row, "causation_id", position)?,
+            actor_id: uuid_column(row, "actor_id", position)?,
+            occurred_at,
+        },
+    })
+}
+
+#[async_trait]
+impl EventStore for SqliteEventStore {
+    async fn append(&self, batches: Vec<StreamAppend>) -> Result<AppendOutcome, StoreError> {
+        // BEGIN IMMEDIATE takes SQLite's single write lock before reading versions, so the checks and the
+        // positions cannot go stale before commit, and positions follow commit order.
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let mut current = HashMap::new();
+        for stream in distinct_streams(&batches) {
+            let version: i64 = sqlx::query_scalar("SELECT COALESCE(MAX(stream_version), 0) FROM events WHERE stream_id = $1")
+                .bind(&stream)
+                .fetch_one(&mut *tx)
+                .await?;
+            current.insert(stream, version);
+        }
+        let head: i64 = sqlx::query_scalar("SELECT COALESCE(MAX(position), 0) FROM events").fetch_one(&mut *tx).await?;
+        let (rows, versions) = plan_rows(&batches, current, head)?;
+        for row in &rows {
+            let m = &row.event.metadata;
+            sqlx::query(
+                "INSERT INTO events (position, stream_id, stream_version, event_type, schema_version, payload, event_id, \
+                 correlation_id, causation_id, actor_id, occurred_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+            )
+            .bind(row.position)
+            .bind(row.stream_id)
+            .bind(row.stream_version)
+            .bind(&row.event.event_type)
+            .bind(row.event.schema_version)
+            .bind(row.event.payload.to_string())
+            .bind(m.event_id.to_string())
+            .bind(m.correlation_id.to_string())
+            .bind(m.causation_id.map(|u| u.to_string()))
+            .bind(m.actor_id.map(|u| u.to_string()))
+            .bind(m.occurred_at)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        let last = rows.last().map_or(head, |r| r.position);
+        self.head.send_if_modified(|h| {
+            let newer = last > *h;
+            *h = (*h).max(last);
+            newer
+        });
+        Ok(AppendOutcome { first_position: rows.first().map_or(head, |r| r.position), last_position: last, stream_versions: versions })
+    }
+
+    async fn read_stream(&self, stream: &str) -> Result<Vec<RecordedEvent>, StoreError> {
+        let sql = format!("SELECT {COLUMNS} FROM events WHERE stream_id = $1 ORDER BY stream_version");
+        sqlx::query(&sql).bind(stream).fetch_all(&self.pool).await?.iter().map(decode).collect()
+    }
+
+    async fn read_all(&self, after: i64, limit: i64) -> Result<Vec<RecordedEvent>, StoreError> {
+        let sql = format!("SELECT {COLUMNS} FROM events WHERE position > $1 ORDER BY position LIMIT $2");
+        sqlx::query(&sql).bind(after).bind(limit).fetch_all(&self.pool).await?.iter().map(decode).collect()
+    }
+
+    async fn read_by_actor(&self, actor: Uuid, after: i64, limit: i64) -> Result<Vec<RecordedEvent>, StoreError> {
+        let sql = format!("SELECT {COLUMNS} FROM events WHERE actor_id = $1 AND position > $2 ORDER BY position LIMIT $3");
+        sqlx::query(&sql).bind(actor.to_string()).bind(after).bind(limit).fetch_all(&self.pool).await?.iter().map(decode).collect()
+    }
+
+    async fn head(&self) -> Result<i64, StoreError> {
+        Ok(sqlx::query_scalar("SELECT COALESCE(MAX(position), 0) FROM events").fetch_one(&self.pool).await?)
+    }
+
+    fn watch(&self) -> watch::Receiver<i64> {
+        self.head.subscribe()
+    }
+
+    fn backend(&self) -> &'static str {
+        "sqlite"
+    }
+}

@@ -1,0 +1,371 @@
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use cloudsync_eventstore::testing::{Backend, TestDatabase};
+use cloudsync_eventstore::{
+    APPEND_LOCK_KEY, DbPool, EventMetadata, EventStore, ExpectedVersion, NewEvent, StoreError, StreamAppend, append_to, subscribe,
+};
+use futures::StreamExt;
+use serde_json::json;
+use uuid::Uuid;
+
+macro_rules! contract {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            $( #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+               async fn $name() { let db = super::TestDatabase::new(super::Backend::Sqlite).await; super::$name(&db).await; db.cleanup().await; } )*
+        }
+        mod postgres {
+            $( #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+               async fn $name() { let db = super::TestDatabase::new(super::Backend::Postgres).await; super::$name(&db).await; db.cleanup().await; } )*
+        }
+    };
+}
+
+contract!(
+    append_then_read_stream_keeps_every_field,
+    a_version_mismatch_is_typed_and_writes_nothing,
+    many_streams_append_in_one_transaction,
+    read_all_pages_in_global_order,
+    read_by_actor_returns_only_that_users_events,
+    subscribe_catches_up_then_follows_live_appends,
+    concurrent_writers_are_seen_exactly_once_in_order,
+    a_late_committing_writer_is_never_skipped,
+    events_are_immutable,
+    malformed_stream_names_are_refused,
+);
+
+fn event(kind: &str, n: i64, actor: Option<Uuid>) -> NewEvent {
+    NewEvent {
+        event_type: kind.into(),
+        schema_version: 1,
+        payload: json!({ "n": n, "text": "zażółć ✓" }),
+        metadata: EventMetadata::new(actor),
+    }
+}
+
+fn stream() -> String {
+    format!("test-{}", Uuid::new_v4())
+}
+
+async fn append_then_read_stream_keeps_every_field(db: &TestDatabase) {
+    let store = &*db.db.events;
+    let s = stream();
+    let mut events = vec![event("Created", 1, Some(Uuid::new_v4())), event("Renamed", 2, None)];
+    events[1].metadata.causation_id = Some(events[0].metadata.event_id);
+    events[1].schema_version = 3;
+    let outcome = append_to(store, &s, ExpectedVersion::NoStream, events.clone()).await.expect("append");
+    assert_eq!((outcome.first_position, outcome.last_position), (1, 2));
+    assert_eq!(outcome.stream_versions[&s], 2);
+
+    let read = store.read_stream(&s).await.expect("read");
+    assert_eq!(read.len(), 2);
+    for (i, (stored, sent)) in read.iter().zip(&events).enumerate() {
+        assert_eq!(stored.position, i as i64 + 1);
+        assert_eq!(stored.stream_version, i as i64 + 1);
+        assert_eq!(stored.stream_id, s);
+        assert_eq!(stored.event_type, sent.event_type);
+        assert_eq!(stored.schema_version, sent.schema_version);
+        assert_eq!(stored.payload, sent.payload);
+        assert_eq!(stored.metadata.event_id, sent.metadata.event_id);
+        assert_eq!(stored.metadata.correlation_id, sent.metadata.correlation_id);
+        assert_eq!(stored.metadata.causation_id, sent.metadata.causation_id);
+        assert_eq!(stored.metadata.actor_id, sent.metadata.actor_id);
+        let drift = (stored.metadata.occurred_at - sent.metadata.occurred_at).num_microseconds().unwrap_or(i64::MAX).abs();
+        assert!(drift <= 1, "timestamps survive to the microsecond, drift {drift}µs");
+    }
+    assert!(store.read_stream("test-nothing").await.expect("read").is_empty());
+    assert_eq!(store.head().await.expect("head"), 2);
+}
+
+async fn a_version_mismatch_is_typed_and_writes_nothing(db: &TestDatabase) {
+    let store = &*db.db.events;
+    let s = stream();
+    append_to(store, &s, ExpectedVersion::NoStream, vec![event("A", 1, None)]).await.expect("first append");
+
+    for wrong in [ExpectedVersion::NoStream, ExpectedVersion::Exact(0), ExpectedVersion::Exact(2)] {
+        let err = append_to(store, &s, wrong, vec![event("B", 2, None)]).await.expect_err("must conflict");
+        assert!(
+            matches!(&err, StoreError::Concurrency { stream, actual: 1, .. } if stream == &s),
+            "expected a concurrency error, got {err:?}"
+        );
+    }
+    // A batch where one stream is fine and another conflicts is refused whole.
+    let fresh = stream();
+    let err = store
+        .append(vec![
+            StreamAppend { stream: fresh.clone(), expected: ExpectedVersion::NoStream, events: vec![event("C", 3, None)] },
+            StreamAppend { stream: s.clone(), expected: ExpectedVersion::Exact(7), events: vec![event("D", 4, None)] },
+        ])
+        .await
+        .expect_err("must conflict");
+    assert!(err.is_concurrency());
+    assert!(store.read_stream(&fresh).await.expect("read").is_empty(), "nothing of the refused batch was written");
+    assert_eq!(store.head().await.expect("head"), 1);
+
+    append_to(store, &s, ExpectedVersion::Exact(1), vec![event("B", 2, None)]).await.expect("right version");
+    append_to(store, &s, ExpectedVersion::Any, vec![event("E", 5, None)]).await.expect("any version");
+    assert_eq!(store.read_stream(&s).await.expect("read").len(), 3);
+}
+
+async fn many_streams_append_in_one_transaction(db: &TestDatabase) {
+    let store = &*db.db.events;
+    let batches: Vec<StreamAppend> = (0..3000)
+        .map(|i| StreamAppend { stream: stream(), expected: ExpectedVersion::NoStream, events: vec![event("FileDiscovered", i, None)] })
+        .collect();
+    let names: Vec<String> = batches.iter().map(|b| b.stream.clone()).collect();
+    let outcome = store.append(batches).await.expect("append");
+    assert_eq!((outcome.first_position, outcome.last_position), (1, 3000));
+    assert_eq!(outcome.stream_versions.len(), 3000);
+    assert!(names.iter().all(|n| outcome.stream_versions[n] == 1));
+    let all = store.read_all(0, 10_000).await.expect("read all");
+    assert_eq!(all.len(), 3000);
+    assert_eq!(all[1234].stream_id, names[1234]);
+    assert_eq!(all[1234].payload["n"], 1234);
+}
+
+async fn read_all_pages_in_global_order(db: &TestDatabase) {
+    let store = &*db.db.events;
+    let (a, b) = (stream(), stream());
+    for i in 0..10 {
+        let s = if i % 2 == 0 { &a } else { &b };
+        append_to(store, s, ExpectedVersion::Any, vec![event("E", i, None)]).await.expect("append");
+    }
+    let mut seen = Vec::new();
+    let mut after = 0;
+    loop {
+        let page = store.read_all(after, 3).await.expect("read");
+        if page.is_empty() {
+            break;
+        }
+        after = page.last().map(|e| e.position).unwrap_or(after);
+        seen.extend(page.into_iter().map(|e| e.payload["n"].as_i64().unwrap_or(-1)));
+    }
+    assert_eq!(seen, (0..10).collect::<Vec<_>>());
+    assert_eq!(store.read_all(7, 100).await.expect("read").len(), 3);
+}
+
+async fn read_by_actor_returns_only_that_users_events(db: &TestDatabase) {
+    let store = &*db.db.events;
+    let (alice, bob) = (Uuid::new_v4(), Uuid::new_v4());
+    for i in 0..6 {
+        let actor = if i % 3 == 0 { bob } else { alice };
+        append_to(store, &stream(), ExpectedVersion::NoStream, vec![event("E", i, Some(actor))]).await.expect("append");
+    }
+    let alices: Vec<i64> = store.read_by_actor(alice, 0, 100).await.expect("read").iter().map(|e| e.payload["n"].as_i64().unwrap_or(-1)).collect();
+    assert_eq!(alices, vec![1, 2, 4, 5]);
+    assert!(store.read_by_actor(Uuid::new_v4(), 0, 100).await.expect("read").is_empty());
+}
+
+async fn subscribe_catches_up_then_follows_live_appends(db: &TestDatabase) {
+    let store = db.db.events.clone();
+    let s = stream();
+    for i in 0..10 {
+        append_to(&*store, &s, ExpectedVersion::Any, vec![event("E", i, None)]).await.expect("append");
+    }
+    // The poll interval is long, so live delivery within the deadline proves the notification path.
+    let mut sub = Box::pin(subscribe(store.clone(), 3, Duration::from_secs(30)));
+    for expected in 4..=10 {
+        let e = next(&mut sub).await;
+        assert_eq!(e.position, expected);
+    }
+    let writer = {
+        let store = store.clone();
+        let s = s.clone();
+        tokio::spawn(async move {
+            for i in 10..15 {
+                append_to(&*store, &s, ExpectedVersion::Any, vec![event("E", i, None)]).await.expect("append");
+            }
+        })
+    };
+    for expected in 11..=15 {
+        let e = next(&mut sub).await;
+        assert_eq!(e.position, expected);
+        assert_eq!(e.payload["n"], expected - 1);
+    }
+    writer.await.expect("writer");
+}
+
+async fn next<S: futures::Stream<Item = Result<cloudsync_eventstore::RecordedEvent, StoreError>> + Unpin>(
+    sub: &mut S,
+) -> cloudsync_eventstore::RecordedEvent {
+    tokio::time::timeout(Duration::from_secs(10), sub.next())
+        .await
+        .expect("an event within 10 s")
+        .expect("the subscription continues")
+        .expect("no read error")
+}
+
+async fn concurrent_writers_are_seen_exactly_once_in_order(db: &TestDatabase) {
+    const WRITERS: usize = 16;
+    const APPENDS: usize = 40;
+    let store = db.db.events.clone();
+    let shared = stream();
+    let mut sub = Box::pin(subscribe(store.clone(), 0, Duration::from_millis(20)));
+    let writers: Vec<_> = (0..WRITERS)
+        .map(|w| {
+            let store = store.clone();
+            let shared = shared.clone();
+            tokio::spawn(async move {
+                let own = stream();
+                let mut ids = Vec::new();
+                for i in 0..APPENDS {
+                    // Alternate between the writer's own stream (batches of 1–3) and a stream everyone
+                    // fights over with optimistic concurrency (retry on conflict).
+                    if i % 4 == 3 {
+                        loop {
+                            let version = store.read_stream(&shared).await.expect("read").len() as i64;
+                            let e = event("Shared", (w * 1000 + i) as i64, None);
+                            let id = e.metadata.event_id;
+                            match append_to(&*store, &shared, ExpectedVersion::Exact(version), vec![e]).await {
+                                Ok(_) => {
+                                    ids.push(id);
+                                    break;
+                                }
+                                Err(err) if err.is_concurrency() => continue,
+                                Err(err) => panic!("append failed: {err}"),
+                            }
+                        }
+                    } else {
+                        let batch: Vec<NewEvent> = (0..1 + i % 3).map(|k| event("Own", (w * 1000 + i * 10 + k) as i64, None)).collect();
+                        ids.extend(batch.iter().map(|e| e.metadata.event_id));
+                        append_to(&*store, &own, ExpectedVersion::Any, batch).await.expect("append");
+                    }
+                }
+                ids
+            })
+        })
+        .collect();
+    let mut written = HashSet::new();
+    for w in writers {
+        written.extend(w.await.expect("writer"));
+    }
+    let total = written.len();
+    let mut seen = Vec::with_capacity(total);
+    while seen.len() < total {
+        seen.push(next(&mut sub).await);
+    }
+    let positions: Vec<i64> = seen.iter().map(|e| e.position).collect();
+    assert_eq!(positions, (1..=total as i64).collect::<Vec<_>>(), "every position exactly once, in order, no gaps");
+    let ids: HashSet<Uuid> = seen.iter().map(|e| e.metadata.event_id).collect();
+    assert_eq!(ids, written, "the subscriber saw exactly the committed events");
+    // Stream versions are dense per stream.
+    let mut per_stream: HashMap<&str, Vec<i64>> = HashMap::new();
+    for e in &seen {
+        per_stream.entry(&e.stream_id).or_default().push(e.stream_version);
+    }
+    for versions in per_stream.values() {
+        assert_eq!(versions, &(1..=versions.len() as i64).collect::<Vec<_>>());
+    }
+    assert_eq!(per_stream[shared.as_str()].len(), WRITERS * APPENDS / 4);
+}
+
+/// The Postgres BIGSERIAL trap: writer A takes position N, writer B takes N+1 and commits first; a reader
+/// that sees N+1 moves its checkpoint past N and never sees A's event. Here A holds the append lock (as
+/// an append in flight does) while B appends and a subscriber reads: B must wait for A, and the
+/// subscriber must see A's event before B's.
+async fn a_late_committing_writer_is_never_skipped(db: &TestDatabase) {
+    let store = db.db.events.clone();
+    append_to(&*store, &stream(), ExpectedVersion::NoStream, vec![event("Before", 0, None)]).await.expect("append");
+    let mut sub = Box::pin(subscribe(store.clone(), 0, Duration::from_millis(20)));
+    assert_eq!(next(&mut sub).await.position, 1);
+
+    // Writer A: a transaction that takes the append lock and writes position 2, then stalls.
+    let slow_stream = stream();
+    let commit_a = hold_append_lock_and_write(db, &slow_stream).await;
+
+    // Writer B starts while A is in flight.
+    let b = {
+        let store = store.clone();
+        tokio::spawn(async move { append_to(&*store, &stream(), ExpectedVersion::NoStream, vec![event("B", 2, None)]).await })
+    };
+    let early = tokio::time::timeout(Duration::from_millis(300), sub.next()).await;
+    assert!(early.is_err(), "nothing is visible while A is uncommitted, got {early:?}");
+    assert!(!b.is_finished(), "B waits for A's transaction instead of taking a position past it");
+
+    commit_a.send(()).expect("A still waiting");
+    let b_outcome = b.await.expect("B task").expect("B append");
+    assert_eq!(b_outcome.last_position, 3, "B is numbered after A");
+    let a_seen = next(&mut sub).await;
+    let b_seen = next(&mut sub).await;
+    assert_eq!((a_seen.position, a_seen.stream_id.as_str()), (2, slow_stream.as_str()));
+    assert_eq!(b_seen.position, 3);
+}
+
+/// Begins a transaction that holds the backend's append lock and inserts one event at head + 1, then
+/// waits for the returned sender before committing.
+async fn hold_append_lock_and_write(db: &TestDatabase, stream_id: &str) -> tokio::sync::oneshot::Sender<()> {
+    let (commit, wait) = tokio::sync::oneshot::channel::<()>();
+    let (locked, is_locked) = tokio::sync::oneshot::channel::<()>();
+    let stream_id = stream_id.to_owned();
+    let id = Uuid::new_v4();
+    let sql = "INSERT INTO events (position, stream_id, stream_version, event_type, schema_version, payload, event_id, \
+               correlation_id, occurred_at) VALUES ((SELECT COALESCE(MAX(position), 0) + 1 FROM events), $1, 1, 'A', 1, $2, $3, $4, $5)";
+    match db.db.pool.clone() {
+        DbPool::Postgres(pool) => {
+            tokio::spawn(async move {
+                let mut tx = pool.begin().await.expect("begin");
+                sqlx::query("SELECT pg_advisory_xact_lock($1)").bind(APPEND_LOCK_KEY).execute(&mut *tx).await.expect("lock");
+                sqlx::query(sql)
+                    .bind(&stream_id)
+                    .bind(sqlx::types::Json(json!({})))
+                    .bind(id)
+                    .bind(id)
+                    .bind(chrono::Utc::now())
+                    .execute(&mut *tx)
+                    .await
+                    .expect("insert");
+                locked.send(()).expect("test waiting");
+                wait.await.expect("commit signal");
+                tx.commit().await.expect("commit");
+            });
+        }
+        DbPool::Sqlite(pool) => {
+            tokio::spawn(async move {
+                let mut tx = pool.begin_with("BEGIN IMMEDIATE").await.expect("begin");
+                sqlx::query(sql)
+                    .bind(&stream_id)
+                    .bind("{}")
+                    .bind(id.to_string())
+                    .bind(id.to_string())
+                    .bind(chrono::Utc::now())
+                    .execute(&mut *tx)
+                    .await
+                    .expect("insert");
+                locked.send(()).expect("test waiting");
+                wait.await.expect("commit signal");
+                tx.commit().await.expect("commit");
+            });
+        }
+    }
+    is_locked.await.expect("writer A took the lock");
+    commit
+}
+
+async fn events_are_immutable(db: &TestDatabase) {
+    let store = &*db.db.events;
+    append_to(store, &stream(), ExpectedVersion::NoStream, vec![event("E", 1, None)]).await.expect("append");
+    let update = "UPDATE events SET event_type = 'Forged'";
+    let delete = "DELETE FROM events";
+    match &db.db.pool {
+        DbPool::Postgres(p) => {
+            assert!(sqlx::query(update).execute(p).await.is_err());
+            assert!(sqlx::query(delete).execute(p).await.is_err());
+        }
+        DbPool::Sqlite(p) => {
+            assert!(sqlx::query(update).execute(p).await.is_err());
+            assert!(sqlx::query(delete).execute(p).await.is_err());
+        }
+    }
+    assert_eq!(store.read_all(0, 10).await.expect("read")[0].event_type, "E");
+}
+
+async fn malformed_stream_names_are_refused(db: &TestDatabase) {
+    let store: Arc<dyn EventStore> = db.db.events.clone();
+    for bad in ["", "nodash", "user-../../x", "user-a b"] {
+        let err = append_to(&*store, bad, ExpectedVersion::Any, vec![event("E", 1, None)]).await.expect_err("refused");
+        assert!(matches!(err, StoreError::Invalid(_)), "{bad:?}: {err:?}");
+    }
+    assert_eq!(store.head().await.expect("head"), 0);
+}

@@ -1,0 +1,212 @@
+//! The `cloudsync` command line: subcommands and their glue to the library.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{Context as _, bail};
+use clap::{Parser, Subcommand};
+use cloudsync_eventstore::{Database, RecordedEvent};
+use uuid::Uuid;
+
+use crate::config::Config;
+use crate::server::{open_database, start};
+
+#[derive(Debug, Parser)]
+#[command(name = "cloudsync", version, about = "CloudSync: one index, search and sync engine over all your storage.")]
+pub struct Cli {
+    /// A TOML configuration file (CLOUDSYNC_* environment variables override it).
+    #[arg(long, global = true, env = "CLOUDSYNC_CONFIG")]
+    pub config: Option<PathBuf>,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Runs the API, the projectors and the workers (embedded defaults in ./data when nothing is configured).
+    Serve {
+        /// host:port to listen on (overrides CLOUDSYNC_BIND).
+        #[arg(long)]
+        bind: Option<String>,
+    },
+    /// Applies pending database migrations and exits.
+    Migrate,
+    /// Manages the read-model projections.
+    Projections {
+        #[command(subcommand)]
+        command: ProjectionsCommand,
+    },
+    /// Prints history from the event log: one stream's, or everything one user did, in order.
+    Replay {
+        /// A stream such as `file-<uuid>` or `user-<uuid>`.
+        #[arg(long, conflicts_with = "user", required_unless_present = "user")]
+        stream: Option<String>,
+        /// A user id: every event that user caused.
+        #[arg(long)]
+        user: Option<Uuid>,
+        /// One JSON object per line instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ProjectionsCommand {
+    /// Rebuilds one read model (users, providers, files, sync_operations, or all) from position 0.
+    /// Safe while the server runs.
+    Rebuild { name: String },
+}
+
+/// Parses the command line and runs it.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let config = match Config::load(cli.config.as_deref(), std::env::vars()) {
+        Ok(config) => config,
+        Err(error) => {
+            eprintln!("cloudsync: {error:#}");
+            return ExitCode::from(2);
+        }
+    };
+    init_tracing(&config);
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("cloudsync: cannot start the async runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli.command, config)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("cloudsync: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_tracing(config: &Config) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("CLOUDSYNC_LOG").unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,sqlx=warn"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    if config.log_format == "json" {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+/// Runs one subcommand.
+///
+/// # Errors
+/// Whatever stops it, with context.
+pub async fn run(command: Command, mut config: Config) -> anyhow::Result<()> {
+    match command {
+        Command::Serve { bind } => {
+            if let Some(bind) = bind {
+                config.bind = bind;
+                config.validate()?;
+            }
+            let server = start(&config).await?;
+            println!("CloudSync is running: GraphQL at http://{}/graphql", server.addr());
+            server.run_until(shutdown_signal()).await;
+            Ok(())
+        }
+        Command::Migrate => {
+            let db = open_database(&config).await?;
+            println!("Migrations applied ({}).", db.backend());
+            db.close().await;
+            Ok(())
+        }
+        Command::Projections { command: ProjectionsCommand::Rebuild { name } } => {
+            let db = open_database(&config).await?;
+            let names: Vec<&str> = if name == "all" { cloudsync_projections::PROJECTORS.to_vec() } else { vec![name.as_str()] };
+            for name in names {
+                let replayed = cloudsync_projections::rebuild(&db, name).await.with_context(|| format!("rebuilding {name}"))?;
+                println!("Rebuilt {name} from {replayed} events.");
+            }
+            db.close().await;
+            Ok(())
+        }
+        Command::Replay { stream, user, json } => {
+            let db = open_database(&config).await?;
+            let result = replay(&db, stream.as_deref(), user, json, &mut std::io::stdout().lock()).await;
+            db.close().await;
+            result
+        }
+    }
+}
+
+/// Writes a stream's history, or everything a user did, in global order.
+///
+/// # Errors
+/// Store failures, an unknown stream or a write error.
+pub async fn replay(db: &Database, stream: Option<&str>, user: Option<Uuid>, json: bool, out: &mut impl std::io::Write) -> anyhow::Result<()> {
+    let mut count = 0_u64;
+    let mut print = |event: &RecordedEvent| -> anyhow::Result<()> {
+        count += 1;
+        if json {
+            writeln!(out, "{}", serde_json::to_string(event)?)?;
+        } else {
+            let actor = event.metadata.actor_id.map_or_else(|| "-".to_owned(), |a| a.to_string());
+            writeln!(
+                out,
+                "#{} {} {}@{} {} v{} actor={} {}",
+                event.position,
+                event.metadata.occurred_at.to_rfc3339(),
+                event.stream_id,
+                event.stream_version,
+                event.event_type,
+                event.schema_version,
+                actor,
+                event.payload
+            )?;
+        }
+        Ok(())
+    };
+    match (stream, user) {
+        (Some(stream), _) => {
+            let events = db.events.read_stream(stream).await?;
+            if events.is_empty() {
+                bail!("stream {stream:?} has no events");
+            }
+            events.iter().try_for_each(&mut print)?;
+        }
+        (None, Some(user)) => {
+            let mut after = 0;
+            loop {
+                let page = db.events.read_by_actor(user, after, 1000).await?;
+                let Some(last) = page.last() else { break };
+                after = last.position;
+                page.iter().try_for_each(&mut print)?;
+            }
+        }
+        (None, None) => bail!("give --stream or --user"),
+    }
+    drop(print);
+    if count == 0 {
+        bail!("no events found");
+    }
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        if tokio::signal::ctrl_c().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {}
+        () = terminate => {}
+    }
+}

@@ -1,0 +1,138 @@
+//! Configuration: defaults, then a TOML file, then `CLOUDSYNC_*` environment variables, then flags.
+//! With nothing set, CloudSync runs on the embedded defaults in `./data`.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context as _, bail};
+use secrecy::SecretString;
+use serde::Deserialize;
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Where the embedded backends keep their files (SQLite database, signing key).
+    pub data_dir: PathBuf,
+    /// `host:port` to listen on.
+    pub bind: String,
+    /// `sqlite://…` or `postgres://…`; default: `sqlite://<data_dir>/cloudsync.db`.
+    pub database_url: Option<String>,
+    /// HMAC key for access tokens; default: generated once and kept in `<data_dir>/jwt-secret`.
+    pub jwt_secret: Option<SecretString>,
+    /// Lifetime of an access token.
+    pub token_ttl_minutes: i64,
+    /// `text` or `json`.
+    pub log_format: String,
+    /// The largest request body accepted.
+    pub max_body_bytes: usize,
+    /// How long a query waits for the read models to reflect the caller's own writes.
+    pub consistency_timeout_ms: u64,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            data_dir: PathBuf::from("data"),
+            bind: "127.0.0.1:8080".into(),
+            database_url: None,
+            jwt_secret: None,
+            token_ttl_minutes: 60,
+            log_format: "text".into(),
+            max_body_bytes: 1024 * 1024,
+            consistency_timeout_ms: 5000,
+        }
+    }
+}
+
+impl Config {
+    /// Reads the optional file and then the environment (`vars` is normally `std::env::vars()`).
+    ///
+    /// # Errors
+    /// An unreadable or malformed file, or a malformed variable.
+    pub fn load(file: Option<&Path>, vars: impl IntoIterator<Item = (String, String)>) -> anyhow::Result<Self> {
+        let mut config = match file {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).with_context(|| format!("reading the configuration file {}", path.display()))?;
+                toml::from_str(&text).with_context(|| format!("parsing the configuration file {}", path.display()))?
+            }
+            None => Self::default(),
+        };
+        for (key, value) in vars {
+            let Some(name) = key.strip_prefix("CLOUDSYNC_") else { continue };
+            match name {
+                "DATA_DIR" => config.data_dir = PathBuf::from(value),
+                "BIND" => config.bind = value,
+                "DATABASE_URL" => config.database_url = Some(value),
+                "JWT_SECRET" => config.jwt_secret = Some(SecretString::from(value)),
+                "TOKEN_TTL_MINUTES" => config.token_ttl_minutes = value.parse().context("CLOUDSYNC_TOKEN_TTL_MINUTES must be a number")?,
+                "LOG_FORMAT" => config.log_format = value,
+                "MAX_BODY_BYTES" => config.max_body_bytes = value.parse().context("CLOUDSYNC_MAX_BODY_BYTES must be a number")?,
+                "CONSISTENCY_TIMEOUT_MS" => {
+                    config.consistency_timeout_ms = value.parse().context("CLOUDSYNC_CONSISTENCY_TIMEOUT_MS must be a number")?;
+                }
+                _ => {}
+            }
+        }
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// # Errors
+    /// A value that cannot work.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        if self.bind.parse::<std::net::SocketAddr>().is_err() && !self.bind.contains(':') {
+            bail!("bind must be host:port, got {:?}", self.bind);
+        }
+        if self.token_ttl_minutes <= 0 {
+            bail!("token_ttl_minutes must be positive");
+        }
+        if !matches!(self.log_format.as_str(), "text" | "json") {
+            bail!("log_format must be text or json");
+        }
+        Ok(())
+    }
+
+    /// The database to use.
+    pub fn database_url(&self) -> String {
+        self.database_url.clone().unwrap_or_else(|| format!("sqlite://{}", self.data_dir.join("cloudsync.db").display()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn vars(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect()
+    }
+
+    #[test]
+    fn nothing_set_means_embedded_defaults_in_data() {
+        let config = Config::load(None, vars(&[])).expect("defaults");
+        assert_eq!(config.database_url(), "sqlite://data/cloudsync.db");
+        assert_eq!(config.bind, "127.0.0.1:8080");
+    }
+
+    #[test]
+    fn environment_overrides_the_file() {
+        let dir = std::env::temp_dir().join(format!("cloudsync-config-{}", uuid::Uuid::new_v4().simple()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let file = dir.join("cloudsync.toml");
+        std::fs::write(&file, "bind = \"0.0.0.0:9000\"\ndata_dir = \"/var/lib/cloudsync\"\n").expect("write");
+        let config = Config::load(Some(&file), vars(&[("CLOUDSYNC_BIND", "127.0.0.1:9001"), ("OTHER", "x")])).expect("loads");
+        assert_eq!(config.bind, "127.0.0.1:9001");
+        assert_eq!(config.data_dir, PathBuf::from("/var/lib/cloudsync"));
+        std::fs::remove_dir_all(dir).ok();
+    }
+
+    #[test]
+    fn malformed_settings_are_refused() {
+        assert!(Config::load(None, vars(&[("CLOUDSYNC_TOKEN_TTL_MINUTES", "soon")])).is_err());
+        assert!(Config::load(None, vars(&[("CLOUDSYNC_LOG_FORMAT", "xml")])).is_err());
+        let dir = std::env::temp_dir().join(format!("cloudsync-config-{}", uuid::Uuid::new_v4().simple()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let file = dir.join("bad.toml");
+        std::fs::write(&file, "bnd = 1\n").expect("write");
+        assert!(Config::load(Some(&file), vars(&[])).is_err());
+        std::fs::remove_dir_all(dir).ok();
+    }
+}

@@ -1,0 +1,81 @@
+//! Errors as clients see them: a message and a stable `code` extension. Infrastructure failures are
+//! logged with their cause and shown only as an opaque id.
+
+use async_graphql::ErrorExtensions as _;
+use cloudsync_commands::CommandError;
+use uuid::Uuid;
+
+/// Stable error codes, sent as `extensions.code`.
+pub mod code {
+    pub const UNAUTHENTICATED: &str = "UNAUTHENTICATED";
+    pub const BAD_USER_INPUT: &str = "BAD_USER_INPUT";
+    pub const NOT_FOUND: &str = "NOT_FOUND";
+    pub const ALREADY_EXISTS: &str = "ALREADY_EXISTS";
+    pub const CONFLICT: &str = "CONFLICT";
+    pub const INTERNAL: &str = "INTERNAL_SERVER_ERROR";
+    pub const PARSE_FAILED: &str = "GRAPHQL_PARSE_FAILED";
+    pub const VALIDATION_FAILED: &str = "GRAPHQL_VALIDATION_FAILED";
+    pub const BAD_REQUEST: &str = "BAD_REQUEST";
+}
+
+#[derive(Debug)]
+pub enum ApiError {
+    Unauthenticated(String),
+    BadInput(String),
+    NotFound(String),
+    AlreadyExists(String),
+    Conflict(String),
+    Internal(String),
+}
+
+impl ApiError {
+    pub fn not_found(what: &str) -> Self {
+        Self::NotFound(format!("{what} not found"))
+    }
+
+    /// Logs an infrastructure failure and returns the opaque error the client sees.
+    pub fn internal(error: &dyn std::fmt::Display) -> Self {
+        let id = Uuid::new_v4();
+        tracing::error!(error_id = %id, error = %error, "Request failed.");
+        Self::Internal(id.to_string())
+    }
+}
+
+impl From<CommandError> for ApiError {
+    fn from(error: CommandError) -> Self {
+        match error {
+            CommandError::NotFound(what) => Self::not_found(what),
+            CommandError::Invalid(why) => Self::BadInput(why),
+            CommandError::AlreadyExists(why) => Self::AlreadyExists(why),
+            CommandError::Conflict(why) => Self::Conflict(why),
+            other => Self::internal(&other),
+        }
+    }
+}
+
+impl From<sqlx::Error> for ApiError {
+    fn from(error: sqlx::Error) -> Self {
+        Self::internal(&error)
+    }
+}
+
+impl From<ApiError> for async_graphql::Error {
+    fn from(error: ApiError) -> Self {
+        let (message, code) = match error {
+            ApiError::Unauthenticated(m) => (m, code::UNAUTHENTICATED),
+            ApiError::BadInput(m) => (m, code::BAD_USER_INPUT),
+            ApiError::NotFound(m) => (m, code::NOT_FOUND),
+            ApiError::AlreadyExists(m) => (m, code::ALREADY_EXISTS),
+            ApiError::Conflict(m) => (m, code::CONFLICT),
+            ApiError::Internal(id) => {
+                return async_graphql::Error::new(format!("internal error (id {id})")).extend_with(|_, e| {
+                    e.set("code", code::INTERNAL);
+                    e.set("errorId", id.clone());
+                });
+            }
+        };
+        async_graphql::Error::new(message).extend_with(|_, e| e.set("code", code))
+    }
+}
+
+pub type ApiResult<T> = Result<T, ApiError>;

@@ -1,0 +1,12 @@
+//! The `cloudsync` service: configuration, authentication, the GraphQL API over HTTP and WebSocket,
+//! the server that owns every background task, and the command line. The only crate that speaks HTTP.
+
+pub mod auth;
+pub mod cli;
+pub mod config;
+pub mod errors;
+pub mod schema;
+pub mod server;
+
+pub use config::Config;
+pub use server::{App, Server, start};

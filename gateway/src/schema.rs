@@ -1,0 +1,397 @@
+//! The GraphQL schema: queries and mutations over HTTP, subscriptions over WebSocket. Every resolver
+//! that touches data first resolves the caller and scopes everything to them.
+
+use std::sync::Arc;
+
+use async_graphql::{Context, Enum, ID, Json, Object, Schema, SimpleObject, Subscription};
+use chrono::{DateTime, Utc};
+use cloudsync_domain::{DomainEvent, Email, FileId, ProviderId, ProviderPath};
+use cloudsync_eventstore::subscribe;
+use cloudsync_projections::{FileRow, ProviderRow, SyncOperationRow};
+use futures::{Stream, StreamExt};
+use serde_json::Value;
+use uuid::Uuid;
+
+use crate::auth::{Authentication, Caller, check_password_rules, dummy_hash, hash_password, verify_password};
+use crate::errors::{ApiError, ApiResult};
+use crate::server::App;
+
+pub type CloudSyncSchema = Schema<QueryRoot, MutationRoot, SubscriptionRoot>;
+
+/// Builds the schema with its limits.
+pub fn build(app: Arc<App>) -> CloudSyncSchema {
+    Schema::build(QueryRoot, MutationRoot, SubscriptionRoot).data(app).limit_depth(12).limit_complexity(1000).finish()
+}
+
+fn app<'a>(ctx: &Context<'a>) -> &'a Arc<App> {
+    // The schema is always built with the app (see `build`).
+    ctx.data_unchecked::<Arc<App>>()
+}
+
+fn caller(ctx: &Context<'_>) -> ApiResult<Caller> {
+    match ctx.data_opt::<Authentication>() {
+        Some(Authentication::User(caller)) => Ok(*caller),
+        Some(Authentication::Invalid(why)) => Err(ApiError::Unauthenticated(why.clone())),
+        _ => Err(ApiError::Unauthenticated("this operation needs a bearer access token (log in first)".into())),
+    }
+}
+
+fn parse_id(id: &ID, what: &str) -> ApiResult<Uuid> {
+    Uuid::parse_str(id.as_str().trim()).map_err(|_| ApiError::BadInput(format!("{what} {:?} is not a valid id", truncate(id.as_str()))))
+}
+
+fn truncate(text: &str) -> String {
+    text.chars().take(64).collect()
+}
+
+fn parse_path(raw: &str) -> ApiResult<ProviderPath> {
+    ProviderPath::parse(raw).map_err(|err| ApiError::BadInput(err.to_string()))
+}
+
+#[derive(SimpleObject)]
+pub struct User {
+    id: ID,
+    email: String,
+    created_at: DateTime<Utc>,
+}
+
+#[derive(SimpleObject)]
+pub struct AuthPayload {
+    access_token: String,
+    user: AuthUser,
+}
+
+#[derive(SimpleObject)]
+pub struct AuthUser {
+    id: ID,
+    email: String,
+}
+
+#[derive(SimpleObject)]
+pub struct Provider {
+    id: ID,
+    kind: String,
+    display_name: String,
+    /// `connected` or `disconnected`.
+    status: String,
+    /// The provider's non-secret configuration (for `local`: its root).
+    config: Json<Value>,
+    connected_at: DateTime<Utc>,
+    disconnected_at: Option<DateTime<Utc>>,
+    /// The scan started by `connectProvider` (only on its result).
+    scan_operation_id: Option<ID>,
+}
+
+impl From<ProviderRow> for Provider {
+    fn from(row: ProviderRow) -> Self {
+        Self {
+            id: ID(row.id.to_string()),
+            kind: row.kind,
+            display_name: row.display_name,
+            status: row.status,
+            config: Json(row.config),
+            connected_at: row.connected_at,
+            disconnected_at: row.disconnected_at,
+            scan_operation_id: None,
+        }
+    }
+}
+
+#[derive(SimpleObject)]
+pub struct File {
+    id: ID,
+    provider_id: ID,
+    /// Relative to the provider's root, `/`-separated.
+    path: String,
+    name: String,
+    size_bytes: i64,
+    mime_type: String,
+    /// BLAKE3 of the content, lower-case hex.
+    checksum: String,
+    modified_at: DateTime<Utc>,
+    created_at: DateTime<Utc>,
+    updated_at: DateTime<Utc>,
+}
+
+impl From<FileRow> for File {
+    fn from(row: FileRow) -> Self {
+        Self {
+            id: ID(row.id.to_string()),
+            provider_id: ID(row.provider_id.to_string()),
+            path: row.path,
+            name: row.name,
+            size_bytes: row.size_bytes,
+            mime_type: row.mime_type,
+            checksum: row.checksum,
+            modified_at: row.modified_at,
+            created_at: row.created_at,
+            updated_at: row.updated_at,
+        }
+    }
+}
+
+#[derive(SimpleObject)]
+pub struct SyncOperation {
+    id: ID,
+    /// `scan` (more kinds arrive with the sync engine).
+    kind: String,
+    provider_id: Option<ID>,
+    /// pending, scanning, planning, transferring, completed, failed or cancelled.
+    status: String,
+    paused: bool,
+    files_done: i64,
+    bytes_done: i64,
+    files_total: Option<i64>,
+    bytes_total: Option<i64>,
+    error: Option<String>,
+    created_at: DateTime<Utc>,
+    updated_at: DateTime<Utc>,
+    completed_at: Option<DateTime<Utc>>,
+}
+
+impl From<SyncOperationRow> for SyncOperation {
+    fn from(row: SyncOperationRow) -> Self {
+        Self {
+            id: ID(row.id.to_string()),
+            kind: row.kind,
+            provider_id: row.provider_id.map(|p| ID(p.to_string())),
+            status: row.status,
+            paused: row.paused,
+            files_done: row.files_done,
+            bytes_done: row.bytes_done,
+            files_total: row.files_total,
+            bytes_total: row.bytes_total,
+            error: row.error,
+            created_at: row.created_at,
+            updated_at: row.updated_at,
+            completed_at: row.completed_at,
+        }
+    }
+}
+
+#[derive(Enum, Copy, Clone, Eq, PartialEq, Debug)]
+pub enum FileChangeKind {
+    Discovered,
+    Moved,
+    Deleted,
+}
+
+#[derive(SimpleObject, Debug)]
+pub struct FileChange {
+    kind: FileChangeKind,
+    file_id: ID,
+    provider_id: ID,
+    path: String,
+    /// For moves: where the file was.
+    previous_path: Option<String>,
+    size_bytes: Option<i64>,
+    checksum: Option<String>,
+    /// The event's global position in the log.
+    position: i64,
+    occurred_at: DateTime<Utc>,
+}
+
+pub struct QueryRoot;
+
+#[Object]
+impl QueryRoot {
+    /// The signed-in user.
+    async fn me(&self, ctx: &Context<'_>) -> async_graphql::Result<User> {
+        let caller = caller(ctx)?;
+        let app = app(ctx);
+        app.consistent(caller).await;
+        let row = app.reads.user(caller.user_id).await.map_err(ApiError::from)?.ok_or_else(|| ApiError::not_found("user"))?;
+        Ok(User { id: ID(row.id.to_string()), email: row.email, created_at: row.created_at })
+    }
+
+    /// The caller's provider connections.
+    async fn providers(&self, ctx: &Context<'_>) -> async_graphql::Result<Vec<Provider>> {
+        let caller = caller(ctx)?;
+        let app = app(ctx);
+        app.consistent(caller).await;
+        Ok(app.reads.providers(caller.user_id).await.map_err(ApiError::from)?.into_iter().map(Provider::from).collect())
+    }
+
+    /// The caller's files, optionally of one provider and inside one folder (recursively), by path.
+    async fn files(
+        &self,
+        ctx: &Context<'_>,
+        provider: Option<ID>,
+        path: Option<String>,
+        #[graphql(default = 100)] limit: i32,
+    ) -> async_graphql::Result<Vec<File>> {
+        let caller = caller(ctx)?;
+        let app = app(ctx);
+        if !(1..=1000).contains(&limit) {
+            return Err(ApiError::BadInput("limit must be between 1 and 1000".into()).into());
+        }
+        let provider = provider.as_ref().map(|p| parse_id(p, "provider")).transpose()?;
+        let folder = path.as_deref().map(parse_path).transpose()?;
+        app.consistent(caller).await;
+        if let Some(provider) = provider {
+            app.reads.provider(caller.user_id, provider).await.map_err(ApiError::from)?.ok_or_else(|| ApiError::not_found("provider"))?;
+        }
+        let rows = app
+            .reads
+            .files(caller.user_id, provider, folder.as_ref().map(ProviderPath::as_str), i64::from(limit))
+            .await
+            .map_err(ApiError::from)?;
+        Ok(rows.into_iter().map(File::from).collect())
+    }
+
+    /// The state and progress of a scan or sync operation.
+    async fn sync_status(&self, ctx: &Context<'_>, operation_id: ID) -> async_graphql::Result<SyncOperation> {
+        let caller = caller(ctx)?;
+        let app = app(ctx);
+        let id = parse_id(&operation_id, "operationId")?;
+        app.consistent(caller).await;
+        let row = app.reads.sync_operation(caller.user_id, id).await.map_err(ApiError::from)?.ok_or_else(|| ApiError::not_found("sync operation"))?;
+        Ok(row.into())
+    }
+}
+
+pub struct MutationRoot;
+
+#[Object]
+impl MutationRoot {
+    /// Creates an account and signs it in.
+    async fn register(&self, ctx: &Context<'_>, email: String, password: String) -> async_graphql::Result<AuthPayload> {
+        let app = app(ctx);
+        let email = Email::parse(&email).map_err(|err| ApiError::BadInput(err.to_string()))?;
+        check_password_rules(&password).map_err(ApiError::BadInput)?;
+        let hash = tokio::task::spawn_blocking(move || hash_password(&password))
+            .await
+            .map_err(|err| ApiError::internal(&err))?
+            .map_err(|err| ApiError::internal(&err))?;
+        let (user_id, position) = app.commands.register(email.clone(), hash).await.map_err(ApiError::from)?;
+        let caller = Caller { user_id: user_id.as_uuid() };
+        app.wrote(caller, position);
+        let access_token = app.tokens.issue(caller.user_id).map_err(|err| ApiError::internal(&err))?;
+        Ok(AuthPayload { access_token, user: AuthUser { id: ID(user_id.to_string()), email: email.as_str().to_owned() } })
+    }
+
+    /// Exchanges email and password for an access token.
+    async fn login(&self, ctx: &Context<'_>, email: String, password: String) -> async_graphql::Result<AuthPayload> {
+        let app = app(ctx);
+        let refused = || ApiError::Unauthenticated("invalid email or password".into());
+        let Ok(email) = Email::parse(&email) else { return Err(refused().into()) };
+        if password.chars().count() > 1024 {
+            return Err(refused().into());
+        }
+        let user = app.commands.user_by_email(&email).await.map_err(ApiError::from)?;
+        let hash = user.as_ref().and_then(|u| u.password_hash()).unwrap_or_else(|| dummy_hash()).to_owned();
+        let matches = tokio::task::spawn_blocking(move || verify_password(&password, &hash)).await.map_err(|err| ApiError::internal(&err))?;
+        let Some(user_id) = user.as_ref().and_then(|u| u.id()).filter(|_| matches) else {
+            tracing::info!("A login was refused.");
+            return Err(refused().into());
+        };
+        let access_token = app.tokens.issue(user_id.as_uuid()).map_err(|err| ApiError::internal(&err))?;
+        Ok(AuthPayload { access_token, user: AuthUser { id: ID(user_id.to_string()), email: email.as_str().to_owned() } })
+    }
+
+    /// Connects a storage provider and starts indexing it. `provider` is the kind (`local`);
+    /// `credentials` are its configuration keys (for `local`: `{root: "/absolute/folder"}`).
+    async fn connect_provider(&self, ctx: &Context<'_>, provider: String, credentials: Json<Value>) -> async_graphql::Result<Provider> {
+        let caller = caller(ctx)?;
+        let app = app(ctx);
+        let connected = app.commands.connect_provider(cloudsync_domain::UserId::from_uuid(caller.user_id), &provider, &credentials.0).await.map_err(ApiError::from)?;
+        app.wrote(caller, connected.position);
+        app.consistent(caller).await;
+        let row = app
+            .reads
+            .provider(caller.user_id, connected.provider_id.as_uuid())
+            .await
+            .map_err(ApiError::from)?
+            .ok_or_else(|| ApiError::internal(&"the new provider is not visible yet"))?;
+        Ok(Provider { scan_operation_id: Some(ID(connected.job_id.to_string())), ..row.into() })
+    }
+
+    /// Disconnects a provider; its files stay where they are but leave CloudSync's index.
+    async fn disconnect_provider(&self, ctx: &Context<'_>, provider_id: ID) -> async_graphql::Result<bool> {
+        let caller = caller(ctx)?;
+        let app = app(ctx);
+        let id = ProviderId::from_uuid(parse_id(&provider_id, "providerId")?);
+        let position = app.commands.disconnect_provider(cloudsync_domain::UserId::from_uuid(caller.user_id), id).await.map_err(ApiError::from)?;
+        app.wrote(caller, position);
+        Ok(true)
+    }
+
+    /// Moves files into `targetPath`, a folder relative to each file's provider root, keeping names.
+    async fn move_files(&self, ctx: &Context<'_>, file_ids: Vec<ID>, target_path: String) -> async_graphql::Result<Vec<File>> {
+        let caller = caller(ctx)?;
+        let app = app(ctx);
+        let ids = file_ids.iter().map(|id| parse_id(id, "fileId").map(FileId::from_uuid)).collect::<ApiResult<Vec<_>>>()?;
+        let folder = parse_path(&target_path)?;
+        let (moved, position) = app.commands.move_files(cloudsync_domain::UserId::from_uuid(caller.user_id), &ids, &folder).await.map_err(ApiError::from)?;
+        app.wrote(caller, position);
+        app.consistent(caller).await;
+        let mut files = Vec::with_capacity(moved.len());
+        for m in moved {
+            if let Some(row) = app.reads.file(caller.user_id, m.file_id.as_uuid()).await.map_err(ApiError::from)? {
+                files.push(row.into());
+            }
+        }
+        Ok(files)
+    }
+
+    /// Deletes files from their providers. Returns the ids deleted.
+    async fn delete_files(&self, ctx: &Context<'_>, file_ids: Vec<ID>) -> async_graphql::Result<Vec<ID>> {
+        let caller = caller(ctx)?;
+        let app = app(ctx);
+        let ids = file_ids.iter().map(|id| parse_id(id, "fileId").map(FileId::from_uuid)).collect::<ApiResult<Vec<_>>>()?;
+        let (deleted, position) = app.commands.delete_files(cloudsync_domain::UserId::from_uuid(caller.user_id), &ids).await.map_err(ApiError::from)?;
+        app.wrote(caller, position);
+        Ok(deleted.into_iter().map(|id| ID(id.to_string())).collect())
+    }
+}
+
+pub struct SubscriptionRoot;
+
+#[Subscription]
+impl SubscriptionRoot {
+    /// Files discovered, moved and deleted on one of the caller's providers, live.
+    async fn file_changes(&self, ctx: &Context<'_>, provider_id: ID) -> async_graphql::Result<impl Stream<Item = FileChange> + use<>> {
+        let caller = caller(ctx)?;
+        let app = Arc::clone(app(ctx));
+        let provider = parse_id(&provider_id, "providerId")?;
+        app.consistent(caller).await;
+        app.reads.provider(caller.user_id, provider).await.map_err(ApiError::from)?.ok_or_else(|| ApiError::not_found("provider"))?;
+        let head = app.db.events.head().await.map_err(|err| ApiError::internal(&err))?;
+        let events = subscribe(Arc::clone(&app.db.events), head, std::time::Duration::from_millis(250));
+        Ok(events.filter_map(move |event| {
+            let change = event.ok().and_then(|e| file_change(&e, caller, provider));
+            async move { change }
+        }))
+    }
+}
+
+fn file_change(event: &cloudsync_eventstore::RecordedEvent, caller: Caller, provider: Uuid) -> Option<FileChange> {
+    if !matches!(event.event_type.as_str(), "FileDiscovered" | "FileMoved" | "FileDeleted") {
+        return None;
+    }
+    let decoded = DomainEvent::decode(&event.event_type, event.schema_version, &event.payload).ok()?;
+    let base = |kind, file_id: FileId, path: &ProviderPath| FileChange {
+        kind,
+        file_id: ID(file_id.to_string()),
+        provider_id: ID(provider.to_string()),
+        path: path.as_str().to_owned(),
+        previous_path: None,
+        size_bytes: None,
+        checksum: None,
+        position: event.position,
+        occurred_at: event.metadata.occurred_at,
+    };
+    let mine = |owner: cloudsync_domain::UserId, p: ProviderId| owner.as_uuid() == caller.user_id && p.as_uuid() == provider;
+    match decoded {
+        DomainEvent::FileDiscovered(e) if mine(e.owner_id, e.provider_id) => Some(FileChange {
+            size_bytes: i64::try_from(e.size_bytes).ok(),
+            checksum: Some(e.checksum.clone()),
+            ..base(FileChangeKind::Discovered, e.file_id, &e.path)
+        }),
+        DomainEvent::FileMoved(e) if mine(e.owner_id, e.provider_id) => {
+            Some(FileChange { previous_path: Some(e.from.as_str().to_owned()), ..base(FileChangeKind::Moved, e.file_id, &e.to) })
+        }
+        DomainEvent::FileDeleted(e) if mine(e.owner_id, e.provider_id) => Some(base(FileChangeKind::Deleted, e.file_id, &e.path)),
+        _ => None,
+    }
+}

@@ -1,0 +1,288 @@
+//! The running service: opens the database, starts the projectors and the job runner, and serves
+//! GraphQL over HTTP and WebSocket. Everything it starts is owned by [`Server`] and stopped by it.
+//!
+//! Read-your-writes: each mutation records the log position of its last appended event against the
+//! caller; before a query reads a read model it waits (up to `consistency_timeout_ms`) until every
+//! projector has passed that position. Another caller's writes are eventually consistent.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::Context as _;
+use async_graphql::http::GraphiQLSource;
+use async_graphql::parser::parse_query;
+use async_graphql::{Data, ServerError};
+use async_graphql_axum::{GraphQLProtocol, GraphQLResponse, GraphQLWebSocket};
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{State, WebSocketUpgrade};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{Html, IntoResponse, Response};
+use axum::routing::get;
+use cloudsync_commands::{Commands, JobRunner};
+use cloudsync_eventstore::Database;
+use cloudsync_projections::{Projections, ReadModels};
+use secrecy::SecretString;
+use serde_json::json;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use tower_http::limit::RequestBodyLimitLayer;
+
+use crate::auth::{Authentication, Caller, Tokens, random_secret};
+use crate::config::Config;
+use crate::errors::code;
+use crate::schema::{CloudSyncSchema, build};
+
+/// What every request handler shares.
+pub struct App {
+    pub db: Database,
+    pub commands: Commands,
+    pub reads: ReadModels,
+    pub projections: Arc<Projections>,
+    pub tokens: Tokens,
+    written: Mutex<HashMap<uuid::Uuid, i64>>,
+    consistency_timeout: Duration,
+}
+
+impl App {
+    /// Remembers that `caller` has written up to `position`.
+    pub fn wrote(&self, caller: Caller, position: i64) {
+        if let Ok(mut written) = self.written.lock() {
+            let entry = written.entry(caller.user_id).or_insert(0);
+            *entry = (*entry).max(position);
+        }
+    }
+
+    /// Waits until the read models reflect everything `caller` has written.
+    pub async fn consistent(&self, caller: Caller) {
+        let position = self.written.lock().ok().and_then(|w| w.get(&caller.user_id).copied()).unwrap_or(0);
+        if position > 0 && !self.projections.wait_for(position, self.consistency_timeout).await {
+            tracing::warn!(user = %caller.user_id, position, "Read models lag behind the caller's writes; answering from a stale view.");
+        }
+    }
+}
+
+/// A started server.
+pub struct Server {
+    addr: SocketAddr,
+    app: Arc<App>,
+    shutdown: CancellationToken,
+    tasks: JoinSet<()>,
+}
+
+impl Server {
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    pub fn app(&self) -> &Arc<App> {
+        &self.app
+    }
+
+    /// Stops accepting requests, stops the projectors and the job runner, and waits for all of them.
+    pub async fn stop(mut self) {
+        self.shutdown.cancel();
+        while self.tasks.join_next().await.is_some() {}
+        self.app.db.close().await;
+    }
+
+    /// Waits until `signal` completes, then stops.
+    pub async fn run_until(self, signal: impl std::future::Future<Output = ()>) {
+        signal.await;
+        tracing::info!("Shutting down.");
+        self.stop().await;
+    }
+}
+
+/// The signing secret: configured, or generated once and kept in the data dir.
+fn jwt_secret(config: &Config) -> anyhow::Result<SecretString> {
+    if let Some(secret) = &config.jwt_secret {
+        return Ok(secret.clone());
+    }
+    let path = config.data_dir.join("jwt-secret");
+    if let Ok(existing) = std::fs::read_to_string(&path) {
+        if !existing.trim().is_empty() {
+            return Ok(SecretString::from(existing.trim().to_owned()));
+        }
+    }
+    let secret = random_secret();
+    std::fs::write(&path, &secret).with_context(|| format!("writing {}", path.display()))?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).ok();
+    }
+    Ok(SecretString::from(secret))
+}
+
+/// Opens (creating when needed) the data dir and the database, migrated.
+///
+/// # Errors
+/// An unusable data dir or database.
+pub async fn open_database(config: &Config) -> anyhow::Result<Database> {
+    std::fs::create_dir_all(&config.data_dir).with_context(|| format!("creating the data dir {}", config.data_dir.display()))?;
+    let url = config.database_url();
+    Database::connect(&url, true).await.with_context(|| format!("opening the database ({})", redact(&url)))
+}
+
+/// A database URL without its password, for messages.
+pub fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            let credentials = &url[scheme + 3..at];
+            match credentials.split_once(':') {
+                Some((user, _)) => format!("{}{user}:***{}", &url[..scheme + 3], &url[at..]),
+                None => url.to_owned(),
+            }
+        }
+        _ => url.to_owned(),
+    }
+}
+
+/// Starts the whole service on `config.bind` (port 0 picks a free port).
+///
+/// # Errors
+/// An unusable database, data dir or address.
+pub async fn start(config: &Config) -> anyhow::Result<Server> {
+    let db = open_database(config).await?;
+    let tokens = Tokens::new(&jwt_secret(config)?, config.token_ttl_minutes);
+    let projections = Projections::new(db.clone());
+    let commands = Commands::new(Arc::clone(&db.events));
+    let app = Arc::new(App {
+        reads: ReadModels::new(db.pool.clone()),
+        commands: commands.clone(),
+        projections: Arc::clone(&projections),
+        tokens,
+        written: Mutex::new(HashMap::new()),
+        consistency_timeout: Duration::from_millis(config.consistency_timeout_ms),
+        db: db.clone(),
+    });
+    let shutdown = CancellationToken::new();
+    let mut tasks = JoinSet::new();
+    tasks.spawn(Arc::clone(&projections).run(shutdown.child_token()));
+    let jobs = JobRunner::new(commands, db.pool.clone());
+    let jobs_shutdown = shutdown.child_token();
+    tasks.spawn(async move {
+        if let Err(error) = jobs.run(jobs_shutdown).await {
+            tracing::error!(error = %error, "The job runner stopped.");
+        }
+    });
+
+    let listener = tokio::net::TcpListener::bind(&config.bind).await.with_context(|| format!("binding {}", config.bind))?;
+    let addr = listener.local_addr()?;
+    let router = router(Arc::clone(&app), config.max_body_bytes);
+    let http_shutdown = shutdown.child_token();
+    tasks.spawn(async move {
+        let served = axum::serve(listener, router).with_graceful_shutdown(async move { http_shutdown.cancelled().await }).await;
+        if let Err(error) = served {
+            tracing::error!(error = %error, "The HTTP server stopped.");
+        }
+    });
+    tracing::info!(addr = %addr, backend = db.backend(), "CloudSync is listening.");
+    Ok(Server { addr, app, shutdown, tasks })
+}
+
+#[derive(Clone)]
+struct HttpState {
+    app: Arc<App>,
+    schema: CloudSyncSchema,
+}
+
+/// The HTTP routes.
+pub fn router(app: Arc<App>, max_body_bytes: usize) -> Router {
+    let schema = build(Arc::clone(&app));
+    Router::new()
+        .route("/graphql", get(graphiql).post(graphql))
+        .route("/graphql/ws", get(graphql_ws))
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(readyz))
+        .layer(RequestBodyLimitLayer::new(max_body_bytes))
+        .with_state(HttpState { app, schema })
+}
+
+async fn graphiql() -> Html<String> {
+    Html(GraphiQLSource::build().endpoint("/graphql").subscription_endpoint("/graphql/ws").finish())
+}
+
+fn error_response(status: StatusCode, code: &str, message: &str) -> Response {
+    (status, axum::Json(json!({ "errors": [{ "message": message, "extensions": { "code": code } }] }))).into_response()
+}
+
+async fn graphql(State(state): State<HttpState>, headers: HeaderMap, body: Bytes) -> Response {
+    let request: async_graphql::Request = match serde_json::from_slice(&body) {
+        Ok(request) => request,
+        Err(err) => {
+            return error_response(StatusCode::BAD_REQUEST, code::BAD_REQUEST, &format!("the body must be a GraphQL request in JSON: {err}"));
+        }
+    };
+    if let Err(err) = parse_query(&request.query) {
+        return error_response(StatusCode::BAD_REQUEST, code::PARSE_FAILED, &err.to_string());
+    }
+    let authorization = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
+    let authentication = state.app.tokens.authenticate(authorization);
+    let mut response = state.schema.execute(request.data(authentication)).await;
+    for error in &mut response.errors {
+        tag_validation_error(error);
+    }
+    GraphQLResponse::from(response).into_response()
+}
+
+/// Errors that no resolver raised (validation, limits) get the validation code.
+fn tag_validation_error(error: &mut ServerError) {
+    let extensions = error.extensions.get_or_insert_with(Default::default);
+    if extensions.get("code").is_none() {
+        extensions.set("code", code::VALIDATION_FAILED);
+    }
+}
+
+async fn graphql_ws(State(state): State<HttpState>, protocol: GraphQLProtocol, upgrade: WebSocketUpgrade) -> Response {
+    let app = state.app;
+    let schema = state.schema;
+    upgrade
+        .protocols(async_graphql::http::ALL_WEBSOCKET_PROTOCOLS)
+        .on_upgrade(move |socket| {
+            GraphQLWebSocket::new(socket, schema, protocol)
+                .on_connection_init(move |payload| async move {
+                    let header = payload
+                        .get("Authorization")
+                        .or_else(|| payload.get("authorization"))
+                        .and_then(|v| v.as_str())
+                        .map(str::to_owned)
+                        .or_else(|| payload.get("token").and_then(|v| v.as_str()).map(|t| format!("Bearer {t}")));
+                    let mut data = Data::default();
+                    match app.tokens.authenticate(header.as_deref()) {
+                        Authentication::Invalid(why) => return Err(async_graphql::Error::new(why)),
+                        authentication => data.insert(authentication),
+                    }
+                    Ok(data)
+                })
+                .serve()
+        })
+}
+
+async fn readyz(State(state): State<HttpState>) -> Response {
+    match state.app.db.events.head().await {
+        Ok(head) => {
+            let projected = state.app.projections.position();
+            axum::Json(json!({ "status": "ready", "backend": state.app.db.backend(), "head": head, "projected": projected })).into_response()
+        }
+        Err(error) => {
+            tracing::warn!(error = %error, "Not ready: the database is unreachable.");
+            (StatusCode::SERVICE_UNAVAILABLE, axum::Json(json!({ "status": "unavailable" }))).into_response()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::redact;
+
+    #[test]
+    fn database_passwords_never_reach_messages() {
+        assert_eq!(redact("postgres://app:s3cret@db:5432/cloudsync"), "postgres://app:***@db:5432/cloudsync");
+        assert_eq!(redact("postgres://postgres@127.0.0.1/x"), "postgres://postgres@127.0.0.1/x");
+        assert_eq!(redact("sqlite://data/cloudsync.db"), "sqlite://data/cloudsync.db");
+    }
+}

@@ -1,0 +1,180 @@
+//! What each event does to the read models, as plain data: a pure function from an event to row
+//! operations, which the runner then executes on whichever backend is configured.
+
+use chrono::{DateTime, Utc};
+use cloudsync_domain::DomainEvent;
+use cloudsync_domain::sync_job::JobPhase;
+use serde_json::Value;
+use uuid::Uuid;
+
+/// The read-model tables, one projector each.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Table {
+    Users,
+    Providers,
+    Files,
+    SyncOperations,
+}
+
+impl Table {
+    pub const ALL: [Table; 4] = [Table::Users, Table::Providers, Table::Files, Table::SyncOperations];
+
+    /// The table's name, which is also its projector's name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Users => "users",
+            Self::Providers => "providers",
+            Self::Files => "files",
+            Self::SyncOperations => "sync_operations",
+        }
+    }
+
+    pub fn parse(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|t| t.name() == name)
+    }
+}
+
+/// One change to one read-model row.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Op {
+    UpsertUser { id: Uuid, email: String, at: DateTime<Utc> },
+    InsertProvider { id: Uuid, user_id: Uuid, kind: String, display_name: String, config: Value, at: DateTime<Utc> },
+    DisconnectProvider { id: Uuid, at: DateTime<Utc> },
+    /// A disconnected provider's files leave the `files` view (their events stay).
+    RemoveProviderFiles { provider_id: Uuid },
+    InsertFile {
+        id: Uuid,
+        user_id: Uuid,
+        provider_id: Uuid,
+        path: String,
+        name: String,
+        size_bytes: i64,
+        mime_type: String,
+        checksum: String,
+        modified_at: DateTime<Utc>,
+        at: DateTime<Utc>,
+    },
+    MoveFile { id: Uuid, path: String, name: String, at: DateTime<Utc> },
+    DeleteFile { id: Uuid },
+    InsertSyncOperation { id: Uuid, user_id: Uuid, kind: String, provider_id: Option<Uuid>, at: DateTime<Utc> },
+    SyncOperationStatus { id: Uuid, status: &'static str, error: Option<String>, ended: bool, at: DateTime<Utc> },
+    SyncOperationPaused { id: Uuid, paused: bool, at: DateTime<Utc> },
+    SyncOperationProgress { id: Uuid, files_done: i64, bytes_done: i64, files_total: Option<i64>, bytes_total: Option<i64>, at: DateTime<Utc> },
+}
+
+impl Op {
+    pub fn table(&self) -> Table {
+        match self {
+            Self::UpsertUser { .. } => Table::Users,
+            Self::InsertProvider { .. } | Self::DisconnectProvider { .. } => Table::Providers,
+            Self::RemoveProviderFiles { .. } | Self::InsertFile { .. } | Self::MoveFile { .. } | Self::DeleteFile { .. } => Table::Files,
+            Self::InsertSyncOperation { .. }
+            | Self::SyncOperationStatus { .. }
+            | Self::SyncOperationPaused { .. }
+            | Self::SyncOperationProgress { .. } => Table::SyncOperations,
+        }
+    }
+}
+
+fn int(n: u64) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
+}
+
+/// The row operations an event causes. `at` is the event's own time, so a rebuild writes exactly
+/// what the live projector wrote.
+pub fn ops_for(event: &DomainEvent, at: DateTime<Utc>) -> Vec<Op> {
+    use DomainEvent as E;
+    match event {
+        E::UserRegistered(e) => vec![Op::UpsertUser { id: e.user_id.as_uuid(), email: e.email.as_str().to_owned(), at }],
+        E::EmailClaimed(_) => Vec::new(),
+        E::ProviderConnected(e) => vec![Op::InsertProvider {
+            id: e.provider_id.as_uuid(),
+            user_id: e.owner_id.as_uuid(),
+            kind: e.kind.as_str().to_owned(),
+            display_name: e.display_name.clone(),
+            config: e.config.clone(),
+            at,
+        }],
+        E::ProviderDisconnected(e) => vec![
+            Op::DisconnectProvider { id: e.provider_id.as_uuid(), at },
+            Op::RemoveProviderFiles { provider_id: e.provider_id.as_uuid() },
+        ],
+        E::FileDiscovered(e) => vec![Op::InsertFile {
+            id: e.file_id.as_uuid(),
+            user_id: e.owner_id.as_uuid(),
+            provider_id: e.provider_id.as_uuid(),
+            path: e.path.as_str().to_owned(),
+            name: e.path.name().to_owned(),
+            size_bytes: int(e.size_bytes),
+            mime_type: e.mime_type.clone(),
+            checksum: e.checksum.clone(),
+            modified_at: e.modified_at,
+            at,
+        }],
+        E::FileMoved(e) => vec![Op::MoveFile { id: e.file_id.as_uuid(), path: e.to.as_str().to_owned(), name: e.to.name().to_owned(), at }],
+        E::FileDeleted(e) => vec![Op::DeleteFile { id: e.file_id.as_uuid() }],
+        E::SyncJobCreated(e) => vec![Op::InsertSyncOperation {
+            id: e.job_id.as_uuid(),
+            user_id: e.owner_id.as_uuid(),
+            kind: e.kind.name().to_owned(),
+            provider_id: Some(e.kind.provider_id().as_uuid()),
+            at,
+        }],
+        E::SyncJobPhaseEntered(e) => vec![Op::SyncOperationStatus {
+            id: e.job_id.as_uuid(),
+            status: e.phase.as_str(),
+            error: None,
+            ended: e.phase.is_terminal(),
+            at,
+        }],
+        E::SyncJobProgressed(e) => vec![Op::SyncOperationProgress {
+            id: e.job_id.as_uuid(),
+            files_done: int(e.files_done),
+            bytes_done: int(e.bytes_done),
+            files_total: e.files_total.map(int),
+            bytes_total: e.bytes_total.map(int),
+            at,
+        }],
+        E::SyncJobPaused(e) => vec![Op::SyncOperationPaused { id: e.job_id.as_uuid(), paused: true, at }],
+        E::SyncJobResumed(e) => vec![Op::SyncOperationPaused { id: e.job_id.as_uuid(), paused: false, at }],
+        E::SyncJobCompleted(e) => vec![status(e.job_id.as_uuid(), JobPhase::Completed, None, at)],
+        E::SyncJobFailed(e) => vec![status(e.job_id.as_uuid(), JobPhase::Failed, e.reason.clone(), at)],
+        E::SyncJobCancelled(e) => vec![status(e.job_id.as_uuid(), JobPhase::Cancelled, e.reason.clone(), at)],
+    }
+}
+
+fn status(id: Uuid, phase: JobPhase, error: Option<String>, at: DateTime<Utc>) -> Op {
+    Op::SyncOperationStatus { id, status: phase.as_str(), error, ended: true, at }
+}
+
+#[cfg(test)]
+mod tests {
+    use cloudsync_domain::events::FileMoved;
+    use cloudsync_domain::{FileId, ProviderId, ProviderPath, UserId};
+
+    use super::*;
+
+    #[test]
+    fn a_move_updates_path_and_name_of_the_files_row() {
+        let at = DateTime::UNIX_EPOCH;
+        let event = DomainEvent::FileMoved(FileMoved {
+            file_id: FileId::from_uuid(Uuid::from_u128(1)),
+            provider_id: ProviderId::from_uuid(Uuid::from_u128(2)),
+            owner_id: UserId::from_uuid(Uuid::from_u128(3)),
+            from: ProviderPath::parse("a/x.txt").expect("path"),
+            to: ProviderPath::parse("b/c/x.txt").expect("path"),
+            moved_at: at,
+        });
+        let ops = ops_for(&event, at);
+        assert_eq!(ops, vec![Op::MoveFile { id: Uuid::from_u128(1), path: "b/c/x.txt".into(), name: "x.txt".into(), at }]);
+        assert_eq!(ops[0].table(), Table::Files);
+    }
+
+    #[test]
+    fn table_names_round_trip() {
+        for table in Table::ALL {
+            assert_eq!(Table::parse(table.name()), Some(table));
+        }
+        assert_eq!(Table::parse("nope"), None);
+    }
+}

@@ -1,0 +1,240 @@
+//! The queries the gateway asks of the read models. Every query that returns a user's data takes the
+//! user's id and filters on it, so another user's ids look exactly like ids that do not exist.
+
+use chrono::{DateTime, Utc};
+use cloudsync_eventstore::DbPool;
+use serde_json::Value;
+use uuid::Uuid;
+
+use crate::ops::Table;
+use crate::sql::{Val, fetch_all};
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct UserRow {
+    pub id: Uuid,
+    pub email: String,
+    pub created_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ProviderRow {
+    pub id: Uuid,
+    pub kind: String,
+    pub display_name: String,
+    pub config: Value,
+    pub status: String,
+    pub connected_at: DateTime<Utc>,
+    pub disconnected_at: Option<DateTime<Utc>>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct FileRow {
+    pub id: Uuid,
+    pub provider_id: Uuid,
+    pub path: String,
+    pub name: String,
+    pub size_bytes: i64,
+    pub mime_type: String,
+    pub checksum: String,
+    pub modified_at: DateTime<Utc>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct SyncOperationRow {
+    pub id: Uuid,
+    pub kind: String,
+    pub provider_id: Option<Uuid>,
+    pub status: String,
+    pub paused: bool,
+    pub files_done: i64,
+    pub bytes_done: i64,
+    pub files_total: Option<i64>,
+    pub bytes_total: Option<i64>,
+    pub error: Option<String>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    pub completed_at: Option<DateTime<Utc>>,
+}
+
+fn uuid(text: &str) -> Result<Uuid, sqlx::Error> {
+    Uuid::parse_str(text).map_err(|err| sqlx::Error::Decode(Box::new(err)))
+}
+
+fn json(text: &str) -> Result<Value, sqlx::Error> {
+    serde_json::from_str(text).map_err(|err| sqlx::Error::Decode(Box::new(err)))
+}
+
+/// Escapes `%`, `_` and `\` for a `LIKE … ESCAPE '\'` pattern.
+fn like_prefix(folder: &str) -> String {
+    let mut escaped = String::with_capacity(folder.len() + 2);
+    for c in folder.chars() {
+        if matches!(c, '%' | '_' | '\\') {
+            escaped.push('\\');
+        }
+        escaped.push(c);
+    }
+    escaped.push_str("/%");
+    escaped
+}
+
+const FILE_COLUMNS: &str = "CAST(id AS TEXT) AS id, CAST(provider_id AS TEXT) AS provider_id, path, name, size_bytes, \
+                            mime_type, checksum, modified_at, created_at, updated_at";
+const OPERATION_COLUMNS: &str = "CAST(id AS TEXT) AS id, kind, CAST(provider_id AS TEXT) AS provider_id, status, paused, \
+                                 files_done, bytes_done, files_total, bytes_total, error, created_at, updated_at, completed_at";
+const PROVIDER_COLUMNS: &str = "CAST(id AS TEXT) AS id, kind, display_name, CAST(config AS TEXT) AS config, status, \
+                                connected_at, disconnected_at";
+
+/// Read access to the read models.
+#[derive(Clone)]
+pub struct ReadModels {
+    pool: DbPool,
+}
+
+macro_rules! file_row {
+    ($row:ident) => {
+        Ok(FileRow {
+            id: uuid($row.try_get("id")?)?,
+            provider_id: uuid($row.try_get("provider_id")?)?,
+            path: $row.try_get("path")?,
+            name: $row.try_get("name")?,
+            size_bytes: $row.try_get("size_bytes")?,
+            mime_type: $row.try_get("mime_type")?,
+            checksum: $row.try_get("checksum")?,
+            modified_at: $row.try_get("modified_at")?,
+            created_at: $row.try_get("created_at")?,
+            updated_at: $row.try_get("updated_at")?,
+        })
+    };
+}
+
+macro_rules! provider_row {
+    ($row:ident) => {
+        Ok(ProviderRow {
+            id: uuid($row.try_get("id")?)?,
+            kind: $row.try_get("kind")?,
+            display_name: $row.try_get("display_name")?,
+            config: json($row.try_get("config")?)?,
+            status: $row.try_get("status")?,
+            connected_at: $row.try_get("connected_at")?,
+            disconnected_at: $row.try_get("disconnected_at")?,
+        })
+    };
+}
+
+impl ReadModels {
+    pub fn new(pool: DbPool) -> Self {
+        Self { pool }
+    }
+
+    /// # Errors
+    /// Database failures.
+    pub async fn user(&self, id: Uuid) -> Result<Option<UserRow>, sqlx::Error> {
+        let rows = fetch_all!(&self.pool, "SELECT CAST(id AS TEXT) AS id, email, created_at FROM users WHERE id = $1", [Val::Uuid(id)], |row| {
+            Ok(UserRow { id: uuid(row.try_get("id")?)?, email: row.try_get("email")?, created_at: row.try_get("created_at")? })
+        })?;
+        Ok(rows.into_iter().next())
+    }
+
+    /// The user's providers, connected ones first, newest first.
+    ///
+    /// # Errors
+    /// Database failures.
+    pub async fn providers(&self, user: Uuid) -> Result<Vec<ProviderRow>, sqlx::Error> {
+        let sql = format!("SELECT {PROVIDER_COLUMNS} FROM providers WHERE user_id = $1 ORDER BY status, connected_at DESC, id");
+        fetch_all!(&self.pool, &sql, [Val::Uuid(user)], |row| provider_row!(row))
+    }
+
+    /// One of the user's providers.
+    ///
+    /// # Errors
+    /// Database failures.
+    pub async fn provider(&self, user: Uuid, id: Uuid) -> Result<Option<ProviderRow>, sqlx::Error> {
+        let sql = format!("SELECT {PROVIDER_COLUMNS} FROM providers WHERE user_id = $1 AND id = $2");
+        Ok(fetch_all!(&self.pool, &sql, [Val::Uuid(user), Val::Uuid(id)], |row| provider_row!(row))?.into_iter().next())
+    }
+
+    /// The user's files, optionally of one provider and inside one folder (recursively), by path.
+    ///
+    /// # Errors
+    /// Database failures.
+    pub async fn files(&self, user: Uuid, provider: Option<Uuid>, folder: Option<&str>, limit: i64) -> Result<Vec<FileRow>, sqlx::Error> {
+        let mut sql = format!("SELECT {FILE_COLUMNS} FROM files WHERE user_id = $1");
+        let mut values = vec![Val::Uuid(user)];
+        if let Some(provider) = provider {
+            values.push(Val::Uuid(provider));
+            sql.push_str(&format!(" AND provider_id = ${}", values.len()));
+        }
+        if let Some(folder) = folder.filter(|f| !f.is_empty()) {
+            values.push(Val::Text(folder.to_owned()));
+            values.push(Val::Text(like_prefix(folder)));
+            sql.push_str(&format!(" AND (path = ${} OR path LIKE ${} ESCAPE '\\')", values.len() - 1, values.len()));
+        }
+        values.push(Val::Int(limit));
+        sql.push_str(&format!(" ORDER BY path, id LIMIT ${}", values.len()));
+        fetch_all!(&self.pool, &sql, values, |row| file_row!(row))
+    }
+
+    /// One of the user's files.
+    ///
+    /// # Errors
+    /// Database failures.
+    pub async fn file(&self, user: Uuid, id: Uuid) -> Result<Option<FileRow>, sqlx::Error> {
+        let sql = format!("SELECT {FILE_COLUMNS} FROM files WHERE user_id = $1 AND id = $2");
+        Ok(fetch_all!(&self.pool, &sql, [Val::Uuid(user), Val::Uuid(id)], |row| file_row!(row))?.into_iter().next())
+    }
+
+    /// One of the user's sync operations (scan and sync jobs).
+    ///
+    /// # Errors
+    /// Database failures.
+    pub async fn sync_operation(&self, user: Uuid, id: Uuid) -> Result<Option<SyncOperationRow>, sqlx::Error> {
+        let sql = format!("SELECT {OPERATION_COLUMNS} FROM sync_operations WHERE user_id = $1 AND id = $2");
+        let rows = fetch_all!(&self.pool, &sql, [Val::Uuid(user), Val::Uuid(id)], |row| {
+            let provider_id: Option<String> = row.try_get("provider_id")?;
+            Ok(SyncOperationRow {
+                id: uuid(row.try_get("id")?)?,
+                kind: row.try_get("kind")?,
+                provider_id: provider_id.as_deref().map(uuid).transpose()?,
+                status: row.try_get("status")?,
+                paused: row.try_get("paused")?,
+                files_done: row.try_get("files_done")?,
+                bytes_done: row.try_get("bytes_done")?,
+                files_total: row.try_get("files_total")?,
+                bytes_total: row.try_get("bytes_total")?,
+                error: row.try_get("error")?,
+                created_at: row.try_get("created_at")?,
+                updated_at: row.try_get("updated_at")?,
+                completed_at: row.try_get("completed_at")?,
+            })
+        })?;
+        Ok(rows.into_iter().next())
+    }
+
+    /// Every row of a read model, each column as text, ordered by id: for comparing a rebuilt read
+    /// model with the live one.
+    ///
+    /// # Errors
+    /// An unknown table or a database failure.
+    pub async fn dump(&self, table: &str) -> Result<Vec<Vec<Option<String>>>, sqlx::Error> {
+        let table = Table::parse(table).ok_or_else(|| sqlx::Error::Protocol(format!("unknown read model {table:?}")))?;
+        let columns: &[&str] = match table {
+            Table::Users => &["id", "email", "created_at", "updated_at", "settings"],
+            Table::Providers => &["id", "user_id", "kind", "display_name", "config", "status", "connected_at", "disconnected_at"],
+            Table::Files => &[
+                "id", "user_id", "provider_id", "path", "name", "size_bytes", "mime_type", "checksum", "modified_at", "created_at",
+                "updated_at", "metadata",
+            ],
+            Table::SyncOperations => &[
+                "id", "user_id", "kind", "provider_id", "status", "paused", "files_done", "bytes_done", "files_total", "bytes_total",
+                "error", "details", "created_at", "updated_at", "completed_at",
+            ],
+        };
+        let select: Vec<String> = columns.iter().map(|c| format!("CAST({c} AS TEXT) AS {c}")).collect();
+        let sql = format!("SELECT {} FROM {} ORDER BY id", select.join(", "), table.name());
+        fetch_all!(&self.pool, &sql, Vec::<Val>::new(), |row| {
+            (0..columns.len()).map(|i| row.try_get::<Option<String>, _>(i)).collect::<Result<Vec<_>, _>>()
+        })
+    }
+}

@@ -1,0 +1,151 @@
+//! One SQL text per operation for both backends; values are bound in each backend's own types
+//! (PostgreSQL: UUID, TIMESTAMPTZ, JSONB; SQLite: hyphenated text, RFC 3339 text, JSON text).
+
+use chrono::{DateTime, SecondsFormat, Utc};
+use serde_json::Value;
+use sqlx::postgres::PgArguments;
+use sqlx::sqlite::SqliteArguments;
+use sqlx::query::Query;
+use sqlx::{Postgres, Sqlite};
+use uuid::Uuid;
+
+use crate::ops::Op;
+
+/// A value to bind.
+#[derive(Debug, Clone)]
+pub(crate) enum Val {
+    Uuid(Uuid),
+    OptUuid(Option<Uuid>),
+    Text(String),
+    OptText(Option<String>),
+    Int(i64),
+    OptInt(Option<i64>),
+    Bool(bool),
+    Ts(DateTime<Utc>),
+    Json(Value),
+}
+
+pub(crate) type PgQuery<'q> = Query<'q, Postgres, PgArguments>;
+pub(crate) type SqliteQuery<'q> = Query<'q, Sqlite, SqliteArguments<'q>>;
+
+/// SQLite's form of a timestamp: fixed-width RFC 3339, so text order is time order.
+pub(crate) fn sqlite_ts(at: DateTime<Utc>) -> String {
+    at.to_rfc3339_opts(SecondsFormat::Micros, true)
+}
+
+pub(crate) fn bind_pg(query: PgQuery<'_>, value: Val) -> PgQuery<'_> {
+    match value {
+        Val::Uuid(v) => query.bind(v),
+        Val::OptUuid(v) => query.bind(v),
+        Val::Text(v) => query.bind(v),
+        Val::OptText(v) => query.bind(v),
+        Val::Int(v) => query.bind(v),
+        Val::OptInt(v) => query.bind(v),
+        Val::Bool(v) => query.bind(v),
+        Val::Ts(v) => query.bind(v),
+        Val::Json(v) => query.bind(sqlx::types::Json(v)),
+    }
+}
+
+pub(crate) fn bind_sqlite(query: SqliteQuery<'_>, value: Val) -> SqliteQuery<'_> {
+    match value {
+        Val::Uuid(v) => query.bind(v.to_string()),
+        Val::OptUuid(v) => query.bind(v.map(|u| u.to_string())),
+        Val::Text(v) => query.bind(v),
+        Val::OptText(v) => query.bind(v),
+        Val::Int(v) => query.bind(v),
+        Val::OptInt(v) => query.bind(v),
+        Val::Bool(v) => query.bind(v),
+        Val::Ts(v) => query.bind(sqlite_ts(v)),
+        Val::Json(v) => query.bind(v.to_string()),
+    }
+}
+
+/// The statement and values that carry out `op`.
+pub(crate) fn statement(op: &Op) -> (&'static str, Vec<Val>) {
+    use Val as V;
+    match op.clone() {
+        Op::UpsertUser { id, email, at } => (
+            "INSERT INTO users (id, email, created_at, updated_at) VALUES ($1, $2, $3, $3) \
+             ON CONFLICT (id) DO UPDATE SET email = excluded.email, updated_at = excluded.updated_at",
+            vec![V::Uuid(id), V::Text(email), V::Ts(at)],
+        ),
+        Op::InsertProvider { id, user_id, kind, display_name, config, at } => (
+            "INSERT INTO providers (id, user_id, kind, display_name, config, status, connected_at) \
+             VALUES ($1, $2, $3, $4, $5, 'connected', $6) ON CONFLICT (id) DO NOTHING",
+            vec![V::Uuid(id), V::Uuid(user_id), V::Text(kind), V::Text(display_name), V::Json(config), V::Ts(at)],
+        ),
+        Op::DisconnectProvider { id, at } => (
+            "UPDATE providers SET status = 'disconnected', disconnected_at = $2 WHERE id = $1",
+            vec![V::Uuid(id), V::Ts(at)],
+        ),
+        Op::RemoveProviderFiles { provider_id } => ("DELETE FROM files WHERE provider_id = $1", vec![V::Uuid(provider_id)]),
+        Op::InsertFile { id, user_id, provider_id, path, name, size_bytes, mime_type, checksum, modified_at, at } => (
+            "INSERT INTO files (id, user_id, provider_id, path, name, size_bytes, mime_type, checksum, modified_at, \
+             created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $10) ON CONFLICT (id) DO NOTHING",
+            vec![
+                V::Uuid(id),
+                V::Uuid(user_id),
+                V::Uuid(provider_id),
+                V::Text(path),
+                V::Text(name),
+                V::Int(size_bytes),
+                V::Text(mime_type),
+                V::Text(checksum),
+                V::Ts(modified_at),
+                V::Ts(at),
+            ],
+        ),
+        Op::MoveFile { id, path, name, at } => (
+            "UPDATE files SET path = $2, name = $3, updated_at = $4 WHERE id = $1",
+            vec![V::Uuid(id), V::Text(path), V::Text(name), V::Ts(at)],
+        ),
+        Op::DeleteFile { id } => ("DELETE FROM files WHERE id = $1", vec![V::Uuid(id)]),
+        Op::InsertSyncOperation { id, user_id, kind, provider_id, at } => (
+            "INSERT INTO sync_operations (id, user_id, kind, provider_id, status, created_at, updated_at) \
+             VALUES ($1, $2, $3, $4, 'pending', $5, $5) ON CONFLICT (id) DO NOTHING",
+            vec![V::Uuid(id), V::Uuid(user_id), V::Text(kind), V::OptUuid(provider_id), V::Ts(at)],
+        ),
+        Op::SyncOperationStatus { id, status, error, ended, at } => (
+            "UPDATE sync_operations SET status = $2, error = COALESCE($3, error), updated_at = $4, \
+             completed_at = CASE WHEN $5 THEN $4 ELSE completed_at END WHERE id = $1",
+            vec![V::Uuid(id), V::Text(status.to_owned()), V::OptText(error), V::Ts(at), V::Bool(ended)],
+        ),
+        Op::SyncOperationPaused { id, paused, at } => (
+            "UPDATE sync_operations SET paused = $2, updated_at = $3 WHERE id = $1",
+            vec![V::Uuid(id), V::Bool(paused), V::Ts(at)],
+        ),
+        Op::SyncOperationProgress { id, files_done, bytes_done, files_total, bytes_total, at } => (
+            "UPDATE sync_operations SET files_done = $2, bytes_done = $3, files_total = COALESCE($4, files_total), \
+             bytes_total = COALESCE($5, bytes_total), updated_at = $6 WHERE id = $1",
+            vec![V::Uuid(id), V::Int(files_done), V::Int(bytes_done), V::OptInt(files_total), V::OptInt(bytes_total), V::Ts(at)],
+        ),
+    }
+}
+
+/// Runs a query on either backend with the same SQL and values, mapping each row with the same code
+/// (the row types differ, so the body is expanded once per backend).
+macro_rules! fetch_all {
+    ($pool:expr, $sql:expr, $vals:expr, |$row:ident| $body:expr) => {{
+        use sqlx::Row as _;
+        match $pool {
+            cloudsync_eventstore::DbPool::Postgres(pool) => {
+                let mut query = sqlx::query($sql);
+                for value in $vals {
+                    query = $crate::sql::bind_pg(query, value);
+                }
+                let rows = query.fetch_all(pool).await?;
+                rows.iter().map(|$row| $body).collect::<Result<Vec<_>, sqlx::Error>>()
+            }
+            cloudsync_eventstore::DbPool::Sqlite(pool) => {
+                let mut query = sqlx::query($sql);
+                for value in $vals {
+                    query = $crate::sql::bind_sqlite(query, value);
+                }
+                let rows = query.fetch_all(pool).await?;
+                rows.iter().map(|$row| $body).collect::<Result<Vec<_>, sqlx::Error>>()
+            }
+        }
+    }};
+}
+pub(crate) use fetch_all;
