@@ -3,7 +3,8 @@
 //!
 //! Read-your-writes: each mutation records the log position of its last appended event against the
 //! caller; before a query reads a read model it waits (up to `consistency_timeout_ms`) until every
-//! projector has passed that position. Another caller's writes are eventually consistent.
+//! projector has passed that position, and the most advanced projector's position, so the read models
+//! never disagree between two queries. Another caller's writes are eventually consistent.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -55,9 +56,12 @@ impl App {
         }
     }
 
-    /// Waits until the read models reflect everything `caller` has written.
+    /// Waits until the read models reflect everything `caller` has written, and agree with each
+    /// other (none behind what the most advanced one has shown), so what one query showed (a finished
+    /// scan) the next one sees too (its files).
     pub async fn consistent(&self, caller: Caller) {
-        let position = self.written.lock().ok().and_then(|w| w.get(&caller.user_id).copied()).unwrap_or(0);
+        let written = self.written.lock().ok().and_then(|w| w.get(&caller.user_id).copied()).unwrap_or(0);
+        let position = written.max(self.projections.max_position());
         if position > 0 && !self.projections.wait_for(position, self.consistency_timeout).await {
             tracing::warn!(user = %caller.user_id, position, "Read models lag behind the caller's writes; answering from a stale view.");
         }

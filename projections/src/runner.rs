@@ -177,6 +177,11 @@ impl Projections {
         self.checkpoints.iter().map(|(_, s)| *s.borrow()).min().unwrap_or(0)
     }
 
+    /// The position the most advanced read model has reached.
+    pub fn max_position(&self) -> i64 {
+        self.checkpoints.iter().map(|(_, s)| *s.borrow()).max().unwrap_or(0)
+    }
+
     /// Waits until every read model has reached `position` (read-your-writes); false on timeout.
     pub async fn wait_for(&self, position: i64, timeout: Duration) -> bool {
         let wait = async {

@@ -1,1 +1,1 @@
-//! e2e
+//! End-to-end tests live in `e2e/`; this library is empty.

@@ -1,0 +1,156 @@
+//! Starts a server on a fresh database and talks GraphQL to it.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use cloudsync_eventstore::testing::{Backend, TestDatabase};
+use cloudsync_gateway::{Config, Server, start};
+use secrecy::SecretString;
+use serde_json::{Value, json};
+
+pub struct Harness {
+    pub server: Option<Server>,
+    pub db: TestDatabase,
+    pub client: reqwest::Client,
+    pub url: String,
+}
+
+impl Harness {
+    pub async fn new(backend: Backend) -> Self {
+        let db = TestDatabase::new(backend).await;
+        let config = Config {
+            data_dir: db.dir().join("data"),
+            bind: "127.0.0.1:0".into(),
+            database_url: Some(db.url.clone()),
+            jwt_secret: Some(SecretString::from("e2e-test-secret-e2e-test-secret".to_owned())),
+            ..Config::default()
+        };
+        let server = start(&config).await.expect("server starts");
+        let url = format!("http://{}", server.addr());
+        Self { server: Some(server), db, client: reqwest::Client::new(), url }
+    }
+
+    pub fn server(&self) -> &Server {
+        self.server.as_ref().expect("running")
+    }
+
+    pub async fn stop(mut self) {
+        if let Some(server) = self.server.take() {
+            server.stop().await;
+        }
+        self.db.cleanup().await;
+    }
+
+    /// Posts a GraphQL request and returns the whole JSON response.
+    pub async fn gql(&self, token: Option<&str>, query: &str, variables: Value) -> Value {
+        let mut request = self.client.post(format!("{}/graphql", self.url)).json(&json!({ "query": query, "variables": variables }));
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        request.send().await.expect("request sent").json().await.expect("JSON response")
+    }
+
+    /// The `data` of a response that must have no errors.
+    pub async fn ok(&self, token: Option<&str>, query: &str, variables: Value) -> Value {
+        let response = self.gql(token, query, variables).await;
+        assert!(response.get("errors").is_none(), "unexpected errors: {response:#}");
+        response["data"].clone()
+    }
+
+    /// The `code` of the first error of a response that must fail.
+    pub async fn error_code(&self, token: Option<&str>, query: &str, variables: Value) -> String {
+        let response = self.gql(token, query, variables).await;
+        let code = response["errors"][0]["extensions"]["code"].as_str();
+        code.unwrap_or_else(|| panic!("expected an error with a code, got {response:#}")).to_owned()
+    }
+
+    /// Registers a user; returns (access token, user id).
+    pub async fn register(&self, email: &str) -> (String, String) {
+        let data = self
+            .ok(
+                None,
+                "mutation($e: String!, $p: String!) { register(email: $e, password: $p) { accessToken user { id email } } }",
+                json!({ "e": email, "p": "correct horse battery" }),
+            )
+            .await;
+        let token = data["register"]["accessToken"].as_str().expect("token").to_owned();
+        let id = data["register"]["user"]["id"].as_str().expect("id").to_owned();
+        (token, id)
+    }
+
+    /// Connects a local folder and waits for its scan to complete; returns (provider id, operation id).
+    pub async fn connect_local(&self, token: &str, root: &Path) -> (String, String) {
+        let data = self
+            .ok(
+                Some(token),
+                "mutation($c: JSON!) { connectProvider(provider: \"local\", credentials: $c) { id kind status scanOperationId } }",
+                json!({ "c": { "root": root } }),
+            )
+            .await;
+        let provider = data["connectProvider"]["id"].as_str().expect("provider id").to_owned();
+        let operation = data["connectProvider"]["scanOperationId"].as_str().expect("operation id").to_owned();
+        self.wait_for_operation(token, &operation).await;
+        (provider, operation)
+    }
+
+    /// Polls `syncStatus` until the operation has completed (30 s deadline).
+    pub async fn wait_for_operation(&self, token: &str, operation: &str) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let data = self
+                .ok(Some(token), "query($o: ID!) { syncStatus(operationId: $o) { status filesDone bytesDone filesTotal error } }", json!({ "o": operation }))
+                .await;
+            let status = &data["syncStatus"];
+            match status["status"].as_str() {
+                Some("completed") => return status.clone(),
+                Some("failed" | "cancelled") => panic!("the operation ended badly: {status}"),
+                _ => {}
+            }
+            assert!(Instant::now() < deadline, "the operation did not complete in time: {status}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Files of a provider, as (path → file JSON).
+    pub async fn files(&self, token: &str, provider: &str) -> std::collections::BTreeMap<String, Value> {
+        let data = self
+            .ok(
+                Some(token),
+                "query($p: ID) { files(provider: $p, limit: 1000) { id providerId path name sizeBytes mimeType checksum modifiedAt } }",
+                json!({ "p": provider }),
+            )
+            .await;
+        data["files"].as_array().expect("list").iter().map(|f| (f["path"].as_str().expect("path").to_owned(), f.clone())).collect()
+    }
+}
+
+/// A folder with a few files: nested, unicode, spaces.
+pub fn sample_tree(base: &Path) -> PathBuf {
+    let root = base.join("provider-root");
+    for (path, content) in [
+        ("readme.txt", "hello cloudsync\n"),
+        ("docs/report 2024.pdf", "%PDF-1.4 not really"),
+        ("docs/zażółć gęślą.md", "# unicode\n"),
+        ("photos/2024/cat.jpg", "\u{ff}\u{d8}\u{ff} jpeg-ish"),
+    ] {
+        let host = root.join(path);
+        std::fs::create_dir_all(host.parent().expect("parent")).expect("mkdir");
+        std::fs::write(host, content).expect("write");
+    }
+    root
+}
+
+/// Runs a test body once per backend.
+macro_rules! on_both_backends {
+    ($($name:ident),* $(,)?) => {
+        mod sqlite {
+            $( #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+               async fn $name() { let h = $crate::harness::Harness::new(cloudsync_eventstore::testing::Backend::Sqlite).await; super::$name(&h).await; h.stop().await; } )*
+        }
+        mod postgres {
+            $( #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+               async fn $name() { let h = $crate::harness::Harness::new(cloudsync_eventstore::testing::Backend::Postgres).await; super::$name(&h).await; h.stop().await; } )*
+        }
+    };
+}
+pub(crate) use on_both_backends;
