@@ -181,7 +181,6 @@ pub async fn replay(db: &Database, stream: Option<&str>, user: Option<Uuid>, jso
         }
         (None, None) => bail!("give --stream or --user"),
     }
-    drop(print);
     if count == 0 {
         bail!("no events found");
     }

@@ -106,10 +106,10 @@ fn jwt_secret(config: &Config) -> anyhow::Result<SecretString> {
         return Ok(secret.clone());
     }
     let path = config.data_dir.join("jwt-secret");
-    if let Ok(existing) = std::fs::read_to_string(&path) {
-        if !existing.trim().is_empty() {
-            return Ok(SecretString::from(existing.trim().to_owned()));
-        }
+    if let Ok(existing) = std::fs::read_to_string(&path)
+        && !existing.trim().is_empty()
+    {
+        return Ok(SecretString::from(existing.trim().to_owned()));
     }
     let secret = random_secret();
     std::fs::write(&path, &secret).with_context(|| format!("writing {}", path.display()))?;

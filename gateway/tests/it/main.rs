@@ -1,0 +1,87 @@
+//! Drives the real `cloudsync` binary: start with nothing configured but a data dir, answer HTTP,
+//! stop on SIGTERM, then migrate and replay from the same data dir.
+
+use std::io::{BufRead as _, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+fn cloudsync(data_dir: &std::path::Path) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_cloudsync"));
+    command.env_clear().env("PATH", std::env::var("PATH").unwrap_or_default()).env("CLOUDSYNC_DATA_DIR", data_dir);
+    command
+}
+
+struct Running(Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn post(addr: &str, body: &str) -> serde_json::Value {
+    let client = reqwest::blocking::Client::new();
+    client
+        .post(format!("http://{addr}/graphql"))
+        .header("content-type", "application/json")
+        .body(body.to_owned())
+        .send()
+        .expect("request")
+        .json()
+        .expect("json")
+}
+
+#[test]
+fn serve_from_an_empty_data_dir_then_migrate_and_replay() {
+    let data = std::env::temp_dir().join(format!("cloudsync-bin-{}", uuid::Uuid::new_v4().simple()));
+    let mut child = cloudsync(&data).args(["serve", "--bind", "127.0.0.1:0"]).stdout(Stdio::piped()).spawn().expect("spawn");
+    let stdout = child.stdout.take().expect("stdout");
+    let mut server = Running(child);
+    let mut line = String::new();
+    BufReader::new(stdout).read_line(&mut line).expect("read the banner");
+    let addr = line.split("http://").nth(1).and_then(|rest| rest.split('/').next()).expect("address in the banner").to_owned();
+
+    let health = reqwest::blocking::get(format!("http://{addr}/healthz")).expect("healthz");
+    assert_eq!(health.status(), 200);
+    let ready: serde_json::Value = reqwest::blocking::get(format!("http://{addr}/readyz")).expect("readyz").json().expect("json");
+    assert_eq!(ready["backend"], "sqlite");
+    let graphiql = reqwest::blocking::get(format!("http://{addr}/graphql")).expect("graphiql").text().expect("html");
+    assert!(graphiql.to_lowercase().contains("graphiql"));
+
+    let registered = post(&addr, r#"{"query":"mutation { register(email: \"bin@example.org\", password: \"correct horse battery\") { user { id } } }"}"#);
+    let user = registered["data"]["register"]["user"]["id"].as_str().expect("user id").to_owned();
+    assert!(data.join("cloudsync.db").is_file(), "the embedded database lives in the data dir");
+    assert!(data.join("jwt-secret").is_file(), "the signing key is generated into the data dir");
+
+    // SIGTERM: graceful shutdown, exit status 0.
+    let pid = server.0.id().to_string();
+    assert!(Command::new("kill").args(["-TERM", &pid]).status().expect("kill").success());
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(status) = server.0.try_wait().expect("wait") {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "the server did not stop on SIGTERM");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(status.success(), "{status:?}");
+
+    let migrate = cloudsync(&data).arg("migrate").output().expect("migrate");
+    assert!(migrate.status.success(), "{}", String::from_utf8_lossy(&migrate.stderr));
+
+    let replay = cloudsync(&data).args(["replay", "--user", &user]).output().expect("replay");
+    assert!(replay.status.success(), "{}", String::from_utf8_lossy(&replay.stderr));
+    let text = String::from_utf8(replay.stdout).expect("utf-8");
+    assert!(text.lines().next().is_some_and(|l| l.contains("UserRegistered")), "{text}");
+
+    let rebuild = cloudsync(&data).args(["projections", "rebuild", "all"]).output().expect("rebuild");
+    assert!(rebuild.status.success(), "{}", String::from_utf8_lossy(&rebuild.stderr));
+    let unknown = cloudsync(&data).args(["projections", "rebuild", "nope"]).output().expect("rebuild");
+    assert!(!unknown.status.success());
+    assert!(String::from_utf8_lossy(&unknown.stderr).contains("unknown projector"));
+
+    let bad = cloudsync(&data).env("CLOUDSYNC_TOKEN_TTL_MINUTES", "soon").arg("migrate").output().expect("bad config");
+    assert_eq!(bad.status.code(), Some(2));
+    std::fs::remove_dir_all(&data).ok();
+}
