@@ -106,15 +106,19 @@ impl EventStore for PgEventStore {
         let mut tx = self.pool.begin().await?;
         sqlx::query("SELECT pg_advisory_xact_lock($1)").bind(APPEND_LOCK_KEY).execute(&mut *tx).await?;
         let streams = distinct_streams(&batches);
-        let current: HashMap<String, i64> = sqlx::query_as(
-            "SELECT stream_id, MAX(stream_version)::BIGINT FROM events WHERE stream_id = ANY($1) GROUP BY stream_id",
+        // The head and the streams' versions in one round trip (after the lock, in a new statement, so
+        // its snapshot sees every append that committed before the lock was granted). The head comes
+        // back under the empty name, which no stream can have.
+        let mut current: HashMap<String, i64> = sqlx::query_as(
+            "SELECT stream_id, MAX(stream_version)::BIGINT FROM events WHERE stream_id = ANY($1) GROUP BY stream_id \
+             UNION ALL SELECT '', COALESCE(MAX(position), 0)::BIGINT FROM events",
         )
         .bind(&streams)
         .fetch_all(&mut *tx)
         .await?
         .into_iter()
         .collect();
-        let head: i64 = sqlx::query_scalar("SELECT COALESCE(MAX(position), 0)::BIGINT FROM events").fetch_one(&mut *tx).await?;
+        let head = current.remove("").unwrap_or(0);
         let (rows, versions) = plan_rows(&batches, current, head)?;
         if !rows.is_empty() {
             let mut cols = Columns::default();
@@ -133,11 +137,12 @@ impl EventStore for PgEventStore {
                 cols.occurred_at.push(m.occurred_at);
             }
             sqlx::query(
-                "INSERT INTO events (position, stream_id, stream_version, event_type, schema_version, payload, event_id, \
-                 correlation_id, causation_id, actor_id, occurred_at) \
+                "WITH inserted AS (INSERT INTO events (position, stream_id, stream_version, event_type, schema_version, payload, \
+                 event_id, correlation_id, causation_id, actor_id, occurred_at) \
                  SELECT p, s, v, t, sv, pl::jsonb, e, c, ca, a, o FROM UNNEST($1::bigint[], $2::text[], $3::bigint[], \
                  $4::text[], $5::int[], $6::text[], $7::uuid[], $8::uuid[], $9::uuid[], $10::uuid[], $11::timestamptz[]) \
-                 AS x(p, s, v, t, sv, pl, e, c, ca, a, o)",
+                 AS x(p, s, v, t, sv, pl, e, c, ca, a, o) RETURNING 1) \
+                 SELECT pg_notify($12, $13)",
             )
             .bind(cols.position)
             .bind(cols.stream_id)
@@ -150,13 +155,12 @@ impl EventStore for PgEventStore {
             .bind(cols.causation_id)
             .bind(cols.actor_id)
             .bind(cols.occurred_at)
+            .bind(CHANNEL)
+            .bind(rows.last().map_or(head, |r| r.position).to_string())
             .execute(&mut *tx)
             .await?;
         }
         let last = rows.last().map_or(head, |r| r.position);
-        if !rows.is_empty() {
-            sqlx::query("SELECT pg_notify($1, $2)").bind(CHANNEL).bind(last.to_string()).execute(&mut *tx).await?;
-        }
         tx.commit().await?;
         bump(&self.head, last);
         Ok(AppendOutcome { first_position: rows.first().map_or(head, |r| r.position), last_position: last, stream_versions: versions })

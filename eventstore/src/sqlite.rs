@@ -73,25 +73,28 @@ impl EventStore for SqliteEventStore {
         }
         let head: i64 = sqlx::query_scalar("SELECT COALESCE(MAX(position), 0) FROM events").fetch_one(&mut *tx).await?;
         let (rows, versions) = plan_rows(&batches, current, head)?;
-        for row in &rows {
-            let m = &row.event.metadata;
-            sqlx::query(
+        // Multi-row INSERTs (11 values a row, well under SQLite's limit on bound variables).
+        for chunk in rows.chunks(500) {
+            let mut insert = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
                 "INSERT INTO events (position, stream_id, stream_version, event_type, schema_version, payload, event_id, \
-                 correlation_id, causation_id, actor_id, occurred_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
-            )
-            .bind(row.position)
-            .bind(row.stream_id)
-            .bind(row.stream_version)
-            .bind(&row.event.event_type)
-            .bind(row.event.schema_version)
-            .bind(row.event.payload.to_string())
-            .bind(m.event_id.to_string())
-            .bind(m.correlation_id.to_string())
-            .bind(m.causation_id.map(|u| u.to_string()))
-            .bind(m.actor_id.map(|u| u.to_string()))
-            .bind(m.occurred_at)
-            .execute(&mut *tx)
-            .await?;
+                 correlation_id, causation_id, actor_id, occurred_at) ",
+            );
+            insert.push_values(chunk, |mut values, row| {
+                let m = &row.event.metadata;
+                values
+                    .push_bind(row.position)
+                    .push_bind(row.stream_id)
+                    .push_bind(row.stream_version)
+                    .push_bind(&row.event.event_type)
+                    .push_bind(row.event.schema_version)
+                    .push_bind(row.event.payload.to_string())
+                    .push_bind(m.event_id.to_string())
+                    .push_bind(m.correlation_id.to_string())
+                    .push_bind(m.causation_id.map(|u| u.to_string()))
+                    .push_bind(m.actor_id.map(|u| u.to_string()))
+                    .push_bind(m.occurred_at);
+            });
+            insert.build().execute(&mut *tx).await?;
         }
         tx.commit().await?;
         let last = rows.last().map_or(head, |r| r.position);

@@ -154,16 +154,25 @@ impl Projections {
 
     async fn follow(&self, table: Table, sender: &watch::Sender<i64>, shutdown: &CancellationToken) {
         let mut notified = self.db.events.watch();
+        let mut known: Option<i64> = None;
         loop {
             notified.borrow_and_update();
-            match step(&self.db, table, PAGE).await {
-                Ok((count, checkpoint)) => {
-                    sender.send_replace(checkpoint);
-                    if count > 0 {
-                        continue;
+            // A cheap read of the head first, so an idle projector does not take the write lock.
+            let behind = match (known, self.db.events.head().await) {
+                (Some(checkpoint), Ok(head)) => head > checkpoint,
+                _ => true,
+            };
+            if behind {
+                match step(&self.db, table, PAGE).await {
+                    Ok((count, checkpoint)) => {
+                        known = Some(checkpoint);
+                        sender.send_replace(checkpoint);
+                        if count > 0 {
+                            continue;
+                        }
                     }
+                    Err(error) => tracing::error!(projector = table.name(), error = %error, "Projection failed; retrying."),
                 }
-                Err(error) => tracing::error!(projector = table.name(), error = %error, "Projection failed; retrying."),
             }
             tokio::select! {
                 () = shutdown.cancelled() => return,

@@ -124,6 +124,29 @@ impl Harness {
     }
 }
 
+/// A registered user with a scanned local provider (the files of [`sample_tree`]).
+pub struct Scanned {
+    pub token: String,
+    pub user: String,
+    pub root: PathBuf,
+    pub provider: String,
+    pub operation: String,
+    pub files: std::collections::BTreeMap<String, Value>,
+    /// The id of `readme.txt`.
+    pub readme: String,
+}
+
+impl Harness {
+    pub async fn scanned(&self, email: &str) -> Scanned {
+        let (token, user) = self.register(email).await;
+        let root = sample_tree(self.db.dir());
+        let (provider, operation) = self.connect_local(&token, &root).await;
+        let files = self.files(&token, &provider).await;
+        let readme = files["readme.txt"]["id"].as_str().expect("id").to_owned();
+        Scanned { token, user, root, provider, operation, files, readme }
+    }
+}
+
 /// A folder with a few files: nested, unicode, spaces.
 pub fn sample_tree(base: &Path) -> PathBuf {
     let root = base.join("provider-root");

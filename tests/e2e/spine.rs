@@ -7,7 +7,7 @@ use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
-use crate::harness::{Harness, on_both_backends, sample_tree};
+use crate::harness::{Harness, Scanned, on_both_backends, sample_tree};
 
 on_both_backends!(
     register_login_and_me,
@@ -88,11 +88,7 @@ const MOVE: &str = "mutation($ids: [ID!]!, $to: String!) { moveFiles(fileIds: $i
 const DELETE: &str = "mutation($ids: [ID!]!) { deleteFiles(fileIds: $ids) }";
 
 async fn move_and_delete_change_the_folder_and_are_read_back_at_once(h: &Harness) {
-    let (token, _) = h.register("move@example.org").await;
-    let root = sample_tree(h.db.dir());
-    let (provider, _) = h.connect_local(&token, &root).await;
-    let files = h.files(&token, &provider).await;
-    let readme = files["readme.txt"]["id"].as_str().expect("id").to_owned();
+    let Scanned { token, root, provider, files, readme, .. } = h.scanned("move@example.org").await;
     let report = files["docs/report 2024.pdf"]["id"].as_str().expect("id").to_owned();
 
     let moved = h.ok(Some(&token), MOVE, json!({ "ids": [readme, report], "to": "archive/2024" })).await;
@@ -117,11 +113,7 @@ async fn move_and_delete_change_the_folder_and_are_read_back_at_once(h: &Harness
 }
 
 async fn bad_input_gets_a_coded_error_and_changes_nothing(h: &Harness) {
-    let (token, _) = h.register("bad@example.org").await;
-    let root = sample_tree(h.db.dir());
-    let (provider, _) = h.connect_local(&token, &root).await;
-    let files = h.files(&token, &provider).await;
-    let readme = files["readme.txt"]["id"].as_str().expect("id").to_owned();
+    let Scanned { token, root, provider, files, readme, .. } = h.scanned("bad@example.org").await;
     let head = h.server().app().db.events.head().await.expect("head");
 
     // Malformed GraphQL and malformed bodies.
@@ -164,12 +156,8 @@ async fn bad_input_gets_a_coded_error_and_changes_nothing(h: &Harness) {
 }
 
 async fn another_users_ids_behave_like_unknown_ids(h: &Harness) {
-    let (alice, _) = h.register("alice@example.org").await;
+    let Scanned { token: alice, root, provider, operation, files, readme, .. } = h.scanned("alice@example.org").await;
     let (bob, _) = h.register("bob@example.org").await;
-    let root = sample_tree(h.db.dir());
-    let (provider, operation) = h.connect_local(&alice, &root).await;
-    let files = h.files(&alice, &provider).await;
-    let readme = files["readme.txt"]["id"].as_str().expect("id").to_owned();
     let unknown = uuid::Uuid::new_v4().to_string();
 
     // Bob sees nothing of Alice's, and every error is the one an unknown id gets.
@@ -193,12 +181,8 @@ async fn another_users_ids_behave_like_unknown_ids(h: &Harness) {
 }
 
 async fn file_changes_stream_live_over_websocket(h: &Harness) {
-    let (token, _) = h.register("live@example.org").await;
+    let Scanned { token, provider, readme, .. } = h.scanned("live@example.org").await;
     let (intruder, _) = h.register("intruder@example.org").await;
-    let root = sample_tree(h.db.dir());
-    let (provider, _) = h.connect_local(&token, &root).await;
-    let files = h.files(&token, &provider).await;
-    let readme = files["readme.txt"]["id"].as_str().expect("id").to_owned();
 
     let subscribe = |auth: String| {
         let url = h.url.replace("http://", "ws://") + "/graphql/ws";
@@ -259,11 +243,7 @@ where
 }
 
 async fn a_rebuilt_read_model_equals_the_live_one(h: &Harness) {
-    let (token, _) = h.register("rebuild@example.org").await;
-    let root = sample_tree(h.db.dir());
-    let (provider, _) = h.connect_local(&token, &root).await;
-    let files = h.files(&token, &provider).await;
-    let readme = files["readme.txt"]["id"].as_str().expect("id").to_owned();
+    let Scanned { token, files, readme, .. } = h.scanned("rebuild@example.org").await;
     let cat = files["photos/2024/cat.jpg"]["id"].as_str().expect("id").to_owned();
     h.ok(Some(&token), MOVE, json!({ "ids": [readme], "to": "moved" })).await;
     h.ok(Some(&token), DELETE, json!({ "ids": [cat] })).await;
@@ -284,11 +264,7 @@ async fn a_rebuilt_read_model_equals_the_live_one(h: &Harness) {
 }
 
 async fn replay_prints_a_stream_and_a_users_history(h: &Harness) {
-    let (token, user) = h.register("replay@example.org").await;
-    let root = sample_tree(h.db.dir());
-    let (provider, _) = h.connect_local(&token, &root).await;
-    let files = h.files(&token, &provider).await;
-    let readme = files["readme.txt"]["id"].as_str().expect("id").to_owned();
+    let Scanned { token, user, readme, .. } = h.scanned("replay@example.org").await;
     h.ok(Some(&token), MOVE, json!({ "ids": [readme], "to": "moved" })).await;
 
     let mut out = Vec::new();
