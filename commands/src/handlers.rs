@@ -157,6 +157,12 @@ impl Commands {
                 let name = root.path().file_name().and_then(|n| n.to_str()).unwrap_or("local").to_owned();
                 (json!({ "root": root_text }), name)
             }
+            other => {
+                return Err(CommandError::Invalid(format!(
+                    "{} providers cannot be connected yet: their credentials must first be stored encrypted",
+                    other.as_str()
+                )));
+            }
         };
         let display_name = match fields.get("name") {
             None | Some(Value::Null) => default_name,
@@ -206,6 +212,7 @@ impl Commands {
                 let root = connected.config.get("root").and_then(Value::as_str).unwrap_or_default();
                 LocalRoot::open(root).map_err(|err| CommandError::Storage(format!("the provider's root is unusable: {err}")))
             }
+            other => Err(CommandError::Storage(format!("{} providers cannot be operated on yet", other.as_str()))),
         }
     }
 

@@ -14,7 +14,7 @@ pub enum ValueError {
     InvalidEmail(&'static str),
     #[error("invalid path: {0}")]
     InvalidPath(&'static str),
-    #[error("unknown provider kind {0:?} (known: local)")]
+    #[error("unknown provider kind {0:?} (known: local, s3, webdav, sftp, azblob, gdrive, dropbox, onedrive)")]
     UnknownProviderKind(String),
 }
 
@@ -181,6 +181,13 @@ impl<'de> Deserialize<'de> for ProviderPath {
 #[serde(rename_all = "lowercase")]
 pub enum ProviderKind {
     Local,
+    S3,
+    Webdav,
+    Sftp,
+    Azblob,
+    Gdrive,
+    Dropbox,
+    Onedrive,
 }
 
 impl ProviderKind {
@@ -189,6 +196,13 @@ impl ProviderKind {
     pub fn parse(raw: &str) -> Result<Self, ValueError> {
         match raw.trim().to_ascii_lowercase().as_str() {
             "local" => Ok(Self::Local),
+            "s3" => Ok(Self::S3),
+            "webdav" => Ok(Self::Webdav),
+            "sftp" => Ok(Self::Sftp),
+            "azblob" => Ok(Self::Azblob),
+            "gdrive" => Ok(Self::Gdrive),
+            "dropbox" => Ok(Self::Dropbox),
+            "onedrive" => Ok(Self::Onedrive),
             _ => Err(ValueError::UnknownProviderKind(raw.chars().take(64).collect())),
         }
     }
@@ -196,6 +210,13 @@ impl ProviderKind {
     pub fn as_str(&self) -> &'static str {
         match self {
             Self::Local => "local",
+            Self::S3 => "s3",
+            Self::Webdav => "webdav",
+            Self::Sftp => "sftp",
+            Self::Azblob => "azblob",
+            Self::Gdrive => "gdrive",
+            Self::Dropbox => "dropbox",
+            Self::Onedrive => "onedrive",
         }
     }
 }

@@ -1,0 +1,304 @@
+//! The local folder: plain file-system calls, confined to the root. Every operation resolves its path
+//! component by component and refuses any component that is a symbolic link, so neither `..` (which
+//! `ProviderPath` cannot hold) nor a link inside the root can lead outside it. Writes go to a
+//! temporary name in the destination folder, are synced, and then renamed into place.
+
+use std::io::{Read as _, Seek as _, SeekFrom, Write as _};
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use chrono::{DateTime, Utc};
+use cloudsync_domain::{ProviderKind, ProviderPath};
+use futures::StreamExt;
+use futures::stream::BoxStream;
+use tokio::sync::mpsc;
+
+use crate::{ByteStream, Entry, ProviderError, StorageProvider};
+
+const CHUNK: usize = 256 * 1024;
+
+#[derive(Debug, Clone)]
+pub struct LocalProvider {
+    root: PathBuf,
+}
+
+impl LocalProvider {
+    /// # Errors
+    /// A root that is not an absolute path to an existing folder.
+    pub fn open(raw: &str) -> Result<Self, ProviderError> {
+        if raw.contains('\0') {
+            return Err(ProviderError::Invalid("the root contains a NUL byte".into()));
+        }
+        if !Path::new(raw).is_absolute() {
+            return Err(ProviderError::Invalid(format!("the root {raw:?} must be an absolute path")));
+        }
+        let root = std::fs::canonicalize(raw).map_err(|err| ProviderError::Invalid(format!("the root {raw:?} cannot be opened: {err}")))?;
+        if !root.is_dir() {
+            return Err(ProviderError::Invalid(format!("the root {raw:?} is not a folder")));
+        }
+        Ok(Self { root })
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// The host path of `path`, after checking that no existing component is a symbolic link.
+    fn resolve(&self, path: &ProviderPath) -> Result<PathBuf, ProviderError> {
+        let mut host = self.root.clone();
+        for part in path.components() {
+            host.push(part);
+            match std::fs::symlink_metadata(&host) {
+                Ok(meta) if meta.file_type().is_symlink() => {
+                    return Err(ProviderError::PermissionDenied(format!("{path} passes through a symbolic link")));
+                }
+                Ok(_) => {}
+                Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
+                Err(err) => return Err(err.into()),
+            }
+        }
+        Ok(host)
+    }
+
+    fn entry(&self, path: ProviderPath, meta: &std::fs::Metadata) -> Entry {
+        let modified_at = meta.modified().ok().map(DateTime::<Utc>::from);
+        let etag = modified_at.map(|m| format!("{}-{}", meta.len(), m.timestamp_nanos_opt().unwrap_or_default()));
+        Entry { path, size: meta.len(), modified_at, etag }
+    }
+}
+
+async fn blocking<T: Send + 'static>(work: impl FnOnce() -> Result<T, ProviderError> + Send + 'static) -> Result<T, ProviderError> {
+    tokio::task::spawn_blocking(work).await.map_err(|err| ProviderError::Other(format!("storage task failed: {err}")))?
+}
+
+fn temp_name(target: &Path) -> PathBuf {
+    let name = target.file_name().and_then(|n| n.to_str()).unwrap_or("file");
+    let suffix: u64 = rand_suffix();
+    target.with_file_name(format!(".{name}.cloudsync-{suffix:016x}.tmp"))
+}
+
+fn rand_suffix() -> u64 {
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
+    let mixed = blake3::hash(format!("{nanos}-{:?}", std::thread::current().id()).as_bytes());
+    let mut bytes = [0_u8; 8];
+    bytes.copy_from_slice(&mixed.as_bytes()[..8]);
+    u64::from_le_bytes(bytes)
+}
+
+#[async_trait]
+impl StorageProvider for LocalProvider {
+    fn kind(&self) -> ProviderKind {
+        ProviderKind::Local
+    }
+
+    async fn check(&self) -> Result<(), ProviderError> {
+        let root = self.root.clone();
+        blocking(move || {
+            std::fs::read_dir(&root)?;
+            Ok(())
+        })
+        .await
+    }
+
+    fn list(&self, folder: &ProviderPath) -> BoxStream<'static, Result<Entry, ProviderError>> {
+        let (tx, rx) = mpsc::channel::<Result<Entry, ProviderError>>(256);
+        let this = self.clone();
+        let folder = folder.clone();
+        tokio::task::spawn_blocking(move || {
+            let start = match this.resolve(&folder) {
+                Ok(start) => start,
+                Err(err) => {
+                    let _ = tx.blocking_send(Err(err));
+                    return;
+                }
+            };
+            if !start.is_dir() {
+                let _ = tx.blocking_send(Err(ProviderError::NotFound(format!("folder {folder}"))));
+                return;
+            }
+            for item in walkdir::WalkDir::new(&start).follow_links(false).sort_by_file_name() {
+                let item = match item {
+                    Ok(item) => item,
+                    Err(err) => {
+                        tracing::warn!(error = %err, "Skipped an unreadable entry while listing.");
+                        continue;
+                    }
+                };
+                if !item.file_type().is_file() {
+                    continue;
+                }
+                let Some(relative) = item.path().strip_prefix(&this.root).ok().and_then(Path::to_str) else {
+                    tracing::warn!(path = %item.path().display(), "Skipped a file whose name is not UTF-8.");
+                    continue;
+                };
+                let Ok(path) = ProviderPath::parse(relative) else { continue };
+                if path.name().ends_with(".tmp") && path.name().starts_with('.') && path.name().contains(".cloudsync-") {
+                    continue;
+                }
+                let sent = match item.metadata() {
+                    Ok(meta) => tx.blocking_send(Ok(this.entry(path, &meta))),
+                    Err(err) => tx.blocking_send(Err(ProviderError::Other(err.to_string()))),
+                };
+                if sent.is_err() {
+                    return;
+                }
+            }
+        });
+        futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|item| (item, rx)) }).boxed()
+    }
+
+    async fn stat(&self, path: &ProviderPath) -> Result<Entry, ProviderError> {
+        let this = self.clone();
+        let path = path.clone();
+        blocking(move || {
+            let host = this.resolve(&path)?;
+            let meta = std::fs::symlink_metadata(&host).map_err(|err| match err.kind() {
+                std::io::ErrorKind::NotFound => ProviderError::NotFound(path.to_string()),
+                _ => err.into(),
+            })?;
+            if !meta.is_file() {
+                return Err(ProviderError::Invalid(format!("{path} is not a file")));
+            }
+            Ok(this.entry(path, &meta))
+        })
+        .await
+    }
+
+    async fn read(&self, path: &ProviderPath, range: Range<u64>) -> Result<ByteStream, ProviderError> {
+        let this = self.clone();
+        let path = path.clone();
+        let (file, end) = blocking(move || {
+            let host = this.resolve(&path)?;
+            let mut file = std::fs::File::open(&host).map_err(|err| match err.kind() {
+                std::io::ErrorKind::NotFound => ProviderError::NotFound(path.to_string()),
+                _ => err.into(),
+            })?;
+            let len = file.metadata()?.len();
+            file.seek(SeekFrom::Start(range.start.min(len)))?;
+            Ok((file, range.end.min(len)))
+        })
+        .await?;
+        let start = range.start.min(end);
+        let stream = futures::stream::try_unfold((file, start, end), |(mut file, at, end)| async move {
+            if at >= end {
+                return Ok(None);
+            }
+            let want = usize::try_from((end - at).min(CHUNK as u64)).unwrap_or(CHUNK);
+            let (file, buffer) = blocking(move || {
+                let mut buffer = vec![0_u8; want];
+                file.read_exact(&mut buffer)?;
+                Ok((file, buffer))
+            })
+            .await?;
+            let read = buffer.len() as u64;
+            Ok(Some((Bytes::from(buffer), (file, at + read, end))))
+        });
+        Ok(stream.boxed())
+    }
+
+    async fn write(&self, path: &ProviderPath, mut data: ByteStream) -> Result<u64, ProviderError> {
+        if path.is_root() {
+            return Err(ProviderError::Invalid("cannot write to the root itself".into()));
+        }
+        let this = self.clone();
+        let target_path = path.clone();
+        let (target, temp, file) = blocking(move || {
+            let target = this.resolve(&target_path)?;
+            let folder = target.parent().unwrap_or(&this.root).to_path_buf();
+            std::fs::create_dir_all(&folder)?;
+            // The folder may have been created through a link that appeared meanwhile: check again.
+            this.resolve(&target_path)?;
+            let temp = temp_name(&target);
+            let file = std::fs::OpenOptions::new().write(true).create_new(true).open(&temp)?;
+            Ok((target, temp, file))
+        })
+        .await?;
+        let mut file = Some(file);
+        let mut written = 0_u64;
+        let result: Result<(), ProviderError> = async {
+            while let Some(chunk) = data.next().await {
+                let chunk = chunk?;
+                written += chunk.len() as u64;
+                let mut handle = file.take().ok_or_else(|| ProviderError::Other("file handle lost".into()))?;
+                handle = blocking(move || {
+                    handle.write_all(&chunk)?;
+                    Ok(handle)
+                })
+                .await?;
+                file = Some(handle);
+            }
+            let handle = file.take().ok_or_else(|| ProviderError::Other("file handle lost".into()))?;
+            let (temp, target) = (temp.clone(), target.clone());
+            blocking(move || {
+                handle.sync_all()?;
+                drop(handle);
+                std::fs::rename(&temp, &target)?;
+                Ok(())
+            })
+            .await
+        }
+        .await;
+        if let Err(err) = result {
+            let _ = std::fs::remove_file(&temp);
+            return Err(err);
+        }
+        Ok(written)
+    }
+
+    async fn delete(&self, path: &ProviderPath) -> Result<(), ProviderError> {
+        let this = self.clone();
+        let path = path.clone();
+        blocking(move || {
+            let host = this.resolve(&path)?;
+            match std::fs::symlink_metadata(&host) {
+                Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+                Err(err) => return Err(err.into()),
+                Ok(meta) if !meta.is_file() => return Err(ProviderError::Invalid(format!("{path} is not a file"))),
+                Ok(_) => {}
+            }
+            match std::fs::remove_file(&host) {
+                Err(err) if err.kind() != std::io::ErrorKind::NotFound => Err(err.into()),
+                _ => Ok(()),
+            }
+        })
+        .await
+    }
+
+    async fn rename(&self, from: &ProviderPath, to: &ProviderPath) -> Result<(), ProviderError> {
+        let this = self.clone();
+        let (from, to) = (from.clone(), to.clone());
+        blocking(move || {
+            let source = this.resolve(&from)?;
+            let meta = std::fs::symlink_metadata(&source).map_err(|err| match err.kind() {
+                std::io::ErrorKind::NotFound => ProviderError::NotFound(from.to_string()),
+                _ => err.into(),
+            })?;
+            if !meta.is_file() {
+                return Err(ProviderError::Invalid(format!("{from} is not a file")));
+            }
+            let target = this.resolve(&to)?;
+            std::fs::create_dir_all(target.parent().unwrap_or(&this.root))?;
+            this.resolve(&to)?;
+            if std::fs::symlink_metadata(&target).is_ok() {
+                return Err(ProviderError::AlreadyExists(to.to_string()));
+            }
+            std::fs::rename(&source, &target)?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn create_folder(&self, path: &ProviderPath) -> Result<(), ProviderError> {
+        let this = self.clone();
+        let path = path.clone();
+        blocking(move || {
+            let host = this.resolve(&path)?;
+            std::fs::create_dir_all(&host)?;
+            this.resolve(&path)?;
+            Ok(())
+        })
+        .await
+    }
+}
