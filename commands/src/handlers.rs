@@ -12,11 +12,12 @@ use cloudsync_domain::sync_job::{JobKind, SyncJob, SyncJobCommand};
 use cloudsync_domain::user::{User, UserCommand};
 use cloudsync_domain::{Aggregate, DomainEvent, Email, FileId, ProviderId, ProviderKind, ProviderPath, SyncJobId, UserId};
 use cloudsync_eventstore::{EventMetadata, EventStore, ExpectedVersion, NewEvent, StreamAppend};
-use serde_json::{Value, json};
+use cloudsync_providers::{LocalProvider, ProviderError, StorageProvider};
+use serde_json::{Map, Value};
 use uuid::Uuid;
 
 use crate::CommandError;
-use crate::local::LocalRoot;
+use crate::secrets::Vault;
 
 /// Who issues a command and which request it belongs to; stamped on every event it causes.
 #[derive(Debug, Clone, Copy)]
@@ -71,11 +72,12 @@ pub struct Moved {
 #[derive(Clone)]
 pub struct Commands {
     store: Arc<dyn EventStore>,
+    vault: Vault,
 }
 
 impl Commands {
-    pub fn new(store: Arc<dyn EventStore>) -> Self {
-        Self { store }
+    pub fn new(store: Arc<dyn EventStore>, vault: Vault) -> Self {
+        Self { store, vault }
     }
 
     pub fn store(&self) -> &Arc<dyn EventStore> {
@@ -140,35 +142,46 @@ impl Commands {
     }
 
     /// Connects a provider and creates the job that scans it. `credentials` are the provider's own
-    /// configuration keys; for `local`, `{"root": "/absolute/folder"}` and an optional `"name"`.
+    /// configuration keys (see `cloudsync_providers::open`) plus an optional display `name`. They are
+    /// proven by a round trip first; secret settings are sealed with the user's data key and only the
+    /// sealed form is recorded.
     ///
     /// # Errors
-    /// Unknown kinds and unusable credentials are [`CommandError::Invalid`]; nothing is recorded then.
+    /// Unknown kinds, unusable settings and refused credentials are [`CommandError::Invalid`];
+    /// nothing is recorded then.
     pub async fn connect_provider(&self, user: UserId, kind: &str, credentials: &Value) -> Result<Connected, CommandError> {
         let kind = ProviderKind::parse(kind)?;
         let Some(fields) = credentials.as_object() else {
             return Err(CommandError::Invalid("credentials must be an object".into()));
         };
-        let (config, default_name) = match kind {
-            ProviderKind::Local => {
-                let raw = fields.get("root").and_then(Value::as_str).ok_or_else(|| CommandError::Invalid("credentials.root (a folder path) is required for a local provider".into()))?;
-                let root = LocalRoot::open(raw)?;
-                let root_text = root.path().to_str().ok_or_else(|| CommandError::Invalid("the root must be valid UTF-8".into()))?.to_owned();
-                let name = root.path().file_name().and_then(|n| n.to_str()).unwrap_or("local").to_owned();
-                (json!({ "root": root_text }), name)
-            }
-            other => {
-                return Err(CommandError::Invalid(format!(
-                    "{} providers cannot be connected yet: their credentials must first be stored encrypted",
-                    other.as_str()
-                )));
-            }
-        };
-        let display_name = match fields.get("name") {
-            None | Some(Value::Null) => default_name,
-            Some(Value::String(name)) => name.trim().to_owned(),
+        let mut settings = fields.clone();
+        let name = match settings.remove("name") {
+            None | Some(Value::Null) => None,
+            Some(Value::String(name)) => Some(name.trim().to_owned()),
             Some(_) => return Err(CommandError::Invalid("credentials.name must be a string".into())),
         };
+        if kind == ProviderKind::Local {
+            // Record the canonical root, so later checks compare like with like.
+            let raw = settings.get("root").and_then(Value::as_str).ok_or_else(|| CommandError::Invalid("credentials.root (an absolute folder path) is required for a local provider".into()))?;
+            let local = LocalProvider::open(raw).map_err(|err| CommandError::Invalid(err.to_string()))?;
+            let root = local.root().to_str().ok_or_else(|| CommandError::Invalid("the root must be valid UTF-8".into()))?.to_owned();
+            settings.insert("root".into(), Value::String(root));
+        }
+        let provider = cloudsync_providers::open(kind, &settings).map_err(|err| CommandError::Invalid(err.to_string()))?;
+        provider.check().await.map_err(|err| match err {
+            ProviderError::PermissionDenied(why) => CommandError::Invalid(format!("the provider refused the credentials: {why}")),
+            other => CommandError::Invalid(format!("the provider cannot be reached with these settings: {other}")),
+        })?;
+        let (config, secret_settings): (Map<String, Value>, Map<String, Value>) =
+            settings.into_iter().partition(|(key, _)| !SECRET_KEYS.contains(&key.as_str()));
+        let secrets = if secret_settings.is_empty() {
+            None
+        } else {
+            let plaintext = serde_json::to_vec(&secret_settings).map_err(|err| CommandError::Invalid(err.to_string()))?;
+            Some(self.vault.seal(user, &plaintext).await?)
+        };
+        let display_name = name.unwrap_or_else(|| default_name(kind, &config));
+        let config = Value::Object(config);
         let provider_id = ProviderId::from_uuid(Uuid::new_v4());
         let job_id = SyncJobId::from_uuid(Uuid::new_v4());
         let at = Utc::now();
@@ -179,6 +192,7 @@ impl Commands {
             kind,
             display_name: display_name.clone(),
             config,
+            secrets,
             at,
         })?;
         let created = SyncJob::default().handle(SyncJobCommand::Create { job_id, owner_id: user, kind: JobKind::Scan { provider_id }, at })?;
@@ -203,17 +217,23 @@ impl Commands {
         self.append(provider_id.stream(), version, &events, &Context::new(Some(user))).await
     }
 
-    /// The local root of one of `user`'s connected providers.
-    async fn local_root(&self, user: UserId, provider_id: ProviderId) -> Result<LocalRoot, CommandError> {
+    /// One of `user`'s connected providers, opened with its secrets.
+    ///
+    /// # Errors
+    /// [`CommandError::NotFound`] when it is not connected or not `user`'s; storage errors when its
+    /// secrets cannot be opened.
+    pub async fn provider(&self, user: UserId, provider_id: ProviderId) -> Result<Arc<dyn StorageProvider>, CommandError> {
         let (provider, _) = self.load::<ProviderConnection>(&provider_id.stream()).await?;
-        let connected = provider.active_for(user).ok_or(CommandError::NotFound("file"))?;
-        match connected.kind {
-            ProviderKind::Local => {
-                let root = connected.config.get("root").and_then(Value::as_str).unwrap_or_default();
-                LocalRoot::open(root).map_err(|err| CommandError::Storage(format!("the provider's root is unusable: {err}")))
-            }
-            other => Err(CommandError::Storage(format!("{} providers cannot be operated on yet", other.as_str()))),
+        let connected = provider.active_for(user).ok_or(CommandError::NotFound("provider"))?;
+        let mut settings = connected.config.as_object().cloned().unwrap_or_default();
+        if let Some(sealed) = &connected.secrets {
+            let plaintext = self.vault.open(user, sealed).await?;
+            let secrets: Map<String, Value> =
+                serde_json::from_slice(&plaintext).map_err(|_| CommandError::Storage("the provider's secrets are unreadable".into()))?;
+            settings.extend(secrets);
         }
+        let opened = cloudsync_providers::open(connected.kind, &settings).map_err(|err| CommandError::Storage(format!("the provider cannot be opened: {err}")))?;
+        Ok(Arc::from(opened))
     }
 
     /// Loads every file and checks that each is `user`'s and live; nothing changes when one is not.
@@ -251,26 +271,24 @@ impl Commands {
         for (id, file, version) in files {
             let (facts, from) = file.live_for(user).ok_or(CommandError::NotFound("file"))?;
             let to = file.move_target(user, folder)?;
-            let root = self.local_root(user, facts.provider_id).await?;
-            plans.push((id, file.clone(), version, from.clone(), to, root));
+            let provider = self.provider(user, facts.provider_id).await.map_err(file_not_found)?;
+            plans.push((id, file.clone(), version, from.clone(), to, provider));
         }
         let ctx = Context::new(Some(user));
         let mut moved = Vec::new();
         let mut position = self.store.head().await?;
-        for (id, file, version, from, to, root) in plans {
+        for (id, file, version, from, to, provider) in plans {
             let events = file.handle(FileCommand::Move { by: user, folder: folder.clone(), at: Utc::now() })?;
             if events.is_empty() {
                 moved.push(Moved { file_id: id, to });
                 continue;
             }
-            let (from_c, to_c, root_c) = (from.clone(), to.clone(), root.clone());
-            run_blocking(move || root_c.move_file(&from_c, &to_c)).await?;
+            provider.rename(&from, &to).await.map_err(storage_error)?;
             match self.append(id.stream(), version, &events, &ctx).await {
                 Ok(p) => position = p,
                 Err(err) => {
-                    // Put the file back so the folder and the log agree.
-                    let (from_c, to_c) = (from.clone(), to.clone());
-                    if let Err(undo) = run_blocking(move || root.move_file(&to_c, &from_c)).await {
+                    // Put the file back so the provider and the log agree.
+                    if let Err(undo) = provider.rename(&to, &from).await {
                         tracing::error!(file = %id, error = %undo, "Could not undo a move whose event was refused.");
                     }
                     return Err(err);
@@ -290,15 +308,15 @@ impl Commands {
         let mut plans = Vec::new();
         for (id, file, version) in files {
             let (facts, path) = file.live_for(user).ok_or(CommandError::NotFound("file"))?;
-            let root = self.local_root(user, facts.provider_id).await?;
-            plans.push((id, file.clone(), version, path.clone(), root));
+            let provider = self.provider(user, facts.provider_id).await.map_err(file_not_found)?;
+            plans.push((id, file.clone(), version, path.clone(), provider));
         }
         let ctx = Context::new(Some(user));
         let mut deleted = Vec::new();
         let mut position = self.store.head().await?;
-        for (id, file, version, path, root) in plans {
+        for (id, file, version, path, provider) in plans {
             let events = file.handle(FileCommand::Delete { by: user, at: Utc::now() })?;
-            run_blocking(move || root.delete_file(&path)).await?;
+            provider.delete(&path).await.map_err(storage_error)?;
             position = self.append(id.stream(), version, &events, &ctx).await?;
             deleted.push(id);
         }
@@ -326,16 +344,42 @@ impl Commands {
         Ok(version + i64::try_from(events.len()).unwrap_or(1))
     }
 
-    /// A connected provider's facts as the job runner needs them.
-    pub(crate) async fn provider_root(&self, user: UserId, provider_id: ProviderId) -> Result<LocalRoot, CommandError> {
-        self.local_root(user, provider_id).await
+}
+
+/// Settings that are secrets: sealed before they are recorded, never shown.
+const SECRET_KEYS: &[&str] =
+    &["password", "secret_access_key", "session_token", "account_key", "sas_token", "token", "access_token", "refresh_token", "client_secret"];
+
+fn default_name(kind: ProviderKind, config: &Map<String, Value>) -> String {
+    let text = |key: &str| config.get(key).and_then(Value::as_str).unwrap_or_default().to_owned();
+    let name = match kind {
+        ProviderKind::Local => std::path::Path::new(&text("root")).file_name().and_then(|n| n.to_str()).unwrap_or_default().to_owned(),
+        ProviderKind::S3 => text("bucket"),
+        ProviderKind::Azblob => text("container"),
+        ProviderKind::Webdav | ProviderKind::Sftp => text("endpoint"),
+        _ => String::new(),
+    };
+    if name.is_empty() { kind.as_str().to_owned() } else { name.chars().take(200).collect() }
+}
+
+/// A file's provider that is gone or unusable makes the file unreachable, as if unknown.
+fn file_not_found(error: CommandError) -> CommandError {
+    match error {
+        CommandError::NotFound(_) => CommandError::NotFound("file"),
+        other => other,
+    }
+}
+
+/// How a provider's refusal reaches the caller.
+pub(crate) fn storage_error(error: ProviderError) -> CommandError {
+    match error {
+        ProviderError::NotFound(_) => CommandError::NotFound("file"),
+        ProviderError::AlreadyExists(what) => CommandError::Conflict(format!("{what} already exists")),
+        ProviderError::PermissionDenied(why) | ProviderError::Invalid(why) => CommandError::Invalid(why),
+        other => CommandError::Storage(other.to_string()),
     }
 }
 
 pub(crate) fn expected(version: i64) -> ExpectedVersion {
     if version == 0 { ExpectedVersion::NoStream } else { ExpectedVersion::Exact(version) }
-}
-
-pub(crate) async fn run_blocking<T: Send + 'static>(work: impl FnOnce() -> Result<T, CommandError> + Send + 'static) -> Result<T, CommandError> {
-    tokio::task::spawn_blocking(work).await.map_err(|err| CommandError::Storage(format!("storage task failed: {err}")))?
 }

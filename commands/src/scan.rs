@@ -1,8 +1,9 @@
-//! The provider scanner: walks a provider's tree on a blocking thread, hashes every file with BLAKE3,
-//! and records `FileDiscovered` in batches, each batch one transaction together with the job's progress.
+//! The provider scanner: lists a provider's tree through its `StorageProvider`, hashes every file's
+//! content with BLAKE3 as it streams by (a few files at a time), and records `FileDiscovered` in
+//! batches, each batch one transaction together with the job's progress.
 //! File ids are derived from (provider, path), so a scan resumed after a crash never records a file twice.
 
-use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -10,15 +11,16 @@ use cloudsync_domain::events::{FileDiscovered, guess_mime};
 use cloudsync_domain::sync_job::{JobKind, JobPhase, SyncJob, SyncJobCommand};
 use cloudsync_domain::{Aggregate, DomainEvent, FileId, ProviderId, ProviderPath, SyncJobId};
 use cloudsync_eventstore::{ExpectedVersion, StreamAppend};
-use tokio::sync::mpsc;
+use cloudsync_providers::{ProviderError, StorageProvider};
+use futures::{StreamExt, TryStreamExt};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use crate::handlers::{Context, encode, expected};
-use crate::local::LocalRoot;
+use crate::handlers::{Context, encode, expected, storage_error};
 use crate::{CommandError, Commands};
 
 const BATCH: usize = 500;
+const HASHING_CONCURRENCY: usize = 4;
 
 struct Scanned {
     path: ProviderPath,
@@ -43,8 +45,8 @@ pub(crate) async fn run_scan(commands: &Commands, job_id: SyncJobId, cancel: &Ca
         return Ok(());
     }
     let ctx = Context::new(Some(owner));
-    let root = match commands.provider_root(owner, provider_id).await {
-        Ok(root) => root,
+    let provider = match commands.provider(owner, provider_id).await {
+        Ok(provider) => provider,
         Err(err) => {
             commands.job_step(job_id, version, &mut job, SyncJobCommand::Fail { reason: err.to_string(), at: Utc::now() }, &ctx).await?;
             return Ok(());
@@ -55,11 +57,33 @@ pub(crate) async fn run_scan(commands: &Commands, job_id: SyncJobId, cancel: &Ca
     }
     tracing::info!(job = %job_id, provider = %provider_id, "Scan started.");
 
-    let (tx, mut rx) = mpsc::channel::<Result<Vec<Scanned>, CommandError>>(2);
-    let walk_root = root.clone();
-    let walker = tokio::task::spawn_blocking(move || walk(&walk_root, &tx));
+    let hashing = Arc::clone(&provider);
+    let mut batches = provider
+        .list(&ProviderPath::root())
+        .map(move |entry| {
+            let provider = Arc::clone(&hashing);
+            async move {
+                let entry = entry.map_err(storage_error)?;
+                match hash(&*provider, &entry.path, entry.size).await {
+                    Ok(checksum) => Ok(Some(Scanned {
+                        path: entry.path,
+                        size: entry.size,
+                        modified_at: entry.modified_at.unwrap_or_default(),
+                        checksum,
+                    })),
+                    // Gone between listing and reading: it is no longer there to index.
+                    Err(ProviderError::NotFound(_)) => Ok(None),
+                    Err(err) => Err(storage_error(err)),
+                }
+            }
+        })
+        .buffered(HASHING_CONCURRENCY)
+        .try_filter_map(|scanned| async move { Ok(scanned) })
+        .try_chunks(BATCH)
+        .map_err(|err| err.1)
+        .boxed();
     let (mut files_done, mut bytes_done) = (0_u64, 0_u64);
-    while let Some(batch) = rx.recv().await {
+    while let Some(batch) = batches.next().await {
         let batch = batch?;
         if cancel.is_cancelled() {
             return Ok(());
@@ -132,7 +156,6 @@ pub(crate) async fn run_scan(commands: &Commands, job_id: SyncJobId, cancel: &Ca
         version += 1;
         (files_done, bytes_done) = (new_files, new_bytes);
     }
-    walker.await.map_err(|err| CommandError::Storage(format!("the scan walker failed: {err}")))??;
     let finish = SyncJobCommand::RecordProgress { files_done, bytes_done, files_total: Some(files_done), bytes_total: Some(bytes_done), at: Utc::now() };
     version = commands.job_step(job_id, version, &mut job, finish, &ctx).await?;
     commands.job_step(job_id, version, &mut job, SyncJobCommand::Complete { at: Utc::now() }, &ctx).await?;
@@ -140,49 +163,12 @@ pub(crate) async fn run_scan(commands: &Commands, job_id: SyncJobId, cancel: &Ca
     Ok(())
 }
 
-/// Walks the root (never following symlinks), sending batches of hashed files.
-fn walk(root: &LocalRoot, tx: &mpsc::Sender<Result<Vec<Scanned>, CommandError>>) -> Result<(), CommandError> {
-    let mut batch = Vec::with_capacity(BATCH);
-    for entry in walkdir::WalkDir::new(root.path()).follow_links(false).sort_by_file_name() {
-        let entry = match entry {
-            Ok(entry) => entry,
-            Err(error) => {
-                tracing::warn!(error = %error, "Skipped an unreadable entry while scanning.");
-                continue;
-            }
-        };
-        if !entry.file_type().is_file() {
-            continue;
-        }
-        match scan_one(root.path(), entry.path()) {
-            Ok(Some(file)) => batch.push(file),
-            Ok(None) => {}
-            Err(error) => tracing::warn!(path = %entry.path().display(), error = %error, "Skipped a file that could not be read."),
-        }
-        if batch.len() == BATCH && tx.blocking_send(Ok(std::mem::replace(&mut batch, Vec::with_capacity(BATCH)))).is_err() {
-            return Ok(());
-        }
-    }
-    if !batch.is_empty() {
-        let _ = tx.blocking_send(Ok(batch));
-    }
-    Ok(())
-}
-
-fn scan_one(root: &Path, host: &Path) -> std::io::Result<Option<Scanned>> {
-    let Some(relative) = host.strip_prefix(root).ok().and_then(Path::to_str) else {
-        tracing::warn!(path = %host.display(), "Skipped a file whose name is not UTF-8.");
-        return Ok(None);
-    };
-    let Ok(path) = ProviderPath::parse(relative) else {
-        tracing::warn!(path = %host.display(), "Skipped a file whose name CloudSync cannot represent.");
-        return Ok(None);
-    };
-    let file = std::fs::File::open(host)?;
-    let meta = file.metadata()?;
+/// BLAKE3 of a file's content, streamed.
+async fn hash(provider: &dyn StorageProvider, path: &ProviderPath, size: u64) -> Result<String, ProviderError> {
+    let mut stream = provider.read(path, 0..size).await?;
     let mut hasher = blake3::Hasher::new();
-    hasher.update_reader(&file)?;
-    let modified_at = meta.modified().map(DateTime::<Utc>::from).unwrap_or_default();
-    Ok(Some(Scanned { path, size: meta.len(), modified_at, checksum: hasher.finalize().to_hex().to_string() }))
+    while let Some(chunk) = stream.next().await {
+        hasher.update(&chunk?);
+    }
+    Ok(hasher.finalize().to_hex().to_string())
 }
-

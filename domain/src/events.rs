@@ -33,7 +33,17 @@ pub struct ProviderConnected {
     pub display_name: String,
     /// Non-secret configuration (for `local`: the root folder).
     pub config: Value,
+    /// The secret settings (passwords, keys, tokens), sealed with the owner's data key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secrets: Option<SealedSecret>,
     pub connected_at: DateTime<Utc>,
+}
+
+/// Ciphertext that only the owner's data key opens (AES-256-GCM, base64 nonce and ciphertext).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SealedSecret {
+    pub nonce: String,
+    pub ciphertext: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -4,7 +4,7 @@ use chrono::{DateTime, Utc};
 use serde_json::Value;
 
 use crate::aggregate::{Aggregate, DomainError};
-use crate::events::{DomainEvent, ProviderConnected, ProviderDisconnected};
+use crate::events::{DomainEvent, ProviderConnected, ProviderDisconnected, SealedSecret};
 use crate::ids::{ProviderId, UserId};
 use crate::values::ProviderKind;
 
@@ -21,6 +21,7 @@ pub enum ProviderCommand {
         kind: ProviderKind,
         display_name: String,
         config: Value,
+        secrets: Option<SealedSecret>,
         at: DateTime<Utc>,
     },
     Disconnect { by: UserId, at: DateTime<Utc> },
@@ -39,7 +40,7 @@ impl Aggregate for ProviderConnection {
 
     fn handle(&self, command: ProviderCommand) -> Result<Vec<DomainEvent>, DomainError> {
         match command {
-            ProviderCommand::Connect { provider_id, owner_id, kind, display_name, config, at } => {
+            ProviderCommand::Connect { provider_id, owner_id, kind, display_name, config, secrets, at } => {
                 if self.connected.is_some() {
                     return Err(DomainError::AlreadyExists("provider"));
                 }
@@ -52,6 +53,7 @@ impl Aggregate for ProviderConnection {
                     kind,
                     display_name,
                     config,
+                    secrets,
                     connected_at: at,
                 })])
             }
@@ -93,6 +95,7 @@ mod tests {
             kind: ProviderKind::Local,
             display_name: "photos".into(),
             config: json!({"root": "/srv/photos"}),
+            secrets: None,
             at: DateTime::UNIX_EPOCH,
         }
     }

@@ -18,6 +18,9 @@ pub struct Config {
     pub database_url: Option<String>,
     /// HMAC key for access tokens; default: generated once and kept in `<data_dir>/jwt-secret`.
     pub jwt_secret: Option<SecretString>,
+    /// Wraps every user's data key (32 bytes, base64); default: generated once and kept in
+    /// `<data_dir>/master-key`.
+    pub master_key: Option<SecretString>,
     /// Lifetime of an access token.
     pub token_ttl_minutes: i64,
     /// `text` or `json`.
@@ -35,6 +38,7 @@ impl Default for Config {
             bind: "127.0.0.1:8080".into(),
             database_url: None,
             jwt_secret: None,
+            master_key: None,
             token_ttl_minutes: 60,
             log_format: "text".into(),
             max_body_bytes: 1024 * 1024,
@@ -63,6 +67,7 @@ impl Config {
                 "BIND" => config.bind = value,
                 "DATABASE_URL" => config.database_url = Some(value),
                 "JWT_SECRET" => config.jwt_secret = Some(SecretString::from(value)),
+                "MASTER_KEY" => config.master_key = Some(SecretString::from(value)),
                 "TOKEN_TTL_MINUTES" => config.token_ttl_minutes = value.parse().context("CLOUDSYNC_TOKEN_TTL_MINUTES must be a number")?,
                 "LOG_FORMAT" => config.log_format = value,
                 "MAX_BODY_BYTES" => config.max_body_bytes = value.parse().context("CLOUDSYNC_MAX_BODY_BYTES must be a number")?,

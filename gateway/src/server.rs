@@ -22,10 +22,10 @@ use axum::extract::{State, WebSocketUpgrade};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
-use cloudsync_commands::{Commands, JobRunner};
+use cloudsync_commands::{Commands, JobRunner, MasterKey, Vault};
 use cloudsync_eventstore::Database;
 use cloudsync_projections::{Projections, ReadModels};
-use secrecy::SecretString;
+use secrecy::{ExposeSecret as _, SecretString};
 use serde_json::json;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -100,18 +100,18 @@ impl Server {
     }
 }
 
-/// The signing secret: configured, or generated once and kept in the data dir.
-fn jwt_secret(config: &Config) -> anyhow::Result<SecretString> {
-    if let Some(secret) = &config.jwt_secret {
+/// A secret: configured, or generated once by `generate` and kept (mode 0600) in `<data_dir>/<file>`.
+fn secret(config: &Config, configured: Option<&SecretString>, file: &str, generate: fn() -> String) -> anyhow::Result<SecretString> {
+    if let Some(secret) = configured {
         return Ok(secret.clone());
     }
-    let path = config.data_dir.join("jwt-secret");
+    let path = config.data_dir.join(file);
     if let Ok(existing) = std::fs::read_to_string(&path)
         && !existing.trim().is_empty()
     {
         return Ok(SecretString::from(existing.trim().to_owned()));
     }
-    let secret = random_secret();
+    let secret = generate();
     std::fs::write(&path, &secret).with_context(|| format!("writing {}", path.display()))?;
     #[cfg(unix)]
     {
@@ -151,9 +151,11 @@ pub fn redact(url: &str) -> String {
 /// An unusable database, data dir or address.
 pub async fn start(config: &Config) -> anyhow::Result<Server> {
     let db = open_database(config).await?;
-    let tokens = Tokens::new(&jwt_secret(config)?, config.token_ttl_minutes);
+    let tokens = Tokens::new(&secret(config, config.jwt_secret.as_ref(), "jwt-secret", random_secret)?, config.token_ttl_minutes);
+    let master = secret(config, config.master_key.as_ref(), "master-key", || MasterKey::generate().1)?;
+    let master = MasterKey::parse(master.expose_secret()).context("the master key")?;
     let projections = Projections::new(db.clone());
-    let commands = Commands::new(Arc::clone(&db.events));
+    let commands = Commands::new(Arc::clone(&db.events), Vault::new(master, db.pool.clone()));
     let app = Arc::new(App {
         reads: ReadModels::new(db.pool.clone()),
         commands: commands.clone(),

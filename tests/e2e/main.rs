@@ -2,4 +2,5 @@
 //! HTTP and WebSocket, once on SQLite and once on PostgreSQL, each test with its own database.
 
 mod harness;
+mod providers;
 mod spine;
