@@ -323,6 +323,46 @@ impl Commands {
         Ok((deleted, position))
     }
 
+    /// Starts a rescan of one of `user`'s providers; the job runner (or whoever calls
+    /// [`Commands::run_job`]) carries it out.
+    ///
+    /// # Errors
+    /// [`CommandError::NotFound`] for unknown, disconnected or someone else's providers.
+    pub async fn request_scan(&self, user: UserId, provider_id: ProviderId) -> Result<(SyncJobId, i64), CommandError> {
+        let (provider, _) = self.load::<ProviderConnection>(&provider_id.stream()).await?;
+        provider.active_for(user).ok_or(CommandError::NotFound("provider"))?;
+        let job_id = SyncJobId::from_uuid(Uuid::new_v4());
+        let created = SyncJob::default().handle(SyncJobCommand::Create { job_id, owner_id: user, kind: JobKind::Scan { provider_id }, at: Utc::now() })?;
+        let position = self.append(job_id.stream(), 0, &created, &Context::new(Some(user))).await?;
+        Ok((job_id, position))
+    }
+
+    /// Runs a job to its end in this task (the CLI does this; the server's job runner does the same).
+    /// If another worker has already started it, returns at once and leaves it to them.
+    ///
+    /// # Errors
+    /// What stopped the job.
+    pub async fn run_job(&self, job_id: SyncJobId, cancel: &tokio_util::sync::CancellationToken) -> Result<(), CommandError> {
+        crate::scan::run_scan(self, job_id, cancel).await
+    }
+
+    /// The owner of a provider connection, for operators' tools that act on a provider by id.
+    ///
+    /// # Errors
+    /// [`CommandError::NotFound`] for unknown or disconnected providers.
+    pub async fn provider_owner(&self, provider_id: ProviderId) -> Result<UserId, CommandError> {
+        let recorded = self.store.read_stream(&provider_id.stream()).await?;
+        let first = recorded.first().ok_or(CommandError::NotFound("provider"))?;
+        match DomainEvent::decode(&first.event_type, first.schema_version, &first.payload)? {
+            DomainEvent::ProviderConnected(connected) => {
+                let (provider, _) = self.load::<ProviderConnection>(&provider_id.stream()).await?;
+                provider.active_for(connected.owner_id).ok_or(CommandError::NotFound("provider"))?;
+                Ok(connected.owner_id)
+            }
+            _ => Err(CommandError::NotFound("provider")),
+        }
+    }
+
     /// Cancels one of `user`'s jobs.
     ///
     /// # Errors

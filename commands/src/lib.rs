@@ -11,5 +11,4 @@ mod secrets;
 pub use error::CommandError;
 pub use handlers::{Commands, Connected, Context, Moved};
 pub use jobs::JobRunner;
-pub use scan::scanned_file_id;
 pub use secrets::{MasterKey, Vault};

@@ -1,17 +1,31 @@
-//! The provider scanner: lists a provider's tree through its `StorageProvider`, hashes every file's
-//! content with BLAKE3 as it streams by (a few files at a time), and records `FileDiscovered` in
-//! batches, each batch one transaction together with the job's progress.
-//! File ids are derived from (provider, path), so a scan resumed after a crash never records a file twice.
+//! The provider scanner, incremental: it rebuilds what the log says the provider holds (from the
+//! owner's own events, never from a read model), lists the provider through its `StorageProvider`,
+//! and records only differences:
+//!
+//! - a path it knows with the same size and version tag (ETag, or size+mtime) is unchanged and is not
+//!   even read;
+//! - a known path with other facts is hashed (BLAKE3, streamed) and recorded as `FileChanged` when
+//!   anything differs;
+//! - an unknown path is hashed; if a file that vanished has the same checksum and size it is
+//!   `FileMoved`, otherwise `FileDiscovered`;
+//! - a known path that is no longer listed is `FileRemoved` — only after a complete listing.
+//!
+//! Events are appended in batches, each one transaction together with the job's progress, with the
+//! expected version of every file stream, so a concurrent move or delete makes the scan fail (and a
+//! later rescan settle it) rather than record stale facts. A rescan of an unchanged provider appends
+//! nothing but its job's own progress.
 
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use cloudsync_domain::events::{FileDiscovered, guess_mime};
+use cloudsync_domain::file::{File, FileCommand};
 use cloudsync_domain::sync_job::{JobKind, JobPhase, SyncJob, SyncJobCommand};
-use cloudsync_domain::{Aggregate, DomainEvent, FileId, ProviderId, ProviderPath, SyncJobId};
-use cloudsync_eventstore::{ExpectedVersion, StreamAppend};
-use cloudsync_providers::{ProviderError, StorageProvider};
+use cloudsync_domain::{Aggregate, DomainEvent, FileId, ProviderId, ProviderPath, SyncJobId, UserId};
+use cloudsync_eventstore::{ExpectedVersion, NewEvent, StreamAppend};
+use cloudsync_providers::{Entry, ProviderError, StorageProvider};
 use futures::{StreamExt, TryStreamExt};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
@@ -22,16 +36,92 @@ use crate::{CommandError, Commands};
 const BATCH: usize = 500;
 const HASHING_CONCURRENCY: usize = 4;
 
-struct Scanned {
+/// What the log says about one live file of the provider.
+struct Known {
+    file_id: FileId,
+    version: i64,
+    facts: FileDiscovered,
     path: ProviderPath,
-    size: u64,
-    modified_at: DateTime<Utc>,
+}
+
+impl Known {
+    fn aggregate(&self) -> File {
+        let mut facts = self.facts.clone();
+        facts.path = self.path.clone();
+        File::load(&[DomainEvent::FileDiscovered(facts)])
+    }
+}
+
+/// The facts a listing entry is compared with: size, version tag, modification time.
+type Listed = (u64, Option<String>, DateTime<Utc>);
+
+/// Whether a listing entry shows the same file as `known`, without reading it: same size, and the
+/// same version tag where both have one, else the same modification time.
+fn unchanged(entry: &Entry, (size, etag, modified): &Listed) -> bool {
+    entry.size == *size
+        && match (&entry.etag, etag) {
+            (Some(seen), Some(known)) => seen == known,
+            _ => entry.modified_at.is_some_and(|m| m == *modified),
+        }
+}
+
+/// The provider's live files according to the owner's events, by path.
+async fn known_files(commands: &Commands, owner: UserId, provider: ProviderId) -> Result<HashMap<ProviderPath, Known>, CommandError> {
+    let mut files: HashMap<FileId, Known> = HashMap::new();
+    let mut after = 0;
+    loop {
+        let page = commands.store().read_by_actor(owner.as_uuid(), after, 5000).await?;
+        let Some(last) = page.last() else { break };
+        after = last.position;
+        for recorded in &page {
+            if !recorded.event_type.starts_with("File") {
+                continue;
+            }
+            let event = DomainEvent::decode(&recorded.event_type, recorded.schema_version, &recorded.payload)?;
+            let version = recorded.stream_version;
+            match event {
+                DomainEvent::FileDiscovered(e) if e.provider_id == provider => {
+                    let path = e.path.clone();
+                    files.insert(e.file_id, Known { file_id: e.file_id, version, facts: e, path });
+                }
+                DomainEvent::FileMoved(e) if e.provider_id == provider => {
+                    if let Some(known) = files.get_mut(&e.file_id) {
+                        known.path = e.to;
+                        known.version = version;
+                    }
+                }
+                DomainEvent::FileChanged(e) if e.provider_id == provider => {
+                    if let Some(known) = files.get_mut(&e.file_id) {
+                        known.facts.size_bytes = e.size_bytes;
+                        known.facts.modified_at = e.modified_at;
+                        known.facts.checksum = e.checksum;
+                        known.facts.etag = e.etag;
+                        known.version = version;
+                    }
+                }
+                DomainEvent::FileDeleted(e) if e.provider_id == provider => {
+                    files.remove(&e.file_id);
+                }
+                DomainEvent::FileRemoved(e) if e.provider_id == provider => {
+                    files.remove(&e.file_id);
+                }
+                _ => {}
+            }
+        }
+    }
+    Ok(files.into_values().map(|k| (k.path.clone(), k)).collect())
+}
+
+/// A listed file whose content was read.
+struct Hashed {
+    entry: Entry,
     checksum: String,
 }
 
-/// The id of the file found at `path` of `provider` by a scan.
-pub fn scanned_file_id(provider: ProviderId, path: &ProviderPath) -> FileId {
-    FileId::from_uuid(Uuid::new_v5(&provider.as_uuid(), path.as_str().as_bytes()))
+/// What to do with one listing entry.
+enum Seen {
+    Unchanged(ProviderPath),
+    Hashed(Hashed),
 }
 
 /// Runs (or resumes) a scan job to its end. Returns quietly when the job has already ended or is
@@ -53,24 +143,38 @@ pub(crate) async fn run_scan(commands: &Commands, job_id: SyncJobId, cancel: &Ca
         }
     };
     if phase == JobPhase::Pending {
-        version = commands.job_step(job_id, version, &mut job, SyncJobCommand::EnterPhase { phase: JobPhase::Scanning, at: Utc::now() }, &ctx).await?;
+        let start = SyncJobCommand::EnterPhase { phase: JobPhase::Scanning, at: Utc::now() };
+        match commands.job_step(job_id, version, &mut job, start, &ctx).await {
+            Ok(v) => version = v,
+            // Another worker (a second process, or `cloudsync scan`) started it first: it is theirs.
+            Err(CommandError::Conflict(_)) => return Ok(()),
+            Err(err) => return Err(err),
+        }
     }
-    tracing::info!(job = %job_id, provider = %provider_id, "Scan started.");
+    let mut known = known_files(commands, owner, provider_id).await?;
+    let known_sums: HashSet<(String, u64)> = known.values().map(|k| (k.facts.checksum.clone(), k.facts.size_bytes)).collect();
+    tracing::info!(job = %job_id, provider = %provider_id, known = known.len(), "Scan started.");
 
-    let hashing = Arc::clone(&provider);
+    let mut scan = Scan { commands, ctx, job_id, provider_id, owner, job, version, files_done: 0, bytes_done: 0, cancel };
+    let mut seen_paths: HashSet<ProviderPath> = HashSet::new();
+    // Unknown files whose content matches a known file: perhaps moves, decided after the listing.
+    let mut maybe_moved: Vec<Hashed> = Vec::new();
+
+    let reader = Arc::clone(&provider);
+    let view: Arc<HashMap<ProviderPath, Listed>> =
+        Arc::new(known.iter().map(|(p, k)| (p.clone(), (k.facts.size_bytes, k.facts.etag.clone(), k.facts.modified_at))).collect());
     let mut batches = provider
         .list(&ProviderPath::root())
         .map(move |entry| {
-            let provider = Arc::clone(&hashing);
+            let provider = Arc::clone(&reader);
+            let view = Arc::clone(&view);
             async move {
                 let entry = entry.map_err(storage_error)?;
+                if view.get(&entry.path).is_some_and(|listed| unchanged(&entry, listed)) {
+                    return Ok(Some(Seen::Unchanged(entry.path)));
+                }
                 match hash(&*provider, &entry.path, entry.size).await {
-                    Ok(checksum) => Ok(Some(Scanned {
-                        path: entry.path,
-                        size: entry.size,
-                        modified_at: entry.modified_at.unwrap_or_default(),
-                        checksum,
-                    })),
+                    Ok(checksum) => Ok(Some(Seen::Hashed(Hashed { entry, checksum }))),
                     // Gone between listing and reading: it is no longer there to index.
                     Err(ProviderError::NotFound(_)) => Ok(None),
                     Err(err) => Err(storage_error(err)),
@@ -78,89 +182,173 @@ pub(crate) async fn run_scan(commands: &Commands, job_id: SyncJobId, cancel: &Ca
             }
         })
         .buffered(HASHING_CONCURRENCY)
-        .try_filter_map(|scanned| async move { Ok(scanned) })
+        .try_filter_map(|seen| async move { Ok(seen) })
         .try_chunks(BATCH)
         .map_err(|err| err.1)
         .boxed();
-    let (mut files_done, mut bytes_done) = (0_u64, 0_u64);
+
     while let Some(batch) = batches.next().await {
         let batch = batch?;
-        if cancel.is_cancelled() {
+        if !scan.running().await? {
             return Ok(());
         }
-        // Wait out a pause; stop when the job was cancelled meanwhile.
-        loop {
-            if job.phase().is_some_and(JobPhase::is_terminal) {
-                return Ok(());
+        let mut appends = Vec::new();
+        let mut counted = (0_u64, 0_u64);
+        for seen in batch {
+            match seen {
+                Seen::Unchanged(path) => {
+                    if let Some(k) = known.get(&path) {
+                        counted = (counted.0 + 1, counted.1 + k.facts.size_bytes);
+                    }
+                    seen_paths.insert(path);
+                }
+                Seen::Hashed(hashed) => {
+                    counted = (counted.0 + 1, counted.1 + hashed.entry.size);
+                    seen_paths.insert(hashed.entry.path.clone());
+                    if let Some(k) = known.get(&hashed.entry.path) {
+                        let events = k.aggregate().handle(FileCommand::RecordChange {
+                            by: owner,
+                            size_bytes: hashed.entry.size,
+                            modified_at: hashed.entry.modified_at.unwrap_or_default(),
+                            checksum: hashed.checksum.clone(),
+                            etag: hashed.entry.etag.clone(),
+                            job_id: Some(job_id),
+                        })?;
+                        if !events.is_empty() {
+                            appends.push(scan.file_append(k.file_id, k.version, &events));
+                        }
+                    } else if known_sums.contains(&(hashed.checksum.clone(), hashed.entry.size)) {
+                        maybe_moved.push(hashed);
+                    } else {
+                        appends.push(scan.discovery(&hashed));
+                    }
+                }
             }
-            if !job.is_paused() {
-                break;
+        }
+        scan.commit(appends, counted).await?;
+    }
+
+    // The listing is complete: what was not seen has moved or gone.
+    let mut missing: HashMap<(String, u64), Vec<ProviderPath>> = HashMap::new();
+    for (path, k) in &known {
+        if !seen_paths.contains(path) {
+            missing.entry((k.facts.checksum.clone(), k.facts.size_bytes)).or_default().push(path.clone());
+        }
+    }
+    let mut appends = Vec::new();
+    for hashed in maybe_moved {
+        let origin = missing.get_mut(&(hashed.checksum.clone(), hashed.entry.size)).and_then(Vec::pop);
+        match origin.and_then(|from| known.remove(&from)) {
+            Some(k) => {
+                let events = k.aggregate().handle(FileCommand::RecordMove { by: owner, to: hashed.entry.path.clone(), at: Utc::now() })?;
+                appends.push(scan.file_append(k.file_id, k.version, &events));
+            }
+            None => appends.push(scan.discovery(&hashed)),
+        }
+        if appends.len() >= BATCH {
+            scan.commit(std::mem::take(&mut appends), (0, 0)).await?;
+        }
+    }
+    for path in missing.into_values().flatten() {
+        if let Some(k) = known.remove(&path) {
+            let events = k.aggregate().handle(FileCommand::RecordRemoval { by: owner, job_id: Some(job_id) })?;
+            appends.push(scan.file_append(k.file_id, k.version, &events));
+        }
+        if appends.len() >= BATCH {
+            scan.commit(std::mem::take(&mut appends), (0, 0)).await?;
+        }
+    }
+    if !appends.is_empty() {
+        scan.commit(appends, (0, 0)).await?;
+    }
+    scan.finish().await
+}
+
+/// The running scan's bookkeeping: its job and how far it has got.
+struct Scan<'a> {
+    commands: &'a Commands,
+    ctx: Context,
+    job_id: SyncJobId,
+    provider_id: ProviderId,
+    owner: UserId,
+    job: SyncJob,
+    version: i64,
+    files_done: u64,
+    bytes_done: u64,
+    cancel: &'a CancellationToken,
+}
+
+impl Scan<'_> {
+    fn events(&self, events: &[DomainEvent]) -> Vec<NewEvent> {
+        events.iter().map(|e| encode(e, &self.ctx)).collect()
+    }
+
+    fn file_append(&self, file_id: FileId, version: i64, events: &[DomainEvent]) -> StreamAppend {
+        StreamAppend { stream: file_id.stream(), expected: ExpectedVersion::Exact(version), events: self.events(events) }
+    }
+
+    fn discovery(&self, hashed: &Hashed) -> StreamAppend {
+        let file_id = FileId::from_uuid(Uuid::new_v4());
+        let event = DomainEvent::FileDiscovered(FileDiscovered {
+            file_id,
+            provider_id: self.provider_id,
+            owner_id: self.owner,
+            path: hashed.entry.path.clone(),
+            size_bytes: hashed.entry.size,
+            modified_at: hashed.entry.modified_at.unwrap_or_default(),
+            mime_type: guess_mime(hashed.entry.path.as_str()),
+            checksum: hashed.checksum.clone(),
+            job_id: Some(self.job_id),
+            etag: hashed.entry.etag.clone(),
+        });
+        StreamAppend { stream: file_id.stream(), expected: ExpectedVersion::NoStream, events: self.events(&[event]) }
+    }
+
+    /// Whether to go on: false when cancelled or ended; waits out a pause.
+    async fn running(&mut self) -> Result<bool, CommandError> {
+        loop {
+            if self.cancel.is_cancelled() || self.job.phase().is_some_and(JobPhase::is_terminal) {
+                return Ok(false);
+            }
+            if !self.job.is_paused() {
+                return Ok(true);
             }
             tokio::select! {
-                () = cancel.cancelled() => return Ok(()),
+                () = self.cancel.cancelled() => return Ok(false),
                 () = tokio::time::sleep(Duration::from_millis(250)) => {}
             }
-            (job, version) = commands.load::<SyncJob>(&job_id.stream()).await?;
+            (self.job, self.version) = self.commands.load::<SyncJob>(&self.job_id.stream()).await?;
         }
-        let new_files = files_done + batch.len() as u64;
-        let new_bytes = bytes_done + batch.iter().map(|f| f.size).sum::<u64>();
-        let progress = job.handle(SyncJobCommand::RecordProgress {
-            files_done: new_files,
-            bytes_done: new_bytes,
-            files_total: None,
-            bytes_total: None,
-            at: Utc::now(),
-        })?;
-        let mut pending: Vec<&Scanned> = batch.iter().collect();
-        loop {
-            let mut appends: Vec<StreamAppend> = pending
-                .iter()
-                .map(|f| {
-                    let file_id = scanned_file_id(provider_id, &f.path);
-                    let event = DomainEvent::FileDiscovered(FileDiscovered {
-                        file_id,
-                        provider_id,
-                        owner_id: owner,
-                        path: f.path.clone(),
-                        size_bytes: f.size,
-                        modified_at: f.modified_at,
-                        mime_type: guess_mime(f.path.as_str()),
-                        checksum: f.checksum.clone(),
-                        job_id: Some(job_id),
-                    });
-                    StreamAppend { stream: file_id.stream(), expected: ExpectedVersion::NoStream, events: vec![encode(&event, &ctx)] }
-                })
-                .collect();
-            appends.push(StreamAppend { stream: job_id.stream(), expected: expected(version), events: progress.iter().map(|e| encode(e, &ctx)).collect() });
-            match commands.store().append(appends).await {
-                Ok(_) => break,
-                Err(err) if err.is_concurrency() => {
-                    // Either the job changed (paused, cancelled) or this batch was partly recorded
-                    // before a crash: reload both and try again with what is still missing.
-                    (job, version) = commands.load::<SyncJob>(&job_id.stream()).await?;
-                    if job.phase().is_some_and(JobPhase::is_terminal) {
-                        return Ok(());
-                    }
-                    let mut missing = Vec::new();
-                    for f in pending {
-                        if commands.store().read_stream(&scanned_file_id(provider_id, &f.path).stream()).await?.is_empty() {
-                            missing.push(f);
-                        }
-                    }
-                    pending = missing;
-                }
-                Err(err) => return Err(err.into()),
-            }
-        }
-        progress.iter().for_each(|e| job.apply(e));
-        version += 1;
-        (files_done, bytes_done) = (new_files, new_bytes);
     }
-    let finish = SyncJobCommand::RecordProgress { files_done, bytes_done, files_total: Some(files_done), bytes_total: Some(bytes_done), at: Utc::now() };
-    version = commands.job_step(job_id, version, &mut job, finish, &ctx).await?;
-    commands.job_step(job_id, version, &mut job, SyncJobCommand::Complete { at: Utc::now() }, &ctx).await?;
-    tracing::info!(job = %job_id, provider = %provider_id, files = files_done, bytes = bytes_done, "Scan finished.");
-    Ok(())
+
+    /// Appends a batch of file events with the job's progress, in one transaction.
+    async fn commit(&mut self, mut appends: Vec<StreamAppend>, (files, bytes): (u64, u64)) -> Result<(), CommandError> {
+        let (files_done, bytes_done) = (self.files_done + files, self.bytes_done + bytes);
+        let progress = self.job.handle(SyncJobCommand::RecordProgress { files_done, bytes_done, files_total: None, bytes_total: None, at: Utc::now() })?;
+        appends.push(StreamAppend { stream: self.job_id.stream(), expected: expected(self.version), events: self.events(&progress) });
+        match self.commands.store().append(appends).await {
+            Ok(_) => {}
+            Err(err) if err.is_concurrency() => {
+                return Err(CommandError::Conflict(
+                    "the provider's files or the job changed while it was scanned; scan again to settle them".into(),
+                ));
+            }
+            Err(err) => return Err(err.into()),
+        }
+        progress.iter().for_each(|e| self.job.apply(e));
+        self.version += i64::try_from(progress.len()).unwrap_or(1);
+        (self.files_done, self.bytes_done) = (files_done, bytes_done);
+        Ok(())
+    }
+
+    async fn finish(mut self) -> Result<(), CommandError> {
+        let (files_done, bytes_done) = (self.files_done, self.bytes_done);
+        let finish = SyncJobCommand::RecordProgress { files_done, bytes_done, files_total: Some(files_done), bytes_total: Some(bytes_done), at: Utc::now() };
+        self.version = self.commands.job_step(self.job_id, self.version, &mut self.job, finish, &self.ctx).await?;
+        self.commands.job_step(self.job_id, self.version, &mut self.job, SyncJobCommand::Complete { at: Utc::now() }, &self.ctx).await?;
+        tracing::info!(job = %self.job_id, provider = %self.provider_id, files = files_done, bytes = bytes_done, "Scan finished.");
+        Ok(())
+    }
 }
 
 /// BLAKE3 of a file's content, streamed.

@@ -67,6 +67,34 @@ pub struct FileDiscovered {
     pub checksum: String,
     /// The scan job that found it, if any.
     pub job_id: Option<SyncJobId>,
+    /// The provider's own version tag (ETag, or size and mtime), for change detection on rescans.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub etag: Option<String>,
+}
+
+/// A rescan found the file's content or metadata changed in place.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FileChanged {
+    pub file_id: FileId,
+    pub provider_id: ProviderId,
+    pub owner_id: UserId,
+    pub path: ProviderPath,
+    pub size_bytes: u64,
+    pub modified_at: DateTime<Utc>,
+    pub checksum: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub etag: Option<String>,
+    pub job_id: Option<SyncJobId>,
+}
+
+/// A rescan no longer found the file on its provider (removed outside CloudSync).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FileRemoved {
+    pub file_id: FileId,
+    pub provider_id: ProviderId,
+    pub owner_id: UserId,
+    pub path: ProviderPath,
+    pub job_id: Option<SyncJobId>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -132,6 +160,8 @@ pub enum DomainEvent {
     FileDiscovered(FileDiscovered),
     FileMoved(FileMoved),
     FileDeleted(FileDeleted),
+    FileChanged(FileChanged),
+    FileRemoved(FileRemoved),
     SyncJobCreated(SyncJobCreated),
     SyncJobPhaseEntered(SyncJobPhaseEntered),
     SyncJobProgressed(SyncJobProgressed),
@@ -166,7 +196,7 @@ impl DomainEvent {
         match event_type {
             "FileDiscovered" => Some(2),
             "UserRegistered" | "EmailClaimed" | "ProviderConnected" | "ProviderDisconnected" | "FileMoved"
-            | "FileDeleted" | "SyncJobCreated" | "SyncJobPhaseEntered" | "SyncJobProgressed" | "SyncJobPaused"
+            | "FileDeleted" | "FileChanged" | "FileRemoved" | "SyncJobCreated" | "SyncJobPhaseEntered" | "SyncJobProgressed" | "SyncJobPaused"
             | "SyncJobResumed" | "SyncJobCompleted" | "SyncJobFailed" | "SyncJobCancelled" => Some(1),
             _ => None,
         }
@@ -217,6 +247,8 @@ impl DomainEvent {
             Self::FileDiscovered(e) => e.owner_id,
             Self::FileMoved(e) => e.owner_id,
             Self::FileDeleted(e) => e.owner_id,
+            Self::FileChanged(e) => e.owner_id,
+            Self::FileRemoved(e) => e.owner_id,
             Self::SyncJobCreated(e) => e.owner_id,
             _ => return None,
         })

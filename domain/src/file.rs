@@ -1,9 +1,11 @@
-//! The `File` aggregate: one file on one provider, from discovery to deletion.
+//! The `File` aggregate: one file on one provider, from discovery to deletion. Users move and delete
+//! files; rescans record what changed outside CloudSync (changed in place, moved, removed).
 
 use chrono::{DateTime, Utc};
 
 use crate::aggregate::{Aggregate, DomainError};
-use crate::events::{DomainEvent, FileDeleted, FileDiscovered, FileMoved};
+use crate::events::{DomainEvent, FileChanged, FileDeleted, FileDiscovered, FileMoved, FileRemoved};
+use crate::ids::SyncJobId;
 use crate::ids::UserId;
 use crate::values::ProviderPath;
 
@@ -19,6 +21,12 @@ pub enum FileCommand {
     /// Move into `folder`, keeping the name.
     Move { by: UserId, folder: ProviderPath, at: DateTime<Utc> },
     Delete { by: UserId, at: DateTime<Utc> },
+    /// A rescan saw new content or metadata at the file's path.
+    RecordChange { by: UserId, size_bytes: u64, modified_at: DateTime<Utc>, checksum: String, etag: Option<String>, job_id: Option<SyncJobId> },
+    /// A rescan found the file at another path (same content).
+    RecordMove { by: UserId, to: ProviderPath, at: DateTime<Utc> },
+    /// A rescan no longer found the file.
+    RecordRemoval { by: UserId, job_id: Option<SyncJobId> },
 }
 
 impl File {
@@ -70,6 +78,50 @@ impl Aggregate for File {
                     moved_at: at,
                 })])
             }
+            FileCommand::RecordChange { by, size_bytes, modified_at, checksum, etag, job_id } => {
+                let (facts, path) = self.live_for(by).ok_or(DomainError::NotFound("file"))?;
+                if facts.size_bytes == size_bytes && facts.modified_at == modified_at && facts.checksum == checksum && facts.etag == etag {
+                    return Ok(Vec::new());
+                }
+                Ok(vec![DomainEvent::FileChanged(FileChanged {
+                    file_id: facts.file_id,
+                    provider_id: facts.provider_id,
+                    owner_id: by,
+                    path: path.clone(),
+                    size_bytes,
+                    modified_at,
+                    checksum,
+                    etag,
+                    job_id,
+                })])
+            }
+            FileCommand::RecordMove { by, to, at } => {
+                let (facts, from) = self.live_for(by).ok_or(DomainError::NotFound("file"))?;
+                if to.is_root() {
+                    return Err(DomainError::Invalid("a file cannot be the provider's root".into()));
+                }
+                if &to == from {
+                    return Ok(Vec::new());
+                }
+                Ok(vec![DomainEvent::FileMoved(FileMoved {
+                    file_id: facts.file_id,
+                    provider_id: facts.provider_id,
+                    owner_id: by,
+                    from: from.clone(),
+                    to,
+                    moved_at: at,
+                })])
+            }
+            FileCommand::RecordRemoval { by, job_id } => {
+                let (facts, path) = self.live_for(by).ok_or(DomainError::NotFound("file"))?;
+                Ok(vec![DomainEvent::FileRemoved(FileRemoved {
+                    file_id: facts.file_id,
+                    provider_id: facts.provider_id,
+                    owner_id: by,
+                    path: path.clone(),
+                    job_id,
+                })])
+            }
             FileCommand::Delete { by, at } => {
                 let (facts, path) = self.live_for(by).ok_or(DomainError::NotFound("file"))?;
                 Ok(vec![DomainEvent::FileDeleted(FileDeleted {
@@ -90,7 +142,15 @@ impl Aggregate for File {
                 self.discovered = Some(e.clone());
             }
             DomainEvent::FileMoved(e) => self.path = Some(e.to.clone()),
-            DomainEvent::FileDeleted(_) => self.deleted = true,
+            DomainEvent::FileChanged(e) => {
+                if let Some(facts) = &mut self.discovered {
+                    facts.size_bytes = e.size_bytes;
+                    facts.modified_at = e.modified_at;
+                    facts.checksum.clone_from(&e.checksum);
+                    facts.etag.clone_from(&e.etag);
+                }
+            }
+            DomainEvent::FileDeleted(_) | DomainEvent::FileRemoved(_) => self.deleted = true,
             _ => {}
         }
     }
@@ -123,6 +183,7 @@ mod tests {
                 mime_type: "text/plain".into(),
                 checksum: "00".into(),
                 job_id: None,
+                etag: None,
             }))
             .expect("accepted")
     }
@@ -170,5 +231,52 @@ mod tests {
         let DomainEvent::FileDiscovered(again) = &history[0] else { panic!("expected FileDiscovered") };
         let refused = File::load(&history).handle(FileCommand::Discover(again.clone()));
         assert_eq!(refused.err(), Some(DomainError::AlreadyExists("file")));
+    }
+
+    #[test]
+    fn given_discovered_when_rescan_sees_the_same_facts_then_nothing_and_new_facts_then_changed() {
+        let history = discovered();
+        let file = File::load(&history);
+        let same = file.handle(FileCommand::RecordChange {
+            by: alice(),
+            size_bytes: 3,
+            modified_at: DateTime::UNIX_EPOCH,
+            checksum: "00".into(),
+            etag: None,
+            job_id: None,
+        });
+        assert_eq!(same, Ok(Vec::new()));
+        let changed = file
+            .handle(FileCommand::RecordChange { by: alice(), size_bytes: 4, modified_at: DateTime::UNIX_EPOCH, checksum: "01".into(), etag: None, job_id: None })
+            .expect("accepted");
+        let [DomainEvent::FileChanged(e)] = changed.as_slice() else { panic!("expected FileChanged, got {changed:?}") };
+        assert_eq!((e.size_bytes, e.checksum.as_str(), e.path.as_str()), (4, "01", "inbox/a.txt"));
+        // Once applied, the same facts are no change.
+        let mut history = history;
+        history.extend(changed);
+        let again = File::load(&history).handle(FileCommand::RecordChange {
+            by: alice(),
+            size_bytes: 4,
+            modified_at: DateTime::UNIX_EPOCH,
+            checksum: "01".into(),
+            etag: None,
+            job_id: None,
+        });
+        assert_eq!(again, Ok(Vec::new()));
+    }
+
+    #[test]
+    fn given_discovered_when_rescan_finds_it_elsewhere_or_gone_then_moved_or_removed() {
+        let history = discovered();
+        let file = File::load(&history);
+        let moved = file.handle(FileCommand::RecordMove { by: alice(), to: path("elsewhere/b.txt"), at: DateTime::UNIX_EPOCH }).expect("accepted");
+        assert!(matches!(moved.as_slice(), [DomainEvent::FileMoved(m)] if m.to == path("elsewhere/b.txt") && m.from == path("inbox/a.txt")));
+        let removed = file.handle(FileCommand::RecordRemoval { by: alice(), job_id: None }).expect("accepted");
+        assert!(matches!(removed.as_slice(), [DomainEvent::FileRemoved(r)] if r.path == path("inbox/a.txt")));
+        let mut history = history;
+        history.extend(removed);
+        let gone = File::load(&history);
+        assert!(gone.live_for(alice()).is_none());
+        assert_eq!(gone.handle(FileCommand::RecordRemoval { by: alice(), job_id: None }).err(), Some(DomainError::NotFound("file")));
     }
 }

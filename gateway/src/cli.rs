@@ -5,6 +5,7 @@ use std::process::ExitCode;
 
 use anyhow::{Context as _, bail};
 use clap::{Parser, Subcommand};
+use cloudsync_domain::Aggregate as _;
 use cloudsync_eventstore::{Database, RecordedEvent};
 use uuid::Uuid;
 
@@ -35,6 +36,11 @@ pub enum Command {
     Projections {
         #[command(subcommand)]
         command: ProjectionsCommand,
+    },
+    /// Scans a provider now (only changes are recorded), with a progress bar.
+    Scan {
+        /// The provider's id.
+        provider_id: Uuid,
     },
     /// Prints history from the event log: one stream's, or everything one user did, in order.
     Replay {
@@ -126,6 +132,12 @@ pub async fn run(command: Command, mut config: Config) -> anyhow::Result<()> {
             db.close().await;
             Ok(())
         }
+        Command::Scan { provider_id } => {
+            let db = open_database(&config).await?;
+            let result = scan(&config, &db, provider_id).await;
+            db.close().await;
+            result
+        }
         Command::Replay { stream, user, json } => {
             let db = open_database(&config).await?;
             let result = replay(&db, stream.as_deref(), user, json, &mut std::io::stdout().lock()).await;
@@ -185,6 +197,65 @@ pub async fn replay(db: &Database, stream: Option<&str>, user: Option<Uuid>, jso
         bail!("no events found");
     }
     Ok(())
+}
+
+/// Requests a scan, runs it here (unless a running server started it first), and follows its
+/// progress from the job's own events.
+async fn scan(config: &Config, db: &Database, provider_id: Uuid) -> anyhow::Result<()> {
+    use cloudsync_domain::sync_job::{JobPhase, SyncJob};
+    let commands = crate::server::commands(config, db)?;
+    let provider = cloudsync_domain::ProviderId::from_uuid(provider_id);
+    let owner = commands.provider_owner(provider).await.context("finding the provider")?;
+    let (job_id, _) = commands.request_scan(owner, provider).await?;
+    let bar = indicatif::ProgressBar::new_spinner();
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{spinner} {elapsed_precise} {msg}").unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner()),
+    );
+    let cancel = tokio_util::sync::CancellationToken::new();
+    let runner = {
+        let (commands, cancel) = (commands.clone(), cancel.clone());
+        tokio::spawn(async move { commands.run_job(job_id, &cancel).await })
+    };
+    let stream = job_id.stream();
+    let outcome = loop {
+        let events = db.events.read_stream(&stream).await?;
+        let decoded: Vec<cloudsync_domain::DomainEvent> =
+            events.iter().filter_map(|e| cloudsync_domain::DomainEvent::decode(&e.event_type, e.schema_version, &e.payload).ok()).collect();
+        if let Some(cloudsync_domain::DomainEvent::SyncJobProgressed(p)) =
+            decoded.iter().rev().find(|e| matches!(e, cloudsync_domain::DomainEvent::SyncJobProgressed(_)))
+        {
+            bar.set_message(format!("{} files, {} bytes", p.files_done, p.bytes_done));
+        }
+        let job = SyncJob::load(&decoded);
+        if let Some(phase) = job.phase().filter(|p| p.is_terminal()) {
+            let reason = decoded.iter().rev().find_map(|e| match e {
+                cloudsync_domain::DomainEvent::SyncJobFailed(f) | cloudsync_domain::DomainEvent::SyncJobCancelled(f) => f.reason.clone(),
+                _ => None,
+            });
+            break (phase, reason);
+        }
+        if runner.is_finished() && job.phase() == Some(JobPhase::Scanning) {
+            // Ours stopped without ending the job: report why.
+            if let Ok(Err(error)) = runner.await {
+                bar.finish_and_clear();
+                return Err(error.into());
+            }
+            bail!("the scan stopped before it ended");
+        }
+        bar.tick();
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    };
+    cancel.cancel();
+    bar.finish_and_clear();
+    match outcome {
+        (JobPhase::Completed, _) => {
+            let events = db.events.read_stream(&stream).await?;
+            let files = events.iter().rev().find(|e| e.event_type == "SyncJobProgressed").and_then(|e| e.payload.get("files_done").cloned());
+            println!("Scan {job_id} completed: {} files.", files.unwrap_or_default());
+            Ok(())
+        }
+        (phase, reason) => bail!("scan {job_id} {}: {}", phase.as_str(), reason.unwrap_or_default()),
+    }
 }
 
 async fn shutdown_signal() {

@@ -172,8 +172,12 @@ impl From<SyncOperationRow> for SyncOperation {
 #[derive(Enum, Copy, Clone, Eq, PartialEq, Debug)]
 pub enum FileChangeKind {
     Discovered,
+    Changed,
     Moved,
+    /// Deleted through CloudSync.
     Deleted,
+    /// Found gone by a rescan (removed outside CloudSync).
+    Removed,
 }
 
 #[derive(SimpleObject, Debug)]
@@ -316,6 +320,24 @@ impl MutationRoot {
         Ok(true)
     }
 
+    /// Rescans a provider: only what changed since the last scan is recorded. Returns the operation
+    /// to follow with `syncStatus`.
+    async fn rescan_provider(&self, ctx: &Context<'_>, provider_id: ID) -> async_graphql::Result<SyncOperation> {
+        let caller = caller(ctx)?;
+        let app = app(ctx);
+        let id = ProviderId::from_uuid(parse_id(&provider_id, "providerId")?);
+        let (job_id, position) = app.commands.request_scan(cloudsync_domain::UserId::from_uuid(caller.user_id), id).await.map_err(ApiError::from)?;
+        app.wrote(caller, position);
+        app.consistent(caller).await;
+        let row = app
+            .reads
+            .sync_operation(caller.user_id, job_id.as_uuid())
+            .await
+            .map_err(ApiError::from)?
+            .ok_or_else(|| ApiError::internal(&"the new operation is not visible yet"))?;
+        Ok(row.into())
+    }
+
     /// Moves files into `targetPath`, a folder relative to each file's provider root, keeping names.
     async fn move_files(&self, ctx: &Context<'_>, file_ids: Vec<ID>, target_path: String) -> async_graphql::Result<Vec<File>> {
         let caller = caller(ctx)?;
@@ -366,7 +388,7 @@ impl SubscriptionRoot {
 }
 
 fn file_change(event: &cloudsync_eventstore::RecordedEvent, caller: Caller, provider: Uuid) -> Option<FileChange> {
-    if !matches!(event.event_type.as_str(), "FileDiscovered" | "FileMoved" | "FileDeleted") {
+    if !matches!(event.event_type.as_str(), "FileDiscovered" | "FileChanged" | "FileMoved" | "FileDeleted" | "FileRemoved") {
         return None;
     }
     let decoded = DomainEvent::decode(&event.event_type, event.schema_version, &event.payload).ok()?;
@@ -392,6 +414,12 @@ fn file_change(event: &cloudsync_eventstore::RecordedEvent, caller: Caller, prov
             Some(FileChange { previous_path: Some(e.from.as_str().to_owned()), ..base(FileChangeKind::Moved, e.file_id, &e.to) })
         }
         DomainEvent::FileDeleted(e) if mine(e.owner_id, e.provider_id) => Some(base(FileChangeKind::Deleted, e.file_id, &e.path)),
+        DomainEvent::FileRemoved(e) if mine(e.owner_id, e.provider_id) => Some(base(FileChangeKind::Removed, e.file_id, &e.path)),
+        DomainEvent::FileChanged(e) if mine(e.owner_id, e.provider_id) => Some(FileChange {
+            size_bytes: i64::try_from(e.size_bytes).ok(),
+            checksum: Some(e.checksum.clone()),
+            ..base(FileChangeKind::Changed, e.file_id, &e.path)
+        }),
         _ => None,
     }
 }

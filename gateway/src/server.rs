@@ -121,6 +121,16 @@ fn secret(config: &Config, configured: Option<&SecretString>, file: &str, genera
     Ok(SecretString::from(secret))
 }
 
+/// The command side on `db`, with the master key from configuration (or the data dir).
+///
+/// # Errors
+/// A malformed or unwritable master key.
+pub fn commands(config: &Config, db: &Database) -> anyhow::Result<Commands> {
+    let master = secret(config, config.master_key.as_ref(), "master-key", || MasterKey::generate().1)?;
+    let master = MasterKey::parse(master.expose_secret()).context("the master key")?;
+    Ok(Commands::new(Arc::clone(&db.events), Vault::new(master, db.pool.clone())))
+}
+
 /// Opens (creating when needed) the data dir and the database, migrated.
 ///
 /// # Errors
@@ -152,10 +162,8 @@ pub fn redact(url: &str) -> String {
 pub async fn start(config: &Config) -> anyhow::Result<Server> {
     let db = open_database(config).await?;
     let tokens = Tokens::new(&secret(config, config.jwt_secret.as_ref(), "jwt-secret", random_secret)?, config.token_ttl_minutes);
-    let master = secret(config, config.master_key.as_ref(), "master-key", || MasterKey::generate().1)?;
-    let master = MasterKey::parse(master.expose_secret()).context("the master key")?;
     let projections = Projections::new(db.clone());
-    let commands = Commands::new(Arc::clone(&db.events), Vault::new(master, db.pool.clone()));
+    let commands = commands(config, &db)?;
     let app = Arc::new(App {
         reads: ReadModels::new(db.pool.clone()),
         commands: commands.clone(),

@@ -55,6 +55,7 @@ pub enum Op {
         at: DateTime<Utc>,
     },
     MoveFile { id: Uuid, path: String, name: String, at: DateTime<Utc> },
+    ChangeFile { id: Uuid, size_bytes: i64, checksum: String, modified_at: DateTime<Utc>, at: DateTime<Utc> },
     DeleteFile { id: Uuid },
     InsertSyncOperation { id: Uuid, user_id: Uuid, kind: String, provider_id: Option<Uuid>, at: DateTime<Utc> },
     SyncOperationStatus { id: Uuid, status: &'static str, error: Option<String>, ended: bool, at: DateTime<Utc> },
@@ -67,7 +68,11 @@ impl Op {
         match self {
             Self::UpsertUser { .. } => Table::Users,
             Self::InsertProvider { .. } | Self::DisconnectProvider { .. } => Table::Providers,
-            Self::RemoveProviderFiles { .. } | Self::InsertFile { .. } | Self::MoveFile { .. } | Self::DeleteFile { .. } => Table::Files,
+            Self::RemoveProviderFiles { .. }
+            | Self::InsertFile { .. }
+            | Self::MoveFile { .. }
+            | Self::ChangeFile { .. }
+            | Self::DeleteFile { .. } => Table::Files,
             Self::InsertSyncOperation { .. }
             | Self::SyncOperationStatus { .. }
             | Self::SyncOperationPaused { .. }
@@ -113,6 +118,14 @@ pub fn ops_for(event: &DomainEvent, at: DateTime<Utc>) -> Vec<Op> {
         }],
         E::FileMoved(e) => vec![Op::MoveFile { id: e.file_id.as_uuid(), path: e.to.as_str().to_owned(), name: e.to.name().to_owned(), at }],
         E::FileDeleted(e) => vec![Op::DeleteFile { id: e.file_id.as_uuid() }],
+        E::FileRemoved(e) => vec![Op::DeleteFile { id: e.file_id.as_uuid() }],
+        E::FileChanged(e) => vec![Op::ChangeFile {
+            id: e.file_id.as_uuid(),
+            size_bytes: int(e.size_bytes),
+            checksum: e.checksum.clone(),
+            modified_at: e.modified_at,
+            at,
+        }],
         E::SyncJobCreated(e) => vec![Op::InsertSyncOperation {
             id: e.job_id.as_uuid(),
             user_id: e.owner_id.as_uuid(),

@@ -100,6 +100,10 @@ pub(crate) fn statement(op: &Op) -> (&'static str, Vec<Val>) {
             "UPDATE files SET path = $2, name = $3, updated_at = $4 WHERE id = $1",
             vec![V::Uuid(id), V::Text(path), V::Text(name), V::Ts(at)],
         ),
+        Op::ChangeFile { id, size_bytes, checksum, modified_at, at } => (
+            "UPDATE files SET size_bytes = $2, checksum = $3, modified_at = $4, updated_at = $5 WHERE id = $1",
+            vec![V::Uuid(id), V::Int(size_bytes), V::Text(checksum), V::Ts(modified_at), V::Ts(at)],
+        ),
         Op::DeleteFile { id } => ("DELETE FROM files WHERE id = $1", vec![V::Uuid(id)]),
         Op::InsertSyncOperation { id, user_id, kind, provider_id, at } => (
             "INSERT INTO sync_operations (id, user_id, kind, provider_id, status, created_at, updated_at) \

@@ -2,5 +2,6 @@
 //! HTTP and WebSocket, once on SQLite and once on PostgreSQL, each test with its own database.
 
 mod harness;
+mod indexing;
 mod providers;
 mod spine;

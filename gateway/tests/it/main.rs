@@ -21,9 +21,16 @@ impl Drop for Running {
 }
 
 fn post(addr: &str, body: &str) -> serde_json::Value {
+    post_as(addr, None, body)
+}
+
+fn post_as(addr: &str, token: Option<&str>, body: &str) -> serde_json::Value {
     let client = reqwest::blocking::Client::new();
-    client
-        .post(format!("http://{addr}/graphql"))
+    let mut request = client.post(format!("http://{addr}/graphql"));
+    if let Some(token) = token {
+        request = request.bearer_auth(token);
+    }
+    request
         .header("content-type", "application/json")
         .body(body.to_owned())
         .send()
@@ -49,8 +56,18 @@ fn serve_from_an_empty_data_dir_then_migrate_and_replay() {
     let graphiql = reqwest::blocking::get(format!("http://{addr}/graphql")).expect("graphiql").text().expect("html");
     assert!(graphiql.to_lowercase().contains("graphiql"));
 
-    let registered = post(&addr, r#"{"query":"mutation { register(email: \"bin@example.org\", password: \"correct horse battery\") { user { id } } }"}"#);
+    let registered = post(&addr, r#"{"query":"mutation { register(email: \"bin@example.org\", password: \"correct horse battery\") { accessToken user { id } } }"}"#);
     let user = registered["data"]["register"]["user"]["id"].as_str().expect("user id").to_owned();
+    let token = registered["data"]["register"]["accessToken"].as_str().expect("token").to_owned();
+    let folder = data.with_extension("files");
+    std::fs::create_dir_all(&folder).expect("mkdir");
+    std::fs::write(folder.join("a.txt"), "a").expect("write");
+    let connect = serde_json::json!({
+        "query": "mutation($c: JSON!) { connectProvider(provider: \"local\", credentials: $c) { id } }",
+        "variables": { "c": { "root": folder } },
+    });
+    let connected = post_as(&addr, Some(&token), &connect.to_string());
+    let provider = connected["data"]["connectProvider"]["id"].as_str().unwrap_or_else(|| panic!("{connected}")).to_owned();
     assert!(data.join("cloudsync.db").is_file(), "the embedded database lives in the data dir");
     assert!(data.join("jwt-secret").is_file(), "the signing key is generated into the data dir");
 
@@ -80,6 +97,18 @@ fn serve_from_an_empty_data_dir_then_migrate_and_replay() {
     let unknown = cloudsync(&data).args(["projections", "rebuild", "nope"]).output().expect("rebuild");
     assert!(!unknown.status.success());
     assert!(String::from_utf8_lossy(&unknown.stderr).contains("unknown projector"));
+
+    // `cloudsync scan` with the server stopped: it runs the scan itself and reports the result.
+    std::fs::write(folder.join("b.txt"), "b").expect("write");
+    let scan = cloudsync(&data).args(["scan", &provider]).output().expect("scan");
+    assert!(scan.status.success(), "{}", String::from_utf8_lossy(&scan.stderr));
+    assert!(String::from_utf8_lossy(&scan.stdout).contains("completed: 2 files"), "{}", String::from_utf8_lossy(&scan.stdout));
+    let history = cloudsync(&data).args(["replay", "--user", &user]).output().expect("replay");
+    let discovered = String::from_utf8_lossy(&history.stdout).lines().filter(|l| l.contains(" FileDiscovered ")).count();
+    assert_eq!(discovered, 2, "the rescan recorded only the new file");
+    let unknown = cloudsync(&data).args(["scan", "00000000-0000-0000-0000-000000000000"]).output().expect("scan");
+    assert!(!unknown.status.success());
+    std::fs::remove_dir_all(&folder).ok();
 
     let bad = cloudsync(&data).env("CLOUDSYNC_TOKEN_TTL_MINUTES", "soon").arg("migrate").output().expect("bad config");
     assert_eq!(bad.status.code(), Some(2));
