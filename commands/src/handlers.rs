@@ -10,7 +10,7 @@ use cloudsync_domain::ids::email_stream;
 use cloudsync_domain::provider::{ProviderCommand, ProviderConnection};
 use cloudsync_domain::sync_job::{JobKind, SyncJob, SyncJobCommand};
 use cloudsync_domain::user::{User, UserCommand};
-use cloudsync_domain::{Aggregate, DomainEvent, Email, FileId, ProviderId, ProviderKind, ProviderPath, SyncJobId, UserId};
+use cloudsync_domain::{Aggregate, DomainEvent, Email, FileId, ProviderId, ProviderKind, ProviderPath, ScanSchedule, SyncJobId, UserId};
 use cloudsync_eventstore::{EventMetadata, EventStore, ExpectedVersion, NewEvent, StreamAppend};
 use cloudsync_providers::{LocalProvider, ProviderError, StorageProvider};
 use serde_json::{Map, Value};
@@ -361,6 +361,18 @@ impl Commands {
             }
             _ => Err(CommandError::NotFound("provider")),
         }
+    }
+
+    /// Sets when one of `user`'s providers is rescanned on its own: a cron schedule (or none), and
+    /// real time (local folders only).
+    ///
+    /// # Errors
+    /// [`CommandError::NotFound`] for unknown or someone else's providers; real time for a remote kind
+    /// is [`CommandError::Invalid`].
+    pub async fn set_scan_schedule(&self, user: UserId, provider_id: ProviderId, schedule: Option<ScanSchedule>, realtime: bool) -> Result<i64, CommandError> {
+        let (provider, version) = self.load::<ProviderConnection>(&provider_id.stream()).await?;
+        let events = provider.handle(ProviderCommand::SetSchedule { by: user, schedule, realtime, at: Utc::now() })?;
+        self.append(provider_id.stream(), version, &events, &Context::new(Some(user))).await
     }
 
     /// Cancels one of `user`'s jobs.

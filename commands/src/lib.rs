@@ -6,9 +6,11 @@ mod error;
 mod handlers;
 mod jobs;
 mod scan;
+mod schedule;
 mod secrets;
 
 pub use error::CommandError;
 pub use handlers::{Commands, Connected, Context, Moved};
 pub use jobs::JobRunner;
+pub use schedule::Scheduler;
 pub use secrets::{MasterKey, Vault};

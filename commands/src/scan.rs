@@ -351,12 +351,19 @@ impl Scan<'_> {
     }
 }
 
-/// BLAKE3 of a file's content, streamed.
+/// BLAKE3 of a file's content, streamed. The content must be as long as the listing said: a
+/// provider that answers with less (or more) is not trusted with the file's checksum.
 async fn hash(provider: &dyn StorageProvider, path: &ProviderPath, size: u64) -> Result<String, ProviderError> {
     let mut stream = provider.read(path, 0..size).await?;
     let mut hasher = blake3::Hasher::new();
+    let mut read = 0_u64;
     while let Some(chunk) = stream.next().await {
-        hasher.update(&chunk?);
+        let chunk = chunk?;
+        read += chunk.len() as u64;
+        hasher.update(&chunk);
+    }
+    if read != size {
+        return Err(ProviderError::Temporary(format!("{path}: listed with {size} bytes, but {read} could be read; scan again")));
     }
     Ok(hasher.finalize().to_hex().to_string())
 }

@@ -8,7 +8,7 @@ use thiserror::Error;
 
 use crate::ids::{FileId, ProviderId, SyncJobId, UserId};
 use crate::sync_job::{JobKind, JobPhase};
-use crate::values::{Email, ProviderKind, ProviderPath};
+use crate::values::{Email, ProviderKind, ProviderPath, ScanSchedule};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct UserRegistered {
@@ -44,6 +44,17 @@ pub struct ProviderConnected {
 pub struct SealedSecret {
     pub nonce: String,
     pub ciphertext: String,
+}
+
+/// When the provider is rescanned on its own: on a cron schedule, and/or as soon as its files change
+/// (real time, where the provider can report changes).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ProviderScheduleSet {
+    pub provider_id: ProviderId,
+    pub owner_id: UserId,
+    pub schedule: Option<ScanSchedule>,
+    pub realtime: bool,
+    pub at: DateTime<Utc>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -157,6 +168,7 @@ pub enum DomainEvent {
     EmailClaimed(EmailClaimed),
     ProviderConnected(ProviderConnected),
     ProviderDisconnected(ProviderDisconnected),
+    ProviderScheduleSet(ProviderScheduleSet),
     FileDiscovered(FileDiscovered),
     FileMoved(FileMoved),
     FileDeleted(FileDeleted),
@@ -195,7 +207,7 @@ impl DomainEvent {
     pub fn schema_version_of(event_type: &str) -> Option<i32> {
         match event_type {
             "FileDiscovered" => Some(2),
-            "UserRegistered" | "EmailClaimed" | "ProviderConnected" | "ProviderDisconnected" | "FileMoved"
+            "UserRegistered" | "EmailClaimed" | "ProviderConnected" | "ProviderDisconnected" | "ProviderScheduleSet" | "FileMoved"
             | "FileDeleted" | "FileChanged" | "FileRemoved" | "SyncJobCreated" | "SyncJobPhaseEntered" | "SyncJobProgressed" | "SyncJobPaused"
             | "SyncJobResumed" | "SyncJobCompleted" | "SyncJobFailed" | "SyncJobCancelled" => Some(1),
             _ => None,
@@ -244,6 +256,7 @@ impl DomainEvent {
             Self::EmailClaimed(e) => e.user_id,
             Self::ProviderConnected(e) => e.owner_id,
             Self::ProviderDisconnected(e) => e.owner_id,
+            Self::ProviderScheduleSet(e) => e.owner_id,
             Self::FileDiscovered(e) => e.owner_id,
             Self::FileMoved(e) => e.owner_id,
             Self::FileDeleted(e) => e.owner_id,

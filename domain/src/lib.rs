@@ -12,4 +12,4 @@ pub mod values;
 pub use aggregate::{Aggregate, DomainError};
 pub use events::{DecodeError, DomainEvent, EncodedEvent};
 pub use ids::{FileId, ProviderId, SyncJobId, UserId};
-pub use values::{Email, ProviderKind, ProviderPath, ValueError};
+pub use values::{Email, ProviderKind, ProviderPath, ScanSchedule, ValueError};

@@ -4,9 +4,9 @@ use chrono::{DateTime, Utc};
 use serde_json::Value;
 
 use crate::aggregate::{Aggregate, DomainError};
-use crate::events::{DomainEvent, ProviderConnected, ProviderDisconnected, SealedSecret};
+use crate::events::{DomainEvent, ProviderConnected, ProviderDisconnected, ProviderScheduleSet, SealedSecret};
 use crate::ids::{ProviderId, UserId};
-use crate::values::ProviderKind;
+use crate::values::{ProviderKind, ScanSchedule};
 
 #[derive(Debug, Default, Clone)]
 pub struct ProviderConnection {
@@ -25,6 +25,7 @@ pub enum ProviderCommand {
         at: DateTime<Utc>,
     },
     Disconnect { by: UserId, at: DateTime<Utc> },
+    SetSchedule { by: UserId, schedule: Option<ScanSchedule>, realtime: bool, at: DateTime<Utc> },
 }
 
 impl ProviderConnection {
@@ -56,6 +57,13 @@ impl Aggregate for ProviderConnection {
                     secrets,
                     connected_at: at,
                 })])
+            }
+            ProviderCommand::SetSchedule { by, schedule, realtime, at } => {
+                let connected = self.active_for(by).ok_or(DomainError::NotFound("provider"))?;
+                if realtime && connected.kind != ProviderKind::Local {
+                    return Err(DomainError::Invalid(format!("{} providers cannot report changes in real time; use a schedule", connected.kind.as_str())));
+                }
+                Ok(vec![DomainEvent::ProviderScheduleSet(ProviderScheduleSet { provider_id: connected.provider_id, owner_id: by, schedule, realtime, at })])
             }
             ProviderCommand::Disconnect { by, at } => {
                 let connected = self.active_for(by).ok_or(DomainError::NotFound("provider"))?;
@@ -125,5 +133,23 @@ mod tests {
         assert!(provider.active_for(alice()).is_none());
         let again = provider.handle(ProviderCommand::Disconnect { by: alice(), at: DateTime::UNIX_EPOCH });
         assert_eq!(again.err(), Some(DomainError::NotFound("provider")));
+    }
+
+    #[test]
+    fn given_connected_when_schedule_set_then_recorded_and_realtime_only_for_local() {
+        let provider = ProviderConnection::load(&ProviderConnection::default().handle(connect()).expect("accepted"));
+        let schedule = ScanSchedule::parse("0 * * * *").expect("cron");
+        let events = provider
+            .handle(ProviderCommand::SetSchedule { by: alice(), schedule: Some(schedule.clone()), realtime: true, at: DateTime::UNIX_EPOCH })
+            .expect("accepted");
+        assert!(matches!(events.as_slice(), [DomainEvent::ProviderScheduleSet(e)] if e.schedule == Some(schedule.clone()) && e.realtime));
+        let mallory = UserId::from_uuid(Uuid::from_u128(2));
+        let refused = provider.handle(ProviderCommand::SetSchedule { by: mallory, schedule: None, realtime: false, at: DateTime::UNIX_EPOCH });
+        assert_eq!(refused.err(), Some(DomainError::NotFound("provider")));
+        let ProviderCommand::Connect { provider_id, owner_id, display_name, config, secrets, at, .. } = connect() else { unreachable!() };
+        let s3 = ProviderCommand::Connect { provider_id, owner_id, kind: ProviderKind::S3, display_name, config, secrets, at };
+        let bucket = ProviderConnection::load(&ProviderConnection::default().handle(s3).expect("accepted"));
+        let realtime = bucket.handle(ProviderCommand::SetSchedule { by: alice(), schedule: None, realtime: true, at: DateTime::UNIX_EPOCH });
+        assert!(matches!(realtime, Err(DomainError::Invalid(_))));
     }
 }

@@ -14,6 +14,8 @@ pub enum ValueError {
     InvalidEmail(&'static str),
     #[error("invalid path: {0}")]
     InvalidPath(&'static str),
+    #[error("invalid schedule {0:?}: {1}")]
+    InvalidSchedule(String, String),
     #[error("unknown provider kind {0:?} (known: local, s3, webdav, sftp, azblob, gdrive, dropbox, onedrive)")]
     UnknownProviderKind(String),
 }
@@ -176,6 +178,40 @@ impl<'de> Deserialize<'de> for ProviderPath {
     }
 }
 
+/// A cron expression (5 fields, or 6 with seconds first) for when to rescan a provider.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
+#[serde(transparent)]
+pub struct ScanSchedule(String);
+
+impl ScanSchedule {
+    /// # Errors
+    /// [`ValueError::InvalidSchedule`] when the expression does not parse.
+    pub fn parse(raw: &str) -> Result<Self, ValueError> {
+        let raw = raw.trim();
+        if raw.len() > 200 {
+            return Err(ValueError::InvalidSchedule(raw.chars().take(64).collect(), "longer than 200 characters".into()));
+        }
+        raw.parse::<croner::Cron>().map_err(|err| ValueError::InvalidSchedule(raw.to_owned(), err.to_string()))?;
+        Ok(Self(raw.to_owned()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// The first time after `after` that the schedule names.
+    pub fn next_after(&self, after: chrono::DateTime<chrono::Utc>) -> Option<chrono::DateTime<chrono::Utc>> {
+        self.0.parse::<croner::Cron>().ok()?.find_next_occurrence(&after, false).ok()
+    }
+}
+
+impl<'de> Deserialize<'de> for ScanSchedule {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let raw = String::deserialize(deserializer)?;
+        Self::parse(&raw).map_err(serde::de::Error::custom)
+    }
+}
+
 /// The kinds of storage a provider connection can reach.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -274,5 +310,15 @@ mod tests {
                 prop_assert_eq!(ProviderPath::parse(path.as_str()).ok(), Some(path.clone()));
             }
         }
+    }
+
+    #[test]
+    fn schedules_are_cron_expressions() {
+        let every_five = ScanSchedule::parse("*/5 * * * *").expect("five fields");
+        let at = chrono::DateTime::parse_from_rfc3339("2026-01-01T10:02:00Z").expect("time").with_timezone(&chrono::Utc);
+        assert_eq!(every_five.next_after(at).map(|t| t.to_rfc3339()), Some("2026-01-01T10:05:00+00:00".into()));
+        assert!(ScanSchedule::parse("*/10 * * * * *").is_ok(), "six fields with seconds");
+        assert!(ScanSchedule::parse("every tuesday").is_err());
+        assert!(ScanSchedule::parse("61 * * * *").is_err());
     }
 }

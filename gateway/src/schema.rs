@@ -78,6 +78,10 @@ pub struct Provider {
     config: Json<Value>,
     connected_at: DateTime<Utc>,
     disconnected_at: Option<DateTime<Utc>>,
+    /// When it is rescanned on its own (a cron expression), if at all.
+    scan_schedule: Option<String>,
+    /// Whether it is rescanned as soon as its files change.
+    realtime: bool,
     /// The scan started by `connectProvider` (only on its result).
     scan_operation_id: Option<ID>,
 }
@@ -92,6 +96,8 @@ impl From<ProviderRow> for Provider {
             config: Json(row.config),
             connected_at: row.connected_at,
             disconnected_at: row.disconnected_at,
+            scan_schedule: row.scan_schedule,
+            realtime: row.realtime,
             scan_operation_id: None,
         }
     }
@@ -335,6 +341,35 @@ impl MutationRoot {
             .await
             .map_err(ApiError::from)?
             .ok_or_else(|| ApiError::internal(&"the new operation is not visible yet"))?;
+        Ok(row.into())
+    }
+
+    /// Sets when a provider is rescanned on its own: `schedule` is a cron expression (5 fields, or 6
+    /// with seconds first; null for none); `realtime` rescans a local folder as soon as it changes.
+    async fn set_scan_schedule(
+        &self,
+        ctx: &Context<'_>,
+        provider_id: ID,
+        schedule: Option<String>,
+        realtime: Option<bool>,
+    ) -> async_graphql::Result<Provider> {
+        let realtime = realtime.unwrap_or(false);
+        let caller = caller(ctx)?;
+        let app = app(ctx);
+        let id = ProviderId::from_uuid(parse_id(&provider_id, "providerId")?);
+        let schedule = schedule
+            .as_deref()
+            .map(cloudsync_domain::ScanSchedule::parse)
+            .transpose()
+            .map_err(|err| ApiError::BadInput(err.to_string()))?;
+        let position = app
+            .commands
+            .set_scan_schedule(cloudsync_domain::UserId::from_uuid(caller.user_id), id, schedule, realtime)
+            .await
+            .map_err(ApiError::from)?;
+        app.wrote(caller, position);
+        app.consistent(caller).await;
+        let row = app.reads.provider(caller.user_id, id.as_uuid()).await.map_err(ApiError::from)?.ok_or_else(|| ApiError::not_found("provider"))?;
         Ok(row.into())
     }
 

@@ -22,7 +22,7 @@ use axum::extract::{State, WebSocketUpgrade};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
-use cloudsync_commands::{Commands, JobRunner, MasterKey, Vault};
+use cloudsync_commands::{Commands, JobRunner, MasterKey, Scheduler, Vault};
 use cloudsync_eventstore::Database;
 use cloudsync_projections::{Projections, ReadModels};
 use secrecy::{ExposeSecret as _, SecretString};
@@ -176,6 +176,8 @@ pub async fn start(config: &Config) -> anyhow::Result<Server> {
     let shutdown = CancellationToken::new();
     let mut tasks = JoinSet::new();
     tasks.spawn(Arc::clone(&projections).run(shutdown.child_token()));
+    let scheduler = Scheduler::new(commands.clone());
+    tasks.spawn(scheduler.run(shutdown.child_token()));
     let jobs = JobRunner::new(commands, db.pool.clone());
     let jobs_shutdown = shutdown.child_token();
     tasks.spawn(async move {

@@ -40,6 +40,7 @@ pub enum Op {
     UpsertUser { id: Uuid, email: String, at: DateTime<Utc> },
     InsertProvider { id: Uuid, user_id: Uuid, kind: String, display_name: String, config: Value, at: DateTime<Utc> },
     DisconnectProvider { id: Uuid, at: DateTime<Utc> },
+    SetProviderSchedule { id: Uuid, schedule: Option<String>, realtime: bool },
     /// A disconnected provider's files leave the `files` view (their events stay).
     RemoveProviderFiles { provider_id: Uuid },
     InsertFile {
@@ -67,7 +68,7 @@ impl Op {
     pub fn table(&self) -> Table {
         match self {
             Self::UpsertUser { .. } => Table::Users,
-            Self::InsertProvider { .. } | Self::DisconnectProvider { .. } => Table::Providers,
+            Self::InsertProvider { .. } | Self::DisconnectProvider { .. } | Self::SetProviderSchedule { .. } => Table::Providers,
             Self::RemoveProviderFiles { .. }
             | Self::InsertFile { .. }
             | Self::MoveFile { .. }
@@ -104,6 +105,11 @@ pub fn ops_for(event: &DomainEvent, at: DateTime<Utc>) -> Vec<Op> {
             Op::DisconnectProvider { id: e.provider_id.as_uuid(), at },
             Op::RemoveProviderFiles { provider_id: e.provider_id.as_uuid() },
         ],
+        E::ProviderScheduleSet(e) => vec![Op::SetProviderSchedule {
+            id: e.provider_id.as_uuid(),
+            schedule: e.schedule.as_ref().map(|s| s.as_str().to_owned()),
+            realtime: e.realtime,
+        }],
         E::FileDiscovered(e) => vec![Op::InsertFile {
             id: e.file_id.as_uuid(),
             user_id: e.owner_id.as_uuid(),

@@ -25,6 +25,8 @@ pub struct ProviderRow {
     pub status: String,
     pub connected_at: DateTime<Utc>,
     pub disconnected_at: Option<DateTime<Utc>>,
+    pub scan_schedule: Option<String>,
+    pub realtime: bool,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -84,7 +86,7 @@ const FILE_COLUMNS: &str = "CAST(id AS TEXT) AS id, CAST(provider_id AS TEXT) AS
 const OPERATION_COLUMNS: &str = "CAST(id AS TEXT) AS id, kind, CAST(provider_id AS TEXT) AS provider_id, status, paused, \
                                  files_done, bytes_done, files_total, bytes_total, error, created_at, updated_at, completed_at";
 const PROVIDER_COLUMNS: &str = "CAST(id AS TEXT) AS id, kind, display_name, CAST(config AS TEXT) AS config, status, \
-                                connected_at, disconnected_at";
+                                connected_at, disconnected_at, scan_schedule, realtime";
 
 /// Read access to the read models.
 #[derive(Clone)]
@@ -119,6 +121,8 @@ macro_rules! provider_row {
             status: $row.try_get("status")?,
             connected_at: $row.try_get("connected_at")?,
             disconnected_at: $row.try_get("disconnected_at")?,
+            scan_schedule: $row.try_get("scan_schedule")?,
+            realtime: $row.try_get("realtime")?,
         })
     };
 }
@@ -221,7 +225,9 @@ impl ReadModels {
         let table = Table::parse(table).ok_or_else(|| sqlx::Error::Protocol(format!("unknown read model {table:?}")))?;
         let columns: &[&str] = match table {
             Table::Users => &["id", "email", "created_at", "updated_at", "settings"],
-            Table::Providers => &["id", "user_id", "kind", "display_name", "config", "status", "connected_at", "disconnected_at"],
+            Table::Providers => &[
+                "id", "user_id", "kind", "display_name", "config", "status", "connected_at", "disconnected_at", "scan_schedule", "realtime",
+            ],
             Table::Files => &[
                 "id", "user_id", "provider_id", "path", "name", "size_bytes", "mime_type", "checksum", "modified_at", "created_at",
                 "updated_at", "metadata",

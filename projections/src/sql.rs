@@ -79,6 +79,10 @@ pub(crate) fn statement(op: &Op) -> (&'static str, Vec<Val>) {
             "UPDATE providers SET status = 'disconnected', disconnected_at = $2 WHERE id = $1",
             vec![V::Uuid(id), V::Ts(at)],
         ),
+        Op::SetProviderSchedule { id, schedule, realtime } => (
+            "UPDATE providers SET scan_schedule = $2, realtime = $3 WHERE id = $1",
+            vec![V::Uuid(id), V::OptText(schedule), V::Bool(realtime)],
+        ),
         Op::RemoveProviderFiles { provider_id } => ("DELETE FROM files WHERE provider_id = $1", vec![V::Uuid(provider_id)]),
         Op::InsertFile { id, user_id, provider_id, path, name, size_bytes, mime_type, checksum, modified_at, at } => (
             "INSERT INTO files (id, user_id, provider_id, path, name, size_bytes, mime_type, checksum, modified_at, \

@@ -5,6 +5,7 @@
 //! (exponential backoff with jitter) and timeouts.
 
 mod error;
+mod limits;
 mod local;
 mod remote;
 
@@ -18,6 +19,7 @@ use futures::stream::BoxStream;
 use serde_json::{Map, Value};
 
 pub use error::ProviderError;
+pub use limits::{Limited, Quota};
 pub use local::LocalProvider;
 pub use remote::RemoteProvider;
 
@@ -71,12 +73,38 @@ pub trait StorageProvider: Send + Sync {
 /// # Errors
 /// [`ProviderError::Invalid`] for missing or malformed keys. Nothing is contacted yet; call
 /// [`StorageProvider::check`] for that.
+///
+/// Two more keys set CloudSync's own quota for the provider: `max_requests_per_second` (default 200)
+/// and `max_concurrent_transfers` (default 8). Every provider is wrapped in [`Limited`] (that quota
+/// and an LRU metadata cache).
 pub fn open(kind: ProviderKind, config: &Map<String, Value>) -> Result<Box<dyn StorageProvider>, ProviderError> {
-    match kind {
-        ProviderKind::Local => {
-            let root = config.get("root").and_then(Value::as_str).ok_or_else(|| ProviderError::Invalid("root (an absolute folder path) is required".into()))?;
-            Ok(Box::new(LocalProvider::open(root)?))
-        }
-        remote => Ok(Box::new(RemoteProvider::open(remote, config)?)),
+    let mut config = config.clone();
+    let mut quota = Quota::default();
+    if let Some(rate) = config.remove("max_requests_per_second") {
+        quota.requests_per_second = number(&rate, "max_requests_per_second")?;
+        quota.burst = quota.requests_per_second.clamp(1.0, 50.0);
     }
+    if let Some(transfers) = config.remove("max_concurrent_transfers") {
+        quota.concurrent_transfers = number(&transfers, "max_concurrent_transfers")? as usize;
+    }
+    let inner: Box<dyn StorageProvider> = match kind {
+        ProviderKind::Local => {
+            if let Some(key) = config.keys().find(|k| k.as_str() != "root") {
+                return Err(ProviderError::Invalid(format!("unknown local setting {key:?} (accepted: root)")));
+            }
+            let root = config.get("root").and_then(Value::as_str).ok_or_else(|| ProviderError::Invalid("root (an absolute folder path) is required".into()))?;
+            Box::new(LocalProvider::open(root)?)
+        }
+        remote => Box::new(RemoteProvider::open(remote, &config)?),
+    };
+    Ok(Box::new(Limited::new(inner, quota, 10_000)))
+}
+
+fn number(value: &Value, key: &str) -> Result<f64, ProviderError> {
+    let number = match value {
+        Value::Number(n) => n.as_f64(),
+        Value::String(s) => s.trim().parse().ok(),
+        _ => None,
+    };
+    number.filter(|n| n.is_finite() && *n >= 1.0 && *n <= 1_000_000.0).ok_or_else(|| ProviderError::Invalid(format!("{key} must be a number from 1 to 1000000")))
 }

@@ -1,12 +1,12 @@
 //! Issue 3: incremental indexing — a rescan records only what changed.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde_json::json;
 
 use crate::harness::{Harness, Scanned, on_both_backends};
 
-on_both_backends!(a_rescan_records_only_what_changed);
+on_both_backends!(a_rescan_records_only_what_changed, a_realtime_folder_is_indexed_on_its_own, a_cron_schedule_rescans_on_time);
 
 const RESCAN: &str = "mutation($p: ID!) { rescanProvider(providerId: $p) { id status } }";
 
@@ -54,4 +54,56 @@ async fn a_rescan_records_only_what_changed(h: &Harness) {
     assert!(rescan(h, &token, &provider).await.is_empty(), "settled: nothing more to record");
     let unknown = uuid::Uuid::new_v4().to_string();
     assert_eq!(h.error_code(Some(&token), RESCAN, json!({ "p": unknown })).await, "NOT_FOUND");
+}
+
+const SCHEDULE: &str =
+    "mutation($p: ID!, $s: String, $r: Boolean) { setScanSchedule(providerId: $p, schedule: $s, realtime: $r) { id scanSchedule realtime } }";
+
+/// Polls `files` until `done` holds for the listing (20 s deadline).
+async fn eventually(h: &Harness, token: &str, provider: &str, what: &str, done: impl Fn(&std::collections::BTreeMap<String, serde_json::Value>) -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let files = h.files(token, provider).await;
+        if done(&files) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{what} did not happen in time: {:?}", files.keys().collect::<Vec<_>>());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn a_realtime_folder_is_indexed_on_its_own(h: &Harness) {
+    let Scanned { token, root, provider, .. } = h.scanned("realtime@example.org").await;
+    let set = h.ok(Some(&token), SCHEDULE, json!({ "p": provider, "r": true })).await;
+    assert_eq!(set["setScanSchedule"]["realtime"], json!(true));
+    // The watch starts when the scheduler sees the setting: write again every few seconds until the
+    // file is indexed, leaving the folder quiet in between so the change settles.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut last_write: Option<Instant> = None;
+    loop {
+        if last_write.is_none_or(|at| at.elapsed() > Duration::from_secs(3)) {
+            std::fs::write(root.join("live.txt"), "written while watched").expect("write");
+            last_write = Some(Instant::now());
+        }
+        if h.files(&token, &provider).await.contains_key("live.txt") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the new file was not indexed");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    std::fs::remove_file(root.join("readme.txt")).expect("remove");
+    eventually(h, &token, &provider, "the removal", |files| !files.contains_key("readme.txt")).await;
+}
+
+async fn a_cron_schedule_rescans_on_time(h: &Harness) {
+    let Scanned { token, root, provider, .. } = h.scanned("cron@example.org").await;
+    assert_eq!(h.error_code(Some(&token), SCHEDULE, json!({ "p": provider, "s": "every tuesday" })).await, "BAD_USER_INPUT");
+    let unknown = uuid::Uuid::new_v4().to_string();
+    assert_eq!(h.error_code(Some(&token), SCHEDULE, json!({ "p": unknown, "s": "* * * * *" })).await, "NOT_FOUND");
+    let set = h.ok(Some(&token), SCHEDULE, json!({ "p": provider, "s": "*/1 * * * * *" })).await;
+    assert_eq!(set["setScanSchedule"]["scanSchedule"], json!("*/1 * * * * *"));
+    std::fs::write(root.join("scheduled.txt"), "found by the schedule").expect("write");
+    eventually(h, &token, &provider, "the scheduled rescan", |files| files.contains_key("scheduled.txt")).await;
+    // Switched off, nothing more is picked up on its own.
+    h.ok(Some(&token), SCHEDULE, json!({ "p": provider, "s": null })).await;
 }

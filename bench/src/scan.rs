@@ -1,0 +1,197 @@
+//! Indexing benchmark: how fast `cloudsync scan` indexes a generated tree (listing plus a BLAKE3 of
+//! every file, recorded as events in the embedded SQLite store), next to `rclone lsjson -R
+//! --hash-type md5` over the same tree in the same run, with each process's wall time and peak memory
+//! (`/usr/bin/time`).
+//!
+//! Scenarios: the local provider at a tenth of `BENCH_FILES` and at `BENCH_FILES` (default 100,000)
+//! files, to show how memory grows with the tree; and S3 (the moto server that `scripts/services`
+//! starts, `CLOUDSYNC_TEST_S3_ENDPOINT`) at `BENCH_S3_FILES` (default 5,000) files, uploaded with
+//! `rclone copy` first. On S3 rclone takes MD5 from the listing's ETags while CloudSync reads every
+//! object to hash it with BLAKE3, so the S3 rows compare different amounts of work; both are shown.
+//!
+//! ```text
+//! cargo build --release --bin cloudsync -p cloudsync-bench
+//! scripts/services && source ~/.cache/cloudsync/servers/env
+//! target/release/scan        # (in CARGO_TARGET_DIR)
+//! ```
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Instant;
+
+use anyhow::{Context as _, bail};
+use cloudsync_commands::{Commands, MasterKey, Vault};
+use cloudsync_domain::Email;
+use cloudsync_eventstore::Database;
+use serde_json::{Value, json};
+
+struct Measured {
+    seconds: f64,
+    peak_mib: f64,
+}
+
+/// Runs a command under `/usr/bin/time`, returning its wall time and peak resident memory.
+fn measure(command: &mut Command) -> anyhow::Result<Measured> {
+    let program = command.get_program().to_owned();
+    let args: Vec<_> = command.get_args().map(ToOwned::to_owned).collect();
+    let envs: Vec<_> = command.get_envs().map(|(k, v)| (k.to_owned(), v.map(ToOwned::to_owned))).collect();
+    let mut timed = Command::new("/usr/bin/time");
+    timed.arg("-f").arg("BENCH %e %M").arg(program).args(args);
+    for (key, value) in envs {
+        if let Some(value) = value {
+            timed.env(key, value);
+        }
+    }
+    let output = timed.output().context("running /usr/bin/time")?;
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    if !output.status.success() {
+        bail!("{:?} failed: {stderr}", command.get_program());
+    }
+    let line = stderr.lines().rev().find(|l| l.starts_with("BENCH ")).context("no /usr/bin/time line")?;
+    let mut parts = line.split_whitespace().skip(1);
+    let seconds: f64 = parts.next().context("wall time")?.parse()?;
+    let kib: f64 = parts.next().context("max rss")?.parse()?;
+    Ok(Measured { seconds, peak_mib: kib / 1024.0 })
+}
+
+/// A deterministic tree: `files` files of 0–4 KiB in 100 × 10 folders.
+fn generate(root: &Path, files: usize) -> anyhow::Result<u64> {
+    let mut bytes = 0;
+    for i in 0..files {
+        let folder = root.join(format!("d{:03}/e{}", i % 100, (i / 100) % 10));
+        if i < 1000 {
+            std::fs::create_dir_all(&folder)?;
+        }
+        let size = (i * 7919) % 4096;
+        let mut content = vec![0_u8; size];
+        blake3::Hasher::new().update(&(i as u64).to_le_bytes()).finalize_xof().fill(&mut content);
+        std::fs::write(folder.join(format!("file-{i:06}.bin")), &content)?;
+        bytes += size as u64;
+    }
+    Ok(bytes)
+}
+
+/// A data dir with one user who has connected `kind` with `credentials`; returns the provider id.
+async fn connect(data: &Path, kind: &str, credentials: Value) -> anyhow::Result<String> {
+    std::fs::create_dir_all(data)?;
+    let (master, text) = MasterKey::generate();
+    std::fs::write(data.join("master-key"), text)?;
+    let db = Database::connect(&format!("sqlite://{}", data.join("cloudsync.db").display()), true).await?;
+    let commands = Commands::new(db.events.clone(), Vault::new(master, db.pool.clone()));
+    let (user, _) = commands.register(Email::parse("bench@example.org")?, "not-a-login".into()).await?;
+    let connected = commands.connect_provider(user, kind, &credentials).await?;
+    db.close().await;
+    Ok(connected.provider_id.to_string())
+}
+
+fn cloudsync_binary() -> anyhow::Result<PathBuf> {
+    let path = std::env::current_exe()?.with_file_name("cloudsync");
+    if !path.is_file() {
+        bail!("{} is missing: cargo build --release --bin cloudsync", path.display());
+    }
+    Ok(path)
+}
+
+struct Row {
+    scenario: String,
+    files: usize,
+    cloudsync: Measured,
+    rclone: Measured,
+}
+
+async fn local(work: &Path, files: usize) -> anyhow::Result<Row> {
+    let tree = work.join(format!("tree-{files}"));
+    eprintln!("[local {files}] generating");
+    let bytes = generate(&tree, files)?;
+    eprintln!("[local {files}] {bytes} bytes generated; connecting");
+    let data = work.join(format!("data-{files}"));
+    let provider = connect(&data, "local", json!({ "root": tree })).await?;
+    eprintln!("[local {files}] cloudsync scan");
+    let cloudsync = measure(Command::new(cloudsync_binary()?).args(["scan", &provider]).env("CLOUDSYNC_DATA_DIR", &data).env("CLOUDSYNC_LOG", "warn"))?;
+    eprintln!("[local {files}] rclone lsjson");
+    let rclone = measure(Command::new("rclone").args(["lsjson", "-R", "--hash-type", "md5", "--files-only"]).arg(&tree).env("RCLONE_CONFIG", "/dev/null"))?;
+    Ok(Row { scenario: "local".into(), files, cloudsync, rclone })
+}
+
+async fn s3(work: &Path, files: usize, endpoint: &str) -> anyhow::Result<Row> {
+    let tree = work.join(format!("s3-tree-{files}"));
+    generate(&tree, files)?;
+    let prefix = format!("scan-{}", uuid::Uuid::new_v4().simple());
+    let remote = [
+        ("RCLONE_CONFIG", "/dev/null".to_owned()),
+        ("RCLONE_CONFIG_BENCHS3_TYPE", "s3".to_owned()),
+        ("RCLONE_CONFIG_BENCHS3_PROVIDER", "Other".to_owned()),
+        ("RCLONE_CONFIG_BENCHS3_ENDPOINT", endpoint.to_owned()),
+        ("RCLONE_CONFIG_BENCHS3_ACCESS_KEY_ID", "bench".to_owned()),
+        ("RCLONE_CONFIG_BENCHS3_SECRET_ACCESS_KEY", "bench-secret".to_owned()),
+    ];
+    eprintln!("[s3 {files}] uploading with rclone copy");
+    let upload = Command::new("rclone")
+        .args(["copy", "--transfers", "16"])
+        .arg(&tree)
+        .arg(format!("benchs3:cloudsync-bench/{prefix}"))
+        .envs(remote.iter().cloned())
+        .status()?;
+    if !upload.success() {
+        bail!("rclone copy to S3 failed");
+    }
+    let data = work.join(format!("s3-data-{files}"));
+    let credentials = json!({
+        "endpoint": endpoint, "bucket": "cloudsync-bench", "access_key_id": "bench", "secret_access_key": "bench-secret",
+        "root": format!("/{prefix}/"),
+    });
+    let provider = connect(&data, "s3", credentials).await?;
+    eprintln!("[s3 {files}] cloudsync scan");
+    let cloudsync = measure(Command::new(cloudsync_binary()?).args(["scan", &provider]).env("CLOUDSYNC_DATA_DIR", &data).env("CLOUDSYNC_LOG", "warn"))?;
+    eprintln!("[s3 {files}] rclone lsjson");
+    let rclone = measure(
+        Command::new("rclone").args(["lsjson", "-R", "--hash-type", "md5", "--files-only"]).arg(format!("benchs3:cloudsync-bench/{prefix}")).envs(remote.iter().cloned()),
+    )?;
+    Ok(Row { scenario: "s3 (moto)".into(), files, cloudsync, rclone })
+}
+
+fn env_usize(name: &str, default: usize) -> anyhow::Result<usize> {
+    std::env::var(name).ok().map_or(Ok(default), |v| v.parse().with_context(|| format!("{name} must be a number")))
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let files = env_usize("BENCH_FILES", 100_000)?;
+    let s3_files = env_usize("BENCH_S3_FILES", 5_000)?;
+    let work = std::env::temp_dir().join(format!("cloudsync-bench-scan-{}", uuid::Uuid::new_v4().simple()));
+    std::fs::create_dir_all(&work)?;
+    let started = Instant::now();
+    let mut rows = Vec::new();
+    let result: anyhow::Result<()> = async {
+        rows.push(local(&work, files / 10).await?);
+        rows.push(local(&work, files).await?);
+        match std::env::var("CLOUDSYNC_TEST_S3_ENDPOINT") {
+            Ok(endpoint) if s3_files > 0 => rows.push(s3(&work, s3_files, &endpoint).await?),
+            _ => eprintln!("CLOUDSYNC_TEST_S3_ENDPOINT is not set: skipping S3 (run scripts/services and source its env)"),
+        }
+        Ok(())
+    }
+    .await;
+    std::fs::remove_dir_all(&work).ok();
+    result?;
+    let nproc = std::thread::available_parallelism().map_or(0, std::num::NonZero::get);
+    println!("# CloudSync scan benchmark\n");
+    println!("nproc {nproc}, {} UTC, total {:.0} s\n", chrono::Utc::now().format("%Y-%m-%d %H:%M:%S"), started.elapsed().as_secs_f64());
+    println!("| provider | files | CloudSync s | CloudSync files/s | CloudSync peak MiB | rclone s | rclone files/s | rclone peak MiB |");
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|");
+    for row in rows {
+        let rate = |m: &Measured| row.files as f64 / m.seconds.max(0.001);
+        println!(
+            "| {} | {} | {:.2} | {:.0} | {:.0} | {:.2} | {:.0} | {:.0} |",
+            row.scenario,
+            row.files,
+            row.cloudsync.seconds,
+            rate(&row.cloudsync),
+            row.cloudsync.peak_mib,
+            row.rclone.seconds,
+            rate(&row.rclone),
+            row.rclone.peak_mib
+        );
+    }
+    Ok(())
+}

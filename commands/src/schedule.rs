@@ -1,0 +1,156 @@
+//! The scan scheduler: follows the log for providers' schedules and requests rescans when a cron
+//! schedule comes due, or (for local folders set to real time) soon after the folder changes, as
+//! reported by the operating system (inotify on Linux). Owned and stopped by the server. It never
+//! requests a second scan of a provider while its last one is still running.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use cloudsync_domain::sync_job::SyncJob;
+use cloudsync_domain::{DomainEvent, ProviderId, ProviderKind, ScanSchedule, SyncJobId, UserId};
+use cloudsync_eventstore::subscribe;
+use futures::StreamExt;
+use notify::Watcher as _;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::{CommandError, Commands};
+
+/// How long a watched folder must be quiet before its rescan is requested.
+const SETTLE: Duration = Duration::from_millis(500);
+/// A folder that never goes quiet is still rescanned this often.
+const MAX_DELAY: Duration = Duration::from_secs(5);
+
+struct Plan {
+    owner: UserId,
+    kind: ProviderKind,
+    root: Option<String>,
+    schedule: Option<ScanSchedule>,
+    next: Option<DateTime<Utc>>,
+    realtime: bool,
+    watcher: Option<notify::RecommendedWatcher>,
+    /// The last scan this scheduler requested, while it may still be running.
+    running: Option<SyncJobId>,
+    /// Changes seen since the last request (real time): when the first and the last came.
+    dirty: Option<(tokio::time::Instant, tokio::time::Instant)>,
+}
+
+pub struct Scheduler {
+    commands: Commands,
+}
+
+impl Scheduler {
+    pub fn new(commands: Commands) -> Self {
+        Self { commands }
+    }
+
+    /// Runs until `shutdown`.
+    pub async fn run(self, shutdown: CancellationToken) {
+        let mut plans: HashMap<ProviderId, Plan> = HashMap::new();
+        let (changed_tx, mut changed) = mpsc::unbounded_channel::<ProviderId>();
+        let mut events = Box::pin(subscribe(Arc::clone(self.commands.store()), 0, Duration::from_millis(500)));
+        let mut tick = tokio::time::interval(Duration::from_millis(250));
+        loop {
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                Some(event) = events.next() => {
+                    let Ok(event) = event else { continue };
+                    if !event.event_type.starts_with("Provider") {
+                        continue;
+                    }
+                    match DomainEvent::decode(&event.event_type, event.schema_version, &event.payload) {
+                        Ok(DomainEvent::ProviderConnected(e)) => {
+                            let root = e.config.get("root").and_then(|r| r.as_str()).map(str::to_owned);
+                            plans.insert(e.provider_id, Plan { owner: e.owner_id, kind: e.kind, root, schedule: None, next: None, realtime: false, watcher: None, running: None, dirty: None });
+                        }
+                        Ok(DomainEvent::ProviderDisconnected(e)) => {
+                            plans.remove(&e.provider_id);
+                        }
+                        Ok(DomainEvent::ProviderScheduleSet(e)) => {
+                            if let Some(plan) = plans.get_mut(&e.provider_id) {
+                                plan.next = e.schedule.as_ref().and_then(|s| s.next_after(Utc::now()));
+                                plan.schedule = e.schedule;
+                                plan.realtime = e.realtime;
+                                plan.watcher = if e.realtime { watch(e.provider_id, plan, &changed_tx) } else { None };
+                            }
+                        }
+                        _ => {}
+                    }
+                }
+                Some(provider) = changed.recv() => {
+                    if let Some(plan) = plans.get_mut(&provider) {
+                        let now = tokio::time::Instant::now();
+                        plan.dirty = Some((plan.dirty.map_or(now, |(first, _)| first), now));
+                    }
+                }
+                _ = tick.tick() => {
+                    let now = Utc::now();
+                    for (provider, plan) in &mut plans {
+                        if let Some(job) = plan.running {
+                            if still_running(&self.commands, job).await {
+                                continue;
+                            }
+                            plan.running = None;
+                        }
+                        let due = plan.next.is_some_and(|next| next <= now);
+                        let settled = plan.dirty.is_some_and(|(first, last)| last.elapsed() >= SETTLE || first.elapsed() >= MAX_DELAY);
+                        if !(due || settled) {
+                            continue;
+                        }
+                        if due {
+                            plan.next = plan.schedule.as_ref().and_then(|s| s.next_after(now));
+                        }
+                        plan.dirty = None;
+                        match self.commands.request_scan(plan.owner, *provider).await {
+                            Ok((job, _)) => {
+                                tracing::info!(provider = %provider, job = %job, reason = if due { "schedule" } else { "change" }, "Rescan requested.");
+                                plan.running = Some(job);
+                            }
+                            Err(error) => tracing::warn!(provider = %provider, error = %error, "Could not request a rescan."),
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+async fn still_running(commands: &Commands, job: SyncJobId) -> bool {
+    match commands.load::<SyncJob>(&job.stream()).await {
+        Ok((job, _)) => job.phase().is_some_and(|p| !p.is_terminal()),
+        Err(CommandError::NotFound(_)) => false,
+        Err(_) => true,
+    }
+}
+
+/// Watches a local provider's folder; changes are sent as the provider's id.
+fn watch(provider: ProviderId, plan: &Plan, changed: &mpsc::UnboundedSender<ProviderId>) -> Option<notify::RecommendedWatcher> {
+    if plan.kind != ProviderKind::Local {
+        return None;
+    }
+    let root = plan.root.clone()?;
+    let changed = changed.clone();
+    let handler = move |event: notify::Result<notify::Event>| {
+        if let Ok(event) = event
+            && !matches!(event.kind, notify::EventKind::Access(_))
+            && !event.paths.iter().all(|p| p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with('.') && n.ends_with(".tmp")))
+        {
+            let _ = changed.send(provider);
+        }
+    };
+    match notify::recommended_watcher(handler) {
+        Ok(mut watcher) => match watcher.watch(std::path::Path::new(&root), notify::RecursiveMode::Recursive) {
+            Ok(()) => Some(watcher),
+            Err(error) => {
+                tracing::warn!(provider = %provider, error = %error, "Cannot watch the folder; only scheduled rescans will run.");
+                None
+            }
+        },
+        Err(error) => {
+            tracing::warn!(provider = %provider, error = %error, "Cannot watch folders on this system.");
+            None
+        }
+    }
+}
