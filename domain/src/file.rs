@@ -38,6 +38,22 @@ impl File {
         }
     }
 
+    /// The move of a live file of `user` to `to`; nothing when it is already there.
+    fn moved(&self, user: UserId, to: ProviderPath, at: DateTime<Utc>) -> Result<Vec<DomainEvent>, DomainError> {
+        let (facts, from) = self.live_for(user).ok_or(DomainError::NotFound("file"))?;
+        if &to == from {
+            return Ok(Vec::new());
+        }
+        Ok(vec![DomainEvent::FileMoved(FileMoved {
+            file_id: facts.file_id,
+            provider_id: facts.provider_id,
+            owner_id: user,
+            from: from.clone(),
+            to,
+            moved_at: at,
+        })])
+    }
+
     /// Where a move into `folder` would put the file.
     ///
     /// # Errors
@@ -65,18 +81,7 @@ impl Aggregate for File {
             }
             FileCommand::Move { by, folder, at } => {
                 let to = self.move_target(by, &folder)?;
-                let (facts, from) = self.live_for(by).ok_or(DomainError::NotFound("file"))?;
-                if &to == from {
-                    return Ok(Vec::new());
-                }
-                Ok(vec![DomainEvent::FileMoved(FileMoved {
-                    file_id: facts.file_id,
-                    provider_id: facts.provider_id,
-                    owner_id: by,
-                    from: from.clone(),
-                    to,
-                    moved_at: at,
-                })])
+                self.moved(by, to, at)
             }
             FileCommand::RecordChange { by, size_bytes, modified_at, checksum, etag, job_id } => {
                 let (facts, path) = self.live_for(by).ok_or(DomainError::NotFound("file"))?;
@@ -96,21 +101,10 @@ impl Aggregate for File {
                 })])
             }
             FileCommand::RecordMove { by, to, at } => {
-                let (facts, from) = self.live_for(by).ok_or(DomainError::NotFound("file"))?;
                 if to.is_root() {
                     return Err(DomainError::Invalid("a file cannot be the provider's root".into()));
                 }
-                if &to == from {
-                    return Ok(Vec::new());
-                }
-                Ok(vec![DomainEvent::FileMoved(FileMoved {
-                    file_id: facts.file_id,
-                    provider_id: facts.provider_id,
-                    owner_id: by,
-                    from: from.clone(),
-                    to,
-                    moved_at: at,
-                })])
+                self.moved(by, to, at)
             }
             FileCommand::RecordRemoval { by, job_id } => {
                 let (facts, path) = self.live_for(by).ok_or(DomainError::NotFound("file"))?;

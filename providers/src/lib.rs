@@ -74,15 +74,16 @@ pub trait StorageProvider: Send + Sync {
 /// [`ProviderError::Invalid`] for missing or malformed keys. Nothing is contacted yet; call
 /// [`StorageProvider::check`] for that.
 ///
-/// Two more keys set CloudSync's own quota for the provider: `max_requests_per_second` (default 200)
-/// and `max_concurrent_transfers` (default 8). Every provider is wrapped in [`Limited`] (that quota
+/// Two more keys set CloudSync's own quota for the provider: `max_requests_per_second` (default 1,000
+/// for remote kinds, unlimited for local folders) and `max_concurrent_transfers` (default 8). Every provider is wrapped in [`Limited`] (that quota
 /// and an LRU metadata cache).
 pub fn open(kind: ProviderKind, config: &Map<String, Value>) -> Result<Box<dyn StorageProvider>, ProviderError> {
     let mut config = config.clone();
-    let mut quota = Quota::default();
+    let mut quota = Quota::default_for(kind);
     if let Some(rate) = config.remove("max_requests_per_second") {
-        quota.requests_per_second = number(&rate, "max_requests_per_second")?;
-        quota.burst = quota.requests_per_second.clamp(1.0, 50.0);
+        let rate = number(&rate, "max_requests_per_second")?;
+        quota.requests_per_second = Some(rate);
+        quota.burst = rate.clamp(1.0, 200.0);
     }
     if let Some(transfers) = config.remove("max_concurrent_transfers") {
         quota.concurrent_transfers = number(&transfers, "max_concurrent_transfers")? as usize;

@@ -15,17 +15,23 @@ use tokio::sync::Semaphore;
 
 use crate::{ByteStream, Entry, ProviderError, StorageProvider};
 
-/// A provider's quota. The defaults leave room for normal use and stop runaway scans.
+/// A provider's quota.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Quota {
-    pub requests_per_second: f64,
+    /// Requests a second (`None`: no limit), with up to `burst` saved up.
+    pub requests_per_second: Option<f64>,
     pub burst: f64,
     pub concurrent_transfers: usize,
 }
 
-impl Default for Quota {
-    fn default() -> Self {
-        Self { requests_per_second: 200.0, burst: 50.0, concurrent_transfers: 8 }
+impl Quota {
+    /// The default for a kind: remote services get 1,000 requests a second (well under what S3 allows
+    /// per prefix, and enough to stop a runaway loop); local folders are not rate-limited.
+    pub fn default_for(kind: ProviderKind) -> Self {
+        match kind {
+            ProviderKind::Local => Self { requests_per_second: None, burst: 1.0, concurrent_transfers: 8 },
+            _ => Self { requests_per_second: Some(1000.0), burst: 200.0, concurrent_transfers: 8 },
+        }
     }
 }
 
@@ -100,7 +106,7 @@ impl Lru {
 /// A provider behind its quota and metadata cache.
 pub struct Limited {
     inner: Box<dyn StorageProvider>,
-    requests: Bucket,
+    requests: Option<Bucket>,
     transfers: Semaphore,
     cache: Mutex<Lru>,
     /// Counters for tests and metrics: (stat calls that reached the provider, cache hits).
@@ -111,7 +117,7 @@ impl Limited {
     pub fn new(inner: Box<dyn StorageProvider>, quota: Quota, cache_capacity: usize) -> Self {
         Self {
             inner,
-            requests: Bucket::new(quota.requests_per_second.max(0.1), quota.burst.max(1.0)),
+            requests: quota.requests_per_second.map(|rate| Bucket::new(rate.max(0.1), quota.burst.max(1.0))),
             transfers: Semaphore::new(quota.concurrent_transfers.max(1)),
             cache: Mutex::new(Lru { capacity: cache_capacity.max(1), entries: HashMap::new(), order: VecDeque::new() }),
             stats: Mutex::new((0, 0)),
@@ -121,6 +127,13 @@ impl Limited {
     /// (stat calls that reached the provider, stat calls answered from the cache).
     pub fn cache_stats(&self) -> (u64, u64) {
         self.stats.lock().map_or((0, 0), |s| *s)
+    }
+
+    /// Waits for the quota to allow one more request.
+    async fn take(&self) {
+        if let Some(bucket) = &self.requests {
+            bucket.take().await;
+        }
     }
 
     fn invalidate(&self, path: &ProviderPath) {
@@ -137,7 +150,7 @@ impl StorageProvider for Limited {
     }
 
     async fn check(&self) -> Result<(), ProviderError> {
-        self.requests.take().await;
+        self.take().await;
         self.inner.check().await
     }
 
@@ -154,7 +167,7 @@ impl StorageProvider for Limited {
             }
             return Ok(entry);
         }
-        self.requests.take().await;
+        self.take().await;
         let entry = self.inner.stat(path).await?;
         if let Ok(mut stats) = self.stats.lock() {
             stats.0 += 1;
@@ -166,13 +179,13 @@ impl StorageProvider for Limited {
     }
 
     async fn read(&self, path: &ProviderPath, range: Range<u64>) -> Result<ByteStream, ProviderError> {
-        self.requests.take().await;
+        self.take().await;
         let _permit = self.transfers.acquire().await.map_err(|_| ProviderError::Other("the provider is closing".into()))?;
         self.inner.read(path, range).await
     }
 
     async fn write(&self, path: &ProviderPath, data: ByteStream) -> Result<u64, ProviderError> {
-        self.requests.take().await;
+        self.take().await;
         let _permit = self.transfers.acquire().await.map_err(|_| ProviderError::Other("the provider is closing".into()))?;
         self.invalidate(path);
         let written = self.inner.write(path, data).await;
@@ -181,14 +194,14 @@ impl StorageProvider for Limited {
     }
 
     async fn delete(&self, path: &ProviderPath) -> Result<(), ProviderError> {
-        self.requests.take().await;
+        self.take().await;
         let deleted = self.inner.delete(path).await;
         self.invalidate(path);
         deleted
     }
 
     async fn rename(&self, from: &ProviderPath, to: &ProviderPath) -> Result<(), ProviderError> {
-        self.requests.take().await;
+        self.take().await;
         let renamed = self.inner.rename(from, to).await;
         self.invalidate(from);
         self.invalidate(to);
@@ -196,7 +209,7 @@ impl StorageProvider for Limited {
     }
 
     async fn create_folder(&self, path: &ProviderPath) -> Result<(), ProviderError> {
-        self.requests.take().await;
+        self.take().await;
         self.inner.create_folder(path).await
     }
 }

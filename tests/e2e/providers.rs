@@ -147,6 +147,11 @@ async fn refused_credentials_record_nothing(h: &Harness) {
     let response = h.gql(Some(&token), CONNECT, json!({ "k": "webdav", "c": typo })).await;
     assert_eq!(response["errors"][0]["extensions"]["code"], json!("BAD_USER_INPUT"));
     assert!(response["errors"][0]["message"].as_str().is_some_and(|m| m.contains("pasword")), "{response}");
+    let bad_quota = json!({
+        "endpoint": var("CLOUDSYNC_TEST_WEBDAV_ENDPOINT"), "username": var("CLOUDSYNC_TEST_WEBDAV_USER"),
+        "password": var("CLOUDSYNC_TEST_WEBDAV_PASSWORD"), "max_requests_per_second": "as fast as you can",
+    });
+    assert_eq!(h.error_code(Some(&token), CONNECT, json!({ "k": "webdav", "c": bad_quota })).await, "BAD_USER_INPUT");
     let missing_bucket = json!({ "endpoint": var("CLOUDSYNC_TEST_S3_ENDPOINT"), "bucket": "cloudsync-no-such-bucket", "access_key_id": "a", "secret_access_key": "b" });
     assert_eq!(h.error_code(Some(&token), CONNECT, json!({ "k": "s3", "c": missing_bucket })).await, "BAD_USER_INPUT");
     assert_eq!(h.server().app().db.events.head().await.expect("head"), head);
