@@ -114,3 +114,58 @@ fn serve_from_an_empty_data_dir_then_migrate_and_replay() {
     assert_eq!(bad.status.code(), Some(2));
     std::fs::remove_dir_all(&data).ok();
 }
+
+/// Issue 3: with trace logging on, connecting and scanning an S3 provider never writes its secret to
+/// the log.
+#[test]
+fn secrets_never_reach_the_log() {
+    let endpoint = std::env::var("CLOUDSYNC_TEST_S3_ENDPOINT").expect("CLOUDSYNC_TEST_S3_ENDPOINT: run through scripts/test");
+    let created = reqwest::blocking::Client::new().put(format!("{endpoint}/cloudsync-logs")).send().expect("S3 reachable");
+    assert!(created.status().is_success() || created.status().as_u16() == 409);
+    let data = std::env::temp_dir().join(format!("cloudsync-logs-{}", uuid::Uuid::new_v4().simple()));
+    let mut child = cloudsync(&data)
+        .args(["serve", "--bind", "127.0.0.1:0"])
+        .env("CLOUDSYNC_LOG", "trace")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let stdout = child.stdout.take().expect("stdout");
+    let stderr = child.stderr.take().expect("stderr");
+    let log = std::thread::spawn(move || std::io::read_to_string(stderr).unwrap_or_default());
+    let mut server = Running(child);
+    let mut line = String::new();
+    BufReader::new(stdout).read_line(&mut line).expect("read the banner");
+    let addr = line.split("http://").nth(1).and_then(|rest| rest.split('/').next()).expect("address").to_owned();
+
+    let secret = format!("log-secret-{}", uuid::Uuid::new_v4().simple());
+    let password = format!("pw-{}", uuid::Uuid::new_v4().simple());
+    let register = serde_json::json!({
+        "query": "mutation($p: String!) { register(email: \"logs@example.org\", password: $p) { accessToken } }",
+        "variables": { "p": password },
+    });
+    let registered = post(&addr, &register.to_string());
+    let token = registered["data"]["register"]["accessToken"].as_str().expect("token").to_owned();
+    let connect = serde_json::json!({
+        "query": "mutation($c: JSON!) { connectProvider(provider: \"s3\", credentials: $c) { scanOperationId } }",
+        "variables": { "c": { "endpoint": endpoint, "bucket": "cloudsync-logs", "access_key_id": "logs", "secret_access_key": secret, "root": "/logs/" } },
+    });
+    let connected = post_as(&addr, Some(&token), &connect.to_string());
+    let operation = connected["data"]["connectProvider"]["scanOperationId"].as_str().unwrap_or_else(|| panic!("{connected}")).to_owned();
+    let status = serde_json::json!({ "query": "query($o: ID!) { syncStatus(operationId: $o) { status } }", "variables": { "o": operation } });
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while post_as(&addr, Some(&token), &status.to_string())["data"]["syncStatus"]["status"] != "completed" {
+        assert!(Instant::now() < deadline, "the scan did not complete");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let pid = server.0.id().to_string();
+    assert!(Command::new("kill").args(["-TERM", &pid]).status().expect("kill").success());
+    let _ = server.0.wait();
+    let log = log.join().expect("log reader");
+    assert!(log.contains("Provider connected."), "the log was captured: {log}");
+    assert!(log.contains("Scan finished."), "the log covers the scan");
+    let leaks: Vec<&str> = log.lines().filter(|l| l.contains(&secret)).collect();
+    assert!(leaks.is_empty(), "the S3 secret reached the log: {leaks:#?}");
+    assert!(!log.contains(&password), "the account password reached the log");
+    std::fs::remove_dir_all(&data).ok();
+}
