@@ -244,4 +244,24 @@ mod tests {
         lru.invalidate(&path("a"));
         assert!(lru.get(&path("a")).is_none());
     }
+
+    #[tokio::test]
+    async fn stats_are_cached_until_the_providers_own_write_invalidates_them() {
+        use futures::StreamExt as _;
+        let dir = std::env::temp_dir().join(format!("cloudsync-limits-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let local = crate::LocalProvider::open(dir.to_str().expect("utf-8")).expect("root");
+        let limited = Limited::new(Box::new(local), Quota::default_for(ProviderKind::Local), 16);
+        let path = ProviderPath::parse("a.txt").expect("path");
+        let write = |text: &'static str| futures::stream::iter([Ok(bytes::Bytes::from(text))]).boxed();
+        limited.write(&path, write("one")).await.expect("write");
+        assert_eq!(limited.stat(&path).await.expect("stat").size, 3);
+        assert_eq!(limited.stat(&path).await.expect("stat").size, 3);
+        assert_eq!(limited.cache_stats(), (1, 1), "the second stat came from the cache");
+        limited.write(&path, write("three")).await.expect("write");
+        assert_eq!(limited.stat(&path).await.expect("stat").size, 5, "the write invalidated the cached entry");
+        limited.delete(&path).await.expect("delete");
+        assert!(matches!(limited.stat(&path).await, Err(ProviderError::NotFound(_))));
+        std::fs::remove_dir_all(dir).ok();
+    }
 }
