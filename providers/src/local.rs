@@ -169,18 +169,24 @@ impl StorageProvider for LocalProvider {
     async fn read(&self, path: &ProviderPath, range: Range<u64>) -> Result<ByteStream, ProviderError> {
         let this = self.clone();
         let path = path.clone();
-        let (file, end) = blocking(move || {
+        // Opening and the first chunk in one blocking call: most files are read in a single hop.
+        let (file, first, start, end) = blocking(move || {
             let host = this.resolve(&path)?;
             let mut file = std::fs::File::open(&host).map_err(|err| match err.kind() {
                 std::io::ErrorKind::NotFound => ProviderError::NotFound(path.to_string()),
                 _ => err.into(),
             })?;
             let len = file.metadata()?.len();
-            file.seek(SeekFrom::Start(range.start.min(len)))?;
-            Ok((file, range.end.min(len)))
+            let (start, end) = (range.start.min(len), range.end.min(len));
+            file.seek(SeekFrom::Start(start))?;
+            let want = usize::try_from((end - start).min(CHUNK as u64)).unwrap_or(CHUNK);
+            let mut first = vec![0_u8; want];
+            file.read_exact(&mut first)?;
+            Ok((file, first, start, end))
         })
         .await?;
-        let start = range.start.min(end);
+        let start = start + first.len() as u64;
+        let first = (!first.is_empty()).then(|| Ok(Bytes::from(first)));
         let stream = futures::stream::try_unfold((file, start, end), |(mut file, at, end)| async move {
             if at >= end {
                 return Ok(None);
@@ -195,7 +201,7 @@ impl StorageProvider for LocalProvider {
             let read = buffer.len() as u64;
             Ok(Some((Bytes::from(buffer), (file, at + read, end))))
         });
-        Ok(stream.boxed())
+        Ok(futures::stream::iter(first).chain(stream).boxed())
     }
 
     async fn write(&self, path: &ProviderPath, mut data: ByteStream) -> Result<u64, ProviderError> {
