@@ -79,13 +79,24 @@ impl Config {
             }
         }
         let postgres_url = std::env::var("CLOUDSYNC_BENCH_POSTGRES_URL").unwrap_or_else(|_| DEFAULT_POSTGRES_URL.into());
-        Ok(Self { events, batches, max, sqlite, postgres, postgres_url })
+        Ok(Self {
+            events,
+            batches,
+            max,
+            sqlite,
+            postgres,
+            postgres_url,
+        })
     }
 }
 
 fn env_u64(name: &str) -> anyhow::Result<Option<u64>> {
     match std::env::var(name) {
-        Ok(value) => value.trim().parse().map(Some).with_context(|| format!("{name}={value:?} is not a whole number")),
+        Ok(value) => value
+            .trim()
+            .parse()
+            .map(Some)
+            .with_context(|| format!("{name}={value:?} is not a whole number")),
         Err(std::env::VarError::NotPresent) => Ok(None),
         Err(err) => Err(err).with_context(|| format!("reading {name}")),
     }
@@ -176,7 +187,12 @@ where
     if let Some(err) = failure {
         return Err(err);
     }
-    Ok(Measured { units, ops, elapsed: start.elapsed(), capped: ops < total_ops })
+    Ok(Measured {
+        units,
+        ops,
+        elapsed: start.elapsed(),
+        capped: ops < total_ops,
+    })
 }
 
 /// A realistic event payload (about 200 bytes of JSON).
@@ -191,7 +207,12 @@ fn payload(i: u64) -> Value {
 }
 
 fn new_event(i: u64, metadata: EventMetadata) -> NewEvent {
-    NewEvent { event_type: "FileUploaded".into(), schema_version: 1, payload: payload(i), metadata }
+    NewEvent {
+        event_type: "FileUploaded".into(),
+        schema_version: 1,
+        payload: payload(i),
+        metadata,
+    }
 }
 
 fn new_stream() -> String {
@@ -230,7 +251,11 @@ async fn store_batches(store: &Arc<dyn EventStore>, total: u64, max: Duration) -
                 .collect();
             let count = events.len() as u64;
             store
-                .append(vec![StreamAppend { stream: new_stream(), expected: ExpectedVersion::NoStream, events }])
+                .append(vec![StreamAppend {
+                    stream: new_stream(),
+                    expected: ExpectedVersion::NoStream,
+                    events,
+                }])
                 .await
                 .context("batch append")?;
             Ok(count)
@@ -250,7 +275,12 @@ async fn store_catch_up(store: &dyn EventStore) -> anyhow::Result<Measured> {
         units += page.len() as u64;
         ops += 1;
     }
-    Ok(Measured { units, ops, elapsed: start.elapsed(), capped: false })
+    Ok(Measured {
+        units,
+        ops,
+        elapsed: start.elapsed(),
+        capped: false,
+    })
 }
 
 // ---- Raw sqlx ceiling ----
@@ -290,8 +320,10 @@ impl Raw {
             .execute(&pool)
             .await
             .context("create raw_events on PostgreSQL")?;
-        let values =
-            (0..BATCH_SIZE).map(|r| format!("(${}, ${}::jsonb)", 2 * r + 1, 2 * r + 2)).collect::<Vec<_>>().join(", ");
+        let values = (0..BATCH_SIZE)
+            .map(|r| format!("(${}, ${}::jsonb)", 2 * r + 1, 2 * r + 2))
+            .collect::<Vec<_>>()
+            .join(", ");
         Ok(Self {
             pool: RawPool::Postgres(pool),
             insert_one: "INSERT INTO raw_events (stream_id, payload) VALUES ($1, $2::jsonb)".into(),
@@ -364,8 +396,9 @@ async fn raw_batches(raw: &Raw, total: u64, max: Duration) -> anyhow::Result<Mea
         let raw = raw.clone();
         async move {
             let stream = new_stream();
-            let rows: Vec<(String, String)> =
-                (0..BATCH_SIZE as u64).map(|k| (stream.clone(), payload(i * BATCH_SIZE as u64 + k).to_string())).collect();
+            let rows: Vec<(String, String)> = (0..BATCH_SIZE as u64)
+                .map(|k| (stream.clone(), payload(i * BATCH_SIZE as u64 + k).to_string()))
+                .collect();
             raw.insert_batch(&rows).await?;
             Ok(rows.len() as u64)
         }
@@ -384,22 +417,23 @@ async fn raw_catch_up(raw: &Raw) -> anyhow::Result<Measured> {
         units += page.len() as u64;
         ops += 1;
     }
-    Ok(Measured { units, ops, elapsed: start.elapsed(), capped: false })
+    Ok(Measured {
+        units,
+        ops,
+        elapsed: start.elapsed(),
+        capped: false,
+    })
 }
 
 // ---- Per backend ----
 
 /// Runs every scenario on one connected backend, pushing each finished row into `rows`.
-async fn bench_backend(
-    backend: &'static str,
-    db: &Database,
-    raw: &Raw,
-    cfg: &Config,
-    rows: &mut Vec<Row>,
-) -> anyhow::Result<()> {
+async fn bench_backend(backend: &'static str, db: &Database, raw: &Raw, cfg: &Config, rows: &mut Vec<Row>) -> anyhow::Result<()> {
     let store = &db.events;
     eprintln!("[{backend}] warming up");
-    store_single(store, WRITERS, WARM_UP_OPS, cfg.max).await.context("warm-up (store)")?;
+    store_single(store, WRITERS, WARM_UP_OPS, cfg.max)
+        .await
+        .context("warm-up (store)")?;
     raw_single(raw, WRITERS, WARM_UP_OPS, cfg.max).await.context("warm-up (raw)")?;
 
     let mut record = |scenario: &'static str, store: Measured, raw: Measured| {
@@ -410,18 +444,33 @@ async fn bench_backend(
             raw.rate(),
             raw.describe()
         );
-        rows.push(Row { backend, scenario, store, raw });
+        rows.push(Row {
+            backend,
+            scenario,
+            store,
+            raw,
+        });
     };
 
-    let s = store_single(store, 1, cfg.events, cfg.max).await.context("store: single-event appends, 1 writer")?;
-    let r = raw_single(raw, 1, cfg.events, cfg.max).await.context("raw: single-row INSERTs, 1 writer")?;
+    let s = store_single(store, 1, cfg.events, cfg.max)
+        .await
+        .context("store: single-event appends, 1 writer")?;
+    let r = raw_single(raw, 1, cfg.events, cfg.max)
+        .await
+        .context("raw: single-row INSERTs, 1 writer")?;
     record("single-event appends, 1 writer", s, r);
 
-    let s = store_single(store, WRITERS, cfg.events, cfg.max).await.context("store: single-event appends, 16 writers")?;
-    let r = raw_single(raw, WRITERS, cfg.events, cfg.max).await.context("raw: single-row INSERTs, 16 writers")?;
+    let s = store_single(store, WRITERS, cfg.events, cfg.max)
+        .await
+        .context("store: single-event appends, 16 writers")?;
+    let r = raw_single(raw, WRITERS, cfg.events, cfg.max)
+        .await
+        .context("raw: single-row INSERTs, 16 writers")?;
     record("single-event appends, 16 writers", s, r);
 
-    let s = store_batches(store, cfg.batches, cfg.max).await.context("store: 100-event batches")?;
+    let s = store_batches(store, cfg.batches, cfg.max)
+        .await
+        .context("store: 100-event batches")?;
     let r = raw_batches(raw, cfg.batches, cfg.max).await.context("raw: 100-row INSERTs")?;
     record("batches of 100 events, 1 writer", s, r);
 
@@ -445,7 +494,9 @@ async fn sqlite_in(dir: &Path, cfg: &Config, rows: &mut Vec<Row>) -> anyhow::Res
     let path = dir.join("cloudsync.db");
     let url = format!("sqlite://{}", path.display());
     eprintln!("[sqlite] {}", path.display());
-    let db = Database::connect(&url, true).await.with_context(|| format!("connect and migrate {url}"))?;
+    let db = Database::connect(&url, true)
+        .await
+        .with_context(|| format!("connect and migrate {url}"))?;
     // The same options `Database::connect` uses for the store's pool.
     let options = SqliteConnectOptions::new()
         .filename(&path)
@@ -454,7 +505,11 @@ async fn sqlite_in(dir: &Path, cfg: &Config, rows: &mut Vec<Row>) -> anyhow::Res
         .synchronous(SqliteSynchronous::Full)
         .busy_timeout(Duration::from_secs(30))
         .foreign_keys(true);
-    let pool = SqlitePoolOptions::new().max_connections(8).connect_with(options).await.context("open the raw SQLite pool")?;
+    let pool = SqlitePoolOptions::new()
+        .max_connections(8)
+        .connect_with(options)
+        .await
+        .context("open the raw SQLite pool")?;
     let raw = Raw::sqlite(pool).await?;
     let result = bench_backend("sqlite", &db, &raw, cfg, rows).await;
     raw.close().await;
@@ -465,7 +520,9 @@ async fn sqlite_in(dir: &Path, cfg: &Config, rows: &mut Vec<Row>) -> anyhow::Res
 /// The URL of database `name` on the server of `admin` (keeping credentials and query parameters).
 fn database_url(admin: &str, name: &str) -> anyhow::Result<String> {
     let (base, query) = admin.split_once('?').map_or((admin, None), |(b, q)| (b, Some(q)));
-    let (scheme, rest) = base.split_once("://").with_context(|| format!("{admin:?} is not a postgres:// URL"))?;
+    let (scheme, rest) = base
+        .split_once("://")
+        .with_context(|| format!("{admin:?} is not a postgres:// URL"))?;
     let authority = rest.split_once('/').map_or(rest, |(a, _)| a);
     Ok(match query {
         Some(q) => format!("{scheme}://{authority}/{name}?{q}"),
@@ -481,14 +538,19 @@ async fn run_postgres(cfg: &Config, rows: &mut Vec<Row>) -> anyhow::Result<()> {
         let mut conn = sqlx::PgConnection::connect(admin)
             .await
             .with_context(|| format!("connect to PostgreSQL at {admin} (set CLOUDSYNC_BENCH_POSTGRES_URL)"))?;
-        sqlx::query(&format!("CREATE DATABASE {name}")).execute(&mut conn).await.with_context(|| format!("create {name}"))?;
+        sqlx::query(&format!("CREATE DATABASE {name}"))
+            .execute(&mut conn)
+            .await
+            .with_context(|| format!("create {name}"))?;
         conn.close().await.context("close the admin connection")?;
     }
     eprintln!("[postgres] database {name}");
     let result = postgres_in(&url, cfg, rows).await;
     let dropped = async {
         let mut conn = sqlx::PgConnection::connect(admin).await?;
-        sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")).execute(&mut conn).await?;
+        sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+            .execute(&mut conn)
+            .await?;
         conn.close().await
     }
     .await
@@ -504,7 +566,9 @@ async fn run_postgres(cfg: &Config, rows: &mut Vec<Row>) -> anyhow::Result<()> {
 }
 
 async fn postgres_in(url: &str, cfg: &Config, rows: &mut Vec<Row>) -> anyhow::Result<()> {
-    let db = Database::connect(url, true).await.context("connect and migrate the benchmark database")?;
+    let db = Database::connect(url, true)
+        .await
+        .context("connect and migrate the benchmark database")?;
     // The same options `Database::connect` uses for the store's pool.
     let pool = PgPoolOptions::new()
         .max_connections(24)
@@ -575,10 +639,11 @@ fn print_report(cfg: &Config, rows: &[Row]) {
         );
     }
     println!();
-    println!("ratio = CloudSync / raw. † = stopped by the {} s cap before all planned operations.", cfg.max.as_secs());
     println!(
-        "Raw table: no secondary indexes or version checks; raw read = keyset-paged SELECT without JSON decoding."
+        "ratio = CloudSync / raw. † = stopped by the {} s cap before all planned operations.",
+        cfg.max.as_secs()
     );
+    println!("Raw table: no secondary indexes or version checks; raw read = keyset-paged SELECT without JSON decoding.");
     println!();
     for row in rows {
         println!(

@@ -48,11 +48,18 @@ fn measure(command: &mut Command) -> anyhow::Result<Measured> {
     if !output.status.success() {
         bail!("{:?} failed: {stderr}", command.get_program());
     }
-    let line = stderr.lines().rev().find(|l| l.starts_with("BENCH ")).context("no /usr/bin/time line")?;
+    let line = stderr
+        .lines()
+        .rev()
+        .find(|l| l.starts_with("BENCH "))
+        .context("no /usr/bin/time line")?;
     let mut parts = line.split_whitespace().skip(1);
     let seconds: f64 = parts.next().context("wall time")?.parse()?;
     let kib: f64 = parts.next().context("max rss")?.parse()?;
-    Ok(Measured { seconds, peak_mib: kib / 1024.0 })
+    Ok(Measured {
+        seconds,
+        peak_mib: kib / 1024.0,
+    })
 }
 
 /// A deterministic tree: `files` files of 0–4 KiB in 100 × 10 folders.
@@ -65,7 +72,10 @@ fn generate(root: &Path, files: usize) -> anyhow::Result<u64> {
         }
         let size = (i * 7919) % 4096;
         let mut content = vec![0_u8; size];
-        blake3::Hasher::new().update(&(i as u64).to_le_bytes()).finalize_xof().fill(&mut content);
+        blake3::Hasher::new()
+            .update(&(i as u64).to_le_bytes())
+            .finalize_xof()
+            .fill(&mut content);
         std::fs::write(folder.join(format!("file-{i:06}.bin")), &content)?;
         bytes += size as u64;
     }
@@ -108,10 +118,25 @@ async fn local(work: &Path, files: usize) -> anyhow::Result<Row> {
     let data = work.join(format!("data-{files}"));
     let provider = connect(&data, "local", json!({ "root": tree })).await?;
     eprintln!("[local {files}] cloudsync scan");
-    let cloudsync = measure(Command::new(cloudsync_binary()?).args(["scan", &provider]).env("CLOUDSYNC_DATA_DIR", &data).env("CLOUDSYNC_LOG", "warn"))?;
+    let cloudsync = measure(
+        Command::new(cloudsync_binary()?)
+            .args(["scan", &provider])
+            .env("CLOUDSYNC_DATA_DIR", &data)
+            .env("CLOUDSYNC_LOG", "warn"),
+    )?;
     eprintln!("[local {files}] rclone lsjson");
-    let rclone = measure(Command::new("rclone").args(["lsjson", "-R", "--hash-type", "md5", "--files-only"]).arg(&tree).env("RCLONE_CONFIG", "/dev/null"))?;
-    Ok(Row { scenario: "local".into(), files, cloudsync, rclone })
+    let rclone = measure(
+        Command::new("rclone")
+            .args(["lsjson", "-R", "--hash-type", "md5", "--files-only"])
+            .arg(&tree)
+            .env("RCLONE_CONFIG", "/dev/null"),
+    )?;
+    Ok(Row {
+        scenario: "local".into(),
+        files,
+        cloudsync,
+        rclone,
+    })
 }
 
 async fn s3(work: &Path, files: usize, endpoint: &str) -> anyhow::Result<Row> {
@@ -144,7 +169,12 @@ async fn s3(work: &Path, files: usize, endpoint: &str) -> anyhow::Result<Row> {
     });
     let provider = connect(&data, "s3", credentials).await?;
     eprintln!("[s3 {files}] cloudsync scan");
-    let cloudsync = measure(Command::new(cloudsync_binary()?).args(["scan", &provider]).env("CLOUDSYNC_DATA_DIR", &data).env("CLOUDSYNC_LOG", "warn"))?;
+    let cloudsync = measure(
+        Command::new(cloudsync_binary()?)
+            .args(["scan", &provider])
+            .env("CLOUDSYNC_DATA_DIR", &data)
+            .env("CLOUDSYNC_LOG", "warn"),
+    )?;
     eprintln!("[s3 {files}] rclone lsjson");
     let rclone = measure(
         Command::new("rclone")
@@ -154,11 +184,18 @@ async fn s3(work: &Path, files: usize, endpoint: &str) -> anyhow::Result<Row> {
             // A CA bundle meant for real AWS makes rclone refuse a plain-HTTP endpoint.
             .env_remove("AWS_CA_BUNDLE"),
     )?;
-    Ok(Row { scenario: "s3 (moto)".into(), files, cloudsync, rclone })
+    Ok(Row {
+        scenario: "s3 (moto)".into(),
+        files,
+        cloudsync,
+        rclone,
+    })
 }
 
 fn env_usize(name: &str, default: usize) -> anyhow::Result<usize> {
-    std::env::var(name).ok().map_or(Ok(default), |v| v.parse().with_context(|| format!("{name} must be a number")))
+    std::env::var(name)
+        .ok()
+        .map_or(Ok(default), |v| v.parse().with_context(|| format!("{name} must be a number")))
 }
 
 #[tokio::main]
@@ -186,7 +223,11 @@ async fn main() -> anyhow::Result<()> {
     result?;
     let nproc = std::thread::available_parallelism().map_or(0, std::num::NonZero::get);
     println!("# CloudSync scan benchmark\n");
-    println!("nproc {nproc}, {} UTC, total {:.0} s\n", chrono::Utc::now().format("%Y-%m-%d %H:%M:%S"), started.elapsed().as_secs_f64());
+    println!(
+        "nproc {nproc}, {} UTC, total {:.0} s\n",
+        chrono::Utc::now().format("%Y-%m-%d %H:%M:%S"),
+        started.elapsed().as_secs_f64()
+    );
     println!("| provider | files | CloudSync s | CloudSync files/s | CloudSync peak MiB | rclone s | rclone files/s | rclone peak MiB |");
     println!("|---|---:|---:|---:|---:|---:|---:|---:|");
     for row in rows {

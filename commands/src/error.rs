@@ -56,6 +56,9 @@ impl From<ValueError> for CommandError {
 impl CommandError {
     /// Whether the caller caused it (as opposed to infrastructure failing).
     pub fn is_caller_fault(&self) -> bool {
-        matches!(self, Self::NotFound(_) | Self::Invalid(_) | Self::AlreadyExists(_) | Self::Conflict(_))
+        matches!(
+            self,
+            Self::NotFound(_) | Self::Invalid(_) | Self::AlreadyExists(_) | Self::Conflict(_)
+        )
     }
 }

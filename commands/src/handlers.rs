@@ -30,7 +30,11 @@ pub struct Context {
 impl Context {
     /// A new correlation on behalf of `actor`.
     pub fn new(actor: Option<UserId>) -> Self {
-        Self { actor, correlation_id: Uuid::new_v4(), causation_id: None }
+        Self {
+            actor,
+            correlation_id: Uuid::new_v4(),
+            causation_id: None,
+        }
     }
 
     pub(crate) fn metadata(&self) -> EventMetadata {
@@ -46,7 +50,12 @@ impl Context {
 
 pub(crate) fn encode(event: &DomainEvent, ctx: &Context) -> NewEvent {
     let encoded = event.encode();
-    NewEvent { event_type: encoded.event_type, schema_version: encoded.schema_version, payload: encoded.payload, metadata: ctx.metadata() }
+    NewEvent {
+        event_type: encoded.event_type,
+        schema_version: encoded.schema_version,
+        payload: encoded.payload,
+        metadata: ctx.metadata(),
+    }
 }
 
 /// What `connect_provider` created.
@@ -101,7 +110,14 @@ impl Commands {
     /// Appends one stream's events at the version it was loaded at; returns the last position.
     async fn append(&self, stream: String, version: i64, events: &[DomainEvent], ctx: &Context) -> Result<i64, CommandError> {
         let events = events.iter().map(|e| encode(e, ctx)).collect();
-        let outcome = self.store.append(vec![StreamAppend { stream, expected: expected(version), events }]).await?;
+        let outcome = self
+            .store
+            .append(vec![StreamAppend {
+                stream,
+                expected: expected(version),
+                events,
+            }])
+            .await?;
         Ok(outcome.last_position)
     }
 
@@ -113,11 +129,24 @@ impl Commands {
     pub async fn register(&self, email: Email, password_hash: String) -> Result<(UserId, i64), CommandError> {
         let user_id = UserId::from_uuid(Uuid::new_v4());
         let ctx = Context::new(Some(user_id));
-        let events = User::default().handle(UserCommand::Register { user_id, email: email.clone(), password_hash, at: Utc::now() })?;
+        let events = User::default().handle(UserCommand::Register {
+            user_id,
+            email: email.clone(),
+            password_hash,
+            at: Utc::now(),
+        })?;
         let (registered, claimed): (Vec<_>, Vec<_>) = events.iter().partition(|e| matches!(e, DomainEvent::UserRegistered(_)));
         let batches = vec![
-            StreamAppend { stream: user_id.stream(), expected: ExpectedVersion::NoStream, events: registered.iter().map(|e| encode(e, &ctx)).collect() },
-            StreamAppend { stream: email_stream(&email), expected: ExpectedVersion::NoStream, events: claimed.iter().map(|e| encode(e, &ctx)).collect() },
+            StreamAppend {
+                stream: user_id.stream(),
+                expected: ExpectedVersion::NoStream,
+                events: registered.iter().map(|e| encode(e, &ctx)).collect(),
+            },
+            StreamAppend {
+                stream: email_stream(&email),
+                expected: ExpectedVersion::NoStream,
+                events: claimed.iter().map(|e| encode(e, &ctx)).collect(),
+            },
         ];
         match self.store.append(batches).await {
             Ok(outcome) => Ok((user_id, outcome.last_position)),
@@ -162,9 +191,15 @@ impl Commands {
         };
         if kind == ProviderKind::Local {
             // Record the canonical root, so later checks compare like with like.
-            let raw = settings.get("root").and_then(Value::as_str).ok_or_else(|| CommandError::Invalid("credentials.root (an absolute folder path) is required for a local provider".into()))?;
+            let raw = settings.get("root").and_then(Value::as_str).ok_or_else(|| {
+                CommandError::Invalid("credentials.root (an absolute folder path) is required for a local provider".into())
+            })?;
             let local = LocalProvider::open(raw).map_err(|err| CommandError::Invalid(err.to_string()))?;
-            let root = local.root().to_str().ok_or_else(|| CommandError::Invalid("the root must be valid UTF-8".into()))?.to_owned();
+            let root = local
+                .root()
+                .to_str()
+                .ok_or_else(|| CommandError::Invalid("the root must be valid UTF-8".into()))?
+                .to_owned();
             settings.insert("root".into(), Value::String(root));
         }
         let provider = cloudsync_providers::open(kind, &settings).map_err(|err| CommandError::Invalid(err.to_string()))?;
@@ -195,16 +230,35 @@ impl Commands {
             secrets,
             at,
         })?;
-        let created = SyncJob::default().handle(SyncJobCommand::Create { job_id, owner_id: user, kind: JobKind::Scan { provider_id }, at })?;
+        let created = SyncJob::default().handle(SyncJobCommand::Create {
+            job_id,
+            owner_id: user,
+            kind: JobKind::Scan { provider_id },
+            at,
+        })?;
         let outcome = self
             .store
             .append(vec![
-                StreamAppend { stream: provider_id.stream(), expected: ExpectedVersion::NoStream, events: connected.iter().map(|e| encode(e, &ctx)).collect() },
-                StreamAppend { stream: job_id.stream(), expected: ExpectedVersion::NoStream, events: created.iter().map(|e| encode(e, &ctx)).collect() },
+                StreamAppend {
+                    stream: provider_id.stream(),
+                    expected: ExpectedVersion::NoStream,
+                    events: connected.iter().map(|e| encode(e, &ctx)).collect(),
+                },
+                StreamAppend {
+                    stream: job_id.stream(),
+                    expected: ExpectedVersion::NoStream,
+                    events: created.iter().map(|e| encode(e, &ctx)).collect(),
+                },
             ])
             .await?;
         tracing::info!(provider = %provider_id, user = %user, kind = kind.as_str(), job = %job_id, "Provider connected.");
-        Ok(Connected { provider_id, kind, display_name, job_id, position: outcome.last_position })
+        Ok(Connected {
+            provider_id,
+            kind,
+            display_name,
+            job_id,
+            position: outcome.last_position,
+        })
     }
 
     /// Disconnects one of `user`'s providers. Its files stay where they are.
@@ -232,7 +286,8 @@ impl Commands {
                 serde_json::from_slice(&plaintext).map_err(|_| CommandError::Storage("the provider's secrets are unreadable".into()))?;
             settings.extend(secrets);
         }
-        let opened = cloudsync_providers::open(connected.kind, &settings).map_err(|err| CommandError::Storage(format!("the provider cannot be opened: {err}")))?;
+        let opened = cloudsync_providers::open(connected.kind, &settings)
+            .map_err(|err| CommandError::Storage(format!("the provider cannot be opened: {err}")))?;
         Ok(Arc::from(opened))
     }
 
@@ -278,7 +333,11 @@ impl Commands {
         let mut moved = Vec::new();
         let mut position = self.store.head().await?;
         for (id, file, version, from, to, provider) in plans {
-            let events = file.handle(FileCommand::Move { by: user, folder: folder.clone(), at: Utc::now() })?;
+            let events = file.handle(FileCommand::Move {
+                by: user,
+                folder: folder.clone(),
+                at: Utc::now(),
+            })?;
             if events.is_empty() {
                 moved.push(Moved { file_id: id, to });
                 continue;
@@ -332,7 +391,12 @@ impl Commands {
         let (provider, _) = self.load::<ProviderConnection>(&provider_id.stream()).await?;
         provider.active_for(user).ok_or(CommandError::NotFound("provider"))?;
         let job_id = SyncJobId::from_uuid(Uuid::new_v4());
-        let created = SyncJob::default().handle(SyncJobCommand::Create { job_id, owner_id: user, kind: JobKind::Scan { provider_id }, at: Utc::now() })?;
+        let created = SyncJob::default().handle(SyncJobCommand::Create {
+            job_id,
+            owner_id: user,
+            kind: JobKind::Scan { provider_id },
+            at: Utc::now(),
+        })?;
         let position = self.append(job_id.stream(), 0, &created, &Context::new(Some(user))).await?;
         Ok((job_id, position))
     }
@@ -369,9 +433,20 @@ impl Commands {
     /// # Errors
     /// [`CommandError::NotFound`] for unknown or someone else's providers; real time for a remote kind
     /// is [`CommandError::Invalid`].
-    pub async fn set_scan_schedule(&self, user: UserId, provider_id: ProviderId, schedule: Option<ScanSchedule>, realtime: bool) -> Result<i64, CommandError> {
+    pub async fn set_scan_schedule(
+        &self,
+        user: UserId,
+        provider_id: ProviderId,
+        schedule: Option<ScanSchedule>,
+        realtime: bool,
+    ) -> Result<i64, CommandError> {
         let (provider, version) = self.load::<ProviderConnection>(&provider_id.stream()).await?;
-        let events = provider.handle(ProviderCommand::SetSchedule { by: user, schedule, realtime, at: Utc::now() })?;
+        let events = provider.handle(ProviderCommand::SetSchedule {
+            by: user,
+            schedule,
+            realtime,
+            at: Utc::now(),
+        })?;
         self.append(provider_id.stream(), version, &events, &Context::new(Some(user))).await
     }
 
@@ -386,7 +461,14 @@ impl Commands {
     }
 
     /// Applies a job command on behalf of the job runner; returns the job's new version.
-    pub(crate) async fn job_step(&self, job_id: SyncJobId, version: i64, job: &mut SyncJob, command: SyncJobCommand, ctx: &Context) -> Result<i64, CommandError> {
+    pub(crate) async fn job_step(
+        &self,
+        job_id: SyncJobId,
+        version: i64,
+        job: &mut SyncJob,
+        command: SyncJobCommand,
+        ctx: &Context,
+    ) -> Result<i64, CommandError> {
         let events = job.handle(command)?;
         if events.is_empty() {
             return Ok(version);
@@ -395,23 +477,39 @@ impl Commands {
         events.iter().for_each(|e| job.apply(e));
         Ok(version + i64::try_from(events.len()).unwrap_or(1))
     }
-
 }
 
 /// Settings that are secrets: sealed before they are recorded, never shown.
-const SECRET_KEYS: &[&str] =
-    &["password", "secret_access_key", "session_token", "account_key", "sas_token", "token", "access_token", "refresh_token", "client_secret"];
+const SECRET_KEYS: &[&str] = &[
+    "password",
+    "secret_access_key",
+    "session_token",
+    "account_key",
+    "sas_token",
+    "token",
+    "access_token",
+    "refresh_token",
+    "client_secret",
+];
 
 fn default_name(kind: ProviderKind, config: &Map<String, Value>) -> String {
     let text = |key: &str| config.get(key).and_then(Value::as_str).unwrap_or_default().to_owned();
     let name = match kind {
-        ProviderKind::Local => std::path::Path::new(&text("root")).file_name().and_then(|n| n.to_str()).unwrap_or_default().to_owned(),
+        ProviderKind::Local => std::path::Path::new(&text("root"))
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or_default()
+            .to_owned(),
         ProviderKind::S3 => text("bucket"),
         ProviderKind::Azblob => text("container"),
         ProviderKind::Webdav | ProviderKind::Sftp => text("endpoint"),
         _ => String::new(),
     };
-    if name.is_empty() { kind.as_str().to_owned() } else { name.chars().take(200).collect() }
+    if name.is_empty() {
+        kind.as_str().to_owned()
+    } else {
+        name.chars().take(200).collect()
+    }
 }
 
 /// A file's provider that is gone or unusable makes the file unreachable, as if unknown.
@@ -433,5 +531,9 @@ pub(crate) fn storage_error(error: ProviderError) -> CommandError {
 }
 
 pub(crate) fn expected(version: i64) -> ExpectedVersion {
-    if version == 0 { ExpectedVersion::NoStream } else { ExpectedVersion::Exact(version) }
+    if version == 0 {
+        ExpectedVersion::NoStream
+    } else {
+        ExpectedVersion::Exact(version)
+    }
 }

@@ -30,7 +30,12 @@ pub struct JobRunner {
 
 impl JobRunner {
     pub fn new(commands: Commands, pool: DbPool) -> Self {
-        Self { commands, pool, concurrency: 4, poll: Duration::from_millis(500) }
+        Self {
+            commands,
+            pool,
+            concurrency: 4,
+            poll: Duration::from_millis(500),
+        }
     }
 
     /// Follows the log until `shutdown` is cancelled, then waits for running jobs to stop.
@@ -92,7 +97,10 @@ async fn execute(commands: &Commands, job_id: SyncJobId, cancel: &CancellationTo
         tracing::error!(job = %job_id, error = %error, "Job failed.");
         if let Ok((mut job, version)) = commands.load::<SyncJob>(&job_id.stream()).await {
             let ctx = Context::new(job.owner());
-            let fail = SyncJobCommand::Fail { reason: error.to_string(), at: Utc::now() };
+            let fail = SyncJobCommand::Fail {
+                reason: error.to_string(),
+                at: Utc::now(),
+            };
             if let Err(error) = commands.job_step(job_id, version, &mut job, fail, &ctx).await {
                 tracing::warn!(job = %job_id, error = %error, "Could not record the job's failure.");
             }

@@ -82,7 +82,15 @@ async fn known_files(commands: &Commands, owner: UserId, provider: ProviderId) -
             match event {
                 DomainEvent::FileDiscovered(e) if e.provider_id == provider => {
                     let path = e.path.clone();
-                    files.insert(e.file_id, Known { file_id: e.file_id, version, facts: e, path });
+                    files.insert(
+                        e.file_id,
+                        Known {
+                            file_id: e.file_id,
+                            version,
+                            facts: e,
+                            path,
+                        },
+                    );
                 }
                 DomainEvent::FileMoved(e) if e.provider_id == provider => {
                     if let Some(known) = files.get_mut(&e.file_id) {
@@ -138,12 +146,26 @@ pub(crate) async fn run_scan(commands: &Commands, job_id: SyncJobId, cancel: &Ca
     let provider = match commands.provider(owner, provider_id).await {
         Ok(provider) => provider,
         Err(err) => {
-            commands.job_step(job_id, version, &mut job, SyncJobCommand::Fail { reason: err.to_string(), at: Utc::now() }, &ctx).await?;
+            commands
+                .job_step(
+                    job_id,
+                    version,
+                    &mut job,
+                    SyncJobCommand::Fail {
+                        reason: err.to_string(),
+                        at: Utc::now(),
+                    },
+                    &ctx,
+                )
+                .await?;
             return Ok(());
         }
     };
     if phase == JobPhase::Pending {
-        let start = SyncJobCommand::EnterPhase { phase: JobPhase::Scanning, at: Utc::now() };
+        let start = SyncJobCommand::EnterPhase {
+            phase: JobPhase::Scanning,
+            at: Utc::now(),
+        };
         match commands.job_step(job_id, version, &mut job, start, &ctx).await {
             Ok(v) => version = v,
             // Another worker (a second process, or `cloudsync scan`) started it first: it is theirs.
@@ -155,14 +177,29 @@ pub(crate) async fn run_scan(commands: &Commands, job_id: SyncJobId, cancel: &Ca
     let known_sums: HashSet<(String, u64)> = known.values().map(|k| (k.facts.checksum.clone(), k.facts.size_bytes)).collect();
     tracing::info!(job = %job_id, provider = %provider_id, known = known.len(), "Scan started.");
 
-    let mut scan = Scan { commands, ctx, job_id, provider_id, owner, job, version, files_done: 0, bytes_done: 0, cancel };
+    let mut scan = Scan {
+        commands,
+        ctx,
+        job_id,
+        provider_id,
+        owner,
+        job,
+        version,
+        files_done: 0,
+        bytes_done: 0,
+        cancel,
+    };
     let mut seen_paths: HashSet<ProviderPath> = HashSet::new();
     // Unknown files whose content matches a known file: perhaps moves, decided after the listing.
     let mut maybe_moved: Vec<Hashed> = Vec::new();
 
     let reader = Arc::clone(&provider);
-    let view: Arc<HashMap<ProviderPath, Listed>> =
-        Arc::new(known.iter().map(|(p, k)| (p.clone(), (k.facts.size_bytes, k.facts.etag.clone(), k.facts.modified_at))).collect());
+    let view: Arc<HashMap<ProviderPath, Listed>> = Arc::new(
+        known
+            .iter()
+            .map(|(p, k)| (p.clone(), (k.facts.size_bytes, k.facts.etag.clone(), k.facts.modified_at)))
+            .collect(),
+    );
     let mut batches = provider
         .list(&ProviderPath::root())
         .map(move |entry| {
@@ -232,7 +269,10 @@ pub(crate) async fn run_scan(commands: &Commands, job_id: SyncJobId, cancel: &Ca
     let mut missing: HashMap<(String, u64), Vec<ProviderPath>> = HashMap::new();
     for (path, k) in &known {
         if !seen_paths.contains(path) {
-            missing.entry((k.facts.checksum.clone(), k.facts.size_bytes)).or_default().push(path.clone());
+            missing
+                .entry((k.facts.checksum.clone(), k.facts.size_bytes))
+                .or_default()
+                .push(path.clone());
         }
     }
     let mut appends = Vec::new();
@@ -240,7 +280,11 @@ pub(crate) async fn run_scan(commands: &Commands, job_id: SyncJobId, cancel: &Ca
         let origin = missing.get_mut(&(hashed.checksum.clone(), hashed.entry.size)).and_then(Vec::pop);
         match origin.and_then(|from| known.remove(&from)) {
             Some(k) => {
-                let events = k.aggregate().handle(FileCommand::RecordMove { by: owner, to: hashed.entry.path.clone(), at: Utc::now() })?;
+                let events = k.aggregate().handle(FileCommand::RecordMove {
+                    by: owner,
+                    to: hashed.entry.path.clone(),
+                    at: Utc::now(),
+                })?;
                 appends.push(scan.file_append(k.file_id, k.version, &events));
             }
             None => appends.push(scan.discovery(&hashed)),
@@ -251,7 +295,10 @@ pub(crate) async fn run_scan(commands: &Commands, job_id: SyncJobId, cancel: &Ca
     }
     for path in missing.into_values().flatten() {
         if let Some(k) = known.remove(&path) {
-            let events = k.aggregate().handle(FileCommand::RecordRemoval { by: owner, job_id: Some(job_id) })?;
+            let events = k.aggregate().handle(FileCommand::RecordRemoval {
+                by: owner,
+                job_id: Some(job_id),
+            })?;
             appends.push(scan.file_append(k.file_id, k.version, &events));
         }
         if appends.len() >= BATCH {
@@ -284,7 +331,11 @@ impl Scan<'_> {
     }
 
     fn file_append(&self, file_id: FileId, version: i64, events: &[DomainEvent]) -> StreamAppend {
-        StreamAppend { stream: file_id.stream(), expected: ExpectedVersion::Exact(version), events: self.events(events) }
+        StreamAppend {
+            stream: file_id.stream(),
+            expected: ExpectedVersion::Exact(version),
+            events: self.events(events),
+        }
     }
 
     fn discovery(&self, hashed: &Hashed) -> StreamAppend {
@@ -301,7 +352,11 @@ impl Scan<'_> {
             job_id: Some(self.job_id),
             etag: hashed.entry.etag.clone(),
         });
-        StreamAppend { stream: file_id.stream(), expected: ExpectedVersion::NoStream, events: self.events(&[event]) }
+        StreamAppend {
+            stream: file_id.stream(),
+            expected: ExpectedVersion::NoStream,
+            events: self.events(&[event]),
+        }
     }
 
     /// Whether to go on: false when cancelled or ended; waits out a pause.
@@ -324,8 +379,18 @@ impl Scan<'_> {
     /// Appends a batch of file events with the job's progress, in one transaction.
     async fn commit(&mut self, mut appends: Vec<StreamAppend>, (files, bytes): (u64, u64)) -> Result<(), CommandError> {
         let (files_done, bytes_done) = (self.files_done + files, self.bytes_done + bytes);
-        let progress = self.job.handle(SyncJobCommand::RecordProgress { files_done, bytes_done, files_total: None, bytes_total: None, at: Utc::now() })?;
-        appends.push(StreamAppend { stream: self.job_id.stream(), expected: expected(self.version), events: self.events(&progress) });
+        let progress = self.job.handle(SyncJobCommand::RecordProgress {
+            files_done,
+            bytes_done,
+            files_total: None,
+            bytes_total: None,
+            at: Utc::now(),
+        })?;
+        appends.push(StreamAppend {
+            stream: self.job_id.stream(),
+            expected: expected(self.version),
+            events: self.events(&progress),
+        });
         match self.commands.store().append(appends).await {
             Ok(_) => {}
             Err(err) if err.is_concurrency() => {
@@ -343,9 +408,26 @@ impl Scan<'_> {
 
     async fn finish(mut self) -> Result<(), CommandError> {
         let (files_done, bytes_done) = (self.files_done, self.bytes_done);
-        let finish = SyncJobCommand::RecordProgress { files_done, bytes_done, files_total: Some(files_done), bytes_total: Some(bytes_done), at: Utc::now() };
-        self.version = self.commands.job_step(self.job_id, self.version, &mut self.job, finish, &self.ctx).await?;
-        self.commands.job_step(self.job_id, self.version, &mut self.job, SyncJobCommand::Complete { at: Utc::now() }, &self.ctx).await?;
+        let finish = SyncJobCommand::RecordProgress {
+            files_done,
+            bytes_done,
+            files_total: Some(files_done),
+            bytes_total: Some(bytes_done),
+            at: Utc::now(),
+        };
+        self.version = self
+            .commands
+            .job_step(self.job_id, self.version, &mut self.job, finish, &self.ctx)
+            .await?;
+        self.commands
+            .job_step(
+                self.job_id,
+                self.version,
+                &mut self.job,
+                SyncJobCommand::Complete { at: Utc::now() },
+                &self.ctx,
+            )
+            .await?;
         tracing::info!(job = %self.job_id, provider = %self.provider_id, files = files_done, bytes = bytes_done, "Scan finished.");
         Ok(())
     }
@@ -363,7 +445,9 @@ async fn hash(provider: &dyn StorageProvider, path: &ProviderPath, size: u64) ->
         hasher.update(&chunk);
     }
     if read != size {
-        return Err(ProviderError::Temporary(format!("{path}: listed with {size} bytes, but {read} could be read; scan again")));
+        return Err(ProviderError::Temporary(format!(
+            "{path}: listed with {size} bytes, but {read} could be read; scan again"
+        )));
     }
     Ok(hasher.finalize().to_hex().to_string())
 }

@@ -135,7 +135,11 @@ fn watch(provider: ProviderId, plan: &Plan, changed: &mpsc::UnboundedSender<Prov
     let handler = move |event: notify::Result<notify::Event>| {
         if let Ok(event) = event
             && !matches!(event.kind, notify::EventKind::Access(_))
-            && !event.paths.iter().all(|p| p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with('.') && n.ends_with(".tmp")))
+            && !event.paths.iter().all(|p| {
+                p.file_name()
+                    .and_then(|n| n.to_str())
+                    .is_some_and(|n| n.starts_with('.') && n.ends_with(".tmp"))
+            })
         {
             let _ = changed.send(provider);
         }

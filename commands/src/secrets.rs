@@ -31,11 +31,16 @@ impl MasterKey {
     pub fn parse(text: &str) -> Result<Self, CommandError> {
         let text = text.trim();
         let bytes = if text.len() == 64 && text.bytes().all(|b| b.is_ascii_hexdigit()) {
-            (0..32).map(|i| u8::from_str_radix(&text[2 * i..2 * i + 2], 16)).collect::<Result<Vec<u8>, _>>().unwrap_or_default()
+            (0..32)
+                .map(|i| u8::from_str_radix(&text[2 * i..2 * i + 2], 16))
+                .collect::<Result<Vec<u8>, _>>()
+                .unwrap_or_default()
         } else {
             B64.decode(text).unwrap_or_default()
         };
-        let key: [u8; 32] = bytes.try_into().map_err(|_| CommandError::Invalid("the master key must be 32 bytes, base64 or hex".into()))?;
+        let key: [u8; 32] = bytes
+            .try_into()
+            .map_err(|_| CommandError::Invalid("the master key must be 32 bytes, base64 or hex".into()))?;
         Ok(Self(key))
     }
 
@@ -58,7 +63,9 @@ fn seal_with(key: &[u8; 32], plaintext: &[u8], aad: &[u8]) -> Result<(Vec<u8>, V
 }
 
 fn open_with(key: &[u8; 32], nonce: &[u8], ciphertext: &[u8], aad: &[u8]) -> Result<Vec<u8>, CommandError> {
-    let nonce: [u8; 12] = nonce.try_into().map_err(|_| CommandError::Storage("a sealed secret has a malformed nonce".into()))?;
+    let nonce: [u8; 12] = nonce
+        .try_into()
+        .map_err(|_| CommandError::Storage("a sealed secret has a malformed nonce".into()))?;
     let cipher = Aes256Gcm::new(&Key::<Aes256Gcm>::from(*key));
     cipher
         .decrypt(&Nonce::from(nonce), Payload { msg: ciphertext, aad })
@@ -104,11 +111,20 @@ impl Vault {
             .map_err(|err| CommandError::Store(err.into()))?;
         }
         // Whoever won a race to create it, this is the key now.
-        let text = self.wrapped_key(user).await?.ok_or_else(|| CommandError::Storage("the user's data key is gone".into()))?;
-        let (nonce, wrapped) = text.split_once('.').ok_or_else(|| CommandError::Storage("a wrapped key is malformed".into()))?;
-        let decode = |part: &str| B64.decode(part).map_err(|_| CommandError::Storage("a wrapped key is malformed".into()));
+        let text = self
+            .wrapped_key(user)
+            .await?
+            .ok_or_else(|| CommandError::Storage("the user's data key is gone".into()))?;
+        let (nonce, wrapped) = text
+            .split_once('.')
+            .ok_or_else(|| CommandError::Storage("a wrapped key is malformed".into()))?;
+        let decode = |part: &str| {
+            B64.decode(part)
+                .map_err(|_| CommandError::Storage("a wrapped key is malformed".into()))
+        };
         let key = open_with(&self.master.0, &decode(nonce)?, &decode(wrapped)?, aad.as_bytes())?;
-        key.try_into().map_err(|_| CommandError::Storage("a data key has the wrong length".into()))
+        key.try_into()
+            .map_err(|_| CommandError::Storage("a data key has the wrong length".into()))
     }
 
     /// Encrypts `plaintext` for `user`.
@@ -118,7 +134,10 @@ impl Vault {
     pub async fn seal(&self, user: UserId, plaintext: &[u8]) -> Result<SealedSecret, CommandError> {
         let key = self.data_key(user).await?;
         let (nonce, ciphertext) = seal_with(&key, plaintext, user.to_string().as_bytes())?;
-        Ok(SealedSecret { nonce: B64.encode(nonce), ciphertext: B64.encode(ciphertext) })
+        Ok(SealedSecret {
+            nonce: B64.encode(nonce),
+            ciphertext: B64.encode(ciphertext),
+        })
     }
 
     /// Decrypts a secret sealed for `user`.
@@ -127,8 +146,16 @@ impl Vault {
     /// A wrong or destroyed key, or tampered ciphertext.
     pub async fn open(&self, user: UserId, sealed: &SealedSecret) -> Result<Vec<u8>, CommandError> {
         let key = self.data_key(user).await?;
-        let decode = |part: &str| B64.decode(part).map_err(|_| CommandError::Storage("a sealed secret is malformed".into()));
-        open_with(&key, &decode(&sealed.nonce)?, &decode(&sealed.ciphertext)?, user.to_string().as_bytes())
+        let decode = |part: &str| {
+            B64.decode(part)
+                .map_err(|_| CommandError::Storage("a sealed secret is malformed".into()))
+        };
+        open_with(
+            &key,
+            &decode(&sealed.nonce)?,
+            &decode(&sealed.ciphertext)?,
+            user.to_string().as_bytes(),
+        )
     }
 }
 

@@ -199,7 +199,11 @@ pub enum DecodeError {
     #[error("{event_type} has schema version {version}, newer than this build knows ({known})")]
     FutureVersion { event_type: String, version: i32, known: i32 },
     #[error("malformed {event_type} v{version} payload: {source}")]
-    Malformed { event_type: String, version: i32, source: serde_json::Error },
+    Malformed {
+        event_type: String,
+        version: i32,
+        source: serde_json::Error,
+    },
 }
 
 impl DomainEvent {
@@ -207,9 +211,23 @@ impl DomainEvent {
     pub fn schema_version_of(event_type: &str) -> Option<i32> {
         match event_type {
             "FileDiscovered" => Some(2),
-            "UserRegistered" | "EmailClaimed" | "ProviderConnected" | "ProviderDisconnected" | "ProviderScheduleSet" | "FileMoved"
-            | "FileDeleted" | "FileChanged" | "FileRemoved" | "SyncJobCreated" | "SyncJobPhaseEntered" | "SyncJobProgressed" | "SyncJobPaused"
-            | "SyncJobResumed" | "SyncJobCompleted" | "SyncJobFailed" | "SyncJobCancelled" => Some(1),
+            "UserRegistered"
+            | "EmailClaimed"
+            | "ProviderConnected"
+            | "ProviderDisconnected"
+            | "ProviderScheduleSet"
+            | "FileMoved"
+            | "FileDeleted"
+            | "FileChanged"
+            | "FileRemoved"
+            | "SyncJobCreated"
+            | "SyncJobPhaseEntered"
+            | "SyncJobProgressed"
+            | "SyncJobPaused"
+            | "SyncJobResumed"
+            | "SyncJobCompleted"
+            | "SyncJobFailed"
+            | "SyncJobCancelled" => Some(1),
             _ => None,
         }
     }
@@ -222,7 +240,11 @@ impl DomainEvent {
             _ => String::new(),
         };
         let schema_version = Self::schema_version_of(&event_type).unwrap_or(1);
-        EncodedEvent { event_type, schema_version, payload }
+        EncodedEvent {
+            event_type,
+            schema_version,
+            payload,
+        }
     }
 
     /// Decodes a stored event, upcasting older schema versions first.
@@ -232,7 +254,11 @@ impl DomainEvent {
     pub fn decode(event_type: &str, schema_version: i32, payload: &Value) -> Result<Self, DecodeError> {
         let known = Self::schema_version_of(event_type).ok_or_else(|| DecodeError::UnknownType(event_type.to_owned()))?;
         if schema_version > known {
-            return Err(DecodeError::FutureVersion { event_type: event_type.to_owned(), version: schema_version, known });
+            return Err(DecodeError::FutureVersion {
+                event_type: event_type.to_owned(),
+                version: schema_version,
+                known,
+            });
         }
         let mut object = match payload {
             Value::Object(map) => map.clone(),
@@ -335,8 +361,17 @@ mod tests {
 
     #[test]
     fn unknown_and_future_events_are_errors() {
-        assert!(matches!(DomainEvent::decode("Nope", 1, &json!({})), Err(DecodeError::UnknownType(_))));
-        assert!(matches!(DomainEvent::decode("FileMoved", 9, &json!({})), Err(DecodeError::FutureVersion { .. })));
-        assert!(matches!(DomainEvent::decode("FileMoved", 1, &json!({"x": 1})), Err(DecodeError::Malformed { .. })));
+        assert!(matches!(
+            DomainEvent::decode("Nope", 1, &json!({})),
+            Err(DecodeError::UnknownType(_))
+        ));
+        assert!(matches!(
+            DomainEvent::decode("FileMoved", 9, &json!({})),
+            Err(DecodeError::FutureVersion { .. })
+        ));
+        assert!(matches!(
+            DomainEvent::decode("FileMoved", 1, &json!({"x": 1})),
+            Err(DecodeError::Malformed { .. })
+        ));
     }
 }

@@ -19,14 +19,35 @@ pub struct File {
 pub enum FileCommand {
     Discover(FileDiscovered),
     /// Move into `folder`, keeping the name.
-    Move { by: UserId, folder: ProviderPath, at: DateTime<Utc> },
-    Delete { by: UserId, at: DateTime<Utc> },
+    Move {
+        by: UserId,
+        folder: ProviderPath,
+        at: DateTime<Utc>,
+    },
+    Delete {
+        by: UserId,
+        at: DateTime<Utc>,
+    },
     /// A rescan saw new content or metadata at the file's path.
-    RecordChange { by: UserId, size_bytes: u64, modified_at: DateTime<Utc>, checksum: String, etag: Option<String>, job_id: Option<SyncJobId> },
+    RecordChange {
+        by: UserId,
+        size_bytes: u64,
+        modified_at: DateTime<Utc>,
+        checksum: String,
+        etag: Option<String>,
+        job_id: Option<SyncJobId>,
+    },
     /// A rescan found the file at another path (same content).
-    RecordMove { by: UserId, to: ProviderPath, at: DateTime<Utc> },
+    RecordMove {
+        by: UserId,
+        to: ProviderPath,
+        at: DateTime<Utc>,
+    },
     /// A rescan no longer found the file.
-    RecordRemoval { by: UserId, job_id: Option<SyncJobId> },
+    RecordRemoval {
+        by: UserId,
+        job_id: Option<SyncJobId>,
+    },
 }
 
 impl File {
@@ -83,7 +104,14 @@ impl Aggregate for File {
                 let to = self.move_target(by, &folder)?;
                 self.moved(by, to, at)
             }
-            FileCommand::RecordChange { by, size_bytes, modified_at, checksum, etag, job_id } => {
+            FileCommand::RecordChange {
+                by,
+                size_bytes,
+                modified_at,
+                checksum,
+                etag,
+                job_id,
+            } => {
                 let (facts, path) = self.live_for(by).ok_or(DomainError::NotFound("file"))?;
                 if facts.size_bytes == size_bytes && facts.modified_at == modified_at && facts.checksum == checksum && facts.etag == etag {
                     return Ok(Vec::new());
@@ -186,9 +214,15 @@ mod tests {
     fn given_discovered_when_moved_then_path_changes_and_name_is_kept() {
         let history = discovered();
         let events = File::load(&history)
-            .handle(FileCommand::Move { by: alice(), folder: path("archive/2024"), at: DateTime::UNIX_EPOCH })
+            .handle(FileCommand::Move {
+                by: alice(),
+                folder: path("archive/2024"),
+                at: DateTime::UNIX_EPOCH,
+            })
             .expect("accepted");
-        let [DomainEvent::FileMoved(moved)] = events.as_slice() else { panic!("expected one FileMoved, got {events:?}") };
+        let [DomainEvent::FileMoved(moved)] = events.as_slice() else {
+            panic!("expected one FileMoved, got {events:?}")
+        };
         assert_eq!(moved.from, path("inbox/a.txt"));
         assert_eq!(moved.to, path("archive/2024/a.txt"));
     }
@@ -196,18 +230,36 @@ mod tests {
     #[test]
     fn given_discovered_when_moved_to_its_own_folder_then_nothing_happens() {
         let file = File::load(&discovered());
-        let events = file.handle(FileCommand::Move { by: alice(), folder: path("inbox"), at: DateTime::UNIX_EPOCH });
+        let events = file.handle(FileCommand::Move {
+            by: alice(),
+            folder: path("inbox"),
+            at: DateTime::UNIX_EPOCH,
+        });
         assert_eq!(events, Ok(Vec::new()));
     }
 
     #[test]
     fn given_deleted_when_moved_or_deleted_then_not_found() {
         let mut history = discovered();
-        history.extend(File::load(&history).handle(FileCommand::Delete { by: alice(), at: DateTime::UNIX_EPOCH }).expect("accepted"));
+        history.extend(
+            File::load(&history)
+                .handle(FileCommand::Delete {
+                    by: alice(),
+                    at: DateTime::UNIX_EPOCH,
+                })
+                .expect("accepted"),
+        );
         let file = File::load(&history);
-        let moved = file.handle(FileCommand::Move { by: alice(), folder: path("x"), at: DateTime::UNIX_EPOCH });
+        let moved = file.handle(FileCommand::Move {
+            by: alice(),
+            folder: path("x"),
+            at: DateTime::UNIX_EPOCH,
+        });
         assert_eq!(moved.err(), Some(DomainError::NotFound("file")));
-        let deleted = file.handle(FileCommand::Delete { by: alice(), at: DateTime::UNIX_EPOCH });
+        let deleted = file.handle(FileCommand::Delete {
+            by: alice(),
+            at: DateTime::UNIX_EPOCH,
+        });
         assert_eq!(deleted.err(), Some(DomainError::NotFound("file")));
     }
 
@@ -215,14 +267,19 @@ mod tests {
     fn given_someone_elses_file_when_touched_then_not_found() {
         let file = File::load(&discovered());
         let mallory = UserId::from_uuid(Uuid::from_u128(2));
-        let deleted = file.handle(FileCommand::Delete { by: mallory, at: DateTime::UNIX_EPOCH });
+        let deleted = file.handle(FileCommand::Delete {
+            by: mallory,
+            at: DateTime::UNIX_EPOCH,
+        });
         assert_eq!(deleted.err(), Some(DomainError::NotFound("file")));
     }
 
     #[test]
     fn given_discovered_when_discovered_again_then_refused() {
         let history = discovered();
-        let DomainEvent::FileDiscovered(again) = &history[0] else { panic!("expected FileDiscovered") };
+        let DomainEvent::FileDiscovered(again) = &history[0] else {
+            panic!("expected FileDiscovered")
+        };
         let refused = File::load(&history).handle(FileCommand::Discover(again.clone()));
         assert_eq!(refused.err(), Some(DomainError::AlreadyExists("file")));
     }
@@ -241,9 +298,18 @@ mod tests {
         });
         assert_eq!(same, Ok(Vec::new()));
         let changed = file
-            .handle(FileCommand::RecordChange { by: alice(), size_bytes: 4, modified_at: DateTime::UNIX_EPOCH, checksum: "01".into(), etag: None, job_id: None })
+            .handle(FileCommand::RecordChange {
+                by: alice(),
+                size_bytes: 4,
+                modified_at: DateTime::UNIX_EPOCH,
+                checksum: "01".into(),
+                etag: None,
+                job_id: None,
+            })
             .expect("accepted");
-        let [DomainEvent::FileChanged(e)] = changed.as_slice() else { panic!("expected FileChanged, got {changed:?}") };
+        let [DomainEvent::FileChanged(e)] = changed.as_slice() else {
+            panic!("expected FileChanged, got {changed:?}")
+        };
         assert_eq!((e.size_bytes, e.checksum.as_str(), e.path.as_str()), (4, "01", "inbox/a.txt"));
         // Once applied, the same facts are no change.
         let mut history = history;
@@ -263,14 +329,27 @@ mod tests {
     fn given_discovered_when_rescan_finds_it_elsewhere_or_gone_then_moved_or_removed() {
         let history = discovered();
         let file = File::load(&history);
-        let moved = file.handle(FileCommand::RecordMove { by: alice(), to: path("elsewhere/b.txt"), at: DateTime::UNIX_EPOCH }).expect("accepted");
-        assert!(matches!(moved.as_slice(), [DomainEvent::FileMoved(m)] if m.to == path("elsewhere/b.txt") && m.from == path("inbox/a.txt")));
-        let removed = file.handle(FileCommand::RecordRemoval { by: alice(), job_id: None }).expect("accepted");
+        let moved = file
+            .handle(FileCommand::RecordMove {
+                by: alice(),
+                to: path("elsewhere/b.txt"),
+                at: DateTime::UNIX_EPOCH,
+            })
+            .expect("accepted");
+        assert!(
+            matches!(moved.as_slice(), [DomainEvent::FileMoved(m)] if m.to == path("elsewhere/b.txt") && m.from == path("inbox/a.txt"))
+        );
+        let removed = file
+            .handle(FileCommand::RecordRemoval { by: alice(), job_id: None })
+            .expect("accepted");
         assert!(matches!(removed.as_slice(), [DomainEvent::FileRemoved(r)] if r.path == path("inbox/a.txt")));
         let mut history = history;
         history.extend(removed);
         let gone = File::load(&history);
         assert!(gone.live_for(alice()).is_none());
-        assert_eq!(gone.handle(FileCommand::RecordRemoval { by: alice(), job_id: None }).err(), Some(DomainError::NotFound("file")));
+        assert_eq!(
+            gone.handle(FileCommand::RecordRemoval { by: alice(), job_id: None }).err(),
+            Some(DomainError::NotFound("file"))
+        );
     }
 }

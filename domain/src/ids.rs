@@ -69,7 +69,10 @@ mod tests {
     fn stream_names_carry_the_kind() {
         let id = UserId::from_uuid(Uuid::nil());
         assert_eq!(id.stream(), "user-00000000-0000-0000-0000-000000000000");
-        assert_eq!(SyncJobId::from_uuid(Uuid::nil()).stream(), "sync-00000000-0000-0000-0000-000000000000");
+        assert_eq!(
+            SyncJobId::from_uuid(Uuid::nil()).stream(),
+            "sync-00000000-0000-0000-0000-000000000000"
+        );
     }
 
     #[test]

@@ -24,8 +24,16 @@ pub enum ProviderCommand {
         secrets: Option<SealedSecret>,
         at: DateTime<Utc>,
     },
-    Disconnect { by: UserId, at: DateTime<Utc> },
-    SetSchedule { by: UserId, schedule: Option<ScanSchedule>, realtime: bool, at: DateTime<Utc> },
+    Disconnect {
+        by: UserId,
+        at: DateTime<Utc>,
+    },
+    SetSchedule {
+        by: UserId,
+        schedule: Option<ScanSchedule>,
+        realtime: bool,
+        at: DateTime<Utc>,
+    },
 }
 
 impl ProviderConnection {
@@ -41,7 +49,15 @@ impl Aggregate for ProviderConnection {
 
     fn handle(&self, command: ProviderCommand) -> Result<Vec<DomainEvent>, DomainError> {
         match command {
-            ProviderCommand::Connect { provider_id, owner_id, kind, display_name, config, secrets, at } => {
+            ProviderCommand::Connect {
+                provider_id,
+                owner_id,
+                kind,
+                display_name,
+                config,
+                secrets,
+                at,
+            } => {
                 if self.connected.is_some() {
                     return Err(DomainError::AlreadyExists("provider"));
                 }
@@ -58,12 +74,26 @@ impl Aggregate for ProviderConnection {
                     connected_at: at,
                 })])
             }
-            ProviderCommand::SetSchedule { by, schedule, realtime, at } => {
+            ProviderCommand::SetSchedule {
+                by,
+                schedule,
+                realtime,
+                at,
+            } => {
                 let connected = self.active_for(by).ok_or(DomainError::NotFound("provider"))?;
                 if realtime && connected.kind != ProviderKind::Local {
-                    return Err(DomainError::Invalid(format!("{} providers cannot report changes in real time; use a schedule", connected.kind.as_str())));
+                    return Err(DomainError::Invalid(format!(
+                        "{} providers cannot report changes in real time; use a schedule",
+                        connected.kind.as_str()
+                    )));
                 }
-                Ok(vec![DomainEvent::ProviderScheduleSet(ProviderScheduleSet { provider_id: connected.provider_id, owner_id: by, schedule, realtime, at })])
+                Ok(vec![DomainEvent::ProviderScheduleSet(ProviderScheduleSet {
+                    provider_id: connected.provider_id,
+                    owner_id: by,
+                    schedule,
+                    realtime,
+                    at,
+                })])
             }
             ProviderCommand::Disconnect { by, at } => {
                 let connected = self.active_for(by).ok_or(DomainError::NotFound("provider"))?;
@@ -120,7 +150,10 @@ mod tests {
     fn given_connected_when_someone_else_disconnects_then_not_found() {
         let provider = ProviderConnection::load(&ProviderConnection::default().handle(connect()).expect("accepted"));
         let mallory = UserId::from_uuid(Uuid::from_u128(2));
-        let refused = provider.handle(ProviderCommand::Disconnect { by: mallory, at: DateTime::UNIX_EPOCH });
+        let refused = provider.handle(ProviderCommand::Disconnect {
+            by: mallory,
+            at: DateTime::UNIX_EPOCH,
+        });
         assert_eq!(refused.err(), Some(DomainError::NotFound("provider")));
     }
 
@@ -128,10 +161,20 @@ mod tests {
     fn given_disconnected_when_disconnect_again_then_not_found() {
         let mut history = ProviderConnection::default().handle(connect()).expect("accepted");
         let provider = ProviderConnection::load(&history);
-        history.extend(provider.handle(ProviderCommand::Disconnect { by: alice(), at: DateTime::UNIX_EPOCH }).expect("accepted"));
+        history.extend(
+            provider
+                .handle(ProviderCommand::Disconnect {
+                    by: alice(),
+                    at: DateTime::UNIX_EPOCH,
+                })
+                .expect("accepted"),
+        );
         let provider = ProviderConnection::load(&history);
         assert!(provider.active_for(alice()).is_none());
-        let again = provider.handle(ProviderCommand::Disconnect { by: alice(), at: DateTime::UNIX_EPOCH });
+        let again = provider.handle(ProviderCommand::Disconnect {
+            by: alice(),
+            at: DateTime::UNIX_EPOCH,
+        });
         assert_eq!(again.err(), Some(DomainError::NotFound("provider")));
     }
 
@@ -140,16 +183,50 @@ mod tests {
         let provider = ProviderConnection::load(&ProviderConnection::default().handle(connect()).expect("accepted"));
         let schedule = ScanSchedule::parse("0 * * * *").expect("cron");
         let events = provider
-            .handle(ProviderCommand::SetSchedule { by: alice(), schedule: Some(schedule.clone()), realtime: true, at: DateTime::UNIX_EPOCH })
+            .handle(ProviderCommand::SetSchedule {
+                by: alice(),
+                schedule: Some(schedule.clone()),
+                realtime: true,
+                at: DateTime::UNIX_EPOCH,
+            })
             .expect("accepted");
         assert!(matches!(events.as_slice(), [DomainEvent::ProviderScheduleSet(e)] if e.schedule == Some(schedule.clone()) && e.realtime));
         let mallory = UserId::from_uuid(Uuid::from_u128(2));
-        let refused = provider.handle(ProviderCommand::SetSchedule { by: mallory, schedule: None, realtime: false, at: DateTime::UNIX_EPOCH });
+        let refused = provider.handle(ProviderCommand::SetSchedule {
+            by: mallory,
+            schedule: None,
+            realtime: false,
+            at: DateTime::UNIX_EPOCH,
+        });
         assert_eq!(refused.err(), Some(DomainError::NotFound("provider")));
-        let ProviderCommand::Connect { provider_id, owner_id, display_name, config, secrets, at, .. } = connect() else { unreachable!() };
-        let s3 = ProviderCommand::Connect { provider_id, owner_id, kind: ProviderKind::S3, display_name, config, secrets, at };
+        let ProviderCommand::Connect {
+            provider_id,
+            owner_id,
+            display_name,
+            config,
+            secrets,
+            at,
+            ..
+        } = connect()
+        else {
+            unreachable!()
+        };
+        let s3 = ProviderCommand::Connect {
+            provider_id,
+            owner_id,
+            kind: ProviderKind::S3,
+            display_name,
+            config,
+            secrets,
+            at,
+        };
         let bucket = ProviderConnection::load(&ProviderConnection::default().handle(s3).expect("accepted"));
-        let realtime = bucket.handle(ProviderCommand::SetSchedule { by: alice(), schedule: None, realtime: true, at: DateTime::UNIX_EPOCH });
+        let realtime = bucket.handle(ProviderCommand::SetSchedule {
+            by: alice(),
+            schedule: None,
+            realtime: true,
+            at: DateTime::UNIX_EPOCH,
+        });
         assert!(matches!(realtime, Err(DomainError::Invalid(_))));
     }
 }

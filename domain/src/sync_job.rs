@@ -69,14 +69,42 @@ pub struct SyncJob {
 }
 
 pub enum SyncJobCommand {
-    Create { job_id: SyncJobId, owner_id: UserId, kind: JobKind, at: DateTime<Utc> },
-    EnterPhase { phase: JobPhase, at: DateTime<Utc> },
-    RecordProgress { files_done: u64, bytes_done: u64, files_total: Option<u64>, bytes_total: Option<u64>, at: DateTime<Utc> },
-    Pause { by: UserId, at: DateTime<Utc> },
-    Resume { by: UserId, at: DateTime<Utc> },
-    Cancel { by: UserId, at: DateTime<Utc> },
-    Complete { at: DateTime<Utc> },
-    Fail { reason: String, at: DateTime<Utc> },
+    Create {
+        job_id: SyncJobId,
+        owner_id: UserId,
+        kind: JobKind,
+        at: DateTime<Utc>,
+    },
+    EnterPhase {
+        phase: JobPhase,
+        at: DateTime<Utc>,
+    },
+    RecordProgress {
+        files_done: u64,
+        bytes_done: u64,
+        files_total: Option<u64>,
+        bytes_total: Option<u64>,
+        at: DateTime<Utc>,
+    },
+    Pause {
+        by: UserId,
+        at: DateTime<Utc>,
+    },
+    Resume {
+        by: UserId,
+        at: DateTime<Utc>,
+    },
+    Cancel {
+        by: UserId,
+        at: DateTime<Utc>,
+    },
+    Complete {
+        at: DateTime<Utc>,
+    },
+    Fail {
+        reason: String,
+        at: DateTime<Utc>,
+    },
 }
 
 impl SyncJob {
@@ -136,11 +164,21 @@ impl Aggregate for SyncJob {
     fn handle(&self, command: SyncJobCommand) -> Result<Vec<DomainEvent>, DomainError> {
         use SyncJobCommand as C;
         let event = match command {
-            C::Create { job_id, owner_id, kind, at } => {
+            C::Create {
+                job_id,
+                owner_id,
+                kind,
+                at,
+            } => {
                 if self.created.is_some() {
                     return Err(DomainError::AlreadyExists("sync job"));
                 }
-                DomainEvent::SyncJobCreated(SyncJobCreated { job_id, owner_id, kind, created_at: at })
+                DomainEvent::SyncJobCreated(SyncJobCreated {
+                    job_id,
+                    owner_id,
+                    kind,
+                    created_at: at,
+                })
             }
             C::EnterPhase { phase, at } => {
                 let (job_id, from) = self.running()?;
@@ -151,16 +189,33 @@ impl Aggregate for SyncJob {
                     return self.handle(C::Complete { at });
                 }
                 if !self.allowed(from, phase) {
-                    return Err(DomainError::InvalidState(format!("cannot go from {} to {}", from.as_str(), phase.as_str())));
+                    return Err(DomainError::InvalidState(format!(
+                        "cannot go from {} to {}",
+                        from.as_str(),
+                        phase.as_str()
+                    )));
                 }
                 DomainEvent::SyncJobPhaseEntered(SyncJobPhaseEntered { job_id, phase, at })
             }
-            C::RecordProgress { files_done, bytes_done, files_total, bytes_total, at } => {
+            C::RecordProgress {
+                files_done,
+                bytes_done,
+                files_total,
+                bytes_total,
+                at,
+            } => {
                 let (job_id, phase) = self.running()?;
                 if phase == JobPhase::Pending {
                     return Err(DomainError::InvalidState("the job has not started".into()));
                 }
-                DomainEvent::SyncJobProgressed(SyncJobProgressed { job_id, files_done, bytes_done, files_total, bytes_total, at })
+                DomainEvent::SyncJobProgressed(SyncJobProgressed {
+                    job_id,
+                    files_done,
+                    bytes_done,
+                    files_total,
+                    bytes_total,
+                    at,
+                })
             }
             C::Pause { by, at } => {
                 self.owned_by(by)?;
@@ -233,7 +288,9 @@ mod tests {
         let create = SyncJobCommand::Create {
             job_id: SyncJobId::from_uuid(Uuid::from_u128(5)),
             owner_id: owner(),
-            kind: JobKind::Scan { provider_id: crate::ids::ProviderId::from_uuid(Uuid::from_u128(6)) },
+            kind: JobKind::Scan {
+                provider_id: crate::ids::ProviderId::from_uuid(Uuid::from_u128(6)),
+            },
             at: T,
         };
         for command in std::iter::once(create).chain(commands) {
@@ -255,19 +312,37 @@ mod tests {
 
     #[test]
     fn phases_cannot_be_skipped_or_reversed() {
-        assert!(matches!(check(vec![], phase(JobPhase::Transferring)), Err(DomainError::InvalidState(_))));
-        assert!(matches!(check(vec![], SyncJobCommand::Complete { at: T }), Err(DomainError::InvalidState(_))));
         assert!(matches!(
-            check(vec![phase(JobPhase::Scanning), phase(JobPhase::Planning)], phase(JobPhase::Scanning)),
+            check(vec![], phase(JobPhase::Transferring)),
             Err(DomainError::InvalidState(_))
         ));
-        assert!(check(vec![phase(JobPhase::Scanning), phase(JobPhase::Planning)], phase(JobPhase::Transferring)).is_ok());
+        assert!(matches!(
+            check(vec![], SyncJobCommand::Complete { at: T }),
+            Err(DomainError::InvalidState(_))
+        ));
+        assert!(matches!(
+            check(
+                vec![phase(JobPhase::Scanning), phase(JobPhase::Planning)],
+                phase(JobPhase::Scanning)
+            ),
+            Err(DomainError::InvalidState(_))
+        ));
+        assert!(
+            check(
+                vec![phase(JobPhase::Scanning), phase(JobPhase::Planning)],
+                phase(JobPhase::Transferring)
+            )
+            .is_ok()
+        );
     }
 
     #[test]
     fn a_paused_job_refuses_progress_until_resumed() {
         let pause = SyncJobCommand::Pause { by: owner(), at: T };
-        assert!(matches!(check(vec![phase(JobPhase::Scanning), pause], phase(JobPhase::Planning)), Err(DomainError::InvalidState(_))));
+        assert!(matches!(
+            check(vec![phase(JobPhase::Scanning), pause], phase(JobPhase::Planning)),
+            Err(DomainError::InvalidState(_))
+        ));
         let pause = SyncJobCommand::Pause { by: owner(), at: T };
         let resume = SyncJobCommand::Resume { by: owner(), at: T };
         assert!(check(vec![phase(JobPhase::Scanning), pause, resume], phase(JobPhase::Planning)).is_ok());
@@ -275,15 +350,32 @@ mod tests {
 
     #[test]
     fn an_ended_job_accepts_nothing() {
-        let ended = || vec![phase(JobPhase::Scanning), SyncJobCommand::Fail { reason: "disk gone".into(), at: T }];
-        assert!(matches!(check(ended(), SyncJobCommand::Complete { at: T }), Err(DomainError::InvalidState(_))));
-        assert!(matches!(check(ended(), SyncJobCommand::Cancel { by: owner(), at: T }), Err(DomainError::InvalidState(_))));
+        let ended = || {
+            vec![
+                phase(JobPhase::Scanning),
+                SyncJobCommand::Fail {
+                    reason: "disk gone".into(),
+                    at: T,
+                },
+            ]
+        };
+        assert!(matches!(
+            check(ended(), SyncJobCommand::Complete { at: T }),
+            Err(DomainError::InvalidState(_))
+        ));
+        assert!(matches!(
+            check(ended(), SyncJobCommand::Cancel { by: owner(), at: T }),
+            Err(DomainError::InvalidState(_))
+        ));
     }
 
     #[test]
     fn only_the_owner_can_cancel() {
         let mallory = UserId::from_uuid(Uuid::from_u128(2));
-        assert_eq!(check(vec![], SyncJobCommand::Cancel { by: mallory, at: T }).err(), Some(DomainError::NotFound("sync job")));
+        assert_eq!(
+            check(vec![], SyncJobCommand::Cancel { by: mallory, at: T }).err(),
+            Some(DomainError::NotFound("sync job"))
+        );
         assert!(matches!(
             check(vec![], SyncJobCommand::Cancel { by: owner(), at: T }).as_deref(),
             Ok([DomainEvent::SyncJobCancelled(_)])

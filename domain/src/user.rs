@@ -13,7 +13,12 @@ pub struct User {
 }
 
 pub enum UserCommand {
-    Register { user_id: UserId, email: Email, password_hash: String, at: DateTime<Utc> },
+    Register {
+        user_id: UserId,
+        email: Email,
+        password_hash: String,
+        at: DateTime<Utc>,
+    },
 }
 
 impl User {
@@ -36,7 +41,12 @@ impl Aggregate for User {
 
     fn handle(&self, command: UserCommand) -> Result<Vec<DomainEvent>, DomainError> {
         match command {
-            UserCommand::Register { user_id, email, password_hash, at } => {
+            UserCommand::Register {
+                user_id,
+                email,
+                password_hash,
+                at,
+            } => {
                 if self.registered.is_some() {
                     return Err(DomainError::AlreadyExists("user"));
                 }
@@ -44,7 +54,12 @@ impl Aggregate for User {
                     return Err(DomainError::Invalid("a password hash is required".into()));
                 }
                 Ok(vec![
-                    DomainEvent::UserRegistered(UserRegistered { user_id, email: email.clone(), password_hash, registered_at: at }),
+                    DomainEvent::UserRegistered(UserRegistered {
+                        user_id,
+                        email: email.clone(),
+                        password_hash,
+                        registered_at: at,
+                    }),
                     DomainEvent::EmailClaimed(EmailClaimed { email, user_id }),
                 ])
             }
@@ -76,7 +91,10 @@ mod tests {
     #[test]
     fn given_nothing_when_register_then_registered_and_email_claimed() {
         let events = User::default().handle(register()).expect("accepted");
-        assert!(matches!(events.as_slice(), [DomainEvent::UserRegistered(_), DomainEvent::EmailClaimed(_)]));
+        assert!(matches!(
+            events.as_slice(),
+            [DomainEvent::UserRegistered(_), DomainEvent::EmailClaimed(_)]
+        ));
         let user = User::load(&events);
         assert_eq!(user.email().map(Email::as_str), Some("ada@example.org"));
     }

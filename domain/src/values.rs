@@ -151,7 +151,11 @@ impl ProviderPath {
         if child.is_root() || child.0.contains('/') {
             return Err(ValueError::InvalidPath("a file name must be one non-empty component"));
         }
-        Ok(if self.is_root() { child } else { Self(format!("{}/{}", self.0, child.0)) })
+        Ok(if self.is_root() {
+            child
+        } else {
+            Self(format!("{}/{}", self.0, child.0))
+        })
     }
 
     /// Whether `self` is `folder` or lies below it.
@@ -189,9 +193,13 @@ impl ScanSchedule {
     pub fn parse(raw: &str) -> Result<Self, ValueError> {
         let raw = raw.trim();
         if raw.len() > 200 {
-            return Err(ValueError::InvalidSchedule(raw.chars().take(64).collect(), "longer than 200 characters".into()));
+            return Err(ValueError::InvalidSchedule(
+                raw.chars().take(64).collect(),
+                "longer than 200 characters".into(),
+            ));
         }
-        raw.parse::<croner::Cron>().map_err(|err| ValueError::InvalidSchedule(raw.to_owned(), err.to_string()))?;
+        raw.parse::<croner::Cron>()
+            .map_err(|err| ValueError::InvalidSchedule(raw.to_owned(), err.to_string()))?;
         Ok(Self(raw.to_owned()))
     }
 
@@ -265,8 +273,20 @@ mod tests {
 
     #[test]
     fn emails_are_normalised_and_checked() {
-        assert_eq!(Email::parse("  Ada@Example.ORG ").map(|e| e.to_string()), Ok("ada@example.org".into()));
-        for bad in ["", "ada", "ada@", "@example.org", "ada@example", "a b@example.org", "a@b@example.org", "ada@.org"] {
+        assert_eq!(
+            Email::parse("  Ada@Example.ORG ").map(|e| e.to_string()),
+            Ok("ada@example.org".into())
+        );
+        for bad in [
+            "",
+            "ada",
+            "ada@",
+            "@example.org",
+            "ada@example",
+            "a b@example.org",
+            "a@b@example.org",
+            "ada@.org",
+        ] {
             assert!(Email::parse(bad).is_err(), "{bad:?} should be refused");
         }
     }
@@ -315,8 +335,13 @@ mod tests {
     #[test]
     fn schedules_are_cron_expressions() {
         let every_five = ScanSchedule::parse("*/5 * * * *").expect("five fields");
-        let at = chrono::DateTime::parse_from_rfc3339("2026-01-01T10:02:00Z").expect("time").with_timezone(&chrono::Utc);
-        assert_eq!(every_five.next_after(at).map(|t| t.to_rfc3339()), Some("2026-01-01T10:05:00+00:00".into()));
+        let at = chrono::DateTime::parse_from_rfc3339("2026-01-01T10:02:00Z")
+            .expect("time")
+            .with_timezone(&chrono::Utc);
+        assert_eq!(
+            every_five.next_after(at).map(|t| t.to_rfc3339()),
+            Some("2026-01-01T10:05:00+00:00".into())
+        );
         assert!(ScanSchedule::parse("*/10 * * * * *").is_ok(), "six fields with seconds");
         assert!(ScanSchedule::parse("every tuesday").is_err());
         assert!(ScanSchedule::parse("61 * * * *").is_err());

@@ -56,7 +56,11 @@ impl Database {
             let pool = SqlitePoolOptions::new().max_connections(8).connect_with(options).await?;
             Ok(DbPool::Sqlite(pool))
         } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-            let pool = PgPoolOptions::new().max_connections(24).acquire_timeout(Duration::from_secs(10)).connect(url).await?;
+            let pool = PgPoolOptions::new()
+                .max_connections(24)
+                .acquire_timeout(Duration::from_secs(10))
+                .connect(url)
+                .await?;
             Ok(DbPool::Postgres(pool))
         } else {
             Err(StoreError::Invalid("database URL must start with sqlite: or postgres://".into()))

@@ -57,5 +57,11 @@ pub async fn append_to(
     expected: ExpectedVersion,
     events: Vec<NewEvent>,
 ) -> Result<AppendOutcome, StoreError> {
-    store.append(vec![StreamAppend { stream: stream.to_owned(), expected, events }]).await
+    store
+        .append(vec![StreamAppend {
+            stream: stream.to_owned(),
+            expected,
+            events,
+        }])
+        .await
 }

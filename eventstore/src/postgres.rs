@@ -41,7 +41,9 @@ impl PgEventStore {
     /// # Errors
     /// When the head position cannot be read.
     pub async fn new(pool: PgPool) -> Result<Self, StoreError> {
-        let head: i64 = sqlx::query_scalar("SELECT COALESCE(MAX(position), 0)::BIGINT FROM events").fetch_one(&pool).await?;
+        let head: i64 = sqlx::query_scalar("SELECT COALESCE(MAX(position), 0)::BIGINT FROM events")
+            .fetch_one(&pool)
+            .await?;
         let head = watch::Sender::new(head);
         let listener = tokio::spawn(listen(pool.clone(), head.clone()));
         Ok(Self { pool, head, listener })
@@ -104,7 +106,10 @@ fn decode(row: &PgRow) -> Result<RecordedEvent, StoreError> {
 impl EventStore for PgEventStore {
     async fn append(&self, batches: Vec<StreamAppend>) -> Result<AppendOutcome, StoreError> {
         let mut tx = self.pool.begin().await?;
-        sqlx::query("SELECT pg_advisory_xact_lock($1)").bind(APPEND_LOCK_KEY).execute(&mut *tx).await?;
+        sqlx::query("SELECT pg_advisory_xact_lock($1)")
+            .bind(APPEND_LOCK_KEY)
+            .execute(&mut *tx)
+            .await?;
         let streams = distinct_streams(&batches);
         // The head and the streams' versions in one round trip (after the lock, in a new statement, so
         // its snapshot sees every append that committed before the lock was granted). The head comes
@@ -163,26 +168,53 @@ impl EventStore for PgEventStore {
         let last = rows.last().map_or(head, |r| r.position);
         tx.commit().await?;
         bump(&self.head, last);
-        Ok(AppendOutcome { first_position: rows.first().map_or(head, |r| r.position), last_position: last, stream_versions: versions })
+        Ok(AppendOutcome {
+            first_position: rows.first().map_or(head, |r| r.position),
+            last_position: last,
+            stream_versions: versions,
+        })
     }
 
     async fn read_stream(&self, stream: &str) -> Result<Vec<RecordedEvent>, StoreError> {
         let sql = format!("SELECT {COLUMNS} FROM events WHERE stream_id = $1 ORDER BY stream_version");
-        sqlx::query(&sql).bind(stream).fetch_all(&self.pool).await?.iter().map(decode).collect()
+        sqlx::query(&sql)
+            .bind(stream)
+            .fetch_all(&self.pool)
+            .await?
+            .iter()
+            .map(decode)
+            .collect()
     }
 
     async fn read_all(&self, after: i64, limit: i64) -> Result<Vec<RecordedEvent>, StoreError> {
         let sql = format!("SELECT {COLUMNS} FROM events WHERE position > $1 ORDER BY position LIMIT $2");
-        sqlx::query(&sql).bind(after).bind(limit).fetch_all(&self.pool).await?.iter().map(decode).collect()
+        sqlx::query(&sql)
+            .bind(after)
+            .bind(limit)
+            .fetch_all(&self.pool)
+            .await?
+            .iter()
+            .map(decode)
+            .collect()
     }
 
     async fn read_by_actor(&self, actor: Uuid, after: i64, limit: i64) -> Result<Vec<RecordedEvent>, StoreError> {
         let sql = format!("SELECT {COLUMNS} FROM events WHERE actor_id = $1 AND position > $2 ORDER BY position LIMIT $3");
-        sqlx::query(&sql).bind(actor).bind(after).bind(limit).fetch_all(&self.pool).await?.iter().map(decode).collect()
+        sqlx::query(&sql)
+            .bind(actor)
+            .bind(after)
+            .bind(limit)
+            .fetch_all(&self.pool)
+            .await?
+            .iter()
+            .map(decode)
+            .collect()
     }
 
     async fn head(&self) -> Result<i64, StoreError> {
-        Ok(sqlx::query_scalar("SELECT COALESCE(MAX(position), 0)::BIGINT FROM events").fetch_one(&self.pool).await?)
+        Ok(sqlx::query_scalar("SELECT COALESCE(MAX(position), 0)::BIGINT FROM events")
+            .fetch_one(&self.pool)
+            .await?)
     }
 
     fn watch(&self) -> watch::Receiver<i64> {

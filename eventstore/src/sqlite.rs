@@ -21,8 +21,13 @@ impl SqliteEventStore {
     /// # Errors
     /// When the head position cannot be read.
     pub async fn new(pool: SqlitePool) -> Result<Self, StoreError> {
-        let head: i64 = sqlx::query_scalar("SELECT COALESCE(MAX(position), 0) FROM events").fetch_one(&pool).await?;
-        Ok(Self { pool, head: watch::Sender::new(head) })
+        let head: i64 = sqlx::query_scalar("SELECT COALESCE(MAX(position), 0) FROM events")
+            .fetch_one(&pool)
+            .await?;
+        Ok(Self {
+            pool,
+            head: watch::Sender::new(head),
+        })
     }
 }
 
@@ -31,8 +36,13 @@ const COLUMNS: &str = "position, stream_id, stream_version, event_type, schema_v
 
 fn uuid_column(row: &SqliteRow, column: &str, position: i64) -> Result<Option<Uuid>, StoreError> {
     let text: Option<String> = row.try_get(column)?;
-    text.map(|t| Uuid::parse_str(&t).map_err(|err| StoreError::Corrupt { position, reason: format!("{column}: {err}") }))
-        .transpose()
+    text.map(|t| {
+        Uuid::parse_str(&t).map_err(|err| StoreError::Corrupt {
+            position,
+            reason: format!("{column}: {err}"),
+        })
+    })
+    .transpose()
 }
 
 fn decode(row: &SqliteRow) -> Result<RecordedEvent, StoreError> {
@@ -71,7 +81,9 @@ impl EventStore for SqliteEventStore {
                 .await?;
             current.insert(stream, version);
         }
-        let head: i64 = sqlx::query_scalar("SELECT COALESCE(MAX(position), 0) FROM events").fetch_one(&mut *tx).await?;
+        let head: i64 = sqlx::query_scalar("SELECT COALESCE(MAX(position), 0) FROM events")
+            .fetch_one(&mut *tx)
+            .await?;
         let (rows, versions) = plan_rows(&batches, current, head)?;
         // Multi-row INSERTs (11 values a row, well under SQLite's limit on bound variables).
         for chunk in rows.chunks(500) {
@@ -103,26 +115,53 @@ impl EventStore for SqliteEventStore {
             *h = (*h).max(last);
             newer
         });
-        Ok(AppendOutcome { first_position: rows.first().map_or(head, |r| r.position), last_position: last, stream_versions: versions })
+        Ok(AppendOutcome {
+            first_position: rows.first().map_or(head, |r| r.position),
+            last_position: last,
+            stream_versions: versions,
+        })
     }
 
     async fn read_stream(&self, stream: &str) -> Result<Vec<RecordedEvent>, StoreError> {
         let sql = format!("SELECT {COLUMNS} FROM events WHERE stream_id = $1 ORDER BY stream_version");
-        sqlx::query(&sql).bind(stream).fetch_all(&self.pool).await?.iter().map(decode).collect()
+        sqlx::query(&sql)
+            .bind(stream)
+            .fetch_all(&self.pool)
+            .await?
+            .iter()
+            .map(decode)
+            .collect()
     }
 
     async fn read_all(&self, after: i64, limit: i64) -> Result<Vec<RecordedEvent>, StoreError> {
         let sql = format!("SELECT {COLUMNS} FROM events WHERE position > $1 ORDER BY position LIMIT $2");
-        sqlx::query(&sql).bind(after).bind(limit).fetch_all(&self.pool).await?.iter().map(decode).collect()
+        sqlx::query(&sql)
+            .bind(after)
+            .bind(limit)
+            .fetch_all(&self.pool)
+            .await?
+            .iter()
+            .map(decode)
+            .collect()
     }
 
     async fn read_by_actor(&self, actor: Uuid, after: i64, limit: i64) -> Result<Vec<RecordedEvent>, StoreError> {
         let sql = format!("SELECT {COLUMNS} FROM events WHERE actor_id = $1 AND position > $2 ORDER BY position LIMIT $3");
-        sqlx::query(&sql).bind(actor.to_string()).bind(after).bind(limit).fetch_all(&self.pool).await?.iter().map(decode).collect()
+        sqlx::query(&sql)
+            .bind(actor.to_string())
+            .bind(after)
+            .bind(limit)
+            .fetch_all(&self.pool)
+            .await?
+            .iter()
+            .map(decode)
+            .collect()
     }
 
     async fn head(&self) -> Result<i64, StoreError> {
-        Ok(sqlx::query_scalar("SELECT COALESCE(MAX(position), 0) FROM events").fetch_one(&self.pool).await?)
+        Ok(sqlx::query_scalar("SELECT COALESCE(MAX(position), 0) FROM events")
+            .fetch_one(&self.pool)
+            .await?)
     }
 
     fn watch(&self) -> watch::Receiver<i64> {

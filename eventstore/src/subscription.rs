@@ -28,7 +28,13 @@ pub fn subscribe(
     poll: Duration,
 ) -> impl Stream<Item = Result<RecordedEvent, StoreError>> + Send + 'static {
     let notified = store.watch();
-    let state = State { store, notified, after, buffer: VecDeque::new(), poll };
+    let state = State {
+        store,
+        notified,
+        after,
+        buffer: VecDeque::new(),
+        poll,
+    };
     futures::stream::unfold(state, |mut state| async move {
         loop {
             if let Some(event) = state.buffer.pop_front() {

@@ -43,13 +43,22 @@ impl TestDatabase {
                 let mut conn = sqlx::PgConnection::connect(&admin)
                     .await
                     .unwrap_or_else(|err| panic!("PostgreSQL at {admin} is required for this test (run scripts/services): {err}"));
-                sqlx::query(&format!("CREATE DATABASE {name}")).execute(&mut conn).await.expect("create test database");
+                sqlx::query(&format!("CREATE DATABASE {name}"))
+                    .execute(&mut conn)
+                    .await
+                    .expect("create test database");
                 let base = admin.rsplit_once('/').map_or(admin.as_str(), |(base, _)| base);
                 (format!("{base}/{name}"), Some(name))
             }
         };
         let db = Database::connect(&url, true).await.expect("connect and migrate the test database");
-        Self { url, db, backend, dir, pg_name }
+        Self {
+            url,
+            db,
+            backend,
+            dir,
+            pg_name,
+        }
     }
 
     pub async fn sqlite() -> Self {
@@ -72,7 +81,9 @@ impl TestDatabase {
         if let Some(name) = &self.pg_name
             && let Ok(mut conn) = sqlx::PgConnection::connect(&postgres_admin_url()).await
         {
-            let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")).execute(&mut conn).await;
+            let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                .execute(&mut conn)
+                .await;
         }
         let _ = std::fs::remove_dir_all(&self.dir);
     }

@@ -35,7 +35,11 @@ impl EventMetadata {
 
     /// Fresh metadata for another event of the same correlation.
     pub fn next(&self) -> Self {
-        Self { event_id: Uuid::new_v4(), occurred_at: Utc::now(), ..self.clone() }
+        Self {
+            event_id: Uuid::new_v4(),
+            occurred_at: Utc::now(),
+            ..self.clone()
+        }
     }
 }
 
@@ -101,7 +105,11 @@ pub struct AppendOutcome {
 pub enum StoreError {
     /// Someone else appended to the stream first: reload and decide again.
     #[error("concurrency conflict on stream {stream}: expected {expected:?}, found version {actual}")]
-    Concurrency { stream: String, expected: ExpectedVersion, actual: i64 },
+    Concurrency {
+        stream: String,
+        expected: ExpectedVersion,
+        actual: i64,
+    },
     #[error("invalid append: {0}")]
     Invalid(String),
     #[error("stored event at position {position} is unreadable: {reason}")]
@@ -139,7 +147,11 @@ pub(crate) fn plan_rows<'a>(
         validate_stream_name(&batch.stream)?;
         let version = current.entry(batch.stream.clone()).or_insert(0);
         if !batch.expected.admits(*version) {
-            return Err(StoreError::Concurrency { stream: batch.stream.clone(), expected: batch.expected, actual: *version });
+            return Err(StoreError::Concurrency {
+                stream: batch.stream.clone(),
+                expected: batch.expected,
+                actual: *version,
+            });
         }
         for event in &batch.events {
             if event.event_type.is_empty() {
@@ -147,7 +159,12 @@ pub(crate) fn plan_rows<'a>(
             }
             position += 1;
             *version += 1;
-            rows.push(Row { position, stream_id: &batch.stream, stream_version: *version, event });
+            rows.push(Row {
+                position,
+                stream_id: &batch.stream,
+                stream_version: *version,
+                event,
+            });
         }
     }
     Ok((rows, current))
@@ -158,11 +175,21 @@ fn validate_stream_name(stream: &str) -> Result<(), StoreError> {
         && stream.len() <= 200
         && stream.contains('-')
         && stream.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
-    if ok { Ok(()) } else { Err(StoreError::Invalid(format!("malformed stream name {stream:?} (expected <kind>-<id>)"))) }
+    if ok {
+        Ok(())
+    } else {
+        Err(StoreError::Invalid(format!(
+            "malformed stream name {stream:?} (expected <kind>-<id>)"
+        )))
+    }
 }
 
 /// The distinct stream names of an append, in first-seen order.
 pub(crate) fn distinct_streams(batches: &[StreamAppend]) -> Vec<String> {
     let mut seen = std::collections::HashSet::new();
-    batches.iter().filter(|b| seen.insert(b.stream.as_str())).map(|b| b.stream.clone()).collect()
+    batches
+        .iter()
+        .filter(|b| seen.insert(b.stream.as_str()))
+        .map(|b| b.stream.clone())
+        .collect()
 }

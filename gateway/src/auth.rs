@@ -1,8 +1,8 @@
 //! Passwords (argon2id) and access tokens (HS256 JWTs with issuer, audience and expiry checked).
 
+use argon2::Argon2;
 use argon2::password_hash::rand_core::OsRng;
 use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
-use argon2::Argon2;
 use chrono::Utc;
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use secrecy::{ExposeSecret, SecretString};
@@ -46,14 +46,24 @@ pub struct Tokens {
 impl Tokens {
     pub fn new(secret: &SecretString, ttl_minutes: i64) -> Self {
         let bytes = secret.expose_secret().as_bytes();
-        Self { encoding: EncodingKey::from_secret(bytes), decoding: DecodingKey::from_secret(bytes), ttl_minutes }
+        Self {
+            encoding: EncodingKey::from_secret(bytes),
+            decoding: DecodingKey::from_secret(bytes),
+            ttl_minutes,
+        }
     }
 
     /// # Errors
     /// Only if signing fails, which HS256 does not.
     pub fn issue(&self, user_id: Uuid) -> Result<String, jsonwebtoken::errors::Error> {
         let now = Utc::now().timestamp();
-        let claims = Claims { sub: user_id.to_string(), iss: ISSUER.into(), aud: AUDIENCE.into(), iat: now, exp: now + self.ttl_minutes * 60 };
+        let claims = Claims {
+            sub: user_id.to_string(),
+            iss: ISSUER.into(),
+            aud: AUDIENCE.into(),
+            iat: now,
+            exp: now + self.ttl_minutes * 60,
+        };
         jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.encoding)
     }
 
@@ -82,7 +92,9 @@ impl Tokens {
 
     /// Interprets an `Authorization` header value (or its absence).
     pub fn authenticate(&self, header: Option<&str>) -> Authentication {
-        let Some(header) = header.map(str::trim).filter(|h| !h.is_empty()) else { return Authentication::Anonymous };
+        let Some(header) = header.map(str::trim).filter(|h| !h.is_empty()) else {
+            return Authentication::Anonymous;
+        };
         let Some(token) = header.strip_prefix("Bearer ").or_else(|| header.strip_prefix("bearer ")) else {
             return Authentication::Invalid("the Authorization header must be 'Bearer <token>'".into());
         };
@@ -114,7 +126,10 @@ pub fn check_password_rules(password: &str) -> Result<(), String> {
 /// Only if hashing itself fails.
 pub fn hash_password(password: &str) -> Result<String, String> {
     let salt = SaltString::generate(&mut OsRng);
-    Argon2::default().hash_password(password.as_bytes(), &salt).map(|h| h.to_string()).map_err(|err| err.to_string())
+    Argon2::default()
+        .hash_password(password.as_bytes(), &salt)
+        .map(|h| h.to_string())
+        .map_err(|err| err.to_string())
 }
 
 /// Whether `password` matches `hash` (CPU-heavy: call from a blocking thread).
@@ -171,7 +186,10 @@ mod tests {
 
     #[test]
     fn expired_tokens_are_refused() {
-        let expired = Tokens { ttl_minutes: -10, ..tokens() };
+        let expired = Tokens {
+            ttl_minutes: -10,
+            ..tokens()
+        };
         let token = expired.issue(Uuid::new_v4()).expect("issue");
         assert_eq!(tokens().verify(&token), Err("the access token has expired".to_owned()));
     }

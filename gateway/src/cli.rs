@@ -13,7 +13,11 @@ use crate::config::Config;
 use crate::server::{open_database, start};
 
 #[derive(Debug, Parser)]
-#[command(name = "cloudsync", version, about = "CloudSync: one index, search and sync engine over all your storage.")]
+#[command(
+    name = "cloudsync",
+    version,
+    about = "CloudSync: one index, search and sync engine over all your storage."
+)]
 pub struct Cli {
     /// A TOML configuration file (CLOUDSYNC_* environment variables override it).
     #[arg(long, global = true, env = "CLOUDSYNC_CONFIG")]
@@ -94,10 +98,21 @@ fn init_tracing(config: &Config) {
     use tracing_subscriber::Layer as _;
     use tracing_subscriber::layer::SubscriberExt as _;
     use tracing_subscriber::util::SubscriberInitExt as _;
-    let filter = tracing_subscriber::EnvFilter::try_from_env("CLOUDSYNC_LOG").unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,sqlx=warn"));
+    let filter = tracing_subscriber::EnvFilter::try_from_env("CLOUDSYNC_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,sqlx=warn"));
     let layer = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
-    let layer = if config.log_format == "json" { layer.json().boxed() } else { layer.boxed() };
-    tracing_subscriber::registry().with(layer.with_filter(filter).with_filter(tracing_subscriber::filter::filter_fn(no_secrets))).init();
+    let layer = if config.log_format == "json" {
+        layer.json().boxed()
+    } else {
+        layer.boxed()
+    };
+    tracing_subscriber::registry()
+        .with(
+            layer
+                .with_filter(filter)
+                .with_filter(tracing_subscriber::filter::filter_fn(no_secrets)),
+        )
+        .init();
 }
 
 /// Drops log events that are known to carry secrets whatever the configured level: the request
@@ -128,11 +143,19 @@ pub async fn run(command: Command, mut config: Config) -> anyhow::Result<()> {
             db.close().await;
             Ok(())
         }
-        Command::Projections { command: ProjectionsCommand::Rebuild { name } } => {
+        Command::Projections {
+            command: ProjectionsCommand::Rebuild { name },
+        } => {
             let db = open_database(&config).await?;
-            let names: Vec<&str> = if name == "all" { cloudsync_projections::PROJECTORS.to_vec() } else { vec![name.as_str()] };
+            let names: Vec<&str> = if name == "all" {
+                cloudsync_projections::PROJECTORS.to_vec()
+            } else {
+                vec![name.as_str()]
+            };
             for name in names {
-                let replayed = cloudsync_projections::rebuild(&db, name).await.with_context(|| format!("rebuilding {name}"))?;
+                let replayed = cloudsync_projections::rebuild(&db, name)
+                    .await
+                    .with_context(|| format!("rebuilding {name}"))?;
                 println!("Rebuilt {name} from {replayed} events.");
             }
             db.close().await;
@@ -157,7 +180,13 @@ pub async fn run(command: Command, mut config: Config) -> anyhow::Result<()> {
 ///
 /// # Errors
 /// Store failures, an unknown stream or a write error.
-pub async fn replay(db: &Database, stream: Option<&str>, user: Option<Uuid>, json: bool, out: &mut impl std::io::Write) -> anyhow::Result<()> {
+pub async fn replay(
+    db: &Database,
+    stream: Option<&str>,
+    user: Option<Uuid>,
+    json: bool,
+    out: &mut impl std::io::Write,
+) -> anyhow::Result<()> {
     let mut count = 0_u64;
     let mut print = |event: &RecordedEvent| -> anyhow::Result<()> {
         count += 1;
@@ -215,7 +244,8 @@ async fn scan(config: &Config, db: &Database, provider_id: Uuid) -> anyhow::Resu
     let (job_id, _) = commands.request_scan(owner, provider).await?;
     let bar = indicatif::ProgressBar::new_spinner();
     bar.set_style(
-        indicatif::ProgressStyle::with_template("{spinner} {elapsed_precise} {msg}").unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner()),
+        indicatif::ProgressStyle::with_template("{spinner} {elapsed_precise} {msg}")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner()),
     );
     let cancel = tokio_util::sync::CancellationToken::new();
     let runner = {
@@ -225,10 +255,14 @@ async fn scan(config: &Config, db: &Database, provider_id: Uuid) -> anyhow::Resu
     let stream = job_id.stream();
     let outcome = loop {
         let events = db.events.read_stream(&stream).await?;
-        let decoded: Vec<cloudsync_domain::DomainEvent> =
-            events.iter().filter_map(|e| cloudsync_domain::DomainEvent::decode(&e.event_type, e.schema_version, &e.payload).ok()).collect();
-        if let Some(cloudsync_domain::DomainEvent::SyncJobProgressed(p)) =
-            decoded.iter().rev().find(|e| matches!(e, cloudsync_domain::DomainEvent::SyncJobProgressed(_)))
+        let decoded: Vec<cloudsync_domain::DomainEvent> = events
+            .iter()
+            .filter_map(|e| cloudsync_domain::DomainEvent::decode(&e.event_type, e.schema_version, &e.payload).ok())
+            .collect();
+        if let Some(cloudsync_domain::DomainEvent::SyncJobProgressed(p)) = decoded
+            .iter()
+            .rev()
+            .find(|e| matches!(e, cloudsync_domain::DomainEvent::SyncJobProgressed(_)))
         {
             bar.set_message(format!("{} files, {} bytes", p.files_done, p.bytes_done));
         }
@@ -256,7 +290,11 @@ async fn scan(config: &Config, db: &Database, provider_id: Uuid) -> anyhow::Resu
     match outcome {
         (JobPhase::Completed, _) => {
             let events = db.events.read_stream(&stream).await?;
-            let files = events.iter().rev().find(|e| e.event_type == "SyncJobProgressed").and_then(|e| e.payload.get("files_done").cloned());
+            let files = events
+                .iter()
+                .rev()
+                .find(|e| e.event_type == "SyncJobProgressed")
+                .and_then(|e| e.payload.get("files_done").cloned());
             println!("Scan {job_id} completed: {} files.", files.unwrap_or_default());
             Ok(())
         }

@@ -98,7 +98,9 @@ impl Config {
 
     /// The database to use.
     pub fn database_url(&self) -> String {
-        self.database_url.clone().unwrap_or_else(|| format!("sqlite://{}", self.data_dir.join("cloudsync.db").display()))
+        self.database_url
+            .clone()
+            .unwrap_or_else(|| format!("sqlite://{}", self.data_dir.join("cloudsync.db").display()))
     }
 }
 

@@ -20,7 +20,11 @@ pub type CloudSyncSchema = Schema<QueryRoot, MutationRoot, SubscriptionRoot>;
 
 /// Builds the schema with its limits.
 pub fn build(app: Arc<App>) -> CloudSyncSchema {
-    Schema::build(QueryRoot, MutationRoot, SubscriptionRoot).data(app).limit_depth(12).limit_complexity(1000).finish()
+    Schema::build(QueryRoot, MutationRoot, SubscriptionRoot)
+        .data(app)
+        .limit_depth(12)
+        .limit_complexity(1000)
+        .finish()
 }
 
 fn app<'a>(ctx: &Context<'a>) -> &'a Arc<App> {
@@ -32,7 +36,9 @@ fn caller(ctx: &Context<'_>) -> ApiResult<Caller> {
     match ctx.data_opt::<Authentication>() {
         Some(Authentication::User(caller)) => Ok(*caller),
         Some(Authentication::Invalid(why)) => Err(ApiError::Unauthenticated(why.clone())),
-        _ => Err(ApiError::Unauthenticated("this operation needs a bearer access token (log in first)".into())),
+        _ => Err(ApiError::Unauthenticated(
+            "this operation needs a bearer access token (log in first)".into(),
+        )),
     }
 }
 
@@ -210,8 +216,17 @@ impl QueryRoot {
         let caller = caller(ctx)?;
         let app = app(ctx);
         app.consistent(caller).await;
-        let row = app.reads.user(caller.user_id).await.map_err(ApiError::from)?.ok_or_else(|| ApiError::not_found("user"))?;
-        Ok(User { id: ID(row.id.to_string()), email: row.email, created_at: row.created_at })
+        let row = app
+            .reads
+            .user(caller.user_id)
+            .await
+            .map_err(ApiError::from)?
+            .ok_or_else(|| ApiError::not_found("user"))?;
+        Ok(User {
+            id: ID(row.id.to_string()),
+            email: row.email,
+            created_at: row.created_at,
+        })
     }
 
     /// The caller's provider connections.
@@ -219,7 +234,14 @@ impl QueryRoot {
         let caller = caller(ctx)?;
         let app = app(ctx);
         app.consistent(caller).await;
-        Ok(app.reads.providers(caller.user_id).await.map_err(ApiError::from)?.into_iter().map(Provider::from).collect())
+        Ok(app
+            .reads
+            .providers(caller.user_id)
+            .await
+            .map_err(ApiError::from)?
+            .into_iter()
+            .map(Provider::from)
+            .collect())
     }
 
     /// The caller's files, optionally of one provider and inside one folder (recursively), by path.
@@ -239,11 +261,20 @@ impl QueryRoot {
         let folder = path.as_deref().map(parse_path).transpose()?;
         app.consistent(caller).await;
         if let Some(provider) = provider {
-            app.reads.provider(caller.user_id, provider).await.map_err(ApiError::from)?.ok_or_else(|| ApiError::not_found("provider"))?;
+            app.reads
+                .provider(caller.user_id, provider)
+                .await
+                .map_err(ApiError::from)?
+                .ok_or_else(|| ApiError::not_found("provider"))?;
         }
         let rows = app
             .reads
-            .files(caller.user_id, provider, folder.as_ref().map(ProviderPath::as_str), i64::from(limit))
+            .files(
+                caller.user_id,
+                provider,
+                folder.as_ref().map(ProviderPath::as_str),
+                i64::from(limit),
+            )
             .await
             .map_err(ApiError::from)?;
         Ok(rows.into_iter().map(File::from).collect())
@@ -255,7 +286,12 @@ impl QueryRoot {
         let app = app(ctx);
         let id = parse_id(&operation_id, "operationId")?;
         app.consistent(caller).await;
-        let row = app.reads.sync_operation(caller.user_id, id).await.map_err(ApiError::from)?.ok_or_else(|| ApiError::not_found("sync operation"))?;
+        let row = app
+            .reads
+            .sync_operation(caller.user_id, id)
+            .await
+            .map_err(ApiError::from)?
+            .ok_or_else(|| ApiError::not_found("sync operation"))?;
         Ok(row.into())
     }
 }
@@ -274,29 +310,51 @@ impl MutationRoot {
             .map_err(|err| ApiError::internal(&err))?
             .map_err(|err| ApiError::internal(&err))?;
         let (user_id, position) = app.commands.register(email.clone(), hash).await.map_err(ApiError::from)?;
-        let caller = Caller { user_id: user_id.as_uuid() };
+        let caller = Caller {
+            user_id: user_id.as_uuid(),
+        };
         app.wrote(caller, position);
         let access_token = app.tokens.issue(caller.user_id).map_err(|err| ApiError::internal(&err))?;
-        Ok(AuthPayload { access_token, user: AuthUser { id: ID(user_id.to_string()), email: email.as_str().to_owned() } })
+        Ok(AuthPayload {
+            access_token,
+            user: AuthUser {
+                id: ID(user_id.to_string()),
+                email: email.as_str().to_owned(),
+            },
+        })
     }
 
     /// Exchanges email and password for an access token.
     async fn login(&self, ctx: &Context<'_>, email: String, password: String) -> async_graphql::Result<AuthPayload> {
         let app = app(ctx);
         let refused = || ApiError::Unauthenticated("invalid email or password".into());
-        let Ok(email) = Email::parse(&email) else { return Err(refused().into()) };
+        let Ok(email) = Email::parse(&email) else {
+            return Err(refused().into());
+        };
         if password.chars().count() > 1024 {
             return Err(refused().into());
         }
         let user = app.commands.user_by_email(&email).await.map_err(ApiError::from)?;
-        let hash = user.as_ref().and_then(|u| u.password_hash()).unwrap_or_else(|| dummy_hash()).to_owned();
-        let matches = tokio::task::spawn_blocking(move || verify_password(&password, &hash)).await.map_err(|err| ApiError::internal(&err))?;
+        let hash = user
+            .as_ref()
+            .and_then(|u| u.password_hash())
+            .unwrap_or_else(|| dummy_hash())
+            .to_owned();
+        let matches = tokio::task::spawn_blocking(move || verify_password(&password, &hash))
+            .await
+            .map_err(|err| ApiError::internal(&err))?;
         let Some(user_id) = user.as_ref().and_then(|u| u.id()).filter(|_| matches) else {
             tracing::info!("A login was refused.");
             return Err(refused().into());
         };
         let access_token = app.tokens.issue(user_id.as_uuid()).map_err(|err| ApiError::internal(&err))?;
-        Ok(AuthPayload { access_token, user: AuthUser { id: ID(user_id.to_string()), email: email.as_str().to_owned() } })
+        Ok(AuthPayload {
+            access_token,
+            user: AuthUser {
+                id: ID(user_id.to_string()),
+                email: email.as_str().to_owned(),
+            },
+        })
     }
 
     /// Connects a storage provider and starts indexing it. `provider` is the kind (`local`);
@@ -304,7 +362,11 @@ impl MutationRoot {
     async fn connect_provider(&self, ctx: &Context<'_>, provider: String, credentials: Json<Value>) -> async_graphql::Result<Provider> {
         let caller = caller(ctx)?;
         let app = app(ctx);
-        let connected = app.commands.connect_provider(cloudsync_domain::UserId::from_uuid(caller.user_id), &provider, &credentials.0).await.map_err(ApiError::from)?;
+        let connected = app
+            .commands
+            .connect_provider(cloudsync_domain::UserId::from_uuid(caller.user_id), &provider, &credentials.0)
+            .await
+            .map_err(ApiError::from)?;
         app.wrote(caller, connected.position);
         app.consistent(caller).await;
         let row = app
@@ -313,7 +375,10 @@ impl MutationRoot {
             .await
             .map_err(ApiError::from)?
             .ok_or_else(|| ApiError::internal(&"the new provider is not visible yet"))?;
-        Ok(Provider { scan_operation_id: Some(ID(connected.job_id.to_string())), ..row.into() })
+        Ok(Provider {
+            scan_operation_id: Some(ID(connected.job_id.to_string())),
+            ..row.into()
+        })
     }
 
     /// Disconnects a provider; its files stay where they are but leave CloudSync's index.
@@ -321,7 +386,11 @@ impl MutationRoot {
         let caller = caller(ctx)?;
         let app = app(ctx);
         let id = ProviderId::from_uuid(parse_id(&provider_id, "providerId")?);
-        let position = app.commands.disconnect_provider(cloudsync_domain::UserId::from_uuid(caller.user_id), id).await.map_err(ApiError::from)?;
+        let position = app
+            .commands
+            .disconnect_provider(cloudsync_domain::UserId::from_uuid(caller.user_id), id)
+            .await
+            .map_err(ApiError::from)?;
         app.wrote(caller, position);
         Ok(true)
     }
@@ -332,7 +401,11 @@ impl MutationRoot {
         let caller = caller(ctx)?;
         let app = app(ctx);
         let id = ProviderId::from_uuid(parse_id(&provider_id, "providerId")?);
-        let (job_id, position) = app.commands.request_scan(cloudsync_domain::UserId::from_uuid(caller.user_id), id).await.map_err(ApiError::from)?;
+        let (job_id, position) = app
+            .commands
+            .request_scan(cloudsync_domain::UserId::from_uuid(caller.user_id), id)
+            .await
+            .map_err(ApiError::from)?;
         app.wrote(caller, position);
         app.consistent(caller).await;
         let row = app
@@ -369,7 +442,12 @@ impl MutationRoot {
             .map_err(ApiError::from)?;
         app.wrote(caller, position);
         app.consistent(caller).await;
-        let row = app.reads.provider(caller.user_id, id.as_uuid()).await.map_err(ApiError::from)?.ok_or_else(|| ApiError::not_found("provider"))?;
+        let row = app
+            .reads
+            .provider(caller.user_id, id.as_uuid())
+            .await
+            .map_err(ApiError::from)?
+            .ok_or_else(|| ApiError::not_found("provider"))?;
         Ok(row.into())
     }
 
@@ -377,9 +455,16 @@ impl MutationRoot {
     async fn move_files(&self, ctx: &Context<'_>, file_ids: Vec<ID>, target_path: String) -> async_graphql::Result<Vec<File>> {
         let caller = caller(ctx)?;
         let app = app(ctx);
-        let ids = file_ids.iter().map(|id| parse_id(id, "fileId").map(FileId::from_uuid)).collect::<ApiResult<Vec<_>>>()?;
+        let ids = file_ids
+            .iter()
+            .map(|id| parse_id(id, "fileId").map(FileId::from_uuid))
+            .collect::<ApiResult<Vec<_>>>()?;
         let folder = parse_path(&target_path)?;
-        let (moved, position) = app.commands.move_files(cloudsync_domain::UserId::from_uuid(caller.user_id), &ids, &folder).await.map_err(ApiError::from)?;
+        let (moved, position) = app
+            .commands
+            .move_files(cloudsync_domain::UserId::from_uuid(caller.user_id), &ids, &folder)
+            .await
+            .map_err(ApiError::from)?;
         app.wrote(caller, position);
         app.consistent(caller).await;
         let mut files = Vec::with_capacity(moved.len());
@@ -395,8 +480,15 @@ impl MutationRoot {
     async fn delete_files(&self, ctx: &Context<'_>, file_ids: Vec<ID>) -> async_graphql::Result<Vec<ID>> {
         let caller = caller(ctx)?;
         let app = app(ctx);
-        let ids = file_ids.iter().map(|id| parse_id(id, "fileId").map(FileId::from_uuid)).collect::<ApiResult<Vec<_>>>()?;
-        let (deleted, position) = app.commands.delete_files(cloudsync_domain::UserId::from_uuid(caller.user_id), &ids).await.map_err(ApiError::from)?;
+        let ids = file_ids
+            .iter()
+            .map(|id| parse_id(id, "fileId").map(FileId::from_uuid))
+            .collect::<ApiResult<Vec<_>>>()?;
+        let (deleted, position) = app
+            .commands
+            .delete_files(cloudsync_domain::UserId::from_uuid(caller.user_id), &ids)
+            .await
+            .map_err(ApiError::from)?;
         app.wrote(caller, position);
         Ok(deleted.into_iter().map(|id| ID(id.to_string())).collect())
     }
@@ -412,7 +504,11 @@ impl SubscriptionRoot {
         let app = Arc::clone(app(ctx));
         let provider = parse_id(&provider_id, "providerId")?;
         app.consistent(caller).await;
-        app.reads.provider(caller.user_id, provider).await.map_err(ApiError::from)?.ok_or_else(|| ApiError::not_found("provider"))?;
+        app.reads
+            .provider(caller.user_id, provider)
+            .await
+            .map_err(ApiError::from)?
+            .ok_or_else(|| ApiError::not_found("provider"))?;
         let head = app.db.events.head().await.map_err(|err| ApiError::internal(&err))?;
         let events = subscribe(Arc::clone(&app.db.events), head, std::time::Duration::from_millis(250));
         Ok(events.filter_map(move |event| {
@@ -423,7 +519,10 @@ impl SubscriptionRoot {
 }
 
 fn file_change(event: &cloudsync_eventstore::RecordedEvent, caller: Caller, provider: Uuid) -> Option<FileChange> {
-    if !matches!(event.event_type.as_str(), "FileDiscovered" | "FileChanged" | "FileMoved" | "FileDeleted" | "FileRemoved") {
+    if !matches!(
+        event.event_type.as_str(),
+        "FileDiscovered" | "FileChanged" | "FileMoved" | "FileDeleted" | "FileRemoved"
+    ) {
         return None;
     }
     let decoded = DomainEvent::decode(&event.event_type, event.schema_version, &event.payload).ok()?;
@@ -445,9 +544,10 @@ fn file_change(event: &cloudsync_eventstore::RecordedEvent, caller: Caller, prov
             checksum: Some(e.checksum.clone()),
             ..base(FileChangeKind::Discovered, e.file_id, &e.path)
         }),
-        DomainEvent::FileMoved(e) if mine(e.owner_id, e.provider_id) => {
-            Some(FileChange { previous_path: Some(e.from.as_str().to_owned()), ..base(FileChangeKind::Moved, e.file_id, &e.to) })
-        }
+        DomainEvent::FileMoved(e) if mine(e.owner_id, e.provider_id) => Some(FileChange {
+            previous_path: Some(e.from.as_str().to_owned()),
+            ..base(FileChangeKind::Moved, e.file_id, &e.to)
+        }),
         DomainEvent::FileDeleted(e) if mine(e.owner_id, e.provider_id) => Some(base(FileChangeKind::Deleted, e.file_id, &e.path)),
         DomainEvent::FileRemoved(e) if mine(e.owner_id, e.provider_id) => Some(base(FileChangeKind::Removed, e.file_id, &e.path)),
         DomainEvent::FileChanged(e) if mine(e.owner_id, e.provider_id) => Some(FileChange {

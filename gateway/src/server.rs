@@ -138,7 +138,9 @@ pub fn commands(config: &Config, db: &Database) -> anyhow::Result<Commands> {
 pub async fn open_database(config: &Config) -> anyhow::Result<Database> {
     std::fs::create_dir_all(&config.data_dir).with_context(|| format!("creating the data dir {}", config.data_dir.display()))?;
     let url = config.database_url();
-    Database::connect(&url, true).await.with_context(|| format!("opening the database ({})", redact(&url)))
+    Database::connect(&url, true)
+        .await
+        .with_context(|| format!("opening the database ({})", redact(&url)))
 }
 
 /// A database URL without its password, for messages.
@@ -161,7 +163,10 @@ pub fn redact(url: &str) -> String {
 /// An unusable database, data dir or address.
 pub async fn start(config: &Config) -> anyhow::Result<Server> {
     let db = open_database(config).await?;
-    let tokens = Tokens::new(&secret(config, config.jwt_secret.as_ref(), "jwt-secret", random_secret)?, config.token_ttl_minutes);
+    let tokens = Tokens::new(
+        &secret(config, config.jwt_secret.as_ref(), "jwt-secret", random_secret)?,
+        config.token_ttl_minutes,
+    );
     let projections = Projections::new(db.clone());
     let commands = commands(config, &db)?;
     let app = Arc::new(App {
@@ -186,18 +191,27 @@ pub async fn start(config: &Config) -> anyhow::Result<Server> {
         }
     });
 
-    let listener = tokio::net::TcpListener::bind(&config.bind).await.with_context(|| format!("binding {}", config.bind))?;
+    let listener = tokio::net::TcpListener::bind(&config.bind)
+        .await
+        .with_context(|| format!("binding {}", config.bind))?;
     let addr = listener.local_addr()?;
     let router = router(Arc::clone(&app), config.max_body_bytes);
     let http_shutdown = shutdown.child_token();
     tasks.spawn(async move {
-        let served = axum::serve(listener, router).with_graceful_shutdown(async move { http_shutdown.cancelled().await }).await;
+        let served = axum::serve(listener, router)
+            .with_graceful_shutdown(async move { http_shutdown.cancelled().await })
+            .await;
         if let Err(error) = served {
             tracing::error!(error = %error, "The HTTP server stopped.");
         }
     });
     tracing::info!(addr = %addr, backend = db.backend(), "CloudSync is listening.");
-    Ok(Server { addr, app, shutdown, tasks })
+    Ok(Server {
+        addr,
+        app,
+        shutdown,
+        tasks,
+    })
 }
 
 #[derive(Clone)]
@@ -219,18 +233,31 @@ pub fn router(app: Arc<App>, max_body_bytes: usize) -> Router {
 }
 
 async fn graphiql() -> Html<String> {
-    Html(GraphiQLSource::build().endpoint("/graphql").subscription_endpoint("/graphql/ws").finish())
+    Html(
+        GraphiQLSource::build()
+            .endpoint("/graphql")
+            .subscription_endpoint("/graphql/ws")
+            .finish(),
+    )
 }
 
 fn error_response(status: StatusCode, code: &str, message: &str) -> Response {
-    (status, axum::Json(json!({ "errors": [{ "message": message, "extensions": { "code": code } }] }))).into_response()
+    (
+        status,
+        axum::Json(json!({ "errors": [{ "message": message, "extensions": { "code": code } }] })),
+    )
+        .into_response()
 }
 
 async fn graphql(State(state): State<HttpState>, headers: HeaderMap, body: Bytes) -> Response {
     let request: async_graphql::Request = match serde_json::from_slice(&body) {
         Ok(request) => request,
         Err(err) => {
-            return error_response(StatusCode::BAD_REQUEST, code::BAD_REQUEST, &format!("the body must be a GraphQL request in JSON: {err}"));
+            return error_response(
+                StatusCode::BAD_REQUEST,
+                code::BAD_REQUEST,
+                &format!("the body must be a GraphQL request in JSON: {err}"),
+            );
         }
     };
     if let Err(err) = parse_query(&request.query) {
@@ -282,7 +309,8 @@ async fn readyz(State(state): State<HttpState>) -> Response {
     match state.app.db.events.head().await {
         Ok(head) => {
             let projected = state.app.projections.position();
-            axum::Json(json!({ "status": "ready", "backend": state.app.db.backend(), "head": head, "projected": projected })).into_response()
+            axum::Json(json!({ "status": "ready", "backend": state.app.db.backend(), "head": head, "projected": projected }))
+                .into_response()
         }
         Err(error) => {
             tracing::warn!(error = %error, "Not ready: the database is unreachable.");
@@ -297,7 +325,10 @@ mod tests {
 
     #[test]
     fn database_passwords_never_reach_messages() {
-        assert_eq!(redact("postgres://app:s3cret@db:5432/cloudsync"), "postgres://app:***@db:5432/cloudsync");
+        assert_eq!(
+            redact("postgres://app:s3cret@db:5432/cloudsync"),
+            "postgres://app:***@db:5432/cloudsync"
+        );
         assert_eq!(redact("postgres://postgres@127.0.0.1/x"), "postgres://postgres@127.0.0.1/x");
         assert_eq!(redact("sqlite://data/cloudsync.db"), "sqlite://data/cloudsync.db");
     }

@@ -37,12 +37,32 @@ impl Table {
 /// One change to one read-model row.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Op {
-    UpsertUser { id: Uuid, email: String, at: DateTime<Utc> },
-    InsertProvider { id: Uuid, user_id: Uuid, kind: String, display_name: String, config: Value, at: DateTime<Utc> },
-    DisconnectProvider { id: Uuid, at: DateTime<Utc> },
-    SetProviderSchedule { id: Uuid, schedule: Option<String>, realtime: bool },
+    UpsertUser {
+        id: Uuid,
+        email: String,
+        at: DateTime<Utc>,
+    },
+    InsertProvider {
+        id: Uuid,
+        user_id: Uuid,
+        kind: String,
+        display_name: String,
+        config: Value,
+        at: DateTime<Utc>,
+    },
+    DisconnectProvider {
+        id: Uuid,
+        at: DateTime<Utc>,
+    },
+    SetProviderSchedule {
+        id: Uuid,
+        schedule: Option<String>,
+        realtime: bool,
+    },
     /// A disconnected provider's files leave the `files` view (their events stay).
-    RemoveProviderFiles { provider_id: Uuid },
+    RemoveProviderFiles {
+        provider_id: Uuid,
+    },
     InsertFile {
         id: Uuid,
         user_id: Uuid,
@@ -55,13 +75,49 @@ pub enum Op {
         modified_at: DateTime<Utc>,
         at: DateTime<Utc>,
     },
-    MoveFile { id: Uuid, path: String, name: String, at: DateTime<Utc> },
-    ChangeFile { id: Uuid, size_bytes: i64, checksum: String, modified_at: DateTime<Utc>, at: DateTime<Utc> },
-    DeleteFile { id: Uuid },
-    InsertSyncOperation { id: Uuid, user_id: Uuid, kind: String, provider_id: Option<Uuid>, at: DateTime<Utc> },
-    SyncOperationStatus { id: Uuid, status: &'static str, error: Option<String>, ended: bool, at: DateTime<Utc> },
-    SyncOperationPaused { id: Uuid, paused: bool, at: DateTime<Utc> },
-    SyncOperationProgress { id: Uuid, files_done: i64, bytes_done: i64, files_total: Option<i64>, bytes_total: Option<i64>, at: DateTime<Utc> },
+    MoveFile {
+        id: Uuid,
+        path: String,
+        name: String,
+        at: DateTime<Utc>,
+    },
+    ChangeFile {
+        id: Uuid,
+        size_bytes: i64,
+        checksum: String,
+        modified_at: DateTime<Utc>,
+        at: DateTime<Utc>,
+    },
+    DeleteFile {
+        id: Uuid,
+    },
+    InsertSyncOperation {
+        id: Uuid,
+        user_id: Uuid,
+        kind: String,
+        provider_id: Option<Uuid>,
+        at: DateTime<Utc>,
+    },
+    SyncOperationStatus {
+        id: Uuid,
+        status: &'static str,
+        error: Option<String>,
+        ended: bool,
+        at: DateTime<Utc>,
+    },
+    SyncOperationPaused {
+        id: Uuid,
+        paused: bool,
+        at: DateTime<Utc>,
+    },
+    SyncOperationProgress {
+        id: Uuid,
+        files_done: i64,
+        bytes_done: i64,
+        files_total: Option<i64>,
+        bytes_total: Option<i64>,
+        at: DateTime<Utc>,
+    },
 }
 
 impl Op {
@@ -91,7 +147,11 @@ fn int(n: u64) -> i64 {
 pub fn ops_for(event: &DomainEvent, at: DateTime<Utc>) -> Vec<Op> {
     use DomainEvent as E;
     match event {
-        E::UserRegistered(e) => vec![Op::UpsertUser { id: e.user_id.as_uuid(), email: e.email.as_str().to_owned(), at }],
+        E::UserRegistered(e) => vec![Op::UpsertUser {
+            id: e.user_id.as_uuid(),
+            email: e.email.as_str().to_owned(),
+            at,
+        }],
         E::EmailClaimed(_) => Vec::new(),
         E::ProviderConnected(e) => vec![Op::InsertProvider {
             id: e.provider_id.as_uuid(),
@@ -102,8 +162,13 @@ pub fn ops_for(event: &DomainEvent, at: DateTime<Utc>) -> Vec<Op> {
             at,
         }],
         E::ProviderDisconnected(e) => vec![
-            Op::DisconnectProvider { id: e.provider_id.as_uuid(), at },
-            Op::RemoveProviderFiles { provider_id: e.provider_id.as_uuid() },
+            Op::DisconnectProvider {
+                id: e.provider_id.as_uuid(),
+                at,
+            },
+            Op::RemoveProviderFiles {
+                provider_id: e.provider_id.as_uuid(),
+            },
         ],
         E::ProviderScheduleSet(e) => vec![Op::SetProviderSchedule {
             id: e.provider_id.as_uuid(),
@@ -122,7 +187,12 @@ pub fn ops_for(event: &DomainEvent, at: DateTime<Utc>) -> Vec<Op> {
             modified_at: e.modified_at,
             at,
         }],
-        E::FileMoved(e) => vec![Op::MoveFile { id: e.file_id.as_uuid(), path: e.to.as_str().to_owned(), name: e.to.name().to_owned(), at }],
+        E::FileMoved(e) => vec![Op::MoveFile {
+            id: e.file_id.as_uuid(),
+            path: e.to.as_str().to_owned(),
+            name: e.to.name().to_owned(),
+            at,
+        }],
         E::FileDeleted(e) => vec![Op::DeleteFile { id: e.file_id.as_uuid() }],
         E::FileRemoved(e) => vec![Op::DeleteFile { id: e.file_id.as_uuid() }],
         E::FileChanged(e) => vec![Op::ChangeFile {
@@ -154,8 +224,16 @@ pub fn ops_for(event: &DomainEvent, at: DateTime<Utc>) -> Vec<Op> {
             bytes_total: e.bytes_total.map(int),
             at,
         }],
-        E::SyncJobPaused(e) => vec![Op::SyncOperationPaused { id: e.job_id.as_uuid(), paused: true, at }],
-        E::SyncJobResumed(e) => vec![Op::SyncOperationPaused { id: e.job_id.as_uuid(), paused: false, at }],
+        E::SyncJobPaused(e) => vec![Op::SyncOperationPaused {
+            id: e.job_id.as_uuid(),
+            paused: true,
+            at,
+        }],
+        E::SyncJobResumed(e) => vec![Op::SyncOperationPaused {
+            id: e.job_id.as_uuid(),
+            paused: false,
+            at,
+        }],
         E::SyncJobCompleted(e) => vec![status(e.job_id.as_uuid(), JobPhase::Completed, None, at)],
         E::SyncJobFailed(e) => vec![status(e.job_id.as_uuid(), JobPhase::Failed, e.reason.clone(), at)],
         E::SyncJobCancelled(e) => vec![status(e.job_id.as_uuid(), JobPhase::Cancelled, e.reason.clone(), at)],
@@ -163,7 +241,13 @@ pub fn ops_for(event: &DomainEvent, at: DateTime<Utc>) -> Vec<Op> {
 }
 
 fn status(id: Uuid, phase: JobPhase, error: Option<String>, at: DateTime<Utc>) -> Op {
-    Op::SyncOperationStatus { id, status: phase.as_str(), error, ended: true, at }
+    Op::SyncOperationStatus {
+        id,
+        status: phase.as_str(),
+        error,
+        ended: true,
+        at,
+    }
 }
 
 #[cfg(test)]
@@ -185,7 +269,15 @@ mod tests {
             moved_at: at,
         });
         let ops = ops_for(&event, at);
-        assert_eq!(ops, vec![Op::MoveFile { id: Uuid::from_u128(1), path: "b/c/x.txt".into(), name: "x.txt".into(), at }]);
+        assert_eq!(
+            ops,
+            vec![Op::MoveFile {
+                id: Uuid::from_u128(1),
+                path: "b/c/x.txt".into(),
+                name: "x.txt".into(),
+                at
+            }]
+        );
         assert_eq!(ops[0].table(), Table::Files);
     }
 

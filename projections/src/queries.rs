@@ -135,9 +135,18 @@ impl ReadModels {
     /// # Errors
     /// Database failures.
     pub async fn user(&self, id: Uuid) -> Result<Option<UserRow>, sqlx::Error> {
-        let rows = fetch_all!(&self.pool, "SELECT CAST(id AS TEXT) AS id, email, created_at FROM users WHERE id = $1", [Val::Uuid(id)], |row| {
-            Ok(UserRow { id: uuid(row.try_get("id")?)?, email: row.try_get("email")?, created_at: row.try_get("created_at")? })
-        })?;
+        let rows = fetch_all!(
+            &self.pool,
+            "SELECT CAST(id AS TEXT) AS id, email, created_at FROM users WHERE id = $1",
+            [Val::Uuid(id)],
+            |row| {
+                Ok(UserRow {
+                    id: uuid(row.try_get("id")?)?,
+                    email: row.try_get("email")?,
+                    created_at: row.try_get("created_at")?,
+                })
+            }
+        )?;
         Ok(rows.into_iter().next())
     }
 
@@ -156,7 +165,11 @@ impl ReadModels {
     /// Database failures.
     pub async fn provider(&self, user: Uuid, id: Uuid) -> Result<Option<ProviderRow>, sqlx::Error> {
         let sql = format!("SELECT {PROVIDER_COLUMNS} FROM providers WHERE user_id = $1 AND id = $2");
-        Ok(fetch_all!(&self.pool, &sql, [Val::Uuid(user), Val::Uuid(id)], |row| provider_row!(row))?.into_iter().next())
+        Ok(
+            fetch_all!(&self.pool, &sql, [Val::Uuid(user), Val::Uuid(id)], |row| provider_row!(row))?
+                .into_iter()
+                .next(),
+        )
     }
 
     /// The user's files, optionally of one provider and inside one folder (recursively), by path.
@@ -173,7 +186,11 @@ impl ReadModels {
         if let Some(folder) = folder.filter(|f| !f.is_empty()) {
             values.push(Val::Text(folder.to_owned()));
             values.push(Val::Text(like_prefix(folder)));
-            sql.push_str(&format!(" AND (path = ${} OR path LIKE ${} ESCAPE '\\')", values.len() - 1, values.len()));
+            sql.push_str(&format!(
+                " AND (path = ${} OR path LIKE ${} ESCAPE '\\')",
+                values.len() - 1,
+                values.len()
+            ));
         }
         values.push(Val::Int(limit));
         sql.push_str(&format!(" ORDER BY path, id LIMIT ${}", values.len()));
@@ -186,7 +203,11 @@ impl ReadModels {
     /// Database failures.
     pub async fn file(&self, user: Uuid, id: Uuid) -> Result<Option<FileRow>, sqlx::Error> {
         let sql = format!("SELECT {FILE_COLUMNS} FROM files WHERE user_id = $1 AND id = $2");
-        Ok(fetch_all!(&self.pool, &sql, [Val::Uuid(user), Val::Uuid(id)], |row| file_row!(row))?.into_iter().next())
+        Ok(
+            fetch_all!(&self.pool, &sql, [Val::Uuid(user), Val::Uuid(id)], |row| file_row!(row))?
+                .into_iter()
+                .next(),
+        )
     }
 
     /// One of the user's sync operations (scan and sync jobs).
@@ -226,21 +247,55 @@ impl ReadModels {
         let columns: &[&str] = match table {
             Table::Users => &["id", "email", "created_at", "updated_at", "settings"],
             Table::Providers => &[
-                "id", "user_id", "kind", "display_name", "config", "status", "connected_at", "disconnected_at", "scan_schedule", "realtime",
+                "id",
+                "user_id",
+                "kind",
+                "display_name",
+                "config",
+                "status",
+                "connected_at",
+                "disconnected_at",
+                "scan_schedule",
+                "realtime",
             ],
             Table::Files => &[
-                "id", "user_id", "provider_id", "path", "name", "size_bytes", "mime_type", "checksum", "modified_at", "created_at",
-                "updated_at", "metadata",
+                "id",
+                "user_id",
+                "provider_id",
+                "path",
+                "name",
+                "size_bytes",
+                "mime_type",
+                "checksum",
+                "modified_at",
+                "created_at",
+                "updated_at",
+                "metadata",
             ],
             Table::SyncOperations => &[
-                "id", "user_id", "kind", "provider_id", "status", "paused", "files_done", "bytes_done", "files_total", "bytes_total",
-                "error", "details", "created_at", "updated_at", "completed_at",
+                "id",
+                "user_id",
+                "kind",
+                "provider_id",
+                "status",
+                "paused",
+                "files_done",
+                "bytes_done",
+                "files_total",
+                "bytes_total",
+                "error",
+                "details",
+                "created_at",
+                "updated_at",
+                "completed_at",
             ],
         };
         let select: Vec<String> = columns.iter().map(|c| format!("CAST({c} AS TEXT) AS {c}")).collect();
         let sql = format!("SELECT {} FROM {} ORDER BY id", select.join(", "), table.name());
         fetch_all!(&self.pool, &sql, Vec::<Val>::new(), |row| {
-            (0..columns.len()).map(|i| row.try_get::<Option<String>, _>(i)).collect::<Result<Vec<_>, _>>()
+            (0..columns.len())
+                .map(|i| row.try_get::<Option<String>, _>(i))
+                .collect::<Result<Vec<_>, _>>()
         })
     }
 }

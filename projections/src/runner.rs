@@ -37,9 +37,18 @@ fn table_ops(events: &[RecordedEvent], table: Table) -> Result<Vec<Op>, Projecti
     let mut ops = Vec::new();
     for event in events {
         match DomainEvent::decode(&event.event_type, event.schema_version, &event.payload) {
-            Ok(decoded) => ops.extend(ops_for(&decoded, event.metadata.occurred_at).into_iter().filter(|op| op.table() == table)),
+            Ok(decoded) => ops.extend(
+                ops_for(&decoded, event.metadata.occurred_at)
+                    .into_iter()
+                    .filter(|op| op.table() == table),
+            ),
             Err(DecodeError::UnknownType(_)) => {}
-            Err(source) => return Err(ProjectionError::Decode { position: event.position, source }),
+            Err(source) => {
+                return Err(ProjectionError::Decode {
+                    position: event.position,
+                    source,
+                });
+            }
         }
     }
     Ok(ops)
@@ -76,9 +85,17 @@ async fn step(db: &Database, table: Table, page: i64) -> Result<(usize, i64), Pr
         }};
     }
     match &db.pool {
-        DbPool::Postgres(pool) => run!(pool.begin().await?, "SELECT position FROM projector_checkpoints WHERE name = $1 FOR UPDATE", bind_pg),
+        DbPool::Postgres(pool) => run!(
+            pool.begin().await?,
+            "SELECT position FROM projector_checkpoints WHERE name = $1 FOR UPDATE",
+            bind_pg
+        ),
         // BEGIN IMMEDIATE takes SQLite's write lock up front, which serialises projector batches.
-        DbPool::Sqlite(pool) => run!(pool.begin_with("BEGIN IMMEDIATE").await?, "SELECT position FROM projector_checkpoints WHERE name = $1", bind_sqlite),
+        DbPool::Sqlite(pool) => run!(
+            pool.begin_with("BEGIN IMMEDIATE").await?,
+            "SELECT position FROM projector_checkpoints WHERE name = $1",
+            bind_sqlite
+        ),
     }
 }
 
@@ -102,8 +119,14 @@ pub async fn rebuild(db: &Database, name: &str) -> Result<u64, ProjectionError> 
         }};
     }
     match &db.pool {
-        DbPool::Postgres(pool) => reset!(pool.begin().await?, "SELECT position FROM projector_checkpoints WHERE name = $1 FOR UPDATE"),
-        DbPool::Sqlite(pool) => reset!(pool.begin_with("BEGIN IMMEDIATE").await?, "SELECT position FROM projector_checkpoints WHERE name = $1"),
+        DbPool::Postgres(pool) => reset!(
+            pool.begin().await?,
+            "SELECT position FROM projector_checkpoints WHERE name = $1 FOR UPDATE"
+        ),
+        DbPool::Sqlite(pool) => reset!(
+            pool.begin_with("BEGIN IMMEDIATE").await?,
+            "SELECT position FROM projector_checkpoints WHERE name = $1"
+        ),
     }
     let head = db.events.head().await?;
     let mut replayed = 0_u64;
@@ -143,12 +166,19 @@ pub struct Projections {
 impl Projections {
     pub fn new(db: Database) -> Arc<Self> {
         let checkpoints = Table::ALL.into_iter().map(|t| (t, watch::Sender::new(0))).collect();
-        Arc::new(Self { db, checkpoints, poll: Duration::from_millis(500) })
+        Arc::new(Self {
+            db,
+            checkpoints,
+            poll: Duration::from_millis(500),
+        })
     }
 
     /// Runs every projector (catch up, then follow live appends) until `shutdown`.
     pub async fn run(self: Arc<Self>, shutdown: CancellationToken) {
-        let loops = self.checkpoints.iter().map(|(table, sender)| self.follow(*table, sender, &shutdown));
+        let loops = self
+            .checkpoints
+            .iter()
+            .map(|(table, sender)| self.follow(*table, sender, &shutdown));
         futures::future::join_all(loops).await;
     }
 

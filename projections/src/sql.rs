@@ -4,8 +4,8 @@
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde_json::Value;
 use sqlx::postgres::PgArguments;
-use sqlx::sqlite::SqliteArguments;
 use sqlx::query::Query;
+use sqlx::sqlite::SqliteArguments;
 use sqlx::{Postgres, Sqlite};
 use uuid::Uuid;
 
@@ -70,10 +70,24 @@ pub(crate) fn statement(op: &Op) -> (&'static str, Vec<Val>) {
              ON CONFLICT (id) DO UPDATE SET email = excluded.email, updated_at = excluded.updated_at",
             vec![V::Uuid(id), V::Text(email), V::Ts(at)],
         ),
-        Op::InsertProvider { id, user_id, kind, display_name, config, at } => (
+        Op::InsertProvider {
+            id,
+            user_id,
+            kind,
+            display_name,
+            config,
+            at,
+        } => (
             "INSERT INTO providers (id, user_id, kind, display_name, config, status, connected_at) \
              VALUES ($1, $2, $3, $4, $5, 'connected', $6) ON CONFLICT (id) DO NOTHING",
-            vec![V::Uuid(id), V::Uuid(user_id), V::Text(kind), V::Text(display_name), V::Json(config), V::Ts(at)],
+            vec![
+                V::Uuid(id),
+                V::Uuid(user_id),
+                V::Text(kind),
+                V::Text(display_name),
+                V::Json(config),
+                V::Ts(at),
+            ],
         ),
         Op::DisconnectProvider { id, at } => (
             "UPDATE providers SET status = 'disconnected', disconnected_at = $2 WHERE id = $1",
@@ -84,7 +98,18 @@ pub(crate) fn statement(op: &Op) -> (&'static str, Vec<Val>) {
             vec![V::Uuid(id), V::OptText(schedule), V::Bool(realtime)],
         ),
         Op::RemoveProviderFiles { provider_id } => ("DELETE FROM files WHERE provider_id = $1", vec![V::Uuid(provider_id)]),
-        Op::InsertFile { id, user_id, provider_id, path, name, size_bytes, mime_type, checksum, modified_at, at } => (
+        Op::InsertFile {
+            id,
+            user_id,
+            provider_id,
+            path,
+            name,
+            size_bytes,
+            mime_type,
+            checksum,
+            modified_at,
+            at,
+        } => (
             "INSERT INTO files (id, user_id, provider_id, path, name, size_bytes, mime_type, checksum, modified_at, \
              created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $10) ON CONFLICT (id) DO NOTHING",
             vec![
@@ -104,29 +129,67 @@ pub(crate) fn statement(op: &Op) -> (&'static str, Vec<Val>) {
             "UPDATE files SET path = $2, name = $3, updated_at = $4 WHERE id = $1",
             vec![V::Uuid(id), V::Text(path), V::Text(name), V::Ts(at)],
         ),
-        Op::ChangeFile { id, size_bytes, checksum, modified_at, at } => (
+        Op::ChangeFile {
+            id,
+            size_bytes,
+            checksum,
+            modified_at,
+            at,
+        } => (
             "UPDATE files SET size_bytes = $2, checksum = $3, modified_at = $4, updated_at = $5 WHERE id = $1",
             vec![V::Uuid(id), V::Int(size_bytes), V::Text(checksum), V::Ts(modified_at), V::Ts(at)],
         ),
         Op::DeleteFile { id } => ("DELETE FROM files WHERE id = $1", vec![V::Uuid(id)]),
-        Op::InsertSyncOperation { id, user_id, kind, provider_id, at } => (
+        Op::InsertSyncOperation {
+            id,
+            user_id,
+            kind,
+            provider_id,
+            at,
+        } => (
             "INSERT INTO sync_operations (id, user_id, kind, provider_id, status, created_at, updated_at) \
              VALUES ($1, $2, $3, $4, 'pending', $5, $5) ON CONFLICT (id) DO NOTHING",
             vec![V::Uuid(id), V::Uuid(user_id), V::Text(kind), V::OptUuid(provider_id), V::Ts(at)],
         ),
-        Op::SyncOperationStatus { id, status, error, ended, at } => (
+        Op::SyncOperationStatus {
+            id,
+            status,
+            error,
+            ended,
+            at,
+        } => (
             "UPDATE sync_operations SET status = $2, error = COALESCE($3, error), updated_at = $4, \
              completed_at = CASE WHEN $5 THEN $4 ELSE completed_at END WHERE id = $1",
-            vec![V::Uuid(id), V::Text(status.to_owned()), V::OptText(error), V::Ts(at), V::Bool(ended)],
+            vec![
+                V::Uuid(id),
+                V::Text(status.to_owned()),
+                V::OptText(error),
+                V::Ts(at),
+                V::Bool(ended),
+            ],
         ),
         Op::SyncOperationPaused { id, paused, at } => (
             "UPDATE sync_operations SET paused = $2, updated_at = $3 WHERE id = $1",
             vec![V::Uuid(id), V::Bool(paused), V::Ts(at)],
         ),
-        Op::SyncOperationProgress { id, files_done, bytes_done, files_total, bytes_total, at } => (
+        Op::SyncOperationProgress {
+            id,
+            files_done,
+            bytes_done,
+            files_total,
+            bytes_total,
+            at,
+        } => (
             "UPDATE sync_operations SET files_done = $2, bytes_done = $3, files_total = COALESCE($4, files_total), \
              bytes_total = COALESCE($5, bytes_total), updated_at = $6 WHERE id = $1",
-            vec![V::Uuid(id), V::Int(files_done), V::Int(bytes_done), V::OptInt(files_total), V::OptInt(bytes_total), V::Ts(at)],
+            vec![
+                V::Uuid(id),
+                V::Int(files_done),
+                V::Int(bytes_done),
+                V::OptInt(files_total),
+                V::OptInt(bytes_total),
+                V::Ts(at),
+            ],
         ),
     }
 }

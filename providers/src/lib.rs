@@ -93,7 +93,10 @@ pub fn open(kind: ProviderKind, config: &Map<String, Value>) -> Result<Box<dyn S
             if let Some(key) = config.keys().find(|k| k.as_str() != "root") {
                 return Err(ProviderError::Invalid(format!("unknown local setting {key:?} (accepted: root)")));
             }
-            let root = config.get("root").and_then(Value::as_str).ok_or_else(|| ProviderError::Invalid("root (an absolute folder path) is required".into()))?;
+            let root = config
+                .get("root")
+                .and_then(Value::as_str)
+                .ok_or_else(|| ProviderError::Invalid("root (an absolute folder path) is required".into()))?;
             Box::new(LocalProvider::open(root)?)
         }
         remote => Box::new(RemoteProvider::open(remote, &config)?),
@@ -107,5 +110,7 @@ fn number(value: &Value, key: &str) -> Result<f64, ProviderError> {
         Value::String(s) => s.trim().parse().ok(),
         _ => None,
     };
-    number.filter(|n| n.is_finite() && *n >= 1.0 && *n <= 1_000_000.0).ok_or_else(|| ProviderError::Invalid(format!("{key} must be a number from 1 to 1000000")))
+    number
+        .filter(|n| n.is_finite() && *n >= 1.0 && *n <= 1_000_000.0)
+        .ok_or_else(|| ProviderError::Invalid(format!("{key} must be a number from 1 to 1000000")))
 }

@@ -29,8 +29,16 @@ impl Quota {
     /// per prefix, and enough to stop a runaway loop); local folders are not rate-limited.
     pub fn default_for(kind: ProviderKind) -> Self {
         match kind {
-            ProviderKind::Local => Self { requests_per_second: None, burst: 1.0, concurrent_transfers: 8 },
-            _ => Self { requests_per_second: Some(1000.0), burst: 200.0, concurrent_transfers: 8 },
+            ProviderKind::Local => Self {
+                requests_per_second: None,
+                burst: 1.0,
+                concurrent_transfers: 8,
+            },
+            _ => Self {
+                requests_per_second: Some(1000.0),
+                burst: 200.0,
+                concurrent_transfers: 8,
+            },
         }
     }
 }
@@ -44,7 +52,11 @@ struct Bucket {
 
 impl Bucket {
     fn new(rate: f64, burst: f64) -> Self {
-        Self { rate, burst, state: tokio::sync::Mutex::new((burst, Instant::now())) }
+        Self {
+            rate,
+            burst,
+            state: tokio::sync::Mutex::new((burst, Instant::now())),
+        }
     }
 
     /// Waits until a token is available and takes it.
@@ -117,9 +129,15 @@ impl Limited {
     pub fn new(inner: Box<dyn StorageProvider>, quota: Quota, cache_capacity: usize) -> Self {
         Self {
             inner,
-            requests: quota.requests_per_second.map(|rate| Bucket::new(rate.max(0.1), quota.burst.max(1.0))),
+            requests: quota
+                .requests_per_second
+                .map(|rate| Bucket::new(rate.max(0.1), quota.burst.max(1.0))),
             transfers: Semaphore::new(quota.concurrent_transfers.max(1)),
-            cache: Mutex::new(Lru { capacity: cache_capacity.max(1), entries: HashMap::new(), order: VecDeque::new() }),
+            cache: Mutex::new(Lru {
+                capacity: cache_capacity.max(1),
+                entries: HashMap::new(),
+                order: VecDeque::new(),
+            }),
             stats: Mutex::new((0, 0)),
         }
     }
@@ -180,13 +198,21 @@ impl StorageProvider for Limited {
 
     async fn read(&self, path: &ProviderPath, range: Range<u64>) -> Result<ByteStream, ProviderError> {
         self.take().await;
-        let _permit = self.transfers.acquire().await.map_err(|_| ProviderError::Other("the provider is closing".into()))?;
+        let _permit = self
+            .transfers
+            .acquire()
+            .await
+            .map_err(|_| ProviderError::Other("the provider is closing".into()))?;
         self.inner.read(path, range).await
     }
 
     async fn write(&self, path: &ProviderPath, data: ByteStream) -> Result<u64, ProviderError> {
         self.take().await;
-        let _permit = self.transfers.acquire().await.map_err(|_| ProviderError::Other("the provider is closing".into()))?;
+        let _permit = self
+            .transfers
+            .acquire()
+            .await
+            .map_err(|_| ProviderError::Other("the provider is closing".into()))?;
         self.invalidate(path);
         let written = self.inner.write(path, data).await;
         self.invalidate(path);
@@ -232,9 +258,18 @@ mod tests {
 
     #[test]
     fn the_cache_evicts_the_least_recently_used() {
-        let entry = |p: &str| Entry { path: ProviderPath::parse(p).expect("path"), size: 1, modified_at: None, etag: None };
+        let entry = |p: &str| Entry {
+            path: ProviderPath::parse(p).expect("path"),
+            size: 1,
+            modified_at: None,
+            etag: None,
+        };
         let path = |p: &str| ProviderPath::parse(p).expect("path");
-        let mut lru = Lru { capacity: 2, entries: HashMap::new(), order: VecDeque::new() };
+        let mut lru = Lru {
+            capacity: 2,
+            entries: HashMap::new(),
+            order: VecDeque::new(),
+        };
         lru.put(entry("a"));
         lru.put(entry("b"));
         assert!(lru.get(&path("a")).is_some());
@@ -259,7 +294,11 @@ mod tests {
         assert_eq!(limited.stat(&path).await.expect("stat").size, 3);
         assert_eq!(limited.cache_stats(), (1, 1), "the second stat came from the cache");
         limited.write(&path, write("three")).await.expect("write");
-        assert_eq!(limited.stat(&path).await.expect("stat").size, 5, "the write invalidated the cached entry");
+        assert_eq!(
+            limited.stat(&path).await.expect("stat").size,
+            5,
+            "the write invalidated the cached entry"
+        );
         limited.delete(&path).await.expect("delete");
         assert!(matches!(limited.stat(&path).await, Err(ProviderError::NotFound(_))));
         std::fs::remove_dir_all(dir).ok();

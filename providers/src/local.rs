@@ -65,12 +65,19 @@ impl LocalProvider {
     fn entry(&self, path: ProviderPath, meta: &std::fs::Metadata) -> Entry {
         let modified_at = meta.modified().ok().map(DateTime::<Utc>::from);
         let etag = modified_at.map(|m| format!("{}-{}", meta.len(), m.timestamp_nanos_opt().unwrap_or_default()));
-        Entry { path, size: meta.len(), modified_at, etag }
+        Entry {
+            path,
+            size: meta.len(),
+            modified_at,
+            etag,
+        }
     }
 }
 
 async fn blocking<T: Send + 'static>(work: impl FnOnce() -> Result<T, ProviderError> + Send + 'static) -> Result<T, ProviderError> {
-    tokio::task::spawn_blocking(work).await.map_err(|err| ProviderError::Other(format!("storage task failed: {err}")))?
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|err| ProviderError::Other(format!("storage task failed: {err}")))?
 }
 
 fn temp_name(target: &Path) -> PathBuf {
@@ -80,7 +87,9 @@ fn temp_name(target: &Path) -> PathBuf {
 }
 
 fn rand_suffix() -> u64 {
-    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
     let mixed = blake3::hash(format!("{nanos}-{:?}", std::thread::current().id()).as_bytes());
     let mut bytes = [0_u8; 8];
     bytes.copy_from_slice(&mixed.as_bytes()[..8]);

@@ -56,18 +56,33 @@ impl WebdavUpload {
     fn new(config: &Map<String, Value>) -> Self {
         let text = |key: &str| config.get(key).and_then(Value::as_str).map(str::to_owned);
         let endpoint = text("endpoint").unwrap_or_default();
-        let root: Vec<String> = text("root").unwrap_or_default().split('/').filter(|p| !p.is_empty()).map(encode_component).collect();
+        let root: Vec<String> = text("root")
+            .unwrap_or_default()
+            .split('/')
+            .filter(|p| !p.is_empty())
+            .map(encode_component)
+            .collect();
         let mut base = endpoint.trim_end_matches('/').to_owned();
         base.push('/');
         for part in root {
             base.push_str(&part);
             base.push('/');
         }
-        Self { client: reqwest::Client::new(), base, username: text("username"), password: text("password"), token: text("token") }
+        Self {
+            client: reqwest::Client::new(),
+            base,
+            username: text("username"),
+            password: text("password"),
+            token: text("token"),
+        }
     }
 
     async fn put(&self, path: &ProviderPath, data: ByteStream) -> Result<u64, ProviderError> {
-        let url = format!("{}{}", self.base, path.components().map(encode_component).collect::<Vec<_>>().join("/"));
+        let url = format!(
+            "{}{}",
+            self.base,
+            path.components().map(encode_component).collect::<Vec<_>>().join("/")
+        );
         let written = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
         let counter = std::sync::Arc::clone(&written);
         let body = data.inspect_ok(move |chunk| {
@@ -80,13 +95,19 @@ impl WebdavUpload {
             request = request.basic_auth(user, self.password.as_deref());
         }
         let response = request.send().await.map_err(|err| {
-            if err.is_timeout() || err.is_connect() { ProviderError::Temporary(err.to_string()) } else { ProviderError::Other(err.to_string()) }
+            if err.is_timeout() || err.is_connect() {
+                ProviderError::Temporary(err.to_string())
+            } else {
+                ProviderError::Other(err.to_string())
+            }
         })?;
         let status = response.status();
         match status.as_u16() {
             200..=299 => Ok(written.load(std::sync::atomic::Ordering::Relaxed)),
             401 | 403 => Err(ProviderError::PermissionDenied(format!("PUT {path}: HTTP {status}"))),
-            404 | 409 => Err(ProviderError::NotFound(format!("PUT {path}: the folder does not exist (HTTP {status})"))),
+            404 | 409 => Err(ProviderError::NotFound(format!(
+                "PUT {path}: the folder does not exist (HTTP {status})"
+            ))),
             429 | 500..=599 => Err(ProviderError::Temporary(format!("PUT {path}: HTTP {status}"))),
             _ => Err(ProviderError::Other(format!("PUT {path}: HTTP {status}"))),
         }
@@ -97,7 +118,16 @@ impl WebdavUpload {
 /// typo is an error rather than a silently ignored setting.
 fn allowed_keys(kind: ProviderKind) -> &'static [&'static str] {
     match kind {
-        ProviderKind::S3 => &["endpoint", "bucket", "region", "access_key_id", "secret_access_key", "session_token", "root", "enable_virtual_host_style"],
+        ProviderKind::S3 => &[
+            "endpoint",
+            "bucket",
+            "region",
+            "access_key_id",
+            "secret_access_key",
+            "session_token",
+            "root",
+            "enable_virtual_host_style",
+        ],
         ProviderKind::Webdav => &["endpoint", "username", "password", "token", "root"],
         ProviderKind::Sftp => &["endpoint", "user", "key", "root", "known_hosts_strategy"],
         ProviderKind::Azblob => &["endpoint", "container", "account_name", "account_key", "sas_token", "root"],
@@ -127,7 +157,11 @@ impl RemoteProvider {
         let mut pairs: Vec<(String, String)> = Vec::new();
         for (key, value) in config {
             if !allowed.contains(&key.as_str()) {
-                return Err(ProviderError::Invalid(format!("unknown {} setting {key:?} (accepted: {})", kind.as_str(), allowed.join(", "))));
+                return Err(ProviderError::Invalid(format!(
+                    "unknown {} setting {key:?} (accepted: {})",
+                    kind.as_str(),
+                    allowed.join(", ")
+                )));
             }
             let text = match value {
                 Value::String(s) => s.clone(),
@@ -165,8 +199,18 @@ impl RemoteProvider {
             ProviderKind::Local => return Err(ProviderError::Invalid("local folders are not remote".into())),
         };
         let op = op
-            .layer(TimeoutLayer::new().with_timeout(Duration::from_secs(60)).with_io_timeout(Duration::from_secs(30)))
-            .layer(RetryLayer::new().with_jitter().with_max_times(4).with_min_delay(Duration::from_millis(100)).with_max_delay(Duration::from_secs(5)));
+            .layer(
+                TimeoutLayer::new()
+                    .with_timeout(Duration::from_secs(60))
+                    .with_io_timeout(Duration::from_secs(30)),
+            )
+            .layer(
+                RetryLayer::new()
+                    .with_jitter()
+                    .with_max_times(4)
+                    .with_min_delay(Duration::from_millis(100))
+                    .with_max_delay(Duration::from_secs(5)),
+            );
         let webdav = (kind == ProviderKind::Webdav).then(|| WebdavUpload::new(config));
         Ok(Self { kind, op, webdav })
     }
@@ -174,12 +218,21 @@ impl RemoteProvider {
     fn entry(path: ProviderPath, meta: &opendal::Metadata) -> Entry {
         let modified_at = meta.last_modified().map(|t| DateTime::<Utc>::from(SystemTime::from(t)));
         let etag = meta.etag().map(str::to_owned).or_else(|| meta.content_md5().map(str::to_owned));
-        Entry { path, size: meta.content_length(), modified_at, etag }
+        Entry {
+            path,
+            size: meta.content_length(),
+            modified_at,
+            etag,
+        }
     }
 }
 
 fn folder_path(folder: &ProviderPath) -> String {
-    if folder.is_root() { "/".to_owned() } else { format!("{}/", folder.as_str()) }
+    if folder.is_root() {
+        "/".to_owned()
+    } else {
+        format!("{}/", folder.as_str())
+    }
 }
 
 fn not_found(path: &ProviderPath) -> impl Fn(ProviderError) -> ProviderError + '_ {
@@ -222,7 +275,12 @@ impl StorageProvider for RemoteProvider {
     }
 
     async fn stat(&self, path: &ProviderPath) -> Result<Entry, ProviderError> {
-        let meta = self.op.stat(path.as_str()).await.map_err(ProviderError::from).map_err(not_found(path))?;
+        let meta = self
+            .op
+            .stat(path.as_str())
+            .await
+            .map_err(ProviderError::from)
+            .map_err(not_found(path))?;
         if meta.is_dir() {
             return Err(ProviderError::Invalid(format!("{path} is a folder")));
         }
@@ -235,7 +293,12 @@ impl StorageProvider for RemoteProvider {
         if range.is_empty() {
             return Ok(futures::stream::empty().boxed());
         }
-        let reader = self.op.reader_with(path.as_str()).await.map_err(ProviderError::from).map_err(not_found(path))?;
+        let reader = self
+            .op
+            .reader_with(path.as_str())
+            .await
+            .map_err(ProviderError::from)
+            .map_err(not_found(path))?;
         let stream = reader.into_bytes_stream(range).await?;
         Ok(stream.map_err(ProviderError::from).boxed())
     }
@@ -300,7 +363,10 @@ impl StorageProvider for RemoteProvider {
             self.op.copy(from.as_str(), to.as_str()).await?;
             self.op.delete(from.as_str()).await?;
         } else {
-            return Err(ProviderError::Unsupported(format!("{} can neither rename nor copy", self.kind.as_str())));
+            return Err(ProviderError::Unsupported(format!(
+                "{} can neither rename nor copy",
+                self.kind.as_str()
+            )));
         }
         Ok(())
     }

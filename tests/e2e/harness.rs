@@ -27,7 +27,12 @@ impl Harness {
         };
         let server = start(&config).await.expect("server starts");
         let url = format!("http://{}", server.addr());
-        Self { server: Some(server), db, client: reqwest::Client::new(), url }
+        Self {
+            server: Some(server),
+            db,
+            client: reqwest::Client::new(),
+            url,
+        }
     }
 
     pub fn server(&self) -> &Server {
@@ -43,7 +48,10 @@ impl Harness {
 
     /// Posts a GraphQL request and returns the whole JSON response.
     pub async fn gql(&self, token: Option<&str>, query: &str, variables: Value) -> Value {
-        let mut request = self.client.post(format!("{}/graphql", self.url)).json(&json!({ "query": query, "variables": variables }));
+        let mut request = self
+            .client
+            .post(format!("{}/graphql", self.url))
+            .json(&json!({ "query": query, "variables": variables }));
         if let Some(token) = token {
             request = request.bearer_auth(token);
         }
@@ -61,7 +69,8 @@ impl Harness {
     pub async fn error_code(&self, token: Option<&str>, query: &str, variables: Value) -> String {
         let response = self.gql(token, query, variables).await;
         let code = response["errors"][0]["extensions"]["code"].as_str();
-        code.unwrap_or_else(|| panic!("expected an error with a code, got {response:#}")).to_owned()
+        code.unwrap_or_else(|| panic!("expected an error with a code, got {response:#}"))
+            .to_owned()
     }
 
     /// Registers a user; returns (access token, user id).
@@ -88,7 +97,10 @@ impl Harness {
             )
             .await;
         let provider = data["connectProvider"]["id"].as_str().expect("provider id").to_owned();
-        let operation = data["connectProvider"]["scanOperationId"].as_str().expect("operation id").to_owned();
+        let operation = data["connectProvider"]["scanOperationId"]
+            .as_str()
+            .expect("operation id")
+            .to_owned();
         self.wait_for_operation(token, &operation).await;
         (provider, operation)
     }
@@ -98,7 +110,11 @@ impl Harness {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             let data = self
-                .ok(Some(token), "query($o: ID!) { syncStatus(operationId: $o) { status filesDone bytesDone filesTotal error } }", json!({ "o": operation }))
+                .ok(
+                    Some(token),
+                    "query($o: ID!) { syncStatus(operationId: $o) { status filesDone bytesDone filesTotal error } }",
+                    json!({ "o": operation }),
+                )
                 .await;
             let status = &data["syncStatus"];
             match status["status"].as_str() {
@@ -120,7 +136,12 @@ impl Harness {
                 json!({ "p": provider }),
             )
             .await;
-        data["files"].as_array().expect("list").iter().map(|f| (f["path"].as_str().expect("path").to_owned(), f.clone())).collect()
+        data["files"]
+            .as_array()
+            .expect("list")
+            .iter()
+            .map(|f| (f["path"].as_str().expect("path").to_owned(), f.clone()))
+            .collect()
     }
 }
 
@@ -143,7 +164,15 @@ impl Harness {
         let (provider, operation) = self.connect_local(&token, &root).await;
         let files = self.files(&token, &provider).await;
         let readme = files["readme.txt"]["id"].as_str().expect("id").to_owned();
-        Scanned { token, user, root, provider, operation, files, readme }
+        Scanned {
+            token,
+            user,
+            root,
+            provider,
+            operation,
+            files,
+            readme,
+        }
     }
 }
 

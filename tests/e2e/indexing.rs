@@ -6,7 +6,11 @@ use serde_json::json;
 
 use crate::harness::{Harness, Scanned, on_both_backends};
 
-on_both_backends!(a_rescan_records_only_what_changed, a_realtime_folder_is_indexed_on_its_own, a_cron_schedule_rescans_on_time);
+on_both_backends!(
+    a_rescan_records_only_what_changed,
+    a_realtime_folder_is_indexed_on_its_own,
+    a_cron_schedule_rescans_on_time
+);
 
 const RESCAN: &str = "mutation($p: ID!) { rescanProvider(providerId: $p) { id status } }";
 
@@ -34,8 +38,18 @@ async fn rescan(h: &Harness, token: &str, provider: &str) -> Vec<String> {
 }
 
 async fn a_rescan_records_only_what_changed(h: &Harness) {
-    let Scanned { token, root, provider, files, readme, .. } = h.scanned("rescan@example.org").await;
-    assert!(rescan(h, &token, &provider).await.is_empty(), "an unchanged provider records nothing");
+    let Scanned {
+        token,
+        root,
+        provider,
+        files,
+        readme,
+        ..
+    } = h.scanned("rescan@example.org").await;
+    assert!(
+        rescan(h, &token, &provider).await.is_empty(),
+        "an unchanged provider records nothing"
+    );
 
     std::fs::write(root.join("readme.txt"), "changed content, longer than before").expect("write");
     std::fs::create_dir_all(root.join("moved")).expect("mkdir");
@@ -43,12 +57,24 @@ async fn a_rescan_records_only_what_changed(h: &Harness) {
     std::fs::remove_file(root.join("photos/2024/cat.jpg")).expect("remove");
     std::fs::write(root.join("new.txt"), "brand new").expect("write");
 
-    assert_eq!(rescan(h, &token, &provider).await, ["FileChanged", "FileDiscovered", "FileMoved", "FileRemoved"]);
+    assert_eq!(
+        rescan(h, &token, &provider).await,
+        ["FileChanged", "FileDiscovered", "FileMoved", "FileRemoved"]
+    );
     let now = h.files(&token, &provider).await;
-    assert_eq!(now.keys().map(String::as_str).collect::<Vec<_>>(), ["docs/zażółć gęślą.md", "moved/report 2024.pdf", "new.txt", "readme.txt"]);
+    assert_eq!(
+        now.keys().map(String::as_str).collect::<Vec<_>>(),
+        ["docs/zażółć gęślą.md", "moved/report 2024.pdf", "new.txt", "readme.txt"]
+    );
     assert_eq!(now["readme.txt"]["id"], json!(readme), "a change keeps the file's identity");
-    assert_eq!(now["readme.txt"]["checksum"], json!(blake3::hash(b"changed content, longer than before").to_hex().to_string()));
-    assert_eq!(now["moved/report 2024.pdf"]["id"], files["docs/report 2024.pdf"]["id"], "a move is detected by content");
+    assert_eq!(
+        now["readme.txt"]["checksum"],
+        json!(blake3::hash(b"changed content, longer than before").to_hex().to_string())
+    );
+    assert_eq!(
+        now["moved/report 2024.pdf"]["id"], files["docs/report 2024.pdf"]["id"],
+        "a move is detected by content"
+    );
     assert_eq!(now["new.txt"]["checksum"], json!(blake3::hash(b"brand new").to_hex().to_string()));
 
     assert!(rescan(h, &token, &provider).await.is_empty(), "settled: nothing more to record");
@@ -56,18 +82,27 @@ async fn a_rescan_records_only_what_changed(h: &Harness) {
     assert_eq!(h.error_code(Some(&token), RESCAN, json!({ "p": unknown })).await, "NOT_FOUND");
 }
 
-const SCHEDULE: &str =
-    "mutation($p: ID!, $s: String, $r: Boolean) { setScanSchedule(providerId: $p, schedule: $s, realtime: $r) { id scanSchedule realtime } }";
+const SCHEDULE: &str = "mutation($p: ID!, $s: String, $r: Boolean) { setScanSchedule(providerId: $p, schedule: $s, realtime: $r) { id scanSchedule realtime } }";
 
 /// Polls `files` until `done` holds for the listing (20 s deadline).
-async fn eventually(h: &Harness, token: &str, provider: &str, what: &str, done: impl Fn(&std::collections::BTreeMap<String, serde_json::Value>) -> bool) {
+async fn eventually(
+    h: &Harness,
+    token: &str,
+    provider: &str,
+    what: &str,
+    done: impl Fn(&std::collections::BTreeMap<String, serde_json::Value>) -> bool,
+) {
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         let files = h.files(token, provider).await;
         if done(&files) {
             return;
         }
-        assert!(Instant::now() < deadline, "{what} did not happen in time: {:?}", files.keys().collect::<Vec<_>>());
+        assert!(
+            Instant::now() < deadline,
+            "{what} did not happen in time: {:?}",
+            files.keys().collect::<Vec<_>>()
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
@@ -97,13 +132,24 @@ async fn a_realtime_folder_is_indexed_on_its_own(h: &Harness) {
 
 async fn a_cron_schedule_rescans_on_time(h: &Harness) {
     let Scanned { token, root, provider, .. } = h.scanned("cron@example.org").await;
-    assert_eq!(h.error_code(Some(&token), SCHEDULE, json!({ "p": provider, "s": "every tuesday" })).await, "BAD_USER_INPUT");
+    assert_eq!(
+        h.error_code(Some(&token), SCHEDULE, json!({ "p": provider, "s": "every tuesday" }))
+            .await,
+        "BAD_USER_INPUT"
+    );
     let unknown = uuid::Uuid::new_v4().to_string();
-    assert_eq!(h.error_code(Some(&token), SCHEDULE, json!({ "p": unknown, "s": "* * * * *" })).await, "NOT_FOUND");
+    assert_eq!(
+        h.error_code(Some(&token), SCHEDULE, json!({ "p": unknown, "s": "* * * * *" }))
+            .await,
+        "NOT_FOUND"
+    );
     let set = h.ok(Some(&token), SCHEDULE, json!({ "p": provider, "s": "*/1 * * * * *" })).await;
     assert_eq!(set["setScanSchedule"]["scanSchedule"], json!("*/1 * * * * *"));
     std::fs::write(root.join("scheduled.txt"), "found by the schedule").expect("write");
-    eventually(h, &token, &provider, "the scheduled rescan", |files| files.contains_key("scheduled.txt")).await;
+    eventually(h, &token, &provider, "the scheduled rescan", |files| {
+        files.contains_key("scheduled.txt")
+    })
+    .await;
     // Switched off, nothing more is picked up on its own.
     h.ok(Some(&token), SCHEDULE, json!({ "p": provider, "s": null })).await;
 }

@@ -20,20 +20,28 @@ fn var(name: &str) -> String {
     std::env::var(name).unwrap_or_else(|_| panic!("{name} is not set: run the suite through scripts/test"))
 }
 
-const CONNECT: &str = "mutation($k: String!, $c: JSON!) { connectProvider(provider: $k, credentials: $c) { id kind displayName config scanOperationId } }";
+const CONNECT: &str =
+    "mutation($k: String!, $c: JSON!) { connectProvider(provider: $k, credentials: $c) { id kind displayName config scanOperationId } }";
 
 /// Puts files on the server under `settings` (the provider's own root), the way another client would.
 async fn seed(kind: ProviderKind, settings: &Value, files: &[(&str, &str)]) {
     let provider = cloudsync_providers::open(kind, settings.as_object().expect("object")).expect("opens");
     for (path, content) in files {
         let data = futures::stream::iter([Ok(Bytes::from(content.to_string()))]).boxed();
-        provider.write(&ProviderPath::parse(path).expect("path"), data).await.expect("seeded");
+        provider
+            .write(&ProviderPath::parse(path).expect("path"), data)
+            .await
+            .expect("seeded");
     }
 }
 
 async fn s3_settings(secret: &str) -> Value {
     let endpoint = var("CLOUDSYNC_TEST_S3_ENDPOINT");
-    let created = reqwest::Client::new().put(format!("{endpoint}/cloudsync-e2e")).send().await.expect("S3 reachable");
+    let created = reqwest::Client::new()
+        .put(format!("{endpoint}/cloudsync-e2e"))
+        .send()
+        .await
+        .expect("S3 reachable");
     assert!(created.status().is_success() || created.status().as_u16() == 409);
     json!({
         "endpoint": endpoint, "bucket": "cloudsync-e2e", "region": "us-east-1", "access_key_id": "e2e",
@@ -64,10 +72,16 @@ async fn database_text(h: &Harness) -> String {
             text
         }
         DbPool::Postgres(pool) => {
-            let tables: Vec<String> = sqlx::query_scalar("SELECT tablename::text FROM pg_tables WHERE schemaname = 'public'").fetch_all(pool).await.expect("tables");
+            let tables: Vec<String> = sqlx::query_scalar("SELECT tablename::text FROM pg_tables WHERE schemaname = 'public'")
+                .fetch_all(pool)
+                .await
+                .expect("tables");
             let mut text = String::new();
             for table in tables {
-                let rows: Vec<String> = sqlx::query_scalar(&format!("SELECT t::text FROM {table} t")).fetch_all(pool).await.expect("rows");
+                let rows: Vec<String> = sqlx::query_scalar(&format!("SELECT t::text FROM {table} t"))
+                    .fetch_all(pool)
+                    .await
+                    .expect("rows");
                 text.push_str(&rows.join("\n"));
             }
             text
@@ -89,10 +103,18 @@ async fn an_s3_bucket_is_indexed_and_its_secret_is_never_stored_in_clear(h: &Har
     let (token, _) = h.register("s3@example.org").await;
     let secret = format!("s3-secret-{}", uuid::Uuid::new_v4().simple());
     let settings = s3_settings(&secret).await;
-    seed(ProviderKind::S3, &settings, &[("reports/q1.txt", "first quarter"), ("photos/a b.jpg", "jpeg")]).await;
+    seed(
+        ProviderKind::S3,
+        &settings,
+        &[("reports/q1.txt", "first quarter"), ("photos/a b.jpg", "jpeg")],
+    )
+    .await;
     let (_, files) = connect(h, &token, "s3", &settings).await;
     assert_eq!(files.keys().collect::<Vec<_>>(), ["photos/a b.jpg", "reports/q1.txt"]);
-    assert_eq!(files["reports/q1.txt"]["checksum"], json!(blake3::hash(b"first quarter").to_hex().to_string()));
+    assert_eq!(
+        files["reports/q1.txt"]["checksum"],
+        json!(blake3::hash(b"first quarter").to_hex().to_string())
+    );
     assert_eq!(files["reports/q1.txt"]["sizeBytes"], json!(13));
     assert_never_in_clear(h, &token, &secret).await;
 }
@@ -116,19 +138,37 @@ async fn files_on_webdav_move_and_delete_through_the_api(h: &Harness) {
         "endpoint": var("CLOUDSYNC_TEST_WEBDAV_ENDPOINT"), "username": var("CLOUDSYNC_TEST_WEBDAV_USER"),
         "password": var("CLOUDSYNC_TEST_WEBDAV_PASSWORD"), "root": format!("/e2e-{}/", uuid::Uuid::new_v4().simple()),
     });
-    seed(ProviderKind::Webdav, &settings, &[("inbox/letter.txt", "dear"), ("inbox/old.txt", "old")]).await;
+    seed(
+        ProviderKind::Webdav,
+        &settings,
+        &[("inbox/letter.txt", "dear"), ("inbox/old.txt", "old")],
+    )
+    .await;
     let (provider, files) = connect(h, &token, "webdav", &settings).await;
     let letter = files["inbox/letter.txt"]["id"].as_str().expect("id").to_owned();
     let old = files["inbox/old.txt"]["id"].as_str().expect("id").to_owned();
     let moved = h
-        .ok(Some(&token), "mutation($ids: [ID!]!) { moveFiles(fileIds: $ids, targetPath: \"archive\") { path } }", json!({ "ids": [letter] }))
+        .ok(
+            Some(&token),
+            "mutation($ids: [ID!]!) { moveFiles(fileIds: $ids, targetPath: \"archive\") { path } }",
+            json!({ "ids": [letter] }),
+        )
         .await;
     assert_eq!(moved["moveFiles"], json!([{ "path": "archive/letter.txt" }]));
-    h.ok(Some(&token), "mutation($ids: [ID!]!) { deleteFiles(fileIds: $ids) }", json!({ "ids": [old] })).await;
+    h.ok(
+        Some(&token),
+        "mutation($ids: [ID!]!) { deleteFiles(fileIds: $ids) }",
+        json!({ "ids": [old] }),
+    )
+    .await;
 
     let server: Map<String, Value> = settings.as_object().expect("object").clone();
     let direct = cloudsync_providers::open(ProviderKind::Webdav, &server).expect("opens");
-    let on_server: Vec<String> = direct.list(&ProviderPath::root()).map(|e| e.expect("entry").path.as_str().to_owned()).collect().await;
+    let on_server: Vec<String> = direct
+        .list(&ProviderPath::root())
+        .map(|e| e.expect("entry").path.as_str().to_owned())
+        .collect()
+        .await;
     assert_eq!(on_server, ["archive/letter.txt"]);
     let listed = h.files(&token, &provider).await;
     assert_eq!(listed.keys().collect::<Vec<_>>(), ["archive/letter.txt"]);
@@ -140,20 +180,40 @@ async fn refused_credentials_record_nothing(h: &Harness) {
     let wrong_password = json!({
         "endpoint": var("CLOUDSYNC_TEST_WEBDAV_ENDPOINT"), "username": var("CLOUDSYNC_TEST_WEBDAV_USER"), "password": "not the password",
     });
-    assert_eq!(h.error_code(Some(&token), CONNECT, json!({ "k": "webdav", "c": wrong_password })).await, "BAD_USER_INPUT");
+    assert_eq!(
+        h.error_code(Some(&token), CONNECT, json!({ "k": "webdav", "c": wrong_password }))
+            .await,
+        "BAD_USER_INPUT"
+    );
     let unreachable = json!({ "endpoint": "http://127.0.0.1:9", "username": "x", "password": "y" });
-    assert_eq!(h.error_code(Some(&token), CONNECT, json!({ "k": "webdav", "c": unreachable })).await, "BAD_USER_INPUT");
+    assert_eq!(
+        h.error_code(Some(&token), CONNECT, json!({ "k": "webdav", "c": unreachable }))
+            .await,
+        "BAD_USER_INPUT"
+    );
     let typo = json!({ "endpoint": var("CLOUDSYNC_TEST_WEBDAV_ENDPOINT"), "pasword": "x" });
     let response = h.gql(Some(&token), CONNECT, json!({ "k": "webdav", "c": typo })).await;
     assert_eq!(response["errors"][0]["extensions"]["code"], json!("BAD_USER_INPUT"));
-    assert!(response["errors"][0]["message"].as_str().is_some_and(|m| m.contains("pasword")), "{response}");
+    assert!(
+        response["errors"][0]["message"].as_str().is_some_and(|m| m.contains("pasword")),
+        "{response}"
+    );
     let bad_quota = json!({
         "endpoint": var("CLOUDSYNC_TEST_WEBDAV_ENDPOINT"), "username": var("CLOUDSYNC_TEST_WEBDAV_USER"),
         "password": var("CLOUDSYNC_TEST_WEBDAV_PASSWORD"), "max_requests_per_second": "as fast as you can",
     });
-    assert_eq!(h.error_code(Some(&token), CONNECT, json!({ "k": "webdav", "c": bad_quota })).await, "BAD_USER_INPUT");
+    assert_eq!(
+        h.error_code(Some(&token), CONNECT, json!({ "k": "webdav", "c": bad_quota })).await,
+        "BAD_USER_INPUT"
+    );
     let missing_bucket = json!({ "endpoint": var("CLOUDSYNC_TEST_S3_ENDPOINT"), "bucket": "cloudsync-no-such-bucket", "access_key_id": "a", "secret_access_key": "b" });
-    assert_eq!(h.error_code(Some(&token), CONNECT, json!({ "k": "s3", "c": missing_bucket })).await, "BAD_USER_INPUT");
+    assert_eq!(
+        h.error_code(Some(&token), CONNECT, json!({ "k": "s3", "c": missing_bucket })).await,
+        "BAD_USER_INPUT"
+    );
     assert_eq!(h.server().app().db.events.head().await.expect("head"), head);
-    assert_eq!(h.ok(Some(&token), "{ providers { id } }", json!({})).await, json!({ "providers": [] }));
+    assert_eq!(
+        h.ok(Some(&token), "{ providers { id } }", json!({})).await,
+        json!({ "providers": [] })
+    );
 }

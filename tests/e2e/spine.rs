@@ -29,18 +29,39 @@ async fn register_login_and_me(h: &Harness) {
     assert_eq!(me["me"], json!({ "id": id, "email": "ada@example.org" }));
 
     let login = "mutation($e: String!, $p: String!) { login(email: $e, password: $p) { accessToken user { id email } } }";
-    let data = h.ok(None, login, json!({ "e": "ada@example.org", "p": "correct horse battery" })).await;
+    let data = h
+        .ok(None, login, json!({ "e": "ada@example.org", "p": "correct horse battery" }))
+        .await;
     assert_eq!(data["login"]["user"]["id"], json!(id));
     let again = data["login"]["accessToken"].as_str().expect("token");
     assert_eq!(h.ok(Some(again), ME, json!({})).await["me"]["id"], json!(id));
 
-    assert_eq!(h.error_code(None, login, json!({ "e": "ada@example.org", "p": "wrong password!" })).await, "UNAUTHENTICATED");
-    assert_eq!(h.error_code(None, login, json!({ "e": "nobody@example.org", "p": "correct horse battery" })).await, "UNAUTHENTICATED");
+    assert_eq!(
+        h.error_code(None, login, json!({ "e": "ada@example.org", "p": "wrong password!" }))
+            .await,
+        "UNAUTHENTICATED"
+    );
+    assert_eq!(
+        h.error_code(None, login, json!({ "e": "nobody@example.org", "p": "correct horse battery" }))
+            .await,
+        "UNAUTHENTICATED"
+    );
 
     let register = "mutation($e: String!, $p: String!) { register(email: $e, password: $p) { accessToken } }";
-    assert_eq!(h.error_code(None, register, json!({ "e": "ada@example.org", "p": "another password" })).await, "ALREADY_EXISTS");
-    assert_eq!(h.error_code(None, register, json!({ "e": "not-an-email", "p": "another password" })).await, "BAD_USER_INPUT");
-    assert_eq!(h.error_code(None, register, json!({ "e": "bob@example.org", "p": "short" })).await, "BAD_USER_INPUT");
+    assert_eq!(
+        h.error_code(None, register, json!({ "e": "ada@example.org", "p": "another password" }))
+            .await,
+        "ALREADY_EXISTS"
+    );
+    assert_eq!(
+        h.error_code(None, register, json!({ "e": "not-an-email", "p": "another password" }))
+            .await,
+        "BAD_USER_INPUT"
+    );
+    assert_eq!(
+        h.error_code(None, register, json!({ "e": "bob@example.org", "p": "short" })).await,
+        "BAD_USER_INPUT"
+    );
 }
 
 async fn tokens_are_required_and_checked(h: &Harness) {
@@ -68,7 +89,10 @@ async fn a_local_folder_is_scanned_into_files(h: &Harness) {
 
     let files = h.files(&token, &provider).await;
     let paths: Vec<&str> = files.keys().map(String::as_str).collect();
-    assert_eq!(paths, ["docs/report 2024.pdf", "docs/zażółć gęślą.md", "photos/2024/cat.jpg", "readme.txt"]);
+    assert_eq!(
+        paths,
+        ["docs/report 2024.pdf", "docs/zażółć gęślą.md", "photos/2024/cat.jpg", "readme.txt"]
+    );
     let readme = &files["readme.txt"];
     assert_eq!(readme["checksum"], json!(blake3::hash(b"hello cloudsync\n").to_hex().to_string()));
     assert_eq!(readme["sizeBytes"], json!(16));
@@ -77,7 +101,13 @@ async fn a_local_folder_is_scanned_into_files(h: &Harness) {
     assert_eq!(files["docs/report 2024.pdf"]["mimeType"], json!("application/pdf"));
 
     // `path` narrows to a folder, recursively.
-    let data = h.ok(Some(&token), "query($p: ID) { files(provider: $p, path: \"photos\") { path } }", json!({ "p": provider })).await;
+    let data = h
+        .ok(
+            Some(&token),
+            "query($p: ID) { files(provider: $p, path: \"photos\") { path } }",
+            json!({ "p": provider }),
+        )
+        .await;
     assert_eq!(data["files"], json!([{ "path": "photos/2024/cat.jpg" }]));
     let providers = h.ok(Some(&token), "{ providers { id kind status config } }", json!({})).await;
     assert_eq!(providers["providers"][0]["id"], json!(provider));
@@ -88,11 +118,25 @@ const MOVE: &str = "mutation($ids: [ID!]!, $to: String!) { moveFiles(fileIds: $i
 const DELETE: &str = "mutation($ids: [ID!]!) { deleteFiles(fileIds: $ids) }";
 
 async fn move_and_delete_change_the_folder_and_are_read_back_at_once(h: &Harness) {
-    let Scanned { token, root, provider, files, readme, .. } = h.scanned("move@example.org").await;
+    let Scanned {
+        token,
+        root,
+        provider,
+        files,
+        readme,
+        ..
+    } = h.scanned("move@example.org").await;
     let report = files["docs/report 2024.pdf"]["id"].as_str().expect("id").to_owned();
 
-    let moved = h.ok(Some(&token), MOVE, json!({ "ids": [readme, report], "to": "archive/2024" })).await;
-    let mut paths: Vec<&str> = moved["moveFiles"].as_array().expect("list").iter().map(|f| f["path"].as_str().expect("path")).collect();
+    let moved = h
+        .ok(Some(&token), MOVE, json!({ "ids": [readme, report], "to": "archive/2024" }))
+        .await;
+    let mut paths: Vec<&str> = moved["moveFiles"]
+        .as_array()
+        .expect("list")
+        .iter()
+        .map(|f| f["path"].as_str().expect("path"))
+        .collect();
     paths.sort_unstable();
     assert_eq!(paths, ["archive/2024/readme.txt", "archive/2024/report 2024.pdf"]);
     assert!(root.join("archive/2024/readme.txt").is_file());
@@ -113,34 +157,99 @@ async fn move_and_delete_change_the_folder_and_are_read_back_at_once(h: &Harness
 }
 
 async fn bad_input_gets_a_coded_error_and_changes_nothing(h: &Harness) {
-    let Scanned { token, root, provider, files, readme, .. } = h.scanned("bad@example.org").await;
+    let Scanned {
+        token,
+        root,
+        provider,
+        files,
+        readme,
+        ..
+    } = h.scanned("bad@example.org").await;
     let head = h.server().app().db.events.head().await.expect("head");
 
     // Malformed GraphQL and malformed bodies.
     assert_eq!(h.error_code(Some(&token), "{ me { id ", json!({})).await, "GRAPHQL_PARSE_FAILED");
-    assert_eq!(h.error_code(Some(&token), "{ me { nope } }", json!({})).await, "GRAPHQL_VALIDATION_FAILED");
-    let raw = h.client.post(format!("{}/graphql", h.url)).body("{not json").header("content-type", "application/json").send().await.expect("sent");
+    assert_eq!(
+        h.error_code(Some(&token), "{ me { nope } }", json!({})).await,
+        "GRAPHQL_VALIDATION_FAILED"
+    );
+    let raw = h
+        .client
+        .post(format!("{}/graphql", h.url))
+        .body("{not json")
+        .header("content-type", "application/json")
+        .send()
+        .await
+        .expect("sent");
     assert_eq!(raw.status(), 400);
     let body: Value = raw.json().await.expect("json");
     assert_eq!(body["errors"][0]["extensions"]["code"], json!("BAD_REQUEST"));
 
     // Invalid paths, ids and providers.
     for target in ["../outside", "a/../../b", "bad\u{0}name"] {
-        assert_eq!(h.error_code(Some(&token), MOVE, json!({ "ids": [readme], "to": target })).await, "BAD_USER_INPUT", "{target:?}");
+        assert_eq!(
+            h.error_code(Some(&token), MOVE, json!({ "ids": [readme], "to": target })).await,
+            "BAD_USER_INPUT",
+            "{target:?}"
+        );
     }
-    assert_eq!(h.error_code(Some(&token), MOVE, json!({ "ids": ["not-a-uuid"], "to": "x" })).await, "BAD_USER_INPUT");
+    assert_eq!(
+        h.error_code(Some(&token), MOVE, json!({ "ids": ["not-a-uuid"], "to": "x" })).await,
+        "BAD_USER_INPUT"
+    );
     let unknown = uuid::Uuid::new_v4().to_string();
-    assert_eq!(h.error_code(Some(&token), MOVE, json!({ "ids": [readme, unknown], "to": "x" })).await, "NOT_FOUND");
+    assert_eq!(
+        h.error_code(Some(&token), MOVE, json!({ "ids": [readme, unknown], "to": "x" }))
+            .await,
+        "NOT_FOUND"
+    );
     assert_eq!(h.error_code(Some(&token), DELETE, json!({ "ids": [unknown] })).await, "NOT_FOUND");
     assert_eq!(h.error_code(Some(&token), DELETE, json!({ "ids": [] })).await, "BAD_USER_INPUT");
     let connect = "mutation($k: String!, $c: JSON!) { connectProvider(provider: $k, credentials: $c) { id } }";
-    assert_eq!(h.error_code(Some(&token), connect, json!({ "k": "local", "c": { "root": "/no/such/folder/cloudsync" } })).await, "BAD_USER_INPUT");
-    assert_eq!(h.error_code(Some(&token), connect, json!({ "k": "local", "c": { "root": "relative" } })).await, "BAD_USER_INPUT");
-    assert_eq!(h.error_code(Some(&token), connect, json!({ "k": "floppy", "c": {} })).await, "BAD_USER_INPUT");
-    assert_eq!(h.error_code(Some(&token), "query($o: ID!) { syncStatus(operationId: $o) { status } }", json!({ "o": unknown })).await, "NOT_FOUND");
-    assert_eq!(h.error_code(Some(&token), "query($p: ID) { files(provider: $p) { id } }", json!({ "p": unknown })).await, "NOT_FOUND");
-    assert_eq!(h.error_code(Some(&token), "{ files(limit: 0) { id } }", json!({})).await, "BAD_USER_INPUT");
-    assert_eq!(h.error_code(Some(&token), "{ files(path: \"../etc\") { id } }", json!({})).await, "BAD_USER_INPUT");
+    assert_eq!(
+        h.error_code(
+            Some(&token),
+            connect,
+            json!({ "k": "local", "c": { "root": "/no/such/folder/cloudsync" } })
+        )
+        .await,
+        "BAD_USER_INPUT"
+    );
+    assert_eq!(
+        h.error_code(Some(&token), connect, json!({ "k": "local", "c": { "root": "relative" } }))
+            .await,
+        "BAD_USER_INPUT"
+    );
+    assert_eq!(
+        h.error_code(Some(&token), connect, json!({ "k": "floppy", "c": {} })).await,
+        "BAD_USER_INPUT"
+    );
+    assert_eq!(
+        h.error_code(
+            Some(&token),
+            "query($o: ID!) { syncStatus(operationId: $o) { status } }",
+            json!({ "o": unknown })
+        )
+        .await,
+        "NOT_FOUND"
+    );
+    assert_eq!(
+        h.error_code(
+            Some(&token),
+            "query($p: ID) { files(provider: $p) { id } }",
+            json!({ "p": unknown })
+        )
+        .await,
+        "NOT_FOUND"
+    );
+    assert_eq!(
+        h.error_code(Some(&token), "{ files(limit: 0) { id } }", json!({})).await,
+        "BAD_USER_INPUT"
+    );
+    assert_eq!(
+        h.error_code(Some(&token), "{ files(path: \"../etc\") { id } }", json!({})).await,
+        "BAD_USER_INPUT"
+    );
     let disconnect = "mutation($p: ID!) { disconnectProvider(providerId: $p) }";
     assert_eq!(h.error_code(Some(&token), disconnect, json!({ "p": unknown })).await, "NOT_FOUND");
 
@@ -154,30 +263,57 @@ async fn bad_input_gets_a_coded_error_and_changes_nothing(h: &Harness) {
     // see as a broken pipe.)
     let addr = h.url.trim_start_matches("http://").to_owned();
     let mut socket = tokio::net::TcpStream::connect(&addr).await.expect("connect");
-    let head = format!("POST /graphql HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n", 2 * 1024 * 1024);
-    tokio::io::AsyncWriteExt::write_all(&mut socket, head.as_bytes()).await.expect("headers sent");
+    let head = format!(
+        "POST /graphql HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+        2 * 1024 * 1024
+    );
+    tokio::io::AsyncWriteExt::write_all(&mut socket, head.as_bytes())
+        .await
+        .expect("headers sent");
     let mut answer = vec![0_u8; 64];
     let read = tokio::io::AsyncReadExt::read(&mut socket, &mut answer).await.expect("answer");
-    let status_line = String::from_utf8_lossy(&answer[..read]).lines().next().unwrap_or_default().to_owned();
+    let status_line = String::from_utf8_lossy(&answer[..read])
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .to_owned();
     assert!(status_line.starts_with("HTTP/1.1 413"), "{status_line}");
 }
 
 async fn another_users_ids_behave_like_unknown_ids(h: &Harness) {
-    let Scanned { token: alice, root, provider, operation, files, readme, .. } = h.scanned("alice@example.org").await;
+    let Scanned {
+        token: alice,
+        root,
+        provider,
+        operation,
+        files,
+        readme,
+        ..
+    } = h.scanned("alice@example.org").await;
     let (bob, _) = h.register("bob@example.org").await;
     let unknown = uuid::Uuid::new_v4().to_string();
 
     // Bob sees nothing of Alice's, and every error is the one an unknown id gets.
-    assert_eq!(h.ok(Some(&bob), "{ files { id } providers { id } }", json!({})).await, json!({ "files": [], "providers": [] }));
+    assert_eq!(
+        h.ok(Some(&bob), "{ files { id } providers { id } }", json!({})).await,
+        json!({ "files": [], "providers": [] })
+    );
     for (query, variables) in [
         ("query($p: ID) { files(provider: $p) { id } }", json!({ "p": provider })),
-        ("query($o: ID!) { syncStatus(operationId: $o) { status } }", json!({ "o": operation })),
+        (
+            "query($o: ID!) { syncStatus(operationId: $o) { status } }",
+            json!({ "o": operation }),
+        ),
         (MOVE, json!({ "ids": [readme], "to": "stolen" })),
         (DELETE, json!({ "ids": [readme] })),
         ("mutation($p: ID!) { disconnectProvider(providerId: $p) }", json!({ "p": provider })),
     ] {
         let theirs = h.gql(Some(&bob), query, variables.clone()).await;
-        let as_text = variables.to_string().replace(&provider, &unknown).replace(&operation, &unknown).replace(&readme, &unknown);
+        let as_text = variables
+            .to_string()
+            .replace(&provider, &unknown)
+            .replace(&operation, &unknown)
+            .replace(&readme, &unknown);
         let missing = h.gql(Some(&bob), query, serde_json::from_str(&as_text).expect("json")).await;
         assert_eq!(theirs["errors"][0]["extensions"]["code"], json!("NOT_FOUND"), "{query}: {theirs}");
         assert_eq!(theirs["errors"][0]["message"], missing["errors"][0]["message"], "{query}");
@@ -188,7 +324,9 @@ async fn another_users_ids_behave_like_unknown_ids(h: &Harness) {
 }
 
 async fn file_changes_stream_live_over_websocket(h: &Harness) {
-    let Scanned { token, provider, readme, .. } = h.scanned("live@example.org").await;
+    let Scanned {
+        token, provider, readme, ..
+    } = h.scanned("live@example.org").await;
     let (intruder, _) = h.register("intruder@example.org").await;
 
     let subscribe = |auth: String| {
@@ -196,7 +334,9 @@ async fn file_changes_stream_live_over_websocket(h: &Harness) {
         let provider = provider.clone();
         async move {
             let mut request = url.into_client_request().expect("request");
-            request.headers_mut().insert("Sec-WebSocket-Protocol", "graphql-transport-ws".parse().expect("header"));
+            request
+                .headers_mut()
+                .insert("Sec-WebSocket-Protocol", "graphql-transport-ws".parse().expect("header"));
             let (mut socket, _) = tokio_tungstenite::connect_async(request).await.expect("websocket connects");
             let init = json!({ "type": "connection_init", "payload": { "Authorization": format!("Bearer {auth}") } });
             socket.send(Message::text(init.to_string())).await.expect("init");
@@ -214,7 +354,11 @@ async fn file_changes_stream_live_over_websocket(h: &Harness) {
     let refused = next_json(&mut theirs).await;
     assert_eq!(refused["type"], json!("next"), "{refused}");
     assert_eq!(refused["payload"]["data"], Value::Null);
-    assert_eq!(refused["payload"]["errors"][0]["extensions"]["code"], json!("NOT_FOUND"), "{refused}");
+    assert_eq!(
+        refused["payload"]["errors"][0]["extensions"]["code"],
+        json!("NOT_FOUND"),
+        "{refused}"
+    );
 
     let mut socket = subscribe(token.clone()).await;
     // Move the file back and forth until the subscription (which starts at the log's head once it is
@@ -264,10 +408,16 @@ async fn a_rebuilt_read_model_equals_the_live_one(h: &Harness) {
         assert!(!live.is_empty(), "{name} is empty");
         // Rebuilt while the server (and its live projector) keeps running.
         let replayed = cloudsync_projections::rebuild(&h.db.db, name).await.expect("rebuild");
-        assert!(replayed >= u64::try_from(head).expect("positive"), "{name}: replayed {replayed} of {head}");
+        assert!(
+            replayed >= u64::try_from(head).expect("positive"),
+            "{name}: replayed {replayed} of {head}"
+        );
         assert_eq!(reads.dump(name).await.expect("dump"), live, "{name} differs after the rebuild");
     }
-    assert!(matches!(cloudsync_projections::rebuild(&h.db.db, "nope").await, Err(cloudsync_projections::ProjectionError::Unknown(_))));
+    assert!(matches!(
+        cloudsync_projections::rebuild(&h.db.db, "nope").await,
+        Err(cloudsync_projections::ProjectionError::Unknown(_))
+    ));
 }
 
 async fn replay_prints_a_stream_and_a_users_history(h: &Harness) {
@@ -275,7 +425,9 @@ async fn replay_prints_a_stream_and_a_users_history(h: &Harness) {
     h.ok(Some(&token), MOVE, json!({ "ids": [readme], "to": "moved" })).await;
 
     let mut out = Vec::new();
-    cloudsync_gateway::cli::replay(&h.db.db, Some(&format!("file-{readme}")), None, false, &mut out).await.expect("replay");
+    cloudsync_gateway::cli::replay(&h.db.db, Some(&format!("file-{readme}")), None, false, &mut out)
+        .await
+        .expect("replay");
     let text = String::from_utf8(out).expect("utf-8");
     let types: Vec<&str> = text.lines().map(|l| l.split(' ').nth(3).expect("type")).collect();
     assert_eq!(types, ["FileDiscovered", "FileMoved"], "{text}");
@@ -283,14 +435,27 @@ async fn replay_prints_a_stream_and_a_users_history(h: &Harness) {
 
     let mut out = Vec::new();
     let user_id: uuid::Uuid = user.parse().expect("uuid");
-    cloudsync_gateway::cli::replay(&h.db.db, None, Some(user_id), true, &mut out).await.expect("replay");
-    let events: Vec<Value> = String::from_utf8(out).expect("utf-8").lines().map(|l| serde_json::from_str(l).expect("json")).collect();
+    cloudsync_gateway::cli::replay(&h.db.db, None, Some(user_id), true, &mut out)
+        .await
+        .expect("replay");
+    let events: Vec<Value> = String::from_utf8(out)
+        .expect("utf-8")
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("json"))
+        .collect();
     assert_eq!(events[0]["event_type"], json!("UserRegistered"));
     assert!(events.iter().any(|e| e["event_type"] == json!("ProviderConnected")));
     assert_eq!(events.last().expect("some")["event_type"], json!("FileMoved"));
     let positions: Vec<i64> = events.iter().map(|e| e["position"].as_i64().expect("position")).collect();
     assert!(positions.windows(2).all(|w| w[0] < w[1]), "in global order");
 
-    let unknown = cloudsync_gateway::cli::replay(&h.db.db, Some("file-00000000-0000-0000-0000-000000000000"), None, false, &mut Vec::new()).await;
+    let unknown = cloudsync_gateway::cli::replay(
+        &h.db.db,
+        Some("file-00000000-0000-0000-0000-000000000000"),
+        None,
+        false,
+        &mut Vec::new(),
+    )
+    .await;
     assert!(unknown.is_err());
 }

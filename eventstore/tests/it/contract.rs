@@ -55,7 +55,9 @@ async fn append_then_read_stream_keeps_every_field(db: &TestDatabase) {
     let mut events = vec![event("Created", 1, Some(Uuid::new_v4())), event("Renamed", 2, None)];
     events[1].metadata.causation_id = Some(events[0].metadata.event_id);
     events[1].schema_version = 3;
-    let outcome = append_to(store, &s, ExpectedVersion::NoStream, events.clone()).await.expect("append");
+    let outcome = append_to(store, &s, ExpectedVersion::NoStream, events.clone())
+        .await
+        .expect("append");
     assert_eq!((outcome.first_position, outcome.last_position), (1, 2));
     assert_eq!(outcome.stream_versions[&s], 2);
 
@@ -72,7 +74,10 @@ async fn append_then_read_stream_keeps_every_field(db: &TestDatabase) {
         assert_eq!(stored.metadata.correlation_id, sent.metadata.correlation_id);
         assert_eq!(stored.metadata.causation_id, sent.metadata.causation_id);
         assert_eq!(stored.metadata.actor_id, sent.metadata.actor_id);
-        let drift = (stored.metadata.occurred_at - sent.metadata.occurred_at).num_microseconds().unwrap_or(i64::MAX).abs();
+        let drift = (stored.metadata.occurred_at - sent.metadata.occurred_at)
+            .num_microseconds()
+            .unwrap_or(i64::MAX)
+            .abs();
         assert!(drift <= 1, "timestamps survive to the microsecond, drift {drift}µs");
     }
     assert!(store.read_stream("test-nothing").await.expect("read").is_empty());
@@ -82,10 +87,14 @@ async fn append_then_read_stream_keeps_every_field(db: &TestDatabase) {
 async fn a_version_mismatch_is_typed_and_writes_nothing(db: &TestDatabase) {
     let store = &*db.db.events;
     let s = stream();
-    append_to(store, &s, ExpectedVersion::NoStream, vec![event("A", 1, None)]).await.expect("first append");
+    append_to(store, &s, ExpectedVersion::NoStream, vec![event("A", 1, None)])
+        .await
+        .expect("first append");
 
     for wrong in [ExpectedVersion::NoStream, ExpectedVersion::Exact(0), ExpectedVersion::Exact(2)] {
-        let err = append_to(store, &s, wrong, vec![event("B", 2, None)]).await.expect_err("must conflict");
+        let err = append_to(store, &s, wrong, vec![event("B", 2, None)])
+            .await
+            .expect_err("must conflict");
         assert!(
             matches!(&err, StoreError::Concurrency { stream, actual: 1, .. } if stream == &s),
             "expected a concurrency error, got {err:?}"
@@ -95,24 +104,43 @@ async fn a_version_mismatch_is_typed_and_writes_nothing(db: &TestDatabase) {
     let fresh = stream();
     let err = store
         .append(vec![
-            StreamAppend { stream: fresh.clone(), expected: ExpectedVersion::NoStream, events: vec![event("C", 3, None)] },
-            StreamAppend { stream: s.clone(), expected: ExpectedVersion::Exact(7), events: vec![event("D", 4, None)] },
+            StreamAppend {
+                stream: fresh.clone(),
+                expected: ExpectedVersion::NoStream,
+                events: vec![event("C", 3, None)],
+            },
+            StreamAppend {
+                stream: s.clone(),
+                expected: ExpectedVersion::Exact(7),
+                events: vec![event("D", 4, None)],
+            },
         ])
         .await
         .expect_err("must conflict");
     assert!(err.is_concurrency());
-    assert!(store.read_stream(&fresh).await.expect("read").is_empty(), "nothing of the refused batch was written");
+    assert!(
+        store.read_stream(&fresh).await.expect("read").is_empty(),
+        "nothing of the refused batch was written"
+    );
     assert_eq!(store.head().await.expect("head"), 1);
 
-    append_to(store, &s, ExpectedVersion::Exact(1), vec![event("B", 2, None)]).await.expect("right version");
-    append_to(store, &s, ExpectedVersion::Any, vec![event("E", 5, None)]).await.expect("any version");
+    append_to(store, &s, ExpectedVersion::Exact(1), vec![event("B", 2, None)])
+        .await
+        .expect("right version");
+    append_to(store, &s, ExpectedVersion::Any, vec![event("E", 5, None)])
+        .await
+        .expect("any version");
     assert_eq!(store.read_stream(&s).await.expect("read").len(), 3);
 }
 
 async fn many_streams_append_in_one_transaction(db: &TestDatabase) {
     let store = &*db.db.events;
     let batches: Vec<StreamAppend> = (0..3000)
-        .map(|i| StreamAppend { stream: stream(), expected: ExpectedVersion::NoStream, events: vec![event("FileDiscovered", i, None)] })
+        .map(|i| StreamAppend {
+            stream: stream(),
+            expected: ExpectedVersion::NoStream,
+            events: vec![event("FileDiscovered", i, None)],
+        })
         .collect();
     let names: Vec<String> = batches.iter().map(|b| b.stream.clone()).collect();
     let outcome = store.append(batches).await.expect("append");
@@ -130,7 +158,9 @@ async fn read_all_pages_in_global_order(db: &TestDatabase) {
     let (a, b) = (stream(), stream());
     for i in 0..10 {
         let s = if i % 2 == 0 { &a } else { &b };
-        append_to(store, s, ExpectedVersion::Any, vec![event("E", i, None)]).await.expect("append");
+        append_to(store, s, ExpectedVersion::Any, vec![event("E", i, None)])
+            .await
+            .expect("append");
     }
     let mut seen = Vec::new();
     let mut after = 0;
@@ -151,9 +181,17 @@ async fn read_by_actor_returns_only_that_users_events(db: &TestDatabase) {
     let (alice, bob) = (Uuid::new_v4(), Uuid::new_v4());
     for i in 0..6 {
         let actor = if i % 3 == 0 { bob } else { alice };
-        append_to(store, &stream(), ExpectedVersion::NoStream, vec![event("E", i, Some(actor))]).await.expect("append");
+        append_to(store, &stream(), ExpectedVersion::NoStream, vec![event("E", i, Some(actor))])
+            .await
+            .expect("append");
     }
-    let alices: Vec<i64> = store.read_by_actor(alice, 0, 100).await.expect("read").iter().map(|e| e.payload["n"].as_i64().unwrap_or(-1)).collect();
+    let alices: Vec<i64> = store
+        .read_by_actor(alice, 0, 100)
+        .await
+        .expect("read")
+        .iter()
+        .map(|e| e.payload["n"].as_i64().unwrap_or(-1))
+        .collect();
     assert_eq!(alices, vec![1, 2, 4, 5]);
     assert!(store.read_by_actor(Uuid::new_v4(), 0, 100).await.expect("read").is_empty());
 }
@@ -162,7 +200,9 @@ async fn subscribe_catches_up_then_follows_live_appends(db: &TestDatabase) {
     let store = db.db.events.clone();
     let s = stream();
     for i in 0..10 {
-        append_to(&*store, &s, ExpectedVersion::Any, vec![event("E", i, None)]).await.expect("append");
+        append_to(&*store, &s, ExpectedVersion::Any, vec![event("E", i, None)])
+            .await
+            .expect("append");
     }
     // The poll interval is long, so live delivery within the deadline proves the notification path.
     let mut sub = Box::pin(subscribe(store.clone(), 3, Duration::from_secs(30)));
@@ -175,7 +215,9 @@ async fn subscribe_catches_up_then_follows_live_appends(db: &TestDatabase) {
         let s = s.clone();
         tokio::spawn(async move {
             for i in 10..15 {
-                append_to(&*store, &s, ExpectedVersion::Any, vec![event("E", i, None)]).await.expect("append");
+                append_to(&*store, &s, ExpectedVersion::Any, vec![event("E", i, None)])
+                    .await
+                    .expect("append");
             }
         })
     };
@@ -247,7 +289,11 @@ async fn concurrent_writers_are_seen_exactly_once_in_order(db: &TestDatabase) {
         seen.push(next(&mut sub).await);
     }
     let positions: Vec<i64> = seen.iter().map(|e| e.position).collect();
-    assert_eq!(positions, (1..=total as i64).collect::<Vec<_>>(), "every position exactly once, in order, no gaps");
+    assert_eq!(
+        positions,
+        (1..=total as i64).collect::<Vec<_>>(),
+        "every position exactly once, in order, no gaps"
+    );
     let ids: HashSet<Uuid> = seen.iter().map(|e| e.metadata.event_id).collect();
     assert_eq!(ids, written, "the subscriber saw exactly the committed events");
     // Stream versions are dense per stream.
@@ -267,7 +313,9 @@ async fn concurrent_writers_are_seen_exactly_once_in_order(db: &TestDatabase) {
 /// subscriber must see A's event before B's.
 async fn a_late_committing_writer_is_never_skipped(db: &TestDatabase) {
     let store = db.db.events.clone();
-    append_to(&*store, &stream(), ExpectedVersion::NoStream, vec![event("Before", 0, None)]).await.expect("append");
+    append_to(&*store, &stream(), ExpectedVersion::NoStream, vec![event("Before", 0, None)])
+        .await
+        .expect("append");
     let mut sub = Box::pin(subscribe(store.clone(), 0, Duration::from_millis(20)));
     assert_eq!(next(&mut sub).await.position, 1);
 
@@ -306,7 +354,11 @@ async fn hold_append_lock_and_write(db: &TestDatabase, stream_id: &str) -> tokio
         DbPool::Postgres(pool) => {
             tokio::spawn(async move {
                 let mut tx = pool.begin().await.expect("begin");
-                sqlx::query("SELECT pg_advisory_xact_lock($1)").bind(APPEND_LOCK_KEY).execute(&mut *tx).await.expect("lock");
+                sqlx::query("SELECT pg_advisory_xact_lock($1)")
+                    .bind(APPEND_LOCK_KEY)
+                    .execute(&mut *tx)
+                    .await
+                    .expect("lock");
                 sqlx::query(sql)
                     .bind(&stream_id)
                     .bind(sqlx::types::Json(json!({})))
@@ -345,7 +397,9 @@ async fn hold_append_lock_and_write(db: &TestDatabase, stream_id: &str) -> tokio
 
 async fn events_are_immutable(db: &TestDatabase) {
     let store = &*db.db.events;
-    append_to(store, &stream(), ExpectedVersion::NoStream, vec![event("E", 1, None)]).await.expect("append");
+    append_to(store, &stream(), ExpectedVersion::NoStream, vec![event("E", 1, None)])
+        .await
+        .expect("append");
     let update = "UPDATE events SET event_type = 'Forged'";
     let delete = "DELETE FROM events";
     match &db.db.pool {
@@ -364,7 +418,9 @@ async fn events_are_immutable(db: &TestDatabase) {
 async fn malformed_stream_names_are_refused(db: &TestDatabase) {
     let store: Arc<dyn EventStore> = db.db.events.clone();
     for bad in ["", "nodash", "user-../../x", "user-a b"] {
-        let err = append_to(&*store, bad, ExpectedVersion::Any, vec![event("E", 1, None)]).await.expect_err("refused");
+        let err = append_to(&*store, bad, ExpectedVersion::Any, vec![event("E", 1, None)])
+            .await
+            .expect_err("refused");
         assert!(matches!(err, StoreError::Invalid(_)), "{bad:?}: {err:?}");
     }
     assert_eq!(store.head().await.expect("head"), 0);

@@ -7,7 +7,10 @@ use std::time::{Duration, Instant};
 
 fn cloudsync(data_dir: &std::path::Path) -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_cloudsync"));
-    command.env_clear().env("PATH", std::env::var("PATH").unwrap_or_default()).env("CLOUDSYNC_DATA_DIR", data_dir);
+    command
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("CLOUDSYNC_DATA_DIR", data_dir);
     command
 }
 
@@ -42,21 +45,39 @@ fn post_as(addr: &str, token: Option<&str>, body: &str) -> serde_json::Value {
 #[test]
 fn serve_from_an_empty_data_dir_then_migrate_and_replay() {
     let data = std::env::temp_dir().join(format!("cloudsync-bin-{}", uuid::Uuid::new_v4().simple()));
-    let mut child = cloudsync(&data).args(["serve", "--bind", "127.0.0.1:0"]).stdout(Stdio::piped()).spawn().expect("spawn");
+    let mut child = cloudsync(&data)
+        .args(["serve", "--bind", "127.0.0.1:0"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("spawn");
     let stdout = child.stdout.take().expect("stdout");
     let mut server = Running(child);
     let mut line = String::new();
     BufReader::new(stdout).read_line(&mut line).expect("read the banner");
-    let addr = line.split("http://").nth(1).and_then(|rest| rest.split('/').next()).expect("address in the banner").to_owned();
+    let addr = line
+        .split("http://")
+        .nth(1)
+        .and_then(|rest| rest.split('/').next())
+        .expect("address in the banner")
+        .to_owned();
 
     let health = reqwest::blocking::get(format!("http://{addr}/healthz")).expect("healthz");
     assert_eq!(health.status(), 200);
-    let ready: serde_json::Value = reqwest::blocking::get(format!("http://{addr}/readyz")).expect("readyz").json().expect("json");
+    let ready: serde_json::Value = reqwest::blocking::get(format!("http://{addr}/readyz"))
+        .expect("readyz")
+        .json()
+        .expect("json");
     assert_eq!(ready["backend"], "sqlite");
-    let graphiql = reqwest::blocking::get(format!("http://{addr}/graphql")).expect("graphiql").text().expect("html");
+    let graphiql = reqwest::blocking::get(format!("http://{addr}/graphql"))
+        .expect("graphiql")
+        .text()
+        .expect("html");
     assert!(graphiql.to_lowercase().contains("graphiql"));
 
-    let registered = post(&addr, r#"{"query":"mutation { register(email: \"bin@example.org\", password: \"correct horse battery\") { accessToken user { id } } }"}"#);
+    let registered = post(
+        &addr,
+        r#"{"query":"mutation { register(email: \"bin@example.org\", password: \"correct horse battery\") { accessToken user { id } } }"}"#,
+    );
     let user = registered["data"]["register"]["user"]["id"].as_str().expect("user id").to_owned();
     let token = registered["data"]["register"]["accessToken"].as_str().expect("token").to_owned();
     let folder = data.with_extension("files");
@@ -67,7 +88,10 @@ fn serve_from_an_empty_data_dir_then_migrate_and_replay() {
         "variables": { "c": { "root": folder } },
     });
     let connected = post_as(&addr, Some(&token), &connect.to_string());
-    let provider = connected["data"]["connectProvider"]["id"].as_str().unwrap_or_else(|| panic!("{connected}")).to_owned();
+    let provider = connected["data"]["connectProvider"]["id"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{connected}"))
+        .to_owned();
     assert!(data.join("cloudsync.db").is_file(), "the embedded database lives in the data dir");
     assert!(data.join("jwt-secret").is_file(), "the signing key is generated into the data dir");
 
@@ -102,15 +126,29 @@ fn serve_from_an_empty_data_dir_then_migrate_and_replay() {
     std::fs::write(folder.join("b.txt"), "b").expect("write");
     let scan = cloudsync(&data).args(["scan", &provider]).output().expect("scan");
     assert!(scan.status.success(), "{}", String::from_utf8_lossy(&scan.stderr));
-    assert!(String::from_utf8_lossy(&scan.stdout).contains("completed: 2 files"), "{}", String::from_utf8_lossy(&scan.stdout));
+    assert!(
+        String::from_utf8_lossy(&scan.stdout).contains("completed: 2 files"),
+        "{}",
+        String::from_utf8_lossy(&scan.stdout)
+    );
     let history = cloudsync(&data).args(["replay", "--user", &user]).output().expect("replay");
-    let discovered = String::from_utf8_lossy(&history.stdout).lines().filter(|l| l.contains(" FileDiscovered ")).count();
+    let discovered = String::from_utf8_lossy(&history.stdout)
+        .lines()
+        .filter(|l| l.contains(" FileDiscovered "))
+        .count();
     assert_eq!(discovered, 2, "the rescan recorded only the new file");
-    let unknown = cloudsync(&data).args(["scan", "00000000-0000-0000-0000-000000000000"]).output().expect("scan");
+    let unknown = cloudsync(&data)
+        .args(["scan", "00000000-0000-0000-0000-000000000000"])
+        .output()
+        .expect("scan");
     assert!(!unknown.status.success());
     std::fs::remove_dir_all(&folder).ok();
 
-    let bad = cloudsync(&data).env("CLOUDSYNC_TOKEN_TTL_MINUTES", "soon").arg("migrate").output().expect("bad config");
+    let bad = cloudsync(&data)
+        .env("CLOUDSYNC_TOKEN_TTL_MINUTES", "soon")
+        .arg("migrate")
+        .output()
+        .expect("bad config");
     assert_eq!(bad.status.code(), Some(2));
     std::fs::remove_dir_all(&data).ok();
 }
@@ -120,7 +158,10 @@ fn serve_from_an_empty_data_dir_then_migrate_and_replay() {
 #[test]
 fn secrets_never_reach_the_log() {
     let endpoint = std::env::var("CLOUDSYNC_TEST_S3_ENDPOINT").expect("CLOUDSYNC_TEST_S3_ENDPOINT: run through scripts/test");
-    let created = reqwest::blocking::Client::new().put(format!("{endpoint}/cloudsync-logs")).send().expect("S3 reachable");
+    let created = reqwest::blocking::Client::new()
+        .put(format!("{endpoint}/cloudsync-logs"))
+        .send()
+        .expect("S3 reachable");
     assert!(created.status().is_success() || created.status().as_u16() == 409);
     let data = std::env::temp_dir().join(format!("cloudsync-logs-{}", uuid::Uuid::new_v4().simple()));
     let mut child = cloudsync(&data)
@@ -136,7 +177,12 @@ fn secrets_never_reach_the_log() {
     let mut server = Running(child);
     let mut line = String::new();
     BufReader::new(stdout).read_line(&mut line).expect("read the banner");
-    let addr = line.split("http://").nth(1).and_then(|rest| rest.split('/').next()).expect("address").to_owned();
+    let addr = line
+        .split("http://")
+        .nth(1)
+        .and_then(|rest| rest.split('/').next())
+        .expect("address")
+        .to_owned();
 
     let secret = format!("log-secret-{}", uuid::Uuid::new_v4().simple());
     let password = format!("pw-{}", uuid::Uuid::new_v4().simple());
@@ -151,8 +197,12 @@ fn secrets_never_reach_the_log() {
         "variables": { "c": { "endpoint": endpoint, "bucket": "cloudsync-logs", "access_key_id": "logs", "secret_access_key": secret, "root": "/logs/" } },
     });
     let connected = post_as(&addr, Some(&token), &connect.to_string());
-    let operation = connected["data"]["connectProvider"]["scanOperationId"].as_str().unwrap_or_else(|| panic!("{connected}")).to_owned();
-    let status = serde_json::json!({ "query": "query($o: ID!) { syncStatus(operationId: $o) { status } }", "variables": { "o": operation } });
+    let operation = connected["data"]["connectProvider"]["scanOperationId"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{connected}"))
+        .to_owned();
+    let status =
+        serde_json::json!({ "query": "query($o: ID!) { syncStatus(operationId: $o) { status } }", "variables": { "o": operation } });
     let deadline = Instant::now() + Duration::from_secs(30);
     while post_as(&addr, Some(&token), &status.to_string())["data"]["syncStatus"]["status"] != "completed" {
         assert!(Instant::now() < deadline, "the scan did not complete");

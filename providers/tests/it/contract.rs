@@ -82,7 +82,9 @@ async fn ranged_reads_return_exactly_the_range(t: &TestProvider) {
 async fn nested_listing_of_thousands_of_files(t: &TestProvider) {
     let provider = &*t.provider;
     let count = 2000;
-    let paths: Vec<ProviderPath> = (0..count).map(|i| p(&format!("tree/d{}/e{}/file-{i:04}.txt", i % 10, i % 7))).collect();
+    let paths: Vec<ProviderPath> = (0..count)
+        .map(|i| p(&format!("tree/d{}/e{}/file-{i:04}.txt", i % 10, i % 7)))
+        .collect();
     futures::stream::iter(paths.iter().cloned())
         .map(|path| async move { provider.write(&path, once(format!("content of {path}"))).await.map(|_| ()) })
         .buffer_unordered(16)
@@ -90,7 +92,12 @@ async fn nested_listing_of_thousands_of_files(t: &TestProvider) {
         .await
         .expect("writes");
     provider.write(&p("outside/not-listed.txt"), once("x")).await.expect("write");
-    let listed: BTreeMap<ProviderPath, u64> = provider.list(&p("tree")).map_ok(|e| (e.path, e.size)).try_collect().await.expect("list");
+    let listed: BTreeMap<ProviderPath, u64> = provider
+        .list(&p("tree"))
+        .map_ok(|e| (e.path, e.size))
+        .try_collect()
+        .await
+        .expect("list");
     assert_eq!(listed.len(), count);
     for path in &paths {
         assert_eq!(listed.get(path), Some(&(format!("content of {path}").len() as u64)), "{path}");
@@ -102,7 +109,12 @@ async fn nested_listing_of_thousands_of_files(t: &TestProvider) {
 /// Size of the large-file test: 200 MiB under CI, smaller when iterating locally.
 fn large_size() -> u64 {
     let default = if std::env::var("CI").is_ok_and(|v| v == "true") { 200 } else { 24 };
-    std::env::var("CLOUDSYNC_TEST_LARGE_MIB").ok().and_then(|v| v.parse().ok()).unwrap_or(default) * 1024 * 1024
+    std::env::var("CLOUDSYNC_TEST_LARGE_MIB")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+        * 1024
+        * 1024
 }
 
 /// A deterministic stream of `size` bytes in 1 MiB chunks, generated as it is read.
@@ -144,7 +156,10 @@ async fn a_large_file_streams_in_and_out_without_buffering(t: &TestProvider) {
         hasher.update(&chunk);
     }
     assert_eq!(hasher.finalize(), expected);
-    assert!(largest <= 16 * 1024 * 1024, "a read chunk of {largest} bytes: the read is not streamed");
+    assert!(
+        largest <= 16 * 1024 * 1024,
+        "a read chunk of {largest} bytes: the read is not streamed"
+    );
 }
 
 async fn rename_moves_and_never_overwrites(t: &TestProvider) {
@@ -176,7 +191,10 @@ async fn missing_paths_are_not_found(t: &TestProvider) {
     let provider = &*t.provider;
     let missing = p("no/such/file.txt");
     assert!(matches!(provider.stat(&missing).await, Err(ProviderError::NotFound(_))));
-    assert!(matches!(provider.read(&missing, 0..10).await.err(), Some(ProviderError::NotFound(_))));
+    assert!(matches!(
+        provider.read(&missing, 0..10).await.err(),
+        Some(ProviderError::NotFound(_))
+    ));
 }
 
 async fn bad_credentials_are_refused(t: &TestProvider) {
@@ -184,16 +202,31 @@ async fn bad_credentials_are_refused(t: &TestProvider) {
         cloudsync_domain::ProviderKind::Local => {
             // A local root must exist; a folder outside the root cannot be reached through a link.
             let dir = t.local_dir().expect("local");
-            assert!(matches!(t.with("root", "/no/such/folder/cloudsync").err(), Some(ProviderError::Invalid(_))));
+            assert!(matches!(
+                t.with("root", "/no/such/folder/cloudsync").err(),
+                Some(ProviderError::Invalid(_))
+            ));
             let outside = dir.with_extension("outside");
             std::fs::create_dir_all(&outside).expect("mkdir");
             std::fs::write(outside.join("secret.txt"), "secret").expect("write");
             std::os::unix::fs::symlink(&outside, dir.join("link")).expect("symlink");
             let provider = &*t.provider;
-            assert!(matches!(provider.stat(&p("link/secret.txt")).await, Err(ProviderError::PermissionDenied(_))));
-            assert!(matches!(provider.read(&p("link/secret.txt"), 0..10).await.err(), Some(ProviderError::PermissionDenied(_))));
-            assert!(matches!(provider.write(&p("link/new.txt"), once("x")).await, Err(ProviderError::PermissionDenied(_))));
-            assert!(matches!(provider.delete(&p("link/secret.txt")).await, Err(ProviderError::PermissionDenied(_))));
+            assert!(matches!(
+                provider.stat(&p("link/secret.txt")).await,
+                Err(ProviderError::PermissionDenied(_))
+            ));
+            assert!(matches!(
+                provider.read(&p("link/secret.txt"), 0..10).await.err(),
+                Some(ProviderError::PermissionDenied(_))
+            ));
+            assert!(matches!(
+                provider.write(&p("link/new.txt"), once("x")).await,
+                Err(ProviderError::PermissionDenied(_))
+            ));
+            assert!(matches!(
+                provider.delete(&p("link/secret.txt")).await,
+                Err(ProviderError::PermissionDenied(_))
+            ));
             let listed: Vec<_> = provider.list(&ProviderPath::root()).try_collect().await.expect("list");
             assert!(listed.is_empty(), "symlinked folders are not followed: {listed:?}");
             assert!(outside.join("secret.txt").exists() && !outside.join("new.txt").exists());
@@ -208,14 +241,24 @@ async fn bad_credentials_are_refused(t: &TestProvider) {
             let dir = std::env::temp_dir().join(format!("cloudsync-badkey-{}", uuid::Uuid::new_v4().simple()));
             std::fs::create_dir_all(&dir).expect("dir");
             let key = dir.join("id_ed25519");
-            let made = std::process::Command::new("ssh-keygen").args(["-q", "-t", "ed25519", "-N", "", "-f"]).arg(&key).status().expect("ssh-keygen");
+            let made = std::process::Command::new("ssh-keygen")
+                .args(["-q", "-t", "ed25519", "-N", "", "-f"])
+                .arg(&key)
+                .status()
+                .expect("ssh-keygen");
             assert!(made.success());
             let result = t.with("key", key.to_str().expect("utf-8")).expect("opens").check().await;
             std::fs::remove_dir_all(dir).ok();
             result
         }
         cloudsync_domain::ProviderKind::Azblob => {
-            t.with("account_key", "d3Jvbmcta2V5LXdyb25nLWtleS13cm9uZy1rZXktd3Jvbmcta2V5LXdyb25nLWtleQ==").expect("opens").check().await
+            t.with(
+                "account_key",
+                "d3Jvbmcta2V5LXdyb25nLWtleS13cm9uZy1rZXktd3Jvbmcta2V5LXdyb25nLWtleQ==",
+            )
+            .expect("opens")
+            .check()
+            .await
         }
         other => panic!("no server for {other:?}"),
     };

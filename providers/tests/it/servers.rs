@@ -14,7 +14,8 @@ pub enum Server {
 }
 
 fn var(name: &str) -> String {
-    std::env::var(name).unwrap_or_else(|_| panic!("{name} is not set: run the suite through scripts/test (scripts/services starts the servers)"))
+    std::env::var(name)
+        .unwrap_or_else(|_| panic!("{name} is not set: run the suite through scripts/test (scripts/services starts the servers)"))
 }
 
 pub struct TestProvider {
@@ -36,8 +37,16 @@ impl TestProvider {
             Server::S3 => {
                 let endpoint = var("CLOUDSYNC_TEST_S3_ENDPOINT");
                 // moto creates buckets on an unsigned PUT; an existing bucket answers 409, also fine.
-                let created = reqwest::Client::new().put(format!("{endpoint}/cloudsync-test")).send().await.expect("S3 server reachable");
-                assert!(created.status().is_success() || created.status().as_u16() == 409, "bucket: {}", created.status());
+                let created = reqwest::Client::new()
+                    .put(format!("{endpoint}/cloudsync-test"))
+                    .send()
+                    .await
+                    .expect("S3 server reachable");
+                assert!(
+                    created.status().is_success() || created.status().as_u16() == 409,
+                    "bucket: {}",
+                    created.status()
+                );
                 let config = json!({
                     "endpoint": endpoint, "bucket": "cloudsync-test", "region": "us-east-1",
                     "access_key_id": "cloudsync", "secret_access_key": "cloudsync-secret", "root": format!("/t-{id}/"),
@@ -70,8 +79,16 @@ impl TestProvider {
         };
         let config = config.as_object().expect("object").clone();
         let provider = open(kind, &config).expect("provider opens");
-        provider.check().await.unwrap_or_else(|err| panic!("{server:?} server check failed: {err}"));
-        Self { provider, config, kind, local_dir }
+        provider
+            .check()
+            .await
+            .unwrap_or_else(|err| panic!("{server:?} server check failed: {err}"));
+        Self {
+            provider,
+            config,
+            kind,
+            local_dir,
+        }
     }
 
     /// The same connection with one setting changed.
