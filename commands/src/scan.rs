@@ -359,8 +359,10 @@ impl Scan<'_> {
         }
     }
 
-    /// Whether to go on: false when cancelled or ended; waits out a pause.
+    /// Whether to go on: false when cancelled or ended; waits out a pause, woken by new events (a
+    /// resume appended by another process is noticed by the periodic recheck).
     async fn running(&mut self) -> Result<bool, CommandError> {
+        let mut appended = self.commands.store().watch();
         loop {
             if self.cancel.is_cancelled() || self.job.phase().is_some_and(JobPhase::is_terminal) {
                 return Ok(false);
@@ -370,8 +372,9 @@ impl Scan<'_> {
             }
             tokio::select! {
                 () = self.cancel.cancelled() => return Ok(false),
-                () = tokio::time::sleep(Duration::from_millis(250)) => {}
+                _ = tokio::time::timeout(Duration::from_secs(1), appended.changed()) => {}
             }
+            appended.borrow_and_update();
             (self.job, self.version) = self.commands.load::<SyncJob>(&self.job_id.stream()).await?;
         }
     }

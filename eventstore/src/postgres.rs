@@ -125,6 +125,7 @@ impl EventStore for PgEventStore {
         .collect();
         let head = current.remove("").unwrap_or(0);
         let (rows, versions) = plan_rows(&batches, current, head)?;
+        let last = rows.last().map_or(head, |r| r.position);
         if !rows.is_empty() {
             let mut cols = Columns::default();
             for row in &rows {
@@ -161,11 +162,10 @@ impl EventStore for PgEventStore {
             .bind(cols.actor_id)
             .bind(cols.occurred_at)
             .bind(CHANNEL)
-            .bind(rows.last().map_or(head, |r| r.position).to_string())
+            .bind(last.to_string())
             .execute(&mut *tx)
             .await?;
         }
-        let last = rows.last().map_or(head, |r| r.position);
         tx.commit().await?;
         bump(&self.head, last);
         Ok(AppendOutcome {

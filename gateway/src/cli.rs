@@ -235,67 +235,74 @@ pub async fn replay(
 }
 
 /// Requests a scan, runs it here (unless a running server started it first), and follows its
-/// progress from the job's own events.
+/// progress live from the job's own events.
 async fn scan(config: &Config, db: &Database, provider_id: Uuid) -> anyhow::Result<()> {
+    use cloudsync_domain::DomainEvent;
     use cloudsync_domain::sync_job::{JobPhase, SyncJob};
+    use futures::StreamExt as _;
+
     let commands = crate::server::commands(config, db)?;
     let provider = cloudsync_domain::ProviderId::from_uuid(provider_id);
     let owner = commands.provider_owner(provider).await.context("finding the provider")?;
-    let (job_id, _) = commands.request_scan(owner, provider).await?;
+    let (job_id, position) = commands.request_scan(owner, provider).await?;
     let bar = indicatif::ProgressBar::new_spinner();
     bar.set_style(
         indicatif::ProgressStyle::with_template("{spinner} {elapsed_precise} {msg}")
             .unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner()),
     );
+    bar.enable_steady_tick(std::time::Duration::from_millis(100));
     let cancel = tokio_util::sync::CancellationToken::new();
-    let runner = {
+    let mut runner = Some({
         let (commands, cancel) = (commands.clone(), cancel.clone());
         tokio::spawn(async move { commands.run_job(job_id, &cancel).await })
-    };
+    });
+    // Whoever runs the job, its events tell how far it is: ours wake the subscription at once, another
+    // process's are picked up by its polling.
     let stream = job_id.stream();
+    let mut events = Box::pin(cloudsync_eventstore::subscribe(
+        std::sync::Arc::clone(&db.events),
+        position - 1,
+        std::time::Duration::from_millis(500),
+    ));
+    let mut history = Vec::new();
+    let mut files_done = 0;
     let outcome = loop {
-        let events = db.events.read_stream(&stream).await?;
-        let decoded: Vec<cloudsync_domain::DomainEvent> = events
-            .iter()
-            .filter_map(|e| cloudsync_domain::DomainEvent::decode(&e.event_type, e.schema_version, &e.payload).ok())
-            .collect();
-        if let Some(cloudsync_domain::DomainEvent::SyncJobProgressed(p)) = decoded
-            .iter()
-            .rev()
-            .find(|e| matches!(e, cloudsync_domain::DomainEvent::SyncJobProgressed(_)))
-        {
-            bar.set_message(format!("{} files, {} bytes", p.files_done, p.bytes_done));
-        }
-        let job = SyncJob::load(&decoded);
-        if let Some(phase) = job.phase().filter(|p| p.is_terminal()) {
-            let reason = decoded.iter().rev().find_map(|e| match e {
-                cloudsync_domain::DomainEvent::SyncJobFailed(f) | cloudsync_domain::DomainEvent::SyncJobCancelled(f) => f.reason.clone(),
-                _ => None,
-            });
-            break (phase, reason);
-        }
-        if runner.is_finished() && job.phase() == Some(JobPhase::Scanning) {
-            // Ours stopped without ending the job: report why.
-            if let Ok(Err(error)) = runner.await {
-                bar.finish_and_clear();
-                return Err(error.into());
+        tokio::select! {
+            next = events.next() => {
+                let event = next.context("the event log subscription ended")??;
+                if event.stream_id != stream {
+                    continue;
+                }
+                let decoded = DomainEvent::decode(&event.event_type, event.schema_version, &event.payload)?;
+                if let DomainEvent::SyncJobProgressed(progress) = &decoded {
+                    files_done = progress.files_done;
+                    bar.set_message(format!("{} files, {} bytes", progress.files_done, progress.bytes_done));
+                }
+                let reason = match &decoded {
+                    DomainEvent::SyncJobFailed(f) | DomainEvent::SyncJobCancelled(f) => f.reason.clone(),
+                    _ => None,
+                };
+                history.push(decoded);
+                if let Some(phase) = SyncJob::load(&history).phase().filter(|p| p.is_terminal()) {
+                    break (phase, reason);
+                }
             }
-            bail!("the scan stopped before it ended");
+            finished = async { match runner.as_mut() { Some(handle) => handle.await, None => std::future::pending().await } }, if runner.is_some() => {
+                runner = None;
+                // Ours stopped without ending the job: report why. (Ok means it ended the job, whose
+                // last events are still to arrive, or another worker owns the job.)
+                if let Ok(Err(error)) = finished {
+                    bar.finish_and_clear();
+                    return Err(error.into());
+                }
+            }
         }
-        bar.tick();
-        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     };
     cancel.cancel();
     bar.finish_and_clear();
     match outcome {
         (JobPhase::Completed, _) => {
-            let events = db.events.read_stream(&stream).await?;
-            let files = events
-                .iter()
-                .rev()
-                .find(|e| e.event_type == "SyncJobProgressed")
-                .and_then(|e| e.payload.get("files_done").cloned());
-            println!("Scan {job_id} completed: {} files.", files.unwrap_or_default());
+            println!("Scan {job_id} completed: {files_done} files.");
             Ok(())
         }
         (phase, reason) => bail!("scan {job_id} {}: {}", phase.as_str(), reason.unwrap_or_default()),

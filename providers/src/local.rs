@@ -62,6 +62,16 @@ impl LocalProvider {
         Ok(host)
     }
 
+    /// The host path and metadata of a regular file (not a link, not a folder) inside the root.
+    fn existing_file(&self, path: &ProviderPath) -> Result<(PathBuf, std::fs::Metadata), ProviderError> {
+        let host = self.resolve(path)?;
+        let meta = std::fs::symlink_metadata(&host).map_err(io_error(path))?;
+        if !meta.is_file() {
+            return Err(ProviderError::Invalid(format!("{path} is not a file")));
+        }
+        Ok((host, meta))
+    }
+
     fn entry(&self, path: ProviderPath, meta: &std::fs::Metadata) -> Entry {
         let modified_at = meta.modified().ok().map(DateTime::<Utc>::from);
         let etag = modified_at.map(|m| format!("{}-{}", meta.len(), m.timestamp_nanos_opt().unwrap_or_default()));
@@ -71,6 +81,14 @@ impl LocalProvider {
             modified_at,
             etag,
         }
+    }
+}
+
+/// An I/O error about `path`, a missing file named as such.
+fn io_error(path: &ProviderPath) -> impl Fn(std::io::Error) -> ProviderError + '_ {
+    move |err| match err.kind() {
+        std::io::ErrorKind::NotFound => ProviderError::NotFound(path.to_string()),
+        _ => err.into(),
     }
 }
 
@@ -162,14 +180,7 @@ impl StorageProvider for LocalProvider {
         let this = self.clone();
         let path = path.clone();
         blocking(move || {
-            let host = this.resolve(&path)?;
-            let meta = std::fs::symlink_metadata(&host).map_err(|err| match err.kind() {
-                std::io::ErrorKind::NotFound => ProviderError::NotFound(path.to_string()),
-                _ => err.into(),
-            })?;
-            if !meta.is_file() {
-                return Err(ProviderError::Invalid(format!("{path} is not a file")));
-            }
+            let (_, meta) = this.existing_file(&path)?;
             Ok(this.entry(path, &meta))
         })
         .await
@@ -181,10 +192,7 @@ impl StorageProvider for LocalProvider {
         // Opening and the first chunk in one blocking call: most files are read in a single hop.
         let (file, first, start, end) = blocking(move || {
             let host = this.resolve(&path)?;
-            let mut file = std::fs::File::open(&host).map_err(|err| match err.kind() {
-                std::io::ErrorKind::NotFound => ProviderError::NotFound(path.to_string()),
-                _ => err.into(),
-            })?;
+            let mut file = std::fs::File::open(&host).map_err(io_error(&path))?;
             let len = file.metadata()?.len();
             let (start, end) = (range.start.min(len), range.end.min(len));
             file.seek(SeekFrom::Start(start))?;
@@ -285,14 +293,7 @@ impl StorageProvider for LocalProvider {
         let this = self.clone();
         let (from, to) = (from.clone(), to.clone());
         blocking(move || {
-            let source = this.resolve(&from)?;
-            let meta = std::fs::symlink_metadata(&source).map_err(|err| match err.kind() {
-                std::io::ErrorKind::NotFound => ProviderError::NotFound(from.to_string()),
-                _ => err.into(),
-            })?;
-            if !meta.is_file() {
-                return Err(ProviderError::Invalid(format!("{from} is not a file")));
-            }
+            let (source, _) = this.existing_file(&from)?;
             let target = this.resolve(&to)?;
             std::fs::create_dir_all(target.parent().unwrap_or(&this.root))?;
             this.resolve(&to)?;
