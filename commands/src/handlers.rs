@@ -17,6 +17,7 @@ use serde_json::{Map, Value};
 use uuid::Uuid;
 
 use crate::CommandError;
+use crate::oauth::{OAuth, is_oauth_kind};
 use crate::secrets::Vault;
 
 /// Who issues a command and which request it belongs to; stamped on every event it causes.
@@ -82,11 +83,23 @@ pub struct Moved {
 pub struct Commands {
     store: Arc<dyn EventStore>,
     vault: Vault,
+    oauth: Option<Arc<OAuth>>,
 }
 
 impl Commands {
     pub fn new(store: Arc<dyn EventStore>, vault: Vault) -> Self {
-        Self { store, vault }
+        Self { store, vault, oauth: None }
+    }
+
+    /// Enables connecting OAuth providers through `oauth`'s apps.
+    #[must_use]
+    pub fn with_oauth(mut self, oauth: Arc<OAuth>) -> Self {
+        self.oauth = Some(oauth);
+        self
+    }
+
+    pub fn oauth(&self) -> Option<&Arc<OAuth>> {
+        self.oauth.as_ref()
     }
 
     pub fn store(&self) -> &Arc<dyn EventStore> {
@@ -207,6 +220,19 @@ impl Commands {
             ProviderError::PermissionDenied(why) => CommandError::Invalid(format!("the provider refused the credentials: {why}")),
             other => CommandError::Invalid(format!("the provider cannot be reached with these settings: {other}")),
         })?;
+        self.record_connection(user, kind, name, settings, None).await
+    }
+
+    /// Records a provider whose settings were proven: secret settings are sealed with the user's data
+    /// key, the rest is recorded as it is, and the scan job that indexes it is created with it.
+    async fn record_connection(
+        &self,
+        user: UserId,
+        kind: ProviderKind,
+        name: Option<String>,
+        settings: Map<String, Value>,
+        credentials_expire_at: Option<chrono::DateTime<Utc>>,
+    ) -> Result<Connected, CommandError> {
         let (config, secret_settings): (Map<String, Value>, Map<String, Value>) =
             settings.into_iter().partition(|(key, _)| !SECRET_KEYS.contains(&key.as_str()));
         let secrets = if secret_settings.is_empty() {
@@ -228,6 +254,7 @@ impl Commands {
             display_name: display_name.clone(),
             config,
             secrets,
+            credentials_expire_at,
             at,
         })?;
         let created = SyncJob::default().handle(SyncJobCommand::Create {
@@ -261,6 +288,120 @@ impl Commands {
         })
     }
 
+    fn oauth_for(&self, kind: ProviderKind) -> Result<&Arc<OAuth>, CommandError> {
+        self.oauth
+            .as_ref()
+            .filter(|o| o.configured(kind))
+            .ok_or_else(|| CommandError::Invalid(format!("no OAuth app is configured for {} on this server", kind.as_str())))
+    }
+
+    /// Starts connecting an OAuth provider: returns the URL where `user` authorizes CloudSync. The
+    /// provider then sends the browser to CloudSync's callback, which calls
+    /// [`Commands::finish_authorization`]. `root` is the folder inside the account to index.
+    ///
+    /// # Errors
+    /// [`CommandError::Invalid`] for kinds that do not use OAuth or have no app configured here.
+    pub fn begin_authorization(
+        &self,
+        user: UserId,
+        kind: &str,
+        name: Option<String>,
+        root: Option<String>,
+    ) -> Result<crate::oauth::Authorization, CommandError> {
+        let kind = ProviderKind::parse(kind)?;
+        if !is_oauth_kind(kind) {
+            return Err(CommandError::Invalid(format!(
+                "{} providers connect with credentials (connectProvider), not OAuth",
+                kind.as_str()
+            )));
+        }
+        let name = name.map(|n| n.trim().to_owned()).filter(|n| !n.is_empty());
+        if name.as_ref().is_some_and(|n| n.chars().count() > 200) {
+            return Err(CommandError::Invalid("a display name has at most 200 characters".into()));
+        }
+        let root = match root.map(|r| r.trim().to_owned()).filter(|r| !r.is_empty() && r != "/") {
+            None => None,
+            Some(r) => Some(format!("/{}", ProviderPath::parse(r.trim_start_matches('/'))?.as_str())),
+        };
+        self.oauth_for(kind)?.begin(user, kind, name, root)
+    }
+
+    /// Completes an authorization begun by [`Commands::begin_authorization`]: exchanges `code` (with
+    /// the PKCE verifier) for tokens and records the connection, tokens sealed. A `state` works once.
+    ///
+    /// # Errors
+    /// [`CommandError::Invalid`] for unknown, expired or reused states and codes the provider refuses;
+    /// nothing is recorded then.
+    pub async fn finish_authorization(&self, state: &str, code: &str) -> Result<(UserId, Connected), CommandError> {
+        let oauth = self
+            .oauth
+            .as_ref()
+            .ok_or_else(|| CommandError::Invalid("OAuth is not configured on this server".into()))?;
+        let granted = oauth.finish(state, code).await?;
+        let mut settings = granted.tokens.to_settings();
+        if let Some(root) = granted.root {
+            settings.insert("root".into(), Value::String(root));
+        }
+        let connected = self
+            .record_connection(granted.user, granted.kind, granted.name, settings, granted.tokens.expires_at)
+            .await?;
+        Ok((granted.user, connected))
+    }
+
+    /// The provider reported an error instead of a code (the user declined, for example): the pending
+    /// authorization is dropped. Returns whose it was.
+    ///
+    /// # Errors
+    /// [`CommandError::Invalid`] for unknown, expired or reused states.
+    pub fn abandon_authorization(&self, state: &str) -> Result<UserId, CommandError> {
+        let oauth = self
+            .oauth
+            .as_ref()
+            .ok_or_else(|| CommandError::Invalid("OAuth is not configured on this server".into()))?;
+        oauth.abandon(state)
+    }
+
+    /// Renews an OAuth provider's access token with its refresh token and records the new tokens.
+    ///
+    /// # Errors
+    /// Not found for unknown or someone else's providers; [`CommandError::Invalid`] when the provider
+    /// has no refresh token or refuses it (the user must authorize again then).
+    pub async fn renew_credentials(&self, user: UserId, provider_id: ProviderId) -> Result<i64, CommandError> {
+        let (provider, version) = self.load::<ProviderConnection>(&provider_id.stream()).await?;
+        let connected = provider.active_for(user).ok_or(CommandError::NotFound("provider"))?;
+        let oauth = self.oauth_for(connected.kind)?;
+        let mut secrets = self.secrets_of(user, connected).await?;
+        let refresh_token = secrets
+            .get("refresh_token")
+            .and_then(Value::as_str)
+            .ok_or_else(|| CommandError::Invalid("this provider has no refresh token; authorize it again".into()))?;
+        let renewed = oauth.refresh(connected.kind, refresh_token).await?;
+        secrets.extend(renewed.to_settings());
+        let plaintext = serde_json::to_vec(&secrets).map_err(|err| CommandError::Invalid(err.to_string()))?;
+        let sealed = self.vault.seal(user, &plaintext).await?;
+        let events = provider.handle(ProviderCommand::RenewCredentials {
+            by: user,
+            secrets: sealed,
+            expires_at: renewed.expires_at,
+            at: Utc::now(),
+        })?;
+        let position = self
+            .append(provider_id.stream(), version, &events, &Context::new(Some(user)))
+            .await?;
+        tracing::info!(provider = %provider_id, user = %user, "Provider credentials renewed.");
+        Ok(position)
+    }
+
+    async fn secrets_of(
+        &self,
+        user: UserId,
+        connected: &cloudsync_domain::events::ProviderConnected,
+    ) -> Result<Map<String, Value>, CommandError> {
+        let Some(sealed) = &connected.secrets else { return Ok(Map::new()) };
+        let plaintext = self.vault.open(user, sealed).await?;
+        serde_json::from_slice(&plaintext).map_err(|_| CommandError::Storage("the provider's secrets are unreadable".into()))
+    }
+
     /// Disconnects one of `user`'s providers. Its files stay where they are.
     ///
     /// # Errors
@@ -277,14 +418,23 @@ impl Commands {
     /// [`CommandError::NotFound`] when it is not connected or not `user`'s; storage errors when its
     /// secrets cannot be opened.
     pub async fn provider(&self, user: UserId, provider_id: ProviderId) -> Result<Arc<dyn StorageProvider>, CommandError> {
-        let (provider, _) = self.load::<ProviderConnection>(&provider_id.stream()).await?;
+        let (mut provider, _) = self.load::<ProviderConnection>(&provider_id.stream()).await?;
+        let connected = provider.active_for(user).ok_or(CommandError::NotFound("provider"))?;
+        // An OAuth token about to expire is renewed first (the scheduler normally does it earlier).
+        if let (Some(expires), Some(oauth)) = (connected.credentials_expire_at, &self.oauth)
+            && oauth.configured(connected.kind)
+            && expires - chrono::Duration::from_std(oauth.renew_margin()).unwrap_or_default() <= Utc::now()
+        {
+            self.renew_credentials(user, provider_id).await?;
+            provider = self.load::<ProviderConnection>(&provider_id.stream()).await?.0;
+        }
         let connected = provider.active_for(user).ok_or(CommandError::NotFound("provider"))?;
         let mut settings = connected.config.as_object().cloned().unwrap_or_default();
-        if let Some(sealed) = &connected.secrets {
-            let plaintext = self.vault.open(user, sealed).await?;
-            let secrets: Map<String, Value> =
-                serde_json::from_slice(&plaintext).map_err(|_| CommandError::Storage("the provider's secrets are unreadable".into()))?;
-            settings.extend(secrets);
+        settings.extend(self.secrets_of(user, connected).await?);
+        // OpenDAL can only use a refresh token with the app's client id and secret; tokens from
+        // CloudSync's own authorization flow are renewed by CloudSync instead.
+        if !settings.contains_key("client_id") {
+            settings.remove("refresh_token");
         }
         let opened = cloudsync_providers::open(connected.kind, &settings)
             .map_err(|err| CommandError::Storage(format!("the provider cannot be opened: {err}")))?;

@@ -5,6 +5,7 @@
 mod error;
 mod handlers;
 mod jobs;
+mod oauth;
 mod scan;
 mod schedule;
 mod secrets;
@@ -12,5 +13,6 @@ mod secrets;
 pub use error::CommandError;
 pub use handlers::{Commands, Connected, Context, Moved};
 pub use jobs::JobRunner;
+pub use oauth::{Authorization, DEFAULT_RENEW_MARGIN, OAuth, OAuthApp, is_oauth_kind};
 pub use schedule::Scheduler;
 pub use secrets::{MasterKey, Vault};

@@ -1,7 +1,8 @@
 //! The scan scheduler: follows the log for providers' schedules and requests rescans when a cron
 //! schedule comes due, or (for local folders set to real time) soon after the folder changes, as
 //! reported by the operating system (inotify on Linux). Owned and stopped by the server. It never
-//! requests a second scan of a provider while its last one is still running.
+//! requests a second scan of a provider while its last one is still running. It also renews OAuth
+//! providers' access tokens before they expire.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -35,7 +36,13 @@ struct Plan {
     running: Option<SyncJobId>,
     /// Changes seen since the last request (real time): when the first and the last came.
     dirty: Option<(tokio::time::Instant, tokio::time::Instant)>,
+    /// When the OAuth access token expires, and when renewing it may be tried next.
+    credentials_expire_at: Option<DateTime<Utc>>,
+    renew_not_before: Option<DateTime<Utc>>,
 }
+
+/// A failed renewal is retried after this long.
+const RENEW_RETRY: chrono::TimeDelta = chrono::TimeDelta::seconds(60);
 
 pub struct Scheduler {
     commands: Commands,
@@ -63,7 +70,25 @@ impl Scheduler {
                     match DomainEvent::decode(&event.event_type, event.schema_version, &event.payload) {
                         Ok(DomainEvent::ProviderConnected(e)) => {
                             let root = e.config.get("root").and_then(|r| r.as_str()).map(str::to_owned);
-                            plans.insert(e.provider_id, Plan { owner: e.owner_id, kind: e.kind, root, schedule: None, next: None, realtime: false, watcher: None, running: None, dirty: None });
+                            plans.insert(e.provider_id, Plan {
+                                owner: e.owner_id,
+                                kind: e.kind,
+                                root,
+                                schedule: None,
+                                next: None,
+                                realtime: false,
+                                watcher: None,
+                                running: None,
+                                dirty: None,
+                                credentials_expire_at: e.credentials_expire_at,
+                                renew_not_before: None,
+                            });
+                        }
+                        Ok(DomainEvent::ProviderCredentialsRenewed(e)) => {
+                            if let Some(plan) = plans.get_mut(&e.provider_id) {
+                                plan.credentials_expire_at = e.expires_at;
+                                plan.renew_not_before = None;
+                            }
                         }
                         Ok(DomainEvent::ProviderDisconnected(e)) => {
                             plans.remove(&e.provider_id);
@@ -88,6 +113,7 @@ impl Scheduler {
                 _ = tick.tick() => {
                     let now = Utc::now();
                     for (provider, plan) in &mut plans {
+                        self.renew_if_due(*provider, plan, now).await;
                         if let Some(job) = plan.running {
                             if still_running(&self.commands, job).await {
                                 continue;
@@ -113,6 +139,26 @@ impl Scheduler {
                     }
                 }
             }
+        }
+    }
+}
+
+impl Scheduler {
+    /// Renews the provider's OAuth tokens when they expire within the renewal margin.
+    async fn renew_if_due(&self, provider: ProviderId, plan: &mut Plan, now: DateTime<Utc>) {
+        let (Some(expires), Some(oauth)) = (plan.credentials_expire_at, self.commands.oauth()) else {
+            return;
+        };
+        if !oauth.configured(plan.kind) || plan.renew_not_before.is_some_and(|t| t > now) {
+            return;
+        }
+        if expires - chrono::TimeDelta::from_std(oauth.renew_margin()).unwrap_or_default() > now {
+            return;
+        }
+        // Until the renewal's event comes back through the log, do not try again.
+        plan.renew_not_before = Some(now + RENEW_RETRY);
+        if let Err(error) = self.commands.renew_credentials(plan.owner, provider).await {
+            tracing::warn!(provider = %provider, error = %error, "Could not renew the provider's access token; retrying in a minute.");
         }
     }
 }

@@ -36,7 +36,20 @@ pub struct ProviderConnected {
     /// The secret settings (passwords, keys, tokens), sealed with the owner's data key.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub secrets: Option<SealedSecret>,
+    /// When the sealed access token expires (OAuth providers); it is renewed before then.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credentials_expire_at: Option<DateTime<Utc>>,
     pub connected_at: DateTime<Utc>,
+}
+
+/// An OAuth provider's tokens were renewed with its refresh token: the new tokens replace the old.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ProviderCredentialsRenewed {
+    pub provider_id: ProviderId,
+    pub owner_id: UserId,
+    pub secrets: SealedSecret,
+    pub expires_at: Option<DateTime<Utc>>,
+    pub at: DateTime<Utc>,
 }
 
 /// Ciphertext that only the owner's data key opens (AES-256-GCM, base64 nonce and ciphertext).
@@ -169,6 +182,7 @@ pub enum DomainEvent {
     ProviderConnected(ProviderConnected),
     ProviderDisconnected(ProviderDisconnected),
     ProviderScheduleSet(ProviderScheduleSet),
+    ProviderCredentialsRenewed(ProviderCredentialsRenewed),
     FileDiscovered(FileDiscovered),
     FileMoved(FileMoved),
     FileDeleted(FileDeleted),
@@ -216,6 +230,7 @@ impl DomainEvent {
             | "ProviderConnected"
             | "ProviderDisconnected"
             | "ProviderScheduleSet"
+            | "ProviderCredentialsRenewed"
             | "FileMoved"
             | "FileDeleted"
             | "FileChanged"
@@ -283,6 +298,7 @@ impl DomainEvent {
             Self::ProviderConnected(e) => e.owner_id,
             Self::ProviderDisconnected(e) => e.owner_id,
             Self::ProviderScheduleSet(e) => e.owner_id,
+            Self::ProviderCredentialsRenewed(e) => e.owner_id,
             Self::FileDiscovered(e) => e.owner_id,
             Self::FileMoved(e) => e.owner_id,
             Self::FileDeleted(e) => e.owner_id,

@@ -4,7 +4,7 @@ use chrono::{DateTime, Utc};
 use serde_json::Value;
 
 use crate::aggregate::{Aggregate, DomainError};
-use crate::events::{DomainEvent, ProviderConnected, ProviderDisconnected, ProviderScheduleSet, SealedSecret};
+use crate::events::{DomainEvent, ProviderConnected, ProviderCredentialsRenewed, ProviderDisconnected, ProviderScheduleSet, SealedSecret};
 use crate::ids::{ProviderId, UserId};
 use crate::values::{ProviderKind, ScanSchedule};
 
@@ -22,6 +22,14 @@ pub enum ProviderCommand {
         display_name: String,
         config: Value,
         secrets: Option<SealedSecret>,
+        credentials_expire_at: Option<DateTime<Utc>>,
+        at: DateTime<Utc>,
+    },
+    /// Replaces the sealed credentials with renewed ones (an OAuth refresh).
+    RenewCredentials {
+        by: UserId,
+        secrets: SealedSecret,
+        expires_at: Option<DateTime<Utc>>,
         at: DateTime<Utc>,
     },
     Disconnect {
@@ -56,6 +64,7 @@ impl Aggregate for ProviderConnection {
                 display_name,
                 config,
                 secrets,
+                credentials_expire_at,
                 at,
             } => {
                 if self.connected.is_some() {
@@ -71,7 +80,26 @@ impl Aggregate for ProviderConnection {
                     display_name,
                     config,
                     secrets,
+                    credentials_expire_at,
                     connected_at: at,
+                })])
+            }
+            ProviderCommand::RenewCredentials {
+                by,
+                secrets,
+                expires_at,
+                at,
+            } => {
+                let connected = self.active_for(by).ok_or(DomainError::NotFound("provider"))?;
+                if connected.secrets.is_none() {
+                    return Err(DomainError::Invalid("this provider has no credentials to renew".into()));
+                }
+                Ok(vec![DomainEvent::ProviderCredentialsRenewed(ProviderCredentialsRenewed {
+                    provider_id: connected.provider_id,
+                    owner_id: by,
+                    secrets,
+                    expires_at,
+                    at,
                 })])
             }
             ProviderCommand::SetSchedule {
@@ -110,6 +138,12 @@ impl Aggregate for ProviderConnection {
         match event {
             DomainEvent::ProviderConnected(e) => self.connected = Some(e.clone()),
             DomainEvent::ProviderDisconnected(_) => self.disconnected = true,
+            DomainEvent::ProviderCredentialsRenewed(e) => {
+                if let Some(connected) = &mut self.connected {
+                    connected.secrets = Some(e.secrets.clone());
+                    connected.credentials_expire_at = e.expires_at;
+                }
+            }
             _ => {}
         }
     }
@@ -134,6 +168,7 @@ mod tests {
             display_name: "photos".into(),
             config: json!({"root": "/srv/photos"}),
             secrets: None,
+            credentials_expire_at: None,
             at: DateTime::UNIX_EPOCH,
         }
     }
@@ -205,6 +240,7 @@ mod tests {
             display_name,
             config,
             secrets,
+            credentials_expire_at,
             at,
             ..
         } = connect()
@@ -218,6 +254,7 @@ mod tests {
             display_name,
             config,
             secrets,
+            credentials_expire_at,
             at,
         };
         let bucket = ProviderConnection::load(&ProviderConnection::default().handle(s3).expect("accepted"));
@@ -228,5 +265,55 @@ mod tests {
             at: DateTime::UNIX_EPOCH,
         });
         assert!(matches!(realtime, Err(DomainError::Invalid(_))));
+    }
+
+    #[test]
+    fn given_oauth_tokens_when_renewed_then_the_new_ones_replace_them_for_the_owner_only() {
+        let sealed = |n: &str| SealedSecret {
+            nonce: n.into(),
+            ciphertext: n.into(),
+        };
+        let without = ProviderConnection::load(&ProviderConnection::default().handle(connect()).expect("accepted"));
+        let renew = |by| ProviderCommand::RenewCredentials {
+            by,
+            secrets: sealed("new"),
+            expires_at: Some(DateTime::UNIX_EPOCH + chrono::TimeDelta::hours(2)),
+            at: DateTime::UNIX_EPOCH,
+        };
+        assert!(
+            matches!(without.handle(renew(alice())), Err(DomainError::Invalid(_))),
+            "nothing to renew"
+        );
+        let ProviderCommand::Connect {
+            provider_id,
+            owner_id,
+            config,
+            ..
+        } = connect()
+        else {
+            unreachable!()
+        };
+        let drive = ProviderCommand::Connect {
+            provider_id,
+            owner_id,
+            kind: ProviderKind::Gdrive,
+            display_name: "drive".into(),
+            config,
+            secrets: Some(sealed("old")),
+            credentials_expire_at: Some(DateTime::UNIX_EPOCH + chrono::TimeDelta::hours(1)),
+            at: DateTime::UNIX_EPOCH,
+        };
+        let mut history = ProviderConnection::default().handle(drive).expect("accepted");
+        let provider = ProviderConnection::load(&history);
+        let mallory = UserId::from_uuid(Uuid::from_u128(2));
+        assert_eq!(provider.handle(renew(mallory)).err(), Some(DomainError::NotFound("provider")));
+        history.extend(provider.handle(renew(alice())).expect("accepted"));
+        let renewed = ProviderConnection::load(&history);
+        let connected = renewed.active_for(alice()).expect("connected");
+        assert_eq!(connected.secrets, Some(sealed("new")));
+        assert_eq!(
+            connected.credentials_expire_at,
+            Some(DateTime::UNIX_EPOCH + chrono::TimeDelta::hours(2))
+        );
     }
 }

@@ -1,6 +1,7 @@
 //! Configuration: defaults, then a TOML file, then `CLOUDSYNC_*` environment variables, then flags.
 //! With nothing set, CloudSync runs on the embedded defaults in `./data`.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context as _, bail};
@@ -29,6 +30,26 @@ pub struct Config {
     pub max_body_bytes: usize,
     /// How long a query waits for the read models to reflect the caller's own writes.
     pub consistency_timeout_ms: u64,
+    /// The address browsers use to reach this server (OAuth providers call back to
+    /// `<public_url>/oauth/callback`); default: `http://<bind>`.
+    pub public_url: Option<String>,
+    /// CloudSync's app registration with each OAuth provider (`gdrive`, `dropbox`, `onedrive`).
+    pub oauth: BTreeMap<String, OAuthAppConfig>,
+    /// OAuth access tokens are renewed when they have less than this left.
+    pub oauth_renew_margin_seconds: u64,
+}
+
+/// One OAuth app. Only `client_id` is required; the endpoints, scopes and extra authorization
+/// parameters default to the provider's published ones.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct OAuthAppConfig {
+    pub client_id: String,
+    pub client_secret: Option<SecretString>,
+    pub auth_url: Option<String>,
+    pub token_url: Option<String>,
+    pub scopes: Option<Vec<String>>,
+    pub extra_params: Option<BTreeMap<String, String>>,
 }
 
 impl Default for Config {
@@ -43,6 +64,9 @@ impl Default for Config {
             log_format: "text".into(),
             max_body_bytes: 1024 * 1024,
             consistency_timeout_ms: 5000,
+            public_url: None,
+            oauth: BTreeMap::new(),
+            oauth_renew_margin_seconds: 300,
         }
     }
 }
@@ -74,11 +98,54 @@ impl Config {
                 "CONSISTENCY_TIMEOUT_MS" => {
                     config.consistency_timeout_ms = value.parse().context("CLOUDSYNC_CONSISTENCY_TIMEOUT_MS must be a number")?;
                 }
-                _ => {}
+                "PUBLIC_URL" => config.public_url = Some(value),
+                "OAUTH_RENEW_MARGIN_SECONDS" => {
+                    config.oauth_renew_margin_seconds = value.parse().context("CLOUDSYNC_OAUTH_RENEW_MARGIN_SECONDS must be a number")?;
+                }
+                other => {
+                    if let Some(rest) = other.strip_prefix("OAUTH_") {
+                        config.set_oauth(rest, value)?;
+                    }
+                }
             }
         }
         config.validate()?;
         Ok(config)
+    }
+
+    /// `CLOUDSYNC_OAUTH_<KIND>_<FIELD>`: FIELD is CLIENT_ID, CLIENT_SECRET, AUTH_URL, TOKEN_URL, SCOPES
+    /// (space-separated) or EXTRA_PARAMS (`key=value&key=value`).
+    fn set_oauth(&mut self, name: &str, value: String) -> anyhow::Result<()> {
+        const FIELDS: [&str; 6] = ["CLIENT_ID", "CLIENT_SECRET", "AUTH_URL", "TOKEN_URL", "SCOPES", "EXTRA_PARAMS"];
+        let Some((kind, field)) = FIELDS.iter().find_map(|f| {
+            name.strip_suffix(f)
+                .and_then(|k| k.strip_suffix('_'))
+                .map(|k| (k.to_ascii_lowercase(), *f))
+        }) else {
+            bail!(
+                "CLOUDSYNC_OAUTH_{name} is not a known setting (CLOUDSYNC_OAUTH_<KIND>_{{{}}})",
+                FIELDS.join(",")
+            );
+        };
+        let app = self.oauth.entry(kind).or_default();
+        match field {
+            "CLIENT_ID" => app.client_id = value,
+            "CLIENT_SECRET" => app.client_secret = Some(SecretString::from(value)),
+            "AUTH_URL" => app.auth_url = Some(value),
+            "TOKEN_URL" => app.token_url = Some(value),
+            "SCOPES" => app.scopes = Some(value.split_whitespace().map(str::to_owned).collect()),
+            _ => {
+                let mut params = BTreeMap::new();
+                for pair in value.split('&').filter(|p| !p.is_empty()) {
+                    let (k, v) = pair
+                        .split_once('=')
+                        .with_context(|| format!("CLOUDSYNC_OAUTH_{name}: {pair:?} is not key=value"))?;
+                    params.insert(k.to_owned(), v.to_owned());
+                }
+                app.extra_params = Some(params);
+            }
+        }
+        Ok(())
     }
 
     /// # Errors
@@ -92,6 +159,19 @@ impl Config {
         }
         if !matches!(self.log_format.as_str(), "text" | "json") {
             bail!("log_format must be text or json");
+        }
+        for (kind, app) in &self.oauth {
+            if !matches!(kind.as_str(), "gdrive" | "dropbox" | "onedrive") {
+                bail!("oauth.{kind}: OAuth apps are for gdrive, dropbox and onedrive");
+            }
+            if app.client_id.trim().is_empty() {
+                bail!("oauth.{kind}.client_id is required");
+            }
+        }
+        if let Some(url) = &self.public_url
+            && !(url.starts_with("http://") || url.starts_with("https://"))
+        {
+            bail!("public_url must be an http:// or https:// URL");
         }
         Ok(())
     }
@@ -129,6 +209,29 @@ mod tests {
         assert_eq!(config.bind, "127.0.0.1:9001");
         assert_eq!(config.data_dir, PathBuf::from("/var/lib/cloudsync"));
         std::fs::remove_dir_all(dir).ok();
+    }
+
+    #[test]
+    fn oauth_apps_come_from_the_environment() {
+        let config = Config::load(
+            None,
+            vars(&[
+                ("CLOUDSYNC_OAUTH_GDRIVE_CLIENT_ID", "app.apps.googleusercontent.com"),
+                ("CLOUDSYNC_OAUTH_GDRIVE_SCOPES", "openid  files.readwrite"),
+                ("CLOUDSYNC_OAUTH_GDRIVE_EXTRA_PARAMS", "prompt=consent&access_type=offline"),
+            ]),
+        )
+        .expect("loads");
+        let app = &config.oauth["gdrive"];
+        assert_eq!(app.client_id, "app.apps.googleusercontent.com");
+        assert_eq!(
+            app.scopes.as_deref(),
+            Some(&["openid".to_owned(), "files.readwrite".to_owned()][..])
+        );
+        assert_eq!(app.extra_params.as_ref().map(BTreeMap::len), Some(2));
+        assert!(Config::load(None, vars(&[("CLOUDSYNC_OAUTH_GDRIVE_CLIENT_ID", "")])).is_err());
+        assert!(Config::load(None, vars(&[("CLOUDSYNC_OAUTH_S3_CLIENT_ID", "x")])).is_err());
+        assert!(Config::load(None, vars(&[("CLOUDSYNC_OAUTH_GDRIVE_COLOUR", "x")])).is_err());
     }
 
     #[test]

@@ -8,5 +8,5 @@ pub mod errors;
 pub mod schema;
 pub mod server;
 
-pub use config::Config;
+pub use config::{Config, OAuthAppConfig};
 pub use server::{App, Server, start};

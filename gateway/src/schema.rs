@@ -54,6 +54,16 @@ fn parse_path(raw: &str) -> ApiResult<ProviderPath> {
     ProviderPath::parse(raw).map_err(|err| ApiError::BadInput(err.to_string()))
 }
 
+/// Where to authorize CloudSync with an OAuth provider.
+#[derive(SimpleObject)]
+struct ProviderAuthorization {
+    /// Open this in the user's browser.
+    authorization_url: String,
+    /// Identifies this authorization; the provider echoes it back to the callback.
+    state: String,
+    expires_at: chrono::DateTime<chrono::Utc>,
+}
+
 #[derive(SimpleObject)]
 pub struct User {
     id: ID,
@@ -378,6 +388,29 @@ impl MutationRoot {
         Ok(Provider {
             scan_operation_id: Some(ID(connected.job_id.to_string())),
             ..row.into()
+        })
+    }
+
+    /// Starts connecting an OAuth provider (`gdrive`, `dropbox`, `onedrive`): open the returned URL
+    /// in a browser and authorize CloudSync; the provider sends the browser back to
+    /// `/oauth/callback`, which connects the provider and starts indexing it. `root` is the folder
+    /// inside the account to index (default: all of it). The authorization expires after ten minutes.
+    async fn begin_provider_authorization(
+        &self,
+        ctx: &Context<'_>,
+        provider: String,
+        name: Option<String>,
+        root: Option<String>,
+    ) -> async_graphql::Result<ProviderAuthorization> {
+        let caller = caller(ctx)?;
+        let authorization = app(ctx)
+            .commands
+            .begin_authorization(cloudsync_domain::UserId::from_uuid(caller.user_id), &provider, name, root)
+            .map_err(ApiError::from)?;
+        Ok(ProviderAuthorization {
+            authorization_url: authorization.url,
+            state: authorization.state,
+            expires_at: authorization.expires_at,
         })
     }
 

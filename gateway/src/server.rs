@@ -22,7 +22,8 @@ use axum::extract::{State, WebSocketUpgrade};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
-use cloudsync_commands::{Commands, JobRunner, MasterKey, Scheduler, Vault};
+use cloudsync_commands::{Commands, JobRunner, MasterKey, OAuth, OAuthApp, Scheduler, Vault};
+use cloudsync_domain::ProviderKind;
 use cloudsync_eventstore::Database;
 use cloudsync_projections::{Projections, ReadModels};
 use secrecy::{ExposeSecret as _, SecretString};
@@ -131,6 +132,41 @@ pub fn commands(config: &Config, db: &Database) -> anyhow::Result<Commands> {
     Ok(Commands::new(Arc::clone(&db.events), Vault::new(master, db.pool.clone())))
 }
 
+/// The OAuth apps from configuration, calling back to `<public_url>/oauth/callback` (`addr` stands in
+/// for an unset public URL). `None` when no app is configured.
+///
+/// # Errors
+/// An app whose settings cannot work.
+pub fn oauth(config: &Config, addr: SocketAddr) -> anyhow::Result<Option<Arc<OAuth>>> {
+    if config.oauth.is_empty() {
+        return Ok(None);
+    }
+    let mut apps = HashMap::new();
+    for (name, app) in &config.oauth {
+        let kind = ProviderKind::parse(name).map_err(|e| anyhow::anyhow!("oauth.{name}: {e}"))?;
+        let secret = app.client_secret.as_ref().map(|s| s.expose_secret().to_owned());
+        let mut resolved = OAuthApp::well_known(kind, app.client_id.clone(), secret)
+            .with_context(|| format!("oauth.{name}: {name} providers do not connect through OAuth"))?;
+        if let Some(url) = &app.auth_url {
+            resolved.auth_url.clone_from(url);
+        }
+        if let Some(url) = &app.token_url {
+            resolved.token_url.clone_from(url);
+        }
+        if let Some(scopes) = &app.scopes {
+            resolved.scopes.clone_from(scopes);
+        }
+        if let Some(params) = &app.extra_params {
+            resolved.extra_params = params.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+        }
+        apps.insert(kind, resolved);
+    }
+    let public = config.public_url.clone().unwrap_or_else(|| format!("http://{addr}"));
+    let callback = format!("{}/oauth/callback", public.trim_end_matches('/'));
+    let margin = Duration::from_secs(config.oauth_renew_margin_seconds);
+    Ok(Some(Arc::new(OAuth::new(apps, &callback, margin).context("the OAuth settings")?)))
+}
+
 /// Opens (creating when needed) the data dir and the database, migrated.
 ///
 /// # Errors
@@ -168,7 +204,14 @@ pub async fn start(config: &Config) -> anyhow::Result<Server> {
         config.token_ttl_minutes,
     );
     let projections = Projections::new(db.clone());
-    let commands = commands(config, &db)?;
+    let listener = tokio::net::TcpListener::bind(&config.bind)
+        .await
+        .with_context(|| format!("binding {}", config.bind))?;
+    let addr = listener.local_addr()?;
+    let mut commands = commands(config, &db)?;
+    if let Some(oauth) = oauth(config, addr)? {
+        commands = commands.with_oauth(oauth);
+    }
     let app = Arc::new(App {
         reads: ReadModels::new(db.pool.clone()),
         commands: commands.clone(),
@@ -191,10 +234,6 @@ pub async fn start(config: &Config) -> anyhow::Result<Server> {
         }
     });
 
-    let listener = tokio::net::TcpListener::bind(&config.bind)
-        .await
-        .with_context(|| format!("binding {}", config.bind))?;
-    let addr = listener.local_addr()?;
     let router = router(Arc::clone(&app), config.max_body_bytes);
     let http_shutdown = shutdown.child_token();
     tasks.spawn(async move {
@@ -228,6 +267,7 @@ pub fn router(app: Arc<App>, max_body_bytes: usize) -> Router {
         .route("/graphql/ws", get(graphql_ws))
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
+        .route("/oauth/callback", get(oauth_callback))
         .layer(RequestBodyLimitLayer::new(max_body_bytes))
         .with_state(HttpState { app, schema })
 }
@@ -303,6 +343,80 @@ async fn graphql_ws(State(state): State<HttpState>, protocol: GraphQLProtocol, u
                 })
                 .serve()
         })
+}
+
+/// What an OAuth provider sends the browser back with.
+#[derive(serde::Deserialize)]
+struct CallbackParams {
+    state: Option<String>,
+    code: Option<String>,
+    error: Option<String>,
+    error_description: Option<String>,
+}
+
+/// The OAuth redirect target: exchanges the code and connects the provider, then tells the person in
+/// the browser what happened. Authenticated by `state` alone (it was issued to one user, works once,
+/// and expires), because the browser arrives without CloudSync's access token.
+async fn oauth_callback(State(state): State<HttpState>, axum::extract::Query(params): axum::extract::Query<CallbackParams>) -> Response {
+    let page = |status: StatusCode, title: &str, detail: &str| {
+        let body = format!(
+            "<!doctype html><meta charset=utf-8><title>{0}</title><h1>{0}</h1><p>{1}</p>",
+            html_escape(title),
+            html_escape(detail)
+        );
+        (status, [(header::CACHE_CONTROL, "no-store")], Html(body)).into_response()
+    };
+    let Some(oauth_state) = params.state.as_deref().filter(|s| !s.is_empty()) else {
+        return page(
+            StatusCode::BAD_REQUEST,
+            "Not connected",
+            "The provider's answer lacks the state parameter.",
+        );
+    };
+    if let Some(error) = params.error.as_deref() {
+        let detail = params.error_description.as_deref().unwrap_or(error);
+        return match state.app.commands.abandon_authorization(oauth_state) {
+            Ok(_) => page(
+                StatusCode::BAD_REQUEST,
+                "Not connected",
+                &format!("The provider did not authorize CloudSync: {detail}"),
+            ),
+            Err(error) => page(StatusCode::BAD_REQUEST, "Not connected", &error.to_string()),
+        };
+    }
+    let Some(code) = params.code.as_deref().filter(|c| !c.is_empty()) else {
+        return page(
+            StatusCode::BAD_REQUEST,
+            "Not connected",
+            "The provider's answer lacks the code parameter.",
+        );
+    };
+    match state.app.commands.finish_authorization(oauth_state, code).await {
+        Ok((user, connected)) => {
+            state.app.wrote(Caller { user_id: user.as_uuid() }, connected.position);
+            page(
+                StatusCode::OK,
+                "Connected",
+                &format!(
+                    "{} ({}) is connected as provider {}; indexing has started. You can close this window.",
+                    connected.display_name,
+                    connected.kind.as_str(),
+                    connected.provider_id
+                ),
+            )
+        }
+        Err(error) => {
+            tracing::info!(error = %error, "An OAuth authorization could not be completed.");
+            page(StatusCode::BAD_REQUEST, "Not connected", &error.to_string())
+        }
+    }
+}
+
+fn html_escape(text: &str) -> String {
+    text.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
 }
 
 async fn readyz(State(state): State<HttpState>) -> Response {

@@ -17,14 +17,20 @@ pub struct Harness {
 
 impl Harness {
     pub async fn new(backend: Backend) -> Self {
+        Self::with_config(backend, |_| {}).await
+    }
+
+    /// A server whose configuration `adjust` changes first.
+    pub async fn with_config(backend: Backend, adjust: impl FnOnce(&mut Config)) -> Self {
         let db = TestDatabase::new(backend).await;
-        let config = Config {
+        let mut config = Config {
             data_dir: db.dir().join("data"),
             bind: "127.0.0.1:0".into(),
             database_url: Some(db.url.clone()),
             jwt_secret: Some(SecretString::from("e2e-test-secret-e2e-test-secret".to_owned())),
             ..Config::default()
         };
+        adjust(&mut config);
         let server = start(&config).await.expect("server starts");
         let url = format!("http://{}", server.addr());
         Self {
@@ -192,17 +198,21 @@ pub fn sample_tree(base: &Path) -> PathBuf {
     root
 }
 
-/// Runs a test body once per backend.
+/// Runs a test body once per backend, on a server from `Harness::new` or from the given constructor
+/// (`with path::to::constructor; tests…`, the path as seen from a module inside the caller's).
 macro_rules! on_both_backends {
-    ($($name:ident),* $(,)?) => {
+    (with $ctor:path; $($name:ident),* $(,)?) => {
         mod sqlite {
             $( #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-               async fn $name() { let h = $crate::harness::Harness::new(cloudsync_eventstore::testing::Backend::Sqlite).await; super::$name(&h).await; h.stop().await; } )*
+               async fn $name() { let h = $ctor(cloudsync_eventstore::testing::Backend::Sqlite).await; super::$name(&h).await; h.stop().await; } )*
         }
         mod postgres {
             $( #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-               async fn $name() { let h = $crate::harness::Harness::new(cloudsync_eventstore::testing::Backend::Postgres).await; super::$name(&h).await; h.stop().await; } )*
+               async fn $name() { let h = $ctor(cloudsync_eventstore::testing::Backend::Postgres).await; super::$name(&h).await; h.stop().await; } )*
         }
+    };
+    ($($name:ident),* $(,)?) => {
+        on_both_backends!(with $crate::harness::Harness::new; $($name),*);
     };
 }
 pub(crate) use on_both_backends;

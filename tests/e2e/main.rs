@@ -4,5 +4,6 @@
 mod faults;
 mod harness;
 mod indexing;
+mod oauth;
 mod providers;
 mod spine;

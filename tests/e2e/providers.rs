@@ -89,7 +89,7 @@ async fn database_text(h: &Harness) -> String {
     }
 }
 
-async fn assert_never_in_clear(h: &Harness, token: &str, secret: &str) {
+pub(crate) async fn assert_never_in_clear(h: &Harness, token: &str, secret: &str) {
     let stored = database_text(h).await;
     assert!(stored.contains("ProviderConnected"), "the dump covers the event log");
     assert!(!stored.contains(secret), "the secret is stored in clear");
@@ -210,6 +210,23 @@ async fn refused_credentials_record_nothing(h: &Harness) {
     assert_eq!(
         h.error_code(Some(&token), CONNECT, json!({ "k": "s3", "c": missing_bucket })).await,
         "BAD_USER_INPUT"
+    );
+    // A server that checks signatures (s3s-fs) refuses a wrong secret.
+    let wrong_secret = json!({
+        "endpoint": var("CLOUDSYNC_TEST_S3S_ENDPOINT"), "bucket": "cloudsync-test", "region": "us-east-1",
+        "access_key_id": var("CLOUDSYNC_TEST_S3S_ACCESS_KEY_ID"), "secret_access_key": "not-the-secret",
+    });
+    let response = h.gql(Some(&token), CONNECT, json!({ "k": "s3", "c": wrong_secret })).await;
+    assert_eq!(response["errors"][0]["extensions"]["code"], json!("BAD_USER_INPUT"), "{response}");
+    assert!(
+        response["errors"][0]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("refused the credentials")),
+        "{response}"
+    );
+    assert!(
+        !response.to_string().contains("not-the-secret"),
+        "the error echoes the secret: {response}"
     );
     assert_eq!(h.server().app().db.events.head().await.expect("head"), head);
     assert_eq!(

@@ -11,6 +11,7 @@ macro_rules! contract {
     ($($name:ident),* $(,)?) => {
         contract!(@server local, Local, $($name),*);
         contract!(@server s3, S3, $($name),*);
+        contract!(@server s3_sigv4, S3Sigv4, $($name),*);
         contract!(@server webdav, Webdav, $($name),*);
         contract!(@server sftp, Sftp, $($name),*);
         contract!(@server azblob, Azblob, $($name),*);
@@ -233,8 +234,20 @@ async fn bad_credentials_are_refused(t: &TestProvider) {
             std::fs::remove_dir_all(outside).ok();
             return;
         }
-        // moto accepts any signature, so bad S3 credentials cannot be told apart here; an unknown
-        // bucket must still fail the round trip.
+        cloudsync_domain::ProviderKind::S3 if t.server == Server::S3Sigv4 => {
+            let refused = t.with("secret_access_key", "wrong-secret").expect("opens").check().await;
+            assert!(
+                matches!(refused, Err(ProviderError::PermissionDenied(_))),
+                "a wrong secret: {refused:?}"
+            );
+            let refused = t.with("access_key_id", "nobody").expect("opens").check().await;
+            assert!(
+                matches!(refused, Err(ProviderError::PermissionDenied(_))),
+                "an unknown key: {refused:?}"
+            );
+            t.with("bucket", "cloudsync-no-such-bucket").expect("opens").check().await
+        }
+        // moto accepts any signature; an unknown bucket must still fail the round trip.
         cloudsync_domain::ProviderKind::S3 => t.with("bucket", "cloudsync-no-such-bucket").expect("opens").check().await,
         cloudsync_domain::ProviderKind::Webdav => t.with("password", "wrong password").expect("opens").check().await,
         cloudsync_domain::ProviderKind::Sftp => {

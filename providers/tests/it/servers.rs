@@ -7,7 +7,10 @@ use serde_json::{Map, Value, json};
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Server {
     Local,
+    /// moto: accepts any signature.
     S3,
+    /// s3s-fs: verifies SigV4 signatures against one key pair.
+    S3Sigv4,
     Webdav,
     Sftp,
     Azblob,
@@ -22,6 +25,7 @@ pub struct TestProvider {
     pub provider: Box<dyn StorageProvider>,
     pub config: Map<String, Value>,
     pub kind: ProviderKind,
+    pub server: Server,
     local_dir: Option<std::path::PathBuf>,
 }
 
@@ -50,6 +54,15 @@ impl TestProvider {
                 let config = json!({
                     "endpoint": endpoint, "bucket": "cloudsync-test", "region": "us-east-1",
                     "access_key_id": "cloudsync", "secret_access_key": "cloudsync-secret", "root": format!("/t-{id}/"),
+                });
+                (ProviderKind::S3, config, None)
+            }
+            Server::S3Sigv4 => {
+                // scripts/storage-servers creates the bucket (a folder of the server's root).
+                let config = json!({
+                    "endpoint": var("CLOUDSYNC_TEST_S3S_ENDPOINT"), "bucket": "cloudsync-test", "region": "us-east-1",
+                    "access_key_id": var("CLOUDSYNC_TEST_S3S_ACCESS_KEY_ID"),
+                    "secret_access_key": var("CLOUDSYNC_TEST_S3S_SECRET_ACCESS_KEY"), "root": format!("/t-{id}/"),
                 });
                 (ProviderKind::S3, config, None)
             }
@@ -87,6 +100,7 @@ impl TestProvider {
             provider,
             config,
             kind,
+            server,
             local_dir,
         }
     }
