@@ -4,7 +4,8 @@
 //! (`/usr/bin/time`).
 //!
 //! Scenarios: the local provider at a tenth of `BENCH_FILES` and at `BENCH_FILES` (default 100,000)
-//! files, to show how memory grows with the tree; and S3 (the moto server that `scripts/services`
+//! files, to show whether memory grows with the tree, then a rescan of the unchanged larger tree
+//! (beside rclone's listing without hashes, since neither reads a file then); and S3 (the moto server that `scripts/services`
 //! starts, `CLOUDSYNC_TEST_S3_ENDPOINT`) at `BENCH_S3_FILES` (default 5,000) files, uploaded with
 //! `rclone copy` first. On S3 rclone takes MD5 from the listing's ETags while CloudSync reads every
 //! object to hash it with BLAKE3, so the S3 rows compare different amounts of work; both are shown.
@@ -110,33 +111,52 @@ struct Row {
     rclone: Measured,
 }
 
-async fn local(work: &Path, files: usize) -> anyhow::Result<Row> {
+/// The local scenario: a first scan beside `rclone lsjson -R --hash-type md5`; with `rescan`, also a
+/// second scan of the unchanged tree (which reads no file) beside `rclone lsjson -R` without hashes.
+async fn local(work: &Path, files: usize, rescan: bool) -> anyhow::Result<Vec<Row>> {
     let tree = work.join(format!("tree-{files}"));
     eprintln!("[local {files}] generating");
     let bytes = generate(&tree, files)?;
     eprintln!("[local {files}] {bytes} bytes generated; connecting");
     let data = work.join(format!("data-{files}"));
     let provider = connect(&data, "local", json!({ "root": tree })).await?;
+    let scan = || -> anyhow::Result<Measured> {
+        measure(
+            Command::new(cloudsync_binary()?)
+                .args(["scan", &provider])
+                .env("CLOUDSYNC_DATA_DIR", &data)
+                .env("CLOUDSYNC_LOG", "warn"),
+        )
+    };
+    let rclone = |hashes: bool| {
+        let mut command = Command::new("rclone");
+        command.arg("lsjson").arg("-R").arg("--files-only");
+        if hashes {
+            command.args(["--hash-type", "md5"]);
+        }
+        measure(command.arg(&tree).env("RCLONE_CONFIG", "/dev/null"))
+    };
     eprintln!("[local {files}] cloudsync scan");
-    let cloudsync = measure(
-        Command::new(cloudsync_binary()?)
-            .args(["scan", &provider])
-            .env("CLOUDSYNC_DATA_DIR", &data)
-            .env("CLOUDSYNC_LOG", "warn"),
-    )?;
-    eprintln!("[local {files}] rclone lsjson");
-    let rclone = measure(
-        Command::new("rclone")
-            .args(["lsjson", "-R", "--hash-type", "md5", "--files-only"])
-            .arg(&tree)
-            .env("RCLONE_CONFIG", "/dev/null"),
-    )?;
-    Ok(Row {
+    let first = scan()?;
+    eprintln!("[local {files}] rclone lsjson --hash-type md5");
+    let mut rows = vec![Row {
         scenario: "local".into(),
         files,
-        cloudsync,
-        rclone,
-    })
+        cloudsync: first,
+        rclone: rclone(true)?,
+    }];
+    if rescan {
+        eprintln!("[local {files}] cloudsync rescan (unchanged)");
+        let again = scan()?;
+        eprintln!("[local {files}] rclone lsjson (no hashes)");
+        rows.push(Row {
+            scenario: "local, rescan of the unchanged tree (rclone: listing without hashes)".into(),
+            files,
+            cloudsync: again,
+            rclone: rclone(false)?,
+        });
+    }
+    Ok(rows)
 }
 
 async fn s3(work: &Path, files: usize, endpoint: &str) -> anyhow::Result<Row> {
@@ -207,8 +227,8 @@ async fn main() -> anyhow::Result<()> {
     let started = Instant::now();
     let mut rows = Vec::new();
     let result: anyhow::Result<()> = async {
-        rows.push(local(&work, files / 10).await?);
-        rows.push(local(&work, files).await?);
+        rows.extend(local(&work, files / 10, false).await?);
+        rows.extend(local(&work, files, true).await?);
         match std::env::var("CLOUDSYNC_TEST_S3_ENDPOINT") {
             Ok(endpoint) if s3_files > 0 => match s3(&work, s3_files, &endpoint).await {
                 Ok(row) => rows.push(row),

@@ -1,6 +1,6 @@
 //! The scan scheduler: follows the log for providers' schedules and requests rescans when a cron
-//! schedule comes due, or (for local folders set to real time) soon after the folder changes, as
-//! reported by the operating system (inotify on Linux). Owned and stopped by the server. It never
+//! schedule comes due, or (for providers set to real time) soon after the provider's own change feed
+//! reports a change (for local folders: the operating system's notifications, inotify on Linux). Owned and stopped by the server. It never
 //! requests a second scan of a provider while its last one is still running. It also renews OAuth
 //! providers' access tokens before they expire.
 
@@ -13,7 +13,6 @@ use cloudsync_domain::sync_job::SyncJob;
 use cloudsync_domain::{DomainEvent, ProviderId, ProviderKind, ScanSchedule, SyncJobId, UserId};
 use cloudsync_eventstore::subscribe;
 use futures::StreamExt;
-use notify::Watcher as _;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
@@ -27,11 +26,10 @@ const MAX_DELAY: Duration = Duration::from_secs(5);
 struct Plan {
     owner: UserId,
     kind: ProviderKind,
-    root: Option<String>,
     schedule: Option<ScanSchedule>,
     next: Option<DateTime<Utc>>,
     realtime: bool,
-    watcher: Option<notify::RecommendedWatcher>,
+    feed: Option<Forwarder>,
     /// The last scan this scheduler requested, while it may still be running.
     running: Option<SyncJobId>,
     /// Changes seen since the last request (real time): when the first and the last came.
@@ -69,15 +67,13 @@ impl Scheduler {
                     }
                     match DomainEvent::decode(&event.event_type, event.schema_version, &event.payload) {
                         Ok(DomainEvent::ProviderConnected(e)) => {
-                            let root = e.config.get("root").and_then(|r| r.as_str()).map(str::to_owned);
                             plans.insert(e.provider_id, Plan {
                                 owner: e.owner_id,
                                 kind: e.kind,
-                                root,
                                 schedule: None,
                                 next: None,
                                 realtime: false,
-                                watcher: None,
+                                feed: None,
                                 running: None,
                                 dirty: None,
                                 credentials_expire_at: e.credentials_expire_at,
@@ -98,7 +94,7 @@ impl Scheduler {
                                 plan.next = e.schedule.as_ref().and_then(|s| s.next_after(Utc::now()));
                                 plan.schedule = e.schedule;
                                 plan.realtime = e.realtime;
-                                plan.watcher = if e.realtime { watch(e.provider_id, plan, &changed_tx) } else { None };
+                                plan.feed = if e.realtime { watch(&self.commands, e.provider_id, plan.owner, &changed_tx).await } else { None };
                             }
                         }
                         _ => {}
@@ -171,36 +167,43 @@ async fn still_running(commands: &Commands, job: SyncJobId) -> bool {
     }
 }
 
-/// Watches a local provider's folder; changes are sent as the provider's id.
-fn watch(provider: ProviderId, plan: &Plan, changed: &mpsc::UnboundedSender<ProviderId>) -> Option<notify::RecommendedWatcher> {
-    if plan.kind != ProviderKind::Local {
-        return None;
+/// Forwards a provider's change feed to the scheduler; stops when dropped.
+struct Forwarder(tokio::task::JoinHandle<()>);
+
+impl Drop for Forwarder {
+    fn drop(&mut self) {
+        self.0.abort();
     }
-    let root = plan.root.clone()?;
-    let changed = changed.clone();
-    let handler = move |event: notify::Result<notify::Event>| {
-        if let Ok(event) = event
-            && !matches!(event.kind, notify::EventKind::Access(_))
-            && !event.paths.iter().all(|p| {
-                p.file_name()
-                    .and_then(|n| n.to_str())
-                    .is_some_and(|n| n.starts_with('.') && n.ends_with(".tmp"))
-            })
-        {
-            let _ = changed.send(provider);
+}
+
+/// Follows a provider's change feed; each change is sent as the provider's id.
+async fn watch(commands: &Commands, provider: ProviderId, owner: UserId, changed: &mpsc::UnboundedSender<ProviderId>) -> Option<Forwarder> {
+    let opened = match commands.provider(owner, provider).await {
+        Ok(opened) => opened,
+        // Disconnected since (the scheduler replays the log from its start).
+        Err(CommandError::NotFound(_)) => return None,
+        Err(error) => {
+            tracing::warn!(provider = %provider, error = %error, "Cannot open the provider to follow its changes; only scheduled rescans will run.");
+            return None;
         }
     };
-    match notify::recommended_watcher(handler) {
-        Ok(mut watcher) => match watcher.watch(std::path::Path::new(&root), notify::RecursiveMode::Recursive) {
-            Ok(()) => Some(watcher),
-            Err(error) => {
-                tracing::warn!(provider = %provider, error = %error, "Cannot watch the folder; only scheduled rescans will run.");
-                None
-            }
-        },
-        Err(error) => {
-            tracing::warn!(provider = %provider, error = %error, "Cannot watch folders on this system.");
-            None
+    let mut feed = match opened.changes() {
+        Ok(Some(feed)) => feed,
+        Ok(None) => {
+            tracing::warn!(provider = %provider, "The provider has no change feed; only scheduled rescans will run.");
+            return None;
         }
-    }
+        Err(error) => {
+            tracing::warn!(provider = %provider, error = %error, "Cannot follow the provider's changes; only scheduled rescans will run.");
+            return None;
+        }
+    };
+    let changed = changed.clone();
+    Some(Forwarder(tokio::spawn(async move {
+        while feed.next().await.is_some() {
+            if changed.send(provider).is_err() {
+                return;
+            }
+        }
+    })))
 }

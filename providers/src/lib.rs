@@ -1,5 +1,7 @@
 //! Storage providers behind one interface, [`StorageProvider`]: list a tree as a stream, stat, read a
-//! byte range as a stream, write from a stream, delete, move, create folders. The local folder is
+//! byte range as a stream, write from a stream, delete, move, create folders, and follow the
+//! provider's own change feed where it has one (local folders: the operating system's file
+//! notifications). The local folder is
 //! native (strictly confined to its root, symlinks never followed); every remote kind (S3, WebDAV,
 //! SFTP, Azure Blob, Google Drive, Dropbox, OneDrive) goes through Apache OpenDAL with retries
 //! (exponential backoff with jitter) and timeouts.
@@ -36,6 +38,37 @@ pub struct Entry {
 /// A stream of content.
 pub type ByteStream = BoxStream<'static, Result<Bytes, ProviderError>>;
 
+/// Something changed on the provider, reported by the provider itself.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Change {
+    /// What changed; `None` when the provider cannot say (it lost track: list everything again).
+    pub path: Option<ProviderPath>,
+}
+
+/// A provider's change feed: changes arrive until it is dropped.
+pub struct ChangeFeed {
+    changes: tokio::sync::mpsc::UnboundedReceiver<Change>,
+    /// Whatever produces the changes (a file watcher), kept alive by the feed.
+    _source: Box<dyn Send>,
+}
+
+impl ChangeFeed {
+    pub fn new(changes: tokio::sync::mpsc::UnboundedReceiver<Change>, source: Box<dyn Send>) -> Self {
+        Self { changes, _source: source }
+    }
+
+    /// The next change; `None` once the source has stopped.
+    pub async fn next(&mut self) -> Option<Change> {
+        self.changes.recv().await
+    }
+}
+
+impl std::fmt::Debug for ChangeFeed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ChangeFeed")
+    }
+}
+
 /// One storage provider, reached through its own protocol.
 #[async_trait]
 pub trait StorageProvider: Send + Sync {
@@ -63,6 +96,15 @@ pub trait StorageProvider: Send + Sync {
     async fn rename(&self, from: &ProviderPath, to: &ProviderPath) -> Result<(), ProviderError>;
 
     async fn create_folder(&self, path: &ProviderPath) -> Result<(), ProviderError>;
+
+    /// The provider's own change feed, where it has one; `None` where changes can only be found by
+    /// listing again. None of the remote kinds offers one through OpenDAL.
+    ///
+    /// # Errors
+    /// A feed the provider has but cannot start (no file watcher available, for example).
+    fn changes(&self) -> Result<Option<ChangeFeed>, ProviderError> {
+        Ok(None)
+    }
 }
 
 /// Opens a provider of `kind` from its configuration keys (OpenDAL's own names: for S3 `endpoint`,

@@ -238,6 +238,10 @@ impl StorageProvider for Limited {
         self.take().await;
         self.inner.create_folder(path).await
     }
+
+    fn changes(&self) -> Result<Option<crate::ChangeFeed>, ProviderError> {
+        self.inner.changes()
+    }
 }
 
 #[cfg(test)]

@@ -15,7 +15,7 @@ use futures::StreamExt;
 use futures::stream::BoxStream;
 use tokio::sync::mpsc;
 
-use crate::{ByteStream, Entry, ProviderError, StorageProvider};
+use crate::{ByteStream, Change, ChangeFeed, Entry, ProviderError, StorageProvider};
 
 const CHUNK: usize = 256 * 1024;
 
@@ -104,6 +104,11 @@ fn temp_name(target: &Path) -> PathBuf {
     target.with_file_name(format!(".{name}.cloudsync-{suffix:016x}.tmp"))
 }
 
+/// Whether `name` is one of this provider's temporary files (a write in progress).
+fn is_temporary(name: &str) -> bool {
+    name.ends_with(".tmp") && name.starts_with('.') && name.contains(".cloudsync-")
+}
+
 fn rand_suffix() -> u64 {
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -161,7 +166,7 @@ impl StorageProvider for LocalProvider {
                     continue;
                 };
                 let Ok(path) = ProviderPath::parse(relative) else { continue };
-                if path.name().ends_with(".tmp") && path.name().starts_with('.') && path.name().contains(".cloudsync-") {
+                if is_temporary(path.name()) {
                     continue;
                 }
                 let sent = match item.metadata() {
@@ -316,5 +321,41 @@ impl StorageProvider for LocalProvider {
             Ok(())
         })
         .await
+    }
+
+    /// The operating system's notifications for the folder tree (inotify on Linux), as paths below
+    /// the root. A lost notification (a queue overflow) is reported as a change of unknown path.
+    fn changes(&self) -> Result<Option<ChangeFeed>, ProviderError> {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let root = self.root.clone();
+        let handler = move |event: notify::Result<notify::Event>| {
+            let event = match event {
+                Ok(event) => event,
+                Err(error) => {
+                    tracing::debug!(error = %error, "A file notification was lost.");
+                    let _ = tx.send(Change { path: None });
+                    return;
+                }
+            };
+            if matches!(event.kind, notify::EventKind::Access(_)) {
+                return;
+            }
+            if event.paths.is_empty() || event.need_rescan() {
+                let _ = tx.send(Change { path: None });
+            }
+            for host in &event.paths {
+                let Some(relative) = host.strip_prefix(&root).ok().and_then(Path::to_str) else {
+                    continue;
+                };
+                let Ok(path) = ProviderPath::parse(relative) else { continue };
+                if !is_temporary(path.name()) {
+                    let _ = tx.send(Change { path: Some(path) });
+                }
+            }
+        };
+        let unavailable = |error: notify::Error| ProviderError::Unsupported(format!("cannot watch the folder: {error}"));
+        let mut watcher = notify::recommended_watcher(handler).map_err(unavailable)?;
+        notify::Watcher::watch(&mut watcher, &self.root, notify::RecursiveMode::Recursive).map_err(unavailable)?;
+        Ok(Some(ChangeFeed::new(rx, Box::new(watcher))))
     }
 }

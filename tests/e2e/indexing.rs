@@ -8,6 +8,7 @@ use crate::harness::{Harness, Scanned, on_both_backends};
 
 on_both_backends!(
     a_rescan_records_only_what_changed,
+    rescans_span_many_batches,
     a_realtime_folder_is_indexed_on_its_own,
     a_cron_schedule_rescans_on_time
 );
@@ -80,6 +81,38 @@ async fn a_rescan_records_only_what_changed(h: &Harness) {
     assert!(rescan(h, &token, &provider).await.is_empty(), "settled: nothing more to record");
     let unknown = uuid::Uuid::new_v4().to_string();
     assert_eq!(h.error_code(Some(&token), RESCAN, json!({ "p": unknown })).await, "NOT_FOUND");
+}
+
+/// Trees larger than one batch (500 files) are recorded batch by batch; removals and moves are found
+/// across batches, and a settled tree records nothing.
+async fn rescans_span_many_batches(h: &Harness) {
+    let (token, _) = h.register("batches@example.org").await;
+    let root = h.db.dir().join("many");
+    for i in 0..1200 {
+        let folder = root.join(format!("d{}", i % 7));
+        std::fs::create_dir_all(&folder).expect("mkdir");
+        std::fs::write(folder.join(format!("f{i:04}.txt")), format!("file number {i}")).expect("write");
+    }
+    let (provider, _) = h.connect_local(&token, &root).await;
+    let app = h.server().app();
+    let head = app.db.events.head().await.expect("head");
+    assert!(app.projections.wait_for(head, Duration::from_secs(10)).await);
+    let discovered = app.db.events.read_all(0, 100_000).await.expect("log");
+    assert_eq!(discovered.iter().filter(|e| e.event_type == "FileDiscovered").count(), 1200);
+    assert!(rescan(h, &token, &provider).await.is_empty());
+
+    for i in (0..1200).filter(|i| i % 2 == 0) {
+        std::fs::remove_file(root.join(format!("d{}/f{i:04}.txt", i % 7))).expect("remove");
+    }
+    std::fs::create_dir_all(root.join("zz")).expect("mkdir");
+    std::fs::rename(root.join("d1/f0001.txt"), root.join("zz/last.txt")).expect("move");
+    let recorded = rescan(h, &token, &provider).await;
+    assert_eq!(recorded.iter().filter(|t| *t == "FileRemoved").count(), 600);
+    assert_eq!(recorded.iter().filter(|t| *t == "FileMoved").count(), 1);
+    assert_eq!(recorded.len(), 601, "{recorded:?}");
+    let files = h.files(&token, &provider).await;
+    assert!(files.contains_key("zz/last.txt") && !files.contains_key("d1/f0001.txt"));
+    assert!(rescan(h, &token, &provider).await.is_empty(), "settled");
 }
 
 const SCHEDULE: &str = "mutation($p: ID!, $s: String, $r: Boolean) { setScanSchedule(providerId: $p, schedule: $s, realtime: $r) { id scanSchedule realtime } }";

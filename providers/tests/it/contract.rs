@@ -37,6 +37,7 @@ contract!(
     delete_removes_and_is_idempotent,
     missing_paths_are_not_found,
     bad_credentials_are_refused,
+    the_change_feed_reports_outside_changes_where_there_is_one,
 );
 
 fn p(raw: &str) -> ProviderPath {
@@ -276,4 +277,32 @@ async fn bad_credentials_are_refused(t: &TestProvider) {
         other => panic!("no server for {other:?}"),
     };
     assert!(refused.is_err(), "a bad configuration passed the round trip");
+}
+
+async fn the_change_feed_reports_outside_changes_where_there_is_one(t: &TestProvider) {
+    if let Some(dir) = t.local_dir() {
+        std::fs::create_dir_all(dir.join("inbox")).expect("mkdir");
+    }
+    let feed = t.provider.changes().expect("the feed starts");
+    let Some(dir) = t.local_dir() else {
+        assert!(feed.is_none(), "{:?} has no change feed through OpenDAL", t.kind);
+        return;
+    };
+    let mut feed = feed.expect("local folders have a change feed");
+    // A change made outside CloudSync, below the root; a temporary file of CloudSync's own is not reported.
+    std::fs::write(dir.join("inbox/.x.cloudsync-0000000000000001.tmp"), "partial").expect("write");
+    std::fs::write(dir.join("inbox/new file.txt"), "from elsewhere").expect("write");
+    let expected = p("inbox/new file.txt");
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let change = tokio::time::timeout_at(deadline, feed.next())
+            .await
+            .expect("the change is reported in time")
+            .expect("the feed is open");
+        let path = change.path.expect("a known path");
+        assert!(!path.name().ends_with(".tmp"), "temporary files are not reported: {path}");
+        if path == expected {
+            break;
+        }
+    }
 }
