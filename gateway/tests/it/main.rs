@@ -219,3 +219,151 @@ fn secrets_never_reach_the_log() {
     assert!(!log.contains(&password), "the account password reached the log");
     std::fs::remove_dir_all(&data).ok();
 }
+
+fn form_action(html: &str) -> String {
+    let start = html.find("action=\"").expect("a form") + "action=\"".len();
+    html[start..][..html[start..].find('"').expect("closing quote")].replace("&amp;", "&")
+}
+
+/// Every access and refresh token the log holds sealed, opened with the data dir's master key.
+fn sealed_tokens(data: &std::path::Path) -> Vec<String> {
+    use cloudsync_domain::DomainEvent;
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    runtime.block_on(async {
+        let url = format!("sqlite://{}", data.join("cloudsync.db").display());
+        let db = cloudsync_eventstore::Database::connect(&url, false).await.expect("database");
+        let key = std::fs::read_to_string(data.join("master-key")).expect("master key");
+        let vault = cloudsync_commands::Vault::new(cloudsync_commands::MasterKey::parse(&key).expect("key"), db.pool.clone());
+        let mut tokens = Vec::new();
+        for recorded in db.events.read_all(0, 100_000).await.expect("log") {
+            let sealed = match DomainEvent::decode(&recorded.event_type, recorded.schema_version, &recorded.payload).expect("decodes") {
+                DomainEvent::ProviderConnected(c) => c.secrets.map(|s| (c.owner_id, s)),
+                DomainEvent::ProviderCredentialsRenewed(r) => Some((r.owner_id, r.secrets)),
+                _ => None,
+            };
+            if let Some((owner, sealed)) = sealed {
+                let opened: serde_json::Value = serde_json::from_slice(&vault.open(owner, &sealed).await.expect("opens")).expect("json");
+                for key in ["access_token", "refresh_token"] {
+                    tokens.push(opened[key].as_str().expect("token").to_owned());
+                }
+            }
+        }
+        db.close().await;
+        tokens
+    })
+}
+
+/// Issue 3: with trace logging on, connecting an OAuth provider (code exchange) and renewing its token
+/// never writes a token, the code or the client secret to the log.
+#[test]
+fn oauth_tokens_never_reach_the_log() {
+    let issuer = std::env::var("CLOUDSYNC_TEST_OIDC_ISSUER").expect("CLOUDSYNC_TEST_OIDC_ISSUER: run through scripts/test");
+    let var = |name: &str| std::env::var(name).unwrap_or_else(|_| panic!("{name}"));
+    let ttl: u64 = var("CLOUDSYNC_TEST_OIDC_ACCESS_TOKEN_TTL").parse().expect("seconds");
+    let client_secret = var("CLOUDSYNC_TEST_OIDC_CLIENT_SECRET");
+    let data = std::env::temp_dir().join(format!("cloudsync-oauth-logs-{}", uuid::Uuid::new_v4().simple()));
+    let mut child = cloudsync(&data)
+        .args(["serve", "--bind", "127.0.0.1:0"])
+        .env("CLOUDSYNC_LOG", "trace")
+        .env("CLOUDSYNC_OAUTH_GDRIVE_CLIENT_ID", var("CLOUDSYNC_TEST_OIDC_CLIENT_ID"))
+        .env("CLOUDSYNC_OAUTH_GDRIVE_CLIENT_SECRET", &client_secret)
+        .env("CLOUDSYNC_OAUTH_GDRIVE_AUTH_URL", format!("{issuer}/auth"))
+        .env("CLOUDSYNC_OAUTH_GDRIVE_TOKEN_URL", format!("{issuer}/token"))
+        .env("CLOUDSYNC_OAUTH_GDRIVE_SCOPES", "openid offline_access files.readwrite")
+        .env("CLOUDSYNC_OAUTH_GDRIVE_EXTRA_PARAMS", "prompt=consent")
+        .env("CLOUDSYNC_OAUTH_RENEW_MARGIN_SECONDS", ttl.saturating_sub(3).to_string())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let stdout = child.stdout.take().expect("stdout");
+    let stderr = child.stderr.take().expect("stderr");
+    let (lines_tx, lines) = std::sync::mpsc::channel::<String>();
+    let reader = std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = lines_tx.send(line);
+        }
+    });
+    let mut server = Running(child);
+    let mut banner = String::new();
+    BufReader::new(stdout).read_line(&mut banner).expect("read the banner");
+    let addr = banner
+        .split("http://")
+        .nth(1)
+        .and_then(|rest| rest.split('/').next())
+        .expect("address")
+        .to_owned();
+
+    let register = serde_json::json!({ "query": "mutation { register(email: \"oauth-logs@example.org\", password: \"correct horse battery\") { accessToken } }" });
+    let token = post(&addr, &register.to_string())["data"]["register"]["accessToken"]
+        .as_str()
+        .expect("token")
+        .to_owned();
+    let begin = serde_json::json!({ "query": "mutation { beginProviderAuthorization(provider: \"gdrive\") { authorizationUrl } }" });
+    let begun = post_as(&addr, Some(&token), &begin.to_string());
+    let url = begun["data"]["beginProviderAuthorization"]["authorizationUrl"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{begun}"))
+        .to_owned();
+
+    // The browser: sign in, consent, and stop at the redirect back to CloudSync.
+    let browser = reqwest::blocking::Client::builder()
+        .cookie_store(true)
+        .redirect(reqwest::redirect::Policy::custom(|a| {
+            if a.url().path() == "/oauth/callback" {
+                a.stop()
+            } else {
+                a.follow()
+            }
+        }))
+        .build()
+        .expect("client");
+    let login = browser.get(&url).send().expect("login page").text().expect("html");
+    let consent = browser
+        .post(form_action(&login))
+        .form(&[("prompt", "login"), ("login", "alice"), ("password", "x")])
+        .send()
+        .expect("signed in")
+        .text()
+        .expect("html");
+    let back = browser
+        .post(form_action(&consent))
+        .form(&[("prompt", "consent")])
+        .send()
+        .expect("consented");
+    let callback = back.headers()[reqwest::header::LOCATION].to_str().expect("location").to_owned();
+    let code: String = reqwest::Url::parse(&callback)
+        .expect("url")
+        .query_pairs()
+        .find(|(k, _)| k == "code")
+        .map(|(_, v)| v.into_owned())
+        .expect("code");
+    assert_eq!(reqwest::blocking::get(&callback).expect("callback").status(), 200);
+
+    // Wait for the scheduler's renewal, collecting the log as it comes.
+    let mut log = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !log.iter().any(|l: &String| l.contains("Provider credentials renewed.")) {
+        let left = deadline
+            .checked_duration_since(Instant::now())
+            .expect("the token was renewed in time");
+        if let Ok(line) = lines.recv_timeout(left) {
+            log.push(line);
+        }
+    }
+    let pid = server.0.id().to_string();
+    assert!(Command::new("kill").args(["-TERM", &pid]).status().expect("kill").success());
+    let _ = server.0.wait();
+    reader.join().expect("log reader");
+    log.extend(lines.try_iter());
+    let log = log.join("\n");
+    assert!(log.contains("Provider connected."), "the log was captured: {log}");
+
+    let tokens = sealed_tokens(&data);
+    assert!(tokens.len() >= 4, "tokens from the exchange and from a renewal: {}", tokens.len());
+    for secret in tokens.iter().chain([&code, &client_secret]) {
+        let leaks: Vec<&str> = log.lines().filter(|l| l.contains(secret.as_str())).collect();
+        assert!(leaks.is_empty(), "a secret reached the log: {leaks:#?}");
+    }
+    std::fs::remove_dir_all(&data).ok();
+}
