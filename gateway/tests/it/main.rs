@@ -16,6 +16,17 @@ fn cloudsync(data_dir: &std::path::Path) -> Command {
 
 struct Running(Child);
 
+/// The address a server started with `--bind 127.0.0.1:0` announces on its first line of output.
+fn announced_address(stdout: std::process::ChildStdout) -> String {
+    let mut line = String::new();
+    BufReader::new(stdout).read_line(&mut line).expect("read the banner");
+    line.split("http://")
+        .nth(1)
+        .and_then(|rest| rest.split('/').next())
+        .expect("address in the banner")
+        .to_owned()
+}
+
 impl Drop for Running {
     fn drop(&mut self) {
         let _ = self.0.kill();
@@ -52,14 +63,7 @@ fn serve_from_an_empty_data_dir_then_migrate_and_replay() {
         .expect("spawn");
     let stdout = child.stdout.take().expect("stdout");
     let mut server = Running(child);
-    let mut line = String::new();
-    BufReader::new(stdout).read_line(&mut line).expect("read the banner");
-    let addr = line
-        .split("http://")
-        .nth(1)
-        .and_then(|rest| rest.split('/').next())
-        .expect("address in the banner")
-        .to_owned();
+    let addr = announced_address(stdout);
 
     let health = reqwest::blocking::get(format!("http://{addr}/healthz")).expect("healthz");
     assert_eq!(health.status(), 200);
@@ -175,14 +179,7 @@ fn secrets_never_reach_the_log() {
     let stderr = child.stderr.take().expect("stderr");
     let log = std::thread::spawn(move || std::io::read_to_string(stderr).unwrap_or_default());
     let mut server = Running(child);
-    let mut line = String::new();
-    BufReader::new(stdout).read_line(&mut line).expect("read the banner");
-    let addr = line
-        .split("http://")
-        .nth(1)
-        .and_then(|rest| rest.split('/').next())
-        .expect("address")
-        .to_owned();
+    let addr = announced_address(stdout);
 
     let secret = format!("log-secret-{}", uuid::Uuid::new_v4().simple());
     let password = format!("pw-{}", uuid::Uuid::new_v4().simple());
@@ -285,14 +282,7 @@ fn oauth_tokens_never_reach_the_log() {
         }
     });
     let mut server = Running(child);
-    let mut banner = String::new();
-    BufReader::new(stdout).read_line(&mut banner).expect("read the banner");
-    let addr = banner
-        .split("http://")
-        .nth(1)
-        .and_then(|rest| rest.split('/').next())
-        .expect("address")
-        .to_owned();
+    let addr = announced_address(stdout);
 
     let register = serde_json::json!({ "query": "mutation { register(email: \"oauth-logs@example.org\", password: \"correct horse battery\") { accessToken } }" });
     let token = post(&addr, &register.to_string())["data"]["register"]["accessToken"]
