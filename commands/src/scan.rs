@@ -36,38 +36,65 @@ use crate::{CommandError, Commands};
 const BATCH: usize = 500;
 const HASHING_CONCURRENCY: usize = 4;
 
-/// What the log says about one live file of the provider.
+/// What the log says about one live file of the provider, compactly (a rescan holds one per file).
 struct Known {
     file_id: FileId,
     version: i64,
-    facts: FileDiscovered,
-    path: ProviderPath,
+    size: u64,
+    modified_at: DateTime<Utc>,
+    checksum: Content,
+    etag: Option<Box<str>>,
+}
+
+/// A BLAKE3 checksum as bytes.
+type Content = [u8; 32];
+
+fn content(hex: &str) -> Content {
+    blake3::Hash::from_hex(hex).map(|h| *h.as_bytes()).unwrap_or_default()
 }
 
 impl Known {
-    fn aggregate(&self) -> File {
-        let mut facts = self.facts.clone();
-        facts.path = self.path.clone();
-        File::load(&[DomainEvent::FileDiscovered(facts)])
+    fn new(file_id: FileId, version: i64, size: u64, modified_at: DateTime<Utc>, checksum: &str, etag: Option<String>) -> Self {
+        Self {
+            file_id,
+            version,
+            size,
+            modified_at,
+            checksum: content(checksum),
+            etag: etag.map(String::into_boxed_str),
+        }
+    }
+
+    /// The file's aggregate at `path`, from these facts.
+    fn aggregate(&self, path: &ProviderPath, provider_id: ProviderId, owner_id: UserId) -> File {
+        File::load(&[DomainEvent::FileDiscovered(FileDiscovered {
+            file_id: self.file_id,
+            provider_id,
+            owner_id,
+            path: path.clone(),
+            size_bytes: self.size,
+            modified_at: self.modified_at,
+            mime_type: guess_mime(path.as_str()),
+            checksum: blake3::Hash::from_bytes(self.checksum).to_hex().to_string(),
+            job_id: None,
+            etag: self.etag.as_deref().map(str::to_owned),
+        })])
     }
 }
 
-/// The facts a listing entry is compared with: size, version tag, modification time.
-type Listed = (u64, Option<String>, DateTime<Utc>);
-
 /// Whether a listing entry shows the same file as `known`, without reading it: same size, and the
 /// same version tag where both have one, else the same modification time.
-fn unchanged(entry: &Entry, (size, etag, modified): &Listed) -> bool {
-    entry.size == *size
-        && match (&entry.etag, etag) {
-            (Some(seen), Some(known)) => seen == known,
-            _ => entry.modified_at.is_some_and(|m| m == *modified),
+fn unchanged(entry: &Entry, known: &Known) -> bool {
+    entry.size == known.size
+        && match (&entry.etag, &known.etag) {
+            (Some(seen), Some(known)) => seen.as_str() == &**known,
+            _ => entry.modified_at.is_some_and(|m| m == known.modified_at),
         }
 }
 
 /// The provider's live files according to the owner's events, by path.
 async fn known_files(commands: &Commands, owner: UserId, provider: ProviderId) -> Result<HashMap<ProviderPath, Known>, CommandError> {
-    let mut files: HashMap<FileId, Known> = HashMap::new();
+    let mut files: HashMap<FileId, (ProviderPath, Known)> = HashMap::new();
     let mut after = 0;
     loop {
         let page = commands.store().read_by_actor(owner.as_uuid(), after, 5000).await?;
@@ -81,30 +108,18 @@ async fn known_files(commands: &Commands, owner: UserId, provider: ProviderId) -
             let version = recorded.stream_version;
             match event {
                 DomainEvent::FileDiscovered(e) if e.provider_id == provider => {
-                    let path = e.path.clone();
-                    files.insert(
-                        e.file_id,
-                        Known {
-                            file_id: e.file_id,
-                            version,
-                            facts: e,
-                            path,
-                        },
-                    );
+                    let known = Known::new(e.file_id, version, e.size_bytes, e.modified_at, &e.checksum, e.etag);
+                    files.insert(e.file_id, (e.path, known));
                 }
                 DomainEvent::FileMoved(e) if e.provider_id == provider => {
-                    if let Some(known) = files.get_mut(&e.file_id) {
-                        known.path = e.to;
+                    if let Some((path, known)) = files.get_mut(&e.file_id) {
+                        *path = e.to;
                         known.version = version;
                     }
                 }
                 DomainEvent::FileChanged(e) if e.provider_id == provider => {
-                    if let Some(known) = files.get_mut(&e.file_id) {
-                        known.facts.size_bytes = e.size_bytes;
-                        known.facts.modified_at = e.modified_at;
-                        known.facts.checksum = e.checksum;
-                        known.facts.etag = e.etag;
-                        known.version = version;
+                    if let Some((_, known)) = files.get_mut(&e.file_id) {
+                        *known = Known::new(e.file_id, version, e.size_bytes, e.modified_at, &e.checksum, e.etag);
                     }
                 }
                 DomainEvent::FileDeleted(e) if e.provider_id == provider => {
@@ -117,7 +132,7 @@ async fn known_files(commands: &Commands, owner: UserId, provider: ProviderId) -
             }
         }
     }
-    Ok(files.into_values().map(|k| (k.path.clone(), k)).collect())
+    Ok(files.into_values().collect())
 }
 
 /// A listed file whose content was read.
@@ -173,8 +188,8 @@ pub(crate) async fn run_scan(commands: &Commands, job_id: SyncJobId, cancel: &Ca
             Err(err) => return Err(err),
         }
     }
-    let mut known = known_files(commands, owner, provider_id).await?;
-    let known_sums: HashSet<(String, u64)> = known.values().map(|k| (k.facts.checksum.clone(), k.facts.size_bytes)).collect();
+    let known = Arc::new(known_files(commands, owner, provider_id).await?);
+    let known_contents: HashSet<(Content, u64)> = known.values().map(|k| (k.checksum, k.size)).collect();
     tracing::info!(job = %job_id, provider = %provider_id, known = known.len(), "Scan started.");
 
     let mut scan = Scan {
@@ -189,17 +204,13 @@ pub(crate) async fn run_scan(commands: &Commands, job_id: SyncJobId, cancel: &Ca
         bytes_done: 0,
         cancel,
     };
-    let mut seen_paths: HashSet<ProviderPath> = HashSet::new();
+    // The known files this pass listed.
+    let mut seen: HashSet<FileId> = HashSet::new();
     // Unknown files whose content matches a known file: perhaps moves, decided after the listing.
     let mut maybe_moved: Vec<Hashed> = Vec::new();
 
     let reader = Arc::clone(&provider);
-    let view: Arc<HashMap<ProviderPath, Listed>> = Arc::new(
-        known
-            .iter()
-            .map(|(p, k)| (p.clone(), (k.facts.size_bytes, k.facts.etag.clone(), k.facts.modified_at)))
-            .collect(),
-    );
+    let view = Arc::clone(&known);
     let mut batches = provider
         .list(&ProviderPath::root())
         .map(move |entry| {
@@ -207,7 +218,7 @@ pub(crate) async fn run_scan(commands: &Commands, job_id: SyncJobId, cancel: &Ca
             let view = Arc::clone(&view);
             async move {
                 let entry = entry.map_err(storage_error)?;
-                if view.get(&entry.path).is_some_and(|listed| unchanged(&entry, listed)) {
+                if view.get(&entry.path).is_some_and(|k| unchanged(&entry, k)) {
                     return Ok(Some(Seen::Unchanged(entry.path)));
                 }
                 match hash(&*provider, &entry.path, entry.size).await {
@@ -231,30 +242,32 @@ pub(crate) async fn run_scan(commands: &Commands, job_id: SyncJobId, cancel: &Ca
         }
         let mut appends = Vec::new();
         let mut counted = (0_u64, 0_u64);
-        for seen in batch {
-            match seen {
+        for listed in batch {
+            match listed {
                 Seen::Unchanged(path) => {
                     if let Some(k) = known.get(&path) {
-                        counted = (counted.0 + 1, counted.1 + k.facts.size_bytes);
+                        counted = (counted.0 + 1, counted.1 + k.size);
+                        seen.insert(k.file_id);
                     }
-                    seen_paths.insert(path);
                 }
                 Seen::Hashed(hashed) => {
                     counted = (counted.0 + 1, counted.1 + hashed.entry.size);
-                    seen_paths.insert(hashed.entry.path.clone());
                     if let Some(k) = known.get(&hashed.entry.path) {
-                        let events = k.aggregate().handle(FileCommand::RecordChange {
-                            by: owner,
-                            size_bytes: hashed.entry.size,
-                            modified_at: hashed.entry.modified_at.unwrap_or_default(),
-                            checksum: hashed.checksum.clone(),
-                            etag: hashed.entry.etag.clone(),
-                            job_id: Some(job_id),
-                        })?;
+                        seen.insert(k.file_id);
+                        let events = k
+                            .aggregate(&hashed.entry.path, provider_id, owner)
+                            .handle(FileCommand::RecordChange {
+                                by: owner,
+                                size_bytes: hashed.entry.size,
+                                modified_at: hashed.entry.modified_at.unwrap_or_default(),
+                                checksum: hashed.checksum.clone(),
+                                etag: hashed.entry.etag.clone(),
+                                job_id: Some(job_id),
+                            })?;
                         if !events.is_empty() {
                             appends.push(scan.file_append(k.file_id, k.version, &events));
                         }
-                    } else if known_sums.contains(&(hashed.checksum.clone(), hashed.entry.size)) {
+                    } else if known_contents.contains(&(content(&hashed.checksum), hashed.entry.size)) {
                         maybe_moved.push(hashed);
                     } else {
                         appends.push(scan.discovery(&hashed));
@@ -266,21 +279,18 @@ pub(crate) async fn run_scan(commands: &Commands, job_id: SyncJobId, cancel: &Ca
     }
 
     // The listing is complete: what was not seen has moved or gone.
-    let mut missing: HashMap<(String, u64), Vec<ProviderPath>> = HashMap::new();
-    for (path, k) in &known {
-        if !seen_paths.contains(path) {
-            missing
-                .entry((k.facts.checksum.clone(), k.facts.size_bytes))
-                .or_default()
-                .push(path.clone());
+    let mut missing: HashMap<(Content, u64), Vec<&ProviderPath>> = HashMap::new();
+    for (path, k) in known.iter() {
+        if !seen.contains(&k.file_id) {
+            missing.entry((k.checksum, k.size)).or_default().push(path);
         }
     }
     let mut appends = Vec::new();
     for hashed in maybe_moved {
-        let origin = missing.get_mut(&(hashed.checksum.clone(), hashed.entry.size)).and_then(Vec::pop);
-        match origin.and_then(|from| known.remove(&from)) {
-            Some(k) => {
-                let events = k.aggregate().handle(FileCommand::RecordMove {
+        let origin = missing.get_mut(&(content(&hashed.checksum), hashed.entry.size)).and_then(Vec::pop);
+        match origin.and_then(|from| known.get(from).map(|k| (from, k))) {
+            Some((from, k)) => {
+                let events = k.aggregate(from, provider_id, owner).handle(FileCommand::RecordMove {
                     by: owner,
                     to: hashed.entry.path.clone(),
                     at: Utc::now(),
@@ -294,8 +304,8 @@ pub(crate) async fn run_scan(commands: &Commands, job_id: SyncJobId, cancel: &Ca
         }
     }
     for path in missing.into_values().flatten() {
-        if let Some(k) = known.remove(&path) {
-            let events = k.aggregate().handle(FileCommand::RecordRemoval {
+        if let Some(k) = known.get(path) {
+            let events = k.aggregate(path, provider_id, owner).handle(FileCommand::RecordRemoval {
                 by: owner,
                 job_id: Some(job_id),
             })?;
