@@ -288,6 +288,12 @@ impl Commands {
         })
     }
 
+    fn any_oauth(&self) -> Result<&Arc<OAuth>, CommandError> {
+        self.oauth
+            .as_ref()
+            .ok_or_else(|| CommandError::Invalid("OAuth is not configured on this server".into()))
+    }
+
     fn oauth_for(&self, kind: ProviderKind) -> Result<&Arc<OAuth>, CommandError> {
         self.oauth
             .as_ref()
@@ -333,10 +339,7 @@ impl Commands {
     /// [`CommandError::Invalid`] for unknown, expired or reused states and codes the provider refuses;
     /// nothing is recorded then.
     pub async fn finish_authorization(&self, state: &str, code: &str) -> Result<(UserId, Connected), CommandError> {
-        let oauth = self
-            .oauth
-            .as_ref()
-            .ok_or_else(|| CommandError::Invalid("OAuth is not configured on this server".into()))?;
+        let oauth = self.any_oauth()?;
         let granted = oauth.finish(state, code).await?;
         let mut settings = granted.tokens.to_settings();
         if let Some(root) = granted.root {
@@ -354,10 +357,7 @@ impl Commands {
     /// # Errors
     /// [`CommandError::Invalid`] for unknown, expired or reused states.
     pub fn abandon_authorization(&self, state: &str) -> Result<UserId, CommandError> {
-        let oauth = self
-            .oauth
-            .as_ref()
-            .ok_or_else(|| CommandError::Invalid("OAuth is not configured on this server".into()))?;
+        let oauth = self.any_oauth()?;
         oauth.abandon(state)
     }
 

@@ -148,7 +148,8 @@ type Client = BasicClient<EndpointSet, EndpointNotSet, EndpointNotSet, EndpointN
 
 /// CloudSync's OAuth apps and the authorizations in flight.
 pub struct OAuth {
-    apps: HashMap<ProviderKind, OAuthApp>,
+    /// Each app and its client, built once.
+    apps: HashMap<ProviderKind, (Client, OAuthApp)>,
     redirect_url: RedirectUrl,
     renew_margin: Duration,
     http: reqwest::Client,
@@ -158,7 +159,7 @@ pub struct OAuth {
 impl std::fmt::Debug for OAuth {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("OAuth")
-            .field("apps", &self.apps)
+            .field("apps", &self.apps.values().map(|(_, app)| app).collect::<Vec<_>>())
             .field("redirect_url", &self.redirect_url.as_str())
             .finish_non_exhaustive()
     }
@@ -170,18 +171,29 @@ impl OAuth {
     /// # Errors
     /// Malformed URLs, or an app for a kind that does not use OAuth.
     pub fn new(apps: HashMap<ProviderKind, OAuthApp>, redirect_url: &str, renew_margin: Duration) -> Result<Self, CommandError> {
-        for (kind, app) in &apps {
-            if !is_oauth_kind(*kind) {
+        let redirect_url =
+            RedirectUrl::new(redirect_url.to_owned()).map_err(|e| CommandError::Invalid(format!("the OAuth redirect URL: {e}")))?;
+        let mut clients = HashMap::new();
+        for (kind, app) in apps {
+            if !is_oauth_kind(kind) {
                 return Err(CommandError::Invalid(format!(
                     "{} providers do not connect through OAuth",
                     kind.as_str()
                 )));
             }
-            AuthUrl::new(app.auth_url.clone()).map_err(|e| CommandError::Invalid(format!("{} auth_url: {e}", kind.as_str())))?;
-            TokenUrl::new(app.token_url.clone()).map_err(|e| CommandError::Invalid(format!("{} token_url: {e}", kind.as_str())))?;
+            let auth_url =
+                AuthUrl::new(app.auth_url.clone()).map_err(|e| CommandError::Invalid(format!("{} auth_url: {e}", kind.as_str())))?;
+            let token_url =
+                TokenUrl::new(app.token_url.clone()).map_err(|e| CommandError::Invalid(format!("{} token_url: {e}", kind.as_str())))?;
+            let mut client = BasicClient::new(ClientId::new(app.client_id.clone()))
+                .set_auth_uri(auth_url)
+                .set_token_uri(token_url)
+                .set_redirect_uri(redirect_url.clone());
+            if let Some(secret) = &app.client_secret {
+                client = client.set_client_secret(ClientSecret::new(secret.clone()));
+            }
+            clients.insert(kind, (client, app));
         }
-        let redirect_url =
-            RedirectUrl::new(redirect_url.to_owned()).map_err(|e| CommandError::Invalid(format!("the OAuth redirect URL: {e}")))?;
         // Following redirects from a token endpoint would open the door to SSRF.
         let http = reqwest::Client::builder()
             .redirect(reqwest::redirect::Policy::none())
@@ -189,7 +201,7 @@ impl OAuth {
             .build()
             .map_err(|e| CommandError::Storage(format!("HTTP client: {e}")))?;
         Ok(Self {
-            apps,
+            apps: clients,
             redirect_url,
             renew_margin,
             http,
@@ -205,22 +217,11 @@ impl OAuth {
         self.apps.contains_key(&kind)
     }
 
-    fn client(&self, kind: ProviderKind) -> Result<(Client, &OAuthApp), CommandError> {
-        let app = self
-            .apps
+    fn client(&self, kind: ProviderKind) -> Result<(&Client, &OAuthApp), CommandError> {
+        self.apps
             .get(&kind)
-            .ok_or_else(|| CommandError::Invalid(format!("no OAuth app is configured for {} on this server", kind.as_str())))?;
-        // Both URLs were checked in `new`.
-        let auth_url = AuthUrl::new(app.auth_url.clone()).map_err(|e| CommandError::Invalid(e.to_string()))?;
-        let token_url = TokenUrl::new(app.token_url.clone()).map_err(|e| CommandError::Invalid(e.to_string()))?;
-        let mut client = BasicClient::new(ClientId::new(app.client_id.clone()))
-            .set_auth_uri(auth_url)
-            .set_token_uri(token_url)
-            .set_redirect_uri(self.redirect_url.clone());
-        if let Some(secret) = &app.client_secret {
-            client = client.set_client_secret(ClientSecret::new(secret.clone()));
-        }
-        Ok((client, app))
+            .map(|(client, app)| (client, app))
+            .ok_or_else(|| CommandError::Invalid(format!("no OAuth app is configured for {} on this server", kind.as_str())))
     }
 
     pub(crate) fn begin(

@@ -111,9 +111,19 @@ impl Harness {
         (provider, operation)
     }
 
-    /// Polls `syncStatus` until the operation has completed (30 s deadline).
+    /// Waits until the event log grows past what `appended` has seen (or `until` passes), then until the
+    /// read models reflect the new head: what a query answers next includes every append so far.
+    pub async fn next_append(&self, appended: &mut tokio::sync::watch::Receiver<i64>, until: Instant) {
+        let _ = tokio::time::timeout_at(tokio::time::Instant::from_std(until), appended.changed()).await;
+        let head = *appended.borrow_and_update();
+        self.server().app().projections.wait_for(head, Duration::from_secs(10)).await;
+    }
+
+    /// Follows `syncStatus` until the operation has completed (30 s deadline), asking again after each
+    /// append to the log.
     pub async fn wait_for_operation(&self, token: &str, operation: &str) -> Value {
         let deadline = Instant::now() + Duration::from_secs(30);
+        let mut appended = self.server().app().db.events.watch();
         loop {
             let data = self
                 .ok(
@@ -129,7 +139,7 @@ impl Harness {
                 _ => {}
             }
             assert!(Instant::now() < deadline, "the operation did not complete in time: {status}");
-            tokio::time::sleep(Duration::from_millis(50)).await;
+            self.next_append(&mut appended, deadline).await;
         }
     }
 

@@ -117,7 +117,7 @@ async fn rescans_span_many_batches(h: &Harness) {
 
 const SCHEDULE: &str = "mutation($p: ID!, $s: String, $r: Boolean) { setScanSchedule(providerId: $p, schedule: $s, realtime: $r) { id scanSchedule realtime } }";
 
-/// Polls `files` until `done` holds for the listing (20 s deadline).
+/// Reads `files` until `done` holds for the listing (20 s deadline), again after each append to the log.
 async fn eventually(
     h: &Harness,
     token: &str,
@@ -126,6 +126,7 @@ async fn eventually(
     done: impl Fn(&std::collections::BTreeMap<String, serde_json::Value>) -> bool,
 ) {
     let deadline = Instant::now() + Duration::from_secs(20);
+    let mut appended = h.server().app().db.events.watch();
     loop {
         let files = h.files(token, provider).await;
         if done(&files) {
@@ -136,7 +137,7 @@ async fn eventually(
             "{what} did not happen in time: {:?}",
             files.keys().collect::<Vec<_>>()
         );
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        h.next_append(&mut appended, deadline).await;
     }
 }
 
@@ -147,6 +148,7 @@ async fn a_realtime_folder_is_indexed_on_its_own(h: &Harness) {
     // The watch starts when the scheduler sees the setting: write again every few seconds until the
     // file is indexed, leaving the folder quiet in between so the change settles.
     let deadline = Instant::now() + Duration::from_secs(20);
+    let mut appended = h.server().app().db.events.watch();
     let mut last_write: Option<Instant> = None;
     loop {
         if last_write.is_none_or(|at| at.elapsed() > Duration::from_secs(3)) {
@@ -157,7 +159,8 @@ async fn a_realtime_folder_is_indexed_on_its_own(h: &Harness) {
             break;
         }
         assert!(Instant::now() < deadline, "the new file was not indexed");
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        let rewrite = last_write.map_or(deadline, |at| at + Duration::from_secs(3)).min(deadline);
+        h.next_append(&mut appended, rewrite).await;
     }
     std::fs::remove_file(root.join("readme.txt")).expect("remove");
     eventually(h, &token, &provider, "the removal", |files| !files.contains_key("readme.txt")).await;

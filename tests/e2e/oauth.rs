@@ -219,6 +219,7 @@ async fn an_oauth_provider_connects_with_pkce_and_its_tokens_are_renewed(h: &Har
 
     // The scheduler renews the token before it expires, with the refresh token (rotated by the provider).
     let deadline = Instant::now() + Duration::from_secs(30);
+    let mut appended = h.server().app().db.events.watch();
     let renewed = loop {
         let found = events(h).await.into_iter().find_map(|e| match e {
             DomainEvent::ProviderCredentialsRenewed(r) if r.provider_id == connected.provider_id => Some(r),
@@ -228,7 +229,7 @@ async fn an_oauth_provider_connects_with_pkce_and_its_tokens_are_renewed(h: &Har
             break renewed;
         }
         assert!(Instant::now() < deadline, "the token was not renewed in time");
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        h.next_append(&mut appended, deadline).await;
     };
     assert!(h.server().app().db.events.head().await.expect("head") > head);
     assert!(renewed.expires_at.expect("expiry") > expires);
