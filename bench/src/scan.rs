@@ -4,7 +4,7 @@
 //! (`/usr/bin/time`).
 //!
 //! Scenarios: the local provider at a tenth of `BENCH_FILES` and at `BENCH_FILES` (default 100,000)
-//! files, to show whether memory grows with the tree, then a rescan of the unchanged larger tree
+//! files, to show whether memory grows with the tree, each followed by a rescan of the unchanged tree
 //! (beside rclone's listing without hashes, since neither reads a file then); and S3 (the moto server that `scripts/services`
 //! starts, `CLOUDSYNC_TEST_S3_ENDPOINT`) at `BENCH_S3_FILES` (default 5,000) files, uploaded with
 //! `rclone copy` first. On S3 rclone takes MD5 from the listing's ETags while CloudSync reads every
@@ -227,7 +227,7 @@ async fn main() -> anyhow::Result<()> {
     let started = Instant::now();
     let mut rows = Vec::new();
     let result: anyhow::Result<()> = async {
-        rows.extend(local(&work, files / 10, false).await?);
+        rows.extend(local(&work, files / 10, true).await?);
         rows.extend(local(&work, files, true).await?);
         match std::env::var("CLOUDSYNC_TEST_S3_ENDPOINT") {
             Ok(endpoint) if s3_files > 0 => match s3(&work, s3_files, &endpoint).await {

@@ -25,6 +25,9 @@ pub enum CommandError {
     Store(StoreError),
     #[error("undecodable event: {0}")]
     Decode(#[from] DecodeError),
+    /// A temporary file of this process (a scan's on-disk index) could not be written or read.
+    #[error("temporary file: {0}")]
+    Scratch(#[from] std::io::Error),
 }
 
 impl From<StoreError> for CommandError {

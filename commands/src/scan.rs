@@ -14,14 +14,18 @@
 //! expected version of every file stream, so a concurrent move or delete makes the scan fail (and a
 //! later rescan settle it) rather than record stale facts. A rescan of an unchanged provider appends
 //! nothing but its job's own progress.
+//!
+//! The known files are replayed into an on-disk index ordered by path (see [`known`]), so memory
+//! stays about the same whatever the size of the tree: a few bytes per file (one bit for "seen",
+//! ten for the Bloom filter of contents, a block's first path per 32 files).
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use chrono::{DateTime, Utc};
+use chrono::Utc;
 use cloudsync_domain::events::{FileDiscovered, guess_mime};
-use cloudsync_domain::file::{File, FileCommand};
+use cloudsync_domain::file::FileCommand;
 use cloudsync_domain::sync_job::{JobKind, JobPhase, SyncJob, SyncJobCommand};
 use cloudsync_domain::{Aggregate, DomainEvent, FileId, ProviderId, ProviderPath, SyncJobId, UserId};
 use cloudsync_eventstore::{ExpectedVersion, NewEvent, StreamAppend};
@@ -33,54 +37,12 @@ use uuid::Uuid;
 use crate::handlers::{Context, encode, expected, storage_error};
 use crate::{CommandError, Commands};
 
+mod known;
+
+use known::{Content, Known, KnownFiles, Marks, content};
+
 const BATCH: usize = 500;
 const HASHING_CONCURRENCY: usize = 4;
-
-/// What the log says about one live file of the provider, compactly (a rescan holds one per file).
-struct Known {
-    file_id: FileId,
-    version: i64,
-    size: u64,
-    modified_at: DateTime<Utc>,
-    checksum: Content,
-    etag: Option<Box<str>>,
-}
-
-/// A BLAKE3 checksum as bytes.
-type Content = [u8; 32];
-
-fn content(hex: &str) -> Content {
-    blake3::Hash::from_hex(hex).map(|h| *h.as_bytes()).unwrap_or_default()
-}
-
-impl Known {
-    fn new(file_id: FileId, version: i64, size: u64, modified_at: DateTime<Utc>, checksum: &str, etag: Option<String>) -> Self {
-        Self {
-            file_id,
-            version,
-            size,
-            modified_at,
-            checksum: content(checksum),
-            etag: etag.map(String::into_boxed_str),
-        }
-    }
-
-    /// The file's aggregate at `path`, from these facts.
-    fn aggregate(&self, path: &ProviderPath, provider_id: ProviderId, owner_id: UserId) -> File {
-        File::load(&[DomainEvent::FileDiscovered(FileDiscovered {
-            file_id: self.file_id,
-            provider_id,
-            owner_id,
-            path: path.clone(),
-            size_bytes: self.size,
-            modified_at: self.modified_at,
-            mime_type: guess_mime(path.as_str()),
-            checksum: blake3::Hash::from_bytes(self.checksum).to_hex().to_string(),
-            job_id: None,
-            etag: self.etag.as_deref().map(str::to_owned),
-        })])
-    }
-}
 
 /// Whether a listing entry shows the same file as `known`, without reading it: same size, and the
 /// same version tag where both have one, else the same modification time.
@@ -92,58 +54,18 @@ fn unchanged(entry: &Entry, known: &Known) -> bool {
         }
 }
 
-/// The provider's live files according to the owner's events, by path.
-async fn known_files(commands: &Commands, owner: UserId, provider: ProviderId) -> Result<HashMap<ProviderPath, Known>, CommandError> {
-    let mut files: HashMap<FileId, (ProviderPath, Known)> = HashMap::new();
-    let mut after = 0;
-    loop {
-        let page = commands.store().read_by_actor(owner.as_uuid(), after, 5000).await?;
-        let Some(last) = page.last() else { break };
-        after = last.position;
-        for recorded in &page {
-            if !recorded.event_type.starts_with("File") {
-                continue;
-            }
-            let event = DomainEvent::decode(&recorded.event_type, recorded.schema_version, &recorded.payload)?;
-            let version = recorded.stream_version;
-            match event {
-                DomainEvent::FileDiscovered(e) if e.provider_id == provider => {
-                    let known = Known::new(e.file_id, version, e.size_bytes, e.modified_at, &e.checksum, e.etag);
-                    files.insert(e.file_id, (e.path, known));
-                }
-                DomainEvent::FileMoved(e) if e.provider_id == provider => {
-                    if let Some((path, known)) = files.get_mut(&e.file_id) {
-                        *path = e.to;
-                        known.version = version;
-                    }
-                }
-                DomainEvent::FileChanged(e) if e.provider_id == provider => {
-                    if let Some((_, known)) = files.get_mut(&e.file_id) {
-                        *known = Known::new(e.file_id, version, e.size_bytes, e.modified_at, &e.checksum, e.etag);
-                    }
-                }
-                DomainEvent::FileDeleted(e) if e.provider_id == provider => {
-                    files.remove(&e.file_id);
-                }
-                DomainEvent::FileRemoved(e) if e.provider_id == provider => {
-                    files.remove(&e.file_id);
-                }
-                _ => {}
-            }
-        }
-    }
-    Ok(files.into_values().collect())
-}
-
 /// A listed file whose content was read.
 struct Hashed {
     entry: Entry,
     checksum: String,
+    /// The known file at its path, with its ordinal.
+    known: Option<(usize, Known)>,
 }
 
 /// What to do with one listing entry.
 enum Seen {
-    Unchanged(ProviderPath),
+    /// A known file (its ordinal) that has not changed.
+    Unchanged(usize, u64),
     Hashed(Hashed),
 }
 
@@ -188,8 +110,7 @@ pub(crate) async fn run_scan(commands: &Commands, job_id: SyncJobId, cancel: &Ca
             Err(err) => return Err(err),
         }
     }
-    let known = Arc::new(known_files(commands, owner, provider_id).await?);
-    let known_contents: HashSet<(Content, u64)> = known.values().map(|k| (k.checksum, k.size)).collect();
+    let known = Arc::new(KnownFiles::load(commands, owner, provider_id, known::RUN_LEN).await?);
     tracing::info!(job = %job_id, provider = %provider_id, known = known.len(), "Scan started.");
 
     let mut scan = Scan {
@@ -204,9 +125,9 @@ pub(crate) async fn run_scan(commands: &Commands, job_id: SyncJobId, cancel: &Ca
         bytes_done: 0,
         cancel,
     };
-    // The known files this pass listed.
-    let mut seen: HashSet<FileId> = HashSet::new();
-    // Unknown files whose content matches a known file: perhaps moves, decided after the listing.
+    // The known files this pass listed, by ordinal.
+    let mut seen = Marks::new(known.len());
+    // Unknown files whose content may match a known file: perhaps moves, decided after the listing.
     let mut maybe_moved: Vec<Hashed> = Vec::new();
 
     let reader = Arc::clone(&provider);
@@ -218,11 +139,14 @@ pub(crate) async fn run_scan(commands: &Commands, job_id: SyncJobId, cancel: &Ca
             let view = Arc::clone(&view);
             async move {
                 let entry = entry.map_err(storage_error)?;
-                if view.get(&entry.path).is_some_and(|k| unchanged(&entry, k)) {
-                    return Ok(Some(Seen::Unchanged(entry.path)));
+                let known = view.get(entry.path.as_str())?;
+                if let Some((ordinal, k)) = &known
+                    && unchanged(&entry, k)
+                {
+                    return Ok(Some(Seen::Unchanged(*ordinal, k.size)));
                 }
                 match hash(&*provider, &entry.path, entry.size).await {
-                    Ok(checksum) => Ok(Some(Seen::Hashed(Hashed { entry, checksum }))),
+                    Ok(checksum) => Ok(Some(Seen::Hashed(Hashed { entry, checksum, known }))),
                     // Gone between listing and reading: it is no longer there to index.
                     Err(ProviderError::NotFound(_)) => Ok(None),
                     Err(err) => Err(storage_error(err)),
@@ -244,16 +168,14 @@ pub(crate) async fn run_scan(commands: &Commands, job_id: SyncJobId, cancel: &Ca
         let mut counted = (0_u64, 0_u64);
         for listed in batch {
             match listed {
-                Seen::Unchanged(path) => {
-                    if let Some(k) = known.get(&path) {
-                        counted = (counted.0 + 1, counted.1 + k.size);
-                        seen.insert(k.file_id);
-                    }
+                Seen::Unchanged(ordinal, size) => {
+                    counted = (counted.0 + 1, counted.1 + size);
+                    seen.set(ordinal);
                 }
                 Seen::Hashed(hashed) => {
                     counted = (counted.0 + 1, counted.1 + hashed.entry.size);
-                    if let Some(k) = known.get(&hashed.entry.path) {
-                        seen.insert(k.file_id);
+                    if let Some((ordinal, k)) = &hashed.known {
+                        seen.set(*ordinal);
                         let events = k
                             .aggregate(&hashed.entry.path, provider_id, owner)
                             .handle(FileCommand::RecordChange {
@@ -267,7 +189,7 @@ pub(crate) async fn run_scan(commands: &Commands, job_id: SyncJobId, cancel: &Ca
                         if !events.is_empty() {
                             appends.push(scan.file_append(k.file_id, k.version, &events));
                         }
-                    } else if known_contents.contains(&(content(&hashed.checksum), hashed.entry.size)) {
+                    } else if known.may_hold(&content(&hashed.checksum), hashed.entry.size) {
                         maybe_moved.push(hashed);
                     } else {
                         appends.push(scan.discovery(&hashed));
@@ -279,18 +201,21 @@ pub(crate) async fn run_scan(commands: &Commands, job_id: SyncJobId, cancel: &Ca
     }
 
     // The listing is complete: what was not seen has moved or gone.
-    let mut missing: HashMap<(Content, u64), Vec<&ProviderPath>> = HashMap::new();
-    for (path, k) in known.iter() {
-        if !seen.contains(&k.file_id) {
-            missing.entry((k.checksum, k.size)).or_default().push(path);
+    let mut missing: HashMap<(Content, u64), Vec<(ProviderPath, Known)>> = HashMap::new();
+    for record in known.iter()? {
+        let (ordinal, path, k) = record?;
+        if !seen.get(ordinal) {
+            missing
+                .entry((k.checksum, k.size))
+                .or_default()
+                .push((ProviderPath::parse(&path)?, k));
         }
     }
     let mut appends = Vec::new();
     for hashed in maybe_moved {
-        let origin = missing.get_mut(&(content(&hashed.checksum), hashed.entry.size)).and_then(Vec::pop);
-        match origin.and_then(|from| known.get(from).map(|k| (from, k))) {
+        match missing.get_mut(&(content(&hashed.checksum), hashed.entry.size)).and_then(Vec::pop) {
             Some((from, k)) => {
-                let events = k.aggregate(from, provider_id, owner).handle(FileCommand::RecordMove {
+                let events = k.aggregate(&from, provider_id, owner).handle(FileCommand::RecordMove {
                     by: owner,
                     to: hashed.entry.path.clone(),
                     at: Utc::now(),
@@ -303,14 +228,12 @@ pub(crate) async fn run_scan(commands: &Commands, job_id: SyncJobId, cancel: &Ca
             scan.commit(std::mem::take(&mut appends), (0, 0)).await?;
         }
     }
-    for path in missing.into_values().flatten() {
-        if let Some(k) = known.get(path) {
-            let events = k.aggregate(path, provider_id, owner).handle(FileCommand::RecordRemoval {
-                by: owner,
-                job_id: Some(job_id),
-            })?;
-            appends.push(scan.file_append(k.file_id, k.version, &events));
-        }
+    for (path, k) in missing.into_values().flatten() {
+        let events = k.aggregate(&path, provider_id, owner).handle(FileCommand::RecordRemoval {
+            by: owner,
+            job_id: Some(job_id),
+        })?;
+        appends.push(scan.file_append(k.file_id, k.version, &events));
         if appends.len() >= BATCH {
             scan.commit(std::mem::take(&mut appends), (0, 0)).await?;
         }
