@@ -11,7 +11,7 @@
 //! object to hash it with BLAKE3, so the S3 rows compare different amounts of work; both are shown.
 //!
 //! ```text
-//! cargo build --release --bin cloudsync -p cloudsync-bench
+//! cargo build --release -p cloudsync-gateway -p cloudsync-bench
 //! scripts/services && source ~/.cache/cloudsync/servers/env
 //! target/release/scan        # (in CARGO_TARGET_DIR)
 //! ```

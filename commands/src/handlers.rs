@@ -40,7 +40,7 @@ impl Context {
 
     pub(crate) fn metadata(&self) -> EventMetadata {
         EventMetadata {
-            event_id: Uuid::new_v4(),
+            event_id: Uuid::now_v7(),
             correlation_id: self.correlation_id,
             causation_id: self.causation_id,
             actor_id: self.actor.map(|u| u.as_uuid()),

@@ -42,7 +42,16 @@ mod known;
 use known::{Content, Known, KnownFiles, Marks, content};
 
 const BATCH: usize = 500;
-const HASHING_CONCURRENCY: usize = 4;
+const HASHING_CONCURRENCY: usize = 8;
+
+/// Aborts a task when dropped: the scan's lister stops with the scan, however the scan ends.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
 
 /// Whether a listing entry shows the same file as `known`, without reading it: same size, and the
 /// same version tag where both have one, else the same modification time.
@@ -132,7 +141,7 @@ pub(crate) async fn run_scan(commands: &Commands, job_id: SyncJobId, cancel: &Ca
 
     let reader = Arc::clone(&provider);
     let view = Arc::clone(&known);
-    let mut batches = provider
+    let mut listed = provider
         .list(&ProviderPath::root())
         .map(move |entry| {
             let provider = Arc::clone(&reader);
@@ -159,7 +168,17 @@ pub(crate) async fn run_scan(commands: &Commands, job_id: SyncJobId, cancel: &Ca
         .map_err(|err| err.1)
         .boxed();
 
-    while let Some(batch) = batches.next().await {
+    // Listing and hashing go on while a batch is committed: a task runs them a couple of batches ahead.
+    let (ready, mut batches) = tokio::sync::mpsc::channel(2);
+    let lister = tokio::spawn(async move {
+        while let Some(batch) = listed.next().await {
+            if ready.send(batch).await.is_err() {
+                break;
+            }
+        }
+    });
+    let _stop_lister = AbortOnDrop(lister);
+    while let Some(batch) = batches.recv().await {
         let batch = batch?;
         if !scan.running().await? {
             return Ok(());
@@ -272,7 +291,9 @@ impl Scan<'_> {
     }
 
     fn discovery(&self, hashed: &Hashed) -> StreamAppend {
-        let file_id = FileId::from_uuid(Uuid::new_v4());
+        // Time-ordered ids (UUIDv7): new file streams are appended at the end of the log's stream index
+        // instead of touching a random page of it for every file.
+        let file_id = FileId::from_uuid(Uuid::now_v7());
         let event = DomainEvent::FileDiscovered(FileDiscovered {
             file_id,
             provider_id: self.provider_id,

@@ -4,6 +4,8 @@ pub mod aggregate;
 pub mod events;
 pub mod file;
 pub mod ids;
+pub mod manifest;
+pub mod merge;
 pub mod provider;
 pub mod sync_job;
 pub mod user;

@@ -25,7 +25,7 @@ impl EventMetadata {
     /// Fresh metadata for an event in a new correlation.
     pub fn new(actor_id: Option<Uuid>) -> Self {
         Self {
-            event_id: Uuid::new_v4(),
+            event_id: Uuid::now_v7(),
             correlation_id: Uuid::new_v4(),
             causation_id: None,
             actor_id,
@@ -36,7 +36,7 @@ impl EventMetadata {
     /// Fresh metadata for another event of the same correlation.
     pub fn next(&self) -> Self {
         Self {
-            event_id: Uuid::new_v4(),
+            event_id: Uuid::now_v7(),
             occurred_at: Utc::now(),
             ..self.clone()
         }

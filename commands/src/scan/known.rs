@@ -27,7 +27,9 @@ use crate::{CommandError, Commands};
 /// Records per block of the path-ordered file: a lookup reads and decodes one block.
 const BLOCK: usize = 32;
 /// Records an external sort holds in memory before it writes them out as a sorted run.
-pub(crate) const RUN_LEN: usize = 32_768;
+pub(crate) const RUN_LEN: usize = 16_384;
+/// Events read from the log at a time while the known files are replayed.
+const REPLAY_PAGE: i64 = 1000;
 
 /// A BLAKE3 checksum as bytes.
 pub(crate) type Content = [u8; 32];
@@ -366,7 +368,7 @@ impl KnownFiles {
         let mut facts = Sorter::new(run_len);
         let mut after = 0;
         loop {
-            let page = commands.store().read_by_actor(owner.as_uuid(), after, 5000).await?;
+            let page = commands.store().read_by_actor(owner.as_uuid(), after, REPLAY_PAGE).await?;
             let Some(last) = page.last() else { break };
             after = last.position;
             for recorded in &page {
@@ -677,7 +679,7 @@ mod tests {
             size: n,
             modified_at: DateTime::from_timestamp(1_700_000_000 + i64::try_from(n).unwrap_or_default(), 500).unwrap_or_default(),
             checksum,
-            etag: (n % 2 == 0).then(|| format!("\"etag-{n}\"").into_boxed_str()),
+            etag: n.is_multiple_of(2).then(|| format!("\"etag-{n}\"").into_boxed_str()),
         }
     }
 

@@ -1,0 +1,203 @@
+//! Content-defined chunking (FastCDC) with BLAKE3 chunk ids, and the content-addressed chunk store
+//! (zstd-compressed, in a folder or on any connected provider) that holds file versions for delta
+//! transfer and restores.
+
+mod store;
+
+use std::io::Read;
+
+use cloudsync_domain::manifest::{ChunkRef, Manifest};
+use fastcdc::v2020::FastCDC;
+
+pub use store::{ChunkStore, FolderStore, ProviderStore, StoreError};
+
+/// Chunk sizes: small enough that a few scattered edits in a large file touch little of it, large
+/// enough that a 200 MiB file has a few thousand chunks.
+pub const MIN_CHUNK: u32 = 16 * 1024;
+pub const AVG_CHUNK: u32 = 64 * 1024;
+pub const MAX_CHUNK: u32 = 256 * 1024;
+
+/// Cuts a stream of bytes into content-defined chunks, however the bytes arrive, and hashes each
+/// chunk and the whole content with BLAKE3 as it goes.
+pub struct Chunker {
+    buffer: Vec<u8>,
+    /// Where the bytes not yet cut start in `buffer`.
+    start: usize,
+    whole: blake3::Hasher,
+    manifest: Manifest,
+}
+
+impl Default for Chunker {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Chunker {
+    pub fn new() -> Self {
+        Self {
+            buffer: Vec::with_capacity(2 * MAX_CHUNK as usize),
+            start: 0,
+            whole: blake3::Hasher::new(),
+            manifest: Manifest::default(),
+        }
+    }
+
+    /// Takes more bytes; calls `chunk` with every chunk they complete (its reference and bytes).
+    pub fn push<E>(&mut self, data: &[u8], mut chunk: impl FnMut(&ChunkRef, &[u8]) -> Result<(), E>) -> Result<(), E> {
+        self.whole.update(data);
+        self.buffer.extend_from_slice(data);
+        // A cut is final only when a whole maximum-size window lies ahead.
+        while self.buffer.len() - self.start >= MAX_CHUNK as usize {
+            self.cut(&mut chunk)?;
+        }
+        if self.start > 0 && self.start >= self.buffer.len() / 2 {
+            self.buffer.drain(..self.start);
+            self.start = 0;
+        }
+        Ok(())
+    }
+
+    /// Cuts what is left and returns the content's manifest.
+    pub fn finish<E>(mut self, mut chunk: impl FnMut(&ChunkRef, &[u8]) -> Result<(), E>) -> Result<Manifest, E> {
+        while self.start < self.buffer.len() {
+            self.cut(&mut chunk)?;
+        }
+        self.manifest.checksum = self.whole.finalize().to_hex().to_string();
+        Ok(self.manifest)
+    }
+
+    /// Cuts the next chunk. With fewer than the maximum chunk size pending, the cut is at the end
+    /// (only at the end of the content).
+    fn cut<E>(&mut self, chunk: &mut impl FnMut(&ChunkRef, &[u8]) -> Result<(), E>) -> Result<(), E> {
+        let pending = &self.buffer[self.start..];
+        let cdc = FastCDC::new(pending, MIN_CHUNK, AVG_CHUNK, MAX_CHUNK);
+        let (_, end) = cdc.cut(0, pending.len());
+        let end = end.clamp(1, pending.len());
+        let bytes = &pending[..end];
+        let reference = ChunkRef {
+            id: blake3::hash(bytes).to_hex().to_string(),
+            len: u32::try_from(end).unwrap_or(MAX_CHUNK),
+        };
+        chunk(&reference, bytes)?;
+        self.manifest.size += end as u64;
+        self.manifest.chunks.push(reference);
+        self.start += end;
+        Ok(())
+    }
+}
+
+/// The manifest of everything `reader` yields, calling `chunk` with each chunk.
+///
+/// # Errors
+/// A read error, or the error `chunk` returns.
+pub fn chunk_reader(mut reader: impl Read, mut chunk: impl FnMut(&ChunkRef, &[u8]) -> std::io::Result<()>) -> std::io::Result<Manifest> {
+    let mut chunker = Chunker::new();
+    let mut buffer = vec![0; 1024 * 1024];
+    loop {
+        let read = match reader.read(&mut buffer) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(err) if err.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(err) => return Err(err),
+        };
+        chunker.push(&buffer[..read], &mut chunk)?;
+    }
+    chunker.finish(chunk)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Deterministic incompressible bytes.
+    fn noise(len: usize, seed: u64) -> Vec<u8> {
+        let mut out = Vec::with_capacity(len + 32);
+        let mut counter = 0_u64;
+        while out.len() < len {
+            let mut hasher = blake3::Hasher::new();
+            hasher.update(&seed.to_le_bytes());
+            hasher.update(&counter.to_le_bytes());
+            out.extend_from_slice(hasher.finalize().as_bytes());
+            counter += 1;
+        }
+        out.truncate(len);
+        out
+    }
+
+    fn manifest_in_pieces(data: &[u8], piece: usize) -> (Manifest, Vec<u8>) {
+        let mut chunker = Chunker::new();
+        let mut rebuilt = Vec::new();
+        for part in data.chunks(piece) {
+            chunker
+                .push::<()>(part, |_, bytes| {
+                    rebuilt.extend_from_slice(bytes);
+                    Ok(())
+                })
+                .expect("push");
+        }
+        let manifest = chunker
+            .finish::<()>(|_, bytes| {
+                rebuilt.extend_from_slice(bytes);
+                Ok(())
+            })
+            .expect("finish");
+        (manifest, rebuilt)
+    }
+
+    #[test]
+    fn chunks_do_not_depend_on_how_the_bytes_arrive() {
+        let data = noise(3 * 1024 * 1024 + 12_345, 1);
+        let (whole, rebuilt) = manifest_in_pieces(&data, data.len());
+        assert_eq!(rebuilt, data);
+        assert_eq!(whole.size, data.len() as u64);
+        assert_eq!(whole.checksum, blake3::hash(&data).to_hex().to_string());
+        for piece in [1, 1000, 65_536, 300_001] {
+            let (pieces, rebuilt) = manifest_in_pieces(&data, piece);
+            assert_eq!(pieces, whole, "pieces of {piece} bytes");
+            assert_eq!(rebuilt, data);
+        }
+        for (chunk, span) in whole.spans() {
+            let bytes = &data[usize::try_from(span.start).unwrap_or(0)..usize::try_from(span.end).unwrap_or(0)];
+            assert_eq!(chunk.id, blake3::hash(bytes).to_hex().to_string());
+            assert!(chunk.len <= MAX_CHUNK);
+        }
+        let sizes: Vec<u32> = whole.chunks.iter().map(|c| c.len).collect();
+        let average = data.len() / sizes.len();
+        assert!(
+            (AVG_CHUNK as usize / 2..AVG_CHUNK as usize * 2).contains(&average),
+            "average chunk {average} bytes"
+        );
+        assert!(sizes[..sizes.len() - 1].iter().all(|len| *len >= MIN_CHUNK));
+    }
+
+    #[test]
+    fn an_edit_changes_only_nearby_chunks() {
+        let data = noise(4 * 1024 * 1024, 2);
+        let (before, _) = manifest_in_pieces(&data, 1 << 20);
+        // Overwrite 1,000 bytes in the middle, and insert 10 bytes near the start.
+        let mut edited = data.clone();
+        edited[2_000_000..2_001_000].copy_from_slice(&noise(1000, 3));
+        edited.splice(100_000..100_000, [7_u8; 10]);
+        let (after, _) = manifest_in_pieces(&edited, 1 << 20);
+        let new_bytes: u64 = after.missing_from(&before).iter().map(|c| u64::from(c.len)).sum();
+        assert!(new_bytes <= 4 * u64::from(MAX_CHUNK), "{new_bytes} new bytes for two small edits");
+        assert!(!after.missing_from(&before).is_empty());
+        let empty = manifest_in_pieces(&[], 10).0;
+        assert_eq!((empty.size, empty.chunks.len()), (0, 0));
+        assert_eq!(empty.checksum, blake3::hash(b"").to_hex().to_string());
+    }
+
+    #[test]
+    fn chunk_reader_matches_the_chunker() {
+        let data = noise(1_500_000, 4);
+        let mut count = 0;
+        let manifest = chunk_reader(data.as_slice(), |_, _| {
+            count += 1;
+            Ok(())
+        })
+        .expect("chunked");
+        assert_eq!(manifest, manifest_in_pieces(&data, 4096).0);
+        assert_eq!(count, manifest.chunks.len());
+    }
+}
