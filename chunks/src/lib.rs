@@ -6,7 +6,7 @@ mod store;
 
 use std::io::Read;
 
-use cloudsync_domain::manifest::{ChunkRef, Manifest};
+pub use cloudsync_domain::manifest::{ChunkRef, Manifest};
 use fastcdc::v2020::FastCDC;
 
 pub use store::{ChunkStore, FolderStore, ProviderStore, StoreError};
@@ -23,7 +23,8 @@ pub struct Chunker {
     buffer: Vec<u8>,
     /// Where the bytes not yet cut start in `buffer`.
     start: usize,
-    whole: blake3::Hasher,
+    /// The whole content's BLAKE3, unless the caller has it already.
+    whole: Option<blake3::Hasher>,
     manifest: Manifest,
 }
 
@@ -38,61 +39,104 @@ impl Chunker {
         Self {
             buffer: Vec::with_capacity(2 * MAX_CHUNK as usize),
             start: 0,
-            whole: blake3::Hasher::new(),
+            whole: Some(blake3::Hasher::new()),
             manifest: Manifest::default(),
         }
     }
 
+    /// A chunker that names the chunks but does not hash the whole content (the caller knows its
+    /// checksum already, from the scan): every byte is hashed once instead of twice. The manifest's
+    /// `checksum` is left empty.
+    pub fn without_checksum() -> Self {
+        Self {
+            whole: None,
+            ..Self::new()
+        }
+    }
+
     /// Takes more bytes; calls `chunk` with every chunk they complete (its reference and bytes).
-    pub fn push<E>(&mut self, data: &[u8], mut chunk: impl FnMut(&ChunkRef, &[u8]) -> Result<(), E>) -> Result<(), E> {
-        self.whole.update(data);
+    /// Chunks are cut straight from `data`; only the bytes around the boundaries of `data` are
+    /// copied into the chunker's buffer.
+    pub fn push<E>(&mut self, mut data: &[u8], mut chunk: impl FnMut(&ChunkRef, &[u8]) -> Result<(), E>) -> Result<(), E> {
+        if let Some(whole) = &mut self.whole {
+            whole.update(data);
+        }
+        let max = MAX_CHUNK as usize;
+        // Bytes left from earlier pushes (always fewer than `max`): complete a window from `data`
+        // and cut it, until what is left after a cut came from `data` alone.
+        while self.start < self.buffer.len() {
+            let pending = self.buffer.len() - self.start;
+            let take = (max - pending).min(data.len());
+            self.buffer.extend_from_slice(&data[..take]);
+            if pending + take < max {
+                // A cut is final only when a whole maximum-size window lies ahead.
+                return Ok(());
+            }
+            let window = &self.buffer[self.start..];
+            let end = record(&mut self.manifest, &window[..cut_point(window)], &mut chunk)?;
+            self.start += end;
+            let left = self.buffer.len() - self.start;
+            if left <= take {
+                // Everything after the cut is still in `data`: go on from there, without copying.
+                self.buffer.clear();
+                self.start = 0;
+                data = &data[take - left..];
+            } else {
+                data = &data[take..];
+            }
+        }
+        self.buffer.clear();
+        self.start = 0;
+        while data.len() >= max {
+            let end = record(&mut self.manifest, &data[..cut_point(data)], &mut chunk)?;
+            data = &data[end..];
+        }
         self.buffer.extend_from_slice(data);
-        // A cut is final only when a whole maximum-size window lies ahead.
-        while self.buffer.len() - self.start >= MAX_CHUNK as usize {
-            self.cut(&mut chunk)?;
-        }
-        if self.start > 0 && self.start >= self.buffer.len() / 2 {
-            self.buffer.drain(..self.start);
-            self.start = 0;
-        }
         Ok(())
     }
 
     /// Cuts what is left and returns the content's manifest.
     pub fn finish<E>(mut self, mut chunk: impl FnMut(&ChunkRef, &[u8]) -> Result<(), E>) -> Result<Manifest, E> {
         while self.start < self.buffer.len() {
-            self.cut(&mut chunk)?;
+            let window = &self.buffer[self.start..];
+            self.start += record(&mut self.manifest, &window[..cut_point(window)], &mut chunk)?;
         }
-        self.manifest.checksum = self.whole.finalize().to_hex().to_string();
+        if let Some(whole) = self.whole {
+            self.manifest.checksum = whole.finalize().to_hex().to_string();
+        }
         Ok(self.manifest)
-    }
-
-    /// Cuts the next chunk. With fewer than the maximum chunk size pending, the cut is at the end
-    /// (only at the end of the content).
-    fn cut<E>(&mut self, chunk: &mut impl FnMut(&ChunkRef, &[u8]) -> Result<(), E>) -> Result<(), E> {
-        let pending = &self.buffer[self.start..];
-        let cdc = FastCDC::new(pending, MIN_CHUNK, AVG_CHUNK, MAX_CHUNK);
-        let (_, end) = cdc.cut(0, pending.len());
-        let end = end.clamp(1, pending.len());
-        let bytes = &pending[..end];
-        let reference = ChunkRef {
-            id: blake3::hash(bytes).to_hex().to_string(),
-            len: u32::try_from(end).unwrap_or(MAX_CHUNK),
-        };
-        chunk(&reference, bytes)?;
-        self.manifest.size += end as u64;
-        self.manifest.chunks.push(reference);
-        self.start += end;
-        Ok(())
     }
 }
 
-/// The manifest of everything `reader` yields, calling `chunk` with each chunk.
+/// The length of the chunk that starts `window`: a content-defined cut, or all of a window shorter
+/// than the maximum chunk (which only happens at the end of the content).
+fn cut_point(window: &[u8]) -> usize {
+    let (_, end) = FastCDC::new(window, MIN_CHUNK, AVG_CHUNK, MAX_CHUNK).cut(0, window.len());
+    end.clamp(1, window.len().max(1))
+}
+
+/// Names a chunk, hands it to `chunk` and adds it to the manifest; returns its length.
+fn record<E>(manifest: &mut Manifest, bytes: &[u8], chunk: &mut impl FnMut(&ChunkRef, &[u8]) -> Result<(), E>) -> Result<usize, E> {
+    let reference = ChunkRef {
+        id: blake3::hash(bytes).to_hex().to_string(),
+        len: u32::try_from(bytes.len()).unwrap_or(MAX_CHUNK),
+    };
+    chunk(&reference, bytes)?;
+    manifest.size += bytes.len() as u64;
+    manifest.chunks.push(reference);
+    Ok(bytes.len())
+}
+
+/// The manifest of everything `reader` yields, calling `chunk` with each chunk; `chunker` is
+/// [`Chunker::new`] or [`Chunker::without_checksum`].
 ///
 /// # Errors
 /// A read error, or the error `chunk` returns.
-pub fn chunk_reader(mut reader: impl Read, mut chunk: impl FnMut(&ChunkRef, &[u8]) -> std::io::Result<()>) -> std::io::Result<Manifest> {
-    let mut chunker = Chunker::new();
+pub fn chunk_reader(
+    mut chunker: Chunker,
+    mut reader: impl Read,
+    mut chunk: impl FnMut(&ChunkRef, &[u8]) -> std::io::Result<()>,
+) -> std::io::Result<Manifest> {
     let mut buffer = vec![0; 1024 * 1024];
     loop {
         let read = match reader.read(&mut buffer) {
@@ -192,12 +236,15 @@ mod tests {
     fn chunk_reader_matches_the_chunker() {
         let data = noise(1_500_000, 4);
         let mut count = 0;
-        let manifest = chunk_reader(data.as_slice(), |_, _| {
+        let manifest = chunk_reader(Chunker::new(), data.as_slice(), |_, _| {
             count += 1;
             Ok(())
         })
         .expect("chunked");
         assert_eq!(manifest, manifest_in_pieces(&data, 4096).0);
         assert_eq!(count, manifest.chunks.len());
+        let unchecked = chunk_reader(Chunker::without_checksum(), data.as_slice(), |_, _| Ok(())).expect("chunked");
+        assert_eq!(unchecked.chunks, manifest.chunks);
+        assert!(unchecked.checksum.is_empty());
     }
 }

@@ -6,8 +6,10 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use thiserror::Error;
 
-use crate::ids::{FileId, ProviderId, SyncJobId, UserId};
+use crate::ids::{FileId, ProviderId, SyncJobId, SyncPairId, UserId};
+use crate::merge::{ConflictPolicy, Decision, SyncMode, Version};
 use crate::sync_job::{JobKind, JobPhase};
+use crate::sync_pair::SyncEndpoint;
 use crate::values::{Email, ProviderKind, ProviderPath, ScanSchedule};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -173,6 +175,46 @@ pub struct SyncJobFinished {
     pub reason: Option<String>,
 }
 
+/// Two folders are to be kept in agreement.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SyncPairCreated {
+    pub pair_id: SyncPairId,
+    pub owner_id: UserId,
+    pub source: SyncEndpoint,
+    pub target: SyncEndpoint,
+    pub mode: SyncMode,
+    pub policy: ConflictPolicy,
+    pub max_delete_percent: u8,
+    pub at: DateTime<Utc>,
+}
+
+/// A run's decision about one path, with its reason, recorded before it is carried out.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SyncDecisionRecorded {
+    pub pair_id: SyncPairId,
+    pub owner_id: UserId,
+    pub job_id: SyncJobId,
+    pub decision: Decision,
+    pub at: DateTime<Utc>,
+}
+
+/// One path's agreed state after a run; `None` when both sides agreed it is absent.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BaseChange {
+    pub path: ProviderPath,
+    pub version: Option<Version>,
+}
+
+/// A run ended with both sides agreeing on these paths: the merge base of the next run moves on.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SyncBaseAdvanced {
+    pub pair_id: SyncPairId,
+    pub owner_id: UserId,
+    pub job_id: SyncJobId,
+    pub changes: Vec<BaseChange>,
+    pub at: DateTime<Utc>,
+}
+
 /// Every event, internally tagged by its stable type name.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type")]
@@ -196,6 +238,9 @@ pub enum DomainEvent {
     SyncJobCompleted(SyncJobFinished),
     SyncJobFailed(SyncJobFinished),
     SyncJobCancelled(SyncJobFinished),
+    SyncPairCreated(SyncPairCreated),
+    SyncDecisionRecorded(SyncDecisionRecorded),
+    SyncBaseAdvanced(SyncBaseAdvanced),
 }
 
 /// An event as it is stored: type name, schema version and payload without the type tag.
@@ -242,7 +287,10 @@ impl DomainEvent {
             | "SyncJobResumed"
             | "SyncJobCompleted"
             | "SyncJobFailed"
-            | "SyncJobCancelled" => Some(1),
+            | "SyncJobCancelled"
+            | "SyncPairCreated"
+            | "SyncDecisionRecorded"
+            | "SyncBaseAdvanced" => Some(1),
             _ => None,
         }
     }
@@ -305,6 +353,9 @@ impl DomainEvent {
             Self::FileChanged(e) => e.owner_id,
             Self::FileRemoved(e) => e.owner_id,
             Self::SyncJobCreated(e) => e.owner_id,
+            Self::SyncPairCreated(e) => e.owner_id,
+            Self::SyncDecisionRecorded(e) => e.owner_id,
+            Self::SyncBaseAdvanced(e) => e.owner_id,
             _ => return None,
         })
     }

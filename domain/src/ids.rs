@@ -54,6 +54,7 @@ id_type!(UserId, "user");
 id_type!(ProviderId, "provider");
 id_type!(FileId, "file");
 id_type!(SyncJobId, "sync");
+id_type!(SyncPairId, "pair");
 
 /// The stream that reserves an email address for one user, so two registrations cannot claim it.
 pub fn email_stream(email: &crate::values::Email) -> String {

@@ -8,10 +8,11 @@ pub mod manifest;
 pub mod merge;
 pub mod provider;
 pub mod sync_job;
+pub mod sync_pair;
 pub mod user;
 pub mod values;
 
 pub use aggregate::{Aggregate, DomainError};
 pub use events::{DecodeError, DomainEvent, EncodedEvent};
-pub use ids::{FileId, ProviderId, SyncJobId, UserId};
+pub use ids::{FileId, ProviderId, SyncJobId, SyncPairId, UserId};
 pub use values::{Email, ProviderKind, ProviderPath, ScanSchedule, ValueError};

@@ -17,7 +17,7 @@ pub struct ChunkRef {
 /// A file's content as chunks, in order.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Manifest {
-    /// BLAKE3 of the whole content (hex).
+    /// BLAKE3 of the whole content (hex); empty when the chunker was told the caller knows it.
     pub checksum: String,
     pub size: u64,
     pub chunks: Vec<ChunkRef>,

@@ -556,6 +556,26 @@ pub fn conflict_name(path: &ProviderPath, at: DateTime<Utc>, side: Side) -> Prov
     path.parent().join(&renamed).unwrap_or_else(|_| path.clone())
 }
 
+/// How many files a plan deletes on `side` (renames and overwrites keep a file).
+pub fn deletes(decisions: &[Decision], side: Side) -> usize {
+    decisions
+        .iter()
+        .flat_map(|d| &d.actions)
+        .filter(|a| matches!(a, Action::Delete { side: s, .. } if *s == side))
+        .count()
+}
+
+/// The safety rail (like rclone's `--max-delete`): the first side of which a plan would delete more
+/// than `max_percent` of the files it holds, with the count. Such a run stops and waits for approval.
+pub fn exceeds_delete_limit(decisions: &[Decision], source: &Tree, target: &Tree, max_percent: u8) -> Option<(Side, usize)> {
+    [(Side::Source, source), (Side::Target, target)]
+        .into_iter()
+        .find_map(|(side, tree)| {
+            let count = deletes(decisions, side);
+            (count > 0 && count * 100 > tree.len() * usize::from(max_percent)).then_some((side, count))
+        })
+}
+
 /// Whether a path names a text file that can be merged line by line.
 pub fn is_text(path: &ProviderPath) -> bool {
     let mime = crate::events::guess_mime(path.as_str());
@@ -939,6 +959,24 @@ mod tests {
                 from: p("moved-from.bin"),
                 to: p("moved-here.bin"),
             }]));
+    }
+
+    #[test]
+    fn the_delete_rail_counts_each_side() {
+        let files: Vec<(String, String)> = (0..10).map(|i| (format!("f{i}.bin"), format!("c{i}"))).collect();
+        let files: Vec<(&str, &str)> = files.iter().map(|(a, b)| (a.as_str(), b.as_str())).collect();
+        let base = tree(&files, at(0));
+        let mut source = base.clone();
+        for i in 0..3 {
+            source.remove(&p(&format!("f{i}.bin")));
+        }
+        let decisions = plan(SyncMode::TwoWay, ConflictPolicy::Manual, &base, &source, &base, at(1));
+        assert_eq!(deletes(&decisions, Side::Target), 3);
+        assert_eq!(deletes(&decisions, Side::Source), 0);
+        // Three of the target's ten files: over a 20% limit, within 30%.
+        assert_eq!(exceeds_delete_limit(&decisions, &source, &base, 20), Some((Side::Target, 3)));
+        assert_eq!(exceeds_delete_limit(&decisions, &source, &base, 30), None);
+        assert_eq!(exceeds_delete_limit(&[], &source, &base, 0), None);
     }
 
     #[test]

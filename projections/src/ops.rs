@@ -238,6 +238,8 @@ pub fn ops_for(event: &DomainEvent, at: DateTime<Utc>) -> Vec<Op> {
         E::SyncJobCompleted(e) => vec![status(e.job_id.as_uuid(), JobPhase::Completed, None, at)],
         E::SyncJobFailed(e) => vec![status(e.job_id.as_uuid(), JobPhase::Failed, e.reason.clone(), at)],
         E::SyncJobCancelled(e) => vec![status(e.job_id.as_uuid(), JobPhase::Cancelled, e.reason.clone(), at)],
+        // Sync pairs have no read model yet (the sync executor and its API come next).
+        E::SyncPairCreated(_) | E::SyncDecisionRecorded(_) | E::SyncBaseAdvanced(_) => Vec::new(),
     }
 }
 

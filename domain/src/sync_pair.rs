@@ -1,0 +1,313 @@
+//! The `SyncPair` aggregate: two folders, on any two providers, kept in agreement. Its history holds
+//! the pair's settings and, for every run, each decision with its reason and the state both sides
+//! agreed on afterwards; folding those gives the merge base of the next run.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use crate::aggregate::{Aggregate, DomainError};
+use crate::events::{BaseChange, DomainEvent, SyncBaseAdvanced, SyncDecisionRecorded, SyncPairCreated};
+use crate::ids::{ProviderId, SyncJobId, SyncPairId, UserId};
+use crate::merge::{ConflictPolicy, Decision, SyncMode, Tree};
+use crate::values::ProviderPath;
+
+/// One side of a pair: a folder of a provider.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SyncEndpoint {
+    pub provider_id: ProviderId,
+    pub path: ProviderPath,
+}
+
+impl SyncEndpoint {
+    /// Whether the two folders share files: same provider, and one folder inside the other.
+    pub fn overlaps(&self, other: &SyncEndpoint) -> bool {
+        self.provider_id == other.provider_id && (self.path.is_within(&other.path) || other.path.is_within(&self.path))
+    }
+}
+
+#[derive(Debug, Default, Clone)]
+pub struct SyncPair {
+    created: Option<SyncPairCreated>,
+    base: Tree,
+    decisions: u64,
+}
+
+pub enum SyncPairCommand {
+    Create {
+        pair_id: SyncPairId,
+        owner_id: UserId,
+        source: SyncEndpoint,
+        target: SyncEndpoint,
+        mode: SyncMode,
+        policy: ConflictPolicy,
+        /// A run that would delete more than this share (in percent) of a side's files stops for approval.
+        max_delete_percent: u8,
+        at: DateTime<Utc>,
+    },
+    /// A decision of a run, with its reason, recorded before it is carried out.
+    RecordDecision {
+        job_id: SyncJobId,
+        decision: Decision,
+        at: DateTime<Utc>,
+    },
+    /// After a run, the paths whose agreed state changed (`None`: agreed to be absent).
+    AdvanceBase {
+        job_id: SyncJobId,
+        changes: Vec<BaseChange>,
+        at: DateTime<Utc>,
+    },
+}
+
+impl SyncPair {
+    pub fn settings(&self) -> Option<&SyncPairCreated> {
+        self.created.as_ref()
+    }
+
+    /// The pair, if it exists and belongs to `user`.
+    pub fn live_for(&self, user: UserId) -> Option<&SyncPairCreated> {
+        self.created.as_ref().filter(|c| c.owner_id == user)
+    }
+
+    /// The state both sides agreed on at the end of the last run: the merge base.
+    pub fn base(&self) -> &Tree {
+        &self.base
+    }
+
+    /// How many decisions the pair's runs have recorded.
+    pub fn decisions_recorded(&self) -> u64 {
+        self.decisions
+    }
+
+    fn existing(&self) -> Result<&SyncPairCreated, DomainError> {
+        self.created.as_ref().ok_or(DomainError::NotFound("sync pair"))
+    }
+}
+
+impl Aggregate for SyncPair {
+    type Command = SyncPairCommand;
+    type Event = DomainEvent;
+
+    fn handle(&self, command: SyncPairCommand) -> Result<Vec<DomainEvent>, DomainError> {
+        match command {
+            SyncPairCommand::Create {
+                pair_id,
+                owner_id,
+                source,
+                target,
+                mode,
+                policy,
+                max_delete_percent,
+                at,
+            } => {
+                if self.created.is_some() {
+                    return Err(DomainError::AlreadyExists("sync pair"));
+                }
+                if source.overlaps(&target) {
+                    return Err(DomainError::Invalid(
+                        "the source and target folders overlap: one is inside the other on the same provider".into(),
+                    ));
+                }
+                if max_delete_percent > 100 {
+                    return Err(DomainError::Invalid("maxDeletePercent must be between 0 and 100".into()));
+                }
+                Ok(vec![DomainEvent::SyncPairCreated(SyncPairCreated {
+                    pair_id,
+                    owner_id,
+                    source,
+                    target,
+                    mode,
+                    policy,
+                    max_delete_percent,
+                    at,
+                })])
+            }
+            SyncPairCommand::RecordDecision { job_id, decision, at } => {
+                let pair = self.existing()?;
+                Ok(vec![DomainEvent::SyncDecisionRecorded(SyncDecisionRecorded {
+                    pair_id: pair.pair_id,
+                    owner_id: pair.owner_id,
+                    job_id,
+                    decision,
+                    at,
+                })])
+            }
+            SyncPairCommand::AdvanceBase { job_id, changes, at } => {
+                let pair = self.existing()?;
+                // Only real changes: re-agreeing on what the base already says records nothing.
+                let changes: Vec<BaseChange> = changes
+                    .into_iter()
+                    .filter(|c| self.base.get(&c.path) != c.version.as_ref())
+                    .collect();
+                if changes.is_empty() {
+                    return Ok(Vec::new());
+                }
+                Ok(vec![DomainEvent::SyncBaseAdvanced(SyncBaseAdvanced {
+                    pair_id: pair.pair_id,
+                    owner_id: pair.owner_id,
+                    job_id,
+                    changes,
+                    at,
+                })])
+            }
+        }
+    }
+
+    fn apply(&mut self, event: &DomainEvent) {
+        match event {
+            DomainEvent::SyncPairCreated(e) => self.created = Some(e.clone()),
+            DomainEvent::SyncDecisionRecorded(_) => self.decisions += 1,
+            DomainEvent::SyncBaseAdvanced(e) => {
+                for change in &e.changes {
+                    match &change.version {
+                        Some(version) => self.base.insert(change.path.clone(), version.clone()),
+                        None => self.base.remove(&change.path),
+                    };
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use uuid::Uuid;
+
+    use super::*;
+    use crate::merge::{Action, Reason, Side, Version};
+
+    fn p(raw: &str) -> ProviderPath {
+        ProviderPath::parse(raw).expect("valid path")
+    }
+
+    fn endpoint(provider: u128, path: &str) -> SyncEndpoint {
+        SyncEndpoint {
+            provider_id: ProviderId::from_uuid(Uuid::from_u128(provider)),
+            path: p(path),
+        }
+    }
+
+    fn create(source: SyncEndpoint, target: SyncEndpoint, max_delete_percent: u8) -> SyncPairCommand {
+        SyncPairCommand::Create {
+            pair_id: SyncPairId::from_uuid(Uuid::from_u128(7)),
+            owner_id: UserId::from_uuid(Uuid::from_u128(1)),
+            source,
+            target,
+            mode: SyncMode::TwoWay,
+            policy: ConflictPolicy::KeepBoth,
+            max_delete_percent,
+            at: Utc::now(),
+        }
+    }
+
+    fn version(content: &str) -> Version {
+        Version {
+            checksum: content.into(),
+            size: content.len() as u64,
+            modified_at: DateTime::from_timestamp(1_700_000_000, 0).unwrap_or_default(),
+        }
+    }
+
+    #[test]
+    fn overlapping_folders_and_bad_limits_are_refused() {
+        let empty = SyncPair::default();
+        for (source, target) in [
+            (endpoint(1, "docs"), endpoint(1, "docs")),
+            (endpoint(1, "docs"), endpoint(1, "docs/sub")),
+            (endpoint(1, ""), endpoint(1, "anything")),
+        ] {
+            assert!(matches!(empty.handle(create(source, target, 50)), Err(DomainError::Invalid(_))));
+        }
+        assert!(matches!(
+            empty.handle(create(endpoint(1, "a"), endpoint(2, "a"), 101)),
+            Err(DomainError::Invalid(_))
+        ));
+        // The same folder on two providers, and sibling folders on one, are fine.
+        assert_eq!(
+            empty
+                .handle(create(endpoint(1, "docs"), endpoint(2, "docs"), 50))
+                .expect("created")
+                .len(),
+            1
+        );
+        assert_eq!(
+            empty
+                .handle(create(endpoint(1, "docs"), endpoint(1, "docs-backup"), 50))
+                .expect("created")
+                .len(),
+            1
+        );
+    }
+
+    #[test]
+    fn the_base_is_the_fold_of_what_runs_agreed_on() {
+        let mut pair = SyncPair::default();
+        let job = SyncJobId::from_uuid(Uuid::from_u128(9));
+        assert!(matches!(
+            pair.handle(SyncPairCommand::AdvanceBase {
+                job_id: job,
+                changes: vec![],
+                at: Utc::now()
+            }),
+            Err(DomainError::NotFound(_))
+        ));
+        for event in pair.handle(create(endpoint(1, "a"), endpoint(2, "b"), 50)).expect("created") {
+            pair.apply(&event);
+        }
+        let advance = |pair: &mut SyncPair, changes: Vec<BaseChange>| {
+            let events = pair
+                .handle(SyncPairCommand::AdvanceBase {
+                    job_id: job,
+                    changes,
+                    at: Utc::now(),
+                })
+                .expect("advanced");
+            events.iter().for_each(|e| pair.apply(e));
+            events.len()
+        };
+        let change = |path: &str, content: Option<&str>| BaseChange {
+            path: p(path),
+            version: content.map(version),
+        };
+        assert_eq!(advance(&mut pair, vec![change("x.txt", Some("1")), change("y.txt", Some("2"))]), 1);
+        assert_eq!(
+            advance(&mut pair, vec![change("x.txt", Some("1"))]),
+            0,
+            "nothing new: nothing recorded"
+        );
+        assert_eq!(advance(&mut pair, vec![change("x.txt", None), change("y.txt", Some("3"))]), 1);
+        let base: Vec<(&str, &str)> = pair.base().iter().map(|(p, v)| (p.as_str(), v.checksum.as_str())).collect();
+        assert_eq!(base, vec![("y.txt", "3")]);
+
+        let decision = Decision {
+            path: p("y.txt"),
+            reason: Reason::Changed { side: Side::Source },
+            actions: vec![Action::Copy {
+                to: Side::Target,
+                from: p("y.txt"),
+                path: p("y.txt"),
+                version: version("3"),
+            }],
+        };
+        let recorded = pair
+            .handle(SyncPairCommand::RecordDecision {
+                job_id: job,
+                decision: decision.clone(),
+                at: Utc::now(),
+            })
+            .expect("recorded");
+        recorded.iter().for_each(|e| pair.apply(e));
+        assert_eq!(pair.decisions_recorded(), 1);
+        // Events survive their encoding: the history replays to the same base.
+        let history: Vec<DomainEvent> = recorded
+            .iter()
+            .map(|e| {
+                let encoded = e.encode();
+                DomainEvent::decode(&encoded.event_type, encoded.schema_version, &encoded.payload).expect("decodes")
+            })
+            .collect();
+        assert!(matches!(&history[0], DomainEvent::SyncDecisionRecorded(e) if e.decision == decision));
+        assert!(pair.live_for(UserId::from_uuid(Uuid::from_u128(1))).is_some());
+        assert!(pair.live_for(UserId::from_uuid(Uuid::from_u128(2))).is_none());
+    }
+}
