@@ -178,7 +178,13 @@ pub(crate) async fn run_scan(commands: &Commands, job_id: SyncJobId, cancel: &Ca
         }
     });
     let _stop_lister = AbortOnDrop(lister);
-    while let Some(batch) = batches.recv().await {
+    loop {
+        // A cancelled scan stops at once, even while the provider is being retried.
+        let batch = tokio::select! {
+            () = cancel.cancelled() => return Ok(()),
+            batch = batches.recv() => batch,
+        };
+        let Some(batch) = batch else { break };
         let batch = batch?;
         if !scan.running().await? {
             return Ok(());

@@ -24,6 +24,8 @@ const WRITE_CHUNK: usize = 8 * 1024 * 1024;
 pub struct RemoteProvider {
     kind: ProviderKind,
     op: Operator,
+    /// The same operator with a short retry budget, for `check`.
+    probe: Operator,
     /// OpenDAL's WebDAV writer sends a file in one request from one buffer; uploads stream through
     /// this instead (one PUT whose body is the stream), so a large file never sits in memory.
     webdav: Option<WebdavUpload>,
@@ -198,21 +200,31 @@ impl RemoteProvider {
             ProviderKind::Onedrive => Operator::from_iter::<services::Onedrive>(pairs)?,
             ProviderKind::Local => return Err(ProviderError::Invalid("local folders are not remote".into())),
         };
-        let op = op
-            .layer(
-                TimeoutLayer::new()
-                    .with_timeout(Duration::from_secs(60))
-                    .with_io_timeout(Duration::from_secs(30)),
-            )
-            .layer(
-                RetryLayer::new()
-                    .with_jitter()
-                    .with_max_times(4)
-                    .with_min_delay(Duration::from_millis(100))
-                    .with_max_delay(Duration::from_secs(5)),
-            );
+        let op = op.layer(
+            TimeoutLayer::new()
+                .with_timeout(Duration::from_secs(60))
+                .with_io_timeout(Duration::from_secs(30)),
+        );
+        // Checking the settings retries little: an unreachable endpoint or refused credentials
+        // should be reported in seconds, not after a throttling budget.
+        let probe = op.clone().layer(
+            RetryLayer::new()
+                .with_jitter()
+                .with_max_times(2)
+                .with_min_delay(Duration::from_millis(100))
+                .with_max_delay(Duration::from_secs(1)),
+        );
+        let op = op.layer(
+            // Ten retries, as rclone's `--low-level-retries`: a throttling server may refuse a good
+            // share of requests for a while (the fault test refuses one in three).
+            RetryLayer::new()
+                .with_jitter()
+                .with_max_times(10)
+                .with_min_delay(Duration::from_millis(100))
+                .with_max_delay(Duration::from_secs(5)),
+        );
         let webdav = (kind == ProviderKind::Webdav).then(|| WebdavUpload::new(config));
-        Ok(Self { kind, op, webdav })
+        Ok(Self { kind, op, probe, webdav })
     }
 
     fn entry(path: ProviderPath, meta: &opendal::Metadata) -> Entry {
@@ -249,7 +261,7 @@ impl StorageProvider for RemoteProvider {
     }
 
     async fn check(&self) -> Result<(), ProviderError> {
-        Ok(self.op.check().await?)
+        Ok(self.probe.check().await?)
     }
 
     fn list(&self, folder: &ProviderPath) -> BoxStream<'static, Result<Entry, ProviderError>> {
