@@ -9,7 +9,7 @@ use std::io::Read;
 pub use cloudsync_domain::manifest::{ChunkRef, Manifest};
 use fastcdc::v2020::FastCDC;
 
-pub use store::{ChunkStore, FolderStore, ProviderStore, StoreError};
+pub use store::{ChunkStore, ProviderStore, StoreError};
 
 /// Chunk sizes: small enough that a few scattered edits in a large file touch little of it, large
 /// enough that a 200 MiB file has a few thousand chunks.

@@ -1,13 +1,12 @@
 //! The chunk store: chunks named by their BLAKE3, zstd-compressed, written once. A chunk is checked
 //! against its name whenever it is read, so a damaged store is noticed rather than restored from.
 
-use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use cloudsync_domain::ProviderPath;
+use cloudsync_domain::{ProviderKind, ProviderPath};
 use cloudsync_providers::{ProviderError, StorageProvider};
 use futures::{StreamExt, TryStreamExt};
 
@@ -64,112 +63,9 @@ fn decompress(id: &str, stored: &[u8]) -> Result<Vec<u8>, StoreError> {
     Ok(data)
 }
 
-/// Chunks in a local folder (the data dir by default): `<root>/<first two hex digits>/<id>.zst`.
-#[derive(Clone)]
-pub struct FolderStore {
-    root: PathBuf,
-}
-
-impl FolderStore {
-    /// # Errors
-    /// The folder cannot be created.
-    pub fn open(root: impl Into<PathBuf>) -> Result<Self, StoreError> {
-        let root = root.into();
-        std::fs::create_dir_all(&root)?;
-        Ok(Self { root })
-    }
-
-    fn path(&self, id: &str) -> Result<PathBuf, StoreError> {
-        check_id(id)?;
-        Ok(self.root.join(&id[..2]).join(format!("{id}.zst")))
-    }
-}
-
-async fn blocking<T: Send + 'static>(work: impl FnOnce() -> Result<T, StoreError> + Send + 'static) -> Result<T, StoreError> {
-    tokio::task::spawn_blocking(work)
-        .await
-        .map_err(|err| StoreError::Io(std::io::Error::other(err)))?
-}
-
-/// Writes `bytes` to `path` through a temporary file that is synced and then renamed into place,
-/// so a chunk file is either whole or absent.
-fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), StoreError> {
-    let folder = path
-        .parent()
-        .ok_or_else(|| StoreError::Io(std::io::Error::other("chunk path without folder")))?;
-    std::fs::create_dir_all(folder)?;
-    let temporary = folder.join(format!(".{}.tmp", uuid::Uuid::new_v4().simple()));
-    let result = (|| {
-        let mut file = std::fs::File::create(&temporary)?;
-        file.write_all(bytes)?;
-        file.sync_all()?;
-        std::fs::rename(&temporary, path)
-    })();
-    if result.is_err() {
-        std::fs::remove_file(&temporary).ok();
-    }
-    Ok(result?)
-}
-
-#[async_trait]
-impl ChunkStore for FolderStore {
-    async fn put(&self, id: &str, data: &[u8]) -> Result<bool, StoreError> {
-        let path = self.path(id)?;
-        if tokio::fs::try_exists(&path).await? {
-            return Ok(false);
-        }
-        let compressed = compress(id, data)?;
-        blocking(move || write_atomically(&path, &compressed)).await?;
-        Ok(true)
-    }
-
-    async fn has(&self, id: &str) -> Result<bool, StoreError> {
-        Ok(tokio::fs::try_exists(self.path(id)?).await?)
-    }
-
-    async fn get(&self, id: &str) -> Result<Vec<u8>, StoreError> {
-        let stored = match tokio::fs::read(self.path(id)?).await {
-            Ok(stored) => stored,
-            Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Err(StoreError::Missing(id.to_owned())),
-            Err(err) => return Err(err.into()),
-        };
-        decompress(id, &stored)
-    }
-
-    async fn delete(&self, id: &str) -> Result<(), StoreError> {
-        match tokio::fs::remove_file(self.path(id)?).await {
-            Ok(()) => Ok(()),
-            Err(err) if err.kind() == std::io::ErrorKind::NotFound => Ok(()),
-            Err(err) => Err(err.into()),
-        }
-    }
-
-    async fn list(&self) -> Result<Vec<String>, StoreError> {
-        let root = self.root.clone();
-        blocking(move || {
-            let mut ids = Vec::new();
-            for folder in std::fs::read_dir(&root)? {
-                let folder = folder?;
-                if !folder.file_type()?.is_dir() {
-                    continue;
-                }
-                for file in std::fs::read_dir(folder.path())? {
-                    let name = file?.file_name();
-                    if let Some(id) = name.to_str().and_then(|n| n.strip_suffix(".zst"))
-                        && check_id(id).is_ok()
-                    {
-                        ids.push(id.to_owned());
-                    }
-                }
-            }
-            ids.sort_unstable();
-            Ok(ids)
-        })
-        .await
-    }
-}
-
-/// Chunks on a connected provider (an S3 bucket, say), under a folder of it.
+/// Chunks on a provider, under a folder of it: `<folder>/<first two hex digits>/<id>.zst`. The
+/// provider writes each chunk through a temporary name (or an atomic upload), so a chunk file is
+/// either whole or absent.
 #[derive(Clone)]
 pub struct ProviderStore {
     provider: Arc<dyn StorageProvider>,
@@ -177,8 +73,25 @@ pub struct ProviderStore {
 }
 
 impl ProviderStore {
+    /// Chunks on a connected provider (an S3 bucket, say), under `folder`.
     pub fn new(provider: Arc<dyn StorageProvider>, folder: ProviderPath) -> Self {
         Self { provider, folder }
+    }
+
+    /// Chunks in a local folder (the data dir's by default), created if missing, through the local
+    /// provider.
+    ///
+    /// # Errors
+    /// The folder cannot be created, or its path is not UTF-8.
+    pub fn in_folder(root: &Path) -> Result<Self, StoreError> {
+        std::fs::create_dir_all(root)?;
+        let root = root
+            .to_str()
+            .ok_or_else(|| StoreError::Io(std::io::Error::other("the chunk folder's path is not UTF-8")))?;
+        let mut settings = serde_json::Map::new();
+        settings.insert("root".into(), root.into());
+        let provider = cloudsync_providers::open(ProviderKind::Local, &settings)?;
+        Ok(Self::new(Arc::from(provider), ProviderPath::root()))
     }
 
     fn path(&self, id: &str) -> Result<ProviderPath, StoreError> {
@@ -276,9 +189,9 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn folder_store_keeps_chunks_compressed_and_checked() {
+    async fn a_folder_store_keeps_chunks_compressed_and_checked() {
         let dir = tempfile::tempdir().expect("temp dir");
-        let store = FolderStore::open(dir.path().join("chunks")).expect("store");
+        let store = ProviderStore::in_folder(&dir.path().join("chunks")).expect("store");
         contract(&store).await;
 
         let data = vec![b'a'; 100_000];
@@ -297,7 +210,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn provider_store_passes_the_same_contract() {
+    async fn a_store_on_a_connected_provider_passes_the_same_contract() {
         let dir = tempfile::tempdir().expect("temp dir");
         let mut settings = serde_json::Map::new();
         settings.insert("root".into(), dir.path().to_string_lossy().into_owned().into());

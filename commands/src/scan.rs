@@ -32,6 +32,7 @@ use cloudsync_eventstore::{ExpectedVersion, NewEvent, StreamAppend};
 use cloudsync_providers::{Entry, ProviderError, StorageProvider};
 use futures::{StreamExt, TryStreamExt};
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::AbortOnDropHandle;
 use uuid::Uuid;
 
 use crate::handlers::{Context, encode, expected, storage_error};
@@ -43,15 +44,6 @@ use known::{Content, Known, KnownFiles, Marks, content};
 
 const BATCH: usize = 500;
 const HASHING_CONCURRENCY: usize = 8;
-
-/// Aborts a task when dropped: the scan's lister stops with the scan, however the scan ends.
-struct AbortOnDrop(tokio::task::JoinHandle<()>);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
-}
 
 /// Whether a listing entry shows the same file as `known`, without reading it: same size, and the
 /// same version tag where both have one, else the same modification time.
@@ -170,14 +162,14 @@ pub(crate) async fn run_scan(commands: &Commands, job_id: SyncJobId, cancel: &Ca
 
     // Listing and hashing go on while a batch is committed: a task runs them a couple of batches ahead.
     let (ready, mut batches) = tokio::sync::mpsc::channel(2);
-    let lister = tokio::spawn(async move {
+    // The lister stops with the scan, however the scan ends.
+    let _lister = AbortOnDropHandle::new(tokio::spawn(async move {
         while let Some(batch) = listed.next().await {
             if ready.send(batch).await.is_err() {
                 break;
             }
         }
-    });
-    let _stop_lister = AbortOnDrop(lister);
+    }));
     loop {
         // A cancelled scan stops at once, even while the provider is being retried.
         let batch = tokio::select! {

@@ -7,8 +7,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::aggregate::{Aggregate, DomainError};
 use crate::events::{BaseChange, DomainEvent, SyncBaseAdvanced, SyncDecisionRecorded, SyncPairCreated};
-use crate::ids::{ProviderId, SyncJobId, SyncPairId, UserId};
-use crate::merge::{ConflictPolicy, Decision, SyncMode, Tree};
+use crate::ids::{ProviderId, SyncJobId, UserId};
+use crate::merge::{Decision, Tree};
 use crate::values::ProviderPath;
 
 /// One side of a pair: a folder of a provider.
@@ -33,17 +33,9 @@ pub struct SyncPair {
 }
 
 pub enum SyncPairCommand {
-    Create {
-        pair_id: SyncPairId,
-        owner_id: UserId,
-        source: SyncEndpoint,
-        target: SyncEndpoint,
-        mode: SyncMode,
-        policy: ConflictPolicy,
-        /// A run that would delete more than this share (in percent) of a side's files stops for approval.
-        max_delete_percent: u8,
-        at: DateTime<Utc>,
-    },
+    /// Create the pair (its `max_delete_percent`: a run that would delete more than this share of a
+    /// side's files stops for approval).
+    Create(SyncPairCreated),
     /// A decision of a run, with its reason, recorded before it is carried out.
     RecordDecision {
         job_id: SyncJobId,
@@ -89,37 +81,19 @@ impl Aggregate for SyncPair {
 
     fn handle(&self, command: SyncPairCommand) -> Result<Vec<DomainEvent>, DomainError> {
         match command {
-            SyncPairCommand::Create {
-                pair_id,
-                owner_id,
-                source,
-                target,
-                mode,
-                policy,
-                max_delete_percent,
-                at,
-            } => {
+            SyncPairCommand::Create(created) => {
                 if self.created.is_some() {
                     return Err(DomainError::AlreadyExists("sync pair"));
                 }
-                if source.overlaps(&target) {
+                if created.source.overlaps(&created.target) {
                     return Err(DomainError::Invalid(
                         "the source and target folders overlap: one is inside the other on the same provider".into(),
                     ));
                 }
-                if max_delete_percent > 100 {
+                if created.max_delete_percent > 100 {
                     return Err(DomainError::Invalid("maxDeletePercent must be between 0 and 100".into()));
                 }
-                Ok(vec![DomainEvent::SyncPairCreated(SyncPairCreated {
-                    pair_id,
-                    owner_id,
-                    source,
-                    target,
-                    mode,
-                    policy,
-                    max_delete_percent,
-                    at,
-                })])
+                Ok(vec![DomainEvent::SyncPairCreated(created)])
             }
             SyncPairCommand::RecordDecision { job_id, decision, at } => {
                 let pair = self.existing()?;
@@ -174,7 +148,8 @@ mod tests {
     use uuid::Uuid;
 
     use super::*;
-    use crate::merge::{Action, Reason, Side, Version};
+    use crate::ids::SyncPairId;
+    use crate::merge::{Action, ConflictPolicy, Reason, Side, SyncMode, Version};
 
     fn p(raw: &str) -> ProviderPath {
         ProviderPath::parse(raw).expect("valid path")
@@ -188,7 +163,7 @@ mod tests {
     }
 
     fn create(source: SyncEndpoint, target: SyncEndpoint, max_delete_percent: u8) -> SyncPairCommand {
-        SyncPairCommand::Create {
+        SyncPairCommand::Create(SyncPairCreated {
             pair_id: SyncPairId::from_uuid(Uuid::from_u128(7)),
             owner_id: UserId::from_uuid(Uuid::from_u128(1)),
             source,
@@ -197,7 +172,7 @@ mod tests {
             policy: ConflictPolicy::KeepBoth,
             max_delete_percent,
             at: Utc::now(),
-        }
+        })
     }
 
     fn version(content: &str) -> Version {

@@ -126,6 +126,7 @@ pub(crate) struct Sorter<T> {
     run: Vec<T>,
     runs: Vec<TempFile>,
     run_len: usize,
+    len: usize,
 }
 
 impl<T: Record> Sorter<T> {
@@ -134,10 +135,17 @@ impl<T: Record> Sorter<T> {
             run: Vec::new(),
             runs: Vec::new(),
             run_len: run_len.max(1),
+            len: 0,
         }
     }
 
+    /// How many records were pushed.
+    pub(crate) fn len(&self) -> usize {
+        self.len
+    }
+
     pub(crate) fn push(&mut self, record: T) -> io::Result<()> {
+        self.len += 1;
         self.run.push(record);
         if self.run.len() >= self.run_len { self.spill() } else { Ok(()) }
     }
@@ -447,13 +455,16 @@ impl KnownFiles {
         if let Some((_, Some(live))) = current {
             placed.push(live)?;
         }
-        Self::write(placed.finish()?)
+        let count = placed.len();
+        Self::write(placed.finish()?, count)
     }
 
-    /// Writes path-ordered records into blocks, remembering each block's first path.
-    fn write(placed: impl Iterator<Item = io::Result<Placed>>) -> io::Result<Self> {
+    /// Writes `count` path-ordered records into blocks, remembering each block's first path and
+    /// each file's content.
+    fn write(placed: impl Iterator<Item = io::Result<Placed>>, count: usize) -> io::Result<Self> {
         let mut out = BufWriter::new(tempfile::tempfile()?);
         let mut blocks: Vec<Block> = Vec::new();
+        let mut contents = Bloom::new(count);
         let (mut offset, mut len) = (0_u64, 0_usize);
         let mut buffer = Vec::new();
         for record in placed {
@@ -473,6 +484,7 @@ impl KnownFiles {
                 });
             }
             record.write(&mut buffer)?;
+            contents.insert(&record.known.checksum, record.known.size);
             len += 1;
         }
         if let Some(block) = blocks.last_mut() {
@@ -480,18 +492,12 @@ impl KnownFiles {
             out.write_all(&buffer)?;
         }
         let file = out.into_inner().map_err(io::IntoInnerError::into_error)?;
-        // The Bloom filter is sized by the count, so it is filled by a second pass.
-        let mut known = Self {
+        Ok(Self {
             file,
             blocks,
             len,
-            contents: Bloom::new(len),
-        };
-        for record in known.iter()? {
-            let (_, _, k) = record?;
-            known.contents.insert(&k.checksum, k.size);
-        }
-        Ok(known)
+            contents,
+        })
     }
 
     pub(crate) fn len(&self) -> usize {

@@ -34,6 +34,53 @@ impl Drop for Running {
     }
 }
 
+/// A server started by [`serve_traced`]: its address and its log (stderr), read line by line as it comes.
+struct Traced {
+    server: Running,
+    addr: String,
+    lines: std::sync::mpsc::Receiver<String>,
+    reader: std::thread::JoinHandle<()>,
+}
+
+/// Starts `command` as `cloudsync serve` on a free port at `CLOUDSYNC_LOG=trace`. Its log is drained
+/// from the start, so a full pipe never blocks the server.
+fn serve_traced(mut command: Command) -> Traced {
+    let mut child = command
+        .args(["serve", "--bind", "127.0.0.1:0"])
+        .env("CLOUDSYNC_LOG", "trace")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let stdout = child.stdout.take().expect("stdout");
+    let stderr = child.stderr.take().expect("stderr");
+    let (lines_tx, lines) = std::sync::mpsc::channel::<String>();
+    let reader = std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = lines_tx.send(line);
+        }
+    });
+    let server = Running(child);
+    let addr = announced_address(stdout);
+    Traced {
+        server,
+        addr,
+        lines,
+        reader,
+    }
+}
+
+impl Traced {
+    /// Stops the server with SIGTERM and returns the log lines not yet received.
+    fn stop(mut self) -> Vec<String> {
+        let pid = self.server.0.id().to_string();
+        assert!(Command::new("kill").args(["-TERM", &pid]).status().expect("kill").success());
+        let _ = self.server.0.wait();
+        self.reader.join().expect("log reader");
+        self.lines.try_iter().collect()
+    }
+}
+
 fn post(addr: &str, body: &str) -> serde_json::Value {
     post_as(addr, None, body)
 }
@@ -168,18 +215,8 @@ fn secrets_never_reach_the_log() {
         .expect("S3 reachable");
     assert!(created.status().is_success() || created.status().as_u16() == 409);
     let data = std::env::temp_dir().join(format!("cloudsync-logs-{}", uuid::Uuid::new_v4().simple()));
-    let mut child = cloudsync(&data)
-        .args(["serve", "--bind", "127.0.0.1:0"])
-        .env("CLOUDSYNC_LOG", "trace")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn");
-    let stdout = child.stdout.take().expect("stdout");
-    let stderr = child.stderr.take().expect("stderr");
-    let log = std::thread::spawn(move || std::io::read_to_string(stderr).unwrap_or_default());
-    let mut server = Running(child);
-    let addr = announced_address(stdout);
+    let server = serve_traced(cloudsync(&data));
+    let addr = server.addr.clone();
 
     let secret = format!("log-secret-{}", uuid::Uuid::new_v4().simple());
     let password = format!("pw-{}", uuid::Uuid::new_v4().simple());
@@ -205,10 +242,7 @@ fn secrets_never_reach_the_log() {
         assert!(Instant::now() < deadline, "the scan did not complete");
         std::thread::sleep(Duration::from_millis(100));
     }
-    let pid = server.0.id().to_string();
-    assert!(Command::new("kill").args(["-TERM", &pid]).status().expect("kill").success());
-    let _ = server.0.wait();
-    let log = log.join().expect("log reader");
+    let log = server.stop().join("\n");
     assert!(log.contains("Provider connected."), "the log was captured: {log}");
     assert!(log.contains("Scan finished."), "the log covers the scan");
     let leaks: Vec<&str> = log.lines().filter(|l| l.contains(&secret)).collect();
@@ -259,30 +293,17 @@ fn oauth_tokens_never_reach_the_log() {
     let ttl: u64 = var("CLOUDSYNC_TEST_OIDC_ACCESS_TOKEN_TTL").parse().expect("seconds");
     let client_secret = var("CLOUDSYNC_TEST_OIDC_CLIENT_SECRET");
     let data = std::env::temp_dir().join(format!("cloudsync-oauth-logs-{}", uuid::Uuid::new_v4().simple()));
-    let mut child = cloudsync(&data)
-        .args(["serve", "--bind", "127.0.0.1:0"])
-        .env("CLOUDSYNC_LOG", "trace")
+    let mut command = cloudsync(&data);
+    command
         .env("CLOUDSYNC_OAUTH_GDRIVE_CLIENT_ID", var("CLOUDSYNC_TEST_OIDC_CLIENT_ID"))
         .env("CLOUDSYNC_OAUTH_GDRIVE_CLIENT_SECRET", &client_secret)
         .env("CLOUDSYNC_OAUTH_GDRIVE_AUTH_URL", format!("{issuer}/auth"))
         .env("CLOUDSYNC_OAUTH_GDRIVE_TOKEN_URL", format!("{issuer}/token"))
         .env("CLOUDSYNC_OAUTH_GDRIVE_SCOPES", "openid offline_access files.readwrite")
         .env("CLOUDSYNC_OAUTH_GDRIVE_EXTRA_PARAMS", "prompt=consent")
-        .env("CLOUDSYNC_OAUTH_RENEW_MARGIN_SECONDS", ttl.saturating_sub(3).to_string())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn");
-    let stdout = child.stdout.take().expect("stdout");
-    let stderr = child.stderr.take().expect("stderr");
-    let (lines_tx, lines) = std::sync::mpsc::channel::<String>();
-    let reader = std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            let _ = lines_tx.send(line);
-        }
-    });
-    let mut server = Running(child);
-    let addr = announced_address(stdout);
+        .env("CLOUDSYNC_OAUTH_RENEW_MARGIN_SECONDS", ttl.saturating_sub(3).to_string());
+    let server = serve_traced(command);
+    let addr = server.addr.clone();
 
     let register = serde_json::json!({ "query": "mutation { register(email: \"oauth-logs@example.org\", password: \"correct horse battery\") { accessToken } }" });
     let token = post(&addr, &register.to_string())["data"]["register"]["accessToken"]
@@ -337,15 +358,11 @@ fn oauth_tokens_never_reach_the_log() {
         let left = deadline
             .checked_duration_since(Instant::now())
             .expect("the token was renewed in time");
-        if let Ok(line) = lines.recv_timeout(left) {
+        if let Ok(line) = server.lines.recv_timeout(left) {
             log.push(line);
         }
     }
-    let pid = server.0.id().to_string();
-    assert!(Command::new("kill").args(["-TERM", &pid]).status().expect("kill").success());
-    let _ = server.0.wait();
-    reader.join().expect("log reader");
-    log.extend(lines.try_iter());
+    log.extend(server.stop());
     let log = log.join("\n");
     assert!(log.contains("Provider connected."), "the log was captured: {log}");
 
