@@ -150,6 +150,49 @@ pub fn chunk_reader(
     chunker.finish(chunk)
 }
 
+/// Stores a whole content (each new chunk once, then its manifest as a chunk of its own) and returns
+/// the manifest's id, which names the content in the store.
+///
+/// # Errors
+/// The store's.
+pub async fn put_content(store: &dyn ChunkStore, data: &[u8]) -> Result<String, StoreError> {
+    let mut chunks: Vec<(String, &[u8])> = Vec::new();
+    let mut offset = 0_usize;
+    let mut chunker = Chunker::without_checksum();
+    let mut note = |reference: &ChunkRef, bytes: &[u8]| -> Result<(), StoreError> {
+        chunks.push((reference.id.clone(), &data[offset..offset + bytes.len()]));
+        offset += bytes.len();
+        Ok(())
+    };
+    chunker.push(data, &mut note)?;
+    let mut manifest = chunker.finish(&mut note)?;
+    manifest.checksum = blake3::hash(data).to_hex().to_string();
+    for (id, bytes) in chunks {
+        store.put(&id, bytes).await?;
+    }
+    let encoded = serde_json::to_vec(&manifest).map_err(|err| StoreError::Io(err.into()))?;
+    let id = blake3::hash(&encoded).to_hex().to_string();
+    store.put(&id, &encoded).await?;
+    Ok(id)
+}
+
+/// A content stored by [`put_content`], checked chunk by chunk and as a whole.
+///
+/// # Errors
+/// A missing or damaged chunk or manifest.
+pub async fn get_content(store: &dyn ChunkStore, manifest_id: &str) -> Result<Vec<u8>, StoreError> {
+    let encoded = store.get(manifest_id).await?;
+    let manifest: Manifest = serde_json::from_slice(&encoded).map_err(|_| StoreError::Damaged(manifest_id.to_owned()))?;
+    let mut data = Vec::with_capacity(usize::try_from(manifest.size).unwrap_or(0));
+    for chunk in &manifest.chunks {
+        data.extend_from_slice(&store.get(&chunk.id).await?);
+    }
+    if blake3::hash(&data).to_hex().as_str() != manifest.checksum {
+        return Err(StoreError::Damaged(manifest_id.to_owned()));
+    }
+    Ok(data)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -210,6 +210,34 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn whole_contents_are_stored_once_per_chunk_and_come_back_checked() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let store = ProviderStore::in_folder(dir.path()).expect("store");
+        let mut text = String::new();
+        for line in 0..40_000 {
+            text.push_str(&format!("line {line} of a long text\n"));
+        }
+        let id = crate::put_content(&store, text.as_bytes()).await.expect("stored");
+        assert_eq!(crate::get_content(&store, &id).await.expect("read back"), text.as_bytes());
+        let held = store.list().await.expect("list").len();
+        // One more line at the end: the same manifest chunks but the last, one new manifest.
+        let longer = format!("{text}one more line\n");
+        let second = crate::put_content(&store, longer.as_bytes()).await.expect("stored");
+        assert_ne!(second, id);
+        assert!(
+            store.list().await.expect("list").len() <= held + 2,
+            "only the changed chunk and a manifest are added"
+        );
+        assert_eq!(crate::get_content(&store, &second).await.expect("read back"), longer.as_bytes());
+        assert_eq!(
+            crate::get_content(&store, "").await.err().map(|e| e.to_string()),
+            Some(StoreError::InvalidId(String::new()).to_string())
+        );
+        let empty = crate::put_content(&store, b"").await.expect("stored");
+        assert!(crate::get_content(&store, &empty).await.expect("read back").is_empty());
+    }
+
+    #[tokio::test]
     async fn a_store_on_a_connected_provider_passes_the_same_contract() {
         let dir = tempfile::tempdir().expect("temp dir");
         let mut settings = serde_json::Map::new();

@@ -5,6 +5,7 @@ use std::collections::HashSet;
 use std::sync::Arc;
 
 use chrono::Utc;
+use cloudsync_chunks::ChunkStore;
 use cloudsync_domain::file::{File, FileCommand};
 use cloudsync_domain::ids::email_stream;
 use cloudsync_domain::provider::{ProviderCommand, ProviderConnection};
@@ -84,11 +85,28 @@ pub struct Commands {
     store: Arc<dyn EventStore>,
     vault: Vault,
     oauth: Option<Arc<OAuth>>,
+    chunks: Option<Arc<dyn ChunkStore>>,
 }
 
 impl Commands {
     pub fn new(store: Arc<dyn EventStore>, vault: Vault) -> Self {
-        Self { store, vault, oauth: None }
+        Self {
+            store,
+            vault,
+            oauth: None,
+            chunks: None,
+        }
+    }
+
+    /// Keeps sync contents (the agreed text of synced files, for line merges) in `chunks`.
+    #[must_use]
+    pub fn with_chunks(mut self, chunks: Arc<dyn ChunkStore>) -> Self {
+        self.chunks = Some(chunks);
+        self
+    }
+
+    pub fn chunks(&self) -> Option<&Arc<dyn ChunkStore>> {
+        self.chunks.as_ref()
     }
 
     /// Enables connecting OAuth providers through `oauth`'s apps.
@@ -557,7 +575,12 @@ impl Commands {
     /// # Errors
     /// What stopped the job.
     pub async fn run_job(&self, job_id: SyncJobId, cancel: &tokio_util::sync::CancellationToken) -> Result<(), CommandError> {
-        crate::scan::run_scan(self, job_id, cancel).await
+        let (job, _) = self.load::<SyncJob>(&job_id.stream()).await?;
+        match job.kind() {
+            Some(JobKind::Scan { .. }) => crate::scan::run_scan(self, job_id, cancel).await,
+            Some(JobKind::Sync { .. }) => crate::sync::run_sync(self, job_id, cancel).await,
+            None => Err(CommandError::NotFound("sync job")),
+        }
     }
 
     /// The owner of a provider connection, for operators' tools that act on a provider by id.
@@ -607,6 +630,32 @@ impl Commands {
     pub async fn cancel_job(&self, user: UserId, job_id: SyncJobId) -> Result<i64, CommandError> {
         let (job, version) = self.load::<SyncJob>(&job_id.stream()).await?;
         let events = job.handle(SyncJobCommand::Cancel { by: user, at: Utc::now() })?;
+        self.append(job_id.stream(), version, &events, &Context::new(Some(user))).await
+    }
+
+    /// Pauses one of `user`'s jobs at its next step.
+    ///
+    /// # Errors
+    /// Not found, or a job that has already ended.
+    pub async fn pause_job(&self, user: UserId, job_id: SyncJobId) -> Result<i64, CommandError> {
+        let (job, version) = self.load::<SyncJob>(&job_id.stream()).await?;
+        let events = job.handle(SyncJobCommand::Pause { by: user, at: Utc::now() })?;
+        if events.is_empty() {
+            return Ok(0);
+        }
+        self.append(job_id.stream(), version, &events, &Context::new(Some(user))).await
+    }
+
+    /// Resumes one of `user`'s paused jobs.
+    ///
+    /// # Errors
+    /// Not found, a job that has already ended, or a run held for approval.
+    pub async fn resume_job(&self, user: UserId, job_id: SyncJobId) -> Result<i64, CommandError> {
+        let (job, version) = self.load::<SyncJob>(&job_id.stream()).await?;
+        let events = job.handle(SyncJobCommand::Resume { by: user, at: Utc::now() })?;
+        if events.is_empty() {
+            return Ok(0);
+        }
         self.append(job_id.stream(), version, &events, &Context::new(Some(user))).await
     }
 

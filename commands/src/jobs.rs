@@ -15,7 +15,6 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::handlers::Context;
-use crate::scan::run_scan;
 use crate::{CommandError, Commands};
 
 const CHECKPOINT: &str = "jobs";
@@ -93,7 +92,7 @@ impl JobRunner {
 }
 
 async fn execute(commands: &Commands, job_id: SyncJobId, cancel: &CancellationToken) {
-    if let Err(error) = run_scan(commands, job_id, cancel).await {
+    if let Err(error) = commands.run_job(job_id, cancel).await {
         tracing::error!(job = %job_id, error = %error, "Job failed.");
         if let Ok((mut job, version)) = commands.load::<SyncJob>(&job_id.stream()).await {
             let ctx = Context::new(job.owner());
@@ -105,6 +104,33 @@ async fn execute(commands: &Commands, job_id: SyncJobId, cancel: &CancellationTo
                 tracing::warn!(job = %job_id, error = %error, "Could not record the job's failure.");
             }
         }
+    }
+}
+
+/// Whether a job should go on: false when `cancel` fires or the job has ended; waits out a pause
+/// (or a hold), woken by new events (a resume appended by another process is noticed by the periodic
+/// recheck). Reloads `job` and `version` as it waits.
+pub(crate) async fn keep_running(
+    commands: &Commands,
+    job_id: SyncJobId,
+    job: &mut SyncJob,
+    version: &mut i64,
+    cancel: &CancellationToken,
+) -> Result<bool, CommandError> {
+    let mut appended = commands.store().watch();
+    loop {
+        if cancel.is_cancelled() || job.phase().is_some_and(cloudsync_domain::sync_job::JobPhase::is_terminal) {
+            return Ok(false);
+        }
+        if !job.is_paused() {
+            return Ok(true);
+        }
+        tokio::select! {
+            () = cancel.cancelled() => return Ok(false),
+            _ = tokio::time::timeout(Duration::from_secs(1), appended.changed()) => {}
+        }
+        appended.borrow_and_update();
+        (*job, *version) = commands.load::<SyncJob>(&job_id.stream()).await?;
     }
 }
 

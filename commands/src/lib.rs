@@ -9,6 +9,7 @@ mod oauth;
 mod scan;
 mod schedule;
 mod secrets;
+mod sync;
 
 pub use error::CommandError;
 pub use handlers::{Commands, Connected, Context, Moved};
@@ -16,3 +17,4 @@ pub use jobs::JobRunner;
 pub use oauth::{Authorization, DEFAULT_RENEW_MARGIN, OAuth, OAuthApp, is_oauth_kind};
 pub use schedule::Scheduler;
 pub use secrets::{MasterKey, Vault};
+pub use sync::{DEFAULT_MAX_DELETE_PERCENT, SyncSettings};

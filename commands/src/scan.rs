@@ -21,7 +21,6 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Duration;
 
 use chrono::Utc;
 use cloudsync_domain::events::{FileDiscovered, guess_mime};
@@ -311,24 +310,9 @@ impl Scan<'_> {
         }
     }
 
-    /// Whether to go on: false when cancelled or ended; waits out a pause, woken by new events (a
-    /// resume appended by another process is noticed by the periodic recheck).
+    /// Whether to go on (see [`crate::jobs::keep_running`]).
     async fn running(&mut self) -> Result<bool, CommandError> {
-        let mut appended = self.commands.store().watch();
-        loop {
-            if self.cancel.is_cancelled() || self.job.phase().is_some_and(JobPhase::is_terminal) {
-                return Ok(false);
-            }
-            if !self.job.is_paused() {
-                return Ok(true);
-            }
-            tokio::select! {
-                () = self.cancel.cancelled() => return Ok(false),
-                _ = tokio::time::timeout(Duration::from_secs(1), appended.changed()) => {}
-            }
-            appended.borrow_and_update();
-            (self.job, self.version) = self.commands.load::<SyncJob>(&self.job_id.stream()).await?;
-        }
+        crate::jobs::keep_running(self.commands, self.job_id, &mut self.job, &mut self.version, self.cancel).await
     }
 
     /// Appends a batch of file events with the job's progress, in one transaction.
@@ -390,7 +374,7 @@ impl Scan<'_> {
 
 /// BLAKE3 of a file's content, streamed. The content must be as long as the listing said: a
 /// provider that answers with less (or more) is not trusted with the file's checksum.
-async fn hash(provider: &dyn StorageProvider, path: &ProviderPath, size: u64) -> Result<String, ProviderError> {
+pub(crate) async fn hash(provider: &dyn StorageProvider, path: &ProviderPath, size: u64) -> Result<String, ProviderError> {
     let mut stream = provider.read(path, 0..size).await?;
     let mut hasher = blake3::Hasher::new();
     let mut read = 0_u64;

@@ -1,8 +1,9 @@
-//! The scan scheduler: follows the log for providers' schedules and requests rescans when a cron
-//! schedule comes due, or (for providers set to real time) soon after the provider's own change feed
-//! reports a change (for local folders: the operating system's notifications, inotify on Linux). Owned and stopped by the server. It never
-//! requests a second scan of a provider while its last one is still running. It also renews OAuth
-//! providers' access tokens before they expire.
+//! The scheduler: follows the log for providers' and sync pairs' schedules and requests rescans
+//! (providers) and runs (sync pairs) when a cron schedule comes due, or (when set to real time) soon
+//! after the provider's own change feed reports a change (for local folders: the operating system's
+//! notifications, inotify on Linux; for a pair, a change inside either of its folders). Owned and
+//! stopped by the server. It never requests a second scan or run while the last one is still
+//! running. It also renews OAuth providers' access tokens before they expire.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -10,7 +11,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use cloudsync_domain::sync_job::SyncJob;
-use cloudsync_domain::{DomainEvent, ProviderId, ProviderKind, ScanSchedule, SyncJobId, UserId};
+use cloudsync_domain::{DomainEvent, ProviderId, ProviderKind, ProviderPath, ScanSchedule, SyncJobId, SyncPairId, UserId};
 use cloudsync_eventstore::subscribe;
 use futures::StreamExt;
 use tokio::sync::mpsc;
@@ -23,13 +24,21 @@ const SETTLE: Duration = Duration::from_millis(500);
 /// A folder that never goes quiet is still rescanned this often.
 const MAX_DELAY: Duration = Duration::from_secs(5);
 
+/// What a plan schedules: a provider's rescans or a sync pair's runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+enum Key {
+    Provider(ProviderId),
+    Pair(SyncPairId),
+}
+
 struct Plan {
     owner: UserId,
-    kind: ProviderKind,
+    /// A provider's kind (for renewing its credentials); `None` for a pair.
+    kind: Option<ProviderKind>,
     schedule: Option<ScanSchedule>,
     next: Option<DateTime<Utc>>,
     realtime: bool,
-    feed: Option<Forwarder>,
+    feeds: Vec<Forwarder>,
     /// The last scan this scheduler requested, while it may still be running.
     running: Option<SyncJobId>,
     /// Changes seen since the last request (real time): when the first and the last came.
@@ -53,8 +62,8 @@ impl Scheduler {
 
     /// Runs until `shutdown`.
     pub async fn run(self, shutdown: CancellationToken) {
-        let mut plans: HashMap<ProviderId, Plan> = HashMap::new();
-        let (changed_tx, mut changed) = mpsc::unbounded_channel::<ProviderId>();
+        let mut plans: HashMap<Key, Plan> = HashMap::new();
+        let (changed_tx, mut changed) = mpsc::unbounded_channel::<Key>();
         let mut events = Box::pin(subscribe(Arc::clone(self.commands.store()), 0, Duration::from_millis(500)));
         let mut tick = tokio::time::interval(Duration::from_millis(250));
         loop {
@@ -62,18 +71,18 @@ impl Scheduler {
                 () = shutdown.cancelled() => return,
                 Some(event) = events.next() => {
                     let Ok(event) = event else { continue };
-                    if !event.event_type.starts_with("Provider") {
+                    if !event.event_type.starts_with("Provider") && !matches!(event.event_type.as_str(), "SyncPairCreated" | "SyncRunRequested") {
                         continue;
                     }
                     match DomainEvent::decode(&event.event_type, event.schema_version, &event.payload) {
                         Ok(DomainEvent::ProviderConnected(e)) => {
-                            plans.insert(e.provider_id, Plan {
+                            plans.insert(Key::Provider(e.provider_id), Plan {
                                 owner: e.owner_id,
-                                kind: e.kind,
+                                kind: Some(e.kind),
                                 schedule: None,
                                 next: None,
                                 realtime: false,
-                                feed: None,
+                                feeds: Vec::new(),
                                 running: None,
                                 dirty: None,
                                 credentials_expire_at: e.credentials_expire_at,
@@ -81,35 +90,68 @@ impl Scheduler {
                             });
                         }
                         Ok(DomainEvent::ProviderCredentialsRenewed(e)) => {
-                            if let Some(plan) = plans.get_mut(&e.provider_id) {
+                            if let Some(plan) = plans.get_mut(&Key::Provider(e.provider_id)) {
                                 plan.credentials_expire_at = e.expires_at;
                                 plan.renew_not_before = None;
                             }
                         }
                         Ok(DomainEvent::ProviderDisconnected(e)) => {
-                            plans.remove(&e.provider_id);
+                            plans.remove(&Key::Provider(e.provider_id));
                         }
                         Ok(DomainEvent::ProviderScheduleSet(e)) => {
-                            if let Some(plan) = plans.get_mut(&e.provider_id) {
+                            let key = Key::Provider(e.provider_id);
+                            if let Some(plan) = plans.get_mut(&key) {
                                 plan.next = e.schedule.as_ref().and_then(|s| s.next_after(Utc::now()));
                                 plan.schedule = e.schedule;
                                 plan.realtime = e.realtime;
-                                plan.feed = if e.realtime { watch(&self.commands, e.provider_id, plan.owner, &changed_tx).await } else { None };
+                                plan.feeds = if e.realtime {
+                                    watch(&self.commands, e.provider_id, plan.owner, None, key, &changed_tx).await.into_iter().collect()
+                                } else {
+                                    Vec::new()
+                                };
+                            }
+                        }
+                        Ok(DomainEvent::SyncPairCreated(e)) => {
+                            let key = Key::Pair(e.pair_id);
+                            let mut feeds = Vec::new();
+                            if e.realtime {
+                                for side in [&e.source, &e.target] {
+                                    feeds.extend(watch(&self.commands, side.provider_id, e.owner_id, Some(side.path.clone()), key, &changed_tx).await);
+                                }
+                            }
+                            plans.insert(key, Plan {
+                                owner: e.owner_id,
+                                kind: None,
+                                next: e.schedule.as_ref().and_then(|s| s.next_after(Utc::now())),
+                                schedule: e.schedule,
+                                realtime: e.realtime,
+                                feeds,
+                                running: None,
+                                dirty: None,
+                                credentials_expire_at: None,
+                                renew_not_before: None,
+                            });
+                        }
+                        Ok(DomainEvent::SyncRunRequested(e)) => {
+                            if let Some(plan) = plans.get_mut(&Key::Pair(e.pair_id)) {
+                                plan.running = Some(e.job_id);
                             }
                         }
                         _ => {}
                     }
                 }
-                Some(provider) = changed.recv() => {
-                    if let Some(plan) = plans.get_mut(&provider) {
+                Some(key) = changed.recv() => {
+                    if let Some(plan) = plans.get_mut(&key) {
                         let now = tokio::time::Instant::now();
                         plan.dirty = Some((plan.dirty.map_or(now, |(first, _)| first), now));
                     }
                 }
                 _ = tick.tick() => {
                     let now = Utc::now();
-                    for (provider, plan) in &mut plans {
-                        self.renew_if_due(*provider, plan, now).await;
+                    for (key, plan) in &mut plans {
+                        if let Key::Provider(provider) = key {
+                            self.renew_if_due(*provider, plan, now).await;
+                        }
                         if let Some(job) = plan.running {
                             if still_running(&self.commands, job).await {
                                 continue;
@@ -125,12 +167,22 @@ impl Scheduler {
                             plan.next = plan.schedule.as_ref().and_then(|s| s.next_after(now));
                         }
                         plan.dirty = None;
-                        match self.commands.request_scan(plan.owner, *provider).await {
-                            Ok((job, _)) => {
-                                tracing::info!(provider = %provider, job = %job, reason = if due { "schedule" } else { "change" }, "Rescan requested.");
-                                plan.running = Some(job);
-                            }
-                            Err(error) => tracing::warn!(provider = %provider, error = %error, "Could not request a rescan."),
+                        let reason = if due { "schedule" } else { "change" };
+                        match key {
+                            Key::Provider(provider) => match self.commands.request_scan(plan.owner, *provider).await {
+                                Ok((job, _)) => {
+                                    tracing::info!(provider = %provider, job = %job, reason, "Rescan requested.");
+                                    plan.running = Some(job);
+                                }
+                                Err(error) => tracing::warn!(provider = %provider, error = %error, "Could not request a rescan."),
+                            },
+                            Key::Pair(pair) => match self.commands.request_sync(plan.owner, *pair).await {
+                                Ok((job, _)) => {
+                                    tracing::info!(pair = %pair, job = %job, reason, "Sync run requested.");
+                                    plan.running = Some(job);
+                                }
+                                Err(error) => tracing::warn!(pair = %pair, error = %error, "Could not request a sync run."),
+                            },
                         }
                     }
                 }
@@ -142,10 +194,10 @@ impl Scheduler {
 impl Scheduler {
     /// Renews the provider's OAuth tokens when they expire within the renewal margin.
     async fn renew_if_due(&self, provider: ProviderId, plan: &mut Plan, now: DateTime<Utc>) {
-        let (Some(expires), Some(oauth)) = (plan.credentials_expire_at, self.commands.oauth()) else {
+        let (Some(expires), Some(oauth), Some(kind)) = (plan.credentials_expire_at, self.commands.oauth(), plan.kind) else {
             return;
         };
-        if !oauth.configured(plan.kind) || plan.renew_not_before.is_some_and(|t| t > now) {
+        if !oauth.configured(kind) || plan.renew_not_before.is_some_and(|t| t > now) {
             return;
         }
         if expires - chrono::TimeDelta::from_std(oauth.renew_margin()).unwrap_or_default() > now {
@@ -176,8 +228,16 @@ impl Drop for Forwarder {
     }
 }
 
-/// Follows a provider's change feed; each change is sent as the provider's id.
-async fn watch(commands: &Commands, provider: ProviderId, owner: UserId, changed: &mpsc::UnboundedSender<ProviderId>) -> Option<Forwarder> {
+/// Follows a provider's change feed (only changes inside `folder`, when given; a change of unknown
+/// path counts); each change is sent as `key`.
+async fn watch(
+    commands: &Commands,
+    provider: ProviderId,
+    owner: UserId,
+    folder: Option<ProviderPath>,
+    key: Key,
+    changed: &mpsc::UnboundedSender<Key>,
+) -> Option<Forwarder> {
     let opened = match commands.provider(owner, provider).await {
         Ok(opened) => opened,
         // Disconnected since (the scheduler replays the log from its start).
@@ -200,8 +260,12 @@ async fn watch(commands: &Commands, provider: ProviderId, owner: UserId, changed
     };
     let changed = changed.clone();
     Some(Forwarder(tokio::spawn(async move {
-        while feed.next().await.is_some() {
-            if changed.send(provider).is_err() {
+        while let Some(change) = feed.next().await {
+            let inside = match (&folder, &change.path) {
+                (Some(folder), Some(path)) => path.is_within(folder),
+                _ => true,
+            };
+            if inside && changed.send(key).is_err() {
                 return;
             }
         }

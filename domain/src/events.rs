@@ -7,7 +7,7 @@ use serde_json::{Map, Value};
 use thiserror::Error;
 
 use crate::ids::{FileId, ProviderId, SyncJobId, SyncPairId, UserId};
-use crate::merge::{ConflictPolicy, Decision, SyncMode, Version};
+use crate::merge::{ConflictPolicy, Decision, Side, SyncMode, Version};
 use crate::sync_job::{JobKind, JobPhase};
 use crate::sync_pair::SyncEndpoint;
 use crate::values::{Email, ProviderKind, ProviderPath, ScanSchedule};
@@ -185,6 +185,30 @@ pub struct SyncPairCreated {
     pub mode: SyncMode,
     pub policy: ConflictPolicy,
     pub max_delete_percent: u8,
+    /// When the pair runs on its own: a cron schedule (or none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub schedule: Option<ScanSchedule>,
+    /// Whether a change reported by either side's change feed starts a run.
+    #[serde(default)]
+    pub realtime: bool,
+    pub at: DateTime<Utc>,
+}
+
+/// A run of a pair was requested: the job that carries it out. One run of a pair at a time.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SyncRunRequested {
+    pub pair_id: SyncPairId,
+    pub owner_id: UserId,
+    pub job_id: SyncJobId,
+    pub at: DateTime<Utc>,
+}
+
+/// A sync run stopped before its first change: its plan deletes more of a side than the pair allows.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SyncJobHeld {
+    pub job_id: SyncJobId,
+    pub side: Side,
+    pub deletes: u64,
     pub at: DateTime<Utc>,
 }
 
@@ -203,6 +227,16 @@ pub struct SyncDecisionRecorded {
 pub struct BaseChange {
     pub path: ProviderPath,
     pub version: Option<Version>,
+    /// What each side's listing showed of the agreed file (its ETag, or size and modification
+    /// time): a later listing that shows the same is not read again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source_tag: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target_tag: Option<String>,
+    /// The chunk-store id of the agreed content's manifest, where the content is kept (text files,
+    /// for the next line merge).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stored: Option<String>,
 }
 
 /// A run ended with both sides agreeing on these paths: the merge base of the next run moves on.
@@ -241,6 +275,9 @@ pub enum DomainEvent {
     SyncPairCreated(SyncPairCreated),
     SyncDecisionRecorded(SyncDecisionRecorded),
     SyncBaseAdvanced(SyncBaseAdvanced),
+    SyncRunRequested(SyncRunRequested),
+    SyncJobHeld(SyncJobHeld),
+    SyncJobApproved(SyncJobFinished),
 }
 
 /// An event as it is stored: type name, schema version and payload without the type tag.
@@ -290,7 +327,10 @@ impl DomainEvent {
             | "SyncJobCancelled"
             | "SyncPairCreated"
             | "SyncDecisionRecorded"
-            | "SyncBaseAdvanced" => Some(1),
+            | "SyncBaseAdvanced"
+            | "SyncRunRequested"
+            | "SyncJobHeld"
+            | "SyncJobApproved" => Some(1),
             _ => None,
         }
     }

@@ -97,6 +97,28 @@ pub enum ConflictPolicy {
     Manual,
 }
 
+impl SyncMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Copy => "COPY",
+            Self::Mirror => "MIRROR",
+            Self::TwoWay => "TWO_WAY",
+        }
+    }
+}
+
+impl ConflictPolicy {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::KeepBoth => "KEEP_BOTH",
+            Self::NewestWins => "NEWEST_WINS",
+            Self::SourceWins => "SOURCE_WINS",
+            Self::TargetWins => "TARGET_WINS",
+            Self::Manual => "MANUAL",
+        }
+    }
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ConflictKind {

@@ -6,8 +6,9 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use crate::aggregate::{Aggregate, DomainError};
-use crate::events::{DomainEvent, SyncJobCreated, SyncJobFinished, SyncJobPhaseEntered, SyncJobProgressed};
-use crate::ids::{ProviderId, SyncJobId, UserId};
+use crate::events::{DomainEvent, SyncJobCreated, SyncJobFinished, SyncJobHeld, SyncJobPhaseEntered, SyncJobProgressed};
+use crate::ids::{ProviderId, SyncJobId, SyncPairId, UserId};
+use crate::merge::Side;
 
 /// What a job does.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -15,18 +16,27 @@ use crate::ids::{ProviderId, SyncJobId, UserId};
 pub enum JobKind {
     /// Index every file of one provider.
     Scan { provider_id: ProviderId },
+    /// One run of a sync pair: list both folders, plan by three-way merge, carry the plan out.
+    Sync {
+        pair_id: SyncPairId,
+        source: ProviderId,
+        target: ProviderId,
+    },
 }
 
 impl JobKind {
     pub fn name(&self) -> &'static str {
         match self {
             Self::Scan { .. } => "scan",
+            Self::Sync { .. } => "sync",
         }
     }
 
+    /// The provider the job reads first (a sync's source).
     pub fn provider_id(&self) -> ProviderId {
         match self {
             Self::Scan { provider_id } => *provider_id,
+            Self::Sync { source, .. } => *source,
         }
     }
 }
@@ -66,6 +76,9 @@ pub struct SyncJob {
     created: Option<SyncJobCreated>,
     phase: Option<JobPhase>,
     paused: bool,
+    /// Stopped by the max-delete rail until the owner approves.
+    held: bool,
+    approved: bool,
 }
 
 pub enum SyncJobCommand {
@@ -98,6 +111,17 @@ pub enum SyncJobCommand {
         by: UserId,
         at: DateTime<Utc>,
     },
+    /// The plan deletes more of `side` than the pair allows: wait for the owner's approval.
+    Hold {
+        side: Side,
+        deletes: u64,
+        at: DateTime<Utc>,
+    },
+    /// The owner lets a held run go on, deletes included.
+    Approve {
+        by: UserId,
+        at: DateTime<Utc>,
+    },
     Complete {
         at: DateTime<Utc>,
     },
@@ -114,6 +138,16 @@ impl SyncJob {
 
     pub fn is_paused(&self) -> bool {
         self.paused
+    }
+
+    /// Whether the run waits for approval of its deletes.
+    pub fn is_held(&self) -> bool {
+        self.held
+    }
+
+    /// Whether the owner approved the run's deletes beyond the pair's limit.
+    pub fn deletes_approved(&self) -> bool {
+        self.approved
     }
 
     pub fn kind(&self) -> Option<&JobKind> {
@@ -228,6 +262,11 @@ impl Aggregate for SyncJob {
             C::Resume { by, at } => {
                 self.owned_by(by)?;
                 let (job_id, _) = self.running()?;
+                if self.held {
+                    return Err(DomainError::InvalidState(
+                        "the run waits for approval of its deletes: approve it, or cancel it".into(),
+                    ));
+                }
                 if !self.paused {
                     return Ok(Vec::new());
                 }
@@ -237,6 +276,24 @@ impl Aggregate for SyncJob {
                 self.owned_by(by)?;
                 let (job_id, _) = self.running()?;
                 DomainEvent::SyncJobCancelled(finished(job_id, at, Some(format!("cancelled by user {by}"))))
+            }
+            C::Hold { side, deletes, at } => {
+                let (job_id, _) = self.running()?;
+                if self.approved {
+                    return Ok(Vec::new());
+                }
+                if self.held {
+                    return Err(DomainError::InvalidState("the run already waits for approval".into()));
+                }
+                DomainEvent::SyncJobHeld(SyncJobHeld { job_id, side, deletes, at })
+            }
+            C::Approve { by, at } => {
+                self.owned_by(by)?;
+                let (job_id, _) = self.running()?;
+                if !self.held {
+                    return Err(DomainError::InvalidState("the run does not wait for approval".into()));
+                }
+                DomainEvent::SyncJobApproved(finished(job_id, at, None))
             }
             C::Complete { at } => {
                 let (job_id, from) = self.running()?;
@@ -262,6 +319,8 @@ impl Aggregate for SyncJob {
             DomainEvent::SyncJobPhaseEntered(e) => self.phase = Some(e.phase),
             DomainEvent::SyncJobPaused(_) => self.paused = true,
             DomainEvent::SyncJobResumed(_) => self.paused = false,
+            DomainEvent::SyncJobHeld(_) => (self.paused, self.held) = (true, true),
+            DomainEvent::SyncJobApproved(_) => (self.paused, self.held, self.approved) = (false, false, true),
             DomainEvent::SyncJobCompleted(_) => self.phase = Some(JobPhase::Completed),
             DomainEvent::SyncJobFailed(_) => self.phase = Some(JobPhase::Failed),
             DomainEvent::SyncJobCancelled(_) => self.phase = Some(JobPhase::Cancelled),
@@ -346,6 +405,46 @@ mod tests {
         let pause = SyncJobCommand::Pause { by: owner(), at: T };
         let resume = SyncJobCommand::Resume { by: owner(), at: T };
         assert!(check(vec![phase(JobPhase::Scanning), pause, resume], phase(JobPhase::Planning)).is_ok());
+    }
+
+    #[test]
+    fn a_held_run_waits_for_the_owners_approval_not_a_resume() {
+        let started = || vec![phase(JobPhase::Scanning), phase(JobPhase::Planning)];
+        let hold = || SyncJobCommand::Hold {
+            side: Side::Target,
+            deletes: 40,
+            at: T,
+        };
+        let held = || started().into_iter().chain([hold()]).collect::<Vec<_>>();
+        assert!(matches!(check(started(), hold()).as_deref(), Ok([DomainEvent::SyncJobHeld(_)])));
+        // Held: no progress, no plain resume, no approval by someone else.
+        assert!(matches!(
+            check(held(), phase(JobPhase::Transferring)),
+            Err(DomainError::InvalidState(_))
+        ));
+        assert!(matches!(
+            check(held(), SyncJobCommand::Resume { by: owner(), at: T }),
+            Err(DomainError::InvalidState(_))
+        ));
+        let mallory = UserId::from_uuid(Uuid::from_u128(2));
+        assert_eq!(
+            check(held(), SyncJobCommand::Approve { by: mallory, at: T }).err(),
+            Some(DomainError::NotFound("sync job"))
+        );
+        // Approved: it goes on, and the rail does not stop it again (a resumed run plans again).
+        let approved = || {
+            held()
+                .into_iter()
+                .chain([SyncJobCommand::Approve { by: owner(), at: T }])
+                .collect::<Vec<_>>()
+        };
+        assert!(check(approved(), phase(JobPhase::Transferring)).is_ok());
+        assert_eq!(check(approved(), hold()).ok(), Some(Vec::new()));
+        // Nothing to approve on a job that is not held.
+        assert!(matches!(
+            check(started(), SyncJobCommand::Approve { by: owner(), at: T }),
+            Err(DomainError::InvalidState(_))
+        ));
     }
 
     #[test]

@@ -6,7 +6,9 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use crate::aggregate::{Aggregate, DomainError};
-use crate::events::{BaseChange, DomainEvent, SyncBaseAdvanced, SyncDecisionRecorded, SyncPairCreated};
+use std::collections::BTreeMap;
+
+use crate::events::{BaseChange, DomainEvent, SyncBaseAdvanced, SyncDecisionRecorded, SyncPairCreated, SyncRunRequested};
 use crate::ids::{ProviderId, SyncJobId, UserId};
 use crate::merge::{Decision, Tree};
 use crate::values::ProviderPath;
@@ -29,7 +31,18 @@ impl SyncEndpoint {
 pub struct SyncPair {
     created: Option<SyncPairCreated>,
     base: Tree,
+    /// What the sides' listings showed of each agreed file, and where its content is kept.
+    agreed: BTreeMap<ProviderPath, Agreed>,
     decisions: u64,
+    last_run: Option<SyncJobId>,
+}
+
+/// Bookkeeping about one agreed file beside its version (see [`BaseChange`]).
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Agreed {
+    pub source_tag: Option<String>,
+    pub target_tag: Option<String>,
+    pub stored: Option<String>,
 }
 
 pub enum SyncPairCommand {
@@ -42,6 +55,8 @@ pub enum SyncPairCommand {
         decision: Decision,
         at: DateTime<Utc>,
     },
+    /// A run of the pair, carried out by job `job_id`.
+    RequestRun { job_id: SyncJobId, at: DateTime<Utc> },
     /// After a run, the paths whose agreed state changed (`None`: agreed to be absent).
     AdvanceBase {
         job_id: SyncJobId,
@@ -63,6 +78,16 @@ impl SyncPair {
     /// The state both sides agreed on at the end of the last run: the merge base.
     pub fn base(&self) -> &Tree {
         &self.base
+    }
+
+    /// What the listings showed of an agreed file, and where its content is kept.
+    pub fn agreed(&self, path: &ProviderPath) -> Option<&Agreed> {
+        self.agreed.get(path)
+    }
+
+    /// The job of the pair's latest run.
+    pub fn last_run(&self) -> Option<SyncJobId> {
+        self.last_run
     }
 
     /// How many decisions the pair's runs have recorded.
@@ -105,12 +130,26 @@ impl Aggregate for SyncPair {
                     at,
                 })])
             }
+            SyncPairCommand::RequestRun { job_id, at } => {
+                let pair = self.existing()?;
+                Ok(vec![DomainEvent::SyncRunRequested(SyncRunRequested {
+                    pair_id: pair.pair_id,
+                    owner_id: pair.owner_id,
+                    job_id,
+                    at,
+                })])
+            }
             SyncPairCommand::AdvanceBase { job_id, changes, at } => {
                 let pair = self.existing()?;
                 // Only real changes: re-agreeing on what the base already says records nothing.
                 let changes: Vec<BaseChange> = changes
                     .into_iter()
-                    .filter(|c| self.base.get(&c.path) != c.version.as_ref())
+                    .filter(|c| {
+                        let agreed = self.agreed.get(&c.path).cloned().unwrap_or_default();
+                        self.base.get(&c.path) != c.version.as_ref()
+                            || (c.version.is_some()
+                                && (agreed.source_tag != c.source_tag || agreed.target_tag != c.target_tag || agreed.stored != c.stored))
+                    })
                     .collect();
                 if changes.is_empty() {
                     return Ok(Vec::new());
@@ -130,12 +169,26 @@ impl Aggregate for SyncPair {
         match event {
             DomainEvent::SyncPairCreated(e) => self.created = Some(e.clone()),
             DomainEvent::SyncDecisionRecorded(_) => self.decisions += 1,
+            DomainEvent::SyncRunRequested(e) => self.last_run = Some(e.job_id),
             DomainEvent::SyncBaseAdvanced(e) => {
                 for change in &e.changes {
                     match &change.version {
-                        Some(version) => self.base.insert(change.path.clone(), version.clone()),
-                        None => self.base.remove(&change.path),
-                    };
+                        Some(version) => {
+                            self.base.insert(change.path.clone(), version.clone());
+                            self.agreed.insert(
+                                change.path.clone(),
+                                Agreed {
+                                    source_tag: change.source_tag.clone(),
+                                    target_tag: change.target_tag.clone(),
+                                    stored: change.stored.clone(),
+                                },
+                            );
+                        }
+                        None => {
+                            self.base.remove(&change.path);
+                            self.agreed.remove(&change.path);
+                        }
+                    }
                 }
             }
             _ => {}
@@ -171,6 +224,8 @@ mod tests {
             mode: SyncMode::TwoWay,
             policy: ConflictPolicy::KeepBoth,
             max_delete_percent,
+            schedule: None,
+            realtime: false,
             at: Utc::now(),
         })
     }
@@ -243,6 +298,9 @@ mod tests {
         let change = |path: &str, content: Option<&str>| BaseChange {
             path: p(path),
             version: content.map(version),
+            source_tag: content.map(|c| format!("tag-{c}")),
+            target_tag: None,
+            stored: None,
         };
         assert_eq!(advance(&mut pair, vec![change("x.txt", Some("1")), change("y.txt", Some("2"))]), 1);
         assert_eq!(
@@ -250,7 +308,12 @@ mod tests {
             0,
             "nothing new: nothing recorded"
         );
+        let mut retagged = change("x.txt", Some("1"));
+        retagged.target_tag = Some("seen again".into());
+        assert_eq!(advance(&mut pair, vec![retagged]), 1, "a new listing tag is recorded");
+        assert_eq!(pair.agreed(&p("x.txt")).and_then(|a| a.target_tag.as_deref()), Some("seen again"));
         assert_eq!(advance(&mut pair, vec![change("x.txt", None), change("y.txt", Some("3"))]), 1);
+        assert_eq!(pair.agreed(&p("x.txt")), None);
         let base: Vec<(&str, &str)> = pair.base().iter().map(|(p, v)| (p.as_str(), v.checksum.as_str())).collect();
         assert_eq!(base, vec![("y.txt", "3")]);
 

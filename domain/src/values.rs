@@ -163,6 +163,27 @@ impl ProviderPath {
         folder.is_root() || self.0 == folder.0 || self.0.starts_with(&format!("{}/", folder.0))
     }
 
+    /// `folder/self`: this relative path placed below `folder`.
+    pub fn under(&self, folder: &ProviderPath) -> Self {
+        match (folder.is_root(), self.is_root()) {
+            (true, _) => self.clone(),
+            (false, true) => folder.clone(),
+            (false, false) => Self(format!("{}/{}", folder.0, self.0)),
+        }
+    }
+
+    /// This path relative to `folder`, when it lies below it (`None` for the folder itself and for
+    /// paths outside it).
+    pub fn relative_to(&self, folder: &ProviderPath) -> Option<Self> {
+        if folder.is_root() {
+            return (!self.is_root()).then(|| self.clone());
+        }
+        self.0
+            .strip_prefix(&folder.0)
+            .and_then(|rest| rest.strip_prefix('/'))
+            .map(|rest| Self(rest.to_owned()))
+    }
+
     /// The components, for joining onto a host path.
     pub fn components(&self) -> impl Iterator<Item = &str> {
         self.0.split('/').filter(|part| !part.is_empty())
@@ -296,6 +317,14 @@ mod tests {
         let p = ProviderPath::parse("/Photos//2024/./beach.jpg").expect("valid");
         assert_eq!(p.as_str(), "Photos/2024/beach.jpg");
         assert_eq!(p.name(), "beach.jpg");
+        let folder = ProviderPath::parse("photos").expect("valid");
+        let inner = ProviderPath::parse("2026/beach.jpg").expect("valid");
+        assert_eq!(inner.under(&folder).as_str(), "photos/2026/beach.jpg");
+        assert_eq!(inner.under(&ProviderPath::root()), inner);
+        assert_eq!(inner.under(&folder).relative_to(&folder), Some(inner.clone()));
+        assert_eq!(folder.relative_to(&folder), None);
+        assert_eq!(ProviderPath::parse("photosynth/a").expect("valid").relative_to(&folder), None);
+        assert_eq!(inner.relative_to(&ProviderPath::root()), Some(inner));
         assert_eq!(p.parent().as_str(), "Photos/2024");
         assert!(ProviderPath::parse("/").expect("root").is_root());
         assert_eq!(ProviderPath::parse("/etc/passwd").expect("valid").as_str(), "etc/passwd");

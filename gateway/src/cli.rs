@@ -46,6 +46,28 @@ pub enum Command {
         /// The provider's id.
         provider_id: Uuid,
     },
+    /// Runs a sync pair now, with a progress bar: an existing pair (its id), or a new pair of two
+    /// folders given as `<provider id>:<path>` (both providers must belong to one user).
+    Sync {
+        /// An existing pair's id.
+        #[arg(conflicts_with_all = ["source", "target"], required_unless_present_all = ["source", "target"])]
+        pair_id: Option<Uuid>,
+        /// The source folder of a new pair, `<provider id>:<path>`.
+        #[arg(long, requires = "target")]
+        source: Option<String>,
+        /// The target folder of a new pair, `<provider id>:<path>`.
+        #[arg(long, requires = "source")]
+        target: Option<String>,
+        /// copy, mirror or two-way.
+        #[arg(long, default_value = "two-way")]
+        mode: String,
+        /// keep-both, newest-wins, source-wins, target-wins or manual.
+        #[arg(long, default_value = "keep-both")]
+        policy: String,
+        /// The largest share (percent) of a side a run may delete without approval.
+        #[arg(long, default_value_t = cloudsync_commands::DEFAULT_MAX_DELETE_PERCENT)]
+        max_delete: u8,
+    },
     /// Prints history from the event log: one stream's, or everything one user did, in order.
     Replay {
         /// A stream such as `file-<uuid>` or `user-<uuid>`.
@@ -167,6 +189,29 @@ pub async fn run(command: Command, mut config: Config) -> anyhow::Result<()> {
             db.close().await;
             result
         }
+        Command::Sync {
+            pair_id,
+            source,
+            target,
+            mode,
+            policy,
+            max_delete,
+        } => {
+            let db = open_database(&config).await?;
+            let new_pair = match (source, target) {
+                (Some(source), Some(target)) => Some(NewPair {
+                    source,
+                    target,
+                    mode,
+                    policy,
+                    max_delete,
+                }),
+                _ => None,
+            };
+            let result = sync(&config, &db, pair_id, new_pair).await;
+            db.close().await;
+            result
+        }
         Command::Replay { stream, user, json } => {
             let db = open_database(&config).await?;
             let result = replay(&db, stream.as_deref(), user, json, &mut std::io::stdout().lock()).await;
@@ -237,19 +282,107 @@ pub async fn replay(
 /// Requests a scan, runs it here (unless a running server started it first), and follows its
 /// progress live from the job's own events.
 async fn scan(config: &Config, db: &Database, provider_id: Uuid) -> anyhow::Result<()> {
-    use cloudsync_domain::DomainEvent;
-    use cloudsync_domain::sync_job::{JobPhase, SyncJob};
-    use futures::StreamExt as _;
-
     let commands = crate::server::commands(config, db)?;
     let provider = cloudsync_domain::ProviderId::from_uuid(provider_id);
     let owner = commands.provider_owner(provider).await.context("finding the provider")?;
     let (job_id, position) = commands.request_scan(owner, provider).await?;
+    let (files, _) = follow(db, &commands, job_id, position).await?;
+    println!("Scan {job_id} completed: {files} files.");
+    Ok(())
+}
+
+/// A pair to create from the command line.
+struct NewPair {
+    source: String,
+    target: String,
+    mode: String,
+    policy: String,
+    max_delete: u8,
+}
+
+fn folder(raw: &str, what: &str) -> anyhow::Result<cloudsync_domain::sync_pair::SyncEndpoint> {
+    let (id, path) = raw.split_once(':').unwrap_or((raw, ""));
+    let id = Uuid::parse_str(id).with_context(|| format!("{what}: {id:?} is not a provider id (expected <provider id>:<path>)"))?;
+    Ok(cloudsync_domain::sync_pair::SyncEndpoint {
+        provider_id: cloudsync_domain::ProviderId::from_uuid(id),
+        path: cloudsync_domain::ProviderPath::parse(path).with_context(|| format!("{what}: the path"))?,
+    })
+}
+
+/// Starts a run of a pair (creating the pair first when asked), runs it here unless a running
+/// server started it first, and follows it with a progress bar.
+async fn sync(config: &Config, db: &Database, pair_id: Option<Uuid>, new_pair: Option<NewPair>) -> anyhow::Result<()> {
+    use cloudsync_domain::merge::{ConflictPolicy, SyncMode};
+
+    let commands = crate::server::commands(config, db)?;
+    let (job_id, position) = match (pair_id, new_pair) {
+        (Some(pair_id), _) => {
+            let pair_id = cloudsync_domain::SyncPairId::from_uuid(pair_id);
+            let owner = commands.pair_owner(pair_id).await.context("finding the sync pair")?;
+            commands.request_sync(owner, pair_id).await?
+        }
+        (None, Some(new)) => {
+            let source = folder(&new.source, "--source")?;
+            let target = folder(&new.target, "--target")?;
+            let owner = commands
+                .provider_owner(source.provider_id)
+                .await
+                .context("finding the source provider")?;
+            let mode = match new.mode.as_str() {
+                "copy" => SyncMode::Copy,
+                "mirror" => SyncMode::Mirror,
+                "two-way" => SyncMode::TwoWay,
+                other => bail!("--mode {other:?}: expected copy, mirror or two-way"),
+            };
+            let policy = match new.policy.as_str() {
+                "keep-both" => ConflictPolicy::KeepBoth,
+                "newest-wins" => ConflictPolicy::NewestWins,
+                "source-wins" => ConflictPolicy::SourceWins,
+                "target-wins" => ConflictPolicy::TargetWins,
+                "manual" => ConflictPolicy::Manual,
+                other => bail!("--policy {other:?}: expected keep-both, newest-wins, source-wins, target-wins or manual"),
+            };
+            let settings = cloudsync_commands::SyncSettings {
+                source,
+                target,
+                mode,
+                policy,
+                max_delete_percent: new.max_delete,
+                schedule: None,
+                realtime: false,
+            };
+            let (pair_id, job_id, position) = commands.sync_folders(owner, settings, true).await?;
+            println!("Created sync pair {pair_id}.");
+            (job_id.context("the new pair's first run")?, position)
+        }
+        (None, None) => bail!("give a pair id, or --source and --target"),
+    };
+    let (files, bytes) = follow(db, &commands, job_id, position).await?;
+    println!("Sync {job_id} completed: {files} changes, {bytes} bytes transferred.");
+    Ok(())
+}
+
+/// Runs a job here (unless another worker started it first) and follows it live from its own
+/// events, with a progress bar; returns its final files and bytes done.
+async fn follow(
+    db: &Database,
+    commands: &cloudsync_commands::Commands,
+    job_id: cloudsync_domain::SyncJobId,
+    position: i64,
+) -> anyhow::Result<(u64, u64)> {
+    use cloudsync_domain::DomainEvent;
+    use cloudsync_domain::sync_job::{JobPhase, SyncJob};
+    use futures::StreamExt as _;
+
     let bar = indicatif::ProgressBar::new_spinner();
     bar.set_style(
         indicatif::ProgressStyle::with_template("{spinner} {elapsed_precise} {msg}")
             .unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner()),
     );
+    let bytes_style = indicatif::ProgressStyle::with_template(
+        "{spinner} {elapsed_precise} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta} {msg}",
+    )
+    .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar());
     bar.enable_steady_tick(std::time::Duration::from_millis(100));
     let cancel = tokio_util::sync::CancellationToken::new();
     let mut runner = Some({
@@ -265,7 +398,7 @@ async fn scan(config: &Config, db: &Database, provider_id: Uuid) -> anyhow::Resu
         std::time::Duration::from_millis(500),
     ));
     let mut history = Vec::new();
-    let mut files_done = 0;
+    let (mut files_done, mut bytes_done) = (0, 0);
     let outcome = loop {
         tokio::select! {
             next = events.next() => {
@@ -274,9 +407,28 @@ async fn scan(config: &Config, db: &Database, provider_id: Uuid) -> anyhow::Resu
                     continue;
                 }
                 let decoded = DomainEvent::decode(&event.event_type, event.schema_version, &event.payload)?;
-                if let DomainEvent::SyncJobProgressed(progress) = &decoded {
-                    files_done = progress.files_done;
-                    bar.set_message(format!("{} files, {} bytes", progress.files_done, progress.bytes_done));
+                match &decoded {
+                    DomainEvent::SyncJobProgressed(progress) => {
+                        (files_done, bytes_done) = (progress.files_done, progress.bytes_done);
+                        match (progress.files_total, progress.bytes_total) {
+                            (Some(files_total), Some(bytes_total)) if bytes_total > 0 => {
+                                if bar.length() != Some(bytes_total) {
+                                    bar.set_style(bytes_style.clone());
+                                    bar.set_length(bytes_total);
+                                }
+                                bar.set_position(progress.bytes_done);
+                                bar.set_message(format!("{} of {files_total} changes", progress.files_done));
+                            }
+                            _ => bar.set_message(format!("{} files, {} bytes", progress.files_done, progress.bytes_done)),
+                        }
+                    }
+                    DomainEvent::SyncJobPhaseEntered(phase) => bar.set_message(phase.phase.as_str().to_owned()),
+                    DomainEvent::SyncJobHeld(held) => bar.println(format!(
+                        "Held: the run would delete {} files of the {}, more than the pair allows. Approve it with the approveSync mutation, or cancel it.",
+                        held.deletes,
+                        held.side.name()
+                    )),
+                    _ => {}
                 }
                 let reason = match &decoded {
                     DomainEvent::SyncJobFailed(f) | DomainEvent::SyncJobCancelled(f) => f.reason.clone(),
@@ -301,11 +453,8 @@ async fn scan(config: &Config, db: &Database, provider_id: Uuid) -> anyhow::Resu
     cancel.cancel();
     bar.finish_and_clear();
     match outcome {
-        (JobPhase::Completed, _) => {
-            println!("Scan {job_id} completed: {files_done} files.");
-            Ok(())
-        }
-        (phase, reason) => bail!("scan {job_id} {}: {}", phase.as_str(), reason.unwrap_or_default()),
+        (JobPhase::Completed, _) => Ok((files_done, bytes_done)),
+        (phase, reason) => bail!("operation {job_id} {}: {}", phase.as_str(), reason.unwrap_or_default()),
     }
 }
 

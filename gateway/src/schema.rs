@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use async_graphql::{Context, Enum, ID, Json, Object, Schema, SimpleObject, Subscription};
+use async_graphql::{Context, Enum, ID, Json, MergedObject, MergedSubscription, Object, Schema, SimpleObject, Subscription};
 use chrono::{DateTime, Utc};
 use cloudsync_domain::{DomainEvent, Email, FileId, ProviderId, ProviderPath};
 use cloudsync_eventstore::subscribe;
@@ -16,23 +16,34 @@ use crate::auth::{Authentication, Caller, check_password_rules, dummy_hash, hash
 use crate::errors::{ApiError, ApiResult};
 use crate::server::App;
 
+mod sync;
+
 pub type CloudSyncSchema = Schema<QueryRoot, MutationRoot, SubscriptionRoot>;
+
+#[derive(MergedObject, Default)]
+pub struct QueryRoot(CoreQuery, sync::SyncQuery);
+
+#[derive(MergedObject, Default)]
+pub struct MutationRoot(CoreMutation, sync::SyncMutation);
+
+#[derive(MergedSubscription, Default)]
+pub struct SubscriptionRoot(CoreSubscription, sync::SyncSubscription);
 
 /// Builds the schema with its limits.
 pub fn build(app: Arc<App>) -> CloudSyncSchema {
-    Schema::build(QueryRoot, MutationRoot, SubscriptionRoot)
+    Schema::build(QueryRoot::default(), MutationRoot::default(), SubscriptionRoot::default())
         .data(app)
         .limit_depth(12)
         .limit_complexity(1000)
         .finish()
 }
 
-fn app<'a>(ctx: &Context<'a>) -> &'a Arc<App> {
+pub(crate) fn app<'a>(ctx: &Context<'a>) -> &'a Arc<App> {
     // The schema is always built with the app (see `build`).
     ctx.data_unchecked::<Arc<App>>()
 }
 
-fn caller(ctx: &Context<'_>) -> ApiResult<Caller> {
+pub(crate) fn caller(ctx: &Context<'_>) -> ApiResult<Caller> {
     match ctx.data_opt::<Authentication>() {
         Some(Authentication::User(caller)) => Ok(*caller),
         Some(Authentication::Invalid(why)) => Err(ApiError::Unauthenticated(why.clone())),
@@ -42,7 +53,7 @@ fn caller(ctx: &Context<'_>) -> ApiResult<Caller> {
     }
 }
 
-fn parse_id(id: &ID, what: &str) -> ApiResult<Uuid> {
+pub(crate) fn parse_id(id: &ID, what: &str) -> ApiResult<Uuid> {
     Uuid::parse_str(id.as_str().trim()).map_err(|_| ApiError::BadInput(format!("{what} {:?} is not a valid id", truncate(id.as_str()))))
 }
 
@@ -50,7 +61,7 @@ fn truncate(text: &str) -> String {
     text.chars().take(64).collect()
 }
 
-fn parse_path(raw: &str) -> ApiResult<ProviderPath> {
+pub(crate) fn parse_path(raw: &str) -> ApiResult<ProviderPath> {
     ProviderPath::parse(raw).map_err(|err| ApiError::BadInput(err.to_string()))
 }
 
@@ -155,34 +166,75 @@ impl From<FileRow> for File {
 #[derive(SimpleObject)]
 pub struct SyncOperation {
     id: ID,
-    /// `scan` (more kinds arrive with the sync engine).
+    /// `scan` (index one provider) or `sync` (one run of a sync pair).
     kind: String,
+    /// The provider scanned, or a sync's source.
     provider_id: Option<ID>,
+    /// A sync run's pair.
+    pair_id: Option<ID>,
     /// pending, scanning, planning, transferring, completed, failed or cancelled.
     status: String,
     paused: bool,
+    /// A sync run stopped by the max-delete rail: what it would delete. Approve it with
+    /// `approveSync`, or cancel it.
+    held: Option<HeldDeletes>,
+    /// Scans: files and bytes read. Sync runs: decisions carried out, bytes transferred.
     files_done: i64,
     bytes_done: i64,
     files_total: Option<i64>,
     bytes_total: Option<i64>,
+    /// Bytes per second since the operation started.
+    bytes_per_second: Option<f64>,
+    /// Seconds left at that rate, once the total is known.
+    eta_seconds: Option<f64>,
     error: Option<String>,
     created_at: DateTime<Utc>,
     updated_at: DateTime<Utc>,
     completed_at: Option<DateTime<Utc>>,
 }
 
+#[derive(SimpleObject)]
+pub struct HeldDeletes {
+    /// `source` or `target`.
+    side: String,
+    deletes: i64,
+}
+
+impl SyncOperation {
+    pub(crate) fn is_finished(&self) -> bool {
+        matches!(self.status.as_str(), "completed" | "failed" | "cancelled")
+    }
+}
+
 impl From<SyncOperationRow> for SyncOperation {
     fn from(row: SyncOperationRow) -> Self {
+        let elapsed = (row.completed_at.unwrap_or(row.updated_at) - row.created_at).num_milliseconds() as f64 / 1000.0;
+        #[allow(clippy::cast_precision_loss)]
+        let rate = (elapsed > 0.0 && row.bytes_done > 0).then(|| row.bytes_done as f64 / elapsed);
+        #[allow(clippy::cast_precision_loss)]
+        let eta = match (rate, row.bytes_total, row.completed_at) {
+            (_, _, Some(_)) => Some(0.0),
+            (Some(rate), Some(total), None) => Some((total - row.bytes_done).max(0) as f64 / rate),
+            _ => None,
+        };
+        let held = row.held.as_ref().map(|h| HeldDeletes {
+            side: h.get("side").and_then(Value::as_str).unwrap_or_default().to_owned(),
+            deletes: h.get("deletes").and_then(Value::as_i64).unwrap_or_default(),
+        });
         Self {
             id: ID(row.id.to_string()),
             kind: row.kind,
             provider_id: row.provider_id.map(|p| ID(p.to_string())),
+            pair_id: row.details.get("pair_id").and_then(Value::as_str).map(|p| ID(p.to_owned())),
             status: row.status,
             paused: row.paused,
+            held,
             files_done: row.files_done,
             bytes_done: row.bytes_done,
             files_total: row.files_total,
             bytes_total: row.bytes_total,
+            bytes_per_second: rate,
+            eta_seconds: eta,
             error: row.error,
             created_at: row.created_at,
             updated_at: row.updated_at,
@@ -217,10 +269,11 @@ pub struct FileChange {
     occurred_at: DateTime<Utc>,
 }
 
-pub struct QueryRoot;
+#[derive(Default)]
+pub struct CoreQuery;
 
 #[Object]
-impl QueryRoot {
+impl CoreQuery {
     /// The signed-in user.
     async fn me(&self, ctx: &Context<'_>) -> async_graphql::Result<User> {
         let caller = caller(ctx)?;
@@ -295,21 +348,15 @@ impl QueryRoot {
         let caller = caller(ctx)?;
         let app = app(ctx);
         let id = parse_id(&operation_id, "operationId")?;
-        app.consistent(caller).await;
-        let row = app
-            .reads
-            .sync_operation(caller.user_id, id)
-            .await
-            .map_err(ApiError::from)?
-            .ok_or_else(|| ApiError::not_found("sync operation"))?;
-        Ok(row.into())
+        Ok(sync::operation_row(app, caller, id).await?)
     }
 }
 
-pub struct MutationRoot;
+#[derive(Default)]
+pub struct CoreMutation;
 
 #[Object]
-impl MutationRoot {
+impl CoreMutation {
     /// Creates an account and signs it in.
     async fn register(&self, ctx: &Context<'_>, email: String, password: String) -> async_graphql::Result<AuthPayload> {
         let app = app(ctx);
@@ -527,10 +574,11 @@ impl MutationRoot {
     }
 }
 
-pub struct SubscriptionRoot;
+#[derive(Default)]
+pub struct CoreSubscription;
 
 #[Subscription]
-impl SubscriptionRoot {
+impl CoreSubscription {
     /// Files discovered, moved and deleted on one of the caller's providers, live.
     async fn file_changes(&self, ctx: &Context<'_>, provider_id: ID) -> async_graphql::Result<impl Stream<Item = FileChange> + use<>> {
         let caller = caller(ctx)?;

@@ -22,6 +22,7 @@ use axum::extract::{State, WebSocketUpgrade};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
+use cloudsync_chunks::ProviderStore;
 use cloudsync_commands::{Commands, JobRunner, MasterKey, OAuth, OAuthApp, Scheduler, Vault};
 use cloudsync_domain::ProviderKind;
 use cloudsync_eventstore::Database;
@@ -129,7 +130,8 @@ fn secret(config: &Config, configured: Option<&SecretString>, file: &str, genera
 pub fn commands(config: &Config, db: &Database) -> anyhow::Result<Commands> {
     let master = secret(config, config.master_key.as_ref(), "master-key", || MasterKey::generate().1)?;
     let master = MasterKey::parse(master.expose_secret()).context("the master key")?;
-    Ok(Commands::new(Arc::clone(&db.events), Vault::new(master, db.pool.clone())))
+    let chunks = ProviderStore::in_folder(&config.data_dir.join("chunks")).context("the chunk store in the data dir")?;
+    Ok(Commands::new(Arc::clone(&db.events), Vault::new(master, db.pool.clone())).with_chunks(Arc::new(chunks)))
 }
 
 /// The OAuth apps from configuration, calling back to `<public_url>/oauth/callback` (`addr` stands in

@@ -3,7 +3,7 @@
 
 use chrono::{DateTime, Utc};
 use cloudsync_domain::DomainEvent;
-use cloudsync_domain::sync_job::JobPhase;
+use cloudsync_domain::sync_job::{JobKind, JobPhase};
 use serde_json::Value;
 use uuid::Uuid;
 
@@ -14,10 +14,17 @@ pub enum Table {
     Providers,
     Files,
     SyncOperations,
+    SyncPairs,
 }
 
 impl Table {
-    pub const ALL: [Table; 4] = [Table::Users, Table::Providers, Table::Files, Table::SyncOperations];
+    pub const ALL: [Table; 5] = [
+        Table::Users,
+        Table::Providers,
+        Table::Files,
+        Table::SyncOperations,
+        Table::SyncPairs,
+    ];
 
     /// The table's name, which is also its projector's name.
     pub fn name(self) -> &'static str {
@@ -26,6 +33,7 @@ impl Table {
             Self::Providers => "providers",
             Self::Files => "files",
             Self::SyncOperations => "sync_operations",
+            Self::SyncPairs => "sync_pairs",
         }
     }
 
@@ -96,6 +104,33 @@ pub enum Op {
         user_id: Uuid,
         kind: String,
         provider_id: Option<Uuid>,
+        /// For a sync run: its pair.
+        details: Value,
+        at: DateTime<Utc>,
+    },
+    /// A sync run held by the max-delete rail (`held`: what it would delete), or let go.
+    SyncOperationHeld {
+        id: Uuid,
+        held: Option<Value>,
+        at: DateTime<Utc>,
+    },
+    InsertSyncPair {
+        id: Uuid,
+        user_id: Uuid,
+        source_provider_id: Uuid,
+        source_path: String,
+        target_provider_id: Uuid,
+        target_path: String,
+        mode: &'static str,
+        conflict_policy: &'static str,
+        max_delete_percent: i64,
+        schedule: Option<String>,
+        realtime: bool,
+        at: DateTime<Utc>,
+    },
+    SyncPairRun {
+        id: Uuid,
+        operation_id: Uuid,
         at: DateTime<Utc>,
     },
     SyncOperationStatus {
@@ -133,7 +168,9 @@ impl Op {
             Self::InsertSyncOperation { .. }
             | Self::SyncOperationStatus { .. }
             | Self::SyncOperationPaused { .. }
-            | Self::SyncOperationProgress { .. } => Table::SyncOperations,
+            | Self::SyncOperationProgress { .. }
+            | Self::SyncOperationHeld { .. } => Table::SyncOperations,
+            Self::InsertSyncPair { .. } | Self::SyncPairRun { .. } => Table::SyncPairs,
         }
     }
 }
@@ -208,6 +245,10 @@ pub fn ops_for(event: &DomainEvent, at: DateTime<Utc>) -> Vec<Op> {
             user_id: e.owner_id.as_uuid(),
             kind: e.kind.name().to_owned(),
             provider_id: Some(e.kind.provider_id().as_uuid()),
+            details: match &e.kind {
+                JobKind::Sync { pair_id, .. } => serde_json::json!({ "pair_id": pair_id.as_uuid() }),
+                JobKind::Scan { .. } => serde_json::json!({}),
+            },
             at,
         }],
         E::SyncJobPhaseEntered(e) => vec![Op::SyncOperationStatus {
@@ -238,8 +279,37 @@ pub fn ops_for(event: &DomainEvent, at: DateTime<Utc>) -> Vec<Op> {
         E::SyncJobCompleted(e) => vec![status(e.job_id.as_uuid(), JobPhase::Completed, None, at)],
         E::SyncJobFailed(e) => vec![status(e.job_id.as_uuid(), JobPhase::Failed, e.reason.clone(), at)],
         E::SyncJobCancelled(e) => vec![status(e.job_id.as_uuid(), JobPhase::Cancelled, e.reason.clone(), at)],
-        // Sync pairs have no read model yet (the sync executor and its API come next).
-        E::SyncPairCreated(_) | E::SyncDecisionRecorded(_) | E::SyncBaseAdvanced(_) => Vec::new(),
+        E::SyncJobHeld(e) => vec![Op::SyncOperationHeld {
+            id: e.job_id.as_uuid(),
+            held: Some(serde_json::json!({ "side": e.side.name(), "deletes": e.deletes })),
+            at,
+        }],
+        E::SyncJobApproved(e) => vec![Op::SyncOperationHeld {
+            id: e.job_id.as_uuid(),
+            held: None,
+            at,
+        }],
+        E::SyncPairCreated(e) => vec![Op::InsertSyncPair {
+            id: e.pair_id.as_uuid(),
+            user_id: e.owner_id.as_uuid(),
+            source_provider_id: e.source.provider_id.as_uuid(),
+            source_path: e.source.path.as_str().to_owned(),
+            target_provider_id: e.target.provider_id.as_uuid(),
+            target_path: e.target.path.as_str().to_owned(),
+            mode: e.mode.as_str(),
+            conflict_policy: e.policy.as_str(),
+            max_delete_percent: i64::from(e.max_delete_percent),
+            schedule: e.schedule.as_ref().map(|s| s.as_str().to_owned()),
+            realtime: e.realtime,
+            at,
+        }],
+        E::SyncRunRequested(e) => vec![Op::SyncPairRun {
+            id: e.pair_id.as_uuid(),
+            operation_id: e.job_id.as_uuid(),
+            at,
+        }],
+        // Decisions and the merge base are the sync engine's own state, read from the pair's stream.
+        E::SyncDecisionRecorded(_) | E::SyncBaseAdvanced(_) => Vec::new(),
     }
 }
 

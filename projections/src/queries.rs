@@ -55,9 +55,30 @@ pub struct SyncOperationRow {
     pub files_total: Option<i64>,
     pub bytes_total: Option<i64>,
     pub error: Option<String>,
+    /// For a sync run: `{pair_id}`.
+    pub details: Value,
+    /// For a sync run held by the max-delete rail: `{side, deletes}`.
+    pub held: Option<Value>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
     pub completed_at: Option<DateTime<Utc>>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct SyncPairRow {
+    pub id: Uuid,
+    pub source_provider_id: Uuid,
+    pub source_path: String,
+    pub target_provider_id: Uuid,
+    pub target_path: String,
+    pub mode: String,
+    pub conflict_policy: String,
+    pub max_delete_percent: i64,
+    pub schedule: Option<String>,
+    pub realtime: bool,
+    pub last_operation_id: Option<Uuid>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
 }
 
 fn uuid(text: &str) -> Result<Uuid, sqlx::Error> {
@@ -84,7 +105,12 @@ fn like_prefix(folder: &str) -> String {
 const FILE_COLUMNS: &str = "CAST(id AS TEXT) AS id, CAST(provider_id AS TEXT) AS provider_id, path, name, size_bytes, \
                             mime_type, checksum, modified_at, created_at, updated_at";
 const OPERATION_COLUMNS: &str = "CAST(id AS TEXT) AS id, kind, CAST(provider_id AS TEXT) AS provider_id, status, paused, \
-                                 files_done, bytes_done, files_total, bytes_total, error, created_at, updated_at, completed_at";
+                                 files_done, bytes_done, files_total, bytes_total, error, CAST(details AS TEXT) AS details, held, \
+                                 created_at, updated_at, completed_at";
+const PAIR_COLUMNS: &str = "CAST(id AS TEXT) AS id, CAST(source_provider_id AS TEXT) AS source_provider_id, source_path, \
+                            CAST(target_provider_id AS TEXT) AS target_provider_id, target_path, mode, conflict_policy, \
+                            CAST(max_delete_percent AS BIGINT) AS max_delete_percent, schedule, realtime, \
+                            CAST(last_operation_id AS TEXT) AS last_operation_id, created_at, updated_at";
 const PROVIDER_COLUMNS: &str = "CAST(id AS TEXT) AS id, kind, display_name, CAST(config AS TEXT) AS config, status, \
                                 connected_at, disconnected_at, scan_schedule, realtime";
 
@@ -229,12 +255,41 @@ impl ReadModels {
                 files_total: row.try_get("files_total")?,
                 bytes_total: row.try_get("bytes_total")?,
                 error: row.try_get("error")?,
+                details: json(row.try_get("details")?)?,
+                held: row.try_get::<Option<String>, _>("held")?.as_deref().map(json).transpose()?,
                 created_at: row.try_get("created_at")?,
                 updated_at: row.try_get("updated_at")?,
                 completed_at: row.try_get("completed_at")?,
             })
         })?;
         Ok(rows.into_iter().next())
+    }
+
+    /// The user's sync pairs (one, when `id` is given), oldest first.
+    ///
+    /// # Errors
+    /// Database failures.
+    pub async fn sync_pairs(&self, user: Uuid, id: Option<Uuid>) -> Result<Vec<SyncPairRow>, sqlx::Error> {
+        let sql = format!("SELECT {PAIR_COLUMNS} FROM sync_pairs WHERE user_id = $1 AND ($2 IS NULL OR id = $2) ORDER BY created_at, id");
+        let vals = [Val::Uuid(user), Val::OptUuid(id)];
+        fetch_all!(&self.pool, &sql, vals, |row| {
+            let last: Option<String> = row.try_get("last_operation_id")?;
+            Ok(SyncPairRow {
+                id: uuid(row.try_get("id")?)?,
+                source_provider_id: uuid(row.try_get("source_provider_id")?)?,
+                source_path: row.try_get("source_path")?,
+                target_provider_id: uuid(row.try_get("target_provider_id")?)?,
+                target_path: row.try_get("target_path")?,
+                mode: row.try_get("mode")?,
+                conflict_policy: row.try_get("conflict_policy")?,
+                max_delete_percent: row.try_get("max_delete_percent")?,
+                schedule: row.try_get("schedule")?,
+                realtime: row.try_get("realtime")?,
+                last_operation_id: last.as_deref().map(uuid).transpose()?,
+                created_at: row.try_get("created_at")?,
+                updated_at: row.try_get("updated_at")?,
+            })
+        })
     }
 
     /// Every row of a read model, each column as text, ordered by id: for comparing a rebuilt read
@@ -285,9 +340,26 @@ impl ReadModels {
                 "bytes_total",
                 "error",
                 "details",
+                "held",
                 "created_at",
                 "updated_at",
                 "completed_at",
+            ],
+            Table::SyncPairs => &[
+                "id",
+                "user_id",
+                "source_provider_id",
+                "source_path",
+                "target_provider_id",
+                "target_path",
+                "mode",
+                "conflict_policy",
+                "max_delete_percent",
+                "schedule",
+                "realtime",
+                "last_operation_id",
+                "created_at",
+                "updated_at",
             ],
         };
         let select: Vec<String> = columns.iter().map(|c| format!("CAST({c} AS TEXT) AS {c}")).collect();

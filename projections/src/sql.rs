@@ -145,11 +145,64 @@ pub(crate) fn statement(op: &Op) -> (&'static str, Vec<Val>) {
             user_id,
             kind,
             provider_id,
+            details,
             at,
         } => (
-            "INSERT INTO sync_operations (id, user_id, kind, provider_id, status, created_at, updated_at) \
-             VALUES ($1, $2, $3, $4, 'pending', $5, $5) ON CONFLICT (id) DO NOTHING",
-            vec![V::Uuid(id), V::Uuid(user_id), V::Text(kind), V::OptUuid(provider_id), V::Ts(at)],
+            "INSERT INTO sync_operations (id, user_id, kind, provider_id, status, details, created_at, updated_at) \
+             VALUES ($1, $2, $3, $4, 'pending', $5, $6, $6) ON CONFLICT (id) DO NOTHING",
+            vec![
+                V::Uuid(id),
+                V::Uuid(user_id),
+                V::Text(kind),
+                V::OptUuid(provider_id),
+                V::Json(details),
+                V::Ts(at),
+            ],
+        ),
+        Op::SyncOperationHeld { id, held, at } => (
+            "UPDATE sync_operations SET paused = $2, held = $3, updated_at = $4 WHERE id = $1",
+            vec![
+                V::Uuid(id),
+                V::Bool(held.is_some()),
+                V::OptText(held.map(|h| h.to_string())),
+                V::Ts(at),
+            ],
+        ),
+        Op::InsertSyncPair {
+            id,
+            user_id,
+            source_provider_id,
+            source_path,
+            target_provider_id,
+            target_path,
+            mode,
+            conflict_policy,
+            max_delete_percent,
+            schedule,
+            realtime,
+            at,
+        } => (
+            "INSERT INTO sync_pairs (id, user_id, source_provider_id, source_path, target_provider_id, target_path, mode, \
+             conflict_policy, max_delete_percent, schedule, realtime, created_at, updated_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $12) ON CONFLICT (id) DO NOTHING",
+            vec![
+                V::Uuid(id),
+                V::Uuid(user_id),
+                V::Uuid(source_provider_id),
+                V::Text(source_path),
+                V::Uuid(target_provider_id),
+                V::Text(target_path),
+                V::Text(mode.to_owned()),
+                V::Text(conflict_policy.to_owned()),
+                V::Int(max_delete_percent),
+                V::OptText(schedule),
+                V::Bool(realtime),
+                V::Ts(at),
+            ],
+        ),
+        Op::SyncPairRun { id, operation_id, at } => (
+            "UPDATE sync_pairs SET last_operation_id = $2, updated_at = $3 WHERE id = $1",
+            vec![V::Uuid(id), V::Uuid(operation_id), V::Ts(at)],
         ),
         Op::SyncOperationStatus {
             id,

@@ -25,6 +25,13 @@ pub use limits::{Limited, Quota};
 pub use local::LocalProvider;
 pub use remote::RemoteProvider;
 
+/// Whether `name` is one of CloudSync's temporary files (a write in progress: `.<…>.cloudsync-<…>.tmp`
+/// or `.cloudsync-<…>.tmp`). Listings of local folders leave them out; the sync engine skips them on
+/// every kind.
+pub fn is_temporary(name: &str) -> bool {
+    name.ends_with(".tmp") && name.starts_with('.') && name.contains(".cloudsync-")
+}
+
 /// What a provider knows about one file.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Entry {
@@ -96,6 +103,30 @@ pub trait StorageProvider: Send + Sync {
     async fn rename(&self, from: &ProviderPath, to: &ProviderPath) -> Result<(), ProviderError>;
 
     async fn create_folder(&self, path: &ProviderPath) -> Result<(), ProviderError>;
+
+    /// Whether a write becomes visible only once it is complete, replacing any file there in one step
+    /// (local folders write through a synced temporary file and a rename; object stores publish an
+    /// upload only when it is finished, and drop an aborted one). Elsewhere (WebDAV, SFTP) a file
+    /// being written can be seen half-written, so the sync engine writes to a temporary name first.
+    fn atomic_writes(&self) -> bool {
+        matches!(
+            self.kind(),
+            ProviderKind::Local
+                | ProviderKind::S3
+                | ProviderKind::Azblob
+                | ProviderKind::Gdrive
+                | ProviderKind::Dropbox
+                | ProviderKind::Onedrive
+        )
+    }
+
+    /// Removes below `folder` the temporary files of writes that a killed process left behind (a
+    /// local write in progress names its process; a name whose process is gone is abandoned).
+    /// Returns how many were removed. Kinds whose writes leave nothing behind remove nothing.
+    async fn remove_abandoned_writes(&self, folder: &ProviderPath) -> Result<u64, ProviderError> {
+        let _ = folder;
+        Ok(0)
+    }
 
     /// The provider's own change feed, where it has one; `None` where changes can only be found by
     /// listing again. None of the remote kinds offers one through OpenDAL.

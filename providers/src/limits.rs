@@ -239,6 +239,10 @@ impl StorageProvider for Limited {
         self.inner.create_folder(path).await
     }
 
+    async fn remove_abandoned_writes(&self, folder: &ProviderPath) -> Result<u64, ProviderError> {
+        self.inner.remove_abandoned_writes(folder).await
+    }
+
     fn changes(&self) -> Result<Option<crate::ChangeFeed>, ProviderError> {
         self.inner.changes()
     }

@@ -15,7 +15,7 @@ use futures::StreamExt;
 use futures::stream::BoxStream;
 use tokio::sync::mpsc;
 
-use crate::{ByteStream, Change, ChangeFeed, Entry, ProviderError, StorageProvider};
+use crate::{ByteStream, Change, ChangeFeed, Entry, ProviderError, StorageProvider, is_temporary};
 
 const CHUNK: usize = 256 * 1024;
 
@@ -98,15 +98,25 @@ async fn blocking<T: Send + 'static>(work: impl FnOnce() -> Result<T, ProviderEr
         .map_err(|err| ProviderError::Other(format!("storage task failed: {err}")))?
 }
 
+/// `.<name>.cloudsync-<pid>-<random>.tmp` beside the target: the writing process's id tells a
+/// write in progress from one that a killed process left behind.
 fn temp_name(target: &Path) -> PathBuf {
     let name = target.file_name().and_then(|n| n.to_str()).unwrap_or("file");
     let suffix: u64 = rand_suffix();
-    target.with_file_name(format!(".{name}.cloudsync-{suffix:016x}.tmp"))
+    target.with_file_name(format!(".{name}.cloudsync-{}-{suffix:016x}.tmp", std::process::id()))
 }
 
-/// Whether `name` is one of this provider's temporary files (a write in progress).
-fn is_temporary(name: &str) -> bool {
-    name.ends_with(".tmp") && name.starts_with('.') && name.contains(".cloudsync-")
+/// Whether a temporary file was left by a process that is gone: its name carries a process id that
+/// is not running (on Linux, no `/proc/<pid>`). Names without one are left alone.
+fn abandoned(name: &str) -> bool {
+    let Some(rest) = name.rsplit(".cloudsync-").next().and_then(|r| r.strip_suffix(".tmp")) else {
+        return false;
+    };
+    let Some((pid, _)) = rest.split_once('-') else { return false };
+    match pid.parse::<u32>() {
+        Ok(pid) if pid != std::process::id() => cfg!(target_os = "linux") && !Path::new("/proc").join(pid.to_string()).exists(),
+        _ => false,
+    }
 }
 
 fn rand_suffix() -> u64 {
@@ -311,6 +321,26 @@ impl StorageProvider for LocalProvider {
         .await
     }
 
+    async fn remove_abandoned_writes(&self, folder: &ProviderPath) -> Result<u64, ProviderError> {
+        let this = self.clone();
+        let folder = folder.clone();
+        blocking(move || {
+            let start = this.resolve(&folder)?;
+            if !start.is_dir() {
+                return Ok(0);
+            }
+            let mut removed = 0;
+            for item in walkdir::WalkDir::new(&start).follow_links(false).into_iter().filter_map(Result::ok) {
+                let name = item.file_name().to_str().unwrap_or_default();
+                if item.file_type().is_file() && is_temporary(name) && abandoned(name) && std::fs::remove_file(item.path()).is_ok() {
+                    removed += 1;
+                }
+            }
+            Ok(removed)
+        })
+        .await
+    }
+
     async fn create_folder(&self, path: &ProviderPath) -> Result<(), ProviderError> {
         let this = self.clone();
         let path = path.clone();
@@ -357,5 +387,43 @@ impl StorageProvider for LocalProvider {
         let mut watcher = notify::recommended_watcher(handler).map_err(unavailable)?;
         notify::Watcher::watch(&mut watcher, &self.root, notify::RecursiveMode::Recursive).map_err(unavailable)?;
         Ok(Some(ChangeFeed::new(rx, Box::new(watcher))))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn only_writes_of_processes_that_are_gone_are_removed() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let provider = LocalProvider::open(dir.path().to_str().expect("utf-8")).expect("opens");
+        std::fs::create_dir_all(dir.path().join("sub")).expect("mkdir");
+        // Above any process id Linux hands out (its maximum is 2^22).
+        let gone = ".a.txt.cloudsync-999999999-00000000000000aa.tmp";
+        let mine = format!(".b.txt.cloudsync-{}-00000000000000bb.tmp", std::process::id());
+        for name in [gone, mine.as_str(), ".c.cloudsync-00000000000000cc.tmp", "plain.txt"] {
+            std::fs::write(dir.path().join("sub").join(name), "x").expect("write");
+        }
+        let removed = provider.remove_abandoned_writes(&ProviderPath::root()).await.expect("cleaned");
+        let mut left: Vec<String> = std::fs::read_dir(dir.path().join("sub"))
+            .expect("list")
+            .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+            .collect();
+        left.sort();
+        if cfg!(target_os = "linux") {
+            assert_eq!(removed, 1);
+            assert!(!left.iter().any(|n| n == gone));
+        }
+        assert!(left.contains(&mine), "a write of this process is in progress: kept");
+        assert!(left.iter().any(|n| n == "plain.txt") && left.iter().any(|n| n.starts_with(".c.")));
+        // A folder that does not exist has nothing to clean.
+        assert_eq!(
+            provider
+                .remove_abandoned_writes(&ProviderPath::parse("nowhere").expect("path"))
+                .await
+                .expect("ok"),
+            0
+        );
     }
 }

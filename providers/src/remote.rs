@@ -320,9 +320,9 @@ impl StorageProvider for RemoteProvider {
             return Err(ProviderError::Invalid("cannot write to the root itself".into()));
         }
         if let Some(webdav) = &self.webdav {
-            if !path.parent().is_root() {
-                self.op.create_dir(&folder_path(&path.parent())).await?;
-            }
+            // A PUT needs its collection, the root's included (a new provider's root may not exist
+            // yet).
+            self.op.create_dir(&folder_path(&path.parent())).await?;
             return webdav.put(path, data).await;
         }
         let mut writer = self.op.writer_with(path.as_str()).chunk(WRITE_CHUNK).await?;

@@ -143,6 +143,33 @@ impl Harness {
         }
     }
 
+    /// Opens a GraphQL subscription over WebSocket as `auth` and returns the socket once the
+    /// subscription is sent.
+    pub async fn subscribe(
+        &self,
+        auth: &str,
+        query: &str,
+        variables: Value,
+    ) -> tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>> {
+        use futures::SinkExt as _;
+        use tokio_tungstenite::tungstenite::Message;
+        use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
+
+        let url = self.url.replace("http://", "ws://") + "/graphql/ws";
+        let mut request = url.into_client_request().expect("request");
+        request
+            .headers_mut()
+            .insert("Sec-WebSocket-Protocol", "graphql-transport-ws".parse().expect("header"));
+        let (mut socket, _) = tokio_tungstenite::connect_async(request).await.expect("websocket connects");
+        let init = json!({ "type": "connection_init", "payload": { "Authorization": format!("Bearer {auth}") } });
+        socket.send(Message::text(init.to_string())).await.expect("init");
+        let ack = crate::spine::next_json(&mut socket).await;
+        assert_eq!(ack["type"], json!("connection_ack"), "{ack}");
+        let start = json!({ "id": "1", "type": "subscribe", "payload": { "query": query, "variables": variables } });
+        socket.send(Message::text(start.to_string())).await.expect("subscribe");
+        socket
+    }
+
     /// Files of a provider, as (path → file JSON).
     pub async fn files(&self, token: &str, provider: &str) -> std::collections::BTreeMap<String, Value> {
         let data = self

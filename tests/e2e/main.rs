@@ -7,3 +7,4 @@ mod indexing;
 mod oauth;
 mod providers;
 mod spine;
+mod sync;

@@ -16,7 +16,7 @@ on_both_backends!(
     refused_credentials_record_nothing,
 );
 
-fn var(name: &str) -> String {
+pub(crate) fn var(name: &str) -> String {
     std::env::var(name).unwrap_or_else(|_| panic!("{name} is not set: run the suite through scripts/test"))
 }
 
@@ -35,7 +35,7 @@ async fn seed(kind: ProviderKind, settings: &Value, files: &[(&str, &str)]) {
     }
 }
 
-async fn s3_settings(secret: &str) -> Value {
+pub(crate) async fn s3_settings(secret: &str) -> Value {
     let endpoint = var("CLOUDSYNC_TEST_S3_ENDPOINT");
     let created = reqwest::Client::new()
         .put(format!("{endpoint}/cloudsync-e2e"))
@@ -50,7 +50,7 @@ async fn s3_settings(secret: &str) -> Value {
 }
 
 /// Connects, waits for the scan, and returns (provider id, files by path).
-async fn connect(h: &Harness, token: &str, kind: &str, settings: &Value) -> (String, std::collections::BTreeMap<String, Value>) {
+pub(crate) async fn connect(h: &Harness, token: &str, kind: &str, settings: &Value) -> (String, std::collections::BTreeMap<String, Value>) {
     let data = h.ok(Some(token), CONNECT, json!({ "k": kind, "c": settings })).await;
     let provider = data["connectProvider"]["id"].as_str().expect("id").to_owned();
     let operation = data["connectProvider"]["scanOperationId"].as_str().expect("operation").to_owned();

@@ -2,10 +2,9 @@
 
 use std::time::{Duration, Instant};
 
-use futures::{SinkExt, StreamExt};
+use futures::StreamExt;
 use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
 use crate::harness::{Harness, Scanned, on_both_backends, sample_tree};
 
@@ -329,24 +328,10 @@ async fn file_changes_stream_live_over_websocket(h: &Harness) {
     } = h.scanned("live@example.org").await;
     let (intruder, _) = h.register("intruder@example.org").await;
 
+    let query = "subscription($p: ID!) { fileChanges(providerId: $p) { kind fileId providerId path previousPath } }";
     let subscribe = |auth: String| {
-        let url = h.url.replace("http://", "ws://") + "/graphql/ws";
         let provider = provider.clone();
-        async move {
-            let mut request = url.into_client_request().expect("request");
-            request
-                .headers_mut()
-                .insert("Sec-WebSocket-Protocol", "graphql-transport-ws".parse().expect("header"));
-            let (mut socket, _) = tokio_tungstenite::connect_async(request).await.expect("websocket connects");
-            let init = json!({ "type": "connection_init", "payload": { "Authorization": format!("Bearer {auth}") } });
-            socket.send(Message::text(init.to_string())).await.expect("init");
-            let ack = next_json(&mut socket).await;
-            assert_eq!(ack["type"], json!("connection_ack"), "{ack}");
-            let query = "subscription($p: ID!) { fileChanges(providerId: $p) { kind fileId providerId path previousPath } }";
-            let start = json!({ "id": "1", "type": "subscribe", "payload": { "query": query, "variables": { "p": provider } } });
-            socket.send(Message::text(start.to_string())).await.expect("subscribe");
-            socket
-        }
+        async move { h.subscribe(&auth, query, json!({ "p": provider })).await }
     };
 
     // Someone else cannot watch this provider.
@@ -380,7 +365,7 @@ async fn file_changes_stream_live_over_websocket(h: &Harness) {
     assert!(event["path"].as_str().is_some_and(|p| p.ends_with("/readme.txt")), "{event}");
 }
 
-async fn next_json<S>(socket: &mut S) -> Value
+pub(crate) async fn next_json<S>(socket: &mut S) -> Value
 where
     S: futures::Stream<Item = Result<Message, tokio_tungstenite::tungstenite::Error>> + Unpin,
 {
@@ -394,10 +379,29 @@ where
 }
 
 async fn a_rebuilt_read_model_equals_the_live_one(h: &Harness) {
-    let Scanned { token, files, readme, .. } = h.scanned("rebuild@example.org").await;
+    let Scanned {
+        token,
+        files,
+        readme,
+        provider,
+        ..
+    } = h.scanned("rebuild@example.org").await;
     let cat = files["photos/2024/cat.jpg"]["id"].as_str().expect("id").to_owned();
     h.ok(Some(&token), MOVE, json!({ "ids": [readme], "to": "moved" })).await;
     h.ok(Some(&token), DELETE, json!({ "ids": [cat] })).await;
+    // A sync pair and its first run, for the sync read models.
+    let copy = h.db.dir().join("copy");
+    std::fs::create_dir_all(&copy).expect("mkdir");
+    let (target, _) = h.connect_local(&token, &copy).await;
+    let pair = h
+        .ok(
+            Some(&token),
+            "mutation($s: ID!, $t: ID!) { syncFolders(source: { providerId: $s, path: \"\" }, target: { providerId: $t, path: \"\" }) { lastOperationId } }",
+            json!({ "s": provider, "t": target }),
+        )
+        .await;
+    let run = pair["syncFolders"]["lastOperationId"].as_str().expect("first run").to_owned();
+    h.wait_for_operation(&token, &run).await;
     let app = h.server().app();
     let head = app.db.events.head().await.expect("head");
     assert!(app.projections.wait_for(head, Duration::from_secs(10)).await);

@@ -1,0 +1,1189 @@
+//! The sync engine's executor: one run of a sync pair, as a job.
+//!
+//! 1. **Scanning**: both folders are listed; a file whose listing shows what the pair's history says
+//!    it showed at the last agreement (same size, same ETag or modification time) keeps its agreed
+//!    checksum, every other file is read and hashed (BLAKE3).
+//! 2. **Planning**: [`merge::plan`] against the merge base (the fold of the pair's
+//!    `SyncBaseAdvanced` events). A plan that would delete more of a side than the pair allows holds
+//!    the job until the owner approves (or cancels). Every decision is recorded with its reason.
+//! 3. **Transferring**: the decisions are carried out by a bounded pool (each provider also enforces
+//!    its own concurrency quota). Every step checks what it is about to replace or delete is still
+//!    what was listed, so a change made during the run is never overwritten: the step is skipped and
+//!    the next run sees it. Copies are verified against the planned checksum while they stream, and
+//!    only a verified copy becomes visible: through the provider's atomic write (local folders,
+//!    object stores) or through a temporary name and a rename (WebDAV, SFTP).
+//!
+//! After each batch of finished decisions the base advances with the paths both sides now agree on,
+//! in the same transaction as the job's progress: that is the run's recorded step. A run that is
+//! interrupted (crash, restart, cancel) leaves the base where its last batch left it, and the next
+//! attempt plans again from fresh listings, so it neither redoes finished work nor mistakes a
+//! half-finished step for a user's change (a file that a crash left absent on one side is restored
+//! from the other, because the base still holds it).
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use chrono::Utc;
+use cloudsync_chunks::{ChunkStore, get_content, put_content};
+use cloudsync_domain::events::{BaseChange, SyncPairCreated};
+use cloudsync_domain::merge::{self, Action, ConflictKind, Decision, Side, SyncMode, Tree, Version};
+use cloudsync_domain::provider::ProviderConnection;
+use cloudsync_domain::sync_job::{JobKind, JobPhase, SyncJob, SyncJobCommand};
+use cloudsync_domain::sync_pair::{SyncEndpoint, SyncPair, SyncPairCommand};
+use cloudsync_domain::{Aggregate, DomainEvent, ProviderKind, ProviderPath, ScanSchedule, SyncJobId, SyncPairId, UserId};
+use cloudsync_eventstore::{ExpectedVersion, StreamAppend};
+use cloudsync_providers::{ByteStream, Entry, ProviderError, StorageProvider, is_temporary};
+use futures::{StreamExt, TryStreamExt};
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use crate::handlers::{Context, encode, expected, storage_error};
+use crate::{CommandError, Commands};
+
+/// Files read at once per side while listing, and decisions carried out at once.
+const CONCURRENCY: usize = 8;
+/// Decisions per recorded step (one transaction with the job's progress), at most.
+const BATCH: usize = 500;
+/// How long finished decisions wait, at most, before they are recorded.
+const RECORD_EVERY: Duration = Duration::from_secs(1);
+/// Text files up to this size are kept in the chunk store when both sides agree on them, so that
+/// the next run can merge concurrent edits line by line.
+const KEEP_TEXT: u64 = 1024 * 1024;
+
+/// How a pair is set up.
+#[derive(Debug, Clone)]
+pub struct SyncSettings {
+    pub source: SyncEndpoint,
+    pub target: SyncEndpoint,
+    pub mode: SyncMode,
+    pub policy: merge::ConflictPolicy,
+    /// A run that would delete more than this share of a side's files waits for approval.
+    pub max_delete_percent: u8,
+    pub schedule: Option<ScanSchedule>,
+    pub realtime: bool,
+}
+
+/// The default share of a side a run may delete without asking.
+pub const DEFAULT_MAX_DELETE_PERCENT: u8 = 50;
+
+impl Commands {
+    /// Creates a sync pair of two of `user`'s folders and, when `run_now`, its first run.
+    ///
+    /// # Errors
+    /// [`CommandError::NotFound`] for unknown, disconnected or someone else's providers; overlapping
+    /// folders, bad limits, and real time on a provider without a change feed are
+    /// [`CommandError::Invalid`].
+    pub async fn sync_folders(
+        &self,
+        user: UserId,
+        settings: SyncSettings,
+        run_now: bool,
+    ) -> Result<(SyncPairId, Option<SyncJobId>, i64), CommandError> {
+        for endpoint in [&settings.source, &settings.target] {
+            let (provider, _) = self.load::<ProviderConnection>(&endpoint.provider_id.stream()).await?;
+            let connected = provider.active_for(user).ok_or(CommandError::NotFound("provider"))?;
+            if settings.realtime && connected.kind != ProviderKind::Local {
+                return Err(CommandError::Invalid(format!(
+                    "real-time sync needs a change feed, which {} providers do not offer; use a schedule",
+                    connected.kind.as_str()
+                )));
+            }
+        }
+        let pair_id = SyncPairId::from_uuid(Uuid::now_v7());
+        let now = Utc::now();
+        let mut pair = SyncPair::default();
+        let created = pair.handle(SyncPairCommand::Create(SyncPairCreated {
+            pair_id,
+            owner_id: user,
+            source: settings.source,
+            target: settings.target,
+            mode: settings.mode,
+            policy: settings.policy,
+            max_delete_percent: settings.max_delete_percent,
+            schedule: settings.schedule,
+            realtime: settings.realtime,
+            at: now,
+        }))?;
+        created.iter().for_each(|e| pair.apply(e));
+        let ctx = Context::new(Some(user));
+        let mut pair_events = created;
+        let mut appends = Vec::new();
+        let job_id = if run_now {
+            let (job_events, run) = new_run(&pair, user)?;
+            pair_events.extend(run.1);
+            appends.push(StreamAppend {
+                stream: run.0.stream(),
+                expected: ExpectedVersion::NoStream,
+                events: job_events.iter().map(|e| encode(e, &ctx)).collect(),
+            });
+            Some(run.0)
+        } else {
+            None
+        };
+        appends.insert(
+            0,
+            StreamAppend {
+                stream: pair_id.stream(),
+                expected: ExpectedVersion::NoStream,
+                events: pair_events.iter().map(|e| encode(e, &ctx)).collect(),
+            },
+        );
+        let outcome = self.store().append(appends).await?;
+        Ok((pair_id, job_id, outcome.last_position))
+    }
+
+    /// Starts a run of one of `user`'s sync pairs.
+    ///
+    /// # Errors
+    /// [`CommandError::NotFound`] for unknown or someone else's pairs; [`CommandError::Conflict`]
+    /// while a run of the pair has not ended (the message names it).
+    pub async fn request_sync(&self, user: UserId, pair_id: SyncPairId) -> Result<(SyncJobId, i64), CommandError> {
+        let (pair, version) = self.load::<SyncPair>(&pair_id.stream()).await?;
+        pair.live_for(user).ok_or(CommandError::NotFound("sync pair"))?;
+        if let Some(last) = pair.last_run() {
+            let (job, _) = self.load::<SyncJob>(&last.stream()).await?;
+            if job.phase().is_some_and(|p| !p.is_terminal()) {
+                return Err(CommandError::Conflict(format!(
+                    "a run of this pair is still in progress: operation {last}"
+                )));
+            }
+        }
+        let (job_events, (job_id, pair_events)) = new_run(&pair, user)?;
+        let ctx = Context::new(Some(user));
+        let outcome = self
+            .store()
+            .append(vec![
+                StreamAppend {
+                    stream: pair_id.stream(),
+                    expected: expected(version),
+                    events: pair_events.iter().map(|e| encode(e, &ctx)).collect(),
+                },
+                StreamAppend {
+                    stream: job_id.stream(),
+                    expected: ExpectedVersion::NoStream,
+                    events: job_events.iter().map(|e| encode(e, &ctx)).collect(),
+                },
+            ])
+            .await?;
+        Ok((job_id, outcome.last_position))
+    }
+
+    /// Lets a run held by the max-delete rail go on, deletes included.
+    ///
+    /// # Errors
+    /// Not found (or someone else's), or a job that is not held.
+    pub async fn approve_sync(&self, user: UserId, job_id: SyncJobId) -> Result<i64, CommandError> {
+        let (job, version) = self.load::<SyncJob>(&job_id.stream()).await?;
+        let events = job.handle(SyncJobCommand::Approve { by: user, at: Utc::now() })?;
+        let ctx = Context::new(Some(user));
+        let outcome = self
+            .store()
+            .append(vec![StreamAppend {
+                stream: job_id.stream(),
+                expected: expected(version),
+                events: events.iter().map(|e| encode(e, &ctx)).collect(),
+            }])
+            .await?;
+        Ok(outcome.last_position)
+    }
+
+    /// The owner of a sync pair, for operators' tools that act on a pair by id.
+    ///
+    /// # Errors
+    /// [`CommandError::NotFound`] for unknown pairs.
+    pub async fn pair_owner(&self, pair_id: SyncPairId) -> Result<UserId, CommandError> {
+        let (pair, _) = self.load::<SyncPair>(&pair_id.stream()).await?;
+        pair.settings().map(|s| s.owner_id).ok_or(CommandError::NotFound("sync pair"))
+    }
+
+    /// The pair's settings, for its owner.
+    ///
+    /// # Errors
+    /// [`CommandError::NotFound`] for unknown or someone else's pairs.
+    pub async fn sync_pair(&self, user: UserId, pair_id: SyncPairId) -> Result<SyncPairCreated, CommandError> {
+        let (pair, _) = self.load::<SyncPair>(&pair_id.stream()).await?;
+        pair.live_for(user).cloned().ok_or(CommandError::NotFound("sync pair"))
+    }
+}
+
+/// The events of a new run of `pair`: the job's creation, and the pair's note of it.
+#[allow(clippy::type_complexity)]
+fn new_run(pair: &SyncPair, user: UserId) -> Result<(Vec<DomainEvent>, (SyncJobId, Vec<DomainEvent>)), CommandError> {
+    let settings = pair.live_for(user).ok_or(CommandError::NotFound("sync pair"))?;
+    let job_id = SyncJobId::from_uuid(Uuid::now_v7());
+    let now = Utc::now();
+    let job = SyncJob::default().handle(SyncJobCommand::Create {
+        job_id,
+        owner_id: user,
+        kind: JobKind::Sync {
+            pair_id: settings.pair_id,
+            source: settings.source.provider_id,
+            target: settings.target.provider_id,
+        },
+        at: now,
+    })?;
+    let requested = pair.handle(SyncPairCommand::RequestRun { job_id, at: now })?;
+    Ok((job, (job_id, requested)))
+}
+
+/// One side's files, relative to its folder, with what the listing showed of each.
+#[derive(Default)]
+struct Listing {
+    tree: Tree,
+    tags: HashMap<ProviderPath, String>,
+    /// Temporary files of this pair's earlier, interrupted runs (full paths).
+    abandoned: Vec<ProviderPath>,
+}
+
+/// What a listing shows of a file that changes when its content may have: the provider's version
+/// tag, else size and modification time.
+fn tag_of(entry: &Entry) -> String {
+    entry.etag.clone().unwrap_or_else(|| {
+        format!(
+            "{}-{}",
+            entry.size,
+            entry.modified_at.and_then(|m| m.timestamp_nanos_opt()).unwrap_or_default()
+        )
+    })
+}
+
+fn agreed_tag(pair: &SyncPair, side: Side, path: &ProviderPath) -> Option<String> {
+    let agreed = pair.agreed(path)?;
+    match side {
+        Side::Source => agreed.source_tag.clone(),
+        Side::Target => agreed.target_tag.clone(),
+    }
+}
+
+/// Lists one side. A folder that does not exist yet is empty (the max-delete rail stops a run that
+/// would empty the other side because a folder vanished).
+async fn list_side(provider: Arc<dyn StorageProvider>, folder: ProviderPath, pair: &SyncPair, side: Side) -> Result<Listing, CommandError> {
+    let mut first = true;
+    let mut abandoned = Vec::new();
+    let mut listing = Listing::default();
+    {
+        let entries = provider
+            .list(&folder)
+            .take_while(move |item| {
+                let missing = first && matches!(item, Err(ProviderError::NotFound(_)));
+                first = false;
+                futures::future::ready(!missing)
+            })
+            .map_err(storage_error)
+            .try_filter_map(|entry| {
+                let found = match entry.path.relative_to(&folder) {
+                    Some(relative) if is_temporary(relative.name()) => {
+                        abandoned.push(entry.path);
+                        None
+                    }
+                    Some(relative) => Some((relative, entry)),
+                    None => None,
+                };
+                futures::future::ready(Ok(found))
+            })
+            .map_ok(|(relative, entry)| {
+                let provider = Arc::clone(&provider);
+                let tag = tag_of(&entry);
+                let known = pair
+                    .base()
+                    .get(&relative)
+                    .filter(|v| v.size == entry.size && agreed_tag(pair, side, &relative).as_deref() == Some(tag.as_str()))
+                    .map(|v| v.checksum.clone());
+                async move {
+                    let checksum = match known {
+                        Some(checksum) => checksum,
+                        None => match crate::scan::hash(&*provider, &entry.path, entry.size).await {
+                            Ok(checksum) => checksum,
+                            // Gone since it was listed: not there to sync.
+                            Err(ProviderError::NotFound(_)) => return Ok(None),
+                            Err(err) => return Err(storage_error(err)),
+                        },
+                    };
+                    let version = Version {
+                        checksum,
+                        size: entry.size,
+                        modified_at: entry.modified_at.unwrap_or_default(),
+                    };
+                    Ok(Some((relative, version, tag)))
+                }
+            })
+            .try_buffer_unordered(CONCURRENCY)
+            .try_filter_map(|found| futures::future::ready(Ok(found)));
+        let mut entries = std::pin::pin!(entries);
+        while let Some((path, version, tag)) = entries.try_next().await? {
+            listing.tags.insert(path.clone(), tag);
+            listing.tree.insert(path, version);
+        }
+    }
+    listing.abandoned = abandoned;
+    Ok(listing)
+}
+
+/// Runs (or resumes) a sync job to its end. Returns quietly when the job has already ended, or is
+/// cancelled while it runs.
+pub(crate) async fn run_sync(commands: &Commands, job_id: SyncJobId, cancel: &CancellationToken) -> Result<(), CommandError> {
+    let (job, version) = commands.load::<SyncJob>(&job_id.stream()).await?;
+    let (Some(owner), Some(JobKind::Sync { pair_id, .. }), Some(phase)) = (job.owner(), job.kind().cloned(), job.phase()) else {
+        return Err(CommandError::NotFound("sync job"));
+    };
+    if phase.is_terminal() {
+        return Ok(());
+    }
+    let mut tracker = Tracker {
+        commands,
+        ctx: Context::new(Some(owner)),
+        job_id,
+        job,
+        version,
+        cancel,
+    };
+    let (pair, _) = commands.load::<SyncPair>(&pair_id.stream()).await?;
+    let Some(settings) = pair.live_for(owner).cloned() else {
+        return tracker.fail("the sync pair no longer exists".into()).await;
+    };
+    let sides = match futures::try_join!(
+        commands.provider(owner, settings.source.provider_id),
+        commands.provider(owner, settings.target.provider_id)
+    ) {
+        Ok(sides) => sides,
+        Err(err) => return tracker.fail(err.to_string()).await,
+    };
+    if !tracker.enter(JobPhase::Scanning).await? {
+        return Ok(());
+    }
+    tracing::info!(job = %job_id, pair = %pair_id, "Sync started.");
+    // Writes that a killed process left half-done are cleared away first.
+    for (provider, endpoint) in [(&sides.0, &settings.source), (&sides.1, &settings.target)] {
+        match provider.remove_abandoned_writes(&endpoint.path).await {
+            Ok(0) => {}
+            Ok(removed) => tracing::info!(job = %job_id, removed, "Removed temporary files of interrupted writes."),
+            Err(error) => tracing::warn!(job = %job_id, error = %error, "Could not look for interrupted writes."),
+        }
+    }
+    let listing = async {
+        futures::try_join!(
+            list_side(Arc::clone(&sides.0), settings.source.path.clone(), &pair, Side::Source),
+            list_side(Arc::clone(&sides.1), settings.target.path.clone(), &pair, Side::Target),
+        )
+    };
+    let (source, target) = tokio::select! {
+        () = cancel.cancelled() => return Ok(()),
+        listed = listing => listed?,
+    };
+    if !tracker.running().await? || !tracker.enter(JobPhase::Planning).await? {
+        return Ok(());
+    }
+    let decisions = merge::plan(settings.mode, settings.policy, pair.base(), &source.tree, &target.tree, Utc::now());
+    if let Some((side, count)) = merge::exceeds_delete_limit(&decisions, &source.tree, &target.tree, settings.max_delete_percent)
+        && !tracker.job.deletes_approved()
+    {
+        tracing::warn!(job = %job_id, side = side.name(), deletes = count, "Sync held: it would delete more than the pair allows.");
+        let hold = SyncJobCommand::Hold {
+            side,
+            deletes: count as u64,
+            at: Utc::now(),
+        };
+        tracker.step(hold).await?;
+        if !tracker.running().await? {
+            return Ok(());
+        }
+    }
+    let executor = Executor {
+        sides: [sides.0, sides.1],
+        folders: [settings.source.path.clone(), settings.target.path.clone()],
+        listings: [source, target],
+        job_id,
+        chunks: commands.chunks().cloned(),
+        pair: pair.clone(),
+        policy: settings.policy,
+    };
+    let mut run = Recorder {
+        tracker,
+        pair_id,
+        pair,
+        pending: Vec::new(),
+        files: 0,
+        bytes: 0,
+        failures: Vec::new(),
+        last_commit: Instant::now(),
+        totals: None,
+    };
+    run.record_decisions(&decisions).await?;
+    let files_total = decisions.len() as u64;
+    let bytes_total: u64 = decisions.iter().flat_map(|d| &d.actions).map(transfer_size).sum();
+    run.totals = Some((files_total, bytes_total));
+    if !run.tracker.enter(JobPhase::Transferring).await? {
+        return Ok(());
+    }
+    // What both sides agree on already (unchanged, or changed the same way on both): the base
+    // catches up without any transfer.
+    executor.remove_abandoned().await;
+    let agreed = executor.already_agreed().await;
+    run.pending.extend(agreed);
+    run.commit().await?;
+
+    // Decisions that rename or resolve conflicts move files between paths that other decisions may
+    // use: they run one at a time, first. The rest touch one path each and run in parallel.
+    let (ordered, parallel): (Vec<&Decision>, Vec<&Decision>) = decisions.iter().partition(|d| {
+        d.actions.len() > 1
+            || d.actions
+                .iter()
+                .any(|a| matches!(a, Action::Rename { .. } | Action::MergeText { .. }))
+    });
+    for decision in ordered {
+        if !run.tracker.running().await? {
+            return Ok(());
+        }
+        let outcome = executor.carry_out(decision).await;
+        run.finished(decision, outcome).await?;
+    }
+    let mut queue = parallel.into_iter();
+    let mut in_flight = futures::stream::FuturesUnordered::new();
+    loop {
+        while in_flight.len() < CONCURRENCY {
+            match queue.next() {
+                Some(decision) => in_flight.push(carry_out(&executor, decision)),
+                None => break,
+            }
+        }
+        let next = tokio::select! {
+            () = cancel.cancelled() => return Ok(()),
+            next = in_flight.next() => next,
+        };
+        let Some((decision, outcome)) = next else { break };
+        run.finished(decision, outcome).await?;
+        if !run.tracker.running().await? {
+            return Ok(());
+        }
+    }
+    drop(in_flight);
+    run.finish().await
+}
+
+async fn carry_out<'a>(executor: &'a Executor, decision: &'a Decision) -> (&'a Decision, Outcome) {
+    (decision, executor.carry_out(decision).await)
+}
+
+/// How many bytes an action moves.
+fn transfer_size(action: &Action) -> u64 {
+    match action {
+        Action::Copy { version, .. } => version.size,
+        Action::MergeText { source, target, .. } => source.size + target.size,
+        _ => 0,
+    }
+}
+
+/// The job's state and its steps.
+struct Tracker<'a> {
+    commands: &'a Commands,
+    ctx: Context,
+    job_id: SyncJobId,
+    job: SyncJob,
+    version: i64,
+    cancel: &'a CancellationToken,
+}
+
+impl Tracker<'_> {
+    async fn step(&mut self, command: SyncJobCommand) -> Result<(), CommandError> {
+        self.version = self
+            .commands
+            .job_step(self.job_id, self.version, &mut self.job, command, &self.ctx)
+            .await?;
+        Ok(())
+    }
+
+    async fn fail(&mut self, reason: String) -> Result<(), CommandError> {
+        tracing::warn!(job = %self.job_id, reason = %reason, "Sync failed.");
+        self.step(SyncJobCommand::Fail { reason, at: Utc::now() }).await
+    }
+
+    /// Moves the job forward to `phase` unless it is there or beyond (a resumed run). False when
+    /// another worker started the job first: it is theirs.
+    async fn enter(&mut self, phase: JobPhase) -> Result<bool, CommandError> {
+        let order = |p: JobPhase| {
+            [JobPhase::Pending, JobPhase::Scanning, JobPhase::Planning, JobPhase::Transferring]
+                .iter()
+                .position(|q| *q == p)
+        };
+        for _ in 0..3 {
+            // A pause (or a cancel) lands between steps: wait it out first.
+            if !self.running().await? {
+                return Ok(false);
+            }
+            let current = self.job.phase().unwrap_or(JobPhase::Pending);
+            if order(current) >= order(phase) {
+                return Ok(true);
+            }
+            match self.step(SyncJobCommand::EnterPhase { phase, at: Utc::now() }).await {
+                Ok(()) => return Ok(true),
+                // Another worker (a second process, or `cloudsync sync`) started it first: it is theirs.
+                Err(CommandError::Conflict(_)) if current == JobPhase::Pending => return Ok(false),
+                // Paused or cancelled meanwhile: look again.
+                Err(CommandError::Conflict(_)) => {
+                    (self.job, self.version) = self.commands.load::<SyncJob>(&self.job_id.stream()).await?;
+                }
+                Err(err) => return Err(err),
+            }
+        }
+        Err(CommandError::Conflict(
+            "the job kept changing while it was started; run it again".into(),
+        ))
+    }
+
+    /// Whether to go on (see [`crate::jobs::keep_running`]).
+    async fn running(&mut self) -> Result<bool, CommandError> {
+        crate::jobs::keep_running(self.commands, self.job_id, &mut self.job, &mut self.version, self.cancel).await
+    }
+}
+
+/// What carrying out one decision did.
+#[derive(Default)]
+struct Outcome {
+    /// Paths both sides now agree on.
+    changes: Vec<BaseChange>,
+    bytes: u64,
+    error: Option<String>,
+}
+
+/// Records decisions, finished steps and progress.
+struct Recorder<'a> {
+    tracker: Tracker<'a>,
+    pair_id: SyncPairId,
+    pair: SyncPair,
+    pending: Vec<BaseChange>,
+    files: u64,
+    bytes: u64,
+    failures: Vec<String>,
+    last_commit: Instant,
+    totals: Option<(u64, u64)>,
+}
+
+impl Recorder<'_> {
+    async fn record_decisions(&mut self, decisions: &[Decision]) -> Result<(), CommandError> {
+        for batch in decisions.chunks(BATCH) {
+            let mut events = Vec::new();
+            for decision in batch {
+                events.extend(self.pair.handle(SyncPairCommand::RecordDecision {
+                    job_id: self.tracker.job_id,
+                    decision: decision.clone(),
+                    at: Utc::now(),
+                })?);
+            }
+            self.append_pair(&events, None).await?;
+        }
+        Ok(())
+    }
+
+    /// Appends pair events, with the job's progress when given, in one transaction.
+    async fn append_pair(&mut self, events: &[DomainEvent], progress: Option<SyncJobCommand>) -> Result<(), CommandError> {
+        let ctx = self.tracker.ctx;
+        let mut appends = Vec::new();
+        if !events.is_empty() {
+            appends.push(StreamAppend {
+                stream: self.pair_id.stream(),
+                // Only the pair's one running job appends its runs' facts; a concurrent settings
+                // change does not conflict with them.
+                expected: ExpectedVersion::Any,
+                events: events.iter().map(|e| encode(e, &ctx)).collect(),
+            });
+        }
+        let progress = match progress {
+            Some(command) => self.tracker.job.handle(command)?,
+            None => Vec::new(),
+        };
+        if !progress.is_empty() {
+            appends.push(StreamAppend {
+                stream: self.tracker.job_id.stream(),
+                expected: expected(self.tracker.version),
+                events: progress.iter().map(|e| encode(e, &ctx)).collect(),
+            });
+        }
+        if appends.is_empty() {
+            return Ok(());
+        }
+        match self.tracker.commands.store().append(appends).await {
+            Ok(_) => {}
+            Err(err) if err.is_concurrency() => {
+                // The job was cancelled or paused meanwhile: reload it; `running` decides.
+                (self.tracker.job, self.tracker.version) = self.tracker.commands.load::<SyncJob>(&self.tracker.job_id.stream()).await?;
+                return Ok(());
+            }
+            Err(err) => return Err(err.into()),
+        }
+        events.iter().for_each(|e| self.pair.apply(e));
+        progress.iter().for_each(|e| self.tracker.job.apply(e));
+        self.tracker.version += i64::try_from(progress.len()).unwrap_or(0);
+        Ok(())
+    }
+
+    async fn finished(&mut self, decision: &Decision, outcome: Outcome) -> Result<(), CommandError> {
+        self.files += 1;
+        self.bytes += outcome.bytes;
+        if let Some(error) = outcome.error {
+            tracing::warn!(job = %self.tracker.job_id, path = %decision.path, error = %error, "A sync step was not carried out.");
+            self.failures.push(format!("{}: {error}", decision.path));
+        }
+        self.pending.extend(outcome.changes);
+        if self.pending.len() >= BATCH || self.last_commit.elapsed() >= RECORD_EVERY {
+            self.commit().await?;
+        }
+        Ok(())
+    }
+
+    /// Records the finished steps: the base advances over them, with the job's progress.
+    async fn commit(&mut self) -> Result<(), CommandError> {
+        self.last_commit = Instant::now();
+        let changes = std::mem::take(&mut self.pending);
+        let advanced = if changes.is_empty() {
+            Vec::new()
+        } else {
+            self.pair.handle(SyncPairCommand::AdvanceBase {
+                job_id: self.tracker.job_id,
+                changes,
+                at: Utc::now(),
+            })?
+        };
+        let (files_total, bytes_total) = self.totals.unzip();
+        let progress = SyncJobCommand::RecordProgress {
+            files_done: self.files,
+            bytes_done: self.bytes,
+            files_total,
+            bytes_total,
+            at: Utc::now(),
+        };
+        self.append_pair(&advanced, Some(progress)).await
+    }
+
+    async fn finish(mut self) -> Result<(), CommandError> {
+        self.commit().await?;
+        if !self.tracker.running().await? {
+            return Ok(());
+        }
+        if self.failures.is_empty() {
+            self.tracker.step(SyncJobCommand::Complete { at: Utc::now() }).await?;
+            tracing::info!(job = %self.tracker.job_id, files = self.files, bytes = self.bytes, "Sync finished.");
+            return Ok(());
+        }
+        let count = self.failures.len();
+        let first = self.failures.swap_remove(0);
+        let reason = format!(
+            "{count} of {} changes could not be made (they are retried by the next run); first: {first}",
+            self.files
+        );
+        self.tracker.fail(reason).await
+    }
+}
+
+/// Why a step was not carried out.
+#[derive(Debug, thiserror::Error)]
+enum StepError {
+    /// A side changed since it was listed: nothing is overwritten; the next run sees the change.
+    #[error("{0}")]
+    Changed(String),
+    #[error("{0}")]
+    Provider(#[from] ProviderError),
+    #[error("{0}")]
+    Chunks(#[from] cloudsync_chunks::StoreError),
+}
+
+/// The state of one path on one side during a decision: listed, or as the decision left it.
+#[derive(Clone, Debug)]
+struct Present {
+    version: Version,
+    tag: String,
+    stored: Option<String>,
+}
+
+/// Carries out decisions.
+struct Executor {
+    sides: [Arc<dyn StorageProvider>; 2],
+    folders: [ProviderPath; 2],
+    listings: [Listing; 2],
+    job_id: SyncJobId,
+    chunks: Option<Arc<dyn ChunkStore>>,
+    /// The pair as the run found it: the base and where agreed contents are kept.
+    pair: SyncPair,
+    policy: merge::ConflictPolicy,
+}
+
+fn index(side: Side) -> usize {
+    match side {
+        Side::Source => 0,
+        Side::Target => 1,
+    }
+}
+
+impl Executor {
+    fn provider(&self, side: Side) -> &dyn StorageProvider {
+        &*self.sides[index(side)]
+    }
+
+    fn full(&self, side: Side, path: &ProviderPath) -> ProviderPath {
+        path.under(&self.folders[index(side)])
+    }
+
+    fn listed(&self, side: Side, path: &ProviderPath) -> Option<Present> {
+        let listing = &self.listings[index(side)];
+        listing.tree.get(path).map(|version| Present {
+            version: version.clone(),
+            tag: listing.tags.get(path).cloned().unwrap_or_default(),
+            // The agreed content is kept; so is this one if it is still that content.
+            stored: self
+                .pair
+                .agreed(path)
+                .and_then(|a| a.stored.clone())
+                .filter(|_| self.pair.base().get(path).is_some_and(|b| b.same_content(version))),
+        })
+    }
+
+    /// Paths whose two sides hold the same content already but whose base says otherwise (or whose
+    /// listings look different from the last agreement): the base catches up. Small text files are
+    /// kept in the chunk store for later line merges.
+    async fn already_agreed(&self) -> Vec<BaseChange> {
+        let pair = &self.pair;
+        let [source, target] = &self.listings;
+        let mut changes = Vec::new();
+        for (path, version) in &source.tree {
+            let Some(other) = target.tree.get(path) else { continue };
+            if !version.same_content(other) {
+                continue;
+            }
+            let (source_tag, target_tag) = (source.tags.get(path).cloned(), target.tags.get(path).cloned());
+            let agreed = pair.agreed(path);
+            let mut stored = agreed.and_then(|a| a.stored.clone());
+            let base_same = pair.base().get(path).is_some_and(|b| b.same_content(version));
+            if !base_same {
+                stored = None;
+            }
+            if stored.is_none() && self.keeps(path, version.size) {
+                stored = self.keep(Side::Source, path, version).await;
+            }
+            let unchanged =
+                base_same && agreed.is_some_and(|a| a.source_tag == source_tag && a.target_tag == target_tag && a.stored == stored);
+            if !unchanged {
+                changes.push(BaseChange {
+                    path: path.clone(),
+                    version: Some(version.clone()),
+                    source_tag,
+                    target_tag,
+                    stored,
+                });
+            }
+        }
+        // Gone from both sides: gone from the base.
+        for path in pair.base().keys() {
+            if !source.tree.contains_key(path) && !target.tree.contains_key(path) {
+                changes.push(BaseChange {
+                    path: path.clone(),
+                    version: None,
+                    source_tag: None,
+                    target_tag: None,
+                    stored: None,
+                });
+            }
+        }
+        changes
+    }
+
+    /// Deletes the temporary files of this pair's interrupted runs that the listings found (only one
+    /// run of a pair goes on at a time, so they are nobody's write in progress).
+    async fn remove_abandoned(&self) {
+        for side in [Side::Source, Side::Target] {
+            for path in &self.listings[index(side)].abandoned {
+                if let Err(error) = self.provider(side).delete(path).await {
+                    tracing::warn!(path = %path, error = %error, "Could not remove an interrupted run's temporary file.");
+                }
+            }
+        }
+    }
+
+    fn keeps(&self, path: &ProviderPath, size: u64) -> bool {
+        self.chunks.is_some() && size <= KEEP_TEXT && merge::is_text(path)
+    }
+
+    /// Reads a small text file and keeps it in the chunk store; `None` when it cannot (the next
+    /// merge of the file then falls back to the conflict policy).
+    async fn keep(&self, side: Side, path: &ProviderPath, version: &Version) -> Option<String> {
+        let chunks = self.chunks.as_ref()?;
+        let data = self.read_verified(side, path, version).await.ok()?;
+        put_content(&**chunks, &data).await.ok()
+    }
+
+    /// The whole content of a (small) file, checked against the version it should have.
+    async fn read_verified(&self, side: Side, path: &ProviderPath, version: &Version) -> Result<Vec<u8>, StepError> {
+        let stream = self.provider(side).read(&self.full(side, path), 0..version.size).await?;
+        let data: Vec<u8> = stream
+            .try_fold(Vec::new(), |mut data, piece| {
+                data.extend_from_slice(&piece);
+                futures::future::ready(Ok(data))
+            })
+            .await?;
+        if data.len() as u64 != version.size || blake3::hash(&data).to_hex().as_str() != version.checksum {
+            return Err(StepError::Changed(format!(
+                "{path} changed on the {} since it was listed",
+                side.name()
+            )));
+        }
+        Ok(data)
+    }
+
+    async fn carry_out(&self, decision: &Decision) -> Outcome {
+        let mut state: HashMap<(Side, ProviderPath), Option<Present>> = HashMap::new();
+        let mut touched: BTreeSet<ProviderPath> = BTreeSet::new();
+        touched.insert(decision.path.clone());
+        let mut bytes = 0;
+        let mut actions: Vec<Action> = decision.actions.clone();
+        actions.reverse();
+        while let Some(action) = actions.pop() {
+            let result = self.act(&action, &mut state, &mut touched).await;
+            match result {
+                Ok(Step::Done(moved)) => bytes += moved,
+                // A text merge that was not clean: settle it by the policy instead.
+                Ok(Step::Instead(more)) => actions.extend(more.into_iter().rev()),
+                Err(err) => {
+                    return Outcome {
+                        changes: Vec::new(),
+                        bytes,
+                        error: Some(err.to_string()),
+                    };
+                }
+            }
+        }
+        let mut changes = Vec::new();
+        for path in touched {
+            match (self.current(&state, Side::Source, &path), self.current(&state, Side::Target, &path)) {
+                (None, None) => changes.push(BaseChange {
+                    path,
+                    version: None,
+                    source_tag: None,
+                    target_tag: None,
+                    stored: None,
+                }),
+                (Some(s), Some(t)) if s.version.same_content(&t.version) => {
+                    let stored = s.stored.or(t.stored);
+                    changes.push(BaseChange {
+                        path,
+                        version: Some(s.version),
+                        source_tag: Some(s.tag),
+                        target_tag: Some(t.tag),
+                        stored,
+                    });
+                }
+                _ => {}
+            }
+        }
+        Outcome {
+            changes,
+            bytes,
+            error: None,
+        }
+    }
+
+    fn current(&self, state: &HashMap<(Side, ProviderPath), Option<Present>>, side: Side, path: &ProviderPath) -> Option<Present> {
+        match state.get(&(side, path.clone())) {
+            Some(present) => present.clone(),
+            None => self.listed(side, path),
+        }
+    }
+
+    async fn act(
+        &self,
+        action: &Action,
+        state: &mut HashMap<(Side, ProviderPath), Option<Present>>,
+        touched: &mut BTreeSet<ProviderPath>,
+    ) -> Result<Step, StepError> {
+        match action {
+            Action::Copy { to, from, path, version } => {
+                touched.insert(path.clone());
+                let expected = self.current(state, *to, path).map(|p| p.tag);
+                let (tag, stored) = self.copy(*to, from, path, version, expected.as_deref()).await?;
+                state.insert(
+                    (*to, path.clone()),
+                    Some(Present {
+                        version: version.clone(),
+                        tag,
+                        stored,
+                    }),
+                );
+                // The source side of the copy is as listed.
+                Ok(Step::Done(version.size))
+            }
+            Action::Delete { side, path, version } => {
+                touched.insert(path.clone());
+                let expected = self.current(state, *side, path).map(|p| p.tag);
+                self.delete(*side, path, version, expected.as_deref()).await?;
+                state.insert((*side, path.clone()), None);
+                Ok(Step::Done(0))
+            }
+            Action::Rename { side, from, to } => {
+                touched.insert(from.clone());
+                touched.insert(to.clone());
+                let moved = self
+                    .current(state, *side, from)
+                    .ok_or_else(|| StepError::Changed(format!("{from} is no longer on the {}", side.name())))?;
+                let provider = self.provider(*side);
+                let (full_from, full_to) = (self.full(*side, from), self.full(*side, to));
+                self.check_unchanged(*side, from, Some(&moved.tag)).await?;
+                provider.rename(&full_from, &full_to).await?;
+                let tag = tag_of(&provider.stat(&full_to).await?);
+                state.insert((*side, from.clone()), None);
+                state.insert(
+                    (*side, to.clone()),
+                    Some(Present {
+                        version: moved.version,
+                        tag,
+                        stored: moved.stored,
+                    }),
+                );
+                Ok(Step::Done(0))
+            }
+            Action::MergeText {
+                path,
+                base,
+                source,
+                target,
+            } => {
+                touched.insert(path.clone());
+                match self.merge_text(path, base.as_ref(), source, target).await? {
+                    Some(merged) => {
+                        let version = Version {
+                            checksum: blake3::hash(&merged).to_hex().to_string(),
+                            size: merged.len() as u64,
+                            modified_at: Utc::now(),
+                        };
+                        let stored = match &self.chunks {
+                            Some(chunks) => Some(put_content(&**chunks, &merged).await?),
+                            None => None,
+                        };
+                        let mut moved = 0;
+                        for side in [Side::Source, Side::Target] {
+                            let expected = self.current(state, side, path).map(|p| p.tag);
+                            let tag = self.write_bytes(side, path, &merged, &version, expected.as_deref()).await?;
+                            moved += version.size;
+                            state.insert(
+                                (side, path.clone()),
+                                Some(Present {
+                                    version: version.clone(),
+                                    tag,
+                                    stored: stored.clone(),
+                                }),
+                            );
+                        }
+                        Ok(Step::Done(moved))
+                    }
+                    None => {
+                        let kind = if base.is_some() {
+                            ConflictKind::BothModified
+                        } else {
+                            ConflictKind::BothCreated
+                        };
+                        Ok(Step::Instead(merge::resolve(self.policy, kind, path, source, target, Utc::now())))
+                    }
+                }
+            }
+            // Left for the user: nothing changes.
+            Action::Unresolved { .. } => Ok(Step::Done(0)),
+        }
+    }
+
+    /// The clean line merge of both sides' edits, or `None` when it is not clean (or the base's
+    /// content is not kept).
+    async fn merge_text(
+        &self,
+        path: &ProviderPath,
+        base: Option<&Version>,
+        source: &Version,
+        target: &Version,
+    ) -> Result<Option<Vec<u8>>, StepError> {
+        let Some(chunks) = &self.chunks else { return Ok(None) };
+        let base_text = match base {
+            None => String::new(),
+            Some(base) => {
+                let Some(id) = self.pair.agreed(path).and_then(|a| a.stored.clone()) else {
+                    return Ok(None);
+                };
+                let Ok(data) = get_content(&**chunks, &id).await else {
+                    return Ok(None);
+                };
+                if blake3::hash(&data).to_hex().as_str() != base.checksum {
+                    return Ok(None);
+                }
+                match String::from_utf8(data) {
+                    Ok(text) => text,
+                    Err(_) => return Ok(None),
+                }
+            }
+        };
+        let source_data = self.read_verified(Side::Source, path, source).await?;
+        let target_data = self.read_verified(Side::Target, path, target).await?;
+        let (Ok(source_text), Ok(target_text)) = (String::from_utf8(source_data), String::from_utf8(target_data)) else {
+            return Ok(None);
+        };
+        Ok(merge::merge_lines(&base_text, &source_text, &target_text).map(String::into_bytes))
+    }
+
+    /// Fails when `path` on `side` is no longer what was listed (`None`: absent).
+    async fn check_unchanged(&self, side: Side, path: &ProviderPath, expected: Option<&str>) -> Result<(), StepError> {
+        let found = match self.provider(side).stat(&self.full(side, path)).await {
+            Ok(entry) => Some(tag_of(&entry)),
+            Err(ProviderError::NotFound(_)) => None,
+            Err(err) => return Err(err.into()),
+        };
+        match (found.as_deref(), expected) {
+            // Gone meanwhile: nothing there to lose.
+            (None, _) => Ok(()),
+            (Some(found), Some(expected)) if found == expected => Ok(()),
+            _ => Err(StepError::Changed(format!(
+                "{path} changed on the {} since it was listed; the next run takes it into account",
+                side.name()
+            ))),
+        }
+    }
+
+    /// Copies `from` on the other side to `path` on side `to`; returns what the new file's listing
+    /// shows, and where its content is kept (small text files).
+    async fn copy(
+        &self,
+        to: Side,
+        from: &ProviderPath,
+        path: &ProviderPath,
+        version: &Version,
+        expected: Option<&str>,
+    ) -> Result<(String, Option<String>), StepError> {
+        if self.keeps(path, version.size) {
+            let data = self.read_verified(to.other(), from, version).await?;
+            let tag = self.write_bytes(to, path, &data, version, expected).await?;
+            let stored = match &self.chunks {
+                Some(chunks) => put_content(&**chunks, &data).await.ok(),
+                None => None,
+            };
+            return Ok((tag, stored));
+        }
+        let stream = self
+            .provider(to.other())
+            .read(&self.full(to.other(), from), 0..version.size)
+            .await?;
+        let tag = self.write_stream(to, path, stream, version, expected).await?;
+        Ok((tag, None))
+    }
+
+    async fn write_bytes(
+        &self,
+        to: Side,
+        path: &ProviderPath,
+        data: &[u8],
+        version: &Version,
+        expected: Option<&str>,
+    ) -> Result<String, StepError> {
+        let bytes = Bytes::copy_from_slice(data);
+        let stream: ByteStream = futures::stream::once(async move { Ok(bytes) }).boxed();
+        self.write_stream(to, path, stream, version, expected).await
+    }
+
+    /// Writes `data` to `path` on side `to` so that only a complete copy whose checksum is the
+    /// planned one ever becomes visible, and only over what was listed there.
+    async fn write_stream(
+        &self,
+        to: Side,
+        path: &ProviderPath,
+        data: ByteStream,
+        version: &Version,
+        expected: Option<&str>,
+    ) -> Result<String, StepError> {
+        let provider = self.provider(to);
+        let destination = self.full(to, path);
+        let mismatch = Arc::new(AtomicBool::new(false));
+        let data = verified(data, version.clone(), Arc::clone(&mismatch));
+        let changed = || {
+            StepError::Changed(format!(
+                "{path}: the copy did not match the planned content (the file changed while it was copied)"
+            ))
+        };
+        if provider.atomic_writes() {
+            self.check_unchanged(to, path, expected).await?;
+            match provider.write(&destination, data).await {
+                Ok(_) => {}
+                Err(_) if mismatch.load(Ordering::SeqCst) => return Err(changed()),
+                Err(err) => return Err(err.into()),
+            }
+        } else {
+            let temporary = temporary_name(&destination, self.job_id);
+            match provider.write(&temporary, data).await {
+                Ok(_) => {}
+                Err(err) => {
+                    let _ = provider.delete(&temporary).await;
+                    return Err(if mismatch.load(Ordering::SeqCst) { changed() } else { err.into() });
+                }
+            }
+            let committed = async {
+                self.check_unchanged(to, path, expected).await?;
+                provider.delete(&destination).await?;
+                provider.rename(&temporary, &destination).await?;
+                Ok::<(), StepError>(())
+            }
+            .await;
+            if let Err(err) = committed {
+                let _ = provider.delete(&temporary).await;
+                return Err(err);
+            }
+        }
+        Ok(tag_of(&provider.stat(&destination).await?))
+    }
+
+    async fn delete(&self, side: Side, path: &ProviderPath, version: &Version, expected: Option<&str>) -> Result<(), StepError> {
+        let _ = version;
+        self.check_unchanged(side, path, expected).await?;
+        self.provider(side).delete(&self.full(side, path)).await?;
+        Ok(())
+    }
+}
+
+/// What an action led to.
+enum Step {
+    /// Done, having moved this many bytes.
+    Done(u64),
+    /// Replaced by these actions.
+    Instead(Vec<Action>),
+}
+
+/// A temporary name beside `path`, the same for a job and a path (a retried step reuses it), that
+/// listings leave out.
+fn temporary_name(path: &ProviderPath, job_id: SyncJobId) -> ProviderPath {
+    let token = blake3::hash(format!("{job_id}/{path}").as_bytes()).to_hex();
+    let name = format!(".cloudsync-{}.tmp", &token.as_str()[..16]);
+    path.parent().join(&name).unwrap_or_else(|_| path.clone())
+}
+
+/// The stream, checked as it goes: after its last piece it fails (and sets `mismatch`) unless the
+/// bytes hash to the planned checksum and have the planned length, so a provider's write never
+/// completes with content other than what was planned.
+fn verified(data: ByteStream, version: Version, mismatch: Arc<AtomicBool>) -> ByteStream {
+    let state = (data, blake3::Hasher::new(), 0_u64, false);
+    futures::stream::unfold(state, move |(mut data, mut hasher, mut length, ended)| {
+        let version = version.clone();
+        let mismatch = Arc::clone(&mismatch);
+        async move {
+            if ended {
+                return None;
+            }
+            match data.next().await {
+                Some(Ok(piece)) => {
+                    hasher.update(&piece);
+                    length += piece.len() as u64;
+                    Some((Ok(piece), (data, hasher, length, false)))
+                }
+                Some(Err(err)) => Some((Err(err), (data, hasher, length, true))),
+                None if length == version.size && hasher.finalize().to_hex().as_str() == version.checksum => None,
+                None => {
+                    mismatch.store(true, Ordering::SeqCst);
+                    let error = ProviderError::Invalid("the content read does not match the planned checksum".into());
+                    Some((Err(error), (data, hasher, length, true)))
+                }
+            }
+        }
+    })
+    .boxed()
+}

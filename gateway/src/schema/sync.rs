@@ -1,0 +1,315 @@
+//! The sync engine's API: pairs of folders kept in agreement, their runs, approval of runs held by
+//! the max-delete rail, and live progress.
+
+use std::sync::Arc;
+
+use async_graphql::{Context, Enum, ID, InputObject, Object, SimpleObject, Subscription};
+use chrono::{DateTime, Utc};
+use cloudsync_commands::{DEFAULT_MAX_DELETE_PERCENT, SyncSettings};
+use cloudsync_domain::merge::{ConflictPolicy, SyncMode};
+use cloudsync_domain::sync_pair::SyncEndpoint;
+use cloudsync_domain::{ProviderId, ScanSchedule, SyncJobId, SyncPairId, UserId};
+use cloudsync_eventstore::subscribe;
+use cloudsync_projections::SyncPairRow;
+use futures::{Stream, StreamExt};
+
+use super::{SyncOperation, app, caller, parse_id, parse_path};
+use crate::auth::Caller;
+use crate::errors::{ApiError, ApiResult};
+use crate::server::App;
+
+/// A folder of one of the caller's providers.
+#[derive(InputObject)]
+pub struct FolderInput {
+    provider_id: ID,
+    /// Relative to the provider's root; empty for the root.
+    path: String,
+}
+
+#[derive(SimpleObject)]
+pub struct Folder {
+    provider_id: ID,
+    path: String,
+}
+
+#[derive(Enum, Copy, Clone, Eq, PartialEq, Debug)]
+#[graphql(name = "SyncMode")]
+pub enum SyncModeInput {
+    /// One-way: the target receives new and changed files; nothing is deleted.
+    Copy,
+    /// One-way: the target is made identical to the source, deletes included.
+    Mirror,
+    /// Both ways, by three-way merge against the state both sides last agreed on.
+    TwoWay,
+}
+
+#[derive(Enum, Copy, Clone, Eq, PartialEq, Debug)]
+#[graphql(name = "ConflictPolicy")]
+pub enum ConflictPolicyInput {
+    /// Both versions survive; the older change is renamed `name.conflict-<time>-<side>.ext`.
+    KeepBoth,
+    NewestWins,
+    SourceWins,
+    TargetWins,
+    /// Left as it is until the user settles it.
+    Manual,
+}
+
+#[derive(SimpleObject)]
+pub struct SyncPair {
+    id: ID,
+    source: Folder,
+    target: Folder,
+    /// `COPY`, `MIRROR` or `TWO_WAY`.
+    mode: String,
+    /// `KEEP_BOTH`, `NEWEST_WINS`, `SOURCE_WINS`, `TARGET_WINS` or `MANUAL`.
+    conflict_policy: String,
+    /// A run that would delete more than this share of a side's files waits for `approveSync`.
+    max_delete_percent: i32,
+    /// When it runs on its own (a cron expression), if at all.
+    schedule: Option<String>,
+    /// Whether a change in either folder starts a run.
+    realtime: bool,
+    /// The latest run, to follow with `syncStatus` or `syncProgress`.
+    last_operation_id: Option<ID>,
+    created_at: DateTime<Utc>,
+}
+
+impl From<SyncPairRow> for SyncPair {
+    fn from(row: SyncPairRow) -> Self {
+        Self {
+            id: ID(row.id.to_string()),
+            source: Folder {
+                provider_id: ID(row.source_provider_id.to_string()),
+                path: row.source_path,
+            },
+            target: Folder {
+                provider_id: ID(row.target_provider_id.to_string()),
+                path: row.target_path,
+            },
+            mode: row.mode,
+            conflict_policy: row.conflict_policy,
+            max_delete_percent: i32::try_from(row.max_delete_percent).unwrap_or(100),
+            schedule: row.schedule,
+            realtime: row.realtime,
+            last_operation_id: row.last_operation_id.map(|id| ID(id.to_string())),
+            created_at: row.created_at,
+        }
+    }
+}
+
+fn endpoint(folder: &FolderInput, what: &str) -> ApiResult<SyncEndpoint> {
+    Ok(SyncEndpoint {
+        provider_id: ProviderId::from_uuid(parse_id(&folder.provider_id, &format!("{what}.providerId"))?),
+        path: parse_path(&folder.path)?,
+    })
+}
+
+fn user(caller: Caller) -> UserId {
+    UserId::from_uuid(caller.user_id)
+}
+
+async fn pair_row(app: &App, caller: Caller, id: uuid::Uuid) -> ApiResult<SyncPair> {
+    app.consistent(caller).await;
+    let row = app
+        .reads
+        .sync_pairs(caller.user_id, Some(id))
+        .await
+        .map_err(ApiError::from)?
+        .into_iter()
+        .next()
+        .ok_or_else(|| ApiError::not_found("sync pair"))?;
+    Ok(row.into())
+}
+
+pub(super) async fn operation_row(app: &App, caller: Caller, id: uuid::Uuid) -> ApiResult<SyncOperation> {
+    app.consistent(caller).await;
+    let row = app
+        .reads
+        .sync_operation(caller.user_id, id)
+        .await
+        .map_err(ApiError::from)?
+        .ok_or_else(|| ApiError::not_found("sync operation"))?;
+    Ok(row.into())
+}
+
+#[derive(Default)]
+pub struct SyncQuery;
+
+#[Object]
+impl SyncQuery {
+    /// The caller's sync pairs, oldest first.
+    async fn sync_pairs(&self, ctx: &Context<'_>) -> async_graphql::Result<Vec<SyncPair>> {
+        let caller = caller(ctx)?;
+        let app = app(ctx);
+        app.consistent(caller).await;
+        let rows = app.reads.sync_pairs(caller.user_id, None).await.map_err(ApiError::from)?;
+        Ok(rows.into_iter().map(SyncPair::from).collect())
+    }
+
+    /// One of the caller's sync pairs.
+    async fn sync_pair(&self, ctx: &Context<'_>, id: ID) -> async_graphql::Result<SyncPair> {
+        let caller = caller(ctx)?;
+        let id = parse_id(&id, "id")?;
+        Ok(pair_row(app(ctx), caller, id).await?)
+    }
+}
+
+#[derive(Default)]
+pub struct SyncMutation;
+
+#[Object]
+impl SyncMutation {
+    /// Keeps two folders (of any two of the caller's providers) in agreement, and starts the first
+    /// run unless `runNow` is false. `schedule` is a cron expression for later runs; `realtime`
+    /// (local folders only) runs whenever either folder changes.
+    #[allow(clippy::too_many_arguments)]
+    async fn sync_folders(
+        &self,
+        ctx: &Context<'_>,
+        source: FolderInput,
+        target: FolderInput,
+        #[graphql(default_with = "SyncModeInput::TwoWay")] mode: SyncModeInput,
+        #[graphql(default_with = "ConflictPolicyInput::KeepBoth")] conflict_policy: ConflictPolicyInput,
+        schedule: Option<String>,
+        #[graphql(default = false)] realtime: bool,
+        #[graphql(default_with = "i32::from(DEFAULT_MAX_DELETE_PERCENT)")] max_delete_percent: i32,
+        #[graphql(default = true)] run_now: bool,
+    ) -> async_graphql::Result<SyncPair> {
+        let caller = caller(ctx)?;
+        let app = app(ctx);
+        let max_delete_percent =
+            u8::try_from(max_delete_percent).map_err(|_| ApiError::BadInput("maxDeletePercent must be between 0 and 100".into()))?;
+        let schedule = schedule
+            .as_deref()
+            .map(ScanSchedule::parse)
+            .transpose()
+            .map_err(|err| ApiError::BadInput(err.to_string()))?;
+        let settings = SyncSettings {
+            source: endpoint(&source, "source")?,
+            target: endpoint(&target, "target")?,
+            mode: match mode {
+                SyncModeInput::Copy => SyncMode::Copy,
+                SyncModeInput::Mirror => SyncMode::Mirror,
+                SyncModeInput::TwoWay => SyncMode::TwoWay,
+            },
+            policy: match conflict_policy {
+                ConflictPolicyInput::KeepBoth => ConflictPolicy::KeepBoth,
+                ConflictPolicyInput::NewestWins => ConflictPolicy::NewestWins,
+                ConflictPolicyInput::SourceWins => ConflictPolicy::SourceWins,
+                ConflictPolicyInput::TargetWins => ConflictPolicy::TargetWins,
+                ConflictPolicyInput::Manual => ConflictPolicy::Manual,
+            },
+            max_delete_percent,
+            schedule,
+            realtime,
+        };
+        let (pair_id, _, position) = app
+            .commands
+            .sync_folders(user(caller), settings, run_now)
+            .await
+            .map_err(ApiError::from)?;
+        app.wrote(caller, position);
+        Ok(pair_row(app, caller, pair_id.as_uuid()).await?)
+    }
+
+    /// Starts a run of a pair now. Refused while one is in progress.
+    async fn run_sync(&self, ctx: &Context<'_>, pair_id: ID) -> async_graphql::Result<SyncOperation> {
+        let caller = caller(ctx)?;
+        let app = app(ctx);
+        let id = SyncPairId::from_uuid(parse_id(&pair_id, "pairId")?);
+        let (job_id, position) = app.commands.request_sync(user(caller), id).await.map_err(ApiError::from)?;
+        app.wrote(caller, position);
+        Ok(operation_row(app, caller, job_id.as_uuid()).await?)
+    }
+
+    /// Lets a run held by the max-delete rail go on, deletes included.
+    async fn approve_sync(&self, ctx: &Context<'_>, operation_id: ID) -> async_graphql::Result<SyncOperation> {
+        let caller = caller(ctx)?;
+        let app = app(ctx);
+        let id = SyncJobId::from_uuid(parse_id(&operation_id, "operationId")?);
+        let position = app.commands.approve_sync(user(caller), id).await.map_err(ApiError::from)?;
+        app.wrote(caller, position);
+        Ok(operation_row(app, caller, id.as_uuid()).await?)
+    }
+
+    /// Pauses a scan or sync operation at its next step.
+    async fn pause_operation(&self, ctx: &Context<'_>, operation_id: ID) -> async_graphql::Result<SyncOperation> {
+        self.control(ctx, operation_id, Control::Pause).await
+    }
+
+    /// Resumes a paused operation.
+    async fn resume_operation(&self, ctx: &Context<'_>, operation_id: ID) -> async_graphql::Result<SyncOperation> {
+        self.control(ctx, operation_id, Control::Resume).await
+    }
+
+    /// Cancels an operation; what it finished stays done and recorded.
+    async fn cancel_operation(&self, ctx: &Context<'_>, operation_id: ID) -> async_graphql::Result<SyncOperation> {
+        self.control(ctx, operation_id, Control::Cancel).await
+    }
+}
+
+enum Control {
+    Pause,
+    Resume,
+    Cancel,
+}
+
+impl SyncMutation {
+    async fn control(&self, ctx: &Context<'_>, operation_id: ID, control: Control) -> async_graphql::Result<SyncOperation> {
+        let caller = caller(ctx)?;
+        let app = app(ctx);
+        let id = SyncJobId::from_uuid(parse_id(&operation_id, "operationId")?);
+        let commands = &app.commands;
+        let position = match control {
+            Control::Pause => commands.pause_job(user(caller), id).await,
+            Control::Resume => commands.resume_job(user(caller), id).await,
+            Control::Cancel => commands.cancel_job(user(caller), id).await,
+        }
+        .map_err(ApiError::from)?;
+        app.wrote(caller, position);
+        Ok(operation_row(app, caller, id.as_uuid()).await?)
+    }
+}
+
+#[derive(Default)]
+pub struct SyncSubscription;
+
+#[Subscription]
+impl SyncSubscription {
+    /// The operation's state now, then again after every step it records, until it ends.
+    async fn sync_progress(&self, ctx: &Context<'_>, operation_id: ID) -> async_graphql::Result<impl Stream<Item = SyncOperation> + use<>> {
+        let caller = caller(ctx)?;
+        let app = Arc::clone(app(ctx));
+        let id = parse_id(&operation_id, "operationId")?;
+        // The state as of the log's head, then every step after it: nothing falls in between.
+        let head = app.db.events.head().await.map_err(|err| ApiError::internal(&err))?;
+        app.wrote(caller, head);
+        let first = operation_row(&app, caller, id).await?;
+        let stream_name = SyncJobId::from_uuid(id).stream();
+        let events = subscribe(Arc::clone(&app.db.events), head, std::time::Duration::from_millis(250));
+        let ended = first.is_finished();
+        let updates = events
+            .filter_map(move |event| {
+                let position = event.ok().filter(|e| e.stream_id == stream_name).map(|e| e.position);
+                async move { position }
+            })
+            .then(move |position| {
+                let app = Arc::clone(&app);
+                async move {
+                    app.wrote(caller, position);
+                    operation_row(&app, caller, id).await.ok()
+                }
+            })
+            .filter_map(|row| async move { row })
+            .scan(false, |done, row| {
+                let emit = if *done { None } else { Some(row) };
+                if let Some(row) = &emit {
+                    *done = row.is_finished();
+                }
+                async move { emit }
+            });
+        let updates = if ended { futures::stream::empty().boxed() } else { updates.boxed() };
+        Ok(futures::stream::once(async move { first }).chain(updates))
+    }
+}

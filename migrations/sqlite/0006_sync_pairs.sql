@@ -1,0 +1,21 @@
+-- Sync pairs: two folders kept in agreement, and the pair's latest run.
+CREATE TABLE sync_pairs (
+    id                 TEXT    PRIMARY KEY,
+    user_id            TEXT    NOT NULL,
+    source_provider_id TEXT    NOT NULL,
+    source_path        TEXT    NOT NULL,
+    target_provider_id TEXT    NOT NULL,
+    target_path        TEXT    NOT NULL,
+    mode               TEXT    NOT NULL,
+    conflict_policy    TEXT    NOT NULL,
+    max_delete_percent INTEGER NOT NULL,
+    schedule           TEXT,
+    realtime           INTEGER NOT NULL DEFAULT 0,
+    last_operation_id  TEXT,
+    created_at         TEXT    NOT NULL,
+    updated_at         TEXT    NOT NULL
+);
+CREATE INDEX sync_pairs_user ON sync_pairs (user_id, created_at);
+
+-- What a run held by the max-delete rail would delete (JSON), while it waits for approval.
+ALTER TABLE sync_operations ADD COLUMN held TEXT;

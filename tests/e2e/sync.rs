@@ -1,0 +1,418 @@
+//! Issue 4: the sync engine — pairs of folders kept in agreement through the API.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::{Duration, Instant, SystemTime};
+
+use cloudsync_domain::ProviderPath;
+use cloudsync_domain::events::DomainEvent;
+use futures::{StreamExt as _, TryStreamExt as _};
+use serde_json::{Value, json};
+
+use crate::harness::{Harness, on_both_backends};
+use crate::providers::{connect, s3_settings, var};
+use crate::spine::next_json;
+
+on_both_backends!(
+    two_way_sync_propagates_merges_and_settles_conflicts,
+    a_mirror_that_would_delete_too_much_waits_for_approval,
+    sync_reaches_webdav_and_s3,
+    sync_progress_streams_until_the_run_ends,
+    bad_sync_requests_change_nothing,
+);
+
+const SYNC: &str = "mutation($s: FolderInput!, $t: FolderInput!, $m: SyncMode, $c: ConflictPolicy, $d: Int) { \
+    syncFolders(source: $s, target: $t, mode: $m, conflictPolicy: $c, maxDeletePercent: $d) { \
+    id mode conflictPolicy maxDeletePercent lastOperationId source { providerId path } target { providerId path } } }";
+const RUN: &str = "mutation($p: ID!) { runSync(pairId: $p) { id kind pairId status } }";
+const STATUS: &str = "query($o: ID!) { syncStatus(operationId: $o) { status paused held { side deletes } filesDone bytesDone filesTotal bytesTotal error } }";
+
+/// Every file below `root` (relative path → content).
+fn tree(root: &Path) -> BTreeMap<String, Vec<u8>> {
+    fn walk(root: &Path, dir: &Path, out: &mut BTreeMap<String, Vec<u8>>) {
+        for entry in std::fs::read_dir(dir).expect("readable folder") {
+            let path = entry.expect("entry").path();
+            if path.is_dir() {
+                walk(root, &path, out);
+            } else {
+                let relative = path.strip_prefix(root).expect("inside").to_string_lossy().replace('\\', "/");
+                out.insert(relative, std::fs::read(&path).expect("readable file"));
+            }
+        }
+    }
+    let mut out = BTreeMap::new();
+    walk(root, root, &mut out);
+    out
+}
+
+fn write(root: &Path, path: &str, content: &[u8]) {
+    let host = root.join(path);
+    std::fs::create_dir_all(host.parent().expect("parent")).expect("mkdir");
+    std::fs::write(host, content).expect("write");
+}
+
+fn set_mtime(root: &Path, path: &str, at: SystemTime) {
+    let file = std::fs::File::options().write(true).open(root.join(path)).expect("open");
+    file.set_modified(at).expect("set mtime");
+}
+
+/// Incompressible bytes.
+fn noise(len: usize, seed: u64) -> Vec<u8> {
+    let mut out = Vec::with_capacity(len + 32);
+    let mut counter = 0_u64;
+    while out.len() < len {
+        out.extend_from_slice(blake3::hash(&[seed.to_le_bytes(), counter.to_le_bytes()].concat()).as_bytes());
+        counter += 1;
+    }
+    out.truncate(len);
+    out
+}
+
+/// Two empty local folders of one new user, connected: (token, source provider, source root, target provider, target root).
+async fn two_folders(h: &Harness, email: &str, seed: &[(&str, &[u8])]) -> (String, String, std::path::PathBuf, String, std::path::PathBuf) {
+    let (token, _) = h.register(email).await;
+    let (a, b) = (h.db.dir().join("side-a"), h.db.dir().join("side-b"));
+    std::fs::create_dir_all(&a).expect("mkdir");
+    std::fs::create_dir_all(&b).expect("mkdir");
+    for (path, content) in seed {
+        write(&a, path, content);
+    }
+    let (source, _) = h.connect_local(&token, &a).await;
+    let (target, _) = h.connect_local(&token, &b).await;
+    (token, source, a, target, b)
+}
+
+async fn create_pair(h: &Harness, token: &str, source: &str, target: &str, mode: &str, max_delete: i64) -> (String, String) {
+    let data = h
+        .ok(
+            Some(token),
+            SYNC,
+            json!({ "s": { "providerId": source, "path": "" }, "t": { "providerId": target, "path": "" }, "m": mode, "c": "KEEP_BOTH", "d": max_delete }),
+        )
+        .await;
+    let pair = data["syncFolders"]["id"].as_str().expect("pair id").to_owned();
+    let operation = data["syncFolders"]["lastOperationId"].as_str().expect("first run").to_owned();
+    assert_eq!(data["syncFolders"]["mode"], json!(mode));
+    (pair, operation)
+}
+
+async fn run(h: &Harness, token: &str, pair: &str) -> Value {
+    let data = h.ok(Some(token), RUN, json!({ "p": pair })).await;
+    let operation = data["runSync"]["id"].as_str().expect("operation").to_owned();
+    assert_eq!(data["runSync"]["kind"], json!("sync"));
+    assert_eq!(data["runSync"]["pairId"], json!(pair));
+    let status = h.wait_for_operation(token, &operation).await;
+    json!({ "id": operation, "status": status })
+}
+
+/// The decisions a run recorded, as (path, reason JSON).
+async fn decisions(h: &Harness, operation: &str) -> Vec<(String, Value)> {
+    let events = h.server().app().db.events.read_all(0, 1_000_000).await.expect("events");
+    events
+        .into_iter()
+        .filter(|e| e.event_type == "SyncDecisionRecorded")
+        .filter_map(
+            |e| match DomainEvent::decode(&e.event_type, e.schema_version, &e.payload).expect("decodes") {
+                DomainEvent::SyncDecisionRecorded(d) if d.job_id.to_string() == operation => Some((
+                    d.decision.path.as_str().to_owned(),
+                    serde_json::to_value(d.decision.reason).expect("json"),
+                )),
+                _ => None,
+            },
+        )
+        .collect()
+}
+
+async fn two_way_sync_propagates_merges_and_settles_conflicts(h: &Harness) {
+    let big = noise(3 * 1024 * 1024 + 17, 1);
+    let notes = b"line 1\nline 2\nline 3\nline 4\nline 5\n";
+    let seed: Vec<(&str, &[u8])> = vec![
+        ("notes.txt", notes),
+        ("photo.jpg", b"JPEG original"),
+        ("docs/a.md", b"alpha"),
+        ("docs/b.md", b"beta"),
+        ("gone.txt", b"to be deleted"),
+        ("big.bin", &big),
+    ];
+    let (token, source, a, target, b) = two_folders(h, "two-way@example.org", &seed).await;
+    let (pair, first) = create_pair(h, &token, &source, &target, "TWO_WAY", 50).await;
+    let status = h.wait_for_operation(&token, &first).await;
+    assert_eq!(tree(&b), tree(&a), "the first run copies everything across");
+    assert_eq!(status["filesDone"], json!(6));
+    assert_eq!(status["bytesDone"].as_i64(), Some(tree(&a).values().map(|c| c.len() as i64).sum()));
+
+    // Edits on both sides.
+    let hour_ago = SystemTime::now() - Duration::from_secs(3600);
+    write(&a, "notes.txt", b"LINE 1 from the source\nline 2\nline 3\nline 4\nline 5\n");
+    write(&b, "notes.txt", b"line 1\nline 2\nline 3\nline 4\nLINE 5 from the target\n");
+    write(&a, "photo.jpg", b"JPEG edited on the source");
+    set_mtime(&a, "photo.jpg", hour_ago);
+    write(&b, "photo.jpg", b"JPEG edited on the target, later");
+    std::fs::rename(a.join("docs/a.md"), a.join("docs/a-renamed.md")).expect("rename");
+    std::fs::remove_file(b.join("gone.txt")).expect("delete");
+    write(&b, "new-on-target.txt", b"fresh");
+
+    let second = run(h, &token, &pair).await;
+    let (after_a, after_b) = (tree(&a), tree(&b));
+    assert_eq!(after_a, after_b, "both sides agree after the run");
+    assert_eq!(
+        after_a["notes.txt"],
+        b"LINE 1 from the source\nline 2\nline 3\nline 4\nLINE 5 from the target\n".to_vec(),
+        "edits to different lines are merged"
+    );
+    assert_eq!(
+        after_a["photo.jpg"],
+        b"JPEG edited on the target, later".to_vec(),
+        "the newer edit keeps the name"
+    );
+    let conflict: Vec<&String> = after_a
+        .keys()
+        .filter(|k| k.starts_with("photo.conflict-") && k.ends_with("-source.jpg"))
+        .collect();
+    assert_eq!(conflict.len(), 1, "the older edit is kept as a conflict copy: {:?}", after_a.keys());
+    assert_eq!(after_a[conflict[0]], b"JPEG edited on the source".to_vec());
+    assert!(
+        after_a.contains_key("docs/a-renamed.md") && !after_a.contains_key("docs/a.md"),
+        "the rename is propagated"
+    );
+    assert!(!after_a.contains_key("gone.txt"), "the delete is propagated");
+    assert_eq!(after_a["new-on-target.txt"], b"fresh".to_vec());
+    assert_eq!(after_a["big.bin"], big, "the unchanged large file is intact");
+
+    let mut reasons: Vec<(String, String)> = decisions(h, second["id"].as_str().expect("id"))
+        .await
+        .into_iter()
+        .map(|(path, reason)| (path, reason["reason"].as_str().unwrap_or_default().to_owned()))
+        .collect();
+    reasons.sort();
+    assert_eq!(
+        reasons,
+        [
+            ("docs/a.md".to_owned(), "renamed".to_owned()),
+            ("gone.txt".to_owned(), "changed".to_owned()),
+            ("new-on-target.txt".to_owned(), "changed".to_owned()),
+            ("notes.txt".to_owned(), "both_changed".to_owned()),
+            ("photo.jpg".to_owned(), "conflict".to_owned()),
+        ],
+        "every decision is recorded with its reason"
+    );
+
+    // Nothing changed since: the next run carries nothing out and moves no byte.
+    let events_before = h.server().app().db.events.head().await.expect("head");
+    let third = run(h, &token, &pair).await;
+    assert_eq!(third["status"]["filesDone"], json!(0));
+    assert_eq!(third["status"]["bytesDone"], json!(0));
+    let recorded = h.server().app().db.events.read_all(events_before, 10_000).await.expect("events");
+    assert!(
+        recorded
+            .iter()
+            .all(|e| !matches!(e.event_type.as_str(), "SyncDecisionRecorded" | "SyncBaseAdvanced")),
+        "an idle run records no decision and no new base: {:?}",
+        recorded.iter().map(|e| &e.event_type).collect::<Vec<_>>()
+    );
+    assert_eq!(tree(&a), after_a);
+}
+
+async fn a_mirror_that_would_delete_too_much_waits_for_approval(h: &Harness) {
+    let contents: Vec<(String, Vec<u8>)> = (0..10).map(|i| (format!("f{i}.txt"), format!("file {i}").into_bytes())).collect();
+    let seed: Vec<(&str, &[u8])> = contents.iter().map(|(p, c)| (p.as_str(), c.as_slice())).collect();
+    let (token, source, a, target, b) = two_folders(h, "mirror@example.org", &seed).await;
+    let (pair, first) = create_pair(h, &token, &source, &target, "MIRROR", 30).await;
+    h.wait_for_operation(&token, &first).await;
+    assert_eq!(tree(&b), tree(&a), "a mirror makes the target the source");
+
+    for i in 0..5 {
+        std::fs::remove_file(a.join(format!("f{i}.txt"))).expect("delete");
+    }
+    let data = h.ok(Some(&token), RUN, json!({ "p": pair })).await;
+    let operation = data["runSync"]["id"].as_str().expect("operation").to_owned();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let held = loop {
+        let status = h.ok(Some(&token), STATUS, json!({ "o": operation })).await["syncStatus"].clone();
+        if !status["held"].is_null() {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "the run was not held: {status}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(held["held"], json!({ "side": "target", "deletes": 5 }));
+    assert_eq!(held["paused"], json!(true));
+    assert_eq!(tree(&b).len(), 10, "nothing is deleted before approval");
+    // A plain resume does not get past the rail.
+    let resume = "mutation($o: ID!) { resumeOperation(operationId: $o) { status } }";
+    assert_eq!(h.error_code(Some(&token), resume, json!({ "o": operation })).await, "CONFLICT");
+
+    let approve = "mutation($o: ID!) { approveSync(operationId: $o) { id held { deletes } } }";
+    // Only the owner approves.
+    let (intruder, _) = h.register("intruder-mirror@example.org").await;
+    assert_eq!(h.error_code(Some(&intruder), approve, json!({ "o": operation })).await, "NOT_FOUND");
+    let approved = h.ok(Some(&token), approve, json!({ "o": operation })).await;
+    assert_eq!(approved["approveSync"]["held"], Value::Null);
+    h.wait_for_operation(&token, &operation).await;
+    assert_eq!(tree(&b), tree(&a));
+    assert_eq!(tree(&b).len(), 5);
+    // Approving twice is refused.
+    assert_eq!(h.error_code(Some(&token), approve, json!({ "o": operation })).await, "CONFLICT");
+}
+
+/// Every file of a provider below its root, as (path → content).
+async fn remote_tree(kind: cloudsync_domain::ProviderKind, settings: &Value) -> BTreeMap<String, Vec<u8>> {
+    let provider = cloudsync_providers::open(kind, settings.as_object().expect("object")).expect("opens");
+    let entries: Vec<_> = provider.list(&ProviderPath::root()).try_collect().await.expect("listed");
+    let mut out = BTreeMap::new();
+    for entry in entries {
+        let pieces: Vec<bytes::Bytes> = provider
+            .read(&entry.path, 0..entry.size)
+            .await
+            .expect("read")
+            .try_collect()
+            .await
+            .expect("content");
+        out.insert(entry.path.as_str().to_owned(), pieces.concat());
+    }
+    out
+}
+
+async fn sync_reaches_webdav_and_s3(h: &Harness) {
+    let big = noise(2 * 1024 * 1024 + 5, 7);
+    let seed: Vec<(&str, &[u8])> = vec![("readme.txt", b"hello"), ("deep/er/data.bin", &big), ("docs/plan.md", b"# plan\n")];
+    let (token, source, a, _, _) = two_folders(h, "remote-sync@example.org", &seed).await;
+
+    // WebDAV writes are not atomic: copies land under a temporary name first, then are renamed.
+    let dav_settings = json!({
+        "endpoint": var("CLOUDSYNC_TEST_WEBDAV_ENDPOINT"), "username": var("CLOUDSYNC_TEST_WEBDAV_USER"),
+        "password": var("CLOUDSYNC_TEST_WEBDAV_PASSWORD"), "root": format!("/e2e-sync-{}/", uuid::Uuid::new_v4().simple()),
+    });
+    let (dav, _) = connect(h, &token, "webdav", &dav_settings).await;
+    let (pair, first) = create_pair(h, &token, &source, &dav, "TWO_WAY", 50).await;
+    h.wait_for_operation(&token, &first).await;
+    let on_dav = remote_tree(cloudsync_domain::ProviderKind::Webdav, &dav_settings).await;
+    assert_eq!(on_dav, tree(&a), "no temporary file is left behind");
+
+    // Another client changes a file on the WebDAV side; the next run brings it home.
+    let provider =
+        cloudsync_providers::open(cloudsync_domain::ProviderKind::Webdav, dav_settings.as_object().expect("object")).expect("opens");
+    let data = futures::stream::iter([Ok(bytes::Bytes::from_static(b"# plan, revised on the server\n"))]).boxed();
+    provider
+        .write(&ProviderPath::parse("docs/plan.md").expect("path"), data)
+        .await
+        .expect("written");
+    run(h, &token, &pair).await;
+    assert_eq!(tree(&a)["docs/plan.md"], b"# plan, revised on the server\n".to_vec());
+
+    // S3 uploads are atomic: copies go straight to their names.
+    let s3_settings = s3_settings("e2e").await;
+    let (s3, _) = connect(h, &token, "s3", &s3_settings).await;
+    let (_, copy) = create_pair(h, &token, &source, &s3, "COPY", 50).await;
+    h.wait_for_operation(&token, &copy).await;
+    assert_eq!(remote_tree(cloudsync_domain::ProviderKind::S3, &s3_settings).await, tree(&a));
+}
+
+async fn sync_progress_streams_until_the_run_ends(h: &Harness) {
+    let big = noise(4 * 1024 * 1024, 3);
+    let seed: Vec<(&str, &[u8])> = vec![("one.bin", &big), ("two.txt", b"two")];
+    let (token, source, _, target, _) = two_folders(h, "progress@example.org", &seed).await;
+    let (intruder, _) = h.register("progress-intruder@example.org").await;
+    let (_, operation) = create_pair(h, &token, &source, &target, "TWO_WAY", 50).await;
+
+    let query = "subscription($o: ID!) { syncProgress(operationId: $o) { status filesDone bytesDone bytesTotal etaSeconds } }";
+    let subscribe = |auth: String| {
+        let operation = operation.clone();
+        async move { h.subscribe(&auth, query, json!({ "o": operation })).await }
+    };
+    let mut theirs = subscribe(intruder).await;
+    let refused = next_json(&mut theirs).await;
+    assert_eq!(
+        refused["payload"]["errors"][0]["extensions"]["code"],
+        json!("NOT_FOUND"),
+        "{refused}"
+    );
+
+    let mut socket = subscribe(token).await;
+    let mut seen = Vec::new();
+    loop {
+        let message = tokio::time::timeout(Duration::from_secs(30), next_json(&mut socket))
+            .await
+            .expect("progress in time");
+        match message["type"].as_str() {
+            Some("next") => seen.push(message["payload"]["data"]["syncProgress"].clone()),
+            Some("complete") => break,
+            other => panic!("unexpected {other:?}: {message}"),
+        }
+    }
+    let last = seen.last().expect("at least one update");
+    assert_eq!(last["status"], json!("completed"), "{seen:?}");
+    assert_eq!(last["bytesDone"].as_i64(), Some(big.len() as i64 + 3));
+    assert_eq!(last["bytesTotal"], last["bytesDone"]);
+    let done: Vec<i64> = seen.iter().filter_map(|s| s["bytesDone"].as_i64()).collect();
+    assert!(done.windows(2).all(|w| w[0] <= w[1]), "progress never goes back: {done:?}");
+}
+
+async fn bad_sync_requests_change_nothing(h: &Harness) {
+    let (token, source, _, target, _) = two_folders(h, "bad-sync@example.org", &[("x.txt", b"x")]).await;
+    let (other, _) = h.register("other-sync@example.org").await;
+    let (pair, first) = create_pair(h, &token, &source, &target, "COPY", 50).await;
+    h.wait_for_operation(&token, &first).await;
+    let head = h.server().app().db.events.head().await.expect("head");
+
+    let folder = |provider: &str, path: &str| json!({ "providerId": provider, "path": path });
+    let refusals = [
+        // Overlapping folders of one provider.
+        (
+            json!({ "s": folder(&source, ""), "t": folder(&source, "sub") }),
+            "BAD_USER_INPUT",
+            token.as_str(),
+        ),
+        // Paths that could escape the root, and malformed ids.
+        (
+            json!({ "s": folder(&source, "../etc"), "t": folder(&target, "") }),
+            "BAD_USER_INPUT",
+            token.as_str(),
+        ),
+        (
+            json!({ "s": folder("not-an-id", ""), "t": folder(&target, "") }),
+            "BAD_USER_INPUT",
+            token.as_str(),
+        ),
+        // Unknown ids and someone else's providers look the same.
+        (
+            json!({ "s": folder(&uuid::Uuid::new_v4().to_string(), ""), "t": folder(&target, "") }),
+            "NOT_FOUND",
+            token.as_str(),
+        ),
+        (
+            json!({ "s": folder(&source, ""), "t": folder(&target, "copy") }),
+            "NOT_FOUND",
+            other.as_str(),
+        ),
+        (
+            json!({ "s": folder(&source, ""), "t": folder(&target, "copy"), "d": 101 }),
+            "BAD_USER_INPUT",
+            token.as_str(),
+        ),
+    ];
+    for (mut variables, code, who) in refusals {
+        for (key, value) in [("m", json!("TWO_WAY")), ("c", json!("KEEP_BOTH")), ("d", json!(50))] {
+            variables.as_object_mut().expect("object").entry(key).or_insert(value);
+        }
+        assert_eq!(h.error_code(Some(who), SYNC, variables.clone()).await, code, "{variables}");
+    }
+    assert_eq!(h.error_code(Some(&other), RUN, json!({ "p": pair })).await, "NOT_FOUND");
+    assert_eq!(
+        h.error_code(Some(&token), RUN, json!({ "p": uuid::Uuid::new_v4() })).await,
+        "NOT_FOUND"
+    );
+    assert_eq!(
+        h.error_code(Some(&token), RUN, json!({ "p": "'; DROP TABLE events; --" })).await,
+        "BAD_USER_INPUT"
+    );
+    assert_eq!(h.error_code(None, RUN, json!({ "p": pair })).await, "UNAUTHENTICATED");
+    let pairs = "query { syncPairs { id } }";
+    assert_eq!(h.ok(Some(&other), pairs, json!({})).await["syncPairs"], json!([]));
+    assert_eq!(
+        h.server().app().db.events.head().await.expect("head"),
+        head,
+        "refusals record nothing"
+    );
+    assert_eq!(h.ok(Some(&token), pairs, json!({})).await["syncPairs"], json!([{ "id": pair }]));
+}
