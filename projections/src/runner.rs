@@ -59,39 +59,52 @@ const SAVE: &str = "UPDATE projector_checkpoints SET position = $2 WHERE name = 
 
 /// Applies the next page of events to one table. Returns how many events it consumed and the
 /// checkpoint after them.
+///
+/// The page is read before the checkpoint is locked, so a projector never holds the lock (on SQLite,
+/// the database's one write lock) while it waits for a second connection; if the checkpoint moved
+/// meanwhile (a concurrent rebuild), the page is read again.
 async fn step(db: &Database, table: Table, page: i64) -> Result<(usize, i64), ProjectionError> {
     let name = table.name();
+    const PEEK: &str = "SELECT position FROM projector_checkpoints WHERE name = $1";
     macro_rules! run {
-        ($tx:expr, $lock:expr, $bind:path) => {{
-            let mut tx = $tx;
-            sqlx::query(ENSURE).bind(name).execute(&mut *tx).await?;
-            let checkpoint: i64 = sqlx::query_scalar($lock).bind(name).fetch_one(&mut *tx).await?;
-            let events = db.events.read_all(checkpoint, page).await?;
-            let Some(last) = events.last().map(|e| e.position) else {
-                tx.rollback().await?;
-                return Ok((0, checkpoint));
-            };
-            for op in table_ops(&events, table)? {
-                let (sql, values) = statement(&op);
-                let mut query = sqlx::query(sql);
-                for value in values {
-                    query = $bind(query, value);
+        ($pool:expr, $begin:expr, $lock:expr, $bind:path) => {{
+            sqlx::query(ENSURE).bind(name).execute($pool).await?;
+            loop {
+                let seen: i64 = sqlx::query_scalar(PEEK).bind(name).fetch_one($pool).await?;
+                let events = db.events.read_all(seen, page).await?;
+                let Some(last) = events.last().map(|e| e.position) else {
+                    return Ok((0, seen));
+                };
+                let mut tx = $begin;
+                let checkpoint: i64 = sqlx::query_scalar($lock).bind(name).fetch_one(&mut *tx).await?;
+                if checkpoint != seen {
+                    tx.rollback().await?;
+                    continue;
                 }
-                query.execute(&mut *tx).await?;
+                for op in table_ops(&events, table)? {
+                    let (sql, values) = statement(&op);
+                    let mut query = sqlx::query(sql);
+                    for value in values {
+                        query = $bind(query, value);
+                    }
+                    query.execute(&mut *tx).await?;
+                }
+                sqlx::query(SAVE).bind(name).bind(last).execute(&mut *tx).await?;
+                tx.commit().await?;
+                return Ok((events.len(), last));
             }
-            sqlx::query(SAVE).bind(name).bind(last).execute(&mut *tx).await?;
-            tx.commit().await?;
-            Ok((events.len(), last))
         }};
     }
     match &db.pool {
         DbPool::Postgres(pool) => run!(
+            pool,
             pool.begin().await?,
             "SELECT position FROM projector_checkpoints WHERE name = $1 FOR UPDATE",
             bind_pg
         ),
         // BEGIN IMMEDIATE takes SQLite's write lock up front, which serialises projector batches.
         DbPool::Sqlite(pool) => run!(
+            pool,
             pool.begin_with("BEGIN IMMEDIATE").await?,
             "SELECT position FROM projector_checkpoints WHERE name = $1",
             bind_sqlite

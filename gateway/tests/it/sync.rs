@@ -1,0 +1,274 @@
+//! Issue 4: a sync run survives the process being killed at random points, and `cloudsync sync` runs
+//! pairs from the command line.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use super::{Running, announced_address, cloudsync, post_as};
+
+/// Every file below `root` (relative path → BLAKE3), temporary files included.
+fn tree(root: &Path) -> BTreeMap<String, String> {
+    let mut out = BTreeMap::new();
+    let mut folders = vec![root.to_path_buf()];
+    while let Some(folder) = folders.pop() {
+        for entry in std::fs::read_dir(&folder).expect("readable") {
+            let path = entry.expect("entry").path();
+            if path.is_dir() {
+                folders.push(path);
+            } else {
+                let relative = path.strip_prefix(root).expect("inside").to_string_lossy().into_owned();
+                out.insert(relative, blake3::hash(&std::fs::read(&path).expect("read")).to_hex().to_string());
+            }
+        }
+    }
+    out
+}
+
+/// Incompressible bytes.
+fn noise(len: usize, seed: u64) -> Vec<u8> {
+    let mut out = Vec::with_capacity(len + 32);
+    let mut counter = 0_u64;
+    while out.len() < len {
+        out.extend_from_slice(blake3::hash(&[seed.to_le_bytes(), counter.to_le_bytes()].concat()).as_bytes());
+        counter += 1;
+    }
+    out.truncate(len);
+    out
+}
+
+/// The servers' log, kept beside the data dir for a failing run's post-mortem.
+fn log(data: &Path) -> Stdio {
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(data.with_extension("log"))
+        .expect("log file");
+    Stdio::from(file)
+}
+
+fn serve(data: &Path) -> (Running, String) {
+    let mut child = cloudsync(data)
+        .args(["serve", "--bind", "127.0.0.1:0"])
+        .stdout(Stdio::piped())
+        .stderr(log(data))
+        .spawn()
+        .expect("spawn");
+    let stdout = child.stdout.take().expect("stdout");
+    let running = Running(child);
+    let addr = announced_address(stdout);
+    (running, addr)
+}
+
+/// Where the servers of the data dir `data` log.
+static LOG: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
+
+fn gql(addr: &str, token: &str, query: &str, variables: serde_json::Value) -> serde_json::Value {
+    let body = serde_json::json!({ "query": query, "variables": variables });
+    let sent = reqwest::blocking::Client::new()
+        .post(format!("http://{addr}/graphql"))
+        .bearer_auth(token)
+        .timeout(Duration::from_secs(60))
+        .json(&body)
+        .send();
+    let response: serde_json::Value = match sent.and_then(reqwest::blocking::Response::json) {
+        Ok(response) => response,
+        Err(error) => {
+            let log = LOG.get().and_then(|path| std::fs::read_to_string(path).ok()).unwrap_or_default();
+            let tail: Vec<&str> = log.lines().rev().take(60).collect();
+            panic!(
+                "{error}; the servers' log ends with:\n{}",
+                tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+            );
+        }
+    };
+    assert!(response.get("errors").is_none(), "{response}");
+    response["data"].clone()
+}
+
+/// Connects a local folder; `rate` caps its requests per second (so that a run lasts long enough to
+/// be killed in the middle).
+fn connect(addr: &str, token: &str, root: &Path, rate: Option<u32>) -> String {
+    let mut settings = serde_json::json!({ "root": root });
+    if let Some(rate) = rate {
+        settings["max_requests_per_second"] = rate.into();
+    }
+    let data = gql(
+        addr,
+        token,
+        "mutation($c: JSON!) { connectProvider(provider: \"local\", credentials: $c) { id } }",
+        serde_json::json!({ "c": settings }),
+    );
+    data["connectProvider"]["id"].as_str().expect("provider").to_owned()
+}
+
+fn kill(server: Running) {
+    let mut server = server;
+    let _ = server.0.kill();
+    let _ = server.0.wait();
+}
+
+#[test]
+fn a_killed_sync_resumes_and_ends_with_both_sides_correct() {
+    let data = std::env::temp_dir().join(format!("cloudsync-kill-{}", uuid::Uuid::new_v4().simple()));
+    let (a, b, c) = (data.with_extension("a"), data.with_extension("b"), data.with_extension("c"));
+    for (i, len) in (0..240).map(|i| (i, 8 * 1024 + i * 211)) {
+        let path = a.join(format!("dir{}/file-{i}.bin", i % 12));
+        std::fs::create_dir_all(path.parent().expect("parent")).expect("mkdir");
+        std::fs::write(path, noise(len, i as u64)).expect("write");
+    }
+    for i in 0..3 {
+        std::fs::write(a.join(format!("large-{i}.bin")), noise(12 * 1024 * 1024, 1000 + i)).expect("write");
+    }
+    std::fs::create_dir_all(&b).expect("mkdir");
+    std::fs::create_dir_all(&c).expect("mkdir");
+    LOG.set(data.with_extension("log")).ok();
+
+    let (server, addr) = serve(&data);
+    let registered = post_as(
+        &addr,
+        None,
+        r#"{"query":"mutation { register(email: \"kill@example.org\", password: \"correct horse battery\") { accessToken } }"}"#,
+    );
+    let token = registered["data"]["register"]["accessToken"].as_str().expect("token").to_owned();
+    let (source, target, third) = (
+        connect(&addr, &token, &a, None),
+        connect(&addr, &token, &b, Some(150)),
+        connect(&addr, &token, &c, None),
+    );
+    let pair = gql(
+        &addr,
+        &token,
+        "mutation($s: ID!, $t: ID!) { syncFolders(source: { providerId: $s, path: \"\" }, target: { providerId: $t, path: \"\" }) { id lastOperationId } }",
+        serde_json::json!({ "s": source, "t": target }),
+    );
+    let pair_id = pair["syncFolders"]["id"].as_str().expect("pair").to_owned();
+    let operation = pair["syncFolders"]["lastOperationId"].as_str().expect("run").to_owned();
+
+    // Kill the server at random points of the run, and start it again each time.
+    let seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(1, |d| d.as_nanos() as u64);
+    let mut state = seed | 1;
+    let mut random = move |below: u64| {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state % below
+    };
+    let status = serde_json::json!({ "o": operation });
+    let query = "query($o: ID!) { syncStatus(operationId: $o) { status filesDone error } }";
+    let (mut server, mut addr) = (server, addr);
+    let (mut kills, mut interrupted) = (Vec::new(), 0);
+    for _ in 0..4 {
+        let delay = 50 + random(700);
+        std::thread::sleep(Duration::from_millis(delay));
+        kill(server);
+        kills.push(delay);
+        (server, addr) = serve(&data);
+        // What the log said when the process died: a run that had not ended was interrupted.
+        let seen = gql(&addr, &token, query, status.clone())["syncStatus"].clone();
+        if !matches!(seen["status"].as_str(), Some("completed" | "failed" | "cancelled")) {
+            interrupted += 1;
+        }
+    }
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let outcome = loop {
+        let now = gql(&addr, &token, query, status.clone())["syncStatus"].clone();
+        if matches!(now["status"].as_str(), Some("completed" | "failed" | "cancelled")) {
+            break now;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the run did not end (kills after {kills:?} ms, seed {seed}): {now}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(outcome["status"], "completed", "kills after {kills:?} ms (seed {seed}): {outcome}");
+    assert!(interrupted >= 1, "no kill landed during the run (kills after {kills:?} ms)");
+    let (source_tree, target_tree) = (tree(&a), tree(&b));
+    assert_eq!(source_tree.len(), 243, "the source is untouched");
+    assert_eq!(
+        target_tree, source_tree,
+        "after kills at {kills:?} ms (seed {seed}) the target holds exactly the source: no partial, missing, extra or temporary file"
+    );
+
+    // The recorded base is what both sides hold: another run finds nothing to do.
+    let again = gql(
+        &addr,
+        &token,
+        "mutation($p: ID!) { runSync(pairId: $p) { id } }",
+        serde_json::json!({ "p": pair_id }),
+    );
+    let again = again["runSync"]["id"].as_str().expect("run").to_owned();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let idle = loop {
+        let now = gql(&addr, &token, query, serde_json::json!({ "o": again }))["syncStatus"].clone();
+        if now["status"] == "completed" {
+            break now;
+        }
+        assert!(Instant::now() < deadline && now["status"] != "failed", "{now}");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(
+        idle["filesDone"], 0,
+        "the base agrees with both sides after the resumed run: {idle}"
+    );
+    kill(server);
+
+    // The event log replays into the same read models.
+    let rebuild = cloudsync(&data).args(["projections", "rebuild", "all"]).output().expect("rebuild");
+    assert!(rebuild.status.success(), "{}", String::from_utf8_lossy(&rebuild.stderr));
+
+    // `cloudsync sync` with the server stopped: a run of the pair, then a new pair, with results.
+    std::fs::write(a.join("added-later.txt"), "later").expect("write");
+    let run = cloudsync(&data).args(["sync", &pair_id]).output().expect("sync");
+    assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+    assert!(
+        String::from_utf8_lossy(&run.stdout).contains("completed: 1 changes, 5 bytes"),
+        "{}",
+        String::from_utf8_lossy(&run.stdout)
+    );
+    assert_eq!(std::fs::read(b.join("added-later.txt")).expect("copied"), b"later");
+    let created = cloudsync(&data)
+        .args([
+            "sync",
+            "--source",
+            &format!("{source}:dir3"),
+            "--target",
+            &format!("{third}:copy"),
+            "--mode",
+            "mirror",
+        ])
+        .output()
+        .expect("sync");
+    assert!(created.status.success(), "{}", String::from_utf8_lossy(&created.stderr));
+    let printed = String::from_utf8_lossy(&created.stdout);
+    assert!(
+        printed.contains("Created sync pair") && printed.contains("completed: 20 changes"),
+        "{printed}"
+    );
+    assert_eq!(tree(&c.join("copy")), tree(&a.join("dir3")));
+    for bad in [
+        vec!["sync", "--source", "nonsense", "--target", "x"],
+        vec!["sync", "--source", &format!("{source}:../up"), "--target", &format!("{third}:")],
+        vec![
+            "sync",
+            "--source",
+            &format!("{source}:"),
+            "--target",
+            &format!("{third}:"),
+            "--mode",
+            "sideways",
+        ],
+        vec!["sync", "00000000-0000-0000-0000-000000000000"],
+    ] {
+        let refused = cloudsync(&data).args(&bad).output().expect("sync");
+        assert!(!refused.status.success(), "{bad:?} was accepted");
+    }
+    for folder in [&data, &a, &b, &c] {
+        std::fs::remove_dir_all(folder).ok();
+    }
+    std::fs::remove_file(data.with_extension("log")).ok();
+}
