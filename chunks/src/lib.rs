@@ -170,10 +170,28 @@ pub async fn put_content(store: &dyn ChunkStore, data: &[u8]) -> Result<String, 
     for (id, bytes) in chunks {
         store.put(&id, bytes).await?;
     }
-    let encoded = serde_json::to_vec(&manifest).map_err(|err| StoreError::Io(err.into()))?;
+    put_manifest(store, &manifest).await
+}
+
+/// Stores a manifest as a chunk of its own (its chunks need not be stored: a manifest alone tells
+/// which byte ranges a later version changes); returns its id.
+///
+/// # Errors
+/// The store's.
+pub async fn put_manifest(store: &dyn ChunkStore, manifest: &Manifest) -> Result<String, StoreError> {
+    let encoded = serde_json::to_vec(manifest).map_err(|err| StoreError::Io(err.into()))?;
     let id = blake3::hash(&encoded).to_hex().to_string();
     store.put(&id, &encoded).await?;
     Ok(id)
+}
+
+/// A manifest stored by [`put_manifest`].
+///
+/// # Errors
+/// A missing or damaged manifest.
+pub async fn get_manifest(store: &dyn ChunkStore, id: &str) -> Result<Manifest, StoreError> {
+    let encoded = store.get(id).await?;
+    serde_json::from_slice(&encoded).map_err(|_| StoreError::Damaged(id.to_owned()))
 }
 
 /// A content stored by [`put_content`], checked chunk by chunk and as a whole.
@@ -181,8 +199,7 @@ pub async fn put_content(store: &dyn ChunkStore, data: &[u8]) -> Result<String, 
 /// # Errors
 /// A missing or damaged chunk or manifest.
 pub async fn get_content(store: &dyn ChunkStore, manifest_id: &str) -> Result<Vec<u8>, StoreError> {
-    let encoded = store.get(manifest_id).await?;
-    let manifest: Manifest = serde_json::from_slice(&encoded).map_err(|_| StoreError::Damaged(manifest_id.to_owned()))?;
+    let manifest = get_manifest(store, manifest_id).await?;
     let mut data = Vec::with_capacity(usize::try_from(manifest.size).unwrap_or(0));
     for chunk in &manifest.chunks {
         data.extend_from_slice(&store.get(&chunk.id).await?);

@@ -323,6 +323,7 @@ impl Scan<'_> {
             bytes_done,
             files_total: None,
             bytes_total: None,
+            bytes_written: None,
             at: Utc::now(),
         })?;
         appends.push(StreamAppend {
@@ -352,6 +353,7 @@ impl Scan<'_> {
             bytes_done,
             files_total: Some(files_done),
             bytes_total: Some(bytes_done),
+            bytes_written: None,
             at: Utc::now(),
         };
         self.version = self

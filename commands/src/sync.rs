@@ -20,14 +20,14 @@
 //! half-finished step for a user's change (a file that a crash left absent on one side is restored
 //! from the other, because the base still holds it).
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use chrono::Utc;
-use cloudsync_chunks::{ChunkStore, get_content, put_content};
+use cloudsync_chunks::{ChunkRef, ChunkStore, Chunker, Manifest, get_content, get_manifest, put_content, put_manifest};
 use cloudsync_domain::events::{BaseChange, SyncPairCreated};
 use cloudsync_domain::merge::{self, Action, ConflictKind, Decision, Side, SyncMode, Tree, Version};
 use cloudsync_domain::provider::ProviderConnection;
@@ -52,6 +52,12 @@ const RECORD_EVERY: Duration = Duration::from_secs(1);
 /// Text files up to this size are kept in the chunk store when both sides agree on them, so that
 /// the next run can merge concurrent edits line by line.
 const KEEP_TEXT: u64 = 1024 * 1024;
+/// Files from this size on are copied with their chunk manifest kept, so that their next change is
+/// written as the byte ranges that differ, where the side takes ranged writes.
+const DELTA_MIN: u64 = 1024 * 1024;
+/// The most changed bytes a ranged write holds in memory; beyond it (or beyond a quarter of the
+/// file) the file is copied whole.
+const MAX_PATCH: u64 = 64 * 1024 * 1024;
 
 /// How a pair is set up.
 #[derive(Debug, Clone)]
@@ -407,6 +413,7 @@ pub(crate) async fn run_sync(commands: &Commands, job_id: SyncJobId, cancel: &Ca
         pending: Vec::new(),
         files: 0,
         bytes: 0,
+        written: 0,
         failures: Vec::new(),
         last_commit: Instant::now(),
         totals: None,
@@ -544,7 +551,10 @@ impl Tracker<'_> {
 struct Outcome {
     /// Paths both sides now agree on.
     changes: Vec<BaseChange>,
+    /// Bytes the decision had to bring across (for progress).
     bytes: u64,
+    /// Bytes it wrote to the sides (only changed ranges, where a side takes ranged writes).
+    written: u64,
     error: Option<String>,
 }
 
@@ -556,6 +566,7 @@ struct Recorder<'a> {
     pending: Vec<BaseChange>,
     files: u64,
     bytes: u64,
+    written: u64,
     failures: Vec<String>,
     last_commit: Instant,
     totals: Option<(u64, u64)>,
@@ -622,6 +633,7 @@ impl Recorder<'_> {
     async fn finished(&mut self, decision: &Decision, outcome: Outcome) -> Result<(), CommandError> {
         self.files += 1;
         self.bytes += outcome.bytes;
+        self.written += outcome.written;
         if let Some(error) = outcome.error {
             tracing::warn!(job = %self.tracker.job_id, path = %decision.path, error = %error, "A sync step was not carried out.");
             self.failures.push(format!("{}: {error}", decision.path));
@@ -652,6 +664,7 @@ impl Recorder<'_> {
             bytes_done: self.bytes,
             files_total,
             bytes_total,
+            bytes_written: Some(self.written),
             at: Utc::now(),
         };
         self.append_pair(&advanced, Some(progress)).await
@@ -664,7 +677,7 @@ impl Recorder<'_> {
         }
         if self.failures.is_empty() {
             self.tracker.step(SyncJobCommand::Complete { at: Utc::now() }).await?;
-            tracing::info!(job = %self.tracker.job_id, files = self.files, bytes = self.bytes, "Sync finished.");
+            tracing::info!(job = %self.tracker.job_id, files = self.files, bytes = self.bytes, written = self.written, "Sync finished.");
             return Ok(());
         }
         let count = self.failures.len();
@@ -695,6 +708,16 @@ struct Present {
     version: Version,
     tag: String,
     stored: Option<String>,
+    manifest: Option<String>,
+}
+
+/// What a copy left on its side.
+struct Copied {
+    tag: String,
+    stored: Option<String>,
+    manifest: Option<String>,
+    /// Bytes sent to the side: the whole file, or only its changed ranges.
+    written: u64,
 }
 
 /// Carries out decisions.
@@ -736,6 +759,11 @@ impl Executor {
                 .agreed(path)
                 .and_then(|a| a.stored.clone())
                 .filter(|_| self.pair.base().get(path).is_some_and(|b| b.same_content(version))),
+            manifest: self
+                .pair
+                .agreed(path)
+                .and_then(|a| a.manifest.clone())
+                .filter(|_| self.pair.base().get(path).is_some_and(|b| b.same_content(version))),
         })
     }
 
@@ -770,6 +798,7 @@ impl Executor {
                     source_tag,
                     target_tag,
                     stored,
+                    manifest: agreed.and_then(|a| a.manifest.clone()).filter(|_| base_same),
                 });
             }
         }
@@ -782,6 +811,7 @@ impl Executor {
                     source_tag: None,
                     target_tag: None,
                     stored: None,
+                    manifest: None,
                 });
             }
         }
@@ -834,19 +864,20 @@ impl Executor {
         let mut state: HashMap<(Side, ProviderPath), Option<Present>> = HashMap::new();
         let mut touched: BTreeSet<ProviderPath> = BTreeSet::new();
         touched.insert(decision.path.clone());
-        let mut bytes = 0;
+        let (mut bytes, mut written) = (0, 0);
         let mut actions: Vec<Action> = decision.actions.clone();
         actions.reverse();
         while let Some(action) = actions.pop() {
             let result = self.act(&action, &mut state, &mut touched).await;
             match result {
-                Ok(Step::Done(moved)) => bytes += moved,
+                Ok(Step::Done(moved, wrote)) => (bytes, written) = (bytes + moved, written + wrote),
                 // A text merge that was not clean: settle it by the policy instead.
                 Ok(Step::Instead(more)) => actions.extend(more.into_iter().rev()),
                 Err(err) => {
                     return Outcome {
                         changes: Vec::new(),
                         bytes,
+                        written,
                         error: Some(err.to_string()),
                     };
                 }
@@ -861,15 +892,16 @@ impl Executor {
                     source_tag: None,
                     target_tag: None,
                     stored: None,
+                    manifest: None,
                 }),
                 (Some(s), Some(t)) if s.version.same_content(&t.version) => {
-                    let stored = s.stored.or(t.stored);
                     changes.push(BaseChange {
                         path,
                         version: Some(s.version),
                         source_tag: Some(s.tag),
                         target_tag: Some(t.tag),
-                        stored,
+                        stored: s.stored.or(t.stored),
+                        manifest: s.manifest.or(t.manifest),
                     });
                 }
                 _ => {}
@@ -878,6 +910,7 @@ impl Executor {
         Outcome {
             changes,
             bytes,
+            written,
             error: None,
         }
     }
@@ -899,24 +932,25 @@ impl Executor {
             Action::Copy { to, from, path, version } => {
                 touched.insert(path.clone());
                 let expected = self.current(state, *to, path).map(|p| p.tag);
-                let (tag, stored) = self.copy(*to, from, path, version, expected.as_deref()).await?;
+                let copied = self.copy(*to, from, path, version, expected.as_deref()).await?;
                 state.insert(
                     (*to, path.clone()),
                     Some(Present {
                         version: version.clone(),
-                        tag,
-                        stored,
+                        tag: copied.tag,
+                        stored: copied.stored,
+                        manifest: copied.manifest,
                     }),
                 );
                 // The source side of the copy is as listed.
-                Ok(Step::Done(version.size))
+                Ok(Step::Done(version.size, copied.written))
             }
             Action::Delete { side, path, version } => {
                 touched.insert(path.clone());
                 let expected = self.current(state, *side, path).map(|p| p.tag);
                 self.delete(*side, path, version, expected.as_deref()).await?;
                 state.insert((*side, path.clone()), None);
-                Ok(Step::Done(0))
+                Ok(Step::Done(0, 0))
             }
             Action::Rename { side, from, to } => {
                 touched.insert(from.clone());
@@ -936,9 +970,10 @@ impl Executor {
                         version: moved.version,
                         tag,
                         stored: moved.stored,
+                        manifest: moved.manifest,
                     }),
                 );
-                Ok(Step::Done(0))
+                Ok(Step::Done(0, 0))
             }
             Action::MergeText {
                 path,
@@ -969,10 +1004,11 @@ impl Executor {
                                     version: version.clone(),
                                     tag,
                                     stored: stored.clone(),
+                                    manifest: None,
                                 }),
                             );
                         }
-                        Ok(Step::Done(moved))
+                        Ok(Step::Done(moved, moved))
                     }
                     None => {
                         let kind = if base.is_some() {
@@ -985,7 +1021,7 @@ impl Executor {
                 }
             }
             // Left for the user: nothing changes.
-            Action::Unresolved { .. } => Ok(Step::Done(0)),
+            Action::Unresolved { .. } => Ok(Step::Done(0, 0)),
         }
     }
 
@@ -1043,8 +1079,9 @@ impl Executor {
         }
     }
 
-    /// Copies `from` on the other side to `path` on side `to`; returns what the new file's listing
-    /// shows, and where its content is kept (small text files).
+    /// Copies `from` on the other side to `path` on side `to`: small text files through memory (and
+    /// kept in the chunk store), large files as their changed byte ranges where the side takes
+    /// ranged writes and still holds the agreed version, everything else streamed whole.
     async fn copy(
         &self,
         to: Side,
@@ -1052,7 +1089,7 @@ impl Executor {
         path: &ProviderPath,
         version: &Version,
         expected: Option<&str>,
-    ) -> Result<(String, Option<String>), StepError> {
+    ) -> Result<Copied, StepError> {
         if self.keeps(path, version.size) {
             let data = self.read_verified(to.other(), from, version).await?;
             let tag = self.write_bytes(to, path, &data, version, expected).await?;
@@ -1060,14 +1097,117 @@ impl Executor {
                 Some(chunks) => put_content(&**chunks, &data).await.ok(),
                 None => None,
             };
-            return Ok((tag, stored));
+            return Ok(Copied {
+                tag,
+                stored,
+                manifest: None,
+                written: version.size,
+            });
+        }
+        let large = version.size >= DELTA_MIN && self.chunks.is_some();
+        if large && let Some(patched) = self.patch(to, from, path, version, expected).await? {
+            return Ok(patched);
         }
         let stream = self
             .provider(to.other())
             .read(&self.full(to.other(), from), 0..version.size)
             .await?;
+        let chunked = Arc::new(std::sync::Mutex::new(None));
+        let stream = if large { chunking(stream, Arc::clone(&chunked)) } else { stream };
         let tag = self.write_stream(to, path, stream, version, expected).await?;
-        Ok((tag, None))
+        let manifest = chunked.lock().ok().and_then(|mut m| m.take());
+        let manifest = match (&self.chunks, manifest) {
+            (Some(chunks), Some(manifest)) => put_manifest(&**chunks, &manifest).await.ok(),
+            _ => None,
+        };
+        Ok(Copied {
+            tag,
+            stored: None,
+            manifest,
+            written: version.size,
+        })
+    }
+
+    /// Writes only the byte ranges of `version` that differ from what side `to` holds at `path`,
+    /// when that side takes ranged writes and still holds the agreed version, whose manifest is
+    /// kept. `None` when this does not apply, or when so much changed that a whole copy is better.
+    async fn patch(
+        &self,
+        to: Side,
+        from: &ProviderPath,
+        path: &ProviderPath,
+        version: &Version,
+        expected: Option<&str>,
+    ) -> Result<Option<Copied>, StepError> {
+        let (Some(chunks), Some(agreed)) = (&self.chunks, self.pair.agreed(path)) else {
+            return Ok(None);
+        };
+        let agreed_tag = match to {
+            Side::Source => agreed.source_tag.as_deref(),
+            Side::Target => agreed.target_tag.as_deref(),
+        };
+        if !self.provider(to).patches() || expected.is_none() || expected != agreed_tag {
+            return Ok(None);
+        }
+        let Some(old) = agreed.manifest.as_deref() else { return Ok(None) };
+        let Ok(old) = get_manifest(&**chunks, old).await else {
+            return Ok(None);
+        };
+        let before: HashSet<(&str, u64)> = old.spans().map(|(c, span)| (c.id.as_str(), span.start)).collect();
+        let limit = (version.size / 4).min(MAX_PATCH);
+        let mut stream = self
+            .provider(to.other())
+            .read(&self.full(to.other(), from), 0..version.size)
+            .await?;
+        let mut hasher = blake3::Hasher::new();
+        let mut chunker = Chunker::without_checksum();
+        let mut ranges: Vec<(u64, Vec<u8>)> = Vec::new();
+        let (mut offset, mut changed) = (0_u64, 0_u64);
+        let mut note = |chunk: &ChunkRef, bytes: &[u8]| -> Result<(), TooMuch> {
+            let start = offset;
+            offset += bytes.len() as u64;
+            if before.contains(&(chunk.id.as_str(), start)) {
+                return Ok(());
+            }
+            changed += bytes.len() as u64;
+            if changed > limit {
+                return Err(TooMuch);
+            }
+            match ranges.last_mut() {
+                Some((at, range)) if *at + range.len() as u64 == start => range.extend_from_slice(bytes),
+                _ => ranges.push((start, bytes.to_vec())),
+            }
+            Ok(())
+        };
+        while let Some(piece) = stream.next().await {
+            let piece = piece?;
+            hasher.update(&piece);
+            if chunker.push(&piece, &mut note).is_err() {
+                return Ok(None);
+            }
+        }
+        let Ok(mut manifest) = chunker.finish(&mut note) else {
+            return Ok(None);
+        };
+        if manifest.size != version.size || hasher.finalize().to_hex().as_str() != version.checksum {
+            return Err(StepError::Changed(format!(
+                "{path} changed on the {} while it was read",
+                to.other().name()
+            )));
+        }
+        manifest.checksum.clone_from(&version.checksum);
+        self.check_unchanged(to, path, expected).await?;
+        let destination = self.full(to, path);
+        let provider = self.provider(to);
+        let ranges = ranges.into_iter().map(|(at, bytes)| (at, Bytes::from(bytes))).collect();
+        let written = provider.patch(&destination, version.size, ranges).await?;
+        let tag = tag_of(&provider.stat(&destination).await?);
+        Ok(Some(Copied {
+            tag,
+            stored: None,
+            manifest: put_manifest(&**chunks, &manifest).await.ok(),
+            written,
+        }))
     }
 
     async fn write_bytes(
@@ -1143,8 +1283,8 @@ impl Executor {
 
 /// What an action led to.
 enum Step {
-    /// Done, having moved this many bytes.
-    Done(u64),
+    /// Done: the bytes it had to move, and the bytes it wrote (less, for a ranged write).
+    Done(u64, u64),
     /// Replaced by these actions.
     Instead(Vec<Action>),
 }
@@ -1155,6 +1295,36 @@ fn temporary_name(path: &ProviderPath, job_id: SyncJobId) -> ProviderPath {
     let token = blake3::hash(format!("{job_id}/{path}").as_bytes()).to_hex();
     let name = format!(".cloudsync-{}.tmp", &token.as_str()[..16]);
     path.parent().join(&name).unwrap_or_else(|_| path.clone())
+}
+
+/// More changed bytes than a ranged write is worth.
+struct TooMuch;
+
+/// The stream, passed on unchanged, cut into chunks as it goes; once it has ended, `manifest`
+/// holds its manifest (without the whole-content checksum, which the copy verifies itself).
+fn chunking(data: ByteStream, manifest: Arc<std::sync::Mutex<Option<Manifest>>>) -> ByteStream {
+    let state = (data, Some(Chunker::without_checksum()));
+    futures::stream::unfold(state, move |(mut data, mut chunker)| {
+        let manifest = Arc::clone(&manifest);
+        async move {
+            match data.next().await {
+                Some(Ok(piece)) => {
+                    if let Some(chunker) = chunker.as_mut() {
+                        let _ = chunker.push(&piece, |_, _| Ok::<(), std::convert::Infallible>(()));
+                    }
+                    Some((Ok(piece), (data, chunker)))
+                }
+                Some(Err(err)) => Some((Err(err), (data, None))),
+                None => {
+                    if let (Some(chunker), Ok(mut slot)) = (chunker.take(), manifest.lock()) {
+                        *slot = chunker.finish(|_, _| Ok::<(), std::convert::Infallible>(())).ok();
+                    }
+                    None
+                }
+            }
+        }
+    })
+    .boxed()
 }
 
 /// The stream, checked as it goes: after its last piece it fails (and sets `mismatch`) unless the

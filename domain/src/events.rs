@@ -164,6 +164,10 @@ pub struct SyncJobProgressed {
     pub bytes_done: u64,
     pub files_total: Option<u64>,
     pub bytes_total: Option<u64>,
+    /// A sync run's bytes written to the sides so far (less than `bytes_done` where only changed
+    /// ranges were written).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bytes_written: Option<u64>,
     pub at: DateTime<Utc>,
 }
 
@@ -237,6 +241,10 @@ pub struct BaseChange {
     /// for the next line merge).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stored: Option<String>,
+    /// The chunk-store id of the agreed content's chunk manifest (large files): the next change of
+    /// the file is written as the byte ranges that differ, where the side accepts ranged writes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub manifest: Option<String>,
 }
 
 /// A run ended with both sides agreeing on these paths: the merge base of the next run moves on.

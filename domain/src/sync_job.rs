@@ -97,6 +97,7 @@ pub enum SyncJobCommand {
         bytes_done: u64,
         files_total: Option<u64>,
         bytes_total: Option<u64>,
+        bytes_written: Option<u64>,
         at: DateTime<Utc>,
     },
     Pause {
@@ -236,6 +237,7 @@ impl Aggregate for SyncJob {
                 bytes_done,
                 files_total,
                 bytes_total,
+                bytes_written,
                 at,
             } => {
                 let (job_id, phase) = self.running()?;
@@ -248,6 +250,7 @@ impl Aggregate for SyncJob {
                     bytes_done,
                     files_total,
                     bytes_total,
+                    bytes_written,
                     at,
                 })
             }

@@ -43,6 +43,7 @@ pub struct Agreed {
     pub source_tag: Option<String>,
     pub target_tag: Option<String>,
     pub stored: Option<String>,
+    pub manifest: Option<String>,
 }
 
 pub enum SyncPairCommand {
@@ -148,7 +149,10 @@ impl Aggregate for SyncPair {
                         let agreed = self.agreed.get(&c.path).cloned().unwrap_or_default();
                         self.base.get(&c.path) != c.version.as_ref()
                             || (c.version.is_some()
-                                && (agreed.source_tag != c.source_tag || agreed.target_tag != c.target_tag || agreed.stored != c.stored))
+                                && (agreed.source_tag != c.source_tag
+                                    || agreed.target_tag != c.target_tag
+                                    || agreed.stored != c.stored
+                                    || agreed.manifest != c.manifest))
                     })
                     .collect();
                 if changes.is_empty() {
@@ -181,6 +185,7 @@ impl Aggregate for SyncPair {
                                     source_tag: change.source_tag.clone(),
                                     target_tag: change.target_tag.clone(),
                                     stored: change.stored.clone(),
+                                    manifest: change.manifest.clone(),
                                 },
                             );
                         }
@@ -301,6 +306,7 @@ mod tests {
             source_tag: content.map(|c| format!("tag-{c}")),
             target_tag: None,
             stored: None,
+            manifest: None,
         };
         assert_eq!(advance(&mut pair, vec![change("x.txt", Some("1")), change("y.txt", Some("2"))]), 1);
         assert_eq!(

@@ -286,7 +286,7 @@ async fn scan(config: &Config, db: &Database, provider_id: Uuid) -> anyhow::Resu
     let provider = cloudsync_domain::ProviderId::from_uuid(provider_id);
     let owner = commands.provider_owner(provider).await.context("finding the provider")?;
     let (job_id, position) = commands.request_scan(owner, provider).await?;
-    let (files, _) = follow(db, &commands, job_id, position).await?;
+    let (files, _, _) = follow(db, &commands, job_id, position).await?;
     println!("Scan {job_id} completed: {files} files.");
     Ok(())
 }
@@ -357,19 +357,19 @@ async fn sync(config: &Config, db: &Database, pair_id: Option<Uuid>, new_pair: O
         }
         (None, None) => bail!("give a pair id, or --source and --target"),
     };
-    let (files, bytes) = follow(db, &commands, job_id, position).await?;
-    println!("Sync {job_id} completed: {files} changes, {bytes} bytes transferred.");
+    let (files, bytes, written) = follow(db, &commands, job_id, position).await?;
+    println!("Sync {job_id} completed: {files} changes, {bytes} bytes brought across, {written} bytes written.");
     Ok(())
 }
 
 /// Runs a job here (unless another worker started it first) and follows it live from its own
-/// events, with a progress bar; returns its final files and bytes done.
+/// events, with a progress bar; returns its final files and bytes done, and bytes written (sync runs).
 async fn follow(
     db: &Database,
     commands: &cloudsync_commands::Commands,
     job_id: cloudsync_domain::SyncJobId,
     position: i64,
-) -> anyhow::Result<(u64, u64)> {
+) -> anyhow::Result<(u64, u64, u64)> {
     use cloudsync_domain::DomainEvent;
     use cloudsync_domain::sync_job::{JobPhase, SyncJob};
     use futures::StreamExt as _;
@@ -398,7 +398,7 @@ async fn follow(
         std::time::Duration::from_millis(500),
     ));
     let mut history = Vec::new();
-    let (mut files_done, mut bytes_done) = (0, 0);
+    let (mut files_done, mut bytes_done, mut bytes_written) = (0, 0, 0);
     let outcome = loop {
         tokio::select! {
             next = events.next() => {
@@ -410,6 +410,7 @@ async fn follow(
                 match &decoded {
                     DomainEvent::SyncJobProgressed(progress) => {
                         (files_done, bytes_done) = (progress.files_done, progress.bytes_done);
+                        bytes_written = progress.bytes_written.unwrap_or(bytes_written);
                         match (progress.files_total, progress.bytes_total) {
                             (Some(files_total), Some(bytes_total)) if bytes_total > 0 => {
                                 if bar.length() != Some(bytes_total) {
@@ -453,7 +454,7 @@ async fn follow(
     cancel.cancel();
     bar.finish_and_clear();
     match outcome {
-        (JobPhase::Completed, _) => Ok((files_done, bytes_done)),
+        (JobPhase::Completed, _) => Ok((files_done, bytes_done, bytes_written)),
         (phase, reason) => bail!("operation {job_id} {}: {}", phase.as_str(), reason.unwrap_or_default()),
     }
 }

@@ -183,6 +183,9 @@ pub struct SyncOperation {
     bytes_done: i64,
     files_total: Option<i64>,
     bytes_total: Option<i64>,
+    /// Sync runs: bytes written to the folders (less than `bytesDone` where only changed byte
+    /// ranges of large files were written).
+    bytes_written: Option<i64>,
     /// Bytes per second since the operation started.
     bytes_per_second: Option<f64>,
     /// Seconds left at that rate, once the total is known.
@@ -203,6 +206,20 @@ pub struct HeldDeletes {
 impl SyncOperation {
     pub(crate) fn is_finished(&self) -> bool {
         matches!(self.status.as_str(), "completed" | "failed" | "cancelled")
+    }
+
+    /// What a progress update would tell that the last one did not.
+    pub(crate) fn fingerprint(&self) -> String {
+        format!(
+            "{} {} {:?} {} {} {:?} {:?}",
+            self.status,
+            self.paused,
+            self.held.as_ref().map(|h| h.deletes),
+            self.files_done,
+            self.bytes_done,
+            self.bytes_written,
+            self.error
+        )
     }
 }
 
@@ -233,6 +250,7 @@ impl From<SyncOperationRow> for SyncOperation {
             bytes_done: row.bytes_done,
             files_total: row.files_total,
             bytes_total: row.bytes_total,
+            bytes_written: row.bytes_written,
             bytes_per_second: rate,
             eta_seconds: eta,
             error: row.error,

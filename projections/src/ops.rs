@@ -151,6 +151,7 @@ pub enum Op {
         bytes_done: i64,
         files_total: Option<i64>,
         bytes_total: Option<i64>,
+        bytes_written: Option<i64>,
         at: DateTime<Utc>,
     },
 }
@@ -264,6 +265,7 @@ pub fn ops_for(event: &DomainEvent, at: DateTime<Utc>) -> Vec<Op> {
             bytes_done: int(e.bytes_done),
             files_total: e.files_total.map(int),
             bytes_total: e.bytes_total.map(int),
+            bytes_written: e.bytes_written.map(int),
             at,
         }],
         E::SyncJobPaused(e) => vec![Op::SyncOperationPaused {

@@ -54,6 +54,7 @@ pub struct SyncOperationRow {
     pub bytes_done: i64,
     pub files_total: Option<i64>,
     pub bytes_total: Option<i64>,
+    pub bytes_written: Option<i64>,
     pub error: Option<String>,
     /// For a sync run: `{pair_id}`.
     pub details: Value,
@@ -105,7 +106,7 @@ fn like_prefix(folder: &str) -> String {
 const FILE_COLUMNS: &str = "CAST(id AS TEXT) AS id, CAST(provider_id AS TEXT) AS provider_id, path, name, size_bytes, \
                             mime_type, checksum, modified_at, created_at, updated_at";
 const OPERATION_COLUMNS: &str = "CAST(id AS TEXT) AS id, kind, CAST(provider_id AS TEXT) AS provider_id, status, paused, \
-                                 files_done, bytes_done, files_total, bytes_total, error, CAST(details AS TEXT) AS details, held, \
+                                 files_done, bytes_done, files_total, bytes_total, bytes_written, error, CAST(details AS TEXT) AS details, held, \
                                  created_at, updated_at, completed_at";
 const PAIR_COLUMNS: &str = "CAST(id AS TEXT) AS id, CAST(source_provider_id AS TEXT) AS source_provider_id, source_path, \
                             CAST(target_provider_id AS TEXT) AS target_provider_id, target_path, mode, conflict_policy, \
@@ -254,6 +255,7 @@ impl ReadModels {
                 bytes_done: row.try_get("bytes_done")?,
                 files_total: row.try_get("files_total")?,
                 bytes_total: row.try_get("bytes_total")?,
+                bytes_written: row.try_get("bytes_written")?,
                 error: row.try_get("error")?,
                 details: json(row.try_get("details")?)?,
                 held: row.try_get::<Option<String>, _>("held")?.as_deref().map(json).transpose()?,
@@ -338,6 +340,7 @@ impl ReadModels {
                 "bytes_done",
                 "files_total",
                 "bytes_total",
+                "bytes_written",
                 "error",
                 "details",
                 "held",

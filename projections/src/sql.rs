@@ -231,10 +231,11 @@ pub(crate) fn statement(op: &Op) -> (&'static str, Vec<Val>) {
             bytes_done,
             files_total,
             bytes_total,
+            bytes_written,
             at,
         } => (
             "UPDATE sync_operations SET files_done = $2, bytes_done = $3, files_total = COALESCE($4, files_total), \
-             bytes_total = COALESCE($5, bytes_total), updated_at = $6 WHERE id = $1",
+             bytes_total = COALESCE($5, bytes_total), updated_at = $6, bytes_written = COALESCE($7, bytes_written) WHERE id = $1",
             vec![
                 V::Uuid(id),
                 V::Int(files_done),
@@ -242,6 +243,7 @@ pub(crate) fn statement(op: &Op) -> (&'static str, Vec<Val>) {
                 V::OptInt(files_total),
                 V::OptInt(bytes_total),
                 V::Ts(at),
+                V::OptInt(bytes_written),
             ],
         ),
     }

@@ -120,6 +120,20 @@ pub trait StorageProvider: Send + Sync {
         )
     }
 
+    /// Whether [`StorageProvider::patch`] works here.
+    fn patches(&self) -> bool {
+        false
+    }
+
+    /// Turns the file at `path` into a new version by writing only `ranges` (offset, bytes) over a
+    /// copy of it and truncating or extending it to `size`; the new version replaces the old one in
+    /// one step, as [`StorageProvider::write`] does. Returns the bytes written. Local folders do
+    /// this with a copy made by the kernel; other kinds refuse with [`ProviderError::Unsupported`].
+    async fn patch(&self, path: &ProviderPath, size: u64, ranges: Vec<(u64, Bytes)>) -> Result<u64, ProviderError> {
+        let _ = (size, ranges);
+        Err(ProviderError::Unsupported(format!("{path}: ranged writes")))
+    }
+
     /// Removes below `folder` the temporary files of writes that a killed process left behind (a
     /// local write in progress names its process; a name whose process is gone is abandoned).
     /// Returns how many were removed. Kinds whose writes leave nothing behind remove nothing.

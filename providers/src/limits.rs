@@ -9,6 +9,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
+use bytes::Bytes;
 use cloudsync_domain::{ProviderKind, ProviderPath};
 use futures::stream::BoxStream;
 use tokio::sync::Semaphore;
@@ -237,6 +238,23 @@ impl StorageProvider for Limited {
     async fn create_folder(&self, path: &ProviderPath) -> Result<(), ProviderError> {
         self.take().await;
         self.inner.create_folder(path).await
+    }
+
+    fn patches(&self) -> bool {
+        self.inner.patches()
+    }
+
+    async fn patch(&self, path: &ProviderPath, size: u64, ranges: Vec<(u64, Bytes)>) -> Result<u64, ProviderError> {
+        self.take().await;
+        let _permit = self
+            .transfers
+            .acquire()
+            .await
+            .map_err(|_| ProviderError::Other("the provider is closing".into()))?;
+        self.invalidate(path);
+        let written = self.inner.patch(path, size, ranges).await;
+        self.invalidate(path);
+        written
     }
 
     async fn remove_abandoned_writes(&self, folder: &ProviderPath) -> Result<u64, ProviderError> {

@@ -321,6 +321,42 @@ impl StorageProvider for LocalProvider {
         .await
     }
 
+    fn patches(&self) -> bool {
+        true
+    }
+
+    async fn patch(&self, path: &ProviderPath, size: u64, ranges: Vec<(u64, Bytes)>) -> Result<u64, ProviderError> {
+        let this = self.clone();
+        let path = path.clone();
+        blocking(move || {
+            let (target, _) = this.existing_file(&path)?;
+            let temp = temp_name(&target);
+            let patched = (|| -> Result<u64, ProviderError> {
+                // The kernel copies the unchanged bytes (copy_file_range; a reflink where the file
+                // system shares blocks): nothing passes through this process but the new ranges.
+                std::fs::copy(&target, &temp).map_err(io_error(&path))?;
+                let mut file = std::fs::OpenOptions::new().write(true).open(&temp)?;
+                let mut written = 0;
+                for (offset, bytes) in &ranges {
+                    file.seek(SeekFrom::Start(*offset))?;
+                    file.write_all(bytes)?;
+                    written += bytes.len() as u64;
+                }
+                file.set_len(size)?;
+                file.sync_all()?;
+                drop(file);
+                this.resolve(&path)?;
+                std::fs::rename(&temp, &target)?;
+                Ok(written)
+            })();
+            if patched.is_err() {
+                let _ = std::fs::remove_file(&temp);
+            }
+            patched
+        })
+        .await
+    }
+
     async fn remove_abandoned_writes(&self, folder: &ProviderPath) -> Result<u64, ProviderError> {
         let this = self.clone();
         let folder = folder.clone();

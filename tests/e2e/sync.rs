@@ -19,6 +19,7 @@ on_both_backends!(
     sync_reaches_webdav_and_s3,
     sync_progress_streams_until_the_run_ends,
     bad_sync_requests_change_nothing,
+    a_changed_large_file_is_written_as_its_changed_ranges,
 );
 
 const SYNC: &str = "mutation($s: FolderInput!, $t: FolderInput!, $m: SyncMode, $c: ConflictPolicy, $d: Int) { \
@@ -415,4 +416,56 @@ async fn bad_sync_requests_change_nothing(h: &Harness) {
         "refusals record nothing"
     );
     assert_eq!(h.ok(Some(&token), pairs, json!({})).await["syncPairs"], json!([{ "id": pair }]));
+}
+
+async fn a_changed_large_file_is_written_as_its_changed_ranges(h: &Harness) {
+    let big = noise(8 * 1024 * 1024, 11);
+    let seed: Vec<(&str, &[u8])> = vec![("big.bin", &big), ("small.txt", b"small")];
+    let (token, source, a, target, b) = two_folders(h, "delta@example.org", &seed).await;
+    let (pair, first) = create_pair(h, &token, &source, &target, "TWO_WAY", 50).await;
+    let status = h.wait_for_operation(&token, &first).await;
+    let whole = big.len() as i64 + 5;
+    assert_eq!(status["bytesDone"].as_i64(), Some(whole));
+    let written = "query($o: ID!) { syncStatus(operationId: $o) { bytesDone bytesWritten } }";
+    let first_written = h.ok(Some(&token), written, json!({ "o": first })).await;
+    assert_eq!(
+        first_written["syncStatus"]["bytesWritten"].as_i64(),
+        Some(whole),
+        "the first copy is whole"
+    );
+
+    // Two small edits inside the large file, in place.
+    let mut edited = big.clone();
+    edited[4_000_000..4_001_000].copy_from_slice(&noise(1000, 12));
+    edited[100_000..100_010].copy_from_slice(b"0123456789");
+    write(&a, "big.bin", &edited);
+    let second = run(h, &token, &pair).await;
+    let operation = second["id"].as_str().expect("id");
+    let status = h.ok(Some(&token), written, json!({ "o": operation })).await["syncStatus"].clone();
+    assert_eq!(
+        status["bytesDone"].as_i64(),
+        Some(edited.len() as i64),
+        "the file counts whole for progress"
+    );
+    let sent = status["bytesWritten"].as_i64().expect("bytes written");
+    assert!(
+        sent > 0 && sent <= 4 * 256 * 1024,
+        "only the changed chunks are written: {sent} bytes"
+    );
+    assert_eq!(std::fs::read(b.join("big.bin")).expect("read"), edited);
+
+    // The other way: an edit on the target reaches the source the same way; it grows the file too.
+    let mut again = edited.clone();
+    again[7_000_000..7_000_004].copy_from_slice(b"WXYZ");
+    again.extend_from_slice(b"appended");
+    write(&b, "big.bin", &again);
+    let third = run(h, &token, &pair).await;
+    let status = h.ok(Some(&token), written, json!({ "o": third["id"] })).await["syncStatus"].clone();
+    let sent = status["bytesWritten"].as_i64().expect("bytes written");
+    assert!(
+        sent > 0 && sent <= 2 * 256 * 1024,
+        "{sent} bytes written for a 4-byte edit and an append"
+    );
+    assert_eq!(std::fs::read(a.join("big.bin")).expect("read"), again);
+    assert_eq!(tree(&a), tree(&b));
 }

@@ -277,39 +277,48 @@ pub struct SyncSubscription;
 
 #[Subscription]
 impl SyncSubscription {
-    /// The operation's state now, then again after every step it records, until it ends.
+    /// The operation's state now, then again whenever it changes (checked after every step it
+    /// records, and every second), until it ends.
     async fn sync_progress(&self, ctx: &Context<'_>, operation_id: ID) -> async_graphql::Result<impl Stream<Item = SyncOperation> + use<>> {
         let caller = caller(ctx)?;
         let app = Arc::clone(app(ctx));
         let id = parse_id(&operation_id, "operationId")?;
-        // The state as of the log's head, then every step after it: nothing falls in between.
         let head = app.db.events.head().await.map_err(|err| ApiError::internal(&err))?;
         app.wrote(caller, head);
         let first = operation_row(&app, caller, id).await?;
         let stream_name = SyncJobId::from_uuid(id).stream();
-        let events = subscribe(Arc::clone(&app.db.events), head, std::time::Duration::from_millis(250));
-        let ended = first.is_finished();
-        let updates = events
+        let steps = subscribe(Arc::clone(&app.db.events), head, std::time::Duration::from_millis(250))
             .filter_map(move |event| {
                 let position = event.ok().filter(|e| e.stream_id == stream_name).map(|e| e.position);
                 async move { position }
             })
-            .then(move |position| {
-                let app = Arc::clone(&app);
-                async move {
-                    app.wrote(caller, position);
-                    operation_row(&app, caller, id).await.ok()
+            .boxed();
+        let seen = first.fingerprint();
+        let ended = first.is_finished();
+        let updates = futures::stream::unfold((steps, seen, ended), move |(mut steps, mut seen, ended)| {
+            let app = Arc::clone(&app);
+            async move {
+                if ended {
+                    return None;
                 }
-            })
-            .filter_map(|row| async move { row })
-            .scan(false, |done, row| {
-                let emit = if *done { None } else { Some(row) };
-                if let Some(row) = &emit {
-                    *done = row.is_finished();
+                loop {
+                    // The next step of this operation, or a second: whichever comes first (a read
+                    // model that lagged behind a step is read again).
+                    match tokio::time::timeout(std::time::Duration::from_secs(1), steps.next()).await {
+                        Ok(Some(position)) => app.wrote(caller, position),
+                        Ok(None) => tokio::time::sleep(std::time::Duration::from_secs(1)).await,
+                        Err(_) => {}
+                    }
+                    let Ok(row) = operation_row(&app, caller, id).await else { continue };
+                    let fingerprint = row.fingerprint();
+                    if fingerprint != seen {
+                        seen = fingerprint;
+                        let ended = row.is_finished();
+                        return Some((row, (steps, seen, ended)));
+                    }
                 }
-                async move { emit }
-            });
-        let updates = if ended { futures::stream::empty().boxed() } else { updates.boxed() };
+            }
+        });
         Ok(futures::stream::once(async move { first }).chain(updates))
     }
 }

@@ -226,7 +226,7 @@ fn a_killed_sync_resumes_and_ends_with_both_sides_correct() {
     let run = cloudsync(&data).args(["sync", &pair_id]).output().expect("sync");
     assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
     assert!(
-        String::from_utf8_lossy(&run.stdout).contains("completed: 1 changes, 5 bytes"),
+        String::from_utf8_lossy(&run.stdout).contains("completed: 1 changes, 5 bytes brought across, 5 bytes written"),
         "{}",
         String::from_utf8_lossy(&run.stdout)
     );

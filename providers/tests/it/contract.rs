@@ -38,6 +38,7 @@ contract!(
     missing_paths_are_not_found,
     bad_credentials_are_refused,
     the_change_feed_reports_outside_changes_where_there_is_one,
+    ranged_writes_patch_a_file_where_they_are_offered,
 );
 
 fn p(raw: &str) -> ProviderPath {
@@ -305,4 +306,41 @@ async fn the_change_feed_reports_outside_changes_where_there_is_one(t: &TestProv
             break;
         }
     }
+}
+
+async fn ranged_writes_patch_a_file_where_they_are_offered(t: &TestProvider) {
+    let provider = &*t.provider;
+    let path = p("patched/data.bin");
+    let original: Vec<u8> = (0..100_000_u32).map(|i| (i % 251) as u8).collect();
+    provider.write(&path, once(original.clone())).await.expect("write");
+    let ranges = vec![(10_u64, Bytes::from_static(b"ABCDE")), (99_990, Bytes::from_static(b"end, longer"))];
+    if !provider.patches() {
+        assert!(matches!(
+            provider.patch(&path, 100_001, ranges).await,
+            Err(ProviderError::Unsupported(_))
+        ));
+        assert_eq!(
+            read_all(provider, &path, 0..u64::MAX).await,
+            original,
+            "a refused patch changes nothing"
+        );
+        return;
+    }
+    let written = provider.patch(&path, 100_001, ranges).await.expect("patched");
+    assert_eq!(written, 16);
+    let mut expected = original.clone();
+    expected[10..15].copy_from_slice(b"ABCDE");
+    expected.truncate(99_990);
+    expected.extend_from_slice(b"end, longer");
+    assert_eq!(expected.len(), 100_001);
+    assert_eq!(read_all(provider, &path, 0..u64::MAX).await, expected);
+    // Shrinking truncates; a missing file is not found and nothing is created.
+    provider.patch(&path, 20, Vec::new()).await.expect("truncated");
+    assert_eq!(read_all(provider, &path, 0..u64::MAX).await, expected[..20].to_vec());
+    assert!(matches!(
+        provider.patch(&p("nowhere.bin"), 5, Vec::new()).await,
+        Err(ProviderError::NotFound(_))
+    ));
+    let listed: Vec<_> = provider.list(&ProviderPath::root()).try_collect().await.expect("list");
+    assert_eq!(listed.len(), 1, "no temporary file is left: {listed:?}");
 }
