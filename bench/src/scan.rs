@@ -16,52 +16,19 @@
 //! target/release/scan        # (in CARGO_TARGET_DIR)
 //! ```
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::time::Instant;
 
-use anyhow::{Context as _, bail};
+use anyhow::bail;
+
+mod common;
+
 use cloudsync_commands::{Commands, MasterKey, Vault};
 use cloudsync_domain::Email;
 use cloudsync_eventstore::Database;
+use common::{Measured, cloudsync_binary, env_usize, measure};
 use serde_json::{Value, json};
-
-struct Measured {
-    seconds: f64,
-    peak_mib: f64,
-}
-
-/// Runs a command under `/usr/bin/time`, returning its wall time and peak resident memory.
-fn measure(command: &mut Command) -> anyhow::Result<Measured> {
-    let program = command.get_program().to_owned();
-    let args: Vec<_> = command.get_args().map(ToOwned::to_owned).collect();
-    let envs: Vec<_> = command.get_envs().map(|(k, v)| (k.to_owned(), v.map(ToOwned::to_owned))).collect();
-    let mut timed = Command::new("/usr/bin/time");
-    timed.arg("-f").arg("BENCH %e %M").arg(program).args(args);
-    for (key, value) in envs {
-        match value {
-            Some(value) => timed.env(key, value),
-            None => timed.env_remove(key),
-        };
-    }
-    let output = timed.output().context("running /usr/bin/time")?;
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    if !output.status.success() {
-        bail!("{:?} failed: {stderr}", command.get_program());
-    }
-    let line = stderr
-        .lines()
-        .rev()
-        .find(|l| l.starts_with("BENCH "))
-        .context("no /usr/bin/time line")?;
-    let mut parts = line.split_whitespace().skip(1);
-    let seconds: f64 = parts.next().context("wall time")?.parse()?;
-    let kib: f64 = parts.next().context("max rss")?.parse()?;
-    Ok(Measured {
-        seconds,
-        peak_mib: kib / 1024.0,
-    })
-}
 
 /// A deterministic tree: `files` files of 0–4 KiB in 100 × 10 folders.
 fn generate(root: &Path, files: usize) -> anyhow::Result<u64> {
@@ -94,14 +61,6 @@ async fn connect(data: &Path, kind: &str, credentials: Value) -> anyhow::Result<
     let connected = commands.connect_provider(user, kind, &credentials).await?;
     db.close().await;
     Ok(connected.provider_id.to_string())
-}
-
-fn cloudsync_binary() -> anyhow::Result<PathBuf> {
-    let path = std::env::current_exe()?.with_file_name("cloudsync");
-    if !path.is_file() {
-        bail!("{} is missing: cargo build --release --bin cloudsync", path.display());
-    }
-    Ok(path)
 }
 
 struct Row {
@@ -210,12 +169,6 @@ async fn s3(work: &Path, files: usize, endpoint: &str) -> anyhow::Result<Row> {
         cloudsync,
         rclone,
     })
-}
-
-fn env_usize(name: &str, default: usize) -> anyhow::Result<usize> {
-    std::env::var(name)
-        .ok()
-        .map_or(Ok(default), |v| v.parse().with_context(|| format!("{name} must be a number")))
 }
 
 #[tokio::main]

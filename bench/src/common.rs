@@ -1,0 +1,70 @@
+//! What the benchmarks share: running a command under `/usr/bin/time`, finding the `cloudsync`
+//! binary beside the benchmark, and reading settings from the environment.
+
+// Each benchmark binary compiles this module and uses part of it.
+#![allow(dead_code)]
+
+use std::path::PathBuf;
+use std::process::Command;
+
+use anyhow::{Context as _, bail};
+
+/// One process's cost, from `/usr/bin/time`.
+pub struct Measured {
+    pub seconds: f64,
+    pub peak_mib: f64,
+    /// What the kernel counted as read from and written to storage on the process's behalf (file
+    /// system input and output blocks of 512 bytes), in MiB.
+    pub read_mib: f64,
+    pub written_mib: f64,
+}
+
+/// Runs a command under `/usr/bin/time`, returning its wall time, peak resident memory and I/O.
+pub fn measure(command: &mut Command) -> anyhow::Result<Measured> {
+    let program = command.get_program().to_owned();
+    let args: Vec<_> = command.get_args().map(ToOwned::to_owned).collect();
+    let envs: Vec<_> = command.get_envs().map(|(k, v)| (k.to_owned(), v.map(ToOwned::to_owned))).collect();
+    let mut timed = Command::new("/usr/bin/time");
+    timed.arg("-f").arg("BENCH %e %M %I %O").arg(program).args(args);
+    for (key, value) in envs {
+        match value {
+            Some(value) => timed.env(key, value),
+            None => timed.env_remove(key),
+        };
+    }
+    let output = timed.output().context("running /usr/bin/time")?;
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    if !output.status.success() {
+        bail!("{:?} failed: {stderr}", command.get_program());
+    }
+    let line = stderr
+        .lines()
+        .rev()
+        .find(|l| l.starts_with("BENCH "))
+        .context("no /usr/bin/time line")?;
+    let numbers: Vec<f64> = line.split_whitespace().skip(1).map(str::parse).collect::<Result<_, _>>()?;
+    let [seconds, kib, blocks_in, blocks_out] = numbers[..] else {
+        bail!("unexpected /usr/bin/time line {line:?}");
+    };
+    Ok(Measured {
+        seconds,
+        peak_mib: kib / 1024.0,
+        read_mib: blocks_in * 512.0 / 1_048_576.0,
+        written_mib: blocks_out * 512.0 / 1_048_576.0,
+    })
+}
+
+/// The `cloudsync` binary built beside the benchmark.
+pub fn cloudsync_binary() -> anyhow::Result<PathBuf> {
+    let path = std::env::current_exe()?.with_file_name("cloudsync");
+    if !path.is_file() {
+        bail!("{} is missing: cargo build --release --bin cloudsync", path.display());
+    }
+    Ok(path)
+}
+
+pub fn env_usize(name: &str, default: usize) -> anyhow::Result<usize> {
+    std::env::var(name)
+        .ok()
+        .map_or(Ok(default), |v| v.parse().with_context(|| format!("{name} must be a number")))
+}

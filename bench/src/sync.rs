@@ -1,0 +1,405 @@
+//! Sync benchmark: `cloudsync sync` (a mirror pair, the embedded SQLite store) beside `rclone sync`
+//! and `rsync -a` on the same generated tree, in the same run, each tool into its own destination:
+//!
+//! 1. the initial sync of `BENCH_SYNC_FILES` (default 10,000) small files (0–4 KiB) plus
+//!    `BENCH_SYNC_LARGE` (default 3) files of `BENCH_SYNC_LARGE_MIB` (default 200) MiB, local → local;
+//! 2. after 1% of the bytes inside each large file changed (20 scattered edits per file), the same
+//!    again: CloudSync writes the changed byte ranges, rclone copies changed files whole, rsync
+//!    (whose local copies are whole-file by default) is also run with `--no-whole-file`, its delta
+//!    algorithm as over a network;
+//! 3. local → S3 (the moto server of `scripts/services`), initial and after the same change, with
+//!    `BENCH_SYNC_S3_FILES` (default 1,000) small files and one large file of the same size. S3 takes
+//!    no ranged writes, so CloudSync uploads a changed file whole there, as rclone does.
+//!
+//! Each process's wall time, peak memory and the blocks the kernel counted as read and written on
+//! its behalf come from `/usr/bin/time` (CloudSync's own writes to its event store and chunk store
+//! included); CloudSync also reports the bytes it wrote into the target folder.
+//!
+//! ```text
+//! cargo build --release -p cloudsync-gateway -p cloudsync-bench
+//! scripts/services && scripts/bench-tools && source ~/.cache/cloudsync/servers/env
+//! target/release/sync        # (in CARGO_TARGET_DIR)
+//! ```
+
+use std::path::Path;
+use std::process::Command;
+use std::time::Instant;
+
+use anyhow::{Context as _, bail};
+use cloudsync_commands::{Commands, MasterKey, Vault};
+use cloudsync_domain::Email;
+use cloudsync_eventstore::Database;
+use serde_json::{Value, json};
+
+mod common;
+
+use common::{Measured, cloudsync_binary, env_usize, measure};
+
+fn fill(content: &mut [u8], seed: u64) {
+    blake3::Hasher::new().update(&seed.to_le_bytes()).finalize_xof().fill(content);
+}
+
+/// `small` files of 0–4 KiB in nested folders and `large` incompressible files of `large_mib` MiB.
+fn generate(root: &Path, small: usize, large: usize, large_mib: usize) -> anyhow::Result<u64> {
+    let mut bytes = 0;
+    for i in 0..small {
+        let folder = root.join(format!("d{:03}/e{}", i % 100, (i / 100) % 10));
+        if i < 1000 {
+            std::fs::create_dir_all(&folder)?;
+        }
+        let mut content = vec![0_u8; (i * 7919) % 4096];
+        fill(&mut content, i as u64);
+        std::fs::write(folder.join(format!("file-{i:06}.bin")), &content)?;
+        bytes += content.len() as u64;
+    }
+    for i in 0..large {
+        let mut content = vec![0_u8; large_mib * 1024 * 1024];
+        fill(&mut content, 1_000_000 + i as u64);
+        std::fs::write(root.join(format!("large-{i}.bin")), &content)?;
+        bytes += content.len() as u64;
+    }
+    Ok(bytes)
+}
+
+/// Rewrites 1% of each large file's bytes, in 20 scattered places, keeping its size.
+fn change_one_percent(root: &Path, large: usize, round: u64) -> anyhow::Result<u64> {
+    let mut changed = 0;
+    for i in 0..large {
+        let path = root.join(format!("large-{i}.bin"));
+        let mut content = std::fs::read(&path)?;
+        let edit = content.len() / 100 / 20;
+        for k in 0..20 {
+            let at = (k * content.len() / 20 + 4099 * (k + 1)) % (content.len() - edit);
+            fill(&mut content[at..at + edit], 7_000_000 + round * 100 + k as u64);
+            changed += edit as u64;
+        }
+        std::fs::write(&path, &content)?;
+    }
+    Ok(changed)
+}
+
+/// A data dir with one user who has connected these providers; returns their ids.
+async fn connect(data: &Path, providers: &[(&str, Value)]) -> anyhow::Result<Vec<String>> {
+    std::fs::create_dir_all(data)?;
+    let (master, text) = MasterKey::generate();
+    std::fs::write(data.join("master-key"), text)?;
+    let db = Database::connect(&format!("sqlite://{}", data.join("cloudsync.db").display()), true).await?;
+    let commands = Commands::new(db.events.clone(), Vault::new(master, db.pool.clone()));
+    let (user, _) = commands.register(Email::parse("bench@example.org")?, "not-a-login".into()).await?;
+    let mut ids = Vec::new();
+    for (kind, credentials) in providers {
+        ids.push(commands.connect_provider(user, kind, credentials).await?.provider_id.to_string());
+    }
+    db.close().await;
+    Ok(ids)
+}
+
+/// `cloudsync sync`: measured, with the bytes it says it wrote into the target, and the pair it made.
+fn cloudsync(data: &Path, args: &[&str]) -> anyhow::Result<(Measured, u64, Option<String>)> {
+    let out = data.join("last-run.txt");
+    let shell = format!(
+        "{} {} > {}",
+        cloudsync_binary()?.display(),
+        args.iter().map(|a| format!("'{a}'")).collect::<Vec<_>>().join(" "),
+        out.display()
+    );
+    let measured = measure(
+        Command::new("sh")
+            .args(["-c", &shell])
+            .env("CLOUDSYNC_DATA_DIR", data)
+            .env("CLOUDSYNC_LOG", "warn"),
+    )?;
+    let printed = std::fs::read_to_string(&out)?;
+    let written = printed
+        .split(" bytes brought across, ")
+        .nth(1)
+        .and_then(|rest| rest.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .with_context(|| format!("no byte count in {printed:?}"))?;
+    let pair = printed
+        .lines()
+        .find_map(|l| l.strip_prefix("Created sync pair "))
+        .map(|p| p.trim_end_matches('.').to_owned());
+    Ok((measured, written, pair))
+}
+
+/// Whether two trees hold the same files (by size and BLAKE3).
+fn same_tree(a: &Path, b: &Path) -> anyhow::Result<bool> {
+    fn walk(root: &Path) -> anyhow::Result<std::collections::BTreeMap<String, blake3::Hash>> {
+        let mut out = std::collections::BTreeMap::new();
+        let mut folders = vec![root.to_path_buf()];
+        while let Some(folder) = folders.pop() {
+            for entry in std::fs::read_dir(&folder)? {
+                let path = entry?.path();
+                if path.is_dir() {
+                    folders.push(path);
+                } else {
+                    let relative = path.strip_prefix(root)?.to_string_lossy().into_owned();
+                    out.insert(relative, blake3::hash(&std::fs::read(&path)?));
+                }
+            }
+        }
+        Ok(out)
+    }
+    Ok(walk(a)? == walk(b)?)
+}
+
+struct Row {
+    scenario: String,
+    tool: String,
+    measured: Measured,
+    /// Bytes the tool says it wrote into the target (CloudSync), where it says.
+    reported: Option<u64>,
+}
+
+fn rclone_local(source: &Path, target: &Path) -> anyhow::Result<Measured> {
+    measure(
+        Command::new("rclone")
+            .args(["sync", "--config", "/dev/null"])
+            .arg(source)
+            .arg(target),
+    )
+}
+
+fn rsync(source: &Path, target: &Path, delta: bool) -> anyhow::Result<Measured> {
+    let mut command = Command::new("rsync");
+    command.arg("-a");
+    if delta {
+        command.arg("--no-whole-file");
+    }
+    measure(command.arg(format!("{}/", source.display())).arg(target))
+}
+
+async fn local(work: &Path, small: usize, large: usize, large_mib: usize) -> anyhow::Result<Vec<Row>> {
+    let source = work.join("source");
+    eprintln!("[local] generating {small} small and {large} × {large_mib} MiB files");
+    let bytes = generate(&source, small, large, large_mib)?;
+    let (ours, theirs, rsynced, delta) = (
+        work.join("dst-cloudsync"),
+        work.join("dst-rclone"),
+        work.join("dst-rsync"),
+        work.join("dst-rsync-delta"),
+    );
+    std::fs::create_dir_all(&ours)?;
+    let data = work.join("data");
+    let ids = connect(&data, &[("local", json!({ "root": source })), ("local", json!({ "root": ours }))]).await?;
+    let scenario = format!("local → local, initial ({} files, {} MiB)", small + large, bytes / 1_048_576);
+    let mut rows = Vec::new();
+    eprintln!("[local] cloudsync initial");
+    let (measured, written, pair) = cloudsync(
+        &data,
+        &[
+            "sync",
+            "--source",
+            &format!("{}:", ids[0]),
+            "--target",
+            &format!("{}:", ids[1]),
+            "--mode",
+            "mirror",
+            "--max-delete",
+            "100",
+        ],
+    )?;
+    let pair = pair.context("the pair's id")?;
+    rows.push(Row {
+        scenario: scenario.clone(),
+        tool: "CloudSync".into(),
+        measured,
+        reported: Some(written),
+    });
+    eprintln!("[local] rclone initial");
+    rows.push(Row {
+        scenario: scenario.clone(),
+        tool: "rclone sync".into(),
+        measured: rclone_local(&source, &theirs)?,
+        reported: None,
+    });
+    eprintln!("[local] rsync initial");
+    rows.push(Row {
+        scenario: scenario.clone(),
+        tool: "rsync -a".into(),
+        measured: rsync(&source, &rsynced, false)?,
+        reported: None,
+    });
+    rsync(&source, &delta, false)?;
+    for target in [&ours, &theirs, &rsynced] {
+        if !same_tree(&source, target)? {
+            bail!("{} differs from the source after the initial sync", target.display());
+        }
+    }
+
+    let changed = change_one_percent(&source, large, 1)?;
+    let scenario = format!("local → local, 1% of the large files' bytes changed ({} MiB)", changed / 1_048_576);
+    eprintln!("[local] cloudsync incremental");
+    let (measured, written, _) = cloudsync(&data, &["sync", &pair])?;
+    rows.push(Row {
+        scenario: scenario.clone(),
+        tool: "CloudSync".into(),
+        measured,
+        reported: Some(written),
+    });
+    eprintln!("[local] rclone incremental");
+    rows.push(Row {
+        scenario: scenario.clone(),
+        tool: "rclone sync".into(),
+        measured: rclone_local(&source, &theirs)?,
+        reported: None,
+    });
+    eprintln!("[local] rsync incremental");
+    rows.push(Row {
+        scenario: scenario.clone(),
+        tool: "rsync -a".into(),
+        measured: rsync(&source, &rsynced, false)?,
+        reported: None,
+    });
+    rows.push(Row {
+        scenario,
+        tool: "rsync -a --no-whole-file".into(),
+        measured: rsync(&source, &delta, true)?,
+        reported: None,
+    });
+    for target in [&ours, &theirs, &rsynced, &delta] {
+        if !same_tree(&source, target)? {
+            bail!("{} differs from the source after the incremental sync", target.display());
+        }
+    }
+    Ok(rows)
+}
+
+async fn s3(work: &Path, endpoint: &str, small: usize, large_mib: usize) -> anyhow::Result<Vec<Row>> {
+    let source = work.join("s3-source");
+    eprintln!("[s3] generating {small} small files and one of {large_mib} MiB");
+    let bytes = generate(&source, small, 1, large_mib)?;
+    let bucket = "cloudsync-bench";
+    let prefix = format!("sync-{}", uuid::Uuid::new_v4().simple());
+    let remote = [
+        ("RCLONE_CONFIG", "/dev/null".to_owned()),
+        ("RCLONE_CONFIG_BENCHS3_TYPE", "s3".to_owned()),
+        ("RCLONE_CONFIG_BENCHS3_PROVIDER", "Other".to_owned()),
+        ("RCLONE_CONFIG_BENCHS3_ENDPOINT", endpoint.to_owned()),
+        ("RCLONE_CONFIG_BENCHS3_ACCESS_KEY_ID", "bench".to_owned()),
+        ("RCLONE_CONFIG_BENCHS3_SECRET_ACCESS_KEY", "bench-secret".to_owned()),
+    ];
+    let created = Command::new("rclone")
+        .args(["mkdir", &format!("benchs3:{bucket}")])
+        .envs(remote.iter().cloned())
+        .env_remove("AWS_CA_BUNDLE")
+        .status()?;
+    if !created.success() {
+        bail!("cannot create the bucket");
+    }
+    let data = work.join("s3-data");
+    let credentials = json!({
+        "endpoint": endpoint, "bucket": bucket, "access_key_id": "bench", "secret_access_key": "bench-secret",
+        "root": format!("/{prefix}/cloudsync/"),
+    });
+    let ids = connect(&data, &[("local", json!({ "root": source })), ("s3", credentials)]).await?;
+    let rclone = |label: &str| -> anyhow::Result<Row> {
+        eprintln!("[s3] rclone {label}");
+        let measured = measure(
+            Command::new("rclone")
+                .args(["sync", "--transfers", "8"])
+                .arg(&source)
+                .arg(format!("benchs3:{bucket}/{prefix}/rclone"))
+                .envs(remote.iter().cloned())
+                // A CA bundle meant for real AWS makes rclone refuse a plain-HTTP endpoint.
+                .env_remove("AWS_CA_BUNDLE"),
+        )?;
+        Ok(Row {
+            scenario: String::new(),
+            tool: "rclone sync".into(),
+            measured,
+            reported: None,
+        })
+    };
+    let scenario = format!("local → S3 (moto), initial ({} files, {} MiB)", small + 1, bytes / 1_048_576);
+    eprintln!("[s3] cloudsync initial");
+    let (measured, written, pair) = cloudsync(
+        &data,
+        &[
+            "sync",
+            "--source",
+            &format!("{}:", ids[0]),
+            "--target",
+            &format!("{}:", ids[1]),
+            "--mode",
+            "mirror",
+            "--max-delete",
+            "100",
+        ],
+    )?;
+    let pair = pair.context("the pair's id")?;
+    let mut rows = vec![Row {
+        scenario: scenario.clone(),
+        tool: "CloudSync".into(),
+        measured,
+        reported: Some(written),
+    }];
+    rows.push(Row {
+        scenario,
+        ..rclone("initial")?
+    });
+    let changed = change_one_percent(&source, 1, 2)?;
+    let scenario = format!(
+        "local → S3 (moto), 1% of the large file's bytes changed ({} MiB)",
+        changed / 1_048_576
+    );
+    eprintln!("[s3] cloudsync incremental");
+    let (measured, written, _) = cloudsync(&data, &["sync", &pair])?;
+    rows.push(Row {
+        scenario: scenario.clone(),
+        tool: "CloudSync".into(),
+        measured,
+        reported: Some(written),
+    });
+    rows.push(Row {
+        scenario,
+        ..rclone("incremental")?
+    });
+    Ok(rows)
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let small = env_usize("BENCH_SYNC_FILES", 10_000)?;
+    let large = env_usize("BENCH_SYNC_LARGE", 3)?;
+    let large_mib = env_usize("BENCH_SYNC_LARGE_MIB", 200)?;
+    let s3_files = env_usize("BENCH_SYNC_S3_FILES", 1_000)?;
+    let work = std::env::temp_dir().join(format!("cloudsync-bench-sync-{}", uuid::Uuid::new_v4().simple()));
+    std::fs::create_dir_all(&work)?;
+    let started = Instant::now();
+    let mut rows = Vec::new();
+    let result: anyhow::Result<()> = async {
+        rows.extend(local(&work, small, large, large_mib).await?);
+        match std::env::var("CLOUDSYNC_TEST_S3_ENDPOINT") {
+            Ok(endpoint) if s3_files > 0 => match s3(&work, &endpoint, s3_files, large_mib).await {
+                Ok(more) => rows.extend(more),
+                Err(error) => eprintln!("S3 scenario failed: {error:#}"),
+            },
+            _ => eprintln!("CLOUDSYNC_TEST_S3_ENDPOINT is not set: skipping S3 (run scripts/services and source its env)"),
+        }
+        Ok(())
+    }
+    .await;
+    std::fs::remove_dir_all(&work).ok();
+    result?;
+    let nproc = std::thread::available_parallelism().map_or(0, std::num::NonZero::get);
+    println!("# CloudSync sync benchmark\n");
+    println!(
+        "nproc {nproc}, {} UTC, total {:.0} s\n",
+        chrono::Utc::now().format("%Y-%m-%d %H:%M:%S"),
+        started.elapsed().as_secs_f64()
+    );
+    println!("| scenario | tool | wall s | peak MiB | read MiB (kernel) | written MiB (kernel) | written into the target MiB (reported) |");
+    println!("|---|---|---:|---:|---:|---:|---:|");
+    for row in rows {
+        let reported = row
+            .reported
+            .map_or_else(|| "—".to_owned(), |b| format!("{:.1}", b as f64 / 1_048_576.0));
+        println!(
+            "| {} | {} | {:.2} | {:.0} | {:.1} | {:.1} | {reported} |",
+            row.scenario, row.tool, row.measured.seconds, row.measured.peak_mib, row.measured.read_mib, row.measured.written_mib
+        );
+    }
+    Ok(())
+}
