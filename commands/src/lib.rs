@@ -17,4 +17,4 @@ pub use jobs::JobRunner;
 pub use oauth::{Authorization, DEFAULT_RENEW_MARGIN, OAuth, OAuthApp, is_oauth_kind};
 pub use schedule::Scheduler;
 pub use secrets::{MasterKey, Vault};
-pub use sync::{DEFAULT_MAX_DELETE_PERCENT, SyncSettings};
+pub use sync::{Choice, DEFAULT_MAX_DELETE_PERCENT, SyncSettings};

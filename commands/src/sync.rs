@@ -28,7 +28,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use chrono::Utc;
 use cloudsync_chunks::{ChunkRef, ChunkStore, Chunker, Manifest, get_content, get_manifest, put_content, put_manifest};
-use cloudsync_domain::events::{BaseChange, SyncPairCreated};
+use cloudsync_domain::events::{BaseChange, Resolution, SyncPairCreated};
 use cloudsync_domain::merge::{self, Action, ConflictKind, Decision, Side, SyncMode, Tree, Version};
 use cloudsync_domain::provider::ProviderConnection;
 use cloudsync_domain::sync_job::{JobKind, JobPhase, SyncJob, SyncJobCommand};
@@ -70,6 +70,17 @@ pub struct SyncSettings {
     pub max_delete_percent: u8,
     pub schedule: Option<ScanSchedule>,
     pub realtime: bool,
+}
+
+/// How the owner settles a conflict.
+#[derive(Debug, Clone)]
+pub enum Choice {
+    Source,
+    Target,
+    /// Both versions: the older change is kept as a conflict copy.
+    Both,
+    /// The owner's own merge, written to both sides.
+    Merged(Vec<u8>),
 }
 
 /// The default share of a side a run may delete without asking.
@@ -194,6 +205,66 @@ impl Commands {
             }])
             .await?;
         Ok(outcome.last_position)
+    }
+
+    /// Settles a conflict left for `user` at `path` of their pair, and starts a run to carry the
+    /// choice out (unless one is in progress: it is then carried out by the next run). `merged` is
+    /// the owner's own merge, for [`Resolution::Merged`]-style resolutions.
+    ///
+    /// # Errors
+    /// [`CommandError::NotFound`] for unknown or someone else's pairs and paths without a conflict;
+    /// [`CommandError::Invalid`] for conflicts a choice cannot settle.
+    pub async fn resolve_conflict(
+        &self,
+        user: UserId,
+        pair_id: SyncPairId,
+        path: ProviderPath,
+        choice: Choice,
+    ) -> Result<(Option<SyncJobId>, i64), CommandError> {
+        let (pair, version) = self.load::<SyncPair>(&pair_id.stream()).await?;
+        let resolution = match choice {
+            Choice::Source => Resolution::Source,
+            Choice::Target => Resolution::Target,
+            Choice::Both => Resolution::Both,
+            Choice::Merged(content) => {
+                pair.live_for(user).ok_or(CommandError::NotFound("sync pair"))?;
+                pair.conflicts().get(&path).ok_or(CommandError::NotFound("conflict"))?;
+                let chunks = self
+                    .chunks()
+                    .ok_or_else(|| CommandError::Invalid("this server keeps no chunk store for merged content".into()))?;
+                let id = put_content(&**chunks, &content)
+                    .await
+                    .map_err(|err| CommandError::Storage(err.to_string()))?;
+                Resolution::Merged {
+                    content: id,
+                    version: Version {
+                        checksum: blake3::hash(&content).to_hex().to_string(),
+                        size: content.len() as u64,
+                        modified_at: Utc::now(),
+                    },
+                }
+            }
+        };
+        let events = pair.handle(SyncPairCommand::ResolveConflict {
+            by: user,
+            path,
+            resolution,
+            at: Utc::now(),
+        })?;
+        let ctx = Context::new(Some(user));
+        let outcome = self
+            .store()
+            .append(vec![StreamAppend {
+                stream: pair_id.stream(),
+                expected: expected(version),
+                events: events.iter().map(|e| encode(e, &ctx)).collect(),
+            }])
+            .await?;
+        match self.request_sync(user, pair_id).await {
+            Ok((job_id, position)) => Ok((Some(job_id), position)),
+            Err(CommandError::Conflict(_)) => Ok((None, outcome.last_position)),
+            Err(err) => Err(err),
+        }
     }
 
     /// The owner of a sync pair, for operators' tools that act on a pair by id.
@@ -411,6 +482,7 @@ pub(crate) async fn run_sync(commands: &Commands, job_id: SyncJobId, cancel: &Ca
         pair_id,
         pair,
         pending: Vec::new(),
+        late: Vec::new(),
         files: 0,
         bytes: 0,
         written: 0,
@@ -438,7 +510,7 @@ pub(crate) async fn run_sync(commands: &Commands, job_id: SyncJobId, cancel: &Ca
         d.actions.len() > 1
             || d.actions
                 .iter()
-                .any(|a| matches!(a, Action::Rename { .. } | Action::MergeText { .. }))
+                .any(|a| matches!(a, Action::Rename { .. } | Action::MergeText { .. } | Action::Unresolved { .. }))
     });
     for decision in ordered {
         if !run.tracker.running().await? {
@@ -555,6 +627,8 @@ struct Outcome {
     bytes: u64,
     /// Bytes it wrote to the sides (only changed ranges, where a side takes ranged writes).
     written: u64,
+    /// Conflicts left for the owner that the plan did not show (a line merge that was not clean).
+    late: Vec<Decision>,
     error: Option<String>,
 }
 
@@ -564,6 +638,7 @@ struct Recorder<'a> {
     pair_id: SyncPairId,
     pair: SyncPair,
     pending: Vec<BaseChange>,
+    late: Vec<Decision>,
     files: u64,
     bytes: u64,
     written: u64,
@@ -639,6 +714,7 @@ impl Recorder<'_> {
             self.failures.push(format!("{}: {error}", decision.path));
         }
         self.pending.extend(outcome.changes);
+        self.late.extend(outcome.late);
         if self.pending.len() >= BATCH || self.last_commit.elapsed() >= RECORD_EVERY {
             self.commit().await?;
         }
@@ -649,15 +725,23 @@ impl Recorder<'_> {
     async fn commit(&mut self) -> Result<(), CommandError> {
         self.last_commit = Instant::now();
         let changes = std::mem::take(&mut self.pending);
-        let advanced = if changes.is_empty() {
-            Vec::new()
-        } else {
-            self.pair.handle(SyncPairCommand::AdvanceBase {
+        let mut advanced = Vec::new();
+        // Conflicts that only carrying a decision out revealed (a line merge that was not clean,
+        // under `MANUAL`) are recorded like the plan's own.
+        for decision in std::mem::take(&mut self.late) {
+            advanced.extend(self.pair.handle(SyncPairCommand::RecordDecision {
+                job_id: self.tracker.job_id,
+                decision,
+                at: Utc::now(),
+            })?);
+        }
+        if !changes.is_empty() {
+            advanced.extend(self.pair.handle(SyncPairCommand::AdvanceBase {
                 job_id: self.tracker.job_id,
                 changes,
                 at: Utc::now(),
-            })?
-        };
+            })?);
+        }
         let (files_total, bytes_total) = self.totals.unzip();
         let progress = SyncJobCommand::RecordProgress {
             files_done: self.files,
@@ -865,9 +949,22 @@ impl Executor {
         let mut touched: BTreeSet<ProviderPath> = BTreeSet::new();
         touched.insert(decision.path.clone());
         let (mut bytes, mut written) = (0, 0);
+        let mut late = Vec::new();
         let mut actions: Vec<Action> = decision.actions.clone();
         actions.reverse();
         while let Some(action) = actions.pop() {
+            if let Action::Unresolved { path, kind, .. } = &action
+                && !decision.actions.contains(&action)
+            {
+                late.push(Decision {
+                    path: path.clone(),
+                    reason: merge::Reason::Conflict {
+                        kind: *kind,
+                        policy: self.policy,
+                    },
+                    actions: vec![action.clone()],
+                });
+            }
             let result = self.act(&action, &mut state, &mut touched).await;
             match result {
                 Ok(Step::Done(moved, wrote)) => (bytes, written) = (bytes + moved, written + wrote),
@@ -878,6 +975,7 @@ impl Executor {
                         changes: Vec::new(),
                         bytes,
                         written,
+                        late,
                         error: Some(err.to_string()),
                     };
                 }
@@ -911,6 +1009,7 @@ impl Executor {
             changes,
             bytes,
             written,
+            late,
             error: None,
         }
     }
@@ -993,22 +1092,7 @@ impl Executor {
                             Some(chunks) => Some(put_content(&**chunks, &merged).await?),
                             None => None,
                         };
-                        let mut moved = 0;
-                        for side in [Side::Source, Side::Target] {
-                            let expected = self.current(state, side, path).map(|p| p.tag);
-                            let tag = self.write_bytes(side, path, &merged, &version, expected.as_deref()).await?;
-                            moved += version.size;
-                            state.insert(
-                                (side, path.clone()),
-                                Some(Present {
-                                    version: version.clone(),
-                                    tag,
-                                    stored: stored.clone(),
-                                    manifest: None,
-                                }),
-                            );
-                        }
-                        Ok(Step::Done(moved, moved))
+                        self.write_both(path, &merged, &version, stored, state).await
                     }
                     None => {
                         let kind = if base.is_some() {
@@ -1020,9 +1104,67 @@ impl Executor {
                     }
                 }
             }
-            // Left for the user: nothing changes.
-            Action::Unresolved { .. } => Ok(Step::Done(0, 0)),
+            Action::Unresolved {
+                path,
+                kind,
+                source,
+                target,
+            } => {
+                touched.insert(path.clone());
+                match (self.pair.resolution(path, source.as_ref(), target.as_ref()), source, target) {
+                    // Left for the owner: nothing changes until they choose.
+                    (None, _, _) => Ok(Step::Done(0, 0)),
+                    (Some(Resolution::Merged { content, version }), _, _) => {
+                        let chunks = self
+                            .chunks
+                            .as_ref()
+                            .ok_or_else(|| StepError::Changed("no chunk store holds the merged content".into()))?;
+                        let merged = get_content(&**chunks, content).await?;
+                        let version = Version {
+                            modified_at: Utc::now(),
+                            ..version.clone()
+                        };
+                        self.write_both(path, &merged, &version, Some(content.clone()), state).await
+                    }
+                    (Some(choice), Some(source), Some(target)) => {
+                        let policy = match choice {
+                            Resolution::Source => merge::ConflictPolicy::SourceWins,
+                            Resolution::Target => merge::ConflictPolicy::TargetWins,
+                            Resolution::Both | Resolution::Merged { .. } => merge::ConflictPolicy::KeepBoth,
+                        };
+                        Ok(Step::Instead(merge::resolve(policy, *kind, path, source, target, Utc::now())))
+                    }
+                    (Some(_), _, _) => Ok(Step::Done(0, 0)),
+                }
+            }
         }
+    }
+
+    /// Writes the same content to `path` on both sides (a merge), each over what was listed there.
+    async fn write_both(
+        &self,
+        path: &ProviderPath,
+        data: &[u8],
+        version: &Version,
+        stored: Option<String>,
+        state: &mut HashMap<(Side, ProviderPath), Option<Present>>,
+    ) -> Result<Step, StepError> {
+        let mut moved = 0;
+        for side in [Side::Source, Side::Target] {
+            let expected = self.current(state, side, path).map(|p| p.tag);
+            let tag = self.write_bytes(side, path, data, version, expected.as_deref()).await?;
+            moved += version.size;
+            state.insert(
+                (side, path.clone()),
+                Some(Present {
+                    version: version.clone(),
+                    tag,
+                    stored: stored.clone(),
+                    manifest: None,
+                }),
+            );
+        }
+        Ok(Step::Done(moved, moved))
     }
 
     /// The clean line merge of both sides' edits, or `None` when it is not clean (or the base's

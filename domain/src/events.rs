@@ -207,6 +207,35 @@ pub struct SyncRunRequested {
     pub at: DateTime<Utc>,
 }
 
+/// The owner settled a conflict left for them (`MANUAL`): the next run carries the choice out, as
+/// long as both sides still hold the versions it was made about.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SyncConflictResolved {
+    pub pair_id: SyncPairId,
+    pub owner_id: UserId,
+    pub path: ProviderPath,
+    pub resolution: Resolution,
+    pub source: Option<Version>,
+    pub target: Option<Version>,
+    pub at: DateTime<Utc>,
+}
+
+/// How a conflict is settled.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "keep", rename_all = "snake_case")]
+pub enum Resolution {
+    Source,
+    Target,
+    /// Both versions, the target's renamed as a conflict copy.
+    Both,
+    /// Content the owner merged, kept in the chunk store under `content` (a manifest id), with
+    /// its checksum and size.
+    Merged {
+        content: String,
+        version: Version,
+    },
+}
+
 /// A sync run stopped before its first change: its plan deletes more of a side than the pair allows.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SyncJobHeld {
@@ -286,6 +315,7 @@ pub enum DomainEvent {
     SyncRunRequested(SyncRunRequested),
     SyncJobHeld(SyncJobHeld),
     SyncJobApproved(SyncJobFinished),
+    SyncConflictResolved(SyncConflictResolved),
 }
 
 /// An event as it is stored: type name, schema version and payload without the type tag.
@@ -338,7 +368,8 @@ impl DomainEvent {
             | "SyncBaseAdvanced"
             | "SyncRunRequested"
             | "SyncJobHeld"
-            | "SyncJobApproved" => Some(1),
+            | "SyncJobApproved"
+            | "SyncConflictResolved" => Some(1),
             _ => None,
         }
     }

@@ -8,9 +8,11 @@ use serde::{Deserialize, Serialize};
 use crate::aggregate::{Aggregate, DomainError};
 use std::collections::BTreeMap;
 
-use crate::events::{BaseChange, DomainEvent, SyncBaseAdvanced, SyncDecisionRecorded, SyncPairCreated, SyncRunRequested};
+use crate::events::{
+    BaseChange, DomainEvent, Resolution, SyncBaseAdvanced, SyncConflictResolved, SyncDecisionRecorded, SyncPairCreated, SyncRunRequested,
+};
 use crate::ids::{ProviderId, SyncJobId, UserId};
-use crate::merge::{Decision, Tree};
+use crate::merge::{Action, ConflictKind, Decision, Tree, Version};
 use crate::values::ProviderPath;
 
 /// One side of a pair: a folder of a provider.
@@ -35,6 +37,18 @@ pub struct SyncPair {
     agreed: BTreeMap<ProviderPath, Agreed>,
     decisions: u64,
     last_run: Option<SyncJobId>,
+    /// Conflicts left for the owner, by path: (kind, source version, target version).
+    conflicts: BTreeMap<ProviderPath, Conflict>,
+    /// The owner's choices, by path, until a run carries them out.
+    resolutions: BTreeMap<ProviderPath, SyncConflictResolved>,
+}
+
+/// A conflict left for the owner (`MANUAL`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Conflict {
+    pub kind: ConflictKind,
+    pub source: Option<Version>,
+    pub target: Option<Version>,
 }
 
 /// Bookkeeping about one agreed file beside its version (see [`BaseChange`]).
@@ -54,6 +68,13 @@ pub enum SyncPairCommand {
     RecordDecision {
         job_id: SyncJobId,
         decision: Decision,
+        at: DateTime<Utc>,
+    },
+    /// The owner settles the conflict left at `path`.
+    ResolveConflict {
+        by: UserId,
+        path: ProviderPath,
+        resolution: Resolution,
         at: DateTime<Utc>,
     },
     /// A run of the pair, carried out by job `job_id`.
@@ -84,6 +105,19 @@ impl SyncPair {
     /// What the listings showed of an agreed file, and where its content is kept.
     pub fn agreed(&self, path: &ProviderPath) -> Option<&Agreed> {
         self.agreed.get(path)
+    }
+
+    /// Conflicts left for the owner, by path.
+    pub fn conflicts(&self) -> &BTreeMap<ProviderPath, Conflict> {
+        &self.conflicts
+    }
+
+    /// The owner's choice for `path`, if it was made about exactly these versions.
+    pub fn resolution(&self, path: &ProviderPath, source: Option<&Version>, target: Option<&Version>) -> Option<&Resolution> {
+        self.resolutions
+            .get(path)
+            .filter(|r| r.source.as_ref() == source && r.target.as_ref() == target)
+            .map(|r| &r.resolution)
     }
 
     /// The job of the pair's latest run.
@@ -131,6 +165,33 @@ impl Aggregate for SyncPair {
                     at,
                 })])
             }
+            SyncPairCommand::ResolveConflict { by, path, resolution, at } => {
+                let pair = self
+                    .created
+                    .as_ref()
+                    .filter(|c| c.owner_id == by)
+                    .ok_or(DomainError::NotFound("sync pair"))?;
+                let conflict = self.conflicts.get(&path).ok_or(DomainError::NotFound("conflict"))?;
+                if conflict.kind == ConflictKind::BothRenamed {
+                    return Err(DomainError::Invalid(
+                        "both sides renamed this file differently: rename one of the copies to the other's name".into(),
+                    ));
+                }
+                if let Resolution::Merged { version, .. } = &resolution
+                    && (version.checksum.len() != 64 || version.checksum.bytes().any(|b| !b.is_ascii_hexdigit()))
+                {
+                    return Err(DomainError::Invalid("the merged content's checksum is malformed".into()));
+                }
+                Ok(vec![DomainEvent::SyncConflictResolved(SyncConflictResolved {
+                    pair_id: pair.pair_id,
+                    owner_id: pair.owner_id,
+                    path,
+                    resolution,
+                    source: conflict.source.clone(),
+                    target: conflict.target.clone(),
+                    at,
+                })])
+            }
             SyncPairCommand::RequestRun { job_id, at } => {
                 let pair = self.existing()?;
                 Ok(vec![DomainEvent::SyncRunRequested(SyncRunRequested {
@@ -172,10 +233,29 @@ impl Aggregate for SyncPair {
     fn apply(&mut self, event: &DomainEvent) {
         match event {
             DomainEvent::SyncPairCreated(e) => self.created = Some(e.clone()),
-            DomainEvent::SyncDecisionRecorded(_) => self.decisions += 1,
+            DomainEvent::SyncDecisionRecorded(e) => {
+                self.decisions += 1;
+                let open = e.decision.actions.iter().find_map(|a| match a {
+                    Action::Unresolved { kind, source, target, .. } => Some(Conflict {
+                        kind: *kind,
+                        source: source.clone(),
+                        target: target.clone(),
+                    }),
+                    _ => None,
+                });
+                // A conflict stays open until both sides agree on the path again (the base advances).
+                if let Some(conflict) = open {
+                    self.conflicts.insert(e.decision.path.clone(), conflict);
+                }
+            }
+            DomainEvent::SyncConflictResolved(e) => {
+                self.resolutions.insert(e.path.clone(), e.clone());
+            }
             DomainEvent::SyncRunRequested(e) => self.last_run = Some(e.job_id),
             DomainEvent::SyncBaseAdvanced(e) => {
                 for change in &e.changes {
+                    self.conflicts.remove(&change.path);
+                    self.resolutions.remove(&change.path);
                     match &change.version {
                         Some(version) => {
                             self.base.insert(change.path.clone(), version.clone());

@@ -19,3 +19,22 @@ CREATE INDEX sync_pairs_user ON sync_pairs (user_id, created_at);
 
 -- What a run held by the max-delete rail would delete (JSON), while it waits for approval.
 ALTER TABLE sync_operations ADD COLUMN held TEXT;
+-- A sync run's bytes written to the folders (only the changed ranges of large files, where a side
+-- takes ranged writes).
+ALTER TABLE sync_operations ADD COLUMN bytes_written BIGINT;
+
+-- Conflicts left for their owner (MANUAL), until both sides agree on the path again.
+CREATE TABLE sync_conflicts (
+    pair_id         UUID        NOT NULL,
+    path            TEXT        NOT NULL,
+    user_id         UUID        NOT NULL,
+    kind            TEXT        NOT NULL,
+    source_checksum TEXT,
+    source_size     BIGINT,
+    target_checksum TEXT,
+    target_size     BIGINT,
+    resolution      TEXT,
+    detected_at     TIMESTAMPTZ NOT NULL,
+    updated_at      TIMESTAMPTZ NOT NULL,
+    PRIMARY KEY (pair_id, path)
+);

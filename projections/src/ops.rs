@@ -3,6 +3,8 @@
 
 use chrono::{DateTime, Utc};
 use cloudsync_domain::DomainEvent;
+use cloudsync_domain::events::Resolution;
+use cloudsync_domain::merge::{Action, ConflictKind};
 use cloudsync_domain::sync_job::{JobKind, JobPhase};
 use serde_json::Value;
 use uuid::Uuid;
@@ -15,15 +17,17 @@ pub enum Table {
     Files,
     SyncOperations,
     SyncPairs,
+    SyncConflicts,
 }
 
 impl Table {
-    pub const ALL: [Table; 5] = [
+    pub const ALL: [Table; 6] = [
         Table::Users,
         Table::Providers,
         Table::Files,
         Table::SyncOperations,
         Table::SyncPairs,
+        Table::SyncConflicts,
     ];
 
     /// The table's name, which is also its projector's name.
@@ -34,6 +38,7 @@ impl Table {
             Self::Files => "files",
             Self::SyncOperations => "sync_operations",
             Self::SyncPairs => "sync_pairs",
+            Self::SyncConflicts => "sync_conflicts",
         }
     }
 
@@ -133,6 +138,25 @@ pub enum Op {
         operation_id: Uuid,
         at: DateTime<Utc>,
     },
+    UpsertConflict {
+        pair_id: Uuid,
+        path: String,
+        user_id: Uuid,
+        kind: &'static str,
+        source: Option<(String, i64)>,
+        target: Option<(String, i64)>,
+        at: DateTime<Utc>,
+    },
+    ResolveConflict {
+        pair_id: Uuid,
+        path: String,
+        resolution: &'static str,
+        at: DateTime<Utc>,
+    },
+    ClearConflict {
+        pair_id: Uuid,
+        path: String,
+    },
     SyncOperationStatus {
         id: Uuid,
         status: &'static str,
@@ -172,6 +196,7 @@ impl Op {
             | Self::SyncOperationProgress { .. }
             | Self::SyncOperationHeld { .. } => Table::SyncOperations,
             Self::InsertSyncPair { .. } | Self::SyncPairRun { .. } => Table::SyncPairs,
+            Self::UpsertConflict { .. } | Self::ResolveConflict { .. } | Self::ClearConflict { .. } => Table::SyncConflicts,
         }
     }
 }
@@ -310,8 +335,53 @@ pub fn ops_for(event: &DomainEvent, at: DateTime<Utc>) -> Vec<Op> {
             operation_id: e.job_id.as_uuid(),
             at,
         }],
-        // Decisions and the merge base are the sync engine's own state, read from the pair's stream.
-        E::SyncDecisionRecorded(_) | E::SyncBaseAdvanced(_) => Vec::new(),
+        // Of the decisions, only conflicts left for the owner have a read model; the merge base is
+        // the sync engine's own state, read from the pair's stream, and closes conflicts.
+        E::SyncDecisionRecorded(e) => e
+            .decision
+            .actions
+            .iter()
+            .filter_map(|action| match action {
+                Action::Unresolved {
+                    path,
+                    kind,
+                    source,
+                    target,
+                } => Some(Op::UpsertConflict {
+                    pair_id: e.pair_id.as_uuid(),
+                    path: path.as_str().to_owned(),
+                    user_id: e.owner_id.as_uuid(),
+                    kind: match kind {
+                        ConflictKind::BothModified => "BOTH_MODIFIED",
+                        ConflictKind::BothCreated => "BOTH_CREATED",
+                        ConflictKind::BothRenamed => "BOTH_RENAMED",
+                    },
+                    source: source.as_ref().map(|v| (v.checksum.clone(), int(v.size))),
+                    target: target.as_ref().map(|v| (v.checksum.clone(), int(v.size))),
+                    at,
+                }),
+                _ => None,
+            })
+            .collect(),
+        E::SyncConflictResolved(e) => vec![Op::ResolveConflict {
+            pair_id: e.pair_id.as_uuid(),
+            path: e.path.as_str().to_owned(),
+            resolution: match e.resolution {
+                Resolution::Source => "SOURCE",
+                Resolution::Target => "TARGET",
+                Resolution::Both => "BOTH",
+                Resolution::Merged { .. } => "MERGED",
+            },
+            at,
+        }],
+        E::SyncBaseAdvanced(e) => e
+            .changes
+            .iter()
+            .map(|change| Op::ClearConflict {
+                pair_id: e.pair_id.as_uuid(),
+                path: change.path.as_str().to_owned(),
+            })
+            .collect(),
     }
 }
 

@@ -66,6 +66,16 @@ pub struct SyncOperationRow {
 }
 
 #[derive(Debug, Clone, PartialEq)]
+pub struct SyncConflictRow {
+    pub path: String,
+    pub kind: String,
+    pub source: Option<(String, i64)>,
+    pub target: Option<(String, i64)>,
+    pub resolution: Option<String>,
+    pub detected_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
 pub struct SyncPairRow {
     pub id: Uuid,
     pub source_provider_id: Uuid,
@@ -267,6 +277,26 @@ impl ReadModels {
         Ok(rows.into_iter().next())
     }
 
+    /// The conflicts left for the user in one of their pairs, by path.
+    ///
+    /// # Errors
+    /// Database failures.
+    pub async fn sync_conflicts(&self, user: Uuid, pair: Uuid) -> Result<Vec<SyncConflictRow>, sqlx::Error> {
+        let sql = "SELECT path, kind, source_checksum, source_size, target_checksum, target_size, resolution, detected_at \
+                   FROM sync_conflicts WHERE user_id = $1 AND pair_id = $2 ORDER BY path";
+        fetch_all!(&self.pool, sql, [Val::Uuid(user), Val::Uuid(pair)], |row| {
+            let side = |checksum: Option<String>, size: Option<i64>| checksum.zip(size);
+            Ok(SyncConflictRow {
+                path: row.try_get("path")?,
+                kind: row.try_get("kind")?,
+                source: side(row.try_get("source_checksum")?, row.try_get("source_size")?),
+                target: side(row.try_get("target_checksum")?, row.try_get("target_size")?),
+                resolution: row.try_get("resolution")?,
+                detected_at: row.try_get("detected_at")?,
+            })
+        })
+    }
+
     /// The user's sync pairs (one, when `id` is given), oldest first.
     ///
     /// # Errors
@@ -348,6 +378,19 @@ impl ReadModels {
                 "updated_at",
                 "completed_at",
             ],
+            Table::SyncConflicts => &[
+                "pair_id",
+                "path",
+                "user_id",
+                "kind",
+                "source_checksum",
+                "source_size",
+                "target_checksum",
+                "target_size",
+                "resolution",
+                "detected_at",
+                "updated_at",
+            ],
             Table::SyncPairs => &[
                 "id",
                 "user_id",
@@ -366,7 +409,14 @@ impl ReadModels {
             ],
         };
         let select: Vec<String> = columns.iter().map(|c| format!("CAST({c} AS TEXT) AS {c}")).collect();
-        let sql = format!("SELECT {} FROM {} ORDER BY id", select.join(", "), table.name());
+        // Every table's first two columns identify a row (an id, or a pair and a path).
+        let sql = format!(
+            "SELECT {} FROM {} ORDER BY {}, {}",
+            select.join(", "),
+            table.name(),
+            columns[0],
+            columns[1]
+        );
         fetch_all!(&self.pool, &sql, Vec::<Val>::new(), |row| {
             (0..columns.len())
                 .map(|i| row.try_get::<Option<String>, _>(i))

@@ -15,7 +15,7 @@ use crate::ops::{Op, Table, ops_for};
 use crate::sql::{bind_pg, bind_sqlite, statement};
 
 /// The projectors, by name (each named after its table).
-pub const PROJECTORS: [&str; 5] = ["users", "providers", "files", "sync_operations", "sync_pairs"];
+pub const PROJECTORS: [&str; 6] = ["users", "providers", "files", "sync_operations", "sync_pairs", "sync_conflicts"];
 
 const PAGE: i64 = 500;
 

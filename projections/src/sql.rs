@@ -200,6 +200,44 @@ pub(crate) fn statement(op: &Op) -> (&'static str, Vec<Val>) {
                 V::Ts(at),
             ],
         ),
+        Op::UpsertConflict {
+            pair_id,
+            path,
+            user_id,
+            kind,
+            source,
+            target,
+            at,
+        } => (
+            "INSERT INTO sync_conflicts (pair_id, path, user_id, kind, source_checksum, source_size, target_checksum, target_size, \
+             detected_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $9) ON CONFLICT (pair_id, path) DO UPDATE SET \
+             kind = excluded.kind, source_checksum = excluded.source_checksum, source_size = excluded.source_size, \
+             target_checksum = excluded.target_checksum, target_size = excluded.target_size, updated_at = excluded.updated_at",
+            vec![
+                V::Uuid(pair_id),
+                V::Text(path),
+                V::Uuid(user_id),
+                V::Text(kind.to_owned()),
+                V::OptText(source.as_ref().map(|s| s.0.clone())),
+                V::OptInt(source.map(|s| s.1)),
+                V::OptText(target.as_ref().map(|t| t.0.clone())),
+                V::OptInt(target.map(|t| t.1)),
+                V::Ts(at),
+            ],
+        ),
+        Op::ResolveConflict {
+            pair_id,
+            path,
+            resolution,
+            at,
+        } => (
+            "UPDATE sync_conflicts SET resolution = $3, updated_at = $4 WHERE pair_id = $1 AND path = $2",
+            vec![V::Uuid(pair_id), V::Text(path), V::Text(resolution.to_owned()), V::Ts(at)],
+        ),
+        Op::ClearConflict { pair_id, path } => (
+            "DELETE FROM sync_conflicts WHERE pair_id = $1 AND path = $2",
+            vec![V::Uuid(pair_id), V::Text(path)],
+        ),
         Op::SyncPairRun { id, operation_id, at } => (
             "UPDATE sync_pairs SET last_operation_id = $2, updated_at = $3 WHERE id = $1",
             vec![V::Uuid(id), V::Uuid(operation_id), V::Ts(at)],

@@ -396,12 +396,25 @@ async fn a_rebuilt_read_model_equals_the_live_one(h: &Harness) {
     let pair = h
         .ok(
             Some(&token),
-            "mutation($s: ID!, $t: ID!) { syncFolders(source: { providerId: $s, path: \"\" }, target: { providerId: $t, path: \"\" }) { lastOperationId } }",
+            "mutation($s: ID!, $t: ID!) { syncFolders(source: { providerId: $s, path: \"\" }, target: { providerId: $t, path: \"\" }, \
+             conflictPolicy: MANUAL) { id lastOperationId } }",
             json!({ "s": provider, "t": target }),
         )
         .await;
     let run = pair["syncFolders"]["lastOperationId"].as_str().expect("first run").to_owned();
     h.wait_for_operation(&token, &run).await;
+    // …and a conflict left for the owner.
+    std::fs::write(copy.join("docs/report 2024.pdf"), "edited in the copy").expect("write");
+    std::fs::write(h.db.dir().join("provider-root/docs/report 2024.pdf"), "edited in the original").expect("write");
+    let pair_id = pair["syncFolders"]["id"].as_str().expect("pair");
+    let again = h
+        .ok(
+            Some(&token),
+            "mutation($p: ID!) { runSync(pairId: $p) { id } }",
+            json!({ "p": pair_id }),
+        )
+        .await;
+    h.wait_for_operation(&token, again["runSync"]["id"].as_str().expect("run")).await;
     let app = h.server().app();
     let head = app.db.events.head().await.expect("head");
     assert!(app.projections.wait_for(head, Duration::from_secs(10)).await);

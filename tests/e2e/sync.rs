@@ -20,6 +20,8 @@ on_both_backends!(
     sync_progress_streams_until_the_run_ends,
     bad_sync_requests_change_nothing,
     a_changed_large_file_is_written_as_its_changed_ranges,
+    manual_conflicts_wait_for_the_owner,
+    pairs_run_on_their_own_on_change_and_on_schedule,
 );
 
 const SYNC: &str = "mutation($s: FolderInput!, $t: FolderInput!, $m: SyncMode, $c: ConflictPolicy, $d: Int) { \
@@ -84,11 +86,23 @@ async fn two_folders(h: &Harness, email: &str, seed: &[(&str, &[u8])]) -> (Strin
 }
 
 async fn create_pair(h: &Harness, token: &str, source: &str, target: &str, mode: &str, max_delete: i64) -> (String, String) {
+    create_pair_with(h, token, source, target, mode, max_delete, "KEEP_BOTH").await
+}
+
+async fn create_pair_with(
+    h: &Harness,
+    token: &str,
+    source: &str,
+    target: &str,
+    mode: &str,
+    max_delete: i64,
+    policy: &str,
+) -> (String, String) {
     let data = h
         .ok(
             Some(token),
             SYNC,
-            json!({ "s": { "providerId": source, "path": "" }, "t": { "providerId": target, "path": "" }, "m": mode, "c": "KEEP_BOTH", "d": max_delete }),
+            json!({ "s": { "providerId": source, "path": "" }, "t": { "providerId": target, "path": "" }, "m": mode, "c": policy, "d": max_delete }),
         )
         .await;
     let pair = data["syncFolders"]["id"].as_str().expect("pair id").to_owned();
@@ -468,4 +482,130 @@ async fn a_changed_large_file_is_written_as_its_changed_ranges(h: &Harness) {
     );
     assert_eq!(std::fs::read(a.join("big.bin")).expect("read"), again);
     assert_eq!(tree(&a), tree(&b));
+}
+
+async fn manual_conflicts_wait_for_the_owner(h: &Harness) {
+    let seed: Vec<(&str, &[u8])> = vec![("photo.jpg", b"JPEG v1"), ("notes.txt", b"a\nb\nc\n"), ("calm.txt", b"untouched")];
+    let (token, source, a, target, b) = two_folders(h, "manual@example.org", &seed).await;
+    let (intruder, _) = h.register("manual-intruder@example.org").await;
+    let (pair, first) = create_pair_with(h, &token, &source, &target, "TWO_WAY", 50, "MANUAL").await;
+    h.wait_for_operation(&token, &first).await;
+
+    write(&a, "photo.jpg", b"JPEG edited on the source");
+    write(&b, "photo.jpg", b"JPEG edited on the target");
+    write(&a, "notes.txt", b"a\nsource's b\nc\n");
+    write(&b, "notes.txt", b"a\ntarget's b\nc\n");
+    run(h, &token, &pair).await;
+    assert_eq!(
+        std::fs::read(a.join("photo.jpg")).expect("read"),
+        b"JPEG edited on the source",
+        "nothing is decided for the owner"
+    );
+    assert_eq!(std::fs::read(b.join("photo.jpg")).expect("read"), b"JPEG edited on the target");
+
+    let conflicts =
+        "query($p: ID!) { syncConflicts(pairId: $p) { path kind source { checksum sizeBytes } target { checksum sizeBytes } resolution } }";
+    let listed = h.ok(Some(&token), conflicts, json!({ "p": pair })).await["syncConflicts"].clone();
+    assert_eq!(listed.as_array().map(Vec::len), Some(2), "{listed}");
+    assert_eq!(listed[1]["path"], json!("photo.jpg"));
+    assert_eq!(listed[1]["kind"], json!("BOTH_MODIFIED"));
+    assert_eq!(
+        listed[1]["target"]["checksum"],
+        json!(blake3::hash(b"JPEG edited on the target").to_hex().to_string())
+    );
+    assert_eq!(h.error_code(Some(&intruder), conflicts, json!({ "p": pair })).await, "NOT_FOUND");
+
+    let resolve = "mutation($p: ID!, $path: String!, $k: ConflictChoice!, $m: String) { \
+        resolveConflict(pairId: $p, path: $path, keep: $k, mergedContent: $m) { id } }";
+    assert_eq!(
+        h.error_code(Some(&intruder), resolve, json!({ "p": pair, "path": "photo.jpg", "k": "SOURCE" }))
+            .await,
+        "NOT_FOUND"
+    );
+    assert_eq!(
+        h.error_code(Some(&token), resolve, json!({ "p": pair, "path": "calm.txt", "k": "SOURCE" }))
+            .await,
+        "NOT_FOUND"
+    );
+    assert_eq!(
+        h.error_code(Some(&token), resolve, json!({ "p": pair, "path": "notes.txt", "k": "MERGED" }))
+            .await,
+        "BAD_USER_INPUT"
+    );
+    assert_eq!(
+        h.error_code(Some(&token), resolve, json!({ "p": pair, "path": "../x", "k": "SOURCE" }))
+            .await,
+        "BAD_USER_INPUT"
+    );
+
+    let chosen = h
+        .ok(Some(&token), resolve, json!({ "p": pair, "path": "photo.jpg", "k": "TARGET" }))
+        .await;
+    let operation = chosen["resolveConflict"]["id"].as_str().expect("a run").to_owned();
+    h.wait_for_operation(&token, &operation).await;
+    assert_eq!(std::fs::read(a.join("photo.jpg")).expect("read"), b"JPEG edited on the target");
+    assert_eq!(std::fs::read(b.join("photo.jpg")).expect("read"), b"JPEG edited on the target");
+
+    let merged = h
+        .ok(
+            Some(&token),
+            resolve,
+            json!({ "p": pair, "path": "notes.txt", "k": "MERGED", "m": "a\nboth b's\nc\n" }),
+        )
+        .await;
+    let operation = merged["resolveConflict"]["id"].as_str().expect("a run").to_owned();
+    h.wait_for_operation(&token, &operation).await;
+    assert_eq!(std::fs::read(a.join("notes.txt")).expect("read"), b"a\nboth b's\nc\n");
+    assert_eq!(tree(&a), tree(&b));
+    let left = h.ok(Some(&token), conflicts, json!({ "p": pair })).await["syncConflicts"].clone();
+    assert_eq!(left, json!([]), "settled conflicts are gone");
+}
+
+/// Waits until `check` holds (20 s deadline).
+async fn eventually(what: &str, mut check: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !check() {
+        assert!(Instant::now() < deadline, "{what} did not happen in time");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn pairs_run_on_their_own_on_change_and_on_schedule(h: &Harness) {
+    let (token, source, a, target, b) = two_folders(h, "auto-sync@example.org", &[("first.txt", b"first")]).await;
+    let realtime = "mutation($s: ID!, $t: ID!) { syncFolders(source: { providerId: $s, path: \"\" }, \
+        target: { providerId: $t, path: \"\" }, realtime: true) { id realtime lastOperationId } }";
+    let data = h.ok(Some(&token), realtime, json!({ "s": source, "t": target })).await;
+    assert_eq!(data["syncFolders"]["realtime"], json!(true));
+    let first = data["syncFolders"]["lastOperationId"].as_str().expect("first run").to_owned();
+    h.wait_for_operation(&token, &first).await;
+    // A change in either folder starts a run, without any request.
+    write(&a, "from-source.txt", b"typed on the source");
+    eventually("a run after a change on the source", || b.join("from-source.txt").is_file()).await;
+    write(&b, "sub/from-target.txt", b"typed on the target");
+    eventually("a run after a change on the target", || a.join("sub/from-target.txt").is_file()).await;
+
+    // A cron schedule (every second) runs a pair of folders that nobody watches.
+    let (c, d) = (h.db.dir().join("side-c"), h.db.dir().join("side-d"));
+    std::fs::create_dir_all(&c).expect("mkdir");
+    std::fs::create_dir_all(&d).expect("mkdir");
+    let (third, _) = h.connect_local(&token, &c).await;
+    let (fourth, _) = h.connect_local(&token, &d).await;
+    let scheduled = "mutation($s: ID!, $t: ID!) { syncFolders(source: { providerId: $s, path: \"\" }, \
+        target: { providerId: $t, path: \"\" }, mode: COPY, schedule: \"* * * * * *\", runNow: false) { schedule lastOperationId } }";
+    let data = h.ok(Some(&token), scheduled, json!({ "s": third, "t": fourth })).await;
+    assert_eq!(
+        data["syncFolders"]["lastOperationId"],
+        Value::Null,
+        "nothing runs until the schedule says so"
+    );
+    write(&c, "scheduled.txt", b"copied on schedule");
+    eventually("a scheduled run", || d.join("scheduled.txt").is_file()).await;
+    assert_eq!(std::fs::read(d.join("scheduled.txt")).expect("read"), b"copied on schedule");
+    // Invalid schedules are refused.
+    let bad = "mutation($s: ID!, $t: ID!) { syncFolders(source: { providerId: $s, path: \"x\" }, \
+        target: { providerId: $t, path: \"y\" }, schedule: \"every tuesday\") { id } }";
+    assert_eq!(
+        h.error_code(Some(&token), bad, json!({ "s": third, "t": fourth })).await,
+        "BAD_USER_INPUT"
+    );
 }

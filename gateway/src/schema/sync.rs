@@ -5,12 +5,12 @@ use std::sync::Arc;
 
 use async_graphql::{Context, Enum, ID, InputObject, Object, SimpleObject, Subscription};
 use chrono::{DateTime, Utc};
-use cloudsync_commands::{DEFAULT_MAX_DELETE_PERCENT, SyncSettings};
+use cloudsync_commands::{Choice, DEFAULT_MAX_DELETE_PERCENT, SyncSettings};
 use cloudsync_domain::merge::{ConflictPolicy, SyncMode};
 use cloudsync_domain::sync_pair::SyncEndpoint;
 use cloudsync_domain::{ProviderId, ScanSchedule, SyncJobId, SyncPairId, UserId};
 use cloudsync_eventstore::subscribe;
-use cloudsync_projections::SyncPairRow;
+use cloudsync_projections::{SyncConflictRow, SyncPairRow};
 use futures::{Stream, StreamExt};
 
 use super::{SyncOperation, app, caller, parse_id, parse_path};
@@ -98,6 +98,58 @@ impl From<SyncPairRow> for SyncPair {
     }
 }
 
+/// One side's version of a file in conflict.
+#[derive(SimpleObject)]
+pub struct ConflictVersion {
+    /// BLAKE3, lower-case hex.
+    checksum: String,
+    size_bytes: i64,
+}
+
+/// A conflict left for the owner (policy `MANUAL`); settle it with `resolveConflict`.
+#[derive(SimpleObject)]
+pub struct SyncConflict {
+    /// Relative to the pair's folders.
+    path: String,
+    /// `BOTH_MODIFIED`, `BOTH_CREATED` or `BOTH_RENAMED`.
+    kind: String,
+    source: Option<ConflictVersion>,
+    target: Option<ConflictVersion>,
+    /// The owner's last choice (`SOURCE`, `TARGET`, `BOTH`, `MERGED`), until a run carries it out.
+    resolution: Option<String>,
+    detected_at: DateTime<Utc>,
+}
+
+impl From<SyncConflictRow> for SyncConflict {
+    fn from(row: SyncConflictRow) -> Self {
+        let version = |side: Option<(String, i64)>| side.map(|(checksum, size_bytes)| ConflictVersion { checksum, size_bytes });
+        Self {
+            path: row.path,
+            kind: row.kind,
+            source: version(row.source),
+            target: version(row.target),
+            resolution: row.resolution,
+            detected_at: row.detected_at,
+        }
+    }
+}
+
+/// How to settle a conflict.
+#[derive(Enum, Copy, Clone, Eq, PartialEq, Debug)]
+pub enum ConflictChoice {
+    /// The source's version, on both sides.
+    Source,
+    /// The target's version, on both sides.
+    Target,
+    /// Both: the older change is kept as `name.conflict-<time>-<side>.ext` on both sides.
+    Both,
+    /// `mergedContent`, on both sides.
+    Merged,
+}
+
+/// The largest merged content `resolveConflict` takes.
+const MAX_MERGED: usize = 8 * 1024 * 1024;
+
 fn endpoint(folder: &FolderInput, what: &str) -> ApiResult<SyncEndpoint> {
     Ok(SyncEndpoint {
         provider_id: ProviderId::from_uuid(parse_id(&folder.provider_id, &format!("{what}.providerId"))?),
@@ -145,6 +197,16 @@ impl SyncQuery {
         app.consistent(caller).await;
         let rows = app.reads.sync_pairs(caller.user_id, None).await.map_err(ApiError::from)?;
         Ok(rows.into_iter().map(SyncPair::from).collect())
+    }
+
+    /// The conflicts left for the caller in one of their pairs (policy `MANUAL`).
+    async fn sync_conflicts(&self, ctx: &Context<'_>, pair_id: ID) -> async_graphql::Result<Vec<SyncConflict>> {
+        let caller = caller(ctx)?;
+        let app = app(ctx);
+        let id = parse_id(&pair_id, "pairId")?;
+        pair_row(app, caller, id).await?;
+        let rows = app.reads.sync_conflicts(caller.user_id, id).await.map_err(ApiError::from)?;
+        Ok(rows.into_iter().map(SyncConflict::from).collect())
     }
 
     /// One of the caller's sync pairs.
@@ -221,6 +283,42 @@ impl SyncMutation {
         let (job_id, position) = app.commands.request_sync(user(caller), id).await.map_err(ApiError::from)?;
         app.wrote(caller, position);
         Ok(operation_row(app, caller, job_id.as_uuid()).await?)
+    }
+
+    /// Settles a conflict left at `path` of a pair, and starts a run that carries the choice out
+    /// (returned; null when a run is in progress: the next one carries it out). The choice holds
+    /// only while both sides keep the versions it was made about.
+    async fn resolve_conflict(
+        &self,
+        ctx: &Context<'_>,
+        pair_id: ID,
+        path: String,
+        keep: ConflictChoice,
+        merged_content: Option<String>,
+    ) -> async_graphql::Result<Option<SyncOperation>> {
+        let caller = caller(ctx)?;
+        let app = app(ctx);
+        let id = SyncPairId::from_uuid(parse_id(&pair_id, "pairId")?);
+        let path = parse_path(&path)?;
+        let choice = match (keep, merged_content) {
+            (ConflictChoice::Merged, Some(content)) if content.len() <= MAX_MERGED => Choice::Merged(content.into_bytes()),
+            (ConflictChoice::Merged, Some(_)) => return Err(ApiError::BadInput("mergedContent is larger than 8 MiB".into()).into()),
+            (ConflictChoice::Merged, None) => return Err(ApiError::BadInput("keep: MERGED needs mergedContent".into()).into()),
+            (_, Some(_)) => return Err(ApiError::BadInput("mergedContent goes only with keep: MERGED".into()).into()),
+            (ConflictChoice::Source, None) => Choice::Source,
+            (ConflictChoice::Target, None) => Choice::Target,
+            (ConflictChoice::Both, None) => Choice::Both,
+        };
+        let (job, position) = app
+            .commands
+            .resolve_conflict(user(caller), id, path, choice)
+            .await
+            .map_err(ApiError::from)?;
+        app.wrote(caller, position);
+        match job {
+            Some(job) => Ok(Some(operation_row(app, caller, job.as_uuid()).await?)),
+            None => Ok(None),
+        }
     }
 
     /// Lets a run held by the max-delete rail go on, deletes included.
