@@ -1402,8 +1402,9 @@ impl Executor {
             }
             let committed = async {
                 self.check_unchanged(to, path, expected).await?;
-                provider.delete(&destination).await?;
-                provider.rename(&temporary, &destination).await?;
+                // In one step: the destination is never missing on the way (a crash there would
+                // read as a delete on this side).
+                provider.replace(&temporary, &destination).await?;
                 Ok::<(), StepError>(())
             }
             .await;

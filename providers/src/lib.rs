@@ -104,6 +104,14 @@ pub trait StorageProvider: Send + Sync {
 
     async fn create_folder(&self, path: &ProviderPath) -> Result<(), ProviderError>;
 
+    /// Moves `from` to `to`, replacing any file at `to` in one step where the protocol allows it
+    /// (a POSIX rename, WebDAV `MOVE` with `Overwrite: T`, SFTP's `posix-rename`, an object copy),
+    /// so that `to` is never missing on the way. The default deletes `to` first.
+    async fn replace(&self, from: &ProviderPath, to: &ProviderPath) -> Result<(), ProviderError> {
+        self.delete(to).await?;
+        self.rename(from, to).await
+    }
+
     /// Whether a write becomes visible only once it is complete, replacing any file there in one step
     /// (local folders write through a synced temporary file and a rename; object stores publish an
     /// upload only when it is finished, and drop an aborted one). Elsewhere (WebDAV, SFTP) a file

@@ -244,6 +244,16 @@ impl StorageProvider for Limited {
         self.inner.patches()
     }
 
+    async fn replace(&self, from: &ProviderPath, to: &ProviderPath) -> Result<(), ProviderError> {
+        self.take().await;
+        self.invalidate(from);
+        self.invalidate(to);
+        let replaced = self.inner.replace(from, to).await;
+        self.invalidate(from);
+        self.invalidate(to);
+        replaced
+    }
+
     async fn patch(&self, path: &ProviderPath, size: u64, ranges: Vec<(u64, Bytes)>) -> Result<u64, ProviderError> {
         self.take().await;
         let _permit = self

@@ -325,6 +325,23 @@ impl StorageProvider for LocalProvider {
         true
     }
 
+    async fn replace(&self, from: &ProviderPath, to: &ProviderPath) -> Result<(), ProviderError> {
+        let this = self.clone();
+        let (from, to) = (from.clone(), to.clone());
+        blocking(move || {
+            let (source, _) = this.existing_file(&from)?;
+            let target = this.resolve(&to)?;
+            std::fs::create_dir_all(target.parent().unwrap_or(&this.root))?;
+            this.resolve(&to)?;
+            if std::fs::symlink_metadata(&target).is_ok_and(|m| !m.is_file()) {
+                return Err(ProviderError::Invalid(format!("{to} is not a file")));
+            }
+            std::fs::rename(&source, &target)?;
+            Ok(())
+        })
+        .await
+    }
+
     async fn patch(&self, path: &ProviderPath, size: u64, ranges: Vec<(u64, Bytes)>) -> Result<u64, ProviderError> {
         let this = self.clone();
         let path = path.clone();

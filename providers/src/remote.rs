@@ -357,6 +357,26 @@ impl StorageProvider for RemoteProvider {
         }
     }
 
+    async fn replace(&self, from: &ProviderPath, to: &ProviderPath) -> Result<(), ProviderError> {
+        self.stat(from).await?;
+        let capability = self.op.info().capability();
+        if capability.create_dir && !to.parent().is_root() {
+            self.op.create_dir(&folder_path(&to.parent())).await?;
+        }
+        if capability.rename {
+            // WebDAV moves with `Overwrite: T`; SFTP renames with the `posix-rename` extension.
+            self.op.rename(from.as_str(), to.as_str()).await?;
+        } else if capability.copy {
+            // An object copy replaces the destination whole.
+            self.op.copy(from.as_str(), to.as_str()).await?;
+            self.op.delete(from.as_str()).await?;
+        } else {
+            self.delete(to).await?;
+            self.rename(from, to).await?;
+        }
+        Ok(())
+    }
+
     async fn rename(&self, from: &ProviderPath, to: &ProviderPath) -> Result<(), ProviderError> {
         self.stat(from).await?;
         match self.op.stat(to.as_str()).await {

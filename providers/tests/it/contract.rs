@@ -39,6 +39,7 @@ contract!(
     bad_credentials_are_refused,
     the_change_feed_reports_outside_changes_where_there_is_one,
     ranged_writes_patch_a_file_where_they_are_offered,
+    replace_moves_over_a_file_in_one_step,
 );
 
 fn p(raw: &str) -> ProviderPath {
@@ -343,4 +344,27 @@ async fn ranged_writes_patch_a_file_where_they_are_offered(t: &TestProvider) {
     ));
     let listed: Vec<_> = provider.list(&ProviderPath::root()).try_collect().await.expect("list");
     assert_eq!(listed.len(), 1, "no temporary file is left: {listed:?}");
+}
+
+async fn replace_moves_over_a_file_in_one_step(t: &TestProvider) {
+    let provider = &*t.provider;
+    let (new, old) = (p("swap/.new.tmp"), p("swap/data.txt"));
+    provider.write(&old, once("old content")).await.expect("write");
+    provider.write(&new, once("new content")).await.expect("write");
+    provider.replace(&new, &old).await.expect("replaced");
+    assert_eq!(read_all(provider, &old, 0..u64::MAX).await, b"new content");
+    assert!(matches!(provider.stat(&new).await, Err(ProviderError::NotFound(_))));
+    // Onto a path with no file, it is a move.
+    provider.write(&new, once("moved")).await.expect("write");
+    provider.replace(&new, &p("swap/deeper/moved.txt")).await.expect("moved");
+    assert_eq!(read_all(provider, &p("swap/deeper/moved.txt"), 0..u64::MAX).await, b"moved");
+    assert!(matches!(
+        provider.replace(&p("swap/none"), &old).await,
+        Err(ProviderError::NotFound(_))
+    ));
+    assert_eq!(
+        read_all(provider, &old, 0..u64::MAX).await,
+        b"new content",
+        "a failed replace changes nothing"
+    );
 }
