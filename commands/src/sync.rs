@@ -472,7 +472,7 @@ pub(crate) async fn run_sync(commands: &Commands, job_id: SyncJobId, cancel: &Ca
         sides: [sides.0, sides.1],
         folders: [settings.source.path.clone(), settings.target.path.clone()],
         listings: [source, target],
-        job_id,
+        pair_id,
         chunks: commands.chunks().cloned(),
         pair: pair.clone(),
         policy: settings.policy,
@@ -500,9 +500,11 @@ pub(crate) async fn run_sync(commands: &Commands, job_id: SyncJobId, cancel: &Ca
     // What both sides agree on already (unchanged, or changed the same way on both): the base
     // catches up without any transfer.
     executor.remove_abandoned().await;
-    let agreed = executor.already_agreed().await;
-    run.pending.extend(agreed);
-    run.commit().await?;
+    let agreed = executor.already_agreed(&decisions).await;
+    for batch in agreed.chunks(BATCH) {
+        run.pending.extend_from_slice(batch);
+        run.commit().await?;
+    }
 
     // Decisions that rename or resolve conflicts move files between paths that other decisions may
     // use: they run one at a time, first. The rest touch one path each and run in parallel.
@@ -676,9 +678,10 @@ impl Recorder<'_> {
                 events: events.iter().map(|e| encode(e, &ctx)).collect(),
             });
         }
-        let progress = match progress {
-            Some(command) => self.tracker.job.handle(command)?,
-            None => Vec::new(),
+        let progress_command = progress;
+        let progress = match &progress_command {
+            Some(command) if !self.tracker.job.phase().is_some_and(JobPhase::is_terminal) => self.tracker.job.handle(command.clone())?,
+            _ => Vec::new(),
         };
         if !progress.is_empty() {
             appends.push(StreamAppend {
@@ -693,9 +696,15 @@ impl Recorder<'_> {
         match self.tracker.commands.store().append(appends).await {
             Ok(_) => {}
             Err(err) if err.is_concurrency() => {
-                // The job was cancelled or paused meanwhile: reload it; `running` decides.
+                // The job was paused, resumed or cancelled meanwhile: reload it, and record the
+                // finished steps again, with progress only if the job still takes it. (The pair's
+                // events never conflict; the steps they record did happen.)
                 (self.tracker.job, self.tracker.version) = self.tracker.commands.load::<SyncJob>(&self.tracker.job_id.stream()).await?;
-                return Ok(());
+                let progress = match &progress_command {
+                    Some(command) if !self.tracker.job.phase().is_some_and(JobPhase::is_terminal) => Some(command.clone()),
+                    _ => None,
+                };
+                return Box::pin(self.append_pair(events, progress)).await;
             }
             Err(err) => return Err(err.into()),
         }
@@ -809,7 +818,7 @@ struct Executor {
     sides: [Arc<dyn StorageProvider>; 2],
     folders: [ProviderPath; 2],
     listings: [Listing; 2],
-    job_id: SyncJobId,
+    pair_id: SyncPairId,
     chunks: Option<Arc<dyn ChunkStore>>,
     /// The pair as the run found it: the base and where agreed contents are kept.
     pair: SyncPair,
@@ -854,12 +863,20 @@ impl Executor {
     /// Paths whose two sides hold the same content already but whose base says otherwise (or whose
     /// listings look different from the last agreement): the base catches up. Small text files are
     /// kept in the chunk store for later line merges.
-    async fn already_agreed(&self) -> Vec<BaseChange> {
+    async fn already_agreed(&self, decisions: &[Decision]) -> Vec<BaseChange> {
         let pair = &self.pair;
         let [source, target] = &self.listings;
+        // What a decision is about is the decision's to settle (a conflict left open keeps its base).
+        let decided: HashSet<&ProviderPath> = decisions
+            .iter()
+            .flat_map(|d| std::iter::once(&d.path).chain(d.actions.iter().flat_map(action_paths)))
+            .collect();
         let mut changes = Vec::new();
         for (path, version) in &source.tree {
             let Some(other) = target.tree.get(path) else { continue };
+            if decided.contains(path) {
+                continue;
+            }
             if !version.same_content(other) {
                 continue;
             }
@@ -888,7 +905,7 @@ impl Executor {
         }
         // Gone from both sides: gone from the base.
         for path in pair.base().keys() {
-            if !source.tree.contains_key(path) && !target.tree.contains_key(path) {
+            if !source.tree.contains_key(path) && !target.tree.contains_key(path) && !decided.contains(path) {
                 changes.push(BaseChange {
                     path: path.clone(),
                     version: None,
@@ -903,10 +920,12 @@ impl Executor {
     }
 
     /// Deletes the temporary files of this pair's interrupted runs that the listings found (only one
-    /// run of a pair goes on at a time, so they are nobody's write in progress).
+    /// run of a pair goes on at a time, so they are nobody's write in progress). Other temporary
+    /// files (another pair's, a local write's) are left alone.
     async fn remove_abandoned(&self) {
+        let ours = format!(".cloudsync-{}-", pair_token(self.pair_id));
         for side in [Side::Source, Side::Target] {
-            for path in &self.listings[index(side)].abandoned {
+            for path in self.listings[index(side)].abandoned.iter().filter(|p| p.name().starts_with(&ours)) {
                 if let Err(error) = self.provider(side).delete(path).await {
                     tracing::warn!(path = %path, error = %error, "Could not remove an interrupted run's temporary file.");
                 }
@@ -1342,7 +1361,13 @@ impl Executor {
         let destination = self.full(to, path);
         let provider = self.provider(to);
         let ranges = ranges.into_iter().map(|(at, bytes)| (at, Bytes::from(bytes))).collect();
-        let written = provider.patch(&destination, version.size, ranges).await?;
+        let written = match provider.patch(&destination, version.size, ranges, &version.checksum).await {
+            Ok(written) => written,
+            // The destination was not the agreed version after all (changed without its size or
+            // modification time showing it): nothing was replaced; the next run sees it.
+            Err(ProviderError::Invalid(why)) => return Err(StepError::Changed(format!("{path}: {why}"))),
+            Err(err) => return Err(err.into()),
+        };
         let tag = tag_of(&provider.stat(&destination).await?);
         Ok(Some(Copied {
             tag,
@@ -1384,7 +1409,10 @@ impl Executor {
                 "{path}: the copy did not match the planned content (the file changed while it was copied)"
             ))
         };
-        if provider.atomic_writes() {
+        // Object stores publish an upload whole: checked before it starts. Elsewhere the copy
+        // lands under a temporary name and replaces the file in one step once the file is checked
+        // again, so an edit made while the copy ran is never overwritten.
+        if provider.atomic_writes() && provider.kind() != ProviderKind::Local {
             self.check_unchanged(to, path, expected).await?;
             match provider.write(&destination, data).await {
                 Ok(_) => {}
@@ -1392,7 +1420,7 @@ impl Executor {
                 Err(err) => return Err(err.into()),
             }
         } else {
-            let temporary = temporary_name(&destination, self.job_id);
+            let temporary = temporary_name(&destination, self.pair_id);
             match provider.write(&temporary, data).await {
                 Ok(_) => {}
                 Err(err) => {
@@ -1432,12 +1460,26 @@ enum Step {
     Instead(Vec<Action>),
 }
 
-/// A temporary name beside `path`, the same for a job and a path (a retried step reuses it), that
-/// listings leave out.
-fn temporary_name(path: &ProviderPath, job_id: SyncJobId) -> ProviderPath {
-    let token = blake3::hash(format!("{job_id}/{path}").as_bytes()).to_hex();
-    let name = format!(".cloudsync-{}.tmp", &token.as_str()[..16]);
+/// The part of a temporary file's name that says which pair wrote it.
+fn pair_token(pair_id: SyncPairId) -> String {
+    blake3::hash(pair_id.to_string().as_bytes()).to_hex().as_str()[..8].to_owned()
+}
+
+/// A temporary name beside `path`, the same for a pair and a path, that listings leave out:
+/// `.cloudsync-<pair token>-<path token>.tmp`.
+fn temporary_name(path: &ProviderPath, pair_id: SyncPairId) -> ProviderPath {
+    let token = blake3::hash(format!("{pair_id}/{path}").as_bytes()).to_hex();
+    let name = format!(".cloudsync-{}-{}.tmp", pair_token(pair_id), &token.as_str()[..16]);
     path.parent().join(&name).unwrap_or_else(|_| path.clone())
+}
+
+/// The paths an action reads or writes.
+fn action_paths(action: &Action) -> Vec<&ProviderPath> {
+    match action {
+        Action::Copy { from, path, .. } => vec![from, path],
+        Action::Rename { from, to, .. } => vec![from, to],
+        Action::Delete { path, .. } | Action::MergeText { path, .. } | Action::Unresolved { path, .. } => vec![path],
+    }
 }
 
 /// More changed bytes than a ranged write is worth.

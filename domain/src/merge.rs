@@ -352,16 +352,19 @@ fn two_way(policy: ConflictPolicy, base: &Tree, source: &Tree, target: &Tree, no
                     };
                     let (reason, actions) = match theirs.get(from) {
                         Some(kept) if kept.same_content(moved) => (Reason::Renamed { side }, vec![rename]),
+                        // The changed content goes under the new name first, then the other side
+                        // renames: interrupted in between, both names hold the change and nothing
+                        // is lost.
                         Some(changed) => (
                             Reason::RenamedAndModified { side },
                             vec![
-                                rename,
                                 Action::Copy {
                                     to: side,
-                                    from: to.clone(),
+                                    from: from.clone(),
                                     path: to.clone(),
                                     version: changed.clone(),
                                 },
+                                rename,
                             ],
                         ),
                         None => (

@@ -81,6 +81,7 @@ pub struct SyncJob {
     approved: bool,
 }
 
+#[derive(Debug, Clone)]
 pub enum SyncJobCommand {
     Create {
         job_id: SyncJobId,

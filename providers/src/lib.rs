@@ -135,10 +135,12 @@ pub trait StorageProvider: Send + Sync {
 
     /// Turns the file at `path` into a new version by writing only `ranges` (offset, bytes) over a
     /// copy of it and truncating or extending it to `size`; the new version replaces the old one in
-    /// one step, as [`StorageProvider::write`] does. Returns the bytes written. Local folders do
-    /// this with a copy made by the kernel; other kinds refuse with [`ProviderError::Unsupported`].
-    async fn patch(&self, path: &ProviderPath, size: u64, ranges: Vec<(u64, Bytes)>) -> Result<u64, ProviderError> {
-        let _ = (size, ranges);
+    /// one step, as [`StorageProvider::write`] does, and only if its BLAKE3 is `checksum`
+    /// ([`ProviderError::Invalid`] otherwise, with nothing changed). Returns the bytes written.
+    /// Local folders do this with a copy made by the kernel; other kinds refuse with
+    /// [`ProviderError::Unsupported`].
+    async fn patch(&self, path: &ProviderPath, size: u64, ranges: Vec<(u64, Bytes)>, checksum: &str) -> Result<u64, ProviderError> {
+        let _ = (size, ranges, checksum);
         Err(ProviderError::Unsupported(format!("{path}: ranged writes")))
     }
 

@@ -254,7 +254,7 @@ impl StorageProvider for Limited {
         replaced
     }
 
-    async fn patch(&self, path: &ProviderPath, size: u64, ranges: Vec<(u64, Bytes)>) -> Result<u64, ProviderError> {
+    async fn patch(&self, path: &ProviderPath, size: u64, ranges: Vec<(u64, Bytes)>, checksum: &str) -> Result<u64, ProviderError> {
         self.take().await;
         let _permit = self
             .transfers
@@ -262,7 +262,7 @@ impl StorageProvider for Limited {
             .await
             .map_err(|_| ProviderError::Other("the provider is closing".into()))?;
         self.invalidate(path);
-        let written = self.inner.patch(path, size, ranges).await;
+        let written = self.inner.patch(path, size, ranges, checksum).await;
         self.invalidate(path);
         written
     }

@@ -163,9 +163,11 @@ impl StorageProvider for LocalProvider {
             for item in walkdir::WalkDir::new(&start).follow_links(false).sort_by_file_name() {
                 let item = match item {
                     Ok(item) => item,
+                    // A folder that cannot be read would look as if its files were gone: the
+                    // listing fails instead.
                     Err(err) => {
-                        tracing::warn!(error = %err, "Skipped an unreadable entry while listing.");
-                        continue;
+                        let _ = tx.blocking_send(Err(ProviderError::Other(format!("cannot list everything below {folder}: {err}"))));
+                        return;
                     }
                 };
                 if !item.file_type().is_file() {
@@ -342,9 +344,10 @@ impl StorageProvider for LocalProvider {
         .await
     }
 
-    async fn patch(&self, path: &ProviderPath, size: u64, ranges: Vec<(u64, Bytes)>) -> Result<u64, ProviderError> {
+    async fn patch(&self, path: &ProviderPath, size: u64, ranges: Vec<(u64, Bytes)>, checksum: &str) -> Result<u64, ProviderError> {
         let this = self.clone();
         let path = path.clone();
+        let checksum = checksum.to_owned();
         blocking(move || {
             let (target, _) = this.existing_file(&path)?;
             let temp = temp_name(&target);
@@ -362,6 +365,14 @@ impl StorageProvider for LocalProvider {
                 file.set_len(size)?;
                 file.sync_all()?;
                 drop(file);
+                // Only the planned content replaces the file.
+                let mut hasher = blake3::Hasher::new();
+                hasher.update_reader(std::fs::File::open(&temp)?)?;
+                if hasher.finalize().to_hex().as_str() != checksum {
+                    return Err(ProviderError::Invalid(
+                        "the patched file does not have the planned content (the old file was not the expected version)".into(),
+                    ));
+                }
                 this.resolve(&path)?;
                 std::fs::rename(&temp, &target)?;
                 Ok(written)

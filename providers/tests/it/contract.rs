@@ -315,9 +315,14 @@ async fn ranged_writes_patch_a_file_where_they_are_offered(t: &TestProvider) {
     let original: Vec<u8> = (0..100_000_u32).map(|i| (i % 251) as u8).collect();
     provider.write(&path, once(original.clone())).await.expect("write");
     let ranges = vec![(10_u64, Bytes::from_static(b"ABCDE")), (99_990, Bytes::from_static(b"end, longer"))];
+    let mut expected = original.clone();
+    expected[10..15].copy_from_slice(b"ABCDE");
+    expected.truncate(99_990);
+    expected.extend_from_slice(b"end, longer");
+    let checksum = blake3::hash(&expected).to_hex().to_string();
     if !provider.patches() {
         assert!(matches!(
-            provider.patch(&path, 100_001, ranges).await,
+            provider.patch(&path, 100_001, ranges, &checksum).await,
             Err(ProviderError::Unsupported(_))
         ));
         assert_eq!(
@@ -327,19 +332,23 @@ async fn ranged_writes_patch_a_file_where_they_are_offered(t: &TestProvider) {
         );
         return;
     }
-    let written = provider.patch(&path, 100_001, ranges).await.expect("patched");
+    // A checksum that the result would not have: refused, nothing changed.
+    let wrong = blake3::hash(b"something else").to_hex().to_string();
+    assert!(matches!(
+        provider.patch(&path, 100_001, ranges.clone(), &wrong).await,
+        Err(ProviderError::Invalid(_))
+    ));
+    assert_eq!(read_all(provider, &path, 0..u64::MAX).await, original);
+    let written = provider.patch(&path, 100_001, ranges, &checksum).await.expect("patched");
     assert_eq!(written, 16);
-    let mut expected = original.clone();
-    expected[10..15].copy_from_slice(b"ABCDE");
-    expected.truncate(99_990);
-    expected.extend_from_slice(b"end, longer");
     assert_eq!(expected.len(), 100_001);
     assert_eq!(read_all(provider, &path, 0..u64::MAX).await, expected);
     // Shrinking truncates; a missing file is not found and nothing is created.
-    provider.patch(&path, 20, Vec::new()).await.expect("truncated");
+    let short = blake3::hash(&expected[..20]).to_hex().to_string();
+    provider.patch(&path, 20, Vec::new(), &short).await.expect("truncated");
     assert_eq!(read_all(provider, &path, 0..u64::MAX).await, expected[..20].to_vec());
     assert!(matches!(
-        provider.patch(&p("nowhere.bin"), 5, Vec::new()).await,
+        provider.patch(&p("nowhere.bin"), 5, Vec::new(), &short).await,
         Err(ProviderError::NotFound(_))
     ));
     let listed: Vec<_> = provider.list(&ProviderPath::root()).try_collect().await.expect("list");
