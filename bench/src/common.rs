@@ -4,10 +4,14 @@
 // Each benchmark binary compiles this module and uses part of it.
 #![allow(dead_code)]
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use anyhow::{Context as _, bail};
+use cloudsync_commands::{Commands, MasterKey, Vault};
+use cloudsync_domain::Email;
+use cloudsync_eventstore::Database;
+use serde_json::Value;
 
 /// One process's cost, from `/usr/bin/time`.
 pub struct Measured {
@@ -67,4 +71,47 @@ pub fn env_usize(name: &str, default: usize) -> anyhow::Result<usize> {
     std::env::var(name)
         .ok()
         .map_or(Ok(default), |v| v.parse().with_context(|| format!("{name} must be a number")))
+}
+
+/// A data dir with one user who has connected these providers (kind, credentials); returns their ids.
+pub async fn connect(data: &Path, providers: &[(&str, Value)]) -> anyhow::Result<Vec<String>> {
+    std::fs::create_dir_all(data)?;
+    let (master, text) = MasterKey::generate();
+    std::fs::write(data.join("master-key"), text)?;
+    let db = Database::connect(&format!("sqlite://{}", data.join("cloudsync.db").display()), true).await?;
+    let commands = Commands::new(db.events.clone(), Vault::new(master, db.pool.clone()));
+    let (user, _) = commands.register(Email::parse("bench@example.org")?, "not-a-login".into()).await?;
+    let mut ids = Vec::new();
+    for (kind, credentials) in providers {
+        ids.push(commands.connect_provider(user, kind, credentials).await?.provider_id.to_string());
+    }
+    db.close().await;
+    Ok(ids)
+}
+
+/// `rclone` with the remote `benchs3:` pointing at the S3 server at `endpoint` (credentials
+/// `bench`/`bench-secret`), and no configuration file.
+pub fn rclone_s3(endpoint: &str) -> Command {
+    let mut command = Command::new("rclone");
+    command
+        .env("RCLONE_CONFIG", "/dev/null")
+        .env("RCLONE_CONFIG_BENCHS3_TYPE", "s3")
+        .env("RCLONE_CONFIG_BENCHS3_PROVIDER", "Other")
+        .env("RCLONE_CONFIG_BENCHS3_ENDPOINT", endpoint)
+        .env("RCLONE_CONFIG_BENCHS3_ACCESS_KEY_ID", "bench")
+        .env("RCLONE_CONFIG_BENCHS3_SECRET_ACCESS_KEY", "bench-secret")
+        // A CA bundle meant for real AWS makes rclone refuse a plain-HTTP endpoint.
+        .env_remove("AWS_CA_BUNDLE");
+    command
+}
+
+/// The report's heading: the benchmark, the machine's cores, the time and how long it took.
+pub fn print_heading(name: &str, started: std::time::Instant) {
+    let nproc = std::thread::available_parallelism().map_or(0, std::num::NonZero::get);
+    println!("# CloudSync {name} benchmark\n");
+    println!(
+        "nproc {nproc}, {} UTC, total {:.0} s\n",
+        chrono::Utc::now().format("%Y-%m-%d %H:%M:%S"),
+        started.elapsed().as_secs_f64()
+    );
 }

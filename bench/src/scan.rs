@@ -24,11 +24,8 @@ use anyhow::bail;
 
 mod common;
 
-use cloudsync_commands::{Commands, MasterKey, Vault};
-use cloudsync_domain::Email;
-use cloudsync_eventstore::Database;
-use common::{Measured, cloudsync_binary, env_usize, measure};
-use serde_json::{Value, json};
+use common::{Measured, cloudsync_binary, connect, env_usize, measure, print_heading, rclone_s3};
+use serde_json::json;
 
 /// A deterministic tree: `files` files of 0–4 KiB in 100 × 10 folders.
 fn generate(root: &Path, files: usize) -> anyhow::Result<u64> {
@@ -50,19 +47,6 @@ fn generate(root: &Path, files: usize) -> anyhow::Result<u64> {
     Ok(bytes)
 }
 
-/// A data dir with one user who has connected `kind` with `credentials`; returns the provider id.
-async fn connect(data: &Path, kind: &str, credentials: Value) -> anyhow::Result<String> {
-    std::fs::create_dir_all(data)?;
-    let (master, text) = MasterKey::generate();
-    std::fs::write(data.join("master-key"), text)?;
-    let db = Database::connect(&format!("sqlite://{}", data.join("cloudsync.db").display()), true).await?;
-    let commands = Commands::new(db.events.clone(), Vault::new(master, db.pool.clone()));
-    let (user, _) = commands.register(Email::parse("bench@example.org")?, "not-a-login".into()).await?;
-    let connected = commands.connect_provider(user, kind, &credentials).await?;
-    db.close().await;
-    Ok(connected.provider_id.to_string())
-}
-
 struct Row {
     scenario: String,
     files: usize,
@@ -78,7 +62,7 @@ async fn local(work: &Path, files: usize, rescan: bool) -> anyhow::Result<Vec<Ro
     let bytes = generate(&tree, files)?;
     eprintln!("[local {files}] {bytes} bytes generated; connecting");
     let data = work.join(format!("data-{files}"));
-    let provider = connect(&data, "local", json!({ "root": tree })).await?;
+    let provider = connect(&data, &[("local", json!({ "root": tree }))]).await?.remove(0);
     let scan = || -> anyhow::Result<Measured> {
         measure(
             Command::new(cloudsync_binary()?)
@@ -122,21 +106,11 @@ async fn s3(work: &Path, files: usize, endpoint: &str) -> anyhow::Result<Row> {
     let tree = work.join(format!("s3-tree-{files}"));
     generate(&tree, files)?;
     let prefix = format!("scan-{}", uuid::Uuid::new_v4().simple());
-    let remote = [
-        ("RCLONE_CONFIG", "/dev/null".to_owned()),
-        ("RCLONE_CONFIG_BENCHS3_TYPE", "s3".to_owned()),
-        ("RCLONE_CONFIG_BENCHS3_PROVIDER", "Other".to_owned()),
-        ("RCLONE_CONFIG_BENCHS3_ENDPOINT", endpoint.to_owned()),
-        ("RCLONE_CONFIG_BENCHS3_ACCESS_KEY_ID", "bench".to_owned()),
-        ("RCLONE_CONFIG_BENCHS3_SECRET_ACCESS_KEY", "bench-secret".to_owned()),
-    ];
     eprintln!("[s3 {files}] uploading with rclone copy");
-    let upload = Command::new("rclone")
+    let upload = rclone_s3(endpoint)
         .args(["copy", "--transfers", "16"])
         .arg(&tree)
         .arg(format!("benchs3:cloudsync-bench/{prefix}"))
-        .envs(remote.iter().cloned())
-        .env_remove("AWS_CA_BUNDLE")
         .status()?;
     if !upload.success() {
         bail!("rclone copy to S3 failed");
@@ -146,7 +120,7 @@ async fn s3(work: &Path, files: usize, endpoint: &str) -> anyhow::Result<Row> {
         "endpoint": endpoint, "bucket": "cloudsync-bench", "access_key_id": "bench", "secret_access_key": "bench-secret",
         "root": format!("/{prefix}/"),
     });
-    let provider = connect(&data, "s3", credentials).await?;
+    let provider = connect(&data, &[("s3", credentials)]).await?.remove(0);
     eprintln!("[s3 {files}] cloudsync scan");
     let cloudsync = measure(
         Command::new(cloudsync_binary()?)
@@ -156,12 +130,9 @@ async fn s3(work: &Path, files: usize, endpoint: &str) -> anyhow::Result<Row> {
     )?;
     eprintln!("[s3 {files}] rclone lsjson");
     let rclone = measure(
-        Command::new("rclone")
+        rclone_s3(endpoint)
             .args(["lsjson", "-R", "--hash-type", "md5", "--files-only"])
-            .arg(format!("benchs3:cloudsync-bench/{prefix}"))
-            .envs(remote.iter().cloned())
-            // A CA bundle meant for real AWS makes rclone refuse a plain-HTTP endpoint.
-            .env_remove("AWS_CA_BUNDLE"),
+            .arg(format!("benchs3:cloudsync-bench/{prefix}")),
     )?;
     Ok(Row {
         scenario: "s3 (moto)".into(),
@@ -194,13 +165,7 @@ async fn main() -> anyhow::Result<()> {
     .await;
     std::fs::remove_dir_all(&work).ok();
     result?;
-    let nproc = std::thread::available_parallelism().map_or(0, std::num::NonZero::get);
-    println!("# CloudSync scan benchmark\n");
-    println!(
-        "nproc {nproc}, {} UTC, total {:.0} s\n",
-        chrono::Utc::now().format("%Y-%m-%d %H:%M:%S"),
-        started.elapsed().as_secs_f64()
-    );
+    print_heading("scan", started);
     println!("| provider | files | CloudSync s | CloudSync files/s | CloudSync peak MiB | rclone s | rclone files/s | rclone peak MiB |");
     println!("|---|---:|---:|---:|---:|---:|---:|---:|");
     for row in rows {

@@ -26,14 +26,11 @@ use std::process::Command;
 use std::time::Instant;
 
 use anyhow::{Context as _, bail};
-use cloudsync_commands::{Commands, MasterKey, Vault};
-use cloudsync_domain::Email;
-use cloudsync_eventstore::Database;
-use serde_json::{Value, json};
+use serde_json::json;
 
 mod common;
 
-use common::{Measured, cloudsync_binary, env_usize, measure};
+use common::{Measured, cloudsync_binary, connect, env_usize, measure, print_heading, rclone_s3};
 
 fn fill(content: &mut [u8], seed: u64) {
     blake3::Hasher::new().update(&seed.to_le_bytes()).finalize_xof().fill(content);
@@ -78,22 +75,6 @@ fn change_one_percent(root: &Path, large: usize, round: u64) -> anyhow::Result<u
     Ok(changed)
 }
 
-/// A data dir with one user who has connected these providers; returns their ids.
-async fn connect(data: &Path, providers: &[(&str, Value)]) -> anyhow::Result<Vec<String>> {
-    std::fs::create_dir_all(data)?;
-    let (master, text) = MasterKey::generate();
-    std::fs::write(data.join("master-key"), text)?;
-    let db = Database::connect(&format!("sqlite://{}", data.join("cloudsync.db").display()), true).await?;
-    let commands = Commands::new(db.events.clone(), Vault::new(master, db.pool.clone()));
-    let (user, _) = commands.register(Email::parse("bench@example.org")?, "not-a-login".into()).await?;
-    let mut ids = Vec::new();
-    for (kind, credentials) in providers {
-        ids.push(commands.connect_provider(user, kind, credentials).await?.provider_id.to_string());
-    }
-    db.close().await;
-    Ok(ids)
-}
-
 /// `cloudsync sync`: measured, with the bytes it says it wrote into the target, and the pair it made.
 fn cloudsync(data: &Path, args: &[&str]) -> anyhow::Result<(Measured, u64, Option<String>)> {
     let out = data.join("last-run.txt");
@@ -121,6 +102,25 @@ fn cloudsync(data: &Path, args: &[&str]) -> anyhow::Result<(Measured, u64, Optio
         .find_map(|l| l.strip_prefix("Created sync pair "))
         .map(|p| p.trim_end_matches('.').to_owned());
     Ok((measured, written, pair))
+}
+
+/// The first run of a new mirror pair from the first provider to the second: measured, with the
+/// bytes written into the target and the pair's id.
+fn first_sync(data: &Path, ids: &[String]) -> anyhow::Result<(Measured, u64, String)> {
+    let (source, target) = (format!("{}:", ids[0]), format!("{}:", ids[1]));
+    let args = [
+        "sync",
+        "--source",
+        &source,
+        "--target",
+        &target,
+        "--mode",
+        "mirror",
+        "--max-delete",
+        "100",
+    ];
+    let (measured, written, pair) = cloudsync(data, &args)?;
+    Ok((measured, written, pair.context("the pair's id")?))
 }
 
 /// Whether two trees hold the same files (by size and BLAKE3).
@@ -186,21 +186,7 @@ async fn local(work: &Path, small: usize, large: usize, large_mib: usize) -> any
     let scenario = format!("local → local, initial ({} files, {} MiB)", small + large, bytes / 1_048_576);
     let mut rows = Vec::new();
     eprintln!("[local] cloudsync initial");
-    let (measured, written, pair) = cloudsync(
-        &data,
-        &[
-            "sync",
-            "--source",
-            &format!("{}:", ids[0]),
-            "--target",
-            &format!("{}:", ids[1]),
-            "--mode",
-            "mirror",
-            "--max-delete",
-            "100",
-        ],
-    )?;
-    let pair = pair.context("the pair's id")?;
+    let (measured, written, pair) = first_sync(&data, &ids)?;
     rows.push(Row {
         scenario: scenario.clone(),
         tool: "CloudSync".into(),
@@ -272,19 +258,7 @@ async fn s3(work: &Path, endpoint: &str, small: usize, large_mib: usize) -> anyh
     let bytes = generate(&source, small, 1, large_mib)?;
     let bucket = "cloudsync-bench";
     let prefix = format!("sync-{}", uuid::Uuid::new_v4().simple());
-    let remote = [
-        ("RCLONE_CONFIG", "/dev/null".to_owned()),
-        ("RCLONE_CONFIG_BENCHS3_TYPE", "s3".to_owned()),
-        ("RCLONE_CONFIG_BENCHS3_PROVIDER", "Other".to_owned()),
-        ("RCLONE_CONFIG_BENCHS3_ENDPOINT", endpoint.to_owned()),
-        ("RCLONE_CONFIG_BENCHS3_ACCESS_KEY_ID", "bench".to_owned()),
-        ("RCLONE_CONFIG_BENCHS3_SECRET_ACCESS_KEY", "bench-secret".to_owned()),
-    ];
-    let created = Command::new("rclone")
-        .args(["mkdir", &format!("benchs3:{bucket}")])
-        .envs(remote.iter().cloned())
-        .env_remove("AWS_CA_BUNDLE")
-        .status()?;
+    let created = rclone_s3(endpoint).args(["mkdir", &format!("benchs3:{bucket}")]).status()?;
     if !created.success() {
         bail!("cannot create the bucket");
     }
@@ -297,13 +271,10 @@ async fn s3(work: &Path, endpoint: &str, small: usize, large_mib: usize) -> anyh
     let rclone = |label: &str| -> anyhow::Result<Row> {
         eprintln!("[s3] rclone {label}");
         let measured = measure(
-            Command::new("rclone")
+            rclone_s3(endpoint)
                 .args(["sync", "--transfers", "8"])
                 .arg(&source)
-                .arg(format!("benchs3:{bucket}/{prefix}/rclone"))
-                .envs(remote.iter().cloned())
-                // A CA bundle meant for real AWS makes rclone refuse a plain-HTTP endpoint.
-                .env_remove("AWS_CA_BUNDLE"),
+                .arg(format!("benchs3:{bucket}/{prefix}/rclone")),
         )?;
         Ok(Row {
             scenario: String::new(),
@@ -314,21 +285,7 @@ async fn s3(work: &Path, endpoint: &str, small: usize, large_mib: usize) -> anyh
     };
     let scenario = format!("local → S3 (moto), initial ({} files, {} MiB)", small + 1, bytes / 1_048_576);
     eprintln!("[s3] cloudsync initial");
-    let (measured, written, pair) = cloudsync(
-        &data,
-        &[
-            "sync",
-            "--source",
-            &format!("{}:", ids[0]),
-            "--target",
-            &format!("{}:", ids[1]),
-            "--mode",
-            "mirror",
-            "--max-delete",
-            "100",
-        ],
-    )?;
-    let pair = pair.context("the pair's id")?;
+    let (measured, written, pair) = first_sync(&data, &ids)?;
     let mut rows = vec![Row {
         scenario: scenario.clone(),
         tool: "CloudSync".into(),
@@ -383,13 +340,7 @@ async fn main() -> anyhow::Result<()> {
     .await;
     std::fs::remove_dir_all(&work).ok();
     result?;
-    let nproc = std::thread::available_parallelism().map_or(0, std::num::NonZero::get);
-    println!("# CloudSync sync benchmark\n");
-    println!(
-        "nproc {nproc}, {} UTC, total {:.0} s\n",
-        chrono::Utc::now().format("%Y-%m-%d %H:%M:%S"),
-        started.elapsed().as_secs_f64()
-    );
+    print_heading("sync", started);
     println!("| scenario | tool | wall s | peak MiB | read MiB (kernel) | written MiB (kernel) | written into the target MiB (reported) |");
     println!("|---|---|---:|---:|---:|---:|---:|");
     for row in rows {

@@ -139,7 +139,7 @@ impl Commands {
     }
 
     /// Appends one stream's events at the version it was loaded at; returns the last position.
-    async fn append(&self, stream: String, version: i64, events: &[DomainEvent], ctx: &Context) -> Result<i64, CommandError> {
+    pub(crate) async fn append(&self, stream: String, version: i64, events: &[DomainEvent], ctx: &Context) -> Result<i64, CommandError> {
         let events = events.iter().map(|e| encode(e, ctx)).collect();
         let outcome = self
             .store
@@ -628,9 +628,8 @@ impl Commands {
     /// # Errors
     /// Not found, or a job that has already ended.
     pub async fn cancel_job(&self, user: UserId, job_id: SyncJobId) -> Result<i64, CommandError> {
-        let (job, version) = self.load::<SyncJob>(&job_id.stream()).await?;
-        let events = job.handle(SyncJobCommand::Cancel { by: user, at: Utc::now() })?;
-        self.append(job_id.stream(), version, &events, &Context::new(Some(user))).await
+        self.act_on_job(user, job_id, SyncJobCommand::Cancel { by: user, at: Utc::now() })
+            .await
     }
 
     /// Pauses one of `user`'s jobs at its next step.
@@ -638,12 +637,8 @@ impl Commands {
     /// # Errors
     /// Not found, or a job that has already ended.
     pub async fn pause_job(&self, user: UserId, job_id: SyncJobId) -> Result<i64, CommandError> {
-        let (job, version) = self.load::<SyncJob>(&job_id.stream()).await?;
-        let events = job.handle(SyncJobCommand::Pause { by: user, at: Utc::now() })?;
-        if events.is_empty() {
-            return Ok(0);
-        }
-        self.append(job_id.stream(), version, &events, &Context::new(Some(user))).await
+        self.act_on_job(user, job_id, SyncJobCommand::Pause { by: user, at: Utc::now() })
+            .await
     }
 
     /// Resumes one of `user`'s paused jobs.
@@ -651,8 +646,15 @@ impl Commands {
     /// # Errors
     /// Not found, a job that has already ended, or a run held for approval.
     pub async fn resume_job(&self, user: UserId, job_id: SyncJobId) -> Result<i64, CommandError> {
+        self.act_on_job(user, job_id, SyncJobCommand::Resume { by: user, at: Utc::now() })
+            .await
+    }
+
+    /// Applies `user`'s command to one of their jobs; returns the last position (0 when the command
+    /// changed nothing).
+    pub(crate) async fn act_on_job(&self, user: UserId, job_id: SyncJobId, command: SyncJobCommand) -> Result<i64, CommandError> {
         let (job, version) = self.load::<SyncJob>(&job_id.stream()).await?;
-        let events = job.handle(SyncJobCommand::Resume { by: user, at: Utc::now() })?;
+        let events = job.handle(command)?;
         if events.is_empty() {
             return Ok(0);
         }

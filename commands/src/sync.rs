@@ -193,18 +193,8 @@ impl Commands {
     /// # Errors
     /// Not found (or someone else's), or a job that is not held.
     pub async fn approve_sync(&self, user: UserId, job_id: SyncJobId) -> Result<i64, CommandError> {
-        let (job, version) = self.load::<SyncJob>(&job_id.stream()).await?;
-        let events = job.handle(SyncJobCommand::Approve { by: user, at: Utc::now() })?;
-        let ctx = Context::new(Some(user));
-        let outcome = self
-            .store()
-            .append(vec![StreamAppend {
-                stream: job_id.stream(),
-                expected: expected(version),
-                events: events.iter().map(|e| encode(e, &ctx)).collect(),
-            }])
-            .await?;
-        Ok(outcome.last_position)
+        self.act_on_job(user, job_id, SyncJobCommand::Approve { by: user, at: Utc::now() })
+            .await
     }
 
     /// Settles a conflict left for `user` at `path` of their pair, and starts a run to carry the
@@ -251,18 +241,10 @@ impl Commands {
             resolution,
             at: Utc::now(),
         })?;
-        let ctx = Context::new(Some(user));
-        let outcome = self
-            .store()
-            .append(vec![StreamAppend {
-                stream: pair_id.stream(),
-                expected: expected(version),
-                events: events.iter().map(|e| encode(e, &ctx)).collect(),
-            }])
-            .await?;
+        let recorded = self.append(pair_id.stream(), version, &events, &Context::new(Some(user))).await?;
         match self.request_sync(user, pair_id).await {
             Ok((job_id, position)) => Ok((Some(job_id), position)),
-            Err(CommandError::Conflict(_)) => Ok((None, outcome.last_position)),
+            Err(CommandError::Conflict(_)) => Ok((None, recorded)),
             Err(err) => Err(err),
         }
     }
@@ -668,50 +650,49 @@ impl Recorder<'_> {
     /// Appends pair events, with the job's progress when given, in one transaction.
     async fn append_pair(&mut self, events: &[DomainEvent], progress: Option<SyncJobCommand>) -> Result<(), CommandError> {
         let ctx = self.tracker.ctx;
-        let mut appends = Vec::new();
-        if !events.is_empty() {
-            appends.push(StreamAppend {
-                stream: self.pair_id.stream(),
-                // Only the pair's one running job appends its runs' facts; a concurrent settings
-                // change does not conflict with them.
-                expected: ExpectedVersion::Any,
-                events: events.iter().map(|e| encode(e, &ctx)).collect(),
-            });
-        }
-        let progress_command = progress;
-        let progress = match &progress_command {
-            Some(command) if !self.tracker.job.phase().is_some_and(JobPhase::is_terminal) => self.tracker.job.handle(command.clone())?,
-            _ => Vec::new(),
-        };
-        if !progress.is_empty() {
-            appends.push(StreamAppend {
-                stream: self.tracker.job_id.stream(),
-                expected: expected(self.tracker.version),
-                events: progress.iter().map(|e| encode(e, &ctx)).collect(),
-            });
-        }
-        if appends.is_empty() {
-            return Ok(());
-        }
-        match self.tracker.commands.store().append(appends).await {
-            Ok(_) => {}
-            Err(err) if err.is_concurrency() => {
-                // The job was paused, resumed or cancelled meanwhile: reload it, and record the
-                // finished steps again, with progress only if the job still takes it. (The pair's
-                // events never conflict; the steps they record did happen.)
-                (self.tracker.job, self.tracker.version) = self.tracker.commands.load::<SyncJob>(&self.tracker.job_id.stream()).await?;
-                let progress = match &progress_command {
-                    Some(command) if !self.tracker.job.phase().is_some_and(JobPhase::is_terminal) => Some(command.clone()),
-                    _ => None,
-                };
-                return Box::pin(self.append_pair(events, progress)).await;
+        loop {
+            let mut appends = Vec::new();
+            if !events.is_empty() {
+                appends.push(StreamAppend {
+                    stream: self.pair_id.stream(),
+                    // Only the pair's one running job appends its runs' facts; a concurrent settings
+                    // change does not conflict with them.
+                    expected: ExpectedVersion::Any,
+                    events: events.iter().map(|e| encode(e, &ctx)).collect(),
+                });
             }
-            Err(err) => return Err(err.into()),
+            let progressed = match &progress {
+                Some(command) if !self.tracker.job.phase().is_some_and(JobPhase::is_terminal) => {
+                    self.tracker.job.handle(command.clone())?
+                }
+                _ => Vec::new(),
+            };
+            if !progressed.is_empty() {
+                appends.push(StreamAppend {
+                    stream: self.tracker.job_id.stream(),
+                    expected: expected(self.tracker.version),
+                    events: progressed.iter().map(|e| encode(e, &ctx)).collect(),
+                });
+            }
+            if appends.is_empty() {
+                return Ok(());
+            }
+            match self.tracker.commands.store().append(appends).await {
+                Ok(_) => {
+                    events.iter().for_each(|e| self.pair.apply(e));
+                    progressed.iter().for_each(|e| self.tracker.job.apply(e));
+                    self.tracker.version += i64::try_from(progressed.len()).unwrap_or(0);
+                    return Ok(());
+                }
+                // The job was paused, resumed or cancelled meanwhile: reload it and record the
+                // finished steps again (they did happen), with progress only if the job still
+                // takes it.
+                Err(err) if err.is_concurrency() => {
+                    (self.tracker.job, self.tracker.version) = self.tracker.commands.load::<SyncJob>(&self.tracker.job_id.stream()).await?;
+                }
+                Err(err) => return Err(err.into()),
+            }
         }
-        events.iter().for_each(|e| self.pair.apply(e));
-        progress.iter().for_each(|e| self.tracker.job.apply(e));
-        self.tracker.version += i64::try_from(progress.len()).unwrap_or(0);
-        Ok(())
     }
 
     async fn finished(&mut self, decision: &Decision, outcome: Outcome) -> Result<(), CommandError> {

@@ -148,6 +148,16 @@ impl Limited {
         self.stats.lock().map_or((0, 0), |s| *s)
     }
 
+    /// Waits for the quota to allow one more request and for a transfer slot, which the returned
+    /// permit holds.
+    async fn transfer(&self) -> Result<tokio::sync::SemaphorePermit<'_>, ProviderError> {
+        self.take().await;
+        self.transfers
+            .acquire()
+            .await
+            .map_err(|_| ProviderError::Other("the provider is closing".into()))
+    }
+
     /// Waits for the quota to allow one more request.
     async fn take(&self) {
         if let Some(bucket) = &self.requests {
@@ -198,22 +208,12 @@ impl StorageProvider for Limited {
     }
 
     async fn read(&self, path: &ProviderPath, range: Range<u64>) -> Result<ByteStream, ProviderError> {
-        self.take().await;
-        let _permit = self
-            .transfers
-            .acquire()
-            .await
-            .map_err(|_| ProviderError::Other("the provider is closing".into()))?;
+        let _permit = self.transfer().await?;
         self.inner.read(path, range).await
     }
 
     async fn write(&self, path: &ProviderPath, data: ByteStream) -> Result<u64, ProviderError> {
-        self.take().await;
-        let _permit = self
-            .transfers
-            .acquire()
-            .await
-            .map_err(|_| ProviderError::Other("the provider is closing".into()))?;
+        let _permit = self.transfer().await?;
         self.invalidate(path);
         let written = self.inner.write(path, data).await;
         self.invalidate(path);
@@ -255,12 +255,7 @@ impl StorageProvider for Limited {
     }
 
     async fn patch(&self, path: &ProviderPath, size: u64, ranges: Vec<(u64, Bytes)>, checksum: &str) -> Result<u64, ProviderError> {
-        self.take().await;
-        let _permit = self
-            .transfers
-            .acquire()
-            .await
-            .map_err(|_| ProviderError::Other("the provider is closing".into()))?;
+        let _permit = self.transfer().await?;
         self.invalidate(path);
         let written = self.inner.patch(path, size, ranges, checksum).await;
         self.invalidate(path);

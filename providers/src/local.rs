@@ -82,6 +82,27 @@ impl LocalProvider {
             etag,
         }
     }
+
+    /// Moves a file, creating the destination's folders; over a file already there only when
+    /// `overwrite` (a POSIX rename replaces it in one step), never over anything else.
+    async fn move_file(&self, from: &ProviderPath, to: &ProviderPath, overwrite: bool) -> Result<(), ProviderError> {
+        let this = self.clone();
+        let (from, to) = (from.clone(), to.clone());
+        blocking(move || {
+            let (source, _) = this.existing_file(&from)?;
+            let target = this.resolve(&to)?;
+            std::fs::create_dir_all(target.parent().unwrap_or(&this.root))?;
+            this.resolve(&to)?;
+            match std::fs::symlink_metadata(&target) {
+                Ok(meta) if overwrite && !meta.is_file() => return Err(ProviderError::Invalid(format!("{to} is not a file"))),
+                Ok(_) if !overwrite => return Err(ProviderError::AlreadyExists(to.to_string())),
+                _ => {}
+            }
+            std::fs::rename(&source, &target)?;
+            Ok(())
+        })
+        .await
+    }
 }
 
 /// An I/O error about `path`, a missing file named as such.
@@ -307,20 +328,7 @@ impl StorageProvider for LocalProvider {
     }
 
     async fn rename(&self, from: &ProviderPath, to: &ProviderPath) -> Result<(), ProviderError> {
-        let this = self.clone();
-        let (from, to) = (from.clone(), to.clone());
-        blocking(move || {
-            let (source, _) = this.existing_file(&from)?;
-            let target = this.resolve(&to)?;
-            std::fs::create_dir_all(target.parent().unwrap_or(&this.root))?;
-            this.resolve(&to)?;
-            if std::fs::symlink_metadata(&target).is_ok() {
-                return Err(ProviderError::AlreadyExists(to.to_string()));
-            }
-            std::fs::rename(&source, &target)?;
-            Ok(())
-        })
-        .await
+        self.move_file(from, to, false).await
     }
 
     fn patches(&self) -> bool {
@@ -328,20 +336,7 @@ impl StorageProvider for LocalProvider {
     }
 
     async fn replace(&self, from: &ProviderPath, to: &ProviderPath) -> Result<(), ProviderError> {
-        let this = self.clone();
-        let (from, to) = (from.clone(), to.clone());
-        blocking(move || {
-            let (source, _) = this.existing_file(&from)?;
-            let target = this.resolve(&to)?;
-            std::fs::create_dir_all(target.parent().unwrap_or(&this.root))?;
-            this.resolve(&to)?;
-            if std::fs::symlink_metadata(&target).is_ok_and(|m| !m.is_file()) {
-                return Err(ProviderError::Invalid(format!("{to} is not a file")));
-            }
-            std::fs::rename(&source, &target)?;
-            Ok(())
-        })
-        .await
+        self.move_file(from, to, true).await
     }
 
     async fn patch(&self, path: &ProviderPath, size: u64, ranges: Vec<(u64, Bytes)>, checksum: &str) -> Result<u64, ProviderError> {

@@ -237,6 +237,28 @@ impl RemoteProvider {
             etag,
         }
     }
+
+    /// Moves `from` to `to`, creating `to`'s folders, over any file there: WebDAV moves with
+    /// `Overwrite: T`, SFTP renames with the `posix-rename` extension, object stores (which have no
+    /// rename) copy the object whole, then delete the original.
+    async fn move_over(&self, from: &ProviderPath, to: &ProviderPath) -> Result<(), ProviderError> {
+        let capability = self.op.info().capability();
+        if capability.create_dir && !to.parent().is_root() {
+            self.op.create_dir(&folder_path(&to.parent())).await?;
+        }
+        if capability.rename {
+            self.op.rename(from.as_str(), to.as_str()).await?;
+        } else if capability.copy {
+            self.op.copy(from.as_str(), to.as_str()).await?;
+            self.op.delete(from.as_str()).await?;
+        } else {
+            return Err(ProviderError::Unsupported(format!(
+                "{} can neither rename nor copy",
+                self.kind.as_str()
+            )));
+        }
+        Ok(())
+    }
 }
 
 fn folder_path(folder: &ProviderPath) -> String {
@@ -359,22 +381,7 @@ impl StorageProvider for RemoteProvider {
 
     async fn replace(&self, from: &ProviderPath, to: &ProviderPath) -> Result<(), ProviderError> {
         self.stat(from).await?;
-        let capability = self.op.info().capability();
-        if capability.create_dir && !to.parent().is_root() {
-            self.op.create_dir(&folder_path(&to.parent())).await?;
-        }
-        if capability.rename {
-            // WebDAV moves with `Overwrite: T`; SFTP renames with the `posix-rename` extension.
-            self.op.rename(from.as_str(), to.as_str()).await?;
-        } else if capability.copy {
-            // An object copy replaces the destination whole.
-            self.op.copy(from.as_str(), to.as_str()).await?;
-            self.op.delete(from.as_str()).await?;
-        } else {
-            self.delete(to).await?;
-            self.rename(from, to).await?;
-        }
-        Ok(())
+        self.move_over(from, to).await
     }
 
     async fn rename(&self, from: &ProviderPath, to: &ProviderPath) -> Result<(), ProviderError> {
@@ -384,23 +391,7 @@ impl StorageProvider for RemoteProvider {
             Err(err) if err.kind() == opendal::ErrorKind::NotFound => {}
             Err(err) => return Err(err.into()),
         }
-        let capability = self.op.info().capability();
-        if capability.create_dir && !to.parent().is_root() {
-            self.op.create_dir(&folder_path(&to.parent())).await?;
-        }
-        if capability.rename {
-            self.op.rename(from.as_str(), to.as_str()).await?;
-        } else if capability.copy {
-            // Object stores have no rename: copy, then delete the original.
-            self.op.copy(from.as_str(), to.as_str()).await?;
-            self.op.delete(from.as_str()).await?;
-        } else {
-            return Err(ProviderError::Unsupported(format!(
-                "{} can neither rename nor copy",
-                self.kind.as_str()
-            )));
-        }
-        Ok(())
+        self.move_over(from, to).await
     }
 
     async fn create_folder(&self, path: &ProviderPath) -> Result<(), ProviderError> {

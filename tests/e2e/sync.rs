@@ -239,6 +239,7 @@ async fn a_mirror_that_would_delete_too_much_waits_for_approval(h: &Harness) {
     for i in 0..5 {
         std::fs::remove_file(a.join(format!("f{i}.txt"))).expect("delete");
     }
+    let mut appended = h.server().app().db.events.watch();
     let data = h.ok(Some(&token), RUN, json!({ "p": pair })).await;
     let operation = data["runSync"]["id"].as_str().expect("operation").to_owned();
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -248,7 +249,7 @@ async fn a_mirror_that_would_delete_too_much_waits_for_approval(h: &Harness) {
             break status;
         }
         assert!(Instant::now() < deadline, "the run was not held: {status}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        h.next_append(&mut appended, deadline).await;
     };
     assert_eq!(held["held"], json!({ "side": "target", "deletes": 5 }));
     assert_eq!(held["paused"], json!(true));
@@ -561,12 +562,14 @@ async fn manual_conflicts_wait_for_the_owner(h: &Harness) {
     assert_eq!(left, json!([]), "settled conflicts are gone");
 }
 
-/// Waits until `check` holds (20 s deadline).
-async fn eventually(what: &str, mut check: impl FnMut() -> bool) {
+/// Waits until `check` holds (20 s deadline), looking again after each append to the log (the
+/// runs that change the folders record their steps).
+async fn eventually(h: &Harness, what: &str, mut check: impl FnMut() -> bool) {
     let deadline = Instant::now() + Duration::from_secs(20);
+    let mut appended = h.server().app().db.events.watch();
     while !check() {
         assert!(Instant::now() < deadline, "{what} did not happen in time");
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        h.next_append(&mut appended, deadline).await;
     }
 }
 
@@ -580,9 +583,9 @@ async fn pairs_run_on_their_own_on_change_and_on_schedule(h: &Harness) {
     h.wait_for_operation(&token, &first).await;
     // A change in either folder starts a run, without any request.
     write(&a, "from-source.txt", b"typed on the source");
-    eventually("a run after a change on the source", || b.join("from-source.txt").is_file()).await;
+    eventually(h, "a run after a change on the source", || b.join("from-source.txt").is_file()).await;
     write(&b, "sub/from-target.txt", b"typed on the target");
-    eventually("a run after a change on the target", || a.join("sub/from-target.txt").is_file()).await;
+    eventually(h, "a run after a change on the target", || a.join("sub/from-target.txt").is_file()).await;
 
     // A cron schedule (every second) runs a pair of folders that nobody watches.
     let (c, d) = (h.db.dir().join("side-c"), h.db.dir().join("side-d"));
@@ -599,7 +602,7 @@ async fn pairs_run_on_their_own_on_change_and_on_schedule(h: &Harness) {
         "nothing runs until the schedule says so"
     );
     write(&c, "scheduled.txt", b"copied on schedule");
-    eventually("a scheduled run", || d.join("scheduled.txt").is_file()).await;
+    eventually(h, "a scheduled run", || d.join("scheduled.txt").is_file()).await;
     assert_eq!(std::fs::read(d.join("scheduled.txt")).expect("read"), b"copied on schedule");
     // Invalid schedules are refused.
     let bad = "mutation($s: ID!, $t: ID!) { syncFolders(source: { providerId: $s, path: \"x\" }, \

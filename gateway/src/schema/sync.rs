@@ -390,6 +390,8 @@ impl SyncSubscription {
                 let position = event.ok().filter(|e| e.stream_id == stream_name).map(|e| e.position);
                 async move { position }
             })
+            // Should the log's subscription end, the second-by-second check goes on alone.
+            .chain(futures::stream::pending())
             .boxed();
         let seen = first.fingerprint();
         let ended = first.is_finished();
@@ -402,10 +404,8 @@ impl SyncSubscription {
                 loop {
                     // The next step of this operation, or a second: whichever comes first (a read
                     // model that lagged behind a step is read again).
-                    match tokio::time::timeout(std::time::Duration::from_secs(1), steps.next()).await {
-                        Ok(Some(position)) => app.wrote(caller, position),
-                        Ok(None) => tokio::time::sleep(std::time::Duration::from_secs(1)).await,
-                        Err(_) => {}
+                    if let Ok(Some(position)) = tokio::time::timeout(std::time::Duration::from_secs(1), steps.next()).await {
+                        app.wrote(caller, position);
                     }
                     let Ok(row) = operation_row(&app, caller, id).await else { continue };
                     let fingerprint = row.fingerprint();

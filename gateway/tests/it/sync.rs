@@ -103,6 +103,21 @@ fn connect(addr: &str, token: &str, root: &Path, rate: Option<u32>) -> String {
     data["connectProvider"]["id"].as_str().expect("provider").to_owned()
 }
 
+/// The operation's state once it has ended. The server is another process with nothing this test
+/// could wait on, so it asks every 100 ms.
+fn ended(addr: &str, token: &str, operation: &str, within: Duration, context: &str) -> serde_json::Value {
+    let query = "query($o: ID!) { syncStatus(operationId: $o) { status filesDone error } }";
+    let deadline = Instant::now() + within;
+    loop {
+        let now = gql(addr, token, query, serde_json::json!({ "o": operation }))["syncStatus"].clone();
+        if matches!(now["status"].as_str(), Some("completed" | "failed" | "cancelled")) {
+            return now;
+        }
+        assert!(Instant::now() < deadline, "the operation did not end ({context}): {now}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 fn kill(server: Running) {
     let mut server = server;
     let _ = server.0.kill();
@@ -162,6 +177,7 @@ fn a_killed_sync_resumes_and_ends_with_both_sides_correct() {
     let (mut server, mut addr) = (server, addr);
     let (mut kills, mut interrupted) = (Vec::new(), 0);
     for _ in 0..4 {
+        // The kill lands at a random point of the run: waiting is what this test is about.
         let delay = 50 + random(700);
         std::thread::sleep(Duration::from_millis(delay));
         kill(server);
@@ -173,18 +189,13 @@ fn a_killed_sync_resumes_and_ends_with_both_sides_correct() {
             interrupted += 1;
         }
     }
-    let deadline = Instant::now() + Duration::from_secs(120);
-    let outcome = loop {
-        let now = gql(&addr, &token, query, status.clone())["syncStatus"].clone();
-        if matches!(now["status"].as_str(), Some("completed" | "failed" | "cancelled")) {
-            break now;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the run did not end (kills after {kills:?} ms, seed {seed}): {now}"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    };
+    let outcome = ended(
+        &addr,
+        &token,
+        &operation,
+        Duration::from_secs(120),
+        &format!("kills after {kills:?} ms, seed {seed}"),
+    );
     assert_eq!(outcome["status"], "completed", "kills after {kills:?} ms (seed {seed}): {outcome}");
     assert!(interrupted >= 1, "no kill landed during the run (kills after {kills:?} ms)");
     let (source_tree, target_tree) = (tree(&a), tree(&b));
@@ -202,15 +213,8 @@ fn a_killed_sync_resumes_and_ends_with_both_sides_correct() {
         serde_json::json!({ "p": pair_id }),
     );
     let again = again["runSync"]["id"].as_str().expect("run").to_owned();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let idle = loop {
-        let now = gql(&addr, &token, query, serde_json::json!({ "o": again }))["syncStatus"].clone();
-        if now["status"] == "completed" {
-            break now;
-        }
-        assert!(Instant::now() < deadline && now["status"] != "failed", "{now}");
-        std::thread::sleep(Duration::from_millis(100));
-    };
+    let idle = ended(&addr, &token, &again, Duration::from_secs(60), "the run after the resumed one");
+    assert_eq!(idle["status"], "completed", "{idle}");
     assert_eq!(
         idle["filesDone"], 0,
         "the base agrees with both sides after the resumed run: {idle}"
