@@ -94,6 +94,29 @@ impl ProviderStore {
         Ok(Self::new(Arc::from(provider), ProviderPath::root()))
     }
 
+    /// Chunks on the provider that `settings` describe: its `kind` (`s3`, `webdav`, `sftp`,
+    /// `local`, …), an optional `folder` (default `cloudsync-chunks`), and the provider's own
+    /// settings as `connectProvider` takes them.
+    ///
+    /// # Errors
+    /// A missing or unknown kind, a bad folder, or settings the provider refuses.
+    pub fn from_settings(settings: &serde_json::Map<String, serde_json::Value>) -> Result<Self, StoreError> {
+        let mut settings = settings.clone();
+        let invalid = |why: String| StoreError::Provider(ProviderError::Invalid(why));
+        let kind = match settings.remove("kind") {
+            Some(serde_json::Value::String(kind)) => ProviderKind::parse(&kind).map_err(|err| invalid(format!("kind: {err}")))?,
+            _ => return Err(invalid("a kind is required (s3, webdav, sftp, local, …)".into())),
+        };
+        let folder = match settings.remove("folder") {
+            None => ProviderPath::parse("cloudsync-chunks"),
+            Some(serde_json::Value::String(folder)) => ProviderPath::parse(&folder),
+            Some(_) => return Err(invalid("folder must be a string".into())),
+        }
+        .map_err(|err| invalid(format!("folder: {err}")))?;
+        let provider = cloudsync_providers::open(kind, &settings)?;
+        Ok(Self::new(Arc::from(provider), folder))
+    }
+
     fn path(&self, id: &str) -> Result<ProviderPath, StoreError> {
         check_id(id)?;
         self.folder

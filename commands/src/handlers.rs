@@ -120,6 +120,11 @@ impl Commands {
         self.oauth.as_ref()
     }
 
+    /// The database of the write side's own bookkeeping (leases, checkpoints, wrapped keys).
+    pub(crate) fn pool(&self) -> &cloudsync_eventstore::DbPool {
+        self.vault.pool()
+    }
+
     pub fn store(&self) -> &Arc<dyn EventStore> {
         &self.store
     }

@@ -3,6 +3,7 @@
 //! long work (provider scans) and reports back by appending events.
 
 mod error;
+mod gc;
 mod handlers;
 mod jobs;
 mod oauth;
@@ -12,6 +13,7 @@ mod secrets;
 mod sync;
 
 pub use error::CommandError;
+pub use gc::{GcReport, LEASE_TTL, Lease};
 pub use handlers::{Commands, Connected, Context, Moved};
 pub use jobs::JobRunner;
 pub use oauth::{Authorization, DEFAULT_RENEW_MARGIN, OAuth, OAuthApp, is_oauth_kind};

@@ -84,6 +84,11 @@ impl Vault {
         Self { master, pool }
     }
 
+    /// The database the vault keeps wrapped keys in (the write side's own tables are there too).
+    pub(crate) fn pool(&self) -> &DbPool {
+        &self.pool
+    }
+
     async fn wrapped_key(&self, user: UserId) -> Result<Option<String>, CommandError> {
         let query = "SELECT wrapped_key FROM user_keys WHERE user_id = $1";
         let id = user.to_string();

@@ -28,18 +28,19 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use chrono::Utc;
 use cloudsync_chunks::{ChunkRef, ChunkStore, Chunker, Manifest, get_content, get_manifest, put_content, put_manifest};
-use cloudsync_domain::events::{BaseChange, Resolution, SyncPairCreated};
+use cloudsync_domain::events::{BaseChange, FileVersionKept, Resolution, SyncPairCreated, VersionReason};
 use cloudsync_domain::merge::{self, Action, ConflictKind, Decision, Side, SyncMode, Tree, Version};
 use cloudsync_domain::provider::ProviderConnection;
 use cloudsync_domain::sync_job::{JobKind, JobPhase, SyncJob, SyncJobCommand};
 use cloudsync_domain::sync_pair::{SyncEndpoint, SyncPair, SyncPairCommand};
-use cloudsync_domain::{Aggregate, DomainEvent, ProviderKind, ProviderPath, ScanSchedule, SyncJobId, SyncPairId, UserId};
+use cloudsync_domain::{Aggregate, DomainEvent, ProviderId, ProviderKind, ProviderPath, ScanSchedule, SyncJobId, SyncPairId, UserId};
 use cloudsync_eventstore::{ExpectedVersion, StreamAppend};
 use cloudsync_providers::{ByteStream, Entry, ProviderError, StorageProvider, is_temporary};
 use futures::{StreamExt, TryStreamExt};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
+use crate::gc::Lease;
 use crate::handlers::{Context, encode, expected, storage_error};
 use crate::{CommandError, Commands};
 
@@ -70,6 +71,9 @@ pub struct SyncSettings {
     pub max_delete_percent: u8,
     pub schedule: Option<ScanSchedule>,
     pub realtime: bool,
+    /// Earlier versions kept of each file (0: none), and for how many days (0: no age limit).
+    pub keep_versions: u32,
+    pub keep_days: u32,
 }
 
 /// How the owner settles a conflict.
@@ -122,6 +126,8 @@ impl Commands {
             max_delete_percent: settings.max_delete_percent,
             schedule: settings.schedule,
             realtime: settings.realtime,
+            keep_versions: settings.keep_versions,
+            keep_days: settings.keep_days,
             at: now,
         }))?;
         created.iter().for_each(|e| pair.apply(e));
@@ -212,6 +218,7 @@ impl Commands {
         choice: Choice,
     ) -> Result<(Option<SyncJobId>, i64), CommandError> {
         let (pair, version) = self.load::<SyncPair>(&pair_id.stream()).await?;
+        let mut lease = None;
         let resolution = match choice {
             Choice::Source => Resolution::Source,
             Choice::Target => Resolution::Target,
@@ -222,6 +229,8 @@ impl Commands {
                 let chunks = self
                     .chunks()
                     .ok_or_else(|| CommandError::Invalid("this server keeps no chunk store for merged content".into()))?;
+                // Held until the resolution naming the content is recorded.
+                lease = Some(self.lease_now(format!("merge-{}", Uuid::now_v7())).await?);
                 let id = put_content(&**chunks, &content)
                     .await
                     .map_err(|err| CommandError::Storage(err.to_string()))?;
@@ -241,10 +250,146 @@ impl Commands {
             resolution,
             at: Utc::now(),
         })?;
-        let recorded = self.append(pair_id.stream(), version, &events, &Context::new(Some(user))).await?;
+        let recorded = self.append(pair_id.stream(), version, &events, &Context::new(Some(user))).await;
+        if let Some(lease) = lease {
+            lease.release().await;
+        }
+        let recorded = recorded?;
         match self.request_sync(user, pair_id).await {
             Ok((job_id, position)) => Ok((Some(job_id), position)),
             Err(CommandError::Conflict(_)) => Ok((None, recorded)),
+            Err(err) => Err(err),
+        }
+    }
+
+    /// A chunk-store lease for a short piece of work, waiting while the collector runs.
+    async fn lease_now(&self, holder: String) -> Result<Lease, CommandError> {
+        self.chunk_lease(holder, &CancellationToken::new())
+            .await?
+            .ok_or_else(|| CommandError::Conflict("the chunk store is busy; try again".into()))
+    }
+
+    /// Brings an earlier version of a file of one of `user`'s pairs back: it is written over the
+    /// file (whose current content is kept as a version first), on the side it was kept from in a
+    /// two-way pair and on the source of a one-way pair, and a run then carries it to the other
+    /// side. Returns the side and path written, the run (unless one is in progress) and the last
+    /// position.
+    ///
+    /// # Errors
+    /// [`CommandError::NotFound`] for unknown versions and someone else's;
+    /// [`CommandError::Conflict`] while a run of the pair is in progress; storage errors (nothing
+    /// is replaced unless the whole version was read back and checked).
+    pub async fn restore_file_version(
+        &self,
+        user: UserId,
+        pair_id: SyncPairId,
+        version_id: Uuid,
+    ) -> Result<(Side, ProviderPath, Option<SyncJobId>, i64), CommandError> {
+        const UNKNOWN: CommandError = CommandError::NotFound("file version");
+        let (pair, _) = self.load::<SyncPair>(&pair_id.stream()).await?;
+        let settings = pair.live_for(user).cloned().ok_or(UNKNOWN)?;
+        let kept = pair.kept_version(version_id).cloned().ok_or(UNKNOWN)?;
+        let chunks = Arc::clone(self.chunks().ok_or(UNKNOWN)?);
+        if let Some(last) = pair.last_run() {
+            let (job, _) = self.load::<SyncJob>(&last.stream()).await?;
+            if job.phase().is_some_and(|p| !p.is_terminal()) {
+                return Err(CommandError::Conflict(format!(
+                    "a run of this pair is in progress (operation {last}); restore once it has ended"
+                )));
+            }
+        }
+        let side = if settings.mode == SyncMode::TwoWay {
+            kept.side
+        } else {
+            Side::Source
+        };
+        let endpoint = match side {
+            Side::Source => &settings.source,
+            Side::Target => &settings.target,
+        };
+        let provider = self.provider(user, endpoint.provider_id).await?;
+        let destination = kept.path.under(&endpoint.path);
+        let lease = self.lease_now(format!("restore-{}", Uuid::now_v7())).await?;
+        let restored = async {
+            let manifest = get_manifest(&*chunks, &kept.content).await?;
+            if manifest.checksum != kept.version.checksum {
+                return Err(StepError::Changed("the kept version's manifest does not match it".into()));
+            }
+            // What is there now becomes a version of its own.
+            let mut replaced = Vec::new();
+            let current = match provider.stat(&destination).await {
+                Ok(entry) => Some(entry),
+                Err(ProviderError::NotFound(_)) => None,
+                Err(err) => return Err(err.into()),
+            };
+            if let Some(entry) = &current {
+                let (content, now) = store_whole(&*chunks, &*provider, &destination, entry.size).await?;
+                replaced.push(FileVersionKept {
+                    pair_id,
+                    owner_id: user,
+                    version_id: Uuid::now_v7(),
+                    side,
+                    provider_id: endpoint.provider_id,
+                    path: kept.path.clone(),
+                    provider_path: destination.clone(),
+                    version: Version {
+                        checksum: now.checksum,
+                        size: now.size,
+                        modified_at: entry.modified_at.unwrap_or_else(Utc::now),
+                    },
+                    content,
+                    reason: VersionReason::Restored,
+                    job_id: None,
+                    at: Utc::now(),
+                });
+            }
+            let expected = current.as_ref().map(tag_of);
+            let check = async {
+                let found = match provider.stat(&destination).await {
+                    Ok(entry) => Some(tag_of(&entry)),
+                    Err(ProviderError::NotFound(_)) => None,
+                    Err(err) => return Err(err.into()),
+                };
+                if found.is_some() && found != expected {
+                    return Err(StepError::Changed(format!(
+                        "{destination} changed while the version was restored; nothing was replaced"
+                    )));
+                }
+                Ok(())
+            };
+            let temporary = temporary_name(&destination, pair_id);
+            write_checked(
+                &*provider,
+                &destination,
+                &temporary,
+                stored_stream(Arc::clone(&chunks), manifest),
+                &kept.version,
+                check,
+            )
+            .await?;
+            Ok(replaced)
+        }
+        .await;
+        let recorded = async {
+            let replaced = restored.map_err(|err| CommandError::Storage(err.to_string()))?;
+            let (mut pair, version) = self.load::<SyncPair>(&pair_id.stream()).await?;
+            let mut events = pair.handle(SyncPairCommand::KeepVersions(replaced))?;
+            events.iter().for_each(|e| pair.apply(e));
+            events.extend(pair.handle(SyncPairCommand::RecordRestore {
+                by: user,
+                version_id,
+                side,
+                path: kept.path.clone(),
+                at: Utc::now(),
+            })?);
+            self.append(pair_id.stream(), version, &events, &Context::new(Some(user))).await
+        }
+        .await;
+        lease.release().await;
+        let recorded = recorded?;
+        match self.request_sync(user, pair_id).await {
+            Ok((job_id, position)) => Ok((side, destination, Some(job_id), position)),
+            Err(CommandError::Conflict(_)) => Ok((side, destination, None, recorded)),
             Err(err) => Err(err),
         }
     }
@@ -450,12 +595,55 @@ pub(crate) async fn run_sync(commands: &Commands, job_id: SyncJobId, cancel: &Ca
             return Ok(());
         }
     }
+    // From here on the run stores chunks that it records later: the collector waits for it.
+    let lease = match commands.chunks() {
+        Some(_) => match commands.chunk_lease(format!("sync-{job_id}"), cancel).await? {
+            Some(lease) => Some(lease),
+            None => return Ok(()),
+        },
+        None => None,
+    };
+    let result = transfer(
+        commands,
+        tracker,
+        &settings,
+        pair,
+        [sides.0, sides.1],
+        [source, target],
+        &decisions,
+        lease.as_ref(),
+    )
+    .await;
+    if let Some(lease) = lease {
+        lease.release().await;
+    }
+    result
+}
+
+/// The rest of a run, once it holds its chunk-store lease: keeps the versions its decisions would
+/// replace, carries the decisions out and records what the sides agree on.
+#[allow(clippy::too_many_arguments)]
+async fn transfer(
+    commands: &Commands,
+    tracker: Tracker<'_>,
+    settings: &SyncPairCreated,
+    pair: SyncPair,
+    sides: [Arc<dyn StorageProvider>; 2],
+    listings: [Listing; 2],
+    decisions: &[Decision],
+    lease: Option<&Lease>,
+) -> Result<(), CommandError> {
+    let (job_id, pair_id, cancel) = (tracker.job_id, settings.pair_id, tracker.cancel);
     let executor = Executor {
-        sides: [sides.0, sides.1],
+        sides,
         folders: [settings.source.path.clone(), settings.target.path.clone()],
-        listings: [source, target],
+        providers: [settings.source.provider_id, settings.target.provider_id],
+        listings,
         pair_id,
+        owner: settings.owner_id,
+        job_id,
         chunks: commands.chunks().cloned(),
+        versions: settings.keep_versions > 0,
         pair: pair.clone(),
         policy: settings.policy,
     };
@@ -471,8 +659,9 @@ pub(crate) async fn run_sync(commands: &Commands, job_id: SyncJobId, cancel: &Ca
         failures: Vec::new(),
         last_commit: Instant::now(),
         totals: None,
+        lease,
     };
-    run.record_decisions(&decisions).await?;
+    run.record_decisions(decisions).await?;
     let files_total = decisions.len() as u64;
     let bytes_total: u64 = decisions.iter().flat_map(|d| &d.actions).map(transfer_size).sum();
     run.totals = Some((files_total, bytes_total));
@@ -482,11 +671,14 @@ pub(crate) async fn run_sync(commands: &Commands, job_id: SyncJobId, cancel: &Ca
     // What both sides agree on already (unchanged, or changed the same way on both): the base
     // catches up without any transfer.
     executor.remove_abandoned().await;
-    let agreed = executor.already_agreed(&decisions).await;
+    let agreed = executor.already_agreed(decisions).await;
     for batch in agreed.chunks(BATCH) {
         run.pending.extend_from_slice(batch);
         run.commit().await?;
     }
+    // What the decisions would overwrite or delete is kept (and recorded) first; a decision whose
+    // version could not be kept is not carried out.
+    let blocked = executor.keep_versions(decisions, &mut run).await?;
 
     // Decisions that rename or resolve conflicts move files between paths that other decisions may
     // use: they run one at a time, first. The rest touch one path each and run in parallel.
@@ -500,7 +692,10 @@ pub(crate) async fn run_sync(commands: &Commands, job_id: SyncJobId, cancel: &Ca
         if !run.tracker.running().await? {
             return Ok(());
         }
-        let outcome = executor.carry_out(decision).await;
+        let outcome = match blocked_by(&blocked, decision) {
+            Some(why) => Outcome::failed(why.clone()),
+            None => executor.carry_out(decision).await,
+        };
         run.finished(decision, outcome).await?;
     }
     let mut queue = parallel.into_iter();
@@ -508,7 +703,7 @@ pub(crate) async fn run_sync(commands: &Commands, job_id: SyncJobId, cancel: &Ca
     loop {
         while in_flight.len() < CONCURRENCY {
             match queue.next() {
-                Some(decision) => in_flight.push(carry_out(&executor, decision)),
+                Some(decision) => in_flight.push(carry_out(&executor, decision, blocked_by(&blocked, decision))),
                 None => break,
             }
         }
@@ -526,8 +721,28 @@ pub(crate) async fn run_sync(commands: &Commands, job_id: SyncJobId, cancel: &Ca
     run.finish().await
 }
 
-async fn carry_out<'a>(executor: &'a Executor, decision: &'a Decision) -> (&'a Decision, Outcome) {
-    (decision, executor.carry_out(decision).await)
+async fn carry_out<'a>(executor: &'a Executor, decision: &'a Decision, blocked: Option<&String>) -> (&'a Decision, Outcome) {
+    match blocked {
+        Some(why) => (decision, Outcome::failed(why.clone())),
+        None => (decision, executor.carry_out(decision).await),
+    }
+}
+
+/// Content at risk, and its id in the chunk store once kept.
+type AtRisk = (Side, ProviderPath, Present, VersionReason);
+
+async fn keep_one<'a>(executor: &'a Executor, item: &'a AtRisk) -> (&'a AtRisk, Result<String, StepError>) {
+    (item, executor.keep_version(item.0, &item.1, &item.2).await)
+}
+
+/// Why a decision may not be carried out: a path it touches had content that could not be kept.
+fn blocked_by<'a>(blocked: &'a HashMap<ProviderPath, String>, decision: &Decision) -> Option<&'a String> {
+    if blocked.is_empty() {
+        return None;
+    }
+    std::iter::once(&decision.path)
+        .chain(decision.actions.iter().flat_map(action_paths))
+        .find_map(|path| blocked.get(path))
 }
 
 /// How many bytes an action moves.
@@ -616,6 +831,15 @@ struct Outcome {
     error: Option<String>,
 }
 
+impl Outcome {
+    fn failed(error: String) -> Self {
+        Self {
+            error: Some(error),
+            ..Self::default()
+        }
+    }
+}
+
 /// Records decisions, finished steps and progress.
 struct Recorder<'a> {
     tracker: Tracker<'a>,
@@ -629,6 +853,9 @@ struct Recorder<'a> {
     failures: Vec<String>,
     last_commit: Instant,
     totals: Option<(u64, u64)>,
+    /// The run's chunk-store lease: nothing is recorded once it may have lapsed (the collector may
+    /// have taken chunks the records would name).
+    lease: Option<&'a Lease>,
 }
 
 impl Recorder<'_> {
@@ -649,6 +876,11 @@ impl Recorder<'_> {
 
     /// Appends pair events, with the job's progress when given, in one transaction.
     async fn append_pair(&mut self, events: &[DomainEvent], progress: Option<SyncJobCommand>) -> Result<(), CommandError> {
+        if self.lease.is_some_and(|lease| !lease.valid()) {
+            return Err(CommandError::Conflict(
+                "the run could not renew its chunk-store lease in time; it stopped, and the next run starts over".into(),
+            ));
+        }
         let ctx = self.tracker.ctx;
         loop {
             let mut appends = Vec::new();
@@ -744,8 +976,17 @@ impl Recorder<'_> {
         self.append_pair(&advanced, Some(progress)).await
     }
 
+    /// Records versions kept before the decisions that replace them are carried out.
+    async fn keep(&mut self, versions: Vec<FileVersionKept>) -> Result<(), CommandError> {
+        let events = self.pair.handle(SyncPairCommand::KeepVersions(versions))?;
+        self.append_pair(&events, None).await
+    }
+
     async fn finish(mut self) -> Result<(), CommandError> {
         self.commit().await?;
+        // Versions beyond the pair's retention are let go (the collector frees their chunks).
+        let pruned = self.pair.handle(SyncPairCommand::PruneVersions { at: Utc::now() })?;
+        self.append_pair(&pruned, None).await?;
         if !self.tracker.running().await? {
             return Ok(());
         }
@@ -798,9 +1039,14 @@ struct Copied {
 struct Executor {
     sides: [Arc<dyn StorageProvider>; 2],
     folders: [ProviderPath; 2],
+    providers: [ProviderId; 2],
     listings: [Listing; 2],
     pair_id: SyncPairId,
+    owner: UserId,
+    job_id: SyncJobId,
     chunks: Option<Arc<dyn ChunkStore>>,
+    /// Whether the pair keeps earlier versions.
+    versions: bool,
     /// The pair as the run found it: the base and where agreed contents are kept.
     pair: SyncPair,
     policy: merge::ConflictPolicy,
@@ -942,6 +1188,131 @@ impl Executor {
             )));
         }
         Ok(data)
+    }
+
+    /// What carrying out `decisions` would overwrite or delete: each side's listed content that an
+    /// action replaces with other content, deletes, or merges over.
+    fn at_risk(&self, decisions: &[Decision]) -> Vec<AtRisk> {
+        let mut seen = HashSet::new();
+        let mut risky = Vec::new();
+        let mut add = |side: Side, path: &ProviderPath, reason: VersionReason, instead: Option<&Version>| {
+            if let Some(present) = self.listed(side, path)
+                && !instead.is_some_and(|v| v.same_content(&present.version))
+                && seen.insert((side, path.clone()))
+            {
+                risky.push((side, path.clone(), present, reason));
+            }
+        };
+        for action in decisions.iter().flat_map(|d| &d.actions) {
+            match action {
+                Action::Copy { to, path, version, .. } => add(*to, path, VersionReason::Replaced, Some(version)),
+                Action::Delete { side, path, .. } => add(*side, path, VersionReason::Deleted, None),
+                Action::MergeText { path, .. } => {
+                    add(Side::Source, path, VersionReason::Replaced, None);
+                    add(Side::Target, path, VersionReason::Replaced, None);
+                }
+                Action::Unresolved { path, source, target, .. } => {
+                    let sides = match self.pair.resolution(path, source.as_ref(), target.as_ref()) {
+                        Some(Resolution::Source) => vec![Side::Target],
+                        Some(Resolution::Target) => vec![Side::Source],
+                        Some(Resolution::Merged { .. }) => vec![Side::Source, Side::Target],
+                        Some(Resolution::Both) | None => Vec::new(),
+                    };
+                    for side in sides {
+                        add(side, path, VersionReason::Replaced, None);
+                    }
+                }
+                Action::Rename { .. } => {}
+            }
+        }
+        risky
+    }
+
+    /// Keeps (and records) the contents that `decisions` would overwrite or delete; returns the
+    /// paths whose content could not be kept, with why: their decisions are not carried out.
+    async fn keep_versions(&self, decisions: &[Decision], run: &mut Recorder<'_>) -> Result<HashMap<ProviderPath, String>, CommandError> {
+        let mut blocked = HashMap::new();
+        if !self.versions || self.chunks.is_none() {
+            return Ok(blocked);
+        }
+        let risky = self.at_risk(decisions);
+        let mut queue = risky.iter();
+        let mut in_flight = futures::stream::FuturesUnordered::new();
+        let mut batch = Vec::new();
+        loop {
+            while in_flight.len() < CONCURRENCY {
+                match queue.next() {
+                    Some(item) => in_flight.push(keep_one(self, item)),
+                    None => break,
+                }
+            }
+            let Some(((side, path, present, reason), content)) = in_flight.next().await else {
+                break;
+            };
+            match content {
+                Ok(content) => batch.push(FileVersionKept {
+                    pair_id: self.pair_id,
+                    owner_id: self.owner,
+                    version_id: Uuid::now_v7(),
+                    side: *side,
+                    provider_id: self.providers[index(*side)],
+                    path: path.clone(),
+                    provider_path: self.full(*side, path),
+                    version: present.version.clone(),
+                    content,
+                    reason: *reason,
+                    job_id: Some(self.job_id),
+                    at: Utc::now(),
+                }),
+                Err(err) => {
+                    blocked.insert(
+                        path.clone(),
+                        format!("the {}'s version could not be kept, so it was not replaced: {err}", side.name()),
+                    );
+                }
+            }
+            if batch.len() >= BATCH {
+                run.keep(std::mem::take(&mut batch)).await?;
+            }
+        }
+        run.keep(batch).await?;
+        Ok(blocked)
+    }
+
+    /// Stores the content `present` in the chunk store, whole, and returns its manifest's id; what
+    /// the store holds already (a kept text, a manifest whose chunks are all stored) is not read
+    /// again.
+    async fn keep_version(&self, side: Side, path: &ProviderPath, present: &Present) -> Result<String, StepError> {
+        let Some(chunks) = &self.chunks else {
+            return Err(StepError::Changed("no chunk store".into()));
+        };
+        if let Some(stored) = &present.stored {
+            return Ok(stored.clone());
+        }
+        if let Some(id) = &present.manifest
+            && let Ok(manifest) = get_manifest(&**chunks, id).await
+            && manifest.checksum == present.version.checksum
+        {
+            let mut whole = true;
+            for chunk in &manifest.chunks {
+                if !chunks.has(&chunk.id).await? {
+                    whole = false;
+                    break;
+                }
+            }
+            if whole {
+                return Ok(id.clone());
+            }
+        }
+        let version = &present.version;
+        let (id, manifest) = store_whole(&**chunks, self.provider(side), &self.full(side, path), version.size).await?;
+        if manifest.size != version.size || manifest.checksum != version.checksum {
+            return Err(StepError::Changed(format!(
+                "{path} changed on the {} since it was listed",
+                side.name()
+            )));
+        }
+        Ok(id)
     }
 
     async fn carry_out(&self, decision: &Decision) -> Outcome {
@@ -1304,6 +1675,9 @@ impl Executor {
         let mut hasher = blake3::Hasher::new();
         let mut chunker = Chunker::without_checksum();
         let mut ranges: Vec<(u64, Vec<u8>)> = Vec::new();
+        // The new chunks (id, offset, length), stored after the write when versions are kept, so
+        // that keeping this version later needs no read.
+        let mut fresh: Vec<(String, u64, usize)> = Vec::new();
         let (mut offset, mut changed) = (0_u64, 0_u64);
         let mut note = |chunk: &ChunkRef, bytes: &[u8]| -> Result<(), TooMuch> {
             let start = offset;
@@ -1311,6 +1685,7 @@ impl Executor {
             if before.contains(&(chunk.id.as_str(), start)) {
                 return Ok(());
             }
+            fresh.push((chunk.id.clone(), start, bytes.len()));
             changed += bytes.len() as u64;
             if changed > limit {
                 return Err(TooMuch);
@@ -1341,7 +1716,8 @@ impl Executor {
         self.check_unchanged(to, path, expected).await?;
         let destination = self.full(to, path);
         let provider = self.provider(to);
-        let ranges = ranges.into_iter().map(|(at, bytes)| (at, Bytes::from(bytes))).collect();
+        let ranges: Vec<(u64, Bytes)> = ranges.into_iter().map(|(at, bytes)| (at, Bytes::from(bytes))).collect();
+        let kept = ranges.clone();
         let written = match provider.patch(&destination, version.size, ranges, &version.checksum).await {
             Ok(written) => written,
             // The destination was not the agreed version after all (changed without its size or
@@ -1350,6 +1726,17 @@ impl Executor {
             Err(err) => return Err(err.into()),
         };
         let tag = tag_of(&provider.stat(&destination).await?);
+        if self.versions {
+            for (id, start, len) in fresh {
+                let Some((at, bytes)) = kept.iter().rev().find(|(at, _)| *at <= start) else {
+                    continue;
+                };
+                let from = usize::try_from(start - at).unwrap_or(usize::MAX);
+                if let Some(chunk) = bytes.get(from..from.saturating_add(len)) {
+                    chunks.put(&id, chunk).await?;
+                }
+            }
+        }
         Ok(Some(Copied {
             tag,
             stored: None,
@@ -1381,48 +1768,10 @@ impl Executor {
         version: &Version,
         expected: Option<&str>,
     ) -> Result<String, StepError> {
-        let provider = self.provider(to);
         let destination = self.full(to, path);
-        let mismatch = Arc::new(AtomicBool::new(false));
-        let data = verified(data, version.clone(), Arc::clone(&mismatch));
-        let changed = || {
-            StepError::Changed(format!(
-                "{path}: the copy did not match the planned content (the file changed while it was copied)"
-            ))
-        };
-        // Object stores publish an upload whole: checked before it starts. Elsewhere the copy
-        // lands under a temporary name and replaces the file in one step once the file is checked
-        // again, so an edit made while the copy ran is never overwritten.
-        if provider.atomic_writes() && provider.kind() != ProviderKind::Local {
-            self.check_unchanged(to, path, expected).await?;
-            match provider.write(&destination, data).await {
-                Ok(_) => {}
-                Err(_) if mismatch.load(Ordering::SeqCst) => return Err(changed()),
-                Err(err) => return Err(err.into()),
-            }
-        } else {
-            let temporary = temporary_name(&destination, self.pair_id);
-            match provider.write(&temporary, data).await {
-                Ok(_) => {}
-                Err(err) => {
-                    let _ = provider.delete(&temporary).await;
-                    return Err(if mismatch.load(Ordering::SeqCst) { changed() } else { err.into() });
-                }
-            }
-            let committed = async {
-                self.check_unchanged(to, path, expected).await?;
-                // In one step: the destination is never missing on the way (a crash there would
-                // read as a delete on this side).
-                provider.replace(&temporary, &destination).await?;
-                Ok::<(), StepError>(())
-            }
-            .await;
-            if let Err(err) = committed {
-                let _ = provider.delete(&temporary).await;
-                return Err(err);
-            }
-        }
-        Ok(tag_of(&provider.stat(&destination).await?))
+        let temporary = temporary_name(&destination, self.pair_id);
+        let check = self.check_unchanged(to, path, expected);
+        write_checked(self.provider(to), &destination, &temporary, data, version, check).await
     }
 
     async fn delete(&self, side: Side, path: &ProviderPath, version: &Version, expected: Option<&str>) -> Result<(), StepError> {
@@ -1431,6 +1780,103 @@ impl Executor {
         self.provider(side).delete(&self.full(side, path)).await?;
         Ok(())
     }
+}
+
+/// Writes `data` to `destination` so that only a complete copy whose checksum is `version`'s ever
+/// becomes visible, and only once `check` (that the destination is still what the caller saw) has
+/// passed (it is awaited once, when its time comes); returns the written file's listing tag. Object stores publish an upload whole, so they
+/// are checked before it starts. Elsewhere the copy lands under `temporary` and replaces the file
+/// in one step once checked again, so an edit made while the copy ran is never overwritten.
+async fn write_checked(
+    provider: &dyn StorageProvider,
+    destination: &ProviderPath,
+    temporary: &ProviderPath,
+    data: ByteStream,
+    version: &Version,
+    check: impl Future<Output = Result<(), StepError>>,
+) -> Result<String, StepError> {
+    let mismatch = Arc::new(AtomicBool::new(false));
+    let data = verified(data, version.clone(), Arc::clone(&mismatch));
+    let changed = || {
+        StepError::Changed(format!(
+            "{destination}: the copy did not match the planned content (the file changed while it was copied)"
+        ))
+    };
+    if provider.atomic_writes() && provider.kind() != ProviderKind::Local {
+        check.await?;
+        match provider.write(destination, data).await {
+            Ok(_) => {}
+            Err(_) if mismatch.load(Ordering::SeqCst) => return Err(changed()),
+            Err(err) => return Err(err.into()),
+        }
+    } else {
+        match provider.write(temporary, data).await {
+            Ok(_) => {}
+            Err(err) => {
+                let _ = provider.delete(temporary).await;
+                return Err(if mismatch.load(Ordering::SeqCst) { changed() } else { err.into() });
+            }
+        }
+        let committed = async {
+            check.await?;
+            // In one step: the destination is never missing on the way (a crash there would
+            // read as a delete on this side).
+            provider.replace(temporary, destination).await?;
+            Ok::<(), StepError>(())
+        }
+        .await;
+        if let Err(err) = committed {
+            let _ = provider.delete(temporary).await;
+            return Err(err);
+        }
+    }
+    Ok(tag_of(&provider.stat(destination).await?))
+}
+
+/// Reads `path` (`size` bytes) from `provider` into the chunk store, whole; returns its
+/// manifest's id and the manifest (with the content's checksum).
+async fn store_whole(
+    chunks: &dyn ChunkStore,
+    provider: &dyn StorageProvider,
+    path: &ProviderPath,
+    size: u64,
+) -> Result<(String, Manifest), StepError> {
+    let mut stream = provider.read(path, 0..size).await?;
+    let mut chunker = Chunker::new();
+    let mut ready: Vec<(String, Vec<u8>)> = Vec::new();
+    while let Some(piece) = stream.next().await {
+        chunker.push(&piece?, |chunk, bytes| {
+            ready.push((chunk.id.clone(), bytes.to_vec()));
+            Ok::<(), StepError>(())
+        })?;
+        for (id, bytes) in ready.drain(..) {
+            chunks.put(&id, &bytes).await?;
+        }
+    }
+    let manifest = chunker.finish(|chunk, bytes| {
+        ready.push((chunk.id.clone(), bytes.to_vec()));
+        Ok::<(), StepError>(())
+    })?;
+    for (id, bytes) in ready {
+        chunks.put(&id, &bytes).await?;
+    }
+    Ok((put_manifest(chunks, &manifest).await?, manifest))
+}
+
+/// A content kept in the chunk store, chunk by chunk.
+fn stored_stream(chunks: Arc<dyn ChunkStore>, manifest: Manifest) -> ByteStream {
+    futures::stream::iter(manifest.chunks)
+        .then(move |chunk| {
+            let chunks = Arc::clone(&chunks);
+            async move {
+                chunks
+                    .get(&chunk.id)
+                    .await
+                    .map(Bytes::from)
+                    .map_err(|err| ProviderError::Invalid(format!("the kept version cannot be read: {err}")))
+            }
+        })
+        .boxed()
 }
 
 /// What an action led to.

@@ -5,6 +5,7 @@ use chrono::{DateTime, TimeZone, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use thiserror::Error;
+use uuid::Uuid;
 
 use crate::ids::{FileId, ProviderId, SyncJobId, SyncPairId, UserId};
 use crate::merge::{ConflictPolicy, Decision, Side, SyncMode, Version};
@@ -195,6 +196,90 @@ pub struct SyncPairCreated {
     /// Whether a change reported by either side's change feed starts a run.
     #[serde(default)]
     pub realtime: bool,
+    /// How many earlier versions of each file are kept (0: none).
+    #[serde(default = "default_keep_versions")]
+    pub keep_versions: u32,
+    /// How many days an earlier version is kept (0: as long as `keep_versions` allows).
+    #[serde(default = "default_keep_days")]
+    pub keep_days: u32,
+    pub at: DateTime<Utc>,
+}
+
+/// Versions kept per file unless a pair says otherwise.
+pub const DEFAULT_KEEP_VERSIONS: u32 = 10;
+/// Days a version is kept unless a pair says otherwise.
+pub const DEFAULT_KEEP_DAYS: u32 = 30;
+
+fn default_keep_versions() -> u32 {
+    DEFAULT_KEEP_VERSIONS
+}
+
+fn default_keep_days() -> u32 {
+    DEFAULT_KEEP_DAYS
+}
+
+/// Why a file's content was kept as an earlier version.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum VersionReason {
+    /// A run was about to write other content over it.
+    Replaced,
+    /// A run was about to delete it.
+    Deleted,
+    /// A restore was about to bring back an earlier version over it.
+    Restored,
+}
+
+impl VersionReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Replaced => "REPLACED",
+            Self::Deleted => "DELETED",
+            Self::Restored => "RESTORED",
+        }
+    }
+}
+
+/// Content of one side of a pair that was about to be overwritten or deleted, kept whole in the
+/// chunk store (recorded before the change is made).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FileVersionKept {
+    pub pair_id: SyncPairId,
+    pub owner_id: UserId,
+    pub version_id: Uuid,
+    pub side: Side,
+    pub provider_id: ProviderId,
+    /// The file's path relative to the pair's folder.
+    pub path: ProviderPath,
+    /// The file's path on its provider.
+    pub provider_path: ProviderPath,
+    pub version: Version,
+    /// The chunk-store id of the content's manifest.
+    pub content: String,
+    pub reason: VersionReason,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub job_id: Option<SyncJobId>,
+    pub at: DateTime<Utc>,
+}
+
+/// Earlier versions that fell out of the pair's retention (too many, or too old): their content
+/// may be collected from the chunk store.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FileVersionsPruned {
+    pub pair_id: SyncPairId,
+    pub owner_id: UserId,
+    pub version_ids: Vec<Uuid>,
+    pub at: DateTime<Utc>,
+}
+
+/// The owner brought an earlier version back: it was written over the file at `path` on `side`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FileVersionRestored {
+    pub pair_id: SyncPairId,
+    pub owner_id: UserId,
+    pub version_id: Uuid,
+    pub side: Side,
+    pub path: ProviderPath,
     pub at: DateTime<Utc>,
 }
 
@@ -316,6 +401,9 @@ pub enum DomainEvent {
     SyncJobHeld(SyncJobHeld),
     SyncJobApproved(SyncJobFinished),
     SyncConflictResolved(SyncConflictResolved),
+    FileVersionKept(FileVersionKept),
+    FileVersionsPruned(FileVersionsPruned),
+    FileVersionRestored(FileVersionRestored),
 }
 
 /// An event as it is stored: type name, schema version and payload without the type tag.
@@ -369,7 +457,10 @@ impl DomainEvent {
             | "SyncRunRequested"
             | "SyncJobHeld"
             | "SyncJobApproved"
-            | "SyncConflictResolved" => Some(1),
+            | "SyncConflictResolved"
+            | "FileVersionKept"
+            | "FileVersionsPruned"
+            | "FileVersionRestored" => Some(1),
             _ => None,
         }
     }
@@ -435,6 +526,9 @@ impl DomainEvent {
             Self::SyncPairCreated(e) => e.owner_id,
             Self::SyncDecisionRecorded(e) => e.owner_id,
             Self::SyncBaseAdvanced(e) => e.owner_id,
+            Self::FileVersionKept(e) => e.owner_id,
+            Self::FileVersionsPruned(e) => e.owner_id,
+            Self::FileVersionRestored(e) => e.owner_id,
             _ => return None,
         })
     }

@@ -6,14 +6,21 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use crate::aggregate::{Aggregate, DomainError};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use crate::events::{
-    BaseChange, DomainEvent, Resolution, SyncBaseAdvanced, SyncConflictResolved, SyncDecisionRecorded, SyncPairCreated, SyncRunRequested,
+    BaseChange, DomainEvent, FileVersionKept, FileVersionRestored, FileVersionsPruned, Resolution, SyncBaseAdvanced, SyncConflictResolved,
+    SyncDecisionRecorded, SyncPairCreated, SyncRunRequested,
 };
 use crate::ids::{ProviderId, SyncJobId, UserId};
-use crate::merge::{Action, ConflictKind, Decision, Tree, Version};
+use crate::merge::{Action, ConflictKind, Decision, Side, Tree, Version};
 use crate::values::ProviderPath;
+use uuid::Uuid;
+
+/// The most versions a pair may keep of each file.
+pub const MAX_KEEP_VERSIONS: u32 = 1000;
+/// The longest a pair may keep versions: a hundred years.
+pub const MAX_KEEP_DAYS: u32 = 36_500;
 
 /// One side of a pair: a folder of a provider.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -41,6 +48,8 @@ pub struct SyncPair {
     conflicts: BTreeMap<ProviderPath, Conflict>,
     /// The owner's choices, by path, until a run carries them out.
     resolutions: BTreeMap<ProviderPath, SyncConflictResolved>,
+    /// Earlier versions of the sides' files, kept in the chunk store, by id.
+    versions: BTreeMap<Uuid, FileVersionKept>,
 }
 
 /// A conflict left for the owner (`MANUAL`).
@@ -83,6 +92,19 @@ pub enum SyncPairCommand {
     AdvanceBase {
         job_id: SyncJobId,
         changes: Vec<BaseChange>,
+        at: DateTime<Utc>,
+    },
+    /// Contents about to be overwritten or deleted, stored in the chunk store: kept as earlier
+    /// versions (unless the pair keeps none, or the same content is the file's newest version).
+    KeepVersions(Vec<FileVersionKept>),
+    /// Lets go of the versions outside the pair's retention at `at`.
+    PruneVersions { at: DateTime<Utc> },
+    /// The owner brought version `version_id` back over the file at `path` on `side`.
+    RecordRestore {
+        by: UserId,
+        version_id: Uuid,
+        side: Side,
+        path: ProviderPath,
         at: DateTime<Utc>,
     },
 }
@@ -130,6 +152,59 @@ impl SyncPair {
         self.decisions
     }
 
+    /// The earlier versions kept, oldest first within each file.
+    pub fn versions(&self) -> impl Iterator<Item = &FileVersionKept> {
+        self.versions.values()
+    }
+
+    pub fn kept_version(&self, id: Uuid) -> Option<&FileVersionKept> {
+        self.versions.get(&id)
+    }
+
+    /// The newest version kept of `path` on `side`.
+    pub fn latest_version(&self, side: Side, path: &ProviderPath) -> Option<&FileVersionKept> {
+        self.versions
+            .values()
+            .filter(|v| v.side == side && &v.path == path)
+            .max_by_key(|v| (v.at, v.version_id))
+    }
+
+    /// The versions outside the retention at `now`: beyond the newest `keep_versions` of a file, or
+    /// older than `keep_days` (when set).
+    pub fn expired_versions(&self, now: DateTime<Utc>) -> Vec<Uuid> {
+        let Some(settings) = &self.created else { return Vec::new() };
+        let mut by_file: BTreeMap<(Side, &ProviderPath), Vec<&FileVersionKept>> = BTreeMap::new();
+        for version in self.versions.values() {
+            by_file.entry((version.side, &version.path)).or_default().push(version);
+        }
+        let oldest = (settings.keep_days > 0).then(|| now - chrono::Duration::days(i64::from(settings.keep_days)));
+        let mut expired = Vec::new();
+        for mut versions in by_file.into_values() {
+            versions.sort_by_key(|v| std::cmp::Reverse((v.at, v.version_id)));
+            for (rank, version) in versions.into_iter().enumerate() {
+                let too_many = rank >= settings.keep_versions as usize;
+                let too_old = oldest.is_some_and(|oldest| version.at < oldest);
+                if too_many || too_old {
+                    expired.push(version.version_id);
+                }
+            }
+        }
+        expired.sort_unstable();
+        expired
+    }
+
+    /// Every chunk-store id the pair's history still needs: the agreed contents and manifests, the
+    /// owner's merges not yet carried out, and the kept versions.
+    pub fn stored_references(&self) -> BTreeSet<&str> {
+        let agreed = self.agreed.values().flat_map(|a| a.stored.iter().chain(a.manifest.iter()));
+        let merged = self.resolutions.values().filter_map(|r| match &r.resolution {
+            Resolution::Merged { content, .. } => Some(content),
+            _ => None,
+        });
+        let versions = self.versions.values().map(|v| &v.content);
+        agreed.chain(merged).chain(versions).map(String::as_str).collect()
+    }
+
     fn existing(&self) -> Result<&SyncPairCreated, DomainError> {
         self.created.as_ref().ok_or(DomainError::NotFound("sync pair"))
     }
@@ -152,6 +227,11 @@ impl Aggregate for SyncPair {
                 }
                 if created.max_delete_percent > 100 {
                     return Err(DomainError::Invalid("maxDeletePercent must be between 0 and 100".into()));
+                }
+                if created.keep_versions > MAX_KEEP_VERSIONS || created.keep_days > MAX_KEEP_DAYS {
+                    return Err(DomainError::Invalid(format!(
+                        "keepVersions must be at most {MAX_KEEP_VERSIONS} and keepDays at most {MAX_KEEP_DAYS}"
+                    )));
                 }
                 Ok(vec![DomainEvent::SyncPairCreated(created)])
             }
@@ -227,6 +307,64 @@ impl Aggregate for SyncPair {
                     at,
                 })])
             }
+            SyncPairCommand::KeepVersions(versions) => {
+                let pair = self.existing()?;
+                if pair.keep_versions == 0 {
+                    return Ok(Vec::new());
+                }
+                let mut newest: BTreeMap<(Side, ProviderPath), String> = BTreeMap::new();
+                let mut events = Vec::new();
+                for version in versions {
+                    if version.pair_id != pair.pair_id || version.owner_id != pair.owner_id {
+                        return Err(DomainError::Invalid("a version of another pair".into()));
+                    }
+                    let key = (version.side, version.path.clone());
+                    let latest = newest
+                        .get(&key)
+                        .cloned()
+                        .or_else(|| self.latest_version(version.side, &version.path).map(|v| v.version.checksum.clone()));
+                    // The same content kept again (a retried run) is one version.
+                    if latest.as_deref() == Some(version.version.checksum.as_str()) {
+                        continue;
+                    }
+                    newest.insert(key, version.version.checksum.clone());
+                    events.push(DomainEvent::FileVersionKept(version));
+                }
+                Ok(events)
+            }
+            SyncPairCommand::PruneVersions { at } => {
+                let pair = self.existing()?;
+                let version_ids = self.expired_versions(at);
+                if version_ids.is_empty() {
+                    return Ok(Vec::new());
+                }
+                Ok(vec![DomainEvent::FileVersionsPruned(FileVersionsPruned {
+                    pair_id: pair.pair_id,
+                    owner_id: pair.owner_id,
+                    version_ids,
+                    at,
+                })])
+            }
+            SyncPairCommand::RecordRestore {
+                by,
+                version_id,
+                side,
+                path,
+                at,
+            } => {
+                let pair = self.live_for(by).ok_or(DomainError::NotFound("sync pair"))?;
+                if !self.versions.contains_key(&version_id) {
+                    return Err(DomainError::NotFound("file version"));
+                }
+                Ok(vec![DomainEvent::FileVersionRestored(FileVersionRestored {
+                    pair_id: pair.pair_id,
+                    owner_id: pair.owner_id,
+                    version_id,
+                    side,
+                    path,
+                    at,
+                })])
+            }
         }
     }
 
@@ -252,6 +390,14 @@ impl Aggregate for SyncPair {
                 self.resolutions.insert(e.path.clone(), e.clone());
             }
             DomainEvent::SyncRunRequested(e) => self.last_run = Some(e.job_id),
+            DomainEvent::FileVersionKept(e) => {
+                self.versions.insert(e.version_id, e.clone());
+            }
+            DomainEvent::FileVersionsPruned(e) => {
+                for id in &e.version_ids {
+                    self.versions.remove(id);
+                }
+            }
             DomainEvent::SyncBaseAdvanced(e) => {
                 for change in &e.changes {
                     self.conflicts.remove(&change.path);
@@ -311,6 +457,8 @@ mod tests {
             max_delete_percent,
             schedule: None,
             realtime: false,
+            keep_versions: 2,
+            keep_days: 30,
             at: Utc::now(),
         })
     }
@@ -433,5 +581,67 @@ mod tests {
         assert!(matches!(&history[0], DomainEvent::SyncDecisionRecorded(e) if e.decision == decision));
         assert!(pair.live_for(UserId::from_uuid(Uuid::from_u128(1))).is_some());
         assert!(pair.live_for(UserId::from_uuid(Uuid::from_u128(2))).is_none());
+    }
+
+    #[test]
+    fn versions_are_kept_once_and_pruned_by_count_and_age() {
+        let mut pair = SyncPair::default();
+        for event in pair.handle(create(endpoint(1, "a"), endpoint(2, "b"), 50)).expect("created") {
+            pair.apply(&event);
+        }
+        let settings = pair.settings().cloned().expect("settings");
+        let now = Utc::now();
+        let kept = |content: &str, days_ago: i64, n: u128| FileVersionKept {
+            pair_id: settings.pair_id,
+            owner_id: settings.owner_id,
+            version_id: Uuid::from_u128(n),
+            side: Side::Target,
+            provider_id: settings.target.provider_id,
+            path: p("x.txt"),
+            provider_path: p("b/x.txt"),
+            version: version(content),
+            content: format!("manifest-of-{content}"),
+            reason: crate::events::VersionReason::Replaced,
+            job_id: None,
+            at: now - chrono::Duration::days(days_ago),
+        };
+        let keep = |pair: &mut SyncPair, versions: Vec<FileVersionKept>| {
+            let events = pair.handle(SyncPairCommand::KeepVersions(versions)).expect("kept");
+            events.iter().for_each(|e| pair.apply(e));
+            events.len()
+        };
+        assert_eq!(
+            keep(&mut pair, vec![kept("1", 40, 1), kept("1", 40, 2)]),
+            1,
+            "the same content twice is one version"
+        );
+        assert_eq!(keep(&mut pair, vec![kept("1", 39, 3)]), 0, "already the newest version");
+        assert_eq!(keep(&mut pair, vec![kept("2", 5, 4), kept("3", 1, 5)]), 2);
+        assert_eq!(
+            pair.latest_version(Side::Target, &p("x.txt")).map(|v| v.version_id),
+            Some(Uuid::from_u128(5))
+        );
+        assert!(pair.stored_references().contains("manifest-of-1"));
+        // Keep 2: the oldest goes (it is also past 30 days).
+        assert_eq!(pair.expired_versions(now), vec![Uuid::from_u128(1)]);
+        let pruned = pair.handle(SyncPairCommand::PruneVersions { at: now }).expect("pruned");
+        pruned.iter().for_each(|e| pair.apply(e));
+        assert!(pair.kept_version(Uuid::from_u128(1)).is_none());
+        assert!(!pair.stored_references().contains("manifest-of-1"));
+        assert!(pair.handle(SyncPairCommand::PruneVersions { at: now }).expect("nothing").is_empty());
+        // Ten days on, both are still within 30 days; forty days on, neither is.
+        assert!(pair.expired_versions(now + chrono::Duration::days(10)).is_empty());
+        assert_eq!(pair.expired_versions(now + chrono::Duration::days(40)).len(), 2);
+        // A restore names a kept version of the owner's pair.
+        let restore = |by: u128, version: u128| SyncPairCommand::RecordRestore {
+            by: UserId::from_uuid(Uuid::from_u128(by)),
+            version_id: Uuid::from_u128(version),
+            side: Side::Target,
+            path: p("x.txt"),
+            at: now,
+        };
+        assert_eq!(pair.handle(restore(1, 5)).expect("restored").len(), 1);
+        assert!(matches!(pair.handle(restore(2, 5)), Err(DomainError::NotFound(_))));
+        assert!(matches!(pair.handle(restore(1, 1)), Err(DomainError::NotFound(_))));
     }
 }

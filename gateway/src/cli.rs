@@ -67,6 +67,19 @@ pub enum Command {
         /// The largest share (percent) of a side a run may delete without approval.
         #[arg(long, default_value_t = cloudsync_commands::DEFAULT_MAX_DELETE_PERCENT)]
         max_delete: u8,
+        /// Earlier versions kept of each file (0: none).
+        #[arg(long, default_value_t = cloudsync_domain::events::DEFAULT_KEEP_VERSIONS)]
+        keep_versions: u32,
+        /// Days an earlier version is kept (0: no age limit).
+        #[arg(long, default_value_t = cloudsync_domain::events::DEFAULT_KEEP_DAYS)]
+        keep_days: u32,
+    },
+    /// Collects the chunk store's garbage: lets go of versions outside their pair's retention and
+    /// deletes chunks nothing references. Sync runs in progress are waited for (new ones wait).
+    Gc {
+        /// How long to wait for sync runs in progress to end, in seconds.
+        #[arg(long, default_value_t = 600)]
+        wait: u64,
     },
     /// Prints history from the event log: one stream's, or everything one user did, in order.
     Replay {
@@ -196,6 +209,8 @@ pub async fn run(command: Command, mut config: Config) -> anyhow::Result<()> {
             mode,
             policy,
             max_delete,
+            keep_versions,
+            keep_days,
         } => {
             let db = open_database(&config).await?;
             let new_pair = match (source, target) {
@@ -205,10 +220,27 @@ pub async fn run(command: Command, mut config: Config) -> anyhow::Result<()> {
                     mode,
                     policy,
                     max_delete,
+                    keep_versions,
+                    keep_days,
                 }),
                 _ => None,
             };
             let result = sync(&config, &db, pair_id, new_pair).await;
+            db.close().await;
+            result
+        }
+        Command::Gc { wait } => {
+            let db = open_database(&config).await?;
+            let result = async {
+                let commands = crate::server::commands(&config, &db)?;
+                let report = commands.collect_garbage(std::time::Duration::from_secs(wait)).await?;
+                println!(
+                    "Collected: {} pairs read, {} versions let go, {} of {} chunks deleted.",
+                    report.pairs, report.versions_pruned, report.deleted, report.chunks
+                );
+                anyhow::Ok(())
+            }
+            .await;
             db.close().await;
             result
         }
@@ -298,6 +330,8 @@ struct NewPair {
     mode: String,
     policy: String,
     max_delete: u8,
+    keep_versions: u32,
+    keep_days: u32,
 }
 
 fn folder(raw: &str, what: &str) -> anyhow::Result<cloudsync_domain::sync_pair::SyncEndpoint> {
@@ -350,6 +384,8 @@ async fn sync(config: &Config, db: &Database, pair_id: Option<Uuid>, new_pair: O
                 max_delete_percent: new.max_delete,
                 schedule: None,
                 realtime: false,
+                keep_versions: new.keep_versions,
+                keep_days: new.keep_days,
             };
             let (pair_id, job_id, position) = commands.sync_folders(owner, settings, true).await?;
             println!("Created sync pair {pair_id}.");

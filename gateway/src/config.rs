@@ -37,6 +37,11 @@ pub struct Config {
     pub oauth: BTreeMap<String, OAuthAppConfig>,
     /// OAuth access tokens are renewed when they have less than this left.
     pub oauth_renew_margin_seconds: u64,
+    /// Where the chunk store (file versions, merge bases) is kept: unset for `<data_dir>/chunks`,
+    /// or a provider's settings as for `connectProvider` plus `kind` and an optional `folder`, e.g.
+    /// `{"kind": "s3", "bucket": "…", "endpoint": "…", "access_key_id": "…", "secret_access_key":
+    /// "…", "folder": "cloudsync/chunks"}` (`CLOUDSYNC_CHUNK_STORE` takes it as JSON).
+    pub chunk_store: Option<serde_json::Map<String, serde_json::Value>>,
 }
 
 /// One OAuth app. Only `client_id` is required; the endpoints, scopes and extra authorization
@@ -67,6 +72,7 @@ impl Default for Config {
             public_url: None,
             oauth: BTreeMap::new(),
             oauth_renew_margin_seconds: 300,
+            chunk_store: None,
         }
     }
 }
@@ -99,6 +105,10 @@ impl Config {
                     config.consistency_timeout_ms = value.parse().context("CLOUDSYNC_CONSISTENCY_TIMEOUT_MS must be a number")?;
                 }
                 "PUBLIC_URL" => config.public_url = Some(value),
+                "CHUNK_STORE" => {
+                    config.chunk_store =
+                        Some(serde_json::from_str(&value).context("CLOUDSYNC_CHUNK_STORE must be a JSON object of provider settings")?);
+                }
                 "OAUTH_RENEW_MARGIN_SECONDS" => {
                     config.oauth_renew_margin_seconds = value.parse().context("CLOUDSYNC_OAUTH_RENEW_MARGIN_SECONDS must be a number")?;
                 }

@@ -130,7 +130,10 @@ fn secret(config: &Config, configured: Option<&SecretString>, file: &str, genera
 pub fn commands(config: &Config, db: &Database) -> anyhow::Result<Commands> {
     let master = secret(config, config.master_key.as_ref(), "master-key", || MasterKey::generate().1)?;
     let master = MasterKey::parse(master.expose_secret()).context("the master key")?;
-    let chunks = ProviderStore::in_folder(&config.data_dir.join("chunks")).context("the chunk store in the data dir")?;
+    let chunks = match &config.chunk_store {
+        None => ProviderStore::in_folder(&config.data_dir.join("chunks")).context("the chunk store in the data dir")?,
+        Some(settings) => ProviderStore::from_settings(settings).context("the chunk store's settings")?,
+    };
     Ok(Commands::new(Arc::clone(&db.events), Vault::new(master, db.pool.clone())).with_chunks(Arc::new(chunks)))
 }
 

@@ -18,16 +18,18 @@ pub enum Table {
     SyncOperations,
     SyncPairs,
     SyncConflicts,
+    FileVersions,
 }
 
 impl Table {
-    pub const ALL: [Table; 6] = [
+    pub const ALL: [Table; 7] = [
         Table::Users,
         Table::Providers,
         Table::Files,
         Table::SyncOperations,
         Table::SyncPairs,
         Table::SyncConflicts,
+        Table::FileVersions,
     ];
 
     /// The table's name, which is also its projector's name.
@@ -39,6 +41,7 @@ impl Table {
             Self::SyncOperations => "sync_operations",
             Self::SyncPairs => "sync_pairs",
             Self::SyncConflicts => "sync_conflicts",
+            Self::FileVersions => "file_versions",
         }
     }
 
@@ -131,6 +134,8 @@ pub enum Op {
         max_delete_percent: i64,
         schedule: Option<String>,
         realtime: bool,
+        keep_versions: i64,
+        keep_days: i64,
         at: DateTime<Utc>,
     },
     SyncPairRun {
@@ -156,6 +161,22 @@ pub enum Op {
     ClearConflict {
         pair_id: Uuid,
         path: String,
+    },
+    InsertFileVersion {
+        id: Uuid,
+        pair_id: Uuid,
+        user_id: Uuid,
+        provider_id: Uuid,
+        path: String,
+        side: &'static str,
+        checksum: String,
+        size_bytes: i64,
+        modified_at: DateTime<Utc>,
+        reason: &'static str,
+        at: DateTime<Utc>,
+    },
+    DeleteFileVersion {
+        id: Uuid,
     },
     SyncOperationStatus {
         id: Uuid,
@@ -197,6 +218,7 @@ impl Op {
             | Self::SyncOperationHeld { .. } => Table::SyncOperations,
             Self::InsertSyncPair { .. } | Self::SyncPairRun { .. } => Table::SyncPairs,
             Self::UpsertConflict { .. } | Self::ResolveConflict { .. } | Self::ClearConflict { .. } => Table::SyncConflicts,
+            Self::InsertFileVersion { .. } | Self::DeleteFileVersion { .. } => Table::FileVersions,
         }
     }
 }
@@ -328,6 +350,8 @@ pub fn ops_for(event: &DomainEvent, at: DateTime<Utc>) -> Vec<Op> {
             max_delete_percent: i64::from(e.max_delete_percent),
             schedule: e.schedule.as_ref().map(|s| s.as_str().to_owned()),
             realtime: e.realtime,
+            keep_versions: i64::from(e.keep_versions),
+            keep_days: i64::from(e.keep_days),
             at,
         }],
         E::SyncRunRequested(e) => vec![Op::SyncPairRun {
@@ -382,6 +406,21 @@ pub fn ops_for(event: &DomainEvent, at: DateTime<Utc>) -> Vec<Op> {
                 path: change.path.as_str().to_owned(),
             })
             .collect(),
+        E::FileVersionKept(e) => vec![Op::InsertFileVersion {
+            id: e.version_id,
+            pair_id: e.pair_id.as_uuid(),
+            user_id: e.owner_id.as_uuid(),
+            provider_id: e.provider_id.as_uuid(),
+            path: e.provider_path.as_str().to_owned(),
+            side: e.side.name(),
+            checksum: e.version.checksum.clone(),
+            size_bytes: int(e.version.size),
+            modified_at: e.version.modified_at,
+            reason: e.reason.as_str(),
+            at: e.at,
+        }],
+        E::FileVersionsPruned(e) => e.version_ids.iter().map(|id| Op::DeleteFileVersion { id: *id }).collect(),
+        E::FileVersionRestored(_) => Vec::new(),
     }
 }
 

@@ -75,6 +75,21 @@ pub struct SyncConflictRow {
     pub detected_at: DateTime<Utc>,
 }
 
+/// An earlier version of a file, kept by a sync pair.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FileVersionRow {
+    pub id: Uuid,
+    pub pair_id: Uuid,
+    pub provider_id: Uuid,
+    pub path: String,
+    pub side: String,
+    pub checksum: String,
+    pub size_bytes: i64,
+    pub modified_at: DateTime<Utc>,
+    pub reason: String,
+    pub kept_at: DateTime<Utc>,
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct SyncPairRow {
     pub id: Uuid,
@@ -87,6 +102,8 @@ pub struct SyncPairRow {
     pub max_delete_percent: i64,
     pub schedule: Option<String>,
     pub realtime: bool,
+    pub keep_versions: i64,
+    pub keep_days: i64,
     pub last_operation_id: Option<Uuid>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
@@ -121,6 +138,7 @@ const OPERATION_COLUMNS: &str = "CAST(id AS TEXT) AS id, kind, CAST(provider_id 
 const PAIR_COLUMNS: &str = "CAST(id AS TEXT) AS id, CAST(source_provider_id AS TEXT) AS source_provider_id, source_path, \
                             CAST(target_provider_id AS TEXT) AS target_provider_id, target_path, mode, conflict_policy, \
                             CAST(max_delete_percent AS BIGINT) AS max_delete_percent, schedule, realtime, \
+                            CAST(keep_versions AS BIGINT) AS keep_versions, CAST(keep_days AS BIGINT) AS keep_days, \
                             CAST(last_operation_id AS TEXT) AS last_operation_id, created_at, updated_at";
 const PROVIDER_COLUMNS: &str = "CAST(id AS TEXT) AS id, kind, display_name, CAST(config AS TEXT) AS config, status, \
                                 connected_at, disconnected_at, scan_schedule, realtime";
@@ -317,9 +335,49 @@ impl ReadModels {
                 max_delete_percent: row.try_get("max_delete_percent")?,
                 schedule: row.try_get("schedule")?,
                 realtime: row.try_get("realtime")?,
+                keep_versions: row.try_get("keep_versions")?,
+                keep_days: row.try_get("keep_days")?,
                 last_operation_id: last.as_deref().map(uuid).transpose()?,
                 created_at: row.try_get("created_at")?,
                 updated_at: row.try_get("updated_at")?,
+            })
+        })
+    }
+
+    /// The earlier versions kept of the file at `path` on one of the user's providers, newest first
+    /// (or the one version `id`, when given).
+    ///
+    /// # Errors
+    /// Database failures.
+    pub async fn file_versions(
+        &self,
+        user: Uuid,
+        provider: Option<Uuid>,
+        path: Option<&str>,
+        id: Option<Uuid>,
+    ) -> Result<Vec<FileVersionRow>, sqlx::Error> {
+        let sql = "SELECT CAST(id AS TEXT) AS id, CAST(pair_id AS TEXT) AS pair_id, CAST(provider_id AS TEXT) AS provider_id, path, side, \
+                   checksum, size_bytes, modified_at, reason, kept_at FROM file_versions \
+                   WHERE user_id = $1 AND ($2 IS NULL OR provider_id = $2) AND ($3 IS NULL OR path = $3) AND ($4 IS NULL OR id = $4) \
+                   ORDER BY kept_at DESC, id DESC LIMIT 1000";
+        let vals = [
+            Val::Uuid(user),
+            Val::OptUuid(provider),
+            Val::OptText(path.map(str::to_owned)),
+            Val::OptUuid(id),
+        ];
+        fetch_all!(&self.pool, sql, vals, |row| {
+            Ok(FileVersionRow {
+                id: uuid(row.try_get("id")?)?,
+                pair_id: uuid(row.try_get("pair_id")?)?,
+                provider_id: uuid(row.try_get("provider_id")?)?,
+                path: row.try_get("path")?,
+                side: row.try_get("side")?,
+                checksum: row.try_get("checksum")?,
+                size_bytes: row.try_get("size_bytes")?,
+                modified_at: row.try_get("modified_at")?,
+                reason: row.try_get("reason")?,
+                kept_at: row.try_get("kept_at")?,
             })
         })
     }
@@ -403,9 +461,24 @@ impl ReadModels {
                 "max_delete_percent",
                 "schedule",
                 "realtime",
+                "keep_versions",
+                "keep_days",
                 "last_operation_id",
                 "created_at",
                 "updated_at",
+            ],
+            Table::FileVersions => &[
+                "id",
+                "pair_id",
+                "user_id",
+                "provider_id",
+                "path",
+                "side",
+                "checksum",
+                "size_bytes",
+                "modified_at",
+                "reason",
+                "kept_at",
             ],
         };
         let select: Vec<String> = columns.iter().map(|c| format!("CAST({c} AS TEXT) AS {c}")).collect();

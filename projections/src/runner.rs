@@ -15,13 +15,21 @@ use crate::ops::{Op, Table, ops_for};
 use crate::sql::{bind_pg, bind_sqlite, statement};
 
 /// The projectors, by name (each named after its table).
-pub const PROJECTORS: [&str; 6] = ["users", "providers", "files", "sync_operations", "sync_pairs", "sync_conflicts"];
+pub const PROJECTORS: [&str; 7] = [
+    "users",
+    "providers",
+    "files",
+    "sync_operations",
+    "sync_pairs",
+    "sync_conflicts",
+    "file_versions",
+];
 
 const PAGE: i64 = 500;
 
 #[derive(Debug, Error)]
 pub enum ProjectionError {
-    #[error("unknown projector {0:?}; known: users, providers, files, sync_operations")]
+    #[error("unknown projector {0:?}; known: users, providers, files, sync_operations, sync_pairs, sync_conflicts, file_versions")]
     Unknown(String),
     #[error(transparent)]
     Store(#[from] StoreError),

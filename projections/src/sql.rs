@@ -180,11 +180,13 @@ pub(crate) fn statement(op: &Op) -> (&'static str, Vec<Val>) {
             max_delete_percent,
             schedule,
             realtime,
+            keep_versions,
+            keep_days,
             at,
         } => (
             "INSERT INTO sync_pairs (id, user_id, source_provider_id, source_path, target_provider_id, target_path, mode, \
-             conflict_policy, max_delete_percent, schedule, realtime, created_at, updated_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $12) ON CONFLICT (id) DO NOTHING",
+             conflict_policy, max_delete_percent, schedule, realtime, keep_versions, keep_days, created_at, updated_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $13, $14, $12, $12) ON CONFLICT (id) DO NOTHING",
             vec![
                 V::Uuid(id),
                 V::Uuid(user_id),
@@ -198,6 +200,8 @@ pub(crate) fn statement(op: &Op) -> (&'static str, Vec<Val>) {
                 V::OptText(schedule),
                 V::Bool(realtime),
                 V::Ts(at),
+                V::Int(keep_versions),
+                V::Int(keep_days),
             ],
         ),
         Op::UpsertConflict {
@@ -234,6 +238,36 @@ pub(crate) fn statement(op: &Op) -> (&'static str, Vec<Val>) {
             "UPDATE sync_conflicts SET resolution = $3, updated_at = $4 WHERE pair_id = $1 AND path = $2",
             vec![V::Uuid(pair_id), V::Text(path), V::Text(resolution.to_owned()), V::Ts(at)],
         ),
+        Op::InsertFileVersion {
+            id,
+            pair_id,
+            user_id,
+            provider_id,
+            path,
+            side,
+            checksum,
+            size_bytes,
+            modified_at,
+            reason,
+            at,
+        } => (
+            "INSERT INTO file_versions (id, pair_id, user_id, provider_id, path, side, checksum, size_bytes, modified_at, reason, kept_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) ON CONFLICT (id) DO NOTHING",
+            vec![
+                V::Uuid(id),
+                V::Uuid(pair_id),
+                V::Uuid(user_id),
+                V::Uuid(provider_id),
+                V::Text(path),
+                V::Text(side.to_owned()),
+                V::Text(checksum),
+                V::Int(size_bytes),
+                V::Ts(modified_at),
+                V::Text(reason.to_owned()),
+                V::Ts(at),
+            ],
+        ),
+        Op::DeleteFileVersion { id } => ("DELETE FROM file_versions WHERE id = $1", vec![V::Uuid(id)]),
         Op::ClearConflict { pair_id, path } => (
             "DELETE FROM sync_conflicts WHERE pair_id = $1 AND path = $2",
             vec![V::Uuid(pair_id), V::Text(path)],

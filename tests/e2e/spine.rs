@@ -403,9 +403,10 @@ async fn a_rebuilt_read_model_equals_the_live_one(h: &Harness) {
         .await;
     let run = pair["syncFolders"]["lastOperationId"].as_str().expect("first run").to_owned();
     h.wait_for_operation(&token, &run).await;
-    // …and a conflict left for the owner.
+    // …a conflict left for the owner, and an earlier version kept.
     std::fs::write(copy.join("docs/report 2024.pdf"), "edited in the copy").expect("write");
     std::fs::write(h.db.dir().join("provider-root/docs/report 2024.pdf"), "edited in the original").expect("write");
+    std::fs::write(h.db.dir().join("provider-root/docs/zażółć gęślą.md"), "# edited\n").expect("write");
     let pair_id = pair["syncFolders"]["id"].as_str().expect("pair");
     let again = h
         .ok(

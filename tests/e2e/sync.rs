@@ -22,6 +22,8 @@ on_both_backends!(
     a_changed_large_file_is_written_as_its_changed_ranges,
     manual_conflicts_wait_for_the_owner,
     pairs_run_on_their_own_on_change_and_on_schedule,
+    earlier_versions_are_kept_listed_and_restored,
+    garbage_collection_waits_for_runs_and_keeps_what_is_referenced,
 );
 
 const SYNC: &str = "mutation($s: FolderInput!, $t: FolderInput!, $m: SyncMode, $c: ConflictPolicy, $d: Int) { \
@@ -611,4 +613,302 @@ async fn pairs_run_on_their_own_on_change_and_on_schedule(h: &Harness) {
         h.error_code(Some(&token), bad, json!({ "s": third, "t": fourth })).await,
         "BAD_USER_INPUT"
     );
+}
+
+const VERSIONS: &str = "query($p: ID, $path: String, $f: ID) { fileVersions(providerId: $p, path: $path, fileId: $f) { \
+    id pairId providerId path side checksum sizeBytes reason keptAt } }";
+const RESTORE: &str =
+    "mutation($v: ID!) { restoreFileVersion(versionId: $v) { providerId path side version { id checksum } operation { id } } }";
+
+fn hex(content: &[u8]) -> String {
+    blake3::hash(content).to_hex().to_string()
+}
+
+/// A two-way pair keeping `keep` versions of each file; waits for its first run.
+async fn pair_keeping(h: &Harness, token: &str, source: &str, target: &str, keep: i64) -> String {
+    let create = "mutation($s: FolderInput!, $t: FolderInput!, $k: Int) { syncFolders(source: $s, target: $t, keepVersions: $k) { \
+        id keepVersions keepDays lastOperationId } }";
+    let data = h
+        .ok(
+            Some(token),
+            create,
+            json!({ "s": { "providerId": source, "path": "" }, "t": { "providerId": target, "path": "" }, "k": keep }),
+        )
+        .await;
+    assert_eq!(data["syncFolders"]["keepVersions"], json!(keep));
+    assert_eq!(data["syncFolders"]["keepDays"], json!(30), "versions are kept 30 days by default");
+    h.wait_for_operation(token, data["syncFolders"]["lastOperationId"].as_str().expect("first run"))
+        .await;
+    data["syncFolders"]["id"].as_str().expect("pair").to_owned()
+}
+
+async fn versions_of(h: &Harness, token: &str, provider: &str, path: &str) -> Vec<Value> {
+    h.ok(Some(token), VERSIONS, json!({ "p": provider, "path": path })).await["fileVersions"]
+        .as_array()
+        .expect("list")
+        .clone()
+}
+
+async fn earlier_versions_are_kept_listed_and_restored(h: &Harness) {
+    let big = noise(2 * 1024 * 1024 + 3, 21);
+    let seed: Vec<(&str, &[u8])> = vec![("report.txt", b"v1\n"), ("big.bin", &big), ("old.txt", b"will be deleted\n")];
+    let (token, source, a, target, b) = two_folders(h, "versions@example.org", &seed).await;
+    let pair = pair_keeping(h, &token, &source, &target, 2).await;
+
+    // Three edits on the source, each carried over the target's copy by a run.
+    for version in ["v2\n", "v3\n", "v4\n"] {
+        write(&a, "report.txt", version.as_bytes());
+        run(h, &token, &pair).await;
+    }
+    let mut edited = big.clone();
+    edited[1_000_000..1_000_100].copy_from_slice(&noise(100, 22));
+    write(&b, "big.bin", &edited);
+    run(h, &token, &pair).await;
+    std::fs::remove_file(a.join("old.txt")).expect("delete");
+    run(h, &token, &pair).await;
+    assert_eq!(tree(&a), tree(&b));
+
+    // The target's report.txt was replaced three times; two versions are kept, newest first.
+    let report = versions_of(h, &token, &target, "report.txt").await;
+    let kept: Vec<(&str, &str, &str)> = report
+        .iter()
+        .map(|v| {
+            (
+                v["checksum"].as_str().unwrap_or(""),
+                v["reason"].as_str().unwrap_or(""),
+                v["side"].as_str().unwrap_or(""),
+            )
+        })
+        .collect();
+    assert_eq!(
+        kept,
+        vec![
+            (hex(b"v3\n").as_str(), "REPLACED", "target"),
+            (hex(b"v2\n").as_str(), "REPLACED", "target")
+        ],
+        "{report:?}"
+    );
+    assert!(
+        report
+            .iter()
+            .all(|v| v["pairId"] == json!(pair) && v["providerId"] == json!(target))
+    );
+    assert!(
+        versions_of(h, &token, &source, "report.txt").await.is_empty(),
+        "the source's copy was never replaced"
+    );
+    let big_versions = versions_of(h, &token, &source, "big.bin").await;
+    assert_eq!(big_versions.len(), 1);
+    assert_eq!(big_versions[0]["checksum"], json!(hex(&big)));
+    assert_eq!(big_versions[0]["sizeBytes"], json!(big.len()));
+    let deleted = versions_of(h, &token, &target, "old.txt").await;
+    assert_eq!(deleted.len(), 1);
+    assert_eq!(deleted[0]["reason"], json!("DELETED"));
+
+    // The same list through the file index.
+    let rescan = "mutation($p: ID!) { rescanProvider(providerId: $p) { id } }";
+    let scan = h.ok(Some(&token), rescan, json!({ "p": target })).await;
+    h.wait_for_operation(&token, scan["rescanProvider"]["id"].as_str().expect("scan"))
+        .await;
+    let file_id = h.files(&token, &target).await["report.txt"]["id"].clone();
+    let by_file = h.ok(Some(&token), VERSIONS, json!({ "f": file_id })).await["fileVersions"].clone();
+    assert_eq!(by_file, json!(report));
+
+    // Someone else sees none of it and restores nothing; bad requests are refused.
+    let (intruder, _) = h.register("versions-intruder@example.org").await;
+    assert_eq!(h.error_code(Some(&intruder), VERSIONS, json!({ "f": file_id })).await, "NOT_FOUND");
+    assert_eq!(
+        h.error_code(Some(&intruder), VERSIONS, json!({ "p": target, "path": "report.txt" }))
+            .await,
+        "NOT_FOUND"
+    );
+    let oldest = report[1]["id"].clone();
+    assert_eq!(h.error_code(Some(&intruder), RESTORE, json!({ "v": oldest })).await, "NOT_FOUND");
+    assert_eq!(h.error_code(Some(&token), VERSIONS, json!({})).await, "BAD_USER_INPUT");
+    assert_eq!(
+        h.error_code(Some(&token), RESTORE, json!({ "v": "not-an-id" })).await,
+        "BAD_USER_INPUT"
+    );
+    assert_eq!(
+        h.error_code(Some(&token), RESTORE, json!({ "v": uuid::Uuid::now_v7().to_string() }))
+            .await,
+        "NOT_FOUND"
+    );
+    assert_eq!(
+        tree(&b)["report.txt"],
+        b"v4\n".to_vec(),
+        "nothing was restored by the refused requests"
+    );
+
+    // Restoring v2 writes it over the target's file and a run carries it to the source; what it
+    // replaced is kept as a version of its own.
+    let restored = h.ok(Some(&token), RESTORE, json!({ "v": oldest })).await["restoreFileVersion"].clone();
+    assert_eq!(restored["side"], json!("target"));
+    assert_eq!(restored["path"], json!("report.txt"));
+    assert_eq!(restored["version"]["checksum"], json!(hex(b"v2\n")));
+    h.wait_for_operation(&token, restored["operation"]["id"].as_str().expect("run"))
+        .await;
+    assert_eq!(tree(&a)["report.txt"], b"v2\n".to_vec());
+    assert_eq!(tree(&b)["report.txt"], b"v2\n".to_vec());
+    let after = versions_of(h, &token, &target, "report.txt").await;
+    assert_eq!(after[0]["reason"], json!("RESTORED"));
+    assert_eq!(after[0]["checksum"], json!(hex(b"v4\n")));
+
+    // A deleted file comes back on both sides; so does a large file's earlier content.
+    let back = h.ok(Some(&token), RESTORE, json!({ "v": deleted[0]["id"] })).await["restoreFileVersion"].clone();
+    h.wait_for_operation(&token, back["operation"]["id"].as_str().expect("run")).await;
+    let back = h.ok(Some(&token), RESTORE, json!({ "v": big_versions[0]["id"] })).await["restoreFileVersion"].clone();
+    assert_eq!(back["side"], json!("source"));
+    h.wait_for_operation(&token, back["operation"]["id"].as_str().expect("run")).await;
+    let (after_a, after_b) = (tree(&a), tree(&b));
+    assert_eq!(after_a, after_b);
+    assert_eq!(after_a["old.txt"], b"will be deleted\n".to_vec());
+    assert_eq!(after_a["big.bin"], big);
+}
+
+/// Checks that everything the pairs' histories reference can be read back whole: every kept
+/// version and every kept text.
+async fn all_references_resolve(h: &Harness, pairs: &[String]) -> usize {
+    let app = h.server().app();
+    let chunks = app.commands.chunks().expect("a chunk store");
+    let mut checked = 0;
+    for pair in pairs {
+        let mut state = cloudsync_domain::sync_pair::SyncPair::default();
+        for recorded in app.db.events.read_stream(&format!("pair-{pair}")).await.expect("stream") {
+            let event = DomainEvent::decode(&recorded.event_type, recorded.schema_version, &recorded.payload).expect("decodes");
+            cloudsync_domain::Aggregate::apply(&mut state, &event);
+        }
+        for version in state.versions() {
+            let content = cloudsync_chunks::get_content(&**chunks, &version.content)
+                .await
+                .unwrap_or_else(|err| panic!("version {} of {}: {err}", version.version_id, version.path));
+            assert_eq!(hex(&content), version.version.checksum);
+            checked += 1;
+        }
+    }
+    checked
+}
+
+async fn garbage_collection_waits_for_runs_and_keeps_what_is_referenced(h: &Harness) {
+    let big = noise(3 * 1024 * 1024, 31);
+    let seed: Vec<(&str, &[u8])> = vec![("big.bin", &big), ("notes.txt", b"one\n")];
+    let (token, source, a, target, b) = two_folders(h, "gc@example.org", &seed).await;
+    let pair = pair_keeping(h, &token, &source, &target, 1).await;
+    let app = h.server().app();
+    let chunks = std::sync::Arc::clone(app.commands.chunks().expect("a chunk store"));
+    let wait = Duration::from_secs(30);
+
+    // Two rounds of edits: the first round's versions fall out of the retention (keep 1).
+    for round in 0..2_u64 {
+        let mut edited = big.clone();
+        edited[500_000..600_000].copy_from_slice(&noise(100_000, 40 + round));
+        write(&a, "big.bin", &edited);
+        write(&a, "notes.txt", format!("round {round}\n").as_bytes());
+        run(h, &token, &pair).await;
+    }
+    assert_eq!(versions_of(h, &token, &target, "big.bin").await.len(), 1);
+    let orphan = b"a chunk nobody references".to_vec();
+    let orphan_id = hex(&orphan);
+    chunks.put(&orphan_id, &orphan).await.expect("put");
+
+    // Work in progress holds a lease: the collector waits for it, and gives up after its wait.
+    let cancel = tokio_util::sync::CancellationToken::new();
+    let held = app
+        .commands
+        .chunk_lease("e2e-in-flight".into(), &cancel)
+        .await
+        .expect("lease")
+        .expect("taken");
+    let unrecorded = b"stored by work in progress, not yet recorded".to_vec();
+    chunks.put(&hex(&unrecorded), &unrecorded).await.expect("put");
+    let refused = app.commands.collect_garbage(Duration::from_millis(500)).await;
+    assert!(matches!(refused, Err(cloudsync_commands::CommandError::Conflict(_))), "{refused:?}");
+    assert!(
+        chunks.has(&hex(&unrecorded)).await.expect("has"),
+        "nothing is collected while work is in progress"
+    );
+    assert!(chunks.has(&orphan_id).await.expect("has"));
+
+    // While the collector waits, no new work starts; once the work in progress ends, it collects.
+    let collector = {
+        let app = std::sync::Arc::clone(app);
+        tokio::spawn(async move { app.commands.collect_garbage(Duration::from_secs(30)).await })
+    };
+    let collecting = Instant::now() + Duration::from_secs(10);
+    loop {
+        let probe = tokio_util::sync::CancellationToken::new();
+        let timer = probe.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            timer.cancel();
+        });
+        match app.commands.chunk_lease("e2e-probe".into(), &probe).await.expect("lease") {
+            // The collector has not taken its lease yet: let go and look again.
+            Some(lease) => {
+                lease.release().await;
+                assert!(Instant::now() < collecting, "the collector never started");
+            }
+            None => break,
+        }
+    }
+    held.release().await;
+    let report = collector.await.expect("joined").expect("collected");
+    assert!(
+        report.deleted >= 3,
+        "the orphan, the unrecorded chunk and the pruned versions' chunks: {report:?}"
+    );
+    assert!(!chunks.has(&orphan_id).await.expect("has"));
+    assert!(!chunks.has(&hex(&unrecorded)).await.expect("has"));
+    assert!(all_references_resolve(h, std::slice::from_ref(&pair)).await >= 2);
+
+    // Runs and collections at the same time: every run's references survive.
+    let mut runs = Vec::new();
+    for round in 2..5_u64 {
+        let mut edited = big.clone();
+        edited[(round as usize) * 300_000..(round as usize) * 300_000 + 50_000].copy_from_slice(&noise(50_000, 50 + round));
+        write(&b, "big.bin", &edited);
+        write(&b, "notes.txt", format!("round {round} on the target\n").as_bytes());
+        let data = h.ok(Some(&token), RUN, json!({ "p": pair })).await;
+        let operation = data["runSync"]["id"].as_str().expect("operation").to_owned();
+        let collections = async {
+            let mut done = 0;
+            for _ in 0..3 {
+                if app.commands.collect_garbage(wait).await.is_ok() {
+                    done += 1;
+                }
+            }
+            done
+        };
+        let (status, done) = tokio::join!(h.wait_for_operation(&token, &operation), collections);
+        assert_eq!(status["status"], json!("completed"), "{status}");
+        assert!(done > 0, "collections went on beside the run");
+        runs.push(operation);
+        assert_eq!(tree(&a), tree(&b));
+        assert!(all_references_resolve(h, std::slice::from_ref(&pair)).await >= 1);
+    }
+    let restore = versions_of(h, &token, &source, "big.bin").await;
+    let back = h.ok(Some(&token), RESTORE, json!({ "v": restore[0]["id"] })).await["restoreFileVersion"].clone();
+    h.wait_for_operation(&token, back["operation"]["id"].as_str().expect("run")).await;
+    assert_eq!(hex(&tree(&a)["big.bin"]), restore[0]["checksum"].as_str().expect("checksum"));
+}
+
+/// The chunk store in an S3 bucket instead of the data dir: the same versions and restores.
+mod chunks_on_s3 {
+    use super::*;
+
+    async fn harness(backend: cloudsync_eventstore::testing::Backend) -> Harness {
+        let mut settings = s3_settings("chunk-store").await.as_object().expect("object").clone();
+        settings.insert("kind".into(), json!("s3"));
+        settings.insert("folder".into(), json!("cloudsync/chunks"));
+        Harness::with_config(backend, |config| config.chunk_store = Some(settings)).await
+    }
+
+    async fn versions_live_in_the_configured_store(h: &Harness) {
+        earlier_versions_are_kept_listed_and_restored(h).await;
+        let stored = h.server().app().commands.chunks().expect("store").list().await.expect("listed");
+        assert!(stored.len() > 10, "the versions' chunks are in the bucket: {}", stored.len());
+        assert!(!h.db.dir().join("data").join("chunks").exists(), "nothing went to the data dir");
+    }
+
+    on_both_backends!(with crate::sync::chunks_on_s3::harness; versions_live_in_the_configured_store);
 }

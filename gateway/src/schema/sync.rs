@@ -6,11 +6,12 @@ use std::sync::Arc;
 use async_graphql::{Context, Enum, ID, InputObject, Object, SimpleObject, Subscription};
 use chrono::{DateTime, Utc};
 use cloudsync_commands::{Choice, DEFAULT_MAX_DELETE_PERCENT, SyncSettings};
+use cloudsync_domain::events::{DEFAULT_KEEP_DAYS, DEFAULT_KEEP_VERSIONS};
 use cloudsync_domain::merge::{ConflictPolicy, SyncMode};
 use cloudsync_domain::sync_pair::SyncEndpoint;
 use cloudsync_domain::{ProviderId, ScanSchedule, SyncJobId, SyncPairId, UserId};
 use cloudsync_eventstore::subscribe;
-use cloudsync_projections::{SyncConflictRow, SyncPairRow};
+use cloudsync_projections::{FileVersionRow, SyncConflictRow, SyncPairRow};
 use futures::{Stream, StreamExt};
 
 use super::{SyncOperation, app, caller, parse_id, parse_path};
@@ -70,6 +71,10 @@ pub struct SyncPair {
     schedule: Option<String>,
     /// Whether a change in either folder starts a run.
     realtime: bool,
+    /// How many earlier versions of each file are kept (0: none).
+    keep_versions: i32,
+    /// How many days an earlier version is kept (0: as long as `keepVersions` allows).
+    keep_days: i32,
     /// The latest run, to follow with `syncStatus` or `syncProgress`.
     last_operation_id: Option<ID>,
     created_at: DateTime<Utc>,
@@ -92,6 +97,8 @@ impl From<SyncPairRow> for SyncPair {
             max_delete_percent: i32::try_from(row.max_delete_percent).unwrap_or(100),
             schedule: row.schedule,
             realtime: row.realtime,
+            keep_versions: i32::try_from(row.keep_versions).unwrap_or(i32::MAX),
+            keep_days: i32::try_from(row.keep_days).unwrap_or(i32::MAX),
             last_operation_id: row.last_operation_id.map(|id| ID(id.to_string())),
             created_at: row.created_at,
         }
@@ -132,6 +139,56 @@ impl From<SyncConflictRow> for SyncConflict {
             detected_at: row.detected_at,
         }
     }
+}
+
+/// An earlier version of a file, kept in the chunk store by a sync pair before a run replaced or
+/// deleted it; `restoreFileVersion` brings it back.
+#[derive(SimpleObject)]
+pub struct FileVersion {
+    id: ID,
+    pair_id: ID,
+    provider_id: ID,
+    /// The file's path on its provider.
+    path: String,
+    /// The pair's side the file is on: `source` or `target`.
+    side: String,
+    /// BLAKE3 of the content, lower-case hex.
+    checksum: String,
+    size_bytes: i64,
+    modified_at: DateTime<Utc>,
+    /// Why it was kept: `REPLACED`, `DELETED` or `RESTORED` (replaced by a restore).
+    reason: String,
+    kept_at: DateTime<Utc>,
+}
+
+impl From<FileVersionRow> for FileVersion {
+    fn from(row: FileVersionRow) -> Self {
+        Self {
+            id: ID(row.id.to_string()),
+            pair_id: ID(row.pair_id.to_string()),
+            provider_id: ID(row.provider_id.to_string()),
+            path: row.path,
+            side: row.side,
+            checksum: row.checksum,
+            size_bytes: row.size_bytes,
+            modified_at: row.modified_at,
+            reason: row.reason,
+            kept_at: row.kept_at,
+        }
+    }
+}
+
+/// Where `restoreFileVersion` wrote a version back, and the run that carries it to the other side.
+#[derive(SimpleObject)]
+pub struct RestoredVersion {
+    version: FileVersion,
+    provider_id: ID,
+    path: String,
+    /// `source` or `target`.
+    side: String,
+    /// The run started to carry the restored file to the other side (null when a run was already
+    /// in progress: the next one does).
+    operation: Option<SyncOperation>,
 }
 
 /// How to settle a conflict.
@@ -209,6 +266,49 @@ impl SyncQuery {
         Ok(rows.into_iter().map(SyncConflict::from).collect())
     }
 
+    /// The earlier versions kept of a file, newest first: the file `fileId` of the index, or the
+    /// file at `path` on provider `providerId` (also once it is deleted).
+    async fn file_versions(
+        &self,
+        ctx: &Context<'_>,
+        file_id: Option<ID>,
+        provider_id: Option<ID>,
+        path: Option<String>,
+    ) -> async_graphql::Result<Vec<FileVersion>> {
+        let caller = caller(ctx)?;
+        let app = app(ctx);
+        app.consistent(caller).await;
+        let (provider, path) = match (file_id, provider_id, path) {
+            (Some(file_id), None, None) => {
+                let id = parse_id(&file_id, "fileId")?;
+                let file = app
+                    .reads
+                    .file(caller.user_id, id)
+                    .await
+                    .map_err(ApiError::from)?
+                    .ok_or_else(|| ApiError::not_found("file"))?;
+                (file.provider_id, file.path)
+            }
+            (None, Some(provider_id), Some(path)) => {
+                let provider = parse_id(&provider_id, "providerId")?;
+                let path = parse_path(&path)?;
+                app.reads
+                    .provider(caller.user_id, provider)
+                    .await
+                    .map_err(ApiError::from)?
+                    .ok_or_else(|| ApiError::not_found("provider"))?;
+                (provider, path.as_str().to_owned())
+            }
+            _ => return Err(ApiError::BadInput("give either fileId, or providerId and path".into()).into()),
+        };
+        let rows = app
+            .reads
+            .file_versions(caller.user_id, Some(provider), Some(&path), None)
+            .await
+            .map_err(ApiError::from)?;
+        Ok(rows.into_iter().map(FileVersion::from).collect())
+    }
+
     /// One of the caller's sync pairs.
     async fn sync_pair(&self, ctx: &Context<'_>, id: ID) -> async_graphql::Result<SyncPair> {
         let caller = caller(ctx)?;
@@ -237,9 +337,13 @@ impl SyncMutation {
         #[graphql(default = false)] realtime: bool,
         #[graphql(default_with = "i32::from(DEFAULT_MAX_DELETE_PERCENT)")] max_delete_percent: i32,
         #[graphql(default = true)] run_now: bool,
+        #[graphql(default_with = "DEFAULT_KEEP_VERSIONS as i32")] keep_versions: i32,
+        #[graphql(default_with = "DEFAULT_KEEP_DAYS as i32")] keep_days: i32,
     ) -> async_graphql::Result<SyncPair> {
         let caller = caller(ctx)?;
         let app = app(ctx);
+        let keep_versions = u32::try_from(keep_versions).map_err(|_| ApiError::BadInput("keepVersions must not be negative".into()))?;
+        let keep_days = u32::try_from(keep_days).map_err(|_| ApiError::BadInput("keepDays must not be negative".into()))?;
         let max_delete_percent =
             u8::try_from(max_delete_percent).map_err(|_| ApiError::BadInput("maxDeletePercent must be between 0 and 100".into()))?;
         let schedule = schedule
@@ -265,6 +369,8 @@ impl SyncMutation {
             max_delete_percent,
             schedule,
             realtime,
+            keep_versions,
+            keep_days,
         };
         let (pair_id, _, position) = app
             .commands
@@ -319,6 +425,46 @@ impl SyncMutation {
             Some(job) => Ok(Some(operation_row(app, caller, job.as_uuid()).await?)),
             None => Ok(None),
         }
+    }
+
+    /// Brings an earlier version of a file back (see `fileVersions`): it is written over the file
+    /// (whose content is kept as a version first) on its side of a two-way pair, or on the source
+    /// of a one-way pair, and a run carries it to the other side.
+    async fn restore_file_version(&self, ctx: &Context<'_>, version_id: ID) -> async_graphql::Result<RestoredVersion> {
+        let caller = caller(ctx)?;
+        let app = app(ctx);
+        let id = parse_id(&version_id, "versionId")?;
+        app.consistent(caller).await;
+        let row = app
+            .reads
+            .file_versions(caller.user_id, None, None, Some(id))
+            .await
+            .map_err(ApiError::from)?
+            .into_iter()
+            .next()
+            .ok_or_else(|| ApiError::not_found("file version"))?;
+        let (side, path, job, position) = app
+            .commands
+            .restore_file_version(user(caller), SyncPairId::from_uuid(row.pair_id), id)
+            .await
+            .map_err(ApiError::from)?;
+        app.wrote(caller, position);
+        let pair = pair_row(app, caller, row.pair_id).await?;
+        let provider_id = match side {
+            cloudsync_domain::merge::Side::Source => pair.source.provider_id,
+            cloudsync_domain::merge::Side::Target => pair.target.provider_id,
+        };
+        let operation = match job {
+            Some(job) => Some(operation_row(app, caller, job.as_uuid()).await?),
+            None => None,
+        };
+        Ok(RestoredVersion {
+            version: row.into(),
+            provider_id,
+            path: path.as_str().to_owned(),
+            side: side.name().to_owned(),
+            operation,
+        })
     }
 
     /// Lets a run held by the max-delete rail go on, deletes included.
