@@ -1723,6 +1723,8 @@ impl Executor {
             // The destination was not the agreed version after all (changed without its size or
             // modification time showing it): nothing was replaced; the next run sees it.
             Err(ProviderError::Invalid(why)) => return Err(StepError::Changed(format!("{path}: {why}"))),
+            // The side cannot after all (an SFTP server without copy-data): copied whole instead.
+            Err(ProviderError::Unsupported(_)) => return Ok(None),
             Err(err) => return Err(err.into()),
         };
         let tag = tag_of(&provider.stat(&destination).await?);

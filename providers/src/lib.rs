@@ -10,6 +10,7 @@ mod error;
 mod limits;
 mod local;
 mod remote;
+mod sftp;
 
 use std::ops::Range;
 
@@ -137,7 +138,8 @@ pub trait StorageProvider: Send + Sync {
     /// copy of it and truncating or extending it to `size`; the new version replaces the old one in
     /// one step, as [`StorageProvider::write`] does, and only if its BLAKE3 is `checksum`
     /// ([`ProviderError::Invalid`] otherwise, with nothing changed). Returns the bytes written.
-    /// Local folders do this with a copy made by the kernel; other kinds refuse with
+    /// Local folders do this with a copy made by the kernel, SFTP with a copy made by the server
+    /// (`copy-data`); other kinds refuse with
     /// [`ProviderError::Unsupported`].
     async fn patch(&self, path: &ProviderPath, size: u64, ranges: Vec<(u64, Bytes)>, checksum: &str) -> Result<u64, ProviderError> {
         let _ = (size, ranges, checksum);

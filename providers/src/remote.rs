@@ -4,6 +4,7 @@
 //! in memory.
 
 use std::ops::Range;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
@@ -29,6 +30,8 @@ pub struct RemoteProvider {
     /// OpenDAL's WebDAV writer sends a file in one request from one buffer; uploads stream through
     /// this instead (one PUT whose body is the stream), so a large file never sits in memory.
     webdav: Option<WebdavUpload>,
+    /// SFTP's own session, for ranged writes.
+    sftp: Option<Arc<crate::sftp::SftpDirect>>,
 }
 
 #[derive(Clone)]
@@ -224,7 +227,14 @@ impl RemoteProvider {
                 .with_max_delay(Duration::from_secs(5)),
         );
         let webdav = (kind == ProviderKind::Webdav).then(|| WebdavUpload::new(config));
-        Ok(Self { kind, op, probe, webdav })
+        let sftp = (kind == ProviderKind::Sftp).then(|| Arc::new(crate::sftp::SftpDirect::new(config)));
+        Ok(Self {
+            kind,
+            op,
+            probe,
+            webdav,
+            sftp,
+        })
     }
 
     fn entry(path: ProviderPath, meta: &opendal::Metadata) -> Entry {
@@ -382,6 +392,18 @@ impl StorageProvider for RemoteProvider {
     async fn replace(&self, from: &ProviderPath, to: &ProviderPath) -> Result<(), ProviderError> {
         self.stat(from).await?;
         self.move_over(from, to).await
+    }
+
+    /// SFTP servers that copy data themselves take ranged writes.
+    fn patches(&self) -> bool {
+        self.sftp.is_some()
+    }
+
+    async fn patch(&self, path: &ProviderPath, size: u64, ranges: Vec<(u64, bytes::Bytes)>, checksum: &str) -> Result<u64, ProviderError> {
+        match &self.sftp {
+            Some(sftp) => sftp.patch(path, size, ranges, checksum).await,
+            None => Err(ProviderError::Unsupported(format!("{path}: ranged writes"))),
+        }
     }
 
     async fn rename(&self, from: &ProviderPath, to: &ProviderPath) -> Result<(), ProviderError> {

@@ -485,6 +485,29 @@ async fn a_changed_large_file_is_written_as_its_changed_ranges(h: &Harness) {
     );
     assert_eq!(std::fs::read(a.join("big.bin")).expect("read"), again);
     assert_eq!(tree(&a), tree(&b));
+
+    // An SFTP server that copies data itself (OpenSSH's copy-data) takes ranged writes too.
+    let root = std::path::PathBuf::from(var("CLOUDSYNC_TEST_SFTP_ROOT")).join(format!("e2e-{}", uuid::Uuid::new_v4().simple()));
+    std::fs::create_dir_all(&root).expect("sftp root");
+    let settings = json!({
+        "endpoint": var("CLOUDSYNC_TEST_SFTP_ENDPOINT"), "user": var("CLOUDSYNC_TEST_SFTP_USER"),
+        "key": var("CLOUDSYNC_TEST_SFTP_KEY"), "root": root.to_string_lossy(),
+    });
+    let (sftp, _) = connect(h, &token, "sftp", &settings).await;
+    let (remote_pair, first) = create_pair(h, &token, &source, &sftp, "MIRROR", 50).await;
+    h.wait_for_operation(&token, &first).await;
+    assert_eq!(tree(&root), tree(&a));
+    let mut edited = again.clone();
+    edited[2_000_000..2_000_500].copy_from_slice(&noise(500, 13));
+    write(&a, "big.bin", &edited);
+    let remote = run(h, &token, &remote_pair).await;
+    let status = h.ok(Some(&token), written, json!({ "o": remote["id"] })).await["syncStatus"].clone();
+    let sent = status["bytesWritten"].as_i64().expect("bytes written");
+    assert!(
+        sent > 0 && sent <= 2 * 256 * 1024,
+        "{sent} bytes written to the SFTP server for a 500-byte edit"
+    );
+    assert_eq!(tree(&root), tree(&a), "no temporary file is left on the server");
 }
 
 async fn manual_conflicts_wait_for_the_owner(h: &Harness) {
