@@ -343,30 +343,10 @@ impl Commands {
                     at: Utc::now(),
                 });
             }
-            let expected = current.as_ref().map(tag_of);
-            let check = async {
-                let found = match provider.stat(&destination).await {
-                    Ok(entry) => Some(tag_of(&entry)),
-                    Err(ProviderError::NotFound(_)) => None,
-                    Err(err) => return Err(err.into()),
-                };
-                if found.is_some() && found != expected {
-                    return Err(StepError::Changed(format!(
-                        "{destination} changed while the version was restored; nothing was replaced"
-                    )));
-                }
-                Ok(())
-            };
+            let expected = current.as_ref().map(Entry::tag);
             let temporary = temporary_name(&destination, pair_id);
-            write_checked(
-                &*provider,
-                &destination,
-                &temporary,
-                stored_stream(Arc::clone(&chunks), manifest),
-                &kept.version,
-                check,
-            )
-            .await?;
+            let data = stored_stream(Arc::clone(&chunks), manifest);
+            write_checked(&*provider, None, &destination, &temporary, data, &kept.version, expected.as_deref()).await?;
             Ok(replaced)
         }
         .await;
@@ -444,15 +424,6 @@ struct Listing {
 
 /// What a listing shows of a file that changes when its content may have: the provider's version
 /// tag, else size and modification time.
-fn tag_of(entry: &Entry) -> String {
-    entry.etag.clone().unwrap_or_else(|| {
-        format!(
-            "{}-{}",
-            entry.size,
-            entry.modified_at.and_then(|m| m.timestamp_nanos_opt()).unwrap_or_default()
-        )
-    })
-}
 
 fn agreed_tag(pair: &SyncPair, side: Side, path: &ProviderPath) -> Option<String> {
     let agreed = pair.agreed(path)?;
@@ -490,7 +461,7 @@ async fn list_side(provider: Arc<dyn StorageProvider>, folder: ProviderPath, pai
             })
             .map_ok(|(relative, entry)| {
                 let provider = Arc::clone(&provider);
-                let tag = tag_of(&entry);
+                let tag = entry.tag();
                 let known = pair
                     .base()
                     .get(&relative)
@@ -634,6 +605,7 @@ async fn transfer(
     lease: Option<&Lease>,
 ) -> Result<(), CommandError> {
     let (job_id, pair_id, cancel) = (tracker.job_id, settings.pair_id, tracker.cancel);
+    let flushers = [Flusher::new(Arc::clone(&sides[0])), Flusher::new(Arc::clone(&sides[1]))];
     let executor = Executor {
         sides,
         folders: [settings.source.path.clone(), settings.target.path.clone()],
@@ -643,6 +615,7 @@ async fn transfer(
         owner: settings.owner_id,
         job_id,
         chunks: commands.chunks().cloned(),
+        flushers,
         versions: settings.keep_versions > 0,
         pair: pair.clone(),
         policy: settings.policy,
@@ -1045,6 +1018,8 @@ struct Executor {
     owner: UserId,
     job_id: SyncJobId,
     chunks: Option<Arc<dyn ChunkStore>>,
+    /// Each side's group commit of copies.
+    flushers: [Flusher; 2],
     /// Whether the pair keeps earlier versions.
     versions: bool,
     /// The pair as the run found it: the base and where agreed contents are kept.
@@ -1432,7 +1407,7 @@ impl Executor {
                 let (full_from, full_to) = (self.full(*side, from), self.full(*side, to));
                 self.check_unchanged(*side, from, Some(&moved.tag)).await?;
                 provider.rename(&full_from, &full_to).await?;
-                let tag = tag_of(&provider.stat(&full_to).await?);
+                let tag = (provider.stat(&full_to).await?).tag();
                 state.insert((*side, from.clone()), None);
                 state.insert(
                     (*side, to.clone()),
@@ -1577,7 +1552,7 @@ impl Executor {
     /// Fails when `path` on `side` is no longer what was listed (`None`: absent).
     async fn check_unchanged(&self, side: Side, path: &ProviderPath, expected: Option<&str>) -> Result<(), StepError> {
         let found = match self.provider(side).stat(&self.full(side, path)).await {
-            Ok(entry) => Some(tag_of(&entry)),
+            Ok(entry) => Some(entry.tag()),
             Err(ProviderError::NotFound(_)) => None,
             Err(err) => return Err(err.into()),
         };
@@ -1727,7 +1702,7 @@ impl Executor {
             Err(ProviderError::Unsupported(_)) => return Ok(None),
             Err(err) => return Err(err.into()),
         };
-        let tag = tag_of(&provider.stat(&destination).await?);
+        let tag = (provider.stat(&destination).await?).tag();
         if self.versions {
             for (id, start, len) in fresh {
                 let Some((at, bytes)) = kept.iter().rev().find(|(at, _)| *at <= start) else {
@@ -1772,8 +1747,8 @@ impl Executor {
     ) -> Result<String, StepError> {
         let destination = self.full(to, path);
         let temporary = temporary_name(&destination, self.pair_id);
-        let check = self.check_unchanged(to, path, expected);
-        write_checked(self.provider(to), &destination, &temporary, data, version, check).await
+        let flusher = Some(&self.flushers[index(to)]);
+        write_checked(self.provider(to), flusher, &destination, &temporary, data, version, expected).await
     }
 
     async fn delete(&self, side: Side, path: &ProviderPath, version: &Version, expected: Option<&str>) -> Result<(), StepError> {
@@ -1785,17 +1760,19 @@ impl Executor {
 }
 
 /// Writes `data` to `destination` so that only a complete copy whose checksum is `version`'s ever
-/// becomes visible, and only once `check` (that the destination is still what the caller saw) has
-/// passed (it is awaited once, when its time comes); returns the written file's listing tag. Object stores publish an upload whole, so they
-/// are checked before it starts. Elsewhere the copy lands under `temporary` and replaces the file
-/// in one step once checked again, so an edit made while the copy ran is never overwritten.
+/// becomes visible, and only over what `expected` says is there (its tag; `None`: absent, or
+/// anything that appeared meanwhile is left alone); returns the written file's tag. Object stores
+/// publish an upload whole, so they are checked before it starts. Elsewhere the copy lands under
+/// `temporary`, is made durable (`flusher`: together with other copies), and replaces the file in
+/// one step once checked again, so an edit made while the copy ran is never overwritten.
 async fn write_checked(
     provider: &dyn StorageProvider,
+    flusher: Option<&Flusher>,
     destination: &ProviderPath,
     temporary: &ProviderPath,
     data: ByteStream,
     version: &Version,
-    check: impl Future<Output = Result<(), StepError>>,
+    expected: Option<&str>,
 ) -> Result<String, StepError> {
     let mismatch = Arc::new(AtomicBool::new(false));
     let data = verified(data, version.clone(), Arc::clone(&mismatch));
@@ -1804,35 +1781,125 @@ async fn write_checked(
             "{destination}: the copy did not match the planned content (the file changed while it was copied)"
         ))
     };
+    let moved_on = || {
+        StepError::Changed(format!(
+            "{destination} changed since it was listed; the next run takes it into account"
+        ))
+    };
     if provider.atomic_writes() && provider.kind() != ProviderKind::Local {
-        check.await?;
+        match provider.stat(destination).await {
+            Ok(found) if Some(found.tag().as_str()) != expected => return Err(moved_on()),
+            Ok(_) | Err(ProviderError::NotFound(_)) => {}
+            Err(err) => return Err(err.into()),
+        }
         match provider.write(destination, data).await {
             Ok(_) => {}
             Err(_) if mismatch.load(Ordering::SeqCst) => return Err(changed()),
             Err(err) => return Err(err.into()),
         }
-    } else {
-        match provider.write(temporary, data).await {
+        return Ok(provider.stat(destination).await?.tag());
+    }
+    let committed = async {
+        match provider.write_unsynced(temporary, data).await {
             Ok(_) => {}
-            Err(err) => {
-                let _ = provider.delete(temporary).await;
-                return Err(if mismatch.load(Ordering::SeqCst) { changed() } else { err.into() });
-            }
+            Err(_) if mismatch.load(Ordering::SeqCst) => return Err(changed()),
+            Err(err) => return Err(err.into()),
         }
-        let committed = async {
-            check.await?;
-            // In one step: the destination is never missing on the way (a crash there would
-            // read as a delete on this side).
-            provider.replace(temporary, destination).await?;
-            Ok::<(), StepError>(())
+        match flusher {
+            Some(flusher) => flusher.flush(temporary.clone()).await?,
+            None => provider.flush(std::slice::from_ref(temporary)).await?,
         }
-        .await;
-        if let Err(err) = committed {
-            let _ = provider.delete(temporary).await;
-            return Err(err);
+        // In one step: the destination is never missing on the way (a crash there would read as
+        // a delete on this side).
+        match provider.replace_if(temporary, destination, expected).await {
+            Ok(entry) => Ok(entry.tag()),
+            Err(ProviderError::AlreadyExists(_)) => Err(moved_on()),
+            Err(err) => Err(err.into()),
         }
     }
-    Ok(tag_of(&provider.stat(destination).await?))
+    .await;
+    if committed.is_err() {
+        let _ = provider.delete(temporary).await;
+    }
+    committed
+}
+
+/// Group commit of one side's unsynced copies: a copy that finds no flush going on flushes
+/// everything written so far at once; the others wait for a flush that covers them. On a local
+/// folder that is one file-system flush for many files instead of one per file.
+struct Flusher {
+    provider: Arc<dyn StorageProvider>,
+    state: std::sync::Mutex<FlushState>,
+    done: tokio::sync::Notify,
+}
+
+#[derive(Default)]
+struct FlushState {
+    queued: Vec<ProviderPath>,
+    /// The ticket the next queued file gets.
+    next: u64,
+    /// Every ticket below this one has been flushed (or failed).
+    flushed: u64,
+    flushing: bool,
+    /// Ticket ranges whose flush failed, with why.
+    failed: Vec<(std::ops::Range<u64>, String)>,
+}
+
+impl Flusher {
+    fn new(provider: Arc<dyn StorageProvider>) -> Self {
+        Self {
+            provider,
+            state: std::sync::Mutex::new(FlushState::default()),
+            done: tokio::sync::Notify::new(),
+        }
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, FlushState> {
+        self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    async fn flush(&self, path: ProviderPath) -> Result<(), ProviderError> {
+        let ticket = {
+            let mut state = self.state();
+            state.queued.push(path);
+            state.next += 1;
+            state.next - 1
+        };
+        loop {
+            let notified = self.done.notified();
+            let mut notified = std::pin::pin!(notified);
+            notified.as_mut().enable();
+            let batch = {
+                let mut state = self.state();
+                if state.flushed > ticket {
+                    return match state.failed.iter().find(|(range, _)| range.contains(&ticket)) {
+                        Some((_, why)) => Err(ProviderError::Other(why.clone())),
+                        None => Ok(()),
+                    };
+                }
+                if state.flushing {
+                    None
+                } else {
+                    state.flushing = true;
+                    Some((std::mem::take(&mut state.queued), state.flushed..state.next))
+                }
+            };
+            match batch {
+                Some((paths, range)) => {
+                    let result = self.provider.flush(&paths).await;
+                    let mut state = self.state();
+                    if let Err(err) = result {
+                        state.failed.push((range.clone(), err.to_string()));
+                    }
+                    state.flushed = range.end;
+                    state.flushing = false;
+                    drop(state);
+                    self.done.notify_waiters();
+                }
+                None => notified.await,
+            }
+        }
+    }
 }
 
 /// Reads `path` (`size` bytes) from `provider` into the chunk store, whole; returns its

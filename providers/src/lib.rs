@@ -43,6 +43,20 @@ pub struct Entry {
     pub etag: Option<String>,
 }
 
+impl Entry {
+    /// What tells this version of the file from another: the provider's ETag, or size and
+    /// modification time.
+    pub fn tag(&self) -> String {
+        self.etag.clone().unwrap_or_else(|| {
+            format!(
+                "{}-{}",
+                self.size,
+                self.modified_at.and_then(|m| m.timestamp_nanos_opt()).unwrap_or_default()
+            )
+        })
+    }
+}
+
 /// A stream of content.
 pub type ByteStream = BoxStream<'static, Result<Bytes, ProviderError>>;
 
@@ -111,6 +125,35 @@ pub trait StorageProvider: Send + Sync {
     async fn replace(&self, from: &ProviderPath, to: &ProviderPath) -> Result<(), ProviderError> {
         self.delete(to).await?;
         self.rename(from, to).await
+    }
+
+    /// Writes `path`, a temporary name of the caller's (see [`is_temporary`]), without making it
+    /// durable yet: [`StorageProvider::flush`] does, for many files at once, before they are moved
+    /// into place. Kinds whose writes are durable once acknowledged just write.
+    async fn write_unsynced(&self, path: &ProviderPath, data: ByteStream) -> Result<u64, ProviderError> {
+        self.write(path, data).await
+    }
+
+    /// Makes files written with [`StorageProvider::write_unsynced`] durable: local folders flush
+    /// the file system once for all of them. Nothing to do elsewhere.
+    async fn flush(&self, paths: &[ProviderPath]) -> Result<(), ProviderError> {
+        let _ = paths;
+        Ok(())
+    }
+
+    /// [`StorageProvider::replace`], only while `to` is absent or still shows `expected` (its
+    /// [`Entry::tag`]); otherwise [`ProviderError::AlreadyExists`] and nothing changes. Returns
+    /// what `to` is then. Local folders check and move in one step.
+    async fn replace_if(&self, from: &ProviderPath, to: &ProviderPath, expected: Option<&str>) -> Result<Entry, ProviderError> {
+        match self.stat(to).await {
+            Ok(found) if Some(found.tag().as_str()) != expected => {
+                return Err(ProviderError::AlreadyExists(format!("{to} changed")));
+            }
+            Ok(_) | Err(ProviderError::NotFound(_)) => {}
+            Err(err) => return Err(err),
+        }
+        self.replace(from, to).await?;
+        self.stat(to).await
     }
 
     /// Whether a write becomes visible only once it is complete, replacing any file there in one step

@@ -244,6 +244,28 @@ impl StorageProvider for Limited {
         self.inner.patches()
     }
 
+    async fn write_unsynced(&self, path: &ProviderPath, data: ByteStream) -> Result<u64, ProviderError> {
+        let _permit = self.transfer().await?;
+        self.invalidate(path);
+        let written = self.inner.write_unsynced(path, data).await;
+        self.invalidate(path);
+        written
+    }
+
+    async fn flush(&self, paths: &[ProviderPath]) -> Result<(), ProviderError> {
+        self.inner.flush(paths).await
+    }
+
+    async fn replace_if(&self, from: &ProviderPath, to: &ProviderPath, expected: Option<&str>) -> Result<Entry, ProviderError> {
+        self.take().await;
+        self.invalidate(from);
+        self.invalidate(to);
+        let replaced = self.inner.replace_if(from, to, expected).await;
+        self.invalidate(from);
+        self.invalidate(to);
+        replaced
+    }
+
     async fn replace(&self, from: &ProviderPath, to: &ProviderPath) -> Result<(), ProviderError> {
         self.take().await;
         self.invalidate(from);

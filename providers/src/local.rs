@@ -5,6 +5,7 @@
 
 use std::io::{Read as _, Seek as _, SeekFrom, Write as _};
 use std::ops::Range;
+use std::os::unix::fs::MetadataExt as _;
 use std::path::{Path, PathBuf};
 
 use async_trait::async_trait;
@@ -81,6 +82,93 @@ impl LocalProvider {
             modified_at,
             etag,
         }
+    }
+
+    /// Writes the stream to `path`: when `durable`, through a temporary name that replaces the file
+    /// once synced; otherwise straight into `path` (the caller's own temporary name), left for
+    /// [`StorageProvider::flush`]. A content that arrives in one piece (most files) is written in
+    /// one blocking call.
+    async fn write_to(&self, path: &ProviderPath, mut data: ByteStream, durable: bool) -> Result<u64, ProviderError> {
+        if path.is_root() {
+            return Err(ProviderError::Invalid("cannot write to the root itself".into()));
+        }
+        let first = data.next().await.transpose()?;
+        let second = match first {
+            Some(_) => data.next().await.transpose()?,
+            None => None,
+        };
+        let last = second.is_none();
+        let this = self.clone();
+        let target_path = path.clone();
+        let (target, temp, file, mut written) = blocking(move || {
+            let target = this.resolve(&target_path)?;
+            let folder = target.parent().unwrap_or(&this.root).to_path_buf();
+            std::fs::create_dir_all(&folder)?;
+            // The folder may have been created through a link that appeared meanwhile: check again.
+            this.resolve(&target_path)?;
+            let temp = if durable { temp_name(&target) } else { target.clone() };
+            let mut options = std::fs::OpenOptions::new();
+            options.write(true);
+            if durable {
+                options.create_new(true);
+            } else {
+                options.create(true).truncate(true);
+            }
+            let mut file = options.open(&temp)?;
+            let written = first.as_ref().map_or(0, |piece| piece.len() as u64);
+            let done = (|| -> Result<(), ProviderError> {
+                if let Some(piece) = &first {
+                    file.write_all(piece)?;
+                }
+                if last && durable {
+                    file.sync_all()?;
+                    std::fs::rename(&temp, &target)?;
+                }
+                Ok(())
+            })();
+            if let Err(err) = done {
+                let _ = std::fs::remove_file(&temp);
+                return Err(err);
+            }
+            Ok((target, temp, file, written))
+        })
+        .await?;
+        if last {
+            return Ok(written);
+        }
+        let mut file = Some(file);
+        let result: Result<(), ProviderError> = async {
+            let rest = futures::stream::iter(second.map(Ok)).chain(data);
+            let mut rest = std::pin::pin!(rest);
+            while let Some(chunk) = rest.next().await {
+                let chunk = chunk?;
+                written += chunk.len() as u64;
+                let mut handle = file.take().ok_or_else(|| ProviderError::Other("file handle lost".into()))?;
+                handle = blocking(move || {
+                    handle.write_all(&chunk)?;
+                    Ok(handle)
+                })
+                .await?;
+                file = Some(handle);
+            }
+            let handle = file.take().ok_or_else(|| ProviderError::Other("file handle lost".into()))?;
+            let (temp, target) = (temp.clone(), target.clone());
+            blocking(move || {
+                if durable {
+                    handle.sync_all()?;
+                    drop(handle);
+                    std::fs::rename(&temp, &target)?;
+                }
+                Ok(())
+            })
+            .await
+        }
+        .await;
+        if let Err(err) = result {
+            let _ = std::fs::remove_file(&temp);
+            return Err(err);
+        }
+        Ok(written)
     }
 
     /// Moves a file, creating the destination's folders; over a file already there only when
@@ -259,53 +347,55 @@ impl StorageProvider for LocalProvider {
         Ok(futures::stream::iter(first).chain(stream).boxed())
     }
 
-    async fn write(&self, path: &ProviderPath, mut data: ByteStream) -> Result<u64, ProviderError> {
-        if path.is_root() {
-            return Err(ProviderError::Invalid("cannot write to the root itself".into()));
-        }
-        let this = self.clone();
-        let target_path = path.clone();
-        let (target, temp, file) = blocking(move || {
-            let target = this.resolve(&target_path)?;
-            let folder = target.parent().unwrap_or(&this.root).to_path_buf();
-            std::fs::create_dir_all(&folder)?;
-            // The folder may have been created through a link that appeared meanwhile: check again.
-            this.resolve(&target_path)?;
-            let temp = temp_name(&target);
-            let file = std::fs::OpenOptions::new().write(true).create_new(true).open(&temp)?;
-            Ok((target, temp, file))
-        })
-        .await?;
-        let mut file = Some(file);
-        let mut written = 0_u64;
-        let result: Result<(), ProviderError> = async {
-            while let Some(chunk) = data.next().await {
-                let chunk = chunk?;
-                written += chunk.len() as u64;
-                let mut handle = file.take().ok_or_else(|| ProviderError::Other("file handle lost".into()))?;
-                handle = blocking(move || {
-                    handle.write_all(&chunk)?;
-                    Ok(handle)
-                })
-                .await?;
-                file = Some(handle);
+    async fn write(&self, path: &ProviderPath, data: ByteStream) -> Result<u64, ProviderError> {
+        self.write_to(path, data, true).await
+    }
+
+    async fn write_unsynced(&self, path: &ProviderPath, data: ByteStream) -> Result<u64, ProviderError> {
+        self.write_to(path, data, false).await
+    }
+
+    async fn flush(&self, paths: &[ProviderPath]) -> Result<(), ProviderError> {
+        let files = paths.iter().map(|p| self.resolve(p)).collect::<Result<Vec<_>, _>>()?;
+        blocking(move || {
+            if let [file] = files.as_slice() {
+                std::fs::File::open(file)?.sync_all()?;
+                return Ok(());
             }
-            let handle = file.take().ok_or_else(|| ProviderError::Other("file handle lost".into()))?;
-            let (temp, target) = (temp.clone(), target.clone());
-            blocking(move || {
-                handle.sync_all()?;
-                drop(handle);
-                std::fs::rename(&temp, &target)?;
-                Ok(())
-            })
-            .await
-        }
-        .await;
-        if let Err(err) = result {
-            let _ = std::fs::remove_file(&temp);
-            return Err(err);
-        }
-        Ok(written)
+            // One flush per file system instead of one per file.
+            let mut devices = std::collections::HashSet::new();
+            for file in &files {
+                let opened = std::fs::File::open(file)?;
+                if devices.insert(opened.metadata()?.dev()) {
+                    rustix::fs::syncfs(&opened).map_err(std::io::Error::from)?;
+                }
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    async fn replace_if(&self, from: &ProviderPath, to: &ProviderPath, expected: Option<&str>) -> Result<Entry, ProviderError> {
+        let this = self.clone();
+        let (from, to) = (from.clone(), to.clone());
+        let expected = expected.map(str::to_owned);
+        blocking(move || {
+            let (source, _) = this.existing_file(&from)?;
+            let target = this.resolve(&to)?;
+            std::fs::create_dir_all(target.parent().unwrap_or(&this.root))?;
+            this.resolve(&to)?;
+            match std::fs::symlink_metadata(&target) {
+                Ok(meta) if !meta.is_file() => return Err(ProviderError::Invalid(format!("{to} is not a file"))),
+                Ok(meta) if Some(this.entry(to.clone(), &meta).tag()) != expected => {
+                    return Err(ProviderError::AlreadyExists(format!("{to} changed")));
+                }
+                _ => {}
+            }
+            std::fs::rename(&source, &target)?;
+            let meta = std::fs::symlink_metadata(&target)?;
+            Ok(this.entry(to, &meta))
+        })
+        .await
     }
 
     async fn delete(&self, path: &ProviderPath) -> Result<(), ProviderError> {

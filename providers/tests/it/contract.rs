@@ -40,6 +40,7 @@ contract!(
     the_change_feed_reports_outside_changes_where_there_is_one,
     ranged_writes_patch_a_file_where_they_are_offered,
     replace_moves_over_a_file_in_one_step,
+    unsynced_writes_replace_only_what_was_expected,
 );
 
 fn p(raw: &str) -> ProviderPath {
@@ -376,4 +377,33 @@ async fn replace_moves_over_a_file_in_one_step(t: &TestProvider) {
         b"new content",
         "a failed replace changes nothing"
     );
+}
+
+async fn unsynced_writes_replace_only_what_was_expected(t: &TestProvider) {
+    let provider = &*t.provider;
+    let (temp, file) = (p("guarded/.x.cloudsync-test.tmp"), p("guarded/data.txt"));
+    provider.write(&file, once("listed")).await.expect("write");
+    let listed = provider.stat(&file).await.expect("stat").tag();
+    provider.write_unsynced(&temp, once("first copy")).await.expect("write");
+    provider.flush(std::slice::from_ref(&temp)).await.expect("flushed");
+    // Someone changed the file since it was listed: refused, nothing replaced.
+    provider.write(&file, once("edited meanwhile, longer")).await.expect("write");
+    assert!(matches!(
+        provider.replace_if(&temp, &file, Some(&listed)).await,
+        Err(ProviderError::AlreadyExists(_))
+    ));
+    assert_eq!(read_all(provider, &file, 0..u64::MAX).await, b"edited meanwhile, longer");
+    let now = provider.stat(&file).await.expect("stat").tag();
+    let replaced = provider.replace_if(&temp, &file, Some(&now)).await.expect("replaced");
+    assert_eq!(replaced.tag(), provider.stat(&file).await.expect("stat").tag());
+    assert_eq!(read_all(provider, &file, 0..u64::MAX).await, b"first copy");
+    // Onto a path with no file, whatever was expected; several files are flushed at once.
+    let (a, b) = (p("guarded/.a.cloudsync-test.tmp"), p("guarded/.b.cloudsync-test.tmp"));
+    provider.write_unsynced(&a, once("a")).await.expect("write");
+    provider.write_unsynced(&b, once("b")).await.expect("write");
+    provider.flush(&[a.clone(), b.clone()]).await.expect("flushed");
+    provider.replace_if(&a, &p("guarded/new/a.txt"), None).await.expect("moved");
+    provider.replace_if(&b, &p("guarded/b.txt"), Some("whatever")).await.expect("moved");
+    assert_eq!(read_all(provider, &p("guarded/new/a.txt"), 0..u64::MAX).await, b"a");
+    assert_eq!(read_all(provider, &p("guarded/b.txt"), 0..u64::MAX).await, b"b");
 }
