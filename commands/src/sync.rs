@@ -422,9 +422,6 @@ struct Listing {
     abandoned: Vec<ProviderPath>,
 }
 
-/// What a listing shows of a file that changes when its content may have: the provider's version
-/// tag, else size and modification time.
-
 fn agreed_tag(pair: &SyncPair, side: Side, path: &ProviderPath) -> Option<String> {
     let agreed = pair.agreed(path)?;
     match side {
