@@ -123,6 +123,24 @@ fn first_sync(data: &Path, ids: &[String]) -> anyhow::Result<(Measured, u64, Str
     Ok((measured, written, pair.context("the pair's id")?))
 }
 
+/// The median of several runs of one tool (by wall time), with every run's time in its label.
+fn median(scenario: &str, tool: &str, mut runs: Vec<(Measured, Option<u64>)>) -> Row {
+    runs.sort_by(|a, b| a.0.seconds.total_cmp(&b.0.seconds));
+    let times: Vec<String> = runs.iter().map(|(m, _)| format!("{:.2}", m.seconds)).collect();
+    let (measured, reported) = runs.swap_remove(runs.len() / 2);
+    let tool = if times.len() > 1 {
+        format!("{tool} (median of {} runs: {} s)", times.len(), times.join(", "))
+    } else {
+        tool.to_owned()
+    };
+    Row {
+        scenario: scenario.to_owned(),
+        tool,
+        measured,
+        reported,
+    }
+}
+
 /// The bytes of every file below `root` (0 when it does not exist).
 fn folder_bytes(root: &Path) -> anyhow::Result<u64> {
     if !root.exists() {
@@ -195,33 +213,44 @@ async fn local(work: &Path, small: usize, large: usize, large_mib: usize) -> any
         work.join("dst-rsync"),
         work.join("dst-rsync-delta"),
     );
-    std::fs::create_dir_all(&ours)?;
-    let data = work.join("data");
-    let ids = connect(&data, &[("local", json!({ "root": source })), ("local", json!({ "root": ours }))]).await?;
     let scenario = format!("local → local, initial ({} files, {} MiB)", small + large, bytes / 1_048_576);
+    // The initial copy is short and this machine's disk is noisy: each tool copies into a fresh
+    // folder `runs` times, taking turns, and the median run is reported.
+    let runs = env_usize("BENCH_SYNC_RUNS", 3)?.max(1);
+    let (mut ours_runs, mut rclone_runs, mut rsync_runs) = (Vec::new(), Vec::new(), Vec::new());
+    let mut first = None;
+    for run in 0..runs {
+        let (target, data) = if run == 0 {
+            (ours.clone(), work.join("data"))
+        } else {
+            (work.join(format!("dst-cloudsync-{run}")), work.join(format!("data-{run}")))
+        };
+        std::fs::create_dir_all(&target)?;
+        let ids = connect(&data, &[("local", json!({ "root": source })), ("local", json!({ "root": target }))]).await?;
+        eprintln!("[local] cloudsync initial, run {}", run + 1);
+        let (measured, written, pair) = first_sync(&data, &ids)?;
+        ours_runs.push((measured, Some(written)));
+        first.get_or_insert((data, pair));
+        let (rclone_target, rsync_target) = if run == 0 {
+            (theirs.clone(), rsynced.clone())
+        } else {
+            (work.join(format!("dst-rclone-{run}")), work.join(format!("dst-rsync-{run}")))
+        };
+        eprintln!("[local] rclone initial, run {}", run + 1);
+        rclone_runs.push((rclone_local(&source, &rclone_target)?, None));
+        eprintln!("[local] rsync initial, run {}", run + 1);
+        rsync_runs.push((rsync(&source, &rsync_target, false)?, None));
+        if run > 0 {
+            for folder in [&target, &rclone_target, &rsync_target] {
+                std::fs::remove_dir_all(folder)?;
+            }
+        }
+    }
+    let (data, pair) = first.context("at least one run")?;
     let mut rows = Vec::new();
-    eprintln!("[local] cloudsync initial");
-    let (measured, written, pair) = first_sync(&data, &ids)?;
-    rows.push(Row {
-        scenario: scenario.clone(),
-        tool: "CloudSync".into(),
-        measured,
-        reported: Some(written),
-    });
-    eprintln!("[local] rclone initial");
-    rows.push(Row {
-        scenario: scenario.clone(),
-        tool: "rclone sync".into(),
-        measured: rclone_local(&source, &theirs)?,
-        reported: None,
-    });
-    eprintln!("[local] rsync initial");
-    rows.push(Row {
-        scenario: scenario.clone(),
-        tool: "rsync -a".into(),
-        measured: rsync(&source, &rsynced, false)?,
-        reported: None,
-    });
+    for (tool, measured) in [("CloudSync", ours_runs), ("rclone sync", rclone_runs), ("rsync -a", rsync_runs)] {
+        rows.push(median(&scenario, tool, measured));
+    }
     rsync(&source, &delta, false)?;
     for target in [&ours, &theirs, &rsynced] {
         if !same_tree(&source, target)? {

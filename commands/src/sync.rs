@@ -44,8 +44,12 @@ use crate::gc::Lease;
 use crate::handlers::{Context, encode, expected, storage_error};
 use crate::{CommandError, Commands};
 
-/// Files read at once per side while listing, and decisions carried out at once.
+/// Files read at once per side while listing, and versions kept at once.
 const CONCURRENCY: usize = 8;
+/// Decisions carried out at once: small files spend most of their time waiting on the file system
+/// (and on the group commit that makes them durable), so many go on together; each provider's own
+/// transfer quota still bounds what it takes on.
+const TRANSFERS: usize = 32;
 /// Decisions per recorded step (one transaction with the job's progress), at most.
 const BATCH: usize = 500;
 /// How long finished decisions wait, at most, before they are recorded.
@@ -671,7 +675,7 @@ async fn transfer(
     let mut queue = parallel.into_iter();
     let mut in_flight = futures::stream::FuturesUnordered::new();
     loop {
-        while in_flight.len() < CONCURRENCY {
+        while in_flight.len() < TRANSFERS {
             match queue.next() {
                 Some(decision) => in_flight.push(carry_out(&executor, decision, blocked_by(&blocked, decision))),
                 None => break,

@@ -33,7 +33,7 @@ impl Quota {
             ProviderKind::Local => Self {
                 requests_per_second: None,
                 burst: 1.0,
-                concurrent_transfers: 8,
+                concurrent_transfers: 32,
             },
             _ => Self {
                 requests_per_second: Some(1000.0),
