@@ -424,6 +424,71 @@ struct Listing {
     tags: HashMap<ProviderPath, String>,
     /// Temporary files of this pair's earlier, interrupted runs (full paths).
     abandoned: Vec<ProviderPath>,
+    /// Files whose content is not known yet (not as last agreed), by path, with their full path.
+    unhashed: HashMap<ProviderPath, ProviderPath>,
+}
+
+/// Which of `listing`'s unhashed files planning needs the checksum of: those the other side also
+/// has, those in the base, and those of a size that a rename partner has (a base file gone from
+/// this side, a file only the other side has). The rest exist on one side only and are hashed while
+/// they are copied.
+fn needs_hash(listing: &Listing, other: &Listing, base: &Tree) -> Vec<(ProviderPath, ProviderPath, u64)> {
+    let mut partners: HashSet<u64> = base
+        .iter()
+        .filter(|(path, _)| !listing.tree.contains_key(*path))
+        .map(|(_, v)| v.size)
+        .collect();
+    partners.extend(
+        other
+            .tree
+            .iter()
+            .filter(|(path, _)| !listing.tree.contains_key(*path) && !base.contains_key(*path))
+            .map(|(_, v)| v.size),
+    );
+    listing
+        .unhashed
+        .iter()
+        .filter_map(|(path, full)| {
+            let size = listing.tree.get(path)?.size;
+            (other.tree.contains_key(path) || base.contains_key(path) || partners.contains(&size))
+                .then(|| (path.clone(), full.clone(), size))
+        })
+        .collect()
+}
+
+/// Hashes `files` (path, full path, size); a file gone since it was listed is dropped from the
+/// listing, as if it had not been listed.
+async fn hash_into(
+    provider: &dyn StorageProvider,
+    listing: &mut Listing,
+    files: Vec<(ProviderPath, ProviderPath, u64)>,
+) -> Result<(), CommandError> {
+    let hashed: Vec<(ProviderPath, Option<String>)> = futures::stream::iter(files)
+        .map(|(path, full, size)| async move {
+            match crate::scan::hash(provider, &full, size).await {
+                Ok(checksum) => Ok((path, Some(checksum))),
+                Err(ProviderError::NotFound(_)) => Ok((path, None)),
+                Err(err) => Err(storage_error(err)),
+            }
+        })
+        .buffer_unordered(CONCURRENCY)
+        .try_collect()
+        .await?;
+    for (path, checksum) in hashed {
+        listing.unhashed.remove(&path);
+        match checksum {
+            Some(checksum) => {
+                if let Some(version) = listing.tree.get_mut(&path) {
+                    version.checksum = checksum;
+                }
+            }
+            None => {
+                listing.tree.remove(&path);
+                listing.tags.remove(&path);
+            }
+        }
+    }
+    Ok(())
 }
 
 fn agreed_tag(pair: &SyncPair, side: Side, path: &ProviderPath) -> Option<String> {
@@ -461,35 +526,24 @@ async fn list_side(provider: Arc<dyn StorageProvider>, folder: ProviderPath, pai
                 futures::future::ready(Ok(found))
             })
             .map_ok(|(relative, entry)| {
-                let provider = Arc::clone(&provider);
                 let tag = entry.tag();
                 let known = pair
                     .base()
                     .get(&relative)
                     .filter(|v| v.size == entry.size && agreed_tag(pair, side, &relative).as_deref() == Some(tag.as_str()))
                     .map(|v| v.checksum.clone());
-                async move {
-                    let checksum = match known {
-                        Some(checksum) => checksum,
-                        None => match crate::scan::hash(&*provider, &entry.path, entry.size).await {
-                            Ok(checksum) => checksum,
-                            // Gone since it was listed: not there to sync.
-                            Err(ProviderError::NotFound(_)) => return Ok(None),
-                            Err(err) => return Err(storage_error(err)),
-                        },
-                    };
-                    let version = Version {
-                        checksum,
-                        size: entry.size,
-                        modified_at: entry.modified_at.unwrap_or_default(),
-                    };
-                    Ok(Some((relative, version, tag)))
-                }
-            })
-            .try_buffer_unordered(CONCURRENCY)
-            .try_filter_map(|found| futures::future::ready(Ok(found)));
+                (relative, entry, tag, known)
+            });
         let mut entries = std::pin::pin!(entries);
-        while let Some((path, version, tag)) = entries.try_next().await? {
+        while let Some((path, entry, tag, known)) = entries.try_next().await? {
+            if known.is_none() {
+                listing.unhashed.insert(path.clone(), entry.path.clone());
+            }
+            let version = Version {
+                checksum: known.unwrap_or_default(),
+                size: entry.size,
+                modified_at: entry.modified_at.unwrap_or_default(),
+            };
             listing.tags.insert(path.clone(), tag);
             listing.tree.insert(path, version);
         }
@@ -545,9 +599,20 @@ pub(crate) async fn run_sync(commands: &Commands, job_id: SyncJobId, cancel: &Ca
             list_side(Arc::clone(&sides.1), settings.target.path.clone(), &pair, Side::Target),
         )
     };
-    let (source, target) = tokio::select! {
+    let (mut source, mut target) = tokio::select! {
         () = cancel.cancelled() => return Ok(()),
         listed = listing => listed?,
+    };
+    let (for_source, for_target) = (needs_hash(&source, &target, pair.base()), needs_hash(&target, &source, pair.base()));
+    let hashing = async {
+        futures::try_join!(
+            hash_into(&*sides.0, &mut source, for_source),
+            hash_into(&*sides.1, &mut target, for_target)
+        )
+    };
+    tokio::select! {
+        () = cancel.cancelled() => return Ok(()),
+        hashed = hashing => hashed?,
     };
     if !tracker.running().await? || !tracker.enter(JobPhase::Planning).await? {
         return Ok(());
@@ -705,7 +770,7 @@ async fn carry_out<'a>(executor: &'a Executor, decision: &'a Decision, blocked: 
 /// Content at risk, and its id in the chunk store once kept.
 type AtRisk = (Side, ProviderPath, Present, VersionReason);
 
-async fn keep_one<'a>(executor: &'a Executor, item: &'a AtRisk) -> (&'a AtRisk, Result<String, StepError>) {
+async fn keep_one<'a>(executor: &'a Executor, item: &'a AtRisk) -> (&'a AtRisk, Result<(String, String), StepError>) {
     (item, executor.keep_version(item.0, &item.1, &item.2).await)
 }
 
@@ -1003,6 +1068,8 @@ struct Present {
 /// What a copy left on its side.
 struct Copied {
     tag: String,
+    /// The content's BLAKE3 (computed on the way when the listing had not hashed the file).
+    checksum: String,
     stored: Option<String>,
     manifest: Option<String>,
     /// Bytes sent to the side: the whole file, or only its changed ranges.
@@ -1157,7 +1224,8 @@ impl Executor {
                 futures::future::ready(Ok(data))
             })
             .await?;
-        if data.len() as u64 != version.size || blake3::hash(&data).to_hex().as_str() != version.checksum {
+        let unhashed = version.checksum.is_empty();
+        if data.len() as u64 != version.size || (!unhashed && blake3::hash(&data).to_hex().as_str() != version.checksum) {
             return Err(StepError::Changed(format!(
                 "{path} changed on the {} since it was listed",
                 side.name()
@@ -1226,7 +1294,7 @@ impl Executor {
                 break;
             };
             match content {
-                Ok(content) => batch.push(FileVersionKept {
+                Ok((content, checksum)) => batch.push(FileVersionKept {
                     pair_id: self.pair_id,
                     owner_id: self.owner,
                     version_id: Uuid::now_v7(),
@@ -1234,7 +1302,10 @@ impl Executor {
                     provider_id: self.providers[index(*side)],
                     path: path.clone(),
                     provider_path: self.full(*side, path),
-                    version: present.version.clone(),
+                    version: Version {
+                        checksum,
+                        ..present.version.clone()
+                    },
                     content,
                     reason: *reason,
                     job_id: Some(self.job_id),
@@ -1258,12 +1329,12 @@ impl Executor {
     /// Stores the content `present` in the chunk store, whole, and returns its manifest's id; what
     /// the store holds already (a kept text, a manifest whose chunks are all stored) is not read
     /// again.
-    async fn keep_version(&self, side: Side, path: &ProviderPath, present: &Present) -> Result<String, StepError> {
+    async fn keep_version(&self, side: Side, path: &ProviderPath, present: &Present) -> Result<(String, String), StepError> {
         let Some(chunks) = &self.chunks else {
             return Err(StepError::Changed("no chunk store".into()));
         };
         if let Some(stored) = &present.stored {
-            return Ok(stored.clone());
+            return Ok((stored.clone(), present.version.checksum.clone()));
         }
         if let Some(id) = &present.manifest
             && let Ok(manifest) = get_manifest(&**chunks, id).await
@@ -1277,18 +1348,19 @@ impl Executor {
                 }
             }
             if whole {
-                return Ok(id.clone());
+                return Ok((id.clone(), manifest.checksum));
             }
         }
         let version = &present.version;
         let (id, manifest) = store_whole(&**chunks, self.provider(side), &self.full(side, path), version.size).await?;
-        if manifest.size != version.size || manifest.checksum != version.checksum {
+        // An unhashed file (new on one side) is kept as it reads.
+        if manifest.size != version.size || (!version.checksum.is_empty() && manifest.checksum != version.checksum) {
             return Err(StepError::Changed(format!(
                 "{path} changed on the {} since it was listed",
                 side.name()
             )));
         }
-        Ok(id)
+        Ok((id, manifest.checksum))
     }
 
     async fn carry_out(&self, decision: &Decision) -> Outcome {
@@ -1379,6 +1451,22 @@ impl Executor {
                 touched.insert(path.clone());
                 let expected = self.current(state, *to, path).map(|p| p.tag);
                 let copied = self.copy(*to, from, path, version, expected.as_deref()).await?;
+                let version = Version {
+                    checksum: copied.checksum,
+                    ..version.clone()
+                };
+                // A file the listing did not hash is known now, on the side it came from too.
+                if let Some(source) = self.current(state, to.other(), from)
+                    && source.version.checksum.is_empty()
+                {
+                    state.insert(
+                        (to.other(), from.clone()),
+                        Some(Present {
+                            version: version.clone(),
+                            ..source
+                        }),
+                    );
+                }
                 state.insert(
                     (*to, path.clone()),
                     Some(Present {
@@ -1588,6 +1676,7 @@ impl Executor {
             };
             return Ok(Copied {
                 tag,
+                checksum: blake3::hash(&data).to_hex().to_string(),
                 stored,
                 manifest: None,
                 written: version.size,
@@ -1603,14 +1692,18 @@ impl Executor {
             .await?;
         let chunked = Arc::new(std::sync::Mutex::new(None));
         let stream = if large { chunking(stream, Arc::clone(&chunked)) } else { stream };
-        let tag = self.write_stream(to, path, stream, version, expected).await?;
+        let (tag, checksum) = self.write_stream(to, path, stream, version, expected).await?;
         let manifest = chunked.lock().ok().and_then(|mut m| m.take());
         let manifest = match (&self.chunks, manifest) {
-            (Some(chunks), Some(manifest)) => put_manifest(&**chunks, &manifest).await.ok(),
+            (Some(chunks), Some(mut manifest)) => {
+                manifest.checksum.clone_from(&checksum);
+                put_manifest(&**chunks, &manifest).await.ok()
+            }
             _ => None,
         };
         Ok(Copied {
             tag,
+            checksum,
             stored: None,
             manifest,
             written: version.size,
@@ -1717,6 +1810,7 @@ impl Executor {
         }
         Ok(Some(Copied {
             tag,
+            checksum: version.checksum.clone(),
             stored: None,
             manifest: put_manifest(&**chunks, &manifest).await.ok(),
             written,
@@ -1733,7 +1827,7 @@ impl Executor {
     ) -> Result<String, StepError> {
         let bytes = Bytes::copy_from_slice(data);
         let stream: ByteStream = futures::stream::once(async move { Ok(bytes) }).boxed();
-        self.write_stream(to, path, stream, version, expected).await
+        Ok(self.write_stream(to, path, stream, version, expected).await?.0)
     }
 
     /// Writes `data` to `path` on side `to` so that only a complete copy whose checksum is the
@@ -1745,7 +1839,7 @@ impl Executor {
         data: ByteStream,
         version: &Version,
         expected: Option<&str>,
-    ) -> Result<String, StepError> {
+    ) -> Result<(String, String), StepError> {
         let destination = self.full(to, path);
         let temporary = temporary_name(&destination, self.pair_id);
         let flusher = Some(&self.flushers[index(to)]);
@@ -1762,7 +1856,7 @@ impl Executor {
 
 /// Writes `data` to `destination` so that only a complete copy whose checksum is `version`'s ever
 /// becomes visible, and only over what `expected` says is there (its tag; `None`: absent, or
-/// anything that appeared meanwhile is left alone); returns the written file's tag. Object stores
+/// anything that appeared meanwhile is left alone); returns the written file's tag and checksum. Object stores
 /// publish an upload whole, so they are checked before it starts. Elsewhere the copy lands under
 /// `temporary`, is made durable (`flusher`: together with other copies), and replaces the file in
 /// one step once checked again, so an edit made while the copy ran is never overwritten.
@@ -1774,9 +1868,11 @@ async fn write_checked(
     data: ByteStream,
     version: &Version,
     expected: Option<&str>,
-) -> Result<String, StepError> {
+) -> Result<(String, String), StepError> {
     let mismatch = Arc::new(AtomicBool::new(false));
-    let data = verified(data, version.clone(), Arc::clone(&mismatch));
+    let computed = Arc::new(std::sync::Mutex::new(String::new()));
+    let data = verified(data, version.clone(), Arc::clone(&mismatch), Arc::clone(&computed));
+    let checksum = || computed.lock().map(|c| c.clone()).unwrap_or_default();
     let changed = || {
         StepError::Changed(format!(
             "{destination}: the copy did not match the planned content (the file changed while it was copied)"
@@ -1798,7 +1894,7 @@ async fn write_checked(
             Err(_) if mismatch.load(Ordering::SeqCst) => return Err(changed()),
             Err(err) => return Err(err.into()),
         }
-        return Ok(provider.stat(destination).await?.tag());
+        return Ok((provider.stat(destination).await?.tag(), checksum()));
     }
     let committed = async {
         match provider.write_unsynced(temporary, data).await {
@@ -1813,7 +1909,7 @@ async fn write_checked(
         // In one step: the destination is never missing on the way (a crash there would read as
         // a delete on this side).
         match provider.replace_if(temporary, destination, expected).await {
-            Ok(entry) => Ok(entry.tag()),
+            Ok(entry) => Ok((entry.tag(), checksum())),
             Err(ProviderError::AlreadyExists(_)) => Err(moved_on()),
             Err(err) => Err(err.into()),
         }
@@ -2012,11 +2108,12 @@ fn chunking(data: ByteStream, manifest: Arc<std::sync::Mutex<Option<Manifest>>>)
 /// The stream, checked as it goes: after its last piece it fails (and sets `mismatch`) unless the
 /// bytes hash to the planned checksum and have the planned length, so a provider's write never
 /// completes with content other than what was planned.
-fn verified(data: ByteStream, version: Version, mismatch: Arc<AtomicBool>) -> ByteStream {
+fn verified(data: ByteStream, version: Version, mismatch: Arc<AtomicBool>, computed: Arc<std::sync::Mutex<String>>) -> ByteStream {
     let state = (data, blake3::Hasher::new(), 0_u64, false);
     futures::stream::unfold(state, move |(mut data, mut hasher, mut length, ended)| {
         let version = version.clone();
         let mismatch = Arc::clone(&mismatch);
+        let computed = Arc::clone(&computed);
         async move {
             if ended {
                 return None;
@@ -2028,8 +2125,15 @@ fn verified(data: ByteStream, version: Version, mismatch: Arc<AtomicBool>) -> By
                     Some((Ok(piece), (data, hasher, length, false)))
                 }
                 Some(Err(err)) => Some((Err(err), (data, hasher, length, true))),
-                None if length == version.size && hasher.finalize().to_hex().as_str() == version.checksum => None,
                 None => {
+                    let checksum = hasher.finalize().to_hex().to_string();
+                    // An unhashed file (new on one side) is taken as it reads.
+                    if length == version.size && (version.checksum.is_empty() || checksum == version.checksum) {
+                        if let Ok(mut slot) = computed.lock() {
+                            *slot = checksum;
+                        }
+                        return None;
+                    }
                     mismatch.store(true, Ordering::SeqCst);
                     let error = ProviderError::Invalid("the content read does not match the planned checksum".into());
                     Some((Err(error), (data, hasher, length, true)))

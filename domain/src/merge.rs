@@ -27,7 +27,8 @@ pub const TEXT_MERGE_LIMIT: u64 = 8 * 1024 * 1024;
 /// One file's content on a side, or in the base.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Version {
-    /// BLAKE3, hex.
+    /// BLAKE3, hex. Empty in a listing for a file that exists on one side only and has no possible
+    /// rename partner: nothing in planning compares it, and it is hashed while it is copied.
     pub checksum: String,
     pub size: u64,
     pub modified_at: DateTime<Utc>,
@@ -257,7 +258,10 @@ fn delete(side: Side, path: &ProviderPath, version: &Version) -> Action {
 fn pair_renames(decisions: &mut [Decision], target: &Tree) {
     let mut deleted: HashMap<(Side, String, u64), Vec<usize>> = HashMap::new();
     for (i, d) in decisions.iter().enumerate() {
-        if let [Action::Delete { side, version, .. }] = d.actions.as_slice() {
+        // A file not hashed yet (new on one side only; see `Version::checksum`) pairs with nothing.
+        if let [Action::Delete { side, version, .. }] = d.actions.as_slice()
+            && !version.checksum.is_empty()
+        {
             deleted.entry((*side, version.checksum.clone(), version.size)).or_default().push(i);
         }
     }
@@ -289,7 +293,7 @@ fn pair_renames(decisions: &mut [Decision], target: &Tree) {
 fn renames(base: &Tree, side: &Tree) -> BTreeMap<ProviderPath, ProviderPath> {
     let mut created: HashMap<(&str, u64), Vec<&ProviderPath>> = HashMap::new();
     for (path, version) in side.iter().rev() {
-        if !base.contains_key(path) {
+        if !base.contains_key(path) && !version.checksum.is_empty() {
             created.entry((&version.checksum, version.size)).or_default().push(path);
         }
     }
