@@ -219,6 +219,7 @@ async fn local(work: &Path, small: usize, large: usize, large_mib: usize) -> any
     let runs = env_usize("BENCH_SYNC_RUNS", 3)?.max(1);
     let (mut ours_runs, mut rclone_runs, mut rsync_runs) = (Vec::new(), Vec::new(), Vec::new());
     let mut first = None;
+    let mut extra = Vec::new();
     for run in 0..runs {
         let (target, data) = if run == 0 {
             (ours.clone(), work.join("data"))
@@ -240,11 +241,14 @@ async fn local(work: &Path, small: usize, large: usize, large_mib: usize) -> any
         rclone_runs.push((rclone_local(&source, &rclone_target)?, None));
         eprintln!("[local] rsync initial, run {}", run + 1);
         rsync_runs.push((rsync(&source, &rsync_target, false)?, None));
+        // Kept until every run is done: ext4 allocates inodes more slowly right after a large
+        // delete, which would slow whichever tool came next.
         if run > 0 {
-            for folder in [&target, &rclone_target, &rsync_target] {
-                std::fs::remove_dir_all(folder)?;
-            }
+            extra.extend([target, rclone_target, rsync_target]);
         }
+    }
+    for folder in extra {
+        std::fs::remove_dir_all(folder)?;
     }
     let (data, pair) = first.context("at least one run")?;
     let mut rows = Vec::new();

@@ -167,7 +167,7 @@ async fn two_way_sync_propagates_merges_and_settles_conflicts(h: &Harness) {
     write(&b, "photo.jpg", b"JPEG edited on the target, later");
     std::fs::rename(a.join("docs/a.md"), a.join("docs/a-renamed.md")).expect("rename");
     std::fs::remove_file(b.join("gone.txt")).expect("delete");
-    write(&b, "new-on-target.txt", b"fresh");
+    write(&b, "new-on-target.txt", b"fresh from the target");
 
     let second = run(h, &token, &pair).await;
     let (after_a, after_b) = (tree(&a), tree(&b));
@@ -193,7 +193,7 @@ async fn two_way_sync_propagates_merges_and_settles_conflicts(h: &Harness) {
         "the rename is propagated"
     );
     assert!(!after_a.contains_key("gone.txt"), "the delete is propagated");
-    assert_eq!(after_a["new-on-target.txt"], b"fresh".to_vec());
+    assert_eq!(after_a["new-on-target.txt"], b"fresh from the target".to_vec());
     assert_eq!(after_a["big.bin"], big, "the unchanged large file is intact");
 
     let mut reasons: Vec<(String, String)> = decisions(h, second["id"].as_str().expect("id"))
@@ -213,6 +213,29 @@ async fn two_way_sync_propagates_merges_and_settles_conflicts(h: &Harness) {
         ],
         "every decision is recorded with its reason"
     );
+
+    // A file new on one side only is not hashed while listing (its decision names no checksum); it
+    // is hashed while copied, and the base records its real checksum.
+    let events = h.server().app().db.events.read_all(0, 1_000_000).await.expect("events");
+    let mut copy_checksum = None;
+    let mut agreed_checksum = None;
+    for recorded in &events {
+        match DomainEvent::decode(&recorded.event_type, recorded.schema_version, &recorded.payload).expect("decodes") {
+            DomainEvent::SyncDecisionRecorded(d) if d.decision.path.as_str() == "new-on-target.txt" => {
+                if let Some(cloudsync_domain::merge::Action::Copy { version, .. }) = d.decision.actions.first() {
+                    copy_checksum = Some(version.checksum.clone());
+                }
+            }
+            DomainEvent::SyncBaseAdvanced(b) => {
+                for change in b.changes.iter().filter(|c| c.path.as_str() == "new-on-target.txt") {
+                    agreed_checksum = change.version.as_ref().map(|v| v.checksum.clone());
+                }
+            }
+            _ => {}
+        }
+    }
+    assert_eq!(copy_checksum.as_deref(), Some(""));
+    assert_eq!(agreed_checksum, Some(blake3::hash(b"fresh from the target").to_hex().to_string()));
 
     // Nothing changed since: the next run carries nothing out and moves no byte.
     let events_before = h.server().app().db.events.head().await.expect("head");
