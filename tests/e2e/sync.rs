@@ -438,6 +438,17 @@ async fn bad_sync_requests_change_nothing(h: &Harness) {
         }
         assert_eq!(h.error_code(Some(who), SYNC, variables.clone()).await, code, "{variables}");
     }
+    // Retention out of range.
+    let keeping = "mutation($s: FolderInput!, $t: FolderInput!, $k: Int, $days: Int) { \
+        syncFolders(source: $s, target: $t, keepVersions: $k, keepDays: $days) { id } }";
+    for (keep, days) in [(-1, 30), (1001, 30), (10, -5), (10, 36_501)] {
+        let variables = json!({ "s": folder(&source, ""), "t": folder(&target, "kept"), "k": keep, "days": days });
+        assert_eq!(
+            h.error_code(Some(&token), keeping, variables).await,
+            "BAD_USER_INPUT",
+            "{keep} {days}"
+        );
+    }
     assert_eq!(h.error_code(Some(&other), RUN, json!({ "p": pair })).await, "NOT_FOUND");
     assert_eq!(
         h.error_code(Some(&token), RUN, json!({ "p": uuid::Uuid::new_v4() })).await,
