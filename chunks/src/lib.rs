@@ -167,9 +167,7 @@ pub async fn put_content(store: &dyn ChunkStore, data: &[u8]) -> Result<String, 
     chunker.push(data, &mut note)?;
     let mut manifest = chunker.finish(&mut note)?;
     manifest.checksum = blake3::hash(data).to_hex().to_string();
-    for (id, bytes) in chunks {
-        store.put(&id, bytes).await?;
-    }
+    store.put_many(&chunks).await?;
     put_manifest(store, &manifest).await
 }
 

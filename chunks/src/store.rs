@@ -10,6 +10,9 @@ use cloudsync_domain::{ProviderKind, ProviderPath};
 use cloudsync_providers::{ProviderError, StorageProvider};
 use futures::{StreamExt, TryStreamExt};
 
+/// Numbers the temporary names of chunk writes in this process.
+static WRITES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
 /// zstd's default level: fast, and most of what a higher level would save.
 const ZSTD_LEVEL: i32 = 3;
 
@@ -38,6 +41,16 @@ pub trait ChunkStore: Send + Sync {
     async fn delete(&self, id: &str) -> Result<(), StoreError>;
     /// Every stored chunk's id.
     async fn list(&self) -> Result<Vec<String>, StoreError>;
+
+    /// Stores many chunks (id, bytes) at once; returns how many were new. A store may make them
+    /// durable together rather than one by one.
+    async fn put_many(&self, chunks: &[(String, &[u8])]) -> Result<usize, StoreError> {
+        let mut added = 0;
+        for (id, data) in chunks {
+            added += usize::from(self.put(id, data).await?);
+        }
+        Ok(added)
+    }
 }
 
 fn check_id(id: &str) -> Result<(), StoreError> {
@@ -166,6 +179,56 @@ impl ChunkStore for ProviderStore {
         }
     }
 
+    /// Where writes are not atomic on their own (local folders, WebDAV, SFTP), the new chunks are
+    /// written under temporary names, made durable with one flush, then moved to their names.
+    async fn put_many(&self, chunks: &[(String, &[u8])]) -> Result<usize, StoreError> {
+        if self.provider.atomic_writes() && self.provider.kind() != ProviderKind::Local {
+            let mut added = 0;
+            for (id, data) in chunks {
+                added += usize::from(self.put(id, data).await?);
+            }
+            return Ok(added);
+        }
+        let mut pending: Vec<(ProviderPath, ProviderPath)> = Vec::new();
+        let written = async {
+            for (id, data) in chunks {
+                if self.has(id).await? || pending.iter().any(|(_, path)| path.name().starts_with(id.as_str())) {
+                    continue;
+                }
+                let path = self.path(id)?;
+                // Unique per write: two runs may store the same chunk at once.
+                let unique = WRITES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let temporary = path
+                    .parent()
+                    .join(&format!(".{id}.{}-{unique}.cloudsync-chunk.tmp", std::process::id()))
+                    .map_err(|err| StoreError::InvalidId(err.to_string()))?;
+                let compressed = Bytes::from(compress(id, data)?);
+                self.provider
+                    .write_unsynced(&temporary, futures::stream::once(async move { Ok(compressed) }).boxed())
+                    .await?;
+                pending.push((temporary, path));
+            }
+            let temporaries: Vec<ProviderPath> = pending.iter().map(|(t, _)| t.clone()).collect();
+            self.provider.flush(&temporaries).await?;
+            for (temporary, path) in &pending {
+                match self.provider.replace_if(temporary, path, None).await {
+                    Ok(_) => {}
+                    // Stored meanwhile by someone else: the same bytes, by their name.
+                    Err(ProviderError::AlreadyExists(_)) => self.provider.delete(temporary).await?,
+                    Err(err) => return Err(err.into()),
+                }
+            }
+            Ok::<usize, StoreError>(pending.len())
+        }
+        .await;
+        if written.is_err() {
+            for (temporary, _) in &pending {
+                let _ = self.provider.delete(temporary).await;
+            }
+        }
+        written
+    }
+
     async fn list(&self) -> Result<Vec<String>, StoreError> {
         let mut ids: Vec<String> = self
             .provider
@@ -209,6 +272,21 @@ mod tests {
         store.delete(&id).await.expect("delete");
         store.delete(&id).await.expect("deleting twice is fine");
         assert!(store.list().await.expect("list").is_empty());
+        // Many at once: each stored once, read back checked, no temporary file left.
+        let many: Vec<Vec<u8>> = (0..5_u8).map(|i| vec![i; 1000 + usize::from(i)]).collect();
+        let mut batch: Vec<(String, &[u8])> = many.iter().map(|d| (blake3::hash(d).to_hex().to_string(), d.as_slice())).collect();
+        batch.push(batch[0].clone());
+        assert_eq!(store.put_many(&batch).await.expect("put many"), 5);
+        assert_eq!(store.put_many(&batch).await.expect("again"), 0);
+        for (id, data) in &batch {
+            assert_eq!(store.get(id).await.expect("get"), *data);
+        }
+        assert_eq!(store.list().await.expect("list").len(), 5);
+        let bad = [(blake3::hash(b"x").to_hex().to_string(), b"y".as_slice())];
+        assert!(matches!(store.put_many(&bad).await, Err(StoreError::Damaged(_))));
+        for (id, _) in &batch {
+            store.delete(id).await.expect("delete");
+        }
     }
 
     #[tokio::test]

@@ -1798,15 +1798,17 @@ impl Executor {
         };
         let tag = (provider.stat(&destination).await?).tag();
         if self.versions {
+            let mut batch: Vec<(String, &[u8])> = Vec::new();
             for (id, start, len) in fresh {
                 let Some((at, bytes)) = kept.iter().rev().find(|(at, _)| *at <= start) else {
                     continue;
                 };
                 let from = usize::try_from(start - at).unwrap_or(usize::MAX);
                 if let Some(chunk) = bytes.get(from..from.saturating_add(len)) {
-                    chunks.put(&id, chunk).await?;
+                    batch.push((id, chunk));
                 }
             }
+            chunks.put_many(&batch).await?;
         }
         Ok(Some(Copied {
             tag,
@@ -2007,26 +2009,37 @@ async fn store_whole(
     path: &ProviderPath,
     size: u64,
 ) -> Result<(String, Manifest), StepError> {
+    /// Chunks are stored (and made durable) together, this many bytes at a time.
+    const STORE_BATCH: usize = 8 * 1024 * 1024;
     let mut stream = provider.read(path, 0..size).await?;
     let mut chunker = Chunker::new();
     let mut ready: Vec<(String, Vec<u8>)> = Vec::new();
+    let mut held = 0;
     while let Some(piece) = stream.next().await {
         chunker.push(&piece?, |chunk, bytes| {
+            held += bytes.len();
             ready.push((chunk.id.clone(), bytes.to_vec()));
             Ok::<(), StepError>(())
         })?;
-        for (id, bytes) in ready.drain(..) {
-            chunks.put(&id, &bytes).await?;
+        if held >= STORE_BATCH {
+            put_ready(chunks, &mut ready).await?;
+            held = 0;
         }
     }
     let manifest = chunker.finish(|chunk, bytes| {
         ready.push((chunk.id.clone(), bytes.to_vec()));
         Ok::<(), StepError>(())
     })?;
-    for (id, bytes) in ready {
-        chunks.put(&id, &bytes).await?;
-    }
+    put_ready(chunks, &mut ready).await?;
     Ok((put_manifest(chunks, &manifest).await?, manifest))
+}
+
+/// Stores the chunks cut so far, together, and empties the list.
+async fn put_ready(chunks: &dyn ChunkStore, ready: &mut Vec<(String, Vec<u8>)>) -> Result<(), StepError> {
+    let batch: Vec<(String, &[u8])> = ready.iter().map(|(id, bytes)| (id.clone(), bytes.as_slice())).collect();
+    chunks.put_many(&batch).await?;
+    ready.clear();
+    Ok(())
 }
 
 /// A content kept in the chunk store, chunk by chunk.
