@@ -317,8 +317,8 @@ async fn scan(config: &Config, db: &Database, provider_id: Uuid) -> anyhow::Resu
     let commands = crate::server::commands(config, db)?;
     let provider = cloudsync_domain::ProviderId::from_uuid(provider_id);
     let owner = commands.provider_owner(provider).await.context("finding the provider")?;
-    let (job_id, position) = commands.request_scan(owner, provider).await?;
-    let (files, _, _) = follow(db, &commands, job_id, position).await?;
+    let (job_id, _) = commands.request_scan(owner, provider).await?;
+    let (files, _, _) = follow(db, &commands, job_id).await?;
     println!("Scan {job_id} completed: {files} files.");
     Ok(())
 }
@@ -349,11 +349,11 @@ async fn sync(config: &Config, db: &Database, pair_id: Option<Uuid>, new_pair: O
     use cloudsync_domain::merge::{ConflictPolicy, SyncMode};
 
     let commands = crate::server::commands(config, db)?;
-    let (job_id, position) = match (pair_id, new_pair) {
+    let job_id = match (pair_id, new_pair) {
         (Some(pair_id), _) => {
             let pair_id = cloudsync_domain::SyncPairId::from_uuid(pair_id);
             let owner = commands.pair_owner(pair_id).await.context("finding the sync pair")?;
-            commands.request_sync(owner, pair_id).await?
+            commands.request_sync(owner, pair_id).await?.0
         }
         (None, Some(new)) => {
             let source = folder(&new.source, "--source")?;
@@ -387,13 +387,13 @@ async fn sync(config: &Config, db: &Database, pair_id: Option<Uuid>, new_pair: O
                 keep_versions: new.keep_versions,
                 keep_days: new.keep_days,
             };
-            let (pair_id, job_id, position) = commands.sync_folders(owner, settings, true).await?;
+            let (pair_id, job_id, _) = commands.sync_folders(owner, settings, true).await?;
             println!("Created sync pair {pair_id}.");
-            (job_id.context("the new pair's first run")?, position)
+            job_id.context("the new pair's first run")?
         }
         (None, None) => bail!("give a pair id, or --source and --target"),
     };
-    let (files, bytes, written) = follow(db, &commands, job_id, position).await?;
+    let (files, bytes, written) = follow(db, &commands, job_id).await?;
     println!("Sync {job_id} completed: {files} changes, {bytes} bytes brought across, {written} bytes written.");
     Ok(())
 }
@@ -404,11 +404,9 @@ async fn follow(
     db: &Database,
     commands: &cloudsync_commands::Commands,
     job_id: cloudsync_domain::SyncJobId,
-    position: i64,
 ) -> anyhow::Result<(u64, u64, u64)> {
     use cloudsync_domain::DomainEvent;
     use cloudsync_domain::sync_job::{JobPhase, SyncJob};
-    use futures::StreamExt as _;
 
     let bar = indicatif::ProgressBar::new_spinner();
     bar.set_style(
@@ -425,23 +423,21 @@ async fn follow(
         let (commands, cancel) = (commands.clone(), cancel.clone());
         tokio::spawn(async move { commands.run_job(job_id, &cancel).await })
     });
-    // Whoever runs the job, its events tell how far it is: ours wake the subscription at once, another
-    // process's are picked up by its polling.
-    let stream = job_id.stream();
-    let mut events = Box::pin(cloudsync_eventstore::subscribe(
-        std::sync::Arc::clone(&db.events),
-        position - 1,
-        std::time::Duration::from_millis(500),
-    ));
+    // Whoever runs the job, its events tell how far it is: ours are seen at once, another
+    // process's within half a second.
+    let mut events = JobEvents {
+        store: std::sync::Arc::clone(&db.events),
+        stream: job_id.stream(),
+        appended: db.events.watch(),
+        seen: 0,
+        queue: std::collections::VecDeque::new(),
+    };
     let mut history = Vec::new();
     let (mut files_done, mut bytes_done, mut bytes_written) = (0, 0, 0);
     let outcome = loop {
         tokio::select! {
             next = events.next() => {
-                let event = next.context("the event log subscription ended")??;
-                if event.stream_id != stream {
-                    continue;
-                }
+                let event = next?;
                 let decoded = DomainEvent::decode(&event.event_type, event.schema_version, &event.payload)?;
                 match &decoded {
                     DomainEvent::SyncJobProgressed(progress) => {
@@ -492,6 +488,39 @@ async fn follow(
     match outcome {
         (JobPhase::Completed, _) => Ok((files_done, bytes_done, bytes_written)),
         (phase, reason) => bail!("operation {job_id} {}: {}", phase.as_str(), reason.unwrap_or_default()),
+    }
+}
+
+/// A job's own events as they are appended: its stream is read again whenever this process appends
+/// to the log, and every half second for another process's appends. Only the job's few events are
+/// read, not the run's decisions around them.
+struct JobEvents {
+    store: std::sync::Arc<dyn cloudsync_eventstore::EventStore>,
+    stream: String,
+    appended: tokio::sync::watch::Receiver<i64>,
+    seen: usize,
+    queue: std::collections::VecDeque<RecordedEvent>,
+}
+
+impl JobEvents {
+    async fn next(&mut self) -> anyhow::Result<RecordedEvent> {
+        loop {
+            if let Some(event) = self.queue.pop_front() {
+                return Ok(event);
+            }
+            self.appended.borrow_and_update();
+            let all = self.store.read_stream(&self.stream).await?;
+            if all.len() > self.seen {
+                let fresh = all.len() - self.seen;
+                self.queue.extend(all.into_iter().skip(self.seen));
+                self.seen += fresh;
+                continue;
+            }
+            tokio::select! {
+                _ = self.appended.changed() => {}
+                () = tokio::time::sleep(std::time::Duration::from_millis(500)) => {}
+            }
+        }
     }
 }
 
