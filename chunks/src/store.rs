@@ -42,6 +42,12 @@ pub trait ChunkStore: Send + Sync {
     /// Every stored chunk's id.
     async fn list(&self) -> Result<Vec<String>, StoreError>;
 
+    /// Deletes what interrupted chunk writes of processes that are gone left behind (where the
+    /// provider can tell: local folders); returns how many.
+    async fn remove_temporaries(&self) -> Result<usize, StoreError> {
+        Ok(0)
+    }
+
     /// Stores many chunks (id, bytes) at once; returns how many were new. A store may make them
     /// durable together rather than one by one.
     async fn put_many(&self, chunks: &[(String, &[u8])]) -> Result<usize, StoreError> {
@@ -200,7 +206,7 @@ impl ChunkStore for ProviderStore {
                 let unique = WRITES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 let temporary = path
                     .parent()
-                    .join(&format!(".{id}.{}-{unique}.cloudsync-chunk.tmp", std::process::id()))
+                    .join(&format!(".{id}.zst.cloudsync-{}-{unique}.tmp", std::process::id()))
                     .map_err(|err| StoreError::InvalidId(err.to_string()))?;
                 let compressed = Bytes::from(compress(id, data)?);
                 self.provider
@@ -227,6 +233,11 @@ impl ChunkStore for ProviderStore {
             }
         }
         written
+    }
+
+    async fn remove_temporaries(&self) -> Result<usize, StoreError> {
+        let removed = self.provider.remove_abandoned_writes(&self.folder).await?;
+        Ok(usize::try_from(removed).unwrap_or(usize::MAX))
     }
 
     async fn list(&self) -> Result<Vec<String>, StoreError> {

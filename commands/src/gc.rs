@@ -238,6 +238,8 @@ pub struct GcReport {
     pub chunks: usize,
     /// Chunks deleted: nothing referenced them.
     pub deleted: usize,
+    /// Temporary files of interrupted chunk writes removed.
+    pub temporaries: usize,
 }
 
 impl Commands {
@@ -326,6 +328,8 @@ impl Commands {
                     }
                 }
             }
+            // Temporary files of chunk writes whose process is gone.
+            report.temporaries = chunks.remove_temporaries().await.map_err(store_error)?;
             let stored = chunks.list().await.map_err(store_error)?;
             report.chunks = stored.len();
             for id in stored.iter().filter(|id| !referenced.contains(*id)) {

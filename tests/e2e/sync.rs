@@ -868,6 +868,15 @@ async fn garbage_collection_waits_for_runs_and_keeps_what_is_referenced(h: &Harn
     let orphan_id = hex(&orphan);
     chunks.put(&orphan_id, &orphan).await.expect("put");
 
+    // A chunk write a killed process left half-done (only the default folder store is on disk here).
+    // (A process id above Linux's largest, so surely not running.)
+    let abandoned = h.db.dir().join("data/chunks/ab/.ab12.zst.cloudsync-4194999-0.tmp");
+    let on_disk = h.db.dir().join("data/chunks").exists();
+    if on_disk {
+        std::fs::create_dir_all(abandoned.parent().expect("folder")).expect("mkdir");
+        std::fs::write(&abandoned, b"half a chunk").expect("write");
+    }
+
     // Work in progress holds a lease: the collector waits for it, and gives up after its wait.
     let cancel = tokio_util::sync::CancellationToken::new();
     let held = app
@@ -910,6 +919,10 @@ async fn garbage_collection_waits_for_runs_and_keeps_what_is_referenced(h: &Harn
     }
     held.release().await;
     let report = collector.await.expect("joined").expect("collected");
+    if on_disk {
+        assert!(!abandoned.exists(), "an interrupted chunk write is cleared away");
+        assert!(report.temporaries >= 1, "{report:?}");
+    }
     assert!(
         report.deleted >= 3,
         "the orphan, the unrecorded chunk and the pruned versions' chunks: {report:?}"
