@@ -11,6 +11,10 @@ use sqlx::{PgPool, SqlitePool};
 
 use crate::{EventStore, PgEventStore, SqliteEventStore, StoreError};
 
+/// The migration files this build embeds (names and sizes), from `build.rs`: a different set
+/// rebuilds the crate.
+pub const MIGRATION_SET: &str = env!("CLOUDSYNC_MIGRATIONS");
+
 static POSTGRES: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/postgres");
 static SQLITE: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/sqlite");
 

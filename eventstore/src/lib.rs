@@ -10,7 +10,7 @@ mod subscription;
 pub mod testing;
 mod types;
 
-pub use database::{Database, DbPool};
+pub use database::{Database, DbPool, MIGRATION_SET};
 pub use postgres::{APPEND_LOCK_KEY, PgEventStore};
 pub use sqlite::SqliteEventStore;
 pub use subscription::subscribe;
