@@ -7,7 +7,9 @@ mod store;
 use std::io::Read;
 
 pub use cloudsync_domain::manifest::{ChunkRef, Manifest};
+use cloudsync_providers::ByteStream;
 use fastcdc::v2020::FastCDC;
+use futures::StreamExt as _;
 
 pub use store::{ChunkStore, ProviderStore, StoreError};
 
@@ -169,6 +171,45 @@ pub async fn put_content(store: &dyn ChunkStore, data: &[u8]) -> Result<String, 
     manifest.checksum = blake3::hash(data).to_hex().to_string();
     store.put_many(&chunks).await?;
     put_manifest(store, &manifest).await
+}
+
+/// Stores a content that arrives as a stream (each new chunk once, 8 MiB of chunks at a time so a
+/// store makes them durable together, then its manifest); returns the manifest's id and the
+/// manifest, with the content's checksum.
+///
+/// # Errors
+/// The stream's or the store's.
+pub async fn put_stream(store: &dyn ChunkStore, mut data: ByteStream) -> Result<(String, Manifest), StoreError> {
+    /// Chunks are stored together, this many bytes at a time.
+    const BATCH: usize = 8 * 1024 * 1024;
+    let mut chunker = Chunker::new();
+    let mut ready: Vec<(String, Vec<u8>)> = Vec::new();
+    let mut held = 0;
+    while let Some(piece) = data.next().await {
+        chunker.push(&piece?, |chunk, bytes| {
+            held += bytes.len();
+            ready.push((chunk.id.clone(), bytes.to_vec()));
+            Ok::<(), StoreError>(())
+        })?;
+        if held >= BATCH {
+            put_ready(store, &mut ready).await?;
+            held = 0;
+        }
+    }
+    let manifest = chunker.finish(|chunk, bytes| {
+        ready.push((chunk.id.clone(), bytes.to_vec()));
+        Ok::<(), StoreError>(())
+    })?;
+    put_ready(store, &mut ready).await?;
+    Ok((put_manifest(store, &manifest).await?, manifest))
+}
+
+/// Stores the chunks cut so far, together, and empties the list.
+async fn put_ready(store: &dyn ChunkStore, ready: &mut Vec<(String, Vec<u8>)>) -> Result<(), StoreError> {
+    let batch: Vec<(String, &[u8])> = ready.iter().map(|(id, bytes)| (id.clone(), bytes.as_slice())).collect();
+    store.put_many(&batch).await?;
+    ready.clear();
+    Ok(())
 }
 
 /// Stores a manifest as a chunk of its own (its chunks need not be stored: a manifest alone tells

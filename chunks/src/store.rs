@@ -350,6 +350,25 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_streamed_content_is_stored_in_batches_and_comes_back_whole() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let store = ProviderStore::in_folder(dir.path()).expect("store");
+        let data: Vec<u8> = (0..20_u32 * 1024 * 1024 / 4)
+            .flat_map(|i| (i.wrapping_mul(2_654_435_761)).to_le_bytes())
+            .collect();
+        let pieces: Vec<Result<Bytes, ProviderError>> = data.chunks(300_000).map(|c| Ok(Bytes::copy_from_slice(c))).collect();
+        let (id, manifest) = crate::put_stream(&store, futures::stream::iter(pieces).boxed())
+            .await
+            .expect("stored");
+        assert_eq!(manifest.checksum, blake3::hash(&data).to_hex().to_string());
+        assert_eq!(manifest.size, data.len() as u64);
+        assert_eq!(crate::get_content(&store, &id).await.expect("read back"), data);
+        // A failing stream stores no manifest.
+        let broken = futures::stream::iter([Ok(Bytes::from_static(b"part")), Err(ProviderError::Other("gone".into()))]).boxed();
+        assert!(crate::put_stream(&store, broken).await.is_err());
+    }
+
+    #[tokio::test]
     async fn a_store_on_a_connected_provider_passes_the_same_contract() {
         let dir = tempfile::tempdir().expect("temp dir");
         let mut settings = serde_json::Map::new();

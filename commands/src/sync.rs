@@ -27,7 +27,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use chrono::Utc;
-use cloudsync_chunks::{ChunkRef, ChunkStore, Chunker, Manifest, get_content, get_manifest, put_content, put_manifest};
+use cloudsync_chunks::{ChunkRef, ChunkStore, Chunker, Manifest, get_content, get_manifest, put_content, put_manifest, put_stream};
 use cloudsync_domain::events::{BaseChange, FileVersionKept, Resolution, SyncPairCreated, VersionReason};
 use cloudsync_domain::merge::{self, Action, ConflictKind, Decision, Side, SyncMode, Tree, Version};
 use cloudsync_domain::provider::ProviderConnection;
@@ -170,13 +170,10 @@ impl Commands {
     pub async fn request_sync(&self, user: UserId, pair_id: SyncPairId) -> Result<(SyncJobId, i64), CommandError> {
         let (pair, version) = self.load::<SyncPair>(&pair_id.stream()).await?;
         pair.live_for(user).ok_or(CommandError::NotFound("sync pair"))?;
-        if let Some(last) = pair.last_run() {
-            let (job, _) = self.load::<SyncJob>(&last.stream()).await?;
-            if job.phase().is_some_and(|p| !p.is_terminal()) {
-                return Err(CommandError::Conflict(format!(
-                    "a run of this pair is still in progress: operation {last}"
-                )));
-            }
+        if let Some(last) = self.run_in_progress(&pair).await? {
+            return Err(CommandError::Conflict(format!(
+                "a run of this pair is still in progress: operation {last}"
+            )));
         }
         let (job_events, (job_id, pair_events)) = new_run(&pair, user)?;
         let ctx = Context::new(Some(user));
@@ -266,6 +263,13 @@ impl Commands {
         }
     }
 
+    /// The pair's latest run, if it has not ended.
+    async fn run_in_progress(&self, pair: &SyncPair) -> Result<Option<SyncJobId>, CommandError> {
+        let Some(last) = pair.last_run() else { return Ok(None) };
+        let (job, _) = self.load::<SyncJob>(&last.stream()).await?;
+        Ok(job.phase().is_some_and(|p| !p.is_terminal()).then_some(last))
+    }
+
     /// A chunk-store lease for a short piece of work, waiting while the collector runs.
     async fn lease_now(&self, holder: String) -> Result<Lease, CommandError> {
         self.chunk_lease(holder, &CancellationToken::new())
@@ -294,13 +298,10 @@ impl Commands {
         let settings = pair.live_for(user).cloned().ok_or(UNKNOWN)?;
         let kept = pair.kept_version(version_id).cloned().ok_or(UNKNOWN)?;
         let chunks = Arc::clone(self.chunks().ok_or(UNKNOWN)?);
-        if let Some(last) = pair.last_run() {
-            let (job, _) = self.load::<SyncJob>(&last.stream()).await?;
-            if job.phase().is_some_and(|p| !p.is_terminal()) {
-                return Err(CommandError::Conflict(format!(
-                    "a run of this pair is in progress (operation {last}); restore once it has ended"
-                )));
-            }
+        if let Some(last) = self.run_in_progress(&pair).await? {
+            return Err(CommandError::Conflict(format!(
+                "a run of this pair is in progress (operation {last}); restore once it has ended"
+            )));
         }
         let side = if settings.mode == SyncMode::TwoWay {
             kept.side
@@ -1640,20 +1641,13 @@ impl Executor {
 
     /// Fails when `path` on `side` is no longer what was listed (`None`: absent).
     async fn check_unchanged(&self, side: Side, path: &ProviderPath, expected: Option<&str>) -> Result<(), StepError> {
-        let found = match self.provider(side).stat(&self.full(side, path)).await {
-            Ok(entry) => Some(entry.tag()),
-            Err(ProviderError::NotFound(_)) => None,
-            Err(err) => return Err(err.into()),
-        };
-        match (found.as_deref(), expected) {
-            // Gone meanwhile: nothing there to lose.
-            (None, _) => Ok(()),
-            (Some(found), Some(expected)) if found == expected => Ok(()),
-            _ => Err(StepError::Changed(format!(
-                "{path} changed on the {} since it was listed; the next run takes it into account",
-                side.name()
-            ))),
+        if still_there(self.provider(side), &self.full(side, path), expected).await? {
+            return Ok(());
         }
+        Err(StepError::Changed(format!(
+            "{path} changed on the {} since it was listed; the next run takes it into account",
+            side.name()
+        )))
     }
 
     /// Copies `from` on the other side to `path` on side `to`: small text files through memory (and
@@ -1856,6 +1850,16 @@ impl Executor {
     }
 }
 
+/// Whether `path` still shows `expected` (its tag), or is gone: either way, writing over it loses
+/// nothing that was not listed.
+async fn still_there(provider: &dyn StorageProvider, path: &ProviderPath, expected: Option<&str>) -> Result<bool, ProviderError> {
+    match provider.stat(path).await {
+        Ok(found) => Ok(Some(found.tag().as_str()) == expected),
+        Err(ProviderError::NotFound(_)) => Ok(true),
+        Err(err) => Err(err),
+    }
+}
+
 /// Writes `data` to `destination` so that only a complete copy whose checksum is `version`'s ever
 /// becomes visible, and only over what `expected` says is there (its tag; `None`: absent, or
 /// anything that appeared meanwhile is left alone); returns the written file's tag and checksum. Object stores
@@ -1886,10 +1890,8 @@ async fn write_checked(
         ))
     };
     if provider.atomic_writes() && provider.kind() != ProviderKind::Local {
-        match provider.stat(destination).await {
-            Ok(found) if Some(found.tag().as_str()) != expected => return Err(moved_on()),
-            Ok(_) | Err(ProviderError::NotFound(_)) => {}
-            Err(err) => return Err(err.into()),
+        if !still_there(provider, destination, expected).await? {
+            return Err(moved_on());
         }
         match provider.write(destination, data).await {
             Ok(_) => {}
@@ -2009,37 +2011,8 @@ async fn store_whole(
     path: &ProviderPath,
     size: u64,
 ) -> Result<(String, Manifest), StepError> {
-    /// Chunks are stored (and made durable) together, this many bytes at a time.
-    const STORE_BATCH: usize = 8 * 1024 * 1024;
-    let mut stream = provider.read(path, 0..size).await?;
-    let mut chunker = Chunker::new();
-    let mut ready: Vec<(String, Vec<u8>)> = Vec::new();
-    let mut held = 0;
-    while let Some(piece) = stream.next().await {
-        chunker.push(&piece?, |chunk, bytes| {
-            held += bytes.len();
-            ready.push((chunk.id.clone(), bytes.to_vec()));
-            Ok::<(), StepError>(())
-        })?;
-        if held >= STORE_BATCH {
-            put_ready(chunks, &mut ready).await?;
-            held = 0;
-        }
-    }
-    let manifest = chunker.finish(|chunk, bytes| {
-        ready.push((chunk.id.clone(), bytes.to_vec()));
-        Ok::<(), StepError>(())
-    })?;
-    put_ready(chunks, &mut ready).await?;
-    Ok((put_manifest(chunks, &manifest).await?, manifest))
-}
-
-/// Stores the chunks cut so far, together, and empties the list.
-async fn put_ready(chunks: &dyn ChunkStore, ready: &mut Vec<(String, Vec<u8>)>) -> Result<(), StepError> {
-    let batch: Vec<(String, &[u8])> = ready.iter().map(|(id, bytes)| (id.clone(), bytes.as_slice())).collect();
-    chunks.put_many(&batch).await?;
-    ready.clear();
-    Ok(())
+    let stream = provider.read(path, 0..size).await?;
+    Ok(put_stream(chunks, stream).await?)
 }
 
 /// A content kept in the chunk store, chunk by chunk.

@@ -171,9 +171,10 @@ impl LocalProvider {
         Ok(written)
     }
 
-    /// Moves a file, creating the destination's folders; over a file already there only when
-    /// `overwrite` (a POSIX rename replaces it in one step), never over anything else.
-    async fn move_file(&self, from: &ProviderPath, to: &ProviderPath, overwrite: bool) -> Result<(), ProviderError> {
+    /// Moves a file, creating the destination's folders, in one blocking call; over a file already
+    /// there only as `over` allows (a POSIX rename replaces it in one step), never over anything
+    /// else. Returns what the destination then is.
+    async fn move_file(&self, from: &ProviderPath, to: &ProviderPath, over: Over) -> Result<Entry, ProviderError> {
         let this = self.clone();
         let (from, to) = (from.clone(), to.clone());
         blocking(move || {
@@ -181,16 +182,30 @@ impl LocalProvider {
             let target = this.resolve(&to)?;
             std::fs::create_dir_all(target.parent().unwrap_or(&this.root))?;
             this.resolve(&to)?;
-            match std::fs::symlink_metadata(&target) {
-                Ok(meta) if overwrite && !meta.is_file() => return Err(ProviderError::Invalid(format!("{to} is not a file"))),
-                Ok(_) if !overwrite => return Err(ProviderError::AlreadyExists(to.to_string())),
+            match (std::fs::symlink_metadata(&target), &over) {
+                (Ok(meta), _) if !meta.is_file() && !matches!(over, Over::Never) => {
+                    return Err(ProviderError::Invalid(format!("{to} is not a file")));
+                }
+                (Ok(_), Over::Never) => return Err(ProviderError::AlreadyExists(to.to_string())),
+                (Ok(meta), Over::IfStill(expected)) if Some(this.entry(to.clone(), &meta).tag()) != *expected => {
+                    return Err(ProviderError::AlreadyExists(format!("{to} changed")));
+                }
                 _ => {}
             }
             std::fs::rename(&source, &target)?;
-            Ok(())
+            let meta = std::fs::symlink_metadata(&target)?;
+            Ok(this.entry(to, &meta))
         })
         .await
     }
+}
+
+/// What a move may replace at its destination.
+enum Over {
+    Never,
+    Any,
+    /// A file still showing this tag (`None`: only an absent destination).
+    IfStill(Option<String>),
 }
 
 /// An I/O error about `path`, a missing file named as such.
@@ -376,26 +391,7 @@ impl StorageProvider for LocalProvider {
     }
 
     async fn replace_if(&self, from: &ProviderPath, to: &ProviderPath, expected: Option<&str>) -> Result<Entry, ProviderError> {
-        let this = self.clone();
-        let (from, to) = (from.clone(), to.clone());
-        let expected = expected.map(str::to_owned);
-        blocking(move || {
-            let (source, _) = this.existing_file(&from)?;
-            let target = this.resolve(&to)?;
-            std::fs::create_dir_all(target.parent().unwrap_or(&this.root))?;
-            this.resolve(&to)?;
-            match std::fs::symlink_metadata(&target) {
-                Ok(meta) if !meta.is_file() => return Err(ProviderError::Invalid(format!("{to} is not a file"))),
-                Ok(meta) if Some(this.entry(to.clone(), &meta).tag()) != expected => {
-                    return Err(ProviderError::AlreadyExists(format!("{to} changed")));
-                }
-                _ => {}
-            }
-            std::fs::rename(&source, &target)?;
-            let meta = std::fs::symlink_metadata(&target)?;
-            Ok(this.entry(to, &meta))
-        })
-        .await
+        self.move_file(from, to, Over::IfStill(expected.map(str::to_owned))).await
     }
 
     async fn delete(&self, path: &ProviderPath) -> Result<(), ProviderError> {
@@ -418,7 +414,7 @@ impl StorageProvider for LocalProvider {
     }
 
     async fn rename(&self, from: &ProviderPath, to: &ProviderPath) -> Result<(), ProviderError> {
-        self.move_file(from, to, false).await
+        self.move_file(from, to, Over::Never).await.map(drop)
     }
 
     fn patches(&self) -> bool {
@@ -426,7 +422,7 @@ impl StorageProvider for LocalProvider {
     }
 
     async fn replace(&self, from: &ProviderPath, to: &ProviderPath) -> Result<(), ProviderError> {
-        self.move_file(from, to, true).await
+        self.move_file(from, to, Over::Any).await.map(drop)
     }
 
     async fn patch(&self, path: &ProviderPath, size: u64, ranges: Vec<(u64, Bytes)>, checksum: &str) -> Result<u64, ProviderError> {

@@ -902,6 +902,8 @@ async fn garbage_collection_waits_for_runs_and_keeps_what_is_referenced(h: &Harn
     };
     let collecting = Instant::now() + Duration::from_secs(10);
     loop {
+        // Asked for 300 ms, then given up through the token (never mid-write, as a dropped future
+        // could be): a lease still granted means the collector has not taken its own yet.
         let probe = tokio_util::sync::CancellationToken::new();
         let timer = probe.clone();
         tokio::spawn(async move {
