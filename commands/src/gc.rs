@@ -21,7 +21,7 @@ use chrono::Utc;
 use cloudsync_chunks::get_manifest;
 use cloudsync_domain::sync_pair::{SyncPair, SyncPairCommand};
 use cloudsync_domain::{Aggregate, DomainEvent, SyncPairId};
-use cloudsync_eventstore::DbPool;
+use cloudsync_eventstore::{DbPool, on_pool};
 use tokio_util::sync::CancellationToken;
 
 use crate::handlers::{Context, encode};
@@ -58,16 +58,6 @@ fn now_ms() -> i64 {
 
 fn ttl_ms() -> i64 {
     i64::try_from(LEASE_TTL.as_millis()).unwrap_or(60_000)
-}
-
-/// The same sqlx expression on whichever pool the database has (each arm is typed on its own).
-macro_rules! on_pool {
-    ($pool:expr, |$p:ident| $body:expr) => {
-        match $pool {
-            DbPool::Sqlite($p) => $body,
-            DbPool::Postgres($p) => $body,
-        }
-    };
 }
 
 fn store_error(err: cloudsync_chunks::StoreError) -> CommandError {

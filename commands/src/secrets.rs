@@ -50,6 +50,28 @@ impl MasterKey {
         rand::thread_rng().fill_bytes(&mut key);
         (Self(key), B64.encode(key))
     }
+
+    /// Encrypts `plaintext` with the master key itself, bound to `purpose` (for the service's own
+    /// secrets, such as its token-signing keys): `<nonce>.<ciphertext>`, base64.
+    ///
+    /// # Errors
+    /// Only if encryption fails.
+    pub fn seal(&self, purpose: &str, plaintext: &[u8]) -> Result<String, CommandError> {
+        let (nonce, ciphertext) = seal_with(&self.0, plaintext, purpose.as_bytes())?;
+        Ok(format!("{}.{}", B64.encode(nonce), B64.encode(ciphertext)))
+    }
+
+    /// Decrypts what [`MasterKey::seal`] sealed for the same `purpose`.
+    ///
+    /// # Errors
+    /// Another key or purpose, or a malformed or tampered text.
+    pub fn open(&self, purpose: &str, sealed: &str) -> Result<Vec<u8>, CommandError> {
+        let malformed = || CommandError::Storage("a sealed secret is malformed".into());
+        let (nonce, ciphertext) = sealed.split_once('.').ok_or_else(malformed)?;
+        let nonce = B64.decode(nonce).map_err(|_| malformed())?;
+        let ciphertext = B64.decode(ciphertext).map_err(|_| malformed())?;
+        open_with(&self.0, &nonce, &ciphertext, purpose.as_bytes())
+    }
 }
 
 fn seal_with(key: &[u8; 32], plaintext: &[u8], aad: &[u8]) -> Result<(Vec<u8>, Vec<u8>), CommandError> {

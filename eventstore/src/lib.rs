@@ -11,6 +11,18 @@ pub mod testing;
 mod types;
 
 pub use database::{Database, DbPool, MIGRATION_SET};
+
+/// The same sqlx expression on whichever pool a [`DbPool`] holds (each arm is typed on its own):
+/// `on_pool!(pool, |p| sqlx::query(q).execute(p).await.map(drop))`.
+#[macro_export]
+macro_rules! on_pool {
+    ($pool:expr, |$p:ident| $body:expr) => {
+        match $pool {
+            $crate::DbPool::Sqlite($p) => $body,
+            $crate::DbPool::Postgres($p) => $body,
+        }
+    };
+}
 pub use postgres::{APPEND_LOCK_KEY, PgEventStore};
 pub use sqlite::SqliteEventStore;
 pub use subscription::subscribe;

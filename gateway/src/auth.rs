@@ -1,13 +1,19 @@
-//! Passwords (argon2id) and access tokens (HS256 JWTs with issuer, audience and expiry checked).
+//! Passwords (argon2id) and access tokens: EdDSA JWTs with the signing key's id in the header
+//! (keys in [`crate::keys`]), issuer, audience and expiry checked, each naming the session it
+//! belongs to ([`crate::sessions`]), which must still be live.
+
+use std::sync::Arc;
 
 use argon2::Argon2;
 use argon2::password_hash::rand_core::OsRng;
 use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use chrono::Utc;
-use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
-use secrecy::{ExposeSecret, SecretString};
+use jsonwebtoken::{Algorithm, Header, Validation};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
+
+use crate::keys::KeyRing;
+use crate::sessions::Sessions;
 
 const ISSUER: &str = "cloudsync";
 const AUDIENCE: &str = "cloudsync-api";
@@ -16,20 +22,31 @@ const AUDIENCE: &str = "cloudsync-api";
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Caller {
     pub user_id: Uuid,
+    /// The sign-in session the access token belongs to.
+    pub session_id: Option<Uuid>,
+}
+
+impl Caller {
+    pub fn user(user_id: Uuid) -> Self {
+        Self { user_id, session_id: None }
+    }
 }
 
 /// What the request's credentials amount to. Resolvers that need a user turn anything but `User`
-/// into an `UNAUTHENTICATED` error.
+/// into an `UNAUTHENTICATED` error (`Unavailable`: an internal one).
 #[derive(Debug, Clone)]
 pub enum Authentication {
     Anonymous,
     User(Caller),
     Invalid(String),
+    /// The credentials could not be checked (the session store is down).
+    Unavailable(String),
 }
 
 #[derive(Debug, Serialize, Deserialize)]
 struct Claims {
     sub: String,
+    sid: String,
     iss: String,
     aud: String,
     iat: i64,
@@ -38,69 +55,116 @@ struct Claims {
 
 /// Issues and checks access tokens.
 pub struct Tokens {
-    encoding: EncodingKey,
-    decoding: DecodingKey,
+    keys: Arc<KeyRing>,
+    sessions: Sessions,
     ttl_minutes: i64,
 }
 
+/// Why an access token was refused (the message says it without echoing the token).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Refused {
+    Invalid(String),
+    Unavailable(String),
+}
+
 impl Tokens {
-    pub fn new(secret: &SecretString, ttl_minutes: i64) -> Self {
-        let bytes = secret.expose_secret().as_bytes();
+    pub fn new(keys: Arc<KeyRing>, sessions: Sessions, ttl_minutes: i64) -> Self {
         Self {
-            encoding: EncodingKey::from_secret(bytes),
-            decoding: DecodingKey::from_secret(bytes),
+            keys,
+            sessions,
             ttl_minutes,
         }
     }
 
+    pub fn sessions(&self) -> &Sessions {
+        &self.sessions
+    }
+
+    pub fn keys(&self) -> &Arc<KeyRing> {
+        &self.keys
+    }
+
+    /// An access token for `user_id` in session `session_id`, signed with the current key.
+    ///
     /// # Errors
-    /// Only if signing fails, which HS256 does not.
-    pub fn issue(&self, user_id: Uuid) -> Result<String, jsonwebtoken::errors::Error> {
+    /// Only if signing fails.
+    pub fn issue(&self, user_id: Uuid, session_id: Uuid) -> Result<String, jsonwebtoken::errors::Error> {
         let now = Utc::now().timestamp();
         let claims = Claims {
             sub: user_id.to_string(),
+            sid: session_id.to_string(),
             iss: ISSUER.into(),
             aud: AUDIENCE.into(),
             iat: now,
             exp: now + self.ttl_minutes * 60,
         };
-        jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.encoding)
+        let key = self.keys.current();
+        let mut header = Header::new(Algorithm::EdDSA);
+        header.kid = Some(key.kid.clone());
+        jsonwebtoken::encode(&header, &claims, &key.encoding)
     }
 
-    /// Checks signature, algorithm, issuer, audience and expiry.
+    /// Checks the algorithm, the key id, the signature, issuer, audience and expiry, and that the
+    /// token's session is still live.
     ///
     /// # Errors
-    /// A message that says what is wrong with the token, without echoing it.
-    pub fn verify(&self, token: &str) -> Result<Caller, String> {
-        let mut validation = Validation::new(Algorithm::HS256);
+    /// What is wrong with the token, or that sessions cannot be checked right now.
+    pub async fn verify(&self, token: &str) -> Result<Caller, Refused> {
+        let invalid = |why: &str| Refused::Invalid(why.to_owned());
+        let header = jsonwebtoken::decode_header(token).map_err(|_| invalid("the access token is malformed"))?;
+        if header.alg != Algorithm::EdDSA {
+            return Err(invalid("the access token uses an algorithm this API does not accept"));
+        }
+        let kid = header.kid.ok_or_else(|| invalid("the access token names no signing key"))?;
+        let key = self
+            .keys
+            .verifying(&kid)
+            .await
+            .ok_or_else(|| invalid("the access token was signed with a key this API does not accept"))?;
+        let mut validation = Validation::new(Algorithm::EdDSA);
         validation.set_issuer(&[ISSUER]);
         validation.set_audience(&[AUDIENCE]);
+        validation.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
         validation.leeway = 5;
-        let data = jsonwebtoken::decode::<Claims>(token, &self.decoding, &validation).map_err(|err| {
+        let data = jsonwebtoken::decode::<Claims>(token, &key.decoding, &validation).map_err(|err| {
             use jsonwebtoken::errors::ErrorKind as K;
-            match err.kind() {
-                K::ExpiredSignature => "the access token has expired".to_owned(),
-                K::InvalidSignature => "the access token's signature is invalid".to_owned(),
-                K::InvalidAudience | K::InvalidIssuer => "the access token was not issued for this API".to_owned(),
-                K::InvalidAlgorithm => "the access token uses an algorithm this API does not accept".to_owned(),
-                _ => "the access token is malformed".to_owned(),
-            }
+            invalid(match err.kind() {
+                K::ExpiredSignature => "the access token has expired",
+                K::InvalidSignature => "the access token's signature is invalid",
+                K::InvalidAudience | K::InvalidIssuer => "the access token was not issued for this API",
+                K::InvalidAlgorithm => "the access token uses an algorithm this API does not accept",
+                _ => "the access token is malformed",
+            })
         })?;
-        let user_id = Uuid::parse_str(&data.claims.sub).map_err(|_| "the access token is malformed".to_owned())?;
-        Ok(Caller { user_id })
+        let user_id = Uuid::parse_str(&data.claims.sub).map_err(|_| invalid("the access token is malformed"))?;
+        let session_id = Uuid::parse_str(&data.claims.sid).map_err(|_| invalid("the access token is malformed"))?;
+        match self.sessions.store().get(session_id).await {
+            Ok(Some(session)) if session.user_id == user_id => Ok(Caller {
+                user_id,
+                session_id: Some(session_id),
+            }),
+            Ok(_) => Err(invalid(
+                "the access token's session has ended (signed out or revoked); sign in again",
+            )),
+            Err(err) => {
+                tracing::error!(error = %err, "Sessions cannot be checked.");
+                Err(Refused::Unavailable("sessions cannot be checked right now; try again".into()))
+            }
+        }
     }
 
     /// Interprets an `Authorization` header value (or its absence).
-    pub fn authenticate(&self, header: Option<&str>) -> Authentication {
+    pub async fn authenticate(&self, header: Option<&str>) -> Authentication {
         let Some(header) = header.map(str::trim).filter(|h| !h.is_empty()) else {
             return Authentication::Anonymous;
         };
         let Some(token) = header.strip_prefix("Bearer ").or_else(|| header.strip_prefix("bearer ")) else {
             return Authentication::Invalid("the Authorization header must be 'Bearer <token>'".into());
         };
-        match self.verify(token.trim()) {
+        match self.verify(token.trim()).await {
             Ok(caller) => Authentication::User(caller),
-            Err(why) => Authentication::Invalid(why),
+            Err(Refused::Invalid(why)) => Authentication::Invalid(why),
+            Err(Refused::Unavailable(why)) => Authentication::Unavailable(why),
         }
     }
 }
@@ -143,20 +207,63 @@ pub fn dummy_hash() -> &'static str {
     DUMMY.get_or_init(|| hash_password("cloudsync-no-such-account").unwrap_or_default())
 }
 
-/// Random secret material, hex-encoded.
-pub fn random_secret() -> String {
-    use rand::RngCore as _;
-    let mut bytes = [0_u8; 32];
-    rand::thread_rng().fill_bytes(&mut bytes);
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+/// The cookie a browser client keeps its refresh token in.
+pub const REFRESH_COOKIE: &str = "cloudsync_refresh";
+
+/// What resolvers may need of the HTTP request besides its credentials.
+#[derive(Debug, Clone, Default)]
+pub struct RequestInfo {
+    pub client: crate::sessions::Client,
+    /// The refresh token a browser sent in [`REFRESH_COOKIE`].
+    pub refresh_cookie: Option<String>,
+}
+
+/// The value of cookie `name` in the request's `Cookie` headers.
+pub fn cookie(headers: &axum::http::HeaderMap, name: &str) -> Option<String> {
+    headers
+        .get_all(axum::http::header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|pair| pair.trim().split_once('='))
+        .find(|(key, _)| *key == name)
+        .map(|(_, value)| value.trim_matches('"').to_owned())
+        .filter(|v| !v.is_empty())
+}
+
+/// A `Set-Cookie` value that gives the browser `refresh_token` for `max_age_seconds` (0: removes
+/// it). Only sent over HTTPS (browsers treat localhost as secure), never readable by scripts, never
+/// sent along with another site's requests, and only to the GraphQL endpoint.
+pub fn refresh_cookie(refresh_token: &str, max_age_seconds: i64) -> String {
+    format!("{REFRESH_COOKIE}={refresh_token}; Max-Age={max_age_seconds}; Path=/graphql; Secure; HttpOnly; SameSite=Strict")
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn tokens() -> Tokens {
-        Tokens::new(&SecretString::from("test-secret-test-secret-test-secret".to_owned()), 60)
+    #[test]
+    fn cookies_are_read_by_name_and_set_with_every_protection() {
+        let mut headers = axum::http::HeaderMap::new();
+        headers.append(
+            axum::http::header::COOKIE,
+            "a=1; cloudsync_refresh=csr1.x.y".parse().expect("header"),
+        );
+        headers.append(axum::http::header::COOKIE, "b=2".parse().expect("header"));
+        assert_eq!(cookie(&headers, REFRESH_COOKIE).as_deref(), Some("csr1.x.y"));
+        assert_eq!(cookie(&headers, "b").as_deref(), Some("2"));
+        assert_eq!(cookie(&headers, "c"), None);
+        let set = refresh_cookie("t", 60);
+        for part in [
+            "cloudsync_refresh=t",
+            "Max-Age=60",
+            "Path=/graphql",
+            "Secure",
+            "HttpOnly",
+            "SameSite=Strict",
+        ] {
+            assert!(set.split("; ").any(|p| p == part), "{part} in {set}");
+        }
     }
 
     #[test]
@@ -166,38 +273,5 @@ mod tests {
         assert!(verify_password("correct horse battery", &hash));
         assert!(!verify_password("wrong horse battery", &hash));
         assert!(!verify_password("x", "not a hash"));
-    }
-
-    #[test]
-    fn issued_tokens_verify_and_forged_ones_do_not() {
-        let user = Uuid::new_v4();
-        let token = tokens().issue(user).expect("issue");
-        assert_eq!(tokens().verify(&token), Ok(Caller { user_id: user }));
-        let other = Tokens::new(&SecretString::from("another-secret-another-secret".to_owned()), 60);
-        assert!(other.verify(&token).is_err());
-        let mut tampered = token.clone();
-        tampered.push('x');
-        assert!(tokens().verify(&tampered).is_err());
-        // alg: none with the same claims.
-        let parts: Vec<&str> = token.split('.').collect();
-        let none = format!("eyJhbGciOiJub25lIiwidHlwIjoiSldUIn0.{}.", parts[1]);
-        assert!(tokens().verify(&none).is_err());
-    }
-
-    #[test]
-    fn expired_tokens_are_refused() {
-        let expired = Tokens {
-            ttl_minutes: -10,
-            ..tokens()
-        };
-        let token = expired.issue(Uuid::new_v4()).expect("issue");
-        assert_eq!(tokens().verify(&token), Err("the access token has expired".to_owned()));
-    }
-
-    #[test]
-    fn headers_are_interpreted() {
-        assert!(matches!(tokens().authenticate(None), Authentication::Anonymous));
-        assert!(matches!(tokens().authenticate(Some("Basic abc")), Authentication::Invalid(_)));
-        assert!(matches!(tokens().authenticate(Some("Bearer nope")), Authentication::Invalid(_)));
     }
 }

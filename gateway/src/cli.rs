@@ -81,6 +81,11 @@ pub enum Command {
         #[arg(long, default_value_t = 600)]
         wait: u64,
     },
+    /// Manages the access tokens' signing keys.
+    Keys {
+        #[command(subcommand)]
+        command: KeysCommand,
+    },
     /// Prints history from the event log: one stream's, or everything one user did, in order.
     Replay {
         /// A stream such as `file-<uuid>` or `user-<uuid>`.
@@ -100,6 +105,15 @@ pub enum ProjectionsCommand {
     /// Rebuilds one read model (users, providers, files, sync_operations, or all) from position 0.
     /// Safe while the server runs.
     Rebuild { name: String },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum KeysCommand {
+    /// Lists the signing keys: which one signs, and until when the retired ones still verify.
+    List,
+    /// Adds a new signing key that every server process uses within a minute; tokens signed with
+    /// the keys it replaces keep working until they expire, so nobody is signed out.
+    Rotate,
 }
 
 /// Parses the command line and runs it.
@@ -244,6 +258,12 @@ pub async fn run(command: Command, mut config: Config) -> anyhow::Result<()> {
             db.close().await;
             result
         }
+        Command::Keys { command } => {
+            let db = open_database(&config).await?;
+            let result = keys(&config, &db, &command, &mut std::io::stdout().lock()).await;
+            db.close().await;
+            result
+        }
         Command::Replay { stream, user, json } => {
             let db = open_database(&config).await?;
             let result = replay(&db, stream.as_deref(), user, json, &mut std::io::stdout().lock()).await;
@@ -251,6 +271,31 @@ pub async fn run(command: Command, mut config: Config) -> anyhow::Result<()> {
             result
         }
     }
+}
+
+/// `cloudsync keys list | rotate`.
+///
+/// # Errors
+/// An unreachable database or a write error.
+pub async fn keys(config: &Config, db: &Database, command: &KeysCommand, out: &mut impl std::io::Write) -> anyhow::Result<()> {
+    use crate::keys::{KeyRing, list};
+    let grace = crate::server::key_grace(config);
+    if matches!(command, KeysCommand::Rotate) {
+        let master = crate::server::master_key(config)?;
+        let kid = KeyRing::rotate(&db.pool, &master, grace).await?;
+        writeln!(out, "Key {kid} signs new access tokens from now on (every server within a minute).")?;
+    }
+    let time =
+        |ms: i64| chrono::DateTime::from_timestamp_millis(ms).map_or_else(String::new, |t| t.format("%Y-%m-%d %H:%M:%S UTC").to_string());
+    let grace_ms = i64::try_from(grace.as_millis()).unwrap_or(i64::MAX);
+    for key in list(&db.pool).await? {
+        let state = match key.retired_at {
+            None => "signs".to_owned(),
+            Some(at) => format!("retired, verifies until {}", time(at.saturating_add(grace_ms))),
+        };
+        writeln!(out, "{}  {}  created {}  {state}", key.kid, key.algorithm, time(key.created_at))?;
+    }
+    Ok(())
 }
 
 /// Writes a stream's history, or everything a user did, in global order.

@@ -17,13 +17,20 @@ pub struct Config {
     pub bind: String,
     /// `sqlite://…` or `postgres://…`; default: `sqlite://<data_dir>/cloudsync.db`.
     pub database_url: Option<String>,
-    /// HMAC key for access tokens; default: generated once and kept in `<data_dir>/jwt-secret`.
-    pub jwt_secret: Option<SecretString>,
     /// Wraps every user's data key (32 bytes, base64); default: generated once and kept in
     /// `<data_dir>/master-key`.
     pub master_key: Option<SecretString>,
     /// Lifetime of an access token.
     pub token_ttl_minutes: i64,
+    /// How long a refresh token works unless it is exchanged (each exchange starts it again).
+    pub refresh_ttl_days: i64,
+    /// Where sessions (and, shared by every API process, rate limits) live: unset for this
+    /// process's memory, or `redis://host:port/db`.
+    pub redis_url: Option<String>,
+    /// Prefix of every key CloudSync writes to Redis.
+    pub redis_namespace: String,
+    /// Origins (`https://app.example.org`) whose browser pages may call the API; none by default.
+    pub cors_origins: Vec<String>,
     /// `text` or `json`.
     pub log_format: String,
     /// The largest request body accepted.
@@ -63,9 +70,12 @@ impl Default for Config {
             data_dir: PathBuf::from("data"),
             bind: "127.0.0.1:8080".into(),
             database_url: None,
-            jwt_secret: None,
             master_key: None,
-            token_ttl_minutes: 60,
+            token_ttl_minutes: 15,
+            refresh_ttl_days: 30,
+            redis_url: None,
+            redis_namespace: "cloudsync:".into(),
+            cors_origins: Vec::new(),
             log_format: "text".into(),
             max_body_bytes: 1024 * 1024,
             consistency_timeout_ms: 5000,
@@ -96,9 +106,14 @@ impl Config {
                 "DATA_DIR" => config.data_dir = PathBuf::from(value),
                 "BIND" => config.bind = value,
                 "DATABASE_URL" => config.database_url = Some(value),
-                "JWT_SECRET" => config.jwt_secret = Some(SecretString::from(value)),
                 "MASTER_KEY" => config.master_key = Some(SecretString::from(value)),
                 "TOKEN_TTL_MINUTES" => config.token_ttl_minutes = value.parse().context("CLOUDSYNC_TOKEN_TTL_MINUTES must be a number")?,
+                "REFRESH_TTL_DAYS" => config.refresh_ttl_days = value.parse().context("CLOUDSYNC_REFRESH_TTL_DAYS must be a number")?,
+                "REDIS_URL" => config.redis_url = Some(value).filter(|v| !v.is_empty()),
+                "REDIS_NAMESPACE" => config.redis_namespace = value,
+                "CORS_ORIGINS" => {
+                    config.cors_origins = value.split([',', ' ']).filter(|o| !o.is_empty()).map(str::to_owned).collect();
+                }
                 "LOG_FORMAT" => config.log_format = value,
                 "MAX_BODY_BYTES" => config.max_body_bytes = value.parse().context("CLOUDSYNC_MAX_BODY_BYTES must be a number")?,
                 "CONSISTENCY_TIMEOUT_MS" => {
@@ -164,8 +179,24 @@ impl Config {
         if self.bind.parse::<std::net::SocketAddr>().is_err() && !self.bind.contains(':') {
             bail!("bind must be host:port, got {:?}", self.bind);
         }
-        if self.token_ttl_minutes <= 0 {
-            bail!("token_ttl_minutes must be positive");
+        if !(1..=24 * 60).contains(&self.token_ttl_minutes) {
+            bail!("token_ttl_minutes must be between 1 and 1440 (access tokens are short-lived; refresh tokens last)");
+        }
+        if !(1..=365).contains(&self.refresh_ttl_days) {
+            bail!("refresh_ttl_days must be between 1 and 365");
+        }
+        if let Some(url) = &self.redis_url
+            && !(url.starts_with("redis://") || url.starts_with("rediss://"))
+        {
+            bail!("redis_url must be a redis:// or rediss:// URL");
+        }
+        for origin in &self.cors_origins {
+            let valid = (origin.starts_with("http://") || origin.starts_with("https://"))
+                && !origin.ends_with('/')
+                && origin.parse::<axum::http::HeaderValue>().is_ok();
+            if !valid {
+                bail!("cors_origins: {origin:?} is not an origin like https://app.example.org");
+            }
         }
         if !matches!(self.log_format.as_str(), "text" | "json") {
             bail!("log_format must be text or json");
@@ -248,6 +279,15 @@ mod tests {
     fn malformed_settings_are_refused() {
         assert!(Config::load(None, vars(&[("CLOUDSYNC_TOKEN_TTL_MINUTES", "soon")])).is_err());
         assert!(Config::load(None, vars(&[("CLOUDSYNC_LOG_FORMAT", "xml")])).is_err());
+        assert!(Config::load(None, vars(&[("CLOUDSYNC_TOKEN_TTL_MINUTES", "0")])).is_err());
+        assert!(Config::load(None, vars(&[("CLOUDSYNC_REDIS_URL", "localhost:6379")])).is_err());
+        assert!(Config::load(None, vars(&[("CLOUDSYNC_CORS_ORIGINS", "https://a.example.org/")])).is_err());
+        let cors = Config::load(
+            None,
+            vars(&[("CLOUDSYNC_CORS_ORIGINS", "https://a.example.org, http://localhost:3000")]),
+        )
+        .expect("loads");
+        assert_eq!(cors.cors_origins, ["https://a.example.org", "http://localhost:3000"]);
         let dir = std::env::temp_dir().join(format!("cloudsync-config-{}", uuid::Uuid::new_v4().simple()));
         std::fs::create_dir_all(&dir).expect("dir");
         let file = dir.join("bad.toml");

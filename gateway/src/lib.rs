@@ -5,8 +5,10 @@ pub mod auth;
 pub mod cli;
 pub mod config;
 pub mod errors;
+pub mod keys;
 pub mod schema;
 pub mod server;
+pub mod sessions;
 
 pub use config::{Config, OAuthAppConfig};
 pub use server::{App, Server, start};

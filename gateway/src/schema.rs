@@ -5,26 +5,27 @@ use std::sync::Arc;
 
 use async_graphql::{Context, Enum, ID, Json, MergedObject, MergedSubscription, Object, Schema, SimpleObject, Subscription};
 use chrono::{DateTime, Utc};
-use cloudsync_domain::{DomainEvent, Email, FileId, ProviderId, ProviderPath};
+use cloudsync_domain::{DomainEvent, FileId, ProviderId, ProviderPath};
 use cloudsync_eventstore::subscribe;
 use cloudsync_projections::{FileRow, ProviderRow, SyncOperationRow};
 use futures::{Stream, StreamExt};
 use serde_json::Value;
 use uuid::Uuid;
 
-use crate::auth::{Authentication, Caller, check_password_rules, dummy_hash, hash_password, verify_password};
+use crate::auth::{Authentication, Caller};
 use crate::errors::{ApiError, ApiResult};
 use crate::server::App;
 
+mod identity;
 mod sync;
 
 pub type CloudSyncSchema = Schema<QueryRoot, MutationRoot, SubscriptionRoot>;
 
 #[derive(MergedObject, Default)]
-pub struct QueryRoot(CoreQuery, sync::SyncQuery);
+pub struct QueryRoot(CoreQuery, identity::IdentityQuery, sync::SyncQuery);
 
 #[derive(MergedObject, Default)]
-pub struct MutationRoot(CoreMutation, sync::SyncMutation);
+pub struct MutationRoot(identity::IdentityMutation, CoreMutation, sync::SyncMutation);
 
 #[derive(MergedSubscription, Default)]
 pub struct SubscriptionRoot(CoreSubscription, sync::SyncSubscription);
@@ -47,6 +48,7 @@ pub(crate) fn caller(ctx: &Context<'_>) -> ApiResult<Caller> {
     match ctx.data_opt::<Authentication>() {
         Some(Authentication::User(caller)) => Ok(*caller),
         Some(Authentication::Invalid(why)) => Err(ApiError::Unauthenticated(why.clone())),
+        Some(Authentication::Unavailable(why)) => Err(ApiError::internal(why)),
         _ => Err(ApiError::Unauthenticated(
             "this operation needs a bearer access token (log in first)".into(),
         )),
@@ -80,18 +82,6 @@ pub struct User {
     id: ID,
     email: String,
     created_at: DateTime<Utc>,
-}
-
-#[derive(SimpleObject)]
-pub struct AuthPayload {
-    access_token: String,
-    user: AuthUser,
-}
-
-#[derive(SimpleObject)]
-pub struct AuthUser {
-    id: ID,
-    email: String,
 }
 
 #[derive(SimpleObject)]
@@ -375,63 +365,6 @@ pub struct CoreMutation;
 
 #[Object]
 impl CoreMutation {
-    /// Creates an account and signs it in.
-    async fn register(&self, ctx: &Context<'_>, email: String, password: String) -> async_graphql::Result<AuthPayload> {
-        let app = app(ctx);
-        let email = Email::parse(&email).map_err(|err| ApiError::BadInput(err.to_string()))?;
-        check_password_rules(&password).map_err(ApiError::BadInput)?;
-        let hash = tokio::task::spawn_blocking(move || hash_password(&password))
-            .await
-            .map_err(|err| ApiError::internal(&err))?
-            .map_err(|err| ApiError::internal(&err))?;
-        let (user_id, position) = app.commands.register(email.clone(), hash).await.map_err(ApiError::from)?;
-        let caller = Caller {
-            user_id: user_id.as_uuid(),
-        };
-        app.wrote(caller, position);
-        let access_token = app.tokens.issue(caller.user_id).map_err(|err| ApiError::internal(&err))?;
-        Ok(AuthPayload {
-            access_token,
-            user: AuthUser {
-                id: ID(user_id.to_string()),
-                email: email.as_str().to_owned(),
-            },
-        })
-    }
-
-    /// Exchanges email and password for an access token.
-    async fn login(&self, ctx: &Context<'_>, email: String, password: String) -> async_graphql::Result<AuthPayload> {
-        let app = app(ctx);
-        let refused = || ApiError::Unauthenticated("invalid email or password".into());
-        let Ok(email) = Email::parse(&email) else {
-            return Err(refused().into());
-        };
-        if password.chars().count() > 1024 {
-            return Err(refused().into());
-        }
-        let user = app.commands.user_by_email(&email).await.map_err(ApiError::from)?;
-        let hash = user
-            .as_ref()
-            .and_then(|u| u.password_hash())
-            .unwrap_or_else(|| dummy_hash())
-            .to_owned();
-        let matches = tokio::task::spawn_blocking(move || verify_password(&password, &hash))
-            .await
-            .map_err(|err| ApiError::internal(&err))?;
-        let Some(user_id) = user.as_ref().and_then(|u| u.id()).filter(|_| matches) else {
-            tracing::info!("A login was refused.");
-            return Err(refused().into());
-        };
-        let access_token = app.tokens.issue(user_id.as_uuid()).map_err(|err| ApiError::internal(&err))?;
-        Ok(AuthPayload {
-            access_token,
-            user: AuthUser {
-                id: ID(user_id.to_string()),
-                email: email.as_str().to_owned(),
-            },
-        })
-    }
-
     /// Connects a storage provider and starts indexing it. `provider` is the kind (`local`);
     /// `credentials` are its configuration keys (for `local`: `{root: "/absolute/folder"}`).
     async fn connect_provider(&self, ctx: &Context<'_>, provider: String, credentials: Json<Value>) -> async_graphql::Result<Provider> {

@@ -19,7 +19,7 @@ use async_graphql_axum::{GraphQLProtocol, GraphQLResponse, GraphQLWebSocket};
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::{State, WebSocketUpgrade};
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
 use cloudsync_chunks::ProviderStore;
@@ -31,12 +31,15 @@ use secrecy::{ExposeSecret as _, SecretString};
 use serde_json::json;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
+use tower_http::cors::{AllowOrigin, CorsLayer};
 use tower_http::limit::RequestBodyLimitLayer;
 
-use crate::auth::{Authentication, Caller, Tokens, random_secret};
+use crate::auth::{Authentication, Caller, RequestInfo, Tokens};
 use crate::config::Config;
 use crate::errors::code;
+use crate::keys::{KeyRing, RELOAD_EVERY};
 use crate::schema::{CloudSyncSchema, build};
+use crate::sessions::{Client, MemorySessions, RedisSessions, SessionStore, Sessions};
 
 /// What every request handler shares.
 pub struct App {
@@ -47,13 +50,24 @@ pub struct App {
     pub tokens: Tokens,
     written: Mutex<HashMap<uuid::Uuid, i64>>,
     consistency_timeout: Duration,
+    token_ttl_minutes: i64,
 }
 
 impl App {
+    /// How long an access token lives.
+    pub fn token_ttl_minutes(&self) -> i64 {
+        self.token_ttl_minutes
+    }
+
     /// Remembers that `caller` has written up to `position`.
     pub fn wrote(&self, caller: Caller, position: i64) {
+        self.wrote_for(caller.user_id, position);
+    }
+
+    /// Remembers that user `user_id` has written up to `position`.
+    pub fn wrote_for(&self, user_id: uuid::Uuid, position: i64) {
         if let Ok(mut written) = self.written.lock() {
-            let entry = written.entry(caller.user_id).or_insert(0);
+            let entry = written.entry(user_id).or_insert(0);
             *entry = (*entry).max(position);
         }
     }
@@ -123,13 +137,43 @@ fn secret(config: &Config, configured: Option<&SecretString>, file: &str, genera
     Ok(SecretString::from(secret))
 }
 
+/// The master key from configuration (or generated once into the data dir).
+///
+/// # Errors
+/// A malformed or unwritable master key.
+pub fn master_key(config: &Config) -> anyhow::Result<MasterKey> {
+    let master = secret(config, config.master_key.as_ref(), "master-key", || MasterKey::generate().1)?;
+    MasterKey::parse(master.expose_secret()).context("the master key")
+}
+
+/// How long a retired signing key keeps verifying: every token it signed, including those signed by
+/// processes that have not reloaded the keys yet, has expired by then.
+pub fn key_grace(config: &Config) -> Duration {
+    let ttl = u64::try_from(config.token_ttl_minutes).unwrap_or(0) * 60;
+    Duration::from_secs(ttl) + RELOAD_EVERY + Duration::from_secs(60)
+}
+
+/// Where sessions live: Redis when configured, else this process's memory.
+///
+/// # Errors
+/// An unreachable Redis.
+pub async fn session_store(config: &Config) -> anyhow::Result<Arc<dyn SessionStore>> {
+    Ok(match &config.redis_url {
+        Some(url) => Arc::new(
+            RedisSessions::connect(url, &config.redis_namespace)
+                .await
+                .with_context(|| format!("connecting to Redis ({})", redact(url)))?,
+        ),
+        None => Arc::new(MemorySessions::default()),
+    })
+}
+
 /// The command side on `db`, with the master key from configuration (or the data dir).
 ///
 /// # Errors
 /// A malformed or unwritable master key.
 pub fn commands(config: &Config, db: &Database) -> anyhow::Result<Commands> {
-    let master = secret(config, config.master_key.as_ref(), "master-key", || MasterKey::generate().1)?;
-    let master = MasterKey::parse(master.expose_secret()).context("the master key")?;
+    let master = master_key(config)?;
     let chunks = match &config.chunk_store {
         None => ProviderStore::in_folder(&config.data_dir.join("chunks")).context("the chunk store in the data dir")?,
         Some(settings) => ProviderStore::from_settings(settings).context("the chunk store's settings")?,
@@ -204,10 +248,11 @@ pub fn redact(url: &str) -> String {
 /// An unusable database, data dir or address.
 pub async fn start(config: &Config) -> anyhow::Result<Server> {
     let db = open_database(config).await?;
-    let tokens = Tokens::new(
-        &secret(config, config.jwt_secret.as_ref(), "jwt-secret", random_secret)?,
-        config.token_ttl_minutes,
-    );
+    let keys = KeyRing::open(db.pool.clone(), master_key(config)?, key_grace(config))
+        .await
+        .context("the token-signing keys")?;
+    let sessions = Sessions::new(session_store(config).await?, chrono::Duration::days(config.refresh_ttl_days));
+    let tokens = Tokens::new(Arc::new(keys), sessions, config.token_ttl_minutes);
     let projections = Projections::new(db.clone());
     let listener = tokio::net::TcpListener::bind(&config.bind)
         .await
@@ -224,6 +269,7 @@ pub async fn start(config: &Config) -> anyhow::Result<Server> {
         tokens,
         written: Mutex::new(HashMap::new()),
         consistency_timeout: Duration::from_millis(config.consistency_timeout_ms),
+        token_ttl_minutes: config.token_ttl_minutes,
         db: db.clone(),
     });
     let shutdown = CancellationToken::new();
@@ -239,10 +285,22 @@ pub async fn start(config: &Config) -> anyhow::Result<Server> {
         }
     });
 
-    let router = router(Arc::clone(&app), config.max_body_bytes);
+    let keys = Arc::clone(app.tokens.keys());
+    let keys_shutdown = shutdown.child_token();
+    tasks.spawn(async move {
+        // Picks up a key rotation done by another process (or the CLI).
+        loop {
+            tokio::select! {
+                () = keys_shutdown.cancelled() => break,
+                () = tokio::time::sleep(RELOAD_EVERY) => keys.reload().await,
+            }
+        }
+    });
+
+    let router = router(Arc::clone(&app), config)?;
     let http_shutdown = shutdown.child_token();
     tasks.spawn(async move {
-        let served = axum::serve(listener, router)
+        let served = axum::serve(listener, router.into_make_service_with_connect_info::<SocketAddr>())
             .with_graceful_shutdown(async move { http_shutdown.cancelled().await })
             .await;
         if let Err(error) = served {
@@ -264,17 +322,48 @@ struct HttpState {
     schema: CloudSyncSchema,
 }
 
-/// The HTTP routes.
-pub fn router(app: Arc<App>, max_body_bytes: usize) -> Router {
+/// The HTTP routes, with the body limit and CORS from `config`.
+///
+/// # Errors
+/// An origin that is not a valid header value.
+pub fn router(app: Arc<App>, config: &Config) -> anyhow::Result<Router> {
     let schema = build(Arc::clone(&app));
-    Router::new()
+    Ok(Router::new()
         .route("/graphql", get(graphiql).post(graphql))
         .route("/graphql/ws", get(graphql_ws))
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
         .route("/oauth/callback", get(oauth_callback))
-        .layer(RequestBodyLimitLayer::new(max_body_bytes))
-        .with_state(HttpState { app, schema })
+        .layer(RequestBodyLimitLayer::new(config.max_body_bytes))
+        .layer(cors(config)?)
+        .with_state(HttpState { app, schema }))
+}
+
+/// Browser pages of the configured origins may call the API, with credentials (the refresh
+/// cookie); any other origin gets no CORS headers, so its browser withholds the answer.
+fn cors(config: &Config) -> anyhow::Result<CorsLayer> {
+    let origins = config
+        .cors_origins
+        .iter()
+        .map(|o| o.parse::<HeaderValue>().with_context(|| format!("cors_origins: {o:?}")))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    Ok(CorsLayer::new()
+        .allow_origin(AllowOrigin::list(origins))
+        .allow_methods([Method::GET, Method::POST])
+        .allow_headers([header::AUTHORIZATION, header::CONTENT_TYPE])
+        .allow_credentials(true)
+        .max_age(Duration::from_secs(600)))
+}
+
+/// What resolvers may need of the HTTP request besides its credentials.
+fn request_info(headers: &HeaderMap, peer: Option<SocketAddr>) -> RequestInfo {
+    RequestInfo {
+        client: Client {
+            user_agent: headers.get(header::USER_AGENT).and_then(|v| v.to_str().ok()).map(str::to_owned),
+            ip: peer.map(|p| p.ip().to_string()),
+        },
+        refresh_cookie: crate::auth::cookie(headers, crate::auth::REFRESH_COOKIE),
+    }
 }
 
 async fn graphiql() -> Html<String> {
@@ -294,7 +383,7 @@ fn error_response(status: StatusCode, code: &str, message: &str) -> Response {
         .into_response()
 }
 
-async fn graphql(State(state): State<HttpState>, headers: HeaderMap, body: Bytes) -> Response {
+async fn graphql(State(state): State<HttpState>, extensions: axum::http::Extensions, headers: HeaderMap, body: Bytes) -> Response {
     let request: async_graphql::Request = match serde_json::from_slice(&body) {
         Ok(request) => request,
         Err(err) => {
@@ -309,8 +398,10 @@ async fn graphql(State(state): State<HttpState>, headers: HeaderMap, body: Bytes
         return error_response(StatusCode::BAD_REQUEST, code::PARSE_FAILED, &err.to_string());
     }
     let authorization = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
-    let authentication = state.app.tokens.authenticate(authorization);
-    let mut response = state.schema.execute(request.data(authentication)).await;
+    let authentication = state.app.tokens.authenticate(authorization).await;
+    let peer = extensions.get::<axum::extract::ConnectInfo<SocketAddr>>().map(|c| c.0);
+    let info = request_info(&headers, peer);
+    let mut response = state.schema.execute(request.data(authentication).data(info)).await;
     for error in &mut response.errors {
         tag_validation_error(error);
     }
@@ -340,8 +431,8 @@ async fn graphql_ws(State(state): State<HttpState>, protocol: GraphQLProtocol, u
                         .map(str::to_owned)
                         .or_else(|| payload.get("token").and_then(|v| v.as_str()).map(|t| format!("Bearer {t}")));
                     let mut data = Data::default();
-                    match app.tokens.authenticate(header.as_deref()) {
-                        Authentication::Invalid(why) => return Err(async_graphql::Error::new(why)),
+                    match app.tokens.authenticate(header.as_deref()).await {
+                        Authentication::Invalid(why) | Authentication::Unavailable(why) => return Err(async_graphql::Error::new(why)),
                         authentication => data.insert(authentication),
                     }
                     Ok(data)
@@ -398,7 +489,7 @@ async fn oauth_callback(State(state): State<HttpState>, axum::extract::Query(par
     };
     match state.app.commands.finish_authorization(oauth_state, code).await {
         Ok((user, connected)) => {
-            state.app.wrote(Caller { user_id: user.as_uuid() }, connected.position);
+            state.app.wrote_for(user.as_uuid(), connected.position);
             page(
                 StatusCode::OK,
                 "Connected",

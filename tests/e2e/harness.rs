@@ -5,7 +5,6 @@ use std::time::{Duration, Instant};
 
 use cloudsync_eventstore::testing::{Backend, TestDatabase};
 use cloudsync_gateway::{Config, Server, start};
-use secrecy::SecretString;
 use serde_json::{Value, json};
 
 pub struct Harness {
@@ -27,7 +26,6 @@ impl Harness {
             data_dir: db.dir().join("data"),
             bind: "127.0.0.1:0".into(),
             database_url: Some(db.url.clone()),
-            jwt_secret: Some(SecretString::from("e2e-test-secret-e2e-test-secret".to_owned())),
             ..Config::default()
         };
         adjust(&mut config);

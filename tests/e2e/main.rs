@@ -3,6 +3,7 @@
 
 mod faults;
 mod harness;
+mod identity;
 mod indexing;
 mod oauth;
 mod providers;

@@ -146,7 +146,7 @@ fn serve_from_an_empty_data_dir_then_migrate_and_replay() {
         .unwrap_or_else(|| panic!("{connected}"))
         .to_owned();
     assert!(data.join("cloudsync.db").is_file(), "the embedded database lives in the data dir");
-    assert!(data.join("jwt-secret").is_file(), "the signing key is generated into the data dir");
+    assert!(data.join("master-key").is_file(), "the master key is generated into the data dir");
 
     // SIGTERM: graceful shutdown, exit status 0.
     let pid = server.0.id().to_string();
@@ -163,6 +163,22 @@ fn serve_from_an_empty_data_dir_then_migrate_and_replay() {
 
     let migrate = cloudsync(&data).arg("migrate").output().expect("migrate");
     assert!(migrate.status.success(), "{}", String::from_utf8_lossy(&migrate.stderr));
+
+    // The first signing key was created on the first start; a rotation adds one and retires it.
+    let listed = cloudsync(&data).args(["keys", "list"]).output().expect("keys list");
+    let listed = String::from_utf8(listed.stdout).expect("utf-8");
+    assert_eq!(listed.lines().count(), 1, "{listed}");
+    assert!(listed.contains("EdDSA") && listed.trim_end().ends_with("signs"), "{listed}");
+    let rotated = cloudsync(&data).args(["keys", "rotate"]).output().expect("keys rotate");
+    assert!(rotated.status.success(), "{}", String::from_utf8_lossy(&rotated.stderr));
+    let rotated = String::from_utf8(rotated.stdout).expect("utf-8");
+    let lines: Vec<&str> = rotated.lines().collect();
+    assert_eq!(lines.len(), 3, "{rotated}");
+    assert!(
+        lines[1].contains("retired, verifies until") && lines[2].ends_with("signs"),
+        "{rotated}"
+    );
+    assert!(lines[0].contains(lines[2].split_whitespace().next().expect("kid")), "{rotated}");
 
     let replay = cloudsync(&data).args(["replay", "--user", &user]).output().expect("replay");
     assert!(replay.status.success(), "{}", String::from_utf8_lossy(&replay.stderr));

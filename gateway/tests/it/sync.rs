@@ -118,6 +118,18 @@ fn ended(addr: &str, token: &str, operation: &str, within: Duration, context: &s
     }
 }
 
+fn login(addr: &str) -> String {
+    let login = post_as(
+        addr,
+        None,
+        r#"{"query":"mutation { login(email: \"kill@example.org\", password: \"correct horse battery\") { accessToken } }"}"#,
+    );
+    login["data"]["login"]["accessToken"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{login}"))
+        .to_owned()
+}
+
 fn kill(server: Running) {
     let mut server = server;
     let _ = server.0.kill();
@@ -146,7 +158,7 @@ fn a_killed_sync_resumes_and_ends_with_both_sides_correct() {
         None,
         r#"{"query":"mutation { register(email: \"kill@example.org\", password: \"correct horse battery\") { accessToken } }"}"#,
     );
-    let token = registered["data"]["register"]["accessToken"].as_str().expect("token").to_owned();
+    let mut token = registered["data"]["register"]["accessToken"].as_str().expect("token").to_owned();
     let (source, target, third) = (
         connect(&addr, &token, &a, None),
         connect(&addr, &token, &b, Some(150)),
@@ -183,6 +195,8 @@ fn a_killed_sync_resumes_and_ends_with_both_sides_correct() {
         kill(server);
         kills.push(delay);
         (server, addr) = serve(&data);
+        // Sessions live in the process's memory by default: a restart signs everyone out.
+        token = login(&addr);
         // What the log said when the process died: a run that had not ended was interrupted.
         let seen = gql(&addr, &token, query, status.clone())["syncStatus"].clone();
         if !matches!(seen["status"].as_str(), Some("completed" | "failed" | "cancelled")) {

@@ -1,0 +1,664 @@
+//! Issue 5: sessions with rotating refresh tokens and reuse detection, browser cookies, CORS,
+//! signing keys that rotate without signing anyone out, and the session stores' contract.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::Utc;
+use cloudsync_eventstore::testing::{Backend, TestDatabase};
+use cloudsync_gateway::keys::KeyRing;
+use cloudsync_gateway::sessions::{MemorySessions, RedisSessions, Rotation, Session, SessionStore};
+use serde_json::{Value, json};
+use uuid::Uuid;
+
+use crate::harness::{Harness, on_both_backends};
+
+on_both_backends!(
+    with crate::identity::with_cors;
+    refresh_tokens_rotate_and_a_reused_one_revokes_its_session,
+    sessions_are_listed_and_revoked_by_their_owner_only,
+    access_tokens_are_checked_to_the_letter,
+    browser_clients_keep_the_refresh_token_in_a_strict_cookie,
+);
+
+/// A server that lets one other origin's pages call it.
+pub(crate) async fn with_cors(backend: Backend) -> Harness {
+    Harness::with_config(backend, |config| {
+        config.cors_origins = vec!["https://app.example.org".into()];
+    })
+    .await
+}
+
+const ME: &str = "{ me { id email } }";
+const LOGIN: &str = "mutation($e: String!, $p: String!, $c: Boolean) { login(email: $e, password: $p, cookie: $c) { accessToken accessTokenExpiresAt refreshToken sessionId user { id email } } }";
+const REFRESH: &str = "mutation($r: String) { refresh(refreshToken: $r) { accessToken refreshToken sessionId user { id email } } }";
+const SESSIONS: &str = "{ sessions { id userAgent ip current createdAt lastUsedAt expiresAt } }";
+const REVOKE: &str = "mutation($id: ID!) { revokeSession(id: $id) }";
+const PASSWORD: &str = "correct horse battery";
+
+async fn login(h: &Harness, email: &str) -> Value {
+    h.ok(None, LOGIN, json!({ "e": email, "p": PASSWORD })).await["login"].clone()
+}
+
+fn text(value: &Value) -> String {
+    value.as_str().unwrap_or_else(|| panic!("a string, not {value}")).to_owned()
+}
+
+/// Whether `token` is still accepted.
+async fn works(h: &Harness, token: &str) -> bool {
+    let response = h.gql(Some(token), ME, json!({})).await;
+    match response["errors"][0]["extensions"]["code"].as_str() {
+        None => true,
+        Some("UNAUTHENTICATED") => false,
+        Some(other) => panic!("unexpected error {other}: {response}"),
+    }
+}
+
+async fn refresh_tokens_rotate_and_a_reused_one_revokes_its_session(h: &Harness) {
+    let (_, user) = h.register("rotate@example.org").await;
+    let first = login(h, "rotate@example.org").await;
+    assert_eq!(first["user"]["id"], json!(user));
+    let (access1, refresh1) = (text(&first["accessToken"]), text(&first["refreshToken"]));
+    assert!(refresh1.starts_with("csr1."), "{refresh1}");
+    let expires: chrono::DateTime<Utc> = text(&first["accessTokenExpiresAt"]).parse().expect("a time");
+    assert!(
+        expires > Utc::now() && expires <= Utc::now() + chrono::Duration::minutes(16),
+        "short-lived: {expires}"
+    );
+
+    // Each exchange gives a new pair; the session stays the same.
+    let second = h.ok(None, REFRESH, json!({ "r": refresh1 })).await["refresh"].clone();
+    let (access2, refresh2) = (text(&second["accessToken"]), text(&second["refreshToken"]));
+    assert_ne!(refresh2, refresh1);
+    assert_eq!(second["sessionId"], first["sessionId"]);
+    assert_eq!(second["user"], json!({ "id": user, "email": "rotate@example.org" }));
+    assert!(works(h, &access2).await);
+    let third = h.ok(None, REFRESH, json!({ "r": refresh2 })).await["refresh"].clone();
+    let access3 = text(&third["accessToken"]);
+    assert!(works(h, &access3).await);
+
+    // The first token again: someone else holds a copy of the session's tokens. The whole session
+    // is revoked: its latest refresh token and every access token of it stop working.
+    let reused = h.gql(None, REFRESH, json!({ "r": refresh1 })).await;
+    assert_eq!(reused["errors"][0]["extensions"]["code"], json!("UNAUTHENTICATED"));
+    assert!(text(&reused["errors"][0]["message"]).contains("already used"), "{reused}");
+    for token in [&access1, &access2, &access3] {
+        assert!(!works(h, token).await, "a revoked session's access token still works");
+    }
+    let latest = text(&third["refreshToken"]);
+    assert_eq!(h.error_code(None, REFRESH, json!({ "r": latest })).await, "UNAUTHENTICATED");
+
+    // Another session of the same user is not affected.
+    let other = login(h, "rotate@example.org").await;
+    assert!(works(h, &text(&other["accessToken"])).await);
+
+    // Malformed and made-up tokens are refused and change nothing.
+    let session = text(&other["sessionId"]).replace('-', "");
+    for bad in [
+        String::new(),
+        "garbage".into(),
+        format!("csr1.{session}.{}", "A".repeat(43)),
+        format!("csr1.{}.{}", Uuid::new_v4().simple(), "A".repeat(43)),
+        format!("csr1.{session}.{}", "A".repeat(5000)),
+        format!("csr1.{session}.' OR 1=1 --"),
+    ] {
+        assert_eq!(
+            h.error_code(None, REFRESH, json!({ "r": bad })).await,
+            "UNAUTHENTICATED",
+            "{bad:.60}"
+        );
+    }
+    assert!(works(h, &text(&other["accessToken"])).await);
+    let still = h.ok(None, REFRESH, json!({ "r": other["refreshToken"] })).await;
+    assert_eq!(still["refresh"]["sessionId"], other["sessionId"]);
+    assert_eq!(
+        h.error_code(None, REFRESH, json!({})).await,
+        "BAD_USER_INPUT",
+        "no token and no cookie"
+    );
+}
+
+async fn sessions_are_listed_and_revoked_by_their_owner_only(h: &Harness) {
+    let (registered, _) = h.register("owner@example.org").await;
+    let laptop = login(h, "owner@example.org").await;
+    let phone = login(h, "owner@example.org").await;
+    let (laptop_token, phone_token) = (text(&laptop["accessToken"]), text(&phone["accessToken"]));
+
+    let listed = h.ok(Some(&phone_token), SESSIONS, json!({})).await["sessions"].clone();
+    let ids: Vec<Value> = listed.as_array().expect("list").iter().map(|s| s["id"].clone()).collect();
+    assert_eq!(ids.len(), 3, "register and two logins: {listed}");
+    assert_eq!(ids[1..], [laptop["sessionId"].clone(), phone["sessionId"].clone()]);
+    let current: Vec<bool> = listed
+        .as_array()
+        .expect("list")
+        .iter()
+        .map(|s| s["current"] == json!(true))
+        .collect();
+    assert_eq!(current, [false, false, true]);
+    assert_eq!(listed[2]["ip"], json!("127.0.0.1"));
+
+    // Another user sees none of them and cannot revoke them: the same answer as an unknown id.
+    let (intruder, _) = h.register("intruder@example.org").await;
+    let theirs = h.ok(Some(&intruder), SESSIONS, json!({})).await["sessions"].clone();
+    assert_eq!(theirs.as_array().map(Vec::len), Some(1));
+    assert_ne!(theirs[0]["id"], laptop["sessionId"]);
+    let foreign = h.gql(Some(&intruder), REVOKE, json!({ "id": laptop["sessionId"] })).await;
+    let unknown = h.gql(Some(&intruder), REVOKE, json!({ "id": Uuid::new_v4() })).await;
+    assert_eq!(foreign["errors"][0]["extensions"]["code"], json!("NOT_FOUND"));
+    assert_eq!(foreign["errors"][0]["message"], unknown["errors"][0]["message"]);
+    assert_eq!(
+        h.error_code(Some(&intruder), REVOKE, json!({ "id": "nope" })).await,
+        "BAD_USER_INPUT"
+    );
+    assert!(works(h, &laptop_token).await);
+
+    // The owner signs the laptop out from the phone.
+    assert_eq!(
+        h.ok(Some(&phone_token), REVOKE, json!({ "id": laptop["sessionId"] })).await["revokeSession"],
+        json!(true)
+    );
+    assert!(!works(h, &laptop_token).await);
+    assert_eq!(
+        h.error_code(None, REFRESH, json!({ "r": laptop["refreshToken"] })).await,
+        "UNAUTHENTICATED"
+    );
+    assert!(works(h, &phone_token).await);
+    assert!(works(h, &registered).await);
+
+    // Logout ends the phone's session only.
+    let out = h.ok(Some(&phone_token), "mutation { logout }", json!({})).await;
+    assert_eq!(out["logout"], json!(true));
+    assert!(!works(h, &phone_token).await);
+    assert_eq!(
+        h.error_code(None, REFRESH, json!({ "r": phone["refreshToken"] })).await,
+        "UNAUTHENTICATED"
+    );
+    assert!(works(h, &registered).await);
+    let left = h.ok(Some(&registered), SESSIONS, json!({})).await["sessions"].clone();
+    assert_eq!(left.as_array().map(Vec::len), Some(1));
+    assert_eq!(h.error_code(None, "mutation { logout }", json!({})).await, "UNAUTHENTICATED");
+}
+
+/// Signs `claims` with the server's current key, under `header`.
+fn sign(h: &Harness, mut header: jsonwebtoken::Header, claims: &Value) -> String {
+    let key = h.server().app().tokens.keys().current();
+    if header.kid.is_none() {
+        header.kid = Some(key.kid.clone());
+    }
+    jsonwebtoken::encode(&header, claims, &key.encoding).expect("sign")
+}
+
+async fn access_tokens_are_checked_to_the_letter(h: &Harness) {
+    let (token, user) = h.register("letter@example.org").await;
+    let parts: Vec<&str> = token.split('.').collect();
+    let header: Value = serde_json::from_slice(&decode(parts[0])).expect("header JSON");
+    assert_eq!(header["alg"], json!("EdDSA"));
+    let kid = text(&header["kid"]);
+    let claims: Value = serde_json::from_slice(&decode(parts[1])).expect("claims JSON");
+    let session = text(&claims["sid"]);
+    assert!(works(h, &token).await);
+
+    let eddsa = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::EdDSA);
+    let now = Utc::now().timestamp();
+    let good = json!({ "sub": user, "sid": session, "iss": "cloudsync", "aud": "cloudsync-api", "iat": now, "exp": now + 600 });
+    assert!(works(h, &sign(h, eddsa.clone(), &good)).await, "the test's own signing is right");
+
+    let mut refused = vec![
+        ("no token at all", "not.a.jwt".to_owned()),
+        ("alg none", format!("{}.{}.", encode(br#"{"alg":"none","typ":"JWT"}"#), parts[1])),
+        (
+            "HS256 with the public key id",
+            format!(
+                "{}.{}.{}",
+                encode(format!(r#"{{"alg":"HS256","typ":"JWT","kid":"{kid}"}}"#).as_bytes()),
+                parts[1],
+                parts[2]
+            ),
+        ),
+        (
+            "no key id",
+            format!("{}.{}.{}", encode(br#"{"alg":"EdDSA","typ":"JWT"}"#), parts[1], parts[2]),
+        ),
+        (
+            "an unknown key id",
+            format!(
+                "{}.{}.{}",
+                encode(br#"{"alg":"EdDSA","typ":"JWT","kid":"0000000000000000"}"#),
+                parts[1],
+                parts[2]
+            ),
+        ),
+    ];
+    // A changed signature, and changed claims under the old signature.
+    let mut signature = decode(parts[2]);
+    signature[10] ^= 1;
+    refused.push(("a changed signature", format!("{}.{}.{}", parts[0], parts[1], encode(&signature))));
+    let other_user =
+        json!({ "sub": Uuid::new_v4(), "sid": session, "iss": "cloudsync", "aud": "cloudsync-api", "iat": now, "exp": now + 600 });
+    refused.push((
+        "changed claims",
+        format!("{}.{}.{}", parts[0], encode(other_user.to_string().as_bytes()), parts[2]),
+    ));
+    // Properly signed, but wrong in what they say.
+    let mut with = |what: &'static str, change: &dyn Fn(&mut Value)| {
+        let mut claims = good.clone();
+        change(&mut claims);
+        refused.push((what, sign(h, eddsa.clone(), &claims)));
+    };
+    with("expired", &|c| c["exp"] = json!(now - 60));
+    with("another audience", &|c| c["aud"] = json!("someone-else"));
+    with("another issuer", &|c| c["iss"] = json!("evil"));
+    with("no expiry", &|c| {
+        c.as_object_mut().map(|o| o.remove("exp"));
+    });
+    with("an unknown session", &|c| c["sid"] = json!(Uuid::new_v4()));
+    with("another user's session", &|c| c["sub"] = json!(Uuid::new_v4()));
+    with("a malformed subject", &|c| c["sub"] = json!("' OR 1=1 --"));
+    for (what, bad) in &refused {
+        let response = h.gql(Some(bad), ME, json!({})).await;
+        assert_eq!(
+            response["errors"][0]["extensions"]["code"],
+            json!("UNAUTHENTICATED"),
+            "{what}: {response}"
+        );
+        assert!(response["data"].is_null() || response["data"]["me"].is_null(), "{what}: {response}");
+    }
+    assert_eq!(h.error_code(None, ME, json!({})).await, "UNAUTHENTICATED");
+    assert!(works(h, &token).await, "nothing above changed the real session");
+}
+
+fn encode(bytes: &[u8]) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+}
+
+fn decode(text: &str) -> Vec<u8> {
+    use base64::Engine as _;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(text).expect("base64url")
+}
+
+async fn browser_clients_keep_the_refresh_token_in_a_strict_cookie(h: &Harness) {
+    h.register("browser@example.org").await;
+    let post = |body: Value, cookie: Option<&str>| {
+        let mut request = h.client.post(format!("{}/graphql", h.url)).json(&body);
+        if let Some(cookie) = cookie {
+            request = request.header("cookie", cookie);
+        }
+        request.send()
+    };
+    let set_cookie = |response: &reqwest::Response| -> String {
+        let values: Vec<&str> = response
+            .headers()
+            .get_all("set-cookie")
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .collect();
+        assert_eq!(values.len(), 1, "{values:?}");
+        values[0].to_owned()
+    };
+    let value_of = |set: &str| {
+        set.split(';')
+            .next()
+            .and_then(|p| p.split_once('='))
+            .map(|(_, v)| v.to_owned())
+            .expect("value")
+    };
+
+    let response = post(
+        json!({ "query": LOGIN, "variables": { "e": "browser@example.org", "p": PASSWORD, "c": true } }),
+        None,
+    )
+    .await
+    .expect("login");
+    let cookie = set_cookie(&response);
+    let body: Value = response.json().await.expect("JSON");
+    assert_eq!(body["data"]["login"]["refreshToken"], Value::Null, "never readable by page scripts");
+    for part in ["Secure", "HttpOnly", "SameSite=Strict", "Path=/graphql"] {
+        assert!(cookie.split("; ").any(|p| p == part), "{part} in {cookie}");
+    }
+    let first = value_of(&cookie);
+    assert!(first.starts_with("csr1."));
+
+    // refresh without an argument takes the cookie and renews it.
+    let response = post(json!({ "query": REFRESH }), Some(&format!("other=1; cloudsync_refresh={first}")))
+        .await
+        .expect("refresh");
+    let renewed = value_of(&set_cookie(&response));
+    let body: Value = response.json().await.expect("JSON");
+    assert!(body.get("errors").is_none(), "{body}");
+    assert_eq!(body["data"]["refresh"]["refreshToken"], Value::Null);
+    let access = text(&body["data"]["refresh"]["accessToken"]);
+    assert_ne!(renewed, first);
+    assert!(works(h, &access).await);
+
+    // The old cookie again (a stolen copy): refused, the cookie is cleared, the session revoked.
+    let response = post(json!({ "query": REFRESH }), Some(&format!("cloudsync_refresh={first}")))
+        .await
+        .expect("refresh");
+    let cleared = set_cookie(&response);
+    assert!(
+        cleared.starts_with("cloudsync_refresh=;") && cleared.contains("Max-Age=0"),
+        "{cleared}"
+    );
+    let body: Value = response.json().await.expect("JSON");
+    assert_eq!(body["errors"][0]["extensions"]["code"], json!("UNAUTHENTICATED"));
+    assert!(!works(h, &access).await);
+    let response = post(json!({ "query": REFRESH }), Some(&format!("cloudsync_refresh={renewed}")))
+        .await
+        .expect("refresh");
+    let body: Value = response.json().await.expect("JSON");
+    assert_eq!(body["errors"][0]["extensions"]["code"], json!("UNAUTHENTICATED"));
+
+    // CORS: the configured origin may call with credentials; any other gets no CORS headers.
+    let preflight = |origin: &str| {
+        h.client
+            .request(reqwest::Method::OPTIONS, format!("{}/graphql", h.url))
+            .header("origin", origin)
+            .header("access-control-request-method", "POST")
+            .header("access-control-request-headers", "content-type, authorization")
+            .send()
+    };
+    let allowed = preflight("https://app.example.org").await.expect("preflight");
+    let headers = allowed.headers();
+    assert_eq!(
+        headers.get("access-control-allow-origin").map(|v| v.to_str().ok()),
+        Some(Some("https://app.example.org"))
+    );
+    assert_eq!(
+        headers.get("access-control-allow-credentials").map(|v| v.to_str().ok()),
+        Some(Some("true"))
+    );
+    let refused = preflight("https://evil.example.org").await.expect("preflight");
+    assert!(
+        refused.headers().get("access-control-allow-origin").is_none(),
+        "{:?}",
+        refused.headers()
+    );
+    let simple = post(json!({ "query": "{ __typename }" }), None);
+    let _ = simple.await.expect("a same-origin call works");
+    let cross = h
+        .client
+        .post(format!("{}/graphql", h.url))
+        .header("origin", "https://evil.example.org")
+        .json(&json!({ "query": "{ __typename }" }))
+        .send()
+        .await
+        .expect("post");
+    assert!(cross.headers().get("access-control-allow-origin").is_none());
+}
+
+/// A key rotation (the CLI's `cloudsync keys rotate`) signs nobody out: tokens signed with the
+/// retired key keep working for the grace period, new ones name the new key; after the grace the
+/// retired key verifies nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn signing_keys_rotate_without_signing_anyone_out() {
+    let h = Harness::new(Backend::Sqlite).await;
+    let (token, _) = h.register("keys@example.org").await;
+    let first = h.server().app().tokens.keys().current().kid.clone();
+    let config = cloudsync_gateway::Config {
+        data_dir: h.db.dir().join("data"),
+        database_url: Some(h.db.url.clone()),
+        ..cloudsync_gateway::Config::default()
+    };
+    let mut out = Vec::new();
+    cloudsync_gateway::cli::keys(&config, &h.db.db, &cloudsync_gateway::cli::KeysCommand::Rotate, &mut out)
+        .await
+        .expect("rotate");
+    let printed = String::from_utf8(out).expect("text");
+    assert!(
+        printed.contains(&format!("{first}  EdDSA")) && printed.contains("retired, verifies until"),
+        "{printed}"
+    );
+    // The server has not reloaded yet: it still signs with the old key, and knows the new one as
+    // soon as a token names it.
+    assert!(works(&h, &token).await);
+    h.server().app().tokens.keys().reload().await;
+    let second = h.server().app().tokens.keys().current().kid.clone();
+    assert_ne!(second, first);
+    assert!(
+        printed.contains(&format!("{second}  EdDSA")) && printed.contains("signs"),
+        "{printed}"
+    );
+    assert!(works(&h, &token).await, "a token of the retired key works until it expires");
+    let fresh = login(&h, "keys@example.org").await;
+    let fresh = text(&fresh["accessToken"]);
+    let header: Value = serde_json::from_slice(&decode(fresh.split('.').next().expect("header"))).expect("JSON");
+    assert_eq!(header["kid"], json!(second));
+    assert!(works(&h, &fresh).await);
+    h.stop().await;
+
+    // The grace period ends: the retired key verifies nothing and the next rotation deletes it.
+    let db = TestDatabase::new(Backend::Sqlite).await;
+    let (master, _) = cloudsync_commands::MasterKey::generate();
+    let grace = Duration::from_millis(300);
+    let ring = KeyRing::open(db.db.pool.clone(), master.clone(), grace).await.expect("open");
+    let old = ring.current().kid.clone();
+    KeyRing::rotate(&db.db.pool, &master, grace).await.expect("rotate");
+    ring.reload().await;
+    assert!(ring.verifying(&old).await.is_some());
+    tokio::time::sleep(grace + Duration::from_millis(100)).await;
+    assert!(ring.verifying(&old).await.is_none());
+    KeyRing::rotate(&db.db.pool, &master, grace).await.expect("rotate");
+    let kept: Vec<String> = cloudsync_gateway::keys::list(&db.db.pool)
+        .await
+        .expect("list")
+        .into_iter()
+        .map(|k| k.kid)
+        .collect();
+    assert!(!kept.contains(&old), "{kept:?}");
+    assert_eq!(kept.len(), 2);
+    // Keys sealed by another master key do not open.
+    let (other, _) = cloudsync_commands::MasterKey::generate();
+    assert!(KeyRing::open(db.db.pool.clone(), other, grace).await.is_err());
+    db.cleanup().await;
+}
+
+/// Two API processes (two servers on one database) sharing sessions through Redis: a session opened
+/// on one works on the other, a refresh token exchanged on one is detected as reused on the other,
+/// and a revocation on one is seen at once by the other.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_sessions_are_shared_by_every_api_process() {
+    let namespace = format!("cs_test_{}:", Uuid::new_v4().simple());
+    let redis = redis_url();
+    let a = Harness::with_config(Backend::Postgres, |c| {
+        c.redis_url = Some(redis.clone());
+        c.redis_namespace.clone_from(&namespace);
+    })
+    .await;
+    let b_config = cloudsync_gateway::Config {
+        data_dir: a.db.dir().join("data-b"),
+        bind: "127.0.0.1:0".into(),
+        database_url: Some(a.db.url.clone()),
+        master_key: None,
+        redis_url: Some(redis.clone()),
+        redis_namespace: namespace.clone(),
+        ..cloudsync_gateway::Config::default()
+    };
+    // Both processes must open the keys with the same master key: the data dir's.
+    std::fs::create_dir_all(&b_config.data_dir).expect("mkdir");
+    std::fs::copy(a.db.dir().join("data").join("master-key"), b_config.data_dir.join("master-key")).expect("copy the master key");
+    let b = cloudsync_gateway::start(&b_config).await.expect("second server");
+    let b_url = format!("http://{}", b.addr());
+    let on_b = |token: Option<String>, query: &'static str, variables: Value| {
+        let client = a.client.clone();
+        let url = b_url.clone();
+        async move {
+            let mut request = client
+                .post(format!("{url}/graphql"))
+                .json(&json!({ "query": query, "variables": variables }));
+            if let Some(token) = token {
+                request = request.bearer_auth(token);
+            }
+            request.send().await.expect("post").json::<Value>().await.expect("JSON")
+        }
+    };
+
+    a.register("shared@example.org").await;
+    let session = login(&a, "shared@example.org").await;
+    let access = text(&session["accessToken"]);
+    let me = on_b(Some(access.clone()), ME, json!({})).await;
+    assert_eq!(me["data"]["me"]["email"], json!("shared@example.org"), "{me}");
+    let listed = on_b(Some(access.clone()), SESSIONS, json!({})).await;
+    assert_eq!(listed["data"]["sessions"].as_array().map(Vec::len), Some(2), "{listed}");
+
+    // Exchanged on B, reused on A: detected, the session is gone on both.
+    let exchanged = on_b(None, REFRESH, json!({ "r": session["refreshToken"] })).await;
+    let next = text(&exchanged["data"]["refresh"]["accessToken"]);
+    assert!(works(&a, &next).await);
+    assert_eq!(
+        a.error_code(None, REFRESH, json!({ "r": session["refreshToken"] })).await,
+        "UNAUTHENTICATED"
+    );
+    let after = on_b(Some(next.clone()), ME, json!({})).await;
+    assert_eq!(after["errors"][0]["extensions"]["code"], json!("UNAUTHENTICATED"));
+
+    // Revoked on A, refused on B at once.
+    let other = login(&a, "shared@example.org").await;
+    let other_access = text(&other["accessToken"]);
+    assert!(on_b(Some(other_access.clone()), ME, json!({})).await.get("errors").is_none());
+    a.ok(Some(&other_access), "mutation { logout }", json!({})).await;
+    let refused = on_b(Some(other_access), ME, json!({})).await;
+    assert_eq!(refused["errors"][0]["extensions"]["code"], json!("UNAUTHENTICATED"));
+
+    b.stop().await;
+    a.stop().await;
+    clear_namespace(&namespace).await;
+}
+
+fn redis_url() -> String {
+    std::env::var("CLOUDSYNC_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
+}
+
+async fn clear_namespace(namespace: &str) {
+    let client = redis::Client::open(redis_url()).expect("redis URL");
+    let mut connection = client.get_multiplexed_async_connection().await.expect("Redis");
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("{namespace}*"))
+        .query_async(&mut connection)
+        .await
+        .expect("keys");
+    if !keys.is_empty() {
+        redis::cmd("DEL").arg(keys).query_async::<()>(&mut connection).await.expect("del");
+    }
+}
+
+/// The contract every session store passes.
+async fn session_store_contract(store: Arc<dyn SessionStore>) {
+    // Stores keep times to the millisecond.
+    let now = chrono::DateTime::from_timestamp_millis(Utc::now().timestamp_millis()).expect("now");
+    let session = |user: Uuid, ttl: chrono::Duration| Session {
+        id: Uuid::new_v4(),
+        user_id: user,
+        created_at: now,
+        last_used_at: now,
+        expires_at: now + ttl,
+        user_agent: Some("test agent".into()),
+        ip: Some("192.0.2.1".into()),
+    };
+    let (ada, bob) = (Uuid::new_v4(), Uuid::new_v4());
+    let day = chrono::Duration::days(1);
+    let first = session(ada, day);
+    store.create(&first, "h1").await.expect("create");
+    assert_eq!(store.get(first.id).await.expect("get"), Some(first.clone()));
+    assert_eq!(store.get(Uuid::new_v4()).await.expect("get"), None);
+
+    // Rotation: the current secret only, once.
+    let later = now + chrono::Duration::seconds(5);
+    assert_eq!(
+        store.rotate(first.id, "nope", "h9", later, later + day).await.expect("rotate"),
+        Rotation::Invalid
+    );
+    assert_eq!(
+        store.rotate(Uuid::new_v4(), "h1", "h9", later, later + day).await.expect("rotate"),
+        Rotation::Invalid
+    );
+    assert_eq!(
+        store.rotate(first.id, "h1", "h2", later, later + day).await.expect("rotate"),
+        Rotation::Rotated
+    );
+    let rotated = store.get(first.id).await.expect("get").expect("live");
+    assert_eq!(rotated.last_used_at.timestamp_millis(), later.timestamp_millis());
+    assert_eq!(rotated.expires_at.timestamp_millis(), (later + day).timestamp_millis());
+    assert_eq!(rotated.created_at.timestamp_millis(), now.timestamp_millis());
+    assert_eq!(
+        store.rotate(first.id, "h2", "h3", later, later + day).await.expect("rotate"),
+        Rotation::Rotated
+    );
+    // A used secret: reuse, and the session is gone.
+    assert_eq!(
+        store.rotate(first.id, "h1", "h4", later, later + day).await.expect("rotate"),
+        Rotation::Reused { user_id: ada }
+    );
+    assert_eq!(store.get(first.id).await.expect("get"), None);
+    assert_eq!(
+        store.rotate(first.id, "h3", "h5", later, later + day).await.expect("rotate"),
+        Rotation::Invalid
+    );
+
+    // Listing and revoking, per user.
+    let (a1, a2, b1) = (session(ada, day), session(ada, day), session(bob, day));
+    for s in [&a1, &a2, &b1] {
+        store.create(s, &format!("secret-{}", s.id)).await.expect("create");
+    }
+    let mut expected = vec![a1.id, a2.id];
+    expected.sort_by_key(|id| (now, *id));
+    let listed: Vec<Uuid> = store.list(ada).await.expect("list").into_iter().map(|s| s.id).collect();
+    assert_eq!(listed, expected);
+    assert!(!store.revoke(bob, a1.id).await.expect("revoke"), "not bob's");
+    assert!(store.get(a1.id).await.expect("get").is_some());
+    assert!(store.revoke(ada, a1.id).await.expect("revoke"));
+    assert!(!store.revoke(ada, a1.id).await.expect("revoke"), "already gone");
+    assert_eq!(store.revoke_all(ada).await.expect("revoke all"), 1);
+    assert!(store.list(ada).await.expect("list").is_empty());
+    assert_eq!(store.list(bob).await.expect("list").len(), 1);
+
+    // Expiry: an expired session is neither found nor listed, and its token does not rotate.
+    let short = session(bob, chrono::Duration::milliseconds(300));
+    store.create(&short, "short").await.expect("create");
+    assert!(store.get(short.id).await.expect("get").is_some());
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert_eq!(store.get(short.id).await.expect("get"), None);
+    assert_eq!(store.list(bob).await.expect("list").len(), 1);
+    let at = Utc::now();
+    assert_eq!(
+        store.rotate(short.id, "short", "x", at, at + day).await.expect("rotate"),
+        Rotation::Invalid
+    );
+
+    // Racing exchanges of one token: exactly one wins, and the losers' attempts read as reuse.
+    let raced = session(bob, day);
+    store.create(&raced, "race").await.expect("create");
+    let attempts = (0..8).map(|i| {
+        let store = Arc::clone(&store);
+        tokio::spawn(async move {
+            let at = Utc::now();
+            store
+                .rotate(raced.id, "race", &format!("next-{i}"), at, at + day)
+                .await
+                .expect("rotate")
+        })
+    });
+    let outcomes: Vec<Rotation> = futures::future::join_all(attempts)
+        .await
+        .into_iter()
+        .map(|r| r.expect("task"))
+        .collect();
+    assert_eq!(outcomes.iter().filter(|o| **o == Rotation::Rotated).count(), 1, "{outcomes:?}");
+    assert!(outcomes.iter().any(|o| matches!(o, Rotation::Reused { .. })), "{outcomes:?}");
+    assert_eq!(store.get(raced.id).await.expect("get"), None, "reuse revoked it");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn memory_sessions_pass_the_contract() {
+    session_store_contract(Arc::new(MemorySessions::default())).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_sessions_pass_the_contract() {
+    let namespace = format!("cs_test_{}:", Uuid::new_v4().simple());
+    let store = RedisSessions::connect(&redis_url(), &namespace)
+        .await
+        .unwrap_or_else(|err| panic!("Redis at {} is required for this test (run scripts/services): {err}", redis_url()));
+    session_store_contract(Arc::new(store)).await;
+    clear_namespace(&namespace).await;
+}
