@@ -2,6 +2,7 @@
 //! with an expected version; the vault that seals provider secrets; and the job runner that executes
 //! long work (provider scans) and reports back by appending events.
 
+mod accounts;
 mod error;
 mod gc;
 mod handlers;

@@ -21,6 +21,37 @@ pub struct UserRegistered {
     pub registered_at: DateTime<Utc>,
 }
 
+/// Why a user's password hash changed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PasswordChange {
+    /// The user changed it, knowing the old one.
+    Changed,
+    /// Set through a reset token sent by mail.
+    Reset,
+    /// The same password, hashed again with the configured parameters (an older or imported hash
+    /// was upgraded at login).
+    Rehashed,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct UserPasswordChanged {
+    pub user_id: UserId,
+    pub password_hash: String,
+    pub reason: PasswordChange,
+    pub at: DateTime<Utc>,
+}
+
+/// A password reset was asked for: the token sent by mail (only its hash is kept) works once,
+/// until `expires_at`, and only while it is the latest one.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PasswordResetRequested {
+    pub user_id: UserId,
+    pub token_hash: String,
+    pub expires_at: DateTime<Utc>,
+    pub at: DateTime<Utc>,
+}
+
 /// Recorded on the `email-…` reservation stream so an address belongs to at most one user.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct EmailClaimed {
@@ -377,6 +408,8 @@ pub struct SyncBaseAdvanced {
 pub enum DomainEvent {
     UserRegistered(UserRegistered),
     EmailClaimed(EmailClaimed),
+    UserPasswordChanged(UserPasswordChanged),
+    PasswordResetRequested(PasswordResetRequested),
     ProviderConnected(ProviderConnected),
     ProviderDisconnected(ProviderDisconnected),
     ProviderScheduleSet(ProviderScheduleSet),
@@ -434,6 +467,8 @@ impl DomainEvent {
         match event_type {
             "FileDiscovered" => Some(2),
             "UserRegistered"
+            | "UserPasswordChanged"
+            | "PasswordResetRequested"
             | "EmailClaimed"
             | "ProviderConnected"
             | "ProviderDisconnected"
@@ -512,6 +547,8 @@ impl DomainEvent {
     pub fn owner(&self) -> Option<UserId> {
         Some(match self {
             Self::UserRegistered(e) => e.user_id,
+            Self::UserPasswordChanged(e) => e.user_id,
+            Self::PasswordResetRequested(e) => e.user_id,
             Self::EmailClaimed(e) => e.user_id,
             Self::ProviderConnected(e) => e.owner_id,
             Self::ProviderDisconnected(e) => e.owner_id,

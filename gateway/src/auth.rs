@@ -1,12 +1,9 @@
-//! Passwords (argon2id) and access tokens: EdDSA JWTs with the signing key's id in the header
+//! Password rules and access tokens: EdDSA JWTs with the signing key's id in the header
 //! (keys in [`crate::keys`]), issuer, audience and expiry checked, each naming the session it
 //! belongs to ([`crate::sessions`]), which must still be live.
 
 use std::sync::Arc;
 
-use argon2::Argon2;
-use argon2::password_hash::rand_core::OsRng;
-use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use chrono::Utc;
 use jsonwebtoken::{Algorithm, Header, Validation};
 use serde::{Deserialize, Serialize};
@@ -184,29 +181,6 @@ pub fn check_password_rules(password: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// Hashes a password with argon2id and a random salt (CPU-heavy: call from a blocking thread).
-///
-/// # Errors
-/// Only if hashing itself fails.
-pub fn hash_password(password: &str) -> Result<String, String> {
-    let salt = SaltString::generate(&mut OsRng);
-    Argon2::default()
-        .hash_password(password.as_bytes(), &salt)
-        .map(|h| h.to_string())
-        .map_err(|err| err.to_string())
-}
-
-/// Whether `password` matches `hash` (CPU-heavy: call from a blocking thread).
-pub fn verify_password(password: &str, hash: &str) -> bool {
-    PasswordHash::new(hash).is_ok_and(|parsed| Argon2::default().verify_password(password.as_bytes(), &parsed).is_ok())
-}
-
-/// A hash to verify against when the account does not exist, so both cases cost the same time.
-pub fn dummy_hash() -> &'static str {
-    static DUMMY: std::sync::OnceLock<String> = std::sync::OnceLock::new();
-    DUMMY.get_or_init(|| hash_password("cloudsync-no-such-account").unwrap_or_default())
-}
-
 /// The cookie a browser client keeps its refresh token in.
 pub const REFRESH_COOKIE: &str = "cloudsync_refresh";
 
@@ -264,14 +238,5 @@ mod tests {
         ] {
             assert!(set.split("; ").any(|p| p == part), "{part} in {set}");
         }
-    }
-
-    #[test]
-    fn passwords_hash_with_argon2id_and_verify() {
-        let hash = hash_password("correct horse battery").expect("hash");
-        assert!(hash.starts_with("$argon2id$"));
-        assert!(verify_password("correct horse battery", &hash));
-        assert!(!verify_password("wrong horse battery", &hash));
-        assert!(!verify_password("x", "not a hash"));
     }
 }

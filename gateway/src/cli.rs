@@ -81,6 +81,11 @@ pub enum Command {
         #[arg(long, default_value_t = 600)]
         wait: u64,
     },
+    /// Manages accounts.
+    Users {
+        #[command(subcommand)]
+        command: UsersCommand,
+    },
     /// Manages the access tokens' signing keys.
     Keys {
         #[command(subcommand)]
@@ -105,6 +110,15 @@ pub enum ProjectionsCommand {
     /// Rebuilds one read model (users, providers, files, sync_operations, or all) from position 0.
     /// Safe while the server runs.
     Rebuild { name: String },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum UsersCommand {
+    /// Registers accounts moved from another system: a JSON Lines file of
+    /// `{"email": …, "password_hash": …}` with argon2, bcrypt (`$2b$…`) or PBKDF2 (`$pbkdf2-sha256$…`,
+    /// or Django's `pbkdf2_sha256$…`) hashes. People sign in with their old passwords; the hash is
+    /// replaced by an argon2id one at their first login. A file with any bad line imports nothing.
+    Import { file: PathBuf },
 }
 
 #[derive(Debug, Subcommand)]
@@ -258,6 +272,15 @@ pub async fn run(command: Command, mut config: Config) -> anyhow::Result<()> {
             db.close().await;
             result
         }
+        Command::Users {
+            command: UsersCommand::Import { file },
+        } => {
+            let text = std::fs::read_to_string(&file).with_context(|| format!("reading {}", file.display()))?;
+            let db = open_database(&config).await?;
+            let result = import_users(&config, &db, &text, &mut std::io::stdout().lock()).await;
+            db.close().await;
+            result
+        }
         Command::Keys { command } => {
             let db = open_database(&config).await?;
             let result = keys(&config, &db, &command, &mut std::io::stdout().lock()).await;
@@ -271,6 +294,52 @@ pub async fn run(command: Command, mut config: Config) -> anyhow::Result<()> {
             result
         }
     }
+}
+
+/// `cloudsync users import`: registers the accounts of a JSON Lines text; every line is checked
+/// before anything is registered. Addresses already registered are skipped and reported.
+///
+/// # Errors
+/// A bad line (with its number and what is wrong), or store failures.
+pub async fn import_users(config: &Config, db: &Database, text: &str, out: &mut impl std::io::Write) -> anyhow::Result<()> {
+    #[derive(serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Line {
+        email: String,
+        password_hash: String,
+    }
+    let mut accounts = Vec::new();
+    let mut problems = Vec::new();
+    for (number, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
+        let number = number + 1;
+        match serde_json::from_str::<Line>(line) {
+            Err(err) => problems.push(format!("line {number}: not an object with email and password_hash ({err})")),
+            Ok(parsed) => match cloudsync_domain::Email::parse(&parsed.email) {
+                Err(err) => problems.push(format!("line {number}: {err}")),
+                Ok(_) if !crate::passwords::Passwords::recognised(&parsed.password_hash) => {
+                    problems.push(format!("line {number}: the password hash is not argon2, bcrypt or PBKDF2"));
+                }
+                Ok(email) => accounts.push((email, parsed.password_hash)),
+            },
+        }
+    }
+    if !problems.is_empty() {
+        bail!("nothing was imported:\n  {}", problems.join("\n  "));
+    }
+    let commands = crate::server::commands(config, db)?;
+    let (mut imported, mut skipped) = (0, Vec::new());
+    for (email, hash) in accounts {
+        match commands.register(email.clone(), hash).await {
+            Ok(_) => imported += 1,
+            Err(cloudsync_commands::CommandError::AlreadyExists(_)) => skipped.push(email.as_str().to_owned()),
+            Err(err) => return Err(err).with_context(|| format!("importing {}", email.as_str())),
+        }
+    }
+    writeln!(out, "Imported {imported} accounts.")?;
+    if !skipped.is_empty() {
+        writeln!(out, "Skipped {} already registered: {}.", skipped.len(), skipped.join(", "))?;
+    }
+    Ok(())
 }
 
 /// `cloudsync keys list | rotate`.

@@ -31,6 +31,15 @@ pub struct Config {
     pub redis_namespace: String,
     /// Origins (`https://app.example.org`) whose browser pages may call the API; none by default.
     pub cors_origins: Vec<String>,
+    /// argon2id parameters for new password hashes; a login with a hash made otherwise (older
+    /// parameters, or an imported bcrypt or PBKDF2 hash) stores a new one.
+    pub argon2_memory_kib: u32,
+    pub argon2_iterations: u32,
+    pub argon2_parallelism: u32,
+    /// How long a password reset token works.
+    pub password_reset_ttl_minutes: i64,
+    /// A folder that receives outgoing mail as `.eml` files; unset: mail is written to the log.
+    pub mail_outbox: Option<PathBuf>,
     /// `text` or `json`.
     pub log_format: String,
     /// The largest request body accepted.
@@ -76,6 +85,11 @@ impl Default for Config {
             redis_url: None,
             redis_namespace: "cloudsync:".into(),
             cors_origins: Vec::new(),
+            argon2_memory_kib: 19 * 1024,
+            argon2_iterations: 2,
+            argon2_parallelism: 1,
+            password_reset_ttl_minutes: 30,
+            mail_outbox: None,
             log_format: "text".into(),
             max_body_bytes: 1024 * 1024,
             consistency_timeout_ms: 5000,
@@ -111,6 +125,15 @@ impl Config {
                 "REFRESH_TTL_DAYS" => config.refresh_ttl_days = value.parse().context("CLOUDSYNC_REFRESH_TTL_DAYS must be a number")?,
                 "REDIS_URL" => config.redis_url = Some(value).filter(|v| !v.is_empty()),
                 "REDIS_NAMESPACE" => config.redis_namespace = value,
+                "ARGON2_MEMORY_KIB" => config.argon2_memory_kib = value.parse().context("CLOUDSYNC_ARGON2_MEMORY_KIB must be a number")?,
+                "ARGON2_ITERATIONS" => config.argon2_iterations = value.parse().context("CLOUDSYNC_ARGON2_ITERATIONS must be a number")?,
+                "ARGON2_PARALLELISM" => {
+                    config.argon2_parallelism = value.parse().context("CLOUDSYNC_ARGON2_PARALLELISM must be a number")?
+                }
+                "PASSWORD_RESET_TTL_MINUTES" => {
+                    config.password_reset_ttl_minutes = value.parse().context("CLOUDSYNC_PASSWORD_RESET_TTL_MINUTES must be a number")?;
+                }
+                "MAIL_OUTBOX" => config.mail_outbox = Some(PathBuf::from(value)).filter(|p| !p.as_os_str().is_empty()),
                 "CORS_ORIGINS" => {
                     config.cors_origins = value.split([',', ' ']).filter(|o| !o.is_empty()).map(str::to_owned).collect();
                 }
@@ -184,6 +207,11 @@ impl Config {
         }
         if !(1..=365).contains(&self.refresh_ttl_days) {
             bail!("refresh_ttl_days must be between 1 and 365");
+        }
+        crate::passwords::Passwords::new(self.argon2_memory_kib, self.argon2_iterations, self.argon2_parallelism)
+            .map_err(anyhow::Error::msg)?;
+        if !(1..=24 * 60).contains(&self.password_reset_ttl_minutes) {
+            bail!("password_reset_ttl_minutes must be between 1 and 1440");
         }
         if let Some(url) = &self.redis_url
             && !(url.starts_with("redis://") || url.starts_with("rediss://"))
@@ -280,6 +308,8 @@ mod tests {
         assert!(Config::load(None, vars(&[("CLOUDSYNC_TOKEN_TTL_MINUTES", "soon")])).is_err());
         assert!(Config::load(None, vars(&[("CLOUDSYNC_LOG_FORMAT", "xml")])).is_err());
         assert!(Config::load(None, vars(&[("CLOUDSYNC_TOKEN_TTL_MINUTES", "0")])).is_err());
+        assert!(Config::load(None, vars(&[("CLOUDSYNC_ARGON2_MEMORY_KIB", "1")])).is_err());
+        assert!(Config::load(None, vars(&[("CLOUDSYNC_ARGON2_ITERATIONS", "0")])).is_err());
         assert!(Config::load(None, vars(&[("CLOUDSYNC_REDIS_URL", "localhost:6379")])).is_err());
         assert!(Config::load(None, vars(&[("CLOUDSYNC_CORS_ORIGINS", "https://a.example.org/")])).is_err());
         let cors = Config::load(

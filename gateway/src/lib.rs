@@ -6,6 +6,8 @@ pub mod cli;
 pub mod config;
 pub mod errors;
 pub mod keys;
+pub mod mail;
+pub mod passwords;
 pub mod schema;
 pub mod server;
 pub mod sessions;

@@ -38,6 +38,8 @@ use crate::auth::{Authentication, Caller, RequestInfo, Tokens};
 use crate::config::Config;
 use crate::errors::code;
 use crate::keys::{KeyRing, RELOAD_EVERY};
+use crate::mail::{LogMailer, Mailer, OutboxMailer};
+use crate::passwords::Passwords;
 use crate::schema::{CloudSyncSchema, build};
 use crate::sessions::{Client, MemorySessions, RedisSessions, SessionStore, Sessions};
 
@@ -51,6 +53,9 @@ pub struct App {
     written: Mutex<HashMap<uuid::Uuid, i64>>,
     consistency_timeout: Duration,
     token_ttl_minutes: i64,
+    pub passwords: Passwords,
+    pub mailer: Arc<dyn Mailer>,
+    pub password_reset_ttl: chrono::Duration,
 }
 
 impl App {
@@ -151,6 +156,14 @@ pub fn master_key(config: &Config) -> anyhow::Result<MasterKey> {
 pub fn key_grace(config: &Config) -> Duration {
     let ttl = u64::try_from(config.token_ttl_minutes).unwrap_or(0) * 60;
     Duration::from_secs(ttl) + RELOAD_EVERY + Duration::from_secs(60)
+}
+
+/// Password hashing with the configured argon2id parameters.
+///
+/// # Errors
+/// Parameters argon2 refuses.
+pub fn passwords(config: &Config) -> anyhow::Result<Passwords> {
+    Passwords::new(config.argon2_memory_kib, config.argon2_iterations, config.argon2_parallelism).map_err(anyhow::Error::msg)
 }
 
 /// Where sessions live: Redis when configured, else this process's memory.
@@ -270,6 +283,12 @@ pub async fn start(config: &Config) -> anyhow::Result<Server> {
         written: Mutex::new(HashMap::new()),
         consistency_timeout: Duration::from_millis(config.consistency_timeout_ms),
         token_ttl_minutes: config.token_ttl_minutes,
+        passwords: passwords(config)?,
+        mailer: match &config.mail_outbox {
+            Some(folder) => Arc::new(OutboxMailer::new(folder.clone())),
+            None => Arc::new(LogMailer),
+        },
+        password_reset_ttl: chrono::Duration::minutes(config.password_reset_ttl_minutes),
         db: db.clone(),
     });
     let shutdown = CancellationToken::new();

@@ -84,28 +84,40 @@ fn now() -> DateTime<Utc> {
     from_ms(Utc::now().timestamp_millis())
 }
 
-fn hash(secret: &str) -> String {
+/// What is stored of a token's secret.
+pub(crate) fn hash(secret: &str) -> String {
     blake3::hash(secret.as_bytes()).to_hex().to_string()
 }
 
-fn fresh_secret() -> String {
+/// 32 random bytes, base64url (43 characters).
+pub(crate) fn fresh_secret() -> String {
     let mut bytes = [0_u8; 32];
     rand::thread_rng().fill_bytes(&mut bytes);
     B64URL.encode(bytes)
 }
 
-/// A refresh token's parts, if it is well-formed.
-fn parse(token: &str) -> Option<(Uuid, &str)> {
+/// The id and secret of a `<prefix>.<uuid>.<secret>` token, if it is well-formed.
+pub(crate) fn split_token<'a>(token: &'a str, prefix: &str) -> Option<(Uuid, &'a str)> {
     let mut parts = token.trim().splitn(3, '.');
-    let (prefix, id, secret) = (parts.next()?, parts.next()?, parts.next()?);
-    if prefix != TOKEN_PREFIX || secret.len() != 43 || !secret.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') {
+    let (found, id, secret) = (parts.next()?, parts.next()?, parts.next()?);
+    if found != prefix || secret.len() != 43 || !secret.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') {
         return None;
     }
     Some((Uuid::parse_str(id).ok()?, secret))
 }
 
+/// `<prefix>.<uuid>.<secret>`.
+pub(crate) fn join_token(prefix: &str, id: Uuid, secret: &str) -> String {
+    format!("{prefix}.{}.{secret}", id.simple())
+}
+
+/// A refresh token's parts, if it is well-formed.
+fn parse(token: &str) -> Option<(Uuid, &str)> {
+    split_token(token, TOKEN_PREFIX)
+}
+
 fn token(id: Uuid, secret: &str) -> String {
-    format!("{TOKEN_PREFIX}.{}.{secret}", id.simple())
+    join_token(TOKEN_PREFIX, id, secret)
 }
 
 /// Why a refresh token was refused.

@@ -237,7 +237,8 @@ pub fn ops_for(event: &DomainEvent, at: DateTime<Utc>) -> Vec<Op> {
             email: e.email.as_str().to_owned(),
             at,
         }],
-        E::EmailClaimed(_) => Vec::new(),
+        // The write side keeps these: the read models hold no password material.
+        E::EmailClaimed(_) | E::UserPasswordChanged(_) | E::PasswordResetRequested(_) => Vec::new(),
         E::ProviderConnected(e) => vec![Op::InsertProvider {
             id: e.provider_id.as_uuid(),
             user_id: e.owner_id.as_uuid(),

@@ -19,12 +19,19 @@ on_both_backends!(
     sessions_are_listed_and_revoked_by_their_owner_only,
     access_tokens_are_checked_to_the_letter,
     browser_clients_keep_the_refresh_token_in_a_strict_cookie,
+    passwords_are_imported_upgraded_changed_and_reset,
 );
 
-/// A server that lets one other origin's pages call it.
+/// argon2id parameters the test servers hash with (cheap, to keep tests fast).
+const ARGON2: (u32, u32, u32) = (8 * 1024, 1, 1);
+
+/// A server that lets one other origin's pages call it, hashes cheaply and mails into
+/// `<test dir>/outbox`.
 pub(crate) async fn with_cors(backend: Backend) -> Harness {
     Harness::with_config(backend, |config| {
         config.cors_origins = vec!["https://app.example.org".into()];
+        (config.argon2_memory_kib, config.argon2_iterations, config.argon2_parallelism) = ARGON2;
+        config.mail_outbox = config.data_dir.parent().map(|dir| dir.join("outbox"));
     })
     .await
 }
@@ -661,4 +668,196 @@ async fn redis_sessions_pass_the_contract() {
         .unwrap_or_else(|err| panic!("Redis at {} is required for this test (run scripts/services): {err}", redis_url()));
     session_store_contract(Arc::new(store)).await;
     clear_namespace(&namespace).await;
+}
+
+/// The user's password events: (reason, hash).
+async fn password_events(h: &Harness, user: &str) -> Vec<(String, String)> {
+    let events = h.db.db.events.read_stream(&format!("user-{user}")).await.expect("read");
+    events
+        .iter()
+        .filter(|e| e.event_type == "UserPasswordChanged")
+        .map(|e| (text(&e.payload["reason"]), text(&e.payload["password_hash"])))
+        .collect()
+}
+
+async fn import(h: &Harness, lines: &str) -> anyhow::Result<String> {
+    let config = cloudsync_gateway::Config {
+        data_dir: h.db.dir().join("data"),
+        database_url: Some(h.db.url.clone()),
+        ..cloudsync_gateway::Config::default()
+    };
+    let mut out = Vec::new();
+    cloudsync_gateway::cli::import_users(&config, &h.db.db, lines, &mut out).await?;
+    Ok(String::from_utf8(out).expect("text"))
+}
+
+/// The mail in the outbox, oldest first, waiting up to five seconds for `count` of them.
+async fn outbox(h: &Harness, count: usize) -> Vec<String> {
+    let folder = h.db.dir().join("outbox");
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let mut names: Vec<std::path::PathBuf> = std::fs::read_dir(&folder)
+            .map(|entries| {
+                entries
+                    .filter_map(Result::ok)
+                    .map(|e| e.path())
+                    .filter(|p| p.extension().is_some_and(|x| x == "eml"))
+                    .collect()
+            })
+            .unwrap_or_default();
+        names.sort();
+        if names.len() >= count || std::time::Instant::now() > deadline {
+            return names.iter().map(|p| std::fs::read_to_string(p).expect("mail")).collect();
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn reset_token(mail: &str) -> String {
+    mail.split_whitespace()
+        .find(|w| w.starts_with("rst1."))
+        .expect("a token in the mail")
+        .to_owned()
+}
+
+const CHANGE: &str = "mutation($c: String!, $n: String!) { changePassword(currentPassword: $c, newPassword: $n) }";
+const REQUEST_RESET: &str = "mutation($e: String!) { requestPasswordReset(email: $e) }";
+const RESET: &str = "mutation($t: String!, $n: String!) { resetPassword(token: $t, newPassword: $n) }";
+
+async fn passwords_are_imported_upgraded_changed_and_reset(h: &Harness) {
+    use base64::Engine as _;
+    use pbkdf2::password_hash::{PasswordHasher as _, SaltString};
+    let current = format!("$argon2id$v=19$m={},t={},p={}$", ARGON2.0, ARGON2.1, ARGON2.2);
+
+    // Hashes from another system: argon2id with older parameters, bcrypt, PBKDF2 (PHC and Django).
+    let older = cloudsync_gateway::passwords::Passwords::new(4096, 1, 1)
+        .expect("params")
+        .hash("old argon2 pw")
+        .expect("hash");
+    let bcrypt = bcrypt::hash("old bcrypt pw", 4).expect("bcrypt");
+    let salt = SaltString::from_b64("c2FsdHNhbHRzYWx0").expect("salt");
+    let phc = pbkdf2::Pbkdf2.hash_password(b"old pbkdf2 pw", &salt).expect("pbkdf2").to_string();
+    let key = pbkdf2::pbkdf2_hmac_array::<sha2::Sha256, 32>(b"old django pw", b"djangosalt", 1000);
+    let django = format!(
+        "pbkdf2_sha256$1000$djangosalt${}",
+        base64::engine::general_purpose::STANDARD.encode(key)
+    );
+    let accounts = [
+        ("argon@example.org", "old argon2 pw", &older),
+        ("bcrypt@example.org", "old bcrypt pw", &bcrypt),
+        ("phc@example.org", "old pbkdf2 pw", &phc),
+        ("django@example.org", "old django pw", &django),
+    ];
+    let lines: String = accounts
+        .iter()
+        .map(|(email, _, hash)| format!("{}\n", json!({ "email": email, "password_hash": hash })))
+        .collect();
+
+    // One bad line: nothing is imported.
+    let bad = format!("{lines}{}\n", json!({ "email": "plain@example.org", "password_hash": "hunter2" }));
+    let refused = import(h, &bad).await.expect_err("refused");
+    assert!(refused.to_string().contains("line 5"), "{refused}");
+    let login_refused = h.gql(None, LOGIN, json!({ "e": "bcrypt@example.org", "p": "old bcrypt pw" })).await;
+    assert_eq!(login_refused["errors"][0]["extensions"]["code"], json!("UNAUTHENTICATED"));
+
+    let printed = import(h, &lines).await.expect("import");
+    assert!(printed.contains("Imported 4 accounts."), "{printed}");
+    let again = import(h, &lines).await.expect("import again");
+    assert!(
+        again.contains("Imported 0 accounts.") && again.contains("Skipped 4 already registered"),
+        "{again}"
+    );
+
+    for (email, password, hash) in accounts {
+        let wrong = h.gql(None, LOGIN, json!({ "e": email, "p": "not the password" })).await;
+        assert_eq!(wrong["errors"][0]["extensions"]["code"], json!("UNAUTHENTICATED"), "{email}");
+        let signed_in = h.ok(None, LOGIN, json!({ "e": email, "p": password })).await["login"].clone();
+        let user = text(&signed_in["user"]["id"]);
+        let changes = password_events(h, &user).await;
+        assert_eq!(changes.len(), 1, "{email}: upgraded once, not on the failed attempt: {changes:?}");
+        assert_eq!(changes[0].0, "rehashed");
+        assert!(
+            changes[0].1.starts_with(&current) && changes[0].1 != *hash,
+            "{email}: {}",
+            changes[0].1
+        );
+        h.ok(None, LOGIN, json!({ "e": email, "p": password })).await;
+        assert_eq!(password_events(h, &user).await.len(), 1, "{email}: a current hash is left alone");
+    }
+
+    // A change needs the current password and signs out the other sessions.
+    let (registered, user) = h.register("change@example.org").await;
+    let second = login(h, "change@example.org").await;
+    let second_token = text(&second["accessToken"]);
+    let vars = |c: &str, n: &str| json!({ "c": c, "n": n });
+    assert_eq!(
+        h.error_code(Some(&second_token), CHANGE, vars("wrong password", "a new password"))
+            .await,
+        "BAD_USER_INPUT"
+    );
+    assert_eq!(
+        h.error_code(Some(&second_token), CHANGE, vars(PASSWORD, "short")).await,
+        "BAD_USER_INPUT"
+    );
+    assert_eq!(
+        h.error_code(None, CHANGE, vars(PASSWORD, "a new password")).await,
+        "UNAUTHENTICATED"
+    );
+    assert!(password_events(h, &user).await.is_empty(), "refusals change nothing");
+    assert!(works(h, &registered).await);
+    assert_eq!(
+        h.ok(Some(&second_token), CHANGE, vars(PASSWORD, "a new password")).await["changePassword"],
+        json!(true)
+    );
+    assert!(works(h, &second_token).await, "the session that changed it stays");
+    assert!(!works(h, &registered).await, "the others are signed out");
+    let old = h.gql(None, LOGIN, json!({ "e": "change@example.org", "p": PASSWORD })).await;
+    assert_eq!(old["errors"][0]["extensions"]["code"], json!("UNAUTHENTICATED"));
+    h.ok(None, LOGIN, json!({ "e": "change@example.org", "p": "a new password" })).await;
+    assert_eq!(password_events(h, &user).await[0].0, "changed");
+
+    // Reset by mail: unknown addresses get the same answer and no mail.
+    let unknown = h.ok(None, REQUEST_RESET, json!({ "e": "nobody@example.org" })).await;
+    assert_eq!(unknown["requestPasswordReset"], json!(true));
+    assert_eq!(
+        h.error_code(None, REQUEST_RESET, json!({ "e": "not an address" })).await,
+        "BAD_USER_INPUT"
+    );
+    h.ok(None, REQUEST_RESET, json!({ "e": "change@example.org" })).await;
+    let mails = outbox(h, 1).await;
+    assert_eq!(mails.len(), 1, "{mails:?}");
+    assert!(mails[0].starts_with("To: change@example.org\r\n"), "{}", mails[0]);
+    let first_token = reset_token(&mails[0]);
+    h.ok(None, REQUEST_RESET, json!({ "e": "change@example.org" })).await;
+    let mails = outbox(h, 2).await;
+    assert_eq!(mails.len(), 2);
+    let latest = reset_token(&mails[1]);
+    assert_ne!(latest, first_token);
+    let session = h.ok(None, LOGIN, json!({ "e": "change@example.org", "p": "a new password" })).await["login"].clone();
+    let reset = |t: &str, n: &str| json!({ "t": t, "n": n });
+    assert_eq!(
+        h.error_code(None, RESET, reset(&first_token, "reset password")).await,
+        "BAD_USER_INPUT",
+        "superseded"
+    );
+    assert_eq!(
+        h.error_code(None, RESET, reset("rst1.garbage", "reset password")).await,
+        "BAD_USER_INPUT"
+    );
+    let forged = format!("{}{}", &latest[..latest.len() - 3], "AAA");
+    assert_eq!(h.error_code(None, RESET, reset(&forged, "reset password")).await, "BAD_USER_INPUT");
+    assert_eq!(h.error_code(None, RESET, reset(&latest, "short")).await, "BAD_USER_INPUT");
+    assert_eq!(
+        h.ok(None, RESET, reset(&latest, "reset password")).await["resetPassword"],
+        json!(true)
+    );
+    assert_eq!(
+        h.error_code(None, RESET, reset(&latest, "another password")).await,
+        "BAD_USER_INPUT",
+        "used"
+    );
+    assert!(!works(h, &text(&session["accessToken"])).await, "a reset signs every session out");
+    h.ok(None, LOGIN, json!({ "e": "change@example.org", "p": "reset password" })).await;
+    let reasons: Vec<String> = password_events(h, &user).await.into_iter().map(|(r, _)| r).collect();
+    assert_eq!(reasons, ["changed", "reset"]);
 }

@@ -6,14 +6,18 @@
 
 use async_graphql::{Context, ID, Object, SimpleObject};
 use chrono::{DateTime, Utc};
-use cloudsync_domain::Email;
+use cloudsync_domain::events::PasswordChange;
+use cloudsync_domain::{Email, UserId};
 use uuid::Uuid;
 
 use super::{app, caller, parse_id};
-use crate::auth::{RequestInfo, check_password_rules, dummy_hash, hash_password, refresh_cookie, verify_password};
+use crate::auth::{RequestInfo, check_password_rules, refresh_cookie};
 use crate::errors::{ApiError, ApiResult};
+use crate::mail::Mail;
+use crate::passwords::Verdict;
 use crate::server::App;
 use crate::sessions::{RefreshError, Session};
+use crate::sessions::{fresh_secret, hash as secret_hash, join_token, split_token};
 
 #[derive(SimpleObject)]
 pub struct AuthPayload {
@@ -91,6 +95,73 @@ fn payload(ctx: &Context<'_>, app: &App, session: &Session, email: String, refre
     })
 }
 
+/// A new argon2id hash, on a blocking thread.
+async fn hash_new(app: &App, password: String) -> ApiResult<String> {
+    let passwords = app.passwords.clone();
+    tokio::task::spawn_blocking(move || passwords.hash(&password))
+        .await
+        .map_err(|err| ApiError::internal(&err))?
+        .map_err(|err| ApiError::internal(&err))
+}
+
+/// Checks `password` against `stored` on a blocking thread; against a dummy hash when there is no
+/// account, so both cases take the same time.
+async fn check(app: &App, password: String, stored: Option<String>) -> ApiResult<Verdict> {
+    let passwords = app.passwords.clone();
+    let exists = stored.is_some();
+    let verdict = tokio::task::spawn_blocking(move || {
+        let hash = stored.unwrap_or_else(|| passwords.dummy().to_owned());
+        passwords.verify(&password, &hash)
+    })
+    .await
+    .map_err(|err| ApiError::internal(&err))?;
+    Ok(if exists { verdict } else { Verdict::Mismatch })
+}
+
+const RESET_PREFIX: &str = "rst1";
+
+/// Revokes every session of the user but `keep`.
+async fn revoke_sessions(app: &App, user_id: Uuid, keep: Option<Uuid>) -> ApiResult<()> {
+    let store = app.tokens.sessions().store();
+    for session in store.list(user_id).await.map_err(|err| ApiError::internal(&err))? {
+        if Some(session.id) != keep {
+            store.revoke(user_id, session.id).await.map_err(|err| ApiError::internal(&err))?;
+        }
+    }
+    Ok(())
+}
+
+/// Sends `email`'s owner a reset token, if there is one (errors are logged: the caller learns
+/// nothing either way).
+async fn send_reset(app: &App, email: Email) -> Result<(), String> {
+    let Some(user) = app.commands.user_by_email(&email).await.map_err(|e| e.to_string())? else {
+        return Ok(());
+    };
+    let Some(user_id) = user.id() else { return Ok(()) };
+    let secret = fresh_secret();
+    let expires_at = Utc::now() + app.password_reset_ttl;
+    app.commands
+        .request_password_reset(user_id, secret_hash(&secret), expires_at)
+        .await
+        .map_err(|e| e.to_string())?;
+    let token = join_token(RESET_PREFIX, user_id.as_uuid(), &secret);
+    let body = format!(
+        "Someone asked to reset the password of your CloudSync account {email}.\n\n\
+         If it was you, set a new one with this token before {expires}:\n\n    {token}\n\n\
+         (mutation {{ resetPassword(token: \"{token}\", newPassword: \"…\") }})\n\n\
+         If it was not you, ignore this message: your password stays as it is.",
+        email = email.as_str(),
+        expires = expires_at.format("%Y-%m-%d %H:%M UTC"),
+    );
+    app.mailer
+        .send(&Mail {
+            to: email.as_str().to_owned(),
+            subject: "Reset your CloudSync password".into(),
+            body,
+        })
+        .await
+}
+
 #[derive(Default)]
 pub struct IdentityQuery;
 
@@ -138,10 +209,7 @@ impl IdentityMutation {
         let app = app(ctx);
         let email = Email::parse(&email).map_err(|err| ApiError::BadInput(err.to_string()))?;
         check_password_rules(&password).map_err(ApiError::BadInput)?;
-        let hash = tokio::task::spawn_blocking(move || hash_password(&password))
-            .await
-            .map_err(|err| ApiError::internal(&err))?
-            .map_err(|err| ApiError::internal(&err))?;
+        let hash = hash_new(app, password).await?;
         let (user_id, position) = app.commands.register(email.clone(), hash).await.map_err(ApiError::from)?;
         app.wrote_for(user_id.as_uuid(), position);
         Ok(signed_in(ctx, app, user_id.as_uuid(), email.as_str().to_owned(), cookie.unwrap_or(false)).await?)
@@ -159,18 +227,25 @@ impl IdentityMutation {
             return Err(refused().into());
         }
         let user = app.commands.user_by_email(&email).await.map_err(ApiError::from)?;
-        let hash = user
-            .as_ref()
-            .and_then(|u| u.password_hash())
-            .unwrap_or_else(|| dummy_hash())
-            .to_owned();
-        let matches = tokio::task::spawn_blocking(move || verify_password(&password, &hash))
-            .await
-            .map_err(|err| ApiError::internal(&err))?;
-        let Some(user_id) = user.as_ref().and_then(|u| u.id()).filter(|_| matches) else {
+        let stored = user.as_ref().and_then(|u| u.password_hash()).map(str::to_owned);
+        let verdict = check(app, password.clone(), stored.clone()).await?;
+        let (Some(user_id), Verdict::Match { upgrade }) = (user.as_ref().and_then(|u| u.id()), verdict) else {
             tracing::info!("A login was refused.");
             return Err(refused().into());
         };
+        if upgrade && let Some(stored) = stored {
+            // An older or imported hash: store one made with today's parameters.
+            let rehashed = async {
+                let hash = hash_new(app, password).await?;
+                app.commands
+                    .set_password(user_id, hash, PasswordChange::Rehashed, &stored)
+                    .await
+                    .map_err(ApiError::from)
+            };
+            if let Err(error) = rehashed.await {
+                tracing::warn!(user = %user_id, error = ?error, "A password hash could not be upgraded; the old one stays.");
+            }
+        }
         Ok(signed_in(ctx, app, user_id.as_uuid(), email.as_str().to_owned(), cookie.unwrap_or(false)).await?)
     }
 
@@ -199,12 +274,13 @@ impl IdentityMutation {
             Err(RefreshError::Store(err)) => return Err(ApiError::internal(&err).into()),
             Err(err) => return Err(failed(&err.to_string()).into()),
         };
+        // From the account's own stream: a read model may not show a new account yet.
         let email = app
-            .reads
-            .user(session.user_id)
+            .commands
+            .user(UserId::from_uuid(session.user_id))
             .await
             .map_err(ApiError::from)?
-            .map(|row| row.email)
+            .and_then(|user| user.email().map(|e| e.as_str().to_owned()))
             .ok_or_else(|| failed("the account of this refresh token no longer exists"))?;
         Ok(payload(ctx, app, &session, email, next, cookie)?)
     }
@@ -224,6 +300,72 @@ impl IdentityMutation {
             .await
             .map_err(|err| ApiError::internal(&err))?;
         ctx.append_http_header("set-cookie", refresh_cookie("", 0));
+        Ok(true)
+    }
+
+    /// Changes the caller's password (the current one is required) and signs out every other
+    /// session.
+    async fn change_password(&self, ctx: &Context<'_>, current_password: String, new_password: String) -> async_graphql::Result<bool> {
+        let caller = caller(ctx)?;
+        let app = app(ctx);
+        let user_id = UserId::from_uuid(caller.user_id);
+        let user = app
+            .commands
+            .user(user_id)
+            .await
+            .map_err(ApiError::from)?
+            .ok_or_else(|| ApiError::not_found("user"))?;
+        let stored = user.password_hash().map(str::to_owned);
+        if current_password.chars().count() > 1024 || check(app, current_password, stored.clone()).await? == Verdict::Mismatch {
+            return Err(ApiError::BadInput("the current password is wrong".into()).into());
+        }
+        check_password_rules(&new_password).map_err(ApiError::BadInput)?;
+        let hash = hash_new(app, new_password).await?;
+        let position = app
+            .commands
+            .set_password(user_id, hash, PasswordChange::Changed, stored.as_deref().unwrap_or_default())
+            .await
+            .map_err(ApiError::from)?;
+        app.wrote(caller, position);
+        revoke_sessions(app, caller.user_id, caller.session_id).await?;
+        Ok(true)
+    }
+
+    /// Mails a single-use reset token to the address, if it belongs to an account. Always answers
+    /// true, whether or not it does, so it cannot tell who has an account.
+    async fn request_password_reset(&self, ctx: &Context<'_>, email: String) -> async_graphql::Result<bool> {
+        let app = std::sync::Arc::clone(app(ctx));
+        let email = Email::parse(&email).map_err(|err| ApiError::BadInput(err.to_string()))?;
+        // In the background: the answer takes as long for an unknown address as for a known one.
+        tokio::spawn(async move {
+            if let Err(error) = send_reset(&app, email).await {
+                tracing::error!(error = %error, "A password reset could not be sent.");
+            }
+        });
+        Ok(true)
+    }
+
+    /// Sets a new password with a token from `requestPasswordReset` (it works once, only the latest
+    /// one works, and it expires); every session of the account is signed out.
+    async fn reset_password(&self, ctx: &Context<'_>, token: String, new_password: String) -> async_graphql::Result<bool> {
+        let app = app(ctx);
+        let invalid = || ApiError::BadInput("the reset token is invalid, expired or already used".into());
+        let (user_id, secret) = split_token(&token, RESET_PREFIX).ok_or_else(invalid)?;
+        check_password_rules(&new_password).map_err(ApiError::BadInput)?;
+        let hash = hash_new(app, new_password).await?;
+        let position = match app
+            .commands
+            .reset_password(UserId::from_uuid(user_id), secret_hash(secret), hash)
+            .await
+        {
+            Ok(position) => position,
+            Err(cloudsync_commands::CommandError::Invalid(_) | cloudsync_commands::CommandError::NotFound(_)) => {
+                return Err(invalid().into());
+            }
+            Err(err) => return Err(ApiError::from(err).into()),
+        };
+        app.wrote_for(user_id, position);
+        revoke_sessions(app, user_id, None).await?;
         Ok(true)
     }
 

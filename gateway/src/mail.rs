@@ -1,0 +1,71 @@
+//! Outgoing mail (password resets) through a pluggable sender: by default the message is written to
+//! the log; with `mail_outbox` set, each message becomes a file in that folder for a mail transfer
+//! agent (or a person) to pick up.
+
+use std::path::PathBuf;
+
+use async_trait::async_trait;
+
+/// One message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Mail {
+    pub to: String,
+    pub subject: String,
+    pub body: String,
+}
+
+#[async_trait]
+pub trait Mailer: Send + Sync {
+    /// Hands the message over for delivery.
+    ///
+    /// # Errors
+    /// Why it could not be handed over.
+    async fn send(&self, mail: &Mail) -> Result<(), String>;
+}
+
+/// Writes every message to the log at info level (the default: meant for development, since the
+/// log then holds reset tokens).
+pub struct LogMailer;
+
+#[async_trait]
+impl Mailer for LogMailer {
+    async fn send(&self, mail: &Mail) -> Result<(), String> {
+        tracing::info!(to = %mail.to, subject = %mail.subject, body = %mail.body, "Mail (log sender).");
+        Ok(())
+    }
+}
+
+/// Writes each message as `<unix ms>-<uuid>.eml` into a folder, whole or not at all (a temporary
+/// name, then a rename).
+pub struct OutboxMailer {
+    folder: PathBuf,
+}
+
+impl OutboxMailer {
+    pub fn new(folder: PathBuf) -> Self {
+        Self { folder }
+    }
+}
+
+#[async_trait]
+impl Mailer for OutboxMailer {
+    async fn send(&self, mail: &Mail) -> Result<(), String> {
+        let name = format!("{}-{}", chrono::Utc::now().timestamp_millis(), uuid::Uuid::new_v4().simple());
+        let text = format!(
+            "To: {}\r\nSubject: {}\r\nContent-Type: text/plain; charset=utf-8\r\n\r\n{}\r\n",
+            mail.to.replace(['\r', '\n'], ""),
+            mail.subject.replace(['\r', '\n'], " "),
+            mail.body
+        );
+        let folder = self.folder.clone();
+        tokio::task::spawn_blocking(move || {
+            std::fs::create_dir_all(&folder)?;
+            let temporary = folder.join(format!(".{name}.tmp"));
+            std::fs::write(&temporary, text)?;
+            std::fs::rename(&temporary, folder.join(format!("{name}.eml")))
+        })
+        .await
+        .map_err(|err| err.to_string())?
+        .map_err(|err| format!("writing to the mail outbox: {err}"))
+    }
+}
