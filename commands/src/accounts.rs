@@ -76,7 +76,7 @@ impl Commands {
     }
 
     /// Lets the loaded user decide `command` and appends the result at the version it was loaded at.
-    async fn act_on_user(&self, user: UserId, (found, version): (User, i64), command: UserCommand) -> Result<i64, CommandError> {
+    pub(crate) async fn act_on_user(&self, user: UserId, (found, version): (User, i64), command: UserCommand) -> Result<i64, CommandError> {
         let events = found.handle(command)?;
         self.append(user.stream(), version, &events, &Context::new(Some(user))).await
     }

@@ -83,7 +83,7 @@ pub struct Moved {
 #[derive(Clone)]
 pub struct Commands {
     store: Arc<dyn EventStore>,
-    vault: Vault,
+    pub(crate) vault: Vault,
     oauth: Option<Arc<OAuth>>,
     chunks: Option<Arc<dyn ChunkStore>>,
 }

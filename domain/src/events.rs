@@ -52,6 +52,80 @@ pub struct PasswordResetRequested {
     pub at: DateTime<Utc>,
 }
 
+/// A second factor.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MfaMethod {
+    Totp,
+    RecoveryCode,
+    Passkey,
+    Sms,
+}
+
+/// A TOTP secret was generated for the user, not yet confirmed with a code.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TotpEnrollmentBegun {
+    pub user_id: UserId,
+    /// The secret, sealed with the user's data key.
+    pub secret: SealedSecret,
+    pub at: DateTime<Utc>,
+}
+
+/// The pending TOTP secret was confirmed with a code: logins now need a second factor.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TotpEnabled {
+    pub user_id: UserId,
+    /// Hashes of the single-use recovery codes shown to the user once.
+    pub recovery_codes: Vec<String>,
+    pub at: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TotpDisabled {
+    pub user_id: UserId,
+    pub at: DateTime<Utc>,
+}
+
+/// A one-time code was accepted (so it is never accepted again): a TOTP time step, or a recovery
+/// or SMS code's hash.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MfaCodeUsed {
+    pub user_id: UserId,
+    pub method: MfaMethod,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub step: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub code_hash: Option<String>,
+    pub at: DateTime<Utc>,
+}
+
+/// A WebAuthn passkey was registered: `passkey` is the verifier's record of it (public key,
+/// counter), as the WebAuthn library serialises it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PasskeyRegistered {
+    pub user_id: UserId,
+    pub credential_id: String,
+    pub name: String,
+    pub passkey: Value,
+    pub at: DateTime<Utc>,
+}
+
+/// A passkey's record changed when it was used (its signature counter).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PasskeyUpdated {
+    pub user_id: UserId,
+    pub credential_id: String,
+    pub passkey: Value,
+    pub at: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PasskeyRemoved {
+    pub user_id: UserId,
+    pub credential_id: String,
+    pub at: DateTime<Utc>,
+}
+
 /// Recorded on the `email-…` reservation stream so an address belongs to at most one user.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct EmailClaimed {
@@ -410,6 +484,13 @@ pub enum DomainEvent {
     EmailClaimed(EmailClaimed),
     UserPasswordChanged(UserPasswordChanged),
     PasswordResetRequested(PasswordResetRequested),
+    TotpEnrollmentBegun(TotpEnrollmentBegun),
+    TotpEnabled(TotpEnabled),
+    TotpDisabled(TotpDisabled),
+    MfaCodeUsed(MfaCodeUsed),
+    PasskeyRegistered(PasskeyRegistered),
+    PasskeyUpdated(PasskeyUpdated),
+    PasskeyRemoved(PasskeyRemoved),
     ProviderConnected(ProviderConnected),
     ProviderDisconnected(ProviderDisconnected),
     ProviderScheduleSet(ProviderScheduleSet),
@@ -469,6 +550,13 @@ impl DomainEvent {
             "UserRegistered"
             | "UserPasswordChanged"
             | "PasswordResetRequested"
+            | "TotpEnrollmentBegun"
+            | "TotpEnabled"
+            | "TotpDisabled"
+            | "MfaCodeUsed"
+            | "PasskeyRegistered"
+            | "PasskeyUpdated"
+            | "PasskeyRemoved"
             | "EmailClaimed"
             | "ProviderConnected"
             | "ProviderDisconnected"
@@ -549,6 +637,13 @@ impl DomainEvent {
             Self::UserRegistered(e) => e.user_id,
             Self::UserPasswordChanged(e) => e.user_id,
             Self::PasswordResetRequested(e) => e.user_id,
+            Self::TotpEnrollmentBegun(e) => e.user_id,
+            Self::TotpEnabled(e) => e.user_id,
+            Self::TotpDisabled(e) => e.user_id,
+            Self::MfaCodeUsed(e) => e.user_id,
+            Self::PasskeyRegistered(e) => e.user_id,
+            Self::PasskeyUpdated(e) => e.user_id,
+            Self::PasskeyRemoved(e) => e.user_id,
             Self::EmailClaimed(e) => e.user_id,
             Self::ProviderConnected(e) => e.owner_id,
             Self::ProviderDisconnected(e) => e.owner_id,

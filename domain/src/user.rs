@@ -1,11 +1,36 @@
-//! The `User` aggregate: registration and the password (changes, resets, rehashing).
+//! The `User` aggregate: registration, the password (changes, resets, rehashing) and second
+//! factors (TOTP with recovery codes, passkeys), with every one-time code accepted at most once.
+
+use std::collections::{BTreeMap, BTreeSet};
 
 use chrono::{DateTime, Utc};
+use serde_json::Value;
 
 use crate::aggregate::{Aggregate, DomainError};
-use crate::events::{DomainEvent, EmailClaimed, PasswordChange, PasswordResetRequested, UserPasswordChanged, UserRegistered};
+use crate::events::{
+    DomainEvent, EmailClaimed, MfaCodeUsed, MfaMethod, PasskeyRegistered, PasskeyRemoved, PasskeyUpdated, PasswordChange,
+    PasswordResetRequested, SealedSecret, TotpDisabled, TotpEnabled, TotpEnrollmentBegun, UserPasswordChanged, UserRegistered,
+};
 use crate::ids::UserId;
 use crate::values::Email;
+
+/// A registered passkey.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Passkey {
+    pub credential_id: String,
+    pub name: String,
+    /// The verifier's record (public key, counter).
+    pub record: Value,
+    pub registered_at: DateTime<Utc>,
+}
+
+/// Proof of a second factor, as checked by the caller against the secret: the TOTP time step the
+/// code matched, or a recovery code's hash.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Proof {
+    Totp { step: u64 },
+    RecoveryCode { hash: String },
+}
 
 #[derive(Debug, Default, Clone)]
 pub struct User {
@@ -13,6 +38,13 @@ pub struct User {
     password_hash: Option<String>,
     /// The outstanding reset (token hash, expiry): only the latest request's token works, once.
     reset: Option<(String, DateTime<Utc>)>,
+    totp_pending: Option<SealedSecret>,
+    totp: Option<SealedSecret>,
+    /// The last TOTP time step accepted: codes of it and earlier steps are refused.
+    last_step: Option<u64>,
+    /// Hashes of the recovery codes not yet used.
+    recovery_codes: BTreeSet<String>,
+    passkeys: BTreeMap<String, Passkey>,
 }
 
 pub enum UserCommand {
@@ -39,6 +71,42 @@ pub enum UserCommand {
         password_hash: String,
         at: DateTime<Utc>,
     },
+    /// A new TOTP secret, pending until confirmed (replaces an earlier pending one).
+    BeginTotp {
+        secret: SealedSecret,
+        at: DateTime<Utc>,
+    },
+    /// The pending secret is confirmed by a code of time step `step`.
+    ConfirmTotp {
+        step: u64,
+        recovery_codes: Vec<String>,
+        at: DateTime<Utc>,
+    },
+    /// Turns TOTP off, proven by a TOTP or recovery code.
+    DisableTotp {
+        proof: Proof,
+        at: DateTime<Utc>,
+    },
+    /// A second factor presented at login.
+    UseCode {
+        proof: Proof,
+        at: DateTime<Utc>,
+    },
+    RegisterPasskey {
+        credential_id: String,
+        name: String,
+        record: Value,
+        at: DateTime<Utc>,
+    },
+    UpdatePasskey {
+        credential_id: String,
+        record: Value,
+        at: DateTime<Utc>,
+    },
+    RemovePasskey {
+        credential_id: String,
+        at: DateTime<Utc>,
+    },
 }
 
 impl User {
@@ -57,6 +125,62 @@ impl User {
 
     fn registered(&self) -> Result<&UserRegistered, DomainError> {
         self.registered.as_ref().ok_or(DomainError::NotFound("user"))
+    }
+
+    /// The confirmed TOTP secret.
+    pub fn totp_secret(&self) -> Option<&SealedSecret> {
+        self.totp.as_ref()
+    }
+
+    /// The TOTP secret waiting for its first code.
+    pub fn totp_pending(&self) -> Option<&SealedSecret> {
+        self.totp_pending.as_ref()
+    }
+
+    /// The last TOTP time step accepted.
+    pub fn last_totp_step(&self) -> Option<u64> {
+        self.last_step
+    }
+
+    pub fn recovery_codes_left(&self) -> usize {
+        self.recovery_codes.len()
+    }
+
+    pub fn passkeys(&self) -> impl Iterator<Item = &Passkey> {
+        self.passkeys.values()
+    }
+
+    /// Whether a login needs a second factor.
+    pub fn mfa_enabled(&self) -> bool {
+        self.totp.is_some() || !self.passkeys.is_empty()
+    }
+
+    /// The event that accepts `proof`, or why it is refused.
+    fn accept(&self, user_id: UserId, proof: Proof, at: DateTime<Utc>) -> Result<DomainEvent, DomainError> {
+        let (method, step, code_hash) = match proof {
+            Proof::Totp { step } => {
+                if self.totp.is_none() {
+                    return Err(DomainError::InvalidState("TOTP is not enabled".into()));
+                }
+                if self.last_step.is_some_and(|last| step <= last) {
+                    return Err(DomainError::Invalid("this code was already used; wait for the next one".into()));
+                }
+                (MfaMethod::Totp, Some(step), None)
+            }
+            Proof::RecoveryCode { hash } => {
+                if !self.recovery_codes.contains(&hash) {
+                    return Err(DomainError::Invalid("the recovery code is wrong or was already used".into()));
+                }
+                (MfaMethod::RecoveryCode, None, Some(hash))
+            }
+        };
+        Ok(DomainEvent::MfaCodeUsed(MfaCodeUsed {
+            user_id,
+            method,
+            step,
+            code_hash,
+            at,
+        }))
     }
 }
 
@@ -116,6 +240,88 @@ impl Aggregate for User {
                     at,
                 })])
             }
+            UserCommand::BeginTotp { secret, at } => {
+                let user_id = self.registered()?.user_id;
+                if self.totp.is_some() {
+                    return Err(DomainError::InvalidState("TOTP is already enabled; disable it first".into()));
+                }
+                Ok(vec![DomainEvent::TotpEnrollmentBegun(TotpEnrollmentBegun { user_id, secret, at })])
+            }
+            UserCommand::ConfirmTotp { step, recovery_codes, at } => {
+                let user_id = self.registered()?.user_id;
+                if self.totp_pending.is_none() {
+                    return Err(DomainError::InvalidState("no TOTP enrollment is waiting for a code".into()));
+                }
+                Ok(vec![
+                    DomainEvent::TotpEnabled(TotpEnabled {
+                        user_id,
+                        recovery_codes,
+                        at,
+                    }),
+                    // The code that confirmed it cannot sign in.
+                    DomainEvent::MfaCodeUsed(MfaCodeUsed {
+                        user_id,
+                        method: MfaMethod::Totp,
+                        step: Some(step),
+                        code_hash: None,
+                        at,
+                    }),
+                ])
+            }
+            UserCommand::DisableTotp { proof, at } => {
+                let user_id = self.registered()?.user_id;
+                let used = self.accept(user_id, proof, at)?;
+                Ok(vec![used, DomainEvent::TotpDisabled(TotpDisabled { user_id, at })])
+            }
+            UserCommand::UseCode { proof, at } => {
+                let user_id = self.registered()?.user_id;
+                Ok(vec![self.accept(user_id, proof, at)?])
+            }
+            UserCommand::RegisterPasskey {
+                credential_id,
+                name,
+                record,
+                at,
+            } => {
+                let user_id = self.registered()?.user_id;
+                let name = name.trim().to_owned();
+                if name.is_empty() || name.chars().count() > 64 {
+                    return Err(DomainError::Invalid("a passkey's name must have 1 to 64 characters".into()));
+                }
+                if self.passkeys.contains_key(&credential_id) {
+                    return Err(DomainError::AlreadyExists("passkey"));
+                }
+                Ok(vec![DomainEvent::PasskeyRegistered(PasskeyRegistered {
+                    user_id,
+                    credential_id,
+                    name,
+                    passkey: record,
+                    at,
+                })])
+            }
+            UserCommand::UpdatePasskey { credential_id, record, at } => {
+                let user_id = self.registered()?.user_id;
+                if !self.passkeys.contains_key(&credential_id) {
+                    return Err(DomainError::NotFound("passkey"));
+                }
+                Ok(vec![DomainEvent::PasskeyUpdated(PasskeyUpdated {
+                    user_id,
+                    credential_id,
+                    passkey: record,
+                    at,
+                })])
+            }
+            UserCommand::RemovePasskey { credential_id, at } => {
+                let user_id = self.registered()?.user_id;
+                if !self.passkeys.contains_key(&credential_id) {
+                    return Err(DomainError::NotFound("passkey"));
+                }
+                Ok(vec![DomainEvent::PasskeyRemoved(PasskeyRemoved {
+                    user_id,
+                    credential_id,
+                    at,
+                })])
+            }
             UserCommand::Reset {
                 token_hash,
                 password_hash,
@@ -152,6 +358,42 @@ impl Aggregate for User {
                 self.reset = None;
             }
             DomainEvent::PasswordResetRequested(e) => self.reset = Some((e.token_hash.clone(), e.expires_at)),
+            DomainEvent::TotpEnrollmentBegun(e) => self.totp_pending = Some(e.secret.clone()),
+            DomainEvent::TotpEnabled(e) => {
+                self.totp = self.totp_pending.take();
+                self.recovery_codes = e.recovery_codes.iter().cloned().collect();
+            }
+            DomainEvent::TotpDisabled(_) => {
+                self.totp = None;
+                self.recovery_codes.clear();
+            }
+            DomainEvent::MfaCodeUsed(e) => {
+                if let Some(step) = e.step {
+                    self.last_step = Some(self.last_step.map_or(step, |last| last.max(step)));
+                }
+                if let Some(hash) = &e.code_hash {
+                    self.recovery_codes.remove(hash);
+                }
+            }
+            DomainEvent::PasskeyRegistered(e) => {
+                self.passkeys.insert(
+                    e.credential_id.clone(),
+                    Passkey {
+                        credential_id: e.credential_id.clone(),
+                        name: e.name.clone(),
+                        record: e.passkey.clone(),
+                        registered_at: e.at,
+                    },
+                );
+            }
+            DomainEvent::PasskeyUpdated(e) => {
+                if let Some(passkey) = self.passkeys.get_mut(&e.credential_id) {
+                    passkey.record = e.passkey.clone();
+                }
+            }
+            DomainEvent::PasskeyRemoved(e) => {
+                self.passkeys.remove(&e.credential_id);
+            }
             _ => {}
         }
     }
@@ -237,6 +479,114 @@ mod tests {
             "a password change ends the outstanding reset"
         );
         assert!(then(again, reset("t2", 8)).is_ok());
+    }
+
+    fn sealed() -> SealedSecret {
+        SealedSecret {
+            nonce: "n".into(),
+            ciphertext: "c".into(),
+        }
+    }
+
+    #[test]
+    fn totp_codes_and_recovery_codes_are_accepted_once() {
+        let code = |step| UserCommand::UseCode {
+            proof: Proof::Totp { step },
+            at: at(0),
+        };
+        let recovery = |hash: &str| UserCommand::UseCode {
+            proof: Proof::RecoveryCode { hash: hash.into() },
+            at: at(0),
+        };
+        let history = registered();
+        assert!(then(history.clone(), code(5)).is_err(), "not enabled");
+        let confirm = UserCommand::ConfirmTotp {
+            step: 10,
+            recovery_codes: vec!["r1".into(), "r2".into()],
+            at: at(0),
+        };
+        assert!(then(history.clone(), confirm).is_err(), "nothing pending");
+        let begun = then(
+            history,
+            UserCommand::BeginTotp {
+                secret: sealed(),
+                at: at(0),
+            },
+        )
+        .expect("begun");
+        assert!(!User::load(&begun).mfa_enabled(), "pending is not enabled");
+        let confirm = UserCommand::ConfirmTotp {
+            step: 10,
+            recovery_codes: vec!["r1".into(), "r2".into()],
+            at: at(0),
+        };
+        let enabled = then(begun, confirm).expect("confirmed");
+        let user = User::load(&enabled);
+        assert!(user.mfa_enabled() && user.totp_secret().is_some() && user.totp_pending().is_none());
+        assert!(
+            then(
+                enabled.clone(),
+                UserCommand::BeginTotp {
+                    secret: sealed(),
+                    at: at(0)
+                }
+            )
+            .is_err()
+        );
+        assert!(then(enabled.clone(), code(10)).is_err(), "the confirming code's step");
+        assert!(then(enabled.clone(), code(9)).is_err(), "an earlier step");
+        let used = then(enabled, code(11)).expect("a new step");
+        assert!(then(used.clone(), code(11)).is_err(), "replayed");
+        let used = then(used, recovery("r1")).expect("recovery code");
+        assert_eq!(User::load(&used).recovery_codes_left(), 1);
+        assert!(then(used.clone(), recovery("r1")).is_err(), "used");
+        assert!(then(used.clone(), recovery("nope")).is_err(), "unknown");
+        let disabled = then(
+            used,
+            UserCommand::DisableTotp {
+                proof: Proof::Totp { step: 12 },
+                at: at(0),
+            },
+        )
+        .expect("disabled");
+        let user = User::load(&disabled);
+        assert!(!user.mfa_enabled() && user.recovery_codes_left() == 0);
+    }
+
+    #[test]
+    fn passkeys_are_registered_once_updated_and_removed() {
+        let register = |id: &str, name: &str| UserCommand::RegisterPasskey {
+            credential_id: id.into(),
+            name: name.into(),
+            record: serde_json::json!({ "id": id }),
+            at: at(0),
+        };
+        let history = then(registered(), register("c1", " laptop ")).expect("registered");
+        let user = User::load(&history);
+        assert!(user.mfa_enabled());
+        assert_eq!(user.passkeys().map(|p| p.name.as_str()).collect::<Vec<_>>(), ["laptop"]);
+        assert_eq!(
+            then(history.clone(), register("c1", "again")).err(),
+            Some(DomainError::AlreadyExists("passkey"))
+        );
+        assert!(then(history.clone(), register("c2", "")).is_err());
+        let update = UserCommand::UpdatePasskey {
+            credential_id: "c1".into(),
+            record: serde_json::json!({ "counter": 2 }),
+            at: at(1),
+        };
+        let updated = then(history.clone(), update).expect("updated");
+        assert_eq!(
+            User::load(&updated).passkeys().next().map(|p| p.record.clone()),
+            Some(serde_json::json!({ "counter": 2 }))
+        );
+        let remove = |id: &str| UserCommand::RemovePasskey {
+            credential_id: id.into(),
+            at: at(2),
+        };
+        assert_eq!(then(updated.clone(), remove("c9")).err(), Some(DomainError::NotFound("passkey")));
+        let removed = then(updated, remove("c1")).expect("removed");
+        assert!(!User::load(&removed).mfa_enabled());
     }
 
     #[test]

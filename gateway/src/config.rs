@@ -40,6 +40,11 @@ pub struct Config {
     pub password_reset_ttl_minutes: i64,
     /// A folder that receives outgoing mail as `.eml` files; unset: mail is written to the log.
     pub mail_outbox: Option<PathBuf>,
+    /// The origin browsers show when they use passkeys (`https://cloudsync.example.org`); default:
+    /// `public_url`, else `http://localhost:<port>`.
+    pub webauthn_origin: Option<String>,
+    /// The WebAuthn relying party id, a registrable domain of the origin; default: the origin's host.
+    pub webauthn_rp_id: Option<String>,
     /// `text` or `json`.
     pub log_format: String,
     /// The largest request body accepted.
@@ -90,6 +95,8 @@ impl Default for Config {
             argon2_parallelism: 1,
             password_reset_ttl_minutes: 30,
             mail_outbox: None,
+            webauthn_origin: None,
+            webauthn_rp_id: None,
             log_format: "text".into(),
             max_body_bytes: 1024 * 1024,
             consistency_timeout_ms: 5000,
@@ -133,6 +140,8 @@ impl Config {
                 "PASSWORD_RESET_TTL_MINUTES" => {
                     config.password_reset_ttl_minutes = value.parse().context("CLOUDSYNC_PASSWORD_RESET_TTL_MINUTES must be a number")?;
                 }
+                "WEBAUTHN_ORIGIN" => config.webauthn_origin = Some(value),
+                "WEBAUTHN_RP_ID" => config.webauthn_rp_id = Some(value),
                 "MAIL_OUTBOX" => config.mail_outbox = Some(PathBuf::from(value)).filter(|p| !p.as_os_str().is_empty()),
                 "CORS_ORIGINS" => {
                     config.cors_origins = value.split([',', ' ']).filter(|o| !o.is_empty()).map(str::to_owned).collect();

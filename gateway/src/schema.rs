@@ -17,15 +17,16 @@ use crate::errors::{ApiError, ApiResult};
 use crate::server::App;
 
 mod identity;
+mod mfa;
 mod sync;
 
 pub type CloudSyncSchema = Schema<QueryRoot, MutationRoot, SubscriptionRoot>;
 
 #[derive(MergedObject, Default)]
-pub struct QueryRoot(CoreQuery, identity::IdentityQuery, sync::SyncQuery);
+pub struct QueryRoot(CoreQuery, identity::IdentityQuery, mfa::MfaQuery, sync::SyncQuery);
 
 #[derive(MergedObject, Default)]
-pub struct MutationRoot(identity::IdentityMutation, CoreMutation, sync::SyncMutation);
+pub struct MutationRoot(identity::IdentityMutation, mfa::MfaMutation, CoreMutation, sync::SyncMutation);
 
 #[derive(MergedSubscription, Default)]
 pub struct SubscriptionRoot(CoreSubscription, sync::SyncSubscription);

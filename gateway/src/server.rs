@@ -56,6 +56,8 @@ pub struct App {
     pub passwords: Passwords,
     pub mailer: Arc<dyn Mailer>,
     pub password_reset_ttl: chrono::Duration,
+    /// The WebAuthn verifier, or why passkeys are not available.
+    pub passkeys: Result<Arc<webauthn_rs::Webauthn>, String>,
 }
 
 impl App {
@@ -156,6 +158,32 @@ pub fn master_key(config: &Config) -> anyhow::Result<MasterKey> {
 pub fn key_grace(config: &Config) -> Duration {
     let ttl = u64::try_from(config.token_ttl_minutes).unwrap_or(0) * 60;
     Duration::from_secs(ttl) + RELOAD_EVERY + Duration::from_secs(60)
+}
+
+/// The WebAuthn verifier for the configured origin (see `Config::webauthn_origin`), or why
+/// passkeys cannot work with it.
+pub fn passkeys(config: &Config, addr: SocketAddr) -> Result<Arc<webauthn_rs::Webauthn>, String> {
+    use webauthn_rs::prelude::Url;
+    let origin = config
+        .webauthn_origin
+        .clone()
+        .or_else(|| config.public_url.clone())
+        .unwrap_or_else(|| format!("http://localhost:{}", addr.port()));
+    let origin = Url::parse(&origin).map_err(|err| format!("passkeys are not available: webauthn_origin {origin:?}: {err}"))?;
+    let rp_id = config
+        .webauthn_rp_id
+        .clone()
+        .or_else(|| origin.host_str().map(str::to_owned))
+        .unwrap_or_default();
+    let built = webauthn_rs::WebauthnBuilder::new(&rp_id, &origin).and_then(|builder| builder.rp_name("CloudSync").build());
+    match built {
+        Ok(webauthn) => Ok(Arc::new(webauthn)),
+        Err(err) => {
+            let why = format!("passkeys are not available: origin {origin} with relying party {rp_id:?}: {err}");
+            tracing::warn!("{why}");
+            Err(why)
+        }
+    }
 }
 
 /// Password hashing with the configured argon2id parameters.
@@ -289,6 +317,7 @@ pub async fn start(config: &Config) -> anyhow::Result<Server> {
             None => Arc::new(LogMailer),
         },
         password_reset_ttl: chrono::Duration::minutes(config.password_reset_ttl_minutes),
+        passkeys: passkeys(config, addr),
         db: db.clone(),
     });
     let shutdown = CancellationToken::new();

@@ -77,6 +77,11 @@ pub trait SessionStore: Send + Sync {
     async fn revoke(&self, user_id: Uuid, id: Uuid) -> Result<bool, StoreError>;
     /// Revokes every session of the user; returns how many there were.
     async fn revoke_all(&self, user_id: Uuid) -> Result<u64, StoreError>;
+    /// Keeps short-lived state of a ceremony (a login waiting for its second factor, a passkey
+    /// registration) under `key` for `ttl`.
+    async fn put_state(&self, key: &str, value: &str, ttl: std::time::Duration) -> Result<(), StoreError>;
+    /// Removes and returns the state under `key`, unless it expired: whoever takes it first has it.
+    async fn take_state(&self, key: &str) -> Result<Option<String>, StoreError>;
 }
 
 /// The time now, to the millisecond: what every store keeps.
@@ -212,6 +217,7 @@ struct Stored {
 #[derive(Default)]
 pub struct MemorySessions {
     sessions: Mutex<HashMap<Uuid, Stored>>,
+    states: Mutex<HashMap<String, (String, std::time::Instant)>>,
 }
 
 impl MemorySessions {
@@ -292,6 +298,22 @@ impl SessionStore for MemorySessions {
         let before = sessions.len();
         sessions.retain(|_, s| s.session.user_id != user_id);
         Ok((before - sessions.len()) as u64)
+    }
+
+    async fn put_state(&self, key: &str, value: &str, ttl: std::time::Duration) -> Result<(), StoreError> {
+        let mut states = self.states.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let now = std::time::Instant::now();
+        states.retain(|_, (_, until)| *until > now);
+        states.insert(key.to_owned(), (value.to_owned(), now + ttl));
+        Ok(())
+    }
+
+    async fn take_state(&self, key: &str) -> Result<Option<String>, StoreError> {
+        let mut states = self.states.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        Ok(states
+            .remove(key)
+            .filter(|(_, until)| *until > std::time::Instant::now())
+            .map(|(value, _)| value))
     }
 }
 
@@ -503,6 +525,27 @@ impl SessionStore for RedisSessions {
             .await
             .map_err(redis_error)?;
         Ok(revoked == 1)
+    }
+
+    async fn put_state(&self, key: &str, value: &str, ttl: std::time::Duration) -> Result<(), StoreError> {
+        let mut connection = self.connection.clone();
+        redis::cmd("SET")
+            .arg(format!("{}state:{key}", self.namespace))
+            .arg(value)
+            .arg("PX")
+            .arg(u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1))
+            .query_async::<()>(&mut connection)
+            .await
+            .map_err(redis_error)
+    }
+
+    async fn take_state(&self, key: &str) -> Result<Option<String>, StoreError> {
+        let mut connection = self.connection.clone();
+        redis::cmd("GETDEL")
+            .arg(format!("{}state:{key}", self.namespace))
+            .query_async(&mut connection)
+            .await
+            .map_err(redis_error)
     }
 
     async fn revoke_all(&self, user_id: Uuid) -> Result<u64, StoreError> {

@@ -238,7 +238,16 @@ pub fn ops_for(event: &DomainEvent, at: DateTime<Utc>) -> Vec<Op> {
             at,
         }],
         // The write side keeps these: the read models hold no password material.
-        E::EmailClaimed(_) | E::UserPasswordChanged(_) | E::PasswordResetRequested(_) => Vec::new(),
+        E::EmailClaimed(_)
+        | E::UserPasswordChanged(_)
+        | E::PasswordResetRequested(_)
+        | E::TotpEnrollmentBegun(_)
+        | E::TotpEnabled(_)
+        | E::TotpDisabled(_)
+        | E::MfaCodeUsed(_)
+        | E::PasskeyRegistered(_)
+        | E::PasskeyUpdated(_)
+        | E::PasskeyRemoved(_) => Vec::new(),
         E::ProviderConnected(e) => vec![Op::InsertProvider {
             id: e.provider_id.as_uuid(),
             user_id: e.owner_id.as_uuid(),

@@ -20,7 +20,11 @@ on_both_backends!(
     access_tokens_are_checked_to_the_letter,
     browser_clients_keep_the_refresh_token_in_a_strict_cookie,
     passwords_are_imported_upgraded_changed_and_reset,
+    second_factors_totp_recovery_codes_and_passkeys,
 );
+
+/// The origin the test servers' passkeys belong to (what the software authenticator is told).
+const ORIGIN: &str = "http://localhost:8443";
 
 /// argon2id parameters the test servers hash with (cheap, to keep tests fast).
 const ARGON2: (u32, u32, u32) = (8 * 1024, 1, 1);
@@ -32,6 +36,7 @@ pub(crate) async fn with_cors(backend: Backend) -> Harness {
         config.cors_origins = vec!["https://app.example.org".into()];
         (config.argon2_memory_kib, config.argon2_iterations, config.argon2_parallelism) = ARGON2;
         config.mail_outbox = config.data_dir.parent().map(|dir| dir.join("outbox"));
+        config.webauthn_origin = Some(ORIGIN.into());
     })
     .await
 }
@@ -653,6 +658,27 @@ async fn session_store_contract(store: Arc<dyn SessionStore>) {
     assert_eq!(outcomes.iter().filter(|o| **o == Rotation::Rotated).count(), 1, "{outcomes:?}");
     assert!(outcomes.iter().any(|o| matches!(o, Rotation::Reused { .. })), "{outcomes:?}");
     assert_eq!(store.get(raced.id).await.expect("get"), None, "reuse revoked it");
+
+    // Ceremony state: taken once, gone after its time.
+    store.put_state("mfa:a", "one", Duration::from_secs(60)).await.expect("put");
+    store.put_state("mfa:b", "two", Duration::from_millis(200)).await.expect("put");
+    assert_eq!(store.take_state("mfa:a").await.expect("take").as_deref(), Some("one"));
+    assert_eq!(store.take_state("mfa:a").await.expect("take"), None, "taken once");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(store.take_state("mfa:b").await.expect("take"), None, "expired");
+    assert_eq!(store.take_state("mfa:nothing").await.expect("take"), None);
+    store.put_state("mfa:c", "first", Duration::from_secs(60)).await.expect("put");
+    store.put_state("mfa:c", "second", Duration::from_secs(60)).await.expect("put");
+    let takers = (0..6).map(|_| {
+        let store = Arc::clone(&store);
+        tokio::spawn(async move { store.take_state("mfa:c").await.expect("take") })
+    });
+    let taken: Vec<String> = futures::future::join_all(takers)
+        .await
+        .into_iter()
+        .filter_map(|r| r.expect("task"))
+        .collect();
+    assert_eq!(taken, ["second"], "exactly one taker gets the latest value");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -860,4 +886,204 @@ async fn passwords_are_imported_upgraded_changed_and_reset(h: &Harness) {
     h.ok(None, LOGIN, json!({ "e": "change@example.org", "p": "reset password" })).await;
     let reasons: Vec<String> = password_events(h, &user).await.into_iter().map(|(r, _)| r).collect();
     assert_eq!(reasons, ["changed", "reset"]);
+}
+
+const MFA_LOGIN: &str = "mutation($e: String!, $p: String!) { login(email: $e, password: $p) { accessToken user { id } mfa { token methods passkeyOptions expiresAt } } }";
+const COMPLETE: &str = "mutation($t: String!, $c: String!, $m: MfaCodeMethod) { completeMfaLogin(mfaToken: $t, code: $c, method: $m) { accessToken sessionId } }";
+const MFA_STATUS: &str = "{ mfa { totpEnabled totpPending recoveryCodesLeft passkeys { id name registeredAt } } }";
+
+/// Logs in with the password: the challenge of a login that needs a second factor.
+async fn challenged(h: &Harness, email: &str) -> Value {
+    let data = h.ok(None, MFA_LOGIN, json!({ "e": email, "p": PASSWORD })).await["login"].clone();
+    assert_eq!(data["accessToken"], Value::Null, "no token before the second factor: {data}");
+    data["mfa"].clone()
+}
+
+async fn complete(h: &Harness, token: &Value, code: &str, method: &str) -> Value {
+    h.gql(None, COMPLETE, json!({ "t": token, "c": code, "m": method })).await
+}
+
+fn totp_now(secret: &[u8], skew: i64) -> String {
+    let step = u64::try_from(Utc::now().timestamp()).expect("time") / cloudsync_commands::TOTP_PERIOD;
+    cloudsync_commands::totp_code(secret, step.checked_add_signed(skew).expect("step"))
+}
+
+/// Begins a passkey registration and has the software authenticator answer it: the registration
+/// and the credential to finish it with.
+async fn start_passkey(
+    h: &Harness,
+    token: &str,
+    authenticator: &mut webauthn_authenticator_rs::softpasskey::SoftPasskey,
+) -> (Value, Value) {
+    use webauthn_authenticator_rs::WebauthnAuthenticator as _;
+    let begin = "mutation { beginPasskeyRegistration { registrationId options } }";
+    let started = h.ok(Some(token), begin, json!({})).await["beginPasskeyRegistration"].clone();
+    let options = serde_json::from_value(started["options"].clone()).expect("creation options");
+    let origin = webauthn_rs::prelude::Url::parse(ORIGIN).expect("origin");
+    let created = authenticator.do_registration(origin, options).expect("the authenticator registers");
+    (started, serde_json::to_value(&created).expect("JSON"))
+}
+
+async fn second_factors_totp_recovery_codes_and_passkeys(h: &Harness) {
+    use webauthn_authenticator_rs::WebauthnAuthenticator as _;
+    let (token, _) = h.register("mfa@example.org").await;
+    let status = h.ok(Some(&token), MFA_STATUS, json!({})).await;
+    assert_eq!(
+        status["mfa"],
+        json!({ "totpEnabled": false, "totpPending": false, "recoveryCodesLeft": 0, "passkeys": [] })
+    );
+
+    // Enrollment: a secret, its URI and QR code; nothing changes for logins until it is confirmed.
+    let begun = h
+        .ok(
+            Some(&token),
+            "mutation { beginTotpEnrollment { secret provisioningUri qrCodeSvg } }",
+            json!({}),
+        )
+        .await["beginTotpEnrollment"]
+        .clone();
+    let secret = data_encoding::BASE32_NOPAD
+        .decode(text(&begun["secret"]).as_bytes())
+        .expect("base32");
+    assert_eq!(secret.len(), 20);
+    assert!(text(&begun["provisioningUri"]).starts_with("otpauth://totp/CloudSync:mfa%40example.org?secret="));
+    assert!(text(&begun["qrCodeSvg"]).contains("<svg"));
+    assert!(
+        login(h, "mfa@example.org").await["accessToken"].is_string(),
+        "pending is not enabled"
+    );
+    let confirm = "mutation($c: String!) { confirmTotpEnrollment(code: $c) }";
+    assert_eq!(
+        h.error_code(Some(&token), confirm, json!({ "c": totp_now(&secret, 5) })).await,
+        "BAD_USER_INPUT"
+    );
+    assert_eq!(
+        h.error_code(Some(&token), confirm, json!({ "c": "12ab56" })).await,
+        "BAD_USER_INPUT"
+    );
+    let used = totp_now(&secret, 0);
+    let codes = h.ok(Some(&token), confirm, json!({ "c": used })).await["confirmTotpEnrollment"].clone();
+    let codes: Vec<String> = codes.as_array().expect("codes").iter().map(text).collect();
+    assert_eq!(codes.len(), 10);
+
+    // Now a login is two steps; the confirming code does not sign in, the next step's does, once.
+    let mfa = challenged(h, "mfa@example.org").await;
+    assert_eq!(mfa["methods"], json!(["TOTP", "RECOVERY_CODE"]));
+    let replay = complete(h, &mfa["token"], &used, "TOTP").await;
+    assert_eq!(replay["errors"][0]["extensions"]["code"], json!("UNAUTHENTICATED"), "{replay}");
+    assert!(text(&replay["errors"][0]["message"]).contains("already used"), "{replay}");
+    let next = totp_now(&secret, 1);
+    let done = complete(h, &mfa["token"], &next, "TOTP").await;
+    let access = text(&done["data"]["completeMfaLogin"]["accessToken"]);
+    assert!(works(h, &access).await);
+    let again = complete(h, &mfa["token"], &next, "TOTP").await;
+    assert!(
+        text(&again["errors"][0]["message"]).contains("expired or was completed"),
+        "a challenge completes once: {again}"
+    );
+    let mfa = challenged(h, "mfa@example.org").await;
+    let replay = complete(h, &mfa["token"], &next, "TOTP").await;
+    assert!(text(&replay["errors"][0]["message"]).contains("already used"), "{replay}");
+
+    // A recovery code works once, typed any way.
+    let typed = codes[0].to_uppercase().replace('-', " ");
+    assert!(complete(h, &mfa["token"], &typed, "RECOVERY_CODE").await["data"]["completeMfaLogin"]["accessToken"].is_string());
+    let mfa = challenged(h, "mfa@example.org").await;
+    let reused = complete(h, &mfa["token"], &codes[0], "RECOVERY_CODE").await;
+    assert_eq!(reused["errors"][0]["extensions"]["code"], json!("UNAUTHENTICATED"));
+    assert_eq!(
+        h.ok(Some(&token), MFA_STATUS, json!({})).await["mfa"]["recoveryCodesLeft"],
+        json!(9)
+    );
+
+    // Five wrong answers end the challenge; a made-up challenge is refused.
+    for attempt in 1..=4 {
+        let wrong = complete(h, &mfa["token"], "000000", "TOTP").await;
+        assert_eq!(
+            wrong["errors"][0]["extensions"]["code"],
+            json!("UNAUTHENTICATED"),
+            "attempt {attempt}"
+        );
+    }
+    let last = complete(h, &mfa["token"], &codes[1], "RECOVERY_CODE").await;
+    assert!(text(&last["errors"][0]["message"]).contains("expired or was completed"), "{last}");
+    let forged = complete(h, &json!("made-up"), &codes[1], "RECOVERY_CODE").await;
+    assert_eq!(forged["errors"][0]["extensions"]["code"], json!("UNAUTHENTICATED"));
+    assert_eq!(
+        h.ok(Some(&token), MFA_STATUS, json!({})).await["mfa"]["recoveryCodesLeft"],
+        json!(9),
+        "refusals use nothing"
+    );
+
+    // A passkey, registered and used with a software authenticator.
+    let origin = webauthn_rs::prelude::Url::parse(ORIGIN).expect("origin");
+    let mut authenticator = webauthn_authenticator_rs::softpasskey::SoftPasskey::new(true);
+    let finish =
+        "mutation($r: ID!, $c: JSON!, $n: String!) { finishPasskeyRegistration(registrationId: $r, credential: $c, name: $n) { id name } }";
+    let (started, credential) = start_passkey(h, &token, &mut authenticator).await;
+    // Another user cannot finish it (and the attempt spends it).
+    let (intruder, _) = h.register("not-mfa@example.org").await;
+    let stolen = h
+        .gql(
+            Some(&intruder),
+            finish,
+            json!({ "r": started["registrationId"], "c": credential, "n": "mine" }),
+        )
+        .await;
+    assert_eq!(stolen["errors"][0]["extensions"]["code"], json!("NOT_FOUND"), "{stolen}");
+    let (started, credential) = start_passkey(h, &token, &mut authenticator).await;
+    let bad = h
+        .gql(
+            Some(&token),
+            finish,
+            json!({ "r": started["registrationId"], "c": { "nonsense": true }, "n": "laptop" }),
+        )
+        .await;
+    assert_eq!(bad["errors"][0]["extensions"]["code"], json!("BAD_USER_INPUT"));
+    let registered = h
+        .ok(
+            Some(&token),
+            finish,
+            json!({ "r": started["registrationId"], "c": credential, "n": "laptop" }),
+        )
+        .await["finishPasskeyRegistration"]
+        .clone();
+    assert_eq!(registered["name"], json!("laptop"));
+    let status = h.ok(Some(&token), MFA_STATUS, json!({})).await["mfa"].clone();
+    assert_eq!(status["passkeys"][0]["id"], registered["id"]);
+
+    let passkey_login = "mutation($t: String!, $c: JSON!) { completePasskeyLogin(mfaToken: $t, credential: $c) { accessToken } }";
+    let mfa = challenged(h, "mfa@example.org").await;
+    assert_eq!(mfa["methods"], json!(["TOTP", "RECOVERY_CODE", "PASSKEY"]));
+    let request = serde_json::from_value(mfa["passkeyOptions"].clone()).expect("request options");
+    let assertion = serde_json::to_value(
+        authenticator
+            .do_authentication(origin.clone(), request)
+            .expect("the authenticator signs"),
+    )
+    .expect("JSON");
+    let signed = h.ok(None, passkey_login, json!({ "t": mfa["token"], "c": assertion })).await;
+    assert!(works(h, &text(&signed["completePasskeyLogin"]["accessToken"])).await);
+    // The same assertion for another challenge does not verify.
+    let mfa = challenged(h, "mfa@example.org").await;
+    let replayed = h.gql(None, passkey_login, json!({ "t": mfa["token"], "c": assertion })).await;
+    assert_eq!(replayed["errors"][0]["extensions"]["code"], json!("UNAUTHENTICATED"), "{replayed}");
+
+    // Turning factors off: TOTP by a recovery code, the passkey by its id; then one step again.
+    let disable = "mutation($c: String!) { disableTotp(code: $c, method: RECOVERY_CODE) }";
+    assert_eq!(
+        h.error_code(Some(&token), disable, json!({ "c": codes[0] })).await,
+        "BAD_USER_INPUT",
+        "used"
+    );
+    h.ok(Some(&token), disable, json!({ "c": codes[2] })).await;
+    let mfa = challenged(h, "mfa@example.org").await;
+    assert_eq!(mfa["methods"], json!(["PASSKEY"]));
+    let remove = "mutation($id: ID!) { removePasskey(id: $id) }";
+    assert_eq!(
+        h.error_code(Some(&intruder), remove, json!({ "id": registered["id"] })).await,
+        "NOT_FOUND"
+    );
+    h.ok(Some(&token), remove, json!({ "id": registered["id"] })).await;
+    assert!(login(h, "mfa@example.org").await["accessToken"].is_string());
 }

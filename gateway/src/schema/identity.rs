@@ -10,6 +10,7 @@ use cloudsync_domain::events::PasswordChange;
 use cloudsync_domain::{Email, UserId};
 use uuid::Uuid;
 
+use super::mfa::{MfaChallenge, challenge};
 use super::{app, caller, parse_id};
 use crate::auth::{RequestInfo, check_password_rules, refresh_cookie};
 use crate::errors::{ApiError, ApiResult};
@@ -21,14 +22,18 @@ use crate::sessions::{fresh_secret, hash as secret_hash, join_token, split_token
 
 #[derive(SimpleObject)]
 pub struct AuthPayload {
-    /// Send as `Authorization: Bearer <accessToken>`; short-lived.
-    access_token: String,
-    access_token_expires_at: DateTime<Utc>,
+    /// Send as `Authorization: Bearer <accessToken>`; short-lived. Null while a second factor is
+    /// required (see `mfa`).
+    access_token: Option<String>,
+    access_token_expires_at: Option<DateTime<Utc>>,
     /// Exchange it with `refresh` for new tokens (it works once). Null for browser clients, which
     /// get it in a cookie.
     refresh_token: Option<String>,
-    session_id: ID,
+    session_id: Option<ID>,
     user: AuthUser,
+    /// Set when the password was right and the account needs a second factor: complete the login
+    /// with `completeMfaLogin` or `completePasskeyLogin`.
+    mfa: Option<MfaChallenge>,
 }
 
 #[derive(SimpleObject)]
@@ -61,7 +66,7 @@ fn unauthenticated(why: &str) -> ApiError {
 
 /// Opens a session for `user_id` and answers with its tokens (the refresh token in a cookie when
 /// `cookie`).
-async fn signed_in(ctx: &Context<'_>, app: &App, user_id: Uuid, email: String, cookie: bool) -> ApiResult<AuthPayload> {
+pub(crate) async fn signed_in(ctx: &Context<'_>, app: &App, user_id: Uuid, email: String, cookie: bool) -> ApiResult<AuthPayload> {
     let (session, refresh_token) = app
         .tokens
         .sessions()
@@ -84,14 +89,15 @@ fn payload(ctx: &Context<'_>, app: &App, session: &Session, email: String, refre
         Some(refresh_token)
     };
     Ok(AuthPayload {
-        access_token,
-        access_token_expires_at: Utc::now() + chrono::Duration::minutes(app.token_ttl_minutes()),
+        access_token: Some(access_token),
+        access_token_expires_at: Some(Utc::now() + chrono::Duration::minutes(app.token_ttl_minutes())),
         refresh_token,
-        session_id: ID(session.id.to_string()),
+        session_id: Some(ID(session.id.to_string())),
         user: AuthUser {
             id: ID(session.user_id.to_string()),
             email,
         },
+        mfa: None,
     })
 }
 
@@ -245,6 +251,20 @@ impl IdentityMutation {
             if let Err(error) = rehashed.await {
                 tracing::warn!(user = %user_id, error = ?error, "A password hash could not be upgraded; the old one stays.");
             }
+        }
+        if let Some(user) = user.as_ref().filter(|u| u.mfa_enabled()) {
+            let challenge = challenge(app, user, email.as_str().to_owned(), cookie.unwrap_or(false)).await?;
+            return Ok(AuthPayload {
+                access_token: None,
+                access_token_expires_at: None,
+                refresh_token: None,
+                session_id: None,
+                user: AuthUser {
+                    id: ID(user_id.to_string()),
+                    email: email.as_str().to_owned(),
+                },
+                mfa: Some(challenge),
+            });
         }
         Ok(signed_in(ctx, app, user_id.as_uuid(), email.as_str().to_owned(), cookie.unwrap_or(false)).await?)
     }

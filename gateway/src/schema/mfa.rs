@@ -1,0 +1,450 @@
+//! Second factors: TOTP enrollment (secret, provisioning URI, QR code, confirmation, recovery
+//! codes), passkeys (WebAuthn registration and removal), and the second step of a login that needs
+//! one (`completeMfaLogin`, `completePasskeyLogin`).
+//!
+//! A login that needs a second factor answers with an `mfa` challenge instead of tokens. The
+//! challenge lives in the session store for five minutes and is taken by whoever completes it;
+//! a wrong code puts it back, at most five times.
+
+use std::time::Duration;
+
+use async_graphql::{Context, Enum, ID, Json, Object, SimpleObject};
+use chrono::{DateTime, Utc};
+use cloudsync_commands::{CodeKind, CommandError};
+use cloudsync_domain::UserId;
+use cloudsync_domain::user::User;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use uuid::Uuid;
+use webauthn_rs::prelude::{Passkey, PasskeyAuthentication, PasskeyRegistration, PublicKeyCredential, RegisterPublicKeyCredential};
+
+use super::identity::{AuthPayload, signed_in};
+use super::{app, caller, parse_id};
+use crate::errors::{ApiError, ApiResult};
+use crate::server::App;
+use crate::sessions::{fresh_secret, hash as secret_hash};
+
+const CHALLENGE_TTL: Duration = Duration::from_secs(5 * 60);
+const MAX_ATTEMPTS: u32 = 5;
+const ISSUER: &str = "CloudSync";
+
+/// A login waiting for its second factor.
+#[derive(SimpleObject)]
+pub struct MfaChallenge {
+    /// Give it to `completeMfaLogin` or `completePasskeyLogin`.
+    token: String,
+    /// `TOTP`, `RECOVERY_CODE`, `PASSKEY`.
+    methods: Vec<String>,
+    /// For `PASSKEY`: the options to pass to `navigator.credentials.get`.
+    passkey_options: Option<Json<Value>>,
+    expires_at: DateTime<Utc>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct PendingLogin {
+    user: Uuid,
+    email: String,
+    cookie: bool,
+    attempts: u32,
+    expires_at: DateTime<Utc>,
+    passkey: Option<PasskeyAuthentication>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct PendingRegistration {
+    user: Uuid,
+    state: PasskeyRegistration,
+}
+
+fn challenge_key(token: &str) -> String {
+    format!("mfa:{}", secret_hash(token))
+}
+
+fn passkeys_of(user: &User) -> Vec<Passkey> {
+    user.passkeys()
+        .filter_map(|p| serde_json::from_value(p.record.clone()).ok())
+        .collect()
+}
+
+fn webauthn(app: &App) -> ApiResult<&webauthn_rs::Webauthn> {
+    app.passkeys.as_deref().map_err(|why| ApiError::BadInput(why.clone()))
+}
+
+fn store_error(err: impl std::fmt::Display) -> ApiError {
+    ApiError::internal(&err)
+}
+
+/// Starts the second step of a login for `user`, whose password was right.
+pub(crate) async fn challenge(app: &App, user: &User, email: String, cookie: bool) -> ApiResult<MfaChallenge> {
+    let user_id = user.id().ok_or_else(|| ApiError::not_found("user"))?;
+    let mut methods = Vec::new();
+    if user.totp_secret().is_some() {
+        methods.extend(["TOTP".to_owned(), "RECOVERY_CODE".to_owned()]);
+    }
+    let passkeys = passkeys_of(user);
+    let (options, passkey) = match (passkeys.is_empty(), app.passkeys.as_deref()) {
+        (false, Ok(webauthn)) => {
+            let (options, state) = webauthn.start_passkey_authentication(&passkeys).map_err(store_error)?;
+            methods.push("PASSKEY".to_owned());
+            (Some(Json(serde_json::to_value(options).map_err(store_error)?)), Some(state))
+        }
+        _ => (None, None),
+    };
+    let token = fresh_secret();
+    let expires_at = Utc::now() + chrono::Duration::from_std(CHALLENGE_TTL).unwrap_or_default();
+    let pending = PendingLogin {
+        user: user_id.as_uuid(),
+        email,
+        cookie,
+        attempts: 0,
+        expires_at,
+        passkey,
+    };
+    let value = serde_json::to_string(&pending).map_err(store_error)?;
+    app.tokens
+        .sessions()
+        .store()
+        .put_state(&challenge_key(&token), &value, CHALLENGE_TTL)
+        .await
+        .map_err(store_error)?;
+    Ok(MfaChallenge {
+        token,
+        methods,
+        passkey_options: options,
+        expires_at,
+    })
+}
+
+/// Takes the pending login of `token`.
+async fn take(app: &App, token: &str) -> ApiResult<PendingLogin> {
+    let value = app
+        .tokens
+        .sessions()
+        .store()
+        .take_state(&challenge_key(token))
+        .await
+        .map_err(store_error)?
+        .ok_or_else(|| ApiError::Unauthenticated("this sign-in has expired or was completed already; sign in again".into()))?;
+    serde_json::from_str(&value).map_err(store_error)
+}
+
+/// Puts a pending login back after a wrong answer, unless it has had too many.
+async fn retry(app: &App, token: &str, mut pending: PendingLogin, why: String) -> ApiError {
+    pending.attempts += 1;
+    let left = (pending.expires_at - Utc::now()).to_std().unwrap_or_default();
+    if pending.attempts < MAX_ATTEMPTS && !left.is_zero() {
+        let put = match serde_json::to_string(&pending) {
+            Ok(value) => app
+                .tokens
+                .sessions()
+                .store()
+                .put_state(&challenge_key(token), &value, left)
+                .await
+                .map_err(store_error),
+            Err(err) => Err(store_error(err)),
+        };
+        if let Err(err) = put {
+            return err;
+        }
+        return ApiError::Unauthenticated(why);
+    }
+    ApiError::Unauthenticated(format!("{why}; too many attempts, sign in again"))
+}
+
+#[derive(Enum, Copy, Clone, Eq, PartialEq, Debug)]
+pub enum MfaCodeMethod {
+    Totp,
+    RecoveryCode,
+}
+
+impl From<MfaCodeMethod> for CodeKind {
+    fn from(method: MfaCodeMethod) -> Self {
+        match method {
+            MfaCodeMethod::Totp => CodeKind::Totp,
+            MfaCodeMethod::RecoveryCode => CodeKind::RecoveryCode,
+        }
+    }
+}
+
+#[derive(SimpleObject)]
+pub struct MfaStatus {
+    totp_enabled: bool,
+    /// An enrollment waits for its confirming code.
+    totp_pending: bool,
+    recovery_codes_left: i32,
+    passkeys: Vec<PasskeyInfo>,
+}
+
+#[derive(SimpleObject)]
+pub struct PasskeyInfo {
+    id: ID,
+    name: String,
+    registered_at: DateTime<Utc>,
+}
+
+#[derive(SimpleObject)]
+pub struct TotpEnrollment {
+    /// The secret in base32, for typing into an authenticator app.
+    secret: String,
+    /// `otpauth://totp/…`, what the QR code holds.
+    provisioning_uri: String,
+    /// The provisioning URI as a QR code, an SVG image.
+    qr_code_svg: String,
+}
+
+#[derive(SimpleObject)]
+pub struct PasskeyRegistrationStart {
+    registration_id: ID,
+    /// The options to pass to `navigator.credentials.create`.
+    options: Json<Value>,
+}
+
+async fn user_of(app: &App, user_id: Uuid) -> ApiResult<User> {
+    app.commands
+        .user(UserId::from_uuid(user_id))
+        .await
+        .map_err(ApiError::from)?
+        .ok_or_else(|| ApiError::not_found("user"))
+}
+
+fn code_error(err: CommandError) -> ApiError {
+    match err {
+        CommandError::Invalid(why) | CommandError::Conflict(why) => ApiError::BadInput(why),
+        other => ApiError::from(other),
+    }
+}
+
+#[derive(Default)]
+pub struct MfaQuery;
+
+#[Object]
+impl MfaQuery {
+    /// The caller's second factors.
+    async fn mfa(&self, ctx: &Context<'_>) -> async_graphql::Result<MfaStatus> {
+        let caller = caller(ctx)?;
+        let user = user_of(app(ctx), caller.user_id).await?;
+        Ok(MfaStatus {
+            totp_enabled: user.totp_secret().is_some(),
+            totp_pending: user.totp_pending().is_some(),
+            recovery_codes_left: i32::try_from(user.recovery_codes_left()).unwrap_or(i32::MAX),
+            passkeys: user
+                .passkeys()
+                .map(|p| PasskeyInfo {
+                    id: ID(p.credential_id.clone()),
+                    name: p.name.clone(),
+                    registered_at: p.registered_at,
+                })
+                .collect(),
+        })
+    }
+}
+
+#[derive(Default)]
+pub struct MfaMutation;
+
+#[Object]
+impl MfaMutation {
+    /// Starts TOTP enrollment: add the secret to an authenticator app, then confirm with a code.
+    async fn begin_totp_enrollment(&self, ctx: &Context<'_>) -> async_graphql::Result<TotpEnrollment> {
+        let caller = caller(ctx)?;
+        let app = app(ctx);
+        let user = user_of(app, caller.user_id).await?;
+        let email = user.email().map(|e| e.as_str().to_owned()).unwrap_or_default();
+        let secret = app
+            .commands
+            .begin_totp(UserId::from_uuid(caller.user_id))
+            .await
+            .map_err(ApiError::from)?;
+        let uri = cloudsync_commands::totp_uri(&secret, &email, ISSUER);
+        let qr = qrcode::QrCode::new(uri.as_bytes()).map_err(store_error)?;
+        let svg = qr.render::<qrcode::render::svg::Color<'_>>().min_dimensions(200, 200).build();
+        Ok(TotpEnrollment {
+            secret: cloudsync_commands::totp_base32(&secret),
+            provisioning_uri: uri,
+            qr_code_svg: svg,
+        })
+    }
+
+    /// Confirms TOTP enrollment with a current code; returns ten single-use recovery codes, shown
+    /// only now. From then on, logins need a second factor.
+    async fn confirm_totp_enrollment(&self, ctx: &Context<'_>, code: String) -> async_graphql::Result<Vec<String>> {
+        let caller = caller(ctx)?;
+        let codes = app(ctx)
+            .commands
+            .confirm_totp(UserId::from_uuid(caller.user_id), &code)
+            .await
+            .map_err(code_error)?;
+        Ok(codes)
+    }
+
+    /// Turns TOTP off, proven by a current TOTP code or a recovery code.
+    async fn disable_totp(
+        &self,
+        ctx: &Context<'_>,
+        code: String,
+        #[graphql(default_with = "MfaCodeMethod::Totp")] method: MfaCodeMethod,
+    ) -> async_graphql::Result<bool> {
+        let caller = caller(ctx)?;
+        app(ctx)
+            .commands
+            .disable_totp(UserId::from_uuid(caller.user_id), method.into(), &code)
+            .await
+            .map_err(code_error)?;
+        Ok(true)
+    }
+
+    /// Starts registering a passkey: pass `options` to `navigator.credentials.create`, then give
+    /// the result to `finishPasskeyRegistration` within five minutes.
+    async fn begin_passkey_registration(&self, ctx: &Context<'_>) -> async_graphql::Result<PasskeyRegistrationStart> {
+        let caller = caller(ctx)?;
+        let app = app(ctx);
+        let webauthn = webauthn(app)?;
+        let user = user_of(app, caller.user_id).await?;
+        let email = user.email().map(|e| e.as_str().to_owned()).unwrap_or_default();
+        let existing = passkeys_of(&user).iter().map(|p| p.cred_id().clone()).collect::<Vec<_>>();
+        let (options, state) = webauthn
+            .start_passkey_registration(caller.user_id, &email, &email, Some(existing))
+            .map_err(store_error)?;
+        let id = Uuid::new_v4();
+        let pending = serde_json::to_string(&PendingRegistration {
+            user: caller.user_id,
+            state,
+        })
+        .map_err(store_error)?;
+        app.tokens
+            .sessions()
+            .store()
+            .put_state(&format!("passkey-registration:{id}"), &pending, CHALLENGE_TTL)
+            .await
+            .map_err(store_error)?;
+        Ok(PasskeyRegistrationStart {
+            registration_id: ID(id.to_string()),
+            options: Json(serde_json::to_value(options).map_err(store_error)?),
+        })
+    }
+
+    /// Finishes registering a passkey with what the authenticator returned.
+    async fn finish_passkey_registration(
+        &self,
+        ctx: &Context<'_>,
+        registration_id: ID,
+        credential: Json<Value>,
+        name: String,
+    ) -> async_graphql::Result<PasskeyInfo> {
+        let caller = caller(ctx)?;
+        let app = app(ctx);
+        let webauthn = webauthn(app)?;
+        let id = parse_id(&registration_id, "registrationId")?;
+        let credential: RegisterPublicKeyCredential = serde_json::from_value(credential.0)
+            .map_err(|err| ApiError::BadInput(format!("credential is not a WebAuthn registration response: {err}")))?;
+        let unknown = || ApiError::not_found("passkey registration");
+        let pending = app
+            .tokens
+            .sessions()
+            .store()
+            .take_state(&format!("passkey-registration:{id}"))
+            .await
+            .map_err(store_error)?
+            .ok_or_else(unknown)?;
+        let pending: PendingRegistration = serde_json::from_str(&pending).map_err(store_error)?;
+        if pending.user != caller.user_id {
+            return Err(unknown().into());
+        }
+        let passkey = webauthn
+            .finish_passkey_registration(&credential, &pending.state)
+            .map_err(|err| ApiError::BadInput(format!("the passkey could not be verified: {err}")))?;
+        let credential_id = {
+            use base64::Engine as _;
+            base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(passkey.cred_id())
+        };
+        let record = serde_json::to_value(&passkey).map_err(store_error)?;
+        let name_kept = name.trim().to_owned();
+        let position = app
+            .commands
+            .register_passkey(UserId::from_uuid(caller.user_id), credential_id.clone(), name, record)
+            .await
+            .map_err(ApiError::from)?;
+        app.wrote(caller, position);
+        Ok(PasskeyInfo {
+            id: ID(credential_id),
+            name: name_kept,
+            registered_at: Utc::now(),
+        })
+    }
+
+    /// Removes one of the caller's passkeys.
+    async fn remove_passkey(&self, ctx: &Context<'_>, id: ID) -> async_graphql::Result<bool> {
+        let caller = caller(ctx)?;
+        app(ctx)
+            .commands
+            .remove_passkey(UserId::from_uuid(caller.user_id), id.to_string())
+            .await
+            .map_err(ApiError::from)?;
+        Ok(true)
+    }
+
+    /// The second step of a login: a TOTP code (or a recovery code) for the challenge `login`
+    /// returned.
+    async fn complete_mfa_login(
+        &self,
+        ctx: &Context<'_>,
+        mfa_token: String,
+        code: String,
+        #[graphql(default_with = "MfaCodeMethod::Totp")] method: MfaCodeMethod,
+    ) -> async_graphql::Result<AuthPayload> {
+        let app = app(ctx);
+        let pending = take(app, &mfa_token).await?;
+        match app
+            .commands
+            .use_mfa_code(UserId::from_uuid(pending.user), method.into(), &code)
+            .await
+        {
+            Ok(_) => Ok(signed_in(ctx, app, pending.user, pending.email, pending.cookie).await?),
+            Err(CommandError::Invalid(why) | CommandError::Conflict(why)) => Err(retry(app, &mfa_token, pending, why).await.into()),
+            Err(err) => Err(ApiError::from(err).into()),
+        }
+    }
+
+    /// The second step of a login with a passkey: what `navigator.credentials.get` returned for
+    /// the challenge's `passkeyOptions`.
+    async fn complete_passkey_login(
+        &self,
+        ctx: &Context<'_>,
+        mfa_token: String,
+        credential: Json<Value>,
+    ) -> async_graphql::Result<AuthPayload> {
+        let app = app(ctx);
+        let webauthn = webauthn(app)?;
+        let pending = take(app, &mfa_token).await?;
+        let Some(state) = pending.passkey.clone() else {
+            return Err(retry(app, &mfa_token, pending, "this account has no passkey".into()).await.into());
+        };
+        let verified = serde_json::from_value::<PublicKeyCredential>(credential.0)
+            .map_err(|err| format!("credential is not a WebAuthn authentication response: {err}"))
+            .and_then(|credential| {
+                webauthn
+                    .finish_passkey_authentication(&credential, &state)
+                    .map_err(|err| format!("the passkey did not verify: {err}"))
+            });
+        let result = match verified {
+            Ok(result) => result,
+            Err(why) => return Err(retry(app, &mfa_token, pending, why).await.into()),
+        };
+        let user_id = UserId::from_uuid(pending.user);
+        let user = user_of(app, pending.user).await?;
+        // The signature counter moved: record it, so a cloned authenticator shows.
+        for stored in user.passkeys() {
+            let Ok(mut passkey) = serde_json::from_value::<Passkey>(stored.record.clone()) else {
+                continue;
+            };
+            if passkey.update_credential(&result) == Some(true) {
+                let record = serde_json::to_value(&passkey).map_err(store_error)?;
+                app.commands
+                    .update_passkey(user_id, stored.credential_id.clone(), record)
+                    .await
+                    .map_err(ApiError::from)?;
+            }
+        }
+        Ok(signed_in(ctx, app, pending.user, pending.email, pending.cookie).await?)
+    }
+}
