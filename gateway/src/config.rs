@@ -43,6 +43,11 @@ pub struct Config {
     /// The origin browsers show when they use passkeys (`https://cloudsync.example.org`); default:
     /// `public_url`, else `http://localhost:<port>`.
     pub webauthn_origin: Option<String>,
+    /// GraphQL requests a user (or an anonymous IP address) may make per minute.
+    pub rate_limit_api_per_minute: u32,
+    /// Password logins, registrations, second-factor answers and password resets per minute, per IP
+    /// address and per account.
+    pub rate_limit_login_per_minute: u32,
     /// The WebAuthn relying party id, a registrable domain of the origin; default: the origin's host.
     pub webauthn_rp_id: Option<String>,
     /// `text` or `json`.
@@ -96,6 +101,8 @@ impl Default for Config {
             password_reset_ttl_minutes: 30,
             mail_outbox: None,
             webauthn_origin: None,
+            rate_limit_api_per_minute: 600,
+            rate_limit_login_per_minute: 10,
             webauthn_rp_id: None,
             log_format: "text".into(),
             max_body_bytes: 1024 * 1024,
@@ -139,6 +146,12 @@ impl Config {
                 }
                 "PASSWORD_RESET_TTL_MINUTES" => {
                     config.password_reset_ttl_minutes = value.parse().context("CLOUDSYNC_PASSWORD_RESET_TTL_MINUTES must be a number")?;
+                }
+                "RATE_LIMIT_API_PER_MINUTE" => {
+                    config.rate_limit_api_per_minute = value.parse().context("CLOUDSYNC_RATE_LIMIT_API_PER_MINUTE must be a number")?;
+                }
+                "RATE_LIMIT_LOGIN_PER_MINUTE" => {
+                    config.rate_limit_login_per_minute = value.parse().context("CLOUDSYNC_RATE_LIMIT_LOGIN_PER_MINUTE must be a number")?;
                 }
                 "WEBAUTHN_ORIGIN" => config.webauthn_origin = Some(value),
                 "WEBAUTHN_RP_ID" => config.webauthn_rp_id = Some(value),
@@ -219,6 +232,9 @@ impl Config {
         }
         crate::passwords::Passwords::new(self.argon2_memory_kib, self.argon2_iterations, self.argon2_parallelism)
             .map_err(anyhow::Error::msg)?;
+        if self.rate_limit_api_per_minute == 0 || self.rate_limit_login_per_minute == 0 {
+            bail!("rate limits must be at least 1 per minute");
+        }
         if !(1..=24 * 60).contains(&self.password_reset_ttl_minutes) {
             bail!("password_reset_ttl_minutes must be between 1 and 1440");
         }

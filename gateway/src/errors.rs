@@ -16,6 +16,7 @@ pub mod code {
     pub const PARSE_FAILED: &str = "GRAPHQL_PARSE_FAILED";
     pub const VALIDATION_FAILED: &str = "GRAPHQL_VALIDATION_FAILED";
     pub const BAD_REQUEST: &str = "BAD_REQUEST";
+    pub const RATE_LIMITED: &str = "RATE_LIMITED";
 }
 
 #[derive(Debug)]
@@ -26,6 +27,8 @@ pub enum ApiError {
     AlreadyExists(String),
     Conflict(String),
     Internal(String),
+    /// Too many requests of a kind: try again after the duration.
+    RateLimited(std::time::Duration),
 }
 
 impl ApiError {
@@ -67,6 +70,13 @@ impl From<ApiError> for async_graphql::Error {
             ApiError::NotFound(m) => (m, code::NOT_FOUND),
             ApiError::AlreadyExists(m) => (m, code::ALREADY_EXISTS),
             ApiError::Conflict(m) => (m, code::CONFLICT),
+            ApiError::RateLimited(wait) => {
+                let seconds = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+                return async_graphql::Error::new(format!("too many requests; try again in {seconds} s")).extend_with(|_, e| {
+                    e.set("code", code::RATE_LIMITED);
+                    e.set("retryAfter", seconds);
+                });
+            }
             ApiError::Internal(id) => {
                 return async_graphql::Error::new(format!("internal error (id {id})")).extend_with(|_, e| {
                     e.set("code", code::INTERNAL);

@@ -6,6 +6,7 @@ pub mod cli;
 pub mod config;
 pub mod errors;
 pub mod keys;
+pub mod limits;
 pub mod mail;
 pub mod passwords;
 pub mod schema;

@@ -56,6 +56,26 @@ pub(crate) fn caller(ctx: &Context<'_>) -> ApiResult<Caller> {
     }
 }
 
+/// Takes a token from `key`'s bucket of `rule` (see `crate::limits`); a `RATE_LIMITED` error when
+/// it is empty. An unreachable store lets the request through (and is logged).
+pub(crate) async fn limit(ctx: &Context<'_>, rule: crate::limits::Rule, key: &str) -> ApiResult<()> {
+    match app(ctx).limiter.take(key, rule).await {
+        Ok(None) => Ok(()),
+        Ok(Some(wait)) => Err(ApiError::RateLimited(wait)),
+        Err(error) => {
+            tracing::error!(error = %error, "Rate limits cannot be checked; the request goes through.");
+            Ok(())
+        }
+    }
+}
+
+/// The client's IP address as the request showed it.
+pub(crate) fn client_ip(ctx: &Context<'_>) -> String {
+    ctx.data_opt::<crate::auth::RequestInfo>()
+        .and_then(|info| info.client.ip.clone())
+        .unwrap_or_else(|| "unknown".into())
+}
+
 pub(crate) fn parse_id(id: &ID, what: &str) -> ApiResult<Uuid> {
     Uuid::parse_str(id.as_str().trim()).map_err(|_| ApiError::BadInput(format!("{what} {:?} is not a valid id", truncate(id.as_str()))))
 }

@@ -38,6 +38,7 @@ use crate::auth::{Authentication, Caller, RequestInfo, Tokens};
 use crate::config::Config;
 use crate::errors::code;
 use crate::keys::{KeyRing, RELOAD_EVERY};
+use crate::limits::{MemoryLimiter, RateLimiter, RedisLimiter, Rules};
 use crate::mail::{LogMailer, Mailer, OutboxMailer};
 use crate::passwords::Passwords;
 use crate::schema::{CloudSyncSchema, build};
@@ -58,6 +59,8 @@ pub struct App {
     pub password_reset_ttl: chrono::Duration,
     /// The WebAuthn verifier, or why passkeys are not available.
     pub passkeys: Result<Arc<webauthn_rs::Webauthn>, String>,
+    pub limiter: Arc<dyn RateLimiter>,
+    pub rules: Rules,
 }
 
 impl App {
@@ -194,19 +197,22 @@ pub fn passwords(config: &Config) -> anyhow::Result<Passwords> {
     Passwords::new(config.argon2_memory_kib, config.argon2_iterations, config.argon2_parallelism).map_err(anyhow::Error::msg)
 }
 
-/// Where sessions live: Redis when configured, else this process's memory.
+/// Where sessions and rate-limit buckets live: in Redis when configured (one connection for
+/// both), else in this process's memory.
 ///
 /// # Errors
 /// An unreachable Redis.
-pub async fn session_store(config: &Config) -> anyhow::Result<Arc<dyn SessionStore>> {
-    Ok(match &config.redis_url {
-        Some(url) => Arc::new(
-            RedisSessions::connect(url, &config.redis_namespace)
-                .await
-                .with_context(|| format!("connecting to Redis ({})", redact(url)))?,
-        ),
-        None => Arc::new(MemorySessions::default()),
-    })
+pub async fn shared_state(config: &Config) -> anyhow::Result<(Arc<dyn SessionStore>, Arc<dyn RateLimiter>)> {
+    let Some(url) = &config.redis_url else {
+        return Ok((Arc::new(MemorySessions::default()), Arc::new(MemoryLimiter::default())));
+    };
+    let connection = crate::sessions::redis_connection(url)
+        .await
+        .with_context(|| format!("connecting to Redis ({})", redact(url)))?;
+    Ok((
+        Arc::new(RedisSessions::new(connection.clone(), &config.redis_namespace)),
+        Arc::new(RedisLimiter::new(connection, &config.redis_namespace)),
+    ))
 }
 
 /// The command side on `db`, with the master key from configuration (or the data dir).
@@ -292,7 +298,8 @@ pub async fn start(config: &Config) -> anyhow::Result<Server> {
     let keys = KeyRing::open(db.pool.clone(), master_key(config)?, key_grace(config))
         .await
         .context("the token-signing keys")?;
-    let sessions = Sessions::new(session_store(config).await?, chrono::Duration::days(config.refresh_ttl_days));
+    let (session_store, limiter) = shared_state(config).await?;
+    let sessions = Sessions::new(session_store, chrono::Duration::days(config.refresh_ttl_days));
     let tokens = Tokens::new(Arc::new(keys), sessions, config.token_ttl_minutes);
     let projections = Projections::new(db.clone());
     let listener = tokio::net::TcpListener::bind(&config.bind)
@@ -318,6 +325,8 @@ pub async fn start(config: &Config) -> anyhow::Result<Server> {
         },
         password_reset_ttl: chrono::Duration::minutes(config.password_reset_ttl_minutes),
         passkeys: passkeys(config, addr),
+        limiter,
+        rules: Rules::new(config.rate_limit_api_per_minute, config.rate_limit_login_per_minute),
         db: db.clone(),
     });
     let shutdown = CancellationToken::new();
@@ -449,6 +458,25 @@ async fn graphql(State(state): State<HttpState>, extensions: axum::http::Extensi
     let authentication = state.app.tokens.authenticate(authorization).await;
     let peer = extensions.get::<axum::extract::ConnectInfo<SocketAddr>>().map(|c| c.0);
     let info = request_info(&headers, peer);
+    let key = match &authentication {
+        Authentication::User(caller) => format!("user:{}", caller.user_id),
+        _ => format!("ip:{}", info.client.ip.as_deref().unwrap_or("unknown")),
+    };
+    match state.app.limiter.take(&key, state.app.rules.api).await {
+        Ok(None) => {}
+        Ok(Some(wait)) => {
+            let seconds = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+            let mut response = error_response(
+                StatusCode::TOO_MANY_REQUESTS,
+                code::RATE_LIMITED,
+                &format!("too many requests; try again in {seconds} s"),
+            );
+            response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+            return response;
+        }
+        // Limits are a protection, not a dependency: an unreachable store lets requests through.
+        Err(error) => tracing::error!(error = %error, "Rate limits cannot be checked; the request goes through."),
+    }
     let mut response = state.schema.execute(request.data(authentication).data(info)).await;
     for error in &mut response.errors {
         tag_validation_error(error);

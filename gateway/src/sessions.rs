@@ -355,6 +355,15 @@ redis.call('SREM', KEYS[3], ARGV[2])
 return 1
 ";
 
+/// A connection to the Redis at `url` that reconnects on its own.
+///
+/// # Errors
+/// A malformed URL or an unreachable server.
+pub async fn redis_connection(url: &str) -> Result<redis::aio::ConnectionManager, StoreError> {
+    let client = redis::Client::open(url).map_err(redis_error)?;
+    client.get_connection_manager().await.map_err(redis_error)
+}
+
 fn redis_error(err: redis::RedisError) -> StoreError {
     StoreError(err.to_string())
 }
@@ -368,13 +377,16 @@ impl RedisSessions {
     ///
     /// # Errors
     /// A malformed URL or an unreachable server.
-    pub async fn connect(url: &str, namespace: &str) -> Result<Self, StoreError> {
-        let client = redis::Client::open(url).map_err(redis_error)?;
-        let connection = client.get_connection_manager().await.map_err(redis_error)?;
-        Ok(Self {
+    /// On an open connection; every key goes under `namespace`.
+    pub fn new(connection: redis::aio::ConnectionManager, namespace: &str) -> Self {
+        Self {
             connection,
             namespace: namespace.to_owned(),
-        })
+        }
+    }
+
+    pub async fn connect(url: &str, namespace: &str) -> Result<Self, StoreError> {
+        Ok(Self::new(redis_connection(url).await?, namespace))
     }
 
     fn session_key(&self, id: Uuid) -> String {

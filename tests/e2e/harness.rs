@@ -26,6 +26,9 @@ impl Harness {
             data_dir: db.dir().join("data"),
             bind: "127.0.0.1:0".into(),
             database_url: Some(db.url.clone()),
+            // Tests sign in far more often than people do; the rate-limit tests set their own.
+            rate_limit_api_per_minute: 1_000_000,
+            rate_limit_login_per_minute: 1_000_000,
             ..Config::default()
         };
         adjust(&mut config);

@@ -7,11 +7,33 @@ use std::time::Duration;
 use chrono::Utc;
 use cloudsync_eventstore::testing::{Backend, TestDatabase};
 use cloudsync_gateway::keys::KeyRing;
+use cloudsync_gateway::limits::{MemoryLimiter, RateLimiter, RedisLimiter, Rule};
 use cloudsync_gateway::sessions::{MemorySessions, RedisSessions, Rotation, Session, SessionStore};
 use serde_json::{Value, json};
 use uuid::Uuid;
 
 use crate::harness::{Harness, on_both_backends};
+
+/// The rate-limit test runs on a server of its own kind.
+mod limited {
+    use super::failed_logins_and_request_floods_are_limited;
+    use crate::harness::on_both_backends;
+
+    on_both_backends!(
+        with crate::identity::with_tight_limits;
+        failed_logins_and_request_floods_are_limited,
+    );
+}
+
+/// A server with tight limits: 5 login attempts and 30 requests a minute.
+pub(crate) async fn with_tight_limits(backend: Backend) -> Harness {
+    Harness::with_config(backend, |config| {
+        config.rate_limit_login_per_minute = 5;
+        config.rate_limit_api_per_minute = 30;
+        (config.argon2_memory_kib, config.argon2_iterations, config.argon2_parallelism) = ARGON2;
+    })
+    .await
+}
 
 on_both_backends!(
     with crate::identity::with_cors;
@@ -484,6 +506,8 @@ async fn redis_sessions_are_shared_by_every_api_process() {
         master_key: None,
         redis_url: Some(redis.clone()),
         redis_namespace: namespace.clone(),
+        rate_limit_api_per_minute: 1_000_000,
+        rate_limit_login_per_minute: 1_000_000,
         ..cloudsync_gateway::Config::default()
     };
     // Both processes must open the keys with the same master key: the data dir's.
@@ -1086,4 +1110,182 @@ async fn second_factors_totp_recovery_codes_and_passkeys(h: &Harness) {
     );
     h.ok(Some(&token), remove, json!({ "id": registered["id"] })).await;
     assert!(login(h, "mfa@example.org").await["accessToken"].is_string());
+}
+
+/// The `RATE_LIMITED` error of a response, with its retry-after seconds.
+fn limited(response: &Value) -> Option<u64> {
+    (response["errors"][0]["extensions"]["code"] == json!("RATE_LIMITED"))
+        .then(|| response["errors"][0]["extensions"]["retryAfter"].as_u64().expect("retryAfter"))
+}
+
+async fn failed_logins_and_request_floods_are_limited(h: &Harness) {
+    // Registering takes a login token of this address: four attempts are left this minute.
+    let (token, _) = h.register("limited@example.org").await;
+    for attempt in 1..=4 {
+        let wrong = h
+            .gql(
+                None,
+                LOGIN,
+                json!({ "e": "limited@example.org", "p": format!("guess number {attempt}") }),
+            )
+            .await;
+        assert_eq!(
+            wrong["errors"][0]["extensions"]["code"],
+            json!("UNAUTHENTICATED"),
+            "attempt {attempt}: {wrong}"
+        );
+    }
+    // Now even the right password waits, and so does any other account from this address.
+    let right = h.gql(None, LOGIN, json!({ "e": "limited@example.org", "p": PASSWORD })).await;
+    let wait = limited(&right).unwrap_or_else(|| panic!("limited: {right}"));
+    assert!((1..=12).contains(&wait), "about one interval (12 s at 5 a minute): {wait}");
+    assert!(text(&right["errors"][0]["message"]).contains("try again in"));
+    let other = h.gql(None, LOGIN, json!({ "e": "other@example.org", "p": PASSWORD })).await;
+    assert!(limited(&other).is_some(), "{other}");
+    let reset = h.gql(None, REQUEST_RESET, json!({ "e": "limited@example.org" })).await;
+    assert!(limited(&reset).is_some(), "resets share the login budget: {reset}");
+    // The account's own work is not affected by the login limit.
+    assert!(works(h, &token).await);
+
+    // Requests: 30 a minute in bursts of 8 per user, then HTTP 429 with Retry-After.
+    let mut statuses = Vec::new();
+    for _ in 0..12 {
+        let response = h
+            .client
+            .post(format!("{}/graphql", h.url))
+            .bearer_auth(&token)
+            .json(&json!({ "query": ME }))
+            .send()
+            .await
+            .expect("post");
+        statuses.push((response.status().as_u16(), response.headers().get("retry-after").cloned()));
+        if response.status() == 429 {
+            let body: Value = response.json().await.expect("JSON");
+            assert_eq!(body["errors"][0]["extensions"]["code"], json!("RATE_LIMITED"));
+        }
+    }
+    let allowed = statuses.iter().filter(|(s, _)| *s == 200).count();
+    assert!((7..=8).contains(&allowed), "a burst of 8, one already spent above: {statuses:?}");
+    let (status, retry_after) = statuses.last().expect("some");
+    assert_eq!(*status, 429);
+    let seconds: u64 = retry_after
+        .as_ref()
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
+        .expect("Retry-After");
+    assert!((1..=2).contains(&seconds), "one interval is 2 s at 30 a minute: {seconds}");
+}
+
+/// The contract every rate limiter passes.
+async fn limiter_contract(limiter: Arc<dyn RateLimiter>) {
+    let rule = Rule {
+        class: "contract",
+        per_minute: 60,
+        burst: 3,
+    };
+    let key = Uuid::new_v4().to_string();
+    for i in 0..3 {
+        assert_eq!(limiter.take(&key, rule).await.expect("take"), None, "token {i} of the burst");
+    }
+    let wait = limiter.take(&key, rule).await.expect("take").expect("empty");
+    assert!(wait <= Duration::from_secs(1) && wait > Duration::from_millis(500), "{wait:?}");
+    assert_eq!(
+        limiter.take(&format!("{key}-other"), rule).await.expect("take"),
+        None,
+        "keys are separate"
+    );
+    let other_class = Rule {
+        class: "contract-b",
+        ..rule
+    };
+    assert_eq!(limiter.take(&key, other_class).await.expect("take"), None, "classes are separate");
+    tokio::time::sleep(wait + Duration::from_millis(50)).await;
+    assert_eq!(limiter.take(&key, rule).await.expect("take"), None, "a token came back");
+    assert!(limiter.take(&key, rule).await.expect("take").is_some());
+
+    // Racing takers: exactly the burst gets through.
+    let raced = Uuid::new_v4().to_string();
+    let racers = (0..20).map(|_| {
+        let limiter = Arc::clone(&limiter);
+        let raced = raced.clone();
+        let rule = Rule { burst: 5, ..rule };
+        tokio::spawn(async move { limiter.take(&raced, rule).await.expect("take").is_none() })
+    });
+    let passed = futures::future::join_all(racers)
+        .await
+        .into_iter()
+        .filter(|r| *r.as_ref().expect("task"))
+        .count();
+    assert_eq!(passed, 5);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn memory_limiter_passes_the_contract() {
+    limiter_contract(Arc::new(MemoryLimiter::default())).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_limiter_passes_the_contract() {
+    let namespace = format!("cs_test_{}:", Uuid::new_v4().simple());
+    let limiter = RedisLimiter::connect(&redis_url(), &namespace)
+        .await
+        .unwrap_or_else(|err| panic!("Redis at {} is required for this test (run scripts/services): {err}", redis_url()));
+    limiter_contract(Arc::new(limiter)).await;
+    clear_namespace(&namespace).await;
+}
+
+/// Two API processes on one Redis: failed logins spread over both count against one budget.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_rate_limits_are_global_across_api_processes() {
+    let namespace = format!("cs_test_{}:", Uuid::new_v4().simple());
+    let redis = redis_url();
+    let tight = |c: &mut cloudsync_gateway::Config| {
+        c.redis_url = Some(redis.clone());
+        c.redis_namespace.clone_from(&namespace);
+        c.rate_limit_login_per_minute = 4;
+        (c.argon2_memory_kib, c.argon2_iterations, c.argon2_parallelism) = ARGON2;
+    };
+    let a = Harness::with_config(Backend::Sqlite, tight).await;
+    let mut b_config = cloudsync_gateway::Config {
+        data_dir: a.db.dir().join("data-b"),
+        bind: "127.0.0.1:0".into(),
+        database_url: Some(a.db.url.clone()),
+        rate_limit_api_per_minute: 1_000_000,
+        ..cloudsync_gateway::Config::default()
+    };
+    tight(&mut b_config);
+    std::fs::create_dir_all(&b_config.data_dir).expect("mkdir");
+    std::fs::copy(a.db.dir().join("data").join("master-key"), b_config.data_dir.join("master-key")).expect("copy the master key");
+    let b = cloudsync_gateway::start(&b_config).await.expect("second server");
+    let on = |url: String| {
+        let client = a.client.clone();
+        async move {
+            let body = json!({ "query": LOGIN, "variables": { "e": "global@example.org", "p": "wrong password" } });
+            client
+                .post(format!("{url}/graphql"))
+                .json(&body)
+                .send()
+                .await
+                .expect("post")
+                .json::<Value>()
+                .await
+                .expect("JSON")
+        }
+    };
+    let b_url = format!("http://{}", b.addr());
+    // Two attempts on each: four in all, the budget.
+    for url in [&a.url, &b_url, &a.url, &b_url] {
+        let answer = on(url.clone()).await;
+        assert_eq!(answer["errors"][0]["extensions"]["code"], json!("UNAUTHENTICATED"), "{answer}");
+    }
+    for url in [&a.url, &b_url] {
+        let answer = on(url.clone()).await;
+        assert!(
+            limited(&answer).is_some(),
+            "the fifth attempt is refused by either process: {answer}"
+        );
+    }
+    b.stop().await;
+    a.stop().await;
+    clear_namespace(&namespace).await;
 }

@@ -11,7 +11,7 @@ use cloudsync_domain::{Email, UserId};
 use uuid::Uuid;
 
 use super::mfa::{MfaChallenge, challenge};
-use super::{app, caller, parse_id};
+use super::{app, caller, client_ip, limit, parse_id};
 use crate::auth::{RequestInfo, check_password_rules, refresh_cookie};
 use crate::errors::{ApiError, ApiResult};
 use crate::mail::Mail;
@@ -213,6 +213,7 @@ impl IdentityMutation {
         cookie: Option<bool>,
     ) -> async_graphql::Result<AuthPayload> {
         let app = app(ctx);
+        limit(ctx, app.rules.login, &format!("ip:{}", client_ip(ctx))).await?;
         let email = Email::parse(&email).map_err(|err| ApiError::BadInput(err.to_string()))?;
         check_password_rules(&password).map_err(ApiError::BadInput)?;
         let hash = hash_new(app, password).await?;
@@ -226,9 +227,13 @@ impl IdentityMutation {
     async fn login(&self, ctx: &Context<'_>, email: String, password: String, cookie: Option<bool>) -> async_graphql::Result<AuthPayload> {
         let app = app(ctx);
         let refused = || unauthenticated("invalid email or password");
+        limit(ctx, app.rules.login, &format!("ip:{}", client_ip(ctx))).await?;
         let Ok(email) = Email::parse(&email) else {
             return Err(refused().into());
         };
+        // Per account too: a guesser spreading over many addresses still gets five tries a minute
+        // at each account.
+        limit(ctx, app.rules.login, &format!("account:{}", email.as_str())).await?;
         if password.chars().count() > 1024 {
             return Err(refused().into());
         }
@@ -355,7 +360,9 @@ impl IdentityMutation {
     /// true, whether or not it does, so it cannot tell who has an account.
     async fn request_password_reset(&self, ctx: &Context<'_>, email: String) -> async_graphql::Result<bool> {
         let app = std::sync::Arc::clone(app(ctx));
+        limit(ctx, app.rules.login, &format!("ip:{}", client_ip(ctx))).await?;
         let email = Email::parse(&email).map_err(|err| ApiError::BadInput(err.to_string()))?;
+        limit(ctx, app.rules.login, &format!("reset:{}", email.as_str())).await?;
         // In the background: the answer takes as long for an unknown address as for a known one.
         tokio::spawn(async move {
             if let Err(error) = send_reset(&app, email).await {
@@ -369,6 +376,7 @@ impl IdentityMutation {
     /// one works, and it expires); every session of the account is signed out.
     async fn reset_password(&self, ctx: &Context<'_>, token: String, new_password: String) -> async_graphql::Result<bool> {
         let app = app(ctx);
+        limit(ctx, app.rules.login, &format!("ip:{}", client_ip(ctx))).await?;
         let invalid = || ApiError::BadInput("the reset token is invalid, expired or already used".into());
         let (user_id, secret) = split_token(&token, RESET_PREFIX).ok_or_else(invalid)?;
         check_password_rules(&new_password).map_err(ApiError::BadInput)?;

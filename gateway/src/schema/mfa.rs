@@ -19,7 +19,7 @@ use uuid::Uuid;
 use webauthn_rs::prelude::{Passkey, PasskeyAuthentication, PasskeyRegistration, PublicKeyCredential, RegisterPublicKeyCredential};
 
 use super::identity::{AuthPayload, signed_in};
-use super::{app, caller, parse_id};
+use super::{app, caller, client_ip, limit, parse_id};
 use crate::errors::{ApiError, ApiResult};
 use crate::server::App;
 use crate::sessions::{fresh_secret, hash as secret_hash};
@@ -415,6 +415,7 @@ impl MfaMutation {
     ) -> async_graphql::Result<AuthPayload> {
         let app = app(ctx);
         let webauthn = webauthn(app)?;
+        limit(ctx, app.rules.login, &format!("ip:{}", client_ip(ctx))).await?;
         let pending = take(app, &mfa_token).await?;
         let Some(state) = pending.passkey.clone() else {
             return Err(retry(app, &mfa_token, pending, "this account has no passkey".into()).await.into());
