@@ -97,6 +97,8 @@ fn recovery_codes() -> Vec<String> {
 pub enum CodeKind {
     Totp,
     RecoveryCode,
+    /// A code sent by text message (the caller checked it against what it sent).
+    Sms,
 }
 
 fn now_secs() -> u64 {
@@ -165,6 +167,7 @@ impl Commands {
                 }
                 Ok(Proof::RecoveryCode { hash: code_hash(code) })
             }
+            CodeKind::Sms => Ok(Proof::Sms { hash: code_hash(code) }),
         }
     }
 
@@ -188,6 +191,37 @@ impl Commands {
         let proof = self.proof(user, &found, kind, code).await?;
         self.act_on_user(user, (found, version), UserCommand::DisableTotp { proof, at: Utc::now() })
             .await
+    }
+
+    /// Sends second-factor codes to `phone` from now on (the caller proved the number).
+    ///
+    /// # Errors
+    /// Store failures.
+    pub async fn enable_sms(&self, user: UserId, phone: &str) -> Result<i64, CommandError> {
+        let loaded = self.load::<User>(&user.stream()).await?;
+        let phone = self.vault.seal(user, phone.as_bytes()).await?;
+        self.act_on_user(user, loaded, UserCommand::EnableSms { phone, at: Utc::now() })
+            .await
+    }
+
+    /// Stops sending second-factor codes by text message.
+    ///
+    /// # Errors
+    /// Not enabled; store failures.
+    pub async fn disable_sms(&self, user: UserId) -> Result<i64, CommandError> {
+        let loaded = self.load::<User>(&user.stream()).await?;
+        self.act_on_user(user, loaded, UserCommand::DisableSms { at: Utc::now() }).await
+    }
+
+    /// The phone number second-factor codes go to.
+    ///
+    /// # Errors
+    /// A destroyed key; store failures.
+    pub async fn sms_phone(&self, user: UserId) -> Result<Option<String>, CommandError> {
+        let (found, _) = self.load::<User>(&user.stream()).await?;
+        let Some(sealed) = found.sms_phone() else { return Ok(None) };
+        let phone = self.vault.open(user, sealed).await?;
+        Ok(Some(String::from_utf8_lossy(&phone).into_owned()))
     }
 
     /// Records a passkey the user registered.

@@ -99,6 +99,20 @@ pub struct MfaCodeUsed {
     pub at: DateTime<Utc>,
 }
 
+/// Codes by text message are a second factor: `phone` (E.164), sealed with the user's data key.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SmsFactorEnabled {
+    pub user_id: UserId,
+    pub phone: SealedSecret,
+    pub at: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SmsFactorDisabled {
+    pub user_id: UserId,
+    pub at: DateTime<Utc>,
+}
+
 /// A WebAuthn passkey was registered: `passkey` is the verifier's record of it (public key,
 /// counter), as the WebAuthn library serialises it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -488,6 +502,8 @@ pub enum DomainEvent {
     TotpEnabled(TotpEnabled),
     TotpDisabled(TotpDisabled),
     MfaCodeUsed(MfaCodeUsed),
+    SmsFactorEnabled(SmsFactorEnabled),
+    SmsFactorDisabled(SmsFactorDisabled),
     PasskeyRegistered(PasskeyRegistered),
     PasskeyUpdated(PasskeyUpdated),
     PasskeyRemoved(PasskeyRemoved),
@@ -554,6 +570,8 @@ impl DomainEvent {
             | "TotpEnabled"
             | "TotpDisabled"
             | "MfaCodeUsed"
+            | "SmsFactorEnabled"
+            | "SmsFactorDisabled"
             | "PasskeyRegistered"
             | "PasskeyUpdated"
             | "PasskeyRemoved"
@@ -641,6 +659,8 @@ impl DomainEvent {
             Self::TotpEnabled(e) => e.user_id,
             Self::TotpDisabled(e) => e.user_id,
             Self::MfaCodeUsed(e) => e.user_id,
+            Self::SmsFactorEnabled(e) => e.user_id,
+            Self::SmsFactorDisabled(e) => e.user_id,
             Self::PasskeyRegistered(e) => e.user_id,
             Self::PasskeyUpdated(e) => e.user_id,
             Self::PasskeyRemoved(e) => e.user_id,

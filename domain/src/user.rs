@@ -9,7 +9,8 @@ use serde_json::Value;
 use crate::aggregate::{Aggregate, DomainError};
 use crate::events::{
     DomainEvent, EmailClaimed, MfaCodeUsed, MfaMethod, PasskeyRegistered, PasskeyRemoved, PasskeyUpdated, PasswordChange,
-    PasswordResetRequested, SealedSecret, TotpDisabled, TotpEnabled, TotpEnrollmentBegun, UserPasswordChanged, UserRegistered,
+    PasswordResetRequested, SealedSecret, SmsFactorDisabled, SmsFactorEnabled, TotpDisabled, TotpEnabled, TotpEnrollmentBegun,
+    UserPasswordChanged, UserRegistered,
 };
 use crate::ids::UserId;
 use crate::values::Email;
@@ -28,8 +29,16 @@ pub struct Passkey {
 /// code matched, or a recovery code's hash.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Proof {
-    Totp { step: u64 },
-    RecoveryCode { hash: String },
+    Totp {
+        step: u64,
+    },
+    RecoveryCode {
+        hash: String,
+    },
+    /// A code sent by text message, checked by the caller against what it sent.
+    Sms {
+        hash: String,
+    },
 }
 
 #[derive(Debug, Default, Clone)]
@@ -45,6 +54,8 @@ pub struct User {
     /// Hashes of the recovery codes not yet used.
     recovery_codes: BTreeSet<String>,
     passkeys: BTreeMap<String, Passkey>,
+    /// The phone number codes are sent to, sealed.
+    sms: Option<SealedSecret>,
 }
 
 pub enum UserCommand {
@@ -107,6 +118,14 @@ pub enum UserCommand {
         credential_id: String,
         at: DateTime<Utc>,
     },
+    /// Codes by text message to `phone` (sealed), whose number was proven by a code.
+    EnableSms {
+        phone: SealedSecret,
+        at: DateTime<Utc>,
+    },
+    DisableSms {
+        at: DateTime<Utc>,
+    },
 }
 
 impl User {
@@ -150,9 +169,14 @@ impl User {
         self.passkeys.values()
     }
 
+    /// The phone number second-factor codes go to, sealed.
+    pub fn sms_phone(&self) -> Option<&SealedSecret> {
+        self.sms.as_ref()
+    }
+
     /// Whether a login needs a second factor.
     pub fn mfa_enabled(&self) -> bool {
-        self.totp.is_some() || !self.passkeys.is_empty()
+        self.totp.is_some() || !self.passkeys.is_empty() || self.sms.is_some()
     }
 
     /// The event that accepts `proof`, or why it is refused.
@@ -172,6 +196,12 @@ impl User {
                     return Err(DomainError::Invalid("the recovery code is wrong or was already used".into()));
                 }
                 (MfaMethod::RecoveryCode, None, Some(hash))
+            }
+            Proof::Sms { hash } => {
+                if self.sms.is_none() {
+                    return Err(DomainError::InvalidState("codes by text message are not enabled".into()));
+                }
+                (MfaMethod::Sms, None, Some(hash))
             }
         };
         Ok(DomainEvent::MfaCodeUsed(MfaCodeUsed {
@@ -311,6 +341,17 @@ impl Aggregate for User {
                     at,
                 })])
             }
+            UserCommand::EnableSms { phone, at } => {
+                let user_id = self.registered()?.user_id;
+                Ok(vec![DomainEvent::SmsFactorEnabled(SmsFactorEnabled { user_id, phone, at })])
+            }
+            UserCommand::DisableSms { at } => {
+                let user_id = self.registered()?.user_id;
+                if self.sms.is_none() {
+                    return Err(DomainError::InvalidState("codes by text message are not enabled".into()));
+                }
+                Ok(vec![DomainEvent::SmsFactorDisabled(SmsFactorDisabled { user_id, at })])
+            }
             UserCommand::RemovePasskey { credential_id, at } => {
                 let user_id = self.registered()?.user_id;
                 if !self.passkeys.contains_key(&credential_id) {
@@ -394,6 +435,8 @@ impl Aggregate for User {
             DomainEvent::PasskeyRemoved(e) => {
                 self.passkeys.remove(&e.credential_id);
             }
+            DomainEvent::SmsFactorEnabled(e) => self.sms = Some(e.phone.clone()),
+            DomainEvent::SmsFactorDisabled(_) => self.sms = None,
             _ => {}
         }
     }

@@ -40,6 +40,8 @@ pub struct Config {
     pub password_reset_ttl_minutes: i64,
     /// A folder that receives outgoing mail as `.eml` files; unset: mail is written to the log.
     pub mail_outbox: Option<PathBuf>,
+    /// A folder that receives outgoing text messages as `.sms` files; unset: they are written to the log.
+    pub sms_outbox: Option<PathBuf>,
     /// The origin browsers show when they use passkeys (`https://cloudsync.example.org`); default:
     /// `public_url`, else `http://localhost:<port>`.
     pub webauthn_origin: Option<String>,
@@ -100,6 +102,7 @@ impl Default for Config {
             argon2_parallelism: 1,
             password_reset_ttl_minutes: 30,
             mail_outbox: None,
+            sms_outbox: None,
             webauthn_origin: None,
             rate_limit_api_per_minute: 600,
             rate_limit_login_per_minute: 10,
@@ -155,6 +158,7 @@ impl Config {
                 }
                 "WEBAUTHN_ORIGIN" => config.webauthn_origin = Some(value),
                 "WEBAUTHN_RP_ID" => config.webauthn_rp_id = Some(value),
+                "SMS_OUTBOX" => config.sms_outbox = Some(PathBuf::from(value)).filter(|p| !p.as_os_str().is_empty()),
                 "MAIL_OUTBOX" => config.mail_outbox = Some(PathBuf::from(value)).filter(|p| !p.as_os_str().is_empty()),
                 "CORS_ORIGINS" => {
                     config.cors_origins = value.split([',', ' ']).filter(|o| !o.is_empty()).map(str::to_owned).collect();

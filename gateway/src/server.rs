@@ -39,7 +39,7 @@ use crate::config::Config;
 use crate::errors::code;
 use crate::keys::{KeyRing, RELOAD_EVERY};
 use crate::limits::{MemoryLimiter, RateLimiter, RedisLimiter, Rules};
-use crate::mail::{LogMailer, Mailer, OutboxMailer};
+use crate::mail::{LogMailer, LogSms, Mailer, OutboxMailer, OutboxSms, SmsSender};
 use crate::passwords::Passwords;
 use crate::schema::{CloudSyncSchema, build};
 use crate::sessions::{Client, MemorySessions, RedisSessions, SessionStore, Sessions};
@@ -56,6 +56,7 @@ pub struct App {
     token_ttl_minutes: i64,
     pub passwords: Passwords,
     pub mailer: Arc<dyn Mailer>,
+    pub sms: Arc<dyn SmsSender>,
     pub password_reset_ttl: chrono::Duration,
     /// The WebAuthn verifier, or why passkeys are not available.
     pub passkeys: Result<Arc<webauthn_rs::Webauthn>, String>,
@@ -322,6 +323,10 @@ pub async fn start(config: &Config) -> anyhow::Result<Server> {
         mailer: match &config.mail_outbox {
             Some(folder) => Arc::new(OutboxMailer::new(folder.clone())),
             None => Arc::new(LogMailer),
+        },
+        sms: match &config.sms_outbox {
+            Some(folder) => Arc::new(OutboxSms::new(folder.clone())),
+            None => Arc::new(LogSms),
         },
         password_reset_ttl: chrono::Duration::minutes(config.password_reset_ttl_minutes),
         passkeys: passkeys(config, addr),

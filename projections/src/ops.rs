@@ -245,6 +245,8 @@ pub fn ops_for(event: &DomainEvent, at: DateTime<Utc>) -> Vec<Op> {
         | E::TotpEnabled(_)
         | E::TotpDisabled(_)
         | E::MfaCodeUsed(_)
+        | E::SmsFactorEnabled(_)
+        | E::SmsFactorDisabled(_)
         | E::PasskeyRegistered(_)
         | E::PasskeyUpdated(_)
         | E::PasskeyRemoved(_) => Vec::new(),

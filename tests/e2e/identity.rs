@@ -43,6 +43,7 @@ on_both_backends!(
     browser_clients_keep_the_refresh_token_in_a_strict_cookie,
     passwords_are_imported_upgraded_changed_and_reset,
     second_factors_totp_recovery_codes_and_passkeys,
+    codes_by_text_message_are_a_rate_limited_second_factor,
 );
 
 /// The origin the test servers' passkeys belong to (what the software authenticator is told).
@@ -59,6 +60,7 @@ pub(crate) async fn with_cors(backend: Backend) -> Harness {
         (config.argon2_memory_kib, config.argon2_iterations, config.argon2_parallelism) = ARGON2;
         config.mail_outbox = config.data_dir.parent().map(|dir| dir.join("outbox"));
         config.webauthn_origin = Some(ORIGIN.into());
+        config.sms_outbox = config.data_dir.parent().map(|dir| dir.join("sms"));
     })
     .await
 }
@@ -743,7 +745,13 @@ async fn import(h: &Harness, lines: &str) -> anyhow::Result<String> {
 
 /// The mail in the outbox, oldest first, waiting up to five seconds for `count` of them.
 async fn outbox(h: &Harness, count: usize) -> Vec<String> {
-    let folder = h.db.dir().join("outbox");
+    messages(h, "outbox", "eml", count).await
+}
+
+/// The messages (`extension` files) in `folder` of the test's directory, oldest first, waiting up
+/// to five seconds for `count` of them.
+async fn messages(h: &Harness, folder: &str, extension: &str, count: usize) -> Vec<String> {
+    let folder = h.db.dir().join(folder);
     let deadline = std::time::Instant::now() + Duration::from_secs(5);
     loop {
         let mut names: Vec<std::path::PathBuf> = std::fs::read_dir(&folder)
@@ -751,7 +759,7 @@ async fn outbox(h: &Harness, count: usize) -> Vec<String> {
                 entries
                     .filter_map(Result::ok)
                     .map(|e| e.path())
-                    .filter(|p| p.extension().is_some_and(|x| x == "eml"))
+                    .filter(|p| p.extension().is_some_and(|x| x == extension))
                     .collect()
             })
             .unwrap_or_default();
@@ -1288,4 +1296,73 @@ async fn redis_rate_limits_are_global_across_api_processes() {
     b.stop().await;
     a.stop().await;
     clear_namespace(&namespace).await;
+}
+
+/// The six-digit code in the latest of `count` text messages.
+async fn texted_code(h: &Harness, count: usize) -> String {
+    let texts = messages(h, "sms", "sms", count).await;
+    assert_eq!(texts.len(), count, "{texts:?}");
+    let last = texts.last().expect("a text");
+    assert!(last.starts_with("To: +447700900123\n"), "{last}");
+    last.split_whitespace()
+        .find(|w| w.len() == 6 && w.bytes().all(|b| b.is_ascii_digit()))
+        .expect("a code")
+        .to_owned()
+}
+
+async fn codes_by_text_message_are_a_rate_limited_second_factor(h: &Harness) {
+    let (token, _) = h.register("sms@example.org").await;
+    let begin = "mutation($p: String!) { beginSmsEnrollment(phone: $p) }";
+    let confirm = "mutation($c: String!) { confirmSmsEnrollment(code: $c) }";
+    assert_eq!(
+        h.error_code(Some(&token), begin, json!({ "p": "07700 900123" })).await,
+        "BAD_USER_INPUT"
+    );
+    h.ok(Some(&token), begin, json!({ "p": "+44 7700 900123" })).await;
+    let code = texted_code(h, 1).await;
+    let wrong = if code == "111111" { "222222" } else { "111111" };
+    assert_eq!(h.error_code(Some(&token), confirm, json!({ "c": wrong })).await, "BAD_USER_INPUT");
+    assert!(
+        login(h, "sms@example.org").await["accessToken"].is_string(),
+        "not a factor before it is confirmed"
+    );
+    h.ok(Some(&token), confirm, json!({ "c": code })).await;
+    let status = h
+        .ok(
+            Some(&token),
+            MFA_STATUS.replace("passkeys {", "smsNumber passkeys {").as_str(),
+            json!({}),
+        )
+        .await;
+    assert_eq!(status["mfa"]["smsNumber"], json!("+44••••••0123"));
+
+    let send = "mutation($t: String!) { sendMfaSms(mfaToken: $t) }";
+    let mfa = challenged(h, "sms@example.org").await;
+    assert_eq!(mfa["methods"], json!(["SMS"]));
+    let early = complete(h, &mfa["token"], &code, "SMS").await;
+    assert_eq!(
+        early["errors"][0]["extensions"]["code"],
+        json!("UNAUTHENTICATED"),
+        "nothing sent for this login yet: {early}"
+    );
+    h.ok(None, send, json!({ "t": mfa["token"] })).await;
+    let sent = texted_code(h, 2).await;
+    let done = complete(h, &mfa["token"], &sent, "SMS").await;
+    assert!(works(h, &text(&done["data"]["completeMfaLogin"]["accessToken"])).await, "{done}");
+
+    // Three texts at once, then about two a minute.
+    let mfa = challenged(h, "sms@example.org").await;
+    h.ok(None, send, json!({ "t": mfa["token"] })).await;
+    let third = texted_code(h, 3).await;
+    let flood = h.gql(None, send, json!({ "t": mfa["token"] })).await;
+    assert!(limited(&flood).is_some(), "{flood}");
+    assert_eq!(messages(h, "sms", "sms", 4).await.len(), 3, "nothing more was sent");
+    let done = complete(h, &mfa["token"], &third, "SMS").await;
+    assert!(
+        done["data"]["completeMfaLogin"]["accessToken"].is_string(),
+        "the challenge survived the refusal: {done}"
+    );
+
+    h.ok(Some(&token), "mutation { disableSms }", json!({})).await;
+    assert!(login(h, "sms@example.org").await["accessToken"].is_string());
 }

@@ -48,6 +48,43 @@ struct PendingLogin {
     attempts: u32,
     expires_at: DateTime<Utc>,
     passkey: Option<PasskeyAuthentication>,
+    /// The hash of the code last sent by text message for this login.
+    #[serde(default)]
+    sms_code: Option<String>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct PendingSms {
+    phone: String,
+    code: String,
+    attempts: u32,
+}
+
+/// A six-digit code to send by text message.
+fn sms_code() -> String {
+    use rand::Rng as _;
+    format!("{:06}", rand::thread_rng().gen_range(0..1_000_000))
+}
+
+/// Whether `phone` is an E.164 number: `+`, then 8 to 15 digits.
+fn e164(phone: &str) -> Option<String> {
+    let compact: String = phone.chars().filter(|c| !matches!(c, ' ' | '-' | '(' | ')')).collect();
+    let digits = compact.strip_prefix('+')?;
+    ((8..=15).contains(&digits.len()) && digits.bytes().all(|b| b.is_ascii_digit()) && !digits.starts_with('0')).then_some(compact)
+}
+
+/// `+44•••••7890`: enough to recognise one's own number.
+fn masked(phone: &str) -> String {
+    let chars: Vec<char> = phone.chars().collect();
+    let keep_start = 3.min(chars.len());
+    let keep_end = 4.min(chars.len() - keep_start);
+    let hidden = chars.len() - keep_start - keep_end;
+    format!(
+        "{}{}{}",
+        chars[..keep_start].iter().collect::<String>(),
+        "•".repeat(hidden),
+        chars[chars.len() - keep_end..].iter().collect::<String>()
+    )
 }
 
 #[derive(Serialize, Deserialize)]
@@ -81,6 +118,9 @@ pub(crate) async fn challenge(app: &App, user: &User, email: String, cookie: boo
     if user.totp_secret().is_some() {
         methods.extend(["TOTP".to_owned(), "RECOVERY_CODE".to_owned()]);
     }
+    if user.sms_phone().is_some() {
+        methods.push("SMS".to_owned());
+    }
     let passkeys = passkeys_of(user);
     let (options, passkey) = match (passkeys.is_empty(), app.passkeys.as_deref()) {
         (false, Ok(webauthn)) => {
@@ -99,20 +139,27 @@ pub(crate) async fn challenge(app: &App, user: &User, email: String, cookie: boo
         attempts: 0,
         expires_at,
         passkey,
+        sms_code: None,
     };
-    let value = serde_json::to_string(&pending).map_err(store_error)?;
-    app.tokens
-        .sessions()
-        .store()
-        .put_state(&challenge_key(&token), &value, CHALLENGE_TTL)
-        .await
-        .map_err(store_error)?;
+    keep(app, &token, &pending).await?;
     Ok(MfaChallenge {
         token,
         methods,
         passkey_options: options,
         expires_at,
     })
+}
+
+/// Keeps (or puts back) the pending login of `token` until it expires.
+async fn keep(app: &App, token: &str, pending: &PendingLogin) -> ApiResult<()> {
+    let left = (pending.expires_at - Utc::now()).to_std().unwrap_or_default();
+    let value = serde_json::to_string(pending).map_err(store_error)?;
+    app.tokens
+        .sessions()
+        .store()
+        .put_state(&challenge_key(token), &value, left)
+        .await
+        .map_err(store_error)
 }
 
 /// Takes the pending login of `token`.
@@ -133,17 +180,7 @@ async fn retry(app: &App, token: &str, mut pending: PendingLogin, why: String) -
     pending.attempts += 1;
     let left = (pending.expires_at - Utc::now()).to_std().unwrap_or_default();
     if pending.attempts < MAX_ATTEMPTS && !left.is_zero() {
-        let put = match serde_json::to_string(&pending) {
-            Ok(value) => app
-                .tokens
-                .sessions()
-                .store()
-                .put_state(&challenge_key(token), &value, left)
-                .await
-                .map_err(store_error),
-            Err(err) => Err(store_error(err)),
-        };
-        if let Err(err) = put {
+        if let Err(err) = keep(app, token, &pending).await {
             return err;
         }
         return ApiError::Unauthenticated(why);
@@ -155,6 +192,8 @@ async fn retry(app: &App, token: &str, mut pending: PendingLogin, why: String) -
 pub enum MfaCodeMethod {
     Totp,
     RecoveryCode,
+    /// The code `sendMfaSms` sent.
+    Sms,
 }
 
 impl From<MfaCodeMethod> for CodeKind {
@@ -162,6 +201,7 @@ impl From<MfaCodeMethod> for CodeKind {
         match method {
             MfaCodeMethod::Totp => CodeKind::Totp,
             MfaCodeMethod::RecoveryCode => CodeKind::RecoveryCode,
+            MfaCodeMethod::Sms => CodeKind::Sms,
         }
     }
 }
@@ -173,6 +213,8 @@ pub struct MfaStatus {
     totp_pending: bool,
     recovery_codes_left: i32,
     passkeys: Vec<PasskeyInfo>,
+    /// The number second-factor codes are texted to, mostly hidden.
+    sms_number: Option<String>,
 }
 
 #[derive(SimpleObject)]
@@ -222,8 +264,15 @@ impl MfaQuery {
     /// The caller's second factors.
     async fn mfa(&self, ctx: &Context<'_>) -> async_graphql::Result<MfaStatus> {
         let caller = caller(ctx)?;
-        let user = user_of(app(ctx), caller.user_id).await?;
+        let app = app(ctx);
+        let user = user_of(app, caller.user_id).await?;
+        let phone = app
+            .commands
+            .sms_phone(UserId::from_uuid(caller.user_id))
+            .await
+            .map_err(ApiError::from)?;
         Ok(MfaStatus {
+            sms_number: phone.as_deref().map(masked),
             totp_enabled: user.totp_secret().is_some(),
             totp_pending: user.totp_pending().is_some(),
             recovery_codes_left: i32::try_from(user.recovery_codes_left()).unwrap_or(i32::MAX),
@@ -393,7 +442,16 @@ impl MfaMutation {
         #[graphql(default_with = "MfaCodeMethod::Totp")] method: MfaCodeMethod,
     ) -> async_graphql::Result<AuthPayload> {
         let app = app(ctx);
+        limit(ctx, app.rules.login, &format!("ip:{}", client_ip(ctx))).await?;
         let pending = take(app, &mfa_token).await?;
+        // A texted code is checked against the one sent for this login (none sent: nothing matches).
+        if method == MfaCodeMethod::Sms && pending.sms_code.as_deref() != Some(secret_hash(code.trim()).as_str()) {
+            return Err(
+                retry(app, &mfa_token, pending, "the code is wrong (or none was sent: sendMfaSms)".into())
+                    .await
+                    .into(),
+            );
+        }
         match app
             .commands
             .use_mfa_code(UserId::from_uuid(pending.user), method.into(), &code)
@@ -403,6 +461,101 @@ impl MfaMutation {
             Err(CommandError::Invalid(why) | CommandError::Conflict(why)) => Err(retry(app, &mfa_token, pending, why).await.into()),
             Err(err) => Err(ApiError::from(err).into()),
         }
+    }
+
+    /// Texts a code for the login's challenge to the account's phone (a few a minute at most); then
+    /// `completeMfaLogin(method: SMS)`.
+    async fn send_mfa_sms(&self, ctx: &Context<'_>, mfa_token: String) -> async_graphql::Result<bool> {
+        let app = app(ctx);
+        limit(ctx, app.rules.login, &format!("ip:{}", client_ip(ctx))).await?;
+        let mut pending = take(app, &mfa_token).await?;
+        let user_id = UserId::from_uuid(pending.user);
+        let Some(phone) = app.commands.sms_phone(user_id).await.map_err(ApiError::from)? else {
+            return Err(retry(app, &mfa_token, pending, "this account has no phone number for codes".into())
+                .await
+                .into());
+        };
+        if let Err(err) = limit(ctx, app.rules.sms, &format!("user:{}", pending.user)).await {
+            // Refused, not failed: the login can still be completed another way.
+            keep(app, &mfa_token, &pending).await?;
+            return Err(err.into());
+        }
+        let code = sms_code();
+        pending.sms_code = Some(secret_hash(&code));
+        keep(app, &mfa_token, &pending).await?;
+        app.sms
+            .send(&phone, &format!("{code} is your CloudSync sign-in code."))
+            .await
+            .map_err(|err| ApiError::internal(&err))?;
+        Ok(true)
+    }
+
+    /// Starts receiving second-factor codes by text message: sends a code to `phone` (E.164, such
+    /// as +447700900123) to confirm with `confirmSmsEnrollment` within ten minutes.
+    async fn begin_sms_enrollment(&self, ctx: &Context<'_>, phone: String) -> async_graphql::Result<bool> {
+        let caller = caller(ctx)?;
+        let app = app(ctx);
+        let phone = e164(&phone).ok_or_else(|| ApiError::BadInput("phone must be an international number such as +447700900123".into()))?;
+        limit(ctx, app.rules.sms, &format!("user:{}", caller.user_id)).await?;
+        let code = sms_code();
+        let pending = serde_json::to_string(&PendingSms {
+            phone: phone.clone(),
+            code: secret_hash(&code),
+            attempts: 0,
+        })
+        .map_err(store_error)?;
+        app.tokens
+            .sessions()
+            .store()
+            .put_state(&format!("sms-enrollment:{}", caller.user_id), &pending, Duration::from_secs(600))
+            .await
+            .map_err(store_error)?;
+        app.sms
+            .send(&phone, &format!("{code} is your CloudSync code to confirm this number."))
+            .await
+            .map_err(|err| ApiError::internal(&err))?;
+        Ok(true)
+    }
+
+    /// Confirms the number with the code it received; from then on it is a second factor.
+    async fn confirm_sms_enrollment(&self, ctx: &Context<'_>, code: String) -> async_graphql::Result<bool> {
+        let caller = caller(ctx)?;
+        let app = app(ctx);
+        let key = format!("sms-enrollment:{}", caller.user_id);
+        let store = app.tokens.sessions().store();
+        let pending = store
+            .take_state(&key)
+            .await
+            .map_err(store_error)?
+            .ok_or_else(|| ApiError::BadInput("no number is waiting for its code (begin again)".into()))?;
+        let mut pending: PendingSms = serde_json::from_str(&pending).map_err(store_error)?;
+        if pending.code != secret_hash(code.trim()) {
+            pending.attempts += 1;
+            if pending.attempts < MAX_ATTEMPTS {
+                let value = serde_json::to_string(&pending).map_err(store_error)?;
+                store.put_state(&key, &value, Duration::from_secs(600)).await.map_err(store_error)?;
+                return Err(ApiError::BadInput("the code is wrong".into()).into());
+            }
+            return Err(ApiError::BadInput("the code is wrong; too many attempts, begin again".into()).into());
+        }
+        let position = app
+            .commands
+            .enable_sms(UserId::from_uuid(caller.user_id), &pending.phone)
+            .await
+            .map_err(ApiError::from)?;
+        app.wrote(caller, position);
+        Ok(true)
+    }
+
+    /// Stops sending second-factor codes by text message.
+    async fn disable_sms(&self, ctx: &Context<'_>) -> async_graphql::Result<bool> {
+        let caller = caller(ctx)?;
+        app(ctx)
+            .commands
+            .disable_sms(UserId::from_uuid(caller.user_id))
+            .await
+            .map_err(code_error)?;
+        Ok(true)
     }
 
     /// The second step of a login with a passkey: what `navigator.credentials.get` returned for
@@ -447,5 +600,21 @@ impl MfaMutation {
             }
         }
         Ok(signed_in(ctx, app, pending.user, pending.email, pending.cookie).await?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn phone_numbers_are_e164_and_shown_masked() {
+        assert_eq!(e164("+44 7700 900123").as_deref(), Some("+447700900123"));
+        assert_eq!(e164("+1 (555) 010-9999").as_deref(), Some("+15550109999"));
+        for bad in ["07700900123", "+44", "+0447700900123", "+44abc7700900", "+1234567890123456"] {
+            assert_eq!(e164(bad), None, "{bad}");
+        }
+        assert_eq!(masked("+447700900123"), "+44••••••0123");
+        assert!(sms_code().len() == 6 && sms_code().bytes().all(|b| b.is_ascii_digit()));
     }
 }
