@@ -113,6 +113,64 @@ pub struct SmsFactorDisabled {
     pub at: DateTime<Utc>,
 }
 
+/// A role given to a user (`admin`, `auditor`; everyone is a `user`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct UserRoleGranted {
+    pub user_id: UserId,
+    pub role: String,
+    /// Every role the user has now.
+    pub roles: Vec<String>,
+    pub at: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct UserRoleRevoked {
+    pub user_id: UserId,
+    pub role: String,
+    /// Every role the user has now.
+    pub roles: Vec<String>,
+    pub at: DateTime<Utc>,
+}
+
+/// A personal API token: only its secret's hash is kept; it allows `scopes` until `expires_at`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ApiTokenCreated {
+    pub user_id: UserId,
+    pub token_id: Uuid,
+    pub name: String,
+    pub scopes: Vec<String>,
+    pub secret_hash: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<DateTime<Utc>>,
+    pub at: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ApiTokenRevoked {
+    pub user_id: UserId,
+    pub token_id: Uuid,
+    pub at: DateTime<Utc>,
+}
+
+/// An administrator set the user's storage quota (`None`: unlimited) and subscription tier.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct UserPlanSet {
+    pub user_id: UserId,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quota_bytes: Option<u64>,
+    pub tier: String,
+    pub by: UserId,
+    pub at: DateTime<Utc>,
+}
+
+/// The networks (CIDR) the user's credentials work from; empty: anywhere.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct IpAllowlistSet {
+    pub user_id: UserId,
+    pub networks: Vec<String>,
+    pub at: DateTime<Utc>,
+}
+
 /// A WebAuthn passkey was registered: `passkey` is the verifier's record of it (public key,
 /// counter), as the WebAuthn library serialises it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -504,6 +562,12 @@ pub enum DomainEvent {
     MfaCodeUsed(MfaCodeUsed),
     SmsFactorEnabled(SmsFactorEnabled),
     SmsFactorDisabled(SmsFactorDisabled),
+    UserRoleGranted(UserRoleGranted),
+    UserRoleRevoked(UserRoleRevoked),
+    ApiTokenCreated(ApiTokenCreated),
+    ApiTokenRevoked(ApiTokenRevoked),
+    UserPlanSet(UserPlanSet),
+    IpAllowlistSet(IpAllowlistSet),
     PasskeyRegistered(PasskeyRegistered),
     PasskeyUpdated(PasskeyUpdated),
     PasskeyRemoved(PasskeyRemoved),
@@ -572,6 +636,12 @@ impl DomainEvent {
             | "MfaCodeUsed"
             | "SmsFactorEnabled"
             | "SmsFactorDisabled"
+            | "UserRoleGranted"
+            | "UserRoleRevoked"
+            | "ApiTokenCreated"
+            | "ApiTokenRevoked"
+            | "UserPlanSet"
+            | "IpAllowlistSet"
             | "PasskeyRegistered"
             | "PasskeyUpdated"
             | "PasskeyRemoved"
@@ -661,6 +731,12 @@ impl DomainEvent {
             Self::MfaCodeUsed(e) => e.user_id,
             Self::SmsFactorEnabled(e) => e.user_id,
             Self::SmsFactorDisabled(e) => e.user_id,
+            Self::UserRoleGranted(e) => e.user_id,
+            Self::UserRoleRevoked(e) => e.user_id,
+            Self::ApiTokenCreated(e) => e.user_id,
+            Self::ApiTokenRevoked(e) => e.user_id,
+            Self::UserPlanSet(e) => e.user_id,
+            Self::IpAllowlistSet(e) => e.user_id,
             Self::PasskeyRegistered(e) => e.user_id,
             Self::PasskeyUpdated(e) => e.user_id,
             Self::PasskeyRemoved(e) => e.user_id,

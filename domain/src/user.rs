@@ -7,6 +7,7 @@ use chrono::{DateTime, Utc};
 use serde_json::Value;
 
 use crate::aggregate::{Aggregate, DomainError};
+use crate::events::{ApiTokenCreated, ApiTokenRevoked, IpAllowlistSet, UserPlanSet, UserRoleGranted, UserRoleRevoked};
 use crate::events::{
     DomainEvent, EmailClaimed, MfaCodeUsed, MfaMethod, PasskeyRegistered, PasskeyRemoved, PasskeyUpdated, PasswordChange,
     PasswordResetRequested, SealedSecret, SmsFactorDisabled, SmsFactorEnabled, TotpDisabled, TotpEnabled, TotpEnrollmentBegun,
@@ -56,6 +57,29 @@ pub struct User {
     passkeys: BTreeMap<String, Passkey>,
     /// The phone number codes are sent to, sealed.
     sms: Option<SealedSecret>,
+    /// Roles beyond `user`.
+    roles: BTreeSet<String>,
+    api_tokens: BTreeMap<uuid::Uuid, ApiToken>,
+    /// Networks the user's credentials work from (CIDR); empty: anywhere.
+    ip_allowlist: Vec<String>,
+}
+
+/// The roles there are; every user has `user`.
+pub const ROLES: [&str; 3] = ["user", "admin", "auditor"];
+/// The scopes an API token may carry.
+pub const SCOPES: [&str; 4] = ["files:read", "files:write", "sync:run", "admin"];
+/// The subscription tiers.
+pub const TIERS: [&str; 3] = ["free", "pro", "team"];
+
+/// A personal API token (its secret's hash).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ApiToken {
+    pub id: uuid::Uuid,
+    pub name: String,
+    pub scopes: Vec<String>,
+    pub secret_hash: String,
+    pub created_at: DateTime<Utc>,
+    pub expires_at: Option<DateTime<Utc>>,
 }
 
 pub enum UserCommand {
@@ -126,6 +150,36 @@ pub enum UserCommand {
     DisableSms {
         at: DateTime<Utc>,
     },
+    GrantRole {
+        role: String,
+        at: DateTime<Utc>,
+    },
+    RevokeRole {
+        role: String,
+        at: DateTime<Utc>,
+    },
+    CreateApiToken {
+        token_id: uuid::Uuid,
+        name: String,
+        scopes: Vec<String>,
+        secret_hash: String,
+        expires_at: Option<DateTime<Utc>>,
+        at: DateTime<Utc>,
+    },
+    RevokeApiToken {
+        token_id: uuid::Uuid,
+        at: DateTime<Utc>,
+    },
+    SetPlan {
+        quota_bytes: Option<u64>,
+        tier: String,
+        by: UserId,
+        at: DateTime<Utc>,
+    },
+    SetIpAllowlist {
+        networks: Vec<String>,
+        at: DateTime<Utc>,
+    },
 }
 
 impl User {
@@ -172,6 +226,34 @@ impl User {
     /// The phone number second-factor codes go to, sealed.
     pub fn sms_phone(&self) -> Option<&SealedSecret> {
         self.sms.as_ref()
+    }
+
+    /// Every role the user would have with `role` added (`add`) or taken away, `user` first.
+    fn roles_with(&self, role: &str, add: bool) -> Vec<String> {
+        let mut roles = self.roles.clone();
+        if add {
+            roles.insert(role.to_owned());
+        } else {
+            roles.remove(role);
+        }
+        std::iter::once("user".to_owned()).chain(roles).collect()
+    }
+
+    /// Every role of the user, `user` first.
+    pub fn roles(&self) -> Vec<String> {
+        std::iter::once("user".to_owned()).chain(self.roles.iter().cloned()).collect()
+    }
+
+    pub fn api_tokens(&self) -> impl Iterator<Item = &ApiToken> {
+        self.api_tokens.values()
+    }
+
+    pub fn api_token(&self, id: uuid::Uuid) -> Option<&ApiToken> {
+        self.api_tokens.get(&id)
+    }
+
+    pub fn ip_allowlist(&self) -> &[String] {
+        &self.ip_allowlist
     }
 
     /// Whether a login needs a second factor.
@@ -352,6 +434,96 @@ impl Aggregate for User {
                 }
                 Ok(vec![DomainEvent::SmsFactorDisabled(SmsFactorDisabled { user_id, at })])
             }
+            UserCommand::GrantRole { role, at } => {
+                let user_id = self.registered()?.user_id;
+                if !ROLES.contains(&role.as_str()) || role == "user" {
+                    return Err(DomainError::Invalid(format!(
+                        "{role:?} is not a role one can grant (admin, auditor)"
+                    )));
+                }
+                if self.roles.contains(&role) {
+                    return Ok(Vec::new());
+                }
+                let roles = self.roles_with(&role, true);
+                Ok(vec![DomainEvent::UserRoleGranted(UserRoleGranted { user_id, role, roles, at })])
+            }
+            UserCommand::RevokeRole { role, at } => {
+                let user_id = self.registered()?.user_id;
+                if !self.roles.contains(&role) {
+                    return Ok(Vec::new());
+                }
+                let roles = self.roles_with(&role, false);
+                Ok(vec![DomainEvent::UserRoleRevoked(UserRoleRevoked { user_id, role, roles, at })])
+            }
+            UserCommand::CreateApiToken {
+                token_id,
+                name,
+                scopes,
+                secret_hash,
+                expires_at,
+                at,
+            } => {
+                let user_id = self.registered()?.user_id;
+                let name = name.trim().to_owned();
+                if name.is_empty() || name.chars().count() > 64 {
+                    return Err(DomainError::Invalid("a token's name must have 1 to 64 characters".into()));
+                }
+                if scopes.is_empty() {
+                    return Err(DomainError::Invalid("a token needs at least one scope".into()));
+                }
+                if let Some(unknown) = scopes.iter().find(|s| !SCOPES.contains(&s.as_str())) {
+                    return Err(DomainError::Invalid(format!("{unknown:?} is not a scope ({})", SCOPES.join(", "))));
+                }
+                if scopes.iter().any(|s| s == "admin") && !self.roles.contains("admin") && !self.roles.contains("auditor") {
+                    return Err(DomainError::Invalid(
+                        "only administrators and auditors can create tokens with the admin scope".into(),
+                    ));
+                }
+                if expires_at.is_some_and(|e| e <= at) {
+                    return Err(DomainError::Invalid("a token must expire in the future".into()));
+                }
+                if self.api_tokens.len() >= 100 {
+                    return Err(DomainError::InvalidState(
+                        "an account has at most 100 API tokens; revoke some first".into(),
+                    ));
+                }
+                Ok(vec![DomainEvent::ApiTokenCreated(ApiTokenCreated {
+                    user_id,
+                    token_id,
+                    name,
+                    scopes,
+                    secret_hash,
+                    expires_at,
+                    at,
+                })])
+            }
+            UserCommand::RevokeApiToken { token_id, at } => {
+                let user_id = self.registered()?.user_id;
+                if !self.api_tokens.contains_key(&token_id) {
+                    return Err(DomainError::NotFound("API token"));
+                }
+                Ok(vec![DomainEvent::ApiTokenRevoked(ApiTokenRevoked { user_id, token_id, at })])
+            }
+            UserCommand::SetPlan { quota_bytes, tier, by, at } => {
+                let user_id = self.registered()?.user_id;
+                if !TIERS.contains(&tier.as_str()) {
+                    return Err(DomainError::Invalid(format!("{tier:?} is not a tier ({})", TIERS.join(", "))));
+                }
+                Ok(vec![DomainEvent::UserPlanSet(UserPlanSet {
+                    user_id,
+                    quota_bytes,
+                    tier,
+                    by,
+                    at,
+                })])
+            }
+            UserCommand::SetIpAllowlist { networks, at } => {
+                let user_id = self.registered()?.user_id;
+                if networks.len() > 50 {
+                    return Err(DomainError::Invalid("at most 50 networks".into()));
+                }
+                Ok(vec![DomainEvent::IpAllowlistSet(IpAllowlistSet { user_id, networks, at })])
+            }
             UserCommand::RemovePasskey { credential_id, at } => {
                 let user_id = self.registered()?.user_id;
                 if !self.passkeys.contains_key(&credential_id) {
@@ -435,6 +607,29 @@ impl Aggregate for User {
             DomainEvent::PasskeyRemoved(e) => {
                 self.passkeys.remove(&e.credential_id);
             }
+            DomainEvent::UserRoleGranted(e) => {
+                self.roles.insert(e.role.clone());
+            }
+            DomainEvent::UserRoleRevoked(e) => {
+                self.roles.remove(&e.role);
+            }
+            DomainEvent::ApiTokenCreated(e) => {
+                self.api_tokens.insert(
+                    e.token_id,
+                    ApiToken {
+                        id: e.token_id,
+                        name: e.name.clone(),
+                        scopes: e.scopes.clone(),
+                        secret_hash: e.secret_hash.clone(),
+                        created_at: e.at,
+                        expires_at: e.expires_at,
+                    },
+                );
+            }
+            DomainEvent::ApiTokenRevoked(e) => {
+                self.api_tokens.remove(&e.token_id);
+            }
+            DomainEvent::IpAllowlistSet(e) => self.ip_allowlist.clone_from(&e.networks),
             DomainEvent::SmsFactorEnabled(e) => self.sms = Some(e.phone.clone()),
             DomainEvent::SmsFactorDisabled(_) => self.sms = None,
             _ => {}

@@ -15,18 +15,18 @@ use crate::sessions::Sessions;
 const ISSUER: &str = "cloudsync";
 const AUDIENCE: &str = "cloudsync-api";
 
-/// The authenticated user a request acts for.
+/// The authenticated user a request acts for, and what its credential allows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Caller {
     pub user_id: Uuid,
-    /// The sign-in session the access token belongs to.
+    /// The sign-in session the access token belongs to (none for an API token).
     pub session_id: Option<Uuid>,
-}
-
-impl Caller {
-    pub fn user(user_id: Uuid) -> Self {
-        Self { user_id, session_id: None }
-    }
+    /// The personal API token used, if any.
+    pub token_id: Option<Uuid>,
+    /// Roles beyond `user` (`crate::access::role`).
+    pub roles: u8,
+    /// What the credential allows (`crate::access::scope`).
+    pub scopes: u8,
 }
 
 /// What the request's credentials amount to. Resolvers that need a user turn anything but `User`
@@ -44,6 +44,9 @@ pub enum Authentication {
 struct Claims {
     sub: String,
     sid: String,
+    /// The user's roles when the token was issued.
+    #[serde(default)]
+    roles: Vec<String>,
     iss: String,
     aud: String,
     iat: i64,
@@ -81,15 +84,17 @@ impl Tokens {
         &self.keys
     }
 
-    /// An access token for `user_id` in session `session_id`, signed with the current key.
+    /// An access token for `user_id` in session `session_id` with the user's `roles`, signed with
+    /// the current key.
     ///
     /// # Errors
     /// Only if signing fails.
-    pub fn issue(&self, user_id: Uuid, session_id: Uuid) -> Result<String, jsonwebtoken::errors::Error> {
+    pub fn issue(&self, user_id: Uuid, session_id: Uuid, roles: &[String]) -> Result<String, jsonwebtoken::errors::Error> {
         let now = Utc::now().timestamp();
         let claims = Claims {
             sub: user_id.to_string(),
             sid: session_id.to_string(),
+            roles: roles.to_vec(),
             iss: ISSUER.into(),
             aud: AUDIENCE.into(),
             iat: now,
@@ -136,10 +141,16 @@ impl Tokens {
         let user_id = Uuid::parse_str(&data.claims.sub).map_err(|_| invalid("the access token is malformed"))?;
         let session_id = Uuid::parse_str(&data.claims.sid).map_err(|_| invalid("the access token is malformed"))?;
         match self.sessions.store().get(session_id).await {
-            Ok(Some(session)) if session.user_id == user_id => Ok(Caller {
-                user_id,
-                session_id: Some(session_id),
-            }),
+            Ok(Some(session)) if session.user_id == user_id => {
+                let roles = crate::access::roles_from(&data.claims.roles);
+                Ok(Caller {
+                    user_id,
+                    session_id: Some(session_id),
+                    token_id: None,
+                    roles,
+                    scopes: crate::access::allowed_scopes(roles),
+                })
+            }
             Ok(_) => Err(invalid(
                 "the access token's session has ended (signed out or revoked); sign in again",
             )),

@@ -119,6 +119,10 @@ pub enum UsersCommand {
     /// or Django's `pbkdf2_sha256$…`) hashes. People sign in with their old passwords; the hash is
     /// replaced by an argon2id one at their first login. A file with any bad line imports nothing.
     Import { file: PathBuf },
+    /// Gives an account a role (`admin`, `auditor`): how the first administrator is made.
+    Grant { email: String, role: String },
+    /// Takes a role from an account.
+    Revoke { email: String, role: String },
 }
 
 #[derive(Debug, Subcommand)]
@@ -281,6 +285,12 @@ pub async fn run(command: Command, mut config: Config) -> anyhow::Result<()> {
             db.close().await;
             result
         }
+        Command::Users { command } => {
+            let db = open_database(&config).await?;
+            let result = roles(&config, &db, &command, &mut std::io::stdout().lock()).await;
+            db.close().await;
+            result
+        }
         Command::Keys { command } => {
             let db = open_database(&config).await?;
             let result = keys(&config, &db, &command, &mut std::io::stdout().lock()).await;
@@ -338,6 +348,37 @@ pub async fn import_users(config: &Config, db: &Database, text: &str, out: &mut 
     writeln!(out, "Imported {imported} accounts.")?;
     if !skipped.is_empty() {
         writeln!(out, "Skipped {} already registered: {}.", skipped.len(), skipped.join(", "))?;
+    }
+    Ok(())
+}
+
+/// `cloudsync users grant | revoke <email> <role>`.
+///
+/// # Errors
+/// An unknown account or role, or store failures.
+pub async fn roles(config: &Config, db: &Database, command: &UsersCommand, out: &mut impl std::io::Write) -> anyhow::Result<()> {
+    let (email, role, grant) = match command {
+        UsersCommand::Grant { email, role } => (email, role, true),
+        UsersCommand::Revoke { email, role } => (email, role, false),
+        UsersCommand::Import { .. } => bail!("not a role command"),
+    };
+    let email = cloudsync_domain::Email::parse(email).map_err(|err| anyhow::anyhow!("{err}"))?;
+    let commands = crate::server::commands(config, db)?;
+    let user = commands
+        .user_by_email(&email)
+        .await?
+        .and_then(|u| u.id())
+        .with_context(|| format!("no account has the address {}", email.as_str()))?;
+    if grant {
+        commands.grant_role(user, role).await?;
+        writeln!(
+            out,
+            "{} now has the role {role} (from their next sign-in or refresh).",
+            email.as_str()
+        )?;
+    } else {
+        commands.revoke_role(user, role).await?;
+        writeln!(out, "{} no longer has the role {role}.", email.as_str())?;
     }
     Ok(())
 }

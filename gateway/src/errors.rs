@@ -17,11 +17,14 @@ pub mod code {
     pub const VALIDATION_FAILED: &str = "GRAPHQL_VALIDATION_FAILED";
     pub const BAD_REQUEST: &str = "BAD_REQUEST";
     pub const RATE_LIMITED: &str = "RATE_LIMITED";
+    pub const FORBIDDEN: &str = "FORBIDDEN";
 }
 
 #[derive(Debug)]
 pub enum ApiError {
     Unauthenticated(String),
+    /// Authenticated, but the credential or role does not allow this.
+    Forbidden(String),
     BadInput(String),
     NotFound(String),
     AlreadyExists(String),
@@ -66,6 +69,7 @@ impl From<ApiError> for async_graphql::Error {
     fn from(error: ApiError) -> Self {
         let (message, code) = match error {
             ApiError::Unauthenticated(m) => (m, code::UNAUTHENTICATED),
+            ApiError::Forbidden(m) => (m, code::FORBIDDEN),
             ApiError::BadInput(m) => (m, code::BAD_USER_INPUT),
             ApiError::NotFound(m) => (m, code::NOT_FOUND),
             ApiError::AlreadyExists(m) => (m, code::ALREADY_EXISTS),

@@ -1,6 +1,7 @@
 //! The `cloudsync` service: configuration, authentication, the GraphQL API over HTTP and WebSocket,
 //! the server that owns every background task, and the command line. The only crate that speaks HTTP.
 
+pub mod access;
 pub mod auth;
 pub mod cli;
 pub mod config;

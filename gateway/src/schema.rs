@@ -12,10 +12,12 @@ use futures::{Stream, StreamExt};
 use serde_json::Value;
 use uuid::Uuid;
 
+use crate::access::scope;
 use crate::auth::{Authentication, Caller};
 use crate::errors::{ApiError, ApiResult};
 use crate::server::App;
 
+mod admin;
 mod identity;
 mod mfa;
 mod sync;
@@ -23,10 +25,22 @@ mod sync;
 pub type CloudSyncSchema = Schema<QueryRoot, MutationRoot, SubscriptionRoot>;
 
 #[derive(MergedObject, Default)]
-pub struct QueryRoot(CoreQuery, identity::IdentityQuery, mfa::MfaQuery, sync::SyncQuery);
+pub struct QueryRoot(
+    CoreQuery,
+    identity::IdentityQuery,
+    mfa::MfaQuery,
+    admin::AdminQuery,
+    sync::SyncQuery,
+);
 
 #[derive(MergedObject, Default)]
-pub struct MutationRoot(identity::IdentityMutation, mfa::MfaMutation, CoreMutation, sync::SyncMutation);
+pub struct MutationRoot(
+    identity::IdentityMutation,
+    mfa::MfaMutation,
+    admin::AdminMutation,
+    CoreMutation,
+    sync::SyncMutation,
+);
 
 #[derive(MergedSubscription, Default)]
 pub struct SubscriptionRoot(CoreSubscription, sync::SyncSubscription);
@@ -74,6 +88,54 @@ pub(crate) fn client_ip(ctx: &Context<'_>) -> String {
     ctx.data_opt::<crate::auth::RequestInfo>()
         .and_then(|info| info.client.ip.clone())
         .unwrap_or_else(|| "unknown".into())
+}
+
+/// The user with this id, from its own stream (never a lagging read model).
+pub(crate) async fn account(app: &App, user_id: Uuid) -> ApiResult<cloudsync_domain::user::User> {
+    app.commands
+        .user(cloudsync_domain::UserId::from_uuid(user_id))
+        .await
+        .map_err(ApiError::from)?
+        .ok_or_else(|| ApiError::not_found("user"))
+}
+
+/// The caller, if its credential carries `scope` (`crate::access::scope`).
+pub(crate) fn caller_for(ctx: &Context<'_>, scope: u8) -> ApiResult<Caller> {
+    let caller = caller(ctx)?;
+    if caller.scopes & scope == 0 {
+        return Err(ApiError::Forbidden(format!(
+            "this credential lacks the scope {}",
+            crate::access::scope_name(scope)
+        )));
+    }
+    Ok(caller)
+}
+
+/// The caller, if it signed in (account management is not open to API tokens).
+pub(crate) fn session_caller(ctx: &Context<'_>) -> ApiResult<Caller> {
+    let caller = caller(ctx)?;
+    if caller.session_id.is_none() {
+        return Err(ApiError::Forbidden(
+            "this needs a signed-in session; API tokens cannot manage the account".into(),
+        ));
+    }
+    Ok(caller)
+}
+
+/// The caller, if it may administer (`write`) or read administrative data: the `admin` scope and
+/// the role `admin` (or `auditor`, to read).
+pub(crate) fn admin_caller(ctx: &Context<'_>, write: bool) -> ApiResult<Caller> {
+    use crate::access::role;
+    let caller = caller_for(ctx, crate::access::scope::ADMIN)?;
+    let needed = if write { role::ADMIN } else { role::ADMIN | role::AUDITOR };
+    if caller.roles & needed == 0 {
+        return Err(ApiError::Forbidden(if write {
+            "this needs the role admin".into()
+        } else {
+            "this needs the role admin or auditor".into()
+        }));
+    }
+    Ok(caller)
 }
 
 pub(crate) fn parse_id(id: &ID, what: &str) -> ApiResult<Uuid> {
@@ -305,7 +367,7 @@ pub struct CoreQuery;
 impl CoreQuery {
     /// The signed-in user.
     async fn me(&self, ctx: &Context<'_>) -> async_graphql::Result<User> {
-        let caller = caller(ctx)?;
+        let caller = caller_for(ctx, scope::FILES_READ)?;
         let app = app(ctx);
         app.consistent(caller).await;
         let row = app
@@ -323,7 +385,7 @@ impl CoreQuery {
 
     /// The caller's provider connections.
     async fn providers(&self, ctx: &Context<'_>) -> async_graphql::Result<Vec<Provider>> {
-        let caller = caller(ctx)?;
+        let caller = caller_for(ctx, scope::FILES_READ)?;
         let app = app(ctx);
         app.consistent(caller).await;
         Ok(app
@@ -344,7 +406,7 @@ impl CoreQuery {
         path: Option<String>,
         #[graphql(default = 100)] limit: i32,
     ) -> async_graphql::Result<Vec<File>> {
-        let caller = caller(ctx)?;
+        let caller = caller_for(ctx, scope::FILES_READ)?;
         let app = app(ctx);
         if !(1..=1000).contains(&limit) {
             return Err(ApiError::BadInput("limit must be between 1 and 1000".into()).into());
@@ -374,7 +436,7 @@ impl CoreQuery {
 
     /// The state and progress of a scan or sync operation.
     async fn sync_status(&self, ctx: &Context<'_>, operation_id: ID) -> async_graphql::Result<SyncOperation> {
-        let caller = caller(ctx)?;
+        let caller = caller_for(ctx, scope::FILES_READ)?;
         let app = app(ctx);
         let id = parse_id(&operation_id, "operationId")?;
         Ok(sync::operation_row(app, caller, id).await?)
@@ -389,7 +451,7 @@ impl CoreMutation {
     /// Connects a storage provider and starts indexing it. `provider` is the kind (`local`);
     /// `credentials` are its configuration keys (for `local`: `{root: "/absolute/folder"}`).
     async fn connect_provider(&self, ctx: &Context<'_>, provider: String, credentials: Json<Value>) -> async_graphql::Result<Provider> {
-        let caller = caller(ctx)?;
+        let caller = caller_for(ctx, scope::FILES_WRITE)?;
         let app = app(ctx);
         let connected = app
             .commands
@@ -421,7 +483,7 @@ impl CoreMutation {
         name: Option<String>,
         root: Option<String>,
     ) -> async_graphql::Result<ProviderAuthorization> {
-        let caller = caller(ctx)?;
+        let caller = caller_for(ctx, scope::FILES_WRITE)?;
         let authorization = app(ctx)
             .commands
             .begin_authorization(cloudsync_domain::UserId::from_uuid(caller.user_id), &provider, name, root)
@@ -435,7 +497,7 @@ impl CoreMutation {
 
     /// Disconnects a provider; its files stay where they are but leave CloudSync's index.
     async fn disconnect_provider(&self, ctx: &Context<'_>, provider_id: ID) -> async_graphql::Result<bool> {
-        let caller = caller(ctx)?;
+        let caller = caller_for(ctx, scope::FILES_WRITE)?;
         let app = app(ctx);
         let id = ProviderId::from_uuid(parse_id(&provider_id, "providerId")?);
         let position = app
@@ -450,7 +512,7 @@ impl CoreMutation {
     /// Rescans a provider: only what changed since the last scan is recorded. Returns the operation
     /// to follow with `syncStatus`.
     async fn rescan_provider(&self, ctx: &Context<'_>, provider_id: ID) -> async_graphql::Result<SyncOperation> {
-        let caller = caller(ctx)?;
+        let caller = caller_for(ctx, scope::FILES_WRITE)?;
         let app = app(ctx);
         let id = ProviderId::from_uuid(parse_id(&provider_id, "providerId")?);
         let (job_id, position) = app
@@ -479,7 +541,7 @@ impl CoreMutation {
         realtime: Option<bool>,
     ) -> async_graphql::Result<Provider> {
         let realtime = realtime.unwrap_or(false);
-        let caller = caller(ctx)?;
+        let caller = caller_for(ctx, scope::FILES_WRITE)?;
         let app = app(ctx);
         let id = ProviderId::from_uuid(parse_id(&provider_id, "providerId")?);
         let schedule = schedule
@@ -505,7 +567,7 @@ impl CoreMutation {
 
     /// Moves files into `targetPath`, a folder relative to each file's provider root, keeping names.
     async fn move_files(&self, ctx: &Context<'_>, file_ids: Vec<ID>, target_path: String) -> async_graphql::Result<Vec<File>> {
-        let caller = caller(ctx)?;
+        let caller = caller_for(ctx, scope::FILES_WRITE)?;
         let app = app(ctx);
         let ids = file_ids
             .iter()
@@ -530,7 +592,7 @@ impl CoreMutation {
 
     /// Deletes files from their providers. Returns the ids deleted.
     async fn delete_files(&self, ctx: &Context<'_>, file_ids: Vec<ID>) -> async_graphql::Result<Vec<ID>> {
-        let caller = caller(ctx)?;
+        let caller = caller_for(ctx, scope::FILES_WRITE)?;
         let app = app(ctx);
         let ids = file_ids
             .iter()
@@ -553,7 +615,7 @@ pub struct CoreSubscription;
 impl CoreSubscription {
     /// Files discovered, moved and deleted on one of the caller's providers, live.
     async fn file_changes(&self, ctx: &Context<'_>, provider_id: ID) -> async_graphql::Result<impl Stream<Item = FileChange> + use<>> {
-        let caller = caller(ctx)?;
+        let caller = caller_for(ctx, scope::FILES_READ)?;
         let app = Arc::clone(app(ctx));
         let provider = parse_id(&provider_id, "providerId")?;
         app.consistent(caller).await;

@@ -65,6 +65,67 @@ pub struct App {
 }
 
 impl App {
+    /// Waits until the read models reflect everything in the log now, whoever wrote it (for
+    /// administrators' views of every account).
+    pub async fn caught_up(&self) {
+        match self.db.events.head().await {
+            Ok(head) if head > 0 && !self.projections.wait_for(head, self.consistency_timeout).await => {
+                tracing::warn!(head, "Read models lag behind the log; answering from a stale view.");
+            }
+            Ok(_) => {}
+            Err(error) => tracing::warn!(error = %error, "The log's head cannot be read; answering from the current view."),
+        }
+    }
+
+    /// What an `Authorization` header amounts to: an access token (a JWT of a session) or a
+    /// personal API token (`cst1.…`) used from `ip`.
+    pub async fn authenticate(&self, header: Option<&str>, ip: Option<&str>) -> Authentication {
+        let bearer = header
+            .map(str::trim)
+            .and_then(|h| h.strip_prefix("Bearer ").or_else(|| h.strip_prefix("bearer ")))
+            .map(str::trim);
+        match bearer {
+            Some(token) if token.starts_with(crate::access::API_TOKEN_PREFIX) => self.api_token(token, ip).await,
+            _ => self.tokens.authenticate(header).await,
+        }
+    }
+
+    /// Checks a personal API token against its user's record: the secret's hash, the expiry, the
+    /// account's networks; its scopes are those it was created with that the user's roles allow.
+    async fn api_token(&self, token: &str, ip: Option<&str>) -> Authentication {
+        use crate::access::{allowed_scopes, ip_allowed, parse_api_token, roles_from, scopes_from};
+        let invalid = || Authentication::Invalid("the API token is invalid, expired or revoked".into());
+        let Some((user_id, token_id, secret)) = parse_api_token(token) else {
+            return invalid();
+        };
+        let user = match self.commands.user(cloudsync_domain::UserId::from_uuid(user_id)).await {
+            Ok(Some(user)) => user,
+            Ok(None) => return invalid(),
+            Err(error) => {
+                tracing::error!(error = %error, "An API token cannot be checked.");
+                return Authentication::Unavailable("API tokens cannot be checked right now; try again".into());
+            }
+        };
+        let Some(stored) = user.api_token(token_id) else {
+            return invalid();
+        };
+        let matches = crate::sessions::hash(secret) == stored.secret_hash;
+        if !matches || stored.expires_at.is_some_and(|at| at <= chrono::Utc::now()) {
+            return invalid();
+        }
+        if !ip_allowed(ip, user.ip_allowlist()) {
+            return Authentication::Invalid("this account cannot be used from this network".into());
+        }
+        let roles = roles_from(&user.roles());
+        Authentication::User(Caller {
+            user_id,
+            session_id: None,
+            token_id: Some(token_id),
+            roles,
+            scopes: scopes_from(&stored.scopes) & allowed_scopes(roles),
+        })
+    }
+
     /// How long an access token lives.
     pub fn token_ttl_minutes(&self) -> i64 {
         self.token_ttl_minutes
@@ -460,9 +521,9 @@ async fn graphql(State(state): State<HttpState>, extensions: axum::http::Extensi
         return error_response(StatusCode::BAD_REQUEST, code::PARSE_FAILED, &err.to_string());
     }
     let authorization = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
-    let authentication = state.app.tokens.authenticate(authorization).await;
     let peer = extensions.get::<axum::extract::ConnectInfo<SocketAddr>>().map(|c| c.0);
     let info = request_info(&headers, peer);
+    let authentication = state.app.authenticate(authorization, info.client.ip.as_deref()).await;
     let key = match &authentication {
         Authentication::User(caller) => format!("user:{}", caller.user_id),
         _ => format!("ip:{}", info.client.ip.as_deref().unwrap_or("unknown")),
@@ -497,8 +558,16 @@ fn tag_validation_error(error: &mut ServerError) {
     }
 }
 
-async fn graphql_ws(State(state): State<HttpState>, protocol: GraphQLProtocol, upgrade: WebSocketUpgrade) -> Response {
+async fn graphql_ws(
+    State(state): State<HttpState>,
+    extensions: axum::http::Extensions,
+    protocol: GraphQLProtocol,
+    upgrade: WebSocketUpgrade,
+) -> Response {
     let app = state.app;
+    let ip = extensions
+        .get::<axum::extract::ConnectInfo<SocketAddr>>()
+        .map(|c| c.0.ip().to_string());
     let schema = state.schema;
     upgrade
         .protocols(async_graphql::http::ALL_WEBSOCKET_PROTOCOLS)
@@ -512,7 +581,7 @@ async fn graphql_ws(State(state): State<HttpState>, protocol: GraphQLProtocol, u
                         .map(str::to_owned)
                         .or_else(|| payload.get("token").and_then(|v| v.as_str()).map(|t| format!("Bearer {t}")));
                     let mut data = Data::default();
-                    match app.tokens.authenticate(header.as_deref()).await {
+                    match app.authenticate(header.as_deref(), ip.as_deref()).await {
                         Authentication::Invalid(why) | Authentication::Unavailable(why) => return Err(async_graphql::Error::new(why)),
                         authentication => data.insert(authentication),
                     }

@@ -8,5 +8,5 @@ mod runner;
 mod sql;
 
 pub use ops::{Op, Table, ops_for};
-pub use queries::{FileRow, FileVersionRow, ProviderRow, ReadModels, SyncConflictRow, SyncOperationRow, SyncPairRow, UserRow};
+pub use queries::{AccountRow, FileRow, FileVersionRow, ProviderRow, ReadModels, SyncConflictRow, SyncOperationRow, SyncPairRow, UserRow};
 pub use runner::{PROJECTORS, ProjectionError, Projections, catch_up, rebuild};

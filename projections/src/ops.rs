@@ -58,6 +58,17 @@ pub enum Op {
         email: String,
         at: DateTime<Utc>,
     },
+    SetUserRoles {
+        id: Uuid,
+        roles: String,
+        at: DateTime<Utc>,
+    },
+    SetUserPlan {
+        id: Uuid,
+        quota_bytes: Option<i64>,
+        tier: String,
+        at: DateTime<Utc>,
+    },
     InsertProvider {
         id: Uuid,
         user_id: Uuid,
@@ -204,7 +215,7 @@ pub enum Op {
 impl Op {
     pub fn table(&self) -> Table {
         match self {
-            Self::UpsertUser { .. } => Table::Users,
+            Self::UpsertUser { .. } | Self::SetUserRoles { .. } | Self::SetUserPlan { .. } => Table::Users,
             Self::InsertProvider { .. } | Self::DisconnectProvider { .. } | Self::SetProviderSchedule { .. } => Table::Providers,
             Self::RemoveProviderFiles { .. }
             | Self::InsertFile { .. }
@@ -238,6 +249,22 @@ pub fn ops_for(event: &DomainEvent, at: DateTime<Utc>) -> Vec<Op> {
             at,
         }],
         // The write side keeps these: the read models hold no password material.
+        E::UserRoleGranted(e) => vec![Op::SetUserRoles {
+            id: e.user_id.as_uuid(),
+            roles: e.roles.join(","),
+            at,
+        }],
+        E::UserRoleRevoked(e) => vec![Op::SetUserRoles {
+            id: e.user_id.as_uuid(),
+            roles: e.roles.join(","),
+            at,
+        }],
+        E::UserPlanSet(e) => vec![Op::SetUserPlan {
+            id: e.user_id.as_uuid(),
+            quota_bytes: e.quota_bytes.map(int),
+            tier: e.tier.clone(),
+            at,
+        }],
         E::EmailClaimed(_)
         | E::UserPasswordChanged(_)
         | E::PasswordResetRequested(_)
@@ -245,6 +272,9 @@ pub fn ops_for(event: &DomainEvent, at: DateTime<Utc>) -> Vec<Op> {
         | E::TotpEnabled(_)
         | E::TotpDisabled(_)
         | E::MfaCodeUsed(_)
+        | E::ApiTokenCreated(_)
+        | E::ApiTokenRevoked(_)
+        | E::IpAllowlistSet(_)
         | E::SmsFactorEnabled(_)
         | E::SmsFactorDisabled(_)
         | E::PasskeyRegistered(_)

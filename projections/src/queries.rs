@@ -16,6 +16,17 @@ pub struct UserRow {
     pub created_at: DateTime<Utc>,
 }
 
+/// A user as administrators see them.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AccountRow {
+    pub id: Uuid,
+    pub email: String,
+    pub roles: Vec<String>,
+    pub quota_bytes: Option<i64>,
+    pub tier: String,
+    pub created_at: DateTime<Utc>,
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct ProviderRow {
     pub id: Uuid,
@@ -203,6 +214,30 @@ impl ReadModels {
             }
         )?;
         Ok(rows.into_iter().next())
+    }
+
+    /// Every user, oldest first, a page at a time (administrators only: no scoping).
+    ///
+    /// # Errors
+    /// Database failures.
+    pub async fn accounts(&self, limit: i64, offset: i64) -> Result<Vec<AccountRow>, sqlx::Error> {
+        fetch_all!(
+            &self.pool,
+            "SELECT CAST(id AS TEXT) AS id, email, roles, quota_bytes, tier, created_at FROM users \
+             ORDER BY created_at, id LIMIT $1 OFFSET $2",
+            [Val::Int(limit), Val::Int(offset)],
+            |row| {
+                let roles: String = row.try_get("roles")?;
+                Ok(AccountRow {
+                    id: uuid(row.try_get("id")?)?,
+                    email: row.try_get("email")?,
+                    roles: roles.split(',').filter(|r| !r.is_empty()).map(str::to_owned).collect(),
+                    quota_bytes: row.try_get("quota_bytes")?,
+                    tier: row.try_get("tier")?,
+                    created_at: row.try_get("created_at")?,
+                })
+            }
+        )
     }
 
     /// The user's providers, connected ones first, newest first.

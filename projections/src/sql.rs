@@ -70,6 +70,14 @@ pub(crate) fn statement(op: &Op) -> (&'static str, Vec<Val>) {
              ON CONFLICT (id) DO UPDATE SET email = excluded.email, updated_at = excluded.updated_at",
             vec![V::Uuid(id), V::Text(email), V::Ts(at)],
         ),
+        Op::SetUserRoles { id, roles, at } => (
+            "UPDATE users SET roles = $2, updated_at = $3 WHERE id = $1",
+            vec![V::Uuid(id), V::Text(roles), V::Ts(at)],
+        ),
+        Op::SetUserPlan { id, quota_bytes, tier, at } => (
+            "UPDATE users SET quota_bytes = $2, tier = $3, updated_at = $4 WHERE id = $1",
+            vec![V::Uuid(id), V::OptInt(quota_bytes), V::Text(tier), V::Ts(at)],
+        ),
         Op::InsertProvider {
             id,
             user_id,

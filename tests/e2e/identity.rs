@@ -44,6 +44,8 @@ on_both_backends!(
     passwords_are_imported_upgraded_changed_and_reset,
     second_factors_totp_recovery_codes_and_passkeys,
     codes_by_text_message_are_a_rate_limited_second_factor,
+    roles_scopes_and_api_tokens_decide_what_a_credential_may_do,
+    an_account_can_be_restricted_to_its_networks,
 );
 
 /// The origin the test servers' passkeys belong to (what the software authenticator is told).
@@ -1365,4 +1367,233 @@ async fn codes_by_text_message_are_a_rate_limited_second_factor(h: &Harness) {
 
     h.ok(Some(&token), "mutation { disableSms }", json!({})).await;
     assert!(login(h, "sms@example.org").await["accessToken"].is_string());
+}
+
+const CREATE_TOKEN: &str = "mutation($n: String!, $s: [String!]!, $d: Int) { createApiToken(name: $n, scopes: $s, expiresInDays: $d) { token info { id name scopes expiresAt } } }";
+const USERS: &str = "{ users { id email roles quotaBytes tier } }";
+
+/// The error code of a response, or `OK`.
+fn outcome(response: &Value) -> String {
+    response["errors"][0]["extensions"]["code"].as_str().unwrap_or("OK").to_owned()
+}
+
+async fn grant(h: &Harness, email: &str, role: &str) {
+    let config = cloudsync_gateway::Config {
+        data_dir: h.db.dir().join("data"),
+        database_url: Some(h.db.url.clone()),
+        ..cloudsync_gateway::Config::default()
+    };
+    let command = cloudsync_gateway::cli::UsersCommand::Grant {
+        email: email.into(),
+        role: role.into(),
+    };
+    let mut out = Vec::new();
+    cloudsync_gateway::cli::roles(&config, &h.db.db, &command, &mut out)
+        .await
+        .expect("grant");
+    assert!(String::from_utf8_lossy(&out).contains(&format!("now has the role {role}")));
+}
+
+async fn roles_scopes_and_api_tokens_decide_what_a_credential_may_do(h: &Harness) {
+    let scanned = h.scanned("owner@example.org").await;
+    let session = scanned.token.clone();
+    let create = |name: &str, scopes: Value, days: Option<i32>| json!({ "n": name, "s": scopes, "d": days });
+    for (bad, why) in [
+        (create("x", json!(["bogus"]), None), "unknown scope"),
+        (create("x", json!([]), None), "no scope"),
+        (create("x", json!(["admin"]), None), "admin scope without the role"),
+        (create("", json!(["files:read"]), None), "no name"),
+        (create("x", json!(["files:read"]), Some(0)), "no lifetime"),
+    ] {
+        assert_eq!(h.error_code(Some(&session), CREATE_TOKEN, bad).await, "BAD_USER_INPUT", "{why}");
+    }
+    let created = h
+        .ok(Some(&session), CREATE_TOKEN, create("ci", json!(["files:read"]), Some(30)))
+        .await["createApiToken"]
+        .clone();
+    let reader = text(&created["token"]);
+    assert!(reader.starts_with("cst1."));
+
+    // The token reads and does nothing else; account management needs a signed-in session.
+    let files = "query($p: ID) { files(provider: $p) { id } }";
+    let read = h.gql(Some(&reader), files, json!({ "p": scanned.provider })).await;
+    assert_eq!(read["data"]["files"].as_array().map(Vec::len), Some(4), "{read}");
+    let moving = "mutation($ids: [ID!]!) { moveFiles(fileIds: $ids, targetPath: \"elsewhere\") { id } }";
+    let pair = "mutation($s: ID!) { syncFolders(source: { providerId: $s, path: \"a\" }, target: { providerId: $s, path: \"b\" }) { id } }";
+    for (query, variables, what) in [
+        (moving, json!({ "ids": [scanned.readme] }), "files:write"),
+        (pair, json!({ "s": scanned.provider }), "sync:run"),
+        (SESSIONS, json!({}), "session"),
+        (CREATE_TOKEN, create("more", json!(["files:read"]), None), "session"),
+        ("{ apiTokens { id } }", json!({}), "session"),
+        (USERS, json!({}), "admin"),
+    ] {
+        let response = h.gql(Some(&reader), query, variables).await;
+        assert_eq!(outcome(&response), "FORBIDDEN", "{what}: {response}");
+    }
+    assert!(scanned.root.join("readme.txt").exists(), "nothing moved");
+    let writer = h
+        .ok(
+            Some(&session),
+            CREATE_TOKEN,
+            create("deploy", json!(["files:read", "files:write"]), None),
+        )
+        .await["createApiToken"]["token"]
+        .clone();
+    let moved = h.gql(Some(&text(&writer)), moving, json!({ "ids": [scanned.readme] })).await;
+    assert_eq!(outcome(&moved), "OK", "{moved}");
+
+    // Listed without secrets, revoked at once, never confused with another's.
+    let listed = h.ok(Some(&session), "{ apiTokens { id name scopes } }", json!({})).await["apiTokens"].clone();
+    assert_eq!(listed.as_array().map(Vec::len), Some(2));
+    assert!(!listed.to_string().contains(&reader[reader.len() - 20..]), "no secret in the list");
+    let mut tampered = reader.clone();
+    tampered.replace_range(tampered.len() - 5.., "AAAAA");
+    assert_eq!(outcome(&h.gql(Some(&tampered), ME, json!({})).await), "UNAUTHENTICATED");
+    let (other, _) = h.register("other@example.org").await;
+    let revoke = "mutation($id: ID!) { revokeApiToken(id: $id) }";
+    assert_eq!(
+        h.error_code(Some(&other), revoke, json!({ "id": created["info"]["id"] })).await,
+        "NOT_FOUND"
+    );
+    assert_eq!(outcome(&h.gql(Some(&reader), ME, json!({})).await), "OK");
+    h.ok(Some(&session), revoke, json!({ "id": created["info"]["id"] })).await;
+    assert_eq!(outcome(&h.gql(Some(&reader), ME, json!({})).await), "UNAUTHENTICATED");
+
+    // Administration: refused to users; the first administrator is made with the CLI.
+    assert_eq!(outcome(&h.gql(Some(&session), USERS, json!({})).await), "FORBIDDEN");
+    grant(h, "owner@example.org", "admin").await;
+    assert_eq!(
+        outcome(&h.gql(Some(&session), USERS, json!({})).await),
+        "FORBIDDEN",
+        "roles come with the next token"
+    );
+    let admin = text(&login(h, "owner@example.org").await["accessToken"]);
+    let users = h.ok(Some(&admin), USERS, json!({})).await["users"].clone();
+    let emails: Vec<&str> = users
+        .as_array()
+        .expect("list")
+        .iter()
+        .map(|u| u["email"].as_str().expect("email"))
+        .collect();
+    assert_eq!(emails, ["owner@example.org", "other@example.org"]);
+    assert_eq!(users[0]["roles"], json!(["user", "admin"]));
+    let other_id = users[1]["id"].clone();
+    let plan = "mutation($u: ID!, $q: Int, $t: String!) { setUserPlan(userId: $u, quotaBytes: $q, tier: $t) }";
+    assert_eq!(
+        h.error_code(Some(&admin), plan, json!({ "u": other_id, "q": 1, "t": "platinum" }))
+            .await,
+        "BAD_USER_INPUT"
+    );
+    assert_eq!(
+        h.error_code(Some(&admin), plan, json!({ "u": other_id, "q": -1, "t": "pro" }))
+            .await,
+        "BAD_USER_INPUT"
+    );
+    assert_eq!(
+        h.error_code(Some(&admin), plan, json!({ "u": Uuid::new_v4(), "q": 1, "t": "pro" }))
+            .await,
+        "NOT_FOUND"
+    );
+    h.ok(Some(&admin), plan, json!({ "u": other_id, "q": 1_000_000_000, "t": "pro" }))
+        .await;
+    let users = h.ok(Some(&admin), USERS, json!({})).await["users"].clone();
+    assert_eq!(
+        (users[1]["quotaBytes"].clone(), users[1]["tier"].clone()),
+        (json!(1_000_000_000), json!("pro"))
+    );
+    let audit = "query($u: ID!) { auditLog(userId: $u) { position eventType stream } }";
+    let log = h.ok(Some(&admin), audit, json!({ "u": other_id })).await["auditLog"].clone();
+    assert_eq!(log[0]["eventType"], json!("UserRegistered"), "{log}");
+    assert_eq!(h.error_code(Some(&other), audit, json!({ "u": other_id })).await, "FORBIDDEN");
+
+    // An auditor reads what administrators read and changes nothing.
+    let role = "mutation($u: ID!, $r: String!) { grantRole(userId: $u, role: $r) }";
+    assert_eq!(
+        h.error_code(Some(&admin), role, json!({ "u": other_id, "r": "emperor" })).await,
+        "BAD_USER_INPUT"
+    );
+    assert_eq!(
+        h.error_code(Some(&other), role, json!({ "u": other_id, "r": "admin" })).await,
+        "FORBIDDEN",
+        "no self-promotion"
+    );
+    h.ok(Some(&admin), role, json!({ "u": other_id, "r": "auditor" })).await;
+    let auditor = text(&login(h, "other@example.org").await["accessToken"]);
+    assert_eq!(outcome(&h.gql(Some(&auditor), USERS, json!({})).await), "OK");
+    assert_eq!(outcome(&h.gql(Some(&auditor), audit, json!({ "u": other_id })).await), "OK");
+    assert_eq!(
+        h.error_code(Some(&auditor), plan, json!({ "u": other_id, "q": null, "t": "team" }))
+            .await,
+        "FORBIDDEN"
+    );
+    assert_eq!(
+        h.error_code(Some(&auditor), role, json!({ "u": other_id, "r": "admin" })).await,
+        "FORBIDDEN"
+    );
+
+    // An administrator's token with the admin scope administers; without it, it does not.
+    let admin_token = h.ok(Some(&admin), CREATE_TOKEN, create("ops", json!(["admin"]), None)).await["createApiToken"]["token"].clone();
+    assert_eq!(outcome(&h.gql(Some(&text(&admin_token)), USERS, json!({})).await), "OK");
+    assert_eq!(
+        outcome(&h.gql(Some(&text(&admin_token)), files, json!({ "p": scanned.provider })).await),
+        "FORBIDDEN"
+    );
+    assert_eq!(outcome(&h.gql(Some(&text(&writer)), USERS, json!({})).await), "FORBIDDEN");
+}
+
+async fn an_account_can_be_restricted_to_its_networks(h: &Harness) {
+    let (token, _) = h.register("fenced@example.org").await;
+    let api = h.ok(Some(&token), CREATE_TOKEN, json!({ "n": "ci", "s": ["files:read"] })).await["createApiToken"]["token"].clone();
+    let api = text(&api);
+    let set = "mutation($n: [String!]!) { setIpAllowlist(networks: $n) }";
+    assert_eq!(
+        h.error_code(Some(&token), set, json!({ "n": ["nonsense"] })).await,
+        "BAD_USER_INPUT"
+    );
+    assert_eq!(
+        h.error_code(Some(&token), set, json!({ "n": ["192.0.2.0/24"] })).await,
+        "BAD_USER_INPUT",
+        "would lock the caller out"
+    );
+    h.ok(Some(&token), set, json!({ "n": ["127.0.0.1/32", "2001:db8::/32"] })).await;
+    assert_eq!(
+        h.ok(Some(&token), "{ ipAllowlist }", json!({})).await["ipAllowlist"],
+        json!(["127.0.0.1/32", "2001:db8::/32"])
+    );
+
+    // From 127.0.0.1: everything works. From 127.0.0.2 (another loopback address): nothing does.
+    let session = login(h, "fenced@example.org").await;
+    assert_eq!(outcome(&h.gql(Some(&api), ME, json!({})).await), "OK");
+    let outside = reqwest::Client::builder()
+        .local_address(Some("127.0.0.2".parse().expect("address")))
+        .build()
+        .expect("client");
+    let post = |token: Option<String>, query: &'static str, variables: Value| {
+        let mut request = outside
+            .post(format!("{}/graphql", h.url))
+            .json(&json!({ "query": query, "variables": variables }));
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        async move { request.send().await.expect("post").json::<Value>().await.expect("JSON") }
+    };
+    let refused = post(None, LOGIN, json!({ "e": "fenced@example.org", "p": PASSWORD })).await;
+    assert_eq!(outcome(&refused), "UNAUTHENTICATED", "{refused}");
+    assert!(text(&refused["errors"][0]["message"]).contains("this network"));
+    assert_eq!(outcome(&post(Some(api.clone()), ME, json!({})).await), "UNAUTHENTICATED");
+    let refresh = post(None, REFRESH, json!({ "r": session["refreshToken"] })).await;
+    assert_eq!(outcome(&refresh), "UNAUTHENTICATED", "{refresh}");
+    // A refresh from outside ends the session.
+    assert_eq!(
+        h.error_code(None, REFRESH, json!({ "r": session["refreshToken"] })).await,
+        "UNAUTHENTICATED"
+    );
+
+    h.ok(Some(&token), set, json!({ "n": [] })).await;
+    assert_eq!(
+        outcome(&post(None, LOGIN, json!({ "e": "fenced@example.org", "p": PASSWORD })).await),
+        "OK"
+    );
+    assert_eq!(outcome(&post(Some(api), ME, json!({})).await), "OK");
 }

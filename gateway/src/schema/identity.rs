@@ -11,7 +11,7 @@ use cloudsync_domain::{Email, UserId};
 use uuid::Uuid;
 
 use super::mfa::{MfaChallenge, challenge};
-use super::{app, caller, client_ip, limit, parse_id};
+use super::{app, client_ip, limit, parse_id, session_caller};
 use crate::auth::{RequestInfo, check_password_rules, refresh_cookie};
 use crate::errors::{ApiError, ApiResult};
 use crate::mail::Mail;
@@ -67,19 +67,43 @@ fn unauthenticated(why: &str) -> ApiError {
 /// Opens a session for `user_id` and answers with its tokens (the refresh token in a cookie when
 /// `cookie`).
 pub(crate) async fn signed_in(ctx: &Context<'_>, app: &App, user_id: Uuid, email: String, cookie: bool) -> ApiResult<AuthPayload> {
+    let roles = allowed_here(ctx, app, user_id).await?;
     let (session, refresh_token) = app
         .tokens
         .sessions()
         .open(user_id, &info(ctx).client)
         .await
         .map_err(|err| ApiError::internal(&err))?;
-    payload(ctx, app, &session, email, refresh_token, cookie)
+    payload(ctx, app, &session, email, refresh_token, cookie, &roles)
 }
 
-fn payload(ctx: &Context<'_>, app: &App, session: &Session, email: String, refresh_token: String, cookie: bool) -> ApiResult<AuthPayload> {
+/// The user's roles, if the account may be used from the request's address (its IP allowlist).
+async fn allowed_here(ctx: &Context<'_>, app: &App, user_id: Uuid) -> ApiResult<Vec<String>> {
+    let user = app
+        .commands
+        .user(UserId::from_uuid(user_id))
+        .await
+        .map_err(ApiError::from)?
+        .ok_or_else(|| unauthenticated("the account no longer exists"))?;
+    if !crate::access::ip_allowed(info(ctx).client.ip.as_deref(), user.ip_allowlist()) {
+        tracing::info!(user = %user_id, "A sign-in from outside the account's networks was refused.");
+        return Err(unauthenticated("this account cannot be used from this network"));
+    }
+    Ok(user.roles())
+}
+
+fn payload(
+    ctx: &Context<'_>,
+    app: &App,
+    session: &Session,
+    email: String,
+    refresh_token: String,
+    cookie: bool,
+    roles: &[String],
+) -> ApiResult<AuthPayload> {
     let access_token = app
         .tokens
-        .issue(session.user_id, session.id)
+        .issue(session.user_id, session.id, roles)
         .map_err(|err| ApiError::internal(&err))?;
     let refresh_token = if cookie {
         let max_age = (session.expires_at - Utc::now()).num_seconds().max(0);
@@ -175,7 +199,7 @@ pub struct IdentityQuery;
 impl IdentityQuery {
     /// The caller's live sessions, oldest first.
     async fn sessions(&self, ctx: &Context<'_>) -> async_graphql::Result<Vec<SessionInfo>> {
-        let caller = caller(ctx)?;
+        let caller = session_caller(ctx)?;
         let sessions = app(ctx)
             .tokens
             .sessions()
@@ -307,13 +331,21 @@ impl IdentityMutation {
             .map_err(ApiError::from)?
             .and_then(|user| user.email().map(|e| e.as_str().to_owned()))
             .ok_or_else(|| failed("the account of this refresh token no longer exists"))?;
-        Ok(payload(ctx, app, &session, email, next, cookie)?)
+        let roles = match allowed_here(ctx, app, session.user_id).await {
+            Ok(roles) => roles,
+            Err(err) => {
+                // Not from here: the session ends as well.
+                let _ = app.tokens.sessions().store().revoke(session.user_id, session.id).await;
+                return Err(err.into());
+            }
+        };
+        Ok(payload(ctx, app, &session, email, next, cookie, &roles)?)
     }
 
     /// Signs out: revokes the session of the request's access token (its refresh token and every
     /// access token of it stop working) and removes the browser's refresh cookie.
     async fn logout(&self, ctx: &Context<'_>) -> async_graphql::Result<bool> {
-        let caller = caller(ctx)?;
+        let caller = session_caller(ctx)?;
         let session = caller
             .session_id
             .ok_or_else(|| ApiError::BadInput("this credential belongs to no session".into()))?;
@@ -331,7 +363,7 @@ impl IdentityMutation {
     /// Changes the caller's password (the current one is required) and signs out every other
     /// session.
     async fn change_password(&self, ctx: &Context<'_>, current_password: String, new_password: String) -> async_graphql::Result<bool> {
-        let caller = caller(ctx)?;
+        let caller = session_caller(ctx)?;
         let app = app(ctx);
         let user_id = UserId::from_uuid(caller.user_id);
         let user = app
@@ -399,7 +431,7 @@ impl IdentityMutation {
 
     /// Revokes one of the caller's sessions (see `sessions`), signing that device out.
     async fn revoke_session(&self, ctx: &Context<'_>, id: ID) -> async_graphql::Result<bool> {
-        let caller = caller(ctx)?;
+        let caller = session_caller(ctx)?;
         let id = parse_id(&id, "session id")?;
         let revoked = app(ctx)
             .tokens

@@ -19,7 +19,7 @@ use uuid::Uuid;
 use webauthn_rs::prelude::{Passkey, PasskeyAuthentication, PasskeyRegistration, PublicKeyCredential, RegisterPublicKeyCredential};
 
 use super::identity::{AuthPayload, signed_in};
-use super::{app, caller, client_ip, limit, parse_id};
+use super::{account, app, client_ip, limit, parse_id, session_caller};
 use crate::errors::{ApiError, ApiResult};
 use crate::server::App;
 use crate::sessions::{fresh_secret, hash as secret_hash};
@@ -241,14 +241,6 @@ pub struct PasskeyRegistrationStart {
     options: Json<Value>,
 }
 
-async fn user_of(app: &App, user_id: Uuid) -> ApiResult<User> {
-    app.commands
-        .user(UserId::from_uuid(user_id))
-        .await
-        .map_err(ApiError::from)?
-        .ok_or_else(|| ApiError::not_found("user"))
-}
-
 fn code_error(err: CommandError) -> ApiError {
     match err {
         CommandError::Invalid(why) | CommandError::Conflict(why) => ApiError::BadInput(why),
@@ -263,9 +255,9 @@ pub struct MfaQuery;
 impl MfaQuery {
     /// The caller's second factors.
     async fn mfa(&self, ctx: &Context<'_>) -> async_graphql::Result<MfaStatus> {
-        let caller = caller(ctx)?;
+        let caller = session_caller(ctx)?;
         let app = app(ctx);
-        let user = user_of(app, caller.user_id).await?;
+        let user = account(app, caller.user_id).await?;
         let phone = app
             .commands
             .sms_phone(UserId::from_uuid(caller.user_id))
@@ -295,9 +287,9 @@ pub struct MfaMutation;
 impl MfaMutation {
     /// Starts TOTP enrollment: add the secret to an authenticator app, then confirm with a code.
     async fn begin_totp_enrollment(&self, ctx: &Context<'_>) -> async_graphql::Result<TotpEnrollment> {
-        let caller = caller(ctx)?;
+        let caller = session_caller(ctx)?;
         let app = app(ctx);
-        let user = user_of(app, caller.user_id).await?;
+        let user = account(app, caller.user_id).await?;
         let email = user.email().map(|e| e.as_str().to_owned()).unwrap_or_default();
         let secret = app
             .commands
@@ -317,7 +309,7 @@ impl MfaMutation {
     /// Confirms TOTP enrollment with a current code; returns ten single-use recovery codes, shown
     /// only now. From then on, logins need a second factor.
     async fn confirm_totp_enrollment(&self, ctx: &Context<'_>, code: String) -> async_graphql::Result<Vec<String>> {
-        let caller = caller(ctx)?;
+        let caller = session_caller(ctx)?;
         let codes = app(ctx)
             .commands
             .confirm_totp(UserId::from_uuid(caller.user_id), &code)
@@ -333,7 +325,7 @@ impl MfaMutation {
         code: String,
         #[graphql(default_with = "MfaCodeMethod::Totp")] method: MfaCodeMethod,
     ) -> async_graphql::Result<bool> {
-        let caller = caller(ctx)?;
+        let caller = session_caller(ctx)?;
         app(ctx)
             .commands
             .disable_totp(UserId::from_uuid(caller.user_id), method.into(), &code)
@@ -345,10 +337,10 @@ impl MfaMutation {
     /// Starts registering a passkey: pass `options` to `navigator.credentials.create`, then give
     /// the result to `finishPasskeyRegistration` within five minutes.
     async fn begin_passkey_registration(&self, ctx: &Context<'_>) -> async_graphql::Result<PasskeyRegistrationStart> {
-        let caller = caller(ctx)?;
+        let caller = session_caller(ctx)?;
         let app = app(ctx);
         let webauthn = webauthn(app)?;
-        let user = user_of(app, caller.user_id).await?;
+        let user = account(app, caller.user_id).await?;
         let email = user.email().map(|e| e.as_str().to_owned()).unwrap_or_default();
         let existing = passkeys_of(&user).iter().map(|p| p.cred_id().clone()).collect::<Vec<_>>();
         let (options, state) = webauthn
@@ -380,7 +372,7 @@ impl MfaMutation {
         credential: Json<Value>,
         name: String,
     ) -> async_graphql::Result<PasskeyInfo> {
-        let caller = caller(ctx)?;
+        let caller = session_caller(ctx)?;
         let app = app(ctx);
         let webauthn = webauthn(app)?;
         let id = parse_id(&registration_id, "registrationId")?;
@@ -423,7 +415,7 @@ impl MfaMutation {
 
     /// Removes one of the caller's passkeys.
     async fn remove_passkey(&self, ctx: &Context<'_>, id: ID) -> async_graphql::Result<bool> {
-        let caller = caller(ctx)?;
+        let caller = session_caller(ctx)?;
         app(ctx)
             .commands
             .remove_passkey(UserId::from_uuid(caller.user_id), id.to_string())
@@ -493,7 +485,7 @@ impl MfaMutation {
     /// Starts receiving second-factor codes by text message: sends a code to `phone` (E.164, such
     /// as +447700900123) to confirm with `confirmSmsEnrollment` within ten minutes.
     async fn begin_sms_enrollment(&self, ctx: &Context<'_>, phone: String) -> async_graphql::Result<bool> {
-        let caller = caller(ctx)?;
+        let caller = session_caller(ctx)?;
         let app = app(ctx);
         let phone = e164(&phone).ok_or_else(|| ApiError::BadInput("phone must be an international number such as +447700900123".into()))?;
         limit(ctx, app.rules.sms, &format!("user:{}", caller.user_id)).await?;
@@ -519,7 +511,7 @@ impl MfaMutation {
 
     /// Confirms the number with the code it received; from then on it is a second factor.
     async fn confirm_sms_enrollment(&self, ctx: &Context<'_>, code: String) -> async_graphql::Result<bool> {
-        let caller = caller(ctx)?;
+        let caller = session_caller(ctx)?;
         let app = app(ctx);
         let key = format!("sms-enrollment:{}", caller.user_id);
         let store = app.tokens.sessions().store();
@@ -549,7 +541,7 @@ impl MfaMutation {
 
     /// Stops sending second-factor codes by text message.
     async fn disable_sms(&self, ctx: &Context<'_>) -> async_graphql::Result<bool> {
-        let caller = caller(ctx)?;
+        let caller = session_caller(ctx)?;
         app(ctx)
             .commands
             .disable_sms(UserId::from_uuid(caller.user_id))
@@ -585,7 +577,7 @@ impl MfaMutation {
             Err(why) => return Err(retry(app, &mfa_token, pending, why).await.into()),
         };
         let user_id = UserId::from_uuid(pending.user);
-        let user = user_of(app, pending.user).await?;
+        let user = account(app, pending.user).await?;
         // The signature counter moved: record it, so a cloned authenticator shows.
         for stored in user.passkeys() {
             let Ok(mut passkey) = serde_json::from_value::<Passkey>(stored.record.clone()) else {

@@ -14,7 +14,8 @@ use cloudsync_eventstore::subscribe;
 use cloudsync_projections::{FileVersionRow, SyncConflictRow, SyncPairRow};
 use futures::{Stream, StreamExt};
 
-use super::{SyncOperation, app, caller, parse_id, parse_path};
+use super::{SyncOperation, app, caller_for, parse_id, parse_path};
+use crate::access::scope;
 use crate::auth::Caller;
 use crate::errors::{ApiError, ApiResult};
 use crate::server::App;
@@ -249,7 +250,7 @@ pub struct SyncQuery;
 impl SyncQuery {
     /// The caller's sync pairs, oldest first.
     async fn sync_pairs(&self, ctx: &Context<'_>) -> async_graphql::Result<Vec<SyncPair>> {
-        let caller = caller(ctx)?;
+        let caller = caller_for(ctx, scope::FILES_READ)?;
         let app = app(ctx);
         app.consistent(caller).await;
         let rows = app.reads.sync_pairs(caller.user_id, None).await.map_err(ApiError::from)?;
@@ -258,7 +259,7 @@ impl SyncQuery {
 
     /// The conflicts left for the caller in one of their pairs (policy `MANUAL`).
     async fn sync_conflicts(&self, ctx: &Context<'_>, pair_id: ID) -> async_graphql::Result<Vec<SyncConflict>> {
-        let caller = caller(ctx)?;
+        let caller = caller_for(ctx, scope::FILES_READ)?;
         let app = app(ctx);
         let id = parse_id(&pair_id, "pairId")?;
         pair_row(app, caller, id).await?;
@@ -275,7 +276,7 @@ impl SyncQuery {
         provider_id: Option<ID>,
         path: Option<String>,
     ) -> async_graphql::Result<Vec<FileVersion>> {
-        let caller = caller(ctx)?;
+        let caller = caller_for(ctx, scope::FILES_READ)?;
         let app = app(ctx);
         app.consistent(caller).await;
         let (provider, path) = match (file_id, provider_id, path) {
@@ -311,7 +312,7 @@ impl SyncQuery {
 
     /// One of the caller's sync pairs.
     async fn sync_pair(&self, ctx: &Context<'_>, id: ID) -> async_graphql::Result<SyncPair> {
-        let caller = caller(ctx)?;
+        let caller = caller_for(ctx, scope::FILES_READ)?;
         let id = parse_id(&id, "id")?;
         Ok(pair_row(app(ctx), caller, id).await?)
     }
@@ -340,7 +341,7 @@ impl SyncMutation {
         #[graphql(default_with = "DEFAULT_KEEP_VERSIONS as i32")] keep_versions: i32,
         #[graphql(default_with = "DEFAULT_KEEP_DAYS as i32")] keep_days: i32,
     ) -> async_graphql::Result<SyncPair> {
-        let caller = caller(ctx)?;
+        let caller = caller_for(ctx, scope::SYNC_RUN)?;
         let app = app(ctx);
         let keep_versions = u32::try_from(keep_versions).map_err(|_| ApiError::BadInput("keepVersions must not be negative".into()))?;
         let keep_days = u32::try_from(keep_days).map_err(|_| ApiError::BadInput("keepDays must not be negative".into()))?;
@@ -383,7 +384,7 @@ impl SyncMutation {
 
     /// Starts a run of a pair now. Refused while one is in progress.
     async fn run_sync(&self, ctx: &Context<'_>, pair_id: ID) -> async_graphql::Result<SyncOperation> {
-        let caller = caller(ctx)?;
+        let caller = caller_for(ctx, scope::SYNC_RUN)?;
         let app = app(ctx);
         let id = SyncPairId::from_uuid(parse_id(&pair_id, "pairId")?);
         let (job_id, position) = app.commands.request_sync(user(caller), id).await.map_err(ApiError::from)?;
@@ -402,7 +403,7 @@ impl SyncMutation {
         keep: ConflictChoice,
         merged_content: Option<String>,
     ) -> async_graphql::Result<Option<SyncOperation>> {
-        let caller = caller(ctx)?;
+        let caller = caller_for(ctx, scope::SYNC_RUN)?;
         let app = app(ctx);
         let id = SyncPairId::from_uuid(parse_id(&pair_id, "pairId")?);
         let path = parse_path(&path)?;
@@ -431,7 +432,7 @@ impl SyncMutation {
     /// (whose content is kept as a version first) on its side of a two-way pair, or on the source
     /// of a one-way pair, and a run carries it to the other side.
     async fn restore_file_version(&self, ctx: &Context<'_>, version_id: ID) -> async_graphql::Result<RestoredVersion> {
-        let caller = caller(ctx)?;
+        let caller = caller_for(ctx, scope::FILES_WRITE)?;
         let app = app(ctx);
         let id = parse_id(&version_id, "versionId")?;
         app.consistent(caller).await;
@@ -469,7 +470,7 @@ impl SyncMutation {
 
     /// Lets a run held by the max-delete rail go on, deletes included.
     async fn approve_sync(&self, ctx: &Context<'_>, operation_id: ID) -> async_graphql::Result<SyncOperation> {
-        let caller = caller(ctx)?;
+        let caller = caller_for(ctx, scope::SYNC_RUN)?;
         let app = app(ctx);
         let id = SyncJobId::from_uuid(parse_id(&operation_id, "operationId")?);
         let position = app.commands.approve_sync(user(caller), id).await.map_err(ApiError::from)?;
@@ -501,7 +502,7 @@ enum Control {
 
 impl SyncMutation {
     async fn control(&self, ctx: &Context<'_>, operation_id: ID, control: Control) -> async_graphql::Result<SyncOperation> {
-        let caller = caller(ctx)?;
+        let caller = caller_for(ctx, scope::SYNC_RUN)?;
         let app = app(ctx);
         let id = SyncJobId::from_uuid(parse_id(&operation_id, "operationId")?);
         let commands = &app.commands;
@@ -524,7 +525,7 @@ impl SyncSubscription {
     /// The operation's state now, then again whenever it changes (checked after every step it
     /// records, and every second), until it ends.
     async fn sync_progress(&self, ctx: &Context<'_>, operation_id: ID) -> async_graphql::Result<impl Stream<Item = SyncOperation> + use<>> {
-        let caller = caller(ctx)?;
+        let caller = caller_for(ctx, scope::FILES_READ)?;
         let app = Arc::clone(app(ctx));
         let id = parse_id(&operation_id, "operationId")?;
         let head = app.db.events.head().await.map_err(|err| ApiError::internal(&err))?;

@@ -1,0 +1,161 @@
+//! Who may do what. Every user has the role `user`; `admin` administers users, `auditor` may read
+//! what administrators read. A credential carries scopes: a signed-in session has every scope its
+//! roles allow, a personal API token only those it was created with (and its user's roles still
+//! allow). Resolvers ask for the scope they need; account management needs a signed-in session.
+//! An account may also restrict the networks its credentials work from.
+
+use std::net::IpAddr;
+
+/// Scopes, as bits.
+pub mod scope {
+    pub const FILES_READ: u8 = 1;
+    pub const FILES_WRITE: u8 = 2;
+    pub const SYNC_RUN: u8 = 4;
+    pub const ADMIN: u8 = 8;
+    pub const NAMES: [(&str, u8); 4] = [
+        ("files:read", FILES_READ),
+        ("files:write", FILES_WRITE),
+        ("sync:run", SYNC_RUN),
+        ("admin", ADMIN),
+    ];
+}
+
+/// Roles beyond `user`, as bits.
+pub mod role {
+    pub const ADMIN: u8 = 1;
+    pub const AUDITOR: u8 = 2;
+}
+
+pub fn roles_from(names: &[String]) -> u8 {
+    names.iter().fold(0, |bits, name| match name.as_str() {
+        "admin" => bits | role::ADMIN,
+        "auditor" => bits | role::AUDITOR,
+        _ => bits,
+    })
+}
+
+pub fn scopes_from(names: &[String]) -> u8 {
+    names
+        .iter()
+        .filter_map(|name| scope::NAMES.iter().find(|(n, _)| n == name).map(|(_, bit)| *bit))
+        .fold(0, |bits, bit| bits | bit)
+}
+
+/// The scopes `roles` allow.
+pub fn allowed_scopes(roles: u8) -> u8 {
+    let user = scope::FILES_READ | scope::FILES_WRITE | scope::SYNC_RUN;
+    if roles & (role::ADMIN | role::AUDITOR) != 0 {
+        user | scope::ADMIN
+    } else {
+        user
+    }
+}
+
+pub fn scope_name(bit: u8) -> &'static str {
+    scope::NAMES.iter().find(|(_, b)| *b == bit).map_or("?", |(n, _)| n)
+}
+
+/// `10.0.0.0/8`, `2001:db8::/32` or a single address.
+///
+/// # Errors
+/// What is wrong with it.
+pub fn parse_network(text: &str) -> Result<(IpAddr, u8), String> {
+    let (address, bits) = match text.trim().split_once('/') {
+        Some((address, bits)) => (address, Some(bits)),
+        None => (text.trim(), None),
+    };
+    let address: IpAddr = address.parse().map_err(|_| format!("{text:?} is not an IP address or network"))?;
+    let width = if address.is_ipv4() { 32 } else { 128 };
+    let bits = match bits {
+        Some(bits) => bits
+            .parse::<u8>()
+            .ok()
+            .filter(|b| *b <= width)
+            .ok_or_else(|| format!("{text:?} has a bad prefix length"))?,
+        None => width,
+    };
+    Ok((address, bits))
+}
+
+fn in_network(ip: IpAddr, (network, bits): (IpAddr, u8)) -> bool {
+    let prefix = |bytes: &[u8]| -> u128 {
+        let mut value = 0_u128;
+        for b in bytes {
+            value = (value << 8) | u128::from(*b);
+        }
+        value
+    };
+    let (ip, network, width) = match (ip, network) {
+        (IpAddr::V4(a), IpAddr::V4(n)) => (prefix(&a.octets()), prefix(&n.octets()), 32),
+        (IpAddr::V6(a), IpAddr::V6(n)) => (prefix(&a.octets()), prefix(&n.octets()), 128),
+        (IpAddr::V6(a), IpAddr::V4(n)) => match a.to_ipv4_mapped() {
+            Some(a) => (prefix(&a.octets()), prefix(&n.octets()), 32),
+            None => return false,
+        },
+        (IpAddr::V4(_), IpAddr::V6(_)) => return false,
+    };
+    let shift = width - u32::from(bits);
+    shift >= width || (ip >> shift) == (network >> shift)
+}
+
+/// Whether a request from `ip` may use an account restricted to `networks` (none: anywhere).
+pub fn ip_allowed(ip: Option<&str>, networks: &[String]) -> bool {
+    if networks.is_empty() {
+        return true;
+    }
+    let Some(ip) = ip.and_then(|ip| ip.parse::<IpAddr>().ok()) else {
+        return false;
+    };
+    networks.iter().filter_map(|n| parse_network(n).ok()).any(|n| in_network(ip, n))
+}
+
+/// The prefix of personal API tokens: `cst1.<user>.<token>.<secret>`.
+pub const API_TOKEN_PREFIX: &str = "cst1.";
+
+pub fn api_token(user: uuid::Uuid, token: uuid::Uuid, secret: &str) -> String {
+    format!("{API_TOKEN_PREFIX}{}.{}.{secret}", user.simple(), token.simple())
+}
+
+/// The user, token id and secret of a well-formed API token.
+pub fn parse_api_token(text: &str) -> Option<(uuid::Uuid, uuid::Uuid, &str)> {
+    let rest = text.trim().strip_prefix(API_TOKEN_PREFIX)?;
+    let mut parts = rest.splitn(3, '.');
+    let (user, token, secret) = (parts.next()?, parts.next()?, parts.next()?);
+    if secret.len() != 43 || !secret.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') {
+        return None;
+    }
+    Some((uuid::Uuid::parse_str(user).ok()?, uuid::Uuid::parse_str(token).ok()?, secret))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn networks_match_by_prefix() {
+        let nets = vec!["10.0.0.0/8".to_owned(), "2001:db8::/32".to_owned(), "192.0.2.7".to_owned()];
+        assert!(ip_allowed(Some("10.1.2.3"), &nets));
+        assert!(ip_allowed(Some("192.0.2.7"), &nets));
+        assert!(!ip_allowed(Some("192.0.2.8"), &nets));
+        assert!(ip_allowed(Some("2001:db8::1"), &nets));
+        assert!(ip_allowed(Some("::ffff:10.0.0.1"), &nets), "IPv4-mapped");
+        assert!(!ip_allowed(Some("11.0.0.1"), &nets));
+        assert!(!ip_allowed(None, &nets));
+        assert!(ip_allowed(None, &[]));
+        assert!(ip_allowed(Some("1.2.3.4"), &["0.0.0.0/0".to_owned()]));
+        for bad in ["10.0.0.0/33", "nope", "10.0.0/8", "::1/129"] {
+            assert!(parse_network(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn roles_allow_scopes() {
+        assert_eq!(allowed_scopes(0) & scope::ADMIN, 0);
+        assert_ne!(allowed_scopes(role::AUDITOR) & scope::ADMIN, 0);
+        assert_eq!(
+            scopes_from(&["files:read".into(), "bogus".into(), "admin".into()]),
+            scope::FILES_READ | scope::ADMIN
+        );
+        assert_eq!(roles_from(&["user".into(), "admin".into()]), role::ADMIN);
+    }
+}

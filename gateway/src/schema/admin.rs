@@ -1,0 +1,266 @@
+//! Personal API tokens and network restrictions (the account's own, with a signed-in session), and
+//! administration: the user list, quotas and tiers, roles, and the audit log. Administration needs
+//! the `admin` scope and the role `admin`; reading it, `admin` or `auditor`.
+
+use async_graphql::{Context, ID, Json, Object, SimpleObject};
+use chrono::{DateTime, Utc};
+use cloudsync_domain::UserId;
+use serde_json::Value;
+use uuid::Uuid;
+
+use super::{account, admin_caller, app, parse_id, session_caller};
+use crate::access::{api_token, ip_allowed, parse_network};
+use crate::errors::{ApiError, ApiResult};
+use crate::sessions::{fresh_secret, hash};
+
+#[derive(SimpleObject)]
+pub struct ApiTokenInfo {
+    id: ID,
+    name: String,
+    scopes: Vec<String>,
+    created_at: DateTime<Utc>,
+    expires_at: Option<DateTime<Utc>>,
+}
+
+#[derive(SimpleObject)]
+pub struct CreatedApiToken {
+    /// Send as `Authorization: Bearer <token>`. Shown only now: only its hash is kept.
+    token: String,
+    info: ApiTokenInfo,
+}
+
+#[derive(SimpleObject)]
+pub struct Account {
+    id: ID,
+    email: String,
+    roles: Vec<String>,
+    /// Null: unlimited.
+    quota_bytes: Option<i64>,
+    tier: String,
+    created_at: DateTime<Utc>,
+}
+
+#[derive(SimpleObject)]
+pub struct AuditEvent {
+    /// The event's position in the log.
+    position: i64,
+    event_type: String,
+    stream: String,
+    occurred_at: DateTime<Utc>,
+    payload: Json<Value>,
+}
+
+#[derive(Default)]
+pub struct AdminQuery;
+
+#[Object]
+impl AdminQuery {
+    /// The caller's personal API tokens (never their secrets).
+    async fn api_tokens(&self, ctx: &Context<'_>) -> async_graphql::Result<Vec<ApiTokenInfo>> {
+        let caller = session_caller(ctx)?;
+        let user = account(app(ctx), caller.user_id).await?;
+        Ok(user
+            .api_tokens()
+            .map(|t| ApiTokenInfo {
+                id: ID(t.id.to_string()),
+                name: t.name.clone(),
+                scopes: t.scopes.clone(),
+                created_at: t.created_at,
+                expires_at: t.expires_at,
+            })
+            .collect())
+    }
+
+    /// The networks the caller's credentials work from (empty: anywhere).
+    async fn ip_allowlist(&self, ctx: &Context<'_>) -> async_graphql::Result<Vec<String>> {
+        let caller = session_caller(ctx)?;
+        let user = account(app(ctx), caller.user_id).await?;
+        Ok(user.ip_allowlist().to_vec())
+    }
+
+    /// Every account, oldest first (administrators and auditors).
+    async fn users(
+        &self,
+        ctx: &Context<'_>,
+        #[graphql(default = 100)] limit: i32,
+        #[graphql(default = 0)] offset: i32,
+    ) -> async_graphql::Result<Vec<Account>> {
+        admin_caller(ctx, false)?;
+        if !(1..=1000).contains(&limit) || offset < 0 {
+            return Err(ApiError::BadInput("limit must be between 1 and 1000, offset not negative".into()).into());
+        }
+        app(ctx).caught_up().await;
+        let rows = app(ctx)
+            .reads
+            .accounts(i64::from(limit), i64::from(offset))
+            .await
+            .map_err(ApiError::from)?;
+        Ok(rows
+            .into_iter()
+            .map(|r| Account {
+                id: ID(r.id.to_string()),
+                email: r.email,
+                roles: r.roles,
+                quota_bytes: r.quota_bytes,
+                tier: r.tier,
+                created_at: r.created_at,
+            })
+            .collect())
+    }
+
+    /// What a user did, in order, from the event log (administrators and auditors).
+    async fn audit_log(
+        &self,
+        ctx: &Context<'_>,
+        user_id: ID,
+        #[graphql(default = 0)] after: i64,
+        #[graphql(default = 100)] limit: i32,
+    ) -> async_graphql::Result<Vec<AuditEvent>> {
+        admin_caller(ctx, false)?;
+        let user = parse_id(&user_id, "userId")?;
+        if !(1..=1000).contains(&limit) || after < 0 {
+            return Err(ApiError::BadInput("limit must be between 1 and 1000, after not negative".into()).into());
+        }
+        let events = app(ctx)
+            .db
+            .events
+            .read_by_actor(user, after, i64::from(limit))
+            .await
+            .map_err(|err| ApiError::internal(&err))?;
+        Ok(events
+            .into_iter()
+            .map(|e| AuditEvent {
+                position: e.position,
+                event_type: e.event_type,
+                stream: e.stream_id,
+                occurred_at: e.metadata.occurred_at,
+                payload: Json(e.payload),
+            })
+            .collect())
+    }
+}
+
+#[derive(Default)]
+pub struct AdminMutation;
+
+#[Object]
+impl AdminMutation {
+    /// Creates a personal API token with `scopes` (`files:read`, `files:write`, `sync:run`;
+    /// `admin` for administrators and auditors), expiring after `expiresInDays` (none: never).
+    async fn create_api_token(
+        &self,
+        ctx: &Context<'_>,
+        name: String,
+        scopes: Vec<String>,
+        expires_in_days: Option<i32>,
+    ) -> async_graphql::Result<CreatedApiToken> {
+        let caller = session_caller(ctx)?;
+        let app = app(ctx);
+        let expires_at = match expires_in_days {
+            None => None,
+            Some(days) if (1..=3650).contains(&days) => Some(Utc::now() + chrono::Duration::days(i64::from(days))),
+            Some(_) => return Err(ApiError::BadInput("expiresInDays must be between 1 and 3650".into()).into()),
+        };
+        let (id, secret) = (Uuid::new_v4(), fresh_secret());
+        let position = app
+            .commands
+            .create_api_token(
+                UserId::from_uuid(caller.user_id),
+                id,
+                name.clone(),
+                scopes.clone(),
+                hash(&secret),
+                expires_at,
+            )
+            .await
+            .map_err(ApiError::from)?;
+        app.wrote(caller, position);
+        Ok(CreatedApiToken {
+            token: api_token(caller.user_id, id, &secret),
+            info: ApiTokenInfo {
+                id: ID(id.to_string()),
+                name: name.trim().to_owned(),
+                scopes,
+                created_at: Utc::now(),
+                expires_at,
+            },
+        })
+    }
+
+    /// Revokes one of the caller's API tokens; it stops working at once.
+    async fn revoke_api_token(&self, ctx: &Context<'_>, id: ID) -> async_graphql::Result<bool> {
+        let caller = session_caller(ctx)?;
+        let id = parse_id(&id, "token id")?;
+        app(ctx)
+            .commands
+            .revoke_api_token(UserId::from_uuid(caller.user_id), id)
+            .await
+            .map_err(ApiError::from)?;
+        Ok(true)
+    }
+
+    /// Restricts the caller's credentials (sign-ins, refreshes, API tokens) to these networks
+    /// (`203.0.113.0/24`, `2001:db8::/32`, single addresses); an empty list lifts it. The request's
+    /// own address must be inside, so nobody locks themselves out.
+    async fn set_ip_allowlist(&self, ctx: &Context<'_>, networks: Vec<String>) -> async_graphql::Result<Vec<String>> {
+        let caller = session_caller(ctx)?;
+        let networks = networks.iter().map(|n| n.trim().to_owned()).collect::<Vec<_>>();
+        for network in &networks {
+            parse_network(network).map_err(ApiError::BadInput)?;
+        }
+        let ip = super::client_ip(ctx);
+        if !ip_allowed(Some(&ip), &networks) {
+            return Err(ApiError::BadInput(format!("this request comes from {ip}, which is outside these networks")).into());
+        }
+        let app = app(ctx);
+        let position = app
+            .commands
+            .set_ip_allowlist(UserId::from_uuid(caller.user_id), networks.clone())
+            .await
+            .map_err(ApiError::from)?;
+        app.wrote(caller, position);
+        Ok(networks)
+    }
+
+    /// Sets a user's storage quota (null: unlimited) and tier (`free`, `pro`, `team`).
+    async fn set_user_plan(&self, ctx: &Context<'_>, user_id: ID, quota_bytes: Option<i64>, tier: String) -> async_graphql::Result<bool> {
+        let caller = admin_caller(ctx, true)?;
+        let user = UserId::from_uuid(parse_id(&user_id, "userId")?);
+        let quota = quota_bytes
+            .map(|q| u64::try_from(q).map_err(|_| ApiError::BadInput("quotaBytes cannot be negative".into())))
+            .transpose()?;
+        let app = app(ctx);
+        let position = app
+            .commands
+            .set_plan(user, quota, &tier, UserId::from_uuid(caller.user_id))
+            .await
+            .map_err(ApiError::from)?;
+        app.wrote(caller, position);
+        Ok(true)
+    }
+
+    /// Gives a user a role (`admin`, `auditor`); it takes effect at their next sign-in or refresh.
+    async fn grant_role(&self, ctx: &Context<'_>, user_id: ID, role: String) -> async_graphql::Result<bool> {
+        Ok(change_role(ctx, &user_id, &role, true).await?)
+    }
+
+    /// Takes a role from a user.
+    async fn revoke_role(&self, ctx: &Context<'_>, user_id: ID, role: String) -> async_graphql::Result<bool> {
+        Ok(change_role(ctx, &user_id, &role, false).await?)
+    }
+}
+
+/// Gives (`grant`) or takes a role, as an administrator.
+async fn change_role(ctx: &Context<'_>, user_id: &ID, role: &str, grant: bool) -> ApiResult<bool> {
+    let caller = admin_caller(ctx, true)?;
+    let user = UserId::from_uuid(parse_id(user_id, "userId")?);
+    let app = app(ctx);
+    let position = if grant {
+        app.commands.grant_role(user, role).await
+    } else {
+        app.commands.revoke_role(user, role).await
+    }
+    .map_err(ApiError::from)?;
+    app.wrote(caller, position);
+    Ok(true)
+}
