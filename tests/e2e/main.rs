@@ -5,6 +5,7 @@ mod faults;
 mod harness;
 mod identity;
 mod indexing;
+mod isolation;
 mod oauth;
 mod providers;
 mod spine;

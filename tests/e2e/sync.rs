@@ -50,7 +50,7 @@ fn tree(root: &Path) -> BTreeMap<String, Vec<u8>> {
     out
 }
 
-fn write(root: &Path, path: &str, content: &[u8]) {
+pub(crate) fn write(root: &Path, path: &str, content: &[u8]) {
     let host = root.join(path);
     std::fs::create_dir_all(host.parent().expect("parent")).expect("mkdir");
     std::fs::write(host, content).expect("write");
@@ -74,7 +74,11 @@ fn noise(len: usize, seed: u64) -> Vec<u8> {
 }
 
 /// Two empty local folders of one new user, connected: (token, source provider, source root, target provider, target root).
-async fn two_folders(h: &Harness, email: &str, seed: &[(&str, &[u8])]) -> (String, String, std::path::PathBuf, String, std::path::PathBuf) {
+pub(crate) async fn two_folders(
+    h: &Harness,
+    email: &str,
+    seed: &[(&str, &[u8])],
+) -> (String, String, std::path::PathBuf, String, std::path::PathBuf) {
     let (token, _) = h.register(email).await;
     let (a, b) = (h.db.dir().join("side-a"), h.db.dir().join("side-b"));
     std::fs::create_dir_all(&a).expect("mkdir");
@@ -113,7 +117,7 @@ async fn create_pair_with(
     (pair, operation)
 }
 
-async fn run(h: &Harness, token: &str, pair: &str) -> Value {
+pub(crate) async fn run(h: &Harness, token: &str, pair: &str) -> Value {
     let data = h.ok(Some(token), RUN, json!({ "p": pair })).await;
     let operation = data["runSync"]["id"].as_str().expect("operation").to_owned();
     assert_eq!(data["runSync"]["kind"], json!("sync"));
@@ -682,7 +686,7 @@ fn hex(content: &[u8]) -> String {
 }
 
 /// A two-way pair keeping `keep` versions of each file; waits for its first run.
-async fn pair_keeping(h: &Harness, token: &str, source: &str, target: &str, keep: i64) -> String {
+pub(crate) async fn pair_keeping(h: &Harness, token: &str, source: &str, target: &str, keep: i64) -> String {
     let create = "mutation($s: FolderInput!, $t: FolderInput!, $k: Int) { syncFolders(source: $s, target: $t, keepVersions: $k) { \
         id keepVersions keepDays lastOperationId } }";
     let data = h
@@ -699,7 +703,7 @@ async fn pair_keeping(h: &Harness, token: &str, source: &str, target: &str, keep
     data["syncFolders"]["id"].as_str().expect("pair").to_owned()
 }
 
-async fn versions_of(h: &Harness, token: &str, provider: &str, path: &str) -> Vec<Value> {
+pub(crate) async fn versions_of(h: &Harness, token: &str, provider: &str, path: &str) -> Vec<Value> {
     h.ok(Some(token), VERSIONS, json!({ "p": provider, "path": path })).await["fileVersions"]
         .as_array()
         .expect("list")
