@@ -6,7 +6,17 @@ use cloudsync_domain::events::PasswordChange;
 use cloudsync_domain::user::{User, UserCommand};
 use cloudsync_domain::{Aggregate as _, UserId};
 
+use cloudsync_domain::events::ExternalIdentityLinked;
+use cloudsync_domain::ids::{email_stream, identity_stream};
+use cloudsync_domain::{DomainEvent, Email};
+use cloudsync_eventstore::{ExpectedVersion, StreamAppend};
+
+use crate::handlers::encode;
 use crate::{CommandError, Commands, Context};
+
+/// The password hash of an account that has none (it signs in with an external identity): no
+/// password matches it.
+pub const NO_PASSWORD: &str = "!no-password";
 
 impl Commands {
     /// The user with this id, if registered.
@@ -159,6 +169,100 @@ impl Commands {
         let loaded = self.load::<User>(&user.stream()).await?;
         self.act_on_user(user, loaded, UserCommand::SetIpAllowlist { networks, at: Utc::now() })
             .await
+    }
+
+    /// The user an external identity (an OpenID provider's `issuer` and `subject`) belongs to.
+    ///
+    /// # Errors
+    /// Store failures.
+    pub async fn user_by_identity(&self, issuer: &str, subject: &str) -> Result<Option<UserId>, CommandError> {
+        let claims = self.store.read_stream(&identity_stream(issuer, subject)).await?;
+        let Some(claim) = claims.first() else { return Ok(None) };
+        match DomainEvent::decode(&claim.event_type, claim.schema_version, &claim.payload)? {
+            DomainEvent::ExternalIdentityLinked(linked) => Ok(Some(linked.user_id)),
+            _ => Ok(None),
+        }
+    }
+
+    /// Links an external identity to `user` (whose verified address it carries).
+    ///
+    /// # Errors
+    /// [`CommandError::AlreadyExists`] when the identity belongs to someone already; store failures.
+    pub async fn link_identity(&self, user: UserId, issuer: &str, subject: &str) -> Result<i64, CommandError> {
+        let linked = DomainEvent::ExternalIdentityLinked(ExternalIdentityLinked {
+            user_id: user,
+            issuer: issuer.to_owned(),
+            subject: subject.to_owned(),
+            at: Utc::now(),
+        });
+        let ctx = Context::new(Some(user));
+        let batches = vec![
+            StreamAppend {
+                stream: user.stream(),
+                expected: ExpectedVersion::Any,
+                events: vec![encode(&linked, &ctx)],
+            },
+            StreamAppend {
+                stream: identity_stream(issuer, subject),
+                expected: ExpectedVersion::NoStream,
+                events: vec![encode(&linked, &ctx)],
+            },
+        ];
+        match self.store.append(batches).await {
+            Ok(outcome) => Ok(outcome.last_position),
+            Err(err) if err.is_concurrency() => Err(CommandError::AlreadyExists("this external account is linked already".into())),
+            Err(err) => Err(err.into()),
+        }
+    }
+
+    /// Registers a user who signs in with an external identity only (no password: one can be set
+    /// through a reset), in one transaction with the identity's link.
+    ///
+    /// # Errors
+    /// [`CommandError::AlreadyExists`] when the address or the identity is taken; store failures.
+    pub async fn register_external(&self, email: Email, issuer: &str, subject: &str) -> Result<(UserId, i64), CommandError> {
+        let user_id = UserId::from_uuid(uuid::Uuid::new_v4());
+        let ctx = Context::new(Some(user_id));
+        let at = Utc::now();
+        let events = User::default().handle(UserCommand::Register {
+            user_id,
+            email: email.clone(),
+            password_hash: NO_PASSWORD.to_owned(),
+            at,
+        })?;
+        let linked = DomainEvent::ExternalIdentityLinked(ExternalIdentityLinked {
+            user_id,
+            issuer: issuer.to_owned(),
+            subject: subject.to_owned(),
+            at,
+        });
+        let (registered, claimed): (Vec<_>, Vec<_>) = events.iter().partition(|e| matches!(e, DomainEvent::UserRegistered(_)));
+        let mut on_user: Vec<_> = registered.iter().map(|e| encode(e, &ctx)).collect();
+        on_user.push(encode(&linked, &ctx));
+        let batches = vec![
+            StreamAppend {
+                stream: user_id.stream(),
+                expected: ExpectedVersion::NoStream,
+                events: on_user,
+            },
+            StreamAppend {
+                stream: email_stream(&email),
+                expected: ExpectedVersion::NoStream,
+                events: claimed.iter().map(|e| encode(e, &ctx)).collect(),
+            },
+            StreamAppend {
+                stream: identity_stream(issuer, subject),
+                expected: ExpectedVersion::NoStream,
+                events: vec![encode(&linked, &ctx)],
+            },
+        ];
+        match self.store.append(batches).await {
+            Ok(outcome) => Ok((user_id, outcome.last_position)),
+            Err(err) if err.is_concurrency() => Err(CommandError::AlreadyExists(
+                "this address or external account is registered already".into(),
+            )),
+            Err(err) => Err(err.into()),
+        }
     }
 
     /// Lets the loaded user decide `command` and appends the result at the version it was loaded at.

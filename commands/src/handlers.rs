@@ -82,7 +82,7 @@ pub struct Moved {
 /// The command side of CloudSync.
 #[derive(Clone)]
 pub struct Commands {
-    store: Arc<dyn EventStore>,
+    pub(crate) store: Arc<dyn EventStore>,
     pub(crate) vault: Vault,
     oauth: Option<Arc<OAuth>>,
     chunks: Option<Arc<dyn ChunkStore>>,

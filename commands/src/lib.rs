@@ -14,6 +14,7 @@ mod schedule;
 mod secrets;
 mod sync;
 
+pub use accounts::NO_PASSWORD;
 pub use error::CommandError;
 pub use gc::{GcReport, LEASE_TTL, Lease};
 pub use handlers::{Commands, Connected, Context, Moved};

@@ -171,6 +171,16 @@ pub struct IpAllowlistSet {
     pub at: DateTime<Utc>,
 }
 
+/// The user signs in with an OpenID provider's account (`issuer`, `subject`). Recorded on the user's
+/// stream and on the identity's reservation stream, so an external account belongs to one user.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ExternalIdentityLinked {
+    pub user_id: UserId,
+    pub issuer: String,
+    pub subject: String,
+    pub at: DateTime<Utc>,
+}
+
 /// A WebAuthn passkey was registered: `passkey` is the verifier's record of it (public key,
 /// counter), as the WebAuthn library serialises it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -568,6 +578,7 @@ pub enum DomainEvent {
     ApiTokenRevoked(ApiTokenRevoked),
     UserPlanSet(UserPlanSet),
     IpAllowlistSet(IpAllowlistSet),
+    ExternalIdentityLinked(ExternalIdentityLinked),
     PasskeyRegistered(PasskeyRegistered),
     PasskeyUpdated(PasskeyUpdated),
     PasskeyRemoved(PasskeyRemoved),
@@ -642,6 +653,7 @@ impl DomainEvent {
             | "ApiTokenRevoked"
             | "UserPlanSet"
             | "IpAllowlistSet"
+            | "ExternalIdentityLinked"
             | "PasskeyRegistered"
             | "PasskeyUpdated"
             | "PasskeyRemoved"
@@ -737,6 +749,7 @@ impl DomainEvent {
             Self::ApiTokenRevoked(e) => e.user_id,
             Self::UserPlanSet(e) => e.user_id,
             Self::IpAllowlistSet(e) => e.user_id,
+            Self::ExternalIdentityLinked(e) => e.user_id,
             Self::PasskeyRegistered(e) => e.user_id,
             Self::PasskeyUpdated(e) => e.user_id,
             Self::PasskeyRemoved(e) => e.user_id,

@@ -62,6 +62,13 @@ pub fn email_stream(email: &crate::values::Email) -> String {
     format!("email-{reservation}")
 }
 
+/// The reservation stream of an external identity (an OpenID provider's issuer and subject), so
+/// that it belongs to at most one user.
+pub fn identity_stream(issuer: &str, subject: &str) -> String {
+    let reservation = Uuid::new_v5(&Uuid::NAMESPACE_URL, format!("{issuer}#{subject}").as_bytes());
+    format!("identity-{reservation}")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

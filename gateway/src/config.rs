@@ -63,6 +63,9 @@ pub struct Config {
     pub public_url: Option<String>,
     /// CloudSync's app registration with each OAuth provider (`gdrive`, `dropbox`, `onedrive`).
     pub oauth: BTreeMap<String, OAuthAppConfig>,
+    /// OpenID providers people may sign in with, by name (`oidc.<name>`: `issuer`, `client_id`,
+    /// `client_secret`, `scopes`); their callback is `<public_url>/auth/oidc/callback`.
+    pub oidc: BTreeMap<String, crate::oidc::OidcConfig>,
     /// OAuth access tokens are renewed when they have less than this left.
     pub oauth_renew_margin_seconds: u64,
     /// Where the chunk store (file versions, merge bases) is kept: unset for `<data_dir>/chunks`,
@@ -112,6 +115,7 @@ impl Default for Config {
             consistency_timeout_ms: 5000,
             public_url: None,
             oauth: BTreeMap::new(),
+            oidc: BTreeMap::new(),
             oauth_renew_margin_seconds: 300,
             chunk_store: None,
         }
@@ -179,6 +183,8 @@ impl Config {
                 other => {
                     if let Some(rest) = other.strip_prefix("OAUTH_") {
                         config.set_oauth(rest, value)?;
+                    } else if let Some(rest) = other.strip_prefix("OIDC_") {
+                        config.set_oidc(rest, value)?;
                     }
                 }
             }
@@ -218,6 +224,31 @@ impl Config {
                 }
                 app.extra_params = Some(params);
             }
+        }
+        Ok(())
+    }
+
+    /// `CLOUDSYNC_OIDC_<NAME>_<FIELD>`: FIELD is ISSUER, CLIENT_ID, CLIENT_SECRET or SCOPES
+    /// (space-separated).
+    fn set_oidc(&mut self, name: &str, value: String) -> anyhow::Result<()> {
+        const FIELDS: [&str; 4] = ["ISSUER", "CLIENT_ID", "CLIENT_SECRET", "SCOPES"];
+        let Some((provider, field)) = FIELDS.iter().find_map(|f| {
+            name.strip_suffix(f)
+                .and_then(|k| k.strip_suffix('_'))
+                .filter(|k| !k.is_empty())
+                .map(|k| (k.to_ascii_lowercase(), *f))
+        }) else {
+            bail!(
+                "CLOUDSYNC_OIDC_{name} is not a known setting (CLOUDSYNC_OIDC_<NAME>_{{{}}})",
+                FIELDS.join(",")
+            );
+        };
+        let entry = self.oidc.entry(provider).or_default();
+        match field {
+            "ISSUER" => entry.issuer = value,
+            "CLIENT_ID" => entry.client_id = value,
+            "CLIENT_SECRET" => entry.client_secret = Some(SecretString::from(value)),
+            _ => entry.scopes = Some(value.split_whitespace().map(str::to_owned).collect()),
         }
         Ok(())
     }
@@ -264,6 +295,14 @@ impl Config {
             }
             if app.client_id.trim().is_empty() {
                 bail!("oauth.{kind}.client_id is required");
+            }
+        }
+        for (name, provider) in &self.oidc {
+            if !(provider.issuer.starts_with("https://") || provider.issuer.starts_with("http://")) {
+                bail!("oidc.{name}.issuer must be an http(s) URL");
+            }
+            if provider.client_id.trim().is_empty() {
+                bail!("oidc.{name}.client_id is required");
             }
         }
         if let Some(url) = &self.public_url

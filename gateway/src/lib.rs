@@ -9,6 +9,7 @@ pub mod errors;
 pub mod keys;
 pub mod limits;
 pub mod mail;
+pub mod oidc;
 pub mod passwords;
 pub mod schema;
 pub mod server;

@@ -20,7 +20,10 @@ use crate::server::App;
 mod admin;
 mod identity;
 mod mfa;
+mod oidc;
 mod sync;
+
+pub use oidc::{CallbackParams as OidcCallbackParams, callback as oidc_callback};
 
 pub type CloudSyncSchema = Schema<QueryRoot, MutationRoot, SubscriptionRoot>;
 
@@ -37,6 +40,7 @@ pub struct QueryRoot(
 pub struct MutationRoot(
     identity::IdentityMutation,
     mfa::MfaMutation,
+    oidc::OidcMutation,
     admin::AdminMutation,
     CoreMutation,
     sync::SyncMutation,

@@ -62,6 +62,8 @@ pub struct App {
     pub passkeys: Result<Arc<webauthn_rs::Webauthn>, String>,
     pub limiter: Arc<dyn RateLimiter>,
     pub rules: Rules,
+    /// OpenID providers people may sign in with (none configured: `None`).
+    pub oidc: Option<Arc<crate::oidc::OidcLogin>>,
 }
 
 impl App {
@@ -251,6 +253,20 @@ pub fn passkeys(config: &Config, addr: SocketAddr) -> Result<Arc<webauthn_rs::We
     }
 }
 
+/// The OpenID providers for sign-in, calling back to `<public_url>/auth/oidc/callback`.
+///
+/// # Errors
+/// A public URL that is not a URL.
+pub fn oidc_login(config: &Config, addr: SocketAddr) -> anyhow::Result<Option<Arc<crate::oidc::OidcLogin>>> {
+    if config.oidc.is_empty() {
+        return Ok(None);
+    }
+    let public = config.public_url.clone().unwrap_or_else(|| format!("http://{addr}"));
+    let callback = format!("{}/auth/oidc/callback", public.trim_end_matches('/'));
+    let login = crate::oidc::OidcLogin::new(&config.oidc, &callback).map_err(anyhow::Error::msg)?;
+    Ok(Some(Arc::new(login)))
+}
+
 /// Password hashing with the configured argon2id parameters.
 ///
 /// # Errors
@@ -392,6 +408,7 @@ pub async fn start(config: &Config) -> anyhow::Result<Server> {
         password_reset_ttl: chrono::Duration::minutes(config.password_reset_ttl_minutes),
         passkeys: passkeys(config, addr),
         limiter,
+        oidc: oidc_login(config, addr)?,
         rules: Rules::new(config.rate_limit_api_per_minute, config.rate_limit_login_per_minute),
         db: db.clone(),
     });
@@ -457,6 +474,7 @@ pub fn router(app: Arc<App>, config: &Config) -> anyhow::Result<Router> {
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
         .route("/oauth/callback", get(oauth_callback))
+        .route("/auth/oidc/callback", get(oidc_callback))
         .layer(RequestBodyLimitLayer::new(config.max_body_bytes))
         .layer(cors(config)?)
         .with_state(HttpState { app, schema }))
@@ -656,6 +674,17 @@ async fn oauth_callback(State(state): State<HttpState>, axum::extract::Query(par
             page(StatusCode::BAD_REQUEST, "Not connected", &error.to_string())
         }
     }
+}
+
+/// Where an OpenID provider sends the browser back after a sign-in (see `schema::oidc`).
+async fn oidc_callback(
+    State(state): State<HttpState>,
+    extensions: axum::http::Extensions,
+    headers: HeaderMap,
+    axum::extract::Query(params): axum::extract::Query<crate::schema::OidcCallbackParams>,
+) -> Response {
+    let peer = extensions.get::<axum::extract::ConnectInfo<SocketAddr>>().map(|c| c.0);
+    crate::schema::oidc_callback(&state.app, params, request_info(&headers, peer)).await
 }
 
 fn html_escape(text: &str) -> String {

@@ -275,6 +275,7 @@ pub fn ops_for(event: &DomainEvent, at: DateTime<Utc>) -> Vec<Op> {
         | E::ApiTokenCreated(_)
         | E::ApiTokenRevoked(_)
         | E::IpAllowlistSet(_)
+        | E::ExternalIdentityLinked(_)
         | E::SmsFactorEnabled(_)
         | E::SmsFactorDisabled(_)
         | E::PasskeyRegistered(_)

@@ -46,6 +46,7 @@ on_both_backends!(
     codes_by_text_message_are_a_rate_limited_second_factor,
     roles_scopes_and_api_tokens_decide_what_a_credential_may_do,
     an_account_can_be_restricted_to_its_networks,
+    an_openid_provider_signs_people_in_and_links_verified_addresses,
 );
 
 /// The origin the test servers' passkeys belong to (what the software authenticator is told).
@@ -63,6 +64,15 @@ pub(crate) async fn with_cors(backend: Backend) -> Harness {
         config.mail_outbox = config.data_dir.parent().map(|dir| dir.join("outbox"));
         config.webauthn_origin = Some(ORIGIN.into());
         config.sms_outbox = config.data_dir.parent().map(|dir| dir.join("sms"));
+        config.oidc.insert(
+            "test".into(),
+            cloudsync_gateway::oidc::OidcConfig {
+                issuer: crate::oauth::var("CLOUDSYNC_TEST_OIDC_ISSUER"),
+                client_id: crate::oauth::var("CLOUDSYNC_TEST_OIDC_CLIENT_ID"),
+                client_secret: Some(secrecy::SecretString::from(crate::oauth::var("CLOUDSYNC_TEST_OIDC_CLIENT_SECRET"))),
+                scopes: None,
+            },
+        );
     })
     .await
 }
@@ -1596,4 +1606,94 @@ async fn an_account_can_be_restricted_to_its_networks(h: &Harness) {
         "OK"
     );
     assert_eq!(outcome(&post(Some(api), ME, json!({})).await), "OK");
+}
+
+const BEGIN_OIDC: &str =
+    "mutation($p: String!, $c: Boolean) { beginOidcLogin(provider: $p, cookie: $c) { authorizationUrl state expiresAt } }";
+
+/// Begins a sign-in with the test OpenID provider and signs in there as `login`: the URL the
+/// provider sends the browser back to.
+async fn oidc_redirect(h: &Harness, login: &str, cookie: bool) -> String {
+    let begun = h.ok(None, BEGIN_OIDC, json!({ "p": "test", "c": cookie })).await["beginOidcLogin"].clone();
+    let url = text(&begun["authorizationUrl"]);
+    assert!(url.contains("code_challenge_method=S256") && url.contains("nonce="), "{url}");
+    crate::oauth::authorize(&url, login).await
+}
+
+async fn get_json(url: &str) -> (u16, Option<String>, Value) {
+    let response = reqwest::get(url).await.expect("callback");
+    let status = response.status().as_u16();
+    let cookie = response
+        .headers()
+        .get("set-cookie")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    (status, cookie, response.json().await.expect("JSON"))
+}
+
+async fn an_openid_provider_signs_people_in_and_links_verified_addresses(h: &Harness) {
+    assert_eq!(h.error_code(None, BEGIN_OIDC, json!({ "p": "nope" })).await, "BAD_USER_INPUT");
+
+    // A new person: an account is made for the verified address.
+    let back = oidc_redirect(h, "alice", false).await;
+    assert!(back.contains("/auth/oidc/callback?"), "{back}");
+    let (status, _, body) = get_json(&back).await;
+    assert_eq!(status, 200, "{body}");
+    let token = text(&body["accessToken"]);
+    let me = h.ok(Some(&token), ME, json!({})).await;
+    assert_eq!(me["me"]["email"], json!("alice@example.test"));
+    let alice = me["me"]["id"].clone();
+    assert!(text(&body["refreshToken"]).starts_with("csr1."));
+    // The state works once.
+    let (status, _, again) = get_json(&back).await;
+    assert_eq!(status, 400, "{again}");
+    assert!(text(&again["errors"][0]["message"]).contains("already used"), "{again}");
+    // That account has no password.
+    let password = h.gql(None, LOGIN, json!({ "e": "alice@example.test", "p": PASSWORD })).await;
+    assert_eq!(outcome(&password), "UNAUTHENTICATED");
+
+    // The same person again: the same account, through the linked identity.
+    let (_, _, body) = get_json(&oidc_redirect(h, "alice", false).await).await;
+    assert_eq!(body["user"]["id"], alice);
+
+    // Someone who registered with a password: their verified address links the identity.
+    let (_, bob) = h.register("bob@example.test").await;
+    let (status, _, body) = get_json(&oidc_redirect(h, "bob", false).await).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["user"]["id"], json!(bob));
+
+    // A code is bound to the sign-in that asked for it (PKCE): another sign-in's state refuses it.
+    let first = h.ok(None, BEGIN_OIDC, json!({ "p": "test" })).await["beginOidcLogin"].clone();
+    let second = h.ok(None, BEGIN_OIDC, json!({ "p": "test" })).await["beginOidcLogin"].clone();
+    let back = crate::oauth::authorize(&text(&first["authorizationUrl"]), "carol").await;
+    let swapped = back.replace(
+        &format!("state={}", text(&first["state"])),
+        &format!("state={}", text(&second["state"])),
+    );
+    assert_ne!(swapped, back);
+    let (status, _, body) = get_json(&swapped).await;
+    assert_eq!(status, 401, "{body}");
+    assert_eq!(body["errors"][0]["extensions"]["code"], json!("UNAUTHENTICATED"));
+    let (status, _, _) = get_json(&back).await;
+    assert_eq!(status, 200, "the first sign-in still completes");
+
+    // The provider's refusal, a made-up state and a missing code change nothing.
+    let refused = h.ok(None, BEGIN_OIDC, json!({ "p": "test" })).await["beginOidcLogin"].clone();
+    let callback = format!("{}/auth/oidc/callback", h.url);
+    let (status, _, body) = get_json(&format!("{callback}?state={}&error=access_denied", text(&refused["state"]))).await;
+    assert_eq!(status, 401, "{body}");
+    let (status, _, _) = get_json(&format!("{callback}?state=made-up&code=abc")).await;
+    assert_eq!(status, 400);
+    let (status, _, _) = get_json(&format!("{callback}?code=abc")).await;
+    assert_eq!(status, 400);
+
+    // Browsers get the refresh token in the cookie only.
+    let (status, cookie, body) = get_json(&oidc_redirect(h, "alice", true).await).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["refreshToken"], Value::Null);
+    let cookie = cookie.expect("a refresh cookie");
+    assert!(
+        cookie.starts_with("cloudsync_refresh=csr1.") && cookie.contains("HttpOnly") && cookie.contains("SameSite=Strict"),
+        "{cookie}"
+    );
 }

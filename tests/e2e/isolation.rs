@@ -353,7 +353,10 @@ async fn no_field_lets_one_user_see_or_change_anothers_data(h: &Harness) {
                 .to_owned();
         }
     }
-    assert!(checked == fields.len() && checked >= 50, "every query and mutation was tried: {checked}");
+    assert!(
+        checked == fields.len() && checked >= 50,
+        "every query and mutation was tried: {checked}"
+    );
 
     // Subscriptions: refused for the victim's ids exactly as for unknown ones.
     for field in root("subscriptionType") {

@@ -23,7 +23,7 @@ on_both_backends!(
     callbacks_that_do_not_complete_an_authorization_change_nothing,
 );
 
-fn var(name: &str) -> String {
+pub(crate) fn var(name: &str) -> String {
     std::env::var(name).unwrap_or_else(|_| panic!("{name} is not set: run the suite through scripts/test"))
 }
 
@@ -51,12 +51,13 @@ async fn oauth_harness(backend: Backend) -> Harness {
 
 const BEGIN: &str = "mutation($k: String!, $n: String, $r: String) { beginProviderAuthorization(provider: $k, name: $n, root: $r) { authorizationUrl state expiresAt } }";
 
-/// A browser that keeps cookies and follows redirects, except the last one back to CloudSync.
+/// A browser that keeps cookies and follows redirects, except the last one back to CloudSync (a
+/// `…/callback` path).
 fn browser() -> reqwest::Client {
     reqwest::Client::builder()
         .cookie_store(true)
         .redirect(reqwest::redirect::Policy::custom(|attempt| {
-            if attempt.url().path() == "/oauth/callback" {
+            if attempt.url().path().ends_with("/callback") {
                 attempt.stop()
             } else {
                 attempt.follow()
@@ -72,7 +73,7 @@ fn form_action(html: &str) -> String {
 }
 
 /// Signs in at the provider as `login`, consents, and returns where the provider sends the browser.
-async fn authorize(url: &str, login: &str) -> String {
+pub(crate) async fn authorize(url: &str, login: &str) -> String {
     let browser = browser();
     let page = browser.get(url).send().await.expect("authorization page");
     assert!(page.status().is_success(), "{}", page.status());

@@ -40,6 +40,18 @@ pub struct MfaChallenge {
     expires_at: DateTime<Utc>,
 }
 
+impl MfaChallenge {
+    /// The challenge as `login` would show it, for answers outside GraphQL.
+    pub(crate) fn to_json(&self) -> Value {
+        serde_json::json!({
+            "token": self.token,
+            "methods": self.methods,
+            "passkeyOptions": self.passkey_options.as_ref().map(|o| o.0.clone()),
+            "expiresAt": self.expires_at,
+        })
+    }
+}
+
 #[derive(Serialize, Deserialize)]
 struct PendingLogin {
     user: Uuid,

@@ -1,0 +1,273 @@
+//! Signing in with an OpenID provider: `beginOidcLogin` returns the provider's authorization URL;
+//! the provider sends the browser back to `/auth/oidc/callback`, which verifies the ID token, finds
+//! the account (by the external identity, else by the verified address, which links them, else a
+//! new account) and answers like `login`: tokens (the refresh token in a cookie for browsers), or a
+//! second-factor challenge.
+
+use std::time::Duration;
+
+use async_graphql::{Context, Object, SimpleObject};
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use chrono::{DateTime, Utc};
+use cloudsync_commands::CommandError;
+use cloudsync_domain::{Email, UserId};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+
+use super::{account, app, client_ip, limit};
+use crate::auth::{RequestInfo, refresh_cookie};
+use crate::errors::{ApiError, ApiResult, code};
+use crate::server::App;
+use crate::sessions::hash;
+
+const PENDING_TTL: Duration = Duration::from_secs(10 * 60);
+
+#[derive(Serialize, Deserialize)]
+struct Pending {
+    provider: String,
+    verifier: String,
+    nonce: String,
+    cookie: bool,
+}
+
+fn key(state: &str) -> String {
+    format!("oidc:{}", hash(state))
+}
+
+#[derive(SimpleObject)]
+pub struct OidcLoginStart {
+    /// Open this in the browser; the provider sends it back to `/auth/oidc/callback`.
+    authorization_url: String,
+    state: String,
+    expires_at: DateTime<Utc>,
+}
+
+#[derive(Default)]
+pub struct OidcMutation;
+
+#[Object]
+impl OidcMutation {
+    /// Starts signing in with a configured OpenID provider. `cookie`: a browser client, whose
+    /// refresh token the callback puts in a cookie.
+    async fn begin_oidc_login(&self, ctx: &Context<'_>, provider: String, cookie: Option<bool>) -> async_graphql::Result<OidcLoginStart> {
+        let app = app(ctx);
+        limit(ctx, app.rules.login, &format!("ip:{}", client_ip(ctx))).await?;
+        let login = app
+            .oidc
+            .as_ref()
+            .ok_or_else(|| ApiError::BadInput("no OpenID provider is configured on this server".into()))?;
+        let started = login.begin(&provider).await.map_err(ApiError::BadInput)?;
+        let pending = serde_json::to_string(&Pending {
+            provider,
+            verifier: started.verifier,
+            nonce: started.nonce,
+            cookie: cookie.unwrap_or(false),
+        })
+        .map_err(|err| ApiError::internal(&err))?;
+        app.tokens
+            .sessions()
+            .store()
+            .put_state(&key(&started.state), &pending, PENDING_TTL)
+            .await
+            .map_err(|err| ApiError::internal(&err))?;
+        Ok(OidcLoginStart {
+            authorization_url: started.url,
+            state: started.state,
+            expires_at: Utc::now() + chrono::Duration::from_std(PENDING_TTL).unwrap_or_default(),
+        })
+    }
+}
+
+/// What the provider sends the browser back with.
+#[derive(Deserialize)]
+pub struct CallbackParams {
+    state: Option<String>,
+    code: Option<String>,
+    error: Option<String>,
+    error_description: Option<String>,
+}
+
+fn refused(status: StatusCode, code: &str, message: &str) -> Response {
+    (
+        status,
+        [(header::CACHE_CONTROL, "no-store")],
+        axum::Json(json!({ "errors": [{ "message": message, "extensions": { "code": code } }] })),
+    )
+        .into_response()
+}
+
+/// The account an external identity signs in to: the one it is linked to, else the one with its
+/// verified address (linking them), else a new one.
+async fn account_of(app: &App, identity: &crate::oidc::Identity) -> ApiResult<(UserId, String)> {
+    if let Some(user) = app
+        .commands
+        .user_by_identity(&identity.issuer, &identity.subject)
+        .await
+        .map_err(ApiError::from)?
+    {
+        let email = account(app, user.as_uuid())
+            .await?
+            .email()
+            .map(|e| e.as_str().to_owned())
+            .unwrap_or_default();
+        return Ok((user, email));
+    }
+    let email = match (&identity.email, identity.email_verified) {
+        (Some(email), true) => Email::parse(email).map_err(|err| ApiError::Unauthenticated(format!("the provider's address: {err}")))?,
+        _ => {
+            return Err(ApiError::Unauthenticated(
+                "the provider did not vouch for an email address of this account; sign in with a password first".into(),
+            ));
+        }
+    };
+    let existing = app
+        .commands
+        .user_by_email(&email)
+        .await
+        .map_err(ApiError::from)?
+        .and_then(|u| u.id());
+    let user = match existing {
+        Some(user) => {
+            let position = app
+                .commands
+                .link_identity(user, &identity.issuer, &identity.subject)
+                .await
+                .map_err(ApiError::from)?;
+            app.wrote_for(user.as_uuid(), position);
+            user
+        }
+        None => {
+            let (user, position) = app
+                .commands
+                .register_external(email.clone(), &identity.issuer, &identity.subject)
+                .await
+                .map_err(|err| match err {
+                    CommandError::AlreadyExists(why) => ApiError::Conflict(why),
+                    other => ApiError::from(other),
+                })?;
+            app.wrote_for(user.as_uuid(), position);
+            user
+        }
+    };
+    tracing::info!(user = %user, issuer = %identity.issuer, "An external identity was linked to an account.");
+    Ok((user, email.as_str().to_owned()))
+}
+
+/// `/auth/oidc/callback`: finishes a sign-in begun by `beginOidcLogin`.
+pub async fn callback(app: &App, params: CallbackParams, info: RequestInfo) -> Response {
+    let ip = info.client.ip.clone().unwrap_or_else(|| "unknown".into());
+    if let Ok(Some(wait)) = app.limiter.take(&format!("ip:{ip}"), app.rules.login).await {
+        return refused(
+            StatusCode::TOO_MANY_REQUESTS,
+            code::RATE_LIMITED,
+            &format!("too many sign-ins; try again in {} s", wait.as_secs() + 1),
+        );
+    }
+    let Some(state) = params.state.filter(|s| !s.is_empty()) else {
+        return refused(
+            StatusCode::BAD_REQUEST,
+            code::BAD_REQUEST,
+            "the provider's answer lacks the state parameter",
+        );
+    };
+    let pending = match app.tokens.sessions().store().take_state(&key(&state)).await {
+        Ok(Some(pending)) => pending,
+        Ok(None) => {
+            return refused(
+                StatusCode::BAD_REQUEST,
+                code::BAD_REQUEST,
+                "this sign-in is unknown, expired or already used; begin again",
+            );
+        }
+        Err(err) => return refused(StatusCode::INTERNAL_SERVER_ERROR, code::INTERNAL, &err.to_string()),
+    };
+    let Ok(pending) = serde_json::from_str::<Pending>(&pending) else {
+        return refused(StatusCode::INTERNAL_SERVER_ERROR, code::INTERNAL, "a pending sign-in is malformed");
+    };
+    if let Some(error) = params.error {
+        let detail = params.error_description.unwrap_or(error);
+        return refused(
+            StatusCode::UNAUTHORIZED,
+            code::UNAUTHENTICATED,
+            &format!("the provider did not sign you in: {detail}"),
+        );
+    }
+    let Some(code_value) = params.code.filter(|c| !c.is_empty()) else {
+        return refused(
+            StatusCode::BAD_REQUEST,
+            code::BAD_REQUEST,
+            "the provider's answer lacks the code parameter",
+        );
+    };
+    let Some(login) = app.oidc.as_ref() else {
+        return refused(
+            StatusCode::BAD_REQUEST,
+            code::BAD_REQUEST,
+            "no OpenID provider is configured on this server",
+        );
+    };
+    let identity = match login
+        .finish(&pending.provider, &code_value, &pending.verifier, &pending.nonce)
+        .await
+    {
+        Ok(identity) => identity,
+        Err(why) => {
+            tracing::info!(why = %why, "An OpenID sign-in was refused.");
+            return refused(StatusCode::UNAUTHORIZED, code::UNAUTHENTICATED, &why);
+        }
+    };
+    match signed_in(app, &identity, pending.cookie, &info).await {
+        Ok(response) => response,
+        Err(ApiError::Unauthenticated(why)) => refused(StatusCode::UNAUTHORIZED, code::UNAUTHENTICATED, &why),
+        Err(ApiError::Conflict(why)) => refused(StatusCode::CONFLICT, code::CONFLICT, &why),
+        Err(other) => {
+            let error = async_graphql::Error::from(other);
+            refused(StatusCode::INTERNAL_SERVER_ERROR, code::INTERNAL, &error.message)
+        }
+    }
+}
+
+async fn signed_in(app: &App, identity: &crate::oidc::Identity, cookie: bool, info: &RequestInfo) -> ApiResult<Response> {
+    let (user_id, email) = account_of(app, identity).await?;
+    let user = account(app, user_id.as_uuid()).await?;
+    if !crate::access::ip_allowed(info.client.ip.as_deref(), user.ip_allowlist()) {
+        return Err(ApiError::Unauthenticated("this account cannot be used from this network".into()));
+    }
+    if user.mfa_enabled() {
+        let challenge = super::mfa::challenge(app, &user, email.clone(), cookie).await?;
+        let body = json!({ "user": { "id": user_id.to_string(), "email": email }, "mfa": challenge.to_json() });
+        return Ok(([(header::CACHE_CONTROL, "no-store")], axum::Json(body)).into_response());
+    }
+    let (session, refresh_token) = app
+        .tokens
+        .sessions()
+        .open(user_id.as_uuid(), &info.client)
+        .await
+        .map_err(|err| ApiError::internal(&err))?;
+    let access_token = app
+        .tokens
+        .issue(user_id.as_uuid(), session.id, &user.roles())
+        .map_err(|err| ApiError::internal(&err))?;
+    let mut body = json!({
+        "accessToken": access_token,
+        "accessTokenExpiresAt": Utc::now() + chrono::Duration::minutes(app.token_ttl_minutes()),
+        "sessionId": session.id.to_string(),
+        "user": { "id": user_id.to_string(), "email": email },
+    });
+    let mut response_headers = vec![(header::CACHE_CONTROL, "no-store".to_owned())];
+    if cookie {
+        let max_age = (session.expires_at - Utc::now()).num_seconds().max(0);
+        response_headers.push((header::SET_COOKIE, refresh_cookie(&refresh_token, max_age)));
+        body["refreshToken"] = serde_json::Value::Null;
+    } else {
+        body["refreshToken"] = json!(refresh_token);
+    }
+    let mut response = axum::Json(body).into_response();
+    for (name, value) in response_headers {
+        if let Ok(value) = value.parse() {
+            response.headers_mut().insert(name, value);
+        }
+    }
+    Ok(response)
+}
