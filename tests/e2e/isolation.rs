@@ -13,7 +13,10 @@ use uuid::Uuid;
 use crate::harness::{Harness, on_both_backends};
 use crate::sync::{pair_keeping, run, two_folders, versions_of, write};
 
-on_both_backends!(no_field_lets_one_user_see_or_change_anothers_data);
+on_both_backends!(
+    no_field_lets_one_user_see_or_change_anothers_data,
+    hostile_input_at_every_argument_gets_a_clear_error_and_changes_nothing,
+);
 
 const INTROSPECTION: &str = "{ __schema { queryType { name } mutationType { name } subscriptionType { name } \
     types { name kind enumValues { name } inputFields { name type { ...T } } fields { name args { name type { ...T } } type { ...T } } } } } \
@@ -420,4 +423,162 @@ async fn subscribe_once(h: &Harness, token: &str, document: &str, variables: Val
             _ => {}
         }
     }
+}
+
+/// Values an attacker would try in an argument.
+const HOSTILE: [&str; 8] = [
+    "' OR '1'='1",
+    "\"; DROP TABLE events; --",
+    "../../../../etc/passwd",
+    "<script>alert(1)</script>",
+    "\u{0}\u{1}\u{7f}",
+    "%00%2e%2e%2f",
+    "ｆｕｌｌｗｉｄｔｈ \u{202e}rtl",
+    "{\"$gt\": \"\"}",
+];
+
+/// The error codes a refusal may carry: each says what is wrong, none is a failure of the server.
+const CLEAR: [&str; 8] = [
+    "BAD_USER_INPUT",
+    "NOT_FOUND",
+    "UNAUTHENTICATED",
+    "FORBIDDEN",
+    "CONFLICT",
+    "ALREADY_EXISTS",
+    "GRAPHQL_VALIDATION_FAILED",
+    "RATE_LIMITED",
+];
+
+async fn hostile_input_at_every_argument_gets_a_clear_error_and_changes_nothing(h: &Harness) {
+    let (victim, token) = victim(h).await;
+    let before = snapshot(h, &token, &victim).await;
+    let introspection = h.ok(Some(&token), INTROSPECTION, json!({})).await;
+    let schema = Schema {
+        types: introspection["__schema"]["types"]
+            .as_array()
+            .expect("types")
+            .iter()
+            .map(|t| (t["name"].as_str().unwrap_or_default().to_owned(), t.clone()))
+            .collect(),
+    };
+    let mut tried = 0;
+    for (operation, root) in [("query", "queryType"), ("mutation", "mutationType")] {
+        let name = introspection["__schema"][root]["name"].as_str().expect("root");
+        for field in schema.types[name]["fields"].as_array().expect("fields") {
+            let field_name = field["name"].as_str().unwrap_or_default();
+            if LAST.contains(&field_name) || field_name == "changePassword" || field_name == "revokeSession" {
+                continue; // these end or change the caller's own sessions
+            }
+            for arg in field["args"].as_array().into_iter().flatten() {
+                let (inner, _, _) = unwrap(&arg["type"]);
+                if !matches!(inner.as_str(), "String" | "ID") {
+                    continue;
+                }
+                let arg_name = arg["name"].as_str().unwrap_or_default().to_owned();
+                for hostile in HOSTILE {
+                    let pick = |_: &str, name: &str| {
+                        if name == arg_name {
+                            hostile.to_owned()
+                        } else {
+                            Uuid::new_v4().to_string()
+                        }
+                    };
+                    let (document, mut variables) = schema.request(operation, field, &pick);
+                    // Strings that are not ids get the hostile value too.
+                    if inner == "String" {
+                        variables[arg_name.as_str()] = if unwrap(&arg["type"]).1 { json!([hostile]) } else { json!(hostile) };
+                    }
+                    let answer = h.gql(Some(&token), &document, variables).await;
+                    for error in answer["errors"].as_array().into_iter().flatten() {
+                        let code = error["extensions"]["code"].as_str().unwrap_or("none");
+                        assert!(
+                            CLEAR.contains(&code),
+                            "{field_name}({arg_name}: {hostile:?}) failed unclearly: {answer}"
+                        );
+                    }
+                    tried += 1;
+                }
+            }
+        }
+    }
+    assert!(tried > 200, "{tried}");
+    // Oversized and deeply nested documents, and garbage instead of GraphQL.
+    let deep = format!(
+        "query {{ {} }}",
+        "__schema { types { fields { type { ofType { ofType { ofType { ofType { ofType { ofType { ofType { ofType { name } } } } } } } } } } } }"
+    );
+    let deep_answer = h.gql(Some(&token), &deep, json!({})).await;
+    assert_eq!(
+        deep_answer["errors"][0]["extensions"]["code"],
+        json!("GRAPHQL_VALIDATION_FAILED"),
+        "{deep_answer}"
+    );
+    let wide = format!(
+        "{{ {} }}",
+        (0..2000).map(|i| format!("a{i}: me {{ id }}")).collect::<Vec<_>>().join(" ")
+    );
+    let wide_answer = h.gql(Some(&token), &wide, json!({})).await;
+    assert_eq!(
+        wide_answer["errors"][0]["extensions"]["code"],
+        json!("GRAPHQL_VALIDATION_FAILED"),
+        "too complex"
+    );
+    let huge = "x".repeat(2 * 1024 * 1024);
+    let response = h
+        .client
+        .post(format!("{}/graphql", h.url))
+        .bearer_auth(&token)
+        .header("content-type", "application/json")
+        .body(json!({ "query": format!("{{ me {{ id }} }} # {huge}") }).to_string())
+        .send()
+        .await
+        .expect("post");
+    assert_eq!(response.status().as_u16(), 413, "over max_body_bytes");
+    for garbage in ["{", "not json", "{\"query\": 5}", "{\"query\": \"{ me { id \"}"] {
+        let response = h
+            .client
+            .post(format!("{}/graphql", h.url))
+            .header("content-type", "application/json")
+            .body(garbage)
+            .send()
+            .await
+            .expect("post");
+        assert_eq!(response.status().as_u16(), 400, "{garbage}");
+    }
+    // Random credentials: a few hundred strings shaped more or less like tokens.
+    let mut state = 0x9e37_79b9_7f4a_7c15_u64 ^ u64::from(std::process::id());
+    let mut next = move || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state
+    };
+    let alphabet: Vec<char> = "ABCxyz019-_.=+/ eyJcst1csr1\\\"'".chars().collect();
+    for round in 0..300 {
+        let length = usize::try_from(next() % 400).unwrap_or(0);
+        let mut token: String = (0..length)
+            .map(|_| alphabet[usize::try_from(next() % alphabet.len() as u64).unwrap_or(0)])
+            .collect();
+        if round % 3 == 0 {
+            token = format!("eyJ{token}.{token}.{token}");
+        } else if round % 3 == 1 {
+            token = format!("cst1.{}.{}.{token}", Uuid::new_v4().simple(), Uuid::new_v4().simple());
+        }
+        let response = h
+            .client
+            .post(format!("{}/graphql", h.url))
+            .header("authorization", format!("Bearer {token}"))
+            .json(&json!({ "query": "{ me { id } }" }))
+            .send()
+            .await
+            .expect("post");
+        let status = response.status().as_u16();
+        let answer: Value = response.json().await.unwrap_or(Value::Null);
+        assert!(
+            status == 200 && answer["errors"][0]["extensions"]["code"] == json!("UNAUTHENTICATED"),
+            "{token:?}: {status} {answer}"
+        );
+    }
+    // Nothing changed, and the server still answers.
+    assert_eq!(snapshot(h, &token, &victim).await, before);
 }
