@@ -13,14 +13,23 @@ use rand::RngCore as _;
 
 use crate::CommandError;
 
-/// The key that wraps every user's data key.
+/// The key that wraps every user's data key (and the service's own secrets), with the keys it
+/// replaced: a value sealed by any of them opens, new values are sealed by the current one and
+/// name it (`<key id>:<nonce>.<ciphertext>`), so the old keys can be dropped once `rewrap` has run.
 #[derive(Clone)]
-pub struct MasterKey([u8; 32]);
+pub struct MasterKey {
+    current: [u8; 32],
+    previous: Vec<[u8; 32]>,
+}
 
 impl std::fmt::Debug for MasterKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("MasterKey(…)")
+        write!(f, "MasterKey({}, {} previous)", self.id(), self.previous.len())
     }
+}
+
+fn key_id(key: &[u8; 32]) -> String {
+    blake3::hash(key).to_hex()[..8].to_owned()
 }
 
 impl MasterKey {
@@ -41,36 +50,85 @@ impl MasterKey {
         let key: [u8; 32] = bytes
             .try_into()
             .map_err(|_| CommandError::Invalid("the master key must be 32 bytes, base64 or hex".into()))?;
-        Ok(Self(key))
+        Ok(Self {
+            current: key,
+            previous: Vec::new(),
+        })
+    }
+
+    /// This key, still opening what `previous` (earlier master keys) sealed.
+    pub fn with_previous(mut self, previous: impl IntoIterator<Item = MasterKey>) -> Self {
+        for key in previous {
+            if key.current != self.current && !self.previous.contains(&key.current) {
+                self.previous.push(key.current);
+            }
+        }
+        self
     }
 
     /// A fresh random key and its base64 form.
     pub fn generate() -> (Self, String) {
         let mut key = [0_u8; 32];
         rand::thread_rng().fill_bytes(&mut key);
-        (Self(key), B64.encode(key))
+        (
+            Self {
+                current: key,
+                previous: Vec::new(),
+            },
+            B64.encode(key),
+        )
     }
 
-    /// Encrypts `plaintext` with the master key itself, bound to `purpose` (for the service's own
-    /// secrets, such as its token-signing keys): `<nonce>.<ciphertext>`, base64.
+    /// The current key's id (a hash prefix: it says nothing of the key).
+    pub fn id(&self) -> String {
+        key_id(&self.current)
+    }
+
+    /// Whether `sealed` was sealed by the current key.
+    pub fn is_current(&self, sealed: &str) -> bool {
+        sealed.split_once(':').is_some_and(|(id, _)| id == self.id())
+    }
+
+    /// Encrypts `plaintext` with the current master key, bound to `purpose`:
+    /// `<key id>:<nonce>.<ciphertext>`, base64.
     ///
     /// # Errors
     /// Only if encryption fails.
     pub fn seal(&self, purpose: &str, plaintext: &[u8]) -> Result<String, CommandError> {
-        let (nonce, ciphertext) = seal_with(&self.0, plaintext, purpose.as_bytes())?;
-        Ok(format!("{}.{}", B64.encode(nonce), B64.encode(ciphertext)))
+        let (nonce, ciphertext) = seal_with(&self.current, plaintext, purpose.as_bytes())?;
+        Ok(format!("{}:{}.{}", self.id(), B64.encode(nonce), B64.encode(ciphertext)))
     }
 
-    /// Decrypts what [`MasterKey::seal`] sealed for the same `purpose`.
+    /// Decrypts what [`MasterKey::seal`] sealed for the same `purpose`, with the key it names (or,
+    /// for values sealed before keys were named, whichever key opens it).
     ///
     /// # Errors
-    /// Another key or purpose, or a malformed or tampered text.
+    /// A key this ring does not have, another purpose, or a malformed or tampered text.
     pub fn open(&self, purpose: &str, sealed: &str) -> Result<Vec<u8>, CommandError> {
         let malformed = || CommandError::Storage("a sealed secret is malformed".into());
-        let (nonce, ciphertext) = sealed.split_once('.').ok_or_else(malformed)?;
+        let (id, body) = match sealed.split_once(':') {
+            Some((id, body)) => (Some(id), body),
+            None => (None, sealed),
+        };
+        let (nonce, ciphertext) = body.split_once('.').ok_or_else(malformed)?;
         let nonce = B64.decode(nonce).map_err(|_| malformed())?;
         let ciphertext = B64.decode(ciphertext).map_err(|_| malformed())?;
-        open_with(&self.0, &nonce, &ciphertext, purpose.as_bytes())
+        let keys = std::iter::once(&self.current).chain(&self.previous);
+        let mut candidates = keys.filter(|key| id.is_none_or(|id| key_id(key) == id)).peekable();
+        if candidates.peek().is_none() {
+            return Err(CommandError::Storage(format!(
+                "a secret was sealed by master key {} which this server does not have (configure it as a previous master key)",
+                id.unwrap_or("?")
+            )));
+        }
+        let mut last = malformed();
+        for key in candidates {
+            match open_with(key, &nonce, &ciphertext, purpose.as_bytes()) {
+                Ok(plaintext) => return Ok(plaintext),
+                Err(err) => last = err,
+            }
+        }
+        Err(last)
     }
 }
 
@@ -127,8 +185,7 @@ impl Vault {
         if self.wrapped_key(user).await?.is_none() {
             let mut key = [0_u8; 32];
             rand::thread_rng().fill_bytes(&mut key);
-            let (nonce, wrapped) = seal_with(&self.master.0, &key, aad.as_bytes())?;
-            let text = format!("{}.{}", B64.encode(nonce), B64.encode(wrapped));
+            let text = self.master.seal(&aad, &key)?;
             let insert = "INSERT INTO user_keys (user_id, wrapped_key, created_at) VALUES ($1, $2, $3) ON CONFLICT (user_id) DO NOTHING";
             let now = chrono::Utc::now().to_rfc3339();
             match &self.pool {
@@ -142,16 +199,41 @@ impl Vault {
             .wrapped_key(user)
             .await?
             .ok_or_else(|| CommandError::Storage("the user's data key is gone".into()))?;
-        let (nonce, wrapped) = text
-            .split_once('.')
-            .ok_or_else(|| CommandError::Storage("a wrapped key is malformed".into()))?;
-        let decode = |part: &str| {
-            B64.decode(part)
-                .map_err(|_| CommandError::Storage("a wrapped key is malformed".into()))
-        };
-        let key = open_with(&self.master.0, &decode(nonce)?, &decode(wrapped)?, aad.as_bytes())?;
+        let key = self.master.open(&aad, &text)?;
         key.try_into()
             .map_err(|_| CommandError::Storage("a data key has the wrong length".into()))
+    }
+
+    /// Wraps every user's data key with the current master key (those wrapped by an earlier one);
+    /// returns how many were re-wrapped. Each row changes alone and only if it is still what was
+    /// read, so this can run beside the service and be repeated after an interruption.
+    ///
+    /// # Errors
+    /// A key that no configured master key opens; store failures.
+    pub async fn rewrap(&self) -> Result<usize, CommandError> {
+        let store = |err: sqlx::Error| CommandError::Storage(err.to_string());
+        let query = "SELECT user_id, wrapped_key FROM user_keys";
+        let rows: Vec<(String, String)> =
+            cloudsync_eventstore::on_pool!(&self.pool, |p| sqlx::query_as(query).fetch_all(p).await).map_err(store)?;
+        let update = "UPDATE user_keys SET wrapped_key = $1 WHERE user_id = $2 AND wrapped_key = $3";
+        let mut rewrapped = 0;
+        for (user, wrapped) in rows {
+            if self.master.is_current(&wrapped) {
+                continue;
+            }
+            let key = self.master.open(&user, &wrapped)?;
+            let again = self.master.seal(&user, &key)?;
+            cloudsync_eventstore::on_pool!(&self.pool, |p| sqlx::query(update)
+                .bind(&again)
+                .bind(&user)
+                .bind(&wrapped)
+                .execute(p)
+                .await
+                .map(drop))
+            .map_err(store)?;
+            rewrapped += 1;
+        }
+        Ok(rewrapped)
     }
 
     /// Encrypts `plaintext` for `user`.
@@ -210,5 +292,24 @@ mod tests {
         assert!(MasterKey::parse(&"ab".repeat(32)).is_ok());
         assert!(MasterKey::parse("c2hvcnQ=").is_err());
         assert!(MasterKey::parse("not a key").is_err());
+    }
+
+    #[test]
+    fn sealed_values_name_their_key_and_open_after_a_rotation() {
+        let (old, _) = MasterKey::generate();
+        let legacy = {
+            let (nonce, ciphertext) = seal_with(&old.current, b"secret", b"p").expect("seal");
+            format!("{}.{}", B64.encode(nonce), B64.encode(ciphertext))
+        };
+        let sealed = old.seal("p", b"secret").expect("seal");
+        assert!(sealed.starts_with(&format!("{}:", old.id())));
+        let (new, _) = MasterKey::generate();
+        assert!(new.open("p", &sealed).is_err(), "another key");
+        assert!(new.open("p", &legacy).is_err());
+        let ring = new.clone().with_previous([old.clone()]);
+        assert_eq!(ring.open("p", &sealed).expect("the previous key opens it"), b"secret");
+        assert_eq!(ring.open("p", &legacy).expect("unnamed values still open"), b"secret");
+        assert!(!ring.is_current(&sealed) && ring.is_current(&ring.seal("p", b"x").expect("seal")));
+        assert!(ring.open("q", &sealed).is_err(), "bound to its purpose");
     }
 }

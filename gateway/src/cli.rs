@@ -132,6 +132,13 @@ pub enum KeysCommand {
     /// Adds a new signing key that every server process uses within a minute; tokens signed with
     /// the keys it replaces keep working until they expire, so nobody is signed out.
     Rotate,
+    /// Re-wraps every user's data key and every signing key with the current master key (after the
+    /// configuration got a new one, with the old one as `master_key_previous`).
+    Rewrap,
+    /// Replaces the generated master key in the data dir by a new one and re-wraps everything
+    /// with it; the old key stays in `master-key.previous` until you delete it. Stop the server
+    /// first: a running server keeps the keys it started with.
+    RotateMaster,
 }
 
 /// Parses the command line and runs it.
@@ -390,6 +397,28 @@ pub async fn roles(config: &Config, db: &Database, command: &UsersCommand, out: 
 pub async fn keys(config: &Config, db: &Database, command: &KeysCommand, out: &mut impl std::io::Write) -> anyhow::Result<()> {
     use crate::keys::{KeyRing, list};
     let grace = crate::server::key_grace(config);
+    if matches!(command, KeysCommand::Rewrap | KeysCommand::RotateMaster) {
+        let master = if matches!(command, KeysCommand::RotateMaster) {
+            crate::server::replace_generated_master_key(config)?
+        } else {
+            crate::server::master_key(config)?
+        };
+        let users = cloudsync_commands::Vault::new(master.clone(), db.pool.clone()).rewrap().await?;
+        let signing = crate::keys::rewrap(&db.pool, &master).await?;
+        writeln!(
+            out,
+            "Master key {} now wraps everything: {users} user keys and {signing} signing keys re-wrapped.",
+            master.id()
+        )?;
+        if matches!(command, KeysCommand::RotateMaster) {
+            writeln!(
+                out,
+                "The old key is in {} until you delete it; start the server again to use the new one.",
+                crate::server::PREVIOUS_MASTER_KEYS
+            )?;
+        }
+        return Ok(());
+    }
     if matches!(command, KeysCommand::Rotate) {
         let master = crate::server::master_key(config)?;
         let kid = KeyRing::rotate(&db.pool, &master, grace).await?;

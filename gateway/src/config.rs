@@ -20,6 +20,9 @@ pub struct Config {
     /// Wraps every user's data key (32 bytes, base64); default: generated once and kept in
     /// `<data_dir>/master-key`.
     pub master_key: Option<SecretString>,
+    /// Earlier master keys, still opening what they sealed until `cloudsync keys rewrap` has
+    /// re-wrapped everything with the current one (also read from `<data_dir>/master-key.previous`).
+    pub master_key_previous: Vec<SecretString>,
     /// Lifetime of an access token.
     pub token_ttl_minutes: i64,
     /// How long a refresh token works unless it is exchanged (each exchange starts it again).
@@ -95,6 +98,7 @@ impl Default for Config {
             bind: "127.0.0.1:8080".into(),
             database_url: None,
             master_key: None,
+            master_key_previous: Vec::new(),
             token_ttl_minutes: 15,
             refresh_ttl_days: 30,
             redis_url: None,
@@ -142,6 +146,14 @@ impl Config {
                 "BIND" => config.bind = value,
                 "DATABASE_URL" => config.database_url = Some(value),
                 "MASTER_KEY" => config.master_key = Some(SecretString::from(value)),
+                "MASTER_KEY_PREVIOUS" => {
+                    config.master_key_previous = value
+                        .split(',')
+                        .map(str::trim)
+                        .filter(|k| !k.is_empty())
+                        .map(|k| SecretString::from(k.to_owned()))
+                        .collect();
+                }
                 "TOKEN_TTL_MINUTES" => config.token_ttl_minutes = value.parse().context("CLOUDSYNC_TOKEN_TTL_MINUTES must be a number")?,
                 "REFRESH_TTL_DAYS" => config.refresh_ttl_days = value.parse().context("CLOUDSYNC_REFRESH_TTL_DAYS must be a number")?,
                 "REDIS_URL" => config.redis_url = Some(value).filter(|v| !v.is_empty()),

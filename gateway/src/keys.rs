@@ -159,6 +159,37 @@ impl KeyRing {
     }
 }
 
+/// Seals every signing key's private half with the current master key (those sealed by an earlier
+/// one); returns how many were re-sealed. Each row changes only if it is still what was read.
+///
+/// # Errors
+/// A key no configured master key opens; store failures.
+pub async fn rewrap(pool: &DbPool, master: &MasterKey) -> anyhow::Result<usize> {
+    let rows: Vec<(String, String)> = on_pool!(pool, |p| sqlx::query_as("SELECT kid, private_key FROM signing_keys")
+        .fetch_all(p)
+        .await)?;
+    let update = "UPDATE signing_keys SET private_key = $1 WHERE kid = $2 AND private_key = $3";
+    let mut rewrapped = 0;
+    for (kid, sealed) in rows {
+        if master.is_current(&sealed) {
+            continue;
+        }
+        let seed = master
+            .open(&purpose(&kid), &sealed)
+            .with_context(|| format!("signing key {kid} cannot be opened with the configured master keys"))?;
+        let again = master.seal(&purpose(&kid), &seed).context("sealing a signing key")?;
+        on_pool!(pool, |p| sqlx::query(update)
+            .bind(&again)
+            .bind(&kid)
+            .bind(&sealed)
+            .execute(p)
+            .await
+            .map(drop))?;
+        rewrapped += 1;
+    }
+    Ok(rewrapped)
+}
+
 /// Every key in the database, oldest first.
 ///
 /// # Errors

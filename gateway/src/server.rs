@@ -217,7 +217,56 @@ fn secret(config: &Config, configured: Option<&SecretString>, file: &str, genera
 /// A malformed or unwritable master key.
 pub fn master_key(config: &Config) -> anyhow::Result<MasterKey> {
     let master = secret(config, config.master_key.as_ref(), "master-key", || MasterKey::generate().1)?;
-    MasterKey::parse(master.expose_secret()).context("the master key")
+    let current = MasterKey::parse(master.expose_secret()).context("the master key")?;
+    let mut previous = Vec::new();
+    for (i, key) in config.master_key_previous.iter().enumerate() {
+        previous.push(MasterKey::parse(key.expose_secret()).with_context(|| format!("previous master key {}", i + 1))?);
+    }
+    if let Ok(text) = std::fs::read_to_string(config.data_dir.join(PREVIOUS_MASTER_KEYS)) {
+        for line in text.lines().filter(|l| !l.trim().is_empty()) {
+            previous.push(MasterKey::parse(line).with_context(|| format!("a key in {PREVIOUS_MASTER_KEYS}"))?);
+        }
+    }
+    Ok(current.with_previous(previous))
+}
+
+/// The data dir's file of earlier generated master keys (one per line, oldest first).
+pub const PREVIOUS_MASTER_KEYS: &str = "master-key.previous";
+
+/// Replaces the data dir's generated master key by a new one, keeping the old one in
+/// [`PREVIOUS_MASTER_KEYS`] (written and synced first, so an interruption anywhere leaves every key
+/// that sealed something on disk). Only for the generated key: a configured one is rotated by
+/// configuration.
+///
+/// # Errors
+/// A configured master key, or files that cannot be written.
+pub fn replace_generated_master_key(config: &Config) -> anyhow::Result<MasterKey> {
+    use std::io::Write as _;
+    if config.master_key.is_some() {
+        anyhow::bail!(
+            "the master key comes from the configuration: set CLOUDSYNC_MASTER_KEY to a new key and \
+             CLOUDSYNC_MASTER_KEY_PREVIOUS to the old one on every process, run `cloudsync keys rewrap`, \
+             then drop the previous key"
+        );
+    }
+    let path = config.data_dir.join("master-key");
+    let old = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+    let previous_path = config.data_dir.join(PREVIOUS_MASTER_KEYS);
+    let mut previous = std::fs::OpenOptions::new().create(true).append(true).open(&previous_path)?;
+    writeln!(previous, "{}", old.trim())?;
+    previous.sync_all()?;
+    let (_, text) = MasterKey::generate();
+    let temporary = config.data_dir.join(".master-key.tmp");
+    std::fs::write(&temporary, &text)?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        std::fs::set_permissions(&temporary, std::fs::Permissions::from_mode(0o600))?;
+        std::fs::set_permissions(&previous_path, std::fs::Permissions::from_mode(0o600))?;
+    }
+    std::fs::File::open(&temporary)?.sync_all()?;
+    std::fs::rename(&temporary, &path)?;
+    master_key(config)
 }
 
 /// How long a retired signing key keeps verifying: every token it signed, including those signed by

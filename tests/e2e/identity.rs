@@ -1697,3 +1697,99 @@ async fn an_openid_provider_signs_people_in_and_links_verified_addresses(h: &Har
         "{cookie}"
     );
 }
+
+/// `cloudsync keys rotate-master` replaces the generated master key and re-wraps every user key and
+/// signing key: sealed secrets still open, tokens still sign, and the old key opens nothing new.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_master_key_rotates_and_everything_still_opens() {
+    let mut h = Harness::new(Backend::Sqlite).await;
+    let (token, _) = h.register("rotation@example.org").await;
+    let begun = h.ok(Some(&token), "mutation { beginTotpEnrollment { secret } }", json!({})).await;
+    let secret = data_encoding::BASE32_NOPAD
+        .decode(text(&begun["beginTotpEnrollment"]["secret"]).as_bytes())
+        .expect("base32");
+    let data = h.db.dir().join("data");
+    let old_key = std::fs::read_to_string(data.join("master-key")).expect("the generated key");
+    if let Some(server) = h.server.take() {
+        server.stop().await;
+    }
+    let config = cloudsync_gateway::Config {
+        data_dir: data.clone(),
+        bind: "127.0.0.1:0".into(),
+        database_url: Some(h.db.url.clone()),
+        ..cloudsync_gateway::Config::default()
+    };
+    let run = |command: cloudsync_gateway::cli::KeysCommand| {
+        let (config, db) = (config.clone(), h.db.db.clone());
+        async move {
+            let mut out = Vec::new();
+            let result = cloudsync_gateway::cli::keys(&config, &db, &command, &mut out).await;
+            result.map(|()| String::from_utf8(out).expect("text"))
+        }
+    };
+    let printed = run(cloudsync_gateway::cli::KeysCommand::RotateMaster).await.expect("rotate");
+    assert!(printed.contains("1 user keys and 1 signing keys re-wrapped"), "{printed}");
+    let new_key = std::fs::read_to_string(data.join("master-key")).expect("the new key");
+    assert_ne!(new_key.trim(), old_key.trim());
+    let previous = std::fs::read_to_string(data.join("master-key.previous")).expect("the old key is kept");
+    assert_eq!(previous.trim(), old_key.trim());
+
+    // Everything is wrapped by the new key: the old one alone opens nothing.
+    let old = cloudsync_commands::MasterKey::parse(&old_key).expect("key");
+    let new = cloudsync_commands::MasterKey::parse(&new_key).expect("key");
+    let cloudsync_eventstore::DbPool::Sqlite(pool) = &h.db.db.pool else {
+        panic!("a SQLite test database")
+    };
+    let (user, wrapped): (String, String) = sqlx::query_as("SELECT user_id, wrapped_key FROM user_keys")
+        .fetch_one(pool)
+        .await
+        .expect("a user key");
+    assert!(new.is_current(&wrapped), "{wrapped}");
+    assert!(old.open(&user, &wrapped).is_err());
+    assert!(new.open(&user, &wrapped).is_ok());
+    assert!(
+        run(cloudsync_gateway::cli::KeysCommand::Rewrap)
+            .await
+            .expect("again")
+            .contains("0 user keys and 0 signing keys")
+    );
+
+    // A server on the new key: the sealed TOTP secret opens (its code confirms), tokens sign.
+    std::fs::remove_file(data.join("master-key.previous")).expect("drop the old key");
+    let server = cloudsync_gateway::start(&config).await.expect("restart");
+    let url = format!("http://{}/graphql", server.addr());
+    let post = |token: Option<String>, query: &'static str, variables: Value| {
+        let (client, url) = (h.client.clone(), url.clone());
+        async move {
+            let mut request = client.post(url).json(&json!({ "query": query, "variables": variables }));
+            if let Some(token) = token {
+                request = request.bearer_auth(token);
+            }
+            request.send().await.expect("post").json::<Value>().await.expect("JSON")
+        }
+    };
+    let signed_in = post(None, LOGIN, json!({ "e": "rotation@example.org", "p": PASSWORD })).await;
+    let token = text(&signed_in["data"]["login"]["accessToken"]);
+    let confirmed = post(
+        Some(token),
+        "mutation($c: String!) { confirmTotpEnrollment(code: $c) }",
+        json!({ "c": totp_now(&secret, 0) }),
+    )
+    .await;
+    assert_eq!(
+        confirmed["data"]["confirmTotpEnrollment"].as_array().map(Vec::len),
+        Some(10),
+        "{confirmed}"
+    );
+    server.stop().await;
+
+    // A configured master key is rotated by configuration, not by this command.
+    let configured = cloudsync_gateway::Config {
+        master_key: Some(secrecy::SecretString::from(new_key.trim().to_owned())),
+        ..config.clone()
+    };
+    let mut out = Vec::new();
+    let refused = cloudsync_gateway::cli::keys(&configured, &h.db.db, &cloudsync_gateway::cli::KeysCommand::RotateMaster, &mut out).await;
+    assert!(refused.is_err_and(|e| e.to_string().contains("CLOUDSYNC_MASTER_KEY_PREVIOUS")));
+    h.stop().await;
+}
