@@ -76,18 +76,27 @@ fn normalise(code: &str) -> String {
         .collect()
 }
 
-fn code_hash(code: &str) -> String {
-    blake3::hash(normalise(code).as_bytes()).to_hex().to_string()
+/// Letters in a recovery code: 16 of 31 (about 79 bits), so its hash cannot be searched.
+const RECOVERY_LETTERS: usize = 16;
+
+/// A one-time code's hash, keyed by its user: the same code hashes differently for everyone.
+fn code_hash(user: UserId, code: &str) -> String {
+    let key = blake3::derive_key("cloudsync one-time code", user.as_uuid().as_bytes());
+    blake3::keyed_hash(&key, normalise(code).as_bytes()).to_hex().to_string()
 }
 
 fn recovery_codes() -> Vec<String> {
     let mut rng = rand::thread_rng();
     (0..RECOVERY_CODES)
         .map(|_| {
-            let letters: String = (0..10)
+            let letters: Vec<char> = (0..RECOVERY_LETTERS)
                 .map(|_| RECOVERY_ALPHABET[usize::try_from(rng.next_u32()).unwrap_or(0) % RECOVERY_ALPHABET.len()] as char)
                 .collect();
-            format!("{}-{}", &letters[..5], &letters[5..])
+            letters
+                .chunks(4)
+                .map(|c| c.iter().collect::<String>())
+                .collect::<Vec<_>>()
+                .join("-")
         })
         .collect()
 }
@@ -142,7 +151,7 @@ impl Commands {
         let codes = recovery_codes();
         let command = UserCommand::ConfirmTotp {
             step,
-            recovery_codes: codes.iter().map(|c| code_hash(c)).collect(),
+            recovery_codes: codes.iter().map(|c| code_hash(user, c)).collect(),
             at: Utc::now(),
         };
         self.act_on_user(user, (found, version), command).await?;
@@ -162,12 +171,16 @@ impl Commands {
                 Ok(Proof::Totp { step })
             }
             CodeKind::RecoveryCode => {
-                if normalise(code).len() != 10 {
+                if normalise(code).len() != RECOVERY_LETTERS {
                     return Err(wrong());
                 }
-                Ok(Proof::RecoveryCode { hash: code_hash(code) })
+                Ok(Proof::RecoveryCode {
+                    hash: code_hash(user, code),
+                })
             }
-            CodeKind::Sms => Ok(Proof::Sms { hash: code_hash(code) }),
+            CodeKind::Sms => Ok(Proof::Sms {
+                hash: code_hash(user, code),
+            }),
         }
     }
 
@@ -187,6 +200,12 @@ impl Commands {
     /// # Errors
     /// [`CommandError::Invalid`] for a wrong code or TOTP not enabled; store failures.
     pub async fn disable_totp(&self, user: UserId, kind: CodeKind, code: &str) -> Result<i64, CommandError> {
+        if kind == CodeKind::Sms {
+            // A texted code is checked by whoever sent it; nothing here could check this one.
+            return Err(CommandError::Invalid(
+                "TOTP is turned off with a TOTP code or a recovery code".into(),
+            ));
+        }
         let (found, version) = self.load::<User>(&user.stream()).await?;
         let proof = self.proof(user, &found, kind, code).await?;
         self.act_on_user(user, (found, version), UserCommand::DisableTotp { proof, at: Utc::now() })
@@ -300,7 +319,12 @@ mod tests {
         );
         let codes = recovery_codes();
         assert_eq!(codes.len(), 10);
-        assert!(codes.iter().all(|c| c.len() == 11 && c.as_bytes()[5] == b'-'));
-        assert_eq!(code_hash(&codes[0].to_uppercase().replace('-', " ")), code_hash(&codes[0]));
+        assert!(codes.iter().all(|c| c.len() == 19 && c.split('-').count() == 4), "{codes:?}");
+        let (ada, bob) = (UserId::from_uuid(uuid::Uuid::new_v4()), UserId::from_uuid(uuid::Uuid::new_v4()));
+        assert_eq!(
+            code_hash(ada, &codes[0].to_uppercase().replace('-', " ")),
+            code_hash(ada, &codes[0])
+        );
+        assert_ne!(code_hash(ada, &codes[0]), code_hash(bob, &codes[0]), "keyed by the user");
     }
 }

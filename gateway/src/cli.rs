@@ -385,7 +385,11 @@ pub async fn roles(config: &Config, db: &Database, command: &UsersCommand, out: 
         )?;
     } else {
         commands.revoke_role(user, role).await?;
-        writeln!(out, "{} no longer has the role {role}.", email.as_str())?;
+        writeln!(
+            out,
+            "{} loses the role {role} at their next sign-in or refresh (revokeRole through the API ends their sessions at once).",
+            email.as_str()
+        )?;
     }
     Ok(())
 }

@@ -23,7 +23,7 @@ mod mfa;
 mod oidc;
 mod sync;
 
-pub use oidc::{CallbackParams as OidcCallbackParams, callback as oidc_callback};
+pub use oidc::{BINDING_COOKIE as OIDC_BINDING_COOKIE, CallbackParams as OidcCallbackParams, callback as oidc_callback};
 
 pub type CloudSyncSchema = Schema<QueryRoot, MutationRoot, SubscriptionRoot>;
 
@@ -53,9 +53,57 @@ pub struct SubscriptionRoot(CoreSubscription, sync::SyncSubscription);
 pub fn build(app: Arc<App>) -> CloudSyncSchema {
     Schema::build(QueryRoot::default(), MutationRoot::default(), SubscriptionRoot::default())
         .data(app)
+        .extension(Recheck)
         .limit_depth(12)
         .limit_complexity(1000)
         .finish()
+}
+
+/// The credential a WebSocket connection opened with (its `Authorization` value and the peer's
+/// address), kept so that every operation sent over it is checked again.
+#[derive(Debug, Clone)]
+pub struct SocketCredential {
+    pub header: Option<String>,
+    pub ip: Option<String>,
+}
+
+/// Checks the credential of every operation sent over a WebSocket again, as an HTTP request's is:
+/// a session revoked or a token expired since the connection opened stops working at once, and
+/// each operation is charged to the caller's rate limit.
+struct Recheck;
+
+impl async_graphql::extensions::ExtensionFactory for Recheck {
+    fn create(&self) -> Arc<dyn async_graphql::extensions::Extension> {
+        Arc::new(Recheck)
+    }
+}
+
+#[async_trait::async_trait]
+impl async_graphql::extensions::Extension for Recheck {
+    async fn prepare_request(
+        &self,
+        ctx: &async_graphql::extensions::ExtensionContext<'_>,
+        request: async_graphql::Request,
+        next: async_graphql::extensions::NextPrepareRequest<'_>,
+    ) -> async_graphql::ServerResult<async_graphql::Request> {
+        let Some(credential) = ctx.data_opt::<SocketCredential>() else {
+            return next.run(ctx, request).await;
+        };
+        let app = ctx.data_unchecked::<Arc<App>>();
+        let authentication = app.authenticate(credential.header.as_deref(), credential.ip.as_deref()).await;
+        let key = match &authentication {
+            Authentication::User(caller) => format!("user:{}", caller.user_id),
+            _ => format!("ip:{}", credential.ip.as_deref().unwrap_or("unknown")),
+        };
+        if let Ok(Some(wait)) = app.limiter.take(&key, app.rules.api).await {
+            let mut error = async_graphql::ServerError::new(format!("too many requests; try again in {} s", wait.as_secs() + 1), None);
+            let mut extensions = async_graphql::ErrorExtensionValues::default();
+            extensions.set("code", crate::errors::code::RATE_LIMITED);
+            error.extensions = Some(extensions);
+            return Err(error);
+        }
+        next.run(ctx, request.data(authentication)).await
+    }
 }
 
 pub(crate) fn app<'a>(ctx: &Context<'a>) -> &'a Arc<App> {

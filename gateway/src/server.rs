@@ -251,21 +251,30 @@ pub fn replace_generated_master_key(config: &Config) -> anyhow::Result<MasterKey
     }
     let path = config.data_dir.join("master-key");
     let old = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+    let private = || {
+        let mut options = std::fs::OpenOptions::new();
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::OpenOptionsExt as _;
+            options.mode(0o600);
+        }
+        options
+    };
+    // The folder's entries are made durable too: after a crash, whatever the database holds was
+    // sealed by a key that is on disk.
+    let sync_folder = || std::fs::File::open(&config.data_dir).and_then(|folder| folder.sync_all());
     let previous_path = config.data_dir.join(PREVIOUS_MASTER_KEYS);
-    let mut previous = std::fs::OpenOptions::new().create(true).append(true).open(&previous_path)?;
+    let mut previous = private().create(true).append(true).open(&previous_path)?;
     writeln!(previous, "{}", old.trim())?;
     previous.sync_all()?;
+    sync_folder()?;
     let (_, text) = MasterKey::generate();
     let temporary = config.data_dir.join(".master-key.tmp");
-    std::fs::write(&temporary, &text)?;
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt as _;
-        std::fs::set_permissions(&temporary, std::fs::Permissions::from_mode(0o600))?;
-        std::fs::set_permissions(&previous_path, std::fs::Permissions::from_mode(0o600))?;
-    }
-    std::fs::File::open(&temporary)?.sync_all()?;
+    let mut file = private().create(true).write(true).truncate(true).open(&temporary)?;
+    file.write_all(text.as_bytes())?;
+    file.sync_all()?;
     std::fs::rename(&temporary, &path)?;
+    sync_folder()?;
     master_key(config)
 }
 
@@ -496,6 +505,14 @@ pub async fn start(config: &Config) -> anyhow::Result<Server> {
             tracing::error!(error = %error, "The HTTP server stopped.");
         }
     });
+    if config.public_url.as_deref().is_some_and(|url| url.starts_with("https://")) {
+        if config.mail_outbox.is_none() {
+            tracing::warn!("Mail (password reset tokens) goes to the log: set mail_outbox for a public server.");
+        }
+        if config.sms_outbox.is_none() {
+            tracing::warn!("Text messages (second-factor codes) go to the log: set sms_outbox for a public server.");
+        }
+    }
     tracing::info!(addr = %addr, backend = db.backend(), "CloudSync is listening.");
     Ok(Server {
         addr,
@@ -652,6 +669,8 @@ async fn graphql_ws(
                         Authentication::Invalid(why) | Authentication::Unavailable(why) => return Err(async_graphql::Error::new(why)),
                         authentication => data.insert(authentication),
                     }
+                    // Every operation on this connection is checked again (see `schema::Recheck`).
+                    data.insert(crate::schema::SocketCredential { header, ip });
                     Ok(data)
                 })
                 .serve()
@@ -733,7 +752,8 @@ async fn oidc_callback(
     axum::extract::Query(params): axum::extract::Query<crate::schema::OidcCallbackParams>,
 ) -> Response {
     let peer = extensions.get::<axum::extract::ConnectInfo<SocketAddr>>().map(|c| c.0);
-    crate::schema::oidc_callback(&state.app, params, request_info(&headers, peer)).await
+    let binding = crate::auth::cookie(&headers, crate::schema::OIDC_BINDING_COOKIE);
+    crate::schema::oidc_callback(&state.app, params, request_info(&headers, peer), binding).await
 }
 
 fn html_escape(text: &str) -> String {

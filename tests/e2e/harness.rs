@@ -254,3 +254,54 @@ macro_rules! on_both_backends {
     };
 }
 pub(crate) use on_both_backends;
+
+/// A GraphQL WebSocket (graphql-transport-ws).
+pub type Socket = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+impl Harness {
+    /// A WebSocket to the server, initialised with `token` and acknowledged.
+    pub async fn socket(&self, token: &str) -> Socket {
+        use futures::{SinkExt as _, StreamExt as _};
+        use tokio_tungstenite::tungstenite::Message;
+        use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
+        let mut request = format!("{}/graphql/ws", self.url.replace("http://", "ws://"))
+            .into_client_request()
+            .expect("request");
+        request
+            .headers_mut()
+            .insert("sec-websocket-protocol", "graphql-transport-ws".parse().expect("header"));
+        let (mut socket, _) = tokio_tungstenite::connect_async(request).await.expect("websocket");
+        let init = json!({ "type": "connection_init", "payload": { "Authorization": format!("Bearer {token}") } });
+        socket.send(Message::Text(init.to_string().into())).await.expect("init");
+        loop {
+            let message = socket.next().await.expect("open").expect("message");
+            if let Message::Text(text) = message
+                && text.contains("connection_ack")
+            {
+                return socket;
+            }
+        }
+    }
+}
+
+/// Runs one operation over `socket` as `id`: its first `next` payload (data or errors), or its error.
+pub async fn over_socket(socket: &mut Socket, id: &str, query: &str, variables: Value) -> Value {
+    use futures::{SinkExt as _, StreamExt as _};
+    use tokio_tungstenite::tungstenite::Message;
+    let start = json!({ "id": id, "type": "subscribe", "payload": { "query": query, "variables": variables } });
+    socket.send(Message::Text(start.to_string().into())).await.expect("send");
+    loop {
+        let message = tokio::time::timeout(Duration::from_secs(10), socket.next())
+            .await
+            .expect("an answer")
+            .expect("open")
+            .expect("message");
+        let Message::Text(text) = message else { continue };
+        let parsed: Value = serde_json::from_str(&text).expect("JSON");
+        match (parsed["type"].as_str(), parsed["id"].as_str()) {
+            (Some("next"), Some(got)) if got == id => return parsed["payload"].clone(),
+            (Some("error"), Some(got)) if got == id => return json!({ "errors": parsed["payload"] }),
+            _ => {}
+        }
+    }
+}

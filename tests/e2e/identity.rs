@@ -12,7 +12,7 @@ use cloudsync_gateway::sessions::{MemorySessions, RedisSessions, Rotation, Sessi
 use serde_json::{Value, json};
 use uuid::Uuid;
 
-use crate::harness::{Harness, on_both_backends};
+use crate::harness::{Harness, on_both_backends, over_socket};
 
 /// The rate-limit test runs on a server of its own kind.
 mod limited {
@@ -47,6 +47,7 @@ on_both_backends!(
     roles_scopes_and_api_tokens_decide_what_a_credential_may_do,
     an_account_can_be_restricted_to_its_networks,
     an_openid_provider_signs_people_in_and_links_verified_addresses,
+    a_websocket_checks_its_credential_for_every_operation,
 );
 
 /// The origin the test servers' passkeys belong to (what the software authenticator is told).
@@ -1114,6 +1115,12 @@ async fn second_factors_totp_recovery_codes_and_passkeys(h: &Harness) {
     assert_eq!(replayed["errors"][0]["extensions"]["code"], json!("UNAUTHENTICATED"), "{replayed}");
 
     // Turning factors off: TOTP by a recovery code, the passkey by its id; then one step again.
+    let by_text = "mutation { disableTotp(code: \"123456\", method: SMS) }";
+    assert_eq!(
+        h.error_code(Some(&token), by_text, json!({})).await,
+        "BAD_USER_INPUT",
+        "no texted code can turn TOTP off"
+    );
     let disable = "mutation($c: String!) { disableTotp(code: $c, method: RECOVERY_CODE) }";
     assert_eq!(
         h.error_code(Some(&token), disable, json!({ "c": codes[0] })).await,
@@ -1123,12 +1130,18 @@ async fn second_factors_totp_recovery_codes_and_passkeys(h: &Harness) {
     h.ok(Some(&token), disable, json!({ "c": codes[2] })).await;
     let mfa = challenged(h, "mfa@example.org").await;
     assert_eq!(mfa["methods"], json!(["PASSKEY"]));
-    let remove = "mutation($id: ID!) { removePasskey(id: $id) }";
+    let remove = "mutation($id: ID!, $p: String) { removePasskey(id: $id, password: $p) }";
     assert_eq!(
-        h.error_code(Some(&intruder), remove, json!({ "id": registered["id"] })).await,
+        h.error_code(Some(&intruder), remove, json!({ "id": registered["id"], "p": PASSWORD }))
+            .await,
         "NOT_FOUND"
     );
-    h.ok(Some(&token), remove, json!({ "id": registered["id"] })).await;
+    assert_eq!(
+        h.error_code(Some(&token), remove, json!({ "id": registered["id"] })).await,
+        "BAD_USER_INPUT",
+        "needs the password"
+    );
+    h.ok(Some(&token), remove, json!({ "id": registered["id"], "p": PASSWORD })).await;
     assert!(login(h, "mfa@example.org").await["accessToken"].is_string());
 }
 
@@ -1375,7 +1388,17 @@ async fn codes_by_text_message_are_a_rate_limited_second_factor(h: &Harness) {
         "the challenge survived the refusal: {done}"
     );
 
-    h.ok(Some(&token), "mutation { disableSms }", json!({})).await;
+    assert_eq!(
+        h.error_code(Some(&token), "mutation { disableSms(password: \"wrong password\") }", json!({}))
+            .await,
+        "BAD_USER_INPUT"
+    );
+    h.ok(
+        Some(&token),
+        "mutation($p: String) { disableSms(password: $p) }",
+        json!({ "p": PASSWORD }),
+    )
+    .await;
     assert!(login(h, "sms@example.org").await["accessToken"].is_string());
 }
 
@@ -1515,6 +1538,15 @@ async fn roles_scopes_and_api_tokens_decide_what_a_credential_may_do(h: &Harness
     let audit = "query($u: ID!) { auditLog(userId: $u) { position eventType stream } }";
     let log = h.ok(Some(&admin), audit, json!({ "u": other_id })).await["auditLog"].clone();
     assert_eq!(log[0]["eventType"], json!("UserRegistered"), "{log}");
+    let full = h
+        .ok(
+            Some(&admin),
+            "query($u: ID!) { auditLog(userId: $u) { payload } }",
+            json!({ "u": other_id }),
+        )
+        .await;
+    assert_eq!(full["auditLog"][0]["payload"]["password_hash"], json!("[redacted]"));
+    assert!(!full.to_string().contains("$argon2"), "no hash in the audit log: {full}");
     assert_eq!(h.error_code(Some(&other), audit, json!({ "u": other_id })).await, "FORBIDDEN");
 
     // An auditor reads what administrators read and changes nothing.
@@ -1541,6 +1573,13 @@ async fn roles_scopes_and_api_tokens_decide_what_a_credential_may_do(h: &Harness
         h.error_code(Some(&auditor), role, json!({ "u": other_id, "r": "admin" })).await,
         "FORBIDDEN"
     );
+
+    // Taking a role away ends the holder's sessions: their tokens carried it.
+    let unrole = "mutation($u: ID!, $r: String!) { revokeRole(userId: $u, role: $r) }";
+    h.ok(Some(&admin), unrole, json!({ "u": other_id, "r": "auditor" })).await;
+    assert_eq!(outcome(&h.gql(Some(&auditor), USERS, json!({})).await), "UNAUTHENTICATED");
+    let plain = text(&login(h, "other@example.org").await["accessToken"]);
+    assert_eq!(outcome(&h.gql(Some(&plain), USERS, json!({})).await), "FORBIDDEN");
 
     // An administrator's token with the admin scope administers; without it, it does not.
     let admin_token = h.ok(Some(&admin), CREATE_TOKEN, create("ops", json!(["admin"]), None)).await["createApiToken"]["token"].clone();
@@ -1620,6 +1659,25 @@ async fn oidc_redirect(h: &Harness, login: &str, cookie: bool) -> String {
     crate::oauth::authorize(&url, login).await
 }
 
+/// Begins a browser's sign-in with the test provider: the answer and the binding cookie it set.
+async fn begin_in_browser(h: &Harness) -> (Value, String) {
+    let begun = h
+        .client
+        .post(format!("{}/graphql", h.url))
+        .json(&json!({ "query": BEGIN_OIDC, "variables": { "p": "test", "c": true } }))
+        .send()
+        .await
+        .expect("begin");
+    let binding = begun
+        .headers()
+        .get("set-cookie")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .expect("a binding cookie")
+        .to_owned();
+    (begun.json().await.expect("JSON"), binding)
+}
+
 async fn get_json(url: &str) -> (u16, Option<String>, Value) {
     let response = reqwest::get(url).await.expect("callback");
     let status = response.status().as_u16();
@@ -1687,8 +1745,22 @@ async fn an_openid_provider_signs_people_in_and_links_verified_addresses(h: &Har
     let (status, _, _) = get_json(&format!("{callback}?code=abc")).await;
     assert_eq!(status, 400);
 
-    // Browsers get the refresh token in the cookie only.
-    let (status, cookie, body) = get_json(&oidc_redirect(h, "alice", true).await).await;
+    // Browsers get the refresh token in the cookie only, in the browser that began the sign-in.
+    let (begun, binding) = begin_in_browser(h).await;
+    assert!(binding.starts_with("cloudsync_oidc="), "{binding}");
+    let back = crate::oauth::authorize(&text(&begun["data"]["beginOidcLogin"]["authorizationUrl"]), "alice").await;
+    let (status, _, body) = get_json(&back).await;
+    assert_eq!(status, 400, "another browser cannot finish it: {body}");
+    let (begun, binding) = begin_in_browser(h).await;
+    let back = crate::oauth::authorize(&text(&begun["data"]["beginOidcLogin"]["authorizationUrl"]), "alice").await;
+    let response = h.client.get(&back).header("cookie", binding).send().await.expect("callback");
+    let status = response.status().as_u16();
+    let cookie = response
+        .headers()
+        .get("set-cookie")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    let body: Value = response.json().await.expect("JSON");
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["refreshToken"], Value::Null);
     let cookie = cookie.expect("a refresh cookie");
@@ -1792,4 +1864,22 @@ async fn the_master_key_rotates_and_everything_still_opens() {
     let refused = cloudsync_gateway::cli::keys(&configured, &h.db.db, &cloudsync_gateway::cli::KeysCommand::RotateMaster, &mut out).await;
     assert!(refused.is_err_and(|e| e.to_string().contains("CLOUDSYNC_MASTER_KEY_PREVIOUS")));
     h.stop().await;
+}
+
+async fn a_websocket_checks_its_credential_for_every_operation(h: &Harness) {
+    let (token, user) = h.register("socket@example.org").await;
+    let mut socket = h.socket(&token).await;
+    let me = over_socket(&mut socket, "1", "{ me { id } }", json!({})).await;
+    assert_eq!(me["data"]["me"]["id"], json!(user), "{me}");
+    // Signed out elsewhere: the open connection stops working too.
+    h.ok(Some(&token), "mutation { logout }", json!({})).await;
+    let after = over_socket(&mut socket, "2", "{ me { id } }", json!({})).await;
+    assert_eq!(after["errors"][0]["extensions"]["code"], json!("UNAUTHENTICATED"), "{after}");
+    let late = "mutation { createApiToken(name: \"late\", scopes: [\"files:read\"]) { token } }";
+    let token_mutation = over_socket(&mut socket, "3", late, json!({})).await;
+    assert_eq!(
+        token_mutation["errors"][0]["extensions"]["code"],
+        json!("UNAUTHENTICATED"),
+        "{token_mutation}"
+    );
 }

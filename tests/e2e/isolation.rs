@@ -5,12 +5,10 @@
 
 use std::collections::BTreeMap;
 
-use futures::{SinkExt as _, StreamExt as _};
 use serde_json::{Map, Value, json};
-use tokio_tungstenite::tungstenite::Message;
 use uuid::Uuid;
 
-use crate::harness::{Harness, on_both_backends};
+use crate::harness::{Harness, on_both_backends, over_socket};
 use crate::sync::{pair_keeping, run, two_folders, versions_of, write};
 
 on_both_backends!(
@@ -398,31 +396,8 @@ async fn no_field_lets_one_user_see_or_change_anothers_data(h: &Harness) {
 
 /// The first message a subscription sends (its data or its error), over graphql-transport-ws.
 async fn subscribe_once(h: &Harness, token: &str, document: &str, variables: Value) -> Value {
-    use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
-    let url = format!("{}/graphql/ws", h.url.replace("http://", "ws://"));
-    let mut request = url.into_client_request().expect("request");
-    request
-        .headers_mut()
-        .insert("sec-websocket-protocol", "graphql-transport-ws".parse().expect("header"));
-    let (mut socket, _) = tokio_tungstenite::connect_async(request).await.expect("websocket");
-    let init = json!({ "type": "connection_init", "payload": { "Authorization": format!("Bearer {token}") } });
-    socket.send(Message::Text(init.to_string().into())).await.expect("init");
-    let start = json!({ "id": "1", "type": "subscribe", "payload": { "query": document, "variables": variables } });
-    loop {
-        let message = tokio::time::timeout(std::time::Duration::from_secs(10), socket.next())
-            .await
-            .expect("an answer")
-            .expect("open")
-            .expect("message");
-        let Message::Text(text) = message else { continue };
-        let parsed: Value = serde_json::from_str(&text).expect("JSON");
-        match parsed["type"].as_str() {
-            Some("connection_ack") => socket.send(Message::Text(start.to_string().into())).await.expect("subscribe"),
-            Some("next") => return parsed["payload"].clone(),
-            Some("error") => return json!({ "errors": parsed["payload"] }),
-            _ => {}
-        }
-    }
+    let mut socket = h.socket(token).await;
+    over_socket(&mut socket, "1", document, variables).await
 }
 
 /// Values an attacker would try in an argument.

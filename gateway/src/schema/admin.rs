@@ -134,7 +134,7 @@ impl AdminQuery {
                 event_type: e.event_type,
                 stream: e.stream_id,
                 occurred_at: e.metadata.occurred_at,
-                payload: Json(e.payload),
+                payload: Json(redacted(e.payload)),
             })
             .collect())
     }
@@ -262,5 +262,47 @@ async fn change_role(ctx: &Context<'_>, user_id: &ID, role: &str, grant: bool) -
     }
     .map_err(ApiError::from)?;
     app.wrote(caller, position);
+    if !grant {
+        // Access tokens carry roles: the user's sessions end, so the role goes at once.
+        app.tokens
+            .sessions()
+            .store()
+            .revoke_all(user.as_uuid())
+            .await
+            .map_err(|err| ApiError::internal(&err))?;
+    }
     Ok(true)
+}
+
+/// Fields of an event that hold secrets (hashes of passwords, tokens and codes, sealed values):
+/// the audit log shows that they changed, not what they are.
+const SECRET_FIELDS: [&str; 10] = [
+    "password_hash",
+    "secret_hash",
+    "token_hash",
+    "code_hash",
+    "recovery_codes",
+    "secret",
+    "phone",
+    "credentials",
+    "passkey",
+    "ciphertext",
+];
+
+fn redacted(value: Value) -> Value {
+    match value {
+        Value::Object(map) => Value::Object(
+            map.into_iter()
+                .map(|(key, value)| {
+                    if SECRET_FIELDS.contains(&key.as_str()) {
+                        (key, Value::String("[redacted]".into()))
+                    } else {
+                        (key, redacted(value))
+                    }
+                })
+                .collect(),
+        ),
+        Value::Array(items) => Value::Array(items.into_iter().map(redacted).collect()),
+        other => other,
+    }
 }

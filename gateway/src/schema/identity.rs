@@ -136,16 +136,34 @@ async fn hash_new(app: &App, password: String) -> ApiResult<String> {
 
 /// Checks `password` against `stored` on a blocking thread; against a dummy hash when there is no
 /// account, so both cases take the same time.
-async fn check(app: &App, password: String, stored: Option<String>) -> ApiResult<Verdict> {
+pub(crate) async fn check(app: &App, password: String, stored: Option<String>) -> ApiResult<Verdict> {
     let passwords = app.passwords.clone();
-    let exists = stored.is_some();
+    // An account without a usable hash (one that signs in elsewhere) costs the same time too.
+    let usable = stored.filter(|hash| crate::passwords::Passwords::recognised(hash));
+    let exists = usable.is_some();
     let verdict = tokio::task::spawn_blocking(move || {
-        let hash = stored.unwrap_or_else(|| passwords.dummy().to_owned());
+        let hash = usable.unwrap_or_else(|| passwords.dummy().to_owned());
         passwords.verify(&password, &hash)
     })
     .await
     .map_err(|err| ApiError::internal(&err))?;
     Ok(if exists { verdict } else { Verdict::Mismatch })
+}
+
+/// Whether the caller knows the account's password (accounts without one, which sign in with an
+/// OpenID provider, need none). Charged like a login, per account.
+pub(crate) async fn confirm_password(ctx: &Context<'_>, app: &App, user_id: Uuid, password: Option<String>) -> ApiResult<()> {
+    limit(ctx, app.rules.login, &format!("account-id:{user_id}")).await?;
+    let user = super::account(app, user_id).await?;
+    let stored = user.password_hash().map(str::to_owned);
+    if stored.as_deref() == Some(cloudsync_commands::NO_PASSWORD) {
+        return Ok(());
+    }
+    let password = password.ok_or_else(|| ApiError::BadInput("give the account's password to confirm".into()))?;
+    if password.chars().count() > 1024 || check(app, password, stored).await? == Verdict::Mismatch {
+        return Err(ApiError::BadInput("the password is wrong".into()));
+    }
+    Ok(())
 }
 
 const RESET_PREFIX: &str = "rst1";
@@ -365,6 +383,7 @@ impl IdentityMutation {
     async fn change_password(&self, ctx: &Context<'_>, current_password: String, new_password: String) -> async_graphql::Result<bool> {
         let caller = session_caller(ctx)?;
         let app = app(ctx);
+        limit(ctx, app.rules.login, &format!("account-id:{}", caller.user_id)).await?;
         let user_id = UserId::from_uuid(caller.user_id);
         let user = app
             .commands

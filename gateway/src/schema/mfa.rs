@@ -18,7 +18,7 @@ use serde_json::Value;
 use uuid::Uuid;
 use webauthn_rs::prelude::{Passkey, PasskeyAuthentication, PasskeyRegistration, PublicKeyCredential, RegisterPublicKeyCredential};
 
-use super::identity::{AuthPayload, signed_in};
+use super::identity::{AuthPayload, confirm_password, signed_in};
 use super::{account, app, client_ip, limit, parse_id, session_caller};
 use crate::errors::{ApiError, ApiResult};
 use crate::server::App;
@@ -322,6 +322,7 @@ impl MfaMutation {
     /// only now. From then on, logins need a second factor.
     async fn confirm_totp_enrollment(&self, ctx: &Context<'_>, code: String) -> async_graphql::Result<Vec<String>> {
         let caller = session_caller(ctx)?;
+        limit(ctx, app(ctx).rules.login, &format!("account-id:{}", caller.user_id)).await?;
         let codes = app(ctx)
             .commands
             .confirm_totp(UserId::from_uuid(caller.user_id), &code)
@@ -338,6 +339,7 @@ impl MfaMutation {
         #[graphql(default_with = "MfaCodeMethod::Totp")] method: MfaCodeMethod,
     ) -> async_graphql::Result<bool> {
         let caller = session_caller(ctx)?;
+        limit(ctx, app(ctx).rules.login, &format!("account-id:{}", caller.user_id)).await?;
         app(ctx)
             .commands
             .disable_totp(UserId::from_uuid(caller.user_id), method.into(), &code)
@@ -425,9 +427,10 @@ impl MfaMutation {
         })
     }
 
-    /// Removes one of the caller's passkeys.
-    async fn remove_passkey(&self, ctx: &Context<'_>, id: ID) -> async_graphql::Result<bool> {
+    /// Removes one of the caller's passkeys; confirmed with the account's password.
+    async fn remove_passkey(&self, ctx: &Context<'_>, id: ID, password: Option<String>) -> async_graphql::Result<bool> {
         let caller = session_caller(ctx)?;
+        confirm_password(ctx, app(ctx), caller.user_id, password).await?;
         app(ctx)
             .commands
             .remove_passkey(UserId::from_uuid(caller.user_id), id.to_string())
@@ -551,9 +554,10 @@ impl MfaMutation {
         Ok(true)
     }
 
-    /// Stops sending second-factor codes by text message.
-    async fn disable_sms(&self, ctx: &Context<'_>) -> async_graphql::Result<bool> {
+    /// Stops sending second-factor codes by text message; confirmed with the account's password.
+    async fn disable_sms(&self, ctx: &Context<'_>, password: Option<String>) -> async_graphql::Result<bool> {
         let caller = session_caller(ctx)?;
+        confirm_password(ctx, app(ctx), caller.user_id, password).await?;
         app(ctx)
             .commands
             .disable_sms(UserId::from_uuid(caller.user_id))

@@ -29,7 +29,14 @@ struct Pending {
     verifier: String,
     nonce: String,
     cookie: bool,
+    /// For a browser: the hash of the cookie that ties the sign-in to the browser that began it.
+    #[serde(default)]
+    binding: Option<String>,
 }
+
+/// The cookie that ties a browser's sign-in to the callback (so nobody can make another browser
+/// finish their sign-in, landing it in their account).
+pub const BINDING_COOKIE: &str = "cloudsync_oidc";
 
 fn key(state: &str) -> String {
     format!("oidc:{}", hash(state))
@@ -58,11 +65,21 @@ impl OidcMutation {
             .as_ref()
             .ok_or_else(|| ApiError::BadInput("no OpenID provider is configured on this server".into()))?;
         let started = login.begin(&provider).await.map_err(ApiError::BadInput)?;
+        let cookie = cookie.unwrap_or(false);
+        let binding = cookie.then(crate::sessions::fresh_secret);
+        if let Some(binding) = &binding {
+            // Lax, not Strict: the provider sends the browser back with a top-level navigation.
+            ctx.append_http_header(
+                "set-cookie",
+                format!("{BINDING_COOKIE}={binding}; Max-Age=600; Path=/auth/oidc; Secure; HttpOnly; SameSite=Lax"),
+            );
+        }
         let pending = serde_json::to_string(&Pending {
             provider,
             verifier: started.verifier,
             nonce: started.nonce,
-            cookie: cookie.unwrap_or(false),
+            cookie,
+            binding: binding.as_deref().map(hash),
         })
         .map_err(|err| ApiError::internal(&err))?;
         app.tokens
@@ -155,7 +172,7 @@ async fn account_of(app: &App, identity: &crate::oidc::Identity) -> ApiResult<(U
 }
 
 /// `/auth/oidc/callback`: finishes a sign-in begun by `beginOidcLogin`.
-pub async fn callback(app: &App, params: CallbackParams, info: RequestInfo) -> Response {
+pub async fn callback(app: &App, params: CallbackParams, info: RequestInfo, binding: Option<String>) -> Response {
     let ip = info.client.ip.clone().unwrap_or_else(|| "unknown".into());
     if let Ok(Some(wait)) = app.limiter.take(&format!("ip:{ip}"), app.rules.login).await {
         return refused(
@@ -185,6 +202,15 @@ pub async fn callback(app: &App, params: CallbackParams, info: RequestInfo) -> R
     let Ok(pending) = serde_json::from_str::<Pending>(&pending) else {
         return refused(StatusCode::INTERNAL_SERVER_ERROR, code::INTERNAL, "a pending sign-in is malformed");
     };
+    if let Some(expected) = &pending.binding
+        && binding.as_deref().map(hash).as_ref() != Some(expected)
+    {
+        return refused(
+            StatusCode::BAD_REQUEST,
+            code::BAD_REQUEST,
+            "this sign-in was begun in another browser; begin again here",
+        );
+    }
     if let Some(error) = params.error {
         let detail = params.error_description.unwrap_or(error);
         return refused(
