@@ -6,7 +6,7 @@ use cloudsync_domain::events::PasswordChange;
 use cloudsync_domain::user::{User, UserCommand};
 use cloudsync_domain::{Aggregate as _, UserId};
 
-use cloudsync_domain::events::ExternalIdentityLinked;
+use cloudsync_domain::events::{ExternalIdentityLinked, Personal};
 use cloudsync_domain::ids::{email_stream, identity_stream};
 use cloudsync_domain::{DomainEvent, Email};
 use cloudsync_eventstore::{ExpectedVersion, StreamAppend};
@@ -226,7 +226,7 @@ impl Commands {
         let at = Utc::now();
         let events = User::default().handle(UserCommand::Register {
             user_id,
-            email: email.clone(),
+            email: self.seal_personal(user_id, email.as_str()).await?,
             password_hash: NO_PASSWORD.to_owned(),
             at,
         })?;
@@ -263,6 +263,57 @@ impl Commands {
             )),
             Err(err) => Err(err.into()),
         }
+    }
+
+    /// Personal data for an event about `user`, sealed with the user's data key.
+    ///
+    /// # Errors
+    /// The key store is unreachable.
+    pub(crate) async fn seal_personal(&self, user: UserId, text: &str) -> Result<Personal, CommandError> {
+        Ok(Personal::Sealed {
+            sealed: self.vault.seal(user, text.as_bytes()).await?,
+        })
+    }
+
+    /// Personal data of `user` in the clear; `None` once the account was erased (its key is gone).
+    ///
+    /// # Errors
+    /// The key store is unreachable.
+    pub async fn reveal(&self, user: UserId, personal: &Personal) -> Result<Option<String>, CommandError> {
+        match personal {
+            Personal::Clear(text) => Ok(Some(text.clone())),
+            Personal::Sealed { sealed } => {
+                if !self.vault.has_key(user).await? {
+                    return Ok(None);
+                }
+                let plain = self.vault.open(user, sealed).await?;
+                Ok(Some(String::from_utf8_lossy(&plain).into_owned()))
+            }
+        }
+    }
+
+    /// The user's address in the clear, if the account exists.
+    ///
+    /// # Errors
+    /// Store failures.
+    pub async fn email_of(&self, user: UserId) -> Result<Option<String>, CommandError> {
+        let Some(found) = self.user(user).await? else { return Ok(None) };
+        match found.email() {
+            Some(email) => self.reveal(user, email).await,
+            None => Ok(None),
+        }
+    }
+
+    /// Erases the account: records `UserDeleted` (its read-model rows go), then destroys its data
+    /// key, so the personal data sealed in its events can never be read again. The events stay.
+    ///
+    /// # Errors
+    /// An unknown or already erased account; store failures.
+    pub async fn delete_account(&self, user: UserId) -> Result<i64, CommandError> {
+        let loaded = self.load::<User>(&user.stream()).await?;
+        let position = self.act_on_user(user, loaded, UserCommand::Delete { at: Utc::now() }).await?;
+        self.vault.destroy(user).await?;
+        Ok(position)
     }
 
     /// Lets the loaded user decide `command` and appends the result at the version it was loaded at.

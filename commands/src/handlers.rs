@@ -167,7 +167,7 @@ impl Commands {
         let ctx = Context::new(Some(user_id));
         let events = User::default().handle(UserCommand::Register {
             user_id,
-            email: email.clone(),
+            email: self.seal_personal(user_id, email.as_str()).await?,
             password_hash,
             at: Utc::now(),
         })?;

@@ -152,6 +152,9 @@ fn open_with(key: &[u8; 32], nonce: &[u8], ciphertext: &[u8], aad: &[u8]) -> Res
         .map_err(|_| CommandError::Storage("a sealed secret cannot be opened (wrong key, or the key was destroyed)".into()))
 }
 
+/// What an erased user's key row holds instead of a key.
+const ERASED: &str = "erased";
+
 /// Seals and opens users' secrets.
 #[derive(Clone)]
 pub struct Vault {
@@ -169,7 +172,12 @@ impl Vault {
         &self.pool
     }
 
+    /// The wrapped key, unless there is none or it was destroyed.
     async fn wrapped_key(&self, user: UserId) -> Result<Option<String>, CommandError> {
+        Ok(self.stored_key(user).await?.filter(|k| k != ERASED))
+    }
+
+    async fn stored_key(&self, user: UserId) -> Result<Option<String>, CommandError> {
         let query = "SELECT wrapped_key FROM user_keys WHERE user_id = $1";
         let id = user.to_string();
         match &self.pool {
@@ -182,6 +190,9 @@ impl Vault {
     /// The user's data key, created (and stored wrapped) on first use.
     async fn data_key(&self, user: UserId) -> Result<[u8; 32], CommandError> {
         let aad = user.to_string();
+        if self.stored_key(user).await?.as_deref() == Some(ERASED) {
+            return Err(CommandError::NotFound("user"));
+        }
         if self.wrapped_key(user).await?.is_none() {
             let mut key = [0_u8; 32];
             rand::thread_rng().fill_bytes(&mut key);
@@ -218,7 +229,7 @@ impl Vault {
         let update = "UPDATE user_keys SET wrapped_key = $1 WHERE user_id = $2 AND wrapped_key = $3";
         let mut rewrapped = 0;
         for (user, wrapped) in rows {
-            if self.master.is_current(&wrapped) {
+            if wrapped == ERASED || self.master.is_current(&wrapped) {
                 continue;
             }
             let key = self.master.open(&user, &wrapped)?;
@@ -234,6 +245,34 @@ impl Vault {
             rewrapped += 1;
         }
         Ok(rewrapped)
+    }
+
+    /// Whether `user` has a data key (none yet, or destroyed by erasing the account: `false`).
+    ///
+    /// # Errors
+    /// The key store is unreachable.
+    pub async fn has_key(&self, user: UserId) -> Result<bool, CommandError> {
+        Ok(self.wrapped_key(user).await?.is_some())
+    }
+
+    /// Destroys `user`'s data key: whatever was sealed with it can never be opened again
+    /// (crypto-shredding). Sealing for the user afterwards is refused.
+    ///
+    /// # Errors
+    /// The key store is unreachable.
+    pub async fn destroy(&self, user: UserId) -> Result<(), CommandError> {
+        let id = user.to_string();
+        let now = chrono::Utc::now().to_rfc3339();
+        // A tombstone, not a deletion: `data_key` must not make a fresh key for an erased user.
+        let query = "UPDATE user_keys SET wrapped_key = $1, created_at = $2 WHERE user_id = $3";
+        cloudsync_eventstore::on_pool!(&self.pool, |p| sqlx::query(query)
+            .bind(ERASED)
+            .bind(&now)
+            .bind(&id)
+            .execute(p)
+            .await
+            .map(drop))
+        .map_err(|err| CommandError::Store(err.into()))
     }
 
     /// Encrypts `plaintext` for `user`.

@@ -11,12 +11,41 @@ use crate::ids::{FileId, ProviderId, SyncJobId, SyncPairId, UserId};
 use crate::merge::{ConflictPolicy, Decision, Side, SyncMode, Version};
 use crate::sync_job::{JobKind, JobPhase};
 use crate::sync_pair::SyncEndpoint;
-use crate::values::{Email, ProviderKind, ProviderPath, ScanSchedule};
+use crate::values::{ProviderKind, ProviderPath, ScanSchedule};
+
+/// Personal data inside an event: sealed with its owner's data key, so that destroying the key
+/// (erasing the account) leaves the event in the log and the data unreadable; or in the clear, as
+/// events written before sealing were.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Personal {
+    Sealed { sealed: SealedSecret },
+    Clear(String),
+}
+
+impl Personal {
+    /// How a read model keeps it: the clear text, or `sealed:<JSON>` for the reader to open.
+    pub fn to_column(&self) -> String {
+        match self {
+            Self::Clear(text) => text.clone(),
+            Self::Sealed { sealed } => format!("sealed:{}", serde_json::to_string(sealed).unwrap_or_default()),
+        }
+    }
+
+    /// The inverse of [`Personal::to_column`].
+    pub fn from_column(column: &str) -> Self {
+        match column.strip_prefix("sealed:").and_then(|json| serde_json::from_str(json).ok()) {
+            Some(sealed) => Self::Sealed { sealed },
+            None => Self::Clear(column.to_owned()),
+        }
+    }
+}
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct UserRegistered {
     pub user_id: UserId,
-    pub email: Email,
+    /// The address, sealed with the user's data key.
+    pub email: Personal,
     pub password_hash: String,
     pub registered_at: DateTime<Utc>,
 }
@@ -181,6 +210,14 @@ pub struct ExternalIdentityLinked {
     pub at: DateTime<Utc>,
 }
 
+/// The account was erased: its data key is destroyed, so the personal data sealed in its events
+/// can no longer be read; its read-model rows are removed.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct UserDeleted {
+    pub user_id: UserId,
+    pub at: DateTime<Utc>,
+}
+
 /// A WebAuthn passkey was registered: `passkey` is the verifier's record of it (public key,
 /// counter), as the WebAuthn library serialises it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -211,7 +248,8 @@ pub struct PasskeyRemoved {
 /// Recorded on the `email-…` reservation stream so an address belongs to at most one user.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct EmailClaimed {
-    pub email: Email,
+    /// The address, sealed with the user's data key (the stream's name is derived from it).
+    pub email: Personal,
     pub user_id: UserId,
 }
 
@@ -579,6 +617,7 @@ pub enum DomainEvent {
     UserPlanSet(UserPlanSet),
     IpAllowlistSet(IpAllowlistSet),
     ExternalIdentityLinked(ExternalIdentityLinked),
+    UserDeleted(UserDeleted),
     PasskeyRegistered(PasskeyRegistered),
     PasskeyUpdated(PasskeyUpdated),
     PasskeyRemoved(PasskeyRemoved),
@@ -654,6 +693,7 @@ impl DomainEvent {
             | "UserPlanSet"
             | "IpAllowlistSet"
             | "ExternalIdentityLinked"
+            | "UserDeleted"
             | "PasskeyRegistered"
             | "PasskeyUpdated"
             | "PasskeyRemoved"
@@ -750,6 +790,7 @@ impl DomainEvent {
             Self::UserPlanSet(e) => e.user_id,
             Self::IpAllowlistSet(e) => e.user_id,
             Self::ExternalIdentityLinked(e) => e.user_id,
+            Self::UserDeleted(e) => e.user_id,
             Self::PasskeyRegistered(e) => e.user_id,
             Self::PasskeyUpdated(e) => e.user_id,
             Self::PasskeyRemoved(e) => e.user_id,
@@ -804,9 +845,30 @@ mod tests {
     use super::*;
 
     #[test]
+    fn personal_data_is_sealed_or_clear_in_events_and_columns() {
+        let sealed = Personal::Sealed {
+            sealed: SealedSecret {
+                nonce: "bm9uY2U=".into(),
+                ciphertext: "Y2lwaGVy".into(),
+            },
+        };
+        let clear = Personal::Clear("ada@example.org".into());
+        for value in [&sealed, &clear] {
+            let json = serde_json::to_value(value).expect("JSON");
+            assert_eq!(&serde_json::from_value::<Personal>(json).expect("back"), value);
+            assert_eq!(&Personal::from_column(&value.to_column()), value);
+        }
+        assert_eq!(
+            serde_json::to_value(&clear).expect("JSON"),
+            json!("ada@example.org"),
+            "old events read as clear"
+        );
+    }
+
+    #[test]
     fn encode_strips_the_tag_and_decode_restores_it() {
         let event = DomainEvent::EmailClaimed(EmailClaimed {
-            email: Email::parse("a@example.org").expect("valid"),
+            email: Personal::Clear("a@example.org".into()),
             user_id: UserId::from_uuid(uuid::Uuid::nil()),
         });
         let encoded = event.encode();

@@ -13,8 +13,8 @@ use crate::events::{
     PasswordResetRequested, SealedSecret, SmsFactorDisabled, SmsFactorEnabled, TotpDisabled, TotpEnabled, TotpEnrollmentBegun,
     UserPasswordChanged, UserRegistered,
 };
+use crate::events::{Personal, UserDeleted};
 use crate::ids::UserId;
-use crate::values::Email;
 
 /// A registered passkey.
 #[derive(Debug, Clone, PartialEq)]
@@ -45,6 +45,8 @@ pub enum Proof {
 #[derive(Debug, Default, Clone)]
 pub struct User {
     registered: Option<UserRegistered>,
+    /// Erased: it no longer exists for anything but its history.
+    deleted: bool,
     password_hash: Option<String>,
     /// The outstanding reset (token hash, expiry): only the latest request's token works, once.
     reset: Option<(String, DateTime<Utc>)>,
@@ -85,8 +87,13 @@ pub struct ApiToken {
 pub enum UserCommand {
     Register {
         user_id: UserId,
-        email: Email,
+        /// The address, sealed for the user (`email_stream` is derived from the clear address).
+        email: Personal,
         password_hash: String,
+        at: DateTime<Utc>,
+    },
+    /// Erases the account (the caller destroys its data key).
+    Delete {
         at: DateTime<Utc>,
     },
     /// A new hash: the user changed the password, or the same password was hashed again.
@@ -184,11 +191,12 @@ pub enum UserCommand {
 
 impl User {
     pub fn id(&self) -> Option<UserId> {
-        self.registered.as_ref().map(|r| r.user_id)
+        self.registered.as_ref().filter(|_| !self.deleted).map(|r| r.user_id)
     }
 
-    pub fn email(&self) -> Option<&Email> {
-        self.registered.as_ref().map(|r| &r.email)
+    /// The address as recorded (sealed for the user).
+    pub fn email(&self) -> Option<&Personal> {
+        self.registered.as_ref().filter(|_| !self.deleted).map(|r| &r.email)
     }
 
     /// The current password hash.
@@ -197,7 +205,10 @@ impl User {
     }
 
     fn registered(&self) -> Result<&UserRegistered, DomainError> {
-        self.registered.as_ref().ok_or(DomainError::NotFound("user"))
+        self.registered
+            .as_ref()
+            .filter(|_| !self.deleted)
+            .ok_or(DomainError::NotFound("user"))
     }
 
     /// The confirmed TOTP secret.
@@ -323,6 +334,10 @@ impl Aggregate for User {
                     }),
                     DomainEvent::EmailClaimed(EmailClaimed { email, user_id }),
                 ])
+            }
+            UserCommand::Delete { at } => {
+                let user_id = self.registered()?.user_id;
+                Ok(vec![DomainEvent::UserDeleted(UserDeleted { user_id, at })])
             }
             UserCommand::SetPassword { password_hash, reason, at } => {
                 let user_id = self.registered()?.user_id;
@@ -565,6 +580,7 @@ impl Aggregate for User {
                 self.registered = Some(e.clone());
                 self.password_hash = Some(e.password_hash.clone());
             }
+            DomainEvent::UserDeleted(_) => self.deleted = true,
             DomainEvent::UserPasswordChanged(e) => {
                 self.password_hash = Some(e.password_hash.clone());
                 // Any new password ends an outstanding reset: its link must not work afterwards.
@@ -646,7 +662,7 @@ mod tests {
     fn register() -> UserCommand {
         UserCommand::Register {
             user_id: UserId::from_uuid(Uuid::nil()),
-            email: Email::parse("ada@example.org").expect("valid"),
+            email: Personal::Clear("ada@example.org".into()),
             password_hash: "$argon2id$…".into(),
             at: DateTime::UNIX_EPOCH,
         }
@@ -660,7 +676,19 @@ mod tests {
             [DomainEvent::UserRegistered(_), DomainEvent::EmailClaimed(_)]
         ));
         let user = User::load(&events);
-        assert_eq!(user.email().map(Email::as_str), Some("ada@example.org"));
+        assert_eq!(user.email(), Some(&Personal::Clear("ada@example.org".into())));
+        let deleted = User::load(
+            &then(
+                User::default().handle(register()).expect("accepted"),
+                UserCommand::Delete { at: at(1) },
+            )
+            .expect("erased"),
+        );
+        assert_eq!(deleted.id(), None, "an erased account is gone for everything but its history");
+        assert_eq!(
+            deleted.handle(UserCommand::Delete { at: at(2) }).err(),
+            Some(DomainError::NotFound("user"))
+        );
     }
 
     fn at(minutes: i64) -> DateTime<Utc> {

@@ -428,9 +428,18 @@ impl CoreQuery {
             .await
             .map_err(ApiError::from)?
             .ok_or_else(|| ApiError::not_found("user"))?;
+        let email = app
+            .commands
+            .reveal(
+                cloudsync_domain::UserId::from_uuid(caller.user_id),
+                &cloudsync_domain::events::Personal::from_column(&row.email),
+            )
+            .await
+            .map_err(ApiError::from)?
+            .ok_or_else(|| ApiError::not_found("user"))?;
         Ok(User {
             id: ID(row.id.to_string()),
-            email: row.email,
+            email,
             created_at: row.created_at,
         })
     }

@@ -58,6 +58,11 @@ pub enum Op {
         email: String,
         at: DateTime<Utc>,
     },
+    /// Removes every row of an erased user from one table.
+    EraseUser {
+        id: Uuid,
+        table: Table,
+    },
     SetUserRoles {
         id: Uuid,
         roles: String,
@@ -215,6 +220,7 @@ pub enum Op {
 impl Op {
     pub fn table(&self) -> Table {
         match self {
+            Self::EraseUser { table, .. } => *table,
             Self::UpsertUser { .. } | Self::SetUserRoles { .. } | Self::SetUserPlan { .. } => Table::Users,
             Self::InsertProvider { .. } | Self::DisconnectProvider { .. } | Self::SetProviderSchedule { .. } => Table::Providers,
             Self::RemoveProviderFiles { .. }
@@ -245,10 +251,17 @@ pub fn ops_for(event: &DomainEvent, at: DateTime<Utc>) -> Vec<Op> {
     match event {
         E::UserRegistered(e) => vec![Op::UpsertUser {
             id: e.user_id.as_uuid(),
-            email: e.email.as_str().to_owned(),
+            email: e.email.to_column(),
             at,
         }],
         // The write side keeps these: the read models hold no password material.
+        E::UserDeleted(e) => Table::ALL
+            .iter()
+            .map(|table| Op::EraseUser {
+                id: e.user_id.as_uuid(),
+                table: *table,
+            })
+            .collect(),
         E::UserRoleGranted(e) => vec![Op::SetUserRoles {
             id: e.user_id.as_uuid(),
             roles: e.roles.join(","),

@@ -9,7 +9,7 @@ use sqlx::sqlite::SqliteArguments;
 use sqlx::{Postgres, Sqlite};
 use uuid::Uuid;
 
-use crate::ops::Op;
+use crate::ops::{Op, Table};
 
 /// A value to bind.
 #[derive(Debug, Clone)]
@@ -69,6 +69,18 @@ pub(crate) fn statement(op: &Op) -> (&'static str, Vec<Val>) {
             "INSERT INTO users (id, email, created_at, updated_at) VALUES ($1, $2, $3, $3) \
              ON CONFLICT (id) DO UPDATE SET email = excluded.email, updated_at = excluded.updated_at",
             vec![V::Uuid(id), V::Text(email), V::Ts(at)],
+        ),
+        Op::EraseUser { id, table } => (
+            match table {
+                Table::Users => "DELETE FROM users WHERE id = $1",
+                Table::Providers => "DELETE FROM providers WHERE user_id = $1",
+                Table::Files => "DELETE FROM files WHERE user_id = $1",
+                Table::SyncOperations => "DELETE FROM sync_operations WHERE user_id = $1",
+                Table::SyncPairs => "DELETE FROM sync_pairs WHERE user_id = $1",
+                Table::SyncConflicts => "DELETE FROM sync_conflicts WHERE user_id = $1",
+                Table::FileVersions => "DELETE FROM file_versions WHERE user_id = $1",
+            },
+            vec![V::Uuid(id)],
         ),
         Op::SetUserRoles { id, roles, at } => (
             "UPDATE users SET roles = $2, updated_at = $3 WHERE id = $1",

@@ -48,6 +48,7 @@ on_both_backends!(
     an_account_can_be_restricted_to_its_networks,
     an_openid_provider_signs_people_in_and_links_verified_addresses,
     a_websocket_checks_its_credential_for_every_operation,
+    erasing_an_account_shreds_its_personal_data,
 );
 
 /// The origin the test servers' passkeys belong to (what the software authenticator is told).
@@ -1882,4 +1883,76 @@ async fn a_websocket_checks_its_credential_for_every_operation(h: &Harness) {
         json!("UNAUTHENTICATED"),
         "{token_mutation}"
     );
+}
+
+async fn erasing_an_account_shreds_its_personal_data(h: &Harness) {
+    let (token, user) = h.register("erase.me@example.org").await;
+    h.ok(Some(&token), "mutation { beginTotpEnrollment { secret } }", json!({})).await;
+    let (other, _) = h.register("stays@example.org").await;
+    // The address is sealed in the events; the account sees it in the clear.
+    let stream = format!("user-{user}");
+    let events = h.db.db.events.read_stream(&stream).await.expect("read");
+    assert!(
+        events.iter().all(|e| !e.payload.to_string().contains("erase.me@example.org")),
+        "the address is sealed"
+    );
+    assert_eq!(
+        h.ok(Some(&token), ME, json!({})).await["me"]["email"],
+        json!("erase.me@example.org")
+    );
+
+    let erase = "mutation($p: String) { deleteAccount(password: $p) }";
+    assert_eq!(
+        h.error_code(Some(&token), erase, json!({ "p": "wrong password" })).await,
+        "BAD_USER_INPUT"
+    );
+    assert_eq!(
+        h.ok(Some(&token), erase, json!({ "p": PASSWORD })).await["deleteAccount"],
+        json!(true)
+    );
+
+    // Signed out and gone: its token, its password, its read-model rows.
+    assert!(!works(h, &token).await);
+    let login = h.gql(None, LOGIN, json!({ "e": "erase.me@example.org", "p": PASSWORD })).await;
+    assert_eq!(outcome(&login), "UNAUTHENTICATED");
+    let key = "SELECT wrapped_key FROM user_keys WHERE user_id = $1";
+    let wrapped: Option<String> = match &h.db.db.pool {
+        cloudsync_eventstore::DbPool::Sqlite(p) => sqlx::query_scalar(key).bind(&user).fetch_optional(p).await.expect("key"),
+        cloudsync_eventstore::DbPool::Postgres(p) => sqlx::query_scalar(key).bind(&user).fetch_optional(p).await.expect("key"),
+    };
+    assert_eq!(wrapped.as_deref(), Some("erased"), "the data key is destroyed");
+
+    // The events remain, replay works, and what they sealed cannot be read any more.
+    let events = h.db.db.events.read_stream(&stream).await.expect("read");
+    let types: Vec<&str> = events.iter().map(|e| e.event_type.as_str()).collect();
+    assert_eq!(types.first(), Some(&"UserRegistered"));
+    assert_eq!(types.last(), Some(&"UserDeleted"));
+    let key_text = std::fs::read_to_string(h.db.dir().join("data/master-key")).expect("master key");
+    let vault = cloudsync_commands::Vault::new(cloudsync_commands::MasterKey::parse(&key_text).expect("key"), h.db.db.pool.clone());
+    let sealed: cloudsync_domain::events::SealedSecret =
+        serde_json::from_value(events[0].payload["email"]["sealed"].clone()).expect("a sealed address");
+    let user_id = cloudsync_domain::UserId::from_uuid(Uuid::parse_str(&user).expect("uuid"));
+    assert!(vault.open(user_id, &sealed).await.is_err(), "unreadable for ever");
+    assert!(vault.seal(user_id, b"new").await.is_err(), "and nothing new is sealed for it");
+    let mut out = Vec::new();
+    cloudsync_gateway::cli::replay(&h.db.db, Some(&stream), None, true, &mut out)
+        .await
+        .expect("the history replays");
+    let replayed = String::from_utf8(out).expect("text");
+    assert!(
+        replayed.contains("UserDeleted") && !replayed.contains("erase.me@example.org"),
+        "{replayed}"
+    );
+    let rebuilt = cloudsync_projections::rebuild(&h.db.db, "users")
+        .await
+        .expect("the read model rebuilds");
+    assert!(rebuilt > 0);
+    let admin_view = "SELECT COUNT(*) FROM users WHERE email LIKE '%erase.me%' OR CAST(id AS TEXT) = $1";
+    let left: i64 = match &h.db.db.pool {
+        cloudsync_eventstore::DbPool::Sqlite(p) => sqlx::query_scalar(admin_view).bind(&user).fetch_one(p).await.expect("count"),
+        cloudsync_eventstore::DbPool::Postgres(p) => sqlx::query_scalar(admin_view).bind(&user).fetch_one(p).await.expect("count"),
+    };
+    assert_eq!(left, 0, "no row of the erased account after a rebuild");
+    // Everyone else is untouched.
+    assert_eq!(h.ok(Some(&other), ME, json!({})).await["me"]["email"], json!("stays@example.org"));
 }

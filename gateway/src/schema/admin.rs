@@ -95,17 +95,25 @@ impl AdminQuery {
             .accounts(i64::from(limit), i64::from(offset))
             .await
             .map_err(ApiError::from)?;
-        Ok(rows
-            .into_iter()
-            .map(|r| Account {
+        let mut accounts = Vec::with_capacity(rows.len());
+        for r in rows {
+            let sealed = cloudsync_domain::events::Personal::from_column(&r.email);
+            let email = app(ctx)
+                .commands
+                .reveal(UserId::from_uuid(r.id), &sealed)
+                .await
+                .map_err(ApiError::from)?
+                .unwrap_or_default();
+            accounts.push(Account {
                 id: ID(r.id.to_string()),
-                email: r.email,
+                email,
                 roles: r.roles,
                 quota_bytes: r.quota_bytes,
                 tier: r.tier,
                 created_at: r.created_at,
-            })
-            .collect())
+            });
+        }
+        Ok(accounts)
     }
 
     /// What a user did, in order, from the event log (administrators and auditors).

@@ -344,10 +344,9 @@ impl IdentityMutation {
         // From the account's own stream: a read model may not show a new account yet.
         let email = app
             .commands
-            .user(UserId::from_uuid(session.user_id))
+            .email_of(UserId::from_uuid(session.user_id))
             .await
             .map_err(ApiError::from)?
-            .and_then(|user| user.email().map(|e| e.as_str().to_owned()))
             .ok_or_else(|| failed("the account of this refresh token no longer exists"))?;
         let roles = match allowed_here(ctx, app, session.user_id).await {
             Ok(roles) => roles,
@@ -445,6 +444,31 @@ impl IdentityMutation {
         };
         app.wrote_for(user_id, position);
         revoke_sessions(app, user_id, None).await?;
+        Ok(true)
+    }
+
+    /// Erases the caller's account (confirmed with its password): every session ends, its data
+    /// disappears from the read models, and its data key is destroyed, so the personal data sealed
+    /// in its events (its address, its providers' credentials, its second factors) can never be
+    /// read again. The events stay, so the log and its replay remain whole.
+    async fn delete_account(&self, ctx: &Context<'_>, password: Option<String>) -> async_graphql::Result<bool> {
+        let caller = session_caller(ctx)?;
+        let app = app(ctx);
+        confirm_password(ctx, app, caller.user_id, password).await?;
+        let position = app
+            .commands
+            .delete_account(UserId::from_uuid(caller.user_id))
+            .await
+            .map_err(ApiError::from)?;
+        app.wrote(caller, position);
+        app.tokens
+            .sessions()
+            .store()
+            .revoke_all(caller.user_id)
+            .await
+            .map_err(|err| ApiError::internal(&err))?;
+        ctx.append_http_header("set-cookie", refresh_cookie("", 0));
+        tracing::info!(user = %caller.user_id, "An account was erased.");
         Ok(true)
     }
 

@@ -301,8 +301,12 @@ impl MfaMutation {
     async fn begin_totp_enrollment(&self, ctx: &Context<'_>) -> async_graphql::Result<TotpEnrollment> {
         let caller = session_caller(ctx)?;
         let app = app(ctx);
-        let user = account(app, caller.user_id).await?;
-        let email = user.email().map(|e| e.as_str().to_owned()).unwrap_or_default();
+        let email = app
+            .commands
+            .email_of(UserId::from_uuid(caller.user_id))
+            .await
+            .map_err(ApiError::from)?
+            .unwrap_or_default();
         let secret = app
             .commands
             .begin_totp(UserId::from_uuid(caller.user_id))
@@ -355,7 +359,12 @@ impl MfaMutation {
         let app = app(ctx);
         let webauthn = webauthn(app)?;
         let user = account(app, caller.user_id).await?;
-        let email = user.email().map(|e| e.as_str().to_owned()).unwrap_or_default();
+        let email = app
+            .commands
+            .email_of(UserId::from_uuid(caller.user_id))
+            .await
+            .map_err(ApiError::from)?
+            .unwrap_or_default();
         let existing = passkeys_of(&user).iter().map(|p| p.cred_id().clone()).collect::<Vec<_>>();
         let (options, state) = webauthn
             .start_passkey_registration(caller.user_id, &email, &email, Some(existing))

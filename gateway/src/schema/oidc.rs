@@ -123,11 +123,7 @@ async fn account_of(app: &App, identity: &crate::oidc::Identity) -> ApiResult<(U
         .await
         .map_err(ApiError::from)?
     {
-        let email = account(app, user.as_uuid())
-            .await?
-            .email()
-            .map(|e| e.as_str().to_owned())
-            .unwrap_or_default();
+        let email = app.commands.email_of(user).await.map_err(ApiError::from)?.unwrap_or_default();
         return Ok((user, email));
     }
     let email = match (&identity.email, identity.email_verified) {
