@@ -286,8 +286,12 @@ impl Commands {
                 if !self.vault.has_key(user).await? {
                     return Ok(None);
                 }
-                let plain = self.vault.open(user, sealed).await?;
-                Ok(Some(String::from_utf8_lossy(&plain).into_owned()))
+                match self.vault.open(user, sealed).await {
+                    Ok(plain) => Ok(Some(String::from_utf8_lossy(&plain).into_owned())),
+                    // Erased meanwhile: as unreadable as if it had been before.
+                    Err(_) if !self.vault.has_key(user).await? => Ok(None),
+                    Err(err) => Err(err),
+                }
             }
         }
     }
@@ -311,9 +315,13 @@ impl Commands {
     /// An unknown or already erased account; store failures.
     pub async fn delete_account(&self, user: UserId) -> Result<i64, CommandError> {
         let loaded = self.load::<User>(&user.stream()).await?;
-        let position = self.act_on_user(user, loaded, UserCommand::Delete { at: Utc::now() }).await?;
+        if loaded.0.id().is_none() {
+            return Err(CommandError::NotFound("user"));
+        }
+        // The key first: should anything below fail, the account is already unreadable, and
+        // asking again finishes the erasure (destroying is idempotent).
         self.vault.destroy(user).await?;
-        Ok(position)
+        self.act_on_user(user, loaded, UserCommand::Delete { at: Utc::now() }).await
     }
 
     /// Lets the loaded user decide `command` and appends the result at the version it was loaded at.

@@ -561,6 +561,8 @@ impl Commands {
     /// # Errors
     /// [`CommandError::NotFound`] for unknown, disconnected or someone else's providers.
     pub async fn request_scan(&self, user: UserId, provider_id: ProviderId) -> Result<(SyncJobId, i64), CommandError> {
+        // An erased account's providers are not scanned again.
+        self.user(user).await?.ok_or(CommandError::NotFound("provider"))?;
         let (provider, _) = self.load::<ProviderConnection>(&provider_id.stream()).await?;
         provider.active_for(user).ok_or(CommandError::NotFound("provider"))?;
         let job_id = SyncJobId::from_uuid(Uuid::new_v4());

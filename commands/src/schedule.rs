@@ -71,7 +71,7 @@ impl Scheduler {
                 () = shutdown.cancelled() => return,
                 Some(event) = events.next() => {
                     let Ok(event) = event else { continue };
-                    if !event.event_type.starts_with("Provider") && !matches!(event.event_type.as_str(), "SyncPairCreated" | "SyncRunRequested") {
+                    if !event.event_type.starts_with("Provider") && !matches!(event.event_type.as_str(), "SyncPairCreated" | "SyncRunRequested" | "UserDeleted") {
                         continue;
                     }
                     match DomainEvent::decode(&event.event_type, event.schema_version, &event.payload) {
@@ -97,6 +97,11 @@ impl Scheduler {
                         }
                         Ok(DomainEvent::ProviderDisconnected(e)) => {
                             plans.remove(&Key::Provider(e.provider_id));
+                        }
+                        // An erased account's providers and pairs run no more (its watchers end
+                        // with their plans).
+                        Ok(DomainEvent::UserDeleted(e)) => {
+                            plans.retain(|_, plan| plan.owner != e.user_id);
                         }
                         Ok(DomainEvent::ProviderScheduleSet(e)) => {
                             let key = Key::Provider(e.provider_id);

@@ -263,12 +263,14 @@ impl Vault {
     pub async fn destroy(&self, user: UserId) -> Result<(), CommandError> {
         let id = user.to_string();
         let now = chrono::Utc::now().to_rfc3339();
-        // A tombstone, not a deletion: `data_key` must not make a fresh key for an erased user.
-        let query = "UPDATE user_keys SET wrapped_key = $1, created_at = $2 WHERE user_id = $3";
+        // A tombstone, not a deletion: `data_key` must not make a fresh key for an erased user
+        // (also written for a user who never had a key).
+        let query = "INSERT INTO user_keys (user_id, wrapped_key, created_at) VALUES ($1, $2, $3) \
+                     ON CONFLICT (user_id) DO UPDATE SET wrapped_key = excluded.wrapped_key, created_at = excluded.created_at";
         cloudsync_eventstore::on_pool!(&self.pool, |p| sqlx::query(query)
+            .bind(&id)
             .bind(ERASED)
             .bind(&now)
-            .bind(&id)
             .execute(p)
             .await
             .map(drop))

@@ -168,6 +168,8 @@ impl Commands {
     /// [`CommandError::NotFound`] for unknown or someone else's pairs; [`CommandError::Conflict`]
     /// while a run of the pair has not ended (the message names it).
     pub async fn request_sync(&self, user: UserId, pair_id: SyncPairId) -> Result<(SyncJobId, i64), CommandError> {
+        // An erased account's pairs do not run again.
+        self.user(user).await?.ok_or(CommandError::NotFound("sync pair"))?;
         let (pair, version) = self.load::<SyncPair>(&pair_id.stream()).await?;
         pair.live_for(user).ok_or(CommandError::NotFound("sync pair"))?;
         if let Some(last) = self.run_in_progress(&pair).await? {

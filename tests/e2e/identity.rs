@@ -1769,6 +1769,18 @@ async fn an_openid_provider_signs_people_in_and_links_verified_addresses(h: &Har
         cookie.starts_with("cloudsync_refresh=csr1.") && cookie.contains("HttpOnly") && cookie.contains("SameSite=Strict"),
         "{cookie}"
     );
+
+    // An account without a password is erased with a fresh sign-in; its identity then signs in
+    // to nothing.
+    let (_, _, fresh) = get_json(&oidc_redirect(h, "alice", false).await).await;
+    let erase = "mutation { deleteAccount }";
+    assert_eq!(
+        h.ok(Some(&text(&fresh["accessToken"])), erase, json!({})).await["deleteAccount"],
+        json!(true)
+    );
+    let (status, _, body) = get_json(&oidc_redirect(h, "alice", false).await).await;
+    assert_eq!(status, 401, "{body}");
+    assert!(text(&body["errors"][0]["message"]).contains("erased"), "{body}");
 }
 
 /// `cloudsync keys rotate-master` replaces the generated master key and re-wraps every user key and
@@ -1887,6 +1899,10 @@ async fn a_websocket_checks_its_credential_for_every_operation(h: &Harness) {
 
 async fn erasing_an_account_shreds_its_personal_data(h: &Harness) {
     let (token, user) = h.register("erase.me@example.org").await;
+    let folder = h.db.dir().join("erased-files");
+    std::fs::create_dir_all(&folder).expect("mkdir");
+    std::fs::write(folder.join("diary.txt"), "private").expect("write");
+    h.connect_local(&token, &folder).await;
     h.ok(Some(&token), "mutation { beginTotpEnrollment { secret } }", json!({})).await;
     let (other, _) = h.register("stays@example.org").await;
     // The address is sealed in the events; the account sees it in the clear.
@@ -1953,6 +1969,18 @@ async fn erasing_an_account_shreds_its_personal_data(h: &Harness) {
         cloudsync_eventstore::DbPool::Postgres(p) => sqlx::query_scalar(admin_view).bind(&user).fetch_one(p).await.expect("count"),
     };
     assert_eq!(left, 0, "no row of the erased account after a rebuild");
+    let provider_rows = "SELECT COUNT(*) FROM providers WHERE CAST(user_id AS TEXT) = $1";
+    let providers: i64 = match &h.db.db.pool {
+        cloudsync_eventstore::DbPool::Sqlite(p) => sqlx::query_scalar(provider_rows).bind(&user).fetch_one(p).await.expect("count"),
+        cloudsync_eventstore::DbPool::Postgres(p) => sqlx::query_scalar(provider_rows).bind(&user).fetch_one(p).await.expect("count"),
+    };
+    assert_eq!(providers, 0, "its providers left the read model");
+    let disconnected = h.db.db.events.read_all(0, 10_000).await.expect("log");
+    assert!(
+        disconnected.iter().any(|e| e.event_type == "ProviderDisconnected"),
+        "its provider was disconnected first"
+    );
+    assert!(folder.join("diary.txt").exists(), "its files stay where they are");
     // Everyone else is untouched.
     assert_eq!(h.ok(Some(&other), ME, json!({})).await["me"]["email"], json!("stays@example.org"));
 }

@@ -455,11 +455,34 @@ impl IdentityMutation {
         let caller = session_caller(ctx)?;
         let app = app(ctx);
         confirm_password(ctx, app, caller.user_id, password).await?;
-        let position = app
-            .commands
-            .delete_account(UserId::from_uuid(caller.user_id))
-            .await
-            .map_err(ApiError::from)?;
+        let passwordless = super::account(app, caller.user_id).await?.password_hash() == Some(cloudsync_commands::NO_PASSWORD);
+        if passwordless {
+            // No password to confirm with: the session must be a fresh sign-in.
+            let session = match caller.session_id {
+                Some(id) => app
+                    .tokens
+                    .sessions()
+                    .store()
+                    .get(id)
+                    .await
+                    .map_err(|err| ApiError::internal(&err))?,
+                None => None,
+            };
+            if !session.is_some_and(|s| Utc::now() - s.created_at < chrono::Duration::minutes(10)) {
+                return Err(ApiError::Forbidden("sign in again (within ten minutes) to erase this account".into()).into());
+            }
+        }
+        // Its providers are disconnected first: nothing of the account runs after it is erased.
+        let user_id = UserId::from_uuid(caller.user_id);
+        for provider in app.reads.providers(caller.user_id).await.map_err(ApiError::from)? {
+            if provider.status == "connected" {
+                let id = cloudsync_domain::ProviderId::from_uuid(provider.id);
+                if let Err(error) = app.commands.disconnect_provider(user_id, id).await {
+                    tracing::warn!(provider = %provider.id, error = %error, "A provider of an erased account could not be disconnected.");
+                }
+            }
+        }
+        let position = app.commands.delete_account(user_id).await.map_err(ApiError::from)?;
         app.wrote(caller, position);
         app.tokens
             .sessions()

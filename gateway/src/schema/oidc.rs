@@ -123,7 +123,9 @@ async fn account_of(app: &App, identity: &crate::oidc::Identity) -> ApiResult<(U
         .await
         .map_err(ApiError::from)?
     {
-        let email = app.commands.email_of(user).await.map_err(ApiError::from)?.unwrap_or_default();
+        let Some(email) = app.commands.email_of(user).await.map_err(ApiError::from)? else {
+            return Err(ApiError::Unauthenticated("the account of this external identity was erased".into()));
+        };
         return Ok((user, email));
     }
     let email = match (&identity.email, identity.email_verified) {
