@@ -6,12 +6,12 @@ use cloudsync_domain::events::PasswordChange;
 use cloudsync_domain::user::{User, UserCommand};
 use cloudsync_domain::{Aggregate as _, UserId};
 
-use cloudsync_domain::events::{ExternalIdentityLinked, Personal};
+use cloudsync_domain::events::{EmailReleased, ExternalIdentityLinked, Personal};
 use cloudsync_domain::ids::{email_stream, identity_stream};
 use cloudsync_domain::{DomainEvent, Email};
 use cloudsync_eventstore::{ExpectedVersion, StreamAppend};
 
-use crate::handlers::encode;
+use crate::handlers::{Reservation, encode};
 use crate::{CommandError, Commands, Context};
 
 /// The password hash of an account that has none (it signs in with an external identity): no
@@ -221,6 +221,7 @@ impl Commands {
     /// # Errors
     /// [`CommandError::AlreadyExists`] when the address or the identity is taken; store failures.
     pub async fn register_external(&self, email: Email, issuer: &str, subject: &str) -> Result<(UserId, i64), CommandError> {
+        let claim = self.reservation(&email).await?.claimable()?;
         let user_id = UserId::from_uuid(uuid::Uuid::new_v4());
         let ctx = Context::new(Some(user_id));
         let at = Utc::now();
@@ -247,7 +248,7 @@ impl Commands {
             },
             StreamAppend {
                 stream: email_stream(&email),
-                expected: ExpectedVersion::NoStream,
+                expected: claim,
                 events: claimed.iter().map(|e| encode(e, &ctx)).collect(),
             },
             StreamAppend {
@@ -314,14 +315,42 @@ impl Commands {
     /// # Errors
     /// An unknown or already erased account; store failures.
     pub async fn delete_account(&self, user: UserId) -> Result<i64, CommandError> {
-        let loaded = self.load::<User>(&user.stream()).await?;
-        if loaded.0.id().is_none() {
+        let (found, version) = self.load::<User>(&user.stream()).await?;
+        if found.id().is_none() {
             return Err(CommandError::NotFound("user"));
         }
+        // The address is read while it still can be: its reservation is released with the erasure.
+        let email = match found.email() {
+            Some(sealed) => self.reveal(user, sealed).await?,
+            None => None,
+        };
         // The key first: should anything below fail, the account is already unreadable, and
         // asking again finishes the erasure (destroying is idempotent).
         self.vault.destroy(user).await?;
-        self.act_on_user(user, loaded, UserCommand::Delete { at: Utc::now() }).await
+        let at = Utc::now();
+        let deleted = found.handle(UserCommand::Delete { at })?;
+        let ctx = Context::new(Some(user));
+        let mut batches = vec![StreamAppend {
+            stream: user.stream(),
+            expected: if version == 0 {
+                ExpectedVersion::NoStream
+            } else {
+                ExpectedVersion::Exact(version)
+            },
+            events: deleted.iter().map(|e| encode(e, &ctx)).collect(),
+        }];
+        if let Some(email) = email.and_then(|e| Email::parse(&e).ok())
+            && let Reservation::Held { user: holder, version } = self.reservation(&email).await?
+            && holder == user
+        {
+            let released = DomainEvent::EmailReleased(EmailReleased { user_id: user, at });
+            batches.push(StreamAppend {
+                stream: email_stream(&email),
+                expected: ExpectedVersion::Exact(version),
+                events: vec![encode(&released, &ctx)],
+            });
+        }
+        Ok(self.store.append(batches).await?.last_position)
     }
 
     /// Lets the loaded user decide `command` and appends the result at the version it was loaded at.

@@ -79,6 +79,30 @@ pub struct Moved {
     pub to: ProviderPath,
 }
 
+/// The state of an address's reservation stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Reservation {
+    /// Nobody holds it; `version` is the stream's (0: never claimed).
+    Free {
+        version: i64,
+    },
+    Held {
+        user: UserId,
+        version: i64,
+    },
+}
+
+impl Reservation {
+    /// The version a new claim must find, or why it cannot be made.
+    pub(crate) fn claimable(self) -> Result<ExpectedVersion, CommandError> {
+        match self {
+            Self::Free { version: 0 } => Ok(ExpectedVersion::NoStream),
+            Self::Free { version } => Ok(ExpectedVersion::Exact(version)),
+            Self::Held { .. } => Err(CommandError::AlreadyExists("this email address is already registered".into())),
+        }
+    }
+}
+
 /// The command side of CloudSync.
 #[derive(Clone)]
 pub struct Commands {
@@ -163,6 +187,7 @@ impl Commands {
     /// # Errors
     /// [`CommandError::AlreadyExists`] when the address is taken.
     pub async fn register(&self, email: Email, password_hash: String) -> Result<(UserId, i64), CommandError> {
+        let claim = self.reservation(&email).await?.claimable()?;
         let user_id = UserId::from_uuid(Uuid::new_v4());
         let ctx = Context::new(Some(user_id));
         let events = User::default().handle(UserCommand::Register {
@@ -180,7 +205,7 @@ impl Commands {
             },
             StreamAppend {
                 stream: email_stream(&email),
-                expected: ExpectedVersion::NoStream,
+                expected: claim,
                 events: claimed.iter().map(|e| encode(e, &ctx)).collect(),
             },
         ];
@@ -197,13 +222,29 @@ impl Commands {
     /// # Errors
     /// Store failures.
     pub async fn user_by_email(&self, email: &Email) -> Result<Option<User>, CommandError> {
-        let claims = self.store.read_stream(&email_stream(email)).await?;
-        let Some(claim) = claims.first() else { return Ok(None) };
-        let DomainEvent::EmailClaimed(claimed) = DomainEvent::decode(&claim.event_type, claim.schema_version, &claim.payload)? else {
+        let Reservation::Held { user: holder, .. } = self.reservation(email).await? else {
             return Ok(None);
         };
-        let (user, _) = self.load::<User>(&claimed.user_id.stream()).await?;
+        let (user, _) = self.load::<User>(&holder.stream()).await?;
         Ok(user.id().map(|_| user))
+    }
+
+    /// Who holds `email` now: the latest claim, unless a release followed it.
+    pub(crate) async fn reservation(&self, email: &Email) -> Result<Reservation, CommandError> {
+        let recorded = self.store.read_stream(&email_stream(email)).await?;
+        let version = recorded.last().map_or(0, |e| e.stream_version);
+        let mut holder = None;
+        for event in &recorded {
+            match DomainEvent::decode(&event.event_type, event.schema_version, &event.payload)? {
+                DomainEvent::EmailClaimed(claimed) => holder = Some(claimed.user_id),
+                DomainEvent::EmailReleased(_) => holder = None,
+                _ => {}
+            }
+        }
+        Ok(match holder {
+            Some(user) => Reservation::Held { user, version },
+            None => Reservation::Free { version },
+        })
     }
 
     /// Connects a provider and creates the job that scans it. `credentials` are the provider's own

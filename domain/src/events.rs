@@ -210,6 +210,14 @@ pub struct ExternalIdentityLinked {
     pub at: DateTime<Utc>,
 }
 
+/// Recorded on the `email-…` reservation stream when the account that claimed the address is
+/// erased: the address may be registered again.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EmailReleased {
+    pub user_id: UserId,
+    pub at: DateTime<Utc>,
+}
+
 /// The account was erased: its data key is destroyed, so the personal data sealed in its events
 /// can no longer be read; its read-model rows are removed.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -618,6 +626,7 @@ pub enum DomainEvent {
     IpAllowlistSet(IpAllowlistSet),
     ExternalIdentityLinked(ExternalIdentityLinked),
     UserDeleted(UserDeleted),
+    EmailReleased(EmailReleased),
     PasskeyRegistered(PasskeyRegistered),
     PasskeyUpdated(PasskeyUpdated),
     PasskeyRemoved(PasskeyRemoved),
@@ -694,6 +703,7 @@ impl DomainEvent {
             | "IpAllowlistSet"
             | "ExternalIdentityLinked"
             | "UserDeleted"
+            | "EmailReleased"
             | "PasskeyRegistered"
             | "PasskeyUpdated"
             | "PasskeyRemoved"
@@ -791,6 +801,7 @@ impl DomainEvent {
             Self::IpAllowlistSet(e) => e.user_id,
             Self::ExternalIdentityLinked(e) => e.user_id,
             Self::UserDeleted(e) => e.user_id,
+            Self::EmailReleased(e) => e.user_id,
             Self::PasskeyRegistered(e) => e.user_id,
             Self::PasskeyUpdated(e) => e.user_id,
             Self::PasskeyRemoved(e) => e.user_id,

@@ -289,6 +289,7 @@ pub fn ops_for(event: &DomainEvent, at: DateTime<Utc>) -> Vec<Op> {
         | E::ApiTokenRevoked(_)
         | E::IpAllowlistSet(_)
         | E::ExternalIdentityLinked(_)
+        | E::EmailReleased(_)
         | E::SmsFactorEnabled(_)
         | E::SmsFactorDisabled(_)
         | E::PasskeyRegistered(_)

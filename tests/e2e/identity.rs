@@ -1969,6 +1969,8 @@ async fn erasing_an_account_shreds_its_personal_data(h: &Harness) {
         cloudsync_eventstore::DbPool::Postgres(p) => sqlx::query_scalar(admin_view).bind(&user).fetch_one(p).await.expect("count"),
     };
     assert_eq!(left, 0, "no row of the erased account after a rebuild");
+    // The live projectors have applied everything up to now.
+    h.server().app().caught_up().await;
     let provider_rows = "SELECT COUNT(*) FROM providers WHERE CAST(user_id AS TEXT) = $1";
     let providers: i64 = match &h.db.db.pool {
         cloudsync_eventstore::DbPool::Sqlite(p) => sqlx::query_scalar(provider_rows).bind(&user).fetch_one(p).await.expect("count"),
@@ -1983,4 +1985,14 @@ async fn erasing_an_account_shreds_its_personal_data(h: &Harness) {
     assert!(folder.join("diary.txt").exists(), "its files stay where they are");
     // Everyone else is untouched.
     assert_eq!(h.ok(Some(&other), ME, json!({})).await["me"]["email"], json!("stays@example.org"));
+
+    // The address was released: someone can register it again, as a new account.
+    let (again, new_user) = h.register("erase.me@example.org").await;
+    assert_ne!(new_user, user);
+    assert_eq!(
+        h.ok(Some(&again), ME, json!({})).await["me"]["email"],
+        json!("erase.me@example.org")
+    );
+    let taken = "mutation { register(email: \"erase.me@example.org\", password: \"another password\") { accessToken } }";
+    assert_eq!(h.error_code(None, taken, json!({})).await, "ALREADY_EXISTS");
 }
