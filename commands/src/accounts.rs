@@ -61,13 +61,12 @@ impl Commands {
     /// # Errors
     /// An unknown user; store failures.
     pub async fn request_password_reset(&self, user: UserId, token_hash: String, expires_at: DateTime<Utc>) -> Result<i64, CommandError> {
-        let loaded = self.load::<User>(&user.stream()).await?;
         let command = UserCommand::RequestReset {
             token_hash,
             expires_at,
             at: Utc::now(),
         };
-        self.act_on_user(user, loaded, command).await
+        self.change_user(user, command).await
     }
 
     /// Sets a new password with the token of the user's latest reset request.
@@ -76,13 +75,12 @@ impl Commands {
     /// [`CommandError::Invalid`] for a token that is not the latest, has expired or was used;
     /// store failures.
     pub async fn reset_password(&self, user: UserId, token_hash: String, password_hash: String) -> Result<i64, CommandError> {
-        let loaded = self.load::<User>(&user.stream()).await?;
         let command = UserCommand::Reset {
             token_hash,
             password_hash,
             at: Utc::now(),
         };
-        self.act_on_user(user, loaded, command).await
+        self.change_user(user, command).await
     }
 
     /// Gives `user` a role (`admin`, `auditor`); nothing happens when it has it already.
@@ -90,12 +88,11 @@ impl Commands {
     /// # Errors
     /// An unknown role or user; store failures.
     pub async fn grant_role(&self, user: UserId, role: &str) -> Result<i64, CommandError> {
-        let loaded = self.load::<User>(&user.stream()).await?;
         let command = UserCommand::GrantRole {
             role: role.to_owned(),
             at: Utc::now(),
         };
-        self.act_on_user(user, loaded, command).await
+        self.change_user(user, command).await
     }
 
     /// Takes a role from `user`; nothing happens when it does not have it.
@@ -103,12 +100,11 @@ impl Commands {
     /// # Errors
     /// An unknown user; store failures.
     pub async fn revoke_role(&self, user: UserId, role: &str) -> Result<i64, CommandError> {
-        let loaded = self.load::<User>(&user.stream()).await?;
         let command = UserCommand::RevokeRole {
             role: role.to_owned(),
             at: Utc::now(),
         };
-        self.act_on_user(user, loaded, command).await
+        self.change_user(user, command).await
     }
 
     /// Records a personal API token whose secret hashes to `secret_hash`.
@@ -124,7 +120,6 @@ impl Commands {
         secret_hash: String,
         expires_at: Option<DateTime<Utc>>,
     ) -> Result<i64, CommandError> {
-        let loaded = self.load::<User>(&user.stream()).await?;
         let command = UserCommand::CreateApiToken {
             token_id,
             name,
@@ -133,7 +128,7 @@ impl Commands {
             expires_at,
             at: Utc::now(),
         };
-        self.act_on_user(user, loaded, command).await
+        self.change_user(user, command).await
     }
 
     /// Revokes one of the user's API tokens.
@@ -141,8 +136,7 @@ impl Commands {
     /// # Errors
     /// [`CommandError::NotFound`] for a token that is not the user's; store failures.
     pub async fn revoke_api_token(&self, user: UserId, token_id: uuid::Uuid) -> Result<i64, CommandError> {
-        let loaded = self.load::<User>(&user.stream()).await?;
-        self.act_on_user(user, loaded, UserCommand::RevokeApiToken { token_id, at: Utc::now() })
+        self.change_user(user, UserCommand::RevokeApiToken { token_id, at: Utc::now() })
             .await
     }
 
@@ -151,14 +145,13 @@ impl Commands {
     /// # Errors
     /// An unknown tier or user; store failures.
     pub async fn set_plan(&self, user: UserId, quota_bytes: Option<u64>, tier: &str, by: UserId) -> Result<i64, CommandError> {
-        let loaded = self.load::<User>(&user.stream()).await?;
         let command = UserCommand::SetPlan {
             quota_bytes,
             tier: tier.to_owned(),
             by,
             at: Utc::now(),
         };
-        self.act_on_user(user, loaded, command).await
+        self.change_user(user, command).await
     }
 
     /// Sets the networks the user's credentials work from (validated by the caller).
@@ -166,8 +159,7 @@ impl Commands {
     /// # Errors
     /// Too many networks; store failures.
     pub async fn set_ip_allowlist(&self, user: UserId, networks: Vec<String>) -> Result<i64, CommandError> {
-        let loaded = self.load::<User>(&user.stream()).await?;
-        self.act_on_user(user, loaded, UserCommand::SetIpAllowlist { networks, at: Utc::now() })
+        self.change_user(user, UserCommand::SetIpAllowlist { networks, at: Utc::now() })
             .await
     }
 
@@ -309,8 +301,9 @@ impl Commands {
         }
     }
 
-    /// Erases the account: records `UserDeleted` (its read-model rows go), then destroys its data
-    /// key, so the personal data sealed in its events can never be read again. The events stay.
+    /// Erases the account: disconnects its providers, destroys its data key (so the personal data
+    /// sealed in its events can never be read again), then records `UserDeleted` (its read-model
+    /// rows go) and releases its address. The events stay.
     ///
     /// # Errors
     /// An unknown or already erased account; store failures.
@@ -318,6 +311,10 @@ impl Commands {
         let (found, version) = self.load::<User>(&user.stream()).await?;
         if found.id().is_none() {
             return Err(CommandError::NotFound("user"));
+        }
+        // Nothing of the account runs after it is erased: its providers are disconnected first.
+        for provider in self.providers_of(user).await? {
+            self.disconnect_provider(user, provider).await?;
         }
         // The address is read while it still can be: its reservation is released with the erasure.
         let email = match found.email() {
@@ -353,7 +350,43 @@ impl Commands {
         Ok(self.store.append(batches).await?.last_position)
     }
 
-    /// Lets the loaded user decide `command` and appends the result at the version it was loaded at.
+    /// The user's connected providers, from everything the user did (the log, not a read model).
+    async fn providers_of(&self, user: UserId) -> Result<Vec<cloudsync_domain::ProviderId>, CommandError> {
+        let mut connected = Vec::new();
+        let mut after = 0;
+        loop {
+            let page = self.store.read_by_actor(user.as_uuid(), after, 500).await?;
+            let Some(last) = page.last() else { break };
+            after = last.position;
+            for event in &page {
+                if event.event_type != "ProviderConnected" {
+                    continue;
+                }
+                if let DomainEvent::ProviderConnected(e) = DomainEvent::decode(&event.event_type, event.schema_version, &event.payload)?
+                    && e.owner_id == user
+                {
+                    connected.push(e.provider_id);
+                }
+            }
+        }
+        let mut live = Vec::new();
+        for id in connected {
+            let (provider, _) = self.load::<cloudsync_domain::provider::ProviderConnection>(&id.stream()).await?;
+            if provider.active_for(user).is_some() {
+                live.push(id);
+            }
+        }
+        Ok(live)
+    }
+
+    /// Loads the user, lets it decide `command` and appends the result at the version it was loaded at.
+    pub(crate) async fn change_user(&self, user: UserId, command: UserCommand) -> Result<i64, CommandError> {
+        let loaded = self.load::<User>(&user.stream()).await?;
+        self.act_on_user(user, loaded, command).await
+    }
+
+    /// Lets the user, as loaded at `version`, decide `command` and appends the result there (for
+    /// callers that looked at the user before deciding what to ask).
     pub(crate) async fn act_on_user(&self, user: UserId, (found, version): (User, i64), command: UserCommand) -> Result<i64, CommandError> {
         let events = found.handle(command)?;
         self.append(user.stream(), version, &events, &Context::new(Some(user))).await

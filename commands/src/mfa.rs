@@ -217,10 +217,8 @@ impl Commands {
     /// # Errors
     /// Store failures.
     pub async fn enable_sms(&self, user: UserId, phone: &str) -> Result<i64, CommandError> {
-        let loaded = self.load::<User>(&user.stream()).await?;
         let phone = self.vault.seal(user, phone.as_bytes()).await?;
-        self.act_on_user(user, loaded, UserCommand::EnableSms { phone, at: Utc::now() })
-            .await
+        self.change_user(user, UserCommand::EnableSms { phone, at: Utc::now() }).await
     }
 
     /// Stops sending second-factor codes by text message.
@@ -228,8 +226,7 @@ impl Commands {
     /// # Errors
     /// Not enabled; store failures.
     pub async fn disable_sms(&self, user: UserId) -> Result<i64, CommandError> {
-        let loaded = self.load::<User>(&user.stream()).await?;
-        self.act_on_user(user, loaded, UserCommand::DisableSms { at: Utc::now() }).await
+        self.change_user(user, UserCommand::DisableSms { at: Utc::now() }).await
     }
 
     /// The phone number second-factor codes go to.
@@ -248,14 +245,13 @@ impl Commands {
     /// # Errors
     /// A bad name or a credential already registered; store failures.
     pub async fn register_passkey(&self, user: UserId, credential_id: String, name: String, record: Value) -> Result<i64, CommandError> {
-        let loaded = self.load::<User>(&user.stream()).await?;
         let command = UserCommand::RegisterPasskey {
             credential_id,
             name,
             record,
             at: Utc::now(),
         };
-        self.act_on_user(user, loaded, command).await
+        self.change_user(user, command).await
     }
 
     /// Records a passkey's changed record (its counter, after a login).
@@ -263,13 +259,12 @@ impl Commands {
     /// # Errors
     /// An unknown passkey; store failures.
     pub async fn update_passkey(&self, user: UserId, credential_id: String, record: Value) -> Result<i64, CommandError> {
-        let loaded = self.load::<User>(&user.stream()).await?;
         let command = UserCommand::UpdatePasskey {
             credential_id,
             record,
             at: Utc::now(),
         };
-        self.act_on_user(user, loaded, command).await
+        self.change_user(user, command).await
     }
 
     /// Removes one of the user's passkeys.
@@ -277,12 +272,11 @@ impl Commands {
     /// # Errors
     /// [`CommandError::NotFound`] for a passkey that is not the user's; store failures.
     pub async fn remove_passkey(&self, user: UserId, credential_id: String) -> Result<i64, CommandError> {
-        let loaded = self.load::<User>(&user.stream()).await?;
         let command = UserCommand::RemovePasskey {
             credential_id,
             at: Utc::now(),
         };
-        self.act_on_user(user, loaded, command).await
+        self.change_user(user, command).await
     }
 }
 

@@ -100,20 +100,13 @@ return -1
 ";
 
 impl RedisLimiter {
-    /// Connects to `url`; keys go under `namespace`.
-    ///
-    /// # Errors
-    /// A malformed URL or an unreachable server.
-    /// On an open connection; every key goes under `namespace`.
+    /// On an open connection (see `sessions::redis_connection`); every key goes under `namespace`
+    /// (e.g. `cloudsync:`).
     pub fn new(connection: redis::aio::ConnectionManager, namespace: &str) -> Self {
         Self {
             connection,
             namespace: namespace.to_owned(),
         }
-    }
-
-    pub async fn connect(url: &str, namespace: &str) -> Result<Self, StoreError> {
-        Ok(Self::new(crate::sessions::redis_connection(url).await?, namespace))
     }
 }
 

@@ -373,20 +373,13 @@ fn from_ms(ms: i64) -> DateTime<Utc> {
 }
 
 impl RedisSessions {
-    /// Connects to `url`; every key goes under `namespace` (e.g. `cloudsync:`).
-    ///
-    /// # Errors
-    /// A malformed URL or an unreachable server.
-    /// On an open connection; every key goes under `namespace`.
+    /// On an open connection (see `sessions::redis_connection`); every key goes under `namespace`
+    /// (e.g. `cloudsync:`).
     pub fn new(connection: redis::aio::ConnectionManager, namespace: &str) -> Self {
         Self {
             connection,
             namespace: namespace.to_owned(),
         }
-    }
-
-    pub async fn connect(url: &str, namespace: &str) -> Result<Self, StoreError> {
-        Ok(Self::new(redis_connection(url).await?, namespace))
     }
 
     fn session_key(&self, id: Uuid) -> String {

@@ -581,6 +581,15 @@ fn redis_url() -> String {
     std::env::var("CLOUDSYNC_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
 }
 
+/// A connection to the test Redis and a namespace of this test's own (a missing Redis fails the
+/// test).
+async fn test_redis() -> (redis::aio::ConnectionManager, String) {
+    let connection = cloudsync_gateway::sessions::redis_connection(&redis_url())
+        .await
+        .unwrap_or_else(|err| panic!("Redis at {} is required for this test (run scripts/services): {err}", redis_url()));
+    (connection, format!("cs_test_{}:", Uuid::new_v4().simple()))
+}
+
 async fn clear_namespace(namespace: &str) {
     let client = redis::Client::open(redis_url()).expect("redis URL");
     let mut connection = client.get_multiplexed_async_connection().await.expect("Redis");
@@ -728,11 +737,8 @@ async fn memory_sessions_pass_the_contract() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_sessions_pass_the_contract() {
-    let namespace = format!("cs_test_{}:", Uuid::new_v4().simple());
-    let store = RedisSessions::connect(&redis_url(), &namespace)
-        .await
-        .unwrap_or_else(|err| panic!("Redis at {} is required for this test (run scripts/services): {err}", redis_url()));
-    session_store_contract(Arc::new(store)).await;
+    let (connection, namespace) = test_redis().await;
+    session_store_contract(Arc::new(RedisSessions::new(connection, &namespace))).await;
     clear_namespace(&namespace).await;
 }
 
@@ -1260,11 +1266,8 @@ async fn memory_limiter_passes_the_contract() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_limiter_passes_the_contract() {
-    let namespace = format!("cs_test_{}:", Uuid::new_v4().simple());
-    let limiter = RedisLimiter::connect(&redis_url(), &namespace)
-        .await
-        .unwrap_or_else(|err| panic!("Redis at {} is required for this test (run scripts/services): {err}", redis_url()));
-    limiter_contract(Arc::new(limiter)).await;
+    let (connection, namespace) = test_redis().await;
+    limiter_contract(Arc::new(RedisLimiter::new(connection, &namespace))).await;
     clear_namespace(&namespace).await;
 }
 

@@ -161,6 +161,20 @@ fn is_input_object(schema: &Schema, ty: &Value) -> bool {
     schema.kind(&inner) == "INPUT_OBJECT"
 }
 
+/// The schema as introspection shows it, and its types by name.
+async fn introspect(h: &Harness, token: &str) -> (Value, Schema) {
+    let introspection = h.ok(Some(token), INTROSPECTION, json!({})).await;
+    let schema = Schema {
+        types: introspection["__schema"]["types"]
+            .as_array()
+            .expect("types")
+            .iter()
+            .map(|t| (t["name"].as_str().unwrap_or_default().to_owned(), t.clone()))
+            .collect(),
+    };
+    (introspection, schema)
+}
+
 fn type_text(ty: &Value) -> String {
     match ty["kind"].as_str() {
         Some("NON_NULL") => format!("{}!", type_text(&ty["ofType"])),
@@ -274,15 +288,7 @@ async fn no_field_lets_one_user_see_or_change_anothers_data(h: &Harness) {
     let before = snapshot(h, &victim_token, &victim).await;
     let (mut intruder, _) = h.register("intruder@example.org").await;
 
-    let introspection = h.ok(Some(&intruder), INTROSPECTION, json!({})).await;
-    let schema = Schema {
-        types: introspection["__schema"]["types"]
-            .as_array()
-            .expect("types")
-            .iter()
-            .map(|t| (t["name"].as_str().unwrap_or_default().to_owned(), t.clone()))
-            .collect(),
-    };
+    let (introspection, schema) = introspect(h, &intruder).await;
     let root = |kind: &str| -> Vec<Value> {
         let name = introspection["__schema"][kind]["name"].as_str().expect("root type");
         schema.types[name]["fields"].as_array().expect("fields").clone()
@@ -427,15 +433,7 @@ const CLEAR: [&str; 8] = [
 async fn hostile_input_at_every_argument_gets_a_clear_error_and_changes_nothing(h: &Harness) {
     let (victim, token) = victim(h).await;
     let before = snapshot(h, &token, &victim).await;
-    let introspection = h.ok(Some(&token), INTROSPECTION, json!({})).await;
-    let schema = Schema {
-        types: introspection["__schema"]["types"]
-            .as_array()
-            .expect("types")
-            .iter()
-            .map(|t| (t["name"].as_str().unwrap_or_default().to_owned(), t.clone()))
-            .collect(),
-    };
+    let (introspection, schema) = introspect(h, &token).await;
     let mut tried = 0;
     for (operation, root) in [("query", "queryType"), ("mutation", "mutationType")] {
         let name = introspection["__schema"][root]["name"].as_str().expect("root");

@@ -472,17 +472,11 @@ impl IdentityMutation {
                 return Err(ApiError::Forbidden("sign in again (within ten minutes) to erase this account".into()).into());
             }
         }
-        // Its providers are disconnected first: nothing of the account runs after it is erased.
-        let user_id = UserId::from_uuid(caller.user_id);
-        for provider in app.reads.providers(caller.user_id).await.map_err(ApiError::from)? {
-            if provider.status == "connected" {
-                let id = cloudsync_domain::ProviderId::from_uuid(provider.id);
-                if let Err(error) = app.commands.disconnect_provider(user_id, id).await {
-                    tracing::warn!(provider = %provider.id, error = %error, "A provider of an erased account could not be disconnected.");
-                }
-            }
-        }
-        let position = app.commands.delete_account(user_id).await.map_err(ApiError::from)?;
+        let position = app
+            .commands
+            .delete_account(UserId::from_uuid(caller.user_id))
+            .await
+            .map_err(ApiError::from)?;
         app.wrote(caller, position);
         app.tokens
             .sessions()

@@ -119,6 +119,11 @@ fn webauthn(app: &App) -> ApiResult<&webauthn_rs::Webauthn> {
     app.passkeys.as_deref().map_err(|why| ApiError::BadInput(why.clone()))
 }
 
+/// Hands a text message to the configured sender.
+async fn text(app: &App, phone: &str, message: &str) -> ApiResult<()> {
+    app.sms.send(phone, message).await.map_err(|err| ApiError::internal(&err))
+}
+
 fn store_error(err: impl std::fmt::Display) -> ApiError {
     ApiError::internal(&err)
 }
@@ -499,10 +504,7 @@ impl MfaMutation {
         let code = sms_code();
         pending.sms_code = Some(secret_hash(&code));
         keep(app, &mfa_token, &pending).await?;
-        app.sms
-            .send(&phone, &format!("{code} is your CloudSync sign-in code."))
-            .await
-            .map_err(|err| ApiError::internal(&err))?;
+        text(app, &phone, &format!("{code} is your CloudSync sign-in code.")).await?;
         Ok(true)
     }
 
@@ -526,10 +528,7 @@ impl MfaMutation {
             .put_state(&format!("sms-enrollment:{}", caller.user_id), &pending, Duration::from_secs(600))
             .await
             .map_err(store_error)?;
-        app.sms
-            .send(&phone, &format!("{code} is your CloudSync code to confirm this number."))
-            .await
-            .map_err(|err| ApiError::internal(&err))?;
+        text(app, &phone, &format!("{code} is your CloudSync code to confirm this number.")).await?;
         Ok(true)
     }
 
