@@ -69,6 +69,10 @@ pub struct Config {
     /// OpenID providers people may sign in with, by name (`oidc.<name>`: `issuer`, `client_id`,
     /// `client_secret`, `scopes`); their callback is `<public_url>/auth/oidc/callback`.
     pub oidc: BTreeMap<String, crate::oidc::OidcConfig>,
+    /// SAML 2.0 identity providers people may sign in with, by name (`saml.<name>`: `metadata`,
+    /// `trust_email`, `email_attribute`). CloudSync's entity id is `<public_url>/auth/saml/metadata`
+    /// (which serves its metadata) and its assertion consumer service `<public_url>/auth/saml/acs`.
+    pub saml: BTreeMap<String, crate::saml::SamlConfig>,
     /// OAuth access tokens are renewed when they have less than this left.
     pub oauth_renew_margin_seconds: u64,
     /// Where the chunk store (file versions, merge bases) is kept: unset for `<data_dir>/chunks`,
@@ -120,10 +124,30 @@ impl Default for Config {
             public_url: None,
             oauth: BTreeMap::new(),
             oidc: BTreeMap::new(),
+            saml: BTreeMap::new(),
             oauth_renew_margin_seconds: 300,
             chunk_store: None,
         }
     }
+}
+
+/// Splits the rest of `CLOUDSYNC_<GROUP>_<ENTRY>_<FIELD>` (`name`, after `<GROUP>_`) into the
+/// entry's name (lower case) and one of `fields`.
+fn named_setting(group: &str, entry: &str, name: &str, fields: &[&'static str]) -> anyhow::Result<(String, &'static str)> {
+    fields
+        .iter()
+        .find_map(|f| {
+            name.strip_suffix(f)
+                .and_then(|k| k.strip_suffix('_'))
+                .filter(|k| !k.is_empty())
+                .map(|k| (k.to_ascii_lowercase(), *f))
+        })
+        .with_context(|| {
+            format!(
+                "CLOUDSYNC_{group}_{name} is not a known setting (CLOUDSYNC_{group}_<{entry}>_{{{}}})",
+                fields.join(",")
+            )
+        })
 }
 
 impl Config {
@@ -197,6 +221,8 @@ impl Config {
                         config.set_oauth(rest, value)?;
                     } else if let Some(rest) = other.strip_prefix("OIDC_") {
                         config.set_oidc(rest, value)?;
+                    } else if let Some(rest) = other.strip_prefix("SAML_") {
+                        config.set_saml(rest, value)?;
                     }
                 }
             }
@@ -209,16 +235,7 @@ impl Config {
     /// (space-separated) or EXTRA_PARAMS (`key=value&key=value`).
     fn set_oauth(&mut self, name: &str, value: String) -> anyhow::Result<()> {
         const FIELDS: [&str; 6] = ["CLIENT_ID", "CLIENT_SECRET", "AUTH_URL", "TOKEN_URL", "SCOPES", "EXTRA_PARAMS"];
-        let Some((kind, field)) = FIELDS.iter().find_map(|f| {
-            name.strip_suffix(f)
-                .and_then(|k| k.strip_suffix('_'))
-                .map(|k| (k.to_ascii_lowercase(), *f))
-        }) else {
-            bail!(
-                "CLOUDSYNC_OAUTH_{name} is not a known setting (CLOUDSYNC_OAUTH_<KIND>_{{{}}})",
-                FIELDS.join(",")
-            );
-        };
+        let (kind, field) = named_setting("OAUTH", "KIND", name, &FIELDS)?;
         let app = self.oauth.entry(kind).or_default();
         match field {
             "CLIENT_ID" => app.client_id = value,
@@ -244,23 +261,30 @@ impl Config {
     /// (space-separated).
     fn set_oidc(&mut self, name: &str, value: String) -> anyhow::Result<()> {
         const FIELDS: [&str; 4] = ["ISSUER", "CLIENT_ID", "CLIENT_SECRET", "SCOPES"];
-        let Some((provider, field)) = FIELDS.iter().find_map(|f| {
-            name.strip_suffix(f)
-                .and_then(|k| k.strip_suffix('_'))
-                .filter(|k| !k.is_empty())
-                .map(|k| (k.to_ascii_lowercase(), *f))
-        }) else {
-            bail!(
-                "CLOUDSYNC_OIDC_{name} is not a known setting (CLOUDSYNC_OIDC_<NAME>_{{{}}})",
-                FIELDS.join(",")
-            );
-        };
+        let (provider, field) = named_setting("OIDC", "NAME", name, &FIELDS)?;
         let entry = self.oidc.entry(provider).or_default();
         match field {
             "ISSUER" => entry.issuer = value,
             "CLIENT_ID" => entry.client_id = value,
             "CLIENT_SECRET" => entry.client_secret = Some(SecretString::from(value)),
             _ => entry.scopes = Some(value.split_whitespace().map(str::to_owned).collect()),
+        }
+        Ok(())
+    }
+
+    /// `CLOUDSYNC_SAML_<NAME>_<FIELD>`: FIELD is METADATA, TRUST_EMAIL or EMAIL_ATTRIBUTE.
+    fn set_saml(&mut self, name: &str, value: String) -> anyhow::Result<()> {
+        const FIELDS: [&str; 3] = ["METADATA", "TRUST_EMAIL", "EMAIL_ATTRIBUTE"];
+        let (provider, field) = named_setting("SAML", "NAME", name, &FIELDS)?;
+        let entry = self.saml.entry(provider).or_default();
+        match field {
+            "METADATA" => entry.metadata = value,
+            "TRUST_EMAIL" => {
+                entry.trust_email = value
+                    .parse()
+                    .with_context(|| format!("CLOUDSYNC_SAML_{name} must be true or false"))?;
+            }
+            _ => entry.email_attribute = Some(value),
         }
         Ok(())
     }
@@ -315,6 +339,11 @@ impl Config {
             }
             if provider.client_id.trim().is_empty() {
                 bail!("oidc.{name}.client_id is required");
+            }
+        }
+        for (name, provider) in &self.saml {
+            if provider.metadata.trim().is_empty() {
+                bail!("saml.{name}.metadata is required (the identity provider's metadata URL or file)");
             }
         }
         if let Some(url) = &self.public_url

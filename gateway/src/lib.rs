@@ -11,6 +11,7 @@ pub mod limits;
 pub mod mail;
 pub mod oidc;
 pub mod passwords;
+pub mod saml;
 pub mod schema;
 pub mod server;
 pub mod sessions;

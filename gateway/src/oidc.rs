@@ -94,6 +94,16 @@ struct Claims {
     nonce: Option<String>,
 }
 
+/// The client for an identity provider's endpoints. It follows no redirects: following one from a
+/// token or metadata endpoint would open the door to SSRF.
+pub(crate) fn http_client() -> Result<reqwest::Client, String> {
+    reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .timeout(Duration::from_secs(30))
+        .build()
+        .map_err(invalid)
+}
+
 /// The configured OpenID providers.
 pub struct OidcLogin {
     providers: HashMap<String, Provider>,
@@ -124,12 +134,7 @@ impl OidcLogin {
                 )
             })
             .collect();
-        // Following redirects from a token endpoint would open the door to SSRF.
-        let http = reqwest::Client::builder()
-            .redirect(reqwest::redirect::Policy::none())
-            .timeout(Duration::from_secs(30))
-            .build()
-            .map_err(invalid)?;
+        let http = http_client()?;
         Ok(Self {
             providers,
             redirect: RedirectUrl::new(redirect.to_owned()).map_err(invalid)?,

@@ -21,9 +21,11 @@ mod admin;
 mod identity;
 mod mfa;
 mod oidc;
+mod saml;
 mod sync;
 
 pub use oidc::{BINDING_COOKIE as OIDC_BINDING_COOKIE, CallbackParams as OidcCallbackParams, callback as oidc_callback};
+pub use saml::{AcsParams as SamlAcsParams, BINDING_COOKIE as SAML_BINDING_COOKIE, acs as saml_acs};
 
 pub type CloudSyncSchema = Schema<QueryRoot, MutationRoot, SubscriptionRoot>;
 
@@ -41,6 +43,7 @@ pub struct MutationRoot(
     identity::IdentityMutation,
     mfa::MfaMutation,
     oidc::OidcMutation,
+    saml::SamlMutation,
     admin::AdminMutation,
     CoreMutation,
     sync::SyncMutation,

@@ -21,7 +21,7 @@ use axum::body::Bytes;
 use axum::extract::{State, WebSocketUpgrade};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::response::{Html, IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use cloudsync_chunks::ProviderStore;
 use cloudsync_commands::{Commands, JobRunner, MasterKey, OAuth, OAuthApp, Scheduler, Vault};
 use cloudsync_domain::ProviderKind;
@@ -64,6 +64,7 @@ pub struct App {
     pub rules: Rules,
     /// OpenID providers people may sign in with (none configured: `None`).
     pub oidc: Option<Arc<crate::oidc::OidcLogin>>,
+    pub saml: Option<Arc<crate::saml::SamlLogin>>,
 }
 
 impl App {
@@ -325,6 +326,19 @@ pub fn oidc_login(config: &Config, addr: SocketAddr) -> anyhow::Result<Option<Ar
     Ok(Some(Arc::new(login)))
 }
 
+/// The SAML identity providers for sign-in, answering to `<public_url>/auth/saml/acs`.
+///
+/// # Errors
+/// A public URL the service provider's endpoints cannot be made of.
+pub fn saml_login(config: &Config, addr: SocketAddr) -> anyhow::Result<Option<Arc<crate::saml::SamlLogin>>> {
+    if config.saml.is_empty() {
+        return Ok(None);
+    }
+    let public = config.public_url.clone().unwrap_or_else(|| format!("http://{addr}"));
+    let login = crate::saml::SamlLogin::new(&config.saml, &public).map_err(anyhow::Error::msg)?;
+    Ok(Some(Arc::new(login)))
+}
+
 /// Password hashing with the configured argon2id parameters.
 ///
 /// # Errors
@@ -467,6 +481,7 @@ pub async fn start(config: &Config) -> anyhow::Result<Server> {
         passkeys: passkeys(config, addr),
         limiter,
         oidc: oidc_login(config, addr)?,
+        saml: saml_login(config, addr)?,
         rules: Rules::new(config.rate_limit_api_per_minute, config.rate_limit_login_per_minute),
         db: db.clone(),
     });
@@ -541,6 +556,8 @@ pub fn router(app: Arc<App>, config: &Config) -> anyhow::Result<Router> {
         .route("/readyz", get(readyz))
         .route("/oauth/callback", get(oauth_callback))
         .route("/auth/oidc/callback", get(oidc_callback))
+        .route("/auth/saml/acs", post(saml_acs))
+        .route("/auth/saml/metadata", get(saml_metadata))
         .layer(RequestBodyLimitLayer::new(config.max_body_bytes))
         .layer(cors(config)?)
         .with_state(HttpState { app, schema }))
@@ -754,6 +771,30 @@ async fn oidc_callback(
     let peer = extensions.get::<axum::extract::ConnectInfo<SocketAddr>>().map(|c| c.0);
     let binding = crate::auth::cookie(&headers, crate::schema::OIDC_BINDING_COOKIE);
     crate::schema::oidc_callback(&state.app, params, request_info(&headers, peer), binding).await
+}
+
+/// Where a SAML identity provider posts its answer to a sign-in (see `schema::saml`).
+async fn saml_acs(
+    State(state): State<HttpState>,
+    extensions: axum::http::Extensions,
+    headers: HeaderMap,
+    axum::extract::Form(params): axum::extract::Form<crate::schema::SamlAcsParams>,
+) -> Response {
+    let peer = extensions.get::<axum::extract::ConnectInfo<SocketAddr>>().map(|c| c.0);
+    let binding = crate::auth::cookie(&headers, crate::schema::SAML_BINDING_COOKIE);
+    crate::schema::saml_acs(&state.app, params, request_info(&headers, peer), binding).await
+}
+
+/// CloudSync's SAML service-provider metadata, for the identity provider's administrator.
+async fn saml_metadata(State(state): State<HttpState>) -> Response {
+    match &state.app.saml {
+        Some(login) => (
+            [(header::CONTENT_TYPE, "application/samlmetadata+xml")],
+            login.metadata_xml().to_owned(),
+        )
+            .into_response(),
+        None => (StatusCode::NOT_FOUND, "no SAML identity provider is configured on this server").into_response(),
+    }
 }
 
 fn html_escape(text: &str) -> String {

@@ -47,6 +47,7 @@ on_both_backends!(
     roles_scopes_and_api_tokens_decide_what_a_credential_may_do,
     an_account_can_be_restricted_to_its_networks,
     an_openid_provider_signs_people_in_and_links_verified_addresses,
+    a_saml_identity_provider_signs_people_in,
     a_websocket_checks_its_credential_for_every_operation,
     erasing_an_account_shreds_its_personal_data,
 );
@@ -75,6 +76,25 @@ pub(crate) async fn with_cors(backend: Backend) -> Harness {
                 scopes: None,
             },
         );
+        config.saml.insert(
+            "test".into(),
+            cloudsync_gateway::saml::SamlConfig {
+                metadata: crate::oauth::var("CLOUDSYNC_TEST_SAML_METADATA"),
+                trust_email: true,
+                email_attribute: None,
+            },
+        );
+        // The same provider as far as its metadata file says, but with another signing key.
+        if let Some(dir) = config.data_dir.parent() {
+            config.saml.insert(
+                "impostor".into(),
+                cloudsync_gateway::saml::SamlConfig {
+                    metadata: dir.join("impostor-idp.xml").display().to_string(),
+                    trust_email: true,
+                    email_attribute: None,
+                },
+            );
+        }
     })
     .await
 }
@@ -1665,10 +1685,17 @@ async fn oidc_redirect(h: &Harness, login: &str, cookie: bool) -> String {
 
 /// Begins a browser's sign-in with the test provider: the answer and the binding cookie it set.
 async fn begin_in_browser(h: &Harness) -> (Value, String) {
+    let (begun, set_cookie) = begin_in_browser_with(h, BEGIN_OIDC).await;
+    (begun, set_cookie.split(';').next().expect("a cookie").to_owned())
+}
+
+/// Begins a browser's sign-in with `begin` (provider "test"): the answer and the whole
+/// `Set-Cookie` of its binding cookie.
+async fn begin_in_browser_with(h: &Harness, begin: &str) -> (Value, String) {
     let begun = h
         .client
         .post(format!("{}/graphql", h.url))
-        .json(&json!({ "query": BEGIN_OIDC, "variables": { "p": "test", "c": true } }))
+        .json(&json!({ "query": begin, "variables": { "p": "test", "c": true } }))
         .send()
         .await
         .expect("begin");
@@ -1676,7 +1703,6 @@ async fn begin_in_browser(h: &Harness) -> (Value, String) {
         .headers()
         .get("set-cookie")
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.split(';').next())
         .expect("a binding cookie")
         .to_owned();
     (begun.json().await.expect("JSON"), binding)
@@ -1784,6 +1810,199 @@ async fn an_openid_provider_signs_people_in_and_links_verified_addresses(h: &Har
     let (status, _, body) = get_json(&oidc_redirect(h, "alice", false).await).await;
     assert_eq!(status, 401, "{body}");
     assert!(text(&body["errors"][0]["message"]).contains("erased"), "{body}");
+}
+
+const BEGIN_SAML: &str = "mutation($p: String!, $c: Boolean) { beginSamlLogin(provider: $p, cookie: $c) { redirectUrl expiresAt } }";
+
+/// The value of the hidden form field `name` in `html` (the identity provider's answer page).
+fn form_field(html: &str, name: &str) -> String {
+    let marker = format!("name=\"{name}\"");
+    let at = html.find(&marker).unwrap_or_else(|| panic!("no field {name} in {html}"));
+    let rest = &html[at..];
+    let start = rest.find("value=\"").expect("a value") + "value=\"".len();
+    let end = rest[start..].find('"').expect("the value's end");
+    rest[start..start + end].to_owned()
+}
+
+/// Signs in at the test SAML identity provider as `login`, for the request in `redirect_url`: the
+/// `SAMLResponse` and `RelayState` its page would post to CloudSync.
+async fn saml_answer(redirect_url: &str, login: &str) -> (String, String) {
+    let url = reqwest::Url::parse(redirect_url).expect("a URL");
+    let query: std::collections::HashMap<String, String> = url.query_pairs().into_owned().collect();
+    let idp = format!(
+        "{}://{}",
+        url.scheme(),
+        url.host_str().zip(url.port()).map(|(h, p)| format!("{h}:{p}")).expect("host")
+    );
+    let page = reqwest::Client::new()
+        .post(format!("{idp}/login"))
+        .form(&[
+            ("SAMLRequest", query["SAMLRequest"].as_str()),
+            ("RelayState", query["RelayState"].as_str()),
+            ("login", login),
+            ("password", &crate::oauth::var("CLOUDSYNC_TEST_SAML_PASSWORD")),
+        ])
+        .send()
+        .await
+        .expect("the identity provider");
+    assert_eq!(page.status().as_u16(), 200, "the identity provider refused the sign-in");
+    let html = page.text().await.expect("its page");
+    assert!(html.contains("/auth/saml/acs"), "{html}");
+    (form_field(&html, "SAMLResponse"), form_field(&html, "RelayState"))
+}
+
+/// Posts an identity provider's answer to CloudSync's assertion consumer service.
+async fn post_acs(h: &Harness, response: &str, relay_state: &str, cookie: Option<&str>) -> (u16, Option<String>, Value) {
+    let mut request = h
+        .client
+        .post(format!("{}/auth/saml/acs", h.url))
+        .form(&[("SAMLResponse", response), ("RelayState", relay_state)]);
+    if let Some(cookie) = cookie {
+        request = request.header("cookie", cookie);
+    }
+    let answer = request.send().await.expect("the assertion consumer service");
+    let status = answer.status().as_u16();
+    let set_cookie = answer.headers().get("set-cookie").and_then(|v| v.to_str().ok()).map(str::to_owned);
+    (status, set_cookie, answer.json().await.expect("JSON"))
+}
+
+/// A self-signed certificate (base64 DER) of a key nobody else has.
+fn another_certificate() -> String {
+    use base64::Engine as _;
+    use openssl::{asn1::Asn1Time, bn::BigNum, hash::MessageDigest, pkey::PKey, rsa::Rsa, x509::X509, x509::X509NameBuilder};
+    let key = PKey::from_rsa(Rsa::generate(2048).expect("RSA")).expect("key");
+    let mut name = X509NameBuilder::new().expect("name");
+    name.append_entry_by_text("CN", "not the identity provider").expect("CN");
+    let name = name.build();
+    let mut builder = X509::builder().expect("builder");
+    builder.set_version(2).expect("version");
+    builder.set_subject_name(&name).expect("subject");
+    builder.set_issuer_name(&name).expect("issuer");
+    builder.set_pubkey(&key).expect("public key");
+    builder
+        .set_not_before(&Asn1Time::days_from_now(0).expect("now"))
+        .expect("not before");
+    builder
+        .set_not_after(&Asn1Time::days_from_now(1).expect("tomorrow"))
+        .expect("not after");
+    let serial = BigNum::from_u32(1).and_then(|n| n.to_asn1_integer()).expect("serial");
+    builder.set_serial_number(&serial).expect("serial");
+    builder.sign(&key, MessageDigest::sha256()).expect("signed");
+    base64::engine::general_purpose::STANDARD.encode(builder.build().to_der().expect("DER"))
+}
+
+async fn begin_saml(h: &Harness) -> String {
+    begin_saml_with(h, "test").await
+}
+
+async fn begin_saml_with(h: &Harness, provider: &str) -> String {
+    let begun = h.ok(None, BEGIN_SAML, json!({ "p": provider })).await["beginSamlLogin"].clone();
+    let url = text(&begun["redirectUrl"]);
+    assert!(url.contains("SAMLRequest=") && url.contains("RelayState="), "{url}");
+    url
+}
+
+async fn a_saml_identity_provider_signs_people_in(h: &Harness) {
+    use base64::Engine as _;
+    assert_eq!(h.error_code(None, BEGIN_SAML, json!({ "p": "nope" })).await, "BAD_USER_INPUT");
+    // CloudSync's service-provider metadata, for the provider's administrator.
+    let metadata = h
+        .client
+        .get(format!("{}/auth/saml/metadata", h.url))
+        .send()
+        .await
+        .expect("metadata")
+        .text()
+        .await
+        .expect("XML");
+    assert!(
+        metadata.contains(&format!("entityID=\"{}/auth/saml/metadata\"", h.url)) && metadata.contains(&format!("{}/auth/saml/acs", h.url)),
+        "{metadata}"
+    );
+
+    // A new person: an account is made for the address the provider asserts.
+    let (response, relay_state) = saml_answer(&begin_saml(h).await, "dora").await;
+    let (status, _, body) = post_acs(h, &response, &relay_state, None).await;
+    assert_eq!(status, 200, "{body}");
+    let me = h.ok(Some(&text(&body["accessToken"])), ME, json!({})).await;
+    assert_eq!(me["me"]["email"], json!("dora@example.test"));
+    let dora = me["me"]["id"].clone();
+    assert!(text(&body["refreshToken"]).starts_with("csr1."));
+    // An answer works once.
+    let (status, _, again) = post_acs(h, &response, &relay_state, None).await;
+    assert_eq!(status, 400, "{again}");
+    assert!(text(&again["errors"][0]["message"]).contains("already used"), "{again}");
+    // The same person again: the same account, through the linked identity.
+    let (response, relay_state) = saml_answer(&begin_saml(h).await, "dora").await;
+    let (_, _, body) = post_acs(h, &response, &relay_state, None).await;
+    assert_eq!(body["user"]["id"], dora);
+
+    // Someone who registered with a password: the asserted address links the identity.
+    let (_, frank) = h.register("frank@example.test").await;
+    let (response, relay_state) = saml_answer(&begin_saml(h).await, "frank").await;
+    let (status, _, body) = post_acs(h, &response, &relay_state, None).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["user"]["id"], json!(frank));
+
+    // A changed assertion does not verify (here: someone else's address slipped in).
+    let (response, relay_state) = saml_answer(&begin_saml(h).await, "mallory").await;
+    let xml = String::from_utf8(base64::engine::general_purpose::STANDARD.decode(&response).expect("base64")).expect("XML");
+    assert!(xml.contains("mallory@example.test"), "{xml}");
+    let forged = base64::engine::general_purpose::STANDARD.encode(xml.replace("mallory@example.test", "frank@example.test"));
+    let (status, _, body) = post_acs(h, &forged, &relay_state, None).await;
+    assert_eq!(status, 401, "{body}");
+    assert!(text(&body["errors"][0]["message"]).contains("does not verify"), "{body}");
+    // Answers are checked against the key in the provider's metadata: metadata naming another key
+    // refuses the real provider's answers.
+    let real = reqwest::get(crate::oauth::var("CLOUDSYNC_TEST_SAML_METADATA"))
+        .await
+        .expect("metadata")
+        .text()
+        .await
+        .expect("XML");
+    let (start, end) = (
+        real.find("<X509Certificate>").expect("a certificate") + "<X509Certificate>".len(),
+        real.find("</X509Certificate>").expect("its end"),
+    );
+    let impostor = format!("{}{}{}", &real[..start], another_certificate(), &real[end..]);
+    std::fs::write(h.db.dir().join("impostor-idp.xml"), impostor).expect("written");
+    let (response, relay_state) = saml_answer(&begin_saml_with(h, "impostor").await, "mallory").await;
+    let (status, _, body) = post_acs(h, &response, &relay_state, None).await;
+    assert_eq!(status, 401, "{body}");
+    assert!(text(&body["errors"][0]["message"]).contains("does not verify"), "{body}");
+    // An answer is bound to the request it answers: another sign-in's RelayState refuses it.
+    let (first, _) = saml_answer(&begin_saml(h).await, "gina").await;
+    let (_, second_relay) = saml_answer(&begin_saml(h).await, "gina").await;
+    let (status, _, body) = post_acs(h, &first, &second_relay, None).await;
+    assert_eq!(status, 401, "{body}");
+    // Unsolicited answers, made-up states and empty posts change nothing.
+    let (status, _, _) = post_acs(h, &first, "", None).await;
+    assert_eq!(status, 400);
+    let (status, _, _) = post_acs(h, &first, "made-up", None).await;
+    assert_eq!(status, 400);
+    let (status, _, _) = post_acs(h, "", "made-up", None).await;
+    assert_eq!(status, 400);
+    // No account was made for the refused answers: their addresses are still free.
+    h.register("mallory@example.test").await;
+    h.register("gina@example.test").await;
+
+    // Browsers: the sign-in is tied to the browser that began it, and the refresh token goes to a
+    // cookie only.
+    let (begun, binding) = begin_in_browser_with(h, BEGIN_SAML).await;
+    assert!(
+        binding.starts_with("cloudsync_saml=") && binding.contains("SameSite=None") && binding.contains("Secure"),
+        "{binding}"
+    );
+    let binding = binding.split(';').next().expect("cookie").to_owned();
+    let (elsewhere, _) = begin_in_browser_with(h, BEGIN_SAML).await;
+    let (response, relay_state) = saml_answer(&text(&elsewhere["data"]["beginSamlLogin"]["redirectUrl"]), "dora").await;
+    let (status, _, body) = post_acs(h, &response, &relay_state, None).await;
+    assert_eq!(status, 400, "another browser cannot finish it: {body}");
+    let (response, relay_state) = saml_answer(&text(&begun["data"]["beginSamlLogin"]["redirectUrl"]), "dora").await;
+    let (status, cookie, body) = post_acs(h, &response, &relay_state, Some(&binding)).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["refreshToken"], Value::Null);
+    assert!(cookie.expect("a refresh cookie").starts_with("cloudsync_refresh=csr1."));
 }
 
 /// `cloudsync keys rotate-master` replaces the generated master key and re-wraps every user key and

@@ -468,7 +468,7 @@ impl IdentityMutation {
                     .map_err(|err| ApiError::internal(&err))?,
                 None => None,
             };
-            if !session.is_some_and(|s| Utc::now() - s.created_at < chrono::Duration::minutes(10)) {
+            if session.is_none_or(|s| Utc::now() - s.created_at >= chrono::Duration::minutes(10)) {
                 return Err(ApiError::Forbidden("sign in again (within ten minutes) to erase this account".into()).into());
             }
         }

@@ -105,7 +105,7 @@ pub struct CallbackParams {
     error_description: Option<String>,
 }
 
-fn refused(status: StatusCode, code: &str, message: &str) -> Response {
+pub(super) fn refused(status: StatusCode, code: &str, message: &str) -> Response {
     (
         status,
         [(header::CACHE_CONTROL, "no-store")],
@@ -169,15 +169,65 @@ async fn account_of(app: &App, identity: &crate::oidc::Identity) -> ApiResult<(U
     Ok((user, email.as_str().to_owned()))
 }
 
-/// `/auth/oidc/callback`: finishes a sign-in begun by `beginOidcLogin`.
-pub async fn callback(app: &App, params: CallbackParams, info: RequestInfo, binding: Option<String>) -> Response {
+/// Charges a returning sign-in to its IP address's sign-in budget: the refusal when it is spent.
+pub(super) async fn over_budget(app: &App, info: &RequestInfo) -> Option<Response> {
     let ip = info.client.ip.clone().unwrap_or_else(|| "unknown".into());
-    if let Ok(Some(wait)) = app.limiter.take(&format!("ip:{ip}"), app.rules.login).await {
-        return refused(
+    match app.limiter.take(&format!("ip:{ip}"), app.rules.login).await {
+        Ok(Some(wait)) => Some(refused(
             StatusCode::TOO_MANY_REQUESTS,
             code::RATE_LIMITED,
             &format!("too many sign-ins; try again in {} s", wait.as_secs() + 1),
-        );
+        )),
+        _ => None,
+    }
+}
+
+/// The pending sign-in under `key`, taken (so that it finishes once) and, when it was begun by a
+/// browser (`bound` gives the hash of its binding cookie), checked to come back to that browser.
+pub(super) async fn take_pending<T: serde::de::DeserializeOwned>(
+    app: &App,
+    key: &str,
+    bound: impl Fn(&T) -> Option<&String>,
+    binding: Option<&str>,
+) -> Result<T, Response> {
+    let pending = match app.tokens.sessions().store().take_state(key).await {
+        Ok(Some(pending)) => pending,
+        Ok(None) => {
+            return Err(refused(
+                StatusCode::BAD_REQUEST,
+                code::BAD_REQUEST,
+                "this sign-in is unknown, expired or already used; begin again",
+            ));
+        }
+        Err(err) => return Err(refused(StatusCode::INTERNAL_SERVER_ERROR, code::INTERNAL, &err.to_string())),
+    };
+    let Ok(pending) = serde_json::from_str::<T>(&pending) else {
+        return Err(refused(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            code::INTERNAL,
+            "a pending sign-in is malformed",
+        ));
+    };
+    if let Some(expected) = bound(&pending)
+        && binding.map(hash).as_ref() != Some(expected)
+    {
+        return Err(refused(
+            StatusCode::BAD_REQUEST,
+            code::BAD_REQUEST,
+            "this sign-in was begun in another browser; begin again here",
+        ));
+    }
+    Ok(pending)
+}
+
+fn pending_binding(pending: &Pending) -> Option<&String> {
+    pending.binding.as_ref()
+}
+
+/// `/auth/oidc/callback`: finishes a sign-in begun by `beginOidcLogin`.
+pub async fn callback(app: &App, params: CallbackParams, info: RequestInfo, binding: Option<String>) -> Response {
+    if let Some(refusal) = over_budget(app, &info).await {
+        return refusal;
     }
     let Some(state) = params.state.filter(|s| !s.is_empty()) else {
         return refused(
@@ -186,29 +236,10 @@ pub async fn callback(app: &App, params: CallbackParams, info: RequestInfo, bind
             "the provider's answer lacks the state parameter",
         );
     };
-    let pending = match app.tokens.sessions().store().take_state(&key(&state)).await {
-        Ok(Some(pending)) => pending,
-        Ok(None) => {
-            return refused(
-                StatusCode::BAD_REQUEST,
-                code::BAD_REQUEST,
-                "this sign-in is unknown, expired or already used; begin again",
-            );
-        }
-        Err(err) => return refused(StatusCode::INTERNAL_SERVER_ERROR, code::INTERNAL, &err.to_string()),
+    let pending: Pending = match take_pending(app, &key(&state), pending_binding, binding.as_deref()).await {
+        Ok(pending) => pending,
+        Err(refusal) => return refusal,
     };
-    let Ok(pending) = serde_json::from_str::<Pending>(&pending) else {
-        return refused(StatusCode::INTERNAL_SERVER_ERROR, code::INTERNAL, "a pending sign-in is malformed");
-    };
-    if let Some(expected) = &pending.binding
-        && binding.as_deref().map(hash).as_ref() != Some(expected)
-    {
-        return refused(
-            StatusCode::BAD_REQUEST,
-            code::BAD_REQUEST,
-            "this sign-in was begun in another browser; begin again here",
-        );
-    }
     if let Some(error) = params.error {
         let detail = params.error_description.unwrap_or(error);
         return refused(
@@ -241,7 +272,12 @@ pub async fn callback(app: &App, params: CallbackParams, info: RequestInfo, bind
             return refused(StatusCode::UNAUTHORIZED, code::UNAUTHENTICATED, &why);
         }
     };
-    match signed_in(app, &identity, pending.cookie, &info).await {
+    signed_in(app, &identity, pending.cookie, &info).await
+}
+
+/// Signs the external `identity` in (see `account_of`) and answers like `login`, or refuses.
+pub(super) async fn signed_in(app: &App, identity: &crate::oidc::Identity, cookie: bool, info: &RequestInfo) -> Response {
+    match session_for(app, identity, cookie, info).await {
         Ok(response) => response,
         Err(ApiError::Unauthenticated(why)) => refused(StatusCode::UNAUTHORIZED, code::UNAUTHENTICATED, &why),
         Err(ApiError::Conflict(why)) => refused(StatusCode::CONFLICT, code::CONFLICT, &why),
@@ -252,7 +288,7 @@ pub async fn callback(app: &App, params: CallbackParams, info: RequestInfo, bind
     }
 }
 
-async fn signed_in(app: &App, identity: &crate::oidc::Identity, cookie: bool, info: &RequestInfo) -> ApiResult<Response> {
+async fn session_for(app: &App, identity: &crate::oidc::Identity, cookie: bool, info: &RequestInfo) -> ApiResult<Response> {
     let (user_id, email) = account_of(app, identity).await?;
     let user = account(app, user_id.as_uuid()).await?;
     if !crate::access::ip_allowed(info.client.ip.as_deref(), user.ip_allowlist()) {
