@@ -6,10 +6,11 @@ use cloudsync_domain::events::PasswordChange;
 use cloudsync_domain::user::{User, UserCommand};
 use cloudsync_domain::{Aggregate as _, UserId};
 
-use cloudsync_domain::events::{EmailReleased, ExternalIdentityLinked, Personal};
+use cloudsync_domain::events::{EmailReleased, ExternalIdentityLinked, Personal, Sealable, SealedSecret};
 use cloudsync_domain::ids::{email_stream, identity_stream};
 use cloudsync_domain::{DomainEvent, Email};
 use cloudsync_eventstore::{ExpectedVersion, StreamAppend};
+use serde_json::Value;
 
 use crate::handlers::{Reservation, encode};
 use crate::{CommandError, Commands, Context};
@@ -275,17 +276,51 @@ impl Commands {
     pub async fn reveal(&self, user: UserId, personal: &Personal) -> Result<Option<String>, CommandError> {
         match personal {
             Personal::Clear(text) => Ok(Some(text.clone())),
-            Personal::Sealed { sealed } => {
-                if !self.vault.has_key(user).await? {
-                    return Ok(None);
-                }
-                match self.vault.open(user, sealed).await {
-                    Ok(plain) => Ok(Some(String::from_utf8_lossy(&plain).into_owned())),
-                    // Erased meanwhile: as unreadable as if it had been before.
-                    Err(_) if !self.vault.has_key(user).await? => Ok(None),
-                    Err(err) => Err(err),
-                }
-            }
+            Personal::Sealed { sealed } => Ok(self
+                .unseal(user, sealed)
+                .await?
+                .map(|plain| String::from_utf8_lossy(&plain).into_owned())),
+        }
+    }
+
+    /// A personal JSON value of `user` (such as a provider's settings) sealed with the user's
+    /// data key.
+    ///
+    /// # Errors
+    /// The key store is unreachable.
+    pub(crate) async fn seal_value(&self, user: UserId, value: &Value) -> Result<Sealable<Value>, CommandError> {
+        let plaintext = serde_json::to_vec(value).map_err(|err| CommandError::Invalid(err.to_string()))?;
+        Ok(Sealable::Sealed {
+            sealed: self.vault.seal(user, &plaintext).await?,
+        })
+    }
+
+    /// A personal JSON value of `user` in the clear; `None` once the account was erased.
+    ///
+    /// # Errors
+    /// The key store is unreachable, or the value is not JSON.
+    pub async fn reveal_value(&self, user: UserId, value: &Sealable<Value>) -> Result<Option<Value>, CommandError> {
+        match value {
+            Sealable::Clear(value) => Ok(Some(value.clone())),
+            Sealable::Sealed { sealed } => match self.unseal(user, sealed).await? {
+                Some(plain) => serde_json::from_slice(&plain)
+                    .map(Some)
+                    .map_err(|_| CommandError::Storage("a sealed value is not JSON".into())),
+                None => Ok(None),
+            },
+        }
+    }
+
+    /// Opens `sealed` with `user`'s data key; `None` once the account was erased (its key is gone).
+    async fn unseal(&self, user: UserId, sealed: &SealedSecret) -> Result<Option<Vec<u8>>, CommandError> {
+        if !self.vault.has_key(user).await? {
+            return Ok(None);
+        }
+        match self.vault.open(user, sealed).await {
+            Ok(plain) => Ok(Some(plain)),
+            // Erased meanwhile: as unreadable as if it had been before.
+            Err(_) if !self.vault.has_key(user).await? => Ok(None),
+            Err(err) => Err(err),
         }
     }
 

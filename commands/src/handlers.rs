@@ -306,7 +306,10 @@ impl Commands {
             Some(self.vault.seal(user, &plaintext).await?)
         };
         let display_name = name.unwrap_or_else(|| default_name(kind, &config));
-        let config = Value::Object(config);
+        cloudsync_domain::provider::check_display_name(&display_name)?;
+        // The name and the settings are personal data: sealed like the secrets.
+        let sealed_name = self.seal_personal(user, &display_name).await?;
+        let config = self.seal_value(user, &Value::Object(config)).await?;
         let provider_id = ProviderId::from_uuid(Uuid::new_v4());
         let job_id = SyncJobId::from_uuid(Uuid::new_v4());
         let at = Utc::now();
@@ -315,7 +318,7 @@ impl Commands {
             provider_id,
             owner_id: user,
             kind,
-            display_name: display_name.clone(),
+            display_name: sealed_name,
             config,
             secrets,
             credentials_expire_at,
@@ -493,7 +496,11 @@ impl Commands {
             provider = self.load::<ProviderConnection>(&provider_id.stream()).await?.0;
         }
         let connected = provider.active_for(user).ok_or(CommandError::NotFound("provider"))?;
-        let mut settings = connected.config.as_object().cloned().unwrap_or_default();
+        let mut settings = self
+            .reveal_value(user, &connected.config)
+            .await?
+            .and_then(|config| config.as_object().cloned())
+            .ok_or_else(|| CommandError::Storage("the provider's settings are unreadable".into()))?;
         settings.extend(self.secrets_of(user, connected).await?);
         // OpenDAL can only use a refresh token with the app's client id and secret; tokens from
         // CloudSync's own authorization flow are renewed by CloudSync instead.

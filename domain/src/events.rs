@@ -15,12 +15,39 @@ use crate::values::{ProviderKind, ProviderPath, ScanSchedule};
 
 /// Personal data inside an event: sealed with its owner's data key, so that destroying the key
 /// (erasing the account) leaves the event in the log and the data unreadable; or in the clear, as
-/// events written before sealing were.
+/// events written before sealing were. `T` is what it holds in the clear (sealed: its JSON, or for
+/// text the text itself).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(untagged)]
-pub enum Personal {
+pub enum Sealable<T> {
     Sealed { sealed: SealedSecret },
-    Clear(String),
+    Clear(T),
+}
+
+/// Personal text (an address, a name).
+pub type Personal = Sealable<String>;
+
+impl From<&str> for Personal {
+    fn from(text: &str) -> Self {
+        Self::Clear(text.to_owned())
+    }
+}
+
+impl From<Value> for Sealable<Value> {
+    fn from(value: Value) -> Self {
+        Self::Clear(value)
+    }
+}
+
+impl Sealable<Value> {
+    /// How a read model's JSON column keeps it: the clear value, or `{"sealed": …}` for the reader
+    /// to open (read back with `serde_json::from_value`).
+    pub fn to_json(&self) -> Value {
+        match self {
+            Self::Clear(value) => value.clone(),
+            Self::Sealed { sealed } => serde_json::json!({ "sealed": sealed }),
+        }
+    }
 }
 
 impl Personal {
@@ -266,9 +293,11 @@ pub struct ProviderConnected {
     pub provider_id: ProviderId,
     pub owner_id: UserId,
     pub kind: ProviderKind,
-    pub display_name: String,
-    /// Non-secret configuration (for `local`: the root folder).
-    pub config: Value,
+    /// The name its owner gave it, sealed with the owner's data key.
+    pub display_name: Personal,
+    /// Non-secret configuration (for `local`: the root folder; endpoints, buckets, user names),
+    /// sealed with the owner's data key.
+    pub config: Sealable<Value>,
     /// The secret settings (passwords, keys, tokens), sealed with the owner's data key.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub secrets: Option<SealedSecret>,

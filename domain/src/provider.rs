@@ -4,7 +4,9 @@ use chrono::{DateTime, Utc};
 use serde_json::Value;
 
 use crate::aggregate::{Aggregate, DomainError};
-use crate::events::{DomainEvent, ProviderConnected, ProviderCredentialsRenewed, ProviderDisconnected, ProviderScheduleSet, SealedSecret};
+use crate::events::{
+    DomainEvent, Personal, ProviderConnected, ProviderCredentialsRenewed, ProviderDisconnected, ProviderScheduleSet, Sealable, SealedSecret,
+};
 use crate::ids::{ProviderId, UserId};
 use crate::values::{ProviderKind, ScanSchedule};
 
@@ -19,8 +21,8 @@ pub enum ProviderCommand {
         provider_id: ProviderId,
         owner_id: UserId,
         kind: ProviderKind,
-        display_name: String,
-        config: Value,
+        display_name: Personal,
+        config: Sealable<Value>,
         secrets: Option<SealedSecret>,
         credentials_expire_at: Option<DateTime<Utc>>,
         at: DateTime<Utc>,
@@ -42,6 +44,17 @@ pub enum ProviderCommand {
         realtime: bool,
         at: DateTime<Utc>,
     },
+}
+
+/// A provider's display name: 1 to 200 characters, not all blank.
+///
+/// # Errors
+/// [`DomainError::Invalid`] otherwise.
+pub fn check_display_name(name: &str) -> Result<(), DomainError> {
+    if name.trim().is_empty() || name.len() > 200 {
+        return Err(DomainError::Invalid("a display name of 1 to 200 characters is required".into()));
+    }
+    Ok(())
 }
 
 impl ProviderConnection {
@@ -70,8 +83,9 @@ impl Aggregate for ProviderConnection {
                 if self.connected.is_some() {
                     return Err(DomainError::AlreadyExists("provider"));
                 }
-                if display_name.trim().is_empty() || display_name.len() > 200 {
-                    return Err(DomainError::Invalid("a display name of 1 to 200 characters is required".into()));
+                // A sealed name was checked (`check_display_name`) before it was sealed.
+                if let Sealable::Clear(name) = &display_name {
+                    check_display_name(name)?;
                 }
                 Ok(vec![DomainEvent::ProviderConnected(ProviderConnected {
                     provider_id,
@@ -166,7 +180,7 @@ mod tests {
             owner_id: alice(),
             kind: ProviderKind::Local,
             display_name: "photos".into(),
-            config: json!({"root": "/srv/photos"}),
+            config: json!({"root": "/srv/photos"}).into(),
             secrets: None,
             credentials_expire_at: None,
             at: DateTime::UNIX_EPOCH,

@@ -241,20 +241,35 @@ pub struct Provider {
     scan_operation_id: Option<ID>,
 }
 
-impl From<ProviderRow> for Provider {
-    fn from(row: ProviderRow) -> Self {
-        Self {
+impl Provider {
+    /// The row with its name and settings opened with the owner's key.
+    async fn open(app: &App, user: Uuid, row: ProviderRow) -> ApiResult<Self> {
+        let owner = cloudsync_domain::UserId::from_uuid(user);
+        let display_name = app
+            .commands
+            .reveal(owner, &cloudsync_domain::events::Personal::from_column(&row.display_name))
+            .await
+            .map_err(ApiError::from)?
+            .unwrap_or_default();
+        let sealed = serde_json::from_value(row.config).map_err(|err| ApiError::internal(&err))?;
+        let config = app
+            .commands
+            .reveal_value(owner, &sealed)
+            .await
+            .map_err(ApiError::from)?
+            .unwrap_or_default();
+        Ok(Self {
             id: ID(row.id.to_string()),
             kind: row.kind,
-            display_name: row.display_name,
+            display_name,
             status: row.status,
-            config: Json(row.config),
+            config: Json(config),
             connected_at: row.connected_at,
             disconnected_at: row.disconnected_at,
             scan_schedule: row.scan_schedule,
             realtime: row.realtime,
             scan_operation_id: None,
-        }
+        })
     }
 }
 
@@ -452,14 +467,12 @@ impl CoreQuery {
         let caller = caller_for(ctx, scope::FILES_READ)?;
         let app = app(ctx);
         app.consistent(caller).await;
-        Ok(app
-            .reads
-            .providers(caller.user_id)
-            .await
-            .map_err(ApiError::from)?
-            .into_iter()
-            .map(Provider::from)
-            .collect())
+        let rows = app.reads.providers(caller.user_id).await.map_err(ApiError::from)?;
+        let mut providers = Vec::with_capacity(rows.len());
+        for row in rows {
+            providers.push(Provider::open(app, caller.user_id, row).await?);
+        }
+        Ok(providers)
     }
 
     /// The caller's files, optionally of one provider and inside one folder (recursively), by path.
@@ -532,7 +545,7 @@ impl CoreMutation {
             .ok_or_else(|| ApiError::internal(&"the new provider is not visible yet"))?;
         Ok(Provider {
             scan_operation_id: Some(ID(connected.job_id.to_string())),
-            ..row.into()
+            ..Provider::open(app, caller.user_id, row).await?
         })
     }
 
@@ -626,7 +639,7 @@ impl CoreMutation {
             .await
             .map_err(ApiError::from)?
             .ok_or_else(|| ApiError::not_found("provider"))?;
-        Ok(row.into())
+        Ok(Provider::open(app, caller.user_id, row).await?)
     }
 
     /// Moves files into `targetPath`, a folder relative to each file's provider root, keeping names.

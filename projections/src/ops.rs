@@ -299,8 +299,9 @@ pub fn ops_for(event: &DomainEvent, at: DateTime<Utc>) -> Vec<Op> {
             id: e.provider_id.as_uuid(),
             user_id: e.owner_id.as_uuid(),
             kind: e.kind.as_str().to_owned(),
-            display_name: e.display_name.clone(),
-            config: e.config.clone(),
+            // Sealed values stay sealed here; readers open them with the owner's key.
+            display_name: e.display_name.to_column(),
+            config: e.config.to_json(),
             at,
         }],
         E::ProviderDisconnected(e) => vec![

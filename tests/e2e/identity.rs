@@ -2138,6 +2138,16 @@ async fn erasing_an_account_shreds_its_personal_data(h: &Harness) {
         h.ok(Some(&token), ME, json!({})).await["me"]["email"],
         json!("erase.me@example.org")
     );
+    // So are the provider's name and settings (here: the folder's path).
+    let providers = h.ok(Some(&token), "{ providers { id displayName config } }", json!({})).await;
+    assert_eq!(providers["providers"][0]["displayName"], json!("erased-files"));
+    assert_eq!(providers["providers"][0]["config"]["root"], json!(folder.display().to_string()));
+    let provider_stream = format!("provider-{}", text(&providers["providers"][0]["id"]));
+    let connected = h.db.db.events.read_stream(&provider_stream).await.expect("read");
+    assert!(
+        !connected.is_empty() && connected.iter().all(|e| !e.payload.to_string().contains("erased-files")),
+        "the name and the path are sealed"
+    );
 
     let erase = "mutation($p: String) { deleteAccount(password: $p) }";
     assert_eq!(
@@ -2171,6 +2181,9 @@ async fn erasing_an_account_shreds_its_personal_data(h: &Harness) {
         serde_json::from_value(events[0].payload["email"]["sealed"].clone()).expect("a sealed address");
     let user_id = cloudsync_domain::UserId::from_uuid(Uuid::parse_str(&user).expect("uuid"));
     assert!(vault.open(user_id, &sealed).await.is_err(), "unreadable for ever");
+    let name: cloudsync_domain::events::SealedSecret =
+        serde_json::from_value(connected[0].payload["display_name"]["sealed"].clone()).expect("a sealed name");
+    assert!(vault.open(user_id, &name).await.is_err(), "the provider's name too");
     assert!(vault.seal(user_id, b"new").await.is_err(), "and nothing new is sealed for it");
     let mut out = Vec::new();
     cloudsync_gateway::cli::replay(&h.db.db, Some(&stream), None, true, &mut out)

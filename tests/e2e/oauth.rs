@@ -110,8 +110,18 @@ fn vault(h: &Harness) -> Vault {
 }
 
 async fn open_tokens(h: &Harness, connected: &ProviderConnected, sealed: &SealedSecret) -> Map<String, Value> {
-    let plaintext = vault(h).open(connected.owner_id, sealed).await.expect("opens");
-    serde_json::from_slice(&plaintext).expect("json")
+    serde_json::from_slice(&open_tokens_raw(h, connected, sealed).await).expect("json")
+}
+
+async fn open_tokens_raw(h: &Harness, connected: &ProviderConnected, sealed: &SealedSecret) -> Vec<u8> {
+    vault(h).open(connected.owner_id, sealed).await.expect("opens")
+}
+
+fn sealed_part<T: std::fmt::Debug>(sealable: cloudsync_domain::events::Sealable<T>) -> SealedSecret {
+    match sealable {
+        cloudsync_domain::events::Sealable::Sealed { sealed } => sealed,
+        clear => panic!("in the clear: {clear:?}"),
+    }
 }
 
 /// The OpenID provider's userinfo for an access token (proves the token works).
@@ -193,8 +203,12 @@ async fn an_oauth_provider_connects_with_pkce_and_its_tokens_are_renewed(h: &Har
         })
         .expect("ProviderConnected recorded");
     assert_eq!(connected.kind.as_str(), "gdrive");
-    assert_eq!(connected.display_name, "Work drive");
-    assert_eq!(connected.config, json!({ "root": "/Work" }), "only non-secret settings in clear");
+    // The name and the settings are sealed with the owner's key too, the secrets apart from them.
+    let name = open_tokens_raw(h, &connected, &sealed_part(connected.display_name.clone())).await;
+    assert_eq!(name, b"Work drive");
+    let config: Value =
+        serde_json::from_slice(&open_tokens_raw(h, &connected, &sealed_part(connected.config.clone())).await).expect("JSON");
+    assert_eq!(config, json!({ "root": "/Work" }), "only non-secret settings with the name");
     let ttl: i64 = var("CLOUDSYNC_TEST_OIDC_ACCESS_TOKEN_TTL").parse().expect("seconds");
     let expires = connected.credentials_expire_at.expect("the token's expiry");
     let expected = chrono::Utc::now() + chrono::TimeDelta::seconds(ttl);
