@@ -13,14 +13,14 @@
 //! that could not renew in time (a stalled process) finds its lease no longer valid and records
 //! nothing more: the run fails and the next one starts over.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
 use cloudsync_chunks::get_manifest;
 use cloudsync_domain::sync_pair::{SyncPair, SyncPairCommand};
-use cloudsync_domain::{Aggregate, DomainEvent, SyncPairId};
+use cloudsync_domain::{Aggregate, DomainEvent, SyncPairId, UserId};
 use cloudsync_eventstore::{DbPool, on_pool};
 use tokio_util::sync::CancellationToken;
 
@@ -224,6 +224,8 @@ pub struct GcReport {
     pub pairs: usize,
     /// Versions let go because they fell out of their pair's retention.
     pub versions_pruned: usize,
+    /// Pairs of erased accounts, whose versions were let go with them (and are forgotten).
+    pub erased_pairs: usize,
     /// Chunks in the store before.
     pub chunks: usize,
     /// Chunks deleted: nothing referenced them.
@@ -286,8 +288,23 @@ impl Commands {
             let pairs = self.known_pairs().await?;
             report.pairs = pairs.len();
             let mut referenced: HashSet<String> = HashSet::new();
+            let mut erased: HashMap<UserId, bool> = HashMap::new();
             for pair_id in pairs {
                 let (mut pair, _) = self.load::<SyncPair>(&pair_id.stream()).await?;
+                if let Some(owner) = pair.settings().map(|created| created.owner_id) {
+                    let gone = match erased.get(&owner) {
+                        Some(gone) => *gone,
+                        None => *erased.entry(owner).or_insert(self.user(owner).await?.is_none()),
+                    };
+                    if gone {
+                        // An erased account's versions go with it: nothing of its pairs is kept.
+                        let forget = "DELETE FROM chunk_store_pairs WHERE pair_id = $1";
+                        let id = pair_id.to_string();
+                        on_pool!(&pool, |p| sqlx::query(forget).bind(id).execute(p).await.map(drop)).map_err(db_error)?;
+                        report.erased_pairs += 1;
+                        continue;
+                    }
+                }
                 let pruned = pair.handle(SyncPairCommand::PruneVersions { at: Utc::now() })?;
                 if !pruned.is_empty() {
                     let ctx = Context::new(None);
@@ -337,6 +354,7 @@ impl Commands {
         tracing::info!(
             pairs = report.pairs,
             pruned = report.versions_pruned,
+            erased = report.erased_pairs,
             chunks = report.chunks,
             deleted = report.deleted,
             "Chunk store collected."

@@ -966,6 +966,19 @@ async fn garbage_collection_waits_for_runs_and_keeps_what_is_referenced(h: &Harn
     let back = h.ok(Some(&token), RESTORE, json!({ "v": restore[0]["id"] })).await["restoreFileVersion"].clone();
     h.wait_for_operation(&token, back["operation"]["id"].as_str().expect("run")).await;
     assert_eq!(hex(&tree(&a)["big.bin"]), restore[0]["checksum"].as_str().expect("checksum"));
+
+    // An erased account's versions go with it: the next collection keeps nothing of its pair.
+    assert!(!chunks.list().await.expect("listed").is_empty());
+    let erase = "mutation($p: String) { deleteAccount(password: $p) }";
+    h.ok(Some(&token), erase, json!({ "p": "correct horse battery" })).await;
+    let report = app.commands.collect_garbage(wait).await.expect("collected");
+    assert_eq!(report.erased_pairs, 1, "{report:?}");
+    assert_eq!(chunks.list().await.expect("listed"), Vec::<String>::new());
+    assert_eq!(
+        app.commands.collect_garbage(wait).await.expect("collected").pairs,
+        0,
+        "and forgotten"
+    );
 }
 
 /// The chunk store in an S3 bucket instead of the data dir: the same versions and restores.
