@@ -179,11 +179,14 @@ pub(crate) fn session_caller(ctx: &Context<'_>) -> ApiResult<Caller> {
 
 /// The caller, if it may administer (`write`) or read administrative data: the `admin` scope and
 /// the role `admin` (or `auditor`, to read).
-pub(crate) fn admin_caller(ctx: &Context<'_>, write: bool) -> ApiResult<Caller> {
+pub(crate) async fn admin_caller(ctx: &Context<'_>, write: bool) -> ApiResult<Caller> {
     use crate::access::role;
     let caller = caller_for(ctx, crate::access::scope::ADMIN)?;
     let needed = if write { role::ADMIN } else { role::ADMIN | role::AUDITOR };
-    if caller.roles & needed == 0 {
+    // The role must be in the token and still be held now (a role revoked from the command line
+    // ends no session, and the token keeps its roles until it expires).
+    let held = crate::access::roles_from(&account(app(ctx), caller.user_id).await?.roles());
+    if caller.roles & held & needed == 0 {
         return Err(ApiError::Forbidden(if write {
             "this needs the role admin".into()
         } else {

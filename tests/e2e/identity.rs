@@ -1435,20 +1435,29 @@ fn outcome(response: &Value) -> String {
 }
 
 async fn grant(h: &Harness, email: &str, role: &str) {
+    cli_role(h, email, role, true).await;
+}
+
+/// `cloudsync users grant|revoke <email> <role>`.
+async fn cli_role(h: &Harness, email: &str, role: &str, grant: bool) {
     let config = cloudsync_gateway::Config {
         data_dir: h.db.dir().join("data"),
         database_url: Some(h.db.url.clone()),
         ..cloudsync_gateway::Config::default()
     };
-    let command = cloudsync_gateway::cli::UsersCommand::Grant {
-        email: email.into(),
-        role: role.into(),
+    let (email, role_name) = (email.to_owned(), role.to_owned());
+    let command = if grant {
+        cloudsync_gateway::cli::UsersCommand::Grant { email, role: role_name }
+    } else {
+        cloudsync_gateway::cli::UsersCommand::Revoke { email, role: role_name }
     };
     let mut out = Vec::new();
     cloudsync_gateway::cli::roles(&config, &h.db.db, &command, &mut out)
         .await
-        .expect("grant");
-    assert!(String::from_utf8_lossy(&out).contains(&format!("now has the role {role}")));
+        .expect("grant or revoke");
+    if grant {
+        assert!(String::from_utf8_lossy(&out).contains(&format!("now has the role {role}")));
+    }
 }
 
 async fn roles_scopes_and_api_tokens_decide_what_a_credential_may_do(h: &Harness) {
@@ -1613,6 +1622,12 @@ async fn roles_scopes_and_api_tokens_decide_what_a_credential_may_do(h: &Harness
         "FORBIDDEN"
     );
     assert_eq!(outcome(&h.gql(Some(&text(&writer)), USERS, json!({})).await), "FORBIDDEN");
+
+    // A role taken away from the command line (which cannot end sessions in the server) stops
+    // working at once: administration checks the role the account holds now.
+    cli_role(h, "owner@example.org", "admin", false).await;
+    assert_eq!(outcome(&h.gql(Some(&admin), USERS, json!({})).await), "FORBIDDEN");
+    assert_eq!(outcome(&h.gql(Some(&text(&admin_token)), USERS, json!({})).await), "FORBIDDEN");
 }
 
 async fn an_account_can_be_restricted_to_its_networks(h: &Harness) {

@@ -85,7 +85,7 @@ impl AdminQuery {
         #[graphql(default = 100)] limit: i32,
         #[graphql(default = 0)] offset: i32,
     ) -> async_graphql::Result<Vec<Account>> {
-        admin_caller(ctx, false)?;
+        admin_caller(ctx, false).await?;
         if !(1..=1000).contains(&limit) || offset < 0 {
             return Err(ApiError::BadInput("limit must be between 1 and 1000, offset not negative".into()).into());
         }
@@ -126,7 +126,7 @@ impl AdminQuery {
         #[graphql(default = 0)] after: i64,
         #[graphql(default = 100)] limit: i32,
     ) -> async_graphql::Result<Vec<AuditEvent>> {
-        admin_caller(ctx, false)?;
+        admin_caller(ctx, false).await?;
         let user = parse_id(&user_id, "userId")?;
         if !(1..=1000).contains(&limit) || after < 0 {
             return Err(ApiError::BadInput("limit must be between 1 and 1000, after not negative".into()).into());
@@ -234,7 +234,7 @@ impl AdminMutation {
 
     /// Sets a user's storage quota (null: unlimited) and tier (`free`, `pro`, `team`).
     async fn set_user_plan(&self, ctx: &Context<'_>, user_id: ID, quota_bytes: Option<i64>, tier: String) -> async_graphql::Result<bool> {
-        let caller = admin_caller(ctx, true)?;
+        let caller = admin_caller(ctx, true).await?;
         let user = UserId::from_uuid(parse_id(&user_id, "userId")?);
         let quota = quota_bytes
             .map(|q| u64::try_from(q).map_err(|_| ApiError::BadInput("quotaBytes cannot be negative".into())))
@@ -262,7 +262,7 @@ impl AdminMutation {
 
 /// Gives (`grant`) or takes a role, as an administrator.
 async fn change_role(ctx: &Context<'_>, user_id: &ID, role: &str, grant: bool) -> ApiResult<bool> {
-    let caller = admin_caller(ctx, true)?;
+    let caller = admin_caller(ctx, true).await?;
     let user = UserId::from_uuid(parse_id(user_id, "userId")?);
     let app = app(ctx);
     let position = if grant {
