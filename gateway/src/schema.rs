@@ -72,7 +72,9 @@ pub struct SocketCredential {
 
 /// Checks the credential of every operation sent over a WebSocket again, as an HTTP request's is:
 /// a session revoked or a token expired since the connection opened stops working at once, and
-/// each operation is charged to the caller's rate limit.
+/// each operation is charged to the caller's rate limit. A subscription's credential is checked
+/// again before each event it sends (at most once a second): once it is no longer valid, the
+/// subscription sends an `UNAUTHENTICATED` error and ends.
 struct Recheck;
 
 impl async_graphql::extensions::ExtensionFactory for Recheck {
@@ -106,6 +108,47 @@ impl async_graphql::extensions::Extension for Recheck {
             return Err(error);
         }
         next.run(ctx, request.data(authentication)).await
+    }
+
+    fn subscribe<'s>(
+        &self,
+        ctx: &async_graphql::extensions::ExtensionContext<'_>,
+        stream: futures::stream::BoxStream<'s, async_graphql::Response>,
+        next: async_graphql::extensions::NextSubscribe<'_>,
+    ) -> futures::stream::BoxStream<'s, async_graphql::Response> {
+        let stream = next.run(ctx, stream);
+        let (Some(credential), Some(app)) = (ctx.data_opt::<SocketCredential>().cloned(), ctx.data_opt::<Arc<App>>().cloned()) else {
+            return stream;
+        };
+        const RECHECK_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+        // (the events, when the credential was last found valid, whether the stream has ended)
+        let state = (stream, None::<std::time::Instant>, false);
+        futures::stream::unfold(state, move |(mut inner, checked, ended)| {
+            let (app, credential) = (Arc::clone(&app), credential.clone());
+            async move {
+                if ended {
+                    return None;
+                }
+                let response = inner.next().await?;
+                if checked.is_some_and(|at| at.elapsed() < RECHECK_EVERY) {
+                    return Some((response, (inner, checked, false)));
+                }
+                match app.authenticate(credential.header.as_deref(), credential.ip.as_deref()).await {
+                    Authentication::User(_) => Some((response, (inner, Some(std::time::Instant::now()), false))),
+                    _ => {
+                        let mut error = async_graphql::ServerError::new(
+                            "the credential of this subscription is no longer valid (signed out, revoked or expired); subscribe again",
+                            None,
+                        );
+                        let mut extensions = async_graphql::ErrorExtensionValues::default();
+                        extensions.set("code", crate::errors::code::UNAUTHENTICATED);
+                        error.extensions = Some(extensions);
+                        Some((async_graphql::Response::from_errors(vec![error]), (inner, checked, true)))
+                    }
+                }
+            }
+        })
+        .boxed()
     }
 }
 

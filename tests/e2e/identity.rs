@@ -2132,6 +2132,39 @@ async fn a_websocket_checks_its_credential_for_every_operation(h: &Harness) {
         json!("UNAUTHENTICATED"),
         "{token_mutation}"
     );
+
+    // A subscription started before its session was revoked sends an error with its next event,
+    // and ends.
+    let scanned = h.scanned("watcher@example.org").await;
+    let other = text(&login(h, "watcher@example.org").await["accessToken"]);
+    let query = "subscription($p: ID!) { fileChanges(providerId: $p) { kind path } }";
+    let mut watching = h.subscribe(&scanned.token, query, json!({ "p": scanned.provider })).await;
+    let mut folders = ["a", "b"].into_iter().cycle();
+    let mut next_change = async |token: &str| {
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            assert!(std::time::Instant::now() < deadline, "no change arrived");
+            let moved = json!({ "ids": [scanned.readme], "to": folders.next() });
+            h.ok(Some(token), crate::spine::MOVE, moved).await;
+            if let Ok(message) = tokio::time::timeout(Duration::from_millis(500), crate::spine::next_json(&mut watching)).await {
+                return message;
+            }
+        }
+    };
+    let change = next_change(&other).await;
+    assert_eq!(change["payload"]["data"]["fileChanges"]["kind"], json!("MOVED"), "{change}");
+    h.ok(Some(&scanned.token), "mutation { logout }", json!({})).await;
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let refused = next_change(&other).await;
+    assert_eq!(refused["type"], json!("next"), "{refused}");
+    assert_eq!(refused["payload"]["data"], Value::Null, "{refused}");
+    assert_eq!(
+        refused["payload"]["errors"][0]["extensions"]["code"],
+        json!("UNAUTHENTICATED"),
+        "{refused}"
+    );
+    let complete = crate::spine::next_json(&mut watching).await;
+    assert_eq!(complete["type"], json!("complete"), "{complete}");
 }
 
 async fn erasing_an_account_shreds_its_personal_data(h: &Harness) {

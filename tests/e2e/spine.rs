@@ -113,7 +113,7 @@ async fn a_local_folder_is_scanned_into_files(h: &Harness) {
     assert_eq!(providers["providers"][0]["status"], json!("connected"));
 }
 
-const MOVE: &str = "mutation($ids: [ID!]!, $to: String!) { moveFiles(fileIds: $ids, targetPath: $to) { id path name } }";
+pub(crate) const MOVE: &str = "mutation($ids: [ID!]!, $to: String!) { moveFiles(fileIds: $ids, targetPath: $to) { id path name } }";
 const DELETE: &str = "mutation($ids: [ID!]!) { deleteFiles(fileIds: $ids) }";
 
 async fn move_and_delete_change_the_folder_and_are_read_back_at_once(h: &Harness) {
