@@ -218,6 +218,21 @@ pub enum Op {
 }
 
 impl Op {
+    /// The user a row is written for, for the operations that create rows (none is created for an
+    /// erased account).
+    pub fn creates_for(&self) -> Option<Uuid> {
+        match self {
+            Self::UpsertUser { id, .. } => Some(*id),
+            Self::InsertProvider { user_id, .. }
+            | Self::InsertFile { user_id, .. }
+            | Self::InsertSyncOperation { user_id, .. }
+            | Self::InsertSyncPair { user_id, .. }
+            | Self::UpsertConflict { user_id, .. }
+            | Self::InsertFileVersion { user_id, .. } => Some(*user_id),
+            _ => None,
+        }
+    }
+
     pub fn table(&self) -> Table {
         match self {
             Self::EraseUser { table, .. } => *table,

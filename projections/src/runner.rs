@@ -62,6 +62,8 @@ fn table_ops(events: &[RecordedEvent], table: Table) -> Result<Vec<Op>, Projecti
     Ok(ops)
 }
 
+const IS_ERASED: &str = "SELECT user_id FROM erased_users WHERE user_id = $1";
+const MARK_ERASED: &str = "INSERT INTO erased_users (user_id) VALUES ($1) ON CONFLICT (user_id) DO NOTHING";
 const ENSURE: &str = "INSERT INTO projector_checkpoints (name, position) VALUES ($1, 0) ON CONFLICT (name) DO NOTHING";
 const SAVE: &str = "UPDATE projector_checkpoints SET position = $2 WHERE name = $1";
 
@@ -89,7 +91,27 @@ async fn step(db: &Database, table: Table, page: i64) -> Result<(usize, i64), Pr
                     tx.rollback().await?;
                     continue;
                 }
-                for op in table_ops(&events, table)? {
+                let ops = table_ops(&events, table)?;
+                // Accounts erased (by this projector or another): nothing is written for them.
+                let mut erased = std::collections::HashSet::new();
+                let users: std::collections::HashSet<uuid::Uuid> = ops.iter().filter_map(Op::creates_for).collect();
+                for user in users {
+                    let found: Option<String> = sqlx::query_scalar(IS_ERASED)
+                        .bind(user.to_string())
+                        .fetch_optional(&mut *tx)
+                        .await?;
+                    if found.is_some() {
+                        erased.insert(user);
+                    }
+                }
+                for op in ops {
+                    if op.creates_for().is_some_and(|user| erased.contains(&user)) {
+                        continue;
+                    }
+                    if let Op::EraseUser { id, .. } = &op {
+                        sqlx::query(MARK_ERASED).bind(id.to_string()).execute(&mut *tx).await?;
+                        erased.insert(*id);
+                    }
                     let (sql, values) = statement(&op);
                     let mut query = sqlx::query(sql);
                     for value in values {

@@ -2218,6 +2218,42 @@ async fn erasing_an_account_shreds_its_personal_data(h: &Harness) {
     };
     assert_eq!(wrapped.as_deref(), Some("erased"), "the data key is destroyed");
 
+    // A scan that was still going when the account was erased and records a file afterwards
+    // writes no row for it.
+    let all = h.db.db.events.read_all(0, 100_000).await.expect("log");
+    let discovered = all
+        .iter()
+        .find(|e| e.event_type == "FileDiscovered" && e.payload["owner_id"] == json!(user))
+        .expect("the diary was discovered");
+    let mut late = discovered.payload.clone();
+    let late_file = Uuid::now_v7();
+    late["file_id"] = json!(late_file);
+    let late = cloudsync_eventstore::NewEvent {
+        event_type: discovered.event_type.clone(),
+        schema_version: discovered.schema_version,
+        payload: late,
+        metadata: discovered.metadata.next(),
+    };
+    cloudsync_eventstore::append_to(
+        &*h.db.db.events,
+        &format!("file-{late_file}"),
+        cloudsync_eventstore::ExpectedVersion::NoStream,
+        vec![late],
+    )
+    .await
+    .expect("appended");
+    h.server().app().caught_up().await;
+    let count = "SELECT COUNT(*) FROM files WHERE user_id = $1";
+    let rows: i64 = match &h.db.db.pool {
+        cloudsync_eventstore::DbPool::Sqlite(p) => sqlx::query_scalar(count).bind(&user).fetch_one(p).await.expect("count"),
+        cloudsync_eventstore::DbPool::Postgres(p) => sqlx::query_scalar(count)
+            .bind(Uuid::parse_str(&user).expect("uuid"))
+            .fetch_one(p)
+            .await
+            .expect("count"),
+    };
+    assert_eq!(rows, 0, "no row comes back for an erased account");
+
     // The events remain, replay works, and what they sealed cannot be read any more.
     let events = h.db.db.events.read_stream(&stream).await.expect("read");
     let types: Vec<&str> = events.iter().map(|e| e.event_type.as_str()).collect();
