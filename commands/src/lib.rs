@@ -11,6 +11,7 @@ mod mfa;
 mod oauth;
 mod scan;
 mod schedule;
+mod sealing;
 mod secrets;
 mod sync;
 
@@ -22,5 +23,6 @@ pub use jobs::JobRunner;
 pub use mfa::{CodeKind, TOTP_PERIOD, totp_base32, totp_code, totp_uri};
 pub use oauth::{Authorization, DEFAULT_RENEW_MARGIN, OAuth, OAuthApp, is_oauth_kind};
 pub use schedule::Scheduler;
+pub use sealing::SealingStore;
 pub use secrets::{MasterKey, Vault};
 pub use sync::{Choice, DEFAULT_MAX_DELETE_PERCENT, SyncSettings};

@@ -132,7 +132,7 @@ impl MasterKey {
     }
 }
 
-fn seal_with(key: &[u8; 32], plaintext: &[u8], aad: &[u8]) -> Result<(Vec<u8>, Vec<u8>), CommandError> {
+pub(crate) fn seal_with(key: &[u8; 32], plaintext: &[u8], aad: &[u8]) -> Result<(Vec<u8>, Vec<u8>), CommandError> {
     let mut nonce = [0_u8; 12];
     rand::thread_rng().fill_bytes(&mut nonce);
     let cipher = Aes256Gcm::new(&Key::<Aes256Gcm>::from(*key));
@@ -142,7 +142,7 @@ fn seal_with(key: &[u8; 32], plaintext: &[u8], aad: &[u8]) -> Result<(Vec<u8>, V
     Ok((nonce.to_vec(), ciphertext))
 }
 
-fn open_with(key: &[u8; 32], nonce: &[u8], ciphertext: &[u8], aad: &[u8]) -> Result<Vec<u8>, CommandError> {
+pub(crate) fn open_with(key: &[u8; 32], nonce: &[u8], ciphertext: &[u8], aad: &[u8]) -> Result<Vec<u8>, CommandError> {
     let nonce: [u8; 12] = nonce
         .try_into()
         .map_err(|_| CommandError::Storage("a sealed secret has a malformed nonce".into()))?;
@@ -245,6 +245,29 @@ impl Vault {
             rewrapped += 1;
         }
         Ok(rewrapped)
+    }
+
+    /// `user`'s data key for sealing many values at once, made on first use.
+    ///
+    /// # Errors
+    /// An erased account ([`CommandError::NotFound`]); the key store is unreachable.
+    pub(crate) async fn key_to_seal(&self, user: UserId) -> Result<[u8; 32], CommandError> {
+        self.data_key(user).await
+    }
+
+    /// `user`'s data key for opening many values at once; `None` when there is none (the account
+    /// was erased).
+    ///
+    /// # Errors
+    /// The key store is unreachable, or no configured master key opens the key.
+    pub(crate) async fn key_to_open(&self, user: UserId) -> Result<Option<[u8; 32]>, CommandError> {
+        let Some(text) = self.wrapped_key(user).await? else {
+            return Ok(None);
+        };
+        let key = self.master.open(&user.to_string(), &text)?;
+        key.try_into()
+            .map(Some)
+            .map_err(|_| CommandError::Storage("a data key has the wrong length".into()))
     }
 
     /// Whether `user` has a data key (none yet, or destroyed by erasing the account: `false`).

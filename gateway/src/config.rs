@@ -75,6 +75,9 @@ pub struct Config {
     pub saml: BTreeMap<String, crate::saml::SamlConfig>,
     /// OAuth access tokens are renewed when they have less than this left.
     pub oauth_renew_margin_seconds: u64,
+    /// Seal the file paths inside new events with their owner's data key (erasing the account then
+    /// makes them unreadable in the log too). Sealed paths are read back either way.
+    pub seal_paths: bool,
     /// Where the chunk store (file versions, merge bases) is kept: unset for `<data_dir>/chunks`,
     /// or a provider's settings as for `connectProvider` plus `kind` and an optional `folder`, e.g.
     /// `{"kind": "s3", "bucket": "…", "endpoint": "…", "access_key_id": "…", "secret_access_key":
@@ -126,6 +129,7 @@ impl Default for Config {
             oidc: BTreeMap::new(),
             saml: BTreeMap::new(),
             oauth_renew_margin_seconds: 300,
+            seal_paths: false,
             chunk_store: None,
         }
     }
@@ -212,6 +216,9 @@ impl Config {
                 "CHUNK_STORE" => {
                     config.chunk_store =
                         Some(serde_json::from_str(&value).context("CLOUDSYNC_CHUNK_STORE must be a JSON object of provider settings")?);
+                }
+                "SEAL_PATHS" => {
+                    config.seal_paths = value.parse().context("CLOUDSYNC_SEAL_PATHS must be true or false")?;
                 }
                 "OAUTH_RENEW_MARGIN_SECONDS" => {
                     config.oauth_renew_margin_seconds = value.parse().context("CLOUDSYNC_OAUTH_RENEW_MARGIN_SECONDS must be a number")?;

@@ -23,7 +23,7 @@ use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{get, post};
 use cloudsync_chunks::ProviderStore;
-use cloudsync_commands::{Commands, JobRunner, MasterKey, OAuth, OAuthApp, Scheduler, Vault};
+use cloudsync_commands::{Commands, JobRunner, MasterKey, OAuth, OAuthApp, Scheduler, SealingStore, Vault};
 use cloudsync_domain::ProviderKind;
 use cloudsync_eventstore::Database;
 use cloudsync_projections::{Projections, ReadModels};
@@ -420,9 +420,13 @@ pub fn oauth(config: &Config, addr: SocketAddr) -> anyhow::Result<Option<Arc<OAu
 pub async fn open_database(config: &Config) -> anyhow::Result<Database> {
     std::fs::create_dir_all(&config.data_dir).with_context(|| format!("creating the data dir {}", config.data_dir.display()))?;
     let url = config.database_url();
-    Database::connect(&url, true)
+    let mut db = Database::connect(&url, true)
         .await
-        .with_context(|| format!("opening the database ({})", redact(&url)))
+        .with_context(|| format!("opening the database ({})", redact(&url)))?;
+    // Paths are sealed in new events when configured, and sealed ones opened always.
+    let vault = Vault::new(master_key(config)?, db.pool.clone());
+    db.events = Arc::new(SealingStore::new(Arc::clone(&db.events), vault, config.seal_paths));
+    Ok(db)
 }
 
 /// A database URL without its password, for messages.

@@ -25,6 +25,76 @@ mod limited {
     );
 }
 
+/// Sealed paths run on a server of their own kind.
+mod sealed {
+    use super::file_paths_can_be_sealed_in_the_log;
+    use crate::harness::on_both_backends;
+
+    on_both_backends!(
+        with crate::identity::with_sealed_paths;
+        file_paths_can_be_sealed_in_the_log,
+    );
+}
+
+/// A server that seals the file paths of new events.
+pub(crate) async fn with_sealed_paths(backend: Backend) -> Harness {
+    Harness::with_config(backend, |config| {
+        config.seal_paths = true;
+        (config.argon2_memory_kib, config.argon2_iterations, config.argon2_parallelism) = ARGON2;
+    })
+    .await
+}
+
+async fn file_paths_can_be_sealed_in_the_log(h: &Harness) {
+    let seed: Vec<(&str, &[u8])> = vec![
+        ("secret-plans.txt", b"world domination\n"),
+        ("folder-xq/private-diary.md", b"dear diary\n"),
+    ];
+    let (token, source, a, target, b) = crate::sync::two_folders(h, "sealed@example.org", &seed).await;
+    let pair = crate::sync::pair_keeping(h, &token, &source, &target, 10).await;
+    let first = crate::sync::run(h, &token, &pair).await;
+    assert_eq!(first["status"]["status"], json!("completed"), "{first}");
+    assert_eq!(crate::sync::tree(&a), crate::sync::tree(&b), "the sync works on plain paths");
+    // A change and a move: kept versions, decisions and moves carry paths too.
+    crate::sync::write(&a, "secret-plans.txt", b"world domination, revised\n");
+    let second = crate::sync::run(h, &token, &pair).await;
+    assert_eq!(second["status"]["status"], json!("completed"), "{second}");
+    assert_eq!(crate::sync::tree(&a), crate::sync::tree(&b));
+    let files = h.files(&token, &source).await;
+    let plans = files
+        .iter()
+        .find(|(path, _)| path.ends_with("secret-plans.txt"))
+        .map(|(_, file)| file["id"].clone())
+        .unwrap_or_else(|| panic!("the API shows the paths: {files:?}"));
+    h.ok(Some(&token), crate::spine::MOVE, json!({ "ids": [plans], "to": "archive-xq" }))
+        .await;
+    let moved = h.files(&token, &source).await;
+    assert!(moved.keys().any(|path| path.contains("archive-xq/secret-plans.txt")), "{moved:?}");
+
+    // The log itself holds none of them in the clear.
+    let raw = h.db.db.events.read_all(0, 100_000).await.expect("log");
+    let text = serde_json::to_string(&raw.iter().map(|e| &e.payload).collect::<Vec<_>>()).expect("JSON");
+    for name in ["secret-plans", "private-diary", "folder-xq", "archive-xq", "side-a", "side-b"] {
+        assert!(!text.contains(name), "{name} is in the log");
+    }
+    assert!(text.contains("sealed_path"));
+
+    // Erased: the events stay and replay; their paths read as `erased`.
+    let erase = "mutation($p: String) { deleteAccount(password: $p) }";
+    h.ok(Some(&token), erase, json!({ "p": PASSWORD })).await;
+    let db = &h.server().app().db;
+    for projector in cloudsync_projections::PROJECTORS {
+        cloudsync_projections::rebuild(db, projector).await.expect("the log replays");
+    }
+    let events = db.events.read_all(0, 100_000).await.expect("log");
+    let discovered: Vec<_> = events.iter().filter(|e| e.event_type == "FileDiscovered").collect();
+    assert!(!discovered.is_empty());
+    assert!(
+        discovered.iter().all(|e| e.payload["path"] == json!("erased")),
+        "unreadable for ever"
+    );
+}
+
 /// A server with tight limits: 5 login attempts and 30 requests a minute.
 pub(crate) async fn with_tight_limits(backend: Backend) -> Harness {
     Harness::with_config(backend, |config| {

@@ -33,7 +33,7 @@ const RUN: &str = "mutation($p: ID!) { runSync(pairId: $p) { id kind pairId stat
 const STATUS: &str = "query($o: ID!) { syncStatus(operationId: $o) { status paused held { side deletes } filesDone bytesDone filesTotal bytesTotal error } }";
 
 /// Every file below `root` (relative path → content).
-fn tree(root: &Path) -> BTreeMap<String, Vec<u8>> {
+pub(crate) fn tree(root: &Path) -> BTreeMap<String, Vec<u8>> {
     fn walk(root: &Path, dir: &Path, out: &mut BTreeMap<String, Vec<u8>>) {
         for entry in std::fs::read_dir(dir).expect("readable folder") {
             let path = entry.expect("entry").path();
