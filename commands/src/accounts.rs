@@ -7,7 +7,7 @@ use cloudsync_domain::user::{User, UserCommand};
 use cloudsync_domain::{Aggregate as _, UserId};
 
 use cloudsync_domain::events::{EmailReleased, ExternalIdentityLinked, Personal, Sealable, SealedSecret};
-use cloudsync_domain::ids::{email_stream, identity_stream};
+use cloudsync_domain::ids::identity_stream;
 use cloudsync_domain::{DomainEvent, Email};
 use cloudsync_eventstore::{ExpectedVersion, StreamAppend};
 use serde_json::Value;
@@ -169,11 +169,31 @@ impl Commands {
     /// # Errors
     /// Store failures.
     pub async fn user_by_identity(&self, issuer: &str, subject: &str) -> Result<Option<UserId>, CommandError> {
-        let claims = self.store.read_stream(&identity_stream(issuer, subject)).await?;
-        let Some(claim) = claims.first() else { return Ok(None) };
-        match DomainEvent::decode(&claim.event_type, claim.schema_version, &claim.payload)? {
-            DomainEvent::ExternalIdentityLinked(linked) => Ok(Some(linked.user_id)),
-            _ => Ok(None),
+        Ok(self.identity_reservation(issuer, subject).await?.1)
+    }
+
+    /// An external identity's reservation stream and who it belongs to: the keyed stream, or one
+    /// from before names were keyed.
+    async fn identity_reservation(&self, issuer: &str, subject: &str) -> Result<(String, Option<UserId>), CommandError> {
+        let keyed = self.reservation_stream("identity", &format!("{issuer}#{subject}")).await?;
+        let legacy = identity_stream(issuer, subject);
+        for stream in [&keyed, &legacy] {
+            let claims = self.store.read_stream(stream).await?;
+            if let Some(claim) = claims.first()
+                && let DomainEvent::ExternalIdentityLinked(linked) =
+                    DomainEvent::decode(&claim.event_type, claim.schema_version, &claim.payload)?
+            {
+                return Ok((stream.clone(), Some(linked.user_id)));
+            }
+        }
+        Ok((keyed, None))
+    }
+
+    /// The stream a new link of an identity goes to, or why it cannot be made.
+    async fn identity_claimable(&self, issuer: &str, subject: &str) -> Result<String, CommandError> {
+        match self.identity_reservation(issuer, subject).await? {
+            (_, Some(_)) => Err(CommandError::AlreadyExists("this external account is linked already".into())),
+            (stream, None) => Ok(stream),
         }
     }
 
@@ -182,6 +202,7 @@ impl Commands {
     /// # Errors
     /// [`CommandError::AlreadyExists`] when the identity belongs to someone already; store failures.
     pub async fn link_identity(&self, user: UserId, issuer: &str, subject: &str) -> Result<i64, CommandError> {
+        let reservation = self.identity_claimable(issuer, subject).await?;
         let linked = DomainEvent::ExternalIdentityLinked(ExternalIdentityLinked {
             user_id: user,
             issuer: issuer.to_owned(),
@@ -196,7 +217,7 @@ impl Commands {
                 events: vec![encode(&linked, &ctx)],
             },
             StreamAppend {
-                stream: identity_stream(issuer, subject),
+                stream: reservation,
                 expected: ExpectedVersion::NoStream,
                 events: vec![encode(&linked, &ctx)],
             },
@@ -214,7 +235,8 @@ impl Commands {
     /// # Errors
     /// [`CommandError::AlreadyExists`] when the address or the identity is taken; store failures.
     pub async fn register_external(&self, email: Email, issuer: &str, subject: &str) -> Result<(UserId, i64), CommandError> {
-        let claim = self.reservation(&email).await?.claimable()?;
+        let (reservation, claim) = self.reservation(&email).await?.claimable()?;
+        let identity = self.identity_claimable(issuer, subject).await?;
         let user_id = UserId::from_uuid(uuid::Uuid::new_v4());
         let ctx = Context::new(Some(user_id));
         let at = Utc::now();
@@ -240,12 +262,12 @@ impl Commands {
                 events: on_user,
             },
             StreamAppend {
-                stream: email_stream(&email),
+                stream: reservation,
                 expected: claim,
                 events: claimed.iter().map(|e| encode(e, &ctx)).collect(),
             },
             StreamAppend {
-                stream: identity_stream(issuer, subject),
+                stream: identity,
                 expected: ExpectedVersion::NoStream,
                 events: vec![encode(&linked, &ctx)],
             },
@@ -372,12 +394,16 @@ impl Commands {
             events: deleted.iter().map(|e| encode(e, &ctx)).collect(),
         }];
         if let Some(email) = email.and_then(|e| Email::parse(&e).ok())
-            && let Reservation::Held { user: holder, version } = self.reservation(&email).await?
+            && let Reservation::Held {
+                stream,
+                user: holder,
+                version,
+            } = self.reservation(&email).await?
             && holder == user
         {
             let released = DomainEvent::EmailReleased(EmailReleased { user_id: user, at });
             batches.push(StreamAppend {
-                stream: email_stream(&email),
+                stream,
                 expected: ExpectedVersion::Exact(version),
                 events: vec![encode(&released, &ctx)],
             });

@@ -80,26 +80,45 @@ pub struct Moved {
 }
 
 /// The state of an address's reservation stream.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Reservation {
     /// Nobody holds it; `version` is the stream's (0: never claimed).
     Free {
+        stream: String,
         version: i64,
     },
     Held {
+        stream: String,
         user: UserId,
         version: i64,
     },
 }
 
 impl Reservation {
-    /// The version a new claim must find, or why it cannot be made.
-    pub(crate) fn claimable(self) -> Result<ExpectedVersion, CommandError> {
+    /// The stream a new claim goes to and the version it must find, or why it cannot be made.
+    pub(crate) fn claimable(self) -> Result<(String, ExpectedVersion), CommandError> {
         match self {
-            Self::Free { version: 0 } => Ok(ExpectedVersion::NoStream),
-            Self::Free { version } => Ok(ExpectedVersion::Exact(version)),
+            Self::Free { stream, version: 0 } => Ok((stream, ExpectedVersion::NoStream)),
+            Self::Free { stream, version } => Ok((stream, ExpectedVersion::Exact(version))),
             Self::Held { .. } => Err(CommandError::AlreadyExists("this email address is already registered".into())),
         }
+    }
+
+    /// Who holds it, after the claims and releases recorded on `stream`.
+    fn of(stream: String, recorded: &[cloudsync_eventstore::RecordedEvent]) -> Result<Self, CommandError> {
+        let version = recorded.last().map_or(0, |e| e.stream_version);
+        let mut holder = None;
+        for event in recorded {
+            match DomainEvent::decode(&event.event_type, event.schema_version, &event.payload)? {
+                DomainEvent::EmailClaimed(claimed) => holder = Some(claimed.user_id),
+                DomainEvent::EmailReleased(_) => holder = None,
+                _ => {}
+            }
+        }
+        Ok(match holder {
+            Some(user) => Self::Held { stream, user, version },
+            None => Self::Free { stream, version },
+        })
     }
 }
 
@@ -187,7 +206,7 @@ impl Commands {
     /// # Errors
     /// [`CommandError::AlreadyExists`] when the address is taken.
     pub async fn register(&self, email: Email, password_hash: String) -> Result<(UserId, i64), CommandError> {
-        let claim = self.reservation(&email).await?.claimable()?;
+        let (reservation, claim) = self.reservation(&email).await?.claimable()?;
         let user_id = UserId::from_uuid(Uuid::new_v4());
         let ctx = Context::new(Some(user_id));
         let events = User::default().handle(UserCommand::Register {
@@ -204,7 +223,7 @@ impl Commands {
                 events: registered.iter().map(|e| encode(e, &ctx)).collect(),
             },
             StreamAppend {
-                stream: email_stream(&email),
+                stream: reservation,
                 expected: claim,
                 events: claimed.iter().map(|e| encode(e, &ctx)).collect(),
             },
@@ -229,22 +248,34 @@ impl Commands {
         Ok(user.id().map(|_| user))
     }
 
-    /// Who holds `email` now: the latest claim, unless a release followed it.
+    /// Who holds `email` now: the latest claim, unless a release followed it. The reservation
+    /// stream's name is keyed (see [`Commands::reservation_stream`]); an address reserved before
+    /// names were keyed keeps its old stream while it is held.
     pub(crate) async fn reservation(&self, email: &Email) -> Result<Reservation, CommandError> {
-        let recorded = self.store.read_stream(&email_stream(email)).await?;
-        let version = recorded.last().map_or(0, |e| e.stream_version);
-        let mut holder = None;
-        for event in &recorded {
-            match DomainEvent::decode(&event.event_type, event.schema_version, &event.payload)? {
-                DomainEvent::EmailClaimed(claimed) => holder = Some(claimed.user_id),
-                DomainEvent::EmailReleased(_) => holder = None,
-                _ => {}
-            }
+        let keyed = self.reservation_stream("email", &format!("mailto:{}", email.as_str())).await?;
+        let recorded = self.store.read_stream(&keyed).await?;
+        if !recorded.is_empty() {
+            return Reservation::of(keyed, &recorded);
         }
-        Ok(match holder {
-            Some(user) => Reservation::Held { user, version },
-            None => Reservation::Free { version },
-        })
+        let legacy = email_stream(email);
+        match Reservation::of(legacy.clone(), &self.store.read_stream(&legacy).await?)? {
+            held @ Reservation::Held { .. } => Ok(held),
+            Reservation::Free { .. } => Ok(Reservation::Free { stream: keyed, version: 0 }),
+        }
+    }
+
+    /// The name of the reservation stream of `name` (an address, an external identity): a UUID
+    /// from a keyed BLAKE3 hash, so the name does not tell whose address it reserves, even once the
+    /// account is erased.
+    ///
+    /// # Errors
+    /// The installation's reservation key cannot be read.
+    pub(crate) async fn reservation_stream(&self, kind: &str, name: &str) -> Result<String, CommandError> {
+        let key = self.vault.reservation_key().await?;
+        let hash = blake3::keyed_hash(&key, name.as_bytes());
+        let mut bytes = [0_u8; 16];
+        bytes.copy_from_slice(&hash.as_bytes()[..16]);
+        Ok(format!("{kind}-{}", uuid::Builder::from_custom_bytes(bytes).into_uuid()))
     }
 
     /// Connects a provider and creates the job that scans it. `credentials` are the provider's own

@@ -2,6 +2,8 @@
 //! wrapped by the master key from configuration, in `user_keys` (outside the immutable event log, so
 //! deleting it shreds the user's secrets). Events carry only [`SealedSecret`]s.
 
+use std::sync::Arc;
+
 use aes_gcm::aead::{Aead, KeyInit, Payload};
 use aes_gcm::{Aes256Gcm, Key, Nonce};
 use base64::Engine as _;
@@ -160,11 +162,64 @@ const ERASED: &str = "erased";
 pub struct Vault {
     master: MasterKey,
     pool: DbPool,
+    /// The key of the reservation streams' names, once read.
+    reservations: Arc<tokio::sync::OnceCell<[u8; 32]>>,
 }
+
+/// The server secret that keys the reservation streams' names.
+const RESERVATIONS: &str = "reservations";
 
 impl Vault {
     pub fn new(master: MasterKey, pool: DbPool) -> Self {
-        Self { master, pool }
+        Self {
+            master,
+            pool,
+            reservations: Arc::default(),
+        }
+    }
+
+    /// The key of the reservation streams' names: made on first use, kept sealed by the master key
+    /// in `server_secrets`, the same for every process of the installation.
+    ///
+    /// # Errors
+    /// The database is unreachable, or no configured master key opens the secret.
+    pub(crate) async fn reservation_key(&self) -> Result<[u8; 32], CommandError> {
+        self.reservations
+            .get_or_try_init(|| async {
+                let aad = format!("server-secret:{RESERVATIONS}");
+                let store = |err: sqlx::Error| CommandError::Store(err.into());
+                let select = "SELECT sealed FROM server_secrets WHERE name = $1";
+                let found: Option<String> = cloudsync_eventstore::on_pool!(&self.pool, |p| sqlx::query_scalar(select)
+                    .bind(RESERVATIONS)
+                    .fetch_optional(p)
+                    .await)
+                .map_err(store)?;
+                let sealed = match found {
+                    Some(sealed) => sealed,
+                    None => {
+                        let mut key = [0_u8; 32];
+                        rand::thread_rng().fill_bytes(&mut key);
+                        let sealed = self.master.seal(&aad, &key)?;
+                        let insert = "INSERT INTO server_secrets (name, sealed) VALUES ($1, $2) ON CONFLICT (name) DO NOTHING";
+                        cloudsync_eventstore::on_pool!(&self.pool, |p| sqlx::query(insert)
+                            .bind(RESERVATIONS)
+                            .bind(&sealed)
+                            .execute(p)
+                            .await
+                            .map(drop))
+                        .map_err(store)?;
+                        // Whoever won a race to make it, this is the secret now.
+                        cloudsync_eventstore::on_pool!(&self.pool, |p| sqlx::query_scalar(select).bind(RESERVATIONS).fetch_one(p).await)
+                            .map_err(store)?
+                    }
+                };
+                self.master
+                    .open(&aad, &sealed)?
+                    .try_into()
+                    .map_err(|_| CommandError::Storage("the reservation key has the wrong length".into()))
+            })
+            .await
+            .copied()
     }
 
     /// The database the vault keeps wrapped keys in (the write side's own tables are there too).
@@ -215,8 +270,9 @@ impl Vault {
             .map_err(|_| CommandError::Storage("a data key has the wrong length".into()))
     }
 
-    /// Wraps every user's data key with the current master key (those wrapped by an earlier one);
-    /// returns how many were re-wrapped. Each row changes alone and only if it is still what was
+    /// Wraps every user's data key and the server's secrets with the current master key (those wrapped
+    /// by an earlier one); returns how many users' keys were re-wrapped.
+    /// Each row changes alone and only if it is still what was
     /// read, so this can run beside the service and be repeated after an interruption.
     ///
     /// # Errors
@@ -243,6 +299,28 @@ impl Vault {
                 .map(drop))
             .map_err(store)?;
             rewrapped += 1;
+        }
+        // The server's own secrets too (not counted: the count is of users' keys).
+        let secrets: Vec<(String, String)> =
+            cloudsync_eventstore::on_pool!(&self.pool, |p| sqlx::query_as("SELECT name, sealed FROM server_secrets")
+                .fetch_all(p)
+                .await)
+            .map_err(store)?;
+        let update = "UPDATE server_secrets SET sealed = $1 WHERE name = $2 AND sealed = $3";
+        for (name, sealed) in secrets {
+            if self.master.is_current(&sealed) {
+                continue;
+            }
+            let aad = format!("server-secret:{name}");
+            let again = self.master.seal(&aad, &self.master.open(&aad, &sealed)?)?;
+            cloudsync_eventstore::on_pool!(&self.pool, |p| sqlx::query(update)
+                .bind(&again)
+                .bind(&name)
+                .bind(&sealed)
+                .execute(p)
+                .await
+                .map(drop))
+            .map_err(store)?;
         }
         Ok(rewrapped)
     }

@@ -120,6 +120,7 @@ on_both_backends!(
     a_saml_identity_provider_signs_people_in,
     a_websocket_checks_its_credential_for_every_operation,
     erasing_an_account_shreds_its_personal_data,
+    reservations_made_before_keyed_names_still_hold,
 );
 
 /// The origin the test servers' passkeys belong to (what the software authenticator is told).
@@ -2383,5 +2384,57 @@ async fn erasing_an_account_shreds_its_personal_data(h: &Harness) {
         json!("erase.me@example.org")
     );
     let taken = "mutation { register(email: \"erase.me@example.org\", password: \"another password\") { accessToken } }";
+    assert_eq!(h.error_code(None, taken, json!({})).await, "ALREADY_EXISTS");
+    // The reservation's stream is not named after the address alone (a keyed hash is): nobody can
+    // tell from the log whether an address ever had an account.
+    let address = cloudsync_domain::Email::parse("erase.me@example.org").expect("address");
+    let unkeyed = cloudsync_domain::ids::email_stream(&address);
+    assert!(h.db.db.events.read_stream(&unkeyed).await.expect("read").is_empty());
+}
+
+/// Addresses reserved before reservation streams were keyed (on the address's plain UUIDv5 stream)
+/// still belong to their accounts: the account signs in, and nobody else can register the address.
+async fn reservations_made_before_keyed_names_still_hold(h: &Harness) {
+    use cloudsync_domain::events::{EmailClaimed, Personal, UserRegistered};
+    let user = cloudsync_domain::UserId::from_uuid(Uuid::new_v4());
+    let address = cloudsync_domain::Email::parse("legacy@example.org").expect("address");
+    let event = |event: cloudsync_domain::DomainEvent| {
+        let encoded = event.encode();
+        cloudsync_eventstore::NewEvent {
+            event_type: encoded.event_type,
+            schema_version: encoded.schema_version,
+            payload: encoded.payload,
+            metadata: cloudsync_eventstore::EventMetadata::new(Some(user.as_uuid())),
+        }
+    };
+    let registered = event(cloudsync_domain::DomainEvent::UserRegistered(UserRegistered {
+        user_id: user,
+        email: Personal::Clear(address.as_str().to_owned()),
+        password_hash: bcrypt::hash(PASSWORD, 4).expect("bcrypt"),
+        registered_at: Utc::now(),
+    }));
+    let claimed = event(cloudsync_domain::DomainEvent::EmailClaimed(EmailClaimed {
+        email: Personal::Clear(address.as_str().to_owned()),
+        user_id: user,
+    }));
+    h.db.db
+        .events
+        .append(vec![
+            cloudsync_eventstore::StreamAppend {
+                stream: user.stream(),
+                expected: cloudsync_eventstore::ExpectedVersion::NoStream,
+                events: vec![registered],
+            },
+            cloudsync_eventstore::StreamAppend {
+                stream: cloudsync_domain::ids::email_stream(&address),
+                expected: cloudsync_eventstore::ExpectedVersion::NoStream,
+                events: vec![claimed],
+            },
+        ])
+        .await
+        .expect("appended");
+    let signed_in = login(h, "legacy@example.org").await;
+    assert_eq!(signed_in["user"]["id"], json!(user.to_string()));
+    let taken = "mutation { register(email: \"legacy@example.org\", password: \"another password\") { accessToken } }";
     assert_eq!(h.error_code(None, taken, json!({})).await, "ALREADY_EXISTS");
 }
