@@ -1,7 +1,8 @@
 //! File paths sealed in the log. With `seal_paths` configured, every path inside an event (a file's
 //! path and its moves, a pair's folders, a decision's paths, a kept version's paths) is stored
 //! sealed with its owner's data key, as `{"sealed_path": {nonce, ciphertext}}` in place of the text,
-//! and so is the reason a job gave for failing (it may name a file). [`SealingStore`] sits between
+//! and so is the reason a job gave for stopping (it may name a file). The associated data of a
+//! sealed path is `path:<user>`, apart from the user's other sealed values. [`SealingStore`] sits between
 //! CloudSync and the event store: it seals on the way in and opens on the way out, so the
 //! aggregates, the projectors and the API see plain events. Sealed paths are opened whether or not
 //! sealing is configured now, so it can be turned on (or off) on a running installation.
@@ -10,7 +11,8 @@
 //! log and still replay (the projectors write no row for an erased account).
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use base64::Engine as _;
@@ -29,17 +31,27 @@ const MARK: &str = "sealed_path";
 /// What an erased account's paths read as (a path that names nothing of theirs).
 const UNREADABLE: &str = "erased";
 
+/// A data key unwrapped at an instant (`None`: the account was erased).
+type KeptKey = (Instant, Option<[u8; 32]>);
+
 /// The event store with paths sealed (when `seal` is set) and opened.
 pub struct SealingStore {
     inner: Arc<dyn EventStore>,
     vault: Vault,
     seal: bool,
+    /// Data keys unwrapped a moment ago (`None`: the account was erased), with when.
+    keys: Mutex<HashMap<UserId, KeptKey>>,
 }
 
 impl SealingStore {
     /// Wraps `inner`; `seal`: seal the paths of new events (sealed ones are always opened).
     pub fn new(inner: Arc<dyn EventStore>, vault: Vault, seal: bool) -> Self {
-        Self { inner, vault, seal }
+        Self {
+            inner,
+            vault,
+            seal,
+            keys: Mutex::default(),
+        }
     }
 }
 
@@ -134,22 +146,74 @@ fn open_paths(value: &mut Value, key: Option<&[u8; 32]>, aad: &[u8]) {
     }
 }
 
+/// How long an unwrapped data key is kept in memory.
+const KEY_TTL: Duration = Duration::from_secs(30);
+
+/// The associated data of a sealed path: apart from the user's other sealed values, so that no
+/// other sealed value opens as a path.
+fn aad(user: UserId) -> Vec<u8> {
+    format!("path:{user}").into_bytes()
+}
+
+/// Whether an event of this type says at its top why a job stopped (text that may name a file).
+fn has_reason(event_type: &str) -> bool {
+    event_type.starts_with("SyncJob")
+}
+
 impl SealingStore {
+    /// `user`'s data key (`None`: erased), from memory when it was unwrapped a moment ago.
+    async fn key(&self, user: UserId, create: bool) -> Result<Option<[u8; 32]>, StoreError> {
+        if let Ok(keys) = self.keys.lock()
+            && let Some((at, key)) = keys.get(&user)
+            && at.elapsed() < KEY_TTL
+        {
+            return Ok(*key);
+        }
+        let key = if create {
+            match self.vault.key_to_seal(user).await {
+                Ok(key) => Some(key),
+                Err(CommandError::NotFound(_)) => None,
+                Err(err) => return Err(store_error(err)),
+            }
+        } else {
+            self.vault.key_to_open(user).await.map_err(store_error)?
+        };
+        if let Ok(mut keys) = self.keys.lock() {
+            keys.retain(|_, (at, _)| at.elapsed() < KEY_TTL);
+            keys.insert(user, (Instant::now(), key));
+        }
+        Ok(key)
+    }
+
+    /// Whose an event is: its owner or user, else whoever caused it, else the owner named by the
+    /// first event of its stream (a job's later events name nobody).
+    async fn owner_of(&self, payload: &Value, metadata: &EventMetadata, stream: &str) -> Result<Option<UserId>, StoreError> {
+        if let Some(user) = owner(payload, metadata) {
+            return Ok(Some(user));
+        }
+        let first = self.inner.read_stream(stream).await?;
+        Ok(first.first().and_then(|e| {
+            owner(
+                &e.payload,
+                &EventMetadata {
+                    actor_id: None,
+                    ..e.metadata.clone()
+                },
+            )
+        }))
+    }
+
     async fn open_all(&self, mut events: Vec<RecordedEvent>) -> Result<Vec<RecordedEvent>, StoreError> {
-        let mut keys: HashMap<UserId, Option<[u8; 32]>> = HashMap::new();
         for event in &mut events {
             if !has_sealed(&event.payload) {
                 continue;
             }
-            let Some(user) = owner(&event.payload, &event.metadata) else {
+            let Some(user) = self.owner_of(&event.payload, &event.metadata, &event.stream_id).await? else {
                 open_paths(&mut event.payload, None, &[]);
                 continue;
             };
-            let key = match keys.get(&user) {
-                Some(key) => *key,
-                None => *keys.entry(user).or_insert(self.vault.key_to_open(user).await.map_err(store_error)?),
-            };
-            open_paths(&mut event.payload, key.as_ref(), user.to_string().as_bytes());
+            let key = self.key(user, false).await?;
+            open_paths(&mut event.payload, key.as_ref(), &aad(user));
         }
         Ok(events)
     }
@@ -159,33 +223,43 @@ impl SealingStore {
 impl EventStore for SealingStore {
     async fn append(&self, mut batches: Vec<StreamAppend>) -> Result<AppendOutcome, StoreError> {
         if self.seal {
-            let mut keys: HashMap<UserId, [u8; 32]> = HashMap::new();
-            for event in batches.iter_mut().flat_map(|batch| batch.events.iter_mut()) {
-                let top_reason = event.event_type == "SyncJobFinished";
-                if !has_paths(&event.payload, top_reason) {
-                    continue;
+            for batch in &mut batches {
+                for event in &mut batch.events {
+                    let top_reason = has_reason(&event.event_type);
+                    if !has_paths(&event.payload, top_reason) {
+                        continue;
+                    }
+                    // Never in the clear: an event whose owner cannot be told is refused.
+                    let user = self
+                        .owner_of(&event.payload, &event.metadata, &batch.stream)
+                        .await?
+                        .ok_or_else(|| StoreError::Invalid(format!("{} names paths but no owner to seal them for", event.event_type)))?;
+                    // An erased account (a scan or run still going): refused rather than recorded
+                    // in the clear.
+                    let key = self
+                        .key(user, true)
+                        .await?
+                        .ok_or_else(|| StoreError::Invalid("the account was erased; nothing more is recorded for it".into()))?;
+                    seal_paths(&mut event.payload, &key, &aad(user), top_reason).map_err(store_error)?;
                 }
-                let Some(user) = owner(&event.payload, &event.metadata) else {
-                    continue;
-                };
-                let key = match keys.get(&user) {
-                    Some(key) => *key,
-                    None => match self.vault.key_to_seal(user).await {
-                        Ok(key) => *keys.entry(user).or_insert(key),
-                        // An erased account (a scan or run still going): its paths are refused
-                        // rather than recorded in the clear.
-                        Err(CommandError::NotFound(_)) => {
-                            return Err(StoreError::Invalid(
-                                "the account was erased; nothing more is recorded for it".into(),
-                            ));
-                        }
-                        Err(err) => return Err(store_error(err)),
-                    },
-                };
-                seal_paths(&mut event.payload, &key, user.to_string().as_bytes(), top_reason).map_err(store_error)?;
             }
         }
-        self.inner.append(batches).await
+        // An erased account's key leaves memory with it (other processes let it go within KEY_TTL).
+        let erased: Vec<UserId> = batches
+            .iter()
+            .flat_map(|batch| &batch.events)
+            .filter(|event| event.event_type == "UserDeleted")
+            .filter_map(|event| owner(&event.payload, &event.metadata))
+            .collect();
+        let outcome = self.inner.append(batches).await;
+        if !erased.is_empty()
+            && let Ok(mut keys) = self.keys.lock()
+        {
+            for user in erased {
+                keys.remove(&user);
+            }
+        }
+        outcome
     }
 
     async fn read_stream(&self, stream: &str) -> Result<Vec<RecordedEvent>, StoreError> {

@@ -279,17 +279,22 @@ impl Config {
         Ok(())
     }
 
-    /// `CLOUDSYNC_SAML_<NAME>_<FIELD>`: FIELD is METADATA, TRUST_EMAIL or EMAIL_ATTRIBUTE.
+    /// `CLOUDSYNC_SAML_<NAME>_<FIELD>`: FIELD is METADATA, TRUST_EMAIL, LINK_EXISTING or EMAIL_ATTRIBUTE.
     fn set_saml(&mut self, name: &str, value: String) -> anyhow::Result<()> {
-        const FIELDS: [&str; 3] = ["METADATA", "TRUST_EMAIL", "EMAIL_ATTRIBUTE"];
+        const FIELDS: [&str; 4] = ["METADATA", "TRUST_EMAIL", "LINK_EXISTING", "EMAIL_ATTRIBUTE"];
         let (provider, field) = named_setting("SAML", "NAME", name, &FIELDS)?;
         let entry = self.saml.entry(provider).or_default();
         match field {
             "METADATA" => entry.metadata = value,
-            "TRUST_EMAIL" => {
-                entry.trust_email = value
+            "TRUST_EMAIL" | "LINK_EXISTING" => {
+                let flag = value
                     .parse()
                     .with_context(|| format!("CLOUDSYNC_SAML_{name} must be true or false"))?;
+                if field == "TRUST_EMAIL" {
+                    entry.trust_email = flag;
+                } else {
+                    entry.link_existing = flag;
+                }
             }
             _ => entry.email_attribute = Some(value),
         }
@@ -351,6 +356,9 @@ impl Config {
         for (name, provider) in &self.saml {
             if provider.metadata.trim().is_empty() {
                 bail!("saml.{name}.metadata is required (the identity provider's metadata URL or file)");
+            }
+            if !crate::saml::metadata_source_allowed(&provider.metadata) {
+                bail!("saml.{name}.metadata: plain http:// is accepted from loopback only; use https:// or a file");
             }
         }
         if let Some(url) = &self.public_url

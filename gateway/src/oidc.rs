@@ -73,6 +73,9 @@ pub struct Identity {
     pub subject: String,
     pub email: Option<String>,
     pub email_verified: bool,
+    /// Whether the verified address may link the identity to an existing account with it (an
+    /// OpenID provider's `email_verified`; a SAML provider only where so configured).
+    pub links_existing: bool,
 }
 
 /// A started sign-in: where to send the browser, and what the callback needs to finish it.
@@ -293,6 +296,7 @@ impl OidcLogin {
             subject: claims.sub,
             email: claims.email,
             email_verified: claims.email_verified.unwrap_or(false),
+            links_existing: true,
         })
     }
 }

@@ -33,6 +33,10 @@ pub struct SamlConfig {
     /// to the account with that address, or opens a new account. Default: no (the person signs in
     /// with a password once and links the identity from there).
     pub trust_email: bool,
+    /// Whether the trusted address also links the identity to an existing account with that
+    /// address. Default: no (only for a provider that verifies every address it asserts: otherwise
+    /// whoever can sign up there with someone's address takes over their account here).
+    pub link_existing: bool,
     /// The attribute holding the address. Default: the usual ones (`mail`, `email`, the OID
     /// `0.9.2342.19200300.100.1.3` and the WS-Federation `emailaddress` claim).
     pub email_attribute: Option<String>,
@@ -47,9 +51,26 @@ const EMAIL_ATTRIBUTES: [&str; 5] = [
     "emailAddress",
 ];
 
+/// How long the provider's metadata is used before it is read again (its keys may rotate).
+const METADATA_TTL: std::time::Duration = std::time::Duration::from_secs(60 * 60);
+
 struct Provider {
     config: SamlConfig,
-    idp: RwLock<Option<Arc<IdpDescriptor>>>,
+    /// The metadata, and when it was read.
+    idp: RwLock<Option<(std::time::Instant, Arc<IdpDescriptor>)>>,
+}
+
+/// Whether the metadata may come from `source`: a file, an `https://` URL, or plain `http://` only
+/// on this machine's loopback (anyone on the path could swap in their own key otherwise).
+pub(crate) fn metadata_source_allowed(source: &str) -> bool {
+    match source.strip_prefix("http://") {
+        Some(rest) => {
+            let host = rest.split(['/', '?', '#']).next().unwrap_or_default();
+            let host = host.rsplit_once(':').map_or(host, |(host, _)| host);
+            matches!(host, "127.0.0.1" | "localhost" | "[::1]")
+        }
+        None => true,
+    }
 }
 
 /// A started sign-in: where to send the browser, and what the answer is checked against.
@@ -146,12 +167,34 @@ impl SamlLogin {
             .ok_or_else(|| format!("no SAML identity provider named {name:?} is configured on this server"))
     }
 
-    /// The provider's metadata, read once (from its URL or file) and kept.
+    /// The provider's metadata, read from its URL or file and kept for [`METADATA_TTL`] (the last
+    /// good one is used while it cannot be read again). The details of a failure go to the log.
     async fn idp(&self, provider: &Provider) -> Result<Arc<IdpDescriptor>, String> {
-        if let Some(found) = provider.idp.read().await.clone() {
-            return Ok(found);
+        let kept = provider.idp.read().await.clone();
+        if let Some((at, found)) = &kept
+            && at.elapsed() < METADATA_TTL
+        {
+            return Ok(Arc::clone(found));
         }
+        match self.read_metadata(provider).await {
+            Ok(descriptor) => {
+                let descriptor = Arc::new(descriptor);
+                *provider.idp.write().await = Some((std::time::Instant::now(), Arc::clone(&descriptor)));
+                Ok(descriptor)
+            }
+            Err(why) => {
+                tracing::warn!(metadata = %provider.config.metadata, why = %why, "A SAML identity provider's metadata cannot be read.");
+                kept.map(|(_, found)| found)
+                    .ok_or_else(|| "the SAML identity provider cannot be reached now; try again later".to_owned())
+            }
+        }
+    }
+
+    async fn read_metadata(&self, provider: &Provider) -> Result<IdpDescriptor, String> {
         let source = provider.config.metadata.as_str();
+        if !metadata_source_allowed(source) {
+            return Err("plain http:// metadata is accepted from loopback only; use https:// or a file".into());
+        }
         let xml = if source.starts_with("https://") || source.starts_with("http://") {
             self.http
                 .get(source)
@@ -168,11 +211,8 @@ impl SamlLogin {
                 .map_err(|err| format!("the SAML identity provider's metadata ({source}): {err}"))?
         };
         // The metadata's authenticity is that of its source (the operator's URL or file).
-        let descriptor = IdpDescriptor::from_metadata_xml(&xml, MetadataTrustPolicy::UnsignedForCompatibility)
-            .map_err(|err| format!("the SAML identity provider's metadata is unusable: {err}"))?;
-        let descriptor = Arc::new(descriptor);
-        *provider.idp.write().await = Some(descriptor.clone());
-        Ok(descriptor)
+        IdpDescriptor::from_metadata_xml(&xml, MetadataTrustPolicy::UnsignedForCompatibility)
+            .map_err(|err| format!("the SAML identity provider's metadata is unusable: {err}"))
     }
 
     /// Starts signing in with provider `name`: an `AuthnRequest` for the browser to carry there.
@@ -247,6 +287,11 @@ impl SamlLogin {
         if subject.trim().is_empty() {
             return Err("the identity provider's answer names nobody".into());
         }
+        if matches!(session.name_id().format(), Some(saml_rs::NameIdFormat::Transient)) {
+            return Err(
+                "the identity provider names the person by a transient NameID, new at every sign-in; configure a persistent one".into(),
+            );
+        }
         let attributes = session.attributes();
         let names: Vec<&str> = match &provider.config.email_attribute {
             Some(name) => vec![name.as_str()],
@@ -262,7 +307,32 @@ impl SamlLogin {
             issuer: idp.entity_id().as_str().to_owned(),
             subject,
             email_verified: email.is_some() && provider.config.trust_email,
+            links_existing: provider.config.trust_email && provider.config.link_existing,
             email,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::metadata_source_allowed;
+
+    #[test]
+    fn metadata_comes_over_https_from_a_file_or_from_loopback() {
+        for allowed in [
+            "https://idp.example.com/metadata",
+            "/etc/cloudsync/idp.xml",
+            "http://127.0.0.1:9101/metadata",
+            "http://localhost/metadata",
+        ] {
+            assert!(metadata_source_allowed(allowed), "{allowed}");
+        }
+        for refused in [
+            "http://idp.example.com/metadata",
+            "http://127.0.0.1.evil.example/x",
+            "http://10.0.0.1/m",
+        ] {
+            assert!(!metadata_source_allowed(refused), "{refused}");
+        }
     }
 }

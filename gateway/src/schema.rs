@@ -74,17 +74,40 @@ pub struct SocketCredential {
 /// a session revoked or a token expired since the connection opened stops working at once, and
 /// each operation is charged to the caller's rate limit. A subscription's credential is checked
 /// again before each event it sends (at most once a second): once it is no longer valid, the
-/// subscription sends an `UNAUTHENTICATED` error and ends.
+/// subscription sends an `UNAUTHENTICATED` error and ends (queries and mutations, anonymous
+/// connections, and a session store that cannot answer for a moment leave the stream alone).
 struct Recheck;
 
 impl async_graphql::extensions::ExtensionFactory for Recheck {
     fn create(&self) -> Arc<dyn async_graphql::extensions::Extension> {
-        Arc::new(Recheck)
+        Arc::new(RecheckRequest::default())
     }
 }
 
+/// [`Recheck`] for one request: whether its operation is a subscription.
+#[derive(Default)]
+struct RecheckRequest {
+    subscription: Arc<std::sync::atomic::AtomicBool>,
+}
+
 #[async_trait::async_trait]
-impl async_graphql::extensions::Extension for Recheck {
+impl async_graphql::extensions::Extension for RecheckRequest {
+    async fn parse_query(
+        &self,
+        ctx: &async_graphql::extensions::ExtensionContext<'_>,
+        query: &str,
+        variables: &async_graphql::Variables,
+        next: async_graphql::extensions::NextParseQuery<'_>,
+    ) -> async_graphql::ServerResult<async_graphql::parser::types::ExecutableDocument> {
+        let document = next.run(ctx, query, variables).await?;
+        let subscription = document
+            .operations
+            .iter()
+            .any(|(_, operation)| operation.node.ty == async_graphql::parser::types::OperationType::Subscription);
+        self.subscription.store(subscription, std::sync::atomic::Ordering::Relaxed);
+        Ok(document)
+    }
+
     async fn prepare_request(
         &self,
         ctx: &async_graphql::extensions::ExtensionContext<'_>,
@@ -120,21 +143,31 @@ impl async_graphql::extensions::Extension for Recheck {
         let (Some(credential), Some(app)) = (ctx.data_opt::<SocketCredential>().cloned(), ctx.data_opt::<Arc<App>>().cloned()) else {
             return stream;
         };
+        if credential.header.is_none() {
+            // An anonymous connection has no credential to lose.
+            return stream;
+        }
+        let subscription = Arc::clone(&self.subscription);
         const RECHECK_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
         // (the events, when the credential was last found valid, whether the stream has ended)
         let state = (stream, None::<std::time::Instant>, false);
         futures::stream::unfold(state, move |(mut inner, checked, ended)| {
-            let (app, credential) = (Arc::clone(&app), credential.clone());
+            let (app, credential, subscription) = (Arc::clone(&app), credential.clone(), Arc::clone(&subscription));
             async move {
                 if ended {
                     return None;
                 }
                 let response = inner.next().await?;
-                if checked.is_some_and(|at| at.elapsed() < RECHECK_EVERY) {
+                // A query's or mutation's one answer (a logout's included) goes out as it is.
+                if !subscription.load(std::sync::atomic::Ordering::Relaxed) || checked.is_some_and(|at| at.elapsed() < RECHECK_EVERY) {
                     return Some((response, (inner, checked, false)));
                 }
                 match app.authenticate(credential.header.as_deref(), credential.ip.as_deref()).await {
                     Authentication::User(_) => Some((response, (inner, Some(std::time::Instant::now()), false))),
+                    Authentication::Unavailable(why) => {
+                        tracing::warn!(why = %why, "A subscription's credential cannot be checked now; it goes on.");
+                        Some((response, (inner, checked, false)))
+                    }
                     _ => {
                         let mut error = async_graphql::ServerError::new(
                             "the credential of this subscription is no longer valid (signed out, revoked or expired); subscribe again",

@@ -335,6 +335,12 @@ pub fn saml_login(config: &Config, addr: SocketAddr) -> anyhow::Result<Option<Ar
         return Ok(None);
     }
     let public = config.public_url.clone().unwrap_or_else(|| format!("http://{addr}"));
+    if !public.starts_with("https://") {
+        tracing::warn!(
+            public_url = %public,
+            "SAML sign-ins from browsers need an https:// public_url (their binding cookie is Secure); API clients work without one."
+        );
+    }
     let login = crate::saml::SamlLogin::new(&config.saml, &public).map_err(anyhow::Error::msg)?;
     Ok(Some(Arc::new(login)))
 }

@@ -152,6 +152,7 @@ pub(crate) async fn with_cors(backend: Backend) -> Harness {
             cloudsync_gateway::saml::SamlConfig {
                 metadata: crate::oauth::var("CLOUDSYNC_TEST_SAML_METADATA"),
                 trust_email: true,
+                link_existing: false,
                 email_attribute: None,
             },
         );
@@ -162,6 +163,7 @@ pub(crate) async fn with_cors(backend: Backend) -> Harness {
                 cloudsync_gateway::saml::SamlConfig {
                     metadata: dir.join("impostor-idp.xml").display().to_string(),
                     trust_email: true,
+                    link_existing: false,
                     email_attribute: None,
                 },
             );
@@ -2023,12 +2025,13 @@ async fn a_saml_identity_provider_signs_people_in(h: &Harness) {
     let (_, _, body) = post_acs(h, &response, &relay_state, None).await;
     assert_eq!(body["user"]["id"], dora);
 
-    // Someone who registered with a password: the asserted address links the identity.
-    let (_, frank) = h.register("frank@example.test").await;
+    // Someone who registered with a password: an address the provider asserts does not link the
+    // identity to that account (unless the provider is configured to verify addresses).
+    let (frank_token, _) = h.register("frank@example.test").await;
     let (response, relay_state) = saml_answer(&begin_saml(h).await, "frank").await;
     let (status, _, body) = post_acs(h, &response, &relay_state, None).await;
-    assert_eq!(status, 200, "{body}");
-    assert_eq!(body["user"]["id"], json!(frank));
+    assert_eq!(status, 409, "{body}");
+    assert!(works(h, &frank_token).await, "the account is untouched");
 
     // A changed assertion does not verify (here: someone else's address slipped in).
     let (response, relay_state) = saml_answer(&begin_saml(h).await, "mallory").await;
@@ -2203,6 +2206,12 @@ async fn a_websocket_checks_its_credential_for_every_operation(h: &Harness) {
         json!("UNAUTHENTICATED"),
         "{token_mutation}"
     );
+
+    // A mutation that ends its own session over the socket gets its answer.
+    let again = text(&login(h, "socket@example.org").await["accessToken"]);
+    let mut own = h.socket(&again).await;
+    let out = over_socket(&mut own, "1", "mutation { logout }", json!({})).await;
+    assert_eq!(out["data"]["logout"], json!(true), "{out}");
 
     // A subscription started before its session was revoked sends an error with its next event,
     // and ends.

@@ -143,6 +143,11 @@ async fn account_of(app: &App, identity: &crate::oidc::Identity) -> ApiResult<(U
         .map_err(ApiError::from)?
         .and_then(|u| u.id());
     let user = match existing {
+        Some(_) if !identity.links_existing => {
+            return Err(ApiError::Conflict(
+                "an account with this address exists; this provider may not sign in to it (sign in with its password)".into(),
+            ));
+        }
         Some(user) => {
             let position = app
                 .commands
