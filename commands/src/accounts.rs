@@ -206,7 +206,7 @@ impl Commands {
         let linked = DomainEvent::ExternalIdentityLinked(ExternalIdentityLinked {
             user_id: user,
             issuer: issuer.to_owned(),
-            subject: subject.to_owned(),
+            subject: self.seal_personal(user, subject).await?,
             at: Utc::now(),
         });
         let ctx = Context::new(Some(user));
@@ -249,7 +249,7 @@ impl Commands {
         let linked = DomainEvent::ExternalIdentityLinked(ExternalIdentityLinked {
             user_id,
             issuer: issuer.to_owned(),
-            subject: subject.to_owned(),
+            subject: self.seal_personal(user_id, subject).await?,
             at,
         });
         let (registered, claimed): (Vec<_>, Vec<_>) = events.iter().partition(|e| matches!(e, DomainEvent::UserRegistered(_)));

@@ -233,7 +233,8 @@ pub struct IpAllowlistSet {
 pub struct ExternalIdentityLinked {
     pub user_id: UserId,
     pub issuer: String,
-    pub subject: String,
+    /// The person's id at the provider (often an address), sealed with the user's data key.
+    pub subject: Personal,
     pub at: DateTime<Utc>,
 }
 

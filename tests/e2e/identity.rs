@@ -2015,6 +2015,13 @@ async fn a_saml_identity_provider_signs_people_in(h: &Harness) {
     let me = h.ok(Some(&text(&body["accessToken"])), ME, json!({})).await;
     assert_eq!(me["me"]["email"], json!("dora@example.test"));
     let dora = me["me"]["id"].clone();
+    // The identity's subject (the NameID) is sealed like the address.
+    let log = h.db.db.events.read_all(0, 100_000).await.expect("log");
+    let linked: Vec<_> = log.iter().filter(|e| e.event_type == "ExternalIdentityLinked").collect();
+    assert!(
+        !linked.is_empty() && linked.iter().all(|e| e.payload["subject"]["sealed"].is_object()),
+        "{linked:?}"
+    );
     assert!(text(&body["refreshToken"]).starts_with("csr1."));
     // An answer works once.
     let (status, _, again) = post_acs(h, &response, &relay_state, None).await;
