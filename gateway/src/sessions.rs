@@ -82,6 +82,8 @@ pub trait SessionStore: Send + Sync {
     async fn put_state(&self, key: &str, value: &str, ttl: std::time::Duration) -> Result<(), StoreError>;
     /// Removes and returns the state under `key`, unless it expired: whoever takes it first has it.
     async fn take_state(&self, key: &str) -> Result<Option<String>, StoreError>;
+    /// The state under `key`, unless it expired, left in place.
+    async fn peek_state(&self, key: &str) -> Result<Option<String>, StoreError>;
 }
 
 /// The time now, to the millisecond: what every store keeps.
@@ -315,6 +317,14 @@ impl SessionStore for MemorySessions {
             .filter(|(_, until)| *until > std::time::Instant::now())
             .map(|(value, _)| value))
     }
+
+    async fn peek_state(&self, key: &str) -> Result<Option<String>, StoreError> {
+        let states = self.states.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        Ok(states
+            .get(key)
+            .filter(|(_, until)| *until > std::time::Instant::now())
+            .map(|(value, _)| value.clone()))
+    }
 }
 
 /// Sessions in Redis, shared by every API process. Keys (under `namespace`):
@@ -547,6 +557,15 @@ impl SessionStore for RedisSessions {
     async fn take_state(&self, key: &str) -> Result<Option<String>, StoreError> {
         let mut connection = self.connection.clone();
         redis::cmd("GETDEL")
+            .arg(format!("{}state:{key}", self.namespace))
+            .query_async(&mut connection)
+            .await
+            .map_err(redis_error)
+    }
+
+    async fn peek_state(&self, key: &str) -> Result<Option<String>, StoreError> {
+        let mut connection = self.connection.clone();
+        redis::cmd("GET")
             .arg(format!("{}state:{key}", self.namespace))
             .query_async(&mut connection)
             .await

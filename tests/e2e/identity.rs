@@ -804,7 +804,14 @@ async fn session_store_contract(store: Arc<dyn SessionStore>) {
     // Ceremony state: taken once, gone after its time.
     store.put_state("mfa:a", "one", Duration::from_secs(60)).await.expect("put");
     store.put_state("mfa:b", "two", Duration::from_millis(200)).await.expect("put");
+    assert_eq!(store.peek_state("mfa:a").await.expect("peek").as_deref(), Some("one"));
+    assert_eq!(
+        store.peek_state("mfa:a").await.expect("peek").as_deref(),
+        Some("one"),
+        "left in place"
+    );
     assert_eq!(store.take_state("mfa:a").await.expect("take").as_deref(), Some("one"));
+    assert_eq!(store.peek_state("mfa:a").await.expect("peek"), None);
     assert_eq!(store.take_state("mfa:a").await.expect("take"), None, "taken once");
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(store.take_state("mfa:b").await.expect("take"), None, "expired");
@@ -2071,6 +2078,13 @@ async fn a_saml_identity_provider_signs_people_in(h: &Harness) {
     let (_, second_relay) = saml_answer(&begin_saml(h).await, "gina").await;
     let (status, _, body) = post_acs(h, &first, &second_relay, None).await;
     assert_eq!(status, 401, "{body}");
+    // A junk answer under someone's RelayState does not use up their sign-in.
+    let (genuine, relay_state) = saml_answer(&begin_saml(h).await, "dora").await;
+    let junk = base64::engine::general_purpose::STANDARD.encode("<samlp:Response/>");
+    let (status, _, body) = post_acs(h, &junk, &relay_state, None).await;
+    assert_eq!(status, 401, "{body}");
+    let (status, _, body) = post_acs(h, &genuine, &relay_state, None).await;
+    assert_eq!(status, 200, "{body}");
     // Unsolicited answers, made-up states and empty posts change nothing.
     let (status, _, _) = post_acs(h, &first, "", None).await;
     assert_eq!(status, 400);

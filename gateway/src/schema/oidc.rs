@@ -187,15 +187,23 @@ pub(super) async fn over_budget(app: &App, info: &RequestInfo) -> Option<Respons
     }
 }
 
-/// The pending sign-in under `key`, taken (so that it finishes once) and, when it was begun by a
-/// browser (`bound` gives the hash of its binding cookie), checked to come back to that browser.
-pub(super) async fn take_pending<T: serde::de::DeserializeOwned>(
+/// The pending sign-in under `key`, taken (`take`: so that it finishes once) or left in place
+/// (the caller takes it once the answer proved genuine) and, when it was begun by a browser
+/// (`bound` gives the hash of its binding cookie), checked to come back to that browser.
+pub(super) async fn pending_of<T: serde::de::DeserializeOwned>(
     app: &App,
     key: &str,
+    take: bool,
     bound: impl Fn(&T) -> Option<&String>,
     binding: Option<&str>,
 ) -> Result<T, Response> {
-    let pending = match app.tokens.sessions().store().take_state(key).await {
+    let store = app.tokens.sessions().store();
+    let found = if take {
+        store.take_state(key).await
+    } else {
+        store.peek_state(key).await
+    };
+    let pending = match found {
         Ok(Some(pending)) => pending,
         Ok(None) => {
             return Err(refused(
@@ -241,7 +249,7 @@ pub async fn callback(app: &App, params: CallbackParams, info: RequestInfo, bind
             "the provider's answer lacks the state parameter",
         );
     };
-    let pending: Pending = match take_pending(app, &key(&state), pending_binding, binding.as_deref()).await {
+    let pending: Pending = match pending_of(app, &key(&state), true, pending_binding, binding.as_deref()).await {
         Ok(pending) => pending,
         Err(refusal) => return refusal,
     };

@@ -11,7 +11,7 @@ use axum::response::Response;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use super::oidc::{over_budget, refused, signed_in, take_pending};
+use super::oidc::{over_budget, pending_of, refused, signed_in};
 use super::{app, client_ip, limit};
 use crate::auth::RequestInfo;
 use crate::errors::{ApiError, code};
@@ -121,7 +121,8 @@ pub async fn acs(app: &App, params: AcsParams, info: RequestInfo, binding: Optio
             "the identity provider's answer lacks SAMLResponse",
         );
     };
-    let pending: Pending = match take_pending(app, &key(&relay_state), pending_binding, binding.as_deref()).await {
+    // Left in place until the answer proves genuine: a junk post cannot use up someone's sign-in.
+    let pending: Pending = match pending_of(app, &key(&relay_state), false, pending_binding, binding.as_deref()).await {
         Ok(pending) => pending,
         Err(refusal) => return refusal,
     };
@@ -142,5 +143,17 @@ pub async fn acs(app: &App, params: AcsParams, info: RequestInfo, binding: Optio
             return refused(StatusCode::UNAUTHORIZED, code::UNAUTHENTICATED, &why);
         }
     };
+    // A genuine answer finishes its sign-in once.
+    match app.tokens.sessions().store().take_state(&key(&relay_state)).await {
+        Ok(Some(_)) => {}
+        Ok(None) => {
+            return refused(
+                StatusCode::BAD_REQUEST,
+                code::BAD_REQUEST,
+                "this sign-in is unknown, expired or already used; begin again",
+            );
+        }
+        Err(err) => return refused(StatusCode::INTERNAL_SERVER_ERROR, code::INTERNAL, &err.to_string()),
+    }
     signed_in(app, &identity, pending.cookie, &info).await
 }
