@@ -6,7 +6,7 @@ use cloudsync_domain::events::PasswordChange;
 use cloudsync_domain::user::{User, UserCommand};
 use cloudsync_domain::{Aggregate as _, UserId};
 
-use cloudsync_domain::events::{EmailReleased, ExternalIdentityLinked, Personal, Sealable, SealedSecret};
+use cloudsync_domain::events::{EmailReleased, ExternalIdentityLinked, Personal, Sealable};
 use cloudsync_domain::ids::identity_stream;
 use cloudsync_domain::{DomainEvent, Email};
 use cloudsync_eventstore::{ExpectedVersion, StreamAppend};
@@ -299,7 +299,8 @@ impl Commands {
         match personal {
             Personal::Clear(text) => Ok(Some(text.clone())),
             Personal::Sealed { sealed } => Ok(self
-                .unseal(user, sealed)
+                .vault
+                .open_if_kept(user, sealed)
                 .await?
                 .map(|plain| String::from_utf8_lossy(&plain).into_owned())),
         }
@@ -324,25 +325,12 @@ impl Commands {
     pub async fn reveal_value(&self, user: UserId, value: &Sealable<Value>) -> Result<Option<Value>, CommandError> {
         match value {
             Sealable::Clear(value) => Ok(Some(value.clone())),
-            Sealable::Sealed { sealed } => match self.unseal(user, sealed).await? {
+            Sealable::Sealed { sealed } => match self.vault.open_if_kept(user, sealed).await? {
                 Some(plain) => serde_json::from_slice(&plain)
                     .map(Some)
                     .map_err(|_| CommandError::Storage("a sealed value is not JSON".into())),
                 None => Ok(None),
             },
-        }
-    }
-
-    /// Opens `sealed` with `user`'s data key; `None` once the account was erased (its key is gone).
-    async fn unseal(&self, user: UserId, sealed: &SealedSecret) -> Result<Option<Vec<u8>>, CommandError> {
-        if !self.vault.has_key(user).await? {
-            return Ok(None);
-        }
-        match self.vault.open(user, sealed).await {
-            Ok(plain) => Ok(Some(plain)),
-            // Erased meanwhile: as unreadable as if it had been before.
-            Err(_) if !self.vault.has_key(user).await? => Ok(None),
-            Err(err) => Err(err),
         }
     }
 

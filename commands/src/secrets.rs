@@ -396,18 +396,34 @@ impl Vault {
     /// # Errors
     /// A wrong or destroyed key, or tampered ciphertext.
     pub async fn open(&self, user: UserId, sealed: &SealedSecret) -> Result<Vec<u8>, CommandError> {
-        let key = self.data_key(user).await?;
-        let decode = |part: &str| {
-            B64.decode(part)
-                .map_err(|_| CommandError::Storage("a sealed secret is malformed".into()))
-        };
-        open_with(
-            &key,
-            &decode(&sealed.nonce)?,
-            &decode(&sealed.ciphertext)?,
-            user.to_string().as_bytes(),
-        )
+        open_sealed(&self.data_key(user).await?, user, sealed)
     }
+
+    /// Decrypts a secret sealed for `user`; `None` when the user has no key (the account was
+    /// erased), so whatever was sealed for it reads as gone.
+    ///
+    /// # Errors
+    /// Tampered ciphertext; the key store is unreachable.
+    pub(crate) async fn open_if_kept(&self, user: UserId, sealed: &SealedSecret) -> Result<Option<Vec<u8>>, CommandError> {
+        match self.key_to_open(user).await? {
+            Some(key) => open_sealed(&key, user, sealed).map(Some),
+            None => Ok(None),
+        }
+    }
+}
+
+/// Decrypts `sealed` with `user`'s data key `key`.
+fn open_sealed(key: &[u8; 32], user: UserId, sealed: &SealedSecret) -> Result<Vec<u8>, CommandError> {
+    let decode = |part: &str| {
+        B64.decode(part)
+            .map_err(|_| CommandError::Storage("a sealed secret is malformed".into()))
+    };
+    open_with(
+        key,
+        &decode(&sealed.nonce)?,
+        &decode(&sealed.ciphertext)?,
+        user.to_string().as_bytes(),
+    )
 }
 
 #[cfg(test)]

@@ -114,7 +114,7 @@ pub struct OidcLogin {
     http: reqwest::Client,
 }
 
-fn invalid(why: impl std::fmt::Display) -> String {
+pub(crate) fn invalid(why: impl std::fmt::Display) -> String {
     why.to_string()
 }
 

@@ -20,7 +20,7 @@ use saml_rs::{
 use serde::{Deserialize, Serialize};
 use tokio::sync::RwLock;
 
-use crate::oidc::Identity;
+use crate::oidc::{Identity, invalid};
 
 /// One SAML identity provider people may sign in with.
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -96,10 +96,6 @@ pub struct SamlLogin {
     acs: String,
     providers: HashMap<String, Provider>,
     http: reqwest::Client,
-}
-
-fn invalid(why: impl std::fmt::Display) -> String {
-    why.to_string()
 }
 
 impl SamlLogin {

@@ -337,6 +337,18 @@ pub struct RedisSessions {
     namespace: String,
 }
 
+impl RedisSessions {
+    /// Ceremony state under `key`, read with `command` (`GET`, or `GETDEL` to take it).
+    async fn read_state(&self, command: &str, key: &str) -> Result<Option<String>, StoreError> {
+        let mut connection = self.connection.clone();
+        redis::cmd(command)
+            .arg(format!("{}state:{key}", self.namespace))
+            .query_async(&mut connection)
+            .await
+            .map_err(redis_error)
+    }
+}
+
 const ROTATE: &str = r"
 local current = redis.call('HGET', KEYS[1], 'current')
 if not current then return {'0'} end
@@ -555,21 +567,11 @@ impl SessionStore for RedisSessions {
     }
 
     async fn take_state(&self, key: &str) -> Result<Option<String>, StoreError> {
-        let mut connection = self.connection.clone();
-        redis::cmd("GETDEL")
-            .arg(format!("{}state:{key}", self.namespace))
-            .query_async(&mut connection)
-            .await
-            .map_err(redis_error)
+        self.read_state("GETDEL", key).await
     }
 
     async fn peek_state(&self, key: &str) -> Result<Option<String>, StoreError> {
-        let mut connection = self.connection.clone();
-        redis::cmd("GET")
-            .arg(format!("{}state:{key}", self.namespace))
-            .query_async(&mut connection)
-            .await
-            .map_err(redis_error)
+        self.read_state("GET", key).await
     }
 
     async fn revoke_all(&self, user_id: Uuid) -> Result<u64, StoreError> {

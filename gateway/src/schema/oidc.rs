@@ -66,32 +66,20 @@ impl OidcMutation {
             .ok_or_else(|| ApiError::BadInput("no OpenID provider is configured on this server".into()))?;
         let started = login.begin(&provider).await.map_err(ApiError::BadInput)?;
         let cookie = cookie.unwrap_or(false);
-        let binding = cookie.then(crate::sessions::fresh_secret);
-        if let Some(binding) = &binding {
-            // Lax, not Strict: the provider sends the browser back with a top-level navigation.
-            ctx.append_http_header(
-                "set-cookie",
-                format!("{BINDING_COOKIE}={binding}; Max-Age=600; Path=/auth/oidc; Secure; HttpOnly; SameSite=Lax"),
-            );
-        }
-        let pending = serde_json::to_string(&Pending {
+        // Lax, not Strict: the provider sends the browser back with a top-level navigation.
+        let bound = format!("{BINDING_COOKIE}=; Max-Age=600; Path=/auth/oidc; Secure; HttpOnly; SameSite=Lax");
+        let expires_at = keep_pending(ctx, &key(&started.state), cookie.then_some(bound.as_str()), |binding| Pending {
             provider,
             verifier: started.verifier,
             nonce: started.nonce,
             cookie,
-            binding: binding.as_deref().map(hash),
+            binding,
         })
-        .map_err(|err| ApiError::internal(&err))?;
-        app.tokens
-            .sessions()
-            .store()
-            .put_state(&key(&started.state), &pending, PENDING_TTL)
-            .await
-            .map_err(|err| ApiError::internal(&err))?;
+        .await?;
         Ok(OidcLoginStart {
             authorization_url: started.url,
             state: started.state,
-            expires_at: Utc::now() + chrono::Duration::from_std(PENDING_TTL).unwrap_or_default(),
+            expires_at,
         })
     }
 }
@@ -172,6 +160,31 @@ async fn account_of(app: &App, identity: &crate::oidc::Identity) -> ApiResult<(U
     };
     tracing::info!(user = %user, issuer = %identity.issuer, "An external identity was linked to an account.");
     Ok((user, email.as_str().to_owned()))
+}
+
+/// Keeps a begun sign-in under `key` for [`PENDING_TTL`]; returns when it expires. For a browser,
+/// `bound` is the binding cookie's `Set-Cookie` with an empty value (`name=; attributes`): a fresh
+/// secret goes into it, and its hash into the pending sign-in (`make` gets it).
+pub(super) async fn keep_pending<T: Serialize>(
+    ctx: &Context<'_>,
+    key: &str,
+    bound: Option<&str>,
+    make: impl FnOnce(Option<String>) -> T,
+) -> ApiResult<DateTime<Utc>> {
+    let binding = bound.map(|set_cookie| {
+        let secret = crate::sessions::fresh_secret();
+        ctx.append_http_header("set-cookie", set_cookie.replacen("=;", &format!("={secret};"), 1));
+        hash(&secret)
+    });
+    let pending = serde_json::to_string(&make(binding)).map_err(|err| ApiError::internal(&err))?;
+    app(ctx)
+        .tokens
+        .sessions()
+        .store()
+        .put_state(key, &pending, PENDING_TTL)
+        .await
+        .map_err(|err| ApiError::internal(&err))?;
+    Ok(Utc::now() + chrono::Duration::from_std(PENDING_TTL).unwrap_or_default())
 }
 
 /// Charges a returning sign-in to its IP address's sign-in budget: the refusal when it is spent.

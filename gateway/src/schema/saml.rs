@@ -3,23 +3,19 @@
 //! (see `crate::saml`), finds the account like an OpenID sign-in (the linked identity, else the
 //! trusted address, else a new account) and answers like `login`.
 
-use std::time::Duration;
-
 use async_graphql::{Context, Object, SimpleObject};
 use axum::http::StatusCode;
 use axum::response::Response;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use super::oidc::{over_budget, pending_of, refused, signed_in};
+use super::oidc::{keep_pending, over_budget, pending_of, refused, signed_in};
 use super::{app, client_ip, limit};
 use crate::auth::RequestInfo;
 use crate::errors::{ApiError, code};
 use crate::saml::PendingRequest;
 use crate::server::App;
 use crate::sessions::hash;
-
-const PENDING_TTL: Duration = Duration::from_secs(10 * 60);
 
 #[derive(Serialize, Deserialize)]
 struct Pending {
@@ -61,30 +57,20 @@ impl SamlMutation {
             .ok_or_else(|| ApiError::BadInput("no SAML identity provider is configured on this server".into()))?;
         let started = login.begin(&provider).await.map_err(ApiError::BadInput)?;
         let cookie = cookie.unwrap_or(false);
-        let binding = cookie.then(crate::sessions::fresh_secret);
-        if let Some(binding) = &binding {
-            // SameSite=None: the provider's answer is a cross-site POST, which Lax would strip.
-            ctx.append_http_header(
-                "set-cookie",
-                format!("{BINDING_COOKIE}={binding}; Max-Age=600; Path=/auth/saml; Secure; HttpOnly; SameSite=None"),
-            );
-        }
-        let pending = serde_json::to_string(&Pending {
-            provider,
-            request: started.request,
-            cookie,
-            binding: binding.as_deref().map(hash),
+        // SameSite=None: the provider's answer is a cross-site POST, which Lax would strip.
+        let bound = format!("{BINDING_COOKIE}=; Max-Age=600; Path=/auth/saml; Secure; HttpOnly; SameSite=None");
+        let expires_at = keep_pending(ctx, &key(&started.relay_state), cookie.then_some(bound.as_str()), |binding| {
+            Pending {
+                provider,
+                request: started.request,
+                cookie,
+                binding,
+            }
         })
-        .map_err(|err| ApiError::internal(&err))?;
-        app.tokens
-            .sessions()
-            .store()
-            .put_state(&key(&started.relay_state), &pending, PENDING_TTL)
-            .await
-            .map_err(|err| ApiError::internal(&err))?;
+        .await?;
         Ok(SamlLoginStart {
             redirect_url: started.url,
-            expires_at: Utc::now() + chrono::Duration::from_std(PENDING_TTL).unwrap_or_default(),
+            expires_at,
         })
     }
 }
