@@ -13,7 +13,9 @@
 //!
 //! Each process's wall time, peak memory and the blocks the kernel counted as read and written on
 //! its behalf come from `/usr/bin/time` (CloudSync's own writes to its event store and chunk store
-//! included); CloudSync also reports the bytes it wrote into the target folder.
+//! included); CloudSync also reports the bytes it wrote into the target folder. Every timed run
+//! starts after `sync(1)`, so that no tool waits on what another left unwritten; CloudSync ends with
+//! its copies durable, and rclone, which never flushes, is also timed followed by `sync(1)`.
 //!
 //! ```text
 //! cargo build --release -p cloudsync-gateway -p cloudsync-bench
@@ -84,6 +86,7 @@ fn cloudsync(data: &Path, args: &[&str]) -> anyhow::Result<(Measured, u64, Optio
         args.iter().map(|a| format!("'{a}'")).collect::<Vec<_>>().join(" "),
         out.display()
     );
+    settle()?;
     let measured = measure(
         Command::new("sh")
             .args(["-c", &shell])
@@ -177,6 +180,9 @@ fn same_tree(a: &Path, b: &Path) -> anyhow::Result<bool> {
     Ok(walk(a)? == walk(b)?)
 }
 
+/// The row of rclone's runs each followed by `sync(1)`.
+const RCLONE_DURABLE: &str = "rclone sync, then sync(1) (durable, as CloudSync's copies)";
+
 struct Row {
     scenario: String,
     tool: String,
@@ -185,16 +191,36 @@ struct Row {
     reported: Option<u64>,
 }
 
-fn rclone_local(source: &Path, target: &Path) -> anyhow::Result<Measured> {
-    measure(
+/// Writes every file's dirty pages out (`sync(1)`) before a timed run: CloudSync makes its copies
+/// durable, and a flush would otherwise also wait for whatever the generator or the tool before it
+/// left in the page cache.
+fn settle() -> anyhow::Result<()> {
+    if !Command::new("sync").status()?.success() {
+        bail!("sync(1) failed");
+    }
+    Ok(())
+}
+
+/// rclone's run, and the same run followed by `sync(1)`: rclone never flushes, so its copies are
+/// durable (as CloudSync's are when it ends) only once the kernel has written them out.
+fn rclone_local(source: &Path, target: &Path) -> anyhow::Result<(Measured, Measured)> {
+    settle()?;
+    let copied = measure(
         Command::new("rclone")
             .args(["sync", "--config", "/dev/null"])
             .arg(source)
             .arg(target),
-    )
+    )?;
+    let flushed = measure(&mut Command::new("sync"))?;
+    let durable = Measured {
+        seconds: copied.seconds + flushed.seconds,
+        ..copied
+    };
+    Ok((copied, durable))
 }
 
 fn rsync(source: &Path, target: &Path, delta: bool) -> anyhow::Result<Measured> {
+    settle()?;
     let mut command = Command::new("rsync");
     command.arg("-a");
     if delta {
@@ -217,7 +243,7 @@ async fn local(work: &Path, small: usize, large: usize, large_mib: usize) -> any
     // The initial copy is short and this machine's disk is noisy: each tool copies into a fresh
     // folder `runs` times, taking turns, and the median run is reported.
     let runs = env_usize("BENCH_SYNC_RUNS", 3)?.max(1);
-    let (mut ours_runs, mut rclone_runs, mut rsync_runs) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut ours_runs, mut rclone_runs, mut durable_runs, mut rsync_runs) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     let mut first = None;
     let mut extra = Vec::new();
     for run in 0..runs {
@@ -238,7 +264,9 @@ async fn local(work: &Path, small: usize, large: usize, large_mib: usize) -> any
             (work.join(format!("dst-rclone-{run}")), work.join(format!("dst-rsync-{run}")))
         };
         eprintln!("[local] rclone initial, run {}", run + 1);
-        rclone_runs.push((rclone_local(&source, &rclone_target)?, None));
+        let (copied, durable) = rclone_local(&source, &rclone_target)?;
+        rclone_runs.push((copied, None));
+        durable_runs.push((durable, None));
         eprintln!("[local] rsync initial, run {}", run + 1);
         rsync_runs.push((rsync(&source, &rsync_target, false)?, None));
         // Kept until every run is done: ext4 allocates inodes more slowly right after a large
@@ -252,7 +280,12 @@ async fn local(work: &Path, small: usize, large: usize, large_mib: usize) -> any
     }
     let (data, pair) = first.context("at least one run")?;
     let mut rows = Vec::new();
-    for (tool, measured) in [("CloudSync", ours_runs), ("rclone sync", rclone_runs), ("rsync -a", rsync_runs)] {
+    for (tool, measured) in [
+        ("CloudSync", ours_runs),
+        ("rclone sync", rclone_runs),
+        (RCLONE_DURABLE, durable_runs),
+        ("rsync -a", rsync_runs),
+    ] {
         rows.push(median(&scenario, tool, measured));
     }
     rsync(&source, &delta, false)?;
@@ -282,12 +315,15 @@ async fn local(work: &Path, small: usize, large: usize, large_mib: usize) -> any
             reported: Some(written),
         });
         eprintln!("[local] rclone incremental {round}");
-        rows.push(Row {
-            scenario: scenario.clone(),
-            tool: "rclone sync".into(),
-            measured: rclone_local(&source, &theirs)?,
-            reported: None,
-        });
+        let (copied, durable) = rclone_local(&source, &theirs)?;
+        for (tool, measured) in [("rclone sync", copied), (RCLONE_DURABLE, durable)] {
+            rows.push(Row {
+                scenario: scenario.clone(),
+                tool: tool.into(),
+                measured,
+                reported: None,
+            });
+        }
         eprintln!("[local] rsync incremental {round}");
         rows.push(Row {
             scenario: scenario.clone(),
@@ -328,6 +364,7 @@ async fn s3(work: &Path, endpoint: &str, small: usize, large_mib: usize) -> anyh
     let ids = connect(&data, &[("local", json!({ "root": source })), ("s3", credentials)]).await?;
     let rclone = |label: &str| -> anyhow::Result<Row> {
         eprintln!("[s3] rclone {label}");
+        settle()?;
         let measured = measure(
             rclone_s3(endpoint)
                 .args(["sync", "--transfers", "8"])
