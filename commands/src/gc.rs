@@ -9,9 +9,9 @@
 //! change locks the lease table first), so a use lease is either granted before the collect lease,
 //! and waited for, or refused until the collector is done.
 //!
-//! Leases expire unless renewed, so a killed process's lease lapses after [`LEASE_TTL`]. A holder
-//! that could not renew in time (a stalled process) finds its lease no longer valid and records
-//! nothing more: the run fails and the next one starts over.
+//! Leases expire unless renewed, so a killed process's lease lapses after [`LEASE_TTL`] (by the
+//! database's clock). A holder that could not renew in time (a stalled process) finds its lease no
+//! longer valid and records nothing more: the run fails and the next one starts over.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
@@ -25,13 +25,12 @@ use cloudsync_eventstore::{DbPool, on_pool};
 use tokio_util::sync::CancellationToken;
 
 use crate::handlers::{Context, encode};
+use crate::leases::{RENEW_EVERY, db_error, db_now_ms, keep_renewed, millis};
 use crate::{CommandError, Commands};
 use cloudsync_eventstore::{ExpectedVersion, StreamAppend};
 
 /// How long a lease lasts unless renewed.
 pub const LEASE_TTL: Duration = Duration::from_secs(60);
-/// How often a holder renews its lease.
-const RENEW_EVERY: Duration = Duration::from_secs(10);
 /// How often a waiting lease asks again.
 const POLL: Duration = Duration::from_millis(200);
 /// The worker checkpoint of the collector's scan of the log for pairs.
@@ -52,20 +51,8 @@ impl Kind {
     }
 }
 
-fn now_ms() -> i64 {
-    Utc::now().timestamp_millis()
-}
-
-fn ttl_ms() -> i64 {
-    i64::try_from(LEASE_TTL.as_millis()).unwrap_or(60_000)
-}
-
 fn store_error(err: cloudsync_chunks::StoreError) -> CommandError {
     CommandError::Storage(err.to_string())
-}
-
-fn db_error(err: sqlx::Error) -> CommandError {
-    CommandError::Store(err.into())
 }
 
 /// Takes (or extends) `holder`'s lease of `kind` unless another holder's unexpired lease forbids
@@ -75,19 +62,19 @@ async fn try_take(pool: &DbPool, holder: &str, kind: Kind) -> Result<bool, Comma
         Kind::Use => "kind = 'collect'",
         Kind::Collect => "kind = 'collect' AND holder <> $1",
     };
+    let now = db_now_ms(pool);
     let insert = format!(
-        "INSERT INTO chunk_store_leases (holder, kind, expires_at) SELECT $1, $2, $3 \
-         WHERE NOT EXISTS (SELECT 1 FROM chunk_store_leases WHERE {blocking} AND expires_at > $4) \
+        "INSERT INTO chunk_store_leases (holder, kind, expires_at) SELECT $1, $2, {now} + $3 \
+         WHERE NOT EXISTS (SELECT 1 FROM chunk_store_leases WHERE {blocking} AND expires_at > {now}) \
          ON CONFLICT (holder) DO UPDATE SET expires_at = excluded.expires_at"
     );
-    let (now, until) = (now_ms(), now_ms() + ttl_ms());
+    let ttl = millis(LEASE_TTL);
     let taken = match pool {
         // One statement is one write transaction: SQLite runs them one at a time.
         DbPool::Sqlite(p) => sqlx::query(&insert)
             .bind(holder)
             .bind(kind.as_str())
-            .bind(until)
-            .bind(now)
+            .bind(ttl)
             .execute(p)
             .await
             .map_err(db_error)?
@@ -102,8 +89,7 @@ async fn try_take(pool: &DbPool, holder: &str, kind: Kind) -> Result<bool, Comma
             let rows = sqlx::query(&insert)
                 .bind(holder)
                 .bind(kind.as_str())
-                .bind(until)
-                .bind(now)
+                .bind(ttl)
                 .execute(&mut *tx)
                 .await
                 .map_err(db_error)?
@@ -117,12 +103,11 @@ async fn try_take(pool: &DbPool, holder: &str, kind: Kind) -> Result<bool, Comma
 
 /// Extends an unexpired lease; false when it had expired or is gone.
 async fn renew(pool: &DbPool, holder: &str) -> Result<bool, CommandError> {
-    let query = "UPDATE chunk_store_leases SET expires_at = $1 WHERE holder = $2 AND expires_at > $3";
-    let (now, until) = (now_ms(), now_ms() + ttl_ms());
-    let rows = on_pool!(pool, |p| sqlx::query(query)
-        .bind(until)
+    let now = db_now_ms(pool);
+    let query = format!("UPDATE chunk_store_leases SET expires_at = {now} + $1 WHERE holder = $2 AND expires_at > {now}");
+    let rows = on_pool!(pool, |p| sqlx::query(&query)
+        .bind(millis(LEASE_TTL))
         .bind(holder)
-        .bind(now)
         .execute(p)
         .await
         .map(|r| r.rows_affected()))
@@ -137,8 +122,11 @@ async fn remove(pool: &DbPool, holder: &str) -> Result<(), CommandError> {
 
 /// Unexpired use leases.
 async fn users(pool: &DbPool) -> Result<i64, CommandError> {
-    let query = "SELECT COUNT(*) FROM chunk_store_leases WHERE kind = 'use' AND expires_at > $1";
-    on_pool!(pool, |p| sqlx::query_scalar(query).bind(now_ms()).fetch_one(p).await).map_err(db_error)
+    let query = format!(
+        "SELECT COUNT(*) FROM chunk_store_leases WHERE kind = 'use' AND expires_at > {}",
+        db_now_ms(pool)
+    );
+    on_pool!(pool, |p| sqlx::query_scalar(&query).fetch_one(p).await).map_err(db_error)
 }
 
 /// A lease on the chunk store, renewed in the background until released.
@@ -172,28 +160,19 @@ impl Lease {
     }
 
     fn keep_renewed(&self) {
-        let (pool, holder, renewed, stop) = (self.pool.clone(), self.holder.clone(), Arc::clone(&self.renewed), self.stop.clone());
-        tokio::spawn(async move {
-            loop {
-                tokio::select! {
-                    () = stop.cancelled() => return,
-                    () = tokio::time::sleep(RENEW_EVERY) => {}
-                }
-                let attempt = Instant::now();
-                match renew(&pool, &holder).await {
-                    Ok(true) => {
-                        if let Ok(mut at) = renewed.lock() {
-                            *at = attempt;
-                        }
-                    }
-                    Ok(false) => {
-                        tracing::warn!(holder = %holder, "A chunk-store lease lapsed before it was renewed.");
-                        return;
-                    }
-                    Err(error) => tracing::warn!(holder = %holder, error = %error, "Could not renew a chunk-store lease."),
-                }
-            }
-        });
+        let (pool, holder) = (self.pool.clone(), self.holder.clone());
+        keep_renewed(
+            "chunk store",
+            self.holder.clone(),
+            LEASE_TTL,
+            Arc::clone(&self.renewed),
+            self.stop.clone(),
+            None,
+            move || {
+                let (pool, holder) = (pool.clone(), holder.clone());
+                Box::pin(async move { renew(&pool, &holder).await })
+            },
+        );
     }
 
     /// Whether the lease certainly still holds: renewed less than its lifetime ago, with a margin

@@ -655,18 +655,30 @@ impl Commands {
         Ok((job_id, position))
     }
 
-    /// Runs a job to its end in this task (the CLI does this; the server's job runner does the same).
-    /// If another worker has already started it, returns at once and leaves it to them.
+    /// Runs a job to its end in this task (the CLI does this; the server's job runner does the same)
+    /// under the job's lease: while another live worker holds it, waits, and carries the job on
+    /// from its last recorded step once that worker has gone (its lease lapsed, or its process on
+    /// this machine ended). Returns quietly when the job has ended (whoever ran it), or when
+    /// `cancel` fires or the lease is lost (the job is left for another worker to resume).
     ///
     /// # Errors
     /// What stopped the job.
     pub async fn run_job(&self, job_id: SyncJobId, cancel: &tokio_util::sync::CancellationToken) -> Result<(), CommandError> {
         let (job, _) = self.load::<SyncJob>(&job_id.stream()).await?;
-        match job.kind() {
-            Some(JobKind::Scan { .. }) => crate::scan::run_scan(self, job_id, cancel).await,
-            Some(JobKind::Sync { .. }) => crate::sync::run_sync(self, job_id, cancel).await,
-            None => Err(CommandError::NotFound("sync job")),
+        if job.kind().is_none() {
+            return Err(CommandError::NotFound("sync job"));
         }
+        // One worker at a time: the others wait, and take over if it goes away.
+        let Some(lease) = crate::leases::JobLease::take(self, job_id, cancel).await? else {
+            return Ok(());
+        };
+        let run = lease.token().clone();
+        let result = match job.kind() {
+            Some(JobKind::Scan { .. }) => crate::scan::run_scan(self, job_id, &run).await,
+            _ => crate::sync::run_sync(self, job_id, &run).await,
+        };
+        lease.release().await;
+        result
     }
 
     /// The owner of a provider connection, for operators' tools that act on a provider by id.

@@ -35,7 +35,7 @@ use cloudsync_domain::sync_job::{JobKind, JobPhase, SyncJob, SyncJobCommand};
 use cloudsync_domain::sync_pair::{SyncEndpoint, SyncPair, SyncPairCommand};
 use cloudsync_domain::{Aggregate, DomainEvent, ProviderId, ProviderKind, ProviderPath, ScanSchedule, SyncJobId, SyncPairId, UserId};
 use cloudsync_eventstore::{ExpectedVersion, StreamAppend};
-use cloudsync_providers::{ByteStream, Entry, ProviderError, StorageProvider, is_temporary};
+use cloudsync_providers::{ABANDONED_AFTER, ByteStream, Entry, ProviderError, StorageProvider, is_temporary};
 use futures::{StreamExt, TryStreamExt};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
@@ -265,6 +265,17 @@ impl Commands {
         }
     }
 
+    /// `user`'s pair's latest run, if it has not ended (it may be going on elsewhere, or have been
+    /// interrupted: [`Commands::run_job`] carries it on either way).
+    ///
+    /// # Errors
+    /// [`CommandError::NotFound`] for unknown or someone else's pairs.
+    pub async fn unfinished_run(&self, user: UserId, pair_id: SyncPairId) -> Result<Option<SyncJobId>, CommandError> {
+        let (pair, _) = self.load::<SyncPair>(&pair_id.stream()).await?;
+        pair.live_for(user).ok_or(CommandError::NotFound("sync pair"))?;
+        self.run_in_progress(&pair).await
+    }
+
     /// The pair's latest run, if it has not ended.
     async fn run_in_progress(&self, pair: &SyncPair) -> Result<Option<SyncJobId>, CommandError> {
         let Some(last) = pair.last_run() else { return Ok(None) };
@@ -425,8 +436,8 @@ fn new_run(pair: &SyncPair, user: UserId) -> Result<(Vec<DomainEvent>, (SyncJobI
 struct Listing {
     tree: Tree,
     tags: HashMap<ProviderPath, String>,
-    /// Temporary files of this pair's earlier, interrupted runs (full paths).
-    abandoned: Vec<ProviderPath>,
+    /// Temporary files found (full paths): this pair's earlier, interrupted runs', or others'.
+    abandoned: Vec<Entry>,
     /// Files whose content is not known yet (not as last agreed), by path, with their full path.
     unhashed: HashMap<ProviderPath, ProviderPath>,
 }
@@ -520,7 +531,7 @@ async fn list_side(provider: Arc<dyn StorageProvider>, folder: ProviderPath, pai
             .try_filter_map(|entry| {
                 let found = match entry.path.relative_to(&folder) {
                     Some(relative) if is_temporary(relative.name()) => {
-                        abandoned.push(entry.path);
+                        abandoned.push(entry);
                         None
                     }
                     Some(relative) => Some((relative, entry)),
@@ -588,8 +599,12 @@ pub(crate) async fn run_sync(commands: &Commands, job_id: SyncJobId, cancel: &Ca
         return Ok(());
     }
     tracing::info!(job = %job_id, pair = %pair_id, "Sync started.");
-    // Writes that a killed process left half-done are cleared away first.
+    // Writes that a killed process left half-done are cleared away first: on local folders here
+    // (their listings leave temporary files out); elsewhere from what the listings find, below.
     for (provider, endpoint) in [(&sides.0, &settings.source), (&sides.1, &settings.target)] {
+        if provider.kind() != ProviderKind::Local {
+            continue;
+        }
         match provider.remove_abandoned_writes(&endpoint.path).await {
             Ok(0) => {}
             Ok(removed) => tracing::info!(job = %job_id, removed, "Removed temporary files of interrupted writes."),
@@ -821,7 +836,8 @@ impl Tracker<'_> {
     }
 
     /// Moves the job forward to `phase` unless it is there or beyond (a resumed run). False when
-    /// another worker started the job first: it is theirs.
+    /// the run must stop (the job ended, or `cancel` fired). Only the job lease's holder moves a
+    /// job on, so a conflict here is a pause or a cancel that came meanwhile.
     async fn enter(&mut self, phase: JobPhase) -> Result<bool, CommandError> {
         let order = |p: JobPhase| {
             [JobPhase::Pending, JobPhase::Scanning, JobPhase::Planning, JobPhase::Transferring]
@@ -839,8 +855,6 @@ impl Tracker<'_> {
             }
             match self.step(SyncJobCommand::EnterPhase { phase, at: Utc::now() }).await {
                 Ok(()) => return Ok(true),
-                // Another worker (a second process, or `cloudsync sync`) started it first: it is theirs.
-                Err(CommandError::Conflict(_)) if current == JobPhase::Pending => return Ok(false),
                 // Paused or cancelled meanwhile: look again.
                 Err(CommandError::Conflict(_)) => {
                     (self.job, self.version) = self.commands.load::<SyncJob>(&self.job_id.stream()).await?;
@@ -1192,13 +1206,19 @@ impl Executor {
         changes
     }
 
-    /// Deletes the temporary files of this pair's interrupted runs that the listings found (only one
-    /// run of a pair goes on at a time, so they are nobody's write in progress). Other temporary
-    /// files (another pair's, a local write's) are left alone.
+    /// Deletes the temporary files that the listings found of this pair's interrupted runs (only
+    /// one run of a pair goes on at a time, so they are nobody's write in progress), and others
+    /// older than [`ABANDONED_AFTER`] (a killed process's ranged write on a remote kind). Younger
+    /// ones of others (another pair's, a local write's) are left alone.
     async fn remove_abandoned(&self) {
         let ours = format!(".cloudsync-{}-", pair_token(self.pair_id));
+        let cutoff = Utc::now() - chrono::Duration::from_std(ABANDONED_AFTER).unwrap_or(chrono::Duration::MAX);
         for side in [Side::Source, Side::Target] {
-            for path in self.listings[index(side)].abandoned.iter().filter(|p| p.name().starts_with(&ours)) {
+            let abandoned = self.listings[index(side)]
+                .abandoned
+                .iter()
+                .filter(|entry| entry.path.name().starts_with(&ours) || entry.modified_at.is_some_and(|at| at < cutoff));
+            for path in abandoned.map(|entry| &entry.path) {
                 if let Err(error) = self.provider(side).delete(path).await {
                     tracing::warn!(path = %path, error = %error, "Could not remove an interrupted run's temporary file.");
                 }

@@ -499,8 +499,8 @@ pub async fn replay(
     Ok(())
 }
 
-/// Requests a scan, runs it here (unless a running server started it first), and follows its
-/// progress live from the job's own events.
+/// Requests a scan, runs it here (unless another worker holds it: then this one takes over should
+/// that worker go away), and follows its progress live from the job's own events.
 async fn scan(config: &Config, db: &Database, provider_id: Uuid) -> anyhow::Result<()> {
     let commands = crate::server::commands(config, db)?;
     let provider = cloudsync_domain::ProviderId::from_uuid(provider_id);
@@ -531,8 +531,8 @@ fn folder(raw: &str, what: &str) -> anyhow::Result<cloudsync_domain::sync_pair::
     })
 }
 
-/// Starts a run of a pair (creating the pair first when asked), runs it here unless a running
-/// server started it first, and follows it with a progress bar.
+/// Starts a run of a pair (creating the pair first when asked), or carries on its run that has not
+/// ended; runs it here (or stands by while another worker holds it) and follows it with a progress bar.
 async fn sync(config: &Config, db: &Database, pair_id: Option<Uuid>, new_pair: Option<NewPair>) -> anyhow::Result<()> {
     use cloudsync_domain::merge::{ConflictPolicy, SyncMode};
 
@@ -541,7 +541,15 @@ async fn sync(config: &Config, db: &Database, pair_id: Option<Uuid>, new_pair: O
         (Some(pair_id), _) => {
             let pair_id = cloudsync_domain::SyncPairId::from_uuid(pair_id);
             let owner = commands.pair_owner(pair_id).await.context("finding the sync pair")?;
-            commands.request_sync(owner, pair_id).await?.0
+            // A run that has not ended (interrupted, or going on in another process) is carried on
+            // rather than refused.
+            match commands.unfinished_run(owner, pair_id).await? {
+                Some(job_id) => {
+                    println!("Carrying on run {job_id} of this pair, which has not ended.");
+                    job_id
+                }
+                None => commands.request_sync(owner, pair_id).await?.0,
+            }
         }
         (None, Some(new)) => {
             let source = folder(&new.source, "--source")?;
@@ -586,7 +594,7 @@ async fn sync(config: &Config, db: &Database, pair_id: Option<Uuid>, new_pair: O
     Ok(())
 }
 
-/// Runs a job here (unless another worker started it first) and follows it live from its own
+/// Runs a job here (or, while another worker holds it, stands by to take over) and follows it live from its own
 /// events, with a progress bar; returns its final files and bytes done, and bytes written (sync runs).
 async fn follow(
     db: &Database,
@@ -671,6 +679,13 @@ async fn follow(
             }
         }
     };
+    // Our worker, if it still runs, is giving its leases back (or sees that another worker ended
+    // the job): let it finish before the process ends.
+    if let Some(handle) = runner.take()
+        && tokio::time::timeout(std::time::Duration::from_secs(5), handle).await.is_err()
+    {
+        tracing::warn!(job = %job_id, "The job's worker did not finish in time.");
+    }
     cancel.cancel();
     bar.finish_and_clear();
     match outcome {

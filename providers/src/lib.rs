@@ -33,6 +33,10 @@ pub fn is_temporary(name: &str) -> bool {
     name.ends_with(".tmp") && name.starts_with('.') && name.contains(".cloudsync-")
 }
 
+/// How old a temporary file on a remote kind must be to count as abandoned: a chunk write or a
+/// ranged write takes seconds to minutes, and none of CloudSync's writes lasts a day.
+pub const ABANDONED_AFTER: std::time::Duration = std::time::Duration::from_secs(24 * 60 * 60);
+
 /// What a provider knows about one file.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Entry {
@@ -189,9 +193,10 @@ pub trait StorageProvider: Send + Sync {
         Err(ProviderError::Unsupported(format!("{path}: ranged writes")))
     }
 
-    /// Removes below `folder` the temporary files of writes that a killed process left behind (a
-    /// local write in progress names its process; a name whose process is gone is abandoned).
-    /// Returns how many were removed. Kinds whose writes leave nothing behind remove nothing.
+    /// Removes below `folder` the temporary files of writes that a killed process left behind, and
+    /// nothing else: on a local folder a write in progress names its process, and a name whose
+    /// process is gone is abandoned; elsewhere the writer cannot be asked, so a temporary file is
+    /// abandoned once it is older than [`ABANDONED_AFTER`]. Returns how many were removed.
     async fn remove_abandoned_writes(&self, folder: &ProviderPath) -> Result<u64, ProviderError> {
         let _ = folder;
         Ok(0)

@@ -416,6 +416,32 @@ impl StorageProvider for RemoteProvider {
         self.move_over(from, to).await
     }
 
+    async fn remove_abandoned_writes(&self, folder: &ProviderPath) -> Result<u64, ProviderError> {
+        let cutoff = Utc::now() - chrono::Duration::from_std(crate::ABANDONED_AFTER).unwrap_or(chrono::Duration::MAX);
+        let temporaries: Vec<Entry> = self
+            .list(folder)
+            .try_filter(|entry| futures::future::ready(crate::is_temporary(entry.path.name())))
+            .try_collect()
+            .await
+            .or_else(|err| match err {
+                ProviderError::NotFound(_) => Ok(Vec::new()),
+                other => Err(other),
+            })?;
+        let mut removed = 0;
+        for entry in temporaries {
+            // Some listings carry no modification time: the file's own metadata does.
+            let modified = match entry.modified_at {
+                Some(at) => Some(at),
+                None => self.stat(&entry.path).await.ok().and_then(|e| e.modified_at),
+            };
+            if modified.is_some_and(|at| at < cutoff) {
+                self.delete(&entry.path).await?;
+                removed += 1;
+            }
+        }
+        Ok(removed)
+    }
+
     async fn create_folder(&self, path: &ProviderPath) -> Result<(), ProviderError> {
         if path.is_root() {
             return Ok(());

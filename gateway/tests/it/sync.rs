@@ -249,6 +249,82 @@ fn a_killed_sync_resumes_and_ends_with_both_sides_correct() {
         String::from_utf8_lossy(&run.stdout)
     );
     assert_eq!(std::fs::read(b.join("added-later.txt")).expect("copied"), b"later");
+
+    // A `cloudsync sync` killed in the middle of its run: the next one carries that run on (the
+    // killed process's job lease is let go at once: it was a process of this machine that is
+    // gone), and ends with both sides equal.
+    let more = |round: u64| {
+        for i in 0..100 {
+            let path = a.join(format!("more{}/more-{round}-{i}.bin", i % 5));
+            std::fs::create_dir_all(path.parent().expect("parent")).expect("mkdir");
+            std::fs::write(path, noise(4096, 5000 + round * 100 + i)).expect("write");
+        }
+    };
+    // The target is rate-limited (150 requests a second): 100 copies take a few seconds.
+    let copied = |round: u64| {
+        (0..5)
+            .filter_map(|d| std::fs::read_dir(b.join(format!("more{d}"))).ok())
+            .flatten()
+            .filter(|e| {
+                e.as_ref()
+                    .is_ok_and(|e| e.file_name().to_string_lossy().starts_with(&format!("more-{round}-")))
+            })
+            .count()
+    };
+    let until_copying = |round: u64, what: &str| {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while copied(round) == 0 {
+            assert!(Instant::now() < deadline, "{what} copied nothing within a minute");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+    let completed_run = |out: &std::process::Output| -> String {
+        let printed = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(out.status.success(), "{printed}{}", String::from_utf8_lossy(&out.stderr));
+        printed
+            .split("Sync ")
+            .nth(1)
+            .and_then(|rest| rest.split(" completed").next())
+            .unwrap_or_else(|| panic!("no completed run in {printed:?}"))
+            .to_owned()
+    };
+    more(1);
+    let mut interrupted_cli = cloudsync(&data)
+        .args(["sync", &pair_id])
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("sync");
+    until_copying(1, "the first `cloudsync sync`");
+    interrupted_cli.kill().expect("SIGKILL");
+    interrupted_cli.wait().expect("reaped");
+    assert!(copied(1) < 100, "the run was killed before its end ({} of 100 copied)", copied(1));
+    let carried = cloudsync(&data).args(["sync", &pair_id]).output().expect("sync");
+    let printed = String::from_utf8_lossy(&carried.stdout).into_owned();
+    let run = completed_run(&carried);
+    assert!(
+        printed.contains(&format!("Carrying on run {run} of this pair, which has not ended.")),
+        "the interrupted run is carried on, not refused or started anew: {printed}"
+    );
+    assert_eq!(
+        tree(&b),
+        tree(&a),
+        "after the carried-on run: no partial, missing or temporary file"
+    );
+
+    // Two at once: the second stands by while the first holds the run, and both see it end.
+    more(2);
+    let first = cloudsync(&data)
+        .args(["sync", &pair_id])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("sync");
+    until_copying(2, "the first of two `cloudsync sync`s");
+    let second = cloudsync(&data).args(["sync", &pair_id]).output().expect("sync");
+    let first = first.wait_with_output().expect("first");
+    let (first_run, second_run) = (completed_run(&first), completed_run(&second));
+    assert_eq!(first_run, second_run, "one run, followed by both");
+    assert!(String::from_utf8_lossy(&second.stdout).contains(&format!("Carrying on run {first_run}")));
+    assert_eq!(tree(&b), tree(&a));
     let created = cloudsync(&data)
         .args([
             "sync",

@@ -41,6 +41,7 @@ contract!(
     ranged_writes_patch_a_file_where_they_are_offered,
     replace_moves_over_a_file_in_one_step,
     unsynced_writes_replace_only_what_was_expected,
+    only_abandoned_writes_are_removed,
 );
 
 fn p(raw: &str) -> ProviderPath {
@@ -406,4 +407,51 @@ async fn unsynced_writes_replace_only_what_was_expected(t: &TestProvider) {
     provider.replace_if(&b, &p("guarded/b.txt"), Some("whatever")).await.expect("moved");
     assert_eq!(read_all(provider, &p("guarded/new/a.txt"), 0..u64::MAX).await, b"a");
     assert_eq!(read_all(provider, &p("guarded/b.txt"), 0..u64::MAX).await, b"b");
+}
+
+async fn only_abandoned_writes_are_removed(t: &TestProvider) {
+    let provider = &*t.provider;
+    // A write in progress (its process, 1, runs; and it is new), one a killed process left long ago
+    // (no such process; two days old), and a file of the user's, as old.
+    let (in_progress, left, mine) = (
+        p("w/.a.txt.cloudsync-1-0000000000000001.tmp"),
+        p("w/deep/.b.zst.cloudsync-4294967294-0000000000000002.tmp"),
+        p("w/deep/c.txt"),
+    );
+    for path in [&in_progress, &left, &mine] {
+        provider.write(path, once("content")).await.expect("write");
+    }
+    // Where the test reaches the server's own files, it ages two of them.
+    let backing = match t.server {
+        Server::Local => t.local_dir().map(std::path::Path::to_path_buf),
+        Server::Sftp => t.config.get("root").and_then(|root| root.as_str()).map(std::path::PathBuf::from),
+        _ => None,
+    };
+    if let Some(root) = &backing {
+        let long_ago = std::time::SystemTime::now() - std::time::Duration::from_secs(2 * 24 * 60 * 60);
+        for path in [&left, &mine] {
+            let file = std::fs::File::options()
+                .write(true)
+                .open(root.join(path.as_str()))
+                .expect("server's file");
+            file.set_modified(long_ago).expect("aged");
+        }
+    }
+    let removed = provider.remove_abandoned_writes(&p("w")).await.expect("cleaned");
+    let expected = u64::from(backing.is_some());
+    assert_eq!(removed, expected, "{:?}", t.server);
+    assert!(provider.stat(&mine).await.is_ok(), "a file of the user's is never removed");
+    assert_eq!(provider.stat(&left).await.is_ok(), expected == 0, "the abandoned write");
+    assert_eq!(
+        provider.list(&p("w")).try_collect::<Vec<_>>().await.expect("list").len(),
+        if t.server == Server::Local {
+            1
+        } else {
+            3 - usize::from(expected == 1)
+        },
+        "local listings leave temporary files out"
+    );
+    assert!(provider.stat(&in_progress).await.is_ok(), "a write in progress is left alone");
+    // A folder that does not exist holds nothing to remove.
+    assert_eq!(provider.remove_abandoned_writes(&p("nowhere")).await.expect("cleaned"), 0);
 }
