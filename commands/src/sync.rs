@@ -54,8 +54,9 @@ const TRANSFERS: usize = 32;
 const BATCH: usize = 500;
 /// How long finished decisions wait, at most, before they are recorded.
 const RECORD_EVERY: Duration = Duration::from_secs(1);
-/// Text files up to this size are kept in the chunk store when both sides agree on them, so that
-/// the next run can merge concurrent edits line by line.
+/// Text files up to this size are copied through memory. Every text file the merge takes (up to
+/// [`merge::TEXT_MERGE_LIMIT`]) is kept in the chunk store when both sides agree on it, so that the
+/// next run can merge concurrent edits line by line.
 const KEEP_TEXT: u64 = 1024 * 1024;
 /// Files from this size on are copied with their chunk manifest kept, so that their next change is
 /// written as the byte ranges that differ, where the side takes ranged writes.
@@ -1174,7 +1175,7 @@ impl Executor {
             if !base_same {
                 stored = None;
             }
-            if stored.is_none() && self.keeps(path, version.size) {
+            if stored.is_none() && self.keeps_base(path, version.size) {
                 stored = self.keep(Side::Source, path, version).await;
             }
             let unchanged =
@@ -1226,16 +1227,29 @@ impl Executor {
         }
     }
 
+    /// Whether a file is a small text file, copied through memory and kept.
     fn keeps(&self, path: &ProviderPath, size: u64) -> bool {
-        self.chunks.is_some() && size <= KEEP_TEXT && merge::is_text(path)
+        size <= KEEP_TEXT && self.keeps_base(path, size)
     }
 
-    /// Reads a small text file and keeps it in the chunk store; `None` when it cannot (the next
-    /// merge of the file then falls back to the conflict policy).
+    /// Whether a file is a text file the merge takes, whose agreed content is kept.
+    fn keeps_base(&self, path: &ProviderPath, size: u64) -> bool {
+        self.chunks.is_some() && size <= merge::TEXT_MERGE_LIMIT && merge::is_text(path)
+    }
+
+    /// Reads a text file and keeps it in the chunk store (through memory when small, streamed
+    /// otherwise); `None` when it cannot, or it is no longer `version` (the next merge of the file
+    /// then falls back to the conflict policy).
     async fn keep(&self, side: Side, path: &ProviderPath, version: &Version) -> Option<String> {
         let chunks = self.chunks.as_ref()?;
-        let data = self.read_verified(side, path, version).await.ok()?;
-        put_content(&**chunks, &data).await.ok()
+        if version.size <= KEEP_TEXT {
+            let data = self.read_verified(side, path, version).await.ok()?;
+            return put_content(&**chunks, &data).await.ok();
+        }
+        let stream = self.provider(side).read(&self.full(side, path), 0..version.size).await.ok()?;
+        let (id, manifest) = put_stream(&**chunks, stream).await.ok()?;
+        let unhashed = version.checksum.is_empty();
+        (manifest.size == version.size && (unhashed || manifest.checksum == version.checksum)).then_some(id)
     }
 
     /// The whole content of a (small) file, checked against the version it should have.
@@ -1699,7 +1713,8 @@ impl Executor {
             });
         }
         let large = version.size >= DELTA_MIN && self.chunks.is_some();
-        if large && let Some(patched) = self.patch(to, from, path, version, expected).await? {
+        if large && let Some(mut patched) = self.patch(to, from, path, version, expected).await? {
+            patched.stored = self.keep_copied(to, path, version, &patched.checksum).await;
             return Ok(patched);
         }
         let stream = self
@@ -1717,13 +1732,27 @@ impl Executor {
             }
             _ => None,
         };
+        let stored = self.keep_copied(to, path, version, &checksum).await;
         Ok(Copied {
             tag,
             checksum,
-            stored: None,
+            stored,
             manifest,
             written: version.size,
         })
+    }
+
+    /// Keeps a text file too large to copy through memory, as just written to `path` on side `to`
+    /// with `checksum`, when the merge takes it.
+    async fn keep_copied(&self, to: Side, path: &ProviderPath, version: &Version, checksum: &str) -> Option<String> {
+        if !self.keeps_base(path, version.size) {
+            return None;
+        }
+        let written = Version {
+            checksum: checksum.to_owned(),
+            ..version.clone()
+        };
+        self.keep(to, path, &written).await
     }
 
     /// Writes only the byte ranges of `version` that differ from what side `to` holds at `path`,
@@ -1912,12 +1941,11 @@ async fn write_checked(
         ))
     };
     if provider.atomic_writes() && provider.kind() != ProviderKind::Local {
-        if !still_there(provider, destination, expected).await? {
-            return Err(moved_on());
-        }
-        match provider.write(destination, data).await {
+        // Over only what was listed (atomically where the store takes conditional writes).
+        match provider.write_if(destination, data, expected).await {
             Ok(_) => {}
             Err(_) if mismatch.load(Ordering::SeqCst) => return Err(changed()),
+            Err(ProviderError::AlreadyExists(_)) => return Err(moved_on()),
             Err(err) => return Err(err.into()),
         }
         return Ok((provider.stat(destination).await?.tag(), checksum()));

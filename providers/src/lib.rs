@@ -160,6 +160,16 @@ pub trait StorageProvider: Send + Sync {
         self.stat(to).await
     }
 
+    /// [`StorageProvider::write`], only over what `expected` names (its [`Entry::tag`]; `None`: only
+    /// where nothing is); otherwise [`ProviderError::AlreadyExists`] and nothing changes. A file gone
+    /// meanwhile also counts as changed. Object stores that take conditional writes (S3's and Azure's
+    /// `If-Match` / `If-None-Match`) check and publish in one step; elsewhere the check comes just
+    /// before the write.
+    async fn write_if(&self, path: &ProviderPath, data: ByteStream, expected: Option<&str>) -> Result<u64, ProviderError> {
+        unchanged(self.stat(path).await, path, expected)?;
+        self.write(path, data).await
+    }
+
     /// Whether a write becomes visible only once it is complete, replacing any file there in one step
     /// (local folders write through a synced temporary file and a rename; object stores publish an
     /// upload only when it is finished, and drop an aborted one). Elsewhere (WebDAV, SFTP) a file
@@ -209,6 +219,21 @@ pub trait StorageProvider: Send + Sync {
     /// A feed the provider has but cannot start (no file watcher available, for example).
     fn changes(&self) -> Result<Option<ChangeFeed>, ProviderError> {
         Ok(None)
+    }
+}
+
+/// Whether what a stat of `path` found is still `expected` (see [`StorageProvider::write_if`]):
+/// [`ProviderError::AlreadyExists`] when not.
+pub(crate) fn unchanged(found: Result<Entry, ProviderError>, path: &ProviderPath, expected: Option<&str>) -> Result<(), ProviderError> {
+    let found = match found {
+        Ok(found) => Some(found.tag()),
+        Err(ProviderError::NotFound(_)) => None,
+        Err(err) => return Err(err),
+    };
+    if found.as_deref() == expected {
+        Ok(())
+    } else {
+        Err(ProviderError::AlreadyExists(format!("{path} changed")))
     }
 }
 

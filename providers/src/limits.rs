@@ -220,6 +220,16 @@ impl StorageProvider for Limited {
         written
     }
 
+    async fn write_if(&self, path: &ProviderPath, data: ByteStream, expected: Option<&str>) -> Result<u64, ProviderError> {
+        // The check's request, then the write's.
+        self.take().await;
+        let _permit = self.transfer().await?;
+        self.invalidate(path);
+        let written = self.inner.write_if(path, data, expected).await;
+        self.invalidate(path);
+        written
+    }
+
     async fn delete(&self, path: &ProviderPath) -> Result<(), ProviderError> {
         self.take().await;
         let deleted = self.inner.delete(path).await;

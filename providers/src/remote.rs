@@ -271,6 +271,33 @@ impl RemoteProvider {
     }
 }
 
+/// Streams `data` through an upload, publishing it when complete and aborting it on failure;
+/// returns the bytes written.
+async fn upload(mut writer: opendal::Writer, mut data: ByteStream) -> Result<u64, ProviderError> {
+    let mut written = 0_u64;
+    let result: Result<(), ProviderError> = async {
+        while let Some(chunk) = data.next().await {
+            let chunk = chunk?;
+            written += chunk.len() as u64;
+            writer.write(chunk).await?;
+        }
+        Ok(())
+    }
+    .await;
+    match result {
+        Ok(()) => {
+            writer.close().await?;
+            Ok(written)
+        }
+        Err(err) => {
+            if let Err(abort) = writer.abort().await {
+                tracing::warn!(error = %abort, "Could not abort a failed upload.");
+            }
+            Err(err)
+        }
+    }
+}
+
 fn folder_path(folder: &ProviderPath) -> String {
     if folder.is_root() {
         "/".to_owned()
@@ -347,7 +374,7 @@ impl StorageProvider for RemoteProvider {
         Ok(stream.map_err(ProviderError::from).boxed())
     }
 
-    async fn write(&self, path: &ProviderPath, mut data: ByteStream) -> Result<u64, ProviderError> {
+    async fn write(&self, path: &ProviderPath, data: ByteStream) -> Result<u64, ProviderError> {
         if path.is_root() {
             return Err(ProviderError::Invalid("cannot write to the root itself".into()));
         }
@@ -357,28 +384,32 @@ impl StorageProvider for RemoteProvider {
             self.op.create_dir(&folder_path(&path.parent())).await?;
             return webdav.put(path, data).await;
         }
-        let mut writer = self.op.writer_with(path.as_str()).chunk(WRITE_CHUNK).await?;
-        let mut written = 0_u64;
-        let result: Result<(), ProviderError> = async {
-            while let Some(chunk) = data.next().await {
-                let chunk = chunk?;
-                written += chunk.len() as u64;
-                writer.write(chunk).await?;
-            }
-            Ok(())
+        let writer = self.op.writer_with(path.as_str()).chunk(WRITE_CHUNK).await?;
+        upload(writer, data).await
+    }
+
+    async fn write_if(&self, path: &ProviderPath, data: ByteStream, expected: Option<&str>) -> Result<u64, ProviderError> {
+        // Checked first everywhere (a server that ignores the conditions still refuses what it
+        // can see has changed), then, where the store takes them, checked again as it publishes.
+        crate::unchanged(self.stat(path).await, path, expected)?;
+        let capability = self.op.info().capability();
+        let conditional = self.webdav.is_none()
+            && match expected {
+                Some(_) => capability.write_with_if_match,
+                None => capability.write_with_if_not_exists,
+            };
+        if !conditional || path.is_root() {
+            return self.write(path, data).await;
         }
-        .await;
-        match result {
-            Ok(()) => {
-                writer.close().await?;
-                Ok(written)
-            }
-            Err(err) => {
-                if let Err(abort) = writer.abort().await {
-                    tracing::warn!(error = %abort, "Could not abort a failed upload.");
-                }
-                Err(err)
-            }
+        let writer = self.op.writer_with(path.as_str()).chunk(WRITE_CHUNK);
+        let writer = match expected {
+            Some(tag) => writer.if_match(tag).await?,
+            None => writer.if_not_exists(true).await?,
+        };
+        match upload(writer, data).await {
+            // Gone meanwhile, where a version was expected: changed too.
+            Err(ProviderError::NotFound(_)) => Err(ProviderError::AlreadyExists(format!("{path} changed"))),
+            other => other,
         }
     }
 

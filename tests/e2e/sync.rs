@@ -147,8 +147,18 @@ async fn decisions(h: &Harness, operation: &str) -> Vec<(String, Value)> {
 async fn two_way_sync_propagates_merges_and_settles_conflicts(h: &Harness) {
     let big = noise(3 * 1024 * 1024 + 17, 1);
     let notes = b"line 1\nline 2\nline 3\nline 4\nline 5\n";
+    // A text file too large to copy through memory (3 MiB), still merged line by line.
+    let log_lines = |edit: &dyn Fn(usize) -> Option<String>| -> Vec<u8> {
+        (0..60_000)
+            .map(|i| edit(i).unwrap_or_else(|| format!("entry {i:06}: nothing happened at all this time\n")))
+            .collect::<String>()
+            .into_bytes()
+    };
+    let long_log = log_lines(&|_| None);
+    assert!(long_log.len() > 2 * 1024 * 1024);
     let seed: Vec<(&str, &[u8])> = vec![
         ("notes.txt", notes),
+        ("long.log", &long_log),
         ("photo.jpg", b"JPEG original"),
         ("docs/a.md", b"alpha"),
         ("docs/b.md", b"beta"),
@@ -159,7 +169,7 @@ async fn two_way_sync_propagates_merges_and_settles_conflicts(h: &Harness) {
     let (pair, first) = create_pair(h, &token, &source, &target, "TWO_WAY", 50).await;
     let status = h.wait_for_operation(&token, &first).await;
     assert_eq!(tree(&b), tree(&a), "the first run copies everything across");
-    assert_eq!(status["filesDone"], json!(6));
+    assert_eq!(status["filesDone"], json!(7));
     assert_eq!(status["bytesDone"].as_i64(), Some(tree(&a).values().map(|c| c.len() as i64).sum()));
 
     // Edits on both sides.
@@ -172,6 +182,10 @@ async fn two_way_sync_propagates_merges_and_settles_conflicts(h: &Harness) {
     std::fs::rename(a.join("docs/a.md"), a.join("docs/a-renamed.md")).expect("rename");
     std::fs::remove_file(b.join("gone.txt")).expect("delete");
     write(&b, "new-on-target.txt", b"fresh from the target");
+    let source_edit = |i: usize| (i == 10).then(|| "entry 000010: edited on the source\n".to_owned());
+    let target_edit = |i: usize| (i == 50_000).then(|| "entry 050000: edited on the target\n".to_owned());
+    write(&a, "long.log", &log_lines(&source_edit));
+    write(&b, "long.log", &log_lines(&target_edit));
 
     let second = run(h, &token, &pair).await;
     let (after_a, after_b) = (tree(&a), tree(&b));
@@ -180,6 +194,11 @@ async fn two_way_sync_propagates_merges_and_settles_conflicts(h: &Harness) {
         after_a["notes.txt"],
         b"LINE 1 from the source\nline 2\nline 3\nline 4\nLINE 5 from the target\n".to_vec(),
         "edits to different lines are merged"
+    );
+    assert_eq!(
+        after_a["long.log"],
+        log_lines(&|i| source_edit(i).or_else(|| target_edit(i))),
+        "a 3 MiB text file's edits to different lines are merged too"
     );
     assert_eq!(
         after_a["photo.jpg"],
@@ -211,6 +230,7 @@ async fn two_way_sync_propagates_merges_and_settles_conflicts(h: &Harness) {
         [
             ("docs/a.md".to_owned(), "renamed".to_owned()),
             ("gone.txt".to_owned(), "changed".to_owned()),
+            ("long.log".to_owned(), "both_changed".to_owned()),
             ("new-on-target.txt".to_owned(), "changed".to_owned()),
             ("notes.txt".to_owned(), "both_changed".to_owned()),
             ("photo.jpg".to_owned(), "conflict".to_owned()),

@@ -42,6 +42,7 @@ contract!(
     replace_moves_over_a_file_in_one_step,
     unsynced_writes_replace_only_what_was_expected,
     only_abandoned_writes_are_removed,
+    conditional_writes_replace_only_the_expected_version,
 );
 
 fn p(raw: &str) -> ProviderPath {
@@ -454,4 +455,39 @@ async fn only_abandoned_writes_are_removed(t: &TestProvider) {
     assert!(provider.stat(&in_progress).await.is_ok(), "a write in progress is left alone");
     // A folder that does not exist holds nothing to remove.
     assert_eq!(provider.remove_abandoned_writes(&p("nowhere")).await.expect("cleaned"), 0);
+}
+
+async fn conditional_writes_replace_only_the_expected_version(t: &TestProvider) {
+    let provider = &*t.provider;
+    let file = p("cond/data.txt");
+    // Only where nothing is, when nothing is expected.
+    provider.write_if(&file, once("first"), None).await.expect("a new file");
+    assert!(matches!(
+        provider.write_if(&file, once("second"), None).await,
+        Err(ProviderError::AlreadyExists(_))
+    ));
+    assert_eq!(read_all(provider, &file, 0..u64::MAX).await, b"first");
+    let listed = provider.stat(&file).await.expect("stat").tag();
+    // Someone wrote meanwhile: refused, their content stays.
+    provider.write(&file, once("someone else's, longer")).await.expect("write");
+    assert!(matches!(
+        provider.write_if(&file, once("ours"), Some(&listed)).await,
+        Err(ProviderError::AlreadyExists(_))
+    ));
+    assert_eq!(read_all(provider, &file, 0..u64::MAX).await, b"someone else's, longer");
+    // Over the version expected.
+    let now = provider.stat(&file).await.expect("stat").tag();
+    provider
+        .write_if(&file, once("ours"), Some(&now))
+        .await
+        .expect("over the expected version");
+    assert_eq!(read_all(provider, &file, 0..u64::MAX).await, b"ours");
+    // Gone meanwhile, where a version was expected: changed too, and nothing is written.
+    let now = provider.stat(&file).await.expect("stat").tag();
+    provider.delete(&file).await.expect("delete");
+    assert!(matches!(
+        provider.write_if(&file, once("late"), Some(&now)).await,
+        Err(ProviderError::AlreadyExists(_))
+    ));
+    assert!(matches!(provider.stat(&file).await, Err(ProviderError::NotFound(_))));
 }
