@@ -18,7 +18,12 @@ use tokio::sync::mpsc;
 
 use crate::{ByteStream, Change, ChangeFeed, Entry, ProviderError, StorageProvider, is_temporary};
 
-const CHUNK: usize = 256 * 1024;
+/// The size of the pieces a file is read in.
+const CHUNK: usize = 1024 * 1024;
+/// How many pieces a read runs ahead of its reader, and a write behind its writer: reading,
+/// whatever the stream's consumer does with each piece (hashing, cutting into chunks), and writing
+/// go on at the same time.
+const IN_FLIGHT: usize = 4;
 
 #[derive(Debug, Clone)]
 pub struct LocalProvider {
@@ -136,22 +141,40 @@ impl LocalProvider {
         if last {
             return Ok(written);
         }
-        let mut file = Some(file);
         let result: Result<(), ProviderError> = async {
+            // The rest is written by one blocking task as it arrives (a few pieces behind), while
+            // this task goes on pulling the stream.
+            let (pieces, mut queued) = mpsc::channel::<Bytes>(IN_FLIGHT);
+            let writer = tokio::task::spawn_blocking(move || -> Result<std::fs::File, ProviderError> {
+                let mut file = file;
+                while let Some(piece) = queued.blocking_recv() {
+                    file.write_all(&piece)?;
+                }
+                Ok(file)
+            });
             let rest = futures::stream::iter(second.map(Ok)).chain(data);
             let mut rest = std::pin::pin!(rest);
+            let mut pulled = Ok(());
             while let Some(chunk) = rest.next().await {
-                let chunk = chunk?;
-                written += chunk.len() as u64;
-                let mut handle = file.take().ok_or_else(|| ProviderError::Other("file handle lost".into()))?;
-                handle = blocking(move || {
-                    handle.write_all(&chunk)?;
-                    Ok(handle)
-                })
-                .await?;
-                file = Some(handle);
+                match chunk {
+                    Ok(chunk) => {
+                        written += chunk.len() as u64;
+                        // Refused only when the writer stopped: its error is the one to report.
+                        if pieces.send(chunk).await.is_err() {
+                            break;
+                        }
+                    }
+                    Err(err) => {
+                        pulled = Err(err);
+                        break;
+                    }
+                }
             }
-            let handle = file.take().ok_or_else(|| ProviderError::Other("file handle lost".into()))?;
+            drop(pieces);
+            let handle = writer
+                .await
+                .map_err(|err| ProviderError::Other(format!("storage task failed: {err}")))??;
+            pulled?;
             let (temp, target) = (temp.clone(), target.clone());
             blocking(move || {
                 if durable {
@@ -338,28 +361,40 @@ impl StorageProvider for LocalProvider {
             let (start, end) = (range.start.min(len), range.end.min(len));
             file.seek(SeekFrom::Start(start))?;
             let want = usize::try_from((end - start).min(CHUNK as u64)).unwrap_or(CHUNK);
-            let mut first = vec![0_u8; want];
-            file.read_exact(&mut first)?;
+            let mut first = Vec::with_capacity(want);
+            if std::io::Read::take(&mut file, want as u64).read_to_end(&mut first)? != want {
+                return Err(ProviderError::Other("the file was cut short while it was read".into()));
+            }
             Ok((file, first, start, end))
         })
         .await?;
         let start = start + first.len() as u64;
         let first = (!first.is_empty()).then(|| Ok(Bytes::from(first)));
-        let stream = futures::stream::try_unfold((file, start, end), |(mut file, at, end)| async move {
-            if at >= end {
-                return Ok(None);
+        if start >= end {
+            return Ok(futures::stream::iter(first).boxed());
+        }
+        // The rest is read by one blocking task, a few pieces ahead of the stream's consumer; it
+        // stops when the stream is dropped.
+        let (pieces, queued) = mpsc::channel::<Result<Bytes, ProviderError>>(IN_FLIGHT);
+        tokio::task::spawn_blocking(move || {
+            let (mut file, mut at) = (file, start);
+            while at < end {
+                let want = (end - at).min(CHUNK as u64);
+                let mut buffer = Vec::with_capacity(usize::try_from(want).unwrap_or(CHUNK));
+                let piece = match std::io::Read::take(&mut file, want).read_to_end(&mut buffer) {
+                    Ok(read) if read as u64 == want => Ok(Bytes::from(buffer)),
+                    Ok(_) => Err(ProviderError::Other("the file was cut short while it was read".into())),
+                    Err(err) => Err(err.into()),
+                };
+                let failed = piece.is_err();
+                if pieces.blocking_send(piece).is_err() || failed {
+                    return;
+                }
+                at += want;
             }
-            let want = usize::try_from((end - at).min(CHUNK as u64)).unwrap_or(CHUNK);
-            let (file, buffer) = blocking(move || {
-                let mut buffer = vec![0_u8; want];
-                file.read_exact(&mut buffer)?;
-                Ok((file, buffer))
-            })
-            .await?;
-            let read = buffer.len() as u64;
-            Ok(Some((Bytes::from(buffer), (file, at + read, end))))
         });
-        Ok(futures::stream::iter(first).chain(stream).boxed())
+        let rest = futures::stream::unfold(queued, |mut queued| async move { queued.recv().await.map(|piece| (piece, queued)) });
+        Ok(futures::stream::iter(first).chain(rest).boxed())
     }
 
     async fn write(&self, path: &ProviderPath, data: ByteStream) -> Result<u64, ProviderError> {
