@@ -664,6 +664,17 @@ impl Commands {
     /// # Errors
     /// What stopped the job.
     pub async fn run_job(&self, job_id: SyncJobId, cancel: &tokio_util::sync::CancellationToken) -> Result<(), CommandError> {
+        self.run_job_in(job_id, cancel, None).await
+    }
+
+    /// [`Commands::run_job`], taking one of `slots` (where given) once it holds the job's lease:
+    /// a job that waits for another worker takes no slot meanwhile.
+    pub(crate) async fn run_job_in(
+        &self,
+        job_id: SyncJobId,
+        cancel: &tokio_util::sync::CancellationToken,
+        slots: Option<&tokio::sync::Semaphore>,
+    ) -> Result<(), CommandError> {
         let (job, _) = self.load::<SyncJob>(&job_id.stream()).await?;
         if job.kind().is_none() {
             return Err(CommandError::NotFound("sync job"));
@@ -673,6 +684,16 @@ impl Commands {
             return Ok(());
         };
         let run = lease.token().clone();
+        let _slot = match slots {
+            Some(slots) => tokio::select! {
+                () = run.cancelled() => {
+                    lease.release().await;
+                    return Ok(());
+                }
+                slot = slots.acquire() => Some(slot.map_err(|_| CommandError::Conflict("the job runner is stopping".into()))?),
+            },
+            None => None,
+        };
         let result = match job.kind() {
             Some(JobKind::Scan { .. }) => crate::scan::run_scan(self, job_id, &run).await,
             _ => crate::sync::run_sync(self, job_id, &run).await,

@@ -47,8 +47,9 @@ impl JobRunner {
         let mut running: JoinSet<i64> = JoinSet::new();
         let mut in_flight: BTreeSet<i64> = BTreeSet::new();
         let (mut seen, mut saved) = (start, start);
+        // Jobs run `concurrency` at a time; one waiting for another worker's lease takes no slot.
+        let slots = Arc::new(tokio::sync::Semaphore::new(self.concurrency));
         loop {
-            let full = running.len() >= self.concurrency;
             tokio::select! {
                 () = shutdown.cancelled() => break,
                 Some(done) = running.join_next(), if !running.is_empty() => {
@@ -56,7 +57,7 @@ impl JobRunner {
                         in_flight.remove(&position);
                     }
                 }
-                next = events.next(), if !full => match next {
+                next = events.next() => match next {
                     Some(Ok(event)) => {
                         seen = event.position;
                         if event.event_type == "SyncJobCreated" {
@@ -66,8 +67,9 @@ impl JobRunner {
                                 let commands = self.commands.clone();
                                 let cancel = shutdown.child_token();
                                 let position = event.position;
+                                let slots = Arc::clone(&slots);
                                 running.spawn(async move {
-                                    execute(&commands, job_id, &cancel).await;
+                                    execute(&commands, job_id, &cancel, &slots).await;
                                     position
                                 });
                             }
@@ -91,8 +93,8 @@ impl JobRunner {
     }
 }
 
-async fn execute(commands: &Commands, job_id: SyncJobId, cancel: &CancellationToken) {
-    let mut outcome = commands.run_job(job_id, cancel).await;
+async fn execute(commands: &Commands, job_id: SyncJobId, cancel: &CancellationToken, slots: &tokio::sync::Semaphore) {
+    let mut outcome = commands.run_job_in(job_id, cancel, Some(slots)).await;
     // A run that stopped with the job unfinished lost its lease (a stall): another worker may
     // carry it on, and if none does, this one takes it up again.
     while outcome.is_ok() && !cancel.is_cancelled() && unfinished(commands, job_id).await {
@@ -101,7 +103,7 @@ async fn execute(commands: &Commands, job_id: SyncJobId, cancel: &CancellationTo
             () = cancel.cancelled() => return,
             () = tokio::time::sleep(Duration::from_secs(1)) => {}
         }
-        outcome = commands.run_job(job_id, cancel).await;
+        outcome = commands.run_job_in(job_id, cancel, Some(slots)).await;
     }
     if let Err(error) = outcome {
         tracing::error!(job = %job_id, error = %error, "Job failed.");

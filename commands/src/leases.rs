@@ -67,6 +67,10 @@ pub(crate) fn keep_renewed(
                 () = stop.cancelled() => return,
                 () = tokio::time::sleep(RENEW_EVERY) => {}
             }
+            // Woken after a stall longer than the lease: another worker may hold it by now.
+            if renewed.lock().is_ok_and(|at| at.elapsed() >= ttl) {
+                return give_up("A lease went unrenewed past its lifetime (the process stalled).");
+            }
             let attempt = Instant::now();
             match renew().await {
                 Ok(true) => {
@@ -86,16 +90,23 @@ pub(crate) fn keep_renewed(
     });
 }
 
-/// This machine's name, for lease holders.
+/// Which processes this one can see, for lease holders: the host's name, its boot and this
+/// process's PID namespace (`<host>:<boot id>:<pid namespace>`). Processes that share all three
+/// see each other in `/proc`; a host name alone is shared by containers that cannot.
 fn host() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|name| name.trim().to_owned())
-        .ok()
-        .filter(|name| !name.is_empty() && !name.contains('/'))
-        .unwrap_or_else(|| "unknown".to_owned())
+    let read = |path: &str| std::fs::read_to_string(path).map(|s| s.trim().to_owned()).unwrap_or_default();
+    let namespace = std::fs::read_link("/proc/self/ns/pid")
+        .map(|link| link.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let name = format!(
+        "{}:{}:{namespace}",
+        read("/proc/sys/kernel/hostname"),
+        read("/proc/sys/kernel/random/boot_id")
+    );
+    name.replace('/', "_")
 }
 
-/// A holder's name: `<host>/<process id>/<unique>`.
+/// A holder's name: `<host>/<process id>/<unique>` (see [`host`]).
 fn holder_name() -> String {
     format!("{}/{}/{}", host(), std::process::id(), uuid::Uuid::now_v7().simple())
 }
@@ -264,6 +275,14 @@ mod tests {
         // Process ids go up to 2^22 on Linux: this one is not running.
         assert!(holder_gone(&format!("{here}/4294967294/x")));
         assert!(!holder_gone("another-machine/4294967294/x"), "elsewhere: only its lapse tells");
+        // The same host name and boot, another PID namespace (`pid:[<inode>]`).
+        let elsewhere = here
+            .rsplit_once(':')
+            .map_or_else(|| "x".to_owned(), |(rest, _)| format!("{rest}:[1]"));
+        assert!(
+            !holder_gone(&format!("{elsewhere}/4294967294/x")),
+            "a process of another PID namespace, even on this host and boot, is not seen in /proc"
+        );
         assert!(!holder_gone("malformed"));
         assert!(!holder_gone(&format!("{here}/not-a-pid/x")));
     }

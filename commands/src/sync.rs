@@ -653,7 +653,11 @@ pub(crate) async fn run_sync(commands: &Commands, job_id: SyncJobId, cancel: &Ca
     }
     // From here on the run stores chunks that it records later: the collector waits for it.
     let lease = match commands.chunks() {
-        Some(_) => match commands.chunk_lease(format!("sync-{job_id}"), cancel).await? {
+        // Each worker its own name: one that lost the job cannot release its successor's lease.
+        Some(_) => match commands
+            .chunk_lease(format!("sync-{job_id}-{}", Uuid::now_v7().simple()), cancel)
+            .await?
+        {
             Some(lease) => Some(lease),
             None => return Ok(()),
         },

@@ -669,24 +669,36 @@ async fn follow(
                 }
             }
             finished = async { match runner.as_mut() { Some(handle) => handle.await, None => std::future::pending().await } }, if runner.is_some() => {
-                runner = None;
-                // Ours stopped without ending the job: report why. (Ok means it ended the job, whose
-                // last events are still to arrive, or another worker owns the job.)
-                if let Ok(Err(error)) = finished {
-                    bar.finish_and_clear();
-                    return Err(error.into());
+                match finished {
+                    // Ours stopped without ending the job: report why.
+                    Ok(Err(error)) => {
+                        bar.finish_and_clear();
+                        return Err(error.into());
+                    }
+                    // Ours ended the job (its last events are still to arrive), or stopped with
+                    // the job unfinished because it lost the job's lease: stand by to take it up
+                    // again should nobody else carry it on.
+                    _ => {
+                        let (commands, cancel) = (commands.clone(), cancel.clone());
+                        runner = Some(tokio::spawn(async move {
+                            tokio::select! {
+                                () = cancel.cancelled() => return Ok(()),
+                                () = tokio::time::sleep(std::time::Duration::from_secs(1)) => {}
+                            }
+                            commands.run_job(job_id, &cancel).await
+                        }));
+                    }
                 }
             }
         }
     };
-    // Our worker, if it still runs, is giving its leases back (or sees that another worker ended
-    // the job): let it finish before the process ends.
+    // Our worker, if it still runs, stops and gives its leases back before the process ends.
+    cancel.cancel();
     if let Some(handle) = runner.take()
         && tokio::time::timeout(std::time::Duration::from_secs(5), handle).await.is_err()
     {
-        tracing::warn!(job = %job_id, "The job's worker did not finish in time.");
+        tracing::warn!(job = %job_id, "The job's worker did not stop in time.");
     }
-    cancel.cancel();
     bar.finish_and_clear();
     match outcome {
         (JobPhase::Completed, _) => Ok((files_done, bytes_done, bytes_written)),

@@ -393,7 +393,19 @@ impl StorageProvider for LocalProvider {
                 at += want;
             }
         });
-        let rest = futures::stream::unfold(queued, |mut queued| async move { queued.recv().await.map(|piece| (piece, queued)) });
+        // A reader that stopped early (its task never ran) is an error, not a shorter file.
+        let rest = futures::stream::unfold(Some((queued, start)), move |state| async move {
+            let (mut queued, at) = state?;
+            match queued.recv().await {
+                Some(Ok(piece)) => {
+                    let at = at + piece.len() as u64;
+                    Some((Ok(piece), Some((queued, at))))
+                }
+                Some(Err(err)) => Some((Err(err), None)),
+                None if at < end => Some((Err(ProviderError::Other("the file's reader stopped early".into())), None)),
+                None => None,
+            }
+        });
         Ok(futures::stream::iter(first).chain(rest).boxed())
     }
 
