@@ -232,16 +232,7 @@ async fn try_take(pool: &DbPool, job: &str, holder: &str) -> Result<bool, Comman
          ON CONFLICT (job_id) DO UPDATE SET holder = excluded.holder, expires_at = excluded.expires_at \
          WHERE job_leases.expires_at <= {now} OR job_leases.holder = excluded.holder"
     );
-    let ttl = millis(JOB_LEASE_TTL);
-    let rows = on_pool!(pool, |p| sqlx::query(&take)
-        .bind(job)
-        .bind(holder)
-        .bind(ttl)
-        .execute(p)
-        .await
-        .map(|r| r.rows_affected()))
-    .map_err(db_error)?;
-    Ok(rows == 1)
+    touches_one(pool, &take, job, holder).await
 }
 
 /// Extends `holder`'s lease of `job`; false when another worker holds it now (or nobody).
@@ -250,8 +241,13 @@ async fn renew(pool: &DbPool, job: &str, holder: &str) -> Result<bool, CommandEr
         "UPDATE job_leases SET expires_at = {} + $3 WHERE job_id = $1 AND holder = $2",
         db_now_ms(pool)
     );
+    touches_one(pool, &query, job, holder).await
+}
+
+/// Runs a lease statement on (`job`, `holder`, the lease's lifetime); whether it changed one row.
+async fn touches_one(pool: &DbPool, query: &str, job: &str, holder: &str) -> Result<bool, CommandError> {
     let ttl = millis(JOB_LEASE_TTL);
-    let rows = on_pool!(pool, |p| sqlx::query(&query)
+    let rows = on_pool!(pool, |p| sqlx::query(query)
         .bind(job)
         .bind(holder)
         .bind(ttl)
