@@ -658,8 +658,9 @@ impl Commands {
     /// Runs a job to its end in this task (the CLI does this; the server's job runner does the same)
     /// under the job's lease: while another live worker holds it, waits, and carries the job on
     /// from its last recorded step once that worker has gone (its lease lapsed, or its process on
-    /// this machine ended). Returns quietly when the job has ended (whoever ran it), or when
-    /// `cancel` fires or the lease is lost (the job is left for another worker to resume).
+    /// this machine ended). A run that loses the lease (a stall) stops, and this worker stands by
+    /// again in the same way. Returns quietly when the job has ended (whoever ran it), or when
+    /// `cancel` fires.
     ///
     /// # Errors
     /// What stopped the job.
@@ -679,27 +680,37 @@ impl Commands {
         if job.kind().is_none() {
             return Err(CommandError::NotFound("sync job"));
         }
-        // One worker at a time: the others wait, and take over if it goes away.
-        let Some(lease) = crate::leases::JobLease::take(self, job_id, cancel).await? else {
-            return Ok(());
-        };
-        let run = lease.token().clone();
-        let _slot = match slots {
-            Some(slots) => tokio::select! {
-                () = run.cancelled() => {
-                    lease.release().await;
-                    return Ok(());
+        loop {
+            // One worker at a time: the others wait, and take over if it goes away.
+            let Some(lease) = crate::leases::JobLease::take(self, job_id, cancel).await? else {
+                return Ok(());
+            };
+            let run = lease.token().clone();
+            let slot = match slots {
+                Some(slots) => tokio::select! {
+                    () = run.cancelled() => None,
+                    slot = slots.acquire() => Some(slot.map_err(|_| CommandError::Conflict("the job runner is stopping".into()))?),
+                },
+                None => None,
+            };
+            let result = if run.is_cancelled() {
+                Ok(())
+            } else {
+                match job.kind() {
+                    Some(JobKind::Scan { .. }) => crate::scan::run_scan(self, job_id, &run).await,
+                    _ => crate::sync::run_sync(self, job_id, &run).await,
                 }
-                slot = slots.acquire() => Some(slot.map_err(|_| CommandError::Conflict("the job runner is stopping".into()))?),
-            },
-            None => None,
-        };
-        let result = match job.kind() {
-            Some(JobKind::Scan { .. }) => crate::scan::run_scan(self, job_id, &run).await,
-            _ => crate::sync::run_sync(self, job_id, &run).await,
-        };
-        lease.release().await;
-        result
+            };
+            drop(slot);
+            lease.release().await;
+            // The run stopped because the lease was lost, not because it ended or was cancelled:
+            // stand by for the job again (another worker may be carrying it on).
+            if result.is_ok() && run.is_cancelled() && !cancel.is_cancelled() {
+                tracing::warn!(job = %job_id, "A run lost its job lease; standing by to take the job up again.");
+                continue;
+            }
+            return result;
+        }
     }
 
     /// The owner of a provider connection, for operators' tools that act on a provider by id.

@@ -94,18 +94,7 @@ impl JobRunner {
 }
 
 async fn execute(commands: &Commands, job_id: SyncJobId, cancel: &CancellationToken, slots: &tokio::sync::Semaphore) {
-    let mut outcome = commands.run_job_in(job_id, cancel, Some(slots)).await;
-    // A run that stopped with the job unfinished lost its lease (a stall): another worker may
-    // carry it on, and if none does, this one takes it up again.
-    while outcome.is_ok() && !cancel.is_cancelled() && unfinished(commands, job_id).await {
-        tracing::warn!(job = %job_id, "A job stopped unfinished; it is picked up again once its lease is free.");
-        tokio::select! {
-            () = cancel.cancelled() => return,
-            () = tokio::time::sleep(Duration::from_secs(1)) => {}
-        }
-        outcome = commands.run_job_in(job_id, cancel, Some(slots)).await;
-    }
-    if let Err(error) = outcome {
+    if let Err(error) = commands.run_job_in(job_id, cancel, Some(slots)).await {
         tracing::error!(job = %job_id, error = %error, "Job failed.");
         if let Ok((mut job, version)) = commands.load::<SyncJob>(&job_id.stream()).await {
             let ctx = Context::new(job.owner());
@@ -118,14 +107,6 @@ async fn execute(commands: &Commands, job_id: SyncJobId, cancel: &CancellationTo
             }
         }
     }
-}
-
-/// Whether the job exists and has not ended.
-async fn unfinished(commands: &Commands, job_id: SyncJobId) -> bool {
-    commands
-        .load::<SyncJob>(&job_id.stream())
-        .await
-        .is_ok_and(|(job, _)| job.phase().is_some_and(|phase| !phase.is_terminal()))
 }
 
 /// Whether a job should go on: false when `cancel` fires or the job has ended; waits out a pause

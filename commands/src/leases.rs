@@ -120,9 +120,7 @@ fn holder_gone(holder: &str) -> bool {
         return false;
     };
     match pid.parse::<u32>() {
-        Ok(pid) if pid != std::process::id() && host_name == host() => {
-            cfg!(target_os = "linux") && !std::path::Path::new("/proc").join(pid.to_string()).exists()
-        }
+        Ok(pid) if host_name == host() => cloudsync_providers::process_ended(pid),
         _ => false,
     }
 }

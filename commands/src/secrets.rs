@@ -270,6 +270,19 @@ impl Vault {
             .map_err(|_| CommandError::Storage("a data key has the wrong length".into()))
     }
 
+    /// Runs `update` (`SET <sealed> = $1 WHERE <key> = $2 AND <sealed> = $3`): the row changes only if
+    /// it still holds `old`.
+    async fn swap_sealed(&self, update: &str, new: &str, key: &str, old: &str) -> Result<(), CommandError> {
+        cloudsync_eventstore::on_pool!(&self.pool, |p| sqlx::query(update)
+            .bind(new)
+            .bind(key)
+            .bind(old)
+            .execute(p)
+            .await
+            .map(drop))
+        .map_err(|err| CommandError::Storage(err.to_string()))
+    }
+
     /// Wraps every user's data key and the server's secrets with the current master key (those wrapped
     /// by an earlier one); returns how many users' keys were re-wrapped.
     /// Each row changes alone and only if it is still what was
@@ -290,14 +303,7 @@ impl Vault {
             }
             let key = self.master.open(&user, &wrapped)?;
             let again = self.master.seal(&user, &key)?;
-            cloudsync_eventstore::on_pool!(&self.pool, |p| sqlx::query(update)
-                .bind(&again)
-                .bind(&user)
-                .bind(&wrapped)
-                .execute(p)
-                .await
-                .map(drop))
-            .map_err(store)?;
+            self.swap_sealed(update, &again, &user, &wrapped).await?;
             rewrapped += 1;
         }
         // The server's own secrets too (not counted: the count is of users' keys).
@@ -313,14 +319,7 @@ impl Vault {
             }
             let aad = format!("server-secret:{name}");
             let again = self.master.seal(&aad, &self.master.open(&aad, &sealed)?)?;
-            cloudsync_eventstore::on_pool!(&self.pool, |p| sqlx::query(update)
-                .bind(&again)
-                .bind(&name)
-                .bind(&sealed)
-                .execute(p)
-                .await
-                .map(drop))
-            .map_err(store)?;
+            self.swap_sealed(update, &again, &name, &sealed).await?;
         }
         Ok(rewrapped)
     }

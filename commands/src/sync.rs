@@ -35,7 +35,7 @@ use cloudsync_domain::sync_job::{JobKind, JobPhase, SyncJob, SyncJobCommand};
 use cloudsync_domain::sync_pair::{SyncEndpoint, SyncPair, SyncPairCommand};
 use cloudsync_domain::{Aggregate, DomainEvent, ProviderId, ProviderKind, ProviderPath, ScanSchedule, SyncJobId, SyncPairId, UserId};
 use cloudsync_eventstore::{ExpectedVersion, StreamAppend};
-use cloudsync_providers::{ABANDONED_AFTER, ByteStream, Entry, ProviderError, StorageProvider, is_temporary};
+use cloudsync_providers::{ByteStream, Entry, ProviderError, StorageProvider, is_temporary, stale};
 use futures::{StreamExt, TryStreamExt};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
@@ -1213,16 +1213,15 @@ impl Executor {
 
     /// Deletes the temporary files that the listings found of this pair's interrupted runs (only
     /// one run of a pair goes on at a time, so they are nobody's write in progress), and others
-    /// older than [`ABANDONED_AFTER`] (a killed process's ranged write on a remote kind). Younger
+    /// older than a day ([`stale`]: a killed process's ranged write on a remote kind). Younger
     /// ones of others (another pair's, a local write's) are left alone.
     async fn remove_abandoned(&self) {
         let ours = format!(".cloudsync-{}-", pair_token(self.pair_id));
-        let cutoff = Utc::now() - chrono::Duration::from_std(ABANDONED_AFTER).unwrap_or(chrono::Duration::MAX);
         for side in [Side::Source, Side::Target] {
             let abandoned = self.listings[index(side)]
                 .abandoned
                 .iter()
-                .filter(|entry| entry.path.name().starts_with(&ours) || entry.modified_at.is_some_and(|at| at < cutoff));
+                .filter(|entry| entry.path.name().starts_with(&ours) || entry.modified_at.is_some_and(stale));
             for path in abandoned.map(|entry| &entry.path) {
                 if let Err(error) = self.provider(side).delete(path).await {
                     tracing::warn!(path = %path, error = %error, "Could not remove an interrupted run's temporary file.");

@@ -669,25 +669,13 @@ async fn follow(
                 }
             }
             finished = async { match runner.as_mut() { Some(handle) => handle.await, None => std::future::pending().await } }, if runner.is_some() => {
-                match finished {
-                    // Ours stopped without ending the job: report why.
-                    Ok(Err(error)) => {
-                        bar.finish_and_clear();
-                        return Err(error.into());
-                    }
-                    // Ours ended the job (its last events are still to arrive), or stopped with
-                    // the job unfinished because it lost the job's lease: stand by to take it up
-                    // again should nobody else carry it on.
-                    _ => {
-                        let (commands, cancel) = (commands.clone(), cancel.clone());
-                        runner = Some(tokio::spawn(async move {
-                            tokio::select! {
-                                () = cancel.cancelled() => return Ok(()),
-                                () = tokio::time::sleep(std::time::Duration::from_secs(1)) => {}
-                            }
-                            commands.run_job(job_id, &cancel).await
-                        }));
-                    }
+                runner = None;
+                // Ours stopped without ending the job: report why. (Ok means the job ended, and
+                // its last events are still to arrive: a worker that loses the job's lease stands
+                // by inside `run_job` until it can carry the job on.)
+                if let Ok(Err(error)) = finished {
+                    bar.finish_and_clear();
+                    return Err(error.into());
                 }
             }
         }

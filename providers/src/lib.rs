@@ -37,6 +37,18 @@ pub fn is_temporary(name: &str) -> bool {
 /// ranged write takes seconds to minutes, and none of CloudSync's writes lasts a day.
 pub const ABANDONED_AFTER: std::time::Duration = std::time::Duration::from_secs(24 * 60 * 60);
 
+/// Whether a temporary file last modified `at` is old enough to count as abandoned
+/// ([`ABANDONED_AFTER`]).
+pub fn stale(at: DateTime<Utc>) -> bool {
+    chrono::Duration::from_std(ABANDONED_AFTER).is_ok_and(|age| at < Utc::now() - age)
+}
+
+/// Whether process `pid`, which this process could see, has ended (on Linux, no `/proc/<pid>`).
+/// This process itself has not; elsewhere nothing is known to have ended.
+pub fn process_ended(pid: u32) -> bool {
+    pid != std::process::id() && cfg!(target_os = "linux") && !std::path::Path::new("/proc").join(pid.to_string()).exists()
+}
+
 /// What a provider knows about one file.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Entry {

@@ -260,10 +260,7 @@ fn abandoned(name: &str) -> bool {
         return false;
     };
     let Some((pid, _)) = rest.split_once('-') else { return false };
-    match pid.parse::<u32>() {
-        Ok(pid) if pid != std::process::id() => cfg!(target_os = "linux") && !Path::new("/proc").join(pid.to_string()).exists(),
-        _ => false,
-    }
+    pid.parse::<u32>().is_ok_and(crate::process_ended)
 }
 
 fn rand_suffix() -> u64 {

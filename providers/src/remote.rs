@@ -448,7 +448,6 @@ impl StorageProvider for RemoteProvider {
     }
 
     async fn remove_abandoned_writes(&self, folder: &ProviderPath) -> Result<u64, ProviderError> {
-        let cutoff = Utc::now() - chrono::Duration::from_std(crate::ABANDONED_AFTER).unwrap_or(chrono::Duration::MAX);
         let temporaries: Vec<Entry> = self
             .list(folder)
             .try_filter(|entry| futures::future::ready(crate::is_temporary(entry.path.name())))
@@ -465,7 +464,7 @@ impl StorageProvider for RemoteProvider {
                 Some(at) => Some(at),
                 None => self.stat(&entry.path).await.ok().and_then(|e| e.modified_at),
             };
-            if modified.is_some_and(|at| at < cutoff) {
+            if modified.is_some_and(crate::stale) {
                 self.delete(&entry.path).await?;
                 removed += 1;
             }
