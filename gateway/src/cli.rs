@@ -91,6 +91,8 @@ pub enum Command {
         #[command(subcommand)]
         command: KeysCommand,
     },
+    /// Prints the GraphQL schema (SDL), as the repository keeps it in `schema.graphql`.
+    Schema,
     /// Prints history from the event log: one stream's, or everything one user did, in order.
     Replay {
         /// A stream such as `file-<uuid>` or `user-<uuid>`.
@@ -107,8 +109,8 @@ pub enum Command {
 
 #[derive(Debug, Subcommand)]
 pub enum ProjectionsCommand {
-    /// Rebuilds one read model (users, providers, files, sync_operations, or all) from position 0.
-    /// Safe while the server runs.
+    /// Rebuilds one read model (users, providers, files, sync_operations, sync_pairs,
+    /// sync_conflicts, file_versions, or all) from position 0. Safe while the server runs.
     Rebuild { name: String },
 }
 
@@ -201,6 +203,10 @@ fn no_secrets(metadata: &tracing::Metadata<'_>) -> bool {
 /// Whatever stops it, with context.
 pub async fn run(command: Command, mut config: Config) -> anyhow::Result<()> {
     match command {
+        Command::Schema => {
+            print!("{}", crate::schema::sdl());
+            Ok(())
+        }
         Command::Serve { bind } => {
             if let Some(bind) = bind {
                 config.bind = bind;

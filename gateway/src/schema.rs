@@ -7,7 +7,7 @@ use async_graphql::{Context, Enum, ID, Json, MergedObject, MergedSubscription, O
 use chrono::{DateTime, Utc};
 use cloudsync_domain::{DomainEvent, FileId, ProviderId, ProviderPath};
 use cloudsync_eventstore::subscribe;
-use cloudsync_projections::{FileRow, ProviderRow, SyncOperationRow};
+use cloudsync_projections::{FileRow, ProviderRow, Providers, SyncOperationRow};
 use futures::{Stream, StreamExt};
 use serde_json::Value;
 use uuid::Uuid;
@@ -18,6 +18,7 @@ use crate::errors::{ApiError, ApiResult};
 use crate::server::App;
 
 mod admin;
+pub mod depth;
 mod identity;
 mod mfa;
 mod oidc;
@@ -30,6 +31,7 @@ pub use saml::{AcsParams as SamlAcsParams, BINDING_COOKIE as SAML_BINDING_COOKIE
 pub type CloudSyncSchema = Schema<QueryRoot, MutationRoot, SubscriptionRoot>;
 
 #[derive(MergedObject, Default)]
+#[graphql(name = "Query")]
 pub struct QueryRoot(
     CoreQuery,
     identity::IdentityQuery,
@@ -39,6 +41,7 @@ pub struct QueryRoot(
 );
 
 #[derive(MergedObject, Default)]
+#[graphql(name = "Mutation")]
 pub struct MutationRoot(
     identity::IdentityMutation,
     mfa::MfaMutation,
@@ -50,6 +53,7 @@ pub struct MutationRoot(
 );
 
 #[derive(MergedSubscription, Default)]
+#[graphql(name = "Subscription")]
 pub struct SubscriptionRoot(CoreSubscription, sync::SyncSubscription);
 
 /// Builds the schema with its limits.
@@ -57,9 +61,17 @@ pub fn build(app: Arc<App>) -> CloudSyncSchema {
     Schema::build(QueryRoot::default(), MutationRoot::default(), SubscriptionRoot::default())
         .data(app)
         .extension(Recheck)
-        .limit_depth(12)
+        .extension(depth::DepthLimit)
         .limit_complexity(1000)
         .finish()
+}
+
+/// The schema in GraphQL's schema definition language, as `cloudsync schema` prints it and the
+/// repository keeps it in `schema.graphql`.
+pub fn sdl() -> String {
+    Schema::build(QueryRoot::default(), MutationRoot::default(), SubscriptionRoot::default())
+        .finish()
+        .sdl()
 }
 
 /// The credential a WebSocket connection opened with (its `Authorization` value and the peer's
@@ -386,6 +398,7 @@ impl From<FileRow> for File {
 }
 
 #[derive(SimpleObject)]
+#[graphql(complex)]
 pub struct SyncOperation {
     id: ID,
     /// `scan` (index one provider) or `sync` (one run of a sync pair).
@@ -554,11 +567,13 @@ impl CoreQuery {
         Ok(providers)
     }
 
-    /// The caller's files, optionally of one provider and inside one folder (recursively), by path.
+    /// The caller's files, by path: of one provider (`provider` is its id) or of all of the caller's
+    /// providers of one kind (`provider` is a kind such as `s3`), or of all of them; optionally only
+    /// inside one folder (recursively).
     async fn files(
         &self,
         ctx: &Context<'_>,
-        provider: Option<ID>,
+        provider: Option<String>,
         path: Option<String>,
         #[graphql(default = 100)] limit: i32,
     ) -> async_graphql::Result<Vec<File>> {
@@ -567,21 +582,41 @@ impl CoreQuery {
         if !(1..=1000).contains(&limit) {
             return Err(ApiError::BadInput("limit must be between 1 and 1000".into()).into());
         }
-        let provider = provider.as_ref().map(|p| parse_id(p, "provider")).transpose()?;
+        let kind = provider
+            .as_deref()
+            .filter(|p| Uuid::parse_str(p.trim()).is_err())
+            .map(|p| {
+                cloudsync_domain::ProviderKind::parse(p).map_err(|_| {
+                    ApiError::BadInput(format!(
+                        "provider {:?} is neither a provider id nor a provider kind (local, s3, webdav, sftp, azblob, gdrive, dropbox, onedrive)",
+                        truncate(p)
+                    ))
+                })
+            })
+            .transpose()?;
+        let id = match (&provider, kind) {
+            (Some(p), None) => Some(parse_id(&ID(p.clone()), "provider")?),
+            _ => None,
+        };
         let folder = path.as_deref().map(parse_path).transpose()?;
         app.consistent(caller).await;
-        if let Some(provider) = provider {
-            app.reads
-                .provider(caller.user_id, provider)
-                .await
-                .map_err(ApiError::from)?
-                .ok_or_else(|| ApiError::not_found("provider"))?;
-        }
+        let providers = match (id, kind) {
+            (Some(id), _) => {
+                app.reads
+                    .provider(caller.user_id, id)
+                    .await
+                    .map_err(ApiError::from)?
+                    .ok_or_else(|| ApiError::not_found("provider"))?;
+                Providers::Id(id)
+            }
+            (None, Some(kind)) => Providers::Kind(kind.as_str()),
+            (None, None) => Providers::All,
+        };
         let rows = app
             .reads
             .files(
                 caller.user_id,
-                provider,
+                providers,
                 folder.as_ref().map(ProviderPath::as_str),
                 i64::from(limit),
             )
@@ -746,21 +781,22 @@ impl CoreMutation {
         Ok(files)
     }
 
-    /// Deletes files from their providers. Returns the ids deleted.
-    async fn delete_files(&self, ctx: &Context<'_>, file_ids: Vec<ID>) -> async_graphql::Result<Vec<ID>> {
+    /// Deletes files from their providers and records it. Every id is checked first: one that is
+    /// unknown or not the caller's (`NOT_FOUND`) deletes nothing. True once every file is deleted.
+    async fn delete_files(&self, ctx: &Context<'_>, file_ids: Vec<ID>) -> async_graphql::Result<bool> {
         let caller = caller_for(ctx, scope::FILES_WRITE)?;
         let app = app(ctx);
         let ids = file_ids
             .iter()
             .map(|id| parse_id(id, "fileId").map(FileId::from_uuid))
             .collect::<ApiResult<Vec<_>>>()?;
-        let (deleted, position) = app
+        let (_, position) = app
             .commands
             .delete_files(cloudsync_domain::UserId::from_uuid(caller.user_id), &ids)
             .await
             .map_err(ApiError::from)?;
         app.wrote(caller, position);
-        Ok(deleted.into_iter().map(|id| ID(id.to_string())).collect())
+        Ok(true)
     }
 }
 

@@ -8,5 +8,7 @@ mod runner;
 mod sql;
 
 pub use ops::{Op, Table, ops_for};
-pub use queries::{AccountRow, FileRow, FileVersionRow, ProviderRow, ReadModels, SyncConflictRow, SyncOperationRow, SyncPairRow, UserRow};
+pub use queries::{
+    AccountRow, FileRow, FileVersionRow, ProviderRow, Providers, ReadModels, SyncConflictRow, SyncOperationRow, SyncPairRow, UserRow,
+};
 pub use runner::{PROJECTORS, ProjectionError, Projections, catch_up, rebuild};

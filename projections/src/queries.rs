@@ -154,6 +154,15 @@ const PAIR_COLUMNS: &str = "CAST(id AS TEXT) AS id, CAST(source_provider_id AS T
 const PROVIDER_COLUMNS: &str = "CAST(id AS TEXT) AS id, kind, display_name, CAST(config AS TEXT) AS config, status, \
                                 connected_at, disconnected_at, scan_schedule, realtime";
 
+/// Whose files a file query covers: all of the user's providers, one of them, or those of one kind.
+#[derive(Debug, Clone, Copy)]
+pub enum Providers<'a> {
+    All,
+    Id(Uuid),
+    /// A provider kind as the read model names it (`local`, `s3`, …).
+    Kind(&'a str),
+}
+
 /// Read access to the read models.
 #[derive(Clone)]
 pub struct ReadModels {
@@ -262,16 +271,27 @@ impl ReadModels {
         )
     }
 
-    /// The user's files, optionally of one provider and inside one folder (recursively), by path.
+    /// The user's files, of the providers `providers` names and optionally inside one folder
+    /// (recursively), by path.
     ///
     /// # Errors
     /// Database failures.
-    pub async fn files(&self, user: Uuid, provider: Option<Uuid>, folder: Option<&str>, limit: i64) -> Result<Vec<FileRow>, sqlx::Error> {
+    pub async fn files(&self, user: Uuid, providers: Providers<'_>, folder: Option<&str>, limit: i64) -> Result<Vec<FileRow>, sqlx::Error> {
         let mut sql = format!("SELECT {FILE_COLUMNS} FROM files WHERE user_id = $1");
         let mut values = vec![Val::Uuid(user)];
-        if let Some(provider) = provider {
-            values.push(Val::Uuid(provider));
-            sql.push_str(&format!(" AND provider_id = ${}", values.len()));
+        match providers {
+            Providers::All => {}
+            Providers::Id(provider) => {
+                values.push(Val::Uuid(provider));
+                sql.push_str(&format!(" AND provider_id = ${}", values.len()));
+            }
+            Providers::Kind(kind) => {
+                values.push(Val::Text(kind.to_owned()));
+                sql.push_str(&format!(
+                    " AND provider_id IN (SELECT id FROM providers WHERE user_id = $1 AND kind = ${})",
+                    values.len()
+                ));
+            }
         }
         if let Some(folder) = folder.filter(|f| !f.is_empty()) {
             values.push(Val::Text(folder.to_owned()));

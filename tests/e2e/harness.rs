@@ -176,7 +176,7 @@ impl Harness {
         let data = self
             .ok(
                 Some(token),
-                "query($p: ID) { files(provider: $p, limit: 1000) { id providerId path name sizeBytes mimeType checksum modifiedAt } }",
+                "query($p: String) { files(provider: $p, limit: 1000) { id providerId path name sizeBytes mimeType checksum modifiedAt } }",
                 json!({ "p": provider }),
             )
             .await;

@@ -1561,7 +1561,7 @@ async fn roles_scopes_and_api_tokens_decide_what_a_credential_may_do(h: &Harness
     assert!(reader.starts_with("cst1."));
 
     // The token reads and does nothing else; account management needs a signed-in session.
-    let files = "query($p: ID) { files(provider: $p) { id } }";
+    let files = "query($p: String) { files(provider: $p) { id } }";
     let read = h.gql(Some(&reader), files, json!({ "p": scanned.provider })).await;
     assert_eq!(read["data"]["files"].as_array().map(Vec::len), Some(4), "{read}");
     let moving = "mutation($ids: [ID!]!) { moveFiles(fileIds: $ids, targetPath: \"elsewhere\") { id } }";

@@ -278,7 +278,7 @@ async fn victim(h: &Harness) -> (Victim, String) {
 
 /// What A can see of its own data: compared before and after B's attempts.
 async fn snapshot(h: &Harness, token: &str, victim: &Victim) -> Value {
-    let query = "query($p: ID) { me { id email } providers { id status displayName } files(provider: $p) { id path checksum } \
+    let query = "query($p: String) { me { id email } providers { id status displayName } files(provider: $p) { id path checksum } \
         syncPairs { id } apiTokens { id } }";
     h.ok(Some(token), query, json!({ "p": victim.ids["provider"] })).await
 }
@@ -477,8 +477,9 @@ async fn hostile_input_at_every_argument_gets_a_clear_error_and_changes_nothing(
     assert!(tried > 200, "{tried}");
     // Oversized and deeply nested documents, and garbage instead of GraphQL.
     let deep = format!(
-        "query {{ {} }}",
-        "__schema { types { fields { type { ofType { ofType { ofType { ofType { ofType { ofType { ofType { ofType { name } } } } } } } } } } } }"
+        "query {{ __schema {{ types {{ fields {{ type {{ {}name{} }} }} }} }} }}",
+        "ofType { ".repeat(20),
+        " }".repeat(20)
     );
     let deep_answer = h.gql(Some(&token), &deep, json!({})).await;
     assert_eq!(

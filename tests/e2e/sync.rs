@@ -28,7 +28,7 @@ on_both_backends!(
 
 const SYNC: &str = "mutation($s: FolderInput!, $t: FolderInput!, $m: SyncMode, $c: ConflictPolicy, $d: Int) { \
     syncFolders(source: $s, target: $t, mode: $m, conflictPolicy: $c, maxDeletePercent: $d) { \
-    id mode conflictPolicy maxDeletePercent lastOperationId source { providerId path } target { providerId path } } }";
+    id kind pair { id mode conflictPolicy maxDeletePercent lastOperationId source { providerId path } target { providerId path } } } }";
 const RUN: &str = "mutation($p: ID!) { runSync(pairId: $p) { id kind pairId status } }";
 const STATUS: &str = "query($o: ID!) { syncStatus(operationId: $o) { status paused held { side deletes } filesDone bytesDone filesTotal bytesTotal error } }";
 
@@ -111,9 +111,15 @@ async fn create_pair_with(
             json!({ "s": { "providerId": source, "path": "" }, "t": { "providerId": target, "path": "" }, "m": mode, "c": policy, "d": max_delete }),
         )
         .await;
-    let pair = data["syncFolders"]["id"].as_str().expect("pair id").to_owned();
-    let operation = data["syncFolders"]["lastOperationId"].as_str().expect("first run").to_owned();
-    assert_eq!(data["syncFolders"]["mode"], json!(mode));
+    let pair = data["syncFolders"]["pair"]["id"].as_str().expect("pair id").to_owned();
+    let operation = data["syncFolders"]["id"].as_str().expect("first run").to_owned();
+    assert_eq!(data["syncFolders"]["kind"], json!("sync"));
+    assert_eq!(
+        data["syncFolders"]["pair"]["lastOperationId"],
+        json!(operation),
+        "the pair names its first run"
+    );
+    assert_eq!(data["syncFolders"]["pair"]["mode"], json!(mode));
     (pair, operation)
 }
 
@@ -659,10 +665,10 @@ async fn eventually(h: &Harness, what: &str, mut check: impl FnMut() -> bool) {
 async fn pairs_run_on_their_own_on_change_and_on_schedule(h: &Harness) {
     let (token, source, a, target, b) = two_folders(h, "auto-sync@example.org", &[("first.txt", b"first")]).await;
     let realtime = "mutation($s: ID!, $t: ID!) { syncFolders(source: { providerId: $s, path: \"\" }, \
-        target: { providerId: $t, path: \"\" }, realtime: true) { id realtime lastOperationId } }";
+        target: { providerId: $t, path: \"\" }, realtime: true) { id pair { id realtime } } }";
     let data = h.ok(Some(&token), realtime, json!({ "s": source, "t": target })).await;
-    assert_eq!(data["syncFolders"]["realtime"], json!(true));
-    let first = data["syncFolders"]["lastOperationId"].as_str().expect("first run").to_owned();
+    assert_eq!(data["syncFolders"]["pair"]["realtime"], json!(true));
+    let first = data["syncFolders"]["id"].as_str().expect("first run").to_owned();
     h.wait_for_operation(&token, &first).await;
     // A change in either folder starts a run, without any request.
     write(&a, "from-source.txt", b"typed on the source");
@@ -676,11 +682,12 @@ async fn pairs_run_on_their_own_on_change_and_on_schedule(h: &Harness) {
     std::fs::create_dir_all(&d).expect("mkdir");
     let (third, _) = h.connect_local(&token, &c).await;
     let (fourth, _) = h.connect_local(&token, &d).await;
-    let scheduled = "mutation($s: ID!, $t: ID!) { syncFolders(source: { providerId: $s, path: \"\" }, \
-        target: { providerId: $t, path: \"\" }, mode: COPY, schedule: \"* * * * * *\", runNow: false) { schedule lastOperationId } }";
+    let scheduled = "mutation($s: ID!, $t: ID!) { createSyncPair(input: { source: { providerId: $s, path: \"\" }, \
+        target: { providerId: $t, path: \"\" }, mode: COPY, schedule: \"* * * * * *\" }) { schedule lastOperationId } }";
     let data = h.ok(Some(&token), scheduled, json!({ "s": third, "t": fourth })).await;
+    assert_eq!(data["createSyncPair"]["schedule"], json!("* * * * * *"));
     assert_eq!(
-        data["syncFolders"]["lastOperationId"],
+        data["createSyncPair"]["lastOperationId"],
         Value::Null,
         "nothing runs until the schedule says so"
     );
@@ -692,6 +699,12 @@ async fn pairs_run_on_their_own_on_change_and_on_schedule(h: &Harness) {
         target: { providerId: $t, path: \"y\" }, schedule: \"every tuesday\") { id } }";
     assert_eq!(
         h.error_code(Some(&token), bad, json!({ "s": third, "t": fourth })).await,
+        "BAD_USER_INPUT"
+    );
+    let bad_pair = "mutation($s: ID!, $t: ID!) { createSyncPair(input: { source: { providerId: $s, path: \"x\" }, \
+        target: { providerId: $t, path: \"y\" }, schedule: \"every tuesday\" }) { id } }";
+    assert_eq!(
+        h.error_code(Some(&token), bad_pair, json!({ "s": third, "t": fourth })).await,
         "BAD_USER_INPUT"
     );
 }
@@ -708,7 +721,7 @@ fn hex(content: &[u8]) -> String {
 /// A two-way pair keeping `keep` versions of each file; waits for its first run.
 pub(crate) async fn pair_keeping(h: &Harness, token: &str, source: &str, target: &str, keep: i64) -> String {
     let create = "mutation($s: FolderInput!, $t: FolderInput!, $k: Int) { syncFolders(source: $s, target: $t, keepVersions: $k) { \
-        id keepVersions keepDays lastOperationId } }";
+        id pair { id keepVersions keepDays } } }";
     let data = h
         .ok(
             Some(token),
@@ -716,11 +729,15 @@ pub(crate) async fn pair_keeping(h: &Harness, token: &str, source: &str, target:
             json!({ "s": { "providerId": source, "path": "" }, "t": { "providerId": target, "path": "" }, "k": keep }),
         )
         .await;
-    assert_eq!(data["syncFolders"]["keepVersions"], json!(keep));
-    assert_eq!(data["syncFolders"]["keepDays"], json!(30), "versions are kept 30 days by default");
-    h.wait_for_operation(token, data["syncFolders"]["lastOperationId"].as_str().expect("first run"))
+    assert_eq!(data["syncFolders"]["pair"]["keepVersions"], json!(keep));
+    assert_eq!(
+        data["syncFolders"]["pair"]["keepDays"],
+        json!(30),
+        "versions are kept 30 days by default"
+    );
+    h.wait_for_operation(token, data["syncFolders"]["id"].as_str().expect("first run"))
         .await;
-    data["syncFolders"]["id"].as_str().expect("pair").to_owned()
+    data["syncFolders"]["pair"]["id"].as_str().expect("pair").to_owned()
 }
 
 pub(crate) async fn versions_of(h: &Harness, token: &str, provider: &str, path: &str) -> Vec<Value> {

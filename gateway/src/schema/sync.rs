@@ -3,6 +3,7 @@
 
 use std::sync::Arc;
 
+use async_graphql::resolver_utils::EnumType;
 use async_graphql::{Context, Enum, ID, InputObject, Object, SimpleObject, Subscription};
 use chrono::{DateTime, Utc};
 use cloudsync_commands::{Choice, DEFAULT_MAX_DELETE_PERCENT, SyncSettings};
@@ -36,7 +37,7 @@ pub struct Folder {
 
 #[derive(Enum, Copy, Clone, Eq, PartialEq, Debug)]
 #[graphql(name = "SyncMode")]
-pub enum SyncModeInput {
+pub enum PairMode {
     /// One-way: the target receives new and changed files; nothing is deleted.
     Copy,
     /// One-way: the target is made identical to the source, deletes included.
@@ -47,7 +48,7 @@ pub enum SyncModeInput {
 
 #[derive(Enum, Copy, Clone, Eq, PartialEq, Debug)]
 #[graphql(name = "ConflictPolicy")]
-pub enum ConflictPolicyInput {
+pub enum PairPolicy {
     /// Both versions survive; the older change is renamed `name.conflict-<time>-<side>.ext`.
     KeepBoth,
     NewestWins,
@@ -62,10 +63,8 @@ pub struct SyncPair {
     id: ID,
     source: Folder,
     target: Folder,
-    /// `COPY`, `MIRROR` or `TWO_WAY`.
-    mode: String,
-    /// `KEEP_BOTH`, `NEWEST_WINS`, `SOURCE_WINS`, `TARGET_WINS` or `MANUAL`.
-    conflict_policy: String,
+    mode: PairMode,
+    conflict_policy: PairPolicy,
     /// A run that would delete more than this share of a side's files waits for `approveSync`.
     max_delete_percent: i32,
     /// When it runs on its own (a cron expression), if at all.
@@ -81,9 +80,21 @@ pub struct SyncPair {
     created_at: DateTime<Utc>,
 }
 
-impl From<SyncPairRow> for SyncPair {
-    fn from(row: SyncPairRow) -> Self {
-        Self {
+/// A value of a read model's column as the enum the schema gives it (the projector writes the
+/// enum's GraphQL names).
+pub(super) fn from_column<E: EnumType>(raw: &str) -> ApiResult<E> {
+    E::items()
+        .iter()
+        .find(|item| item.name == raw)
+        .map(|item| item.value)
+        .ok_or_else(|| ApiError::internal(&format!("the read model holds an unknown value {raw:?}")))
+}
+
+impl TryFrom<SyncPairRow> for SyncPair {
+    type Error = ApiError;
+
+    fn try_from(row: SyncPairRow) -> ApiResult<Self> {
+        Ok(Self {
             id: ID(row.id.to_string()),
             source: Folder {
                 provider_id: ID(row.source_provider_id.to_string()),
@@ -93,8 +104,8 @@ impl From<SyncPairRow> for SyncPair {
                 provider_id: ID(row.target_provider_id.to_string()),
                 path: row.target_path,
             },
-            mode: row.mode,
-            conflict_policy: row.conflict_policy,
+            mode: from_column(&row.mode)?,
+            conflict_policy: from_column(&row.conflict_policy)?,
             max_delete_percent: i32::try_from(row.max_delete_percent).unwrap_or(100),
             schedule: row.schedule,
             realtime: row.realtime,
@@ -102,7 +113,7 @@ impl From<SyncPairRow> for SyncPair {
             keep_days: i32::try_from(row.keep_days).unwrap_or(i32::MAX),
             last_operation_id: row.last_operation_id.map(|id| ID(id.to_string())),
             created_at: row.created_at,
-        }
+        })
     }
 }
 
@@ -123,22 +134,24 @@ pub struct SyncConflict {
     kind: String,
     source: Option<ConflictVersion>,
     target: Option<ConflictVersion>,
-    /// The owner's last choice (`SOURCE`, `TARGET`, `BOTH`, `MERGED`), until a run carries it out.
-    resolution: Option<String>,
+    /// The owner's last choice, until a run carries it out.
+    resolution: Option<ConflictChoice>,
     detected_at: DateTime<Utc>,
 }
 
-impl From<SyncConflictRow> for SyncConflict {
-    fn from(row: SyncConflictRow) -> Self {
+impl TryFrom<SyncConflictRow> for SyncConflict {
+    type Error = ApiError;
+
+    fn try_from(row: SyncConflictRow) -> ApiResult<Self> {
         let version = |side: Option<(String, i64)>| side.map(|(checksum, size_bytes)| ConflictVersion { checksum, size_bytes });
-        Self {
+        Ok(Self {
             path: row.path,
             kind: row.kind,
             source: version(row.source),
             target: version(row.target),
-            resolution: row.resolution,
+            resolution: row.resolution.as_deref().map(from_column).transpose()?,
             detected_at: row.detected_at,
-        }
+        })
     }
 }
 
@@ -192,6 +205,72 @@ pub struct RestoredVersion {
     operation: Option<SyncOperation>,
 }
 
+/// Where a scan or sync operation has got: what `syncProgress` sends.
+#[derive(SimpleObject)]
+pub struct SyncProgress {
+    operation_id: ID,
+    /// pending, scanning, planning, transferring, completed, failed or cancelled.
+    status: String,
+    paused: bool,
+    /// Scans: files and bytes read. Sync runs: decisions carried out, bytes transferred.
+    files_done: i64,
+    files_total: Option<i64>,
+    bytes_done: i64,
+    bytes_total: Option<i64>,
+    /// Sync runs: bytes written to the folders (less than `bytesDone` where only changed byte
+    /// ranges of large files were written).
+    bytes_written: Option<i64>,
+    /// How much is done, from 0 to 100, once a total is known (by bytes, or by files when there
+    /// are no bytes to move).
+    percent: Option<f64>,
+    /// Bytes per second since the operation started.
+    bytes_per_second: Option<f64>,
+    /// Seconds left at that rate, once the total is known.
+    eta_seconds: Option<f64>,
+    error: Option<String>,
+    updated_at: DateTime<Utc>,
+    /// The operation as `syncStatus` shows it.
+    operation: SyncOperation,
+}
+
+impl From<SyncOperation> for SyncProgress {
+    fn from(operation: SyncOperation) -> Self {
+        #[allow(clippy::cast_precision_loss)]
+        let share = |done: i64, total: Option<i64>| total.filter(|&t| t > 0).map(|t| (done.min(t) as f64 * 100.0) / t as f64);
+        let percent = if operation.is_finished() && operation.status == "completed" {
+            Some(100.0)
+        } else {
+            share(operation.bytes_done, operation.bytes_total).or_else(|| share(operation.files_done, operation.files_total))
+        };
+        Self {
+            operation_id: operation.id.clone(),
+            status: operation.status.clone(),
+            paused: operation.paused,
+            files_done: operation.files_done,
+            files_total: operation.files_total,
+            bytes_done: operation.bytes_done,
+            bytes_total: operation.bytes_total,
+            bytes_written: operation.bytes_written,
+            percent,
+            bytes_per_second: operation.bytes_per_second,
+            eta_seconds: operation.eta_seconds,
+            error: operation.error.clone(),
+            updated_at: operation.updated_at,
+            operation,
+        }
+    }
+}
+
+#[async_graphql::ComplexObject]
+impl SyncOperation {
+    /// A sync run's pair.
+    async fn pair(&self, ctx: &Context<'_>) -> async_graphql::Result<Option<SyncPair>> {
+        let Some(pair_id) = &self.pair_id else { return Ok(None) };
+        let caller = caller_for(ctx, scope::FILES_READ)?;
+        Ok(Some(pair_row(app(ctx), caller, parse_id(pair_id, "pairId")?).await?))
+    }
+}
+
 /// How to settle a conflict.
 #[derive(Enum, Copy, Clone, Eq, PartialEq, Debug)]
 pub enum ConflictChoice {
@@ -207,6 +286,68 @@ pub enum ConflictChoice {
 
 /// The largest merged content `resolveConflict` takes.
 const MAX_MERGED: usize = 8 * 1024 * 1024;
+
+/// A sync pair's settings (the arguments of `syncFolders`).
+#[derive(InputObject)]
+pub struct SyncPairInput {
+    source: FolderInput,
+    target: FolderInput,
+    #[graphql(default_with = "PairMode::TwoWay")]
+    mode: PairMode,
+    #[graphql(default_with = "PairPolicy::KeepBoth")]
+    conflict_policy: PairPolicy,
+    /// A cron expression for runs of its own (5 fields, or 6 with seconds first).
+    schedule: Option<String>,
+    /// Local folders only: run whenever either folder changes.
+    #[graphql(default = false)]
+    realtime: bool,
+    /// A run that would delete more than this share of a side's files waits for `approveSync`.
+    #[graphql(default_with = "i32::from(DEFAULT_MAX_DELETE_PERCENT)")]
+    max_delete_percent: i32,
+    /// How many earlier versions of each file are kept (0: none).
+    #[graphql(default_with = "DEFAULT_KEEP_VERSIONS as i32")]
+    keep_versions: i32,
+    /// How many days an earlier version is kept (0: as long as `keepVersions` allows).
+    #[graphql(default_with = "DEFAULT_KEEP_DAYS as i32")]
+    keep_days: i32,
+}
+
+impl SyncPairInput {
+    fn settings(self) -> ApiResult<SyncSettings> {
+        let keep_versions =
+            u32::try_from(self.keep_versions).map_err(|_| ApiError::BadInput("keepVersions must not be negative".into()))?;
+        let keep_days = u32::try_from(self.keep_days).map_err(|_| ApiError::BadInput("keepDays must not be negative".into()))?;
+        let max_delete_percent =
+            u8::try_from(self.max_delete_percent).map_err(|_| ApiError::BadInput("maxDeletePercent must be between 0 and 100".into()))?;
+        let schedule = self
+            .schedule
+            .as_deref()
+            .map(ScanSchedule::parse)
+            .transpose()
+            .map_err(|err| ApiError::BadInput(err.to_string()))?;
+        Ok(SyncSettings {
+            source: endpoint(&self.source, "source")?,
+            target: endpoint(&self.target, "target")?,
+            mode: match self.mode {
+                PairMode::Copy => SyncMode::Copy,
+                PairMode::Mirror => SyncMode::Mirror,
+                PairMode::TwoWay => SyncMode::TwoWay,
+            },
+            policy: match self.conflict_policy {
+                PairPolicy::KeepBoth => ConflictPolicy::KeepBoth,
+                PairPolicy::NewestWins => ConflictPolicy::NewestWins,
+                PairPolicy::SourceWins => ConflictPolicy::SourceWins,
+                PairPolicy::TargetWins => ConflictPolicy::TargetWins,
+                PairPolicy::Manual => ConflictPolicy::Manual,
+            },
+            max_delete_percent,
+            schedule,
+            realtime: self.realtime,
+            keep_versions,
+            keep_days,
+        })
+    }
+}
 
 fn endpoint(folder: &FolderInput, what: &str) -> ApiResult<SyncEndpoint> {
     Ok(SyncEndpoint {
@@ -229,7 +370,7 @@ async fn pair_row(app: &App, caller: Caller, id: uuid::Uuid) -> ApiResult<SyncPa
         .into_iter()
         .next()
         .ok_or_else(|| ApiError::not_found("sync pair"))?;
-    Ok(row.into())
+    row.try_into()
 }
 
 pub(super) async fn operation_row(app: &App, caller: Caller, id: uuid::Uuid) -> ApiResult<SyncOperation> {
@@ -254,7 +395,7 @@ impl SyncQuery {
         let app = app(ctx);
         app.consistent(caller).await;
         let rows = app.reads.sync_pairs(caller.user_id, None).await.map_err(ApiError::from)?;
-        Ok(rows.into_iter().map(SyncPair::from).collect())
+        Ok(rows.into_iter().map(SyncPair::try_from).collect::<ApiResult<_>>()?)
     }
 
     /// The conflicts left for the caller in one of their pairs (policy `MANUAL`).
@@ -264,7 +405,7 @@ impl SyncQuery {
         let id = parse_id(&pair_id, "pairId")?;
         pair_row(app, caller, id).await?;
         let rows = app.reads.sync_conflicts(caller.user_id, id).await.map_err(ApiError::from)?;
-        Ok(rows.into_iter().map(SyncConflict::from).collect())
+        Ok(rows.into_iter().map(SyncConflict::try_from).collect::<ApiResult<_>>()?)
     }
 
     /// The earlier versions kept of a file, newest first: the file `fileId` of the index, or the
@@ -323,59 +464,55 @@ pub struct SyncMutation;
 
 #[Object]
 impl SyncMutation {
-    /// Keeps two folders (of any two of the caller's providers) in agreement, and starts the first
-    /// run unless `runNow` is false. `schedule` is a cron expression for later runs; `realtime`
-    /// (local folders only) runs whenever either folder changes.
+    /// Keeps two folders (of any two of the caller's providers) in agreement and starts the first
+    /// run: the operation returned, whose `pair` is the new pair. `schedule` is a cron expression for
+    /// later runs; `realtime` (local folders only) runs whenever either folder changes. To create a
+    /// pair without running it, use `createSyncPair`.
     #[allow(clippy::too_many_arguments)]
     async fn sync_folders(
         &self,
         ctx: &Context<'_>,
         source: FolderInput,
         target: FolderInput,
-        #[graphql(default_with = "SyncModeInput::TwoWay")] mode: SyncModeInput,
-        #[graphql(default_with = "ConflictPolicyInput::KeepBoth")] conflict_policy: ConflictPolicyInput,
+        #[graphql(default_with = "PairMode::TwoWay")] mode: PairMode,
+        #[graphql(default_with = "PairPolicy::KeepBoth")] conflict_policy: PairPolicy,
         schedule: Option<String>,
         #[graphql(default = false)] realtime: bool,
         #[graphql(default_with = "i32::from(DEFAULT_MAX_DELETE_PERCENT)")] max_delete_percent: i32,
-        #[graphql(default = true)] run_now: bool,
         #[graphql(default_with = "DEFAULT_KEEP_VERSIONS as i32")] keep_versions: i32,
         #[graphql(default_with = "DEFAULT_KEEP_DAYS as i32")] keep_days: i32,
-    ) -> async_graphql::Result<SyncPair> {
+    ) -> async_graphql::Result<SyncOperation> {
         let caller = caller_for(ctx, scope::SYNC_RUN)?;
         let app = app(ctx);
-        let keep_versions = u32::try_from(keep_versions).map_err(|_| ApiError::BadInput("keepVersions must not be negative".into()))?;
-        let keep_days = u32::try_from(keep_days).map_err(|_| ApiError::BadInput("keepDays must not be negative".into()))?;
-        let max_delete_percent =
-            u8::try_from(max_delete_percent).map_err(|_| ApiError::BadInput("maxDeletePercent must be between 0 and 100".into()))?;
-        let schedule = schedule
-            .as_deref()
-            .map(ScanSchedule::parse)
-            .transpose()
-            .map_err(|err| ApiError::BadInput(err.to_string()))?;
-        let settings = SyncSettings {
-            source: endpoint(&source, "source")?,
-            target: endpoint(&target, "target")?,
-            mode: match mode {
-                SyncModeInput::Copy => SyncMode::Copy,
-                SyncModeInput::Mirror => SyncMode::Mirror,
-                SyncModeInput::TwoWay => SyncMode::TwoWay,
-            },
-            policy: match conflict_policy {
-                ConflictPolicyInput::KeepBoth => ConflictPolicy::KeepBoth,
-                ConflictPolicyInput::NewestWins => ConflictPolicy::NewestWins,
-                ConflictPolicyInput::SourceWins => ConflictPolicy::SourceWins,
-                ConflictPolicyInput::TargetWins => ConflictPolicy::TargetWins,
-                ConflictPolicyInput::Manual => ConflictPolicy::Manual,
-            },
-            max_delete_percent,
+        let input = SyncPairInput {
+            source,
+            target,
+            mode,
+            conflict_policy,
             schedule,
             realtime,
+            max_delete_percent,
             keep_versions,
             keep_days,
         };
+        let (_, job, position) = app
+            .commands
+            .sync_folders(user(caller), input.settings()?, true)
+            .await
+            .map_err(ApiError::from)?;
+        app.wrote(caller, position);
+        let job = job.ok_or_else(|| ApiError::internal(&"a new pair started no run"))?;
+        Ok(operation_row(app, caller, job.as_uuid()).await?)
+    }
+
+    /// Creates a sync pair without running it (it runs by its schedule, in real time, or with
+    /// `runSync`).
+    async fn create_sync_pair(&self, ctx: &Context<'_>, input: SyncPairInput) -> async_graphql::Result<SyncPair> {
+        let caller = caller_for(ctx, scope::SYNC_RUN)?;
+        let app = app(ctx);
         let (pair_id, _, position) = app
             .commands
-            .sync_folders(user(caller), settings, run_now)
+            .sync_folders(user(caller), input.settings()?, false)
             .await
             .map_err(ApiError::from)?;
         app.wrote(caller, position);
@@ -524,7 +661,7 @@ pub struct SyncSubscription;
 impl SyncSubscription {
     /// The operation's state now, then again whenever it changes (checked after every step it
     /// records, and every second), until it ends.
-    async fn sync_progress(&self, ctx: &Context<'_>, operation_id: ID) -> async_graphql::Result<impl Stream<Item = SyncOperation> + use<>> {
+    async fn sync_progress(&self, ctx: &Context<'_>, operation_id: ID) -> async_graphql::Result<impl Stream<Item = SyncProgress> + use<>> {
         let caller = caller_for(ctx, scope::FILES_READ)?;
         let app = Arc::clone(app(ctx));
         let id = parse_id(&operation_id, "operationId")?;
@@ -564,6 +701,6 @@ impl SyncSubscription {
                 }
             }
         });
-        Ok(futures::stream::once(async move { first }).chain(updates))
+        Ok(futures::stream::once(async move { first }).chain(updates).map(SyncProgress::from))
     }
 }

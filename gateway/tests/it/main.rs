@@ -5,6 +5,7 @@ use std::io::{BufRead as _, BufReader};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+mod schema;
 mod sync;
 
 fn cloudsync(data_dir: &std::path::Path) -> Command {
@@ -17,6 +18,19 @@ fn cloudsync(data_dir: &std::path::Path) -> Command {
 }
 
 struct Running(Child);
+
+/// Starts `cloudsync serve` on a free port of the data dir `data`: the server and its address.
+fn serve(data: &std::path::Path) -> (Running, String) {
+    let mut child = cloudsync(data)
+        .args(["serve", "--bind", "127.0.0.1:0"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let stdout = child.stdout.take().expect("stdout");
+    let server = Running(child);
+    let addr = announced_address(stdout);
+    (server, addr)
+}
 
 /// The address a server started with `--bind 127.0.0.1:0` announces on its first line of output.
 fn announced_address(stdout: std::process::ChildStdout) -> String {
@@ -105,14 +119,7 @@ fn post_as(addr: &str, token: Option<&str>, body: &str) -> serde_json::Value {
 #[test]
 fn serve_from_an_empty_data_dir_then_migrate_and_replay() {
     let data = std::env::temp_dir().join(format!("cloudsync-bin-{}", uuid::Uuid::new_v4().simple()));
-    let mut child = cloudsync(&data)
-        .args(["serve", "--bind", "127.0.0.1:0"])
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("spawn");
-    let stdout = child.stdout.take().expect("stdout");
-    let mut server = Running(child);
-    let addr = announced_address(stdout);
+    let (mut server, addr) = serve(&data);
 
     let health = reqwest::blocking::get(format!("http://{addr}/healthz")).expect("healthz");
     assert_eq!(health.status(), 200);

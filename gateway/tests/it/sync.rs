@@ -167,11 +167,11 @@ fn a_killed_sync_resumes_and_ends_with_both_sides_correct() {
     let pair = gql(
         &addr,
         &token,
-        "mutation($s: ID!, $t: ID!) { syncFolders(source: { providerId: $s, path: \"\" }, target: { providerId: $t, path: \"\" }) { id lastOperationId } }",
+        "mutation($s: ID!, $t: ID!) { syncFolders(source: { providerId: $s, path: \"\" }, target: { providerId: $t, path: \"\" }) { id pair { id } } }",
         serde_json::json!({ "s": source, "t": target }),
     );
-    let pair_id = pair["syncFolders"]["id"].as_str().expect("pair").to_owned();
-    let operation = pair["syncFolders"]["lastOperationId"].as_str().expect("run").to_owned();
+    let pair_id = pair["syncFolders"]["pair"]["id"].as_str().expect("pair").to_owned();
+    let operation = pair["syncFolders"]["id"].as_str().expect("run").to_owned();
 
     // Kill the server at random points of the run, and start it again each time.
     let seed = std::time::SystemTime::now()
