@@ -1,30 +1,97 @@
 //! The write side: command handlers that load aggregates from their streams, decide, and append events
-//! with an expected version; the vault that seals provider secrets; and the job runner that executes
-//! long work (provider scans) and reports back by appending events.
+//! with an expected version; the vault that seals provider secrets; and the workers that carry out
+//! long work (scans, sync runs, garbage collection, schedules) and report back by appending events.
+//!
+//! - `core`: what every handler shares (context, load, append, expected versions, errors); it
+//!   imports nothing else of the crate.
+//! - `handlers`: one module per aggregate (user, MFA, provider, file, job, sync pair).
+//! - `workers`: the job runner and its leases, the scheduler, the garbage collector, scans and the
+//!   sync engine.
+//! - `secrets` (the vault and master keys), `sealing` (the event store that seals paths), `oauth`.
 
-mod accounts;
-mod error;
-mod gc;
+mod core;
 mod handlers;
-mod jobs;
-mod leases;
-mod mfa;
 mod oauth;
-mod scan;
-mod schedule;
 mod sealing;
 mod secrets;
-mod sync;
+mod workers;
 
-pub use accounts::NO_PASSWORD;
-pub use error::CommandError;
-pub use gc::{GcReport, LEASE_TTL, Lease};
-pub use handlers::{Commands, Connected, Context, Moved};
-pub use jobs::JobRunner;
-pub use leases::JOB_LEASE_TTL;
-pub use mfa::{CodeKind, TOTP_PERIOD, totp_base32, totp_code, totp_uri};
+use std::sync::Arc;
+
+use cloudsync_chunks::ChunkStore;
+use cloudsync_domain::{Aggregate, DomainEvent};
+use cloudsync_eventstore::EventStore;
+
+pub use crate::core::{CommandError, Context};
+pub use handlers::{
+    Choice, CodeKind, Connected, DEFAULT_MAX_DELETE_PERCENT, Moved, NO_PASSWORD, SyncSettings, TOTP_PERIOD, totp_base32, totp_code,
+    totp_uri,
+};
 pub use oauth::{Authorization, DEFAULT_RENEW_MARGIN, OAuth, OAuthApp, is_oauth_kind};
-pub use schedule::Scheduler;
 pub use sealing::SealingStore;
 pub use secrets::{MasterKey, Vault};
-pub use sync::{Choice, DEFAULT_MAX_DELETE_PERCENT, SyncSettings};
+pub use workers::{GcReport, JOB_LEASE_TTL, JobRunner, LEASE_TTL, Lease, Scheduler};
+
+/// The command side of CloudSync.
+#[derive(Clone)]
+pub struct Commands {
+    pub(crate) store: Arc<dyn EventStore>,
+    pub(crate) vault: Vault,
+    oauth: Option<Arc<OAuth>>,
+    chunks: Option<Arc<dyn ChunkStore>>,
+}
+
+impl Commands {
+    pub fn new(store: Arc<dyn EventStore>, vault: Vault) -> Self {
+        Self {
+            store,
+            vault,
+            oauth: None,
+            chunks: None,
+        }
+    }
+
+    /// Keeps sync contents (the agreed text of synced files, for line merges) in `chunks`.
+    #[must_use]
+    pub fn with_chunks(mut self, chunks: Arc<dyn ChunkStore>) -> Self {
+        self.chunks = Some(chunks);
+        self
+    }
+
+    pub fn chunks(&self) -> Option<&Arc<dyn ChunkStore>> {
+        self.chunks.as_ref()
+    }
+
+    /// Enables connecting OAuth providers through `oauth`'s apps.
+    #[must_use]
+    pub fn with_oauth(mut self, oauth: Arc<OAuth>) -> Self {
+        self.oauth = Some(oauth);
+        self
+    }
+
+    pub fn oauth(&self) -> Option<&Arc<OAuth>> {
+        self.oauth.as_ref()
+    }
+
+    /// The database of the write side's own bookkeeping (leases, checkpoints, wrapped keys).
+    pub(crate) fn pool(&self) -> &cloudsync_eventstore::DbPool {
+        self.vault.pool()
+    }
+
+    pub fn store(&self) -> &Arc<dyn EventStore> {
+        &self.store
+    }
+
+    /// An aggregate and the version of its stream.
+    ///
+    /// # Errors
+    /// Store failures and undecodable events.
+    pub async fn load<A: Aggregate<Event = DomainEvent>>(&self, stream: &str) -> Result<(A, i64), CommandError> {
+        core::load(&*self.store, stream).await
+    }
+
+    /// Appends one stream's events at the version it was loaded at; returns the last position.
+    pub(crate) async fn append(&self, stream: String, version: i64, events: &[DomainEvent], ctx: &Context) -> Result<i64, CommandError> {
+        core::append(&*self.store, stream, version, events, ctx).await
+    }
+}

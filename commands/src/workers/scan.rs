@@ -34,7 +34,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::AbortOnDropHandle;
 use uuid::Uuid;
 
-use crate::handlers::{Context, encode, expected, storage_error};
+use crate::core::{Context, encode, expected, storage_error};
 use crate::{CommandError, Commands};
 
 mod known;
@@ -101,7 +101,7 @@ pub(crate) async fn run_scan(commands: &Commands, job_id: SyncJobId, cancel: &Ca
     if phase == JobPhase::Pending {
         loop {
             // A pause (or a cancel) that came first is waited out.
-            if !crate::jobs::keep_running(commands, job_id, &mut job, &mut version, cancel).await? {
+            if !super::pause::keep_running(commands, job_id, &mut job, &mut version, cancel).await? {
                 return Ok(());
             }
             let start = SyncJobCommand::EnterPhase {
@@ -320,9 +320,9 @@ impl Scan<'_> {
         }
     }
 
-    /// Whether to go on (see [`crate::jobs::keep_running`]).
+    /// Whether to go on (see [`super::pause::keep_running`]).
     async fn running(&mut self) -> Result<bool, CommandError> {
-        crate::jobs::keep_running(self.commands, self.job_id, &mut self.job, &mut self.version, self.cancel).await
+        super::pause::keep_running(self.commands, self.job_id, &mut self.job, &mut self.version, self.cancel).await
     }
 
     /// Appends a batch of file events with the job's progress, in one transaction.

@@ -7,12 +7,13 @@ use cloudsync_domain::user::{User, UserCommand};
 use cloudsync_domain::{Aggregate as _, UserId};
 
 use cloudsync_domain::events::{EmailReleased, ExternalIdentityLinked, Personal, Sealable};
-use cloudsync_domain::ids::identity_stream;
+use cloudsync_domain::ids::{email_stream, identity_stream};
 use cloudsync_domain::{DomainEvent, Email};
 use cloudsync_eventstore::{ExpectedVersion, StreamAppend};
 use serde_json::Value;
+use uuid::Uuid;
 
-use crate::handlers::{Reservation, encode};
+use crate::core::encode;
 use crate::{CommandError, Commands, Context};
 
 /// The password hash of an account that has none (it signs in with an external identity): no
@@ -439,5 +440,128 @@ impl Commands {
     pub(crate) async fn act_on_user(&self, user: UserId, (found, version): (User, i64), command: UserCommand) -> Result<i64, CommandError> {
         let events = found.handle(command)?;
         self.append(user.stream(), version, &events, &Context::new(Some(user))).await
+    }
+}
+
+/// The state of an address's reservation stream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Reservation {
+    /// Nobody holds it; `version` is the stream's (0: never claimed).
+    Free {
+        stream: String,
+        version: i64,
+    },
+    Held {
+        stream: String,
+        user: UserId,
+        version: i64,
+    },
+}
+
+impl Reservation {
+    /// The stream a new claim goes to and the version it must find, or why it cannot be made.
+    pub(crate) fn claimable(self) -> Result<(String, ExpectedVersion), CommandError> {
+        match self {
+            Self::Free { stream, version: 0 } => Ok((stream, ExpectedVersion::NoStream)),
+            Self::Free { stream, version } => Ok((stream, ExpectedVersion::Exact(version))),
+            Self::Held { .. } => Err(CommandError::AlreadyExists("this email address is already registered".into())),
+        }
+    }
+
+    /// Who holds it, after the claims and releases recorded on `stream`.
+    fn of(stream: String, recorded: &[cloudsync_eventstore::RecordedEvent]) -> Result<Self, CommandError> {
+        let version = recorded.last().map_or(0, |e| e.stream_version);
+        let mut holder = None;
+        for event in recorded {
+            match DomainEvent::decode(&event.event_type, event.schema_version, &event.payload)? {
+                DomainEvent::EmailClaimed(claimed) => holder = Some(claimed.user_id),
+                DomainEvent::EmailReleased(_) => holder = None,
+                _ => {}
+            }
+        }
+        Ok(match holder {
+            Some(user) => Self::Held { stream, user, version },
+            None => Self::Free { stream, version },
+        })
+    }
+}
+
+impl Commands {
+    /// Registers a user whose password was already hashed. The address is reserved on its own stream,
+    /// so two registrations of one address cannot both succeed.
+    ///
+    /// # Errors
+    /// [`CommandError::AlreadyExists`] when the address is taken.
+    pub async fn register(&self, email: Email, password_hash: String) -> Result<(UserId, i64), CommandError> {
+        let (reservation, claim) = self.reservation(&email).await?.claimable()?;
+        let user_id = UserId::from_uuid(Uuid::new_v4());
+        let ctx = Context::new(Some(user_id));
+        let events = User::default().handle(UserCommand::Register {
+            user_id,
+            email: self.seal_personal(user_id, email.as_str()).await?,
+            password_hash,
+            at: Utc::now(),
+        })?;
+        let (registered, claimed): (Vec<_>, Vec<_>) = events.iter().partition(|e| matches!(e, DomainEvent::UserRegistered(_)));
+        let batches = vec![
+            StreamAppend {
+                stream: user_id.stream(),
+                expected: ExpectedVersion::NoStream,
+                events: registered.iter().map(|e| encode(e, &ctx)).collect(),
+            },
+            StreamAppend {
+                stream: reservation,
+                expected: claim,
+                events: claimed.iter().map(|e| encode(e, &ctx)).collect(),
+            },
+        ];
+        match self.store.append(batches).await {
+            Ok(outcome) => Ok((user_id, outcome.last_position)),
+            Err(err) if err.is_concurrency() => Err(CommandError::AlreadyExists("this email address is already registered".into())),
+            Err(err) => Err(err.into()),
+        }
+    }
+
+    /// The user who claimed `email`, read from the reservation stream and the user's own stream (so a
+    /// login right after registering never depends on a projection).
+    ///
+    /// # Errors
+    /// Store failures.
+    pub async fn user_by_email(&self, email: &Email) -> Result<Option<User>, CommandError> {
+        let Reservation::Held { user: holder, .. } = self.reservation(email).await? else {
+            return Ok(None);
+        };
+        let (user, _) = self.load::<User>(&holder.stream()).await?;
+        Ok(user.id().map(|_| user))
+    }
+
+    /// Who holds `email` now: the latest claim, unless a release followed it. The reservation
+    /// stream's name is keyed (see [`Commands::reservation_stream`]); an address reserved before
+    /// names were keyed keeps its old stream while it is held.
+    pub(crate) async fn reservation(&self, email: &Email) -> Result<Reservation, CommandError> {
+        let keyed = self.reservation_stream("email", &format!("mailto:{}", email.as_str())).await?;
+        let recorded = self.store.read_stream(&keyed).await?;
+        if !recorded.is_empty() {
+            return Reservation::of(keyed, &recorded);
+        }
+        let legacy = email_stream(email);
+        match Reservation::of(legacy.clone(), &self.store.read_stream(&legacy).await?)? {
+            held @ Reservation::Held { .. } => Ok(held),
+            Reservation::Free { .. } => Ok(Reservation::Free { stream: keyed, version: 0 }),
+        }
+    }
+
+    /// The name of the reservation stream of `name` (an address, an external identity): a UUID
+    /// from a keyed BLAKE3 hash, so the name does not tell whose address it reserves, even once the
+    /// account is erased.
+    ///
+    /// # Errors
+    /// The installation's reservation key cannot be read.
+    pub(crate) async fn reservation_stream(&self, kind: &str, name: &str) -> Result<String, CommandError> {
+        let key = self.vault.reservation_key().await?;
+        let hash = blake3::keyed_hash(&key, name.as_bytes());
+        let mut bytes = [0_u8; 16];
+        bytes.copy_from_slice(&hash.as_bytes()[..16]);
+        Ok(format!("{kind}-{}", uuid::Builder::from_custom_bytes(bytes).into_uuid()))
     }
 }

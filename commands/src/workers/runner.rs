@@ -8,13 +8,13 @@ use std::time::Duration;
 
 use chrono::Utc;
 use cloudsync_domain::SyncJobId;
-use cloudsync_domain::sync_job::{SyncJob, SyncJobCommand};
+use cloudsync_domain::sync_job::{JobKind, SyncJob, SyncJobCommand};
 use cloudsync_eventstore::{DbPool, subscribe};
 use futures::StreamExt;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use crate::handlers::Context;
+use crate::core::Context;
 use crate::{CommandError, Commands};
 
 const CHECKPOINT: &str = "jobs";
@@ -109,33 +109,6 @@ async fn execute(commands: &Commands, job_id: SyncJobId, cancel: &CancellationTo
     }
 }
 
-/// Whether a job should go on: false when `cancel` fires or the job has ended; waits out a pause
-/// (or a hold), woken by new events (a resume appended by another process is noticed by the periodic
-/// recheck). Reloads `job` and `version` as it waits.
-pub(crate) async fn keep_running(
-    commands: &Commands,
-    job_id: SyncJobId,
-    job: &mut SyncJob,
-    version: &mut i64,
-    cancel: &CancellationToken,
-) -> Result<bool, CommandError> {
-    let mut appended = commands.store().watch();
-    loop {
-        if cancel.is_cancelled() || job.phase().is_some_and(cloudsync_domain::sync_job::JobPhase::is_terminal) {
-            return Ok(false);
-        }
-        if !job.is_paused() {
-            return Ok(true);
-        }
-        tokio::select! {
-            () = cancel.cancelled() => return Ok(false),
-            _ = tokio::time::timeout(Duration::from_secs(1), appended.changed()) => {}
-        }
-        appended.borrow_and_update();
-        (*job, *version) = commands.load::<SyncJob>(&job_id.stream()).await?;
-    }
-}
-
 async fn load_checkpoint(pool: &DbPool) -> Result<i64, CommandError> {
     let query = "SELECT position FROM worker_checkpoints WHERE name = $1";
     let position: Option<i64> = match pool {
@@ -154,4 +127,64 @@ async fn save_checkpoint(pool: &DbPool, position: i64) -> Result<(), CommandErro
         DbPool::Postgres(p) => sqlx::query(query).bind(CHECKPOINT).bind(position).execute(p).await.map(drop),
     }
     .map_err(|err| CommandError::Store(err.into()))
+}
+
+impl Commands {
+    /// Runs a job to its end in this task (the CLI does this; the server's job runner does the same)
+    /// under the job's lease: while another live worker holds it, waits, and carries the job on
+    /// from its last recorded step once that worker has gone (its lease lapsed, or its process on
+    /// this machine ended). A run that loses the lease (a stall) stops, and this worker stands by
+    /// again in the same way. Returns quietly when the job has ended (whoever ran it), or when
+    /// `cancel` fires.
+    ///
+    /// # Errors
+    /// What stopped the job.
+    pub async fn run_job(&self, job_id: SyncJobId, cancel: &tokio_util::sync::CancellationToken) -> Result<(), CommandError> {
+        self.run_job_in(job_id, cancel, None).await
+    }
+
+    /// [`Commands::run_job`], taking one of `slots` (where given) once it holds the job's lease:
+    /// a job that waits for another worker takes no slot meanwhile.
+    pub(crate) async fn run_job_in(
+        &self,
+        job_id: SyncJobId,
+        cancel: &tokio_util::sync::CancellationToken,
+        slots: Option<&tokio::sync::Semaphore>,
+    ) -> Result<(), CommandError> {
+        let (job, _) = self.load::<SyncJob>(&job_id.stream()).await?;
+        if job.kind().is_none() {
+            return Err(CommandError::NotFound("sync job"));
+        }
+        loop {
+            // One worker at a time: the others wait, and take over if it goes away.
+            let Some(lease) = super::leases::JobLease::take(self, job_id, cancel).await? else {
+                return Ok(());
+            };
+            let run = lease.token().clone();
+            let slot = match slots {
+                Some(slots) => tokio::select! {
+                    () = run.cancelled() => None,
+                    slot = slots.acquire() => Some(slot.map_err(|_| CommandError::Conflict("the job runner is stopping".into()))?),
+                },
+                None => None,
+            };
+            let result = if run.is_cancelled() {
+                Ok(())
+            } else {
+                match job.kind() {
+                    Some(JobKind::Scan { .. }) => super::scan::run_scan(self, job_id, &run).await,
+                    _ => super::sync::run_sync(self, job_id, &run).await,
+                }
+            };
+            drop(slot);
+            lease.release().await;
+            // The run stopped because the lease was lost, not because it ended or was cancelled:
+            // stand by for the job again (another worker may be carrying it on).
+            if result.is_ok() && run.is_cancelled() && !cancel.is_cancelled() {
+                tracing::warn!(job = %job_id, "A run lost its job lease; standing by to take the job up again.");
+                continue;
+            }
+            return result;
+        }
+    }
 }

@@ -24,8 +24,8 @@ use cloudsync_domain::{Aggregate, DomainEvent, SyncPairId, UserId};
 use cloudsync_eventstore::{DbPool, on_pool};
 use tokio_util::sync::CancellationToken;
 
-use crate::handlers::{Context, encode};
-use crate::leases::{RENEW_EVERY, db_error, db_now_ms, keep_renewed, millis};
+use super::leases::{RENEW_EVERY, db_error, db_now_ms, keep_renewed, millis};
+use crate::core::{Context, encode};
 use crate::{CommandError, Commands};
 use cloudsync_eventstore::{ExpectedVersion, StreamAppend};
 

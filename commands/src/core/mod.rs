@@ -1,0 +1,106 @@
+//! The shared core of every handler: who issues a command ([`Context`]), how its events are encoded
+//! with their metadata, the expected version of a stream, and how storage errors map to command
+//! errors. It imports nothing else of this crate.
+
+mod error;
+
+use chrono::Utc;
+use cloudsync_domain::{Aggregate, DomainEvent, UserId};
+use cloudsync_eventstore::{EventMetadata, EventStore, ExpectedVersion, NewEvent, StreamAppend};
+use cloudsync_providers::ProviderError;
+use uuid::Uuid;
+
+pub use error::CommandError;
+
+/// Who issues a command and which request it belongs to; stamped on every event it causes.
+#[derive(Debug, Clone, Copy)]
+pub struct Context {
+    pub actor: Option<UserId>,
+    pub correlation_id: Uuid,
+    pub causation_id: Option<Uuid>,
+}
+
+impl Context {
+    /// A new correlation on behalf of `actor`.
+    pub fn new(actor: Option<UserId>) -> Self {
+        Self {
+            actor,
+            correlation_id: Uuid::new_v4(),
+            causation_id: None,
+        }
+    }
+
+    pub(crate) fn metadata(&self) -> EventMetadata {
+        EventMetadata {
+            event_id: Uuid::now_v7(),
+            correlation_id: self.correlation_id,
+            causation_id: self.causation_id,
+            actor_id: self.actor.map(|u| u.as_uuid()),
+            occurred_at: Utc::now(),
+        }
+    }
+}
+
+pub(crate) fn encode(event: &DomainEvent, ctx: &Context) -> NewEvent {
+    let encoded = event.encode();
+    NewEvent {
+        event_type: encoded.event_type,
+        schema_version: encoded.schema_version,
+        payload: encoded.payload,
+        metadata: ctx.metadata(),
+    }
+}
+
+/// How a provider's refusal reaches the caller.
+pub(crate) fn storage_error(error: ProviderError) -> CommandError {
+    match error {
+        ProviderError::NotFound(_) => CommandError::NotFound("file"),
+        ProviderError::AlreadyExists(what) => CommandError::Conflict(format!("{what} already exists")),
+        ProviderError::PermissionDenied(why) | ProviderError::Invalid(why) => CommandError::Invalid(why),
+        other => CommandError::Storage(other.to_string()),
+    }
+}
+
+pub(crate) fn expected(version: i64) -> ExpectedVersion {
+    if version == 0 {
+        ExpectedVersion::NoStream
+    } else {
+        ExpectedVersion::Exact(version)
+    }
+}
+
+/// An aggregate and the version of its stream.
+///
+/// # Errors
+/// Store failures and undecodable events.
+pub async fn load<A: Aggregate<Event = DomainEvent>>(store: &dyn EventStore, stream: &str) -> Result<(A, i64), CommandError> {
+    let recorded = store.read_stream(stream).await?;
+    let version = recorded.last().map_or(0, |e| e.stream_version);
+    let events = recorded
+        .iter()
+        .map(|e| DomainEvent::decode(&e.event_type, e.schema_version, &e.payload))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok((A::load(&events), version))
+}
+
+/// Appends one stream's events at the version it was loaded at; returns the last position.
+///
+/// # Errors
+/// [`CommandError::Concurrency`] when the stream has moved on; store failures.
+pub async fn append(
+    store: &dyn EventStore,
+    stream: String,
+    version: i64,
+    events: &[DomainEvent],
+    ctx: &Context,
+) -> Result<i64, CommandError> {
+    let events = events.iter().map(|e| encode(e, ctx)).collect();
+    let outcome = store
+        .append(vec![StreamAppend {
+            stream,
+            expected: expected(version),
+            events,
+        }])
+        .await?;
+    Ok(outcome.last_position)
+}

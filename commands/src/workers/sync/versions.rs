@@ -1,0 +1,337 @@
+//! Earlier versions: what a run keeps of a file before it replaces or deletes it, and restoring a
+//! kept version.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+
+use chrono::Utc;
+use cloudsync_chunks::{ChunkStore, Manifest, get_manifest, put_content, put_stream};
+use cloudsync_domain::events::{FileVersionKept, Resolution, VersionReason};
+use cloudsync_domain::merge::{self, Action, Decision, Side, SyncMode, Version};
+use cloudsync_domain::sync_pair::{SyncPair, SyncPairCommand};
+use cloudsync_domain::{Aggregate, ProviderPath, SyncJobId, SyncPairId, UserId};
+use cloudsync_providers::{Entry, ProviderError, StorageProvider};
+use futures::{StreamExt, TryStreamExt};
+use uuid::Uuid;
+
+use super::delta::stored_stream;
+use super::recorder::Recorder;
+use super::write::{temporary_name, write_checked};
+use super::{BATCH, CONCURRENCY, Executor, KEEP_TEXT, Present, StepError, index};
+use crate::core::Context;
+use crate::{CommandError, Commands};
+
+impl Commands {
+    /// Brings an earlier version of a file of one of `user`'s pairs back: it is written over the
+    /// file (whose current content is kept as a version first), on the side it was kept from in a
+    /// two-way pair and on the source of a one-way pair, and a run then carries it to the other
+    /// side. Returns the side and path written, the run (unless one is in progress) and the last
+    /// position.
+    ///
+    /// # Errors
+    /// [`CommandError::NotFound`] for unknown versions and someone else's;
+    /// [`CommandError::Conflict`] while a run of the pair is in progress; storage errors (nothing
+    /// is replaced unless the whole version was read back and checked).
+    pub async fn restore_file_version(
+        &self,
+        user: UserId,
+        pair_id: SyncPairId,
+        version_id: Uuid,
+    ) -> Result<(Side, ProviderPath, Option<SyncJobId>, i64), CommandError> {
+        const UNKNOWN: CommandError = CommandError::NotFound("file version");
+        let (pair, _) = self.load::<SyncPair>(&pair_id.stream()).await?;
+        let settings = pair.live_for(user).cloned().ok_or(UNKNOWN)?;
+        let kept = pair.kept_version(version_id).cloned().ok_or(UNKNOWN)?;
+        let chunks = Arc::clone(self.chunks().ok_or(UNKNOWN)?);
+        if let Some(last) = self.run_in_progress(&pair).await? {
+            return Err(CommandError::Conflict(format!(
+                "a run of this pair is in progress (operation {last}); restore once it has ended"
+            )));
+        }
+        let side = if settings.mode == SyncMode::TwoWay {
+            kept.side
+        } else {
+            Side::Source
+        };
+        let endpoint = match side {
+            Side::Source => &settings.source,
+            Side::Target => &settings.target,
+        };
+        let provider = self.provider(user, endpoint.provider_id).await?;
+        let destination = kept.path.under(&endpoint.path);
+        let lease = self.lease_now(format!("restore-{}", Uuid::now_v7())).await?;
+        let restored = async {
+            let manifest = get_manifest(&*chunks, &kept.content).await?;
+            if manifest.checksum != kept.version.checksum {
+                return Err(StepError::Changed("the kept version's manifest does not match it".into()));
+            }
+            // What is there now becomes a version of its own.
+            let mut replaced = Vec::new();
+            let current = match provider.stat(&destination).await {
+                Ok(entry) => Some(entry),
+                Err(ProviderError::NotFound(_)) => None,
+                Err(err) => return Err(err.into()),
+            };
+            if let Some(entry) = &current {
+                let (content, now) = store_whole(&*chunks, &*provider, &destination, entry.size).await?;
+                replaced.push(FileVersionKept {
+                    pair_id,
+                    owner_id: user,
+                    version_id: Uuid::now_v7(),
+                    side,
+                    provider_id: endpoint.provider_id,
+                    path: kept.path.clone(),
+                    provider_path: destination.clone(),
+                    version: Version {
+                        checksum: now.checksum,
+                        size: now.size,
+                        modified_at: entry.modified_at.unwrap_or_else(Utc::now),
+                    },
+                    content,
+                    reason: VersionReason::Restored,
+                    job_id: None,
+                    at: Utc::now(),
+                });
+            }
+            let expected = current.as_ref().map(Entry::tag);
+            let temporary = temporary_name(&destination, pair_id);
+            let data = stored_stream(Arc::clone(&chunks), manifest);
+            write_checked(&*provider, None, &destination, &temporary, data, &kept.version, expected.as_deref()).await?;
+            Ok(replaced)
+        }
+        .await;
+        let recorded = async {
+            let replaced = restored.map_err(|err| CommandError::Storage(err.to_string()))?;
+            let (mut pair, version) = self.load::<SyncPair>(&pair_id.stream()).await?;
+            let mut events = pair.handle(SyncPairCommand::KeepVersions(replaced))?;
+            events.iter().for_each(|e| pair.apply(e));
+            events.extend(pair.handle(SyncPairCommand::RecordRestore {
+                by: user,
+                version_id,
+                side,
+                path: kept.path.clone(),
+                at: Utc::now(),
+            })?);
+            self.append(pair_id.stream(), version, &events, &Context::new(Some(user))).await
+        }
+        .await;
+        lease.release().await;
+        let recorded = recorded?;
+        match self.request_sync(user, pair_id).await {
+            Ok((job_id, position)) => Ok((side, destination, Some(job_id), position)),
+            Err(CommandError::Conflict(_)) => Ok((side, destination, None, recorded)),
+            Err(err) => Err(err),
+        }
+    }
+}
+
+/// Content at risk, and its id in the chunk store once kept.
+pub(super) type AtRisk = (Side, ProviderPath, Present, VersionReason);
+
+pub(super) async fn keep_one<'a>(executor: &'a Executor, item: &'a AtRisk) -> (&'a AtRisk, Result<(String, String), StepError>) {
+    (item, executor.keep_version(item.0, &item.1, &item.2).await)
+}
+
+impl Executor {
+    /// Whether a file is a small text file, copied through memory and kept.
+    pub(super) fn keeps(&self, path: &ProviderPath, size: u64) -> bool {
+        size <= KEEP_TEXT && self.keeps_base(path, size)
+    }
+
+    /// Whether a file is a text file the merge takes, whose agreed content is kept.
+    pub(super) fn keeps_base(&self, path: &ProviderPath, size: u64) -> bool {
+        self.chunks.is_some() && size <= merge::TEXT_MERGE_LIMIT && merge::is_text(path)
+    }
+
+    /// Reads a text file and keeps it in the chunk store (through memory when small, streamed
+    /// otherwise); `None` when it cannot, or it is no longer `version` (the next merge of the file
+    /// then falls back to the conflict policy).
+    pub(super) async fn keep(&self, side: Side, path: &ProviderPath, version: &Version) -> Option<String> {
+        let chunks = self.chunks.as_ref()?;
+        if version.size <= KEEP_TEXT {
+            let data = self.read_verified(side, path, version).await.ok()?;
+            return put_content(&**chunks, &data).await.ok();
+        }
+        let stream = self.provider(side).read(&self.full(side, path), 0..version.size).await.ok()?;
+        let (id, manifest) = put_stream(&**chunks, stream).await.ok()?;
+        let unhashed = version.checksum.is_empty();
+        (manifest.size == version.size && (unhashed || manifest.checksum == version.checksum)).then_some(id)
+    }
+
+    /// The whole content of a (small) file, checked against the version it should have.
+    pub(super) async fn read_verified(&self, side: Side, path: &ProviderPath, version: &Version) -> Result<Vec<u8>, StepError> {
+        let stream = self.provider(side).read(&self.full(side, path), 0..version.size).await?;
+        let data: Vec<u8> = stream
+            .try_fold(Vec::new(), |mut data, piece| {
+                data.extend_from_slice(&piece);
+                futures::future::ready(Ok(data))
+            })
+            .await?;
+        let unhashed = version.checksum.is_empty();
+        if data.len() as u64 != version.size || (!unhashed && blake3::hash(&data).to_hex().as_str() != version.checksum) {
+            return Err(StepError::Changed(format!(
+                "{path} changed on the {} since it was listed",
+                side.name()
+            )));
+        }
+        Ok(data)
+    }
+
+    /// What carrying out `decisions` would overwrite or delete: each side's listed content that an
+    /// action replaces with other content, deletes, or merges over.
+    pub(super) fn at_risk(&self, decisions: &[Decision]) -> Vec<AtRisk> {
+        let mut seen = HashSet::new();
+        let mut risky = Vec::new();
+        let mut add = |side: Side, path: &ProviderPath, reason: VersionReason, instead: Option<&Version>| {
+            if let Some(present) = self.listed(side, path)
+                && !instead.is_some_and(|v| v.same_content(&present.version))
+                && seen.insert((side, path.clone()))
+            {
+                risky.push((side, path.clone(), present, reason));
+            }
+        };
+        for action in decisions.iter().flat_map(|d| &d.actions) {
+            match action {
+                Action::Copy { to, path, version, .. } => add(*to, path, VersionReason::Replaced, Some(version)),
+                Action::Delete { side, path, .. } => add(*side, path, VersionReason::Deleted, None),
+                Action::MergeText { path, .. } => {
+                    add(Side::Source, path, VersionReason::Replaced, None);
+                    add(Side::Target, path, VersionReason::Replaced, None);
+                }
+                Action::Unresolved { path, source, target, .. } => {
+                    let sides = match self.pair.resolution(path, source.as_ref(), target.as_ref()) {
+                        Some(Resolution::Source) => vec![Side::Target],
+                        Some(Resolution::Target) => vec![Side::Source],
+                        Some(Resolution::Merged { .. }) => vec![Side::Source, Side::Target],
+                        Some(Resolution::Both) | None => Vec::new(),
+                    };
+                    for side in sides {
+                        add(side, path, VersionReason::Replaced, None);
+                    }
+                }
+                Action::Rename { .. } => {}
+            }
+        }
+        risky
+    }
+
+    /// Keeps (and records) the contents that `decisions` would overwrite or delete; returns the
+    /// paths whose content could not be kept, with why: their decisions are not carried out.
+    pub(super) async fn keep_versions(
+        &self,
+        decisions: &[Decision],
+        run: &mut Recorder<'_>,
+    ) -> Result<HashMap<ProviderPath, String>, CommandError> {
+        let mut blocked = HashMap::new();
+        if !self.versions || self.chunks.is_none() {
+            return Ok(blocked);
+        }
+        let risky = self.at_risk(decisions);
+        let mut queue = risky.iter();
+        let mut in_flight = futures::stream::FuturesUnordered::new();
+        let mut batch = Vec::new();
+        loop {
+            while in_flight.len() < CONCURRENCY {
+                match queue.next() {
+                    Some(item) => in_flight.push(keep_one(self, item)),
+                    None => break,
+                }
+            }
+            let Some(((side, path, present, reason), content)) = in_flight.next().await else {
+                break;
+            };
+            match content {
+                Ok((content, checksum)) => batch.push(FileVersionKept {
+                    pair_id: self.pair_id,
+                    owner_id: self.owner,
+                    version_id: Uuid::now_v7(),
+                    side: *side,
+                    provider_id: self.providers[index(*side)],
+                    path: path.clone(),
+                    provider_path: self.full(*side, path),
+                    version: Version {
+                        checksum,
+                        ..present.version.clone()
+                    },
+                    content,
+                    reason: *reason,
+                    job_id: Some(self.job_id),
+                    at: Utc::now(),
+                }),
+                Err(err) => {
+                    blocked.insert(
+                        path.clone(),
+                        format!("the {}'s version could not be kept, so it was not replaced: {err}", side.name()),
+                    );
+                }
+            }
+            if batch.len() >= BATCH {
+                run.keep(std::mem::take(&mut batch)).await?;
+            }
+        }
+        run.keep(batch).await?;
+        Ok(blocked)
+    }
+
+    /// Stores the content `present` in the chunk store, whole, and returns its manifest's id; what
+    /// the store holds already (a kept text, a manifest whose chunks are all stored) is not read
+    /// again.
+    pub(super) async fn keep_version(&self, side: Side, path: &ProviderPath, present: &Present) -> Result<(String, String), StepError> {
+        let Some(chunks) = &self.chunks else {
+            return Err(StepError::Changed("no chunk store".into()));
+        };
+        if let Some(stored) = &present.stored {
+            return Ok((stored.clone(), present.version.checksum.clone()));
+        }
+        if let Some(id) = &present.manifest
+            && let Ok(manifest) = get_manifest(&**chunks, id).await
+            && manifest.checksum == present.version.checksum
+        {
+            let mut whole = true;
+            for chunk in &manifest.chunks {
+                if !chunks.has(&chunk.id).await? {
+                    whole = false;
+                    break;
+                }
+            }
+            if whole {
+                return Ok((id.clone(), manifest.checksum));
+            }
+        }
+        let version = &present.version;
+        let (id, manifest) = store_whole(&**chunks, self.provider(side), &self.full(side, path), version.size).await?;
+        // An unhashed file (new on one side) is kept as it reads.
+        if manifest.size != version.size || (!version.checksum.is_empty() && manifest.checksum != version.checksum) {
+            return Err(StepError::Changed(format!(
+                "{path} changed on the {} since it was listed",
+                side.name()
+            )));
+        }
+        Ok((id, manifest.checksum))
+    }
+
+    /// Keeps a text file too large to copy through memory, as just written to `path` on side `to`
+    /// with `checksum`, when the merge takes it.
+    pub(super) async fn keep_copied(&self, to: Side, path: &ProviderPath, version: &Version, checksum: &str) -> Option<String> {
+        if !self.keeps_base(path, version.size) {
+            return None;
+        }
+        let written = Version {
+            checksum: checksum.to_owned(),
+            ..version.clone()
+        };
+        self.keep(to, path, &written).await
+    }
+}
+
+/// Reads `path` (`size` bytes) from `provider` into the chunk store, whole; returns its
+/// manifest's id and the manifest (with the content's checksum).
+pub(super) async fn store_whole(
+    chunks: &dyn ChunkStore,
+    provider: &dyn StorageProvider,
+    path: &ProviderPath,
+    size: u64,
+) -> Result<(String, Manifest), StepError> {
+    let stream = provider.read(path, 0..size).await?;
+    Ok(put_stream(chunks, stream).await?)
+}
