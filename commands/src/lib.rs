@@ -19,8 +19,9 @@ mod workers;
 use std::sync::Arc;
 
 use cloudsync_chunks::ChunkStore;
-use cloudsync_domain::{Aggregate, DomainEvent};
+use cloudsync_domain::{Aggregate, DomainEvent, ProviderId};
 use cloudsync_eventstore::EventStore;
+use cloudsync_providers::StorageProvider;
 
 pub use crate::core::{CommandError, Context};
 pub use handlers::{
@@ -39,7 +40,12 @@ pub struct Commands {
     pub(crate) vault: Vault,
     oauth: Option<Arc<OAuth>>,
     chunks: Option<Arc<dyn ChunkStore>>,
+    layer: Option<ProviderLayer>,
 }
+
+/// What wraps every provider the commands open, given the connection's id (instrumentation, or
+/// faults on purpose in tests).
+pub type ProviderLayer = Arc<dyn Fn(ProviderId, Arc<dyn StorageProvider>) -> Arc<dyn StorageProvider> + Send + Sync>;
 
 impl Commands {
     pub fn new(store: Arc<dyn EventStore>, vault: Vault) -> Self {
@@ -48,6 +54,7 @@ impl Commands {
             vault,
             oauth: None,
             chunks: None,
+            layer: None,
         }
     }
 
@@ -66,6 +73,14 @@ impl Commands {
     #[must_use]
     pub fn with_oauth(mut self, oauth: Arc<OAuth>) -> Self {
         self.oauth = Some(oauth);
+        self
+    }
+
+    /// Wraps every provider opened from now on (by [`Commands::provider`], and so by scans and sync
+    /// runs) in `layer`.
+    #[must_use]
+    pub fn with_provider_layer(mut self, layer: ProviderLayer) -> Self {
+        self.layer = Some(layer);
         self
     }
 

@@ -289,9 +289,13 @@ impl Commands {
         if !settings.contains_key("client_id") {
             settings.remove("refresh_token");
         }
-        let opened = cloudsync_providers::open(connected.kind, &settings)
-            .map_err(|err| CommandError::Storage(format!("the provider cannot be opened: {err}")))?;
-        Ok(Arc::from(opened))
+        let opened: Arc<dyn StorageProvider> = cloudsync_providers::open(connected.kind, &settings)
+            .map_err(|err| CommandError::Storage(format!("the provider cannot be opened: {err}")))?
+            .into();
+        Ok(match &self.layer {
+            Some(layer) => layer(provider_id, opened),
+            None => opened,
+        })
     }
 
     /// The owner of a provider connection, for operators' tools that act on a provider by id.

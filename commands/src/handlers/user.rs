@@ -1,5 +1,6 @@
-//! Account commands beyond registration: the password (changed, reset by a mailed token, rehashed
-//! with the configured parameters at login).
+//! User commands: registration (the address reserved on a stream of its own), the password
+//! (changed, reset by a mailed token, rehashed with the configured parameters at login), roles, API
+//! tokens, plans, external identities, sealing personal data and erasing the account.
 
 use chrono::{DateTime, Utc};
 use cloudsync_domain::events::PasswordChange;
