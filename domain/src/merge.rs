@@ -607,7 +607,7 @@ pub fn exceeds_delete_limit(decisions: &[Decision], source: &Tree, target: &Tree
 
 /// Whether a path names a text file that can be merged line by line.
 pub fn is_text(path: &ProviderPath) -> bool {
-    let mime = crate::events::guess_mime(path.as_str());
+    let mime = crate::values::guess_mime(path.as_str());
     mime.starts_with("text/")
         || matches!(
             mime.as_str(),

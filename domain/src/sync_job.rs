@@ -3,73 +3,12 @@
 //! A scan-only job goes pending → scanning → completed.
 
 use chrono::{DateTime, Utc};
-use serde::{Deserialize, Serialize};
 
 use crate::aggregate::{Aggregate, DomainError};
 use crate::events::{DomainEvent, SyncJobCreated, SyncJobFinished, SyncJobHeld, SyncJobPhaseEntered, SyncJobProgressed};
-use crate::ids::{ProviderId, SyncJobId, SyncPairId, UserId};
+pub use crate::events::{JobKind, JobPhase};
+use crate::ids::{SyncJobId, UserId};
 use crate::merge::Side;
-
-/// What a job does.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "kind", rename_all = "snake_case")]
-pub enum JobKind {
-    /// Index every file of one provider.
-    Scan { provider_id: ProviderId },
-    /// One run of a sync pair: list both folders, plan by three-way merge, carry the plan out.
-    Sync {
-        pair_id: SyncPairId,
-        source: ProviderId,
-        target: ProviderId,
-    },
-}
-
-impl JobKind {
-    pub fn name(&self) -> &'static str {
-        match self {
-            Self::Scan { .. } => "scan",
-            Self::Sync { .. } => "sync",
-        }
-    }
-
-    /// The provider the job reads first (a sync's source).
-    pub fn provider_id(&self) -> ProviderId {
-        match self {
-            Self::Scan { provider_id } => *provider_id,
-            Self::Sync { source, .. } => *source,
-        }
-    }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum JobPhase {
-    Pending,
-    Scanning,
-    Planning,
-    Transferring,
-    Completed,
-    Failed,
-    Cancelled,
-}
-
-impl JobPhase {
-    pub fn is_terminal(self) -> bool {
-        matches!(self, Self::Completed | Self::Failed | Self::Cancelled)
-    }
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Pending => "pending",
-            Self::Scanning => "scanning",
-            Self::Planning => "planning",
-            Self::Transferring => "transferring",
-            Self::Completed => "completed",
-            Self::Failed => "failed",
-            Self::Cancelled => "cancelled",
-        }
-    }
-}
 
 #[derive(Debug, Default, Clone)]
 pub struct SyncJob {

@@ -3,16 +3,16 @@
 //! agreed on afterwards; folding those gives the merge base of the next run.
 
 use chrono::{DateTime, Utc};
-use serde::{Deserialize, Serialize};
 
 use crate::aggregate::{Aggregate, DomainError};
 use std::collections::{BTreeMap, BTreeSet};
 
+pub use crate::events::SyncEndpoint;
 use crate::events::{
     BaseChange, DomainEvent, FileVersionKept, FileVersionRestored, FileVersionsPruned, Resolution, SyncBaseAdvanced, SyncConflictResolved,
     SyncDecisionRecorded, SyncPairCreated, SyncRunRequested,
 };
-use crate::ids::{ProviderId, SyncJobId, UserId};
+use crate::ids::{SyncJobId, UserId};
 use crate::merge::{Action, ConflictKind, Decision, Side, Tree, Version};
 use crate::values::ProviderPath;
 use uuid::Uuid;
@@ -21,20 +21,6 @@ use uuid::Uuid;
 pub const MAX_KEEP_VERSIONS: u32 = 1000;
 /// The longest a pair may keep versions: a hundred years.
 pub const MAX_KEEP_DAYS: u32 = 36_500;
-
-/// One side of a pair: a folder of a provider.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct SyncEndpoint {
-    pub provider_id: ProviderId,
-    pub path: ProviderPath,
-}
-
-impl SyncEndpoint {
-    /// Whether the two folders share files: same provider, and one folder inside the other.
-    pub fn overlaps(&self, other: &SyncEndpoint) -> bool {
-        self.provider_id == other.provider_id && (self.path.is_within(&other.path) || other.path.is_within(&self.path))
-    }
-}
 
 #[derive(Debug, Default, Clone)]
 pub struct SyncPair {
@@ -432,7 +418,7 @@ mod tests {
     use uuid::Uuid;
 
     use super::*;
-    use crate::ids::SyncPairId;
+    use crate::ids::{ProviderId, SyncPairId};
     use crate::merge::{Action, ConflictPolicy, Reason, Side, SyncMode, Version};
 
     fn p(raw: &str) -> ProviderPath {

@@ -286,6 +286,11 @@ impl ProviderKind {
     }
 }
 
+/// The MIME type CloudSync records for a file name.
+pub fn guess_mime(path: &str) -> String {
+    mime_guess::from_path(path).first_or_octet_stream().essence_str().to_owned()
+}
+
 #[cfg(test)]
 mod tests {
     use proptest::prelude::*;
