@@ -339,7 +339,7 @@ pub async fn import_users(config: &Config, db: &Database, text: &str, out: &mut 
             Err(err) => problems.push(format!("line {number}: not an object with email and password_hash ({err})")),
             Ok(parsed) => match cloudsync_domain::Email::parse(&parsed.email) {
                 Err(err) => problems.push(format!("line {number}: {err}")),
-                Ok(_) if !crate::passwords::Passwords::recognised(&parsed.password_hash) => {
+                Ok(_) if !cloudsync_identity::passwords::Passwords::recognised(&parsed.password_hash) => {
                     problems.push(format!("line {number}: the password hash is not argon2, bcrypt or PBKDF2"));
                 }
                 Ok(email) => accounts.push((email, parsed.password_hash)),
@@ -405,7 +405,7 @@ pub async fn roles(config: &Config, db: &Database, command: &UsersCommand, out: 
 /// # Errors
 /// An unreachable database or a write error.
 pub async fn keys(config: &Config, db: &Database, command: &KeysCommand, out: &mut impl std::io::Write) -> anyhow::Result<()> {
-    use crate::keys::{KeyRing, list};
+    use cloudsync_identity::keys::{KeyRing, list};
     let grace = crate::server::key_grace(config);
     if matches!(command, KeysCommand::Rewrap | KeysCommand::RotateMaster) {
         let master = if matches!(command, KeysCommand::RotateMaster) {
@@ -414,7 +414,7 @@ pub async fn keys(config: &Config, db: &Database, command: &KeysCommand, out: &m
             crate::server::master_key(config)?
         };
         let users = cloudsync_commands::Vault::new(master.clone(), db.pool.clone()).rewrap().await?;
-        let signing = crate::keys::rewrap(&db.pool, &master).await?;
+        let signing = cloudsync_identity::keys::rewrap(&db.pool, &crate::server::MasterSealer(master.clone())).await?;
         writeln!(
             out,
             "Master key {} now wraps everything: {users} user keys and {signing} signing keys re-wrapped.",
@@ -431,7 +431,7 @@ pub async fn keys(config: &Config, db: &Database, command: &KeysCommand, out: &m
     }
     if matches!(command, KeysCommand::Rotate) {
         let master = crate::server::master_key(config)?;
-        let kid = KeyRing::rotate(&db.pool, &master, grace).await?;
+        let kid = KeyRing::rotate(&db.pool, &crate::server::MasterSealer(master), grace).await?;
         writeln!(out, "Key {kid} signs new access tokens from now on (every server within a minute).")?;
     }
     let time =

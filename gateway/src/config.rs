@@ -68,11 +68,11 @@ pub struct Config {
     pub oauth: BTreeMap<String, OAuthAppConfig>,
     /// OpenID providers people may sign in with, by name (`oidc.<name>`: `issuer`, `client_id`,
     /// `client_secret`, `scopes`); their callback is `<public_url>/auth/oidc/callback`.
-    pub oidc: BTreeMap<String, crate::oidc::OidcConfig>,
+    pub oidc: BTreeMap<String, cloudsync_identity::oidc::OidcConfig>,
     /// SAML 2.0 identity providers people may sign in with, by name (`saml.<name>`: `metadata`,
     /// `trust_email`, `email_attribute`). CloudSync's entity id is `<public_url>/auth/saml/metadata`
     /// (which serves its metadata) and its assertion consumer service `<public_url>/auth/saml/acs`.
-    pub saml: BTreeMap<String, crate::saml::SamlConfig>,
+    pub saml: BTreeMap<String, cloudsync_identity::saml::SamlConfig>,
     /// OAuth access tokens are renewed when they have less than this left.
     pub oauth_renew_margin_seconds: u64,
     /// Seal the file paths inside new events with their owner's data key (erasing the account then
@@ -313,7 +313,7 @@ impl Config {
         if !(1..=365).contains(&self.refresh_ttl_days) {
             bail!("refresh_ttl_days must be between 1 and 365");
         }
-        crate::passwords::Passwords::new(self.argon2_memory_kib, self.argon2_iterations, self.argon2_parallelism)
+        cloudsync_identity::passwords::Passwords::new(self.argon2_memory_kib, self.argon2_iterations, self.argon2_parallelism)
             .map_err(anyhow::Error::msg)?;
         if self.rate_limit_api_per_minute == 0 || self.rate_limit_login_per_minute == 0 {
             bail!("rate limits must be at least 1 per minute");
@@ -357,7 +357,7 @@ impl Config {
             if provider.metadata.trim().is_empty() {
                 bail!("saml.{name}.metadata is required (the identity provider's metadata URL or file)");
             }
-            if !crate::saml::metadata_source_allowed(&provider.metadata) {
+            if !cloudsync_identity::saml::metadata_source_allowed(&provider.metadata) {
                 bail!("saml.{name}.metadata: plain http:// is accepted from loopback only; use https:// or a file");
             }
         }

@@ -12,10 +12,10 @@ use futures::{Stream, StreamExt};
 use serde_json::Value;
 use uuid::Uuid;
 
-use crate::access::scope;
-use crate::auth::{Authentication, Caller};
 use crate::errors::{ApiError, ApiResult};
 use crate::server::App;
+use cloudsync_identity::access::scope;
+use cloudsync_identity::auth::{Authentication, Caller};
 
 mod admin;
 pub mod depth;
@@ -213,9 +213,9 @@ pub(crate) fn caller(ctx: &Context<'_>) -> ApiResult<Caller> {
     }
 }
 
-/// Takes a token from `key`'s bucket of `rule` (see `crate::limits`); a `RATE_LIMITED` error when
+/// Takes a token from `key`'s bucket of `rule` (see `cloudsync_identity::limits`); a `RATE_LIMITED` error when
 /// it is empty. An unreachable store lets the request through (and is logged).
-pub(crate) async fn limit(ctx: &Context<'_>, rule: crate::limits::Rule, key: &str) -> ApiResult<()> {
+pub(crate) async fn limit(ctx: &Context<'_>, rule: cloudsync_identity::limits::Rule, key: &str) -> ApiResult<()> {
     match app(ctx).limiter.take(key, rule).await {
         Ok(None) => Ok(()),
         Ok(Some(wait)) => Err(ApiError::RateLimited(wait)),
@@ -228,7 +228,7 @@ pub(crate) async fn limit(ctx: &Context<'_>, rule: crate::limits::Rule, key: &st
 
 /// The client's IP address as the request showed it.
 pub(crate) fn client_ip(ctx: &Context<'_>) -> String {
-    ctx.data_opt::<crate::auth::RequestInfo>()
+    ctx.data_opt::<crate::http::request::RequestInfo>()
         .and_then(|info| info.client.ip.clone())
         .unwrap_or_else(|| "unknown".into())
 }
@@ -242,13 +242,13 @@ pub(crate) async fn account(app: &App, user_id: Uuid) -> ApiResult<cloudsync_dom
         .ok_or_else(|| ApiError::not_found("user"))
 }
 
-/// The caller, if its credential carries `scope` (`crate::access::scope`).
+/// The caller, if its credential carries `scope` (`cloudsync_identity::access::scope`).
 pub(crate) fn caller_for(ctx: &Context<'_>, scope: u8) -> ApiResult<Caller> {
     let caller = caller(ctx)?;
     if caller.scopes & scope == 0 {
         return Err(ApiError::Forbidden(format!(
             "this credential lacks the scope {}",
-            crate::access::scope_name(scope)
+            cloudsync_identity::access::scope_name(scope)
         )));
     }
     Ok(caller)
@@ -268,12 +268,12 @@ pub(crate) fn session_caller(ctx: &Context<'_>) -> ApiResult<Caller> {
 /// The caller, if it may administer (`write`) or read administrative data: the `admin` scope and
 /// the role `admin` (or `auditor`, to read).
 pub(crate) async fn admin_caller(ctx: &Context<'_>, write: bool) -> ApiResult<Caller> {
-    use crate::access::role;
-    let caller = caller_for(ctx, crate::access::scope::ADMIN)?;
+    use cloudsync_identity::access::role;
+    let caller = caller_for(ctx, cloudsync_identity::access::scope::ADMIN)?;
     let needed = if write { role::ADMIN } else { role::ADMIN | role::AUDITOR };
     // The role must be in the token and still be held now (a role revoked from the command line
     // ends no session, and the token keeps its roles until it expires).
-    let held = crate::access::roles_from(&account(app(ctx), caller.user_id).await?.roles());
+    let held = cloudsync_identity::access::roles_from(&account(app(ctx), caller.user_id).await?.roles());
     if caller.roles & held & needed == 0 {
         return Err(ApiError::Forbidden(if write {
             "this needs the role admin".into()

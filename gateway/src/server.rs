@@ -34,15 +34,16 @@ use tokio_util::sync::CancellationToken;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 use tower_http::limit::RequestBodyLimitLayer;
 
-use crate::auth::{Authentication, Caller, RequestInfo, Tokens};
 use crate::config::Config;
 use crate::errors::code;
-use crate::keys::{KeyRing, RELOAD_EVERY};
-use crate::limits::{MemoryLimiter, RateLimiter, RedisLimiter, Rules};
-use crate::mail::{LogMailer, LogSms, Mailer, OutboxMailer, OutboxSms, SmsSender};
-use crate::passwords::Passwords;
+use crate::http::request::RequestInfo;
 use crate::schema::{CloudSyncSchema, build};
-use crate::sessions::{Client, MemorySessions, RedisSessions, SessionStore, Sessions};
+use cloudsync_identity::auth::{Authentication, Caller, Tokens};
+use cloudsync_identity::keys::{KeyRing, RELOAD_EVERY};
+use cloudsync_identity::limits::{MemoryLimiter, RateLimiter, RedisLimiter, Rules};
+use cloudsync_identity::mail::{LogMailer, LogSms, Mailer, OutboxMailer, OutboxSms, SmsSender};
+use cloudsync_identity::passwords::Passwords;
+use cloudsync_identity::sessions::{Client, MemorySessions, RedisSessions, SessionStore, Sessions};
 
 /// What every request handler shares.
 pub struct App {
@@ -63,8 +64,8 @@ pub struct App {
     pub limiter: Arc<dyn RateLimiter>,
     pub rules: Rules,
     /// OpenID providers people may sign in with (none configured: `None`).
-    pub oidc: Option<Arc<crate::oidc::OidcLogin>>,
-    pub saml: Option<Arc<crate::saml::SamlLogin>>,
+    pub oidc: Option<Arc<cloudsync_identity::oidc::OidcLogin>>,
+    pub saml: Option<Arc<cloudsync_identity::saml::SamlLogin>>,
 }
 
 impl App {
@@ -88,7 +89,7 @@ impl App {
             .and_then(|h| h.strip_prefix("Bearer ").or_else(|| h.strip_prefix("bearer ")))
             .map(str::trim);
         match bearer {
-            Some(token) if token.starts_with(crate::access::API_TOKEN_PREFIX) => self.api_token(token, ip).await,
+            Some(token) if token.starts_with(cloudsync_identity::access::API_TOKEN_PREFIX) => self.api_token(token, ip).await,
             _ => self.tokens.authenticate(header).await,
         }
     }
@@ -96,7 +97,7 @@ impl App {
     /// Checks a personal API token against its user's record: the secret's hash, the expiry, the
     /// account's networks; its scopes are those it was created with that the user's roles allow.
     async fn api_token(&self, token: &str, ip: Option<&str>) -> Authentication {
-        use crate::access::{allowed_scopes, ip_allowed, parse_api_token, roles_from, scopes_from};
+        use cloudsync_identity::access::{allowed_scopes, ip_allowed, parse_api_token, roles_from, scopes_from};
         let invalid = || Authentication::Invalid("the API token is invalid, expired or revoked".into());
         let Some((user_id, token_id, secret)) = parse_api_token(token) else {
             return invalid();
@@ -112,7 +113,7 @@ impl App {
         let Some(stored) = user.api_token(token_id) else {
             return invalid();
         };
-        let matches = crate::sessions::hash(secret) == stored.secret_hash;
+        let matches = cloudsync_identity::sessions::hash(secret) == stored.secret_hash;
         if !matches || stored.expires_at.is_some_and(|at| at <= chrono::Utc::now()) {
             return invalid();
         }
@@ -231,6 +232,23 @@ pub fn master_key(config: &Config) -> anyhow::Result<MasterKey> {
     Ok(current.with_previous(previous))
 }
 
+/// The master key ring as what seals the private halves of the access tokens' signing keys.
+pub struct MasterSealer(pub MasterKey);
+
+impl cloudsync_identity::keys::Sealer for MasterSealer {
+    fn seal(&self, purpose: &str, plaintext: &[u8]) -> anyhow::Result<String> {
+        Ok(self.0.seal(purpose, plaintext)?)
+    }
+
+    fn open(&self, purpose: &str, sealed: &str) -> anyhow::Result<Vec<u8>> {
+        Ok(self.0.open(purpose, sealed)?)
+    }
+
+    fn is_current(&self, sealed: &str) -> bool {
+        self.0.is_current(sealed)
+    }
+}
+
 /// The data dir's file of earlier generated master keys (one per line, oldest first).
 pub const PREVIOUS_MASTER_KEYS: &str = "master-key.previous";
 
@@ -316,13 +334,13 @@ pub fn passkeys(config: &Config, addr: SocketAddr) -> Result<Arc<webauthn_rs::We
 ///
 /// # Errors
 /// A public URL that is not a URL.
-pub fn oidc_login(config: &Config, addr: SocketAddr) -> anyhow::Result<Option<Arc<crate::oidc::OidcLogin>>> {
+pub fn oidc_login(config: &Config, addr: SocketAddr) -> anyhow::Result<Option<Arc<cloudsync_identity::oidc::OidcLogin>>> {
     if config.oidc.is_empty() {
         return Ok(None);
     }
     let public = config.public_url.clone().unwrap_or_else(|| format!("http://{addr}"));
     let callback = format!("{}/auth/oidc/callback", public.trim_end_matches('/'));
-    let login = crate::oidc::OidcLogin::new(&config.oidc, &callback).map_err(anyhow::Error::msg)?;
+    let login = cloudsync_identity::oidc::OidcLogin::new(&config.oidc, &callback).map_err(anyhow::Error::msg)?;
     Ok(Some(Arc::new(login)))
 }
 
@@ -330,7 +348,7 @@ pub fn oidc_login(config: &Config, addr: SocketAddr) -> anyhow::Result<Option<Ar
 ///
 /// # Errors
 /// A public URL the service provider's endpoints cannot be made of.
-pub fn saml_login(config: &Config, addr: SocketAddr) -> anyhow::Result<Option<Arc<crate::saml::SamlLogin>>> {
+pub fn saml_login(config: &Config, addr: SocketAddr) -> anyhow::Result<Option<Arc<cloudsync_identity::saml::SamlLogin>>> {
     if config.saml.is_empty() {
         return Ok(None);
     }
@@ -341,7 +359,7 @@ pub fn saml_login(config: &Config, addr: SocketAddr) -> anyhow::Result<Option<Ar
             "SAML sign-ins from browsers need an https:// public_url (their binding cookie is Secure); API clients work without one."
         );
     }
-    let login = crate::saml::SamlLogin::new(&config.saml, &public).map_err(anyhow::Error::msg)?;
+    let login = cloudsync_identity::saml::SamlLogin::new(&config.saml, &public).map_err(anyhow::Error::msg)?;
     Ok(Some(Arc::new(login)))
 }
 
@@ -362,7 +380,7 @@ pub async fn shared_state(config: &Config) -> anyhow::Result<(Arc<dyn SessionSto
     let Some(url) = &config.redis_url else {
         return Ok((Arc::new(MemorySessions::default()), Arc::new(MemoryLimiter::default())));
     };
-    let connection = crate::sessions::redis_connection(url)
+    let connection = cloudsync_identity::sessions::redis_connection(url)
         .await
         .with_context(|| format!("connecting to Redis ({})", redact(url)))?;
     Ok((
@@ -455,7 +473,7 @@ pub fn redact(url: &str) -> String {
 /// An unusable database, data dir or address.
 pub async fn start(config: &Config) -> anyhow::Result<Server> {
     let db = open_database(config).await?;
-    let keys = KeyRing::open(db.pool.clone(), master_key(config)?, key_grace(config))
+    let keys = KeyRing::open(db.pool.clone(), Arc::new(MasterSealer(master_key(config)?)), key_grace(config))
         .await
         .context("the token-signing keys")?;
     let (session_store, limiter) = shared_state(config).await?;
@@ -596,7 +614,7 @@ fn request_info(headers: &HeaderMap, peer: Option<SocketAddr>) -> RequestInfo {
             user_agent: headers.get(header::USER_AGENT).and_then(|v| v.to_str().ok()).map(str::to_owned),
             ip: peer.map(|p| p.ip().to_string()),
         },
-        refresh_cookie: crate::auth::cookie(headers, crate::auth::REFRESH_COOKIE),
+        refresh_cookie: crate::http::request::cookie(headers, crate::http::request::REFRESH_COOKIE),
     }
 }
 
@@ -779,7 +797,7 @@ async fn oidc_callback(
     axum::extract::Query(params): axum::extract::Query<crate::schema::OidcCallbackParams>,
 ) -> Response {
     let peer = extensions.get::<axum::extract::ConnectInfo<SocketAddr>>().map(|c| c.0);
-    let binding = crate::auth::cookie(&headers, crate::schema::OIDC_BINDING_COOKIE);
+    let binding = crate::http::request::cookie(&headers, crate::schema::OIDC_BINDING_COOKIE);
     crate::schema::oidc_callback(&state.app, params, request_info(&headers, peer), binding).await
 }
 
@@ -791,7 +809,7 @@ async fn saml_acs(
     axum::extract::Form(params): axum::extract::Form<crate::schema::SamlAcsParams>,
 ) -> Response {
     let peer = extensions.get::<axum::extract::ConnectInfo<SocketAddr>>().map(|c| c.0);
-    let binding = crate::auth::cookie(&headers, crate::schema::SAML_BINDING_COOKIE);
+    let binding = crate::http::request::cookie(&headers, crate::schema::SAML_BINDING_COOKIE);
     crate::schema::saml_acs(&state.app, params, request_info(&headers, peer), binding).await
 }
 

@@ -6,9 +6,8 @@ use std::time::Duration;
 
 use chrono::Utc;
 use cloudsync_eventstore::testing::{Backend, TestDatabase};
-use cloudsync_gateway::keys::KeyRing;
-use cloudsync_gateway::limits::{MemoryLimiter, RateLimiter, RedisLimiter, Rule};
-use cloudsync_gateway::sessions::{MemorySessions, RedisSessions, Rotation, Session, SessionStore};
+use cloudsync_gateway::server::MasterSealer;
+use cloudsync_identity::keys::KeyRing;
 use serde_json::{Value, json};
 use uuid::Uuid;
 
@@ -140,7 +139,7 @@ pub(crate) async fn with_cors(backend: Backend) -> Harness {
         config.sms_outbox = config.data_dir.parent().map(|dir| dir.join("sms"));
         config.oidc.insert(
             "test".into(),
-            cloudsync_gateway::oidc::OidcConfig {
+            cloudsync_identity::oidc::OidcConfig {
                 issuer: crate::oauth::var("CLOUDSYNC_TEST_OIDC_ISSUER"),
                 client_id: crate::oauth::var("CLOUDSYNC_TEST_OIDC_CLIENT_ID"),
                 client_secret: Some(secrecy::SecretString::from(crate::oauth::var("CLOUDSYNC_TEST_OIDC_CLIENT_SECRET"))),
@@ -149,7 +148,7 @@ pub(crate) async fn with_cors(backend: Backend) -> Harness {
         );
         config.saml.insert(
             "test".into(),
-            cloudsync_gateway::saml::SamlConfig {
+            cloudsync_identity::saml::SamlConfig {
                 metadata: crate::oauth::var("CLOUDSYNC_TEST_SAML_METADATA"),
                 trust_email: true,
                 link_existing: false,
@@ -160,7 +159,7 @@ pub(crate) async fn with_cors(backend: Backend) -> Harness {
         if let Some(dir) = config.data_dir.parent() {
             config.saml.insert(
                 "impostor".into(),
-                cloudsync_gateway::saml::SamlConfig {
+                cloudsync_identity::saml::SamlConfig {
                     metadata: dir.join("impostor-idp.xml").display().to_string(),
                     trust_email: true,
                     link_existing: false,
@@ -574,15 +573,21 @@ async fn signing_keys_rotate_without_signing_anyone_out() {
     let db = TestDatabase::new(Backend::Sqlite).await;
     let (master, _) = cloudsync_commands::MasterKey::generate();
     let grace = Duration::from_millis(300);
-    let ring = KeyRing::open(db.db.pool.clone(), master.clone(), grace).await.expect("open");
+    let ring = KeyRing::open(db.db.pool.clone(), Arc::new(MasterSealer(master.clone())), grace)
+        .await
+        .expect("open");
     let old = ring.current().kid.clone();
-    KeyRing::rotate(&db.db.pool, &master, grace).await.expect("rotate");
+    KeyRing::rotate(&db.db.pool, &MasterSealer(master.clone()), grace)
+        .await
+        .expect("rotate");
     ring.reload().await;
     assert!(ring.verifying(&old).await.is_some());
     tokio::time::sleep(grace + Duration::from_millis(100)).await;
     assert!(ring.verifying(&old).await.is_none());
-    KeyRing::rotate(&db.db.pool, &master, grace).await.expect("rotate");
-    let kept: Vec<String> = cloudsync_gateway::keys::list(&db.db.pool)
+    KeyRing::rotate(&db.db.pool, &MasterSealer(master.clone()), grace)
+        .await
+        .expect("rotate");
+    let kept: Vec<String> = cloudsync_identity::keys::list(&db.db.pool)
         .await
         .expect("list")
         .into_iter()
@@ -592,7 +597,11 @@ async fn signing_keys_rotate_without_signing_anyone_out() {
     assert_eq!(kept.len(), 2);
     // Keys sealed by another master key do not open.
     let (other, _) = cloudsync_commands::MasterKey::generate();
-    assert!(KeyRing::open(db.db.pool.clone(), other, grace).await.is_err());
+    assert!(
+        KeyRing::open(db.db.pool.clone(), Arc::new(MasterSealer(other)), grace)
+            .await
+            .is_err()
+    );
     db.cleanup().await;
 }
 
@@ -674,15 +683,6 @@ fn redis_url() -> String {
     std::env::var("CLOUDSYNC_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
 }
 
-/// A connection to the test Redis and a namespace of this test's own (a missing Redis fails the
-/// test).
-async fn test_redis() -> (redis::aio::ConnectionManager, String) {
-    let connection = cloudsync_gateway::sessions::redis_connection(&redis_url())
-        .await
-        .unwrap_or_else(|err| panic!("Redis at {} is required for this test (run scripts/services): {err}", redis_url()));
-    (connection, format!("cs_test_{}:", Uuid::new_v4().simple()))
-}
-
 async fn clear_namespace(namespace: &str) {
     let client = redis::Client::open(redis_url()).expect("redis URL");
     let mut connection = client.get_multiplexed_async_connection().await.expect("Redis");
@@ -696,153 +696,6 @@ async fn clear_namespace(namespace: &str) {
     }
 }
 
-/// The contract every session store passes.
-async fn session_store_contract(store: Arc<dyn SessionStore>) {
-    // Stores keep times to the millisecond.
-    let now = chrono::DateTime::from_timestamp_millis(Utc::now().timestamp_millis()).expect("now");
-    let session = |user: Uuid, ttl: chrono::Duration| Session {
-        id: Uuid::new_v4(),
-        user_id: user,
-        created_at: now,
-        last_used_at: now,
-        expires_at: now + ttl,
-        user_agent: Some("test agent".into()),
-        ip: Some("192.0.2.1".into()),
-    };
-    let (ada, bob) = (Uuid::new_v4(), Uuid::new_v4());
-    let day = chrono::Duration::days(1);
-    let first = session(ada, day);
-    store.create(&first, "h1").await.expect("create");
-    assert_eq!(store.get(first.id).await.expect("get"), Some(first.clone()));
-    assert_eq!(store.get(Uuid::new_v4()).await.expect("get"), None);
-
-    // Rotation: the current secret only, once.
-    let later = now + chrono::Duration::seconds(5);
-    assert_eq!(
-        store.rotate(first.id, "nope", "h9", later, later + day).await.expect("rotate"),
-        Rotation::Invalid
-    );
-    assert_eq!(
-        store.rotate(Uuid::new_v4(), "h1", "h9", later, later + day).await.expect("rotate"),
-        Rotation::Invalid
-    );
-    assert_eq!(
-        store.rotate(first.id, "h1", "h2", later, later + day).await.expect("rotate"),
-        Rotation::Rotated
-    );
-    let rotated = store.get(first.id).await.expect("get").expect("live");
-    assert_eq!(rotated.last_used_at.timestamp_millis(), later.timestamp_millis());
-    assert_eq!(rotated.expires_at.timestamp_millis(), (later + day).timestamp_millis());
-    assert_eq!(rotated.created_at.timestamp_millis(), now.timestamp_millis());
-    assert_eq!(
-        store.rotate(first.id, "h2", "h3", later, later + day).await.expect("rotate"),
-        Rotation::Rotated
-    );
-    // A used secret: reuse, and the session is gone.
-    assert_eq!(
-        store.rotate(first.id, "h1", "h4", later, later + day).await.expect("rotate"),
-        Rotation::Reused { user_id: ada }
-    );
-    assert_eq!(store.get(first.id).await.expect("get"), None);
-    assert_eq!(
-        store.rotate(first.id, "h3", "h5", later, later + day).await.expect("rotate"),
-        Rotation::Invalid
-    );
-
-    // Listing and revoking, per user.
-    let (a1, a2, b1) = (session(ada, day), session(ada, day), session(bob, day));
-    for s in [&a1, &a2, &b1] {
-        store.create(s, &format!("secret-{}", s.id)).await.expect("create");
-    }
-    let mut expected = vec![a1.id, a2.id];
-    expected.sort_by_key(|id| (now, *id));
-    let listed: Vec<Uuid> = store.list(ada).await.expect("list").into_iter().map(|s| s.id).collect();
-    assert_eq!(listed, expected);
-    assert!(!store.revoke(bob, a1.id).await.expect("revoke"), "not bob's");
-    assert!(store.get(a1.id).await.expect("get").is_some());
-    assert!(store.revoke(ada, a1.id).await.expect("revoke"));
-    assert!(!store.revoke(ada, a1.id).await.expect("revoke"), "already gone");
-    assert_eq!(store.revoke_all(ada).await.expect("revoke all"), 1);
-    assert!(store.list(ada).await.expect("list").is_empty());
-    assert_eq!(store.list(bob).await.expect("list").len(), 1);
-
-    // Expiry: an expired session is neither found nor listed, and its token does not rotate.
-    let short = session(bob, chrono::Duration::milliseconds(300));
-    store.create(&short, "short").await.expect("create");
-    assert!(store.get(short.id).await.expect("get").is_some());
-    tokio::time::sleep(Duration::from_millis(400)).await;
-    assert_eq!(store.get(short.id).await.expect("get"), None);
-    assert_eq!(store.list(bob).await.expect("list").len(), 1);
-    let at = Utc::now();
-    assert_eq!(
-        store.rotate(short.id, "short", "x", at, at + day).await.expect("rotate"),
-        Rotation::Invalid
-    );
-
-    // Racing exchanges of one token: exactly one wins, and the losers' attempts read as reuse.
-    let raced = session(bob, day);
-    store.create(&raced, "race").await.expect("create");
-    let attempts = (0..8).map(|i| {
-        let store = Arc::clone(&store);
-        tokio::spawn(async move {
-            let at = Utc::now();
-            store
-                .rotate(raced.id, "race", &format!("next-{i}"), at, at + day)
-                .await
-                .expect("rotate")
-        })
-    });
-    let outcomes: Vec<Rotation> = futures::future::join_all(attempts)
-        .await
-        .into_iter()
-        .map(|r| r.expect("task"))
-        .collect();
-    assert_eq!(outcomes.iter().filter(|o| **o == Rotation::Rotated).count(), 1, "{outcomes:?}");
-    assert!(outcomes.iter().any(|o| matches!(o, Rotation::Reused { .. })), "{outcomes:?}");
-    assert_eq!(store.get(raced.id).await.expect("get"), None, "reuse revoked it");
-
-    // Ceremony state: taken once, gone after its time.
-    store.put_state("mfa:a", "one", Duration::from_secs(60)).await.expect("put");
-    store.put_state("mfa:b", "two", Duration::from_millis(200)).await.expect("put");
-    assert_eq!(store.peek_state("mfa:a").await.expect("peek").as_deref(), Some("one"));
-    assert_eq!(
-        store.peek_state("mfa:a").await.expect("peek").as_deref(),
-        Some("one"),
-        "left in place"
-    );
-    assert_eq!(store.take_state("mfa:a").await.expect("take").as_deref(), Some("one"));
-    assert_eq!(store.peek_state("mfa:a").await.expect("peek"), None);
-    assert_eq!(store.take_state("mfa:a").await.expect("take"), None, "taken once");
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    assert_eq!(store.take_state("mfa:b").await.expect("take"), None, "expired");
-    assert_eq!(store.take_state("mfa:nothing").await.expect("take"), None);
-    store.put_state("mfa:c", "first", Duration::from_secs(60)).await.expect("put");
-    store.put_state("mfa:c", "second", Duration::from_secs(60)).await.expect("put");
-    let takers = (0..6).map(|_| {
-        let store = Arc::clone(&store);
-        tokio::spawn(async move { store.take_state("mfa:c").await.expect("take") })
-    });
-    let taken: Vec<String> = futures::future::join_all(takers)
-        .await
-        .into_iter()
-        .filter_map(|r| r.expect("task"))
-        .collect();
-    assert_eq!(taken, ["second"], "exactly one taker gets the latest value");
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn memory_sessions_pass_the_contract() {
-    session_store_contract(Arc::new(MemorySessions::default())).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn redis_sessions_pass_the_contract() {
-    let (connection, namespace) = test_redis().await;
-    session_store_contract(Arc::new(RedisSessions::new(connection, &namespace))).await;
-    clear_namespace(&namespace).await;
-}
-
-/// The user's password events: (reason, hash).
 async fn password_events(h: &Harness, user: &str) -> Vec<(String, String)> {
     let events = h.db.db.events.read_stream(&format!("user-{user}")).await.expect("read");
     events
@@ -908,7 +761,7 @@ async fn passwords_are_imported_upgraded_changed_and_reset(h: &Harness) {
     let current = format!("$argon2id$v=19$m={},t={},p={}$", ARGON2.0, ARGON2.1, ARGON2.2);
 
     // Hashes from another system: argon2id with older parameters, bcrypt, PBKDF2 (PHC and Django).
-    let older = cloudsync_gateway::passwords::Passwords::new(4096, 1, 1)
+    let older = cloudsync_identity::passwords::Passwords::new(4096, 1, 1)
         .expect("params")
         .hash("old argon2 pw")
         .expect("hash");
@@ -1314,61 +1167,6 @@ async fn failed_logins_and_request_floods_are_limited(h: &Harness) {
         .and_then(|v| v.parse().ok())
         .expect("Retry-After");
     assert!((1..=2).contains(&seconds), "one interval is 2 s at 30 a minute: {seconds}");
-}
-
-/// The contract every rate limiter passes.
-async fn limiter_contract(limiter: Arc<dyn RateLimiter>) {
-    let rule = Rule {
-        class: "contract",
-        per_minute: 60,
-        burst: 3,
-    };
-    let key = Uuid::new_v4().to_string();
-    for i in 0..3 {
-        assert_eq!(limiter.take(&key, rule).await.expect("take"), None, "token {i} of the burst");
-    }
-    let wait = limiter.take(&key, rule).await.expect("take").expect("empty");
-    assert!(wait <= Duration::from_secs(1) && wait > Duration::from_millis(500), "{wait:?}");
-    assert_eq!(
-        limiter.take(&format!("{key}-other"), rule).await.expect("take"),
-        None,
-        "keys are separate"
-    );
-    let other_class = Rule {
-        class: "contract-b",
-        ..rule
-    };
-    assert_eq!(limiter.take(&key, other_class).await.expect("take"), None, "classes are separate");
-    tokio::time::sleep(wait + Duration::from_millis(50)).await;
-    assert_eq!(limiter.take(&key, rule).await.expect("take"), None, "a token came back");
-    assert!(limiter.take(&key, rule).await.expect("take").is_some());
-
-    // Racing takers: exactly the burst gets through.
-    let raced = Uuid::new_v4().to_string();
-    let racers = (0..20).map(|_| {
-        let limiter = Arc::clone(&limiter);
-        let raced = raced.clone();
-        let rule = Rule { burst: 5, ..rule };
-        tokio::spawn(async move { limiter.take(&raced, rule).await.expect("take").is_none() })
-    });
-    let passed = futures::future::join_all(racers)
-        .await
-        .into_iter()
-        .filter(|r| *r.as_ref().expect("task"))
-        .count();
-    assert_eq!(passed, 5);
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn memory_limiter_passes_the_contract() {
-    limiter_contract(Arc::new(MemoryLimiter::default())).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn redis_limiter_passes_the_contract() {
-    let (connection, namespace) = test_redis().await;
-    limiter_contract(Arc::new(RedisLimiter::new(connection, &namespace))).await;
-    clear_namespace(&namespace).await;
 }
 
 /// Two API processes on one Redis: failed logins spread over both count against one budget.

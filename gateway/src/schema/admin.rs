@@ -9,9 +9,9 @@ use serde_json::Value;
 use uuid::Uuid;
 
 use super::{account, admin_caller, app, parse_id, session_caller};
-use crate::access::{api_token, ip_allowed, parse_network};
 use crate::errors::{ApiError, ApiResult};
-use crate::sessions::{fresh_secret, hash};
+use cloudsync_identity::access::{api_token, ip_allowed, parse_network};
+use cloudsync_identity::sessions::{fresh_secret, hash};
 
 #[derive(SimpleObject)]
 pub struct ApiTokenInfo {

@@ -12,13 +12,14 @@ use uuid::Uuid;
 
 use super::mfa::{MfaChallenge, challenge};
 use super::{app, client_ip, limit, parse_id, session_caller};
-use crate::auth::{RequestInfo, check_password_rules, refresh_cookie};
 use crate::errors::{ApiError, ApiResult};
-use crate::mail::Mail;
-use crate::passwords::Verdict;
+use crate::http::request::{RequestInfo, refresh_cookie};
 use crate::server::App;
-use crate::sessions::{RefreshError, Session};
-use crate::sessions::{fresh_secret, hash as secret_hash, join_token, split_token};
+use cloudsync_identity::auth::check_password_rules;
+use cloudsync_identity::mail::Mail;
+use cloudsync_identity::passwords::Verdict;
+use cloudsync_identity::sessions::{RefreshError, Session};
+use cloudsync_identity::sessions::{fresh_secret, hash as secret_hash, join_token, split_token};
 
 #[derive(SimpleObject)]
 pub struct AuthPayload {
@@ -85,7 +86,7 @@ async fn allowed_here(ctx: &Context<'_>, app: &App, user_id: Uuid) -> ApiResult<
         .await
         .map_err(ApiError::from)?
         .ok_or_else(|| unauthenticated("the account no longer exists"))?;
-    if !crate::access::ip_allowed(info(ctx).client.ip.as_deref(), user.ip_allowlist()) {
+    if !cloudsync_identity::access::ip_allowed(info(ctx).client.ip.as_deref(), user.ip_allowlist()) {
         tracing::info!(user = %user_id, "A sign-in from outside the account's networks was refused.");
         return Err(unauthenticated("this account cannot be used from this network"));
     }
@@ -139,7 +140,7 @@ async fn hash_new(app: &App, password: String) -> ApiResult<String> {
 pub(crate) async fn check(app: &App, password: String, stored: Option<String>) -> ApiResult<Verdict> {
     let passwords = app.passwords.clone();
     // An account without a usable hash (one that signs in elsewhere) costs the same time too.
-    let usable = stored.filter(|hash| crate::passwords::Passwords::recognised(hash));
+    let usable = stored.filter(|hash| cloudsync_identity::passwords::Passwords::recognised(hash));
     let exists = usable.is_some();
     let verdict = tokio::task::spawn_blocking(move || {
         let hash = usable.unwrap_or_else(|| passwords.dummy().to_owned());

@@ -22,7 +22,7 @@ use super::identity::{AuthPayload, confirm_password, signed_in};
 use super::{account, app, client_ip, limit, parse_id, session_caller};
 use crate::errors::{ApiError, ApiResult};
 use crate::server::App;
-use crate::sessions::{fresh_secret, hash as secret_hash};
+use cloudsync_identity::sessions::{fresh_secret, hash as secret_hash};
 
 const CHALLENGE_TTL: Duration = Duration::from_secs(5 * 60);
 const MAX_ATTEMPTS: u32 = 5;

@@ -16,10 +16,10 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use super::{account, app, client_ip, limit};
-use crate::auth::{RequestInfo, refresh_cookie};
 use crate::errors::{ApiError, ApiResult, code};
+use crate::http::request::{RequestInfo, refresh_cookie};
 use crate::server::App;
-use crate::sessions::hash;
+use cloudsync_identity::sessions::hash;
 
 const PENDING_TTL: Duration = Duration::from_secs(10 * 60);
 
@@ -104,7 +104,7 @@ pub(super) fn refused(status: StatusCode, code: &str, message: &str) -> Response
 
 /// The account an external identity signs in to: the one it is linked to, else the one with its
 /// verified address (linking them), else a new one.
-async fn account_of(app: &App, identity: &crate::oidc::Identity) -> ApiResult<(UserId, String)> {
+async fn account_of(app: &App, identity: &cloudsync_identity::oidc::Identity) -> ApiResult<(UserId, String)> {
     if let Some(user) = app
         .commands
         .user_by_identity(&identity.issuer, &identity.subject)
@@ -172,7 +172,7 @@ pub(super) async fn keep_pending<T: Serialize>(
     make: impl FnOnce(Option<String>) -> T,
 ) -> ApiResult<DateTime<Utc>> {
     let binding = bound.map(|set_cookie| {
-        let secret = crate::sessions::fresh_secret();
+        let secret = cloudsync_identity::sessions::fresh_secret();
         ctx.append_http_header("set-cookie", set_cookie.replacen("=;", &format!("={secret};"), 1));
         hash(&secret)
     });
@@ -302,7 +302,7 @@ pub async fn callback(app: &App, params: CallbackParams, info: RequestInfo, bind
 }
 
 /// Signs the external `identity` in (see `account_of`) and answers like `login`, or refuses.
-pub(super) async fn signed_in(app: &App, identity: &crate::oidc::Identity, cookie: bool, info: &RequestInfo) -> Response {
+pub(super) async fn signed_in(app: &App, identity: &cloudsync_identity::oidc::Identity, cookie: bool, info: &RequestInfo) -> Response {
     match session_for(app, identity, cookie, info).await {
         Ok(response) => response,
         Err(ApiError::Unauthenticated(why)) => refused(StatusCode::UNAUTHORIZED, code::UNAUTHENTICATED, &why),
@@ -314,10 +314,10 @@ pub(super) async fn signed_in(app: &App, identity: &crate::oidc::Identity, cooki
     }
 }
 
-async fn session_for(app: &App, identity: &crate::oidc::Identity, cookie: bool, info: &RequestInfo) -> ApiResult<Response> {
+async fn session_for(app: &App, identity: &cloudsync_identity::oidc::Identity, cookie: bool, info: &RequestInfo) -> ApiResult<Response> {
     let (user_id, email) = account_of(app, identity).await?;
     let user = account(app, user_id.as_uuid()).await?;
-    if !crate::access::ip_allowed(info.client.ip.as_deref(), user.ip_allowlist()) {
+    if !cloudsync_identity::access::ip_allowed(info.client.ip.as_deref(), user.ip_allowlist()) {
         return Err(ApiError::Unauthenticated("this account cannot be used from this network".into()));
     }
     if user.mfa_enabled() {

@@ -1,6 +1,6 @@
 //! Signing in with a SAML identity provider: `beginSamlLogin` returns the provider's sign-in URL
 //! (carrying the `AuthnRequest`); the provider posts its answer to `/auth/saml/acs`, which checks it
-//! (see `crate::saml`), finds the account like an OpenID sign-in (the linked identity, else the
+//! (see `cloudsync_identity::saml`), finds the account like an OpenID sign-in (the linked identity, else the
 //! trusted address, else a new account) and answers like `login`.
 
 use async_graphql::{Context, Object, SimpleObject};
@@ -11,11 +11,11 @@ use serde::{Deserialize, Serialize};
 
 use super::oidc::{keep_pending, over_budget, pending_of, refused, signed_in};
 use super::{app, client_ip, limit};
-use crate::auth::RequestInfo;
 use crate::errors::{ApiError, code};
-use crate::saml::PendingRequest;
+use crate::http::request::RequestInfo;
 use crate::server::App;
-use crate::sessions::hash;
+use cloudsync_identity::saml::PendingRequest;
+use cloudsync_identity::sessions::hash;
 
 #[derive(Serialize, Deserialize)]
 struct Pending {

@@ -16,10 +16,10 @@ use cloudsync_projections::{FileVersionRow, SyncConflictRow, SyncPairRow};
 use futures::{Stream, StreamExt};
 
 use super::{SyncOperation, app, caller_for, parse_id, parse_path};
-use crate::access::scope;
-use crate::auth::Caller;
 use crate::errors::{ApiError, ApiResult};
 use crate::server::App;
+use cloudsync_identity::access::scope;
+use cloudsync_identity::auth::Caller;
 
 /// A folder of one of the caller's providers.
 #[derive(InputObject)]

@@ -15,7 +15,6 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64URL;
-use cloudsync_commands::MasterKey;
 use cloudsync_eventstore::{DbPool, on_pool};
 use ed25519_dalek::pkcs8::EncodePrivateKey as _;
 use jsonwebtoken::{DecodingKey, EncodingKey};
@@ -26,6 +25,22 @@ pub const RELOAD_EVERY: Duration = Duration::from_secs(60);
 /// A token naming an unknown key id makes the process reload at most this often.
 const RELOAD_AT_MOST: Duration = Duration::from_secs(5);
 const ALGORITHM: &str = "EdDSA";
+
+/// What seals the private halves of signing keys at rest (the installation's master key ring).
+pub trait Sealer: Send + Sync {
+    /// Seals `plaintext` for `purpose`, with the current key.
+    ///
+    /// # Errors
+    /// A sealing failure.
+    fn seal(&self, purpose: &str, plaintext: &[u8]) -> anyhow::Result<String>;
+    /// Opens what [`Sealer::seal`] sealed for `purpose`, with whichever key of the ring sealed it.
+    ///
+    /// # Errors
+    /// No key of the ring opens it, or it was sealed for another purpose.
+    fn open(&self, purpose: &str, sealed: &str) -> anyhow::Result<Vec<u8>>;
+    /// Whether `sealed` was sealed with the current key.
+    fn is_current(&self, sealed: &str) -> bool;
+}
 
 /// One key pair, ready to sign and verify.
 pub struct Key {
@@ -57,7 +72,7 @@ struct Loaded {
 /// The process's view of the signing keys.
 pub struct KeyRing {
     pool: DbPool,
-    master: MasterKey,
+    master: Arc<dyn Sealer>,
     grace: Duration,
     loaded: RwLock<Loaded>,
     reloading: tokio::sync::Mutex<()>,
@@ -81,11 +96,11 @@ impl KeyRing {
     ///
     /// # Errors
     /// An unreachable database, or keys the master key cannot open.
-    pub async fn open(pool: DbPool, master: MasterKey, grace: Duration) -> anyhow::Result<Self> {
+    pub async fn open(pool: DbPool, master: Arc<dyn Sealer>, grace: Duration) -> anyhow::Result<Self> {
         if list(&pool).await?.iter().all(|k| k.retired_at.is_some()) {
-            insert(&pool, &master).await?;
+            insert(&pool, &*master).await?;
         }
-        let loaded = load(&pool, &master).await?;
+        let loaded = load(&pool, &*master).await?;
         Ok(Self {
             pool,
             master,
@@ -132,7 +147,7 @@ impl KeyRing {
             let _ = self.reloading.lock().await;
             return;
         };
-        match load(&self.pool, &self.master).await {
+        match load(&self.pool, &*self.master).await {
             Ok(loaded) => {
                 *self.loaded.write().unwrap_or_else(std::sync::PoisonError::into_inner) = loaded;
             }
@@ -145,7 +160,7 @@ impl KeyRing {
     ///
     /// # Errors
     /// An unreachable database.
-    pub async fn rotate(pool: &DbPool, master: &MasterKey, grace: Duration) -> anyhow::Result<String> {
+    pub async fn rotate(pool: &DbPool, master: &dyn Sealer, grace: Duration) -> anyhow::Result<String> {
         let kid = insert(pool, master).await?;
         let now = now_ms();
         let retire = "UPDATE signing_keys SET retired_at = $1 WHERE retired_at IS NULL AND kid <> $2";
@@ -164,7 +179,7 @@ impl KeyRing {
 ///
 /// # Errors
 /// A key no configured master key opens; store failures.
-pub async fn rewrap(pool: &DbPool, master: &MasterKey) -> anyhow::Result<usize> {
+pub async fn rewrap(pool: &DbPool, master: &dyn Sealer) -> anyhow::Result<usize> {
     let rows: Vec<(String, String)> = on_pool!(pool, |p| sqlx::query_as("SELECT kid, private_key FROM signing_keys")
         .fetch_all(p)
         .await)?;
@@ -211,7 +226,7 @@ pub async fn list(pool: &DbPool) -> anyhow::Result<Vec<KeyInfo>> {
 }
 
 /// Generates a key pair and stores it; returns its id.
-async fn insert(pool: &DbPool, master: &MasterKey) -> anyhow::Result<String> {
+async fn insert(pool: &DbPool, master: &dyn Sealer) -> anyhow::Result<String> {
     let mut seed = [0_u8; 32];
     rand::thread_rng().fill_bytes(&mut seed);
     let signing = ed25519_dalek::SigningKey::from_bytes(&seed);
@@ -233,7 +248,7 @@ async fn insert(pool: &DbPool, master: &MasterKey) -> anyhow::Result<String> {
     Ok(kid)
 }
 
-async fn load(pool: &DbPool, master: &MasterKey) -> anyhow::Result<Loaded> {
+async fn load(pool: &DbPool, master: &dyn Sealer) -> anyhow::Result<Loaded> {
     type Row = (String, String, Option<i64>);
     let query = "SELECT kid, private_key, retired_at FROM signing_keys ORDER BY created_at, kid";
     let rows: Vec<Row> = on_pool!(pool, |p| sqlx::query_as(query).fetch_all(p).await)?;

@@ -92,19 +92,19 @@ fn now() -> DateTime<Utc> {
 }
 
 /// What is stored of a token's secret.
-pub(crate) fn hash(secret: &str) -> String {
+pub fn hash(secret: &str) -> String {
     blake3::hash(secret.as_bytes()).to_hex().to_string()
 }
 
 /// 32 random bytes, base64url (43 characters).
-pub(crate) fn fresh_secret() -> String {
+pub fn fresh_secret() -> String {
     let mut bytes = [0_u8; 32];
     rand::thread_rng().fill_bytes(&mut bytes);
     B64URL.encode(bytes)
 }
 
 /// The id and secret of a `<prefix>.<uuid>.<secret>` token, if it is well-formed.
-pub(crate) fn split_token<'a>(token: &'a str, prefix: &str) -> Option<(Uuid, &'a str)> {
+pub fn split_token<'a>(token: &'a str, prefix: &str) -> Option<(Uuid, &'a str)> {
     let mut parts = token.trim().splitn(3, '.');
     let (found, id, secret) = (parts.next()?, parts.next()?, parts.next()?);
     if found != prefix || secret.len() != 43 || !secret.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') {
@@ -114,7 +114,7 @@ pub(crate) fn split_token<'a>(token: &'a str, prefix: &str) -> Option<(Uuid, &'a
 }
 
 /// `<prefix>.<uuid>.<secret>`.
-pub(crate) fn join_token(prefix: &str, id: Uuid, secret: &str) -> String {
+pub fn join_token(prefix: &str, id: Uuid, secret: &str) -> String {
     format!("{prefix}.{}.{secret}", id.simple())
 }
 

@@ -62,7 +62,7 @@ struct Provider {
 
 /// Whether the metadata may come from `source`: a file, an `https://` URL, or plain `http://` only
 /// on this machine's loopback (anyone on the path could swap in their own key otherwise).
-pub(crate) fn metadata_source_allowed(source: &str) -> bool {
+pub fn metadata_source_allowed(source: &str) -> bool {
     match source.strip_prefix("http://") {
         Some(rest) => {
             let host = rest.split(['/', '?', '#']).next().unwrap_or_default();

@@ -99,7 +99,7 @@ struct Claims {
 
 /// The client for an identity provider's endpoints. It follows no redirects: following one from a
 /// token or metadata endpoint would open the door to SSRF.
-pub(crate) fn http_client() -> Result<reqwest::Client, String> {
+pub fn http_client() -> Result<reqwest::Client, String> {
     reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
         .timeout(Duration::from_secs(30))
@@ -114,7 +114,7 @@ pub struct OidcLogin {
     http: reqwest::Client,
 }
 
-pub(crate) fn invalid(why: impl std::fmt::Display) -> String {
+pub fn invalid(why: impl std::fmt::Display) -> String {
     why.to_string()
 }
 

@@ -1,0 +1,14 @@
+//! Who the caller is and what they may do: passwords, access tokens and their signing keys, roles
+//! and scopes, API tokens, sessions (in memory or Redis), rate limits (in memory or Redis), the mail
+//! and text senders, and single sign-on (OpenID Connect and SAML). No HTTP server and no GraphQL:
+//! the gateway adapts these to its API.
+
+pub mod access;
+pub mod auth;
+pub mod keys;
+pub mod limits;
+pub mod mail;
+pub mod oidc;
+pub mod passwords;
+pub mod saml;
+pub mod sessions;
