@@ -10,7 +10,7 @@ use cloudsync_eventstore::{Database, RecordedEvent};
 use uuid::Uuid;
 
 use crate::config::Config;
-use crate::server::{open_database, start};
+use crate::root::{open_database, start};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -204,7 +204,7 @@ fn no_secrets(metadata: &tracing::Metadata<'_>) -> bool {
 pub async fn run(command: Command, mut config: Config) -> anyhow::Result<()> {
     match command {
         Command::Schema => {
-            print!("{}", crate::schema::sdl());
+            print!("{}", crate::graphql::sdl());
             Ok(())
         }
         Command::Serve { bind } => {
@@ -277,7 +277,7 @@ pub async fn run(command: Command, mut config: Config) -> anyhow::Result<()> {
         Command::Gc { wait } => {
             let db = open_database(&config).await?;
             let result = async {
-                let commands = crate::server::commands(&config, &db)?;
+                let commands = crate::root::commands(&config, &db)?;
                 let report = commands.collect_garbage(std::time::Duration::from_secs(wait)).await?;
                 println!(
                     "Collected: {} pairs read ({} of erased accounts, let go), {} versions let go, {} of {} chunks deleted, {} interrupted writes removed.",
@@ -349,7 +349,7 @@ pub async fn import_users(config: &Config, db: &Database, text: &str, out: &mut 
     if !problems.is_empty() {
         bail!("nothing was imported:\n  {}", problems.join("\n  "));
     }
-    let commands = crate::server::commands(config, db)?;
+    let commands = crate::root::commands(config, db)?;
     let (mut imported, mut skipped) = (0, Vec::new());
     for (email, hash) in accounts {
         match commands.register(email.clone(), hash).await {
@@ -376,7 +376,7 @@ pub async fn roles(config: &Config, db: &Database, command: &UsersCommand, out: 
         UsersCommand::Import { .. } => bail!("not a role command"),
     };
     let email = cloudsync_domain::Email::parse(email).map_err(|err| anyhow::anyhow!("{err}"))?;
-    let commands = crate::server::commands(config, db)?;
+    let commands = crate::root::commands(config, db)?;
     let user = commands
         .user_by_email(&email)
         .await?
@@ -406,15 +406,15 @@ pub async fn roles(config: &Config, db: &Database, command: &UsersCommand, out: 
 /// An unreachable database or a write error.
 pub async fn keys(config: &Config, db: &Database, command: &KeysCommand, out: &mut impl std::io::Write) -> anyhow::Result<()> {
     use cloudsync_identity::keys::{KeyRing, list};
-    let grace = crate::server::key_grace(config);
+    let grace = crate::root::key_grace(config);
     if matches!(command, KeysCommand::Rewrap | KeysCommand::RotateMaster) {
         let master = if matches!(command, KeysCommand::RotateMaster) {
-            crate::server::replace_generated_master_key(config)?
+            crate::root::replace_generated_master_key(config)?
         } else {
-            crate::server::master_key(config)?
+            crate::root::master_key(config)?
         };
         let users = cloudsync_commands::Vault::new(master.clone(), db.pool.clone()).rewrap().await?;
-        let signing = cloudsync_identity::keys::rewrap(&db.pool, &crate::server::MasterSealer(master.clone())).await?;
+        let signing = cloudsync_identity::keys::rewrap(&db.pool, &crate::root::MasterSealer(master.clone())).await?;
         writeln!(
             out,
             "Master key {} now wraps everything: {users} user keys and {signing} signing keys re-wrapped.",
@@ -424,14 +424,14 @@ pub async fn keys(config: &Config, db: &Database, command: &KeysCommand, out: &m
             writeln!(
                 out,
                 "The old key is in {} until you delete it; start the server again to use the new one.",
-                crate::server::PREVIOUS_MASTER_KEYS
+                crate::root::PREVIOUS_MASTER_KEYS
             )?;
         }
         return Ok(());
     }
     if matches!(command, KeysCommand::Rotate) {
-        let master = crate::server::master_key(config)?;
-        let kid = KeyRing::rotate(&db.pool, &crate::server::MasterSealer(master), grace).await?;
+        let master = crate::root::master_key(config)?;
+        let kid = KeyRing::rotate(&db.pool, &crate::root::MasterSealer(master), grace).await?;
         writeln!(out, "Key {kid} signs new access tokens from now on (every server within a minute).")?;
     }
     let time =
@@ -508,7 +508,7 @@ pub async fn replay(
 /// Requests a scan, runs it here (unless another worker holds it: then this one takes over should
 /// that worker go away), and follows its progress live from the job's own events.
 async fn scan(config: &Config, db: &Database, provider_id: Uuid) -> anyhow::Result<()> {
-    let commands = crate::server::commands(config, db)?;
+    let commands = crate::root::commands(config, db)?;
     let provider = cloudsync_domain::ProviderId::from_uuid(provider_id);
     let owner = commands.provider_owner(provider).await.context("finding the provider")?;
     let (job_id, _) = commands.request_scan(owner, provider).await?;
@@ -542,7 +542,7 @@ fn folder(raw: &str, what: &str) -> anyhow::Result<cloudsync_domain::sync_pair::
 async fn sync(config: &Config, db: &Database, pair_id: Option<Uuid>, new_pair: Option<NewPair>) -> anyhow::Result<()> {
     use cloudsync_domain::merge::{ConflictPolicy, SyncMode};
 
-    let commands = crate::server::commands(config, db)?;
+    let commands = crate::root::commands(config, db)?;
     let job_id = match (pair_id, new_pair) {
         (Some(pair_id), _) => {
             let pair_id = cloudsync_domain::SyncPairId::from_uuid(pair_id);

@@ -2,12 +2,14 @@
 //! owns every background task, and the command line. The only crate that serves HTTP; who the
 //! caller is and what they may do is `cloudsync-identity`'s.
 
+pub mod app;
 pub mod cli;
 pub mod config;
 pub mod errors;
+pub mod graphql;
 pub mod http;
-pub mod schema;
-pub mod server;
+pub mod root;
 
+pub use app::App;
 pub use config::{Config, OAuthAppConfig};
-pub use server::{App, Server, start};
+pub use root::{Server, start};

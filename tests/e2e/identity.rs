@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use chrono::Utc;
 use cloudsync_eventstore::testing::{Backend, TestDatabase};
-use cloudsync_gateway::server::MasterSealer;
+use cloudsync_gateway::root::MasterSealer;
 use cloudsync_identity::keys::KeyRing;
 use serde_json::{Value, json};
 use uuid::Uuid;

@@ -10,38 +10,18 @@ use cloudsync_domain::events::PasswordChange;
 use cloudsync_domain::{Email, UserId};
 use uuid::Uuid;
 
-use super::mfa::{MfaChallenge, challenge};
+use super::signin::{
+    AuthPayload, AuthUser, allowed_here, challenge, check, confirm_password, hash_new, info, payload, signed_in, unauthenticated,
+};
 use super::{app, client_ip, limit, parse_id, session_caller};
+use crate::app::App;
 use crate::errors::{ApiError, ApiResult};
-use crate::http::request::{RequestInfo, refresh_cookie};
-use crate::server::App;
+use crate::graphql::request::refresh_cookie;
 use cloudsync_identity::auth::check_password_rules;
 use cloudsync_identity::mail::Mail;
 use cloudsync_identity::passwords::Verdict;
-use cloudsync_identity::sessions::{RefreshError, Session};
+use cloudsync_identity::sessions::RefreshError;
 use cloudsync_identity::sessions::{fresh_secret, hash as secret_hash, join_token, split_token};
-
-#[derive(SimpleObject)]
-pub struct AuthPayload {
-    /// Send as `Authorization: Bearer <accessToken>`; short-lived. Null while a second factor is
-    /// required (see `mfa`).
-    access_token: Option<String>,
-    access_token_expires_at: Option<DateTime<Utc>>,
-    /// Exchange it with `refresh` for new tokens (it works once). Null for browser clients, which
-    /// get it in a cookie.
-    refresh_token: Option<String>,
-    session_id: Option<ID>,
-    user: AuthUser,
-    /// Set when the password was right and the account needs a second factor: complete the login
-    /// with `completeMfaLogin` or `completePasskeyLogin`.
-    mfa: Option<MfaChallenge>,
-}
-
-#[derive(SimpleObject)]
-pub struct AuthUser {
-    id: ID,
-    email: String,
-}
 
 /// A signed-in session of the caller.
 #[derive(SimpleObject)]
@@ -55,116 +35,6 @@ pub struct SessionInfo {
     ip: Option<String>,
     /// Whether the request's own access token belongs to it.
     current: bool,
-}
-
-fn info<'a>(ctx: &Context<'a>) -> RequestInfo {
-    ctx.data_opt::<RequestInfo>().cloned().unwrap_or_default()
-}
-
-fn unauthenticated(why: &str) -> ApiError {
-    ApiError::Unauthenticated(why.to_owned())
-}
-
-/// Opens a session for `user_id` and answers with its tokens (the refresh token in a cookie when
-/// `cookie`).
-pub(crate) async fn signed_in(ctx: &Context<'_>, app: &App, user_id: Uuid, email: String, cookie: bool) -> ApiResult<AuthPayload> {
-    let roles = allowed_here(ctx, app, user_id).await?;
-    let (session, refresh_token) = app
-        .tokens
-        .sessions()
-        .open(user_id, &info(ctx).client)
-        .await
-        .map_err(|err| ApiError::internal(&err))?;
-    payload(ctx, app, &session, email, refresh_token, cookie, &roles)
-}
-
-/// The user's roles, if the account may be used from the request's address (its IP allowlist).
-async fn allowed_here(ctx: &Context<'_>, app: &App, user_id: Uuid) -> ApiResult<Vec<String>> {
-    let user = app
-        .commands
-        .user(UserId::from_uuid(user_id))
-        .await
-        .map_err(ApiError::from)?
-        .ok_or_else(|| unauthenticated("the account no longer exists"))?;
-    if !cloudsync_identity::access::ip_allowed(info(ctx).client.ip.as_deref(), user.ip_allowlist()) {
-        tracing::info!(user = %user_id, "A sign-in from outside the account's networks was refused.");
-        return Err(unauthenticated("this account cannot be used from this network"));
-    }
-    Ok(user.roles())
-}
-
-fn payload(
-    ctx: &Context<'_>,
-    app: &App,
-    session: &Session,
-    email: String,
-    refresh_token: String,
-    cookie: bool,
-    roles: &[String],
-) -> ApiResult<AuthPayload> {
-    let access_token = app
-        .tokens
-        .issue(session.user_id, session.id, roles)
-        .map_err(|err| ApiError::internal(&err))?;
-    let refresh_token = if cookie {
-        let max_age = (session.expires_at - Utc::now()).num_seconds().max(0);
-        ctx.append_http_header("set-cookie", refresh_cookie(&refresh_token, max_age));
-        None
-    } else {
-        Some(refresh_token)
-    };
-    Ok(AuthPayload {
-        access_token: Some(access_token),
-        access_token_expires_at: Some(Utc::now() + chrono::Duration::minutes(app.token_ttl_minutes())),
-        refresh_token,
-        session_id: Some(ID(session.id.to_string())),
-        user: AuthUser {
-            id: ID(session.user_id.to_string()),
-            email,
-        },
-        mfa: None,
-    })
-}
-
-/// A new argon2id hash, on a blocking thread.
-async fn hash_new(app: &App, password: String) -> ApiResult<String> {
-    let passwords = app.passwords.clone();
-    tokio::task::spawn_blocking(move || passwords.hash(&password))
-        .await
-        .map_err(|err| ApiError::internal(&err))?
-        .map_err(|err| ApiError::internal(&err))
-}
-
-/// Checks `password` against `stored` on a blocking thread; against a dummy hash when there is no
-/// account, so both cases take the same time.
-pub(crate) async fn check(app: &App, password: String, stored: Option<String>) -> ApiResult<Verdict> {
-    let passwords = app.passwords.clone();
-    // An account without a usable hash (one that signs in elsewhere) costs the same time too.
-    let usable = stored.filter(|hash| cloudsync_identity::passwords::Passwords::recognised(hash));
-    let exists = usable.is_some();
-    let verdict = tokio::task::spawn_blocking(move || {
-        let hash = usable.unwrap_or_else(|| passwords.dummy().to_owned());
-        passwords.verify(&password, &hash)
-    })
-    .await
-    .map_err(|err| ApiError::internal(&err))?;
-    Ok(if exists { verdict } else { Verdict::Mismatch })
-}
-
-/// Whether the caller knows the account's password (accounts without one, which sign in with an
-/// OpenID provider, need none). Charged like a login, per account.
-pub(crate) async fn confirm_password(ctx: &Context<'_>, app: &App, user_id: Uuid, password: Option<String>) -> ApiResult<()> {
-    limit(ctx, app.rules.login, &format!("account-id:{user_id}")).await?;
-    let user = super::account(app, user_id).await?;
-    let stored = user.password_hash().map(str::to_owned);
-    if stored.as_deref() == Some(cloudsync_commands::NO_PASSWORD) {
-        return Ok(());
-    }
-    let password = password.ok_or_else(|| ApiError::BadInput("give the account's password to confirm".into()))?;
-    if password.chars().count() > 1024 || check(app, password, stored).await? == Verdict::Mismatch {
-        return Err(ApiError::BadInput("the password is wrong".into()));
-    }
-    Ok(())
 }
 
 const RESET_PREFIX: &str = "rst1";
@@ -456,7 +326,7 @@ impl IdentityMutation {
         let caller = session_caller(ctx)?;
         let app = app(ctx);
         confirm_password(ctx, app, caller.user_id, password).await?;
-        let passwordless = super::account(app, caller.user_id).await?.password_hash() == Some(cloudsync_commands::NO_PASSWORD);
+        let passwordless = super::load_user(app, caller.user_id).await?.password_hash() == Some(cloudsync_commands::NO_PASSWORD);
         if passwordless {
             // No password to confirm with: the session must be a fresh sign-in.
             let session = match caller.session_id {

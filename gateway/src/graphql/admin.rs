@@ -8,7 +8,7 @@ use cloudsync_domain::UserId;
 use serde_json::Value;
 use uuid::Uuid;
 
-use super::{account, admin_caller, app, parse_id, session_caller};
+use super::{admin_caller, app, load_user, parse_id, session_caller};
 use crate::errors::{ApiError, ApiResult};
 use cloudsync_identity::access::{api_token, ip_allowed, parse_network};
 use cloudsync_identity::sessions::{fresh_secret, hash};
@@ -58,7 +58,7 @@ impl AdminQuery {
     /// The caller's personal API tokens (never their secrets).
     async fn api_tokens(&self, ctx: &Context<'_>) -> async_graphql::Result<Vec<ApiTokenInfo>> {
         let caller = session_caller(ctx)?;
-        let user = account(app(ctx), caller.user_id).await?;
+        let user = load_user(app(ctx), caller.user_id).await?;
         Ok(user
             .api_tokens()
             .map(|t| ApiTokenInfo {
@@ -74,7 +74,7 @@ impl AdminQuery {
     /// The networks the caller's credentials work from (empty: anywhere).
     async fn ip_allowlist(&self, ctx: &Context<'_>) -> async_graphql::Result<Vec<String>> {
         let caller = session_caller(ctx)?;
-        let user = account(app(ctx), caller.user_id).await?;
+        let user = load_user(app(ctx), caller.user_id).await?;
         Ok(user.ip_allowlist().to_vec())
     }
 

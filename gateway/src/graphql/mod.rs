@@ -12,41 +12,36 @@ use futures::{Stream, StreamExt};
 use serde_json::Value;
 use uuid::Uuid;
 
+use crate::app::App;
 use crate::errors::{ApiError, ApiResult};
-use crate::server::App;
 use cloudsync_identity::access::scope;
 use cloudsync_identity::auth::{Authentication, Caller};
 
+mod account;
 mod admin;
 pub mod depth;
-mod identity;
 mod mfa;
-mod oidc;
-mod saml;
+pub mod request;
+mod signin;
+mod sso;
 mod sync;
 
-pub use oidc::{BINDING_COOKIE as OIDC_BINDING_COOKIE, CallbackParams as OidcCallbackParams, callback as oidc_callback};
-pub use saml::{AcsParams as SamlAcsParams, BINDING_COOKIE as SAML_BINDING_COOKIE, acs as saml_acs};
+pub use sso::oidc::{BINDING_COOKIE as OIDC_BINDING_COOKIE, CallbackParams as OidcCallbackParams, callback as oidc_callback};
+pub use sso::saml::{AcsParams as SamlAcsParams, BINDING_COOKIE as SAML_BINDING_COOKIE, acs as saml_acs};
 
 pub type CloudSyncSchema = Schema<QueryRoot, MutationRoot, SubscriptionRoot>;
 
 #[derive(MergedObject, Default)]
 #[graphql(name = "Query")]
-pub struct QueryRoot(
-    CoreQuery,
-    identity::IdentityQuery,
-    mfa::MfaQuery,
-    admin::AdminQuery,
-    sync::SyncQuery,
-);
+pub struct QueryRoot(CoreQuery, account::IdentityQuery, mfa::MfaQuery, admin::AdminQuery, sync::SyncQuery);
 
 #[derive(MergedObject, Default)]
 #[graphql(name = "Mutation")]
 pub struct MutationRoot(
-    identity::IdentityMutation,
+    account::IdentityMutation,
     mfa::MfaMutation,
-    oidc::OidcMutation,
-    saml::SamlMutation,
+    sso::oidc::OidcMutation,
+    sso::saml::SamlMutation,
     admin::AdminMutation,
     CoreMutation,
     sync::SyncMutation,
@@ -228,13 +223,13 @@ pub(crate) async fn limit(ctx: &Context<'_>, rule: cloudsync_identity::limits::R
 
 /// The client's IP address as the request showed it.
 pub(crate) fn client_ip(ctx: &Context<'_>) -> String {
-    ctx.data_opt::<crate::http::request::RequestInfo>()
+    ctx.data_opt::<crate::graphql::request::RequestInfo>()
         .and_then(|info| info.client.ip.clone())
         .unwrap_or_else(|| "unknown".into())
 }
 
 /// The user with this id, from its own stream (never a lagging read model).
-pub(crate) async fn account(app: &App, user_id: Uuid) -> ApiResult<cloudsync_domain::user::User> {
+pub(crate) async fn load_user(app: &App, user_id: Uuid) -> ApiResult<cloudsync_domain::user::User> {
     app.commands
         .user(cloudsync_domain::UserId::from_uuid(user_id))
         .await
@@ -273,7 +268,7 @@ pub(crate) async fn admin_caller(ctx: &Context<'_>, write: bool) -> ApiResult<Ca
     let needed = if write { role::ADMIN } else { role::ADMIN | role::AUDITOR };
     // The role must be in the token and still be held now (a role revoked from the command line
     // ends no session, and the token keeps its roles until it expires).
-    let held = cloudsync_identity::access::roles_from(&account(app(ctx), caller.user_id).await?.roles());
+    let held = cloudsync_identity::access::roles_from(&load_user(app(ctx), caller.user_id).await?.roles());
     if caller.roles & held & needed == 0 {
         return Err(ApiError::Forbidden(if write {
             "this needs the role admin".into()

@@ -12,58 +12,18 @@ use async_graphql::{Context, Enum, ID, Json, Object, SimpleObject};
 use chrono::{DateTime, Utc};
 use cloudsync_commands::{CodeKind, CommandError};
 use cloudsync_domain::UserId;
-use cloudsync_domain::user::User;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use uuid::Uuid;
-use webauthn_rs::prelude::{Passkey, PasskeyAuthentication, PasskeyRegistration, PublicKeyCredential, RegisterPublicKeyCredential};
+use webauthn_rs::prelude::{Passkey, PasskeyRegistration, PublicKeyCredential, RegisterPublicKeyCredential};
 
-use super::identity::{AuthPayload, confirm_password, signed_in};
-use super::{account, app, client_ip, limit, parse_id, session_caller};
+use super::signin::{AuthPayload, CHALLENGE_TTL, MAX_ATTEMPTS, confirm_password, keep, passkeys_of, retry, signed_in, store_error, take};
+use super::{app, client_ip, limit, load_user, parse_id, session_caller};
+use crate::app::App;
 use crate::errors::{ApiError, ApiResult};
-use crate::server::App;
-use cloudsync_identity::sessions::{fresh_secret, hash as secret_hash};
+use cloudsync_identity::sessions::hash as secret_hash;
 
-const CHALLENGE_TTL: Duration = Duration::from_secs(5 * 60);
-const MAX_ATTEMPTS: u32 = 5;
 const ISSUER: &str = "CloudSync";
-
-/// A login waiting for its second factor.
-#[derive(SimpleObject)]
-pub struct MfaChallenge {
-    /// Give it to `completeMfaLogin` or `completePasskeyLogin`.
-    token: String,
-    /// `TOTP`, `RECOVERY_CODE`, `PASSKEY`.
-    methods: Vec<String>,
-    /// For `PASSKEY`: the options to pass to `navigator.credentials.get`.
-    passkey_options: Option<Json<Value>>,
-    expires_at: DateTime<Utc>,
-}
-
-impl MfaChallenge {
-    /// The challenge as `login` would show it, for answers outside GraphQL.
-    pub(crate) fn to_json(&self) -> Value {
-        serde_json::json!({
-            "token": self.token,
-            "methods": self.methods,
-            "passkeyOptions": self.passkey_options.as_ref().map(|o| o.0.clone()),
-            "expiresAt": self.expires_at,
-        })
-    }
-}
-
-#[derive(Serialize, Deserialize)]
-struct PendingLogin {
-    user: Uuid,
-    email: String,
-    cookie: bool,
-    attempts: u32,
-    expires_at: DateTime<Utc>,
-    passkey: Option<PasskeyAuthentication>,
-    /// The hash of the code last sent by text message for this login.
-    #[serde(default)]
-    sms_code: Option<String>,
-}
 
 #[derive(Serialize, Deserialize)]
 struct PendingSms {
@@ -105,16 +65,6 @@ struct PendingRegistration {
     state: PasskeyRegistration,
 }
 
-fn challenge_key(token: &str) -> String {
-    format!("mfa:{}", secret_hash(token))
-}
-
-fn passkeys_of(user: &User) -> Vec<Passkey> {
-    user.passkeys()
-        .filter_map(|p| serde_json::from_value(p.record.clone()).ok())
-        .collect()
-}
-
 fn webauthn(app: &App) -> ApiResult<&webauthn_rs::Webauthn> {
     app.passkeys.as_deref().map_err(|why| ApiError::BadInput(why.clone()))
 }
@@ -122,87 +72,6 @@ fn webauthn(app: &App) -> ApiResult<&webauthn_rs::Webauthn> {
 /// Hands a text message to the configured sender.
 async fn text(app: &App, phone: &str, message: &str) -> ApiResult<()> {
     app.sms.send(phone, message).await.map_err(|err| ApiError::internal(&err))
-}
-
-fn store_error(err: impl std::fmt::Display) -> ApiError {
-    ApiError::internal(&err)
-}
-
-/// Starts the second step of a login for `user`, whose password was right.
-pub(crate) async fn challenge(app: &App, user: &User, email: String, cookie: bool) -> ApiResult<MfaChallenge> {
-    let user_id = user.id().ok_or_else(|| ApiError::not_found("user"))?;
-    let mut methods = Vec::new();
-    if user.totp_secret().is_some() {
-        methods.extend(["TOTP".to_owned(), "RECOVERY_CODE".to_owned()]);
-    }
-    if user.sms_phone().is_some() {
-        methods.push("SMS".to_owned());
-    }
-    let passkeys = passkeys_of(user);
-    let (options, passkey) = match (passkeys.is_empty(), app.passkeys.as_deref()) {
-        (false, Ok(webauthn)) => {
-            let (options, state) = webauthn.start_passkey_authentication(&passkeys).map_err(store_error)?;
-            methods.push("PASSKEY".to_owned());
-            (Some(Json(serde_json::to_value(options).map_err(store_error)?)), Some(state))
-        }
-        _ => (None, None),
-    };
-    let token = fresh_secret();
-    let expires_at = Utc::now() + chrono::Duration::from_std(CHALLENGE_TTL).unwrap_or_default();
-    let pending = PendingLogin {
-        user: user_id.as_uuid(),
-        email,
-        cookie,
-        attempts: 0,
-        expires_at,
-        passkey,
-        sms_code: None,
-    };
-    keep(app, &token, &pending).await?;
-    Ok(MfaChallenge {
-        token,
-        methods,
-        passkey_options: options,
-        expires_at,
-    })
-}
-
-/// Keeps (or puts back) the pending login of `token` until it expires.
-async fn keep(app: &App, token: &str, pending: &PendingLogin) -> ApiResult<()> {
-    let left = (pending.expires_at - Utc::now()).to_std().unwrap_or_default();
-    let value = serde_json::to_string(pending).map_err(store_error)?;
-    app.tokens
-        .sessions()
-        .store()
-        .put_state(&challenge_key(token), &value, left)
-        .await
-        .map_err(store_error)
-}
-
-/// Takes the pending login of `token`.
-async fn take(app: &App, token: &str) -> ApiResult<PendingLogin> {
-    let value = app
-        .tokens
-        .sessions()
-        .store()
-        .take_state(&challenge_key(token))
-        .await
-        .map_err(store_error)?
-        .ok_or_else(|| ApiError::Unauthenticated("this sign-in has expired or was completed already; sign in again".into()))?;
-    serde_json::from_str(&value).map_err(store_error)
-}
-
-/// Puts a pending login back after a wrong answer, unless it has had too many.
-async fn retry(app: &App, token: &str, mut pending: PendingLogin, why: String) -> ApiError {
-    pending.attempts += 1;
-    let left = (pending.expires_at - Utc::now()).to_std().unwrap_or_default();
-    if pending.attempts < MAX_ATTEMPTS && !left.is_zero() {
-        if let Err(err) = keep(app, token, &pending).await {
-            return err;
-        }
-        return ApiError::Unauthenticated(why);
-    }
-    ApiError::Unauthenticated(format!("{why}; too many attempts, sign in again"))
 }
 
 #[derive(Enum, Copy, Clone, Eq, PartialEq, Debug)]
@@ -274,7 +143,7 @@ impl MfaQuery {
     async fn mfa(&self, ctx: &Context<'_>) -> async_graphql::Result<MfaStatus> {
         let caller = session_caller(ctx)?;
         let app = app(ctx);
-        let user = account(app, caller.user_id).await?;
+        let user = load_user(app, caller.user_id).await?;
         let phone = app
             .commands
             .sms_phone(UserId::from_uuid(caller.user_id))
@@ -363,7 +232,7 @@ impl MfaMutation {
         let caller = session_caller(ctx)?;
         let app = app(ctx);
         let webauthn = webauthn(app)?;
-        let user = account(app, caller.user_id).await?;
+        let user = load_user(app, caller.user_id).await?;
         let email = app
             .commands
             .email_of(UserId::from_uuid(caller.user_id))
@@ -601,7 +470,7 @@ impl MfaMutation {
             Err(why) => return Err(retry(app, &mfa_token, pending, why).await.into()),
         };
         let user_id = UserId::from_uuid(pending.user);
-        let user = account(app, pending.user).await?;
+        let user = load_user(app, pending.user).await?;
         // The signature counter moved: record it, so a cloned authenticator shows.
         for stored in user.passkeys() {
             let Ok(mut passkey) = serde_json::from_value::<Passkey>(stored.record.clone()) else {

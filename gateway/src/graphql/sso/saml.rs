@@ -10,10 +10,10 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use super::oidc::{keep_pending, over_budget, pending_of, refused, signed_in};
-use super::{app, client_ip, limit};
+use crate::app::App;
 use crate::errors::{ApiError, code};
-use crate::http::request::RequestInfo;
-use crate::server::App;
+use crate::graphql::request::RequestInfo;
+use crate::graphql::{app, client_ip, limit};
 use cloudsync_identity::saml::PendingRequest;
 use cloudsync_identity::sessions::hash;
 

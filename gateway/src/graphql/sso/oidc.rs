@@ -15,10 +15,10 @@ use cloudsync_domain::{Email, UserId};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use super::{account, app, client_ip, limit};
+use crate::app::App;
 use crate::errors::{ApiError, ApiResult, code};
-use crate::http::request::{RequestInfo, refresh_cookie};
-use crate::server::App;
+use crate::graphql::request::{RequestInfo, refresh_cookie};
+use crate::graphql::{app, client_ip, limit, load_user};
 use cloudsync_identity::sessions::hash;
 
 const PENDING_TTL: Duration = Duration::from_secs(10 * 60);
@@ -316,12 +316,12 @@ pub(super) async fn signed_in(app: &App, identity: &cloudsync_identity::oidc::Id
 
 async fn session_for(app: &App, identity: &cloudsync_identity::oidc::Identity, cookie: bool, info: &RequestInfo) -> ApiResult<Response> {
     let (user_id, email) = account_of(app, identity).await?;
-    let user = account(app, user_id.as_uuid()).await?;
+    let user = load_user(app, user_id.as_uuid()).await?;
     if !cloudsync_identity::access::ip_allowed(info.client.ip.as_deref(), user.ip_allowlist()) {
         return Err(ApiError::Unauthenticated("this account cannot be used from this network".into()));
     }
     if user.mfa_enabled() {
-        let challenge = super::mfa::challenge(app, &user, email.clone(), cookie).await?;
+        let challenge = crate::graphql::signin::challenge(app, &user, email.clone(), cookie).await?;
         let body = json!({ "user": { "id": user_id.to_string(), "email": email }, "mfa": challenge.to_json() });
         return Ok(([(header::CACHE_CONTROL, "no-store")], axum::Json(body)).into_response());
     }

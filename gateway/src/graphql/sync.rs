@@ -16,8 +16,8 @@ use cloudsync_projections::{FileVersionRow, SyncConflictRow, SyncPairRow};
 use futures::{Stream, StreamExt};
 
 use super::{SyncOperation, app, caller_for, parse_id, parse_path};
+use crate::app::App;
 use crate::errors::{ApiError, ApiResult};
-use crate::server::App;
 use cloudsync_identity::access::scope;
 use cloudsync_identity::auth::Caller;
 

@@ -1,0 +1,135 @@
+//! The running service: opens the database, starts the projectors and the job runner, and serves
+//! GraphQL over HTTP and WebSocket. Everything it starts is owned by [`Server`] and stopped by it.
+//!
+//! Read-your-writes: each mutation records the log position of its last appended event against the
+//! caller; before a query reads a read model it waits (up to `consistency_timeout_ms`) until every
+//! projector has passed that position, and the most advanced projector's position, so the read models
+//! never disagree between two queries. Another caller's writes are eventually consistent.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use cloudsync_commands::Commands;
+use cloudsync_eventstore::Database;
+use cloudsync_projections::{Projections, ReadModels};
+
+use cloudsync_identity::auth::{Authentication, Caller, Tokens};
+use cloudsync_identity::limits::{RateLimiter, Rules};
+use cloudsync_identity::mail::{Mailer, SmsSender};
+use cloudsync_identity::passwords::Passwords;
+
+/// What every request handler shares.
+pub struct App {
+    pub db: Database,
+    pub commands: Commands,
+    pub reads: ReadModels,
+    pub projections: Arc<Projections>,
+    pub tokens: Tokens,
+    pub(crate) written: Mutex<HashMap<uuid::Uuid, i64>>,
+    pub(crate) consistency_timeout: Duration,
+    pub(crate) token_ttl_minutes: i64,
+    pub passwords: Passwords,
+    pub mailer: Arc<dyn Mailer>,
+    pub sms: Arc<dyn SmsSender>,
+    pub password_reset_ttl: chrono::Duration,
+    /// The WebAuthn verifier, or why passkeys are not available.
+    pub passkeys: Result<Arc<webauthn_rs::Webauthn>, String>,
+    pub limiter: Arc<dyn RateLimiter>,
+    pub rules: Rules,
+    /// OpenID providers people may sign in with (none configured: `None`).
+    pub oidc: Option<Arc<cloudsync_identity::oidc::OidcLogin>>,
+    pub saml: Option<Arc<cloudsync_identity::saml::SamlLogin>>,
+}
+
+impl App {
+    /// Waits until the read models reflect everything in the log now, whoever wrote it (for
+    /// administrators' views of every account).
+    pub async fn caught_up(&self) {
+        match self.db.events.head().await {
+            Ok(head) if head > 0 && !self.projections.wait_for(head, self.consistency_timeout).await => {
+                tracing::warn!(head, "Read models lag behind the log; answering from a stale view.");
+            }
+            Ok(_) => {}
+            Err(error) => tracing::warn!(error = %error, "The log's head cannot be read; answering from the current view."),
+        }
+    }
+
+    /// What an `Authorization` header amounts to: an access token (a JWT of a session) or a
+    /// personal API token (`cst1.…`) used from `ip`.
+    pub async fn authenticate(&self, header: Option<&str>, ip: Option<&str>) -> Authentication {
+        let bearer = header
+            .map(str::trim)
+            .and_then(|h| h.strip_prefix("Bearer ").or_else(|| h.strip_prefix("bearer ")))
+            .map(str::trim);
+        match bearer {
+            Some(token) if token.starts_with(cloudsync_identity::access::API_TOKEN_PREFIX) => self.api_token(token, ip).await,
+            _ => self.tokens.authenticate(header).await,
+        }
+    }
+
+    /// Checks a personal API token against its user's record: the secret's hash, the expiry, the
+    /// account's networks; its scopes are those it was created with that the user's roles allow.
+    async fn api_token(&self, token: &str, ip: Option<&str>) -> Authentication {
+        use cloudsync_identity::access::{allowed_scopes, ip_allowed, parse_api_token, roles_from, scopes_from};
+        let invalid = || Authentication::Invalid("the API token is invalid, expired or revoked".into());
+        let Some((user_id, token_id, secret)) = parse_api_token(token) else {
+            return invalid();
+        };
+        let user = match self.commands.user(cloudsync_domain::UserId::from_uuid(user_id)).await {
+            Ok(Some(user)) => user,
+            Ok(None) => return invalid(),
+            Err(error) => {
+                tracing::error!(error = %error, "An API token cannot be checked.");
+                return Authentication::Unavailable("API tokens cannot be checked right now; try again".into());
+            }
+        };
+        let Some(stored) = user.api_token(token_id) else {
+            return invalid();
+        };
+        let matches = cloudsync_identity::sessions::hash(secret) == stored.secret_hash;
+        if !matches || stored.expires_at.is_some_and(|at| at <= chrono::Utc::now()) {
+            return invalid();
+        }
+        if !ip_allowed(ip, user.ip_allowlist()) {
+            return Authentication::Invalid("this account cannot be used from this network".into());
+        }
+        let roles = roles_from(&user.roles());
+        Authentication::User(Caller {
+            user_id,
+            session_id: None,
+            token_id: Some(token_id),
+            roles,
+            scopes: scopes_from(&stored.scopes) & allowed_scopes(roles),
+        })
+    }
+
+    /// How long an access token lives.
+    pub fn token_ttl_minutes(&self) -> i64 {
+        self.token_ttl_minutes
+    }
+
+    /// Remembers that `caller` has written up to `position`.
+    pub fn wrote(&self, caller: Caller, position: i64) {
+        self.wrote_for(caller.user_id, position);
+    }
+
+    /// Remembers that user `user_id` has written up to `position`.
+    pub fn wrote_for(&self, user_id: uuid::Uuid, position: i64) {
+        if let Ok(mut written) = self.written.lock() {
+            let entry = written.entry(user_id).or_insert(0);
+            *entry = (*entry).max(position);
+        }
+    }
+
+    /// Waits until the read models reflect everything `caller` has written, and agree with each
+    /// other (none behind what the most advanced one has shown), so what one query showed (a finished
+    /// scan) the next one sees too (its files).
+    pub async fn consistent(&self, caller: Caller) {
+        let written = self.written.lock().ok().and_then(|w| w.get(&caller.user_id).copied()).unwrap_or(0);
+        let position = written.max(self.projections.max_position());
+        if position > 0 && !self.projections.wait_for(position, self.consistency_timeout).await {
+            tracing::warn!(user = %caller.user_id, position, "Read models lag behind the caller's writes; answering from a stale view.");
+        }
+    }
+}

@@ -1,0 +1,284 @@
+//! What every way of signing in ends with: a session and its tokens ([`AuthPayload`]) once the
+//! password (or a single sign-on) is right and no second factor is needed, or a second-factor
+//! challenge ([`MfaChallenge`]) that a pending login waits on (kept in the session store, five
+//! minutes, five attempts).
+
+use super::limit;
+use crate::app::App;
+use crate::errors::{ApiError, ApiResult};
+use crate::graphql::request::{RequestInfo, refresh_cookie};
+use async_graphql::{Context, ID, Json, SimpleObject};
+use chrono::{DateTime, Utc};
+use cloudsync_domain::UserId;
+use cloudsync_domain::user::User;
+use cloudsync_identity::passwords::Verdict;
+use cloudsync_identity::sessions::{Session, fresh_secret, hash as secret_hash};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use std::time::Duration;
+use uuid::Uuid;
+use webauthn_rs::prelude::{Passkey, PasskeyAuthentication};
+
+#[derive(SimpleObject)]
+pub struct AuthPayload {
+    /// Send as `Authorization: Bearer <accessToken>`; short-lived. Null while a second factor is
+    /// required (see `mfa`).
+    pub(super) access_token: Option<String>,
+    pub(super) access_token_expires_at: Option<DateTime<Utc>>,
+    /// Exchange it with `refresh` for new tokens (it works once). Null for browser clients, which
+    /// get it in a cookie.
+    pub(super) refresh_token: Option<String>,
+    pub(super) session_id: Option<ID>,
+    pub(super) user: AuthUser,
+    /// Set when the password was right and the account needs a second factor: complete the login
+    /// with `completeMfaLogin` or `completePasskeyLogin`.
+    pub(super) mfa: Option<MfaChallenge>,
+}
+
+#[derive(SimpleObject)]
+pub struct AuthUser {
+    pub(super) id: ID,
+    pub(super) email: String,
+}
+
+pub(super) fn info<'a>(ctx: &Context<'a>) -> RequestInfo {
+    ctx.data_opt::<RequestInfo>().cloned().unwrap_or_default()
+}
+
+pub(super) fn unauthenticated(why: &str) -> ApiError {
+    ApiError::Unauthenticated(why.to_owned())
+}
+
+/// Opens a session for `user_id` and answers with its tokens (the refresh token in a cookie when
+/// `cookie`).
+pub(crate) async fn signed_in(ctx: &Context<'_>, app: &App, user_id: Uuid, email: String, cookie: bool) -> ApiResult<AuthPayload> {
+    let roles = allowed_here(ctx, app, user_id).await?;
+    let (session, refresh_token) = app
+        .tokens
+        .sessions()
+        .open(user_id, &info(ctx).client)
+        .await
+        .map_err(|err| ApiError::internal(&err))?;
+    payload(ctx, app, &session, email, refresh_token, cookie, &roles)
+}
+
+/// The user's roles, if the account may be used from the request's address (its IP allowlist).
+pub(super) async fn allowed_here(ctx: &Context<'_>, app: &App, user_id: Uuid) -> ApiResult<Vec<String>> {
+    let user = app
+        .commands
+        .user(UserId::from_uuid(user_id))
+        .await
+        .map_err(ApiError::from)?
+        .ok_or_else(|| unauthenticated("the account no longer exists"))?;
+    if !cloudsync_identity::access::ip_allowed(info(ctx).client.ip.as_deref(), user.ip_allowlist()) {
+        tracing::info!(user = %user_id, "A sign-in from outside the account's networks was refused.");
+        return Err(unauthenticated("this account cannot be used from this network"));
+    }
+    Ok(user.roles())
+}
+
+pub(super) fn payload(
+    ctx: &Context<'_>,
+    app: &App,
+    session: &Session,
+    email: String,
+    refresh_token: String,
+    cookie: bool,
+    roles: &[String],
+) -> ApiResult<AuthPayload> {
+    let access_token = app
+        .tokens
+        .issue(session.user_id, session.id, roles)
+        .map_err(|err| ApiError::internal(&err))?;
+    let refresh_token = if cookie {
+        let max_age = (session.expires_at - Utc::now()).num_seconds().max(0);
+        ctx.append_http_header("set-cookie", refresh_cookie(&refresh_token, max_age));
+        None
+    } else {
+        Some(refresh_token)
+    };
+    Ok(AuthPayload {
+        access_token: Some(access_token),
+        access_token_expires_at: Some(Utc::now() + chrono::Duration::minutes(app.token_ttl_minutes())),
+        refresh_token,
+        session_id: Some(ID(session.id.to_string())),
+        user: AuthUser {
+            id: ID(session.user_id.to_string()),
+            email,
+        },
+        mfa: None,
+    })
+}
+
+/// A new argon2id hash, on a blocking thread.
+pub(super) async fn hash_new(app: &App, password: String) -> ApiResult<String> {
+    let passwords = app.passwords.clone();
+    tokio::task::spawn_blocking(move || passwords.hash(&password))
+        .await
+        .map_err(|err| ApiError::internal(&err))?
+        .map_err(|err| ApiError::internal(&err))
+}
+
+/// Checks `password` against `stored` on a blocking thread; against a dummy hash when there is no
+/// account, so both cases take the same time.
+pub(crate) async fn check(app: &App, password: String, stored: Option<String>) -> ApiResult<Verdict> {
+    let passwords = app.passwords.clone();
+    // An account without a usable hash (one that signs in elsewhere) costs the same time too.
+    let usable = stored.filter(|hash| cloudsync_identity::passwords::Passwords::recognised(hash));
+    let exists = usable.is_some();
+    let verdict = tokio::task::spawn_blocking(move || {
+        let hash = usable.unwrap_or_else(|| passwords.dummy().to_owned());
+        passwords.verify(&password, &hash)
+    })
+    .await
+    .map_err(|err| ApiError::internal(&err))?;
+    Ok(if exists { verdict } else { Verdict::Mismatch })
+}
+
+/// Whether the caller knows the account's password (accounts without one, which sign in with an
+/// OpenID provider, need none). Charged like a login, per account.
+pub(crate) async fn confirm_password(ctx: &Context<'_>, app: &App, user_id: Uuid, password: Option<String>) -> ApiResult<()> {
+    limit(ctx, app.rules.login, &format!("account-id:{user_id}")).await?;
+    let user = super::load_user(app, user_id).await?;
+    let stored = user.password_hash().map(str::to_owned);
+    if stored.as_deref() == Some(cloudsync_commands::NO_PASSWORD) {
+        return Ok(());
+    }
+    let password = password.ok_or_else(|| ApiError::BadInput("give the account's password to confirm".into()))?;
+    if password.chars().count() > 1024 || check(app, password, stored).await? == Verdict::Mismatch {
+        return Err(ApiError::BadInput("the password is wrong".into()));
+    }
+    Ok(())
+}
+
+pub(super) const CHALLENGE_TTL: Duration = Duration::from_secs(5 * 60);
+
+pub(super) const MAX_ATTEMPTS: u32 = 5;
+
+/// A login waiting for its second factor.
+#[derive(SimpleObject)]
+pub struct MfaChallenge {
+    /// Give it to `completeMfaLogin` or `completePasskeyLogin`.
+    pub(super) token: String,
+    /// `TOTP`, `RECOVERY_CODE`, `PASSKEY`.
+    pub(super) methods: Vec<String>,
+    /// For `PASSKEY`: the options to pass to `navigator.credentials.get`.
+    pub(super) passkey_options: Option<Json<Value>>,
+    pub(super) expires_at: DateTime<Utc>,
+}
+
+impl MfaChallenge {
+    /// The challenge as `login` would show it, for answers outside GraphQL.
+    pub(crate) fn to_json(&self) -> Value {
+        serde_json::json!({
+            "token": self.token,
+            "methods": self.methods,
+            "passkeyOptions": self.passkey_options.as_ref().map(|o| o.0.clone()),
+            "expiresAt": self.expires_at,
+        })
+    }
+}
+
+#[derive(Serialize, Deserialize)]
+pub(super) struct PendingLogin {
+    pub(super) user: Uuid,
+    pub(super) email: String,
+    pub(super) cookie: bool,
+    pub(super) attempts: u32,
+    pub(super) expires_at: DateTime<Utc>,
+    pub(super) passkey: Option<PasskeyAuthentication>,
+    /// The hash of the code last sent by text message for this login.
+    #[serde(default)]
+    pub(super) sms_code: Option<String>,
+}
+
+pub(super) fn challenge_key(token: &str) -> String {
+    format!("mfa:{}", secret_hash(token))
+}
+
+pub(super) fn passkeys_of(user: &User) -> Vec<Passkey> {
+    user.passkeys()
+        .filter_map(|p| serde_json::from_value(p.record.clone()).ok())
+        .collect()
+}
+
+pub(super) fn store_error(err: impl std::fmt::Display) -> ApiError {
+    ApiError::internal(&err)
+}
+
+/// Starts the second step of a login for `user`, whose password was right.
+pub(crate) async fn challenge(app: &App, user: &User, email: String, cookie: bool) -> ApiResult<MfaChallenge> {
+    let user_id = user.id().ok_or_else(|| ApiError::not_found("user"))?;
+    let mut methods = Vec::new();
+    if user.totp_secret().is_some() {
+        methods.extend(["TOTP".to_owned(), "RECOVERY_CODE".to_owned()]);
+    }
+    if user.sms_phone().is_some() {
+        methods.push("SMS".to_owned());
+    }
+    let passkeys = passkeys_of(user);
+    let (options, passkey) = match (passkeys.is_empty(), app.passkeys.as_deref()) {
+        (false, Ok(webauthn)) => {
+            let (options, state) = webauthn.start_passkey_authentication(&passkeys).map_err(store_error)?;
+            methods.push("PASSKEY".to_owned());
+            (Some(Json(serde_json::to_value(options).map_err(store_error)?)), Some(state))
+        }
+        _ => (None, None),
+    };
+    let token = fresh_secret();
+    let expires_at = Utc::now() + chrono::Duration::from_std(CHALLENGE_TTL).unwrap_or_default();
+    let pending = PendingLogin {
+        user: user_id.as_uuid(),
+        email,
+        cookie,
+        attempts: 0,
+        expires_at,
+        passkey,
+        sms_code: None,
+    };
+    keep(app, &token, &pending).await?;
+    Ok(MfaChallenge {
+        token,
+        methods,
+        passkey_options: options,
+        expires_at,
+    })
+}
+
+/// Keeps (or puts back) the pending login of `token` until it expires.
+pub(super) async fn keep(app: &App, token: &str, pending: &PendingLogin) -> ApiResult<()> {
+    let left = (pending.expires_at - Utc::now()).to_std().unwrap_or_default();
+    let value = serde_json::to_string(pending).map_err(store_error)?;
+    app.tokens
+        .sessions()
+        .store()
+        .put_state(&challenge_key(token), &value, left)
+        .await
+        .map_err(store_error)
+}
+
+/// Takes the pending login of `token`.
+pub(super) async fn take(app: &App, token: &str) -> ApiResult<PendingLogin> {
+    let value = app
+        .tokens
+        .sessions()
+        .store()
+        .take_state(&challenge_key(token))
+        .await
+        .map_err(store_error)?
+        .ok_or_else(|| ApiError::Unauthenticated("this sign-in has expired or was completed already; sign in again".into()))?;
+    serde_json::from_str(&value).map_err(store_error)
+}
+
+/// Puts a pending login back after a wrong answer, unless it has had too many.
+pub(super) async fn retry(app: &App, token: &str, mut pending: PendingLogin, why: String) -> ApiError {
+    pending.attempts += 1;
+    let left = (pending.expires_at - Utc::now()).to_std().unwrap_or_default();
+    if pending.attempts < MAX_ATTEMPTS && !left.is_zero() {
+        if let Err(err) = keep(app, token, &pending).await {
+            return err;
+        }
+        return ApiError::Unauthenticated(why);
+    }
+    ApiError::Unauthenticated(format!("{why}; too many attempts, sign in again"))
+}

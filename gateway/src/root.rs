@@ -1,0 +1,449 @@
+//! The composition root: every component built from [`Config`] (the database, the master key and
+//! what it seals, the command side, the read models, identity's stores and senders, single sign-on),
+//! and [`start`], which starts the projectors, the job runner, the scheduler and the HTTP server
+//! and hands them to a [`Server`] that stops them all.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::Context as _;
+use cloudsync_chunks::ProviderStore;
+use cloudsync_commands::{Commands, JobRunner, MasterKey, OAuth, OAuthApp, Scheduler, SealingStore, Vault};
+use cloudsync_domain::ProviderKind;
+use cloudsync_eventstore::Database;
+use cloudsync_projections::{Projections, ReadModels};
+use secrecy::{ExposeSecret as _, SecretString};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use crate::app::App;
+use crate::config::Config;
+use crate::http::router;
+use cloudsync_identity::auth::Tokens;
+use cloudsync_identity::keys::{KeyRing, RELOAD_EVERY};
+use cloudsync_identity::limits::{MemoryLimiter, RateLimiter, RedisLimiter, Rules};
+use cloudsync_identity::mail::{LogMailer, LogSms, OutboxMailer, OutboxSms};
+use cloudsync_identity::passwords::Passwords;
+use cloudsync_identity::sessions::{MemorySessions, RedisSessions, SessionStore, Sessions};
+
+/// A started server.
+pub struct Server {
+    addr: SocketAddr,
+    app: Arc<App>,
+    shutdown: CancellationToken,
+    tasks: JoinSet<()>,
+}
+
+impl Server {
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    pub fn app(&self) -> &Arc<App> {
+        &self.app
+    }
+
+    /// Stops accepting requests, stops the projectors and the job runner, and waits for all of them.
+    pub async fn stop(mut self) {
+        self.shutdown.cancel();
+        while self.tasks.join_next().await.is_some() {}
+        self.app.db.close().await;
+    }
+
+    /// Waits until `signal` completes, then stops.
+    pub async fn run_until(self, signal: impl std::future::Future<Output = ()>) {
+        signal.await;
+        tracing::info!("Shutting down.");
+        self.stop().await;
+    }
+}
+
+/// A secret: configured, or generated once by `generate` and kept (mode 0600) in `<data_dir>/<file>`.
+fn secret(config: &Config, configured: Option<&SecretString>, file: &str, generate: fn() -> String) -> anyhow::Result<SecretString> {
+    if let Some(secret) = configured {
+        return Ok(secret.clone());
+    }
+    let path = config.data_dir.join(file);
+    if let Ok(existing) = std::fs::read_to_string(&path)
+        && !existing.trim().is_empty()
+    {
+        return Ok(SecretString::from(existing.trim().to_owned()));
+    }
+    let secret = generate();
+    std::fs::write(&path, &secret).with_context(|| format!("writing {}", path.display()))?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).ok();
+    }
+    Ok(SecretString::from(secret))
+}
+
+/// The master key from configuration (or generated once into the data dir).
+///
+/// # Errors
+/// A malformed or unwritable master key.
+pub fn master_key(config: &Config) -> anyhow::Result<MasterKey> {
+    let master = secret(config, config.master_key.as_ref(), "master-key", || MasterKey::generate().1)?;
+    let current = MasterKey::parse(master.expose_secret()).context("the master key")?;
+    let mut previous = Vec::new();
+    for (i, key) in config.master_key_previous.iter().enumerate() {
+        previous.push(MasterKey::parse(key.expose_secret()).with_context(|| format!("previous master key {}", i + 1))?);
+    }
+    if let Ok(text) = std::fs::read_to_string(config.data_dir.join(PREVIOUS_MASTER_KEYS)) {
+        for line in text.lines().filter(|l| !l.trim().is_empty()) {
+            previous.push(MasterKey::parse(line).with_context(|| format!("a key in {PREVIOUS_MASTER_KEYS}"))?);
+        }
+    }
+    Ok(current.with_previous(previous))
+}
+
+/// The master key ring as what seals the private halves of the access tokens' signing keys.
+pub struct MasterSealer(pub MasterKey);
+
+impl cloudsync_identity::keys::Sealer for MasterSealer {
+    fn seal(&self, purpose: &str, plaintext: &[u8]) -> anyhow::Result<String> {
+        Ok(self.0.seal(purpose, plaintext)?)
+    }
+
+    fn open(&self, purpose: &str, sealed: &str) -> anyhow::Result<Vec<u8>> {
+        Ok(self.0.open(purpose, sealed)?)
+    }
+
+    fn is_current(&self, sealed: &str) -> bool {
+        self.0.is_current(sealed)
+    }
+}
+
+/// The data dir's file of earlier generated master keys (one per line, oldest first).
+pub const PREVIOUS_MASTER_KEYS: &str = "master-key.previous";
+
+/// Replaces the data dir's generated master key by a new one, keeping the old one in
+/// [`PREVIOUS_MASTER_KEYS`] (written and synced first, so an interruption anywhere leaves every key
+/// that sealed something on disk). Only for the generated key: a configured one is rotated by
+/// configuration.
+///
+/// # Errors
+/// A configured master key, or files that cannot be written.
+pub fn replace_generated_master_key(config: &Config) -> anyhow::Result<MasterKey> {
+    use std::io::Write as _;
+    if config.master_key.is_some() {
+        anyhow::bail!(
+            "the master key comes from the configuration: set CLOUDSYNC_MASTER_KEY to a new key and \
+             CLOUDSYNC_MASTER_KEY_PREVIOUS to the old one on every process, run `cloudsync keys rewrap`, \
+             then drop the previous key"
+        );
+    }
+    let path = config.data_dir.join("master-key");
+    let old = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+    let private = || {
+        let mut options = std::fs::OpenOptions::new();
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::OpenOptionsExt as _;
+            options.mode(0o600);
+        }
+        options
+    };
+    // The folder's entries are made durable too: after a crash, whatever the database holds was
+    // sealed by a key that is on disk.
+    let sync_folder = || std::fs::File::open(&config.data_dir).and_then(|folder| folder.sync_all());
+    let previous_path = config.data_dir.join(PREVIOUS_MASTER_KEYS);
+    let mut previous = private().create(true).append(true).open(&previous_path)?;
+    writeln!(previous, "{}", old.trim())?;
+    previous.sync_all()?;
+    sync_folder()?;
+    let (_, text) = MasterKey::generate();
+    let temporary = config.data_dir.join(".master-key.tmp");
+    let mut file = private().create(true).write(true).truncate(true).open(&temporary)?;
+    file.write_all(text.as_bytes())?;
+    file.sync_all()?;
+    std::fs::rename(&temporary, &path)?;
+    sync_folder()?;
+    master_key(config)
+}
+
+/// How long a retired signing key keeps verifying: every token it signed, including those signed by
+/// processes that have not reloaded the keys yet, has expired by then.
+pub fn key_grace(config: &Config) -> Duration {
+    let ttl = u64::try_from(config.token_ttl_minutes).unwrap_or(0) * 60;
+    Duration::from_secs(ttl) + RELOAD_EVERY + Duration::from_secs(60)
+}
+
+/// The WebAuthn verifier for the configured origin (see `Config::webauthn_origin`), or why
+/// passkeys cannot work with it.
+pub fn passkeys(config: &Config, addr: SocketAddr) -> Result<Arc<webauthn_rs::Webauthn>, String> {
+    use webauthn_rs::prelude::Url;
+    let origin = config
+        .webauthn_origin
+        .clone()
+        .or_else(|| config.public_url.clone())
+        .unwrap_or_else(|| format!("http://localhost:{}", addr.port()));
+    let origin = Url::parse(&origin).map_err(|err| format!("passkeys are not available: webauthn_origin {origin:?}: {err}"))?;
+    let rp_id = config
+        .webauthn_rp_id
+        .clone()
+        .or_else(|| origin.host_str().map(str::to_owned))
+        .unwrap_or_default();
+    let built = webauthn_rs::WebauthnBuilder::new(&rp_id, &origin).and_then(|builder| builder.rp_name("CloudSync").build());
+    match built {
+        Ok(webauthn) => Ok(Arc::new(webauthn)),
+        Err(err) => {
+            let why = format!("passkeys are not available: origin {origin} with relying party {rp_id:?}: {err}");
+            tracing::warn!("{why}");
+            Err(why)
+        }
+    }
+}
+
+/// The OpenID providers for sign-in, calling back to `<public_url>/auth/oidc/callback`.
+///
+/// # Errors
+/// A public URL that is not a URL.
+pub fn oidc_login(config: &Config, addr: SocketAddr) -> anyhow::Result<Option<Arc<cloudsync_identity::oidc::OidcLogin>>> {
+    if config.oidc.is_empty() {
+        return Ok(None);
+    }
+    let public = config.public_url.clone().unwrap_or_else(|| format!("http://{addr}"));
+    let callback = format!("{}/auth/oidc/callback", public.trim_end_matches('/'));
+    let login = cloudsync_identity::oidc::OidcLogin::new(&config.oidc, &callback).map_err(anyhow::Error::msg)?;
+    Ok(Some(Arc::new(login)))
+}
+
+/// The SAML identity providers for sign-in, answering to `<public_url>/auth/saml/acs`.
+///
+/// # Errors
+/// A public URL the service provider's endpoints cannot be made of.
+pub fn saml_login(config: &Config, addr: SocketAddr) -> anyhow::Result<Option<Arc<cloudsync_identity::saml::SamlLogin>>> {
+    if config.saml.is_empty() {
+        return Ok(None);
+    }
+    let public = config.public_url.clone().unwrap_or_else(|| format!("http://{addr}"));
+    if !public.starts_with("https://") {
+        tracing::warn!(
+            public_url = %public,
+            "SAML sign-ins from browsers need an https:// public_url (their binding cookie is Secure); API clients work without one."
+        );
+    }
+    let login = cloudsync_identity::saml::SamlLogin::new(&config.saml, &public).map_err(anyhow::Error::msg)?;
+    Ok(Some(Arc::new(login)))
+}
+
+/// Password hashing with the configured argon2id parameters.
+///
+/// # Errors
+/// Parameters argon2 refuses.
+pub fn passwords(config: &Config) -> anyhow::Result<Passwords> {
+    Passwords::new(config.argon2_memory_kib, config.argon2_iterations, config.argon2_parallelism).map_err(anyhow::Error::msg)
+}
+
+/// Where sessions and rate-limit buckets live: in Redis when configured (one connection for
+/// both), else in this process's memory.
+///
+/// # Errors
+/// An unreachable Redis.
+pub async fn shared_state(config: &Config) -> anyhow::Result<(Arc<dyn SessionStore>, Arc<dyn RateLimiter>)> {
+    let Some(url) = &config.redis_url else {
+        return Ok((Arc::new(MemorySessions::default()), Arc::new(MemoryLimiter::default())));
+    };
+    let connection = cloudsync_identity::sessions::redis_connection(url)
+        .await
+        .with_context(|| format!("connecting to Redis ({})", redact(url)))?;
+    Ok((
+        Arc::new(RedisSessions::new(connection.clone(), &config.redis_namespace)),
+        Arc::new(RedisLimiter::new(connection, &config.redis_namespace)),
+    ))
+}
+
+/// The command side on `db`, with the master key from configuration (or the data dir).
+///
+/// # Errors
+/// A malformed or unwritable master key.
+pub fn commands(config: &Config, db: &Database) -> anyhow::Result<Commands> {
+    let master = master_key(config)?;
+    let chunks = match &config.chunk_store {
+        None => ProviderStore::in_folder(&config.data_dir.join("chunks")).context("the chunk store in the data dir")?,
+        Some(settings) => ProviderStore::from_settings(settings).context("the chunk store's settings")?,
+    };
+    Ok(Commands::new(Arc::clone(&db.events), Vault::new(master, db.pool.clone())).with_chunks(Arc::new(chunks)))
+}
+
+/// The OAuth apps from configuration, calling back to `<public_url>/oauth/callback` (`addr` stands in
+/// for an unset public URL). `None` when no app is configured.
+///
+/// # Errors
+/// An app whose settings cannot work.
+pub fn oauth(config: &Config, addr: SocketAddr) -> anyhow::Result<Option<Arc<OAuth>>> {
+    if config.oauth.is_empty() {
+        return Ok(None);
+    }
+    let mut apps = HashMap::new();
+    for (name, app) in &config.oauth {
+        let kind = ProviderKind::parse(name).map_err(|e| anyhow::anyhow!("oauth.{name}: {e}"))?;
+        let secret = app.client_secret.as_ref().map(|s| s.expose_secret().to_owned());
+        let mut resolved = OAuthApp::well_known(kind, app.client_id.clone(), secret)
+            .with_context(|| format!("oauth.{name}: {name} providers do not connect through OAuth"))?;
+        if let Some(url) = &app.auth_url {
+            resolved.auth_url.clone_from(url);
+        }
+        if let Some(url) = &app.token_url {
+            resolved.token_url.clone_from(url);
+        }
+        if let Some(scopes) = &app.scopes {
+            resolved.scopes.clone_from(scopes);
+        }
+        if let Some(params) = &app.extra_params {
+            resolved.extra_params = params.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+        }
+        apps.insert(kind, resolved);
+    }
+    let public = config.public_url.clone().unwrap_or_else(|| format!("http://{addr}"));
+    let callback = format!("{}/oauth/callback", public.trim_end_matches('/'));
+    let margin = Duration::from_secs(config.oauth_renew_margin_seconds);
+    Ok(Some(Arc::new(OAuth::new(apps, &callback, margin).context("the OAuth settings")?)))
+}
+
+/// Opens (creating when needed) the data dir and the database, migrated.
+///
+/// # Errors
+/// An unusable data dir or database.
+pub async fn open_database(config: &Config) -> anyhow::Result<Database> {
+    std::fs::create_dir_all(&config.data_dir).with_context(|| format!("creating the data dir {}", config.data_dir.display()))?;
+    let url = config.database_url();
+    let mut db = Database::connect(&url, true)
+        .await
+        .with_context(|| format!("opening the database ({})", redact(&url)))?;
+    // Paths are sealed in new events when configured, and sealed ones opened always.
+    let vault = Vault::new(master_key(config)?, db.pool.clone());
+    db.events = Arc::new(SealingStore::new(Arc::clone(&db.events), vault, config.seal_paths));
+    Ok(db)
+}
+
+/// A database URL without its password, for messages.
+pub fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            let credentials = &url[scheme + 3..at];
+            match credentials.split_once(':') {
+                Some((user, _)) => format!("{}{user}:***{}", &url[..scheme + 3], &url[at..]),
+                None => url.to_owned(),
+            }
+        }
+        _ => url.to_owned(),
+    }
+}
+
+/// Starts the whole service on `config.bind` (port 0 picks a free port).
+///
+/// # Errors
+/// An unusable database, data dir or address.
+pub async fn start(config: &Config) -> anyhow::Result<Server> {
+    let db = open_database(config).await?;
+    let keys = KeyRing::open(db.pool.clone(), Arc::new(MasterSealer(master_key(config)?)), key_grace(config))
+        .await
+        .context("the token-signing keys")?;
+    let (session_store, limiter) = shared_state(config).await?;
+    let sessions = Sessions::new(session_store, chrono::Duration::days(config.refresh_ttl_days));
+    let tokens = Tokens::new(Arc::new(keys), sessions, config.token_ttl_minutes);
+    let projections = Projections::new(db.clone());
+    let listener = tokio::net::TcpListener::bind(&config.bind)
+        .await
+        .with_context(|| format!("binding {}", config.bind))?;
+    let addr = listener.local_addr()?;
+    let mut commands = commands(config, &db)?;
+    if let Some(oauth) = oauth(config, addr)? {
+        commands = commands.with_oauth(oauth);
+    }
+    let app = Arc::new(App {
+        reads: ReadModels::new(db.pool.clone()),
+        commands: commands.clone(),
+        projections: Arc::clone(&projections),
+        tokens,
+        written: Mutex::new(HashMap::new()),
+        consistency_timeout: Duration::from_millis(config.consistency_timeout_ms),
+        token_ttl_minutes: config.token_ttl_minutes,
+        passwords: passwords(config)?,
+        mailer: match &config.mail_outbox {
+            Some(folder) => Arc::new(OutboxMailer::new(folder.clone())),
+            None => Arc::new(LogMailer),
+        },
+        sms: match &config.sms_outbox {
+            Some(folder) => Arc::new(OutboxSms::new(folder.clone())),
+            None => Arc::new(LogSms),
+        },
+        password_reset_ttl: chrono::Duration::minutes(config.password_reset_ttl_minutes),
+        passkeys: passkeys(config, addr),
+        limiter,
+        oidc: oidc_login(config, addr)?,
+        saml: saml_login(config, addr)?,
+        rules: Rules::new(config.rate_limit_api_per_minute, config.rate_limit_login_per_minute),
+        db: db.clone(),
+    });
+    let shutdown = CancellationToken::new();
+    let mut tasks = JoinSet::new();
+    tasks.spawn(Arc::clone(&projections).run(shutdown.child_token()));
+    let scheduler = Scheduler::new(commands.clone());
+    tasks.spawn(scheduler.run(shutdown.child_token()));
+    let jobs = JobRunner::new(commands, db.pool.clone());
+    let jobs_shutdown = shutdown.child_token();
+    tasks.spawn(async move {
+        if let Err(error) = jobs.run(jobs_shutdown).await {
+            tracing::error!(error = %error, "The job runner stopped.");
+        }
+    });
+
+    let keys = Arc::clone(app.tokens.keys());
+    let keys_shutdown = shutdown.child_token();
+    tasks.spawn(async move {
+        // Picks up a key rotation done by another process (or the CLI).
+        loop {
+            tokio::select! {
+                () = keys_shutdown.cancelled() => break,
+                () = tokio::time::sleep(RELOAD_EVERY) => keys.reload().await,
+            }
+        }
+    });
+
+    let router = router(Arc::clone(&app), config)?;
+    let http_shutdown = shutdown.child_token();
+    tasks.spawn(async move {
+        let served = axum::serve(listener, router.into_make_service_with_connect_info::<SocketAddr>())
+            .with_graceful_shutdown(async move { http_shutdown.cancelled().await })
+            .await;
+        if let Err(error) = served {
+            tracing::error!(error = %error, "The HTTP server stopped.");
+        }
+    });
+    if config.public_url.as_deref().is_some_and(|url| url.starts_with("https://")) {
+        if config.mail_outbox.is_none() {
+            tracing::warn!("Mail (password reset tokens) goes to the log: set mail_outbox for a public server.");
+        }
+        if config.sms_outbox.is_none() {
+            tracing::warn!("Text messages (second-factor codes) go to the log: set sms_outbox for a public server.");
+        }
+    }
+    tracing::info!(addr = %addr, backend = db.backend(), "CloudSync is listening.");
+    Ok(Server {
+        addr,
+        app,
+        shutdown,
+        tasks,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::redact;
+
+    #[test]
+    fn database_passwords_never_reach_messages() {
+        assert_eq!(
+            redact("postgres://app:s3cret@db:5432/cloudsync"),
+            "postgres://app:***@db:5432/cloudsync"
+        );
+        assert_eq!(redact("postgres://postgres@127.0.0.1/x"), "postgres://postgres@127.0.0.1/x");
+        assert_eq!(redact("sqlite://data/cloudsync.db"), "sqlite://data/cloudsync.db");
+    }
+}
