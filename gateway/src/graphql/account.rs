@@ -13,10 +13,11 @@ use uuid::Uuid;
 use super::signin::{
     AuthPayload, AuthUser, allowed_here, challenge, check, confirm_password, hash_new, info, payload, signed_in, unauthenticated,
 };
-use super::{app, client_ip, limit, parse_id, session_caller};
+use super::{app, caller_for, client_ip, limit, parse_id, session_caller};
 use crate::app::App;
 use crate::errors::{ApiError, ApiResult};
 use crate::graphql::request::refresh_cookie;
+use cloudsync_identity::access::scope;
 use cloudsync_identity::auth::check_password_rules;
 use cloudsync_identity::mail::Mail;
 use cloudsync_identity::passwords::Verdict;
@@ -35,6 +36,13 @@ pub struct SessionInfo {
     ip: Option<String>,
     /// Whether the request's own access token belongs to it.
     current: bool,
+}
+
+#[derive(SimpleObject)]
+pub struct User {
+    id: ID,
+    email: String,
+    created_at: DateTime<Utc>,
 }
 
 const RESET_PREFIX: &str = "rst1";
@@ -86,6 +94,33 @@ pub struct IdentityQuery;
 
 #[Object]
 impl IdentityQuery {
+    /// The signed-in user.
+    async fn me(&self, ctx: &Context<'_>) -> async_graphql::Result<User> {
+        let caller = caller_for(ctx, scope::FILES_READ)?;
+        let app = app(ctx);
+        app.consistent(caller).await;
+        let row = app
+            .reads
+            .user(caller.user_id)
+            .await
+            .map_err(ApiError::from)?
+            .ok_or_else(|| ApiError::not_found("user"))?;
+        let email = app
+            .commands
+            .reveal(
+                cloudsync_domain::UserId::from_uuid(caller.user_id),
+                &cloudsync_domain::events::Personal::from_column(&row.email),
+            )
+            .await
+            .map_err(ApiError::from)?
+            .ok_or_else(|| ApiError::not_found("user"))?;
+        Ok(User {
+            id: ID(row.id.to_string()),
+            email,
+            created_at: row.created_at,
+        })
+    }
+
     /// The caller's live sessions, oldest first.
     async fn sessions(&self, ctx: &Context<'_>) -> async_graphql::Result<Vec<SessionInfo>> {
         let caller = session_caller(ctx)?;
