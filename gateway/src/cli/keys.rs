@@ -1,0 +1,54 @@
+//! `cloudsync keys`: the signing keys and the master key (list, rotate, re-wrap).
+
+use cloudsync_eventstore::Database;
+
+use crate::config::Config;
+
+use super::KeysCommand;
+
+/// `cloudsync keys list | rotate`.
+///
+/// # Errors
+/// An unreachable database or a write error.
+pub async fn keys(config: &Config, db: &Database, command: &KeysCommand, out: &mut impl std::io::Write) -> anyhow::Result<()> {
+    use cloudsync_identity::keys::{KeyRing, list};
+    let grace = crate::root::key_grace(config);
+    if matches!(command, KeysCommand::Rewrap | KeysCommand::RotateMaster) {
+        let master = if matches!(command, KeysCommand::RotateMaster) {
+            crate::root::replace_generated_master_key(config)?
+        } else {
+            crate::root::master_key(config)?
+        };
+        let users = cloudsync_commands::Vault::new(master.clone(), db.pool.clone()).rewrap().await?;
+        let signing = cloudsync_identity::keys::rewrap(&db.pool, &crate::root::MasterSealer(master.clone())).await?;
+        writeln!(
+            out,
+            "Master key {} now wraps everything: {users} user keys and {signing} signing keys re-wrapped.",
+            master.id()
+        )?;
+        if matches!(command, KeysCommand::RotateMaster) {
+            writeln!(
+                out,
+                "The old key is in {} until you delete it; start the server again to use the new one.",
+                crate::root::PREVIOUS_MASTER_KEYS
+            )?;
+        }
+        return Ok(());
+    }
+    if matches!(command, KeysCommand::Rotate) {
+        let master = crate::root::master_key(config)?;
+        let kid = KeyRing::rotate(&db.pool, &crate::root::MasterSealer(master), grace).await?;
+        writeln!(out, "Key {kid} signs new access tokens from now on (every server within a minute).")?;
+    }
+    let time =
+        |ms: i64| chrono::DateTime::from_timestamp_millis(ms).map_or_else(String::new, |t| t.format("%Y-%m-%d %H:%M:%S UTC").to_string());
+    let grace_ms = i64::try_from(grace.as_millis()).unwrap_or(i64::MAX);
+    for key in list(&db.pool).await? {
+        let state = match key.retired_at {
+            None => "signs".to_owned(),
+            Some(at) => format!("retired, verifies until {}", time(at.saturating_add(grace_ms))),
+        };
+        writeln!(out, "{}  {}  created {}  {state}", key.kid, key.algorithm, time(key.created_at))?;
+    }
+    Ok(())
+}

@@ -1,0 +1,351 @@
+//! The `cloudsync` command line: subcommands and their glue to the library.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+use uuid::Uuid;
+
+use crate::config::Config;
+use crate::root::{open_database, start};
+
+mod jobs;
+mod keys;
+mod replay;
+mod users;
+
+use jobs::{NewPair, scan, sync};
+pub use keys::keys;
+pub use replay::replay;
+pub use users::{import_users, roles};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "cloudsync",
+    version,
+    about = "CloudSync: one index, search and sync engine over all your storage."
+)]
+pub struct Cli {
+    /// A TOML configuration file (CLOUDSYNC_* environment variables override it).
+    #[arg(long, global = true, env = "CLOUDSYNC_CONFIG")]
+    pub config: Option<PathBuf>,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Runs the API, the projectors and the workers (embedded defaults in ./data when nothing is configured).
+    Serve {
+        /// host:port to listen on (overrides CLOUDSYNC_BIND).
+        #[arg(long)]
+        bind: Option<String>,
+    },
+    /// Applies pending database migrations and exits.
+    Migrate,
+    /// Manages the read-model projections.
+    Projections {
+        #[command(subcommand)]
+        command: ProjectionsCommand,
+    },
+    /// Scans a provider now (only changes are recorded), with a progress bar.
+    Scan {
+        /// The provider's id.
+        provider_id: Uuid,
+    },
+    /// Runs a sync pair now, with a progress bar: an existing pair (its id), or a new pair of two
+    /// folders given as `<provider id>:<path>` (both providers must belong to one user).
+    Sync {
+        /// An existing pair's id.
+        #[arg(conflicts_with_all = ["source", "target"], required_unless_present_all = ["source", "target"])]
+        pair_id: Option<Uuid>,
+        /// The source folder of a new pair, `<provider id>:<path>`.
+        #[arg(long, requires = "target")]
+        source: Option<String>,
+        /// The target folder of a new pair, `<provider id>:<path>`.
+        #[arg(long, requires = "source")]
+        target: Option<String>,
+        /// copy, mirror or two-way.
+        #[arg(long, default_value = "two-way")]
+        mode: String,
+        /// keep-both, newest-wins, source-wins, target-wins or manual.
+        #[arg(long, default_value = "keep-both")]
+        policy: String,
+        /// The largest share (percent) of a side a run may delete without approval.
+        #[arg(long, default_value_t = cloudsync_commands::DEFAULT_MAX_DELETE_PERCENT)]
+        max_delete: u8,
+        /// Earlier versions kept of each file (0: none).
+        #[arg(long, default_value_t = cloudsync_domain::events::DEFAULT_KEEP_VERSIONS)]
+        keep_versions: u32,
+        /// Days an earlier version is kept (0: no age limit).
+        #[arg(long, default_value_t = cloudsync_domain::events::DEFAULT_KEEP_DAYS)]
+        keep_days: u32,
+    },
+    /// Collects the chunk store's garbage: lets go of versions outside their pair's retention and
+    /// deletes chunks nothing references. Sync runs in progress are waited for (new ones wait).
+    Gc {
+        /// How long to wait for sync runs in progress to end, in seconds.
+        #[arg(long, default_value_t = 600)]
+        wait: u64,
+    },
+    /// Manages accounts.
+    Users {
+        #[command(subcommand)]
+        command: UsersCommand,
+    },
+    /// Manages the access tokens' signing keys.
+    Keys {
+        #[command(subcommand)]
+        command: KeysCommand,
+    },
+    /// Prints the GraphQL schema (SDL), as the repository keeps it in `schema.graphql`.
+    Schema,
+    /// Prints history from the event log: one stream's, or everything one user did, in order.
+    Replay {
+        /// A stream such as `file-<uuid>` or `user-<uuid>`.
+        #[arg(long, conflicts_with = "user", required_unless_present = "user")]
+        stream: Option<String>,
+        /// A user id: every event that user caused.
+        #[arg(long)]
+        user: Option<Uuid>,
+        /// One JSON object per line instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ProjectionsCommand {
+    /// Rebuilds one read model (users, providers, files, sync_operations, sync_pairs,
+    /// sync_conflicts, file_versions, or all) from position 0. Safe while the server runs.
+    Rebuild { name: String },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum UsersCommand {
+    /// Registers accounts moved from another system: a JSON Lines file of
+    /// `{"email": …, "password_hash": …}` with argon2, bcrypt (`$2b$…`) or PBKDF2 (`$pbkdf2-sha256$…`,
+    /// or Django's `pbkdf2_sha256$…`) hashes. People sign in with their old passwords; the hash is
+    /// replaced by an argon2id one at their first login. A file with any bad line imports nothing.
+    Import { file: PathBuf },
+    /// Gives an account a role (`admin`, `auditor`): how the first administrator is made.
+    Grant { email: String, role: String },
+    /// Takes a role from an account.
+    Revoke { email: String, role: String },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum KeysCommand {
+    /// Lists the signing keys: which one signs, and until when the retired ones still verify.
+    List,
+    /// Adds a new signing key that every server process uses within a minute; tokens signed with
+    /// the keys it replaces keep working until they expire, so nobody is signed out.
+    Rotate,
+    /// Re-wraps every user's data key and every signing key with the current master key (after the
+    /// configuration got a new one, with the old one as `master_key_previous`).
+    Rewrap,
+    /// Replaces the generated master key in the data dir by a new one and re-wraps everything
+    /// with it; the old key stays in `master-key.previous` until you delete it. Stop the server
+    /// first: a running server keeps the keys it started with.
+    RotateMaster,
+}
+
+/// Parses the command line and runs it.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let config = match Config::load(cli.config.as_deref(), std::env::vars()) {
+        Ok(config) => config,
+        Err(error) => {
+            eprintln!("cloudsync: {error:#}");
+            return ExitCode::from(2);
+        }
+    };
+    init_tracing(&config);
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("cloudsync: cannot start the async runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli.command, config)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("cloudsync: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_tracing(config: &Config) {
+    use tracing_subscriber::Layer as _;
+    use tracing_subscriber::layer::SubscriberExt as _;
+    use tracing_subscriber::util::SubscriberInitExt as _;
+    let filter = tracing_subscriber::EnvFilter::try_from_env("CLOUDSYNC_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,sqlx=warn"));
+    let layer = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    let layer = if config.log_format == "json" {
+        layer.json().boxed()
+    } else {
+        layer.boxed()
+    };
+    tracing_subscriber::registry()
+        .with(
+            layer
+                .with_filter(filter)
+                .with_filter(tracing_subscriber::filter::filter_fn(no_secrets)),
+        )
+        .init();
+}
+
+/// Drops log events that are known to carry secrets whatever the configured level: the request
+/// signer used by the S3 and Azure adapters (reqsign) prints its credentials at debug level.
+fn no_secrets(metadata: &tracing::Metadata<'_>) -> bool {
+    !(metadata.target().starts_with("reqsign") && *metadata.level() > tracing::Level::INFO)
+}
+
+/// Runs one subcommand.
+///
+/// # Errors
+/// Whatever stops it, with context.
+pub async fn run(command: Command, mut config: Config) -> anyhow::Result<()> {
+    match command {
+        Command::Schema => {
+            print!("{}", crate::graphql::sdl());
+            Ok(())
+        }
+        Command::Serve { bind } => {
+            if let Some(bind) = bind {
+                config.bind = bind;
+                config.validate()?;
+            }
+            let server = start(&config).await?;
+            println!("CloudSync is running: GraphQL at http://{}/graphql", server.addr());
+            server.run_until(shutdown_signal()).await;
+            Ok(())
+        }
+        Command::Migrate => {
+            let db = open_database(&config).await?;
+            println!("Migrations applied ({}).", db.backend());
+            db.close().await;
+            Ok(())
+        }
+        Command::Projections {
+            command: ProjectionsCommand::Rebuild { name },
+        } => {
+            let db = open_database(&config).await?;
+            let names: Vec<&str> = if name == "all" {
+                cloudsync_projections::PROJECTORS.to_vec()
+            } else {
+                vec![name.as_str()]
+            };
+            for name in names {
+                let replayed = cloudsync_projections::rebuild(&db, name)
+                    .await
+                    .with_context(|| format!("rebuilding {name}"))?;
+                println!("Rebuilt {name} from {replayed} events.");
+            }
+            db.close().await;
+            Ok(())
+        }
+        Command::Scan { provider_id } => {
+            let db = open_database(&config).await?;
+            let result = scan(&config, &db, provider_id).await;
+            db.close().await;
+            result
+        }
+        Command::Sync {
+            pair_id,
+            source,
+            target,
+            mode,
+            policy,
+            max_delete,
+            keep_versions,
+            keep_days,
+        } => {
+            let db = open_database(&config).await?;
+            let new_pair = match (source, target) {
+                (Some(source), Some(target)) => Some(NewPair {
+                    source,
+                    target,
+                    mode,
+                    policy,
+                    max_delete,
+                    keep_versions,
+                    keep_days,
+                }),
+                _ => None,
+            };
+            let result = sync(&config, &db, pair_id, new_pair).await;
+            db.close().await;
+            result
+        }
+        Command::Gc { wait } => {
+            let db = open_database(&config).await?;
+            let result = async {
+                let commands = crate::root::commands(&config, &db)?;
+                let report = commands.collect_garbage(std::time::Duration::from_secs(wait)).await?;
+                println!(
+                    "Collected: {} pairs read ({} of erased accounts, let go), {} versions let go, {} of {} chunks deleted, {} interrupted writes removed.",
+                    report.pairs, report.erased_pairs, report.versions_pruned, report.deleted, report.chunks, report.temporaries
+                );
+                anyhow::Ok(())
+            }
+            .await;
+            db.close().await;
+            result
+        }
+        Command::Users {
+            command: UsersCommand::Import { file },
+        } => {
+            let text = std::fs::read_to_string(&file).with_context(|| format!("reading {}", file.display()))?;
+            let db = open_database(&config).await?;
+            let result = import_users(&config, &db, &text, &mut std::io::stdout().lock()).await;
+            db.close().await;
+            result
+        }
+        Command::Users { command } => {
+            let db = open_database(&config).await?;
+            let result = roles(&config, &db, &command, &mut std::io::stdout().lock()).await;
+            db.close().await;
+            result
+        }
+        Command::Keys { command } => {
+            let db = open_database(&config).await?;
+            let result = keys(&config, &db, &command, &mut std::io::stdout().lock()).await;
+            db.close().await;
+            result
+        }
+        Command::Replay { stream, user, json } => {
+            let db = open_database(&config).await?;
+            let result = replay(&db, stream.as_deref(), user, json, &mut std::io::stdout().lock()).await;
+            db.close().await;
+            result
+        }
+    }
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        if tokio::signal::ctrl_c().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {}
+        () = terminate => {}
+    }
+}
