@@ -55,23 +55,32 @@ pub fn scope_name(bit: u8) -> &'static str {
     scope::NAMES.iter().find(|(_, b)| *b == bit).map_or("?", |(n, _)| n)
 }
 
+/// Why a network of an allowlist is refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BadNetwork {
+    #[error("{0:?} is not an IP address or network")]
+    Address(String),
+    #[error("{0:?} has a bad prefix length")]
+    PrefixLength(String),
+}
+
 /// `10.0.0.0/8`, `2001:db8::/32` or a single address.
 ///
 /// # Errors
 /// What is wrong with it.
-pub fn parse_network(text: &str) -> Result<(IpAddr, u8), String> {
+pub fn parse_network(text: &str) -> Result<(IpAddr, u8), BadNetwork> {
     let (address, bits) = match text.trim().split_once('/') {
         Some((address, bits)) => (address, Some(bits)),
         None => (text.trim(), None),
     };
-    let address: IpAddr = address.parse().map_err(|_| format!("{text:?} is not an IP address or network"))?;
+    let address: IpAddr = address.parse().map_err(|_| BadNetwork::Address(text.to_owned()))?;
     let width = if address.is_ipv4() { 32 } else { 128 };
     let bits = match bits {
         Some(bits) => bits
             .parse::<u8>()
             .ok()
             .filter(|b| *b <= width)
-            .ok_or_else(|| format!("{text:?} has a bad prefix length"))?,
+            .ok_or_else(|| BadNetwork::PrefixLength(text.to_owned()))?,
         None => width,
     };
     Ok((address, bits))

@@ -181,13 +181,22 @@ impl Tokens {
 ///
 /// # Errors
 /// Why the password is refused.
-pub fn check_password_rules(password: &str) -> Result<(), String> {
+pub fn check_password_rules(password: &str) -> Result<(), PasswordRule> {
     let length = password.chars().count();
     if length < 8 {
-        return Err("the password must have at least 8 characters".into());
+        return Err(PasswordRule::TooShort);
     }
     if length > 1024 {
-        return Err("the password must have at most 1024 characters".into());
+        return Err(PasswordRule::TooLong);
     }
     Ok(())
+}
+
+/// The password rule a new password breaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum PasswordRule {
+    #[error("the password must have at least 8 characters")]
+    TooShort,
+    #[error("the password must have at most 1024 characters")]
+    TooLong,
 }

@@ -7,6 +7,13 @@ use std::path::PathBuf;
 
 use async_trait::async_trait;
 
+/// Why a message could not be handed over.
+#[derive(Debug, thiserror::Error)]
+pub enum SendError {
+    #[error("writing to the outbox: {0}")]
+    Outbox(#[source] std::io::Error),
+}
+
 /// One message.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Mail {
@@ -21,7 +28,7 @@ pub trait Mailer: Send + Sync {
     ///
     /// # Errors
     /// Why it could not be handed over.
-    async fn send(&self, mail: &Mail) -> Result<(), String>;
+    async fn send(&self, mail: &Mail) -> Result<(), SendError>;
 }
 
 /// Writes every message to the log at info level (the default: meant for development, since the
@@ -30,7 +37,7 @@ pub struct LogMailer;
 
 #[async_trait]
 impl Mailer for LogMailer {
-    async fn send(&self, mail: &Mail) -> Result<(), String> {
+    async fn send(&self, mail: &Mail) -> Result<(), SendError> {
         tracing::info!(to = %mail.to, subject = %mail.subject, body = %mail.body, "Mail (log sender).");
         Ok(())
     }
@@ -50,7 +57,7 @@ impl OutboxMailer {
 
 /// Writes `text` into `folder` as `<unix ms>-<uuid>.<extension>`, whole or not at all (a
 /// temporary name, then a rename).
-async fn write_outbox(folder: PathBuf, extension: &'static str, text: String) -> Result<(), String> {
+async fn write_outbox(folder: PathBuf, extension: &'static str, text: String) -> Result<(), SendError> {
     let name = format!("{}-{}", chrono::Utc::now().timestamp_millis(), uuid::Uuid::new_v4().simple());
     tokio::task::spawn_blocking(move || {
         std::fs::create_dir_all(&folder)?;
@@ -59,13 +66,13 @@ async fn write_outbox(folder: PathBuf, extension: &'static str, text: String) ->
         std::fs::rename(&temporary, folder.join(format!("{name}.{extension}")))
     })
     .await
-    .map_err(|err| err.to_string())?
-    .map_err(|err| format!("writing to the outbox: {err}"))
+    .map_err(|err| SendError::Outbox(std::io::Error::other(err)))?
+    .map_err(SendError::Outbox)
 }
 
 #[async_trait]
 impl Mailer for OutboxMailer {
-    async fn send(&self, mail: &Mail) -> Result<(), String> {
+    async fn send(&self, mail: &Mail) -> Result<(), SendError> {
         let text = format!(
             "To: {}\r\nSubject: {}\r\nContent-Type: text/plain; charset=utf-8\r\n\r\n{}\r\n",
             mail.to.replace(['\r', '\n'], ""),
@@ -82,7 +89,7 @@ pub trait SmsSender: Send + Sync {
     ///
     /// # Errors
     /// Why it could not be handed over.
-    async fn send(&self, to: &str, text: &str) -> Result<(), String>;
+    async fn send(&self, to: &str, text: &str) -> Result<(), SendError>;
 }
 
 /// Writes every text message to the log at info level (the default, for development).
@@ -90,7 +97,7 @@ pub struct LogSms;
 
 #[async_trait]
 impl SmsSender for LogSms {
-    async fn send(&self, to: &str, text: &str) -> Result<(), String> {
+    async fn send(&self, to: &str, text: &str) -> Result<(), SendError> {
         tracing::info!(to = %to, text = %text, "Text message (log sender).");
         Ok(())
     }
@@ -109,7 +116,7 @@ impl OutboxSms {
 
 #[async_trait]
 impl SmsSender for OutboxSms {
-    async fn send(&self, to: &str, text: &str) -> Result<(), String> {
+    async fn send(&self, to: &str, text: &str) -> Result<(), SendError> {
         write_outbox(self.folder.clone(), "sms", format!("To: {to}\n\n{text}\n")).await
     }
 }

@@ -99,7 +99,7 @@ struct Claims {
 
 /// The client for an identity provider's endpoints. It follows no redirects: following one from a
 /// token or metadata endpoint would open the door to SSRF.
-pub fn http_client() -> Result<reqwest::Client, String> {
+pub fn http_client() -> Result<reqwest::Client, SsoError> {
     reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
         .timeout(Duration::from_secs(30))
@@ -114,8 +114,26 @@ pub struct OidcLogin {
     http: reqwest::Client,
 }
 
-pub fn invalid(why: impl std::fmt::Display) -> String {
-    why.to_string()
+/// Why a single sign-on (OpenID Connect or SAML) could not begin or finish.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SsoError {
+    /// This server's settings for the provider are unusable.
+    #[error("{0}")]
+    Config(String),
+    /// No provider of that name is configured.
+    #[error("{0}")]
+    Unknown(String),
+    /// The provider could not be reached, or answered with something unusable.
+    #[error("{0}")]
+    Provider(String),
+    /// The sign-in is refused: a code, token or assertion that does not verify or does not fit.
+    #[error("{0}")]
+    Refused(String),
+}
+
+/// A setting (or a value built from one) that the library refuses.
+pub fn invalid(why: impl std::fmt::Display) -> SsoError {
+    SsoError::Config(why.to_string())
 }
 
 impl OidcLogin {
@@ -123,7 +141,7 @@ impl OidcLogin {
     ///
     /// # Errors
     /// A malformed redirect URL.
-    pub fn new(configs: &BTreeMap<String, OidcConfig>, redirect: &str) -> Result<Self, String> {
+    pub fn new(configs: &BTreeMap<String, OidcConfig>, redirect: &str) -> Result<Self, SsoError> {
         let providers = configs
             .iter()
             .map(|(name, config)| {
@@ -146,7 +164,7 @@ impl OidcLogin {
     }
 
     /// A JSON document of the provider's (`what` names it in errors).
-    async fn fetch<T: serde::de::DeserializeOwned>(&self, url: &str, bearer: Option<&str>, what: &str) -> Result<T, String> {
+    async fn fetch<T: serde::de::DeserializeOwned>(&self, url: &str, bearer: Option<&str>, what: &str) -> Result<T, SsoError> {
         let mut request = self.http.get(url);
         if let Some(token) = bearer {
             request = request.bearer_auth(token);
@@ -155,32 +173,35 @@ impl OidcLogin {
             .send()
             .await
             .and_then(reqwest::Response::error_for_status)
-            .map_err(|err| format!("the OpenID provider's {what} ({url}): {err}"))?
+            .map_err(|err| SsoError::Provider(format!("the OpenID provider's {what} ({url}): {err}")))?
             .json()
             .await
-            .map_err(|err| format!("the OpenID provider's {what} is malformed: {err}"))
+            .map_err(|err| SsoError::Provider(format!("the OpenID provider's {what} is malformed: {err}")))
     }
 
-    fn provider(&self, name: &str) -> Result<&Provider, String> {
+    fn provider(&self, name: &str) -> Result<&Provider, SsoError> {
         self.providers
             .get(name)
-            .ok_or_else(|| format!("no OpenID provider named {name:?} is configured on this server"))
+            .ok_or_else(|| SsoError::Unknown(format!("no OpenID provider named {name:?} is configured on this server")))
     }
 
-    async fn discovery(&self, provider: &Provider) -> Result<Discovery, String> {
+    async fn discovery(&self, provider: &Provider) -> Result<Discovery, SsoError> {
         if let Some(found) = provider.discovery.read().await.clone() {
             return Ok(found);
         }
         let url = format!("{}/.well-known/openid-configuration", provider.config.issuer.trim_end_matches('/'));
         let found: Discovery = self.fetch(&url, None, "discovery document").await?;
         if found.issuer.trim_end_matches('/') != provider.config.issuer.trim_end_matches('/') {
-            return Err(format!("the discovery document names another issuer ({})", found.issuer));
+            return Err(SsoError::Provider(format!(
+                "the discovery document names another issuer ({})",
+                found.issuer
+            )));
         }
         *provider.discovery.write().await = Some(found.clone());
         Ok(found)
     }
 
-    fn client(&self, provider: &Provider, discovery: &Discovery) -> Result<Client, String> {
+    fn client(&self, provider: &Provider, discovery: &Discovery) -> Result<Client, SsoError> {
         let mut client = oauth2::Client::new(ClientId::new(provider.config.client_id.clone()))
             .set_auth_uri(AuthUrl::new(discovery.authorization_endpoint.clone()).map_err(invalid)?)
             .set_token_uri(TokenUrl::new(discovery.token_endpoint.clone()).map_err(invalid)?)
@@ -195,7 +216,7 @@ impl OidcLogin {
     ///
     /// # Errors
     /// An unknown provider, or one whose discovery document cannot be read.
-    pub async fn begin(&self, name: &str) -> Result<Started, String> {
+    pub async fn begin(&self, name: &str) -> Result<Started, SsoError> {
         let provider = self.provider(name)?;
         let discovery = self.discovery(provider).await?;
         let client = self.client(provider, &discovery)?;
@@ -224,7 +245,7 @@ impl OidcLogin {
     ///
     /// # Errors
     /// A refused exchange or a token that does not verify, saying why.
-    pub async fn finish(&self, name: &str, code: &str, verifier: &str, nonce: &str) -> Result<Identity, String> {
+    pub async fn finish(&self, name: &str, code: &str, verifier: &str, nonce: &str) -> Result<Identity, SsoError> {
         let provider = self.provider(name)?;
         let discovery = self.discovery(provider).await?;
         let client = self.client(provider, &discovery)?;
@@ -233,7 +254,7 @@ impl OidcLogin {
             .set_pkce_verifier(PkceCodeVerifier::new(verifier.to_owned()))
             .request_async(&self.http)
             .await
-            .map_err(|err| format!("the OpenID provider refused the code: {err}"))?;
+            .map_err(|err| SsoError::Refused(format!("the OpenID provider refused the code: {err}")))?;
         let mut identity = self.verify(provider, &discovery, &response.extra_fields().id_token, nonce).await?;
         if identity.email.is_none()
             && let Some(userinfo) = &discovery.userinfo_endpoint
@@ -242,7 +263,7 @@ impl OidcLogin {
             let bearer = oauth2::TokenResponse::access_token(&response).secret();
             let info: Claims = self.fetch(userinfo, Some(bearer), "userinfo").await?;
             if info.sub != identity.subject {
-                return Err("the provider's userinfo is about someone else".into());
+                return Err(SsoError::Refused("the provider's userinfo is about someone else".into()));
             }
             identity.email = info.email;
             identity.email_verified = info.email_verified.unwrap_or(false);
@@ -250,7 +271,7 @@ impl OidcLogin {
         Ok(identity)
     }
 
-    async fn key(&self, provider: &Provider, discovery: &Discovery, kid: Option<&str>) -> Result<jsonwebtoken::jwk::Jwk, String> {
+    async fn key(&self, provider: &Provider, discovery: &Discovery, kid: Option<&str>) -> Result<jsonwebtoken::jwk::Jwk, SsoError> {
         let pick = |set: &JwkSet| match kid {
             Some(kid) => set.find(kid).cloned(),
             None => set.keys.first().cloned(),
@@ -261,11 +282,11 @@ impl OidcLogin {
         let fetched: JwkSet = self.fetch(&discovery.jwks_uri, None, "keys").await?;
         let key = pick(&fetched);
         *provider.keys.write().await = fetched;
-        key.ok_or_else(|| "the ID token was signed with a key the provider does not publish".into())
+        key.ok_or_else(|| SsoError::Refused("the ID token was signed with a key the provider does not publish".into()))
     }
 
-    async fn verify(&self, provider: &Provider, discovery: &Discovery, id_token: &str, nonce: &str) -> Result<Identity, String> {
-        let header = jsonwebtoken::decode_header(id_token).map_err(|_| "the ID token is malformed".to_owned())?;
+    async fn verify(&self, provider: &Provider, discovery: &Discovery, id_token: &str, nonce: &str) -> Result<Identity, SsoError> {
+        let header = jsonwebtoken::decode_header(id_token).map_err(|_| SsoError::Refused("the ID token is malformed".into()))?;
         if !matches!(
             header.alg,
             Algorithm::RS256
@@ -276,20 +297,23 @@ impl OidcLogin {
                 | Algorithm::ES384
                 | Algorithm::EdDSA
         ) {
-            return Err(format!("the ID token's algorithm {:?} is not accepted", header.alg));
+            return Err(SsoError::Refused(format!(
+                "the ID token's algorithm {:?} is not accepted",
+                header.alg
+            )));
         }
         let jwk = self.key(provider, discovery, header.kid.as_deref()).await?;
-        let key = DecodingKey::from_jwk(&jwk).map_err(|err| format!("the provider's key is unusable: {err}"))?;
+        let key = DecodingKey::from_jwk(&jwk).map_err(|err| SsoError::Provider(format!("the provider's key is unusable: {err}")))?;
         let mut validation = Validation::new(header.alg);
         validation.set_issuer(&[discovery.issuer.as_str()]);
         validation.set_audience(&[provider.config.client_id.as_str()]);
         validation.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
         validation.leeway = 30;
         let claims = jsonwebtoken::decode::<Claims>(id_token, &key, &validation)
-            .map_err(|err| format!("the ID token does not verify: {err}"))?
+            .map_err(|err| SsoError::Refused(format!("the ID token does not verify: {err}")))?
             .claims;
         if claims.nonce.as_deref() != Some(nonce) {
-            return Err("the ID token was not issued for this sign-in (nonce)".into());
+            return Err(SsoError::Refused("the ID token was not issued for this sign-in (nonce)".into()));
         }
         Ok(Identity {
             issuer: discovery.issuer.clone(),

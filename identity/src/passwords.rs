@@ -55,13 +55,22 @@ pub struct Passwords {
     dummy: Arc<OnceLock<String>>,
 }
 
+/// Why passwords cannot be hashed.
+#[derive(Debug, thiserror::Error)]
+pub enum PasswordError {
+    #[error("argon2 parameters: {0}")]
+    Parameters(String),
+    #[error("{0}")]
+    Hashing(String),
+}
+
 impl Passwords {
     /// argon2id with `memory_kib` of memory, `iterations` passes and `parallelism` lanes.
     ///
     /// # Errors
     /// Parameters argon2 refuses (say, less memory than 8 KiB per lane).
-    pub fn new(memory_kib: u32, iterations: u32, parallelism: u32) -> Result<Self, String> {
-        let params = Params::new(memory_kib, iterations, parallelism, None).map_err(|err| format!("argon2 parameters: {err}"))?;
+    pub fn new(memory_kib: u32, iterations: u32, parallelism: u32) -> Result<Self, PasswordError> {
+        let params = Params::new(memory_kib, iterations, parallelism, None).map_err(|err| PasswordError::Parameters(err.to_string()))?;
         Ok(Self {
             params,
             dummy: Arc::new(OnceLock::new()),
@@ -76,12 +85,12 @@ impl Passwords {
     ///
     /// # Errors
     /// Only if hashing itself fails.
-    pub fn hash(&self, password: &str) -> Result<String, String> {
+    pub fn hash(&self, password: &str) -> Result<String, PasswordError> {
         let salt = SaltString::generate(&mut OsRng);
         self.argon2()
             .hash_password(password.as_bytes(), &salt)
             .map(|h| h.to_string())
-            .map_err(|err| err.to_string())
+            .map_err(|err| PasswordError::Hashing(err.to_string()))
     }
 
     /// Whether `password` matches `hash`, in any accepted format, and whether the hash should be

@@ -20,7 +20,7 @@ use saml_rs::{
 use serde::{Deserialize, Serialize};
 use tokio::sync::RwLock;
 
-use crate::oidc::{Identity, invalid};
+use crate::oidc::{Identity, SsoError, invalid};
 
 /// One SAML identity provider people may sign in with.
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -104,7 +104,7 @@ impl SamlLogin {
     ///
     /// # Errors
     /// A public URL the endpoints cannot be made of.
-    pub fn new(configs: &BTreeMap<String, SamlConfig>, public: &str) -> Result<Self, String> {
+    pub fn new(configs: &BTreeMap<String, SamlConfig>, public: &str) -> Result<Self, SsoError> {
         let public = public.trim_end_matches('/');
         let entity_id = format!("{public}/auth/saml/metadata");
         let acs = format!("{public}/auth/saml/acs");
@@ -157,15 +157,15 @@ impl SamlLogin {
         &self.acs
     }
 
-    fn provider(&self, name: &str) -> Result<&Provider, String> {
+    fn provider(&self, name: &str) -> Result<&Provider, SsoError> {
         self.providers
             .get(name)
-            .ok_or_else(|| format!("no SAML identity provider named {name:?} is configured on this server"))
+            .ok_or_else(|| SsoError::Unknown(format!("no SAML identity provider named {name:?} is configured on this server")))
     }
 
     /// The provider's metadata, read from its URL or file and kept for [`METADATA_TTL`] (the last
     /// good one is used while it cannot be read again). The details of a failure go to the log.
-    async fn idp(&self, provider: &Provider) -> Result<Arc<IdpDescriptor>, String> {
+    async fn idp(&self, provider: &Provider) -> Result<Arc<IdpDescriptor>, SsoError> {
         let kept = provider.idp.read().await.clone();
         if let Some((at, found)) = &kept
             && at.elapsed() < METADATA_TTL
@@ -181,15 +181,17 @@ impl SamlLogin {
             Err(why) => {
                 tracing::warn!(metadata = %provider.config.metadata, why = %why, "A SAML identity provider's metadata cannot be read.");
                 kept.map(|(_, found)| found)
-                    .ok_or_else(|| "the SAML identity provider cannot be reached now; try again later".to_owned())
+                    .ok_or_else(|| SsoError::Provider("the SAML identity provider cannot be reached now; try again later".into()))
             }
         }
     }
 
-    async fn read_metadata(&self, provider: &Provider) -> Result<IdpDescriptor, String> {
+    async fn read_metadata(&self, provider: &Provider) -> Result<IdpDescriptor, SsoError> {
         let source = provider.config.metadata.as_str();
         if !metadata_source_allowed(source) {
-            return Err("plain http:// metadata is accepted from loopback only; use https:// or a file".into());
+            return Err(SsoError::Config(
+                "plain http:// metadata is accepted from loopback only; use https:// or a file".into(),
+            ));
         }
         let xml = if source.starts_with("https://") || source.starts_with("http://") {
             self.http
@@ -197,25 +199,25 @@ impl SamlLogin {
                 .send()
                 .await
                 .and_then(reqwest::Response::error_for_status)
-                .map_err(|err| format!("the SAML identity provider's metadata ({source}): {err}"))?
+                .map_err(|err| SsoError::Provider(format!("the SAML identity provider's metadata ({source}): {err}")))?
                 .text()
                 .await
-                .map_err(|err| format!("the SAML identity provider's metadata ({source}): {err}"))?
+                .map_err(|err| SsoError::Provider(format!("the SAML identity provider's metadata ({source}): {err}")))?
         } else {
             tokio::fs::read_to_string(Path::new(source))
                 .await
-                .map_err(|err| format!("the SAML identity provider's metadata ({source}): {err}"))?
+                .map_err(|err| SsoError::Provider(format!("the SAML identity provider's metadata ({source}): {err}")))?
         };
         // The metadata's authenticity is that of its source (the operator's URL or file).
         IdpDescriptor::from_metadata_xml(&xml, MetadataTrustPolicy::UnsignedForCompatibility)
-            .map_err(|err| format!("the SAML identity provider's metadata is unusable: {err}"))
+            .map_err(|err| SsoError::Provider(format!("the SAML identity provider's metadata is unusable: {err}")))
     }
 
     /// Starts signing in with provider `name`: an `AuthnRequest` for the browser to carry there.
     ///
     /// # Errors
     /// An unknown provider, or one whose metadata cannot be read.
-    pub async fn begin(&self, name: &str) -> Result<Started, String> {
+    pub async fn begin(&self, name: &str) -> Result<Started, SsoError> {
         let provider = self.provider(name)?;
         let idp = self.idp(provider).await?;
         let relay_state = crate::sessions::fresh_secret();
@@ -225,7 +227,7 @@ impl SamlLogin {
                 &idp,
                 StartSso::redirect().relay_state(RelayStateParam::try_from_option(Some(relay_state.clone())).map_err(invalid)?),
             )
-            .map_err(|err| format!("the sign-in request cannot be made: {err}"))?;
+            .map_err(|err| SsoError::Config(format!("the sign-in request cannot be made: {err}")))?;
         let url = started.outbound.redirect_url().map_err(invalid)?.to_owned();
         let snapshot = started.pending.snapshot();
         Ok(Started {
@@ -240,7 +242,7 @@ impl SamlLogin {
         })
     }
 
-    fn pending(&self, request: &PendingRequest) -> Result<PendingAuthnRequest, String> {
+    fn pending(&self, request: &PendingRequest) -> Result<PendingAuthnRequest, SsoError> {
         let mut snapshot = PendingSnapshot::authn_request(
             request.id.clone(),
             RelayStateParam::try_from_option(Some(request.relay_state.clone())).map_err(invalid)?,
@@ -258,11 +260,11 @@ impl SamlLogin {
     ///
     /// # Errors
     /// An answer that does not verify, saying why.
-    pub async fn finish(&self, name: &str, request: &PendingRequest, saml_response: &str, relay_state: &str) -> Result<Identity, String> {
+    pub async fn finish(&self, name: &str, request: &PendingRequest, saml_response: &str, relay_state: &str) -> Result<Identity, SsoError> {
         let provider = self.provider(name)?;
         let idp = self.idp(provider).await?;
         if idp.entity_id().as_str() != request.idp {
-            return Err("the sign-in was begun with another identity provider".into());
+            return Err(SsoError::Refused("the sign-in was begun with another identity provider".into()));
         }
         let pending = self.pending(request)?;
         let input = BrowserInput::<SsoResponse>::post(vec![
@@ -278,15 +280,15 @@ impl SamlLogin {
                 // Replay: the request's state is taken before this runs, so its answer works once.
                 SamlValidationContext::new(SystemTime::now(), ReplayPolicy::DisabledForCompatibility),
             )
-            .map_err(|err| format!("the identity provider's answer does not verify: {err}"))?;
+            .map_err(|err| SsoError::Refused(format!("the identity provider's answer does not verify: {err}")))?;
         let subject = session.name_id().value().to_owned();
         if subject.trim().is_empty() {
-            return Err("the identity provider's answer names nobody".into());
+            return Err(SsoError::Refused("the identity provider's answer names nobody".into()));
         }
         if matches!(session.name_id().format(), Some(saml_rs::NameIdFormat::Transient)) {
-            return Err(
+            return Err(SsoError::Refused(
                 "the identity provider names the person by a transient NameID, new at every sign-in; configure a persistent one".into(),
-            );
+            ));
         }
         let attributes = session.attributes();
         let names: Vec<&str> = match &provider.config.email_attribute {

@@ -87,6 +87,7 @@ async fn send_reset(app: &App, email: Email) -> Result<(), String> {
             body,
         })
         .await
+        .map_err(|err| err.to_string())
 }
 
 #[derive(Default)]
@@ -163,7 +164,7 @@ impl IdentityMutation {
         let app = app(ctx);
         limit(ctx, app.rules.login, &format!("ip:{}", client_ip(ctx))).await?;
         let email = Email::parse(&email).map_err(|err| ApiError::BadInput(err.to_string()))?;
-        check_password_rules(&password).map_err(ApiError::BadInput)?;
+        check_password_rules(&password).map_err(|err| ApiError::BadInput(err.to_string()))?;
         let hash = hash_new(app, password).await?;
         let (user_id, position) = app.commands.register(email.clone(), hash).await.map_err(ApiError::from)?;
         app.wrote_for(user_id.as_uuid(), position);
@@ -300,7 +301,7 @@ impl IdentityMutation {
         if current_password.chars().count() > 1024 || check(app, current_password, stored.clone()).await? == Verdict::Mismatch {
             return Err(ApiError::BadInput("the current password is wrong".into()).into());
         }
-        check_password_rules(&new_password).map_err(ApiError::BadInput)?;
+        check_password_rules(&new_password).map_err(|err| ApiError::BadInput(err.to_string()))?;
         let hash = hash_new(app, new_password).await?;
         let position = app
             .commands
@@ -335,7 +336,7 @@ impl IdentityMutation {
         limit(ctx, app.rules.login, &format!("ip:{}", client_ip(ctx))).await?;
         let invalid = || ApiError::BadInput("the reset token is invalid, expired or already used".into());
         let (user_id, secret) = split_token(&token, RESET_PREFIX).ok_or_else(invalid)?;
-        check_password_rules(&new_password).map_err(ApiError::BadInput)?;
+        check_password_rules(&new_password).map_err(|err| ApiError::BadInput(err.to_string()))?;
         let hash = hash_new(app, new_password).await?;
         let position = match app
             .commands

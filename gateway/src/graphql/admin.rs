@@ -216,7 +216,7 @@ impl AdminMutation {
         let caller = session_caller(ctx)?;
         let networks = networks.iter().map(|n| n.trim().to_owned()).collect::<Vec<_>>();
         for network in &networks {
-            parse_network(network).map_err(ApiError::BadInput)?;
+            parse_network(network).map_err(|err| ApiError::BadInput(err.to_string()))?;
         }
         let ip = super::client_ip(ctx);
         if !ip_allowed(Some(&ip), &networks) {

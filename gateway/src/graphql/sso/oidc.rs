@@ -64,7 +64,7 @@ impl OidcMutation {
             .oidc
             .as_ref()
             .ok_or_else(|| ApiError::BadInput("no OpenID provider is configured on this server".into()))?;
-        let started = login.begin(&provider).await.map_err(ApiError::BadInput)?;
+        let started = login.begin(&provider).await.map_err(|err| ApiError::BadInput(err.to_string()))?;
         let cookie = cookie.unwrap_or(false);
         // Lax, not Strict: the provider sends the browser back with a top-level navigation.
         let bound = format!("{BINDING_COOKIE}=; Max-Age=600; Path=/auth/oidc; Secure; HttpOnly; SameSite=Lax");
@@ -295,7 +295,7 @@ pub async fn callback(app: &App, params: CallbackParams, info: RequestInfo, bind
         Ok(identity) => identity,
         Err(why) => {
             tracing::info!(why = %why, "An OpenID sign-in was refused.");
-            return refused(StatusCode::UNAUTHORIZED, code::UNAUTHENTICATED, &why);
+            return refused(StatusCode::UNAUTHORIZED, code::UNAUTHENTICATED, &why.to_string());
         }
     };
     signed_in(app, &identity, pending.cookie, &info).await

@@ -55,7 +55,7 @@ impl SamlMutation {
             .saml
             .as_ref()
             .ok_or_else(|| ApiError::BadInput("no SAML identity provider is configured on this server".into()))?;
-        let started = login.begin(&provider).await.map_err(ApiError::BadInput)?;
+        let started = login.begin(&provider).await.map_err(|err| ApiError::BadInput(err.to_string()))?;
         let cookie = cookie.unwrap_or(false);
         // SameSite=None: the provider's answer is a cross-site POST, which Lax would strip.
         let bound = format!("{BINDING_COOKIE}=; Max-Age=600; Path=/auth/saml; Secure; HttpOnly; SameSite=None");
@@ -126,7 +126,7 @@ pub async fn acs(app: &App, params: AcsParams, info: RequestInfo, binding: Optio
         Ok(identity) => identity,
         Err(why) => {
             tracing::info!(why = %why, "A SAML sign-in was refused.");
-            return refused(StatusCode::UNAUTHORIZED, code::UNAUTHENTICATED, &why);
+            return refused(StatusCode::UNAUTHORIZED, code::UNAUTHENTICATED, &why.to_string());
         }
     };
     // A genuine answer finishes its sign-in once.
