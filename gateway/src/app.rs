@@ -14,6 +14,8 @@ use cloudsync_commands::Commands;
 use cloudsync_eventstore::Database;
 use cloudsync_projections::{Projections, ReadModels};
 
+use crate::errors::{ApiError, ApiResult};
+
 use cloudsync_identity::auth::{Authentication, Caller, Tokens};
 use cloudsync_identity::limits::{RateLimiter, Rules};
 use cloudsync_identity::mail::{Mailer, SmsSender};
@@ -120,6 +122,25 @@ impl App {
             let entry = written.entry(user_id).or_insert(0);
             *entry = (*entry).max(position);
         }
+    }
+
+    /// The tail every mutation repeats once its command has appended: records that `caller` wrote
+    /// up to `position`, waits until the read models show it, then reads the result with `read`.
+    /// A row the read models do not have is the error `missing` makes. (A query that wrote nothing
+    /// passes position 0.)
+    ///
+    /// # Errors
+    /// The read's own errors, and a missing row.
+    pub async fn read_back<R, E: Into<ApiError>>(
+        &self,
+        caller: Caller,
+        position: i64,
+        read: impl AsyncFnOnce(&ReadModels) -> Result<Option<R>, E>,
+        missing: impl FnOnce() -> ApiError,
+    ) -> ApiResult<R> {
+        self.wrote(caller, position);
+        self.consistent(caller).await;
+        read(&self.reads).await.map_err(Into::into)?.ok_or_else(missing)
     }
 
     /// Waits until the read models reflect everything `caller` has written, and agree with each

@@ -231,14 +231,15 @@ impl FilesMutation {
             .connect_provider(cloudsync_domain::UserId::from_uuid(caller.user_id), &provider, &credentials.0)
             .await
             .map_err(ApiError::from)?;
-        app.wrote(caller, connected.position);
-        app.consistent(caller).await;
+        let id = connected.provider_id.as_uuid();
         let row = app
-            .reads
-            .provider(caller.user_id, connected.provider_id.as_uuid())
-            .await
-            .map_err(ApiError::from)?
-            .ok_or_else(|| ApiError::internal(&"the new provider is not visible yet"))?;
+            .read_back(
+                caller,
+                connected.position,
+                async |reads| reads.provider(caller.user_id, id).await,
+                || ApiError::internal(&"the new provider is not visible yet"),
+            )
+            .await?;
         Ok(Provider {
             scan_operation_id: Some(ID(connected.job_id.to_string())),
             ..Provider::open(app, caller.user_id, row).await?
@@ -293,14 +294,14 @@ impl FilesMutation {
             .request_scan(cloudsync_domain::UserId::from_uuid(caller.user_id), id)
             .await
             .map_err(ApiError::from)?;
-        app.wrote(caller, position);
-        app.consistent(caller).await;
         let row = app
-            .reads
-            .sync_operation(caller.user_id, job_id.as_uuid())
-            .await
-            .map_err(ApiError::from)?
-            .ok_or_else(|| ApiError::internal(&"the new operation is not visible yet"))?;
+            .read_back(
+                caller,
+                position,
+                async |reads| reads.sync_operation(caller.user_id, job_id.as_uuid()).await,
+                || ApiError::internal(&"the new operation is not visible yet"),
+            )
+            .await?;
         Ok(row.into())
     }
 
@@ -327,14 +328,14 @@ impl FilesMutation {
             .set_scan_schedule(cloudsync_domain::UserId::from_uuid(caller.user_id), id, schedule, realtime)
             .await
             .map_err(ApiError::from)?;
-        app.wrote(caller, position);
-        app.consistent(caller).await;
         let row = app
-            .reads
-            .provider(caller.user_id, id.as_uuid())
-            .await
-            .map_err(ApiError::from)?
-            .ok_or_else(|| ApiError::not_found("provider"))?;
+            .read_back(
+                caller,
+                position,
+                async |reads| reads.provider(caller.user_id, id.as_uuid()).await,
+                || ApiError::not_found("provider"),
+            )
+            .await?;
         Ok(Provider::open(app, caller.user_id, row).await?)
     }
 

@@ -20,7 +20,7 @@ use crate::errors::{ApiError, ApiResult};
 use crate::graphql::{app, caller_for, parse_id, parse_path};
 use cloudsync_identity::access::scope;
 use cloudsync_identity::auth::Caller;
-use cloudsync_projections::SyncOperationRow;
+use cloudsync_projections::{ReadModels, SyncOperationRow};
 use serde_json::Value;
 
 /// A folder of one of the caller's providers.
@@ -269,7 +269,7 @@ impl SyncOperation {
     async fn pair(&self, ctx: &Context<'_>) -> async_graphql::Result<Option<SyncPair>> {
         let Some(pair_id) = &self.pair_id else { return Ok(None) };
         let caller = caller_for(ctx, scope::FILES_READ)?;
-        Ok(Some(pair_row(app(ctx), caller, parse_id(pair_id, "pairId")?).await?))
+        Ok(Some(pair_row(app(ctx), caller, 0, parse_id(pair_id, "pairId")?).await?))
     }
 }
 
@@ -359,28 +359,21 @@ pub(crate) fn user(caller: Caller) -> UserId {
     UserId::from_uuid(caller.user_id)
 }
 
-pub(crate) async fn pair_row(app: &App, caller: Caller, id: uuid::Uuid) -> ApiResult<SyncPair> {
-    app.consistent(caller).await;
-    let row = app
-        .reads
-        .sync_pairs(caller.user_id, Some(id))
-        .await
-        .map_err(ApiError::from)?
-        .into_iter()
-        .next()
-        .ok_or_else(|| ApiError::not_found("sync pair"))?;
-    row.try_into()
+/// A pair of `caller`'s, once the read models show what they wrote up to `position`.
+pub(crate) async fn pair_row(app: &App, caller: Caller, position: i64, id: uuid::Uuid) -> ApiResult<SyncPair> {
+    let read = async |reads: &ReadModels| reads.sync_pairs(caller.user_id, Some(id)).await.map(|rows| rows.into_iter().next());
+    app.read_back(caller, position, read, || ApiError::not_found("sync pair"))
+        .await?
+        .try_into()
 }
 
-pub(super) async fn operation_row(app: &App, caller: Caller, id: uuid::Uuid) -> ApiResult<SyncOperation> {
-    app.consistent(caller).await;
-    let row = app
-        .reads
-        .sync_operation(caller.user_id, id)
-        .await
-        .map_err(ApiError::from)?
-        .ok_or_else(|| ApiError::not_found("sync operation"))?;
-    Ok(row.into())
+/// An operation of `caller`'s, once the read models show what they wrote up to `position`.
+pub(super) async fn operation_row(app: &App, caller: Caller, position: i64, id: uuid::Uuid) -> ApiResult<SyncOperation> {
+    let read = async |reads: &ReadModels| reads.sync_operation(caller.user_id, id).await;
+    Ok(app
+        .read_back(caller, position, read, || ApiError::not_found("sync operation"))
+        .await?
+        .into())
 }
 
 #[derive(SimpleObject)]

@@ -30,7 +30,7 @@ impl SyncQuery {
         let caller = caller_for(ctx, scope::FILES_READ)?;
         let app = app(ctx);
         let id = parse_id(&operation_id, "operationId")?;
-        Ok(operation_row(app, caller, id).await?)
+        Ok(operation_row(app, caller, 0, id).await?)
     }
 
     /// The caller's sync pairs, oldest first.
@@ -47,7 +47,7 @@ impl SyncQuery {
         let caller = caller_for(ctx, scope::FILES_READ)?;
         let app = app(ctx);
         let id = parse_id(&pair_id, "pairId")?;
-        pair_row(app, caller, id).await?;
+        pair_row(app, caller, 0, id).await?;
         let rows = app.reads.sync_conflicts(caller.user_id, id).await.map_err(ApiError::from)?;
         Ok(rows.into_iter().map(SyncConflict::try_from).collect::<ApiResult<_>>()?)
     }
@@ -99,7 +99,7 @@ impl SyncQuery {
     async fn sync_pair(&self, ctx: &Context<'_>, id: ID) -> async_graphql::Result<SyncPair> {
         let caller = caller_for(ctx, scope::FILES_READ)?;
         let id = parse_id(&id, "id")?;
-        Ok(pair_row(app(ctx), caller, id).await?)
+        Ok(pair_row(app(ctx), caller, 0, id).await?)
     }
 }
 
@@ -144,9 +144,8 @@ impl SyncMutation {
             .sync_folders(user(caller), input.settings()?, true)
             .await
             .map_err(ApiError::from)?;
-        app.wrote(caller, position);
         let job = job.ok_or_else(|| ApiError::internal(&"a new pair started no run"))?;
-        Ok(operation_row(app, caller, job.as_uuid()).await?)
+        Ok(operation_row(app, caller, position, job.as_uuid()).await?)
     }
 
     /// Creates a sync pair without running it (it runs by its schedule, in real time, or with
@@ -159,8 +158,7 @@ impl SyncMutation {
             .sync_folders(user(caller), input.settings()?, false)
             .await
             .map_err(ApiError::from)?;
-        app.wrote(caller, position);
-        Ok(pair_row(app, caller, pair_id.as_uuid()).await?)
+        Ok(pair_row(app, caller, position, pair_id.as_uuid()).await?)
     }
 
     /// Starts a run of a pair now. Refused while one is in progress.
@@ -169,8 +167,7 @@ impl SyncMutation {
         let app = app(ctx);
         let id = SyncPairId::from_uuid(parse_id(&pair_id, "pairId")?);
         let (job_id, position) = app.commands.request_sync(user(caller), id).await.map_err(ApiError::from)?;
-        app.wrote(caller, position);
-        Ok(operation_row(app, caller, job_id.as_uuid()).await?)
+        Ok(operation_row(app, caller, position, job_id.as_uuid()).await?)
     }
 
     /// Settles a conflict left at `path` of a pair, and starts a run that carries the choice out
@@ -202,10 +199,12 @@ impl SyncMutation {
             .resolve_conflict(user(caller), id, path, choice)
             .await
             .map_err(ApiError::from)?;
-        app.wrote(caller, position);
         match job {
-            Some(job) => Ok(Some(operation_row(app, caller, job.as_uuid()).await?)),
-            None => Ok(None),
+            Some(job) => Ok(Some(operation_row(app, caller, position, job.as_uuid()).await?)),
+            None => {
+                app.wrote(caller, position);
+                Ok(None)
+            }
         }
     }
 
@@ -230,14 +229,13 @@ impl SyncMutation {
             .restore_file_version(user(caller), SyncPairId::from_uuid(row.pair_id), id)
             .await
             .map_err(ApiError::from)?;
-        app.wrote(caller, position);
-        let pair = pair_row(app, caller, row.pair_id).await?;
+        let pair = pair_row(app, caller, position, row.pair_id).await?;
         let provider_id = match side {
             cloudsync_domain::merge::Side::Source => pair.source.provider_id,
             cloudsync_domain::merge::Side::Target => pair.target.provider_id,
         };
         let operation = match job {
-            Some(job) => Some(operation_row(app, caller, job.as_uuid()).await?),
+            Some(job) => Some(operation_row(app, caller, position, job.as_uuid()).await?),
             None => None,
         };
         Ok(RestoredVersion {
@@ -255,8 +253,7 @@ impl SyncMutation {
         let app = app(ctx);
         let id = SyncJobId::from_uuid(parse_id(&operation_id, "operationId")?);
         let position = app.commands.approve_sync(user(caller), id).await.map_err(ApiError::from)?;
-        app.wrote(caller, position);
-        Ok(operation_row(app, caller, id.as_uuid()).await?)
+        Ok(operation_row(app, caller, position, id.as_uuid()).await?)
     }
 
     /// Pauses a scan or sync operation at its next step.
@@ -293,8 +290,7 @@ impl SyncMutation {
             Control::Cancel => commands.cancel_job(user(caller), id).await,
         }
         .map_err(ApiError::from)?;
-        app.wrote(caller, position);
-        Ok(operation_row(app, caller, id.as_uuid()).await?)
+        Ok(operation_row(app, caller, position, id.as_uuid()).await?)
     }
 }
 
@@ -310,8 +306,7 @@ impl SyncSubscription {
         let app = Arc::clone(app(ctx));
         let id = parse_id(&operation_id, "operationId")?;
         let head = app.db.events.head().await.map_err(|err| ApiError::internal(&err))?;
-        app.wrote(caller, head);
-        let first = operation_row(&app, caller, id).await?;
+        let first = operation_row(&app, caller, head, id).await?;
         let stream_name = SyncJobId::from_uuid(id).stream();
         let steps = subscribe(Arc::clone(&app.db.events), head, std::time::Duration::from_millis(250))
             .filter_map(move |event| {
@@ -335,7 +330,9 @@ impl SyncSubscription {
                     if let Ok(Some(position)) = tokio::time::timeout(std::time::Duration::from_secs(1), steps.next()).await {
                         app.wrote(caller, position);
                     }
-                    let Ok(row) = operation_row(&app, caller, id).await else { continue };
+                    let Ok(row) = operation_row(&app, caller, 0, id).await else {
+                        continue;
+                    };
                     let fingerprint = row.fingerprint();
                     if fingerprint != seen {
                         seen = fingerprint;
