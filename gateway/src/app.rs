@@ -1,5 +1,5 @@
-//! The running service: opens the database, starts the projectors and the job runner, and serves
-//! GraphQL over HTTP and WebSocket. Everything it starts is owned by [`Server`] and stopped by it.
+//! What every request handler shares ([`App`]): the command side, the read models, identity's
+//! stores and senders, and read-your-writes. `root` builds it; `http` and `graphql` use it.
 //!
 //! Read-your-writes: each mutation records the log position of its last appended event against the
 //! caller; before a query reads a read model it waits (up to `consistency_timeout_ms`) until every

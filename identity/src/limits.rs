@@ -2,6 +2,10 @@
 //! route class, kept as GCRA's "theoretical arrival time" so one number per key is the whole
 //! state. In this process's memory by default; in Redis when configured, where one Lua script
 //! decides on the server's clock, so every API process shares the same buckets.
+//!
+//! The HTTP handler charges every request to its user or IP address (429 with `Retry-After` when
+//! empty); resolvers also charge logins, registrations, second factors and resets per IP address
+//! and per account. An unreachable store lets requests through, logged.
 
 use std::collections::HashMap;
 use std::sync::Mutex;

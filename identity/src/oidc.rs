@@ -2,6 +2,8 @@
 //! a `state` that works once and a `nonce` bound to the ID token, whose signature (the provider's
 //! published keys), issuer, audience and expiry are verified. The provider's endpoints come from
 //! its discovery document; its keys are fetched again when a token names one not seen yet.
+//! When the ID token carries no address, the provider's userinfo endpoint is asked for it (and
+//! must be about the same subject).
 
 use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;

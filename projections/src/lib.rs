@@ -1,6 +1,8 @@
-//! The read side: turns the event log into read models (the `users`, `providers`, `files` and
-//! `sync_operations` tables), each projector committing its checkpoint with its writes, and answers
-//! the queries the gateway asks of those tables. It never appends events.
+//! The read side: turns the event log into read models (the `users`, `providers`, `files`,
+//! `sync_operations`, `sync_pairs`, `sync_conflicts` and `file_versions` tables, one projector
+//! each), each projector committing its checkpoint with its writes, and answers the queries the
+//! gateway asks of those tables. It never appends events. An erased account is recorded in
+//! `erased_users` by each projector, which writes no row for it afterwards.
 
 mod ops;
 pub mod queries;

@@ -1,6 +1,10 @@
 //! User commands: registration (the address reserved on a stream of its own), the password
 //! (changed, reset by a mailed token, rehashed with the configured parameters at login), roles, API
 //! tokens, plans, external identities, sealing personal data and erasing the account.
+//!
+//! Erasing disconnects the providers found in the user's history, releases the address, destroys the
+//! user's data key and then records `UserDeleted` (003). Reservation streams are named by a keyed
+//! hash of the address or identity, so that a stream's name does not give away whose it is.
 
 use chrono::{DateTime, Utc};
 use cloudsync_domain::events::PasswordChange;

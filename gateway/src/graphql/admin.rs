@@ -1,6 +1,8 @@
 //! Personal API tokens and network restrictions (the account's own, with a signed-in session), and
 //! administration: the user list, quotas and tiers, roles, and the audit log. Administration needs
 //! the `admin` scope and the role `admin`; reading it, `admin` or `auditor`.
+//! The user list waits for the read models to reach the log's head; `auditLog` reads the log by
+//! actor.
 
 use async_graphql::{Context, ID, Json, Object, SimpleObject};
 use chrono::{DateTime, Utc};

@@ -2,7 +2,8 @@
 //!
 //! 1. **Scanning**: both folders are listed; a file whose listing shows what the pair's history says
 //!    it showed at the last agreement (same size, same ETag or modification time) keeps its agreed
-//!    checksum, every other file is read and hashed (BLAKE3).
+//!    checksum; of the others, those planning needs (on both sides, in the base, or of a rename
+//!    partner's size) are read and hashed (BLAKE3), and the rest are hashed while they are copied.
 //! 2. **Planning**: [`merge::plan`] against the merge base (the fold of the pair's
 //!    `SyncBaseAdvanced` events). A plan that would delete more of a side than the pair allows holds
 //!    the job until the owner approves (or cancels). Every decision is recorded with its reason.
@@ -12,6 +13,8 @@
 //!    the next run sees it. Copies are verified against the planned checksum while they stream, and
 //!    only a verified copy becomes visible: through the provider's atomic write (local folders,
 //!    object stores) or through a temporary name and a rename (WebDAV, SFTP).
+//!
+//! A conflict the owner has settled (`resolve_conflict`) is carried out by the next run.
 //!
 //! After each batch of finished decisions the base advances with the paths both sides now agree on,
 //! in the same transaction as the job's progress: that is the run's recorded step. A run that is

@@ -1,5 +1,9 @@
 //! Earlier versions: what a run keeps of a file before it replaces or deletes it, and restoring a
 //! kept version.
+//!
+//! A version is stored once per content (its chunks and manifest in the chunk store). Restoring
+//! writes the kept version back through the same checked temporary-name write a run uses, after
+//! keeping what is there now as a version of its own.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
