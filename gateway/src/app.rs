@@ -17,6 +17,7 @@ use cloudsync_projections::{Projections, ReadModels};
 use crate::errors::{ApiError, ApiResult};
 
 use cloudsync_identity::auth::{Authentication, Caller, Tokens};
+use cloudsync_identity::clock::Clock;
 use cloudsync_identity::limits::{RateLimiter, Rules};
 use cloudsync_identity::mail::{Mailer, SmsSender};
 use cloudsync_identity::passwords::Passwords;
@@ -28,6 +29,8 @@ pub struct App {
     pub reads: ReadModels,
     pub projections: Arc<Projections>,
     pub tokens: Tokens,
+    /// The time as identity's stores and the second-factor windows read it.
+    pub clock: Arc<dyn Clock>,
     pub(crate) written: Mutex<HashMap<uuid::Uuid, i64>>,
     pub(crate) consistency_timeout: Duration,
     pub(crate) token_ttl_minutes: i64,

@@ -22,6 +22,7 @@ use crate::app::App;
 use crate::config::Config;
 use crate::http::router;
 use cloudsync_identity::auth::Tokens;
+use cloudsync_identity::clock::Clock;
 use cloudsync_identity::keys::{KeyRing, RELOAD_EVERY};
 use cloudsync_identity::limits::{MemoryLimiter, RateLimiter, RedisLimiter, Rules};
 use cloudsync_identity::mail::{LogMailer, LogSms, OutboxMailer, OutboxSms};
@@ -240,13 +241,16 @@ pub fn passwords(config: &Config) -> anyhow::Result<Passwords> {
 }
 
 /// Where sessions and rate-limit buckets live: in Redis when configured (one connection for
-/// both), else in this process's memory.
+/// both, on the server's clock), else in this process's memory (on `clock`).
 ///
 /// # Errors
 /// An unreachable Redis.
-pub async fn shared_state(config: &Config) -> anyhow::Result<(Arc<dyn SessionStore>, Arc<dyn RateLimiter>)> {
+pub async fn shared_state(config: &Config, clock: &Arc<dyn Clock>) -> anyhow::Result<(Arc<dyn SessionStore>, Arc<dyn RateLimiter>)> {
     let Some(url) = &config.redis_url else {
-        return Ok((Arc::new(MemorySessions::default()), Arc::new(MemoryLimiter::default())));
+        return Ok((
+            Arc::new(MemorySessions::with_clock(Arc::clone(clock))),
+            Arc::new(MemoryLimiter::with_clock(Arc::clone(clock))),
+        ));
     };
     let connection = cloudsync_identity::sessions::redis_connection(url)
         .await
@@ -341,11 +345,14 @@ pub fn redact(url: &str) -> String {
 /// An unusable database, data dir or address.
 pub async fn start(config: &Config) -> anyhow::Result<Server> {
     let db = open_database(config).await?;
+    // One clock for identity's stores and rules (sessions, limits, second-factor windows, keys).
+    let clock = cloudsync_identity::clock::system();
     let keys = KeyRing::open(db.pool.clone(), Arc::new(MasterSealer(master_key(config)?)), key_grace(config))
         .await
-        .context("the token-signing keys")?;
-    let (session_store, limiter) = shared_state(config).await?;
-    let sessions = Sessions::new(session_store, chrono::Duration::days(config.refresh_ttl_days));
+        .context("the token-signing keys")?
+        .with_clock(Arc::clone(&clock));
+    let (session_store, limiter) = shared_state(config, &clock).await?;
+    let sessions = Sessions::new(session_store, chrono::Duration::days(config.refresh_ttl_days)).with_clock(Arc::clone(&clock));
     let tokens = Tokens::new(Arc::new(keys), sessions, config.token_ttl_minutes);
     let projections = Projections::new(db.clone());
     let listener = tokio::net::TcpListener::bind(&config.bind)
@@ -361,6 +368,7 @@ pub async fn start(config: &Config) -> anyhow::Result<Server> {
         commands: commands.clone(),
         projections: Arc::clone(&projections),
         tokens,
+        clock,
         written: Mutex::new(HashMap::new()),
         consistency_timeout: Duration::from_millis(config.consistency_timeout_ms),
         token_ttl_minutes: config.token_ttl_minutes,

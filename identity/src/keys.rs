@@ -20,6 +20,8 @@ use ed25519_dalek::pkcs8::EncodePrivateKey as _;
 use jsonwebtoken::{DecodingKey, EncodingKey};
 use rand::RngCore as _;
 
+use crate::clock::Clock;
+
 /// How often a process reloads the key set to pick up a rotation done elsewhere.
 pub const RELOAD_EVERY: Duration = Duration::from_secs(60);
 /// A token naming an unknown key id makes the process reload at most this often.
@@ -76,6 +78,8 @@ pub struct KeyRing {
     grace: Duration,
     loaded: RwLock<Loaded>,
     reloading: tokio::sync::Mutex<()>,
+    /// What decides when a retired key's grace period is over.
+    clock: Arc<dyn Clock>,
 }
 
 fn now_ms() -> i64 {
@@ -107,7 +111,15 @@ impl KeyRing {
             grace,
             loaded: RwLock::new(loaded),
             reloading: tokio::sync::Mutex::new(()),
+            clock: crate::clock::system(),
         })
+    }
+
+    /// The ring, with retired keys' grace periods ending by `clock`'s time.
+    #[must_use]
+    pub fn with_clock(mut self, clock: Arc<dyn Clock>) -> Self {
+        self.clock = clock;
+        self
     }
 
     fn read(&self) -> std::sync::RwLockReadGuard<'_, Loaded> {
@@ -137,7 +149,8 @@ impl KeyRing {
                 self.read().by_kid.get(kid).cloned()
             }
         };
-        found.filter(|key| key.retired_at.is_none_or(|at| now_ms() < at.saturating_add(millis(self.grace))))
+        let now = self.clock.now_ms();
+        found.filter(|key| key.retired_at.is_none_or(|at| now < at.saturating_add(millis(self.grace))))
     }
 
     /// Reads the set again (errors are logged: the set in memory stays in use).
@@ -156,13 +169,13 @@ impl KeyRing {
     }
 
     /// Adds a key that signs from now on, retires the others, and deletes keys retired longer ago
-    /// than `grace`. Returns the new key's id.
+    /// than `grace`, by `clock`'s time. Returns the new key's id.
     ///
     /// # Errors
     /// An unreachable database.
-    pub async fn rotate(pool: &DbPool, master: &dyn Sealer, grace: Duration) -> anyhow::Result<String> {
+    pub async fn rotate(pool: &DbPool, master: &dyn Sealer, grace: Duration, clock: &dyn Clock) -> anyhow::Result<String> {
         let kid = insert(pool, master).await?;
-        let now = now_ms();
+        let now = clock.now_ms();
         let retire = "UPDATE signing_keys SET retired_at = $1 WHERE retired_at IS NULL AND kid <> $2";
         let prune = "DELETE FROM signing_keys WHERE retired_at IS NOT NULL AND retired_at < $1";
         let expired = now.saturating_sub(millis(grace));

@@ -5,6 +5,7 @@
 
 pub mod access;
 pub mod auth;
+pub mod clock;
 pub mod keys;
 pub mod limits;
 pub mod mail;

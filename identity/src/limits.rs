@@ -8,11 +8,12 @@
 //! and per account. An unreachable store lets requests through, logged.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
 
+use crate::clock::Clock;
 use crate::sessions::StoreError;
 
 /// A class of requests and its budget: `per_minute` on average, up to `burst` at once.
@@ -54,19 +55,31 @@ pub trait RateLimiter: Send + Sync {
 }
 
 /// Buckets in this process's memory.
-#[derive(Default)]
 pub struct MemoryLimiter {
     buckets: Mutex<HashMap<String, i64>>,
+    clock: Arc<dyn Clock>,
 }
 
-fn now_ms() -> i64 {
-    chrono::Utc::now().timestamp_millis()
+impl Default for MemoryLimiter {
+    fn default() -> Self {
+        Self::with_clock(crate::clock::system())
+    }
+}
+
+impl MemoryLimiter {
+    /// Buckets that fill up by `clock`'s time.
+    pub fn with_clock(clock: Arc<dyn Clock>) -> Self {
+        Self {
+            buckets: Mutex::new(HashMap::new()),
+            clock,
+        }
+    }
 }
 
 #[async_trait]
 impl RateLimiter for MemoryLimiter {
     async fn take(&self, key: &str, rule: Rule) -> Result<Option<Duration>, StoreError> {
-        let now = now_ms();
+        let now = self.clock.now_ms();
         let mut buckets = self.buckets.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         if buckets.len() > 100_000 {
             // Buckets whose time has passed are full again: forgetting them changes nothing.

@@ -21,6 +21,8 @@ use chrono::{DateTime, TimeZone as _, Utc};
 use rand::RngCore as _;
 use uuid::Uuid;
 
+use crate::clock::Clock;
+
 const TOKEN_PREFIX: &str = "csr1";
 /// How much of a user agent a session keeps.
 const MAX_USER_AGENT: usize = 256;
@@ -86,9 +88,9 @@ pub trait SessionStore: Send + Sync {
     async fn peek_state(&self, key: &str) -> Result<Option<String>, StoreError>;
 }
 
-/// The time now, to the millisecond: what every store keeps.
-fn now() -> DateTime<Utc> {
-    from_ms(Utc::now().timestamp_millis())
+/// The time now by `clock`, to the millisecond: what every store keeps.
+fn now(clock: &dyn Clock) -> DateTime<Utc> {
+    from_ms(clock.now_ms())
 }
 
 /// What is stored of a token's secret.
@@ -151,12 +153,24 @@ pub struct Client {
 pub struct Sessions {
     store: Arc<dyn SessionStore>,
     ttl: chrono::Duration,
+    clock: Arc<dyn Clock>,
 }
 
 impl Sessions {
     /// `ttl`: how long a refresh token works unless it is exchanged.
     pub fn new(store: Arc<dyn SessionStore>, ttl: chrono::Duration) -> Self {
-        Self { store, ttl }
+        Self {
+            store,
+            ttl,
+            clock: crate::clock::system(),
+        }
+    }
+
+    /// Sessions whose times come from `clock` (give the store the same clock).
+    #[must_use]
+    pub fn with_clock(mut self, clock: Arc<dyn Clock>) -> Self {
+        self.clock = clock;
+        self
     }
 
     pub fn store(&self) -> &Arc<dyn SessionStore> {
@@ -168,7 +182,7 @@ impl Sessions {
     /// # Errors
     /// The store is unavailable.
     pub async fn open(&self, user_id: Uuid, client: &Client) -> Result<(Session, String), StoreError> {
-        let now = now();
+        let now = now(&*self.clock);
         let session = Session {
             id: Uuid::new_v4(),
             user_id,
@@ -190,7 +204,7 @@ impl Sessions {
     pub async fn refresh(&self, refresh_token: &str) -> Result<(Session, String), RefreshError> {
         let (id, secret) = parse(refresh_token).ok_or(RefreshError::Invalid)?;
         let next = fresh_secret();
-        let now = now();
+        let now = now(&*self.clock);
         match self.store.rotate(id, &hash(secret), &hash(&next), now, now + self.ttl).await? {
             Rotation::Rotated => {}
             Rotation::Reused { user_id } => {
@@ -216,16 +230,31 @@ struct Stored {
 }
 
 /// Sessions in this process's memory: the embedded default. They end when the process does.
-#[derive(Default)]
 pub struct MemorySessions {
     sessions: Mutex<HashMap<Uuid, Stored>>,
-    states: Mutex<HashMap<String, (String, std::time::Instant)>>,
+    states: Mutex<HashMap<String, (String, DateTime<Utc>)>>,
+    clock: Arc<dyn Clock>,
+}
+
+impl Default for MemorySessions {
+    fn default() -> Self {
+        Self::with_clock(crate::clock::system())
+    }
 }
 
 impl MemorySessions {
+    /// Sessions and ceremony states that expire by `clock`'s time.
+    pub fn with_clock(clock: Arc<dyn Clock>) -> Self {
+        Self {
+            sessions: Mutex::new(HashMap::new()),
+            states: Mutex::new(HashMap::new()),
+            clock,
+        }
+    }
+
     fn locked(&self) -> std::sync::MutexGuard<'_, HashMap<Uuid, Stored>> {
         let mut sessions = self.sessions.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        let now = Utc::now();
+        let now = self.clock.now();
         sessions.retain(|_, stored| stored.session.expires_at > now);
         sessions
     }
@@ -304,9 +333,10 @@ impl SessionStore for MemorySessions {
 
     async fn put_state(&self, key: &str, value: &str, ttl: std::time::Duration) -> Result<(), StoreError> {
         let mut states = self.states.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        let now = std::time::Instant::now();
+        let now = self.clock.now();
         states.retain(|_, (_, until)| *until > now);
-        states.insert(key.to_owned(), (value.to_owned(), now + ttl));
+        let until = now + chrono::Duration::from_std(ttl).unwrap_or(chrono::Duration::MAX);
+        states.insert(key.to_owned(), (value.to_owned(), until));
         Ok(())
     }
 
@@ -314,7 +344,7 @@ impl SessionStore for MemorySessions {
         let mut states = self.states.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         Ok(states
             .remove(key)
-            .filter(|(_, until)| *until > std::time::Instant::now())
+            .filter(|(_, until)| *until > self.clock.now())
             .map(|(value, _)| value))
     }
 
@@ -322,7 +352,7 @@ impl SessionStore for MemorySessions {
         let states = self.states.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         Ok(states
             .get(key)
-            .filter(|(_, until)| *until > std::time::Instant::now())
+            .filter(|(_, until)| *until > self.clock.now())
             .map(|(value, _)| value.clone()))
     }
 }

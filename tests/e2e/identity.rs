@@ -7,6 +7,7 @@ use std::time::Duration;
 use chrono::Utc;
 use cloudsync_eventstore::testing::{Backend, TestDatabase};
 use cloudsync_gateway::root::MasterSealer;
+use cloudsync_identity::clock::SystemClock;
 use cloudsync_identity::keys::KeyRing;
 use serde_json::{Value, json};
 use uuid::Uuid;
@@ -577,14 +578,19 @@ async fn signing_keys_rotate_without_signing_anyone_out() {
         .await
         .expect("open");
     let old = ring.current().kid.clone();
-    KeyRing::rotate(&db.db.pool, &MasterSealer(master.clone()), grace)
+    KeyRing::rotate(&db.db.pool, &MasterSealer(master.clone()), grace, &SystemClock)
         .await
         .expect("rotate");
+    // From the rotation on, the ring's clock moves only when the test moves it.
+    let clock = cloudsync_identity::clock::ManualClock::starting_now();
+    let ring = ring.with_clock(clock.clone());
     ring.reload().await;
     assert!(ring.verifying(&old).await.is_some());
-    tokio::time::sleep(grace + Duration::from_millis(100)).await;
+    clock.advance(grace - Duration::from_millis(50));
+    assert!(ring.verifying(&old).await.is_some(), "still within its grace period");
+    clock.advance(Duration::from_millis(100));
     assert!(ring.verifying(&old).await.is_none());
-    KeyRing::rotate(&db.db.pool, &MasterSealer(master.clone()), grace)
+    KeyRing::rotate(&db.db.pool, &MasterSealer(master.clone()), grace, &*clock)
         .await
         .expect("rotate");
     let kept: Vec<String> = cloudsync_identity::keys::list(&db.db.pool)

@@ -37,7 +37,13 @@ pub async fn keys(config: &Config, db: &Database, command: &KeysCommand, out: &m
     }
     if matches!(command, KeysCommand::Rotate) {
         let master = crate::root::master_key(config)?;
-        let kid = KeyRing::rotate(&db.pool, &crate::root::MasterSealer(master), grace).await?;
+        let kid = KeyRing::rotate(
+            &db.pool,
+            &crate::root::MasterSealer(master),
+            grace,
+            &cloudsync_identity::clock::SystemClock,
+        )
+        .await?;
         writeln!(out, "Key {kid} signs new access tokens from now on (every server within a minute).")?;
     }
     let time =

@@ -226,7 +226,7 @@ pub(crate) async fn challenge(app: &App, user: &User, email: String, cookie: boo
         _ => (None, None),
     };
     let token = fresh_secret();
-    let expires_at = Utc::now() + chrono::Duration::from_std(CHALLENGE_TTL).unwrap_or_default();
+    let expires_at = app.clock.now() + chrono::Duration::from_std(CHALLENGE_TTL).unwrap_or_default();
     let pending = PendingLogin {
         user: user_id.as_uuid(),
         email,
@@ -247,7 +247,7 @@ pub(crate) async fn challenge(app: &App, user: &User, email: String, cookie: boo
 
 /// Keeps (or puts back) the pending login of `token` until it expires.
 pub(super) async fn keep(app: &App, token: &str, pending: &PendingLogin) -> ApiResult<()> {
-    let left = (pending.expires_at - Utc::now()).to_std().unwrap_or_default();
+    let left = (pending.expires_at - app.clock.now()).to_std().unwrap_or_default();
     let value = serde_json::to_string(pending).map_err(store_error)?;
     app.tokens
         .sessions()
@@ -273,7 +273,7 @@ pub(super) async fn take(app: &App, token: &str) -> ApiResult<PendingLogin> {
 /// Puts a pending login back after a wrong answer, unless it has had too many.
 pub(super) async fn retry(app: &App, token: &str, mut pending: PendingLogin, why: String) -> ApiError {
     pending.attempts += 1;
-    let left = (pending.expires_at - Utc::now()).to_std().unwrap_or_default();
+    let left = (pending.expires_at - app.clock.now()).to_std().unwrap_or_default();
     if pending.attempts < MAX_ATTEMPTS && !left.is_zero() {
         if let Err(err) = keep(app, token, &pending).await {
             return err;

@@ -5,9 +5,26 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::Utc;
+use cloudsync_identity::clock::ManualClock;
 use cloudsync_identity::limits::{MemoryLimiter, RateLimiter, RedisLimiter, Rule};
 use cloudsync_identity::sessions::{MemorySessions, RedisSessions, Rotation, Session, SessionStore};
 use uuid::Uuid;
+
+/// How a contract test lets time pass: a store in memory runs on a clock the test moves; Redis
+/// keeps time on its server, so there the test waits.
+enum Time {
+    Moved(Arc<ManualClock>),
+    Server,
+}
+
+impl Time {
+    async fn pass(&self, by: Duration) {
+        match self {
+            Self::Moved(clock) => clock.advance(by),
+            Self::Server => tokio::time::sleep(by).await,
+        }
+    }
+}
 
 fn redis_url() -> String {
     std::env::var("CLOUDSYNC_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
@@ -37,7 +54,7 @@ async fn clear_namespace(namespace: &str) {
 }
 
 /// The contract every session store passes.
-async fn session_store_contract(store: Arc<dyn SessionStore>) {
+async fn session_store_contract(store: Arc<dyn SessionStore>, time: Time) {
     // Stores keep times to the millisecond.
     let now = chrono::DateTime::from_timestamp_millis(Utc::now().timestamp_millis()).expect("now");
     let session = |user: Uuid, ttl: chrono::Duration| Session {
@@ -110,7 +127,7 @@ async fn session_store_contract(store: Arc<dyn SessionStore>) {
     let short = session(bob, chrono::Duration::milliseconds(300));
     store.create(&short, "short").await.expect("create");
     assert!(store.get(short.id).await.expect("get").is_some());
-    tokio::time::sleep(Duration::from_millis(400)).await;
+    time.pass(Duration::from_millis(400)).await;
     assert_eq!(store.get(short.id).await.expect("get"), None);
     assert_eq!(store.list(bob).await.expect("list").len(), 1);
     let at = Utc::now();
@@ -153,7 +170,7 @@ async fn session_store_contract(store: Arc<dyn SessionStore>) {
     assert_eq!(store.take_state("mfa:a").await.expect("take").as_deref(), Some("one"));
     assert_eq!(store.peek_state("mfa:a").await.expect("peek"), None);
     assert_eq!(store.take_state("mfa:a").await.expect("take"), None, "taken once");
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    time.pass(Duration::from_millis(300)).await;
     assert_eq!(store.take_state("mfa:b").await.expect("take"), None, "expired");
     assert_eq!(store.take_state("mfa:nothing").await.expect("take"), None);
     store.put_state("mfa:c", "first", Duration::from_secs(60)).await.expect("put");
@@ -172,19 +189,20 @@ async fn session_store_contract(store: Arc<dyn SessionStore>) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn memory_sessions_pass_the_contract() {
-    session_store_contract(Arc::new(MemorySessions::default())).await;
+    let clock = ManualClock::starting_now();
+    session_store_contract(Arc::new(MemorySessions::with_clock(clock.clone())), Time::Moved(clock)).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_sessions_pass_the_contract() {
     let (connection, namespace) = test_redis().await;
-    session_store_contract(Arc::new(RedisSessions::new(connection, &namespace))).await;
+    session_store_contract(Arc::new(RedisSessions::new(connection, &namespace)), Time::Server).await;
     clear_namespace(&namespace).await;
 }
 
 /// The user's password events: (reason, hash).
 /// The contract every rate limiter passes.
-async fn limiter_contract(limiter: Arc<dyn RateLimiter>) {
+async fn limiter_contract(limiter: Arc<dyn RateLimiter>, time: Time) {
     let rule = Rule {
         class: "contract",
         per_minute: 60,
@@ -206,7 +224,7 @@ async fn limiter_contract(limiter: Arc<dyn RateLimiter>) {
         ..rule
     };
     assert_eq!(limiter.take(&key, other_class).await.expect("take"), None, "classes are separate");
-    tokio::time::sleep(wait + Duration::from_millis(50)).await;
+    time.pass(wait + Duration::from_millis(50)).await;
     assert_eq!(limiter.take(&key, rule).await.expect("take"), None, "a token came back");
     assert!(limiter.take(&key, rule).await.expect("take").is_some());
 
@@ -228,12 +246,13 @@ async fn limiter_contract(limiter: Arc<dyn RateLimiter>) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn memory_limiter_passes_the_contract() {
-    limiter_contract(Arc::new(MemoryLimiter::default())).await;
+    let clock = ManualClock::starting_now();
+    limiter_contract(Arc::new(MemoryLimiter::with_clock(clock.clone())), Time::Moved(clock)).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_limiter_passes_the_contract() {
     let (connection, namespace) = test_redis().await;
-    limiter_contract(Arc::new(RedisLimiter::new(connection, &namespace))).await;
+    limiter_contract(Arc::new(RedisLimiter::new(connection, &namespace)), Time::Server).await;
     clear_namespace(&namespace).await;
 }
