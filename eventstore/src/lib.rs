@@ -4,6 +4,7 @@
 
 mod database;
 mod postgres;
+mod reads;
 mod sqlite;
 mod subscription;
 #[cfg(feature = "testing")]

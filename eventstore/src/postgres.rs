@@ -16,7 +16,8 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use uuid::Uuid;
 
-use crate::types::{EventMetadata, RecordedEvent, distinct_streams, plan_rows};
+use crate::reads::{self, fetch_events};
+use crate::types::{RecordedEvent, distinct_streams, plan_rows};
 use crate::{AppendOutcome, EventStore, StoreError, StreamAppend};
 
 /// The advisory lock key that serialises appends ("cloudsync" as ASCII).
@@ -80,26 +81,21 @@ async fn listen(pool: PgPool, head: watch::Sender<i64>) {
     }
 }
 
-const COLUMNS: &str = "position, stream_id, stream_version, event_type, schema_version, payload, event_id, \
-                       correlation_id, causation_id, actor_id, occurred_at";
-
 fn decode(row: &PgRow) -> Result<RecordedEvent, StoreError> {
-    let occurred_at: DateTime<Utc> = row.try_get("occurred_at")?;
-    Ok(RecordedEvent {
+    reads::Columns {
         position: row.try_get("position")?,
         stream_id: row.try_get("stream_id")?,
         stream_version: row.try_get("stream_version")?,
         event_type: row.try_get("event_type")?,
         schema_version: row.try_get("schema_version")?,
         payload: row.try_get::<sqlx::types::Json<serde_json::Value>, _>("payload")?.0,
-        metadata: EventMetadata {
-            event_id: row.try_get("event_id")?,
-            correlation_id: row.try_get("correlation_id")?,
-            causation_id: row.try_get("causation_id")?,
-            actor_id: row.try_get("actor_id")?,
-            occurred_at,
-        },
-    })
+        event_id: Some(row.try_get("event_id")?),
+        correlation_id: Some(row.try_get("correlation_id")?),
+        causation_id: row.try_get("causation_id")?,
+        actor_id: row.try_get("actor_id")?,
+        occurred_at: row.try_get("occurred_at")?,
+    }
+    .event()
 }
 
 #[async_trait]
@@ -176,39 +172,15 @@ impl EventStore for PgEventStore {
     }
 
     async fn read_stream(&self, stream: &str) -> Result<Vec<RecordedEvent>, StoreError> {
-        let sql = format!("SELECT {COLUMNS} FROM events WHERE stream_id = $1 ORDER BY stream_version");
-        sqlx::query(&sql)
-            .bind(stream)
-            .fetch_all(&self.pool)
-            .await?
-            .iter()
-            .map(decode)
-            .collect()
+        fetch_events!(&self.pool, reads::STREAM, decode, stream)
     }
 
     async fn read_all(&self, after: i64, limit: i64) -> Result<Vec<RecordedEvent>, StoreError> {
-        let sql = format!("SELECT {COLUMNS} FROM events WHERE position > $1 ORDER BY position LIMIT $2");
-        sqlx::query(&sql)
-            .bind(after)
-            .bind(limit)
-            .fetch_all(&self.pool)
-            .await?
-            .iter()
-            .map(decode)
-            .collect()
+        fetch_events!(&self.pool, reads::ALL, decode, after, limit)
     }
 
     async fn read_by_actor(&self, actor: Uuid, after: i64, limit: i64) -> Result<Vec<RecordedEvent>, StoreError> {
-        let sql = format!("SELECT {COLUMNS} FROM events WHERE actor_id = $1 AND position > $2 ORDER BY position LIMIT $3");
-        sqlx::query(&sql)
-            .bind(actor)
-            .bind(after)
-            .bind(limit)
-            .fetch_all(&self.pool)
-            .await?
-            .iter()
-            .map(decode)
-            .collect()
+        fetch_events!(&self.pool, reads::BY_ACTOR, decode, actor, after, limit)
     }
 
     async fn head(&self) -> Result<i64, StoreError> {

@@ -3,13 +3,13 @@
 use std::collections::HashMap;
 
 use async_trait::async_trait;
-use chrono::{DateTime, Utc};
 use sqlx::sqlite::SqliteRow;
 use sqlx::{Row as _, SqlitePool};
 use tokio::sync::watch;
 use uuid::Uuid;
 
-use crate::types::{EventMetadata, RecordedEvent, distinct_streams, plan_rows};
+use crate::reads::{self, Columns, fetch_events};
+use crate::types::{RecordedEvent, distinct_streams, plan_rows};
 use crate::{AppendOutcome, EventStore, StoreError, StreamAppend};
 
 pub struct SqliteEventStore {
@@ -31,9 +31,6 @@ impl SqliteEventStore {
     }
 }
 
-const COLUMNS: &str = "position, stream_id, stream_version, event_type, schema_version, payload, event_id, \
-                       correlation_id, causation_id, actor_id, occurred_at";
-
 fn uuid_column(row: &SqliteRow, column: &str, position: i64) -> Result<Option<Uuid>, StoreError> {
     let text: Option<String> = row.try_get(column)?;
     text.map(|t| {
@@ -48,23 +45,23 @@ fn uuid_column(row: &SqliteRow, column: &str, position: i64) -> Result<Option<Uu
 fn decode(row: &SqliteRow) -> Result<RecordedEvent, StoreError> {
     let position: i64 = row.try_get("position")?;
     let payload: String = row.try_get("payload")?;
-    let corrupt = |reason: String| StoreError::Corrupt { position, reason };
-    let occurred_at: DateTime<Utc> = row.try_get("occurred_at")?;
-    Ok(RecordedEvent {
+    Columns {
         position,
         stream_id: row.try_get("stream_id")?,
         stream_version: row.try_get("stream_version")?,
         event_type: row.try_get("event_type")?,
         schema_version: row.try_get("schema_version")?,
-        payload: serde_json::from_str(&payload).map_err(|err| corrupt(format!("payload: {err}")))?,
-        metadata: EventMetadata {
-            event_id: uuid_column(row, "event_id", position)?.ok_or_else(|| corrupt("no event id".into()))?,
-            correlation_id: uuid_column(row, "correlation_id", position)?.ok_or_else(|| corrupt("no correlation id".into()))?,
-            causation_id: uuid_column(row, "causation_id", position)?,
-            actor_id: uuid_column(row, "actor_id", position)?,
-            occurred_at,
-        },
-    })
+        payload: serde_json::from_str(&payload).map_err(|err| StoreError::Corrupt {
+            position,
+            reason: format!("payload: {err}"),
+        })?,
+        event_id: uuid_column(row, "event_id", position)?,
+        correlation_id: uuid_column(row, "correlation_id", position)?,
+        causation_id: uuid_column(row, "causation_id", position)?,
+        actor_id: uuid_column(row, "actor_id", position)?,
+        occurred_at: row.try_get("occurred_at")?,
+    }
+    .event()
 }
 
 #[async_trait]
@@ -123,39 +120,15 @@ impl EventStore for SqliteEventStore {
     }
 
     async fn read_stream(&self, stream: &str) -> Result<Vec<RecordedEvent>, StoreError> {
-        let sql = format!("SELECT {COLUMNS} FROM events WHERE stream_id = $1 ORDER BY stream_version");
-        sqlx::query(&sql)
-            .bind(stream)
-            .fetch_all(&self.pool)
-            .await?
-            .iter()
-            .map(decode)
-            .collect()
+        fetch_events!(&self.pool, reads::STREAM, decode, stream)
     }
 
     async fn read_all(&self, after: i64, limit: i64) -> Result<Vec<RecordedEvent>, StoreError> {
-        let sql = format!("SELECT {COLUMNS} FROM events WHERE position > $1 ORDER BY position LIMIT $2");
-        sqlx::query(&sql)
-            .bind(after)
-            .bind(limit)
-            .fetch_all(&self.pool)
-            .await?
-            .iter()
-            .map(decode)
-            .collect()
+        fetch_events!(&self.pool, reads::ALL, decode, after, limit)
     }
 
     async fn read_by_actor(&self, actor: Uuid, after: i64, limit: i64) -> Result<Vec<RecordedEvent>, StoreError> {
-        let sql = format!("SELECT {COLUMNS} FROM events WHERE actor_id = $1 AND position > $2 ORDER BY position LIMIT $3");
-        sqlx::query(&sql)
-            .bind(actor.to_string())
-            .bind(after)
-            .bind(limit)
-            .fetch_all(&self.pool)
-            .await?
-            .iter()
-            .map(decode)
-            .collect()
+        fetch_events!(&self.pool, reads::BY_ACTOR, decode, actor.to_string(), after, limit)
     }
 
     async fn head(&self) -> Result<i64, StoreError> {

@@ -1,0 +1,80 @@
+//! What both backends read alike: the columns of an event, the three reads' queries (a stream in
+//! order, the log after a position, one actor's events after a position), running one of them,
+//! and turning a row's columns into a [`RecordedEvent`] with corruption reported by position.
+
+use chrono::{DateTime, Utc};
+use uuid::Uuid;
+
+use crate::{EventMetadata, RecordedEvent, StoreError};
+
+macro_rules! columns {
+    () => {
+        "position, stream_id, stream_version, event_type, schema_version, payload, event_id, correlation_id, causation_id, actor_id, occurred_at"
+    };
+}
+
+/// A stream's events in stream order.
+pub(crate) const STREAM: &str = concat!("SELECT ", columns!(), " FROM events WHERE stream_id = $1 ORDER BY stream_version");
+/// The log after a position, in order, up to a limit.
+pub(crate) const ALL: &str = concat!("SELECT ", columns!(), " FROM events WHERE position > $1 ORDER BY position LIMIT $2");
+/// One actor's events after a position, in order, up to a limit.
+pub(crate) const BY_ACTOR: &str = concat!(
+    "SELECT ",
+    columns!(),
+    " FROM events WHERE actor_id = $1 AND position > $2 ORDER BY position LIMIT $3"
+);
+
+/// Runs one of the reads on `$pool` with its binds and decodes every row with `$decode`.
+macro_rules! fetch_events {
+    ($pool:expr, $sql:expr, $decode:path $(, $bind:expr)*) => {
+        sqlx::query($sql)
+            $(.bind($bind))*
+            .fetch_all($pool)
+            .await?
+            .iter()
+            .map($decode)
+            .collect()
+    };
+}
+pub(crate) use fetch_events;
+
+/// An event's columns as a backend read them, before they are checked.
+pub(crate) struct Columns {
+    pub position: i64,
+    pub stream_id: String,
+    pub stream_version: i64,
+    pub event_type: String,
+    pub schema_version: i32,
+    pub payload: serde_json::Value,
+    pub event_id: Option<Uuid>,
+    pub correlation_id: Option<Uuid>,
+    pub causation_id: Option<Uuid>,
+    pub actor_id: Option<Uuid>,
+    pub occurred_at: DateTime<Utc>,
+}
+
+impl Columns {
+    /// The event, or [`StoreError::Corrupt`] naming what is missing.
+    pub(crate) fn event(self) -> Result<RecordedEvent, StoreError> {
+        let position = self.position;
+        let corrupt = |reason: &str| StoreError::Corrupt {
+            position,
+            reason: reason.to_owned(),
+        };
+        Ok(RecordedEvent {
+            position,
+            stream_id: self.stream_id,
+            stream_version: self.stream_version,
+            event_type: self.event_type,
+            schema_version: self.schema_version,
+            payload: self.payload,
+            metadata: EventMetadata {
+                event_id: self.event_id.ok_or_else(|| corrupt("no event id"))?,
+                correlation_id: self.correlation_id.ok_or_else(|| corrupt("no correlation id"))?,
+                causation_id: self.causation_id,
+                actor_id: self.actor_id,
+                occurred_at: self.occurred_at,
+            },
+        })
+    }
+}
