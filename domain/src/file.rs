@@ -184,6 +184,7 @@ mod tests {
 
     use super::*;
     use crate::ids::{FileId, ProviderId};
+    use crate::testing::given;
 
     fn alice() -> UserId {
         UserId::from_uuid(Uuid::from_u128(1))
@@ -212,14 +213,13 @@ mod tests {
 
     #[test]
     fn given_discovered_when_moved_then_path_changes_and_name_is_kept() {
-        let history = discovered();
-        let events = File::load(&history)
-            .handle(FileCommand::Move {
+        let events = given::<File>(discovered())
+            .when(FileCommand::Move {
                 by: alice(),
                 folder: path("archive/2024"),
                 at: DateTime::UNIX_EPOCH,
             })
-            .expect("accepted");
+            .events();
         let [DomainEvent::FileMoved(moved)] = events.as_slice() else {
             panic!("expected one FileMoved, got {events:?}")
         };
@@ -229,49 +229,50 @@ mod tests {
 
     #[test]
     fn given_discovered_when_moved_to_its_own_folder_then_nothing_happens() {
-        let file = File::load(&discovered());
-        let events = file.handle(FileCommand::Move {
-            by: alice(),
-            folder: path("inbox"),
-            at: DateTime::UNIX_EPOCH,
-        });
-        assert_eq!(events, Ok(Vec::new()));
+        given::<File>(discovered())
+            .when(FileCommand::Move {
+                by: alice(),
+                folder: path("inbox"),
+                at: DateTime::UNIX_EPOCH,
+            })
+            .then([]);
     }
 
     #[test]
     fn given_deleted_when_moved_or_deleted_then_not_found() {
         let mut history = discovered();
         history.extend(
-            File::load(&history)
-                .handle(FileCommand::Delete {
+            given::<File>(history.clone())
+                .when(FileCommand::Delete {
                     by: alice(),
                     at: DateTime::UNIX_EPOCH,
                 })
-                .expect("accepted"),
+                .events(),
         );
-        let file = File::load(&history);
-        let moved = file.handle(FileCommand::Move {
-            by: alice(),
-            folder: path("x"),
-            at: DateTime::UNIX_EPOCH,
-        });
-        assert_eq!(moved.err(), Some(DomainError::NotFound("file")));
-        let deleted = file.handle(FileCommand::Delete {
-            by: alice(),
-            at: DateTime::UNIX_EPOCH,
-        });
-        assert_eq!(deleted.err(), Some(DomainError::NotFound("file")));
+        given::<File>(history.clone())
+            .when(FileCommand::Move {
+                by: alice(),
+                folder: path("x"),
+                at: DateTime::UNIX_EPOCH,
+            })
+            .then_error(DomainError::NotFound("file"));
+        given::<File>(history)
+            .when(FileCommand::Delete {
+                by: alice(),
+                at: DateTime::UNIX_EPOCH,
+            })
+            .then_error(DomainError::NotFound("file"));
     }
 
     #[test]
     fn given_someone_elses_file_when_touched_then_not_found() {
-        let file = File::load(&discovered());
         let mallory = UserId::from_uuid(Uuid::from_u128(2));
-        let deleted = file.handle(FileCommand::Delete {
-            by: mallory,
-            at: DateTime::UNIX_EPOCH,
-        });
-        assert_eq!(deleted.err(), Some(DomainError::NotFound("file")));
+        given::<File>(discovered())
+            .when(FileCommand::Delete {
+                by: mallory,
+                at: DateTime::UNIX_EPOCH,
+            })
+            .then_error(DomainError::NotFound("file"));
     }
 
     #[test]
@@ -280,8 +281,9 @@ mod tests {
         let DomainEvent::FileDiscovered(again) = &history[0] else {
             panic!("expected FileDiscovered")
         };
-        let refused = File::load(&history).handle(FileCommand::Discover(again.clone()));
-        assert_eq!(refused.err(), Some(DomainError::AlreadyExists("file")));
+        given::<File>(history.clone())
+            .when(FileCommand::Discover(again.clone()))
+            .then_error(DomainError::AlreadyExists("file"));
     }
 
     #[test]

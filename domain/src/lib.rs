@@ -7,8 +7,11 @@ pub mod ids;
 pub mod manifest;
 pub mod merge;
 pub mod provider;
+pub mod reservation;
 pub mod sync_job;
 pub mod sync_pair;
+#[cfg(test)]
+pub(crate) mod testing;
 pub mod user;
 pub mod values;
 

@@ -8,17 +8,18 @@
 
 use chrono::{DateTime, Utc};
 use cloudsync_domain::events::PasswordChange;
+use cloudsync_domain::reservation::{EmailReservation, ReservationCommand};
 use cloudsync_domain::user::{User, UserCommand};
 use cloudsync_domain::{Aggregate as _, UserId};
 
-use cloudsync_domain::events::{EmailReleased, ExternalIdentityLinked, Personal, Sealable};
+use cloudsync_domain::events::{ExternalIdentityLinked, Personal, Sealable};
 use cloudsync_domain::ids::{email_stream, identity_stream};
 use cloudsync_domain::{DomainEvent, Email};
 use cloudsync_eventstore::{ExpectedVersion, StreamAppend};
 use serde_json::Value;
 use uuid::Uuid;
 
-use crate::core::encode;
+use crate::core::{encode, expected};
 use crate::{CommandError, Commands, Context};
 
 /// The password hash of an account that has none (it signs in with an external identity): no
@@ -241,7 +242,10 @@ impl Commands {
     /// # Errors
     /// [`CommandError::AlreadyExists`] when the address or the identity is taken; store failures.
     pub async fn register_external(&self, email: Email, issuer: &str, subject: &str) -> Result<(UserId, i64), CommandError> {
-        let (reservation, claim) = self.reservation(&email).await?.claimable()?;
+        let reservation = self.reservation(&email).await?;
+        if reservation.state.holder().is_some() {
+            return Err(CommandError::AlreadyExists("this email address is already registered".into()));
+        }
         let identity = self.identity_claimable(issuer, subject).await?;
         let user_id = UserId::from_uuid(uuid::Uuid::new_v4());
         let ctx = Context::new(Some(user_id));
@@ -258,8 +262,9 @@ impl Commands {
             subject: self.seal_personal(user_id, subject).await?,
             at,
         });
-        let (registered, claimed): (Vec<_>, Vec<_>) = events.iter().partition(|e| matches!(e, DomainEvent::UserRegistered(_)));
-        let mut on_user: Vec<_> = registered.iter().map(|e| encode(e, &ctx)).collect();
+        let claim = reservation.claim(&events, &ctx)?;
+        let registered = events.iter().filter(|e| matches!(e, DomainEvent::UserRegistered(_)));
+        let mut on_user: Vec<_> = registered.map(|e| encode(e, &ctx)).collect();
         on_user.push(encode(&linked, &ctx));
         let batches = vec![
             StreamAppend {
@@ -267,11 +272,7 @@ impl Commands {
                 expected: ExpectedVersion::NoStream,
                 events: on_user,
             },
-            StreamAppend {
-                stream: reservation,
-                expected: claim,
-                events: claimed.iter().map(|e| encode(e, &ctx)).collect(),
-            },
+            claim,
             StreamAppend {
                 stream: identity,
                 expected: ExpectedVersion::NoStream,
@@ -387,20 +388,16 @@ impl Commands {
             },
             events: deleted.iter().map(|e| encode(e, &ctx)).collect(),
         }];
-        if let Some(email) = email.and_then(|e| Email::parse(&e).ok())
-            && let Reservation::Held {
-                stream,
-                user: holder,
-                version,
-            } = self.reservation(&email).await?
-            && holder == user
-        {
-            let released = DomainEvent::EmailReleased(EmailReleased { user_id: user, at });
-            batches.push(StreamAppend {
-                stream,
-                expected: ExpectedVersion::Exact(version),
-                events: vec![encode(&released, &ctx)],
-            });
+        if let Some(email) = email.and_then(|e| Email::parse(&e).ok()) {
+            let reservation = self.reservation(&email).await?;
+            // Released only by its holder (an address claimed since by someone else stays theirs).
+            if let Ok(released) = reservation.state.handle(ReservationCommand::Release { user_id: user, at }) {
+                batches.push(StreamAppend {
+                    stream: reservation.stream,
+                    expected: ExpectedVersion::Exact(reservation.version),
+                    events: released.iter().map(|e| encode(e, &ctx)).collect(),
+                });
+            }
         }
         Ok(self.store.append(batches).await?.last_position)
     }
@@ -448,45 +445,47 @@ impl Commands {
     }
 }
 
-/// The state of an address's reservation stream.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) enum Reservation {
-    /// Nobody holds it; `version` is the stream's (0: never claimed).
-    Free {
-        stream: String,
-        version: i64,
-    },
-    Held {
-        stream: String,
-        user: UserId,
-        version: i64,
-    },
+/// An address's reservation stream: its name, its version (0: never claimed) and who holds it.
+#[derive(Debug, Clone)]
+pub(crate) struct Reservation {
+    pub(crate) stream: String,
+    pub(crate) version: i64,
+    pub(crate) state: EmailReservation,
 }
 
 impl Reservation {
-    /// The stream a new claim goes to and the version it must find, or why it cannot be made.
-    pub(crate) fn claimable(self) -> Result<(String, ExpectedVersion), CommandError> {
-        match self {
-            Self::Free { stream, version: 0 } => Ok((stream, ExpectedVersion::NoStream)),
-            Self::Free { stream, version } => Ok((stream, ExpectedVersion::Exact(version))),
-            Self::Held { .. } => Err(CommandError::AlreadyExists("this email address is already registered".into())),
-        }
-    }
-
-    /// Who holds it, after the claims and releases recorded on `stream`.
+    /// The reservation after the claims and releases recorded on `stream`.
     fn of(stream: String, recorded: &[cloudsync_eventstore::RecordedEvent]) -> Result<Self, CommandError> {
         let version = recorded.last().map_or(0, |e| e.stream_version);
-        let mut holder = None;
-        for event in recorded {
-            match DomainEvent::decode(&event.event_type, event.schema_version, &event.payload)? {
-                DomainEvent::EmailClaimed(claimed) => holder = Some(claimed.user_id),
-                DomainEvent::EmailReleased(_) => holder = None,
-                _ => {}
-            }
-        }
-        Ok(match holder {
-            Some(user) => Self::Held { stream, user, version },
-            None => Self::Free { stream, version },
+        let events = recorded
+            .iter()
+            .map(|e| DomainEvent::decode(&e.event_type, e.schema_version, &e.payload))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Self {
+            stream,
+            version,
+            state: EmailReservation::load(&events),
+        })
+    }
+
+    /// The batch that records a registration's claim (from `events`, the registration's), or
+    /// [`CommandError::AlreadyExists`] when someone holds the address.
+    fn claim(self, events: &[DomainEvent], ctx: &Context) -> Result<StreamAppend, CommandError> {
+        let claimed = events
+            .iter()
+            .find_map(|e| match e {
+                DomainEvent::EmailClaimed(claimed) => Some(claimed.clone()),
+                _ => None,
+            })
+            .ok_or_else(|| CommandError::Invalid("a registration without a claim of its address".into()))?;
+        let decided = self
+            .state
+            .handle(ReservationCommand::Claim(claimed))
+            .map_err(|_| CommandError::AlreadyExists("this email address is already registered".into()))?;
+        Ok(StreamAppend {
+            stream: self.stream,
+            expected: expected(self.version),
+            events: decided.iter().map(|e| encode(e, ctx)).collect(),
         })
     }
 }
@@ -498,7 +497,7 @@ impl Commands {
     /// # Errors
     /// [`CommandError::AlreadyExists`] when the address is taken.
     pub async fn register(&self, email: Email, password_hash: String) -> Result<(UserId, i64), CommandError> {
-        let (reservation, claim) = self.reservation(&email).await?.claimable()?;
+        let reservation = self.reservation(&email).await?;
         let user_id = UserId::from_uuid(Uuid::new_v4());
         let ctx = Context::new(Some(user_id));
         let events = User::default().handle(UserCommand::Register {
@@ -507,18 +506,15 @@ impl Commands {
             password_hash,
             at: Utc::now(),
         })?;
-        let (registered, claimed): (Vec<_>, Vec<_>) = events.iter().partition(|e| matches!(e, DomainEvent::UserRegistered(_)));
+        let claim = reservation.claim(&events, &ctx)?;
+        let registered = events.iter().filter(|e| matches!(e, DomainEvent::UserRegistered(_)));
         let batches = vec![
             StreamAppend {
                 stream: user_id.stream(),
                 expected: ExpectedVersion::NoStream,
-                events: registered.iter().map(|e| encode(e, &ctx)).collect(),
+                events: registered.map(|e| encode(e, &ctx)).collect(),
             },
-            StreamAppend {
-                stream: reservation,
-                expected: claim,
-                events: claimed.iter().map(|e| encode(e, &ctx)).collect(),
-            },
+            claim,
         ];
         match self.store.append(batches).await {
             Ok(outcome) => Ok((user_id, outcome.last_position)),
@@ -533,7 +529,7 @@ impl Commands {
     /// # Errors
     /// Store failures.
     pub async fn user_by_email(&self, email: &Email) -> Result<Option<User>, CommandError> {
-        let Reservation::Held { user: holder, .. } = self.reservation(email).await? else {
+        let Some(holder) = self.reservation(email).await?.state.holder() else {
             return Ok(None);
         };
         let (user, _) = self.load::<User>(&holder.stream()).await?;
@@ -550,10 +546,15 @@ impl Commands {
             return Reservation::of(keyed, &recorded);
         }
         let legacy = email_stream(email);
-        match Reservation::of(legacy.clone(), &self.store.read_stream(&legacy).await?)? {
-            held @ Reservation::Held { .. } => Ok(held),
-            Reservation::Free { .. } => Ok(Reservation::Free { stream: keyed, version: 0 }),
+        let old = Reservation::of(legacy.clone(), &self.store.read_stream(&legacy).await?)?;
+        if old.state.holder().is_some() {
+            return Ok(old);
         }
+        Ok(Reservation {
+            stream: keyed,
+            version: 0,
+            state: EmailReservation::default(),
+        })
     }
 
     /// The name of the reservation stream of `name` (an address, an external identity): a UUID
