@@ -101,7 +101,7 @@ impl App {
         }
         let roles = roles_from(&user.roles());
         Authentication::User(Caller {
-            user_id,
+            user_id: cloudsync_domain::UserId::from_uuid(user_id),
             session_id: None,
             token_id: Some(token_id),
             roles,
@@ -116,7 +116,7 @@ impl App {
 
     /// Remembers that `caller` has written up to `position`.
     pub fn wrote(&self, caller: Caller, position: i64) {
-        self.wrote_for(caller.user_id, position);
+        self.wrote_for(caller.user_id.as_uuid(), position);
     }
 
     /// Remembers that user `user_id` has written up to `position`.
@@ -150,7 +150,12 @@ impl App {
     /// other (none behind what the most advanced one has shown), so what one query showed (a finished
     /// scan) the next one sees too (its files).
     pub async fn consistent(&self, caller: Caller) {
-        let written = self.written.lock().ok().and_then(|w| w.get(&caller.user_id).copied()).unwrap_or(0);
+        let written = self
+            .written
+            .lock()
+            .ok()
+            .and_then(|w| w.get(&caller.user_id.as_uuid()).copied())
+            .unwrap_or(0);
         let position = written.max(self.projections.max_position());
         if position > 0 && !self.projections.wait_for(position, self.consistency_timeout).await {
             tracing::warn!(user = %caller.user_id, position, "Read models lag behind the caller's writes; answering from a stale view.");

@@ -65,6 +65,12 @@ impl From<sqlx::Error> for ApiError {
     }
 }
 
+impl From<cloudsync_projections::QueryError> for ApiError {
+    fn from(error: cloudsync_projections::QueryError) -> Self {
+        Self::internal(&error)
+    }
+}
+
 impl From<ApiError> for async_graphql::Error {
     fn from(error: ApiError) -> Self {
         let (message, code) = match error {

@@ -5,6 +5,7 @@
 use std::sync::Arc;
 
 use chrono::Utc;
+use cloudsync_domain::UserId;
 use jsonwebtoken::{Algorithm, Header, Validation};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
@@ -18,7 +19,7 @@ const AUDIENCE: &str = "cloudsync-api";
 /// The authenticated user a request acts for, and what its credential allows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Caller {
-    pub user_id: Uuid,
+    pub user_id: UserId,
     /// The sign-in session the access token belongs to (none for an API token).
     pub session_id: Option<Uuid>,
     /// The personal API token used, if any.
@@ -144,7 +145,7 @@ impl Tokens {
             Ok(Some(session)) if session.user_id == user_id => {
                 let roles = crate::access::roles_from(&data.claims.roles);
                 Ok(Caller {
-                    user_id,
+                    user_id: UserId::from_uuid(user_id),
                     session_id: Some(session_id),
                     token_id: None,
                     roles,

@@ -2,11 +2,13 @@
 //! user's id and filters on it, so another user's ids look exactly like ids that do not exist.
 
 use chrono::{DateTime, Utc};
+use cloudsync_domain::UserId;
 use cloudsync_eventstore::DbPool;
 use serde_json::Value;
 use uuid::Uuid;
 
 use crate::ops::Table;
+pub use crate::sql::QueryError;
 use crate::sql::{Val, fetch_all};
 
 #[derive(Debug, Clone, PartialEq)]
@@ -209,11 +211,11 @@ impl ReadModels {
 
     /// # Errors
     /// Database failures.
-    pub async fn user(&self, id: Uuid) -> Result<Option<UserRow>, sqlx::Error> {
+    pub async fn user(&self, id: UserId) -> Result<Option<UserRow>, QueryError> {
         let rows = fetch_all!(
             &self.pool,
             "SELECT CAST(id AS TEXT) AS id, email, created_at FROM users WHERE id = $1",
-            [Val::Uuid(id)],
+            [Val::Uuid(id.as_uuid())],
             |row| {
                 Ok(UserRow {
                     id: uuid(row.try_get("id")?)?,
@@ -229,7 +231,7 @@ impl ReadModels {
     ///
     /// # Errors
     /// Database failures.
-    pub async fn accounts(&self, limit: i64, offset: i64) -> Result<Vec<AccountRow>, sqlx::Error> {
+    pub async fn accounts(&self, limit: i64, offset: i64) -> Result<Vec<AccountRow>, QueryError> {
         fetch_all!(
             &self.pool,
             "SELECT CAST(id AS TEXT) AS id, email, roles, quota_bytes, tier, created_at FROM users \
@@ -253,21 +255,23 @@ impl ReadModels {
     ///
     /// # Errors
     /// Database failures.
-    pub async fn providers(&self, user: Uuid) -> Result<Vec<ProviderRow>, sqlx::Error> {
+    pub async fn providers(&self, user: UserId) -> Result<Vec<ProviderRow>, QueryError> {
         let sql = format!("SELECT {PROVIDER_COLUMNS} FROM providers WHERE user_id = $1 ORDER BY status, connected_at DESC, id");
-        fetch_all!(&self.pool, &sql, [Val::Uuid(user)], |row| provider_row!(row))
+        fetch_all!(&self.pool, &sql, [Val::Uuid(user.as_uuid())], |row| provider_row!(row))
     }
 
     /// One of the user's providers.
     ///
     /// # Errors
     /// Database failures.
-    pub async fn provider(&self, user: Uuid, id: Uuid) -> Result<Option<ProviderRow>, sqlx::Error> {
+    pub async fn provider(&self, user: UserId, id: Uuid) -> Result<Option<ProviderRow>, QueryError> {
         let sql = format!("SELECT {PROVIDER_COLUMNS} FROM providers WHERE user_id = $1 AND id = $2");
         Ok(
-            fetch_all!(&self.pool, &sql, [Val::Uuid(user), Val::Uuid(id)], |row| provider_row!(row))?
-                .into_iter()
-                .next(),
+            fetch_all!(&self.pool, &sql, [Val::Uuid(user.as_uuid()), Val::Uuid(id)], |row| provider_row!(
+                row
+            ))?
+            .into_iter()
+            .next(),
         )
     }
 
@@ -276,9 +280,15 @@ impl ReadModels {
     ///
     /// # Errors
     /// Database failures.
-    pub async fn files(&self, user: Uuid, providers: Providers<'_>, folder: Option<&str>, limit: i64) -> Result<Vec<FileRow>, sqlx::Error> {
+    pub async fn files(
+        &self,
+        user: UserId,
+        providers: Providers<'_>,
+        folder: Option<&str>,
+        limit: i64,
+    ) -> Result<Vec<FileRow>, QueryError> {
         let mut sql = format!("SELECT {FILE_COLUMNS} FROM files WHERE user_id = $1");
-        let mut values = vec![Val::Uuid(user)];
+        let mut values = vec![Val::Uuid(user.as_uuid())];
         match providers {
             Providers::All => {}
             Providers::Id(provider) => {
@@ -311,10 +321,10 @@ impl ReadModels {
     ///
     /// # Errors
     /// Database failures.
-    pub async fn file(&self, user: Uuid, id: Uuid) -> Result<Option<FileRow>, sqlx::Error> {
+    pub async fn file(&self, user: UserId, id: Uuid) -> Result<Option<FileRow>, QueryError> {
         let sql = format!("SELECT {FILE_COLUMNS} FROM files WHERE user_id = $1 AND id = $2");
         Ok(
-            fetch_all!(&self.pool, &sql, [Val::Uuid(user), Val::Uuid(id)], |row| file_row!(row))?
+            fetch_all!(&self.pool, &sql, [Val::Uuid(user.as_uuid()), Val::Uuid(id)], |row| file_row!(row))?
                 .into_iter()
                 .next(),
         )
@@ -324,9 +334,9 @@ impl ReadModels {
     ///
     /// # Errors
     /// Database failures.
-    pub async fn sync_operation(&self, user: Uuid, id: Uuid) -> Result<Option<SyncOperationRow>, sqlx::Error> {
+    pub async fn sync_operation(&self, user: UserId, id: Uuid) -> Result<Option<SyncOperationRow>, QueryError> {
         let sql = format!("SELECT {OPERATION_COLUMNS} FROM sync_operations WHERE user_id = $1 AND id = $2");
-        let rows = fetch_all!(&self.pool, &sql, [Val::Uuid(user), Val::Uuid(id)], |row| {
+        let rows = fetch_all!(&self.pool, &sql, [Val::Uuid(user.as_uuid()), Val::Uuid(id)], |row| {
             let provider_id: Option<String> = row.try_get("provider_id")?;
             Ok(SyncOperationRow {
                 id: uuid(row.try_get("id")?)?,
@@ -354,10 +364,10 @@ impl ReadModels {
     ///
     /// # Errors
     /// Database failures.
-    pub async fn sync_conflicts(&self, user: Uuid, pair: Uuid) -> Result<Vec<SyncConflictRow>, sqlx::Error> {
+    pub async fn sync_conflicts(&self, user: UserId, pair: Uuid) -> Result<Vec<SyncConflictRow>, QueryError> {
         let sql = "SELECT path, kind, source_checksum, source_size, target_checksum, target_size, resolution, detected_at \
                    FROM sync_conflicts WHERE user_id = $1 AND pair_id = $2 ORDER BY path";
-        fetch_all!(&self.pool, sql, [Val::Uuid(user), Val::Uuid(pair)], |row| {
+        fetch_all!(&self.pool, sql, [Val::Uuid(user.as_uuid()), Val::Uuid(pair)], |row| {
             let side = |checksum: Option<String>, size: Option<i64>| checksum.zip(size);
             Ok(SyncConflictRow {
                 path: row.try_get("path")?,
@@ -374,9 +384,9 @@ impl ReadModels {
     ///
     /// # Errors
     /// Database failures.
-    pub async fn sync_pairs(&self, user: Uuid, id: Option<Uuid>) -> Result<Vec<SyncPairRow>, sqlx::Error> {
+    pub async fn sync_pairs(&self, user: UserId, id: Option<Uuid>) -> Result<Vec<SyncPairRow>, QueryError> {
         let sql = format!("SELECT {PAIR_COLUMNS} FROM sync_pairs WHERE user_id = $1 AND ($2 IS NULL OR id = $2) ORDER BY created_at, id");
-        let vals = [Val::Uuid(user), Val::OptUuid(id)];
+        let vals = [Val::Uuid(user.as_uuid()), Val::OptUuid(id)];
         fetch_all!(&self.pool, &sql, vals, |row| {
             let last: Option<String> = row.try_get("last_operation_id")?;
             Ok(SyncPairRow {
@@ -406,17 +416,17 @@ impl ReadModels {
     /// Database failures.
     pub async fn file_versions(
         &self,
-        user: Uuid,
+        user: UserId,
         provider: Option<Uuid>,
         path: Option<&str>,
         id: Option<Uuid>,
-    ) -> Result<Vec<FileVersionRow>, sqlx::Error> {
+    ) -> Result<Vec<FileVersionRow>, QueryError> {
         let sql = "SELECT CAST(id AS TEXT) AS id, CAST(pair_id AS TEXT) AS pair_id, CAST(provider_id AS TEXT) AS provider_id, path, side, \
                    checksum, size_bytes, modified_at, reason, kept_at FROM file_versions \
                    WHERE user_id = $1 AND ($2 IS NULL OR provider_id = $2) AND ($3 IS NULL OR path = $3) AND ($4 IS NULL OR id = $4) \
                    ORDER BY kept_at DESC, id DESC LIMIT 1000";
         let vals = [
-            Val::Uuid(user),
+            Val::Uuid(user.as_uuid()),
             Val::OptUuid(provider),
             Val::OptText(path.map(str::to_owned)),
             Val::OptUuid(id),
@@ -442,7 +452,7 @@ impl ReadModels {
     ///
     /// # Errors
     /// An unknown table or a database failure.
-    pub async fn dump(&self, table: &str) -> Result<Vec<Vec<Option<String>>>, sqlx::Error> {
+    pub async fn dump(&self, table: &str) -> Result<Vec<Vec<Option<String>>>, QueryError> {
         let table = Table::parse(table).ok_or_else(|| sqlx::Error::Protocol(format!("unknown read model {table:?}")))?;
         let columns: &[&str] = match table {
             Table::Users => &["id", "email", "created_at", "updated_at", "settings"],

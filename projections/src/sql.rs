@@ -341,6 +341,13 @@ pub(crate) fn statement(op: &Op) -> (&'static str, Vec<Val>) {
     }
 }
 
+/// Why a read model could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum QueryError {
+    #[error(transparent)]
+    Database(#[from] sqlx::Error),
+}
+
 /// Runs a query on either backend with the same SQL and values, mapping each row with the same code
 /// (the row types differ, so the body is expanded once per backend).
 macro_rules! fetch_all {
@@ -353,7 +360,10 @@ macro_rules! fetch_all {
                     query = $crate::sql::bind_pg(query, value);
                 }
                 let rows = query.fetch_all(pool).await?;
-                rows.iter().map(|$row| $body).collect::<Result<Vec<_>, sqlx::Error>>()
+                rows.iter()
+                    .map(|$row| $body)
+                    .collect::<Result<Vec<_>, sqlx::Error>>()
+                    .map_err($crate::sql::QueryError::from)
             }
             cloudsync_eventstore::DbPool::Sqlite(pool) => {
                 let mut query = sqlx::query($sql);
@@ -361,7 +371,10 @@ macro_rules! fetch_all {
                     query = $crate::sql::bind_sqlite(query, value);
                 }
                 let rows = query.fetch_all(pool).await?;
-                rows.iter().map(|$row| $body).collect::<Result<Vec<_>, sqlx::Error>>()
+                rows.iter()
+                    .map(|$row| $body)
+                    .collect::<Result<Vec<_>, sqlx::Error>>()
+                    .map_err($crate::sql::QueryError::from)
             }
         }
     }};

@@ -108,10 +108,7 @@ impl IdentityQuery {
             .ok_or_else(|| ApiError::not_found("user"))?;
         let email = app
             .commands
-            .reveal(
-                cloudsync_domain::UserId::from_uuid(caller.user_id),
-                &cloudsync_domain::events::Personal::from_column(&row.email),
-            )
+            .reveal(caller.user_id, &cloudsync_domain::events::Personal::from_column(&row.email))
             .await
             .map_err(ApiError::from)?
             .ok_or_else(|| ApiError::not_found("user"))?;
@@ -129,7 +126,7 @@ impl IdentityQuery {
             .tokens
             .sessions()
             .store()
-            .list(caller.user_id)
+            .list(caller.user_id.as_uuid())
             .await
             .map_err(|err| ApiError::internal(&err))?;
         Ok(sessions
@@ -277,7 +274,7 @@ impl IdentityMutation {
             .tokens
             .sessions()
             .store()
-            .revoke(caller.user_id, session)
+            .revoke(caller.user_id.as_uuid(), session)
             .await
             .map_err(|err| ApiError::internal(&err))?;
         ctx.append_http_header("set-cookie", refresh_cookie("", 0));
@@ -290,7 +287,7 @@ impl IdentityMutation {
         let caller = session_caller(ctx)?;
         let app = app(ctx);
         limit(ctx, app.rules.login, &format!("account-id:{}", caller.user_id)).await?;
-        let user_id = UserId::from_uuid(caller.user_id);
+        let user_id = caller.user_id;
         let user = app
             .commands
             .user(user_id)
@@ -309,7 +306,7 @@ impl IdentityMutation {
             .await
             .map_err(ApiError::from)?;
         app.wrote(caller, position);
-        revoke_sessions(app, caller.user_id, caller.session_id).await?;
+        revoke_sessions(app, caller.user_id.as_uuid(), caller.session_id).await?;
         Ok(true)
     }
 
@@ -361,8 +358,8 @@ impl IdentityMutation {
     async fn delete_account(&self, ctx: &Context<'_>, password: Option<String>) -> async_graphql::Result<bool> {
         let caller = session_caller(ctx)?;
         let app = app(ctx);
-        confirm_password(ctx, app, caller.user_id, password).await?;
-        let passwordless = super::load_user(app, caller.user_id).await?.password_hash() == Some(cloudsync_commands::NO_PASSWORD);
+        confirm_password(ctx, app, caller.user_id.as_uuid(), password).await?;
+        let passwordless = super::load_user(app, caller.user_id.as_uuid()).await?.password_hash() == Some(cloudsync_commands::NO_PASSWORD);
         if passwordless {
             // No password to confirm with: the session must be a fresh sign-in.
             let session = match caller.session_id {
@@ -379,16 +376,12 @@ impl IdentityMutation {
                 return Err(ApiError::Forbidden("sign in again (within ten minutes) to erase this account".into()).into());
             }
         }
-        let position = app
-            .commands
-            .delete_account(UserId::from_uuid(caller.user_id))
-            .await
-            .map_err(ApiError::from)?;
+        let position = app.commands.delete_account(caller.user_id).await.map_err(ApiError::from)?;
         app.wrote(caller, position);
         app.tokens
             .sessions()
             .store()
-            .revoke_all(caller.user_id)
+            .revoke_all(caller.user_id.as_uuid())
             .await
             .map_err(|err| ApiError::internal(&err))?;
         ctx.append_http_header("set-cookie", refresh_cookie("", 0));
@@ -404,7 +397,7 @@ impl IdentityMutation {
             .tokens
             .sessions()
             .store()
-            .revoke(caller.user_id, id)
+            .revoke(caller.user_id.as_uuid(), id)
             .await
             .map_err(|err| ApiError::internal(&err))?;
         if !revoked {

@@ -60,7 +60,7 @@ impl AdminQuery {
     /// The caller's personal API tokens (never their secrets).
     async fn api_tokens(&self, ctx: &Context<'_>) -> async_graphql::Result<Vec<ApiTokenInfo>> {
         let caller = session_caller(ctx)?;
-        let user = load_user(app(ctx), caller.user_id).await?;
+        let user = load_user(app(ctx), caller.user_id.as_uuid()).await?;
         Ok(user
             .api_tokens()
             .map(|t| ApiTokenInfo {
@@ -76,7 +76,7 @@ impl AdminQuery {
     /// The networks the caller's credentials work from (empty: anywhere).
     async fn ip_allowlist(&self, ctx: &Context<'_>) -> async_graphql::Result<Vec<String>> {
         let caller = session_caller(ctx)?;
-        let user = load_user(app(ctx), caller.user_id).await?;
+        let user = load_user(app(ctx), caller.user_id.as_uuid()).await?;
         Ok(user.ip_allowlist().to_vec())
     }
 
@@ -176,19 +176,12 @@ impl AdminMutation {
         let (id, secret) = (Uuid::new_v4(), fresh_secret());
         let position = app
             .commands
-            .create_api_token(
-                UserId::from_uuid(caller.user_id),
-                id,
-                name.clone(),
-                scopes.clone(),
-                hash(&secret),
-                expires_at,
-            )
+            .create_api_token(caller.user_id, id, name.clone(), scopes.clone(), hash(&secret), expires_at)
             .await
             .map_err(ApiError::from)?;
         app.wrote(caller, position);
         Ok(CreatedApiToken {
-            token: api_token(caller.user_id, id, &secret),
+            token: api_token(caller.user_id.as_uuid(), id, &secret),
             info: ApiTokenInfo {
                 id: ID(id.to_string()),
                 name: name.trim().to_owned(),
@@ -205,7 +198,7 @@ impl AdminMutation {
         let id = parse_id(&id, "token id")?;
         app(ctx)
             .commands
-            .revoke_api_token(UserId::from_uuid(caller.user_id), id)
+            .revoke_api_token(caller.user_id, id)
             .await
             .map_err(ApiError::from)?;
         Ok(true)
@@ -227,7 +220,7 @@ impl AdminMutation {
         let app = app(ctx);
         let position = app
             .commands
-            .set_ip_allowlist(UserId::from_uuid(caller.user_id), networks.clone())
+            .set_ip_allowlist(caller.user_id, networks.clone())
             .await
             .map_err(ApiError::from)?;
         app.wrote(caller, position);
@@ -244,7 +237,7 @@ impl AdminMutation {
         let app = app(ctx);
         let position = app
             .commands
-            .set_plan(user, quota, &tier, UserId::from_uuid(caller.user_id))
+            .set_plan(user, quota, &tier, caller.user_id)
             .await
             .map_err(ApiError::from)?;
         app.wrote(caller, position);

@@ -152,7 +152,7 @@ impl FilesQuery {
         let rows = app.reads.providers(caller.user_id).await.map_err(ApiError::from)?;
         let mut providers = Vec::with_capacity(rows.len());
         for row in rows {
-            providers.push(Provider::open(app, caller.user_id, row).await?);
+            providers.push(Provider::open(app, caller.user_id.as_uuid(), row).await?);
         }
         Ok(providers)
     }
@@ -228,7 +228,7 @@ impl FilesMutation {
         let app = app(ctx);
         let connected = app
             .commands
-            .connect_provider(cloudsync_domain::UserId::from_uuid(caller.user_id), &provider, &credentials.0)
+            .connect_provider(caller.user_id, &provider, &credentials.0)
             .await
             .map_err(ApiError::from)?;
         let id = connected.provider_id.as_uuid();
@@ -242,7 +242,7 @@ impl FilesMutation {
             .await?;
         Ok(Provider {
             scan_operation_id: Some(ID(connected.job_id.to_string())),
-            ..Provider::open(app, caller.user_id, row).await?
+            ..Provider::open(app, caller.user_id.as_uuid(), row).await?
         })
     }
 
@@ -260,7 +260,7 @@ impl FilesMutation {
         let caller = caller_for(ctx, scope::FILES_WRITE)?;
         let authorization = app(ctx)
             .commands
-            .begin_authorization(cloudsync_domain::UserId::from_uuid(caller.user_id), &provider, name, root)
+            .begin_authorization(caller.user_id, &provider, name, root)
             .map_err(ApiError::from)?;
         Ok(ProviderAuthorization {
             authorization_url: authorization.url,
@@ -274,11 +274,7 @@ impl FilesMutation {
         let caller = caller_for(ctx, scope::FILES_WRITE)?;
         let app = app(ctx);
         let id = ProviderId::from_uuid(parse_id(&provider_id, "providerId")?);
-        let position = app
-            .commands
-            .disconnect_provider(cloudsync_domain::UserId::from_uuid(caller.user_id), id)
-            .await
-            .map_err(ApiError::from)?;
+        let position = app.commands.disconnect_provider(caller.user_id, id).await.map_err(ApiError::from)?;
         app.wrote(caller, position);
         Ok(true)
     }
@@ -289,11 +285,7 @@ impl FilesMutation {
         let caller = caller_for(ctx, scope::FILES_WRITE)?;
         let app = app(ctx);
         let id = ProviderId::from_uuid(parse_id(&provider_id, "providerId")?);
-        let (job_id, position) = app
-            .commands
-            .request_scan(cloudsync_domain::UserId::from_uuid(caller.user_id), id)
-            .await
-            .map_err(ApiError::from)?;
+        let (job_id, position) = app.commands.request_scan(caller.user_id, id).await.map_err(ApiError::from)?;
         let row = app
             .read_back(
                 caller,
@@ -325,7 +317,7 @@ impl FilesMutation {
             .map_err(|err| ApiError::BadInput(err.to_string()))?;
         let position = app
             .commands
-            .set_scan_schedule(cloudsync_domain::UserId::from_uuid(caller.user_id), id, schedule, realtime)
+            .set_scan_schedule(caller.user_id, id, schedule, realtime)
             .await
             .map_err(ApiError::from)?;
         let row = app
@@ -336,7 +328,7 @@ impl FilesMutation {
                 || ApiError::not_found("provider"),
             )
             .await?;
-        Ok(Provider::open(app, caller.user_id, row).await?)
+        Ok(Provider::open(app, caller.user_id.as_uuid(), row).await?)
     }
 
     /// Moves files into `targetPath`, a folder relative to each file's provider root, keeping names.
@@ -350,7 +342,7 @@ impl FilesMutation {
         let folder = parse_path(&target_path)?;
         let (moved, position) = app
             .commands
-            .move_files(cloudsync_domain::UserId::from_uuid(caller.user_id), &ids, &folder)
+            .move_files(caller.user_id, &ids, &folder)
             .await
             .map_err(ApiError::from)?;
         app.wrote(caller, position);
@@ -373,11 +365,7 @@ impl FilesMutation {
             .iter()
             .map(|id| parse_id(id, "fileId").map(FileId::from_uuid))
             .collect::<ApiResult<Vec<_>>>()?;
-        let (_, position) = app
-            .commands
-            .delete_files(cloudsync_domain::UserId::from_uuid(caller.user_id), &ids)
-            .await
-            .map_err(ApiError::from)?;
+        let (_, position) = app.commands.delete_files(caller.user_id, &ids).await.map_err(ApiError::from)?;
         app.wrote(caller, position);
         Ok(true)
     }
@@ -427,7 +415,7 @@ pub(crate) fn file_change(event: &cloudsync_eventstore::RecordedEvent, caller: C
         position: event.position,
         occurred_at: event.metadata.occurred_at,
     };
-    let mine = |owner: cloudsync_domain::UserId, p: ProviderId| owner.as_uuid() == caller.user_id && p.as_uuid() == provider;
+    let mine = |owner: cloudsync_domain::UserId, p: ProviderId| owner == caller.user_id && p.as_uuid() == provider;
     match decoded {
         DomainEvent::FileDiscovered(e) if mine(e.owner_id, e.provider_id) => Some(FileChange {
             size_bytes: i64::try_from(e.size_bytes).ok(),

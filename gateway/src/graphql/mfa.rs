@@ -143,12 +143,8 @@ impl MfaQuery {
     async fn mfa(&self, ctx: &Context<'_>) -> async_graphql::Result<MfaStatus> {
         let caller = session_caller(ctx)?;
         let app = app(ctx);
-        let user = load_user(app, caller.user_id).await?;
-        let phone = app
-            .commands
-            .sms_phone(UserId::from_uuid(caller.user_id))
-            .await
-            .map_err(ApiError::from)?;
+        let user = load_user(app, caller.user_id.as_uuid()).await?;
+        let phone = app.commands.sms_phone(caller.user_id).await.map_err(ApiError::from)?;
         Ok(MfaStatus {
             sms_number: phone.as_deref().map(masked),
             totp_enabled: user.totp_secret().is_some(),
@@ -177,15 +173,11 @@ impl MfaMutation {
         let app = app(ctx);
         let email = app
             .commands
-            .email_of(UserId::from_uuid(caller.user_id))
+            .email_of(caller.user_id)
             .await
             .map_err(ApiError::from)?
             .unwrap_or_default();
-        let secret = app
-            .commands
-            .begin_totp(UserId::from_uuid(caller.user_id))
-            .await
-            .map_err(ApiError::from)?;
+        let secret = app.commands.begin_totp(caller.user_id).await.map_err(ApiError::from)?;
         let uri = cloudsync_commands::totp_uri(&secret, &email, ISSUER);
         let qr = qrcode::QrCode::new(uri.as_bytes()).map_err(store_error)?;
         let svg = qr.render::<qrcode::render::svg::Color<'_>>().min_dimensions(200, 200).build();
@@ -201,11 +193,7 @@ impl MfaMutation {
     async fn confirm_totp_enrollment(&self, ctx: &Context<'_>, code: String) -> async_graphql::Result<Vec<String>> {
         let caller = session_caller(ctx)?;
         limit(ctx, app(ctx).rules.login, &format!("account-id:{}", caller.user_id)).await?;
-        let codes = app(ctx)
-            .commands
-            .confirm_totp(UserId::from_uuid(caller.user_id), &code)
-            .await
-            .map_err(code_error)?;
+        let codes = app(ctx).commands.confirm_totp(caller.user_id, &code).await.map_err(code_error)?;
         Ok(codes)
     }
 
@@ -220,7 +208,7 @@ impl MfaMutation {
         limit(ctx, app(ctx).rules.login, &format!("account-id:{}", caller.user_id)).await?;
         app(ctx)
             .commands
-            .disable_totp(UserId::from_uuid(caller.user_id), method.into(), &code)
+            .disable_totp(caller.user_id, method.into(), &code)
             .await
             .map_err(code_error)?;
         Ok(true)
@@ -232,20 +220,20 @@ impl MfaMutation {
         let caller = session_caller(ctx)?;
         let app = app(ctx);
         let webauthn = webauthn(app)?;
-        let user = load_user(app, caller.user_id).await?;
+        let user = load_user(app, caller.user_id.as_uuid()).await?;
         let email = app
             .commands
-            .email_of(UserId::from_uuid(caller.user_id))
+            .email_of(caller.user_id)
             .await
             .map_err(ApiError::from)?
             .unwrap_or_default();
         let existing = passkeys_of(&user).iter().map(|p| p.cred_id().clone()).collect::<Vec<_>>();
         let (options, state) = webauthn
-            .start_passkey_registration(caller.user_id, &email, &email, Some(existing))
+            .start_passkey_registration(caller.user_id.as_uuid(), &email, &email, Some(existing))
             .map_err(store_error)?;
         let id = Uuid::new_v4();
         let pending = serde_json::to_string(&PendingRegistration {
-            user: caller.user_id,
+            user: caller.user_id.as_uuid(),
             state,
         })
         .map_err(store_error)?;
@@ -285,7 +273,7 @@ impl MfaMutation {
             .map_err(store_error)?
             .ok_or_else(unknown)?;
         let pending: PendingRegistration = serde_json::from_str(&pending).map_err(store_error)?;
-        if pending.user != caller.user_id {
+        if pending.user != caller.user_id.as_uuid() {
             return Err(unknown().into());
         }
         let passkey = webauthn
@@ -299,7 +287,7 @@ impl MfaMutation {
         let name_kept = name.trim().to_owned();
         let position = app
             .commands
-            .register_passkey(UserId::from_uuid(caller.user_id), credential_id.clone(), name, record)
+            .register_passkey(caller.user_id, credential_id.clone(), name, record)
             .await
             .map_err(ApiError::from)?;
         app.wrote(caller, position);
@@ -313,10 +301,10 @@ impl MfaMutation {
     /// Removes one of the caller's passkeys; confirmed with the account's password.
     async fn remove_passkey(&self, ctx: &Context<'_>, id: ID, password: Option<String>) -> async_graphql::Result<bool> {
         let caller = session_caller(ctx)?;
-        confirm_password(ctx, app(ctx), caller.user_id, password).await?;
+        confirm_password(ctx, app(ctx), caller.user_id.as_uuid(), password).await?;
         app(ctx)
             .commands
-            .remove_passkey(UserId::from_uuid(caller.user_id), id.to_string())
+            .remove_passkey(caller.user_id, id.to_string())
             .await
             .map_err(ApiError::from)?;
         Ok(true)
@@ -424,7 +412,7 @@ impl MfaMutation {
         }
         let position = app
             .commands
-            .enable_sms(UserId::from_uuid(caller.user_id), &pending.phone)
+            .enable_sms(caller.user_id, &pending.phone)
             .await
             .map_err(ApiError::from)?;
         app.wrote(caller, position);
@@ -434,12 +422,8 @@ impl MfaMutation {
     /// Stops sending second-factor codes by text message; confirmed with the account's password.
     async fn disable_sms(&self, ctx: &Context<'_>, password: Option<String>) -> async_graphql::Result<bool> {
         let caller = session_caller(ctx)?;
-        confirm_password(ctx, app(ctx), caller.user_id, password).await?;
-        app(ctx)
-            .commands
-            .disable_sms(UserId::from_uuid(caller.user_id))
-            .await
-            .map_err(code_error)?;
+        confirm_password(ctx, app(ctx), caller.user_id.as_uuid(), password).await?;
+        app(ctx).commands.disable_sms(caller.user_id).await.map_err(code_error)?;
         Ok(true)
     }
 

@@ -270,7 +270,7 @@ pub(crate) async fn admin_caller(ctx: &Context<'_>, write: bool) -> ApiResult<Ca
     let needed = if write { role::ADMIN } else { role::ADMIN | role::AUDITOR };
     // The role must be in the token and still be held now (a role revoked from the command line
     // ends no session, and the token keeps its roles until it expires).
-    let held = cloudsync_identity::access::roles_from(&load_user(app(ctx), caller.user_id).await?.roles());
+    let held = cloudsync_identity::access::roles_from(&load_user(app(ctx), caller.user_id.as_uuid()).await?.roles());
     if caller.roles & held & needed == 0 {
         return Err(ApiError::Forbidden(if write {
             "this needs the role admin".into()

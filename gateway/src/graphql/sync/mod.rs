@@ -356,7 +356,7 @@ pub(crate) fn endpoint(folder: &FolderInput, what: &str) -> ApiResult<SyncEndpoi
 }
 
 pub(crate) fn user(caller: Caller) -> UserId {
-    UserId::from_uuid(caller.user_id)
+    caller.user_id
 }
 
 /// A pair of `caller`'s, once the read models show what they wrote up to `position`.
