@@ -6,13 +6,63 @@
 
 use std::net::IpAddr;
 
-/// Scopes, as bits.
+/// What a credential allows: a set of scopes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub struct Scopes(u8);
+
+/// A user's roles beyond `user`: a set.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub struct Roles(u8);
+
+macro_rules! bit_set {
+    ($set:ident) => {
+        impl $set {
+            pub const NONE: Self = Self(0);
+
+            /// Whether every member of `other` is in the set.
+            pub const fn contains(self, other: Self) -> bool {
+                self.0 & other.0 == other.0
+            }
+
+            /// Whether the set and `other` share a member.
+            pub const fn intersects(self, other: Self) -> bool {
+                self.0 & other.0 != 0
+            }
+
+            pub const fn is_empty(self) -> bool {
+                self.0 == 0
+            }
+        }
+
+        impl std::ops::BitOr for $set {
+            type Output = Self;
+
+            fn bitor(self, other: Self) -> Self {
+                Self(self.0 | other.0)
+            }
+        }
+
+        impl std::ops::BitAnd for $set {
+            type Output = Self;
+
+            fn bitand(self, other: Self) -> Self {
+                Self(self.0 & other.0)
+            }
+        }
+    };
+}
+bit_set!(Scopes);
+bit_set!(Roles);
+
+/// The scopes, by name.
 pub mod scope {
-    pub const FILES_READ: u8 = 1;
-    pub const FILES_WRITE: u8 = 2;
-    pub const SYNC_RUN: u8 = 4;
-    pub const ADMIN: u8 = 8;
-    pub const NAMES: [(&str, u8); 4] = [
+    use super::Scopes;
+
+    pub const FILES_READ: Scopes = Scopes(1);
+    pub const FILES_WRITE: Scopes = Scopes(2);
+    pub const SYNC_RUN: Scopes = Scopes(4);
+    pub const ADMIN: Scopes = Scopes(8);
+    pub const NAMES: [(&str, Scopes); 4] = [
         ("files:read", FILES_READ),
         ("files:write", FILES_WRITE),
         ("sync:run", SYNC_RUN),
@@ -20,39 +70,41 @@ pub mod scope {
     ];
 }
 
-/// Roles beyond `user`, as bits.
+/// The roles beyond `user`.
 pub mod role {
-    pub const ADMIN: u8 = 1;
-    pub const AUDITOR: u8 = 2;
+    use super::Roles;
+
+    pub const ADMIN: Roles = Roles(1);
+    pub const AUDITOR: Roles = Roles(2);
 }
 
-pub fn roles_from(names: &[String]) -> u8 {
-    names.iter().fold(0, |bits, name| match name.as_str() {
-        "admin" => bits | role::ADMIN,
-        "auditor" => bits | role::AUDITOR,
-        _ => bits,
+pub fn roles_from(names: &[String]) -> Roles {
+    names.iter().fold(Roles::NONE, |roles, name| match name.as_str() {
+        "admin" => roles | role::ADMIN,
+        "auditor" => roles | role::AUDITOR,
+        _ => roles,
     })
 }
 
-pub fn scopes_from(names: &[String]) -> u8 {
+pub fn scopes_from(names: &[String]) -> Scopes {
     names
         .iter()
-        .filter_map(|name| scope::NAMES.iter().find(|(n, _)| n == name).map(|(_, bit)| *bit))
-        .fold(0, |bits, bit| bits | bit)
+        .filter_map(|name| scope::NAMES.iter().find(|(n, _)| n == name).map(|(_, one)| *one))
+        .fold(Scopes::NONE, |scopes, one| scopes | one)
 }
 
 /// The scopes `roles` allow.
-pub fn allowed_scopes(roles: u8) -> u8 {
+pub fn allowed_scopes(roles: Roles) -> Scopes {
     let user = scope::FILES_READ | scope::FILES_WRITE | scope::SYNC_RUN;
-    if roles & (role::ADMIN | role::AUDITOR) != 0 {
+    if roles.intersects(role::ADMIN | role::AUDITOR) {
         user | scope::ADMIN
     } else {
         user
     }
 }
 
-pub fn scope_name(bit: u8) -> &'static str {
-    scope::NAMES.iter().find(|(_, b)| *b == bit).map_or("?", |(n, _)| n)
+pub fn scope_name(one: Scopes) -> &'static str {
+    scope::NAMES.iter().find(|(_, s)| *s == one).map_or("?", |(n, _)| n)
 }
 
 /// Why a network of an allowlist is refused.
@@ -159,8 +211,8 @@ mod tests {
 
     #[test]
     fn roles_allow_scopes() {
-        assert_eq!(allowed_scopes(0) & scope::ADMIN, 0);
-        assert_ne!(allowed_scopes(role::AUDITOR) & scope::ADMIN, 0);
+        assert_eq!(allowed_scopes(Roles::NONE) & scope::ADMIN, Scopes::NONE);
+        assert_ne!(allowed_scopes(role::AUDITOR) & scope::ADMIN, Scopes::NONE);
         assert_eq!(
             scopes_from(&["files:read".into(), "bogus".into(), "admin".into()]),
             scope::FILES_READ | scope::ADMIN

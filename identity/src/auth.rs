@@ -25,9 +25,9 @@ pub struct Caller {
     /// The personal API token used, if any.
     pub token_id: Option<Uuid>,
     /// Roles beyond `user` (`crate::access::role`).
-    pub roles: u8,
+    pub roles: crate::access::Roles,
     /// What the credential allows (`crate::access::scope`).
-    pub scopes: u8,
+    pub scopes: crate::access::Scopes,
 }
 
 /// What the request's credentials amount to. Resolvers that need a user turn anything but `User`

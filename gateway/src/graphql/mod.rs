@@ -240,9 +240,9 @@ pub(crate) async fn load_user(app: &App, user_id: Uuid) -> ApiResult<cloudsync_d
 }
 
 /// The caller, if its credential carries `scope` (`cloudsync_identity::access::scope`).
-pub(crate) fn caller_for(ctx: &Context<'_>, scope: u8) -> ApiResult<Caller> {
+pub(crate) fn caller_for(ctx: &Context<'_>, scope: cloudsync_identity::access::Scopes) -> ApiResult<Caller> {
     let caller = caller(ctx)?;
-    if caller.scopes & scope == 0 {
+    if !caller.scopes.contains(scope) {
         return Err(ApiError::Forbidden(format!(
             "this credential lacks the scope {}",
             cloudsync_identity::access::scope_name(scope)
@@ -271,7 +271,7 @@ pub(crate) async fn admin_caller(ctx: &Context<'_>, write: bool) -> ApiResult<Ca
     // The role must be in the token and still be held now (a role revoked from the command line
     // ends no session, and the token keeps its roles until it expires).
     let held = cloudsync_identity::access::roles_from(&load_user(app(ctx), caller.user_id.as_uuid()).await?.roles());
-    if caller.roles & held & needed == 0 {
+    if (caller.roles & held & needed).is_empty() {
         return Err(ApiError::Forbidden(if write {
             "this needs the role admin".into()
         } else {
