@@ -8,6 +8,7 @@ pub mod auth;
 pub mod clock;
 pub mod keys;
 pub mod limits;
+pub mod login;
 pub mod mail;
 pub mod oidc;
 pub mod passwords;

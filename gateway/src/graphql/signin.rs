@@ -1,7 +1,6 @@
 //! What every way of signing in ends with: a session and its tokens ([`AuthPayload`]) once the
 //! password (or a single sign-on) is right and no second factor is needed, or a second-factor
-//! challenge ([`MfaChallenge`]) that a pending login waits on (kept in the session store, five
-//! minutes, five attempts).
+//! challenge ([`MfaChallenge`]) whose pending login `cloudsync_identity::login` keeps.
 
 use super::limit;
 use crate::app::App;
@@ -11,11 +10,11 @@ use async_graphql::{Context, ID, Json, SimpleObject};
 use chrono::{DateTime, Utc};
 use cloudsync_domain::UserId;
 use cloudsync_domain::user::User;
+use cloudsync_identity::login::{ChallengeError, Challenges};
 use cloudsync_identity::passwords::Verdict;
-use cloudsync_identity::sessions::{Session, fresh_secret, hash as secret_hash};
-use serde::{Deserialize, Serialize};
+use cloudsync_identity::sessions::Session;
 use serde_json::Value;
-use std::time::Duration;
+use std::sync::Arc;
 use uuid::Uuid;
 use webauthn_rs::prelude::{Passkey, PasskeyAuthentication};
 
@@ -151,9 +150,7 @@ pub(crate) async fn confirm_password(ctx: &Context<'_>, app: &App, user_id: Uuid
     Ok(())
 }
 
-pub(super) const CHALLENGE_TTL: Duration = Duration::from_secs(5 * 60);
-
-pub(super) const MAX_ATTEMPTS: u32 = 5;
+pub(super) use cloudsync_identity::login::{CHALLENGE_TTL, MAX_ATTEMPTS};
 
 /// A login waiting for its second factor.
 #[derive(SimpleObject)]
@@ -174,26 +171,24 @@ impl MfaChallenge {
             "token": self.token,
             "methods": self.methods,
             "passkeyOptions": self.passkey_options.as_ref().map(|o| o.0.clone()),
-            "expiresAt": self.expires_at,
-        })
+            "expiresAt": self.expires_at})
     }
 }
 
-#[derive(Serialize, Deserialize)]
-pub(super) struct PendingLogin {
-    pub(super) user: Uuid,
-    pub(super) email: String,
-    pub(super) cookie: bool,
-    pub(super) attempts: u32,
-    pub(super) expires_at: DateTime<Utc>,
-    pub(super) passkey: Option<PasskeyAuthentication>,
-    /// The hash of the code last sent by text message for this login.
-    #[serde(default)]
-    pub(super) sms_code: Option<String>,
+/// A login waiting for its second factor (identity's pending login, with a passkey ceremony).
+pub(super) type PendingLogin = cloudsync_identity::login::PendingLogin<PasskeyAuthentication>;
+
+/// The pending logins, in the session store and on the app's clock.
+fn challenges(app: &App) -> Challenges {
+    Challenges::new(Arc::clone(app.tokens.sessions().store()), Arc::clone(&app.clock))
 }
 
-pub(super) fn challenge_key(token: &str) -> String {
-    format!("mfa:{}", secret_hash(token))
+/// A pending login's refusal as the API answers it.
+fn challenge_error(error: ChallengeError) -> ApiError {
+    match error {
+        ChallengeError::Store(_) => ApiError::internal(&error),
+        ChallengeError::Gone | ChallengeError::TooMany(_) | ChallengeError::Wrong(_) => ApiError::Unauthenticated(error.to_string()),
+    }
 }
 
 pub(super) fn passkeys_of(user: &User) -> Vec<Passkey> {
@@ -225,18 +220,10 @@ pub(crate) async fn challenge(app: &App, user: &User, email: String, cookie: boo
         }
         _ => (None, None),
     };
-    let token = fresh_secret();
-    let expires_at = app.clock.now() + chrono::Duration::from_std(CHALLENGE_TTL).unwrap_or_default();
-    let pending = PendingLogin {
-        user: user_id.as_uuid(),
-        email,
-        cookie,
-        attempts: 0,
-        expires_at,
-        passkey,
-        sms_code: None,
-    };
-    keep(app, &token, &pending).await?;
+    let (token, expires_at) = challenges(app)
+        .begin(user_id.as_uuid(), email, cookie, passkey)
+        .await
+        .map_err(challenge_error)?;
     Ok(MfaChallenge {
         token,
         methods,
@@ -245,40 +232,17 @@ pub(crate) async fn challenge(app: &App, user: &User, email: String, cookie: boo
     })
 }
 
-/// Keeps (or puts back) the pending login of `token` until it expires.
+/// Keeps (or puts back) the pending login of `token` until it ends.
 pub(super) async fn keep(app: &App, token: &str, pending: &PendingLogin) -> ApiResult<()> {
-    let left = (pending.expires_at - app.clock.now()).to_std().unwrap_or_default();
-    let value = serde_json::to_string(pending).map_err(store_error)?;
-    app.tokens
-        .sessions()
-        .store()
-        .put_state(&challenge_key(token), &value, left)
-        .await
-        .map_err(store_error)
+    challenges(app).keep(token, pending).await.map_err(challenge_error)
 }
 
 /// Takes the pending login of `token`.
 pub(super) async fn take(app: &App, token: &str) -> ApiResult<PendingLogin> {
-    let value = app
-        .tokens
-        .sessions()
-        .store()
-        .take_state(&challenge_key(token))
-        .await
-        .map_err(store_error)?
-        .ok_or_else(|| ApiError::Unauthenticated("this sign-in has expired or was completed already; sign in again".into()))?;
-    serde_json::from_str(&value).map_err(store_error)
+    challenges(app).take(token).await.map_err(challenge_error)
 }
 
 /// Puts a pending login back after a wrong answer, unless it has had too many.
-pub(super) async fn retry(app: &App, token: &str, mut pending: PendingLogin, why: String) -> ApiError {
-    pending.attempts += 1;
-    let left = (pending.expires_at - app.clock.now()).to_std().unwrap_or_default();
-    if pending.attempts < MAX_ATTEMPTS && !left.is_zero() {
-        if let Err(err) = keep(app, token, &pending).await {
-            return err;
-        }
-        return ApiError::Unauthenticated(why);
-    }
-    ApiError::Unauthenticated(format!("{why}; too many attempts, sign in again"))
+pub(super) async fn retry(app: &App, token: &str, pending: PendingLogin, why: String) -> ApiError {
+    challenge_error(challenges(app).retry(token, pending, why).await)
 }

@@ -1,0 +1,199 @@
+//! The login flow's second step: once the password (or a single sign-on) is right and the account
+//! has a second factor, the login waits as a pending login under a one-use token for five minutes
+//! and five wrong answers, kept in the session store (under a hash of the token), so whichever
+//! API process receives the answer can complete it. Whoever takes the pending login first has it;
+//! a wrong answer puts it back with one attempt fewer.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::clock::Clock;
+use crate::sessions::{SessionStore, StoreError, fresh_secret, hash};
+
+/// How long a pending login waits for its second factor.
+pub const CHALLENGE_TTL: Duration = Duration::from_secs(5 * 60);
+/// Wrong answers a pending login takes before it ends.
+pub const MAX_ATTEMPTS: u32 = 5;
+
+/// A login whose first step succeeded, waiting for its second factor. `P` is what a passkey
+/// ceremony keeps between its start and its answer.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PendingLogin<P> {
+    pub user: Uuid,
+    pub email: String,
+    /// Whether the refresh token goes to a browser cookie once signed in.
+    pub cookie: bool,
+    pub attempts: u32,
+    pub expires_at: DateTime<Utc>,
+    pub passkey: Option<P>,
+    /// The hash of the code last sent by text message for this login.
+    #[serde(default)]
+    pub sms_code: Option<String>,
+}
+
+/// Why a pending login could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ChallengeError {
+    #[error("this sign-in has expired or was completed already; sign in again")]
+    Gone,
+    /// A wrong answer too many, or one after the window closed: the login is over.
+    #[error("{0}; too many attempts, sign in again")]
+    TooMany(String),
+    /// A wrong answer; the login waits for another.
+    #[error("{0}")]
+    Wrong(String),
+    #[error("the pending login cannot be stored: {0}")]
+    Store(String),
+}
+
+impl From<StoreError> for ChallengeError {
+    fn from(error: StoreError) -> Self {
+        Self::Store(error.to_string())
+    }
+}
+
+/// Pending logins, in a session store, on a clock.
+#[derive(Clone)]
+pub struct Challenges {
+    store: Arc<dyn SessionStore>,
+    clock: Arc<dyn Clock>,
+}
+
+fn key(token: &str) -> String {
+    format!("mfa:{}", hash(token))
+}
+
+impl Challenges {
+    pub fn new(store: Arc<dyn SessionStore>, clock: Arc<dyn Clock>) -> Self {
+        Self { store, clock }
+    }
+
+    /// Starts waiting for `user`'s second factor: the token to answer with, and when it ends.
+    ///
+    /// # Errors
+    /// The store's failures.
+    pub async fn begin<P: Serialize>(
+        &self,
+        user: Uuid,
+        email: String,
+        cookie: bool,
+        passkey: Option<P>,
+    ) -> Result<(String, DateTime<Utc>), ChallengeError> {
+        let token = fresh_secret();
+        let expires_at = self.clock.now() + chrono::Duration::from_std(CHALLENGE_TTL).unwrap_or_default();
+        let pending = PendingLogin {
+            user,
+            email,
+            cookie,
+            attempts: 0,
+            expires_at,
+            passkey,
+            sms_code: None,
+        };
+        self.keep(&token, &pending).await?;
+        Ok((token, expires_at))
+    }
+
+    /// Keeps (or puts back) the pending login of `token` until it ends.
+    ///
+    /// # Errors
+    /// The store's failures.
+    pub async fn keep<P: Serialize>(&self, token: &str, pending: &PendingLogin<P>) -> Result<(), ChallengeError> {
+        let left = (pending.expires_at - self.clock.now()).to_std().unwrap_or_default();
+        let value = serde_json::to_string(pending).map_err(|err| ChallengeError::Store(err.to_string()))?;
+        Ok(self.store.put_state(&key(token), &value, left).await?)
+    }
+
+    /// Takes the pending login of `token`: nobody else can answer it until it is put back.
+    ///
+    /// # Errors
+    /// [`ChallengeError::Gone`] when it ended or was taken; the store's failures.
+    pub async fn take<P: DeserializeOwned>(&self, token: &str) -> Result<PendingLogin<P>, ChallengeError> {
+        let value = self.store.take_state(&key(token)).await?.ok_or(ChallengeError::Gone)?;
+        serde_json::from_str(&value).map_err(|err| ChallengeError::Store(err.to_string()))
+    }
+
+    /// A wrong answer (`why`): the pending login is put back with one attempt fewer, or ends when it
+    /// has had [`MAX_ATTEMPTS`] or its time is up. Returns the error to answer with.
+    pub async fn retry<P: Serialize>(&self, token: &str, mut pending: PendingLogin<P>, why: String) -> ChallengeError {
+        pending.attempts += 1;
+        let left = (pending.expires_at - self.clock.now()).to_std().unwrap_or_default();
+        if pending.attempts < MAX_ATTEMPTS && !left.is_zero() {
+            if let Err(err) = self.keep(token, &pending).await {
+                return err;
+            }
+            return ChallengeError::Wrong(why);
+        }
+        ChallengeError::TooMany(why)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::clock::ManualClock;
+    use crate::sessions::MemorySessions;
+
+    fn challenges() -> (Challenges, Arc<ManualClock>) {
+        let clock = ManualClock::starting_now();
+        let store = Arc::new(MemorySessions::with_clock(clock.clone()));
+        (Challenges::new(store, clock.clone()), clock)
+    }
+
+    #[tokio::test]
+    async fn a_pending_login_is_taken_once() {
+        let (challenges, _) = challenges();
+        let user = Uuid::new_v4();
+        let (token, _) = challenges
+            .begin::<()>(user, "ada@example.org".into(), true, None)
+            .await
+            .expect("begin");
+        let pending: PendingLogin<()> = challenges.take(&token).await.expect("take");
+        assert_eq!((pending.user, pending.cookie, pending.attempts), (user, true, 0));
+        assert!(matches!(challenges.take::<()>(&token).await, Err(ChallengeError::Gone)));
+        assert!(matches!(challenges.take::<()>("another").await, Err(ChallengeError::Gone)));
+    }
+
+    #[tokio::test]
+    async fn wrong_answers_put_it_back_until_the_fifth() {
+        let (challenges, _) = challenges();
+        let (token, _) = challenges
+            .begin::<()>(Uuid::new_v4(), "ada@example.org".into(), false, None)
+            .await
+            .expect("begin");
+        for attempt in 1..MAX_ATTEMPTS {
+            let pending: PendingLogin<()> = challenges.take(&token).await.expect("still pending");
+            assert_eq!(pending.attempts, attempt - 1);
+            let answer = challenges.retry(&token, pending, "the code is wrong".into()).await;
+            assert_eq!(answer.to_string(), "the code is wrong", "attempt {attempt}");
+        }
+        let pending: PendingLogin<()> = challenges.take(&token).await.expect("still pending");
+        let answer = challenges.retry(&token, pending, "the code is wrong".into()).await;
+        assert!(matches!(answer, ChallengeError::TooMany(_)), "{answer}");
+        assert!(matches!(challenges.take::<()>(&token).await, Err(ChallengeError::Gone)));
+    }
+
+    #[tokio::test]
+    async fn a_pending_login_ends_after_its_window() {
+        let (challenges, clock) = challenges();
+        let (token, expires_at) = challenges
+            .begin::<()>(Uuid::new_v4(), "ada@example.org".into(), false, None)
+            .await
+            .expect("begin");
+        assert_eq!(expires_at - clock.now(), chrono::Duration::minutes(5));
+        clock.advance(CHALLENGE_TTL - Duration::from_secs(1));
+        let pending: PendingLogin<()> = challenges.take(&token).await.expect("within the window");
+        // Answered wrongly just before the end: put back, but ends with the window all the same.
+        assert!(matches!(
+            challenges.retry(&token, pending, "wrong".into()).await,
+            ChallengeError::Wrong(_)
+        ));
+        clock.advance(Duration::from_secs(2));
+        assert!(matches!(challenges.take::<()>(&token).await, Err(ChallengeError::Gone)));
+    }
+}
