@@ -1,5 +1,7 @@
-//! The login flow's second step: once the password (or a single sign-on) is right and the account
-//! has a second factor, the login waits as a pending login under a one-use token for five minutes
+//! The login flow. First step ([`first_step`]): the password, checked in the same time whether or
+//! not the account exists, decides between a refusal, a session, and a second factor. Second step:
+//! once the password (or a single sign-on) is right and the account has a second factor, the login
+//! waits as a pending login under a one-use token for five minutes
 //! and five wrong answers, kept in the session store (under a hash of the token), so whichever
 //! API process receives the answer can complete it. Whoever takes the pending login first has it;
 //! a wrong answer puts it back with one attempt fewer.
@@ -12,7 +14,11 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
+use cloudsync_domain::UserId;
+use cloudsync_domain::user::User;
+
 use crate::clock::Clock;
+use crate::passwords::{Passwords, Verdict};
 use crate::sessions::{SessionStore, StoreError, fresh_secret, hash};
 
 /// How long a pending login waits for its second factor.
@@ -34,6 +40,64 @@ pub struct PendingLogin<P> {
     /// The hash of the code last sent by text message for this login.
     #[serde(default)]
     pub sms_code: Option<String>,
+}
+
+/// What the first step of a login decides.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FirstStep {
+    /// No such account, no usable password, or the wrong one (the answer does not say which).
+    Refused,
+    /// The password is right and the account has no second factor: sign in.
+    SignedIn { user: UserId, upgrade: bool },
+    /// The password is right; the account's second factor decides.
+    SecondFactor { user: UserId, upgrade: bool },
+}
+
+impl FirstStep {
+    /// Whether the stored hash should be replaced by one made with today's parameters.
+    pub fn upgrade(self) -> bool {
+        matches!(
+            self,
+            Self::SignedIn { upgrade: true, .. } | Self::SecondFactor { upgrade: true, .. }
+        )
+    }
+}
+
+/// The password check could not run (its thread failed).
+#[derive(Debug, thiserror::Error)]
+#[error("the password check failed: {0}")]
+pub struct CheckFailed(String);
+
+/// Checks `password` against `stored` on a blocking thread; against a dummy hash when there is no
+/// account or no usable hash (one that signs in elsewhere), so every case takes the same time.
+///
+/// # Errors
+/// The blocking thread failed.
+pub async fn check_password(passwords: &Passwords, password: String, stored: Option<String>) -> Result<Verdict, CheckFailed> {
+    let passwords = passwords.clone();
+    let usable = stored.filter(|hash| Passwords::recognised(hash));
+    let exists = usable.is_some();
+    let verdict = tokio::task::spawn_blocking(move || {
+        let hash = usable.unwrap_or_else(|| passwords.dummy().to_owned());
+        passwords.verify(&password, &hash)
+    })
+    .await
+    .map_err(|err| CheckFailed(err.to_string()))?;
+    Ok(if exists { verdict } else { Verdict::Mismatch })
+}
+
+/// The first step of a login: `user` is the account of the address given (if there is one).
+///
+/// # Errors
+/// The password check could not run.
+pub async fn first_step(passwords: &Passwords, user: Option<&User>, password: &str) -> Result<FirstStep, CheckFailed> {
+    let stored = user.and_then(User::password_hash).map(str::to_owned);
+    let verdict = check_password(passwords, password.to_owned(), stored).await?;
+    Ok(match (user, user.and_then(User::id), verdict) {
+        (Some(account), Some(user), Verdict::Match { upgrade }) if account.mfa_enabled() => FirstStep::SecondFactor { user, upgrade },
+        (Some(_), Some(user), Verdict::Match { upgrade }) => FirstStep::SignedIn { user, upgrade },
+        _ => FirstStep::Refused,
+    })
 }
 
 /// Why a pending login could not be used.
@@ -135,9 +199,69 @@ impl Challenges {
 
 #[cfg(test)]
 mod tests {
+    use cloudsync_domain::Aggregate as _;
+    use cloudsync_domain::events::{DomainEvent, Personal, SealedSecret, TotpEnabled, TotpEnrollmentBegun, UserRegistered};
+
     use super::*;
     use crate::clock::ManualClock;
     use crate::sessions::MemorySessions;
+
+    fn account(passwords: &Passwords, password: &str, second_factor: bool) -> User {
+        let user_id = UserId::from_uuid(Uuid::new_v4());
+        let mut events = vec![DomainEvent::UserRegistered(UserRegistered {
+            user_id,
+            email: Personal::Clear("ada@example.org".into()),
+            password_hash: passwords.hash(password).expect("hash"),
+            registered_at: DateTime::UNIX_EPOCH,
+        })];
+        if second_factor {
+            events.push(DomainEvent::TotpEnrollmentBegun(TotpEnrollmentBegun {
+                user_id,
+                secret: SealedSecret {
+                    nonce: "n".into(),
+                    ciphertext: "c".into(),
+                },
+                at: DateTime::UNIX_EPOCH,
+            }));
+            events.push(DomainEvent::TotpEnabled(TotpEnabled {
+                user_id,
+                recovery_codes: Vec::new(),
+                at: DateTime::UNIX_EPOCH,
+            }));
+        }
+        User::load(&events)
+    }
+
+    #[tokio::test]
+    async fn the_first_step_refuses_alike_and_asks_for_a_second_factor_where_there_is_one() {
+        let passwords = Passwords::new(1024, 1, 1).expect("parameters");
+        let older = Passwords::new(2048, 1, 1).expect("parameters");
+        let plain = account(&passwords, "correct horse battery", false);
+        let dated = account(&older, "correct horse battery", false);
+        let guarded = account(&passwords, "correct horse battery", true);
+        let step = |user, password| first_step(&passwords, user, password);
+        assert_eq!(
+            step(Some(&plain), "correct horse battery").await.expect("check"),
+            FirstStep::SignedIn {
+                user: plain.id().expect("id"),
+                upgrade: false,
+            }
+        );
+        assert_eq!(
+            step(Some(&dated), "correct horse battery").await.expect("check"),
+            FirstStep::SignedIn {
+                user: dated.id().expect("id"),
+                upgrade: true,
+            },
+            "hashed with other parameters than the configured ones"
+        );
+        assert!(matches!(
+            step(Some(&guarded), "correct horse battery").await.expect("check"),
+            FirstStep::SecondFactor { .. }
+        ));
+        assert_eq!(step(Some(&plain), "wrong").await.expect("check"), FirstStep::Refused);
+        assert_eq!(step(None, "correct horse battery").await.expect("check"), FirstStep::Refused);
+    }
 
     fn challenges() -> (Challenges, Arc<ManualClock>) {
         let clock = ManualClock::starting_now();

@@ -19,6 +19,7 @@ use crate::errors::{ApiError, ApiResult};
 use crate::graphql::request::refresh_cookie;
 use cloudsync_identity::access::scope;
 use cloudsync_identity::auth::check_password_rules;
+use cloudsync_identity::login::{FirstStep, first_step};
 use cloudsync_identity::mail::Mail;
 use cloudsync_identity::passwords::Verdict;
 use cloudsync_identity::sessions::RefreshError;
@@ -184,13 +185,16 @@ impl IdentityMutation {
             return Err(refused().into());
         }
         let user = app.commands.user_by_email(&email).await.map_err(ApiError::from)?;
-        let stored = user.as_ref().and_then(|u| u.password_hash()).map(str::to_owned);
-        let verdict = check(app, password.clone(), stored.clone()).await?;
-        let (Some(user_id), Verdict::Match { upgrade }) = (user.as_ref().and_then(|u| u.id()), verdict) else {
+        let step = first_step(&app.passwords, user.as_ref(), &password)
+            .await
+            .map_err(|err| ApiError::internal(&err))?;
+        let (FirstStep::SignedIn { user: user_id, .. } | FirstStep::SecondFactor { user: user_id, .. }) = step else {
             tracing::info!("A login was refused.");
             return Err(refused().into());
         };
-        if upgrade && let Some(stored) = stored {
+        if step.upgrade()
+            && let Some(stored) = user.as_ref().and_then(|u| u.password_hash()).map(str::to_owned)
+        {
             // An older or imported hash: store one made with today's parameters.
             let rehashed = async {
                 let hash = hash_new(app, password).await?;
@@ -203,7 +207,7 @@ impl IdentityMutation {
                 tracing::warn!(user = %user_id, error = ?error, "A password hash could not be upgraded; the old one stays.");
             }
         }
-        if let Some(user) = user.as_ref().filter(|u| u.mfa_enabled()) {
+        if let (FirstStep::SecondFactor { .. }, Some(user)) = (step, user.as_ref()) {
             let challenge = challenge(app, user, email.as_str().to_owned(), cookie.unwrap_or(false)).await?;
             return Ok(AuthPayload {
                 access_token: None,

@@ -118,20 +118,11 @@ pub(super) async fn hash_new(app: &App, password: String) -> ApiResult<String> {
         .map_err(|err| ApiError::internal(&err))
 }
 
-/// Checks `password` against `stored` on a blocking thread; against a dummy hash when there is no
-/// account, so both cases take the same time.
+/// Checks `password` against `stored` (see `cloudsync_identity::login::check_password`).
 pub(crate) async fn check(app: &App, password: String, stored: Option<String>) -> ApiResult<Verdict> {
-    let passwords = app.passwords.clone();
-    // An account without a usable hash (one that signs in elsewhere) costs the same time too.
-    let usable = stored.filter(|hash| cloudsync_identity::passwords::Passwords::recognised(hash));
-    let exists = usable.is_some();
-    let verdict = tokio::task::spawn_blocking(move || {
-        let hash = usable.unwrap_or_else(|| passwords.dummy().to_owned());
-        passwords.verify(&password, &hash)
-    })
-    .await
-    .map_err(|err| ApiError::internal(&err))?;
-    Ok(if exists { verdict } else { Verdict::Mismatch })
+    cloudsync_identity::login::check_password(&app.passwords, password, stored)
+        .await
+        .map_err(|err| ApiError::internal(&err))
 }
 
 /// Whether the caller knows the account's password (accounts without one, which sign in with an
