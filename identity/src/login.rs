@@ -14,8 +14,8 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use cloudsync_domain::UserId;
 use cloudsync_domain::user::User;
+use cloudsync_domain::{Email, UserId};
 
 use crate::clock::Clock;
 use crate::passwords::{Passwords, Verdict};
@@ -97,6 +97,67 @@ pub async fn first_step(passwords: &Passwords, user: Option<&User>, password: &s
         (Some(account), Some(user), Verdict::Match { upgrade }) if account.mfa_enabled() => FirstStep::SecondFactor { user, upgrade },
         (Some(_), Some(user), Verdict::Match { upgrade }) => FirstStep::SignedIn { user, upgrade },
         _ => FirstStep::Refused,
+    })
+}
+
+/// Where an identity provider's people are found: accounts by linked identity and by address.
+#[async_trait::async_trait]
+pub trait Directory: Send + Sync {
+    type Error;
+
+    /// The account an external identity (`issuer`, `subject`) is linked to.
+    async fn linked(&self, issuer: &str, subject: &str) -> Result<Option<UserId>, Self::Error>;
+
+    /// The account that holds `email`.
+    async fn holder(&self, email: &Email) -> Result<Option<UserId>, Self::Error>;
+}
+
+/// The account a single sign-on signs in to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SsoAccount {
+    /// The account the identity is linked to already.
+    Linked(UserId),
+    /// The account with the identity's verified address: link the identity to it first.
+    Link(UserId, Email),
+    /// Nobody has the verified address: register an account for it, linked to the identity.
+    Register(Email),
+}
+
+/// Why a single sign-on finds no account to sign in to.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SsoRefusal {
+    #[error("the provider did not vouch for an email address of this account; sign in with a password first")]
+    Unverified,
+    #[error("the provider's address: {0}")]
+    BadAddress(String),
+    /// An account has the address, and this provider may not link to it.
+    #[error("an account with this address exists; this provider may not sign in to it (sign in with its password)")]
+    Taken,
+}
+
+/// The single-sign-on account lookup: the account `identity` is linked to, else the one with its
+/// verified address (when the provider may link to it), else a new one.
+///
+/// # Errors
+/// The directory's failures (outer); a refusal (inner).
+pub async fn sso_account<D: Directory>(
+    directory: &D,
+    identity: &crate::oidc::Identity,
+) -> Result<Result<SsoAccount, SsoRefusal>, D::Error> {
+    if let Some(user) = directory.linked(&identity.issuer, &identity.subject).await? {
+        return Ok(Ok(SsoAccount::Linked(user)));
+    }
+    let email = match (&identity.email, identity.email_verified) {
+        (Some(email), true) => match Email::parse(email) {
+            Ok(email) => email,
+            Err(err) => return Ok(Err(SsoRefusal::BadAddress(err.to_string()))),
+        },
+        _ => return Ok(Err(SsoRefusal::Unverified)),
+    };
+    Ok(match directory.holder(&email).await? {
+        Some(_) if !identity.links_existing => Err(SsoRefusal::Taken),
+        Some(user) => Ok(SsoAccount::Link(user, email)),
+        None => Ok(SsoAccount::Register(email)),
     })
 }
 
@@ -230,6 +291,73 @@ mod tests {
             }));
         }
         User::load(&events)
+    }
+
+    /// Accounts by linked identity and by address, in memory.
+    #[derive(Default)]
+    struct People {
+        linked: std::collections::HashMap<(String, String), UserId>,
+        holders: std::collections::HashMap<String, UserId>,
+    }
+
+    #[async_trait::async_trait]
+    impl Directory for People {
+        type Error = std::convert::Infallible;
+
+        async fn linked(&self, issuer: &str, subject: &str) -> Result<Option<UserId>, Self::Error> {
+            Ok(self.linked.get(&(issuer.to_owned(), subject.to_owned())).copied())
+        }
+
+        async fn holder(&self, email: &Email) -> Result<Option<UserId>, Self::Error> {
+            Ok(self.holders.get(email.as_str()).copied())
+        }
+    }
+
+    fn identity(email: Option<&str>, verified: bool, links_existing: bool) -> crate::oidc::Identity {
+        crate::oidc::Identity {
+            issuer: "https://idp.example".into(),
+            subject: "ada".into(),
+            email: email.map(str::to_owned),
+            email_verified: verified,
+            links_existing,
+        }
+    }
+
+    #[tokio::test]
+    async fn single_sign_on_finds_the_linked_account_links_a_verified_address_or_registers() {
+        let (ada, bob) = (UserId::from_uuid(Uuid::new_v4()), UserId::from_uuid(Uuid::new_v4()));
+        let mut people = People::default();
+        people.holders.insert("bob@example.org".into(), bob);
+        let lookup = async |people: &People, identity| sso_account(people, &identity).await.expect("infallible");
+        let email = |text: &str| Email::parse(text).expect("address");
+        assert_eq!(
+            lookup(&people, identity(Some("ada@example.org"), true, true)).await,
+            Ok(SsoAccount::Register(email("ada@example.org")))
+        );
+        assert_eq!(
+            lookup(&people, identity(Some("bob@example.org"), true, true)).await,
+            Ok(SsoAccount::Link(bob, email("bob@example.org")))
+        );
+        assert_eq!(
+            lookup(&people, identity(Some("bob@example.org"), true, false)).await,
+            Err(SsoRefusal::Taken),
+            "a provider that may not link finds the address taken"
+        );
+        assert_eq!(
+            lookup(&people, identity(Some("ada@example.org"), false, true)).await,
+            Err(SsoRefusal::Unverified)
+        );
+        assert_eq!(lookup(&people, identity(None, true, true)).await, Err(SsoRefusal::Unverified));
+        assert!(matches!(
+            lookup(&people, identity(Some("not an address"), true, true)).await,
+            Err(SsoRefusal::BadAddress(_))
+        ));
+        people.linked.insert(("https://idp.example".into(), "ada".into()), ada);
+        assert_eq!(
+            lookup(&people, identity(None, false, false)).await,
+            Ok(SsoAccount::Linked(ada)),
+            "a linked identity needs no address"
+        );
     }
 
     #[tokio::test]

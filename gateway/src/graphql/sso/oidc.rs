@@ -19,6 +19,7 @@ use crate::app::App;
 use crate::errors::{ApiError, ApiResult, code};
 use crate::graphql::request::{RequestInfo, refresh_cookie};
 use crate::graphql::{app, client_ip, limit, load_user};
+use cloudsync_identity::login::{SsoAccount, SsoRefusal, sso_account};
 use cloudsync_identity::sessions::hash;
 
 const PENDING_TTL: Duration = Duration::from_secs(10 * 60);
@@ -102,50 +103,52 @@ pub(super) fn refused(status: StatusCode, code: &str, message: &str) -> Response
         .into_response()
 }
 
-/// The account an external identity signs in to: the one it is linked to, else the one with its
-/// verified address (linking them), else a new one.
-async fn account_of(app: &App, identity: &cloudsync_identity::oidc::Identity) -> ApiResult<(UserId, String)> {
-    if let Some(user) = app
-        .commands
-        .user_by_identity(&identity.issuer, &identity.subject)
-        .await
-        .map_err(ApiError::from)?
-    {
-        let Some(email) = app.commands.email_of(user).await.map_err(ApiError::from)? else {
-            return Err(ApiError::Unauthenticated("the account of this external identity was erased".into()));
-        };
-        return Ok((user, email));
+/// The command side as identity's directory of people.
+struct Accounts<'a>(&'a App);
+
+#[async_trait::async_trait]
+impl cloudsync_identity::login::Directory for Accounts<'_> {
+    type Error = ApiError;
+
+    async fn linked(&self, issuer: &str, subject: &str) -> ApiResult<Option<UserId>> {
+        self.0.commands.user_by_identity(issuer, subject).await.map_err(ApiError::from)
     }
-    let email = match (&identity.email, identity.email_verified) {
-        (Some(email), true) => Email::parse(email).map_err(|err| ApiError::Unauthenticated(format!("the provider's address: {err}")))?,
-        _ => {
-            return Err(ApiError::Unauthenticated(
-                "the provider did not vouch for an email address of this account; sign in with a password first".into(),
-            ));
+
+    async fn holder(&self, email: &Email) -> ApiResult<Option<UserId>> {
+        Ok(self
+            .0
+            .commands
+            .user_by_email(email)
+            .await
+            .map_err(ApiError::from)?
+            .and_then(|u| u.id()))
+    }
+}
+
+/// The account an external identity signs in to (`cloudsync_identity::login::sso_account`),
+/// linking or registering it as that decides.
+async fn account_of(app: &App, identity: &cloudsync_identity::oidc::Identity) -> ApiResult<(UserId, String)> {
+    let found = sso_account(&Accounts(app), identity).await?.map_err(|refusal| match refusal {
+        SsoRefusal::Taken => ApiError::Conflict(refusal.to_string()),
+        SsoRefusal::Unverified | SsoRefusal::BadAddress(_) => ApiError::Unauthenticated(refusal.to_string()),
+    })?;
+    let (user, email) = match found {
+        SsoAccount::Linked(user) => {
+            let Some(email) = app.commands.email_of(user).await.map_err(ApiError::from)? else {
+                return Err(ApiError::Unauthenticated("the account of this external identity was erased".into()));
+            };
+            return Ok((user, email));
         }
-    };
-    let existing = app
-        .commands
-        .user_by_email(&email)
-        .await
-        .map_err(ApiError::from)?
-        .and_then(|u| u.id());
-    let user = match existing {
-        Some(_) if !identity.links_existing => {
-            return Err(ApiError::Conflict(
-                "an account with this address exists; this provider may not sign in to it (sign in with its password)".into(),
-            ));
-        }
-        Some(user) => {
+        SsoAccount::Link(user, email) => {
             let position = app
                 .commands
                 .link_identity(user, &identity.issuer, &identity.subject)
                 .await
                 .map_err(ApiError::from)?;
             app.wrote_for(user.as_uuid(), position);
-            user
+            (user, email)
         }
-        None => {
+        SsoAccount::Register(email) => {
             let (user, position) = app
                 .commands
                 .register_external(email.clone(), &identity.issuer, &identity.subject)
@@ -155,7 +158,7 @@ async fn account_of(app: &App, identity: &cloudsync_identity::oidc::Identity) ->
                     other => ApiError::from(other),
                 })?;
             app.wrote_for(user.as_uuid(), position);
-            user
+            (user, email)
         }
     };
     tracing::info!(user = %user, issuer = %identity.issuer, "An external identity was linked to an account.");
