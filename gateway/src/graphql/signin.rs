@@ -6,7 +6,7 @@ use super::limit;
 use crate::app::App;
 use crate::errors::{ApiError, ApiResult};
 use crate::graphql::request::{RequestInfo, refresh_cookie};
-use async_graphql::{Context, ID, Json, SimpleObject};
+use async_graphql::{Context, Enum, ID, Json, SimpleObject};
 use chrono::{DateTime, Utc};
 use cloudsync_domain::UserId;
 use cloudsync_domain::user::User;
@@ -143,13 +143,38 @@ pub(crate) async fn confirm_password(ctx: &Context<'_>, app: &App, user_id: Uuid
 
 pub(super) use cloudsync_identity::login::{CHALLENGE_TTL, MAX_ATTEMPTS};
 
+/// A second factor a pending login can be completed with.
+#[derive(Enum, Copy, Clone, Eq, PartialEq, Debug)]
+pub enum MfaMethod {
+    /// A code of the authenticator app (`completeMfaLogin`).
+    Totp,
+    /// One of the single-use recovery codes (`completeMfaLogin`).
+    RecoveryCode,
+    /// A code sent by text message (`sendMfaSms`, then `completeMfaLogin`).
+    Sms,
+    /// A passkey (`completePasskeyLogin`).
+    Passkey,
+}
+
+impl MfaMethod {
+    /// Its GraphQL name, as the JSON answers outside GraphQL give it.
+    fn name(self) -> &'static str {
+        match self {
+            Self::Totp => "TOTP",
+            Self::RecoveryCode => "RECOVERY_CODE",
+            Self::Sms => "SMS",
+            Self::Passkey => "PASSKEY",
+        }
+    }
+}
+
 /// A login waiting for its second factor.
 #[derive(SimpleObject)]
 pub struct MfaChallenge {
     /// Give it to `completeMfaLogin` or `completePasskeyLogin`.
     pub(super) token: String,
-    /// `TOTP`, `RECOVERY_CODE`, `PASSKEY`.
-    pub(super) methods: Vec<String>,
+    /// The second factors the account can answer with.
+    pub(super) methods: Vec<MfaMethod>,
     /// For `PASSKEY`: the options to pass to `navigator.credentials.get`.
     pub(super) passkey_options: Option<Json<Value>>,
     pub(super) expires_at: DateTime<Utc>,
@@ -160,7 +185,7 @@ impl MfaChallenge {
     pub(crate) fn to_json(&self) -> Value {
         serde_json::json!({
             "token": self.token,
-            "methods": self.methods,
+            "methods": self.methods.iter().map(|m| m.name()).collect::<Vec<_>>(),
             "passkeyOptions": self.passkey_options.as_ref().map(|o| o.0.clone()),
             "expiresAt": self.expires_at})
     }
@@ -197,16 +222,16 @@ pub(crate) async fn challenge(app: &App, user: &User, email: String, cookie: boo
     let user_id = user.id().ok_or_else(|| ApiError::not_found("user"))?;
     let mut methods = Vec::new();
     if user.totp_secret().is_some() {
-        methods.extend(["TOTP".to_owned(), "RECOVERY_CODE".to_owned()]);
+        methods.extend([MfaMethod::Totp, MfaMethod::RecoveryCode]);
     }
     if user.sms_phone().is_some() {
-        methods.push("SMS".to_owned());
+        methods.push(MfaMethod::Sms);
     }
     let passkeys = passkeys_of(user);
     let (options, passkey) = match (passkeys.is_empty(), app.passkeys.as_deref()) {
         (false, Ok(webauthn)) => {
             let (options, state) = webauthn.start_passkey_authentication(&passkeys).map_err(store_error)?;
-            methods.push("PASSKEY".to_owned());
+            methods.push(MfaMethod::Passkey);
             (Some(Json(serde_json::to_value(options).map_err(store_error)?)), Some(state))
         }
         _ => (None, None),

@@ -177,6 +177,17 @@ fn schema_tools_can_introspect_the_api() {
             .find(|f| f["name"] == "mode")
             .expect("mode");
         assert_eq!(mode["type"]["ofType"]["kind"], "ENUM", "SyncPair.mode is the enum its input is");
+        let challenge = types.iter().find(|t| t["name"] == "MfaChallenge").expect("MfaChallenge");
+        let methods = challenge["fields"]
+            .as_array()
+            .expect("fields")
+            .iter()
+            .find(|f| f["name"] == "methods")
+            .expect("methods");
+        assert_eq!(
+            methods["type"]["ofType"]["ofType"]["ofType"]["kind"], "ENUM",
+            "a challenge's methods are an enum: {methods}"
+        );
     }
 
     // Introspection has its limit too.
