@@ -169,6 +169,7 @@ mod tests {
     use uuid::Uuid;
 
     use super::*;
+    use crate::testing::given;
 
     fn alice() -> UserId {
         UserId::from_uuid(Uuid::from_u128(1))
@@ -189,42 +190,36 @@ mod tests {
 
     #[test]
     fn given_nothing_when_connect_then_connected() {
-        let events = ProviderConnection::default().handle(connect()).expect("accepted");
-        let provider = ProviderConnection::load(&events);
-        assert!(provider.active_for(alice()).is_some());
-        assert_eq!(provider.handle(connect()).err(), Some(DomainError::AlreadyExists("provider")));
+        let events = given::<ProviderConnection>([]).when(connect()).events();
+        assert!(ProviderConnection::load(&events).active_for(alice()).is_some());
+        given::<ProviderConnection>(events)
+            .when(connect())
+            .then_error(DomainError::AlreadyExists("provider"));
     }
 
     #[test]
     fn given_connected_when_someone_else_disconnects_then_not_found() {
-        let provider = ProviderConnection::load(&ProviderConnection::default().handle(connect()).expect("accepted"));
         let mallory = UserId::from_uuid(Uuid::from_u128(2));
-        let refused = provider.handle(ProviderCommand::Disconnect {
-            by: mallory,
-            at: DateTime::UNIX_EPOCH,
-        });
-        assert_eq!(refused.err(), Some(DomainError::NotFound("provider")));
+        given::<ProviderConnection>(given::<ProviderConnection>([]).when(connect()).events())
+            .when(ProviderCommand::Disconnect {
+                by: mallory,
+                at: DateTime::UNIX_EPOCH,
+            })
+            .then_error(DomainError::NotFound("provider"));
     }
 
     #[test]
     fn given_disconnected_when_disconnect_again_then_not_found() {
-        let mut history = ProviderConnection::default().handle(connect()).expect("accepted");
-        let provider = ProviderConnection::load(&history);
-        history.extend(
-            provider
-                .handle(ProviderCommand::Disconnect {
-                    by: alice(),
-                    at: DateTime::UNIX_EPOCH,
-                })
-                .expect("accepted"),
-        );
-        let provider = ProviderConnection::load(&history);
-        assert!(provider.active_for(alice()).is_none());
-        let again = provider.handle(ProviderCommand::Disconnect {
+        let disconnect = || ProviderCommand::Disconnect {
             by: alice(),
             at: DateTime::UNIX_EPOCH,
-        });
-        assert_eq!(again.err(), Some(DomainError::NotFound("provider")));
+        };
+        let mut history = given::<ProviderConnection>([]).when(connect()).events();
+        history.extend(given::<ProviderConnection>(history.clone()).when(disconnect()).events());
+        assert!(ProviderConnection::load(&history).active_for(alice()).is_none());
+        given::<ProviderConnection>(history)
+            .when(disconnect())
+            .then_error(DomainError::NotFound("provider"));
     }
 
     #[test]
