@@ -277,6 +277,7 @@ mod tests {
     use uuid::Uuid;
 
     use super::*;
+    use crate::testing::given;
 
     const T: DateTime<Utc> = DateTime::UNIX_EPOCH;
 
@@ -296,10 +297,10 @@ mod tests {
             at: T,
         };
         for command in std::iter::once(create).chain(commands) {
-            let events = SyncJob::load(&history).handle(command).expect("history command accepted");
+            let events = given::<SyncJob>(history.clone()).when(command).events();
             history.extend(events);
         }
-        SyncJob::load(&history).handle(last)
+        given::<SyncJob>(history).when(last).decided()
     }
 
     fn phase(p: JobPhase) -> SyncJobCommand {

@@ -42,6 +42,11 @@ impl<E: PartialEq + Debug> Then<E> {
         assert_eq!(self.decided, Err(error));
     }
 
+    /// What the aggregate decided, for tests that check a refusal's kind or an outcome by pattern.
+    pub fn decided(self) -> Result<Vec<E>, DomainError> {
+        self.decided
+    }
+
     /// The events of an accepted command.
     #[track_caller]
     pub fn events(self) -> Vec<E> {
