@@ -27,6 +27,17 @@ impl EmailReservation {
     pub fn holder(&self) -> Option<UserId> {
         self.holder
     }
+
+    /// Whether a claim may be recorded now (a registration asks before it does anything else).
+    ///
+    /// # Errors
+    /// [`DomainError::AlreadyExists`] while someone holds the address.
+    pub fn claimable(&self) -> Result<(), DomainError> {
+        match self.holder {
+            Some(_) => Err(DomainError::AlreadyExists("email address")),
+            None => Ok(()),
+        }
+    }
 }
 
 impl Aggregate for EmailReservation {
@@ -35,10 +46,10 @@ impl Aggregate for EmailReservation {
 
     fn handle(&self, command: ReservationCommand) -> Result<Vec<DomainEvent>, DomainError> {
         match command {
-            ReservationCommand::Claim(claimed) => match self.holder {
-                Some(_) => Err(DomainError::AlreadyExists("email address")),
-                None => Ok(vec![DomainEvent::EmailClaimed(claimed)]),
-            },
+            ReservationCommand::Claim(claimed) => {
+                self.claimable()?;
+                Ok(vec![DomainEvent::EmailClaimed(claimed)])
+            }
             ReservationCommand::Release { user_id, at } => match self.holder {
                 Some(holder) if holder == user_id => Ok(vec![DomainEvent::EmailReleased(EmailReleased { user_id, at })]),
                 _ => Err(DomainError::NotFound("email reservation")),

@@ -31,7 +31,7 @@ pub struct App {
     pub tokens: Tokens,
     /// The time as identity's stores and the second-factor windows read it.
     pub clock: Arc<dyn Clock>,
-    pub(crate) written: Mutex<HashMap<uuid::Uuid, i64>>,
+    pub(crate) written: Mutex<HashMap<cloudsync_domain::UserId, i64>>,
     pub(crate) consistency_timeout: Duration,
     pub(crate) token_ttl_minutes: i64,
     pub passwords: Passwords,
@@ -116,11 +116,11 @@ impl App {
 
     /// Remembers that `caller` has written up to `position`.
     pub fn wrote(&self, caller: Caller, position: i64) {
-        self.wrote_for(caller.user_id.as_uuid(), position);
+        self.wrote_for(caller.user_id, position);
     }
 
     /// Remembers that user `user_id` has written up to `position`.
-    pub fn wrote_for(&self, user_id: uuid::Uuid, position: i64) {
+    pub fn wrote_for(&self, user_id: cloudsync_domain::UserId, position: i64) {
         if let Ok(mut written) = self.written.lock() {
             let entry = written.entry(user_id).or_insert(0);
             *entry = (*entry).max(position);
@@ -150,12 +150,7 @@ impl App {
     /// other (none behind what the most advanced one has shown), so what one query showed (a finished
     /// scan) the next one sees too (its files).
     pub async fn consistent(&self, caller: Caller) {
-        let written = self
-            .written
-            .lock()
-            .ok()
-            .and_then(|w| w.get(&caller.user_id.as_uuid()).copied())
-            .unwrap_or(0);
+        let written = self.written.lock().ok().and_then(|w| w.get(&caller.user_id).copied()).unwrap_or(0);
         let position = written.max(self.projections.max_position());
         if position > 0 && !self.projections.wait_for(position, self.consistency_timeout).await {
             tracing::warn!(user = %caller.user_id, position, "Read models lag behind the caller's writes; answering from a stale view.");

@@ -14,3 +14,5 @@ pub mod oidc;
 pub mod passwords;
 pub mod saml;
 pub mod sessions;
+#[cfg(feature = "testing")]
+pub mod testing;

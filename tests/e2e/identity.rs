@@ -9,6 +9,7 @@ use cloudsync_eventstore::testing::{Backend, TestDatabase};
 use cloudsync_gateway::root::MasterSealer;
 use cloudsync_identity::clock::SystemClock;
 use cloudsync_identity::keys::KeyRing;
+use cloudsync_identity::testing::{clear_namespace, redis_url};
 use serde_json::{Value, json};
 use uuid::Uuid;
 
@@ -683,23 +684,6 @@ async fn redis_sessions_are_shared_by_every_api_process() {
     b.stop().await;
     a.stop().await;
     clear_namespace(&namespace).await;
-}
-
-fn redis_url() -> String {
-    std::env::var("CLOUDSYNC_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
-}
-
-async fn clear_namespace(namespace: &str) {
-    let client = redis::Client::open(redis_url()).expect("redis URL");
-    let mut connection = client.get_multiplexed_async_connection().await.expect("Redis");
-    let keys: Vec<String> = redis::cmd("KEYS")
-        .arg(format!("{namespace}*"))
-        .query_async(&mut connection)
-        .await
-        .expect("keys");
-    if !keys.is_empty() {
-        redis::cmd("DEL").arg(keys).query_async::<()>(&mut connection).await.expect("del");
-    }
 }
 
 async fn password_events(h: &Harness, user: &str) -> Vec<(String, String)> {

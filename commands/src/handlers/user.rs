@@ -243,9 +243,7 @@ impl Commands {
     /// [`CommandError::AlreadyExists`] when the address or the identity is taken; store failures.
     pub async fn register_external(&self, email: Email, issuer: &str, subject: &str) -> Result<(UserId, i64), CommandError> {
         let reservation = self.reservation(&email).await?;
-        if reservation.state.holder().is_some() {
-            return Err(CommandError::AlreadyExists("this email address is already registered".into()));
-        }
+        reservation.ensure_free()?;
         let identity = self.identity_claimable(issuer, subject).await?;
         let user_id = UserId::from_uuid(uuid::Uuid::new_v4());
         let ctx = Context::new(Some(user_id));
@@ -445,6 +443,10 @@ impl Commands {
     }
 }
 
+fn already_registered() -> CommandError {
+    CommandError::AlreadyExists("this email address is already registered".into())
+}
+
 /// An address's reservation stream: its name, its version (0: never claimed) and who holds it.
 #[derive(Debug, Clone)]
 pub(crate) struct Reservation {
@@ -468,6 +470,12 @@ impl Reservation {
         })
     }
 
+    /// [`CommandError::AlreadyExists`] while someone holds the address: asked before a
+    /// registration seals anything, so a refused one leaves nothing behind.
+    fn ensure_free(&self) -> Result<(), CommandError> {
+        self.state.claimable().map_err(|_| already_registered())
+    }
+
     /// The batch that records a registration's claim (from `events`, the registration's), or
     /// [`CommandError::AlreadyExists`] when someone holds the address.
     fn claim(self, events: &[DomainEvent], ctx: &Context) -> Result<StreamAppend, CommandError> {
@@ -481,7 +489,7 @@ impl Reservation {
         let decided = self
             .state
             .handle(ReservationCommand::Claim(claimed))
-            .map_err(|_| CommandError::AlreadyExists("this email address is already registered".into()))?;
+            .map_err(|_| already_registered())?;
         Ok(StreamAppend {
             stream: self.stream,
             expected: expected(self.version),
@@ -498,6 +506,7 @@ impl Commands {
     /// [`CommandError::AlreadyExists`] when the address is taken.
     pub async fn register(&self, email: Email, password_hash: String) -> Result<(UserId, i64), CommandError> {
         let reservation = self.reservation(&email).await?;
+        reservation.ensure_free()?;
         let user_id = UserId::from_uuid(Uuid::new_v4());
         let ctx = Context::new(Some(user_id));
         let events = User::default().handle(UserCommand::Register {
@@ -518,7 +527,7 @@ impl Commands {
         ];
         match self.store.append(batches).await {
             Ok(outcome) => Ok((user_id, outcome.last_position)),
-            Err(err) if err.is_concurrency() => Err(CommandError::AlreadyExists("this email address is already registered".into())),
+            Err(err) if err.is_concurrency() => Err(already_registered()),
             Err(err) => Err(err.into()),
         }
     }

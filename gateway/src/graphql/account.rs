@@ -165,7 +165,7 @@ impl IdentityMutation {
         check_password_rules(&password).map_err(|err| ApiError::BadInput(err.to_string()))?;
         let hash = hash_new(app, password).await?;
         let (user_id, position) = app.commands.register(email.clone(), hash).await.map_err(ApiError::from)?;
-        app.wrote_for(user_id.as_uuid(), position);
+        app.wrote_for(user_id, position);
         Ok(signed_in(ctx, app, user_id.as_uuid(), email.as_str().to_owned(), cookie.unwrap_or(false)).await?)
     }
 
@@ -350,7 +350,7 @@ impl IdentityMutation {
             }
             Err(err) => return Err(ApiError::from(err).into()),
         };
-        app.wrote_for(user_id, position);
+        app.wrote_for(UserId::from_uuid(user_id), position);
         revoke_sessions(app, user_id, None).await?;
         Ok(true)
     }
@@ -362,8 +362,8 @@ impl IdentityMutation {
     async fn delete_account(&self, ctx: &Context<'_>, password: Option<String>) -> async_graphql::Result<bool> {
         let caller = session_caller(ctx)?;
         let app = app(ctx);
-        confirm_password(ctx, app, caller.user_id.as_uuid(), password).await?;
-        let passwordless = super::load_user(app, caller.user_id.as_uuid()).await?.password_hash() == Some(cloudsync_commands::NO_PASSWORD);
+        confirm_password(ctx, app, caller.user_id, password).await?;
+        let passwordless = super::load_user(app, caller.user_id).await?.password_hash() == Some(cloudsync_commands::NO_PASSWORD);
         if passwordless {
             // No password to confirm with: the session must be a fresh sign-in.
             let session = match caller.session_id {

@@ -60,7 +60,7 @@ impl AdminQuery {
     /// The caller's personal API tokens (never their secrets).
     async fn api_tokens(&self, ctx: &Context<'_>) -> async_graphql::Result<Vec<ApiTokenInfo>> {
         let caller = session_caller(ctx)?;
-        let user = load_user(app(ctx), caller.user_id.as_uuid()).await?;
+        let user = load_user(app(ctx), caller.user_id).await?;
         Ok(user
             .api_tokens()
             .map(|t| ApiTokenInfo {
@@ -76,7 +76,7 @@ impl AdminQuery {
     /// The networks the caller's credentials work from (empty: anywhere).
     async fn ip_allowlist(&self, ctx: &Context<'_>) -> async_graphql::Result<Vec<String>> {
         let caller = session_caller(ctx)?;
-        let user = load_user(app(ctx), caller.user_id.as_uuid()).await?;
+        let user = load_user(app(ctx), caller.user_id).await?;
         Ok(user.ip_allowlist().to_vec())
     }
 

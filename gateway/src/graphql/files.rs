@@ -50,8 +50,7 @@ pub struct Provider {
 
 impl Provider {
     /// The row with its name and settings opened with the owner's key.
-    async fn open(app: &App, user: Uuid, row: ProviderRow) -> ApiResult<Self> {
-        let owner = cloudsync_domain::UserId::from_uuid(user);
+    async fn open(app: &App, owner: cloudsync_domain::UserId, row: ProviderRow) -> ApiResult<Self> {
         let display_name = app
             .commands
             .reveal(owner, &cloudsync_domain::events::Personal::from_column(&row.display_name))
@@ -152,7 +151,7 @@ impl FilesQuery {
         let rows = app.reads.providers(caller.user_id).await.map_err(ApiError::from)?;
         let mut providers = Vec::with_capacity(rows.len());
         for row in rows {
-            providers.push(Provider::open(app, caller.user_id.as_uuid(), row).await?);
+            providers.push(Provider::open(app, caller.user_id, row).await?);
         }
         Ok(providers)
     }
@@ -242,7 +241,7 @@ impl FilesMutation {
             .await?;
         Ok(Provider {
             scan_operation_id: Some(ID(connected.job_id.to_string())),
-            ..Provider::open(app, caller.user_id.as_uuid(), row).await?
+            ..Provider::open(app, caller.user_id, row).await?
         })
     }
 
@@ -328,7 +327,7 @@ impl FilesMutation {
                 || ApiError::not_found("provider"),
             )
             .await?;
-        Ok(Provider::open(app, caller.user_id.as_uuid(), row).await?)
+        Ok(Provider::open(app, caller.user_id, row).await?)
     }
 
     /// Moves files into `targetPath`, a folder relative to each file's provider root, keeping names.

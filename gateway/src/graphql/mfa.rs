@@ -143,7 +143,7 @@ impl MfaQuery {
     async fn mfa(&self, ctx: &Context<'_>) -> async_graphql::Result<MfaStatus> {
         let caller = session_caller(ctx)?;
         let app = app(ctx);
-        let user = load_user(app, caller.user_id.as_uuid()).await?;
+        let user = load_user(app, caller.user_id).await?;
         let phone = app.commands.sms_phone(caller.user_id).await.map_err(ApiError::from)?;
         Ok(MfaStatus {
             sms_number: phone.as_deref().map(masked),
@@ -220,7 +220,7 @@ impl MfaMutation {
         let caller = session_caller(ctx)?;
         let app = app(ctx);
         let webauthn = webauthn(app)?;
-        let user = load_user(app, caller.user_id.as_uuid()).await?;
+        let user = load_user(app, caller.user_id).await?;
         let email = app
             .commands
             .email_of(caller.user_id)
@@ -301,7 +301,7 @@ impl MfaMutation {
     /// Removes one of the caller's passkeys; confirmed with the account's password.
     async fn remove_passkey(&self, ctx: &Context<'_>, id: ID, password: Option<String>) -> async_graphql::Result<bool> {
         let caller = session_caller(ctx)?;
-        confirm_password(ctx, app(ctx), caller.user_id.as_uuid(), password).await?;
+        confirm_password(ctx, app(ctx), caller.user_id, password).await?;
         app(ctx)
             .commands
             .remove_passkey(caller.user_id, id.to_string())
@@ -422,7 +422,7 @@ impl MfaMutation {
     /// Stops sending second-factor codes by text message; confirmed with the account's password.
     async fn disable_sms(&self, ctx: &Context<'_>, password: Option<String>) -> async_graphql::Result<bool> {
         let caller = session_caller(ctx)?;
-        confirm_password(ctx, app(ctx), caller.user_id.as_uuid(), password).await?;
+        confirm_password(ctx, app(ctx), caller.user_id, password).await?;
         app(ctx).commands.disable_sms(caller.user_id).await.map_err(code_error)?;
         Ok(true)
     }
@@ -454,7 +454,7 @@ impl MfaMutation {
             Err(why) => return Err(retry(app, &mfa_token, pending, why).await.into()),
         };
         let user_id = UserId::from_uuid(pending.user);
-        let user = load_user(app, pending.user).await?;
+        let user = load_user(app, UserId::from_uuid(pending.user)).await?;
         // The signature counter moved: record it, so a cloned authenticator shows.
         for stored in user.passkeys() {
             let Ok(mut passkey) = serde_json::from_value::<Passkey>(stored.record.clone()) else {

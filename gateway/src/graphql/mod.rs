@@ -231,9 +231,9 @@ pub(crate) fn client_ip(ctx: &Context<'_>) -> String {
 }
 
 /// The user with this id, from its own stream (never a lagging read model).
-pub(crate) async fn load_user(app: &App, user_id: Uuid) -> ApiResult<cloudsync_domain::user::User> {
+pub(crate) async fn load_user(app: &App, user_id: cloudsync_domain::UserId) -> ApiResult<cloudsync_domain::user::User> {
     app.commands
-        .user(cloudsync_domain::UserId::from_uuid(user_id))
+        .user(user_id)
         .await
         .map_err(ApiError::from)?
         .ok_or_else(|| ApiError::not_found("user"))
@@ -270,7 +270,7 @@ pub(crate) async fn admin_caller(ctx: &Context<'_>, write: bool) -> ApiResult<Ca
     let needed = if write { role::ADMIN } else { role::ADMIN | role::AUDITOR };
     // The role must be in the token and still be held now (a role revoked from the command line
     // ends no session, and the token keeps its roles until it expires).
-    let held = cloudsync_identity::access::roles_from(&load_user(app(ctx), caller.user_id.as_uuid()).await?.roles());
+    let held = cloudsync_identity::access::roles_from(&load_user(app(ctx), caller.user_id).await?.roles());
     if (caller.roles & held & needed).is_empty() {
         return Err(ApiError::Forbidden(if write {
             "this needs the role admin".into()

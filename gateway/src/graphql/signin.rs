@@ -127,7 +127,7 @@ pub(crate) async fn check(app: &App, password: String, stored: Option<String>) -
 
 /// Whether the caller knows the account's password (accounts without one, which sign in with an
 /// OpenID provider, need none). Charged like a login, per account.
-pub(crate) async fn confirm_password(ctx: &Context<'_>, app: &App, user_id: Uuid, password: Option<String>) -> ApiResult<()> {
+pub(crate) async fn confirm_password(ctx: &Context<'_>, app: &App, user_id: UserId, password: Option<String>) -> ApiResult<()> {
     limit(ctx, app.rules.login, &format!("account-id:{user_id}")).await?;
     let user = super::load_user(app, user_id).await?;
     let stored = user.password_hash().map(str::to_owned);

@@ -60,7 +60,7 @@ pub(super) async fn oauth_callback(
     };
     match state.app.commands.finish_authorization(oauth_state, code).await {
         Ok((user, connected)) => {
-            state.app.wrote_for(user.as_uuid(), connected.position);
+            state.app.wrote_for(user, connected.position);
             page(
                 StatusCode::OK,
                 "Connected",

@@ -8,6 +8,7 @@ use chrono::Utc;
 use cloudsync_identity::clock::ManualClock;
 use cloudsync_identity::limits::{MemoryLimiter, RateLimiter, RedisLimiter, Rule};
 use cloudsync_identity::sessions::{MemorySessions, RedisSessions, Rotation, Session, SessionStore};
+use cloudsync_identity::testing::{clear_namespace, test_redis};
 use uuid::Uuid;
 
 /// How a contract test lets time pass: a store in memory runs on a clock the test moves; Redis
@@ -23,33 +24,6 @@ impl Time {
             Self::Moved(clock) => clock.advance(by),
             Self::Server => tokio::time::sleep(by).await,
         }
-    }
-}
-
-fn redis_url() -> String {
-    std::env::var("CLOUDSYNC_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
-}
-
-/// A connection to the test Redis and a namespace of this test's own (a missing Redis fails the
-/// test).
-async fn test_redis() -> (redis::aio::ConnectionManager, String) {
-    let connection = cloudsync_identity::sessions::redis_connection(&redis_url())
-        .await
-        .unwrap_or_else(|err| panic!("Redis at {} is required for this test (run scripts/services): {err}", redis_url()));
-    (connection, format!("cs_test_{}:", Uuid::new_v4().simple()))
-}
-
-/// Removes what a test left under its namespace.
-async fn clear_namespace(namespace: &str) {
-    let client = redis::Client::open(redis_url()).expect("redis URL");
-    let mut connection = client.get_multiplexed_async_connection().await.expect("Redis");
-    let keys: Vec<String> = redis::cmd("KEYS")
-        .arg(format!("{namespace}*"))
-        .query_async(&mut connection)
-        .await
-        .expect("keys");
-    if !keys.is_empty() {
-        redis::cmd("DEL").arg(keys).query_async::<()>(&mut connection).await.expect("del");
     }
 }
 

@@ -145,7 +145,7 @@ async fn account_of(app: &App, identity: &cloudsync_identity::oidc::Identity) ->
                 .link_identity(user, &identity.issuer, &identity.subject)
                 .await
                 .map_err(ApiError::from)?;
-            app.wrote_for(user.as_uuid(), position);
+            app.wrote_for(user, position);
             (user, email)
         }
         SsoAccount::Register(email) => {
@@ -157,7 +157,7 @@ async fn account_of(app: &App, identity: &cloudsync_identity::oidc::Identity) ->
                     CommandError::AlreadyExists(why) => ApiError::Conflict(why),
                     other => ApiError::from(other),
                 })?;
-            app.wrote_for(user.as_uuid(), position);
+            app.wrote_for(user, position);
             (user, email)
         }
     };
@@ -319,7 +319,7 @@ pub(super) async fn signed_in(app: &App, identity: &cloudsync_identity::oidc::Id
 
 async fn session_for(app: &App, identity: &cloudsync_identity::oidc::Identity, cookie: bool, info: &RequestInfo) -> ApiResult<Response> {
     let (user_id, email) = account_of(app, identity).await?;
-    let user = load_user(app, user_id.as_uuid()).await?;
+    let user = load_user(app, user_id).await?;
     if !cloudsync_identity::access::ip_allowed(info.client.ip.as_deref(), user.ip_allowlist()) {
         return Err(ApiError::Unauthenticated("this account cannot be used from this network".into()));
     }
