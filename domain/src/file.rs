@@ -195,8 +195,8 @@ mod tests {
     }
 
     fn discovered() -> Vec<DomainEvent> {
-        File::default()
-            .handle(FileCommand::Discover(FileDiscovered {
+        given::<File>([])
+            .when(FileCommand::Discover(FileDiscovered {
                 file_id: FileId::from_uuid(Uuid::from_u128(7)),
                 provider_id: ProviderId::from_uuid(Uuid::from_u128(8)),
                 owner_id: alice(),
@@ -208,7 +208,7 @@ mod tests {
                 job_id: None,
                 etag: None,
             }))
-            .expect("accepted")
+            .events()
     }
 
     #[test]
@@ -289,18 +289,19 @@ mod tests {
     #[test]
     fn given_discovered_when_rescan_sees_the_same_facts_then_nothing_and_new_facts_then_changed() {
         let history = discovered();
-        let file = File::load(&history);
-        let same = file.handle(FileCommand::RecordChange {
-            by: alice(),
-            size_bytes: 3,
-            modified_at: DateTime::UNIX_EPOCH,
-            checksum: "00".into(),
-            etag: None,
-            job_id: None,
-        });
-        assert_eq!(same, Ok(Vec::new()));
-        let changed = file
-            .handle(FileCommand::RecordChange {
+        let file = || given::<File>(history.clone());
+        file()
+            .when(FileCommand::RecordChange {
+                by: alice(),
+                size_bytes: 3,
+                modified_at: DateTime::UNIX_EPOCH,
+                checksum: "00".into(),
+                etag: None,
+                job_id: None,
+            })
+            .then([]);
+        let changed = file()
+            .when(FileCommand::RecordChange {
                 by: alice(),
                 size_bytes: 4,
                 modified_at: DateTime::UNIX_EPOCH,
@@ -308,50 +309,47 @@ mod tests {
                 etag: None,
                 job_id: None,
             })
-            .expect("accepted");
+            .events();
         let [DomainEvent::FileChanged(e)] = changed.as_slice() else {
             panic!("expected FileChanged, got {changed:?}")
         };
         assert_eq!((e.size_bytes, e.checksum.as_str(), e.path.as_str()), (4, "01", "inbox/a.txt"));
         // Once applied, the same facts are no change.
-        let mut history = history;
+        let mut history = history.clone();
         history.extend(changed);
-        let again = File::load(&history).handle(FileCommand::RecordChange {
-            by: alice(),
-            size_bytes: 4,
-            modified_at: DateTime::UNIX_EPOCH,
-            checksum: "01".into(),
-            etag: None,
-            job_id: None,
-        });
-        assert_eq!(again, Ok(Vec::new()));
+        given::<File>(history)
+            .when(FileCommand::RecordChange {
+                by: alice(),
+                size_bytes: 4,
+                modified_at: DateTime::UNIX_EPOCH,
+                checksum: "01".into(),
+                etag: None,
+                job_id: None,
+            })
+            .then([]);
     }
 
     #[test]
     fn given_discovered_when_rescan_finds_it_elsewhere_or_gone_then_moved_or_removed() {
         let history = discovered();
-        let file = File::load(&history);
-        let moved = file
-            .handle(FileCommand::RecordMove {
+        let file = || given::<File>(history.clone());
+        let moved = file()
+            .when(FileCommand::RecordMove {
                 by: alice(),
                 to: path("elsewhere/b.txt"),
                 at: DateTime::UNIX_EPOCH,
             })
-            .expect("accepted");
+            .events();
         assert!(
             matches!(moved.as_slice(), [DomainEvent::FileMoved(m)] if m.to == path("elsewhere/b.txt") && m.from == path("inbox/a.txt"))
         );
-        let removed = file
-            .handle(FileCommand::RecordRemoval { by: alice(), job_id: None })
-            .expect("accepted");
+        let removed = file().when(FileCommand::RecordRemoval { by: alice(), job_id: None }).events();
         assert!(matches!(removed.as_slice(), [DomainEvent::FileRemoved(r)] if r.path == path("inbox/a.txt")));
-        let mut history = history;
+        let mut history = history.clone();
         history.extend(removed);
-        let gone = File::load(&history);
-        assert!(gone.live_for(alice()).is_none());
-        assert_eq!(
-            gone.handle(FileCommand::RecordRemoval { by: alice(), job_id: None }).err(),
-            Some(DomainError::NotFound("file"))
-        );
+        assert!(File::load(&history).live_for(alice()).is_none());
+        given::<File>(history)
+            .when(FileCommand::RecordRemoval { by: alice(), job_id: None })
+            .then_error(DomainError::NotFound("file"));
     }
 }

@@ -224,25 +224,26 @@ mod tests {
 
     #[test]
     fn given_connected_when_schedule_set_then_recorded_and_realtime_only_for_local() {
-        let provider = ProviderConnection::load(&ProviderConnection::default().handle(connect()).expect("accepted"));
+        let connected = || given::<ProviderConnection>(given::<ProviderConnection>([]).when(connect()).events());
         let schedule = ScanSchedule::parse("0 * * * *").expect("cron");
-        let events = provider
-            .handle(ProviderCommand::SetSchedule {
+        let events = connected()
+            .when(ProviderCommand::SetSchedule {
                 by: alice(),
                 schedule: Some(schedule.clone()),
                 realtime: true,
                 at: DateTime::UNIX_EPOCH,
             })
-            .expect("accepted");
+            .events();
         assert!(matches!(events.as_slice(), [DomainEvent::ProviderScheduleSet(e)] if e.schedule == Some(schedule.clone()) && e.realtime));
         let mallory = UserId::from_uuid(Uuid::from_u128(2));
-        let refused = provider.handle(ProviderCommand::SetSchedule {
-            by: mallory,
-            schedule: None,
-            realtime: false,
-            at: DateTime::UNIX_EPOCH,
-        });
-        assert_eq!(refused.err(), Some(DomainError::NotFound("provider")));
+        connected()
+            .when(ProviderCommand::SetSchedule {
+                by: mallory,
+                schedule: None,
+                realtime: false,
+                at: DateTime::UNIX_EPOCH,
+            })
+            .then_error(DomainError::NotFound("provider"));
         let ProviderCommand::Connect {
             provider_id,
             owner_id,
@@ -266,13 +267,14 @@ mod tests {
             credentials_expire_at,
             at,
         };
-        let bucket = ProviderConnection::load(&ProviderConnection::default().handle(s3).expect("accepted"));
-        let realtime = bucket.handle(ProviderCommand::SetSchedule {
-            by: alice(),
-            schedule: None,
-            realtime: true,
-            at: DateTime::UNIX_EPOCH,
-        });
+        let realtime = given::<ProviderConnection>(given::<ProviderConnection>([]).when(s3).events())
+            .when(ProviderCommand::SetSchedule {
+                by: alice(),
+                schedule: None,
+                realtime: true,
+                at: DateTime::UNIX_EPOCH,
+            })
+            .decided();
         assert!(matches!(realtime, Err(DomainError::Invalid(_))));
     }
 
@@ -282,7 +284,7 @@ mod tests {
             nonce: n.into(),
             ciphertext: n.into(),
         };
-        let without = ProviderConnection::load(&ProviderConnection::default().handle(connect()).expect("accepted"));
+        let without = given::<ProviderConnection>([]).when(connect()).events();
         let renew = |by| ProviderCommand::RenewCredentials {
             by,
             secrets: sealed("new"),
@@ -290,7 +292,10 @@ mod tests {
             at: DateTime::UNIX_EPOCH,
         };
         assert!(
-            matches!(without.handle(renew(alice())), Err(DomainError::Invalid(_))),
+            matches!(
+                given::<ProviderConnection>(without).when(renew(alice())).decided(),
+                Err(DomainError::Invalid(_))
+            ),
             "nothing to renew"
         );
         let ProviderCommand::Connect {
@@ -312,11 +317,12 @@ mod tests {
             credentials_expire_at: Some(DateTime::UNIX_EPOCH + chrono::TimeDelta::hours(1)),
             at: DateTime::UNIX_EPOCH,
         };
-        let mut history = ProviderConnection::default().handle(drive).expect("accepted");
-        let provider = ProviderConnection::load(&history);
+        let mut history = given::<ProviderConnection>([]).when(drive).events();
         let mallory = UserId::from_uuid(Uuid::from_u128(2));
-        assert_eq!(provider.handle(renew(mallory)).err(), Some(DomainError::NotFound("provider")));
-        history.extend(provider.handle(renew(alice())).expect("accepted"));
+        given::<ProviderConnection>(history.clone())
+            .when(renew(mallory))
+            .then_error(DomainError::NotFound("provider"));
+        history.extend(given::<ProviderConnection>(history.clone()).when(renew(alice())).events());
         let renewed = ProviderConnection::load(&history);
         let connected = renewed.active_for(alice()).expect("connected");
         assert_eq!(connected.secrets, Some(sealed("new")));

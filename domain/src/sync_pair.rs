@@ -420,6 +420,7 @@ mod tests {
     use super::*;
     use crate::ids::{ProviderId, SyncPairId};
     use crate::merge::{Action, ConflictPolicy, Reason, Side, SyncMode, Version};
+    use crate::testing::{Story, given};
 
     fn p(raw: &str) -> ProviderPath {
         ProviderPath::parse(raw).expect("valid path")
@@ -459,30 +460,27 @@ mod tests {
 
     #[test]
     fn overlapping_folders_and_bad_limits_are_refused() {
-        let empty = SyncPair::default();
+        let empty = || given::<SyncPair>([]);
         for (source, target) in [
             (endpoint(1, "docs"), endpoint(1, "docs")),
             (endpoint(1, "docs"), endpoint(1, "docs/sub")),
             (endpoint(1, ""), endpoint(1, "anything")),
         ] {
-            assert!(matches!(empty.handle(create(source, target, 50)), Err(DomainError::Invalid(_))));
+            assert!(matches!(
+                empty().when(create(source, target, 50)).decided(),
+                Err(DomainError::Invalid(_))
+            ));
         }
         assert!(matches!(
-            empty.handle(create(endpoint(1, "a"), endpoint(2, "a"), 101)),
+            empty().when(create(endpoint(1, "a"), endpoint(2, "a"), 101)).decided(),
             Err(DomainError::Invalid(_))
         ));
         // The same folder on two providers, and sibling folders on one, are fine.
+        assert_eq!(empty().when(create(endpoint(1, "docs"), endpoint(2, "docs"), 50)).events().len(), 1);
         assert_eq!(
-            empty
-                .handle(create(endpoint(1, "docs"), endpoint(2, "docs"), 50))
-                .expect("created")
-                .len(),
-            1
-        );
-        assert_eq!(
-            empty
-                .handle(create(endpoint(1, "docs"), endpoint(1, "docs-backup"), 50))
-                .expect("created")
+            empty()
+                .when(create(endpoint(1, "docs"), endpoint(1, "docs-backup"), 50))
+                .events()
                 .len(),
             1
         );
@@ -490,29 +488,25 @@ mod tests {
 
     #[test]
     fn the_base_is_the_fold_of_what_runs_agreed_on() {
-        let mut pair = SyncPair::default();
+        let mut pair = Story::<SyncPair>::default();
         let job = SyncJobId::from_uuid(Uuid::from_u128(9));
         assert!(matches!(
-            pair.handle(SyncPairCommand::AdvanceBase {
+            pair.when(SyncPairCommand::AdvanceBase {
                 job_id: job,
                 changes: vec![],
                 at: Utc::now()
             }),
             Err(DomainError::NotFound(_))
         ));
-        for event in pair.handle(create(endpoint(1, "a"), endpoint(2, "b"), 50)).expect("created") {
-            pair.apply(&event);
-        }
-        let advance = |pair: &mut SyncPair, changes: Vec<BaseChange>| {
-            let events = pair
-                .handle(SyncPairCommand::AdvanceBase {
-                    job_id: job,
-                    changes,
-                    at: Utc::now(),
-                })
-                .expect("advanced");
-            events.iter().for_each(|e| pair.apply(e));
-            events.len()
+        pair.when(create(endpoint(1, "a"), endpoint(2, "b"), 50)).expect("created");
+        let advance = |pair: &mut Story<SyncPair>, changes: Vec<BaseChange>| {
+            pair.when(SyncPairCommand::AdvanceBase {
+                job_id: job,
+                changes,
+                at: Utc::now(),
+            })
+            .expect("advanced")
+            .len()
         };
         let change = |path: &str, content: Option<&str>| BaseChange {
             path: p(path),
@@ -531,10 +525,13 @@ mod tests {
         let mut retagged = change("x.txt", Some("1"));
         retagged.target_tag = Some("seen again".into());
         assert_eq!(advance(&mut pair, vec![retagged]), 1, "a new listing tag is recorded");
-        assert_eq!(pair.agreed(&p("x.txt")).and_then(|a| a.target_tag.as_deref()), Some("seen again"));
+        assert_eq!(
+            pair.state().agreed(&p("x.txt")).and_then(|a| a.target_tag.as_deref()),
+            Some("seen again")
+        );
         assert_eq!(advance(&mut pair, vec![change("x.txt", None), change("y.txt", Some("3"))]), 1);
-        assert_eq!(pair.agreed(&p("x.txt")), None);
-        let base: Vec<(&str, &str)> = pair.base().iter().map(|(p, v)| (p.as_str(), v.checksum.as_str())).collect();
+        assert_eq!(pair.state().agreed(&p("x.txt")), None);
+        let base: Vec<(&str, &str)> = pair.state().base().iter().map(|(p, v)| (p.as_str(), v.checksum.as_str())).collect();
         assert_eq!(base, vec![("y.txt", "3")]);
 
         let decision = Decision {
@@ -548,14 +545,13 @@ mod tests {
             }],
         };
         let recorded = pair
-            .handle(SyncPairCommand::RecordDecision {
+            .when(SyncPairCommand::RecordDecision {
                 job_id: job,
                 decision: decision.clone(),
                 at: Utc::now(),
             })
             .expect("recorded");
-        recorded.iter().for_each(|e| pair.apply(e));
-        assert_eq!(pair.decisions_recorded(), 1);
+        assert_eq!(pair.state().decisions_recorded(), 1);
         // Events survive their encoding: the history replays to the same base.
         let history: Vec<DomainEvent> = recorded
             .iter()
@@ -565,17 +561,15 @@ mod tests {
             })
             .collect();
         assert!(matches!(&history[0], DomainEvent::SyncDecisionRecorded(e) if e.decision == decision));
-        assert!(pair.live_for(UserId::from_uuid(Uuid::from_u128(1))).is_some());
-        assert!(pair.live_for(UserId::from_uuid(Uuid::from_u128(2))).is_none());
+        assert!(pair.state().live_for(UserId::from_uuid(Uuid::from_u128(1))).is_some());
+        assert!(pair.state().live_for(UserId::from_uuid(Uuid::from_u128(2))).is_none());
     }
 
     #[test]
     fn versions_are_kept_once_and_pruned_by_count_and_age() {
-        let mut pair = SyncPair::default();
-        for event in pair.handle(create(endpoint(1, "a"), endpoint(2, "b"), 50)).expect("created") {
-            pair.apply(&event);
-        }
-        let settings = pair.settings().cloned().expect("settings");
+        let mut pair = Story::<SyncPair>::default();
+        pair.when(create(endpoint(1, "a"), endpoint(2, "b"), 50)).expect("created");
+        let settings = pair.state().settings().cloned().expect("settings");
         let now = Utc::now();
         let kept = |content: &str, days_ago: i64, n: u128| FileVersionKept {
             pair_id: settings.pair_id,
@@ -591,10 +585,8 @@ mod tests {
             job_id: None,
             at: now - chrono::Duration::days(days_ago),
         };
-        let keep = |pair: &mut SyncPair, versions: Vec<FileVersionKept>| {
-            let events = pair.handle(SyncPairCommand::KeepVersions(versions)).expect("kept");
-            events.iter().for_each(|e| pair.apply(e));
-            events.len()
+        let keep = |pair: &mut Story<SyncPair>, versions: Vec<FileVersionKept>| {
+            pair.when(SyncPairCommand::KeepVersions(versions)).expect("kept").len()
         };
         assert_eq!(
             keep(&mut pair, vec![kept("1", 40, 1), kept("1", 40, 2)]),
@@ -604,20 +596,19 @@ mod tests {
         assert_eq!(keep(&mut pair, vec![kept("1", 39, 3)]), 0, "already the newest version");
         assert_eq!(keep(&mut pair, vec![kept("2", 5, 4), kept("3", 1, 5)]), 2);
         assert_eq!(
-            pair.latest_version(Side::Target, &p("x.txt")).map(|v| v.version_id),
+            pair.state().latest_version(Side::Target, &p("x.txt")).map(|v| v.version_id),
             Some(Uuid::from_u128(5))
         );
-        assert!(pair.stored_references().contains("manifest-of-1"));
+        assert!(pair.state().stored_references().contains("manifest-of-1"));
         // Keep 2: the oldest goes (it is also past 30 days).
-        assert_eq!(pair.expired_versions(now), vec![Uuid::from_u128(1)]);
-        let pruned = pair.handle(SyncPairCommand::PruneVersions { at: now }).expect("pruned");
-        pruned.iter().for_each(|e| pair.apply(e));
-        assert!(pair.kept_version(Uuid::from_u128(1)).is_none());
-        assert!(!pair.stored_references().contains("manifest-of-1"));
-        assert!(pair.handle(SyncPairCommand::PruneVersions { at: now }).expect("nothing").is_empty());
+        assert_eq!(pair.state().expired_versions(now), vec![Uuid::from_u128(1)]);
+        pair.when(SyncPairCommand::PruneVersions { at: now }).expect("pruned");
+        assert!(pair.state().kept_version(Uuid::from_u128(1)).is_none());
+        assert!(!pair.state().stored_references().contains("manifest-of-1"));
+        assert!(pair.when(SyncPairCommand::PruneVersions { at: now }).expect("nothing").is_empty());
         // Ten days on, both are still within 30 days; forty days on, neither is.
-        assert!(pair.expired_versions(now + chrono::Duration::days(10)).is_empty());
-        assert_eq!(pair.expired_versions(now + chrono::Duration::days(40)).len(), 2);
+        assert!(pair.state().expired_versions(now + chrono::Duration::days(10)).is_empty());
+        assert_eq!(pair.state().expired_versions(now + chrono::Duration::days(40)).len(), 2);
         // A restore names a kept version of the owner's pair.
         let restore = |by: u128, version: u128| SyncPairCommand::RecordRestore {
             by: UserId::from_uuid(Uuid::from_u128(by)),
@@ -626,8 +617,8 @@ mod tests {
             path: p("x.txt"),
             at: now,
         };
-        assert_eq!(pair.handle(restore(1, 5)).expect("restored").len(), 1);
-        assert!(matches!(pair.handle(restore(2, 5)), Err(DomainError::NotFound(_))));
-        assert!(matches!(pair.handle(restore(1, 1)), Err(DomainError::NotFound(_))));
+        assert_eq!(pair.when(restore(1, 5)).expect("restored").len(), 1);
+        assert!(matches!(pair.when(restore(2, 5)), Err(DomainError::NotFound(_))));
+        assert!(matches!(pair.when(restore(1, 1)), Err(DomainError::NotFound(_))));
     }
 }

@@ -658,6 +658,7 @@ mod tests {
     use uuid::Uuid;
 
     use super::*;
+    use crate::testing::given;
 
     fn register() -> UserCommand {
         UserCommand::Register {
@@ -670,25 +671,19 @@ mod tests {
 
     #[test]
     fn given_nothing_when_register_then_registered_and_email_claimed() {
-        let events = User::default().handle(register()).expect("accepted");
+        let events = given::<User>([]).when(register()).events();
         assert!(matches!(
             events.as_slice(),
             [DomainEvent::UserRegistered(_), DomainEvent::EmailClaimed(_)]
         ));
         let user = User::load(&events);
         assert_eq!(user.email(), Some(&Personal::Clear("ada@example.org".into())));
-        let deleted = User::load(
-            &then(
-                User::default().handle(register()).expect("accepted"),
-                UserCommand::Delete { at: at(1) },
-            )
-            .expect("erased"),
-        );
+        let deleted = User::load(&then(registered(), UserCommand::Delete { at: at(1) }).expect("erased"));
         assert_eq!(deleted.id(), None, "an erased account is gone for everything but its history");
-        assert_eq!(
-            deleted.handle(UserCommand::Delete { at: at(2) }).err(),
-            Some(DomainError::NotFound("user"))
-        );
+        let erased = then(registered(), UserCommand::Delete { at: at(1) }).expect("erased");
+        given::<User>(erased)
+            .when(UserCommand::Delete { at: at(2) })
+            .then_error(DomainError::NotFound("user"));
     }
 
     fn at(minutes: i64) -> DateTime<Utc> {
@@ -696,11 +691,12 @@ mod tests {
     }
 
     fn registered() -> Vec<DomainEvent> {
-        User::default().handle(register()).expect("accepted")
+        given::<User>([]).when(register()).events()
     }
 
+    /// `history` and what the user decides on `command` after it: the next test's history.
     fn then(mut history: Vec<DomainEvent>, command: UserCommand) -> Result<Vec<DomainEvent>, DomainError> {
-        let events = User::load(&history).handle(command)?;
+        let events = given::<User>(history.clone()).when(command).decided()?;
         history.extend(events);
         Ok(history)
     }
@@ -857,19 +853,19 @@ mod tests {
 
     #[test]
     fn password_commands_need_a_registered_user() {
-        let nobody = User::default();
-        assert_eq!(nobody.handle(request("t", 0)).err(), Some(DomainError::NotFound("user")));
+        given::<User>([]).when(request("t", 0)).then_error(DomainError::NotFound("user"));
         let set = UserCommand::SetPassword {
             password_hash: "$argon2id$x".into(),
             reason: PasswordChange::Rehashed,
             at: at(0),
         };
-        assert_eq!(nobody.handle(set).err(), Some(DomainError::NotFound("user")));
+        given::<User>([]).when(set).then_error(DomainError::NotFound("user"));
     }
 
     #[test]
     fn given_registered_when_register_then_refused() {
-        let user = User::load(&User::default().handle(register()).expect("accepted"));
-        assert_eq!(user.handle(register()).err(), Some(DomainError::AlreadyExists("user")));
+        given::<User>(registered())
+            .when(register())
+            .then_error(DomainError::AlreadyExists("user"));
     }
 }
