@@ -57,26 +57,21 @@ impl<E: PartialEq + Debug> Then<E> {
     }
 }
 
-/// An aggregate walked through several commands: each accepted command's events join its history
-/// and its state, as the store would append and load them.
+/// An aggregate walked through several commands: each accepted command's events are applied to
+/// its state, as the store would append and load them.
 pub struct Story<A: Aggregate> {
     state: A,
-    history: Vec<A::Event>,
 }
 
 impl<A: Aggregate> Default for Story<A> {
     fn default() -> Self {
         Self {
             state: A::default(),
-            history: Vec::new(),
         }
     }
 }
 
-impl<A: Aggregate> Story<A>
-where
-    A::Event: Clone,
-{
+impl<A: Aggregate> Story<A> {
     /// What the aggregate decides on `command`; an accepted command's events are applied.
     ///
     /// # Errors
@@ -86,7 +81,6 @@ where
         if let Ok(events) = &decided {
             for event in events {
                 self.state.apply(event);
-                self.history.push(event.clone());
             }
         }
         decided
@@ -95,10 +89,5 @@ where
     /// The state after the accepted commands.
     pub fn state(&self) -> &A {
         &self.state
-    }
-
-    /// Every event accepted so far.
-    pub fn history(&self) -> &[A::Event] {
-        &self.history
     }
 }
