@@ -19,6 +19,7 @@ mod workers;
 use std::sync::Arc;
 
 use cloudsync_chunks::ChunkStore;
+use cloudsync_domain::clock::Clock;
 use cloudsync_domain::{Aggregate, DomainEvent, ProviderId};
 use cloudsync_eventstore::EventStore;
 use cloudsync_providers::StorageProvider;
@@ -41,6 +42,7 @@ pub struct Commands {
     oauth: Option<Arc<OAuth>>,
     chunks: Option<Arc<dyn ChunkStore>>,
     layer: Option<ProviderLayer>,
+    clock: Arc<dyn Clock>,
 }
 
 /// What wraps every provider the commands open, given the connection's id (instrumentation, or
@@ -55,7 +57,15 @@ impl Commands {
             oauth: None,
             chunks: None,
             layer: None,
+            clock: cloudsync_domain::clock::system(),
         }
+    }
+
+    /// Reads the time for second-factor windows from `clock` (the system's by default).
+    #[must_use]
+    pub fn with_clock(mut self, clock: Arc<dyn Clock>) -> Self {
+        self.clock = clock;
+        self
     }
 
     /// Keeps sync contents (the agreed text of synced files, for line merges) in `chunks`.

@@ -1,6 +1,7 @@
 //! CloudSync's pure core: ids, validated value types, aggregates, commands and versioned events — no I/O, no async.
 
 pub mod aggregate;
+pub mod clock;
 pub mod events;
 pub mod file;
 pub mod ids;

@@ -65,9 +65,7 @@ pub struct Story<A: Aggregate> {
 
 impl<A: Aggregate> Default for Story<A> {
     fn default() -> Self {
-        Self {
-            state: A::default(),
-        }
+        Self { state: A::default() }
     }
 }
 

@@ -33,7 +33,6 @@ pub struct App {
     pub clock: Arc<dyn Clock>,
     pub(crate) written: Mutex<HashMap<cloudsync_domain::UserId, i64>>,
     pub(crate) consistency_timeout: Duration,
-    pub(crate) token_ttl_minutes: i64,
     pub passwords: Passwords,
     pub mailer: Arc<dyn Mailer>,
     pub sms: Arc<dyn SmsSender>,
@@ -81,7 +80,7 @@ impl App {
         let Some((user_id, token_id, secret)) = parse_api_token(token) else {
             return invalid();
         };
-        let user = match self.commands.user(cloudsync_domain::UserId::from_uuid(user_id)).await {
+        let user = match self.commands.user(user_id).await {
             Ok(Some(user)) => user,
             Ok(None) => return invalid(),
             Err(error) => {
@@ -93,7 +92,7 @@ impl App {
             return invalid();
         };
         let matches = cloudsync_identity::sessions::hash(secret) == stored.secret_hash;
-        if !matches || stored.expires_at.is_some_and(|at| at <= chrono::Utc::now()) {
+        if !matches || stored.expires_at.is_some_and(|at| at <= self.clock.now()) {
             return invalid();
         }
         if !ip_allowed(ip, user.ip_allowlist()) {
@@ -101,17 +100,12 @@ impl App {
         }
         let roles = roles_from(&user.roles());
         Authentication::User(Caller {
-            user_id: cloudsync_domain::UserId::from_uuid(user_id),
+            user_id,
             session_id: None,
             token_id: Some(token_id),
             roles,
             scopes: scopes_from(&stored.scopes) & allowed_scopes(roles),
         })
-    }
-
-    /// How long an access token lives.
-    pub fn token_ttl_minutes(&self) -> i64 {
-        self.token_ttl_minutes
     }
 
     /// Remembers that `caller` has written up to `position`.

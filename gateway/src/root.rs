@@ -345,7 +345,8 @@ pub fn redact(url: &str) -> String {
 /// An unusable database, data dir or address.
 pub async fn start(config: &Config) -> anyhow::Result<Server> {
     let db = open_database(config).await?;
-    // One clock for identity's stores and rules (sessions, limits, second-factor windows, keys).
+    // One clock for the rules that read the time (sessions, limits, second-factor windows, access
+    // tokens, keys).
     let clock = cloudsync_identity::clock::system();
     let keys = KeyRing::open(db.pool.clone(), Arc::new(MasterSealer(master_key(config)?)), key_grace(config))
         .await
@@ -359,7 +360,7 @@ pub async fn start(config: &Config) -> anyhow::Result<Server> {
         .await
         .with_context(|| format!("binding {}", config.bind))?;
     let addr = listener.local_addr()?;
-    let mut commands = commands(config, &db)?;
+    let mut commands = commands(config, &db)?.with_clock(Arc::clone(&clock));
     if let Some(oauth) = oauth(config, addr)? {
         commands = commands.with_oauth(oauth);
     }
@@ -371,7 +372,6 @@ pub async fn start(config: &Config) -> anyhow::Result<Server> {
         clock,
         written: Mutex::new(HashMap::new()),
         consistency_timeout: Duration::from_millis(config.consistency_timeout_ms),
-        token_ttl_minutes: config.token_ttl_minutes,
         passwords: passwords(config)?,
         mailer: match &config.mail_outbox {
             Some(folder) => Arc::new(OutboxMailer::new(folder.clone())),

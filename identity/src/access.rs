@@ -4,6 +4,7 @@
 //! allow). Resolvers ask for the scope they need; account management needs a signed-in session.
 //! An account may also restrict the networks its credentials work from.
 
+use cloudsync_domain::UserId;
 use std::net::IpAddr;
 
 /// What a credential allows: a set of scopes.
@@ -173,19 +174,23 @@ pub fn ip_allowed(ip: Option<&str>, networks: &[String]) -> bool {
 /// The prefix of personal API tokens: `cst1.<user>.<token>.<secret>`.
 pub const API_TOKEN_PREFIX: &str = "cst1.";
 
-pub fn api_token(user: uuid::Uuid, token: uuid::Uuid, secret: &str) -> String {
-    format!("{API_TOKEN_PREFIX}{}.{}.{secret}", user.simple(), token.simple())
+pub fn api_token(user: UserId, token: uuid::Uuid, secret: &str) -> String {
+    format!("{API_TOKEN_PREFIX}{}.{}.{secret}", user.as_uuid().simple(), token.simple())
 }
 
 /// The user, token id and secret of a well-formed API token.
-pub fn parse_api_token(text: &str) -> Option<(uuid::Uuid, uuid::Uuid, &str)> {
+pub fn parse_api_token(text: &str) -> Option<(UserId, uuid::Uuid, &str)> {
     let rest = text.trim().strip_prefix(API_TOKEN_PREFIX)?;
     let mut parts = rest.splitn(3, '.');
     let (user, token, secret) = (parts.next()?, parts.next()?, parts.next()?);
     if secret.len() != 43 || !secret.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') {
         return None;
     }
-    Some((uuid::Uuid::parse_str(user).ok()?, uuid::Uuid::parse_str(token).ok()?, secret))
+    Some((
+        UserId::from_uuid(uuid::Uuid::parse_str(user).ok()?),
+        uuid::Uuid::parse_str(token).ok()?,
+        secret,
+    ))
 }
 
 #[cfg(test)]

@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use cloudsync_domain::UserId;
 use jsonwebtoken::{Algorithm, Header, Validation};
 use serde::{Deserialize, Serialize};
@@ -15,6 +15,8 @@ use crate::sessions::Sessions;
 
 const ISSUER: &str = "cloudsync";
 const AUDIENCE: &str = "cloudsync-api";
+/// Seconds a token is still accepted after its expiry, for clocks that disagree a little.
+const LEEWAY_SECS: u64 = 5;
 
 /// The authenticated user a request acts for, and what its credential allows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -61,6 +63,13 @@ pub struct Tokens {
     ttl_minutes: i64,
 }
 
+/// An access token and when it expires.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AccessToken {
+    pub token: String,
+    pub expires_at: DateTime<Utc>,
+}
+
 /// Why an access token was refused (the message says it without echoing the token).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Refused {
@@ -86,12 +95,13 @@ impl Tokens {
     }
 
     /// An access token for `user_id` in session `session_id` with the user's `roles`, signed with
-    /// the current key.
+    /// the current key, valid for the configured minutes from now by the sessions' clock.
     ///
     /// # Errors
     /// Only if signing fails.
-    pub fn issue(&self, user_id: Uuid, session_id: Uuid, roles: &[String]) -> Result<String, jsonwebtoken::errors::Error> {
-        let now = Utc::now().timestamp();
+    pub fn issue(&self, user_id: UserId, session_id: Uuid, roles: &[String]) -> Result<AccessToken, jsonwebtoken::errors::Error> {
+        let issued_at = self.sessions.clock().now();
+        let now = issued_at.timestamp();
         let claims = Claims {
             sub: user_id.to_string(),
             sid: session_id.to_string(),
@@ -104,7 +114,10 @@ impl Tokens {
         let key = self.keys.current();
         let mut header = Header::new(Algorithm::EdDSA);
         header.kid = Some(key.kid.clone());
-        jsonwebtoken::encode(&header, &claims, &key.encoding)
+        Ok(AccessToken {
+            token: jsonwebtoken::encode(&header, &claims, &key.encoding)?,
+            expires_at: DateTime::from_timestamp(claims.exp, 0).unwrap_or(issued_at),
+        })
     }
 
     /// Checks the algorithm, the key id, the signature, issuer, audience and expiry, and that the
@@ -128,7 +141,9 @@ impl Tokens {
         validation.set_issuer(&[ISSUER]);
         validation.set_audience(&[AUDIENCE]);
         validation.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
-        validation.leeway = 5;
+        validation.leeway = LEEWAY_SECS;
+        // Expiry is judged below, on the sessions' clock rather than the system's.
+        validation.validate_exp = false;
         let data = jsonwebtoken::decode::<Claims>(token, &key.decoding, &validation).map_err(|err| {
             use jsonwebtoken::errors::ErrorKind as K;
             invalid(match err.kind() {
@@ -139,13 +154,16 @@ impl Tokens {
                 _ => "the access token is malformed",
             })
         })?;
-        let user_id = Uuid::parse_str(&data.claims.sub).map_err(|_| invalid("the access token is malformed"))?;
+        if data.claims.exp.saturating_add(LEEWAY_SECS.cast_signed()) <= self.sessions.clock().now().timestamp() {
+            return Err(invalid("the access token has expired"));
+        }
+        let user_id = UserId::from_uuid(Uuid::parse_str(&data.claims.sub).map_err(|_| invalid("the access token is malformed"))?);
         let session_id = Uuid::parse_str(&data.claims.sid).map_err(|_| invalid("the access token is malformed"))?;
         match self.sessions.store().get(session_id).await {
             Ok(Some(session)) if session.user_id == user_id => {
                 let roles = crate::access::roles_from(&data.claims.roles);
                 Ok(Caller {
-                    user_id: UserId::from_uuid(user_id),
+                    user_id,
                     session_id: Some(session_id),
                     token_id: None,
                     roles,

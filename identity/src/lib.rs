@@ -5,7 +5,6 @@
 
 pub mod access;
 pub mod auth;
-pub mod clock;
 pub mod keys;
 pub mod limits;
 pub mod login;
@@ -14,5 +13,9 @@ pub mod oidc;
 pub mod passwords;
 pub mod saml;
 pub mod sessions;
+pub mod signin;
 #[cfg(feature = "testing")]
 pub mod testing;
+
+/// The clock identity's rules read (defined in `domain`, where the commands' rules read it too).
+pub use cloudsync_domain::clock;

@@ -12,7 +12,6 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
-use uuid::Uuid;
 
 use cloudsync_domain::user::User;
 use cloudsync_domain::{Email, UserId};
@@ -30,7 +29,7 @@ pub const MAX_ATTEMPTS: u32 = 5;
 /// ceremony keeps between its start and its answer.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct PendingLogin<P> {
-    pub user: Uuid,
+    pub user: UserId,
     pub email: String,
     /// Whether the refresh token goes to a browser cookie once signed in.
     pub cookie: bool,
@@ -182,6 +181,38 @@ impl From<StoreError> for ChallengeError {
     }
 }
 
+/// What a judge of a second factor found wrong: the answer, or its own work.
+#[derive(Debug)]
+pub enum Judged<E> {
+    /// A wrong answer; the login may get another.
+    Wrong(String),
+    /// The answer could not be judged (a store failed).
+    Failed(E),
+}
+
+/// Why [`Challenges::answer`] did not complete a login.
+#[derive(Debug, thiserror::Error)]
+pub enum AnswerError<E> {
+    #[error(transparent)]
+    Refused(#[from] ChallengeError),
+    #[error("the answer could not be judged")]
+    Failed(E),
+}
+
+impl<P> PendingLogin<P> {
+    /// Whether `code` is the one last texted for this login (none texted: no code is).
+    ///
+    /// # Errors
+    /// Why the code is wrong, as the answer says it.
+    pub fn check_texted(&self, code: &str) -> Result<(), String> {
+        if self.sms_code.as_deref() == Some(hash(code.trim()).as_str()) {
+            Ok(())
+        } else {
+            Err("the code is wrong (or none was sent: sendMfaSms)".into())
+        }
+    }
+}
+
 /// Pending logins, in a session store, on a clock.
 #[derive(Clone)]
 pub struct Challenges {
@@ -204,7 +235,7 @@ impl Challenges {
     /// The store's failures.
     pub async fn begin<P: Serialize>(
         &self,
-        user: Uuid,
+        user: UserId,
         email: String,
         cookie: bool,
         passkey: Option<P>,
@@ -243,6 +274,34 @@ impl Challenges {
         serde_json::from_str(&value).map_err(|err| ChallengeError::Store(err.to_string()))
     }
 
+    /// The second step of a login: takes the pending login of `token` (nobody else can answer it
+    /// meanwhile) and lets `judge` decide on the answer. Accepted: the pending login, which is
+    /// over, and what `judge` returned. A wrong answer puts it back with one attempt fewer (see
+    /// [`Challenges::retry`]); a failure to judge puts it back as it was, since the caller did
+    /// nothing wrong.
+    ///
+    /// # Errors
+    /// [`AnswerError::Refused`] for a gone login or a wrong answer; [`AnswerError::Failed`] with
+    /// `judge`'s failure.
+    pub async fn answer<P, T, E>(
+        &self,
+        token: &str,
+        judge: impl AsyncFnOnce(&PendingLogin<P>) -> Result<T, Judged<E>>,
+    ) -> Result<(PendingLogin<P>, T), AnswerError<E>>
+    where
+        P: Serialize + DeserializeOwned,
+    {
+        let pending = self.take::<P>(token).await?;
+        match judge(&pending).await {
+            Ok(accepted) => Ok((pending, accepted)),
+            Err(Judged::Wrong(why)) => Err(AnswerError::Refused(self.retry(token, pending, why).await)),
+            Err(Judged::Failed(error)) => {
+                self.keep(token, &pending).await?;
+                Err(AnswerError::Failed(error))
+            }
+        }
+    }
+
     /// A wrong answer (`why`): the pending login is put back with one attempt fewer, or ends when it
     /// has had [`MAX_ATTEMPTS`] or its time is up. Returns the error to answer with.
     pub async fn retry<P: Serialize>(&self, token: &str, mut pending: PendingLogin<P>, why: String) -> ChallengeError {
@@ -266,6 +325,7 @@ mod tests {
     use super::*;
     use crate::clock::ManualClock;
     use crate::sessions::MemorySessions;
+    use uuid::Uuid;
 
     fn account(passwords: &Passwords, password: &str, second_factor: bool) -> User {
         let user_id = UserId::from_uuid(Uuid::new_v4());
@@ -400,7 +460,7 @@ mod tests {
     #[tokio::test]
     async fn a_pending_login_is_taken_once() {
         let (challenges, _) = challenges();
-        let user = Uuid::new_v4();
+        let user = UserId::from_uuid(Uuid::new_v4());
         let (token, _) = challenges
             .begin::<()>(user, "ada@example.org".into(), true, None)
             .await
@@ -415,7 +475,7 @@ mod tests {
     async fn wrong_answers_put_it_back_until_the_fifth() {
         let (challenges, _) = challenges();
         let (token, _) = challenges
-            .begin::<()>(Uuid::new_v4(), "ada@example.org".into(), false, None)
+            .begin::<()>(UserId::from_uuid(Uuid::new_v4()), "ada@example.org".into(), false, None)
             .await
             .expect("begin");
         for attempt in 1..MAX_ATTEMPTS {
@@ -434,7 +494,7 @@ mod tests {
     async fn a_pending_login_ends_after_its_window() {
         let (challenges, clock) = challenges();
         let (token, expires_at) = challenges
-            .begin::<()>(Uuid::new_v4(), "ada@example.org".into(), false, None)
+            .begin::<()>(UserId::from_uuid(Uuid::new_v4()), "ada@example.org".into(), false, None)
             .await
             .expect("begin");
         assert_eq!(expires_at - clock.now(), chrono::Duration::minutes(5));
@@ -447,5 +507,43 @@ mod tests {
         ));
         clock.advance(Duration::from_secs(2));
         assert!(matches!(challenges.take::<()>(&token).await, Err(ChallengeError::Gone)));
+    }
+
+    #[tokio::test]
+    async fn an_answer_is_judged_once_and_only_a_wrong_one_costs_an_attempt() {
+        let (challenges, _) = challenges();
+        let user = UserId::from_uuid(Uuid::new_v4());
+        let (token, _) = challenges
+            .begin::<()>(user, "ada@example.org".into(), false, None)
+            .await
+            .expect("begin");
+        // The judge's own failure: put back as it was.
+        let failed = challenges
+            .answer::<(), (), &str>(&token, async |_| Err(Judged::Failed("the store is down")))
+            .await;
+        assert!(matches!(failed, Err(AnswerError::Failed("the store is down"))));
+        // A wrong answer: put back with one attempt fewer; a texted code that was never sent is wrong.
+        let wrong = challenges
+            .answer::<(), (), &str>(&token, async |pending| pending.check_texted("123456").map_err(Judged::Wrong))
+            .await;
+        let Err(AnswerError::Refused(ChallengeError::Wrong(why))) = wrong else {
+            panic!("expected a wrong answer, got {wrong:?}")
+        };
+        assert!(why.contains("sendMfaSms"), "{why}");
+        let mut pending: PendingLogin<()> = challenges.take(&token).await.expect("still pending");
+        assert_eq!(pending.attempts, 1);
+        pending.sms_code = Some(hash("654321"));
+        challenges.keep(&token, &pending).await.expect("keep");
+        // The right one: the login is over, whoever answers next.
+        let (done, seen) = challenges
+            .answer::<(), UserId, &str>(&token, async |pending| {
+                pending.check_texted(" 654321 ").map_err(Judged::Wrong)?;
+                Ok(pending.user)
+            })
+            .await
+            .expect("accepted");
+        assert_eq!((done.user, seen), (user, user));
+        let again = challenges.answer::<(), (), &str>(&token, async |_| Ok(())).await;
+        assert!(matches!(again, Err(AnswerError::Refused(ChallengeError::Gone))), "{again:?}");
     }
 }

@@ -18,6 +18,7 @@ use async_trait::async_trait;
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64URL;
 use chrono::{DateTime, TimeZone as _, Utc};
+use cloudsync_domain::UserId;
 use rand::RngCore as _;
 use uuid::Uuid;
 
@@ -35,7 +36,7 @@ pub struct StoreError(pub String);
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Session {
     pub id: Uuid,
-    pub user_id: Uuid,
+    pub user_id: UserId,
     pub created_at: DateTime<Utc>,
     pub last_used_at: DateTime<Utc>,
     /// Its refresh token stops working then, unless it is exchanged before (which extends it).
@@ -50,7 +51,7 @@ pub enum Rotation {
     /// It was the session's current secret: `next` replaced it.
     Rotated,
     /// It was a secret the session had already exchanged: the session is revoked.
-    Reused { user_id: Uuid },
+    Reused { user_id: UserId },
     /// No such live session, or a secret it never issued: nothing changed.
     Invalid,
 }
@@ -74,11 +75,11 @@ pub trait SessionStore: Send + Sync {
     /// The session, unless it is revoked or expired.
     async fn get(&self, id: Uuid) -> Result<Option<Session>, StoreError>;
     /// The user's live sessions, oldest first.
-    async fn list(&self, user_id: Uuid) -> Result<Vec<Session>, StoreError>;
+    async fn list(&self, user_id: UserId) -> Result<Vec<Session>, StoreError>;
     /// Revokes the session if it is the user's; false otherwise (another user's, unknown, gone).
-    async fn revoke(&self, user_id: Uuid, id: Uuid) -> Result<bool, StoreError>;
+    async fn revoke(&self, user_id: UserId, id: Uuid) -> Result<bool, StoreError>;
     /// Revokes every session of the user; returns how many there were.
-    async fn revoke_all(&self, user_id: Uuid) -> Result<u64, StoreError>;
+    async fn revoke_all(&self, user_id: UserId) -> Result<u64, StoreError>;
     /// Keeps short-lived state of a ceremony (a login waiting for its second factor, a passkey
     /// registration) under `key` for `ttl`.
     async fn put_state(&self, key: &str, value: &str, ttl: std::time::Duration) -> Result<(), StoreError>;
@@ -136,7 +137,7 @@ pub enum RefreshError {
     Invalid,
     /// The token had been exchanged before: its session is revoked.
     #[error("the refresh token was already used; its session has been revoked, sign in again")]
-    Reused { user_id: Uuid, session_id: Uuid },
+    Reused { user_id: UserId, session_id: Uuid },
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -177,11 +178,16 @@ impl Sessions {
         &self.store
     }
 
+    /// The clock the sessions' times come from.
+    pub fn clock(&self) -> &Arc<dyn Clock> {
+        &self.clock
+    }
+
     /// Opens a session for `user_id`; returns it and its first refresh token.
     ///
     /// # Errors
     /// The store is unavailable.
-    pub async fn open(&self, user_id: Uuid, client: &Client) -> Result<(Session, String), StoreError> {
+    pub async fn open(&self, user_id: UserId, client: &Client) -> Result<(Session, String), StoreError> {
         let now = now(&*self.clock);
         let session = Session {
             id: Uuid::new_v4(),
@@ -304,7 +310,7 @@ impl SessionStore for MemorySessions {
         Ok(self.locked().get(&id).map(|s| s.session.clone()))
     }
 
-    async fn list(&self, user_id: Uuid) -> Result<Vec<Session>, StoreError> {
+    async fn list(&self, user_id: UserId) -> Result<Vec<Session>, StoreError> {
         let mut found: Vec<Session> = self
             .locked()
             .values()
@@ -315,7 +321,7 @@ impl SessionStore for MemorySessions {
         Ok(found)
     }
 
-    async fn revoke(&self, user_id: Uuid, id: Uuid) -> Result<bool, StoreError> {
+    async fn revoke(&self, user_id: UserId, id: Uuid) -> Result<bool, StoreError> {
         let mut sessions = self.locked();
         if sessions.get(&id).is_some_and(|s| s.session.user_id == user_id) {
             sessions.remove(&id);
@@ -324,7 +330,7 @@ impl SessionStore for MemorySessions {
         Ok(false)
     }
 
-    async fn revoke_all(&self, user_id: Uuid) -> Result<u64, StoreError> {
+    async fn revoke_all(&self, user_id: UserId) -> Result<u64, StoreError> {
         let mut sessions = self.locked();
         let before = sessions.len();
         sessions.retain(|_, s| s.session.user_id != user_id);
@@ -442,8 +448,8 @@ impl RedisSessions {
         format!("{}session:{}:used", self.namespace, id.simple())
     }
 
-    fn user_key(&self, user_id: Uuid) -> String {
-        format!("{}user:{}:sessions", self.namespace, user_id.simple())
+    fn user_key(&self, user_id: UserId) -> String {
+        format!("{}user:{}:sessions", self.namespace, user_id.as_uuid().simple())
     }
 
     fn decode(id: Uuid, fields: &HashMap<String, String>) -> Option<Session> {
@@ -454,7 +460,7 @@ impl RedisSessions {
         }
         Some(Session {
             id,
-            user_id: Uuid::parse_str(fields.get("user")?).ok()?,
+            user_id: UserId::from_uuid(Uuid::parse_str(fields.get("user")?).ok()?),
             created_at: from_ms(number("created")?),
             last_used_at: from_ms(number("last_used")?),
             expires_at,
@@ -476,7 +482,7 @@ impl SessionStore for RedisSessions {
             .hset_multiple(
                 &key,
                 &[
-                    ("user", session.user_id.simple().to_string()),
+                    ("user", session.user_id.as_uuid().simple().to_string()),
                     ("created", session.created_at.timestamp_millis().to_string()),
                     ("last_used", session.last_used_at.timestamp_millis().to_string()),
                     ("expires", expires.to_string()),
@@ -526,7 +532,7 @@ impl SessionStore for RedisSessions {
         Ok(match answer.as_slice() {
             [one] if one == "1" => Rotation::Rotated,
             [two, user] if two == "2" => Rotation::Reused {
-                user_id: Uuid::parse_str(user).map_err(|_| StoreError("a stored session is malformed".into()))?,
+                user_id: UserId::from_uuid(Uuid::parse_str(user).map_err(|_| StoreError("a stored session is malformed".into()))?),
             },
             _ => Rotation::Invalid,
         })
@@ -542,7 +548,7 @@ impl SessionStore for RedisSessions {
         Ok(Self::decode(id, &fields))
     }
 
-    async fn list(&self, user_id: Uuid) -> Result<Vec<Session>, StoreError> {
+    async fn list(&self, user_id: UserId) -> Result<Vec<Session>, StoreError> {
         let mut connection = self.connection.clone();
         let user_key = self.user_key(user_id);
         let ids: Vec<String> = redis::cmd("SMEMBERS")
@@ -570,13 +576,13 @@ impl SessionStore for RedisSessions {
         Ok(found)
     }
 
-    async fn revoke(&self, user_id: Uuid, id: Uuid) -> Result<bool, StoreError> {
+    async fn revoke(&self, user_id: UserId, id: Uuid) -> Result<bool, StoreError> {
         let mut connection = self.connection.clone();
         let revoked: i64 = redis::Script::new(REVOKE)
             .key(self.session_key(id))
             .key(self.used_key(id))
             .key(self.user_key(user_id))
-            .arg(user_id.simple().to_string())
+            .arg(user_id.as_uuid().simple().to_string())
             .arg(id.simple().to_string())
             .invoke_async(&mut connection)
             .await
@@ -604,7 +610,7 @@ impl SessionStore for RedisSessions {
         self.read_state("GET", key).await
     }
 
-    async fn revoke_all(&self, user_id: Uuid) -> Result<u64, StoreError> {
+    async fn revoke_all(&self, user_id: UserId) -> Result<u64, StoreError> {
         let mut count = 0;
         for session in self.list(user_id).await? {
             if self.revoke(user_id, session.id).await? {

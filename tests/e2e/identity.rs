@@ -612,6 +612,77 @@ async fn signing_keys_rotate_without_signing_anyone_out() {
     db.cleanup().await;
 }
 
+/// How every login ends, below the API: the access token lives by the sessions' clock (moved here,
+/// not waited out), and an account that may not be used from the client's network gets no session,
+/// while a refresh from there ends the one it has.
+#[tokio::test]
+async fn sign_ins_end_in_tokens_that_expire_by_the_clock_and_only_from_allowed_networks() {
+    use cloudsync_domain::Aggregate as _;
+    use cloudsync_domain::events::{DomainEvent, IpAllowlistSet, Personal, UserRegistered};
+    use cloudsync_domain::user::User;
+    use cloudsync_identity::auth::{Refused, Tokens};
+    use cloudsync_identity::clock::Clock as _;
+    use cloudsync_identity::sessions::{Client, MemorySessions, Sessions};
+    use cloudsync_identity::signin::{SignInError, resume, sign_in};
+
+    let db = TestDatabase::new(Backend::Sqlite).await;
+    let (master, _) = cloudsync_commands::MasterKey::generate();
+    let clock = cloudsync_identity::clock::ManualClock::starting_now();
+    let ring = KeyRing::open(db.db.pool.clone(), Arc::new(MasterSealer(master)), Duration::from_secs(3600))
+        .await
+        .expect("open")
+        .with_clock(clock.clone());
+    let store = Arc::new(MemorySessions::with_clock(clock.clone()));
+    let sessions = Sessions::new(store, chrono::Duration::days(30)).with_clock(clock.clone());
+    let tokens = Tokens::new(Arc::new(ring), sessions, 15);
+    let user_id = cloudsync_domain::UserId::from_uuid(Uuid::new_v4());
+    let registered = DomainEvent::UserRegistered(UserRegistered {
+        user_id,
+        email: Personal::Clear("clock@example.org".into()),
+        password_hash: "!no-password".into(),
+        registered_at: clock.now(),
+    });
+    let user = User::load(std::slice::from_ref(&registered));
+    let client = |ip: &str| Client {
+        user_agent: None,
+        ip: Some(ip.into()),
+    };
+
+    let signed = sign_in(&tokens, Some(&user), &client("192.0.2.7")).await.expect("signed in");
+    assert_eq!(signed.session.user_id, user_id);
+    let lives = (signed.access.expires_at - clock.now()).num_seconds();
+    assert!((899..=900).contains(&lives), "{lives} s");
+    let caller = tokens.verify(&signed.access.token).await.expect("valid");
+    assert_eq!(caller.user_id, user_id);
+    clock.advance(Duration::from_secs(14 * 60));
+    assert!(tokens.verify(&signed.access.token).await.is_ok(), "14 minutes on");
+    clock.advance(Duration::from_secs(2 * 60));
+    assert_eq!(
+        tokens.verify(&signed.access.token).await,
+        Err(Refused::Invalid("the access token has expired".into()))
+    );
+
+    let networks = DomainEvent::IpAllowlistSet(IpAllowlistSet {
+        user_id,
+        networks: vec!["10.0.0.0/8".into()],
+        at: clock.now(),
+    });
+    let guarded = User::load(&[registered, networks]);
+    let outside = sign_in(&tokens, Some(&guarded), &client("192.0.2.7")).await;
+    assert!(matches!(outside, Err(SignInError::Network)), "{outside:?}");
+    assert!(matches!(
+        sign_in(&tokens, None, &client("10.1.2.3")).await,
+        Err(SignInError::NoAccount)
+    ));
+    let inside = sign_in(&tokens, Some(&guarded), &client("10.1.2.3")).await.expect("from inside");
+    let (session, next) = tokens.sessions().refresh(&inside.refresh_token).await.expect("exchanged");
+    let id = session.id;
+    let moved = resume(&tokens, session, next, Some(&guarded), &client("192.0.2.7")).await;
+    assert!(matches!(moved, Err(SignInError::Network)), "{moved:?}");
+    assert_eq!(tokens.sessions().store().get(id).await.expect("get"), None, "the session ended");
+    db.cleanup().await;
+}
+
 /// Two API processes (two servers on one database) sharing sessions through Redis: a session opened
 /// on one works on the other, a refresh token exchanged on one is detected as reused on the other,
 /// and a revocation on one is seen at once by the other.

@@ -3,7 +3,6 @@
 //! recovery codes (only hashes kept), and the records of WebAuthn passkeys. Every code accepted is
 //! recorded, so no code is ever accepted twice.
 
-use chrono::Utc;
 use cloudsync_domain::UserId;
 use cloudsync_domain::user::{Proof, User, UserCommand};
 use hmac::{Hmac, Mac as _};
@@ -110,11 +109,12 @@ pub enum CodeKind {
     Sms,
 }
 
-fn now_secs() -> u64 {
-    u64::try_from(Utc::now().timestamp()).unwrap_or(0)
-}
-
 impl Commands {
+    /// The time now in Unix seconds, on the commands' clock: what TOTP codes are judged by.
+    fn now_secs(&self) -> u64 {
+        u64::try_from(self.clock.now().timestamp()).unwrap_or(0)
+    }
+
     /// Generates a TOTP secret for `user`, records it sealed and pending, and returns it.
     ///
     /// # Errors
@@ -129,7 +129,7 @@ impl Commands {
             (found, version),
             UserCommand::BeginTotp {
                 secret: sealed,
-                at: Utc::now(),
+                at: self.clock.now(),
             },
         )
         .await?;
@@ -147,12 +147,12 @@ impl Commands {
             .totp_pending()
             .ok_or_else(|| CommandError::Invalid("no TOTP enrollment is waiting for a code (begin one first)".into()))?;
         let secret = self.vault.open(user, sealed).await?;
-        let step = totp_step(&secret, code, now_secs()).ok_or_else(|| CommandError::Invalid("the code is wrong".into()))?;
+        let step = totp_step(&secret, code, self.now_secs()).ok_or_else(|| CommandError::Invalid("the code is wrong".into()))?;
         let codes = recovery_codes();
         let command = UserCommand::ConfirmTotp {
             step,
             recovery_codes: codes.iter().map(|c| code_hash(user, c)).collect(),
-            at: Utc::now(),
+            at: self.clock.now(),
         };
         self.act_on_user(user, (found, version), command).await?;
         Ok(codes)
@@ -167,7 +167,7 @@ impl Commands {
                     .totp_secret()
                     .ok_or_else(|| CommandError::Invalid("TOTP is not enabled".into()))?;
                 let secret = self.vault.open(user, sealed).await?;
-                let step = totp_step(&secret, code, now_secs()).ok_or_else(wrong)?;
+                let step = totp_step(&secret, code, self.now_secs()).ok_or_else(wrong)?;
                 Ok(Proof::Totp { step })
             }
             CodeKind::RecoveryCode => {
@@ -191,8 +191,15 @@ impl Commands {
     pub async fn use_mfa_code(&self, user: UserId, kind: CodeKind, code: &str) -> Result<i64, CommandError> {
         let (found, version) = self.load::<User>(&user.stream()).await?;
         let proof = self.proof(user, &found, kind, code).await?;
-        self.act_on_user(user, (found, version), UserCommand::UseCode { proof, at: Utc::now() })
-            .await
+        self.act_on_user(
+            user,
+            (found, version),
+            UserCommand::UseCode {
+                proof,
+                at: self.clock.now(),
+            },
+        )
+        .await
     }
 
     /// Turns TOTP off, proven by a TOTP or recovery code.
@@ -208,8 +215,15 @@ impl Commands {
         }
         let (found, version) = self.load::<User>(&user.stream()).await?;
         let proof = self.proof(user, &found, kind, code).await?;
-        self.act_on_user(user, (found, version), UserCommand::DisableTotp { proof, at: Utc::now() })
-            .await
+        self.act_on_user(
+            user,
+            (found, version),
+            UserCommand::DisableTotp {
+                proof,
+                at: self.clock.now(),
+            },
+        )
+        .await
     }
 
     /// Sends second-factor codes to `phone` from now on (the caller proved the number).
@@ -218,7 +232,14 @@ impl Commands {
     /// Store failures.
     pub async fn enable_sms(&self, user: UserId, phone: &str) -> Result<i64, CommandError> {
         let phone = self.vault.seal(user, phone.as_bytes()).await?;
-        self.change_user(user, UserCommand::EnableSms { phone, at: Utc::now() }).await
+        self.change_user(
+            user,
+            UserCommand::EnableSms {
+                phone,
+                at: self.clock.now(),
+            },
+        )
+        .await
     }
 
     /// Stops sending second-factor codes by text message.
@@ -226,7 +247,7 @@ impl Commands {
     /// # Errors
     /// Not enabled; store failures.
     pub async fn disable_sms(&self, user: UserId) -> Result<i64, CommandError> {
-        self.change_user(user, UserCommand::DisableSms { at: Utc::now() }).await
+        self.change_user(user, UserCommand::DisableSms { at: self.clock.now() }).await
     }
 
     /// The phone number second-factor codes go to.
@@ -249,7 +270,7 @@ impl Commands {
             credential_id,
             name,
             record,
-            at: Utc::now(),
+            at: self.clock.now(),
         };
         self.change_user(user, command).await
     }
@@ -262,7 +283,7 @@ impl Commands {
         let command = UserCommand::UpdatePasskey {
             credential_id,
             record,
-            at: Utc::now(),
+            at: self.clock.now(),
         };
         self.change_user(user, command).await
     }
@@ -274,7 +295,7 @@ impl Commands {
     pub async fn remove_passkey(&self, user: UserId, credential_id: String) -> Result<i64, CommandError> {
         let command = UserCommand::RemovePasskey {
             credential_id,
-            at: Utc::now(),
+            at: self.clock.now(),
         };
         self.change_user(user, command).await
     }

@@ -1,8 +1,9 @@
-//! The sync engine below the API: runs of a pair of local folders on SQLite, carried out by
+//! The write side below the API, on SQLite: runs of a pair of local folders, carried out by
 //! [`Commands::run_job`] in the test's own task, with the target wrapped in a provider that fails or
-//! changes on purpose in the middle of a step.
+//! changes on purpose in the middle of a step; and second factors on a clock the test moves (`mfa`).
 
 mod faulty;
+mod mfa;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};

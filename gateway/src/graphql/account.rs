@@ -11,7 +11,7 @@ use cloudsync_domain::{Email, UserId};
 use uuid::Uuid;
 
 use super::signin::{
-    AuthPayload, AuthUser, allowed_here, challenge, check, confirm_password, hash_new, info, payload, signed_in, unauthenticated,
+    AuthPayload, AuthUser, challenge, check, confirm_password, hash_new, info, payload, sign_in_error, signed_in, unauthenticated,
 };
 use super::{app, caller_for, client_ip, limit, parse_id, session_caller};
 use crate::app::App;
@@ -49,7 +49,7 @@ pub struct User {
 const RESET_PREFIX: &str = "rst1";
 
 /// Revokes every session of the user but `keep`.
-async fn revoke_sessions(app: &App, user_id: Uuid, keep: Option<Uuid>) -> ApiResult<()> {
+async fn revoke_sessions(app: &App, user_id: UserId, keep: Option<Uuid>) -> ApiResult<()> {
     let store = app.tokens.sessions().store();
     for session in store.list(user_id).await.map_err(|err| ApiError::internal(&err))? {
         if Some(session.id) != keep {
@@ -127,7 +127,7 @@ impl IdentityQuery {
             .tokens
             .sessions()
             .store()
-            .list(caller.user_id.as_uuid())
+            .list(caller.user_id)
             .await
             .map_err(|err| ApiError::internal(&err))?;
         Ok(sessions
@@ -166,7 +166,7 @@ impl IdentityMutation {
         let hash = hash_new(app, password).await?;
         let (user_id, position) = app.commands.register(email.clone(), hash).await.map_err(ApiError::from)?;
         app.wrote_for(user_id, position);
-        Ok(signed_in(ctx, app, user_id.as_uuid(), email.as_str().to_owned(), cookie.unwrap_or(false)).await?)
+        Ok(signed_in(ctx, app, user_id, email.as_str().to_owned(), cookie.unwrap_or(false)).await?)
     }
 
     /// Signs in with email and password: a new session. `cookie`: a browser client, whose refresh
@@ -221,7 +221,7 @@ impl IdentityMutation {
                 mfa: Some(challenge),
             });
         }
-        Ok(signed_in(ctx, app, user_id.as_uuid(), email.as_str().to_owned(), cookie.unwrap_or(false)).await?)
+        Ok(signed_in(ctx, app, user_id, email.as_str().to_owned(), cookie.unwrap_or(false)).await?)
     }
 
     /// Exchanges a refresh token for a new access token and a new refresh token; the old one stops
@@ -252,19 +252,15 @@ impl IdentityMutation {
         // From the account's own stream: a read model may not show a new account yet.
         let email = app
             .commands
-            .email_of(UserId::from_uuid(session.user_id))
+            .email_of(session.user_id)
             .await
             .map_err(ApiError::from)?
             .ok_or_else(|| failed("the account of this refresh token no longer exists"))?;
-        let roles = match allowed_here(ctx, app, session.user_id).await {
-            Ok(roles) => roles,
-            Err(err) => {
-                // Not from here: the session ends as well.
-                let _ = app.tokens.sessions().store().revoke(session.user_id, session.id).await;
-                return Err(err.into());
-            }
-        };
-        Ok(payload(ctx, app, &session, email, next, cookie, &roles)?)
+        let user = app.commands.user(session.user_id).await.map_err(ApiError::from)?;
+        let signed = cloudsync_identity::signin::resume(&app.tokens, session, next, user.as_ref(), &info(ctx).client)
+            .await
+            .map_err(sign_in_error)?;
+        Ok(payload(ctx, app, signed, email, cookie))
     }
 
     /// Signs out: revokes the session of the request's access token (its refresh token and every
@@ -278,7 +274,7 @@ impl IdentityMutation {
             .tokens
             .sessions()
             .store()
-            .revoke(caller.user_id.as_uuid(), session)
+            .revoke(caller.user_id, session)
             .await
             .map_err(|err| ApiError::internal(&err))?;
         ctx.append_http_header("set-cookie", refresh_cookie("", 0));
@@ -310,7 +306,7 @@ impl IdentityMutation {
             .await
             .map_err(ApiError::from)?;
         app.wrote(caller, position);
-        revoke_sessions(app, caller.user_id.as_uuid(), caller.session_id).await?;
+        revoke_sessions(app, caller.user_id, caller.session_id).await?;
         Ok(true)
     }
 
@@ -350,7 +346,8 @@ impl IdentityMutation {
             }
             Err(err) => return Err(ApiError::from(err).into()),
         };
-        app.wrote_for(UserId::from_uuid(user_id), position);
+        let user_id = UserId::from_uuid(user_id);
+        app.wrote_for(user_id, position);
         revoke_sessions(app, user_id, None).await?;
         Ok(true)
     }
@@ -385,7 +382,7 @@ impl IdentityMutation {
         app.tokens
             .sessions()
             .store()
-            .revoke_all(caller.user_id.as_uuid())
+            .revoke_all(caller.user_id)
             .await
             .map_err(|err| ApiError::internal(&err))?;
         ctx.append_http_header("set-cookie", refresh_cookie("", 0));
@@ -401,7 +398,7 @@ impl IdentityMutation {
             .tokens
             .sessions()
             .store()
-            .revoke(caller.user_id.as_uuid(), id)
+            .revoke(caller.user_id, id)
             .await
             .map_err(|err| ApiError::internal(&err))?;
         if !revoked {

@@ -181,7 +181,7 @@ impl AdminMutation {
             .map_err(ApiError::from)?;
         app.wrote(caller, position);
         Ok(CreatedApiToken {
-            token: api_token(caller.user_id.as_uuid(), id, &secret),
+            token: api_token(caller.user_id, id, &secret),
             info: ApiTokenInfo {
                 id: ID(id.to_string()),
                 name: name.trim().to_owned(),
@@ -272,7 +272,7 @@ async fn change_role(ctx: &Context<'_>, user_id: &ID, role: &str, grant: bool) -
         app.tokens
             .sessions()
             .store()
-            .revoke_all(user.as_uuid())
+            .revoke_all(user)
             .await
             .map_err(|err| ApiError::internal(&err))?;
     }

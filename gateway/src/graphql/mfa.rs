@@ -15,12 +15,16 @@ use cloudsync_domain::UserId;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use uuid::Uuid;
-use webauthn_rs::prelude::{Passkey, PasskeyRegistration, PublicKeyCredential, RegisterPublicKeyCredential};
+use webauthn_rs::prelude::{AuthenticationResult, Passkey, PasskeyRegistration, PublicKeyCredential, RegisterPublicKeyCredential};
 
-use super::signin::{AuthPayload, CHALLENGE_TTL, MAX_ATTEMPTS, confirm_password, keep, passkeys_of, retry, signed_in, store_error, take};
+use super::signin::{
+    AuthPayload, CHALLENGE_TTL, MAX_ATTEMPTS, PendingLogin, answer_error, challenges, confirm_password, keep, passkeys_of, retry,
+    signed_in, store_error, take,
+};
 use super::{app, client_ip, limit, load_user, parse_id, session_caller};
 use crate::app::App;
 use crate::errors::{ApiError, ApiResult};
+use cloudsync_identity::login::Judged;
 use cloudsync_identity::sessions::hash as secret_hash;
 
 const ISSUER: &str = "CloudSync";
@@ -61,7 +65,7 @@ fn masked(phone: &str) -> String {
 
 #[derive(Serialize, Deserialize)]
 struct PendingRegistration {
-    user: Uuid,
+    user: UserId,
     state: PasskeyRegistration,
 }
 
@@ -233,7 +237,7 @@ impl MfaMutation {
             .map_err(store_error)?;
         let id = Uuid::new_v4();
         let pending = serde_json::to_string(&PendingRegistration {
-            user: caller.user_id.as_uuid(),
+            user: caller.user_id,
             state,
         })
         .map_err(store_error)?;
@@ -273,7 +277,7 @@ impl MfaMutation {
             .map_err(store_error)?
             .ok_or_else(unknown)?;
         let pending: PendingRegistration = serde_json::from_str(&pending).map_err(store_error)?;
-        if pending.user != caller.user_id.as_uuid() {
+        if pending.user != caller.user_id {
             return Err(unknown().into());
         }
         let passkey = webauthn
@@ -321,24 +325,22 @@ impl MfaMutation {
     ) -> async_graphql::Result<AuthPayload> {
         let app = app(ctx);
         limit(ctx, app.rules.login, &format!("ip:{}", client_ip(ctx))).await?;
-        let pending = take(app, &mfa_token).await?;
-        // A texted code is checked against the one sent for this login (none sent: nothing matches).
-        if method == MfaCodeMethod::Sms && pending.sms_code.as_deref() != Some(secret_hash(code.trim()).as_str()) {
-            return Err(
-                retry(app, &mfa_token, pending, "the code is wrong (or none was sent: sendMfaSms)".into())
-                    .await
-                    .into(),
-            );
-        }
-        match app
-            .commands
-            .use_mfa_code(UserId::from_uuid(pending.user), method.into(), &code)
+        // A texted code is checked against the one sent for this login first; then the code itself,
+        // once (a TOTP step or a recovery code is used up by the check).
+        let (pending, ()) = challenges(app)
+            .answer(&mfa_token, async |pending: &PendingLogin| {
+                if method == MfaCodeMethod::Sms {
+                    pending.check_texted(&code).map_err(Judged::Wrong)?;
+                }
+                match app.commands.use_mfa_code(pending.user, method.into(), &code).await {
+                    Ok(_) => Ok(()),
+                    Err(CommandError::Invalid(why) | CommandError::Conflict(why)) => Err(Judged::Wrong(why)),
+                    Err(err) => Err(Judged::Failed(ApiError::from(err))),
+                }
+            })
             .await
-        {
-            Ok(_) => Ok(signed_in(ctx, app, pending.user, pending.email, pending.cookie).await?),
-            Err(CommandError::Invalid(why) | CommandError::Conflict(why)) => Err(retry(app, &mfa_token, pending, why).await.into()),
-            Err(err) => Err(ApiError::from(err).into()),
-        }
+            .map_err(answer_error)?;
+        Ok(signed_in(ctx, app, pending.user, pending.email, pending.cookie).await?)
     }
 
     /// Texts a code for the login's challenge to the account's phone (a few a minute at most); then
@@ -347,7 +349,7 @@ impl MfaMutation {
         let app = app(ctx);
         limit(ctx, app.rules.login, &format!("ip:{}", client_ip(ctx))).await?;
         let mut pending = take(app, &mfa_token).await?;
-        let user_id = UserId::from_uuid(pending.user);
+        let user_id = pending.user;
         let Some(phone) = app.commands.sms_phone(user_id).await.map_err(ApiError::from)? else {
             return Err(retry(app, &mfa_token, pending, "this account has no phone number for codes".into())
                 .await
@@ -438,38 +440,40 @@ impl MfaMutation {
         let app = app(ctx);
         let webauthn = webauthn(app)?;
         limit(ctx, app.rules.login, &format!("ip:{}", client_ip(ctx))).await?;
-        let pending = take(app, &mfa_token).await?;
-        let Some(state) = pending.passkey.clone() else {
-            return Err(retry(app, &mfa_token, pending, "this account has no passkey".into()).await.into());
-        };
-        let verified = serde_json::from_value::<PublicKeyCredential>(credential.0)
-            .map_err(|err| format!("credential is not a WebAuthn authentication response: {err}"))
-            .and_then(|credential| {
-                webauthn
-                    .finish_passkey_authentication(&credential, &state)
-                    .map_err(|err| format!("the passkey did not verify: {err}"))
-            });
-        let result = match verified {
-            Ok(result) => result,
-            Err(why) => return Err(retry(app, &mfa_token, pending, why).await.into()),
-        };
-        let user_id = UserId::from_uuid(pending.user);
-        let user = load_user(app, UserId::from_uuid(pending.user)).await?;
-        // The signature counter moved: record it, so a cloned authenticator shows.
-        for stored in user.passkeys() {
-            let Ok(mut passkey) = serde_json::from_value::<Passkey>(stored.record.clone()) else {
-                continue;
-            };
-            if passkey.update_credential(&result) == Some(true) {
-                let record = serde_json::to_value(&passkey).map_err(store_error)?;
-                app.commands
-                    .update_passkey(user_id, stored.credential_id.clone(), record)
-                    .await
-                    .map_err(ApiError::from)?;
-            }
-        }
+        let (pending, ()) = challenges(app)
+            .answer(&mfa_token, async |pending: &PendingLogin| {
+                let Some(state) = pending.passkey.as_ref() else {
+                    return Err(Judged::Wrong("this account has no passkey".into()));
+                };
+                let credential = serde_json::from_value::<PublicKeyCredential>(credential.0.clone())
+                    .map_err(|err| Judged::Wrong(format!("credential is not a WebAuthn authentication response: {err}")))?;
+                let result = webauthn
+                    .finish_passkey_authentication(&credential, state)
+                    .map_err(|err| Judged::Wrong(format!("the passkey did not verify: {err}")))?;
+                count_use(app, pending.user, &result).await.map_err(Judged::Failed)
+            })
+            .await
+            .map_err(answer_error)?;
         Ok(signed_in(ctx, app, pending.user, pending.email, pending.cookie).await?)
     }
+}
+
+/// Records a passkey's moved signature counter, so that a cloned authenticator shows.
+async fn count_use(app: &App, user_id: UserId, result: &AuthenticationResult) -> ApiResult<()> {
+    let user = load_user(app, user_id).await?;
+    for stored in user.passkeys() {
+        let Ok(mut passkey) = serde_json::from_value::<Passkey>(stored.record.clone()) else {
+            continue;
+        };
+        if passkey.update_credential(result) == Some(true) {
+            let record = serde_json::to_value(&passkey).map_err(store_error)?;
+            app.commands
+                .update_passkey(user_id, stored.credential_id.clone(), record)
+                .await
+                .map_err(ApiError::from)?;
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]

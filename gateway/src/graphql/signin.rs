@@ -10,12 +10,11 @@ use async_graphql::{Context, Enum, ID, Json, SimpleObject};
 use chrono::{DateTime, Utc};
 use cloudsync_domain::UserId;
 use cloudsync_domain::user::User;
-use cloudsync_identity::login::{ChallengeError, Challenges};
+use cloudsync_identity::login::{AnswerError, ChallengeError, Challenges};
 use cloudsync_identity::passwords::Verdict;
-use cloudsync_identity::sessions::Session;
+use cloudsync_identity::signin::{SignInError, SignedIn};
 use serde_json::Value;
 use std::sync::Arc;
-use uuid::Uuid;
 use webauthn_rs::prelude::{Passkey, PasskeyAuthentication};
 
 #[derive(SimpleObject)]
@@ -48,65 +47,44 @@ pub(super) fn unauthenticated(why: &str) -> ApiError {
     ApiError::Unauthenticated(why.to_owned())
 }
 
-/// Opens a session for `user_id` and answers with its tokens (the refresh token in a cookie when
-/// `cookie`).
-pub(crate) async fn signed_in(ctx: &Context<'_>, app: &App, user_id: Uuid, email: String, cookie: bool) -> ApiResult<AuthPayload> {
-    let roles = allowed_here(ctx, app, user_id).await?;
-    let (session, refresh_token) = app
-        .tokens
-        .sessions()
-        .open(user_id, &info(ctx).client)
+/// Ends a login of `user_id` (see `cloudsync_identity::signin`) and answers with its tokens (the
+/// refresh token in a cookie when `cookie`).
+pub(crate) async fn signed_in(ctx: &Context<'_>, app: &App, user_id: UserId, email: String, cookie: bool) -> ApiResult<AuthPayload> {
+    let user = app.commands.user(user_id).await.map_err(ApiError::from)?;
+    let signed = cloudsync_identity::signin::sign_in(&app.tokens, user.as_ref(), &info(ctx).client)
         .await
-        .map_err(|err| ApiError::internal(&err))?;
-    payload(ctx, app, &session, email, refresh_token, cookie, &roles)
+        .map_err(sign_in_error)?;
+    Ok(payload(ctx, app, signed, email, cookie))
 }
 
-/// The user's roles, if the account may be used from the request's address (its IP allowlist).
-pub(super) async fn allowed_here(ctx: &Context<'_>, app: &App, user_id: Uuid) -> ApiResult<Vec<String>> {
-    let user = app
-        .commands
-        .user(UserId::from_uuid(user_id))
-        .await
-        .map_err(ApiError::from)?
-        .ok_or_else(|| unauthenticated("the account no longer exists"))?;
-    if !cloudsync_identity::access::ip_allowed(info(ctx).client.ip.as_deref(), user.ip_allowlist()) {
-        tracing::info!(user = %user_id, "A sign-in from outside the account's networks was refused.");
-        return Err(unauthenticated("this account cannot be used from this network"));
+/// A sign-in's refusal as the API answers it.
+pub(super) fn sign_in_error(error: SignInError) -> ApiError {
+    match error {
+        SignInError::NoAccount | SignInError::Network => unauthenticated(&error.to_string()),
+        SignInError::Store(_) | SignInError::Signing(_) => ApiError::internal(&error),
     }
-    Ok(user.roles())
 }
 
-pub(super) fn payload(
-    ctx: &Context<'_>,
-    app: &App,
-    session: &Session,
-    email: String,
-    refresh_token: String,
-    cookie: bool,
-    roles: &[String],
-) -> ApiResult<AuthPayload> {
-    let access_token = app
-        .tokens
-        .issue(session.user_id, session.id, roles)
-        .map_err(|err| ApiError::internal(&err))?;
+/// The answer of a finished sign-in.
+pub(super) fn payload(ctx: &Context<'_>, app: &App, signed: SignedIn, email: String, cookie: bool) -> AuthPayload {
     let refresh_token = if cookie {
-        let max_age = (session.expires_at - Utc::now()).num_seconds().max(0);
-        ctx.append_http_header("set-cookie", refresh_cookie(&refresh_token, max_age));
+        let max_age = signed.refresh_seconds_left(app.clock.now());
+        ctx.append_http_header("set-cookie", refresh_cookie(&signed.refresh_token, max_age));
         None
     } else {
-        Some(refresh_token)
+        Some(signed.refresh_token)
     };
-    Ok(AuthPayload {
-        access_token: Some(access_token),
-        access_token_expires_at: Some(Utc::now() + chrono::Duration::minutes(app.token_ttl_minutes())),
+    AuthPayload {
+        access_token: Some(signed.access.token),
+        access_token_expires_at: Some(signed.access.expires_at),
         refresh_token,
-        session_id: Some(ID(session.id.to_string())),
+        session_id: Some(ID(signed.session.id.to_string())),
         user: AuthUser {
-            id: ID(session.user_id.to_string()),
+            id: ID(signed.session.user_id.to_string()),
             email,
         },
         mfa: None,
-    })
+    }
 }
 
 /// A new argon2id hash, on a blocking thread.
@@ -195,7 +173,7 @@ impl MfaChallenge {
 pub(super) type PendingLogin = cloudsync_identity::login::PendingLogin<PasskeyAuthentication>;
 
 /// The pending logins, in the session store and on the app's clock.
-fn challenges(app: &App) -> Challenges {
+pub(super) fn challenges(app: &App) -> Challenges {
     Challenges::new(Arc::clone(app.tokens.sessions().store()), Arc::clone(&app.clock))
 }
 
@@ -204,6 +182,14 @@ fn challenge_error(error: ChallengeError) -> ApiError {
     match error {
         ChallengeError::Store(_) => ApiError::internal(&error),
         ChallengeError::Gone | ChallengeError::TooMany(_) | ChallengeError::Wrong(_) => ApiError::Unauthenticated(error.to_string()),
+    }
+}
+
+/// A second-factor answer's refusal (or its judge's failure) as the API answers it.
+pub(super) fn answer_error(error: AnswerError<ApiError>) -> ApiError {
+    match error {
+        AnswerError::Refused(refused) => challenge_error(refused),
+        AnswerError::Failed(failed) => failed,
     }
 }
 
@@ -237,7 +223,7 @@ pub(crate) async fn challenge(app: &App, user: &User, email: String, cookie: boo
         _ => (None, None),
     };
     let (token, expires_at) = challenges(app)
-        .begin(user_id.as_uuid(), email, cookie, passkey)
+        .begin(user_id, email, cookie, passkey)
         .await
         .map_err(challenge_error)?;
     Ok(MfaChallenge {

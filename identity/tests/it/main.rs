@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::Utc;
+use cloudsync_domain::UserId;
 use cloudsync_identity::clock::ManualClock;
 use cloudsync_identity::limits::{MemoryLimiter, RateLimiter, RedisLimiter, Rule};
 use cloudsync_identity::sessions::{MemorySessions, RedisSessions, Rotation, Session, SessionStore};
@@ -31,7 +32,7 @@ impl Time {
 async fn session_store_contract(store: Arc<dyn SessionStore>, time: Time) {
     // Stores keep times to the millisecond.
     let now = chrono::DateTime::from_timestamp_millis(Utc::now().timestamp_millis()).expect("now");
-    let session = |user: Uuid, ttl: chrono::Duration| Session {
+    let session = |user: UserId, ttl: chrono::Duration| Session {
         id: Uuid::new_v4(),
         user_id: user,
         created_at: now,
@@ -40,7 +41,7 @@ async fn session_store_contract(store: Arc<dyn SessionStore>, time: Time) {
         user_agent: Some("test agent".into()),
         ip: Some("192.0.2.1".into()),
     };
-    let (ada, bob) = (Uuid::new_v4(), Uuid::new_v4());
+    let (ada, bob) = (UserId::from_uuid(Uuid::new_v4()), UserId::from_uuid(Uuid::new_v4()));
     let day = chrono::Duration::days(1);
     let first = session(ada, day);
     store.create(&first, "h1").await.expect("create");

@@ -18,6 +18,7 @@ use serde_json::json;
 use crate::app::App;
 use crate::errors::{ApiError, ApiResult, code};
 use crate::graphql::request::{RequestInfo, refresh_cookie};
+use crate::graphql::signin::sign_in_error;
 use crate::graphql::{app, client_ip, limit, load_user};
 use cloudsync_identity::login::{SsoAccount, SsoRefusal, sso_account};
 use cloudsync_identity::sessions::hash;
@@ -320,37 +321,28 @@ pub(super) async fn signed_in(app: &App, identity: &cloudsync_identity::oidc::Id
 async fn session_for(app: &App, identity: &cloudsync_identity::oidc::Identity, cookie: bool, info: &RequestInfo) -> ApiResult<Response> {
     let (user_id, email) = account_of(app, identity).await?;
     let user = load_user(app, user_id).await?;
-    if !cloudsync_identity::access::ip_allowed(info.client.ip.as_deref(), user.ip_allowlist()) {
-        return Err(ApiError::Unauthenticated("this account cannot be used from this network".into()));
-    }
+    cloudsync_identity::signin::admit(Some(&user), &info.client).map_err(sign_in_error)?;
     if user.mfa_enabled() {
         let challenge = crate::graphql::signin::challenge(app, &user, email.clone(), cookie).await?;
         let body = json!({ "user": { "id": user_id.to_string(), "email": email }, "mfa": challenge.to_json() });
         return Ok(([(header::CACHE_CONTROL, "no-store")], axum::Json(body)).into_response());
     }
-    let (session, refresh_token) = app
-        .tokens
-        .sessions()
-        .open(user_id.as_uuid(), &info.client)
+    let signed = cloudsync_identity::signin::sign_in(&app.tokens, Some(&user), &info.client)
         .await
-        .map_err(|err| ApiError::internal(&err))?;
-    let access_token = app
-        .tokens
-        .issue(user_id.as_uuid(), session.id, &user.roles())
-        .map_err(|err| ApiError::internal(&err))?;
+        .map_err(sign_in_error)?;
     let mut body = json!({
-        "accessToken": access_token,
-        "accessTokenExpiresAt": Utc::now() + chrono::Duration::minutes(app.token_ttl_minutes()),
-        "sessionId": session.id.to_string(),
+        "accessToken": signed.access.token,
+        "accessTokenExpiresAt": signed.access.expires_at,
+        "sessionId": signed.session.id.to_string(),
         "user": { "id": user_id.to_string(), "email": email },
     });
     let mut response_headers = vec![(header::CACHE_CONTROL, "no-store".to_owned())];
     if cookie {
-        let max_age = (session.expires_at - Utc::now()).num_seconds().max(0);
-        response_headers.push((header::SET_COOKIE, refresh_cookie(&refresh_token, max_age)));
+        let max_age = signed.refresh_seconds_left(app.clock.now());
+        response_headers.push((header::SET_COOKIE, refresh_cookie(&signed.refresh_token, max_age)));
         body["refreshToken"] = serde_json::Value::Null;
     } else {
-        body["refreshToken"] = json!(refresh_token);
+        body["refreshToken"] = json!(signed.refresh_token);
     }
     let mut response = axum::Json(body).into_response();
     for (name, value) in response_headers {

@@ -1,7 +1,8 @@
-//! The time, as identity's stores and rules read it: the system's clock in production, a clock a
-//! test moves by hand to see a session, a ceremony, a rate limit or a retired key run out without
-//! waiting. (Stores that keep time on a server of their own, Redis's expiries and its rate-limit
-//! script, go by that server's clock.)
+//! The time, as the rules that depend on it read it (sessions, rate limits, second-factor windows,
+//! access tokens, signing keys): the system's clock in production, a clock a test moves by hand to
+//! see a session, a ceremony, a code or a retired key run out without waiting. (Stores that keep
+//! time on a server of their own, Redis's expiries and its rate-limit script, go by that server's
+//! clock.) Aggregates never read it: their commands carry the time.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
