@@ -290,26 +290,16 @@ mod tests {
     fn given_discovered_when_rescan_sees_the_same_facts_then_nothing_and_new_facts_then_changed() {
         let history = discovered();
         let file = || given::<File>(history.clone());
-        file()
-            .when(FileCommand::RecordChange {
-                by: alice(),
-                size_bytes: 3,
-                modified_at: DateTime::UNIX_EPOCH,
-                checksum: "00".into(),
-                etag: None,
-                job_id: None,
-            })
-            .then([]);
-        let changed = file()
-            .when(FileCommand::RecordChange {
-                by: alice(),
-                size_bytes: 4,
-                modified_at: DateTime::UNIX_EPOCH,
-                checksum: "01".into(),
-                etag: None,
-                job_id: None,
-            })
-            .events();
+        let seen = |size_bytes, checksum: &str| FileCommand::RecordChange {
+            by: alice(),
+            size_bytes,
+            modified_at: DateTime::UNIX_EPOCH,
+            checksum: checksum.into(),
+            etag: None,
+            job_id: None,
+        };
+        file().when(seen(3, "00")).then([]);
+        let changed = file().when(seen(4, "01")).events();
         let [DomainEvent::FileChanged(e)] = changed.as_slice() else {
             panic!("expected FileChanged, got {changed:?}")
         };
@@ -317,16 +307,7 @@ mod tests {
         // Once applied, the same facts are no change.
         let mut history = history.clone();
         history.extend(changed);
-        given::<File>(history)
-            .when(FileCommand::RecordChange {
-                by: alice(),
-                size_bytes: 4,
-                modified_at: DateTime::UNIX_EPOCH,
-                checksum: "01".into(),
-                etag: None,
-                job_id: None,
-            })
-            .then([]);
+        given::<File>(history).when(seen(4, "01")).then([]);
     }
 
     #[test]
