@@ -8,11 +8,13 @@ use thiserror::Error;
 
 use crate::ids::UserId;
 
+mod content;
 mod provider;
 mod sync;
 mod user;
 
 pub use crate::values::guess_mime;
+pub use content::*;
 pub use provider::*;
 pub use sync::*;
 pub use user::*;
@@ -141,6 +143,7 @@ pub enum DomainEvent {
     FileVersionKept(FileVersionKept),
     FileVersionsPruned(FileVersionsPruned),
     FileVersionRestored(FileVersionRestored),
+    FileContentExtracted(FileContentExtracted),
 }
 
 /// An event as it is stored: type name, schema version and payload without the type tag.
@@ -217,7 +220,8 @@ impl DomainEvent {
             | "SyncConflictResolved"
             | "FileVersionKept"
             | "FileVersionsPruned"
-            | "FileVersionRestored" => Some(1),
+            | "FileVersionRestored"
+            | "FileContentExtracted" => Some(1),
             _ => None,
         }
     }
@@ -306,6 +310,7 @@ impl DomainEvent {
             Self::FileVersionKept(e) => e.owner_id,
             Self::FileVersionsPruned(e) => e.owner_id,
             Self::FileVersionRestored(e) => e.owner_id,
+            Self::FileContentExtracted(e) => e.owner_id,
             _ => return None,
         })
     }

@@ -1,0 +1,289 @@
+//! How text becomes index terms, the same for both backends (they index these terms with a
+//! whitespace tokenizer): words are split on anything that is not a letter or digit, file names also
+//! on camelCase and letter-digit boundaries; every term is lower-cased and folded (`Häuser` →
+//! `hauser`, `ß` → `ss`); Chinese and Japanese runs become overlapping pairs of characters (as
+//! Lucene's CJK analyzer does), so a phrase of pairs finds a word without a dictionary; contents are
+//! also stemmed in their detected language (`whatlang`; Snowball stemmers for 18 languages).
+
+use rust_stemmers::{Algorithm, Stemmer};
+use unicode_normalization::UnicodeNormalization;
+use unicode_normalization::char::is_combining_mark;
+
+/// Terms longer than this (in bytes) are noise (hashes, base64) and are not indexed.
+const MAX_TERM: usize = 64;
+
+/// A term and where its word lies in the analysed text (byte offsets).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Token {
+    pub term: String,
+    pub start: usize,
+    pub end: usize,
+}
+
+fn is_cjk(c: char) -> bool {
+    matches!(c as u32,
+        0x3040..=0x30FF     // Hiragana, Katakana
+        | 0x3400..=0x4DBF   // CJK extension A
+        | 0x4E00..=0x9FFF   // CJK unified ideographs
+        | 0xF900..=0xFAFF   // compatibility ideographs
+        | 0xFF66..=0xFF9F   // half-width Katakana
+        | 0x20000..=0x2FFFF)
+}
+
+/// Lower-cases and folds a word: accents and umlauts dropped, ligatures and `ß` spelled out.
+pub fn fold(word: &str) -> String {
+    let mut out = String::with_capacity(word.len());
+    for c in word.nfkd() {
+        if is_combining_mark(c) {
+            continue;
+        }
+        match c {
+            'ß' => out.push_str("ss"),
+            'æ' | 'Æ' => out.push_str("ae"),
+            'œ' | 'Œ' => out.push_str("oe"),
+            'ø' | 'Ø' => out.push('o'),
+            'ł' | 'Ł' => out.push('l'),
+            'đ' | 'Đ' => out.push('d'),
+            'þ' | 'Þ' => out.push_str("th"),
+            c => out.extend(c.to_lowercase()),
+        }
+    }
+    out
+}
+
+/// Where a word of a file name breaks: `myTaxReturn` → `my|Tax|Return`, `XMLParser` → `XML|Parser`,
+/// `report2024` → `report|2024`.
+fn name_breaks(word: &str) -> Vec<(usize, usize)> {
+    let chars: Vec<(usize, char)> = word.char_indices().collect();
+    let mut parts = Vec::new();
+    let mut start = 0;
+    for i in 1..chars.len() {
+        let (at, c) = chars[i];
+        let prev = chars[i - 1].1;
+        let next = chars.get(i + 1).map(|&(_, n)| n);
+        let case_break =
+            (prev.is_lowercase() && c.is_uppercase()) || (prev.is_uppercase() && c.is_uppercase() && next.is_some_and(char::is_lowercase));
+        let digit_break = prev.is_numeric() != c.is_numeric();
+        if case_break || digit_break {
+            parts.push((start, at));
+            start = at;
+        }
+    }
+    parts.push((start, word.len()));
+    parts
+}
+
+/// The terms of `text`, in order. `names`: split words the way file names are written, too.
+pub fn tokens(text: &str, names: bool) -> Vec<Token> {
+    let mut out = Vec::new();
+    let mut push = |start: usize, end: usize| {
+        let term = fold(&text[start..end]);
+        if !term.is_empty() && term.len() <= MAX_TERM {
+            out.push(Token { term, start, end });
+        }
+    };
+    let mut chars = text.char_indices().peekable();
+    while let Some((start, c)) = chars.next() {
+        if is_cjk(c) {
+            // A run of CJK characters: overlapping pairs (one character alone stays one term).
+            let mut run = vec![(start, c)];
+            while let Some(&(at, n)) = chars.peek() {
+                if !is_cjk(n) {
+                    break;
+                }
+                run.push((at, n));
+                chars.next();
+            }
+            if run.len() == 1 {
+                push(start, start + c.len_utf8());
+            }
+            for pair in run.windows(2) {
+                push(pair[0].0, pair[1].0 + pair[1].1.len_utf8());
+            }
+        } else if c.is_alphanumeric() {
+            let mut end = start + c.len_utf8();
+            while let Some(&(at, n)) = chars.peek() {
+                if !n.is_alphanumeric() || is_cjk(n) {
+                    break;
+                }
+                end = at + n.len_utf8();
+                chars.next();
+            }
+            if names {
+                for (a, b) in name_breaks(&text[start..end]) {
+                    push(start + a, start + b);
+                }
+            } else {
+                push(start, end);
+            }
+        }
+    }
+    out
+}
+
+/// The terms of `text` as one string, separated by spaces (what the indexes take).
+pub fn terms(text: &str, names: bool) -> String {
+    join(tokens(text, names).into_iter().map(|t| t.term))
+}
+
+fn join(terms: impl Iterator<Item = String>) -> String {
+    let mut out = String::new();
+    for term in terms {
+        if !out.is_empty() {
+            out.push(' ');
+        }
+        out.push_str(&term);
+    }
+    out
+}
+
+/// The languages contents are stemmed in, by ISO 639-1 code.
+const STEMMED: [(&str, Algorithm); 18] = [
+    ("ar", Algorithm::Arabic),
+    ("da", Algorithm::Danish),
+    ("de", Algorithm::German),
+    ("el", Algorithm::Greek),
+    ("en", Algorithm::English),
+    ("es", Algorithm::Spanish),
+    ("fi", Algorithm::Finnish),
+    ("fr", Algorithm::French),
+    ("hu", Algorithm::Hungarian),
+    ("it", Algorithm::Italian),
+    ("nl", Algorithm::Dutch),
+    ("no", Algorithm::Norwegian),
+    ("pt", Algorithm::Portuguese),
+    ("ro", Algorithm::Romanian),
+    ("ru", Algorithm::Russian),
+    ("sv", Algorithm::Swedish),
+    ("ta", Algorithm::Tamil),
+    ("tr", Algorithm::Turkish),
+];
+
+/// The languages a query's words are stemmed in (the ones people write most here).
+const QUERY_STEMMED: [&str; 7] = ["en", "de", "fr", "es", "it", "pt", "nl"];
+
+fn stemmer(language: &str) -> Option<Stemmer> {
+    STEMMED
+        .iter()
+        .find(|(code, _)| *code == language)
+        .map(|&(_, algorithm)| Stemmer::create(algorithm))
+}
+
+/// The stemmed terms of `text` in `language` (stemmed before folding, so `Häuser` → `haus`), or
+/// `None` where there is no stemmer for it.
+pub fn stemmed(text: &str, language: &str) -> Option<String> {
+    let stemmer = stemmer(language)?;
+    Some(join(
+        tokens(text, false)
+            .into_iter()
+            .map(|t| fold(&stemmer.stem(&text[t.start..t.end].to_lowercase()))),
+    ))
+}
+
+/// The stems a query word may have in the languages queries are stemmed in, without repeats.
+pub fn query_stems(word: &str) -> Vec<String> {
+    let lower = word.to_lowercase();
+    let mut stems: Vec<String> = Vec::new();
+    for language in QUERY_STEMMED {
+        if let Some(stemmer) = stemmer(language) {
+            let stem = fold(&stemmer.stem(&lower));
+            if !stem.is_empty() && !stems.contains(&stem) {
+                stems.push(stem);
+            }
+        }
+    }
+    stems
+}
+
+/// The stem of one word in `language`, folded (for highlighting).
+pub fn stem_word(word: &str, language: &str) -> Option<String> {
+    stemmer(language).map(|s| fold(&s.stem(&word.to_lowercase())))
+}
+
+/// The language of a text, as an ISO 639-1 code where there is one (else ISO 639-3), when whatlang
+/// can tell it reliably.
+pub fn detect_language(text: &str) -> Option<String> {
+    // A few kilobytes tell the language as well as the whole text does.
+    let mut end = text.len().min(4096);
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    let info = whatlang::detect(&text[..end])?;
+    if !info.is_reliable() && info.confidence() < 0.5 {
+        return None;
+    }
+    let code = info.lang().code();
+    let short = match code {
+        "eng" => "en",
+        "deu" => "de",
+        "fra" => "fr",
+        "spa" => "es",
+        "ita" => "it",
+        "por" => "pt",
+        "nld" => "nl",
+        "cmn" => "zh",
+        "jpn" => "ja",
+        "kor" => "ko",
+        "rus" => "ru",
+        "ara" => "ar",
+        "dan" => "da",
+        "ell" => "el",
+        "fin" => "fi",
+        "hun" => "hu",
+        "nob" => "no",
+        "ron" => "ro",
+        "swe" => "sv",
+        "tam" => "ta",
+        "tur" => "tr",
+        "pol" => "pl",
+        "ces" => "cs",
+        "ukr" => "uk",
+        other => other,
+    };
+    Some(short.to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn names(text: &str) -> Vec<String> {
+        tokens(text, true).into_iter().map(|t| t.term).collect()
+    }
+
+    #[test]
+    fn names_split_on_separators_camel_case_and_digits() {
+        assert_eq!(names("invoice-2024_final.PDF"), ["invoice", "2024", "final", "pdf"]);
+        assert_eq!(names("myTaxReturn2023.xlsx"), ["my", "tax", "return", "2023", "xlsx"]);
+        assert_eq!(names("XMLParser.java"), ["xml", "parser", "java"]);
+        assert_eq!(terms("Café Crème", false), "cafe creme");
+    }
+
+    #[test]
+    fn umlauts_fold_and_german_stems_meet() {
+        assert_eq!(fold("Häuser"), "hauser");
+        assert_eq!(fold("Straße"), "strasse");
+        assert_eq!(stemmed("Häuser", "de").as_deref(), Some("haus"));
+        assert_eq!(stemmed("hauser", "de").as_deref(), Some("haus"));
+        assert!(query_stems("Haus").contains(&"haus".to_owned()));
+        assert!(query_stems("receiving").contains(&"receiv".to_owned()));
+    }
+
+    #[test]
+    fn cjk_runs_become_pairs_with_offsets() {
+        let t = tokens("東京都 tokyo", false);
+        let got: Vec<&str> = t.iter().map(|t| t.term.as_str()).collect();
+        assert_eq!(got, ["東京", "京都", "tokyo"]);
+        assert_eq!(&"東京都 tokyo"[t[1].start..t[1].end], "京都");
+    }
+
+    #[test]
+    fn languages_are_told_apart() {
+        let en = "The quick brown fox jumps over the lazy dog while the farmer watches from the porch.";
+        let de = "Die Häuser in der Altstadt wurden im letzten Jahrhundert von den Bürgern der Stadt gebaut.";
+        let fr = "Les maisons de la vieille ville ont été construites au siècle dernier par les habitants.";
+        assert_eq!(detect_language(en).as_deref(), Some("en"));
+        assert_eq!(detect_language(de).as_deref(), Some("de"));
+        assert_eq!(detect_language(fr).as_deref(), Some("fr"));
+    }
+}
