@@ -28,6 +28,9 @@ pub struct App {
     pub commands: Commands,
     pub reads: ReadModels,
     pub projections: Arc<Projections>,
+    /// The search index's projector (and through it the live index).
+    pub search: Arc<cloudsync_search::LiveSearch>,
+    pub search_cache: cloudsync_search::QueryCache,
     pub tokens: Tokens,
     /// The time as identity's stores and the second-factor windows read it.
     pub clock: Arc<dyn Clock>,
@@ -138,6 +141,15 @@ impl App {
         self.wrote(caller, position);
         self.consistent(caller).await;
         read(&self.reads).await.map_err(Into::into)?.ok_or_else(missing)
+    }
+
+    /// Waits until the read models and the search index reflect everything `caller` has written;
+    /// false when the index had not got there in time.
+    pub async fn searchable(&self, caller: Caller) -> bool {
+        self.consistent(caller).await;
+        let written = self.written.lock().ok().and_then(|w| w.get(&caller.user_id).copied()).unwrap_or(0);
+        let position = written.max(self.projections.max_position());
+        position <= 0 || self.search.wait_for(position, self.consistency_timeout).await
     }
 
     /// Waits until the read models reflect everything `caller` has written, and agree with each

@@ -83,6 +83,11 @@ pub struct Config {
     /// `{"kind": "s3", "bucket": "…", "endpoint": "…", "access_key_id": "…", "secret_access_key":
     /// "…", "folder": "cloudsync/chunks"}` (`CLOUDSYNC_CHUNK_STORE` takes it as JSON).
     pub chunk_store: Option<serde_json::Map<String, serde_json::Value>>,
+    /// The search index: unset for tantivy in `<data_dir>/search`, or an Elasticsearch 8 cluster
+    /// (`http://host:9200`).
+    pub elasticsearch_url: Option<String>,
+    /// The alias of the live index on Elasticsearch (each rebuild makes `<alias>-<id>` and moves it).
+    pub elasticsearch_index: String,
 }
 
 /// One OAuth app. Only `client_id` is required; the endpoints, scopes and extra authorization
@@ -131,6 +136,8 @@ impl Default for Config {
             oauth_renew_margin_seconds: 300,
             seal_paths: false,
             chunk_store: None,
+            elasticsearch_url: None,
+            elasticsearch_index: "cloudsync-files".into(),
         }
     }
 }
@@ -217,6 +224,8 @@ impl Config {
                     config.chunk_store =
                         Some(serde_json::from_str(&value).context("CLOUDSYNC_CHUNK_STORE must be a JSON object of provider settings")?);
                 }
+                "ELASTICSEARCH_URL" => config.elasticsearch_url = Some(value).filter(|v| !v.is_empty()),
+                "ELASTICSEARCH_INDEX" => config.elasticsearch_index = value,
                 "SEAL_PATHS" => {
                     config.seal_paths = value.parse().context("CLOUDSYNC_SEAL_PATHS must be true or false")?;
                 }
@@ -320,6 +329,19 @@ impl Config {
         }
         if !(1..=24 * 60).contains(&self.password_reset_ttl_minutes) {
             bail!("password_reset_ttl_minutes must be between 1 and 1440");
+        }
+        if let Some(url) = &self.elasticsearch_url
+            && !(url.starts_with("http://") || url.starts_with("https://"))
+        {
+            bail!("elasticsearch_url must be an http:// or https:// URL");
+        }
+        if self.elasticsearch_index.is_empty()
+            || !self
+                .elasticsearch_index
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_')
+        {
+            bail!("elasticsearch_index must be lower-case letters, digits, '-' and '_'");
         }
         if let Some(url) = &self.redis_url
             && !(url.starts_with("redis://") || url.starts_with("rediss://"))

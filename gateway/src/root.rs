@@ -325,6 +325,18 @@ pub async fn open_database(config: &Config) -> anyhow::Result<Database> {
     Ok(db)
 }
 
+/// The search engine configured: Elasticsearch when `elasticsearch_url` is set, else tantivy in
+/// `<data_dir>/search`.
+///
+/// # Errors
+/// An HTTP client that cannot be built.
+pub fn search_engine(config: &Config) -> anyhow::Result<cloudsync_search::Engine> {
+    Ok(match &config.elasticsearch_url {
+        Some(url) => cloudsync_search::Engine::elastic(url, &config.elasticsearch_index)?,
+        None => cloudsync_search::Engine::tantivy(config.data_dir.join("search")),
+    })
+}
+
 /// A database URL without its password, for messages.
 pub fn redact(url: &str) -> String {
     match (url.find("://"), url.rfind('@')) {
@@ -356,6 +368,10 @@ pub async fn start(config: &Config) -> anyhow::Result<Server> {
     let sessions = Sessions::new(session_store, chrono::Duration::days(config.refresh_ttl_days)).with_clock(Arc::clone(&clock));
     let tokens = Tokens::new(Arc::new(keys), sessions, config.token_ttl_minutes);
     let projections = Projections::new(db.clone());
+    let search = cloudsync_search::Search::open(search_engine(config)?)
+        .await
+        .context("the search index")?;
+    let search = cloudsync_search::LiveSearch::new(search, Arc::clone(&db.events), None);
     let listener = tokio::net::TcpListener::bind(&config.bind)
         .await
         .with_context(|| format!("binding {}", config.bind))?;
@@ -368,6 +384,8 @@ pub async fn start(config: &Config) -> anyhow::Result<Server> {
         reads: ReadModels::new(db.pool.clone()),
         commands: commands.clone(),
         projections: Arc::clone(&projections),
+        search: Arc::clone(&search),
+        search_cache: cloudsync_search::QueryCache::new(1000),
         tokens,
         clock,
         written: Mutex::new(HashMap::new()),
@@ -392,6 +410,7 @@ pub async fn start(config: &Config) -> anyhow::Result<Server> {
     let shutdown = CancellationToken::new();
     let mut tasks = JoinSet::new();
     tasks.spawn(Arc::clone(&projections).run(shutdown.child_token()));
+    tasks.spawn(search.run(shutdown.child_token()));
     let scheduler = Scheduler::new(commands.clone());
     tasks.spawn(scheduler.run(shutdown.child_token()));
     let jobs = JobRunner::new(commands, db.pool.clone());

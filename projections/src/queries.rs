@@ -285,6 +285,7 @@ impl ReadModels {
         user: UserId,
         providers: Providers<'_>,
         folder: Option<&str>,
+        after: Option<(&str, Uuid)>,
         limit: i64,
     ) -> Result<Vec<FileRow>, QueryError> {
         let mut sql = format!("SELECT {FILE_COLUMNS} FROM files WHERE user_id = $1");
@@ -310,6 +311,16 @@ impl ReadModels {
                 " AND (path = ${} OR path LIKE ${} ESCAPE '\\')",
                 values.len() - 1,
                 values.len()
+            ));
+        }
+        // Keyset paging: the files after one (in path, then id order), however deep.
+        if let Some((path, id)) = after {
+            values.push(Val::Text(path.to_owned()));
+            values.push(Val::Uuid(id));
+            sql.push_str(&format!(
+                " AND (path > ${p} OR (path = ${p} AND id > ${i}))",
+                p = values.len() - 1,
+                i = values.len()
             ));
         }
         values.push(Val::Int(limit));

@@ -29,7 +29,7 @@ const PAGE: i64 = 500;
 
 #[derive(Debug, Error)]
 pub enum ProjectionError {
-    #[error("unknown projector {0:?}; known: users, providers, files, sync_operations, sync_pairs, sync_conflicts, file_versions")]
+    #[error("unknown projector {0:?}; known: users, providers, files, sync_operations, sync_pairs, sync_conflicts, file_versions, search")]
     Unknown(String),
     #[error(transparent)]
     Store(#[from] StoreError),

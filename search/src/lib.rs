@@ -9,6 +9,7 @@
 //! that index (a tantivy commit's payload; a document of the Elasticsearch index).
 
 pub mod analysis;
+mod cache;
 mod doc;
 mod elastic;
 mod engine;
@@ -17,10 +18,11 @@ pub mod projector;
 pub mod query;
 mod tantivy_index;
 
+pub use cache::QueryCache;
 pub use doc::{Content, SearchDoc, kind_of, size_bucket};
 pub use elastic::ElasticIndex;
 pub use engine::{Engine, Search};
-pub use projector::{SearchProjector, TextSource};
+pub use projector::{LiveSearch, SearchProjector, TextSource, rebuild};
 pub use tantivy_index::TantivyIndex;
 
 use async_trait::async_trait;

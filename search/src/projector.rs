@@ -271,3 +271,18 @@ impl LiveSearch {
             .is_ok_and(|r| r.is_ok())
     }
 }
+
+/// Builds a new index from the whole log while the live one keeps answering, then makes it the live
+/// one (a server moves over within a second, and goes on from the new index's checkpoint). Returns
+/// how many events it read.
+///
+/// # Errors
+/// The log or the new index failed; the old index then stays live and the new one is left unused.
+pub async fn rebuild(engine: &crate::Engine, events: Arc<dyn EventStore>, texts: Option<Arc<dyn TextSource>>) -> SearchResult<u64> {
+    let (name, index) = engine.create().await?;
+    let read = SearchProjector::new(events, texts).catch_up(&*index).await?;
+    // tantivy: the writer's lock goes with the index, before a server opens it.
+    drop(index);
+    engine.swap(&name).await?;
+    Ok(read)
+}

@@ -91,6 +91,8 @@ impl Schema {
             "ID" => Value::String(ids(field, name)),
             "String" => Value::String(match name {
                 "path" | "targetPath" => "docs".into(),
+                // An empty search matches every file the caller may see.
+                "query" => String::new(),
                 "email" => ids(field, "email"),
                 "password" | "currentPassword" | "newPassword" => "not the password".into(),
                 "phone" => "+447700900123".into(),
@@ -186,7 +188,7 @@ fn type_text(ty: &Value) -> String {
 /// Which of A's ids an argument names, by the field and argument names.
 fn kind_of(field: &str, arg: &str) -> &'static str {
     match (field, arg) {
-        (_, "providerId" | "provider") => "provider",
+        (_, "providerId" | "provider" | "providerIds") => "provider",
         (_, "fileId" | "fileIds") => "file",
         (_, "pairId") => "pair",
         (_, "operationId") => "operation",

@@ -8,5 +8,6 @@ mod indexing;
 mod isolation;
 mod oauth;
 mod providers;
+mod search;
 mod spine;
 mod sync;

@@ -2,6 +2,7 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
@@ -118,7 +119,8 @@ pub enum Command {
 #[derive(Debug, Subcommand)]
 pub enum ProjectionsCommand {
     /// Rebuilds one read model (users, providers, files, sync_operations, sync_pairs,
-    /// sync_conflicts, file_versions, or all) from position 0. Safe while the server runs.
+    /// sync_conflicts, file_versions, search, or all) from position 0. Safe while the server runs:
+    /// the search index is built anew beside the live one, which answers until the swap.
     Rebuild { name: String },
 }
 
@@ -236,11 +238,19 @@ pub async fn run(command: Command, mut config: Config) -> anyhow::Result<()> {
         } => {
             let db = open_database(&config).await?;
             let names: Vec<&str> = if name == "all" {
-                cloudsync_projections::PROJECTORS.to_vec()
+                cloudsync_projections::PROJECTORS.iter().copied().chain(["search"]).collect()
             } else {
                 vec![name.as_str()]
             };
             for name in names {
+                if name == "search" {
+                    let engine = crate::root::search_engine(&config)?;
+                    let replayed = cloudsync_search::rebuild(&engine, Arc::clone(&db.events), None)
+                        .await
+                        .with_context(|| format!("rebuilding the search index ({})", engine.describe()))?;
+                    println!("Rebuilt search from {replayed} events.");
+                    continue;
+                }
                 let replayed = cloudsync_projections::rebuild(&db, name)
                     .await
                     .with_context(|| format!("rebuilding {name}"))?;

@@ -93,11 +93,31 @@ pub struct File {
     modified_at: DateTime<Utc>,
     created_at: DateTime<Utc>,
     updated_at: DateTime<Utc>,
+    /// Where `files(…, after:)` continues after this file.
+    cursor: String,
+}
+
+/// A file's place in `files`' order (path, then id), as an opaque cursor.
+fn file_cursor(path: &str, id: Uuid) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(format!("{id}/{path}"))
+}
+
+fn parse_file_cursor(cursor: &str) -> ApiResult<(String, Uuid)> {
+    use base64::Engine as _;
+    let invalid = || ApiError::BadInput(format!("after {:?} is not a cursor of files", truncate(cursor)));
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(cursor.trim())
+        .map_err(|_| invalid())?;
+    let text = String::from_utf8(bytes).map_err(|_| invalid())?;
+    let (id, path) = text.split_once('/').ok_or_else(invalid)?;
+    Ok((path.to_owned(), Uuid::parse_str(id).map_err(|_| invalid())?))
 }
 
 impl From<FileRow> for File {
     fn from(row: FileRow) -> Self {
         Self {
+            cursor: file_cursor(&row.path, row.id),
             id: ID(row.id.to_string()),
             provider_id: ID(row.provider_id.to_string()),
             path: row.path,
@@ -158,13 +178,15 @@ impl FilesQuery {
 
     /// The caller's files, by path: of one provider (`provider` is its id) or of all of the caller's
     /// providers of one kind (`provider` is a kind such as `s3`), or of all of them; optionally only
-    /// inside one folder (recursively).
+    /// inside one folder (recursively). In path order; `after` (a file's `cursor`) continues after
+    /// that file, so pages of `limit` walk any number of files.
     async fn files(
         &self,
         ctx: &Context<'_>,
         provider: Option<String>,
         path: Option<String>,
         #[graphql(default = 100)] limit: i32,
+        after: Option<String>,
     ) -> async_graphql::Result<Vec<File>> {
         let caller = caller_for(ctx, scope::FILES_READ)?;
         let app = app(ctx);
@@ -188,6 +210,7 @@ impl FilesQuery {
             _ => None,
         };
         let folder = path.as_deref().map(parse_path).transpose()?;
+        let after = after.as_deref().map(parse_file_cursor).transpose()?;
         app.consistent(caller).await;
         let providers = match (id, kind) {
             (Some(id), _) => {
@@ -207,6 +230,7 @@ impl FilesQuery {
                 caller.user_id,
                 providers,
                 folder.as_ref().map(ProviderPath::as_str),
+                after.as_ref().map(|(path, id)| (path.as_str(), *id)),
                 i64::from(limit),
             )
             .await

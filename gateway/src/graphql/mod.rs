@@ -18,6 +18,7 @@ pub mod depth;
 mod files;
 mod mfa;
 pub mod request;
+mod search;
 mod signin;
 mod sso;
 mod sync;
@@ -31,6 +32,7 @@ pub type CloudSyncSchema = Schema<QueryRoot, MutationRoot, SubscriptionRoot>;
 #[graphql(name = "Query")]
 pub struct QueryRoot(
     files::FilesQuery,
+    search::SearchQuery,
     account::IdentityQuery,
     mfa::MfaQuery,
     admin::AdminQuery,

@@ -1,0 +1,257 @@
+//! `searchFiles`: the caller's files found by name, path and contents, with highlights and exact
+//! facets, from the search index (tantivy or Elasticsearch). Answers are cached until the index
+//! moves on; a search waits, like every read, until the index has the caller's last write, or
+//! says how far it has got (`indexedPosition`, `stale`).
+
+use async_graphql::{Context, ID, InputObject, Object, SimpleObject};
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use chrono::{DateTime, Utc};
+use cloudsync_domain::ProviderId;
+use cloudsync_identity::access::scope;
+use cloudsync_search::{FacetCounts, Filters, SearchRequest, query};
+
+use super::files::File;
+use super::{app, caller_for, parse_id, truncate};
+use crate::errors::ApiError;
+
+/// The most hits one page holds.
+const MAX_FIRST: i32 = 100;
+/// How deep pages go (Elasticsearch's default `max_result_window`).
+const MAX_DEPTH: usize = 10_000;
+
+#[derive(InputObject, Default)]
+pub struct SearchFilters {
+    provider_ids: Option<Vec<ID>>,
+    /// A folder (relative to its provider's root): only files inside it.
+    path_prefix: Option<String>,
+    /// Without the dot, any case.
+    extensions: Option<Vec<String>>,
+    mime_types: Option<Vec<String>>,
+    min_size: Option<i64>,
+    max_size: Option<i64>,
+    modified_after: Option<DateTime<Utc>>,
+    modified_before: Option<DateTime<Utc>>,
+    /// ISO 639-1 codes (`en`, `de`).
+    languages: Option<Vec<String>>,
+    /// `document`, `spreadsheet`, `presentation`, `image`, `video`, `audio`, `archive`, `code`,
+    /// `text` or `other`.
+    kinds: Option<Vec<String>>,
+}
+
+#[derive(SimpleObject)]
+pub struct Highlight {
+    /// `name`, `path` or `content`.
+    field: String,
+    /// The matched words wrapped in `<mark>…</mark>`; the rest HTML-escaped.
+    snippet: String,
+}
+
+#[derive(SimpleObject)]
+pub struct SearchHit {
+    file: File,
+    score: f64,
+    highlights: Vec<Highlight>,
+}
+
+#[derive(SimpleObject)]
+pub struct FacetCount {
+    value: String,
+    count: i64,
+}
+
+#[derive(SimpleObject)]
+pub struct SearchFacets {
+    providers: Vec<FacetCount>,
+    extensions: Vec<FacetCount>,
+    kinds: Vec<FacetCount>,
+    /// `0-10KiB`, `10KiB-1MiB`, `1MiB-100MiB`, `100MiB-1GiB`, `1GiB+`.
+    size_buckets: Vec<FacetCount>,
+    years: Vec<FacetCount>,
+    languages: Vec<FacetCount>,
+}
+
+#[derive(SimpleObject)]
+pub struct PageInfo {
+    has_next_page: bool,
+    has_previous_page: bool,
+    start_cursor: Option<String>,
+    end_cursor: Option<String>,
+}
+
+#[derive(SimpleObject)]
+pub struct SearchResult {
+    /// How many of the caller's files match (all pages).
+    total: i64,
+    hits: Vec<SearchHit>,
+    facets: SearchFacets,
+    page_info: PageInfo,
+    /// The log position the index had reached when it answered.
+    indexed_position: i64,
+    /// True when the index had not yet reached the caller's last write.
+    stale: bool,
+}
+
+fn counts(values: FacetCounts) -> Vec<FacetCount> {
+    values
+        .into_iter()
+        .map(|(value, count)| FacetCount {
+            value,
+            count: i64::try_from(count).unwrap_or(i64::MAX),
+        })
+        .collect()
+}
+
+fn cursor(offset: usize) -> String {
+    URL_SAFE_NO_PAD.encode(format!("search:{offset}"))
+}
+
+fn offset_after(after: Option<&str>) -> Result<usize, ApiError> {
+    let Some(after) = after else { return Ok(0) };
+    let invalid = || ApiError::BadInput(format!("after {:?} is not a cursor of searchFiles", truncate(after)));
+    let text = URL_SAFE_NO_PAD.decode(after.trim()).map_err(|_| invalid())?;
+    let text = String::from_utf8(text).map_err(|_| invalid())?;
+    let offset: usize = text.strip_prefix("search:").and_then(|n| n.parse().ok()).ok_or_else(invalid)?;
+    Ok(offset + 1)
+}
+
+fn size(value: Option<i64>, what: &str) -> Result<Option<u64>, ApiError> {
+    value
+        .map(|v| u64::try_from(v).map_err(|_| ApiError::BadInput(format!("{what} must not be negative"))))
+        .transpose()
+}
+
+fn to_filters(input: SearchFilters) -> Result<Filters, ApiError> {
+    let providers = input
+        .provider_ids
+        .unwrap_or_default()
+        .iter()
+        .map(|id| parse_id(id, "provider").map(ProviderId::from_uuid))
+        .collect::<Result<Vec<_>, _>>()?;
+    let lower = |values: Option<Vec<String>>| -> Vec<String> {
+        values
+            .unwrap_or_default()
+            .into_iter()
+            .map(|v| v.trim().trim_start_matches('.').to_lowercase())
+            .collect()
+    };
+    let filters = Filters {
+        providers,
+        path_prefix: input.path_prefix.filter(|p| !p.trim_matches('/').is_empty()),
+        extensions: lower(input.extensions),
+        mime_types: lower(input.mime_types),
+        kinds: lower(input.kinds),
+        min_size: size(input.min_size, "minSize")?,
+        max_size: size(input.max_size, "maxSize")?,
+        modified_after: input.modified_after,
+        modified_before: input.modified_before,
+        languages: lower(input.languages),
+    };
+    if let (Some(min), Some(max)) = (filters.min_size, filters.max_size)
+        && min > max
+    {
+        return Err(ApiError::BadInput("minSize must not be more than maxSize".into()));
+    }
+    Ok(filters)
+}
+
+#[derive(Default)]
+pub struct SearchQuery;
+
+#[Object]
+impl SearchQuery {
+    /// Finds the caller's files by name, path and contents. `query` takes words (each must match;
+    /// names also match a word's beginning, and a word one typo away), `"phrases"`, `a OR b`,
+    /// `-word`, and filters `ext:pdf`, `kind:image`, `lang:de`, `mime:…`, `path:Folder`; an empty
+    /// query lists every file the filters let through. `after` is a hit's cursor (`pageInfo.endCursor`).
+    async fn search_files(
+        &self,
+        ctx: &Context<'_>,
+        query: String,
+        filters: Option<SearchFilters>,
+        #[graphql(default = 20)] first: i32,
+        after: Option<String>,
+    ) -> async_graphql::Result<SearchResult> {
+        let caller = caller_for(ctx, scope::FILES_READ)?;
+        let app = app(ctx);
+        if !(1..=MAX_FIRST).contains(&first) {
+            return Err(ApiError::BadInput(format!("first must be between 1 and {MAX_FIRST}")).into());
+        }
+        if query.len() > 1000 {
+            return Err(ApiError::BadInput("query must be at most 1000 bytes".into()).into());
+        }
+        let limit = usize::try_from(first).unwrap_or(20);
+        let offset = offset_after(after.as_deref())?;
+        if offset + limit > MAX_DEPTH {
+            return Err(ApiError::BadInput(format!("searchFiles pages go {MAX_DEPTH} hits deep; narrow the query instead")).into());
+        }
+        let filters = to_filters(filters.unwrap_or_default())?;
+        let stale = !app.searchable(caller).await;
+        let position = app.search.position();
+        let key = format!("{}|{query}|{filters:?}|{offset}|{limit}", caller.user_id);
+        let results = match app.search_cache.get(position, &key) {
+            Some(results) => results,
+            None => {
+                let request = SearchRequest {
+                    owner: caller.user_id,
+                    query: query::parse(&query),
+                    filters,
+                    offset,
+                    limit,
+                };
+                let index = app.search.search().index().await;
+                let results = index.search(&request).await.map_err(|err| ApiError::internal(&err))?;
+                app.search_cache.put(position, key, results.clone());
+                results
+            }
+        };
+        let mut hits = Vec::new();
+        for hit in results.hits {
+            // The read models are as far as the index (both waited for): a file missing there is
+            // one deleted since, and is left out.
+            if let Some(row) = app
+                .reads
+                .file(caller.user_id, hit.file_id.as_uuid())
+                .await
+                .map_err(ApiError::from)?
+            {
+                hits.push(SearchHit {
+                    file: File::from(row),
+                    score: f64::from(hit.score),
+                    highlights: hit
+                        .highlights
+                        .into_iter()
+                        .map(|h| Highlight {
+                            field: h.field.to_owned(),
+                            snippet: h.snippet,
+                        })
+                        .collect(),
+                });
+            }
+        }
+        let shown = offset + limit;
+        let total = usize::try_from(results.total).unwrap_or(usize::MAX);
+        let last = (offset + limit).min(total);
+        let facets = results.facets;
+        Ok(SearchResult {
+            total: i64::try_from(results.total).unwrap_or(i64::MAX),
+            page_info: PageInfo {
+                has_next_page: total > shown,
+                has_previous_page: offset > 0,
+                start_cursor: (last > offset).then(|| cursor(offset)),
+                end_cursor: (last > offset).then(|| cursor(last - 1)),
+            },
+            hits,
+            facets: SearchFacets {
+                providers: counts(facets.providers),
+                extensions: counts(facets.extensions),
+                kinds: counts(facets.kinds),
+                size_buckets: counts(facets.size_buckets),
+                years: counts(facets.years),
+                languages: counts(facets.languages),
+            },
+            indexed_position: position,
+            stale,
+        })
+    }
+}
