@@ -4,16 +4,25 @@
 use chrono::{DateTime, Utc};
 
 use crate::aggregate::{Aggregate, DomainError};
-use crate::events::{DomainEvent, FileChanged, FileDeleted, FileDiscovered, FileMoved, FileRemoved};
+use crate::events::{DomainEvent, FileChanged, FileContentExtracted, FileDeleted, FileDiscovered, FileMoved, FileRemoved};
 use crate::ids::SyncJobId;
 use crate::ids::UserId;
 use crate::values::ProviderPath;
+
+/// The stream of what the content pipeline learnt about a file (`content-<uuid>`), apart from the
+/// file's own, so reading a file never conflicts with a scan deciding about it. The [`File`]
+/// aggregate folds both.
+pub fn content_stream(file: crate::ids::FileId) -> String {
+    format!("content-{}", file.as_uuid())
+}
 
 #[derive(Debug, Default, Clone)]
 pub struct File {
     discovered: Option<FileDiscovered>,
     path: Option<ProviderPath>,
     deleted: bool,
+    /// The content pipeline's last reading of the file's text.
+    extracted: Option<FileContentExtracted>,
 }
 
 pub enum FileCommand {
@@ -48,6 +57,9 @@ pub enum FileCommand {
         by: UserId,
         job_id: Option<SyncJobId>,
     },
+    /// The content pipeline read a version of the file. Recorded only while that version is still
+    /// the file's and was not read by this extractor version already.
+    RecordExtraction(FileContentExtracted),
 }
 
 impl File {
@@ -73,6 +85,29 @@ impl File {
             to,
             moved_at: at,
         })])
+    }
+
+    /// The live file's facts when its current version has not been read by `extractor` at
+    /// `version` (the content pipeline then reads it).
+    pub fn needs_extraction(&self, extractor: &str, version: u32) -> Option<(&FileDiscovered, &ProviderPath)> {
+        let (facts, path) = self.live_for(self.discovered.as_ref()?.owner_id)?;
+        let done = self
+            .extracted
+            .as_ref()
+            .is_some_and(|e| e.checksum == facts.checksum && e.extractor == extractor && e.extractor_version >= version);
+        (!done).then_some((facts, path))
+    }
+
+    /// Whose file it is (once discovered).
+    pub fn owner(&self) -> Option<UserId> {
+        self.discovered.as_ref().map(|d| d.owner_id)
+    }
+
+    /// Where the live file's current version's extracted text is kept, if anywhere.
+    pub fn text_reference(&self) -> Option<&str> {
+        let (facts, _) = self.live_for(self.discovered.as_ref()?.owner_id)?;
+        let extracted = self.extracted.as_ref().filter(|e| e.checksum == facts.checksum)?;
+        extracted.text.as_ref().map(|t| t.reference.as_str())
     }
 
     /// Where a move into `folder` would put the file.
@@ -144,6 +179,19 @@ impl Aggregate for File {
                     job_id,
                 })])
             }
+            FileCommand::RecordExtraction(extracted) => {
+                let Some((facts, _)) = self.needs_extraction(&extracted.extractor, extracted.extractor_version) else {
+                    return Ok(Vec::new());
+                };
+                if facts.owner_id != extracted.owner_id {
+                    return Err(DomainError::NotFound("file"));
+                }
+                if facts.checksum != extracted.checksum {
+                    // The file changed while it was read: the new version will be read instead.
+                    return Ok(Vec::new());
+                }
+                Ok(vec![DomainEvent::FileContentExtracted(extracted)])
+            }
             FileCommand::Delete { by, at } => {
                 let (facts, path) = self.live_for(by).ok_or(DomainError::NotFound("file"))?;
                 Ok(vec![DomainEvent::FileDeleted(FileDeleted {
@@ -173,6 +221,7 @@ impl Aggregate for File {
                 }
             }
             DomainEvent::FileDeleted(_) | DomainEvent::FileRemoved(_) => self.deleted = true,
+            DomainEvent::FileContentExtracted(e) => self.extracted = Some(e.clone()),
             _ => {}
         }
     }
@@ -209,6 +258,63 @@ mod tests {
                 etag: None,
             }))
             .events()
+    }
+
+    fn extraction(checksum: &str, version: u32) -> FileContentExtracted {
+        FileContentExtracted {
+            file_id: FileId::from_uuid(Uuid::from_u128(7)),
+            provider_id: ProviderId::from_uuid(Uuid::from_u128(8)),
+            owner_id: alice(),
+            checksum: checksum.into(),
+            extractor: "text".into(),
+            extractor_version: version,
+            outcome: crate::events::ExtractionOutcome::Extracted,
+            reason: None,
+            text: None,
+            language: None,
+            at: DateTime::UNIX_EPOCH,
+        }
+    }
+
+    #[test]
+    fn a_version_is_read_once_per_extractor_version_and_only_while_it_is_current() {
+        let mut history = discovered();
+        let file = |h: &[DomainEvent]| {
+            let mut f = File::default();
+            h.iter().for_each(|e| f.apply(e));
+            f
+        };
+        assert!(file(&history).needs_extraction("text", 1).is_some());
+        given::<File>(history.clone())
+            .when(FileCommand::RecordExtraction(extraction("old", 1)))
+            .then([]);
+        let recorded = given::<File>(history.clone())
+            .when(FileCommand::RecordExtraction(extraction("00", 1)))
+            .events();
+        assert_eq!(recorded, [DomainEvent::FileContentExtracted(extraction("00", 1))]);
+        history.extend(recorded);
+        assert!(file(&history).needs_extraction("text", 1).is_none(), "read once");
+        assert!(
+            file(&history).needs_extraction("text", 2).is_some(),
+            "a new extractor version reads it again"
+        );
+        given::<File>(history.clone())
+            .when(FileCommand::RecordExtraction(extraction("00", 1)))
+            .then([]);
+        history.extend(
+            given::<File>(history.clone())
+                .when(FileCommand::RecordChange {
+                    by: alice(),
+                    size_bytes: 4,
+                    modified_at: DateTime::UNIX_EPOCH,
+                    checksum: "11".into(),
+                    etag: None,
+                    job_id: None,
+                })
+                .events(),
+        );
+        assert!(file(&history).needs_extraction("text", 1).is_some(), "a changed file is read again");
+        assert_eq!(file(&history).text_reference(), None);
     }
 
     #[test]

@@ -88,6 +88,17 @@ pub struct Config {
     pub elasticsearch_url: Option<String>,
     /// The alias of the live index on Elasticsearch (each rebuild makes `<alias>-<id>` and moves it).
     pub elasticsearch_index: String,
+    /// How many files the content pipeline reads at once (beside the job runner's slots).
+    pub extract_concurrency: usize,
+    /// What reading one file's text may cost: bytes read at most (a larger plain-text file is read
+    /// up to this, other formats not at all), bytes of text kept, seconds, and the extractor
+    /// process's memory.
+    pub extract_max_input_bytes: u64,
+    pub extract_max_text_bytes: usize,
+    pub extract_timeout_seconds: u64,
+    pub extract_memory_bytes: u64,
+    /// The program run as `<program> extract …` for each file (default: this `cloudsync` binary).
+    pub extractor_program: Option<PathBuf>,
 }
 
 /// One OAuth app. Only `client_id` is required; the endpoints, scopes and extra authorization
@@ -138,6 +149,12 @@ impl Default for Config {
             chunk_store: None,
             elasticsearch_url: None,
             elasticsearch_index: "cloudsync-files".into(),
+            extract_concurrency: 2,
+            extract_max_input_bytes: 256 << 20,
+            extract_max_text_bytes: 4 << 20,
+            extract_timeout_seconds: 30,
+            extract_memory_bytes: 2 << 30,
+            extractor_program: None,
         }
     }
 }
@@ -226,6 +243,22 @@ impl Config {
                 }
                 "ELASTICSEARCH_URL" => config.elasticsearch_url = Some(value).filter(|v| !v.is_empty()),
                 "ELASTICSEARCH_INDEX" => config.elasticsearch_index = value,
+                "EXTRACT_CONCURRENCY" => {
+                    config.extract_concurrency = value.parse().context("CLOUDSYNC_EXTRACT_CONCURRENCY must be a number")?
+                }
+                "EXTRACT_MAX_INPUT_BYTES" => {
+                    config.extract_max_input_bytes = value.parse().context("CLOUDSYNC_EXTRACT_MAX_INPUT_BYTES must be a number")?
+                }
+                "EXTRACT_MAX_TEXT_BYTES" => {
+                    config.extract_max_text_bytes = value.parse().context("CLOUDSYNC_EXTRACT_MAX_TEXT_BYTES must be a number")?
+                }
+                "EXTRACT_TIMEOUT_SECONDS" => {
+                    config.extract_timeout_seconds = value.parse().context("CLOUDSYNC_EXTRACT_TIMEOUT_SECONDS must be a number")?
+                }
+                "EXTRACT_MEMORY_BYTES" => {
+                    config.extract_memory_bytes = value.parse().context("CLOUDSYNC_EXTRACT_MEMORY_BYTES must be a number")?
+                }
+                "EXTRACTOR_PROGRAM" => config.extractor_program = Some(PathBuf::from(value)).filter(|p| !p.as_os_str().is_empty()),
                 "SEAL_PATHS" => {
                     config.seal_paths = value.parse().context("CLOUDSYNC_SEAL_PATHS must be true or false")?;
                 }
@@ -334,6 +367,12 @@ impl Config {
             && !(url.starts_with("http://") || url.starts_with("https://"))
         {
             bail!("elasticsearch_url must be an http:// or https:// URL");
+        }
+        if !(1..=64).contains(&self.extract_concurrency) {
+            bail!("extract_concurrency must be between 1 and 64");
+        }
+        if self.extract_timeout_seconds == 0 || self.extract_max_text_bytes == 0 || self.extract_memory_bytes < (64 << 20) {
+            bail!("extract_timeout_seconds and extract_max_text_bytes must be positive, extract_memory_bytes at least 64 MiB");
         }
         if self.elasticsearch_index.is_empty()
             || !self

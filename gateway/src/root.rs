@@ -337,6 +337,38 @@ pub fn search_engine(config: &Config) -> anyhow::Result<cloudsync_search::Engine
     })
 }
 
+/// The search index's view of extracted texts: the chunk store, opened with the owner's key.
+pub struct Texts(pub Commands);
+
+#[async_trait::async_trait]
+impl cloudsync_search::TextSource for Texts {
+    async fn text(&self, owner: cloudsync_domain::UserId, reference: &str) -> Result<Option<String>, String> {
+        self.0.extracted_text(owner, reference).await.map_err(|err| err.to_string())
+    }
+}
+
+/// The content pipeline's extractor: this binary's `extract` command (or the configured program),
+/// within the configured limits.
+///
+/// # Errors
+/// This binary's own path cannot be told.
+pub fn extractor(config: &Config) -> anyhow::Result<cloudsync_content::Extractor> {
+    let program = match &config.extractor_program {
+        Some(program) => program.clone(),
+        None => std::env::current_exe().context("the path of this binary, to run its extract command")?,
+    };
+    Ok(cloudsync_content::Extractor {
+        program,
+        args: Vec::new(),
+        limits: cloudsync_content::Limits {
+            max_input_bytes: config.extract_max_input_bytes,
+            max_text_bytes: config.extract_max_text_bytes,
+            timeout: Duration::from_secs(config.extract_timeout_seconds),
+            memory_bytes: config.extract_memory_bytes,
+        },
+    })
+}
+
 /// A database URL without its password, for messages.
 pub fn redact(url: &str) -> String {
     match (url.find("://"), url.rfind('@')) {
@@ -371,12 +403,13 @@ pub async fn start(config: &Config) -> anyhow::Result<Server> {
     let search = cloudsync_search::Search::open(search_engine(config)?)
         .await
         .context("the search index")?;
-    let search = cloudsync_search::LiveSearch::new(search, Arc::clone(&db.events), None);
+    let mut commands = commands(config, &db)?.with_clock(Arc::clone(&clock));
+    let texts: Arc<dyn cloudsync_search::TextSource> = Arc::new(Texts(commands.clone()));
+    let search = cloudsync_search::LiveSearch::new(search, Arc::clone(&db.events), Some(texts));
     let listener = tokio::net::TcpListener::bind(&config.bind)
         .await
         .with_context(|| format!("binding {}", config.bind))?;
     let addr = listener.local_addr()?;
-    let mut commands = commands(config, &db)?.with_clock(Arc::clone(&clock));
     if let Some(oauth) = oauth(config, addr)? {
         commands = commands.with_oauth(oauth);
     }
@@ -413,6 +446,14 @@ pub async fn start(config: &Config) -> anyhow::Result<Server> {
     tasks.spawn(search.run(shutdown.child_token()));
     let scheduler = Scheduler::new(commands.clone());
     tasks.spawn(scheduler.run(shutdown.child_token()));
+    let pipeline =
+        cloudsync_commands::ContentPipeline::new(commands.clone(), db.pool.clone(), extractor(config)?, config.extract_concurrency);
+    let pipeline_shutdown = shutdown.child_token();
+    tasks.spawn(async move {
+        if let Err(error) = pipeline.run(pipeline_shutdown).await {
+            tracing::error!(error = %error, "The content pipeline stopped.");
+        }
+    });
     let jobs = JobRunner::new(commands, db.pool.clone());
     let jobs_shutdown = shutdown.child_token();
     tasks.spawn(async move {

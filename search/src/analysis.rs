@@ -3,7 +3,8 @@
 //! on camelCase and letter-digit boundaries; every term is lower-cased and folded (`Häuser` →
 //! `hauser`, `ß` → `ss`); Chinese and Japanese runs become overlapping pairs of characters (as
 //! Lucene's CJK analyzer does), so a phrase of pairs finds a word without a dictionary; contents are
-//! also stemmed in their detected language (`whatlang`; Snowball stemmers for 18 languages).
+//! also stemmed in their language (detected by the content pipeline; Snowball stemmers for 18
+//! languages).
 
 use rust_stemmers::{Algorithm, Stemmer};
 use unicode_normalization::UnicodeNormalization;
@@ -200,49 +201,6 @@ pub fn stem_word(word: &str, language: &str) -> Option<String> {
     stemmer(language).map(|s| fold(&s.stem(&word.to_lowercase())))
 }
 
-/// The language of a text, as an ISO 639-1 code where there is one (else ISO 639-3), when whatlang
-/// can tell it reliably.
-pub fn detect_language(text: &str) -> Option<String> {
-    // A few kilobytes tell the language as well as the whole text does.
-    let mut end = text.len().min(4096);
-    while !text.is_char_boundary(end) {
-        end -= 1;
-    }
-    let info = whatlang::detect(&text[..end])?;
-    if !info.is_reliable() && info.confidence() < 0.5 {
-        return None;
-    }
-    let code = info.lang().code();
-    let short = match code {
-        "eng" => "en",
-        "deu" => "de",
-        "fra" => "fr",
-        "spa" => "es",
-        "ita" => "it",
-        "por" => "pt",
-        "nld" => "nl",
-        "cmn" => "zh",
-        "jpn" => "ja",
-        "kor" => "ko",
-        "rus" => "ru",
-        "ara" => "ar",
-        "dan" => "da",
-        "ell" => "el",
-        "fin" => "fi",
-        "hun" => "hu",
-        "nob" => "no",
-        "ron" => "ro",
-        "swe" => "sv",
-        "tam" => "ta",
-        "tur" => "tr",
-        "pol" => "pl",
-        "ces" => "cs",
-        "ukr" => "uk",
-        other => other,
-    };
-    Some(short.to_owned())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -275,15 +233,5 @@ mod tests {
         let got: Vec<&str> = t.iter().map(|t| t.term.as_str()).collect();
         assert_eq!(got, ["東京", "京都", "tokyo"]);
         assert_eq!(&"東京都 tokyo"[t[1].start..t[1].end], "京都");
-    }
-
-    #[test]
-    fn languages_are_told_apart() {
-        let en = "The quick brown fox jumps over the lazy dog while the farmer watches from the porch.";
-        let de = "Die Häuser in der Altstadt wurden im letzten Jahrhundert von den Bürgern der Stadt gebaut.";
-        let fr = "Les maisons de la vieille ville ont été construites au siècle dernier par les habitants.";
-        assert_eq!(detect_language(en).as_deref(), Some("en"));
-        assert_eq!(detect_language(de).as_deref(), Some("de"));
-        assert_eq!(detect_language(fr).as_deref(), Some("fr"));
     }
 }

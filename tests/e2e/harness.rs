@@ -29,6 +29,7 @@ impl Harness {
             // Tests sign in far more often than people do; the rate-limit tests set their own.
             rate_limit_api_per_minute: 1_000_000,
             rate_limit_login_per_minute: 1_000_000,
+            extractor_program: Some(PathBuf::from(env!("CARGO_BIN_EXE_cloudsync-test-extract"))),
             ..Config::default()
         };
         adjust(&mut config);

@@ -177,8 +177,11 @@ async fn a_rebuilt_index_takes_over_while_the_server_runs(h: &Harness) {
     let token = &scanned.token;
     let engine = cloudsync_search::Engine::tantivy(h.db.dir().join("data").join("search"));
     let before = engine.current().await.expect("the live index").expect("one exists");
-    let events = Arc::clone(&h.server().app().db.events);
-    let read = cloudsync_search::rebuild(&engine, events, None).await.expect("rebuild");
+    let app = h.server().app();
+    let texts: Arc<dyn cloudsync_search::TextSource> = Arc::new(cloudsync_gateway::root::Texts(app.commands.clone()));
+    let read = cloudsync_search::rebuild(&engine, Arc::clone(&app.db.events), Some(texts))
+        .await
+        .expect("rebuild");
     assert!(read > 0);
     let after = engine.current().await.expect("the live index").expect("one exists");
     assert_ne!(before, after, "a new index is live");

@@ -1,6 +1,7 @@
 //! The work CloudSync does on its own: the job runner and the leases that give each job to one
 //! worker, the scheduler, the chunk store's garbage collector, provider scans and sync runs.
 
+pub(crate) mod content;
 pub(crate) mod gc;
 pub(crate) mod leases;
 pub(crate) mod pause;
@@ -9,6 +10,7 @@ pub(crate) mod scan;
 mod schedule;
 mod sync;
 
+pub use content::ContentPipeline;
 pub use gc::{GcReport, LEASE_TTL, Lease};
 pub use leases::JOB_LEASE_TTL;
 pub use runner::JobRunner;

@@ -155,6 +155,12 @@ pub enum KeysCommand {
 
 /// Parses the command line and runs it.
 pub fn main() -> ExitCode {
+    // `cloudsync extract …` is the content pipeline's child process (see `cloudsync_content`): it
+    // reads one file on stdin and answers on stdout, before any configuration or runtime.
+    let args: Vec<String> = std::env::args().collect();
+    if args.get(1).map(String::as_str) == Some("extract") {
+        return ExitCode::from(u8::try_from(cloudsync_content::child_main(&args[2..])).unwrap_or(2));
+    }
     let cli = Cli::parse();
     let config = match Config::load(cli.config.as_deref(), std::env::vars()) {
         Ok(config) => config,
@@ -245,7 +251,8 @@ pub async fn run(command: Command, mut config: Config) -> anyhow::Result<()> {
             for name in names {
                 if name == "search" {
                     let engine = crate::root::search_engine(&config)?;
-                    let replayed = cloudsync_search::rebuild(&engine, Arc::clone(&db.events), None)
+                    let texts: Arc<dyn cloudsync_search::TextSource> = Arc::new(crate::root::Texts(crate::root::commands(&config, &db)?));
+                    let replayed = cloudsync_search::rebuild(&engine, Arc::clone(&db.events), Some(texts))
                         .await
                         .with_context(|| format!("rebuilding the search index ({})", engine.describe()))?;
                     println!("Rebuilt search from {replayed} events.");
