@@ -209,6 +209,7 @@ impl Harness {
         let (provider, operation) = self.connect_local(&token, &root).await;
         let files = self.files(&token, &provider).await;
         let readme = files["readme.txt"]["id"].as_str().expect("id").to_owned();
+        self.contents_read(3).await;
         Scanned {
             token,
             user,
@@ -217,6 +218,24 @@ impl Harness {
             operation,
             files,
             readme,
+        }
+    }
+}
+
+impl Harness {
+    /// Waits until the content pipeline has recorded `count` readings in all, so that tests which
+    /// compare the log before and after see only what they did (the sample tree has three files
+    /// with text: the photo is not read).
+    pub async fn contents_read(&self, count: usize) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let events = self.server().app().db.events.read_all(0, 100_000).await.expect("the log");
+            let read = events.iter().filter(|e| e.event_type == "FileContentExtracted").count();
+            if read >= count {
+                return;
+            }
+            assert!(Instant::now() < deadline, "the content pipeline read {read} of {count} files");
+            tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
 }
