@@ -109,6 +109,27 @@ pub fn size_bucket(size: u64) -> &'static str {
     }
 }
 
+/// The folders above a path and the path itself, without leading `/` (paths are relative to their
+/// provider's root): `a`, `a/b`, `a/b/c.txt`.
+pub(crate) fn ancestors(path: &str) -> Vec<String> {
+    let path = path.trim_matches('/');
+    let mut out: Vec<String> = path.match_indices('/').map(|(at, _)| path[..at].to_owned()).collect();
+    out.push(path.to_owned());
+    out
+}
+
+/// A `pathPrefix`/`path:` filter as the folder it names (`/Taxes/` and `Taxes` alike).
+pub(crate) fn folder_filter(prefix: &str) -> String {
+    prefix.trim_matches('/').to_owned()
+}
+
+/// Largest first, ties by value; empty values (no language) left out.
+pub(crate) fn ranked(counts: std::collections::HashMap<String, u64>) -> Vec<(String, u64)> {
+    let mut out: Vec<(String, u64)> = counts.into_iter().filter(|(v, _)| !v.is_empty()).collect();
+    out.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -11,9 +11,9 @@ use cloudsync_domain::FileId;
 use serde_json::{Value, json};
 
 use crate::analysis::{stemmed, terms};
+use crate::doc::{ancestors, folder_filter, ranked};
 use crate::highlight::highlights;
 use crate::query::{Clause, FUZZY_FROM, Field, Word};
-use crate::tantivy_index::{ancestors, folder_filter, ranked};
 use crate::{Batch, Facets, Hit, SearchDoc, SearchError, SearchIndex, SearchRequest, SearchResult, SearchResults, size_bucket};
 
 const CHECKPOINT_ID: &str = "cloudsync-checkpoint";

@@ -224,16 +224,27 @@ impl Search {
 
     /// The live index (moving over, at most once a second, if another process swapped it).
     pub async fn index(&self) -> Arc<dyn SearchIndex> {
-        let (name, index, due) = {
+        let due = {
             let guard = self.current.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-            (guard.0.clone(), Arc::clone(&guard.1), guard.2.elapsed() >= RECHECK)
+            guard.2.elapsed() >= RECHECK
         };
-        if !due || matches!(self.engine, Engine::Elastic { .. }) {
-            return index;
+        if due {
+            self.refresh().await;
         }
+        let guard = self.current.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        Arc::clone(&guard.1)
+    }
+
+    /// Looks now for a swap made by another process (a rebuild) and moves over to it.
+    pub async fn refresh(&self) {
+        let name = {
+            let guard = self.current.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            guard.0.clone()
+        };
+        let Engine::Tantivy { root } = &self.engine else { return };
         let live = self.engine.current().await.ok().flatten();
         let mut moved = None;
-        if let (Some(live), Engine::Tantivy { root }) = (live, &self.engine)
+        if let Some(live) = live
             && live != name
         {
             // The rebuild may still hold the new index's writer for a moment: try again later.
@@ -248,6 +259,5 @@ impl Search {
             tracing::info!(index = %live, "Moved to the rebuilt search index.");
             *guard = (live, opened, Instant::now());
         }
-        Arc::clone(&guard.1)
     }
 }

@@ -6,7 +6,7 @@
 
 use std::collections::HashMap;
 use std::ops::Bound;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
@@ -21,6 +21,7 @@ use tantivy::tokenizer::{TextAnalyzer, WhitespaceTokenizer};
 use tantivy::{DocAddress, DocId, Index, IndexReader, IndexWriter, ReloadPolicy, Score, SegmentReader, TantivyDocument, Term};
 
 use crate::analysis::{stemmed, terms};
+use crate::doc::{ancestors, folder_filter, ranked};
 use crate::highlight::highlights;
 use crate::query::{Clause, FUZZY_FROM, Field, Word};
 use crate::{Batch, Facets, Filters, Hit, SearchDoc, SearchError, SearchIndex, SearchRequest, SearchResult, SearchResults, size_bucket};
@@ -79,20 +80,6 @@ fn schema() -> (Schema, Fields) {
     (b.build(), fields)
 }
 
-/// The folders above a path and the path itself, without leading `/` (paths are relative to their
-/// provider's root): `a`, `a/b`, `a/b/c.txt`.
-pub(crate) fn ancestors(path: &str) -> Vec<String> {
-    let path = path.trim_matches('/');
-    let mut out: Vec<String> = path.match_indices('/').map(|(at, _)| path[..at].to_owned()).collect();
-    out.push(path.to_owned());
-    out
-}
-
-/// A `pathPrefix`/`path:` filter as the folder it names (`/Taxes/` and `Taxes` alike).
-pub(crate) fn folder_filter(prefix: &str) -> String {
-    prefix.trim_matches('/').to_owned()
-}
-
 struct Inner {
     index: Index,
     reader: IndexReader,
@@ -104,7 +91,6 @@ struct Inner {
 #[derive(Clone)]
 pub struct TantivyIndex {
     inner: Arc<Inner>,
-    folder: PathBuf,
 }
 
 impl TantivyIndex {
@@ -129,26 +115,7 @@ impl TantivyIndex {
                 writer: Mutex::new(writer),
                 fields,
             }),
-            folder: folder.to_owned(),
         })
-    }
-
-    pub fn folder(&self) -> &Path {
-        &self.folder
-    }
-
-    /// The bytes the index's files take on disk.
-    pub fn disk_bytes(&self) -> u64 {
-        std::fs::read_dir(&self.folder)
-            .map(|entries| {
-                entries
-                    .flatten()
-                    .filter_map(|e| e.metadata().ok())
-                    .filter(|m| m.is_file())
-                    .map(|m| m.len())
-                    .sum()
-            })
-            .unwrap_or(0)
     }
 
     async fn blocking<T: Send + 'static>(&self, work: impl FnOnce(&Inner) -> SearchResult<T> + Send + 'static) -> SearchResult<T> {
@@ -433,13 +400,6 @@ impl SegmentCollector for FacetSegment {
         }
         out
     }
-}
-
-/// Largest first, ties by value; empty values (no language) left out.
-pub(crate) fn ranked(counts: HashMap<String, u64>) -> Vec<(String, u64)> {
-    let mut out: Vec<(String, u64)> = counts.into_iter().filter(|(v, _)| !v.is_empty()).collect();
-    out.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
-    out
 }
 
 #[async_trait]

@@ -227,7 +227,8 @@ impl Harness {
     /// compare the log before and after see only what they did (the sample tree has three files
     /// with text: the photo is not read).
     pub async fn contents_read(&self, count: usize) {
-        let deadline = Instant::now() + Duration::from_secs(30);
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let mut appended = self.server().app().db.events.watch();
         loop {
             let events = self.server().app().db.events.read_all(0, 100_000).await.expect("the log");
             let read = events.iter().filter(|e| e.event_type == "FileContentExtracted").count();
@@ -235,7 +236,7 @@ impl Harness {
                 return;
             }
             assert!(Instant::now() < deadline, "the content pipeline read {read} of {count} files");
-            tokio::time::sleep(Duration::from_millis(100)).await;
+            self.next_append(&mut appended, deadline).await;
         }
     }
 }

@@ -436,7 +436,7 @@ async fn a_rebuilt_index_replaces_the_live_one_which_answers_until_the_swap() {
             "{b}: the old one answers"
         );
         backend.engine.swap(&name).await.expect("the search backend answers");
-        tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+        search.refresh().await;
         let swapped = find(&*search.index().await, files.owner, "report", Filters::default()).await;
         assert_eq!(
             swapped.hits.iter().map(|h| h.file_id).collect::<Vec<_>>(),
@@ -477,10 +477,18 @@ async fn churn_does_not_grow_the_tantivy_index_without_bound() {
         }
         put(&*index, &docs, 2 + round).await;
     }
-    // Merges run in the background: give them a moment, then look.
-    tokio::time::sleep(std::time::Duration::from_secs(2)).await;
-    put(&*index, &[], 20).await;
-    let last = backend.engine.disk_bytes().await.expect("the search backend answers");
+    // Merges run in the background: wait (at most 20 s) until the old segments' files are gone.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let mut round = 20;
+    let last = loop {
+        put(&*index, &[], round).await;
+        let size = backend.engine.disk_bytes().await.expect("the search backend answers");
+        if size < first * 2 || std::time::Instant::now() > deadline {
+            break size;
+        }
+        round += 1;
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    };
     assert_eq!(index.count().await.expect("the search backend answers"), 1000);
     eprintln!("tantivy index: {first} bytes after the first round, {last} after 10 rounds of changing every file");
     assert!(
