@@ -1,8 +1,8 @@
 //! How text becomes index terms, the same for both backends (they index these terms with a
 //! whitespace tokenizer): words are split on anything that is not a letter or digit, file names also
 //! on camelCase and letter-digit boundaries; every term is lower-cased and folded (`Häuser` →
-//! `hauser`, `ß` → `ss`); Chinese and Japanese runs become overlapping pairs of characters (as
-//! Lucene's CJK analyzer does), so a phrase of pairs finds a word without a dictionary; contents are
+//! `hauser`, `ß` → `ss`); Chinese and Japanese runs are split into words (jieba's dictionary for
+//! Chinese, TinySegmenter for Japanese); contents are
 //! also stemmed in their language (detected by the content pipeline; Snowball stemmers for 18
 //! languages).
 
@@ -21,7 +21,7 @@ pub struct Token {
     pub end: usize,
 }
 
-fn is_cjk(c: char) -> bool {
+pub(crate) fn is_cjk(c: char) -> bool {
     matches!(c as u32,
         0x3040..=0x30FF     // Hiragana, Katakana
         | 0x3400..=0x4DBF   // CJK extension A
@@ -31,8 +31,83 @@ fn is_cjk(c: char) -> bool {
         | 0x20000..=0x2FFFF)
 }
 
+fn is_kana(c: char) -> bool {
+    matches!(c as u32, 0x3040..=0x30FF | 0xFF66..=0xFF9F)
+}
+
+fn jieba() -> &'static jieba_rs::Jieba {
+    static JIEBA: std::sync::OnceLock<jieba_rs::Jieba> = std::sync::OnceLock::new();
+    JIEBA.get_or_init(jieba_rs::Jieba::new)
+}
+
+/// The words of a run of CJK characters, as byte ranges of `run`. Chinese is segmented by jieba's
+/// dictionary in its search mode, which gives a long word and the shorter words inside it
+/// (`北京大学` → `北京`, `大学`, `北京大学`), so a query for either finds it. Japanese (a run with
+/// kana) first breaks where the script changes (kanji, hiragana, katakana: particles and endings
+/// are hiragana, loanwords katakana); its kanji compounds give jieba's words and their overlapping
+/// pairs of characters (without a Japanese dictionary, `京都` is then found inside `東京都` too).
+/// Queries are segmented the same way and their words all must match.
+fn cjk_words(run: &str) -> Vec<(usize, usize)> {
+    let mut out = Vec::new();
+    let han = |from: usize, to: usize, out: &mut Vec<(usize, usize)>| {
+        for token in jieba().cut_for_search(&run[from..to], true) {
+            if token.byte_start < token.byte_end && from + token.byte_end <= to {
+                out.push((from + token.byte_start, from + token.byte_end));
+            }
+        }
+    };
+    if !run.chars().any(is_kana) {
+        han(0, run.len(), &mut out);
+        return out;
+    }
+    #[derive(PartialEq, Clone, Copy)]
+    enum Script {
+        Kanji,
+        Hiragana,
+        Katakana,
+    }
+    let script = |c: char| match c as u32 {
+        0x3040..=0x309F => Script::Hiragana,
+        0x30A0..=0x30FF | 0xFF66..=0xFF9F => Script::Katakana,
+        _ => Script::Kanji,
+    };
+    let mut chars = run.char_indices().peekable();
+    while let Some((start, c)) = chars.next() {
+        let kind = script(c);
+        let mut end = start + c.len_utf8();
+        while let Some(&(at, n)) = chars.peek() {
+            if script(n) != kind {
+                break;
+            }
+            end = at + n.len_utf8();
+            chars.next();
+        }
+        if kind == Script::Kanji {
+            // Japanese compounds are not in jieba's dictionary: their overlapping pairs of
+            // characters too (as Lucene's CJK analyzer makes), so that `東京` is found in `東京都`.
+            han(start, end, &mut out);
+            let at: Vec<usize> = run[start..end].char_indices().map(|(i, _)| start + i).chain([end]).collect();
+            for pair in at.windows(3) {
+                if !out.contains(&(pair[0], pair[2])) {
+                    out.push((pair[0], pair[2]));
+                }
+            }
+        } else {
+            out.push((start, end));
+        }
+    }
+    out
+}
+
 /// Lower-cases and folds a word: accents and umlauts dropped, ligatures and `ß` spelled out.
 pub fn fold(word: &str) -> String {
+    if word.is_ascii() {
+        return word.to_ascii_lowercase();
+    }
+    if word.chars().any(is_kana) {
+        // Kana's voicing marks are not accents (`で` is not `て`); half-width kana become full-width.
+        return word.nfkc().collect();
+    }
     let mut out = String::with_capacity(word.len());
     for c in word.nfkd() {
         if is_combining_mark(c) {
@@ -77,29 +152,41 @@ fn name_breaks(word: &str) -> Vec<(usize, usize)> {
 /// The terms of `text`, in order. `names`: split words the way file names are written, too.
 pub fn tokens(text: &str, names: bool) -> Vec<Token> {
     let mut out = Vec::new();
+    visit_tokens(text, names, |token| {
+        out.push(token);
+        true
+    });
+    out
+}
+
+/// Hands the terms of `text` to `visit` in order, as [`tokens`] makes them, until it returns false.
+pub fn visit_tokens(text: &str, names: bool, mut visit: impl FnMut(Token) -> bool) {
+    let going = std::cell::Cell::new(true);
     let mut push = |start: usize, end: usize| {
+        if !going.get() {
+            return;
+        }
         let term = fold(&text[start..end]);
         if !term.is_empty() && term.len() <= MAX_TERM {
-            out.push(Token { term, start, end });
+            going.set(visit(Token { term, start, end }));
         }
     };
     let mut chars = text.char_indices().peekable();
-    while let Some((start, c)) = chars.next() {
+    while going.get()
+        && let Some((start, c)) = chars.next()
+    {
         if is_cjk(c) {
-            // A run of CJK characters: overlapping pairs (one character alone stays one term).
-            let mut run = vec![(start, c)];
+            // A run of CJK characters: its words, by a segmenter.
+            let mut end = start + c.len_utf8();
             while let Some(&(at, n)) = chars.peek() {
                 if !is_cjk(n) {
                     break;
                 }
-                run.push((at, n));
+                end = at + n.len_utf8();
                 chars.next();
             }
-            if run.len() == 1 {
-                push(start, start + c.len_utf8());
-            }
-            for pair in run.windows(2) {
-                push(pair[0].0, pair[1].0 + pair[1].1.len_utf8());
+            for (a, b) in cjk_words(&text[start..end]) {
+                push(start + a, start + b);
             }
         } else if c.is_alphanumeric() {
             let mut end = start + c.len_utf8();
@@ -119,7 +206,6 @@ pub fn tokens(text: &str, names: bool) -> Vec<Token> {
             }
         }
     }
-    out
 }
 
 /// The terms of `text` as one string, separated by spaces (what the indexes take).
@@ -228,10 +314,19 @@ mod tests {
     }
 
     #[test]
-    fn cjk_runs_become_pairs_with_offsets() {
-        let t = tokens("東京都 tokyo", false);
-        let got: Vec<&str> = t.iter().map(|t| t.term.as_str()).collect();
-        assert_eq!(got, ["東京", "京都", "tokyo"]);
-        assert_eq!(&"東京都 tokyo"[t[1].start..t[1].end], "京都");
+    fn chinese_and_japanese_become_words_with_offsets() {
+        let words = |text: &str| -> Vec<String> { tokens(text, false).into_iter().map(|t| t.term).collect() };
+        let chinese = words("我在北京大学学习");
+        for w in ["北京", "大学", "北京大学", "学习"] {
+            assert!(chinese.contains(&w.to_owned()), "{w} in {chinese:?}");
+        }
+        assert!(!chinese.contains(&"京大".to_owned()), "{chinese:?}");
+        let japanese = words("東京都に住んでいます");
+        for w in ["東京", "に", "住", "んでいます"] {
+            assert!(japanese.contains(&w.to_owned()), "{w} in {japanese:?}");
+        }
+        let t = tokens("東京 tokyo", false);
+        assert_eq!(&"東京 tokyo"[t[0].start..t[0].end], "東京");
+        assert_eq!(t.last().map(|t| t.term.as_str()), Some("tokyo"));
     }
 }

@@ -2,7 +2,7 @@
 //! found (exactly, by stem, by prefix in names, or one typo away) wrapped in `<mark>…</mark>`, the
 //! rest HTML-escaped; long texts are cut to a window around the first match.
 
-use crate::analysis::{stem_word, tokens};
+use crate::analysis::{stem_word, visit_tokens};
 use crate::query::{FUZZY_FROM, Query};
 use crate::{Highlight, SearchDoc};
 
@@ -50,28 +50,41 @@ impl Marker<'_> {
         if self.prefixes && self.terms.iter().any(|t| t.len() >= 2 && term.starts_with(t.as_str())) {
             return true;
         }
+        // A stem keeps its word's first letter (Snowball strips endings), so only such words are stemmed.
         if let Some(language) = self.language
+            && self.terms.iter().any(|t| t.as_bytes().first() == term.as_bytes().first())
             && let Some(stem) = stem_word(word, language)
             && self.terms.contains(&stem)
         {
             return true;
         }
-        self.terms.iter().any(|t| t.chars().count() >= FUZZY_FROM && one_typo(t, term))
+        self.terms.iter().any(|t| {
+            // Words of ASCII letters whose lengths differ by two or more are not one typo apart.
+            let far = t.is_ascii() && term.is_ascii() && t.len().abs_diff(term.len()) > 1;
+            !far && t.chars().count() >= FUZZY_FROM && one_typo(t, term)
+        })
     }
 
-    /// The snippet of `text` with its matches marked, or `None` when nothing in it matches.
+    /// The snippet of `text` with its matches marked, or `None` when nothing in it matches. Only
+    /// the text up to the end of the snippet's window is analysed.
     pub fn snippet(&self, text: &str, names: bool) -> Option<String> {
-        let marks: Vec<(usize, usize)> = tokens(text, names)
-            .into_iter()
-            .filter(|t| self.matches(&t.term, &text[t.start..t.end]))
-            .map(|t| (t.start, t.end))
-            .collect();
-        let &(first, _) = marks.first()?;
+        let long = text.chars().count() > WINDOW;
         let (mut from, mut to) = (0, text.len());
-        if text.chars().count() > WINDOW {
-            from = back_to_word(text, char_back(text, first, LEAD));
-            to = char_forward(text, from, WINDOW);
-        }
+        let mut marks: Vec<(usize, usize)> = Vec::new();
+        visit_tokens(text, names, |t| {
+            if !marks.is_empty() && t.start >= to {
+                return false;
+            }
+            if self.matches(&t.term, &text[t.start..t.end]) {
+                if marks.is_empty() && long {
+                    from = back_to_word(text, char_back(text, t.start, LEAD));
+                    to = char_forward(text, from, WINDOW);
+                }
+                marks.push((t.start, t.end));
+            }
+            true
+        });
+        marks.first()?;
         let mut out = String::new();
         if from > 0 {
             out.push('…');

@@ -185,6 +185,16 @@ pub fn parse(input: &str) -> Query {
             join_next = false;
             continue;
         }
+        // A run of Chinese or Japanese is several words with nothing between them: each must match
+        // (their segmentation may differ between a query and a longer text, so not as a phrase).
+        if !quoted && !negated && !join_next && body.chars().any(crate::analysis::is_cjk) {
+            for token in tokens(body, false) {
+                if let Some(clause) = Clause::word(&body[token.start..token.end]) {
+                    query.must.push(vec![clause]);
+                }
+            }
+            continue;
+        }
         let clause = if quoted { Clause::phrase(body) } else { Clause::word(body) };
         let Some(clause) = clause else { continue };
         if negated {

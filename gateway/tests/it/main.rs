@@ -6,6 +6,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 mod schema;
+mod search;
 mod sync;
 
 fn cloudsync(data_dir: &std::path::Path) -> Command {

@@ -48,7 +48,7 @@ fn log(data: &Path) -> Stdio {
     Stdio::from(file)
 }
 
-fn serve(data: &Path) -> (Running, String) {
+pub(super) fn serve(data: &Path) -> (Running, String) {
     let mut child = cloudsync(data)
         .args(["serve", "--bind", "127.0.0.1:0"])
         .stdout(Stdio::piped())
@@ -62,9 +62,9 @@ fn serve(data: &Path) -> (Running, String) {
 }
 
 /// Where the servers of the data dir `data` log.
-static LOG: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
+pub(super) static LOG: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
 
-fn gql(addr: &str, token: &str, query: &str, variables: serde_json::Value) -> serde_json::Value {
+pub(super) fn gql(addr: &str, token: &str, query: &str, variables: serde_json::Value) -> serde_json::Value {
     let body = serde_json::json!({ "query": query, "variables": variables });
     let sent = reqwest::blocking::Client::new()
         .post(format!("http://{addr}/graphql"))
@@ -89,7 +89,7 @@ fn gql(addr: &str, token: &str, query: &str, variables: serde_json::Value) -> se
 
 /// Connects a local folder; `rate` caps its requests per second (so that a run lasts long enough to
 /// be killed in the middle).
-fn connect(addr: &str, token: &str, root: &Path, rate: Option<u32>) -> String {
+pub(super) fn connect(addr: &str, token: &str, root: &Path, rate: Option<u32>) -> String {
     let mut settings = serde_json::json!({ "root": root });
     if let Some(rate) = rate {
         settings["max_requests_per_second"] = rate.into();
@@ -118,19 +118,43 @@ fn ended(addr: &str, token: &str, operation: &str, within: Duration, context: &s
     }
 }
 
-fn login(addr: &str) -> String {
-    let login = post_as(
-        addr,
-        None,
-        r#"{"query":"mutation { login(email: \"kill@example.org\", password: \"correct horse battery\") { accessToken } }"}"#,
-    );
-    login["data"]["login"]["accessToken"]
+/// Registers the test's user on a fresh server: its access token.
+pub(super) fn register(addr: &str) -> String {
+    signed_in(addr, "register")
+}
+
+/// Signs the test's user in with `mutation` (`register` or `login`): its access token.
+fn signed_in(addr: &str, mutation: &str) -> String {
+    let body = serde_json::json!({
+        "query": format!("mutation {{ {mutation}(email: \"kill@example.org\", password: \"correct horse battery\") {{ accessToken }} }}")
+    });
+    let answer = post_as(addr, None, &body.to_string());
+    answer["data"][mutation]["accessToken"]
         .as_str()
-        .unwrap_or_else(|| panic!("{login}"))
+        .unwrap_or_else(|| panic!("{answer}"))
         .to_owned()
 }
 
-fn kill(server: Running) {
+/// A seed from the clock (printed by a failing test, to replay it) and numbers below a bound drawn from it.
+pub(super) fn random_from_clock() -> (u64, impl FnMut(u64) -> u64) {
+    let seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(1, |d| d.as_nanos() as u64);
+    let mut state = seed | 1;
+    let random = move |below: u64| {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state % below
+    };
+    (seed, random)
+}
+
+pub(super) fn login(addr: &str) -> String {
+    signed_in(addr, "login")
+}
+
+pub(super) fn kill(server: Running) {
     let mut server = server;
     let _ = server.0.kill();
     let _ = server.0.wait();
@@ -153,12 +177,7 @@ fn a_killed_sync_resumes_and_ends_with_both_sides_correct() {
     LOG.set(data.with_extension("log")).ok();
 
     let (server, addr) = serve(&data);
-    let registered = post_as(
-        &addr,
-        None,
-        r#"{"query":"mutation { register(email: \"kill@example.org\", password: \"correct horse battery\") { accessToken } }"}"#,
-    );
-    let mut token = registered["data"]["register"]["accessToken"].as_str().expect("token").to_owned();
+    let mut token = register(&addr);
     let (source, target, third) = (
         connect(&addr, &token, &a, None),
         connect(&addr, &token, &b, Some(150)),
@@ -174,16 +193,7 @@ fn a_killed_sync_resumes_and_ends_with_both_sides_correct() {
     let operation = pair["syncFolders"]["id"].as_str().expect("run").to_owned();
 
     // Kill the server at random points of the run, and start it again each time.
-    let seed = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(1, |d| d.as_nanos() as u64);
-    let mut state = seed | 1;
-    let mut random = move |below: u64| {
-        state ^= state << 13;
-        state ^= state >> 7;
-        state ^= state << 17;
-        state % below
-    };
+    let (seed, mut random) = random_from_clock();
     let status = serde_json::json!({ "o": operation });
     let query = "query($o: ID!) { syncStatus(operationId: $o) { status filesDone error } }";
     let (mut server, mut addr) = (server, addr);

@@ -150,7 +150,12 @@ async fn library() -> Vec<(Backend, Arc<dyn SearchIndex>, Files, Vec<SearchDoc>)
                 Some(("The quick brown fox jumps over the lazy dog.", "en")),
             ),
             files.doc("/Notes/dog.txt", 300, 2024, Some(("The brown dog is quick to sleep.", "en"))),
-            files.doc("/日本/東京.txt", 200, 2024, Some(("東京都に住んでいます", "ja"))),
+            files.doc(
+                "/日本/東京.txt",
+                200,
+                2024,
+                Some(("東京都に住んでいます。我在北京大学学习。", "ja")),
+            ),
         ];
         let (_, index) = backend.engine.open().await.expect("open the index");
         put(&*index, &docs, 10).await;
@@ -229,11 +234,17 @@ async fn contents_match_folded_stemmed_phrases_and_cjk() {
             content.snippet, "The <mark>quick</mark> <mark>brown</mark> fox jumps over the lazy dog.",
             "{b}"
         );
-        assert_eq!(
-            names(&find(&*index, owner, "東京", Filters::default()).await, &docs),
-            sorted(vec!["東京.txt"]),
-            "{b}: CJK"
-        );
+        for q in ["東京", "住んでいます", "大学", "北京大学", "学习"] {
+            assert_eq!(
+                names(&find(&*index, owner, q, Filters::default()).await, &docs),
+                sorted(vec!["東京.txt"]),
+                "{b}: {q}"
+            );
+        }
+        // Chinese is cut into words, not pairs of characters: 京大 is not a word of 北京大学.
+        for q in ["京大", "在北"] {
+            assert!(find(&*index, owner, q, Filters::default()).await.hits.is_empty(), "{b}: {q}");
+        }
     }
 }
 
