@@ -32,7 +32,7 @@ pub use handlers::{
 pub use oauth::{Authorization, DEFAULT_RENEW_MARGIN, OAuth, OAuthApp, is_oauth_kind};
 pub use sealing::SealingStore;
 pub use secrets::{MasterKey, Vault};
-pub use workers::{ContentPipeline, GcReport, JOB_LEASE_TTL, JobRunner, LEASE_TTL, Lease, Scheduler};
+pub use workers::{ContentPipeline, ContentRetries, GcReport, JOB_LEASE_TTL, JobRunner, LEASE_TTL, Lease, Scheduler};
 
 /// The command side of CloudSync.
 #[derive(Clone)]

@@ -97,6 +97,10 @@ pub struct Config {
     pub extract_max_text_bytes: usize,
     pub extract_timeout_seconds: u64,
     pub extract_memory_bytes: u64,
+    /// A file its provider would not serve is read again after this many seconds, then twice as
+    /// long each time, `extract_retry_limit` times; then its reading is recorded as failed.
+    pub extract_retry_seconds: u64,
+    pub extract_retry_limit: u32,
     /// The program run as `<program> extract …` for each file (default: this `cloudsync` binary).
     pub extractor_program: Option<PathBuf>,
 }
@@ -154,6 +158,8 @@ impl Default for Config {
             extract_max_text_bytes: 4 << 20,
             extract_timeout_seconds: 30,
             extract_memory_bytes: 2 << 30,
+            extract_retry_seconds: 60,
+            extract_retry_limit: 8,
             extractor_program: None,
         }
     }
@@ -257,6 +263,12 @@ impl Config {
                 }
                 "EXTRACT_MEMORY_BYTES" => {
                     config.extract_memory_bytes = value.parse().context("CLOUDSYNC_EXTRACT_MEMORY_BYTES must be a number")?
+                }
+                "EXTRACT_RETRY_SECONDS" => {
+                    config.extract_retry_seconds = value.parse().context("CLOUDSYNC_EXTRACT_RETRY_SECONDS must be a number")?
+                }
+                "EXTRACT_RETRY_LIMIT" => {
+                    config.extract_retry_limit = value.parse().context("CLOUDSYNC_EXTRACT_RETRY_LIMIT must be a number")?
                 }
                 "EXTRACTOR_PROGRAM" => config.extractor_program = Some(PathBuf::from(value)).filter(|p| !p.as_os_str().is_empty()),
                 "SEAL_PATHS" => {
@@ -367,6 +379,9 @@ impl Config {
             && !(url.starts_with("http://") || url.starts_with("https://"))
         {
             bail!("elasticsearch_url must be an http:// or https:// URL");
+        }
+        if self.extract_retry_seconds == 0 {
+            bail!("extract_retry_seconds must be positive");
         }
         if !(1..=64).contains(&self.extract_concurrency) {
             bail!("extract_concurrency must be between 1 and 64");

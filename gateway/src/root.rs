@@ -447,7 +447,11 @@ pub async fn start(config: &Config) -> anyhow::Result<Server> {
     let scheduler = Scheduler::new(commands.clone());
     tasks.spawn(scheduler.run(shutdown.child_token()));
     let pipeline =
-        cloudsync_commands::ContentPipeline::new(commands.clone(), db.pool.clone(), extractor(config)?, config.extract_concurrency);
+        cloudsync_commands::ContentPipeline::new(commands.clone(), db.pool.clone(), extractor(config)?, config.extract_concurrency)
+            .with_retries(cloudsync_commands::ContentRetries {
+                first: std::time::Duration::from_secs(config.extract_retry_seconds),
+                limit: config.extract_retry_limit,
+            });
     let pipeline_shutdown = shutdown.child_token();
     tasks.spawn(async move {
         if let Err(error) = pipeline.run(pipeline_shutdown).await {

@@ -1,6 +1,7 @@
 //! Issue 3: resilience. A fault-injecting proxy in front of the S3 server refuses every third request
 //! with `503 SlowDown` and delays others; a scan through it still records exactly the right events,
-//! none twice.
+//! none twice. Issue 16: while the proxy refuses the content pipeline's reads, the files wait for a
+//! retry (findable by name), and are read once the server serves them again.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -19,22 +20,45 @@ use serde_json::json;
 use crate::harness::{Harness, on_both_backends};
 
 on_both_backends!(a_scan_through_a_failing_server_records_every_file_exactly_once);
+mod retried {
+    use super::{quick_retries, unread_contents_are_read_again_once_the_provider_serves_them};
+    use crate::harness::on_both_backends;
+    on_both_backends!(with super::quick_retries; unread_contents_are_read_again_once_the_provider_serves_them);
+}
+mod given_up {
+    use super::{no_retries, unread_contents_past_the_retry_limit_are_recorded_as_failed};
+    use crate::harness::on_both_backends;
+    on_both_backends!(with super::no_retries; unread_contents_past_the_retry_limit_are_recorded_as_failed);
+}
 
 struct Proxy {
     upstream: String,
     client: reqwest::Client,
     requests: AtomicU64,
     refused: AtomicU64,
+    /// Refuse every third request (else only what `refuse_range` names).
+    flaky: bool,
+    /// Reads with exactly this `Range` header are refused while it is set.
+    refuse_range: std::sync::Mutex<Option<String>>,
 }
 
 async fn forward(State(proxy): State<Arc<Proxy>>, request: Request) -> Response {
     let n = proxy.requests.fetch_add(1, Ordering::SeqCst);
-    if n % 3 == 1 {
+    let range = request.headers().get("range").and_then(|v| v.to_str().ok()).map(str::to_owned);
+    let refused_range = range.is_some() && *proxy.refuse_range.lock().expect("lock") == range;
+    if refused_range {
+        // Refused outright (the client does not retry this itself), as a bucket whose access was
+        // taken away for a while.
+        proxy.refused.fetch_add(1, Ordering::SeqCst);
+        let body = "<?xml version=\"1.0\"?><Error><Code>AccessDenied</Code><Message>Access Denied</Message></Error>";
+        return (StatusCode::FORBIDDEN, [("content-type", "application/xml")], body).into_response();
+    }
+    if proxy.flaky && n % 3 == 1 {
         proxy.refused.fetch_add(1, Ordering::SeqCst);
         let body = "<?xml version=\"1.0\"?><Error><Code>SlowDown</Code><Message>Please reduce your request rate.</Message></Error>";
         return (StatusCode::SERVICE_UNAVAILABLE, [("content-type", "application/xml")], body).into_response();
     }
-    if n % 7 == 3 {
+    if proxy.flaky && n % 7 == 3 {
         tokio::time::sleep(Duration::from_millis(150)).await;
     }
     let (parts, body) = request.into_parts();
@@ -70,12 +94,14 @@ async fn forward(State(proxy): State<Arc<Proxy>>, request: Request) -> Response 
 }
 
 /// Starts the proxy on a free loopback port; returns its state and address.
-async fn start_proxy(upstream: String) -> (Arc<Proxy>, String) {
+async fn start_proxy(upstream: String, flaky: bool) -> (Arc<Proxy>, String) {
     let proxy = Arc::new(Proxy {
         upstream,
         client: reqwest::Client::new(),
         requests: AtomicU64::new(0),
         refused: AtomicU64::new(0),
+        flaky,
+        refuse_range: std::sync::Mutex::new(None),
     });
     let router = axum::Router::new().fallback(forward).with_state(Arc::clone(&proxy));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
@@ -84,7 +110,8 @@ async fn start_proxy(upstream: String) -> (Arc<Proxy>, String) {
     (proxy, format!("http://{addr}"))
 }
 
-async fn a_scan_through_a_failing_server_records_every_file_exactly_once(h: &Harness) {
+/// A new folder of the test bucket on the S3 server: its endpoint, root, and a provider on it.
+async fn s3_folder(prefix: &str) -> (String, String, Box<dyn cloudsync_providers::StorageProvider>) {
     let endpoint = std::env::var("CLOUDSYNC_TEST_S3_ENDPOINT").expect("CLOUDSYNC_TEST_S3_ENDPOINT: run through scripts/test");
     let created = reqwest::Client::new()
         .put(format!("{endpoint}/cloudsync-faults"))
@@ -92,10 +119,27 @@ async fn a_scan_through_a_failing_server_records_every_file_exactly_once(h: &Har
         .await
         .expect("S3 reachable");
     assert!(created.status().is_success() || created.status().as_u16() == 409);
-    let root = format!("/faults-{}/", uuid::Uuid::new_v4().simple());
+    let root = format!("/{prefix}-{}/", uuid::Uuid::new_v4().simple());
     let direct =
         json!({ "endpoint": endpoint, "bucket": "cloudsync-faults", "access_key_id": "a", "secret_access_key": "b", "root": root });
     let seeding = cloudsync_providers::open(ProviderKind::S3, direct.as_object().expect("object")).expect("opens");
+    (endpoint, root, seeding)
+}
+
+/// Connects the folder `root` of the test bucket through `endpoint`: the `connectProvider` answer.
+async fn connect_s3(h: &Harness, token: &str, endpoint: &str, root: &str) -> serde_json::Value {
+    let settings =
+        json!({ "endpoint": endpoint, "bucket": "cloudsync-faults", "access_key_id": "a", "secret_access_key": "b", "root": root });
+    h.ok(
+        Some(token),
+        "mutation($c: JSON!) { connectProvider(provider: \"s3\", credentials: $c) { id scanOperationId } }",
+        json!({ "c": settings }),
+    )
+    .await
+}
+
+async fn a_scan_through_a_failing_server_records_every_file_exactly_once(h: &Harness) {
+    let (endpoint, root, seeding) = s3_folder("faults").await;
     let mut expected = BTreeMap::new();
     for i in 0..60 {
         let path = format!("f{}/file-{i:02}.txt", i % 4);
@@ -108,17 +152,9 @@ async fn a_scan_through_a_failing_server_records_every_file_exactly_once(h: &Har
             .expect("seeded");
     }
 
-    let (proxy, proxy_url) = start_proxy(endpoint).await;
+    let (proxy, proxy_url) = start_proxy(endpoint, true).await;
     let (token, _) = h.register("faults@example.org").await;
-    let through_proxy =
-        json!({ "endpoint": proxy_url, "bucket": "cloudsync-faults", "access_key_id": "a", "secret_access_key": "b", "root": root });
-    let data = h
-        .ok(
-            Some(&token),
-            "mutation($c: JSON!) { connectProvider(provider: \"s3\", credentials: $c) { id scanOperationId } }",
-            json!({ "c": through_proxy }),
-        )
-        .await;
+    let data = connect_s3(h, &token, &proxy_url, &root).await;
     let provider = data["connectProvider"]["id"].as_str().expect("id").to_owned();
     h.wait_for_operation(&token, data["connectProvider"]["scanOperationId"].as_str().expect("operation"))
         .await;
@@ -167,4 +203,127 @@ async fn a_scan_through_a_failing_server_records_every_file_exactly_once(h: &Har
         "{:?}",
         after.iter().map(|e| &e.event_type).collect::<Vec<_>>()
     );
+}
+
+/// A server whose pipeline reads 10 bytes of each file (the scan reads all of it to hash it, so the
+/// proxy can tell the two apart by their `Range`), and tries a refused read again after a second.
+async fn quick_retries(backend: cloudsync_eventstore::testing::Backend) -> Harness {
+    Harness::with_config(backend, |config| {
+        config.extract_max_input_bytes = 10;
+        config.extract_retry_seconds = 1;
+    })
+    .await
+}
+
+/// Three text files on S3 behind a proxy that refuses the pipeline's reads; connected by a new
+/// user and scanned. The proxy and the user's token.
+async fn connected_behind_a_refusing_proxy(h: &Harness) -> (Arc<Proxy>, String) {
+    let (endpoint, root, seeding) = s3_folder("retries").await;
+    for (i, animal) in ["wombat", "pangolin", "aardvark"].into_iter().enumerate() {
+        let data = futures::stream::iter([Ok(Bytes::from(format!("{animal} lives in the text of this file")))]).boxed();
+        seeding
+            .write(&ProviderPath::parse(&format!("burrow-{i}.txt")).expect("path"), data)
+            .await
+            .expect("seeded");
+    }
+    let (proxy, proxy_url) = start_proxy(endpoint, false).await;
+    *proxy.refuse_range.lock().expect("lock") = Some("bytes=0-9".into());
+    let (token, _) = h.register("retries@example.org").await;
+    let data = connect_s3(h, &token, &proxy_url, &root).await;
+    h.wait_for_operation(&token, data["connectProvider"]["scanOperationId"].as_str().expect("operation"))
+        .await;
+    (proxy, token)
+}
+
+async fn unread_contents_are_read_again_once_the_provider_serves_them(h: &Harness) {
+    let (proxy, token) = connected_behind_a_refusing_proxy(h).await;
+    let search = |q: &'static str| {
+        let token = token.clone();
+        async move {
+            h.ok(
+                Some(&token),
+                "query($q: String!) { searchFiles(query: $q) { total } }",
+                json!({ "q": q }),
+            )
+            .await["searchFiles"]["total"]
+                .as_u64()
+                .expect("total")
+        }
+    };
+    // Every read of the pipeline is refused: the files wait for a retry, findable by name, and
+    // nothing is recorded of their contents.
+    let pool = h.server().app().db.pool.clone();
+    assert_eq!(waiting_for_retry(&pool, 3).await, 3, "every file waits for a retry");
+    assert!(
+        proxy.refused.load(Ordering::SeqCst) >= 3 * 4,
+        "each read was tried a few times first"
+    );
+    assert_eq!(search("burrow").await, 3);
+    assert_eq!(search("wombat").await, 0);
+    let events = h.server().app().db.events.read_all(0, 100_000).await.expect("the log");
+    assert!(
+        !events.iter().any(|e| e.event_type == "FileContentExtracted"),
+        "nothing was recorded of unread contents"
+    );
+
+    // The provider serves them again: the next retry reads each file once.
+    *proxy.refuse_range.lock().expect("lock") = None;
+    h.contents_read(3).await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while search("wombat").await == 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the retried file was not found by its contents"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(search("pangolin OR aardvark").await, 2);
+    let events = h.server().app().db.events.read_all(0, 100_000).await.expect("the log");
+    let read: Vec<_> = events.iter().filter(|e| e.event_type == "FileContentExtracted").collect();
+    assert_eq!(read.len(), 3, "each file was read once");
+    assert!(read.iter().all(|e| e.payload["outcome"] == "extracted"), "{read:?}");
+    // The pipeline forgets a retry once the reading it made is recorded.
+    assert_eq!(waiting_for_retry(&pool, 0).await, 0, "the retries are done");
+}
+
+/// How many files wait for a retry, once that is `wanted` (or a minute has passed).
+async fn waiting_for_retry(pool: &cloudsync_eventstore::DbPool, wanted: i64) -> i64 {
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let waiting: i64 = cloudsync_eventstore::on_pool!(pool, |p| sqlx::query_scalar("SELECT count(*) FROM content_retries")
+            .fetch_one(p)
+            .await)
+        .expect("retries");
+        if waiting == wanted || std::time::Instant::now() >= deadline {
+            return waiting;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// As [`quick_retries`], with no retry: the first round of refused reads is the last.
+async fn no_retries(backend: cloudsync_eventstore::testing::Backend) -> Harness {
+    Harness::with_config(backend, |config| {
+        config.extract_max_input_bytes = 10;
+        config.extract_retry_limit = 0;
+    })
+    .await
+}
+
+async fn unread_contents_past_the_retry_limit_are_recorded_as_failed(h: &Harness) {
+    let (_proxy, token) = connected_behind_a_refusing_proxy(h).await;
+    h.contents_read(3).await;
+    let events = h.server().app().db.events.read_all(0, 100_000).await.expect("the log");
+    let read: Vec<_> = events.iter().filter(|e| e.event_type == "FileContentExtracted").collect();
+    assert_eq!(read.len(), 3);
+    for event in read {
+        assert_eq!(event.payload["outcome"], "failed", "{}", event.payload);
+        let reason = event.payload["reason"].as_str().unwrap_or_default();
+        assert!(reason.contains("its provider did not serve it"), "{reason}");
+    }
+    assert_eq!(waiting_for_retry(&h.server().app().db.pool, 0).await, 0);
+    let found = h
+        .ok(Some(&token), "query { searchFiles(query: \"burrow\") { total } }", json!({}))
+        .await;
+    assert_eq!(found["searchFiles"]["total"], 3, "still findable by name");
 }

@@ -2,7 +2,9 @@
 //! learnt as events. Like the job runner it follows the log from a checkpoint of its own (one per
 //! extractor version, so a new version walks every file again), runs a bounded number of reads at a
 //! time beside the job runner's slots (so it never starves sync), and moves its checkpoint only past
-//! files it has finished. Whether a file still needs reading is decided by the file's own stream
+//! files it has finished. A file its provider would not serve (after a few quick tries) waits in
+//! `content_retries` and is read again with a growing delay, across restarts; past [`Retries::limit`]
+//! its reading is recorded as failed, with the reason. Whether a file still needs reading is decided by the file's own stream
 //! ([`File::needs_extraction`]), so a replay after a crash reads nothing twice.
 //!
 //! Extracted text is the owner's personal data: it is sealed with their data key and kept in the
@@ -10,7 +12,7 @@
 //! event holds only its reference. Erasing the account makes it unreadable; once the file is
 //! deleted, changed or its owner erased, the collector lets it go.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -45,6 +47,38 @@ pub struct ContentPipeline {
     extractor: Arc<Extractor>,
     concurrency: usize,
     poll: Duration,
+    retries: Retries,
+}
+
+/// When a file its provider would not serve is read again: after `first`, then twice as long each
+/// time (at most six hours), `limit` times; then its reading is recorded as failed, with the reason.
+#[derive(Debug, Clone, Copy)]
+pub struct Retries {
+    pub first: Duration,
+    pub limit: u32,
+}
+
+impl Default for Retries {
+    fn default() -> Self {
+        Self {
+            first: Duration::from_secs(60),
+            limit: 8,
+        }
+    }
+}
+
+impl Retries {
+    fn after(&self, attempts: u32) -> Duration {
+        self.first
+            .saturating_mul(1 << attempts.saturating_sub(1).min(20))
+            .min(Duration::from_secs(6 * 3600))
+    }
+}
+
+/// What a read that ended was: one the log asked for (at this position), or a retry.
+enum Done {
+    Log(i64, FileId, Result<(), String>),
+    Retry(FileId, Result<(), String>),
 }
 
 impl ContentPipeline {
@@ -55,7 +89,79 @@ impl ContentPipeline {
             extractor: Arc::new(extractor),
             concurrency: concurrency.max(1),
             poll: Duration::from_millis(500),
+            retries: Retries::default(),
         }
+    }
+
+    #[must_use]
+    pub fn with_retries(mut self, retries: Retries) -> Self {
+        self.retries = retries;
+        self
+    }
+
+    fn read(&self, running: &mut JoinSet<Done>, file: FileId, position: Option<i64>, shutdown: &CancellationToken) {
+        let (commands, extractor, cancel) = (self.commands.clone(), Arc::clone(&self.extractor), shutdown.child_token());
+        running.spawn(async move {
+            let result = commands
+                .extract_content(file, &extractor, &cancel)
+                .await
+                .map_err(|error| error.to_string());
+            match position {
+                Some(position) => Done::Log(position, file, result),
+                None => Done::Retry(file, result),
+            }
+        });
+    }
+
+    /// Files whose retry is due, at most `limit`.
+    async fn due(&self, limit: usize) -> Result<Vec<FileId>, CommandError> {
+        let query = "SELECT file_id FROM content_retries WHERE due_at <= $1 ORDER BY due_at LIMIT $2";
+        let now = Utc::now().timestamp();
+        let rows: Vec<String> = on_pool!(&self.pool, |p| sqlx::query_scalar(query)
+            .bind(now)
+            .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+            .fetch_all(p)
+            .await)
+        .map_err(db_error)?;
+        Ok(rows.iter().filter_map(|id| id.parse().ok()).collect())
+    }
+
+    /// A read that failed: it is tried again later, or, past the limit, recorded as failed.
+    async fn failed(&self, file: FileId, reason: &str) -> Result<(), CommandError> {
+        let id = file.to_string();
+        let load = "SELECT attempts FROM content_retries WHERE file_id = $1";
+        let before: Option<i64> = on_pool!(&self.pool, |p| sqlx::query_scalar(load).bind(&id).fetch_optional(p).await).map_err(db_error)?;
+        let attempts = u32::try_from(before.unwrap_or(0)).unwrap_or(u32::MAX).saturating_add(1);
+        if attempts > self.retries.limit {
+            tracing::warn!(file = %file, attempts, reason, "The file could not be read from its provider; its reading is recorded as failed.");
+            self.commands
+                .record_unreadable(file, format!("its provider did not serve it ({attempts} times): {reason}"))
+                .await?;
+            return self.succeeded(file).await;
+        }
+        let due = Utc::now().timestamp() + i64::try_from(self.retries.after(attempts).as_secs()).unwrap_or(i64::MAX / 2);
+        tracing::warn!(file = %file, attempts, reason, "The file could not be read; it is read again later and stays findable by name.");
+        let save = "INSERT INTO content_retries (file_id, attempts, due_at, reason) VALUES ($1, $2, $3, $4) \
+                    ON CONFLICT (file_id) DO UPDATE SET attempts = excluded.attempts, due_at = excluded.due_at, reason = excluded.reason";
+        on_pool!(&self.pool, |p| sqlx::query(save)
+            .bind(&id)
+            .bind(i64::from(attempts))
+            .bind(due)
+            .bind(reason)
+            .execute(p)
+            .await
+            .map(drop))
+        .map_err(db_error)
+    }
+
+    async fn succeeded(&self, file: FileId) -> Result<(), CommandError> {
+        let forget = "DELETE FROM content_retries WHERE file_id = $1";
+        on_pool!(&self.pool, |p| sqlx::query(forget)
+            .bind(file.to_string())
+            .execute(p)
+            .await
+            .map(drop))
+        .map_err(db_error)
     }
 
     /// Follows the log until `shutdown`, then waits for the reads in progress (each is bounded by
@@ -70,8 +176,10 @@ impl ContentPipeline {
             .map_err(db_error)?
             .unwrap_or(0);
         let mut events = Box::pin(subscribe(Arc::clone(self.commands.store()), start, self.poll));
-        let mut running: JoinSet<i64> = JoinSet::new();
+        let mut running: JoinSet<Done> = JoinSet::new();
         let mut in_flight: BTreeSet<i64> = BTreeSet::new();
+        let mut retrying: HashSet<FileId> = HashSet::new();
+        let mut retry_check = tokio::time::interval(self.retries.first.clamp(Duration::from_millis(100), Duration::from_secs(30)));
         let (mut seen, mut saved) = (start, start);
         loop {
             // At most `concurrency` reads at once: the log waits while all are busy.
@@ -79,10 +187,37 @@ impl ContentPipeline {
             tokio::select! {
                 () = shutdown.cancelled() => break,
                 Some(done) = running.join_next(), if !running.is_empty() => {
-                    if let Ok(position) = done {
-                        in_flight.remove(&position);
+                    let outcome = match done {
+                        Ok(Done::Log(position, file, result)) => {
+                            in_flight.remove(&position);
+                            match result {
+                                Ok(()) => Ok(()),
+                                Err(reason) => self.failed(file, &reason).await,
+                            }
+                        }
+                        Ok(Done::Retry(file, result)) => {
+                            retrying.remove(&file);
+                            match result {
+                                Ok(()) => self.succeeded(file).await,
+                                Err(reason) => self.failed(file, &reason).await,
+                            }
+                        }
+                        Err(error) => Err(CommandError::Storage(format!("a read stopped: {error}"))),
+                    };
+                    if let Err(error) = outcome {
+                        tracing::warn!(error = %error, "The content pipeline could not keep track of a failed read.");
                     }
                 }
+                _ = retry_check.tick(), if !full => match self.due(self.concurrency - running.len()).await {
+                    Ok(files) => {
+                        for file in files {
+                            if retrying.insert(file) {
+                                self.read(&mut running, file, None, &shutdown);
+                            }
+                        }
+                    }
+                    Err(error) => tracing::warn!(error = %error, "The content pipeline could not read its retries."),
+                },
                 next = events.next(), if !full => match next {
                     Some(Ok(event)) => {
                         seen = event.position;
@@ -90,14 +225,7 @@ impl ContentPipeline {
                             let file = event.payload.get("file_id").and_then(|v| v.as_str()).and_then(|s| s.parse::<FileId>().ok());
                             if let Some(file) = file {
                                 in_flight.insert(event.position);
-                                let (commands, extractor, cancel, position) =
-                                    (self.commands.clone(), Arc::clone(&self.extractor), shutdown.child_token(), event.position);
-                                running.spawn(async move {
-                                    if let Err(error) = commands.extract_content(file, &extractor, &cancel).await {
-                                        tracing::warn!(file = %file, error = %error, "The file's content could not be read; it stays findable by name.");
-                                    }
-                                    position
-                                });
+                                self.read(&mut running, file, Some(event.position), &shutdown);
                             }
                         }
                     }
@@ -146,6 +274,7 @@ impl Commands {
         // A provider that fails to serve the file (a network error) is not the file's fault: the
         // read is tried again a few times, and otherwise nothing is recorded.
         let mut attempt = 0;
+        let mut last_error = String::from("the read broke off");
         let extraction = loop {
             attempt += 1;
             let broken = Arc::new(AtomicBool::new(false));
@@ -162,27 +291,22 @@ impl Commands {
                     (!broken.load(Ordering::SeqCst)).then_some(extraction)
                 }
                 Err(cloudsync_providers::ProviderError::NotFound(_)) => return Ok(()),
-                Err(_) => None,
+                Err(error) => {
+                    last_error = error.to_string();
+                    None
+                }
             };
             match outcome {
                 Some(extraction) => break extraction,
                 None if attempt < READ_ATTEMPTS => tokio::time::sleep(Duration::from_millis(200 << attempt)).await,
-                None => return Err(CommandError::Storage(format!("{path} could not be read from its provider"))),
+                None => {
+                    return Err(CommandError::Storage(format!(
+                        "{path} could not be read from its provider: {last_error}"
+                    )));
+                }
             }
         };
-        let mut event = FileContentExtracted {
-            file_id,
-            provider_id: facts.provider_id,
-            owner_id: owner,
-            checksum: facts.checksum.clone(),
-            extractor: EXTRACTOR.to_owned(),
-            extractor_version: EXTRACTOR_VERSION,
-            outcome: ExtractionOutcome::Extracted,
-            reason: None,
-            text: None,
-            language: None,
-            at: Utc::now(),
-        };
+        let mut event = reading(file_id, &facts);
         let mut lease = None;
         match extraction {
             Extraction::Text { text, truncated } => {
@@ -212,24 +336,44 @@ impl Commands {
                 event.reason = Some(reason);
             }
         }
-        let events = file.handle(FileCommand::RecordExtraction(event))?;
-        let result = if events.is_empty() {
-            Ok(())
-        } else {
-            match self
-                .append(content_stream(file_id), version, &events, &Context::new(Some(owner)))
-                .await
-            {
-                Ok(_) => Ok(()),
-                // Another reader recorded this version first.
-                Err(CommandError::Conflict(_)) => Ok(()),
-                Err(err) => Err(err),
-            }
-        };
+        let result = self.record_reading(&file, version, event).await;
         if let Some(lease) = lease {
             lease.release().await;
         }
         result
+    }
+
+    /// Records that the current version of a file could not be read from its provider, with the
+    /// reason (it is read again only when it changes or the extractor's version does).
+    ///
+    /// # Errors
+    /// The log could not be read or written.
+    pub async fn record_unreadable(&self, file_id: FileId, reason: String) -> Result<(), CommandError> {
+        let (file, version) = self.file_with_content(file_id).await?;
+        let Some((facts, _)) = file.needs_extraction(EXTRACTOR, EXTRACTOR_VERSION) else {
+            return Ok(());
+        };
+        let mut event = reading(file_id, facts);
+        event.outcome = ExtractionOutcome::Failed;
+        event.reason = Some(reason);
+        self.record_reading(&file, version, event).await
+    }
+
+    async fn record_reading(&self, file: &File, version: i64, event: FileContentExtracted) -> Result<(), CommandError> {
+        let (file_id, owner) = (event.file_id, event.owner_id);
+        let events = file.handle(FileCommand::RecordExtraction(event))?;
+        if events.is_empty() {
+            return Ok(());
+        }
+        match self
+            .append(content_stream(file_id), version, &events, &Context::new(Some(owner)))
+            .await
+        {
+            Ok(_) => Ok(()),
+            // Another reader recorded this version first.
+            Err(CommandError::Conflict(_)) => Ok(()),
+            Err(err) => Err(err),
+        }
     }
 
     /// A file with what the pipeline learnt about it, and the version of its content stream.
@@ -279,5 +423,22 @@ impl Commands {
             .open_if_kept(owner, &sealed)
             .await?
             .map(|plain| String::from_utf8_lossy(&plain).into_owned()))
+    }
+}
+
+/// A reading of the file's current version by this extractor, as yet without its outcome.
+fn reading(file_id: FileId, facts: &cloudsync_domain::events::FileDiscovered) -> FileContentExtracted {
+    FileContentExtracted {
+        file_id,
+        provider_id: facts.provider_id,
+        owner_id: facts.owner_id,
+        checksum: facts.checksum.clone(),
+        extractor: EXTRACTOR.to_owned(),
+        extractor_version: EXTRACTOR_VERSION,
+        outcome: ExtractionOutcome::Extracted,
+        reason: None,
+        text: None,
+        language: None,
+        at: Utc::now(),
     }
 }

@@ -10,7 +10,7 @@ pub(crate) mod scan;
 mod schedule;
 mod sync;
 
-pub use content::ContentPipeline;
+pub use content::{ContentPipeline, Retries as ContentRetries};
 pub use gc::{GcReport, LEASE_TTL, Lease};
 pub use leases::JOB_LEASE_TTL;
 pub use runner::JobRunner;
