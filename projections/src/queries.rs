@@ -328,6 +328,41 @@ impl ReadModels {
         fetch_all!(&self.pool, &sql, values, |row| file_row!(row))
     }
 
+    /// The user's files that have the same content as another of their files (same BLAKE3, on
+    /// any of their providers; empty files and unhashed listings aside), as groups of at least two,
+    /// the group that frees the most space first: at most `limit` groups, after the first `offset`.
+    ///
+    /// # Errors
+    /// Database failures.
+    pub async fn exact_duplicates(&self, user: UserId, limit: i64, offset: i64) -> Result<Vec<Vec<FileRow>>, QueryError> {
+        let sql = format!(
+            "SELECT {FILE_COLUMNS} FROM files WHERE user_id = $1 AND checksum IN ( \
+                 SELECT checksum FROM files WHERE user_id = $1 AND checksum <> '' AND size_bytes > 0 \
+                 GROUP BY checksum HAVING count(*) > 1 \
+                 ORDER BY (count(*) - 1) * max(size_bytes) DESC, checksum LIMIT $2 OFFSET $3) \
+             ORDER BY checksum, modified_at, path, id"
+        );
+        let rows = fetch_all!(
+            &self.pool,
+            &sql,
+            [Val::Uuid(user.as_uuid()), Val::Int(limit), Val::Int(offset)],
+            |row| file_row!(row)
+        )?;
+        let mut groups: Vec<Vec<FileRow>> = Vec::new();
+        for row in rows {
+            match groups.last_mut() {
+                Some(group) if group[0].checksum == row.checksum => group.push(row),
+                _ => groups.push(vec![row]),
+            }
+        }
+        groups.retain(|g| g.len() > 1);
+        groups.sort_by(|a, b| {
+            let freed = |g: &[FileRow]| (g.len() as i64 - 1) * g.iter().map(|f| f.size_bytes).max().unwrap_or(0);
+            freed(b).cmp(&freed(a)).then_with(|| a[0].checksum.cmp(&b[0].checksum))
+        });
+        Ok(groups)
+    }
+
     /// One of the user's files.
     ///
     /// # Errors

@@ -2,6 +2,7 @@
 //! HTTP and WebSocket, once on SQLite and once on PostgreSQL, each test with its own database.
 
 mod content;
+mod duplicates;
 mod faults;
 mod harness;
 mod identity;

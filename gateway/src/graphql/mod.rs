@@ -15,6 +15,7 @@ use cloudsync_identity::auth::{Authentication, Caller};
 mod account;
 mod admin;
 pub mod depth;
+mod duplicates;
 mod files;
 mod mfa;
 pub mod request;
@@ -33,6 +34,7 @@ pub type CloudSyncSchema = Schema<QueryRoot, MutationRoot, SubscriptionRoot>;
 pub struct QueryRoot(
     files::FilesQuery,
     search::SearchQuery,
+    duplicates::DuplicatesQuery,
     account::IdentityQuery,
     mfa::MfaQuery,
     admin::AdminQuery,

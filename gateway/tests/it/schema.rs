@@ -48,6 +48,7 @@ const SEED: &[Signature] = &[
         "[File!]!",
     ),
     ("Query", "syncStatus", &[("operationId", "ID!")], "SyncOperation!"),
+    ("Query", "duplicates", &[("threshold", "Float")], "[DuplicateGroup!]!"),
     (
         "Mutation",
         "register",
