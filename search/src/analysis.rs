@@ -6,6 +6,8 @@
 //! also stemmed in their language (detected by the content pipeline; Snowball stemmers for 18
 //! languages).
 
+use std::collections::HashSet;
+
 use rust_stemmers::{Algorithm, Stemmer};
 use unicode_normalization::UnicodeNormalization;
 use unicode_normalization::char::is_combining_mark;
@@ -43,9 +45,9 @@ fn jieba() -> &'static jieba_rs::Jieba {
 /// The words of a run of CJK characters, as byte ranges of `run`. Chinese is segmented by jieba's
 /// dictionary in its search mode, which gives a long word and the shorter words inside it
 /// (`北京大学` → `北京`, `大学`, `北京大学`), so a query for either finds it. Japanese (a run with
-/// kana) first breaks where the script changes (kanji, hiragana, katakana: particles and endings
-/// are hiragana, loanwords katakana); its kanji compounds give jieba's words and their overlapping
-/// pairs of characters (without a Japanese dictionary, `京都` is then found inside `東京都` too).
+/// kana) first breaks where the script changes (kanji, hiragana, katakana); its kanji compounds
+/// give jieba's words and their overlapping pairs of characters, its runs of kana overlapping pairs
+/// (without a Japanese dictionary, `京都` is then found inside `東京都` too).
 /// Queries are segmented the same way and their words all must match.
 fn cjk_words(run: &str) -> Vec<(usize, usize)> {
     let mut out = Vec::new();
@@ -82,18 +84,20 @@ fn cjk_words(run: &str) -> Vec<(usize, usize)> {
             end = at + n.len_utf8();
             chars.next();
         }
+        let at: Vec<usize> = run[start..end].char_indices().map(|(i, _)| start + i).chain([end]).collect();
         if kind == Script::Kanji {
             // Japanese compounds are not in jieba's dictionary: their overlapping pairs of
             // characters too (as Lucene's CJK analyzer makes), so that `東京` is found in `東京都`.
-            han(start, end, &mut out);
-            let at: Vec<usize> = run[start..end].char_indices().map(|(i, _)| start + i).chain([end]).collect();
-            for pair in at.windows(3) {
-                if !out.contains(&(pair[0], pair[2])) {
-                    out.push((pair[0], pair[2]));
-                }
-            }
-        } else {
+            let mut segment = Vec::new();
+            han(start, end, &mut segment);
+            let words: HashSet<(usize, usize)> = segment.iter().copied().collect();
+            out.extend(segment);
+            out.extend(at.windows(3).map(|p| (p[0], p[2])).filter(|pair| !words.contains(pair)));
+        } else if at.len() <= 3 {
             out.push((start, end));
+        } else {
+            // Kana: overlapping pairs, so that a word is found inside a longer run of kana.
+            out.extend(at.windows(3).map(|p| (p[0], p[2])));
         }
     }
     out
@@ -322,7 +326,7 @@ mod tests {
         }
         assert!(!chinese.contains(&"京大".to_owned()), "{chinese:?}");
         let japanese = words("東京都に住んでいます");
-        for w in ["東京", "に", "住", "んでいます"] {
+        for w in ["東京", "に", "住", "んで", "でい", "いま", "ます"] {
             assert!(japanese.contains(&w.to_owned()), "{w} in {japanese:?}");
         }
         let t = tokens("東京 tokyo", false);

@@ -77,8 +77,9 @@ impl Marker<'_> {
             }
             if self.matches(&t.term, &text[t.start..t.end]) {
                 if marks.is_empty() && long {
-                    from = back_to_word(text, char_back(text, t.start, LEAD));
-                    to = char_forward(text, from, WINDOW);
+                    // Text without spaces (Chinese, Japanese) must not push the start past the match.
+                    from = back_to_word(text, char_back(text, t.start, LEAD)).min(t.start);
+                    to = char_forward(text, from, WINDOW).max(t.end);
                 }
                 marks.push((t.start, t.end));
             }

@@ -185,9 +185,10 @@ pub fn parse(input: &str) -> Query {
             join_next = false;
             continue;
         }
-        // A run of Chinese or Japanese is several words with nothing between them: each must match
-        // (their segmentation may differ between a query and a longer text, so not as a phrase).
-        if !quoted && !negated && !join_next && body.chars().any(crate::analysis::is_cjk) {
+        // A run of Chinese or Japanese is several words with nothing between them: each must match,
+        // quoted or not (their segmentation may differ between a query and a longer text, and a
+        // word's sub-words take positions of their own, so not as a phrase).
+        if !negated && !join_next && body.chars().any(crate::analysis::is_cjk) {
             for token in tokens(body, false) {
                 if let Some(clause) = Clause::word(&body[token.start..token.end]) {
                     query.must.push(vec![clause]);

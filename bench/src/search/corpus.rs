@@ -497,7 +497,7 @@ pub fn known_items(pages: &[Page], count: usize) -> anyhow::Result<Vec<KnownItem
     if candidates.len() < count.min(50) {
         bail!("only {} man pages have a usable one-line description", candidates.len());
     }
-    let step = candidates.len() as f64 / count as f64;
+    let step = candidates.len() as f64 / count.min(candidates.len()) as f64;
     Ok((0..count.min(candidates.len()))
         .map(|i| (i as f64 * step) as usize)
         .map(|at| {

@@ -71,6 +71,9 @@ impl Config {
         let files = common::env_usize("BENCH_FILES", 1_000_000)?;
         let docs = common::env_usize("BENCH_DOCS", 10_000)?;
         let queries = common::env_usize("BENCH_QUERIES", 200)?;
+        if files == 0 || docs == 0 || queries == 0 || common::env_usize("BENCH_RATE", 50)? == 0 {
+            bail!("BENCH_FILES, BENCH_DOCS, BENCH_QUERIES and BENCH_RATE must be at least 1");
+        }
         Ok(Self {
             files,
             docs,

@@ -23,6 +23,7 @@ use cloudsync_domain::events::{ExtractionOutcome, FileContentExtracted, SealedSe
 use cloudsync_domain::file::{File, FileCommand, content_stream};
 use cloudsync_domain::{Aggregate, DomainEvent, FileId, UserId};
 use cloudsync_eventstore::{DbPool, on_pool, subscribe};
+use cloudsync_providers::ProviderError;
 use futures::{StreamExt, TryStreamExt};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -75,10 +76,26 @@ impl Retries {
     }
 }
 
+/// Why a file's reading did not end in a recorded result.
+#[derive(Debug)]
+pub(crate) enum ReadError {
+    /// The provider would not serve the file (after a few quick tries): this counts towards
+    /// [`Retries::limit`]. The reason names the kind of failure only, never the path.
+    Unserved(String),
+    /// Something of ours failed (the log, the chunk store): tried again, not counted.
+    Ours(CommandError),
+}
+
+impl From<CommandError> for ReadError {
+    fn from(error: CommandError) -> Self {
+        Self::Ours(error)
+    }
+}
+
 /// What a read that ended was: one the log asked for (at this position), or a retry.
 enum Done {
-    Log(i64, FileId, Result<(), String>),
-    Retry(FileId, Result<(), String>),
+    Log(i64, FileId, Result<(), ReadError>),
+    Retry(FileId, Result<(), ReadError>),
 }
 
 impl ContentPipeline {
@@ -102,10 +119,7 @@ impl ContentPipeline {
     fn read(&self, running: &mut JoinSet<Done>, file: FileId, position: Option<i64>, shutdown: &CancellationToken) {
         let (commands, extractor, cancel) = (self.commands.clone(), Arc::clone(&self.extractor), shutdown.child_token());
         running.spawn(async move {
-            let result = commands
-                .extract_content(file, &extractor, &cancel)
-                .await
-                .map_err(|error| error.to_string());
+            let result = commands.extract_content(file, &extractor, &cancel).await;
             match position {
                 Some(position) => Done::Log(position, file, result),
                 None => Done::Retry(file, result),
@@ -126,28 +140,47 @@ impl ContentPipeline {
         Ok(rows.iter().filter_map(|id| id.parse().ok()).collect())
     }
 
-    /// A read that failed: it is tried again later, or, past the limit, recorded as failed.
-    async fn failed(&self, file: FileId, reason: &str) -> Result<(), CommandError> {
+    /// A read that failed: it is tried again later, or, once the provider has refused it past the
+    /// limit, recorded as failed. `fresh`: the log asked for this read (a new version, or the first
+    /// time), so earlier refusals do not count.
+    async fn failed(&self, file: FileId, error: &ReadError, fresh: bool) -> Result<(), CommandError> {
         let id = file.to_string();
         let load = "SELECT attempts FROM content_retries WHERE file_id = $1";
         let before: Option<i64> = on_pool!(&self.pool, |p| sqlx::query_scalar(load).bind(&id).fetch_optional(p).await).map_err(db_error)?;
-        let attempts = u32::try_from(before.unwrap_or(0)).unwrap_or(u32::MAX).saturating_add(1);
-        if attempts > self.retries.limit {
+        let before = if fresh {
+            0
+        } else {
+            u32::try_from(before.unwrap_or(0)).unwrap_or(u32::MAX)
+        };
+        let (attempts, reason) = match error {
+            ReadError::Unserved(reason) => (before.saturating_add(1), reason.clone()),
+            ReadError::Ours(error) => (before, error.to_string()),
+        };
+        if matches!(error, ReadError::Unserved(_)) && attempts > self.retries.limit {
             tracing::warn!(file = %file, attempts, reason, "The file could not be read from its provider; its reading is recorded as failed.");
-            self.commands
-                .record_unreadable(file, format!("its provider did not serve it ({attempts} times): {reason}"))
-                .await?;
-            return self.succeeded(file).await;
+            match self
+                .commands
+                .record_unreadable(
+                    file,
+                    format!("its provider did not serve it in {attempts} rounds of reads ({reason})"),
+                )
+                .await
+            {
+                Ok(()) => return self.succeeded(file).await,
+                // Tried again later, like any failure of ours.
+                Err(error) => tracing::warn!(file = %file, error = %error, "The failed reading could not be recorded."),
+            }
+        } else {
+            tracing::warn!(file = %file, attempts, reason, "The file could not be read; it is read again later and stays findable by name.");
         }
-        let due = Utc::now().timestamp() + i64::try_from(self.retries.after(attempts).as_secs()).unwrap_or(i64::MAX / 2);
-        tracing::warn!(file = %file, attempts, reason, "The file could not be read; it is read again later and stays findable by name.");
+        let due = Utc::now().timestamp() + i64::try_from(self.retries.after(attempts.max(1)).as_secs()).unwrap_or(i64::MAX / 2);
         let save = "INSERT INTO content_retries (file_id, attempts, due_at, reason) VALUES ($1, $2, $3, $4) \
                     ON CONFLICT (file_id) DO UPDATE SET attempts = excluded.attempts, due_at = excluded.due_at, reason = excluded.reason";
         on_pool!(&self.pool, |p| sqlx::query(save)
             .bind(&id)
             .bind(i64::from(attempts))
             .bind(due)
-            .bind(reason)
+            .bind(&reason)
             .execute(p)
             .await
             .map(drop))
@@ -178,7 +211,8 @@ impl ContentPipeline {
         let mut events = Box::pin(subscribe(Arc::clone(self.commands.store()), start, self.poll));
         let mut running: JoinSet<Done> = JoinSet::new();
         let mut in_flight: BTreeSet<i64> = BTreeSet::new();
-        let mut retrying: HashSet<FileId> = HashSet::new();
+        // Files being read now (from the log or as a retry): a retry waits while one is.
+        let mut reading: HashSet<FileId> = HashSet::new();
         let mut retry_check = tokio::time::interval(self.retries.first.clamp(Duration::from_millis(100), Duration::from_secs(30)));
         let (mut seen, mut saved) = (start, start);
         loop {
@@ -189,17 +223,23 @@ impl ContentPipeline {
                 Some(done) = running.join_next(), if !running.is_empty() => {
                     let outcome = match done {
                         Ok(Done::Log(position, file, result)) => {
-                            in_flight.remove(&position);
-                            match result {
+                            reading.remove(&file);
+                            let kept = match &result {
                                 Ok(()) => Ok(()),
-                                Err(reason) => self.failed(file, &reason).await,
+                                Err(error) => self.failed(file, error, true).await,
+                            };
+                            // Until its failure is kept for a retry, the file holds the checkpoint
+                            // back: a restart reads it again from the log.
+                            if kept.is_ok() {
+                                in_flight.remove(&position);
                             }
+                            kept
                         }
                         Ok(Done::Retry(file, result)) => {
-                            retrying.remove(&file);
+                            reading.remove(&file);
                             match result {
                                 Ok(()) => self.succeeded(file).await,
-                                Err(reason) => self.failed(file, &reason).await,
+                                Err(error) => self.failed(file, &error, false).await,
                             }
                         }
                         Err(error) => Err(CommandError::Storage(format!("a read stopped: {error}"))),
@@ -211,7 +251,7 @@ impl ContentPipeline {
                 _ = retry_check.tick(), if !full => match self.due(self.concurrency - running.len()).await {
                     Ok(files) => {
                         for file in files {
-                            if retrying.insert(file) {
+                            if reading.insert(file) {
                                 self.read(&mut running, file, None, &shutdown);
                             }
                         }
@@ -225,6 +265,7 @@ impl ContentPipeline {
                             let file = event.payload.get("file_id").and_then(|v| v.as_str()).and_then(|s| s.parse::<FileId>().ok());
                             if let Some(file) = file {
                                 in_flight.insert(event.position);
+                                reading.insert(file);
                                 self.read(&mut running, file, Some(event.position), &shutdown);
                             }
                         }
@@ -259,8 +300,13 @@ impl Commands {
     /// what it found. Formats the extractor does not read are not read at all.
     ///
     /// # Errors
-    /// The provider, the chunk store or the log failed (the next start tries again).
-    pub async fn extract_content(&self, file_id: FileId, extractor: &Extractor, cancel: &CancellationToken) -> Result<(), CommandError> {
+    /// The provider would not serve the file, or the chunk store or the log failed.
+    pub(crate) async fn extract_content(
+        &self,
+        file_id: FileId,
+        extractor: &Extractor,
+        cancel: &CancellationToken,
+    ) -> Result<(), ReadError> {
         let (file, version) = self.file_with_content(file_id).await?;
         let Some((facts, path)) = file.needs_extraction(EXTRACTOR, EXTRACTOR_VERSION) else {
             return Ok(());
@@ -290,20 +336,23 @@ impl Commands {
                         .await;
                     (!broken.load(Ordering::SeqCst)).then_some(extraction)
                 }
-                Err(cloudsync_providers::ProviderError::NotFound(_)) => return Ok(()),
+                Err(ProviderError::NotFound(_)) => return Ok(()),
                 Err(error) => {
-                    last_error = error.to_string();
+                    // The kind only: a provider's message may name the path.
+                    last_error = match error {
+                        ProviderError::PermissionDenied(_) => "permission denied",
+                        ProviderError::Temporary(_) => "temporarily unavailable",
+                        ProviderError::Invalid(_) | ProviderError::Unsupported(_) => "refused the read",
+                        _ => "storage error",
+                    }
+                    .to_owned();
                     None
                 }
             };
             match outcome {
                 Some(extraction) => break extraction,
                 None if attempt < READ_ATTEMPTS => tokio::time::sleep(Duration::from_millis(200 << attempt)).await,
-                None => {
-                    return Err(CommandError::Storage(format!(
-                        "{path} could not be read from its provider: {last_error}"
-                    )));
-                }
+                None => return Err(ReadError::Unserved(last_error)),
             }
         };
         let mut event = reading(file_id, &facts);
@@ -340,7 +389,7 @@ impl Commands {
         if let Some(lease) = lease {
             lease.release().await;
         }
-        result
+        Ok(result?)
     }
 
     /// Records that the current version of a file could not be read from its provider, with the

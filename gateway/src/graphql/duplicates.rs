@@ -56,7 +56,7 @@ fn offset_after(after: Option<&str>) -> Result<i64, ApiError> {
         .and_then(|n| n.parse().ok())
         .filter(|n| *n >= 0)
         .ok_or_else(invalid)?;
-    Ok(offset + 1)
+    offset.checked_add(1).ok_or_else(invalid)
 }
 
 /// The cursor of the group at `offset` (0-based) of the list.

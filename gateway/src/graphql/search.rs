@@ -112,7 +112,7 @@ fn offset_after(after: Option<&str>) -> Result<usize, ApiError> {
     let text = URL_SAFE_NO_PAD.decode(after.trim()).map_err(|_| invalid())?;
     let text = String::from_utf8(text).map_err(|_| invalid())?;
     let offset: usize = text.strip_prefix("search:").and_then(|n| n.parse().ok()).ok_or_else(invalid)?;
-    Ok(offset + 1)
+    offset.checked_add(1).ok_or_else(invalid)
 }
 
 fn size(value: Option<i64>, what: &str) -> Result<Option<u64>, ApiError> {

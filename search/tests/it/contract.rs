@@ -234,7 +234,7 @@ async fn contents_match_folded_stemmed_phrases_and_cjk() {
             content.snippet, "The <mark>quick</mark> <mark>brown</mark> fox jumps over the lazy dog.",
             "{b}"
         );
-        for q in ["東京", "住んでいます", "大学", "北京大学", "学习"] {
+        for q in ["東京", "住んでいます", "います", "大学", "北京大学", "学习", "\"大学学习\""] {
             assert_eq!(
                 names(&find(&*index, owner, q, Filters::default()).await, &docs),
                 sorted(vec!["東京.txt"]),
