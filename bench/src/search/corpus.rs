@@ -173,11 +173,21 @@ pub fn words(text: &str) -> impl Iterator<Item = String> + '_ {
         .map(str::to_ascii_lowercase)
 }
 
-/// The `size` most frequent words of the pages, most frequent first.
+/// English stopwords of four letters or more (PostgreSQL's `english` configuration drops them from
+/// queries, which would make its queries ask less than the other engines').
+const STOPWORDS: [&str; 64] = [
+    "about", "above", "after", "again", "against", "because", "been", "before", "being", "below", "between", "both", "could", "does",
+    "doing", "down", "during", "each", "from", "further", "have", "having", "here", "hers", "herself", "himself", "into", "itself", "just",
+    "more", "most", "myself", "once", "only", "other", "ours", "over", "same", "should", "some", "such", "than", "that", "their", "theirs",
+    "them", "then", "there", "these", "they", "this", "those", "through", "under", "until", "very", "were", "what", "when", "where",
+    "which", "while", "with", "your",
+];
+
+/// The `size` most frequent words of the pages (stopwords aside), most frequent first.
 pub fn vocabulary(pages: &[Page], size: usize) -> Vec<String> {
     let mut counts: HashMap<String, u64> = HashMap::new();
     for page in pages {
-        for word in words(&page.text) {
+        for word in words(&page.text).filter(|w| !STOPWORDS.contains(&w.as_str())) {
             *counts.entry(word).or_default() += 1;
         }
     }

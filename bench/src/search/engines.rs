@@ -464,7 +464,8 @@ pub fn fts5_text(text: &Text) -> String {
     let quoted = |w: &str| format!("\"{}\"", w.replace('"', ""));
     match text {
         Text::Words(words) => words.iter().map(|w| quoted(w)).collect::<Vec<_>>().join(" "),
-        Text::Prefix(prefix) => format!("{}*", quoted(prefix)),
+        // Names only, as CloudSync matches prefixes.
+        Text::Prefix(prefix) => format!("name : {}*", quoted(prefix)),
         Text::Phrase(words) => quoted(&words.join(" ")),
         Text::Or(a, b) => format!("{} OR {}", quoted(a), quoted(b)),
         Text::Not(a, b) => format!("{} NOT {}", quoted(a), quoted(b)),
@@ -475,7 +476,8 @@ pub fn fts5_text(text: &Text) -> String {
 pub fn pg_tsquery(text: &Text) -> (&'static str, String) {
     match text {
         Text::Words(words) => ("plainto_tsquery", words.join(" ")),
-        Text::Prefix(prefix) => ("to_tsquery", format!("{prefix}:*")),
+        // Names only (weight A), as CloudSync matches prefixes.
+        Text::Prefix(prefix) => ("to_tsquery", format!("{prefix}:*A")),
         Text::Phrase(words) => ("phraseto_tsquery", words.join(" ")),
         Text::Or(a, b) => ("to_tsquery", format!("{a} | {b}")),
         Text::Not(a, b) => ("to_tsquery", format!("{a} & !{b}")),
