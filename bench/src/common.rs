@@ -115,3 +115,18 @@ pub fn print_heading(name: &str, started: std::time::Instant) {
         started.elapsed().as_secs_f64()
     );
 }
+
+/// The bytes of every file below `root` (0 when it does not exist).
+pub fn folder_bytes(root: &Path) -> anyhow::Result<u64> {
+    if !root.exists() {
+        return Ok(0);
+    }
+    let mut total = 0;
+    for entry in walkdir::WalkDir::new(root) {
+        let entry = entry?;
+        if entry.file_type().is_file() {
+            total += entry.metadata()?.len();
+        }
+    }
+    Ok(total)
+}

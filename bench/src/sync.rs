@@ -145,21 +145,6 @@ fn median(scenario: &str, tool: &str, mut runs: Vec<(Measured, Option<u64>)>) ->
     }
 }
 
-/// The bytes of every file below `root` (0 when it does not exist).
-fn folder_bytes(root: &Path) -> anyhow::Result<u64> {
-    if !root.exists() {
-        return Ok(0);
-    }
-    let mut total = 0;
-    for entry in walkdir::WalkDir::new(root) {
-        let entry = entry?;
-        if entry.file_type().is_file() {
-            total += entry.metadata()?.len();
-        }
-    }
-    Ok(total)
-}
-
 /// Whether two trees hold the same files (by size and BLAKE3).
 fn same_tree(a: &Path, b: &Path) -> anyhow::Result<bool> {
     fn walk(root: &Path) -> anyhow::Result<std::collections::BTreeMap<String, blake3::Hash>> {
@@ -318,9 +303,9 @@ async fn local(work: &Path, small: usize, large: usize, large_mib: usize) -> any
             changed / 1_048_576
         );
         eprintln!("[local] cloudsync incremental {round}");
-        let kept_before = folder_bytes(&data.join("chunks"))?;
+        let kept_before = common::folder_bytes(&data.join("chunks"))?;
         let (measured, written, _) = cloudsync(&data, &["sync", &pair])?;
-        let kept = folder_bytes(&data.join("chunks"))?.saturating_sub(kept_before);
+        let kept = common::folder_bytes(&data.join("chunks"))?.saturating_sub(kept_before);
         rows.push(Row {
             scenario: scenario.clone(),
             tool: format!("CloudSync (versions kept: chunk store +{:.1} MiB)", kept as f64 / 1_048_576.0),

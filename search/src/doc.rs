@@ -45,11 +45,7 @@ impl SearchDoc {
 
     /// Lower-case extension without its dot (empty when there is none).
     pub fn extension(&self) -> String {
-        let name = self.name();
-        match name.rfind('.') {
-            Some(at) if at > 0 && at + 1 < name.len() => name[at + 1..].to_lowercase(),
-            _ => String::new(),
-        }
+        extension_of(self.name())
     }
 
     pub fn kind(&self) -> &'static str {
@@ -70,6 +66,15 @@ impl SearchDoc {
             .as_ref()
             .filter(|c| c.checksum == self.checksum)
             .map(|c| c.text.as_str())
+    }
+}
+
+/// The lower-case extension of a file name, without its dot (empty when there is none; a leading
+/// dot starts a hidden name, not an extension).
+pub fn extension_of(name: &str) -> String {
+    match name.rfind('.') {
+        Some(at) if at > 0 && at + 1 < name.len() => name[at + 1..].to_lowercase(),
+        _ => String::new(),
     }
 }
 

@@ -19,7 +19,7 @@ pub mod query;
 mod tantivy_index;
 
 pub use cache::QueryCache;
-pub use doc::{Content, SearchDoc, kind_of, size_bucket};
+pub use doc::{Content, SearchDoc, extension_of, kind_of, size_bucket};
 pub use elastic::ElasticIndex;
 pub use engine::{Engine, Search};
 pub use projector::{LiveSearch, SearchProjector, TextSource, rebuild};

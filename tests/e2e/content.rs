@@ -47,10 +47,7 @@ async fn extractions(h: &Harness) -> Vec<Value> {
 
 /// Waits until the pipeline has recorded `count` extractions and the index has them.
 async fn extracted(h: &Harness, count: usize) -> Vec<Value> {
-    h.contents_read(count).await;
-    let app = h.server().app();
-    let head = app.db.events.head().await.expect("head");
-    assert!(app.search.wait_for(head, Duration::from_secs(20)).await, "the index catches up");
+    h.contents_indexed(count).await;
     extractions(h).await
 }
 

@@ -241,6 +241,16 @@ impl Harness {
     }
 }
 
+impl Harness {
+    /// As [`Harness::contents_read`], and then until the search index has caught up with the log.
+    pub async fn contents_indexed(&self, count: usize) {
+        self.contents_read(count).await;
+        let app = self.server().app();
+        let head = app.db.events.head().await.expect("head");
+        assert!(app.search.wait_for(head, Duration::from_secs(20)).await, "the index catches up");
+    }
+}
+
 /// A folder with a few files: nested, unicode, spaces.
 pub fn sample_tree(base: &Path) -> PathBuf {
     let root = base.join("provider-root");

@@ -39,11 +39,7 @@ impl Record {
     }
 
     pub fn extension(&self) -> String {
-        let name = self.name();
-        match name.rfind('.') {
-            Some(at) if at > 0 && at + 1 < name.len() => name[at + 1..].to_lowercase(),
-            _ => String::new(),
-        }
+        cloudsync_search::extension_of(self.name())
     }
 }
 

@@ -62,16 +62,6 @@ fn record_of(id: FileId) -> usize {
     (id.as_uuid().as_u128() - 1) as usize
 }
 
-fn folder_bytes(folder: &Path) -> u64 {
-    walkdir::WalkDir::new(folder)
-        .into_iter()
-        .flatten()
-        .filter_map(|e| e.metadata().ok())
-        .filter(std::fs::Metadata::is_file)
-        .map(|m| m.len())
-        .sum()
-}
-
 impl Target {
     pub async fn tantivy(folder: &Path) -> anyhow::Result<Self> {
         let index = cloudsync_search::TantivyIndex::open(folder)?;
@@ -265,7 +255,7 @@ impl Target {
             Self::Ours {
                 place: Place::Folder(folder),
                 ..
-            } => Ok(folder_bytes(folder)),
+            } => crate::common::folder_bytes(folder),
             Self::Ours {
                 place: Place::Elastic { base, index, http },
                 ..

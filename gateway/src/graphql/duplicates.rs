@@ -9,7 +9,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use cloudsync_identity::access::scope;
 
 use super::files::File;
-use super::{app, caller_for, truncate};
+use super::{app, caller_for, offset_after, offset_cursor};
 use crate::errors::ApiError;
 
 /// Groups one page of `duplicates` holds at most.
@@ -45,23 +45,6 @@ pub struct DuplicateGroup {
 
 fn group_id(checksum: &str) -> ID {
     ID(URL_SAFE_NO_PAD.encode(format!("exact:{checksum}")))
-}
-
-fn offset_after(after: Option<&str>) -> Result<i64, ApiError> {
-    let Some(after) = after else { return Ok(0) };
-    let invalid = || ApiError::BadInput(format!("after {:?} is not a cursor of duplicates", truncate(after)));
-    let text = String::from_utf8(URL_SAFE_NO_PAD.decode(after.trim()).map_err(|_| invalid())?).map_err(|_| invalid())?;
-    let offset: i64 = text
-        .strip_prefix("duplicates:")
-        .and_then(|n| n.parse().ok())
-        .filter(|n| *n >= 0)
-        .ok_or_else(invalid)?;
-    offset.checked_add(1).ok_or_else(invalid)
-}
-
-/// The cursor of the group at `offset` (0-based) of the list.
-fn cursor_at(offset: i64) -> String {
-    URL_SAFE_NO_PAD.encode(format!("duplicates:{offset}"))
 }
 
 fn bytes(n: i64) -> String {
@@ -103,11 +86,11 @@ impl DuplicatesQuery {
         if !(1..=MAX_FIRST).contains(&first) {
             return Err(ApiError::BadInput(format!("first must be between 1 and {MAX_FIRST}")).into());
         }
-        let offset = offset_after(after.as_deref())?;
+        let offset = offset_after("duplicates", "duplicates", after.as_deref())?;
         app.consistent(caller).await;
         let groups = app
             .reads
-            .exact_duplicates(caller.user_id, i64::from(first), offset)
+            .exact_duplicates(caller.user_id, i64::from(first), i64::try_from(offset).unwrap_or(i64::MAX))
             .await
             .map_err(ApiError::from)?;
         Ok(groups
@@ -135,7 +118,7 @@ impl DuplicatesQuery {
                         bytes(size * (files.len() as i64 - 1))
                     ),
                     files: files.into_iter().map(File::from).collect(),
-                    cursor: cursor_at(offset + at as i64),
+                    cursor: offset_cursor("duplicates", offset + at),
                 }
             })
             .collect())

@@ -293,6 +293,31 @@ pub(crate) fn truncate(text: &str) -> String {
     text.chars().take(64).collect()
 }
 
+/// The opaque cursor of the item at `offset` (0-based) of a list paged by position, whose cursors
+/// are marked `list`.
+pub(crate) fn offset_cursor(list: &str, offset: usize) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(format!("{list}:{offset}"))
+}
+
+/// Where a page of the field `field` starts: after the item whose [`offset_cursor`] (marked `list`)
+/// is `after`, or at 0.
+pub(crate) fn offset_after(list: &str, field: &str, after: Option<&str>) -> Result<usize, crate::errors::ApiError> {
+    use base64::Engine as _;
+    let Some(after) = after else { return Ok(0) };
+    let invalid = || crate::errors::ApiError::BadInput(format!("after {:?} is not a cursor of {field}", truncate(after)));
+    let text = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(after.trim())
+        .map_err(|_| invalid())?;
+    let text = String::from_utf8(text).map_err(|_| invalid())?;
+    let offset: usize = text
+        .strip_prefix(list)
+        .and_then(|rest| rest.strip_prefix(':'))
+        .and_then(|n| n.parse().ok())
+        .ok_or_else(invalid)?;
+    offset.checked_add(1).ok_or_else(invalid)
+}
+
 pub(crate) fn parse_path(raw: &str) -> ApiResult<ProviderPath> {
     ProviderPath::parse(raw).map_err(|err| ApiError::BadInput(err.to_string()))
 }

@@ -4,15 +4,13 @@
 //! says how far it has got (`indexedPosition`, `stale`).
 
 use async_graphql::{Context, ID, InputObject, Object, SimpleObject};
-use base64::Engine as _;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use chrono::{DateTime, Utc};
 use cloudsync_domain::ProviderId;
 use cloudsync_identity::access::scope;
 use cloudsync_search::{FacetCounts, Filters, SearchRequest, query};
 
 use super::files::File;
-use super::{app, caller_for, parse_id, truncate};
+use super::{app, caller_for, offset_after, offset_cursor, parse_id};
 use crate::errors::ApiError;
 
 /// The most hits one page holds.
@@ -102,19 +100,6 @@ fn counts(values: FacetCounts) -> Vec<FacetCount> {
         .collect()
 }
 
-fn cursor(offset: usize) -> String {
-    URL_SAFE_NO_PAD.encode(format!("search:{offset}"))
-}
-
-fn offset_after(after: Option<&str>) -> Result<usize, ApiError> {
-    let Some(after) = after else { return Ok(0) };
-    let invalid = || ApiError::BadInput(format!("after {:?} is not a cursor of searchFiles", truncate(after)));
-    let text = URL_SAFE_NO_PAD.decode(after.trim()).map_err(|_| invalid())?;
-    let text = String::from_utf8(text).map_err(|_| invalid())?;
-    let offset: usize = text.strip_prefix("search:").and_then(|n| n.parse().ok()).ok_or_else(invalid)?;
-    offset.checked_add(1).ok_or_else(invalid)
-}
-
 fn size(value: Option<i64>, what: &str) -> Result<Option<u64>, ApiError> {
     value
         .map(|v| u64::try_from(v).map_err(|_| ApiError::BadInput(format!("{what} must not be negative"))))
@@ -181,7 +166,7 @@ impl SearchQuery {
             return Err(ApiError::BadInput("query must be at most 1000 bytes".into()).into());
         }
         let limit = usize::try_from(first).unwrap_or(20);
-        let offset = offset_after(after.as_deref())?;
+        let offset = offset_after("search", "searchFiles", after.as_deref())?;
         if offset + limit > MAX_DEPTH {
             return Err(ApiError::BadInput(format!("searchFiles pages go {MAX_DEPTH} hits deep; narrow the query instead")).into());
         }
@@ -238,8 +223,8 @@ impl SearchQuery {
             page_info: PageInfo {
                 has_next_page: total > shown,
                 has_previous_page: offset > 0,
-                start_cursor: (last > offset).then(|| cursor(offset)),
-                end_cursor: (last > offset).then(|| cursor(last - 1)),
+                start_cursor: (last > offset).then(|| offset_cursor("search", offset)),
+                end_cursor: (last > offset).then(|| offset_cursor("search", last - 1)),
             },
             hits,
             facets: SearchFacets {

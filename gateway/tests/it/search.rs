@@ -72,6 +72,7 @@ fn a_killed_search_projector_resumes_without_losing_or_doubling_a_document() {
             Instant::now() < deadline,
             "after kills at {kills:?} ms (seed {seed}) the index stopped at {names} by name and {contents} by contents, of {FILES}"
         );
+        // The server is another process with nothing this test could wait on: it asks again.
         std::thread::sleep(Duration::from_millis(200));
     }
     assert_eq!(
