@@ -4,7 +4,7 @@
 use chrono::{DateTime, Utc};
 
 use crate::aggregate::{Aggregate, DomainError};
-use crate::events::{DomainEvent, FileChanged, FileContentExtracted, FileDeleted, FileDiscovered, FileMoved, FileRemoved};
+use crate::events::{DomainEvent, FileAnalyzed, FileChanged, FileContentExtracted, FileDeleted, FileDiscovered, FileMoved, FileRemoved};
 use crate::ids::SyncJobId;
 use crate::ids::UserId;
 use crate::values::ProviderPath;
@@ -23,6 +23,11 @@ pub struct File {
     deleted: bool,
     /// The content pipeline's last reading of the file's text.
     extracted: Option<FileContentExtracted>,
+    /// How many times the file's name has changed (a move to another folder keeping the name does
+    /// not count): models that read the name run again when it moves on.
+    name_revision: u32,
+    /// Each model's last run over the file.
+    analyses: Vec<FileAnalyzed>,
 }
 
 pub enum FileCommand {
@@ -60,6 +65,9 @@ pub enum FileCommand {
     /// The content pipeline read a version of the file. Recorded only while that version is still
     /// the file's and was not read by this extractor version already.
     RecordExtraction(FileContentExtracted),
+    /// A model ran over a version of the file. Recorded only while that version (and name) is
+    /// still the file's and this model version has not run over it already.
+    RecordAnalysis(FileAnalyzed),
 }
 
 impl File {
@@ -98,6 +106,36 @@ impl File {
         (!done).then_some((facts, path))
     }
 
+    /// The live file's facts when `model` at `version` has not run over its current version and
+    /// name (the content pipeline then runs it).
+    pub fn needs_analysis(&self, model: &str, version: u32) -> Option<(&FileDiscovered, &ProviderPath)> {
+        let (facts, path) = self.live_for(self.discovered.as_ref()?.owner_id)?;
+        let done = self.analyses.iter().any(|a| {
+            a.model == model && a.checksum == facts.checksum && a.model_version >= version && a.name_revision == self.name_revision
+        });
+        (!done).then_some((facts, path))
+    }
+
+    /// `model`'s last run over the live file's current version, if any (perhaps over an older name).
+    pub fn analysis(&self, model: &str) -> Option<&FileAnalyzed> {
+        let (facts, _) = self.live_for(self.discovered.as_ref()?.owner_id)?;
+        self.analyses.iter().find(|a| a.model == model && a.checksum == facts.checksum)
+    }
+
+    /// How many times the file's name has changed.
+    pub fn name_revision(&self) -> u32 {
+        self.name_revision
+    }
+
+    /// Whether the live file's current version has been read by some extractor (so its text, if it
+    /// has any, is known).
+    pub fn read_for_text(&self) -> bool {
+        let Some((facts, _)) = self.discovered.as_ref().and_then(|d| self.live_for(d.owner_id)) else {
+            return false;
+        };
+        self.extracted.as_ref().is_some_and(|e| e.checksum == facts.checksum)
+    }
+
     /// Whose file it is (once discovered).
     pub fn owner(&self) -> Option<UserId> {
         self.discovered.as_ref().map(|d| d.owner_id)
@@ -108,6 +146,20 @@ impl File {
         let (facts, _) = self.live_for(self.discovered.as_ref()?.owner_id)?;
         let extracted = self.extracted.as_ref().filter(|e| e.checksum == facts.checksum)?;
         extracted.text.as_ref().map(|t| t.reference.as_str())
+    }
+
+    /// Everything kept in the chunk store for the live file's current version: its extracted text
+    /// and each model's results (the garbage collector keeps these and lets the rest go).
+    pub fn content_references(&self) -> Vec<&str> {
+        let Some((facts, _)) = self.discovered.as_ref().and_then(|d| self.live_for(d.owner_id)) else {
+            return Vec::new();
+        };
+        let vectors = self
+            .analyses
+            .iter()
+            .filter(|a| a.checksum == facts.checksum)
+            .filter_map(|a| a.vectors.as_ref().map(|v| v.reference.as_str()));
+        self.text_reference().into_iter().chain(vectors).collect()
     }
 
     /// Where a move into `folder` would put the file.
@@ -192,6 +244,19 @@ impl Aggregate for File {
                 }
                 Ok(vec![DomainEvent::FileContentExtracted(extracted)])
             }
+            FileCommand::RecordAnalysis(analyzed) => {
+                let Some((facts, _)) = self.needs_analysis(&analyzed.model, analyzed.model_version) else {
+                    return Ok(Vec::new());
+                };
+                if facts.owner_id != analyzed.owner_id {
+                    return Err(DomainError::NotFound("file"));
+                }
+                if facts.checksum != analyzed.checksum || analyzed.name_revision != self.name_revision {
+                    // The file changed or was renamed while the model ran: it runs again on the new one.
+                    return Ok(Vec::new());
+                }
+                Ok(vec![DomainEvent::FileAnalyzed(analyzed)])
+            }
             FileCommand::Delete { by, at } => {
                 let (facts, path) = self.live_for(by).ok_or(DomainError::NotFound("file"))?;
                 Ok(vec![DomainEvent::FileDeleted(FileDeleted {
@@ -211,7 +276,12 @@ impl Aggregate for File {
                 self.path = Some(e.path.clone());
                 self.discovered = Some(e.clone());
             }
-            DomainEvent::FileMoved(e) => self.path = Some(e.to.clone()),
+            DomainEvent::FileMoved(e) => {
+                if e.from.name() != e.to.name() {
+                    self.name_revision += 1;
+                }
+                self.path = Some(e.to.clone());
+            }
             DomainEvent::FileChanged(e) => {
                 if let Some(facts) = &mut self.discovered {
                     facts.size_bytes = e.size_bytes;
@@ -222,6 +292,10 @@ impl Aggregate for File {
             }
             DomainEvent::FileDeleted(_) | DomainEvent::FileRemoved(_) => self.deleted = true,
             DomainEvent::FileContentExtracted(e) => self.extracted = Some(e.clone()),
+            DomainEvent::FileAnalyzed(e) => {
+                self.analyses.retain(|a| a.model != e.model);
+                self.analyses.push(e.clone());
+            }
             _ => {}
         }
     }
@@ -315,6 +389,85 @@ mod tests {
         );
         assert!(file(&history).needs_extraction("text", 1).is_some(), "a changed file is read again");
         assert_eq!(file(&history).text_reference(), None);
+    }
+
+    fn analysis(checksum: &str, version: u32, name_revision: u32) -> FileAnalyzed {
+        FileAnalyzed {
+            file_id: FileId::from_uuid(Uuid::from_u128(7)),
+            provider_id: ProviderId::from_uuid(Uuid::from_u128(8)),
+            owner_id: alice(),
+            checksum: checksum.into(),
+            model: "minilm".into(),
+            model_version: version,
+            name_revision,
+            outcome: crate::events::AnalysisOutcome::Analyzed,
+            reason: None,
+            vectors: None,
+            at: DateTime::UNIX_EPOCH,
+        }
+    }
+
+    #[test]
+    fn a_model_runs_once_per_version_name_and_model_version() {
+        let mut history = discovered();
+        let file = |h: &[DomainEvent]| {
+            let mut f = File::default();
+            h.iter().for_each(|e| f.apply(e));
+            f
+        };
+        assert!(file(&history).needs_analysis("minilm", 1).is_some());
+        given::<File>(history.clone())
+            .when(FileCommand::RecordAnalysis(analysis("old", 1, 0)))
+            .then([]);
+        let recorded = given::<File>(history.clone())
+            .when(FileCommand::RecordAnalysis(analysis("00", 1, 0)))
+            .events();
+        assert_eq!(recorded, [DomainEvent::FileAnalyzed(analysis("00", 1, 0))]);
+        history.extend(recorded);
+        assert!(file(&history).needs_analysis("minilm", 1).is_none(), "run once");
+        assert!(file(&history).needs_analysis("other", 1).is_some(), "each model runs on its own");
+        assert!(
+            file(&history).needs_analysis("minilm", 2).is_some(),
+            "a new model version runs again"
+        );
+        // A move keeping the name changes nothing; a rename makes name-reading models run again.
+        let moved = given::<File>(history.clone())
+            .when(FileCommand::Move {
+                by: alice(),
+                folder: path("archive"),
+                at: DateTime::UNIX_EPOCH,
+            })
+            .events();
+        history.extend(moved);
+        assert!(file(&history).needs_analysis("minilm", 1).is_none());
+        history.push(DomainEvent::FileMoved(FileMoved {
+            file_id: FileId::from_uuid(Uuid::from_u128(7)),
+            provider_id: ProviderId::from_uuid(Uuid::from_u128(8)),
+            owner_id: alice(),
+            from: path("archive/a.txt"),
+            to: path("archive/b.txt"),
+            moved_at: DateTime::UNIX_EPOCH,
+        }));
+        assert_eq!(file(&history).name_revision(), 1);
+        assert!(file(&history).needs_analysis("minilm", 1).is_some(), "renamed");
+        assert!(file(&history).analysis("minilm").is_some(), "the old run is still there to reuse");
+        given::<File>(history.clone())
+            .when(FileCommand::RecordAnalysis(analysis("00", 1, 0)))
+            .then([]);
+        history.extend(
+            given::<File>(history.clone())
+                .when(FileCommand::RecordChange {
+                    by: alice(),
+                    size_bytes: 4,
+                    modified_at: DateTime::UNIX_EPOCH,
+                    checksum: "11".into(),
+                    etag: None,
+                    job_id: None,
+                })
+                .events(),
+        );
+        assert!(file(&history).analysis("minilm").is_none(), "a changed file's old run is not its");
+        assert!(!file(&history).read_for_text());
     }
 
     #[test]

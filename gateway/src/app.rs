@@ -31,6 +31,10 @@ pub struct App {
     /// The search index's projector (and through it the live index).
     pub search: Arc<cloudsync_search::LiveSearch>,
     pub search_cache: cloudsync_search::QueryCache,
+    /// The vector index's projector (and through it the index), for searches by meaning.
+    pub vectors: Arc<cloudsync_search::vectors::LiveVectors>,
+    /// The models this installation loaded (the text model embeds queries).
+    pub models: cloudsync_ml::Models,
     pub tokens: Tokens,
     /// The time as identity's stores and the second-factor windows read it.
     pub clock: Arc<dyn Clock>,
@@ -150,6 +154,14 @@ impl App {
         let written = self.written.lock().ok().and_then(|w| w.get(&caller.user_id).copied()).unwrap_or(0);
         let position = written.max(self.projections.max_position());
         position <= 0 || self.search.wait_for(position, self.consistency_timeout).await
+    }
+
+    /// Like [`Self::searchable`], for the vector index too.
+    pub async fn searchable_by_meaning(&self, caller: Caller) -> bool {
+        let words = self.searchable(caller).await;
+        let written = self.written.lock().ok().and_then(|w| w.get(&caller.user_id).copied()).unwrap_or(0);
+        let position = written.max(self.projections.max_position());
+        words && (position <= 0 || self.vectors.wait_for(position, self.consistency_timeout).await)
     }
 
     /// Waits until the read models reflect everything `caller` has written, and agree with each

@@ -103,6 +103,11 @@ pub struct Config {
     pub extract_retry_limit: u32,
     /// The program run as `<program> extract …` for each file (default: this `cloudsync` binary).
     pub extractor_program: Option<PathBuf>,
+    /// Where model files are loaded from (`scripts/models` installs them): unset for
+    /// `<data_dir>/models`. A model whose folder is missing is left out (and said so at start-up).
+    pub models_dir: Option<PathBuf>,
+    /// How many model runs (embedding a file's passages, a query) go at once.
+    pub model_concurrency: usize,
 }
 
 /// One OAuth app. Only `client_id` is required; the endpoints, scopes and extra authorization
@@ -161,6 +166,8 @@ impl Default for Config {
             extract_retry_seconds: 60,
             extract_retry_limit: 8,
             extractor_program: None,
+            models_dir: None,
+            model_concurrency: 1,
         }
     }
 }
@@ -249,6 +256,8 @@ impl Config {
                 }
                 "ELASTICSEARCH_URL" => config.elasticsearch_url = Some(value).filter(|v| !v.is_empty()),
                 "ELASTICSEARCH_INDEX" => config.elasticsearch_index = value,
+                "MODELS_DIR" => config.models_dir = Some(PathBuf::from(value)).filter(|v| !v.as_os_str().is_empty()),
+                "MODEL_CONCURRENCY" => config.model_concurrency = value.parse().context("CLOUDSYNC_MODEL_CONCURRENCY must be a number")?,
                 "EXTRACT_CONCURRENCY" => {
                     config.extract_concurrency = value.parse().context("CLOUDSYNC_EXTRACT_CONCURRENCY must be a number")?
                 }
@@ -382,6 +391,9 @@ impl Config {
         }
         if self.extract_retry_seconds == 0 {
             bail!("extract_retry_seconds must be positive");
+        }
+        if !(1..=64).contains(&self.model_concurrency) {
+            bail!("model_concurrency must be between 1 and 64");
         }
         if !(1..=64).contains(&self.extract_concurrency) {
             bail!("extract_concurrency must be between 1 and 64");

@@ -347,6 +347,36 @@ impl cloudsync_search::TextSource for Texts {
     }
 }
 
+/// The vector index's view of stored vectors: the chunk store, opened with the owner's key.
+pub struct StoredVectors(pub Commands);
+
+#[async_trait::async_trait]
+impl cloudsync_search::vectors::VectorSource for StoredVectors {
+    async fn vectors(&self, owner: cloudsync_domain::UserId, reference: &str) -> Result<Option<Vec<Vec<f32>>>, String> {
+        self.0.stored_vectors(owner, reference).await.map_err(|err| err.to_string())
+    }
+}
+
+/// The models in `models_dir` (default `<data_dir>/models`); a missing one is left out.
+///
+/// # Errors
+/// A model that is there but does not load.
+pub fn models(config: &Config) -> anyhow::Result<cloudsync_ml::Models> {
+    let dir = config.models_dir.clone().unwrap_or_else(|| config.data_dir.join("models"));
+    cloudsync_ml::Models::load(&dir, config.model_concurrency).with_context(|| format!("loading the models in {}", dir.display()))
+}
+
+/// The vector index: embedded in `<data_dir>/vectors`.
+///
+/// # Errors
+/// The index cannot be opened.
+pub async fn vector_index(config: &Config) -> anyhow::Result<Arc<dyn cloudsync_search::vectors::VectorIndex>> {
+    let index = cloudsync_search::vectors::SqliteVectors::open(&config.data_dir.join("vectors"))
+        .await
+        .context("the vector index")?;
+    Ok(Arc::new(index))
+}
+
 /// The content pipeline's extractor: this binary's `extract` command (or the configured program),
 /// within the configured limits.
 ///
@@ -406,6 +436,12 @@ pub async fn start(config: &Config) -> anyhow::Result<Server> {
     let mut commands = commands(config, &db)?.with_clock(Arc::clone(&clock));
     let texts: Arc<dyn cloudsync_search::TextSource> = Arc::new(Texts(commands.clone()));
     let search = cloudsync_search::LiveSearch::new(search, Arc::clone(&db.events), Some(texts));
+    let models = models(config)?;
+    let vectors = cloudsync_search::vectors::LiveVectors::new(
+        vector_index(config).await?,
+        Arc::clone(&db.events),
+        Arc::new(StoredVectors(commands.clone())),
+    );
     let listener = tokio::net::TcpListener::bind(&config.bind)
         .await
         .with_context(|| format!("binding {}", config.bind))?;
@@ -419,6 +455,8 @@ pub async fn start(config: &Config) -> anyhow::Result<Server> {
         projections: Arc::clone(&projections),
         search: Arc::clone(&search),
         search_cache: cloudsync_search::QueryCache::new(1000),
+        vectors: Arc::clone(&vectors),
+        models: models.clone(),
         tokens,
         clock,
         written: Mutex::new(HashMap::new()),
@@ -444,10 +482,12 @@ pub async fn start(config: &Config) -> anyhow::Result<Server> {
     let mut tasks = JoinSet::new();
     tasks.spawn(Arc::clone(&projections).run(shutdown.child_token()));
     tasks.spawn(search.run(shutdown.child_token()));
+    tasks.spawn(vectors.run(shutdown.child_token()));
     let scheduler = Scheduler::new(commands.clone());
     tasks.spawn(scheduler.run(shutdown.child_token()));
     let pipeline =
         cloudsync_commands::ContentPipeline::new(commands.clone(), db.pool.clone(), extractor(config)?, config.extract_concurrency)
+            .with_models(models)
             .with_retries(cloudsync_commands::ContentRetries {
                 first: std::time::Duration::from_secs(config.extract_retry_seconds),
                 limit: config.extract_retry_limit,

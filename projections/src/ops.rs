@@ -328,7 +328,7 @@ pub fn ops_for(event: &DomainEvent, at: DateTime<Utc>) -> Vec<Op> {
                 provider_id: e.provider_id.as_uuid(),
             },
         ],
-        E::ProviderCredentialsRenewed(_) | E::FileContentExtracted(_) => Vec::new(),
+        E::ProviderCredentialsRenewed(_) | E::FileContentExtracted(_) | E::FileAnalyzed(_) => Vec::new(),
         E::ProviderScheduleSet(e) => vec![Op::SetProviderSchedule {
             id: e.provider_id.as_uuid(),
             schedule: e.schedule.as_ref().map(|s| s.as_str().to_owned()),

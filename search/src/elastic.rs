@@ -250,6 +250,9 @@ fn build(request: &SearchRequest) -> Value {
     if let Some(prefix) = &f.path_prefix {
         filter.push(json!({"term": {"dirs": folder_filter(prefix)}}));
     }
+    if let Some(files) = &f.files {
+        filter.push(json!({"ids": {"values": files.iter().map(ToString::to_string).collect::<Vec<_>>()}}));
+    }
     for (field, values) in [
         ("ext", &f.extensions),
         ("mime", &f.mime_types),

@@ -14,9 +14,11 @@ mod doc;
 mod elastic;
 mod engine;
 pub mod highlight;
+pub mod meaning;
 pub mod projector;
 pub mod query;
 mod tantivy_index;
+pub mod vectors;
 
 pub use cache::QueryCache;
 pub use doc::{Content, SearchDoc, extension_of, kind_of, size_bucket};
@@ -68,6 +70,8 @@ pub struct Filters {
     pub modified_after: Option<DateTime<Utc>>,
     pub modified_before: Option<DateTime<Utc>>,
     pub languages: Vec<String>,
+    /// Only these files (how searches by meaning ask for the filters and facets of their ranking).
+    pub files: Option<Vec<FileId>>,
 }
 
 /// One search, always of one owner's files.

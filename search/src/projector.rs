@@ -56,7 +56,7 @@ impl Pending {
     }
 }
 
-fn decode(event: &RecordedEvent) -> SearchResult<Option<DomainEvent>> {
+pub(crate) fn decode(event: &RecordedEvent) -> SearchResult<Option<DomainEvent>> {
     match DomainEvent::decode(&event.event_type, event.schema_version, &event.payload) {
         Ok(decoded) => Ok(Some(decoded)),
         Err(DecodeError::UnknownType(_)) => Ok(None),

@@ -268,6 +268,9 @@ fn filters_query(f: &Fields, filters: &Filters) -> Vec<Box<dyn TantivyQuery>> {
     if let Some(prefix) = &filters.path_prefix {
         out.push(term_query(f.dirs, &folder_filter(prefix), 1.0));
     }
+    if let Some(files) = &filters.files {
+        out.push(one_of(f.id, files.iter().map(ToString::to_string)));
+    }
     for (field, values) in [
         (f.ext, &filters.extensions),
         (f.mime, &filters.mime_types),

@@ -8,6 +8,7 @@ mod harness;
 mod identity;
 mod indexing;
 mod isolation;
+mod meaning;
 mod oauth;
 mod providers;
 mod search;

@@ -5,7 +5,9 @@
 //! files it has finished. A file its provider would not serve (after a few quick tries) waits in
 //! `content_retries` and is read again with a growing delay, across restarts; past [`Retries::limit`]
 //! its reading is recorded as failed, with the reason. Whether a file still needs reading is decided by the file's own stream
-//! ([`File::needs_extraction`]), so a replay after a crash reads nothing twice.
+//! ([`File::needs_extraction`]), so a replay after a crash reads nothing twice. After each read the
+//! configured models run over what it left (`analysis.rs`); the checkpoint names their versions
+//! too, so a new model walks every file and runs only itself.
 //!
 //! Extracted text is the owner's personal data: it is sealed with their data key and kept in the
 //! chunk store (under a use lease, so the collector cannot take it before the event names it); the
@@ -23,6 +25,7 @@ use cloudsync_domain::events::{ExtractionOutcome, FileContentExtracted, SealedSe
 use cloudsync_domain::file::{File, FileCommand, content_stream};
 use cloudsync_domain::{Aggregate, DomainEvent, FileId, UserId};
 use cloudsync_eventstore::{DbPool, on_pool, subscribe};
+use cloudsync_ml::Models;
 use cloudsync_providers::ProviderError;
 use futures::{StreamExt, TryStreamExt};
 use tokio::task::JoinSet;
@@ -36,9 +39,9 @@ use crate::{CommandError, Commands};
 /// How often a read that the provider failed is tried.
 const READ_ATTEMPTS: u32 = 4;
 
-/// The pipeline's checkpoint, per extractor version.
-fn checkpoint_name() -> String {
-    format!("content-{EXTRACTOR}-v{EXTRACTOR_VERSION}")
+/// The pipeline's checkpoint, per extractor version and set of models.
+fn checkpoint_name(models: &Models) -> String {
+    format!("content-{EXTRACTOR}-v{EXTRACTOR_VERSION}{}", super::analysis::models_tag(models))
 }
 
 /// Follows the log and reads what needs reading; owned by the server.
@@ -46,6 +49,7 @@ pub struct ContentPipeline {
     commands: Commands,
     pool: DbPool,
     extractor: Arc<Extractor>,
+    models: Models,
     concurrency: usize,
     poll: Duration,
     retries: Retries,
@@ -104,10 +108,18 @@ impl ContentPipeline {
             commands,
             pool,
             extractor: Arc::new(extractor),
+            models: Models::none(),
             concurrency: concurrency.max(1),
             poll: Duration::from_millis(500),
             retries: Retries::default(),
         }
+    }
+
+    /// Runs these models too, over what each read leaves.
+    #[must_use]
+    pub fn with_models(mut self, models: Models) -> Self {
+        self.models = models;
+        self
     }
 
     #[must_use]
@@ -118,8 +130,12 @@ impl ContentPipeline {
 
     fn read(&self, running: &mut JoinSet<Done>, file: FileId, position: Option<i64>, shutdown: &CancellationToken) {
         let (commands, extractor, cancel) = (self.commands.clone(), Arc::clone(&self.extractor), shutdown.child_token());
+        let models = self.models.clone();
         running.spawn(async move {
-            let result = commands.extract_content(file, &extractor, &cancel).await;
+            let result = match commands.extract_content(file, &extractor, &cancel).await {
+                Ok(()) => commands.analyze(file, &models, &cancel).await,
+                Err(error) => Err(error),
+            };
             match position {
                 Some(position) => Done::Log(position, file, result),
                 None => Done::Retry(file, result),
@@ -203,7 +219,7 @@ impl ContentPipeline {
     /// # Errors
     /// When the checkpoint cannot be read.
     pub async fn run(self, shutdown: CancellationToken) -> Result<(), CommandError> {
-        let name = checkpoint_name();
+        let name = checkpoint_name(&self.models);
         let load = "SELECT position FROM worker_checkpoints WHERE name = $1";
         let start: i64 = on_pool!(&self.pool, |p| sqlx::query_scalar(load).bind(&name).fetch_optional(p).await)
             .map_err(db_error)?
@@ -261,7 +277,7 @@ impl ContentPipeline {
                 next = events.next(), if !full => match next {
                     Some(Ok(event)) => {
                         seen = event.position;
-                        if matches!(event.event_type.as_str(), "FileDiscovered" | "FileChanged") {
+                        if matches!(event.event_type.as_str(), "FileDiscovered" | "FileChanged" | "FileMoved") {
                             let file = event.payload.get("file_id").and_then(|v| v.as_str()).and_then(|s| s.parse::<FileId>().ok());
                             if let Some(file) = file {
                                 in_flight.insert(event.position);

@@ -211,7 +211,8 @@ pub struct GcReport {
     pub deleted: usize,
     /// Temporary files of interrupted chunk writes removed.
     pub temporaries: usize,
-    /// Extracted texts let go: their file was deleted or changed, or its account erased.
+    /// Files whose extracted text and model results were let go: the file was deleted or changed,
+    /// or its account erased.
     pub texts_released: usize,
 }
 
@@ -316,32 +317,35 @@ impl Commands {
                     }
                 }
             }
-            // The current extracted text of every live file of a kept account.
+            // The current extracted text and model results of every live file of a kept account.
             let files = "SELECT file_id FROM chunk_store_files";
             let ids: Vec<String> = on_pool!(&pool, |p| sqlx::query_scalar(files).fetch_all(p).await).map_err(db_error)?;
             for id in ids.iter().filter_map(|id| id.parse::<cloudsync_domain::FileId>().ok()) {
                 let (file, _) = self.file_with_content(id).await?;
-                let kept = match (file.owner(), file.text_reference()) {
-                    (Some(owner), Some(reference)) => {
+                let references = file.content_references();
+                let kept = match file.owner() {
+                    Some(owner) if !references.is_empty() => {
                         let gone = match erased.get(&owner) {
                             Some(gone) => *gone,
                             None => *erased.entry(owner).or_insert(self.user(owner).await?.is_none()),
                         };
-                        (!gone).then_some(reference)
+                        (!gone).then_some(references)
                     }
                     _ => None,
                 };
-                let Some(reference) = kept else {
+                let Some(references) = kept else {
                     let forget = "DELETE FROM chunk_store_files WHERE file_id = $1";
                     let id = id.to_string();
                     on_pool!(&pool, |p| sqlx::query(forget).bind(id).execute(p).await.map(drop)).map_err(db_error)?;
                     report.texts_released += 1;
                     continue;
                 };
-                referenced.insert(reference.to_owned());
-                match get_manifest(&*chunks, reference).await {
-                    Ok(manifest) => referenced.extend(manifest.chunks.into_iter().map(|c| c.id)),
-                    Err(error) => tracing::warn!(file = %id, error = %error, "A kept text's manifest is not readable."),
+                for reference in references {
+                    referenced.insert(reference.to_owned());
+                    match get_manifest(&*chunks, reference).await {
+                        Ok(manifest) => referenced.extend(manifest.chunks.into_iter().map(|c| c.id)),
+                        Err(error) => tracing::warn!(file = %id, error = %error, "A kept text's or vector's manifest is not readable."),
+                    }
                 }
             }
             // Temporary files of chunk writes whose process is gone.
@@ -385,7 +389,10 @@ impl Commands {
         loop {
             let page = self.store().read_all(after, 1000).await?;
             let Some(last) = page.last().map(|e| e.position) else { break };
-            for recorded in page.iter().filter(|e| e.event_type == "FileContentExtracted") {
+            for recorded in page
+                .iter()
+                .filter(|e| matches!(e.event_type.as_str(), "FileContentExtracted" | "FileAnalyzed"))
+            {
                 if let Some(id) = recorded.payload.get("file_id").and_then(|v| v.as_str()).map(str::to_owned) {
                     let insert = "INSERT INTO chunk_store_files (file_id) VALUES ($1) ON CONFLICT (file_id) DO NOTHING";
                     on_pool!(pool, |p| sqlx::query(insert).bind(id).execute(p).await.map(drop)).map_err(db_error)?;

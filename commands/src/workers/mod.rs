@@ -1,6 +1,7 @@
 //! The work CloudSync does on its own: the job runner and the leases that give each job to one
 //! worker, the scheduler, the chunk store's garbage collector, provider scans and sync runs.
 
+mod analysis;
 pub(crate) mod content;
 pub(crate) mod gc;
 pub(crate) mod leases;

@@ -52,3 +52,47 @@ pub struct FileContentExtracted {
     pub language: Option<String>,
     pub at: DateTime<Utc>,
 }
+
+/// How a model's run over a version of a file ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AnalysisOutcome {
+    Analyzed,
+    /// The model could not run on the file (broken or hostile input, a limit); `reason` says why.
+    Failed,
+}
+
+/// Where a file's vectors are kept: sealed with the owner's data key in the chunk store, like its
+/// extracted text (a vector of a text says much of the text).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VectorsRef {
+    /// The chunk store's id of the sealed vectors.
+    pub reference: String,
+    /// How many vectors (the name's first, then one per passage of the text).
+    pub count: u32,
+    pub dims: u32,
+}
+
+/// A model ran over the version `checksum` of a file (and, for models that read the name, over the
+/// name as it was at `name_revision`). A rebuild takes the results from here, never from the model;
+/// the model runs again only when the file's content (or name) or the model's version changes.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FileAnalyzed {
+    pub file_id: FileId,
+    pub provider_id: ProviderId,
+    pub owner_id: UserId,
+    /// BLAKE3 of the version analysed.
+    pub checksum: String,
+    pub model: String,
+    pub model_version: u32,
+    /// How many times the file had been renamed when its name was read (see `File::name_revision`).
+    #[serde(default)]
+    pub name_revision: u32,
+    pub outcome: AnalysisOutcome,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// Text embeddings: the name's vector, then one per passage of the extracted text.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vectors: Option<VectorsRef>,
+    pub at: DateTime<Utc>,
+}

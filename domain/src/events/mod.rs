@@ -144,6 +144,7 @@ pub enum DomainEvent {
     FileVersionsPruned(FileVersionsPruned),
     FileVersionRestored(FileVersionRestored),
     FileContentExtracted(FileContentExtracted),
+    FileAnalyzed(FileAnalyzed),
 }
 
 /// An event as it is stored: type name, schema version and payload without the type tag.
@@ -221,7 +222,8 @@ impl DomainEvent {
             | "FileVersionKept"
             | "FileVersionsPruned"
             | "FileVersionRestored"
-            | "FileContentExtracted" => Some(1),
+            | "FileContentExtracted"
+            | "FileAnalyzed" => Some(1),
             _ => None,
         }
     }
@@ -311,6 +313,7 @@ impl DomainEvent {
             Self::FileVersionsPruned(e) => e.owner_id,
             Self::FileVersionRestored(e) => e.owner_id,
             Self::FileContentExtracted(e) => e.owner_id,
+            Self::FileAnalyzed(e) => e.owner_id,
             _ => return None,
         })
     }

@@ -34,6 +34,7 @@ pub type CloudSyncSchema = Schema<QueryRoot, MutationRoot, SubscriptionRoot>;
 pub struct QueryRoot(
     files::FilesQuery,
     search::SearchQuery,
+    search::SimilarQuery,
     duplicates::DuplicatesQuery,
     account::IdentityQuery,
     mfa::MfaQuery,

@@ -3,10 +3,11 @@
 //! moves on; a search waits, like every read, until the index has the caller's last write, or
 //! says how far it has got (`indexedPosition`, `stale`).
 
-use async_graphql::{Context, ID, InputObject, Object, SimpleObject};
+use async_graphql::{Context, Enum, ID, InputObject, Object, SimpleObject};
 use chrono::{DateTime, Utc};
 use cloudsync_domain::ProviderId;
 use cloudsync_identity::access::scope;
+use cloudsync_search::meaning::{self, Mode};
 use cloudsync_search::{FacetCounts, Filters, SearchRequest, query};
 
 use super::files::File;
@@ -35,6 +36,28 @@ pub struct SearchFilters {
     /// `document`, `spreadsheet`, `presentation`, `image`, `video`, `audio`, `archive`, `code`,
     /// `text` or `other`.
     kinds: Option<Vec<String>>,
+}
+
+/// How `searchFiles` ranks the caller's files.
+#[derive(Enum, Copy, Clone, Eq, PartialEq, Debug)]
+pub enum SearchMode {
+    /// By the words of the query (names, paths, contents).
+    Keyword,
+    /// By meaning: files whose name or text is nearest the query's meaning, whatever their words.
+    Semantic,
+    /// Both rankings fused (reciprocal rank fusion): the default once the caller's files have
+    /// embeddings.
+    Hybrid,
+}
+
+impl From<SearchMode> for Mode {
+    fn from(mode: SearchMode) -> Self {
+        match mode {
+            SearchMode::Keyword => Self::Keyword,
+            SearchMode::Semantic => Self::Semantic,
+            SearchMode::Hybrid => Self::Hybrid,
+        }
+    }
 }
 
 #[derive(SimpleObject)]
@@ -131,6 +154,7 @@ fn to_filters(input: SearchFilters) -> Result<Filters, ApiError> {
         modified_after: input.modified_after,
         modified_before: input.modified_before,
         languages: lower(input.languages),
+        files: None,
     };
     if let (Some(min), Some(max)) = (filters.min_size, filters.max_size)
         && min > max
@@ -149,6 +173,8 @@ impl SearchQuery {
     /// names also match a word's beginning, and a word one typo away), `"phrases"`, `a OR b`,
     /// `-word`, and filters `ext:pdf`, `kind:image`, `lang:de`, `mime:…`, `path:Folder`; an empty
     /// query lists every file the filters let through. `after` is a hit's cursor (`pageInfo.endCursor`).
+    /// `mode` ranks by words, by meaning or both (default: `HYBRID` once the caller's files have
+    /// embeddings, else `KEYWORD`); searches by meaning go 200 files deep.
     async fn search_files(
         &self,
         ctx: &Context<'_>,
@@ -156,6 +182,7 @@ impl SearchQuery {
         filters: Option<SearchFilters>,
         #[graphql(default = 20)] first: i32,
         after: Option<String>,
+        mode: Option<SearchMode>,
     ) -> async_graphql::Result<SearchResult> {
         let caller = caller_for(ctx, scope::FILES_READ)?;
         let app = app(ctx);
@@ -171,9 +198,42 @@ impl SearchQuery {
             return Err(ApiError::BadInput(format!("searchFiles pages go {MAX_DEPTH} hits deep; narrow the query instead")).into());
         }
         let filters = to_filters(filters.unwrap_or_default())?;
-        let stale = !app.searchable(caller).await;
+        let meaning_text = meaning::meaning_text(&query);
+        let mode = match mode {
+            Some(SearchMode::Keyword) => Mode::Keyword,
+            Some(asked) => {
+                if app.models.text().is_none() {
+                    return Err(
+                        ApiError::BadInput("search by meaning is not available here: no text embedding model is installed".into()).into(),
+                    );
+                }
+                asked.into()
+            }
+            None if app.models.text().is_some()
+                && app
+                    .vectors
+                    .index()
+                    .embedded_files(caller.user_id)
+                    .await
+                    .map_err(|err| ApiError::internal(&err))?
+                    > 0 =>
+            {
+                Mode::Hybrid
+            }
+            None => Mode::Keyword,
+        };
+        let by_meaning = mode != Mode::Keyword && !meaning_text.is_empty();
+        let stale = if by_meaning {
+            !app.searchable_by_meaning(caller).await
+        } else {
+            !app.searchable(caller).await
+        };
         let position = app.search.position();
-        let key = format!("{}|{query}|{filters:?}|{offset}|{limit}", caller.user_id);
+        let key = format!(
+            "{}|{query}|{filters:?}|{offset}|{limit}|{mode:?}|{}",
+            caller.user_id,
+            if by_meaning { app.vectors.position() } else { 0 }
+        );
         let results = match app.search_cache.get(position, &key) {
             Some(results) => results,
             None => {
@@ -184,8 +244,16 @@ impl SearchQuery {
                     offset,
                     limit,
                 };
+                let vector = if by_meaning {
+                    let mut embedded = app.models.embed(vec![meaning_text]).await.map_err(|err| ApiError::internal(&err))?;
+                    embedded.pop()
+                } else {
+                    None
+                };
                 let index = app.search.search().index().await;
-                let results = index.search(&request).await.map_err(|err| ApiError::internal(&err))?;
+                let results = meaning::search(&*index, &**app.vectors.index(), &request, vector.as_deref(), mode)
+                    .await
+                    .map_err(|err| ApiError::internal(&err))?;
                 app.search_cache.put(position, key, results.clone());
                 results
             }
@@ -238,5 +306,59 @@ impl SearchQuery {
             indexed_position: position,
             stale,
         })
+    }
+}
+
+const MAX_SIMILAR: i32 = 100;
+
+#[derive(Default)]
+pub struct SimilarQuery;
+
+#[Object]
+impl SimilarQuery {
+    /// The caller's files nearest in meaning to one of theirs (by its name and text), nearest
+    /// first; `score` is the cosine (1 for the same meaning). Empty until the file has embeddings.
+    async fn similar_files(
+        &self,
+        ctx: &Context<'_>,
+        file_id: ID,
+        #[graphql(default = 10)] first: i32,
+    ) -> async_graphql::Result<Vec<SearchHit>> {
+        let caller = caller_for(ctx, scope::FILES_READ)?;
+        let app = app(ctx);
+        if !(1..=MAX_SIMILAR).contains(&first) {
+            return Err(ApiError::BadInput(format!("first must be between 1 and {MAX_SIMILAR}")).into());
+        }
+        let id = parse_id(&file_id, "file")?;
+        app.searchable_by_meaning(caller).await;
+        if app.reads.file(caller.user_id, id).await.map_err(ApiError::from)?.is_none() {
+            return Err(ApiError::not_found("file").into());
+        }
+        let file = cloudsync_domain::FileId::from_uuid(id);
+        let index = app.vectors.index();
+        let vectors = index.vectors(caller.user_id, file).await.map_err(|err| ApiError::internal(&err))?;
+        let Some(probe) = meaning::centroid(&vectors) else {
+            return Ok(Vec::new());
+        };
+        let near = index
+            .nearest(caller.user_id, &probe, usize::try_from(first).unwrap_or(10), Some(file))
+            .await
+            .map_err(|err| ApiError::internal(&err))?;
+        let mut hits = Vec::with_capacity(near.len());
+        for found in near.into_iter().filter(|n| n.score >= meaning::MIN_SIMILARITY) {
+            if let Some(row) = app
+                .reads
+                .file(caller.user_id, found.file_id.as_uuid())
+                .await
+                .map_err(ApiError::from)?
+            {
+                hits.push(SearchHit {
+                    file: File::from(row),
+                    score: f64::from(found.score),
+                    highlights: Vec::new(),
+                });
+            }
+        }
+        Ok(hits)
     }
 }

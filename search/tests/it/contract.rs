@@ -334,6 +334,31 @@ async fn filters_and_exact_facets() {
         )
         .await;
         assert_eq!(names(&typed, &docs), sorted(vec!["invoice-2024_final.pdf"]), "{b}");
+        // Searches by meaning ask for exactly their ranked files (issue 17).
+        let chosen: Vec<_> = some.hits.iter().take(2).map(|h| h.file_id).collect();
+        let only = find(
+            &*index,
+            files.owner,
+            "",
+            Filters {
+                files: Some(chosen.clone()),
+                ..Filters::default()
+            },
+        )
+        .await;
+        assert_eq!(only.total, 2, "{b}");
+        assert!(only.hits.iter().all(|h| chosen.contains(&h.file_id)), "{b}");
+        let none = find(
+            &*index,
+            files.owner,
+            "",
+            Filters {
+                files: Some(Vec::new()),
+                ..Filters::default()
+            },
+        )
+        .await;
+        assert_eq!(none.total, 0, "{b}");
     }
 }
 
