@@ -3,7 +3,9 @@
 //! the cosine of their nearest vector (name or passage) to the query's, keeping those at least
 //! [`MIN_SIMILARITY`] alike. [`Mode::Hybrid`] fuses the two rankings by reciprocal rank fusion
 //! (each file scores `Σ 1 / (RRF_K + rank)` over the lists it is in), so a file both find comes
-//! first, and a keyword query that embeddings miss (a part number, a rare name) still finds it.
+//! first, and a keyword query that embeddings miss (a part number, a rare name) still finds it. Its
+//! keyword ranking lets any of the query's words match (ranked by BM25, so rare words weigh most),
+//! where `KEYWORD` wants all: a paraphrase shares some words with what it means, seldom all.
 //! Filters hold in every mode, and facets count the files of the fused ranking: both come from the
 //! full-text index, asked for exactly the ranked files.
 
@@ -59,6 +61,16 @@ pub fn centroid(vectors: &[Vec<f32>]) -> Option<Vec<f32>> {
     (norm > 0.0).then(|| sum.into_iter().map(|x| x / norm).collect())
 }
 
+/// The query with any of its words or phrases matching instead of all (exclusions and filters
+/// kept).
+#[must_use]
+pub fn any_word(query: &query::Query) -> query::Query {
+    query::Query {
+        must: vec![query.must.iter().flatten().cloned().collect()],
+        ..query.clone()
+    }
+}
+
 /// Fuses rankings (best first) by reciprocal rank fusion; ties keep the first list's order.
 #[must_use]
 pub fn fuse(rankings: &[Vec<FileId>]) -> Vec<(FileId, f32)> {
@@ -107,6 +119,7 @@ pub async fn search(
         Mode::Semantic => near,
         _ => {
             let words = SearchRequest {
+                query: any_word(&request.query),
                 offset: 0,
                 limit: CANDIDATES,
                 ..request.clone()

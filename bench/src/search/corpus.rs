@@ -111,7 +111,7 @@ fn is_redirect(path: &Path) -> bool {
     head.starts_with(b".so ")
 }
 
-fn render(cache: &Path, source: &Path) -> anyhow::Result<Option<Page>> {
+pub fn render(cache: &Path, source: &Path) -> anyhow::Result<Option<Page>> {
     let file = source
         .file_name()
         .and_then(|n| n.to_str())

@@ -13,7 +13,6 @@ use cloudsync_ml::{Models, TextEmbedder, codec, name_words, passages};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use super::content::ReadError;
 use crate::core::Context;
 use crate::{CommandError, Commands};
 
@@ -35,7 +34,7 @@ impl Commands {
     ///
     /// # Errors
     /// The log or the chunk store failed (a model's failure is recorded, not returned).
-    pub(crate) async fn analyze(&self, file_id: FileId, models: &Models, cancel: &CancellationToken) -> Result<(), ReadError> {
+    pub(crate) async fn analyze(&self, file_id: FileId, models: &Models, cancel: &CancellationToken) -> Result<(), CommandError> {
         if models.text().is_none() {
             return Ok(());
         }
@@ -122,7 +121,7 @@ impl Commands {
         if let Some(lease) = lease {
             lease.release().await;
         }
-        Ok(recorded?)
+        recorded
     }
 
     /// Seals `vectors` with `owner`'s data key and keeps them in the chunk store; returns their

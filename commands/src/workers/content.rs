@@ -133,7 +133,7 @@ impl ContentPipeline {
         let models = self.models.clone();
         running.spawn(async move {
             let result = match commands.extract_content(file, &extractor, &cancel).await {
-                Ok(()) => commands.analyze(file, &models, &cancel).await,
+                Ok(()) => commands.analyze(file, &models, &cancel).await.map_err(ReadError::from),
                 Err(error) => Err(error),
             };
             match position {

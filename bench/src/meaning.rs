@@ -1,0 +1,214 @@
+//! Search by meaning, judged: 60 of the machine's man pages (rendered with `man -l -P cat | col -bx`,
+//! cached in `BENCH_CACHE`, default `~/.cache/cloudsync/bench/man`) are indexed as one person's
+//! documents by CloudSync's own code (the tantivy index, the text model over names and passages, the
+//! embedded vector index), and 36 hand-written paraphrases, each naming what one page is for in
+//! other words than the page's own ("give a file a new name" for `mv`), are asked in each mode of
+//! `searchFiles`. Reported: MRR@10 and nDCG@10 (one right answer per query), and how many queries
+//! find their page at all within ten, for `KEYWORD`, `SEMANTIC` and `HYBRID`; and the time the text
+//! model took. `CLOUDSYNC_MODELS_DIR` (default `~/.cache/cloudsync/models`) holds the model
+//! (`scripts/models` installs it). `BENCH_EXPLAIN=1` prints each query's top three per mode.
+
+#[allow(dead_code)]
+#[path = "search/corpus.rs"]
+mod corpus;
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use chrono::Utc;
+use cloudsync_domain::{FileId, ProviderId, UserId};
+use cloudsync_ml::{TextEmbedder, name_words, passages};
+use cloudsync_search::meaning::{self, Mode};
+use cloudsync_search::vectors::{FileVectors, SqliteVectors, VectorBatch, VectorIndex};
+use cloudsync_search::{Batch, Content, Filters, SearchDoc, SearchIndex, SearchRequest, TantivyIndex, query};
+use uuid::Uuid;
+
+/// (man page, what someone who needs it would type, mostly in other words).
+const QUERIES: [(&str, &str); 36] = [
+    ("ls", "show what is inside a folder"),
+    ("cp", "duplicate a document to another place"),
+    ("mv", "give a file a new name"),
+    ("rm", "get rid of files for good"),
+    ("mkdir", "create a new folder"),
+    ("grep", "look for a phrase inside many text files"),
+    ("tar", "pack lots of files together into one bundle"),
+    ("gzip", "shrink a file so it takes less disk space"),
+    ("ssh", "log in to a server far away securely"),
+    ("df", "how much room is left on my drives"),
+    ("du", "how big is this folder on disk"),
+    ("ps", "which programs are running right now"),
+    ("kill", "stop a program that hangs"),
+    ("chmod", "decide who may read or change a file"),
+    ("chown", "hand a file over to another account"),
+    ("date", "what time is it now"),
+    ("sort", "put lines in alphabetical order"),
+    ("uniq", "drop lines that repeat"),
+    ("wc", "how many words are in this text"),
+    ("head", "show only the beginning of a document"),
+    ("tail", "follow the newest lines of a growing log"),
+    ("find", "locate files by name anywhere under a folder"),
+    ("diff", "what changed between two versions of a text"),
+    ("sed", "replace words in a stream of text with a script"),
+    ("passwd", "change my login secret"),
+    ("ln", "make a shortcut that points to another file"),
+    ("touch", "bump a file's timestamp to now"),
+    ("sleep", "wait a few seconds before going on"),
+    ("tee", "send output to the screen and save it at once"),
+    ("whoami", "which account am I using"),
+    ("hostname", "what is this computer called"),
+    ("cat", "print a document to the terminal"),
+    ("seq", "print a range of numbers one per line"),
+    ("tr", "turn lowercase letters into capitals"),
+    ("split", "cut a huge file into smaller pieces"),
+    ("shuf", "put lines in random order"),
+];
+
+/// Pages in the collection besides the queries' answers: they compete for every query.
+const OTHERS: [&str; 24] = [
+    "echo", "env", "id", "uname", "yes", "printf", "basename", "dirname", "cut", "paste", "nl", "od", "stat", "readlink", "realpath",
+    "mktemp", "tac", "cmp", "comm", "expand", "fold", "join", "md5sum", "nproc",
+];
+
+const TOP: usize = 10;
+
+#[derive(Default)]
+struct Score {
+    reciprocal: f64,
+    gain: f64,
+    found: usize,
+}
+
+fn models_dir() -> PathBuf {
+    std::env::var_os("CLOUDSYNC_MODELS_DIR").map_or_else(
+        || PathBuf::from(std::env::var("HOME").unwrap_or_default()).join(".cache/cloudsync/models"),
+        PathBuf::from,
+    )
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let started = Instant::now();
+    let cache = std::env::var_os("BENCH_CACHE").map_or_else(
+        || PathBuf::from(std::env::var("HOME").unwrap_or_default()).join(".cache/cloudsync/bench/man"),
+        PathBuf::from,
+    );
+    std::fs::create_dir_all(&cache)?;
+    let explain = std::env::var("BENCH_EXPLAIN").is_ok_and(|v| v == "1");
+    let model = TextEmbedder::load(&models_dir().join(TextEmbedder::MODEL))?;
+    let mut pages = Vec::new();
+    for name in QUERIES.iter().map(|(name, _)| *name).chain(OTHERS) {
+        let source = PathBuf::from(format!("/usr/share/man/man1/{name}.1.gz"));
+        match corpus::render(&cache, &source)? {
+            Some(page) => pages.push(page),
+            None => anyhow::bail!("the man page of {name} is missing (scripts/bench-tools installs man-db and the pages)"),
+        }
+    }
+    let dir = tempfile::tempdir()?;
+    let index = TantivyIndex::open(&dir.path().join("search"))?;
+    let vectors = SqliteVectors::open(&dir.path().join("vectors")).await?;
+    let owner = UserId::from_uuid(Uuid::now_v7());
+    let provider = ProviderId::from_uuid(Uuid::now_v7());
+    let ids: Vec<FileId> = pages.iter().map(|_| FileId::from_uuid(Uuid::now_v7())).collect();
+    let (mut docs, mut records) = (Vec::new(), Vec::new());
+    let (mut texts_embedded, mut embedding) = (0usize, std::time::Duration::ZERO);
+    for (page, id) in pages.iter().zip(&ids) {
+        let name = format!("{}.{}", page.name, page.section);
+        let checksum = blake3::hash(page.text.as_bytes()).to_hex().to_string();
+        docs.push(SearchDoc {
+            file_id: *id,
+            owner_id: owner,
+            provider_id: provider,
+            path: format!("/man/{name}"),
+            size: page.text.len() as u64,
+            modified_at: Utc::now(),
+            mime_type: "text/plain".into(),
+            checksum: checksum.clone(),
+            content: Some(Content {
+                checksum: checksum.clone(),
+                text: page.text.to_string(),
+                language: Some("en".into()),
+            }),
+        });
+        let mut texts = vec![name_words(&name)];
+        texts.extend(passages(&page.text).into_iter().map(|p| p.text));
+        let at = Instant::now();
+        let embedded = model.embed(&texts.iter().map(String::as_str).collect::<Vec<_>>())?;
+        embedding += at.elapsed();
+        texts_embedded += texts.len();
+        records.push(FileVectors {
+            file_id: *id,
+            owner_id: owner,
+            provider_id: provider,
+            checksum,
+            vectors: Some(embedded),
+        });
+    }
+    index
+        .apply(Batch {
+            upserts: docs,
+            checkpoint: 1,
+            ..Batch::default()
+        })
+        .await?;
+    vectors
+        .apply(VectorBatch {
+            upserts: records,
+            checkpoint: 1,
+            ..VectorBatch::default()
+        })
+        .await?;
+    println!(
+        "{} man pages, {} queries; the text model embedded {texts_embedded} names and passages in {:.1} s ({:.0} per second)",
+        pages.len(),
+        QUERIES.len(),
+        embedding.as_secs_f64(),
+        texts_embedded as f64 / embedding.as_secs_f64()
+    );
+    let modes = [("KEYWORD", Mode::Keyword), ("SEMANTIC", Mode::Semantic), ("HYBRID", Mode::Hybrid)];
+    let mut scores: Vec<Score> = modes.iter().map(|_| Score::default()).collect();
+    for (answer, text) in QUERIES {
+        let right = pages.iter().position(|p| p.name == answer).map(|at| ids[at]);
+        let vector = model.embed(&[meaning::meaning_text(text).as_str()])?.pop();
+        let request = SearchRequest {
+            owner,
+            query: query::parse(text),
+            filters: Filters::default(),
+            offset: 0,
+            limit: TOP,
+        };
+        for ((label, mode), score) in modes.iter().zip(&mut scores) {
+            let results = meaning::search(&index, &vectors, &request, vector.as_deref(), *mode).await?;
+            let rank = results.hits.iter().position(|h| Some(h.file_id) == right);
+            if let Some(rank) = rank {
+                score.reciprocal += 1.0 / (rank as f64 + 1.0);
+                score.gain += 1.0 / (rank as f64 + 2.0).log2();
+                score.found += 1;
+            }
+            if explain {
+                let top: Vec<&str> = results
+                    .hits
+                    .iter()
+                    .take(3)
+                    .filter_map(|h| ids.iter().position(|id| *id == h.file_id).map(|at| pages[at].name.as_str()))
+                    .collect();
+                println!(
+                    "{label:>8} {text:?} → {top:?} (answer {answer}, rank {})",
+                    rank.map_or("-".into(), |r| (r + 1).to_string())
+                );
+            }
+        }
+    }
+    println!("\n| mode | MRR@10 | nDCG@10 | found in top 10 |\n|---|---|---|---|");
+    let n = QUERIES.len() as f64;
+    for ((label, _), score) in modes.iter().zip(&scores) {
+        println!(
+            "| {label} | {:.3} | {:.3} | {}/{} |",
+            score.reciprocal / n,
+            score.gain / n,
+            score.found,
+            QUERIES.len()
+        );
+    }
+    println!("\n(done in {:.0} s)", started.elapsed().as_secs_f64());
+    Ok(())
+}
