@@ -13,6 +13,36 @@ pub fn postgres_admin_url() -> String {
     std::env::var("CLOUDSYNC_TEST_POSTGRES_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
 }
 
+/// A fresh, empty database on the pgvector server of `CLOUDSYNC_TEST_PGVECTOR_URL` (which
+/// `scripts/services` starts), as a URL; `None` where it is not set, except under `CI=true`, where a
+/// missing server fails the test. `scripts/test` drops these databases on its next run.
+///
+/// # Panics
+/// The server is set but unreachable, or missing under `CI=true`.
+pub async fn pgvector_database() -> Option<String> {
+    match std::env::var("CLOUDSYNC_TEST_PGVECTOR_URL") {
+        Ok(admin) if !admin.is_empty() => {
+            let name = format!("cs_test_vectors_{}", Uuid::new_v4().simple());
+            let mut conn = sqlx::PgConnection::connect(&admin)
+                .await
+                .unwrap_or_else(|err| panic!("the pgvector server at {admin} is unreachable: {err}"));
+            sqlx::query(&format!("CREATE DATABASE {name}"))
+                .execute(&mut conn)
+                .await
+                .expect("create a database on the pgvector server");
+            let base = admin.rsplit_once('/').map_or(admin.as_str(), |(base, _)| base);
+            Some(format!("{base}/{name}"))
+        }
+        _ if std::env::var("CI").as_deref() == Ok("true") => {
+            panic!("CLOUDSYNC_TEST_PGVECTOR_URL is not set (run scripts/services and source its env file)")
+        }
+        _ => {
+            eprintln!("CLOUDSYNC_TEST_PGVECTOR_URL is not set: pgvector is not tested");
+            None
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Backend {
     Sqlite,

@@ -108,6 +108,9 @@ pub struct Config {
     pub models_dir: Option<PathBuf>,
     /// How many model runs (embedding a file's passages, a query) go at once.
     pub model_concurrency: usize,
+    /// The vector index: unset for the embedded one in `<data_dir>/vectors`, or a PostgreSQL
+    /// database with pgvector 0.8+ (`postgres://…`).
+    pub vector_url: Option<String>,
 }
 
 /// One OAuth app. Only `client_id` is required; the endpoints, scopes and extra authorization
@@ -168,6 +171,7 @@ impl Default for Config {
             extractor_program: None,
             models_dir: None,
             model_concurrency: 1,
+            vector_url: None,
         }
     }
 }
@@ -256,6 +260,7 @@ impl Config {
                 }
                 "ELASTICSEARCH_URL" => config.elasticsearch_url = Some(value).filter(|v| !v.is_empty()),
                 "ELASTICSEARCH_INDEX" => config.elasticsearch_index = value,
+                "VECTOR_URL" => config.vector_url = Some(value).filter(|v| !v.is_empty()),
                 "MODELS_DIR" => config.models_dir = Some(PathBuf::from(value)).filter(|v| !v.as_os_str().is_empty()),
                 "MODEL_CONCURRENCY" => config.model_concurrency = value.parse().context("CLOUDSYNC_MODEL_CONCURRENCY must be a number")?,
                 "EXTRACT_CONCURRENCY" => {
@@ -391,6 +396,12 @@ impl Config {
         }
         if self.extract_retry_seconds == 0 {
             bail!("extract_retry_seconds must be positive");
+        }
+        if let Some(url) = &self.vector_url
+            && !url.starts_with("postgres://")
+            && !url.starts_with("postgresql://")
+        {
+            bail!("vector_url must be a postgres:// URL (a database with pgvector)");
         }
         if !(1..=64).contains(&self.model_concurrency) {
             bail!("model_concurrency must be between 1 and 64");

@@ -366,15 +366,23 @@ pub fn models(config: &Config) -> anyhow::Result<cloudsync_ml::Models> {
     cloudsync_ml::Models::load(&dir, config.model_concurrency).with_context(|| format!("loading the models in {}", dir.display()))
 }
 
-/// The vector index: embedded in `<data_dir>/vectors`.
+/// The vector index: pgvector when `vector_url` is set, else embedded in `<data_dir>/vectors`.
 ///
 /// # Errors
 /// The index cannot be opened.
 pub async fn vector_index(config: &Config) -> anyhow::Result<Arc<dyn cloudsync_search::vectors::VectorIndex>> {
-    let index = cloudsync_search::vectors::SqliteVectors::open(&config.data_dir.join("vectors"))
-        .await
-        .context("the vector index")?;
-    Ok(Arc::new(index))
+    Ok(match &config.vector_url {
+        Some(url) => Arc::new(
+            cloudsync_search::vectors::PgVectors::open(url, cloudsync_ml::TextEmbedder::DIMS)
+                .await
+                .with_context(|| format!("the vector index ({})", redact(url)))?,
+        ),
+        None => Arc::new(
+            cloudsync_search::vectors::SqliteVectors::open(&config.data_dir.join("vectors"))
+                .await
+                .context("the vector index")?,
+        ),
+    })
 }
 
 /// The content pipeline's extractor: this binary's `extract` command (or the configured program),

@@ -4,8 +4,10 @@
 //! [`MIN_SIMILARITY`] alike. [`Mode::Hybrid`] fuses the two rankings by reciprocal rank fusion
 //! (each file scores `Σ 1 / (RRF_K + rank)` over the lists it is in), so a file both find comes
 //! first, and a keyword query that embeddings miss (a part number, a rare name) still finds it. Its
-//! keyword ranking lets any of the query's words match (ranked by BM25, so rare words weigh most),
-//! where `KEYWORD` wants all: a paraphrase shares some words with what it means, seldom all.
+//! keyword ranking asks for every word as `KEYWORD` does, but without the function words of English
+//! ("how", "a", "my"), which say how a question is put rather than what it is about. (Letting any
+//! word match instead ranked long documents full of common words above the answers: see
+//! `BENCHMARKS.md`.)
 //! Filters hold in every mode, and facets count the files of the fused ranking: both come from the
 //! full-text index, asked for exactly the ranked files.
 
@@ -61,12 +63,31 @@ pub fn centroid(vectors: &[Vec<f32>]) -> Option<Vec<f32>> {
     (norm > 0.0).then(|| sum.into_iter().map(|x| x / norm).collect())
 }
 
-/// The query with any of its words or phrases matching instead of all (exclusions and filters
-/// kept).
+/// English function words: left out of the hybrid ranking's keyword query.
+const FUNCTION_WORDS: [&str; 98] = [
+    "a", "about", "after", "all", "am", "an", "and", "any", "are", "as", "at", "be", "been", "before", "being", "but", "by", "can",
+    "could", "did", "do", "does", "doing", "down", "during", "each", "for", "from", "had", "has", "have", "having", "he", "her", "here",
+    "him", "his", "how", "i", "if", "in", "into", "is", "it", "its", "just", "me", "more", "most", "my", "no", "nor", "not", "now", "of",
+    "off", "on", "once", "only", "or", "other", "our", "out", "over", "own", "same", "she", "should", "so", "some", "such", "than", "that",
+    "the", "their", "them", "then", "there", "these", "they", "this", "those", "to", "too", "under", "until", "up", "very", "was", "we",
+    "were", "what", "when", "where", "which", "who", "why", "with",
+];
+
+/// The query without its words that are only English function words (phrases, exclusions and
+/// filters kept).
 #[must_use]
-pub fn any_word(query: &query::Query) -> query::Query {
+pub fn without_function_words(query: &query::Query) -> query::Query {
+    let meaningful = |clause: &query::Clause| match clause {
+        query::Clause::Word(word) => !word.plain.iter().all(|term| FUNCTION_WORDS.contains(&term.as_str())),
+        query::Clause::Phrase { .. } => true,
+    };
     query::Query {
-        must: vec![query.must.iter().flatten().cloned().collect()],
+        must: query
+            .must
+            .iter()
+            .map(|group| group.iter().filter(|c| meaningful(c)).cloned().collect::<Vec<_>>())
+            .filter(|group| !group.is_empty())
+            .collect(),
         ..query.clone()
     }
 }
@@ -119,12 +140,12 @@ pub async fn search(
         Mode::Semantic => near,
         _ => {
             let words = SearchRequest {
-                query: any_word(&request.query),
+                query: without_function_words(&request.query),
                 offset: 0,
                 limit: CANDIDATES,
                 ..request.clone()
             };
-            let found = if request.query.matches_all() {
+            let found = if without_function_words(&request.query).matches_all() {
                 Vec::new()
             } else {
                 index.search(&words).await?.hits
@@ -182,6 +203,13 @@ mod tests {
         assert_eq!(order, [id(1), id(3), id(2), id(4)]);
         assert!((fused[0].1 - (1.0 / 61.0 + 1.0 / 63.0)).abs() < 1e-6);
         assert_eq!(fuse(&[vec![id(5)], vec![]]), [(id(5), 1.0 / 61.0)]);
+    }
+
+    #[test]
+    fn function_words_leave_the_keyword_arm() {
+        let kept = without_function_words(&query::parse("how big is this folder on disk"));
+        assert_eq!(kept.must.len(), 3, "big, folder, disk: {kept:?}");
+        assert!(without_function_words(&query::parse("what is this")).matches_all());
     }
 
     #[test]

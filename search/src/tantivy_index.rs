@@ -93,6 +93,9 @@ pub struct TantivyIndex {
     inner: Arc<Inner>,
 }
 
+/// How long opening an index waits for a writer's lock that another process holds.
+const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
 impl TantivyIndex {
     /// Opens the index in `folder`, creating it (and the folder) when there is none.
     ///
@@ -106,7 +109,19 @@ impl TantivyIndex {
         index
             .tokenizers()
             .register(TOKENIZER, TextAnalyzer::from(WhitespaceTokenizer::default()));
-        let writer = index.writer_with_num_threads(1, WRITER_MEMORY)?;
+        // A process killed a moment ago may still hold the writer's lock through a child it was
+        // starting (a forked child keeps the parent's files until it execs): wait a little for it.
+        let deadline = std::time::Instant::now() + LOCK_WAIT;
+        let writer = loop {
+            match index.writer_with_num_threads(1, WRITER_MEMORY) {
+                Err(tantivy::TantivyError::LockFailure(tantivy::directory::error::LockError::LockBusy, _))
+                    if std::time::Instant::now() < deadline =>
+                {
+                    std::thread::sleep(std::time::Duration::from_millis(100));
+                }
+                other => break other?,
+            }
+        };
         let reader = index.reader_builder().reload_policy(ReloadPolicy::Manual).try_into()?;
         Ok(Self {
             inner: Arc::new(Inner {

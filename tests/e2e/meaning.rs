@@ -36,9 +36,16 @@ fn models_dir() -> Option<PathBuf> {
     None
 }
 
+/// A server with the text model; on PostgreSQL its vectors go to pgvector (a database of its own on
+/// `CLOUDSYNC_TEST_PGVECTOR_URL`, which `scripts/services` starts; required under `CI=true`).
 async fn with_models(backend: cloudsync_eventstore::testing::Backend) -> Harness {
+    let vector_url = match backend {
+        cloudsync_eventstore::testing::Backend::Postgres => cloudsync_eventstore::testing::pgvector_database().await,
+        cloudsync_eventstore::testing::Backend::Sqlite => None,
+    };
     Harness::with_config(backend, |config| {
         config.models_dir = models_dir().or_else(|| Some(PathBuf::from("/nonexistent")));
+        config.vector_url = vector_url;
     })
     .await
 }
