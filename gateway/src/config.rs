@@ -108,8 +108,10 @@ pub struct Config {
     pub models_dir: Option<PathBuf>,
     /// How many model runs (embedding a file's passages, a query) go at once.
     pub model_concurrency: usize,
-    /// The vector index: unset for the embedded one in `<data_dir>/vectors`, or a PostgreSQL
-    /// database with pgvector 0.8+ (`postgres://…`).
+    /// The vector index: a PostgreSQL database with pgvector 0.8+ (`postgres://…`) or an
+    /// Elasticsearch 8 cluster (`http://host:9200`, index `<elasticsearch_index>-vectors`); unset for
+    /// the Elasticsearch cluster of `elasticsearch_url` when that is set, else the embedded index in
+    /// `<data_dir>/vectors`.
     pub vector_url: Option<String>,
 }
 
@@ -398,10 +400,11 @@ impl Config {
             bail!("extract_retry_seconds must be positive");
         }
         if let Some(url) = &self.vector_url
-            && !url.starts_with("postgres://")
-            && !url.starts_with("postgresql://")
+            && !["postgres://", "postgresql://", "http://", "https://"]
+                .iter()
+                .any(|scheme| url.starts_with(scheme))
         {
-            bail!("vector_url must be a postgres:// URL (a database with pgvector)");
+            bail!("vector_url must be a postgres:// URL (a database with pgvector) or an http(s):// Elasticsearch URL");
         }
         if !(1..=64).contains(&self.model_concurrency) {
             bail!("model_concurrency must be between 1 and 64");

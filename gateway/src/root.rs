@@ -366,14 +366,22 @@ pub fn models(config: &Config) -> anyhow::Result<cloudsync_ml::Models> {
     cloudsync_ml::Models::load(&dir, config.model_concurrency).with_context(|| format!("loading the models in {}", dir.display()))
 }
 
-/// The vector index: pgvector when `vector_url` is set, else embedded in `<data_dir>/vectors`.
+/// The vector index: pgvector or Elasticsearch as `vector_url` says (unset: the Elasticsearch cluster
+/// of `elasticsearch_url` if any), else embedded in `<data_dir>/vectors`.
 ///
 /// # Errors
 /// The index cannot be opened.
 pub async fn vector_index(config: &Config) -> anyhow::Result<Arc<dyn cloudsync_search::vectors::VectorIndex>> {
-    Ok(match &config.vector_url {
+    let dims = cloudsync_ml::TextEmbedder::DIMS;
+    let url = config.vector_url.as_ref().or(config.elasticsearch_url.as_ref());
+    Ok(match url {
+        Some(url) if url.starts_with("postgres") => Arc::new(
+            cloudsync_search::vectors::PgVectors::open(url, dims)
+                .await
+                .with_context(|| format!("the vector index ({})", redact(url)))?,
+        ),
         Some(url) => Arc::new(
-            cloudsync_search::vectors::PgVectors::open(url, cloudsync_ml::TextEmbedder::DIMS)
+            cloudsync_search::vectors::ElasticVectors::open(url, &format!("{}-vectors", config.elasticsearch_index), dims)
                 .await
                 .with_context(|| format!("the vector index ({})", redact(url)))?,
         ),

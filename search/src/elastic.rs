@@ -67,7 +67,7 @@ impl ElasticIndex {
         call(&self.http, method, &format!("{}/{path}", self.base), body).await
     }
 
-    async fn bulk(&self, lines: Vec<Value>) -> SearchResult<()> {
+    pub(crate) async fn bulk(&self, lines: Vec<Value>) -> SearchResult<()> {
         if lines.is_empty() {
             return Ok(());
         }

@@ -1,7 +1,8 @@
 //! Search by meaning: each file's text-embedding vectors (its name's, then one per passage of its
 //! text) in a [`VectorIndex`], asked for the files nearest a query's vector. [`SqliteVectors`] is
-//! the embedded backend (a database in the data dir), [`PgVectors`] the scale one (PostgreSQL with
-//! pgvector). Every backend passes `tests/it/vectors.rs`.
+//! the embedded backend (a database in the data dir); [`PgVectors`] (PostgreSQL with pgvector) and
+//! [`ElasticVectors`] (Elasticsearch 8 `dense_vector` kNN) are the scale ones. Every backend passes
+//! `tests/it/vectors.rs`.
 //!
 //! The [`VectorProjector`] follows the log from the index's own checkpoint: a listed file gets a
 //! record (owner, provider, the checksum of its current version); the content pipeline's
@@ -9,9 +10,11 @@
 //! are kept only while they are of the file's current version; a changed file loses its old vectors
 //! at once, a deleted or removed one, a disconnected provider's and an erased account's lose all.
 
+mod elastic;
 mod postgres;
 mod sqlite;
 
+pub use elastic::ElasticVectors;
 pub use postgres::PgVectors;
 pub use sqlite::SqliteVectors;
 
