@@ -22,6 +22,8 @@ pub enum Format {
     OpenDocument,
     Spreadsheet,
     Epub,
+    /// A picture: no text (until OCR), but its size, EXIF and perceptual hash.
+    Image,
 }
 
 impl Format {
@@ -35,6 +37,7 @@ impl Format {
             Self::OpenDocument => "odf",
             Self::Spreadsheet => "spreadsheet",
             Self::Epub => "epub",
+            Self::Image => "image",
         }
     }
 
@@ -48,6 +51,7 @@ impl Format {
             Self::OpenDocument,
             Self::Spreadsheet,
             Self::Epub,
+            Self::Image,
         ]
         .into_iter()
         .find(|f| f.name() == name)
@@ -74,11 +78,13 @@ pub fn format_of(name: &str, mime: &str) -> Option<Format> {
         "odt" | "odp" => Some(Format::OpenDocument),
         "xlsx" | "xlsm" | "xls" | "ods" => Some(Format::Spreadsheet),
         "epub" => Some(Format::Epub),
+        "jpg" | "jpeg" | "png" | "gif" | "webp" | "bmp" | "tif" | "tiff" => Some(Format::Image),
         _ => None,
     };
     by_ext.or_else(|| match mime {
         "text/html" | "application/xhtml+xml" => Some(Format::Html),
         "application/pdf" => Some(Format::Pdf),
+        "image/jpeg" | "image/png" | "image/gif" | "image/webp" | "image/bmp" | "image/tiff" => Some(Format::Image),
         m if m.starts_with("text/") => Some(Format::Text),
         _ => None,
     })
@@ -106,6 +112,12 @@ fn failed(reason: impl std::fmt::Display) -> Extraction {
 /// Extracts the text of `data` read as `format`, at most `max_text` bytes of it.
 pub fn extract(format: Format, data: &[u8], max_text: usize) -> Extraction {
     let text = match format {
+        Format::Image => {
+            return match crate::image::read_image(data) {
+                Ok(reading) => Extraction::Image(reading),
+                Err(reason) => failed(reason),
+            };
+        }
         Format::Text => Ok(decode(data)),
         Format::Html => Ok(html_text(&decode(data))),
         Format::Pdf => pdf_extract::extract_text_from_mem(data).map_err(|err| format!("the PDF cannot be read: {err}")),
@@ -355,7 +367,13 @@ mod tests {
         assert_eq!(format_of("Notes.MD", ""), Some(Format::Text));
         assert_eq!(format_of("index", "text/html"), Some(Format::Html));
         assert_eq!(format_of("a.docx", ""), Some(Format::Docx));
-        assert_eq!(format_of("photo.jpg", "image/jpeg"), None);
+        assert_eq!(
+            format_of("photo.jpg", "image/jpeg"),
+            Some(Format::Image),
+            "issue 17: pictures are read"
+        );
+        assert_eq!(format_of("drawing.svg", "image/svg+xml"), None);
+        assert_eq!(format_of("movie.mp4", "video/mp4"), None);
     }
 
     #[test]

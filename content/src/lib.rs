@@ -7,9 +7,11 @@
 //!
 //! Formats: plain text, Markdown, source code and other text (UTF-8, UTF-16 with a BOM, else
 //! Latin-1), HTML (visible text only: no scripts, styles or templates; `scraper`), PDF's text layer
-//! (`pdf-extract`), DOCX, PPTX, ODT/ODP (`zip` + `quick-xml`), XLSX/XLS/ODS (`calamine`) and EPUB.
+//! (`pdf-extract`), DOCX, PPTX, ODT/ODP (`zip` + `quick-xml`), XLSX/XLS/ODS (`calamine`) and EPUB;
+//! and pictures ([`image`]: size, EXIF, perceptual hash).
 
 mod formats;
+pub mod image;
 mod language;
 mod process;
 pub mod samples;
@@ -25,13 +27,15 @@ pub const EXTRACTOR: &str = "cloudsync-text";
 pub const EXTRACTOR_VERSION: u32 = 1;
 
 /// What a read of one file gave.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "outcome", rename_all = "snake_case")]
 pub enum Extraction {
     Text {
         text: String,
         truncated: bool,
     },
+    /// A picture: what was read of it (it has no text to extract yet).
+    Image(image::ImageReading),
     /// Not a format this extractor reads.
     Unsupported,
     /// Broken, hostile or over a limit: why.

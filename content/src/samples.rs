@@ -45,3 +45,122 @@ pub fn docx_saying(words: &str) -> Vec<u8> {
     let xml = format!(r#"<w:document xmlns:w="w"><w:body><w:p><w:r><w:t>{words}</w:t></w:r></w:p></w:body></w:document>"#);
     zip_of(&[("word/document.xml", xml.as_bytes())])
 }
+
+/// EXIF facts to write into a sample picture.
+#[derive(Debug, Clone, Default)]
+pub struct Exif<'a> {
+    /// `YYYY:MM:DD HH:MM:SS`, as cameras write it.
+    pub taken_at: Option<&'a str>,
+    pub make: Option<&'a str>,
+    pub model: Option<&'a str>,
+    /// Latitude and longitude in degrees (north and east positive).
+    pub gps: Option<(f64, f64)>,
+}
+
+/// A scene to photograph: soft gradients, a few discs and a bar, seen from `(dx, dy)` (a burst shot
+/// of the same scene moves the camera a little), `seed` choosing the scene.
+pub fn scene(width: u32, height: u32, seed: u32, dx: f64, dy: f64) -> image::RgbImage {
+    let discs: Vec<(f64, f64, f64, [u8; 3])> = (0..5u32)
+        .map(|i| {
+            let h = seed.wrapping_mul(2_654_435_761).wrapping_add(i.wrapping_mul(40_503));
+            let at = |shift: u32| f64::from((h >> shift) & 0xff) / 255.0;
+            let colour = [(h >> 3) as u8, (h >> 11) as u8, (h >> 19) as u8];
+            (at(0), at(8), 0.05 + at(16) * 0.2, colour)
+        })
+        .collect();
+    image::RgbImage::from_fn(width, height, |x, y| {
+        let (u, v) = (f64::from(x) / f64::from(width) + dx, f64::from(y) / f64::from(height) + dy);
+        let base = [(u * 200.0) as u8, (v * 180.0 + 30.0) as u8, ((u + v) * 90.0) as u8];
+        for (cx, cy, r, colour) in &discs {
+            if (u - cx).powi(2) + (v - cy).powi(2) < r * r {
+                return image::Rgb(*colour);
+            }
+        }
+        if (v - 0.8).abs() < 0.04 && u > 0.1 && u < 0.9 {
+            return image::Rgb([20, 20, 20]);
+        }
+        image::Rgb(base)
+    })
+}
+
+/// `picture` as a JPEG of `quality` (1–100), with `exif` written into an APP1 segment when any of
+/// it is set.
+pub fn jpeg(picture: &image::RgbImage, quality: u8, exif: &Exif<'_>) -> Vec<u8> {
+    let mut out = Vec::new();
+    let encoder = image::codecs::jpeg::JpegEncoder::new_with_quality(&mut out, quality);
+    picture.write_with_encoder(encoder).expect("a JPEG encodes into memory");
+    let tiff = exif_tiff(exif);
+    if tiff.is_empty() {
+        return out;
+    }
+    // After the start-of-image marker: APP1, its length (counting itself), "Exif\0\0", the TIFF.
+    let mut with = out[..2].to_vec();
+    with.extend_from_slice(&[0xff, 0xe1]);
+    with.extend_from_slice(&u16::try_from(tiff.len() + 8).unwrap_or(u16::MAX).to_be_bytes());
+    with.extend_from_slice(b"Exif\0\0");
+    with.extend_from_slice(&tiff);
+    with.extend_from_slice(&out[2..]);
+    with
+}
+
+fn exif_tiff(facts: &Exif<'_>) -> Vec<u8> {
+    use exif::{Field, In, Rational, Tag, Value};
+    let ascii = |tag: Tag, text: &str| Field {
+        tag,
+        ifd_num: In::PRIMARY,
+        value: Value::Ascii(vec![text.as_bytes().to_vec()]),
+    };
+    let dms = |degrees: f64| {
+        let whole = degrees.abs().trunc();
+        let minutes = (degrees.abs() - whole) * 60.0;
+        let seconds = (minutes - minutes.trunc()) * 60.0;
+        Value::Rational(vec![
+            Rational {
+                num: whole as u32,
+                denom: 1,
+            },
+            Rational {
+                num: minutes.trunc() as u32,
+                denom: 1,
+            },
+            Rational {
+                num: (seconds * 1000.0).round() as u32,
+                denom: 1000,
+            },
+        ])
+    };
+    let mut fields = Vec::new();
+    if let Some(at) = facts.taken_at {
+        fields.push(ascii(Tag::DateTimeOriginal, at));
+    }
+    if let Some(make) = facts.make {
+        fields.push(ascii(Tag::Make, make));
+    }
+    if let Some(model) = facts.model {
+        fields.push(ascii(Tag::Model, model));
+    }
+    if let Some((lat, lon)) = facts.gps {
+        fields.push(ascii(Tag::GPSLatitudeRef, if lat < 0.0 { "S" } else { "N" }));
+        fields.push(Field {
+            tag: Tag::GPSLatitude,
+            ifd_num: In::PRIMARY,
+            value: dms(lat),
+        });
+        fields.push(ascii(Tag::GPSLongitudeRef, if lon < 0.0 { "W" } else { "E" }));
+        fields.push(Field {
+            tag: Tag::GPSLongitude,
+            ifd_num: In::PRIMARY,
+            value: dms(lon),
+        });
+    }
+    if fields.is_empty() {
+        return Vec::new();
+    }
+    let mut writer = exif::experimental::Writer::new();
+    for field in &fields {
+        writer.push_field(field);
+    }
+    let mut tiff = Cursor::new(Vec::new());
+    writer.write(&mut tiff, false).expect("EXIF writes into memory");
+    tiff.into_inner()
+}

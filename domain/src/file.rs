@@ -403,6 +403,7 @@ mod tests {
             outcome: crate::events::AnalysisOutcome::Analyzed,
             reason: None,
             vectors: None,
+            image: None,
             at: DateTime::UNIX_EPOCH,
         }
     }

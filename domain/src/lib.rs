@@ -7,6 +7,7 @@ pub mod file;
 pub mod ids;
 pub mod manifest;
 pub mod merge;
+pub mod near;
 pub mod provider;
 pub mod reservation;
 pub mod sync_job;

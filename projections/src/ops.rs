@@ -123,6 +123,12 @@ pub enum Op {
     DeleteFile {
         id: Uuid,
     },
+    /// What the analysis learnt of the file's current version (`{"image": {…}}`); a changed file's
+    /// goes with [`Op::ChangeFile`].
+    SetFileMetadata {
+        id: Uuid,
+        metadata: Value,
+    },
     InsertSyncOperation {
         id: Uuid,
         user_id: Uuid,
@@ -242,7 +248,8 @@ impl Op {
             | Self::InsertFile { .. }
             | Self::MoveFile { .. }
             | Self::ChangeFile { .. }
-            | Self::DeleteFile { .. } => Table::Files,
+            | Self::DeleteFile { .. }
+            | Self::SetFileMetadata { .. } => Table::Files,
             Self::InsertSyncOperation { .. }
             | Self::SyncOperationStatus { .. }
             | Self::SyncOperationPaused { .. }
@@ -328,7 +335,20 @@ pub fn ops_for(event: &DomainEvent, at: DateTime<Utc>) -> Vec<Op> {
                 provider_id: e.provider_id.as_uuid(),
             },
         ],
-        E::ProviderCredentialsRenewed(_) | E::FileContentExtracted(_) | E::FileAnalyzed(_) => Vec::new(),
+        E::ProviderCredentialsRenewed(_) | E::FileContentExtracted(_) => Vec::new(),
+        E::FileAnalyzed(e) => match &e.image {
+            Some(image) => vec![Op::SetFileMetadata {
+                id: e.file_id.as_uuid(),
+                metadata: serde_json::json!({"image": {
+                    "width": image.width,
+                    "height": image.height,
+                    "phash": image.phash,
+                    "takenAt": image.taken_at,
+                    "camera": image.camera,
+                }}),
+            }],
+            None => Vec::new(),
+        },
         E::ProviderScheduleSet(e) => vec![Op::SetProviderSchedule {
             id: e.provider_id.as_uuid(),
             schedule: e.schedule.as_ref().map(|s| s.as_str().to_owned()),

@@ -54,6 +54,8 @@ pub struct FileRow {
     pub modified_at: DateTime<Utc>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
+    /// What the analysis learnt of the current version (`{"image": {…}}`), `{}` until then.
+    pub metadata: Value,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -144,7 +146,7 @@ fn like_prefix(folder: &str) -> String {
 }
 
 const FILE_COLUMNS: &str = "CAST(id AS TEXT) AS id, CAST(provider_id AS TEXT) AS provider_id, path, name, size_bytes, \
-                            mime_type, checksum, modified_at, created_at, updated_at";
+                            mime_type, checksum, modified_at, created_at, updated_at, CAST(metadata AS TEXT) AS metadata";
 const OPERATION_COLUMNS: &str = "CAST(id AS TEXT) AS id, kind, CAST(provider_id AS TEXT) AS provider_id, status, paused, \
                                  files_done, bytes_done, files_total, bytes_total, bytes_written, error, CAST(details AS TEXT) AS details, held, \
                                  created_at, updated_at, completed_at";
@@ -184,6 +186,7 @@ macro_rules! file_row {
             modified_at: $row.try_get("modified_at")?,
             created_at: $row.try_get("created_at")?,
             updated_at: $row.try_get("updated_at")?,
+            metadata: json($row.try_get("metadata")?)?,
         })
     };
 }
@@ -361,6 +364,17 @@ impl ReadModels {
             freed(b).cmp(&freed(a)).then_with(|| a[0].checksum.cmp(&b[0].checksum))
         });
         Ok(groups)
+    }
+
+    /// The user's pictures that the content pipeline has read (their `metadata` has an `image`).
+    ///
+    /// # Errors
+    /// Database failures.
+    pub async fn pictures(&self, user: UserId) -> Result<Vec<FileRow>, QueryError> {
+        let sql = format!(
+            "SELECT {FILE_COLUMNS} FROM files WHERE user_id = $1 AND CAST(metadata AS TEXT) LIKE '%\"image\"%' ORDER BY modified_at, path, id"
+        );
+        Ok(fetch_all!(&self.pool, &sql, [Val::Uuid(user.as_uuid())], |row| file_row!(row))?)
     }
 
     /// One of the user's files.

@@ -156,10 +156,11 @@ pub(crate) fn statement(op: &Op) -> (&'static str, Vec<Val>) {
             modified_at,
             at,
         } => (
-            "UPDATE files SET size_bytes = $2, checksum = $3, modified_at = $4, updated_at = $5 WHERE id = $1",
+            "UPDATE files SET size_bytes = $2, checksum = $3, modified_at = $4, updated_at = $5, metadata = '{}' WHERE id = $1",
             vec![V::Uuid(id), V::Int(size_bytes), V::Text(checksum), V::Ts(modified_at), V::Ts(at)],
         ),
         Op::DeleteFile { id } => ("DELETE FROM files WHERE id = $1", vec![V::Uuid(id)]),
+        Op::SetFileMetadata { id, metadata } => ("UPDATE files SET metadata = $2 WHERE id = $1", vec![V::Uuid(id), V::Json(metadata)]),
         Op::InsertSyncOperation {
             id,
             user_id,

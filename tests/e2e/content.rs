@@ -101,14 +101,18 @@ async fn contents_are_read_once_and_found(h: &Harness) {
     );
     write(&root, "photos/cat.jpg", b"\xff\xd8\xff not a text");
     let (provider, _) = h.connect_local(&token, &root).await;
-    let events = extracted(h, 5).await;
-    assert_eq!(events.len(), 5, "five files hold text, the photo is not read: {events:?}");
-    assert!(
-        events.iter().all(|e| e["outcome"] == "extracted" && e["extractor_version"] == 1),
-        "{events:?}"
+    let events = extracted(h, 6).await;
+    assert_eq!(
+        events.len(),
+        6,
+        "five files hold text, and the photo is read as a picture: {events:?}"
     );
+    let (texts, photos): (Vec<&Value>, Vec<&Value>) = events.iter().partition(|e| e["outcome"] == "extracted");
+    assert!(texts.iter().all(|e| e["extractor_version"] == 1), "{events:?}");
+    assert_eq!(photos.len(), 1, "{events:?}");
+    assert_eq!(photos[0]["outcome"], "failed", "the photo is not a real picture: {events:?}");
     assert!(
-        events.iter().all(|e| e.get("text").is_some_and(|t| t["reference"].is_string())),
+        texts.iter().all(|e| e.get("text").is_some_and(|t| t["reference"].is_string())),
         "text is referenced, not inline"
     );
 
@@ -140,7 +144,7 @@ async fn contents_are_read_once_and_found(h: &Harness) {
     rescan(h, &token, &provider).await;
     write(&root, "notes/garden.md", b"# Garden\n\nNow about cucumbers.\n");
     rescan(h, &token, &provider).await;
-    assert_eq!(extracted(h, 6).await.len(), 6, "an unchanged file is not read again");
+    assert_eq!(extracted(h, 7).await.len(), 7, "an unchanged file is not read again");
     assert_eq!(paths(h, &token, "cucumbers").await.0, ["notes/garden.md"]);
     assert!(
         paths(h, &token, "tomatoes").await.0.is_empty(),

@@ -209,7 +209,7 @@ impl Harness {
         let (provider, operation) = self.connect_local(&token, &root).await;
         let files = self.files(&token, &provider).await;
         let readme = files["readme.txt"]["id"].as_str().expect("id").to_owned();
-        self.contents_read(3).await;
+        self.contents_read(4).await;
         Scanned {
             token,
             user,
@@ -224,8 +224,8 @@ impl Harness {
 
 impl Harness {
     /// Waits until the content pipeline has recorded `count` readings in all, so that tests which
-    /// compare the log before and after see only what they did (the sample tree has three files
-    /// with text: the photo is not read).
+    /// compare the log before and after see only what they did (the sample tree has four: three
+    /// files with text, and the photo, read as a picture).
     pub async fn contents_read(&self, count: usize) {
         let deadline = Instant::now() + Duration::from_secs(60);
         let mut appended = self.server().app().db.events.watch();

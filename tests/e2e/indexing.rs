@@ -33,7 +33,7 @@ async fn rescan(h: &Harness, token: &str, provider: &str) -> Vec<String> {
         .into_iter()
         .map(|e| e.event_type)
         // The content pipeline's readings go to their own streams, not the scan's.
-        .filter(|t| t.starts_with("File") && t != "FileContentExtracted")
+        .filter(|t| t.starts_with("File") && t != "FileContentExtracted" && t != "FileAnalyzed")
         .collect();
     types.sort();
     types

@@ -10,6 +10,7 @@ mod indexing;
 mod isolation;
 mod meaning;
 mod oauth;
+mod pictures;
 mod providers;
 mod search;
 mod spine;

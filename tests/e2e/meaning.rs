@@ -69,7 +69,7 @@ async fn search(h: &Harness, token: &str, query: &str, mode: Option<&str>, filte
     (found, data["searchFiles"].clone())
 }
 
-/// Waits until the pipeline has recorded `count` analyses in all and the vector index has them.
+/// Waits until the text model has recorded `count` analyses in all and the vector index has them.
 async fn analysed(h: &Harness, count: usize) -> Vec<Value> {
     let app = h.server().app();
     let deadline = Instant::now() + Duration::from_secs(120);
@@ -78,7 +78,7 @@ async fn analysed(h: &Harness, count: usize) -> Vec<Value> {
         let events = app.db.events.read_all(0, 100_000).await.expect("the log");
         let analyses: Vec<Value> = events
             .into_iter()
-            .filter(|e| e.event_type == "FileAnalyzed")
+            .filter(|e| e.event_type == "FileAnalyzed" && e.payload["model"] == "all-minilm-l6-v2")
             .map(|e| e.payload)
             .collect();
         if analyses.len() >= count {

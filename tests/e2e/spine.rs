@@ -474,7 +474,10 @@ async fn replay_prints_a_stream_and_a_users_history(h: &Harness) {
     assert_eq!(events[0]["event_type"], json!("UserRegistered"));
     assert!(events.iter().any(|e| e["event_type"] == json!("ProviderConnected")));
     // (The content pipeline's readings of the user's files may come after.)
-    let last = events.iter().rev().find(|e| e["event_type"] != json!("FileContentExtracted"));
+    let last = events
+        .iter()
+        .rev()
+        .find(|e| e["event_type"] != json!("FileContentExtracted") && e["event_type"] != json!("FileAnalyzed"));
     assert_eq!(last.expect("some")["event_type"], json!("FileMoved"));
     let positions: Vec<i64> = events.iter().map(|e| e["position"].as_i64().expect("position")).collect();
     assert!(positions.windows(2).all(|w| w[0] < w[1]), "in global order");

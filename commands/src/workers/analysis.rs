@@ -7,7 +7,7 @@
 use chrono::Utc;
 use cloudsync_content::format_of;
 use cloudsync_domain::events::{AnalysisOutcome, FileAnalyzed, SealedSecret, VectorsRef};
-use cloudsync_domain::file::{FileCommand, content_stream};
+use cloudsync_domain::file::{File, FileCommand, content_stream};
 use cloudsync_domain::{Aggregate, FileId, UserId};
 use cloudsync_ml::{Models, TextEmbedder, codec, name_words, passages};
 use tokio_util::sync::CancellationToken;
@@ -67,6 +67,7 @@ impl Commands {
             outcome: AnalysisOutcome::Analyzed,
             reason: None,
             vectors: None,
+            image: None,
             at: Utc::now(),
         };
         let embedded = match earlier {
@@ -106,22 +107,29 @@ impl Commands {
                 event.reason = Some(error.to_string());
             }
         }
-        let recorded = match file.handle(FileCommand::RecordAnalysis(event)) {
-            Ok(events) if events.is_empty() => Ok(()),
-            Ok(events) => match self
-                .append(content_stream(file_id), version, &events, &Context::new(Some(owner)))
-                .await
-            {
-                // Another reader recorded this version first.
-                Ok(_) | Err(CommandError::Conflict(_)) => Ok(()),
-                Err(err) => Err(err),
-            },
-            Err(err) => Err(err.into()),
-        };
+        let recorded = self.record_analysis(&file, version, event).await;
         if let Some(lease) = lease {
             lease.release().await;
         }
         recorded
+    }
+
+    /// Appends a model's result to the file's content stream (at `version`, the stream's version
+    /// `file` was loaded at), if the file still wants it.
+    pub(crate) async fn record_analysis(&self, file: &File, version: i64, event: FileAnalyzed) -> Result<(), CommandError> {
+        let (file_id, owner) = (event.file_id, event.owner_id);
+        let events = file.handle(FileCommand::RecordAnalysis(event))?;
+        if events.is_empty() {
+            return Ok(());
+        }
+        match self
+            .append(content_stream(file_id), version, &events, &Context::new(Some(owner)))
+            .await
+        {
+            // Another reader recorded this version first.
+            Ok(_) | Err(CommandError::Conflict(_)) => Ok(()),
+            Err(err) => Err(err),
+        }
     }
 
     /// Seals `vectors` with `owner`'s data key and keeps them in the chunk store; returns their

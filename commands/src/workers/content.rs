@@ -20,8 +20,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use chrono::Utc;
-use cloudsync_content::{EXTRACTOR, EXTRACTOR_VERSION, Extraction, Extractor, detect_language, format_of};
-use cloudsync_domain::events::{ExtractionOutcome, FileContentExtracted, SealedSecret, TextRef};
+use cloudsync_content::image::{ImageReading, READER, READER_VERSION};
+use cloudsync_content::{EXTRACTOR, EXTRACTOR_VERSION, Extraction, Extractor, Format, detect_language, format_of};
+use cloudsync_domain::events::{AnalysisOutcome, ExtractionOutcome, FileAnalyzed, FileContentExtracted, ImageFacts, SealedSecret, TextRef};
 use cloudsync_domain::file::{File, FileCommand, content_stream};
 use cloudsync_domain::{Aggregate, DomainEvent, FileId, UserId};
 use cloudsync_eventstore::{DbPool, on_pool, subscribe};
@@ -41,7 +42,10 @@ const READ_ATTEMPTS: u32 = 4;
 
 /// The pipeline's checkpoint, per extractor version and set of models.
 fn checkpoint_name(models: &Models) -> String {
-    format!("content-{EXTRACTOR}-v{EXTRACTOR_VERSION}{}", super::analysis::models_tag(models))
+    format!(
+        "content-{EXTRACTOR}-v{EXTRACTOR_VERSION}+{READER}-v{READER_VERSION}{}",
+        super::analysis::models_tag(models)
+    )
 }
 
 /// Follows the log and reads what needs reading; owned by the server.
@@ -324,7 +328,13 @@ impl Commands {
         cancel: &CancellationToken,
     ) -> Result<(), ReadError> {
         let (file, version) = self.file_with_content(file_id).await?;
-        let Some((facts, path)) = file.needs_extraction(EXTRACTOR, EXTRACTOR_VERSION) else {
+        // A picture is read again for a new version of the image reader even when its text (none
+        // yet) was read: one read serves both.
+        let wanted = file.needs_extraction(EXTRACTOR, EXTRACTOR_VERSION).or_else(|| {
+            file.needs_analysis(READER, READER_VERSION)
+                .filter(|(facts, path)| format_of(path.name(), &facts.mime_type) == Some(Format::Image))
+        });
+        let Some((facts, path)) = wanted else {
             return Ok(());
         };
         let Some(format) = format_of(path.name(), &facts.mime_type) else {
@@ -373,6 +383,7 @@ impl Commands {
         };
         let mut event = reading(file_id, &facts);
         let mut lease = None;
+        let mut picture = None;
         match extraction {
             Extraction::Text { text, truncated } => {
                 event.language = detect_language(&text);
@@ -394,18 +405,77 @@ impl Commands {
                     });
                 }
             }
+            Extraction::Image(reading) => {
+                event.outcome = ExtractionOutcome::Unsupported;
+                picture = Some(Ok(reading));
+            }
             Extraction::Unsupported => event.outcome = ExtractionOutcome::Unsupported,
             Extraction::Failed { reason } => {
                 tracing::info!(file = %file_id, reason = %reason, "A file's text could not be extracted; it stays findable by name.");
                 event.outcome = ExtractionOutcome::Failed;
-                event.reason = Some(reason);
+                event.reason = Some(reason.clone());
+                if format == Format::Image {
+                    picture = Some(Err(reason));
+                }
             }
         }
         let result = self.record_reading(&file, version, event).await;
         if let Some(lease) = lease {
             lease.release().await;
         }
-        Ok(result?)
+        result?;
+        if let Some(picture) = picture {
+            self.record_picture(file_id, &facts.checksum, picture).await?;
+        }
+        Ok(())
+    }
+
+    /// Records what the image reader learnt of the current version of a picture (or why it could
+    /// not), its position sealed with the owner's key.
+    async fn record_picture(&self, file_id: FileId, checksum: &str, picture: Result<ImageReading, String>) -> Result<(), CommandError> {
+        let (file, version) = self.file_with_content(file_id).await?;
+        let Some((facts, _)) = file.needs_analysis(READER, READER_VERSION) else {
+            return Ok(());
+        };
+        let owner = facts.owner_id;
+        let mut event = FileAnalyzed {
+            file_id,
+            provider_id: facts.provider_id,
+            owner_id: owner,
+            checksum: checksum.to_owned(),
+            model: READER.to_owned(),
+            model_version: READER_VERSION,
+            name_revision: file.name_revision(),
+            outcome: AnalysisOutcome::Analyzed,
+            reason: None,
+            vectors: None,
+            image: None,
+            at: Utc::now(),
+        };
+        match picture {
+            Ok(reading) => {
+                let gps = match reading.gps {
+                    Some(position) => {
+                        let json = serde_json::to_vec(&position).map_err(|err| CommandError::Storage(err.to_string()))?;
+                        Some(self.vault.seal(owner, &json).await?)
+                    }
+                    None => None,
+                };
+                event.image = Some(ImageFacts {
+                    width: reading.width,
+                    height: reading.height,
+                    phash: reading.phash,
+                    taken_at: reading.taken_at,
+                    camera: reading.camera,
+                    gps,
+                });
+            }
+            Err(reason) => {
+                event.outcome = AnalysisOutcome::Failed;
+                event.reason = Some(reason);
+            }
+        }
+        self.record_analysis(&file, version, event).await
     }
 
     /// Records that the current version of a file could not be read from its provider, with the

@@ -73,6 +73,26 @@ pub struct VectorsRef {
     pub dims: u32,
 }
 
+/// What the image reader learnt of a picture. The position where it was taken is personal data and
+/// is kept sealed with the owner's key; the rest is of the picture.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ImageFacts {
+    pub width: u32,
+    pub height: u32,
+    /// Perceptual hash (DCT of the 32×32 grey picture, 16×16 = 256 bits), lower-case hex: close
+    /// pictures have hashes a few bits apart.
+    pub phash: String,
+    /// EXIF `DateTimeOriginal` as the camera's local time, `YYYY-MM-DDTHH:MM:SS`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub taken_at: Option<String>,
+    /// EXIF `Make` and `Model`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub camera: Option<String>,
+    /// EXIF GPS latitude and longitude (degrees, as JSON `[lat, lon]`), sealed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gps: Option<crate::events::SealedSecret>,
+}
+
 /// A model ran over the version `checksum` of a file (and, for models that read the name, over the
 /// name as it was at `name_revision`). A rebuild takes the results from here, never from the model;
 /// the model runs again only when the file's content (or name) or the model's version changes.
@@ -94,5 +114,8 @@ pub struct FileAnalyzed {
     /// Text embeddings: the name's vector, then one per passage of the extracted text.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub vectors: Option<VectorsRef>,
+    /// The image reader's facts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<ImageFacts>,
     pub at: DateTime<Utc>,
 }

@@ -6,7 +6,9 @@
 use async_graphql::{Context, Enum, ID, Object, SimpleObject};
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use cloudsync_domain::near::{Picture, near_pictures};
 use cloudsync_identity::access::scope;
+use cloudsync_projections::FileRow;
 
 use super::files::File;
 use super::{app, caller_for, offset_after, offset_cursor};
@@ -28,7 +30,7 @@ pub enum DuplicateMethod {
 
 #[derive(SimpleObject)]
 pub struct DuplicateGroup {
-    /// Stable while the group's content is: `exact:<checksum>` for exact groups (opaque).
+    /// Stable while the group's content is (opaque).
     id: ID,
     method: DuplicateMethod,
     /// How alike the files are, from 0 to 1 (1 for exact groups).
@@ -43,8 +45,8 @@ pub struct DuplicateGroup {
     cursor: String,
 }
 
-fn group_id(checksum: &str) -> ID {
-    ID(URL_SAFE_NO_PAD.encode(format!("exact:{checksum}")))
+fn group_id(key: &str) -> ID {
+    ID(URL_SAFE_NO_PAD.encode(key))
 }
 
 fn bytes(n: i64) -> String {
@@ -88,39 +90,111 @@ impl DuplicatesQuery {
         }
         let offset = offset_after("duplicates", "duplicates", after.as_deref())?;
         app.consistent(caller).await;
-        let groups = app
+        let exact = app
             .reads
-            .exact_duplicates(caller.user_id, i64::from(first), i64::try_from(offset).unwrap_or(i64::MAX))
+            .exact_duplicates(caller.user_id, i64::MAX, 0)
             .await
             .map_err(ApiError::from)?;
+        let mut groups: Vec<DuplicateGroup> = exact.into_iter().map(exact_group).collect();
+        let pictures = app.reads.pictures(caller.user_id).await.map_err(ApiError::from)?;
+        groups.extend(near_image_groups(pictures, threshold));
+        groups.sort_by(|a, b| b.reclaimable_bytes.cmp(&a.reclaimable_bytes).then_with(|| a.id.0.cmp(&b.id.0)));
         Ok(groups
             .into_iter()
             .enumerate()
-            .map(|(at, files)| {
-                let size = files.iter().map(|f| f.size_bytes).max().unwrap_or(0);
-                let providers: std::collections::BTreeSet<_> = files.iter().map(|f| f.provider_id).collect();
-                let places = if providers.len() == 1 {
-                    "on one provider".to_owned()
-                } else {
-                    format!("on {} providers", providers.len())
-                };
-                let checksum = &files[0].checksum;
-                DuplicateGroup {
-                    id: group_id(checksum),
-                    method: DuplicateMethod::Exact,
-                    score: 1.0,
-                    reclaimable_bytes: size * (files.len() as i64 - 1),
-                    explanation: format!(
-                        "{} files {places} hold the same {} (BLAKE3 {}…); keeping one frees {}",
-                        files.len(),
-                        bytes(size),
-                        &checksum[..checksum.len().min(12)],
-                        bytes(size * (files.len() as i64 - 1))
-                    ),
-                    files: files.into_iter().map(File::from).collect(),
-                    cursor: offset_cursor("duplicates", offset + at),
-                }
+            .skip(offset)
+            .take(usize::try_from(first).unwrap_or(50))
+            .map(|(at, mut group)| {
+                group.cursor = offset_cursor("duplicates", at);
+                group
             })
             .collect())
     }
+}
+
+fn exact_group(files: Vec<FileRow>) -> DuplicateGroup {
+    let size = files.iter().map(|f| f.size_bytes).max().unwrap_or(0);
+    let providers: std::collections::BTreeSet<_> = files.iter().map(|f| f.provider_id).collect();
+    let places = if providers.len() == 1 {
+        "on one provider".to_owned()
+    } else {
+        format!("on {} providers", providers.len())
+    };
+    let checksum = files[0].checksum.clone();
+    DuplicateGroup {
+        id: group_id(&format!("exact:{checksum}")),
+        method: DuplicateMethod::Exact,
+        score: 1.0,
+        reclaimable_bytes: size * (files.len() as i64 - 1),
+        explanation: format!(
+            "{} files {places} hold the same {} (BLAKE3 {}…); keeping one frees {}",
+            files.len(),
+            bytes(size),
+            &checksum[..checksum.len().min(12)],
+            bytes(size * (files.len() as i64 - 1))
+        ),
+        files: files.into_iter().map(File::from).collect(),
+        cursor: String::new(),
+    }
+}
+
+/// Groups of pictures that are copies of one another (resized, recompressed, re-encoded) at
+/// `threshold` or more alike: a score of 1 is the same hash, 0 every bit different.
+fn near_image_groups(pictures: Vec<FileRow>, threshold: f64) -> Vec<DuplicateGroup> {
+    let entries: Vec<Picture> = pictures
+        .iter()
+        .enumerate()
+        .filter_map(|(index, row)| {
+            let image = row.metadata.get("image")?;
+            Some(Picture {
+                index,
+                checksum: row.checksum.clone(),
+                phash: image["phash"].as_str()?.to_owned(),
+                taken_at: image["takenAt"].as_str().map(str::to_owned),
+            })
+        })
+        .collect();
+    let bits = entries.first().map_or(0, |p| p.phash.len() * 4);
+    // The most bits two copies may differ in at this threshold.
+    let reach = ((1.0 - threshold) * bits as f64).floor() as u32;
+    near_pictures(&entries, reach)
+        .into_iter()
+        .map(|group| {
+            let mut files: Vec<&FileRow> = group.members.iter().map(|i| &pictures[*i]).collect();
+            files.sort_by(|a, b| a.modified_at.cmp(&b.modified_at).then_with(|| a.path.cmp(&b.path)));
+            let sizes: Vec<i64> = files.iter().map(|f| f.size_bytes).collect();
+            let largest = sizes.iter().copied().max().unwrap_or(0);
+            let freed = sizes.iter().sum::<i64>() - largest;
+            let dimensions: std::collections::BTreeSet<String> = files
+                .iter()
+                .filter_map(|f| {
+                    let image = f.metadata.get("image")?;
+                    Some(format!("{}×{}", image["width"].as_i64()?, image["height"].as_i64()?))
+                })
+                .collect();
+            let mut checksums: Vec<&str> = files.iter().map(|f| f.checksum.as_str()).collect();
+            checksums.sort_unstable();
+            checksums.dedup();
+            let score = 1.0 - f64::from(group.distance) / f64::from(group.bits.max(1));
+            DuplicateGroup {
+                id: group_id(&format!("near-image:{}", blake3::hash(checksums.join(",").as_bytes()).to_hex())),
+                method: DuplicateMethod::NearImage,
+                score,
+                reclaimable_bytes: freed,
+                explanation: format!(
+                    "{} pictures look the same: each one's perceptual hash is within {} of {} bits of another's, and no \
+                     two record different moments of taking; sizes {} ({}), so they are copies resized or re-encoded; \
+                     keeping the largest frees {}",
+                    files.len(),
+                    group.distance,
+                    group.bits,
+                    dimensions.into_iter().collect::<Vec<_>>().join(", "),
+                    sizes.iter().map(|s| bytes(*s)).collect::<Vec<_>>().join(", "),
+                    bytes(freed)
+                ),
+                files: files.into_iter().cloned().map(File::from).collect(),
+                cursor: String::new(),
+            }
+        })
+        .collect()
 }

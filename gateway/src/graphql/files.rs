@@ -95,6 +95,32 @@ pub struct File {
     updated_at: DateTime<Utc>,
     /// Where `files(…, after:)` continues after this file.
     cursor: String,
+    /// For pictures, once the content pipeline has read them.
+    image: Option<ImageInfo>,
+}
+
+/// What the content pipeline read of a picture.
+#[derive(SimpleObject, Clone)]
+pub struct ImageInfo {
+    width: i32,
+    height: i32,
+    /// EXIF `DateTimeOriginal`, the camera's local time (`YYYY-MM-DDTHH:MM:SS`, no zone).
+    taken_at: Option<String>,
+    /// EXIF make and model.
+    camera: Option<String>,
+}
+
+impl ImageInfo {
+    fn from_metadata(metadata: &serde_json::Value) -> Option<Self> {
+        let image = metadata.get("image")?;
+        let number = |key: &str| image[key].as_i64().and_then(|n| i32::try_from(n).ok());
+        Some(Self {
+            width: number("width")?,
+            height: number("height")?,
+            taken_at: image["takenAt"].as_str().map(str::to_owned),
+            camera: image["camera"].as_str().map(str::to_owned),
+        })
+    }
 }
 
 /// A file's place in `files`' order (path, then id), as an opaque cursor.
@@ -128,6 +154,7 @@ impl From<FileRow> for File {
             modified_at: row.modified_at,
             created_at: row.created_at,
             updated_at: row.updated_at,
+            image: ImageInfo::from_metadata(&row.metadata),
         }
     }
 }

@@ -1,0 +1,170 @@
+//! Issue 17: pictures. The content pipeline reads each picture once for its size, EXIF and
+//! perceptual hash (`FileAnalyzed` of the image reader, the position sealed), `File.image` shows
+//! them, and `duplicates` groups copies (resized, recompressed, without EXIF) as `NEAR_IMAGE` while a
+//! burst shot of the same scene and another scene stay out.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use cloudsync_content::samples::{Exif, jpeg, scene};
+use serde_json::{Value, json};
+
+use crate::harness::{Harness, on_both_backends};
+
+on_both_backends!(pictures_are_read_and_copies_grouped_but_not_bursts);
+
+fn write(root: &Path, path: &str, data: &[u8]) {
+    let host = root.join(path);
+    std::fs::create_dir_all(host.parent().expect("a parent")).expect("mkdir");
+    std::fs::write(host, data).expect("write");
+}
+
+/// Waits until the image reader has recorded `count` analyses, and the read models have them.
+async fn pictures_read(h: &Harness, count: usize) -> Vec<Value> {
+    let app = h.server().app();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut appended = app.db.events.watch();
+    loop {
+        let events = app.db.events.read_all(0, 100_000).await.expect("the log");
+        let read: Vec<Value> = events
+            .into_iter()
+            .filter(|e| e.event_type == "FileAnalyzed" && e.payload["model"] == "cloudsync-image")
+            .map(|e| e.payload)
+            .collect();
+        if read.len() >= count {
+            let head = app.db.events.head().await.expect("head");
+            assert!(app.projections.wait_for(head, Duration::from_secs(20)).await);
+            return read;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the image reader read {} of {count} pictures",
+            read.len()
+        );
+        h.next_append(&mut appended, deadline).await;
+    }
+}
+
+async fn pictures_are_read_and_copies_grouped_but_not_bursts(h: &Harness) {
+    let (token, _) = h.register("photographer@example.org").await;
+    let root = h.db.dir().join("photos");
+    let moment = Exif {
+        taken_at: Some("2024:05:01 10:00:00"),
+        make: Some("Canon"),
+        model: Some("Canon EOS 5D"),
+        gps: Some((48.8584, 2.2945)),
+    };
+    let next_moment = Exif {
+        taken_at: Some("2024:05:01 10:00:01"),
+        ..moment.clone()
+    };
+    let original = jpeg(&scene(1200, 900, 11, 0.0, 0.0), 92, &moment);
+    write(&root, "camera/IMG_0001.jpg", &original);
+    write(&root, "phone/small.jpg", &jpeg(&scene(600, 450, 11, 0.0, 0.0), 92, &moment));
+    write(
+        &root,
+        "web/recompressed.jpg",
+        &jpeg(&scene(1200, 900, 11, 0.0, 0.0), 35, &Exif::default()),
+    );
+    write(
+        &root,
+        "camera/IMG_0002.jpg",
+        &jpeg(&scene(1200, 900, 11, 0.01, 0.005), 92, &next_moment),
+    );
+    write(&root, "camera/IMG_0003.jpg", &jpeg(&scene(1200, 900, 12, 0.0, 0.0), 92, &moment));
+    write(&root, "backup/IMG_0001.jpg", &original);
+    write(&root, "broken.png", b"\x89PNG\r\n\x1a\n not a picture");
+    h.connect_local(&token, &root).await;
+    let read = pictures_read(h, 7).await;
+    assert_eq!(read.len(), 7, "each picture once: {read:?}");
+    let broken: Vec<&Value> = read.iter().filter(|a| a["outcome"] == "failed").collect();
+    assert_eq!(broken.len(), 1, "{read:?}");
+    assert!(broken[0]["reason"].as_str().is_some_and(|r| r.contains("picture")), "{broken:?}");
+    let first = read.iter().find(|a| a["image"]["width"] == 1200).expect("a large picture");
+    assert!(first["image"]["phash"].as_str().is_some_and(|h| h.len() == 64), "{first}");
+    let sealed = read.iter().find_map(|a| a["image"].get("gps")).expect("a position is recorded");
+    assert!(
+        sealed["ciphertext"].is_string() && !sealed.to_string().contains("48.85"),
+        "the position is sealed: {sealed}"
+    );
+
+    let files = h
+        .ok(
+            Some(&token),
+            "query { files(limit: 20) { path sizeBytes image { width height takenAt camera } } }",
+            json!({}),
+        )
+        .await;
+    let image_of = |path: &str| {
+        files["files"]
+            .as_array()
+            .and_then(|all| all.iter().find(|f| f["path"] == path))
+            .map(|f| f["image"].clone())
+            .expect("the file")
+    };
+    assert_eq!(
+        image_of("camera/IMG_0001.jpg"),
+        json!({ "width": 1200, "height": 900, "takenAt": "2024-05-01T10:00:00", "camera": "Canon EOS 5D" })
+    );
+    assert_eq!(image_of("web/recompressed.jpg")["takenAt"], Value::Null);
+    assert_eq!(image_of("broken.png"), Value::Null);
+
+    let groups = h
+        .ok(
+            Some(&token),
+            "query { duplicates { id method score reclaimableBytes explanation files { path sizeBytes } } }",
+            json!({}),
+        )
+        .await;
+    let groups = groups["duplicates"].as_array().cloned().unwrap_or_default();
+    let paths = |group: &Value| -> Vec<String> {
+        let mut p: Vec<String> = group["files"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|f| f["path"].as_str().map(str::to_owned))
+            .collect();
+        p.sort();
+        p
+    };
+    let exact = groups.iter().find(|g| g["method"] == "EXACT").expect("the backup is an exact copy");
+    assert_eq!(paths(exact), ["backup/IMG_0001.jpg", "camera/IMG_0001.jpg"]);
+    let near: Vec<&Value> = groups.iter().filter(|g| g["method"] == "NEAR_IMAGE").collect();
+    assert_eq!(near.len(), 1, "one group of copies: {groups:?}");
+    assert_eq!(
+        paths(near[0]),
+        [
+            "backup/IMG_0001.jpg",
+            "camera/IMG_0001.jpg",
+            "phone/small.jpg",
+            "web/recompressed.jpg"
+        ],
+        "the copies, and neither the burst shot nor the other scene: {groups:?}"
+    );
+    let sizes: Vec<i64> = near[0]["files"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|f| f["sizeBytes"].as_i64())
+        .collect();
+    let freed = sizes.iter().sum::<i64>() - sizes.iter().max().copied().unwrap_or(0);
+    assert_eq!(near[0]["reclaimableBytes"], json!(freed));
+    assert!(near[0]["score"].as_f64().is_some_and(|s| s > 0.9 && s <= 1.0), "{}", near[0]);
+    let explanation = near[0]["explanation"].as_str().unwrap_or_default();
+    assert!(
+        explanation.contains("perceptual hash") && explanation.contains("1200×900"),
+        "{explanation}"
+    );
+    // The threshold is the least score a group needs.
+    let strict = h
+        .ok(Some(&token), "query { duplicates(threshold: 1.0) { method score } }", json!({}))
+        .await;
+    assert!(
+        strict["duplicates"].as_array().into_iter().flatten().all(|g| g["score"] == 1.0),
+        "{strict}"
+    );
+    // Another account sees none of it.
+    let (stranger, _) = h.register("stranger@example.org").await;
+    let theirs = h.ok(Some(&stranger), "query { duplicates { id } }", json!({})).await;
+    assert_eq!(theirs["duplicates"], json!([]));
+}
