@@ -163,6 +163,21 @@ async fn pictures_are_read_and_copies_grouped_but_not_bursts(h: &Harness) {
         strict["duplicates"].as_array().into_iter().flatten().all(|g| g["score"] == 1.0),
         "{strict}"
     );
+    // However loose the threshold, the burst shot records another moment and stays out.
+    let loose = h
+        .ok(
+            Some(&token),
+            "query { duplicates(threshold: 0.8) { method files { path } } }",
+            json!({}),
+        )
+        .await;
+    for group in loose["duplicates"].as_array().into_iter().flatten() {
+        let members = paths(group);
+        assert!(
+            !(members.contains(&"camera/IMG_0002.jpg".to_owned()) && members.contains(&"camera/IMG_0001.jpg".to_owned())),
+            "{loose}"
+        );
+    }
     // Another account sees none of it.
     let (stranger, _) = h.register("stranger@example.org").await;
     let theirs = h.ok(Some(&stranger), "query { duplicates { id } }", json!({})).await;

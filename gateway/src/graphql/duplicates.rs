@@ -14,6 +14,9 @@ use super::files::File;
 use super::{app, caller_for, offset_after, offset_cursor};
 use crate::errors::ApiError;
 
+/// The least score of a group when the caller names none.
+const DEFAULT_THRESHOLD: f64 = 0.98;
+
 /// Groups one page of `duplicates` holds at most.
 const MAX_FIRST: i32 = 200;
 
@@ -70,7 +73,10 @@ pub struct DuplicatesQuery;
 #[Object]
 impl DuplicatesQuery {
     /// The caller's files grouped by duplicate content, the groups that free the most space first.
-    /// `threshold` (0 to 1, default 0.9) is the least score a group needs; exact groups score 1.
+    /// `threshold` (0 to 1, default 0.98) is the least score a group needs; exact groups score 1,
+    /// near-image groups 1 less the share of their perceptual hashes' 256 bits that differ (0.98:
+    /// at most 5 bits, where copies of a photograph land and other pictures do not; see
+    /// `BENCHMARKS.md`).
     /// `first` groups after the group whose `cursor` is `after`.
     async fn duplicates(
         &self,
@@ -81,7 +87,7 @@ impl DuplicatesQuery {
     ) -> async_graphql::Result<Vec<DuplicateGroup>> {
         let caller = caller_for(ctx, scope::FILES_READ)?;
         let app = app(ctx);
-        let threshold = threshold.unwrap_or(0.9);
+        let threshold = threshold.unwrap_or(DEFAULT_THRESHOLD);
         if !(0.0..=1.0).contains(&threshold) {
             return Err(ApiError::BadInput("threshold must be between 0 and 1".into()).into());
         }
