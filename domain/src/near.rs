@@ -6,6 +6,8 @@
 //! too. Two pictures whose cameras recorded different moments (EXIF `DateTimeOriginal`) are never
 //! grouped, however alike; copies keep the moment, or lose EXIF altogether when re-encoded. Pictures
 //! with the same bytes are one node here: exact duplicates are grouped by their checksum already.
+//!
+//! [`join`] groups anything by pairs found alike elsewhere (documents whose meanings are close).
 
 use std::collections::HashMap;
 
@@ -184,6 +186,34 @@ pub fn near_pictures(pictures: &[Picture], max_distance: u32) -> Vec<NearGroup> 
     out
 }
 
+/// Groups joined by pairs `(a, b, likeness)` of items `0..n`, the most alike pairs first; each
+/// group with the least likeness of the pairs that joined it, largest groups first.
+#[must_use]
+pub fn join(n: usize, mut pairs: Vec<(usize, usize, f32)>) -> Vec<(Vec<usize>, f32)> {
+    pairs.sort_by(|a, b| b.2.total_cmp(&a.2));
+    let mut parents: Vec<usize> = (0..n).collect();
+    let mut least = vec![1f32; n];
+    for (a, b, likeness) in pairs.into_iter().filter(|(a, b, _)| *a < n && *b < n) {
+        let (ra, rb) = (root(&mut parents, a), root(&mut parents, b));
+        if ra != rb {
+            parents[rb] = ra;
+            least[ra] = least[ra].min(least[rb]).min(likeness);
+        }
+    }
+    let mut groups: HashMap<usize, Vec<usize>> = HashMap::new();
+    for at in 0..n {
+        let r = root(&mut parents, at);
+        groups.entry(r).or_default().push(at);
+    }
+    let mut out: Vec<(Vec<usize>, f32)> = groups
+        .into_iter()
+        .filter(|(_, members)| members.len() > 1)
+        .map(|(r, members)| (members, least[r]))
+        .collect();
+    out.sort_by(|a, b| b.0.len().cmp(&a.0.len()).then(a.0.cmp(&b.0)));
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -231,6 +261,16 @@ mod tests {
             picture(2, "c", "ffff0001", None),
         ];
         assert_eq!(near_pictures(&copy, 8)[0].members, [0, 1, 2]);
+    }
+
+    #[test]
+    fn pairs_join_into_groups_scored_by_their_weakest_link() {
+        let groups = join(5, vec![(0, 1, 0.99), (1, 2, 0.985), (3, 4, 0.995), (0, 2, 0.999)]);
+        assert_eq!(groups.len(), 2);
+        assert_eq!(groups[0].0, [0, 1, 2]);
+        assert!((groups[0].1 - 0.99).abs() < 1e-6, "0-2 and 0-1 joined it: {groups:?}");
+        assert_eq!(groups[1], (vec![3, 4], 0.995));
+        assert!(join(3, vec![(0, 7, 1.0)]).is_empty(), "pairs outside the items are ignored");
     }
 
     #[test]

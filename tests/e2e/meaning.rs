@@ -16,6 +16,7 @@ use crate::harness::{Harness, on_both_backends};
 on_both_backends!(
     with super::with_models;
     files_are_found_by_meaning_and_lose_old_vectors,
+    documents_that_say_nearly_the_same_are_grouped,
 );
 
 /// The models directory the tests load from (installed by `scripts/models`). Under `CI=true` a
@@ -252,4 +253,56 @@ async fn files_are_found_by_meaning_and_lose_old_vectors(h: &Harness) {
         .expect("rebuilt");
     assert_eq!(fresh.embedded_files(owner).await.expect("count"), 4);
     assert_eq!(fresh.vectors(owner, temples).await.expect("vectors"), after);
+}
+
+async fn documents_that_say_nearly_the_same_are_grouped(h: &Harness) {
+    if models_dir().is_none() {
+        return;
+    }
+    let (token, _) = h.register("drafts@example.org").await;
+    let root = h.db.dir().join("drafts");
+    let letter = "Dear landlord, the heating in the flat has not worked since Monday and the rooms are cold. \
+                  Please send someone to repair the boiler this week. Kind regards, Ada.";
+    write(&root, "letters/heating.txt", letter);
+    write(
+        &root,
+        "letters/heating-final.md",
+        &letter.replace("this week", "this week if you can"),
+    );
+    write(
+        &root,
+        "letters/other.txt",
+        "Our team won the chess tournament in the spring after five long rounds.",
+    );
+    write(&root, "letters/copy.txt", letter);
+    h.connect_local(&token, &root).await;
+    analysed(h, 4).await;
+    let groups = h
+        .ok(
+            Some(&token),
+            "query { duplicates { method score explanation files { path } } }",
+            json!({}),
+        )
+        .await;
+    let groups = groups["duplicates"].as_array().cloned().unwrap_or_default();
+    let near: Vec<&Value> = groups.iter().filter(|g| g["method"] == "NEAR_DOCUMENT").collect();
+    assert_eq!(near.len(), 1, "{groups:?}");
+    let mut paths: Vec<&str> = near[0]["files"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|f| f["path"].as_str())
+        .collect();
+    paths.sort_unstable();
+    assert_eq!(
+        paths,
+        ["letters/copy.txt", "letters/heating-final.md", "letters/heating.txt"],
+        "the edited letter with both copies, not the other text: {groups:?}"
+    );
+    assert!(near[0]["score"].as_f64().is_some_and(|s| (0.98..=1.0).contains(&s)), "{}", near[0]);
+    assert!(near[0]["explanation"].as_str().is_some_and(|e| e.contains("nearly the same")));
+    assert!(
+        groups.iter().any(|g| g["method"] == "EXACT"),
+        "the identical copy is an exact group too"
+    );
 }

@@ -1,12 +1,13 @@
 //! `duplicates`: groups of the caller's files that hold the same content, across all of their
 //! providers, with what resolving each would free and why its files were grouped. Exact groups
-//! (same BLAKE3) come from the read model's `files`; near groups (images, documents) join them with
-//! the analyses of the content pipeline.
+//! (same BLAKE3) come from the read model's `files`; near-image groups from the pictures'
+//! perceptual hashes there (`files.metadata`); near-document groups from the vector index (the
+//! mean of each document's passage vectors, compared with its nearest neighbours').
 
 use async_graphql::{Context, Enum, ID, Object, SimpleObject};
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use cloudsync_domain::near::{Picture, near_pictures};
+use cloudsync_domain::near::{self, Picture, near_pictures};
 use cloudsync_identity::access::scope;
 use cloudsync_projections::FileRow;
 
@@ -104,6 +105,7 @@ impl DuplicatesQuery {
         let mut groups: Vec<DuplicateGroup> = exact.into_iter().map(exact_group).collect();
         let pictures = app.reads.pictures(caller.user_id).await.map_err(ApiError::from)?;
         groups.extend(near_image_groups(pictures, threshold));
+        groups.extend(near_document_groups(app, caller.user_id, threshold).await?);
         groups.sort_by(|a, b| b.reclaimable_bytes.cmp(&a.reclaimable_bytes).then_with(|| a.id.0.cmp(&b.id.0)));
         Ok(groups
             .into_iter()
@@ -142,6 +144,83 @@ fn exact_group(files: Vec<FileRow>) -> DuplicateGroup {
         files: files.into_iter().map(File::from).collect(),
         cursor: String::new(),
     }
+}
+
+/// Documents compared for near-duplicate groups at most (each asks the vector index once).
+const MAX_DOCUMENTS: usize = 5_000;
+/// Neighbours each document asks the vector index for.
+const NEIGHBOURS: usize = 5;
+
+/// Groups of documents whose texts mean nearly the same (the cosine of their passages' mean
+/// vectors at least `threshold`): edited copies, one text in two formats. Files with the same bytes
+/// are left to the exact groups.
+async fn near_document_groups(
+    app: &crate::app::App,
+    owner: cloudsync_domain::UserId,
+    threshold: f64,
+) -> Result<Vec<DuplicateGroup>, ApiError> {
+    let index = app.vectors.index();
+    let internal = |err: cloudsync_search::SearchError| ApiError::internal(&err);
+    let mut documents: Vec<(cloudsync_domain::FileId, Vec<f32>)> = Vec::new();
+    for file in index.files_with_vectors(owner, MAX_DOCUMENTS).await.map_err(internal)? {
+        let vectors = index.vectors(owner, file).await.map_err(internal)?;
+        // A name alone is not a document.
+        if vectors.len() > 1
+            && let Some(centroid) = cloudsync_search::meaning::centroid(&vectors)
+        {
+            documents.push((file, centroid));
+        }
+    }
+    let at: std::collections::HashMap<cloudsync_domain::FileId, usize> =
+        documents.iter().enumerate().map(|(i, (file, _))| (*file, i)).collect();
+    let mut pairs = Vec::new();
+    for (i, (file, centroid)) in documents.iter().enumerate() {
+        for near in index.nearest(owner, centroid, NEIGHBOURS, Some(*file)).await.map_err(internal)? {
+            let Some(&j) = at.get(&near.file_id) else { continue };
+            let likeness = cloudsync_ml::cosine(centroid, &documents[j].1);
+            if j > i && f64::from(likeness) >= threshold {
+                pairs.push((i, j, likeness));
+            }
+        }
+    }
+    let mut groups = Vec::new();
+    for (members, likeness) in near::join(documents.len(), pairs) {
+        let mut files = Vec::new();
+        for m in members {
+            if let Some(row) = app.reads.file(owner, documents[m].0.as_uuid()).await.map_err(ApiError::from)? {
+                files.push(row);
+            }
+        }
+        let mut checksums: Vec<&str> = files.iter().map(|f| f.checksum.as_str()).collect();
+        checksums.sort_unstable();
+        checksums.dedup();
+        if checksums.len() < 2 {
+            continue;
+        }
+        let key = format!("near-document:{}", blake3::hash(checksums.join(",").as_bytes()).to_hex());
+        files.sort_by(|a, b| a.modified_at.cmp(&b.modified_at).then_with(|| a.path.cmp(&b.path)));
+        let sizes: Vec<i64> = files.iter().map(|f| f.size_bytes).collect();
+        let freed = sizes.iter().sum::<i64>() - sizes.iter().copied().max().unwrap_or(0);
+        let names: Vec<&str> = files.iter().map(|f| f.name.as_str()).collect();
+        groups.push(DuplicateGroup {
+            id: group_id(&key),
+            method: DuplicateMethod::NearDocument,
+            score: f64::from(likeness),
+            reclaimable_bytes: freed,
+            explanation: format!(
+                "{} documents ({}) say nearly the same: the meanings of their texts are {:.3} alike (cosine of \
+                 all-MiniLM-L6-v2 embeddings, 1 is the same), so they are edited copies or one text in several \
+                 formats; keeping the largest frees {}",
+                files.len(),
+                names.join(", "),
+                likeness,
+                bytes(freed)
+            ),
+            files: files.into_iter().map(File::from).collect(),
+            cursor: String::new(),
+        });
+    }
+    Ok(groups)
 }
 
 /// Groups of pictures that are copies of one another (resized, recompressed, re-encoded) at

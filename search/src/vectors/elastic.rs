@@ -259,4 +259,22 @@ impl VectorIndex for ElasticVectors {
         }
         Ok(value["count"].as_u64().unwrap_or(0))
     }
+
+    async fn files_with_vectors(&self, owner: UserId, limit: usize) -> SearchResult<Vec<FileId>> {
+        // Every embedded file has exactly one first vector.
+        let body = json!({
+            "query": {"bool": {"filter": [
+                {"term": {"kind": "vector"}}, {"term": {"owner": owner.to_string()}}, {"term": {"ord": 0}}
+            ]}},
+            "size": limit.min(10_000),
+            "sort": [{"file": "asc"}],
+            "_source": ["file"],
+        });
+        let value = self.search(body).await?;
+        let mut files: Vec<FileId> = hits(&value)
+            .map(|hit| parse(&hit["_source"]["file"]))
+            .collect::<SearchResult<_>>()?;
+        files.sort();
+        Ok(files)
+    }
 }

@@ -85,6 +85,8 @@ pub trait VectorIndex: Send + Sync {
     async fn vectors(&self, owner: UserId, file: FileId) -> SearchResult<Vec<Vec<f32>>>;
     /// How many of `owner`'s files have vectors.
     async fn embedded_files(&self, owner: UserId) -> SearchResult<u64>;
+    /// `owner`'s files that have vectors (at most `limit`).
+    async fn files_with_vectors(&self, owner: UserId, limit: usize) -> SearchResult<Vec<FileId>>;
 }
 
 /// Where the vectors a `FileAnalyzed` names are read from (the chunk store, opened with the

@@ -238,6 +238,16 @@ impl VectorIndex for PgVectors {
             .map_err(db)?;
         Ok(u64::try_from(count).unwrap_or(0))
     }
+
+    async fn files_with_vectors(&self, owner: UserId, limit: usize) -> SearchResult<Vec<FileId>> {
+        let rows: Vec<Uuid> = sqlx::query_scalar("SELECT DISTINCT file_id FROM vectors WHERE owner_id = $1 ORDER BY file_id LIMIT $2")
+            .bind(owner.as_uuid())
+            .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db)?;
+        Ok(rows.into_iter().map(FileId::from_uuid).collect())
+    }
 }
 
 #[cfg(test)]

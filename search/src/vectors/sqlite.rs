@@ -310,4 +310,17 @@ impl VectorIndex for SqliteVectors {
         .map_err(db)?;
         Ok(u64::try_from(count).unwrap_or(0))
     }
+
+    async fn files_with_vectors(&self, owner: UserId, limit: usize) -> SearchResult<Vec<FileId>> {
+        let rows: Vec<String> = sqlx::query_scalar(
+            "SELECT f.file_id FROM vector_files f WHERE f.owner_id = ?1 \
+             AND EXISTS (SELECT 1 FROM vectors v WHERE v.file_id = f.file_id) ORDER BY f.file_id LIMIT ?2",
+        )
+        .bind(owner.to_string())
+        .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db)?;
+        rows.iter().map(|id| parse(id)).collect()
+    }
 }

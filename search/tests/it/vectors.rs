@@ -116,6 +116,14 @@ async fn files_rank_by_their_nearest_vector_and_only_for_their_owner() {
             "{b}"
         );
         assert_eq!(index.embedded_files(alice).await.expect("count"), 3, "{b}");
+        let mut with = vec![exact.file_id, near.file_id, far.file_id];
+        with.sort();
+        assert_eq!(
+            index.files_with_vectors(alice, 100).await.expect("files"),
+            with,
+            "{b}: not the unembedded one"
+        );
+        assert_eq!(index.files_with_vectors(alice, 2).await.expect("files").len(), 2, "{b}");
         assert_eq!(
             index.vectors(alice, exact.file_id).await.expect("vectors"),
             exact.vectors.clone().unwrap_or_default(),
