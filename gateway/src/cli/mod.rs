@@ -119,8 +119,10 @@ pub enum Command {
 #[derive(Debug, Subcommand)]
 pub enum ProjectionsCommand {
     /// Rebuilds one read model (users, providers, files, sync_operations, sync_pairs,
-    /// sync_conflicts, file_versions, search, or all) from position 0. Safe while the server runs:
-    /// the search index is built anew beside the live one, which answers until the swap.
+    /// sync_conflicts, file_versions, search, vectors, or all) from position 0. Safe while the
+    /// server runs: the search index is built anew beside the live one, which answers until the
+    /// swap; the vector index starts again from nothing (searches by meaning find less until it has
+    /// caught up) and takes every vector from the log, running no model.
     Rebuild { name: String },
 }
 
@@ -244,7 +246,11 @@ pub async fn run(command: Command, mut config: Config) -> anyhow::Result<()> {
         } => {
             let db = open_database(&config).await?;
             let names: Vec<&str> = if name == "all" {
-                cloudsync_projections::PROJECTORS.iter().copied().chain(["search"]).collect()
+                cloudsync_projections::PROJECTORS
+                    .iter()
+                    .copied()
+                    .chain(["search", "vectors"])
+                    .collect()
             } else {
                 vec![name.as_str()]
             };
@@ -256,6 +262,15 @@ pub async fn run(command: Command, mut config: Config) -> anyhow::Result<()> {
                         .await
                         .with_context(|| format!("rebuilding the search index ({})", engine.describe()))?;
                     println!("Rebuilt search from {replayed} events.");
+                    continue;
+                }
+                if name == "vectors" {
+                    let index = crate::root::vector_index(&config).await?;
+                    let source = Arc::new(crate::root::StoredVectors(crate::root::commands(&config, &db)?));
+                    let replayed = cloudsync_search::vectors::rebuild(&*index, Arc::clone(&db.events), source)
+                        .await
+                        .context("rebuilding the vector index")?;
+                    println!("Rebuilt vectors from {replayed} events.");
                     continue;
                 }
                 let replayed = cloudsync_projections::rebuild(&db, name)

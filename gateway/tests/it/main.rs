@@ -195,6 +195,11 @@ fn serve_from_an_empty_data_dir_then_migrate_and_replay() {
 
     let rebuild = cloudsync(&data).args(["projections", "rebuild", "all"]).output().expect("rebuild");
     assert!(rebuild.status.success(), "{}", String::from_utf8_lossy(&rebuild.stderr));
+    let rebuilt = String::from_utf8_lossy(&rebuild.stdout);
+    assert!(
+        rebuilt.contains("Rebuilt search from") && rebuilt.contains("Rebuilt vectors from"),
+        "{rebuilt}"
+    );
     let unknown = cloudsync(&data).args(["projections", "rebuild", "nope"]).output().expect("rebuild");
     assert!(!unknown.status.success());
     assert!(String::from_utf8_lossy(&unknown.stderr).contains("unknown projector"));

@@ -277,4 +277,21 @@ impl VectorIndex for ElasticVectors {
         files.sort();
         Ok(files)
     }
+
+    async fn reset(&self) -> SearchResult<()> {
+        self.delete_where(json!({"bool": {"must_not": [{"term": {"kind": "checkpoint"}}]}}))
+            .await?;
+        let (status, value) = self
+            .es
+            .call(
+                reqwest::Method::PUT,
+                &format!("{}/_doc/{CHECKPOINT_ID}?refresh=true", self.es.name()),
+                Some(json!({"kind": "checkpoint", "checkpoint": 0})),
+            )
+            .await?;
+        if status >= 300 {
+            return Err(failed("resetting the checkpoint", status, &value));
+        }
+        Ok(())
+    }
 }

@@ -87,6 +87,8 @@ pub trait VectorIndex: Send + Sync {
     async fn embedded_files(&self, owner: UserId) -> SearchResult<u64>;
     /// `owner`'s files that have vectors (at most `limit`).
     async fn files_with_vectors(&self, owner: UserId, limit: usize) -> SearchResult<Vec<FileId>>;
+    /// Forgets everything and goes back to position 0, for a rebuild from the log.
+    async fn reset(&self) -> SearchResult<()>;
 }
 
 /// Where the vectors a `FileAnalyzed` names are read from (the chunk store, opened with the
@@ -256,6 +258,17 @@ impl VectorProjector {
             read += count as u64;
         }
     }
+}
+
+/// Rebuilds the index from the whole log: forgets everything, then replays every page (the vectors
+/// read from the [`VectorSource`], never computed again). A running server's projector follows
+/// along from the reset checkpoint; both write the same records. Returns how many events it read.
+///
+/// # Errors
+/// The log, the source or the index failed.
+pub async fn rebuild(index: &dyn VectorIndex, events: Arc<dyn EventStore>, source: Arc<dyn VectorSource>) -> SearchResult<u64> {
+    index.reset().await?;
+    VectorProjector::new(events, source).catch_up(index).await
 }
 
 /// The vector projector of a running server, following the log into the index.

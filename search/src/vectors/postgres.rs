@@ -248,6 +248,18 @@ impl VectorIndex for PgVectors {
             .map_err(db)?;
         Ok(rows.into_iter().map(FileId::from_uuid).collect())
     }
+
+    async fn reset(&self) -> SearchResult<()> {
+        let mut tx = self.pool.begin().await.map_err(db)?;
+        for statement in [
+            "DELETE FROM vectors",
+            "DELETE FROM vector_files",
+            "UPDATE vector_checkpoint SET position = 0 WHERE id = 0",
+        ] {
+            sqlx::query(statement).execute(&mut *tx).await.map_err(db)?;
+        }
+        tx.commit().await.map_err(db)
+    }
 }
 
 #[cfg(test)]

@@ -323,4 +323,18 @@ impl VectorIndex for SqliteVectors {
         .map_err(db)?;
         rows.iter().map(|id| parse(id)).collect()
     }
+
+    async fn reset(&self) -> SearchResult<()> {
+        let mut tx = self.pool.begin().await.map_err(db)?;
+        for statement in [
+            "DELETE FROM vectors",
+            "DELETE FROM vector_files",
+            "UPDATE vector_checkpoint SET position = 0 WHERE id = 0",
+        ] {
+            sqlx::query(statement).execute(&mut *tx).await.map_err(db)?;
+        }
+        tx.commit().await.map_err(db)?;
+        self.forget(None);
+        Ok(())
+    }
 }

@@ -207,5 +207,18 @@ async fn vectors_are_kept_replaced_and_removed_as_batches_say() {
         let query = towards(&[(4, 1.0)]);
         assert!(index.nearest(bob, &query, 10, None).await.expect("nearest").is_empty(), "{b}");
         assert_eq!(index.checkpoint().await.expect("checkpoint"), 3, "{b}");
+        // A rebuild starts from nothing.
+        index.reset().await.expect("reset");
+        assert_eq!(index.checkpoint().await.expect("checkpoint"), 0, "{b}");
+        assert_eq!(index.embedded_files(alice).await.expect("count"), 0, "{b}");
+        assert!(index.records(&[kept.file_id]).await.expect("records").is_empty(), "{b}");
+        assert!(
+            index
+                .nearest(alice, &towards(&[(0, 1.0)]), 10, None)
+                .await
+                .expect("nearest")
+                .is_empty(),
+            "{b}"
+        );
     }
 }
