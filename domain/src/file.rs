@@ -30,6 +30,7 @@ pub struct File {
     analyses: Vec<FileAnalyzed>,
 }
 
+#[derive(Clone)]
 pub enum FileCommand {
     Discover(FileDiscovered),
     /// Move into `folder`, keeping the name.
@@ -113,6 +114,17 @@ impl File {
         let done = self.analyses.iter().any(|a| {
             a.model == model && a.checksum == facts.checksum && a.model_version >= version && a.name_revision == self.name_revision
         });
+        (!done).then_some((facts, path))
+    }
+
+    /// Like [`Self::needs_analysis`], for models that do not read the name (a rename does not make
+    /// them run again).
+    pub fn needs_content_analysis(&self, model: &str, version: u32) -> Option<(&FileDiscovered, &ProviderPath)> {
+        let (facts, path) = self.live_for(self.discovered.as_ref()?.owner_id)?;
+        let done = self
+            .analyses
+            .iter()
+            .any(|a| a.model == model && a.checksum == facts.checksum && a.model_version >= version);
         (!done).then_some((facts, path))
     }
 
@@ -451,6 +463,10 @@ mod tests {
         }));
         assert_eq!(file(&history).name_revision(), 1);
         assert!(file(&history).needs_analysis("minilm", 1).is_some(), "renamed");
+        assert!(
+            file(&history).needs_content_analysis("minilm", 1).is_none(),
+            "a model that does not read names does not run again"
+        );
         assert!(file(&history).analysis("minilm").is_some(), "the old run is still there to reuse");
         given::<File>(history.clone())
             .when(FileCommand::RecordAnalysis(analysis("00", 1, 0)))

@@ -127,6 +127,8 @@ pub enum Op {
     /// goes with [`Op::ChangeFile`].
     SetFileMetadata {
         id: Uuid,
+        /// The version it is of: a row that has moved on to another is left alone.
+        checksum: String,
         metadata: Value,
     },
     InsertSyncOperation {
@@ -339,6 +341,7 @@ pub fn ops_for(event: &DomainEvent, at: DateTime<Utc>) -> Vec<Op> {
         E::FileAnalyzed(e) => match &e.image {
             Some(image) => vec![Op::SetFileMetadata {
                 id: e.file_id.as_uuid(),
+                checksum: e.checksum.clone(),
                 metadata: serde_json::json!({"image": {
                     "width": image.width,
                     "height": image.height,

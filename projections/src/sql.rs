@@ -156,11 +156,16 @@ pub(crate) fn statement(op: &Op) -> (&'static str, Vec<Val>) {
             modified_at,
             at,
         } => (
-            "UPDATE files SET size_bytes = $2, checksum = $3, modified_at = $4, updated_at = $5, metadata = '{}' WHERE id = $1",
+            // What the analysis learnt is of a version: a new one drops it (a touch keeps it).
+            "UPDATE files SET size_bytes = $2, checksum = $3, modified_at = $4, updated_at = $5, \
+             metadata = CASE WHEN checksum = $3 THEN metadata ELSE '{}' END WHERE id = $1",
             vec![V::Uuid(id), V::Int(size_bytes), V::Text(checksum), V::Ts(modified_at), V::Ts(at)],
         ),
         Op::DeleteFile { id } => ("DELETE FROM files WHERE id = $1", vec![V::Uuid(id)]),
-        Op::SetFileMetadata { id, metadata } => ("UPDATE files SET metadata = $2 WHERE id = $1", vec![V::Uuid(id), V::Json(metadata)]),
+        Op::SetFileMetadata { id, checksum, metadata } => (
+            "UPDATE files SET metadata = $2 WHERE id = $1 AND checksum = $3",
+            vec![V::Uuid(id), V::Json(metadata), V::Text(checksum)],
+        ),
         Op::InsertSyncOperation {
             id,
             user_id,

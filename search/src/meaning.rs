@@ -161,7 +161,11 @@ pub async fn search(
     let allowed = index
         .search(&SearchRequest {
             owner: request.owner,
-            query: query::parse(""),
+            // The query string's filters and exclusions hold too; its words were the rankings' part.
+            query: query::Query {
+                must: Vec::new(),
+                ..request.query.clone()
+            },
             filters,
             offset: 0,
             limit: CANDIDATES * 2,

@@ -170,6 +170,11 @@ async fn files_are_found_by_meaning_and_lose_old_vectors(h: &Harness) {
     // Filters hold in every mode.
     let (filtered, result) = search(h, &token, "tax papers", Some("SEMANTIC"), json!({ "extensions": ["md"] })).await;
     assert!(!filtered.contains(&"a/one.txt".to_owned()), "{result}");
+    let (written, result) = search(h, &token, "tax papers ext:md", Some("HYBRID"), Value::Null).await;
+    assert!(
+        !written.contains(&"a/one.txt".to_owned()),
+        "filters in the query string hold too: {result}"
+    );
     // A keyword query still finds what embeddings would rank low.
     let (exact, result) = search(h, &token, "mechanic", Some("HYBRID"), Value::Null).await;
     assert_eq!(exact.first().map(String::as_str), Some("b/four.txt"), "{result}");

@@ -109,6 +109,38 @@ async fn pictures_are_read_and_copies_grouped_but_not_bursts(h: &Harness) {
     assert_eq!(image_of("web/recompressed.jpg")["takenAt"], Value::Null);
     assert_eq!(image_of("broken.png"), Value::Null);
 
+    // A picture touched (same bytes, a new time) keeps what was read of it; it is not read again.
+    let touched = std::fs::File::options()
+        .write(true)
+        .open(root.join("phone/small.jpg"))
+        .expect("open");
+    touched
+        .set_modified(std::time::SystemTime::now() + Duration::from_secs(3600))
+        .expect("a new time");
+    drop(touched);
+    let provider = h.ok(Some(&token), "query { providers { id } }", json!({})).await["providers"][0]["id"]
+        .as_str()
+        .expect("a provider")
+        .to_owned();
+    let rescan = h
+        .ok(
+            Some(&token),
+            "mutation($p: ID!) { rescanProvider(providerId: $p) { id } }",
+            json!({ "p": provider }),
+        )
+        .await;
+    h.wait_for_operation(&token, rescan["rescanProvider"]["id"].as_str().expect("id"))
+        .await;
+    let again = h
+        .ok(Some(&token), "query { files(limit: 20) { path image { width } } }", json!({}))
+        .await;
+    let small = again["files"]
+        .as_array()
+        .and_then(|all| all.iter().find(|f| f["path"] == "phone/small.jpg"))
+        .map(|f| f["image"].clone());
+    assert_eq!(small, Some(json!({ "width": 600 })), "{again}");
+    assert_eq!(pictures_read(h, 7).await.len(), 7, "not read again");
+
     let groups = h
         .ok(
             Some(&token),

@@ -7,13 +7,12 @@
 use chrono::Utc;
 use cloudsync_content::format_of;
 use cloudsync_domain::events::{AnalysisOutcome, FileAnalyzed, SealedSecret, VectorsRef};
-use cloudsync_domain::file::{File, FileCommand, content_stream};
-use cloudsync_domain::{Aggregate, FileId, UserId};
+use cloudsync_domain::file::{File, FileCommand};
+use cloudsync_domain::{FileId, UserId};
 use cloudsync_ml::{Models, TextEmbedder, codec, name_words, passages};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use crate::core::Context;
 use crate::{CommandError, Commands};
 
 /// The models' part of the pipeline's checkpoint name: a new model (or version) walks every file.
@@ -117,19 +116,7 @@ impl Commands {
     /// Appends a model's result to the file's content stream (at `version`, the stream's version
     /// `file` was loaded at), if the file still wants it.
     pub(crate) async fn record_analysis(&self, file: &File, version: i64, event: FileAnalyzed) -> Result<(), CommandError> {
-        let (file_id, owner) = (event.file_id, event.owner_id);
-        let events = file.handle(FileCommand::RecordAnalysis(event))?;
-        if events.is_empty() {
-            return Ok(());
-        }
-        match self
-            .append(content_stream(file_id), version, &events, &Context::new(Some(owner)))
-            .await
-        {
-            // Another reader recorded this version first.
-            Ok(_) | Err(CommandError::Conflict(_)) => Ok(()),
-            Err(err) => Err(err),
-        }
+        self.record_content(file, version, FileCommand::RecordAnalysis(event)).await
     }
 
     /// Seals `vectors` with `owner`'s data key and keeps them in the chunk store; returns their
@@ -145,7 +132,7 @@ impl Commands {
     }
 
     /// The vectors kept under `reference` for `owner`; `None` once the account is erased or they
-    /// were collected.
+    /// were collected (a store that does not answer is an error, not `None`).
     ///
     /// # Errors
     /// Vectors that are there but cannot be opened or decoded (tampered), or an unreachable store.
@@ -154,8 +141,12 @@ impl Commands {
             .chunks()
             .cloned()
             .ok_or_else(|| CommandError::Invalid("no chunk store is configured".into()))?;
-        let Ok(bytes) = cloudsync_chunks::get_content(&*chunks, reference).await else {
-            return Ok(None);
+        let bytes = match cloudsync_chunks::get_content(&*chunks, reference).await {
+            Ok(bytes) => bytes,
+            // Collected (its file or account is gone): nothing to read.
+            Err(cloudsync_chunks::StoreError::Missing(_)) => return Ok(None),
+            // Unreachable or damaged: the caller tries again rather than forgetting the vectors.
+            Err(err) => return Err(storage(err)),
         };
         let sealed: SealedSecret = serde_json::from_slice(&bytes).map_err(storage)?;
         let Some(plain) = self.vault.open_if_kept(owner, &sealed).await? else {

@@ -39,6 +39,8 @@ use crate::{CommandError, Commands};
 
 /// How often a read that the provider failed is tried.
 const READ_ATTEMPTS: u32 = 4;
+/// How often a result is appended again after another writer of the content stream came first.
+const RECORD_TRIES: u32 = 5;
 
 /// The pipeline's checkpoint, per extractor version and set of models.
 fn checkpoint_name(models: &Models) -> String {
@@ -331,7 +333,7 @@ impl Commands {
         // A picture is read again for a new version of the image reader even when its text (none
         // yet) was read: one read serves both.
         let wanted = file.needs_extraction(EXTRACTOR, EXTRACTOR_VERSION).or_else(|| {
-            file.needs_analysis(READER, READER_VERSION)
+            file.needs_content_analysis(READER, READER_VERSION)
                 .filter(|(facts, path)| format_of(path.name(), &facts.mime_type) == Some(Format::Image))
         });
         let Some((facts, path)) = wanted else {
@@ -434,7 +436,7 @@ impl Commands {
     /// not), its position sealed with the owner's key.
     async fn record_picture(&self, file_id: FileId, checksum: &str, picture: Result<ImageReading, String>) -> Result<(), CommandError> {
         let (file, version) = self.file_with_content(file_id).await?;
-        let Some((facts, _)) = file.needs_analysis(READER, READER_VERSION) else {
+        let Some((facts, _)) = file.needs_content_analysis(READER, READER_VERSION) else {
             return Ok(());
         };
         let owner = facts.owner_id;
@@ -495,20 +497,37 @@ impl Commands {
     }
 
     async fn record_reading(&self, file: &File, version: i64, event: FileContentExtracted) -> Result<(), CommandError> {
-        let (file_id, owner) = (event.file_id, event.owner_id);
-        let events = file.handle(FileCommand::RecordExtraction(event))?;
-        if events.is_empty() {
-            return Ok(());
+        self.record_content(file, version, FileCommand::RecordExtraction(event)).await
+    }
+
+    /// Appends what the pipeline learnt (a reading or a model's result) to the file's content
+    /// stream, if the file still wants it. The stream has several writers (the text's reading, each
+    /// model, another read of the same file): when one came first, the file is loaded again and
+    /// decides again on what it wrote, so nothing it still wants is dropped.
+    pub(crate) async fn record_content(&self, file: &File, version: i64, command: FileCommand) -> Result<(), CommandError> {
+        let (file_id, owner) = match &command {
+            FileCommand::RecordExtraction(e) => (e.file_id, e.owner_id),
+            FileCommand::RecordAnalysis(e) => (e.file_id, e.owner_id),
+            _ => return Err(CommandError::Invalid("not a content command".into())),
+        };
+        let (mut file, mut version) = (file.clone(), version);
+        for _ in 0..RECORD_TRIES {
+            let events = file.handle(command.clone())?;
+            if events.is_empty() {
+                return Ok(());
+            }
+            match self
+                .append(content_stream(file_id), version, &events, &Context::new(Some(owner)))
+                .await
+            {
+                Ok(_) => return Ok(()),
+                Err(CommandError::Conflict(_)) => (file, version) = self.file_with_content(file_id).await?,
+                Err(err) => return Err(err),
+            }
         }
-        match self
-            .append(content_stream(file_id), version, &events, &Context::new(Some(owner)))
-            .await
-        {
-            Ok(_) => Ok(()),
-            // Another reader recorded this version first.
-            Err(CommandError::Conflict(_)) => Ok(()),
-            Err(err) => Err(err),
-        }
+        Err(CommandError::Conflict(format!(
+            "the content stream of file {file_id} kept changing"
+        )))
     }
 
     /// A file with what the pipeline learnt about it, and the version of its content stream.

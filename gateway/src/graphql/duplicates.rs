@@ -241,7 +241,9 @@ fn near_image_groups(pictures: Vec<FileRow>, threshold: f64) -> Vec<DuplicateGro
         .collect();
     let bits = entries.first().map_or(0, |p| p.phash.len() * 4);
     // The most bits two copies may differ in at this threshold.
-    let reach = ((1.0 - threshold) * bits as f64).floor() as u32;
+    // At most an eighth of the bits: beyond that every picture is near every other (and the pairs
+    // alone would fill memory), and nothing found there is a copy.
+    let reach = (((1.0 - threshold) * bits as f64).floor() as u32).min(u32::try_from(bits / 8).unwrap_or(u32::MAX));
     near_pictures(&entries, reach)
         .into_iter()
         .map(|group| {

@@ -132,6 +132,15 @@ impl VectorIndex for ElasticVectors {
     }
 
     async fn apply(&self, batch: VectorBatch) -> SearchResult<()> {
+        // Elasticsearch has no transaction to hold the checkpoint in: this check narrows the window
+        // in which a rebuild and a live projector could cross, but does not close it.
+        let at = self.checkpoint().await?;
+        if at != batch.from {
+            return Err(SearchError::Index(format!(
+                "the vector index is at position {at}, not {} (rebuilt, or another projector went on); the page is read again",
+                batch.from
+            )));
+        }
         for (field, values) in [
             ("owner", batch.erased.iter().map(ToString::to_string).collect::<Vec<_>>()),
             ("provider", batch.removed_providers.iter().map(ToString::to_string).collect()),

@@ -59,6 +59,9 @@ pub struct VectorBatch {
     pub erased: Vec<UserId>,
     /// Providers whose every file goes (disconnected).
     pub removed_providers: Vec<ProviderId>,
+    /// The checkpoint the batch was read from: it applies only while the index is still there (a
+    /// rebuild that reset the index meanwhile, or another projector that went on, makes it fail).
+    pub from: i64,
     pub checkpoint: i64,
 }
 
@@ -165,9 +168,10 @@ impl VectorProjector {
             pending.files.insert(record.file_id, Some(record));
         }
         for event in decoded {
-            self.fold(&mut pending, event).await;
+            self.fold(&mut pending, event).await?;
         }
         let mut batch = VectorBatch {
+            from,
             checkpoint: last,
             erased: pending.erased.into_iter().collect(),
             removed_providers: pending.removed.into_iter().collect(),
@@ -183,7 +187,7 @@ impl VectorProjector {
         Ok(events.len())
     }
 
-    async fn fold(&self, pending: &mut Pending, event: DomainEvent) {
+    async fn fold(&self, pending: &mut Pending, event: DomainEvent) -> SearchResult<()> {
         match event {
             DomainEvent::FileDiscovered(e) => {
                 pending.files.insert(
@@ -221,27 +225,27 @@ impl VectorProjector {
             }
             DomainEvent::FileAnalyzed(e) => {
                 if e.model != TEXT_MODEL || e.outcome != AnalysisOutcome::Analyzed {
-                    return;
+                    return Ok(());
                 }
                 let Some(Some(record)) = pending.files.get_mut(&e.file_id) else {
-                    return;
+                    return Ok(());
                 };
                 // Vectors of a version the file has moved on from are not its.
                 if record.checksum != e.checksum || record.owner_id != e.owner_id {
-                    return;
+                    return Ok(());
                 }
-                let Some(reference) = &e.vectors else { return };
+                let Some(reference) = &e.vectors else { return Ok(()) };
                 match self.source.vectors(e.owner_id, &reference.reference).await {
                     Ok(Some(vectors)) => record.vectors = Some(vectors),
                     Ok(None) => record.vectors = Some(Vec::new()),
-                    Err(error) => {
-                        tracing::warn!(file = %e.file_id, error = %error, "A file's vectors cannot be read; it is found by words only.");
-                        record.vectors = Some(Vec::new());
-                    }
+                    // The page is applied again later: vectors are not forgotten for a store that
+                    // did not answer.
+                    Err(error) => return Err(SearchError::Index(format!("the vectors of file {}: {error}", e.file_id))),
                 }
             }
             _ => {}
         }
+        Ok(())
     }
 
     /// Applies pages until the index has reached the log's head as it was when this began.
@@ -262,7 +266,9 @@ impl VectorProjector {
 
 /// Rebuilds the index from the whole log: forgets everything, then replays every page (the vectors
 /// read from the [`VectorSource`], never computed again). A running server's projector follows
-/// along from the reset checkpoint; both write the same records. Returns how many events it read.
+/// along from the reset checkpoint: a batch applies only from the checkpoint it was read at, so of
+/// two projectors on one page one applies it and the other reads on from there. Returns how many
+/// events it read.
 ///
 /// # Errors
 /// The log, the source or the index failed.

@@ -166,11 +166,21 @@ impl VectorIndex for PgVectors {
             .execute(&mut *tx)
             .await
             .map_err(db)?;
-        sqlx::query("UPDATE vector_checkpoint SET position = $1 WHERE id = 0")
+        // The checkpoint row is locked from here to the commit: two projectors on one page take
+        // turns, and the second finds the position moved.
+        let moved = sqlx::query("UPDATE vector_checkpoint SET position = $1 WHERE id = 0 AND position = $2")
             .bind(batch.checkpoint)
+            .bind(batch.from)
             .execute(&mut *tx)
             .await
             .map_err(db)?;
+        if moved.rows_affected() == 0 {
+            tx.rollback().await.map_err(db)?;
+            return Err(SearchError::Index(format!(
+                "the vector index is no longer at position {} (rebuilt, or another projector went on); the page is read again",
+                batch.from
+            )));
+        }
         tx.commit().await.map_err(db)
     }
 
@@ -208,14 +218,15 @@ impl VectorIndex for PgVectors {
         for row in rows {
             let file = FileId::from_uuid(row.try_get(0).map_err(db)?);
             let score: f64 = row.try_get(1).map_err(db)?;
-            // Rows come nearest first: a file's first row is its best.
-            if !near.iter().any(|n| n.file_id == file) {
-                near.push(Near {
-                    file_id: file,
-                    score: score as f32,
-                });
+            // Relaxed order: rows come only about nearest first, so each file keeps its best.
+            let score = score as f32;
+            match near.iter_mut().find(|n| n.file_id == file) {
+                Some(found) if found.score < score => found.score = score,
+                Some(_) => {}
+                None => near.push(Near { file_id: file, score }),
             }
         }
+        near.sort_by(|a, b| b.score.total_cmp(&a.score).then_with(|| a.file_id.cmp(&b.file_id)));
         near.truncate(limit);
         Ok(near)
     }

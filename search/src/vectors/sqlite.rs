@@ -235,11 +235,19 @@ impl VectorIndex for SqliteVectors {
                 sqlx::query(&files).bind(&id).execute(&mut *tx).await.map_err(db)?;
             }
         }
-        sqlx::query("UPDATE vector_checkpoint SET position = ?1 WHERE id = 0")
+        let moved = sqlx::query("UPDATE vector_checkpoint SET position = ?1 WHERE id = 0 AND position = ?2")
             .bind(batch.checkpoint)
+            .bind(batch.from)
             .execute(&mut *tx)
             .await
             .map_err(db)?;
+        if moved.rows_affected() == 0 {
+            tx.rollback().await.map_err(db)?;
+            return Err(SearchError::Index(format!(
+                "the vector index is no longer at position {} (rebuilt, or another projector went on); the page is read again",
+                batch.from
+            )));
+        }
         tx.commit().await.map_err(db)?;
         if !batch.erased.is_empty() || !batch.removed_providers.is_empty() {
             self.forget(None);

@@ -174,6 +174,7 @@ async fn vectors_are_kept_replaced_and_removed_as_batches_say() {
             .apply(VectorBatch {
                 upserts: vec![kept.clone(), changed.clone()],
                 deletes: vec![deleted.file_id],
+                from: 1,
                 checkpoint: 2,
                 ..VectorBatch::default()
             })
@@ -189,6 +190,7 @@ async fn vectors_are_kept_replaced_and_removed_as_batches_say() {
             .apply(VectorBatch {
                 removed_providers: vec![work],
                 erased: vec![bob],
+                from: 2,
                 checkpoint: 3,
                 ..VectorBatch::default()
             })
@@ -207,6 +209,22 @@ async fn vectors_are_kept_replaced_and_removed_as_batches_say() {
         let query = towards(&[(4, 1.0)]);
         assert!(index.nearest(bob, &query, 10, None).await.expect("nearest").is_empty(), "{b}");
         assert_eq!(index.checkpoint().await.expect("checkpoint"), 3, "{b}");
+        // A batch read from another position than the index's changes nothing.
+        let stale = index
+            .apply(VectorBatch {
+                deletes: vec![kept.file_id],
+                from: 2,
+                checkpoint: 9,
+                ..VectorBatch::default()
+            })
+            .await;
+        assert!(stale.is_err(), "{b}: a stale batch is refused");
+        assert_eq!(index.checkpoint().await.expect("checkpoint"), 3, "{b}");
+        assert_eq!(
+            index.vectors(alice, kept.file_id).await.expect("vectors").len(),
+            1,
+            "{b}: nothing of it applied"
+        );
         // A rebuild starts from nothing.
         index.reset().await.expect("reset");
         assert_eq!(index.checkpoint().await.expect("checkpoint"), 0, "{b}");
