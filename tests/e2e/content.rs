@@ -63,18 +63,6 @@ async fn paths(h: &Harness, token: &str, query: &str) -> (Vec<String>, Value) {
     (found, data["searchFiles"].clone())
 }
 
-async fn rescan(h: &Harness, token: &str, provider: &str) {
-    let data = h
-        .ok(
-            Some(token),
-            "mutation($p: ID!) { rescanProvider(providerId: $p) { id } }",
-            json!({ "p": provider }),
-        )
-        .await;
-    h.wait_for_operation(token, data["rescanProvider"]["id"].as_str().expect("id"))
-        .await;
-}
-
 async fn contents_are_read_once_and_found(h: &Harness) {
     let (token, _) = h.register("reader@example.org").await;
     let root = h.db.dir().join("documents");
@@ -141,9 +129,9 @@ async fn contents_are_read_once_and_found(h: &Harness) {
 
     // Nothing changed: nothing is read again. One file changed: that one is read again, and only
     // that one (the pipeline follows the log in order, so it is past the unchanged rescan by then).
-    rescan(h, &token, &provider).await;
+    h.rescan(&token, &provider).await;
     write(&root, "notes/garden.md", b"# Garden\n\nNow about cucumbers.\n");
-    rescan(h, &token, &provider).await;
+    h.rescan(&token, &provider).await;
     assert_eq!(extracted(h, 7).await.len(), 7, "an unchanged file is not read again");
     assert_eq!(paths(h, &token, "cucumbers").await.0, ["notes/garden.md"]);
     assert!(

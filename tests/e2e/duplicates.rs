@@ -93,15 +93,7 @@ async fn exact_copies_on_any_provider_are_grouped_and_explained(h: &Harness) {
 
     // A changed copy leaves its group; a bad threshold or cursor is a clear error.
     write(&b, "copies/report.txt", b"edited since");
-    let rescan = h
-        .ok(
-            Some(&token),
-            "mutation($p: ID!) { rescanProvider(providerId: $p) { id } }",
-            json!({ "p": pb }),
-        )
-        .await;
-    h.wait_for_operation(&token, rescan["rescanProvider"]["id"].as_str().expect("operation"))
-        .await;
+    h.rescan(&token, &pb).await;
     assert_eq!(duplicates(h, &token, 50, None).await.len(), 1);
     for variables in [
         json!({ "t": 1.5, "first": 10, "after": null }),

@@ -113,6 +113,19 @@ impl Harness {
         (provider, operation)
     }
 
+    /// Rescans one of the caller's providers and waits for the scan to complete.
+    pub async fn rescan(&self, token: &str, provider: &str) {
+        let data = self
+            .ok(
+                Some(token),
+                "mutation($p: ID!) { rescanProvider(providerId: $p) { id } }",
+                json!({ "p": provider }),
+            )
+            .await;
+        self.wait_for_operation(token, data["rescanProvider"]["id"].as_str().expect("id"))
+            .await;
+    }
+
     /// Waits until the event log grows past what `appended` has seen (or `until` passes), then until the
     /// read models reflect the new head: what a query answers next includes every append so far.
     pub async fn next_append(&self, appended: &mut tokio::sync::watch::Receiver<i64>, until: Instant) {

@@ -219,15 +219,7 @@ async fn files_are_found_by_meaning_and_lose_old_vectors(h: &Harness) {
         "b/three.txt",
         "Receipt for the quarterly tax prepayment sent to the revenue service.",
     );
-    let rescan = h
-        .ok(
-            Some(&token),
-            "mutation($p: ID!) { rescanProvider(providerId: $p) { id } }",
-            json!({ "p": provider }),
-        )
-        .await;
-    h.wait_for_operation(&token, rescan["rescanProvider"]["id"].as_str().expect("id"))
-        .await;
+    h.rescan(&token, &provider).await;
     analysed(h, 6).await;
     let after = index.vectors(owner, temples).await.expect("vectors");
     assert_eq!(after.len(), 2);

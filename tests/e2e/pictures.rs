@@ -122,15 +122,7 @@ async fn pictures_are_read_and_copies_grouped_but_not_bursts(h: &Harness) {
         .as_str()
         .expect("a provider")
         .to_owned();
-    let rescan = h
-        .ok(
-            Some(&token),
-            "mutation($p: ID!) { rescanProvider(providerId: $p) { id } }",
-            json!({ "p": provider }),
-        )
-        .await;
-    h.wait_for_operation(&token, rescan["rescanProvider"]["id"].as_str().expect("id"))
-        .await;
+    h.rescan(&token, &provider).await;
     let again = h
         .ok(Some(&token), "query { files(limit: 20) { path image { width } } }", json!({}))
         .await;

@@ -188,15 +188,7 @@ async fn a_rebuilt_index_takes_over_while_the_server_runs(h: &Harness) {
     // The server moves over (within a second on its own; here at once) and goes on indexing into it.
     app.search.search().refresh().await;
     std::fs::write(scanned.root.join("fresh-notes.txt"), "new").expect("write");
-    let rescan = h
-        .ok(
-            Some(token),
-            "mutation($p: ID!) { rescanProvider(providerId: $p) { id } }",
-            json!({ "p": scanned.provider }),
-        )
-        .await;
-    h.wait_for_operation(token, rescan["rescanProvider"]["id"].as_str().expect("id"))
-        .await;
+    h.rescan(token, &scanned.provider).await;
     let found = search(h, token, "fresh", Value::Null).await;
     assert_eq!(paths(&found), ["fresh-notes.txt"], "{found}");
     assert_eq!(search(h, token, "", Value::Null).await["total"], 5);
