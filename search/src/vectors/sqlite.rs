@@ -1,7 +1,7 @@
 //! The embedded vector index: a SQLite database in the data dir holds every file's record and
 //! vectors (little-endian `f32`s), and the checkpoint, written in one transaction per batch. A
-//! query scans the asking owner's vectors, which are kept in memory once read (each batch forgets
-//! the owners it touched): one owner's files are what a query may see, so no other user's vectors
+//! query scans the asking owner's vectors, which are kept in memory once read, within a budget, the
+//! least recently asked going first (each batch forgets the owners it touched): one owner's files are what a query may see, so no other user's vectors
 //! are ever read for it, and the scan is exact.
 
 use std::collections::HashMap;
@@ -38,9 +38,56 @@ struct OwnerVectors {
 /// The embedded [`VectorIndex`]: `<data_dir>/vectors/vectors.sqlite`.
 pub struct SqliteVectors {
     pool: SqlitePool,
-    /// The owners' vectors read so far, and how many batches have been applied (a read that a
-    /// batch overtook is not kept).
-    cache: Mutex<(HashMap<UserId, Arc<OwnerVectors>>, u64)>,
+    /// The owners' vectors read lately, within [`CACHE_BYTES`].
+    cache: Mutex<Cache>,
+}
+
+/// What a query's scan has at hand: the owners' vectors read lately (the least recently asked go
+/// first when they pass [`CACHE_BYTES`]), and how many batches have been applied (a read that a
+/// batch overtook is not kept).
+#[derive(Default)]
+struct Cache {
+    owners: HashMap<UserId, (Arc<OwnerVectors>, u64)>,
+    generation: u64,
+    clock: u64,
+    bytes: usize,
+}
+
+/// The memory the cached vectors may take (about 170,000 vectors of 384 numbers).
+const CACHE_BYTES: usize = 256 << 20;
+
+impl Cache {
+    fn get(&mut self, owner: UserId) -> Option<Arc<OwnerVectors>> {
+        self.clock += 1;
+        let clock = self.clock;
+        self.owners.get_mut(&owner).map(|(set, used)| {
+            *used = clock;
+            Arc::clone(set)
+        })
+    }
+
+    fn remove(&mut self, owner: UserId) {
+        if let Some((set, _)) = self.owners.remove(&owner) {
+            self.bytes -= set.data.len() * 4;
+        }
+    }
+
+    fn insert(&mut self, owner: UserId, set: Arc<OwnerVectors>) {
+        self.remove(owner);
+        let size = set.data.len() * 4;
+        while self.bytes + size > CACHE_BYTES {
+            let Some(oldest) = self.owners.iter().min_by_key(|(_, (_, used))| *used).map(|(o, _)| *o) else {
+                break;
+            };
+            self.remove(oldest);
+        }
+        // One owner larger than the budget is scanned from the database each time instead.
+        if size <= CACHE_BYTES {
+            self.clock += 1;
+            self.bytes += size;
+            self.owners.insert(owner, (set, self.clock));
+        }
+    }
 }
 
 fn db(err: sqlx::Error) -> SearchError {
@@ -87,28 +134,31 @@ impl SqliteVectors {
         }
         Ok(Self {
             pool,
-            cache: Mutex::new((HashMap::new(), 0)),
+            cache: Mutex::new(Cache::default()),
         })
     }
 
     fn forget(&self, owner: Option<UserId>) {
         let mut cache = self.cache.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        cache.1 += 1;
+        cache.generation += 1;
         match owner {
-            Some(owner) => {
-                cache.0.remove(&owner);
+            Some(owner) => cache.remove(owner),
+            None => {
+                *cache = Cache {
+                    generation: cache.generation,
+                    ..Cache::default()
+                }
             }
-            None => cache.0.clear(),
         }
     }
 
     async fn owner_vectors(&self, owner: UserId) -> SearchResult<Arc<OwnerVectors>> {
         let generation = {
-            let cache = self.cache.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-            if let Some(found) = cache.0.get(&owner) {
-                return Ok(Arc::clone(found));
+            let mut cache = self.cache.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            if let Some(found) = cache.get(owner) {
+                return Ok(found);
             }
-            cache.1
+            cache.generation
         };
         let rows = sqlx::query(
             "SELECT v.file_id, v.vector FROM vectors v JOIN vector_files f ON f.file_id = v.file_id \
@@ -141,8 +191,8 @@ impl SqliteVectors {
         }
         let set = Arc::new(set);
         let mut cache = self.cache.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        if cache.1 == generation {
-            cache.0.insert(owner, Arc::clone(&set));
+        if cache.generation == generation {
+            cache.insert(owner, Arc::clone(&set));
         }
         Ok(set)
     }
@@ -344,5 +394,41 @@ impl VectorIndex for SqliteVectors {
         tx.commit().await.map_err(db)?;
         self.forget(None);
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use cloudsync_domain::UserId;
+    use uuid::Uuid;
+
+    use super::{CACHE_BYTES, Cache, OwnerVectors};
+
+    fn set(numbers: usize) -> Arc<OwnerVectors> {
+        Arc::new(OwnerVectors {
+            files: Vec::new(),
+            owners: Vec::new(),
+            dims: 1,
+            data: vec![0.0; numbers],
+        })
+    }
+
+    #[test]
+    fn the_cache_keeps_to_its_budget_and_lets_the_least_recent_go() {
+        let quarter = CACHE_BYTES / 4 / 4;
+        let owners: Vec<UserId> = (0..5).map(|_| UserId::from_uuid(Uuid::now_v7())).collect();
+        let mut cache = Cache::default();
+        for owner in &owners[..4] {
+            cache.insert(*owner, set(quarter));
+        }
+        assert!(cache.get(owners[0]).is_some(), "asked again: now the most recent");
+        cache.insert(owners[4], set(quarter));
+        assert!(cache.bytes <= CACHE_BYTES);
+        assert!(cache.get(owners[1]).is_none(), "the least recently asked went");
+        assert!(cache.get(owners[0]).is_some() && cache.get(owners[4]).is_some());
+        cache.insert(owners[2], set(CACHE_BYTES));
+        assert!(cache.get(owners[2]).is_none(), "one owner over the budget is not kept");
     }
 }
