@@ -104,6 +104,8 @@ impl ProviderStore {
     /// The folder cannot be created, or its path is not UTF-8.
     pub fn in_folder(root: &Path) -> Result<Self, StoreError> {
         std::fs::create_dir_all(root)?;
+        // A local provider's root is absolute; a data dir given relatively (`./data`) is made so.
+        let root = std::fs::canonicalize(root)?;
         let root = root
             .to_str()
             .ok_or_else(|| StoreError::Io(std::io::Error::other("the chunk folder's path is not UTF-8")))?;
@@ -262,6 +264,18 @@ impl ChunkStore for ProviderStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_folder_given_relatively_is_a_store_too() {
+        // The default data dir is `data`, relative to where the server starts.
+        let dir = tempfile::tempdir().expect("a temporary folder");
+        let cwd = std::env::current_dir().expect("the current folder");
+        let up = "../".repeat(cwd.components().count().saturating_sub(1));
+        let relative = Path::new(&up).join(dir.path().strip_prefix("/").expect("absolute")).join("chunks");
+        assert!(relative.is_relative());
+        let store = ProviderStore::in_folder(&relative).expect("a store in a relative folder");
+        contract(&store).await;
+    }
 
     async fn contract(store: &dyn ChunkStore) {
         let data = b"hello chunk store, hello chunk store, hello chunk store".repeat(100);
