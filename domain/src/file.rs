@@ -110,21 +110,23 @@ impl File {
     /// The live file's facts when `model` at `version` has not run over its current version and
     /// name (the content pipeline then runs it).
     pub fn needs_analysis(&self, model: &str, version: u32) -> Option<(&FileDiscovered, &ProviderPath)> {
-        let (facts, path) = self.live_for(self.discovered.as_ref()?.owner_id)?;
-        let done = self.analyses.iter().any(|a| {
-            a.model == model && a.checksum == facts.checksum && a.model_version >= version && a.name_revision == self.name_revision
-        });
-        (!done).then_some((facts, path))
+        self.wants_run(model, version, true)
     }
 
     /// Like [`Self::needs_analysis`], for models that do not read the name (a rename does not make
     /// them run again).
     pub fn needs_content_analysis(&self, model: &str, version: u32) -> Option<(&FileDiscovered, &ProviderPath)> {
+        self.wants_run(model, version, false)
+    }
+
+    fn wants_run(&self, model: &str, version: u32, reads_name: bool) -> Option<(&FileDiscovered, &ProviderPath)> {
         let (facts, path) = self.live_for(self.discovered.as_ref()?.owner_id)?;
-        let done = self
-            .analyses
-            .iter()
-            .any(|a| a.model == model && a.checksum == facts.checksum && a.model_version >= version);
+        let done = self.analyses.iter().any(|a| {
+            a.model == model
+                && a.checksum == facts.checksum
+                && a.model_version >= version
+                && (!reads_name || a.name_revision == self.name_revision)
+        });
         (!done).then_some((facts, path))
     }
 

@@ -13,6 +13,7 @@ mod cache;
 mod doc;
 mod elastic;
 mod engine;
+mod follow;
 pub mod highlight;
 pub mod meaning;
 pub mod projector;

@@ -11,10 +11,10 @@ use std::time::Duration;
 use async_trait::async_trait;
 use cloudsync_domain::{DecodeError, DomainEvent, FileId, ProviderId, UserId};
 use cloudsync_eventstore::{EventStore, RecordedEvent};
-use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::engine::Search;
+use crate::follow::{Progress, Step, follow};
 use crate::{Batch, Content, SearchDoc, SearchError, SearchIndex, SearchResult};
 
 const PAGE: i64 = 500;
@@ -215,7 +215,7 @@ pub struct LiveSearch {
     search: Arc<Search>,
     projector: SearchProjector,
     events: Arc<dyn EventStore>,
-    position: watch::Sender<i64>,
+    position: Progress,
     poll: Duration,
 }
 
@@ -225,7 +225,7 @@ impl LiveSearch {
             search,
             projector: SearchProjector::new(Arc::clone(&events), texts),
             events,
-            position: watch::Sender::new(0),
+            position: Progress::new(),
             poll: Duration::from_millis(500),
         })
     }
@@ -236,39 +236,26 @@ impl LiveSearch {
 
     /// Follows the log until `shutdown`.
     pub async fn run(self: Arc<Self>, shutdown: CancellationToken) {
-        let mut notified = self.events.watch();
-        loop {
-            notified.borrow_and_update();
-            let index = self.search.index().await;
-            let mut more = false;
-            match self.projector.step(&*index).await {
-                Ok(count) => more = count > 0,
-                Err(error) => tracing::error!(error = %error, "Search indexing failed; retrying."),
-            }
-            if let Ok(checkpoint) = index.checkpoint().await {
-                self.position.send_replace(checkpoint);
-            }
-            if more {
-                continue;
-            }
-            tokio::select! {
-                () = shutdown.cancelled() => return,
-                _ = tokio::time::timeout(self.poll, notified.changed()) => {}
-            }
-        }
+        follow(&*self, &*self.events, self.poll, &shutdown, &self.position, "Search indexing").await;
     }
 
     /// The position the index has reached.
     pub fn position(&self) -> i64 {
-        *self.position.borrow()
+        self.position.position()
     }
 
     /// Waits until the index has reached `position`; false on timeout.
     pub async fn wait_for(&self, position: i64, timeout: Duration) -> bool {
-        let mut rx = self.position.subscribe();
-        tokio::time::timeout(timeout, rx.wait_for(|p| *p >= position))
-            .await
-            .is_ok_and(|r| r.is_ok())
+        self.position.wait_for(position, timeout).await
+    }
+}
+
+#[async_trait]
+impl Step for LiveSearch {
+    async fn step(&self) -> (SearchResult<usize>, Option<i64>) {
+        let index = self.search.index().await;
+        let read = self.projector.step(&*index).await;
+        (read, index.checkpoint().await.ok())
     }
 }
 

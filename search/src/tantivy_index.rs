@@ -111,6 +111,7 @@ impl TantivyIndex {
             .register(TOKENIZER, TextAnalyzer::from(WhitespaceTokenizer::default()));
         // A process killed a moment ago may still hold the writer's lock through a child it was
         // starting (a forked child keeps the parent's files until it execs): wait a little for it.
+        // Nothing tells when another process lets a file lock go, so this polls.
         let deadline = std::time::Instant::now() + LOCK_WAIT;
         let writer = loop {
             match index.writer_with_num_threads(1, WRITER_MEMORY) {

@@ -240,15 +240,38 @@ impl Harness {
     /// compare the log before and after see only what they did (the sample tree has four: three
     /// files with text, and the photo, read as a picture).
     pub async fn contents_read(&self, count: usize) {
-        let deadline = Instant::now() + Duration::from_secs(60);
+        self.recorded("FileContentExtracted", None, count, Duration::from_secs(60)).await;
+    }
+
+    /// Waits until `model` has recorded `count` analyses in all and the read models have reached
+    /// the log's head; their payloads.
+    pub async fn analyses(&self, model: &str, count: usize) -> Vec<Value> {
+        let analyses = self.recorded("FileAnalyzed", Some(model), count, Duration::from_secs(120)).await;
+        let head = self.server().app().db.events.head().await.expect("head");
+        assert!(self.server().app().projections.wait_for(head, Duration::from_secs(20)).await);
+        analyses
+    }
+
+    /// The payloads of the log's `event_type` events (of `model`, where given), once there are at
+    /// least `count`, waiting on the log's appends up to `within`.
+    async fn recorded(&self, event_type: &str, model: Option<&str>, count: usize, within: Duration) -> Vec<Value> {
+        let deadline = Instant::now() + within;
         let mut appended = self.server().app().db.events.watch();
         loop {
             let events = self.server().app().db.events.read_all(0, 100_000).await.expect("the log");
-            let read = events.iter().filter(|e| e.event_type == "FileContentExtracted").count();
-            if read >= count {
-                return;
+            let found: Vec<Value> = events
+                .into_iter()
+                .filter(|e| e.event_type == event_type && model.is_none_or(|m| e.payload["model"] == m))
+                .map(|e| e.payload)
+                .collect();
+            if found.len() >= count {
+                return found;
             }
-            assert!(Instant::now() < deadline, "the content pipeline read {read} of {count} files");
+            assert!(
+                Instant::now() < deadline,
+                "{} of {count} {event_type} events ({model:?}) were recorded",
+                found.len()
+            );
             self.next_append(&mut appended, deadline).await;
         }
     }

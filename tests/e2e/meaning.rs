@@ -5,7 +5,7 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use cloudsync_domain::{FileId, UserId};
 use cloudsync_search::vectors::{SqliteVectors, VectorIndex, VectorProjector};
@@ -72,35 +72,18 @@ async fn search(h: &Harness, token: &str, query: &str, mode: Option<&str>, filte
 
 /// Waits until the text model has recorded `count` analyses in all and the vector index has them.
 async fn analysed(h: &Harness, count: usize) -> Vec<Value> {
+    let analyses = h.analyses("all-minilm-l6-v2", count).await;
     let app = h.server().app();
-    let deadline = Instant::now() + Duration::from_secs(120);
-    let mut appended = app.db.events.watch();
-    loop {
-        let events = app.db.events.read_all(0, 100_000).await.expect("the log");
-        let analyses: Vec<Value> = events
-            .into_iter()
-            .filter(|e| e.event_type == "FileAnalyzed" && e.payload["model"] == "all-minilm-l6-v2")
-            .map(|e| e.payload)
-            .collect();
-        if analyses.len() >= count {
-            let head = app.db.events.head().await.expect("head");
-            assert!(
-                app.vectors.wait_for(head, Duration::from_secs(20)).await,
-                "the vector index catches up"
-            );
-            assert!(
-                app.search.wait_for(head, Duration::from_secs(20)).await,
-                "the search index catches up"
-            );
-            return analyses;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the pipeline analysed {} of {count} files",
-            analyses.len()
-        );
-        h.next_append(&mut appended, deadline).await;
-    }
+    let head = app.db.events.head().await.expect("head");
+    assert!(
+        app.vectors.wait_for(head, Duration::from_secs(20)).await,
+        "the vector index catches up"
+    );
+    assert!(
+        app.search.wait_for(head, Duration::from_secs(20)).await,
+        "the search index catches up"
+    );
+    analyses
 }
 
 async fn files_are_found_by_meaning_and_lose_old_vectors(h: &Harness) {

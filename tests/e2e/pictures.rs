@@ -4,7 +4,7 @@
 //! burst shot of the same scene and another scene stay out.
 
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use cloudsync_content::samples::{Exif, jpeg, scene};
 use serde_json::{Value, json};
@@ -17,32 +17,6 @@ fn write(root: &Path, path: &str, data: &[u8]) {
     let host = root.join(path);
     std::fs::create_dir_all(host.parent().expect("a parent")).expect("mkdir");
     std::fs::write(host, data).expect("write");
-}
-
-/// Waits until the image reader has recorded `count` analyses, and the read models have them.
-async fn pictures_read(h: &Harness, count: usize) -> Vec<Value> {
-    let app = h.server().app();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let mut appended = app.db.events.watch();
-    loop {
-        let events = app.db.events.read_all(0, 100_000).await.expect("the log");
-        let read: Vec<Value> = events
-            .into_iter()
-            .filter(|e| e.event_type == "FileAnalyzed" && e.payload["model"] == "cloudsync-image")
-            .map(|e| e.payload)
-            .collect();
-        if read.len() >= count {
-            let head = app.db.events.head().await.expect("head");
-            assert!(app.projections.wait_for(head, Duration::from_secs(20)).await);
-            return read;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the image reader read {} of {count} pictures",
-            read.len()
-        );
-        h.next_append(&mut appended, deadline).await;
-    }
 }
 
 async fn pictures_are_read_and_copies_grouped_but_not_bursts(h: &Harness) {
@@ -75,7 +49,7 @@ async fn pictures_are_read_and_copies_grouped_but_not_bursts(h: &Harness) {
     write(&root, "backup/IMG_0001.jpg", &original);
     write(&root, "broken.png", b"\x89PNG\r\n\x1a\n not a picture");
     h.connect_local(&token, &root).await;
-    let read = pictures_read(h, 7).await;
+    let read = h.analyses("cloudsync-image", 7).await;
     assert_eq!(read.len(), 7, "each picture once: {read:?}");
     let broken: Vec<&Value> = read.iter().filter(|a| a["outcome"] == "failed").collect();
     assert_eq!(broken.len(), 1, "{read:?}");
@@ -131,7 +105,7 @@ async fn pictures_are_read_and_copies_grouped_but_not_bursts(h: &Harness) {
         .and_then(|all| all.iter().find(|f| f["path"] == "phone/small.jpg"))
         .map(|f| f["image"].clone());
     assert_eq!(small, Some(json!({ "width": 600 })), "{again}");
-    assert_eq!(pictures_read(h, 7).await.len(), 7, "not read again");
+    assert_eq!(h.analyses("cloudsync-image", 7).await.len(), 7, "not read again");
 
     let groups = h
         .ok(

@@ -122,13 +122,7 @@ impl Commands {
     /// Seals `vectors` with `owner`'s data key and keeps them in the chunk store; returns their
     /// reference.
     async fn store_vectors(&self, owner: UserId, vectors: &[Vec<f32>]) -> Result<String, CommandError> {
-        let chunks = self
-            .chunks()
-            .cloned()
-            .ok_or_else(|| CommandError::Invalid("no chunk store is configured".into()))?;
-        let sealed = self.vault.seal(owner, &codec::encode(TextEmbedder::DIMS, vectors)).await?;
-        let bytes = serde_json::to_vec(&sealed).map_err(storage)?;
-        cloudsync_chunks::put_content(&*chunks, &bytes).await.map_err(storage)
+        self.store_sealed(owner, &codec::encode(TextEmbedder::DIMS, vectors)).await
     }
 
     /// The vectors kept under `reference` for `owner`; `None` once the account is erased or they

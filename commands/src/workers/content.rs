@@ -546,11 +546,17 @@ impl Commands {
 
     /// Seals `text` with `owner`'s data key and keeps it in the chunk store; returns its reference.
     async fn store_text(&self, owner: UserId, text: &str) -> Result<String, CommandError> {
+        self.store_sealed(owner, text.as_bytes()).await
+    }
+
+    /// Seals `plain` with `owner`'s data key and keeps it in the chunk store; returns its
+    /// reference (extracted texts, a model's results).
+    pub(crate) async fn store_sealed(&self, owner: UserId, plain: &[u8]) -> Result<String, CommandError> {
         let chunks = self
             .chunks()
             .cloned()
             .ok_or_else(|| CommandError::Invalid("no chunk store is configured".into()))?;
-        let sealed = self.vault.seal(owner, text.as_bytes()).await?;
+        let sealed = self.vault.seal(owner, plain).await?;
         let bytes = serde_json::to_vec(&sealed).map_err(|err| CommandError::Storage(err.to_string()))?;
         cloudsync_chunks::put_content(&*chunks, &bytes)
             .await

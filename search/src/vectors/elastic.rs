@@ -8,7 +8,7 @@ use async_trait::async_trait;
 use cloudsync_domain::{FileId, ProviderId, UserId};
 use serde_json::{Value, json};
 
-use super::{FileVectors, Near, VectorBatch, VectorIndex};
+use super::{FileVectors, Near, VectorBatch, VectorIndex, best_per_file, moved_on};
 use crate::elastic::ElasticIndex;
 use crate::{SearchError, SearchResult};
 
@@ -136,10 +136,7 @@ impl VectorIndex for ElasticVectors {
         // in which a rebuild and a live projector could cross, but does not close it.
         let at = self.checkpoint().await?;
         if at != batch.from {
-            return Err(SearchError::Index(format!(
-                "the vector index is at position {at}, not {} (rebuilt, or another projector went on); the page is read again",
-                batch.from
-            )));
+            return Err(moved_on(batch.from));
         }
         for (field, values) in [
             ("owner", batch.erased.iter().map(ToString::to_string).collect::<Vec<_>>()),
@@ -214,18 +211,12 @@ impl VectorIndex for ElasticVectors {
             "_source": ["file"],
         });
         let value = self.search(body).await?;
-        let mut near: Vec<Near> = Vec::new();
+        let mut found = Vec::new();
         for hit in hits(&value) {
             let file: FileId = parse(&hit["_source"]["file"])?;
-            let score = hit["_score"].as_f64().unwrap_or(0.0).mul_add(2.0, -1.0) as f32;
-            match near.iter_mut().find(|n| n.file_id == file) {
-                Some(found) if found.score < score => found.score = score,
-                Some(_) => {}
-                None => near.push(Near { file_id: file, score }),
-            }
+            found.push((file, hit["_score"].as_f64().unwrap_or(0.0).mul_add(2.0, -1.0) as f32));
         }
-        near.sort_by(|a, b| b.score.total_cmp(&a.score).then_with(|| a.file_id.cmp(&b.file_id)));
-        near.truncate(limit);
+        let near = best_per_file(found, limit);
         Ok(near)
     }
 

@@ -26,9 +26,9 @@ use async_trait::async_trait;
 use cloudsync_domain::events::AnalysisOutcome;
 use cloudsync_domain::{DomainEvent, FileId, ProviderId, UserId};
 use cloudsync_eventstore::EventStore;
-use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
+use crate::follow::{Progress, Step, follow};
 use crate::{SearchError, SearchResult};
 
 /// The model whose vectors the index holds (its name in `FileAnalyzed`).
@@ -92,6 +92,28 @@ pub trait VectorIndex: Send + Sync {
     async fn files_with_vectors(&self, owner: UserId, limit: usize) -> SearchResult<Vec<FileId>>;
     /// Forgets everything and goes back to position 0, for a rebuild from the log.
     async fn reset(&self) -> SearchResult<()>;
+}
+
+/// Each file once, with the best score any of its vectors had among `hits`, best first (ties by
+/// id), at most `limit`.
+pub(crate) fn best_per_file(hits: impl IntoIterator<Item = (FileId, f32)>, limit: usize) -> Vec<Near> {
+    let mut best: HashMap<FileId, f32> = HashMap::new();
+    for (file, score) in hits {
+        let slot = best.entry(file).or_insert(score);
+        *slot = slot.max(score);
+    }
+    let mut near: Vec<Near> = best.into_iter().map(|(file_id, score)| Near { file_id, score }).collect();
+    near.sort_by(|a, b| b.score.total_cmp(&a.score).then_with(|| a.file_id.cmp(&b.file_id)));
+    near.truncate(limit);
+    near
+}
+
+/// Why a batch read at `from` is refused: the index has moved since (a rebuild reset it, or
+/// another projector applied that page first).
+pub(crate) fn moved_on(from: i64) -> SearchError {
+    SearchError::Index(format!(
+        "the vector index is no longer at position {from} (rebuilt, or another projector went on); the page is read again"
+    ))
 }
 
 /// Where the vectors a `FileAnalyzed` names are read from (the chunk store, opened with the
@@ -282,7 +304,7 @@ pub struct LiveVectors {
     index: Arc<dyn VectorIndex>,
     projector: VectorProjector,
     events: Arc<dyn EventStore>,
-    position: watch::Sender<i64>,
+    position: Progress,
     poll: Duration,
 }
 
@@ -292,7 +314,7 @@ impl LiveVectors {
             index,
             projector: VectorProjector::new(Arc::clone(&events), source),
             events,
-            position: watch::Sender::new(0),
+            position: Progress::new(),
             poll: Duration::from_millis(500),
         })
     }
@@ -303,37 +325,24 @@ impl LiveVectors {
 
     /// Follows the log until `shutdown`.
     pub async fn run(self: Arc<Self>, shutdown: CancellationToken) {
-        let mut notified = self.events.watch();
-        loop {
-            notified.borrow_and_update();
-            let mut more = false;
-            match self.projector.step(&*self.index).await {
-                Ok(count) => more = count > 0,
-                Err(error) => tracing::error!(error = %error, "Vector indexing failed; retrying."),
-            }
-            if let Ok(checkpoint) = self.index.checkpoint().await {
-                self.position.send_replace(checkpoint);
-            }
-            if more {
-                continue;
-            }
-            tokio::select! {
-                () = shutdown.cancelled() => return,
-                _ = tokio::time::timeout(self.poll, notified.changed()) => {}
-            }
-        }
+        follow(&*self, &*self.events, self.poll, &shutdown, &self.position, "Vector indexing").await;
     }
 
     /// The position the index has reached.
     pub fn position(&self) -> i64 {
-        *self.position.borrow()
+        self.position.position()
     }
 
     /// Waits until the index has reached `position`; false on timeout.
     pub async fn wait_for(&self, position: i64, timeout: Duration) -> bool {
-        let mut rx = self.position.subscribe();
-        tokio::time::timeout(timeout, rx.wait_for(|p| *p >= position))
-            .await
-            .is_ok_and(|r| r.is_ok())
+        self.position.wait_for(position, timeout).await
+    }
+}
+
+#[async_trait]
+impl Step for LiveVectors {
+    async fn step(&self) -> (SearchResult<usize>, Option<i64>) {
+        let read = self.projector.step(&*self.index).await;
+        (read, self.index.checkpoint().await.ok())
     }
 }

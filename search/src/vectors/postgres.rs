@@ -11,7 +11,7 @@ use sqlx::postgres::PgPoolOptions;
 use sqlx::{PgPool, Row};
 use uuid::Uuid;
 
-use super::{FileVectors, Near, VectorBatch, VectorIndex};
+use super::{FileVectors, Near, VectorBatch, VectorIndex, best_per_file, moved_on};
 use crate::{SearchError, SearchResult};
 
 /// Rows asked for per file wanted: a file has several vectors (its name's, its passages').
@@ -176,10 +176,7 @@ impl VectorIndex for PgVectors {
             .map_err(db)?;
         if moved.rows_affected() == 0 {
             tx.rollback().await.map_err(db)?;
-            return Err(SearchError::Index(format!(
-                "the vector index is no longer at position {} (rebuilt, or another projector went on); the page is read again",
-                batch.from
-            )));
+            return Err(moved_on(batch.from));
         }
         tx.commit().await.map_err(db)
     }
@@ -214,20 +211,13 @@ impl VectorIndex for PgVectors {
         .await
         .map_err(db)?;
         tx.commit().await.map_err(db)?;
-        let mut near: Vec<Near> = Vec::new();
+        let mut hits = Vec::with_capacity(rows.len());
         for row in rows {
-            let file = FileId::from_uuid(row.try_get(0).map_err(db)?);
             let score: f64 = row.try_get(1).map_err(db)?;
-            // Relaxed order: rows come only about nearest first, so each file keeps its best.
-            let score = score as f32;
-            match near.iter_mut().find(|n| n.file_id == file) {
-                Some(found) if found.score < score => found.score = score,
-                Some(_) => {}
-                None => near.push(Near { file_id: file, score }),
-            }
+            hits.push((FileId::from_uuid(row.try_get(0).map_err(db)?), score as f32));
         }
-        near.sort_by(|a, b| b.score.total_cmp(&a.score).then_with(|| a.file_id.cmp(&b.file_id)));
-        near.truncate(limit);
+        // Relaxed order: rows come only about nearest first.
+        let near = best_per_file(hits, limit);
         Ok(near)
     }
 

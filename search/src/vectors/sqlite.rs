@@ -14,7 +14,7 @@ use cloudsync_domain::{FileId, UserId};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{Row, SqlitePool};
 
-use super::{FileVectors, Near, VectorBatch, VectorIndex};
+use super::{FileVectors, Near, VectorBatch, VectorIndex, best_per_file, moved_on};
 use crate::{SearchError, SearchResult};
 
 const SCHEMA: [&str; 6] = [
@@ -293,10 +293,7 @@ impl VectorIndex for SqliteVectors {
             .map_err(db)?;
         if moved.rows_affected() == 0 {
             tx.rollback().await.map_err(db)?;
-            return Err(SearchError::Index(format!(
-                "the vector index is no longer at position {} (rebuilt, or another projector went on); the page is read again",
-                batch.from
-            )));
+            return Err(moved_on(batch.from));
         }
         tx.commit().await.map_err(db)?;
         if !batch.erased.is_empty() || !batch.removed_providers.is_empty() {
@@ -330,16 +327,8 @@ impl VectorIndex for SqliteVectors {
                     *slot = score;
                 }
             }
-            let mut near: Vec<Near> = set
-                .files
-                .iter()
-                .zip(best)
-                .filter(|(file, _)| Some(**file) != except)
-                .map(|(file, score)| Near { file_id: *file, score })
-                .collect();
-            near.sort_by(|a, b| b.score.total_cmp(&a.score).then_with(|| a.file_id.cmp(&b.file_id)));
-            near.truncate(limit);
-            near
+            let hits = set.files.iter().copied().zip(best).filter(|(file, _)| Some(*file) != except);
+            best_per_file(hits, limit)
         })
         .await
         .map_err(|err| SearchError::Index(format!("a vector query stopped: {err}")))
