@@ -26,8 +26,8 @@ use cloudsync_providers::StorageProvider;
 
 pub use crate::core::{CommandError, Context};
 pub use handlers::{
-    Choice, CodeKind, Connected, DEFAULT_MAX_DELETE_PERCENT, Moved, NO_PASSWORD, SyncSettings, TOTP_PERIOD, totp_base32, totp_code,
-    totp_uri,
+    Choice, CodeKind, Connected, DEFAULT_MAX_DELETE_PERCENT, DUPLICATE, Moved, NO_PASSWORD, Resolution, Resolved, SyncSettings,
+    TOTP_PERIOD, totp_base32, totp_code, totp_uri,
 };
 pub use oauth::{Authorization, DEFAULT_RENEW_MARGIN, OAuth, OAuthApp, is_oauth_kind};
 pub use sealing::SealingStore;
@@ -35,6 +35,9 @@ pub use secrets::{MasterKey, Vault};
 pub use workers::{ContentPipeline, ContentRetries, GcReport, JOB_LEASE_TTL, JobRunner, LEASE_TTL, Lease, Scheduler};
 
 /// The command side of CloudSync.
+/// Days a deleted file's kept content stays restorable unless configured otherwise.
+pub const DELETED_KEEP_DAYS: u32 = 30;
+
 #[derive(Clone)]
 pub struct Commands {
     pub(crate) store: Arc<dyn EventStore>,
@@ -43,6 +46,8 @@ pub struct Commands {
     chunks: Option<Arc<dyn ChunkStore>>,
     layer: Option<ProviderLayer>,
     clock: Arc<dyn Clock>,
+    /// Days a file deleted with its content kept stays restorable.
+    deleted_keep_days: u32,
 }
 
 /// What wraps every provider the commands open, given the connection's id (instrumentation, or
@@ -58,7 +63,20 @@ impl Commands {
             chunks: None,
             layer: None,
             clock: cloudsync_domain::clock::system(),
+            deleted_keep_days: DELETED_KEEP_DAYS,
         }
+    }
+
+    /// Days a file deleted by `resolve_duplicate` stays restorable.
+    pub fn deleted_keep_days(&self) -> u32 {
+        self.deleted_keep_days
+    }
+
+    /// Keeps the content of files deleted by `resolve_duplicate` restorable for `days` (30 by default).
+    #[must_use]
+    pub fn with_deleted_keep_days(mut self, days: u32) -> Self {
+        self.deleted_keep_days = days;
+        self
     }
 
     /// Reads the time for second-factor windows from `clock` (the system's by default).

@@ -4,7 +4,10 @@
 use chrono::{DateTime, Utc};
 
 use crate::aggregate::{Aggregate, DomainError};
-use crate::events::{DomainEvent, FileAnalyzed, FileChanged, FileContentExtracted, FileDeleted, FileDiscovered, FileMoved, FileRemoved};
+use crate::events::{
+    DeletedFileRestored, DomainEvent, FileAnalyzed, FileChanged, FileContentExtracted, FileDeleted, FileDiscovered, FileMoved, FileRemoved,
+    KeptContent, KeptContentReleased,
+};
 use crate::ids::SyncJobId;
 use crate::ids::UserId;
 use crate::values::ProviderPath;
@@ -28,6 +31,8 @@ pub struct File {
     name_revision: u32,
     /// Each model's last run over the file.
     analyses: Vec<FileAnalyzed>,
+    /// The content kept when the file was deleted, with when, until it is restored or released.
+    kept: Option<(KeptContent, DateTime<Utc>)>,
 }
 
 #[derive(Clone)]
@@ -42,6 +47,18 @@ pub enum FileCommand {
     Delete {
         by: UserId,
         at: DateTime<Utc>,
+        /// The content, stored in the chunk store before the file was deleted, to keep restorable.
+        kept: Option<KeptContent>,
+    },
+    /// The kept content of a deleted file was written back to where it was.
+    RestoreKept {
+        by: UserId,
+        at: DateTime<Utc>,
+    },
+    /// Lets go of the kept content when it was kept more than `days` before `now`.
+    ReleaseKept {
+        now: DateTime<Utc>,
+        days: u32,
     },
     /// A rescan saw new content or metadata at the file's path.
     RecordChange {
@@ -176,6 +193,11 @@ impl File {
         self.text_reference().into_iter().chain(vectors).collect()
     }
 
+    /// The content kept when the file was deleted, with when it was deleted, while it can be restored.
+    pub fn kept(&self) -> Option<(&KeptContent, DateTime<Utc>)> {
+        self.kept.as_ref().map(|(content, at)| (content, *at))
+    }
+
     /// Where a move into `folder` would put the file.
     ///
     /// # Errors
@@ -271,16 +293,47 @@ impl Aggregate for File {
                 }
                 Ok(vec![DomainEvent::FileAnalyzed(analyzed)])
             }
-            FileCommand::Delete { by, at } => {
+            FileCommand::Delete { by, at, kept } => {
                 let (facts, path) = self.live_for(by).ok_or(DomainError::NotFound("file"))?;
+                if let Some(kept) = &kept
+                    && (kept.checksum != facts.checksum || kept.size_bytes != facts.size_bytes)
+                {
+                    return Err(DomainError::InvalidState(format!("{path} changed since it was indexed")));
+                }
                 Ok(vec![DomainEvent::FileDeleted(FileDeleted {
                     file_id: facts.file_id,
                     provider_id: facts.provider_id,
                     owner_id: by,
                     path: path.clone(),
                     deleted_at: at,
+                    kept,
                 })])
             }
+            FileCommand::RestoreKept { by, at } => {
+                let (Some(facts), Some(path), Some(_)) = (&self.discovered, &self.path, &self.kept) else {
+                    return Err(DomainError::NotFound("deleted file"));
+                };
+                if facts.owner_id != by {
+                    return Err(DomainError::NotFound("deleted file"));
+                }
+                Ok(vec![DomainEvent::DeletedFileRestored(DeletedFileRestored {
+                    file_id: facts.file_id,
+                    provider_id: facts.provider_id,
+                    owner_id: by,
+                    path: path.clone(),
+                    restored_at: at,
+                })])
+            }
+            FileCommand::ReleaseKept { now, days } => match (&self.discovered, &self.kept) {
+                (Some(facts), Some((_, deleted_at))) if *deleted_at + chrono::Duration::days(i64::from(days)) < now => {
+                    Ok(vec![DomainEvent::KeptContentReleased(KeptContentReleased {
+                        file_id: facts.file_id,
+                        owner_id: facts.owner_id,
+                        released_at: now,
+                    })])
+                }
+                _ => Ok(Vec::new()),
+            },
         }
     }
 
@@ -304,7 +357,12 @@ impl Aggregate for File {
                     facts.etag.clone_from(&e.etag);
                 }
             }
-            DomainEvent::FileDeleted(_) | DomainEvent::FileRemoved(_) => self.deleted = true,
+            DomainEvent::FileDeleted(e) => {
+                self.deleted = true;
+                self.kept = e.kept.clone().map(|kept| (kept, e.deleted_at));
+            }
+            DomainEvent::FileRemoved(_) => self.deleted = true,
+            DomainEvent::DeletedFileRestored(_) | DomainEvent::KeptContentReleased(_) => self.kept = None,
             DomainEvent::FileContentExtracted(e) => self.extracted = Some(e.clone()),
             DomainEvent::FileAnalyzed(e) => {
                 self.analyses.retain(|a| a.model != e.model);
@@ -524,6 +582,7 @@ mod tests {
                 .when(FileCommand::Delete {
                     by: alice(),
                     at: DateTime::UNIX_EPOCH,
+                    kept: None,
                 })
                 .events(),
         );
@@ -538,8 +597,84 @@ mod tests {
             .when(FileCommand::Delete {
                 by: alice(),
                 at: DateTime::UNIX_EPOCH,
+                kept: None,
             })
             .then_error(DomainError::NotFound("file"));
+    }
+
+    #[test]
+    fn given_deleted_with_kept_content_then_restored_once_or_released_after_its_retention() {
+        let history = discovered();
+        let DomainEvent::FileDiscovered(facts) = &history[0] else {
+            panic!("expected FileDiscovered")
+        };
+        let kept = KeptContent {
+            manifest: "m".into(),
+            checksum: facts.checksum.clone(),
+            size_bytes: facts.size_bytes,
+            modified_at: facts.modified_at,
+            reason: "DUPLICATE".into(),
+        };
+        // Content that is not the file's current version is refused.
+        given::<File>(history.clone())
+            .when(FileCommand::Delete {
+                by: alice(),
+                at: DateTime::UNIX_EPOCH,
+                kept: Some(KeptContent {
+                    checksum: "other".into(),
+                    ..kept.clone()
+                }),
+            })
+            .then_error(DomainError::InvalidState("/inbox/a.txt changed since it was indexed".into()));
+        let mut deleted = history.clone();
+        deleted.extend(
+            given::<File>(history)
+                .when(FileCommand::Delete {
+                    by: alice(),
+                    at: DateTime::UNIX_EPOCH,
+                    kept: Some(kept.clone()),
+                })
+                .events(),
+        );
+        assert_eq!(File::load(&deleted).kept().map(|(k, _)| k.clone()), Some(kept));
+        let day = chrono::Duration::days(1);
+        given::<File>(deleted.clone())
+            .when(FileCommand::ReleaseKept {
+                now: DateTime::UNIX_EPOCH + day * 30,
+                days: 30,
+            })
+            .then([]);
+        let released = given::<File>(deleted.clone())
+            .when(FileCommand::ReleaseKept {
+                now: DateTime::UNIX_EPOCH + day * 31,
+                days: 30,
+            })
+            .events();
+        assert!(matches!(released.as_slice(), [DomainEvent::KeptContentReleased(_)]));
+        let mallory = UserId::from_uuid(Uuid::from_u128(2));
+        given::<File>(deleted.clone())
+            .when(FileCommand::RestoreKept {
+                by: mallory,
+                at: DateTime::UNIX_EPOCH,
+            })
+            .then_error(DomainError::NotFound("deleted file"));
+        let restored = given::<File>(deleted.clone())
+            .when(FileCommand::RestoreKept {
+                by: alice(),
+                at: DateTime::UNIX_EPOCH,
+            })
+            .events();
+        assert!(matches!(restored.as_slice(), [DomainEvent::DeletedFileRestored(r)] if r.path == path("inbox/a.txt")));
+        for after in [restored, released] {
+            let mut history = deleted.clone();
+            history.extend(after);
+            given::<File>(history)
+                .when(FileCommand::RestoreKept {
+                    by: alice(),
+                    at: DateTime::UNIX_EPOCH,
+                })
+                .then_error(DomainError::NotFound("deleted file"));
+        }
     }
 
     #[test]
@@ -549,6 +684,7 @@ mod tests {
             .when(FileCommand::Delete {
                 by: mallory,
                 at: DateTime::UNIX_EPOCH,
+                kept: None,
             })
             .then_error(DomainError::NotFound("file"));
     }

@@ -108,6 +108,9 @@ pub struct Config {
     pub models_dir: Option<PathBuf>,
     /// How many model runs (embedding a file's passages, a query) go at once.
     pub model_concurrency: usize,
+    /// How many days a file deleted by `resolveDuplicate` stays restorable (its content kept in
+    /// the chunk store) before the garbage collector lets it go.
+    pub deleted_keep_days: u32,
     /// The vector index: a PostgreSQL database with pgvector 0.8+ (`postgres://…`) or an
     /// Elasticsearch 8 cluster (`http://host:9200`, index `<elasticsearch_index>-vectors`); unset for
     /// the Elasticsearch cluster of `elasticsearch_url` when that is set, else the embedded index in
@@ -173,6 +176,7 @@ impl Default for Config {
             extractor_program: None,
             models_dir: None,
             model_concurrency: 1,
+            deleted_keep_days: 30,
             vector_url: None,
         }
     }
@@ -265,6 +269,7 @@ impl Config {
                 "VECTOR_URL" => config.vector_url = Some(value).filter(|v| !v.is_empty()),
                 "MODELS_DIR" => config.models_dir = Some(PathBuf::from(value)).filter(|v| !v.as_os_str().is_empty()),
                 "MODEL_CONCURRENCY" => config.model_concurrency = value.parse().context("CLOUDSYNC_MODEL_CONCURRENCY must be a number")?,
+                "DELETED_KEEP_DAYS" => config.deleted_keep_days = value.parse().context("CLOUDSYNC_DELETED_KEEP_DAYS must be a number")?,
                 "EXTRACT_CONCURRENCY" => {
                     config.extract_concurrency = value.parse().context("CLOUDSYNC_EXTRACT_CONCURRENCY must be a number")?
                 }
@@ -405,6 +410,9 @@ impl Config {
                 .any(|scheme| url.starts_with(scheme))
         {
             bail!("vector_url must be a postgres:// URL (a database with pgvector) or an http(s):// Elasticsearch URL");
+        }
+        if !(1..=36_500).contains(&self.deleted_keep_days) {
+            bail!("deleted_keep_days must be between 1 and 36500");
         }
         if !(1..=64).contains(&self.model_concurrency) {
             bail!("model_concurrency must be between 1 and 64");

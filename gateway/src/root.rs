@@ -271,7 +271,9 @@ pub fn commands(config: &Config, db: &Database) -> anyhow::Result<Commands> {
         None => ProviderStore::in_folder(&config.data_dir.join("chunks")).context("the chunk store in the data dir")?,
         Some(settings) => ProviderStore::from_settings(settings).context("the chunk store's settings")?,
     };
-    Ok(Commands::new(Arc::clone(&db.events), Vault::new(master, db.pool.clone())).with_chunks(Arc::new(chunks)))
+    Ok(Commands::new(Arc::clone(&db.events), Vault::new(master, db.pool.clone()))
+        .with_chunks(Arc::new(chunks))
+        .with_deleted_keep_days(config.deleted_keep_days))
 }
 
 /// The OAuth apps from configuration, calling back to `<public_url>/oauth/callback` (`addr` stands in

@@ -11,7 +11,7 @@ mod sql;
 
 pub use ops::{Op, Table, ops_for};
 pub use queries::{
-    AccountRow, FileRow, FileVersionRow, ProviderRow, Providers, QueryError, ReadModels, SyncConflictRow, SyncOperationRow, SyncPairRow,
-    UserRow,
+    AccountRow, DeletedFileRow, FileRow, FileVersionRow, ProviderRow, Providers, QueryError, ReadModels, SyncConflictRow, SyncOperationRow,
+    SyncPairRow, UserRow,
 };
 pub use runner::{PROJECTORS, ProjectionError, Projections, catch_up, rebuild};

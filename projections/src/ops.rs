@@ -19,10 +19,11 @@ pub enum Table {
     SyncPairs,
     SyncConflicts,
     FileVersions,
+    DeletedFiles,
 }
 
 impl Table {
-    pub const ALL: [Table; 7] = [
+    pub const ALL: [Table; 8] = [
         Table::Users,
         Table::Providers,
         Table::Files,
@@ -30,6 +31,7 @@ impl Table {
         Table::SyncPairs,
         Table::SyncConflicts,
         Table::FileVersions,
+        Table::DeletedFiles,
     ];
 
     /// The table's name, which is also its projector's name.
@@ -42,6 +44,7 @@ impl Table {
             Self::SyncPairs => "sync_pairs",
             Self::SyncConflicts => "sync_conflicts",
             Self::FileVersions => "file_versions",
+            Self::DeletedFiles => "deleted_files",
         }
     }
 
@@ -202,6 +205,20 @@ pub enum Op {
     DeleteFileVersion {
         id: Uuid,
     },
+    InsertDeletedFile {
+        file_id: Uuid,
+        user_id: Uuid,
+        provider_id: Uuid,
+        path: String,
+        checksum: String,
+        size_bytes: i64,
+        modified_at: DateTime<Utc>,
+        reason: String,
+        at: DateTime<Utc>,
+    },
+    ForgetDeletedFile {
+        file_id: Uuid,
+    },
     SyncOperationStatus {
         id: Uuid,
         status: &'static str,
@@ -236,7 +253,8 @@ impl Op {
             | Self::InsertSyncOperation { user_id, .. }
             | Self::InsertSyncPair { user_id, .. }
             | Self::UpsertConflict { user_id, .. }
-            | Self::InsertFileVersion { user_id, .. } => Some(*user_id),
+            | Self::InsertFileVersion { user_id, .. }
+            | Self::InsertDeletedFile { user_id, .. } => Some(*user_id),
             _ => None,
         }
     }
@@ -260,6 +278,7 @@ impl Op {
             Self::InsertSyncPair { .. } | Self::SyncPairRun { .. } => Table::SyncPairs,
             Self::UpsertConflict { .. } | Self::ResolveConflict { .. } | Self::ClearConflict { .. } => Table::SyncConflicts,
             Self::InsertFileVersion { .. } | Self::DeleteFileVersion { .. } => Table::FileVersions,
+            Self::InsertDeletedFile { .. } | Self::ForgetDeletedFile { .. } => Table::DeletedFiles,
         }
     }
 }
@@ -375,7 +394,29 @@ pub fn ops_for(event: &DomainEvent, at: DateTime<Utc>) -> Vec<Op> {
             name: e.to.name().to_owned(),
             at,
         }],
-        E::FileDeleted(e) => vec![Op::DeleteFile { id: e.file_id.as_uuid() }],
+        E::FileDeleted(e) => {
+            let mut ops = vec![Op::DeleteFile { id: e.file_id.as_uuid() }];
+            if let Some(kept) = &e.kept {
+                ops.push(Op::InsertDeletedFile {
+                    file_id: e.file_id.as_uuid(),
+                    user_id: e.owner_id.as_uuid(),
+                    provider_id: e.provider_id.as_uuid(),
+                    path: e.path.as_str().to_owned(),
+                    checksum: kept.checksum.clone(),
+                    size_bytes: int(kept.size_bytes),
+                    modified_at: kept.modified_at,
+                    reason: kept.reason.clone(),
+                    at: e.deleted_at,
+                });
+            }
+            ops
+        }
+        E::DeletedFileRestored(e) => vec![Op::ForgetDeletedFile {
+            file_id: e.file_id.as_uuid(),
+        }],
+        E::KeptContentReleased(e) => vec![Op::ForgetDeletedFile {
+            file_id: e.file_id.as_uuid(),
+        }],
         E::FileRemoved(e) => vec![Op::DeleteFile { id: e.file_id.as_uuid() }],
         E::FileChanged(e) => vec![Op::ChangeFile {
             id: e.file_id.as_uuid(),

@@ -105,6 +105,19 @@ pub struct FileVersionRow {
     pub kept_at: DateTime<Utc>,
 }
 
+/// A file deleted with its content kept, restorable until its retention ends.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DeletedFileRow {
+    pub file_id: Uuid,
+    pub provider_id: Uuid,
+    pub path: String,
+    pub checksum: String,
+    pub size_bytes: i64,
+    pub modified_at: DateTime<Utc>,
+    pub reason: String,
+    pub deleted_at: DateTime<Utc>,
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct SyncPairRow {
     pub id: Uuid,
@@ -469,6 +482,30 @@ impl ReadModels {
         })
     }
 
+    /// The user's deleted files whose content is kept, the latest deleted first: `first` of them
+    /// after skipping `offset`.
+    ///
+    /// # Errors
+    /// Database failures.
+    pub async fn deleted_files(&self, user: UserId, first: i64, offset: i64) -> Result<Vec<DeletedFileRow>, QueryError> {
+        let sql = "SELECT CAST(file_id AS TEXT) AS file_id, CAST(provider_id AS TEXT) AS provider_id, path, checksum, size_bytes, \
+                   modified_at, reason, deleted_at FROM deleted_files WHERE user_id = $1 \
+                   ORDER BY deleted_at DESC, file_id DESC LIMIT $2 OFFSET $3";
+        let vals = [Val::Uuid(user.as_uuid()), Val::Int(first), Val::Int(offset)];
+        fetch_all!(&self.pool, sql, vals, |row| {
+            Ok(DeletedFileRow {
+                file_id: uuid(row.try_get("file_id")?)?,
+                provider_id: uuid(row.try_get("provider_id")?)?,
+                path: row.try_get("path")?,
+                checksum: row.try_get("checksum")?,
+                size_bytes: row.try_get("size_bytes")?,
+                modified_at: row.try_get("modified_at")?,
+                reason: row.try_get("reason")?,
+                deleted_at: row.try_get("deleted_at")?,
+            })
+        })
+    }
+
     /// The earlier versions kept of the file at `path` on one of the user's providers, newest first
     /// (or the one version `id`, when given).
     ///
@@ -604,6 +641,17 @@ impl ReadModels {
                 "modified_at",
                 "reason",
                 "kept_at",
+            ],
+            Table::DeletedFiles => &[
+                "file_id",
+                "user_id",
+                "provider_id",
+                "path",
+                "checksum",
+                "size_bytes",
+                "modified_at",
+                "reason",
+                "deleted_at",
             ],
         };
         let select: Vec<String> = columns.iter().map(|c| format!("CAST({c} AS TEXT) AS {c}")).collect();

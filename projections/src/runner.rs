@@ -15,7 +15,7 @@ use crate::ops::{Op, Table, ops_for};
 use crate::sql::{bind_pg, bind_sqlite, statement};
 
 /// The projectors, by name (each named after its table).
-pub const PROJECTORS: [&str; 7] = [
+pub const PROJECTORS: [&str; 8] = [
     "users",
     "providers",
     "files",
@@ -23,13 +23,16 @@ pub const PROJECTORS: [&str; 7] = [
     "sync_pairs",
     "sync_conflicts",
     "file_versions",
+    "deleted_files",
 ];
 
 const PAGE: i64 = 500;
 
 #[derive(Debug, Error)]
 pub enum ProjectionError {
-    #[error("unknown projector {0:?}; known: users, providers, files, sync_operations, sync_pairs, sync_conflicts, file_versions, search")]
+    #[error(
+        "unknown projector {0:?}; known: users, providers, files, sync_operations, sync_pairs, sync_conflicts, file_versions, deleted_files, search, vectors"
+    )]
     Unknown(String),
     #[error(transparent)]
     Store(#[from] StoreError),

@@ -100,7 +100,11 @@ impl Commands {
         let mut deleted = Vec::new();
         let mut position = self.store.head().await?;
         for (id, file, version, path, provider) in plans {
-            let events = file.handle(FileCommand::Delete { by: user, at: Utc::now() })?;
+            let events = file.handle(FileCommand::Delete {
+                by: user,
+                at: Utc::now(),
+                kept: None,
+            })?;
             provider.delete(&path).await.map_err(storage_error)?;
             position = self.append(id.stream(), version, &events, &ctx).await?;
             deleted.push(id);

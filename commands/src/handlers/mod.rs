@@ -1,6 +1,7 @@
 //! Command handlers, one module per aggregate: load the aggregate from its stream, let it decide,
 //! append what it decided with the version it was loaded at. Nothing here reads a read model.
 
+mod duplicates;
 mod file;
 mod job;
 mod mfa;
@@ -8,6 +9,7 @@ mod provider;
 mod sync_pair;
 mod user;
 
+pub use duplicates::{DUPLICATE, Resolution, Resolved};
 pub use file::Moved;
 pub use mfa::{CodeKind, TOTP_PERIOD, totp_base32, totp_code, totp_uri};
 pub use provider::Connected;

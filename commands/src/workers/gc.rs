@@ -19,6 +19,7 @@ use std::time::{Duration, Instant};
 
 use chrono::Utc;
 use cloudsync_chunks::get_manifest;
+use cloudsync_domain::file::FileCommand;
 use cloudsync_domain::sync_pair::{SyncPair, SyncPairCommand};
 use cloudsync_domain::{Aggregate, DomainEvent, SyncPairId, UserId};
 use cloudsync_eventstore::{DbPool, on_pool};
@@ -214,6 +215,8 @@ pub struct GcReport {
     /// Files whose extracted text and model results were let go: the file was deleted or changed,
     /// or its account erased.
     pub texts_released: usize,
+    /// Deleted files whose kept content fell out of its retention (they can no longer be restored).
+    pub deleted_released: usize,
 }
 
 impl Commands {
@@ -321,8 +324,26 @@ impl Commands {
             let files = "SELECT file_id FROM chunk_store_files";
             let ids: Vec<String> = on_pool!(&pool, |p| sqlx::query_scalar(files).fetch_all(p).await).map_err(db_error)?;
             for id in ids.iter().filter_map(|id| id.parse::<cloudsync_domain::FileId>().ok()) {
-                let (file, _) = self.file_with_content(id).await?;
-                let references = file.content_references();
+                let (mut file, _) = self.file_with_content(id).await?;
+                // A deleted file's kept content past its retention is let go.
+                let released = file.handle(FileCommand::ReleaseKept {
+                    now: Utc::now(),
+                    days: self.deleted_keep_days,
+                })?;
+                if !released.is_empty() {
+                    self.store()
+                        .append(vec![StreamAppend {
+                            stream: id.stream(),
+                            // Only a restore races with this, and it finds the content still there.
+                            expected: ExpectedVersion::Any,
+                            events: released.iter().map(|e| encode(e, &Context::new(None))).collect(),
+                        }])
+                        .await?;
+                    released.iter().for_each(|e| file.apply(e));
+                    report.deleted_released += 1;
+                }
+                let mut references = file.content_references();
+                references.extend(file.kept().map(|(kept, _)| kept.manifest.as_str()));
                 let kept = match file.owner() {
                     Some(owner) if !references.is_empty() => {
                         let gone = match erased.get(&owner) {
@@ -389,10 +410,12 @@ impl Commands {
         loop {
             let page = self.store().read_all(after, 1000).await?;
             let Some(last) = page.last().map(|e| e.position) else { break };
-            for recorded in page
-                .iter()
-                .filter(|e| matches!(e.event_type.as_str(), "FileContentExtracted" | "FileAnalyzed"))
-            {
+            for recorded in page.iter().filter(|e| match e.event_type.as_str() {
+                "FileContentExtracted" | "FileAnalyzed" => true,
+                // A deleted file's kept content.
+                "FileDeleted" => e.payload.get("kept").is_some_and(|kept| !kept.is_null()),
+                _ => false,
+            }) {
                 if let Some(id) = recorded.payload.get("file_id").and_then(|v| v.as_str()).map(str::to_owned) {
                     let insert = "INSERT INTO chunk_store_files (file_id) VALUES ($1) ON CONFLICT (file_id) DO NOTHING";
                     on_pool!(pool, |p| sqlx::query(insert).bind(id).execute(p).await.map(drop)).map_err(db_error)?;

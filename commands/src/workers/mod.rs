@@ -9,7 +9,7 @@ pub(crate) mod pause;
 pub(crate) mod runner;
 pub(crate) mod scan;
 mod schedule;
-mod sync;
+pub(crate) mod sync;
 
 pub use content::{ContentPipeline, Retries as ContentRetries};
 pub use gc::{GcReport, LEASE_TTL, Lease};

@@ -123,6 +123,8 @@ pub enum DomainEvent {
     FileDiscovered(FileDiscovered),
     FileMoved(FileMoved),
     FileDeleted(FileDeleted),
+    DeletedFileRestored(DeletedFileRestored),
+    KeptContentReleased(KeptContentReleased),
     FileChanged(FileChanged),
     FileRemoved(FileRemoved),
     SyncJobCreated(SyncJobCreated),
@@ -202,6 +204,8 @@ impl DomainEvent {
             | "ProviderCredentialsRenewed"
             | "FileMoved"
             | "FileDeleted"
+            | "DeletedFileRestored"
+            | "KeptContentReleased"
             | "FileChanged"
             | "FileRemoved"
             | "SyncJobCreated"
@@ -303,6 +307,8 @@ impl DomainEvent {
             Self::FileDiscovered(e) => e.owner_id,
             Self::FileMoved(e) => e.owner_id,
             Self::FileDeleted(e) => e.owner_id,
+            Self::DeletedFileRestored(e) => e.owner_id,
+            Self::KeptContentReleased(e) => e.owner_id,
             Self::FileChanged(e) => e.owner_id,
             Self::FileRemoved(e) => e.owner_id,
             Self::SyncJobCreated(e) => e.owner_id,

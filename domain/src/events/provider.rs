@@ -97,4 +97,42 @@ pub struct FileDeleted {
     pub owner_id: UserId,
     pub path: ProviderPath,
     pub deleted_at: DateTime<Utc>,
+    /// The content as it was, kept in the chunk store so the file can be restored (by
+    /// `resolveDuplicate`); absent when nothing was kept.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kept: Option<KeptContent>,
+}
+
+/// A deleted file's content, kept whole in the chunk store until its retention ends.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct KeptContent {
+    /// The chunk store's manifest of the content.
+    pub manifest: String,
+    /// BLAKE3 of the content, lower-case hex.
+    pub checksum: String,
+    pub size_bytes: u64,
+    pub modified_at: DateTime<Utc>,
+    /// Why it was deleted, in a word: `DUPLICATE`.
+    pub reason: String,
+}
+
+/// A deleted file's kept content was written back to its provider (which a scan then finds as a
+/// file again); the kept copy is let go.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DeletedFileRestored {
+    pub file_id: FileId,
+    pub provider_id: ProviderId,
+    pub owner_id: UserId,
+    /// Where the content was written.
+    pub path: ProviderPath,
+    pub restored_at: DateTime<Utc>,
+}
+
+/// A deleted file's kept content fell out of its retention and is let go: the file can no longer
+/// be restored.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct KeptContentReleased {
+    pub file_id: FileId,
+    pub owner_id: UserId,
+    pub released_at: DateTime<Utc>,
 }

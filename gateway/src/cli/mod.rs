@@ -320,8 +320,15 @@ pub async fn run(command: Command, mut config: Config) -> anyhow::Result<()> {
                 let commands = crate::root::commands(&config, &db)?;
                 let report = commands.collect_garbage(std::time::Duration::from_secs(wait)).await?;
                 println!(
-                    "Collected: {} pairs read ({} of erased accounts, let go), {} versions let go, {} of {} chunks deleted, {} interrupted writes removed.",
-                    report.pairs, report.erased_pairs, report.versions_pruned, report.deleted, report.chunks, report.temporaries
+                    "Collected: {} pairs read ({} of erased accounts, let go), {} versions let go, {} deleted files past their \
+                     retention let go, {} of {} chunks deleted, {} interrupted writes removed.",
+                    report.pairs,
+                    report.erased_pairs,
+                    report.versions_pruned,
+                    report.deleted_released,
+                    report.deleted,
+                    report.chunks,
+                    report.temporaries
                 );
                 anyhow::Ok(())
             }

@@ -3,17 +3,26 @@
 //! (same BLAKE3) come from the read model's `files`; near-image groups from the pictures'
 //! perceptual hashes there (`files.metadata`); near-document groups from the vector index (the
 //! mean of each document's passage vectors, compared with its nearest neighbours').
+//!
+//! A group's id carries its files and the content each had (file id and the first 128 bits of its
+//! BLAKE3), so `resolveDuplicate` acts on exactly the files that were shown and refuses when any of
+//! them changed since; the commands check each against the log and the caller.
 
 use async_graphql::{Context, Enum, ID, Object, SimpleObject};
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use chrono::{DateTime, Utc};
+use cloudsync_commands::Resolution;
+use cloudsync_domain::FileId;
 use cloudsync_domain::near::{self, Picture, near_pictures};
 use cloudsync_identity::access::scope;
-use cloudsync_projections::FileRow;
+use cloudsync_projections::{DeletedFileRow, FileRow};
+use uuid::Uuid;
 
 use super::files::File;
-use super::{app, caller_for, offset_after, offset_cursor};
-use crate::errors::ApiError;
+use super::sync::SyncOperation;
+use super::{app, caller_for, offset_after, offset_cursor, parse_id, parse_path};
+use crate::errors::{ApiError, ApiResult};
 
 /// The least score of a group when the caller names none.
 const DEFAULT_THRESHOLD: f64 = 0.98;
@@ -49,8 +58,55 @@ pub struct DuplicateGroup {
     cursor: String,
 }
 
-fn group_id(key: &str) -> ID {
-    ID(URL_SAFE_NO_PAD.encode(key))
+/// What a group's id starts with, before its encoded members.
+const GROUP_PREFIX: &str = "dup1_";
+/// Bytes of each file's BLAKE3 a group's id carries.
+const CHECKSUM_BYTES: usize = 16;
+
+/// The id of a group of `files` found by `method`: the method, then each file (by id) with the
+/// start of its checksum.
+fn group_id<'a>(method: DuplicateMethod, files: impl IntoIterator<Item = &'a FileRow>) -> ID {
+    members_id(method, files.into_iter().map(|f| (f.id, f.checksum.as_str())).collect())
+}
+
+fn members_id(method: DuplicateMethod, mut members: Vec<(Uuid, &str)>) -> ID {
+    members.sort_unstable();
+    let mut bytes = vec![method as u8];
+    for (id, checksum) in members {
+        bytes.extend_from_slice(id.as_bytes());
+        let mut start = [0_u8; CHECKSUM_BYTES];
+        for (i, byte) in start.iter_mut().enumerate() {
+            *byte = checksum
+                .get(2 * i..2 * i + 2)
+                .and_then(|h| u8::from_str_radix(h, 16).ok())
+                .unwrap_or(0);
+        }
+        bytes.extend_from_slice(&start);
+    }
+    ID(format!("{GROUP_PREFIX}{}", URL_SAFE_NO_PAD.encode(bytes)))
+}
+
+/// A group's files, each with the start of the checksum it had (lower-case hex), from its id.
+fn group_members(id: &ID) -> ApiResult<Vec<(FileId, String)>> {
+    let malformed = || ApiError::BadInput("groupId is not a group of duplicates' id".into());
+    let encoded = id.0.strip_prefix(GROUP_PREFIX).ok_or_else(malformed)?;
+    let bytes = URL_SAFE_NO_PAD.decode(encoded).map_err(|_| malformed())?;
+    let member = 16 + CHECKSUM_BYTES;
+    let Some((&method, rest)) = bytes.split_first() else {
+        return Err(malformed());
+    };
+    if method > DuplicateMethod::NearDocument as u8 || rest.is_empty() || rest.len() % member != 0 {
+        return Err(malformed());
+    }
+    Ok(rest
+        .chunks(member)
+        .map(|m| {
+            let (id, checksum) = m.split_at(16);
+            let id = Uuid::from_slice(id).unwrap_or_default();
+            let hex: String = checksum.iter().map(|b| format!("{b:02x}")).collect();
+            (FileId::from_uuid(id), hex)
+        })
+        .collect())
 }
 
 fn bytes(n: i64) -> String {
@@ -130,7 +186,7 @@ fn exact_group(files: Vec<FileRow>) -> DuplicateGroup {
     };
     let checksum = files[0].checksum.clone();
     DuplicateGroup {
-        id: group_id(&format!("exact:{checksum}")),
+        id: group_id(DuplicateMethod::Exact, &files),
         method: DuplicateMethod::Exact,
         score: 1.0,
         reclaimable_bytes: size * (files.len() as i64 - 1),
@@ -197,13 +253,13 @@ async fn near_document_groups(
         if checksums.len() < 2 {
             continue;
         }
-        let key = format!("near-document:{}", blake3::hash(checksums.join(",").as_bytes()).to_hex());
+        let id = group_id(DuplicateMethod::NearDocument, &files);
         files.sort_by(|a, b| a.modified_at.cmp(&b.modified_at).then_with(|| a.path.cmp(&b.path)));
         let sizes: Vec<i64> = files.iter().map(|f| f.size_bytes).collect();
         let freed = sizes.iter().sum::<i64>() - sizes.iter().copied().max().unwrap_or(0);
         let names: Vec<&str> = files.iter().map(|f| f.name.as_str()).collect();
         groups.push(DuplicateGroup {
-            id: group_id(&key),
+            id,
             method: DuplicateMethod::NearDocument,
             score: f64::from(likeness),
             reclaimable_bytes: freed,
@@ -259,12 +315,9 @@ fn near_image_groups(pictures: Vec<FileRow>, threshold: f64) -> Vec<DuplicateGro
                     Some(format!("{}×{}", image["width"].as_i64()?, image["height"].as_i64()?))
                 })
                 .collect();
-            let mut checksums: Vec<&str> = files.iter().map(|f| f.checksum.as_str()).collect();
-            checksums.sort_unstable();
-            checksums.dedup();
             let score = 1.0 - f64::from(group.distance) / f64::from(group.bits.max(1));
             DuplicateGroup {
-                id: group_id(&format!("near-image:{}", blake3::hash(checksums.join(",").as_bytes()).to_hex())),
+                id: group_id(DuplicateMethod::NearImage, files.iter().copied()),
                 method: DuplicateMethod::NearImage,
                 score,
                 reclaimable_bytes: freed,
@@ -284,4 +337,216 @@ fn near_image_groups(pictures: Vec<FileRow>, threshold: f64) -> Vec<DuplicateGro
             }
         })
         .collect()
+}
+
+/// What `resolveDuplicate` does with a group.
+#[derive(Enum, Copy, Clone, Debug, Eq, PartialEq)]
+pub enum DuplicateAction {
+    /// Keep the file modified last; delete the others.
+    KeepNewest,
+    /// Keep the file modified first; delete the others.
+    KeepOldest,
+    /// Keep the largest file (the oldest of equals); delete the others.
+    KeepLargest,
+    /// Keep the file `keep` names; delete the others.
+    KeepOne,
+    /// Move every file but `keep` (the oldest when not given) into `folder`, on its own provider.
+    MoveOthers,
+    /// Delete every file but `keep` (the oldest when not given).
+    DeleteOthers,
+}
+
+/// A file deleted by `resolveDuplicate` whose content is kept: `restoreDeletedFile` writes it back.
+#[derive(SimpleObject)]
+pub struct DeletedFile {
+    /// The file's id as it was (`restoreDeletedFile` takes it).
+    id: ID,
+    provider_id: ID,
+    /// Where it was, on its provider.
+    path: String,
+    name: String,
+    /// BLAKE3 of the content, lower-case hex.
+    checksum: String,
+    size_bytes: i64,
+    modified_at: DateTime<Utc>,
+    /// Why it was deleted: `DUPLICATE`.
+    reason: String,
+    deleted_at: DateTime<Utc>,
+    /// After this the garbage collector lets the content go.
+    restorable_until: DateTime<Utc>,
+    /// Where `deletedFiles(…, after:)` continues after this file.
+    cursor: String,
+}
+
+impl DeletedFile {
+    fn new(row: DeletedFileRow, keep_days: u32, cursor: String) -> Self {
+        Self {
+            id: ID(row.file_id.to_string()),
+            provider_id: ID(row.provider_id.to_string()),
+            name: row.path.rsplit('/').next().unwrap_or_default().to_owned(),
+            path: row.path,
+            checksum: row.checksum,
+            size_bytes: row.size_bytes,
+            modified_at: row.modified_at,
+            reason: row.reason,
+            restorable_until: row.deleted_at + chrono::Duration::days(i64::from(keep_days)),
+            deleted_at: row.deleted_at,
+            cursor,
+        }
+    }
+}
+
+/// Where `restoreDeletedFile` wrote a file back.
+#[derive(SimpleObject)]
+pub struct RestoredFile {
+    provider_id: ID,
+    path: String,
+    /// The scan started to index the file again (null when none could start now: the provider's
+    /// next scan finds it).
+    operation: Option<SyncOperation>,
+}
+
+#[derive(Default)]
+pub struct DeletedFilesQuery;
+
+#[Object]
+impl DeletedFilesQuery {
+    /// The caller's files deleted by `resolveDuplicate` that can still be restored, the latest
+    /// deleted first.
+    async fn deleted_files(
+        &self,
+        ctx: &Context<'_>,
+        #[graphql(default = 50)] first: i32,
+        after: Option<String>,
+    ) -> async_graphql::Result<Vec<DeletedFile>> {
+        let caller = caller_for(ctx, scope::FILES_READ)?;
+        let app = app(ctx);
+        if !(1..=MAX_FIRST).contains(&first) {
+            return Err(ApiError::BadInput(format!("first must be between 1 and {MAX_FIRST}")).into());
+        }
+        let offset = offset_after("deleted", "deletedFiles", after.as_deref())?;
+        app.consistent(caller).await;
+        let rows = app
+            .reads
+            .deleted_files(caller.user_id, i64::from(first), i64::try_from(offset).unwrap_or(i64::MAX))
+            .await
+            .map_err(ApiError::from)?;
+        let keep_days = app.commands.deleted_keep_days();
+        Ok(rows
+            .into_iter()
+            .enumerate()
+            .map(|(i, row)| DeletedFile::new(row, keep_days, offset_cursor("deleted", offset + i)))
+            .collect())
+    }
+}
+
+#[derive(Default)]
+pub struct DuplicatesMutation;
+
+#[Object]
+impl DuplicatesMutation {
+    /// Resolves a group that `duplicates` listed: one file stays and the others are deleted from
+    /// their providers (each kept first as a restorable copy in the chunk store: `deletedFiles`,
+    /// `restoreDeletedFile`) or, with `MOVE_OTHERS`, moved into `folder`. Refused (`CONFLICT`), with
+    /// nothing changed, when any file of the group changed or went since the group was listed.
+    async fn resolve_duplicate(
+        &self,
+        ctx: &Context<'_>,
+        group_id: ID,
+        action: DuplicateAction,
+        keep: Option<ID>,
+        folder: Option<String>,
+    ) -> async_graphql::Result<bool> {
+        let caller = caller_for(ctx, scope::FILES_WRITE)?;
+        let app = app(ctx);
+        let members = group_members(&group_id)?;
+        let keep = keep.map(|k| parse_id(&k, "keep").map(FileId::from_uuid)).transpose()?;
+        let resolution = resolution(action, keep, folder.as_deref())?;
+        let resolved = app
+            .commands
+            .resolve_duplicates(caller.user_id, &members, resolution)
+            .await
+            .map_err(ApiError::from)?;
+        app.wrote(caller, resolved.position);
+        Ok(true)
+    }
+
+    /// Writes a file that `resolveDuplicate` deleted back where it was, from its kept content, and
+    /// scans its provider so it is indexed again. `CONFLICT` when something is at its path now.
+    async fn restore_deleted_file(&self, ctx: &Context<'_>, file_id: ID) -> async_graphql::Result<RestoredFile> {
+        let caller = caller_for(ctx, scope::FILES_WRITE)?;
+        let app = app(ctx);
+        let id = FileId::from_uuid(parse_id(&file_id, "fileId")?);
+        let (provider, path, scan, position) = app
+            .commands
+            .restore_deleted_file(caller.user_id, id)
+            .await
+            .map_err(ApiError::from)?;
+        let operation = match scan {
+            Some(job) => Some(
+                app.read_back(
+                    caller,
+                    position,
+                    async |reads| reads.sync_operation(caller.user_id, job.as_uuid()).await,
+                    || ApiError::internal(&"the new operation is not visible yet"),
+                )
+                .await?
+                .into(),
+            ),
+            None => {
+                app.wrote(caller, position);
+                None
+            }
+        };
+        Ok(RestoredFile {
+            provider_id: ID(provider.to_string()),
+            path: path.as_str().to_owned(),
+            operation,
+        })
+    }
+}
+
+/// The command's resolution for `action`, with what it needs.
+fn resolution(action: DuplicateAction, keep: Option<FileId>, folder: Option<&str>) -> ApiResult<Resolution> {
+    if folder.is_some() && action != DuplicateAction::MoveOthers {
+        return Err(ApiError::BadInput("folder is only for MOVE_OTHERS".into()));
+    }
+    let unwanted_keep = || ApiError::BadInput("keep is only for KEEP_ONE, MOVE_OTHERS and DELETE_OTHERS".into());
+    Ok(match action {
+        DuplicateAction::KeepNewest | DuplicateAction::KeepOldest | DuplicateAction::KeepLargest if keep.is_some() => {
+            return Err(unwanted_keep());
+        }
+        DuplicateAction::KeepNewest => Resolution::KeepNewest,
+        DuplicateAction::KeepOldest => Resolution::KeepOldest,
+        DuplicateAction::KeepLargest => Resolution::KeepLargest,
+        DuplicateAction::KeepOne => Resolution::KeepOne(keep.ok_or_else(|| ApiError::BadInput("KEEP_ONE needs keep".into()))?),
+        DuplicateAction::MoveOthers => Resolution::MoveOthers {
+            keep,
+            folder: parse_path(folder.ok_or_else(|| ApiError::BadInput("MOVE_OTHERS needs folder".into()))?)?,
+        },
+        DuplicateAction::DeleteOthers => Resolution::DeleteOthers { keep },
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_group_id_carries_its_files_and_their_contents_in_any_order() {
+        let (ca, cb) = ("ab".repeat(32), "0f".repeat(32));
+        let a = (Uuid::from_u128(1), ca.as_str());
+        let b = (Uuid::from_u128(2), cb.as_str());
+        let id = members_id(DuplicateMethod::NearImage, vec![b, a]);
+        assert_eq!(id, members_id(DuplicateMethod::NearImage, vec![a, b]));
+        assert_ne!(id, members_id(DuplicateMethod::Exact, vec![a, b]));
+        let members = group_members(&id).expect("a group id");
+        assert_eq!(
+            members,
+            vec![(FileId::from_uuid(a.0), "ab".repeat(16)), (FileId::from_uuid(b.0), "0f".repeat(16))]
+        );
+        for bad in ["", "dup1_", "dup1_AAAA", "exact:abc", &format!("{}A", id.0)] {
+            assert!(group_members(&ID(bad.to_owned())).is_err(), "{bad:?}");
+        }
+    }
 }

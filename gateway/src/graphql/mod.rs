@@ -36,6 +36,7 @@ pub struct QueryRoot(
     search::SearchQuery,
     search::SimilarQuery,
     duplicates::DuplicatesQuery,
+    duplicates::DeletedFilesQuery,
     account::IdentityQuery,
     mfa::MfaQuery,
     admin::AdminQuery,
@@ -51,6 +52,7 @@ pub struct MutationRoot(
     sso::saml::SamlMutation,
     admin::AdminMutation,
     files::FilesMutation,
+    duplicates::DuplicatesMutation,
     sync::SyncMutation,
 );
 

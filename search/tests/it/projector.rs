@@ -63,6 +63,7 @@ async fn the_log_becomes_documents_and_a_replayed_page_changes_nothing() {
             owner_id: files.owner,
             path: ProviderPath::parse("/inbox/draft.txt").expect("a valid path"),
             deleted_at: Utc::now(),
+            kept: None,
         };
         record(&*store, &c.stream(), DomainEvent::FileDeleted(deleted)).await;
         for backend in backends() {

@@ -50,6 +50,7 @@ mod versions;
 mod write;
 
 pub(crate) use run::run_sync;
+pub(crate) use versions::{keep_whole, write_back};
 
 /// Files read at once per side while listing, and versions kept at once.
 const CONCURRENCY: usize = 8;

@@ -22,7 +22,7 @@ use super::delta::stored_stream;
 use super::recorder::Recorder;
 use super::write::{temporary_name, write_checked};
 use super::{BATCH, CONCURRENCY, Executor, KEEP_TEXT, Present, StepError, index};
-use crate::core::Context;
+use crate::core::{Context, storage_error};
 use crate::{CommandError, Commands};
 
 impl Commands {
@@ -338,4 +338,53 @@ pub(super) async fn store_whole(
 ) -> Result<(String, Manifest), StepError> {
     let stream = provider.read(path, 0..size).await?;
     Ok(put_stream(chunks, stream).await?)
+}
+
+/// Keeps the whole content of `path` (`size` bytes) in the chunk store for something other than a
+/// pair (a file deleted as a duplicate): the manifest's id and the manifest.
+pub(crate) async fn keep_whole(
+    chunks: &dyn ChunkStore,
+    provider: &dyn StorageProvider,
+    path: &ProviderPath,
+    size: u64,
+) -> Result<(String, Manifest), CommandError> {
+    store_whole(chunks, provider, path, size)
+        .await
+        .map_err(|err| CommandError::Storage(err.to_string()))
+}
+
+/// Writes the content kept under `manifest_id` back to `path` where nothing is now (through a
+/// temporary name beside it where the provider's writes are not atomic), checked against
+/// `version` as it goes: nothing is left at `path` unless the whole content was written and
+/// matched. `token` names the temporary file.
+pub(crate) async fn write_back(
+    chunks: Arc<dyn ChunkStore>,
+    provider: &dyn StorageProvider,
+    path: &ProviderPath,
+    manifest_id: &str,
+    version: &Version,
+    token: Uuid,
+) -> Result<(), CommandError> {
+    let failed = |err: StepError| match err {
+        StepError::Changed(why) => CommandError::Conflict(why),
+        other => CommandError::Storage(other.to_string()),
+    };
+    let manifest = get_manifest(&*chunks, manifest_id)
+        .await
+        .map_err(|err| CommandError::Storage(format!("the kept content cannot be read: {err}")))?;
+    if manifest.checksum != version.checksum {
+        return Err(CommandError::Storage("the kept content's manifest does not match it".into()));
+    }
+    match provider.stat(path).await {
+        Ok(_) => return Err(CommandError::Conflict(format!("{path} is taken; move what is there away first"))),
+        Err(ProviderError::NotFound(_)) => {}
+        Err(err) => return Err(storage_error(err)),
+    }
+    // Temporary names are made per pair; a restore outside any pair takes the file's id instead.
+    let temporary = temporary_name(path, SyncPairId::from_uuid(token));
+    let data = stored_stream(chunks, manifest);
+    write_checked(provider, None, path, &temporary, data, version, None)
+        .await
+        .map(drop)
+        .map_err(failed)
 }
