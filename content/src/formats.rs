@@ -2,11 +2,13 @@
 //! (the child process's input, itself bounded) and keeps what it decompresses bounded too.
 
 use std::io::{Cursor, Read};
+use std::time::Instant;
 
 use calamine::{Data, Reader};
 use quick_xml::events::Event;
 
 use crate::Extraction;
+use crate::ocr::{Ocr, has_text};
 
 /// A zip member may unpack to at most this many times its compressed size (zip bombs unpack by
 /// factors of thousands; real documents by tens).
@@ -27,6 +29,11 @@ pub enum Format {
 }
 
 impl Format {
+    /// Whether OCR reads this format's text (pictures; PDFs whose pages are scans).
+    pub fn recognised(self) -> bool {
+        matches!(self, Self::Image | Self::Pdf)
+    }
+
     pub fn name(self) -> &'static str {
         match self {
             Self::Text => "text",
@@ -111,16 +118,54 @@ fn failed(reason: impl std::fmt::Display) -> Extraction {
 
 /// Extracts the text of `data` read as `format`, at most `max_text` bytes of it.
 pub fn extract(format: Format, data: &[u8], max_text: usize) -> Extraction {
+    extract_with(format, data, max_text, None)
+}
+
+/// [`extract`], with OCR for pictures and for PDFs without a text layer when `ocr` is given (to
+/// end by its deadline).
+pub fn extract_with(format: Format, data: &[u8], max_text: usize, ocr: Option<(&Ocr, Instant)>) -> Extraction {
     let text = match format {
         Format::Image => {
             return match crate::image::read_image(data) {
-                Ok(reading) => Extraction::Image(reading),
+                Ok(mut reading) => {
+                    // A picture whose text cannot be recognised still has its size, EXIF and hash.
+                    if let Some((ocr, deadline)) = ocr
+                        && let Ok(text) = ocr.picture(data, deadline)
+                        && !text.trim().is_empty()
+                    {
+                        reading.text = match cut(text, max_text) {
+                            Extraction::Text { text, .. } => Some(text),
+                            _ => None,
+                        };
+                    }
+                    Extraction::Image(reading)
+                }
                 Err(reason) => failed(reason),
             };
         }
         Format::Text => Ok(decode(data)),
         Format::Html => Ok(html_text(&decode(data))),
-        Format::Pdf => pdf_extract::extract_text_from_mem(data).map_err(|err| format!("the PDF cannot be read: {err}")),
+        Format::Pdf => {
+            let layer = pdf_extract::extract_text_from_mem(data).map_err(|err| format!("the PDF cannot be read: {err}"));
+            match (layer, ocr) {
+                (Ok(text), _) if has_text(&text) => Ok(text),
+                // No text layer (or one the parser cannot read): the pages are scans.
+                (layer, Some((ocr, deadline))) => match ocr.pdf(data, deadline) {
+                    Ok((text, cut_short)) if has_text(&text) || layer.is_err() => {
+                        return match cut(text, max_text) {
+                            Extraction::Text { text, truncated } => Extraction::Text {
+                                text,
+                                truncated: truncated || cut_short,
+                            },
+                            other => other,
+                        };
+                    }
+                    Ok(_) => layer,
+                    Err(reason) => layer.map_err(|parse| format!("{parse}; {reason}")),
+                },
+                (layer, None) => layer,
+            }
+        }
         Format::Docx => zip_xml(
             data,
             |name| name == "word/document.xml" || name.starts_with("word/footnotes"),

@@ -31,13 +31,16 @@ pub struct ImageReading {
     pub camera: Option<String>,
     /// Latitude and longitude in degrees.
     pub gps: Option<(f64, f64)>,
+    /// The text recognised in the picture (OCR), when OCR ran and found some.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub text: Option<String>,
 }
 
-/// Reads a picture.
+/// Decodes a picture within the decoder's limits.
 ///
 /// # Errors
 /// Not a picture the decoder knows, broken, or over the limits: why.
-pub fn read_image(data: &[u8]) -> Result<ImageReading, String> {
+pub(crate) fn decode(data: &[u8]) -> Result<image::DynamicImage, String> {
     let mut reader = image::ImageReader::new(Cursor::new(data))
         .with_guessed_format()
         .map_err(|err| format!("the picture cannot be read: {err}"))?;
@@ -46,7 +49,15 @@ pub fn read_image(data: &[u8]) -> Result<ImageReading, String> {
     limits.max_image_height = Some(MAX_SIDE);
     limits.max_alloc = Some(MAX_ALLOC);
     reader.limits(limits);
-    let picture = reader.decode().map_err(|err| format!("the picture cannot be decoded: {err}"))?;
+    reader.decode().map_err(|err| format!("the picture cannot be decoded: {err}"))
+}
+
+/// Reads a picture.
+///
+/// # Errors
+/// Not a picture the decoder knows, broken, or over the limits: why.
+pub fn read_image(data: &[u8]) -> Result<ImageReading, String> {
+    let picture = decode(data)?;
     let hasher = HasherConfig::new()
         .hash_size(HASH_SIDE, HASH_SIDE)
         .hash_alg(HashAlg::Mean)
@@ -60,6 +71,7 @@ pub fn read_image(data: &[u8]) -> Result<ImageReading, String> {
         taken_at: None,
         camera: None,
         gps: None,
+        text: None,
     };
     if let Ok(exif) = exif::Reader::new().read_from_container(&mut Cursor::new(data)) {
         read_exif(&exif, &mut reading);

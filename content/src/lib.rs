@@ -8,16 +8,19 @@
 //! Formats: plain text, Markdown, source code and other text (UTF-8, UTF-16 with a BOM, else
 //! Latin-1), HTML (visible text only: no scripts, styles or templates; `scraper`), PDF's text layer
 //! (`pdf-extract`), DOCX, PPTX, ODT/ODP (`zip` + `quick-xml`), XLSX/XLS/ODS (`calamine`) and EPUB;
-//! and pictures ([`image`]: size, EXIF, perceptual hash).
+//! and pictures ([`image`]: size, EXIF, perceptual hash). With [`Ocr`] configured, the text of
+//! pictures and of scanned PDFs (no text layer) is recognised by tesseract ([`ocr`]).
 
 mod formats;
 pub mod image;
 mod language;
+pub mod ocr;
 mod process;
 pub mod samples;
 
-pub use formats::{Format, extract, format_of};
+pub use formats::{Format, extract, extract_with, format_of};
 pub use language::detect_language;
+pub use ocr::Ocr;
 pub use process::{Extractor, Limits, child_main};
 
 use serde::{Deserialize, Serialize};
@@ -25,6 +28,9 @@ use serde::{Deserialize, Serialize};
 /// The extractor's name and version as recorded in events: a new version re-reads every file.
 pub const EXTRACTOR: &str = "cloudsync-text";
 pub const EXTRACTOR_VERSION: u32 = 1;
+/// The extractor's version for the formats OCR reads (pictures, PDFs) when OCR is on: turning it on
+/// reads those again, and only those.
+pub const OCR_EXTRACTOR_VERSION: u32 = 2;
 
 /// What a read of one file gave.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -5,11 +5,11 @@
 
 use std::path::PathBuf;
 use std::process::Stdio;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 
-use crate::{Extraction, Format, extract};
+use crate::{EXTRACTOR_VERSION, Extraction, Format, OCR_EXTRACTOR_VERSION, Ocr, extract_with};
 
 /// What one extraction may cost.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -41,13 +41,27 @@ pub struct Extractor {
     pub program: PathBuf,
     pub args: Vec<String>,
     pub limits: Limits,
+    /// Recognises the text of pictures and scanned PDFs; `None` reads neither's text.
+    pub ocr: Option<Ocr>,
 }
+
+/// Time the child keeps for itself after its programs' deadline, to answer before it is killed.
+const ANSWER_MARGIN: Duration = Duration::from_secs(2);
 
 fn failed(reason: impl Into<String>) -> Extraction {
     Extraction::Failed { reason: reason.into() }
 }
 
 impl Extractor {
+    /// The version of this extractor that reads `format`: OCR makes a new one for the formats it reads.
+    pub fn version_for(&self, format: Format) -> u32 {
+        if self.ocr.is_some() && format.recognised() {
+            OCR_EXTRACTOR_VERSION
+        } else {
+            EXTRACTOR_VERSION
+        }
+    }
+
     /// Extracts the text of a file of `size` bytes read from `input` as `format`.
     pub async fn run(&self, format: Format, size: u64, input: impl AsyncRead + Unpin) -> Extraction {
         let limits = self.limits;
@@ -58,15 +72,30 @@ impl Extractor {
                 format.name()
             ));
         }
-        let mut child = match tokio::process::Command::new(&self.program)
+        let mut command = tokio::process::Command::new(&self.program);
+        command
             .args(&self.args)
             .arg("extract")
             .args(["--format", format.name()])
             .args(["--max-text", &limits.max_text_bytes.to_string()])
-            .args(["--memory", &limits.memory_bytes.to_string()])
+            .args(["--memory", &limits.memory_bytes.to_string()]);
+        if let Some(ocr) = self.ocr.as_ref().filter(|_| format.recognised()) {
+            let budget = limits.timeout.saturating_sub(ANSWER_MARGIN);
+            command
+                .args(["--tesseract".as_ref(), ocr.tesseract.as_os_str()])
+                .args(["--ocr-languages", &ocr.languages])
+                .args(["--ocr-pages", &ocr.max_pages.to_string()])
+                .args(["--ocr-millis", &budget.as_millis().to_string()]);
+            if let Some(pdftoppm) = &ocr.pdftoppm {
+                command.args(["--pdftoppm".as_ref(), pdftoppm.as_os_str()]);
+            }
+        }
+        // Its own process group: the programs it runs (OCR) are killed with it.
+        let mut child = match command
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
+            .process_group(0)
             .kill_on_drop(true)
             .spawn()
         {
@@ -97,6 +126,9 @@ impl Extractor {
         let (out, status) = match tokio::time::timeout(limits.timeout, work).await {
             Ok(done) => done,
             Err(_) => {
+                if let Some(group) = child.id().and_then(|id| rustix::process::Pid::from_raw(id.cast_signed())) {
+                    let _ = rustix::process::kill_process_group(group, rustix::process::Signal::KILL);
+                }
                 let _ = child.kill().await;
                 return failed(format!(
                     "the extraction took longer than {} s and was stopped",
@@ -131,6 +163,13 @@ pub fn child_main(args: &[String]) -> i32 {
         return 2;
     };
     let max_text = value("--max-text").and_then(|v| v.parse().ok()).unwrap_or(4 << 20);
+    let ocr = value("--tesseract").map(|tesseract| Ocr {
+        tesseract: tesseract.into(),
+        languages: value("--ocr-languages").cloned().unwrap_or_else(|| "eng".into()),
+        pdftoppm: value("--pdftoppm").map(PathBuf::from),
+        max_pages: value("--ocr-pages").and_then(|v| v.parse().ok()).unwrap_or(20),
+    });
+    let ocr_budget = Duration::from_millis(value("--ocr-millis").and_then(|v| v.parse().ok()).unwrap_or(28_000));
     if let Some(memory) = value("--memory").and_then(|v| v.parse::<u64>().ok()) {
         let limit = rustix::process::Rlimit {
             current: Some(memory),
@@ -148,18 +187,20 @@ pub fn child_main(args: &[String]) -> i32 {
     }
     // Parsers that panic on hostile input end here as a failure, not as a crash.
     std::panic::set_hook(Box::new(|_| {}));
-    let extraction = std::panic::catch_unwind(|| extract(format, &data, max_text)).unwrap_or_else(|panic| {
-        let message = panic
-            .downcast_ref::<&str>()
-            .map(|s| (*s).to_owned())
-            .or_else(|| panic.downcast_ref::<String>().cloned())
-            .unwrap_or_default();
-        failed(format!(
-            "the {} parser failed on this file: {}",
-            format.name(),
-            message.chars().take(200).collect::<String>()
-        ))
-    });
+    let deadline = Instant::now() + ocr_budget;
+    let extraction = std::panic::catch_unwind(|| extract_with(format, &data, max_text, ocr.as_ref().map(|o| (o, deadline))))
+        .unwrap_or_else(|panic| {
+            let message = panic
+                .downcast_ref::<&str>()
+                .map(|s| (*s).to_owned())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_default();
+            failed(format!(
+                "the {} parser failed on this file: {}",
+                format.name(),
+                message.chars().take(200).collect::<String>()
+            ))
+        });
     match serde_json::to_string(&extraction) {
         Ok(json) => {
             println!("{json}");
@@ -186,6 +227,7 @@ mod tests {
                 timeout,
                 ..Limits::default()
             },
+            ocr: None,
         }
     }
 

@@ -4,19 +4,108 @@ use std::io::{Cursor, Write};
 
 /// A one-page PDF whose text layer says `words` (Helvetica, one line).
 pub fn pdf_saying(words: &str) -> Vec<u8> {
-    let stream = format!("BT /F1 24 Tf 72 720 Td ({words}) Tj ET");
-    let objects = [
-        "<< /Type /Catalog /Pages 2 0 R >>".to_owned(),
-        "<< /Type /Pages /Kids [3 0 R] /Count 1 >>".to_owned(),
-        "<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792] /Contents 4 0 R /Resources << /Font << /F1 5 0 R >> >> >>".to_owned(),
-        format!("<< /Length {} >>\nstream\n{stream}\nendstream", stream.len()),
-        "<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica /Encoding /WinAnsiEncoding >>".to_owned(),
-    ];
+    pdf_lines(&[words], 24, 0)
+}
+
+/// A one-page US-letter PDF whose text layer holds `lines` in Helvetica of `size` points, from the
+/// top left; `rotate` (0, 90, 180, 270) turns the page as a viewer (and a renderer) shows it.
+pub fn pdf_lines(lines: &[&str], size: u32, rotate: u32) -> Vec<u8> {
+    let mut text = format!("BT /F1 {size} Tf {} TL 72 720 Td", size + size / 5);
+    for line in lines {
+        text.push_str(&format!(" ({line}) Tj T*"));
+    }
+    text.push_str(" ET");
+    pdf_of(&[
+        format!(
+            "<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792] /Rotate {rotate} /Contents 4 0 R \
+             /Resources << /Font << /F1 5 0 R >> >> >>"
+        )
+        .into_bytes(),
+        stream_object("", text.as_bytes()),
+        "<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica /Encoding /WinAnsiEncoding >>"
+            .to_owned()
+            .into_bytes(),
+    ])
+}
+
+/// A one-page PDF showing a grey-scale scan (`jpeg`, `width`×`height` pixels) over the whole
+/// page, with no text layer unless `text_layer` gives one (a line of Helvetica over the scan).
+pub fn scanned_pdf(jpeg: &[u8], width: u32, height: u32, text_layer: Option<&str>) -> Vec<u8> {
+    let mut contents = "q 612 0 0 792 0 0 cm /Scan Do Q".to_owned();
+    if let Some(words) = text_layer {
+        contents.push_str(&format!(" BT /F1 12 Tf 72 40 Td ({words}) Tj ET"));
+    }
+    pdf_of(&[
+        "<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792] /Contents 4 0 R \
+         /Resources << /XObject << /Scan 6 0 R >> /Font << /F1 5 0 R >> >> >>"
+            .as_bytes()
+            .to_vec(),
+        stream_object("", contents.as_bytes()),
+        "<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica /Encoding /WinAnsiEncoding >>"
+            .as_bytes()
+            .to_vec(),
+        stream_object(
+            &format!(
+                "/Type /XObject /Subtype /Image /Width {width} /Height {height} /ColorSpace /DeviceGray \
+                 /BitsPerComponent 8 /Filter /DCTDecode"
+            ),
+            jpeg,
+        ),
+    ])
+}
+
+/// `pdf` rendered to a grey-scale PNG by poppler's `pdftoppm` (first page, `dpi`): a page as a
+/// scanner would see it. `None` without `pdftoppm`.
+pub fn rendered(pdf: &[u8], dpi: u32) -> Option<Vec<u8>> {
+    static RENDERS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = RENDERS.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    let prefix = std::env::temp_dir().join(format!("cloudsync-sample-{}-{n}", std::process::id()));
+    let mut child = std::process::Command::new("pdftoppm")
+        .args(["-r", &dpi.to_string(), "-gray", "-png", "-singlefile", "-f", "1", "-l", "1", "-"])
+        .arg(&prefix)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .ok()?;
+    child.stdin.take()?.write_all(pdf).ok()?;
+    let done = child.wait().ok()?.success();
+    let png = prefix.with_extension("png");
+    let out = std::fs::read(&png).ok();
+    let _ = std::fs::remove_file(&png);
+    out.filter(|_| done)
+}
+
+/// `pdf`'s first page as a scanner gives it back: rendered at `dpi`, kept as a grey-scale JPEG,
+/// in a PDF of its own with no text layer unless `text_layer` gives one. `None` without `pdftoppm`.
+pub fn scan_of(pdf: &[u8], dpi: u32, text_layer: Option<&str>) -> Option<Vec<u8>> {
+    let page = image::load_from_memory(&rendered(pdf, dpi)?).ok()?.to_luma8();
+    let mut jpeg = Vec::new();
+    page.write_with_encoder(image::codecs::jpeg::JpegEncoder::new_with_quality(&mut jpeg, 85))
+        .ok()?;
+    let (width, height) = page.dimensions();
+    Some(scanned_pdf(&jpeg, width, height, text_layer))
+}
+
+/// A stream object of `data` with `keys` in its dictionary.
+fn stream_object(keys: &str, data: &[u8]) -> Vec<u8> {
+    let mut object = format!("<< {keys} /Length {} >>\nstream\n", data.len()).into_bytes();
+    object.extend_from_slice(data);
+    object.extend_from_slice(b"\nendstream");
+    object
+}
+
+/// A PDF of one page: `page` (object 3), its objects from 4 on, and the catalog and page tree.
+fn pdf_of<T: AsRef<[u8]>>(page: &[T]) -> Vec<u8> {
+    let mut objects: Vec<&[u8]> = vec![b"<< /Type /Catalog /Pages 2 0 R >>", b"<< /Type /Pages /Kids [3 0 R] /Count 1 >>"];
+    objects.extend(page.iter().map(AsRef::as_ref));
     let mut pdf = b"%PDF-1.4\n".to_vec();
     let mut offsets = Vec::new();
     for (i, object) in objects.iter().enumerate() {
         offsets.push(pdf.len());
-        pdf.extend_from_slice(format!("{} 0 obj\n{object}\nendobj\n", i + 1).as_bytes());
+        pdf.extend_from_slice(format!("{} 0 obj\n", i + 1).as_bytes());
+        pdf.extend_from_slice(object);
+        pdf.extend_from_slice(b"\nendobj\n");
     }
     let xref = pdf.len();
     pdf.extend_from_slice(format!("xref\n0 {}\n0000000000 65535 f \n", objects.len() + 1).as_bytes());

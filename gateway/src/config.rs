@@ -108,6 +108,13 @@ pub struct Config {
     pub models_dir: Option<PathBuf>,
     /// How many model runs (embedding a file's passages, a query) go at once.
     pub model_concurrency: usize,
+    /// Tesseract's languages for OCR of pictures and scanned PDFs, `+`-joined; empty turns OCR off.
+    /// OCR runs when the `tesseract` program has these packs and the orientation pack (`osd`).
+    pub ocr_languages: String,
+    /// The `tesseract` program (found on the `PATH` by default).
+    pub tesseract_program: PathBuf,
+    /// Pages of a scanned PDF recognised at most.
+    pub ocr_max_pages: u32,
     /// How many days a file deleted by `resolveDuplicate` stays restorable (its content kept in
     /// the chunk store) before the garbage collector lets it go.
     pub deleted_keep_days: u32,
@@ -177,6 +184,9 @@ impl Default for Config {
             models_dir: None,
             model_concurrency: 1,
             deleted_keep_days: 30,
+            ocr_languages: "eng+deu+fra+spa".into(),
+            tesseract_program: PathBuf::from("tesseract"),
+            ocr_max_pages: 20,
             vector_url: None,
         }
     }
@@ -410,6 +420,16 @@ impl Config {
                 .any(|scheme| url.starts_with(scheme))
         {
             bail!("vector_url must be a postgres:// URL (a database with pgvector) or an http(s):// Elasticsearch URL");
+        }
+        if !(1..=10_000).contains(&self.ocr_max_pages) {
+            bail!("ocr_max_pages must be between 1 and 10000");
+        }
+        if !self
+            .ocr_languages
+            .split('+')
+            .all(|l| l.is_empty() || l.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'))
+        {
+            bail!("ocr_languages is tesseract's language names joined by '+', such as eng+deu");
         }
         if !(1..=36_500).contains(&self.deleted_keep_days) {
             bail!("deleted_keep_days must be between 1 and 36500");

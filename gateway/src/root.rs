@@ -414,7 +414,28 @@ pub fn extractor(config: &Config) -> anyhow::Result<cloudsync_content::Extractor
             timeout: Duration::from_secs(config.extract_timeout_seconds),
             memory_bytes: config.extract_memory_bytes,
         },
+        ocr: ocr(config),
     })
+}
+
+/// OCR as configured, when tesseract can run it here (else it is off, and said so).
+fn ocr(config: &Config) -> Option<cloudsync_content::Ocr> {
+    if config.ocr_languages.is_empty() {
+        return None;
+    }
+    match cloudsync_content::Ocr::probe(&config.tesseract_program, &config.ocr_languages) {
+        Ok(mut ocr) => {
+            ocr.max_pages = config.ocr_max_pages;
+            if ocr.pdftoppm.is_none() {
+                tracing::warn!("OCR reads pictures but not scanned PDFs: pdftoppm (Debian's poppler-utils) is missing.");
+            }
+            Some(ocr)
+        }
+        Err(why) => {
+            tracing::warn!(reason = %why, "OCR is off: pictures and scanned PDFs are found by name only.");
+            None
+        }
+    }
 }
 
 /// A database URL without its password, for messages.

@@ -5,7 +5,7 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use cloudsync_content::samples::{docx_saying, pdf_saying, zip_of};
+use cloudsync_content::samples::{Exif, docx_saying, jpeg, pdf_lines, pdf_saying, rendered, scan_of, scene, zip_of};
 use serde_json::{Value, json};
 
 use crate::harness::{Harness, on_both_backends};
@@ -13,6 +13,7 @@ use crate::harness::{Harness, on_both_backends};
 on_both_backends!(
     with super::small_limits;
     contents_are_read_once_and_found,
+    pictures_and_scanned_pages_are_read_by_ocr_in_any_orientation,
     hostile_files_cost_bounded_time_and_stay_findable_by_name,
     erasure_and_deletion_let_the_text_go,
 );
@@ -63,6 +64,59 @@ async fn paths(h: &Harness, token: &str, query: &str) -> (Vec<String>, Value) {
     (found, data["searchFiles"].clone())
 }
 
+/// Pictures and PDFs without a text layer are read by tesseract (which `scripts/storage-servers`
+/// installs), upside down or not; a PDF's text layer is its text, the scan under it not read.
+async fn pictures_and_scanned_pages_are_read_by_ocr_in_any_orientation(h: &Harness) {
+    let (token, _) = h.register("scans@example.org").await;
+    let root = h.db.dir().join("scans");
+    let lines = ["Invoice number 4711 for the garden shed", "Payment is due within thirty days"];
+    let page = pdf_lines(&lines, 20, 0);
+    let upside_down = rendered(&pdf_lines(&lines, 20, 180), 150).expect("pdftoppm renders the page");
+    write(&root, "inbox/upside-down.png", &upside_down);
+    write(&root, "inbox/scan.pdf", &scan_of(&page, 150, None).expect("a scan"));
+    write(
+        &root,
+        "inbox/minutes.pdf",
+        &scan_of(&page, 150, Some("Minutes of the allotment committee meeting")).expect("a scan"),
+    );
+    write(
+        &root,
+        "photos/garden.jpg",
+        &jpeg(&scene(640, 480, 3, 0.0, 0.0), 90, &Exif::default()),
+    );
+    let (provider, _) = h.connect_local(&token, &root).await;
+    let events = extracted(h, 4).await;
+    let files = h.files(&token, &provider).await;
+    let outcome = |path: &str| {
+        events
+            .iter()
+            .find(|e| e["file_id"] == files[path]["id"])
+            .map(|e| e["outcome"].clone())
+    };
+    assert_eq!(outcome("inbox/upside-down.png"), Some(json!("extracted")), "{events:?}");
+    assert_eq!(
+        outcome("photos/garden.jpg"),
+        Some(json!("unsupported")),
+        "no text in a photograph: {events:?}"
+    );
+
+    let (found, result) = paths(h, &token, "invoice").await;
+    assert_eq!(found, ["inbox/scan.pdf", "inbox/upside-down.png"], "{result}");
+    let snippets: Vec<&str> = result["hits"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|hit| hit["highlights"].as_array()?.iter().find(|h| h["field"] == "content")?["snippet"].as_str())
+        .collect();
+    assert_eq!(snippets.len(), 2, "{result}");
+    assert!(
+        snippets.iter().all(|s| s.contains("<mark>Invoice</mark> number 4711")),
+        "{snippets:?}"
+    );
+    assert_eq!(paths(h, &token, "allotment").await.0, ["inbox/minutes.pdf"], "its text layer");
+    assert_eq!(paths(h, &token, "thirty").await.0, ["inbox/scan.pdf", "inbox/upside-down.png"]);
+}
+
 async fn contents_are_read_once_and_found(h: &Harness) {
     let (token, _) = h.register("reader@example.org").await;
     let root = h.db.dir().join("documents");
@@ -96,7 +150,10 @@ async fn contents_are_read_once_and_found(h: &Harness) {
         "five files hold text, and the photo is read as a picture: {events:?}"
     );
     let (texts, photos): (Vec<&Value>, Vec<&Value>) = events.iter().partition(|e| e["outcome"] == "extracted");
-    assert!(texts.iter().all(|e| e["extractor_version"] == 1), "{events:?}");
+    // OCR (on wherever tesseract is, as under scripts/test) makes a new version for the one PDF.
+    let versions: Vec<i64> = texts.iter().filter_map(|e| e["extractor_version"].as_i64()).collect();
+    assert_eq!(versions.iter().filter(|v| **v == 2).count(), 1, "{events:?}");
+    assert_eq!(versions.iter().filter(|v| **v == 1).count(), 4, "{events:?}");
     assert_eq!(photos.len(), 1, "{events:?}");
     assert_eq!(photos[0]["outcome"], "failed", "the photo is not a real picture: {events:?}");
     assert!(

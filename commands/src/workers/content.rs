@@ -43,9 +43,10 @@ const READ_ATTEMPTS: u32 = 4;
 const RECORD_TRIES: u32 = 5;
 
 /// The pipeline's checkpoint, per extractor version and set of models.
-fn checkpoint_name(models: &Models) -> String {
+fn checkpoint_name(models: &Models, extractor: &Extractor) -> String {
     format!(
-        "content-{EXTRACTOR}-v{EXTRACTOR_VERSION}+{READER}-v{READER_VERSION}{}",
+        "content-{EXTRACTOR}-v{EXTRACTOR_VERSION}{}+{READER}-v{READER_VERSION}{}",
+        if extractor.ocr.is_some() { "+ocr" } else { "" },
         super::analysis::models_tag(models)
     )
 }
@@ -184,6 +185,7 @@ impl ContentPipeline {
                 .commands
                 .record_unreadable(
                     file,
+                    &self.extractor,
                     format!("its provider did not serve it in {attempts} rounds of reads ({reason})"),
                 )
                 .await
@@ -225,7 +227,7 @@ impl ContentPipeline {
     /// # Errors
     /// When the checkpoint cannot be read.
     pub async fn run(self, shutdown: CancellationToken) -> Result<(), CommandError> {
-        let name = checkpoint_name(&self.models);
+        let name = checkpoint_name(&self.models, &self.extractor);
         let load = "SELECT position FROM worker_checkpoints WHERE name = $1";
         let start: i64 = on_pool!(&self.pool, |p| sqlx::query_scalar(load).bind(&name).fetch_optional(p).await)
             .map_err(db_error)?
@@ -332,14 +334,19 @@ impl Commands {
         let (file, version) = self.file_with_content(file_id).await?;
         // A picture is read again for a new version of the image reader even when its text (none
         // yet) was read: one read serves both.
-        let wanted = file.needs_extraction(EXTRACTOR, EXTRACTOR_VERSION).or_else(|| {
-            file.needs_content_analysis(READER, READER_VERSION)
-                .filter(|(facts, path)| format_of(path.name(), &facts.mime_type) == Some(Format::Image))
-        });
-        let Some((facts, path)) = wanted else {
+        let Some(format) = file
+            .owner()
+            .and_then(|owner| file.live_for(owner))
+            .and_then(|(facts, path)| format_of(path.name(), &facts.mime_type))
+        else {
             return Ok(());
         };
-        let Some(format) = format_of(path.name(), &facts.mime_type) else {
+        let extractor_version = extractor.version_for(format);
+        let wanted = file.needs_extraction(EXTRACTOR, extractor_version).or_else(|| {
+            file.needs_content_analysis(READER, READER_VERSION)
+                .filter(|_| format == Format::Image)
+        });
+        let Some((facts, path)) = wanted else {
             return Ok(());
         };
         let (owner, facts, path) = (facts.owner_id, facts.clone(), path.clone());
@@ -383,35 +390,24 @@ impl Commands {
                 None => return Err(ReadError::Unserved(last_error)),
             }
         };
-        let mut event = reading(file_id, &facts);
+        let mut event = reading(file_id, &facts, extractor_version);
         let mut lease = None;
         let mut picture = None;
-        match extraction {
-            Extraction::Text { text, truncated } => {
-                event.language = detect_language(&text);
-                if truncated {
-                    event.reason = Some(format!("the text was cut at {} bytes", extractor.limits.max_text_bytes));
+        // Recognised text (OCR) is a picture's text, found and highlighted as any other.
+        let text = match extraction {
+            Extraction::Text { text, truncated } => Some((text, truncated)),
+            Extraction::Image(mut reading) => {
+                let text = reading.text.take().filter(|text| !text.trim().is_empty());
+                if text.is_none() {
+                    event.outcome = ExtractionOutcome::Unsupported;
                 }
-                if !text.trim().is_empty() {
-                    let Some(held) = self
-                        .chunk_lease(format!("content-{file_id}-{}", Uuid::now_v7().simple()), cancel)
-                        .await?
-                    else {
-                        return Ok(());
-                    };
-                    lease = Some(held);
-                    event.text = Some(TextRef {
-                        reference: self.store_text(owner, &text).await?,
-                        bytes: text.len() as u64,
-                        truncated,
-                    });
-                }
-            }
-            Extraction::Image(reading) => {
-                event.outcome = ExtractionOutcome::Unsupported;
                 picture = Some(Ok(reading));
+                text.map(|text| (text, false))
             }
-            Extraction::Unsupported => event.outcome = ExtractionOutcome::Unsupported,
+            Extraction::Unsupported => {
+                event.outcome = ExtractionOutcome::Unsupported;
+                None
+            }
             Extraction::Failed { reason } => {
                 tracing::info!(file = %file_id, reason = %reason, "A file's text could not be extracted; it stays findable by name.");
                 event.outcome = ExtractionOutcome::Failed;
@@ -419,6 +415,34 @@ impl Commands {
                 if format == Format::Image {
                     picture = Some(Err(reason));
                 }
+                None
+            }
+        };
+        if let Some((text, truncated)) = text {
+            event.language = detect_language(&text);
+            if truncated {
+                event.reason = Some(if extractor.ocr.is_some() && format.recognised() {
+                    format!(
+                        "the text was cut at {} bytes or at OCR's page or time limit",
+                        extractor.limits.max_text_bytes
+                    )
+                } else {
+                    format!("the text was cut at {} bytes", extractor.limits.max_text_bytes)
+                });
+            }
+            if !text.trim().is_empty() {
+                let Some(held) = self
+                    .chunk_lease(format!("content-{file_id}-{}", Uuid::now_v7().simple()), cancel)
+                    .await?
+                else {
+                    return Ok(());
+                };
+                lease = Some(held);
+                event.text = Some(TextRef {
+                    reference: self.store_text(owner, &text).await?,
+                    bytes: text.len() as u64,
+                    truncated,
+                });
             }
         }
         let result = self.record_reading(&file, version, event).await;
@@ -485,12 +509,17 @@ impl Commands {
     ///
     /// # Errors
     /// The log could not be read or written.
-    pub async fn record_unreadable(&self, file_id: FileId, reason: String) -> Result<(), CommandError> {
+    pub async fn record_unreadable(&self, file_id: FileId, extractor: &Extractor, reason: String) -> Result<(), CommandError> {
         let (file, version) = self.file_with_content(file_id).await?;
-        let Some((facts, _)) = file.needs_extraction(EXTRACTOR, EXTRACTOR_VERSION) else {
+        let extractor_version = file
+            .owner()
+            .and_then(|owner| file.live_for(owner))
+            .and_then(|(facts, path)| format_of(path.name(), &facts.mime_type))
+            .map_or(EXTRACTOR_VERSION, |format| extractor.version_for(format));
+        let Some((facts, _)) = file.needs_extraction(EXTRACTOR, extractor_version) else {
             return Ok(());
         };
-        let mut event = reading(file_id, facts);
+        let mut event = reading(file_id, facts, extractor_version);
         event.outcome = ExtractionOutcome::Failed;
         event.reason = Some(reason);
         self.record_reading(&file, version, event).await
@@ -587,14 +616,14 @@ impl Commands {
 }
 
 /// A reading of the file's current version by this extractor, as yet without its outcome.
-fn reading(file_id: FileId, facts: &cloudsync_domain::events::FileDiscovered) -> FileContentExtracted {
+fn reading(file_id: FileId, facts: &cloudsync_domain::events::FileDiscovered, extractor_version: u32) -> FileContentExtracted {
     FileContentExtracted {
         file_id,
         provider_id: facts.provider_id,
         owner_id: facts.owner_id,
         checksum: facts.checksum.clone(),
         extractor: EXTRACTOR.to_owned(),
-        extractor_version: EXTRACTOR_VERSION,
+        extractor_version,
         outcome: ExtractionOutcome::Extracted,
         reason: None,
         text: None,
