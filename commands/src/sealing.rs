@@ -1,7 +1,8 @@
 //! File paths sealed in the log. With `seal_paths` configured, every path inside an event (a file's
 //! path and its moves, a pair's folders, a decision's paths, a kept version's paths) is stored
 //! sealed with its owner's data key, as `{"sealed_path": {nonce, ciphertext}}` in place of the text,
-//! and so is the reason a job gave for stopping (it may name a file). The associated data of a
+//! and so are the reason a job gave for stopping (it may name a file) and the labels an image
+//! classifier gave a picture (they tell what it shows). The associated data of a
 //! sealed path is `path:<user>`, apart from the user's other sealed values. [`SealingStore`] sits between
 //! CloudSync and the event store: it seals on the way in and opens on the way out, so the
 //! aggregates, the projectors and the API see plain events. Sealed paths are opened whether or not
@@ -68,10 +69,10 @@ fn owner(payload: &Value, metadata: &EventMetadata) -> Option<UserId> {
         .map(UserId::from_uuid)
 }
 
-/// Whether `key` of an object holds a path. `to` is a path beside `from` (a move, a rename), but
+/// Whether `key` of an object holds a path (or a picture's label, sealed as one). `to` is a path beside `from` (a move, a rename), but
 /// a side where the object also has a `path` (a copy's destination side).
 fn is_path(key: &str, object: &Map<String, Value>) -> bool {
-    matches!(key, "path" | "from" | "provider_path") || (key == "to" && !object.contains_key("path"))
+    matches!(key, "path" | "from" | "provider_path" | "label") || (key == "to" && !object.contains_key("path"))
 }
 
 /// Seals every path in `value`; `reason` too at the top of a finished job.

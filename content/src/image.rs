@@ -5,6 +5,8 @@
 
 use std::io::Cursor;
 
+use base64::Engine as _;
+
 use image_hasher::{HashAlg, HasherConfig};
 use serde::{Deserialize, Serialize};
 
@@ -34,6 +36,27 @@ pub struct ImageReading {
     /// The text recognised in the picture (OCR), when OCR ran and found some.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub text: Option<String>,
+    /// What an image classifier looks at: the picture resized so its shorter side is
+    /// [`SQUARE_SIDE`] pixels and its middle square cut out, RGB, 3 bytes a pixel, base64.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub square: Option<String>,
+}
+
+/// The side of [`ImageReading::square`].
+pub const SQUARE_SIDE: u32 = 256;
+
+/// The middle square of `picture` resized so its shorter side is [`SQUARE_SIDE`] (RGB bytes).
+fn square(picture: &image::DynamicImage) -> Vec<u8> {
+    let (width, height) = (picture.width().max(1), picture.height().max(1));
+    let scale = f64::from(SQUARE_SIDE) / f64::from(width.min(height));
+    let (w, h) = (
+        ((f64::from(width) * scale).round() as u32).max(SQUARE_SIDE),
+        ((f64::from(height) * scale).round() as u32).max(SQUARE_SIDE),
+    );
+    let resized = picture.resize_exact(w, h, image::imageops::FilterType::Triangle).to_rgb8();
+    image::imageops::crop_imm(&resized, (w - SQUARE_SIDE) / 2, (h - SQUARE_SIDE) / 2, SQUARE_SIDE, SQUARE_SIDE)
+        .to_image()
+        .into_raw()
 }
 
 /// Decodes a picture within the decoder's limits.
@@ -72,6 +95,7 @@ pub fn read_image(data: &[u8]) -> Result<ImageReading, String> {
         camera: None,
         gps: None,
         text: None,
+        square: Some(base64::engine::general_purpose::STANDARD.encode(square(&picture))),
     };
     if let Ok(exif) = exif::Reader::new().read_from_container(&mut Cursor::new(data)) {
         read_exif(&exif, &mut reading);

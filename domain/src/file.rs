@@ -476,6 +476,7 @@ mod tests {
             reason: None,
             vectors: None,
             image: None,
+            labels: None,
             at: DateTime::UNIX_EPOCH,
         }
     }

@@ -5,10 +5,12 @@
 //! permits; [`codec`] is how vectors are stored.
 
 pub mod codec;
+mod labels;
 mod models;
 mod passages;
 mod text;
 
+pub use labels::{ImageLabeler, LABELS_MODEL, LABELS_VERSION, Label};
 pub use models::{Models, name_words};
 pub use passages::{Passage, passages};
 pub use text::{TextEmbedder, cosine};

@@ -8,18 +8,22 @@ use std::sync::Arc;
 
 use tokio::sync::Semaphore;
 
-use crate::{ModelError, ModelResult, TextEmbedder};
+use crate::{ImageLabeler, LABELS_MODEL, Label, ModelError, ModelResult, TextEmbedder};
 
 /// The loaded models, shared by the pipeline and the API (which embeds queries).
 #[derive(Clone)]
 pub struct Models {
     text: Option<Arc<TextEmbedder>>,
+    labels: Option<Arc<ImageLabeler>>,
     permits: Arc<Semaphore>,
 }
 
 impl std::fmt::Debug for Models {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Models").field("text", &self.text.is_some()).finish_non_exhaustive()
+        f.debug_struct("Models")
+            .field("text", &self.text.is_some())
+            .field("labels", &self.labels.is_some())
+            .finish_non_exhaustive()
     }
 }
 
@@ -29,6 +33,7 @@ impl Models {
     pub fn none() -> Self {
         Self {
             text: None,
+            labels: None,
             permits: Arc::new(Semaphore::new(1)),
         }
     }
@@ -49,8 +54,20 @@ impl Models {
             );
             None
         };
+        let labels_dir = dir.join(LABELS_MODEL);
+        let labels = if labels_dir.is_dir() {
+            Some(Arc::new(ImageLabeler::load(&labels_dir)?))
+        } else {
+            tracing::info!(
+                dir = %dir.display(),
+                model = LABELS_MODEL,
+                "No image classifier: pictures get no labels (scripts/models installs it)."
+            );
+            None
+        };
         Ok(Self {
             text,
+            labels,
             permits: Arc::new(Semaphore::new(concurrency.max(1))),
         })
     }
@@ -64,6 +81,24 @@ impl Models {
 
     pub fn text(&self) -> Option<&Arc<TextEmbedder>> {
         self.text.as_ref()
+    }
+
+    pub fn labels(&self) -> Option<&Arc<ImageLabeler>> {
+        self.labels.as_ref()
+    }
+
+    /// The `top` likeliest classes of a picture (RGB, `width`×`height`) on a blocking thread,
+    /// within the run permits.
+    ///
+    /// # Errors
+    /// No image classifier is loaded, or it failed.
+    pub async fn label(&self, rgb: Vec<u8>, width: u32, height: u32, top: usize) -> ModelResult<Vec<Label>> {
+        let model = Arc::clone(
+            self.labels
+                .as_ref()
+                .ok_or_else(|| ModelError::Run("no image classifier is loaded".into()))?,
+        );
+        self.run(move || model.classify(&rgb, width, height, top)).await
     }
 
     /// Embeds `texts` with the text model on a blocking thread, within the run permits.

@@ -33,7 +33,7 @@ impl std::fmt::Debug for TextEmbedder {
     }
 }
 
-fn read(path: &Path) -> ModelResult<Vec<u8>> {
+pub(crate) fn read(path: &Path) -> ModelResult<Vec<u8>> {
     std::fs::read(path).map_err(|err| ModelError::Missing {
         path: path.to_owned(),
         reason: err.to_string(),

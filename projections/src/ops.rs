@@ -134,6 +134,12 @@ pub enum Op {
         checksum: String,
         metadata: Value,
     },
+    /// An image classifier's labels of a version of the file, the likeliest first.
+    SetFileLabels {
+        id: Uuid,
+        checksum: String,
+        labels: Vec<String>,
+    },
     InsertSyncOperation {
         id: Uuid,
         user_id: Uuid,
@@ -269,7 +275,8 @@ impl Op {
             | Self::MoveFile { .. }
             | Self::ChangeFile { .. }
             | Self::DeleteFile { .. }
-            | Self::SetFileMetadata { .. } => Table::Files,
+            | Self::SetFileMetadata { .. }
+            | Self::SetFileLabels { .. } => Table::Files,
             Self::InsertSyncOperation { .. }
             | Self::SyncOperationStatus { .. }
             | Self::SyncOperationPaused { .. }
@@ -357,8 +364,13 @@ pub fn ops_for(event: &DomainEvent, at: DateTime<Utc>) -> Vec<Op> {
             },
         ],
         E::ProviderCredentialsRenewed(_) | E::FileContentExtracted(_) => Vec::new(),
-        E::FileAnalyzed(e) => match &e.image {
-            Some(image) => vec![Op::SetFileMetadata {
+        E::FileAnalyzed(e) => match (&e.image, &e.labels) {
+            (_, Some(labels)) => vec![Op::SetFileLabels {
+                id: e.file_id.as_uuid(),
+                checksum: e.checksum.clone(),
+                labels: labels.iter().map(|l| l.label.clone()).collect(),
+            }],
+            (Some(image), None) => vec![Op::SetFileMetadata {
                 id: e.file_id.as_uuid(),
                 checksum: e.checksum.clone(),
                 metadata: serde_json::json!({"image": {
@@ -369,7 +381,7 @@ pub fn ops_for(event: &DomainEvent, at: DateTime<Utc>) -> Vec<Op> {
                     "camera": image.camera,
                 }}),
             }],
-            None => Vec::new(),
+            (None, None) => Vec::new(),
         },
         E::ProviderScheduleSet(e) => vec![Op::SetProviderSchedule {
             id: e.provider_id.as_uuid(),

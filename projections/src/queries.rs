@@ -56,6 +56,8 @@ pub struct FileRow {
     pub updated_at: DateTime<Utc>,
     /// What the analysis learnt of the current version (`{"image": {…}}`), `{}` until then.
     pub metadata: Value,
+    /// What an image classifier saw in the picture, the likeliest first.
+    pub labels: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -159,7 +161,7 @@ fn like_prefix(folder: &str) -> String {
 }
 
 const FILE_COLUMNS: &str = "CAST(id AS TEXT) AS id, CAST(provider_id AS TEXT) AS provider_id, path, name, size_bytes, \
-                            mime_type, checksum, modified_at, created_at, updated_at, CAST(metadata AS TEXT) AS metadata";
+                            mime_type, checksum, modified_at, created_at, updated_at, CAST(metadata AS TEXT) AS metadata, labels";
 const OPERATION_COLUMNS: &str = "CAST(id AS TEXT) AS id, kind, CAST(provider_id AS TEXT) AS provider_id, status, paused, \
                                  files_done, bytes_done, files_total, bytes_total, bytes_written, error, CAST(details AS TEXT) AS details, held, \
                                  created_at, updated_at, completed_at";
@@ -200,6 +202,7 @@ macro_rules! file_row {
             created_at: $row.try_get("created_at")?,
             updated_at: $row.try_get("updated_at")?,
             metadata: json($row.try_get("metadata")?)?,
+            labels: serde_json::from_str($row.try_get::<&str, _>("labels")?).unwrap_or_default(),
         })
     };
 }
@@ -578,6 +581,7 @@ impl ReadModels {
                 "created_at",
                 "updated_at",
                 "metadata",
+                "labels",
             ],
             Table::SyncOperations => &[
                 "id",

@@ -159,13 +159,22 @@ pub(crate) fn statement(op: &Op) -> (&'static str, Vec<Val>) {
         } => (
             // What the analysis learnt is of a version: a new one drops it (a touch keeps it).
             "UPDATE files SET size_bytes = $2, checksum = $3, modified_at = $4, updated_at = $5, \
-             metadata = CASE WHEN checksum = $3 THEN metadata ELSE '{}' END WHERE id = $1",
+             metadata = CASE WHEN checksum = $3 THEN metadata ELSE '{}' END, \
+             labels = CASE WHEN checksum = $3 THEN labels ELSE '[]' END WHERE id = $1",
             vec![V::Uuid(id), V::Int(size_bytes), V::Text(checksum), V::Ts(modified_at), V::Ts(at)],
         ),
         Op::DeleteFile { id } => ("DELETE FROM files WHERE id = $1", vec![V::Uuid(id)]),
         Op::SetFileMetadata { id, checksum, metadata } => (
             "UPDATE files SET metadata = $2 WHERE id = $1 AND checksum = $3",
             vec![V::Uuid(id), V::Json(metadata), V::Text(checksum)],
+        ),
+        Op::SetFileLabels { id, checksum, labels } => (
+            "UPDATE files SET labels = $2 WHERE id = $1 AND checksum = $3",
+            vec![
+                V::Uuid(id),
+                V::Text(serde_json::to_string(&labels).unwrap_or_else(|_| "[]".into())),
+                V::Text(checksum),
+            ],
         ),
         Op::InsertSyncOperation {
             id,

@@ -12,6 +12,40 @@ use serde_json::{Value, json};
 use crate::harness::{Harness, on_both_backends};
 
 on_both_backends!(pictures_are_read_and_copies_grouped_but_not_bursts);
+mod labelled {
+    use super::*;
+    on_both_backends!(with super::super::with_labeler; photographs_are_labelled_with_what_they_show);
+}
+
+/// The test models directory when it has the image classifier and scikit-image's photographs are
+/// there (`scripts/models`, `scripts/sample-photos`); both required under `CI=true`.
+fn labeler_and_photos() -> Option<(std::path::PathBuf, std::path::PathBuf)> {
+    let home = std::env::var_os("HOME").map(std::path::PathBuf::from).unwrap_or_default();
+    let models = std::env::var_os("CLOUDSYNC_TEST_MODELS").map_or_else(|| home.join(".cache/cloudsync/models"), Into::into);
+    let photos = std::env::var_os("CLOUDSYNC_TEST_PHOTOS").map_or_else(|| home.join(".cache/cloudsync/photos"), Into::into);
+    if models.join("efficientnet-lite0").is_dir() && photos.join("coffee.png").is_file() {
+        return Some((models, photos));
+    }
+    assert!(
+        std::env::var("CI").as_deref() != Ok("true"),
+        "no image classifier in {} or no photographs in {} (scripts/models, scripts/sample-photos)",
+        models.display(),
+        photos.display()
+    );
+    eprintln!("skipped: no image classifier or photographs (run scripts/models and scripts/sample-photos)");
+    None
+}
+
+/// A server with the test models, its paths (and so its labels) sealed in the log.
+async fn with_labeler(backend: cloudsync_eventstore::testing::Backend) -> Harness {
+    Harness::with_config(backend, |config| {
+        config.models_dir = labeler_and_photos()
+            .map(|(models, _)| models)
+            .or_else(|| Some("/nonexistent".into()));
+        config.seal_paths = true;
+    })
+    .await
+}
 
 fn write(root: &Path, path: &str, data: &[u8]) {
     let host = root.join(path);
@@ -180,4 +214,74 @@ async fn pictures_are_read_and_copies_grouped_but_not_bursts(h: &Harness) {
     let (stranger, _) = h.register("stranger@example.org").await;
     let theirs = h.ok(Some(&stranger), "query { duplicates { id } }", json!({})).await;
     assert_eq!(theirs["duplicates"], json!([]));
+}
+
+async fn photographs_are_labelled_with_what_they_show(h: &Harness) {
+    let Some((_, photos)) = labeler_and_photos() else { return };
+    let (token, _) = h.register("labels@example.org").await;
+    let root = h.db.dir().join("labelled");
+    for name in ["coffee.png", "chelsea.png"] {
+        write(
+            &root,
+            &format!("kitchen/{name}"),
+            &std::fs::read(photos.join(name)).expect("a photograph"),
+        );
+    }
+    let (provider, _) = h.connect_local(&token, &root).await;
+    let analyses = h.analyses("efficientnet-lite0", 2).await;
+    assert!(
+        analyses.iter().all(|a| a["labels"].as_array().is_some_and(|l| !l.is_empty())),
+        "{analyses:?}"
+    );
+    // In the log itself the labels are sealed, like the paths: they tell what a picture shows.
+    let raw = h.db.db.events.read_all(0, 100_000).await.expect("log");
+    let stored: Vec<&Value> = raw
+        .iter()
+        .filter(|e| e.event_type == "FileAnalyzed" && e.payload["model"] == "efficientnet-lite0")
+        .map(|e| &e.payload)
+        .collect();
+    assert_eq!(stored.len(), 2);
+    assert!(
+        stored
+            .iter()
+            .all(|a| a["labels"].as_array().is_some_and(|l| l.iter().all(|l| l["label"].is_object()))),
+        "{stored:?}"
+    );
+    assert!(!serde_json::to_string(&stored).expect("JSON").contains("espresso"));
+    let labels = |path: &'static str| file_labels(h, &token, &provider, path);
+    assert_eq!(labels("kitchen/coffee.png").await.first().map(String::as_str), Some("espresso"));
+    let cat = labels("kitchen/chelsea.png").await;
+    assert!(
+        cat.iter()
+            .any(|l| ["tabby cat", "Egyptian Mau", "a cat having a striped coat"].contains(&l.as_str())),
+        "{cat:?}"
+    );
+    // A new version of a picture is looked at again.
+    write(
+        &root,
+        "kitchen/coffee.png",
+        &std::fs::read(photos.join("camera.png")).expect("a photograph"),
+    );
+    h.rescan(&token, &provider).await;
+    h.analyses("efficientnet-lite0", 3).await;
+    assert_eq!(labels("kitchen/coffee.png").await.first().map(String::as_str), Some("tripod"));
+}
+
+/// The labels `files` shows for the picture at `path`.
+async fn file_labels(h: &Harness, token: &str, provider: &str, path: &str) -> Vec<String> {
+    let files = h
+        .ok(
+            Some(token),
+            "query($p: String) { files(provider: $p) { path image { labels } } }",
+            json!({ "p": provider }),
+        )
+        .await;
+    files["files"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|f| f["path"] == path)
+        .and_then(|f| f["image"]["labels"].as_array())
+        .map(|l| l.iter().filter_map(|v| v.as_str().map(str::to_owned)).collect())
+        .unwrap_or_default()
 }

@@ -17,10 +17,14 @@ use crate::{CommandError, Commands};
 
 /// The models' part of the pipeline's checkpoint name: a new model (or version) walks every file.
 pub(crate) fn models_tag(models: &Models) -> String {
-    match models.text() {
-        Some(_) => format!("+{}-v{}", TextEmbedder::MODEL, TextEmbedder::VERSION),
-        None => String::new(),
+    let mut tag = String::new();
+    if models.text().is_some() {
+        tag.push_str(&format!("+{}-v{}", TextEmbedder::MODEL, TextEmbedder::VERSION));
     }
+    if models.labels().is_some() {
+        tag.push_str(&format!("+{}-v{}", cloudsync_ml::LABELS_MODEL, cloudsync_ml::LABELS_VERSION));
+    }
+    tag
 }
 
 fn storage(err: impl std::fmt::Display) -> CommandError {
@@ -55,20 +59,14 @@ impl Commands {
             Some(kept) => self.stored_vectors(owner, &kept.reference).await?,
             None => None,
         };
-        let mut event = FileAnalyzed {
-            file_id,
-            provider_id: facts.provider_id,
-            owner_id: owner,
-            checksum: facts.checksum.clone(),
-            model: TextEmbedder::MODEL.to_owned(),
-            model_version: TextEmbedder::VERSION,
-            name_revision: file.name_revision(),
-            outcome: AnalysisOutcome::Analyzed,
-            reason: None,
-            vectors: None,
-            image: None,
-            at: Utc::now(),
-        };
+        let mut event = FileAnalyzed::of(
+            &facts,
+            &facts.checksum,
+            TextEmbedder::MODEL,
+            TextEmbedder::VERSION,
+            file.name_revision(),
+            Utc::now(),
+        );
         let embedded = match earlier {
             Some(mut vectors) if !vectors.is_empty() => models.embed(vec![name]).await.map(|mut named| {
                 vectors[0] = named.swap_remove(0);

@@ -19,14 +19,17 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use base64::Engine as _;
 use chrono::Utc;
 use cloudsync_content::image::{ImageReading, READER, READER_VERSION};
 use cloudsync_content::{EXTRACTOR, EXTRACTOR_VERSION, Extraction, Extractor, Format, detect_language, format_of};
-use cloudsync_domain::events::{AnalysisOutcome, ExtractionOutcome, FileAnalyzed, FileContentExtracted, ImageFacts, SealedSecret, TextRef};
+use cloudsync_domain::events::{
+    AnalysisOutcome, ExtractionOutcome, FileAnalyzed, FileContentExtracted, ImageFacts, ImageLabel, SealedSecret, TextRef,
+};
 use cloudsync_domain::file::{File, FileCommand, content_stream};
 use cloudsync_domain::{Aggregate, DomainEvent, FileId, UserId};
 use cloudsync_eventstore::{DbPool, on_pool, subscribe};
-use cloudsync_ml::Models;
+use cloudsync_ml::{LABELS_MODEL, LABELS_VERSION, Models};
 use cloudsync_providers::ProviderError;
 use futures::{StreamExt, TryStreamExt};
 use tokio::task::JoinSet;
@@ -39,6 +42,10 @@ use crate::{CommandError, Commands};
 
 /// How often a read that the provider failed is tried.
 const READ_ATTEMPTS: u32 = 4;
+/// Labels kept of a picture at most, and the least probability one needs.
+const TOP_LABELS: usize = 5;
+const MIN_LABEL_SCORE: f32 = 0.1;
+
 /// How often a result is appended again after another writer of the content stream came first.
 const RECORD_TRIES: u32 = 5;
 
@@ -139,7 +146,7 @@ impl ContentPipeline {
         let (commands, extractor, cancel) = (self.commands.clone(), Arc::clone(&self.extractor), shutdown.child_token());
         let models = self.models.clone();
         running.spawn(async move {
-            let result = match commands.extract_content(file, &extractor, &cancel).await {
+            let result = match commands.extract_content(file, &extractor, &models, &cancel).await {
                 Ok(()) => commands.analyze(file, &models, &cancel).await.map_err(ReadError::from),
                 Err(error) => Err(error),
             };
@@ -329,6 +336,7 @@ impl Commands {
         &self,
         file_id: FileId,
         extractor: &Extractor,
+        models: &Models,
         cancel: &CancellationToken,
     ) -> Result<(), ReadError> {
         let (file, version) = self.file_with_content(file_id).await?;
@@ -342,8 +350,15 @@ impl Commands {
             return Ok(());
         };
         let extractor_version = extractor.version_for(format);
+        // A picture is read again for a new version of the image reader or of the classifier even
+        // when its text was read: one read serves all three.
         let wanted = file.needs_extraction(EXTRACTOR, extractor_version).or_else(|| {
             file.needs_content_analysis(READER, READER_VERSION)
+                .or_else(|| {
+                    models
+                        .labels()
+                        .and_then(|_| file.needs_content_analysis(LABELS_MODEL, LABELS_VERSION))
+                })
                 .filter(|_| format == Format::Image)
         });
         let Some((facts, path)) = wanted else {
@@ -393,10 +408,12 @@ impl Commands {
         let mut event = reading(file_id, &facts, extractor_version);
         let mut lease = None;
         let mut picture = None;
+        let mut square = None;
         // Recognised text (OCR) is a picture's text, found and highlighted as any other.
         let text = match extraction {
             Extraction::Text { text, truncated } => Some((text, truncated)),
             Extraction::Image(mut reading) => {
+                square = reading.square.take();
                 let text = reading.text.take().filter(|text| !text.trim().is_empty());
                 if text.is_none() {
                     event.outcome = ExtractionOutcome::Unsupported;
@@ -452,8 +469,52 @@ impl Commands {
         result?;
         if let Some(picture) = picture {
             self.record_picture(file_id, &facts.checksum, picture).await?;
+            self.record_labels(file_id, &facts.checksum, square, models).await?;
         }
         Ok(())
+    }
+
+    /// Records what the image classifier sees in the current version of a picture (its
+    /// [`TOP_LABELS`] likeliest classes of at least [`MIN_LABEL_SCORE`]), from the square the
+    /// extractor cut out of it; or why it could not.
+    async fn record_labels(&self, file_id: FileId, checksum: &str, square: Option<String>, models: &Models) -> Result<(), CommandError> {
+        if models.labels().is_none() {
+            return Ok(());
+        }
+        let (file, version) = self.file_with_content(file_id).await?;
+        let Some((facts, _)) = file.needs_content_analysis(LABELS_MODEL, LABELS_VERSION) else {
+            return Ok(());
+        };
+        let mut event = FileAnalyzed::of(facts, checksum, LABELS_MODEL, LABELS_VERSION, file.name_revision(), Utc::now());
+        let side = cloudsync_content::image::SQUARE_SIDE;
+        let pixels = square
+            .and_then(|square| base64::engine::general_purpose::STANDARD.decode(square).ok())
+            .filter(|rgb| rgb.len() == (side * side * 3) as usize);
+        let labelled = match pixels {
+            Some(rgb) => models.label(rgb, side, side, TOP_LABELS).await.map_err(|err| err.to_string()),
+            None => Err("the picture could not be read".to_owned()),
+        };
+        match labelled {
+            Ok(labels) => {
+                // ImageNet names a few classes alike (two kinds of missile): one label each.
+                let mut kept: Vec<ImageLabel> = Vec::new();
+                for label in labels.into_iter().filter(|l| l.score >= MIN_LABEL_SCORE) {
+                    match kept.iter_mut().find(|k| k.label == label.name) {
+                        Some(same) => same.score += label.score,
+                        None => kept.push(ImageLabel {
+                            label: label.name,
+                            score: label.score,
+                        }),
+                    }
+                }
+                event.labels = Some(kept);
+            }
+            Err(reason) => {
+                event.outcome = AnalysisOutcome::Failed;
+                event.reason = Some(reason);
+            }
+        }
+        self.record_analysis(&file, version, event).await
     }
 
     /// Records what the image reader learnt of the current version of a picture (or why it could
@@ -464,20 +525,7 @@ impl Commands {
             return Ok(());
         };
         let owner = facts.owner_id;
-        let mut event = FileAnalyzed {
-            file_id,
-            provider_id: facts.provider_id,
-            owner_id: owner,
-            checksum: checksum.to_owned(),
-            model: READER.to_owned(),
-            model_version: READER_VERSION,
-            name_revision: file.name_revision(),
-            outcome: AnalysisOutcome::Analyzed,
-            reason: None,
-            vectors: None,
-            image: None,
-            at: Utc::now(),
-        };
+        let mut event = FileAnalyzed::of(facts, checksum, READER, READER_VERSION, file.name_revision(), Utc::now());
         match picture {
             Ok(reading) => {
                 let gps = match reading.gps {

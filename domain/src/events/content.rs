@@ -117,5 +117,45 @@ pub struct FileAnalyzed {
     /// The image reader's facts.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub image: Option<ImageFacts>,
+    /// An image classifier's likeliest classes, the likeliest first (sealed with the paths, when
+    /// paths are sealed: they tell what a picture shows).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub labels: Option<Vec<ImageLabel>>,
     pub at: DateTime<Utc>,
+}
+
+impl FileAnalyzed {
+    /// A successful run of `model` at `version` over the version of a file with `checksum`, as yet
+    /// without its results.
+    pub fn of(
+        facts: &crate::events::FileDiscovered,
+        checksum: &str,
+        model: &str,
+        version: u32,
+        name_revision: u32,
+        at: DateTime<Utc>,
+    ) -> Self {
+        Self {
+            file_id: facts.file_id,
+            provider_id: facts.provider_id,
+            owner_id: facts.owner_id,
+            checksum: checksum.to_owned(),
+            model: model.to_owned(),
+            model_version: version,
+            name_revision,
+            outcome: AnalysisOutcome::Analyzed,
+            reason: None,
+            vectors: None,
+            image: None,
+            labels: None,
+            at,
+        }
+    }
+}
+
+/// A class an image classifier saw in a picture, with its probability (0 to 1).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ImageLabel {
+    pub label: String,
+    pub score: f32,
 }

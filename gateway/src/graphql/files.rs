@@ -108,10 +108,13 @@ pub struct ImageInfo {
     taken_at: Option<String>,
     /// EXIF make and model.
     camera: Option<String>,
+    /// What the image classifier (EfficientNet-Lite0, ImageNet's 1,000 classes) sees in it, the
+    /// likeliest first; empty until it has looked, or when it is sure of nothing.
+    labels: Vec<String>,
 }
 
 impl ImageInfo {
-    fn from_metadata(metadata: &serde_json::Value) -> Option<Self> {
+    fn from_row(metadata: &serde_json::Value, labels: Vec<String>) -> Option<Self> {
         let image = metadata.get("image")?;
         let number = |key: &str| image[key].as_i64().and_then(|n| i32::try_from(n).ok());
         Some(Self {
@@ -119,6 +122,7 @@ impl ImageInfo {
             height: number("height")?,
             taken_at: image["takenAt"].as_str().map(str::to_owned),
             camera: image["camera"].as_str().map(str::to_owned),
+            labels,
         })
     }
 }
@@ -154,7 +158,7 @@ impl From<FileRow> for File {
             modified_at: row.modified_at,
             created_at: row.created_at,
             updated_at: row.updated_at,
-            image: ImageInfo::from_metadata(&row.metadata),
+            image: ImageInfo::from_row(&row.metadata, row.labels),
         }
     }
 }

@@ -1,5 +1,6 @@
 //! The models against their files (installed by `scripts/models` into `CLOUDSYNC_TEST_MODELS`).
 
+mod labels;
 mod text;
 
 use std::path::PathBuf;
@@ -21,4 +22,25 @@ pub fn models_dir(model: &str) -> Option<PathBuf> {
     );
     eprintln!("skipped: the model {model} is not in {} (run scripts/models)", dir.display());
     None
+}
+
+/// A photograph of scikit-image's sample data (`scripts/sample-photos` into `CLOUDSYNC_TEST_PHOTOS`),
+/// as RGB bytes with its size; like [`models_dir`], missing only outside CI.
+pub fn photo(name: &str) -> Option<(Vec<u8>, u32, u32)> {
+    let path = std::env::var_os("CLOUDSYNC_TEST_PHOTOS")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".cache/cloudsync/photos")))?
+        .join(name);
+    let Ok(picture) = image::open(&path) else {
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "the photograph {} is missing (scripts/sample-photos unpacks it)",
+            path.display()
+        );
+        eprintln!("skipped: the photograph {} is missing (run scripts/sample-photos)", path.display());
+        return None;
+    };
+    let picture = picture.to_rgb8();
+    let (width, height) = picture.dimensions();
+    Some((picture.into_raw(), width, height))
 }
