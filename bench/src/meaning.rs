@@ -128,6 +128,7 @@ async fn main() -> anyhow::Result<()> {
                 text: page.text.to_string(),
                 language: Some("en".into()),
             }),
+            picture: None,
         });
         let mut texts = vec![name_words(&name)];
         texts.extend(passages(&page.text).into_iter().map(|p| p.text));

@@ -27,6 +27,21 @@ pub struct SearchDoc {
     /// BLAKE3 of the version listed (empty when the listing did not read it).
     pub checksum: String,
     pub content: Option<Content>,
+    /// What the content pipeline saw in a picture, for the version with its `checksum`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub picture: Option<Picture>,
+}
+
+/// What the image reader and the image classifier made of a version of a picture.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Picture {
+    pub checksum: String,
+    /// The classifier's labels, the likeliest first.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub labels: Vec<String>,
+    /// EXIF `DateTimeOriginal`, the camera's local time (`YYYY-MM-DDTHH:MM:SS`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub taken_at: Option<String>,
 }
 
 impl SearchDoc {
@@ -58,6 +73,24 @@ impl SearchDoc {
 
     pub fn language(&self) -> &str {
         self.content.as_ref().and_then(|c| c.language.as_deref()).unwrap_or("")
+    }
+
+    /// What was seen in the picture, if it is of the version the index lists.
+    pub fn picture(&self) -> Option<&Picture> {
+        self.picture.as_ref().filter(|p| p.checksum == self.checksum)
+    }
+
+    /// The picture's labels (empty for other files).
+    pub fn labels(&self) -> &[String] {
+        self.picture().map_or(&[], |p| p.labels.as_slice())
+    }
+
+    /// When the picture was taken, its EXIF time read as UTC, in Unix seconds.
+    pub fn taken(&self) -> Option<i64> {
+        let at = self.picture()?.taken_at.as_deref()?;
+        chrono::NaiveDateTime::parse_from_str(at, "%Y-%m-%dT%H:%M:%S")
+            .ok()
+            .map(|t| t.and_utc().timestamp())
     }
 
     /// The extracted text, if it belongs to the version the index lists.
@@ -150,6 +183,7 @@ mod tests {
             mime_type: "application/octet-stream".into(),
             checksum: String::new(),
             content: None,
+            picture: None,
         }
     }
 

@@ -35,6 +35,7 @@ pub(crate) fn index_body() -> Value {
                 "ext": keyword, "mime": keyword, "kind": keyword, "lang": keyword,
                 "size_bucket": keyword, "year": keyword,
                 "size": {"type": "long"}, "modified": {"type": "long"},
+                "labels": keyword, "label_words": text, "taken": {"type": "long"},
                 "checkpoint": {"type": "long"}
             }
         }
@@ -145,6 +146,13 @@ fn document(doc: &SearchDoc) -> SearchResult<Value> {
         "size": doc.size,
         "modified": doc.modified_at.timestamp(),
     });
+    if !doc.labels().is_empty() {
+        body["labels"] = json!(doc.labels());
+        body["label_words"] = json!(doc.labels().iter().map(|l| terms(l, false)).collect::<Vec<_>>());
+    }
+    if let Some(taken) = doc.taken() {
+        body["taken"] = json!(taken);
+    }
     if let Some(text) = doc.text() {
         body["content"] = Value::String(terms(text, false));
         if let Some(stems) = stemmed(text, doc.language()) {
@@ -178,6 +186,7 @@ fn word_query(w: &Word) -> Value {
     if let [one] = w.plain.as_slice() {
         should.push(term("content", one, 1.0));
         should.push(term("path", one, 1.5));
+        should.push(term("label_words", one, 1.2));
         for stem in &w.stems {
             should.push(term("stems", stem, 0.8));
         }
@@ -187,6 +196,7 @@ fn word_query(w: &Word) -> Value {
     } else {
         should.push(phrase("content", &w.plain, 1.0));
         should.push(phrase("path", &w.plain, 1.5));
+        should.push(phrase("label_words", &w.plain, 1.2));
     }
     if let [one] = w.name.as_slice() {
         should.push(term("name", one, 4.0));
@@ -206,6 +216,7 @@ fn clause_query(clause: &Clause) -> Value {
         Clause::Phrase { plain, name } => any_of(vec![
             phrase("content", plain, 1.0),
             phrase("path", plain, 1.5),
+            phrase("label_words", plain, 1.2),
             phrase("name", name, 4.0),
         ]),
     }
@@ -263,6 +274,16 @@ fn build(request: &SearchRequest) -> Value {
             filter.push(json!({"terms": {field: values.iter().map(|v| v.to_lowercase()).collect::<Vec<_>>()}}));
         }
     }
+    if !f.labels.is_empty() {
+        filter.push(json!({"terms": {"labels": f.labels}}));
+    }
+    if f.taken_after.is_some() || f.taken_before.is_some() {
+        filter.push(range(
+            "taken",
+            f.taken_after.map(|t| json!(t.timestamp())),
+            f.taken_before.map(|t| json!(t.timestamp())),
+        ));
+    }
     if f.min_size.is_some() || f.max_size.is_some() {
         filter.push(range("size", f.min_size.map(|v| json!(v)), f.max_size.map(|v| json!(v))));
     }
@@ -291,7 +312,7 @@ fn build(request: &SearchRequest) -> Value {
     json!({"bool": {"filter": filter, "must": must, "must_not": must_not}})
 }
 
-const FACETS: [&str; 6] = ["provider", "ext", "kind", "size_bucket", "year", "lang"];
+const FACETS: [&str; 7] = ["provider", "ext", "kind", "size_bucket", "year", "lang", "labels"];
 
 fn source(value: &Value) -> SearchResult<SearchDoc> {
     let json = value["_source"]["source"].as_str().unwrap_or_default();
@@ -437,6 +458,7 @@ impl SearchIndex for ElasticIndex {
                 size_buckets: facet("size_bucket"),
                 years: facet("year"),
                 languages: facet("lang"),
+                labels: facet("labels"),
             },
         })
     }

@@ -167,8 +167,35 @@ impl Engine {
     /// The index cannot be opened or created.
     pub async fn open(&self) -> SearchResult<(String, Arc<dyn SearchIndex>)> {
         match (self, self.current().await?) {
-            (Self::Tantivy { root }, Some(name)) => Ok((name.clone(), Arc::new(TantivyIndex::open(&root.join(&name))?))),
-            (Self::Elastic { http, base, alias }, Some(name)) => Ok((name, Arc::new(ElasticIndex::new(http.clone(), base, alias)))),
+            (Self::Tantivy { root }, Some(name)) => match TantivyIndex::open(&root.join(&name)) {
+                Ok(index) => Ok((name.clone(), Arc::new(index))),
+                // Made by an earlier version: a new index takes its place and the projector fills
+                // it from the log (the old one answers nothing meanwhile).
+                Err(SearchError::Outdated(why)) => {
+                    tracing::warn!(index = %name, reason = %why, "The search index predates this version's fields; a new one is built from the log.");
+                    let (fresh, index) = self.create().await?;
+                    drop(index);
+                    self.swap(&fresh).await?;
+                    Box::pin(self.open()).await
+                }
+                Err(err) => Err(err),
+            },
+            (Self::Elastic { http, base, alias }, Some(name)) => {
+                // An index made by an earlier version learns the fields added since (mappings only
+                // grow); its older documents get them when they change or at a rebuild.
+                let body = index_body();
+                let (status, value) = call(
+                    http,
+                    reqwest::Method::PUT,
+                    &format!("{base}/{name}/_mapping"),
+                    Some(body["mappings"].clone()),
+                )
+                .await?;
+                if status >= 300 {
+                    tracing::warn!(index = %name, status, answer = %value, "The search index's mappings could not be brought up to date.");
+                }
+                Ok((name, Arc::new(ElasticIndex::new(http.clone(), base, alias))))
+            }
             (_, None) => {
                 let (name, index) = self.create().await?;
                 drop(index); // tantivy: free the writer's lock before opening the index again

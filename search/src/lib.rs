@@ -22,7 +22,7 @@ mod tantivy_index;
 pub mod vectors;
 
 pub use cache::QueryCache;
-pub use doc::{Content, SearchDoc, extension_of, kind_of, size_bucket};
+pub use doc::{Content, Picture, SearchDoc, extension_of, kind_of, size_bucket};
 pub use elastic::ElasticIndex;
 pub use engine::{Engine, Search};
 pub use projector::{LiveSearch, SearchProjector, TextSource, rebuild};
@@ -41,6 +41,9 @@ pub enum SearchError {
     Server(String),
     #[error("the query: {0}")]
     Query(String),
+    /// The index was made by an earlier version with other fields: a new one is built.
+    #[error("the search index has an older layout: {0}")]
+    Outdated(String),
 }
 
 impl From<tantivy::TantivyError> for SearchError {
@@ -71,6 +74,11 @@ pub struct Filters {
     pub modified_after: Option<DateTime<Utc>>,
     pub modified_before: Option<DateTime<Utc>>,
     pub languages: Vec<String>,
+    /// Pictures with any of these labels (as the classifier names them).
+    pub labels: Vec<String>,
+    /// Pictures taken in this range (their EXIF time read as UTC).
+    pub taken_after: Option<DateTime<Utc>>,
+    pub taken_before: Option<DateTime<Utc>>,
     /// Only these files (how searches by meaning ask for the filters and facets of their ranking).
     pub files: Option<Vec<FileId>>,
 }
@@ -111,6 +119,7 @@ pub struct Facets {
     pub size_buckets: FacetCounts,
     pub years: FacetCounts,
     pub languages: FacetCounts,
+    pub labels: FacetCounts,
 }
 
 #[derive(Debug, Clone, Default, PartialEq)]

@@ -15,7 +15,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::engine::Search;
 use crate::follow::{Progress, Step, follow};
-use crate::{Batch, Content, SearchDoc, SearchError, SearchIndex, SearchResult};
+use crate::{Batch, Content, Picture, SearchDoc, SearchError, SearchIndex, SearchResult};
 
 const PAGE: i64 = 500;
 
@@ -71,6 +71,7 @@ fn file_of(event: &DomainEvent) -> Option<FileId> {
         DomainEvent::FileChanged(e) => Some(e.file_id),
         DomainEvent::FileMoved(e) => Some(e.file_id),
         DomainEvent::FileContentExtracted(e) => Some(e.file_id),
+        DomainEvent::FileAnalyzed(e) if e.labels.is_some() || e.image.is_some() => Some(e.file_id),
         _ => None,
     }
 }
@@ -128,7 +129,7 @@ impl SearchProjector {
     async fn fold(&self, pending: &mut Pending, event: DomainEvent) {
         match event {
             DomainEvent::FileDiscovered(e) => {
-                let content = pending.doc(e.file_id).and_then(|d| d.content);
+                let (content, picture) = pending.doc(e.file_id).map_or((None, None), |d| (d.content, d.picture));
                 let doc = SearchDoc {
                     file_id: e.file_id,
                     owner_id: e.owner_id,
@@ -139,6 +140,7 @@ impl SearchProjector {
                     mime_type: e.mime_type,
                     checksum: e.checksum,
                     content,
+                    picture,
                 };
                 pending.docs.insert(e.file_id, Some(doc));
             }
@@ -170,6 +172,23 @@ impl SearchProjector {
             DomainEvent::UserDeleted(e) => {
                 pending.erased.insert(e.user_id);
                 pending.gone(|d| d.owner_id == e.user_id);
+            }
+            DomainEvent::FileAnalyzed(e) if e.labels.is_some() || e.image.is_some() => {
+                let Some(mut doc) = pending.doc(e.file_id) else { return };
+                // What is known of this version so far (the reader's and the classifier's results
+                // come in separate events).
+                let mut picture = doc.picture.take().filter(|p| p.checksum == e.checksum).unwrap_or(Picture {
+                    checksum: e.checksum.clone(),
+                    ..Picture::default()
+                });
+                if let Some(labels) = e.labels {
+                    picture.labels = labels.into_iter().map(|l| l.label).collect();
+                }
+                if let Some(image) = e.image {
+                    picture.taken_at = image.taken_at;
+                }
+                doc.picture = Some(picture);
+                pending.docs.insert(e.file_id, Some(doc));
             }
             DomainEvent::FileContentExtracted(e) => {
                 let Some(mut doc) = pending.doc(e.file_id) else { return };

@@ -49,6 +49,9 @@ struct Fields {
     year: tantivy::schema::Field,
     size: tantivy::schema::Field,
     modified: tantivy::schema::Field,
+    labels: tantivy::schema::Field,
+    label_words: tantivy::schema::Field,
+    taken: tantivy::schema::Field,
 }
 
 fn schema() -> (Schema, Fields) {
@@ -67,7 +70,7 @@ fn schema() -> (Schema, Fields) {
         name: b.add_text_field("name", text.clone()),
         path: b.add_text_field("path", text.clone()),
         content: b.add_text_field("content", text.clone()),
-        stems: b.add_text_field("stems", text),
+        stems: b.add_text_field("stems", text.clone()),
         ext: b.add_text_field("ext", STRING | FAST),
         mime: b.add_text_field("mime", STRING),
         kind: b.add_text_field("kind", STRING | FAST),
@@ -76,6 +79,9 @@ fn schema() -> (Schema, Fields) {
         year: b.add_text_field("year", STRING | FAST),
         size: b.add_u64_field("size", INDEXED | FAST),
         modified: b.add_i64_field("modified", INDEXED | FAST),
+        labels: b.add_text_field("labels", STRING | FAST),
+        label_words: b.add_text_field("label_words", text),
+        taken: b.add_i64_field("taken", INDEXED | FAST),
     };
     (b.build(), fields)
 }
@@ -105,7 +111,10 @@ impl TantivyIndex {
         std::fs::create_dir_all(folder).map_err(|err| SearchError::Index(format!("{}: {err}", folder.display())))?;
         let (schema, fields) = schema();
         let dir = tantivy::directory::MmapDirectory::open(folder).map_err(|err| SearchError::Index(err.to_string()))?;
-        let index = Index::open_or_create(dir, schema)?;
+        let index = match Index::open_or_create(dir, schema) {
+            Err(tantivy::TantivyError::SchemaError(why)) => return Err(SearchError::Outdated(why)),
+            other => other?,
+        };
         index
             .tokenizers()
             .register(TOKENIZER, TextAnalyzer::from(WhitespaceTokenizer::default()));
@@ -170,6 +179,13 @@ fn to_document(f: &Fields, doc: &SearchDoc) -> SearchResult<TantivyDocument> {
     d.add_text(f.year, doc.year());
     d.add_u64(f.size, doc.size);
     d.add_i64(f.modified, doc.modified_at.timestamp());
+    for label in doc.labels() {
+        d.add_text(f.labels, label);
+        d.add_text(f.label_words, terms(label, false));
+    }
+    if let Some(taken) = doc.taken() {
+        d.add_i64(f.taken, taken);
+    }
     Ok(d)
 }
 
@@ -215,6 +231,7 @@ fn word_query(f: &Fields, w: &Word) -> Box<dyn TantivyQuery> {
     if let [one] = w.plain.as_slice() {
         should.push(term_query(f.content, one, 1.0));
         should.push(term_query(f.path, one, 1.5));
+        should.push(term_query(f.label_words, one, 1.2));
         for stem in &w.stems {
             should.push(term_query(f.stems, stem, 0.8));
         }
@@ -227,6 +244,7 @@ fn word_query(f: &Fields, w: &Word) -> Box<dyn TantivyQuery> {
     } else {
         should.push(phrase(f.content, &w.plain, 1.0));
         should.push(phrase(f.path, &w.plain, 1.5));
+        should.push(phrase(f.label_words, &w.plain, 1.2));
     }
     if let [one] = w.name.as_slice() {
         should.push(term_query(f.name, one, 4.0));
@@ -249,6 +267,7 @@ fn clause_query(f: &Fields, clause: &Clause) -> Box<dyn TantivyQuery> {
         Clause::Phrase { plain, name } => any_of(vec![
             phrase(f.content, plain, 1.0),
             phrase(f.path, plain, 1.5),
+            phrase(f.label_words, plain, 1.2),
             phrase(f.name, name, 4.0),
         ]),
     }
@@ -296,6 +315,18 @@ fn filters_query(f: &Fields, filters: &Filters) -> Vec<Box<dyn TantivyQuery>> {
         if !values.is_empty() {
             out.push(one_of(field, values.iter().map(|v| v.to_lowercase())));
         }
+    }
+    if !filters.labels.is_empty() {
+        out.push(one_of(f.labels, filters.labels.iter().cloned()));
+    }
+    if filters.taken_after.is_some() || filters.taken_before.is_some() {
+        let low = filters
+            .taken_after
+            .map_or(Bound::Unbounded, |v| Bound::Included(Term::from_field_i64(f.taken, v.timestamp())));
+        let high = filters
+            .taken_before
+            .map_or(Bound::Unbounded, |v| Bound::Included(Term::from_field_i64(f.taken, v.timestamp())));
+        out.push(boxed(RangeQuery::new(low, high)));
     }
     if filters.min_size.is_some() || filters.max_size.is_some() {
         let low = filters
@@ -348,7 +379,7 @@ fn build(f: &Fields, request: &SearchRequest) -> Box<dyn TantivyQuery> {
 /// Exact counts of the matching documents by the facet fields.
 struct FacetCollector;
 
-const FACETS: [&str; 6] = ["provider", "ext", "kind", "size_bucket", "year", "lang"];
+const FACETS: [&str; 7] = ["provider", "ext", "kind", "size_bucket", "year", "lang", "labels"];
 
 struct FacetSegment {
     columns: Vec<Option<StrColumn>>,
@@ -505,6 +536,7 @@ impl SearchIndex for TantivyIndex {
                     size_buckets: next(),
                     years: next(),
                     languages: next(),
+                    labels: next(),
                 },
             })
         })

@@ -281,6 +281,11 @@ impl Harness {
     /// As [`Harness::contents_read`], and then until the search index has caught up with the log.
     pub async fn contents_indexed(&self, count: usize) {
         self.contents_read(count).await;
+        self.indexed().await;
+    }
+
+    /// Waits until the search index has caught up with the log as it is now.
+    pub async fn indexed(&self) {
         let app = self.server().app();
         let head = app.db.events.head().await.expect("head");
         assert!(app.search.wait_for(head, Duration::from_secs(20)).await, "the index catches up");

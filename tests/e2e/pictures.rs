@@ -116,6 +116,42 @@ async fn pictures_are_read_and_copies_grouped_but_not_bursts(h: &Harness) {
     );
     assert_eq!(image_of("web/recompressed.jpg")["takenAt"], Value::Null);
     assert_eq!(image_of("broken.png"), Value::Null);
+    // When a picture was taken narrows a search: the second of the burst is left out.
+    h.indexed().await;
+    let taken = h
+        .ok(
+            Some(&token),
+            "query($f: SearchFilters) { searchFiles(query: \"\", filters: $f) { hits { file { path } } } }",
+            json!({ "f": { "takenAfter": "2024-05-01T09:00:00Z", "takenBefore": "2024-05-01T10:00:00Z" } }),
+        )
+        .await;
+    let mut paths: Vec<&str> = taken["searchFiles"]["hits"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|hit| hit["file"]["path"].as_str())
+        .collect();
+    paths.sort_unstable();
+    assert_eq!(
+        paths,
+        [
+            "backup/IMG_0001.jpg",
+            "camera/IMG_0001.jpg",
+            "camera/IMG_0003.jpg",
+            "phone/small.jpg"
+        ],
+        "{taken}"
+    );
+    let backwards = json!({ "f": { "takenAfter": "2024-05-02T00:00:00Z", "takenBefore": "2024-05-01T00:00:00Z" } });
+    assert_eq!(
+        h.error_code(
+            Some(&token),
+            "query($f: SearchFilters) { searchFiles(query: \"\", filters: $f) { total } }",
+            backwards
+        )
+        .await,
+        "BAD_USER_INPUT"
+    );
 
     // A picture touched (same bytes, a new time) keeps what was read of it; it is not read again.
     let touched = std::fs::File::options()
@@ -255,6 +291,25 @@ async fn photographs_are_labelled_with_what_they_show(h: &Harness) {
         cat.iter()
             .any(|l| ["tabby cat", "Egyptian Mau", "a cat having a striped coat"].contains(&l.as_str())),
         "{cat:?}"
+    );
+    // Labels are searched like words, faceted and filtered on.
+    h.indexed().await;
+    let search = "query($q: String!, $f: SearchFilters) { searchFiles(query: $q, filters: $f, mode: KEYWORD) { \
+        hits { file { path } } facets { labels { value count } } } }";
+    let found = h.ok(Some(&token), search, json!({ "q": "espresso", "f": null })).await;
+    assert_eq!(
+        found["searchFiles"]["hits"],
+        json!([{ "file": { "path": "kitchen/coffee.png" } }]),
+        "{found}"
+    );
+    let all = h.ok(Some(&token), search, json!({ "q": "", "f": null })).await;
+    let facet = all["searchFiles"]["facets"]["labels"].as_array().cloned().unwrap_or_default();
+    assert!(facet.contains(&json!({ "value": "espresso", "count": 1 })), "{all}");
+    let cats = h.ok(Some(&token), search, json!({ "q": "", "f": { "labels": [cat[0]] } })).await;
+    assert_eq!(
+        cats["searchFiles"]["hits"],
+        json!([{ "file": { "path": "kitchen/chelsea.png" } }]),
+        "{cats}"
     );
     // A new version of a picture is looked at again.
     write(

@@ -435,6 +435,7 @@ fn search_doc(at: usize, r: &Record, owner: UserId, providers: &[ProviderId]) ->
             text: text.to_string(),
             language: r.language.clone(),
         }),
+        picture: None,
     }
 }
 

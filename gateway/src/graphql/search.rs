@@ -36,6 +36,12 @@ pub struct SearchFilters {
     /// `document`, `spreadsheet`, `presentation`, `image`, `video`, `audio`, `archive`, `code`,
     /// `text` or `other`.
     kinds: Option<Vec<String>>,
+    /// Pictures with any of these labels, as `File.image.labels` and the `labels` facet name them.
+    labels: Option<Vec<String>>,
+    /// Pictures taken at or after this time (their EXIF time, which has no zone, read as UTC).
+    taken_after: Option<DateTime<Utc>>,
+    /// Pictures taken at or before this time (read as `takenAfter` is).
+    taken_before: Option<DateTime<Utc>>,
 }
 
 /// How `searchFiles` ranks the caller's files.
@@ -90,6 +96,8 @@ pub struct SearchFacets {
     size_buckets: Vec<FacetCount>,
     years: Vec<FacetCount>,
     languages: Vec<FacetCount>,
+    /// Pictures' labels (what the image classifier sees in them).
+    labels: Vec<FacetCount>,
 }
 
 #[derive(SimpleObject)]
@@ -154,8 +162,22 @@ fn to_filters(input: SearchFilters) -> Result<Filters, ApiError> {
         modified_after: input.modified_after,
         modified_before: input.modified_before,
         languages: lower(input.languages),
+        labels: input
+            .labels
+            .unwrap_or_default()
+            .into_iter()
+            .map(|l| l.trim().to_owned())
+            .filter(|l| !l.is_empty())
+            .collect(),
+        taken_after: input.taken_after,
+        taken_before: input.taken_before,
         files: None,
     };
+    if let (Some(after), Some(before)) = (filters.taken_after, filters.taken_before)
+        && after > before
+    {
+        return Err(ApiError::BadInput("takenAfter must not be later than takenBefore".into()));
+    }
     if let (Some(min), Some(max)) = (filters.min_size, filters.max_size)
         && min > max
     {
@@ -302,6 +324,7 @@ impl SearchQuery {
                 size_buckets: counts(facets.size_buckets),
                 years: counts(facets.years),
                 languages: counts(facets.languages),
+                labels: counts(facets.labels),
             },
             indexed_position: position,
             stale,

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use chrono::{TimeZone, Utc};
 use cloudsync_domain::{FileId, ProviderId, UserId};
 use cloudsync_search::query::parse;
-use cloudsync_search::{Batch, Content, Engine, Filters, Search, SearchDoc, SearchIndex, SearchRequest, SearchResults};
+use cloudsync_search::{Batch, Content, Engine, Filters, Picture, Search, SearchDoc, SearchIndex, SearchRequest, SearchResults};
 use uuid::Uuid;
 
 pub struct Backend {
@@ -73,6 +73,7 @@ impl Files {
                 text: text.into(),
                 language: Some(language.into()).filter(|l: &String| !l.is_empty()),
             }),
+            picture: None,
         }
     }
 }
@@ -531,4 +532,106 @@ async fn churn_does_not_grow_the_tantivy_index_without_bound() {
         last < first * 4,
         "after 10 rounds of changing every file the index holds {last} bytes, {first} after the first"
     );
+}
+
+#[tokio::test]
+async fn pictures_are_found_by_label_filtered_by_label_and_time_taken_and_faceted() {
+    for backend in backends() {
+        let b = backend.name;
+        let files = Files::new();
+        let search = Search::open(backend.engine.clone()).await.expect("the search backend answers");
+        let picture = |path: &str, labels: &[&str], taken: Option<&str>| {
+            let mut doc = files.doc(path, 50_000, 2024, None);
+            doc.picture = Some(Picture {
+                checksum: doc.checksum.clone(),
+                labels: labels.iter().map(|l| (*l).to_owned()).collect(),
+                taken_at: taken.map(str::to_owned),
+            });
+            doc
+        };
+        let mut stale = picture("/camera/old-version.jpg", &["espresso"], None);
+        stale.checksum = "a newer version".into();
+        let docs = vec![
+            picture("/camera/IMG_1.jpg", &["espresso", "tea cup"], Some("2024-05-01T10:00:00")),
+            picture("/camera/IMG_2.jpg", &["tabby cat"], Some("2023-12-24T18:30:00")),
+            picture("/camera/IMG_3.jpg", &["tabby cat", "Egyptian Mau"], None),
+            stale,
+            files.doc("/notes/espresso-machine.txt", 10, 2024, None),
+        ];
+        put(&*search.index().await, &docs, 1).await;
+        let index = search.index().await;
+        // A label is found like a word of the file; the labels of an older version are not.
+        assert_eq!(
+            names(&find(&*index, files.owner, "espresso", Filters::default()).await, &docs),
+            sorted(vec!["IMG_1.jpg", "espresso-machine.txt"]),
+            "{b}"
+        );
+        assert_eq!(
+            names(&find(&*index, files.owner, "\"tea cup\"", Filters::default()).await, &docs),
+            sorted(vec!["IMG_1.jpg"]),
+            "{b}"
+        );
+        let all = find(&*index, files.owner, "", Filters::default()).await;
+        assert_eq!(
+            all.facets.labels,
+            vec![
+                ("tabby cat".into(), 2),
+                ("Egyptian Mau".into(), 1),
+                ("espresso".into(), 1),
+                ("tea cup".into(), 1)
+            ],
+            "{b}"
+        );
+        let filtered = |labels: &[&str], after: Option<(i32, u32, u32)>, before: Option<(i32, u32, u32)>| Filters {
+            labels: labels.iter().map(|l| (*l).to_owned()).collect(),
+            taken_after: after.and_then(|(y, m, d)| Utc.with_ymd_and_hms(y, m, d, 0, 0, 0).single()),
+            taken_before: before.and_then(|(y, m, d)| Utc.with_ymd_and_hms(y, m, d, 0, 0, 0).single()),
+            ..Filters::default()
+        };
+        assert_eq!(
+            names(&find(&*index, files.owner, "", filtered(&["tabby cat"], None, None)).await, &docs),
+            sorted(vec!["IMG_2.jpg", "IMG_3.jpg"]),
+            "{b}"
+        );
+        assert_eq!(
+            names(
+                &find(&*index, files.owner, "", filtered(&[], Some((2024, 1, 1)), None)).await,
+                &docs
+            ),
+            sorted(vec!["IMG_1.jpg"]),
+            "{b}"
+        );
+        assert_eq!(
+            names(
+                &find(
+                    &*index,
+                    files.owner,
+                    "",
+                    filtered(&["tabby cat"], Some((2023, 12, 1)), Some((2024, 1, 1)))
+                )
+                .await,
+                &docs
+            ),
+            sorted(vec!["IMG_2.jpg"]),
+            "{b}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_tantivy_index_of_an_older_layout_is_replaced_by_a_new_one() {
+    let dir = tempfile::tempdir().expect("a temporary folder");
+    let root = dir.path().join("search");
+    let old = root.join("index-0000");
+    std::fs::create_dir_all(&old).expect("mkdir");
+    let mut schema = tantivy::schema::Schema::builder();
+    schema.add_text_field("id", tantivy::schema::STRING);
+    tantivy::Index::create_in_dir(&old, schema.build()).expect("an index of another layout");
+    std::fs::write(root.join("CURRENT"), "index-0000").expect("CURRENT");
+    let engine = Engine::tantivy(root.clone());
+    let (name, index) = engine.open().await.expect("a new index takes its place");
+    assert_ne!(name, "index-0000");
+    assert_eq!(index.checkpoint().await.expect("a checkpoint"), 0, "filled from the log's start");
+    assert_eq!(engine.current().await.expect("CURRENT").as_deref(), Some(name.as_str()));
+    assert!(!old.exists(), "the old index is let go");
 }
