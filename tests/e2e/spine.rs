@@ -399,6 +399,20 @@ async fn a_rebuilt_read_model_equals_the_live_one(h: &Harness) {
     let cat = files["photos/2024/cat.jpg"]["id"].as_str().expect("id").to_owned();
     h.ok(Some(&token), MOVE, json!({ "ids": [readme], "to": "moved" })).await;
     h.ok(Some(&token), DELETE, json!({ "ids": [cat] })).await;
+    // A duplicate resolved, for the deleted files kept restorable.
+    for copy in ["twice/a.txt", "twice/b.txt"] {
+        let host = h.db.dir().join("provider-root").join(copy);
+        std::fs::create_dir_all(host.parent().expect("a parent")).expect("mkdir");
+        std::fs::write(host, "the same words, twice").expect("write");
+    }
+    h.rescan(&token, &provider).await;
+    let groups = h.ok(Some(&token), "{ duplicates { id } }", json!({})).await;
+    h.ok(
+        Some(&token),
+        "mutation($g: ID!) { resolveDuplicate(groupId: $g, action: KEEP_OLDEST) }",
+        json!({ "g": groups["duplicates"][0]["id"] }),
+    )
+    .await;
     // A sync pair and its first run, for the sync read models.
     let copy = h.db.dir().join("copy");
     std::fs::create_dir_all(&copy).expect("mkdir");
