@@ -9,6 +9,11 @@
 //!
 //! A picture is resized so its shorter side is 256 pixels, its middle 224×224 cut out, and each
 //! channel scaled to (x − 127) / 128.
+//!
+//! ResNet-50 (torchvision's layout: `conv1`, `layer1.0.conv1`, …, `fc`, as candle-transformers
+//! builds it) is used instead when its weights are given in `<models_dir>/resnet-50`
+//! (`model.safetensors` and `labels.json`); its input is scaled with ImageNet's channel means and
+//! deviations.
 
 use std::path::Path;
 
@@ -20,6 +25,12 @@ use crate::{ModelError, ModelResult};
 
 /// The classifier's folder under the models directory.
 pub const LABELS_MODEL: &str = "efficientnet-lite0";
+/// The larger classifier's folder, used instead when its weights are given.
+pub const RESNET_MODEL: &str = "resnet-50";
+/// ImageNet's channel means and standard deviations (of values from 0 to 1), as ResNet-50 was
+/// trained with them.
+const IMAGENET_MEAN: [f32; 3] = [0.485, 0.456, 0.406];
+const IMAGENET_STD: [f32; 3] = [0.229, 0.224, 0.225];
 /// Recorded with each result: a new version labels every picture again.
 pub const LABELS_VERSION: u32 = 1;
 /// The side of the square the network sees.
@@ -118,12 +129,33 @@ impl Block {
     }
 }
 
-/// EfficientNet-Lite0 with its class names.
-pub struct ImageLabeler {
+/// EfficientNet-Lite0's layers.
+struct Lite0 {
     stem: ConvBn,
     blocks: Vec<Block>,
     head: ConvBn,
     classifier: Linear,
+}
+
+impl Lite0 {
+    fn forward(&self, input: &Tensor) -> ModelResult<Tensor> {
+        let mut x = self.stem.forward(input)?;
+        for block in &self.blocks {
+            x = block.forward(&x)?;
+        }
+        let x = self.head.forward(&x)?.mean(D::Minus1)?.mean(D::Minus1)?;
+        Ok(self.classifier.forward(&x)?)
+    }
+}
+
+enum Network {
+    Lite0(Box<Lite0>),
+    ResNet50(candle_nn::Func<'static>),
+}
+
+/// An ImageNet classifier (EfficientNet-Lite0, or ResNet-50 where given) with its class names.
+pub struct ImageLabeler {
+    network: Network,
     names: Vec<String>,
     device: Device,
 }
@@ -141,6 +173,20 @@ impl ImageLabeler {
     /// # Errors
     /// Missing or malformed files.
     pub fn load(dir: &Path) -> ModelResult<Self> {
+        Self::load_as(dir, |vb| Ok(Network::Lite0(Box::new(lite0(&vb)?))))
+    }
+
+    /// Loads ResNet-50's `model.safetensors` (torchvision's names) and `labels.json` from `dir`.
+    ///
+    /// # Errors
+    /// Missing or malformed files.
+    pub fn load_resnet50(dir: &Path) -> ModelResult<Self> {
+        Self::load_as(dir, |vb| {
+            Ok(Network::ResNet50(candle_transformers::models::resnet::resnet50(1000, vb)?))
+        })
+    }
+
+    fn load_as(dir: &Path, build: impl FnOnce(VarBuilder<'static>) -> ModelResult<Network>) -> ModelResult<Self> {
         let invalid = |what: &str, reason: String| ModelError::Invalid {
             path: dir.join(what),
             reason,
@@ -153,10 +199,21 @@ impl ImageLabeler {
         }
         let weights = read(&dir.join("model.safetensors"))?;
         let vb = VarBuilder::from_buffered_safetensors(weights, DType::F32, &device)?;
-        Self::build(&vb, names, device).map_err(|err| invalid("model.safetensors", err.to_string()))
+        let network = build(vb).map_err(|err| invalid("model.safetensors", err.to_string()))?;
+        Ok(Self { network, names, device })
     }
 
-    fn build(vb: &VarBuilder<'_>, names: Vec<String>, device: Device) -> ModelResult<Self> {
+    /// The model's name, as results record it.
+    pub fn model(&self) -> &'static str {
+        match self.network {
+            Network::Lite0(_) => LABELS_MODEL,
+            Network::ResNet50(_) => RESNET_MODEL,
+        }
+    }
+}
+
+fn lite0(vb: &VarBuilder<'_>) -> ModelResult<Lite0> {
+    {
         let vb = vb.clone();
         let stem = ConvBn::load(&vb, "_conv_stem", "_bn0", (3, 32), 3, 2, 1, true)?;
         let mut blocks = Vec::new();
@@ -211,16 +268,16 @@ impl ImageLabeler {
         }
         let head = ConvBn::load(&vb, "_conv_head", "_bn1", (320, 1280), 1, 1, 1, true)?;
         let classifier = candle_nn::linear(1280, 1000, vb.pp("_fc"))?;
-        Ok(Self {
+        Ok(Lite0 {
             stem,
             blocks,
             head,
             classifier,
-            names,
-            device,
         })
     }
+}
 
+impl ImageLabeler {
     /// The `top` most likely classes of an RGB picture (`width`×`height`, 3 bytes a pixel), most
     /// likely first.
     ///
@@ -228,12 +285,10 @@ impl ImageLabeler {
     /// A buffer that does not hold the picture, or a failure in the network.
     pub fn classify(&self, rgb: &[u8], width: u32, height: u32, top: usize) -> ModelResult<Vec<Label>> {
         let input = self.input(rgb, width, height)?;
-        let mut x = self.stem.forward(&input)?;
-        for block in &self.blocks {
-            x = block.forward(&x)?;
-        }
-        let x = self.head.forward(&x)?.mean(D::Minus1)?.mean(D::Minus1)?;
-        let logits = self.classifier.forward(&x)?;
+        let logits = match &self.network {
+            Network::Lite0(network) => network.forward(&input)?,
+            Network::ResNet50(network) => network.forward(&input)?,
+        };
         let scores: Vec<f32> = candle_nn::ops::softmax(&logits, D::Minus1)?.squeeze(0)?.to_vec1()?;
         let mut ranked: Vec<(usize, f32)> = scores.into_iter().enumerate().collect();
         ranked.sort_by(|a, b| b.1.total_cmp(&a.1));
@@ -258,7 +313,15 @@ impl ImageLabeler {
         );
         let resized = image::imageops::resize(&picture, w, h, image::imageops::FilterType::Triangle);
         let middle = image::imageops::crop_imm(&resized, (w - SIDE) / 2, (h - SIDE) / 2, SIDE, SIDE).to_image();
-        let values: Vec<f32> = middle.into_raw().into_iter().map(|v| (f32::from(v) - 127.0) / 128.0).collect();
+        let values: Vec<f32> = match self.network {
+            Network::Lite0(_) => middle.into_raw().into_iter().map(|v| (f32::from(v) - 127.0) / 128.0).collect(),
+            Network::ResNet50(_) => middle
+                .into_raw()
+                .into_iter()
+                .enumerate()
+                .map(|(i, v)| (f32::from(v) / 255.0 - IMAGENET_MEAN[i % 3]) / IMAGENET_STD[i % 3])
+                .collect(),
+        };
         let side = SIDE as usize;
         Ok(Tensor::from_vec(values, (1, side, side, 3), &self.device)?
             .permute((0, 3, 1, 2))?

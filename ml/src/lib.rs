@@ -10,7 +10,7 @@ mod models;
 mod passages;
 mod text;
 
-pub use labels::{ImageLabeler, LABELS_MODEL, LABELS_VERSION, Label};
+pub use labels::{ImageLabeler, LABELS_MODEL, LABELS_VERSION, Label, RESNET_MODEL};
 pub use models::{Models, name_words};
 pub use passages::{Passage, passages};
 pub use text::{TextEmbedder, cosine};

@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use tokio::sync::Semaphore;
 
-use crate::{ImageLabeler, LABELS_MODEL, Label, ModelError, ModelResult, TextEmbedder};
+use crate::{ImageLabeler, LABELS_MODEL, Label, ModelError, ModelResult, RESNET_MODEL, TextEmbedder};
 
 /// The loaded models, shared by the pipeline and the API (which embeds queries).
 #[derive(Clone)]
@@ -55,7 +55,10 @@ impl Models {
             None
         };
         let labels_dir = dir.join(LABELS_MODEL);
-        let labels = if labels_dir.is_dir() {
+        let resnet_dir = dir.join(RESNET_MODEL);
+        let labels = if resnet_dir.is_dir() {
+            Some(Arc::new(ImageLabeler::load_resnet50(&resnet_dir)?))
+        } else if labels_dir.is_dir() {
             Some(Arc::new(ImageLabeler::load(&labels_dir)?))
         } else {
             tracing::info!(

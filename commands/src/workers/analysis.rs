@@ -21,8 +21,8 @@ pub(crate) fn models_tag(models: &Models) -> String {
     if models.text().is_some() {
         tag.push_str(&format!("+{}-v{}", TextEmbedder::MODEL, TextEmbedder::VERSION));
     }
-    if models.labels().is_some() {
-        tag.push_str(&format!("+{}-v{}", cloudsync_ml::LABELS_MODEL, cloudsync_ml::LABELS_VERSION));
+    if let Some(labeler) = models.labels() {
+        tag.push_str(&format!("+{}-v{}", labeler.model(), cloudsync_ml::LABELS_VERSION));
     }
     tag
 }

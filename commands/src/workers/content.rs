@@ -29,7 +29,7 @@ use cloudsync_domain::events::{
 use cloudsync_domain::file::{File, FileCommand, content_stream};
 use cloudsync_domain::{Aggregate, DomainEvent, FileId, UserId};
 use cloudsync_eventstore::{DbPool, on_pool, subscribe};
-use cloudsync_ml::{LABELS_MODEL, LABELS_VERSION, Models};
+use cloudsync_ml::{LABELS_VERSION, Models};
 use cloudsync_providers::ProviderError;
 use futures::{StreamExt, TryStreamExt};
 use tokio::task::JoinSet;
@@ -357,7 +357,7 @@ impl Commands {
                 .or_else(|| {
                     models
                         .labels()
-                        .and_then(|_| file.needs_content_analysis(LABELS_MODEL, LABELS_VERSION))
+                        .and_then(|labeler| file.needs_content_analysis(labeler.model(), LABELS_VERSION))
                 })
                 .filter(|_| format == Format::Image)
         });
@@ -478,14 +478,14 @@ impl Commands {
     /// [`TOP_LABELS`] likeliest classes of at least [`MIN_LABEL_SCORE`]), from the square the
     /// extractor cut out of it; or why it could not.
     async fn record_labels(&self, file_id: FileId, checksum: &str, square: Option<String>, models: &Models) -> Result<(), CommandError> {
-        if models.labels().is_none() {
-            return Ok(());
-        }
-        let (file, version) = self.file_with_content(file_id).await?;
-        let Some((facts, _)) = file.needs_content_analysis(LABELS_MODEL, LABELS_VERSION) else {
+        let Some(model) = models.labels().map(|labeler| labeler.model()) else {
             return Ok(());
         };
-        let mut event = FileAnalyzed::of(facts, checksum, LABELS_MODEL, LABELS_VERSION, file.name_revision(), Utc::now());
+        let (file, version) = self.file_with_content(file_id).await?;
+        let Some((facts, _)) = file.needs_content_analysis(model, LABELS_VERSION) else {
+            return Ok(());
+        };
+        let mut event = FileAnalyzed::of(facts, checksum, model, LABELS_VERSION, file.name_revision(), Utc::now());
         let side = cloudsync_content::image::SQUARE_SIDE;
         let pixels = square
             .and_then(|square| base64::engine::general_purpose::STANDARD.decode(square).ok())

@@ -38,3 +38,35 @@ fn a_model_folder_without_its_files_is_refused_with_the_reason() {
     assert!(err.to_string().contains("labels.json"), "{err}");
     std::fs::remove_dir_all(&empty).ok();
 }
+
+/// No ResNet-50 weights can be had here: weights of its layout are made up (random, as
+/// candle-transformers initialises them) and saved as a checkpoint would be, to show that given
+/// weights load and classify. What it says of a picture means nothing.
+#[test]
+fn resnet50_loads_when_its_weights_are_given() {
+    use candle_core::{DType, Device};
+    use candle_nn::{VarBuilder, VarMap};
+
+    let dir = std::env::temp_dir().join(format!("cloudsync-resnet-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("mkdir");
+    let weights = VarMap::new();
+    candle_transformers::models::resnet::resnet50(1000, VarBuilder::from_varmap(&weights, DType::F32, &Device::Cpu))
+        .expect("the layers are made");
+    weights.save(dir.join("model.safetensors")).expect("saved");
+    let names: Vec<String> = (0..1000).map(|i| format!("class {i}")).collect();
+    std::fs::write(dir.join("labels.json"), serde_json::to_vec(&names).expect("JSON")).expect("labels");
+
+    let labeler = ImageLabeler::load_resnet50(&dir).expect("given weights load");
+    assert_eq!(labeler.model(), "resnet-50");
+    let rgb: Vec<u8> = (0..320 * 240 * 3).map(|i| (i % 251) as u8).collect();
+    let labels = labeler.classify(&rgb, 320, 240, 5).expect("classified");
+    assert_eq!(labels.len(), 5);
+    assert!(
+        labels
+            .iter()
+            .all(|l| l.name.starts_with("class ") && (0.0..=1.0).contains(&l.score))
+    );
+    // Lite0's folder is not ResNet-50's.
+    assert!(ImageLabeler::load(&dir).is_err());
+    std::fs::remove_dir_all(&dir).ok();
+}
