@@ -152,7 +152,8 @@ pub async fn search(
             };
             let keyword: Vec<FileId> = found.iter().map(|h| h.file_id).collect();
             keyword_hits = found.into_iter().map(|h| (h.file_id, h)).collect();
-            fuse(&[keyword, near.into_iter().map(|(id, _)| id).collect()])
+            // The meaning's ranking first: where the two fuse to a tie, it decides.
+            fuse(&[near.into_iter().map(|(id, _)| id).collect(), keyword])
         }
     };
     // The filters and facets, over exactly the ranked files.
