@@ -10,6 +10,10 @@
 //! grouped with the variant, how many are copies of the same photograph); and how many burst shots
 //! and stereo pairs were wrongly grouped; at thresholds 0.99, 0.98 (the default), 0.95 and 0.9. Also
 //! the reading rate. `BENCH_EXPLAIN=1` prints every group.
+//!
+//! Beside it, the peer: `czkawka_cli image` (`scripts/bench-tools` installs it from crates.io) over
+//! the same files written to a folder, with its defaults (16×16 gradient hash, difference up to 5),
+//! one thread, no cache: its time and its groups, judged the same way.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -138,53 +142,133 @@ fn main() -> anyhow::Result<()> {
                 println!("  {threshold}: {} bits: {}", group.distance, members.join(" "));
             }
         }
-        let together = |a: usize, b: usize| group_of.get(&a).is_some_and(|g| group_of.get(&b) == Some(g));
-        for kind in KINDS {
-            let (mut found, mut total, mut right, mut grouped) = (0, 0, 0, 0);
-            for (i, (entry, _)) in files.iter().enumerate().filter(|(_, (e, _))| e.kind == kind) {
-                let original = files
-                    .iter()
-                    .position(|(e, _)| e.photo == entry.photo && e.kind == "original")
-                    .unwrap_or(i);
-                total += 1;
-                if together(i, original) {
-                    found += 1;
+        judge(&threshold.to_string(), &files, &group_of, stereo);
+    }
+    czkawka(&files, &photos, stereo)
+}
+
+/// The peer over the same files: `czkawka_cli image` with its defaults, one thread, no cache.
+fn czkawka(files: &[(Entry, Vec<u8>)], photos: &[(String, DynamicImage)], stereo: (Option<usize>, Option<usize>)) -> anyhow::Result<()> {
+    let program = std::env::var("BENCH_CZKAWKA").unwrap_or_else(|_| "czkawka_cli".into());
+    let folder = tempfile::tempdir()?;
+    for (at, (entry, bytes)) in files.iter().enumerate() {
+        let extension = if bytes.starts_with(&[0xff, 0xd8]) { "jpg" } else { "png" };
+        std::fs::write(
+            folder
+                .path()
+                .join(format!("{at}-{}-{}.{extension}", photos[entry.photo].0, entry.kind)),
+            bytes,
+        )?;
+    }
+    println!("\nczkawka_cli image (16×16 gradient hash, one thread, no cache) on the same pictures in a folder:\n");
+    println!("| max difference | kind | recall | precision |\n|---|---|---|---|");
+    let mut times = Vec::new();
+    for difference in [5, 10, 20] {
+        let results = folder.path().join(format!("groups-{difference}.json"));
+        let started = Instant::now();
+        let status = std::process::Command::new(&program)
+            .arg("image")
+            .arg("-d")
+            .arg(folder.path())
+            .args([
+                "-m",
+                "1",
+                "-H",
+                "-T",
+                "1",
+                "-N",
+                "-M",
+                "-W",
+                "-x",
+                "png,jpg",
+                "-s",
+                &difference.to_string(),
+            ])
+            .arg("-C")
+            .arg(&results)
+            .status();
+        times.push(started.elapsed().as_secs_f64());
+        match status {
+            Ok(status) if status.success() => {}
+            other => {
+                println!("czkawka_cli did not run ({other:?}): `scripts/bench-tools` installs it");
+                return Ok(());
+            }
+        }
+        let groups: Vec<Vec<serde_json::Value>> = serde_json::from_slice(&std::fs::read(&results)?)?;
+        let mut group_of: HashMap<usize, usize> = HashMap::new();
+        for (g, group) in groups.iter().enumerate() {
+            for member in group {
+                let name = std::path::Path::new(member["path"].as_str().unwrap_or_default())
+                    .file_name()
+                    .and_then(|n| n.to_str())
+                    .unwrap_or_default()
+                    .to_owned();
+                if let Some(at) = name.split('-').next().and_then(|n| n.parse::<usize>().ok()) {
+                    group_of.insert(at, g);
                 }
-                for (j, (other, _)) in files.iter().enumerate() {
-                    if j != i && together(i, j) {
-                        grouped += 1;
-                        if other.photo == entry.photo && other.kind != "burst" {
-                            right += 1;
-                        }
+            }
+        }
+        judge(&difference.to_string(), files, &group_of, stereo);
+    }
+    let fastest = times.iter().copied().fold(f64::INFINITY, f64::min);
+    println!(
+        "\nczkawka_cli took {} s per run (decode, hash, compare), {:.0} pictures/s at best",
+        times.iter().map(|t| format!("{t:.2}")).collect::<Vec<_>>().join(", "),
+        files.len() as f64 / fastest
+    );
+    Ok(())
+}
+
+/// Prints, for the groups `group_of` (picture → group) made at `label`, each variant kind's recall
+/// and precision, and whether the burst shots and the stereo pair stayed apart.
+fn judge(label: &str, files: &[(Entry, Vec<u8>)], group_of: &HashMap<usize, usize>, stereo: (Option<usize>, Option<usize>)) {
+    let threshold = label;
+    let together = |a: usize, b: usize| group_of.get(&a).is_some_and(|g| group_of.get(&b) == Some(g));
+    for kind in KINDS {
+        let (mut found, mut total, mut right, mut grouped) = (0, 0, 0, 0);
+        for (i, (entry, _)) in files.iter().enumerate().filter(|(_, (e, _))| e.kind == kind) {
+            let original = files
+                .iter()
+                .position(|(e, _)| e.photo == entry.photo && e.kind == "original")
+                .unwrap_or(i);
+            total += 1;
+            if together(i, original) {
+                found += 1;
+            }
+            for (j, (other, _)) in files.iter().enumerate() {
+                if j != i && together(i, j) {
+                    grouped += 1;
+                    if other.photo == entry.photo && other.kind != "burst" {
+                        right += 1;
                     }
                 }
             }
-            if kind == "burst" {
-                println!("| {threshold} | burst shots (must stay apart) | {found} of {total} wrongly grouped with their scene | |");
-            } else {
-                let precision = if grouped == 0 { 1.0 } else { f64::from(right) / f64::from(grouped) };
-                println!(
-                    "| {threshold} | {kind} | {:.2} ({found}/{total}) | {precision:.2} |",
-                    f64::from(found) / f64::from(total)
-                );
-            }
         }
-        if let (Some(left), Some(right)) = stereo {
-            let index = |photo: usize| {
-                files
-                    .iter()
-                    .position(|(e, _)| e.photo == photo && e.kind == "original")
-                    .unwrap_or(0)
-            };
+        if kind == "burst" {
+            println!("| {threshold} | burst shots (must stay apart) | {found} of {total} wrongly grouped with their scene | |");
+        } else {
+            let precision = if grouped == 0 { 1.0 } else { f64::from(right) / f64::from(grouped) };
             println!(
-                "| {threshold} | stereo pair (must stay apart) | {} | |",
-                if together(index(left), index(right)) {
-                    "wrongly grouped"
-                } else {
-                    "apart"
-                }
+                "| {threshold} | {kind} | {:.2} ({found}/{total}) | {precision:.2} |",
+                f64::from(found) / f64::from(total)
             );
         }
     }
-    Ok(())
+    if let (Some(left), Some(right)) = stereo {
+        let index = |photo: usize| {
+            files
+                .iter()
+                .position(|(e, _)| e.photo == photo && e.kind == "original")
+                .unwrap_or(0)
+        };
+        println!(
+            "| {threshold} | stereo pair (must stay apart) | {} | |",
+            if together(index(left), index(right)) {
+                "wrongly grouped"
+            } else {
+                "apart"
+            }
+        );
+    }
 }
