@@ -9,7 +9,7 @@
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 /// What reads text from pictures and scanned pages.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -251,7 +251,7 @@ impl Drop for Scratch {
 }
 
 /// Runs `program` with `input` on its stdin; its stdout, unless it fails or runs past `deadline`
-/// (then it is killed).
+/// (then it is killed). Nothing polls: the deadline is a timed wait for the output.
 fn run(program: &Path, args: &[&str], input: Option<&[u8]>, deadline: Instant) -> Result<Vec<u8>, String> {
     let mut child = Command::new(program)
         .args(args)
@@ -272,29 +272,32 @@ fn run(program: &Path, args: &[&str], input: Option<&[u8]>, deadline: Instant) -
         }
         _ => None,
     };
-    let reader = child.stdout.take().map(|stdout| {
+    // The output arrives whole when the program closes its stdout, as it does on exiting.
+    let (done, output) = std::sync::mpsc::channel();
+    if let Some(mut stdout) = child.stdout.take() {
         std::thread::spawn(move || {
             let mut out = Vec::new();
-            let _ = stdout.take(MAX_OUTPUT).read_to_end(&mut out);
-            out
-        })
-    });
-    let status = loop {
-        match child.try_wait() {
-            Ok(Some(status)) => break status,
-            Ok(None) if Instant::now() >= deadline => {
-                let _ = child.kill();
-                let _ = child.wait();
-                return Err(format!("{} ran past the time limit", name(program)));
-            }
-            Ok(None) => std::thread::sleep(Duration::from_millis(10)),
-            Err(err) => return Err(format!("{} could not be waited for: {err}", name(program))),
+            let _ = (&mut stdout).take(MAX_OUTPUT).read_to_end(&mut out);
+            // Past the cap the rest is drained, so the program never blocks on a full pipe.
+            let _ = std::io::copy(&mut stdout, &mut std::io::sink());
+            let _ = done.send(out);
+        });
+    }
+    let out = match output.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+        Ok(out) => out,
+        Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => Vec::new(),
+        Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(format!("{} ran past the time limit", name(program)));
         }
     };
+    let status = child
+        .wait()
+        .map_err(|err| format!("{} could not be waited for: {err}", name(program)))?;
     if let Some(feeder) = feeder {
         let _ = feeder.join();
     }
-    let out = reader.and_then(|r| r.join().ok()).unwrap_or_default();
     if !status.success() {
         return Err(format!("{} failed ({status})", name(program)));
     }
@@ -309,6 +312,8 @@ fn name(program: &Path) -> String {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
     use crate::samples::{pdf_lines, rendered, scan_of};
     use crate::{Extraction, Format, extract_with};

@@ -11,7 +11,6 @@ use cloudsync_domain::file::{File, FileCommand};
 use cloudsync_domain::{FileId, UserId};
 use cloudsync_ml::{Models, TextEmbedder, codec, name_words, passages};
 use tokio_util::sync::CancellationToken;
-use uuid::Uuid;
 
 use crate::{CommandError, Commands};
 
@@ -85,10 +84,7 @@ impl Commands {
         let mut lease = None;
         match embedded {
             Ok(vectors) => {
-                let Some(held) = self
-                    .chunk_lease(format!("content-{file_id}-{}", Uuid::now_v7().simple()), cancel)
-                    .await?
-                else {
+                let Some(held) = self.content_lease(file_id, cancel).await? else {
                     return Ok(());
                 };
                 lease = Some(held);

@@ -34,7 +34,6 @@ use cloudsync_providers::ProviderError;
 use futures::{StreamExt, TryStreamExt};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
-use uuid::Uuid;
 
 use super::leases::db_error;
 use crate::core::Context;
@@ -448,10 +447,7 @@ impl Commands {
                 });
             }
             if !text.trim().is_empty() {
-                let Some(held) = self
-                    .chunk_lease(format!("content-{file_id}-{}", Uuid::now_v7().simple()), cancel)
-                    .await?
-                else {
+                let Some(held) = self.content_lease(file_id, cancel).await? else {
                     return Ok(());
                 };
                 lease = Some(held);

@@ -230,6 +230,16 @@ impl Commands {
         Lease::take(self.pool(), holder, Kind::Use, cancel).await
     }
 
+    /// A use lease for the content pipeline's work on `file` (results stored, then recorded).
+    pub(crate) async fn content_lease(
+        &self,
+        file: cloudsync_domain::FileId,
+        cancel: &CancellationToken,
+    ) -> Result<Option<Lease>, CommandError> {
+        self.chunk_lease(format!("content-{file}-{}", uuid::Uuid::now_v7().simple()), cancel)
+            .await
+    }
+
     /// Collects the chunk store's garbage: lets go of versions outside their pair's retention, then
     /// deletes every chunk that no pair's history references. Waits up to `wait` for sync runs in
     /// progress to end (new ones wait for the collector).
