@@ -7,15 +7,17 @@
 //! end) it measures:
 //!
 //! 1. appends/s of single-event transactions from 1 writer, each to a new stream (`ExpectedVersion::NoStream`);
-//! 2. the same from 16 concurrent writers (tokio tasks);
+//! 2. the same from 16 and from 64 concurrent writers (tokio tasks), with how many transactions the
+//!    store's group commit used for them;
 //! 3. events/s of appends that carry a batch of 100 events each;
 //! 4. the catch-up read rate: events/s reading the whole log with `read_all` in pages of 1000.
 //!
 //! Beside each, the raw ceiling: a plain table `raw_events(id, stream_id, payload)` (bigserial + jsonb on
 //! PostgreSQL, INTEGER PRIMARY KEY + TEXT on SQLite) written with sqlx directly: single-row autocommit
-//! INSERTs from 1 and from 16 writers, and 100-row multi-value INSERTs; for the read row, a keyset-paged
+//! INSERTs from 1, 16 and 64 writers, and 100-row multi-value INSERTs; for the read row, a keyset-paged
 //! `SELECT` of 1000 rows at a time. The raw pool on SQLite is a second pool on the same file with the same
-//! pragmas as the store's; on PostgreSQL a second pool with the same options.
+//! pragmas as the store's; on PostgreSQL a second pool with the same options. On PostgreSQL the 16
+//! writers are also set beside `pgbench` with 16 clients running a one-row INSERT script on that table.
 //!
 //! Knobs (environment):
 //! - `BENCH_EVENTS`: single-event appends per write scenario (default 5000);
@@ -137,6 +139,8 @@ struct Row {
     scenario: &'static str,
     store: Measured,
     raw: Measured,
+    /// How the store's appends were grouped into transactions, where it grouped them.
+    groups: Option<(u64, u64)>,
 }
 
 /// Runs `op(0)`, `op(1)`, … up to `total_ops` (or until `max` has passed) from `writers` concurrent tasks;
@@ -295,6 +299,8 @@ enum RawPool {
 #[derive(Clone)]
 struct Raw {
     pool: RawPool,
+    /// The database's URL, for `pgbench` (PostgreSQL only).
+    url: Option<String>,
     insert_one: Arc<str>,
     insert_batch: Arc<str>,
     read_page: Arc<str>,
@@ -309,13 +315,14 @@ impl Raw {
         let values = vec!["(?, ?)"; BATCH_SIZE].join(", ");
         Ok(Self {
             pool: RawPool::Sqlite(pool),
+            url: None,
             insert_one: "INSERT INTO raw_events (stream_id, payload) VALUES (?, ?)".into(),
             insert_batch: format!("INSERT INTO raw_events (stream_id, payload) VALUES {values}").into(),
             read_page: "SELECT id, stream_id, payload FROM raw_events WHERE id > ? ORDER BY id LIMIT ?".into(),
         })
     }
 
-    async fn postgres(pool: PgPool) -> anyhow::Result<Self> {
+    async fn postgres(pool: PgPool, url: &str) -> anyhow::Result<Self> {
         sqlx::query("CREATE TABLE raw_events (id BIGSERIAL PRIMARY KEY, stream_id TEXT NOT NULL, payload JSONB NOT NULL)")
             .execute(&pool)
             .await
@@ -326,6 +333,7 @@ impl Raw {
             .join(", ");
         Ok(Self {
             pool: RawPool::Postgres(pool),
+            url: Some(url.to_owned()),
             insert_one: "INSERT INTO raw_events (stream_id, payload) VALUES ($1, $2::jsonb)".into(),
             insert_batch: format!("INSERT INTO raw_events (stream_id, payload) VALUES {values}").into(),
             read_page: "SELECT id, stream_id, payload::text FROM raw_events WHERE id > $1 ORDER BY id LIMIT $2".into(),
@@ -406,6 +414,45 @@ async fn raw_batches(raw: &Raw, total: u64, max: Duration) -> anyhow::Result<Mea
     .await
 }
 
+/// `pgbench` with `clients` clients, each transaction one single-row INSERT into `raw_events` (the
+/// payload as large as the other scenarios'), for `max`.
+fn pgbench(url: &str, clients: usize, max: Duration) -> anyhow::Result<Measured> {
+    let script = std::env::temp_dir().join(format!("cloudsync-bench-pgbench-{}.sql", Uuid::new_v4().simple()));
+    std::fs::write(
+        &script,
+        format!(
+            "INSERT INTO raw_events (stream_id, payload) VALUES ('file-' || :client_id || '-' || random(), '{}'::jsonb);\n",
+            payload(7)
+        ),
+    )?;
+    let output = std::process::Command::new("pgbench")
+        .args(["-n", "-c", &clients.to_string(), "-j", "2", "-T", &max.as_secs().to_string(), "-f"])
+        .arg(&script)
+        .arg(url)
+        .output()
+        .context("running pgbench (Debian's postgresql-client)")?;
+    let _ = std::fs::remove_file(&script);
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    if !output.status.success() {
+        bail!("pgbench failed: {}{}", stdout, String::from_utf8_lossy(&output.stderr));
+    }
+    let number = |prefix: &str| {
+        stdout
+            .lines()
+            .find_map(|l| l.trim().strip_prefix(prefix))
+            .and_then(|rest| rest.split_whitespace().next())
+            .and_then(|n| n.parse::<f64>().ok())
+    };
+    let done = number("number of transactions actually processed:").context("pgbench printed no transaction count")?;
+    let tps = number("tps =").context("pgbench printed no tps")?;
+    Ok(Measured {
+        units: done as u64,
+        ops: done as u64,
+        elapsed: Duration::from_secs_f64(done / tps),
+        capped: false,
+    })
+}
+
 /// Reads the whole raw table with keyset paging.
 async fn raw_catch_up(raw: &Raw) -> anyhow::Result<Measured> {
     let start = Instant::now();
@@ -436,7 +483,7 @@ async fn bench_backend(backend: &'static str, db: &Database, raw: &Raw, cfg: &Co
         .context("warm-up (store)")?;
     raw_single(raw, WRITERS, WARM_UP_OPS, cfg.max).await.context("warm-up (raw)")?;
 
-    let mut record = |scenario: &'static str, store: Measured, raw: Measured| {
+    let mut record = |scenario: &'static str, store: Measured, raw: Measured, groups: Option<(u64, u64)>| {
         eprintln!(
             "[{backend}] {scenario}: CloudSync {:.0}/s ({}), raw {:.0}/s ({})",
             store.rate(),
@@ -449,34 +496,60 @@ async fn bench_backend(backend: &'static str, db: &Database, raw: &Raw, cfg: &Co
             scenario,
             store,
             raw,
+            groups,
         });
     };
+    // Appends and transactions during one measurement.
+    let grouped = |before: cloudsync_eventstore::CommitStats| {
+        let after = store.commit_stats();
+        Some((after.requests - before.requests, after.transactions - before.transactions))
+    };
 
+    let before = store.commit_stats();
     let s = store_single(store, 1, cfg.events, cfg.max)
         .await
         .context("store: single-event appends, 1 writer")?;
+    let g = grouped(before);
     let r = raw_single(raw, 1, cfg.events, cfg.max)
         .await
         .context("raw: single-row INSERTs, 1 writer")?;
-    record("single-event appends, 1 writer", s, r);
+    record("single-event appends, 1 writer", s, r, g);
 
-    let s = store_single(store, WRITERS, cfg.events, cfg.max)
+    let before = store.commit_stats();
+    let sixteen = store_single(store, WRITERS, cfg.events, cfg.max)
         .await
         .context("store: single-event appends, 16 writers")?;
+    let g = grouped(before);
     let r = raw_single(raw, WRITERS, cfg.events, cfg.max)
         .await
         .context("raw: single-row INSERTs, 16 writers")?;
-    record("single-event appends, 16 writers", s, r);
+    record("single-event appends, 16 writers", sixteen, r, g);
+    if backend == "postgres"
+        && let Some(url) = &raw.url
+    {
+        let r = pgbench(url, WRITERS, cfg.max).context("pgbench")?;
+        record("single-event appends, 16 writers (raw: pgbench, 16 clients)", sixteen, r, g);
+    }
+
+    let before = store.commit_stats();
+    let s = store_single(store, 4 * WRITERS, cfg.events, cfg.max)
+        .await
+        .context("store: single-event appends, 64 writers")?;
+    let g = grouped(before);
+    let r = raw_single(raw, 4 * WRITERS, cfg.events, cfg.max)
+        .await
+        .context("raw: single-row INSERTs, 64 writers")?;
+    record("single-event appends, 64 writers", s, r, g);
 
     let s = store_batches(store, cfg.batches, cfg.max)
         .await
         .context("store: 100-event batches")?;
     let r = raw_batches(raw, cfg.batches, cfg.max).await.context("raw: 100-row INSERTs")?;
-    record("batches of 100 events, 1 writer", s, r);
+    record("batches of 100 events, 1 writer", s, r, None);
 
     let s = store_catch_up(store.as_ref()).await.context("store: catch-up read")?;
     let r = raw_catch_up(raw).await.context("raw: catch-up read")?;
-    record("catch-up read, pages of 1000 (raw: keyset SELECT)", s, r);
+    record("catch-up read, pages of 1000 (raw: keyset SELECT)", s, r, None);
     Ok(())
 }
 
@@ -576,7 +649,7 @@ async fn postgres_in(url: &str, cfg: &Config, rows: &mut Vec<Row>) -> anyhow::Re
         .connect(url)
         .await
         .context("open the raw PostgreSQL pool")?;
-    let raw = Raw::postgres(pool).await?;
+    let raw = Raw::postgres(pool, url).await?;
     let result = bench_backend("postgres", &db, &raw, cfg, rows).await;
     raw.close().await;
     db.close().await;
@@ -646,8 +719,16 @@ fn print_report(cfg: &Config, rows: &[Row]) {
     println!("Raw table: no secondary indexes or version checks; raw read = keyset-paged SELECT without JSON decoding.");
     println!();
     for row in rows {
+        let groups = row.groups.map_or(String::new(), |(appends, transactions)| {
+            format!(
+                " ({} appends in {} transactions, {:.1} a transaction)",
+                thousands(appends as f64),
+                thousands(transactions as f64),
+                appends as f64 / transactions.max(1) as f64
+            )
+        });
         println!(
-            "- {} / {}: CloudSync {}; raw {}",
+            "- {} / {}: CloudSync {}{groups}; raw {}",
             row.backend,
             row.scenario,
             row.store.describe(),

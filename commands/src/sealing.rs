@@ -289,6 +289,10 @@ impl EventStore for SealingStore {
     fn backend(&self) -> &'static str {
         self.inner.backend()
     }
+
+    fn commit_stats(&self) -> cloudsync_eventstore::CommitStats {
+        self.inner.commit_stats()
+    }
 }
 
 #[cfg(test)]

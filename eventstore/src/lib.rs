@@ -3,6 +3,7 @@
 //! handle (pool + migrations) that the write and read sides share.
 
 mod database;
+mod group;
 mod postgres;
 mod reads;
 mod sqlite;
@@ -24,6 +25,7 @@ macro_rules! on_pool {
         }
     };
 }
+pub use group::{CommitStats, MAX_EVENTS, MAX_REQUESTS};
 pub use postgres::{APPEND_LOCK_KEY, PgEventStore};
 pub use sqlite::SqliteEventStore;
 pub use subscription::subscribe;
@@ -38,6 +40,8 @@ use uuid::Uuid;
 pub trait EventStore: Send + Sync + 'static {
     /// Appends every batch in one transaction: all or nothing. Each batch names its stream and the
     /// version that stream must have; a mismatch is [`StoreError::Concurrency`] and writes nothing.
+    /// Returns once the events are durable. Concurrent appends may share a transaction (group
+    /// commit): each is still checked and written all or nothing on its own.
     async fn append(&self, batches: Vec<StreamAppend>) -> Result<AppendOutcome, StoreError>;
 
     /// The whole history of one stream, in version order (empty for a stream that does not exist).
@@ -58,6 +62,18 @@ pub trait EventStore: Send + Sync + 'static {
 
     /// `"sqlite"` or `"postgres"`.
     fn backend(&self) -> &'static str;
+
+    /// How many appends this store has written and in how many transactions.
+    fn commit_stats(&self) -> CommitStats {
+        CommitStats::default()
+    }
+
+    /// For tests: the store's writer stops before its next commit, says so on the first channel and
+    /// goes on once the second is sent to or dropped. `None` where the store has no such writer.
+    #[cfg(feature = "testing")]
+    fn pause_before_next_commit(&self) -> Option<(tokio::sync::oneshot::Receiver<()>, tokio::sync::oneshot::Sender<()>)> {
+        None
+    }
 }
 
 /// Appends to one stream.

@@ -1,11 +1,13 @@
 //! The scale event store: a table in PostgreSQL, with LISTEN/NOTIFY to wake subscribers.
 //!
-//! Gap safety: every append takes one transaction-scoped advisory lock before it reads the head, so
-//! positions are handed out in commit order. A transaction that took position N has committed (or rolled
-//! back, taking nothing) before any other can take N+1, which closes the BIGSERIAL trap where a reader
-//! sees N+1 committed while N is still in flight and skips N forever.
+//! Gap safety: every group of appends (see [`crate::group`]) takes one transaction-scoped advisory
+//! lock before it reads the head, so positions are handed out in commit order, across processes too.
+//! A transaction that took position N has committed (or rolled back, taking nothing) before any other
+//! can take N+1, which closes the BIGSERIAL trap where a reader sees N+1 committed while N is still in
+//! flight and skips N forever.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -16,8 +18,9 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use uuid::Uuid;
 
+use crate::group::{CommitStats, Committer, GroupWrite, Shared, bump, group_streams, plan_group};
 use crate::reads::{self, fetch_events};
-use crate::types::{RecordedEvent, distinct_streams, plan_rows};
+use crate::types::RecordedEvent;
 use crate::{AppendOutcome, EventStore, StoreError, StreamAppend};
 
 /// The advisory lock key that serialises appends ("cloudsync" as ASCII).
@@ -28,6 +31,7 @@ pub struct PgEventStore {
     pool: PgPool,
     head: watch::Sender<i64>,
     listener: JoinHandle<()>,
+    committer: Committer,
 }
 
 impl Drop for PgEventStore {
@@ -47,16 +51,15 @@ impl PgEventStore {
             .await?;
         let head = watch::Sender::new(head);
         let listener = tokio::spawn(listen(pool.clone(), head.clone()));
-        Ok(Self { pool, head, listener })
+        let writer_pool = pool.clone();
+        let committer = Committer::start(move |shared| Writer { pool: writer_pool, shared }, head.clone());
+        Ok(Self {
+            pool,
+            head,
+            listener,
+            committer,
+        })
     }
-}
-
-fn bump(head: &watch::Sender<i64>, position: i64) {
-    head.send_if_modified(|h| {
-        let newer = position > *h;
-        *h = (*h).max(position);
-        newer
-    });
 }
 
 /// Follows NOTIFY on the events channel; on any error it reconnects after a pause, and subscribers keep
@@ -98,15 +101,22 @@ fn decode(row: &PgRow) -> Result<RecordedEvent, StoreError> {
     .event()
 }
 
+/// Writes a group of appends (see [`crate::group`]).
+struct Writer {
+    pool: PgPool,
+    shared: Arc<Shared>,
+}
+
 #[async_trait]
-impl EventStore for PgEventStore {
-    async fn append(&self, batches: Vec<StreamAppend>) -> Result<AppendOutcome, StoreError> {
+impl GroupWrite for Writer {
+    async fn write_group(&self, group: &[&[StreamAppend]]) -> Result<Vec<Result<AppendOutcome, StoreError>>, StoreError> {
         let mut tx = self.pool.begin().await?;
+        // Held until this group commits: other processes' groups wait (see the module's doc).
         sqlx::query("SELECT pg_advisory_xact_lock($1)")
             .bind(APPEND_LOCK_KEY)
             .execute(&mut *tx)
             .await?;
-        let streams = distinct_streams(&batches);
+        let streams = group_streams(group);
         // The head and the streams' versions in one round trip (after the lock, in a new statement, so
         // its snapshot sees every append that committed before the lock was granted). The head comes
         // back under the empty name, which no stream can have.
@@ -120,55 +130,59 @@ impl EventStore for PgEventStore {
         .into_iter()
         .collect();
         let head = current.remove("").unwrap_or(0);
-        let (rows, versions) = plan_rows(&batches, current, head)?;
-        let last = rows.last().map_or(head, |r| r.position);
-        if !rows.is_empty() {
-            let mut cols = Columns::default();
-            for row in &rows {
-                let m = &row.event.metadata;
-                cols.position.push(row.position);
-                cols.stream_id.push(row.stream_id.to_owned());
-                cols.stream_version.push(row.stream_version);
-                cols.event_type.push(row.event.event_type.clone());
-                cols.schema_version.push(row.event.schema_version);
-                cols.payload.push(row.event.payload.to_string());
-                cols.event_id.push(m.event_id);
-                cols.correlation_id.push(m.correlation_id);
-                cols.causation_id.push(m.causation_id);
-                cols.actor_id.push(m.actor_id);
-                cols.occurred_at.push(m.occurred_at);
-            }
-            sqlx::query(
-                "WITH inserted AS (INSERT INTO events (position, stream_id, stream_version, event_type, schema_version, payload, \
-                 event_id, correlation_id, causation_id, actor_id, occurred_at) \
-                 SELECT p, s, v, t, sv, pl::jsonb, e, c, ca, a, o FROM UNNEST($1::bigint[], $2::text[], $3::bigint[], \
-                 $4::text[], $5::int[], $6::text[], $7::uuid[], $8::uuid[], $9::uuid[], $10::uuid[], $11::timestamptz[]) \
-                 AS x(p, s, v, t, sv, pl, e, c, ca, a, o) RETURNING 1) \
-                 SELECT pg_notify($12, $13)",
-            )
-            .bind(cols.position)
-            .bind(cols.stream_id)
-            .bind(cols.stream_version)
-            .bind(cols.event_type)
-            .bind(cols.schema_version)
-            .bind(cols.payload)
-            .bind(cols.event_id)
-            .bind(cols.correlation_id)
-            .bind(cols.causation_id)
-            .bind(cols.actor_id)
-            .bind(cols.occurred_at)
-            .bind(CHANNEL)
-            .bind(last.to_string())
-            .execute(&mut *tx)
-            .await?;
+        let (rows, results) = plan_group(group, current, head);
+        let Some(last) = rows.last().map(|r| r.position) else {
+            return Ok(results);
+        };
+        let mut cols = Columns::default();
+        for row in &rows {
+            let m = &row.event.metadata;
+            cols.position.push(row.position);
+            cols.stream_id.push(row.stream_id.to_owned());
+            cols.stream_version.push(row.stream_version);
+            cols.event_type.push(row.event.event_type.clone());
+            cols.schema_version.push(row.event.schema_version);
+            cols.payload.push(row.event.payload.to_string());
+            cols.event_id.push(m.event_id);
+            cols.correlation_id.push(m.correlation_id);
+            cols.causation_id.push(m.causation_id);
+            cols.actor_id.push(m.actor_id);
+            cols.occurred_at.push(m.occurred_at);
         }
+        sqlx::query(
+            "WITH inserted AS (INSERT INTO events (position, stream_id, stream_version, event_type, schema_version, payload, \
+             event_id, correlation_id, causation_id, actor_id, occurred_at) \
+             SELECT p, s, v, t, sv, pl::jsonb, e, c, ca, a, o FROM UNNEST($1::bigint[], $2::text[], $3::bigint[], \
+             $4::text[], $5::int[], $6::text[], $7::uuid[], $8::uuid[], $9::uuid[], $10::uuid[], $11::timestamptz[]) \
+             AS x(p, s, v, t, sv, pl, e, c, ca, a, o) RETURNING 1) \
+             SELECT pg_notify($12, $13)",
+        )
+        .bind(cols.position)
+        .bind(cols.stream_id)
+        .bind(cols.stream_version)
+        .bind(cols.event_type)
+        .bind(cols.schema_version)
+        .bind(cols.payload)
+        .bind(cols.event_id)
+        .bind(cols.correlation_id)
+        .bind(cols.causation_id)
+        .bind(cols.actor_id)
+        .bind(cols.occurred_at)
+        .bind(CHANNEL)
+        .bind(last.to_string())
+        .execute(&mut *tx)
+        .await?;
+        self.shared.before_commit().await;
         tx.commit().await?;
-        bump(&self.head, last);
-        Ok(AppendOutcome {
-            first_position: rows.first().map_or(head, |r| r.position),
-            last_position: last,
-            stream_versions: versions,
-        })
+        self.shared.committed();
+        Ok(results)
+    }
+}
+
+#[async_trait]
+impl EventStore for PgEventStore {
+    async fn append(&self, batches: Vec<StreamAppend>) -> Result<AppendOutcome, StoreError> {
+        self.committer.append(batches).await
     }
 
     async fn read_stream(&self, stream: &str) -> Result<Vec<RecordedEvent>, StoreError> {
@@ -195,6 +209,15 @@ impl EventStore for PgEventStore {
 
     fn backend(&self) -> &'static str {
         "postgres"
+    }
+
+    fn commit_stats(&self) -> CommitStats {
+        self.committer.stats()
+    }
+
+    #[cfg(feature = "testing")]
+    fn pause_before_next_commit(&self) -> Option<(tokio::sync::oneshot::Receiver<()>, tokio::sync::oneshot::Sender<()>)> {
+        Some(self.committer.pause_before_next_commit())
     }
 }
 

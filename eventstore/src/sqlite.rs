@@ -1,6 +1,7 @@
 //! The embedded event store: a table in the SQLite file in the data dir.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use async_trait::async_trait;
 use sqlx::sqlite::SqliteRow;
@@ -8,13 +9,74 @@ use sqlx::{Row as _, SqlitePool};
 use tokio::sync::watch;
 use uuid::Uuid;
 
+use crate::group::{CommitStats, Committer, GroupWrite, Shared, group_streams, plan_group};
 use crate::reads::{self, Columns, fetch_events};
-use crate::types::{RecordedEvent, distinct_streams, plan_rows};
+use crate::types::RecordedEvent;
 use crate::{AppendOutcome, EventStore, StoreError, StreamAppend};
 
 pub struct SqliteEventStore {
     pool: SqlitePool,
     head: watch::Sender<i64>,
+    committer: Committer,
+}
+
+/// Writes a group of appends (see [`crate::group`]).
+struct Writer {
+    pool: SqlitePool,
+    shared: Arc<Shared>,
+}
+
+#[async_trait]
+impl GroupWrite for Writer {
+    async fn write_group(&self, group: &[&[StreamAppend]]) -> Result<Vec<Result<AppendOutcome, StoreError>>, StoreError> {
+        // BEGIN IMMEDIATE takes SQLite's single write lock before reading versions, so the checks and
+        // the positions cannot go stale before commit, and positions follow commit order.
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        // The head and the streams' versions in one statement; the head comes back under the empty
+        // name, which no stream can have.
+        let streams = serde_json::to_string(&group_streams(group)).map_err(|err| StoreError::Invalid(err.to_string()))?;
+        let mut current: HashMap<String, i64> = sqlx::query_as(
+            "SELECT stream_id, MAX(stream_version) FROM events WHERE stream_id IN (SELECT value FROM json_each($1)) \
+             GROUP BY stream_id UNION ALL SELECT '', COALESCE(MAX(position), 0) FROM events",
+        )
+        .bind(streams)
+        .fetch_all(&mut *tx)
+        .await?
+        .into_iter()
+        .collect();
+        let head = current.remove("").unwrap_or(0);
+        let (rows, results) = plan_group(group, current, head);
+        if rows.is_empty() {
+            return Ok(results);
+        }
+        // Multi-row INSERTs (11 values a row, well under SQLite's limit on bound variables).
+        for chunk in rows.chunks(500) {
+            let mut insert = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
+                "INSERT INTO events (position, stream_id, stream_version, event_type, schema_version, payload, event_id, \
+                 correlation_id, causation_id, actor_id, occurred_at) ",
+            );
+            insert.push_values(chunk, |mut values, row| {
+                let m = &row.event.metadata;
+                values
+                    .push_bind(row.position)
+                    .push_bind(row.stream_id)
+                    .push_bind(row.stream_version)
+                    .push_bind(&row.event.event_type)
+                    .push_bind(row.event.schema_version)
+                    .push_bind(row.event.payload.to_string())
+                    .push_bind(m.event_id.to_string())
+                    .push_bind(m.correlation_id.to_string())
+                    .push_bind(m.causation_id.map(|u| u.to_string()))
+                    .push_bind(m.actor_id.map(|u| u.to_string()))
+                    .push_bind(m.occurred_at);
+            });
+            insert.build().execute(&mut *tx).await?;
+        }
+        self.shared.before_commit().await;
+        tx.commit().await?;
+        self.shared.committed();
+        Ok(results)
+    }
 }
 
 impl SqliteEventStore {
@@ -24,10 +86,10 @@ impl SqliteEventStore {
         let head: i64 = sqlx::query_scalar("SELECT COALESCE(MAX(position), 0) FROM events")
             .fetch_one(&pool)
             .await?;
-        Ok(Self {
-            pool,
-            head: watch::Sender::new(head),
-        })
+        let head = watch::Sender::new(head);
+        let writer_pool = pool.clone();
+        let committer = Committer::start(move |shared| Writer { pool: writer_pool, shared }, head.clone());
+        Ok(Self { pool, head, committer })
     }
 }
 
@@ -67,56 +129,7 @@ fn decode(row: &SqliteRow) -> Result<RecordedEvent, StoreError> {
 #[async_trait]
 impl EventStore for SqliteEventStore {
     async fn append(&self, batches: Vec<StreamAppend>) -> Result<AppendOutcome, StoreError> {
-        // BEGIN IMMEDIATE takes SQLite's single write lock before reading versions, so the checks and the
-        // positions cannot go stale before commit, and positions follow commit order.
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
-        let mut current = HashMap::new();
-        for stream in distinct_streams(&batches) {
-            let version: i64 = sqlx::query_scalar("SELECT COALESCE(MAX(stream_version), 0) FROM events WHERE stream_id = $1")
-                .bind(&stream)
-                .fetch_one(&mut *tx)
-                .await?;
-            current.insert(stream, version);
-        }
-        let head: i64 = sqlx::query_scalar("SELECT COALESCE(MAX(position), 0) FROM events")
-            .fetch_one(&mut *tx)
-            .await?;
-        let (rows, versions) = plan_rows(&batches, current, head)?;
-        // Multi-row INSERTs (11 values a row, well under SQLite's limit on bound variables).
-        for chunk in rows.chunks(500) {
-            let mut insert = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
-                "INSERT INTO events (position, stream_id, stream_version, event_type, schema_version, payload, event_id, \
-                 correlation_id, causation_id, actor_id, occurred_at) ",
-            );
-            insert.push_values(chunk, |mut values, row| {
-                let m = &row.event.metadata;
-                values
-                    .push_bind(row.position)
-                    .push_bind(row.stream_id)
-                    .push_bind(row.stream_version)
-                    .push_bind(&row.event.event_type)
-                    .push_bind(row.event.schema_version)
-                    .push_bind(row.event.payload.to_string())
-                    .push_bind(m.event_id.to_string())
-                    .push_bind(m.correlation_id.to_string())
-                    .push_bind(m.causation_id.map(|u| u.to_string()))
-                    .push_bind(m.actor_id.map(|u| u.to_string()))
-                    .push_bind(m.occurred_at);
-            });
-            insert.build().execute(&mut *tx).await?;
-        }
-        tx.commit().await?;
-        let last = rows.last().map_or(head, |r| r.position);
-        self.head.send_if_modified(|h| {
-            let newer = last > *h;
-            *h = (*h).max(last);
-            newer
-        });
-        Ok(AppendOutcome {
-            first_position: rows.first().map_or(head, |r| r.position),
-            last_position: last,
-            stream_versions: versions,
-        })
+        self.committer.append(batches).await
     }
 
     async fn read_stream(&self, stream: &str) -> Result<Vec<RecordedEvent>, StoreError> {
@@ -143,5 +156,14 @@ impl EventStore for SqliteEventStore {
 
     fn backend(&self) -> &'static str {
         "sqlite"
+    }
+
+    fn commit_stats(&self) -> CommitStats {
+        self.committer.stats()
+    }
+
+    #[cfg(feature = "testing")]
+    fn pause_before_next_commit(&self) -> Option<(tokio::sync::oneshot::Receiver<()>, tokio::sync::oneshot::Sender<()>)> {
+        Some(self.committer.pause_before_next_commit())
     }
 }

@@ -183,13 +183,3 @@ fn validate_stream_name(stream: &str) -> Result<(), StoreError> {
         )))
     }
 }
-
-/// The distinct stream names of an append, in first-seen order.
-pub(crate) fn distinct_streams(batches: &[StreamAppend]) -> Vec<String> {
-    let mut seen = std::collections::HashSet::new();
-    batches
-        .iter()
-        .filter(|b| seen.insert(b.stream.as_str()))
-        .map(|b| b.stream.clone())
-        .collect()
-}

@@ -34,6 +34,12 @@ contract!(
     a_late_committing_writer_is_never_skipped,
     events_are_immutable,
     malformed_stream_names_are_refused,
+    a_mixed_group_commits_the_valid_and_fails_only_the_conflicting,
+    a_poisoned_group_fails_only_the_poisoner,
+    nothing_of_a_group_is_visible_before_its_commit,
+    a_caller_that_drops_its_append_gets_all_or_nothing,
+    two_store_instances_keep_dense_positions,
+    concurrent_writers_share_transactions,
 );
 
 fn event(kind: &str, n: i64, actor: Option<Uuid>) -> NewEvent {
@@ -424,4 +430,255 @@ async fn malformed_stream_names_are_refused(db: &TestDatabase) {
         assert!(matches!(err, StoreError::Invalid(_)), "{bad:?}: {err:?}");
     }
     assert_eq!(store.head().await.expect("head"), 0);
+}
+
+type Append = tokio::task::JoinHandle<Result<cloudsync_eventstore::AppendOutcome, StoreError>>;
+
+fn spawn_append(store: &Arc<dyn EventStore>, stream: &str, expected: ExpectedVersion, events: Vec<NewEvent>) -> Append {
+    let (store, stream) = (store.clone(), stream.to_owned());
+    tokio::spawn(async move { append_to(&*store, &stream, expected, events).await })
+}
+
+/// Stops the store's writer before the commit of an append of its own, so that the appends queued
+/// meanwhile make up the next group; returns that first append and the release.
+async fn hold_the_writer(store: &Arc<dyn EventStore>) -> (Append, tokio::sync::oneshot::Sender<()>) {
+    let (reached, release) = store.pause_before_next_commit().expect("the store has a group writer");
+    let first = spawn_append(store, &stream(), ExpectedVersion::NoStream, vec![event("First", 0, None)]);
+    reached.await.expect("the writer reached its commit");
+    (first, release)
+}
+
+/// Appends spawned one after another, so that they reach the queue in this order.
+async fn in_order(store: &Arc<dyn EventStore>, appends: Vec<(String, ExpectedVersion, Vec<NewEvent>)>) -> Vec<Append> {
+    let mut handles = Vec::new();
+    for (stream, expected, events) in appends {
+        handles.push(spawn_append(store, &stream, expected, events));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    handles
+}
+
+/// Queues `appends` while the writer is held, so that they are written as one group; their results.
+async fn as_one_group(
+    store: &Arc<dyn EventStore>,
+    appends: Vec<(String, ExpectedVersion, Vec<NewEvent>)>,
+) -> Vec<Result<cloudsync_eventstore::AppendOutcome, StoreError>> {
+    let (first, release) = hold_the_writer(store).await;
+    let queued = in_order(store, appends).await;
+    release.send(()).expect("the writer waits");
+    first.await.expect("task").expect("the first append");
+    let mut results = Vec::new();
+    for handle in queued {
+        results.push(handle.await.expect("task"));
+    }
+    results
+}
+
+async fn positions(store: &dyn EventStore) -> Vec<i64> {
+    store.read_all(0, 100_000).await.expect("read").iter().map(|e| e.position).collect()
+}
+
+async fn a_mixed_group_commits_the_valid_and_fails_only_the_conflicting(db: &TestDatabase) {
+    let store = db.db.events.clone();
+    let s = stream();
+    append_to(&*store, &s, ExpectedVersion::NoStream, vec![event("Created", 1, None)])
+        .await
+        .expect("append");
+    let before = store.commit_stats();
+    // A is valid; B expects the version A replaces; C is valid only once A is written.
+    let results = as_one_group(
+        &store,
+        vec![
+            (s.clone(), ExpectedVersion::Exact(1), vec![event("A", 2, None)]),
+            (s.clone(), ExpectedVersion::Exact(1), vec![event("B", 3, None)]),
+            (s.clone(), ExpectedVersion::Exact(2), vec![event("C", 4, None), event("C", 5, None)]),
+        ],
+    )
+    .await;
+    let a = results[0].as_ref().expect("A commits");
+    assert!(
+        matches!(&results[1], Err(StoreError::Concurrency { actual: 2, .. })),
+        "B fails on the version A left: {:?}",
+        results[1]
+    );
+    let c = results[2].as_ref().expect("C commits after A");
+    assert_eq!((a.first_position, c.first_position, c.last_position), (3, 4, 5));
+    assert_eq!(c.stream_versions[&s], 4);
+    let kinds: Vec<String> = store
+        .read_stream(&s)
+        .await
+        .expect("read")
+        .into_iter()
+        .map(|e| e.event_type)
+        .collect();
+    assert_eq!(kinds, ["Created", "A", "C", "C"], "B wrote nothing");
+    assert_eq!(positions(&*store).await, (1..=5).collect::<Vec<_>>());
+    let after = store.commit_stats();
+    assert_eq!(after.requests - before.requests, 4);
+    assert_eq!(
+        after.transactions - before.transactions,
+        2,
+        "A, B and C were one group: {before:?} -> {after:?}"
+    );
+}
+
+async fn a_poisoned_group_fails_only_the_poisoner(db: &TestDatabase) {
+    let store = db.db.events.clone();
+    let taken = event("Taken", 0, None);
+    append_to(&*store, &stream(), ExpectedVersion::NoStream, vec![taken.clone()])
+        .await
+        .expect("append");
+    // The poisoner reuses an event id that is stored already: its insert breaks the transaction.
+    let mut poison = event("Poison", 1, None);
+    poison.metadata.event_id = taken.metadata.event_id;
+    let (a, c) = (stream(), stream());
+    let results = as_one_group(
+        &store,
+        vec![
+            (a.clone(), ExpectedVersion::NoStream, vec![event("A", 2, None)]),
+            (stream(), ExpectedVersion::NoStream, vec![event("Fine", 3, None), poison]),
+            (c.clone(), ExpectedVersion::NoStream, vec![event("C", 4, None)]),
+        ],
+    )
+    .await;
+    assert!(results[0].is_ok(), "{:?}", results[0]);
+    assert!(
+        matches!(results[1], Err(StoreError::Database(_))),
+        "the poisoner fails: {:?}",
+        results[1]
+    );
+    assert!(results[2].is_ok(), "{:?}", results[2]);
+    let all = store.read_all(0, 100).await.expect("read");
+    assert_eq!(
+        all.iter().map(|e| e.position).collect::<Vec<_>>(),
+        [1, 2, 3, 4],
+        "dense, nothing of the poisoner"
+    );
+    assert!(all.iter().all(|e| e.event_type != "Fine" && e.event_type != "Poison"));
+    assert_eq!(store.read_stream(&a).await.expect("read").len(), 1);
+    assert_eq!(store.read_stream(&c).await.expect("read").len(), 1);
+}
+
+async fn nothing_of_a_group_is_visible_before_its_commit(db: &TestDatabase) {
+    let store = db.db.events.clone();
+    let (reached, release) = store.pause_before_next_commit().expect("the store has a group writer");
+    let appends: Vec<Append> = (0..3)
+        .map(|i| {
+            spawn_append(
+                &store,
+                &stream(),
+                ExpectedVersion::NoStream,
+                vec![event("E", i, None), event("E", i, None)],
+            )
+        })
+        .collect();
+    reached.await.expect("the writer reached its commit");
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(appends.iter().all(|a| !a.is_finished()), "no caller is answered before the commit");
+    assert_eq!(
+        store.read_all(0, 100).await.expect("read").len(),
+        0,
+        "nothing is visible before the commit"
+    );
+    assert_eq!(store.head().await.expect("head"), 0);
+    release.send(()).expect("the writer waits");
+    for append in appends {
+        append.await.expect("task").expect("append");
+    }
+    // Once appends returned, another connection reads every event.
+    let other = cloudsync_eventstore::Database::connect(&db.url, false).await.expect("connect");
+    assert_eq!(positions(&*other.events).await, (1..=6).collect::<Vec<_>>());
+    other.close().await;
+}
+
+async fn a_caller_that_drops_its_append_gets_all_or_nothing(db: &TestDatabase) {
+    let store = db.db.events.clone();
+    // Dropped while its group is being written: the group commits, with all of it.
+    let (reached, release) = store.pause_before_next_commit().expect("the store has a group writer");
+    let taken = stream();
+    let in_flight = spawn_append(
+        &store,
+        &taken,
+        ExpectedVersion::NoStream,
+        (0..3).map(|i| event("Taken", i, None)).collect(),
+    );
+    reached.await.expect("the writer reached its commit");
+    in_flight.abort();
+    // Dropped while it waits in the queue behind a group: nothing of it is written.
+    let (first, release_first) = {
+        release.send(()).expect("the writer waits");
+        hold_the_writer(&store).await
+    };
+    let queued = stream();
+    let waiting = spawn_append(
+        &store,
+        &queued,
+        ExpectedVersion::NoStream,
+        (0..3).map(|i| event("Queued", i, None)).collect(),
+    );
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    waiting.abort();
+    let _ = waiting.await;
+    release_first.send(()).expect("the writer waits");
+    first.await.expect("task").expect("the first append");
+    // One more append, so the writer has surely passed the dropped one.
+    append_to(&*store, &stream(), ExpectedVersion::NoStream, vec![event("After", 0, None)])
+        .await
+        .expect("append");
+    for (s, expected) in [(&taken, 3), (&queued, 0)] {
+        let stored = store.read_stream(s).await.expect("read").len();
+        assert!(stored == 0 || stored == 3, "all or nothing, found {stored} of 3");
+        assert_eq!(stored, expected);
+    }
+    let all = positions(&*store).await;
+    assert_eq!(all, (1..=all.len() as i64).collect::<Vec<_>>());
+}
+
+/// `writers` tasks, taking turns over `stores`, each appending `appends` single events to a stream of
+/// its own, one after another.
+async fn write_concurrently(stores: &[Arc<dyn EventStore>], writers: usize, appends: i64) {
+    let tasks: Vec<_> = (0..writers)
+        .map(|w| {
+            let store = stores[w % stores.len()].clone();
+            tokio::spawn(async move {
+                let s = stream();
+                for i in 0..appends {
+                    append_to(&*store, &s, ExpectedVersion::Exact(i), vec![event("E", i, None)])
+                        .await
+                        .expect("append");
+                }
+            })
+        })
+        .collect();
+    for task in tasks {
+        task.await.expect("writer");
+    }
+}
+
+async fn two_store_instances_keep_dense_positions(db: &TestDatabase) {
+    let other = cloudsync_eventstore::Database::connect(&db.url, false).await.expect("connect");
+    let stores = [db.db.events.clone(), other.events.clone()];
+    write_concurrently(&stores, 16, 20).await;
+    let all = stores[0].read_all(0, 10_000).await.expect("read");
+    assert_eq!(all.iter().map(|e| e.position).collect::<Vec<_>>(), (1..=320).collect::<Vec<_>>());
+    let mut per_stream: HashMap<&str, Vec<i64>> = HashMap::new();
+    for e in &all {
+        per_stream.entry(&e.stream_id).or_default().push(e.stream_version);
+    }
+    assert!(per_stream.values().all(|v| *v == (1..=20).collect::<Vec<_>>()));
+    other.close().await;
+}
+
+async fn concurrent_writers_share_transactions(db: &TestDatabase) {
+    let store = db.db.events.clone();
+    let before = store.commit_stats();
+    write_concurrently(std::slice::from_ref(&store), 16, 50).await;
+    let after = store.commit_stats();
+    let (appends, transactions) = (after.requests - before.requests, after.transactions - before.transactions);
+    assert_eq!(appends, 800);
+    assert!(
+        transactions < appends,
+        "16 writers took {transactions} transactions for {appends} appends"
+    );
+    assert_eq!(positions(&*store).await, (1..=800).collect::<Vec<_>>());
 }
