@@ -43,7 +43,8 @@ pub struct Marker<'a> {
 }
 
 impl Marker<'_> {
-    fn matches(&self, term: &str, word: &str) -> bool {
+    /// Whether the analysed `term` of the text's `word` is one the marker looks for.
+    pub fn matches(&self, term: &str, word: &str) -> bool {
         if self.terms.iter().any(|t| t == term) {
             return true;
         }

@@ -5,9 +5,12 @@
 //! (each file scores `Σ 1 / (RRF_K + rank)` over the lists it is in), so a file both find comes
 //! first, and a keyword query that embeddings miss (a part number, a rare name) still finds it. Its
 //! keyword ranking asks for every word as `KEYWORD` does, but without the function words of English
-//! ("how", "a", "my"), which say how a question is put rather than what it is about. (Letting any
-//! word match instead ranked long documents full of common words above the answers: see
-//! `BENCHMARKS.md`.)
+//! ("how", "a", "my"), which say how a question is put rather than what it is about, and it keeps a
+//! file only where its words stand together: within [`NEAR_WORDS`] words of one another in its text
+//! (a passage's length), or in its name, path or labels. A long document that holds common words
+//! far apart then no longer counts as a keyword match and lifted above the meaning's answer by the
+//! fusion. (Letting any word match instead ranked long documents full of common words above the
+//! answers: see `BENCHMARKS.md`.)
 //! Filters hold in every mode, and facets count the files of the fused ranking: both come from the
 //! full-text index, asked for exactly the ranked files.
 
@@ -15,8 +18,10 @@ use std::collections::HashMap;
 
 use cloudsync_domain::FileId;
 
+use crate::analysis::visit_tokens;
+use crate::highlight::Marker;
 use crate::vectors::VectorIndex;
-use crate::{Hit, SearchIndex, SearchRequest, SearchResult, SearchResults, query};
+use crate::{Hit, SearchDoc, SearchIndex, SearchRequest, SearchResult, SearchResults, query};
 
 /// Files each ranking contributes at most; pages of a semantic or hybrid search go this deep.
 pub const CANDIDATES: usize = 200;
@@ -25,6 +30,12 @@ pub const CANDIDATES: usize = 200;
 pub const MIN_SIMILARITY: f32 = 0.2;
 /// Reciprocal rank fusion's constant (the value of the paper that introduced it).
 pub const RRF_K: f32 = 60.0;
+/// How close a hybrid search's keywords must stand in a file's text, in words (a passage's length).
+pub const NEAR_WORDS: usize = 120;
+/// The keyword hits a hybrid search checks for words that stand together; deeper hits are dropped.
+const NEAR_CHECKED: usize = 50;
+/// How far into a text the check reads, in words.
+const NEAR_SCANNED: usize = 200_000;
 
 /// How `searchFiles` ranks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -92,6 +103,66 @@ pub fn without_function_words(query: &query::Query) -> query::Query {
     }
 }
 
+/// Whether every part of `query` (each entry of `must`) is in the file's name, path or labels, or
+/// all of them lie within [`NEAR_WORDS`] words of one another in its text.
+#[must_use]
+pub fn together(doc: &SearchDoc, query: &query::Query) -> bool {
+    let groups: Vec<Vec<String>> = query
+        .must
+        .iter()
+        .map(|group| group.iter().flat_map(query::Clause::terms).cloned().collect())
+        .collect();
+    let everywhere = |terms: &[String]| {
+        let marker = Marker {
+            terms,
+            prefixes: true,
+            language: None,
+        };
+        let mut found = false;
+        for text in [doc.name(), doc.folder()]
+            .into_iter()
+            .chain(doc.labels().iter().map(String::as_str))
+        {
+            visit_tokens(text, true, |t| {
+                found = marker.matches(&t.term, &text[t.start..t.end]);
+                !found
+            });
+            if found {
+                return true;
+            }
+        }
+        false
+    };
+    let missing: Vec<&[String]> = groups.iter().map(Vec::as_slice).filter(|terms| !everywhere(terms)).collect();
+    if missing.is_empty() {
+        return true;
+    }
+    let Some(text) = doc.text() else { return false };
+    let language = Some(doc.language()).filter(|l| !l.is_empty());
+    let markers: Vec<Marker<'_>> = missing
+        .iter()
+        .map(|terms| Marker {
+            terms,
+            prefixes: false,
+            language,
+        })
+        .collect();
+    // The window that ends at each word holds every part when each part was last seen inside it.
+    let mut last_seen: Vec<Option<usize>> = vec![None; markers.len()];
+    let (mut at, mut found) = (0usize, false);
+    visit_tokens(text, false, |t| {
+        for (marker, seen) in markers.iter().zip(&mut last_seen) {
+            if marker.matches(&t.term, &text[t.start..t.end]) {
+                *seen = Some(at);
+            }
+        }
+        found = last_seen.iter().all(|seen| seen.is_some_and(|s| at - s < NEAR_WORDS));
+        at += 1;
+        !found && at < NEAR_SCANNED
+    });
+    found
+}
+
 /// Fuses rankings (best first) by reciprocal rank fusion; ties keep the first list's order.
 #[must_use]
 pub fn fuse(rankings: &[Vec<FileId>]) -> Vec<(FileId, f32)> {
@@ -145,10 +216,24 @@ pub async fn search(
                 limit: CANDIDATES,
                 ..request.clone()
             };
-            let found = if without_function_words(&request.query).matches_all() {
+            let found = if words.query.matches_all() {
                 Vec::new()
             } else {
                 index.search(&words).await?.hits
+            };
+            // With several words, only files that hold them together count (see the module's doc).
+            let found = if words.query.must.len() > 1 {
+                let checked: Vec<FileId> = found.iter().take(NEAR_CHECKED).map(|h| h.file_id).collect();
+                let near: std::collections::HashSet<FileId> = index
+                    .get(&checked)
+                    .await?
+                    .iter()
+                    .filter(|doc| together(doc, &words.query))
+                    .map(|doc| doc.file_id)
+                    .collect();
+                found.into_iter().take(NEAR_CHECKED).filter(|h| near.contains(&h.file_id)).collect()
+            } else {
+                found
             };
             let keyword: Vec<FileId> = found.iter().map(|h| h.file_id).collect();
             keyword_hits = found.into_iter().map(|h| (h.file_id, h)).collect();
@@ -208,6 +293,41 @@ mod tests {
         assert_eq!(order, [id(1), id(3), id(2), id(4)]);
         assert!((fused[0].1 - (1.0 / 61.0 + 1.0 / 63.0)).abs() < 1e-6);
         assert_eq!(fuse(&[vec![id(5)], vec![]]), [(id(5), 1.0 / 61.0)]);
+    }
+
+    #[test]
+    fn keywords_count_where_they_stand_together() {
+        let doc = |path: &str, text: &str| SearchDoc {
+            file_id: id(1),
+            owner_id: cloudsync_domain::UserId::from_uuid(Uuid::from_u128(2)),
+            provider_id: cloudsync_domain::ProviderId::from_uuid(Uuid::from_u128(3)),
+            path: path.into(),
+            size: 1,
+            modified_at: chrono::Utc::now(),
+            mime_type: "text/plain".into(),
+            checksum: "c".into(),
+            content: Some(crate::Content {
+                checksum: "c".into(),
+                text: text.into(),
+                language: Some("en".into()),
+            }),
+            picture: None,
+        };
+        let query = without_function_words(&query::parse("show what is inside a folder"));
+        let filler = "word ".repeat(NEAR_WORDS);
+        assert!(
+            together(&doc("/a.txt", "it shows what is inside the folder"), &query),
+            "by stem, close together"
+        );
+        assert!(
+            !together(&doc("/a.txt", &format!("show {filler} inside the folder")), &query),
+            "too far apart"
+        );
+        assert!(
+            together(&doc("/folder/a.txt", &format!("shows inside {filler}")), &query),
+            "one word in the path"
+        );
+        assert!(!together(&doc("/a.txt", "show only the folder"), &query));
     }
 
     #[test]
