@@ -6,7 +6,13 @@
 //! `searchFiles`. Reported: MRR@10 and nDCG@10 (one right answer per query), and how many queries
 //! find their page at all within ten, for `KEYWORD`, `SEMANTIC` and `HYBRID`; and the time the text
 //! model took. `CLOUDSYNC_MODELS_DIR` (default `~/.cache/cloudsync/models`) holds the model
-//! (`scripts/models` installs it). `BENCH_EXPLAIN=1` prints each query's top three per mode.
+//! (`scripts/models` installs it). `BENCH_EXPLAIN=1` prints each query's top three per mode;
+//! `BENCH_DUMP=FILE` writes every query's rankings and the pages' passages as JSON.
+//!
+//! Then every text (names, passages and queries) is embedded again in one call, beside
+//! sentence-transformers on PyTorch running `peers/sentence_transformers_embed.py` over the same
+//! texts from the same model folder (`BENCH_ST_VENV`, the virtual environment `scripts/bench-tools`
+//! makes): both rates, and how far apart the vectors and the queries' scores are.
 
 #[allow(dead_code)]
 #[path = "search/corpus.rs"]
@@ -94,6 +100,9 @@ async fn main() -> anyhow::Result<()> {
     );
     std::fs::create_dir_all(&cache)?;
     let explain = std::env::var("BENCH_EXPLAIN").is_ok_and(|v| v == "1");
+    // Every query's rankings in each mode and the pages' passages, as JSON, for studying fusions.
+    let dump = std::env::var_os("BENCH_DUMP").map(PathBuf::from);
+    let mut dumped = Vec::new();
     let model = TextEmbedder::load(&models_dir().join(TextEmbedder::MODEL))?;
     let mut pages = Vec::new();
     for name in QUERIES.iter().map(|(name, _)| *name).chain(OTHERS) {
@@ -111,6 +120,7 @@ async fn main() -> anyhow::Result<()> {
     let ids: Vec<FileId> = pages.iter().map(|_| FileId::from_uuid(Uuid::now_v7())).collect();
     let (mut docs, mut records) = (Vec::new(), Vec::new());
     let (mut texts_embedded, mut embedding) = (0usize, std::time::Duration::ZERO);
+    let mut every_text: Vec<String> = Vec::new();
     for (page, id) in pages.iter().zip(&ids) {
         let name = format!("{}.{}", page.name, page.section);
         let checksum = blake3::hash(page.text.as_bytes()).to_hex().to_string();
@@ -132,6 +142,7 @@ async fn main() -> anyhow::Result<()> {
         });
         let mut texts = vec![name_words(&name)];
         texts.extend(passages(&page.text).into_iter().map(|p| p.text));
+        every_text.extend(texts.iter().cloned());
         let at = Instant::now();
         let embedded = model.embed(&texts.iter().map(String::as_str).collect::<Vec<_>>())?;
         embedding += at.elapsed();
@@ -177,8 +188,26 @@ async fn main() -> anyhow::Result<()> {
             offset: 0,
             limit: TOP,
         };
+        let mut rankings = serde_json::Map::new();
         for ((label, mode), score) in modes.iter().zip(&mut scores) {
             let results = meaning::search(&index, &vectors, &request, vector.as_deref(), *mode).await?;
+            if dump.is_some() {
+                let deep = SearchRequest {
+                    limit: meaning::CANDIDATES,
+                    ..request.clone()
+                };
+                let all = meaning::search(&index, &vectors, &deep, vector.as_deref(), *mode).await?;
+                let named: Vec<serde_json::Value> = all
+                    .hits
+                    .iter()
+                    .filter_map(|h| {
+                        ids.iter()
+                            .position(|id| *id == h.file_id)
+                            .map(|at| serde_json::json!([pages[at].name, h.score]))
+                    })
+                    .collect();
+                rankings.insert((*label).to_string(), named.into());
+            }
             let rank = results.hits.iter().position(|h| Some(h.file_id) == right);
             if let Some(rank) = rank {
                 score.reciprocal += 1.0 / (rank as f64 + 1.0);
@@ -198,6 +227,22 @@ async fn main() -> anyhow::Result<()> {
                 );
             }
         }
+        dumped.push(serde_json::json!({"query": text, "answer": answer, "rankings": rankings}));
+    }
+    if let Some(path) = &dump {
+        let passages: serde_json::Map<String, serde_json::Value> = pages
+            .iter()
+            .map(|p| {
+                (
+                    p.name.clone(),
+                    passages(&p.text).into_iter().map(|x| x.text).collect::<Vec<_>>().into(),
+                )
+            })
+            .collect();
+        std::fs::write(
+            path,
+            serde_json::to_vec(&serde_json::json!({"queries": dumped, "passages": passages}))?,
+        )?;
     }
     println!("\n| mode | MRR@10 | nDCG@10 | found in top 10 |\n|---|---|---|---|");
     let n = QUERIES.len() as f64;
@@ -210,6 +255,101 @@ async fn main() -> anyhow::Result<()> {
             QUERIES.len()
         );
     }
+    every_text.extend(QUERIES.iter().map(|(_, text)| meaning::meaning_text(text)));
+    beside_sentence_transformers(&model, &every_text, QUERIES.len())?;
     println!("\n(done in {:.0} s)", started.elapsed().as_secs_f64());
+    Ok(())
+}
+
+/// The Python that has sentence-transformers and PyTorch: the virtual environment
+/// `scripts/bench-tools` makes (`BENCH_ST_VENV`).
+fn peer_python() -> PathBuf {
+    std::env::var_os("BENCH_ST_VENV")
+        .map_or_else(
+            || PathBuf::from(std::env::var("HOME").unwrap_or_default()).join(".cache/cloudsync/bench/st-venv"),
+            PathBuf::from,
+        )
+        .join("bin/python")
+}
+
+/// Every text (names, passages, then the `queries` last) embedded in one call by CloudSync and by
+/// sentence-transformers on the same cores, batched alike; prints both rates and how far apart
+/// the vectors and the queries' scores against every text are.
+fn beside_sentence_transformers(model: &TextEmbedder, texts: &[String], queries: usize) -> anyhow::Result<()> {
+    let threads = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
+    let borrowed: Vec<&str> = texts.iter().map(String::as_str).collect();
+    model.embed(&borrowed[..16.min(borrowed.len())])?;
+    let at = Instant::now();
+    let ours = model.embed(&borrowed)?;
+    let our_seconds = at.elapsed().as_secs_f64();
+    println!(
+        "\nAll {} texts in one call (batches of 16 after sorting by length): CloudSync (candle) {our_seconds:.1} s, {:.1} per second",
+        texts.len(),
+        texts.len() as f64 / our_seconds
+    );
+    let python = peer_python();
+    if !python.is_file() {
+        println!(
+            "sentence-transformers: not run ({} is missing: scripts/bench-tools installs it)",
+            python.display()
+        );
+        return Ok(());
+    }
+    let dir = tempfile::tempdir()?;
+    let (input, output) = (dir.path().join("texts.json"), dir.path().join("vectors.f32"));
+    std::fs::write(&input, serde_json::to_vec(texts)?)?;
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("peers/sentence_transformers_embed.py");
+    let run = std::process::Command::new(&python)
+        .arg(&script)
+        .arg(models_dir().join(TextEmbedder::MODEL))
+        .arg(&input)
+        .arg(&output)
+        .arg(threads.to_string())
+        .output()?;
+    if !run.status.success() {
+        anyhow::bail!("sentence-transformers failed: {}", String::from_utf8_lossy(&run.stderr));
+    }
+    let report: serde_json::Value = serde_json::from_slice(run.stdout.trim_ascii())?;
+    let seconds = report["seconds"].as_f64().unwrap_or(f64::NAN);
+    let raw = std::fs::read(&output)?;
+    let theirs: Vec<Vec<f32>> = raw
+        .chunks_exact(4)
+        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+        .collect::<Vec<_>>()
+        .chunks(TextEmbedder::DIMS)
+        .map(<[f32]>::to_vec)
+        .collect();
+    anyhow::ensure!(
+        theirs.len() == ours.len(),
+        "sentence-transformers returned {} vectors for {}",
+        theirs.len(),
+        ours.len()
+    );
+    let element = ours
+        .iter()
+        .zip(&theirs)
+        .flat_map(|(a, b)| a.iter().zip(b).map(|(x, y)| (x - y).abs()))
+        .fold(0f32, f32::max);
+    // Every query's score against every text, as a search by meaning would rank them.
+    let first_query = texts.len() - queries;
+    let mut score = 0f32;
+    for q in first_query..texts.len() {
+        for t in 0..first_query {
+            let delta = cloudsync_ml::cosine(&ours[q], &ours[t]) - cloudsync_ml::cosine(&theirs[q], &theirs[t]);
+            score = score.max(delta.abs());
+        }
+    }
+    println!(
+        "sentence-transformers {} (torch {}, {} threads): {seconds:.1} s, {:.1} per second; CloudSync is {:.2}x its rate",
+        report["sentence_transformers"].as_str().unwrap_or("?"),
+        report["torch"].as_str().unwrap_or("?"),
+        report["threads"],
+        texts.len() as f64 / seconds,
+        seconds / our_seconds
+    );
+    println!(
+        "largest difference of a vector element {element:.1e}; of a query's score against a text {score:.1e} ({} queries x {first_query} texts)",
+        queries
+    );
     Ok(())
 }

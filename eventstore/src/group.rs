@@ -116,6 +116,7 @@ impl Committer {
 
     /// Makes the writer stop before its next commit: `reached` fires when it is there, and it goes
     /// on once `release` is sent or dropped.
+    #[cfg(feature = "testing")]
     pub(crate) fn pause_before_next_commit(&self) -> (oneshot::Receiver<()>, oneshot::Sender<()>) {
         let (reached_tx, reached) = oneshot::channel();
         let (release, release_rx) = oneshot::channel();
