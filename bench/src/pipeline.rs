@@ -338,6 +338,7 @@ async fn main() -> anyhow::Result<()> {
         if since.elapsed() > Duration::from_secs(4 * 3600) {
             bail!("the pipeline did not finish in four hours");
         }
+        // The server is another process, with nothing to wait on but its database.
         tokio::time::sleep(Duration::from_millis(250)).await;
     };
     let seconds = since.elapsed().as_secs_f64();

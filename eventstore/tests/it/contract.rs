@@ -434,26 +434,39 @@ async fn malformed_stream_names_are_refused(db: &TestDatabase) {
 
 type Append = tokio::task::JoinHandle<Result<cloudsync_eventstore::AppendOutcome, StoreError>>;
 
-fn spawn_append(store: &Arc<dyn EventStore>, stream: &str, expected: ExpectedVersion, events: Vec<NewEvent>) -> Append {
+type Queued = std::pin::Pin<Box<dyn std::future::Future<Output = Result<cloudsync_eventstore::AppendOutcome, StoreError>> + Send>>;
+
+/// An append polled once: its request is in the writer's queue when this returns (an append
+/// queues its request before it first waits), and it is still waiting for its answer.
+async fn queued(store: &Arc<dyn EventStore>, stream: &str, expected: ExpectedVersion, events: Vec<NewEvent>) -> Queued {
     let (store, stream) = (store.clone(), stream.to_owned());
-    tokio::spawn(async move { append_to(&*store, &stream, expected, events).await })
+    let mut append: Queued = Box::pin(async move { append_to(&*store, &stream, expected, events).await });
+    assert!(
+        futures::poll!(&mut append).is_pending(),
+        "an append is not answered before its commit"
+    );
+    append
+}
+
+/// An append queued now and driven on from a task of its own.
+async fn spawn_append(store: &Arc<dyn EventStore>, stream: &str, expected: ExpectedVersion, events: Vec<NewEvent>) -> Append {
+    tokio::spawn(queued(store, stream, expected, events).await)
 }
 
 /// Stops the store's writer before the commit of an append of its own, so that the appends queued
 /// meanwhile make up the next group; returns that first append and the release.
 async fn hold_the_writer(store: &Arc<dyn EventStore>) -> (Append, tokio::sync::oneshot::Sender<()>) {
     let (reached, release) = store.pause_before_next_commit().expect("the store has a group writer");
-    let first = spawn_append(store, &stream(), ExpectedVersion::NoStream, vec![event("First", 0, None)]);
+    let first = spawn_append(store, &stream(), ExpectedVersion::NoStream, vec![event("First", 0, None)]).await;
     reached.await.expect("the writer reached its commit");
     (first, release)
 }
 
-/// Appends spawned one after another, so that they reach the queue in this order.
+/// Appends queued one after another, so that they reach the queue in this order.
 async fn in_order(store: &Arc<dyn EventStore>, appends: Vec<(String, ExpectedVersion, Vec<NewEvent>)>) -> Vec<Append> {
     let mut handles = Vec::new();
     for (stream, expected, events) in appends {
-        handles.push(spawn_append(store, &stream, expected, events));
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        handles.push(spawn_append(store, &stream, expected, events).await);
     }
     handles
 }
@@ -562,19 +575,15 @@ async fn a_poisoned_group_fails_only_the_poisoner(db: &TestDatabase) {
 async fn nothing_of_a_group_is_visible_before_its_commit(db: &TestDatabase) {
     let store = db.db.events.clone();
     let (reached, release) = store.pause_before_next_commit().expect("the store has a group writer");
-    let appends: Vec<Append> = (0..3)
-        .map(|i| {
-            spawn_append(
-                &store,
-                &stream(),
-                ExpectedVersion::NoStream,
-                vec![event("E", i, None), event("E", i, None)],
-            )
-        })
-        .collect();
+    let mut appends = Vec::new();
+    for i in 0..3 {
+        let events = vec![event("E", i, None), event("E", i, None)];
+        appends.push(queued(&store, &stream(), ExpectedVersion::NoStream, events).await);
+    }
     reached.await.expect("the writer reached its commit");
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    assert!(appends.iter().all(|a| !a.is_finished()), "no caller is answered before the commit");
+    for append in &mut appends {
+        assert!(futures::poll!(append).is_pending(), "no caller is answered before the commit");
+    }
     assert_eq!(
         store.read_all(0, 100).await.expect("read").len(),
         0,
@@ -583,7 +592,7 @@ async fn nothing_of_a_group_is_visible_before_its_commit(db: &TestDatabase) {
     assert_eq!(store.head().await.expect("head"), 0);
     release.send(()).expect("the writer waits");
     for append in appends {
-        append.await.expect("task").expect("append");
+        append.await.expect("append");
     }
     // Once appends returned, another connection reads every event.
     let other = cloudsync_eventstore::Database::connect(&db.url, false).await.expect("connect");
@@ -596,36 +605,36 @@ async fn a_caller_that_drops_its_append_gets_all_or_nothing(db: &TestDatabase) {
     // Dropped while its group is being written: the group commits, with all of it.
     let (reached, release) = store.pause_before_next_commit().expect("the store has a group writer");
     let taken = stream();
-    let in_flight = spawn_append(
+    let in_flight = queued(
         &store,
         &taken,
         ExpectedVersion::NoStream,
         (0..3).map(|i| event("Taken", i, None)).collect(),
-    );
+    )
+    .await;
     reached.await.expect("the writer reached its commit");
-    in_flight.abort();
+    drop(in_flight);
     // Dropped while it waits in the queue behind a group: nothing of it is written.
     let (first, release_first) = {
         release.send(()).expect("the writer waits");
         hold_the_writer(&store).await
     };
-    let queued = stream();
-    let waiting = spawn_append(
+    let queued_stream = stream();
+    let waiting = queued(
         &store,
-        &queued,
+        &queued_stream,
         ExpectedVersion::NoStream,
         (0..3).map(|i| event("Queued", i, None)).collect(),
-    );
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    waiting.abort();
-    let _ = waiting.await;
+    )
+    .await;
+    drop(waiting);
     release_first.send(()).expect("the writer waits");
     first.await.expect("task").expect("the first append");
     // One more append, so the writer has surely passed the dropped one.
     append_to(&*store, &stream(), ExpectedVersion::NoStream, vec![event("After", 0, None)])
         .await
         .expect("append");
-    for (s, expected) in [(&taken, 3), (&queued, 0)] {
+    for (s, expected) in [(&taken, 3), (&queued_stream, 0)] {
         let stored = store.read_stream(s).await.expect("read").len();
         assert!(stored == 0 || stored == 3, "all or nothing, found {stored} of 3");
         assert_eq!(stored, expected);
