@@ -10,7 +10,12 @@
 //! 2. the same from 16 and from 64 concurrent writers (tokio tasks), with how many transactions the
 //!    store's group commit used for them;
 //! 3. events/s of appends that carry a batch of 100 events each;
-//! 4. the catch-up read rate: events/s reading the whole log with `read_all` in pages of 1000.
+//! 4. the catch-up read rate: events/s reading the whole log with `read_all` in pages of 1000;
+//! 5. a rebuild of the read models (`cloudsync_projections::rebuild_many` of every table, what
+//!    `cloudsync projections rebuild all` runs) after `BENCH_REBUILD_EVENTS` domain events of a
+//!    scanned tree are appended: one user and provider, then in every thousand events 800 files
+//!    discovered, 100 changed, 60 moved and 40 removed. Its rate counts those events only (the log
+//!    also holds the scenarios' own events, which the rebuild reads and passes over).
 //!
 //! Beside each, the raw ceiling: a plain table `raw_events(id, stream_id, payload)` (bigserial + jsonb on
 //! PostgreSQL, INTEGER PRIMARY KEY + TEXT on SQLite) written with sqlx directly: single-row autocommit
@@ -23,6 +28,8 @@
 //! - `BENCH_EVENTS`: single-event appends per write scenario (default 5000);
 //! - `BENCH_BATCHES`: 100-event batches for scenario 3 (default `BENCH_EVENTS / 25`, i.e. 200);
 //! - `BENCH_MAX_SECS`: a cap on each measurement, so a slow disk cannot stretch the run (default 10);
+//! - `BENCH_REBUILD_EVENTS`: domain events for scenario 5 (default 100000; the figure is for
+//!   1000000);
 //! - `BENCH_BACKENDS`: `sqlite,postgres` (default both);
 //! - `CLOUDSYNC_BENCH_POSTGRES_URL`: the PostgreSQL server's admin URL.
 //!
@@ -60,6 +67,7 @@ struct Config {
     events: u64,
     batches: u64,
     max: Duration,
+    rebuild_events: u64,
     sqlite: bool,
     postgres: bool,
     postgres_url: String,
@@ -81,10 +89,12 @@ impl Config {
             }
         }
         let postgres_url = std::env::var("CLOUDSYNC_BENCH_POSTGRES_URL").unwrap_or_else(|_| DEFAULT_POSTGRES_URL.into());
+        let rebuild_events = env_u64("BENCH_REBUILD_EVENTS")?.unwrap_or(100_000).max(1000);
         Ok(Self {
             events,
             batches,
             max,
+            rebuild_events,
             sqlite,
             postgres,
             postgres_url,
@@ -287,6 +297,148 @@ async fn store_catch_up(store: &dyn EventStore) -> anyhow::Result<Measured> {
     })
 }
 
+/// Appends `count` domain events of a scanned tree (see the module's doc), a thousand to an append.
+async fn append_tree(store: &dyn EventStore, count: u64) -> anyhow::Result<usize> {
+    use cloudsync_domain::DomainEvent;
+    use cloudsync_domain::events::{FileChanged, FileDiscovered, FileMoved, FileRemoved, ProviderConnected, UserRegistered};
+    use cloudsync_domain::ids::{FileId, ProviderId, UserId};
+    use cloudsync_domain::values::{ProviderKind, ProviderPath};
+
+    let now = chrono::Utc::now();
+    let owner = UserId::from_uuid(Uuid::now_v7());
+    let provider = ProviderId::from_uuid(Uuid::now_v7());
+    let path = |text: String| ProviderPath::parse(&text).context("a benchmark path");
+    let encode = |event: DomainEvent| {
+        let encoded = event.encode();
+        NewEvent {
+            event_type: encoded.event_type,
+            schema_version: encoded.schema_version,
+            payload: encoded.payload,
+            metadata: EventMetadata::new(Some(owner.as_uuid())),
+        }
+    };
+    let mut pending = vec![
+        (
+            owner.stream(),
+            encode(DomainEvent::UserRegistered(UserRegistered {
+                user_id: owner,
+                email: "bench@example.org".into(),
+                password_hash: String::new(),
+                registered_at: now,
+            })),
+        ),
+        (
+            provider.stream(),
+            encode(DomainEvent::ProviderConnected(ProviderConnected {
+                provider_id: provider,
+                owner_id: owner,
+                kind: ProviderKind::Local,
+                display_name: "bench".into(),
+                config: json!({ "root": "/bench" }).into(),
+                secrets: None,
+                credentials_expire_at: None,
+                connected_at: now,
+            })),
+        ),
+    ];
+    // Each file and its path now; the files not removed.
+    let mut files: Vec<(FileId, String)> = Vec::new();
+    let mut live: Vec<usize> = Vec::new();
+    let mut rng = 0x2545_f491_4f6c_dd1d_u64;
+    let mut next = move |n: usize| {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        usize::try_from(rng % n.max(1) as u64).unwrap_or(0)
+    };
+    let mut written = 0_u64;
+    let mut n = 0_u64;
+    while written + (pending.len() as u64) < count {
+        let slot = n % 1000;
+        n += 1;
+        let (stream, event) = if slot < 800 || live.len() < 100 {
+            let id = FileId::from_uuid(Uuid::now_v7());
+            let name = format!("scan/{}/file-{n}.dat", n % 97);
+            files.push((id, name.clone()));
+            live.push(files.len() - 1);
+            let event = DomainEvent::FileDiscovered(FileDiscovered {
+                file_id: id,
+                provider_id: provider,
+                owner_id: owner,
+                path: path(name)?,
+                size_bytes: n * 37,
+                modified_at: now,
+                mime_type: "application/octet-stream".into(),
+                checksum: format!("{:064x}", n),
+                job_id: None,
+                etag: None,
+            });
+            (id.stream(), event)
+        } else {
+            let pick = next(live.len());
+            let index = live[pick];
+            let (id, name) = &mut files[index];
+            let event = if slot < 900 {
+                DomainEvent::FileChanged(FileChanged {
+                    file_id: *id,
+                    provider_id: provider,
+                    owner_id: owner,
+                    path: path(name.clone())?,
+                    size_bytes: n * 41,
+                    modified_at: now,
+                    checksum: format!("{:064x}", n),
+                    etag: None,
+                    job_id: None,
+                })
+            } else if slot < 960 {
+                let to = format!("moved/{n}.dat");
+                let event = DomainEvent::FileMoved(FileMoved {
+                    file_id: *id,
+                    provider_id: provider,
+                    owner_id: owner,
+                    from: path(name.clone())?,
+                    to: path(to.clone())?,
+                    moved_at: now,
+                });
+                *name = to;
+                event
+            } else {
+                live.swap_remove(pick);
+                DomainEvent::FileRemoved(FileRemoved {
+                    file_id: *id,
+                    provider_id: provider,
+                    owner_id: owner,
+                    path: path(name.clone())?,
+                    job_id: None,
+                })
+            };
+            (id.stream(), event)
+        };
+        pending.push((stream, encode(event)));
+        if pending.len() == 1000 {
+            written += append_pending(store, &mut pending).await?;
+        }
+    }
+    written += append_pending(store, &mut pending).await?;
+    anyhow::ensure!(written == count, "appended {written} of {count} events");
+    Ok(live.len())
+}
+
+/// Appends what `append_tree` has gathered, each event to its stream with `Any`.
+async fn append_pending(store: &dyn EventStore, pending: &mut Vec<(String, NewEvent)>) -> anyhow::Result<u64> {
+    let count = pending.len() as u64;
+    let batches = pending
+        .drain(..)
+        .map(|(stream, event)| StreamAppend {
+            stream,
+            expected: ExpectedVersion::Any,
+            events: vec![event],
+        })
+        .collect();
+    store.append(batches).await.context("append a thousand domain events")?;
+    Ok(count)
+}
+
 // ---- Raw sqlx ceiling ----
 
 #[derive(Clone)]
@@ -475,7 +627,8 @@ async fn raw_catch_up(raw: &Raw) -> anyhow::Result<Measured> {
 // ---- Per backend ----
 
 /// Runs every scenario on one connected backend, pushing each finished row into `rows`.
-async fn bench_backend(backend: &'static str, db: &Database, raw: &Raw, cfg: &Config, rows: &mut Vec<Row>) -> anyhow::Result<()> {
+async fn bench_backend(backend: &'static str, db: &Database, raw: &Raw, cfg: &Config, report: &mut Report) -> anyhow::Result<()> {
+    let Report { rows, rebuilds } = report;
     let store = &db.events;
     eprintln!("[{backend}] warming up");
     store_single(store, WRITERS, WARM_UP_OPS, cfg.max)
@@ -550,20 +703,63 @@ async fn bench_backend(backend: &'static str, db: &Database, raw: &Raw, cfg: &Co
     let s = store_catch_up(store.as_ref()).await.context("store: catch-up read")?;
     let r = raw_catch_up(raw).await.context("raw: catch-up read")?;
     record("catch-up read, pages of 1000 (raw: keyset SELECT)", s, r, None);
+
+    eprintln!("[{backend}] appending {} domain events for the rebuild", cfg.rebuild_events);
+    let live = append_tree(store.as_ref(), cfg.rebuild_events)
+        .await
+        .context("append the tree's events")?;
+    eprintln!("[{backend}] rebuilding every read model");
+    let rebuilt = cloudsync_projections::rebuild_many(db, &cloudsync_projections::PROJECTORS)
+        .await
+        .context("rebuild the read models")?;
+    let files: i64 = cloudsync_eventstore::on_pool!(&db.pool, |p| sqlx::query_scalar("SELECT COUNT(*) FROM files")
+        .fetch_one(p)
+        .await
+        .context("count the files"))?;
+    anyhow::ensure!(
+        usize::try_from(files).is_ok_and(|files| files == live),
+        "the rebuilt files table has {files} rows; the tree has {live} files"
+    );
+    rebuilds.push(Rebuild {
+        backend,
+        events: cfg.rebuild_events,
+        read: rebuilt.events,
+        files,
+        elapsed: rebuilt.elapsed,
+    });
     Ok(())
 }
 
-async fn run_sqlite(cfg: &Config, rows: &mut Vec<Row>) -> anyhow::Result<()> {
+/// Everything measured.
+#[derive(Default)]
+struct Report {
+    rows: Vec<Row>,
+    rebuilds: Vec<Rebuild>,
+}
+
+/// A rebuild of the read models, as scenario 5 measured it.
+struct Rebuild {
+    backend: &'static str,
+    /// The domain events of the tree.
+    events: u64,
+    /// Every event the rebuild read, the other scenarios' included.
+    read: u64,
+    /// Rows in `files` afterwards.
+    files: i64,
+    elapsed: Duration,
+}
+
+async fn run_sqlite(cfg: &Config, report: &mut Report) -> anyhow::Result<()> {
     let dir = std::env::temp_dir().join(format!("cloudsync-bench-{}", Uuid::new_v4().simple()));
     std::fs::create_dir_all(&dir).with_context(|| format!("create {}", dir.display()))?;
-    let result = sqlite_in(&dir, cfg, rows).await;
+    let result = sqlite_in(&dir, cfg, report).await;
     if let Err(err) = std::fs::remove_dir_all(&dir) {
         eprintln!("warning: could not remove {}: {err}", dir.display());
     }
     result
 }
 
-async fn sqlite_in(dir: &Path, cfg: &Config, rows: &mut Vec<Row>) -> anyhow::Result<()> {
+async fn sqlite_in(dir: &Path, cfg: &Config, report: &mut Report) -> anyhow::Result<()> {
     let path = dir.join("cloudsync.db");
     let url = format!("sqlite://{}", path.display());
     eprintln!("[sqlite] {}", path.display());
@@ -584,7 +780,7 @@ async fn sqlite_in(dir: &Path, cfg: &Config, rows: &mut Vec<Row>) -> anyhow::Res
         .await
         .context("open the raw SQLite pool")?;
     let raw = Raw::sqlite(pool).await?;
-    let result = bench_backend("sqlite", &db, &raw, cfg, rows).await;
+    let result = bench_backend("sqlite", &db, &raw, cfg, report).await;
     raw.close().await;
     db.close().await;
     result
@@ -603,7 +799,7 @@ fn database_url(admin: &str, name: &str) -> anyhow::Result<String> {
     })
 }
 
-async fn run_postgres(cfg: &Config, rows: &mut Vec<Row>) -> anyhow::Result<()> {
+async fn run_postgres(cfg: &Config, report: &mut Report) -> anyhow::Result<()> {
     let admin = &cfg.postgres_url;
     let name = format!("cs_bench_{}", Uuid::new_v4().simple());
     let url = database_url(admin, &name)?;
@@ -618,7 +814,7 @@ async fn run_postgres(cfg: &Config, rows: &mut Vec<Row>) -> anyhow::Result<()> {
         conn.close().await.context("close the admin connection")?;
     }
     eprintln!("[postgres] database {name}");
-    let result = postgres_in(&url, cfg, rows).await;
+    let result = postgres_in(&url, cfg, report).await;
     let dropped = async {
         let mut conn = sqlx::PgConnection::connect(admin).await?;
         sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
@@ -638,7 +834,7 @@ async fn run_postgres(cfg: &Config, rows: &mut Vec<Row>) -> anyhow::Result<()> {
     }
 }
 
-async fn postgres_in(url: &str, cfg: &Config, rows: &mut Vec<Row>) -> anyhow::Result<()> {
+async fn postgres_in(url: &str, cfg: &Config, report: &mut Report) -> anyhow::Result<()> {
     let db = Database::connect(url, true)
         .await
         .context("connect and migrate the benchmark database")?;
@@ -650,7 +846,7 @@ async fn postgres_in(url: &str, cfg: &Config, rows: &mut Vec<Row>) -> anyhow::Re
         .await
         .context("open the raw PostgreSQL pool")?;
     let raw = Raw::postgres(pool, url).await?;
-    let result = bench_backend("postgres", &db, &raw, cfg, rows).await;
+    let result = bench_backend("postgres", &db, &raw, cfg, report).await;
     raw.close().await;
     db.close().await;
     result
@@ -679,7 +875,8 @@ fn cpu_model() -> Option<String> {
         .map(|(_, model)| model.trim().to_owned())
 }
 
-fn print_report(cfg: &Config, rows: &[Row]) {
+fn print_report(cfg: &Config, report: &Report) {
+    let rows = &report.rows;
     let nproc = std::thread::available_parallelism().map_or(0, std::num::NonZeroUsize::get);
     let cpu = cpu_model().map(|m| format!(" ({m})")).unwrap_or_default();
     println!("# CloudSync event store benchmark");
@@ -735,26 +932,43 @@ fn print_report(cfg: &Config, rows: &[Row]) {
             row.raw.describe()
         );
     }
+    if !report.rebuilds.is_empty() {
+        println!();
+        println!("| backend | rebuild of every read model | domain events | events/s (target 50,000) | rows in files |");
+        println!("|---|---|---:|---:|---:|");
+        for rebuild in &report.rebuilds {
+            let seconds = rebuild.elapsed.as_secs_f64();
+            println!(
+                "| {} | {:.1} s, {} events read | {} | {} | {} |",
+                rebuild.backend,
+                seconds,
+                thousands(rebuild.read as f64),
+                thousands(rebuild.events as f64),
+                thousands(rebuild.events as f64 / seconds.max(1e-9)),
+                thousands(rebuild.files as f64)
+            );
+        }
+    }
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cfg = Config::from_env()?;
-    let mut rows = Vec::new();
+    let mut report = Report::default();
     let mut failures = Vec::new();
     if cfg.sqlite
-        && let Err(err) = run_sqlite(&cfg, &mut rows).await
+        && let Err(err) = run_sqlite(&cfg, &mut report).await
     {
         eprintln!("sqlite benchmark failed: {err:#}");
         failures.push("sqlite");
     }
     if cfg.postgres
-        && let Err(err) = run_postgres(&cfg, &mut rows).await
+        && let Err(err) = run_postgres(&cfg, &mut report).await
     {
         eprintln!("postgres benchmark failed: {err:#}");
         failures.push("postgres");
     }
-    print_report(&cfg, &rows);
+    print_report(&cfg, &report);
     if !failures.is_empty() {
         bail!("the benchmark failed on {}", failures.join(" and "));
     }

@@ -19,13 +19,17 @@ use tokio::task::JoinHandle;
 use uuid::Uuid;
 
 use crate::group::{CommitStats, Committer, GroupWrite, Shared, bump, group_streams, plan_group};
-use crate::reads::{self, fetch_events};
+use crate::reads::{self, col, fetch_events};
 use crate::types::RecordedEvent;
 use crate::{AppendOutcome, EventStore, StoreError, StreamAppend};
 
 /// The advisory lock key that serialises appends ("cloudsync" as ASCII).
 pub const APPEND_LOCK_KEY: i64 = 0x0063_6c6f_7564_7379;
 const CHANNEL: &str = "cloudsync_events";
+/// Begins a group's transaction and takes the append lock, two statements in one round trip (the
+/// simple query protocol, which takes no parameters: the key is written out, and a test checks it
+/// is [`APPEND_LOCK_KEY`]).
+const BEGIN_LOCKED: &str = "BEGIN; SELECT pg_advisory_xact_lock(27985248661042041)";
 
 pub struct PgEventStore {
     pool: PgPool,
@@ -84,19 +88,20 @@ async fn listen(pool: PgPool, head: watch::Sender<i64>) {
     }
 }
 
+/// A row's event, its columns read by index.
 fn decode(row: &PgRow) -> Result<RecordedEvent, StoreError> {
     reads::Columns {
-        position: row.try_get("position")?,
-        stream_id: row.try_get("stream_id")?,
-        stream_version: row.try_get("stream_version")?,
-        event_type: row.try_get("event_type")?,
-        schema_version: row.try_get("schema_version")?,
-        payload: row.try_get::<sqlx::types::Json<serde_json::Value>, _>("payload")?.0,
-        event_id: Some(row.try_get("event_id")?),
-        correlation_id: Some(row.try_get("correlation_id")?),
-        causation_id: row.try_get("causation_id")?,
-        actor_id: row.try_get("actor_id")?,
-        occurred_at: row.try_get("occurred_at")?,
+        position: row.try_get(col::POSITION)?,
+        stream_id: row.try_get(col::STREAM_ID)?,
+        stream_version: row.try_get(col::STREAM_VERSION)?,
+        event_type: row.try_get(col::EVENT_TYPE)?,
+        schema_version: row.try_get(col::SCHEMA_VERSION)?,
+        payload: row.try_get::<sqlx::types::Json<serde_json::Value>, _>(col::PAYLOAD)?.0,
+        event_id: Some(row.try_get(col::EVENT_ID)?),
+        correlation_id: Some(row.try_get(col::CORRELATION_ID)?),
+        causation_id: row.try_get(col::CAUSATION_ID)?,
+        actor_id: row.try_get(col::ACTOR_ID)?,
+        occurred_at: row.try_get(col::OCCURRED_AT)?,
     }
     .event()
 }
@@ -110,12 +115,9 @@ struct Writer {
 #[async_trait]
 impl GroupWrite for Writer {
     async fn write_group(&self, group: &[&[StreamAppend]]) -> Result<Vec<Result<AppendOutcome, StoreError>>, StoreError> {
-        let mut tx = self.pool.begin().await?;
-        // Held until this group commits: other processes' groups wait (see the module's doc).
-        sqlx::query("SELECT pg_advisory_xact_lock($1)")
-            .bind(APPEND_LOCK_KEY)
-            .execute(&mut *tx)
-            .await?;
+        // The lock is taken in the round trip that begins the transaction and held until this group
+        // commits: other processes' groups wait (see the module's doc).
+        let mut tx = self.pool.begin_with(BEGIN_LOCKED).await?;
         let streams = group_streams(group);
         // The head and the streams' versions in one round trip (after the lock, in a new statement, so
         // its snapshot sees every append that committed before the lock was granted). The head comes
@@ -234,4 +236,14 @@ struct Columns {
     causation_id: Vec<Option<Uuid>>,
     actor_id: Vec<Option<Uuid>>,
     occurred_at: Vec<DateTime<Utc>>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_group_begins_with_the_append_lock() {
+        assert!(BEGIN_LOCKED.ends_with(&format!("pg_advisory_xact_lock({APPEND_LOCK_KEY})")));
+    }
 }

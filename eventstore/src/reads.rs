@@ -13,6 +13,21 @@ macro_rules! columns {
     };
 }
 
+/// The index of each column in [`columns!`]' order, so rows are read by index rather than by name.
+pub(crate) mod col {
+    pub const POSITION: usize = 0;
+    pub const STREAM_ID: usize = 1;
+    pub const STREAM_VERSION: usize = 2;
+    pub const EVENT_TYPE: usize = 3;
+    pub const SCHEMA_VERSION: usize = 4;
+    pub const PAYLOAD: usize = 5;
+    pub const EVENT_ID: usize = 6;
+    pub const CORRELATION_ID: usize = 7;
+    pub const CAUSATION_ID: usize = 8;
+    pub const ACTOR_ID: usize = 9;
+    pub const OCCURRED_AT: usize = 10;
+}
+
 /// A stream's events in stream order.
 pub(crate) const STREAM: &str = concat!("SELECT ", columns!(), " FROM events WHERE stream_id = $1 ORDER BY stream_version");
 /// The log after a position, in order, up to a limit.

@@ -5,12 +5,12 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use sqlx::sqlite::SqliteRow;
-use sqlx::{Row as _, SqlitePool};
+use sqlx::{Column as _, Row as _, SqlitePool};
 use tokio::sync::watch;
 use uuid::Uuid;
 
 use crate::group::{CommitStats, Committer, GroupWrite, Shared, group_streams, plan_group};
-use crate::reads::{self, Columns, fetch_events};
+use crate::reads::{self, Columns, col, fetch_events};
 use crate::types::RecordedEvent;
 use crate::{AppendOutcome, EventStore, StoreError, StreamAppend};
 
@@ -93,35 +93,36 @@ impl SqliteEventStore {
     }
 }
 
-fn uuid_column(row: &SqliteRow, column: &str, position: i64) -> Result<Option<Uuid>, StoreError> {
-    let text: Option<String> = row.try_get(column)?;
+fn uuid_column(row: &SqliteRow, column: usize, position: i64) -> Result<Option<Uuid>, StoreError> {
+    let text: Option<&str> = row.try_get(column)?;
     text.map(|t| {
-        Uuid::parse_str(&t).map_err(|err| StoreError::Corrupt {
+        Uuid::parse_str(t).map_err(|err| StoreError::Corrupt {
             position,
-            reason: format!("{column}: {err}"),
+            reason: format!("{}: {err}", row.column(column).name()),
         })
     })
     .transpose()
 }
 
+/// A row's event: columns by index, the payload parsed from the row's own text without a copy.
 fn decode(row: &SqliteRow) -> Result<RecordedEvent, StoreError> {
-    let position: i64 = row.try_get("position")?;
-    let payload: String = row.try_get("payload")?;
+    let position: i64 = row.try_get(col::POSITION)?;
+    let payload: &str = row.try_get(col::PAYLOAD)?;
     Columns {
         position,
-        stream_id: row.try_get("stream_id")?,
-        stream_version: row.try_get("stream_version")?,
-        event_type: row.try_get("event_type")?,
-        schema_version: row.try_get("schema_version")?,
-        payload: serde_json::from_str(&payload).map_err(|err| StoreError::Corrupt {
+        stream_id: row.try_get(col::STREAM_ID)?,
+        stream_version: row.try_get(col::STREAM_VERSION)?,
+        event_type: row.try_get(col::EVENT_TYPE)?,
+        schema_version: row.try_get(col::SCHEMA_VERSION)?,
+        payload: serde_json::from_str(payload).map_err(|err| StoreError::Corrupt {
             position,
             reason: format!("payload: {err}"),
         })?,
-        event_id: uuid_column(row, "event_id", position)?,
-        correlation_id: uuid_column(row, "correlation_id", position)?,
-        causation_id: uuid_column(row, "causation_id", position)?,
-        actor_id: uuid_column(row, "actor_id", position)?,
-        occurred_at: row.try_get("occurred_at")?,
+        event_id: uuid_column(row, col::EVENT_ID, position)?,
+        correlation_id: uuid_column(row, col::CORRELATION_ID, position)?,
+        causation_id: uuid_column(row, col::CAUSATION_ID, position)?,
+        actor_id: uuid_column(row, col::ACTOR_ID, position)?,
+        occurred_at: row.try_get(col::OCCURRED_AT)?,
     }
     .event()
 }

@@ -2,8 +2,9 @@
 //! events is applied and the checkpoint advanced in one transaction that first locks the checkpoint
 //! row, so the live runner and a concurrent `projections rebuild` never apply an event twice.
 
+use std::collections::HashSet;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use cloudsync_domain::{DecodeError, DomainEvent};
 use cloudsync_eventstore::{Database, DbPool, RecordedEvent, StoreError};
@@ -12,7 +13,7 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::ops::{Op, Table, ops_for};
-use crate::sql::{bind_pg, bind_sqlite, statement};
+use crate::sql::{RUN_SIZES, Val, bind_pg, bind_sqlite, combined, statement};
 
 /// The projectors, by name (each named after its table).
 pub const PROJECTORS: [&str; 8] = [
@@ -42,24 +43,28 @@ pub enum ProjectionError {
     Decode { position: i64, source: DecodeError },
 }
 
-/// The operations of `events` that concern `table`. Events of types this build does not know are
-/// not read-model events and are passed over.
-fn table_ops(events: &[RecordedEvent], table: Table) -> Result<Vec<Op>, ProjectionError> {
-    let mut ops = Vec::new();
+/// Decodes each event of a page once and sorts the operations it causes by table, keeping for each
+/// table only those of events after its checkpoint (`from`, by the index of its table in `tables`).
+/// Events of types this build does not know are not read-model events and are passed over.
+fn page_ops(events: Vec<RecordedEvent>, tables: &[Table], from: &[i64]) -> Result<Vec<Vec<Op>>, ProjectionError> {
+    let mut ops: Vec<Vec<Op>> = vec![Vec::new(); tables.len()];
     for event in events {
-        match DomainEvent::decode(&event.event_type, event.schema_version, &event.payload) {
-            Ok(decoded) => ops.extend(
-                ops_for(&decoded, event.metadata.occurred_at)
-                    .into_iter()
-                    .filter(|op| op.table() == table),
-            ),
-            Err(DecodeError::UnknownType(_)) => {}
-            Err(source) => {
-                return Err(ProjectionError::Decode {
-                    position: event.position,
-                    source,
-                });
+        let position = event.position;
+        if from.iter().all(|checkpoint| position <= *checkpoint) {
+            continue;
+        }
+        match DomainEvent::decode_owned(&event.event_type, event.schema_version, event.payload) {
+            Ok(decoded) => {
+                for op in ops_for(&decoded, event.metadata.occurred_at) {
+                    if let Some(index) = tables.iter().position(|t| *t == op.table())
+                        && position > from[index]
+                    {
+                        ops[index].push(op);
+                    }
+                }
             }
+            Err(DecodeError::UnknownType(_)) => {}
+            Err(source) => return Err(ProjectionError::Decode { position, source }),
         }
     }
     Ok(ops)
@@ -69,35 +74,74 @@ const IS_ERASED: &str = "SELECT user_id FROM erased_users WHERE user_id = $1";
 const MARK_ERASED: &str = "INSERT INTO erased_users (user_id) VALUES ($1) ON CONFLICT (user_id) DO NOTHING";
 const ENSURE: &str = "INSERT INTO projector_checkpoints (name, position) VALUES ($1, 0) ON CONFLICT (name) DO NOTHING";
 const SAVE: &str = "UPDATE projector_checkpoints SET position = $2 WHERE name = $1";
+const PEEK: &str = "SELECT position FROM projector_checkpoints WHERE name = $1";
+const LOCK_PG: &str = "SELECT position FROM projector_checkpoints WHERE name = $1 FOR UPDATE";
 
-/// Applies the next page of events to one table. Returns how many events it consumed and the
-/// checkpoint after them.
+/// The events a page reads when a projector is behind.
+const REBUILD_PAGE: i64 = 5000;
+
+/// Applies the next page of events to `tables`, each from its own checkpoint, in one transaction.
+/// Returns how many events it read and the lowest checkpoint after them.
 ///
-/// The page is read before the checkpoint is locked, so a projector never holds the lock (on SQLite,
-/// the database's one write lock) while it waits for a second connection; if the checkpoint moved
-/// meanwhile (a concurrent rebuild), the page is read again.
-async fn step(db: &Database, table: Table, page: i64) -> Result<(usize, i64), ProjectionError> {
-    let name = table.name();
-    const PEEK: &str = "SELECT position FROM projector_checkpoints WHERE name = $1";
+/// The page is read once, from the lowest checkpoint, and each event decoded once for all the
+/// tables. It is read before the checkpoints are locked, so a projector never holds a lock (on
+/// SQLite, the database's one write lock) while it waits for a second connection; if a checkpoint
+/// moved meanwhile (a concurrent rebuild or live projector), the page is read again. Locks are taken
+/// in the order of `tables`, which every caller gives in [`Table::ALL`]'s order, so two steps never
+/// wait on each other in a circle.
+async fn step(db: &Database, tables: &[Table], page: i64) -> Result<(usize, i64), ProjectionError> {
+    /// Executes a run of operations with the same statement, several rows to a statement where
+    /// [`combined`] can join them, in order.
+    macro_rules! execute_run {
+        ($tx:expr, $sql:expr, $run:expr, $bind:path) => {{
+            let sql: &str = $sql;
+            let mut rest: Vec<Vec<Val>> = $run;
+            let width = rest.first().map_or(0, Vec::len);
+            while !rest.is_empty() {
+                let size = RUN_SIZES.into_iter().find(|size| *size <= rest.len()).unwrap_or(1);
+                let text = if size > 1 { combined(sql, width, size) } else { None };
+                let take = if text.is_some() { size } else { 1 };
+                let text = text.map_or(std::borrow::Cow::Borrowed(sql), std::borrow::Cow::Owned);
+                let mut query = sqlx::query(&text);
+                for values in rest.drain(..take) {
+                    for value in values {
+                        query = $bind(query, value);
+                    }
+                }
+                query.execute($tx).await?;
+            }
+        }};
+    }
     macro_rules! run {
         ($pool:expr, $begin:expr, $lock:expr, $bind:path) => {{
-            sqlx::query(ENSURE).bind(name).execute($pool).await?;
+            for table in tables {
+                sqlx::query(ENSURE).bind(table.name()).execute($pool).await?;
+            }
             loop {
-                let seen: i64 = sqlx::query_scalar(PEEK).bind(name).fetch_one($pool).await?;
-                let events = db.events.read_all(seen, page).await?;
+                let mut seen = Vec::with_capacity(tables.len());
+                for table in tables {
+                    seen.push(sqlx::query_scalar::<_, i64>(PEEK).bind(table.name()).fetch_one($pool).await?);
+                }
+                let lowest = seen.iter().copied().min().unwrap_or(0);
+                let events = db.events.read_all(lowest, page).await?;
                 let Some(last) = events.last().map(|e| e.position) else {
-                    return Ok((0, seen));
+                    return Ok((0, lowest));
                 };
+                let read = events.len();
                 let mut tx = $begin;
-                let checkpoint: i64 = sqlx::query_scalar($lock).bind(name).fetch_one(&mut *tx).await?;
-                if checkpoint != seen {
+                let mut moved = false;
+                for (table, seen) in tables.iter().zip(&seen) {
+                    let checkpoint: i64 = sqlx::query_scalar($lock).bind(table.name()).fetch_one(&mut *tx).await?;
+                    moved |= checkpoint != *seen;
+                }
+                if moved {
                     tx.rollback().await?;
                     continue;
                 }
-                let ops = table_ops(&events, table)?;
+                let ops = page_ops(events, tables, &seen)?;
                 // Accounts erased (by this projector or another): nothing is written for them.
-                let mut erased = std::collections::HashSet::new();
-                let users: std::collections::HashSet<uuid::Uuid> = ops.iter().filter_map(Op::creates_for).collect();
+                let mut erased = HashSet::new();
+                let users: HashSet<uuid::Uuid> = ops.iter().flatten().filter_map(Op::creates_for).collect();
                 for user in users {
                     let found: Option<String> = sqlx::query_scalar(IS_ERASED)
                         .bind(user.to_string())
@@ -107,41 +151,52 @@ async fn step(db: &Database, table: Table, page: i64) -> Result<(usize, i64), Pr
                         erased.insert(user);
                     }
                 }
-                for op in ops {
-                    if op.creates_for().is_some_and(|user| erased.contains(&user)) {
-                        continue;
+                for (table, ops) in tables.iter().zip(ops) {
+                    let mut run: Vec<Vec<Val>> = Vec::new();
+                    let mut run_sql = "";
+                    for op in ops {
+                        if op.creates_for().is_some_and(|user| erased.contains(&user)) {
+                            continue;
+                        }
+                        if let Op::EraseUser { id, .. } = &op {
+                            sqlx::query(MARK_ERASED).bind(id.to_string()).execute(&mut *tx).await?;
+                            erased.insert(*id);
+                        }
+                        let (sql, values) = statement(&op);
+                        if sql != run_sql && !run.is_empty() {
+                            execute_run!(&mut *tx, run_sql, std::mem::take(&mut run), $bind);
+                        }
+                        run_sql = sql;
+                        run.push(values);
                     }
-                    if let Op::EraseUser { id, .. } = &op {
-                        sqlx::query(MARK_ERASED).bind(id.to_string()).execute(&mut *tx).await?;
-                        erased.insert(*id);
+                    if !run.is_empty() {
+                        execute_run!(&mut *tx, run_sql, run, $bind);
                     }
-                    let (sql, values) = statement(&op);
-                    let mut query = sqlx::query(sql);
-                    for value in values {
-                        query = $bind(query, value);
-                    }
-                    query.execute(&mut *tx).await?;
+                    sqlx::query(SAVE).bind(table.name()).bind(last).execute(&mut *tx).await?;
                 }
-                sqlx::query(SAVE).bind(name).bind(last).execute(&mut *tx).await?;
                 tx.commit().await?;
-                return Ok((events.len(), last));
+                return Ok((read, last));
             }
         }};
     }
     match &db.pool {
-        DbPool::Postgres(pool) => run!(
-            pool,
-            pool.begin().await?,
-            "SELECT position FROM projector_checkpoints WHERE name = $1 FOR UPDATE",
-            bind_pg
-        ),
+        DbPool::Postgres(pool) => run!(pool, pool.begin().await?, LOCK_PG, bind_pg),
         // BEGIN IMMEDIATE takes SQLite's write lock up front, which serialises projector batches.
-        DbPool::Sqlite(pool) => run!(
-            pool,
-            pool.begin_with("BEGIN IMMEDIATE").await?,
-            "SELECT position FROM projector_checkpoints WHERE name = $1",
-            bind_sqlite
-        ),
+        DbPool::Sqlite(pool) => run!(pool, pool.begin_with("BEGIN IMMEDIATE").await?, PEEK, bind_sqlite),
+    }
+}
+
+/// How a rebuild went.
+#[derive(Debug, Clone, Copy)]
+pub struct Rebuilt {
+    /// The events read from the log.
+    pub events: u64,
+    pub elapsed: Duration,
+}
+
+impl Rebuilt {
+    pub fn events_per_second(&self) -> f64 {
+        self.events as f64 / self.elapsed.as_secs_f64().max(1e-9)
     }
 }
 
@@ -152,35 +207,51 @@ async fn step(db: &Database, table: Table, page: i64) -> Result<(usize, i64), Pr
 /// # Errors
 /// An unknown name, or a database failure.
 pub async fn rebuild(db: &Database, name: &str) -> Result<u64, ProjectionError> {
-    let table = Table::parse(name).ok_or_else(|| ProjectionError::Unknown(name.to_owned()))?;
-    let reset = format!("DELETE FROM {}", table.name());
+    Ok(rebuild_many(db, &[name]).await?.events)
+}
+
+/// Empties the named read models and replays the whole log into all of them in one pass: each page
+/// of events is read and decoded once, and written to every table in one transaction (runs of
+/// inserts and deletes several rows to a statement). Safe while the server runs, like [`rebuild`].
+///
+/// # Errors
+/// An unknown name, or a database failure.
+pub async fn rebuild_many(db: &Database, names: &[&str]) -> Result<Rebuilt, ProjectionError> {
+    let started = Instant::now();
+    let mut tables = Vec::new();
+    for name in names {
+        let table = Table::parse(name).ok_or_else(|| ProjectionError::Unknown((*name).to_owned()))?;
+        if !tables.contains(&table) {
+            tables.push(table);
+        }
+    }
+    tables.sort_by_key(|t| Table::ALL.iter().position(|a| a == t));
     macro_rules! reset {
         ($tx:expr, $lock:expr) => {{
             let mut tx = $tx;
-            sqlx::query(ENSURE).bind(table.name()).execute(&mut *tx).await?;
-            sqlx::query($lock).bind(table.name()).execute(&mut *tx).await?;
-            sqlx::query(&reset).execute(&mut *tx).await?;
-            sqlx::query(SAVE).bind(table.name()).bind(0_i64).execute(&mut *tx).await?;
+            for table in &tables {
+                sqlx::query(ENSURE).bind(table.name()).execute(&mut *tx).await?;
+                sqlx::query($lock).bind(table.name()).execute(&mut *tx).await?;
+                sqlx::query(&format!("DELETE FROM {}", table.name())).execute(&mut *tx).await?;
+                sqlx::query(SAVE).bind(table.name()).bind(0_i64).execute(&mut *tx).await?;
+            }
             tx.commit().await?;
         }};
     }
     match &db.pool {
-        DbPool::Postgres(pool) => reset!(
-            pool.begin().await?,
-            "SELECT position FROM projector_checkpoints WHERE name = $1 FOR UPDATE"
-        ),
-        DbPool::Sqlite(pool) => reset!(
-            pool.begin_with("BEGIN IMMEDIATE").await?,
-            "SELECT position FROM projector_checkpoints WHERE name = $1"
-        ),
+        DbPool::Postgres(pool) => reset!(pool.begin().await?, LOCK_PG),
+        DbPool::Sqlite(pool) => reset!(pool.begin_with("BEGIN IMMEDIATE").await?, PEEK),
     }
     let head = db.events.head().await?;
-    let mut replayed = 0_u64;
+    let mut events = 0_u64;
     loop {
-        let (count, checkpoint) = step(db, table, 1000).await?;
-        replayed += count as u64;
-        if checkpoint >= head {
-            return Ok(replayed);
+        let (count, checkpoint) = step(db, &tables, REBUILD_PAGE).await?;
+        events += count as u64;
+        if count == 0 || checkpoint >= head {
+            return Ok(Rebuilt {
+                events,
+                elapsed: started.elapsed(),
+            });
         }
     }
 }
@@ -191,15 +262,12 @@ pub async fn rebuild(db: &Database, name: &str) -> Result<u64, ProjectionError> 
 /// A database failure.
 pub async fn catch_up(db: &Database) -> Result<(), ProjectionError> {
     let head = db.events.head().await?;
-    for table in Table::ALL {
-        loop {
-            let (count, checkpoint) = step(db, table, 1000).await?;
-            if count == 0 || checkpoint >= head {
-                break;
-            }
+    loop {
+        let (count, checkpoint) = step(db, &Table::ALL, REBUILD_PAGE).await?;
+        if count == 0 || checkpoint >= head {
+            return Ok(());
         }
     }
-    Ok(())
 }
 
 /// The live projectors of a running server and how far each has got.
@@ -239,7 +307,7 @@ impl Projections {
                 _ => true,
             };
             if behind {
-                match step(&self.db, table, PAGE).await {
+                match step(&self.db, &[table], PAGE).await {
                     Ok((count, checkpoint)) => {
                         known = Some(checkpoint);
                         sender.send_replace(checkpoint);

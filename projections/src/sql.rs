@@ -383,6 +383,56 @@ pub(crate) fn statement(op: &Op) -> (&'static str, Vec<Val>) {
     }
 }
 
+/// The row counts one run of like operations is cut into, largest first: a few statement texts
+/// per operation, so the prepared-statement caches stay small.
+pub(crate) const RUN_SIZES: [usize; 5] = [256, 32, 8, 2, 1];
+
+/// `sql`, which carries out one operation with `width` values, rewritten to carry out `rows` of them
+/// in one statement, where that does exactly what `rows` statements in a row would: an `INSERT` of
+/// one `VALUES` tuple that does not update on conflict (`DO NOTHING` keeps the first row, as running
+/// them in order does) becomes one multi-row `INSERT`; a `DELETE … WHERE column = $1` becomes one
+/// `IN` list. `None` for any other statement (an `UPDATE` must see the one before it).
+pub(crate) fn combined(sql: &str, width: usize, rows: usize) -> Option<String> {
+    if let Some(head) = sql.strip_suffix(" = $1")
+        && head.starts_with("DELETE FROM ")
+        && !head.contains('$')
+        && width == 1
+    {
+        let list: Vec<String> = (1..=rows).map(|n| format!("${n}")).collect();
+        return Some(format!("{head} IN ({})", list.join(", ")));
+    }
+    if !sql.starts_with("INSERT INTO ") || sql.contains("DO UPDATE") {
+        return None;
+    }
+    let open = sql.find(" VALUES (")? + " VALUES ".len();
+    let close = open + sql[open..].find(')')?;
+    let (head, tuple, tail) = (&sql[..open], &sql[open..=close], &sql[close + 1..]);
+    let mut tuples = Vec::with_capacity(rows);
+    for row in 0..rows {
+        tuples.push(renumbered(tuple, row * width));
+    }
+    Some(format!("{head}{}{tail}", tuples.join(", ")))
+}
+
+/// `tuple` with every `$n` made `$(n + offset)`.
+fn renumbered(tuple: &str, offset: usize) -> String {
+    let mut out = String::with_capacity(tuple.len() + 8);
+    let mut chars = tuple.char_indices().peekable();
+    while let Some((_, c)) = chars.next() {
+        out.push(c);
+        if c != '$' {
+            continue;
+        }
+        let mut n = 0_usize;
+        while let Some((_, d)) = chars.peek().copied().filter(|(_, d)| d.is_ascii_digit()) {
+            n = n * 10 + (d as usize - '0' as usize);
+            chars.next();
+        }
+        out.push_str(&(n + offset).to_string());
+    }
+    out
+}
+
 /// Why a read model could not be read.
 #[derive(Debug, thiserror::Error)]
 pub enum QueryError {
@@ -422,3 +472,36 @@ macro_rules! fetch_all {
     }};
 }
 pub(crate) use fetch_all;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn runs_of_inserts_and_deletes_join_and_updates_do_not() {
+        let insert = "INSERT INTO t (a, b, c) VALUES ($1, $2, 'x', $2) ON CONFLICT (a) DO NOTHING";
+        assert_eq!(
+            combined(insert, 2, 3).as_deref(),
+            Some("INSERT INTO t (a, b, c) VALUES ($1, $2, 'x', $2), ($3, $4, 'x', $4), ($5, $6, 'x', $6) ON CONFLICT (a) DO NOTHING")
+        );
+        let permuted = "INSERT INTO t (a, b) VALUES ($2, $10, $1)";
+        assert_eq!(
+            combined(permuted, 10, 2).as_deref(),
+            Some("INSERT INTO t (a, b) VALUES ($2, $10, $1), ($12, $20, $11)")
+        );
+        assert_eq!(
+            combined("DELETE FROM files WHERE id = $1", 1, 3).as_deref(),
+            Some("DELETE FROM files WHERE id IN ($1, $2, $3)")
+        );
+        assert_eq!(combined("DELETE FROM t WHERE a = $1 AND b = $2", 2, 2), None);
+        assert_eq!(combined("UPDATE files SET path = $2 WHERE id = $1", 2, 2), None);
+        assert_eq!(
+            combined(
+                "INSERT INTO users (id) VALUES ($1) ON CONFLICT (id) DO UPDATE SET id = excluded.id",
+                1,
+                2
+            ),
+            None
+        );
+    }
+}

@@ -456,6 +456,19 @@ async fn a_rebuilt_read_model_equals_the_live_one(h: &Harness) {
         );
         assert_eq!(reads.dump(name).await.expect("dump"), live, "{name} differs after the rebuild");
     }
+    // Every read model at once, in one pass over the log, still while the server runs.
+    let live: Vec<_> = futures::future::join_all(cloudsync_projections::PROJECTORS.map(|name| reads.dump(name))).await;
+    let rebuilt = cloudsync_projections::rebuild_many(&h.db.db, &cloudsync_projections::PROJECTORS)
+        .await
+        .expect("rebuild all");
+    assert!(rebuilt.events >= u64::try_from(head).expect("positive"), "{rebuilt:?}");
+    for (name, live) in cloudsync_projections::PROJECTORS.iter().zip(live) {
+        assert_eq!(
+            reads.dump(name).await.expect("dump"),
+            live.expect("dump"),
+            "{name} differs after rebuilding them all"
+        );
+    }
     assert!(matches!(
         cloudsync_projections::rebuild(&h.db.db, "nope").await,
         Err(cloudsync_projections::ProjectionError::Unknown(_))

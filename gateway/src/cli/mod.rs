@@ -245,38 +245,53 @@ pub async fn run(command: Command, mut config: Config) -> anyhow::Result<()> {
             command: ProjectionsCommand::Rebuild { name },
         } => {
             let db = open_database(&config).await?;
-            let names: Vec<&str> = if name == "all" {
-                cloudsync_projections::PROJECTORS
-                    .iter()
-                    .copied()
-                    .chain(["search", "vectors"])
-                    .collect()
+            let all = name == "all";
+            let mut names: Vec<&str> = if all { vec!["search", "vectors"] } else { vec![name.as_str()] };
+            // The read-model tables: all of them in one pass over the log.
+            let tables: Vec<&str> = if all {
+                cloudsync_projections::PROJECTORS.to_vec()
             } else {
-                vec![name.as_str()]
+                names.extract_if(.., |n| cloudsync_projections::PROJECTORS.contains(n)).collect()
             };
-            for name in names {
-                if name == "search" {
-                    let engine = crate::root::search_engine(&config)?;
-                    let texts: Arc<dyn cloudsync_search::TextSource> = Arc::new(crate::root::Texts(crate::root::commands(&config, &db)?));
-                    let replayed = cloudsync_search::rebuild(&engine, Arc::clone(&db.events), Some(texts))
-                        .await
-                        .with_context(|| format!("rebuilding the search index ({})", engine.describe()))?;
-                    println!("Rebuilt search from {replayed} events.");
-                    continue;
-                }
-                if name == "vectors" {
-                    let index = crate::root::vector_index(&config).await?;
-                    let source = Arc::new(crate::root::StoredVectors(crate::root::commands(&config, &db)?));
-                    let replayed = cloudsync_search::vectors::rebuild(&*index, Arc::clone(&db.events), source)
-                        .await
-                        .context("rebuilding the vector index")?;
-                    println!("Rebuilt vectors from {replayed} events.");
-                    continue;
-                }
-                let replayed = cloudsync_projections::rebuild(&db, name)
+            if !tables.is_empty() {
+                let rebuilt = cloudsync_projections::rebuild_many(&db, &tables)
                     .await
-                    .with_context(|| format!("rebuilding {name}"))?;
-                println!("Rebuilt {name} from {replayed} events.");
+                    .with_context(|| format!("rebuilding {}", tables.join(", ")))?;
+                println!(
+                    "Rebuilt {} from {} events in {:.1} s ({:.0} events/s).",
+                    tables.join(", "),
+                    rebuilt.events,
+                    rebuilt.elapsed.as_secs_f64(),
+                    rebuilt.events_per_second()
+                );
+            }
+            for name in names {
+                let started = std::time::Instant::now();
+                let (what, replayed) = match name {
+                    "search" => {
+                        let engine = crate::root::search_engine(&config)?;
+                        let texts: Arc<dyn cloudsync_search::TextSource> =
+                            Arc::new(crate::root::Texts(crate::root::commands(&config, &db)?));
+                        let replayed = cloudsync_search::rebuild(&engine, Arc::clone(&db.events), Some(texts))
+                            .await
+                            .with_context(|| format!("rebuilding the search index ({})", engine.describe()))?;
+                        ("search", replayed)
+                    }
+                    "vectors" => {
+                        let index = crate::root::vector_index(&config).await?;
+                        let source = Arc::new(crate::root::StoredVectors(crate::root::commands(&config, &db)?));
+                        let replayed = cloudsync_search::vectors::rebuild(&*index, Arc::clone(&db.events), source)
+                            .await
+                            .context("rebuilding the vector index")?;
+                        ("vectors", replayed)
+                    }
+                    other => return Err(cloudsync_projections::ProjectionError::Unknown(other.to_owned()).into()),
+                };
+                let seconds = started.elapsed().as_secs_f64();
+                println!(
+                    "Rebuilt {what} from {replayed} events in {seconds:.1} s ({:.0} events/s).",
+                    replayed as f64 / seconds.max(1e-9)
+                );
             }
             db.close().await;
             Ok(())

@@ -200,6 +200,18 @@ fn serve_from_an_empty_data_dir_then_migrate_and_replay() {
         rebuilt.contains("Rebuilt search from") && rebuilt.contains("Rebuilt vectors from"),
         "{rebuilt}"
     );
+    // The read-model tables in one pass, with how fast it went.
+    let tables = rebuilt
+        .lines()
+        .find(|l| l.starts_with("Rebuilt users, providers, files,"))
+        .unwrap_or_else(|| panic!("{rebuilt}"));
+    let events: u64 = tables
+        .split(" from ")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("{tables}"));
+    assert!(events > 0 && tables.ends_with(" events/s)."), "{tables}");
     let unknown = cloudsync(&data).args(["projections", "rebuild", "nope"]).output().expect("rebuild");
     assert!(!unknown.status.success());
     assert!(String::from_utf8_lossy(&unknown.stderr).contains("unknown projector"));
