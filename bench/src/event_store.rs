@@ -31,6 +31,8 @@
 //! - `BENCH_REBUILD_EVENTS`: domain events for scenario 5 (default 100000; the figure is for
 //!   1000000);
 //! - `BENCH_BACKENDS`: `sqlite,postgres` (default both);
+//! - `BENCH_KEEP=1`: keep the databases afterwards (their URLs go to stderr), e.g. to time
+//!   `cloudsync projections rebuild all` on them;
 //! - `CLOUDSYNC_BENCH_POSTGRES_URL`: the PostgreSQL server's admin URL.
 //!
 //! The result is a Markdown table on stdout (progress goes to stderr). Run it with:
@@ -100,6 +102,11 @@ impl Config {
             postgres_url,
         })
     }
+}
+
+/// `BENCH_KEEP=1`: the benchmark's databases are kept (and named on stderr), to run the CLI on them.
+fn keep() -> bool {
+    std::env::var("BENCH_KEEP").is_ok_and(|v| v == "1")
 }
 
 fn env_u64(name: &str) -> anyhow::Result<Option<u64>> {
@@ -753,7 +760,9 @@ async fn run_sqlite(cfg: &Config, report: &mut Report) -> anyhow::Result<()> {
     let dir = std::env::temp_dir().join(format!("cloudsync-bench-{}", Uuid::new_v4().simple()));
     std::fs::create_dir_all(&dir).with_context(|| format!("create {}", dir.display()))?;
     let result = sqlite_in(&dir, cfg, report).await;
-    if let Err(err) = std::fs::remove_dir_all(&dir) {
+    if keep() {
+        eprintln!("[sqlite] kept: CLOUDSYNC_DATABASE_URL=sqlite://{}/cloudsync.db", dir.display());
+    } else if let Err(err) = std::fs::remove_dir_all(&dir) {
         eprintln!("warning: could not remove {}: {err}", dir.display());
     }
     result
@@ -815,6 +824,10 @@ async fn run_postgres(cfg: &Config, report: &mut Report) -> anyhow::Result<()> {
     }
     eprintln!("[postgres] database {name}");
     let result = postgres_in(&url, cfg, report).await;
+    if keep() {
+        eprintln!("[postgres] kept: CLOUDSYNC_DATABASE_URL={url}");
+        return result;
+    }
     let dropped = async {
         let mut conn = sqlx::PgConnection::connect(admin).await?;
         sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))

@@ -7,13 +7,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use cloudsync_domain::{DecodeError, DomainEvent};
-use cloudsync_eventstore::{Database, DbPool, RecordedEvent, StoreError};
+use cloudsync_eventstore::{Database, DbPool, EventStore, RecordedEvent, StoreError};
 use thiserror::Error;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::ops::{Op, Table, ops_for};
-use crate::sql::{RUN_SIZES, Val, bind_pg, bind_sqlite, combined, statement};
+use crate::sql::{Placeholders, RUN_SIZES, Val, bind_pg, bind_sqlite, combined, statement};
 
 /// The projectors, by name (each named after its table).
 pub const PROJECTORS: [&str; 8] = [
@@ -41,6 +41,8 @@ pub enum ProjectionError {
     Database(#[from] sqlx::Error),
     #[error("event at position {position} cannot be projected: {source}")]
     Decode { position: i64, source: DecodeError },
+    #[error("reading the log stopped: {0}")]
+    Task(String),
 }
 
 /// Decodes each event of a page once and sorts the operations it causes by table, keeping for each
@@ -70,6 +72,32 @@ fn page_ops(events: Vec<RecordedEvent>, tables: &[Table], from: &[i64]) -> Resul
     Ok(ops)
 }
 
+/// A page of the log, decoded for a set of tables from their checkpoints (`from`).
+struct Page {
+    from: Vec<i64>,
+    /// How many events were read, and the position of the last.
+    read: usize,
+    last: Option<i64>,
+    ops: Vec<Vec<Op>>,
+}
+
+/// Reads the page after the lowest of `from` and decodes it (on a blocking thread: a page of
+/// thousands of events is milliseconds of work).
+async fn read_page(store: Arc<dyn EventStore>, tables: Vec<Table>, from: Vec<i64>, page: i64) -> Result<Page, ProjectionError> {
+    let lowest = from.iter().copied().min().unwrap_or(0);
+    let events = store.read_all(lowest, page).await?;
+    let read = events.len();
+    let last = events.last().map(|e| e.position);
+    let decoded = from.clone();
+    let ops = tokio::task::spawn_blocking(move || page_ops(events, &tables, &decoded))
+        .await
+        .map_err(|err| ProjectionError::Task(err.to_string()))??;
+    Ok(Page { from, read, last, ops })
+}
+
+/// The next page, read while the current one is written.
+type Prefetch = tokio::task::JoinHandle<Result<Page, ProjectionError>>;
+
 const IS_ERASED: &str = "SELECT user_id FROM erased_users WHERE user_id = $1";
 const MARK_ERASED: &str = "INSERT INTO erased_users (user_id) VALUES ($1) ON CONFLICT (user_id) DO NOTHING";
 const ENSURE: &str = "INSERT INTO projector_checkpoints (name, position) VALUES ($1, 0) ON CONFLICT (name) DO NOTHING";
@@ -81,7 +109,9 @@ const LOCK_PG: &str = "SELECT position FROM projector_checkpoints WHERE name = $
 const REBUILD_PAGE: i64 = 5000;
 
 /// Applies the next page of events to `tables`, each from its own checkpoint, in one transaction.
-/// Returns how many events it read and the lowest checkpoint after them.
+/// Returns how many events it read, the lowest checkpoint after them and, when `prefetch` is set, the
+/// next page, which is read and decoded while this one is written (pass it back as `prefetched`: it
+/// is used only if every checkpoint is then where it was read from).
 ///
 /// The page is read once, from the lowest checkpoint, and each event decoded once for all the
 /// tables. It is read before the checkpoints are locked, so a projector never holds a lock (on
@@ -89,31 +119,45 @@ const REBUILD_PAGE: i64 = 5000;
 /// moved meanwhile (a concurrent rebuild or live projector), the page is read again. Locks are taken
 /// in the order of `tables`, which every caller gives in [`Table::ALL`]'s order, so two steps never
 /// wait on each other in a circle.
-async fn step(db: &Database, tables: &[Table], page: i64) -> Result<(usize, i64), ProjectionError> {
+async fn step(
+    db: &Database,
+    tables: &[Table],
+    page: i64,
+    mut prefetched: Option<Page>,
+    prefetch: bool,
+) -> Result<(usize, i64, Option<Prefetch>), ProjectionError> {
     /// Executes a run of operations with the same statement, several rows to a statement where
     /// [`combined`] can join them, in order.
     macro_rules! execute_run {
-        ($tx:expr, $sql:expr, $run:expr, $bind:path) => {{
+        ($tx:expr, $sql:expr, $run:expr, $bind:path, $style:expr) => {{
             let sql: &str = $sql;
-            let mut rest: Vec<Vec<Val>> = $run;
-            let width = rest.first().map_or(0, Vec::len);
+            let mut rest: std::collections::VecDeque<Vec<Val>> = $run.into();
+            let width = rest.front().map_or(0, Vec::len);
             while !rest.is_empty() {
                 let size = RUN_SIZES.into_iter().find(|size| *size <= rest.len()).unwrap_or(1);
-                let text = if size > 1 { combined(sql, width, size) } else { None };
-                let take = if text.is_some() { size } else { 1 };
-                let text = text.map_or(std::borrow::Cow::Borrowed(sql), std::borrow::Cow::Owned);
-                let mut query = sqlx::query(&text);
-                for values in rest.drain(..take) {
-                    for value in values {
-                        query = $bind(query, value);
+                match combined(sql, width, size, $style).filter(|_| size > 1) {
+                    Some(joined) => {
+                        let mut query = sqlx::query(&joined.text);
+                        for values in rest.drain(..size) {
+                            for index in &joined.order {
+                                query = $bind(query, values[*index].clone());
+                            }
+                        }
+                        query.execute($tx).await?;
+                    }
+                    None => {
+                        let mut query = sqlx::query(sql);
+                        for value in rest.pop_front().unwrap_or_default() {
+                            query = $bind(query, value);
+                        }
+                        query.execute($tx).await?;
                     }
                 }
-                query.execute($tx).await?;
             }
         }};
     }
     macro_rules! run {
-        ($pool:expr, $begin:expr, $lock:expr, $bind:path) => {{
+        ($pool:expr, $begin:expr, $lock:expr, $bind:path, $style:expr) => {{
             for table in tables {
                 sqlx::query(ENSURE).bind(table.name()).execute($pool).await?;
             }
@@ -122,12 +166,15 @@ async fn step(db: &Database, tables: &[Table], page: i64) -> Result<(usize, i64)
                 for table in tables {
                     seen.push(sqlx::query_scalar::<_, i64>(PEEK).bind(table.name()).fetch_one($pool).await?);
                 }
-                let lowest = seen.iter().copied().min().unwrap_or(0);
-                let events = db.events.read_all(lowest, page).await?;
-                let Some(last) = events.last().map(|e| e.position) else {
-                    return Ok((0, lowest));
+                let current = match prefetched.take() {
+                    Some(page) if page.from == seen => page,
+                    _ => read_page(Arc::clone(&db.events), tables.to_vec(), seen.clone(), page).await?,
                 };
-                let read = events.len();
+                let Some(last) = current.last else {
+                    return Ok((0, seen.iter().copied().min().unwrap_or(0), None));
+                };
+                let next =
+                    prefetch.then(|| tokio::spawn(read_page(Arc::clone(&db.events), tables.to_vec(), vec![last; tables.len()], page)));
                 let mut tx = $begin;
                 let mut moved = false;
                 for (table, seen) in tables.iter().zip(&seen) {
@@ -136,9 +183,10 @@ async fn step(db: &Database, tables: &[Table], page: i64) -> Result<(usize, i64)
                 }
                 if moved {
                     tx.rollback().await?;
+                    next.inspect(|n| n.abort());
                     continue;
                 }
-                let ops = page_ops(events, tables, &seen)?;
+                let Page { read, ops, .. } = current;
                 // Accounts erased (by this projector or another): nothing is written for them.
                 let mut erased = HashSet::new();
                 let users: HashSet<uuid::Uuid> = ops.iter().flatten().filter_map(Op::creates_for).collect();
@@ -164,25 +212,31 @@ async fn step(db: &Database, tables: &[Table], page: i64) -> Result<(usize, i64)
                         }
                         let (sql, values) = statement(&op);
                         if sql != run_sql && !run.is_empty() {
-                            execute_run!(&mut *tx, run_sql, std::mem::take(&mut run), $bind);
+                            execute_run!(&mut *tx, run_sql, std::mem::take(&mut run), $bind, $style);
                         }
                         run_sql = sql;
                         run.push(values);
                     }
                     if !run.is_empty() {
-                        execute_run!(&mut *tx, run_sql, run, $bind);
+                        execute_run!(&mut *tx, run_sql, run, $bind, $style);
                     }
                     sqlx::query(SAVE).bind(table.name()).bind(last).execute(&mut *tx).await?;
                 }
                 tx.commit().await?;
-                return Ok((read, last));
+                return Ok((read, last, next));
             }
         }};
     }
     match &db.pool {
-        DbPool::Postgres(pool) => run!(pool, pool.begin().await?, LOCK_PG, bind_pg),
+        DbPool::Postgres(pool) => run!(pool, pool.begin().await?, LOCK_PG, bind_pg, Placeholders::Numbered),
         // BEGIN IMMEDIATE takes SQLite's write lock up front, which serialises projector batches.
-        DbPool::Sqlite(pool) => run!(pool, pool.begin_with("BEGIN IMMEDIATE").await?, PEEK, bind_sqlite),
+        DbPool::Sqlite(pool) => run!(
+            pool,
+            pool.begin_with("BEGIN IMMEDIATE").await?,
+            PEEK,
+            bind_sqlite,
+            Placeholders::Positional
+        ),
     }
 }
 
@@ -242,16 +296,29 @@ pub async fn rebuild_many(db: &Database, names: &[&str]) -> Result<Rebuilt, Proj
         DbPool::Postgres(pool) => reset!(pool.begin().await?, LOCK_PG),
         DbPool::Sqlite(pool) => reset!(pool.begin_with("BEGIN IMMEDIATE").await?, PEEK),
     }
+    let events = replay(db, &tables).await?;
+    Ok(Rebuilt {
+        events,
+        elapsed: started.elapsed(),
+    })
+}
+
+/// Applies the log up to its present head to `tables`, a page at a time, the next page read while
+/// the last is written. Returns the number of events read.
+async fn replay(db: &Database, tables: &[Table]) -> Result<u64, ProjectionError> {
     let head = db.events.head().await?;
     let mut events = 0_u64;
+    let mut prefetched = None;
     loop {
-        let (count, checkpoint) = step(db, &tables, REBUILD_PAGE).await?;
+        let (count, checkpoint, next) = step(db, tables, REBUILD_PAGE, prefetched.take(), true).await?;
         events += count as u64;
         if count == 0 || checkpoint >= head {
-            return Ok(Rebuilt {
-                events,
-                elapsed: started.elapsed(),
-            });
+            next.inspect(|n| n.abort());
+            return Ok(events);
+        }
+        // A page that failed to read is read again by the next step, which reports what failed.
+        if let Some(next) = next {
+            prefetched = next.await.ok().and_then(Result::ok);
         }
     }
 }
@@ -261,13 +328,7 @@ pub async fn rebuild_many(db: &Database, names: &[&str]) -> Result<Rebuilt, Proj
 /// # Errors
 /// A database failure.
 pub async fn catch_up(db: &Database) -> Result<(), ProjectionError> {
-    let head = db.events.head().await?;
-    loop {
-        let (count, checkpoint) = step(db, &Table::ALL, REBUILD_PAGE).await?;
-        if count == 0 || checkpoint >= head {
-            return Ok(());
-        }
-    }
+    replay(db, &Table::ALL).await.map(drop)
 }
 
 /// The live projectors of a running server and how far each has got.
@@ -307,8 +368,8 @@ impl Projections {
                 _ => true,
             };
             if behind {
-                match step(&self.db, &[table], PAGE).await {
-                    Ok((count, checkpoint)) => {
+                match step(&self.db, &[table], PAGE, None, false).await {
+                    Ok((count, checkpoint, _)) => {
                         known = Some(checkpoint);
                         sender.send_replace(checkpoint);
                         if count > 0 {

@@ -387,50 +387,80 @@ pub(crate) fn statement(op: &Op) -> (&'static str, Vec<Val>) {
 /// per operation, so the prepared-statement caches stay small.
 pub(crate) const RUN_SIZES: [usize; 5] = [256, 32, 8, 2, 1];
 
+/// How a joined statement writes its parameters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Placeholders {
+    /// `$1, $2, …` numbered across the whole statement (PostgreSQL).
+    Numbered,
+    /// `?` each, which takes the next value bound. SQLite resolves a named parameter by walking
+    /// the statement's list of names, so binding thousands of `$n` costs time quadratic in their
+    /// number; `?` costs nothing to look up.
+    Positional,
+}
+
+/// A statement joined from a run of like operations.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) struct Combined {
+    pub text: String,
+    /// Which of each row's values are bound, in order, for each row in turn.
+    pub order: Vec<usize>,
+}
+
 /// `sql`, which carries out one operation with `width` values, rewritten to carry out `rows` of them
 /// in one statement, where that does exactly what `rows` statements in a row would: an `INSERT` of
 /// one `VALUES` tuple that does not update on conflict (`DO NOTHING` keeps the first row, as running
 /// them in order does) becomes one multi-row `INSERT`; a `DELETE … WHERE column = $1` becomes one
 /// `IN` list. `None` for any other statement (an `UPDATE` must see the one before it).
-pub(crate) fn combined(sql: &str, width: usize, rows: usize) -> Option<String> {
-    if let Some(head) = sql.strip_suffix(" = $1")
+pub(crate) fn combined(sql: &str, width: usize, rows: usize, style: Placeholders) -> Option<Combined> {
+    let (head, tuple, tail) = if let Some(head) = sql.strip_suffix(" = $1")
         && head.starts_with("DELETE FROM ")
         && !head.contains('$')
         && width == 1
     {
-        let list: Vec<String> = (1..=rows).map(|n| format!("${n}")).collect();
-        return Some(format!("{head} IN ({})", list.join(", ")));
-    }
-    if !sql.starts_with("INSERT INTO ") || sql.contains("DO UPDATE") {
+        (format!("{head} IN ("), "$1", ")")
+    } else if sql.starts_with("INSERT INTO ") && !sql.contains("DO UPDATE") {
+        let open = sql.find(" VALUES (")? + " VALUES ".len();
+        let close = open + sql[open..].find(')')?;
+        (sql[..open].to_owned(), &sql[open..=close], &sql[close + 1..])
+    } else {
         return None;
-    }
-    let open = sql.find(" VALUES (")? + " VALUES ".len();
-    let close = open + sql[open..].find(')')?;
-    let (head, tuple, tail) = (&sql[..open], &sql[open..=close], &sql[close + 1..]);
-    let mut tuples = Vec::with_capacity(rows);
-    for row in 0..rows {
-        tuples.push(renumbered(tuple, row * width));
-    }
-    Some(format!("{head}{}{tail}", tuples.join(", ")))
-}
-
-/// `tuple` with every `$n` made `$(n + offset)`.
-fn renumbered(tuple: &str, offset: usize) -> String {
-    let mut out = String::with_capacity(tuple.len() + 8);
-    let mut chars = tuple.char_indices().peekable();
-    while let Some((_, c)) = chars.next() {
-        out.push(c);
+    };
+    // The tuple's text between its placeholders, and which value each placeholder takes.
+    let mut pieces = vec![String::new()];
+    let mut order = Vec::new();
+    let mut chars = tuple.chars().peekable();
+    while let Some(c) = chars.next() {
         if c != '$' {
+            pieces.last_mut()?.push(c);
             continue;
         }
         let mut n = 0_usize;
-        while let Some((_, d)) = chars.peek().copied().filter(|(_, d)| d.is_ascii_digit()) {
+        while let Some(d) = chars.next_if(char::is_ascii_digit) {
             n = n * 10 + (d as usize - '0' as usize);
-            chars.next();
         }
-        out.push_str(&(n + offset).to_string());
+        order.push(n.checked_sub(1).filter(|i| *i < width)?);
+        pieces.push(String::new());
     }
-    out
+    let mut text = head;
+    for row in 0..rows {
+        if row > 0 {
+            text.push_str(", ");
+        }
+        for (piece, index) in pieces.iter().zip(order.iter().map(Some).chain([None])) {
+            text.push_str(piece);
+            match (index, style) {
+                (Some(index), Placeholders::Numbered) => text.push_str(&format!("${}", row * width + index + 1)),
+                (Some(_), Placeholders::Positional) => text.push('?'),
+                (None, _) => {}
+            }
+        }
+    }
+    text.push_str(tail);
+    let order = match style {
+        Placeholders::Numbered => (0..width).collect(),
+        Placeholders::Positional => order,
+    };
+    Some(Combined { text, order })
 }
 
 /// Why a read model could not be read.
@@ -477,29 +507,52 @@ pub(crate) use fetch_all;
 mod tests {
     use super::*;
 
+    fn joined(sql: &str, width: usize, rows: usize, style: Placeholders) -> Option<(String, Vec<usize>)> {
+        combined(sql, width, rows, style).map(|c| (c.text, c.order))
+    }
+
     #[test]
     fn runs_of_inserts_and_deletes_join_and_updates_do_not() {
+        use Placeholders::{Numbered, Positional};
         let insert = "INSERT INTO t (a, b, c) VALUES ($1, $2, 'x', $2) ON CONFLICT (a) DO NOTHING";
         assert_eq!(
-            combined(insert, 2, 3).as_deref(),
-            Some("INSERT INTO t (a, b, c) VALUES ($1, $2, 'x', $2), ($3, $4, 'x', $4), ($5, $6, 'x', $6) ON CONFLICT (a) DO NOTHING")
+            joined(insert, 2, 3, Numbered),
+            Some((
+                "INSERT INTO t (a, b, c) VALUES ($1, $2, 'x', $2), ($3, $4, 'x', $4), ($5, $6, 'x', $6) ON CONFLICT (a) DO NOTHING".into(),
+                vec![0, 1]
+            ))
+        );
+        assert_eq!(
+            joined(insert, 2, 2, Positional),
+            Some((
+                "INSERT INTO t (a, b, c) VALUES (?, ?, 'x', ?), (?, ?, 'x', ?) ON CONFLICT (a) DO NOTHING".into(),
+                vec![0, 1, 1]
+            ))
         );
         let permuted = "INSERT INTO t (a, b) VALUES ($2, $10, $1)";
         assert_eq!(
-            combined(permuted, 10, 2).as_deref(),
+            joined(permuted, 10, 2, Numbered).map(|(text, _)| text).as_deref(),
             Some("INSERT INTO t (a, b) VALUES ($2, $10, $1), ($12, $20, $11)")
         );
+        assert_eq!(joined(permuted, 10, 1, Positional).map(|(_, order)| order), Some(vec![1, 9, 0]));
         assert_eq!(
-            combined("DELETE FROM files WHERE id = $1", 1, 3).as_deref(),
-            Some("DELETE FROM files WHERE id IN ($1, $2, $3)")
+            joined("DELETE FROM files WHERE id = $1", 1, 3, Numbered),
+            Some(("DELETE FROM files WHERE id IN ($1, $2, $3)".into(), vec![0]))
         );
-        assert_eq!(combined("DELETE FROM t WHERE a = $1 AND b = $2", 2, 2), None);
-        assert_eq!(combined("UPDATE files SET path = $2 WHERE id = $1", 2, 2), None);
         assert_eq!(
-            combined(
+            joined("DELETE FROM files WHERE id = $1", 1, 2, Positional),
+            Some(("DELETE FROM files WHERE id IN (?, ?)".into(), vec![0]))
+        );
+        // A placeholder past the values is refused rather than bound wrong.
+        assert_eq!(joined("INSERT INTO t (a) VALUES ($3)", 2, 2, Numbered), None);
+        assert_eq!(joined("DELETE FROM t WHERE a = $1 AND b = $2", 2, 2, Numbered), None);
+        assert_eq!(joined("UPDATE files SET path = $2 WHERE id = $1", 2, 2, Numbered), None);
+        assert_eq!(
+            joined(
                 "INSERT INTO users (id) VALUES ($1) ON CONFLICT (id) DO UPDATE SET id = excluded.id",
                 1,
-                2
+                2,
+                Numbered
             ),
             None
         );
