@@ -121,9 +121,14 @@ impl GroupWrite for Writer {
         let streams = group_streams(group);
         // The head and the streams' versions in one round trip (after the lock, in a new statement, so
         // its snapshot sees every append that committed before the lock was granted). The head comes
-        // back under the empty name, which no stream can have.
+        // back under the empty name, which no stream can have. Each stream is one backward probe of
+        // the (stream, version) index: `stream_id = ANY($1)` let the planner, without statistics
+        // (autovacuum off, or a log just loaded), guess that a thousand streams match most of the
+        // table and scan all of it, 58 ms an append at a million events against 2 ms.
         let mut current: HashMap<String, i64> = sqlx::query_as(
-            "SELECT stream_id, MAX(stream_version)::BIGINT FROM events WHERE stream_id = ANY($1) GROUP BY stream_id \
+            "SELECT s.stream_id, v.version FROM UNNEST($1::text[]) AS s(stream_id) CROSS JOIN LATERAL \
+             (SELECT e.stream_version AS version FROM events e WHERE e.stream_id = s.stream_id \
+             ORDER BY e.stream_version DESC LIMIT 1) AS v \
              UNION ALL SELECT '', COALESCE(MAX(position), 0)::BIGINT FROM events",
         )
         .bind(&streams)

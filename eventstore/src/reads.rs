@@ -39,19 +39,37 @@ pub(crate) const BY_ACTOR: &str = concat!(
     " FROM events WHERE actor_id = $1 AND position > $2 ORDER BY position LIMIT $3"
 );
 
-/// Runs one of the reads on `$pool` with its binds and decodes every row with `$decode`.
+/// Runs one of the reads on `$pool` with its binds and decodes every row with `$decode` (see
+/// [`decode_rows`]).
 macro_rules! fetch_events {
     ($pool:expr, $sql:expr, $decode:path $(, $bind:expr)*) => {
-        sqlx::query($sql)
-            $(.bind($bind))*
-            .fetch_all($pool)
-            .await?
-            .iter()
-            .map($decode)
-            .collect()
+        $crate::reads::decode_rows(sqlx::query($sql)$(.bind($bind))*.fetch_all($pool).await?, $decode).await
     };
 }
 pub(crate) use fetch_events;
+
+/// Rows from which a page is decoded on two threads: below this, one is quicker.
+const SPLIT_ROWS: usize = 256;
+
+/// Decodes a page of rows into events. Parsing the payloads is most of a catch-up read's time, so
+/// a large page is cut in two and the second half decoded on a blocking thread meanwhile.
+pub(crate) async fn decode_rows<R: Send + 'static>(
+    mut rows: Vec<R>,
+    decode: fn(&R) -> Result<RecordedEvent, StoreError>,
+) -> Result<Vec<RecordedEvent>, StoreError> {
+    if rows.len() < SPLIT_ROWS {
+        return rows.iter().map(decode).collect();
+    }
+    let second = rows.split_off(rows.len() / 2);
+    let other = tokio::task::spawn_blocking(move || second.iter().map(decode).collect::<Result<Vec<_>, _>>());
+    let mut events: Vec<RecordedEvent> = rows.iter().map(decode).collect::<Result<_, _>>()?;
+    drop(rows);
+    let rest = other
+        .await
+        .map_err(|err| StoreError::Database(sqlx::Error::Decode(Box::new(err))))??;
+    events.extend(rest);
+    Ok(events)
+}
 
 /// An event's columns as a backend read them, before they are checked.
 pub(crate) struct Columns {

@@ -13,7 +13,7 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::ops::{Op, Table, ops_for};
-use crate::sql::{Placeholders, RUN_SIZES, Val, bind_pg, bind_sqlite, combined, statement};
+use crate::sql::{Placeholders, RUN_SIZES, Val, bind_pg, bind_sqlite, combined, statement, update_key};
 
 /// The projectors, by name (each named after its table).
 pub const PROJECTORS: [&str; 8] = [
@@ -202,6 +202,8 @@ async fn step(
                 for (table, ops) in tables.iter().zip(ops) {
                     let mut run: Vec<Vec<Val>> = Vec::new();
                     let mut run_sql = "";
+                    // The rows the run's updates change: a second update of one ends the run.
+                    let mut updated: HashSet<String> = HashSet::new();
                     for op in ops {
                         if op.creates_for().is_some_and(|user| erased.contains(&user)) {
                             continue;
@@ -211,8 +213,13 @@ async fn step(
                             erased.insert(*id);
                         }
                         let (sql, values) = statement(&op);
-                        if sql != run_sql && !run.is_empty() {
+                        let key = update_key(sql).map(|key| format!("{:?}", key.iter().map(|i| values.get(*i)).collect::<Vec<_>>()));
+                        if (sql != run_sql || key.as_ref().is_some_and(|key| updated.contains(key))) && !run.is_empty() {
                             execute_run!(&mut *tx, run_sql, std::mem::take(&mut run), $bind, $style);
+                            updated.clear();
+                        }
+                        if let Some(key) = key {
+                            updated.insert(key);
                         }
                         run_sql = sql;
                         run.push(values);

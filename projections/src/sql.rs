@@ -410,36 +410,52 @@ pub(crate) struct Combined {
 /// in one statement, where that does exactly what `rows` statements in a row would: an `INSERT` of
 /// one `VALUES` tuple that does not update on conflict (`DO NOTHING` keeps the first row, as running
 /// them in order does) becomes one multi-row `INSERT`; a `DELETE … WHERE column = $1` becomes one
-/// `IN` list. `None` for any other statement (an `UPDATE` must see the one before it).
+/// `IN` list; an `UPDATE … WHERE …` becomes one `UPDATE … FROM (VALUES …)`, which is the same only
+/// when no two of the rows update the same row: the caller cuts runs where [`update_key`] repeats.
+/// `None` for any other statement.
 pub(crate) fn combined(sql: &str, width: usize, rows: usize, style: Placeholders) -> Option<Combined> {
     let (head, tuple, tail) = if let Some(head) = sql.strip_suffix(" = $1")
         && head.starts_with("DELETE FROM ")
         && !head.contains('$')
         && width == 1
     {
-        (format!("{head} IN ("), "$1", ")")
+        (format!("{head} IN ("), "$1".to_owned(), ")".to_owned())
     } else if sql.starts_with("INSERT INTO ") && !sql.contains("DO UPDATE") {
         let open = sql.find(" VALUES (")? + " VALUES ".len();
         let close = open + sql[open..].find(')')?;
-        (sql[..open].to_owned(), &sql[open..=close], &sql[close + 1..])
+        (sql[..open].to_owned(), sql[open..=close].to_owned(), sql[close + 1..].to_owned())
+    } else if let Some(update) = sql.strip_prefix("UPDATE ")
+        && let Some(at) = update.find(" WHERE ")
+    {
+        // Each `$n` of the statement becomes column n of the joined row it is updated from.
+        let (column, names) = match style {
+            Placeholders::Numbered => (
+                "v.c",
+                format!(" AS v({})", (1..=width).map(|n| format!("c{n}")).collect::<Vec<_>>().join(", ")),
+            ),
+            Placeholders::Positional => ("v.column", " AS v".to_owned()),
+        };
+        let (set, condition) = (&update[..at], &update[at + " WHERE ".len()..]);
+        let all: Vec<String> = (1..=width).map(|n| format!("${n}")).collect();
+        (
+            format!("UPDATE {} FROM (VALUES ", by_column(set, width, column)?),
+            format!("({})", all.join(", ")),
+            format!("){names} WHERE {}", by_column(condition, width, column)?),
+        )
     } else {
         return None;
     };
     // The tuple's text between its placeholders, and which value each placeholder takes.
     let mut pieces = vec![String::new()];
     let mut order = Vec::new();
-    let mut chars = tuple.chars().peekable();
-    while let Some(c) = chars.next() {
-        if c != '$' {
-            pieces.last_mut()?.push(c);
-            continue;
+    for part in placeholders(&tuple) {
+        match part {
+            Part::Text(text) => pieces.last_mut()?.push_str(text),
+            Part::Value(n) => {
+                order.push(n.checked_sub(1).filter(|i| *i < width)?);
+                pieces.push(String::new());
+            }
         }
-        let mut n = 0_usize;
-        while let Some(d) = chars.next_if(char::is_ascii_digit) {
-            n = n * 10 + (d as usize - '0' as usize);
-        }
-        order.push(n.checked_sub(1).filter(|i| *i < width)?);
-        pieces.push(String::new());
     }
     let mut text = head;
     for row in 0..rows {
@@ -455,12 +471,65 @@ pub(crate) fn combined(sql: &str, width: usize, rows: usize, style: Placeholders
             }
         }
     }
-    text.push_str(tail);
+    text.push_str(&tail);
     let order = match style {
         Placeholders::Numbered => (0..width).collect(),
         Placeholders::Positional => order,
     };
     Some(Combined { text, order })
+}
+
+/// The values of an `UPDATE`'s `WHERE` clause (indices into its values), which say which row it
+/// updates; `None` for any other statement.
+pub(crate) fn update_key(sql: &str) -> Option<Vec<usize>> {
+    let update = sql.strip_prefix("UPDATE ")?;
+    let condition = &update[update.find(" WHERE ")?..];
+    Some(
+        placeholders(condition)
+            .filter_map(|part| match part {
+                Part::Value(n) => n.checked_sub(1),
+                Part::Text(_) => None,
+            })
+            .collect(),
+    )
+}
+
+/// A statement's text, cut at its `$n` placeholders.
+enum Part<'a> {
+    Text(&'a str),
+    Value(usize),
+}
+
+fn placeholders(sql: &str) -> impl Iterator<Item = Part<'_>> {
+    let mut rest = sql;
+    std::iter::from_fn(move || {
+        if rest.is_empty() {
+            return None;
+        }
+        if let Some(after) = rest.strip_prefix('$') {
+            let digits = after.find(|c: char| !c.is_ascii_digit()).unwrap_or(after.len());
+            let n = after[..digits].parse().unwrap_or(0);
+            rest = &after[digits..];
+            return Some(Part::Value(n));
+        }
+        let end = rest.find('$').unwrap_or(rest.len());
+        let (text, tail) = rest.split_at(end);
+        rest = tail;
+        Some(Part::Text(text))
+    })
+}
+
+/// `text` with each `$n` written `{column}n`; `None` if one is past `width`.
+fn by_column(text: &str, width: usize, column: &str) -> Option<String> {
+    let mut out = String::with_capacity(text.len() + 16);
+    for part in placeholders(text) {
+        match part {
+            Part::Text(text) => out.push_str(text),
+            Part::Value(n) if (1..=width).contains(&n) => out.push_str(&format!("{column}{n}")),
+            Part::Value(_) => return None,
+        }
+    }
+    Some(out)
 }
 
 /// Why a read model could not be read.
@@ -546,7 +615,26 @@ mod tests {
         // A placeholder past the values is refused rather than bound wrong.
         assert_eq!(joined("INSERT INTO t (a) VALUES ($3)", 2, 2, Numbered), None);
         assert_eq!(joined("DELETE FROM t WHERE a = $1 AND b = $2", 2, 2, Numbered), None);
-        assert_eq!(joined("UPDATE files SET path = $2 WHERE id = $1", 2, 2, Numbered), None);
+        let update = "UPDATE t SET a = $2, b = CASE WHEN c = $3 THEN b ELSE '' END WHERE id = $1 AND c = $3";
+        assert_eq!(
+            joined(update, 3, 2, Numbered),
+            Some((
+                "UPDATE t SET a = v.c2, b = CASE WHEN c = v.c3 THEN b ELSE '' END FROM (VALUES ($1, $2, $3), ($4, $5, $6)) \
+                 AS v(c1, c2, c3) WHERE id = v.c1 AND c = v.c3"
+                    .into(),
+                vec![0, 1, 2]
+            ))
+        );
+        assert_eq!(
+            joined(update, 3, 2, Positional).map(|(text, _)| text).as_deref(),
+            Some(
+                "UPDATE t SET a = v.column2, b = CASE WHEN c = v.column3 THEN b ELSE '' END FROM (VALUES (?, ?, ?), (?, ?, ?)) \
+                 AS v WHERE id = v.column1 AND c = v.column3"
+            )
+        );
+        assert_eq!(update_key(update), Some(vec![0, 2]));
+        assert_eq!(update_key("DELETE FROM files WHERE id = $1"), None);
+        assert_eq!(joined("UPDATE t SET a = $4 WHERE id = $1", 2, 2, Numbered), None);
         assert_eq!(
             joined(
                 "INSERT INTO users (id) VALUES ($1) ON CONFLICT (id) DO UPDATE SET id = excluded.id",

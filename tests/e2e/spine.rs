@@ -405,7 +405,19 @@ async fn a_rebuilt_read_model_equals_the_live_one(h: &Harness) {
         std::fs::create_dir_all(host.parent().expect("a parent")).expect("mkdir");
         std::fs::write(host, "the same words, twice").expect("write");
     }
+    // …and two files moved together, so that a rebuild joins two updates in one statement.
+    for (name, text) in [("pair/x.txt", "the first of a pair"), ("pair/y.txt", "the second of a pair")] {
+        let host = h.db.dir().join("provider-root").join(name);
+        std::fs::create_dir_all(host.parent().expect("a parent")).expect("mkdir");
+        std::fs::write(host, text).expect("write");
+    }
     h.rescan(&token, &provider).await;
+    let listed = h.files(&token, &provider).await;
+    let pair: Vec<&str> = ["pair/x.txt", "pair/y.txt"]
+        .iter()
+        .map(|p| listed[*p]["id"].as_str().expect("scanned"))
+        .collect();
+    h.ok(Some(&token), MOVE, json!({ "ids": pair, "to": "moved-pair" })).await;
     let groups = h.ok(Some(&token), "{ duplicates { id } }", json!({})).await;
     h.ok(
         Some(&token),
