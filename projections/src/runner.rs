@@ -199,7 +199,22 @@ async fn step(
                         erased.insert(user);
                     }
                 }
-                for (table, ops) in tables.iter().zip(ops) {
+                // Accounts this page erases, recorded first and in order (two steps recording them
+                // in different orders could deadlock); an erasure removes every row of the account
+                // from each table, so skipping its earlier rows of this page leaves the same tables.
+                let erasing: std::collections::BTreeSet<uuid::Uuid> = ops
+                    .iter()
+                    .flatten()
+                    .filter_map(|op| match op {
+                        Op::EraseUser { id, .. } => Some(*id),
+                        _ => None,
+                    })
+                    .collect();
+                for id in erasing {
+                    sqlx::query(MARK_ERASED).bind(id.to_string()).execute(&mut *tx).await?;
+                    erased.insert(id);
+                }
+                for ((table, ops), seen) in tables.iter().zip(ops).zip(&seen) {
                     let mut run: Vec<Vec<Val>> = Vec::new();
                     let mut run_sql = "";
                     // The rows the run's updates change: a second update of one ends the run.
@@ -207,10 +222,6 @@ async fn step(
                     for op in ops {
                         if op.creates_for().is_some_and(|user| erased.contains(&user)) {
                             continue;
-                        }
-                        if let Op::EraseUser { id, .. } = &op {
-                            sqlx::query(MARK_ERASED).bind(id.to_string()).execute(&mut *tx).await?;
-                            erased.insert(*id);
                         }
                         let (sql, values) = statement(&op);
                         let key = update_key(sql).map(|key| format!("{:?}", key.iter().map(|i| values.get(*i)).collect::<Vec<_>>()));
@@ -227,10 +238,15 @@ async fn step(
                     if !run.is_empty() {
                         execute_run!(&mut *tx, run_sql, run, $bind, $style);
                     }
-                    sqlx::query(SAVE).bind(table.name()).bind(last).execute(&mut *tx).await?;
+                    // A table already past this page (a live projector got there first) keeps its
+                    // checkpoint: moving it back would apply those events twice.
+                    if *seen < last {
+                        sqlx::query(SAVE).bind(table.name()).bind(last).execute(&mut *tx).await?;
+                    }
                 }
                 tx.commit().await?;
-                return Ok((read, last, next));
+                let lowest = seen.iter().map(|s| (*s).max(last)).min().unwrap_or(last);
+                return Ok((read, lowest, next));
             }
         }};
     }

@@ -436,6 +436,11 @@ pub(crate) fn combined(sql: &str, width: usize, rows: usize, style: Placeholders
             Placeholders::Positional => ("v.column", " AS v".to_owned()),
         };
         let (set, condition) = (&update[..at], &update[at + " WHERE ".len()..]);
+        // Rows are told apart by what the WHERE reads; an update that changes one of those columns
+        // could be followed by one that finds the row only after it, so it is never joined.
+        if assigned(set).any(|column| condition.split(" AND ").any(|c| c.trim_start().starts_with(&format!("{column} ")))) {
+            return None;
+        }
         let all: Vec<String> = (1..=width).map(|n| format!("${n}")).collect();
         (
             format!("UPDATE {} FROM (VALUES ", by_column(set, width, column)?),
@@ -492,6 +497,14 @@ pub(crate) fn update_key(sql: &str) -> Option<Vec<usize>> {
             })
             .collect(),
     )
+}
+
+/// The columns an `UPDATE`'s `SET` clause assigns (each `name = ` at its start or after a comma).
+fn assigned(set: &str) -> impl Iterator<Item = &str> {
+    let set = set.split_once(" SET ").map_or(set, |(_, set)| set);
+    set.split(", ")
+        .filter_map(|part| part.split_once(" = ").map(|(name, _)| name.trim()))
+        .filter(|name| !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'))
 }
 
 /// A statement's text, cut at its `$n` placeholders.
@@ -633,6 +646,11 @@ mod tests {
             )
         );
         assert_eq!(update_key(update), Some(vec![0, 2]));
+        // An update of a column its WHERE reads is not joined.
+        assert_eq!(
+            joined("UPDATE t SET c = $2, a = COALESCE($3, a) WHERE id = $1 AND c = $3", 3, 2, Numbered),
+            None
+        );
         assert_eq!(update_key("DELETE FROM files WHERE id = $1"), None);
         assert_eq!(joined("UPDATE t SET a = $4 WHERE id = $1", 2, 2, Numbered), None);
         assert_eq!(
