@@ -303,27 +303,83 @@ pub async fn rebuild_many(db: &Database, names: &[&str]) -> Result<Rebuilt, Proj
         }
     }
     tables.sort_by_key(|t| Table::ALL.iter().position(|a| a == t));
+    restore_indexes(db).await?;
+    // Each table is emptied and its secondary indexes (not those that keep rows unique, which the
+    // writes rely on) dropped and remembered in one transaction: filling a table and then building
+    // an index once is far cheaper than keeping it up to date row by row (a trigram index on paths).
     macro_rules! reset {
-        ($tx:expr, $lock:expr) => {{
+        ($tx:expr, $lock:expr, $indexes:expr) => {{
             let mut tx = $tx;
             for table in &tables {
                 sqlx::query(ENSURE).bind(table.name()).execute(&mut *tx).await?;
                 sqlx::query($lock).bind(table.name()).execute(&mut *tx).await?;
                 sqlx::query(&format!("DELETE FROM {}", table.name())).execute(&mut *tx).await?;
                 sqlx::query(SAVE).bind(table.name()).bind(0_i64).execute(&mut *tx).await?;
+                let indexes: Vec<(String, String)> = sqlx::query_as($indexes).bind(table.name()).fetch_all(&mut *tx).await?;
+                for (name, definition) in indexes {
+                    sqlx::query(REMEMBER_INDEX)
+                        .bind(&name)
+                        .bind(table.name())
+                        .bind(&definition)
+                        .execute(&mut *tx)
+                        .await?;
+                    sqlx::query(&format!("DROP INDEX \"{}\"", name.replace('"', "\"\"")))
+                        .execute(&mut *tx)
+                        .await?;
+                }
             }
             tx.commit().await?;
         }};
     }
     match &db.pool {
-        DbPool::Postgres(pool) => reset!(pool.begin().await?, LOCK_PG),
-        DbPool::Sqlite(pool) => reset!(pool.begin_with("BEGIN IMMEDIATE").await?, PEEK),
+        DbPool::Postgres(pool) => reset!(pool.begin().await?, LOCK_PG, INDEXES_PG),
+        DbPool::Sqlite(pool) => reset!(pool.begin_with("BEGIN IMMEDIATE").await?, PEEK, INDEXES_SQLITE),
     }
     let events = replay(db, &tables).await?;
+    restore_indexes(db).await?;
     Ok(Rebuilt {
         events,
         elapsed: started.elapsed(),
     })
+}
+
+/// A table's secondary indexes that do not keep rows unique: name and definition.
+const INDEXES_PG: &str = "SELECT i.relname::TEXT, pg_get_indexdef(i.oid) FROM pg_index x \
+     JOIN pg_class i ON i.oid = x.indexrelid JOIN pg_class t ON t.oid = x.indrelid \
+     WHERE t.relname = $1 AND t.relnamespace = current_schema()::text::regnamespace AND NOT x.indisunique \
+     ORDER BY i.relname";
+const INDEXES_SQLITE: &str = "SELECT name, sql FROM sqlite_master WHERE type = 'index' AND tbl_name = $1 \
+     AND sql IS NOT NULL AND sql NOT LIKE 'CREATE UNIQUE%' ORDER BY name";
+const REMEMBER_INDEX: &str = "INSERT INTO rebuild_indexes (name, table_name, definition) VALUES ($1, $2, $3) ON CONFLICT (name) DO NOTHING";
+
+/// Builds again the indexes that a full rebuild dropped (see [`rebuild_many`]): at its end, and
+/// whenever projectors start, in case a rebuild was killed before its end. Each is built and
+/// forgotten in one transaction.
+///
+/// # Errors
+/// A database failure.
+pub async fn restore_indexes(db: &Database) -> Result<(), ProjectionError> {
+    const LIST: &str = "SELECT name, definition FROM rebuild_indexes ORDER BY name";
+    const FORGET: &str = "DELETE FROM rebuild_indexes WHERE name = $1";
+    macro_rules! restore {
+        ($pool:expr, $begin:expr) => {{
+            let remembered: Vec<(String, String)> = sqlx::query_as(LIST).fetch_all($pool).await?;
+            for (name, definition) in remembered {
+                let mut tx = $begin;
+                // Another process may have built it meanwhile: only what is still remembered is built.
+                if sqlx::query(FORGET).bind(&name).execute(&mut *tx).await?.rows_affected() == 1 {
+                    sqlx::query(&definition).execute(&mut *tx).await?;
+                    tracing::info!(index = %name, "Built an index that a rebuild of its read model had dropped.");
+                }
+                tx.commit().await?;
+            }
+        }};
+    }
+    match &db.pool {
+        DbPool::Postgres(pool) => restore!(pool, pool.begin().await?),
+        DbPool::Sqlite(pool) => restore!(pool, pool.begin_with("BEGIN IMMEDIATE").await?),
+    }
+    Ok(())
 }
 
 /// Applies the log up to its present head to `tables`, a page at a time, the next page read while
@@ -351,6 +407,7 @@ async fn replay(db: &Database, tables: &[Table]) -> Result<u64, ProjectionError>
 /// # Errors
 /// A database failure.
 pub async fn catch_up(db: &Database) -> Result<(), ProjectionError> {
+    restore_indexes(db).await?;
     replay(db, &Table::ALL).await.map(drop)
 }
 
@@ -373,6 +430,9 @@ impl Projections {
 
     /// Runs every projector (catch up, then follow live appends) until `shutdown`.
     pub async fn run(self: Arc<Self>, shutdown: CancellationToken) {
+        if let Err(error) = restore_indexes(&self.db).await {
+            tracing::error!(error = %error, "Could not build the indexes that an unfinished rebuild dropped.");
+        }
         let loops = self
             .checkpoints
             .iter()

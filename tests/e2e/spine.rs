@@ -2,6 +2,7 @@
 
 use std::time::{Duration, Instant};
 
+use cloudsync_eventstore::DbPool;
 use futures::StreamExt;
 use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::Message;
@@ -468,7 +469,22 @@ async fn a_rebuilt_read_model_equals_the_live_one(h: &Harness) {
         );
         assert_eq!(reads.dump(name).await.expect("dump"), live, "{name} differs after the rebuild");
     }
-    // Every read model at once, in one pass over the log, still while the server runs.
+    // Every read model at once, in one pass over the log, still while the server runs; the indexes it
+    // drops for the while are all back afterwards.
+    let indexes = || async {
+        let sql = match &h.db.db.pool {
+            DbPool::Sqlite(_) => "SELECT name, sql FROM sqlite_master WHERE type = 'index' AND sql IS NOT NULL ORDER BY name",
+            DbPool::Postgres(_) => {
+                "SELECT indexname::TEXT, indexdef FROM pg_indexes WHERE schemaname = current_schema() ORDER BY indexname"
+            }
+        };
+        cloudsync_eventstore::on_pool!(&h.db.db.pool, |p| sqlx::query_as::<_, (String, String)>(sql)
+            .fetch_all(p)
+            .await
+            .expect("the indexes"))
+    };
+    let before = indexes().await;
+    assert!(before.iter().any(|(name, _)| name == "files_checksum"), "{before:?}");
     let live: Vec<_> = futures::future::join_all(cloudsync_projections::PROJECTORS.map(|name| reads.dump(name))).await;
     let rebuilt = cloudsync_projections::rebuild_many(&h.db.db, &cloudsync_projections::PROJECTORS)
         .await
@@ -481,6 +497,22 @@ async fn a_rebuilt_read_model_equals_the_live_one(h: &Harness) {
             "{name} differs after rebuilding them all"
         );
     }
+    assert_eq!(indexes().await, before);
+    // A rebuild killed before its end leaves its dropped indexes remembered; they are built again
+    // when projectors start (or at the next rebuild).
+    let definition = before.iter().find(|(name, _)| name == "files_checksum").expect("listed").1.clone();
+    cloudsync_eventstore::on_pool!(&h.db.db.pool, |p| {
+        sqlx::query("INSERT INTO rebuild_indexes (name, table_name, definition) VALUES ($1, 'files', $2)")
+            .bind("files_checksum")
+            .bind(&definition)
+            .execute(p)
+            .await
+            .expect("remember");
+        sqlx::query("DROP INDEX files_checksum").execute(p).await.expect("drop");
+    });
+    assert!(!indexes().await.iter().any(|(name, _)| name == "files_checksum"));
+    cloudsync_projections::restore_indexes(&h.db.db).await.expect("restore");
+    assert_eq!(indexes().await, before);
     assert!(matches!(
         cloudsync_projections::rebuild(&h.db.db, "nope").await,
         Err(cloudsync_projections::ProjectionError::Unknown(_))
