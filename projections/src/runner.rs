@@ -251,7 +251,13 @@ async fn step(
         }};
     }
     match &db.pool {
-        DbPool::Postgres(pool) => run!(pool, pool.begin().await?, LOCK_PG, bind_pg, Placeholders::Numbered),
+        DbPool::Postgres(pool) => run!(
+            pool,
+            custom_plans(pool.begin().await?).await?,
+            LOCK_PG,
+            bind_pg,
+            Placeholders::Numbered
+        ),
         // BEGIN IMMEDIATE takes SQLite's write lock up front, which serialises projector batches.
         DbPool::Sqlite(pool) => run!(
             pool,
@@ -261,6 +267,19 @@ async fn step(
             Placeholders::Positional
         ),
     }
+}
+
+/// A projector's transaction on PostgreSQL, planning each statement for the values it is given. A
+/// connection otherwise keeps the generic plan it made after a few executions, and one made while
+/// a read model was still nearly empty (a first projection, a rebuild) reads the whole table for every
+/// joined update once it has grown: a million-event rebuild took 98.5 s that way against 16.3 s.
+async fn custom_plans(
+    mut tx: sqlx::Transaction<'static, sqlx::Postgres>,
+) -> Result<sqlx::Transaction<'static, sqlx::Postgres>, sqlx::Error> {
+    sqlx::query("SET LOCAL plan_cache_mode = force_custom_plan")
+        .execute(&mut *tx)
+        .await?;
+    Ok(tx)
 }
 
 /// How a rebuild went.
