@@ -512,3 +512,50 @@ impl Projections {
         tokio::time::timeout(timeout, wait).await.unwrap_or(false)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use cloudsync_eventstore::testing::TestDatabase;
+    use cloudsync_eventstore::{EventMetadata, ExpectedVersion, NewEvent, append_to};
+
+    use super::*;
+
+    async fn checkpoint(db: &Database, table: Table) -> i64 {
+        cloudsync_eventstore::on_pool!(&db.pool, |p| sqlx::query_scalar(PEEK)
+            .bind(table.name())
+            .fetch_one(p)
+            .await
+            .expect("a checkpoint"))
+    }
+
+    /// A step over tables at different checkpoints reads from the lowest and leaves one that is
+    /// already past its page where it is (moving it back would apply those events again).
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_step_leaves_a_table_that_is_ahead_where_it_is() {
+        for test in [TestDatabase::sqlite().await, TestDatabase::postgres().await] {
+            let db = &test.db;
+            let noise = (0..10)
+                .map(|n| NewEvent {
+                    event_type: "NotAReadModelEvent".into(),
+                    schema_version: 1,
+                    payload: serde_json::json!({ "n": n }),
+                    metadata: EventMetadata::new(None),
+                })
+                .collect();
+            append_to(db.events.as_ref(), "noise-1", ExpectedVersion::NoStream, noise)
+                .await
+                .expect("append");
+            for (table, at) in [(Table::Users, 0_i64), (Table::Files, 8)] {
+                cloudsync_eventstore::on_pool!(&db.pool, |p| {
+                    sqlx::query(ENSURE).bind(table.name()).execute(p).await.expect("ensure");
+                    sqlx::query(SAVE).bind(table.name()).bind(at).execute(p).await.expect("save");
+                });
+            }
+            let (read, lowest, _) = step(db, &[Table::Users, Table::Files], 3, None, false).await.expect("a step");
+            assert_eq!((read, lowest), (3, 3), "{}", db.backend());
+            assert_eq!(checkpoint(db, Table::Users).await, 3, "{}", db.backend());
+            assert_eq!(checkpoint(db, Table::Files).await, 8, "{}", db.backend());
+            test.cleanup().await;
+        }
+    }
+}
