@@ -11,7 +11,8 @@
 //! Then how much it slows a sync that runs at the same time: `cloudsync sync` of a mirror pair
 //! (`BENCH_PIPELINE_SYNC_FILES`, default 2,000 small files and one file of 64 MiB, local → local)
 //! first with nothing else running, then into a second pair of the same shape while the pipeline is
-//! busy, in the same data dir (the sync's process and the server share the event store).
+//! busy (once it has read `BENCH_PIPELINE_SYNC_AFTER` files, default 50), in the same data dir (the
+//! sync's process and the server share the event store).
 //!
 //! ```text
 //! cargo build --release -p cloudsync-gateway -p cloudsync-bench
@@ -312,21 +313,20 @@ async fn main() -> anyhow::Result<()> {
     let mut banner = String::new();
     BufReader::new(stdout).read_line(&mut banner)?;
 
-    // The sync starts once the pipeline is busy, and must end before the pipeline does.
-    let sync_at = Duration::from_secs(env_usize("BENCH_PIPELINE_SYNC_AFTER", 20)? as u64);
-    let busy_sync = {
-        let (data, from, to) = (data.clone(), ids[3].clone(), ids[4].clone());
-        tokio::task::spawn_blocking(move || {
-            std::thread::sleep(sync_at);
-            eprintln!("[pipeline] sync while the pipeline runs");
-            sync(&data, &from, &to)
-        })
-    };
+    // The second sync starts once the pipeline is busy (it has recorded its first readings), and
+    // must end before the pipeline does.
+    let sync_after = env_usize("BENCH_PIPELINE_SYNC_AFTER", 50)? as i64;
+    let mut busy_sync = None;
     let mut reported = Instant::now();
     let (extracted, analyzed) = loop {
         let (checkpoint, extracted, analyzed) = progress(&db).await?;
         if checkpoint >= last {
             break (extracted, analyzed);
+        }
+        if busy_sync.is_none() && extracted >= sync_after {
+            eprintln!("[pipeline] sync while the pipeline runs ({extracted} files read)");
+            let (data, from, to) = (data.clone(), ids[3].clone(), ids[4].clone());
+            busy_sync = Some((since.elapsed(), tokio::task::spawn_blocking(move || sync(&data, &from, &to))));
         }
         if reported.elapsed() > Duration::from_secs(30) {
             eprintln!(
@@ -343,6 +343,7 @@ async fn main() -> anyhow::Result<()> {
     };
     let seconds = since.elapsed().as_secs_f64();
     let peak = server.peak_mib();
+    let (sync_at, busy_sync) = busy_sync.context("the pipeline ended before it had read BENCH_PIPELINE_SYNC_AFTER files")?;
     let busy = busy_sync.await??;
     let sync_ended_first = sync_at.as_secs_f64() + busy.seconds < seconds;
     drop(server);
@@ -365,8 +366,8 @@ async fn main() -> anyhow::Result<()> {
     println!("| sync ({sync_files} small files and one of 64 MiB, local → local) | seconds | peak MiB |\n|---|---|---|");
     println!("| with nothing else running | {:.2} | {:.0} |", alone.seconds, alone.peak_mib);
     println!(
-        "| while the pipeline runs (started after {} s{}) | {:.2} | {:.0} |",
-        sync_at.as_secs(),
+        "| while the pipeline runs (started after {:.0} s, once it had read {sync_after} files{}) | {:.2} | {:.0} |",
+        sync_at.as_secs_f64(),
         if sync_ended_first { "" } else { "; the pipeline ended first" },
         busy.seconds,
         busy.peak_mib

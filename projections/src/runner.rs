@@ -183,7 +183,9 @@ async fn step(
                 }
                 if moved {
                     tx.rollback().await?;
-                    next.inspect(|n| n.abort());
+                    if let Some(next) = next {
+                        next.abort();
+                    }
                     continue;
                 }
                 let Page { read, ops, .. } = current;
@@ -411,7 +413,9 @@ async fn replay(db: &Database, tables: &[Table]) -> Result<u64, ProjectionError>
         let (count, checkpoint, next) = step(db, tables, REBUILD_PAGE, prefetched.take(), true).await?;
         events += count as u64;
         if count == 0 || checkpoint >= head {
-            next.inspect(|n| n.abort());
+            if let Some(next) = next {
+                next.abort();
+            }
             return Ok(events);
         }
         // A page that failed to read is read again by the next step, which reports what failed.

@@ -253,44 +253,46 @@ pub async fn run(command: Command, mut config: Config) -> anyhow::Result<()> {
             } else {
                 names.extract_if(.., |n| cloudsync_projections::PROJECTORS.contains(n)).collect()
             };
-            if !tables.is_empty() {
-                let rebuilt = cloudsync_projections::rebuild_many(&db, &tables)
-                    .await
-                    .with_context(|| format!("rebuilding {}", tables.join(", ")))?;
+            let report = |what: &str, rebuilt: cloudsync_projections::Rebuilt| {
                 println!(
-                    "Rebuilt {} from {} events in {:.1} s ({:.0} events/s).",
-                    tables.join(", "),
+                    "Rebuilt {what} from {} events in {:.1} s ({:.0} events/s).",
                     rebuilt.events,
                     rebuilt.elapsed.as_secs_f64(),
                     rebuilt.events_per_second()
                 );
+            };
+            if !tables.is_empty() {
+                let rebuilt = cloudsync_projections::rebuild_many(&db, &tables)
+                    .await
+                    .with_context(|| format!("rebuilding {}", tables.join(", ")))?;
+                report(&tables.join(", "), rebuilt);
             }
             for name in names {
                 let started = std::time::Instant::now();
-                let (what, replayed) = match name {
+                let events = match name {
                     "search" => {
                         let engine = crate::root::search_engine(&config)?;
                         let texts: Arc<dyn cloudsync_search::TextSource> =
                             Arc::new(crate::root::Texts(crate::root::commands(&config, &db)?));
-                        let replayed = cloudsync_search::rebuild(&engine, Arc::clone(&db.events), Some(texts))
+                        cloudsync_search::rebuild(&engine, Arc::clone(&db.events), Some(texts))
                             .await
-                            .with_context(|| format!("rebuilding the search index ({})", engine.describe()))?;
-                        ("search", replayed)
+                            .with_context(|| format!("rebuilding the search index ({})", engine.describe()))?
                     }
                     "vectors" => {
                         let index = crate::root::vector_index(&config).await?;
                         let source = Arc::new(crate::root::StoredVectors(crate::root::commands(&config, &db)?));
-                        let replayed = cloudsync_search::vectors::rebuild(&*index, Arc::clone(&db.events), source)
+                        cloudsync_search::vectors::rebuild(&*index, Arc::clone(&db.events), source)
                             .await
-                            .context("rebuilding the vector index")?;
-                        ("vectors", replayed)
+                            .context("rebuilding the vector index")?
                     }
                     other => return Err(cloudsync_projections::ProjectionError::Unknown(other.to_owned()).into()),
                 };
-                let seconds = started.elapsed().as_secs_f64();
-                println!(
-                    "Rebuilt {what} from {replayed} events in {seconds:.1} s ({:.0} events/s).",
-                    replayed as f64 / seconds.max(1e-9)
+                report(
+                    name,
+                    cloudsync_projections::Rebuilt {
+                        events,
+                        elapsed: started.elapsed(),
+                    },
                 );
             }
             db.close().await;
