@@ -1,7 +1,9 @@
 //! How a search by meaning is answered, over the full-text index and the vector index together.
-//! [`Mode::Keyword`] is the full-text search alone. [`Mode::Semantic`] ranks the owner's files by
-//! the cosine of their nearest vector (name or passage) to the query's, keeping those at least
-//! [`MIN_SIMILARITY`] alike. [`Mode::Hybrid`] fuses the two rankings by reciprocal rank fusion
+//! [`Mode::Keyword`] is the full-text search alone. [`Mode::Semantic`] finds the owner's files whose
+//! nearest vector (name or passage) is at least [`MIN_SIMILARITY`] alike to the query's, and ranks
+//! them by the mean of that cosine and the cosine of the file's [`centroid`] (what the whole file is
+//! about): a file about the query throughout then comes before one with a single passage that
+//! happens to lie close (see `BENCHMARKS.md`, "Search by meaning"). [`Mode::Hybrid`] fuses the two rankings by reciprocal rank fusion
 //! (each file scores `Σ 1 / (RRF_K + rank)` over the lists it is in), so a file both find comes
 //! first, and a keyword query that embeddings miss (a part number, a rare name) still finds it. Its
 //! keyword ranking asks for every word as `KEYWORD` does, but without the function words of English
@@ -16,7 +18,7 @@
 
 use std::collections::HashMap;
 
-use cloudsync_domain::FileId;
+use cloudsync_domain::{FileId, UserId};
 
 use crate::analysis::visit_tokens;
 use crate::highlight::Marker;
@@ -72,6 +74,35 @@ pub fn centroid(vectors: &[Vec<f32>]) -> Option<Vec<f32>> {
     }
     let norm = sum.iter().map(|x| x * x).sum::<f32>().sqrt();
     (norm > 0.0).then(|| sum.into_iter().map(|x| x / norm).collect())
+}
+
+/// Ranks the files found by their nearest vector (`near`, with that cosine) by meaning: each scores
+/// the mean of that cosine and its [`centroid`]'s cosine to `query` (a unit vector), best first; a
+/// tie keeps `near`'s order.
+///
+/// # Errors
+/// The vector index failed.
+pub async fn by_meaning(
+    vectors: &dyn VectorIndex,
+    owner: UserId,
+    query: &[f32],
+    near: Vec<(FileId, f32)>,
+) -> SearchResult<Vec<(FileId, f32)>> {
+    let ids: Vec<FileId> = near.iter().map(|(id, _)| *id).collect();
+    let all = vectors.vectors_of(owner, &ids).await?;
+    let mut ranked: Vec<(FileId, f32)> = near
+        .into_iter()
+        .map(|(id, best)| {
+            let whole = all
+                .get(&id)
+                .and_then(|v| centroid(v))
+                .filter(|c| c.len() == query.len())
+                .map_or(best, |c| c.iter().zip(query).map(|(a, b)| a * b).sum());
+            (id, f32::midpoint(best, whole))
+        })
+        .collect();
+    ranked.sort_by(|a, b| b.1.total_cmp(&a.1));
+    Ok(ranked)
 }
 
 /// English function words: left out of the hybrid ranking's keyword query.
@@ -205,9 +236,10 @@ pub async fn search(
         .filter(|n| n.score >= MIN_SIMILARITY)
         .map(|n| (n.file_id, n.score))
         .collect();
+    let near = by_meaning(vectors, request.owner, vector, near).await?;
     let mut keyword_hits: HashMap<FileId, Hit> = HashMap::new();
     let ranked: Vec<(FileId, f32)> = match mode {
-        // Scored by the cosine itself, which says more than a rank.
+        // Scored by meaning itself, which says more than a rank.
         Mode::Semantic => near,
         _ => {
             let words = SearchRequest {

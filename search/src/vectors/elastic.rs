@@ -4,6 +4,8 @@
 //! filtered to the owner's vectors; each file keeps its best vector's score (Elasticsearch scores a
 //! cosine `c` as `(1 + c) / 2`, turned back here).
 
+use std::collections::HashMap;
+
 use async_trait::async_trait;
 use cloudsync_domain::{FileId, ProviderId, UserId};
 use serde_json::{Value, json};
@@ -221,28 +223,42 @@ impl VectorIndex for ElasticVectors {
     }
 
     async fn vectors(&self, owner: UserId, file: FileId) -> SearchResult<Vec<Vec<f32>>> {
-        let body = json!({
-            "query": {"bool": {"filter": [
-                {"term": {"kind": "vector"}}, {"term": {"file": file.to_string()}}, {"term": {"owner": owner.to_string()}}
-            ]}},
-            "size": MAX_VECTORS,
-            "_source": ["vector", "ord"],
-        });
-        let value = self.search(body).await?;
-        let mut found: Vec<(i64, Vec<f32>)> = hits(&value)
-            .map(|hit| {
+        Ok(self.vectors_of(owner, &[file]).await?.remove(&file).unwrap_or_default())
+    }
+
+    async fn vectors_of(&self, owner: UserId, files: &[FileId]) -> SearchResult<HashMap<FileId, Vec<Vec<f32>>>> {
+        let mut found: HashMap<FileId, Vec<(i64, Vec<f32>)>> = HashMap::new();
+        // A file has at most MAX_VECTORS vectors, and a search returns at most 10,000 hits.
+        for some in files.chunks(10_000 / MAX_VECTORS) {
+            let body = json!({
+                "query": {"bool": {"filter": [
+                    {"term": {"kind": "vector"}},
+                    {"terms": {"file": some.iter().map(ToString::to_string).collect::<Vec<_>>()}},
+                    {"term": {"owner": owner.to_string()}}
+                ]}},
+                "size": some.len() * MAX_VECTORS,
+                "_source": ["vector", "ord", "file"],
+            });
+            let value = self.search(body).await?;
+            for hit in hits(&value) {
                 let source = &hit["_source"];
+                let file: FileId = parse(&source["file"])?;
                 let vector = source["vector"]
                     .as_array()
                     .into_iter()
                     .flatten()
                     .map(|x| x.as_f64().unwrap_or(0.0) as f32)
                     .collect();
-                (source["ord"].as_i64().unwrap_or(0), vector)
+                found.entry(file).or_default().push((source["ord"].as_i64().unwrap_or(0), vector));
+            }
+        }
+        Ok(found
+            .into_iter()
+            .map(|(file, mut vectors)| {
+                vectors.sort_by_key(|(ord, _)| *ord);
+                (file, vectors.into_iter().map(|(_, v)| v).collect())
             })
-            .collect();
-        found.sort_by_key(|(ord, _)| *ord);
-        Ok(found.into_iter().map(|(_, v)| v).collect())
+            .collect())
     }
 
     async fn embedded_files(&self, owner: UserId) -> SearchResult<u64> {

@@ -86,6 +86,9 @@ pub trait VectorIndex: Send + Sync {
     async fn nearest(&self, owner: UserId, query: &[f32], limit: usize, except: Option<FileId>) -> SearchResult<Vec<Near>>;
     /// The vectors of one of `owner`'s files (none for another owner's file).
     async fn vectors(&self, owner: UserId, file: FileId) -> SearchResult<Vec<Vec<f32>>>;
+    /// The vectors of several files at once, as [`VectorIndex::vectors`] gives them, for those of
+    /// `files` that are `owner`'s and have any.
+    async fn vectors_of(&self, owner: UserId, files: &[FileId]) -> SearchResult<HashMap<FileId, Vec<Vec<f32>>>>;
     /// How many of `owner`'s files have vectors.
     async fn embedded_files(&self, owner: UserId) -> SearchResult<u64>;
     /// `owner`'s files that have vectors (at most `limit`).

@@ -3,6 +3,7 @@
 //! per batch. A query asks for the owner's nearest vectors with pgvector's iterative index scan (so
 //! the owner filter does not starve the approximate search of rows), then keeps each file's best.
 
+use std::collections::HashMap;
 use std::str::FromStr;
 
 use async_trait::async_trait;
@@ -229,6 +230,22 @@ impl VectorIndex for PgVectors {
             .await
             .map_err(db)?;
         rows.iter().map(|text| parse_literal(text)).collect()
+    }
+
+    async fn vectors_of(&self, owner: UserId, files: &[FileId]) -> SearchResult<HashMap<FileId, Vec<Vec<f32>>>> {
+        let ids: Vec<Uuid> = files.iter().map(FileId::as_uuid).collect();
+        let rows: Vec<(Uuid, String)> =
+            sqlx::query_as("SELECT file_id, embedding::text FROM vectors WHERE owner_id = $1 AND file_id = ANY($2) ORDER BY file_id, ord")
+                .bind(owner.as_uuid())
+                .bind(&ids)
+                .fetch_all(&self.pool)
+                .await
+                .map_err(db)?;
+        let mut found: HashMap<FileId, Vec<Vec<f32>>> = HashMap::new();
+        for (file, text) in rows {
+            found.entry(FileId::from_uuid(file)).or_default().push(parse_literal(&text)?);
+        }
+        Ok(found)
     }
 
     async fn embedded_files(&self, owner: UserId) -> SearchResult<u64> {

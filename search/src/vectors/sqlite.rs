@@ -4,7 +4,7 @@
 //! least recently asked going first (each batch forgets the owners it touched): one owner's files are what a query may see, so no other user's vectors
 //! are ever read for it, and the scan is exact.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::Path;
 use std::str::FromStr;
 use std::sync::{Arc, Mutex};
@@ -345,6 +345,22 @@ impl VectorIndex for SqliteVectors {
         .await
         .map_err(db)?;
         Ok(rows.iter().map(|bytes| from_bytes(bytes)).collect())
+    }
+
+    async fn vectors_of(&self, owner: UserId, files: &[FileId]) -> SearchResult<HashMap<FileId, Vec<Vec<f32>>>> {
+        let set = self.owner_vectors(owner).await?;
+        let wanted: HashSet<FileId> = files.iter().copied().collect();
+        let mut found: HashMap<FileId, Vec<Vec<f32>>> = HashMap::new();
+        if set.dims == 0 {
+            return Ok(found);
+        }
+        for (vector, &file) in set.data.chunks_exact(set.dims).zip(&set.owners) {
+            let id = set.files[file as usize];
+            if wanted.contains(&id) {
+                found.entry(id).or_default().push(vector.to_vec());
+            }
+        }
+        Ok(found)
     }
 
     async fn embedded_files(&self, owner: UserId) -> SearchResult<u64> {

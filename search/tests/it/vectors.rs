@@ -133,6 +133,14 @@ async fn files_rank_by_their_nearest_vector_and_only_for_their_owner() {
             index.vectors(bob, exact.file_id).await.expect("vectors").is_empty(),
             "{b}: not bob's file"
         );
+        let many = index
+            .vectors_of(alice, &[exact.file_id, near.file_id, unembedded.file_id, theirs.file_id])
+            .await
+            .expect("vectors of several");
+        assert_eq!(many.len(), 2, "{b}: not the unembedded one, not bob's: {:?}", many.keys());
+        assert_eq!(many.get(&exact.file_id), exact.vectors.as_ref(), "{b}: in order");
+        assert_eq!(many.get(&near.file_id), near.vectors.as_ref(), "{b}");
+        assert!(index.vectors_of(alice, &[]).await.expect("none asked").is_empty(), "{b}");
         let records = index.records(&[exact.file_id, theirs.file_id]).await.expect("records");
         assert_eq!(records.len(), 2, "{b}");
         assert!(
@@ -143,6 +151,49 @@ async fn files_rank_by_their_nearest_vector_and_only_for_their_owner() {
             index.nearest(alice, &[1.0, 0.0], 10, None).await.expect("nearest").is_empty(),
             "{b}: wrong length"
         );
+    }
+}
+
+#[tokio::test]
+async fn a_file_about_the_query_throughout_ranks_before_one_with_a_single_close_passage() {
+    for backend in backends().await {
+        let (b, index) = (backend.name, &*backend.index);
+        let alice = UserId::from_uuid(Uuid::now_v7());
+        let provider = ProviderId::from_uuid(Uuid::now_v7());
+        let name = towards(&[(9, 1.0)]);
+        // One passage is the query itself, the other three are about something else.
+        let one_passage = file(
+            alice,
+            provider,
+            Some(vec![
+                name.clone(),
+                towards(&[(0, 1.0)]),
+                towards(&[(3, 1.0)]),
+                towards(&[(4, 1.0)]),
+                towards(&[(5, 1.0)]),
+            ]),
+        );
+        // Every passage is near the query (a cosine of 0.89).
+        let close = towards(&[(0, 1.0), (1, 0.5)]);
+        let throughout = file(alice, provider, Some(vec![name, close.clone(), close.clone(), close]));
+        index
+            .apply(VectorBatch {
+                upserts: vec![one_passage.clone(), throughout.clone()],
+                checkpoint: 1,
+                ..VectorBatch::default()
+            })
+            .await
+            .expect("applied");
+        let query = towards(&[(0, 1.0)]);
+        let near = index.nearest(alice, &query, 10, None).await.expect("nearest");
+        assert_eq!(ids(&near), [one_passage.file_id, throughout.file_id], "{b}: by the nearest vector");
+        let ranked = cloudsync_search::meaning::by_meaning(index, alice, &query, near.iter().map(|n| (n.file_id, n.score)).collect())
+            .await
+            .expect("ranked");
+        let order: Vec<FileId> = ranked.iter().map(|(id, _)| *id).collect();
+        assert_eq!(order, [throughout.file_id, one_passage.file_id], "{b}: by meaning: {ranked:?}");
+        // (1 + 0.5) / 2 for the single passage: its centroid is half the query.
+        assert!((ranked[1].1 - 0.75).abs() < 1e-2, "{b}: {ranked:?}");
     }
 }
 
