@@ -14,6 +14,7 @@ use cloudsync_eventstore::Database;
 use serde_json::Value;
 
 /// One process's cost, from `/usr/bin/time`.
+#[derive(Debug, Clone, Copy)]
 pub struct Measured {
     pub seconds: f64,
     pub peak_mib: f64,
@@ -129,4 +130,29 @@ pub fn folder_bytes(root: &Path) -> anyhow::Result<u64> {
         }
     }
     Ok(total)
+}
+
+/// Bytes the block device that holds `path` has written since it started (`/proc/diskstats`,
+/// sectors of 512 bytes): what a run cost the disk, journal and metadata included. Every process
+/// of the machine counts, so a measurement brackets one run with `sync(1)` on a quiet machine.
+///
+/// # Errors
+/// `path`'s file system is not on a block device `/proc/diskstats` lists (tmpfs, overlay).
+pub fn device_written(path: &Path) -> anyhow::Result<u64> {
+    use std::os::unix::fs::MetadataExt as _;
+    let dev = std::fs::metadata(path)?.dev();
+    let major = ((dev >> 8) & 0xfff) | ((dev >> 32) & !0xfff);
+    let minor = (dev & 0xff) | ((dev >> 12) & !0xff);
+    let stats = std::fs::read_to_string("/proc/diskstats")?;
+    for line in stats.lines() {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        if fields.len() > 9 && fields[0].parse() == Ok(major) && fields[1].parse() == Ok(minor) {
+            let sectors: u64 = fields[9].parse()?;
+            return Ok(sectors * 512);
+        }
+    }
+    bail!(
+        "{} is on device {major}:{minor}, which /proc/diskstats does not list (not a block device)",
+        path.display()
+    )
 }

@@ -3,10 +3,12 @@
 //!
 //! 1. the initial sync of `BENCH_SYNC_FILES` (default 10,000) small files (0–4 KiB) plus
 //!    `BENCH_SYNC_LARGE` (default 3) files of `BENCH_SYNC_LARGE_MIB` (default 200) MiB, local → local;
-//! 2. after 1% of the bytes inside each large file changed (20 scattered edits per file), the same
-//!    again: CloudSync writes the changed byte ranges, rclone copies changed files whole, rsync
-//!    (whose local copies are whole-file by default) is also run with `--no-whole-file`, its delta
-//!    algorithm as over a network;
+//! 2. after 1% of each large file changed in scattered 4 KiB blocks, twice (the first change and a
+//!    later one): CloudSync writes only the bytes that differ, in place (decision 008), and keeps
+//!    the replaced versions; beside it `rsync -a --inplace --no-whole-file` (frugal, not
+//!    crash-safe), `rsync -a` (whole files, locally), `rsync -a --no-whole-file` and `rclone sync`;
+//!    each run bracketed by `sync(1)` and the bytes the disk wrote (`/proc/diskstats`), and the
+//!    chunk store's growth; then the same change of 10 GiB projected from these runs;
 //! 3. local → S3 (the moto server of `scripts/services`), initial and after the same change, with
 //!    `BENCH_SYNC_S3_FILES` (default 1,000) small files and one large file of the same size. S3 takes
 //!    no ranged writes, so CloudSync uploads a changed file whole there, as rclone does.
@@ -61,21 +63,37 @@ fn generate(root: &Path, small: usize, large: usize, large_mib: usize) -> anyhow
     Ok(bytes)
 }
 
-/// Rewrites 1% of each large file's bytes, in 20 scattered places, keeping its size.
+/// Rewrites 1% of each large file's bytes in place, in scattered 4 KiB blocks at pseudo-random
+/// offsets (deterministic in `round`), keeping its size; returns the bytes changed.
 fn change_one_percent(root: &Path, large: usize, round: u64) -> anyhow::Result<u64> {
+    use std::os::unix::fs::FileExt as _;
+    const EDIT: usize = 4096;
     let mut changed = 0;
     for i in 0..large {
         let path = root.join(format!("large-{i}.bin"));
-        let mut content = std::fs::read(&path)?;
-        let edit = content.len() / 100 / 20;
-        for k in 0..20 {
-            let at = (k * content.len() / 20 + 4099 * (k + 1)) % (content.len() - edit);
-            fill(&mut content[at..at + edit], 7_000_000 + round * 100 + k as u64);
-            changed += edit as u64;
+        let size = std::fs::metadata(&path)?.len();
+        let file = std::fs::OpenOptions::new().write(true).open(&path)?;
+        let blocks = usize::try_from(size / 100).unwrap_or(0) / EDIT;
+        let mut block = vec![0_u8; EDIT];
+        for k in 0..blocks {
+            let seed = 7_000_000 + round * 1_000_000 + (i * 10_000 + k) as u64;
+            let at = u64::from_le_bytes(blake3::hash(&seed.to_le_bytes()).as_bytes()[..8].try_into()?) % (size - EDIT as u64);
+            fill(&mut block, seed);
+            file.write_all_at(&block, at)?;
+            changed += EDIT as u64;
         }
-        std::fs::write(&path, &content)?;
     }
     Ok(changed)
+}
+
+/// Runs `run` between two `sync(1)`s and returns what it gave with the bytes the disk holding
+/// `work` wrote meanwhile.
+fn on_device<T>(work: &Path, run: impl FnOnce() -> anyhow::Result<T>) -> anyhow::Result<(T, u64)> {
+    settle()?;
+    let before = common::device_written(work)?;
+    let out = run()?;
+    settle()?;
+    Ok((out, common::device_written(work)?.saturating_sub(before)))
 }
 
 /// `cloudsync sync`: measured, with the bytes it says it wrote into the target, and the pair it made.
@@ -142,6 +160,7 @@ fn median(scenario: &str, tool: &str, mut runs: Vec<(Measured, Option<u64>)>) ->
         tool,
         measured,
         reported,
+        device: None,
     }
 }
 
@@ -175,6 +194,8 @@ struct Row {
     measured: Measured,
     /// Bytes the tool says it wrote into the target (CloudSync), where it says.
     reported: Option<u64>,
+    /// Bytes the disk wrote during the run (`/proc/diskstats` between two `sync(1)`s), where measured.
+    device: Option<u64>,
 }
 
 /// Writes every file's dirty pages out (`sync(1)`) before a timed run: CloudSync makes its copies
@@ -206,14 +227,18 @@ fn rclone_local(source: &Path, target: &Path) -> anyhow::Result<(Measured, Measu
 }
 
 fn rsync(source: &Path, target: &Path, delta: bool) -> anyhow::Result<Measured> {
+    rsync_with(source, target, if delta { &["--no-whole-file"] } else { &[] })
+}
+
+fn rsync_with(source: &Path, target: &Path, options: &[&str]) -> anyhow::Result<Measured> {
     settle()?;
     let mut command = Command::new("rsync");
-    command.arg("-a");
-    if delta {
-        command.arg("--no-whole-file");
-    }
+    command.arg("-a").args(options);
     measure(command.arg(format!("{}/", source.display())).arg(target))
 }
+
+/// rsync's delta transfer written over the target files where they lie: frugal, not crash-safe.
+const RSYNC_INPLACE: [&str; 2] = ["--inplace", "--no-whole-file"];
 
 async fn local(work: &Path, small: usize, large: usize, large_mib: usize) -> anyhow::Result<Vec<Row>> {
     let source = work.join("source");
@@ -293,53 +318,94 @@ async fn local(work: &Path, small: usize, large: usize, large_mib: usize) -> any
         }
     }
 
-    // Two rounds of changes: the first keeps the replaced versions whole in the chunk store (read
-    // from the target), the second only the chunks that the first round's ranged writes added.
+    // Two rounds of changes: 1% of each large file in scattered 4 KiB blocks. Each tool's run is
+    // bracketed by sync(1) and the disk's own count of bytes written.
+    let inplace = work.join("dst-rsync-inplace");
+    rsync(&source, &inplace, false)?;
+    let mut projected = Vec::new();
     for round in 1..=2_u64 {
         let changed = change_one_percent(&source, large, round)?;
-        let which = if round == 1 { "1%" } else { "another 1%" };
+        let which = if round == 1 { "first" } else { "later" };
         let scenario = format!(
-            "local → local, {which} of the large files' bytes changed ({} MiB)",
-            changed / 1_048_576
+            "local → local, {which} change: 1% of the large files in 4 KiB blocks ({:.1} MiB)",
+            changed as f64 / 1_048_576.0
         );
-        eprintln!("[local] cloudsync incremental {round}");
+        eprintln!("[local] cloudsync change {round}");
         let kept_before = common::folder_bytes(&data.join("chunks"))?;
-        let (measured, written, _) = cloudsync(&data, &["sync", &pair])?;
+        let ((measured, written, _), device) = on_device(work, || cloudsync(&data, &["sync", &pair]))?;
         let kept = common::folder_bytes(&data.join("chunks"))?.saturating_sub(kept_before);
         rows.push(Row {
             scenario: scenario.clone(),
-            tool: format!("CloudSync (versions kept: chunk store +{:.1} MiB)", kept as f64 / 1_048_576.0),
+            tool: format!(
+                "CloudSync (versions kept: chunk store +{:.1} MiB, {:.2}x the changed bytes)",
+                kept as f64 / 1_048_576.0,
+                kept as f64 / changed as f64
+            ),
             measured,
             reported: Some(written),
+            device: Some(device),
         });
-        eprintln!("[local] rclone incremental {round}");
-        let (copied, durable) = rclone_local(&source, &theirs)?;
+        projected.push(("CloudSync", round, measured.seconds, device));
+        eprintln!("[local] rsync --inplace change {round}");
+        let (measured, device) = on_device(work, || rsync_with(&source, &inplace, &RSYNC_INPLACE))?;
+        projected.push(("rsync -a --inplace --no-whole-file", round, measured.seconds, device));
+        rows.push(Row {
+            scenario: scenario.clone(),
+            tool: "rsync -a --inplace --no-whole-file".into(),
+            measured,
+            reported: None,
+            device: Some(device),
+        });
+        eprintln!("[local] rsync change {round}");
+        for (tool, target, options) in [
+            ("rsync -a", &rsynced, &[][..]),
+            ("rsync -a --no-whole-file", &delta, &["--no-whole-file"][..]),
+        ] {
+            let (measured, device) = on_device(work, || rsync_with(&source, target, options))?;
+            rows.push(Row {
+                scenario: scenario.clone(),
+                tool: tool.into(),
+                measured,
+                reported: None,
+                device: Some(device),
+            });
+        }
+        eprintln!("[local] rclone change {round}");
+        let ((copied, durable), device) = on_device(work, || rclone_local(&source, &theirs))?;
         for (tool, measured) in [("rclone sync", copied), (RCLONE_DURABLE, durable)] {
             rows.push(Row {
                 scenario: scenario.clone(),
                 tool: tool.into(),
                 measured,
                 reported: None,
+                device: Some(device),
             });
         }
-        eprintln!("[local] rsync incremental {round}");
-        rows.push(Row {
-            scenario: scenario.clone(),
-            tool: "rsync -a".into(),
-            measured: rsync(&source, &rsynced, false)?,
-            reported: None,
-        });
-        rows.push(Row {
-            scenario,
-            tool: "rsync -a --no-whole-file".into(),
-            measured: rsync(&source, &delta, true)?,
-            reported: None,
-        });
-        for target in [&ours, &theirs, &rsynced, &delta] {
+        for target in [&ours, &theirs, &rsynced, &delta, &inplace] {
             if !same_tree(&source, target)? {
-                bail!("{} differs from the source after the incremental sync", target.display());
+                bail!("{} differs from the source after the change", target.display());
             }
         }
+    }
+    // What the same change of 10 GiB of large files would cost, from these runs: time and bytes
+    // grow with the bytes read and the bytes changed, both 1% apart (the small files left out).
+    let scale = 10.0 * 1024.0 / (large * large_mib) as f64;
+    for (tool, round, seconds, device) in projected {
+        rows.push(Row {
+            scenario: format!(
+                "projection: the {} change of 10 GiB of large files (x{scale:.1} the measured run)",
+                if round == 1 { "first" } else { "later" }
+            ),
+            tool: tool.into(),
+            measured: Measured {
+                seconds: seconds * scale,
+                peak_mib: 0.0,
+                read_mib: 0.0,
+                written_mib: 0.0,
+            },
+            reported: None,
+            device: Some((device as f64 * scale) as u64),
+        });
     }
     Ok(rows)
 }
@@ -374,6 +440,7 @@ async fn s3(work: &Path, endpoint: &str, small: usize, large_mib: usize) -> anyh
             tool: "rclone sync".into(),
             measured,
             reported: None,
+            device: None,
         })
     };
     let scenario = format!("local → S3 (moto), initial ({} files, {} MiB)", small + 1, bytes / 1_048_576);
@@ -384,6 +451,7 @@ async fn s3(work: &Path, endpoint: &str, small: usize, large_mib: usize) -> anyh
         tool: "CloudSync".into(),
         measured,
         reported: Some(written),
+        device: None,
     }];
     rows.push(Row {
         scenario,
@@ -401,6 +469,7 @@ async fn s3(work: &Path, endpoint: &str, small: usize, large_mib: usize) -> anyh
         tool: "CloudSync".into(),
         measured,
         reported: Some(written),
+        device: None,
     });
     rows.push(Row {
         scenario,
@@ -434,15 +503,22 @@ async fn main() -> anyhow::Result<()> {
     std::fs::remove_dir_all(&work).ok();
     result?;
     print_heading("sync", started);
-    println!("| scenario | tool | wall s | peak MiB | read MiB (kernel) | written MiB (kernel) | written into the target MiB (reported) |");
-    println!("|---|---|---:|---:|---:|---:|---:|");
+    println!(
+        "| scenario | tool | wall s | peak MiB | read MiB (kernel) | written MiB (kernel) | written into the target MiB (reported) | disk wrote MiB (/proc/diskstats) |"
+    );
+    println!("|---|---|---:|---:|---:|---:|---:|---:|");
+    let mib = |b: Option<u64>| b.map_or_else(|| "—".to_owned(), |b| format!("{:.1}", b as f64 / 1_048_576.0));
     for row in rows {
-        let reported = row
-            .reported
-            .map_or_else(|| "—".to_owned(), |b| format!("{:.1}", b as f64 / 1_048_576.0));
         println!(
-            "| {} | {} | {:.2} | {:.0} | {:.1} | {:.1} | {reported} |",
-            row.scenario, row.tool, row.measured.seconds, row.measured.peak_mib, row.measured.read_mib, row.measured.written_mib
+            "| {} | {} | {:.2} | {:.0} | {:.1} | {:.1} | {} | {} |",
+            row.scenario,
+            row.tool,
+            row.measured.seconds,
+            row.measured.peak_mib,
+            row.measured.read_mib,
+            row.measured.written_mib,
+            mib(row.reported),
+            mib(row.device)
         );
     }
     Ok(())

@@ -2,6 +2,7 @@
 //! (zstd-compressed, in a folder or on any connected provider) that holds file versions for delta
 //! transfer and restores.
 
+mod patch;
 mod store;
 
 use std::io::Read;
@@ -11,6 +12,7 @@ use cloudsync_providers::ByteStream;
 use fastcdc::v2020::FastCDC;
 use futures::StreamExt as _;
 
+pub use patch::{Differ, InPlace, Layer, Patch, TooMuch, overlay, put_patch};
 pub use store::{ChunkStore, ProviderStore, StoreError};
 
 /// Chunk sizes: small enough that a few scattered edits in a large file touch little of it, large

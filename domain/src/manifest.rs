@@ -1,6 +1,11 @@
 //! Chunk manifests: a file's content as the list of its content-defined chunks, each named by its
 //! BLAKE3. Two versions of a file share the chunks they have in common, so a manifest also tells
 //! which byte ranges of a new version differ from an old one.
+//!
+//! A manifest with a [`Patch`] holds a content as a change of a newer one: the bytes that a write
+//! in place destroyed (its chunks) and where they were. Such a content is rebuilt from the newer
+//! one (the file as it is now, or another kept version) by [`Patch`]'s ranges, so keeping it costs
+//! what the change destroyed rather than a copy of the file.
 
 use std::collections::HashSet;
 use std::ops::Range;
@@ -21,6 +26,45 @@ pub struct Manifest {
     pub checksum: String,
     pub size: u64,
     pub chunks: Vec<ChunkRef>,
+    /// Set when the content is a change of a newer content: `chunks` then hold only the bytes of
+    /// `patch.ranges`, in order.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub patch: Option<Patch>,
+}
+
+/// How a content ([`Manifest::size`] bytes, BLAKE3 [`Manifest::checksum`]) is rebuilt from a newer
+/// one: take the newer content's first `size` bytes and put the manifest's bytes at `ranges`. The
+/// ranges cover every byte past the newer content's end.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Patch {
+    /// BLAKE3 (hex) of the newer content.
+    pub base: String,
+    /// Its size.
+    pub base_size: u64,
+    /// (offset, length) of each run of bytes that differs from the newer content, in order and
+    /// apart.
+    pub ranges: Vec<(u64, u32)>,
+}
+
+impl Patch {
+    /// Whether the ranges are in order, apart, inside `size`, and cover everything past the base,
+    /// and hold `bytes` bytes in all.
+    pub fn is_valid(&self, size: u64, bytes: u64) -> bool {
+        let mut end = 0_u64;
+        let mut total = 0_u64;
+        for &(offset, len) in &self.ranges {
+            if offset < end || len == 0 {
+                return false;
+            }
+            // Past the base, the previous range must reach this one.
+            if offset > end && offset > self.base_size {
+                return false;
+            }
+            end = offset + u64::from(len);
+            total += u64::from(len);
+        }
+        end <= size && (size <= self.base_size || end == size) && total == bytes
+    }
 }
 
 impl Manifest {
@@ -78,6 +122,7 @@ mod tests {
             checksum: String::new(),
             size: chunks.iter().map(|c| u64::from(c.len)).sum(),
             chunks,
+            patch: None,
         }
     }
 
@@ -92,6 +137,28 @@ mod tests {
         assert_eq!(shifted.changed_ranges(&old), vec![0..25]);
         assert!(old.changed_ranges(&old).is_empty());
         assert_eq!(manifest(&[]).changed_ranges(&old), Vec::<Range<u64>>::new());
+    }
+
+    #[test]
+    fn a_patch_is_valid_only_when_its_ranges_fit() {
+        let patch = |base_size, ranges: &[(u64, u32)]| Patch {
+            base: "b".into(),
+            base_size,
+            ranges: ranges.to_vec(),
+        };
+        assert!(patch(100, &[(10, 5), (50, 10)]).is_valid(100, 15));
+        assert!(!patch(100, &[(10, 5), (50, 10)]).is_valid(100, 14), "byte count");
+        assert!(!patch(100, &[(50, 10), (10, 5)]).is_valid(100, 15), "out of order");
+        assert!(!patch(100, &[(10, 5), (12, 5)]).is_valid(100, 10), "overlapping");
+        assert!(!patch(100, &[(10, 0)]).is_valid(100, 0), "empty range");
+        assert!(!patch(100, &[(95, 10)]).is_valid(100, 10), "past the end");
+        // Longer than its base: the tail must be covered, without a gap.
+        assert!(patch(100, &[(90, 20)]).is_valid(110, 20));
+        assert!(patch(100, &[(90, 10), (100, 10)]).is_valid(110, 20));
+        assert!(!patch(100, &[(90, 5)]).is_valid(110, 5), "tail not covered");
+        assert!(!patch(100, &[(100, 5), (106, 4)]).is_valid(110, 9), "a gap past the base");
+        // Shorter: nothing to cover.
+        assert!(patch(100, &[]).is_valid(60, 0));
     }
 
     #[test]

@@ -9,8 +9,8 @@ use std::collections::{BTreeMap, BTreeSet};
 
 pub use crate::events::SyncEndpoint;
 use crate::events::{
-    BaseChange, DomainEvent, FileVersionKept, FileVersionRestored, FileVersionsPruned, Resolution, SyncBaseAdvanced, SyncConflictResolved,
-    SyncDecisionRecorded, SyncPairCreated, SyncRunRequested,
+    BaseChange, DomainEvent, FilePatchSettled, FilePatchStarted, FileVersionKept, FileVersionRestored, FileVersionsPruned, PatchOutcome,
+    Resolution, SyncBaseAdvanced, SyncConflictResolved, SyncDecisionRecorded, SyncPairCreated, SyncRunRequested, VersionReason,
 };
 use crate::ids::{SyncJobId, UserId};
 use crate::merge::{Action, ConflictKind, Decision, Side, Tree, Version};
@@ -36,6 +36,8 @@ pub struct SyncPair {
     resolutions: BTreeMap<ProviderPath, SyncConflictResolved>,
     /// Earlier versions of the sides' files, kept in the chunk store, by id.
     versions: BTreeMap<Uuid, FileVersionKept>,
+    /// Writes in place begun and not yet settled, by id.
+    patches: BTreeMap<Uuid, FilePatchStarted>,
 }
 
 /// A conflict left for the owner (`MANUAL`).
@@ -85,6 +87,16 @@ pub enum SyncPairCommand {
     KeepVersions(Vec<FileVersionKept>),
     /// Lets go of the versions outside the pair's retention at `at`.
     PruneVersions { at: DateTime<Utc> },
+    /// A write in place is about to begin; what it destroys is already kept (see
+    /// [`FilePatchStarted`]).
+    StartPatch(FilePatchStarted),
+    /// A write in place ended with `outcome`: where it was written and the pair keeps versions,
+    /// the old content becomes a version (its undo, a change of the new content).
+    SettlePatch {
+        patch_id: Uuid,
+        outcome: PatchOutcome,
+        at: DateTime<Utc>,
+    },
     /// The owner brought version `version_id` back over the file at `path` on `side`.
     RecordRestore {
         by: UserId,
@@ -147,6 +159,46 @@ impl SyncPair {
         self.versions.get(&id)
     }
 
+    /// The writes in place that began and have not been settled (a killed run's), oldest first.
+    pub fn pending_patches(&self) -> impl Iterator<Item = &FilePatchStarted> {
+        self.patches.values()
+    }
+
+    /// The events that settle the write in place `started` with `outcome` (see
+    /// [`SyncPairCommand::SettlePatch`]), for a run that holds the pair as it was when the write
+    /// began.
+    pub fn settled(&self, started: &FilePatchStarted, outcome: PatchOutcome, at: DateTime<Utc>) -> Vec<DomainEvent> {
+        let mut events = vec![DomainEvent::FilePatchSettled(FilePatchSettled {
+            pair_id: started.pair_id,
+            owner_id: started.owner_id,
+            patch_id: started.patch_id,
+            outcome,
+            at,
+        })];
+        // The same content kept again (a retried run) is one version.
+        let again = self
+            .latest_version(started.side, &started.path)
+            .is_some_and(|v| v.version.checksum == started.old.checksum);
+        if outcome == PatchOutcome::Written && started.keep && !again {
+            events.push(DomainEvent::FileVersionKept(FileVersionKept {
+                pair_id: started.pair_id,
+                owner_id: started.owner_id,
+                version_id: started.patch_id,
+                side: started.side,
+                provider_id: started.provider_id,
+                path: started.path.clone(),
+                provider_path: started.provider_path.clone(),
+                version: started.old.clone(),
+                content: started.undo.clone(),
+                reason: VersionReason::Replaced,
+                job_id: Some(started.job_id),
+                at,
+                base: Some(started.new.checksum.clone()),
+            }));
+        }
+        events
+    }
+
     /// The newest version kept of `path` on `side`.
     pub fn latest_version(&self, side: Side, path: &ProviderPath) -> Option<&FileVersionKept> {
         self.versions
@@ -175,6 +227,33 @@ impl SyncPair {
                 }
             }
         }
+        // A version kept as a change of a newer one goes with the last version it is rebuilt from
+        // (unless the file itself still agrees on that content).
+        loop {
+            let gone: BTreeSet<Uuid> = expired.iter().copied().collect();
+            let held = |path: &ProviderPath, checksum: &str, pruned: bool| {
+                self.versions
+                    .values()
+                    .any(|v| gone.contains(&v.version_id) == pruned && &v.path == path && v.version.checksum == checksum)
+            };
+            let orphans: Vec<Uuid> = self
+                .versions
+                .values()
+                .filter(|v| !gone.contains(&v.version_id))
+                .filter(|v| {
+                    v.base.as_deref().is_some_and(|base| {
+                        held(&v.path, base, true)
+                            && !held(&v.path, base, false)
+                            && self.base.get(&v.path).is_none_or(|agreed| agreed.checksum != base)
+                    })
+                })
+                .map(|v| v.version_id)
+                .collect();
+            if orphans.is_empty() {
+                break;
+            }
+            expired.extend(orphans);
+        }
         expired.sort_unstable();
         expired
     }
@@ -188,7 +267,8 @@ impl SyncPair {
             _ => None,
         });
         let versions = self.versions.values().map(|v| &v.content);
-        agreed.chain(merged).chain(versions).map(String::as_str).collect()
+        let undo = self.patches.values().map(|p| &p.undo);
+        agreed.chain(merged).chain(versions).chain(undo).map(String::as_str).collect()
     }
 
     fn existing(&self) -> Result<&SyncPairCreated, DomainError> {
@@ -331,6 +411,21 @@ impl Aggregate for SyncPair {
                     at,
                 })])
             }
+            SyncPairCommand::StartPatch(started) => {
+                let pair = self.existing()?;
+                if started.pair_id != pair.pair_id || started.owner_id != pair.owner_id {
+                    return Err(DomainError::Invalid("a write of another pair".into()));
+                }
+                if self.patches.contains_key(&started.patch_id) {
+                    return Err(DomainError::AlreadyExists("write in place"));
+                }
+                Ok(vec![DomainEvent::FilePatchStarted(started)])
+            }
+            SyncPairCommand::SettlePatch { patch_id, outcome, at } => {
+                self.existing()?;
+                let started = self.patches.get(&patch_id).ok_or(DomainError::NotFound("write in place"))?;
+                Ok(self.settled(started, outcome, at))
+            }
             SyncPairCommand::RecordRestore {
                 by,
                 version_id,
@@ -383,6 +478,12 @@ impl Aggregate for SyncPair {
                 for id in &e.version_ids {
                     self.versions.remove(id);
                 }
+            }
+            DomainEvent::FilePatchStarted(e) => {
+                self.patches.insert(e.patch_id, e.clone());
+            }
+            DomainEvent::FilePatchSettled(e) => {
+                self.patches.remove(&e.patch_id);
             }
             DomainEvent::SyncBaseAdvanced(e) => {
                 for change in &e.changes {
@@ -584,6 +685,7 @@ mod tests {
             reason: crate::events::VersionReason::Replaced,
             job_id: None,
             at: now - chrono::Duration::days(days_ago),
+            base: None,
         };
         let keep = |pair: &mut Story<SyncPair>, versions: Vec<FileVersionKept>| {
             pair.when(SyncPairCommand::KeepVersions(versions)).expect("kept").len()
@@ -620,5 +722,68 @@ mod tests {
         assert_eq!(pair.when(restore(1, 5)).expect("restored").len(), 1);
         assert!(matches!(pair.when(restore(2, 5)), Err(DomainError::NotFound(_))));
         assert!(matches!(pair.when(restore(1, 1)), Err(DomainError::NotFound(_))));
+    }
+
+    #[test]
+    fn writes_in_place_stay_pending_until_settled_and_keep_what_they_destroyed() {
+        let mut pair = Story::<SyncPair>::default();
+        pair.when(create(endpoint(1, "a"), endpoint(2, "b"), 50)).expect("created");
+        let settings = pair.state().settings().cloned().expect("settings");
+        let now = Utc::now();
+        let started = |n: u128, old: &str, new: &str, side: Side| FilePatchStarted {
+            pair_id: settings.pair_id,
+            owner_id: settings.owner_id,
+            patch_id: Uuid::from_u128(n),
+            job_id: SyncJobId::from_uuid(Uuid::from_u128(99)),
+            side,
+            provider_id: settings.target.provider_id,
+            path: p("big.bin"),
+            provider_path: p("b/big.bin"),
+            old: version(old),
+            new: version(new),
+            undo: format!("undo-{n}"),
+            keep: true,
+            at: now,
+        };
+        let settle = |n: u128, outcome: PatchOutcome| SyncPairCommand::SettlePatch {
+            patch_id: Uuid::from_u128(n),
+            outcome,
+            at: now,
+        };
+        pair.when(SyncPairCommand::StartPatch(started(1, "1", "2", Side::Target)))
+            .expect("started");
+        assert!(matches!(
+            pair.when(SyncPairCommand::StartPatch(started(1, "1", "2", Side::Target))),
+            Err(DomainError::AlreadyExists(_))
+        ));
+        assert_eq!(pair.state().pending_patches().count(), 1);
+        assert!(
+            pair.state().stored_references().contains("undo-1"),
+            "the undo is the pair's while pending"
+        );
+        let events = pair.when(settle(1, PatchOutcome::Written)).expect("settled");
+        assert_eq!(events.len(), 2, "settled, and the old content kept: {events:?}");
+        let kept = pair.state().kept_version(Uuid::from_u128(1)).expect("a version");
+        assert_eq!((kept.version.checksum.as_str(), kept.base.as_deref()), ("1", Some("2")));
+        assert_eq!(pair.state().pending_patches().count(), 0);
+        assert!(matches!(pair.when(settle(1, PatchOutcome::Written)), Err(DomainError::NotFound(_))));
+        // Undone: nothing is kept, and the undo is no longer the pair's.
+        pair.when(SyncPairCommand::StartPatch(started(2, "2", "3", Side::Target)))
+            .expect("started");
+        assert_eq!(pair.when(settle(2, PatchOutcome::Undone)).expect("settled").len(), 1);
+        assert!(!pair.state().stored_references().contains("undo-2"));
+        // A version rebuilt from another goes when that one is let go: "1" is rebuilt from "2",
+        // kept on the source side, which keeps two versions and has two newer ones.
+        for (n, old, new) in [(3, "2", "5"), (4, "5", "6"), (5, "6", "7")] {
+            pair.when(SyncPairCommand::StartPatch(started(n, old, new, Side::Source)))
+                .expect("started");
+            pair.when(settle(n, PatchOutcome::Written)).expect("settled");
+        }
+        let later = now + chrono::Duration::seconds(1);
+        assert_eq!(
+            pair.state().expired_versions(later),
+            vec![Uuid::from_u128(1), Uuid::from_u128(3)],
+            "the oldest of the source side, and the target's version that needs it"
+        );
     }
 }

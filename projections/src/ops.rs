@@ -569,7 +569,7 @@ pub fn ops_for(event: &DomainEvent, at: DateTime<Utc>) -> Vec<Op> {
             at: e.at,
         }],
         E::FileVersionsPruned(e) => e.version_ids.iter().map(|id| Op::DeleteFileVersion { id: *id }).collect(),
-        E::FileVersionRestored(_) => Vec::new(),
+        E::FileVersionRestored(_) | E::FilePatchStarted(_) | E::FilePatchSettled(_) => Vec::new(),
     }
 }
 

@@ -207,12 +207,28 @@ pub trait StorageProvider: Send + Sync {
     /// copy of it and truncating or extending it to `size`; the new version replaces the old one in
     /// one step, as [`StorageProvider::write`] does, and only if its BLAKE3 is `checksum`
     /// ([`ProviderError::Invalid`] otherwise, with nothing changed). Returns the bytes written.
-    /// Local folders do this with a copy made by the kernel, SFTP with a copy made by the server
+    /// Local folders do this with a copy made by the kernel (a clone of the file's extents where
+    /// the file system shares them), SFTP with a copy made by the server
     /// (`copy-data`); other kinds refuse with
     /// [`ProviderError::Unsupported`].
     async fn patch(&self, path: &ProviderPath, size: u64, ranges: Vec<(u64, Bytes)>, checksum: &str) -> Result<u64, ProviderError> {
         let _ = (size, ranges, checksum);
         Err(ProviderError::Unsupported(format!("{path}: ranged writes")))
+    }
+
+    /// Whether [`StorageProvider::write_in_place`] works here.
+    fn writes_in_place(&self) -> bool {
+        false
+    }
+
+    /// Writes `ranges` (offset, bytes; in order) over the file at `path` where it lies, then cuts
+    /// or extends it to `size`, and makes it durable. Returns the bytes written. Not atomic: a
+    /// write stopped half-way leaves some ranges written, so a caller keeps what the ranges held
+    /// and records its intent first (the sync engine does). Local folders do this; other kinds
+    /// refuse with [`ProviderError::Unsupported`].
+    async fn write_in_place(&self, path: &ProviderPath, size: u64, ranges: Vec<(u64, Bytes)>) -> Result<u64, ProviderError> {
+        let _ = (size, ranges);
+        Err(ProviderError::Unsupported(format!("{path}: writes in place")))
     }
 
     /// Removes below `folder` the temporary files of writes that a killed process left behind, and

@@ -294,6 +294,37 @@ impl StorageProvider for Limited {
         written
     }
 
+    fn writes_in_place(&self) -> bool {
+        self.inner.writes_in_place()
+    }
+
+    /// Under a request quota each range is a request of its own (the new size is set with the
+    /// first: a write in place is not atomic either way, and the caller keeps what it destroys).
+    async fn write_in_place(&self, path: &ProviderPath, size: u64, ranges: Vec<(u64, Bytes)>) -> Result<u64, ProviderError> {
+        let _permit = self.transfer().await?;
+        self.invalidate(path);
+        let written = if self.requests.is_some() && ranges.len() > 1 {
+            let mut written = Ok(0);
+            for (i, range) in ranges.into_iter().enumerate() {
+                if i > 0 {
+                    self.take().await;
+                }
+                match self.inner.write_in_place(path, size, vec![range]).await {
+                    Ok(more) => written = written.map(|n| n + more),
+                    Err(err) => {
+                        written = Err(err);
+                        break;
+                    }
+                }
+            }
+            written
+        } else {
+            self.inner.write_in_place(path, size, ranges).await
+        };
+        self.invalidate(path);
+        written
+    }
+
     async fn remove_abandoned_writes(&self, folder: &ProviderPath) -> Result<u64, ProviderError> {
         self.inner.remove_abandoned_writes(folder).await
     }

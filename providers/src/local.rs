@@ -245,6 +245,20 @@ async fn blocking<T: Send + 'static>(work: impl FnOnce() -> Result<T, ProviderEr
         .map_err(|err| ProviderError::Other(format!("storage task failed: {err}")))?
 }
 
+/// A new file at `to` with `from`'s content, open for writing: its extents shared with `from` where
+/// the file system can clone them (one `FICLONE`, no data written), else copied by the kernel.
+fn clone_or_copy(from: &Path, to: &Path) -> std::io::Result<std::fs::File> {
+    let source = std::fs::File::open(from)?;
+    let copy = std::fs::OpenOptions::new().read(true).write(true).create_new(true).open(to)?;
+    if rustix::fs::ioctl_ficlone(&copy, &source).is_ok() {
+        copy.set_permissions(source.metadata()?.permissions())?;
+        return Ok(copy);
+    }
+    drop(copy);
+    std::fs::copy(from, to)?;
+    std::fs::OpenOptions::new().write(true).open(to)
+}
+
 /// `.<name>.cloudsync-<pid>-<random>.tmp` beside the target: the writing process's id tells a
 /// write in progress from one that a killed process left behind.
 fn temp_name(target: &Path) -> PathBuf {
@@ -477,10 +491,10 @@ impl StorageProvider for LocalProvider {
             let (target, _) = this.existing_file(&path)?;
             let temp = temp_name(&target);
             let patched = (|| -> Result<u64, ProviderError> {
-                // The kernel copies the unchanged bytes (copy_file_range; a reflink where the file
-                // system shares blocks): nothing passes through this process but the new ranges.
-                std::fs::copy(&target, &temp).map_err(io_error(&path))?;
-                let mut file = std::fs::OpenOptions::new().write(true).open(&temp)?;
+                // The unchanged bytes: the old file's extents shared where the file system can
+                // (FICLONE: XFS, Btrfs), else copied by the kernel (copy_file_range); nothing
+                // passes through this process but the new ranges.
+                let mut file = clone_or_copy(&target, &temp).map_err(io_error(&path))?;
                 let mut written = 0;
                 for (offset, bytes) in &ranges {
                     file.seek(SeekFrom::Start(*offset))?;
@@ -506,6 +520,29 @@ impl StorageProvider for LocalProvider {
                 let _ = std::fs::remove_file(&temp);
             }
             patched
+        })
+        .await
+    }
+
+    fn writes_in_place(&self) -> bool {
+        true
+    }
+
+    async fn write_in_place(&self, path: &ProviderPath, size: u64, ranges: Vec<(u64, Bytes)>) -> Result<u64, ProviderError> {
+        use std::os::unix::fs::FileExt as _;
+        let this = self.clone();
+        let path = path.clone();
+        blocking(move || {
+            let (target, _) = this.existing_file(&path)?;
+            let file = std::fs::OpenOptions::new().write(true).open(&target).map_err(io_error(&path))?;
+            let mut written = 0;
+            for (offset, bytes) in &ranges {
+                file.write_all_at(bytes, *offset)?;
+                written += bytes.len() as u64;
+            }
+            file.set_len(size)?;
+            file.sync_data()?;
+            Ok(written)
         })
         .await
     }

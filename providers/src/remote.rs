@@ -437,6 +437,18 @@ impl StorageProvider for RemoteProvider {
         }
     }
 
+    /// SFTP opens a file for writing at an offset.
+    fn writes_in_place(&self) -> bool {
+        self.sftp.is_some()
+    }
+
+    async fn write_in_place(&self, path: &ProviderPath, size: u64, ranges: Vec<(u64, bytes::Bytes)>) -> Result<u64, ProviderError> {
+        match &self.sftp {
+            Some(sftp) => sftp.write_in_place(path, size, ranges).await,
+            None => Err(ProviderError::Unsupported(format!("{path}: writes in place"))),
+        }
+    }
+
     async fn rename(&self, from: &ProviderPath, to: &ProviderPath) -> Result<(), ProviderError> {
         self.stat(from).await?;
         match self.op.stat(to.as_str()).await {

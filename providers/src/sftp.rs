@@ -1,8 +1,9 @@
 //! What SFTP can do that OpenDAL does not offer: ranged writes. A session of its own (OpenSSH's
-//! client, as OpenDAL uses) copies the old file to a temporary name on the server (the `copy-data`
-//! extension, OpenSSH 9.0 and later), writes the changed ranges into the copy, reads the copy back
-//! to check it has the planned content, and renames it over the file (`posix-rename`). Only the
-//! changed ranges travel to the server.
+//! client, as OpenDAL uses) writes ranges over the file where it lies (`write_in_place`, for the
+//! sync engine's writes in place, which keep what they overwrite first), or copies the old file to a
+//! temporary name on the server (the `copy-data` extension, OpenSSH 9.0 and later), writes the
+//! changed ranges into the copy, reads the copy back to check it has the planned content, and
+//! renames it over the file (`posix-rename`). Only the changed ranges travel to the server.
 
 use std::io::SeekFrom;
 use std::path::PathBuf;
@@ -87,6 +88,15 @@ impl SftpDirect {
         self.root.join(path.as_str())
     }
 
+    /// See [`crate::StorageProvider::write_in_place`].
+    pub(crate) async fn write_in_place(&self, path: &ProviderPath, size: u64, ranges: Vec<(u64, Bytes)>) -> Result<u64, ProviderError> {
+        let sftp = self.sftp().await?;
+        let mut file = sftp.options().write(true).open(self.full(path)).await.map_err(error)?;
+        let written = write_ranges(&mut file, &ranges, size).await?;
+        file.close().await.map_err(error)?;
+        Ok(written)
+    }
+
     /// See [`crate::StorageProvider::patch`].
     pub(crate) async fn patch(
         &self,
@@ -115,18 +125,7 @@ impl SftpDirect {
                 .map_err(error)?;
             // The server copies the unchanged bytes; only the ranges cross the network.
             source.copy_all_to(&mut copy).await.map_err(error)?;
-            let mut written = 0;
-            for (offset, bytes) in &ranges {
-                copy.seek(SeekFrom::Start(*offset)).await?;
-                copy.write_all(bytes).await.map_err(error)?;
-                written += bytes.len() as u64;
-            }
-            copy.set_len(size).await.map_err(error)?;
-            copy.sync_all().await.or_else(|err| match err {
-                // fsync@openssh.com is optional.
-                SftpError::UnsupportedExtension(_) => Ok(()),
-                err => Err(error(err)),
-            })?;
+            let written = write_ranges(&mut copy, &ranges, size).await?;
             // Only the planned content replaces the file.
             copy.seek(SeekFrom::Start(0)).await?;
             let mut hasher = blake3::Hasher::new();
@@ -152,4 +151,22 @@ impl SftpDirect {
         }
         patched
     }
+}
+
+/// Writes `ranges` into `file` where they lie, cuts or extends it to `size`, and syncs it where the
+/// server can; returns the bytes written.
+async fn write_ranges(file: &mut openssh_sftp_client::file::File, ranges: &[(u64, Bytes)], size: u64) -> Result<u64, ProviderError> {
+    let mut written = 0;
+    for (offset, bytes) in ranges {
+        file.seek(SeekFrom::Start(*offset)).await?;
+        file.write_all(bytes).await.map_err(error)?;
+        written += bytes.len() as u64;
+    }
+    file.set_len(size).await.map_err(error)?;
+    file.sync_all().await.or_else(|err| match err {
+        // fsync@openssh.com is optional.
+        SftpError::UnsupportedExtension(_) => Ok(()),
+        err => Err(error(err)),
+    })?;
+    Ok(written)
 }

@@ -24,6 +24,7 @@ on_both_backends!(
     pairs_run_on_their_own_on_change_and_on_schedule,
     earlier_versions_are_kept_listed_and_restored,
     garbage_collection_waits_for_runs_and_keeps_what_is_referenced,
+    versions_kept_by_writes_in_place_cost_what_changed_and_restore,
 );
 
 const SYNC: &str = "mutation($s: FolderInput!, $t: FolderInput!, $m: SyncMode, $c: ConflictPolicy, $d: Int) { \
@@ -864,6 +865,92 @@ async fn earlier_versions_are_kept_listed_and_restored(h: &Harness) {
     assert_eq!(after_a["big.bin"], big);
 }
 
+/// Issue 19: a large file changed five times on the source; each run writes it in place on the
+/// target and keeps only what it destroyed. Every kept version restores byte for byte; once the
+/// newest content is gone from both sides, restoring a version that needs it is refused and
+/// changes nothing.
+async fn versions_kept_by_writes_in_place_cost_what_changed_and_restore(h: &Harness) {
+    let mut content = noise(4 * 1024 * 1024, 51);
+    let seed: Vec<(&str, &[u8])> = vec![("big.bin", &content)];
+    let (token, source, a, target, b) = two_folders(h, "in-place@example.org", &seed).await;
+    let pair = pair_keeping(h, &token, &source, &target, 10).await;
+    let chunks = h.db.dir().join("data/chunks");
+    let mut history = vec![hex(&content)];
+    for round in 0..5_u64 {
+        let before = folder_bytes(&chunks);
+        // 16 KiB in four scattered places, and the last change also cuts the file short.
+        for k in 0..4 {
+            let at = 100_000 + k * 900_000 + round as usize * 5_000;
+            content[at..at + 4096].copy_from_slice(&noise(4096, 60 + round * 10 + k as u64));
+        }
+        if round == 4 {
+            content.truncate(3 * 1024 * 1024);
+        }
+        write(&a, "big.bin", &content);
+        run(h, &token, &pair).await;
+        assert_eq!(tree(&b)["big.bin"], content, "round {round}");
+        history.push(hex(&content));
+        let grew = folder_bytes(&chunks) - before;
+        let destroyed = if round == 4 { 1024 * 1024 + 16_384 } else { 16_384 };
+        // The undo (compressed, but these bytes are random) and its manifest, plus the new
+        // version's chunk manifest (for sides that patch by chunks): not a copy of the file.
+        assert!(
+            grew < destroyed + 64 * 1024,
+            "round {round}: the chunk store grew by {grew} bytes for a change that destroyed {destroyed}"
+        );
+    }
+    let versions = versions_of(h, &token, &target, "big.bin").await;
+    let kept: Vec<&str> = versions.iter().map(|v| v["checksum"].as_str().expect("checksum")).collect();
+    assert_eq!(kept.len(), 5, "{kept:?}");
+    for earlier in &history[..5] {
+        assert!(kept.contains(&earlier.as_str()), "{earlier} is kept");
+    }
+    // Each one restores byte for byte (oldest first: each restore keeps what it replaces whole).
+    let mut ordered = versions.clone();
+    ordered.sort_by_key(|v| history.iter().position(|c| v["checksum"] == json!(c)));
+    for version in &ordered {
+        let restored = h.ok(Some(&token), RESTORE, json!({ "v": version["id"] })).await["restoreFileVersion"].clone();
+        assert_eq!(restored["side"], json!("target"));
+        assert_eq!(hex(&tree(&b)["big.bin"]), version["checksum"].as_str().expect("checksum"));
+        h.wait_for_operation(&token, restored["operation"]["id"].as_str().expect("run"))
+            .await;
+        assert_eq!(tree(&a)["big.bin"], tree(&b)["big.bin"], "the run carried it to the source");
+    }
+
+    // A change written in place, then the file changed outside CloudSync on both sides before a
+    // run saw it: the version needs content that is nowhere now, and says so.
+    let mut other = noise(2 * 1024 * 1024, 70);
+    write(&a, "other.bin", &other);
+    run(h, &token, &pair).await;
+    let original = hex(&other);
+    other[10..4106].copy_from_slice(&noise(4096, 71));
+    write(&a, "other.bin", &other);
+    run(h, &token, &pair).await;
+    let lost = versions_of(h, &token, &target, "other.bin").await;
+    assert_eq!(lost.len(), 1, "{lost:?}");
+    assert_eq!(lost[0]["checksum"], json!(original));
+    write(&a, "other.bin", b"changed on the source");
+    write(&b, "other.bin", b"changed on the target");
+    let response = h.gql(Some(&token), RESTORE, json!({ "v": lost[0]["id"] })).await;
+    let message = response["errors"][0]["message"].as_str().unwrap_or_default().to_owned();
+    assert!(message.contains("cannot be rebuilt"), "{response:#}");
+    assert_eq!(tree(&a)["other.bin"], b"changed on the source".to_vec(), "nothing changed");
+    assert_eq!(tree(&b)["other.bin"], b"changed on the target".to_vec(), "nothing changed");
+}
+
+fn folder_bytes(root: &Path) -> u64 {
+    let mut total = 0;
+    for entry in std::fs::read_dir(root).into_iter().flatten().flatten() {
+        let path = entry.path();
+        total += if path.is_dir() {
+            folder_bytes(&path)
+        } else {
+            entry.metadata().map_or(0, |m| m.len())
+        };
+    }
+    total
+}
+
 /// Checks that everything the pairs' histories reference can be read back whole: every kept
 /// version and every kept text.
 async fn all_references_resolve(h: &Harness, pairs: &[String]) -> usize {
@@ -877,10 +964,22 @@ async fn all_references_resolve(h: &Harness, pairs: &[String]) -> usize {
             cloudsync_domain::Aggregate::apply(&mut state, &event);
         }
         for version in state.versions() {
-            let content = cloudsync_chunks::get_content(&**chunks, &version.content)
+            let manifest = cloudsync_chunks::get_manifest(&**chunks, &version.content)
                 .await
                 .unwrap_or_else(|err| panic!("version {} of {}: {err}", version.version_id, version.path));
-            assert_eq!(hex(&content), version.version.checksum);
+            if manifest.patch.is_some() {
+                // Kept as what a write in place destroyed: its bytes are all there (rebuilding
+                // it over the newer content is `restoreFileVersion`'s, tested with it).
+                cloudsync_chunks::Layer::load(&**chunks, &manifest)
+                    .await
+                    .unwrap_or_else(|err| panic!("version {} of {}: {err}", version.version_id, version.path));
+                assert_eq!(manifest.checksum, version.version.checksum);
+            } else {
+                let content = cloudsync_chunks::get_content(&**chunks, &version.content)
+                    .await
+                    .unwrap_or_else(|err| panic!("version {} of {}: {err}", version.version_id, version.path));
+                assert_eq!(hex(&content), version.version.checksum);
+            }
             checked += 1;
         }
     }

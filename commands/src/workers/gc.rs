@@ -139,6 +139,16 @@ pub struct Lease {
     stop: CancellationToken,
 }
 
+/// Whether a [`Lease`] is still valid, for work that runs beside its holder.
+#[derive(Clone)]
+pub(crate) struct LeaseWatch(Arc<Mutex<Instant>>);
+
+impl LeaseWatch {
+    pub(crate) fn valid(&self) -> bool {
+        self.0.lock().is_ok_and(|at| at.elapsed() + RENEW_EVERY < LEASE_TTL)
+    }
+}
+
 impl Lease {
     async fn take(pool: &DbPool, holder: String, kind: Kind, cancel: &CancellationToken) -> Result<Option<Self>, CommandError> {
         loop {
@@ -180,6 +190,11 @@ impl Lease {
     /// for clocks and the write about to be made.
     pub fn valid(&self) -> bool {
         self.renewed.lock().is_ok_and(|at| at.elapsed() + RENEW_EVERY < LEASE_TTL)
+    }
+
+    /// A handle that tells whether the lease is still [`Lease::valid`].
+    pub(crate) fn watch(&self) -> LeaseWatch {
+        LeaseWatch(Arc::clone(&self.renewed))
     }
 
     /// Gives the lease up.

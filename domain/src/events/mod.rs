@@ -143,6 +143,8 @@ pub enum DomainEvent {
     SyncJobApproved(SyncJobFinished),
     SyncConflictResolved(SyncConflictResolved),
     FileVersionKept(FileVersionKept),
+    FilePatchStarted(FilePatchStarted),
+    FilePatchSettled(FilePatchSettled),
     FileVersionsPruned(FileVersionsPruned),
     FileVersionRestored(FileVersionRestored),
     FileContentExtracted(FileContentExtracted),
@@ -224,6 +226,8 @@ impl DomainEvent {
             | "SyncJobApproved"
             | "SyncConflictResolved"
             | "FileVersionKept"
+            | "FilePatchStarted"
+            | "FilePatchSettled"
             | "FileVersionsPruned"
             | "FileVersionRestored"
             | "FileContentExtracted"
@@ -325,6 +329,8 @@ impl DomainEvent {
             Self::SyncDecisionRecorded(e) => e.owner_id,
             Self::SyncBaseAdvanced(e) => e.owner_id,
             Self::FileVersionKept(e) => e.owner_id,
+            Self::FilePatchStarted(e) => e.owner_id,
+            Self::FilePatchSettled(e) => e.owner_id,
             Self::FileVersionsPruned(e) => e.owner_id,
             Self::FileVersionRestored(e) => e.owner_id,
             Self::FileContentExtracted(e) => e.owner_id,

@@ -107,8 +107,10 @@ impl VersionReason {
     }
 }
 
-/// Content of one side of a pair that was about to be overwritten or deleted, kept whole in the
-/// chunk store (recorded before the change is made).
+/// Content of one side of a pair that was about to be overwritten or deleted, kept in the chunk
+/// store: whole (recorded before the change is made), or, for a file written in place, as the
+/// bytes the write destroyed (`base` set; recorded once the write is done, its undo having been
+/// recorded by [`FilePatchStarted`] first).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct FileVersionKept {
     pub pair_id: SyncPairId,
@@ -126,6 +128,58 @@ pub struct FileVersionKept {
     pub reason: VersionReason,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub job_id: Option<SyncJobId>,
+    pub at: DateTime<Utc>,
+    /// For a content kept as a change of a newer one (a patch manifest): that content's BLAKE3.
+    /// Restoring needs it: the file as it is now, or another kept version of the path.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub base: Option<String>,
+}
+
+/// A file on one side of a pair is about to be written in place (only the bytes that differ).
+/// What those bytes held is already in the chunk store (`undo`, a patch manifest of `old` over
+/// `new`), so that whatever stops the write, the next run puts the file back to `old` or finds it
+/// at `new` ([`FilePatchSettled`]). Until then `undo` is the pair's.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FilePatchStarted {
+    pub pair_id: SyncPairId,
+    pub owner_id: UserId,
+    pub patch_id: Uuid,
+    pub job_id: SyncJobId,
+    pub side: Side,
+    pub provider_id: ProviderId,
+    /// The file's path relative to the pair's folder.
+    pub path: ProviderPath,
+    /// The file's path on its provider.
+    pub provider_path: ProviderPath,
+    pub old: Version,
+    pub new: Version,
+    /// The chunk-store id of the patch manifest that turns `new` back into `old`.
+    pub undo: String,
+    /// Whether `old` is kept as a version once the write is done.
+    pub keep: bool,
+    pub at: DateTime<Utc>,
+}
+
+/// How a write in place ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum PatchOutcome {
+    /// The file holds the new content.
+    Written,
+    /// The file holds the old content again (nothing was written, or what was written was undone).
+    Undone,
+    /// The file holds neither (someone else changed it meanwhile): left as it is, for the next
+    /// run to see as a change.
+    Abandoned,
+}
+
+/// A write in place has ended, in the run that made it or in the next one.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FilePatchSettled {
+    pub pair_id: SyncPairId,
+    pub owner_id: UserId,
+    pub patch_id: Uuid,
+    pub outcome: PatchOutcome,
     pub at: DateTime<Utc>,
 }
 

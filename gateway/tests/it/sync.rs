@@ -105,7 +105,7 @@ pub(super) fn connect(addr: &str, token: &str, root: &Path, rate: Option<u32>) -
 
 /// The operation's state once it has ended. The server is another process with nothing this test
 /// could wait on, so it asks every 100 ms.
-fn ended(addr: &str, token: &str, operation: &str, within: Duration, context: &str) -> serde_json::Value {
+pub(super) fn ended(addr: &str, token: &str, operation: &str, within: Duration, context: &str) -> serde_json::Value {
     let query = "query($o: ID!) { syncStatus(operationId: $o) { status filesDone error } }";
     let deadline = Instant::now() + within;
     loop {

@@ -39,6 +39,7 @@ contract!(
     bad_credentials_are_refused,
     the_change_feed_reports_outside_changes_where_there_is_one,
     ranged_writes_patch_a_file_where_they_are_offered,
+    writes_in_place_change_only_their_ranges_where_they_are_offered,
     replace_moves_over_a_file_in_one_step,
     unsynced_writes_replace_only_what_was_expected,
     only_abandoned_writes_are_removed,
@@ -356,6 +357,34 @@ async fn ranged_writes_patch_a_file_where_they_are_offered(t: &TestProvider) {
     ));
     let listed: Vec<_> = provider.list(&ProviderPath::root()).try_collect().await.expect("list");
     assert_eq!(listed.len(), 1, "no temporary file is left: {listed:?}");
+}
+
+async fn writes_in_place_change_only_their_ranges_where_they_are_offered(t: &TestProvider) {
+    let provider = &*t.provider;
+    let path = p("in-place/data.bin");
+    let original: Vec<u8> = (0..100_000_u32).map(|i| (i % 251) as u8).collect();
+    provider.write(&path, once(original.clone())).await.expect("write");
+    let ranges = vec![(10_u64, Bytes::from_static(b"ABCDE")), (99_990, Bytes::from_static(b"end, longer"))];
+    if !provider.writes_in_place() {
+        assert!(matches!(
+            provider.write_in_place(&path, 100_001, ranges).await,
+            Err(ProviderError::Unsupported(_))
+        ));
+        assert_eq!(read_all(provider, &path, 0..u64::MAX).await, original, "nothing changed");
+        return;
+    }
+    let mut expected = original.clone();
+    expected[10..15].copy_from_slice(b"ABCDE");
+    expected.truncate(99_990);
+    expected.extend_from_slice(b"end, longer");
+    assert_eq!(provider.write_in_place(&path, 100_001, ranges).await.expect("written"), 16);
+    assert_eq!(read_all(provider, &path, 0..u64::MAX).await, expected);
+    // Cut to a size, with nothing written; a missing file is not found and nothing is created.
+    provider.write_in_place(&path, 20, Vec::new()).await.expect("cut");
+    assert_eq!(read_all(provider, &path, 0..u64::MAX).await, expected[..20].to_vec());
+    assert!(provider.write_in_place(&p("in-place/nowhere.bin"), 5, Vec::new()).await.is_err());
+    let listed: Vec<_> = provider.list(&ProviderPath::root()).try_collect().await.expect("list");
+    assert_eq!(listed.len(), 1, "no other file: {listed:?}");
 }
 
 async fn replace_moves_over_a_file_in_one_step(t: &TestProvider) {

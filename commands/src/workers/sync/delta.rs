@@ -1,17 +1,35 @@
 //! Ranged writes: a changed large file written as the byte ranges that differ from the version
 //! the side holds (by their chunk manifests).
+//!
+//! Where a side writes in place (local folders, SFTP), the new and the old file are read side by
+//! side and only the bytes that differ are written, over the file where it lies, and never before what they held is in the chunk store and the intent is in
+//! the log ([`FilePatchStarted`], with the undo: the old content as a patch of the new one). The
+//! write then settles ([`FilePatchSettled`]); a run that was stopped half-way is settled by the
+//! next run of the pair before it lists anything ([`settle_pending`]): a file that holds the new
+//! content is done, one that holds neither gets the old bytes back. So after a crash at any point
+//! the file hashes to the old or the new content. The undo is also the replaced version, when the
+//! pair keeps versions: keeping it costs what the write destroyed. Elsewhere the old file is
+//! copied (by the server or the kernel), patched and renamed over it.
 
 use std::collections::HashSet;
 use std::sync::Arc;
 
+use bytes::Buf as _;
 use bytes::Bytes;
-use cloudsync_chunks::{ChunkRef, ChunkStore, Chunker, Manifest, get_manifest, put_manifest};
-use cloudsync_domain::ProviderPath;
+use chrono::Utc;
+use cloudsync_chunks::{ChunkRef, ChunkStore, Chunker, Differ, Layer, Manifest, get_manifest, put_manifest, put_patch};
+use cloudsync_domain::events::{FilePatchStarted, PatchOutcome};
 use cloudsync_domain::merge::{Side, Version};
-use cloudsync_providers::{ByteStream, ProviderError};
+use cloudsync_domain::sync_pair::{SyncPair, SyncPairCommand};
+use cloudsync_domain::{Aggregate, DomainEvent, ProviderPath};
+use cloudsync_eventstore::{ExpectedVersion, StreamAppend};
+use cloudsync_providers::{ByteStream, ProviderError, StorageProvider};
 use futures::StreamExt;
+use uuid::Uuid;
 
-use super::{Copied, Executor, MAX_PATCH, StepError};
+use super::{Copied, Executor, MAX_PATCH, StepError, index};
+use crate::core::{Context, encode};
+use crate::{CommandError, Commands};
 
 impl Executor {
     /// Writes only the byte ranges of `version` that differ from what side `to` holds at `path`,
@@ -32,6 +50,11 @@ impl Executor {
             Side::Source => agreed.source_tag.as_deref(),
             Side::Target => agreed.target_tag.as_deref(),
         };
+        if self.provider(to).writes_in_place()
+            && let Some(old) = self.holds_agreed(to, path, expected)
+        {
+            return self.write_in_place(to, from, path, old, version).await;
+        }
         if !self.provider(to).patches() || expected.is_none() || expected != agreed_tag {
             return Ok(None);
         }
@@ -122,6 +145,266 @@ impl Executor {
             written,
         }))
     }
+}
+
+impl Executor {
+    /// Writes the new version (`from` on the other side) over the file `path` on side `to`, which
+    /// holds `old`, where it lies: the two are read side by side, only the bytes that differ are
+    /// written, after keeping what they hold and recording the intent (see the module's doc).
+    /// `None` when more differs than a write in place holds in memory ([`MAX_PATCH`]).
+    async fn write_in_place(
+        &self,
+        to: Side,
+        from: &ProviderPath,
+        path: &ProviderPath,
+        old: &Version,
+        new: &Version,
+    ) -> Result<Option<Copied>, StepError> {
+        let Some(chunks) = &self.chunks else {
+            return Ok(None);
+        };
+        let provider = self.provider(to);
+        let destination = self.full(to, path);
+        let mut source = self.provider(to.other()).read(&self.full(to.other(), from), 0..new.size).await?;
+        let mut target = provider.read(&destination, 0..old.size).await?;
+        let mut differ = Differ::new(new.size, MAX_PATCH);
+        let (mut new_hash, mut old_hash) = (blake3::Hasher::new(), blake3::Hasher::new());
+        // The new version's manifest, for sides that patch by chunks.
+        let mut chunker = Chunker::without_checksum();
+        let (mut new_piece, mut old_piece) = (Bytes::new(), Bytes::new());
+        let (mut new_at, mut old_at) = (0_u64, 0_u64);
+        let (mut new_done, mut old_done) = (false, false);
+        loop {
+            while new_piece.is_empty() && !new_done {
+                match source.next().await {
+                    Some(piece) => {
+                        new_piece = piece?;
+                        new_hash.update(&new_piece);
+                        let _ = chunker.push(&new_piece, |_, _| Ok::<(), std::convert::Infallible>(()));
+                    }
+                    None => new_done = true,
+                }
+            }
+            while old_piece.is_empty() && !old_done {
+                match target.next().await {
+                    Some(piece) => {
+                        old_piece = piece?;
+                        old_hash.update(&old_piece);
+                    }
+                    None => old_done = true,
+                }
+            }
+            let planned = match (new_piece.is_empty(), old_piece.is_empty()) {
+                (true, true) => break,
+                (false, false) => {
+                    let n = new_piece.len().min(old_piece.len());
+                    let planned = differ.compare(new_at, &new_piece[..n], &old_piece[..n]);
+                    new_piece.advance(n);
+                    old_piece.advance(n);
+                    new_at += n as u64;
+                    old_at += n as u64;
+                    planned
+                }
+                // Past the old end: new bytes.
+                (false, true) => {
+                    let planned = differ.beyond(new_at, &new_piece);
+                    new_at += new_piece.len() as u64;
+                    new_piece.clear();
+                    planned
+                }
+                // Past the new end: old bytes the write cuts off.
+                (true, false) => {
+                    let planned = differ.cut(old_at, &old_piece);
+                    old_at += old_piece.len() as u64;
+                    old_piece.clear();
+                    planned
+                }
+            };
+            if planned.is_err() {
+                return Ok(None);
+            }
+        }
+        if new_at != new.size || new_hash.finalize().to_hex().as_str() != new.checksum {
+            return Err(StepError::Changed(format!(
+                "{path} changed on the {} while it was read",
+                to.other().name()
+            )));
+        }
+        if old_at != old.size || old_hash.finalize().to_hex().as_str() != old.checksum {
+            return Err(StepError::Changed(format!(
+                "{path} changed on the {} since it was listed (it is no longer the agreed version); the next run takes it into account",
+                to.name()
+            )));
+        }
+        let Ok(mut manifest) = chunker.finish(|_, _| Ok::<(), std::convert::Infallible>(()));
+        manifest.checksum.clone_from(&new.checksum);
+        let mut plan = differ.finish();
+        plan.undo.base.clone_from(&new.checksum);
+        let undo = put_patch(&**chunks, &old.checksum, old.size, plan.undo.clone(), &plan.undo_bytes).await?;
+        let started = FilePatchStarted {
+            pair_id: self.pair_id,
+            owner_id: self.owner,
+            patch_id: Uuid::now_v7(),
+            job_id: self.job_id,
+            side: to,
+            provider_id: self.providers[index(to)],
+            path: path.clone(),
+            provider_path: destination.clone(),
+            old: old.clone(),
+            new: new.clone(),
+            undo,
+            keep: self.versions,
+            at: Utc::now(),
+        };
+        let events = self
+            .pair
+            .handle(SyncPairCommand::StartPatch(started.clone()))
+            .map_err(|err| StepError::Log(err.to_string()))?;
+        self.record(&events).await?;
+        let writes: Vec<(u64, Bytes)> = plan.writes.into_iter().map(|(at, bytes)| (at, Bytes::from(bytes))).collect();
+        let written = match provider.write_in_place(&destination, new.size, writes).await {
+            Ok(written) => written,
+            Err(err) => {
+                // The old bytes go back now; where they cannot, the next run puts them back.
+                let layer = Layer::new(old.size, plan.undo, Bytes::from(plan.undo_bytes))?;
+                if undo_in_place(provider, &destination, &layer).await.is_ok()
+                    && hash_of(provider, &destination).await.ok().flatten().as_ref() == Some(&(old.checksum.clone(), old.size))
+                {
+                    let _ = self.record(&self.pair.settled(&started, PatchOutcome::Undone, Utc::now())).await;
+                }
+                return Err(err.into());
+            }
+        };
+        self.record(&self.pair.settled(&started, PatchOutcome::Written, Utc::now())).await?;
+        let tag = (provider.stat(&destination).await?).tag();
+        Ok(Some(Copied {
+            tag,
+            checksum: new.checksum.clone(),
+            stored: None,
+            manifest: put_manifest(&**chunks, &manifest).await.ok(),
+            written,
+        }))
+    }
+
+    /// The agreed version of `path`, when side `to` holds it as listed (with tag `expected`): by
+    /// the listing's checksum, so also after a write in place was undone, which leaves the content
+    /// and not the tag as it was.
+    pub(super) fn holds_agreed(&self, to: Side, path: &ProviderPath, expected: Option<&str>) -> Option<&Version> {
+        let present = self.listed(to, path)?;
+        let agreed = self.pair.base().get(path)?;
+        (expected == Some(present.tag.as_str()) && !agreed.checksum.is_empty() && agreed.same_content(&present.version)).then_some(agreed)
+    }
+
+    /// Appends events of the pair's (it is the pair's one run; its recorder appends with any
+    /// version too), unless the run's chunk-store lease has lapsed.
+    pub(super) async fn record(&self, events: &[DomainEvent]) -> Result<(), StepError> {
+        if self.lease.as_ref().is_some_and(|lease| !lease.valid()) {
+            return Err(StepError::Log(
+                "the run could not renew its chunk-store lease in time; the next run starts over".into(),
+            ));
+        }
+        append_pair(&self.commands, &self.ctx, &self.pair, events)
+            .await
+            .map_err(|err| StepError::Log(err.to_string()))
+    }
+}
+
+async fn append_pair(commands: &Commands, ctx: &Context, pair: &SyncPair, events: &[DomainEvent]) -> Result<(), CommandError> {
+    let Some(settings) = pair.settings() else {
+        return Err(CommandError::NotFound("sync pair"));
+    };
+    commands
+        .store()
+        .append(vec![StreamAppend {
+            stream: settings.pair_id.stream(),
+            expected: ExpectedVersion::Any,
+            events: events.iter().map(|e| encode(e, ctx)).collect(),
+        }])
+        .await?;
+    Ok(())
+}
+
+/// The BLAKE3 and size of the file `path`; `None` when it is gone.
+pub(super) async fn hash_of(provider: &dyn StorageProvider, path: &ProviderPath) -> Result<Option<(String, u64)>, ProviderError> {
+    let size = match provider.stat(path).await {
+        Ok(entry) => entry.size,
+        Err(ProviderError::NotFound(_)) => return Ok(None),
+        Err(err) => return Err(err),
+    };
+    let mut stream = provider.read(path, 0..size).await?;
+    let mut hasher = blake3::Hasher::new();
+    let mut read = 0_u64;
+    while let Some(piece) = stream.next().await {
+        let piece = piece?;
+        read += piece.len() as u64;
+        hasher.update(&piece);
+    }
+    Ok(Some((hasher.finalize().to_hex().to_string(), read)))
+}
+
+/// Writes an undo's bytes back over the file and cuts it to the old size.
+async fn undo_in_place(provider: &dyn StorageProvider, path: &ProviderPath, undo: &Layer) -> Result<u64, ProviderError> {
+    let mut ranges = Vec::with_capacity(undo.patch.ranges.len());
+    let mut at = 0_usize;
+    for (offset, len) in &undo.patch.ranges {
+        let len = *len as usize;
+        ranges.push((*offset, undo.bytes.slice(at..at + len)));
+        at += len;
+    }
+    provider.write_in_place(path, undo.size, ranges).await
+}
+
+/// Settles the writes in place of `pair` that a stopped run left pending, before a new run lists
+/// anything: a file that holds the new content is done (its old content kept as a version, where
+/// the pair keeps them); one that holds neither gets the old bytes back from the undo; one that
+/// then still holds neither (changed by someone else meanwhile) is left for the run to see.
+/// Returns how many were settled.
+///
+/// # Errors
+/// A side or the chunk store could not be read or written, or the log could not be appended to:
+/// the write stays pending, for the next run.
+pub(super) async fn settle_pending(
+    commands: &Commands,
+    ctx: &Context,
+    pair: &SyncPair,
+    sides: [&dyn StorageProvider; 2],
+) -> Result<usize, CommandError> {
+    let pending: Vec<FilePatchStarted> = pair.pending_patches().cloned().collect();
+    let storage = |err: ProviderError| CommandError::Storage(err.to_string());
+    for started in &pending {
+        let provider = sides[index(started.side)];
+        let path = &started.provider_path;
+        let is = |found: &Option<(String, u64)>, version: &Version| {
+            found
+                .as_ref()
+                .is_some_and(|(checksum, size)| *checksum == version.checksum && *size == version.size)
+        };
+        let found = hash_of(provider, path).await.map_err(storage)?;
+        let outcome = if is(&found, &started.new) {
+            PatchOutcome::Written
+        } else if is(&found, &started.old) {
+            PatchOutcome::Undone
+        } else if found.is_none() {
+            PatchOutcome::Abandoned
+        } else {
+            let chunks = commands.chunks().ok_or(CommandError::NotFound("chunk store"))?;
+            let manifest = get_manifest(&**chunks, &started.undo)
+                .await
+                .map_err(|err| CommandError::Storage(err.to_string()))?;
+            let layer = Layer::load(&**chunks, &manifest)
+                .await
+                .map_err(|err| CommandError::Storage(err.to_string()))?;
+            undo_in_place(provider, path, &layer).await.map_err(storage)?;
+            if is(&hash_of(provider, path).await.map_err(storage)?, &started.old) {
+                PatchOutcome::Undone
+            } else {
+                PatchOutcome::Abandoned
+            }
+        };
+        tracing::info!(pair = %started.pair_id, patch = %started.patch_id, outcome = ?outcome, "Settled an interrupted write in place.");
+        append_pair(commands, ctx, pair, &pair.settled(started, outcome, Utc::now())).await?;
+    }
+    Ok(pending.len())
 }
 
 /// A content kept in the chunk store, chunk by chunk.

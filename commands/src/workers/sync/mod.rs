@@ -112,6 +112,9 @@ enum StepError {
     Provider(#[from] ProviderError),
     #[error("{0}")]
     Chunks(#[from] cloudsync_chunks::StoreError),
+    /// What the step did could not be recorded.
+    #[error("{0}")]
+    Log(String),
 }
 
 /// The state of one path on one side during a decision: listed, or as the decision left it.
@@ -151,6 +154,11 @@ struct Executor {
     /// The pair as the run found it: the base and where agreed contents are kept.
     pair: SyncPair,
     policy: merge::ConflictPolicy,
+    /// Where writes in place record their intent and outcome (on the pair's stream), and whom for.
+    commands: crate::Commands,
+    ctx: crate::core::Context,
+    /// The run's chunk-store lease: nothing that stored chunks is recorded once it has lapsed.
+    lease: Option<crate::workers::gc::LeaseWatch>,
 }
 
 fn index(side: Side) -> usize {

@@ -223,7 +223,9 @@ impl Recorder<'_> {
 
     pub(super) async fn finish(mut self) -> Result<(), CommandError> {
         self.commit().await?;
-        // Versions beyond the pair's retention are let go (the collector frees their chunks).
+        // Versions beyond the pair's retention are let go (the collector frees their chunks),
+        // those that writes in place recorded beside this recorder included.
+        self.pair = self.tracker.commands.load::<SyncPair>(&self.pair_id.stream()).await?.0;
         let pruned = self.pair.handle(SyncPairCommand::PruneVersions { at: Utc::now() })?;
         self.append_pair(&pruned, None).await?;
         if !self.tracker.running().await? {

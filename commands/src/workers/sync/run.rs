@@ -69,6 +69,20 @@ pub(crate) async fn run_sync(commands: &Commands, job_id: SyncJobId, cancel: &Ca
             Err(error) => tracing::warn!(job = %job_id, error = %error, "Could not look for interrupted writes."),
         }
     }
+    // Writes in place that a stopped run left half-done are settled before anything is listed.
+    let pair = if pair.pending_patches().next().is_some() {
+        match super::delta::settle_pending(commands, &tracker.ctx, &pair, [&*sides.0, &*sides.1]).await {
+            Ok(settled) => tracing::info!(job = %job_id, settled, "Settled interrupted writes in place."),
+            Err(err) => {
+                return tracker
+                    .fail(format!("an interrupted write in place could not be settled: {err}"))
+                    .await;
+            }
+        }
+        commands.load::<SyncPair>(&pair_id.stream()).await?.0
+    } else {
+        pair
+    };
     let listing = async {
         futures::try_join!(
             list_side(Arc::clone(&sides.0), settings.source.path.clone(), &pair, Side::Source),
@@ -163,6 +177,9 @@ pub(super) async fn transfer(
         versions: settings.keep_versions > 0,
         pair: pair.clone(),
         policy: settings.policy,
+        commands: commands.clone(),
+        ctx: tracker.ctx,
+        lease: lease.map(Lease::watch),
     };
     let mut run = Recorder {
         tracker,

@@ -9,19 +9,19 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use chrono::Utc;
-use cloudsync_chunks::{ChunkStore, Manifest, get_manifest, put_content, put_stream};
+use cloudsync_chunks::{ChunkStore, Layer, Manifest, get_manifest, overlay, put_content, put_stream};
 use cloudsync_domain::events::{FileVersionKept, Resolution, VersionReason};
 use cloudsync_domain::merge::{self, Action, Decision, Side, SyncMode, Version};
 use cloudsync_domain::sync_pair::{SyncPair, SyncPairCommand};
 use cloudsync_domain::{Aggregate, ProviderPath, SyncJobId, SyncPairId, UserId};
-use cloudsync_providers::{Entry, ProviderError, StorageProvider};
+use cloudsync_providers::{ByteStream, Entry, ProviderError, StorageProvider};
 use futures::{StreamExt, TryStreamExt};
 use uuid::Uuid;
 
-use super::delta::stored_stream;
+use super::delta::{hash_of, stored_stream};
 use super::recorder::Recorder;
 use super::write::{temporary_name, write_checked};
-use super::{BATCH, CONCURRENCY, Executor, KEEP_TEXT, Present, StepError, index};
+use super::{BATCH, CONCURRENCY, DELTA_MIN, Executor, KEEP_TEXT, Present, StepError, index};
 use crate::core::{Context, storage_error};
 use crate::{CommandError, Commands};
 
@@ -34,8 +34,10 @@ impl Commands {
     ///
     /// # Errors
     /// [`CommandError::NotFound`] for unknown versions and someone else's;
-    /// [`CommandError::Conflict`] while a run of the pair is in progress; storage errors (nothing
-    /// is replaced unless the whole version was read back and checked).
+    /// [`CommandError::Conflict`] while a run of the pair is in progress, when the file changed
+    /// while it was restored, or when the version was kept as a change of newer content that is
+    /// no longer kept nor on either side; storage errors (nothing is replaced unless the whole
+    /// version was read back and checked).
     pub async fn restore_file_version(
         &self,
         user: UserId,
@@ -63,12 +65,21 @@ impl Commands {
         };
         let provider = self.provider(user, endpoint.provider_id).await?;
         let destination = kept.path.under(&endpoint.path);
+        let other = match side {
+            Side::Source => &settings.target,
+            Side::Target => &settings.source,
+        };
+        let other_provider = self.provider(user, other.provider_id).await?;
+        let other_path = kept.path.under(&other.path);
         let lease = self.lease_now(format!("restore-{}", Uuid::now_v7())).await?;
         let restored = async {
             let manifest = get_manifest(&*chunks, &kept.content).await?;
             if manifest.checksum != kept.version.checksum {
                 return Err(StepError::Changed("the kept version's manifest does not match it".into()));
             }
+            // Read before anything is written: it may be rebuilt over the file as it is now.
+            let sides = [(&*provider, &destination), (&*other_provider, &other_path)];
+            let data = kept_stream(&chunks, &pair, &kept, manifest, sides).await?;
             // What is there now becomes a version of its own.
             let mut replaced = Vec::new();
             let current = match provider.stat(&destination).await {
@@ -95,17 +106,22 @@ impl Commands {
                     reason: VersionReason::Restored,
                     job_id: None,
                     at: Utc::now(),
+                    base: None,
                 });
             }
             let expected = current.as_ref().map(Entry::tag);
             let temporary = temporary_name(&destination, pair_id);
-            let data = stored_stream(Arc::clone(&chunks), manifest);
             write_checked(&*provider, None, &destination, &temporary, data, &kept.version, expected.as_deref()).await?;
             Ok(replaced)
         }
         .await;
         let recorded = async {
-            let replaced = restored.map_err(|err| CommandError::Storage(err.to_string()))?;
+            let replaced = restored.map_err(|err| match err {
+                // The file changed meanwhile, or the version cannot be rebuilt: the owner's to
+                // know, and nothing was written.
+                StepError::Changed(why) => CommandError::Conflict(why),
+                other => CommandError::Storage(other.to_string()),
+            })?;
             let (mut pair, version) = self.load::<SyncPair>(&pair_id.stream()).await?;
             let mut events = pair.handle(SyncPairCommand::KeepVersions(replaced))?;
             events.iter().for_each(|e| pair.apply(e));
@@ -127,6 +143,54 @@ impl Commands {
             Err(err) => Err(err),
         }
     }
+}
+
+/// The content of the kept version `kept` (whose manifest is `manifest`) as a stream: from the
+/// chunk store, or, for a version kept as the bytes a write in place destroyed, rebuilt over the
+/// newer content it was kept against: another kept version of the path (itself whole or rebuilt
+/// in turn), or the file as it is now on one of `sides` (provider, path), found by its BLAKE3.
+async fn kept_stream(
+    chunks: &Arc<dyn ChunkStore>,
+    pair: &SyncPair,
+    kept: &FileVersionKept,
+    mut manifest: Manifest,
+    sides: [(&dyn StorageProvider, &ProviderPath); 2],
+) -> Result<ByteStream, StepError> {
+    let mut layers = Vec::new();
+    let mut seen = HashSet::new();
+    let base = 'base: loop {
+        let Some(patch) = manifest.patch.clone() else {
+            break stored_stream(Arc::clone(chunks), manifest);
+        };
+        if !seen.insert(patch.base.clone()) {
+            return Err(StepError::Changed("the kept versions of this file form a cycle".into()));
+        }
+        layers.push(Layer::load(&**chunks, &manifest).await?);
+        // Another kept version of the path with that content, a whole one first.
+        let newer = pair
+            .versions()
+            .filter(|v| v.path == kept.path && v.version.checksum == patch.base)
+            .min_by_key(|v| v.base.is_some());
+        if let Some(newer) = newer {
+            manifest = get_manifest(&**chunks, &newer.content).await?;
+            continue;
+        }
+        for (provider, path) in sides {
+            if hash_of(provider, path)
+                .await?
+                .is_some_and(|(checksum, size)| checksum == patch.base && size == patch.base_size)
+            {
+                break 'base provider.read(path, 0..patch.base_size).await?;
+            }
+        }
+        return Err(StepError::Changed(
+            "this version was kept as the bytes a later change overwrote, and the newer content it was kept against is no longer kept \
+             nor on either side (changed outside CloudSync on both): it cannot be rebuilt"
+                .into(),
+        ));
+    };
+    layers.reverse();
+    Ok(overlay(base, layers))
 }
 
 /// Content at risk, and its id in the chunk store once kept.
@@ -196,6 +260,8 @@ impl Executor {
         };
         for action in decisions.iter().flat_map(|d| &d.actions) {
             match action {
+                // A write in place keeps what it destroys itself.
+                Action::Copy { to, path, version, .. } if self.defers(*to, path, version) => {}
                 Action::Copy { to, path, version, .. } => add(*to, path, VersionReason::Replaced, Some(version)),
                 Action::Delete { side, path, .. } => add(*side, path, VersionReason::Deleted, None),
                 Action::MergeText { path, .. } => {
@@ -261,6 +327,7 @@ impl Executor {
                     reason: *reason,
                     job_id: Some(self.job_id),
                     at: Utc::now(),
+                    base: None,
                 }),
                 Err(err) => {
                     blocked.insert(
@@ -312,6 +379,51 @@ impl Executor {
             )));
         }
         Ok((id, manifest.checksum))
+    }
+
+    /// Whether the version that copying `version` to `path` on side `to` replaces is kept by the
+    /// copy rather than before it: where the side writes in place and holds the agreed version of
+    /// a large file, the write keeps only what it destroys (or, if it copies the file whole after
+    /// all, keeps the old content whole first: [`Executor::keep_before_copy`]).
+    pub(super) fn defers(&self, to: Side, path: &ProviderPath, version: &Version) -> bool {
+        self.versions
+            && self.chunks.is_some()
+            && version.size >= DELTA_MIN
+            && !self.keeps(path, version.size)
+            && self.provider(to).writes_in_place()
+            && self
+                .listed(to, path)
+                .is_some_and(|present| self.holds_agreed(to, path, Some(&present.tag)).is_some())
+    }
+
+    /// Keeps (and records) the content a copy is about to replace whole, when [`Executor::defers`]
+    /// left that to the copy.
+    pub(super) async fn keep_before_copy(&self, to: Side, path: &ProviderPath) -> Result<(), StepError> {
+        let Some(present) = self.listed(to, path) else { return Ok(()) };
+        let (content, checksum) = self.keep_version(to, path, &present).await?;
+        let kept = FileVersionKept {
+            pair_id: self.pair_id,
+            owner_id: self.owner,
+            version_id: Uuid::now_v7(),
+            side: to,
+            provider_id: self.providers[index(to)],
+            path: path.clone(),
+            provider_path: self.full(to, path),
+            version: Version {
+                checksum,
+                ..present.version.clone()
+            },
+            content,
+            reason: VersionReason::Replaced,
+            job_id: Some(self.job_id),
+            at: Utc::now(),
+            base: None,
+        };
+        let events = self
+            .pair
+            .handle(SyncPairCommand::KeepVersions(vec![kept]))
+            .map_err(|err| StepError::Log(err.to_string()))?;
+        self.record(&events).await
     }
 
     /// Keeps a text file too large to copy through memory, as just written to `path` on side `to`

@@ -46,6 +46,9 @@ impl Executor {
             patched.stored = self.keep_copied(to, path, version, &patched.checksum).await;
             return Ok(patched);
         }
+        if self.defers(to, path, version) {
+            self.keep_before_copy(to, path).await?;
+        }
         let stream = self
             .provider(to.other())
             .read(&self.full(to.other(), from), 0..version.size)
