@@ -500,7 +500,11 @@ async fn main() -> anyhow::Result<()> {
         Ok(())
     }
     .await;
-    std::fs::remove_dir_all(&work).ok();
+    if std::env::var("BENCH_KEEP").is_ok_and(|v| v == "1") {
+        eprintln!("kept {} (BENCH_KEEP=1)", work.display());
+    } else {
+        std::fs::remove_dir_all(&work).ok();
+    }
     result?;
     print_heading("sync", started);
     println!(

@@ -163,8 +163,8 @@ fn push_range(patch: &mut Patch, offset: u64, len: usize) {
 }
 
 /// Stores a content of `size` bytes with BLAKE3 `checksum` as a change of a newer one: `bytes`
-/// (the content's bytes at `patch.ranges`, in order) as chunks, then the manifest. Returns the
-/// manifest's id.
+/// (the content's bytes at `patch.ranges`, in order) as chunks, then the manifest, all durable
+/// (names included) when it returns. Returns the manifest's id.
 ///
 /// # Errors
 /// A patch whose ranges do not fit ([`StoreError::Damaged`]), or the store's.
@@ -186,7 +186,11 @@ pub async fn put_patch(store: &dyn ChunkStore, checksum: &str, size: u64, patch:
     manifest.checksum = checksum.to_owned();
     manifest.size = size;
     manifest.patch = Some(patch);
-    put_manifest(store, &manifest).await
+    let id = put_manifest(store, &manifest).await?;
+    let mut names: Vec<String> = manifest.chunks.into_iter().map(|c| c.id).collect();
+    names.push(id.clone());
+    store.make_durable(&names).await?;
+    Ok(id)
 }
 
 /// One older content over its newer one: its size, its patch and the patch's bytes.

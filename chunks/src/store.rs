@@ -48,6 +48,14 @@ pub trait ChunkStore: Send + Sync {
         Ok(0)
     }
 
+    /// Makes the names of these stored chunks durable (a power cut keeps them, not only their
+    /// bytes), for what must be there before something else is overwritten. Stores whose writes
+    /// are durable when they return do nothing.
+    async fn make_durable(&self, ids: &[String]) -> Result<(), StoreError> {
+        let _ = ids;
+        Ok(())
+    }
+
     /// Stores many chunks (id, bytes) at once; returns how many were new. A store may make them
     /// durable together rather than one by one.
     async fn put_many(&self, chunks: &[(String, &[u8])]) -> Result<usize, StoreError> {
@@ -235,6 +243,22 @@ impl ChunkStore for ProviderStore {
             }
         }
         written
+    }
+
+    /// Syncs the folders that name the chunks (their files were synced before they were renamed
+    /// into place).
+    async fn make_durable(&self, ids: &[String]) -> Result<(), StoreError> {
+        let mut folders: Vec<ProviderPath> = Vec::new();
+        for id in ids {
+            let folder = self.path(id)?.parent();
+            if !folders.contains(&folder) {
+                folders.push(folder);
+            }
+        }
+        for folder in folders {
+            self.provider.flush(std::slice::from_ref(&folder)).await?;
+        }
+        Ok(())
     }
 
     async fn remove_temporaries(&self) -> Result<usize, StoreError> {

@@ -176,9 +176,10 @@ impl SyncPair {
             at,
         })];
         // The same content kept again (a retried run) is one version.
+        // (Only against a version kept whole: one kept as a change depends on its newer content.)
         let again = self
             .latest_version(started.side, &started.path)
-            .is_some_and(|v| v.version.checksum == started.old.checksum);
+            .is_some_and(|v| v.base.is_none() && v.version.checksum == started.old.checksum);
         if outcome == PatchOutcome::Written && started.keep && !again {
             events.push(DomainEvent::FileVersionKept(FileVersionKept {
                 pair_id: started.pair_id,
@@ -385,10 +386,11 @@ impl Aggregate for SyncPair {
                         return Err(DomainError::Invalid("a version of another pair".into()));
                     }
                     let key = (version.side, version.path.clone());
-                    let latest = newest
-                        .get(&key)
-                        .cloned()
-                        .or_else(|| self.latest_version(version.side, &version.path).map(|v| v.version.checksum.clone()));
+                    let latest = newest.get(&key).cloned().or_else(|| {
+                        self.latest_version(version.side, &version.path)
+                            .filter(|v| v.base.is_none())
+                            .map(|v| v.version.checksum.clone())
+                    });
                     // The same content kept again (a retried run) is one version.
                     if latest.as_deref() == Some(version.version.checksum.as_str()) {
                         continue;
@@ -763,10 +765,19 @@ mod tests {
         );
         let events = pair.when(settle(1, PatchOutcome::Written)).expect("settled");
         assert_eq!(events.len(), 2, "settled, and the old content kept: {events:?}");
-        let kept = pair.state().kept_version(Uuid::from_u128(1)).expect("a version");
+        let kept = pair.state().kept_version(Uuid::from_u128(1)).expect("a version").clone();
         assert_eq!((kept.version.checksum.as_str(), kept.base.as_deref()), ("1", Some("2")));
         assert_eq!(pair.state().pending_patches().count(), 0);
         assert!(matches!(pair.when(settle(1, PatchOutcome::Written)), Err(DomainError::NotFound(_))));
+        // The same content kept whole later is a version of its own: a version kept as a change
+        // depends on newer content, so it does not stand for the content by itself.
+        let whole = FileVersionKept {
+            version_id: Uuid::from_u128(50),
+            content: "whole-1".into(),
+            base: None,
+            ..kept.clone()
+        };
+        assert_eq!(pair.when(SyncPairCommand::KeepVersions(vec![whole])).expect("kept").len(), 1);
         // Undone: nothing is kept, and the undo is no longer the pair's.
         pair.when(SyncPairCommand::StartPatch(started(2, "2", "3", Side::Target)))
             .expect("started");

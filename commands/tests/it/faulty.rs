@@ -168,6 +168,31 @@ impl StorageProvider for Faulty {
         self.inner.patch(path, size, ranges, checksum).await
     }
 
+    fn writes_in_place(&self) -> bool {
+        self.inner.writes_in_place()
+    }
+
+    /// A broken write in place writes the ranges that fit before the break (and the new size),
+    /// then fails: the file is left half-written.
+    async fn write_in_place(&self, path: &ProviderPath, size: u64, ranges: Vec<(u64, Bytes)>) -> Result<u64, ProviderError> {
+        self.faults.before_writing(path);
+        self.faults.writes.fetch_add(1, Ordering::SeqCst);
+        let limit = self.faults.break_after.load(Ordering::SeqCst);
+        if limit == 0 {
+            return self.inner.write_in_place(path, size, ranges).await;
+        }
+        let mut passed = 0_u64;
+        let sent: Vec<(u64, Bytes)> = ranges
+            .into_iter()
+            .take_while(|(_, bytes)| {
+                passed += bytes.len() as u64;
+                passed <= limit
+            })
+            .collect();
+        self.inner.write_in_place(path, size, sent).await?;
+        Err(ProviderError::Temporary(format!("the connection dropped after {limit} bytes")))
+    }
+
     async fn remove_abandoned_writes(&self, folder: &ProviderPath) -> Result<u64, ProviderError> {
         self.inner.remove_abandoned_writes(folder).await
     }

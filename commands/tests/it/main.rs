@@ -219,3 +219,50 @@ async fn a_file_changed_on_the_target_during_a_run_is_never_overwritten() {
     }
     assert_eq!(tree(&s.source), tree(&s.target));
 }
+
+#[tokio::test]
+async fn a_write_in_place_that_breaks_midway_is_undone_and_the_next_run_writes_it() {
+    let old: Vec<u8> = (0..3_000_000_u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
+    let s = setup(&[("large.bin", &old)]).await;
+    assert_eq!(s.run(s.first_run).await.0, JobPhase::Completed);
+    // Two edits far apart, and the file grows: the write in place breaks after the first edit,
+    // with the file already longer.
+    let mut new = old.clone();
+    new[100_000..104_096].fill(1);
+    new[2_000_000..2_004_096].fill(2);
+    new.extend_from_slice(&[3; 100_000]);
+    write(&s.source, "large.bin", &new);
+    s.faults.break_streams_after(5_000);
+    let (phase, reason) = s.run_again().await;
+    assert_eq!(phase, JobPhase::Failed, "{reason}");
+    assert!(reason.contains("the connection dropped"), "{reason}");
+    assert_eq!(
+        std::fs::read(s.target.join("large.bin")).expect("read"),
+        old,
+        "the half-written file got its old bytes and size back"
+    );
+    // The connection is still broken when the run puts the old bytes back, so that write is cut
+    // short too (what it wrote put the file back all the same): the write stays pending, and the
+    // next run settles it first.
+    s.faults.heal();
+    assert_eq!(s.run_again().await.0, JobPhase::Completed);
+    assert_eq!(tree(&s.target), tree(&s.source));
+    let events = s.commands.store().read_stream(&s.pair.stream()).await.expect("events");
+    let settled: Vec<&str> = events
+        .iter()
+        .filter(|e| e.event_type == "FilePatchSettled")
+        .filter_map(|e| e.payload["outcome"].as_str())
+        .collect();
+    assert_eq!(settled, ["UNDONE", "WRITTEN"]);
+    let kept = events
+        .iter()
+        .rev()
+        .find(|e| e.event_type == "FileVersionKept")
+        .expect("the replaced version is kept");
+    assert_eq!(kept.payload["version"]["checksum"], blake3::hash(&old).to_hex().as_str());
+    assert!(
+        kept.payload["base"].is_string(),
+        "kept as what the write destroyed: {}",
+        kept.payload
+    );
+}

@@ -17,7 +17,7 @@ use std::sync::Arc;
 use bytes::Buf as _;
 use bytes::Bytes;
 use chrono::Utc;
-use cloudsync_chunks::{ChunkRef, ChunkStore, Chunker, Differ, Layer, Manifest, get_manifest, put_manifest, put_patch};
+use cloudsync_chunks::{ChunkRef, ChunkStore, Chunker, Differ, Layer, Manifest, get_manifest, overlay, put_manifest, put_patch};
 use cloudsync_domain::events::{FilePatchStarted, PatchOutcome};
 use cloudsync_domain::merge::{Side, Version};
 use cloudsync_domain::sync_pair::{SyncPair, SyncPairCommand};
@@ -53,7 +53,7 @@ impl Executor {
         if self.provider(to).writes_in_place()
             && let Some(old) = self.holds_agreed(to, path, expected)
         {
-            return self.write_in_place(to, from, path, old, version).await;
+            return self.write_in_place(to, from, path, old, version, expected).await;
         }
         if !self.provider(to).patches() || expected.is_none() || expected != agreed_tag {
             return Ok(None);
@@ -159,6 +159,7 @@ impl Executor {
         path: &ProviderPath,
         old: &Version,
         new: &Version,
+        expected: Option<&str>,
     ) -> Result<Option<Copied>, StepError> {
         let Some(chunks) = &self.chunks else {
             return Ok(None);
@@ -169,8 +170,6 @@ impl Executor {
         let mut target = provider.read(&destination, 0..old.size).await?;
         let mut differ = Differ::new(new.size, MAX_PATCH);
         let (mut new_hash, mut old_hash) = (blake3::Hasher::new(), blake3::Hasher::new());
-        // The new version's manifest, for sides that patch by chunks.
-        let mut chunker = Chunker::without_checksum();
         let (mut new_piece, mut old_piece) = (Bytes::new(), Bytes::new());
         let (mut new_at, mut old_at) = (0_u64, 0_u64);
         let (mut new_done, mut old_done) = (false, false);
@@ -180,7 +179,6 @@ impl Executor {
                     Some(piece) => {
                         new_piece = piece?;
                         new_hash.update(&new_piece);
-                        let _ = chunker.push(&new_piece, |_, _| Ok::<(), std::convert::Infallible>(()));
                     }
                     None => new_done = true,
                 }
@@ -236,8 +234,8 @@ impl Executor {
                 to.name()
             )));
         }
-        let Ok(mut manifest) = chunker.finish(|_, _| Ok::<(), std::convert::Infallible>(()));
-        manifest.checksum.clone_from(&new.checksum);
+        // Nothing was added to the file since it was listed (its first bytes would still hash).
+        self.check_unchanged(to, path, expected).await?;
         let mut plan = differ.finish();
         plan.undo.base.clone_from(&new.checksum);
         let undo = put_patch(&**chunks, &old.checksum, old.size, plan.undo.clone(), &plan.undo_bytes).await?;
@@ -267,9 +265,7 @@ impl Executor {
             Err(err) => {
                 // The old bytes go back now; where they cannot, the next run puts them back.
                 let layer = Layer::new(old.size, plan.undo, Bytes::from(plan.undo_bytes))?;
-                if undo_in_place(provider, &destination, &layer).await.is_ok()
-                    && hash_of(provider, &destination).await.ok().flatten().as_ref() == Some(&(old.checksum.clone(), old.size))
-                {
+                if undo_if_ours(provider, &destination, &layer, old).await.unwrap_or(false) {
                     let _ = self.record(&self.pair.settled(&started, PatchOutcome::Undone, Utc::now())).await;
                 }
                 return Err(err.into());
@@ -281,7 +277,8 @@ impl Executor {
             tag,
             checksum: new.checksum.clone(),
             stored: None,
-            manifest: put_manifest(&**chunks, &manifest).await.ok(),
+            // Chunk manifests serve sides that patch by chunks; this side compares bytes.
+            manifest: None,
             written,
         }))
     }
@@ -305,7 +302,12 @@ impl Executor {
         }
         append_pair(&self.commands, &self.ctx, &self.pair, events)
             .await
-            .map_err(|err| StepError::Log(err.to_string()))
+            .map_err(|err| StepError::Log(err.to_string()))?;
+        self.recorded
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .extend_from_slice(events);
+        Ok(())
     }
 }
 
@@ -354,10 +356,36 @@ async fn undo_in_place(provider: &dyn StorageProvider, path: &ProviderPath, undo
     provider.write_in_place(path, undo.size, ranges).await
 }
 
+/// Puts the old bytes back over the file `path` if that makes it `old` again: the file is first
+/// read as it would be with the undo applied, so a file someone else changed meanwhile (an editor
+/// that saved it, a restore) is left alone. True when the file holds `old` afterwards.
+async fn undo_if_ours(provider: &dyn StorageProvider, path: &ProviderPath, undo: &Layer, old: &Version) -> Result<bool, ProviderError> {
+    let size = match provider.stat(path).await {
+        Ok(entry) => entry.size,
+        Err(ProviderError::NotFound(_)) => return Ok(false),
+        Err(err) => return Err(err),
+    };
+    let mut undone = overlay(provider.read(path, 0..size).await?, vec![undo.clone()]);
+    let (mut hasher, mut read) = (blake3::Hasher::new(), 0_u64);
+    while let Some(piece) = undone.next().await {
+        let piece = piece?;
+        read += piece.len() as u64;
+        hasher.update(&piece);
+    }
+    if read != old.size || hasher.finalize().to_hex().as_str() != old.checksum {
+        return Ok(false);
+    }
+    undo_in_place(provider, path, undo).await?;
+    Ok(hash_of(provider, path)
+        .await?
+        .is_some_and(|(checksum, size)| checksum == old.checksum && size == old.size))
+}
+
 /// Settles the writes in place of `pair` that a stopped run left pending, before a new run lists
 /// anything: a file that holds the new content is done (its old content kept as a version, where
-/// the pair keeps them); one that holds neither gets the old bytes back from the undo; one that
-/// then still holds neither (changed by someone else meanwhile) is left for the run to see.
+/// the pair keeps them); one that holds neither gets the old bytes back from the undo, if that
+/// makes it the old content; one that would not (changed by someone else meanwhile) is left as it
+/// is, for the run to see as a change.
 /// Returns how many were settled.
 ///
 /// # Errors
@@ -394,8 +422,7 @@ pub(super) async fn settle_pending(
             let layer = Layer::load(&**chunks, &manifest)
                 .await
                 .map_err(|err| CommandError::Storage(err.to_string()))?;
-            undo_in_place(provider, path, &layer).await.map_err(storage)?;
-            if is(&hash_of(provider, path).await.map_err(storage)?, &started.old) {
+            if undo_if_ours(provider, path, &layer, &started.old).await.map_err(storage)? {
                 PatchOutcome::Undone
             } else {
                 PatchOutcome::Abandoned

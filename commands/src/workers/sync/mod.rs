@@ -159,6 +159,8 @@ struct Executor {
     ctx: crate::core::Context,
     /// The run's chunk-store lease: nothing that stored chunks is recorded once it has lapsed.
     lease: Option<crate::workers::gc::LeaseWatch>,
+    /// The pair's events it recorded itself, in order (for the recorder's view of the pair).
+    recorded: std::sync::Mutex<Vec<cloudsync_domain::DomainEvent>>,
 }
 
 fn index(side: Side) -> usize {

@@ -221,11 +221,13 @@ impl Recorder<'_> {
         self.append_pair(&events, None).await
     }
 
-    pub(super) async fn finish(mut self) -> Result<(), CommandError> {
+    /// Ends the run; `beside`: the pair's events that the executor recorded itself (writes in
+    /// place), which this recorder's view of the pair takes in first.
+    pub(super) async fn finish(mut self, beside: Vec<DomainEvent>) -> Result<(), CommandError> {
+        beside.iter().for_each(|e| self.pair.apply(e));
         self.commit().await?;
         // Versions beyond the pair's retention are let go (the collector frees their chunks),
-        // those that writes in place recorded beside this recorder included.
-        self.pair = self.tracker.commands.load::<SyncPair>(&self.pair_id.stream()).await?.0;
+        // those that writes in place recorded beside this recorder (`beside`) included.
         let pruned = self.pair.handle(SyncPairCommand::PruneVersions { at: Utc::now() })?;
         self.append_pair(&pruned, None).await?;
         if !self.tracker.running().await? {

@@ -180,6 +180,7 @@ pub(super) async fn transfer(
         commands: commands.clone(),
         ctx: tracker.ctx,
         lease: lease.map(Lease::watch),
+        recorded: std::sync::Mutex::new(Vec::new()),
     };
     let mut run = Recorder {
         tracker,
@@ -251,7 +252,8 @@ pub(super) async fn transfer(
         }
     }
     drop(in_flight);
-    run.finish().await
+    let beside = std::mem::take(&mut *executor.recorded.lock().unwrap_or_else(std::sync::PoisonError::into_inner));
+    run.finish(beside).await
 }
 
 pub(super) async fn carry_out<'a>(executor: &'a Executor, decision: &'a Decision, blocked: Option<&String>) -> (&'a Decision, Outcome) {

@@ -48,6 +48,11 @@ impl Commands {
         let (pair, _) = self.load::<SyncPair>(&pair_id.stream()).await?;
         let settings = pair.live_for(user).cloned().ok_or(UNKNOWN)?;
         let kept = pair.kept_version(version_id).cloned().ok_or(UNKNOWN)?;
+        if pair.pending_patches().any(|p| p.path == kept.path) {
+            return Err(CommandError::Conflict(
+                "a write of this file was interrupted; the pair's next run settles it first, then restore".into(),
+            ));
+        }
         let chunks = Arc::clone(self.chunks().ok_or(UNKNOWN)?);
         if let Some(last) = self.run_in_progress(&pair).await? {
             return Err(CommandError::Conflict(format!(
@@ -147,50 +152,85 @@ impl Commands {
 
 /// The content of the kept version `kept` (whose manifest is `manifest`) as a stream: from the
 /// chunk store, or, for a version kept as the bytes a write in place destroyed, rebuilt over the
-/// newer content it was kept against: another kept version of the path (itself whole or rebuilt
-/// in turn), or the file as it is now on one of `sides` (provider, path), found by its BLAKE3.
+/// newer content it was kept against: the file as it is now on one of `sides` (provider, path;
+/// found by its BLAKE3), or another kept version of the path (whole, or rebuilt in turn). Every
+/// way is tried, each version once.
 async fn kept_stream(
     chunks: &Arc<dyn ChunkStore>,
     pair: &SyncPair,
     kept: &FileVersionKept,
-    mut manifest: Manifest,
+    manifest: Manifest,
     sides: [(&dyn StorageProvider, &ProviderPath); 2],
 ) -> Result<ByteStream, StepError> {
-    let mut layers = Vec::new();
-    let mut seen = HashSet::new();
-    let base = 'base: loop {
-        let Some(patch) = manifest.patch.clone() else {
-            break stored_stream(Arc::clone(chunks), manifest);
-        };
-        if !seen.insert(patch.base.clone()) {
-            return Err(StepError::Changed("the kept versions of this file form a cycle".into()));
-        }
-        layers.push(Layer::load(&**chunks, &manifest).await?);
-        // Another kept version of the path with that content, a whole one first.
-        let newer = pair
-            .versions()
-            .filter(|v| v.path == kept.path && v.version.checksum == patch.base)
-            .min_by_key(|v| v.base.is_some());
-        if let Some(newer) = newer {
-            manifest = get_manifest(&**chunks, &newer.content).await?;
-            continue;
-        }
+    let mut held = Vec::new();
+    if manifest.patch.is_some() {
         for (provider, path) in sides {
-            if hash_of(provider, path)
-                .await?
-                .is_some_and(|(checksum, size)| checksum == patch.base && size == patch.base_size)
-            {
-                break 'base provider.read(path, 0..patch.base_size).await?;
+            if let Some((checksum, size)) = hash_of(provider, path).await? {
+                held.push(Held {
+                    provider,
+                    path,
+                    checksum,
+                    size,
+                });
             }
         }
-        return Err(StepError::Changed(
-            "this version was kept as the bytes a later change overwrote, and the newer content it was kept against is no longer kept \
-             nor on either side (changed outside CloudSync on both): it cannot be rebuilt"
-                .into(),
-        ));
-    };
-    layers.reverse();
-    Ok(overlay(base, layers))
+    }
+    let mut tried = HashSet::from([kept.version_id]);
+    content_of(chunks, pair, &kept.path, manifest, &held, &mut tried)
+        .await?
+        .ok_or_else(|| {
+            StepError::Changed(
+                "this version was kept as the bytes a later change overwrote, and the newer content it was kept against is no \
+                 longer kept nor on either side (changed outside CloudSync on both): it cannot be rebuilt"
+                    .into(),
+            )
+        })
+}
+
+/// A file on a side as it is now.
+struct Held<'a> {
+    provider: &'a dyn StorageProvider,
+    path: &'a ProviderPath,
+    checksum: String,
+    size: u64,
+}
+
+/// The content `manifest` describes, as a stream, or `None` when a patch's newer content is
+/// nowhere (see [`kept_stream`]).
+fn content_of<'a>(
+    chunks: &'a Arc<dyn ChunkStore>,
+    pair: &'a SyncPair,
+    path: &'a ProviderPath,
+    manifest: Manifest,
+    held: &'a [Held<'a>],
+    tried: &'a mut HashSet<Uuid>,
+) -> futures::future::BoxFuture<'a, Result<Option<ByteStream>, StepError>> {
+    Box::pin(async move {
+        let Some(patch) = manifest.patch.clone() else {
+            return Ok(Some(stored_stream(Arc::clone(chunks), manifest)));
+        };
+        let layer = Layer::load(&**chunks, &manifest).await?;
+        if let Some(side) = held.iter().find(|h| h.checksum == patch.base && h.size == patch.base_size) {
+            let base = side.provider.read(side.path, 0..side.size).await?;
+            return Ok(Some(overlay(base, vec![layer])));
+        }
+        // Kept versions of that content, whole ones first.
+        let mut candidates: Vec<&FileVersionKept> = pair
+            .versions()
+            .filter(|v| &v.path == path && v.version.checksum == patch.base && !tried.contains(&v.version_id))
+            .collect();
+        candidates.sort_by_key(|v| v.base.is_some());
+        for newer in candidates {
+            if !tried.insert(newer.version_id) {
+                continue;
+            }
+            let newer = get_manifest(&**chunks, &newer.content).await?;
+            if let Some(base) = content_of(chunks, pair, path, newer, held, tried).await? {
+                return Ok(Some(overlay(base, vec![layer])));
+            }
+        }
+        Ok(None)
+    })
 }
 
 /// Content at risk, and its id in the chunk store once kept.
