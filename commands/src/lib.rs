@@ -48,6 +48,9 @@ pub struct Commands {
     clock: Arc<dyn Clock>,
     /// Days a file deleted with its content kept stays restorable.
     deleted_keep_days: u32,
+    /// Sync pairs as last loaded (their history grows with every run), brought up to date by
+    /// reading only the events after their version.
+    pairs: Arc<core::PairCache>,
 }
 
 /// What wraps every provider the commands open, given the connection's id (instrumentation, or
@@ -64,6 +67,7 @@ impl Commands {
             layer: None,
             clock: cloudsync_domain::clock::system(),
             deleted_keep_days: DELETED_KEEP_DAYS,
+            pairs: Arc::new(core::PairCache::default()),
         }
     }
 
@@ -129,8 +133,20 @@ impl Commands {
     ///
     /// # Errors
     /// Store failures and undecodable events.
-    pub async fn load<A: Aggregate<Event = DomainEvent>>(&self, stream: &str) -> Result<(A, i64), CommandError> {
+    pub async fn load<A: Aggregate<Event = DomainEvent> + 'static>(&self, stream: &str) -> Result<(A, i64), CommandError> {
+        if std::any::TypeId::of::<A>() == std::any::TypeId::of::<cloudsync_domain::sync_pair::SyncPair>() {
+            let loaded: Box<dyn std::any::Any> = Box::new(self.pairs.load(&*self.store, stream).await?);
+            return loaded
+                .downcast::<(A, i64)>()
+                .map(|loaded| *loaded)
+                .map_err(|_| CommandError::Storage("a sync pair loaded as another aggregate".into()));
+        }
         core::load(&*self.store, stream).await
+    }
+
+    /// Forgets the sync pairs held in memory (an account was erased: its paths, opened before, go).
+    pub(crate) fn forget_pairs(&self) {
+        self.pairs.clear();
     }
 
     /// Appends one stream's events at the version it was loaded at; returns the last position.

@@ -268,6 +268,11 @@ impl EventStore for SealingStore {
         self.open_all(events).await
     }
 
+    async fn read_stream_after(&self, stream: &str, after: i64) -> Result<Vec<RecordedEvent>, StoreError> {
+        let events = self.inner.read_stream_after(stream, after).await?;
+        self.open_all(events).await
+    }
+
     async fn read_all(&self, after: i64, limit: i64) -> Result<Vec<RecordedEvent>, StoreError> {
         let events = self.inner.read_all(after, limit).await?;
         self.open_all(events).await

@@ -47,6 +47,14 @@ pub trait EventStore: Send + Sync + 'static {
     /// The whole history of one stream, in version order (empty for a stream that does not exist).
     async fn read_stream(&self, stream: &str) -> Result<Vec<RecordedEvent>, StoreError>;
 
+    /// The events of one stream after its version `after`, in version order: what a caller that
+    /// folded the stream up to `after` has not seen.
+    async fn read_stream_after(&self, stream: &str, after: i64) -> Result<Vec<RecordedEvent>, StoreError> {
+        let mut events = self.read_stream(stream).await?;
+        events.retain(|e| e.stream_version > after);
+        Ok(events)
+    }
+
     /// Up to `limit` events with a global position greater than `after`, in global order.
     async fn read_all(&self, after: i64, limit: i64) -> Result<Vec<RecordedEvent>, StoreError>;
 

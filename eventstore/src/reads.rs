@@ -30,6 +30,12 @@ pub(crate) mod col {
 
 /// A stream's events in stream order.
 pub(crate) const STREAM: &str = concat!("SELECT ", columns!(), " FROM events WHERE stream_id = $1 ORDER BY stream_version");
+/// A stream's events after a version, in stream order.
+pub(crate) const STREAM_AFTER: &str = concat!(
+    "SELECT ",
+    columns!(),
+    " FROM events WHERE stream_id = $1 AND stream_version > $2 ORDER BY stream_version"
+);
 /// The log after a position, in order, up to a limit.
 pub(crate) const ALL: &str = concat!("SELECT ", columns!(), " FROM events WHERE position > $1 ORDER BY position LIMIT $2");
 /// One actor's events after a position, in order, up to a limit.

@@ -137,6 +137,10 @@ impl EventStore for SqliteEventStore {
         fetch_events!(&self.pool, reads::STREAM, decode, stream)
     }
 
+    async fn read_stream_after(&self, stream: &str, after: i64) -> Result<Vec<RecordedEvent>, StoreError> {
+        fetch_events!(&self.pool, reads::STREAM_AFTER, decode, stream, after)
+    }
+
     async fn read_all(&self, after: i64, limit: i64) -> Result<Vec<RecordedEvent>, StoreError> {
         fetch_events!(&self.pool, reads::ALL, decode, after, limit)
     }

@@ -83,6 +83,48 @@ pub async fn load<A: Aggregate<Event = DomainEvent>>(store: &dyn EventStore, str
     Ok((A::load(&events), version))
 }
 
+/// Sync pairs as last loaded, at most [`PairCache::CAPACITY`], the least recently used going first.
+/// A pair's history grows with every run (each decision is an event), so loading it again reads
+/// only the events after the version held, from the store itself: what other processes appended
+/// is seen as if the whole stream had been read.
+#[derive(Default)]
+pub(crate) struct PairCache {
+    held: std::sync::Mutex<std::collections::VecDeque<(String, cloudsync_domain::sync_pair::SyncPair, i64)>>,
+}
+
+impl PairCache {
+    const CAPACITY: usize = 32;
+
+    pub(crate) async fn load(
+        &self,
+        store: &dyn EventStore,
+        stream: &str,
+    ) -> Result<(cloudsync_domain::sync_pair::SyncPair, i64), CommandError> {
+        let held = {
+            let mut held = self.held.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            held.iter().position(|(s, _, _)| s == stream).and_then(|at| held.remove(at))
+        };
+        let (mut pair, mut version) = held.map_or_else(|| (cloudsync_domain::sync_pair::SyncPair::default(), 0), |(_, p, v)| (p, v));
+        for recorded in store.read_stream_after(stream, version).await? {
+            let event = DomainEvent::decode_owned(&recorded.event_type, recorded.schema_version, recorded.payload)?;
+            pair.apply(&event);
+            version = recorded.stream_version;
+        }
+        let mut held = self.held.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        // Another load of the same stream may have come back meanwhile: the newer one stays.
+        if !held.iter().any(|(s, _, v)| s == stream && *v >= version) {
+            held.retain(|(s, _, _)| s != stream);
+            held.push_front((stream.to_owned(), pair.clone(), version));
+            held.truncate(Self::CAPACITY);
+        }
+        Ok((pair, version))
+    }
+
+    pub(crate) fn clear(&self) {
+        self.held.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clear();
+    }
+}
+
 /// Appends one stream's events at the version it was loaded at; returns the last position.
 ///
 /// # Errors

@@ -374,6 +374,7 @@ impl Commands {
         // The key first: should anything below fail, the account is already unreadable, and
         // asking again finishes the erasure (destroying is idempotent).
         self.vault.destroy(user).await?;
+        self.forget_pairs();
         let at = Utc::now();
         let deleted = found.handle(UserCommand::Delete { at })?;
         let ctx = Context::new(Some(user));

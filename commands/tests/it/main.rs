@@ -14,6 +14,7 @@ use cloudsync_commands::{Commands, MasterKey, SyncSettings, Vault};
 use cloudsync_domain::merge::{ConflictPolicy, SyncMode};
 use cloudsync_domain::sync_job::{JobPhase, SyncJob};
 use cloudsync_domain::sync_pair::SyncEndpoint;
+use cloudsync_domain::sync_pair::SyncPair;
 use cloudsync_domain::{Email, ProviderId, ProviderPath, SyncJobId, SyncPairId, UserId};
 use cloudsync_eventstore::Database;
 use tokio_util::sync::CancellationToken;
@@ -265,4 +266,21 @@ async fn a_write_in_place_that_breaks_midway_is_undone_and_the_next_run_writes_i
         "kept as what the write destroyed: {}",
         kept.payload
     );
+}
+
+#[tokio::test]
+async fn a_pair_loaded_again_sees_what_another_process_appended() {
+    let s = setup(&[("a.txt", b"a")]).await;
+    assert_eq!(s.run(s.first_run).await.0, JobPhase::Completed);
+    let (before, version) = s.commands.load::<SyncPair>(&s.pair.stream()).await.expect("pair");
+    // Another process, with its own store on the same database, starts a run of the pair.
+    let url = format!("sqlite://{}", s._dir.path().join("cloudsync.db").display());
+    let db = Database::connect(&url, true).await.expect("database");
+    let other = Commands::new(db.events, Vault::new(MasterKey::generate().0, db.pool.clone()));
+    let (job, _) = other.request_sync(s.user, s.pair).await.expect("a run");
+    let (after, newer) = s.commands.load::<SyncPair>(&s.pair.stream()).await.expect("pair");
+    assert!(newer > version, "{newer} after {version}");
+    assert_eq!(after.last_run(), Some(job), "the pair held in memory caught up with the log");
+    assert_ne!(before.last_run(), Some(job));
+    assert_eq!(after.base(), before.base());
 }

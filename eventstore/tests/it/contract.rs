@@ -88,6 +88,17 @@ async fn append_then_read_stream_keeps_every_field(db: &TestDatabase) {
     }
     assert!(store.read_stream("test-nothing").await.expect("read").is_empty());
     assert_eq!(store.head().await.expect("head"), 2);
+    // What a caller that has folded the stream so far has not seen.
+    let after: Vec<i64> = store
+        .read_stream_after(&s, 1)
+        .await
+        .expect("read")
+        .iter()
+        .map(|e| e.stream_version)
+        .collect();
+    assert_eq!(after, [2]);
+    assert_eq!(store.read_stream_after(&s, 0).await.expect("read"), read);
+    assert!(store.read_stream_after(&s, 2).await.expect("read").is_empty());
 }
 
 async fn a_version_mismatch_is_typed_and_writes_nothing(db: &TestDatabase) {
