@@ -83,28 +83,49 @@ pub async fn load<A: Aggregate<Event = DomainEvent>>(store: &dyn EventStore, str
     Ok((A::load(&events), version))
 }
 
-/// Sync pairs as last loaded, at most [`PairCache::CAPACITY`], the least recently used going first.
-/// A pair's history grows with every run (each decision is an event), so loading it again reads
-/// only the events after the version held, from the store itself: what other processes appended
-/// is seen as if the whole stream had been read.
+/// Sync pairs as last loaded, at most [`PairCache::CAPACITY`] for at most [`PairCache::TTL`], the
+/// least recently used going first. A pair's history grows with every run (each decision is an
+/// event), so loading it again reads only the events after the version held, from the store
+/// itself: what other processes appended is seen as if the whole stream had been read. A pair is
+/// held no longer than the sealing store keeps a user's unwrapped key, so an erased account's
+/// paths leave this process's memory as soon as they would have without it; [`PairCache::clear`]
+/// drops everything at once, loads in flight included.
 #[derive(Default)]
 pub(crate) struct PairCache {
-    held: std::sync::Mutex<std::collections::VecDeque<(String, cloudsync_domain::sync_pair::SyncPair, i64)>>,
+    held: std::sync::Mutex<std::collections::VecDeque<Held>>,
+    /// Bumped by every clear: a load that began before one keeps nothing.
+    generation: std::sync::atomic::AtomicU64,
+}
+
+/// One pair held: its stream, state, version and when it was read.
+struct Held {
+    stream: String,
+    pair: cloudsync_domain::sync_pair::SyncPair,
+    version: i64,
+    at: std::time::Instant,
 }
 
 impl PairCache {
     const CAPACITY: usize = 32;
+    /// As long as the sealing store keeps a user's unwrapped key.
+    const TTL: std::time::Duration = std::time::Duration::from_secs(30);
 
     pub(crate) async fn load(
         &self,
         store: &dyn EventStore,
         stream: &str,
     ) -> Result<(cloudsync_domain::sync_pair::SyncPair, i64), CommandError> {
+        use std::sync::atomic::Ordering;
+        let generation = self.generation.load(Ordering::SeqCst);
         let held = {
             let mut held = self.held.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-            held.iter().position(|(s, _, _)| s == stream).and_then(|at| held.remove(at))
+            held.retain(|h| h.at.elapsed() < Self::TTL);
+            held.iter().position(|h| h.stream == stream).and_then(|at| held.remove(at))
         };
-        let (mut pair, mut version) = held.map_or_else(|| (cloudsync_domain::sync_pair::SyncPair::default(), 0), |(_, p, v)| (p, v));
+        let (mut pair, mut version, at) = held.map_or_else(
+            || (cloudsync_domain::sync_pair::SyncPair::default(), 0, std::time::Instant::now()),
+            |h| (h.pair, h.version, h.at),
+        );
         for recorded in store.read_stream_after(stream, version).await? {
             let event = DomainEvent::decode_owned(&recorded.event_type, recorded.schema_version, recorded.payload)?;
             pair.apply(&event);
@@ -112,15 +133,21 @@ impl PairCache {
         }
         let mut held = self.held.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         // Another load of the same stream may have come back meanwhile: the newer one stays.
-        if !held.iter().any(|(s, _, v)| s == stream && *v >= version) {
-            held.retain(|(s, _, _)| s != stream);
-            held.push_front((stream.to_owned(), pair.clone(), version));
+        if self.generation.load(Ordering::SeqCst) == generation && !held.iter().any(|h| h.stream == stream && h.version >= version) {
+            held.retain(|h| h.stream != stream);
+            held.push_front(Held {
+                stream: stream.to_owned(),
+                pair: pair.clone(),
+                version,
+                at,
+            });
             held.truncate(Self::CAPACITY);
         }
         Ok((pair, version))
     }
 
     pub(crate) fn clear(&self) {
+        self.generation.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         self.held.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clear();
     }
 }

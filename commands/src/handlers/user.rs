@@ -398,7 +398,10 @@ impl Commands {
                 });
             }
         }
-        Ok(self.store.append(batches).await?.last_position)
+        let position = self.store.append(batches).await?.last_position;
+        // Again once the sealing store has dropped the key: nothing loaded meanwhile stays.
+        self.forget_pairs();
+        Ok(position)
     }
 
     /// The user's connected providers, from everything the user did (the log, not a read model).

@@ -356,15 +356,24 @@ async fn undo_in_place(provider: &dyn StorageProvider, path: &ProviderPath, undo
     provider.write_in_place(path, undo.size, ranges).await
 }
 
-/// Puts the old bytes back over the file `path` if that makes it `old` again: the file is first
-/// read as it would be with the undo applied, so a file someone else changed meanwhile (an editor
-/// that saved it, a restore) is left alone. True when the file holds `old` afterwards.
+/// Puts the old bytes back over the file `path` if that makes it `old` again: the file must have
+/// the old or the new size and read as the old content with the undo applied, so a file someone
+/// else changed meanwhile (an editor that saved it, a restore) is left alone. (An edit inside the
+/// very ranges the undo covers cannot be told from the interrupted write, and is undone with it.)
+/// True when the file holds `old` afterwards.
 async fn undo_if_ours(provider: &dyn StorageProvider, path: &ProviderPath, undo: &Layer, old: &Version) -> Result<bool, ProviderError> {
     let size = match provider.stat(path).await {
         Ok(entry) => entry.size,
         Err(ProviderError::NotFound(_)) => return Ok(false),
         Err(err) => return Err(err),
     };
+    // A half-done write leaves a size between the old and the new one (writes past the old end
+    // grow the file before it is set to the new size); anything else was appended or cut by
+    // someone else, which the undo would not see.
+    let (low, high) = (old.size.min(undo.patch.base_size), old.size.max(undo.patch.base_size));
+    if size < low || size > high {
+        return Ok(false);
+    }
     let mut undone = overlay(provider.read(path, 0..size).await?, vec![undo.clone()]);
     let (mut hasher, mut read) = (blake3::Hasher::new(), 0_u64);
     while let Some(piece) = undone.next().await {

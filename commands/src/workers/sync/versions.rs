@@ -224,9 +224,14 @@ fn content_of<'a>(
             if !tried.insert(newer.version_id) {
                 continue;
             }
-            let newer = get_manifest(&**chunks, &newer.content).await?;
-            if let Some(base) = content_of(chunks, pair, path, newer, held, tried).await? {
-                return Ok(Some(overlay(base, vec![layer])));
+            // A version that cannot be read (a missing chunk) is not this way; the next may be.
+            let Ok(newer) = get_manifest(&**chunks, &newer.content).await else {
+                continue;
+            };
+            match content_of(chunks, pair, path, newer, held, tried).await {
+                Ok(Some(base)) => return Ok(Some(overlay(base, vec![layer]))),
+                Ok(None) | Err(StepError::Chunks(_)) => {}
+                Err(err) => return Err(err),
             }
         }
         Ok(None)
