@@ -387,7 +387,17 @@ impl Scan<'_> {
 /// BLAKE3 of a file's content, streamed. The content must be as long as the listing said: a
 /// provider that answers with less (or more) is not trusted with the file's checksum.
 pub(crate) async fn hash(provider: &dyn StorageProvider, path: &ProviderPath, size: u64) -> Result<String, ProviderError> {
-    let mut stream = provider.read(path, 0..size).await?;
+    let (checksum, read) = hash_stream(provider.read(path, 0..size).await?).await?;
+    if read != size {
+        return Err(ProviderError::Temporary(format!(
+            "{path}: listed with {size} bytes, but {read} could be read; scan again"
+        )));
+    }
+    Ok(checksum)
+}
+
+/// BLAKE3 (hex) of everything `stream` yields, and how many bytes that was.
+pub(crate) async fn hash_stream(mut stream: cloudsync_providers::ByteStream) -> Result<(String, u64), ProviderError> {
     let mut hasher = blake3::Hasher::new();
     let mut read = 0_u64;
     while let Some(chunk) = stream.next().await {
@@ -395,10 +405,5 @@ pub(crate) async fn hash(provider: &dyn StorageProvider, path: &ProviderPath, si
         read += chunk.len() as u64;
         hasher.update(&chunk);
     }
-    if read != size {
-        return Err(ProviderError::Temporary(format!(
-            "{path}: listed with {size} bytes, but {read} could be read; scan again"
-        )));
-    }
-    Ok(hasher.finalize().to_hex().to_string())
+    Ok((hasher.finalize().to_hex().to_string(), read))
 }

@@ -29,6 +29,7 @@ use uuid::Uuid;
 
 use super::{Copied, Executor, MAX_PATCH, StepError, index};
 use crate::core::{Context, encode};
+use crate::workers::scan::hash_stream;
 use crate::{CommandError, Commands};
 
 impl Executor {
@@ -174,24 +175,8 @@ impl Executor {
         let (mut new_at, mut old_at) = (0_u64, 0_u64);
         let (mut new_done, mut old_done) = (false, false);
         loop {
-            while new_piece.is_empty() && !new_done {
-                match source.next().await {
-                    Some(piece) => {
-                        new_piece = piece?;
-                        new_hash.update(&new_piece);
-                    }
-                    None => new_done = true,
-                }
-            }
-            while old_piece.is_empty() && !old_done {
-                match target.next().await {
-                    Some(piece) => {
-                        old_piece = piece?;
-                        old_hash.update(&old_piece);
-                    }
-                    None => old_done = true,
-                }
-            }
+            refill(&mut source, &mut new_piece, &mut new_hash, &mut new_done).await?;
+            refill(&mut target, &mut old_piece, &mut old_hash, &mut old_done).await?;
             let planned = match (new_piece.is_empty(), old_piece.is_empty()) {
                 (true, true) => break,
                 (false, false) => {
@@ -326,6 +311,21 @@ async fn append_pair(commands: &Commands, ctx: &Context, pair: &SyncPair, events
     Ok(())
 }
 
+/// Takes the next non-empty piece of `stream` into `piece` (hashing it) once the last one is used
+/// up; `done` once the stream has ended.
+async fn refill(stream: &mut ByteStream, piece: &mut Bytes, hasher: &mut blake3::Hasher, done: &mut bool) -> Result<(), ProviderError> {
+    while piece.is_empty() && !*done {
+        match stream.next().await {
+            Some(next) => {
+                *piece = next?;
+                hasher.update(piece);
+            }
+            None => *done = true,
+        }
+    }
+    Ok(())
+}
+
 /// The BLAKE3 and size of the file `path`; `None` when it is gone.
 pub(super) async fn hash_of(provider: &dyn StorageProvider, path: &ProviderPath) -> Result<Option<(String, u64)>, ProviderError> {
     let size = match provider.stat(path).await {
@@ -333,15 +333,7 @@ pub(super) async fn hash_of(provider: &dyn StorageProvider, path: &ProviderPath)
         Err(ProviderError::NotFound(_)) => return Ok(None),
         Err(err) => return Err(err),
     };
-    let mut stream = provider.read(path, 0..size).await?;
-    let mut hasher = blake3::Hasher::new();
-    let mut read = 0_u64;
-    while let Some(piece) = stream.next().await {
-        let piece = piece?;
-        read += piece.len() as u64;
-        hasher.update(&piece);
-    }
-    Ok(Some((hasher.finalize().to_hex().to_string(), read)))
+    Ok(Some(hash_stream(provider.read(path, 0..size).await?).await?))
 }
 
 /// Writes an undo's bytes back over the file and cuts it to the old size.
@@ -374,14 +366,8 @@ async fn undo_if_ours(provider: &dyn StorageProvider, path: &ProviderPath, undo:
     if size < low || size > high {
         return Ok(false);
     }
-    let mut undone = overlay(provider.read(path, 0..size).await?, vec![undo.clone()]);
-    let (mut hasher, mut read) = (blake3::Hasher::new(), 0_u64);
-    while let Some(piece) = undone.next().await {
-        let piece = piece?;
-        read += piece.len() as u64;
-        hasher.update(&piece);
-    }
-    if read != old.size || hasher.finalize().to_hex().as_str() != old.checksum {
+    let (undone, read) = hash_stream(overlay(provider.read(path, 0..size).await?, vec![undo.clone()])).await?;
+    if read != old.size || undone != old.checksum {
         return Ok(false);
     }
     undo_in_place(provider, path, undo).await?;
