@@ -1,8 +1,9 @@
 //! Content-defined chunking (FastCDC) with BLAKE3 chunk ids, and the content-addressed chunk store
-//! (zstd-compressed, in a folder or on any connected provider) that holds file versions for delta
-//! transfer and restores.
+//! (in a folder or on any connected provider; each account's chunks compressed and sealed under
+//! its own key) that holds file versions for delta transfer and restores.
 
 mod patch;
+mod sealed;
 mod store;
 
 use std::io::Read;
@@ -13,7 +14,8 @@ use fastcdc::v2020::FastCDC;
 use futures::StreamExt as _;
 
 pub use patch::{Differ, InPlace, Layer, Patch, TooMuch, overlay, put_patch};
-pub use store::{ChunkStore, ProviderStore, StoreError};
+pub use sealed::AccountStore;
+pub use store::{ChunkStore, Form, ProviderStore, StoreError, Stored};
 
 /// Chunk sizes: small enough that a few scattered edits in a large file touch little of it, large
 /// enough that a 200 MiB file has a few thousand chunks.

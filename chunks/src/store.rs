@@ -1,5 +1,6 @@
-//! The chunk store: chunks named by their BLAKE3, zstd-compressed, written once. A chunk is checked
-//! against its name whenever it is read, so a damaged store is noticed rather than restored from.
+//! The chunk store: chunks written once, each checked against its content id whenever it is read,
+//! so a damaged store is noticed rather than restored from. [`ProviderStore`] keeps the files;
+//! accounts store through [`crate::AccountStore`], which seals each chunk under the account's key.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -22,6 +23,8 @@ pub enum StoreError {
     Missing(String),
     #[error("chunk {0} is damaged: its content does not match its name")]
     Damaged(String),
+    #[error("chunk {0} cannot be opened with its account's key: damaged, or sealed under another key")]
+    Unopenable(String),
     #[error("{0:?} is not a chunk id (64 lowercase hex digits)")]
     InvalidId(String),
     #[error("chunk store: {0}")]
@@ -30,7 +33,7 @@ pub enum StoreError {
     Provider(#[from] ProviderError),
 }
 
-/// Where chunks are kept.
+/// Where chunks are kept, by their content id (the BLAKE3 of their bytes).
 #[async_trait]
 pub trait ChunkStore: Send + Sync {
     /// Stores a chunk unless it is there already; returns whether it was new. `data` must hash to `id`.
@@ -39,14 +42,6 @@ pub trait ChunkStore: Send + Sync {
     /// The chunk's bytes, checked against its id.
     async fn get(&self, id: &str) -> Result<Vec<u8>, StoreError>;
     async fn delete(&self, id: &str) -> Result<(), StoreError>;
-    /// Every stored chunk's id.
-    async fn list(&self) -> Result<Vec<String>, StoreError>;
-
-    /// Deletes what interrupted chunk writes of processes that are gone left behind (where the
-    /// provider can tell: local folders); returns how many.
-    async fn remove_temporaries(&self) -> Result<usize, StoreError> {
-        Ok(0)
-    }
 
     /// Makes the names of these stored chunks durable (a power cut keeps them, not only their
     /// bytes), for what must be there before something else is overwritten. Stores whose writes
@@ -67,7 +62,7 @@ pub trait ChunkStore: Send + Sync {
     }
 }
 
-fn check_id(id: &str) -> Result<(), StoreError> {
+pub(crate) fn check_id(id: &str) -> Result<(), StoreError> {
     if id.len() == 64 && id.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) {
         Ok(())
     } else {
@@ -75,24 +70,60 @@ fn check_id(id: &str) -> Result<(), StoreError> {
     }
 }
 
-fn compress(id: &str, data: &[u8]) -> Result<Vec<u8>, StoreError> {
-    if blake3::hash(data).to_hex().as_str() != id {
-        return Err(StoreError::Damaged(id.to_owned()));
+/// Refuses bytes that do not hash to the id they are stored under.
+pub(crate) fn check_content(id: &str, data: &[u8]) -> Result<(), StoreError> {
+    if blake3::hash(data).to_hex().as_str() == id {
+        Ok(())
+    } else {
+        Err(StoreError::Damaged(id.to_owned()))
     }
+}
+
+pub(crate) fn compress(data: &[u8]) -> Result<Vec<u8>, StoreError> {
     Ok(zstd::bulk::compress(data, ZSTD_LEVEL)?)
 }
 
-fn decompress(id: &str, stored: &[u8]) -> Result<Vec<u8>, StoreError> {
+/// The bytes of a compressed chunk, checked against `id`.
+pub(crate) fn decompress(id: &str, stored: &[u8]) -> Result<Vec<u8>, StoreError> {
     let data = zstd::stream::decode_all(stored).map_err(|_| StoreError::Damaged(id.to_owned()))?;
-    if blake3::hash(&data).to_hex().as_str() != id {
-        return Err(StoreError::Damaged(id.to_owned()));
-    }
+    check_content(id, &data)?;
     Ok(data)
 }
 
-/// Chunks on a provider, under a folder of it: `<folder>/<first two hex digits>/<id>.zst`. The
-/// provider writes each chunk through a temporary name (or an atomic upload), so a chunk file is
-/// either whole or absent.
+/// How a file of the store keeps its chunk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Form {
+    /// Named by the chunk's BLAKE3 and only compressed (`<id>.zst`): what the store held before
+    /// chunks were sealed. Still read; no longer written for accounts.
+    Plain,
+    /// Named by its account's keyed hash of the chunk's id, compressed then encrypted
+    /// (`<name>.sealed`, see [`crate::AccountStore`]).
+    Sealed,
+}
+
+impl Form {
+    fn suffix(self) -> &'static str {
+        match self {
+            Self::Plain => ".zst",
+            Self::Sealed => ".sealed",
+        }
+    }
+}
+
+/// Makes a chunk file's bytes from its name and the chunk's bytes.
+pub(crate) type Encode<'a> = dyn Fn(&str, &[u8]) -> Result<Vec<u8>, StoreError> + Sync + 'a;
+
+/// A file of the store: its name (64 hex digits) and form.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Stored {
+    pub name: String,
+    pub form: Form,
+}
+
+/// Chunk files on a provider, under a folder of it: `<folder>/<first two hex digits>/<name><suffix>`
+/// (see [`Form`]). The provider writes each file through a temporary name (or an atomic upload),
+/// so a chunk file is either whole or absent. As a [`ChunkStore`] itself it keeps plain chunks;
+/// an account's chunks go through [`crate::AccountStore`].
 #[derive(Clone)]
 pub struct ProviderStore {
     provider: Arc<dyn StorageProvider>,
@@ -146,81 +177,70 @@ impl ProviderStore {
         Ok(Self::new(Arc::from(provider), folder))
     }
 
-    fn path(&self, id: &str) -> Result<ProviderPath, StoreError> {
-        check_id(id)?;
+    fn path(&self, name: &str, form: Form) -> Result<ProviderPath, StoreError> {
+        check_id(name)?;
         self.folder
-            .join(&id[..2])
-            .and_then(|f| f.join(&format!("{id}.zst")))
+            .join(&name[..2])
+            .and_then(|f| f.join(&format!("{name}{}", form.suffix())))
             .map_err(|err| StoreError::InvalidId(err.to_string()))
     }
-}
 
-#[async_trait]
-impl ChunkStore for ProviderStore {
-    async fn put(&self, id: &str, data: &[u8]) -> Result<bool, StoreError> {
-        if self.has(id).await? {
-            return Ok(false);
-        }
-        let compressed = Bytes::from(compress(id, data)?);
-        // Providers write through a temporary name (or an atomic upload): no partial chunk is visible.
-        self.provider
-            .write(&self.path(id)?, futures::stream::once(async move { Ok(compressed) }).boxed())
-            .await?;
-        Ok(true)
-    }
-
-    async fn has(&self, id: &str) -> Result<bool, StoreError> {
-        match self.provider.stat(&self.path(id)?).await {
+    /// Whether the file `name` of `form` is there.
+    pub(crate) async fn exists(&self, name: &str, form: Form) -> Result<bool, StoreError> {
+        match self.provider.stat(&self.path(name, form)?).await {
             Ok(_) => Ok(true),
             Err(ProviderError::NotFound(_)) => Ok(false),
             Err(err) => Err(err.into()),
         }
     }
 
-    async fn get(&self, id: &str) -> Result<Vec<u8>, StoreError> {
-        let path = self.path(id)?;
+    /// The stored bytes of the file `name` of `form`; `None` when it is not there.
+    pub(crate) async fn read(&self, name: &str, form: Form) -> Result<Option<Vec<u8>>, StoreError> {
+        let path = self.path(name, form)?;
         let entry = match self.provider.stat(&path).await {
             Ok(entry) => entry,
-            Err(ProviderError::NotFound(_)) => return Err(StoreError::Missing(id.to_owned())),
+            Err(ProviderError::NotFound(_)) => return Ok(None),
             Err(err) => return Err(err.into()),
         };
         let stored: Vec<Bytes> = self.provider.read(&path, 0..entry.size).await?.try_collect().await?;
-        decompress(id, &stored.concat())
+        Ok(Some(stored.concat()))
     }
 
-    async fn delete(&self, id: &str) -> Result<(), StoreError> {
-        match self.provider.delete(&self.path(id)?).await {
-            Ok(()) | Err(ProviderError::NotFound(_)) => Ok(()),
-            Err(err) => Err(err.into()),
-        }
-    }
-
-    /// Where writes are not atomic on their own (local folders, WebDAV, SFTP), the new chunks are
-    /// written under temporary names, made durable with one flush, then moved to their names.
-    async fn put_many(&self, chunks: &[(String, &[u8])]) -> Result<usize, StoreError> {
+    /// Writes the files of `items` (name, chunk bytes) that are not there yet, each as `encode`
+    /// makes it from the name and the bytes; returns how many were written. Where writes are not
+    /// atomic on their own (local folders, WebDAV, SFTP), they go to temporary names, are made
+    /// durable with one flush, then moved to their names.
+    pub(crate) async fn write_new(&self, form: Form, items: &[(String, &[u8])], encode: &Encode<'_>) -> Result<usize, StoreError> {
         if self.provider.atomic_writes() && self.provider.kind() != ProviderKind::Local {
             let mut added = 0;
-            for (id, data) in chunks {
-                added += usize::from(self.put(id, data).await?);
+            for (name, data) in items {
+                if self.exists(name, form).await? {
+                    continue;
+                }
+                let encoded = Bytes::from(encode(name, data)?);
+                self.provider
+                    .write(&self.path(name, form)?, futures::stream::once(async move { Ok(encoded) }).boxed())
+                    .await?;
+                added += 1;
             }
             return Ok(added);
         }
         let mut pending: Vec<(ProviderPath, ProviderPath)> = Vec::new();
         let written = async {
-            for (id, data) in chunks {
-                if self.has(id).await? || pending.iter().any(|(_, path)| path.name().starts_with(id.as_str())) {
+            for (name, data) in items {
+                if self.exists(name, form).await? || pending.iter().any(|(_, path)| path.name().starts_with(name.as_str())) {
                     continue;
                 }
-                let path = self.path(id)?;
+                let path = self.path(name, form)?;
                 // Unique per write: two runs may store the same chunk at once.
                 let unique = WRITES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 let temporary = path
                     .parent()
-                    .join(&format!(".{id}.zst.cloudsync-{}-{unique}.tmp", std::process::id()))
+                    .join(&format!(".{}.cloudsync-{}-{unique}.tmp", path.name(), std::process::id()))
                     .map_err(|err| StoreError::InvalidId(err.to_string()))?;
-                let compressed = Bytes::from(compress(id, data)?);
+                let encoded = Bytes::from(encode(name, data)?);
                 self.provider
-                    .write_unsynced(&temporary, futures::stream::once(async move { Ok(compressed) }).boxed())
+                    .write_unsynced(&temporary, futures::stream::once(async move { Ok(encoded) }).boxed())
                     .await?;
                 pending.push((temporary, path));
             }
@@ -229,7 +249,7 @@ impl ChunkStore for ProviderStore {
             for (temporary, path) in &pending {
                 match self.provider.replace_if(temporary, path, None).await {
                     Ok(_) => {}
-                    // Stored meanwhile by someone else: the same bytes, by their name.
+                    // Stored meanwhile by someone else: the same chunk, by its name.
                     Err(ProviderError::AlreadyExists(_)) => self.provider.delete(temporary).await?,
                     Err(err) => return Err(err.into()),
                 }
@@ -245,12 +265,23 @@ impl ChunkStore for ProviderStore {
         written
     }
 
-    /// Syncs the folders that name the chunks (their files were synced before they were renamed
+    /// Deletes a file of the store (gone already is fine).
+    ///
+    /// # Errors
+    /// The provider's.
+    pub async fn remove(&self, stored: &Stored) -> Result<(), StoreError> {
+        match self.provider.delete(&self.path(&stored.name, stored.form)?).await {
+            Ok(()) | Err(ProviderError::NotFound(_)) => Ok(()),
+            Err(err) => Err(err.into()),
+        }
+    }
+
+    /// Syncs the folders that name these files (their bytes were synced before they were renamed
     /// into place).
-    async fn make_durable(&self, ids: &[String]) -> Result<(), StoreError> {
+    pub(crate) async fn sync_names(&self, names: &[String], form: Form) -> Result<(), StoreError> {
         let mut folders: Vec<ProviderPath> = Vec::new();
-        for id in ids {
-            let folder = self.path(id)?.parent();
+        for name in names {
+            let folder = self.path(name, form)?.parent();
             if !folders.contains(&folder) {
                 folders.push(folder);
             }
@@ -261,27 +292,79 @@ impl ChunkStore for ProviderStore {
         Ok(())
     }
 
-    async fn remove_temporaries(&self) -> Result<usize, StoreError> {
+    /// Deletes what interrupted chunk writes of processes that are gone left behind (where the
+    /// provider can tell: local folders); returns how many.
+    ///
+    /// # Errors
+    /// The provider's.
+    pub async fn remove_temporaries(&self) -> Result<usize, StoreError> {
         let removed = self.provider.remove_abandoned_writes(&self.folder).await?;
         Ok(usize::try_from(removed).unwrap_or(usize::MAX))
     }
 
-    async fn list(&self) -> Result<Vec<String>, StoreError> {
-        let mut ids: Vec<String> = self
+    /// Every file of the store, plain and sealed, in order.
+    ///
+    /// # Errors
+    /// The provider's.
+    pub async fn list(&self) -> Result<Vec<Stored>, StoreError> {
+        let mut stored: Vec<Stored> = self
             .provider
             .list(&self.folder)
             .try_filter_map(|entry| async move {
-                Ok(entry
-                    .path
-                    .name()
-                    .strip_suffix(".zst")
-                    .filter(|id| check_id(id).is_ok())
-                    .map(str::to_owned))
+                let name = entry.path.name();
+                Ok([Form::Plain, Form::Sealed].into_iter().find_map(|form| {
+                    name.strip_suffix(form.suffix())
+                        .filter(|name| check_id(name).is_ok())
+                        .map(|name| Stored {
+                            name: name.to_owned(),
+                            form,
+                        })
+                }))
             })
             .try_collect()
             .await?;
-        ids.sort_unstable();
-        Ok(ids)
+        stored.sort_unstable();
+        Ok(stored)
+    }
+}
+
+/// Plain chunks: named by their id, compressed, not sealed.
+#[async_trait]
+impl ChunkStore for ProviderStore {
+    async fn put(&self, id: &str, data: &[u8]) -> Result<bool, StoreError> {
+        Ok(self.put_many(&[(id.to_owned(), data)]).await? == 1)
+    }
+
+    async fn has(&self, id: &str) -> Result<bool, StoreError> {
+        self.exists(id, Form::Plain).await
+    }
+
+    async fn get(&self, id: &str) -> Result<Vec<u8>, StoreError> {
+        match self.read(id, Form::Plain).await? {
+            Some(stored) => decompress(id, &stored),
+            None => Err(StoreError::Missing(id.to_owned())),
+        }
+    }
+
+    async fn delete(&self, id: &str) -> Result<(), StoreError> {
+        check_id(id)?;
+        self.remove(&Stored {
+            name: id.to_owned(),
+            form: Form::Plain,
+        })
+        .await
+    }
+
+    async fn put_many(&self, chunks: &[(String, &[u8])]) -> Result<usize, StoreError> {
+        self.write_new(Form::Plain, chunks, &|id, data| {
+            check_content(id, data)?;
+            compress(data)
+        })
+        .await
+    }
+
+    async fn make_durable(&self, ids: &[String]) -> Result<(), StoreError> {
+        self.sync_names(ids, Form::Plain).await
     }
 }
 
@@ -301,7 +384,19 @@ mod tests {
         contract(&store).await;
     }
 
-    async fn contract(store: &dyn ChunkStore) {
+    fn plain(ids: &[&String]) -> Vec<Stored> {
+        let mut stored: Vec<Stored> = ids
+            .iter()
+            .map(|id| Stored {
+                name: (*id).clone(),
+                form: Form::Plain,
+            })
+            .collect();
+        stored.sort_unstable();
+        stored
+    }
+
+    async fn contract(store: &ProviderStore) {
         let data = b"hello chunk store, hello chunk store, hello chunk store".repeat(100);
         let id = blake3::hash(&data).to_hex().to_string();
         assert!(!store.has(&id).await.expect("has"));
@@ -310,7 +405,7 @@ mod tests {
         assert!(!store.put(&id, &data).await.expect("second put"), "a chunk is stored once");
         assert!(store.has(&id).await.expect("has"));
         assert_eq!(store.get(&id).await.expect("get"), data);
-        assert_eq!(store.list().await.expect("list"), vec![id.clone()]);
+        assert_eq!(store.list().await.expect("list"), plain(&[&id]));
         // Bytes that do not hash to the id are refused, and so are malformed ids.
         let other = blake3::hash(b"other").to_hex().to_string();
         assert!(matches!(store.put(&other, &data).await, Err(StoreError::Damaged(_))));

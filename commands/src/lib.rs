@@ -7,7 +7,7 @@
 //! - `handlers`: one module per aggregate (user, MFA, provider, file, job, sync pair).
 //! - `workers`: the job runner and its leases, the scheduler, the garbage collector, scans and the
 //!   sync engine.
-//! - `secrets` (the vault and master keys), `sealing` (the event store that seals paths), `oauth`.
+//! - `secrets` (the vault, master keys, and the chunk store's account keys), `sealing` (the event store that seals paths), `oauth`.
 
 mod core;
 mod handlers;
@@ -18,9 +18,9 @@ mod workers;
 
 use std::sync::Arc;
 
-use cloudsync_chunks::ChunkStore;
+use cloudsync_chunks::{AccountStore, ChunkStore, ProviderStore};
 use cloudsync_domain::clock::Clock;
-use cloudsync_domain::{Aggregate, DomainEvent, ProviderId};
+use cloudsync_domain::{Aggregate, DomainEvent, ProviderId, UserId};
 use cloudsync_eventstore::EventStore;
 use cloudsync_providers::StorageProvider;
 
@@ -31,7 +31,7 @@ pub use handlers::{
 };
 pub use oauth::{Authorization, DEFAULT_RENEW_MARGIN, OAuth, OAuthApp, is_oauth_kind};
 pub use sealing::SealingStore;
-pub use secrets::{MasterKey, Vault};
+pub use secrets::{AccountKeys, MasterKey, Vault};
 pub use workers::{ContentPipeline, ContentRetries, GcReport, JOB_LEASE_TTL, JobRunner, LEASE_TTL, Lease, Scheduler};
 
 /// The command side of CloudSync.
@@ -43,7 +43,7 @@ pub struct Commands {
     pub(crate) store: Arc<dyn EventStore>,
     pub(crate) vault: Vault,
     oauth: Option<Arc<OAuth>>,
-    chunks: Option<Arc<dyn ChunkStore>>,
+    chunks: Option<Chunks>,
     layer: Option<ProviderLayer>,
     clock: Arc<dyn Clock>,
     /// Days a file deleted with its content kept stays restorable.
@@ -51,6 +51,13 @@ pub struct Commands {
     /// Sync pairs as last loaded (their history grows with every run), brought up to date by
     /// reading only the events after their version.
     pairs: Arc<core::PairCache>,
+}
+
+/// The chunk store and the keys its accounts seal their chunks with.
+#[derive(Clone)]
+pub(crate) struct Chunks {
+    pub(crate) store: Arc<ProviderStore>,
+    pub(crate) keys: AccountKeys,
 }
 
 /// What wraps every provider the commands open, given the connection's id (instrumentation, or
@@ -90,15 +97,57 @@ impl Commands {
         self
     }
 
-    /// Keeps sync contents (the agreed text of synced files, for line merges) in `chunks`.
+    /// Keeps file versions, merge bases, extracted texts and model results in `store`, each
+    /// account's sealed under its own key, kept wrapped by `keys` (the chunk-store key ring).
     #[must_use]
-    pub fn with_chunks(mut self, chunks: Arc<dyn ChunkStore>) -> Self {
-        self.chunks = Some(chunks);
+    pub fn with_chunks(mut self, store: Arc<ProviderStore>, keys: MasterKey) -> Self {
+        let keys = AccountKeys::for_chunk_store(keys, self.vault.pool().clone());
+        self.chunks = Some(Chunks { store, keys });
         self
     }
 
-    pub fn chunks(&self) -> Option<&Arc<dyn ChunkStore>> {
-        self.chunks.as_ref()
+    /// The chunk store's files, as stored (for the collector and for tests that look inside).
+    pub fn chunk_store(&self) -> Option<&Arc<ProviderStore>> {
+        self.chunks.as_ref().map(|chunks| &chunks.store)
+    }
+
+    /// The chunk store's account keys, when there is a chunk store.
+    pub fn chunk_keys(&self) -> Option<&AccountKeys> {
+        self.chunks.as_ref().map(|chunks| &chunks.keys)
+    }
+
+    /// `owner`'s view of the chunk store (its chunks sealed under its key, made on first use);
+    /// `None` when no chunk store is configured.
+    ///
+    /// # Errors
+    /// An erased account ([`CommandError::NotFound`]); the key store is unreachable.
+    pub async fn chunks_for(&self, owner: UserId) -> Result<Option<Arc<dyn ChunkStore>>, CommandError> {
+        Ok(self
+            .account_chunks(owner)
+            .await?
+            .map(|store| Arc::new(store) as Arc<dyn ChunkStore>))
+    }
+
+    /// [`Commands::chunks_for`], as the concrete store (which also names the account's files).
+    pub(crate) async fn account_chunks(&self, owner: UserId) -> Result<Option<AccountStore>, CommandError> {
+        let Some(chunks) = &self.chunks else { return Ok(None) };
+        let key = chunks.keys.to_seal(owner).await?;
+        Ok(Some(AccountStore::new(Arc::clone(&chunks.store), &key)))
+    }
+
+    /// `owner`'s view of the chunk store to read from; `None` when the account was erased (what
+    /// it kept reads as gone).
+    ///
+    /// # Errors
+    /// [`CommandError::Invalid`] when no chunk store is configured; the key store is unreachable.
+    pub(crate) async fn chunks_to_open(&self, owner: UserId) -> Result<Option<AccountStore>, CommandError> {
+        if self.chunks.is_none() {
+            return Err(CommandError::Invalid("no chunk store is configured".into()));
+        }
+        match self.account_chunks(owner).await {
+            Err(CommandError::NotFound("user")) => Ok(None),
+            other => other,
+        }
     }
 
     /// Enables connecting OAuth providers through `oauth`'s apps.

@@ -1,6 +1,7 @@
 //! Envelope encryption for secrets at rest: each user has a data key (AES-256-GCM), stored only
 //! wrapped by the master key from configuration, in `user_keys` (outside the immutable event log, so
-//! deleting it shreds the user's secrets). Events carry only [`SealedSecret`]s.
+//! deleting it shreds the user's secrets). Events carry only [`SealedSecret`]s. The chunk store's
+//! account keys are kept the same way ([`AccountKeys`]), wrapped by the chunk-store key instead.
 
 use std::sync::Arc;
 
@@ -157,11 +158,182 @@ pub(crate) fn open_with(key: &[u8; 32], nonce: &[u8], ciphertext: &[u8], aad: &[
 /// What an erased user's key row holds instead of a key.
 const ERASED: &str = "erased";
 
+/// One random key per account, stored only wrapped by a key ring, in a table of its own
+/// (`user_id`, `wrapped_key`, `created_at`): the data keys in `user_keys` (under the master key),
+/// the chunk store's keys in `chunk_store_keys` (under the chunk-store key). Erasing an account
+/// leaves a tombstone instead of its key.
+#[derive(Clone)]
+pub struct AccountKeys {
+    ring: MasterKey,
+    pool: DbPool,
+    table: &'static str,
+    /// Put before the user id to make what a wrapped key is bound to.
+    purpose: &'static str,
+}
+
+/// The table of the chunk store's account keys.
+const CHUNK_STORE_KEYS: &str = "chunk_store_keys";
+
+impl AccountKeys {
+    /// The chunk store's account keys, wrapped by the chunk-store key ring `ring`.
+    pub fn for_chunk_store(ring: MasterKey, pool: DbPool) -> Self {
+        Self {
+            ring,
+            pool,
+            table: CHUNK_STORE_KEYS,
+            purpose: "chunk-store:",
+        }
+    }
+
+    /// The key ring that wraps these keys.
+    pub fn ring(&self) -> &MasterKey {
+        &self.ring
+    }
+
+    fn aad(&self, user: impl std::fmt::Display) -> String {
+        format!("{}{user}", self.purpose)
+    }
+
+    async fn stored(&self, user: UserId) -> Result<Option<String>, CommandError> {
+        let query = format!("SELECT wrapped_key FROM {} WHERE user_id = $1", self.table);
+        let id = user.to_string();
+        cloudsync_eventstore::on_pool!(&self.pool, |p| sqlx::query_scalar(&query).bind(id).fetch_optional(p).await)
+            .map_err(|err| CommandError::Store(err.into()))
+    }
+
+    /// The wrapped key, unless there is none or it was destroyed.
+    async fn wrapped(&self, user: UserId) -> Result<Option<String>, CommandError> {
+        Ok(self.stored(user).await?.filter(|k| k != ERASED))
+    }
+
+    fn unwrap_key(&self, user: UserId, wrapped: &str) -> Result<[u8; 32], CommandError> {
+        self.ring
+            .open(&self.aad(user), wrapped)?
+            .try_into()
+            .map_err(|_| CommandError::Storage("an account key has the wrong length".into()))
+    }
+
+    /// `user`'s key, made (and stored wrapped) on first use.
+    ///
+    /// # Errors
+    /// An erased account ([`CommandError::NotFound`]); the key store is unreachable, or no key of
+    /// the ring opens the key.
+    pub async fn to_seal(&self, user: UserId) -> Result<[u8; 32], CommandError> {
+        let text = match self.stored(user).await? {
+            Some(erased) if erased == ERASED => return Err(CommandError::NotFound("user")),
+            Some(text) => text,
+            None => {
+                let mut key = [0_u8; 32];
+                rand::thread_rng().fill_bytes(&mut key);
+                let text = self.ring.seal(&self.aad(user), &key)?;
+                let insert = format!(
+                    "INSERT INTO {} (user_id, wrapped_key, created_at) VALUES ($1, $2, $3) ON CONFLICT (user_id) DO NOTHING",
+                    self.table
+                );
+                let (id, now) = (user.to_string(), chrono::Utc::now().to_rfc3339());
+                cloudsync_eventstore::on_pool!(&self.pool, |p| sqlx::query(&insert)
+                    .bind(&id)
+                    .bind(&text)
+                    .bind(&now)
+                    .execute(p)
+                    .await
+                    .map(drop))
+                .map_err(|err| CommandError::Store(err.into()))?;
+                // Whoever won a race to create it, this is the key now.
+                self.wrapped(user).await?.ok_or(CommandError::NotFound("user"))?
+            }
+        };
+        self.unwrap_key(user, &text)
+    }
+
+    /// `user`'s key; `None` when there is none (never made, or the account was erased).
+    ///
+    /// # Errors
+    /// The key store is unreachable, or no key of the ring opens the key.
+    pub async fn to_open(&self, user: UserId) -> Result<Option<[u8; 32]>, CommandError> {
+        match self.wrapped(user).await? {
+            Some(text) => self.unwrap_key(user, &text).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// Whether `user` has a key (none yet, or destroyed by erasing the account: `false`).
+    ///
+    /// # Errors
+    /// The key store is unreachable.
+    pub async fn has(&self, user: UserId) -> Result<bool, CommandError> {
+        Ok(self.wrapped(user).await?.is_some())
+    }
+
+    /// Destroys `user`'s key: whatever was sealed with it can never be opened again
+    /// (crypto-shredding), and no new key is made for the user.
+    ///
+    /// # Errors
+    /// The key store is unreachable.
+    pub async fn destroy(&self, user: UserId) -> Result<(), CommandError> {
+        let (id, now) = (user.to_string(), chrono::Utc::now().to_rfc3339());
+        // A tombstone, not a deletion: a key must not be made afresh for an erased user (also
+        // written for a user who never had a key).
+        let query = format!(
+            "INSERT INTO {} (user_id, wrapped_key, created_at) VALUES ($1, $2, $3) \
+             ON CONFLICT (user_id) DO UPDATE SET wrapped_key = excluded.wrapped_key, created_at = excluded.created_at",
+            self.table
+        );
+        cloudsync_eventstore::on_pool!(&self.pool, |p| sqlx::query(&query)
+            .bind(&id)
+            .bind(ERASED)
+            .bind(&now)
+            .execute(p)
+            .await
+            .map(drop))
+        .map_err(|err| CommandError::Store(err.into()))
+    }
+
+    /// Wraps every key with the ring's current key (those wrapped by an earlier one); returns how
+    /// many were re-wrapped. Each row changes alone and only if it is still what was read, so this
+    /// can run beside the service and be repeated after an interruption.
+    ///
+    /// # Errors
+    /// A key that no key of the ring opens; store failures.
+    pub async fn rewrap(&self) -> Result<usize, CommandError> {
+        let query = format!("SELECT user_id, wrapped_key FROM {}", self.table);
+        let rows: Vec<(String, String)> = cloudsync_eventstore::on_pool!(&self.pool, |p| sqlx::query_as(&query).fetch_all(p).await)
+            .map_err(|err| CommandError::Storage(err.to_string()))?;
+        let update = format!("UPDATE {} SET wrapped_key = $1 WHERE user_id = $2 AND wrapped_key = $3", self.table);
+        let mut rewrapped = 0;
+        for (user, wrapped) in rows {
+            if wrapped == ERASED || self.ring.is_current(&wrapped) {
+                continue;
+            }
+            let aad = self.aad(&user);
+            let again = self.ring.seal(&aad, &self.ring.open(&aad, &wrapped)?)?;
+            swap_sealed(&self.pool, &update, &again, &user, &wrapped).await?;
+            rewrapped += 1;
+        }
+        Ok(rewrapped)
+    }
+}
+
+/// Runs `update` (`SET <sealed> = $1 WHERE <key> = $2 AND <sealed> = $3`): the row changes only if
+/// it still holds `old`.
+async fn swap_sealed(pool: &DbPool, update: &str, new: &str, key: &str, old: &str) -> Result<(), CommandError> {
+    cloudsync_eventstore::on_pool!(pool, |p| sqlx::query(update)
+        .bind(new)
+        .bind(key)
+        .bind(old)
+        .execute(p)
+        .await
+        .map(drop))
+    .map_err(|err| CommandError::Storage(err.to_string()))
+}
+
 /// Seals and opens users' secrets.
 #[derive(Clone)]
 pub struct Vault {
     master: MasterKey,
     pool: DbPool,
+    /// The users' data keys, wrapped by the master key.
+    keys: AccountKeys,
     /// The key of the reservation streams' names, once read.
     reservations: Arc<tokio::sync::OnceCell<[u8; 32]>>,
 }
@@ -172,12 +344,17 @@ const RESERVATIONS: &str = "reservations";
 impl Vault {
     pub fn new(master: MasterKey, pool: DbPool) -> Self {
         Self {
+            keys: AccountKeys {
+                ring: master.clone(),
+                pool: pool.clone(),
+                table: "user_keys",
+                purpose: "",
+            },
             master,
             pool,
             reservations: Arc::default(),
         }
     }
-
     /// The key of the reservation streams' names: made on first use, kept sealed by the master key
     /// in `server_secrets`, the same for every process of the installation.
     ///
@@ -227,91 +404,21 @@ impl Vault {
         &self.pool
     }
 
-    /// The wrapped key, unless there is none or it was destroyed.
-    async fn wrapped_key(&self, user: UserId) -> Result<Option<String>, CommandError> {
-        Ok(self.stored_key(user).await?.filter(|k| k != ERASED))
-    }
-
-    async fn stored_key(&self, user: UserId) -> Result<Option<String>, CommandError> {
-        let query = "SELECT wrapped_key FROM user_keys WHERE user_id = $1";
-        let id = user.to_string();
-        match &self.pool {
-            DbPool::Sqlite(p) => sqlx::query_scalar(query).bind(id).fetch_optional(p).await,
-            DbPool::Postgres(p) => sqlx::query_scalar(query).bind(id).fetch_optional(p).await,
-        }
-        .map_err(|err| CommandError::Store(err.into()))
-    }
-
-    /// The user's data key, created (and stored wrapped) on first use.
-    async fn data_key(&self, user: UserId) -> Result<[u8; 32], CommandError> {
-        let aad = user.to_string();
-        if self.stored_key(user).await?.as_deref() == Some(ERASED) {
-            return Err(CommandError::NotFound("user"));
-        }
-        if self.wrapped_key(user).await?.is_none() {
-            let mut key = [0_u8; 32];
-            rand::thread_rng().fill_bytes(&mut key);
-            let text = self.master.seal(&aad, &key)?;
-            let insert = "INSERT INTO user_keys (user_id, wrapped_key, created_at) VALUES ($1, $2, $3) ON CONFLICT (user_id) DO NOTHING";
-            let now = chrono::Utc::now().to_rfc3339();
-            match &self.pool {
-                DbPool::Sqlite(p) => sqlx::query(insert).bind(&aad).bind(&text).bind(&now).execute(p).await.map(drop),
-                DbPool::Postgres(p) => sqlx::query(insert).bind(&aad).bind(&text).bind(&now).execute(p).await.map(drop),
-            }
-            .map_err(|err| CommandError::Store(err.into()))?;
-        }
-        // Whoever won a race to create it, this is the key now.
-        let text = self
-            .wrapped_key(user)
-            .await?
-            .ok_or_else(|| CommandError::Storage("the user's data key is gone".into()))?;
-        let key = self.master.open(&aad, &text)?;
-        key.try_into()
-            .map_err(|_| CommandError::Storage("a data key has the wrong length".into()))
-    }
-
-    /// Runs `update` (`SET <sealed> = $1 WHERE <key> = $2 AND <sealed> = $3`): the row changes only if
-    /// it still holds `old`.
-    async fn swap_sealed(&self, update: &str, new: &str, key: &str, old: &str) -> Result<(), CommandError> {
-        cloudsync_eventstore::on_pool!(&self.pool, |p| sqlx::query(update)
-            .bind(new)
-            .bind(key)
-            .bind(old)
-            .execute(p)
-            .await
-            .map(drop))
-        .map_err(|err| CommandError::Storage(err.to_string()))
-    }
-
     /// Wraps every user's data key and the server's secrets with the current master key (those wrapped
-    /// by an earlier one); returns how many users' keys were re-wrapped.
-    /// Each row changes alone and only if it is still what was
-    /// read, so this can run beside the service and be repeated after an interruption.
+    /// by an earlier one); returns how many users' keys were re-wrapped. Each row changes alone and
+    /// only if it is still what was read, so this can run beside the service and be repeated after
+    /// an interruption.
     ///
     /// # Errors
     /// A key that no configured master key opens; store failures.
     pub async fn rewrap(&self) -> Result<usize, CommandError> {
-        let store = |err: sqlx::Error| CommandError::Storage(err.to_string());
-        let query = "SELECT user_id, wrapped_key FROM user_keys";
-        let rows: Vec<(String, String)> =
-            cloudsync_eventstore::on_pool!(&self.pool, |p| sqlx::query_as(query).fetch_all(p).await).map_err(store)?;
-        let update = "UPDATE user_keys SET wrapped_key = $1 WHERE user_id = $2 AND wrapped_key = $3";
-        let mut rewrapped = 0;
-        for (user, wrapped) in rows {
-            if wrapped == ERASED || self.master.is_current(&wrapped) {
-                continue;
-            }
-            let key = self.master.open(&user, &wrapped)?;
-            let again = self.master.seal(&user, &key)?;
-            self.swap_sealed(update, &again, &user, &wrapped).await?;
-            rewrapped += 1;
-        }
+        let rewrapped = self.keys.rewrap().await?;
         // The server's own secrets too (not counted: the count is of users' keys).
         let secrets: Vec<(String, String)> =
             cloudsync_eventstore::on_pool!(&self.pool, |p| sqlx::query_as("SELECT name, sealed FROM server_secrets")
                 .fetch_all(p)
                 .await)
-            .map_err(store)?;
+            .map_err(|err| CommandError::Storage(err.to_string()))?;
         let update = "UPDATE server_secrets SET sealed = $1 WHERE name = $2 AND sealed = $3";
         for (name, sealed) in secrets {
             if self.master.is_current(&sealed) {
@@ -319,7 +426,7 @@ impl Vault {
             }
             let aad = format!("server-secret:{name}");
             let again = self.master.seal(&aad, &self.master.open(&aad, &sealed)?)?;
-            self.swap_sealed(update, &again, &name, &sealed).await?;
+            swap_sealed(&self.pool, update, &again, &name, &sealed).await?;
         }
         Ok(rewrapped)
     }
@@ -329,7 +436,7 @@ impl Vault {
     /// # Errors
     /// An erased account ([`CommandError::NotFound`]); the key store is unreachable.
     pub(crate) async fn key_to_seal(&self, user: UserId) -> Result<[u8; 32], CommandError> {
-        self.data_key(user).await
+        self.keys.to_seal(user).await
     }
 
     /// `user`'s data key for opening many values at once; `None` when there is none (the account
@@ -338,13 +445,7 @@ impl Vault {
     /// # Errors
     /// The key store is unreachable, or no configured master key opens the key.
     pub(crate) async fn key_to_open(&self, user: UserId) -> Result<Option<[u8; 32]>, CommandError> {
-        let Some(text) = self.wrapped_key(user).await? else {
-            return Ok(None);
-        };
-        let key = self.master.open(&user.to_string(), &text)?;
-        key.try_into()
-            .map(Some)
-            .map_err(|_| CommandError::Storage("a data key has the wrong length".into()))
+        self.keys.to_open(user).await
     }
 
     /// Whether `user` has a data key (none yet, or destroyed by erasing the account: `false`).
@@ -352,7 +453,7 @@ impl Vault {
     /// # Errors
     /// The key store is unreachable.
     pub async fn has_key(&self, user: UserId) -> Result<bool, CommandError> {
-        Ok(self.wrapped_key(user).await?.is_some())
+        self.keys.has(user).await
     }
 
     /// Destroys `user`'s data key: whatever was sealed with it can never be opened again
@@ -361,20 +462,7 @@ impl Vault {
     /// # Errors
     /// The key store is unreachable.
     pub async fn destroy(&self, user: UserId) -> Result<(), CommandError> {
-        let id = user.to_string();
-        let now = chrono::Utc::now().to_rfc3339();
-        // A tombstone, not a deletion: `data_key` must not make a fresh key for an erased user
-        // (also written for a user who never had a key).
-        let query = "INSERT INTO user_keys (user_id, wrapped_key, created_at) VALUES ($1, $2, $3) \
-                     ON CONFLICT (user_id) DO UPDATE SET wrapped_key = excluded.wrapped_key, created_at = excluded.created_at";
-        cloudsync_eventstore::on_pool!(&self.pool, |p| sqlx::query(query)
-            .bind(&id)
-            .bind(ERASED)
-            .bind(&now)
-            .execute(p)
-            .await
-            .map(drop))
-        .map_err(|err| CommandError::Store(err.into()))
+        self.keys.destroy(user).await
     }
 
     /// Encrypts `plaintext` for `user`.
@@ -382,7 +470,7 @@ impl Vault {
     /// # Errors
     /// The key store is unreachable.
     pub async fn seal(&self, user: UserId, plaintext: &[u8]) -> Result<SealedSecret, CommandError> {
-        let key = self.data_key(user).await?;
+        let key = self.keys.to_seal(user).await?;
         let (nonce, ciphertext) = seal_with(&key, plaintext, user.to_string().as_bytes())?;
         Ok(SealedSecret {
             nonce: B64.encode(nonce),
@@ -395,7 +483,7 @@ impl Vault {
     /// # Errors
     /// A wrong or destroyed key, or tampered ciphertext.
     pub async fn open(&self, user: UserId, sealed: &SealedSecret) -> Result<Vec<u8>, CommandError> {
-        open_sealed(&self.data_key(user).await?, user, sealed)
+        open_sealed(&self.keys.to_seal(user).await?, user, sealed)
     }
 
     /// Decrypts a secret sealed for `user`; `None` when the user has no key (the account was
@@ -404,7 +492,7 @@ impl Vault {
     /// # Errors
     /// Tampered ciphertext; the key store is unreachable.
     pub(crate) async fn open_if_kept(&self, user: UserId, sealed: &SealedSecret) -> Result<Option<Vec<u8>>, CommandError> {
-        match self.key_to_open(user).await? {
+        match self.keys.to_open(user).await? {
             Some(key) => open_sealed(&key, user, sealed).map(Some),
             None => Ok(None),
         }

@@ -23,6 +23,12 @@ pub struct Config {
     /// Earlier master keys, still opening what they sealed until `cloudsync keys rewrap` has
     /// re-wrapped everything with the current one (also read from `<data_dir>/master-key.previous`).
     pub master_key_previous: Vec<SecretString>,
+    /// The chunk-store key (32 bytes, base64 or hex): wraps each account's key of the chunk store,
+    /// apart from the master key. Unset: generated once into `<data_dir>/chunk-store-key`.
+    pub chunk_store_key: Option<SecretString>,
+    /// Earlier chunk-store keys, until `cloudsync keys rewrap` has re-wrapped every account's key
+    /// with the current one (also read from `<data_dir>/chunk-store-key.previous`).
+    pub chunk_store_key_previous: Vec<SecretString>,
     /// Lifetime of an access token.
     pub token_ttl_minutes: i64,
     /// How long a refresh token works unless it is exchanged (each exchange starts it again).
@@ -146,6 +152,8 @@ impl Default for Config {
             database_url: None,
             master_key: None,
             master_key_previous: Vec::new(),
+            chunk_store_key: None,
+            chunk_store_key_previous: Vec::new(),
             token_ttl_minutes: 15,
             refresh_ttl_days: 30,
             redis_url: None,
@@ -194,6 +202,16 @@ impl Default for Config {
 
 /// Splits the rest of `CLOUDSYNC_<GROUP>_<ENTRY>_<FIELD>` (`name`, after `<GROUP>_`) into the
 /// entry's name (lower case) and one of `fields`.
+/// Keys given as one comma-separated value.
+fn keys(value: &str) -> Vec<SecretString> {
+    value
+        .split(',')
+        .map(str::trim)
+        .filter(|k| !k.is_empty())
+        .map(|k| SecretString::from(k.to_owned()))
+        .collect()
+}
+
 fn named_setting(group: &str, entry: &str, name: &str, fields: &[&'static str]) -> anyhow::Result<(String, &'static str)> {
     fields
         .iter()
@@ -231,14 +249,9 @@ impl Config {
                 "BIND" => config.bind = value,
                 "DATABASE_URL" => config.database_url = Some(value),
                 "MASTER_KEY" => config.master_key = Some(SecretString::from(value)),
-                "MASTER_KEY_PREVIOUS" => {
-                    config.master_key_previous = value
-                        .split(',')
-                        .map(str::trim)
-                        .filter(|k| !k.is_empty())
-                        .map(|k| SecretString::from(k.to_owned()))
-                        .collect();
-                }
+                "MASTER_KEY_PREVIOUS" => config.master_key_previous = keys(&value),
+                "CHUNK_STORE_KEY" => config.chunk_store_key = Some(SecretString::from(value)),
+                "CHUNK_STORE_KEY_PREVIOUS" => config.chunk_store_key_previous = keys(&value),
                 "TOKEN_TTL_MINUTES" => config.token_ttl_minutes = value.parse().context("CLOUDSYNC_TOKEN_TTL_MINUTES must be a number")?,
                 "REFRESH_TTL_DAYS" => config.refresh_ttl_days = value.parse().context("CLOUDSYNC_REFRESH_TTL_DAYS must be a number")?,
                 "REDIS_URL" => config.redis_url = Some(value).filter(|v| !v.is_empty()),

@@ -82,23 +82,117 @@ fn secret(config: &Config, configured: Option<&SecretString>, file: &str, genera
     Ok(SecretString::from(secret))
 }
 
+/// A key ring kept apart from the others: its current key (configured, or generated once into the
+/// data dir) and the keys it replaced.
+#[derive(Clone, Copy)]
+pub struct KeyFiles {
+    /// What the ring is called in messages.
+    what: &'static str,
+    /// The data dir's file of the generated key; `<file>.previous` holds the keys it replaced.
+    file: &'static str,
+    /// The variable that configures it instead.
+    variable: &'static str,
+    configured: fn(&Config) -> (Option<&SecretString>, &[SecretString]),
+}
+
+/// The master key: wraps every user's data key, the server's secrets and the signing keys.
+pub const MASTER_KEY: KeyFiles = KeyFiles {
+    what: "master key",
+    file: "master-key",
+    variable: "CLOUDSYNC_MASTER_KEY",
+    configured: |config| (config.master_key.as_ref(), &config.master_key_previous),
+};
+
+/// The chunk-store key: wraps each account's chunk-store key, apart from the master key (the
+/// chunk store may be someone else's bucket; its keys rotate on their own).
+pub const CHUNK_STORE_KEY: KeyFiles = KeyFiles {
+    what: "chunk-store key",
+    file: "chunk-store-key",
+    variable: "CLOUDSYNC_CHUNK_STORE_KEY",
+    configured: |config| (config.chunk_store_key.as_ref(), &config.chunk_store_key_previous),
+};
+
+impl KeyFiles {
+    /// The data dir's file of earlier generated keys (one per line, oldest first).
+    pub fn previous_file(&self) -> String {
+        format!("{}.previous", self.file)
+    }
+
+    /// The ring from configuration (or generated once into the data dir), with the earlier keys
+    /// configured or kept in the data dir.
+    ///
+    /// # Errors
+    /// A malformed or unwritable key.
+    pub fn ring(&self, config: &Config) -> anyhow::Result<MasterKey> {
+        let (configured, configured_previous) = (self.configured)(config);
+        let key = secret(config, configured, self.file, || MasterKey::generate().1)?;
+        let current = MasterKey::parse(key.expose_secret()).with_context(|| format!("the {}", self.what))?;
+        let mut previous = Vec::new();
+        for (i, key) in configured_previous.iter().enumerate() {
+            previous.push(MasterKey::parse(key.expose_secret()).with_context(|| format!("previous {} {}", self.what, i + 1))?);
+        }
+        let previous_file = self.previous_file();
+        if let Ok(text) = std::fs::read_to_string(config.data_dir.join(&previous_file)) {
+            for line in text.lines().filter(|l| !l.trim().is_empty()) {
+                previous.push(MasterKey::parse(line).with_context(|| format!("a key in {previous_file}"))?);
+            }
+        }
+        Ok(current.with_previous(previous))
+    }
+
+    /// Replaces the data dir's generated key by a new one, keeping the old one in the previous
+    /// keys' file (written and synced first, so an interruption anywhere leaves every key that
+    /// sealed something on disk). Only for a generated key: a configured one is rotated by
+    /// configuration.
+    ///
+    /// # Errors
+    /// A configured key, or files that cannot be written.
+    pub fn replace_generated(&self, config: &Config) -> anyhow::Result<MasterKey> {
+        use std::io::Write as _;
+        if (self.configured)(config).0.is_some() {
+            anyhow::bail!(
+                "the {what} comes from the configuration: set {var} to a new key and {var}_PREVIOUS to the old \
+                 one on every process, run `cloudsync keys rewrap`, then drop the previous key",
+                what = self.what,
+                var = self.variable
+            );
+        }
+        let path = config.data_dir.join(self.file);
+        let old = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+        let private = || {
+            let mut options = std::fs::OpenOptions::new();
+            #[cfg(unix)]
+            {
+                use std::os::unix::fs::OpenOptionsExt as _;
+                options.mode(0o600);
+            }
+            options
+        };
+        // The folder's entries are made durable too: after a crash, whatever the database holds
+        // was sealed by a key that is on disk.
+        let sync_folder = || std::fs::File::open(&config.data_dir).and_then(|folder| folder.sync_all());
+        let previous_path = config.data_dir.join(self.previous_file());
+        let mut previous = private().create(true).append(true).open(&previous_path)?;
+        writeln!(previous, "{}", old.trim())?;
+        previous.sync_all()?;
+        sync_folder()?;
+        let (_, text) = MasterKey::generate();
+        let temporary = config.data_dir.join(format!(".{}.tmp", self.file));
+        let mut file = private().create(true).write(true).truncate(true).open(&temporary)?;
+        file.write_all(text.as_bytes())?;
+        file.sync_all()?;
+        std::fs::rename(&temporary, &path)?;
+        sync_folder()?;
+        self.ring(config)
+    }
+}
+
 /// The master key from configuration (or generated once into the data dir).
 ///
 /// # Errors
 /// A malformed or unwritable master key.
 pub fn master_key(config: &Config) -> anyhow::Result<MasterKey> {
-    let master = secret(config, config.master_key.as_ref(), "master-key", || MasterKey::generate().1)?;
-    let current = MasterKey::parse(master.expose_secret()).context("the master key")?;
-    let mut previous = Vec::new();
-    for (i, key) in config.master_key_previous.iter().enumerate() {
-        previous.push(MasterKey::parse(key.expose_secret()).with_context(|| format!("previous master key {}", i + 1))?);
-    }
-    if let Ok(text) = std::fs::read_to_string(config.data_dir.join(PREVIOUS_MASTER_KEYS)) {
-        for line in text.lines().filter(|l| !l.trim().is_empty()) {
-            previous.push(MasterKey::parse(line).with_context(|| format!("a key in {PREVIOUS_MASTER_KEYS}"))?);
-        }
-    }
-    Ok(current.with_previous(previous))
+    MASTER_KEY.ring(config)
 }
 
 /// The master key ring as what seals the private halves of the access tokens' signing keys.
@@ -116,54 +210,6 @@ impl cloudsync_identity::keys::Sealer for MasterSealer {
     fn is_current(&self, sealed: &str) -> bool {
         self.0.is_current(sealed)
     }
-}
-
-/// The data dir's file of earlier generated master keys (one per line, oldest first).
-pub const PREVIOUS_MASTER_KEYS: &str = "master-key.previous";
-
-/// Replaces the data dir's generated master key by a new one, keeping the old one in
-/// [`PREVIOUS_MASTER_KEYS`] (written and synced first, so an interruption anywhere leaves every key
-/// that sealed something on disk). Only for the generated key: a configured one is rotated by
-/// configuration.
-///
-/// # Errors
-/// A configured master key, or files that cannot be written.
-pub fn replace_generated_master_key(config: &Config) -> anyhow::Result<MasterKey> {
-    use std::io::Write as _;
-    if config.master_key.is_some() {
-        anyhow::bail!(
-            "the master key comes from the configuration: set CLOUDSYNC_MASTER_KEY to a new key and \
-             CLOUDSYNC_MASTER_KEY_PREVIOUS to the old one on every process, run `cloudsync keys rewrap`, \
-             then drop the previous key"
-        );
-    }
-    let path = config.data_dir.join("master-key");
-    let old = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
-    let private = || {
-        let mut options = std::fs::OpenOptions::new();
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::OpenOptionsExt as _;
-            options.mode(0o600);
-        }
-        options
-    };
-    // The folder's entries are made durable too: after a crash, whatever the database holds was
-    // sealed by a key that is on disk.
-    let sync_folder = || std::fs::File::open(&config.data_dir).and_then(|folder| folder.sync_all());
-    let previous_path = config.data_dir.join(PREVIOUS_MASTER_KEYS);
-    let mut previous = private().create(true).append(true).open(&previous_path)?;
-    writeln!(previous, "{}", old.trim())?;
-    previous.sync_all()?;
-    sync_folder()?;
-    let (_, text) = MasterKey::generate();
-    let temporary = config.data_dir.join(".master-key.tmp");
-    let mut file = private().create(true).write(true).truncate(true).open(&temporary)?;
-    file.write_all(text.as_bytes())?;
-    file.sync_all()?;
-    std::fs::rename(&temporary, &path)?;
-    sync_folder()?;
-    master_key(config)
 }
 
 /// How long a retired signing key keeps verifying: every token it signed, including those signed by
@@ -261,10 +307,11 @@ pub async fn shared_state(config: &Config, clock: &Arc<dyn Clock>) -> anyhow::Re
     ))
 }
 
-/// The command side on `db`, with the master key from configuration (or the data dir).
+/// The command side on `db`, with the master key and the chunk-store key from configuration (or
+/// the data dir).
 ///
 /// # Errors
-/// A malformed or unwritable master key.
+/// A malformed or unwritable key.
 pub fn commands(config: &Config, db: &Database) -> anyhow::Result<Commands> {
     let master = master_key(config)?;
     let chunks = match &config.chunk_store {
@@ -272,7 +319,7 @@ pub fn commands(config: &Config, db: &Database) -> anyhow::Result<Commands> {
         Some(settings) => ProviderStore::from_settings(settings).context("the chunk store's settings")?,
     };
     Ok(Commands::new(Arc::clone(&db.events), Vault::new(master, db.pool.clone()))
-        .with_chunks(Arc::new(chunks))
+        .with_chunks(Arc::new(chunks), CHUNK_STORE_KEY.ring(config)?)
         .with_deleted_keep_days(config.deleted_keep_days))
 }
 

@@ -12,6 +12,8 @@ pub struct Harness {
     pub db: TestDatabase,
     pub client: reqwest::Client,
     pub url: String,
+    /// What the server was started with.
+    pub config: Config,
 }
 
 impl Harness {
@@ -40,7 +42,18 @@ impl Harness {
             db,
             client: reqwest::Client::new(),
             url,
+            config,
         }
+    }
+
+    /// Stops the server (if running) and starts it again on the same configuration and data.
+    pub async fn restart(&mut self) {
+        if let Some(server) = self.server.take() {
+            server.stop().await;
+        }
+        let server = start(&self.config).await.expect("server starts again");
+        self.url = format!("http://{}", server.addr());
+        self.server = Some(server);
     }
 
     pub fn server(&self) -> &Server {

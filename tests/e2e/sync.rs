@@ -954,28 +954,23 @@ fn folder_bytes(root: &Path) -> u64 {
 /// Checks that everything the pairs' histories reference can be read back whole: every kept
 /// version and every kept text.
 async fn all_references_resolve(h: &Harness, pairs: &[String]) -> usize {
-    let app = h.server().app();
-    let chunks = app.commands.chunks().expect("a chunk store");
     let mut checked = 0;
     for pair in pairs {
-        let mut state = cloudsync_domain::sync_pair::SyncPair::default();
-        for recorded in app.db.events.read_stream(&format!("pair-{pair}")).await.expect("stream") {
-            let event = DomainEvent::decode(&recorded.event_type, recorded.schema_version, &recorded.payload).expect("decodes");
-            cloudsync_domain::Aggregate::apply(&mut state, &event);
-        }
+        let state = pair_state(h, pair).await;
+        let chunks = owner_chunks(h, pair).await;
         for version in state.versions() {
-            let manifest = cloudsync_chunks::get_manifest(&**chunks, &version.content)
+            let manifest = cloudsync_chunks::get_manifest(&*chunks, &version.content)
                 .await
                 .unwrap_or_else(|err| panic!("version {} of {}: {err}", version.version_id, version.path));
             if manifest.patch.is_some() {
                 // Kept as what a write in place destroyed: its bytes are all there (rebuilding
                 // it over the newer content is `restoreFileVersion`'s, tested with it).
-                cloudsync_chunks::Layer::load(&**chunks, &manifest)
+                cloudsync_chunks::Layer::load(&*chunks, &manifest)
                     .await
                     .unwrap_or_else(|err| panic!("version {} of {}: {err}", version.version_id, version.path));
                 assert_eq!(manifest.checksum, version.version.checksum);
             } else {
-                let content = cloudsync_chunks::get_content(&**chunks, &version.content)
+                let content = cloudsync_chunks::get_content(&*chunks, &version.content)
                     .await
                     .unwrap_or_else(|err| panic!("version {} of {}: {err}", version.version_id, version.path));
                 assert_eq!(hex(&content), version.version.checksum);
@@ -986,13 +981,64 @@ async fn all_references_resolve(h: &Harness, pairs: &[String]) -> usize {
     checked
 }
 
+/// A pair as its stream tells it.
+async fn pair_state(h: &Harness, pair: &str) -> cloudsync_domain::sync_pair::SyncPair {
+    let mut state = cloudsync_domain::sync_pair::SyncPair::default();
+    for recorded in h
+        .server()
+        .app()
+        .db
+        .events
+        .read_stream(&format!("pair-{pair}"))
+        .await
+        .expect("stream")
+    {
+        let event = DomainEvent::decode(&recorded.event_type, recorded.schema_version, &recorded.payload).expect("decodes");
+        cloudsync_domain::Aggregate::apply(&mut state, &event);
+    }
+    state
+}
+
+/// The chunk store as the owner of `pair` sees it (its chunks sealed under its key).
+async fn owner_chunks(h: &Harness, pair: &str) -> std::sync::Arc<dyn cloudsync_chunks::ChunkStore> {
+    let owner = pair_state(h, pair).await.settings().expect("a created pair").owner_id;
+    h.server()
+        .app()
+        .commands
+        .chunks_for(owner)
+        .await
+        .expect("the owner's key")
+        .expect("a chunk store")
+}
+
+/// Asserts that no file under `folder` holds 32 bytes in a row of `content` (taken every 4 KiB,
+/// so that any chunk of it, compressed but not sealed, would show).
+fn holds_no_plaintext(folder: &std::path::Path, content: &[u8]) -> usize {
+    let needles: std::collections::HashSet<&[u8]> = content.chunks(4096).filter(|c| c.len() >= 32).map(|c| &c[..32]).collect();
+    let mut files = 0;
+    for entry in walkdir::WalkDir::new(folder).into_iter().filter_map(Result::ok) {
+        if entry.file_type().is_file() {
+            let stored = std::fs::read(entry.path()).expect("read a chunk file");
+            assert!(
+                !stored.windows(32).any(|w| needles.contains(w)),
+                "{} holds plaintext of a synced file",
+                entry.path().display()
+            );
+            files += 1;
+        }
+    }
+    files
+}
+
 async fn garbage_collection_waits_for_runs_and_keeps_what_is_referenced(h: &Harness) {
     let big = noise(3 * 1024 * 1024, 31);
     let seed: Vec<(&str, &[u8])> = vec![("big.bin", &big), ("notes.txt", b"one\n")];
     let (token, source, a, target, b) = two_folders(h, "gc@example.org", &seed).await;
     let pair = pair_keeping(h, &token, &source, &target, 1).await;
     let app = h.server().app();
-    let chunks = std::sync::Arc::clone(app.commands.chunks().expect("a chunk store"));
+    let chunks = owner_chunks(h, &pair).await;
+    let owner = pair_state(h, &pair).await.settings().expect("created").owner_id;
+    let store = std::sync::Arc::clone(app.commands.chunk_store().expect("a chunk store"));
     let wait = Duration::from_secs(30);
 
     // Two rounds of edits: the first round's versions fall out of the retention (keep 1).
@@ -1004,6 +1050,10 @@ async fn garbage_collection_waits_for_runs_and_keeps_what_is_referenced(h: &Harn
         run(h, &token, &pair).await;
     }
     assert_eq!(versions_of(h, &token, &target, "big.bin").await.len(), 1);
+    // Versions, texts and manifests are all sealed: the chunk files hold no plaintext.
+    if h.db.dir().join("data/chunks").exists() {
+        assert!(holds_no_plaintext(&h.db.dir().join("data/chunks"), &big) > 10);
+    }
     let orphan = b"a chunk nobody references".to_vec();
     let orphan_id = hex(&orphan);
     chunks.put(&orphan_id, &orphan).await.expect("put");
@@ -1103,18 +1153,116 @@ async fn garbage_collection_waits_for_runs_and_keeps_what_is_referenced(h: &Harn
     h.wait_for_operation(&token, back["operation"]["id"].as_str().expect("run")).await;
     assert_eq!(hex(&tree(&a)["big.bin"]), restore[0]["checksum"].as_str().expect("checksum"));
 
-    // An erased account's versions go with it: the next collection keeps nothing of its pair.
-    assert!(!chunks.list().await.expect("listed").is_empty());
+    // An erased account's versions go with it: its key of the chunk store is destroyed at once
+    // (what it kept can no longer be opened), and the next collection keeps nothing of its pair.
+    assert!(!store.list().await.expect("listed").is_empty());
     let erase = "mutation($p: String) { deleteAccount(password: $p) }";
     h.ok(Some(&token), erase, json!({ "p": "correct horse battery" })).await;
+    assert!(matches!(
+        app.commands.chunks_for(owner).await,
+        Err(cloudsync_commands::CommandError::NotFound(_))
+    ));
     let report = app.commands.collect_garbage(wait).await.expect("collected");
     assert_eq!(report.erased_pairs, 1, "{report:?}");
-    assert_eq!(chunks.list().await.expect("listed"), Vec::<String>::new());
+    assert_eq!(store.list().await.expect("listed"), Vec::new());
     assert_eq!(
         app.commands.collect_garbage(wait).await.expect("collected").pairs,
         0,
         "and forgotten"
     );
+}
+
+/// `cloudsync keys rotate-chunk-store` replaces the generated chunk-store key and re-wraps the
+/// accounts' keys of the chunk store, and only those: the master key stays, no chunk is rewritten,
+/// and kept versions restore once the old key is gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_chunk_store_key_rotates_on_its_own_and_versions_still_restore() {
+    let mut h = Harness::new(cloudsync_eventstore::testing::Backend::Sqlite).await;
+    let big = noise(1024 * 1024 + 5, 61);
+    let seed: Vec<(&str, &[u8])> = vec![("big.bin", &big)];
+    let (token, source, a, target, b) = two_folders(&h, "chunk-keys@example.org", &seed).await;
+    let pair = pair_keeping(&h, &token, &source, &target, 3).await;
+    let mut edited = big.clone();
+    edited[10..20].copy_from_slice(b"0123456789");
+    write(&b, "big.bin", &edited);
+    run(&h, &token, &pair).await;
+    let kept = versions_of(&h, &token, &source, "big.bin").await;
+    assert_eq!(kept.len(), 1, "{kept:?}");
+    assert_eq!(kept[0]["checksum"], json!(hex(&big)));
+
+    let data = h.db.dir().join("data");
+    let read = |file: &str| std::fs::read_to_string(data.join(file)).unwrap_or_default();
+    let (master, old) = (read("master-key"), read("chunk-store-key"));
+    assert!(!old.trim().is_empty(), "a chunk-store key was generated beside the master key");
+    assert_ne!(master, old);
+    let chunk_files = || {
+        walkdir::WalkDir::new(data.join("chunks"))
+            .into_iter()
+            .filter_map(Result::ok)
+            .filter(|e| e.file_type().is_file())
+            .map(|e| (e.path().to_owned(), hex(&std::fs::read(e.path()).expect("read"))))
+            .collect::<BTreeMap<_, _>>()
+    };
+    let before = chunk_files();
+    if let Some(server) = h.server.take() {
+        server.stop().await;
+    }
+    let mut out = Vec::new();
+    cloudsync_gateway::cli::keys(
+        &h.config,
+        &h.db.db,
+        &cloudsync_gateway::cli::KeysCommand::RotateChunkStore,
+        &mut out,
+    )
+    .await
+    .expect("rotated");
+    let printed = String::from_utf8(out).expect("text");
+    assert!(printed.contains("(1 re-wrapped)"), "{printed}");
+    assert_eq!(read("master-key"), master, "the master key is not touched");
+    assert_ne!(read("chunk-store-key").trim(), old.trim());
+    assert_eq!(read("chunk-store-key.previous").trim(), old.trim());
+    assert_eq!(chunk_files(), before, "no chunk is rewritten");
+    let new = cloudsync_commands::MasterKey::parse(&read("chunk-store-key")).expect("key");
+    let previous = cloudsync_commands::MasterKey::parse(&old).expect("key");
+    let cloudsync_eventstore::DbPool::Sqlite(pool) = &h.db.db.pool else {
+        panic!("a SQLite test database")
+    };
+    let (user, wrapped): (String, String) = sqlx::query_as("SELECT user_id, wrapped_key FROM chunk_store_keys")
+        .fetch_one(pool)
+        .await
+        .expect("the account's chunk-store key");
+    assert!(new.is_current(&wrapped));
+    assert!(previous.open(&format!("chunk-store:{user}"), &wrapped).is_err());
+
+    // Without the old key, on the new one: the kept version restores byte for byte.
+    std::fs::remove_file(data.join("chunk-store-key.previous")).expect("drop the old key");
+    h.restart().await;
+    // Sessions lived in the stopped process's memory: sign in again.
+    let login = "mutation($e: String!, $p: String!) { login(email: $e, password: $p) { accessToken } }";
+    let signed_in = h
+        .ok(None, login, json!({ "e": "chunk-keys@example.org", "p": "correct horse battery" }))
+        .await;
+    let token = signed_in["login"]["accessToken"].as_str().expect("token").to_owned();
+    let back = h.ok(Some(&token), RESTORE, json!({ "v": kept[0]["id"] })).await["restoreFileVersion"].clone();
+    h.wait_for_operation(&token, back["operation"]["id"].as_str().expect("run")).await;
+    assert_eq!(tree(&a)["big.bin"], big);
+    assert_eq!(tree(&b)["big.bin"], big);
+
+    // A configured chunk-store key is rotated by configuration, not by this command.
+    let configured = cloudsync_gateway::Config {
+        chunk_store_key: Some(secrecy::SecretString::from(read("chunk-store-key").trim().to_owned())),
+        ..h.config.clone()
+    };
+    let mut out = Vec::new();
+    let refused = cloudsync_gateway::cli::keys(
+        &configured,
+        &h.db.db,
+        &cloudsync_gateway::cli::KeysCommand::RotateChunkStore,
+        &mut out,
+    )
+    .await;
+    assert!(refused.is_err_and(|e| e.to_string().contains("CLOUDSYNC_CHUNK_STORE_KEY_PREVIOUS")));
+    h.stop().await;
 }
 
 /// The chunk store in an S3 bucket instead of the data dir: the same versions and restores.
@@ -1130,7 +1278,15 @@ mod chunks_on_s3 {
 
     async fn versions_live_in_the_configured_store(h: &Harness) {
         earlier_versions_are_kept_listed_and_restored(h).await;
-        let stored = h.server().app().commands.chunks().expect("store").list().await.expect("listed");
+        let stored = h
+            .server()
+            .app()
+            .commands
+            .chunk_store()
+            .expect("store")
+            .list()
+            .await
+            .expect("listed");
         assert!(stored.len() > 10, "the versions' chunks are in the bucket: {}", stored.len());
         assert!(!h.db.dir().join("data").join("chunks").exists(), "nothing went to the data dir");
     }

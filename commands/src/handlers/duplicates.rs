@@ -124,8 +124,8 @@ impl Commands {
             });
         }
         let chunks = self
-            .chunks()
-            .cloned()
+            .chunks_for(user)
+            .await?
             .ok_or_else(|| CommandError::Invalid("no chunk store is configured to keep deleted files in".into()))?;
         let mut plans: Vec<(Member, Arc<dyn StorageProvider>, KeptContent)> = Vec::with_capacity(others.len());
         let lease = self.lease_now(format!("duplicates-{}", Uuid::now_v7())).await?;
@@ -189,7 +189,8 @@ impl Commands {
         let (Some((kept, _)), [DomainEvent::DeletedFileRestored(restored)]) = (file.kept(), events.as_slice()) else {
             return Err(CommandError::NotFound("deleted file"));
         };
-        let chunks = Arc::clone(self.chunks().ok_or(CommandError::NotFound("deleted file"))?);
+        let owner = file.owner().ok_or(CommandError::NotFound("deleted file"))?;
+        let chunks = self.chunks_for(owner).await?.ok_or(CommandError::NotFound("deleted file"))?;
         let provider = self.provider(user, restored.provider_id).await?;
         let content = Version {
             checksum: kept.checksum.clone(),

@@ -182,11 +182,12 @@ impl Commands {
                 pair.live_for(user).ok_or(CommandError::NotFound("sync pair"))?;
                 pair.conflicts().get(&path).ok_or(CommandError::NotFound("conflict"))?;
                 let chunks = self
-                    .chunks()
+                    .chunks_for(user)
+                    .await?
                     .ok_or_else(|| CommandError::Invalid("this server keeps no chunk store for merged content".into()))?;
                 // Held until the resolution naming the content is recorded.
                 lease = Some(self.lease_now(format!("merge-{}", Uuid::now_v7())).await?);
-                let id = put_content(&**chunks, &content)
+                let id = put_content(&*chunks, &content)
                     .await
                     .map_err(|err| CommandError::Storage(err.to_string()))?;
                 Resolution::Merged {

@@ -374,6 +374,11 @@ impl Commands {
         // The key first: should anything below fail, the account is already unreadable, and
         // asking again finishes the erasure (destroying is idempotent).
         self.vault.destroy(user).await?;
+        // The chunk store's key too: the account's kept versions and texts can no longer be
+        // opened, and the collector lets them go.
+        if let Some(chunks) = &self.chunks {
+            chunks.keys.destroy(user).await?;
+        }
         self.forget_pairs();
         let at = Utc::now();
         let deleted = found.handle(UserCommand::Delete { at })?;

@@ -125,11 +125,11 @@ impl Commands {
     /// # Errors
     /// Vectors that are there but cannot be opened or decoded (tampered), or an unreachable store.
     pub async fn stored_vectors(&self, owner: UserId, reference: &str) -> Result<Option<Vec<Vec<f32>>>, CommandError> {
-        let chunks = self
-            .chunks()
-            .cloned()
-            .ok_or_else(|| CommandError::Invalid("no chunk store is configured".into()))?;
-        let bytes = match cloudsync_chunks::get_content(&*chunks, reference).await {
+        let Some(chunks) = self.chunks_to_open(owner).await? else {
+            // The account was erased: nothing to read.
+            return Ok(None);
+        };
+        let bytes = match cloudsync_chunks::get_content(&chunks, reference).await {
             Ok(bytes) => bytes,
             // Collected (its file or account is gone): nothing to read.
             Err(cloudsync_chunks::StoreError::Missing(_)) => return Ok(None),

@@ -626,8 +626,8 @@ impl Commands {
     /// reference (extracted texts, a model's results).
     pub(crate) async fn store_sealed(&self, owner: UserId, plain: &[u8]) -> Result<String, CommandError> {
         let chunks = self
-            .chunks()
-            .cloned()
+            .chunks_for(owner)
+            .await?
             .ok_or_else(|| CommandError::Invalid("no chunk store is configured".into()))?;
         let sealed = self.vault.seal(owner, plain).await?;
         let bytes = serde_json::to_vec(&sealed).map_err(|err| CommandError::Storage(err.to_string()))?;
@@ -642,11 +642,10 @@ impl Commands {
     /// # Errors
     /// A text that is there but cannot be opened (tampered), or an unreachable store.
     pub async fn extracted_text(&self, owner: UserId, reference: &str) -> Result<Option<String>, CommandError> {
-        let chunks = self
-            .chunks()
-            .cloned()
-            .ok_or_else(|| CommandError::Invalid("no chunk store is configured".into()))?;
-        let Ok(bytes) = cloudsync_chunks::get_content(&*chunks, reference).await else {
+        let Some(chunks) = self.chunks_to_open(owner).await? else {
+            return Ok(None);
+        };
+        let Ok(bytes) = cloudsync_chunks::get_content(&chunks, reference).await else {
             return Ok(None);
         };
         let sealed: SealedSecret =

@@ -9,6 +9,10 @@
 //! change locks the lease table first), so a use lease is either granted before the collect lease,
 //! and waited for, or refused until the collector is done.
 //!
+//! Chunks are marked by the files that hold them as their account names them (sealed under the
+//! account's key, or plain from before sealing), so what an erased account kept, which nobody can
+//! name or open any more, is deleted with the rest.
+//!
 //! Leases expire unless renewed, so a killed process's lease lapses after [`LEASE_TTL`] (by the
 //! database's clock). A holder that could not renew in time (a stalled process) finds its lease no
 //! longer valid and records nothing more: the run fails and the next one starts over.
@@ -18,7 +22,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
-use cloudsync_chunks::get_manifest;
+use cloudsync_chunks::{AccountStore, Stored, get_manifest};
 use cloudsync_domain::file::FileCommand;
 use cloudsync_domain::sync_pair::{SyncPair, SyncPairCommand};
 use cloudsync_domain::{Aggregate, DomainEvent, SyncPairId, UserId};
@@ -234,6 +238,17 @@ pub struct GcReport {
     pub deleted_released: usize,
 }
 
+/// Keeps the files of the chunk `id` that `account` references and, where it is a manifest (as
+/// every reference is), those of its chunks.
+async fn keep_referenced(account: &AccountStore, id: &str, keep: &mut HashSet<Stored>) -> Result<(), cloudsync_chunks::StoreError> {
+    keep.extend(account.files_of(id)?);
+    let manifest = get_manifest(account, id).await?;
+    for chunk in &manifest.chunks {
+        keep.extend(account.files_of(&chunk.id)?);
+    }
+    Ok(())
+}
+
 impl Commands {
     /// A use lease for work that stores chunks and records references to them afterwards (`holder`
     /// names it): the collector leaves the store alone until it is released. Waits while a
@@ -264,7 +279,7 @@ impl Commands {
     /// still going after `wait`, or another collection is going on; store errors.
     pub async fn collect_garbage(&self, wait: Duration) -> Result<GcReport, CommandError> {
         let chunks = self
-            .chunks()
+            .chunk_store()
             .cloned()
             .ok_or_else(|| CommandError::Invalid("no chunk store is configured".into()))?;
         let pool = self.pool().clone();
@@ -297,23 +312,23 @@ impl Commands {
             let mut report = GcReport::default();
             let pairs = self.known_pairs().await?;
             report.pairs = pairs.len();
-            let mut referenced: HashSet<String> = HashSet::new();
-            let mut erased: HashMap<UserId, bool> = HashMap::new();
+            // The files of every chunk a kept account references, as that account names them.
+            let mut referenced: HashSet<Stored> = HashSet::new();
+            // Each owner's view of the store; `None` for an erased account.
+            let mut accounts: HashMap<UserId, Option<AccountStore>> = HashMap::new();
             for pair_id in pairs {
                 let (mut pair, _) = self.load::<SyncPair>(&pair_id.stream()).await?;
-                if let Some(owner) = pair.settings().map(|created| created.owner_id) {
-                    let gone = match erased.get(&owner) {
-                        Some(gone) => *gone,
-                        None => *erased.entry(owner).or_insert(self.user(owner).await?.is_none()),
-                    };
-                    if gone {
-                        // An erased account's versions go with it: nothing of its pairs is kept.
-                        let forget = "DELETE FROM chunk_store_pairs WHERE pair_id = $1";
-                        let id = pair_id.to_string();
-                        on_pool!(&pool, |p| sqlx::query(forget).bind(id).execute(p).await.map(drop)).map_err(db_error)?;
-                        report.erased_pairs += 1;
-                        continue;
-                    }
+                // A pair that was never created has nothing kept.
+                let Some(owner) = pair.settings().map(|created| created.owner_id) else {
+                    continue;
+                };
+                if self.account_of(owner, &mut accounts).await?.is_none() {
+                    // An erased account's versions go with it: nothing of its pairs is kept.
+                    let forget = "DELETE FROM chunk_store_pairs WHERE pair_id = $1";
+                    let id = pair_id.to_string();
+                    on_pool!(&pool, |p| sqlx::query(forget).bind(id).execute(p).await.map(drop)).map_err(db_error)?;
+                    report.erased_pairs += 1;
+                    continue;
                 }
                 let pruned = pair.handle(SyncPairCommand::PruneVersions { at: Utc::now() })?;
                 if !pruned.is_empty() {
@@ -333,15 +348,12 @@ impl Commands {
                         pair.apply(event);
                     }
                 }
+                let Some(Some(account)) = accounts.get(&owner) else { continue };
                 for id in pair.stored_references() {
-                    referenced.insert(id.to_owned());
                     // A manifest's chunks: all of them for a kept content, whichever are stored
                     // for a manifest kept for ranged writes.
-                    match get_manifest(&*chunks, id).await {
-                        Ok(manifest) => referenced.extend(manifest.chunks.into_iter().map(|c| c.id)),
-                        Err(error) => {
-                            tracing::warn!(pair = %pair_id, manifest = id, error = %error, "A referenced manifest is not readable.")
-                        }
+                    if let Err(error) = keep_referenced(account, id, &mut referenced).await {
+                        tracing::warn!(pair = %pair_id, manifest = id, error = %error, "A referenced manifest is not readable.");
                     }
                 }
             }
@@ -369,17 +381,11 @@ impl Commands {
                 }
                 let mut references = file.content_references();
                 references.extend(file.kept().map(|(kept, _)| kept.manifest.as_str()));
-                let kept = match file.owner() {
-                    Some(owner) if !references.is_empty() => {
-                        let gone = match erased.get(&owner) {
-                            Some(gone) => *gone,
-                            None => *erased.entry(owner).or_insert(self.user(owner).await?.is_none()),
-                        };
-                        (!gone).then_some(references)
-                    }
+                let account = match file.owner() {
+                    Some(owner) if !references.is_empty() => self.account_of(owner, &mut accounts).await?,
                     _ => None,
                 };
-                let Some(references) = kept else {
+                let Some(account) = account else {
                     let forget = "DELETE FROM chunk_store_files WHERE file_id = $1";
                     let id = id.to_string();
                     on_pool!(&pool, |p| sqlx::query(forget).bind(id).execute(p).await.map(drop)).map_err(db_error)?;
@@ -387,10 +393,8 @@ impl Commands {
                     continue;
                 };
                 for reference in references {
-                    referenced.insert(reference.to_owned());
-                    match get_manifest(&*chunks, reference).await {
-                        Ok(manifest) => referenced.extend(manifest.chunks.into_iter().map(|c| c.id)),
-                        Err(error) => tracing::warn!(file = %id, error = %error, "A kept text's or vector's manifest is not readable."),
+                    if let Err(error) = keep_referenced(account, reference, &mut referenced).await {
+                        tracing::warn!(file = %id, error = %error, "A kept text's or vector's manifest is not readable.");
                     }
                 }
             }
@@ -398,11 +402,11 @@ impl Commands {
             report.temporaries = chunks.remove_temporaries().await.map_err(store_error)?;
             let stored = chunks.list().await.map_err(store_error)?;
             report.chunks = stored.len();
-            for id in stored.iter().filter(|id| !referenced.contains(*id)) {
+            for file in stored.iter().filter(|file| !referenced.contains(*file)) {
                 if !lease.valid() {
                     return Err(CommandError::Conflict("the collector's lease lapsed; run it again".into()));
                 }
-                chunks.delete(id).await.map_err(store_error)?;
+                chunks.remove(file).await.map_err(store_error)?;
                 report.deleted += 1;
             }
             Ok(report)
@@ -419,6 +423,22 @@ impl Commands {
             "Chunk store collected."
         );
         Ok(report)
+    }
+
+    /// `owner`'s view of the chunk store, remembered in `accounts`; `None` for an erased account
+    /// (whose chunks are kept for nobody).
+    async fn account_of<'a>(
+        &self,
+        owner: UserId,
+        accounts: &'a mut HashMap<UserId, Option<AccountStore>>,
+    ) -> Result<Option<&'a AccountStore>, CommandError> {
+        if let std::collections::hash_map::Entry::Vacant(entry) = accounts.entry(owner) {
+            entry.insert(match self.user(owner).await? {
+                Some(_) => self.chunks_to_open(owner).await?,
+                None => None,
+            });
+        }
+        Ok(accounts.get(&owner).and_then(Option::as_ref))
     }
 
     /// Every sync pair in the log: the collector's list, brought up to the head (from its

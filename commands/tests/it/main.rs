@@ -49,7 +49,7 @@ async fn setup(files: &[(&str, &[u8])]) -> Setup {
     let target_id = Arc::new(std::sync::OnceLock::<ProviderId>::new());
     let (layer_faults, layer_target) = (Arc::clone(&faults), Arc::clone(&target_id));
     let commands = Commands::new(db.events, vault)
-        .with_chunks(Arc::new(chunks))
+        .with_chunks(Arc::new(chunks), MasterKey::generate().0)
         .with_provider_layer(Arc::new(move |id, provider| {
             if layer_target.get() == Some(&id) {
                 Arc::new(Faulty::new(provider, Arc::clone(&layer_faults)))

@@ -1,4 +1,5 @@
-//! `cloudsync keys`: the signing keys and the master key (list, rotate, re-wrap).
+//! `cloudsync keys`: the signing keys, the master key and the chunk-store key (list, rotate,
+//! re-wrap).
 
 use cloudsync_eventstore::Database;
 
@@ -13,9 +14,26 @@ use super::KeysCommand;
 pub async fn keys(config: &Config, db: &Database, command: &KeysCommand, out: &mut impl std::io::Write) -> anyhow::Result<()> {
     use cloudsync_identity::keys::{KeyRing, list};
     let grace = crate::root::key_grace(config);
+    // Every account's chunk-store key wrapped by the current key of `ring`; how many were not.
+    let rewrap_chunk_keys = |ring: cloudsync_commands::MasterKey| {
+        let pool = db.pool.clone();
+        async move { cloudsync_commands::AccountKeys::for_chunk_store(ring, pool).rewrap().await }
+    };
+    if matches!(command, KeysCommand::RotateChunkStore) {
+        let ring = crate::root::CHUNK_STORE_KEY.replace_generated(config)?;
+        let accounts = rewrap_chunk_keys(ring.clone()).await?;
+        writeln!(
+            out,
+            "Chunk-store key {} now wraps every account's chunk-store key ({accounts} re-wrapped); the chunks \
+             themselves are unchanged. The old key is in {} until you delete it; start the server again to use the new one.",
+            ring.id(),
+            crate::root::CHUNK_STORE_KEY.previous_file()
+        )?;
+        return Ok(());
+    }
     if matches!(command, KeysCommand::Rewrap | KeysCommand::RotateMaster) {
         let master = if matches!(command, KeysCommand::RotateMaster) {
-            crate::root::replace_generated_master_key(config)?
+            crate::root::MASTER_KEY.replace_generated(config)?
         } else {
             crate::root::master_key(config)?
         };
@@ -26,11 +44,20 @@ pub async fn keys(config: &Config, db: &Database, command: &KeysCommand, out: &m
             "Master key {} now wraps everything: {users} user keys and {signing} signing keys re-wrapped.",
             master.id()
         )?;
+        if matches!(command, KeysCommand::Rewrap) {
+            let ring = crate::root::CHUNK_STORE_KEY.ring(config)?;
+            let accounts = rewrap_chunk_keys(ring.clone()).await?;
+            writeln!(
+                out,
+                "Chunk-store key {} wraps every account's chunk-store key: {accounts} re-wrapped.",
+                ring.id()
+            )?;
+        }
         if matches!(command, KeysCommand::RotateMaster) {
             writeln!(
                 out,
                 "The old key is in {} until you delete it; start the server again to use the new one.",
-                crate::root::PREVIOUS_MASTER_KEYS
+                crate::root::MASTER_KEY.previous_file()
             )?;
         }
         return Ok(());

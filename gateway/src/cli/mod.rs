@@ -95,7 +95,7 @@ pub enum Command {
         #[command(subcommand)]
         command: UsersCommand,
     },
-    /// Manages the access tokens' signing keys.
+    /// Manages the access tokens' signing keys, the master key and the chunk-store key.
     Keys {
         #[command(subcommand)]
         command: KeysCommand,
@@ -147,12 +147,17 @@ pub enum KeysCommand {
     /// the keys it replaces keep working until they expire, so nobody is signed out.
     Rotate,
     /// Re-wraps every user's data key and every signing key with the current master key (after the
-    /// configuration got a new one, with the old one as `master_key_previous`).
+    /// configuration got a new one, with the old one as `master_key_previous`), and every
+    /// account's chunk-store key with the current chunk-store key (likewise).
     Rewrap,
     /// Replaces the generated master key in the data dir by a new one and re-wraps everything
     /// with it; the old key stays in `master-key.previous` until you delete it. Stop the server
     /// first: a running server keeps the keys it started with.
     RotateMaster,
+    /// Replaces the generated chunk-store key in the data dir by a new one and re-wraps every
+    /// account's chunk-store key with it (the chunks themselves are not rewritten); the old key
+    /// stays in `chunk-store-key.previous` until you delete it. Stop the server first.
+    RotateChunkStore,
 }
 
 /// Parses the command line and runs it.

@@ -410,11 +410,12 @@ pub(super) async fn settle_pending(
         } else if found.is_none() {
             PatchOutcome::Abandoned
         } else {
-            let chunks = commands.chunks().ok_or(CommandError::NotFound("chunk store"))?;
-            let manifest = get_manifest(&**chunks, &started.undo)
+            let owner = pair.settings().map(|s| s.owner_id).ok_or(CommandError::NotFound("sync pair"))?;
+            let chunks = commands.chunks_for(owner).await?.ok_or(CommandError::NotFound("chunk store"))?;
+            let manifest = get_manifest(&*chunks, &started.undo)
                 .await
                 .map_err(|err| CommandError::Storage(err.to_string()))?;
-            let layer = Layer::load(&**chunks, &manifest)
+            let layer = Layer::load(&*chunks, &manifest)
                 .await
                 .map_err(|err| CommandError::Storage(err.to_string()))?;
             if undo_if_ours(provider, path, &layer, &started.old).await.map_err(storage)? {

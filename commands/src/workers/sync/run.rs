@@ -121,7 +121,7 @@ pub(crate) async fn run_sync(commands: &Commands, job_id: SyncJobId, cancel: &Ca
         }
     }
     // From here on the run stores chunks that it records later: the collector waits for it.
-    let lease = match commands.chunks() {
+    let lease = match commands.chunk_store() {
         // Each worker its own name: one that lost the job cannot release its successor's lease.
         Some(_) => match commands
             .chunk_lease(format!("sync-{job_id}-{}", Uuid::now_v7().simple()), cancel)
@@ -172,7 +172,7 @@ pub(super) async fn transfer(
         pair_id,
         owner: settings.owner_id,
         job_id,
-        chunks: commands.chunks().cloned(),
+        chunks: commands.chunks_for(settings.owner_id).await?,
         flushers,
         versions: settings.keep_versions > 0,
         pair: pair.clone(),

@@ -53,7 +53,7 @@ impl Commands {
                 "a write of this file was interrupted; the pair's next run settles it first, then restore".into(),
             ));
         }
-        let chunks = Arc::clone(self.chunks().ok_or(UNKNOWN)?);
+        let chunks = self.chunks_for(user).await?.ok_or(UNKNOWN)?;
         if let Some(last) = self.run_in_progress(&pair).await? {
             return Err(CommandError::Conflict(format!(
                 "a run of this pair is in progress (operation {last}); restore once it has ended"
