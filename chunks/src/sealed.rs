@@ -9,7 +9,9 @@
 //! moved to another name does not open). Without the account's key (an erased account) the files
 //! can be neither opened nor told apart from another account's.
 //!
-//! Chunks stored before sealing (`<id>.zst`, [`Form::Plain`]) are still read, checked by their id.
+//! Chunks stored before sealing (`<id>.zst`, [`Form::Plain`]) are still read, checked by their id,
+//! but do not count as stored: what is kept again is kept sealed. An account that has no key yet
+//! reads only those ([`AccountStore::unsealed`]) and stores nothing.
 
 use std::sync::Arc;
 
@@ -31,6 +33,13 @@ const NAME_CONTEXT: &str = "cloudsync chunk store 2026-12-06 naming key";
 #[derive(Clone)]
 pub struct AccountStore {
     store: Arc<ProviderStore>,
+    /// `None` for an account without a key yet, which reads only plain chunks.
+    keys: Option<Keys>,
+}
+
+/// What an account's key derives.
+#[derive(Clone)]
+struct Keys {
     cipher: XChaCha20Poly1305,
     names: [u8; 32],
 }
@@ -41,14 +50,24 @@ impl AccountStore {
         let seal = blake3::derive_key(SEAL_CONTEXT, account_key);
         Self {
             store,
-            cipher: XChaCha20Poly1305::new(&seal.into()),
-            names: blake3::derive_key(NAME_CONTEXT, account_key),
+            keys: Some(Keys {
+                cipher: XChaCha20Poly1305::new(&seal.into()),
+                names: blake3::derive_key(NAME_CONTEXT, account_key),
+            }),
         }
     }
 
-    /// The name of the account's file for the chunk `id`.
-    pub fn name_of(&self, id: &str) -> String {
-        blake3::keyed_hash(&self.names, id.as_bytes()).to_hex().to_string()
+    /// An account that has no key yet: it reads the plain chunks stored before sealing, and
+    /// stores nothing.
+    pub fn unsealed(store: Arc<ProviderStore>) -> Self {
+        Self { store, keys: None }
+    }
+
+    /// The name of the account's sealed file for the chunk `id` (none without a key).
+    pub fn name_of(&self, id: &str) -> Option<String> {
+        self.keys
+            .as_ref()
+            .map(|keys| blake3::keyed_hash(&keys.names, id.as_bytes()).to_hex().to_string())
     }
 
     /// The files that may hold the chunk `id` for this account: its sealed file and, from before
@@ -56,18 +75,22 @@ impl AccountStore {
     ///
     /// # Errors
     /// A malformed id.
-    pub fn files_of(&self, id: &str) -> Result<[Stored; 2], StoreError> {
+    pub fn files_of(&self, id: &str) -> Result<Vec<Stored>, StoreError> {
         check_id(id)?;
-        Ok([
-            Stored {
-                name: self.name_of(id),
-                form: Form::Sealed,
-            },
-            Stored {
-                name: id.to_owned(),
-                form: Form::Plain,
-            },
-        ])
+        let sealed = self.name_of(id).map(|name| Stored { name, form: Form::Sealed });
+        let plain = Stored {
+            name: id.to_owned(),
+            form: Form::Plain,
+        };
+        Ok(sealed.into_iter().chain([plain]).collect())
+    }
+
+    fn keys(&self) -> Result<&Keys, StoreError> {
+        self.keys.as_ref().ok_or_else(|| {
+            StoreError::Io(std::io::Error::other(
+                "this account has no chunk-store key yet: nothing is stored for it",
+            ))
+        })
     }
 
     fn seal(&self, name: &str, data: &[u8]) -> Result<Vec<u8>, StoreError> {
@@ -75,6 +98,7 @@ impl AccountStore {
         rand::thread_rng().fill_bytes(&mut nonce);
         let compressed = compress(data)?;
         let sealed = self
+            .keys()?
             .cipher
             .encrypt(
                 XNonce::from_slice(&nonce),
@@ -99,6 +123,7 @@ impl AccountStore {
         }
         let (nonce, sealed) = rest.split_at(NONCE);
         let compressed = self
+            .keys()?
             .cipher
             .decrypt(
                 XNonce::from_slice(nonce),
@@ -118,17 +143,24 @@ impl ChunkStore for AccountStore {
         Ok(self.put_many(&[(id.to_owned(), data)]).await? == 1)
     }
 
+    /// Whether the account's sealed file of the chunk is there (a plain one from before sealing
+    /// is read, but is not counted: what is kept again is kept sealed).
     async fn has(&self, id: &str) -> Result<bool, StoreError> {
-        let [sealed, plain] = self.files_of(id)?;
-        Ok(self.store.exists(&sealed.name, sealed.form).await? || self.store.exists(&plain.name, plain.form).await?)
+        check_id(id)?;
+        match self.name_of(id) {
+            Some(name) => self.store.exists(&name, Form::Sealed).await,
+            None => Ok(false),
+        }
     }
 
     async fn get(&self, id: &str) -> Result<Vec<u8>, StoreError> {
-        let [sealed, plain] = self.files_of(id)?;
-        if let Some(stored) = self.store.read(&sealed.name, sealed.form).await? {
-            return self.open(id, &sealed.name, &stored);
+        check_id(id)?;
+        if let Some(name) = self.name_of(id)
+            && let Some(stored) = self.store.read(&name, Form::Sealed).await?
+        {
+            return self.open(id, &name, &stored);
         }
-        match self.store.read(&plain.name, plain.form).await? {
+        match self.store.read(id, Form::Plain).await? {
             Some(stored) => decompress(id, &stored),
             None => Err(StoreError::Missing(id.to_owned())),
         }
@@ -137,16 +169,20 @@ impl ChunkStore for AccountStore {
     /// Deletes the account's sealed file of the chunk (a plain one may be another account's too:
     /// the collector lets those go).
     async fn delete(&self, id: &str) -> Result<(), StoreError> {
-        let [sealed, _] = self.files_of(id)?;
-        self.store.remove(&sealed).await
+        check_id(id)?;
+        match self.name_of(id) {
+            Some(name) => self.store.remove(&Stored { name, form: Form::Sealed }).await,
+            None => Ok(()),
+        }
     }
 
     async fn put_many(&self, chunks: &[(String, &[u8])]) -> Result<usize, StoreError> {
+        let keys = self.keys()?;
         let mut named = Vec::with_capacity(chunks.len());
         for (id, data) in chunks {
             check_id(id)?;
             check_content(id, data)?;
-            named.push((self.name_of(id), *data));
+            named.push((blake3::keyed_hash(&keys.names, id.as_bytes()).to_hex().to_string(), *data));
         }
         self.store
             .write_new(Form::Sealed, &named, &|name, data| self.seal(name, data))
@@ -154,7 +190,7 @@ impl ChunkStore for AccountStore {
     }
 
     async fn make_durable(&self, ids: &[String]) -> Result<(), StoreError> {
-        let names: Vec<String> = ids.iter().map(|id| self.name_of(id)).collect();
+        let names: Vec<String> = ids.iter().filter_map(|id| self.name_of(id)).collect();
         self.store.sync_names(&names, Form::Sealed).await
     }
 }
@@ -204,6 +240,7 @@ mod tests {
         assert_eq!(listed.len(), 2);
         assert!(listed.iter().all(|s| s.form == Form::Sealed && s.name != id));
         assert_ne!(alice.name_of(&id), bob.name_of(&id));
+        assert!(alice.name_of(&id).is_some_and(|name| name != id));
         // Neither the content, nor a piece of it, nor its id is in any file.
         for file in raw_files(dir.path()) {
             assert!(
@@ -215,7 +252,7 @@ mod tests {
 
         // A file put in another's place, a flipped bit, or a wrong key: refused, never returned.
         let path = |who: &AccountStore| {
-            let name = who.name_of(&id);
+            let name = who.name_of(&id).expect("a key");
             dir.path().join(&name[..2]).join(format!("{name}.sealed"))
         };
         let bobs = std::fs::read(path(&bob)).expect("read");
@@ -246,8 +283,15 @@ mod tests {
         let data = b"an earlier version, kept before chunks were sealed".repeat(50);
         let id = crate::put_content(&*store, &data).await.expect("stored plain");
         let alice = account(&store, 7);
-        assert!(alice.has(&id).await.expect("has"));
         assert_eq!(crate::get_content(&alice, &id).await.expect("read through the account"), data);
+        let unsealed = AccountStore::unsealed(Arc::clone(&store));
+        assert_eq!(crate::get_content(&unsealed, &id).await.expect("and without a key"), data);
+        assert!(unsealed.put(&id, &data).await.is_err(), "an account without a key stores nothing");
+        // A plain chunk is read but does not count as stored: what is kept again is sealed.
+        let manifest = crate::get_manifest(&alice, &id).await.expect("manifest");
+        assert!(!alice.has(&manifest.chunks[0].id).await.expect("has"));
+        assert!(alice.put(&manifest.chunks[0].id, &data).await.expect("sealed now"));
+        assert!(alice.has(&manifest.chunks[0].id).await.expect("has"));
         // What the account stores from now on is sealed, beside the plain files.
         let more = b"a new version".repeat(40);
         let sealed = crate::put_content(&alice, &more).await.expect("stored sealed");

@@ -31,7 +31,7 @@ pub use handlers::{
 };
 pub use oauth::{Authorization, DEFAULT_RENEW_MARGIN, OAuth, OAuthApp, is_oauth_kind};
 pub use sealing::SealingStore;
-pub use secrets::{AccountKeys, MasterKey, Vault};
+pub use secrets::{AccountKeys, KeyLookup, MasterKey, Vault};
 pub use workers::{ContentPipeline, ContentRetries, GcReport, JOB_LEASE_TTL, JobRunner, LEASE_TTL, Lease, Scheduler};
 
 /// The command side of CloudSync.
@@ -135,19 +135,22 @@ impl Commands {
         Ok(Some(AccountStore::new(Arc::clone(&chunks.store), &key)))
     }
 
-    /// `owner`'s view of the chunk store to read from; `None` when the account was erased (what
-    /// it kept reads as gone).
+    /// `owner`'s view of the chunk store to read from, which makes no key: `None` when the
+    /// account was erased (what it kept reads as gone); an account without a key yet reads what
+    /// was stored before chunks were sealed.
     ///
     /// # Errors
-    /// [`CommandError::Invalid`] when no chunk store is configured; the key store is unreachable.
+    /// [`CommandError::Invalid`] when no chunk store is configured; the key store is unreachable,
+    /// or the chunk-store key does not open the account's key.
     pub(crate) async fn chunks_to_open(&self, owner: UserId) -> Result<Option<AccountStore>, CommandError> {
-        if self.chunks.is_none() {
+        let Some(chunks) = &self.chunks else {
             return Err(CommandError::Invalid("no chunk store is configured".into()));
-        }
-        match self.account_chunks(owner).await {
-            Err(CommandError::NotFound("user")) => Ok(None),
-            other => other,
-        }
+        };
+        Ok(match chunks.keys.lookup(owner).await? {
+            KeyLookup::Key(key) => Some(AccountStore::new(Arc::clone(&chunks.store), &key)),
+            KeyLookup::Missing => Some(AccountStore::unsealed(Arc::clone(&chunks.store))),
+            KeyLookup::Erased => None,
+        })
     }
 
     /// Enables connecting OAuth providers through `oauth`'s apps.

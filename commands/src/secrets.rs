@@ -171,6 +171,15 @@ pub struct AccountKeys {
     purpose: &'static str,
 }
 
+/// What [`AccountKeys::lookup`] found.
+pub enum KeyLookup {
+    Key([u8; 32]),
+    /// None was made yet.
+    Missing,
+    /// Destroyed with its account.
+    Erased,
+}
+
 /// The table of the chunk store's account keys.
 const CHUNK_STORE_KEYS: &str = "chunk_store_keys";
 
@@ -251,10 +260,38 @@ impl AccountKeys {
     /// # Errors
     /// The key store is unreachable, or no key of the ring opens the key.
     pub async fn to_open(&self, user: UserId) -> Result<Option<[u8; 32]>, CommandError> {
-        match self.wrapped(user).await? {
-            Some(text) => self.unwrap_key(user, &text).map(Some),
-            None => Ok(None),
+        match self.lookup(user).await? {
+            KeyLookup::Key(key) => Ok(Some(key)),
+            KeyLookup::Missing | KeyLookup::Erased => Ok(None),
         }
+    }
+
+    /// `user`'s key, or why there is none; never makes one.
+    ///
+    /// # Errors
+    /// The key store is unreachable, or no key of the ring opens the key.
+    pub async fn lookup(&self, user: UserId) -> Result<KeyLookup, CommandError> {
+        match self.stored(user).await? {
+            None => Ok(KeyLookup::Missing),
+            Some(erased) if erased == ERASED => Ok(KeyLookup::Erased),
+            Some(text) => self.unwrap_key(user, &text).map(KeyLookup::Key),
+        }
+    }
+
+    /// Checks that the ring opens the keys already kept (one of them): a server started with
+    /// another key than the one that wrapped them would otherwise fail on every account.
+    ///
+    /// # Errors
+    /// No key of the ring opens a kept key; the key store is unreachable.
+    pub async fn check(&self) -> Result<(), CommandError> {
+        let query = format!("SELECT user_id, wrapped_key FROM {} WHERE wrapped_key <> $1 LIMIT 1", self.table);
+        let row: Option<(String, String)> =
+            cloudsync_eventstore::on_pool!(&self.pool, |p| sqlx::query_as(&query).bind(ERASED).fetch_optional(p).await)
+                .map_err(|err| CommandError::Store(err.into()))?;
+        if let Some((user, wrapped)) = row {
+            self.ring.open(&self.aad(&user), &wrapped)?;
+        }
+        Ok(())
     }
 
     /// Whether `user` has a key (none yet, or destroyed by erasing the account: `false`).

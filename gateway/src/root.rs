@@ -67,19 +67,46 @@ fn secret(config: &Config, configured: Option<&SecretString>, file: &str, genera
         return Ok(secret.clone());
     }
     let path = config.data_dir.join(file);
-    if let Ok(existing) = std::fs::read_to_string(&path)
-        && !existing.trim().is_empty()
-    {
-        return Ok(SecretString::from(existing.trim().to_owned()));
+    let existing = || {
+        std::fs::read_to_string(&path)
+            .ok()
+            .filter(|text| !text.trim().is_empty())
+            .map(|text| SecretString::from(text.trim().to_owned()))
+    };
+    if let Some(secret) = existing() {
+        return Ok(secret);
     }
+    // An empty file (an interrupted write of an older version) holds no key.
+    if path.exists() {
+        std::fs::remove_file(&path).with_context(|| format!("removing the empty {}", path.display()))?;
+    }
+    // Written whole under a name of this process, then linked to its name only if that is still
+    // free: of two processes starting at once, both end up with the one that was linked first.
     let secret = generate();
-    std::fs::write(&path, &secret).with_context(|| format!("writing {}", path.display()))?;
+    let temporary = config.data_dir.join(format!(".{file}.{}.tmp", std::process::id()));
+    let mut options = std::fs::OpenOptions::new();
     #[cfg(unix)]
     {
-        use std::os::unix::fs::PermissionsExt as _;
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).ok();
+        use std::os::unix::fs::OpenOptionsExt as _;
+        options.mode(0o600);
     }
-    Ok(SecretString::from(secret))
+    let written = options
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(&temporary)
+        .and_then(|mut out| {
+            use std::io::Write as _;
+            out.write_all(secret.as_bytes())?;
+            out.sync_all()
+        })
+        .and_then(|()| match std::fs::hard_link(&temporary, &path) {
+            Err(err) if err.kind() != std::io::ErrorKind::AlreadyExists => Err(err),
+            _ => Ok(()),
+        });
+    let _ = std::fs::remove_file(&temporary);
+    written.with_context(|| format!("writing {}", path.display()))?;
+    existing().with_context(|| format!("reading {}", path.display()))
 }
 
 /// A key ring kept apart from the others: its current key (configured, or generated once into the
@@ -93,6 +120,9 @@ pub struct KeyFiles {
     /// The variable that configures it instead.
     variable: &'static str,
     configured: fn(&Config) -> (Option<&SecretString>, &[SecretString]),
+    /// Whether it must be configured (not generated) where the master key is: processes that
+    /// share a database share the master key, and must share this one too.
+    with_master: bool,
 }
 
 /// The master key: wraps every user's data key, the server's secrets and the signing keys.
@@ -101,6 +131,7 @@ pub const MASTER_KEY: KeyFiles = KeyFiles {
     file: "master-key",
     variable: "CLOUDSYNC_MASTER_KEY",
     configured: |config| (config.master_key.as_ref(), &config.master_key_previous),
+    with_master: false,
 };
 
 /// The chunk-store key: wraps each account's chunk-store key, apart from the master key (the
@@ -110,6 +141,7 @@ pub const CHUNK_STORE_KEY: KeyFiles = KeyFiles {
     file: "chunk-store-key",
     variable: "CLOUDSYNC_CHUNK_STORE_KEY",
     configured: |config| (config.chunk_store_key.as_ref(), &config.chunk_store_key_previous),
+    with_master: true,
 };
 
 impl KeyFiles {
@@ -125,6 +157,14 @@ impl KeyFiles {
     /// A malformed or unwritable key.
     pub fn ring(&self, config: &Config) -> anyhow::Result<MasterKey> {
         let (configured, configured_previous) = (self.configured)(config);
+        if self.with_master && configured.is_none() && config.master_key.is_some() && !config.data_dir.join(self.file).exists() {
+            anyhow::bail!(
+                "the master key is configured, so the {what} must be too: set {var} (32 random bytes, base64) \
+                 on every process, as CLOUDSYNC_MASTER_KEY is, and keep it as safe (it opens every kept version)",
+                what = self.what,
+                var = self.variable
+            );
+        }
         let key = secret(config, configured, self.file, || MasterKey::generate().1)?;
         let current = MasterKey::parse(key.expose_secret()).with_context(|| format!("the {}", self.what))?;
         let mut previous = Vec::new();
@@ -520,6 +560,12 @@ pub async fn start(config: &Config) -> anyhow::Result<Server> {
         .await
         .context("the search index")?;
     let mut commands = commands(config, &db)?.with_clock(Arc::clone(&clock));
+    if let Some(keys) = commands.chunk_keys() {
+        keys.check().await.context(
+            "the chunk-store key does not open the accounts' keys of the chunk store: start with the key that \
+             wrapped them (CLOUDSYNC_CHUNK_STORE_KEY or <data_dir>/chunk-store-key, earlier ones as _PREVIOUS)",
+        )?;
+    }
     let texts: Arc<dyn cloudsync_search::TextSource> = Arc::new(Texts(commands.clone()));
     let search = cloudsync_search::LiveSearch::new(search, Arc::clone(&db.events), Some(texts));
     let models = models(config)?;

@@ -6,3 +6,8 @@ CREATE TABLE chunk_store_keys (
     wrapped_key TEXT NOT NULL,
     created_at  TEXT NOT NULL
 );
+
+-- Accounts erased before this table existed are erased here too: no chunk-store key is ever made
+-- for them.
+INSERT INTO chunk_store_keys (user_id, wrapped_key, created_at)
+SELECT user_id, wrapped_key, created_at FROM user_keys WHERE wrapped_key = 'erased';

@@ -1234,8 +1234,15 @@ async fn the_chunk_store_key_rotates_on_its_own_and_versions_still_restore() {
     assert!(new.is_current(&wrapped));
     assert!(previous.open(&format!("chunk-store:{user}"), &wrapped).is_err());
 
-    // Without the old key, on the new one: the kept version restores byte for byte.
+    // A server given another chunk-store key refuses to start, rather than fail every account.
     std::fs::remove_file(data.join("chunk-store-key.previous")).expect("drop the old key");
+    let right = read("chunk-store-key");
+    std::fs::write(data.join("chunk-store-key"), cloudsync_commands::MasterKey::generate().1).expect("another key");
+    let refused = cloudsync_gateway::start(&h.config).await.err().map(|err| format!("{err:#}"));
+    assert!(refused.as_deref().is_some_and(|err| err.contains("does not open")), "{refused:?}");
+    std::fs::write(data.join("chunk-store-key"), &right).expect("the right key");
+
+    // Without the old key, on the new one: the kept version restores byte for byte.
     h.restart().await;
     // Sessions lived in the stopped process's memory: sign in again.
     let login = "mutation($e: String!, $p: String!) { login(email: $e, password: $p) { accessToken } }";
@@ -1262,6 +1269,18 @@ async fn the_chunk_store_key_rotates_on_its_own_and_versions_still_restore() {
     )
     .await;
     assert!(refused.is_err_and(|e| e.to_string().contains("CLOUDSYNC_CHUNK_STORE_KEY_PREVIOUS")));
+    // Processes that share a configured master key must share a configured chunk-store key too:
+    // none is generated beside a configured master key.
+    let fresh = h.db.dir().join("fresh-data");
+    std::fs::create_dir_all(&fresh).expect("mkdir");
+    let shared = cloudsync_gateway::Config {
+        master_key: Some(secrecy::SecretString::from(read("master-key").trim().to_owned())),
+        data_dir: fresh.clone(),
+        ..h.config.clone()
+    };
+    let refused = cloudsync_gateway::root::CHUNK_STORE_KEY.ring(&shared).err().map(|err| err.to_string());
+    assert!(refused.as_deref().is_some_and(|err| err.contains("CLOUDSYNC_CHUNK_STORE_KEY")), "{refused:?}");
+    assert!(!fresh.join("chunk-store-key").exists());
     h.stop().await;
 }
 
