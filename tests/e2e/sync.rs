@@ -917,6 +917,35 @@ async fn versions_kept_by_writes_in_place_cost_what_changed_and_restore(h: &Harn
         assert_eq!(tree(&a)["big.bin"], tree(&b)["big.bin"], "the run carried it to the source");
     }
 
+    // Touched, not changed (a newer modification time, the same bytes): the run, which leaves the
+    // file's hashing to the write in place, writes nothing and keeps no version.
+    let counts = || async {
+        (
+            versions_of(h, &token, &source, "big.bin").await.len(),
+            versions_of(h, &token, &target, "big.bin").await.len(),
+        )
+    };
+    let before = counts().await;
+    let (held_a, held_b) = (
+        tree(&a)["big.bin"].clone(),
+        std::fs::metadata(a.join("big.bin")).expect("stat").modified().expect("mtime"),
+    );
+    std::fs::File::options()
+        .write(true)
+        .open(b.join("big.bin"))
+        .and_then(|file| file.set_modified(SystemTime::now() + Duration::from_secs(5)))
+        .expect("touched");
+    let touched = run(h, &token, &pair).await;
+    assert_eq!(touched["status"]["status"], json!("completed"), "{touched}");
+    assert_eq!(counts().await, before, "no version of a file only touched");
+    assert_eq!(tree(&a)["big.bin"], held_a);
+    assert_eq!(
+        std::fs::metadata(a.join("big.bin")).expect("stat").modified().expect("mtime"),
+        held_b,
+        "nothing written to the other side"
+    );
+    assert_eq!(tree(&a)["big.bin"], tree(&b)["big.bin"]);
+
     // A change written in place, then the file changed outside CloudSync on both sides before a
     // run saw it: the version needs content that is nowhere now, and says so.
     let mut other = noise(2 * 1024 * 1024, 70);
@@ -1278,8 +1307,14 @@ async fn the_chunk_store_key_rotates_on_its_own_and_versions_still_restore() {
         data_dir: fresh.clone(),
         ..h.config.clone()
     };
-    let refused = cloudsync_gateway::root::CHUNK_STORE_KEY.ring(&shared).err().map(|err| err.to_string());
-    assert!(refused.as_deref().is_some_and(|err| err.contains("CLOUDSYNC_CHUNK_STORE_KEY")), "{refused:?}");
+    let refused = cloudsync_gateway::root::CHUNK_STORE_KEY
+        .ring(&shared)
+        .err()
+        .map(|err| err.to_string());
+    assert!(
+        refused.as_deref().is_some_and(|err| err.contains("CLOUDSYNC_CHUNK_STORE_KEY")),
+        "{refused:?}"
+    );
     assert!(!fresh.join("chunk-store-key").exists());
     h.stop().await;
 }

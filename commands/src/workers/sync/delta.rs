@@ -47,15 +47,19 @@ impl Executor {
         let (Some(chunks), Some(agreed)) = (&self.chunks, self.pair.agreed(path)) else {
             return Ok(None);
         };
-        let agreed_tag = match to {
-            Side::Source => agreed.source_tag.as_deref(),
-            Side::Target => agreed.target_tag.as_deref(),
-        };
         if self.provider(to).writes_in_place()
             && let Some(old) = self.holds_agreed(to, path, expected)
         {
             return self.write_in_place(to, from, path, old, version, expected).await;
         }
+        // The chunk-wise patch below checks what it read against the planned checksum.
+        if version.checksum.is_empty() {
+            return Ok(None);
+        }
+        let agreed_tag = match to {
+            Side::Source => agreed.source_tag.as_deref(),
+            Side::Target => agreed.target_tag.as_deref(),
+        };
         if !self.provider(to).patches() || expected.is_none() || expected != agreed_tag {
             return Ok(None);
         }
@@ -207,11 +211,27 @@ impl Executor {
                 return Ok(None);
             }
         }
-        if new_at != new.size || new_hash.finalize().to_hex().as_str() != new.checksum {
+        let read = new_hash.finalize().to_hex().to_string();
+        if new_at != new.size || (!new.checksum.is_empty() && read != new.checksum) {
             return Err(StepError::Changed(format!(
                 "{path} changed on the {} while it was read",
                 to.other().name()
             )));
+        }
+        // A file the listing left to this read (see `listing::needs_hash`) is what was read if it
+        // still shows the tag it was listed with.
+        let new = &Version {
+            checksum: read,
+            ..new.clone()
+        };
+        if let Some(listed) = self.listed(to.other(), from) {
+            let now = self.provider(to.other()).stat(&self.full(to.other(), from)).await?;
+            if now.tag() != listed.tag {
+                return Err(StepError::Changed(format!(
+                    "{from} changed on the {} while it was read",
+                    to.other().name()
+                )));
+            }
         }
         if old_at != old.size || old_hash.finalize().to_hex().as_str() != old.checksum {
             return Err(StepError::Changed(format!(
@@ -221,6 +241,16 @@ impl Executor {
         }
         // Nothing was added to the file since it was listed (its first bytes would still hash).
         self.check_unchanged(to, path, expected).await?;
+        if new.same_content(old) {
+            // Touched, not changed (its modification time moved): nothing to write or keep.
+            return Ok(Some(Copied {
+                tag: expected.map_or_else(String::new, str::to_owned),
+                checksum: new.checksum.clone(),
+                stored: None,
+                manifest: None,
+                written: 0,
+            }));
+        }
         let mut plan = differ.finish();
         plan.undo.base.clone_from(&new.checksum);
         let undo = put_patch(&**chunks, &old.checksum, old.size, plan.undo.clone(), &plan.undo_bytes).await?;

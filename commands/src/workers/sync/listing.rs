@@ -28,8 +28,16 @@ pub(super) struct Listing {
 /// Which of `listing`'s unhashed files planning needs the checksum of: those the other side also
 /// has, those in the base, and those of a size that a rename partner has (a base file gone from
 /// this side, a file only the other side has). The rest exist on one side only and are hashed while
-/// they are copied.
-pub(super) fn needs_hash(listing: &Listing, other: &Listing, base: &Tree) -> Vec<(ProviderPath, ProviderPath, u64)> {
+/// they are copied. So are large files (`in_place_from` bytes and up) that only this side changed,
+/// where the other side holds them as agreed: planning needs no checksum to copy them over, and
+/// the write in place reads them anyway (it hashes them as it compares); reading them here too
+/// would read each changed large file twice.
+pub(super) fn needs_hash(
+    listing: &Listing,
+    other: &Listing,
+    base: &Tree,
+    in_place_from: Option<u64>,
+) -> Vec<(ProviderPath, ProviderPath, u64)> {
     let mut partners: HashSet<u64> = base
         .iter()
         .filter(|(path, _)| !listing.tree.contains_key(*path))
@@ -42,6 +50,15 @@ pub(super) fn needs_hash(listing: &Listing, other: &Listing, base: &Tree) -> Vec
             .filter(|(path, _)| !listing.tree.contains_key(*path) && !base.contains_key(*path))
             .map(|(_, v)| v.size),
     );
+    // Changed here only, large, and no rename could pair with it: hashed while written over.
+    let deferred = |path: &ProviderPath, size: u64| {
+        in_place_from.is_some_and(|from| size >= from)
+            && !partners.contains(&size)
+            && !other.unhashed.contains_key(path)
+            && base
+                .get(path)
+                .is_some_and(|agreed| other.tree.get(path).is_some_and(|there| there.same_content(agreed)))
+    };
     listing
         .unhashed
         .iter()
@@ -49,6 +66,7 @@ pub(super) fn needs_hash(listing: &Listing, other: &Listing, base: &Tree) -> Vec
             let size = listing.tree.get(path)?.size;
             (other.tree.contains_key(path) || base.contains_key(path) || partners.contains(&size))
                 .then(|| (path.clone(), full.clone(), size))
+                .filter(|_| !deferred(path, size))
         })
         .collect()
 }

@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use chrono::Utc;
 use cloudsync_domain::events::SyncPairCreated;
-use cloudsync_domain::merge::{self, Action, Decision, Side};
+use cloudsync_domain::merge::{self, Action, Decision, Side, SyncMode};
 use cloudsync_domain::sync_job::{JobKind, JobPhase, SyncJob, SyncJobCommand};
 use cloudsync_domain::sync_pair::SyncPair;
 use cloudsync_domain::{ProviderKind, ProviderPath, SyncJobId};
@@ -19,7 +19,7 @@ use uuid::Uuid;
 use super::listing::{Listing, hash_into, list_side, needs_hash};
 use super::recorder::{Recorder, Tracker};
 use super::write::Flusher;
-use super::{BATCH, Executor, Outcome, TRANSFERS, action_paths};
+use super::{BATCH, DELTA_MIN, Executor, Outcome, TRANSFERS, action_paths};
 use crate::core::Context;
 use crate::workers::gc::Lease;
 use crate::{CommandError, Commands};
@@ -92,7 +92,14 @@ pub(crate) async fn run_sync(commands: &Commands, job_id: SyncJobId, cancel: &Ca
     let (mut source, mut target) = tokio::select! {
     () = cancel.cancelled() => return Ok(()),
     listed = listing => listed?};
-    let (for_source, for_target) = (needs_hash(&source, &target, pair.base()), needs_hash(&target, &source, pair.base()));
+    // Files that the other side writes in place are hashed by that write (where there is a chunk
+    // store for the undo). One-way pairs carry only the source's changes over.
+    let in_place_onto = |side: &Arc<dyn StorageProvider>| (commands.chunk_store().is_some() && side.writes_in_place()).then_some(DELTA_MIN);
+    let two_way = settings.mode == SyncMode::TwoWay;
+    let (for_source, for_target) = (
+        needs_hash(&source, &target, pair.base(), in_place_onto(&sides.1)),
+        needs_hash(&target, &source, pair.base(), in_place_onto(&sides.0).filter(|_| two_way)),
+    );
     let hashing = async {
         futures::try_join!(
             hash_into(&*sides.0, &mut source, for_source),
