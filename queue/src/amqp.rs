@@ -11,7 +11,7 @@ use std::task::{Context, Poll};
 use async_trait::async_trait;
 use futures::{Stream, StreamExt};
 use lapin::options::{
-    BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicPublishOptions, BasicQosOptions, BasicRejectOptions, ConfirmSelectOptions,
+    BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions, BasicRejectOptions, ConfirmSelectOptions,
     QueueDeclareOptions, QueueDeleteOptions,
 };
 use lapin::protocol::{AMQPErrorKind, AMQPSoftError};
@@ -115,18 +115,18 @@ impl Settler for AmqpSettler {
     async fn settle(self: Box<Self>, how: Settle) -> Result<(), QueueError> {
         match how {
             Settle::Ack => self.0.ack(BasicAckOptions::default()).await,
-            Settle::Retry => {
-                self.0
-                    .nack(BasicNackOptions {
-                        multiple: false,
-                        requeue: true,
-                    })
-                    .await
-            }
+            // A reject, not a nack: RabbitMQ (4.3 and later) counts only rejected returns in
+            // `x-delivery-count`.
+            Settle::Retry => self.0.reject(BasicRejectOptions { requeue: true }).await,
             Settle::Reject => self.0.reject(BasicRejectOptions { requeue: false }).await,
         }
-        .map(drop)
         .map_err(broker)
+        .and_then(|settled| {
+            // Not sent: the consumer's channel is closed, and the broker has given the job back.
+            settled
+                .then_some(())
+                .ok_or_else(|| QueueError::Broker("the delivery's channel is closed: the job went back to the queue".into()))
+        })
     }
 }
 
@@ -189,9 +189,11 @@ impl JobQueue for AmqpQueue {
                     quorum(Some(delivery_limit), Some(&dead)),
                 )
                 .await?;
-            channel.close(REPLY_SUCCESS, "declared".into()).await
+            Ok::<(), lapin::Error>(())
         }
         .await;
+        // Closed either way (a refused declare has closed it already).
+        let _ = channel.close(REPLY_SUCCESS, "declared".into()).await;
         declared.map_err(|err| match err.kind() {
             lapin::ErrorKind::ProtocolError(e) if matches!(e.kind(), AMQPErrorKind::Soft(AMQPSoftError::PRECONDITIONFAILED)) => {
                 QueueError::Refused(format!("queue {queue:?} exists with other settings: {err}"))
@@ -256,12 +258,14 @@ impl JobQueue for AmqpQueue {
 
     async fn delete(&self, queue: &str) -> Result<(), QueueError> {
         let channel = self.channel().await?;
-        for name in [queue.to_owned(), dead_letters(queue)] {
-            channel
-                .queue_delete(name.as_str().into(), QueueDeleteOptions::default())
-                .await
-                .map_err(broker)?;
+        let deleted = async {
+            for name in [queue.to_owned(), dead_letters(queue)] {
+                channel.queue_delete(name.as_str().into(), QueueDeleteOptions::default()).await?;
+            }
+            Ok::<(), lapin::Error>(())
         }
-        channel.close(REPLY_SUCCESS, "deleted".into()).await.map_err(broker)
+        .await;
+        let _ = channel.close(REPLY_SUCCESS, "deleted".into()).await;
+        deleted.map_err(broker)
     }
 }

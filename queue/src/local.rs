@@ -87,9 +87,10 @@ struct LocalSettler {
 impl Settler for LocalSettler {
     async fn settle(self: Box<Self>, how: Settle) -> Result<(), QueueError> {
         let mut state = self.shared.lock();
-        // Gone already: its consumer was dropped and it went back.
         let Some((_, held)) = state.queues.get_mut(&self.queue).and_then(|q| q.unsettled.remove(&self.tag)) else {
-            return Ok(());
+            return Err(QueueError::Broker(
+                "the delivery's consumer is gone (or its queue deleted): the job went back to the queue".into(),
+            ));
         };
         match how {
             Settle::Ack => {}
@@ -224,9 +225,13 @@ impl JobQueue for LocalQueue {
             consumer,
             prefetch: usize::from(prefetch.max(1)),
         };
-        Ok(Box::pin(futures::stream::unfold(registration, |registration| async move {
-            let next = registration.next().await;
-            Some((next, registration))
+        // Ends after an error (its queue was deleted), as a broker cancels such a consumer.
+        Ok(Box::pin(futures::stream::unfold(Some(registration), |registration| async move {
+            let registration = registration?;
+            match registration.next().await {
+                Ok(delivery) => Some((Ok(delivery), Some(registration))),
+                Err(err) => Some((Err(err), None)),
+            }
         })))
     }
 

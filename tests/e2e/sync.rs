@@ -937,6 +937,10 @@ async fn versions_kept_by_writes_in_place_cost_what_changed_and_restore(h: &Harn
         .expect("touched");
     let touched = run(h, &token, &pair).await;
     assert_eq!(touched["status"]["status"], json!("completed"), "{touched}");
+    // Planned as a copy (the listing left the file's hashing to the write), which found nothing
+    // to write.
+    let planned = decisions(h, touched["id"].as_str().expect("operation")).await;
+    assert!(planned.iter().any(|(path, _)| path == "big.bin"), "{planned:?}");
     assert_eq!(counts().await, before, "no version of a file only touched");
     assert_eq!(tree(&a)["big.bin"], held_a);
     assert_eq!(

@@ -40,10 +40,10 @@ async fn next(consumer: &mut Consumer) -> Delivery {
         .expect("a delivery")
 }
 
-/// Nothing is delivered to `consumer` for a while.
+/// Nothing is delivered to `consumer` for a while, and it goes on.
 async fn nothing_for(consumer: &mut Consumer) {
-    if let Ok(Some(delivery)) = tokio::time::timeout(SETTLE, consumer.next()).await {
-        panic!("nothing should be delivered, got {delivery:?}");
+    if let Ok(next) = tokio::time::timeout(SETTLE, consumer.next()).await {
+        panic!("nothing should be delivered and the consumer should go on, got {next:?}");
     }
 }
 
@@ -122,9 +122,11 @@ async fn a_dropped_consumer_gives_back_what_it_left_unsettled(queue: &dyn JobQue
     let two = next(&mut first).await;
     assert_eq!((one.attempt, two.attempt), (0, 0));
     one.ack().await.expect("acked");
-    // The second is neither acknowledged nor returned when its consumer goes (a worker that died).
-    drop(two);
+    // The second is neither acknowledged nor returned when its consumer goes (a worker that died),
+    // and acknowledging it afterwards does not pass for done.
     drop(first);
+    tokio::time::sleep(SETTLE).await;
+    assert!(two.ack().await.is_err(), "an ack after the consumer went back is an error");
     let mut second = queue.consume(&name, 5).await.expect("consumer");
     let again = next(&mut second).await;
     assert_eq!(again.job, job(2));
@@ -159,6 +161,26 @@ async fn a_consumer_holds_at_most_its_prefetch(queue: &dyn JobQueue) {
     nothing_for(&mut consumer).await;
     drop(consumer);
     queue.delete(&name).await.expect("deleted");
+}
+
+async fn a_deleted_queue_ends_its_consumers(queue: &dyn JobQueue) {
+    let name = unique("deleted");
+    queue.declare(&name, 1).await.expect("declared");
+    let mut consumer = queue.consume(&name, 1).await.expect("consumer");
+    queue.delete(&name).await.expect("deleted");
+    // At most one error, then the end (a worker's loop does not spin on a queue that is gone).
+    let mut errors = 0;
+    loop {
+        match tokio::time::timeout(DELIVERY, consumer.next())
+            .await
+            .expect("the consumer ends in time")
+        {
+            None => break,
+            Some(Err(_)) => errors += 1,
+            Some(Ok(delivery)) => panic!("nothing to deliver from a deleted queue, got {delivery:?}"),
+        }
+        assert!(errors <= 1, "one error at most");
+    }
 }
 
 async fn many_publishers_and_consumers_lose_nothing_and_double_nothing(queue: std::sync::Arc<dyn JobQueue>) {
@@ -230,6 +252,7 @@ on_both!(
     retries_count_and_end_in_the_dead_letter_queue,
     a_dropped_consumer_gives_back_what_it_left_unsettled,
     a_consumer_holds_at_most_its_prefetch,
+    a_deleted_queue_ends_its_consumers,
 );
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -212,27 +212,24 @@ impl Executor {
             }
         }
         let read = new_hash.finalize().to_hex().to_string();
+        let changed = || StepError::Changed(format!("{path} changed on the {} while it was read", to.other().name()));
         if new_at != new.size || (!new.checksum.is_empty() && read != new.checksum) {
-            return Err(StepError::Changed(format!(
-                "{path} changed on the {} while it was read",
-                to.other().name()
-            )));
+            return Err(changed());
         }
         // A file the listing left to this read (see `listing::needs_hash`) is what was read if it
         // still shows the tag it was listed with.
+        if new.checksum.is_empty() {
+            let listed = self.listed(to.other(), from).map(|p| p.tag);
+            match self.provider(to.other()).stat(&self.full(to.other(), from)).await {
+                Ok(now) if Some(now.tag()) == listed => {}
+                Ok(_) | Err(ProviderError::NotFound(_)) => return Err(changed()),
+                Err(err) => return Err(err.into()),
+            }
+        }
         let new = &Version {
             checksum: read,
             ..new.clone()
         };
-        if let Some(listed) = self.listed(to.other(), from) {
-            let now = self.provider(to.other()).stat(&self.full(to.other(), from)).await?;
-            if now.tag() != listed.tag {
-                return Err(StepError::Changed(format!(
-                    "{from} changed on the {} while it was read",
-                    to.other().name()
-                )));
-            }
-        }
         if old_at != old.size || old_hash.finalize().to_hex().as_str() != old.checksum {
             return Err(StepError::Changed(format!(
                 "{path} changed on the {} since it was listed (it is no longer the agreed version); the next run takes it into account",
@@ -247,7 +244,7 @@ impl Executor {
                 tag: expected.map_or_else(String::new, str::to_owned),
                 checksum: new.checksum.clone(),
                 stored: None,
-                manifest: None,
+                manifest: self.pair.agreed(path).and_then(|agreed| agreed.manifest.clone()),
                 written: 0,
             }));
         }

@@ -19,7 +19,7 @@ use uuid::Uuid;
 use super::listing::{Listing, hash_into, list_side, needs_hash};
 use super::recorder::{Recorder, Tracker};
 use super::write::Flusher;
-use super::{BATCH, DELTA_MIN, Executor, Outcome, TRANSFERS, action_paths};
+use super::{BATCH, DELTA_MIN, Executor, KEEP_TEXT, Outcome, TRANSFERS, action_paths};
 use crate::core::Context;
 use crate::workers::gc::Lease;
 use crate::{CommandError, Commands};
@@ -92,13 +92,18 @@ pub(crate) async fn run_sync(commands: &Commands, job_id: SyncJobId, cancel: &Ca
     let (mut source, mut target) = tokio::select! {
     () = cancel.cancelled() => return Ok(()),
     listed = listing => listed?};
-    // Files that the other side writes in place are hashed by that write (where there is a chunk
-    // store for the undo). One-way pairs carry only the source's changes over.
-    let in_place_onto = |side: &Arc<dyn StorageProvider>| (commands.chunk_store().is_some() && side.writes_in_place()).then_some(DELTA_MIN);
+    // Large files that the other side writes in place are hashed by that write (where there is a
+    // chunk store for the undo), when they lie on a local folder, whose fine-grained modification
+    // times show a change made while they are read. Text files small enough to be kept for merges
+    // are hashed here. One-way pairs carry only the source's changes over.
+    let in_place = |from: &Arc<dyn StorageProvider>, onto: &Arc<dyn StorageProvider>| {
+        (commands.chunk_store().is_some() && from.kind() == ProviderKind::Local && onto.writes_in_place())
+            .then_some(DELTA_MIN.max(KEEP_TEXT + 1))
+    };
     let two_way = settings.mode == SyncMode::TwoWay;
     let (for_source, for_target) = (
-        needs_hash(&source, &target, pair.base(), in_place_onto(&sides.1)),
-        needs_hash(&target, &source, pair.base(), in_place_onto(&sides.0).filter(|_| two_way)),
+        needs_hash(&source, &target, pair.base(), in_place(&sides.0, &sides.1)),
+        needs_hash(&target, &source, pair.base(), in_place(&sides.1, &sides.0).filter(|_| two_way)),
     );
     let hashing = async {
         futures::try_join!(

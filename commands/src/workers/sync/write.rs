@@ -49,10 +49,16 @@ impl Executor {
         if self.defers(to, path, version) {
             self.keep_before_copy(to, path).await?;
         }
-        let stream = self
-            .provider(to.other())
-            .read(&self.full(to.other(), from), 0..version.size)
-            .await?;
+        let source = self.full(to.other(), from);
+        let mut stream = self.provider(to.other()).read(&source, 0..version.size).await?;
+        // Not hashed while listing, over a file that was there: the checksum is the read's own,
+        // so a change made while it was read must not pass for the listed file.
+        if version.checksum.is_empty()
+            && expected.is_some()
+            && let Some(listed) = self.listed(to.other(), from)
+        {
+            stream = then_unchanged(stream, Arc::clone(&self.sides[index(to.other())]), source, listed.tag.clone());
+        }
         let chunked = Arc::new(std::sync::Mutex::new(None));
         let stream = if large { chunking(stream, Arc::clone(&chunked)) } else { stream };
         let (tag, checksum) = self.write_stream(to, path, stream, version, expected).await?;
@@ -258,6 +264,20 @@ impl Flusher {
             }
         }
     }
+}
+
+/// `data`, then, once it has ended, a check that the file it was read from (`path` on `provider`)
+/// still shows `tag`: a failure instead of the end where it does not.
+fn then_unchanged(data: ByteStream, provider: Arc<dyn StorageProvider>, path: ProviderPath, tag: String) -> ByteStream {
+    let check = futures::stream::once(async move {
+        match provider.stat(&path).await {
+            Ok(entry) if entry.tag() == tag => None,
+            Ok(_) | Err(ProviderError::NotFound(_)) => Some(Err(ProviderError::Invalid(format!("{path} changed while it was read")))),
+            Err(err) => Some(Err(err)),
+        }
+    })
+    .filter_map(futures::future::ready);
+    data.chain(check).boxed()
 }
 
 /// The part of a temporary file's name that says which pair wrote it.
