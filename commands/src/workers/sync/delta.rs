@@ -27,6 +27,7 @@ use cloudsync_providers::{ByteStream, ProviderError, StorageProvider};
 use futures::StreamExt;
 use uuid::Uuid;
 
+use super::write::shows_tag;
 use super::{Copied, Executor, MAX_PATCH, StepError, index};
 use crate::core::{Context, encode};
 use crate::workers::scan::hash_stream;
@@ -219,11 +220,9 @@ impl Executor {
         // A file the listing left to this read (see `listing::needs_hash`) is what was read if it
         // still shows the tag it was listed with.
         if new.checksum.is_empty() {
-            let listed = self.listed(to.other(), from).map(|p| p.tag);
-            match self.provider(to.other()).stat(&self.full(to.other(), from)).await {
-                Ok(now) if Some(now.tag()) == listed => {}
-                Ok(_) | Err(ProviderError::NotFound(_)) => return Err(changed()),
-                Err(err) => return Err(err.into()),
+            let listed = self.listed(to.other(), from).map(|p| p.tag).unwrap_or_default();
+            if !shows_tag(self.provider(to.other()), &self.full(to.other(), from), &listed).await? {
+                return Err(changed());
             }
         }
         let new = &Version {

@@ -270,14 +270,24 @@ impl Flusher {
 /// still shows `tag`: a failure instead of the end where it does not.
 fn then_unchanged(data: ByteStream, provider: Arc<dyn StorageProvider>, path: ProviderPath, tag: String) -> ByteStream {
     let check = futures::stream::once(async move {
-        match provider.stat(&path).await {
-            Ok(entry) if entry.tag() == tag => None,
-            Ok(_) | Err(ProviderError::NotFound(_)) => Some(Err(ProviderError::Invalid(format!("{path} changed while it was read")))),
+        match shows_tag(&*provider, &path, &tag).await {
+            Ok(true) => None,
+            Ok(false) => Some(Err(ProviderError::Invalid(format!("{path} changed while it was read")))),
             Err(err) => Some(Err(err)),
         }
     })
     .filter_map(futures::future::ready);
     data.chain(check).boxed()
+}
+
+/// Whether `path` is there and still shows `tag` (what a file read without a planned checksum
+/// must show after the read, for the read to be the listed file).
+pub(super) async fn shows_tag(provider: &dyn StorageProvider, path: &ProviderPath, tag: &str) -> Result<bool, ProviderError> {
+    match provider.stat(path).await {
+        Ok(entry) => Ok(entry.tag() == tag),
+        Err(ProviderError::NotFound(_)) => Ok(false),
+        Err(err) => Err(err),
+    }
 }
 
 /// The part of a temporary file's name that says which pair wrote it.
