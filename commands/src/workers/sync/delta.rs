@@ -27,7 +27,6 @@ use cloudsync_providers::{ByteStream, ProviderError, StorageProvider};
 use futures::StreamExt;
 use uuid::Uuid;
 
-use super::write::shows_tag;
 use super::{Copied, Executor, MAX_PATCH, StepError, index};
 use crate::core::{Context, encode};
 use crate::workers::scan::hash_stream;
@@ -350,6 +349,16 @@ async fn refill(stream: &mut ByteStream, piece: &mut Bytes, hasher: &mut blake3:
         }
     }
     Ok(())
+}
+
+/// Whether `path` is there and still shows `tag` (what a file read without a planned checksum
+/// must show after the read, for the read to be the listed file).
+pub(super) async fn shows_tag(provider: &dyn StorageProvider, path: &ProviderPath, tag: &str) -> Result<bool, ProviderError> {
+    match provider.stat(path).await {
+        Ok(entry) => Ok(entry.tag() == tag),
+        Err(ProviderError::NotFound(_)) => Ok(false),
+        Err(err) => Err(err),
+    }
 }
 
 /// The BLAKE3 and size of the file `path`; `None` when it is gone.

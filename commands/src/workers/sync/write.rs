@@ -11,7 +11,7 @@ use cloudsync_domain::{ProviderKind, ProviderPath, SyncPairId};
 use cloudsync_providers::{ByteStream, ProviderError, StorageProvider};
 use futures::StreamExt;
 
-use super::delta::chunking;
+use super::delta::{chunking, shows_tag};
 use super::{Copied, DELTA_MIN, Executor, StepError, index};
 
 impl Executor {
@@ -278,16 +278,6 @@ fn then_unchanged(data: ByteStream, provider: Arc<dyn StorageProvider>, path: Pr
     })
     .filter_map(futures::future::ready);
     data.chain(check).boxed()
-}
-
-/// Whether `path` is there and still shows `tag` (what a file read without a planned checksum
-/// must show after the read, for the read to be the listed file).
-pub(super) async fn shows_tag(provider: &dyn StorageProvider, path: &ProviderPath, tag: &str) -> Result<bool, ProviderError> {
-    match provider.stat(path).await {
-        Ok(entry) => Ok(entry.tag() == tag),
-        Err(ProviderError::NotFound(_)) => Ok(false),
-        Err(err) => Err(err),
-    }
 }
 
 /// The part of a temporary file's name that says which pair wrote it.
