@@ -32,7 +32,10 @@ pub use handlers::{
 pub use oauth::{Authorization, DEFAULT_RENEW_MARGIN, OAuth, OAuthApp, is_oauth_kind};
 pub use sealing::SealingStore;
 pub use secrets::{AccountKeys, KeyLookup, MasterKey, Vault};
-pub use workers::{ContentPipeline, ContentRetries, GcReport, JOB_LEASE_TTL, JobRunner, LEASE_TTL, Lease, Scheduler};
+pub use workers::{
+    ContentPipeline, ContentRetries, GcReport, JOB_LEASE_TTL, JOB_QUEUE, JobRelay, JobRetries, JobRunner, LEASE_TTL, Lease,
+    SINGLETON_LEASE_TTL, Scheduler,
+};
 
 /// The command side of CloudSync.
 /// Days a deleted file's kept content stays restorable unless configured otherwise.

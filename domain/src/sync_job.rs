@@ -5,7 +5,7 @@
 use chrono::{DateTime, Utc};
 
 use crate::aggregate::{Aggregate, DomainError};
-use crate::events::{DomainEvent, SyncJobCreated, SyncJobFinished, SyncJobHeld, SyncJobPhaseEntered, SyncJobProgressed};
+use crate::events::{DomainEvent, SyncJobCreated, SyncJobFinished, SyncJobHeld, SyncJobPhaseEntered, SyncJobProgressed, SyncJobRetrying};
 pub use crate::events::{JobKind, JobPhase};
 use crate::ids::{SyncJobId, UserId};
 use crate::merge::Side;
@@ -18,6 +18,8 @@ pub struct SyncJob {
     /// Stopped by the max-delete rail until the owner approves.
     held: bool,
     approved: bool,
+    /// Attempts that stopped short and are retried.
+    retries: u32,
 }
 
 #[derive(Debug, Clone)]
@@ -70,6 +72,14 @@ pub enum SyncJobCommand {
         reason: String,
         at: DateTime<Utc>,
     },
+    /// Attempt `attempt` stopped short (its run failed, or its worker went away): try again from the
+    /// last recorded step at `retry_at`.
+    Retry {
+        attempt: u32,
+        reason: String,
+        retry_at: DateTime<Utc>,
+        at: DateTime<Utc>,
+    },
 }
 
 impl SyncJob {
@@ -89,6 +99,11 @@ impl SyncJob {
     /// Whether the owner approved the run's deletes beyond the pair's limit.
     pub fn deletes_approved(&self) -> bool {
         self.approved
+    }
+
+    /// How many attempts stopped short and were retried.
+    pub fn retries(&self) -> u32 {
+        self.retries
     }
 
     pub fn kind(&self) -> Option<&JobKind> {
@@ -249,6 +264,26 @@ impl Aggregate for SyncJob {
                 let (job_id, _) = self.running()?;
                 DomainEvent::SyncJobFailed(finished(job_id, at, Some(reason)))
             }
+            C::Retry {
+                attempt,
+                reason,
+                retry_at,
+                at,
+            } => {
+                let (job_id, _) = self.running()?;
+                // Each attempt stops once: a second report of the same one (two workers that both
+                // saw it stop) changes nothing.
+                if attempt <= self.retries {
+                    return Ok(Vec::new());
+                }
+                DomainEvent::SyncJobRetrying(SyncJobRetrying {
+                    job_id,
+                    attempt,
+                    reason,
+                    retry_at,
+                    at,
+                })
+            }
         };
         Ok(vec![event])
     }
@@ -267,6 +302,7 @@ impl Aggregate for SyncJob {
             DomainEvent::SyncJobCompleted(_) => self.phase = Some(JobPhase::Completed),
             DomainEvent::SyncJobFailed(_) => self.phase = Some(JobPhase::Failed),
             DomainEvent::SyncJobCancelled(_) => self.phase = Some(JobPhase::Cancelled),
+            DomainEvent::SyncJobRetrying(e) => self.retries = e.attempt,
             _ => {}
         }
     }
@@ -408,6 +444,33 @@ mod tests {
         ));
         assert!(matches!(
             check(ended(), SyncJobCommand::Cancel { by: owner(), at: T }),
+            Err(DomainError::InvalidState(_))
+        ));
+    }
+
+    #[test]
+    fn each_attempt_stops_once_and_an_ended_job_is_not_retried() {
+        let retry = |attempt| SyncJobCommand::Retry {
+            attempt,
+            reason: "provider unreachable".into(),
+            retry_at: T,
+            at: T,
+        };
+        assert!(matches!(
+            check(vec![phase(JobPhase::Scanning)], retry(1)).as_deref(),
+            Ok([DomainEvent::SyncJobRetrying(SyncJobRetrying { attempt: 1, .. })])
+        ));
+        assert_eq!(check(vec![phase(JobPhase::Scanning), retry(1)], retry(1)).ok(), Some(Vec::new()));
+        assert!(matches!(
+            check(vec![phase(JobPhase::Scanning), retry(1)], retry(2)).as_deref(),
+            Ok([DomainEvent::SyncJobRetrying(SyncJobRetrying { attempt: 2, .. })])
+        ));
+        let failed = SyncJobCommand::Fail {
+            reason: "gave up".into(),
+            at: T,
+        };
+        assert!(matches!(
+            check(vec![phase(JobPhase::Scanning), failed], retry(1)),
             Err(DomainError::InvalidState(_))
         ));
     }

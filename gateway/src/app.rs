@@ -128,6 +128,11 @@ impl App {
         }
     }
 
+    /// How far the log has got for `user_id`'s writes through this process (0 before any).
+    pub fn written_by(&self, user_id: cloudsync_domain::UserId) -> i64 {
+        self.written.lock().ok().and_then(|w| w.get(&user_id).copied()).unwrap_or(0)
+    }
+
     /// The tail every mutation repeats once its command has appended: records that `caller` wrote
     /// up to `position`, waits until the read models show it, then reads the result with `read`.
     /// A row the read models do not have is the error `missing` makes. (A query that wrote nothing

@@ -129,6 +129,18 @@ pub struct Config {
     /// the Elasticsearch cluster of `elasticsearch_url` when that is set, else the embedded index in
     /// `<data_dir>/vectors`.
     pub vector_url: Option<String>,
+    /// The job queue: unset for the queue in this process's memory (one process runs the jobs it
+    /// records), or a RabbitMQ broker (`amqp://user:password@host:5672/vhost`) that carries jobs to
+    /// every `cloudsync worker`.
+    pub amqp_url: Option<String>,
+    /// How many jobs (scans, sync runs) a worker runs at once.
+    pub job_concurrency: usize,
+    /// A job whose run fails (or whose worker goes away) is tried again after this many seconds,
+    /// then twice as long each time up to `job_retry_max_seconds`, `job_attempts` times in all; then
+    /// it fails with the last attempt's reason.
+    pub job_attempts: u32,
+    pub job_retry_seconds: u64,
+    pub job_retry_max_seconds: u64,
 }
 
 /// One OAuth app. Only `client_id` is required; the endpoints, scopes and extra authorization
@@ -196,6 +208,11 @@ impl Default for Config {
             tesseract_program: PathBuf::from("tesseract"),
             ocr_max_pages: 20,
             vector_url: None,
+            amqp_url: None,
+            job_concurrency: 4,
+            job_attempts: 5,
+            job_retry_seconds: 10,
+            job_retry_max_seconds: 600,
         }
     }
 }
@@ -290,6 +307,13 @@ impl Config {
                 "ELASTICSEARCH_URL" => config.elasticsearch_url = Some(value).filter(|v| !v.is_empty()),
                 "ELASTICSEARCH_INDEX" => config.elasticsearch_index = value,
                 "VECTOR_URL" => config.vector_url = Some(value).filter(|v| !v.is_empty()),
+                "AMQP_URL" => config.amqp_url = Some(value).filter(|v| !v.is_empty()),
+                "JOB_CONCURRENCY" => config.job_concurrency = value.parse().context("CLOUDSYNC_JOB_CONCURRENCY must be a number")?,
+                "JOB_ATTEMPTS" => config.job_attempts = value.parse().context("CLOUDSYNC_JOB_ATTEMPTS must be a number")?,
+                "JOB_RETRY_SECONDS" => config.job_retry_seconds = value.parse().context("CLOUDSYNC_JOB_RETRY_SECONDS must be a number")?,
+                "JOB_RETRY_MAX_SECONDS" => {
+                    config.job_retry_max_seconds = value.parse().context("CLOUDSYNC_JOB_RETRY_MAX_SECONDS must be a number")?;
+                }
                 "MODELS_DIR" => config.models_dir = Some(PathBuf::from(value)).filter(|v| !v.as_os_str().is_empty()),
                 "MODEL_CONCURRENCY" => config.model_concurrency = value.parse().context("CLOUDSYNC_MODEL_CONCURRENCY must be a number")?,
                 "DELETED_KEEP_DAYS" => config.deleted_keep_days = value.parse().context("CLOUDSYNC_DELETED_KEEP_DAYS must be a number")?,
@@ -468,6 +492,14 @@ impl Config {
             && !(url.starts_with("redis://") || url.starts_with("rediss://"))
         {
             bail!("redis_url must be a redis:// or rediss:// URL");
+        }
+        if let Some(url) = &self.amqp_url
+            && !(url.starts_with("amqp://") || url.starts_with("amqps://"))
+        {
+            bail!("amqp_url must be an amqp:// or amqps:// URL");
+        }
+        if self.job_concurrency == 0 || self.job_attempts == 0 {
+            bail!("job_concurrency and job_attempts must be at least 1");
         }
         for origin in &self.cors_origins {
             let valid = (origin.starts_with("http://") || origin.starts_with("https://"))

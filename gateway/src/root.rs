@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use cloudsync_chunks::ProviderStore;
-use cloudsync_commands::{Commands, JobRunner, MasterKey, OAuth, OAuthApp, Scheduler, SealingStore, Vault};
+use cloudsync_commands::{Commands, JobRelay, JobRunner, MasterKey, OAuth, OAuthApp, Scheduler, SealingStore, Vault};
 use cloudsync_domain::ProviderKind;
 use cloudsync_eventstore::Database;
 use cloudsync_projections::{Projections, ReadModels};
@@ -539,11 +539,54 @@ pub fn redact(url: &str) -> String {
     }
 }
 
+/// What one process of CloudSync does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Role {
+    /// Everything: the API with its read models, and the workers.
+    All,
+    /// The API and the read models it answers from: jobs it records run in worker processes.
+    Api,
+    /// The job relay, the job runner, the scheduler and the content pipeline (those that one process
+    /// at a time may do, in one worker of those running); its HTTP port serves only `/healthz` and
+    /// `/readyz`.
+    Worker,
+}
+
+impl Role {
+    fn serves_api(self) -> bool {
+        matches!(self, Self::All | Self::Api)
+    }
+
+    fn works(self) -> bool {
+        matches!(self, Self::All | Self::Worker)
+    }
+}
+
+/// The job queue of `config`: RabbitMQ at `amqp_url`, else this process's memory.
+async fn job_queue(config: &Config) -> anyhow::Result<Arc<dyn cloudsync_queue::JobQueue>> {
+    Ok(match &config.amqp_url {
+        Some(url) => Arc::new(
+            cloudsync_queue::AmqpQueue::connect(url)
+                .await
+                .with_context(|| format!("the job queue's broker at {}", redact(url)))?,
+        ),
+        None => Arc::new(cloudsync_queue::LocalQueue::new()),
+    })
+}
+
 /// Starts the whole service on `config.bind` (port 0 picks a free port).
 ///
 /// # Errors
 /// An unusable database, data dir or address.
 pub async fn start(config: &Config) -> anyhow::Result<Server> {
+    start_as(config, Role::All).await
+}
+
+/// Starts what `role` does; see [`Role`].
+///
+/// # Errors
+/// An unusable database, data dir, address or job queue.
+pub async fn start_as(config: &Config, role: Role) -> anyhow::Result<Server> {
     let db = open_database(config).await?;
     // One clock for the rules that read the time (sessions, limits, second-factor windows, access
     // tokens, keys).
@@ -612,31 +655,37 @@ pub async fn start(config: &Config) -> anyhow::Result<Server> {
     });
     let shutdown = CancellationToken::new();
     let mut tasks = JoinSet::new();
-    tasks.spawn(Arc::clone(&projections).run(shutdown.child_token()));
-    tasks.spawn(search.run(shutdown.child_token()));
-    tasks.spawn(vectors.run(shutdown.child_token()));
-    let scheduler = Scheduler::new(commands.clone());
-    tasks.spawn(scheduler.run(shutdown.child_token()));
-    let pipeline =
-        cloudsync_commands::ContentPipeline::new(commands.clone(), db.pool.clone(), extractor(config)?, config.extract_concurrency)
-            .with_models(models)
-            .with_retries(cloudsync_commands::ContentRetries {
-                first: std::time::Duration::from_secs(config.extract_retry_seconds),
-                limit: config.extract_retry_limit,
-            });
-    let pipeline_shutdown = shutdown.child_token();
-    tasks.spawn(async move {
-        if let Err(error) = pipeline.run(pipeline_shutdown).await {
-            tracing::error!(error = %error, "The content pipeline stopped.");
-        }
-    });
-    let jobs = JobRunner::new(commands, db.pool.clone());
-    let jobs_shutdown = shutdown.child_token();
-    tasks.spawn(async move {
-        if let Err(error) = jobs.run(jobs_shutdown).await {
-            tracing::error!(error = %error, "The job runner stopped.");
-        }
-    });
+    if role.serves_api() {
+        tasks.spawn(Arc::clone(&projections).run(shutdown.child_token()));
+        tasks.spawn(search.run(shutdown.child_token()));
+        tasks.spawn(vectors.run(shutdown.child_token()));
+    }
+    if role.works() {
+        let queue = job_queue(config).await?;
+        let retries = cloudsync_commands::JobRetries {
+            attempts: config.job_attempts,
+            first_wait: Duration::from_secs(config.job_retry_seconds),
+            max_wait: Duration::from_secs(config.job_retry_max_seconds.max(config.job_retry_seconds)),
+            ..cloudsync_commands::JobRetries::default()
+        };
+        tasks.spawn(JobRelay::new(commands.clone(), Arc::clone(&queue), retries).run(shutdown.child_token()));
+        tasks.spawn(Scheduler::new(commands.clone()).lead(shutdown.child_token()));
+        let pipeline =
+            cloudsync_commands::ContentPipeline::new(commands.clone(), db.pool.clone(), extractor(config)?, config.extract_concurrency)
+                .with_models(models)
+                .with_retries(cloudsync_commands::ContentRetries {
+                    first: std::time::Duration::from_secs(config.extract_retry_seconds),
+                    limit: config.extract_retry_limit,
+                });
+        tasks.spawn(pipeline.lead(shutdown.child_token()));
+        let jobs = JobRunner::new(commands, queue, config.job_concurrency, retries);
+        let jobs_shutdown = shutdown.child_token();
+        tasks.spawn(async move {
+            if let Err(error) = jobs.run(jobs_shutdown).await {
+                tracing::error!(error = %error, "The job runner stopped.");
+            }
+        });
+    }
 
     let keys = Arc::clone(app.tokens.keys());
     let keys_shutdown = shutdown.child_token();
@@ -650,7 +699,11 @@ pub async fn start(config: &Config) -> anyhow::Result<Server> {
         }
     });
 
-    let router = router(Arc::clone(&app), config)?;
+    let router = if role.serves_api() {
+        router(Arc::clone(&app), config)?
+    } else {
+        crate::http::health_router(Arc::clone(&app))
+    };
     let http_shutdown = shutdown.child_token();
     tasks.spawn(async move {
         let served = axum::serve(listener, router.into_make_service_with_connect_info::<SocketAddr>())
@@ -668,7 +721,7 @@ pub async fn start(config: &Config) -> anyhow::Result<Server> {
             tracing::warn!("Text messages (second-factor codes) go to the log: set sms_outbox for a public server.");
         }
     }
-    tracing::info!(addr = %addr, backend = db.backend(), "CloudSync is listening.");
+    tracing::info!(addr = %addr, backend = db.backend(), role = ?role, "CloudSync is listening.");
     Ok(Server {
         addr,
         app,

@@ -155,6 +155,13 @@ pub enum Op {
         held: Option<Value>,
         at: DateTime<Utc>,
     },
+    SyncOperationRetrying {
+        id: Uuid,
+        retries: i64,
+        reason: String,
+        retry_at: DateTime<Utc>,
+        at: DateTime<Utc>,
+    },
     InsertSyncPair {
         id: Uuid,
         user_id: Uuid,
@@ -281,7 +288,8 @@ impl Op {
             | Self::SyncOperationStatus { .. }
             | Self::SyncOperationPaused { .. }
             | Self::SyncOperationProgress { .. }
-            | Self::SyncOperationHeld { .. } => Table::SyncOperations,
+            | Self::SyncOperationHeld { .. }
+            | Self::SyncOperationRetrying { .. } => Table::SyncOperations,
             Self::InsertSyncPair { .. } | Self::SyncPairRun { .. } => Table::SyncPairs,
             Self::UpsertConflict { .. } | Self::ResolveConflict { .. } | Self::ClearConflict { .. } => Table::SyncConflicts,
             Self::InsertFileVersion { .. } | Self::DeleteFileVersion { .. } => Table::FileVersions,
@@ -480,6 +488,13 @@ pub fn ops_for(event: &DomainEvent, at: DateTime<Utc>) -> Vec<Op> {
         E::SyncJobHeld(e) => vec![Op::SyncOperationHeld {
             id: e.job_id.as_uuid(),
             held: Some(serde_json::json!({ "side": e.side.name(), "deletes": e.deletes })),
+            at,
+        }],
+        E::SyncJobRetrying(e) => vec![Op::SyncOperationRetrying {
+            id: e.job_id.as_uuid(),
+            retries: i64::from(e.attempt),
+            reason: e.reason.clone(),
+            retry_at: e.retry_at,
             at,
         }],
         E::SyncJobApproved(e) => vec![Op::SyncOperationHeld {

@@ -77,6 +77,11 @@ pub struct SyncOperationRow {
     pub details: Value,
     /// For a sync run held by the max-delete rail: `{side, deletes}`.
     pub held: Option<Value>,
+    /// Attempts that stopped short and were retried; why the last one stopped, and when the next
+    /// was due.
+    pub retries: i64,
+    pub retry_reason: Option<String>,
+    pub retry_at: Option<DateTime<Utc>>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
     pub completed_at: Option<DateTime<Utc>>,
@@ -164,7 +169,7 @@ const FILE_COLUMNS: &str = "CAST(id AS TEXT) AS id, CAST(provider_id AS TEXT) AS
                             mime_type, checksum, modified_at, created_at, updated_at, CAST(metadata AS TEXT) AS metadata, labels";
 const OPERATION_COLUMNS: &str = "CAST(id AS TEXT) AS id, kind, CAST(provider_id AS TEXT) AS provider_id, status, paused, \
                                  files_done, bytes_done, files_total, bytes_total, bytes_written, error, CAST(details AS TEXT) AS details, held, \
-                                 created_at, updated_at, completed_at";
+                                 CAST(retries AS BIGINT) AS retries, retry_reason, retry_at, created_at, updated_at, completed_at";
 const PAIR_COLUMNS: &str = "CAST(id AS TEXT) AS id, CAST(source_provider_id AS TEXT) AS source_provider_id, source_path, \
                             CAST(target_provider_id AS TEXT) AS target_provider_id, target_path, mode, conflict_policy, \
                             CAST(max_delete_percent AS BIGINT) AS max_delete_percent, schedule, realtime, \
@@ -428,6 +433,9 @@ impl ReadModels {
                 error: row.try_get("error")?,
                 details: json(row.try_get("details")?)?,
                 held: row.try_get::<Option<String>, _>("held")?.as_deref().map(json).transpose()?,
+                retries: row.try_get("retries")?,
+                retry_reason: row.try_get("retry_reason")?,
+                retry_at: row.try_get("retry_at")?,
                 created_at: row.try_get("created_at")?,
                 updated_at: row.try_get("updated_at")?,
                 completed_at: row.try_get("completed_at")?,
@@ -598,6 +606,9 @@ impl ReadModels {
                 "error",
                 "details",
                 "held",
+                "retries",
+                "retry_reason",
+                "retry_at",
                 "created_at",
                 "updated_at",
                 "completed_at",

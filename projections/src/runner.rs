@@ -434,6 +434,44 @@ pub async fn catch_up(db: &Database) -> Result<(), ProjectionError> {
     replay(db, &Table::ALL).await.map(drop)
 }
 
+/// The session advisory lock whose holder projects (any 64-bit key; this is "cloudsync" in ASCII).
+const LEAD_LOCK: i64 = 0x636c_6f75_6473_796e;
+/// How often a following process asks for the lock.
+const LEAD_POLL: Duration = Duration::from_secs(1);
+/// How often a following process reads the checkpoints while the read models are behind the log.
+const FOLLOW_POLL: Duration = Duration::from_millis(50);
+
+/// Takes the projectors' lock on a connection of its own, if no other process holds it.
+async fn try_lock(pool: &sqlx::PgPool) -> Result<Option<sqlx::PgConnection>, sqlx::Error> {
+    let mut connection = pool.acquire().await?.detach();
+    let locked: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
+        .bind(LEAD_LOCK)
+        .fetch_one(&mut connection)
+        .await?;
+    Ok(locked.then_some(connection))
+}
+
+/// Holds the lock's connection, and cancels `lost` once it fails (the server went away, or ended
+/// the session): the lock went with it.
+async fn keep_lock(mut lock: sqlx::PgConnection, lost: CancellationToken) {
+    loop {
+        tokio::select! {
+            () = lost.cancelled() => break,
+            () = tokio::time::sleep(Duration::from_secs(5)) => {}
+        }
+        if let Err(error) = sqlx::query("SELECT 1").execute(&mut lock).await {
+            tracing::warn!(error = %error, "The projectors' lock went with its connection.");
+            lost.cancel();
+            return;
+        }
+    }
+    let _ = sqlx::query("SELECT pg_advisory_unlock($1)")
+        .bind(LEAD_LOCK)
+        .execute(&mut lock)
+        .await;
+    let _ = sqlx::Connection::close(lock).await;
+}
+
 /// The live projectors of a running server and how far each has got.
 pub struct Projections {
     db: Database,
@@ -451,16 +489,89 @@ impl Projections {
         })
     }
 
-    /// Runs every projector (catch up, then follow live appends) until `shutdown`.
+    /// Runs every projector (catch up, then follow live appends) until `shutdown`. On PostgreSQL,
+    /// where several processes share the read models, one of them projects (the holder of a
+    /// session advisory lock, which another takes over the moment the holder's connection goes)
+    /// and the others follow its checkpoints; on SQLite each process projects, serialised by the
+    /// database's write lock.
     pub async fn run(self: Arc<Self>, shutdown: CancellationToken) {
         if let Err(error) = restore_indexes(&self.db).await {
             tracing::error!(error = %error, "Could not build the indexes that an unfinished rebuild dropped.");
         }
-        let loops = self
-            .checkpoints
-            .iter()
-            .map(|(table, sender)| self.follow(*table, sender, &shutdown));
+        let DbPool::Postgres(pool) = &self.db.pool else {
+            return self.project(&shutdown).await;
+        };
+        while !shutdown.is_cancelled() {
+            let Some(lock) = self.stand_by(pool, &shutdown).await else { return };
+            tracing::info!("This process projects the read models now.");
+            let lost = shutdown.child_token();
+            let watch = tokio::spawn(keep_lock(lock, lost.clone()));
+            self.project(&lost).await;
+            lost.cancel();
+            let _ = watch.await;
+            if !shutdown.is_cancelled() {
+                tracing::warn!("Lost the projectors' lock; following the read models again.");
+            }
+        }
+    }
+
+    async fn project(&self, shutdown: &CancellationToken) {
+        let loops = self.checkpoints.iter().map(|(table, sender)| self.follow(*table, sender, shutdown));
         futures::future::join_all(loops).await;
+    }
+
+    /// Follows the checkpoints another process advances until this one takes the projectors' lock
+    /// (a connection of its own holding it); `None` at `shutdown`.
+    async fn stand_by(&self, pool: &sqlx::PgPool, shutdown: &CancellationToken) -> Option<sqlx::PgConnection> {
+        let mut notified = self.db.events.watch();
+        let mut asked = None::<Instant>;
+        let mut said = false;
+        loop {
+            if asked.is_none_or(|at| at.elapsed() >= LEAD_POLL) {
+                asked = Some(Instant::now());
+                match try_lock(pool).await {
+                    Ok(Some(lock)) => return Some(lock),
+                    Ok(None) if !said => {
+                        said = true;
+                        tracing::info!("Another process projects the read models; following its checkpoints.");
+                    }
+                    Ok(None) => {}
+                    Err(error) => tracing::warn!(error = %error, "Could not ask for the projectors' lock."),
+                }
+            }
+            notified.borrow_and_update();
+            let behind = match (self.db.events.head().await, self.read_checkpoints(pool).await) {
+                (Ok(head), Ok(())) => self.position() < head,
+                (_, Err(error)) => {
+                    tracing::warn!(error = %error, "Could not read the projectors' checkpoints.");
+                    true
+                }
+                (Err(_), Ok(())) => true,
+            };
+            // Behind: the leader is at work, and a caller may be waiting for it.
+            let wait = if behind { FOLLOW_POLL } else { self.poll };
+            tokio::select! {
+                () = shutdown.cancelled() => return None,
+                _ = tokio::time::timeout(wait, notified.changed()), if !behind => {}
+                () = tokio::time::sleep(wait), if behind => {}
+            }
+        }
+    }
+
+    async fn read_checkpoints(&self, pool: &sqlx::PgPool) -> Result<(), sqlx::Error> {
+        let rows: Vec<(String, i64)> = sqlx::query_as("SELECT name, position FROM projector_checkpoints")
+            .fetch_all(pool)
+            .await?;
+        for (name, position) in rows {
+            if let Some((_, sender)) = self.checkpoints.iter().find(|(table, _)| table.name() == name) {
+                sender.send_if_modified(|current| {
+                    let moved = position > *current;
+                    *current = (*current).max(position);
+                    moved
+                });
+            }
+        }
+        Ok(())
     }
 
     async fn follow(&self, table: Table, sender: &watch::Sender<i64>, shutdown: &CancellationToken) {

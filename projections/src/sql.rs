@@ -204,6 +204,16 @@ pub(crate) fn statement(op: &Op) -> (&'static str, Vec<Val>) {
                 V::Ts(at),
             ],
         ),
+        Op::SyncOperationRetrying {
+            id,
+            retries,
+            reason,
+            retry_at,
+            at,
+        } => (
+            "UPDATE sync_operations SET retries = $2, retry_reason = $3, retry_at = $4, updated_at = $5 WHERE id = $1",
+            vec![V::Uuid(id), V::Int(retries), V::Text(reason), V::Ts(retry_at), V::Ts(at)],
+        ),
         Op::InsertSyncPair {
             id,
             user_id,

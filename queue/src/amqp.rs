@@ -27,9 +27,11 @@ const REPLY_SUCCESS: u16 = 200;
 /// Numbers this process's consumers (their tags).
 static CONSUMERS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
-/// Queues on a RabbitMQ broker.
+/// Queues on a RabbitMQ broker. A lost connection (the broker restarted, the network failed) is
+/// made again by the next call that needs it.
 pub struct AmqpQueue {
-    connection: Connection,
+    url: String,
+    connection: Mutex<Connection>,
     /// The channel jobs are published on (in confirm mode), made again when an error closed it.
     publisher: Mutex<Option<Channel>>,
 }
@@ -51,14 +53,23 @@ impl AmqpQueue {
     pub async fn connect(url: &str) -> Result<Self, QueueError> {
         let connection = Connection::connect(url, ConnectionProperties::default()).await.map_err(broker)?;
         Ok(Self {
-            connection,
+            url: url.to_owned(),
+            connection: Mutex::new(connection),
             publisher: Mutex::new(None),
         })
     }
 
-    /// A channel of its own, for work whose failure closes it.
+    /// A channel of its own, for work whose failure closes it, on the connection (connected again
+    /// if it was lost).
     async fn channel(&self) -> Result<Channel, QueueError> {
-        self.connection.create_channel().await.map_err(broker)
+        let mut connection = self.connection.lock().await;
+        if !connection.status().connected() {
+            tracing::info!("Connecting to the job queue's broker again.");
+            *connection = Connection::connect(&self.url, ConnectionProperties::default())
+                .await
+                .map_err(broker)?;
+        }
+        connection.create_channel().await.map_err(broker)
     }
 
     /// The publishing channel, opened (in confirm mode) when there is none or it was closed.
@@ -267,5 +278,9 @@ impl JobQueue for AmqpQueue {
         .await;
         let _ = channel.close(REPLY_SUCCESS, "deleted".into()).await;
         deleted.map_err(broker)
+    }
+
+    fn durable(&self) -> bool {
+        true
     }
 }

@@ -14,6 +14,8 @@
 
 mod amqp;
 mod local;
+#[cfg(feature = "testing")]
+pub mod testing;
 
 use std::pin::Pin;
 
@@ -138,4 +140,8 @@ pub trait JobQueue: Send + Sync {
     /// # Errors
     /// The broker is unreachable.
     async fn delete(&self, queue: &str) -> Result<(), QueueError>;
+
+    /// Whether jobs it holds outlive this process (a broker's queues do; the in-process queue's
+    /// go with it).
+    fn durable(&self) -> bool;
 }

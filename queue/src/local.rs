@@ -243,4 +243,8 @@ impl JobQueue for LocalQueue {
         self.shared.changed.notify_waiters();
         Ok(())
     }
+
+    fn durable(&self) -> bool {
+        false
+    }
 }

@@ -25,6 +25,11 @@ mod retried {
     use crate::harness::on_both_backends;
     on_both_backends!(with super::quick_retries; unread_contents_are_read_again_once_the_provider_serves_them);
 }
+mod jobs {
+    use super::{a_job_that_fails_is_retried_and_fails_for_good_past_its_attempts, few_attempts};
+    use crate::harness::on_both_backends;
+    on_both_backends!(with super::few_attempts; a_job_that_fails_is_retried_and_fails_for_good_past_its_attempts);
+}
 mod given_up {
     use super::{no_retries, unread_contents_past_the_retry_limit_are_recorded_as_failed};
     use crate::harness::on_both_backends;
@@ -40,11 +45,19 @@ struct Proxy {
     flaky: bool,
     /// Reads with exactly this `Range` header are refused while it is set.
     refuse_range: std::sync::Mutex<Option<String>>,
+    /// Every request is refused while it is set.
+    refuse_all: std::sync::atomic::AtomicBool,
 }
 
 async fn forward(State(proxy): State<Arc<Proxy>>, request: Request) -> Response {
     let n = proxy.requests.fetch_add(1, Ordering::SeqCst);
     let range = request.headers().get("range").and_then(|v| v.to_str().ok()).map(str::to_owned);
+    if proxy.refuse_all.load(Ordering::SeqCst) {
+        // An answer the client does not retry itself, and does not take for a lack of permission.
+        proxy.refused.fetch_add(1, Ordering::SeqCst);
+        let body = "<?xml version=\"1.0\"?><Error><Code>InvalidRequest</Code><Message>The gateway refused the request.</Message></Error>";
+        return (StatusCode::BAD_REQUEST, [("content-type", "application/xml")], body).into_response();
+    }
     let refused_range = range.is_some() && *proxy.refuse_range.lock().expect("lock") == range;
     if refused_range {
         // Refused outright (the client does not retry this itself), as a bucket whose access was
@@ -102,6 +115,7 @@ async fn start_proxy(upstream: String, flaky: bool) -> (Arc<Proxy>, String) {
         refused: AtomicU64::new(0),
         flaky,
         refuse_range: std::sync::Mutex::new(None),
+        refuse_all: std::sync::atomic::AtomicBool::new(false),
     });
     let router = axum::Router::new().fallback(forward).with_state(Arc::clone(&proxy));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
@@ -321,4 +335,99 @@ async fn unread_contents_past_the_retry_limit_are_recorded_as_failed(h: &Harness
         .ok(Some(&token), "query { searchFiles(query: \"burrow\") { total } }", json!({}))
         .await;
     assert_eq!(found["searchFiles"]["total"], 3, "still findable by name");
+}
+
+/// Jobs get three attempts, two seconds apart, then four.
+async fn few_attempts(backend: cloudsync_eventstore::testing::Backend) -> Harness {
+    Harness::with_config(backend, |config| {
+        config.job_attempts = 3;
+        config.job_retry_seconds = 2;
+    })
+    .await
+}
+
+/// `syncStatus` of `operation` once `done` says so (60 s deadline), asking again after each append.
+async fn status_once(h: &Harness, token: &str, operation: &str, done: impl Fn(&serde_json::Value) -> bool) -> serde_json::Value {
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let mut appended = h.server().app().db.events.watch();
+    loop {
+        let status = h
+            .ok(
+                Some(token),
+                "query($o: ID!) { syncStatus(operationId: $o) { status error attempts retryReason retryAt } }",
+                json!({ "o": operation }),
+            )
+            .await["syncStatus"]
+            .clone();
+        if done(&status) {
+            return status;
+        }
+        assert!(std::time::Instant::now() < deadline, "not in time: {status}");
+        h.next_append(&mut appended, deadline).await;
+    }
+}
+
+async fn a_job_that_fails_is_retried_and_fails_for_good_past_its_attempts(h: &Harness) {
+    let (endpoint, root, seeding) = s3_folder("jobs").await;
+    let data = futures::stream::iter([Ok(Bytes::from_static(b"a file to list"))]).boxed();
+    seeding
+        .write(&ProviderPath::parse("listed.txt").expect("path"), data)
+        .await
+        .expect("seeded");
+    let (proxy, proxy_url) = start_proxy(endpoint, false).await;
+    let (token, _) = h.register("attempts@example.org").await;
+    let connected = connect_s3(h, &token, &proxy_url, &root).await;
+    h.wait_for_operation(&token, connected["connectProvider"]["scanOperationId"].as_str().expect("operation"))
+        .await;
+    let provider = connected["connectProvider"]["id"].as_str().expect("provider").to_owned();
+    let rescan = || async {
+        h.ok(
+            Some(&token),
+            "mutation($p: ID!) { rescanProvider(providerId: $p) { id attempts } }",
+            json!({ "p": provider }),
+        )
+        .await["rescanProvider"]["id"]
+            .as_str()
+            .expect("operation")
+            .to_owned()
+    };
+
+    // The server refuses everything: each attempt fails, is retried after its wait, and the third
+    // is the last.
+    proxy.refuse_all.store(true, Ordering::SeqCst);
+    let operation = rescan().await;
+    let failed = status_once(h, &token, &operation, |s| s["status"] == "failed").await;
+    assert_eq!(failed["attempts"], 3, "{failed}");
+    let error = failed["error"].as_str().unwrap_or_default();
+    assert!(error.starts_with("gave up after 3 attempts: "), "{failed}");
+    assert!(failed["retryReason"].as_str().is_some_and(|r| !r.is_empty()), "{failed}");
+    let events = h
+        .server()
+        .app()
+        .db
+        .events
+        .read_stream(&format!("sync-{operation}"))
+        .await
+        .expect("the job's events");
+    let retried: Vec<u64> = events
+        .iter()
+        .filter(|e| e.event_type == "SyncJobRetrying")
+        .map(|e| e.payload["attempt"].as_u64().expect("attempt"))
+        .collect();
+    assert_eq!(retried, [1, 2], "each failed attempt but the last is retried once");
+
+    // Served again while the job waits for its second attempt: that attempt completes it.
+    let operation = rescan().await;
+    let waiting = status_once(h, &token, &operation, |s| {
+        s["attempts"].as_i64() >= Some(2) || matches!(s["status"].as_str(), Some("completed" | "failed"))
+    })
+    .await;
+    assert_eq!(waiting["attempts"], 2, "the first attempt failed: {waiting}");
+    proxy.refuse_all.store(false, Ordering::SeqCst);
+    let done = status_once(h, &token, &operation, |s| {
+        matches!(s["status"].as_str(), Some("completed" | "failed"))
+    })
+    .await;
+    assert_eq!(done["status"], "completed", "{done}");
+    assert_eq!(done["attempts"], 2, "{done}");
 }

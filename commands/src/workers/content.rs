@@ -58,6 +58,7 @@ fn checkpoint_name(models: &Models, extractor: &Extractor) -> String {
 }
 
 /// Follows the log and reads what needs reading; owned by the server.
+#[derive(Clone)]
 pub struct ContentPipeline {
     commands: Commands,
     pool: DbPool,
@@ -232,6 +233,29 @@ impl ContentPipeline {
     ///
     /// # Errors
     /// When the checkpoint cannot be read.
+    /// Runs the pipeline while this process holds the lease `content` (one process at a time reads
+    /// files), standing by while another does, until `shutdown`.
+    pub async fn lead(self, shutdown: CancellationToken) {
+        let pool = self.pool.clone();
+        super::leases::lead(pool, "content", shutdown, move |lead| {
+            let pipeline = self.clone();
+            Box::pin(async move {
+                if let Err(error) = pipeline.run(lead.clone()).await {
+                    tracing::error!(error = %error, "The content pipeline stopped; it starts again.");
+                    tokio::select! {
+                        () = lead.cancelled() => {}
+                        () = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    }
+                }
+            })
+        })
+        .await;
+    }
+
+    /// Runs the pipeline in this process until `shutdown` (see [`ContentPipeline::lead`]).
+    ///
+    /// # Errors
+    /// The database failed.
     pub async fn run(self, shutdown: CancellationToken) -> Result<(), CommandError> {
         let name = checkpoint_name(&self.models, &self.extractor);
         let load = "SELECT position FROM worker_checkpoints WHERE name = $1";

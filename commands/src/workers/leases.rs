@@ -27,21 +27,7 @@ pub(crate) const RENEW_EVERY: Duration = Duration::from_secs(10);
 /// How often a worker waiting for a job lease asks again.
 const JOB_POLL: Duration = Duration::from_secs(1);
 
-/// The database's clock in Unix milliseconds, as an SQL expression.
-pub(crate) fn db_now_ms(pool: &DbPool) -> &'static str {
-    match pool {
-        DbPool::Sqlite(_) => "CAST((julianday('now') - 2440587.5) * 86400000.0 AS INTEGER)",
-        DbPool::Postgres(_) => "CAST(EXTRACT(EPOCH FROM clock_timestamp()) * 1000 AS BIGINT)",
-    }
-}
-
-pub(crate) fn millis(duration: Duration) -> i64 {
-    i64::try_from(duration.as_millis()).unwrap_or(i64::MAX)
-}
-
-pub(crate) fn db_error(err: sqlx::Error) -> CommandError {
-    CommandError::Store(err.into())
-}
+pub(crate) use super::db::{db_error, db_now_ms, millis};
 
 /// Renews a lease every [`RENEW_EVERY`] until `stop` is cancelled; `renewed` holds when the last
 /// renewal succeeded. When the lease is found lost (`renew` says false), or has gone unrenewed for
@@ -140,36 +126,15 @@ impl JobLease {
     /// Takes the lease of `job_id`, waiting while another live worker holds it. `None` when the job
     /// has ended (whoever ran it) or `cancel` fires first.
     pub(crate) async fn take(commands: &Commands, job_id: SyncJobId, cancel: &CancellationToken) -> Result<Option<Self>, CommandError> {
-        let pool = commands.pool().clone();
-        let (job, holder) = (job_id.to_string(), holder_name());
+        let holder = holder_name();
         let mut waiting = false;
         loop {
-            let (found, _) = commands.load::<SyncJob>(&job_id.stream()).await?;
+            let (found, version) = commands.load::<SyncJob>(&job_id.stream()).await?;
             if found.phase().is_none_or(|phase| phase.is_terminal()) {
                 return Ok(None);
             }
             let started = Instant::now();
-            if try_take(&pool, &job, &holder).await? {
-                let lease = Self {
-                    run: cancel.child_token(),
-                    stop: CancellationToken::new(),
-                    pool,
-                    job,
-                    holder,
-                };
-                let (pool, job, holder) = (lease.pool.clone(), lease.job.clone(), lease.holder.clone());
-                keep_renewed(
-                    "job",
-                    lease.holder.clone(),
-                    JOB_LEASE_TTL,
-                    Arc::new(Mutex::new(started)),
-                    lease.stop.clone(),
-                    Some(lease.run.clone()),
-                    move || {
-                        let (pool, job, holder) = (pool.clone(), job.clone(), holder.clone());
-                        Box::pin(async move { renew(&pool, &job, &holder).await })
-                    },
-                );
+            if let Some(lease) = Self::try_take_at(commands, job_id, version, cancel, &holder, started).await? {
                 return Ok(Some(lease));
             }
             if !waiting {
@@ -183,6 +148,51 @@ impl JobLease {
         }
     }
 
+    /// Takes the lease of `job_id` (found at stream version `version`) if no live worker holds it,
+    /// without waiting; `None` when another does. The job's queued attempt is marked started
+    /// (claimed) either way: by this worker, or by the one that holds it.
+    pub(crate) async fn try_take(
+        commands: &Commands,
+        job_id: SyncJobId,
+        version: i64,
+        cancel: &CancellationToken,
+    ) -> Result<Option<Self>, CommandError> {
+        Self::try_take_at(commands, job_id, version, cancel, &holder_name(), Instant::now()).await
+    }
+
+    async fn try_take_at(
+        commands: &Commands,
+        job_id: SyncJobId,
+        version: i64,
+        cancel: &CancellationToken,
+        holder: &str,
+        started: Instant,
+    ) -> Result<Option<Self>, CommandError> {
+        let pool = commands.pool().clone();
+        let job = job_id.to_string();
+        let taken = JOBS.try_take(&pool, &job, holder).await?;
+        super::queued::mark_claimed(&pool, job_id, version).await?;
+        if !taken {
+            return Ok(None);
+        }
+        let lease = Self {
+            run: cancel.child_token(),
+            stop: CancellationToken::new(),
+            pool,
+            job,
+            holder: holder.to_owned(),
+        };
+        JOBS.keep(
+            &lease.pool,
+            &lease.job,
+            &lease.holder,
+            started,
+            lease.stop.clone(),
+            lease.run.clone(),
+        );
+        Ok(Some(lease))
+    }
+
     /// Cancelled when the run must stop: `cancel` of [`JobLease::take`] fired, or the lease was lost.
     pub(crate) fn token(&self) -> &CancellationToken {
         &self.run
@@ -191,16 +201,7 @@ impl JobLease {
     /// Gives the lease up.
     pub(crate) async fn release(self) {
         self.stop.cancel();
-        let query = "DELETE FROM job_leases WHERE job_id = $1 AND holder = $2";
-        let result = on_pool!(&self.pool, |p| sqlx::query(query)
-            .bind(&self.job)
-            .bind(&self.holder)
-            .execute(p)
-            .await
-            .map(drop));
-        if let Err(error) = result {
-            tracing::warn!(job = %self.job, error = %error, "Could not release a job lease; it lapses on its own.");
-        }
+        JOBS.release(&self.pool, &self.job, &self.holder).await;
     }
 }
 
@@ -210,50 +211,165 @@ impl Drop for JobLease {
     }
 }
 
-/// Takes the lease of `job` for `holder` when it is free: absent, lapsed, already `holder`'s, or
-/// held by a process of this machine that is gone. True when taken.
-async fn try_take(pool: &DbPool, job: &str, holder: &str) -> Result<bool, CommandError> {
-    let now = db_now_ms(pool);
-    let current = format!("SELECT holder FROM job_leases WHERE job_id = $1 AND expires_at > {now}");
-    let held: Option<String> = on_pool!(pool, |p| sqlx::query_scalar(&current).bind(job).fetch_optional(p).await).map_err(db_error)?;
-    match held {
-        Some(other) if other != holder && !holder_gone(&other) => return Ok(false),
-        Some(other) if other != holder => {
-            // Only that holder's lease goes: a worker that took it meanwhile keeps its own.
-            let forget = "DELETE FROM job_leases WHERE job_id = $1 AND holder = $2";
-            on_pool!(pool, |p| sqlx::query(forget).bind(job).bind(&other).execute(p).await.map(drop)).map_err(db_error)?;
+/// A table of leases: `(<key>, holder, expires_at)`.
+#[derive(Clone, Copy)]
+pub(crate) struct Leases {
+    table: &'static str,
+    key: &'static str,
+    ttl: Duration,
+}
+
+/// Which worker runs a job.
+pub(crate) const JOBS: Leases = Leases {
+    table: "job_leases",
+    key: "job_id",
+    ttl: JOB_LEASE_TTL,
+};
+
+/// Which process does work that one at a time may do (see [`lead`]).
+pub(crate) const SINGLETONS: Leases = Leases {
+    table: "singleton_leases",
+    key: "name",
+    ttl: SINGLETON_LEASE_TTL,
+};
+
+impl Leases {
+    /// Takes the lease of `key` for `holder` when it is free: absent, lapsed, already `holder`'s,
+    /// or held by a process of this machine that is gone. True when taken.
+    pub(crate) async fn try_take(self, pool: &DbPool, key: &str, holder: &str) -> Result<bool, CommandError> {
+        let Self { table, key: column, .. } = self;
+        match self.holder(pool, key).await? {
+            Some(other) if other != holder && !holder_gone(&other) => return Ok(false),
+            Some(other) if other != holder => {
+                // Only that holder's lease goes: a worker that took it meanwhile keeps its own.
+                let forget = format!("DELETE FROM {table} WHERE {column} = $1 AND holder = $2");
+                on_pool!(pool, |p| sqlx::query(&forget).bind(key).bind(&other).execute(p).await.map(drop)).map_err(db_error)?;
+            }
+            _ => {}
         }
-        _ => {}
+        let now = db_now_ms(pool);
+        let take = format!(
+            "INSERT INTO {table} ({column}, holder, expires_at) VALUES ($1, $2, {now} + $3) \
+             ON CONFLICT ({column}) DO UPDATE SET holder = excluded.holder, expires_at = excluded.expires_at \
+             WHERE {table}.expires_at <= {now} OR {table}.holder = excluded.holder"
+        );
+        self.touches_one(pool, &take, key, holder).await
     }
-    let take = format!(
-        "INSERT INTO job_leases (job_id, holder, expires_at) VALUES ($1, $2, {now} + $3) \
-         ON CONFLICT (job_id) DO UPDATE SET holder = excluded.holder, expires_at = excluded.expires_at \
-         WHERE job_leases.expires_at <= {now} OR job_leases.holder = excluded.holder"
-    );
-    touches_one(pool, &take, job, holder).await
+
+    /// Who holds the lease of `key` now and has not let it lapse (they may be gone, see
+    /// [`Leases::is_held`]).
+    pub(crate) async fn holder(self, pool: &DbPool, key: &str) -> Result<Option<String>, CommandError> {
+        let Self { table, key: column, .. } = self;
+        let current = format!(
+            "SELECT holder FROM {table} WHERE {column} = $1 AND expires_at > {}",
+            db_now_ms(pool)
+        );
+        on_pool!(pool, |p| sqlx::query_scalar(&current).bind(key).fetch_optional(p).await).map_err(db_error)
+    }
+
+    /// Whether a live worker holds the lease of `key`: one that has not let it lapse and is not a
+    /// process of this machine that has ended.
+    pub(crate) async fn is_held(self, pool: &DbPool, key: &str) -> Result<bool, CommandError> {
+        Ok(self.holder(pool, key).await?.is_some_and(|holder| !holder_gone(&holder)))
+    }
+
+    /// Extends `holder`'s lease of `key`; false when another worker holds it now (or nobody).
+    async fn renew(self, pool: &DbPool, key: &str, holder: &str) -> Result<bool, CommandError> {
+        let query = format!(
+            "UPDATE {} SET expires_at = {} + $3 WHERE {} = $1 AND holder = $2",
+            self.table,
+            db_now_ms(pool),
+            self.key
+        );
+        self.touches_one(pool, &query, key, holder).await
+    }
+
+    /// Gives `holder`'s lease of `key` up.
+    async fn release(self, pool: &DbPool, key: &str, holder: &str) {
+        let query = format!("DELETE FROM {} WHERE {} = $1 AND holder = $2", self.table, self.key);
+        let result = on_pool!(pool, |p| sqlx::query(&query).bind(key).bind(holder).execute(p).await.map(drop));
+        if let Err(error) = result {
+            tracing::warn!(lease = %key, error = %error, "Could not release a lease; it lapses on its own.");
+        }
+    }
+
+    /// Runs a lease statement on (`key`, `holder`, the lease's lifetime); whether it changed one row.
+    async fn touches_one(self, pool: &DbPool, query: &str, key: &str, holder: &str) -> Result<bool, CommandError> {
+        let ttl = millis(self.ttl);
+        let rows = on_pool!(pool, |p| sqlx::query(query)
+            .bind(key)
+            .bind(holder)
+            .bind(ttl)
+            .execute(p)
+            .await
+            .map(|r| r.rows_affected()))
+        .map_err(db_error)?;
+        Ok(rows == 1)
+    }
+
+    /// Keeps `holder`'s lease of `key` renewed until `stop`; `lost` is cancelled if it is lost.
+    fn keep(self, pool: &DbPool, key: &str, holder: &str, taken: Instant, stop: CancellationToken, lost: CancellationToken) {
+        let (pool, key, holder_name) = (pool.clone(), key.to_owned(), holder.to_owned());
+        keep_renewed(
+            self.table,
+            holder.to_owned(),
+            self.ttl,
+            Arc::new(Mutex::new(taken)),
+            stop,
+            Some(lost),
+            move || {
+                let (pool, key, holder) = (pool.clone(), key.clone(), holder_name.clone());
+                Box::pin(async move { self.renew(&pool, &key, &holder).await })
+            },
+        );
+    }
 }
 
-/// Extends `holder`'s lease of `job`; false when another worker holds it now (or nobody).
-async fn renew(pool: &DbPool, job: &str, holder: &str) -> Result<bool, CommandError> {
-    let query = format!(
-        "UPDATE job_leases SET expires_at = {} + $3 WHERE job_id = $1 AND holder = $2",
-        db_now_ms(pool)
-    );
-    touches_one(pool, &query, job, holder).await
-}
+/// How long a singleton's lease lasts unless renewed: how long another process waits to take over
+/// from one that vanished without ending (one of this machine that ended is seen at once).
+pub const SINGLETON_LEASE_TTL: Duration = Duration::from_secs(30);
+/// How often a process that stands by for a singleton asks again.
+const SINGLETON_POLL: Duration = Duration::from_secs(1);
 
-/// Runs a lease statement on (`job`, `holder`, the lease's lifetime); whether it changed one row.
-async fn touches_one(pool: &DbPool, query: &str, job: &str, holder: &str) -> Result<bool, CommandError> {
-    let ttl = millis(JOB_LEASE_TTL);
-    let rows = on_pool!(pool, |p| sqlx::query(query)
-        .bind(job)
-        .bind(holder)
-        .bind(ttl)
-        .execute(p)
-        .await
-        .map(|r| r.rows_affected()))
-    .map_err(db_error)?;
-    Ok(rows == 1)
+/// Does `work` in one process at a time among all that share the database: stands by until this
+/// process holds the lease `name`, then runs `work` with a token that is cancelled when the lease
+/// is lost or `shutdown` fires. When `work` returns (or the lease is lost) the lease is given up,
+/// and this process stands by again, until `shutdown`.
+pub(crate) async fn lead<F>(pool: DbPool, name: &'static str, shutdown: CancellationToken, mut work: F)
+where
+    F: FnMut(CancellationToken) -> BoxFuture<'static, ()>,
+{
+    let holder = holder_name();
+    let mut waiting = false;
+    while !shutdown.is_cancelled() {
+        let started = Instant::now();
+        match SINGLETONS.try_take(&pool, name, &holder).await {
+            Ok(true) => {
+                tracing::info!(singleton = name, "This process leads now.");
+                waiting = false;
+                let (stop, lost) = (CancellationToken::new(), shutdown.child_token());
+                SINGLETONS.keep(&pool, name, &holder, started, stop.clone(), lost.clone());
+                work(lost.clone()).await;
+                stop.cancel();
+                SINGLETONS.release(&pool, name, &holder).await;
+                if !shutdown.is_cancelled() {
+                    tracing::warn!(singleton = name, "Stopped leading; standing by.");
+                }
+                continue;
+            }
+            Ok(false) => {
+                if !waiting {
+                    waiting = true;
+                    tracing::info!(singleton = name, "Another process leads; standing by.");
+                }
+            }
+            Err(error) => tracing::warn!(singleton = name, error = %error, "Could not ask for a lease."),
+        }
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            () = tokio::time::sleep(SINGLETON_POLL) => {}
+        }
+    }
 }
 
 #[cfg(test)]

@@ -1,132 +1,241 @@
-//! The in-process job queue, durable through the event log: the runner follows the log from its
-//! checkpoint, starts a worker for every `SyncJobCreated`, and advances the checkpoint only past jobs
-//! that have ended, so a job interrupted by a crash is picked up again (and resumes) at the next start.
+//! The job runner: a worker's consumer of the job queue (see `relay` for how jobs get there).
+//!
+//! A delivery names a job's attempt. The runner drops (acknowledges and forgets) one that is stale:
+//! the job has ended, the attempt is not the current one or not yet due, or another live worker
+//! holds the job's lease (it runs there). Otherwise it takes the lease, which marks the attempt
+//! started, acknowledges the delivery and runs the job, so a long run is never one unacknowledged
+//! delivery: from then on the lease (renewed while the run lasts) says who runs it, and the relay's
+//! sweep retries the job if that worker goes away. A run that fails is retried after a backoff
+//! (`SyncJobRetrying`) until its attempts are spent; one stopped by a shutdown hands its attempt
+//! back to the queue at once.
+//!
+//! A worker takes at most `concurrency` jobs at a time: it consumes only while it has a free slot,
+//! with the queue's prefetch set to its free slots, and stops consuming (giving back what the queue
+//! sent ahead) while all are busy, so an idle worker elsewhere gets the waiting jobs.
 
-use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 
-use chrono::Utc;
 use cloudsync_domain::SyncJobId;
-use cloudsync_domain::sync_job::{JobKind, SyncJob, SyncJobCommand};
-use cloudsync_eventstore::{DbPool, subscribe};
+use cloudsync_domain::sync_job::{JobKind, SyncJob};
+use cloudsync_queue::{Consumer, Delivery, JobQueue};
 use futures::StreamExt;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use crate::core::Context;
+use super::leases::JobLease;
+use super::queued;
+use super::relay::{self, Again, Attempt, DELIVERY_LIMIT, JOB_QUEUE, JobRetries};
 use crate::{CommandError, Commands};
 
-const CHECKPOINT: &str = "jobs";
+/// How long the runner waits before it asks the queue again after losing it.
+const RECONNECT: Duration = Duration::from_secs(1);
 
-/// Runs jobs with bounded concurrency; owned by the server, stopped by its cancellation token.
+/// Runs jobs from the queue with bounded concurrency; owned by the server, stopped by its
+/// cancellation token.
 pub struct JobRunner {
     commands: Commands,
-    pool: DbPool,
+    queue: Arc<dyn JobQueue>,
     concurrency: usize,
-    poll: Duration,
+    retries: JobRetries,
+}
+
+/// What became of a delivery.
+enum Claim {
+    /// This worker runs the attempt (the delivery is acknowledged).
+    Run(JobLease, Attempt, JobKind),
+    /// Nothing to do here.
+    Dropped,
 }
 
 impl JobRunner {
-    pub fn new(commands: Commands, pool: DbPool) -> Self {
+    pub fn new(commands: Commands, queue: Arc<dyn JobQueue>, concurrency: usize, retries: JobRetries) -> Self {
         Self {
             commands,
-            pool,
-            concurrency: 4,
-            poll: Duration::from_millis(500),
+            queue,
+            concurrency: concurrency.max(1),
+            retries,
         }
     }
 
-    /// Follows the log until `shutdown` is cancelled, then waits for running jobs to stop.
+    /// Takes jobs from the queue until `shutdown` is cancelled, then waits for running jobs to stop
+    /// (each hands its attempt back).
     ///
     /// # Errors
-    /// When the checkpoint cannot be read.
+    /// None so far: a queue that cannot be reached is asked again.
     pub async fn run(self, shutdown: CancellationToken) -> Result<(), CommandError> {
-        let start = load_checkpoint(&self.pool).await?;
-        let mut events = Box::pin(subscribe(Arc::clone(self.commands.store()), start, self.poll));
-        let mut running: JoinSet<i64> = JoinSet::new();
-        let mut in_flight: BTreeSet<i64> = BTreeSet::new();
-        let (mut seen, mut saved) = (start, start);
-        // Jobs run `concurrency` at a time; one waiting for another worker's lease takes no slot.
-        let slots = Arc::new(tokio::sync::Semaphore::new(self.concurrency));
+        let runner = Arc::new(self);
+        let slots = Arc::new(Semaphore::new(runner.concurrency));
+        let mut running: JoinSet<()> = JoinSet::new();
+        let mut consumer: Option<Consumer> = None;
+        let mut declared = false;
         loop {
-            tokio::select! {
+            while running.try_join_next().is_some() {}
+            let permit = tokio::select! {
                 () = shutdown.cancelled() => break,
-                Some(done) = running.join_next(), if !running.is_empty() => {
-                    if let Ok(position) = done {
-                        in_flight.remove(&position);
+                permit = Arc::clone(&slots).acquire_owned() => permit.map_err(|_| CommandError::Conflict("the job runner is stopping".into()))?,
+            };
+            if consumer.is_none() {
+                let prefetch = u16::try_from(slots.available_permits() + 1).unwrap_or(u16::MAX);
+                let opened = async {
+                    if !declared {
+                        runner.queue.declare(JOB_QUEUE, DELIVERY_LIMIT).await?;
+                        declared = true;
+                    }
+                    runner.queue.consume(JOB_QUEUE, prefetch).await
+                }
+                .await;
+                match opened {
+                    Ok(opened) => consumer = Some(opened),
+                    Err(error) => {
+                        tracing::warn!(error = %error, "The job runner cannot reach its queue; asking again.");
+                        drop(permit);
+                        pause(&shutdown, RECONNECT).await;
+                        continue;
                     }
                 }
-                next = events.next() => match next {
-                    Some(Ok(event)) => {
-                        seen = event.position;
-                        if event.event_type == "SyncJobCreated" {
-                            let job_id = event.payload.get("job_id").and_then(|v| v.as_str()).and_then(|s| s.parse::<SyncJobId>().ok());
-                            if let Some(job_id) = job_id {
-                                in_flight.insert(event.position);
-                                let commands = self.commands.clone();
-                                let cancel = shutdown.child_token();
-                                let position = event.position;
-                                let slots = Arc::clone(&slots);
-                                running.spawn(async move {
-                                    execute(&commands, job_id, &cancel, &slots).await;
-                                    position
-                                });
-                            }
-                        }
-                    }
-                    Some(Err(error)) => tracing::warn!(error = %error, "The job runner could not read the log; retrying."),
-                    None => break,
-                },
             }
-            let checkpoint = in_flight.first().map_or(seen, |first| first - 1);
-            if checkpoint != saved {
-                if let Err(error) = save_checkpoint(&self.pool, checkpoint).await {
-                    tracing::warn!(error = %error, "The job runner could not save its checkpoint.");
-                } else {
-                    saved = checkpoint;
+            let next = match consumer.as_mut() {
+                Some(deliveries) => tokio::select! {
+                    () = shutdown.cancelled() => break,
+                    next = deliveries.next() => next,
+                },
+                None => continue,
+            };
+            match next {
+                Some(Ok(delivery)) => match runner.claim(delivery, &shutdown).await {
+                    Claim::Run(lease, attempt, kind) => {
+                        let runner = Arc::clone(&runner);
+                        let shutdown = shutdown.clone();
+                        running.spawn(async move { runner.carry_out(lease, attempt, kind, &shutdown, permit).await });
+                    }
+                    Claim::Dropped => drop(permit),
+                },
+                Some(Err(error)) => {
+                    tracing::warn!(error = %error, "The job queue's consumer failed; consuming again.");
+                    (consumer, declared) = (None, false);
+                    pause(&shutdown, RECONNECT).await;
                 }
+                None => {
+                    tracing::warn!("The job queue closed its consumer; consuming again.");
+                    (consumer, declared) = (None, false);
+                    pause(&shutdown, RECONNECT).await;
+                }
+            }
+            if slots.available_permits() == 0 {
+                // Every slot is busy: what the queue sent ahead goes back, to idle workers.
+                consumer = None;
             }
         }
+        drop(consumer);
         while running.join_next().await.is_some() {}
         Ok(())
     }
-}
 
-async fn execute(commands: &Commands, job_id: SyncJobId, cancel: &CancellationToken, slots: &tokio::sync::Semaphore) {
-    if let Err(error) = commands.run_job_in(job_id, cancel, Some(slots)).await {
-        tracing::error!(job = %job_id, error = %error, "Job failed.");
-        if let Ok((mut job, version)) = commands.load::<SyncJob>(&job_id.stream()).await {
-            let ctx = Context::new(job.owner());
-            let fail = SyncJobCommand::Fail {
-                reason: error.to_string(),
-                at: Utc::now(),
-            };
-            if let Err(error) = commands.job_step(job_id, version, &mut job, fail, &ctx).await {
-                tracing::warn!(job = %job_id, error = %error, "Could not record the job's failure.");
+    /// Decides what to do with a delivery, and settles it.
+    async fn claim(&self, delivery: Delivery, shutdown: &CancellationToken) -> Claim {
+        let Some(attempt) = Attempt::from_job(&delivery.job) else {
+            tracing::error!(job = %delivery.job.id, "A job queue message that names no job attempt goes to the dead letters.");
+            if let Err(error) = delivery.reject().await {
+                tracing::warn!(error = %error, "Could not reject a job queue message.");
+            }
+            return Claim::Dropped;
+        };
+        match self.take(attempt, shutdown).await {
+            Ok(claim) => {
+                if let Err(error) = delivery.ack().await {
+                    // It comes back, and is dropped then: this worker holds the lease, or the job ended.
+                    tracing::warn!(job = %attempt.job_id, error = %error, "Could not acknowledge a job; it will be delivered again.");
+                }
+                claim
+            }
+            Err(error) => {
+                tracing::warn!(job = %attempt.job_id, error = %error, "Could not take a job; it goes back to the queue.");
+                if let Err(error) = delivery.retry().await {
+                    tracing::warn!(error = %error, "Could not hand a job back to the queue; the queue gives it back when it sees this consumer go.");
+                }
+                pause(shutdown, RECONNECT).await;
+                Claim::Dropped
             }
         }
     }
+
+    async fn take(&self, attempt: Attempt, shutdown: &CancellationToken) -> Result<Claim, CommandError> {
+        let pool = self.commands.pool();
+        let job_id = attempt.job_id;
+        match queued::queued(pool, job_id).await? {
+            Some(row) if row.attempt == attempt.attempt && row.due => {}
+            // Ended, superseded by a later attempt, or not yet due (the relay publishes it then).
+            _ => return Ok(Claim::Dropped),
+        }
+        let (job, version) = self.commands.load::<SyncJob>(&job_id.stream()).await?;
+        let Some(kind) = job.kind().cloned() else {
+            queued::forget(pool, job_id).await?;
+            return Ok(Claim::Dropped);
+        };
+        if job.phase().is_none_or(|phase| phase.is_terminal()) {
+            queued::forget(pool, job_id).await?;
+            return Ok(Claim::Dropped);
+        }
+        match JobLease::try_take(&self.commands, job_id, version, shutdown).await? {
+            Some(lease) => Ok(Claim::Run(lease, attempt, kind)),
+            None => {
+                tracing::debug!(job = %job_id, "Another worker runs this job.");
+                Ok(Claim::Dropped)
+            }
+        }
+    }
+
+    /// Runs an attempt under its lease, then records how it ended and gives the lease up.
+    async fn carry_out(&self, lease: JobLease, attempt: Attempt, kind: JobKind, shutdown: &CancellationToken, slot: OwnedSemaphorePermit) {
+        let (commands, job_id) = (&self.commands, attempt.job_id);
+        let run = lease.token().clone();
+        let result = match kind {
+            JobKind::Scan { .. } => super::scan::run_scan(commands, job_id, &run).await,
+            _ => super::sync::run_sync(commands, job_id, &run).await,
+        };
+        drop(slot);
+        let recorded = if shutdown.is_cancelled() {
+            // Stopped by the shutdown: the same attempt goes back to the queue.
+            queued::requeue(commands.pool(), job_id, attempt.attempt, Duration::ZERO).await
+        } else if run.is_cancelled() {
+            // The lease was lost (the process stalled): another worker may carry the job on, and
+            // the relay's sweep looks after it if none does.
+            tracing::warn!(job = %job_id, "A run lost its job lease; the job is carried on elsewhere or retried.");
+            Ok(())
+        } else {
+            match result {
+                Err(error) => {
+                    tracing::warn!(job = %job_id, attempt = attempt.attempt, error = %error, "A job's run failed.");
+                    let again = if retryable(&error) { Again::Later } else { Again::Never };
+                    relay::stopped_short(commands, job_id, attempt.attempt, &error.to_string(), &self.retries, again).await
+                }
+                // The job has ended; the relay forgets it when it reads the end.
+                Ok(()) => Ok(()),
+            }
+        };
+        if let Err(error) = recorded {
+            tracing::warn!(job = %job_id, error = %error, "Could not record how a job's attempt ended; the relay's sweep will.");
+        }
+        lease.release().await;
+    }
 }
 
-async fn load_checkpoint(pool: &DbPool) -> Result<i64, CommandError> {
-    let query = "SELECT position FROM worker_checkpoints WHERE name = $1";
-    let position: Option<i64> = match pool {
-        DbPool::Sqlite(p) => sqlx::query_scalar(query).bind(CHECKPOINT).fetch_optional(p).await,
-        DbPool::Postgres(p) => sqlx::query_scalar(query).bind(CHECKPOINT).fetch_optional(p).await,
-    }
-    .map_err(|err| CommandError::Store(err.into()))?;
-    Ok(position.unwrap_or(0))
+/// Whether a run that failed this way may succeed when tried again: storage and database failures,
+/// and races, may pass; a job that is malformed or names what is gone will not.
+fn retryable(error: &CommandError) -> bool {
+    matches!(
+        error,
+        CommandError::Storage(_) | CommandError::Store(_) | CommandError::Conflict(_) | CommandError::Scratch(_)
+    )
 }
 
-async fn save_checkpoint(pool: &DbPool, position: i64) -> Result<(), CommandError> {
-    let query = "INSERT INTO worker_checkpoints (name, position) VALUES ($1, $2) \
-                 ON CONFLICT (name) DO UPDATE SET position = excluded.position";
-    match pool {
-        DbPool::Sqlite(p) => sqlx::query(query).bind(CHECKPOINT).bind(position).execute(p).await.map(drop),
-        DbPool::Postgres(p) => sqlx::query(query).bind(CHECKPOINT).bind(position).execute(p).await.map(drop),
+async fn pause(shutdown: &CancellationToken, wait: Duration) {
+    tokio::select! {
+        () = shutdown.cancelled() => {}
+        () = tokio::time::sleep(wait) => {}
     }
-    .map_err(|err| CommandError::Store(err.into()))
 }
 
 impl Commands {
@@ -139,18 +248,7 @@ impl Commands {
     ///
     /// # Errors
     /// What stopped the job.
-    pub async fn run_job(&self, job_id: SyncJobId, cancel: &tokio_util::sync::CancellationToken) -> Result<(), CommandError> {
-        self.run_job_in(job_id, cancel, None).await
-    }
-
-    /// [`Commands::run_job`], taking one of `slots` (where given) once it holds the job's lease:
-    /// a job that waits for another worker takes no slot meanwhile.
-    pub(crate) async fn run_job_in(
-        &self,
-        job_id: SyncJobId,
-        cancel: &tokio_util::sync::CancellationToken,
-        slots: Option<&tokio::sync::Semaphore>,
-    ) -> Result<(), CommandError> {
+    pub async fn run_job(&self, job_id: SyncJobId, cancel: &CancellationToken) -> Result<(), CommandError> {
         let (job, _) = self.load::<SyncJob>(&job_id.stream()).await?;
         if job.kind().is_none() {
             return Err(CommandError::NotFound("sync job"));
@@ -161,22 +259,10 @@ impl Commands {
                 return Ok(());
             };
             let run = lease.token().clone();
-            let slot = match slots {
-                Some(slots) => tokio::select! {
-                    () = run.cancelled() => None,
-                    slot = slots.acquire() => Some(slot.map_err(|_| CommandError::Conflict("the job runner is stopping".into()))?),
-                },
-                None => None,
+            let result = match job.kind() {
+                Some(JobKind::Scan { .. }) => super::scan::run_scan(self, job_id, &run).await,
+                _ => super::sync::run_sync(self, job_id, &run).await,
             };
-            let result = if run.is_cancelled() {
-                Ok(())
-            } else {
-                match job.kind() {
-                    Some(JobKind::Scan { .. }) => super::scan::run_scan(self, job_id, &run).await,
-                    _ => super::sync::run_sync(self, job_id, &run).await,
-                }
-            };
-            drop(slot);
             lease.release().await;
             // The run stopped because the lease was lost, not because it ended or was cancelled:
             // stand by for the job again (another worker may be carrying it on).

@@ -51,6 +51,7 @@ struct Plan {
 /// A failed renewal is retried after this long.
 const RENEW_RETRY: chrono::TimeDelta = chrono::TimeDelta::seconds(60);
 
+#[derive(Clone)]
 pub struct Scheduler {
     commands: Commands,
 }
@@ -60,7 +61,14 @@ impl Scheduler {
         Self { commands }
     }
 
-    /// Runs until `shutdown`.
+    /// Schedules while this process holds the lease `scheduler` (one process at a time requests
+    /// scheduled work), standing by while another does, until `shutdown`.
+    pub async fn lead(self, shutdown: CancellationToken) {
+        let pool = self.commands.pool().clone();
+        super::leases::lead(pool, "scheduler", shutdown, move |lead| Box::pin(self.clone().run(lead))).await;
+    }
+
+    /// Runs until `shutdown` (see [`Scheduler::lead`]).
     pub async fn run(self, shutdown: CancellationToken) {
         let mut plans: HashMap<Key, Plan> = HashMap::new();
         let (changed_tx, mut changed) = mpsc::unbounded_channel::<Key>();

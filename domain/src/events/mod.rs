@@ -141,6 +141,7 @@ pub enum DomainEvent {
     SyncRunRequested(SyncRunRequested),
     SyncJobHeld(SyncJobHeld),
     SyncJobApproved(SyncJobFinished),
+    SyncJobRetrying(SyncJobRetrying),
     SyncConflictResolved(SyncConflictResolved),
     FileVersionKept(FileVersionKept),
     FilePatchStarted(FilePatchStarted),
@@ -224,6 +225,7 @@ impl DomainEvent {
             | "SyncRunRequested"
             | "SyncJobHeld"
             | "SyncJobApproved"
+            | "SyncJobRetrying"
             | "SyncConflictResolved"
             | "FileVersionKept"
             | "FilePatchStarted"

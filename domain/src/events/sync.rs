@@ -251,6 +251,18 @@ pub struct SyncJobHeld {
     pub at: DateTime<Utc>,
 }
 
+/// An attempt at a job stopped short (its run failed, or the worker running it went away); it is
+/// tried again from its last recorded step at `retry_at`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SyncJobRetrying {
+    pub job_id: SyncJobId,
+    /// The attempt that stopped (1 the first time).
+    pub attempt: u32,
+    pub reason: String,
+    pub retry_at: DateTime<Utc>,
+    pub at: DateTime<Utc>,
+}
+
 /// A run's decision about one path, with its reason, recorded before it is carried out.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SyncDecisionRecorded {

@@ -9,7 +9,7 @@ use clap::{Parser, Subcommand};
 use uuid::Uuid;
 
 use crate::config::Config;
-use crate::root::{open_database, start};
+use crate::root::{Role, open_database, start_as};
 
 mod jobs;
 mod keys;
@@ -40,6 +40,17 @@ pub enum Command {
     /// Runs the API, the projectors and the workers (embedded defaults in ./data when nothing is configured).
     Serve {
         /// host:port to listen on (overrides CLOUDSYNC_BIND).
+        #[arg(long)]
+        bind: Option<String>,
+        /// `all`, or `api` for the API and its read models only (jobs then run in `cloudsync
+        /// worker` processes, through the RabbitMQ broker of CLOUDSYNC_AMQP_URL).
+        #[arg(long, value_enum, default_value = "all", env = "CLOUDSYNC_ROLE")]
+        role: Role,
+    },
+    /// Runs jobs (scans, sync runs), the scheduler and the content pipeline, with no API: the
+    /// same as `serve --role worker`. Its port (--bind) serves only /healthz and /readyz.
+    Worker {
+        /// host:port of its health endpoints (overrides CLOUDSYNC_BIND).
         #[arg(long)]
         bind: Option<String>,
     },
@@ -222,24 +233,37 @@ fn no_secrets(metadata: &tracing::Metadata<'_>) -> bool {
 
 /// Runs one subcommand.
 ///
+async fn serve(mut config: Config, bind: Option<String>, role: Role) -> anyhow::Result<()> {
+    if let Some(bind) = bind {
+        config.bind = bind;
+        config.validate()?;
+    }
+    if role != Role::All && config.amqp_url.is_none() {
+        tracing::warn!(
+            role = ?role,
+            "No job queue broker is configured (CLOUDSYNC_AMQP_URL): jobs recorded by API processes reach only \
+             the worker that holds the job relay, through its own memory."
+        );
+    }
+    let server = start_as(&config, role).await?;
+    match role {
+        Role::Worker => println!("CloudSync worker is running: health at http://{}/readyz", server.addr()),
+        _ => println!("CloudSync is running: GraphQL at http://{}/graphql", server.addr()),
+    }
+    server.run_until(shutdown_signal()).await;
+    Ok(())
+}
+
 /// # Errors
 /// Whatever stops it, with context.
-pub async fn run(command: Command, mut config: Config) -> anyhow::Result<()> {
+pub async fn run(command: Command, config: Config) -> anyhow::Result<()> {
     match command {
         Command::Schema => {
             print!("{}", crate::graphql::sdl());
             Ok(())
         }
-        Command::Serve { bind } => {
-            if let Some(bind) = bind {
-                config.bind = bind;
-                config.validate()?;
-            }
-            let server = start(&config).await?;
-            println!("CloudSync is running: GraphQL at http://{}/graphql", server.addr());
-            server.run_until(shutdown_signal()).await;
-            Ok(())
-        }
+        Command::Serve { bind, role } => serve(config, bind, role).await,
+        Command::Worker { bind } => serve(config, bind, Role::Worker).await,
         Command::Migrate => {
             let db = open_database(&config).await?;
             println!("Migrations applied ({}).", db.backend());

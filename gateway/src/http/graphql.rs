@@ -57,12 +57,57 @@ pub(super) async fn graphql(
         // Limits are a protection, not a dependency: an unreachable store lets requests through.
         Err(error) => tracing::error!(error = %error, "Rate limits cannot be checked; the request goes through."),
     }
+    // Read-your-writes across processes: a position this caller's writes reached through another
+    // process (its `X-CloudSync-Position`) is waited for here too.
+    let after = match headers
+        .get(AFTER)
+        .map(|v| v.to_str().ok().and_then(|v| v.trim().parse::<i64>().ok()))
+    {
+        None => None,
+        Some(Some(position)) if position >= 0 => Some(position),
+        Some(_) => {
+            return error_response(
+                StatusCode::BAD_REQUEST,
+                code::BAD_REQUEST,
+                "X-CloudSync-After must be a position of the log (a whole number, as X-CloudSync-Position gives it)",
+            );
+        }
+    };
+    let caller = match &authentication {
+        Authentication::User(caller) => Some(caller.user_id),
+        _ => None,
+    };
+    if let Some(after) = after {
+        match caller {
+            // Every read the caller makes waits for it, as for a write of its own.
+            Some(user) => state.app.wrote_for(user, after),
+            None => {
+                if !state.app.projections.wait_for(after, state.app.consistency_timeout).await {
+                    tracing::warn!(
+                        after,
+                        "The read models did not reach the requested position in time; answering from a stale view."
+                    );
+                }
+            }
+        }
+    }
     let mut response = state.schema.execute(request.data(authentication).data(info)).await;
     for error in &mut response.errors {
         tag_validation_error(error);
     }
-    GraphQLResponse::from(response).into_response()
+    let position = caller.map_or(0, |user| state.app.written_by(user)).max(after.unwrap_or(0));
+    response
+        .extensions
+        .insert("position".to_owned(), async_graphql::Value::from(position));
+    let mut answer = GraphQLResponse::from(response).into_response();
+    answer.headers_mut().insert(POSITION, HeaderValue::from(position));
+    answer
 }
+
+/// How far the log has got for the caller's writes (on every answer).
+pub(crate) const POSITION: &str = "x-cloudsync-position";
+/// A position the answer must reflect (a request's header).
+pub(crate) const AFTER: &str = "x-cloudsync-after";
 
 /// Errors that no resolver raised (validation, limits) get the validation code.
 pub(super) fn tag_validation_error(error: &mut ServerError) {

@@ -9,7 +9,7 @@ use anyhow::Context as _;
 use async_graphql::http::GraphiQLSource;
 use axum::Router;
 use axum::extract::State;
-use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, header};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{get, post};
 use serde_json::json;
@@ -54,6 +54,15 @@ pub fn router(app: Arc<App>, config: &Config) -> anyhow::Result<Router> {
         .with_state(HttpState { app, schema }))
 }
 
+/// A worker's HTTP routes: only whether it is alive and can reach the database.
+pub fn health_router(app: Arc<App>) -> Router {
+    let schema = build(Arc::clone(&app));
+    Router::new()
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(readyz))
+        .with_state(HttpState { app, schema })
+}
+
 /// Browser pages of the configured origins may call the API, with credentials (the refresh
 /// cookie); any other origin gets no CORS headers, so its browser withholds the answer.
 pub(crate) fn cors(config: &Config) -> anyhow::Result<CorsLayer> {
@@ -65,7 +74,8 @@ pub(crate) fn cors(config: &Config) -> anyhow::Result<CorsLayer> {
     Ok(CorsLayer::new()
         .allow_origin(AllowOrigin::list(origins))
         .allow_methods([Method::GET, Method::POST])
-        .allow_headers([header::AUTHORIZATION, header::CONTENT_TYPE])
+        .allow_headers([header::AUTHORIZATION, header::CONTENT_TYPE, HeaderName::from_static(graphql::AFTER)])
+        .expose_headers([HeaderName::from_static(graphql::POSITION)])
         .allow_credentials(true)
         .max_age(Duration::from_secs(600)))
 }

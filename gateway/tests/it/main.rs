@@ -6,6 +6,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 mod patch;
+mod scale;
 mod schema;
 mod search;
 mod sync;

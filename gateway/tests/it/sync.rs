@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use super::{Running, announced_address, cloudsync, post_as};
 
 /// Every file below `root` (relative path → BLAKE3), temporary files included.
-fn tree(root: &Path) -> BTreeMap<String, String> {
+pub(super) fn tree(root: &Path) -> BTreeMap<String, String> {
     let mut out = BTreeMap::new();
     let mut folders = vec![root.to_path_buf()];
     while let Some(folder) = folders.pop() {

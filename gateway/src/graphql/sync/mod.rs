@@ -405,6 +405,13 @@ pub struct SyncOperation {
     /// Seconds left at that rate, once the total is known.
     eta_seconds: Option<f64>,
     error: Option<String>,
+    /// The attempt it is on (1 the first time): an attempt whose run failed, or whose worker went
+    /// away, is retried after a backoff, up to the server's limit (then it fails).
+    attempts: i64,
+    /// Why the last attempt stopped short, once one has.
+    retry_reason: Option<String>,
+    /// When the last retry was due.
+    retry_at: Option<DateTime<Utc>>,
     created_at: DateTime<Utc>,
     updated_at: DateTime<Utc>,
     completed_at: Option<DateTime<Utc>>,
@@ -425,14 +432,15 @@ impl SyncOperation {
     /// What a progress update would tell that the last one did not.
     pub(crate) fn fingerprint(&self) -> String {
         format!(
-            "{} {} {:?} {} {} {:?} {:?}",
+            "{} {} {:?} {} {} {:?} {:?} {}",
             self.status,
             self.paused,
             self.held.as_ref().map(|h| h.deletes),
             self.files_done,
             self.bytes_done,
             self.bytes_written,
-            self.error
+            self.error,
+            self.attempts
         )
     }
 }
@@ -468,6 +476,9 @@ impl From<SyncOperationRow> for SyncOperation {
             bytes_per_second: rate,
             eta_seconds: eta,
             error: row.error,
+            attempts: row.retries + 1,
+            retry_reason: row.retry_reason,
+            retry_at: row.retry_at,
             created_at: row.created_at,
             updated_at: row.updated_at,
             completed_at: row.completed_at,
