@@ -29,7 +29,7 @@ pub use handlers::{
     Choice, CodeKind, Connected, DEFAULT_MAX_DELETE_PERCENT, DUPLICATE, Moved, NO_PASSWORD, Resolution, Resolved, SyncSettings,
     TOTP_PERIOD, totp_base32, totp_code, totp_uri,
 };
-pub use oauth::{Authorization, DEFAULT_RENEW_MARGIN, OAuth, OAuthApp, is_oauth_kind};
+pub use oauth::{Authorization, DEFAULT_RENEW_MARGIN, MemoryPending, OAuth, OAuthApp, PendingStore, is_oauth_kind};
 pub use sealing::SealingStore;
 pub use secrets::{AccountKeys, KeyLookup, MasterKey, Vault};
 pub use workers::{

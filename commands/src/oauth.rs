@@ -11,12 +11,15 @@
 //!    `ProviderCredentialsRenewed` (the scheduler does this ahead of time; opening a provider whose
 //!    token is about to expire does it on the spot).
 //!
-//! Pending authorizations live in this process's memory for ten minutes: a callback must reach the
-//! process that began the authorization.
+//! Pending authorizations live for ten minutes in a [`PendingStore`]: this process's memory by
+//! default, or (the server gives its session store's ceremony states, Redis when configured) a store
+//! every API process shares, so a callback may reach any of them.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
 
 use chrono::{DateTime, Utc};
 use cloudsync_domain::{ProviderKind, UserId};
@@ -100,13 +103,57 @@ pub fn is_oauth_kind(kind: ProviderKind) -> bool {
 }
 
 /// What the user asked to connect, kept until the provider calls back.
+#[derive(serde::Serialize, serde::Deserialize)]
 struct Pending {
     user: UserId,
     kind: ProviderKind,
     name: Option<String>,
     root: Option<String>,
-    verifier: PkceCodeVerifier,
-    created: Instant,
+    /// The PKCE verifier (a secret: it is kept only as long as the authorization).
+    verifier: String,
+}
+
+/// Where pending authorizations wait for their callback: each under its `state`, taken once.
+#[async_trait]
+pub trait PendingStore: Send + Sync {
+    /// Keeps `value` under `state` for `ttl`.
+    async fn put(&self, state: &str, value: String, ttl: Duration) -> Result<(), CommandError>;
+    /// Takes what is kept under `state`, if it has not expired: it is gone afterwards.
+    async fn take(&self, state: &str) -> Result<Option<String>, CommandError>;
+}
+
+/// Pending authorizations in this process's memory, at most [`MAX_PENDING`] (the oldest go first).
+#[derive(Default)]
+pub struct MemoryPending(Mutex<HashMap<String, (String, Instant)>>);
+
+#[async_trait]
+impl PendingStore for MemoryPending {
+    async fn put(&self, state: &str, value: String, ttl: Duration) -> Result<(), CommandError> {
+        let mut pending = self
+            .0
+            .lock()
+            .map_err(|_| CommandError::Storage("the OAuth state is poisoned".into()))?;
+        let now = Instant::now();
+        pending.retain(|_, (_, until)| *until > now);
+        if pending.len() >= MAX_PENDING
+            && let Some(oldest) = pending.iter().min_by_key(|(_, (_, until))| *until).map(|(k, _)| k.clone())
+        {
+            pending.remove(&oldest);
+        }
+        pending.insert(state.to_owned(), (value, now + ttl));
+        Ok(())
+    }
+
+    async fn take(&self, state: &str) -> Result<Option<String>, CommandError> {
+        let mut pending = self
+            .0
+            .lock()
+            .map_err(|_| CommandError::Storage("the OAuth state is poisoned".into()))?;
+        Ok(pending
+            .remove(state)
+            .filter(|(_, until)| *until > Instant::now())
+            .map(|(value, _)| value))
+    }
 }
 
 /// Where the user goes to authorize CloudSync.
@@ -153,7 +200,7 @@ pub struct OAuth {
     redirect_url: RedirectUrl,
     renew_margin: Duration,
     http: reqwest::Client,
-    pending: Mutex<HashMap<String, Pending>>,
+    pending: Arc<dyn PendingStore>,
 }
 
 impl std::fmt::Debug for OAuth {
@@ -205,8 +252,16 @@ impl OAuth {
             redirect_url,
             renew_margin,
             http,
-            pending: Mutex::new(HashMap::new()),
+            pending: Arc::new(MemoryPending::default()),
         })
+    }
+
+    /// Keeps pending authorizations in `store` (one that every API process shares, so a callback
+    /// may reach any of them).
+    #[must_use]
+    pub fn with_pending(mut self, store: Arc<dyn PendingStore>) -> Self {
+        self.pending = store;
+        self
     }
 
     pub fn renew_margin(&self) -> Duration {
@@ -224,7 +279,7 @@ impl OAuth {
             .ok_or_else(|| CommandError::Invalid(format!("no OAuth app is configured for {} on this server", kind.as_str())))
     }
 
-    pub(crate) fn begin(
+    pub(crate) async fn begin(
         &self,
         user: UserId,
         kind: ProviderKind,
@@ -241,27 +296,15 @@ impl OAuth {
             request = request.add_extra_param(key.clone(), value.clone());
         }
         let (url, state) = request.url();
-        let mut pending = self
-            .pending
-            .lock()
-            .map_err(|_| CommandError::Storage("the OAuth state is poisoned".into()))?;
-        pending.retain(|_, p| p.created.elapsed() < PENDING_TTL);
-        if pending.len() >= MAX_PENDING
-            && let Some(oldest) = pending.iter().min_by_key(|(_, p)| p.created).map(|(k, _)| k.clone())
-        {
-            pending.remove(&oldest);
-        }
-        pending.insert(
-            state.secret().clone(),
-            Pending {
-                user,
-                kind,
-                name,
-                root,
-                verifier,
-                created: Instant::now(),
-            },
-        );
+        let pending = Pending {
+            user,
+            kind,
+            name,
+            root,
+            verifier: verifier.secret().clone(),
+        };
+        let value = serde_json::to_string(&pending).map_err(|e| CommandError::Storage(format!("a pending authorization: {e}")))?;
+        self.pending.put(state.secret(), value, PENDING_TTL).await?;
         let ttl = chrono::Duration::from_std(PENDING_TTL).unwrap_or_default();
         Ok(Authorization {
             url: url.to_string(),
@@ -271,30 +314,23 @@ impl OAuth {
     }
 
     /// Takes the pending authorization for `state`: whatever happens next, it cannot be used again.
-    fn take(&self, state: &str) -> Result<Pending, CommandError> {
-        let mut pending = self
-            .pending
-            .lock()
-            .map_err(|_| CommandError::Storage("the OAuth state is poisoned".into()))?;
-        match pending.remove(state) {
-            Some(p) if p.created.elapsed() < PENDING_TTL => Ok(p),
-            _ => Err(CommandError::Invalid(
-                "this authorization is unknown, expired or already used; start connecting again".into(),
-            )),
-        }
+    async fn take(&self, state: &str) -> Result<Pending, CommandError> {
+        let unknown = || CommandError::Invalid("this authorization is unknown, expired or already used; start connecting again".into());
+        let value = self.pending.take(state).await?.ok_or_else(unknown)?;
+        serde_json::from_str(&value).map_err(|_| unknown())
     }
 
     /// The provider refused or the user declined: forget the pending authorization.
-    pub(crate) fn abandon(&self, state: &str) -> Result<UserId, CommandError> {
-        Ok(self.take(state)?.user)
+    pub(crate) async fn abandon(&self, state: &str) -> Result<UserId, CommandError> {
+        Ok(self.take(state).await?.user)
     }
 
     pub(crate) async fn finish(&self, state: &str, code: &str) -> Result<Granted, CommandError> {
-        let pending = self.take(state)?;
+        let pending = self.take(state).await?;
         let (client, app) = self.client(pending.kind)?;
         let response = client
             .exchange_code(AuthorizationCode::new(code.to_owned()))
-            .set_pkce_verifier(pending.verifier)
+            .set_pkce_verifier(PkceCodeVerifier::new(pending.verifier))
             .request_async(&self.http)
             .await
             .map_err(token_error)?;

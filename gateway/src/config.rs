@@ -501,6 +501,9 @@ impl Config {
         if self.job_concurrency == 0 || self.job_attempts == 0 {
             bail!("job_concurrency and job_attempts must be at least 1");
         }
+        if !(1..=86_400).contains(&self.job_retry_seconds) || !(1..=7 * 86_400).contains(&self.job_retry_max_seconds) {
+            bail!("job_retry_seconds must be between 1 and 86400, job_retry_max_seconds between 1 and 604800");
+        }
         for origin in &self.cors_origins {
             let valid = (origin.starts_with("http://") || origin.starts_with("https://"))
                 && !origin.ends_with('/')

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use cloudsync_chunks::ProviderStore;
-use cloudsync_commands::{Commands, JobRelay, JobRunner, MasterKey, OAuth, OAuthApp, Scheduler, SealingStore, Vault};
+use cloudsync_commands::{Commands, JobRelay, JobRunner, MasterKey, OAuth, OAuthApp, PendingStore, Scheduler, SealingStore, Vault};
 use cloudsync_domain::ProviderKind;
 use cloudsync_eventstore::Database;
 use cloudsync_projections::{Projections, ReadModels};
@@ -368,7 +368,7 @@ pub fn commands(config: &Config, db: &Database) -> anyhow::Result<Commands> {
 ///
 /// # Errors
 /// An app whose settings cannot work.
-pub fn oauth(config: &Config, addr: SocketAddr) -> anyhow::Result<Option<Arc<OAuth>>> {
+pub fn oauth(config: &Config, addr: SocketAddr, pending: Arc<dyn PendingStore>) -> anyhow::Result<Option<Arc<OAuth>>> {
     if config.oauth.is_empty() {
         return Ok(None);
     }
@@ -395,7 +395,32 @@ pub fn oauth(config: &Config, addr: SocketAddr) -> anyhow::Result<Option<Arc<OAu
     let public = config.public_url.clone().unwrap_or_else(|| format!("http://{addr}"));
     let callback = format!("{}/oauth/callback", public.trim_end_matches('/'));
     let margin = Duration::from_secs(config.oauth_renew_margin_seconds);
-    Ok(Some(Arc::new(OAuth::new(apps, &callback, margin).context("the OAuth settings")?)))
+    Ok(Some(Arc::new(
+        OAuth::new(apps, &callback, margin)
+            .context("the OAuth settings")?
+            .with_pending(pending),
+    )))
+}
+
+/// Pending OAuth authorizations kept as the session store's ceremony states (in Redis where
+/// sessions are), so that a provider's callback may reach any API process.
+struct PendingStates(Arc<dyn SessionStore>);
+
+#[async_trait::async_trait]
+impl PendingStore for PendingStates {
+    async fn put(&self, state: &str, value: String, ttl: Duration) -> Result<(), cloudsync_commands::CommandError> {
+        self.0
+            .put_state(&format!("oauth:{state}"), &value, ttl)
+            .await
+            .map_err(|e| cloudsync_commands::CommandError::Storage(format!("pending authorizations: {e}")))
+    }
+
+    async fn take(&self, state: &str) -> Result<Option<String>, cloudsync_commands::CommandError> {
+        self.0
+            .take_state(&format!("oauth:{state}"))
+            .await
+            .map_err(|e| cloudsync_commands::CommandError::Storage(format!("pending authorizations: {e}")))
+    }
 }
 
 /// Opens (creating when needed) the data dir and the database, migrated.
@@ -596,6 +621,8 @@ pub async fn start_as(config: &Config, role: Role) -> anyhow::Result<Server> {
         .context("the token-signing keys")?
         .with_clock(Arc::clone(&clock));
     let (session_store, limiter) = shared_state(config, &clock).await?;
+    // Pending OAuth authorizations are ceremony states like the others: shared where sessions are.
+    let pending: Arc<dyn PendingStore> = Arc::new(PendingStates(Arc::clone(&session_store)));
     let sessions = Sessions::new(session_store, chrono::Duration::days(config.refresh_ttl_days)).with_clock(Arc::clone(&clock));
     let tokens = Tokens::new(Arc::new(keys), sessions, config.token_ttl_minutes);
     let projections = Projections::new(db.clone());
@@ -621,7 +648,7 @@ pub async fn start_as(config: &Config, role: Role) -> anyhow::Result<Server> {
         .await
         .with_context(|| format!("binding {}", config.bind))?;
     let addr = listener.local_addr()?;
-    if let Some(oauth) = oauth(config, addr)? {
+    if let Some(oauth) = oauth(config, addr, pending)? {
         commands = commands.with_oauth(oauth);
     }
     let app = Arc::new(App {

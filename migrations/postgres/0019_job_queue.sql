@@ -9,16 +9,21 @@ ALTER TABLE sync_operations ADD COLUMN retry_at TIMESTAMPTZ;
 -- `due_at` when it may be published (a retry's backoff), `published_at` when the queue took it
 -- (NULL: to publish), `claimed_at` when a worker took its lease and started it (Unix
 -- milliseconds, by the database's clock) and `claimed_version` the job's stream version then (an
--- attempt whose worker vanished after the job moved on is resumed, not counted as failed). The relay
--- deletes the row when the job ends.
+-- attempt whose worker vanished after the job moved on is resumed, not counted as failed, up to a
+-- limit that `resumes` counts). The relay deletes the row when the job ends.
 CREATE TABLE queued_jobs (
     job_id       TEXT   PRIMARY KEY,
     attempt      BIGINT NOT NULL,
     due_at       BIGINT NOT NULL,
     published_at BIGINT,
     claimed_at   BIGINT,
-    claimed_version BIGINT
+    claimed_version BIGINT,
+    resumes      BIGINT NOT NULL DEFAULT 0
 );
+
+-- The relay starts where the job runner it replaces had got to (every job not ended lies after it).
+INSERT INTO worker_checkpoints (name, position)
+SELECT 'relay', position FROM worker_checkpoints WHERE name = 'jobs';
 
 -- Which process does work that one process at a time may do (the job relay, the scheduler, the
 -- content pipeline): `holder` as in job_leases, lapsing at `expires_at` unless renewed.

@@ -441,14 +441,22 @@ const LEAD_POLL: Duration = Duration::from_secs(1);
 /// How often a following process reads the checkpoints while the read models are behind the log.
 const FOLLOW_POLL: Duration = Duration::from_millis(50);
 
-/// Takes the projectors' lock on a connection of its own, if no other process holds it.
-async fn try_lock(pool: &sqlx::PgPool) -> Result<Option<sqlx::PgConnection>, sqlx::Error> {
-    let mut connection = pool.acquire().await?.detach();
+/// Takes the projectors' lock on `asking` (a connection of its own, opened when there is none), if
+/// no other process holds it: the connection that holds it.
+async fn try_lock(pool: &sqlx::PgPool, asking: &mut Option<sqlx::PgConnection>) -> Result<Option<sqlx::PgConnection>, sqlx::Error> {
+    let mut connection = match asking.take() {
+        Some(connection) => connection,
+        None => pool.acquire().await?.detach(),
+    };
     let locked: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
         .bind(LEAD_LOCK)
         .fetch_one(&mut connection)
         .await?;
-    Ok(locked.then_some(connection))
+    if locked {
+        return Ok(Some(connection));
+    }
+    *asking = Some(connection);
+    Ok(None)
 }
 
 /// Holds the lock's connection, and cancels `lost` once it fails (the server went away, or ended
@@ -506,8 +514,10 @@ impl Projections {
             tracing::info!("This process projects the read models now.");
             let lost = shutdown.child_token();
             let watch = tokio::spawn(keep_lock(lock, lost.clone()));
+            // The lock goes however projecting ends, a panic included.
+            let leading = lost.clone().drop_guard();
             self.project(&lost).await;
-            lost.cancel();
+            drop(leading);
             let _ = watch.await;
             if !shutdown.is_cancelled() {
                 tracing::warn!("Lost the projectors' lock; following the read models again.");
@@ -526,10 +536,12 @@ impl Projections {
         let mut notified = self.db.events.watch();
         let mut asked = None::<Instant>;
         let mut said = false;
+        // One connection of its own asks for the lock each time (and holds it once granted).
+        let mut asking: Option<sqlx::PgConnection> = None;
         loop {
             if asked.is_none_or(|at| at.elapsed() >= LEAD_POLL) {
                 asked = Some(Instant::now());
-                match try_lock(pool).await {
+                match try_lock(pool, &mut asking).await {
                     Ok(Some(lock)) => return Some(lock),
                     Ok(None) if !said => {
                         said = true;

@@ -22,6 +22,11 @@ on_both_backends!(
     an_oauth_provider_connects_with_pkce_and_its_tokens_are_renewed,
     callbacks_that_do_not_complete_an_authorization_change_nothing,
 );
+mod on_redis {
+    use super::{an_oauth_callback_may_reach_another_api_process, oauth_harness_on_redis};
+    use crate::harness::on_both_backends;
+    on_both_backends!(with super::oauth_harness_on_redis; an_oauth_callback_may_reach_another_api_process);
+}
 
 pub(crate) fn var(name: &str) -> String {
     std::env::var(name).unwrap_or_else(|_| panic!("{name} is not set: run the suite through scripts/test"))
@@ -47,6 +52,15 @@ async fn oauth_harness(backend: Backend) -> Harness {
         config.oauth_renew_margin_seconds = ttl.saturating_sub(3);
     })
     .await
+}
+
+/// As [`oauth_harness`], with sessions and ceremony states in Redis (a namespace of the test's own).
+async fn oauth_harness_on_redis(backend: Backend) -> Harness {
+    let mut h = oauth_harness(backend).await;
+    h.config.redis_url = Some("redis://127.0.0.1:6379/0".into());
+    h.config.redis_namespace = format!("cloudsync-test-{}:", uuid::Uuid::new_v4().simple());
+    h.restart().await;
+    h
 }
 
 const BEGIN: &str = "mutation($k: String!, $n: String, $r: String) { beginProviderAuthorization(provider: $k, name: $n, root: $r) { authorizationUrl state expiresAt } }";
@@ -303,5 +317,46 @@ async fn callbacks_that_do_not_complete_an_authorization_change_nothing(h: &Harn
     assert_eq!(
         h.ok(Some(&token), "{ providers { id } }", json!({})).await,
         json!({ "providers": [] })
+    );
+}
+
+/// Two API processes behind one address: the authorization begun on one completes on the other.
+async fn an_oauth_callback_may_reach_another_api_process(h: &Harness) {
+    let (token, _) = h.register("replicas@example.org").await;
+    let begun = h.ok(Some(&token), BEGIN, json!({ "k": "gdrive", "n": "Shared drive" })).await;
+    let url = begun["beginProviderAuthorization"]["authorizationUrl"]
+        .as_str()
+        .expect("url")
+        .to_owned();
+
+    // A second API process on the same database and Redis, with the same keys, behind the same
+    // public address (its callback is the first one's).
+    let mut config = h.config.clone();
+    config.data_dir = h.db.dir().join("second");
+    config.public_url = Some(h.url.clone());
+    let key = |file: &str| {
+        let text = std::fs::read_to_string(h.config.data_dir.join(file)).expect("a generated key");
+        Some(SecretString::from(text.trim().to_owned()))
+    };
+    config.master_key = key("master-key");
+    config.chunk_store_key = key("chunk-store-key");
+    let second = cloudsync_gateway::root::start_as(&config, cloudsync_gateway::root::Role::Api)
+        .await
+        .expect("a second API process");
+    let callback = authorize(&url, "bob").await;
+    assert!(callback.starts_with(&format!("{}/oauth/callback?", h.url)), "{callback}");
+    let elsewhere = callback.replacen(&h.url, &format!("http://{}", second.addr()), 1);
+    let finished = reqwest::get(&elsewhere).await.expect("callback");
+    let status = finished.status();
+    let page = finished.text().await.expect("html");
+    assert_eq!(status, 200, "{page}");
+    assert!(page.contains("Connected") && page.contains("Shared drive"), "{page}");
+    // Spent there, it cannot be used again here.
+    let again = reqwest::get(&callback).await.expect("callback");
+    assert_eq!(again.status(), 400);
+    second.stop().await;
+    assert_eq!(
+        h.ok(Some(&token), "{ providers { displayName } }", json!({})).await,
+        json!({ "providers": [{ "displayName": "Shared drive" }] })
     );
 }

@@ -156,7 +156,7 @@ impl Commands {
     ///
     /// # Errors
     /// [`CommandError::Invalid`] for kinds that do not use OAuth or have no app configured here.
-    pub fn begin_authorization(
+    pub async fn begin_authorization(
         &self,
         user: UserId,
         kind: &str,
@@ -178,7 +178,7 @@ impl Commands {
             None => None,
             Some(r) => Some(format!("/{}", ProviderPath::parse(r.trim_start_matches('/'))?.as_str())),
         };
-        self.oauth_for(kind)?.begin(user, kind, name, root)
+        self.oauth_for(kind)?.begin(user, kind, name, root).await
     }
 
     /// Completes an authorization begun by [`Commands::begin_authorization`]: exchanges `code` (with
@@ -205,9 +205,9 @@ impl Commands {
     ///
     /// # Errors
     /// [`CommandError::Invalid`] for unknown, expired or reused states.
-    pub fn abandon_authorization(&self, state: &str) -> Result<UserId, CommandError> {
+    pub async fn abandon_authorization(&self, state: &str) -> Result<UserId, CommandError> {
         let oauth = self.any_oauth()?;
-        oauth.abandon(state)
+        oauth.abandon(state).await
     }
 
     /// Renews an OAuth provider's access token with its refresh token and records the new tokens.

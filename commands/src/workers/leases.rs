@@ -134,7 +134,7 @@ impl JobLease {
                 return Ok(None);
             }
             let started = Instant::now();
-            if let Some(lease) = Self::try_take_at(commands, job_id, version, cancel, &holder, started).await? {
+            if let Some(lease) = Self::try_take_at(commands, job_id, version, None, cancel, &holder, started).await? {
                 return Ok(Some(lease));
             }
             if !waiting {
@@ -148,32 +148,36 @@ impl JobLease {
         }
     }
 
-    /// Takes the lease of `job_id` (found at stream version `version`) if no live worker holds it,
-    /// without waiting; `None` when another does. The job's queued attempt is marked started
-    /// (claimed) either way: by this worker, or by the one that holds it.
+    /// Takes the lease of `job_id` (found at stream version `version`) to run its queued attempt
+    /// `attempt`, if no live worker holds it, without waiting; `None` when another does. Taken, the
+    /// attempt is marked started (claimed).
     pub(crate) async fn try_take(
         commands: &Commands,
         job_id: SyncJobId,
         version: i64,
+        attempt: u32,
         cancel: &CancellationToken,
     ) -> Result<Option<Self>, CommandError> {
-        Self::try_take_at(commands, job_id, version, cancel, &holder_name(), Instant::now()).await
+        Self::try_take_at(commands, job_id, version, Some(attempt), cancel, &holder_name(), Instant::now()).await
     }
 
     async fn try_take_at(
         commands: &Commands,
         job_id: SyncJobId,
         version: i64,
+        attempt: Option<u32>,
         cancel: &CancellationToken,
         holder: &str,
         started: Instant,
     ) -> Result<Option<Self>, CommandError> {
         let pool = commands.pool().clone();
         let job = job_id.to_string();
-        let taken = JOBS.try_take(&pool, &job, holder).await?;
-        super::queued::mark_claimed(&pool, job_id, version).await?;
-        if !taken {
+        if !JOBS.try_take(&pool, &job, holder).await? {
             return Ok(None);
+        }
+        if let Err(error) = super::queued::mark_claimed(&pool, job_id, version, attempt).await {
+            JOBS.release(&pool, &job, holder).await;
+            return Err(error);
         }
         let lease = Self {
             run: cancel.child_token(),
@@ -196,6 +200,17 @@ impl JobLease {
     /// Cancelled when the run must stop: `cancel` of [`JobLease::take`] fired, or the lease was lost.
     pub(crate) fn token(&self) -> &CancellationToken {
         &self.run
+    }
+
+    /// Whether this worker still holds the lease (it was not lost to a stall).
+    pub(crate) async fn still_held(&self) -> bool {
+        JOBS.holder(&self.pool, &self.job).await.ok().flatten().as_deref() == Some(self.holder.as_str())
+    }
+
+    /// Gives the lease up and hands queued attempt `attempt` back to the queue, at once and together.
+    pub(crate) async fn hand_back(self, job_id: SyncJobId, attempt: u32) -> Result<(), CommandError> {
+        self.stop.cancel();
+        super::queued::hand_back(&self.pool, job_id, attempt, &self.holder).await
     }
 
     /// Gives the lease up.
@@ -349,8 +364,10 @@ where
                 waiting = false;
                 let (stop, lost) = (CancellationToken::new(), shutdown.child_token());
                 SINGLETONS.keep(&pool, name, &holder, started, stop.clone(), lost.clone());
+                // Renewals stop however the work ends, a panic included: the lease then lapses.
+                let renewing = stop.drop_guard();
                 work(lost.clone()).await;
-                stop.cancel();
+                drop(renewing);
                 SINGLETONS.release(&pool, name, &holder).await;
                 if !shutdown.is_cancelled() {
                     tracing::warn!(singleton = name, "Stopped leading; standing by.");

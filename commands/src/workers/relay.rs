@@ -23,7 +23,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::db::{db_error, db_now_ms, millis};
 use super::leases::JOBS;
-use super::queued::{Queued, attempt_of, forget, queued, requeue};
+use super::queued::{Queued, attempt_of, forget, queued, requeue, resumed, unpublish};
 use crate::core::Context;
 use crate::{CommandError, Commands};
 
@@ -47,7 +47,9 @@ pub struct JobRetries {
     /// The wait after the first attempt; each later wait doubles, up to `max_wait`.
     pub first_wait: Duration,
     pub max_wait: Duration,
-    /// An attempt published this long ago and never started is published again.
+    /// An attempt published this long ago and never started is published again: a safety net for
+    /// a queue that lost what it held (purged, or its broker's data lost). A copy of an attempt that
+    /// is only waiting in a long queue is dropped by the worker that gets it second.
     pub republish_after: Duration,
 }
 
@@ -57,7 +59,7 @@ impl Default for JobRetries {
             attempts: 5,
             first_wait: Duration::from_secs(10),
             max_wait: Duration::from_secs(600),
-            republish_after: Duration::from_secs(600),
+            republish_after: Duration::from_secs(3600),
         }
     }
 }
@@ -137,11 +139,14 @@ pub(crate) async fn stopped_short(
     let retry = SyncJobCommand::Retry {
         attempt,
         reason: reason.to_owned(),
-        retry_at: now + chrono::Duration::from_std(wait).unwrap_or(chrono::Duration::MAX),
+        retry_at: chrono::Duration::from_std(wait)
+            .ok()
+            .and_then(|wait| now.checked_add_signed(wait))
+            .unwrap_or(now),
         at: now,
     };
     commands.job_step(job_id, version, &mut job, retry, &ctx).await?;
-    requeue(commands.pool(), job_id, attempt + 1, wait).await
+    requeue(commands.pool(), job_id, attempt, attempt + 1, wait).await
 }
 
 /// Publishes jobs from the log to the queue; see the module's documentation.
@@ -185,13 +190,33 @@ impl JobRelay {
             on_pool!(pool, |p| sqlx::query(query).execute(p).await.map(drop)).map_err(db_error)?;
         }
         let start = super::checkpoint(pool, CHECKPOINT).await?;
+        // Jobs found while catching up (the log read from an old checkpoint) are published by the
+        // tick, together; once live, each at once.
+        let live_from = self.commands.store().head().await?;
         let mut events = Box::pin(subscribe(Arc::clone(self.commands.store()), start, Duration::from_millis(500)));
+        // Attempts the queue gave up on (returned too often) are published again.
+        let mut dead = self
+            .queue
+            .consume(&cloudsync_queue::dead_letters(JOB_QUEUE), 16)
+            .await
+            .map_err(queue_error)?;
         let (mut seen, mut saved) = (start, start);
         let mut tick = tokio::time::interval(TICK);
         let mut sweep = tokio::time::interval(SWEEP_EVERY);
         loop {
             tokio::select! {
                 () = lead.cancelled() => break,
+                letter = dead.next() => match letter {
+                    Some(Ok(letter)) => {
+                        if let Some(attempt) = Attempt::from_job(&letter.job) {
+                            tracing::warn!(job = %attempt.job_id, attempt = attempt.attempt, "The queue gave a job up; it is published again.");
+                            unpublish(pool, attempt.job_id, attempt.attempt).await?;
+                        }
+                        letter.ack().await.map_err(queue_error)?;
+                    }
+                    Some(Err(error)) => return Err(queue_error(error)),
+                    None => return Err(CommandError::Storage("job queue: the dead letters' consumer ended".into())),
+                },
                 next = events.next() => match next {
                     Some(Ok(event)) => {
                         seen = event.position;
@@ -205,7 +230,9 @@ impl JobRelay {
                                 on_pool!(pool, |p| sqlx::query(&query).bind(job_id.to_string()).execute(p).await.map(drop)).map_err(db_error)?;
                                 super::save_checkpoint(pool, CHECKPOINT, seen).await?;
                                 saved = seen;
-                                self.publish_due().await?;
+                                if seen > live_from {
+                                    self.publish_due().await?;
+                                }
                             }
                             ("SyncJobCompleted" | "SyncJobFailed" | "SyncJobCancelled", Some(job_id)) => {
                                 forget(pool, job_id).await?;
@@ -311,12 +338,13 @@ impl JobRelay {
         if found.phase().is_none_or(|phase| phase.is_terminal()) {
             return forget(pool, job_id).await;
         }
-        if version > claimed_version {
+        // A job that moved on is carried on, a limited number of times: one that brings its worker
+        // down whatever it has done (a scan records its progress as it lists) is not resumed forever.
+        if version > claimed_version && resumed(pool, job_id).await? <= self.retries.attempts {
             tracing::warn!(job = %job_id, attempt, "The worker running a job went away; it is carried on from its last step.");
-            return requeue(pool, job_id, attempt, Duration::ZERO).await;
+            return requeue(pool, job_id, attempt, attempt, Duration::ZERO).await;
         }
-        let reason =
-            "the worker running it went away before it made progress (its process ended, or lost the database for longer than its lease)";
+        let reason = "the worker running it went away (its process ended, or lost the database for longer than its lease)";
         stopped_short(&self.commands, job_id, attempt, reason, &self.retries, Again::Now).await
     }
 }

@@ -29,8 +29,10 @@ use super::queued;
 use super::relay::{self, Again, Attempt, DELIVERY_LIMIT, JOB_QUEUE, JobRetries};
 use crate::{CommandError, Commands};
 
-/// How long the runner waits before it asks the queue again after losing it.
+/// How long the runner waits before it asks the queue (or the database) again after losing it.
 const RECONNECT: Duration = Duration::from_secs(1);
+/// The longest it waits between two tries.
+const MAX_WAIT: Duration = Duration::from_secs(30);
 
 /// Runs jobs from the queue with bounded concurrency; owned by the server, stopped by its
 /// cancellation token.
@@ -133,7 +135,9 @@ impl JobRunner {
         Ok(())
     }
 
-    /// Decides what to do with a delivery, and settles it.
+    /// Decides what to do with a delivery, and settles it. While the database cannot be reached
+    /// the delivery is held (unsettled, so the queue does not count it as returned) and the
+    /// decision tried again, a little later each time.
     async fn claim(&self, delivery: Delivery, shutdown: &CancellationToken) -> Claim {
         let Some(attempt) = Attempt::from_job(&delivery.job) else {
             tracing::error!(job = %delivery.job.id, "A job queue message that names no job attempt goes to the dead letters.");
@@ -142,23 +146,26 @@ impl JobRunner {
             }
             return Claim::Dropped;
         };
-        match self.take(attempt, shutdown).await {
-            Ok(claim) => {
-                if let Err(error) = delivery.ack().await {
-                    // It comes back, and is dropped then: this worker holds the lease, or the job ended.
-                    tracing::warn!(job = %attempt.job_id, error = %error, "Could not acknowledge a job; it will be delivered again.");
+        let mut wait = RECONNECT;
+        let claim = loop {
+            match self.take(attempt, shutdown).await {
+                Ok(claim) => break claim,
+                Err(error) => {
+                    tracing::warn!(job = %attempt.job_id, error = %error, "Could not take a job; trying again.");
+                    if shutdown.is_cancelled() {
+                        // Unsettled, it goes back to the queue with this consumer.
+                        return Claim::Dropped;
+                    }
+                    pause(shutdown, wait).await;
+                    wait = (wait * 2).min(MAX_WAIT);
                 }
-                claim
             }
-            Err(error) => {
-                tracing::warn!(job = %attempt.job_id, error = %error, "Could not take a job; it goes back to the queue.");
-                if let Err(error) = delivery.retry().await {
-                    tracing::warn!(error = %error, "Could not hand a job back to the queue; the queue gives it back when it sees this consumer go.");
-                }
-                pause(shutdown, RECONNECT).await;
-                Claim::Dropped
-            }
+        };
+        if let Err(error) = delivery.ack().await {
+            // It comes back, and is dropped then: this worker holds the lease, or the job ended.
+            tracing::warn!(job = %attempt.job_id, error = %error, "Could not acknowledge a job; it will be delivered again.");
         }
+        claim
     }
 
     async fn take(&self, attempt: Attempt, shutdown: &CancellationToken) -> Result<Claim, CommandError> {
@@ -178,7 +185,7 @@ impl JobRunner {
             queued::forget(pool, job_id).await?;
             return Ok(Claim::Dropped);
         }
-        match JobLease::try_take(&self.commands, job_id, version, shutdown).await? {
+        match JobLease::try_take(&self.commands, job_id, version, attempt.attempt, shutdown).await? {
             Some(lease) => Ok(Claim::Run(lease, attempt, kind)),
             None => {
                 tracing::debug!(job = %job_id, "Another worker runs this job.");
@@ -196,13 +203,19 @@ impl JobRunner {
             _ => super::sync::run_sync(commands, job_id, &run).await,
         };
         drop(slot);
-        let recorded = if shutdown.is_cancelled() {
-            // Stopped by the shutdown: the same attempt goes back to the queue.
-            queued::requeue(commands.pool(), job_id, attempt.attempt, Duration::ZERO).await
-        } else if run.is_cancelled() {
-            // The lease was lost (the process stalled): another worker may carry the job on, and
-            // the relay's sweep looks after it if none does.
-            tracing::warn!(job = %job_id, "A run lost its job lease; the job is carried on elsewhere or retried.");
+        if shutdown.is_cancelled() && lease.still_held().await {
+            // Stopped by the shutdown: the same attempt goes back to the queue as the lease goes.
+            if let Err(error) = lease.hand_back(job_id, attempt.attempt).await {
+                tracing::warn!(job = %job_id, error = %error, "Could not hand a job back; the relay's sweep will.");
+            }
+            return;
+        }
+        let recorded = if run.is_cancelled() {
+            // The lease was lost (the process stalled, or stops): another worker may carry the job
+            // on, and the relay's sweep looks after it if none does.
+            if !shutdown.is_cancelled() {
+                tracing::warn!(job = %job_id, "A run lost its job lease; the job is carried on elsewhere or retried.");
+            }
             Ok(())
         } else {
             match result {

@@ -315,6 +315,7 @@ impl FilesMutation {
         let authorization = app(ctx)
             .commands
             .begin_authorization(caller.user_id, &provider, name, root)
+            .await
             .map_err(ApiError::from)?;
         Ok(ProviderAuthorization {
             authorization_url: authorization.url,

@@ -42,7 +42,7 @@ pub(super) async fn oauth_callback(
     };
     if let Some(error) = params.error.as_deref() {
         let detail = params.error_description.as_deref().unwrap_or(error);
-        return match state.app.commands.abandon_authorization(oauth_state) {
+        return match state.app.commands.abandon_authorization(oauth_state).await {
             Ok(_) => page(
                 StatusCode::BAD_REQUEST,
                 "Not connected",

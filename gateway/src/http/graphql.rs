@@ -73,6 +73,30 @@ pub(super) async fn graphql(
             );
         }
     };
+    // A position the log has not reached was never given by a server of this log: waiting for it
+    // would hold every later read of the caller.
+    if let Some(after) = after
+        && after > 0
+    {
+        match state.app.db.events.head().await {
+            Ok(head) if after <= head => {}
+            Ok(head) => {
+                return error_response(
+                    StatusCode::BAD_REQUEST,
+                    code::BAD_REQUEST,
+                    &format!("X-CloudSync-After {after} is beyond the log's head ({head}): it is not a position this service gave"),
+                );
+            }
+            Err(error) => {
+                tracing::error!(error = %error, "The log's head cannot be read.");
+                return error_response(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    code::INTERNAL,
+                    "the service cannot read its log; try again",
+                );
+            }
+        }
+    }
     let caller = match &authentication {
         Authentication::User(caller) => Some(caller.user_id),
         _ => None,

@@ -387,14 +387,16 @@ fn two_api_processes_read_their_writes_and_one_takes_over_projecting_when_the_ot
         assert_eq!(seen["providers"].as_array().map(Vec::len), Some(i + 1), "{seen}");
     }
     assert_eq!(log_lines(leads), 2, "the second process took over projecting");
-    let bad = reqwest::blocking::Client::new()
-        .post(format!("http://{second_addr}/graphql"))
-        .bearer_auth(&token)
-        .header("X-CloudSync-After", "soon")
-        .json(&serde_json::json!({ "query": listed }))
-        .send()
-        .expect("an answer");
-    assert_eq!(bad.status(), 400, "a malformed position is refused");
+    for (after, why) in [("soon", "a malformed position"), ("999999999", "a position beyond the log's head")] {
+        let refused = reqwest::blocking::Client::new()
+            .post(format!("http://{second_addr}/graphql"))
+            .bearer_auth(&token)
+            .header("X-CloudSync-After", after)
+            .json(&serde_json::json!({ "query": listed }))
+            .send()
+            .expect("an answer");
+        assert_eq!(refused.status(), 400, "{why} is refused");
+    }
 
     // The read models the processes built are the ones a rebuild of the log makes.
     let live = runtime.block_on(read_models(&db));
@@ -415,5 +417,126 @@ fn two_api_processes_read_their_writes_and_one_takes_over_projecting_when_the_ot
     }
     for folder in folders {
         let _ = std::fs::remove_dir_all(folder);
+    }
+}
+
+/// The Kubernetes example (`deploy/kubernetes`), checked offline: every reference resolves, each
+/// container runs a command of this binary with probes on ports it declares, and the configuration
+/// it gives is one the binary accepts.
+#[test]
+fn the_kubernetes_example_holds_together_and_runs_the_binarys_roles() {
+    use clap::Parser as _;
+    use serde::Deserialize as _;
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/kubernetes");
+    let mut docs: Vec<serde_json::Value> = Vec::new();
+    for file in ["config.yaml", "api.yaml", "worker.yaml"] {
+        let text = std::fs::read_to_string(format!("{dir}/{file}")).unwrap_or_else(|e| panic!("{file}: {e}"));
+        for doc in serde_norway::Deserializer::from_str(&text) {
+            docs.push(serde_json::Value::deserialize(doc).unwrap_or_else(|e| panic!("{file}: {e}")));
+        }
+    }
+    for doc in &docs {
+        for field in ["apiVersion", "kind"] {
+            assert!(doc[field].is_string(), "every manifest has {field}: {doc}");
+        }
+        assert!(doc["metadata"]["name"].is_string(), "every manifest is named: {doc}");
+    }
+    let of_kind = |kind: &str| docs.iter().filter(move |d| d["kind"] == kind).collect::<Vec<_>>();
+    let config_maps: Vec<&str> = of_kind("ConfigMap").iter().filter_map(|d| d["metadata"]["name"].as_str()).collect();
+
+    // The configuration is one the binary takes.
+    for map in of_kind("ConfigMap") {
+        let vars: Vec<(String, String)> = map["data"]
+            .as_object()
+            .expect("data")
+            .iter()
+            .map(|(k, v)| (k.clone(), v.as_str().expect("text").to_owned()))
+            .collect();
+        assert!(vars.iter().all(|(k, _)| k.starts_with("CLOUDSYNC_")), "{vars:?}");
+        let config = cloudsync_gateway::Config::load(None, vars.clone()).unwrap_or_else(|e| panic!("{e:#}"));
+        assert!(config.amqp_url.is_some(), "the workers are reached through RabbitMQ");
+        assert!(config.database_url.as_deref().is_some_and(|u| u.starts_with("postgres://")));
+    }
+
+    let mut roles = Vec::new();
+    for deployment in of_kind("Deployment") {
+        let name = deployment["metadata"]["name"].as_str().expect("name");
+        let spec = &deployment["spec"];
+        let labels = spec["template"]["metadata"]["labels"].as_object().expect("pod labels");
+        for (key, value) in spec["selector"]["matchLabels"].as_object().expect("selector") {
+            assert_eq!(labels.get(key), Some(value), "{name}: its selector picks its own pods");
+        }
+        for container in spec["template"]["spec"]["containers"].as_array().expect("containers") {
+            let args: Vec<String> = container["args"]
+                .as_array()
+                .expect("args")
+                .iter()
+                .map(|a| a.as_str().expect("text").to_owned())
+                .collect();
+            let parsed = cloudsync_gateway::cli::Cli::try_parse_from(std::iter::once("cloudsync".to_owned()).chain(args.iter().cloned()))
+                .unwrap_or_else(|e| panic!("{name}: {args:?} is not a command of the binary: {e}"));
+            roles.push(match parsed.command {
+                cloudsync_gateway::cli::Command::Serve { role, .. } => format!("{name}: {role:?}"),
+                cloudsync_gateway::cli::Command::Worker { .. } => format!("{name}: Worker"),
+                other => panic!("{name} runs {other:?}"),
+            });
+            let ports: Vec<&str> = container["ports"]
+                .as_array()
+                .expect("ports")
+                .iter()
+                .filter_map(|p| p["name"].as_str())
+                .collect();
+            assert_eq!(container["readinessProbe"]["httpGet"]["path"], "/readyz", "{name}");
+            for probe in ["readinessProbe", "livenessProbe"] {
+                let port = container[probe]["httpGet"]["port"].as_str().expect("a named port");
+                assert!(ports.contains(&port), "{name}: {probe} on a port it declares");
+            }
+            let bind = args.iter().skip_while(|a| *a != "--bind").nth(1).expect("--bind");
+            let declared: Vec<String> = container["ports"]
+                .as_array()
+                .expect("ports")
+                .iter()
+                .map(|p| p["containerPort"].to_string())
+                .collect();
+            assert!(
+                declared.iter().any(|p| bind.ends_with(&format!(":{p}"))),
+                "{name}: it listens on the port it declares"
+            );
+            for source in container["envFrom"].as_array().into_iter().flatten() {
+                let map = source["configMapRef"]["name"].as_str().expect("a config map");
+                assert!(config_maps.contains(&map), "{name}: the config map {map} is in the example");
+            }
+        }
+    }
+    roles.sort();
+    assert_eq!(roles, ["cloudsync-api: Api", "cloudsync-worker: Worker"]);
+
+    for service in of_kind("Service") {
+        let selector = service["spec"]["selector"].as_object().expect("selector");
+        let targets: Vec<_> = of_kind("Deployment")
+            .into_iter()
+            .filter(|d| {
+                let labels = &d["spec"]["template"]["metadata"]["labels"];
+                selector.iter().all(|(k, v)| &labels[k] == v)
+            })
+            .collect();
+        assert_eq!(targets.len(), 1, "a service reaches one deployment: {service}");
+        let port = service["spec"]["ports"][0]["targetPort"].as_str().expect("a named target port");
+        let container = &targets[0]["spec"]["template"]["spec"]["containers"][0];
+        assert!(
+            container["ports"].as_array().expect("ports").iter().any(|p| p["name"] == port),
+            "the service's target port is the container's"
+        );
+    }
+    let autoscalers = of_kind("HorizontalPodAutoscaler");
+    assert!(!autoscalers.is_empty(), "the API scales on its own");
+    for hpa in autoscalers {
+        let target = &hpa["spec"]["scaleTargetRef"];
+        assert_eq!(target["kind"], "Deployment");
+        assert!(
+            of_kind("Deployment").iter().any(|d| d["metadata"]["name"] == target["name"]),
+            "the autoscaler scales a deployment of the example: {hpa}"
+        );
+        assert!(hpa["spec"]["minReplicas"].as_u64() <= hpa["spec"]["maxReplicas"].as_u64());
     }
 }
