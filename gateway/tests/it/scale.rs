@@ -1,6 +1,7 @@
-//! Issue 20: the API and the workers as separate processes on PostgreSQL and RabbitMQ (a broker node
-//! of the test's own): a sync run carries on over a SIGKILLed worker and a broker restart, and ends
-//! once.
+//! Issue 20: the API and the workers as separate processes on PostgreSQL, RabbitMQ (a broker node of
+//! the test's own), Redis and the Elasticsearch API server: a scan and a two-way sync run carry on
+//! over a SIGKILLed worker and a broker restart and end once; two API processes read each other's
+//! writes, one takes over projecting when the other is killed, and the read models equal a rebuild.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -22,6 +23,8 @@ struct Deployment {
     chunk_store_key: String,
     chunks: PathBuf,
     base: PathBuf,
+    /// A Redis namespace of the test's own (sessions, ceremony states).
+    redis_namespace: String,
 }
 
 impl Deployment {
@@ -41,7 +44,16 @@ impl Deployment {
                 serde_json::json!({ "kind": "local", "root": self.chunks }).to_string(),
             )
             .env("CLOUDSYNC_JOB_RETRY_SECONDS", "1")
+            .env("CLOUDSYNC_REDIS_URL", "redis://127.0.0.1:6379/0")
+            .env("CLOUDSYNC_REDIS_NAMESPACE", &self.redis_namespace)
             .env("CLOUDSYNC_LOG", "info,cloudsync=debug");
+        // The search index on the Elasticsearch API server where the suite has one (an index of
+        // the test's own), shared by the API processes.
+        if let Ok(url) = std::env::var("CLOUDSYNC_TEST_ELASTICSEARCH_URL") {
+            command
+                .env("CLOUDSYNC_ELASTICSEARCH_URL", url)
+                .env("CLOUDSYNC_ELASTICSEARCH_INDEX", self.redis_namespace.trim_end_matches(':'));
+        }
         command
     }
 
@@ -104,7 +116,7 @@ fn write_tree(root: &Path, files: usize) {
 }
 
 #[test]
-fn a_run_on_workers_survives_a_killed_worker_and_a_broker_restart_and_ends_once() {
+fn two_api_processes_and_three_workers_carry_a_scan_and_a_sync_over_a_killed_worker_and_a_broker_restart() {
     let runtime = tokio::runtime::Runtime::new().expect("runtime");
     let db = runtime.block_on(TestDatabase::postgres());
     let broker = PrivateBroker::start();
@@ -117,6 +129,7 @@ fn a_run_on_workers_survives_a_killed_worker_and_a_broker_restart_and_ends_once(
         chunk_store_key: key(),
         chunks: base.with_extension("chunks"),
         base: base.clone(),
+        redis_namespace: format!("cloudsync-test-{}:", uuid::Uuid::new_v4().simple()),
     };
     let (source_dir, target_dir) = (base.with_extension("source"), base.with_extension("target"));
     write_tree(&source_dir, 400);
@@ -124,7 +137,12 @@ fn a_run_on_workers_survives_a_killed_worker_and_a_broker_restart_and_ends_once(
     std::fs::create_dir_all(&deployment.chunks).expect("mkdir");
 
     let (api, _, addr) = deployment.start("api", &["serve", "--role", "api"]);
-    let mut workers = vec![deployment.start("worker-1", &["worker"]), deployment.start("worker-2", &["worker"])];
+    let (api_2, _, addr_2) = deployment.start("api-2", &["serve", "--role", "api"]);
+    let mut workers = vec![
+        deployment.start("worker-1", &["worker"]),
+        deployment.start("worker-2", &["worker"]),
+        deployment.start("worker-3", &["worker"]),
+    ];
     let ready: serde_json::Value = reqwest::blocking::get(format!("http://{}/readyz", workers[0].2))
         .expect("a worker's readyz")
         .json()
@@ -138,13 +156,14 @@ fn a_run_on_workers_survives_a_killed_worker_and_a_broker_restart_and_ends_once(
     assert_eq!(no_api.status(), 404, "a worker serves no API");
 
     let token = register(&addr);
-    // The target takes 40 requests a second: the run lasts long enough to be interrupted.
+    // The target takes 40 requests a second: the run lasts long enough to be interrupted. Each
+    // connection starts a scan on a worker; the pair (two-way, as by default) starts a run.
     let (source, target) = (
         connect(&addr, &token, &source_dir, None),
-        connect(&addr, &token, &target_dir, Some(40)),
+        connect(&addr_2, &token, &target_dir, Some(40)),
     );
     let pair = gql(
-        &addr,
+        &addr_2,
         &token,
         "mutation($s: ID!, $t: ID!) { syncFolders(source: { providerId: $s, path: \"\" }, target: { providerId: $t, path: \"\" }) { id } }",
         serde_json::json!({ "s": source, "t": target }),
@@ -179,7 +198,7 @@ fn a_run_on_workers_survives_a_killed_worker_and_a_broker_restart_and_ends_once(
     broker.start_app();
 
     let outcome = ended(
-        &addr,
+        &addr_2,
         &token,
         &operation,
         Duration::from_secs(180),
@@ -192,7 +211,7 @@ fn a_run_on_workers_survives_a_killed_worker_and_a_broker_restart_and_ends_once(
         "the target holds the source"
     );
 
-    // Once: one end.
+    // Every job (the two scans, the run) ended exactly once, the run as completed.
     let events = runtime.block_on(events_of(&db, &format!("sync-{operation}")));
     let ends: Vec<&String> = events
         .iter()
@@ -200,11 +219,41 @@ fn a_run_on_workers_survives_a_killed_worker_and_a_broker_restart_and_ends_once(
         .filter(|kind| matches!(kind.as_str(), "SyncJobCompleted" | "SyncJobFailed" | "SyncJobCancelled"))
         .collect();
     assert_eq!(ends, ["SyncJobCompleted"], "{events:?}");
+    let jobs: Vec<(String, i64, i64)> = runtime.block_on(async {
+        let cloudsync_eventstore::DbPool::Postgres(pool) = &db.db.pool else {
+            unreachable!()
+        };
+        sqlx::query_as(
+            "SELECT stream_id, COUNT(*) FILTER (WHERE event_type = 'SyncJobCreated'), \
+                    COUNT(*) FILTER (WHERE event_type IN ('SyncJobCompleted', 'SyncJobFailed', 'SyncJobCancelled')) \
+             FROM events WHERE stream_id LIKE 'sync-%' GROUP BY stream_id",
+        )
+        .fetch_all(pool)
+        .await
+        .expect("jobs")
+    });
+    assert_eq!(jobs.len(), 3, "two scans and a run: {jobs:?}");
+    assert!(jobs.iter().all(|(_, created, ended)| (*created, *ended) == (1, 1)), "{jobs:?}");
+
+    // The read models the API processes built are the ones a rebuild of the log makes.
+    let live = runtime.block_on(read_models(&db));
     drop(workers);
     drop(api);
+    drop(api_2);
+    let rebuild = deployment
+        .command("rebuild")
+        .args(["projections", "rebuild", "all"])
+        .output()
+        .expect("rebuild");
+    assert!(rebuild.status.success(), "{}", String::from_utf8_lossy(&rebuild.stderr));
+    let rebuilt = runtime.block_on(read_models(&db));
+    for ((name, live), rebuilt) in cloudsync_projections::PROJECTORS.iter().zip(&live).zip(&rebuilt) {
+        assert_eq!(live, rebuilt, "{name}: the live read model is what a rebuild makes");
+    }
     drop(broker);
+
     runtime.block_on(db.cleanup());
-    for suffix in ["api", "worker-1", "worker-2", "source", "target", "chunks"] {
+    for suffix in ["api", "api-2", "worker-1", "worker-2", "worker-3", "rebuild", "source", "target", "chunks"] {
         let _ = std::fs::remove_dir_all(base.with_extension(suffix));
     }
 }
@@ -308,30 +357,12 @@ fn two_api_processes_read_their_writes_and_one_takes_over_projecting_when_the_ot
         chunk_store_key: key(),
         chunks: base.with_extension("chunks"),
         base: base.clone(),
+        redis_namespace: format!("cloudsync-test-{}:", uuid::Uuid::new_v4().simple()),
     };
     std::fs::create_dir_all(&deployment.chunks).expect("mkdir");
-    let namespace = format!("cloudsync-test-{}:", uuid::Uuid::new_v4().simple());
     let start = |name: &str| {
-        let data = base.with_extension(name);
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(base.with_extension("log"))
-            .expect("log");
-        let mut child = deployment
-            .command(name)
-            // Sessions in Redis: a token works on either process.
-            .env("CLOUDSYNC_REDIS_URL", "redis://127.0.0.1:6379/0")
-            .env("CLOUDSYNC_REDIS_NAMESPACE", &namespace)
-            .env("CLOUDSYNC_DATA_DIR", &data)
-            .args(["serve", "--role", "api", "--bind", "127.0.0.1:0"])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::from(log))
-            .spawn()
-            .expect("spawn");
-        let stdout = child.stdout.take().expect("stdout");
-        let running = Running(child);
-        (running, announced_address(stdout))
+        let (running, _, addr) = deployment.start(name, &["serve", "--role", "api"]);
+        (running, addr)
     };
     // The first process projects (it took the lock before the second started).
     let leads = "This process projects the read models now.";
