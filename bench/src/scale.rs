@@ -72,10 +72,7 @@ impl Setting {
             .env("CLOUDSYNC_LOG", "warn")
             .stdout(Stdio::piped())
             .stderr(Stdio::from(
-                std::fs::OpenOptions::new()
-                    .create(true)
-                    .append(true)
-                    .open(self.work.join("log"))?,
+                std::fs::OpenOptions::new().create(true).append(true).open(self.work.join("log"))?,
             ));
         if let Some(url) = &self.amqp_url {
             command.env("CLOUDSYNC_AMQP_URL", url);

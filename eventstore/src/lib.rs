@@ -4,6 +4,7 @@
 
 mod database;
 mod group;
+pub mod leader;
 mod postgres;
 mod reads;
 mod sqlite;

@@ -13,6 +13,7 @@ use cloudsync_chunks::ProviderStore;
 use cloudsync_commands::{Commands, JobRelay, JobRunner, MasterKey, OAuth, OAuthApp, PendingStore, Scheduler, SealingStore, Vault};
 use cloudsync_domain::ProviderKind;
 use cloudsync_eventstore::Database;
+use cloudsync_eventstore::leader::Leadership;
 use cloudsync_projections::{Projections, ReadModels};
 use secrecy::{ExposeSecret as _, SecretString};
 use tokio::task::JoinSet;
@@ -564,6 +565,11 @@ pub fn redact(url: &str) -> String {
     }
 }
 
+/// The advisory locks whose holders project into a shared search index and a shared vector index
+/// (beside the read models' `cloudsync_projections::LEAD_LOCK`).
+const SEARCH_LOCK: i64 = cloudsync_projections::LEAD_LOCK + 1;
+const VECTORS_LOCK: i64 = cloudsync_projections::LEAD_LOCK + 2;
+
 /// What one process of CloudSync does.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Role {
@@ -684,8 +690,15 @@ pub async fn start_as(config: &Config, role: Role) -> anyhow::Result<Server> {
     let mut tasks = JoinSet::new();
     if role.serves_api() {
         tasks.spawn(Arc::clone(&projections).run(shutdown.child_token()));
-        tasks.spawn(search.run(shutdown.child_token()));
-        tasks.spawn(vectors.run(shutdown.child_token()));
+        // An index that every API process shares is projected into by one of them at a time.
+        let shared = |shared: bool, key: i64| match &db.pool {
+            cloudsync_eventstore::DbPool::Postgres(pool) if shared => Some(Leadership::new(pool.clone(), key)),
+            _ => None,
+        };
+        let search_shared = shared(config.elasticsearch_url.is_some(), SEARCH_LOCK);
+        let vectors_shared = shared(config.vector_url.is_some() || config.elasticsearch_url.is_some(), VECTORS_LOCK);
+        tasks.spawn(search.run(shutdown.child_token(), search_shared));
+        tasks.spawn(vectors.run(shutdown.child_token(), vectors_shared));
     }
     if role.works() {
         let queue = job_queue(config).await?;

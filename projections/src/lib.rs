@@ -14,4 +14,4 @@ pub use queries::{
     AccountRow, DeletedFileRow, FileRow, FileVersionRow, ProviderRow, Providers, QueryError, ReadModels, SyncConflictRow, SyncOperationRow,
     SyncPairRow, UserRow,
 };
-pub use runner::{PROJECTORS, ProjectionError, Projections, Rebuilt, catch_up, rebuild, rebuild_many, restore_indexes};
+pub use runner::{LEAD_LOCK, PROJECTORS, ProjectionError, Projections, Rebuilt, catch_up, rebuild, rebuild_many, restore_indexes};

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use cloudsync_domain::{DecodeError, DomainEvent};
+use cloudsync_eventstore::leader::{Lead, Leadership};
 use cloudsync_eventstore::{Database, DbPool, EventStore, RecordedEvent, StoreError};
 use thiserror::Error;
 use tokio::sync::watch;
@@ -435,50 +436,11 @@ pub async fn catch_up(db: &Database) -> Result<(), ProjectionError> {
 }
 
 /// The session advisory lock whose holder projects (any 64-bit key; this is "cloudsync" in ASCII).
-const LEAD_LOCK: i64 = 0x636c_6f75_6473_796e;
+pub const LEAD_LOCK: i64 = 0x636c_6f75_6473_796e;
 /// How often a following process asks for the lock.
 const LEAD_POLL: Duration = Duration::from_secs(1);
 /// How often a following process reads the checkpoints while the read models are behind the log.
 const FOLLOW_POLL: Duration = Duration::from_millis(50);
-
-/// Takes the projectors' lock on `asking` (a connection of its own, opened when there is none), if
-/// no other process holds it: the connection that holds it.
-async fn try_lock(pool: &sqlx::PgPool, asking: &mut Option<sqlx::PgConnection>) -> Result<Option<sqlx::PgConnection>, sqlx::Error> {
-    let mut connection = match asking.take() {
-        Some(connection) => connection,
-        None => pool.acquire().await?.detach(),
-    };
-    let locked: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
-        .bind(LEAD_LOCK)
-        .fetch_one(&mut connection)
-        .await?;
-    if locked {
-        return Ok(Some(connection));
-    }
-    *asking = Some(connection);
-    Ok(None)
-}
-
-/// Holds the lock's connection, and cancels `lost` once it fails (the server went away, or ended
-/// the session): the lock went with it.
-async fn keep_lock(mut lock: sqlx::PgConnection, lost: CancellationToken) {
-    loop {
-        tokio::select! {
-            () = lost.cancelled() => break,
-            () = tokio::time::sleep(Duration::from_secs(5)) => {}
-        }
-        if let Err(error) = sqlx::query("SELECT 1").execute(&mut lock).await {
-            tracing::warn!(error = %error, "The projectors' lock went with its connection.");
-            lost.cancel();
-            return;
-        }
-    }
-    let _ = sqlx::query("SELECT pg_advisory_unlock($1)")
-        .bind(LEAD_LOCK)
-        .execute(&mut lock)
-        .await;
-    let _ = sqlx::Connection::close(lock).await;
-}
 
 /// The live projectors of a running server and how far each has got.
 pub struct Projections {
@@ -509,16 +471,15 @@ impl Projections {
         let DbPool::Postgres(pool) = &self.db.pool else {
             return self.project(&shutdown).await;
         };
+        let mut leadership = Leadership::new(pool.clone(), LEAD_LOCK);
         while !shutdown.is_cancelled() {
-            let Some(lock) = self.stand_by(pool, &shutdown).await else { return };
+            let Some(lead) = self.stand_by(pool, &mut leadership, &shutdown).await else {
+                return;
+            };
             tracing::info!("This process projects the read models now.");
-            let lost = shutdown.child_token();
-            let watch = tokio::spawn(keep_lock(lock, lost.clone()));
-            // The lock goes however projecting ends, a panic included.
-            let leading = lost.clone().drop_guard();
-            self.project(&lost).await;
-            drop(leading);
-            let _ = watch.await;
+            // The lock goes however projecting ends (a panic drops the lead).
+            self.project(lead.lost()).await;
+            lead.end().await;
             if !shutdown.is_cancelled() {
                 tracing::warn!("Lost the projectors' lock; following the read models again.");
             }
@@ -530,19 +491,17 @@ impl Projections {
         futures::future::join_all(loops).await;
     }
 
-    /// Follows the checkpoints another process advances until this one takes the projectors' lock
-    /// (a connection of its own holding it); `None` at `shutdown`.
-    async fn stand_by(&self, pool: &sqlx::PgPool, shutdown: &CancellationToken) -> Option<sqlx::PgConnection> {
+    /// Follows the checkpoints another process advances until this one takes the projectors' lock;
+    /// `None` at `shutdown`.
+    async fn stand_by(&self, pool: &sqlx::PgPool, leadership: &mut Leadership, shutdown: &CancellationToken) -> Option<Lead> {
         let mut notified = self.db.events.watch();
         let mut asked = None::<Instant>;
         let mut said = false;
-        // One connection of its own asks for the lock each time (and holds it once granted).
-        let mut asking: Option<sqlx::PgConnection> = None;
         loop {
             if asked.is_none_or(|at| at.elapsed() >= LEAD_POLL) {
                 asked = Some(Instant::now());
-                match try_lock(pool, &mut asking).await {
-                    Ok(Some(lock)) => return Some(lock),
+                match leadership.try_lead(shutdown).await {
+                    Ok(Some(lead)) => return Some(lead),
                     Ok(None) if !said => {
                         said = true;
                         tracing::info!("Another process projects the read models; following its checkpoints.");

@@ -14,7 +14,9 @@ use cloudsync_eventstore::{EventStore, RecordedEvent};
 use tokio_util::sync::CancellationToken;
 
 use crate::engine::Search;
-use crate::follow::{Progress, Step, follow};
+use cloudsync_eventstore::leader::Leadership;
+
+use crate::follow::{Progress, Step, follow_shared};
 use crate::{Batch, Content, Picture, SearchDoc, SearchError, SearchIndex, SearchResult};
 
 const PAGE: i64 = 500;
@@ -253,9 +255,19 @@ impl LiveSearch {
         &self.search
     }
 
-    /// Follows the log until `shutdown`.
-    pub async fn run(self: Arc<Self>, shutdown: CancellationToken) {
-        follow(&*self, &*self.events, self.poll, &shutdown, &self.position, "Search indexing").await;
+    /// Follows the log until `shutdown`; into an index that several processes share, only while
+    /// this one holds `leadership`'s lock (see `follow_shared`).
+    pub async fn run(self: Arc<Self>, shutdown: CancellationToken, leadership: Option<Leadership>) {
+        follow_shared(
+            &*self,
+            &*self.events,
+            self.poll,
+            &shutdown,
+            &self.position,
+            "Search indexing",
+            leadership,
+        )
+        .await;
     }
 
     /// The position the index has reached.
@@ -275,6 +287,10 @@ impl Step for LiveSearch {
         let index = self.search.index().await;
         let read = self.projector.step(&*index).await;
         (read, index.checkpoint().await.ok())
+    }
+
+    async fn checkpoint(&self) -> Option<i64> {
+        self.search.index().await.checkpoint().await.ok()
     }
 }
 

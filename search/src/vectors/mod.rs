@@ -28,7 +28,9 @@ use cloudsync_domain::{DomainEvent, FileId, ProviderId, UserId};
 use cloudsync_eventstore::EventStore;
 use tokio_util::sync::CancellationToken;
 
-use crate::follow::{Progress, Step, follow};
+use cloudsync_eventstore::leader::Leadership;
+
+use crate::follow::{Progress, Step, follow_shared};
 use crate::{SearchError, SearchResult};
 
 /// The model whose vectors the index holds (its name in `FileAnalyzed`).
@@ -326,9 +328,19 @@ impl LiveVectors {
         &self.index
     }
 
-    /// Follows the log until `shutdown`.
-    pub async fn run(self: Arc<Self>, shutdown: CancellationToken) {
-        follow(&*self, &*self.events, self.poll, &shutdown, &self.position, "Vector indexing").await;
+    /// Follows the log until `shutdown`; into an index that several processes share, only while
+    /// this one holds `leadership`'s lock.
+    pub async fn run(self: Arc<Self>, shutdown: CancellationToken, leadership: Option<Leadership>) {
+        follow_shared(
+            &*self,
+            &*self.events,
+            self.poll,
+            &shutdown,
+            &self.position,
+            "Vector indexing",
+            leadership,
+        )
+        .await;
     }
 
     /// The position the index has reached.
@@ -347,5 +359,9 @@ impl Step for LiveVectors {
     async fn step(&self) -> (SearchResult<usize>, Option<i64>) {
         let read = self.projector.step(&*self.index).await;
         (read, self.index.checkpoint().await.ok())
+    }
+
+    async fn checkpoint(&self) -> Option<i64> {
+        self.index.checkpoint().await.ok()
     }
 }

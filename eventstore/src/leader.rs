@@ -1,0 +1,99 @@
+//! One process at a time among those that share a PostgreSQL database: the holder of a session
+//! advisory lock, taken on a connection of its own. The lock goes the moment that connection does
+//! (the process ended or was killed, or the server closed the session), so another process takes
+//! over at its next try. Used for work whose results every process shares (the read models, a
+//! shared search or vector index), where the others only follow how far it has got.
+
+use std::time::Duration;
+
+use sqlx::{PgConnection, PgPool};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+/// How often the holder checks that its connection (and so its lock) is still there.
+const CHECK_EVERY: Duration = Duration::from_secs(5);
+
+/// Asks for the lock `key` on `pool`.
+pub struct Leadership {
+    pool: PgPool,
+    key: i64,
+    /// The connection that asks (and holds the lock once granted), kept between tries.
+    asking: Option<PgConnection>,
+}
+
+impl Leadership {
+    pub fn new(pool: PgPool, key: i64) -> Self {
+        Self { pool, key, asking: None }
+    }
+
+    /// Takes the lock if no other process holds it: a [`Lead`] whose token is cancelled when the
+    /// lock is lost, or `parent` fires.
+    ///
+    /// # Errors
+    /// The database is unreachable.
+    pub async fn try_lead(&mut self, parent: &CancellationToken) -> Result<Option<Lead>, sqlx::Error> {
+        let mut connection = match self.asking.take() {
+            Some(connection) => connection,
+            None => self.pool.acquire().await?.detach(),
+        };
+        let locked: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
+            .bind(self.key)
+            .fetch_one(&mut connection)
+            .await?;
+        if !locked {
+            self.asking = Some(connection);
+            return Ok(None);
+        }
+        let lost = parent.child_token();
+        let task = tokio::spawn(hold(connection, self.key, lost.clone()));
+        Ok(Some(Lead { lost, task: Some(task) }))
+    }
+}
+
+/// The lock, held until dropped or [`Lead::end`]; a panic that drops it gives the lock back too.
+pub struct Lead {
+    lost: CancellationToken,
+    task: Option<JoinHandle<()>>,
+}
+
+impl Lead {
+    /// Cancelled once the lock is lost (or the parent token fires): the work it guards stops.
+    pub fn lost(&self) -> &CancellationToken {
+        &self.lost
+    }
+
+    /// Gives the lock back and waits until it is.
+    pub async fn end(mut self) {
+        self.lost.cancel();
+        if let Some(task) = self.task.take() {
+            let _ = task.await;
+        }
+    }
+}
+
+impl Drop for Lead {
+    fn drop(&mut self) {
+        self.lost.cancel();
+    }
+}
+
+/// Holds the lock's connection until `lost`, checking it; a failed check cancels `lost` (the lock
+/// went with the connection).
+async fn hold(mut connection: PgConnection, key: i64, lost: CancellationToken) {
+    loop {
+        tokio::select! {
+            () = lost.cancelled() => break,
+            () = tokio::time::sleep(CHECK_EVERY) => {}
+        }
+        if let Err(error) = sqlx::query("SELECT 1").execute(&mut connection).await {
+            tracing::warn!(error = %error, key, "An advisory lock went with its connection.");
+            lost.cancel();
+            return;
+        }
+    }
+    let _ = sqlx::query("SELECT pg_advisory_unlock($1)")
+        .bind(key)
+        .execute(&mut connection)
+        .await;
+    let _ = sqlx::Connection::close(connection).await;
+}
