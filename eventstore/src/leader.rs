@@ -85,15 +85,16 @@ async fn hold(mut connection: PgConnection, key: i64, lost: CancellationToken) {
             () = lost.cancelled() => break,
             () = tokio::time::sleep(CHECK_EVERY) => {}
         }
-        if let Err(error) = sqlx::query("SELECT 1").execute(&mut connection).await {
-            tracing::warn!(error = %error, key, "An advisory lock went with its connection.");
+        let checked = tokio::time::timeout(CHECK_EVERY, sqlx::query("SELECT 1").execute(&mut connection)).await;
+        if !matches!(checked, Ok(Ok(_))) {
+            tracing::warn!(key, "An advisory lock went with its connection (it failed or did not answer).");
             lost.cancel();
             return;
         }
     }
-    let _ = sqlx::query("SELECT pg_advisory_unlock($1)")
-        .bind(key)
-        .execute(&mut connection)
-        .await;
-    let _ = sqlx::Connection::close(connection).await;
+    // Closing the connection would give the lock back too: unlocking first says so at once.
+    let unlock = sqlx::query("SELECT pg_advisory_unlock($1)").bind(key).execute(&mut connection);
+    if matches!(tokio::time::timeout(CHECK_EVERY, unlock).await, Ok(Ok(_))) {
+        let _ = tokio::time::timeout(CHECK_EVERY, sqlx::Connection::close(connection)).await;
+    }
 }

@@ -411,14 +411,14 @@ struct PendingStates(Arc<dyn SessionStore>);
 impl PendingStore for PendingStates {
     async fn put(&self, state: &str, value: String, ttl: Duration) -> Result<(), cloudsync_commands::CommandError> {
         self.0
-            .put_state(&format!("oauth:{state}"), &value, ttl)
+            .put_state(&format!("oauth:{}", cloudsync_identity::sessions::hash(state)), &value, ttl)
             .await
             .map_err(|e| cloudsync_commands::CommandError::Storage(format!("pending authorizations: {e}")))
     }
 
     async fn take(&self, state: &str) -> Result<Option<String>, cloudsync_commands::CommandError> {
         self.0
-            .take_state(&format!("oauth:{state}"))
+            .take_state(&format!("oauth:{}", cloudsync_identity::sessions::hash(state)))
             .await
             .map_err(|e| cloudsync_commands::CommandError::Storage(format!("pending authorizations: {e}")))
     }

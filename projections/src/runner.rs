@@ -560,7 +560,7 @@ impl Projections {
                     Ok((count, checkpoint, _)) => {
                         known = Some(checkpoint);
                         sender.send_replace(checkpoint);
-                        if count > 0 {
+                        if count > 0 && !shutdown.is_cancelled() {
                             continue;
                         }
                     }

@@ -121,7 +121,8 @@ pub(crate) async fn follow(
         if let Some(checkpoint) = checkpoint {
             progress.0.send_replace(checkpoint);
         }
-        if more {
+        // A leader that lost its lock stops at once, backlog or not.
+        if more && !shutdown.is_cancelled() {
             continue;
         }
         tokio::select! {

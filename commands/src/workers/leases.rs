@@ -93,7 +93,7 @@ fn host() -> String {
 }
 
 /// A holder's name: `<host>/<process id>/<unique>` (see [`host`]).
-fn holder_name() -> String {
+pub(crate) fn holder_name() -> String {
     format!("{}/{}/{}", host(), std::process::id(), uuid::Uuid::now_v7().simple())
 }
 
@@ -156,9 +156,10 @@ impl JobLease {
         job_id: SyncJobId,
         version: i64,
         attempt: u32,
+        holder: &str,
         cancel: &CancellationToken,
     ) -> Result<Option<Self>, CommandError> {
-        Self::try_take_at(commands, job_id, version, Some(attempt), cancel, &holder_name(), Instant::now()).await
+        Self::try_take_at(commands, job_id, version, Some(attempt), cancel, holder, Instant::now()).await
     }
 
     async fn try_take_at(
@@ -175,9 +176,17 @@ impl JobLease {
         if !JOBS.try_take(&pool, &job, holder).await? {
             return Ok(None);
         }
-        if let Err(error) = super::queued::mark_claimed(&pool, job_id, version, attempt).await {
-            JOBS.release(&pool, &job, holder).await;
-            return Err(error);
+        match super::queued::mark_claimed(&pool, job_id, version, attempt).await {
+            Ok(claimed) if claimed || attempt.is_none() => {}
+            // The attempt was superseded (or already started) meanwhile: not this delivery's to run.
+            Ok(_) => {
+                JOBS.release(&pool, &job, holder).await;
+                return Ok(None);
+            }
+            Err(error) => {
+                JOBS.release(&pool, &job, holder).await;
+                return Err(error);
+            }
         }
         let lease = Self {
             run: cancel.child_token(),

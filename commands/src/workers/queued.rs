@@ -40,8 +40,8 @@ pub(crate) async fn queued(pool: &DbPool, job_id: SyncJobId) -> Result<Option<Qu
 
 /// Marks attempt `attempt` of `job_id` (any attempt where `None`: a run in a terminal) started at
 /// the job's stream version `version`, unless it was already. Only the holder of the job's lease
-/// marks it.
-pub(crate) async fn mark_claimed(pool: &DbPool, job_id: SyncJobId, version: i64, attempt: Option<u32>) -> Result<(), CommandError> {
+/// marks it. Whether it did.
+pub(crate) async fn mark_claimed(pool: &DbPool, job_id: SyncJobId, version: i64, attempt: Option<u32>) -> Result<bool, CommandError> {
     let query = format!(
         "UPDATE queued_jobs SET claimed_at = {}, claimed_version = $2 WHERE job_id = $1 AND claimed_at IS NULL \
          AND ($3 < 0 OR attempt = $3)",
@@ -53,7 +53,7 @@ pub(crate) async fn mark_claimed(pool: &DbPool, job_id: SyncJobId, version: i64,
         .bind(attempt.map_or(-1, i64::from))
         .execute(p)
         .await
-        .map(drop))
+        .map(|done| done.rows_affected() == 1))
     .map_err(db_error)
 }
 
@@ -89,13 +89,18 @@ pub(crate) async fn hand_back(pool: &DbPool, job_id: SyncJobId, attempt: u32, ho
     let job = job_id.to_string();
     let unclaim = format!(
         "UPDATE queued_jobs SET due_at = {}, published_at = NULL, claimed_at = NULL, claimed_version = NULL \
-         WHERE job_id = $1 AND attempt = $2",
+         WHERE job_id = $1 AND attempt = $2 AND EXISTS (SELECT 1 FROM job_leases WHERE job_id = $1 AND holder = $3)",
         db_now_ms(pool)
     );
     let release = "DELETE FROM job_leases WHERE job_id = $1 AND holder = $2";
     on_pool!(pool, |p| async {
         let mut tx = p.begin().await?;
-        sqlx::query(&unclaim).bind(&job).bind(i64::from(attempt)).execute(&mut *tx).await?;
+        sqlx::query(&unclaim)
+            .bind(&job)
+            .bind(i64::from(attempt))
+            .bind(holder)
+            .execute(&mut *tx)
+            .await?;
         sqlx::query(release).bind(&job).bind(holder).execute(&mut *tx).await?;
         tx.commit().await
     }

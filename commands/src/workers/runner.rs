@@ -147,10 +147,13 @@ impl JobRunner {
             return Claim::Dropped;
         };
         let mut wait = RECONNECT;
+        // One holder for every try: a lease whose taking committed unseen is this worker's still.
+        let holder = super::leases::holder_name();
         let claim = loop {
-            match self.take(attempt, shutdown).await {
+            match self.take(attempt, &holder, shutdown).await {
                 Ok(claim) => break claim,
-                Err(error) => {
+                // The database is unreachable: it will pass.
+                Err(error @ CommandError::Store(_)) => {
                     tracing::warn!(job = %attempt.job_id, error = %error, "Could not take a job; trying again.");
                     if shutdown.is_cancelled() {
                         // Unsettled, it goes back to the queue with this consumer.
@@ -158,6 +161,12 @@ impl JobRunner {
                     }
                     pause(shutdown, wait).await;
                     wait = (wait * 2).min(MAX_WAIT);
+                }
+                // Anything else will not (a job stream this build cannot read, say): the delivery is
+                // dropped, and the relay publishes the attempt again after `republish_after`.
+                Err(error) => {
+                    tracing::error!(job = %attempt.job_id, error = %error, "A job cannot be taken; it is published again later.");
+                    break Claim::Dropped;
                 }
             }
         };
@@ -168,7 +177,7 @@ impl JobRunner {
         claim
     }
 
-    async fn take(&self, attempt: Attempt, shutdown: &CancellationToken) -> Result<Claim, CommandError> {
+    async fn take(&self, attempt: Attempt, holder: &str, shutdown: &CancellationToken) -> Result<Claim, CommandError> {
         let pool = self.commands.pool();
         let job_id = attempt.job_id;
         match queued::queued(pool, job_id).await? {
@@ -185,7 +194,7 @@ impl JobRunner {
             queued::forget(pool, job_id).await?;
             return Ok(Claim::Dropped);
         }
-        match JobLease::try_take(&self.commands, job_id, version, attempt.attempt, shutdown).await? {
+        match JobLease::try_take(&self.commands, job_id, version, attempt.attempt, holder, shutdown).await? {
             Some(lease) => Ok(Claim::Run(lease, attempt, kind)),
             None => {
                 tracing::debug!(job = %job_id, "Another worker runs this job.");
