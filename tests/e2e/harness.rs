@@ -179,11 +179,41 @@ impl Harness {
         query: &str,
         variables: Value,
     ) -> tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>> {
+        subscribe_at(&self.url, auth, query, variables).await
+    }
+
+    /// A second API process (`serve --role api`) beside this server: the same database, Redis and
+    /// keys, its own data dir, behind the same public address (callbacks name this server's).
+    pub async fn second_api_process(&self) -> Server {
+        let mut config = self.config.clone();
+        config.data_dir = self.db.dir().join("second");
+        config.public_url = Some(self.url.clone());
+        let key = |file: &str| {
+            let text = std::fs::read_to_string(self.config.data_dir.join(file)).expect("a generated key");
+            Some(secrecy::SecretString::from(text.trim().to_owned()))
+        };
+        config.master_key = key("master-key");
+        config.chunk_store_key = key("chunk-store-key");
+        cloudsync_gateway::root::start_as(&config, cloudsync_gateway::root::Role::Api)
+            .await
+            .expect("a second API process")
+    }
+}
+
+/// Opens a GraphQL subscription over WebSocket to the server at `base` (`http://…`) as `auth` and
+/// returns the socket once the subscription is sent.
+pub async fn subscribe_at(
+    base: &str,
+    auth: &str,
+    query: &str,
+    variables: Value,
+) -> tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>> {
+    {
         use futures::SinkExt as _;
         use tokio_tungstenite::tungstenite::Message;
         use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
 
-        let url = self.url.replace("http://", "ws://") + "/graphql/ws";
+        let url = base.replace("http://", "ws://") + "/graphql/ws";
         let mut request = url.into_client_request().expect("request");
         request
             .headers_mut()
@@ -197,7 +227,9 @@ impl Harness {
         socket.send(Message::text(start.to_string())).await.expect("subscribe");
         socket
     }
+}
 
+impl Harness {
     /// Files of a provider, as (path → file JSON).
     pub async fn files(&self, token: &str, provider: &str) -> std::collections::BTreeMap<String, Value> {
         let data = self

@@ -331,18 +331,7 @@ async fn an_oauth_callback_may_reach_another_api_process(h: &Harness) {
 
     // A second API process on the same database and Redis, with the same keys, behind the same
     // public address (its callback is the first one's).
-    let mut config = h.config.clone();
-    config.data_dir = h.db.dir().join("second");
-    config.public_url = Some(h.url.clone());
-    let key = |file: &str| {
-        let text = std::fs::read_to_string(h.config.data_dir.join(file)).expect("a generated key");
-        Some(SecretString::from(text.trim().to_owned()))
-    };
-    config.master_key = key("master-key");
-    config.chunk_store_key = key("chunk-store-key");
-    let second = cloudsync_gateway::root::start_as(&config, cloudsync_gateway::root::Role::Api)
-        .await
-        .expect("a second API process");
+    let second = h.second_api_process().await;
     let callback = authorize(&url, "bob").await;
     assert!(callback.starts_with(&format!("{}/oauth/callback?", h.url)), "{callback}");
     let elsewhere = callback.replacen(&h.url, &format!("http://{}", second.addr()), 1);

@@ -21,6 +21,12 @@ on_both_backends!(
     replay_prints_a_stream_and_a_users_history,
 );
 
+mod replicas {
+    use super::{a_subscription_on_another_api_process_sees_this_ones_writes, sessions_in_redis};
+    use crate::harness::on_both_backends;
+    on_both_backends!(with super::sessions_in_redis; a_subscription_on_another_api_process_sees_this_ones_writes);
+}
+
 const ME: &str = "{ me { id email } }";
 
 async fn register_login_and_me(h: &Harness) {
@@ -374,6 +380,41 @@ async fn file_changes_stream_live_over_websocket(h: &Harness) {
     assert_eq!(event["fileId"], json!(readme));
     assert_eq!(event["providerId"], json!(provider));
     assert!(event["path"].as_str().is_some_and(|p| p.ends_with("/readme.txt")), "{event}");
+}
+
+/// A server whose sessions live in Redis (a namespace of the test's own), so that a second API
+/// process takes its tokens.
+async fn sessions_in_redis(backend: cloudsync_eventstore::testing::Backend) -> Harness {
+    Harness::with_config(backend, |config| {
+        config.redis_url = Some("redis://127.0.0.1:6379/0".into());
+        config.redis_namespace = format!("cloudsync-test-{}:", uuid::Uuid::new_v4().simple());
+    })
+    .await
+}
+
+/// Events reach every API process: a subscription made on a second one reports a move made
+/// through the first.
+async fn a_subscription_on_another_api_process_sees_this_ones_writes(h: &Harness) {
+    let Scanned {
+        token, provider, readme, ..
+    } = h.scanned("replicas@example.org").await;
+    let second = h.second_api_process().await;
+    let query = "subscription($p: ID!) { fileChanges(providerId: $p) { kind fileId } }";
+    let mut socket = crate::harness::subscribe_at(&format!("http://{}", second.addr()), &token, query, json!({ "p": provider })).await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut folders = ["a", "b"].into_iter().cycle();
+    let change = loop {
+        assert!(Instant::now() < deadline, "no change arrived at the second process");
+        h.ok(Some(&token), MOVE, json!({ "ids": [readme], "to": folders.next() })).await;
+        if let Ok(message) = tokio::time::timeout(Duration::from_millis(500), next_json(&mut socket)).await {
+            break message;
+        }
+    };
+    assert_eq!(change["type"], json!("next"), "{change}");
+    assert_eq!(change["payload"]["data"]["fileChanges"]["kind"], json!("MOVED"), "{change}");
+    assert_eq!(change["payload"]["data"]["fileChanges"]["fileId"], json!(readme));
+    drop(socket);
+    second.stop().await;
 }
 
 pub(crate) async fn next_json<S>(socket: &mut S) -> Value
