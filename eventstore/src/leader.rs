@@ -4,7 +4,8 @@
 //! over at its next try. Used for work whose results every process shares (the read models, a
 //! shared search or vector index), where the others only follow how far it has got.
 
-use std::time::Duration;
+use std::future::Future;
+use std::time::{Duration, Instant};
 
 use sqlx::{PgConnection, PgPool};
 use tokio::task::JoinHandle;
@@ -12,6 +13,10 @@ use tokio_util::sync::CancellationToken;
 
 /// How often the holder checks that its connection (and so its lock) is still there.
 const CHECK_EVERY: Duration = Duration::from_secs(5);
+/// How often a process that stands by asks for the lock.
+const ASK_EVERY: Duration = Duration::from_secs(1);
+/// How often it looks how far the holder has got while that is behind the log.
+const FOLLOW_EVERY: Duration = Duration::from_millis(50);
 
 /// Asks for the lock `key` on `pool`.
 pub struct Leadership {
@@ -47,6 +52,58 @@ impl Leadership {
         let lost = parent.child_token();
         let task = tokio::spawn(hold(connection, self.key, lost.clone()));
         Ok(Some(Lead { lost, task: Some(task) }))
+    }
+}
+
+impl Leadership {
+    /// Stands by until this process takes the lock (`None` at `shutdown`): meanwhile `follow` reads
+    /// how far the holder has got (the position it reached; `None` when it could not tell), every
+    /// `poll` or on an append to `events`, and every 50 ms while that is behind the log, where a
+    /// caller may be waiting for the holder. `what` names the work in the log.
+    pub async fn stand_by<F, Fut>(
+        &mut self,
+        events: &dyn crate::EventStore,
+        poll: Duration,
+        shutdown: &CancellationToken,
+        what: &str,
+        mut follow: F,
+    ) -> Option<Lead>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Option<i64>>,
+    {
+        let mut notified = events.watch();
+        let mut asked = None::<Instant>;
+        let mut said = false;
+        loop {
+            if asked.is_none_or(|at| at.elapsed() >= ASK_EVERY) {
+                asked = Some(Instant::now());
+                match self.try_lead(shutdown).await {
+                    Ok(Some(lead)) => {
+                        tracing::info!("{what}: this process leads now.");
+                        return Some(lead);
+                    }
+                    Ok(None) if !said => {
+                        said = true;
+                        tracing::info!("{what}: another process leads; following how far it has got.");
+                    }
+                    Ok(None) => {}
+                    Err(error) => tracing::warn!(error = %error, "{what}: could not ask for the lock."),
+                }
+            }
+            notified.borrow_and_update();
+            let reached = follow().await;
+            let behind = match (events.head().await, reached) {
+                (Ok(head), Some(reached)) => reached < head,
+                _ => true,
+            };
+            let wait = if behind { FOLLOW_EVERY } else { poll.min(ASK_EVERY) };
+            tokio::select! {
+                () = shutdown.cancelled() => return None,
+                _ = tokio::time::timeout(wait, notified.changed()), if !behind => {}
+                () = tokio::time::sleep(wait), if behind => {}
+            }
+        }
     }
 }
 

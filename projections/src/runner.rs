@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use cloudsync_domain::{DecodeError, DomainEvent};
-use cloudsync_eventstore::leader::{Lead, Leadership};
+use cloudsync_eventstore::leader::Leadership;
 use cloudsync_eventstore::{Database, DbPool, EventStore, RecordedEvent, StoreError};
 use thiserror::Error;
 use tokio::sync::watch;
@@ -437,10 +437,6 @@ pub async fn catch_up(db: &Database) -> Result<(), ProjectionError> {
 
 /// The session advisory lock whose holder projects (any 64-bit key; this is "cloudsync" in ASCII).
 pub const LEAD_LOCK: i64 = 0x636c_6f75_6473_796e;
-/// How often a following process asks for the lock.
-const LEAD_POLL: Duration = Duration::from_secs(1);
-/// How often a following process reads the checkpoints while the read models are behind the log.
-const FOLLOW_POLL: Duration = Duration::from_millis(50);
 
 /// The live projectors of a running server and how far each has got.
 pub struct Projections {
@@ -473,9 +469,18 @@ impl Projections {
         };
         let mut leadership = Leadership::new(pool.clone(), LEAD_LOCK);
         while !shutdown.is_cancelled() {
-            let Some(lead) = self.stand_by(pool, &mut leadership, &shutdown).await else {
-                return;
+            // Another process projects meanwhile: its checkpoints are read.
+            let follow = || async {
+                match self.read_checkpoints(pool).await {
+                    Ok(()) => Some(self.position()),
+                    Err(error) => {
+                        tracing::warn!(error = %error, "Could not read the projectors' checkpoints.");
+                        None
+                    }
+                }
             };
+            let standing_by = leadership.stand_by(&*self.db.events, self.poll, &shutdown, "The read models' projectors", follow);
+            let Some(lead) = standing_by.await else { return };
             tracing::info!("This process projects the read models now.");
             // The lock goes however projecting ends (a panic drops the lead).
             self.project(lead.lost()).await;
@@ -489,44 +494,6 @@ impl Projections {
     async fn project(&self, shutdown: &CancellationToken) {
         let loops = self.checkpoints.iter().map(|(table, sender)| self.follow(*table, sender, shutdown));
         futures::future::join_all(loops).await;
-    }
-
-    /// Follows the checkpoints another process advances until this one takes the projectors' lock;
-    /// `None` at `shutdown`.
-    async fn stand_by(&self, pool: &sqlx::PgPool, leadership: &mut Leadership, shutdown: &CancellationToken) -> Option<Lead> {
-        let mut notified = self.db.events.watch();
-        let mut asked = None::<Instant>;
-        let mut said = false;
-        loop {
-            if asked.is_none_or(|at| at.elapsed() >= LEAD_POLL) {
-                asked = Some(Instant::now());
-                match leadership.try_lead(shutdown).await {
-                    Ok(Some(lead)) => return Some(lead),
-                    Ok(None) if !said => {
-                        said = true;
-                        tracing::info!("Another process projects the read models; following its checkpoints.");
-                    }
-                    Ok(None) => {}
-                    Err(error) => tracing::warn!(error = %error, "Could not ask for the projectors' lock."),
-                }
-            }
-            notified.borrow_and_update();
-            let behind = match (self.db.events.head().await, self.read_checkpoints(pool).await) {
-                (Ok(head), Ok(())) => self.position() < head,
-                (_, Err(error)) => {
-                    tracing::warn!(error = %error, "Could not read the projectors' checkpoints.");
-                    true
-                }
-                (Err(_), Ok(())) => true,
-            };
-            // Behind: the leader is at work, and a caller may be waiting for it.
-            let wait = if behind { FOLLOW_POLL } else { self.poll };
-            tokio::select! {
-                () = shutdown.cancelled() => return None,
-                _ = tokio::time::timeout(wait, notified.changed()), if !behind => {}
-                () = tokio::time::sleep(wait), if behind => {}
-            }
-        }
     }
 
     async fn read_checkpoints(&self, pool: &sqlx::PgPool) -> Result<(), sqlx::Error> {

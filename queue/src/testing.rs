@@ -107,6 +107,8 @@ impl PrivateBroker {
             );
             std::thread::sleep(Duration::from_millis(100));
         }
+        // The port opens before the broker has finished booting: wait for that too.
+        self.ctl(&["await_startup"]);
     }
 
     /// Stops the broker (every connection to it drops; durable queues keep their jobs).
@@ -131,10 +133,12 @@ impl Drop for PrivateBroker {
             .stderr(Stdio::null())
             .status();
         if let Some(mut server) = self.server.take() {
-            if !matches!(server.try_wait(), Ok(Some(_))) {
-                std::thread::sleep(Duration::from_secs(1));
-                let _ = server.kill();
+            // `stop` has halted the node; its process ends on its own, or is killed.
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while matches!(server.try_wait(), Ok(None)) && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(20));
             }
+            let _ = server.kill();
             let _ = server.wait();
         }
         let _ = std::fs::remove_dir_all(&self.dir);

@@ -42,11 +42,6 @@ pub(crate) trait Step: Send + Sync {
     async fn checkpoint(&self) -> Option<i64>;
 }
 
-/// How often a process that follows a shared index asks for the lock to project into it.
-const LEAD_POLL: Duration = Duration::from_secs(1);
-/// How often it reads the index's checkpoint while the index is behind the log.
-const FOLLOW_POLL: Duration = Duration::from_millis(50);
-
 /// As [`follow`] where `leadership` is `None` (an index of this process's own). For an index that
 /// several processes share (Elasticsearch, pgvector), only the holder of `leadership`'s lock
 /// projects into it; the others read how far it has got, and one takes over when the holder goes.
@@ -62,37 +57,22 @@ pub(crate) async fn follow_shared(
     let Some(mut leadership) = leadership else {
         return follow(follower, events, poll, shutdown, progress, what).await;
     };
-    let mut notified = events.watch();
-    let mut asked: Option<std::time::Instant> = None;
     while !shutdown.is_cancelled() {
-        if asked.is_none_or(|at| at.elapsed() >= LEAD_POLL) {
-            asked = Some(std::time::Instant::now());
-            match leadership.try_lead(shutdown).await {
-                Ok(Some(lead)) => {
-                    tracing::info!("{what}: this process projects into the shared index now.");
-                    follow(follower, events, poll, lead.lost(), progress, what).await;
-                    lead.end().await;
-                    continue;
-                }
-                Ok(None) => {}
-                Err(error) => tracing::warn!(error = %error, "{what}: could not ask for the lock."),
-            }
-        }
-        notified.borrow_and_update();
-        if let Some(checkpoint) = follower.checkpoint().await {
+        // Another process projects meanwhile: the index's checkpoint says how far it has got.
+        let reached = || async {
+            let checkpoint = follower.checkpoint().await?;
             progress.0.send_if_modified(|current| {
                 let moved = checkpoint > *current;
                 *current = (*current).max(checkpoint);
                 moved
             });
-        }
-        let behind = events.head().await.map_or(true, |head| progress.position() < head);
-        let wait = if behind { FOLLOW_POLL } else { poll.min(LEAD_POLL) };
-        tokio::select! {
-            () = shutdown.cancelled() => return,
-            _ = tokio::time::timeout(wait, notified.changed()), if !behind => {}
-            () = tokio::time::sleep(wait), if behind => {}
-        }
+            Some(progress.position())
+        };
+        let Some(lead) = leadership.stand_by(events, poll, shutdown, what, reached).await else {
+            return;
+        };
+        follow(follower, events, poll, lead.lost(), progress, what).await;
+        lead.end().await;
     }
 }
 

@@ -193,8 +193,8 @@ fn two_api_processes_and_three_workers_carry_a_scan_and_a_sync_over_a_killed_wor
     super::sync::kill(killed);
 
     // The broker restarts while the job is handed over.
+    // (It is down while its application starts again: every connection drops meanwhile.)
     broker.stop_app();
-    std::thread::sleep(Duration::from_secs(2));
     broker.start_app();
 
     let outcome = ended(
@@ -245,16 +245,7 @@ fn two_api_processes_and_three_workers_carry_a_scan_and_a_sync_over_a_killed_wor
     let log = std::fs::read_to_string(base.with_extension("log")).unwrap_or_default();
     let clashes: Vec<&str> = log.lines().filter(|l| l.contains("indexing failed")).collect();
     assert!(clashes.is_empty(), "{clashes:?}");
-    let rebuild = deployment
-        .command("rebuild")
-        .args(["projections", "rebuild", "all"])
-        .output()
-        .expect("rebuild");
-    assert!(rebuild.status.success(), "{}", String::from_utf8_lossy(&rebuild.stderr));
-    let rebuilt = runtime.block_on(read_models(&db));
-    for ((name, live), rebuilt) in cloudsync_projections::PROJECTORS.iter().zip(&live).zip(&rebuilt) {
-        assert_eq!(live, rebuilt, "{name}: the live read model is what a rebuild makes");
-    }
+    equal_to_a_rebuild(&runtime, &db, &deployment, &live);
     drop(broker);
 
     runtime.block_on(db.cleanup());
@@ -338,6 +329,21 @@ fn gql_after(addr: &str, token: &str, after: Option<i64>, query: &str, variables
         "the header and the extension agree: {body}"
     );
     (body["data"].clone(), position)
+}
+
+/// `live` (the read models as the processes built them, all stopped now) is what `cloudsync
+/// projections rebuild all` makes of the log.
+fn equal_to_a_rebuild(runtime: &tokio::runtime::Runtime, db: &TestDatabase, deployment: &Deployment, live: &[Vec<Vec<Option<String>>>]) {
+    let rebuild = deployment
+        .command("rebuild")
+        .args(["projections", "rebuild", "all"])
+        .output()
+        .expect("rebuild");
+    assert!(rebuild.status.success(), "{}", String::from_utf8_lossy(&rebuild.stderr));
+    let rebuilt = runtime.block_on(read_models(db));
+    for ((name, live), rebuilt) in cloudsync_projections::PROJECTORS.iter().zip(live).zip(&rebuilt) {
+        assert_eq!(live, rebuilt, "{name}: the live read model is what a rebuild makes");
+    }
 }
 
 /// The eight read-model tables as rows of text.
@@ -439,16 +445,7 @@ fn two_api_processes_read_their_writes_and_one_takes_over_projecting_when_the_ot
     // The read models the processes built are the ones a rebuild of the log makes.
     let live = runtime.block_on(read_models(&db));
     drop(_second);
-    let rebuild = deployment
-        .command("rebuild")
-        .args(["projections", "rebuild", "all"])
-        .output()
-        .expect("rebuild");
-    assert!(rebuild.status.success(), "{}", String::from_utf8_lossy(&rebuild.stderr));
-    let rebuilt = runtime.block_on(read_models(&db));
-    for ((name, live), rebuilt) in cloudsync_projections::PROJECTORS.iter().zip(&live).zip(&rebuilt) {
-        assert_eq!(live, rebuilt, "{name}: the live read model is what a rebuild makes");
-    }
+    equal_to_a_rebuild(&runtime, &db, &deployment, &live);
     runtime.block_on(db.cleanup());
     for suffix in ["api-1", "api-2", "rebuild", "chunks"] {
         let _ = std::fs::remove_dir_all(base.with_extension(suffix));
