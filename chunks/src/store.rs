@@ -4,11 +4,13 @@
 
 use std::path::Path;
 use std::sync::Arc;
+use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
+use cloudsync_cache::Cache;
 use cloudsync_domain::{ProviderKind, ProviderPath};
-use cloudsync_providers::{ProviderError, StorageProvider};
+use cloudsync_providers::{ProviderError, SharedMeta, StorageProvider};
 use futures::{StreamExt, TryStreamExt};
 
 /// Numbers the temporary names of chunk writes in this process.
@@ -142,6 +144,15 @@ impl ProviderStore {
     /// # Errors
     /// The folder cannot be created, or its path is not UTF-8.
     pub fn in_folder(root: &Path) -> Result<Self, StoreError> {
+        Self::in_folder_cached(root, None)
+    }
+
+    /// [`ProviderStore::in_folder`], the metadata of its files kept in `shared` (a cache every
+    /// process shares, and for how long) rather than in an LRU of this process's own.
+    ///
+    /// # Errors
+    /// As [`ProviderStore::in_folder`].
+    pub fn in_folder_cached(root: &Path, shared: Option<(Arc<dyn Cache>, Duration)>) -> Result<Self, StoreError> {
         std::fs::create_dir_all(root)?;
         // A local provider's root is absolute; a data dir given relatively (`./data`) is made so.
         let root = std::fs::canonicalize(root)?;
@@ -150,7 +161,7 @@ impl ProviderStore {
             .ok_or_else(|| StoreError::Io(std::io::Error::other("the chunk folder's path is not UTF-8")))?;
         let mut settings = serde_json::Map::new();
         settings.insert("root".into(), root.into());
-        let provider = cloudsync_providers::open(ProviderKind::Local, &settings)?;
+        let provider = cloudsync_providers::open_cached(ProviderKind::Local, &settings, shared_meta(shared, "local", &settings))?;
         Ok(Self::new(Arc::from(provider), ProviderPath::root()))
     }
 
@@ -161,6 +172,18 @@ impl ProviderStore {
     /// # Errors
     /// A missing or unknown kind, a bad folder, or settings the provider refuses.
     pub fn from_settings(settings: &serde_json::Map<String, serde_json::Value>) -> Result<Self, StoreError> {
+        Self::from_settings_cached(settings, None)
+    }
+
+    /// [`ProviderStore::from_settings`], the metadata of its files kept in `shared` (see
+    /// [`ProviderStore::in_folder_cached`]).
+    ///
+    /// # Errors
+    /// As [`ProviderStore::from_settings`].
+    pub fn from_settings_cached(
+        settings: &serde_json::Map<String, serde_json::Value>,
+        shared: Option<(Arc<dyn Cache>, Duration)>,
+    ) -> Result<Self, StoreError> {
         let mut settings = settings.clone();
         let invalid = |why: String| StoreError::Provider(ProviderError::Invalid(why));
         let kind = match settings.remove("kind") {
@@ -173,7 +196,7 @@ impl ProviderStore {
             Some(_) => return Err(invalid("folder must be a string".into())),
         }
         .map_err(|err| invalid(format!("folder: {err}")))?;
-        let provider = cloudsync_providers::open(kind, &settings)?;
+        let provider = cloudsync_providers::open_cached(kind, &settings, shared_meta(shared, kind.as_str(), &settings))?;
         Ok(Self::new(Arc::from(provider), folder))
     }
 
@@ -366,6 +389,24 @@ impl ChunkStore for ProviderStore {
     async fn make_durable(&self, ids: &[String]) -> Result<(), StoreError> {
         self.sync_names(ids, Form::Plain).await
     }
+}
+
+/// The shared metadata of the chunk store on the provider `kind` with `settings`: the same scope in
+/// every process that opens the same store (a digest of its settings, which never leave this
+/// process).
+fn shared_meta(
+    shared: Option<(Arc<dyn Cache>, Duration)>,
+    kind: &str,
+    settings: &serde_json::Map<String, serde_json::Value>,
+) -> Option<SharedMeta> {
+    shared.map(|(cache, ttl)| {
+        let described = format!("{kind}\n{}", serde_json::Value::Object(settings.clone()));
+        SharedMeta {
+            cache,
+            scope: format!("chunks-{}", &blake3::hash(described.as_bytes()).to_hex()[..32]),
+            ttl,
+        }
+    })
 }
 
 #[cfg(test)]

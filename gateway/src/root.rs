@@ -327,25 +327,42 @@ pub fn passwords(config: &Config) -> anyhow::Result<Passwords> {
     Passwords::new(config.argon2_memory_kib, config.argon2_iterations, config.argon2_parallelism).map_err(anyhow::Error::msg)
 }
 
-/// Where sessions and rate-limit buckets live: in Redis when configured (one connection for
-/// both, on the server's clock), else in this process's memory (on `clock`).
+/// What every API process and worker shares where Redis is configured, else what this process
+/// keeps in its own memory.
+pub struct SharedState {
+    pub sessions: Arc<dyn SessionStore>,
+    pub limiter: Arc<dyn RateLimiter>,
+    /// Search answers; with Redis, also the providers' metadata (`cache.shared()`).
+    pub cache: Arc<dyn cloudsync_cache::Cache>,
+}
+
+/// Kept search answers live at most this long (a new event makes them unreachable before that).
+const SEARCH_CACHE_TTL: Duration = Duration::from_secs(300);
+/// Providers' metadata kept in Redis lives at most this long (writes through CloudSync and the
+/// events of scans drop it before that).
+const METADATA_CACHE_TTL: Duration = Duration::from_secs(60);
+
+/// Where sessions, rate-limit buckets and caches live: in Redis when configured (one connection
+/// for all, on the server's clock), else in this process's memory (on `clock`).
 ///
 /// # Errors
 /// An unreachable Redis.
-pub async fn shared_state(config: &Config, clock: &Arc<dyn Clock>) -> anyhow::Result<(Arc<dyn SessionStore>, Arc<dyn RateLimiter>)> {
+pub async fn shared_state(config: &Config, clock: &Arc<dyn Clock>) -> anyhow::Result<SharedState> {
     let Some(url) = &config.redis_url else {
-        return Ok((
-            Arc::new(MemorySessions::with_clock(Arc::clone(clock))),
-            Arc::new(MemoryLimiter::with_clock(Arc::clone(clock))),
-        ));
+        return Ok(SharedState {
+            sessions: Arc::new(MemorySessions::with_clock(Arc::clone(clock))),
+            limiter: Arc::new(MemoryLimiter::with_clock(Arc::clone(clock))),
+            cache: Arc::new(cloudsync_cache::MemoryCache::new(1000)),
+        });
     };
     let connection = cloudsync_identity::sessions::redis_connection(url)
         .await
         .with_context(|| format!("connecting to Redis ({})", redact(url)))?;
-    Ok((
-        Arc::new(RedisSessions::new(connection.clone(), &config.redis_namespace)),
-        Arc::new(RedisLimiter::new(connection, &config.redis_namespace)),
-    ))
+    Ok(SharedState {
+        sessions: Arc::new(RedisSessions::new(connection.clone(), &config.redis_namespace)),
+        limiter: Arc::new(RedisLimiter::new(connection.clone(), &config.redis_namespace)),
+        cache: Arc::new(cloudsync_cache::RedisCache::new(connection, &config.redis_namespace)),
+    })
 }
 
 /// The command side on `db`, with the master key and the chunk-store key from configuration (or
@@ -354,14 +371,30 @@ pub async fn shared_state(config: &Config, clock: &Arc<dyn Clock>) -> anyhow::Re
 /// # Errors
 /// A malformed or unwritable key.
 pub fn commands(config: &Config, db: &Database) -> anyhow::Result<Commands> {
+    commands_sharing(config, db, None)
+}
+
+/// [`commands`], the metadata of the providers it opens (the chunk store's included) kept in
+/// `shared` when every process shares it.
+///
+/// # Errors
+/// As [`commands`].
+pub fn commands_sharing(config: &Config, db: &Database, shared: Option<Arc<dyn cloudsync_cache::Cache>>) -> anyhow::Result<Commands> {
     let master = master_key(config)?;
+    let metadata = shared.map(|cache| (cache, METADATA_CACHE_TTL));
     let chunks = match &config.chunk_store {
-        None => ProviderStore::in_folder(&config.data_dir.join("chunks")).context("the chunk store in the data dir")?,
-        Some(settings) => ProviderStore::from_settings(settings).context("the chunk store's settings")?,
+        None => {
+            ProviderStore::in_folder_cached(&config.data_dir.join("chunks"), metadata.clone()).context("the chunk store in the data dir")?
+        }
+        Some(settings) => ProviderStore::from_settings_cached(settings, metadata.clone()).context("the chunk store's settings")?,
     };
-    Ok(Commands::new(Arc::clone(&db.events), Vault::new(master, db.pool.clone()))
+    let commands = Commands::new(Arc::clone(&db.events), Vault::new(master, db.pool.clone()))
         .with_chunks(Arc::new(chunks), CHUNK_STORE_KEY.ring(config)?)
-        .with_deleted_keep_days(config.deleted_keep_days))
+        .with_deleted_keep_days(config.deleted_keep_days);
+    Ok(match metadata {
+        Some((cache, ttl)) => commands.with_shared_metadata(cache, ttl),
+        None => commands,
+    })
 }
 
 /// The OAuth apps from configuration, calling back to `<public_url>/oauth/callback` (`addr` stands in
@@ -626,7 +659,11 @@ pub async fn start_as(config: &Config, role: Role) -> anyhow::Result<Server> {
         .await
         .context("the token-signing keys")?
         .with_clock(Arc::clone(&clock));
-    let (session_store, limiter) = shared_state(config, &clock).await?;
+    let SharedState {
+        sessions: session_store,
+        limiter,
+        cache,
+    } = shared_state(config, &clock).await?;
     // Pending OAuth authorizations are ceremony states like the others: shared where sessions are.
     let pending: Arc<dyn PendingStore> = Arc::new(PendingStates(Arc::clone(&session_store)));
     let sessions = Sessions::new(session_store, chrono::Duration::days(config.refresh_ttl_days)).with_clock(Arc::clone(&clock));
@@ -635,7 +672,10 @@ pub async fn start_as(config: &Config, role: Role) -> anyhow::Result<Server> {
     let search = cloudsync_search::Search::open(search_engine(config)?)
         .await
         .context("the search index")?;
-    let mut commands = commands(config, &db)?.with_clock(Arc::clone(&clock));
+    // Providers' metadata is shared only where every process sees the cache; otherwise each opened
+    // provider keeps its own.
+    let shared_metadata = cache.shared().then(|| Arc::clone(&cache));
+    let mut commands = commands_sharing(config, &db, shared_metadata)?.with_clock(Arc::clone(&clock));
     if let Some(keys) = commands.chunk_keys() {
         keys.check().await.context(
             "the chunk-store key does not open the accounts' keys of the chunk store: start with the key that \
@@ -662,7 +702,7 @@ pub async fn start_as(config: &Config, role: Role) -> anyhow::Result<Server> {
         commands: commands.clone(),
         projections: Arc::clone(&projections),
         search: Arc::clone(&search),
-        search_cache: cloudsync_search::QueryCache::new(1000),
+        search_cache: cloudsync_search::QueryCache::new(Arc::clone(&cache), SEARCH_CACHE_TTL),
         vectors: Arc::clone(&vectors),
         models: models.clone(),
         tokens,
@@ -710,6 +750,10 @@ pub async fn start_as(config: &Config, role: Role) -> anyhow::Result<Server> {
         };
         tasks.spawn(JobRelay::new(commands.clone(), Arc::clone(&queue), retries).run(shutdown.child_token()));
         tasks.spawn(Scheduler::new(commands.clone()).lead(shutdown.child_token()));
+        if let Some(cache) = commands.shared_metadata() {
+            let invalidator = cloudsync_commands::MetadataInvalidator::new(commands.clone(), Arc::clone(cache));
+            tasks.spawn(invalidator.lead(shutdown.child_token()));
+        }
         let pipeline =
             cloudsync_commands::ContentPipeline::new(commands.clone(), db.pool.clone(), extractor(config)?, config.extract_concurrency)
                 .with_models(models)

@@ -22,7 +22,7 @@ use futures::stream::BoxStream;
 use serde_json::{Map, Value};
 
 pub use error::ProviderError;
-pub use limits::{Limited, Quota};
+pub use limits::{Limited, Quota, SharedMeta, meta_key};
 pub use local::LocalProvider;
 pub use remote::RemoteProvider;
 
@@ -119,6 +119,12 @@ pub trait StorageProvider: Send + Sync {
     fn list(&self, folder: &ProviderPath) -> BoxStream<'static, Result<Entry, ProviderError>>;
 
     async fn stat(&self, path: &ProviderPath) -> Result<Entry, ProviderError>;
+
+    /// `stat` asked of the provider itself, never of a cache: what a check before or after a copy
+    /// must see.
+    async fn stat_fresh(&self, path: &ProviderPath) -> Result<Entry, ProviderError> {
+        self.stat(path).await
+    }
 
     /// The bytes of `range` (clamped to the file's end).
     async fn read(&self, path: &ProviderPath, range: Range<u64>) -> Result<ByteStream, ProviderError>;
@@ -278,6 +284,19 @@ pub(crate) fn unchanged(found: Result<Entry, ProviderError>, path: &ProviderPath
 /// for remote kinds, unlimited for local folders) and `max_concurrent_transfers` (default 8). Every provider is wrapped in [`Limited`] (that quota
 /// and an LRU metadata cache).
 pub fn open(kind: ProviderKind, config: &Map<String, Value>) -> Result<Box<dyn StorageProvider>, ProviderError> {
+    open_cached(kind, config, None)
+}
+
+/// [`open`], its metadata kept in the cache that `shared` describes (one that every process shares)
+/// rather than in an LRU of its own.
+///
+/// # Errors
+/// As [`open`].
+pub fn open_cached(
+    kind: ProviderKind,
+    config: &Map<String, Value>,
+    shared: Option<SharedMeta>,
+) -> Result<Box<dyn StorageProvider>, ProviderError> {
     let mut config = config.clone();
     let mut quota = Quota::default_for(kind);
     if let Some(rate) = config.remove("max_requests_per_second") {
@@ -301,7 +320,10 @@ pub fn open(kind: ProviderKind, config: &Map<String, Value>) -> Result<Box<dyn S
         }
         remote => Box::new(RemoteProvider::open(remote, &config)?),
     };
-    Ok(Box::new(Limited::new(inner, quota, 10_000)))
+    Ok(Box::new(match shared {
+        Some(shared) => Limited::shared(inner, quota, shared),
+        None => Limited::new(inner, quota, 10_000),
+    }))
 }
 
 fn number(value: &Value, key: &str) -> Result<f64, ProviderError> {

@@ -1,15 +1,22 @@
 //! What CloudSync adds around every provider: a per-provider quota (a token bucket for requests per
-//! second and a cap on concurrent transfers) and an LRU cache of file metadata that the provider's own
-//! writes, moves and deletes invalidate. Retries with backoff live in the remote adapter (OpenDAL's
-//! retry layer), where the failure's kind is known.
+//! second and a cap on concurrent transfers) and a cache of file metadata that the provider's own
+//! writes, moves and deletes invalidate. The cache is the instance's own LRU, or ([`SharedMeta`]) a
+//! [`Cache`] that every process shares (Redis), where entries also expire and where whoever learns
+//! of a change another way (a scan's events) removes them. Retries with backoff live in the remote
+//! adapter (OpenDAL's retry layer), where the failure's kind is known.
+//!
+//! `stat` may answer from the cache; `stat_fresh`, which the sync engine's checks before and after
+//! a copy use, always asks the provider (and refreshes the cache).
 
 use std::collections::{HashMap, VecDeque};
 use std::ops::Range;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use bytes::Bytes;
+use chrono::{DateTime, Utc};
+use cloudsync_cache::Cache;
 use cloudsync_domain::{ProviderKind, ProviderPath};
 use futures::stream::BoxStream;
 use tokio::sync::Semaphore;
@@ -116,12 +123,67 @@ impl Lru {
     }
 }
 
+/// A metadata cache that every process opening the same provider shares: entries live in `cache`
+/// under `meta:<scope>:<path>` for at most `ttl`.
+#[derive(Clone)]
+pub struct SharedMeta {
+    pub cache: Arc<dyn Cache>,
+    /// The same for every process that opens this provider (its id; a chunk store's settings).
+    pub scope: String,
+    pub ttl: Duration,
+}
+
+impl SharedMeta {
+    /// The key of `path`'s entry.
+    pub fn key(&self, path: &ProviderPath) -> String {
+        meta_key(&self.scope, path)
+    }
+}
+
+/// The key of `path`'s entry in the shared metadata cache of the provider `scope`.
+pub fn meta_key(scope: &str, path: &ProviderPath) -> String {
+    format!("meta:{scope}:{path}")
+}
+
+fn encode(entry: &Entry) -> Vec<u8> {
+    serde_json::json!({
+        "size": entry.size,
+        "modified_at": entry.modified_at.map(|m| m.to_rfc3339()),
+        "etag": entry.etag,
+    })
+    .to_string()
+    .into_bytes()
+}
+
+fn decode(path: &ProviderPath, kept: &[u8]) -> Option<Entry> {
+    let value: serde_json::Value = serde_json::from_slice(kept).ok()?;
+    let modified_at = match value.get("modified_at")? {
+        serde_json::Value::Null => None,
+        at => Some(DateTime::parse_from_rfc3339(at.as_str()?).ok()?.with_timezone(&Utc)),
+    };
+    let etag = match value.get("etag")? {
+        serde_json::Value::Null => None,
+        etag => Some(etag.as_str()?.to_owned()),
+    };
+    Some(Entry {
+        path: path.clone(),
+        size: value.get("size")?.as_u64()?,
+        modified_at,
+        etag,
+    })
+}
+
+enum MetaCache {
+    Own(Mutex<Lru>),
+    Shared(SharedMeta),
+}
+
 /// A provider behind its quota and metadata cache.
 pub struct Limited {
     inner: Box<dyn StorageProvider>,
     requests: Option<Bucket>,
     transfers: Semaphore,
-    cache: Mutex<Lru>,
+    cache: MetaCache,
     /// Counters for tests and metrics: (stat calls that reached the provider, cache hits).
     stats: Mutex<(u64, u64)>,
 }
@@ -134,12 +196,20 @@ impl Limited {
                 .requests_per_second
                 .map(|rate| Bucket::new(rate.max(0.1), quota.burst.max(1.0))),
             transfers: Semaphore::new(quota.concurrent_transfers.max(1)),
-            cache: Mutex::new(Lru {
+            cache: MetaCache::Own(Mutex::new(Lru {
                 capacity: cache_capacity.max(1),
                 entries: HashMap::new(),
                 order: VecDeque::new(),
-            }),
+            })),
             stats: Mutex::new((0, 0)),
+        }
+    }
+
+    /// `inner` behind `quota`, its metadata kept in the cache that `shared` describes.
+    pub fn shared(inner: Box<dyn StorageProvider>, quota: Quota, shared: SharedMeta) -> Self {
+        Self {
+            cache: MetaCache::Shared(shared),
+            ..Self::new(inner, quota, 1)
         }
     }
 
@@ -165,10 +235,59 @@ impl Limited {
         }
     }
 
-    fn invalidate(&self, path: &ProviderPath) {
-        if let Ok(mut cache) = self.cache.lock() {
-            cache.invalidate(path);
+    async fn invalidate(&self, path: &ProviderPath) {
+        match &self.cache {
+            MetaCache::Own(cache) => {
+                if let Ok(mut cache) = cache.lock() {
+                    cache.invalidate(path);
+                }
+            }
+            MetaCache::Shared(shared) => {
+                if let Err(err) = shared.cache.remove(&[shared.key(path)]).await {
+                    // Expiry bounds how long another process may see the old entry.
+                    tracing::warn!(error = %err, "A changed file's metadata could not be dropped from the shared cache.");
+                }
+            }
         }
+    }
+
+    async fn cached(&self, path: &ProviderPath) -> Option<Entry> {
+        match &self.cache {
+            MetaCache::Own(cache) => cache.lock().ok().and_then(|mut cache| cache.get(path)),
+            MetaCache::Shared(shared) => match shared.cache.get(&shared.key(path)).await {
+                Ok(kept) => kept.and_then(|kept| decode(path, &kept)),
+                Err(err) => {
+                    tracing::debug!(error = %err, "Shared metadata cache unavailable.");
+                    None
+                }
+            },
+        }
+    }
+
+    async fn keep(&self, entry: &Entry) {
+        match &self.cache {
+            MetaCache::Own(cache) => {
+                if let Ok(mut cache) = cache.lock() {
+                    cache.put(entry.clone());
+                }
+            }
+            MetaCache::Shared(shared) => {
+                if let Err(err) = shared.cache.put(&shared.key(&entry.path), &encode(entry), shared.ttl).await {
+                    tracing::debug!(error = %err, "Metadata not kept in the shared cache.");
+                }
+            }
+        }
+    }
+
+    /// Asks the provider (within the quota) and keeps the answer.
+    async fn stat_through(&self, path: &ProviderPath) -> Result<Entry, ProviderError> {
+        self.take().await;
+        let entry = self.inner.stat(path).await?;
+        if let Ok(mut stats) = self.stats.lock() {
+            stats.0 += 1;
+        }
+        self.keep(&entry).await;
+        Ok(entry)
     }
 }
 
@@ -189,22 +308,23 @@ impl StorageProvider for Limited {
     }
 
     async fn stat(&self, path: &ProviderPath) -> Result<Entry, ProviderError> {
-        let cached = self.cache.lock().ok().and_then(|mut cache| cache.get(path));
-        if let Some(entry) = cached {
+        if let Some(entry) = self.cached(path).await {
             if let Ok(mut stats) = self.stats.lock() {
                 stats.1 += 1;
             }
             return Ok(entry);
         }
-        self.take().await;
-        let entry = self.inner.stat(path).await?;
-        if let Ok(mut stats) = self.stats.lock() {
-            stats.0 += 1;
+        self.stat_through(path).await
+    }
+
+    async fn stat_fresh(&self, path: &ProviderPath) -> Result<Entry, ProviderError> {
+        match self.stat_through(path).await {
+            Err(ProviderError::NotFound(what)) => {
+                self.invalidate(path).await;
+                Err(ProviderError::NotFound(what))
+            }
+            found => found,
         }
-        if let Ok(mut cache) = self.cache.lock() {
-            cache.put(entry.clone());
-        }
-        Ok(entry)
     }
 
     async fn read(&self, path: &ProviderPath, range: Range<u64>) -> Result<ByteStream, ProviderError> {
@@ -214,9 +334,9 @@ impl StorageProvider for Limited {
 
     async fn write(&self, path: &ProviderPath, data: ByteStream) -> Result<u64, ProviderError> {
         let _permit = self.transfer().await?;
-        self.invalidate(path);
+        self.invalidate(path).await;
         let written = self.inner.write(path, data).await;
-        self.invalidate(path);
+        self.invalidate(path).await;
         written
     }
 
@@ -224,24 +344,24 @@ impl StorageProvider for Limited {
         // The check's request, then the write's.
         self.take().await;
         let _permit = self.transfer().await?;
-        self.invalidate(path);
+        self.invalidate(path).await;
         let written = self.inner.write_if(path, data, expected).await;
-        self.invalidate(path);
+        self.invalidate(path).await;
         written
     }
 
     async fn delete(&self, path: &ProviderPath) -> Result<(), ProviderError> {
         self.take().await;
         let deleted = self.inner.delete(path).await;
-        self.invalidate(path);
+        self.invalidate(path).await;
         deleted
     }
 
     async fn rename(&self, from: &ProviderPath, to: &ProviderPath) -> Result<(), ProviderError> {
         self.take().await;
         let renamed = self.inner.rename(from, to).await;
-        self.invalidate(from);
-        self.invalidate(to);
+        self.invalidate(from).await;
+        self.invalidate(to).await;
         renamed
     }
 
@@ -256,9 +376,9 @@ impl StorageProvider for Limited {
 
     async fn write_unsynced(&self, path: &ProviderPath, data: ByteStream) -> Result<u64, ProviderError> {
         let _permit = self.transfer().await?;
-        self.invalidate(path);
+        self.invalidate(path).await;
         let written = self.inner.write_unsynced(path, data).await;
-        self.invalidate(path);
+        self.invalidate(path).await;
         written
     }
 
@@ -268,29 +388,29 @@ impl StorageProvider for Limited {
 
     async fn replace_if(&self, from: &ProviderPath, to: &ProviderPath, expected: Option<&str>) -> Result<Entry, ProviderError> {
         self.take().await;
-        self.invalidate(from);
-        self.invalidate(to);
+        self.invalidate(from).await;
+        self.invalidate(to).await;
         let replaced = self.inner.replace_if(from, to, expected).await;
-        self.invalidate(from);
-        self.invalidate(to);
+        self.invalidate(from).await;
+        self.invalidate(to).await;
         replaced
     }
 
     async fn replace(&self, from: &ProviderPath, to: &ProviderPath) -> Result<(), ProviderError> {
         self.take().await;
-        self.invalidate(from);
-        self.invalidate(to);
+        self.invalidate(from).await;
+        self.invalidate(to).await;
         let replaced = self.inner.replace(from, to).await;
-        self.invalidate(from);
-        self.invalidate(to);
+        self.invalidate(from).await;
+        self.invalidate(to).await;
         replaced
     }
 
     async fn patch(&self, path: &ProviderPath, size: u64, ranges: Vec<(u64, Bytes)>, checksum: &str) -> Result<u64, ProviderError> {
         let _permit = self.transfer().await?;
-        self.invalidate(path);
+        self.invalidate(path).await;
         let written = self.inner.patch(path, size, ranges, checksum).await;
-        self.invalidate(path);
+        self.invalidate(path).await;
         written
     }
 
@@ -302,7 +422,7 @@ impl StorageProvider for Limited {
     /// first: a write in place is not atomic either way, and the caller keeps what it destroys).
     async fn write_in_place(&self, path: &ProviderPath, size: u64, ranges: Vec<(u64, Bytes)>) -> Result<u64, ProviderError> {
         let _permit = self.transfer().await?;
-        self.invalidate(path);
+        self.invalidate(path).await;
         let written = if self.requests.is_some() && ranges.len() > 1 {
             let mut written = Ok(0);
             for (i, range) in ranges.into_iter().enumerate() {
@@ -321,7 +441,7 @@ impl StorageProvider for Limited {
         } else {
             self.inner.write_in_place(path, size, ranges).await
         };
-        self.invalidate(path);
+        self.invalidate(path).await;
         written
     }
 
@@ -395,6 +515,47 @@ mod tests {
         );
         limited.delete(&path).await.expect("delete");
         assert!(matches!(limited.stat(&path).await, Err(ProviderError::NotFound(_))));
+        std::fs::remove_dir_all(dir).ok();
+    }
+
+    #[tokio::test]
+    async fn instances_sharing_a_cache_see_each_others_entries_and_invalidations() {
+        use futures::StreamExt as _;
+        let dir = std::env::temp_dir().join(format!("cloudsync-shared-meta-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let shared = SharedMeta {
+            cache: Arc::new(cloudsync_cache::MemoryCache::new(16)),
+            scope: "p1".into(),
+            ttl: Duration::from_secs(60),
+        };
+        let open = || {
+            let local = crate::LocalProvider::open(dir.to_str().expect("utf-8")).expect("root");
+            Limited::shared(Box::new(local), Quota::default_for(ProviderKind::Local), shared.clone())
+        };
+        let (one, two) = (open(), open());
+        let path = ProviderPath::parse("a.txt").expect("path");
+        let write = |text: &'static str| futures::stream::iter([Ok(bytes::Bytes::from(text))]).boxed();
+        one.write(&path, write("one")).await.expect("write");
+        let first = one.stat(&path).await.expect("stat");
+        assert_eq!(two.stat(&path).await.expect("stat"), first, "kept whole, tag included");
+        assert_eq!(two.cache_stats(), (0, 1), "the second instance asked the cache, not the provider");
+        // A change the cache was not told about is what `stat_fresh` is for.
+        std::fs::write(dir.join("a.txt"), "changed").expect("write");
+        assert_eq!(two.stat(&path).await.expect("stat").size, 3, "stat may answer from the cache");
+        assert_eq!(two.stat_fresh(&path).await.expect("stat").size, 7, "stat_fresh never does");
+        assert_eq!(one.stat(&path).await.expect("stat").size, 7, "and refreshes it for everyone");
+        two.write(&path, write("three")).await.expect("write");
+        assert_eq!(
+            one.stat(&path).await.expect("stat").size,
+            5,
+            "a write by one instance drops the entry for all"
+        );
+        std::fs::remove_file(dir.join("a.txt")).expect("remove");
+        assert!(matches!(one.stat_fresh(&path).await, Err(ProviderError::NotFound(_))));
+        assert!(
+            matches!(two.stat(&path).await, Err(ProviderError::NotFound(_))),
+            "a file found gone is no longer kept"
+        );
         std::fs::remove_dir_all(dir).ok();
     }
 }

@@ -123,10 +123,16 @@ pub fn highlights(doc: &SearchDoc, query: &Query) -> Vec<Highlight> {
         language: None,
     };
     if let Some(snippet) = names.snippet(doc.name(), true) {
-        out.push(Highlight { field: "name", snippet });
+        out.push(Highlight {
+            field: "name".into(),
+            snippet,
+        });
     }
     if let Some(snippet) = (Marker { prefixes: false, ..names }).snippet(doc.folder(), true) {
-        out.push(Highlight { field: "path", snippet });
+        out.push(Highlight {
+            field: "path".into(),
+            snippet,
+        });
     }
     if let Some(text) = doc.text() {
         let language = Some(doc.language()).filter(|l| !l.is_empty());
@@ -137,7 +143,10 @@ pub fn highlights(doc: &SearchDoc, query: &Query) -> Vec<Highlight> {
         })
         .snippet(text, false)
         {
-            out.push(Highlight { field: "content", snippet });
+            out.push(Highlight {
+                field: "content".into(),
+                snippet,
+            });
         }
     }
     out

@@ -31,6 +31,7 @@ pub use tantivy_index::TantivyIndex;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use cloudsync_domain::{FileId, ProviderId, UserId};
+use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
 #[derive(Debug, Error)]
@@ -94,13 +95,13 @@ pub struct SearchRequest {
 }
 
 /// A field of a hit with its matched words wrapped in `<mark>…</mark>` (the rest HTML-escaped).
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Highlight {
-    pub field: &'static str,
+    pub field: String,
     pub snippet: String,
 }
 
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Hit {
     pub file_id: FileId,
     pub score: f32,
@@ -111,7 +112,7 @@ pub struct Hit {
 pub type FacetCounts = Vec<(String, u64)>;
 
 /// Exact counts over every file the search matched (not only the page).
-#[derive(Debug, Clone, Default, PartialEq)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Facets {
     pub providers: FacetCounts,
     pub extensions: FacetCounts,
@@ -122,7 +123,7 @@ pub struct Facets {
     pub labels: FacetCounts,
 }
 
-#[derive(Debug, Clone, Default, PartialEq)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct SearchResults {
     pub total: u64,
     pub hits: Vec<Hit>,

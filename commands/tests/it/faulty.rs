@@ -109,6 +109,10 @@ impl StorageProvider for Faulty {
         self.inner.stat(path).await
     }
 
+    async fn stat_fresh(&self, path: &ProviderPath) -> Result<Entry, ProviderError> {
+        self.inner.stat_fresh(path).await
+    }
+
     async fn read(&self, path: &ProviderPath, range: Range<u64>) -> Result<ByteStream, ProviderError> {
         self.inner.read(path, range).await
     }

@@ -256,7 +256,7 @@ impl SearchQuery {
             caller.user_id,
             if by_meaning { app.vectors.position() } else { 0 }
         );
-        let results = match app.search_cache.get(position, &key) {
+        let results = match app.search_cache.get(position, &key).await {
             Some(results) => results,
             None => {
                 let request = SearchRequest {
@@ -276,7 +276,7 @@ impl SearchQuery {
                 let results = meaning::search(&*index, &**app.vectors.index(), &request, vector.as_deref(), mode)
                     .await
                     .map_err(|err| ApiError::internal(&err))?;
-                app.search_cache.put(position, key, results.clone());
+                app.search_cache.put(position, &key, &results).await;
                 results
             }
         };

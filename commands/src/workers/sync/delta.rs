@@ -128,7 +128,7 @@ impl Executor {
             Err(ProviderError::Unsupported(_)) => return Ok(None),
             Err(err) => return Err(err.into()),
         };
-        let tag = (provider.stat(&destination).await?).tag();
+        let tag = (provider.stat_fresh(&destination).await?).tag();
         if self.versions {
             let mut batch: Vec<(String, &[u8])> = Vec::new();
             for (id, start, len) in fresh {
@@ -282,7 +282,7 @@ impl Executor {
             }
         };
         self.record(&self.pair.settled(&started, PatchOutcome::Written, Utc::now())).await?;
-        let tag = (provider.stat(&destination).await?).tag();
+        let tag = (provider.stat_fresh(&destination).await?).tag();
         Ok(Some(Copied {
             tag,
             checksum: new.checksum.clone(),
@@ -354,7 +354,7 @@ async fn refill(stream: &mut ByteStream, piece: &mut Bytes, hasher: &mut blake3:
 /// Whether `path` is there and still shows `tag` (what a file read without a planned checksum
 /// must show after the read, for the read to be the listed file).
 pub(super) async fn shows_tag(provider: &dyn StorageProvider, path: &ProviderPath, tag: &str) -> Result<bool, ProviderError> {
-    match provider.stat(path).await {
+    match provider.stat_fresh(path).await {
         Ok(entry) => Ok(entry.tag() == tag),
         Err(ProviderError::NotFound(_)) => Ok(false),
         Err(err) => Err(err),
@@ -363,7 +363,7 @@ pub(super) async fn shows_tag(provider: &dyn StorageProvider, path: &ProviderPat
 
 /// The BLAKE3 and size of the file `path`; `None` when it is gone.
 pub(super) async fn hash_of(provider: &dyn StorageProvider, path: &ProviderPath) -> Result<Option<(String, u64)>, ProviderError> {
-    let size = match provider.stat(path).await {
+    let size = match provider.stat_fresh(path).await {
         Ok(entry) => entry.size,
         Err(ProviderError::NotFound(_)) => return Ok(None),
         Err(err) => return Err(err),
@@ -389,7 +389,7 @@ async fn undo_in_place(provider: &dyn StorageProvider, path: &ProviderPath, undo
 /// very ranges the undo covers cannot be told from the interrupted write, and is undone with it.)
 /// True when the file holds `old` afterwards.
 async fn undo_if_ours(provider: &dyn StorageProvider, path: &ProviderPath, undo: &Layer, old: &Version) -> Result<bool, ProviderError> {
-    let size = match provider.stat(path).await {
+    let size = match provider.stat_fresh(path).await {
         Ok(entry) => entry.size,
         Err(ProviderError::NotFound(_)) => return Ok(false),
         Err(err) => return Err(err),

@@ -257,7 +257,7 @@ impl Executor {
                 let (full_from, full_to) = (self.full(*side, from), self.full(*side, to));
                 self.check_unchanged(*side, from, Some(&moved.tag)).await?;
                 provider.rename(&full_from, &full_to).await?;
-                let tag = (provider.stat(&full_to).await?).tag();
+                let tag = (provider.stat_fresh(&full_to).await?).tag();
                 state.insert((*side, from.clone()), None);
                 state.insert(
                     (*side, to.clone()),

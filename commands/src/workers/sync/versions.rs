@@ -87,7 +87,7 @@ impl Commands {
             let data = kept_stream(&chunks, &pair, &kept, manifest, sides).await?;
             // What is there now becomes a version of its own.
             let mut replaced = Vec::new();
-            let current = match provider.stat(&destination).await {
+            let current = match provider.stat_fresh(&destination).await {
                 Ok(entry) => Some(entry),
                 Err(ProviderError::NotFound(_)) => None,
                 Err(err) => return Err(err.into()),
@@ -532,7 +532,7 @@ pub(crate) async fn write_back(
     if manifest.checksum != version.checksum {
         return Err(CommandError::Storage("the kept content's manifest does not match it".into()));
     }
-    match provider.stat(path).await {
+    match provider.stat_fresh(path).await {
         Ok(_) => return Err(CommandError::Conflict(format!("{path} is taken; move what is there away first"))),
         Err(ProviderError::NotFound(_)) => {}
         Err(err) => return Err(storage_error(err)),

@@ -117,7 +117,7 @@ pub(super) async fn still_there(
     path: &ProviderPath,
     expected: Option<&str>,
 ) -> Result<bool, ProviderError> {
-    match provider.stat(path).await {
+    match provider.stat_fresh(path).await {
         Ok(found) => Ok(Some(found.tag().as_str()) == expected),
         Err(ProviderError::NotFound(_)) => Ok(true),
         Err(err) => Err(err),
@@ -161,7 +161,7 @@ pub(super) async fn write_checked(
             Err(ProviderError::AlreadyExists(_)) => return Err(moved_on()),
             Err(err) => return Err(err.into()),
         }
-        return Ok((provider.stat(destination).await?.tag(), checksum()));
+        return Ok((provider.stat_fresh(destination).await?.tag(), checksum()));
     }
     let committed = async {
         match provider.write_unsynced(temporary, data).await {

@@ -1,0 +1,145 @@
+//! Issue 20, item 5: with Redis configured, search answers and providers' metadata are shared by
+//! every process and dropped when the log moves on. Each test plants a doctored entry in Redis and
+//! shows that another process answers with it (so the entry is shared, not recomputed), then that an
+//! event makes it unreachable or removes it.
+
+use std::time::{Duration, Instant};
+
+use cloudsync_domain::{ProviderId, ProviderPath, UserId};
+use cloudsync_eventstore::testing::Backend;
+use redis::AsyncCommands as _;
+use serde_json::{Value, json};
+
+use crate::harness::{Harness, on_both_backends};
+
+on_both_backends!(with super::on_redis; search_answers_are_shared_until_an_event_moves_the_index, provider_metadata_is_shared_until_a_write_or_an_event_drops_it);
+
+/// A server with sessions and caches in Redis, under a namespace of the test's own.
+async fn on_redis(backend: Backend) -> Harness {
+    Harness::with_config(backend, |config| {
+        config.redis_url = Some("redis://127.0.0.1:6379/0".into());
+        config.redis_namespace = format!("cloudsync-test-{}:", uuid::Uuid::new_v4().simple());
+    })
+    .await
+}
+
+async fn redis() -> redis::aio::MultiplexedConnection {
+    let client = redis::Client::open("redis://127.0.0.1:6379/0").expect("URL");
+    client
+        .get_multiplexed_async_connection()
+        .await
+        .expect("the Redis scripts/services runs")
+}
+
+const SEARCH: &str = "query($q: String!) { searchFiles(query: $q, mode: KEYWORD) { total indexedPosition hits { file { path } } } }";
+
+/// `searchFiles` on the server at `base` as `token`, read after `after` (a log position).
+async fn search(h: &Harness, base: &str, token: &str, after: i64) -> Value {
+    let response: Value = h
+        .client
+        .post(format!("{base}/graphql"))
+        .bearer_auth(token)
+        .header("X-CloudSync-After", after.to_string())
+        .json(&json!({ "query": SEARCH, "variables": { "q": "readme" } }))
+        .send()
+        .await
+        .expect("request")
+        .json()
+        .await
+        .expect("JSON");
+    assert!(response["errors"].is_null(), "{response}");
+    response["data"]["searchFiles"].clone()
+}
+
+async fn search_answers_are_shared_until_an_event_moves_the_index(h: &Harness) {
+    let scanned = h.scanned("cache@example.com").await;
+    h.indexed().await;
+    let second = h.second_api_process().await;
+    let second_url = format!("http://{}", second.addr());
+    let namespace = &h.config.redis_namespace;
+    let mut redis = redis().await;
+    // Events (the content pipeline's) may still arrive: try again until both processes answer at
+    // the same index position.
+    let mut shared = false;
+    for _ in 0..20 {
+        let first = search(h, &h.url, &scanned.token, 0).await;
+        assert_eq!(first["total"], 1, "{first}");
+        let position = first["indexedPosition"].as_i64().expect("position");
+        let keys: Vec<String> = redis.keys(format!("{namespace}cache:search:{position}:*")).await.expect("keys");
+        assert!(!keys.is_empty(), "the answer is kept in Redis under its index position");
+        for key in &keys {
+            let kept: Vec<u8> = redis.get(key).await.expect("get");
+            let mut doctored: Value = serde_json::from_slice(&kept).expect("JSON");
+            doctored["total"] = json!(999);
+            let _: () = redis.set_ex(key, doctored.to_string(), 60).await.expect("set");
+        }
+        let other = search(h, &second_url, &scanned.token, position).await;
+        if other["indexedPosition"] == first["indexedPosition"] {
+            assert_eq!(other["total"], 999, "the second process answered from the shared cache: {other}");
+            shared = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(shared, "the two processes never answered at one index position");
+    // A change on the provider is an event: the index moves on, and with it the answers.
+    std::fs::write(scanned.root.join("readme-two.txt"), "more").expect("write");
+    h.rescan(&scanned.token, &scanned.provider).await;
+    h.indexed().await;
+    let after = search(h, &h.url, &scanned.token, 0).await;
+    assert_eq!(after["total"], 2, "a fresh answer once the index moved: {after}");
+    second.stop().await;
+}
+
+async fn provider_metadata_is_shared_until_a_write_or_an_event_drops_it(h: &Harness) {
+    let scanned = h.scanned("meta@example.com").await;
+    let second = h.second_api_process().await;
+    let user = UserId::from_uuid(scanned.user.parse().expect("uuid"));
+    let provider_id = ProviderId::from_uuid(scanned.provider.parse().expect("uuid"));
+    let path = ProviderPath::parse("readme.txt").expect("path");
+    let key = format!("{}cache:meta:{provider_id}:{path}", h.config.redis_namespace);
+    let mut redis = redis().await;
+    let here = h.server().app().commands.provider(user, provider_id).await.expect("opens");
+    let there = second.app().commands.provider(user, provider_id).await.expect("opens");
+
+    let real = here.stat(&path).await.expect("stat");
+    assert_eq!(real.size, 16);
+    let kept: Option<String> = redis.get(&key).await.expect("get");
+    let mut doctored: Value = serde_json::from_str(&kept.expect("the stat is kept in Redis")).expect("JSON");
+    doctored["size"] = json!(424_242);
+    let _: () = redis.set_ex(&key, doctored.to_string(), 60).await.expect("set");
+    assert_eq!(
+        there.stat(&path).await.expect("stat").size,
+        424_242,
+        "the other process reads the shared entry"
+    );
+    assert_eq!(
+        there.stat_fresh(&path).await.expect("stat").size,
+        16,
+        "checks before a copy ask the provider"
+    );
+    assert_eq!(
+        here.stat(&path).await.expect("stat").size,
+        16,
+        "and the fresh answer is what is shared"
+    );
+
+    // A write through either process drops the entry for both.
+    let data = futures::stream::iter([Ok(bytes::Bytes::from_static(b"hello again, cloudsync\n"))]);
+    there.write(&path, Box::pin(data)).await.expect("write");
+    let kept: Option<String> = redis.get(&key).await.expect("get");
+    assert_eq!(kept, None, "the write dropped the entry");
+    assert_eq!(here.stat(&path).await.expect("stat").size, 23);
+
+    // A change CloudSync did not make reaches the cache through the scan's event.
+    assert!(redis.exists::<_, bool>(&key).await.expect("exists"), "kept again");
+    std::fs::write(scanned.root.join("readme.txt"), "changed behind CloudSync's back").expect("write");
+    h.rescan(&scanned.token, &scanned.provider).await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while redis.exists::<_, bool>(&key).await.expect("exists") {
+        assert!(Instant::now() < deadline, "the FileChanged event never dropped the entry");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(there.stat(&path).await.expect("stat").size, 31);
+    second.stop().await;
+}
