@@ -79,7 +79,11 @@ impl Cache for MemoryCache {
         }
         kept.writes += 1;
         let write = kept.writes;
-        let expires = Instant::now() + ttl.max(Duration::from_millis(1));
+        let now = Instant::now();
+        // A time to live past what `Instant` can hold is as good as forever: a year.
+        let expires = now
+            .checked_add(ttl.max(Duration::from_millis(1)))
+            .unwrap_or_else(|| now + Duration::from_secs(365 * 86_400));
         kept.entries.insert(key.to_owned(), (value.to_vec(), expires, write));
         kept.order.push_back((key.to_owned(), write));
         // Rewrites of hot keys leave older order entries behind; drop them now and then.

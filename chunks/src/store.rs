@@ -208,16 +208,19 @@ impl ProviderStore {
             .map_err(|err| StoreError::InvalidId(err.to_string()))
     }
 
-    /// Whether the file `name` of `form` is there.
+    /// Whether the file `name` of `form` is there, asked of the provider itself: a cached "there"
+    /// after the collector removed it would leave a new version without its chunk.
     pub(crate) async fn exists(&self, name: &str, form: Form) -> Result<bool, StoreError> {
-        match self.provider.stat(&self.path(name, form)?).await {
+        match self.provider.stat_fresh(&self.path(name, form)?).await {
             Ok(_) => Ok(true),
             Err(ProviderError::NotFound(_)) => Ok(false),
             Err(err) => Err(err.into()),
         }
     }
 
-    /// The stored bytes of the file `name` of `form`; `None` when it is not there.
+    /// The stored bytes of the file `name` of `form`; `None` when it is not there. Its size may
+    /// come from the metadata cache (a file's name is its content's, so its size never changes);
+    /// one that turns out gone is asked of the provider again.
     pub(crate) async fn read(&self, name: &str, form: Form) -> Result<Option<Vec<u8>>, StoreError> {
         let path = self.path(name, form)?;
         let entry = match self.provider.stat(&path).await {
@@ -225,8 +228,19 @@ impl ProviderStore {
             Err(ProviderError::NotFound(_)) => return Ok(None),
             Err(err) => return Err(err.into()),
         };
-        let stored: Vec<Bytes> = self.provider.read(&path, 0..entry.size).await?.try_collect().await?;
-        Ok(Some(stored.concat()))
+        match self.provider.read(&path, 0..entry.size).await {
+            Ok(stream) => Ok(Some(stream.try_collect::<Vec<Bytes>>().await?.concat())),
+            Err(ProviderError::NotFound(_)) => match self.provider.stat_fresh(&path).await {
+                // Removed since it was cached (`stat_fresh` dropped the entry).
+                Err(ProviderError::NotFound(_)) => Ok(None),
+                Err(err) => Err(err.into()),
+                Ok(entry) => {
+                    let stored: Vec<Bytes> = self.provider.read(&path, 0..entry.size).await?.try_collect().await?;
+                    Ok(Some(stored.concat()))
+                }
+            },
+            Err(err) => Err(err.into()),
+        }
     }
 
     /// Writes the files of `items` (name, chunk bytes) that are not there yet, each as `encode`
@@ -392,15 +406,22 @@ impl ChunkStore for ProviderStore {
 }
 
 /// The shared metadata of the chunk store on the provider `kind` with `settings`: the same scope in
-/// every process that opens the same store (a digest of its settings, which never leave this
-/// process).
+/// every process that opens the same store, a digest of where it is (its settings without
+/// credentials and CloudSync's own quota, which may differ between processes; nothing of the
+/// settings leaves this process).
 fn shared_meta(
     shared: Option<(Arc<dyn Cache>, Duration)>,
     kind: &str,
     settings: &serde_json::Map<String, serde_json::Value>,
 ) -> Option<SharedMeta> {
     shared.map(|(cache, ttl)| {
-        let described = format!("{kind}\n{}", serde_json::Value::Object(settings.clone()));
+        let secret = |key: &str| ["key", "secret", "password", "token", "max_"].iter().any(|s| key.contains(s));
+        let place: serde_json::Map<_, _> = settings
+            .iter()
+            .filter(|(k, _)| !secret(k))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        let described = format!("{kind}\n{}", serde_json::Value::Object(place));
         SharedMeta {
             cache,
             scope: format!("chunks-{}", &blake3::hash(described.as_bytes()).to_hex()[..32]),
@@ -423,6 +444,30 @@ mod tests {
         assert!(relative.is_relative());
         let store = ProviderStore::in_folder(&relative).expect("a store in a relative folder");
         contract(&store).await;
+    }
+
+    #[tokio::test]
+    async fn stores_sharing_a_metadata_cache_never_trust_it_for_what_is_gone() {
+        let dir = tempfile::tempdir().expect("a temporary folder");
+        let cache: Arc<dyn Cache> = Arc::new(cloudsync_cache::MemoryCache::new(100));
+        let open = || ProviderStore::in_folder_cached(dir.path(), Some((Arc::clone(&cache), Duration::from_secs(60)))).expect("store");
+        let (one, two) = (open(), open());
+        contract(&one).await;
+        let data = b"a chunk that both processes see".repeat(10);
+        let id = blake3::hash(&data).to_hex().to_string();
+        assert!(one.put(&id, &data).await.expect("put"));
+        assert_eq!(two.get(&id).await.expect("read, its size now cached"), data);
+        // Removed behind the cache's back (a collector that could not reach Redis, say): the stale
+        // entry makes neither a "there" nor a failed read.
+        std::fs::remove_file(dir.path().join(&id[..2]).join(format!("{id}.zst"))).expect("remove");
+        assert!(!two.has(&id).await.expect("has"), "existence is asked of the folder");
+        assert!(matches!(two.get(&id).await, Err(StoreError::Missing(_))), "a read finds it gone");
+        assert!(two.put(&id, &data).await.expect("put"), "and a new version writes it again");
+        assert_eq!(one.get(&id).await.expect("get"), data);
+        // A removal through either store drops the entry for both.
+        two.delete(&id).await.expect("delete");
+        assert!(!one.has(&id).await.expect("has"));
+        assert!(matches!(one.get(&id).await, Err(StoreError::Missing(_))));
     }
 
     fn plain(ids: &[&String]) -> Vec<Stored> {

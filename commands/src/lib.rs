@@ -17,9 +17,7 @@ mod secrets;
 mod workers;
 
 use std::sync::Arc;
-use std::time::Duration;
 
-use cloudsync_cache::Cache;
 use cloudsync_chunks::{AccountStore, ChunkStore, ProviderStore};
 use cloudsync_domain::clock::Clock;
 use cloudsync_domain::{Aggregate, DomainEvent, ProviderId, UserId};
@@ -36,7 +34,7 @@ pub use sealing::SealingStore;
 pub use secrets::{AccountKeys, KeyLookup, MasterKey, Vault};
 pub use workers::{
     ContentPipeline, ContentRetries, GcReport, JOB_LEASE_TTL, JOB_QUEUE, JobRelay, JobRetries, JobRunner, LEASE_TTL, Lease,
-    MetadataInvalidator, SINGLETON_LEASE_TTL, Scheduler, stale_keys,
+    SINGLETON_LEASE_TTL, Scheduler,
 };
 
 /// The command side of CloudSync.
@@ -50,9 +48,6 @@ pub struct Commands {
     oauth: Option<Arc<OAuth>>,
     chunks: Option<Chunks>,
     layer: Option<ProviderLayer>,
-    /// Where the providers this opens keep their metadata when every process shares it (and for
-    /// how long), else each opened provider keeps its own.
-    metadata: Option<(Arc<dyn Cache>, Duration)>,
     clock: Arc<dyn Clock>,
     /// Days a file deleted with its content kept stays restorable.
     deleted_keep_days: u32,
@@ -80,7 +75,6 @@ impl Commands {
             oauth: None,
             chunks: None,
             layer: None,
-            metadata: None,
             clock: cloudsync_domain::clock::system(),
             deleted_keep_days: DELETED_KEEP_DAYS,
             pairs: Arc::new(core::PairCache::default()),
@@ -175,19 +169,6 @@ impl Commands {
     pub fn with_provider_layer(mut self, layer: ProviderLayer) -> Self {
         self.layer = Some(layer);
         self
-    }
-
-    /// Keeps the metadata of every provider opened from now on in `cache`, shared with every process
-    /// that uses the same cache, for at most `ttl` (see `cloudsync_providers::SharedMeta`).
-    #[must_use]
-    pub fn with_shared_metadata(mut self, cache: Arc<dyn Cache>, ttl: Duration) -> Self {
-        self.metadata = Some((cache, ttl));
-        self
-    }
-
-    /// The shared metadata cache, when there is one.
-    pub fn shared_metadata(&self) -> Option<&Arc<dyn Cache>> {
-        self.metadata.as_ref().map(|(cache, _)| cache)
     }
 
     pub fn oauth(&self) -> Option<&Arc<OAuth>> {

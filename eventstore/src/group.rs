@@ -98,13 +98,21 @@ impl Committer {
 
     /// Queues an append and waits for its transaction.
     pub(crate) async fn append(&self, batches: Vec<StreamAppend>) -> Result<AppendOutcome, StoreError> {
+        let started = std::time::Instant::now();
         let (reply, answer) = oneshot::channel();
         self.queue
             .send(Request { batches, reply })
             .map_err(|_| StoreError::Invalid("the event store's writer has stopped".into()))?;
-        answer
+        let outcome = answer
             .await
-            .map_err(|_| StoreError::Invalid("the event store's writer stopped before answering".into()))?
+            .map_err(|_| StoreError::Invalid("the event store's writer stopped before answering".into()))?;
+        let label = match &outcome {
+            Ok(_) => "ok",
+            Err(StoreError::Concurrency { .. }) => "conflict",
+            Err(_) => "error",
+        };
+        metrics::histogram!("cloudsync_eventstore_append_duration_seconds", "outcome" => label).record(started.elapsed().as_secs_f64());
+        outcome
     }
 
     pub(crate) fn stats(&self) -> CommitStats {

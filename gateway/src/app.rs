@@ -22,6 +22,18 @@ use cloudsync_identity::limits::{RateLimiter, Rules};
 use cloudsync_identity::mail::{Mailer, SmsSender};
 use cloudsync_identity::passwords::Passwords;
 
+/// What `/readyz` checks besides the database (see `http::readyz`).
+pub struct Readiness {
+    /// Redis, where configured.
+    pub redis: Option<Arc<dyn cloudsync_cache::Cache>>,
+    /// The job queue's broker, in processes that run jobs through one.
+    pub broker: Option<Arc<dyn cloudsync_queue::JobQueue>>,
+    /// Whether this process answers from read models and the search index (the API roles).
+    pub serves_api: bool,
+    /// Read models further behind the log than this make the process unready.
+    pub max_lag_events: i64,
+}
+
 /// What every request handler shares.
 pub struct App {
     pub db: Database,
@@ -50,6 +62,8 @@ pub struct App {
     pub rules: Rules,
     /// OpenID providers people may sign in with (none configured: `None`).
     pub oidc: Option<Arc<cloudsync_identity::oidc::OidcLogin>>,
+    /// What `/readyz` checks besides the database.
+    pub readiness: Readiness,
     pub saml: Option<Arc<cloudsync_identity::saml::SamlLogin>>,
 }
 

@@ -67,6 +67,8 @@ pub struct Config {
     pub max_body_bytes: usize,
     /// How long a query waits for the read models to reflect the caller's own writes.
     pub consistency_timeout_ms: u64,
+    /// `/readyz` answers 503 while the read models are more than this many events behind the log.
+    pub ready_max_lag_events: i64,
     /// The address browsers use to reach this server (OAuth providers call back to
     /// `<public_url>/oauth/callback`); default: `http://<bind>`.
     pub public_url: Option<String>,
@@ -184,6 +186,7 @@ impl Default for Config {
             log_format: "text".into(),
             max_body_bytes: 1024 * 1024,
             consistency_timeout_ms: 5000,
+            ready_max_lag_events: 10_000,
             public_url: None,
             oauth: BTreeMap::new(),
             oidc: BTreeMap::new(),
@@ -296,6 +299,9 @@ impl Config {
                 }
                 "LOG_FORMAT" => config.log_format = value,
                 "MAX_BODY_BYTES" => config.max_body_bytes = value.parse().context("CLOUDSYNC_MAX_BODY_BYTES must be a number")?,
+                "READY_MAX_LAG_EVENTS" => {
+                    config.ready_max_lag_events = value.parse().context("CLOUDSYNC_READY_MAX_LAG_EVENTS must be a number")?;
+                }
                 "CONSISTENCY_TIMEOUT_MS" => {
                     config.consistency_timeout_ms = value.parse().context("CLOUDSYNC_CONSISTENCY_TIMEOUT_MS must be a number")?;
                 }
@@ -497,6 +503,9 @@ impl Config {
             && !(url.starts_with("amqp://") || url.starts_with("amqps://"))
         {
             bail!("amqp_url must be an amqp:// or amqps:// URL");
+        }
+        if self.ready_max_lag_events < 0 {
+            bail!("ready_max_lag_events must not be negative");
         }
         if self.job_concurrency == 0 || self.job_attempts == 0 {
             bail!("job_concurrency and job_attempts must be at least 1");

@@ -8,6 +8,7 @@ pub mod config;
 pub mod errors;
 pub mod graphql;
 pub mod http;
+pub mod metrics;
 pub mod root;
 
 pub use app::App;

@@ -19,7 +19,7 @@ use secrecy::{ExposeSecret as _, SecretString};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use crate::app::App;
+use crate::app::{App, Readiness};
 use crate::config::Config;
 use crate::http::router;
 use cloudsync_identity::auth::Tokens;
@@ -332,14 +332,14 @@ pub fn passwords(config: &Config) -> anyhow::Result<Passwords> {
 pub struct SharedState {
     pub sessions: Arc<dyn SessionStore>,
     pub limiter: Arc<dyn RateLimiter>,
-    /// Search answers; with Redis, also the providers' metadata (`cache.shared()`).
+    /// Search answers; with Redis, also the chunk store's metadata (`cache.shared()`).
     pub cache: Arc<dyn cloudsync_cache::Cache>,
 }
 
 /// Kept search answers live at most this long (a new event makes them unreachable before that).
 const SEARCH_CACHE_TTL: Duration = Duration::from_secs(300);
-/// Providers' metadata kept in Redis lives at most this long (writes through CloudSync and the
-/// events of scans drop it before that).
+/// The chunk store's metadata kept in Redis lives at most this long (its own writes and deletes
+/// drop it before that).
 const METADATA_CACHE_TTL: Duration = Duration::from_secs(60);
 
 /// Where sessions, rate-limit buckets and caches live: in Redis when configured (one connection
@@ -374,8 +374,8 @@ pub fn commands(config: &Config, db: &Database) -> anyhow::Result<Commands> {
     commands_sharing(config, db, None)
 }
 
-/// [`commands`], the metadata of the providers it opens (the chunk store's included) kept in
-/// `shared` when every process shares it.
+/// [`commands`], the metadata of the chunk store's files kept in `shared` when every process shares
+/// it.
 ///
 /// # Errors
 /// As [`commands`].
@@ -383,18 +383,12 @@ pub fn commands_sharing(config: &Config, db: &Database, shared: Option<Arc<dyn c
     let master = master_key(config)?;
     let metadata = shared.map(|cache| (cache, METADATA_CACHE_TTL));
     let chunks = match &config.chunk_store {
-        None => {
-            ProviderStore::in_folder_cached(&config.data_dir.join("chunks"), metadata.clone()).context("the chunk store in the data dir")?
-        }
-        Some(settings) => ProviderStore::from_settings_cached(settings, metadata.clone()).context("the chunk store's settings")?,
+        None => ProviderStore::in_folder_cached(&config.data_dir.join("chunks"), metadata).context("the chunk store in the data dir")?,
+        Some(settings) => ProviderStore::from_settings_cached(settings, metadata).context("the chunk store's settings")?,
     };
-    let commands = Commands::new(Arc::clone(&db.events), Vault::new(master, db.pool.clone()))
+    Ok(Commands::new(Arc::clone(&db.events), Vault::new(master, db.pool.clone()))
         .with_chunks(Arc::new(chunks), CHUNK_STORE_KEY.ring(config)?)
-        .with_deleted_keep_days(config.deleted_keep_days);
-    Ok(match metadata {
-        Some((cache, ttl)) => commands.with_shared_metadata(cache, ttl),
-        None => commands,
-    })
+        .with_deleted_keep_days(config.deleted_keep_days))
 }
 
 /// The OAuth apps from configuration, calling back to `<public_url>/oauth/callback` (`addr` stands in
@@ -651,6 +645,8 @@ pub async fn start(config: &Config) -> anyhow::Result<Server> {
 /// # Errors
 /// An unusable database, data dir, address or job queue.
 pub async fn start_as(config: &Config, role: Role) -> anyhow::Result<Server> {
+    // Installed before anything records.
+    crate::metrics::recorder();
     let db = open_database(config).await?;
     // One clock for the rules that read the time (sessions, limits, second-factor windows, access
     // tokens, keys).
@@ -672,7 +668,7 @@ pub async fn start_as(config: &Config, role: Role) -> anyhow::Result<Server> {
     let search = cloudsync_search::Search::open(search_engine(config)?)
         .await
         .context("the search index")?;
-    // Providers' metadata is shared only where every process sees the cache; otherwise each opened
+    // The chunk store's metadata is shared only where every process sees the cache; otherwise its
     // provider keeps its own.
     let shared_metadata = cache.shared().then(|| Arc::clone(&cache));
     let mut commands = commands_sharing(config, &db, shared_metadata)?.with_clock(Arc::clone(&clock));
@@ -697,6 +693,10 @@ pub async fn start_as(config: &Config, role: Role) -> anyhow::Result<Server> {
     if let Some(oauth) = oauth(config, addr, pending)? {
         commands = commands.with_oauth(oauth);
     }
+    let queue = match role.works() {
+        true => Some(job_queue(config).await?),
+        false => None,
+    };
     let app = Arc::new(App {
         reads: ReadModels::new(db.pool.clone()),
         commands: commands.clone(),
@@ -723,12 +723,20 @@ pub async fn start_as(config: &Config, role: Role) -> anyhow::Result<Server> {
         limiter,
         oidc: oidc_login(config, addr)?,
         saml: saml_login(config, addr)?,
+        readiness: Readiness {
+            redis: cache.shared().then(|| Arc::clone(&cache)),
+            broker: queue.as_ref().filter(|queue| queue.durable()).map(Arc::clone),
+            serves_api: role.serves_api(),
+            max_lag_events: config.ready_max_lag_events,
+        },
         rules: Rules::new(config.rate_limit_api_per_minute, config.rate_limit_login_per_minute),
         db: db.clone(),
     });
     let shutdown = CancellationToken::new();
     let mut tasks = JoinSet::new();
+    tasks.spawn(crate::metrics::upkeep(shutdown.child_token()));
     if role.serves_api() {
+        tasks.spawn(crate::metrics::sample_lag(Arc::clone(&app), shutdown.child_token()));
         tasks.spawn(Arc::clone(&projections).run(shutdown.child_token()));
         // An index that every API process shares is projected into by one of them at a time.
         let shared = |shared: bool, key: i64| match &db.pool {
@@ -740,8 +748,7 @@ pub async fn start_as(config: &Config, role: Role) -> anyhow::Result<Server> {
         tasks.spawn(search.run(shutdown.child_token(), search_shared));
         tasks.spawn(vectors.run(shutdown.child_token(), vectors_shared));
     }
-    if role.works() {
-        let queue = job_queue(config).await?;
+    if let Some(queue) = queue {
         let retries = cloudsync_commands::JobRetries {
             attempts: config.job_attempts,
             first_wait: Duration::from_secs(config.job_retry_seconds),
@@ -750,10 +757,6 @@ pub async fn start_as(config: &Config, role: Role) -> anyhow::Result<Server> {
         };
         tasks.spawn(JobRelay::new(commands.clone(), Arc::clone(&queue), retries).run(shutdown.child_token()));
         tasks.spawn(Scheduler::new(commands.clone()).lead(shutdown.child_token()));
-        if let Some(cache) = commands.shared_metadata() {
-            let invalidator = cloudsync_commands::MetadataInvalidator::new(commands.clone(), Arc::clone(cache));
-            tasks.spawn(invalidator.lead(shutdown.child_token()));
-        }
         let pipeline =
             cloudsync_commands::ContentPipeline::new(commands.clone(), db.pool.clone(), extractor(config)?, config.extract_concurrency)
                 .with_models(models)

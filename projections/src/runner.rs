@@ -541,6 +541,11 @@ impl Projections {
         }
     }
 
+    /// How far each projector has got, by name.
+    pub fn checkpoints(&self) -> Vec<(&'static str, i64)> {
+        self.checkpoints.iter().map(|(table, s)| (table.name(), *s.borrow())).collect()
+    }
+
     /// The position every read model has reached.
     pub fn position(&self) -> i64 {
         self.checkpoints.iter().map(|(_, s)| *s.borrow()).min().unwrap_or(0)

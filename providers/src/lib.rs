@@ -167,7 +167,7 @@ pub trait StorageProvider: Send + Sync {
     /// [`Entry::tag`]); otherwise [`ProviderError::AlreadyExists`] and nothing changes. Returns
     /// what `to` is then. Local folders check and move in one step.
     async fn replace_if(&self, from: &ProviderPath, to: &ProviderPath, expected: Option<&str>) -> Result<Entry, ProviderError> {
-        match self.stat(to).await {
+        match self.stat_fresh(to).await {
             Ok(found) if Some(found.tag().as_str()) != expected => {
                 return Err(ProviderError::AlreadyExists(format!("{to} changed")));
             }
@@ -175,7 +175,7 @@ pub trait StorageProvider: Send + Sync {
             Err(err) => return Err(err),
         }
         self.replace(from, to).await?;
-        self.stat(to).await
+        self.stat_fresh(to).await
     }
 
     /// [`StorageProvider::write`], only over what `expected` names (its [`Entry::tag`]; `None`: only
@@ -184,7 +184,7 @@ pub trait StorageProvider: Send + Sync {
     /// `If-Match` / `If-None-Match`) check and publish in one step; elsewhere the check comes just
     /// before the write.
     async fn write_if(&self, path: &ProviderPath, data: ByteStream, expected: Option<&str>) -> Result<u64, ProviderError> {
-        unchanged(self.stat(path).await, path, expected)?;
+        unchanged(self.stat_fresh(path).await, path, expected)?;
         self.write(path, data).await
     }
 

@@ -1,12 +1,13 @@
 //! What CloudSync adds around every provider: a per-provider quota (a token bucket for requests per
 //! second and a cap on concurrent transfers) and a cache of file metadata that the provider's own
 //! writes, moves and deletes invalidate. The cache is the instance's own LRU, or ([`SharedMeta`]) a
-//! [`Cache`] that every process shares (Redis), where entries also expire and where whoever learns
-//! of a change another way (a scan's events) removes them. Retries with backoff live in the remote
+//! [`Cache`] that every process shares (Redis), where entries also expire. Every request is
+//! recorded as metrics (by kind, operation and outcome). Retries with backoff live in the remote
 //! adapter (OpenDAL's retry layer), where the failure's kind is known.
 //!
-//! `stat` may answer from the cache; `stat_fresh`, which the sync engine's checks before and after
-//! a copy use, always asks the provider (and refreshes the cache).
+//! `stat` may answer from the cache; `stat_fresh`, which every check that decides something uses
+//! (the sync engine's, the chunk store's "is it there"), always asks the provider (and refreshes
+//! the cache). See decision 011.
 
 use std::collections::{HashMap, VecDeque};
 use std::ops::Range;
@@ -18,6 +19,7 @@ use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use cloudsync_cache::Cache;
 use cloudsync_domain::{ProviderKind, ProviderPath};
+use futures::StreamExt as _;
 use futures::stream::BoxStream;
 use tokio::sync::Semaphore;
 
@@ -173,6 +175,46 @@ fn decode(path: &ProviderPath, kept: &[u8]) -> Option<Entry> {
     })
 }
 
+/// How a provider answered, as the `outcome` label says it.
+fn outcome_of(error: &ProviderError) -> &'static str {
+    match error {
+        ProviderError::NotFound(_) => "not_found",
+        ProviderError::AlreadyExists(_) => "conflict",
+        ProviderError::PermissionDenied(_) => "denied",
+        ProviderError::Invalid(_) | ProviderError::Unsupported(_) => "invalid",
+        ProviderError::Temporary(_) | ProviderError::Other(_) => "unavailable",
+    }
+}
+
+/// Records one request: its latency and outcome, and whether the kind of provider answers (only an
+/// `unavailable` outcome says it does not).
+fn observe(kind: ProviderKind, operation: &'static str, started: Instant, outcome: &'static str) {
+    let kind = kind.as_str();
+    metrics::counter!("cloudsync_provider_requests_total", "kind" => kind, "operation" => operation, "outcome" => outcome).increment(1);
+    metrics::histogram!("cloudsync_provider_request_duration_seconds", "kind" => kind, "operation" => operation)
+        .record(started.elapsed().as_secs_f64());
+    metrics::gauge!("cloudsync_provider_up", "kind" => kind).set(if outcome == "unavailable" { 0.0 } else { 1.0 });
+}
+
+/// A listing's one request, recorded when its stream goes.
+struct ListMeter {
+    kind: ProviderKind,
+    started: Instant,
+    failed: Option<&'static str>,
+}
+
+impl ListMeter {
+    fn fail(&mut self, outcome: &'static str) {
+        self.failed = Some(outcome);
+    }
+}
+
+impl Drop for ListMeter {
+    fn drop(&mut self) {
+        observe(self.kind, "list", self.started, self.failed.unwrap_or("ok"));
+    }
+}
+
 enum MetaCache {
     Own(Mutex<Lru>),
     Shared(SharedMeta),
@@ -236,16 +278,25 @@ impl Limited {
     }
 
     async fn invalidate(&self, path: &ProviderPath) {
+        self.invalidate_all(std::slice::from_ref(path)).await;
+    }
+
+    /// Drops the entries of `paths` (in one request to a shared cache).
+    async fn invalidate_all(&self, paths: &[ProviderPath]) {
         match &self.cache {
             MetaCache::Own(cache) => {
                 if let Ok(mut cache) = cache.lock() {
-                    cache.invalidate(path);
+                    for path in paths {
+                        cache.invalidate(path);
+                    }
                 }
             }
             MetaCache::Shared(shared) => {
-                if let Err(err) = shared.cache.remove(&[shared.key(path)]).await {
-                    // Expiry bounds how long another process may see the old entry.
-                    tracing::warn!(error = %err, "A changed file's metadata could not be dropped from the shared cache.");
+                let keys: Vec<String> = paths.iter().map(|path| shared.key(path)).collect();
+                if let Err(err) = shared.cache.remove(&keys).await {
+                    // Expiry bounds how long another process may see the old entry (and nothing
+                    // that decides reads it: see `stat_fresh`).
+                    tracing::debug!(error = %err, "A changed file's metadata could not be dropped from the shared cache.");
                 }
             }
         }
@@ -279,10 +330,26 @@ impl Limited {
         }
     }
 
+    /// Runs one request to the provider and records it (see [`observe`]).
+    async fn observed<T>(
+        &self,
+        operation: &'static str,
+        request: impl Future<Output = Result<T, ProviderError>>,
+    ) -> Result<T, ProviderError> {
+        let started = Instant::now();
+        let result = request.await;
+        let outcome = match &result {
+            Ok(_) => "ok",
+            Err(error) => outcome_of(error),
+        };
+        observe(self.inner.kind(), operation, started, outcome);
+        result
+    }
+
     /// Asks the provider (within the quota) and keeps the answer.
     async fn stat_through(&self, path: &ProviderPath) -> Result<Entry, ProviderError> {
         self.take().await;
-        let entry = self.inner.stat(path).await?;
+        let entry = self.observed("stat", self.inner.stat(path)).await?;
         if let Ok(mut stats) = self.stats.lock() {
             stats.0 += 1;
         }
@@ -299,12 +366,26 @@ impl StorageProvider for Limited {
 
     async fn check(&self) -> Result<(), ProviderError> {
         self.take().await;
-        self.inner.check().await
+        self.observed("check", self.inner.check()).await
     }
 
     fn list(&self, folder: &ProviderPath) -> BoxStream<'static, Result<Entry, ProviderError>> {
-        // A listing is paged by the adapter; it counts as one request here.
-        self.inner.list(folder)
+        // A listing is paged by the adapter; it counts as one request here, measured until the
+        // stream ends (or is dropped) and failed if any page failed.
+        let mut meter = ListMeter {
+            kind: self.inner.kind(),
+            started: Instant::now(),
+            failed: None,
+        };
+        self.inner
+            .list(folder)
+            .map(move |entry| {
+                if let Err(error) = &entry {
+                    meter.fail(outcome_of(error));
+                }
+                entry
+            })
+            .boxed()
     }
 
     async fn stat(&self, path: &ProviderPath) -> Result<Entry, ProviderError> {
@@ -329,13 +410,13 @@ impl StorageProvider for Limited {
 
     async fn read(&self, path: &ProviderPath, range: Range<u64>) -> Result<ByteStream, ProviderError> {
         let _permit = self.transfer().await?;
-        self.inner.read(path, range).await
+        self.observed("read", self.inner.read(path, range)).await
     }
 
     async fn write(&self, path: &ProviderPath, data: ByteStream) -> Result<u64, ProviderError> {
         let _permit = self.transfer().await?;
         self.invalidate(path).await;
-        let written = self.inner.write(path, data).await;
+        let written = self.observed("write", self.inner.write(path, data)).await;
         self.invalidate(path).await;
         written
     }
@@ -345,29 +426,28 @@ impl StorageProvider for Limited {
         self.take().await;
         let _permit = self.transfer().await?;
         self.invalidate(path).await;
-        let written = self.inner.write_if(path, data, expected).await;
+        let written = self.observed("write_if", self.inner.write_if(path, data, expected)).await;
         self.invalidate(path).await;
         written
     }
 
     async fn delete(&self, path: &ProviderPath) -> Result<(), ProviderError> {
         self.take().await;
-        let deleted = self.inner.delete(path).await;
+        let deleted = self.observed("delete", self.inner.delete(path)).await;
         self.invalidate(path).await;
         deleted
     }
 
     async fn rename(&self, from: &ProviderPath, to: &ProviderPath) -> Result<(), ProviderError> {
         self.take().await;
-        let renamed = self.inner.rename(from, to).await;
-        self.invalidate(from).await;
-        self.invalidate(to).await;
+        let renamed = self.observed("rename", self.inner.rename(from, to)).await;
+        self.invalidate_all(&[from.clone(), to.clone()]).await;
         renamed
     }
 
     async fn create_folder(&self, path: &ProviderPath) -> Result<(), ProviderError> {
         self.take().await;
-        self.inner.create_folder(path).await
+        self.observed("create_folder", self.inner.create_folder(path)).await
     }
 
     fn patches(&self) -> bool {
@@ -377,39 +457,35 @@ impl StorageProvider for Limited {
     async fn write_unsynced(&self, path: &ProviderPath, data: ByteStream) -> Result<u64, ProviderError> {
         let _permit = self.transfer().await?;
         self.invalidate(path).await;
-        let written = self.inner.write_unsynced(path, data).await;
+        let written = self.observed("write_unsynced", self.inner.write_unsynced(path, data)).await;
         self.invalidate(path).await;
         written
     }
 
     async fn flush(&self, paths: &[ProviderPath]) -> Result<(), ProviderError> {
-        self.inner.flush(paths).await
+        self.observed("flush", self.inner.flush(paths)).await
     }
 
     async fn replace_if(&self, from: &ProviderPath, to: &ProviderPath, expected: Option<&str>) -> Result<Entry, ProviderError> {
         self.take().await;
-        self.invalidate(from).await;
-        self.invalidate(to).await;
-        let replaced = self.inner.replace_if(from, to, expected).await;
-        self.invalidate(from).await;
-        self.invalidate(to).await;
+        self.invalidate_all(&[from.clone(), to.clone()]).await;
+        let replaced = self.observed("replace_if", self.inner.replace_if(from, to, expected)).await;
+        self.invalidate_all(&[from.clone(), to.clone()]).await;
         replaced
     }
 
     async fn replace(&self, from: &ProviderPath, to: &ProviderPath) -> Result<(), ProviderError> {
         self.take().await;
-        self.invalidate(from).await;
-        self.invalidate(to).await;
-        let replaced = self.inner.replace(from, to).await;
-        self.invalidate(from).await;
-        self.invalidate(to).await;
+        self.invalidate_all(&[from.clone(), to.clone()]).await;
+        let replaced = self.observed("replace", self.inner.replace(from, to)).await;
+        self.invalidate_all(&[from.clone(), to.clone()]).await;
         replaced
     }
 
     async fn patch(&self, path: &ProviderPath, size: u64, ranges: Vec<(u64, Bytes)>, checksum: &str) -> Result<u64, ProviderError> {
         let _permit = self.transfer().await?;
         self.invalidate(path).await;
-        let written = self.inner.patch(path, size, ranges, checksum).await;
+        let written = self.observed("patch", self.inner.patch(path, size, ranges, checksum)).await;
         self.invalidate(path).await;
         written
     }
@@ -429,7 +505,10 @@ impl StorageProvider for Limited {
                 if i > 0 {
                     self.take().await;
                 }
-                match self.inner.write_in_place(path, size, vec![range]).await {
+                match self
+                    .observed("write_in_place", self.inner.write_in_place(path, size, vec![range]))
+                    .await
+                {
                     Ok(more) => written = written.map(|n| n + more),
                     Err(err) => {
                         written = Err(err);
@@ -439,14 +518,15 @@ impl StorageProvider for Limited {
             }
             written
         } else {
-            self.inner.write_in_place(path, size, ranges).await
+            self.observed("write_in_place", self.inner.write_in_place(path, size, ranges)).await
         };
         self.invalidate(path).await;
         written
     }
 
     async fn remove_abandoned_writes(&self, folder: &ProviderPath) -> Result<u64, ProviderError> {
-        self.inner.remove_abandoned_writes(folder).await
+        self.observed("remove_abandoned_writes", self.inner.remove_abandoned_writes(folder))
+            .await
     }
 
     fn changes(&self) -> Result<Option<crate::ChangeFeed>, ProviderError> {

@@ -283,4 +283,9 @@ impl JobQueue for AmqpQueue {
     fn durable(&self) -> bool {
         true
     }
+
+    async fn check(&self) -> Result<(), QueueError> {
+        let channel = self.channel().await?;
+        channel.close(REPLY_SUCCESS, "checked".into()).await.map_err(broker)
+    }
 }

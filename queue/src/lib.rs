@@ -144,4 +144,13 @@ pub trait JobQueue: Send + Sync {
     /// Whether jobs it holds outlive this process (a broker's queues do; the in-process queue's
     /// go with it).
     fn durable(&self) -> bool;
+
+    /// Whether the queue can be used now: a broker answers (a channel opens); the in-process queue
+    /// always can.
+    ///
+    /// # Errors
+    /// The broker is unreachable.
+    async fn check(&self) -> Result<(), QueueError> {
+        Ok(())
+    }
 }

@@ -10,6 +10,7 @@ mod identity;
 mod indexing;
 mod isolation;
 mod meaning;
+mod metrics;
 mod oauth;
 mod pictures;
 mod providers;

@@ -289,12 +289,7 @@ impl Commands {
         if !settings.contains_key("client_id") {
             settings.remove("refresh_token");
         }
-        let shared = self.metadata.as_ref().map(|(cache, ttl)| cloudsync_providers::SharedMeta {
-            cache: Arc::clone(cache),
-            scope: provider_id.to_string(),
-            ttl: *ttl,
-        });
-        let opened: Arc<dyn StorageProvider> = cloudsync_providers::open_cached(connected.kind, &settings, shared)
+        let opened: Arc<dyn StorageProvider> = cloudsync_providers::open(connected.kind, &settings)
             .map_err(|err| CommandError::Storage(format!("the provider cannot be opened: {err}")))?
             .into();
         Ok(match &self.layer {

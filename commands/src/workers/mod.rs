@@ -1,13 +1,12 @@
 //! The work CloudSync does on its own: the job relay, the job runner and the leases that give each
 //! job to one worker, the scheduler, the chunk store's garbage collector, provider scans and sync
-//! runs, and the follower that drops shared provider metadata the log says is stale.
+//! runs.
 
 mod analysis;
 pub(crate) mod content;
 mod db;
 pub(crate) mod gc;
 pub(crate) mod leases;
-mod metadata;
 pub(crate) mod pause;
 mod queued;
 pub(crate) mod relay;
@@ -19,7 +18,6 @@ pub(crate) mod sync;
 pub use content::{ContentPipeline, Retries as ContentRetries};
 pub use gc::{GcReport, LEASE_TTL, Lease};
 pub use leases::{JOB_LEASE_TTL, SINGLETON_LEASE_TTL};
-pub use metadata::{MetadataInvalidator, stale_keys};
 pub use relay::{JOB_QUEUE, JobRelay, JobRetries};
 pub use runner::JobRunner;
 pub use schedule::Scheduler;

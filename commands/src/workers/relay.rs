@@ -210,6 +210,7 @@ impl JobRelay {
                     Some(Ok(letter)) => {
                         if let Some(attempt) = Attempt::from_job(&letter.job) {
                             tracing::warn!(job = %attempt.job_id, attempt = attempt.attempt, "The queue gave a job up; it is published again.");
+                            metrics::counter!("cloudsync_queue_dead_lettered_total").increment(1);
                             unpublish(pool, attempt.job_id, attempt.attempt).await?;
                         }
                         letter.ack().await.map_err(queue_error)?;
@@ -284,6 +285,7 @@ impl JobRelay {
                 attempt: attempt_of(attempt),
             };
             self.queue.publish(JOB_QUEUE, message.to_job()).await.map_err(queue_error)?;
+            metrics::counter!("cloudsync_queue_published_total").increment(1);
             on_pool!(pool, |p| sqlx::query(&mark).bind(&job).bind(attempt).execute(p).await.map(drop)).map_err(db_error)?;
         }
         Ok(())

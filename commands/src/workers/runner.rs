@@ -139,6 +139,9 @@ impl JobRunner {
     /// the delivery is held (unsettled, so the queue does not count it as returned) and the
     /// decision tried again, a little later each time.
     async fn claim(&self, delivery: Delivery, shutdown: &CancellationToken) -> Claim {
+        if delivery.attempt > 0 {
+            metrics::counter!("cloudsync_queue_redelivered_total").increment(1);
+        }
         let Some(attempt) = Attempt::from_job(&delivery.job) else {
             tracing::error!(job = %delivery.job.id, "A job queue message that names no job attempt goes to the dead letters.");
             if let Err(error) = delivery.reject().await {
@@ -207,11 +210,24 @@ impl JobRunner {
     async fn carry_out(&self, lease: JobLease, attempt: Attempt, kind: JobKind, shutdown: &CancellationToken, slot: OwnedSemaphorePermit) {
         let (commands, job_id) = (&self.commands, attempt.job_id);
         let run = lease.token().clone();
-        let result = match kind {
-            JobKind::Scan { .. } => super::scan::run_scan(commands, job_id, &run).await,
-            _ => super::sync::run_sync(commands, job_id, &run).await,
+        let started = std::time::Instant::now();
+        let (kind_label, result) = match kind {
+            JobKind::Scan { .. } => ("scan", super::scan::run_scan(commands, job_id, &run).await),
+            _ => ("sync", super::sync::run_sync(commands, job_id, &run).await),
         };
         drop(slot);
+        let outcome = if result.is_ok() && !run.is_cancelled() {
+            "completed"
+        } else if shutdown.is_cancelled() {
+            "handed_back"
+        } else if run.is_cancelled() {
+            "lease_lost"
+        } else {
+            "failed"
+        };
+        metrics::counter!("cloudsync_jobs_total", "kind" => kind_label, "outcome" => outcome).increment(1);
+        metrics::histogram!("cloudsync_job_duration_seconds", "kind" => kind_label, "outcome" => outcome)
+            .record(started.elapsed().as_secs_f64());
         if shutdown.is_cancelled() && lease.still_held().await {
             // Stopped by the shutdown: the same attempt goes back to the queue as the lease goes.
             if let Err(error) = lease.hand_back(job_id, attempt.attempt).await {

@@ -66,6 +66,7 @@ pub fn build(app: Arc<App>) -> CloudSyncSchema {
         .data(app)
         .extension(Recheck)
         .extension(depth::DepthLimit)
+        .extension(crate::metrics::MeasureGraphql::for_schema(&sdl()))
         .limit_complexity(1000)
         .finish()
 }

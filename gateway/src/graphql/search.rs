@@ -206,6 +206,7 @@ impl SearchQuery {
         after: Option<String>,
         mode: Option<SearchMode>,
     ) -> async_graphql::Result<SearchResult> {
+        let started = std::time::Instant::now();
         let caller = caller_for(ctx, scope::FILES_READ)?;
         let app = app(ctx);
         if !(1..=MAX_FIRST).contains(&first) {
@@ -256,8 +257,8 @@ impl SearchQuery {
             caller.user_id,
             if by_meaning { app.vectors.position() } else { 0 }
         );
-        let results = match app.search_cache.get(position, &key).await {
-            Some(results) => results,
+        let (results, cached) = match app.search_cache.get(position, &key).await {
+            Some(results) => (results, "true"),
             None => {
                 let request = SearchRequest {
                     owner: caller.user_id,
@@ -277,9 +278,16 @@ impl SearchQuery {
                     .await
                     .map_err(|err| ApiError::internal(&err))?;
                 app.search_cache.put(position, &key, &results).await;
-                results
+                (results, "false")
             }
         };
+        let mode_label = match mode {
+            Mode::Keyword => "keyword",
+            Mode::Semantic => "semantic",
+            Mode::Hybrid => "hybrid",
+        };
+        metrics::histogram!("cloudsync_search_duration_seconds", "mode" => mode_label, "cached" => cached)
+            .record(started.elapsed().as_secs_f64());
         let mut hits = Vec::new();
         for hit in results.hits {
             // The read models are as far as the index (both waited for): a file missing there is

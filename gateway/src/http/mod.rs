@@ -49,17 +49,21 @@ pub fn router(app: Arc<App>, config: &Config) -> anyhow::Result<Router> {
         .route("/auth/oidc/callback", get(oidc_callback))
         .route("/auth/saml/acs", post(saml_acs))
         .route("/auth/saml/metadata", get(saml_metadata))
+        .route("/metrics", get(crate::metrics::serve))
+        .layer(axum::middleware::from_fn(crate::metrics::track_http))
         .layer(RequestBodyLimitLayer::new(config.max_body_bytes))
         .layer(cors(config)?)
         .with_state(HttpState { app, schema }))
 }
 
-/// A worker's HTTP routes: only whether it is alive and can reach the database.
+/// A worker's HTTP routes: whether it is alive and can reach the database, and its metrics.
 pub fn health_router(app: Arc<App>) -> Router {
     let schema = build(Arc::clone(&app));
     Router::new()
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
+        .route("/metrics", get(crate::metrics::serve))
+        .layer(axum::middleware::from_fn(crate::metrics::track_http))
         .with_state(HttpState { app, schema })
 }
 
@@ -115,16 +119,82 @@ pub(crate) fn html_escape(text: &str) -> String {
         .replace('"', "&quot;")
 }
 
+/// Whether this process can do its work: the database answers, and so do Redis and the job
+/// queue's broker where configured; in API processes, the search index answers and the read models
+/// are no further behind the log than `ready_max_lag_events`. 503 with the reasons otherwise (each
+/// check waits at most two seconds).
 pub(crate) async fn readyz(State(state): State<HttpState>) -> Response {
-    match state.app.db.events.head().await {
-        Ok(head) => {
-            let projected = state.app.projections.position();
-            axum::Json(json!({ "status": "ready", "backend": state.app.db.backend(), "head": head, "projected": projected }))
-                .into_response()
+    let app = &state.app;
+    let ready = &app.readiness;
+    let mut checks = serde_json::Map::new();
+    let mut reasons: Vec<String> = Vec::new();
+    let mut note = |name: &str, outcome: Result<(), String>| {
+        match outcome {
+            Ok(()) => checks.insert(name.to_owned(), json!("ok")),
+            Err(why) => {
+                reasons.push(format!("{name}: {why}"));
+                checks.insert(name.to_owned(), json!("unavailable"))
+            }
+        };
+    };
+    let head = within(app.db.events.head()).await;
+    let projected = app.projections.position();
+    note("database", head.as_ref().map(drop).map_err(Clone::clone));
+    if let Some(redis) = &ready.redis {
+        note("redis", within(redis.get("readyz")).await.map(drop));
+    }
+    if let Some(broker) = &ready.broker {
+        note("rabbitmq", within(broker.check()).await);
+    }
+    if ready.serves_api {
+        let index = app.search.search().index().await;
+        note("search", within(index.checkpoint()).await.map(drop));
+        if let Ok(head) = &head {
+            note(
+                "projectors",
+                lag_problem(*head, projected, ready.max_lag_events).map_or(Ok(()), Err),
+            );
         }
-        Err(error) => {
-            tracing::warn!(error = %error, "Not ready: the database is unreachable.");
-            (StatusCode::SERVICE_UNAVAILABLE, axum::Json(json!({ "status": "unavailable" }))).into_response()
-        }
+    }
+    let body = json!({
+        "status": if reasons.is_empty() { "ready" } else { "unavailable" },
+        "backend": app.db.backend(),
+        "head": head.as_ref().ok(),
+        "projected": projected,
+        "checks": checks,
+        "reason": reasons.join("; "),
+    });
+    if reasons.is_empty() {
+        axum::Json(body).into_response()
+    } else {
+        tracing::warn!(reason = %reasons.join("; "), "Not ready.");
+        (StatusCode::SERVICE_UNAVAILABLE, axum::Json(body)).into_response()
+    }
+}
+
+/// Waits at most two seconds for a check; its error as text.
+async fn within<T, E: std::fmt::Display>(check: impl Future<Output = Result<T, E>>) -> Result<T, String> {
+    match tokio::time::timeout(Duration::from_secs(2), check).await {
+        Ok(outcome) => outcome.map_err(|err| err.to_string()),
+        Err(_) => Err("no answer within 2 s".into()),
+    }
+}
+
+/// Why read models at `projected` are too far behind a log at `head`, if they are.
+fn lag_problem(head: i64, projected: i64, max: i64) -> Option<String> {
+    let behind = head - projected;
+    (behind > max).then(|| format!("the read models are {behind} events behind the log (more than {max})"))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn read_models_far_behind_make_a_process_unready() {
+        assert_eq!(super::lag_problem(100, 100, 0), None);
+        assert_eq!(super::lag_problem(100, 95, 10), None);
+        assert_eq!(
+            super::lag_problem(100, 80, 10).as_deref(),
+            Some("the read models are 20 events behind the log (more than 10)")
+        );
     }
 }

@@ -6,6 +6,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 mod patch;
+mod ready;
 mod scale;
 mod schema;
 mod search;
@@ -24,7 +25,13 @@ struct Running(Child);
 
 /// Starts `cloudsync serve` on a free port of the data dir `data`: the server and its address.
 fn serve(data: &std::path::Path) -> (Running, String) {
-    let mut child = cloudsync(data)
+    serve_with(cloudsync(data))
+}
+
+/// Starts `command` (`cloudsync` with its environment) as `serve` on a free port: the server and its
+/// address.
+fn serve_with(mut command: Command) -> (Running, String) {
+    let mut child = command
         .args(["serve", "--bind", "127.0.0.1:0"])
         .stdout(Stdio::piped())
         .spawn()
