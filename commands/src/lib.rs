@@ -24,7 +24,7 @@ use cloudsync_domain::{Aggregate, DomainEvent, ProviderId, UserId};
 use cloudsync_eventstore::EventStore;
 use cloudsync_providers::StorageProvider;
 
-pub use crate::core::{CommandError, Context};
+pub use crate::core::{CommandError, Context, correlated, current_correlation};
 pub use handlers::{
     Choice, CodeKind, Connected, DEFAULT_MAX_DELETE_PERCENT, DUPLICATE, Moved, NO_PASSWORD, Resolution, Resolved, SyncSettings,
     TOTP_PERIOD, totp_base32, totp_code, totp_uri,

@@ -82,6 +82,16 @@ impl MasterKey {
         )
     }
 
+    /// Keys for `purpose` derived from this master key and from each earlier one, the current
+    /// first (BLAKE3's key derivation: they say nothing of the master key or of each other).
+    pub fn derive(&self, purpose: &str) -> Vec<[u8; 32]> {
+        let context = format!("cloudsync 2026 {purpose}");
+        std::iter::once(&self.current)
+            .chain(&self.previous)
+            .map(|key| blake3::derive_key(&context, key))
+            .collect()
+    }
+
     /// The current key's id (a hash prefix: it says nothing of the key).
     pub fn id(&self) -> String {
         key_id(&self.current)

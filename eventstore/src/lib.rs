@@ -2,6 +2,7 @@
 //! embedded SQLite backend and a PostgreSQL backend, catch-up-then-live subscriptions, and the database
 //! handle (pool + migrations) that the write and read sides share.
 
+pub mod chain;
 mod database;
 mod group;
 pub mod leader;

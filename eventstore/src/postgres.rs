@@ -18,6 +18,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use uuid::Uuid;
 
+use crate::chain;
 use crate::group::{CommitStats, Committer, GroupWrite, Shared, bump, group_streams, plan_group};
 use crate::reads::{self, col, fetch_events};
 use crate::types::RecordedEvent;
@@ -52,7 +53,14 @@ impl PgEventStore {
         let head = watch::Sender::new(head);
         let listener = tokio::spawn(listen(pool.clone(), head.clone()));
         let writer_pool = pool.clone();
-        let committer = Committer::start(move |shared| Writer { pool: writer_pool, shared }, head.clone());
+        let committer = Committer::start(
+            move |shared| Writer {
+                pool: writer_pool,
+                shared,
+                tip: std::sync::Mutex::new(None),
+            },
+            head.clone(),
+        );
         Ok(Self {
             pool,
             head,
@@ -106,6 +114,8 @@ fn decode(row: &PgRow) -> Result<RecordedEvent, StoreError> {
 struct Writer {
     pool: PgPool,
     shared: Arc<Shared>,
+    /// The last link this writer wrote and its position.
+    tip: std::sync::Mutex<Option<(i64, chain::Link)>>,
 }
 
 #[async_trait]
@@ -143,6 +153,8 @@ impl GroupWrite for Writer {
         let Some(last) = rows.last().map(|r| r.position) else {
             return Ok(results);
         };
+        let previous = self.chain_tip(&mut tx, head).await?;
+        let links = chain::links_of(previous, &rows);
         let mut cols = Columns::default();
         for row in &rows {
             let m = &row.event.metadata;
@@ -181,10 +193,48 @@ impl GroupWrite for Writer {
         .bind(last.to_string())
         .execute(&mut *tx)
         .await?;
+        let positions: Vec<i64> = rows.iter().map(|r| r.position).collect();
+        let hashes: Vec<Vec<u8>> = links.iter().map(|l| l.to_vec()).collect();
+        sqlx::query("INSERT INTO event_chain (position, hash) SELECT * FROM UNNEST($1::bigint[], $2::bytea[])")
+            .bind(positions)
+            .bind(hashes)
+            .execute(&mut *tx)
+            .await?;
         self.shared.before_commit().await;
         tx.commit().await?;
         self.shared.committed();
+        if let (Ok(mut tip), Some(link)) = (self.tip.lock(), links.last()) {
+            *tip = Some((last, *link));
+        }
         Ok(results)
+    }
+}
+
+impl Writer {
+    /// The link at `head` (the log's last position, read under the append lock): this writer's
+    /// last, or the stored one, after adding the links of events written without them.
+    async fn chain_tip(&self, tx: &mut sqlx::Transaction<'_, sqlx::Postgres>, head: i64) -> Result<chain::Link, StoreError> {
+        if let Ok(tip) = self.tip.lock()
+            && let Some((position, link)) = *tip
+            && position == head
+        {
+            return Ok(link);
+        }
+        let stored = sqlx::query_as(chain::TIP).fetch_optional(&mut **tx).await?;
+        let (mut at, mut link) = chain::parse_tip(stored)?;
+        while at < head {
+            let rows = sqlx::query(reads::ALL).bind(at).bind(1000_i64).fetch_all(&mut **tx).await?;
+            let linked = chain::link_events(link, &reads::decode_rows(rows, decode).await?);
+            let Some(&(last, last_link)) = linked.last() else { break };
+            let (positions, hashes): (Vec<i64>, Vec<Vec<u8>>) = linked.iter().map(|(p, l)| (*p, l.to_vec())).unzip();
+            sqlx::query("INSERT INTO event_chain (position, hash) SELECT * FROM UNNEST($1::bigint[], $2::bytea[])")
+                .bind(positions)
+                .bind(hashes)
+                .execute(&mut **tx)
+                .await?;
+            (at, link) = (last, last_link);
+        }
+        Ok(link)
     }
 }
 

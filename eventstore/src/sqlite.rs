@@ -9,6 +9,7 @@ use sqlx::{Column as _, Row as _, SqlitePool};
 use tokio::sync::watch;
 use uuid::Uuid;
 
+use crate::chain;
 use crate::group::{CommitStats, Committer, GroupWrite, Shared, group_streams, plan_group};
 use crate::reads::{self, Columns, col, fetch_events};
 use crate::types::RecordedEvent;
@@ -24,6 +25,8 @@ pub struct SqliteEventStore {
 struct Writer {
     pool: SqlitePool,
     shared: Arc<Shared>,
+    /// The last link this writer wrote and its position.
+    tip: std::sync::Mutex<Option<(i64, chain::Link)>>,
 }
 
 #[async_trait]
@@ -49,6 +52,8 @@ impl GroupWrite for Writer {
         if rows.is_empty() {
             return Ok(results);
         }
+        let previous = self.chain_tip(&mut tx, head).await?;
+        let links = chain::links_of(previous, &rows);
         // Multi-row INSERTs (11 values a row, well under SQLite's limit on bound variables).
         for chunk in rows.chunks(500) {
             let mut insert = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
@@ -72,10 +77,50 @@ impl GroupWrite for Writer {
             });
             insert.build().execute(&mut *tx).await?;
         }
+        let linked: Vec<(i64, &chain::Link)> = rows.iter().map(|r| r.position).zip(&links).collect();
+        insert_links(&mut tx, &linked).await?;
         self.shared.before_commit().await;
         tx.commit().await?;
         self.shared.committed();
+        if let (Ok(mut tip), Some(row), Some(link)) = (self.tip.lock(), rows.last(), links.last()) {
+            *tip = Some((row.position, *link));
+        }
         Ok(results)
+    }
+}
+
+async fn insert_links(tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>, links: &[(i64, &chain::Link)]) -> Result<(), StoreError> {
+    for chunk in links.chunks(400) {
+        let mut insert = sqlx::QueryBuilder::<sqlx::Sqlite>::new("INSERT INTO event_chain (position, hash) ");
+        insert.push_values(chunk, |mut values, (position, link)| {
+            values.push_bind(*position).push_bind(link.to_vec());
+        });
+        insert.build().execute(&mut **tx).await?;
+    }
+    Ok(())
+}
+
+impl Writer {
+    /// The link at `head` (the log's last position, read under the write lock): this writer's last,
+    /// or the stored one, after adding the links of events written without them.
+    async fn chain_tip(&self, tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>, head: i64) -> Result<chain::Link, StoreError> {
+        if let Ok(tip) = self.tip.lock()
+            && let Some((position, link)) = *tip
+            && position == head
+        {
+            return Ok(link);
+        }
+        let stored = sqlx::query_as(chain::TIP).fetch_optional(&mut **tx).await?;
+        let (mut at, mut link) = chain::parse_tip(stored)?;
+        while at < head {
+            let rows = sqlx::query(reads::ALL).bind(at).bind(1000_i64).fetch_all(&mut **tx).await?;
+            let linked = chain::link_events(link, &reads::decode_rows(rows, decode).await?);
+            let Some(&(last, last_link)) = linked.last() else { break };
+            let refs: Vec<(i64, &chain::Link)> = linked.iter().map(|(p, l)| (*p, l)).collect();
+            insert_links(tx, &refs).await?;
+            (at, link) = (last, last_link);
+        }
+        Ok(link)
     }
 }
 
@@ -88,7 +133,14 @@ impl SqliteEventStore {
             .await?;
         let head = watch::Sender::new(head);
         let writer_pool = pool.clone();
-        let committer = Committer::start(move |shared| Writer { pool: writer_pool, shared }, head.clone());
+        let committer = Committer::start(
+            move |shared| Writer {
+                pool: writer_pool,
+                shared,
+                tip: std::sync::Mutex::new(None),
+            },
+            head.clone(),
+        );
         Ok(Self { pool, head, committer })
     }
 }

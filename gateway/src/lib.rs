@@ -3,6 +3,7 @@
 //! caller is and what they may do is `cloudsync-identity`'s.
 
 pub mod app;
+pub mod audit;
 pub mod cli;
 pub mod config;
 pub mod errors;

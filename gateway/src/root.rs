@@ -735,6 +735,7 @@ pub async fn start_as(config: &Config, role: Role) -> anyhow::Result<Server> {
     let shutdown = CancellationToken::new();
     let mut tasks = JoinSet::new();
     tasks.spawn(crate::metrics::upkeep(shutdown.child_token()));
+    tasks.spawn(crate::audit::ChainSigner::new(&master_key(config)?).run(db.clone(), shutdown.child_token()));
     if role.serves_api() {
         tasks.spawn(crate::metrics::sample_lag(Arc::clone(&app), shutdown.child_token()));
         tasks.spawn(Arc::clone(&projections).run(shutdown.child_token()));

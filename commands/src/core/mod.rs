@@ -12,6 +12,22 @@ use uuid::Uuid;
 
 pub use error::CommandError;
 
+tokio::task_local! {
+    /// The correlation of the request or job this task serves (see [`correlated`]).
+    static CORRELATION: Uuid;
+}
+
+/// Runs `work` as part of the request or job `correlation`: every [`Context::new`] made inside it
+/// (in this task) stamps its events with that correlation id.
+pub async fn correlated<F: std::future::Future>(correlation: Uuid, work: F) -> F::Output {
+    CORRELATION.scope(correlation, work).await
+}
+
+/// The correlation the current task serves, if it serves one.
+pub fn current_correlation() -> Option<Uuid> {
+    CORRELATION.try_with(|id| *id).ok()
+}
+
 /// Who issues a command and which request it belongs to; stamped on every event it causes.
 #[derive(Debug, Clone, Copy)]
 pub struct Context {
@@ -21,11 +37,12 @@ pub struct Context {
 }
 
 impl Context {
-    /// A new correlation on behalf of `actor`.
+    /// On behalf of `actor`, in the correlation of the request or job being served (see
+    /// [`correlated`]), else in a new one.
     pub fn new(actor: Option<UserId>) -> Self {
         Self {
             actor,
-            correlation_id: Uuid::new_v4(),
+            correlation_id: current_correlation().unwrap_or_else(Uuid::new_v4),
             causation_id: None,
         }
     }

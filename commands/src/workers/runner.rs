@@ -206,8 +206,33 @@ impl JobRunner {
         }
     }
 
-    /// Runs an attempt under its lease, then records how it ended and gives the lease up.
+    /// Runs an attempt under its lease in the correlation of the request that started the job (its
+    /// events carry that id, and its log lines in the span `job`), then records how it ended and
+    /// gives the lease up.
     async fn carry_out(&self, lease: JobLease, attempt: Attempt, kind: JobKind, shutdown: &CancellationToken, slot: OwnedSemaphorePermit) {
+        use tracing::Instrument as _;
+        let job_id = attempt.job_id;
+        let correlation = match self.commands.store().read_stream(&job_id.stream()).await {
+            Ok(events) => events.first().map(|e| e.metadata.correlation_id),
+            Err(_) => None,
+        }
+        .unwrap_or_else(uuid::Uuid::new_v4);
+        let span = tracing::info_span!("job", job = %job_id, attempt = attempt.attempt, request_id = %correlation);
+        crate::core::correlated(
+            correlation,
+            self.carry_out_here(lease, attempt, kind, shutdown, slot).instrument(span),
+        )
+        .await;
+    }
+
+    async fn carry_out_here(
+        &self,
+        lease: JobLease,
+        attempt: Attempt,
+        kind: JobKind,
+        shutdown: &CancellationToken,
+        slot: OwnedSemaphorePermit,
+    ) {
         let (commands, job_id) = (&self.commands, attempt.job_id);
         let run = lease.token().clone();
         let started = std::time::Instant::now();

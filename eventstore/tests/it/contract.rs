@@ -2,7 +2,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
-use cloudsync_eventstore::testing::{Backend, TestDatabase};
+use cloudsync_eventstore::testing::TestDatabase;
 use cloudsync_eventstore::{
     APPEND_LOCK_KEY, DbPool, EventMetadata, EventStore, ExpectedVersion, NewEvent, StoreError, StreamAppend, append_to, subscribe,
 };
@@ -10,20 +10,7 @@ use futures::StreamExt;
 use serde_json::json;
 use uuid::Uuid;
 
-macro_rules! contract {
-    ($($name:ident),* $(,)?) => {
-        mod sqlite {
-            $( #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-               async fn $name() { let db = super::TestDatabase::new(super::Backend::Sqlite).await; super::$name(&db).await; db.cleanup().await; } )*
-        }
-        mod postgres {
-            $( #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-               async fn $name() { let db = super::TestDatabase::new(super::Backend::Postgres).await; super::$name(&db).await; db.cleanup().await; } )*
-        }
-    };
-}
-
-contract!(
+crate::on_both!(
     append_then_read_stream_keeps_every_field,
     a_version_mismatch_is_typed_and_writes_nothing,
     many_streams_append_in_one_transaction,

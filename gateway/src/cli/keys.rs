@@ -39,9 +39,11 @@ pub async fn keys(config: &Config, db: &Database, command: &KeysCommand, out: &m
         };
         let users = cloudsync_commands::Vault::new(master.clone(), db.pool.clone()).rewrap().await?;
         let signing = cloudsync_identity::keys::rewrap(&db.pool, &crate::root::MasterSealer(master.clone())).await?;
+        let checkpoints = crate::audit::ChainSigner::new(&master).resign(db).await?;
         writeln!(
             out,
-            "Master key {} now wraps everything: {users} user keys and {signing} signing keys re-wrapped.",
+            "Master key {} now wraps everything: {users} user keys and {signing} signing keys re-wrapped, \
+             {checkpoints} chain checkpoints re-signed.",
             master.id()
         )?;
         if matches!(command, KeysCommand::Rewrap) {

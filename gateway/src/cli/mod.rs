@@ -18,7 +18,7 @@ mod users;
 
 use jobs::{NewPair, scan, sync};
 pub use keys::keys;
-pub use replay::replay;
+pub use replay::{replay, replay_correlation};
 pub use users::{import_users, roles};
 
 #[derive(Debug, Parser)]
@@ -113,14 +113,22 @@ pub enum Command {
     },
     /// Prints the GraphQL schema (SDL), as the repository keeps it in `schema.graphql`.
     Schema,
-    /// Prints history from the event log: one stream's, or everything one user did, in order.
+    /// Checks that the event log is as it was appended: every event's link in the hash chain, and
+    /// every signed checkpoint. Prints the first event changed, removed, inserted or reordered and
+    /// fails, or prints what it checked.
+    Verify,
+    /// Prints history from the event log: one stream's, everything one user did, or everything one
+    /// request and the jobs it started did, in order.
     Replay {
         /// A stream such as `file-<uuid>` or `user-<uuid>`.
-        #[arg(long, conflicts_with = "user", required_unless_present = "user")]
+        #[arg(long, conflicts_with_all = ["user", "correlation"], required_unless_present_any = ["user", "correlation"])]
         stream: Option<String>,
         /// A user id: every event that user caused.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "correlation")]
         user: Option<Uuid>,
+        /// A request id (`X-Request-Id`): the events of that request and of the jobs it started.
+        #[arg(long)]
+        correlation: Option<Uuid>,
         /// One JSON object per line instead of text.
         #[arg(long)]
         json: bool,
@@ -261,6 +269,18 @@ pub async fn run(command: Command, config: Config) -> anyhow::Result<()> {
         Command::Schema => {
             print!("{}", crate::graphql::sdl());
             Ok(())
+        }
+        Command::Verify => {
+            let db = open_database(&config).await?;
+            let signer = crate::audit::ChainSigner::new(&crate::root::master_key(&config)?);
+            let report = signer.verify(&db).await;
+            db.close().await;
+            let report = report?;
+            println!("{report}");
+            match report {
+                crate::audit::Report::Intact { .. } => Ok(()),
+                crate::audit::Report::Tampered(_) => anyhow::bail!("the event log does not verify"),
+            }
         }
         Command::Serve { bind, role } => serve(config, bind, role).await,
         Command::Worker { bind } => serve(config, bind, Role::Worker).await,
@@ -403,9 +423,18 @@ pub async fn run(command: Command, config: Config) -> anyhow::Result<()> {
             db.close().await;
             result
         }
-        Command::Replay { stream, user, json } => {
+        Command::Replay {
+            stream,
+            user,
+            correlation,
+            json,
+        } => {
             let db = open_database(&config).await?;
-            let result = replay(&db, stream.as_deref(), user, json, &mut std::io::stdout().lock()).await;
+            let out = &mut std::io::stdout().lock();
+            let result = match correlation {
+                Some(correlation) => replay_correlation(&db, correlation, json, out).await,
+                None => replay(&db, stream.as_deref(), user, json, out).await,
+            };
             db.close().await;
             result
         }

@@ -51,6 +51,7 @@ pub fn router(app: Arc<App>, config: &Config) -> anyhow::Result<Router> {
         .route("/auth/saml/metadata", get(saml_metadata))
         .route("/metrics", get(crate::metrics::serve))
         .layer(axum::middleware::from_fn(crate::metrics::track_http))
+        .layer(axum::middleware::from_fn(follow_request))
         .layer(RequestBodyLimitLayer::new(config.max_body_bytes))
         .layer(cors(config)?)
         .with_state(HttpState { app, schema }))
@@ -67,6 +68,32 @@ pub fn health_router(app: Arc<App>) -> Router {
         .with_state(HttpState { app, schema })
 }
 
+/// A request's id: its `X-Request-Id` where that is a UUID, else a new one; sent back in the same
+/// header.
+pub(crate) const REQUEST_ID: &str = "x-request-id";
+
+/// Serves a request under its id: every log line it causes carries the id (the span `request`),
+/// and every event it appends has it as correlation id, as do the events of the jobs those start.
+pub(crate) async fn follow_request(request: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    use tracing::Instrument as _;
+    let id = request
+        .headers()
+        .get(REQUEST_ID)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| uuid::Uuid::parse_str(value.trim()).ok())
+        .unwrap_or_else(uuid::Uuid::new_v4);
+    let route = request
+        .extensions()
+        .get::<axum::extract::MatchedPath>()
+        .map_or_else(|| "unmatched".to_owned(), |path| path.as_str().to_owned());
+    let span = tracing::info_span!("request", request_id = %id, route = %route);
+    let mut response = cloudsync_commands::correlated(id, next.run(request)).instrument(span).await;
+    if let Ok(value) = HeaderValue::from_str(&id.to_string()) {
+        response.headers_mut().insert(REQUEST_ID, value);
+    }
+    response
+}
+
 /// Browser pages of the configured origins may call the API, with credentials (the refresh
 /// cookie); any other origin gets no CORS headers, so its browser withholds the answer.
 pub(crate) fn cors(config: &Config) -> anyhow::Result<CorsLayer> {
@@ -78,8 +105,13 @@ pub(crate) fn cors(config: &Config) -> anyhow::Result<CorsLayer> {
     Ok(CorsLayer::new()
         .allow_origin(AllowOrigin::list(origins))
         .allow_methods([Method::GET, Method::POST])
-        .allow_headers([header::AUTHORIZATION, header::CONTENT_TYPE, HeaderName::from_static(graphql::AFTER)])
-        .expose_headers([HeaderName::from_static(graphql::POSITION)])
+        .allow_headers([
+            header::AUTHORIZATION,
+            header::CONTENT_TYPE,
+            HeaderName::from_static(graphql::AFTER),
+            HeaderName::from_static(REQUEST_ID),
+        ])
+        .expose_headers([HeaderName::from_static(graphql::POSITION), HeaderName::from_static(REQUEST_ID)])
         .allow_credentials(true)
         .max_age(Duration::from_secs(600)))
 }

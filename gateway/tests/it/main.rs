@@ -11,6 +11,8 @@ mod scale;
 mod schema;
 mod search;
 mod sync;
+mod trace;
+mod verify;
 
 fn cloudsync(data_dir: &std::path::Path) -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_cloudsync"));

@@ -1,0 +1,308 @@
+//! Tamper evidence: every event has a link in a hash chain, BLAKE3 over the previous link and the
+//! event as it is stored (its position, stream, version, type, schema version, payload as canonical
+//! JSON, ids, actor and time to the microsecond). Sealed fields are hashed sealed, so the chain still
+//! verifies after crypto-shredding destroys a key, and no plaintext goes into it. The writer of each
+//! backend adds the links of a group in the group's own transaction (and first the links of any
+//! events written without them: a log from before the chain, or by an older build).
+//!
+//! [`verify`] walks the log and reports the first event that was changed, removed, inserted or
+//! reordered. A chain that was rewritten whole to match a forged log is caught by the signed
+//! checkpoints the gateway keeps (`chain_checkpoints`), which [`Verified::links_at`] lets it check.
+
+use std::collections::HashMap;
+
+use serde_json::Value;
+
+use crate::{Database, DbPool, EventMetadata, RecordedEvent, StoreError};
+
+/// A link of the chain.
+pub type Link = [u8; 32];
+
+/// The link before the first event.
+pub const GENESIS: Link = [0; 32];
+
+/// What a link covers of an event: as it is stored.
+pub(crate) struct Fields<'a> {
+    pub position: i64,
+    pub stream_id: &'a str,
+    pub stream_version: i64,
+    pub event_type: &'a str,
+    pub schema_version: i32,
+    pub payload: &'a Value,
+    pub metadata: &'a EventMetadata,
+}
+
+pub(crate) fn link_fields(previous: &Link, event: &Fields<'_>) -> Link {
+    let mut hasher = blake3::Hasher::new_derive_key("cloudsync 2026 event chain");
+    hasher.update(previous);
+    let m = event.metadata;
+    let mut field = |bytes: &[u8]| {
+        hasher.update(&(bytes.len() as u64).to_le_bytes());
+        hasher.update(bytes);
+    };
+    field(&event.position.to_le_bytes());
+    field(event.stream_id.as_bytes());
+    field(&event.stream_version.to_le_bytes());
+    field(event.event_type.as_bytes());
+    field(&event.schema_version.to_le_bytes());
+    field(canonical(event.payload).as_bytes());
+    field(m.event_id.as_bytes());
+    field(m.correlation_id.as_bytes());
+    field(m.causation_id.as_ref().map_or(&[][..], |u| &u.as_bytes()[..]));
+    field(m.actor_id.as_ref().map_or(&[][..], |u| &u.as_bytes()[..]));
+    field(&m.occurred_at.timestamp_micros().to_le_bytes());
+    *hasher.finalize().as_bytes()
+}
+
+/// The link of `event` at `position` (normally its own) after `previous`.
+pub fn link_at(previous: &Link, event: &RecordedEvent, position: i64) -> Link {
+    link_fields(
+        previous,
+        &Fields {
+            position,
+            stream_id: &event.stream_id,
+            stream_version: event.stream_version,
+            event_type: &event.event_type,
+            schema_version: event.schema_version,
+            payload: &event.payload,
+            metadata: &event.metadata,
+        },
+    )
+}
+
+/// The stored tip as read (`None`: no link yet).
+pub(crate) fn parse_tip(stored: Option<(i64, Vec<u8>)>) -> Result<(i64, Link), StoreError> {
+    match stored {
+        Some((position, hash)) => Ok((
+            position,
+            Link::try_from(hash.as_slice()).map_err(|_| StoreError::Corrupt {
+                position,
+                reason: "its chain link is not 32 bytes".into(),
+            })?,
+        )),
+        None => Ok((0, GENESIS)),
+    }
+}
+
+/// The query of the stored tip.
+pub(crate) const TIP: &str = "SELECT position, hash FROM event_chain ORDER BY position DESC LIMIT 1";
+
+/// The links of `events` (read in order) on from `previous`, with their positions.
+pub(crate) fn link_events(previous: Link, events: &[RecordedEvent]) -> Vec<(i64, Link)> {
+    let mut link = previous;
+    events
+        .iter()
+        .map(|event| {
+            link = self::link(&link, event);
+            (event.position, link)
+        })
+        .collect()
+}
+
+/// The links of the rows a group writes, on from `previous`.
+pub(crate) fn links_of(previous: Link, rows: &[crate::types::Row<'_>]) -> Vec<Link> {
+    let mut links = Vec::with_capacity(rows.len());
+    let mut previous = previous;
+    for row in rows {
+        previous = link_fields(
+            &previous,
+            &Fields {
+                position: row.position,
+                stream_id: row.stream_id,
+                stream_version: row.stream_version,
+                event_type: &row.event.event_type,
+                schema_version: row.event.schema_version,
+                payload: &row.event.payload,
+                metadata: &row.event.metadata,
+            },
+        );
+        links.push(previous);
+    }
+    links
+}
+
+/// The link of `event` after `previous`.
+pub fn link(previous: &Link, event: &RecordedEvent) -> Link {
+    link_at(previous, event, event.position)
+}
+
+/// JSON with object keys in order and no spaces, whatever order the database keeps them in.
+fn canonical(value: &Value) -> String {
+    let mut out = String::new();
+    write_canonical(value, &mut out);
+    out
+}
+
+fn write_canonical(value: &Value, out: &mut String) {
+    match value {
+        Value::Object(map) => {
+            let mut keys: Vec<&String> = map.keys().collect();
+            keys.sort();
+            out.push('{');
+            for (i, key) in keys.into_iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                out.push_str(&Value::String(key.clone()).to_string());
+                out.push(':');
+                write_canonical(&map[key], out);
+            }
+            out.push('}');
+        }
+        Value::Array(items) => {
+            out.push('[');
+            for (i, item) in items.iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                write_canonical(item, out);
+            }
+            out.push(']');
+        }
+        scalar => out.push_str(&scalar.to_string()),
+    }
+}
+
+/// What is wrong with the log, at the first place it goes wrong.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Finding {
+    /// The event at this position is not the one that was appended there.
+    Changed(i64),
+    /// The event that was at this position is gone.
+    Removed(i64),
+    /// The event at this position was never appended there: the ones after it moved up.
+    Inserted(i64),
+    /// The events at this position and the next were swapped.
+    Reordered(i64),
+}
+
+impl std::fmt::Display for Finding {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Changed(at) => write!(f, "event {at} was changed"),
+            Self::Removed(at) => write!(f, "event {at} was removed"),
+            Self::Inserted(at) => write!(f, "event {at} was inserted"),
+            Self::Reordered(at) => write!(f, "events {at} and {} were reordered", at + 1),
+        }
+    }
+}
+
+/// A log whose every event matches its link.
+#[derive(Debug, Clone)]
+pub struct Verified {
+    /// Events checked.
+    pub events: i64,
+    /// The last link (the genesis link for an empty log).
+    pub head: Link,
+    /// The links at the positions asked for (where the log reaches them).
+    pub links_at: HashMap<i64, Link>,
+}
+
+/// Walks the log in order, recomputing each link from the one before and comparing it with the
+/// stored one; returns the links at `wanted` positions, or what is wrong where it first goes wrong.
+///
+/// # Errors
+/// An unreadable log.
+pub async fn verify(db: &Database, wanted: &[i64]) -> Result<Result<Verified, Finding>, StoreError> {
+    const PAGE: i64 = 1000;
+    let mut previous = GENESIS;
+    let mut expected = 1_i64;
+    let mut links_at = HashMap::new();
+    let mut after = 0_i64;
+    // The event before the page's first, for a look at a pair across pages.
+    loop {
+        let events = db.events.read_all(after, PAGE).await?;
+        // One more link than events, to look one ahead.
+        let stored = stored_links(&db.pool, after, events.last().map_or(after, |e| e.position) + 1).await?;
+        let Some(last) = events.last() else {
+            // Links past the last event: events removed from the end.
+            return Ok(match stored.keys().min() {
+                Some(at) if *at >= expected => Err(Finding::Removed(expected)),
+                _ => Ok(Verified {
+                    events: expected - 1,
+                    head: previous,
+                    links_at,
+                }),
+            });
+        };
+        after = last.position;
+        for (i, event) in events.iter().enumerate() {
+            let next = events.get(i + 1);
+            if event.position != expected {
+                // A gap: the missing events were removed (their links may be gone too).
+                return Ok(Err(if event.position > expected {
+                    Finding::Removed(expected)
+                } else {
+                    Finding::Inserted(event.position)
+                }));
+            }
+            let Some(link) = stored.get(&event.position) else {
+                return Ok(Err(Finding::Inserted(event.position)));
+            };
+            let computed = self::link(&previous, event);
+            if computed != *link {
+                return Ok(Err(classify(&previous, event, next, &stored)));
+            }
+            if wanted.contains(&event.position) {
+                links_at.insert(event.position, computed);
+            }
+            previous = computed;
+            expected += 1;
+        }
+    }
+}
+
+/// Why `event` does not match its stored link: the simplest change to the log that explains it.
+fn classify(previous: &Link, event: &RecordedEvent, next: Option<&RecordedEvent>, stored: &HashMap<i64, Link>) -> Finding {
+    let at = event.position;
+    let (Some(here), there) = (stored.get(&at), stored.get(&(at + 1))) else {
+        return Finding::Changed(at);
+    };
+    // The next event is the one appended here: swapped with this one, or this one put in before it.
+    if let Some(next) = next
+        && link_at(previous, next, at) == *here
+    {
+        let swapped = there.is_some_and(|there| link_at(here, event, at + 1) == *there);
+        return if swapped { Finding::Reordered(at) } else { Finding::Inserted(at) };
+    }
+    // This event was appended one place later: the one before it here was removed.
+    if there.is_some_and(|there| link_at(here, event, at + 1) == *there) {
+        return Finding::Removed(at);
+    }
+    Finding::Changed(at)
+}
+
+/// The stored links in `(after, upto]`.
+async fn stored_links(pool: &DbPool, after: i64, upto: i64) -> Result<HashMap<i64, Link>, StoreError> {
+    let query = "SELECT position, hash FROM event_chain WHERE position > $1 AND position <= $2";
+    let rows: Vec<(i64, Vec<u8>)> = crate::on_pool!(pool, |p| sqlx::query_as(query).bind(after).bind(upto).fetch_all(p).await)?;
+    Ok(rows
+        .into_iter()
+        .filter_map(|(position, hash)| Some((position, Link::try_from(hash.as_slice()).ok()?)))
+        .collect())
+}
+
+/// The last link and its position (`(0, GENESIS)` before the first event).
+///
+/// # Errors
+/// An unreadable chain.
+pub async fn tip(pool: &DbPool) -> Result<(i64, Link), StoreError> {
+    let query = "SELECT position, hash FROM event_chain ORDER BY position DESC LIMIT 1";
+    let row: Option<(i64, Vec<u8>)> = crate::on_pool!(pool, |p| sqlx::query_as(query).fetch_optional(p).await)?;
+    Ok(row
+        .and_then(|(position, hash)| Some((position, Link::try_from(hash.as_slice()).ok()?)))
+        .unwrap_or((0, GENESIS)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn canonical_json_does_not_depend_on_key_order() {
+        let a: Value = serde_json::from_str(r#"{"b":1,"a":{"d":[1,{"y":2,"x":"é"}],"c":null}}"#).expect("json");
+        let b: Value = serde_json::from_str(r#"{ "a": {"c": null, "d": [1, {"x": "é", "y": 2}]}, "b": 1 }"#).expect("json");
+        assert_eq!(canonical(&a), canonical(&b));
+        assert_eq!(canonical(&a), r#"{"a":{"c":null,"d":[1,{"x":"é","y":2}]},"b":1}"#);
+    }
+}
