@@ -31,7 +31,7 @@ pub use group::{CommitStats, MAX_EVENTS, MAX_REQUESTS};
 pub use postgres::{APPEND_LOCK_KEY, PgEventStore};
 pub use sqlite::SqliteEventStore;
 pub use subscription::subscribe;
-pub use types::{AppendOutcome, EventMetadata, ExpectedVersion, NewEvent, RecordedEvent, StoreError, StreamAppend};
+pub use types::{AppendOutcome, EventFilter, EventMetadata, ExpectedVersion, NewEvent, RecordedEvent, StoreError, StreamAppend};
 
 use async_trait::async_trait;
 use tokio::sync::watch;
@@ -62,6 +62,21 @@ pub trait EventStore: Send + Sync + 'static {
 
     /// Up to `limit` events whose actor is `actor`, after `after`, in global order.
     async fn read_by_actor(&self, actor: Uuid, after: i64, limit: i64) -> Result<Vec<RecordedEvent>, StoreError>;
+
+    /// Up to `limit` events that `filter` lets through, after `after`, in global order. (The backends
+    /// ask their database; this default reads the log page by page.)
+    async fn read_filtered(&self, filter: &EventFilter, after: i64, limit: i64) -> Result<Vec<RecordedEvent>, StoreError> {
+        let mut found = Vec::new();
+        let mut after = after;
+        while i64::try_from(found.len()).unwrap_or(i64::MAX) < limit {
+            let page = self.read_all(after, 1000).await?;
+            let Some(last) = page.last() else { break };
+            after = last.position;
+            found.extend(page.into_iter().filter(|e| filter.admits(e)));
+        }
+        found.truncate(usize::try_from(limit).unwrap_or(0));
+        Ok(found)
+    }
 
     /// The position of the newest committed event (0 when the log is empty).
     async fn head(&self) -> Result<i64, StoreError>;

@@ -260,6 +260,21 @@ impl EventStore for PgEventStore {
         fetch_events!(&self.pool, reads::BY_ACTOR, decode, actor, after, limit)
     }
 
+    async fn read_filtered(&self, filter: &crate::EventFilter, after: i64, limit: i64) -> Result<Vec<RecordedEvent>, StoreError> {
+        fetch_events!(
+            &self.pool,
+            reads::FILTERED_PG,
+            decode,
+            after,
+            filter.actor,
+            filter.stream.as_deref(),
+            &filter.event_types,
+            filter.from,
+            filter.to,
+            limit
+        )
+    }
+
     async fn head(&self) -> Result<i64, StoreError> {
         Ok(sqlx::query_scalar("SELECT COALESCE(MAX(position), 0)::BIGINT FROM events")
             .fetch_one(&self.pool)

@@ -45,6 +45,24 @@ pub(crate) const BY_ACTOR: &str = concat!(
     " FROM events WHERE actor_id = $1 AND position > $2 ORDER BY position LIMIT $3"
 );
 
+/// The events a filter lets through after a position, in order, up to a limit (PostgreSQL: $1
+/// after, $2 actor, $3 stream, $4 types (an array, empty for any), $5 from, $6 to, $7 limit).
+pub(crate) const FILTERED_PG: &str = concat!(
+    "SELECT ",
+    columns!(),
+    " FROM events WHERE position > $1 AND ($2::uuid IS NULL OR actor_id = $2) AND ($3::text IS NULL OR stream_id = $3) \
+     AND (cardinality($4::text[]) = 0 OR event_type = ANY($4)) AND ($5::timestamptz IS NULL OR occurred_at >= $5) \
+     AND ($6::timestamptz IS NULL OR occurred_at < $6) ORDER BY position LIMIT $7"
+);
+/// [`FILTERED_PG`] for SQLite ($4: the types as a JSON array).
+pub(crate) const FILTERED_SQLITE: &str = concat!(
+    "SELECT ",
+    columns!(),
+    " FROM events WHERE position > $1 AND ($2 IS NULL OR actor_id = $2) AND ($3 IS NULL OR stream_id = $3) \
+     AND ($4 = '[]' OR event_type IN (SELECT value FROM json_each($4))) AND ($5 IS NULL OR occurred_at >= $5) \
+     AND ($6 IS NULL OR occurred_at < $6) ORDER BY position LIMIT $7"
+);
+
 /// Runs one of the reads on `$pool` with its binds and decodes every row with `$decode` (see
 /// [`decode_rows`]).
 macro_rules! fetch_events {

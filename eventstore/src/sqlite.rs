@@ -201,6 +201,22 @@ impl EventStore for SqliteEventStore {
         fetch_events!(&self.pool, reads::BY_ACTOR, decode, actor.to_string(), after, limit)
     }
 
+    async fn read_filtered(&self, filter: &crate::EventFilter, after: i64, limit: i64) -> Result<Vec<RecordedEvent>, StoreError> {
+        let types = serde_json::to_string(&filter.event_types).map_err(|err| StoreError::Invalid(err.to_string()))?;
+        fetch_events!(
+            &self.pool,
+            reads::FILTERED_SQLITE,
+            decode,
+            after,
+            filter.actor.map(|a| a.to_string()),
+            filter.stream.as_deref(),
+            types,
+            filter.from,
+            filter.to,
+            limit
+        )
+    }
+
     async fn head(&self) -> Result<i64, StoreError> {
         Ok(sqlx::query_scalar("SELECT COALESCE(MAX(position), 0) FROM events")
             .fetch_one(&self.pool)

@@ -183,3 +183,27 @@ fn validate_stream_name(stream: &str) -> Result<(), StoreError> {
         )))
     }
 }
+
+/// Which events a filtered read returns: each set condition must hold.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct EventFilter {
+    /// Caused by this user.
+    pub actor: Option<Uuid>,
+    pub stream: Option<String>,
+    /// Of any of these types (none: any type).
+    pub event_types: Vec<String>,
+    /// At or after this time.
+    pub from: Option<DateTime<Utc>>,
+    /// Before this time.
+    pub to: Option<DateTime<Utc>>,
+}
+
+impl EventFilter {
+    pub fn admits(&self, event: &RecordedEvent) -> bool {
+        self.actor.is_none_or(|actor| event.metadata.actor_id == Some(actor))
+            && self.stream.as_ref().is_none_or(|stream| event.stream_id == *stream)
+            && (self.event_types.is_empty() || self.event_types.contains(&event.event_type))
+            && self.from.is_none_or(|from| event.metadata.occurred_at >= from)
+            && self.to.is_none_or(|to| event.metadata.occurred_at < to)
+    }
+}

@@ -1519,7 +1519,10 @@ async fn roles_scopes_and_api_tokens_decide_what_a_credential_may_do(h: &Harness
         .await;
     assert_eq!(full["auditLog"][0]["payload"]["password_hash"], json!("[redacted]"));
     assert!(!full.to_string().contains("$argon2"), "no hash in the audit log: {full}");
-    assert_eq!(h.error_code(Some(&other), audit, json!({ "u": other_id })).await, "FORBIDDEN");
+    // Anyone reads their own history, and only theirs.
+    let own = h.ok(Some(&other), audit, json!({ "u": other_id })).await["auditLog"].clone();
+    assert_eq!(own, log);
+    assert_eq!(h.error_code(Some(&other), audit, json!({ "u": users[0]["id"] })).await, "FORBIDDEN");
 
     // An auditor reads what administrators read and changes nothing.
     let role = "mutation($u: ID!, $r: String!) { grantRole(userId: $u, role: $r) }";

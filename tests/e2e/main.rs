@@ -1,6 +1,7 @@
 //! End-to-end tests: the real server (router, projectors, job runner) on a loopback port, driven over
 //! HTTP and WebSocket, once on SQLite and once on PostgreSQL, each test with its own database.
 
+mod audit;
 mod caches;
 mod content;
 mod duplicates;

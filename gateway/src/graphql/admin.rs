@@ -44,12 +44,34 @@ pub struct Account {
 
 #[derive(SimpleObject)]
 pub struct AuditEvent {
-    /// The event's position in the log.
+    /// The event's position in the log (`after` for the next page).
     position: i64,
     event_type: String,
     stream: String,
+    /// The event's version in its stream.
+    stream_version: i64,
     occurred_at: DateTime<Utc>,
+    /// Who caused it (none: CloudSync itself).
+    actor_id: Option<ID>,
+    /// The request (its `X-Request-Id`) or job it belongs to.
+    correlation_id: ID,
+    /// As stored: sealed fields stay sealed, password and token hashes are redacted.
     payload: Json<Value>,
+}
+
+/// Which events `auditLog` returns: every set condition must hold.
+#[derive(async_graphql::InputObject, Default)]
+pub struct AuditFilter {
+    /// Caused by this user (administrators and auditors; anyone else sees only their own).
+    user_id: Option<ID>,
+    /// Of this stream (`user-<id>`, `provider-<id>`, `file-<id>`, …).
+    stream_id: Option<String>,
+    /// Of any of these event types.
+    event_types: Option<Vec<String>>,
+    /// At or after this time.
+    from: Option<DateTime<Utc>>,
+    /// Before this time.
+    to: Option<DateTime<Utc>>,
 }
 
 #[derive(Default)]
@@ -120,23 +142,57 @@ impl AdminQuery {
         Ok(accounts)
     }
 
-    /// What a user did, in order, from the event log (administrators and auditors).
+    /// The event log, in order, as `filter` narrows it: pages of `first` (or `limit`) events after
+    /// the position `after`. Administrators and auditors see everyone's; anyone else their own
+    /// (naming another user is `FORBIDDEN`).
     async fn audit_log(
         &self,
         ctx: &Context<'_>,
-        user_id: ID,
+        user_id: Option<ID>,
+        filter: Option<AuditFilter>,
         #[graphql(default = 0)] after: i64,
         #[graphql(default = 100)] limit: i32,
+        first: Option<i32>,
     ) -> async_graphql::Result<Vec<AuditEvent>> {
-        admin_caller(ctx, false).await?;
-        let user = parse_id(&user_id, "userId")?;
+        let filter = filter.unwrap_or_default();
+        let limit = first.unwrap_or(limit);
         if !(1..=1000).contains(&limit) || after < 0 {
-            return Err(ApiError::BadInput("limit must be between 1 and 1000, after not negative".into()).into());
+            return Err(ApiError::BadInput("first (or limit) must be between 1 and 1000, after not negative".into()).into());
         }
+        let named = match (&user_id, &filter.user_id) {
+            (Some(a), Some(b)) if a != b => return Err(ApiError::BadInput("userId and filter.userId differ".into()).into()),
+            (Some(id), _) | (None, Some(id)) => Some(parse_id(id, "userId")?),
+            (None, None) => None,
+        };
+        if let (Some(from), Some(to)) = (filter.from, filter.to)
+            && from >= to
+        {
+            return Err(ApiError::BadInput("filter.from must be before filter.to".into()).into());
+        }
+        let actor = match admin_caller(ctx, false).await {
+            Ok(_) => named,
+            Err(ApiError::Forbidden(_)) => {
+                let caller = super::caller(ctx)?;
+                match named {
+                    Some(other) if other != caller.user_id.as_uuid() => {
+                        return Err(ApiError::Forbidden("only administrators and auditors see other users' history".into()).into());
+                    }
+                    _ => Some(caller.user_id.as_uuid()),
+                }
+            }
+            Err(error) => return Err(error.into()),
+        };
+        let wanted = cloudsync_eventstore::EventFilter {
+            actor,
+            stream: filter.stream_id.map(|s| s.trim().to_owned()),
+            event_types: filter.event_types.unwrap_or_default(),
+            from: filter.from,
+            to: filter.to,
+        };
         let events = app(ctx)
             .db
             .events
-            .read_by_actor(user, after, i64::from(limit))
+            .read_filtered(&wanted, after, i64::from(limit))
             .await
             .map_err(|err| ApiError::internal(&err))?;
         Ok(events
@@ -145,7 +201,10 @@ impl AdminQuery {
                 position: e.position,
                 event_type: e.event_type,
                 stream: e.stream_id,
+                stream_version: e.stream_version,
                 occurred_at: e.metadata.occurred_at,
+                actor_id: e.metadata.actor_id.map(|a| ID(a.to_string())),
+                correlation_id: ID(e.metadata.correlation_id.to_string()),
                 payload: Json(redacted(e.payload)),
             })
             .collect())
