@@ -175,7 +175,8 @@ impl GroupWrite for Writer {
              event_id, correlation_id, causation_id, actor_id, occurred_at) \
              SELECT p, s, v, t, sv, pl::jsonb, e, c, ca, a, o FROM UNNEST($1::bigint[], $2::text[], $3::bigint[], \
              $4::text[], $5::int[], $6::text[], $7::uuid[], $8::uuid[], $9::uuid[], $10::uuid[], $11::timestamptz[]) \
-             AS x(p, s, v, t, sv, pl, e, c, ca, a, o) RETURNING 1) \
+             AS x(p, s, v, t, sv, pl, e, c, ca, a, o) RETURNING 1), \
+             linked AS (INSERT INTO event_chain (position, hash) SELECT * FROM UNNEST($1::bigint[], $14::bytea[]) RETURNING 1) \
              SELECT pg_notify($12, $13)",
         )
         .bind(cols.position)
@@ -191,15 +192,10 @@ impl GroupWrite for Writer {
         .bind(cols.occurred_at)
         .bind(CHANNEL)
         .bind(last.to_string())
+        // The links, in the same statement (the events' positions are $1).
+        .bind(links.iter().map(|l| l.to_vec()).collect::<Vec<Vec<u8>>>())
         .execute(&mut *tx)
         .await?;
-        let positions: Vec<i64> = rows.iter().map(|r| r.position).collect();
-        let hashes: Vec<Vec<u8>> = links.iter().map(|l| l.to_vec()).collect();
-        sqlx::query("INSERT INTO event_chain (position, hash) SELECT * FROM UNNEST($1::bigint[], $2::bytea[])")
-            .bind(positions)
-            .bind(hashes)
-            .execute(&mut *tx)
-            .await?;
         self.shared.before_commit().await;
         tx.commit().await?;
         self.shared.committed();

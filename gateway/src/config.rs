@@ -67,6 +67,12 @@ pub struct Config {
     pub max_body_bytes: usize,
     /// How long a query waits for the read models to reflect the caller's own writes.
     pub consistency_timeout_ms: u64,
+    /// The server's certificate chain and private key (PEM files): with both, it speaks HTTPS and
+    /// WSS only.
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+    /// The oldest TLS version accepted: `1.3` (the default) or `1.2`.
+    pub tls_min_version: String,
     /// `/readyz` answers 503 while the read models are more than this many events behind the log.
     pub ready_max_lag_events: i64,
     /// The address browsers use to reach this server (OAuth providers call back to
@@ -187,6 +193,9 @@ impl Default for Config {
             max_body_bytes: 1024 * 1024,
             consistency_timeout_ms: 5000,
             ready_max_lag_events: 10_000,
+            tls_cert: None,
+            tls_key: None,
+            tls_min_version: "1.3".into(),
             public_url: None,
             oauth: BTreeMap::new(),
             oidc: BTreeMap::new(),
@@ -250,6 +259,11 @@ fn named_setting(group: &str, entry: &str, name: &str, fields: &[&'static str]) 
 }
 
 impl Config {
+    /// `https` when the server speaks TLS, else `http`.
+    pub fn scheme(&self) -> &'static str {
+        if self.tls_cert.is_some() { "https" } else { "http" }
+    }
+
     /// Reads the optional file and then the environment (`vars` is normally `std::env::vars()`).
     ///
     /// # Errors
@@ -299,6 +313,9 @@ impl Config {
                 }
                 "LOG_FORMAT" => config.log_format = value,
                 "MAX_BODY_BYTES" => config.max_body_bytes = value.parse().context("CLOUDSYNC_MAX_BODY_BYTES must be a number")?,
+                "TLS_CERT" => config.tls_cert = Some(PathBuf::from(value)).filter(|v| !v.as_os_str().is_empty()),
+                "TLS_KEY" => config.tls_key = Some(PathBuf::from(value)).filter(|v| !v.as_os_str().is_empty()),
+                "TLS_MIN_VERSION" => config.tls_min_version = value,
                 "READY_MAX_LAG_EVENTS" => {
                     config.ready_max_lag_events = value.parse().context("CLOUDSYNC_READY_MAX_LAG_EVENTS must be a number")?;
                 }
@@ -503,6 +520,12 @@ impl Config {
             && !(url.starts_with("amqp://") || url.starts_with("amqps://"))
         {
             bail!("amqp_url must be an amqp:// or amqps:// URL");
+        }
+        if self.tls_cert.is_some() != self.tls_key.is_some() {
+            bail!("tls_cert and tls_key go together: give both or neither");
+        }
+        if !matches!(self.tls_min_version.as_str(), "1.3" | "1.2") {
+            bail!("tls_min_version must be 1.3 or 1.2");
         }
         if self.ready_max_lag_events < 0 {
             bail!("ready_max_lag_events must not be negative");

@@ -294,7 +294,7 @@ pub fn oidc_login(config: &Config, addr: SocketAddr) -> anyhow::Result<Option<Ar
     if config.oidc.is_empty() {
         return Ok(None);
     }
-    let public = config.public_url.clone().unwrap_or_else(|| format!("http://{addr}"));
+    let public = config.public_url.clone().unwrap_or_else(|| format!("{}://{addr}", config.scheme()));
     let callback = format!("{}/auth/oidc/callback", public.trim_end_matches('/'));
     let login = cloudsync_identity::oidc::OidcLogin::new(&config.oidc, &callback).map_err(anyhow::Error::msg)?;
     Ok(Some(Arc::new(login)))
@@ -308,7 +308,7 @@ pub fn saml_login(config: &Config, addr: SocketAddr) -> anyhow::Result<Option<Ar
     if config.saml.is_empty() {
         return Ok(None);
     }
-    let public = config.public_url.clone().unwrap_or_else(|| format!("http://{addr}"));
+    let public = config.public_url.clone().unwrap_or_else(|| format!("{}://{addr}", config.scheme()));
     if !public.starts_with("https://") {
         tracing::warn!(
             public_url = %public,
@@ -420,7 +420,7 @@ pub fn oauth(config: &Config, addr: SocketAddr, pending: Arc<dyn PendingStore>) 
         }
         apps.insert(kind, resolved);
     }
-    let public = config.public_url.clone().unwrap_or_else(|| format!("http://{addr}"));
+    let public = config.public_url.clone().unwrap_or_else(|| format!("{}://{addr}", config.scheme()));
     let callback = format!("{}/oauth/callback", public.trim_end_matches('/'));
     let margin = Duration::from_secs(config.oauth_renew_margin_seconds);
     Ok(Some(Arc::new(
@@ -686,6 +686,11 @@ pub async fn start_as(config: &Config, role: Role) -> anyhow::Result<Server> {
         Arc::clone(&db.events),
         Arc::new(StoredVectors(commands.clone())),
     );
+    // Read before binding: a bad certificate stops the start, not the first connection.
+    let tls = match (&config.tls_cert, &config.tls_key) {
+        (Some(cert), Some(key)) => Some(crate::http::tls::server_config(cert, key, &config.tls_min_version)?),
+        _ => None,
+    };
     let listener = tokio::net::TcpListener::bind(&config.bind)
         .await
         .with_context(|| format!("binding {}", config.bind))?;
@@ -793,14 +798,31 @@ pub async fn start_as(config: &Config, role: Role) -> anyhow::Result<Server> {
         crate::http::health_router(Arc::clone(&app))
     };
     let http_shutdown = shutdown.child_token();
-    tasks.spawn(async move {
-        let served = axum::serve(listener, router.into_make_service_with_connect_info::<SocketAddr>())
-            .with_graceful_shutdown(async move { http_shutdown.cancelled().await })
-            .await;
-        if let Err(error) = served {
-            tracing::error!(error = %error, "The HTTP server stopped.");
+    match tls {
+        Some(tls) => {
+            use axum::serve::ListenerExt as _;
+            let router = router.layer(axum::middleware::from_fn(crate::http::tls::strict_transport));
+            let listener = crate::http::tls::TlsListener::new(listener, tls)?.tap_io(|_| {});
+            tasks.spawn(async move {
+                let served = axum::serve(listener, router.into_make_service_with_connect_info::<SocketAddr>())
+                    .with_graceful_shutdown(async move { http_shutdown.cancelled().await })
+                    .await;
+                if let Err(error) = served {
+                    tracing::error!(error = %error, "The HTTPS server stopped.");
+                }
+            });
         }
-    });
+        None => {
+            tasks.spawn(async move {
+                let served = axum::serve(listener, router.into_make_service_with_connect_info::<SocketAddr>())
+                    .with_graceful_shutdown(async move { http_shutdown.cancelled().await })
+                    .await;
+                if let Err(error) = served {
+                    tracing::error!(error = %error, "The HTTP server stopped.");
+                }
+            });
+        }
+    }
     if config.public_url.as_deref().is_some_and(|url| url.starts_with("https://")) {
         if config.mail_outbox.is_none() {
             tracing::warn!("Mail (password reset tokens) goes to the log: set mail_outbox for a public server.");

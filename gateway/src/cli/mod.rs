@@ -255,8 +255,12 @@ async fn serve(mut config: Config, bind: Option<String>, role: Role) -> anyhow::
     }
     let server = start_as(&config, role).await?;
     match role {
-        Role::Worker => println!("CloudSync worker is running: health at http://{}/readyz", server.addr()),
-        _ => println!("CloudSync is running: GraphQL at http://{}/graphql", server.addr()),
+        Role::Worker => println!(
+            "CloudSync worker is running: health at {}://{}/readyz",
+            config.scheme(),
+            server.addr()
+        ),
+        _ => println!("CloudSync is running: GraphQL at {}://{}/graphql", config.scheme(), server.addr()),
     }
     server.run_until(shutdown_signal()).await;
     Ok(())

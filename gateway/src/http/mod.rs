@@ -24,6 +24,7 @@ use cloudsync_identity::sessions::Client;
 
 mod callbacks;
 mod graphql;
+pub mod tls;
 
 use callbacks::{oauth_callback, oidc_callback, saml_acs, saml_metadata};
 use graphql::{graphql, graphql_ws};

@@ -11,6 +11,7 @@ mod scale;
 mod schema;
 mod search;
 mod sync;
+mod tls;
 mod trace;
 mod verify;
 
@@ -48,7 +49,8 @@ fn serve_with(mut command: Command) -> (Running, String) {
 fn announced_address(stdout: std::process::ChildStdout) -> String {
     let mut line = String::new();
     BufReader::new(stdout).read_line(&mut line).expect("read the banner");
-    line.split("http://")
+    // `http://host:port/…`, or `https://` over TLS.
+    line.split("://")
         .nth(1)
         .and_then(|rest| rest.split('/').next())
         .expect("address in the banner")
