@@ -45,6 +45,28 @@ impl ApiError {
         tracing::error!(error_id = %id, error = %error, "Request failed.");
         Self::Internal(id.to_string())
     }
+
+    /// [`ApiError::internal`] for an error with causes: the log line has the whole chain
+    /// (`error: cause: its cause`), the client only the id.
+    pub fn failed(error: &(dyn std::error::Error + 'static)) -> Self {
+        Self::internal(&cause_chain(error))
+    }
+}
+
+/// An error and its causes, outermost first, each once (a message that already ends with its
+/// cause's text does not repeat it).
+pub fn cause_chain(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let said = cause.to_string();
+        if !text.ends_with(&said) {
+            text.push_str(": ");
+            text.push_str(&said);
+        }
+        source = cause.source();
+    }
+    text
 }
 
 impl From<CommandError> for ApiError {
@@ -54,20 +76,20 @@ impl From<CommandError> for ApiError {
             CommandError::Invalid(why) => Self::BadInput(why),
             CommandError::AlreadyExists(why) => Self::AlreadyExists(why),
             CommandError::Conflict(why) => Self::Conflict(why),
-            other => Self::internal(&other),
+            other => Self::failed(&other),
         }
     }
 }
 
 impl From<sqlx::Error> for ApiError {
     fn from(error: sqlx::Error) -> Self {
-        Self::internal(&error)
+        Self::failed(&error)
     }
 }
 
 impl From<cloudsync_projections::QueryError> for ApiError {
     fn from(error: cloudsync_projections::QueryError) -> Self {
-        Self::internal(&error)
+        Self::failed(&error)
     }
 }
 
@@ -99,3 +121,21 @@ impl From<ApiError> for async_graphql::Error {
 }
 
 pub type ApiResult<T> = Result<T, ApiError>;
+
+#[cfg(test)]
+mod tests {
+    #[derive(Debug, thiserror::Error)]
+    #[error("the read failed")]
+    struct Outer(#[source] std::io::Error);
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("the read failed: {0}")]
+    struct Repeating(#[source] std::io::Error);
+
+    #[test]
+    fn a_logged_failure_names_every_cause_once() {
+        let io = || std::io::Error::new(std::io::ErrorKind::PermissionDenied, "permission denied");
+        assert_eq!(super::cause_chain(&Outer(io())), "the read failed: permission denied");
+        assert_eq!(super::cause_chain(&Repeating(io())), "the read failed: permission denied");
+    }
+}
