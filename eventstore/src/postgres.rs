@@ -257,9 +257,14 @@ impl EventStore for PgEventStore {
     }
 
     async fn read_filtered(&self, filter: &crate::EventFilter, after: i64, limit: i64) -> Result<Vec<RecordedEvent>, StoreError> {
+        let sql = if filter.actor.is_some() {
+            reads::FILTERED_ACTOR_PG
+        } else {
+            reads::FILTERED_PG
+        };
         fetch_events!(
             &self.pool,
-            reads::FILTERED_PG,
+            sql,
             decode,
             after,
             filter.actor,

@@ -54,11 +54,28 @@ pub(crate) const FILTERED_PG: &str = concat!(
      AND (cardinality($4::text[]) = 0 OR event_type = ANY($4)) AND ($5::timestamptz IS NULL OR occurred_at >= $5) \
      AND ($6::timestamptz IS NULL OR occurred_at < $6) ORDER BY position LIMIT $7"
 );
+/// [`FILTERED_PG`] for one actor ($2 set), so the (actor, position) index serves it.
+pub(crate) const FILTERED_ACTOR_PG: &str = concat!(
+    "SELECT ",
+    columns!(),
+    " FROM events WHERE actor_id = $2 AND position > $1 AND ($3::text IS NULL OR stream_id = $3) \
+     AND (cardinality($4::text[]) = 0 OR event_type = ANY($4)) AND ($5::timestamptz IS NULL OR occurred_at >= $5) \
+     AND ($6::timestamptz IS NULL OR occurred_at < $6) ORDER BY position LIMIT $7"
+);
 /// [`FILTERED_PG`] for SQLite ($4: the types as a JSON array).
 pub(crate) const FILTERED_SQLITE: &str = concat!(
     "SELECT ",
     columns!(),
     " FROM events WHERE position > $1 AND ($2 IS NULL OR actor_id = $2) AND ($3 IS NULL OR stream_id = $3) \
+     AND ($4 = '[]' OR event_type IN (SELECT value FROM json_each($4))) AND ($5 IS NULL OR occurred_at >= $5) \
+     AND ($6 IS NULL OR occurred_at < $6) ORDER BY position LIMIT $7"
+);
+
+/// [`FILTERED_SQLITE`] for one actor ($2 set), so the (actor, position) index serves it.
+pub(crate) const FILTERED_ACTOR_SQLITE: &str = concat!(
+    "SELECT ",
+    columns!(),
+    " FROM events WHERE actor_id = $2 AND position > $1 AND ($3 IS NULL OR stream_id = $3) \
      AND ($4 = '[]' OR event_type IN (SELECT value FROM json_each($4))) AND ($5 IS NULL OR occurred_at >= $5) \
      AND ($6 IS NULL OR occurred_at < $6) ORDER BY position LIMIT $7"
 );

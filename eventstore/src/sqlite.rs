@@ -203,9 +203,14 @@ impl EventStore for SqliteEventStore {
 
     async fn read_filtered(&self, filter: &crate::EventFilter, after: i64, limit: i64) -> Result<Vec<RecordedEvent>, StoreError> {
         let types = serde_json::to_string(&filter.event_types).map_err(|err| StoreError::Invalid(err.to_string()))?;
+        let sql = if filter.actor.is_some() {
+            reads::FILTERED_ACTOR_SQLITE
+        } else {
+            reads::FILTERED_SQLITE
+        };
         fetch_events!(
             &self.pool,
-            reads::FILTERED_SQLITE,
+            sql,
             decode,
             after,
             filter.actor.map(|a| a.to_string()),

@@ -25,12 +25,22 @@ pub struct ChainSigner {
     keys: Vec<SigningKey>,
 }
 
-/// What a checkpoint signs.
-fn message(position: i64, link: &Link) -> Vec<u8> {
+/// What a checkpoint signs: the chain's link at `position`, and the signature of the checkpoint
+/// before it (empty for the first), so that removing a checkpoint breaks the next one's signature.
+fn message(position: i64, link: &Link, previous: &[u8]) -> Vec<u8> {
     let mut message = b"cloudsync chain checkpoint\n".to_vec();
     message.extend_from_slice(&position.to_le_bytes());
     message.extend_from_slice(link);
+    message.extend_from_slice(previous);
     message
+}
+
+/// A stored checkpoint: position, link, key id, signature.
+type Checkpoint = (i64, Vec<u8>, String, Vec<u8>);
+
+async fn checkpoints(db: &Database) -> anyhow::Result<Vec<Checkpoint>> {
+    let query = "SELECT position, hash, key_id, signature FROM chain_checkpoints ORDER BY position";
+    on_pool!(&db.pool, |p| sqlx::query_as(query).fetch_all(p).await).context("reading the signed checkpoints")
 }
 
 /// A public key's id: the first 16 hex digits of the key.
@@ -53,19 +63,29 @@ impl ChainSigner {
             .unwrap_or_default()
     }
 
-    /// Signs the chain's tip unless it is signed already; the position signed.
+    /// Signs the chain's tip unless it is signed already, after checking every link since the last
+    /// checkpoint (a log that does not verify is not signed); the position signed. Each checkpoint
+    /// is also logged (position and link), for a record outside the database.
     ///
     /// # Errors
-    /// An unreadable chain, or the checkpoint cannot be stored.
+    /// An unreadable chain, a log that does not verify, or the checkpoint cannot be stored.
     pub async fn checkpoint(&self, db: &Database) -> anyhow::Result<Option<i64>> {
         let Some(key) = self.keys.first() else { return Ok(None) };
         let (position, link) = chain::tip(&db.pool).await?;
-        let query = "SELECT COALESCE(MAX(position), 0) FROM chain_checkpoints";
-        let signed: i64 = on_pool!(&db.pool, |p| sqlx::query_scalar(query).fetch_one(p).await)?;
-        if position == 0 || position <= signed {
+        let last = checkpoints(db).await?.pop();
+        if position == 0 || last.as_ref().is_some_and(|(signed, ..)| *signed >= position) {
             return Ok(None);
         }
-        let signature = key.sign(&message(position, &link)).to_bytes().to_vec();
+        let (from, from_link, previous) = match &last {
+            Some((signed, hash, _, signature)) => (*signed, Link::try_from(hash.as_slice())?, signature.clone()),
+            None => (0, chain::GENESIS, Vec::new()),
+        };
+        match chain::verify_from(db, from, from_link, &[]).await? {
+            Ok(verified) if verified.events >= position => {}
+            Ok(_) => return Ok(None),
+            Err(finding) => anyhow::bail!("the event log does not verify since the last checkpoint ({finding}); nothing is signed"),
+        }
+        let signature = key.sign(&message(position, &link, &previous)).to_bytes().to_vec();
         let insert = "INSERT INTO chain_checkpoints (position, hash, key_id, signature, signed_at) VALUES ($1, $2, $3, $4, $5) \
                       ON CONFLICT (position) DO NOTHING";
         on_pool!(&db.pool, |p| sqlx::query(insert)
@@ -77,6 +97,12 @@ impl ChainSigner {
             .execute(p)
             .await
             .map(drop))?;
+        tracing::info!(
+            position,
+            link = %data_encoding::HEXLOWER.encode(&link),
+            key = %key_id(key),
+            "Event chain checkpoint signed."
+        );
         Ok(Some(position))
     }
 
@@ -104,31 +130,34 @@ impl ChainSigner {
     /// An unreadable or unwritable checkpoint table.
     pub async fn resign(&self, db: &Database) -> anyhow::Result<usize> {
         let Some(current) = self.keys.first() else { return Ok(0) };
-        let query = "SELECT position, hash, key_id, signature FROM chain_checkpoints WHERE key_id <> $1";
-        let older: Vec<(i64, Vec<u8>, String, Vec<u8>)> =
-            on_pool!(&db.pool, |p| sqlx::query_as(query).bind(key_id(current)).fetch_all(p).await)?;
+        // Each signature covers the one before it: re-signing one means re-signing those after it.
+        let (mut old_previous, mut new_previous) = (Vec::new(), Vec::new());
         let mut resigned = 0;
-        for (position, hash, kid, signature) in older {
-            let Some(key) = self.keys.iter().find(|key| key_id(key) == kid) else {
-                continue;
+        for (position, hash, kid, signature) in checkpoints(db).await? {
+            let link = Link::try_from(hash.as_slice()).ok();
+            let valid = link
+                .zip(self.keys.iter().find(|key| key_id(key) == kid))
+                .is_some_and(|(link, key)| {
+                    ed25519_dalek::Signature::from_slice(&signature)
+                        .is_ok_and(|sig| key.verifying_key().verify(&message(position, &link, &old_previous), &sig).is_ok())
+                });
+            let Some(link) = link.filter(|_| valid) else {
+                anyhow::bail!("the checkpoint at {position} does not verify; it and those after it were not signed again");
             };
-            let Ok(link) = Link::try_from(hash.as_slice()) else { continue };
-            let Ok(signature) = ed25519_dalek::Signature::from_slice(&signature) else {
-                continue;
-            };
-            if key.verifying_key().verify(&message(position, &link), &signature).is_err() {
-                continue;
+            let renewed = current.sign(&message(position, &link, &new_previous)).to_bytes().to_vec();
+            if kid != key_id(current) || renewed != signature {
+                let update = "UPDATE chain_checkpoints SET key_id = $1, signature = $2 WHERE position = $3";
+                on_pool!(&db.pool, |p| sqlx::query(update)
+                    .bind(key_id(current))
+                    .bind(renewed.clone())
+                    .bind(position)
+                    .execute(p)
+                    .await
+                    .map(drop))?;
+                resigned += 1;
             }
-            let update = "UPDATE chain_checkpoints SET key_id = $1, signature = $2 WHERE position = $3";
-            let signature = current.sign(&message(position, &link)).to_bytes().to_vec();
-            on_pool!(&db.pool, |p| sqlx::query(update)
-                .bind(key_id(current))
-                .bind(signature.clone())
-                .bind(position)
-                .execute(p)
-                .await
-                .map(drop))?;
-            resigned += 1;
+            old_previous = signature;
+            new_previous = renewed;
         }
         Ok(resigned)
     }
@@ -138,15 +167,30 @@ impl ChainSigner {
     ///
     /// # Errors
     /// An unreadable log or checkpoint table. A log that does not verify is `Ok` with the finding.
-    pub async fn verify(&self, db: &Database) -> anyhow::Result<Report> {
-        let query = "SELECT position, hash, key_id, signature FROM chain_checkpoints ORDER BY position";
-        let checkpoints: Vec<(i64, Vec<u8>, String, Vec<u8>)> =
-            on_pool!(&db.pool, |p| sqlx::query_as(query).fetch_all(p).await).context("reading the signed checkpoints")?;
-        let positions: Vec<i64> = checkpoints.iter().map(|c| c.0).collect();
+    pub async fn verify(&self, db: &Database, expected: Option<(i64, Link)>) -> anyhow::Result<Report> {
+        let checkpoints = checkpoints(db).await?;
+        let mut positions: Vec<i64> = checkpoints.iter().map(|c| c.0).collect();
+        positions.extend(expected.map(|(position, _)| position));
         let verified = match chain::verify(db, &positions).await.context("reading the log")? {
             Ok(verified) => verified,
             Err(finding) => return Ok(Report::Tampered(finding.to_string())),
         };
+        if let Some((position, link)) = expected {
+            match verified.links_at.get(&position) {
+                Some(found) if *found == link => {}
+                Some(_) => {
+                    return Ok(Report::Tampered(format!(
+                        "the log's link at event {position} is not the one you kept: it was rewritten at or before {position}"
+                    )));
+                }
+                None => {
+                    return Ok(Report::Tampered(format!(
+                        "the log ends before event {position}, which you kept a link of"
+                    )));
+                }
+            }
+        }
+        let mut previous: &[u8] = &[];
         for (position, hash, kid, signature) in &checkpoints {
             let Some(key) = self.keys.iter().find(|key| key_id(key) == *kid) else {
                 return Ok(Report::Tampered(format!(
@@ -156,15 +200,16 @@ impl ChainSigner {
             let signed = Link::try_from(hash.as_slice()).ok().and_then(|link| {
                 let signature = ed25519_dalek::Signature::from_slice(signature).ok()?;
                 key.verifying_key()
-                    .verify(&message(*position, &link), &signature)
+                    .verify(&message(*position, &link, previous), &signature)
                     .ok()
                     .map(|()| link)
             });
             let Some(link) = signed else {
                 return Ok(Report::Tampered(format!(
-                    "the checkpoint at {position} does not carry a valid signature"
+                    "the checkpoint at {position} does not carry a valid signature (it, or the checkpoint before it, was changed or removed)"
                 )));
             };
+            previous = signature;
             match verified.links_at.get(position) {
                 None => {
                     return Ok(Report::Tampered(format!(
@@ -186,9 +231,21 @@ impl ChainSigner {
             events: verified.events,
             head: data_encoding::HEXLOWER.encode(&verified.head),
             checkpoints: checkpoints.len(),
-            last_checkpoint: positions.last().copied(),
+            last_checkpoint: checkpoints.last().map(|c| c.0),
         })
     }
+}
+
+/// A link kept outside the database, `<position>:<64 hex digits>`.
+///
+/// # Errors
+/// Anything else.
+pub fn parse_kept(text: &str) -> anyhow::Result<(i64, Link)> {
+    let bad = || anyhow::anyhow!("--expect takes <position>:<link in hex>, as the server logs each checkpoint");
+    let (position, hex) = text.trim().split_once(':').ok_or_else(bad)?;
+    let position: i64 = position.parse().map_err(|_| bad())?;
+    let link = data_encoding::HEXLOWER_PERMISSIVE.decode(hex.as_bytes()).map_err(|_| bad())?;
+    Ok((position, Link::try_from(link.as_slice()).map_err(|_| bad())?))
 }
 
 /// What `cloudsync verify` found.

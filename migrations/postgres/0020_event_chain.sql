@@ -12,3 +12,10 @@ CREATE TABLE chain_checkpoints (
     signature BYTEA       NOT NULL,
     signed_at TIMESTAMPTZ NOT NULL
 );
+
+-- Like the events, their links are never changed or removed, and checkpoints never removed (a
+-- master-key rotation signs them again in place).
+CREATE TRIGGER event_chain_no_update BEFORE UPDATE OR DELETE ON event_chain
+    FOR EACH ROW EXECUTE FUNCTION events_are_immutable();
+CREATE TRIGGER chain_checkpoints_no_delete BEFORE DELETE ON chain_checkpoints
+    FOR EACH ROW EXECUTE FUNCTION events_are_immutable();

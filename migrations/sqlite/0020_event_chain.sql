@@ -12,3 +12,12 @@ CREATE TABLE chain_checkpoints (
     signature BLOB    NOT NULL,
     signed_at TEXT    NOT NULL
 );
+
+-- Like the events, their links are never changed or removed, and checkpoints never removed (a
+-- master-key rotation signs them again in place).
+CREATE TRIGGER event_chain_no_update BEFORE UPDATE ON event_chain
+BEGIN SELECT RAISE(ABORT, 'chain links are immutable'); END;
+CREATE TRIGGER event_chain_no_delete BEFORE DELETE ON event_chain
+BEGIN SELECT RAISE(ABORT, 'chain links are immutable'); END;
+CREATE TRIGGER chain_checkpoints_no_delete BEFORE DELETE ON chain_checkpoints
+BEGIN SELECT RAISE(ABORT, 'chain checkpoints are kept'); END;

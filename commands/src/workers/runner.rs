@@ -241,8 +241,25 @@ impl JobRunner {
             _ => ("sync", super::sync::run_sync(commands, job_id, &run).await),
         };
         drop(slot);
-        let outcome = if result.is_ok() && !run.is_cancelled() {
-            "completed"
+        // A run records its job's failure or cancellation itself and returns Ok: the job's phase
+        // says how it ended.
+        let ended = match (&result, run.is_cancelled()) {
+            (Ok(()), false) => commands
+                .load::<SyncJob>(&job_id.stream())
+                .await
+                .ok()
+                .and_then(|(job, _)| job.phase()),
+            _ => None,
+        };
+        let outcome = if let Some(phase) = ended.filter(|phase| phase.is_terminal()) {
+            match phase {
+                cloudsync_domain::events::JobPhase::Completed => "completed",
+                cloudsync_domain::events::JobPhase::Cancelled => "cancelled",
+                _ => "failed",
+            }
+        } else if result.is_ok() && !run.is_cancelled() {
+            // Ended its run without ending the job (paused, held for approval).
+            "paused"
         } else if shutdown.is_cancelled() {
             "handed_back"
         } else if run.is_cancelled() {

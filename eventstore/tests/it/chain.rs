@@ -10,6 +10,8 @@ use uuid::Uuid;
 
 crate::on_both!(
     every_event_is_linked_and_the_log_verifies,
+    links_cannot_be_changed_or_removed,
+    numbers_as_the_database_gives_them_back_still_verify,
     events_written_without_links_are_linked_by_the_next_append,
     a_changed_event_is_found,
     a_removed_event_is_found,
@@ -50,10 +52,23 @@ async fn verified(db: &TestDatabase) -> Result<chain::Verified, Finding> {
 async fn by_hand(db: &TestDatabase, statements: &[&str]) {
     let (off, on): (&[&str], &[&str]) = match db.db.pool {
         DbPool::Postgres(_) => (
-            &["ALTER TABLE events DISABLE TRIGGER events_no_update"],
-            &["ALTER TABLE events ENABLE TRIGGER events_no_update"],
+            &[
+                "ALTER TABLE events DISABLE TRIGGER events_no_update",
+                "ALTER TABLE event_chain DISABLE TRIGGER event_chain_no_update",
+            ],
+            &[
+                "ALTER TABLE events ENABLE TRIGGER events_no_update",
+                "ALTER TABLE event_chain ENABLE TRIGGER event_chain_no_update",
+            ],
         ),
-        DbPool::Sqlite(_) => (&["DROP TRIGGER events_no_update", "DROP TRIGGER events_no_delete"], &[]),
+        DbPool::Sqlite(_) => (
+            &[
+                "DROP TRIGGER IF EXISTS events_no_update",
+                "DROP TRIGGER IF EXISTS events_no_delete",
+                "DROP TRIGGER IF EXISTS event_chain_no_delete",
+            ],
+            &[],
+        ),
     };
     for sql in off.iter().chain(statements).chain(on) {
         on_pool!(&db.db.pool, |p| sqlx::query(sql).execute(p).await.map(drop)).unwrap_or_else(|err| panic!("{sql}: {err}"));
@@ -91,10 +106,41 @@ async fn every_event_is_linked_and_the_log_verifies(db: &TestDatabase) {
     assert_eq!(previous, tip);
 }
 
+async fn links_cannot_be_changed_or_removed(db: &TestDatabase) {
+    fill(&*db.db.events, 3).await;
+    for sql in [
+        "UPDATE event_chain SET hash = hash WHERE position = 2",
+        "DELETE FROM event_chain WHERE position = 3",
+    ] {
+        let refused = on_pool!(&db.db.pool, |p| sqlx::query(sql).execute(p).await.map(drop));
+        assert!(refused.is_err(), "{sql} went through");
+    }
+    assert_eq!(verified(db).await.expect("verifies").events, 3);
+}
+
+async fn numbers_as_the_database_gives_them_back_still_verify(db: &TestDatabase) {
+    // Classifier scores are f32 widened to f64; JSONB rewrites whole floats and negative zero.
+    for (n, score) in [0.449_491_05_f32, 0.1, 0.333_333_34, 0.999_999_94].into_iter().enumerate() {
+        let event = NewEvent {
+            event_type: "Scored".into(),
+            schema_version: 1,
+            payload: json!({ "score": f64::from(score), "big": 1e16, "huge": 1e20, "neg": -0.0, "whole": 3.0, "third": 1.0 / 3.0, "n": n }),
+            metadata: EventMetadata::new(None),
+        };
+        let append = StreamAppend {
+            stream: format!("scored-{}", Uuid::new_v4()),
+            expected: ExpectedVersion::Any,
+            events: vec![event],
+        };
+        db.db.events.append(vec![append]).await.expect("append");
+    }
+    assert_eq!(verified(db).await.expect("verifies").events, 4);
+}
+
 async fn events_written_without_links_are_linked_by_the_next_append(db: &TestDatabase) {
     fill(&*db.db.events, 6).await;
     // A log from before the chain: no links at all.
-    on_pool!(&db.db.pool, |p| sqlx::query("DELETE FROM event_chain").execute(p).await.map(drop)).expect("delete");
+    by_hand(db, &["DELETE FROM event_chain"]).await;
     // A fresh store (no link remembered) adds them under the append lock, then its own.
     let other = cloudsync_eventstore::Database::connect(&db.url, false).await.expect("connect");
     fill(&*other.events, 2).await;

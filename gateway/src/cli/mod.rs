@@ -116,7 +116,12 @@ pub enum Command {
     /// Checks that the event log is as it was appended: every event's link in the hash chain, and
     /// every signed checkpoint. Prints the first event changed, removed, inserted or reordered and
     /// fails, or prints what it checked.
-    Verify,
+    Verify {
+        /// A checkpoint kept outside the database (`<position>:<link in hex>`, as the server logs
+        /// "Event chain checkpoint signed."), which the log must still match.
+        #[arg(long)]
+        expect: Option<String>,
+    },
     /// Prints history from the event log: one stream's, everything one user did, or everything one
     /// request and the jobs it started did, in order.
     Replay {
@@ -274,10 +279,11 @@ pub async fn run(command: Command, config: Config) -> anyhow::Result<()> {
             print!("{}", crate::graphql::sdl());
             Ok(())
         }
-        Command::Verify => {
+        Command::Verify { expect } => {
+            let expected = expect.as_deref().map(crate::audit::parse_kept).transpose()?;
             let db = open_database(&config).await?;
             let signer = crate::audit::ChainSigner::new(&crate::root::master_key(&config)?);
-            let report = signer.verify(&db).await;
+            let report = signer.verify(&db, expected).await;
             db.close().await;
             let report = report?;
             println!("{report}");

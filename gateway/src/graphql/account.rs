@@ -317,12 +317,18 @@ impl IdentityMutation {
         limit(ctx, app.rules.login, &format!("ip:{}", client_ip(ctx))).await?;
         let email = Email::parse(&email).map_err(|err| ApiError::BadInput(err.to_string()))?;
         limit(ctx, app.rules.login, &format!("reset:{}", email.as_str())).await?;
-        // In the background: the answer takes as long for an unknown address as for a known one.
-        tokio::spawn(async move {
+        // In the background: the answer takes as long for an unknown address as for a known one
+        // (still in the request's correlation and span).
+        let correlation = cloudsync_commands::current_correlation().unwrap_or_else(uuid::Uuid::new_v4);
+        let send = async move {
             if let Err(error) = send_reset(&app, email).await {
                 tracing::error!(error = %error, "A password reset could not be sent.");
             }
-        });
+        };
+        tokio::spawn(tracing::Instrument::in_current_span(cloudsync_commands::correlated(
+            correlation,
+            send,
+        )));
         Ok(true)
     }
 

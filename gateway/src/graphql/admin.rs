@@ -172,7 +172,9 @@ impl AdminQuery {
         let actor = match admin_caller(ctx, false).await {
             Ok(_) => named,
             Err(ApiError::Forbidden(_)) => {
-                let caller = super::caller(ctx)?;
+                // One's own history (sessions, tokens, second factors) is a signed-in session's to
+                // read, not a scoped API token's.
+                let caller = session_caller(ctx)?;
                 match named {
                     Some(other) if other != caller.user_id.as_uuid() => {
                         return Err(ApiError::Forbidden("only administrators and auditors see other users' history".into()).into());

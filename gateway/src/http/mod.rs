@@ -82,6 +82,7 @@ pub(crate) async fn follow_request(request: axum::extract::Request, next: axum::
         .get(REQUEST_ID)
         .and_then(|value| value.to_str().ok())
         .and_then(|value| uuid::Uuid::parse_str(value.trim()).ok())
+        .filter(|id| !id.is_nil() && !id.is_max())
         .unwrap_or_else(uuid::Uuid::new_v4);
     let route = request
         .extensions()

@@ -44,7 +44,9 @@ pub fn server_config(cert: &Path, key: &Path, min_version: &str) -> anyhow::Resu
         .with_no_client_auth()
         .with_single_cert(chain, key)
         .context("tls_cert and tls_key do not go together")?;
-    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    // HTTP/1.1 only (the server is built without HTTP/2): a client that offers h2 as well is told
+    // http/1.1 rather than agreeing on a protocol the server would then refuse.
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(Arc::new(config))
 }
 

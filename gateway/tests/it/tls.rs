@@ -141,17 +141,20 @@ fn the_server_speaks_tls_13_only_with_hsts_and_websockets_over_it() {
         for der in rustls::pki_types::CertificateDer::pem_file_iter(&ca).expect("pem") {
             roots.add(der.expect("der")).expect("root");
         }
-        let config = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
             .with_safe_default_protocol_versions()
             .expect("versions")
             .with_root_certificates(roots)
             .with_no_client_auth();
+        // As browsers do: HTTP/2 first. The server, which speaks HTTP/1.1, must not agree to h2.
+        config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
         let tcp = tokio::net::TcpStream::connect(&addr).await.expect("tcp");
         let name = rustls::pki_types::ServerName::try_from("localhost").expect("name");
         let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
             .connect(name, tcp)
             .await
             .expect("handshake");
+        assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"http/1.1"[..]));
         let mut request = "wss://localhost/graphql/ws".into_client_request().expect("request");
         request
             .headers_mut()
