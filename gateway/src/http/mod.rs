@@ -155,8 +155,8 @@ pub(crate) fn html_escape(text: &str) -> String {
 
 /// Whether this process can do its work: the database answers, and so do Redis and the job
 /// queue's broker where configured; in API processes, the search index answers and the read models
-/// are no further behind the log than `ready_max_lag_events`. 503 with the reasons otherwise (each
-/// check waits at most two seconds).
+/// are no further behind the log than `ready_max_lag_events`. 503 with the reasons otherwise (the
+/// checks run together, each for at most two seconds).
 pub(crate) async fn readyz(State(state): State<HttpState>) -> Response {
     let app = &state.app;
     let ready = &app.readiness;
@@ -171,18 +171,43 @@ pub(crate) async fn readyz(State(state): State<HttpState>) -> Response {
             }
         };
     };
-    let head = within(app.db.events.head()).await;
+    // Every check at once, so the answer takes at most one check's time limit.
+    let (head, redis, broker, search) = tokio::join!(
+        within(app.db.events.head()),
+        async {
+            match &ready.redis {
+                Some(redis) => Some(within(redis.get("readyz")).await.map(drop)),
+                None => None,
+            }
+        },
+        async {
+            match &ready.broker {
+                Some(broker) => Some(within(broker.check()).await),
+                None => None,
+            }
+        },
+        async {
+            if ready.serves_api {
+                Some(
+                    within(async { app.search.search().index().await.checkpoint().await })
+                        .await
+                        .map(drop),
+                )
+            } else {
+                None
+            }
+        },
+    );
     let projected = app.projections.position();
     note("database", head.as_ref().map(drop).map_err(Clone::clone));
-    if let Some(redis) = &ready.redis {
-        note("redis", within(redis.get("readyz")).await.map(drop));
+    if let Some(redis) = redis {
+        note("redis", redis);
     }
-    if let Some(broker) = &ready.broker {
-        note("rabbitmq", within(broker.check()).await);
+    if let Some(broker) = broker {
+        note("rabbitmq", broker);
     }
-    if ready.serves_api {
-        let index = app.search.search().index().await;
-        note("search", within(index.checkpoint()).await.map(drop));
+    if let Some(search) = search {
+        note("search", search);
         if let Ok(head) = &head {
             note(
                 "projectors",
