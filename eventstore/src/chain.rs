@@ -70,6 +70,26 @@ pub fn link_at(previous: &Link, event: &RecordedEvent, position: i64) -> Link {
     )
 }
 
+/// A group writer's last link and its position, valid while nobody else has appended since.
+#[derive(Default)]
+pub(crate) struct TipCache(std::sync::Mutex<Option<(i64, Link)>>);
+
+impl TipCache {
+    /// The remembered link, if it is the one at `head` (the log's last position, read under the
+    /// append lock).
+    pub(crate) fn at(&self, head: i64) -> Option<Link> {
+        let tip = self.0.lock().ok()?;
+        tip.filter(|(position, _)| *position == head).map(|(_, link)| link)
+    }
+
+    /// Remembers `link` at `position` (once its transaction has committed).
+    pub(crate) fn set(&self, position: i64, link: Link) {
+        if let Ok(mut tip) = self.0.lock() {
+            *tip = Some((position, link));
+        }
+    }
+}
+
 /// The stored tip as read (`None`: no link yet).
 pub(crate) fn parse_tip(stored: Option<(i64, Vec<u8>)>) -> Result<(i64, Link), StoreError> {
     match stored {

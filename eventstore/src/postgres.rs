@@ -57,7 +57,7 @@ impl PgEventStore {
             move |shared| Writer {
                 pool: writer_pool,
                 shared,
-                tip: std::sync::Mutex::new(None),
+                tip: chain::TipCache::default(),
             },
             head.clone(),
         );
@@ -115,7 +115,7 @@ struct Writer {
     pool: PgPool,
     shared: Arc<Shared>,
     /// The last link this writer wrote and its position.
-    tip: std::sync::Mutex<Option<(i64, chain::Link)>>,
+    tip: chain::TipCache,
 }
 
 #[async_trait]
@@ -199,8 +199,8 @@ impl GroupWrite for Writer {
         self.shared.before_commit().await;
         tx.commit().await?;
         self.shared.committed();
-        if let (Ok(mut tip), Some(link)) = (self.tip.lock(), links.last()) {
-            *tip = Some((last, *link));
+        if let Some(link) = links.last() {
+            self.tip.set(last, *link);
         }
         Ok(results)
     }
@@ -210,10 +210,7 @@ impl Writer {
     /// The link at `head` (the log's last position, read under the append lock): this writer's
     /// last, or the stored one, after adding the links of events written without them.
     async fn chain_tip(&self, tx: &mut sqlx::Transaction<'_, sqlx::Postgres>, head: i64) -> Result<chain::Link, StoreError> {
-        if let Ok(tip) = self.tip.lock()
-            && let Some((position, link)) = *tip
-            && position == head
-        {
+        if let Some(link) = self.tip.at(head) {
             return Ok(link);
         }
         let stored = sqlx::query_as(chain::TIP).fetch_optional(&mut **tx).await?;

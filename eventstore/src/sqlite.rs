@@ -26,7 +26,7 @@ struct Writer {
     pool: SqlitePool,
     shared: Arc<Shared>,
     /// The last link this writer wrote and its position.
-    tip: std::sync::Mutex<Option<(i64, chain::Link)>>,
+    tip: chain::TipCache,
 }
 
 #[async_trait]
@@ -82,8 +82,8 @@ impl GroupWrite for Writer {
         self.shared.before_commit().await;
         tx.commit().await?;
         self.shared.committed();
-        if let (Ok(mut tip), Some(row), Some(link)) = (self.tip.lock(), rows.last(), links.last()) {
-            *tip = Some((row.position, *link));
+        if let (Some(row), Some(link)) = (rows.last(), links.last()) {
+            self.tip.set(row.position, *link);
         }
         Ok(results)
     }
@@ -104,10 +104,7 @@ impl Writer {
     /// The link at `head` (the log's last position, read under the write lock): this writer's last,
     /// or the stored one, after adding the links of events written without them.
     async fn chain_tip(&self, tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>, head: i64) -> Result<chain::Link, StoreError> {
-        if let Ok(tip) = self.tip.lock()
-            && let Some((position, link)) = *tip
-            && position == head
-        {
+        if let Some(link) = self.tip.at(head) {
             return Ok(link);
         }
         let stored = sqlx::query_as(chain::TIP).fetch_optional(&mut **tx).await?;
@@ -137,7 +134,7 @@ impl SqliteEventStore {
             move |shared| Writer {
                 pool: writer_pool,
                 shared,
-                tip: std::sync::Mutex::new(None),
+                tip: chain::TipCache::default(),
             },
             head.clone(),
         );

@@ -346,13 +346,16 @@ async fn an_oauth_callback_may_reach_another_api_process(h: &Harness) {
     second.stop().await;
     // Written through the other process (whose position this client did not carry over): here once
     // this process's read models pass it.
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    loop {
-        let providers = h.ok(Some(&token), "{ providers { displayName } }", json!({})).await;
-        if providers == json!({ "providers": [{ "displayName": "Shared drive" }] }) {
-            break;
-        }
-        assert!(std::time::Instant::now() < deadline, "{providers}");
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
+    let head = h.server().app().db.events.head().await.expect("head");
+    assert!(
+        h.server()
+            .app()
+            .projections
+            .wait_for(head, std::time::Duration::from_secs(10))
+            .await
+    );
+    assert_eq!(
+        h.ok(Some(&token), "{ providers { displayName } }", json!({})).await,
+        json!({ "providers": [{ "displayName": "Shared drive" }] })
+    );
 }
