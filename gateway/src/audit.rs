@@ -106,20 +106,22 @@ impl ChainSigner {
         Ok(Some(position))
     }
 
-    /// Signs the tip every [`CHECKPOINT_EVERY`] until `shutdown`, and once more then.
-    pub async fn run(self, db: Database, shutdown: CancellationToken) {
+    /// Signs the tip every [`CHECKPOINT_EVERY`] until `shutdown`. The last signature is the
+    /// server's, once every task that appends has stopped (see `Server::stop`).
+    pub async fn run(self: std::sync::Arc<Self>, db: Database, shutdown: CancellationToken) {
         let mut every = tokio::time::interval(CHECKPOINT_EVERY);
         loop {
-            let stopping = tokio::select! {
-                () = shutdown.cancelled() => true,
-                _ = every.tick() => false,
-            };
-            if let Err(error) = self.checkpoint(&db).await {
-                tracing::warn!(error = %format!("{error:#}"), "Could not sign the event chain's tip.");
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                _ = every.tick() => self.sign_tip(&db).await,
             }
-            if stopping {
-                return;
-            }
+        }
+    }
+
+    /// [`Self::checkpoint`], with a failure logged rather than returned.
+    pub async fn sign_tip(&self, db: &Database) {
+        if let Err(error) = self.checkpoint(db).await {
+            tracing::warn!(error = %format!("{error:#}"), "Could not sign the event chain's tip.");
         }
     }
 

@@ -36,6 +36,7 @@ pub struct Server {
     app: Arc<App>,
     shutdown: CancellationToken,
     tasks: JoinSet<()>,
+    signer: Arc<crate::audit::ChainSigner>,
 }
 
 impl Server {
@@ -47,10 +48,12 @@ impl Server {
         &self.app
     }
 
-    /// Stops accepting requests, stops the projectors and the job runner, and waits for all of them.
+    /// Stops accepting requests, stops the projectors and the job runner, and waits for all of them;
+    /// then signs the event chain's tip, which now covers every event this process appended.
     pub async fn stop(mut self) {
         self.shutdown.cancel();
         while self.tasks.join_next().await.is_some() {}
+        self.signer.sign_tip(&self.app.db).await;
         self.app.db.close().await;
     }
 
@@ -740,7 +743,8 @@ pub async fn start_as(config: &Config, role: Role) -> anyhow::Result<Server> {
     let shutdown = CancellationToken::new();
     let mut tasks = JoinSet::new();
     tasks.spawn(crate::metrics::upkeep(shutdown.child_token()));
-    tasks.spawn(crate::audit::ChainSigner::new(&master_key(config)?).run(db.clone(), shutdown.child_token()));
+    let signer = Arc::new(crate::audit::ChainSigner::new(&master_key(config)?));
+    tasks.spawn(Arc::clone(&signer).run(db.clone(), shutdown.child_token()));
     if role.serves_api() {
         tasks.spawn(crate::metrics::sample_lag(Arc::clone(&app), shutdown.child_token()));
         tasks.spawn(Arc::clone(&projections).run(shutdown.child_token()));
@@ -837,6 +841,7 @@ pub async fn start_as(config: &Config, role: Role) -> anyhow::Result<Server> {
         app,
         shutdown,
         tasks,
+        signer,
     })
 }
 
