@@ -33,8 +33,8 @@ pub use oauth::{Authorization, DEFAULT_RENEW_MARGIN, MemoryPending, OAuth, OAuth
 pub use sealing::SealingStore;
 pub use secrets::{AccountKeys, KeyLookup, MasterKey, Vault};
 pub use workers::{
-    ContentPipeline, ContentRetries, GcReport, JOB_LEASE_TTL, JOB_QUEUE, JobRelay, JobRetries, JobRunner, LEASE_TTL, Lease,
-    SINGLETON_LEASE_TTL, Scheduler,
+    ContentPipeline, ContentRetries, ExportProgress, Exporter, GcReport, JOB_LEASE_TTL, JOB_QUEUE, JobRelay, JobRetries, JobRunner,
+    LEASE_TTL, Lease, SINGLETON_LEASE_TTL, Scheduler,
 };
 
 /// The command side of CloudSync.
@@ -54,6 +54,8 @@ pub struct Commands {
     /// Sync pairs as last loaded (their history grows with every run), brought up to date by
     /// reading only the events after their version.
     pairs: Arc<core::PairCache>,
+    /// Writes analytics exports (none: export jobs fail, saying so).
+    pub(crate) exporter: Option<Arc<dyn Exporter>>,
 }
 
 /// The chunk store and the keys its accounts seal their chunks with.
@@ -78,7 +80,15 @@ impl Commands {
             clock: cloudsync_domain::clock::system(),
             deleted_keep_days: DELETED_KEEP_DAYS,
             pairs: Arc::new(core::PairCache::default()),
+            exporter: None,
         }
+    }
+
+    /// Writes analytics export jobs with `exporter`.
+    #[must_use]
+    pub fn with_exporter(mut self, exporter: Arc<dyn Exporter>) -> Self {
+        self.exporter = Some(exporter);
+        self
     }
 
     /// Days a file deleted by `resolve_duplicate` stays restorable.

@@ -132,6 +132,13 @@ impl SyncJob {
     }
 
     fn allowed(&self, from: JobPhase, to: JobPhase) -> bool {
+        // An export writes its file from the start: it neither scans nor plans.
+        if matches!(self.kind(), Some(JobKind::Export(_))) {
+            return matches!(
+                (from, to),
+                (JobPhase::Pending, JobPhase::Transferring) | (JobPhase::Transferring, JobPhase::Completed)
+            );
+        }
         let scan_only = matches!(self.kind(), Some(JobKind::Scan { .. }));
         matches!(
             (from, to),
@@ -323,13 +330,18 @@ mod tests {
 
     /// Given the history produced by `commands`, run `last` and return its outcome.
     fn check(commands: Vec<SyncJobCommand>, last: SyncJobCommand) -> Result<Vec<DomainEvent>, DomainError> {
+        let scan = JobKind::Scan {
+            provider_id: crate::ids::ProviderId::from_uuid(Uuid::from_u128(6)),
+        };
+        check_kind(scan, commands, last)
+    }
+
+    fn check_kind(kind: JobKind, commands: Vec<SyncJobCommand>, last: SyncJobCommand) -> Result<Vec<DomainEvent>, DomainError> {
         let mut history = Vec::new();
         let create = SyncJobCommand::Create {
             job_id: SyncJobId::from_uuid(Uuid::from_u128(5)),
             owner_id: owner(),
-            kind: JobKind::Scan {
-                provider_id: crate::ids::ProviderId::from_uuid(Uuid::from_u128(6)),
-            },
+            kind,
             at: T,
         };
         for command in std::iter::once(create).chain(commands) {
@@ -347,6 +359,23 @@ mod tests {
     fn a_scan_runs_pending_scanning_completed() {
         let events = check(vec![phase(JobPhase::Scanning)], SyncJobCommand::Complete { at: T }).expect("accepted");
         assert!(matches!(events.as_slice(), [DomainEvent::SyncJobCompleted(_)]));
+    }
+
+    #[test]
+    fn an_export_runs_pending_transferring_completed_and_neither_scans_nor_plans() {
+        let export = || {
+            JobKind::Export(crate::events::ExportRequest {
+                what: crate::events::ExportSubject::Events,
+                format: crate::events::ExportFormat::Parquet,
+                since: None,
+                until: None,
+            })
+        };
+        let events = check_kind(export(), vec![phase(JobPhase::Transferring)], SyncJobCommand::Complete { at: T }).expect("accepted");
+        assert!(matches!(events.as_slice(), [DomainEvent::SyncJobCompleted(_)]));
+        assert!(check_kind(export(), vec![], phase(JobPhase::Scanning)).is_err());
+        assert!(check_kind(export(), vec![], SyncJobCommand::Complete { at: T }).is_err());
+        assert!(check_kind(export(), vec![phase(JobPhase::Transferring)], phase(JobPhase::Planning)).is_err());
     }
 
     #[test]

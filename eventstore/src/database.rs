@@ -29,6 +29,9 @@ pub enum DbPool {
 pub struct Database {
     pub pool: DbPool,
     pub events: Arc<dyn EventStore>,
+    /// The log exactly as stored, whatever later wraps `events` (sealed fields stay sealed): what
+    /// an export or an audit reads.
+    pub stored: Arc<dyn EventStore>,
 }
 
 impl Database {
@@ -46,7 +49,11 @@ impl Database {
             DbPool::Sqlite(p) => Arc::new(SqliteEventStore::new(p.clone()).await?),
             DbPool::Postgres(p) => Arc::new(PgEventStore::new(p.clone()).await?),
         };
-        Ok(Self { pool, events })
+        Ok(Self {
+            pool,
+            stored: Arc::clone(&events),
+            events,
+        })
     }
 
     async fn pool(url: &str) -> Result<DbPool, StoreError> {

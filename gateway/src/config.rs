@@ -51,6 +51,9 @@ pub struct Config {
     pub mail_outbox: Option<PathBuf>,
     /// A folder that receives outgoing text messages as `.sms` files; unset: they are written to the log.
     pub sms_outbox: Option<PathBuf>,
+    /// Where export jobs (`exportAnalytics`) write their files, as `<job id>.<format>`; default
+    /// `<data_dir>/exports`. With worker processes on other machines, a folder they all share.
+    pub export_dir: Option<PathBuf>,
     /// The origin browsers show when they use passkeys (`https://cloudsync.example.org`); default:
     /// `public_url`, else `http://localhost:<port>`.
     pub webauthn_origin: Option<String>,
@@ -185,6 +188,7 @@ impl Default for Config {
             password_reset_ttl_minutes: 30,
             mail_outbox: None,
             sms_outbox: None,
+            export_dir: None,
             webauthn_origin: None,
             rate_limit_api_per_minute: 600,
             rate_limit_login_per_minute: 10,
@@ -307,6 +311,7 @@ impl Config {
                 "WEBAUTHN_ORIGIN" => config.webauthn_origin = Some(value),
                 "WEBAUTHN_RP_ID" => config.webauthn_rp_id = Some(value),
                 "SMS_OUTBOX" => config.sms_outbox = Some(PathBuf::from(value)).filter(|p| !p.as_os_str().is_empty()),
+                "EXPORT_DIR" => config.export_dir = Some(PathBuf::from(value)).filter(|p| !p.as_os_str().is_empty()),
                 "MAIL_OUTBOX" => config.mail_outbox = Some(PathBuf::from(value)).filter(|p| !p.as_os_str().is_empty()),
                 "CORS_ORIGINS" => {
                     config.cors_origins = value.split([',', ' ']).filter(|o| !o.is_empty()).map(str::to_owned).collect();
@@ -577,6 +582,11 @@ impl Config {
             bail!("public_url must be an http:// or https:// URL");
         }
         Ok(())
+    }
+
+    /// Where export jobs write their files.
+    pub fn exports(&self) -> PathBuf {
+        self.export_dir.clone().unwrap_or_else(|| self.data_dir.join("exports"))
     }
 
     /// The database to use.

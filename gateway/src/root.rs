@@ -391,7 +391,8 @@ pub fn commands_sharing(config: &Config, db: &Database, shared: Option<Arc<dyn c
     };
     Ok(Commands::new(Arc::clone(&db.events), Vault::new(master, db.pool.clone()))
         .with_chunks(Arc::new(chunks), CHUNK_STORE_KEY.ring(config)?)
-        .with_deleted_keep_days(config.deleted_keep_days))
+        .with_deleted_keep_days(config.deleted_keep_days)
+        .with_exporter(Arc::new(cloudsync_export::Folder::new(db.clone(), config.exports()))))
 }
 
 /// The OAuth apps from configuration, calling back to `<public_url>/oauth/callback` (`addr` stands in

@@ -449,10 +449,17 @@ pub fn ops_for(event: &DomainEvent, at: DateTime<Utc>) -> Vec<Op> {
             id: e.job_id.as_uuid(),
             user_id: e.owner_id.as_uuid(),
             kind: e.kind.name().to_owned(),
-            provider_id: Some(e.kind.provider_id().as_uuid()),
+            provider_id: e.kind.provider_id().map(|p| p.as_uuid()),
             details: match &e.kind {
                 JobKind::Sync { pair_id, .. } => serde_json::json!({ "pair_id": pair_id.as_uuid() }),
                 JobKind::Scan { .. } => serde_json::json!({}),
+                JobKind::Export(request) => serde_json::json!({
+                    "what": request.what.as_str(),
+                    "format": request.format.extension(),
+                    "since": request.since,
+                    "until": request.until,
+                    "file": request.file_name(e.job_id),
+                }),
             },
             at,
         }],

@@ -228,6 +228,33 @@ macro_rules! provider_row {
     };
 }
 
+macro_rules! operation_row {
+    ($row:ident) => {{
+        let provider_id: Option<String> = $row.try_get("provider_id")?;
+        Ok(SyncOperationRow {
+            id: uuid($row.try_get("id")?)?,
+            kind: $row.try_get("kind")?,
+            provider_id: provider_id.as_deref().map(uuid).transpose()?,
+            status: $row.try_get("status")?,
+            paused: $row.try_get("paused")?,
+            files_done: $row.try_get("files_done")?,
+            bytes_done: $row.try_get("bytes_done")?,
+            files_total: $row.try_get("files_total")?,
+            bytes_total: $row.try_get("bytes_total")?,
+            bytes_written: $row.try_get("bytes_written")?,
+            error: $row.try_get("error")?,
+            details: json($row.try_get("details")?)?,
+            held: $row.try_get::<Option<String>, _>("held")?.as_deref().map(json).transpose()?,
+            retries: $row.try_get("retries")?,
+            retry_reason: $row.try_get("retry_reason")?,
+            retry_at: $row.try_get("retry_at")?,
+            created_at: $row.try_get("created_at")?,
+            updated_at: $row.try_get("updated_at")?,
+            completed_at: $row.try_get("completed_at")?,
+        })
+    }};
+}
+
 impl ReadModels {
     pub fn new(pool: DbPool) -> Self {
         Self { pool }
@@ -417,31 +444,46 @@ impl ReadModels {
     /// Database failures.
     pub async fn sync_operation(&self, user: UserId, id: Uuid) -> Result<Option<SyncOperationRow>, QueryError> {
         let sql = format!("SELECT {OPERATION_COLUMNS} FROM sync_operations WHERE user_id = $1 AND id = $2");
-        let rows = fetch_all!(&self.pool, &sql, [Val::Uuid(user.as_uuid()), Val::Uuid(id)], |row| {
-            let provider_id: Option<String> = row.try_get("provider_id")?;
-            Ok(SyncOperationRow {
-                id: uuid(row.try_get("id")?)?,
-                kind: row.try_get("kind")?,
-                provider_id: provider_id.as_deref().map(uuid).transpose()?,
-                status: row.try_get("status")?,
-                paused: row.try_get("paused")?,
-                files_done: row.try_get("files_done")?,
-                bytes_done: row.try_get("bytes_done")?,
-                files_total: row.try_get("files_total")?,
-                bytes_total: row.try_get("bytes_total")?,
-                bytes_written: row.try_get("bytes_written")?,
-                error: row.try_get("error")?,
-                details: json(row.try_get("details")?)?,
-                held: row.try_get::<Option<String>, _>("held")?.as_deref().map(json).transpose()?,
-                retries: row.try_get("retries")?,
-                retry_reason: row.try_get("retry_reason")?,
-                retry_at: row.try_get("retry_at")?,
-                created_at: row.try_get("created_at")?,
-                updated_at: row.try_get("updated_at")?,
-                completed_at: row.try_get("completed_at")?,
-            })
-        })?;
+        let rows = fetch_all!(&self.pool, &sql, [Val::Uuid(user.as_uuid()), Val::Uuid(id)], |row| operation_row!(
+            row
+        ))?;
         Ok(rows.into_iter().next())
+    }
+
+    /// Everybody's files (an export's: no scoping), a page at a time in id order, each with its
+    /// owner; `after` is the last id of the page before.
+    ///
+    /// # Errors
+    /// Database failures.
+    pub async fn all_files(&self, after: Option<Uuid>, limit: i64) -> Result<Vec<(Uuid, FileRow)>, QueryError> {
+        let sql = format!("SELECT {FILE_COLUMNS}, CAST(user_id AS TEXT) AS owner FROM files WHERE id > $1 ORDER BY id LIMIT $2");
+        fetch_all!(
+            &self.pool,
+            &sql,
+            [Val::Uuid(after.unwrap_or(Uuid::nil())), Val::Int(limit)],
+            |row| {
+                let owner = uuid(row.try_get("owner")?)?;
+                file_row!(row).map(|file| (owner, file))
+            }
+        )
+    }
+
+    /// Everybody's sync operations (an export's: no scoping), as [`Self::all_files`].
+    ///
+    /// # Errors
+    /// Database failures.
+    pub async fn all_sync_operations(&self, after: Option<Uuid>, limit: i64) -> Result<Vec<(Uuid, SyncOperationRow)>, QueryError> {
+        let sql =
+            format!("SELECT {OPERATION_COLUMNS}, CAST(user_id AS TEXT) AS owner FROM sync_operations WHERE id > $1 ORDER BY id LIMIT $2");
+        fetch_all!(
+            &self.pool,
+            &sql,
+            [Val::Uuid(after.unwrap_or(Uuid::nil())), Val::Int(limit)],
+            |row| {
+                let owner = uuid(row.try_get("owner")?)?;
+                operation_row!(row).map(|operation: SyncOperationRow| (owner, operation))
+            }
+        )
     }
 
     /// The conflicts left for the user in one of their pairs, by path.

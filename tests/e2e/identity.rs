@@ -1373,7 +1373,7 @@ fn outcome(response: &Value) -> String {
     response["errors"][0]["extensions"]["code"].as_str().unwrap_or("OK").to_owned()
 }
 
-async fn grant(h: &Harness, email: &str, role: &str) {
+pub(crate) async fn grant(h: &Harness, email: &str, role: &str) {
     cli_role(h, email, role, true).await;
 }
 

@@ -5,6 +5,7 @@ mod audit;
 mod caches;
 mod content;
 mod duplicates;
+mod export;
 mod faults;
 mod harness;
 mod identity;

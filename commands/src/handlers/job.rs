@@ -1,6 +1,7 @@
-//! Job commands: requesting a scan, and cancelling, pausing or resuming any job.
+//! Job commands: requesting a scan or an export, and cancelling, pausing or resuming any job.
 
 use chrono::Utc;
+use cloudsync_domain::events::ExportRequest;
 use cloudsync_domain::provider::ProviderConnection;
 use cloudsync_domain::sync_job::{JobKind, SyncJob, SyncJobCommand};
 use cloudsync_domain::{Aggregate, ProviderId, SyncJobId, UserId};
@@ -25,6 +26,28 @@ impl Commands {
             job_id,
             owner_id: user,
             kind: JobKind::Scan { provider_id },
+            at: Utc::now(),
+        })?;
+        let position = self.append(job_id.stream(), 0, &created, &Context::new(Some(user))).await?;
+        Ok((job_id, position))
+    }
+
+    /// Starts an analytics export owned by `user` (the caller checks that they may export); the
+    /// job runner writes it into the export folder of the process that runs it.
+    ///
+    /// # Errors
+    /// [`CommandError::Invalid`] for an empty window.
+    pub async fn request_export(&self, user: UserId, request: ExportRequest) -> Result<(SyncJobId, i64), CommandError> {
+        if let (Some(since), Some(until)) = (request.since, request.until)
+            && since >= until
+        {
+            return Err(CommandError::Invalid("since must be before until".into()));
+        }
+        let job_id = SyncJobId::from_uuid(Uuid::new_v4());
+        let created = SyncJob::default().handle(SyncJobCommand::Create {
+            job_id,
+            owner_id: user,
+            kind: JobKind::Export(request),
             at: Utc::now(),
         })?;
         let position = self.append(job_id.stream(), 0, &created, &Context::new(Some(user))).await?;

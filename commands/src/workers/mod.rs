@@ -1,10 +1,11 @@
 //! The work CloudSync does on its own: the job relay, the job runner and the leases that give each
 //! job to one worker, the scheduler, the chunk store's garbage collector, provider scans and sync
-//! runs.
+//! runs, and analytics exports.
 
 mod analysis;
 pub(crate) mod content;
 mod db;
+pub(crate) mod export;
 pub(crate) mod gc;
 pub(crate) mod leases;
 pub(crate) mod pause;
@@ -16,6 +17,7 @@ mod schedule;
 pub(crate) mod sync;
 
 pub use content::{ContentPipeline, Retries as ContentRetries};
+pub use export::{ExportProgress, Exporter};
 pub use gc::{GcReport, LEASE_TTL, Lease};
 pub use leases::{JOB_LEASE_TTL, SINGLETON_LEASE_TTL};
 pub use relay::{JOB_QUEUE, JobRelay, JobRetries};

@@ -238,7 +238,8 @@ impl JobRunner {
         let started = std::time::Instant::now();
         let (kind_label, result) = match kind {
             JobKind::Scan { .. } => ("scan", super::scan::run_scan(commands, job_id, &run).await),
-            _ => ("sync", super::sync::run_sync(commands, job_id, &run).await),
+            JobKind::Export(_) => ("export", super::export::run_export(commands, job_id, &run).await),
+            JobKind::Sync { .. } => ("sync", super::sync::run_sync(commands, job_id, &run).await),
         };
         drop(slot);
         // A run records its job's failure or cancellation itself and returns Ok: the job's phase
@@ -341,6 +342,7 @@ impl Commands {
             let run = lease.token().clone();
             let result = match job.kind() {
                 Some(JobKind::Scan { .. }) => super::scan::run_scan(self, job_id, &run).await,
+                Some(JobKind::Export(_)) => super::export::run_export(self, job_id, &run).await,
                 _ => super::sync::run_sync(self, job_id, &run).await,
             };
             lease.release().await;

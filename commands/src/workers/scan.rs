@@ -98,27 +98,10 @@ pub(crate) async fn run_scan(commands: &Commands, job_id: SyncJobId, cancel: &Ca
             return Ok(());
         }
     };
-    if phase == JobPhase::Pending {
-        loop {
-            // A pause (or a cancel) that came first is waited out.
-            if !super::pause::keep_running(commands, job_id, &mut job, &mut version, cancel).await? {
-                return Ok(());
-            }
-            let start = SyncJobCommand::EnterPhase {
-                phase: JobPhase::Scanning,
-                at: Utc::now(),
-            };
-            match commands.job_step(job_id, version, &mut job, start, &ctx).await {
-                Ok(v) => {
-                    version = v;
-                    break;
-                }
-                // Only the job lease's holder moves a job on: a conflict is a pause or a cancel
-                // that came meanwhile. Look again.
-                Err(CommandError::Conflict(_)) => (job, version) = commands.load::<SyncJob>(&job_id.stream()).await?,
-                Err(err) => return Err(err),
-            }
-        }
+    if phase == JobPhase::Pending
+        && !super::pause::start(commands, job_id, &mut job, &mut version, JobPhase::Scanning, &ctx, cancel).await?
+    {
+        return Ok(());
     }
     let known = Arc::new(KnownFiles::load(commands, owner, provider_id, known::RUN_LEN).await?);
     tracing::info!(job = %job_id, provider = %provider_id, known = known.len(), "Scan started.");

@@ -359,6 +359,41 @@ fn upcast_file_discovered_v1(object: &mut Map<String, Value>) {
     }
 }
 
+/// Fields of an event payload that hold hashes of secrets (passwords, tokens, codes) or secrets
+/// themselves: what leaves CloudSync (an export) says that they were there, not what they are.
+pub const HASHED_FIELDS: [&str; 7] = [
+    "password_hash",
+    "secret_hash",
+    "token_hash",
+    "code_hash",
+    "recovery_codes",
+    "secret",
+    "passkey",
+];
+
+/// Fields that hold sealed values: the audit log shows that these changed, not what they are.
+pub const SEALED_FIELDS: [&str; 3] = ["phone", "credentials", "ciphertext"];
+
+/// `value` with every field of [`HASHED_FIELDS`] (and of [`SEALED_FIELDS`] with `sealed_too`), at
+/// any depth, replaced by `"[redacted]"`.
+pub fn redacted(value: Value, sealed_too: bool) -> Value {
+    match value {
+        Value::Object(map) => Value::Object(
+            map.into_iter()
+                .map(|(key, value)| {
+                    if HASHED_FIELDS.contains(&key.as_str()) || (sealed_too && SEALED_FIELDS.contains(&key.as_str())) {
+                        (key, Value::String("[redacted]".into()))
+                    } else {
+                        (key, redacted(value, sealed_too))
+                    }
+                })
+                .collect(),
+        ),
+        Value::Array(items) => Value::Array(items.into_iter().map(|item| redacted(item, sealed_too)).collect()),
+        other => other,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use serde_json::json;

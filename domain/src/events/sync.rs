@@ -316,6 +316,9 @@ pub enum JobKind {
         source: ProviderId,
         target: ProviderId,
     },
+    /// An analytics export (an administrator's), into the server's export folder as
+    /// `<job id>.<format>`.
+    Export(ExportRequest),
 }
 
 impl JobKind {
@@ -323,14 +326,79 @@ impl JobKind {
         match self {
             Self::Scan { .. } => "scan",
             Self::Sync { .. } => "sync",
+            Self::Export { .. } => "export",
         }
     }
 
-    /// The provider the job reads first (a sync's source).
-    pub fn provider_id(&self) -> ProviderId {
+    /// The provider the job reads first (a sync's source); none for an export.
+    pub fn provider_id(&self) -> Option<ProviderId> {
         match self {
-            Self::Scan { provider_id } => *provider_id,
-            Self::Sync { source, .. } => *source,
+            Self::Scan { provider_id } => Some(*provider_id),
+            Self::Sync { source, .. } => Some(*source),
+            Self::Export { .. } => None,
+        }
+    }
+}
+
+/// What an analytics export writes: `what` in `format`, of the window `[since, until)` (events by
+/// when they happened, files by when the index last changed them, sync operations by when they
+/// started).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExportRequest {
+    pub what: ExportSubject,
+    pub format: ExportFormat,
+    pub since: Option<DateTime<Utc>>,
+    pub until: Option<DateTime<Utc>>,
+}
+
+impl ExportRequest {
+    /// The file an export job writes: `<job id>.<format>`.
+    pub fn file_name(&self, job_id: SyncJobId) -> String {
+        format!("{}.{}", job_id.as_uuid(), self.format.extension())
+    }
+
+    /// Whether `at` falls in the window.
+    pub fn admits(&self, at: DateTime<Utc>) -> bool {
+        self.since.is_none_or(|since| at >= since) && self.until.is_none_or(|until| at < until)
+    }
+}
+
+/// What an analytics export holds: the event log, or one of the read models.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ExportSubject {
+    Events,
+    Files,
+    SyncOperations,
+}
+
+impl ExportSubject {
+    pub const ALL: [Self; 3] = [Self::Events, Self::Files, Self::SyncOperations];
+
+    /// As the command line spells it (`events`, `files`, `sync-operations`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Events => "events",
+            Self::Files => "files",
+            Self::SyncOperations => "sync-operations",
+        }
+    }
+}
+
+/// An analytics export's file format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ExportFormat {
+    Parquet,
+    Csv,
+}
+
+impl ExportFormat {
+    /// The file name's extension, which is also how the command line spells it.
+    pub fn extension(self) -> &'static str {
+        match self {
+            Self::Parquet => "parquet",
+            Self::Csv => "csv",
         }
     }
 }

@@ -122,6 +122,27 @@ pub enum Command {
         #[arg(long)]
         expect: Option<String>,
     },
+    /// Writes an analytics export: the event log (as stored: sealed fields stay sealed, hashes of
+    /// secrets are redacted), the files or the sync operations, without erased accounts, as Parquet
+    /// (zstd) or CSV. The output appears only once complete.
+    Export {
+        /// events, files or sync-operations.
+        #[arg(long, value_parser = parse_subject)]
+        what: cloudsync_domain::events::ExportSubject,
+        /// parquet or csv (default: the output's extension, else parquet).
+        #[arg(long, value_parser = parse_format)]
+        format: Option<cloudsync_domain::events::ExportFormat>,
+        /// The file to write.
+        #[arg(long)]
+        output: PathBuf,
+        /// Only what happened (events), changed (files) or started (sync operations) at or after
+        /// this time (RFC 3339, e.g. 2026-12-01T00:00:00Z).
+        #[arg(long)]
+        since: Option<chrono::DateTime<chrono::Utc>>,
+        /// Only what happened before this time.
+        #[arg(long)]
+        until: Option<chrono::DateTime<chrono::Utc>>,
+    },
     /// Prints history from the event log: one stream's, everything one user did, or everything one
     /// request and the jobs it started did, in order.
     Replay {
@@ -433,6 +454,44 @@ pub async fn run(command: Command, config: Config) -> anyhow::Result<()> {
             db.close().await;
             result
         }
+        Command::Export {
+            what,
+            format,
+            output,
+            since,
+            until,
+        } => {
+            let format = format
+                .or_else(|| output.extension().and_then(|e| parse_format(&e.to_string_lossy()).ok()))
+                .unwrap_or(cloudsync_domain::events::ExportFormat::Parquet);
+            let request = cloudsync_domain::events::ExportRequest {
+                what,
+                format,
+                since,
+                until,
+            };
+            if let (Some(since), Some(until)) = (since, until)
+                && since >= until
+            {
+                anyhow::bail!("--since must be before --until");
+            }
+            let db = open_database(&config).await?;
+            let started = std::time::Instant::now();
+            let (progress, _) = tokio::sync::watch::channel(cloudsync_commands::ExportProgress::default());
+            let result = cloudsync_export::export(&db, &request, &output, &progress).await;
+            db.close().await;
+            let done = result.with_context(|| format!("exporting {}", what.as_str()))?;
+            println!(
+                "Exported {} rows of {} to {} ({} bytes of {}) in {:.1} s.",
+                done.rows,
+                what.as_str(),
+                output.display(),
+                done.bytes,
+                format.extension(),
+                started.elapsed().as_secs_f64()
+            );
+            Ok(())
+        }
         Command::Replay {
             stream,
             user,
@@ -449,6 +508,22 @@ pub async fn run(command: Command, config: Config) -> anyhow::Result<()> {
             result
         }
     }
+}
+
+fn parse_subject(text: &str) -> Result<cloudsync_domain::events::ExportSubject, String> {
+    use cloudsync_domain::events::ExportSubject;
+    ExportSubject::ALL
+        .into_iter()
+        .find(|what| what.as_str() == text)
+        .ok_or_else(|| "expected events, files or sync-operations".to_owned())
+}
+
+fn parse_format(text: &str) -> Result<cloudsync_domain::events::ExportFormat, String> {
+    use cloudsync_domain::events::ExportFormat;
+    [ExportFormat::Parquet, ExportFormat::Csv]
+        .into_iter()
+        .find(|format| format.extension() == text)
+        .ok_or_else(|| "expected parquet or csv".to_owned())
 }
 
 async fn shutdown_signal() {

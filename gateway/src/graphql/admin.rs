@@ -1,5 +1,5 @@
 //! Personal API tokens and network restrictions (the account's own, with a signed-in session), and
-//! administration: the user list, quotas and tiers, roles, and the audit log. Administration needs
+//! administration: the user list, quotas and tiers, roles, the audit log and analytics exports. Administration needs
 //! the `admin` scope and the role `admin`; reading it, `admin` or `auditor`.
 //! The user list waits for the read models to reach the log's head; `auditLog` reads the log by
 //! actor.
@@ -10,6 +10,7 @@ use cloudsync_domain::UserId;
 use serde_json::Value;
 use uuid::Uuid;
 
+use super::sync::SyncOperation;
 use super::{admin_caller, app, load_user, parse_id, session_caller};
 use crate::errors::{ApiError, ApiResult};
 use cloudsync_identity::access::{api_token, ip_allowed, parse_network};
@@ -207,10 +208,31 @@ impl AdminQuery {
                 occurred_at: e.metadata.occurred_at,
                 actor_id: e.metadata.actor_id.map(|a| ID(a.to_string())),
                 correlation_id: ID(e.metadata.correlation_id.to_string()),
-                payload: Json(redacted(e.payload)),
+                payload: Json(cloudsync_domain::events::redacted(e.payload, true)),
             })
             .collect())
     }
+}
+
+/// What an analytics export holds.
+#[derive(async_graphql::Enum, Clone, Copy, PartialEq, Eq)]
+#[graphql(remote = "cloudsync_domain::events::ExportSubject")]
+pub enum ExportSubject {
+    /// The event log as stored (sealed fields sealed, hashes of secrets redacted).
+    Events,
+    /// Every indexed file.
+    Files,
+    /// Every scan, sync run and export.
+    SyncOperations,
+}
+
+/// An analytics export's file format.
+#[derive(async_graphql::Enum, Clone, Copy, PartialEq, Eq)]
+#[graphql(remote = "cloudsync_domain::events::ExportFormat")]
+pub enum ExportFormat {
+    /// Apache Parquet, zstd-compressed row groups.
+    Parquet,
+    Csv,
 }
 
 #[derive(Default)]
@@ -218,6 +240,31 @@ pub struct AdminMutation;
 
 #[Object]
 impl AdminMutation {
+    /// Exports the event log, the files or the sync operations (administrators): a job that
+    /// writes `<operation id>.<format>` into the server's export folder, leaving out erased
+    /// accounts; `since` and `until` bound when things happened (events), changed (files) or
+    /// started (sync operations); `format` is Parquet unless given. Follow it with `syncStatus`;
+    /// `exportFile` names the file.
+    async fn export_analytics(
+        &self,
+        ctx: &Context<'_>,
+        what: ExportSubject,
+        format: Option<ExportFormat>,
+        since: Option<DateTime<Utc>>,
+        until: Option<DateTime<Utc>>,
+    ) -> async_graphql::Result<SyncOperation> {
+        let caller = admin_caller(ctx, true).await?;
+        let app = app(ctx);
+        let request = cloudsync_domain::events::ExportRequest {
+            what: what.into(),
+            format: format.unwrap_or(ExportFormat::Parquet).into(),
+            since,
+            until,
+        };
+        let (job_id, position) = app.commands.request_export(caller.user_id, request).await.map_err(ApiError::from)?;
+        Ok(SyncOperation::started(app, caller, job_id, position).await?)
+    }
+
     /// Creates a personal API token with `scopes` (`files:read`, `files:write`, `sync:run`;
     /// `admin` for administrators and auditors), expiring after `expiresInDays` (none: never).
     async fn create_api_token(
@@ -338,37 +385,4 @@ async fn change_role(ctx: &Context<'_>, user_id: &ID, role: &str, grant: bool) -
             .map_err(|err| ApiError::internal(&err))?;
     }
     Ok(true)
-}
-
-/// Fields of an event that hold secrets (hashes of passwords, tokens and codes, sealed values):
-/// the audit log shows that they changed, not what they are.
-const SECRET_FIELDS: [&str; 10] = [
-    "password_hash",
-    "secret_hash",
-    "token_hash",
-    "code_hash",
-    "recovery_codes",
-    "secret",
-    "phone",
-    "credentials",
-    "passkey",
-    "ciphertext",
-];
-
-fn redacted(value: Value) -> Value {
-    match value {
-        Value::Object(map) => Value::Object(
-            map.into_iter()
-                .map(|(key, value)| {
-                    if SECRET_FIELDS.contains(&key.as_str()) {
-                        (key, Value::String("[redacted]".into()))
-                    } else {
-                        (key, redacted(value))
-                    }
-                })
-                .collect(),
-        ),
-        Value::Array(items) => Value::Array(items.into_iter().map(redacted).collect()),
-        other => other,
-    }
 }

@@ -483,16 +483,7 @@ impl DuplicatesMutation {
             .await
             .map_err(ApiError::from)?;
         let operation = match scan {
-            Some(job) => Some(
-                app.read_back(
-                    caller,
-                    position,
-                    async |reads| reads.sync_operation(caller.user_id, job.as_uuid()).await,
-                    || ApiError::internal(&"the new operation is not visible yet"),
-                )
-                .await?
-                .into(),
-            ),
+            Some(job) => Some(super::sync::SyncOperation::started(app, caller, job, position).await?),
             None => {
                 app.wrote(caller, position);
                 None

@@ -341,15 +341,7 @@ impl FilesMutation {
         let app = app(ctx);
         let id = ProviderId::from_uuid(parse_id(&provider_id, "providerId")?);
         let (job_id, position) = app.commands.request_scan(caller.user_id, id).await.map_err(ApiError::from)?;
-        let row = app
-            .read_back(
-                caller,
-                position,
-                async |reads| reads.sync_operation(caller.user_id, job_id.as_uuid()).await,
-                || ApiError::internal(&"the new operation is not visible yet"),
-            )
-            .await?;
-        Ok(row.into())
+        Ok(SyncOperation::started(app, caller, job_id, position).await?)
     }
 
     /// Sets when a provider is rescanned on its own: `schedule` is a cron expression (5 fields, or 6

@@ -380,7 +380,8 @@ pub(super) async fn operation_row(app: &App, caller: Caller, position: i64, id: 
 #[graphql(complex)]
 pub struct SyncOperation {
     id: ID,
-    /// `scan` (index one provider) or `sync` (one run of a sync pair).
+    /// `scan` (index one provider), `sync` (one run of a sync pair) or `export` (an analytics
+    /// export).
     kind: String,
     /// The provider scanned, or a sync's source.
     provider_id: Option<ID>,
@@ -415,6 +416,8 @@ pub struct SyncOperation {
     created_at: DateTime<Utc>,
     updated_at: DateTime<Utc>,
     completed_at: Option<DateTime<Utc>>,
+    /// An export: its file in the server's export folder (`export_dir`), there once completed.
+    export_file: Option<String>,
 }
 
 #[derive(SimpleObject)]
@@ -425,6 +428,18 @@ pub struct HeldDeletes {
 }
 
 impl SyncOperation {
+    /// The operation of the job that `caller` started at `position`, once the read models show it.
+    pub(crate) async fn started(app: &App, caller: Caller, job_id: cloudsync_domain::SyncJobId, position: i64) -> ApiResult<Self> {
+        app.read_back(
+            caller,
+            position,
+            async |reads| reads.sync_operation(caller.user_id, job_id.as_uuid()).await,
+            || ApiError::internal(&"the new operation is not visible yet"),
+        )
+        .await
+        .map(Self::from)
+    }
+
     pub(crate) fn is_finished(&self) -> bool {
         matches!(self.status.as_str(), "completed" | "failed" | "cancelled")
     }
@@ -460,6 +475,9 @@ impl From<SyncOperationRow> for SyncOperation {
             side: h.get("side").and_then(Value::as_str).unwrap_or_default().to_owned(),
             deletes: h.get("deletes").and_then(Value::as_i64).unwrap_or_default(),
         });
+        let export_file = (row.kind == "export")
+            .then(|| row.details.get("file").and_then(Value::as_str).map(str::to_owned))
+            .flatten();
         Self {
             id: ID(row.id.to_string()),
             kind: row.kind,
@@ -482,6 +500,7 @@ impl From<SyncOperationRow> for SyncOperation {
             created_at: row.created_at,
             updated_at: row.updated_at,
             completed_at: row.completed_at,
+            export_file,
         }
     }
 }

@@ -1,0 +1,301 @@
+//! Analytics export: the event log, the files read model or the sync operations read model as a
+//! Parquet file (zstd-compressed row groups) or CSV, with typed columns and UTC timestamps.
+//!
+//! An export streams: the database is read a page at a time, each page becomes one Arrow record
+//! batch, and a blocking writer thread encodes the batches as they come (a channel two batches
+//! deep between them), flushing a Parquet row group whenever the buffered one grows past
+//! [`ROW_GROUP_BYTES`]. Memory stays bounded whatever the export's size. The file is written under a
+//! temporary name beside the output and renamed once complete and flushed to the disk, so a crash or
+//! a failure never leaves a partial file under the output's name.
+//!
+//! Events are exported as stored: sealed fields stay sealed (the export never reads a data key),
+//! hashes of passwords, tokens and codes are redacted, and everything of an erased account (its
+//! events by owner or by actor) is left out. The read models hold no row of an erased account.
+
+mod columns;
+
+use std::collections::HashSet;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use arrow_array::RecordBatch;
+use async_trait::async_trait;
+use cloudsync_commands::{ExportProgress, Exporter};
+use cloudsync_domain::events::{ExportFormat, ExportRequest, ExportSubject};
+use cloudsync_eventstore::{Database, EventFilter, RecordedEvent};
+use cloudsync_projections::ReadModels;
+use parquet::arrow::ArrowWriter;
+use parquet::basic::{Compression, ZstdLevel};
+use parquet::file::properties::WriterProperties;
+use tokio::sync::{mpsc, watch};
+use uuid::Uuid;
+
+/// Rows read from the database at a time (one record batch).
+pub const PAGE: i64 = 4096;
+
+/// A Parquet row group is written out once its buffered, encoded size passes this.
+pub const ROW_GROUP_BYTES: usize = 32 * 1024 * 1024;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ExportError {
+    #[error("reading the database: {0}")]
+    Read(String),
+    #[error("writing {path}: {source}")]
+    Write { path: PathBuf, source: std::io::Error },
+    #[error("encoding: {0}")]
+    Encode(String),
+}
+
+impl From<parquet::errors::ParquetError> for ExportError {
+    fn from(error: parquet::errors::ParquetError) -> Self {
+        Self::Encode(error.to_string())
+    }
+}
+
+impl From<arrow_schema::ArrowError> for ExportError {
+    fn from(error: arrow_schema::ArrowError) -> Self {
+        Self::Encode(error.to_string())
+    }
+}
+
+/// Writes `request` to `output` (replacing a file there only once the export is whole); publishes
+/// rows and bytes written so far on `progress`, and returns the totals.
+///
+/// # Errors
+/// An unreadable database, or an output that cannot be written.
+pub async fn export(
+    db: &Database,
+    request: &ExportRequest,
+    output: &Path,
+    progress: &watch::Sender<ExportProgress>,
+) -> Result<ExportProgress, ExportError> {
+    let write_error = |source: std::io::Error| ExportError::Write {
+        path: output.to_path_buf(),
+        source,
+    };
+    let folder = output.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let file = tempfile::Builder::new()
+        .prefix(".cloudsync-export-")
+        .tempfile_in(folder)
+        .map_err(write_error)?;
+    let written = Arc::new(AtomicU64::new(0));
+    let (batches, received) = mpsc::channel::<RecordBatch>(2);
+    let writer = {
+        let (format, schema, written) = (request.format, columns::schema(request.what), Arc::clone(&written));
+        tokio::task::spawn_blocking(move || write_batches(file, format, &schema, received, &written))
+    };
+    let mut sink = Sink {
+        batches,
+        rows: 0,
+        written: Arc::clone(&written),
+        progress,
+    };
+    let read = match request.what {
+        ExportSubject::Events => read_events(db, request, &mut sink).await,
+        ExportSubject::Files => read_files(db, request, &mut sink).await,
+        ExportSubject::SyncOperations => read_operations(db, request, &mut sink).await,
+    };
+    let rows = sink.rows;
+    drop(sink);
+    let file = writer.await.map_err(|e| ExportError::Encode(format!("the writer stopped: {e}")))?;
+    read?;
+    let file = file?;
+    file.as_file().sync_all().map_err(write_error)?;
+    let bytes = file.as_file().metadata().map_err(write_error)?.len();
+    file.persist(output).map_err(|e| write_error(e.error))?;
+    if let Ok(folder) = std::fs::File::open(folder) {
+        folder.sync_all().map_err(write_error)?;
+    }
+    let done = ExportProgress { rows, bytes };
+    progress.send_replace(done);
+    Ok(done)
+}
+
+/// Where the readers put their batches: the writer's channel, counting rows and publishing progress.
+struct Sink<'a> {
+    batches: mpsc::Sender<RecordBatch>,
+    rows: u64,
+    written: Arc<AtomicU64>,
+    progress: &'a watch::Sender<ExportProgress>,
+}
+
+impl Sink<'_> {
+    /// Hands a batch to the writer; false when the writer has stopped (it failed, and says why).
+    async fn send(&mut self, batch: RecordBatch) -> bool {
+        self.rows += batch.num_rows() as u64;
+        self.progress.send_replace(ExportProgress {
+            rows: self.rows,
+            bytes: self.written.load(Ordering::Relaxed),
+        });
+        self.batches.send(batch).await.is_ok()
+    }
+}
+
+/// The log up to its head as the export began, without erased accounts' events.
+async fn read_events(db: &Database, request: &ExportRequest, sink: &mut Sink<'_>) -> Result<(), ExportError> {
+    let read = |e: cloudsync_eventstore::StoreError| ExportError::Read(e.to_string());
+    let head = db.stored.head().await.map_err(read)?;
+    let deleted = EventFilter {
+        event_types: vec!["UserDeleted".into()],
+        ..EventFilter::default()
+    };
+    let erased: HashSet<Uuid> = db
+        .stored
+        .read_filtered(&deleted, 0, i64::MAX)
+        .await
+        .map_err(read)?
+        .iter()
+        .filter_map(owner)
+        .collect();
+    let mut after = 0;
+    while after < head {
+        let page = db.stored.read_all(after, PAGE).await.map_err(read)?;
+        let Some(last) = page.last() else { break };
+        after = last.position;
+        let kept: Vec<&RecordedEvent> = page
+            .iter()
+            .filter(|e| e.position <= head && request.admits(e.metadata.occurred_at))
+            .filter(|e| !owner(e).is_some_and(|o| erased.contains(&o)) && !e.metadata.actor_id.is_some_and(|a| erased.contains(&a)))
+            .collect();
+        if !kept.is_empty() && !sink.send(columns::events(&kept)?).await {
+            break;
+        }
+    }
+    Ok(())
+}
+
+/// Whose data an event is about: the `owner_id` or `user_id` its payload names, else its actor.
+fn owner(event: &RecordedEvent) -> Option<Uuid> {
+    ["owner_id", "user_id"]
+        .iter()
+        .find_map(|key| event.payload.get(*key)?.as_str().and_then(|id| Uuid::parse_str(id).ok()))
+        .or(event.metadata.actor_id)
+}
+
+async fn read_files(db: &Database, request: &ExportRequest, sink: &mut Sink<'_>) -> Result<(), ExportError> {
+    let reads = ReadModels::new(db.pool.clone());
+    let mut after = None;
+    loop {
+        let page = reads.all_files(after, PAGE).await.map_err(|e| ExportError::Read(e.to_string()))?;
+        let Some((_, last)) = page.last() else { break };
+        after = Some(last.id);
+        let kept: Vec<_> = page.iter().filter(|(_, file)| request.admits(file.updated_at)).collect();
+        if !kept.is_empty() && !sink.send(columns::files(&kept)?).await {
+            break;
+        }
+    }
+    Ok(())
+}
+
+async fn read_operations(db: &Database, request: &ExportRequest, sink: &mut Sink<'_>) -> Result<(), ExportError> {
+    let reads = ReadModels::new(db.pool.clone());
+    let mut after = None;
+    loop {
+        let page = reads
+            .all_sync_operations(after, PAGE)
+            .await
+            .map_err(|e| ExportError::Read(e.to_string()))?;
+        let Some((_, last)) = page.last() else { break };
+        after = Some(last.id);
+        let kept: Vec<_> = page.iter().filter(|(_, op)| request.admits(op.created_at)).collect();
+        if !kept.is_empty() && !sink.send(columns::sync_operations(&kept)?).await {
+            break;
+        }
+    }
+    Ok(())
+}
+
+/// Counts the bytes that reach the file.
+struct Counted<W> {
+    inner: W,
+    written: Arc<AtomicU64>,
+}
+
+impl<W: Write> Write for Counted<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.written.fetch_add(n as u64, Ordering::Relaxed);
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+/// Encodes the batches as they arrive (on a blocking thread) into `file`; gives the file back
+/// once every batch is written and the format's footer is out.
+fn write_batches(
+    file: tempfile::NamedTempFile,
+    format: ExportFormat,
+    schema: &arrow_schema::SchemaRef,
+    mut batches: mpsc::Receiver<RecordBatch>,
+    written: &Arc<AtomicU64>,
+) -> Result<tempfile::NamedTempFile, ExportError> {
+    let io = |source| ExportError::Write {
+        path: file.path().to_path_buf(),
+        source,
+    };
+    let out = Counted {
+        inner: std::io::BufWriter::with_capacity(1 << 20, file.as_file().try_clone().map_err(io)?),
+        written: Arc::clone(written),
+    };
+    match format {
+        ExportFormat::Parquet => {
+            let properties = WriterProperties::builder()
+                .set_compression(Compression::ZSTD(ZstdLevel::try_new(3)?))
+                .set_created_by(format!("CloudSync {}", env!("CARGO_PKG_VERSION")))
+                .build();
+            let mut writer = ArrowWriter::try_new(out, Arc::clone(schema), Some(properties))?;
+            while let Some(batch) = batches.blocking_recv() {
+                writer.write(&batch)?;
+                if writer.in_progress_size() >= ROW_GROUP_BYTES {
+                    writer.flush()?;
+                }
+            }
+            let mut out = writer.into_inner()?;
+            out.flush().map_err(io)?;
+        }
+        ExportFormat::Csv => {
+            let mut writer = arrow_csv::WriterBuilder::new()
+                .with_header(true)
+                .with_timestamp_tz_format("%Y-%m-%dT%H:%M:%S%.6fZ".to_owned())
+                .build(out);
+            while let Some(batch) = batches.blocking_recv() {
+                writer.write(&columns::utc_as_offset(&batch)?)?;
+            }
+            let mut out = writer.into_inner();
+            out.flush().map_err(io)?;
+        }
+    }
+    Ok(file)
+}
+
+/// Writes exports into one folder as `<job id>.<format>`: the export jobs' [`Exporter`].
+pub struct Folder {
+    db: Database,
+    folder: PathBuf,
+}
+
+impl Folder {
+    pub fn new(db: Database, folder: PathBuf) -> Self {
+        Self { db, folder }
+    }
+}
+
+#[async_trait]
+impl Exporter for Folder {
+    async fn export(
+        &self,
+        request: &ExportRequest,
+        name: &str,
+        progress: &watch::Sender<ExportProgress>,
+    ) -> Result<ExportProgress, String> {
+        std::fs::create_dir_all(&self.folder).map_err(|e| format!("creating the export folder {}: {e}", self.folder.display()))?;
+        export(&self.db, request, &self.folder.join(name), progress)
+            .await
+            .map_err(|e| e.to_string())
+    }
+}
