@@ -5,8 +5,8 @@
 //! batch, and a blocking writer thread encodes the batches as they come (a channel two batches
 //! deep between them), flushing a Parquet row group whenever the buffered one grows past
 //! [`ROW_GROUP_BYTES`]. Memory stays bounded whatever the export's size. The file is written under a
-//! temporary name beside the output and renamed once complete and flushed to the disk, so a crash or
-//! a failure never leaves a partial file under the output's name.
+//! temporary name beside the output (`.<name>.partial`) and renamed once complete and flushed to the
+//! disk, so a crash or a failure never leaves a partial file under the output's name.
 //!
 //! Events are exported as stored: sealed fields stay sealed (the export never reads a data key),
 //! hashes of passwords, tokens and codes are redacted, and everything of an erased account (its
@@ -61,7 +61,10 @@ impl From<arrow_schema::ArrowError> for ExportError {
 }
 
 /// Writes `request` to `output` (replacing a file there only once the export is whole); publishes
-/// rows and bytes written so far on `progress`, and returns the totals.
+/// rows and bytes written so far on `progress`, reads nothing while `held` (when given) says true,
+/// and returns the totals. The export is written as `.<output's name>.partial` beside it first: a
+/// dropped or failed export removes it, and the next export to the same output replaces what a
+/// crash left.
 ///
 /// # Errors
 /// An unreadable database, or an output that cannot be written.
@@ -70,16 +73,14 @@ pub async fn export(
     request: &ExportRequest,
     output: &Path,
     progress: &watch::Sender<ExportProgress>,
+    held: Option<watch::Receiver<bool>>,
 ) -> Result<ExportProgress, ExportError> {
     let write_error = |source: std::io::Error| ExportError::Write {
         path: output.to_path_buf(),
         source,
     };
-    let folder = output.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    let file = tempfile::Builder::new()
-        .prefix(".cloudsync-export-")
-        .tempfile_in(folder)
-        .map_err(write_error)?;
+    let partial = Partial::create(output).map_err(write_error)?;
+    let file = partial.file.try_clone().map_err(write_error)?;
     let written = Arc::new(AtomicU64::new(0));
     let (batches, received) = mpsc::channel::<RecordBatch>(2);
     let writer = {
@@ -91,6 +92,7 @@ pub async fn export(
         rows: 0,
         written: Arc::clone(&written),
         progress,
+        held,
     };
     let read = match request.what {
         ExportSubject::Events => read_events(db, request, &mut sink).await,
@@ -99,18 +101,54 @@ pub async fn export(
     };
     let rows = sink.rows;
     drop(sink);
-    let file = writer.await.map_err(|e| ExportError::Encode(format!("the writer stopped: {e}")))?;
+    let encoded = writer.await.map_err(|e| ExportError::Encode(format!("the writer stopped: {e}")))?;
     read?;
-    let file = file?;
-    file.as_file().sync_all().map_err(write_error)?;
-    let bytes = file.as_file().metadata().map_err(write_error)?.len();
-    file.persist(output).map_err(|e| write_error(e.error))?;
-    if let Ok(folder) = std::fs::File::open(folder) {
-        folder.sync_all().map_err(write_error)?;
-    }
+    encoded?;
+    let bytes = partial.keep_as(output).map_err(write_error)?;
     let done = ExportProgress { rows, bytes };
     progress.send_replace(done);
     Ok(done)
+}
+
+/// The export's file under its temporary name, removed unless kept.
+struct Partial {
+    path: PathBuf,
+    file: std::fs::File,
+    kept: bool,
+}
+
+impl Partial {
+    fn create(output: &Path) -> std::io::Result<Self> {
+        let name = output
+            .file_name()
+            .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::InvalidInput, "the output names no file"))?;
+        let path = output.with_file_name(format!(".{}.partial", name.to_string_lossy()));
+        let file = std::fs::File::create(&path)?;
+        Ok(Self { path, file, kept: false })
+    }
+
+    /// Flushes the file to the disk and renames it `output`; its size.
+    fn keep_as(mut self, output: &Path) -> std::io::Result<u64> {
+        self.file.sync_all()?;
+        let bytes = self.file.metadata()?.len();
+        std::fs::rename(&self.path, output)?;
+        self.kept = true;
+        // The rename itself reaches the disk with its folder (best effort: the file is whole).
+        if let Some(folder) = output.parent().filter(|p| !p.as_os_str().is_empty())
+            && let Err(error) = std::fs::File::open(folder).and_then(|f| f.sync_all())
+        {
+            tracing::warn!(folder = %folder.display(), error = %error, "The export's folder could not be flushed.");
+        }
+        Ok(bytes)
+    }
+}
+
+impl Drop for Partial {
+    fn drop(&mut self) {
+        if !self.kept {
+            let _ = std::fs::remove_file(&self.path);
+        }
+    }
 }
 
 /// Where the readers put their batches: the writer's channel, counting rows and publishing progress.
@@ -119,9 +157,18 @@ struct Sink<'a> {
     rows: u64,
     written: Arc<AtomicU64>,
     progress: &'a watch::Sender<ExportProgress>,
+    held: Option<watch::Receiver<bool>>,
 }
 
 impl Sink<'_> {
+    /// Waits while the export is held (a paused job), before a page is read.
+    async fn proceed(&mut self) {
+        if let Some(held) = &mut self.held {
+            // A sender gone (the job ended) holds nothing.
+            let _ = held.wait_for(|held| !*held).await;
+        }
+    }
+
     /// Hands a batch to the writer; false when the writer has stopped (it failed, and says why).
     async fn send(&mut self, batch: RecordBatch) -> bool {
         self.rows += batch.num_rows() as u64;
@@ -151,6 +198,7 @@ async fn read_events(db: &Database, request: &ExportRequest, sink: &mut Sink<'_>
         .collect();
     let mut after = 0;
     while after < head {
+        sink.proceed().await;
         let page = db.stored.read_all(after, PAGE).await.map_err(read)?;
         let Some(last) = page.last() else { break };
         after = last.position;
@@ -178,6 +226,7 @@ async fn read_files(db: &Database, request: &ExportRequest, sink: &mut Sink<'_>)
     let reads = ReadModels::new(db.pool.clone());
     let mut after = None;
     loop {
+        sink.proceed().await;
         let page = reads.all_files(after, PAGE).await.map_err(|e| ExportError::Read(e.to_string()))?;
         let Some((_, last)) = page.last() else { break };
         after = Some(last.id);
@@ -193,6 +242,7 @@ async fn read_operations(db: &Database, request: &ExportRequest, sink: &mut Sink
     let reads = ReadModels::new(db.pool.clone());
     let mut after = None;
     loop {
+        sink.proceed().await;
         let page = reads
             .all_sync_operations(after, PAGE)
             .await
@@ -225,25 +275,21 @@ impl<W: Write> Write for Counted<W> {
     }
 }
 
-/// Encodes the batches as they arrive (on a blocking thread) into `file`; gives the file back
-/// once every batch is written and the format's footer is out.
+/// Encodes the batches as they arrive (on a blocking thread) into `file`, then the format's footer.
 fn write_batches(
-    file: tempfile::NamedTempFile,
+    file: std::fs::File,
     format: ExportFormat,
     schema: &arrow_schema::SchemaRef,
     mut batches: mpsc::Receiver<RecordBatch>,
     written: &Arc<AtomicU64>,
-) -> Result<tempfile::NamedTempFile, ExportError> {
-    let io = |source| ExportError::Write {
-        path: file.path().to_path_buf(),
-        source,
-    };
-    let out = Counted {
-        inner: std::io::BufWriter::with_capacity(1 << 20, file.as_file().try_clone().map_err(io)?),
-        written: Arc::clone(written),
-    };
+) -> Result<(), ExportError> {
+    let io = |source| ExportError::Encode(format!("writing: {source}"));
     match format {
         ExportFormat::Parquet => {
+            let out = Counted {
+                inner: std::io::BufWriter::with_capacity(1 << 20, file),
+                written: Arc::clone(written),
+            };
             let properties = WriterProperties::builder()
                 .set_compression(Compression::ZSTD(ZstdLevel::try_new(3)?))
                 .set_created_by(format!("CloudSync {}", env!("CARGO_PKG_VERSION")))
@@ -259,10 +305,17 @@ fn write_batches(
             out.flush().map_err(io)?;
         }
         ExportFormat::Csv => {
+            // Unbuffered here (the CSV writer buffers, and its last flush would panic on an error).
+            let out = Counted {
+                inner: file,
+                written: Arc::clone(written),
+            };
             let mut writer = arrow_csv::WriterBuilder::new()
                 .with_header(true)
                 .with_timestamp_tz_format("%Y-%m-%dT%H:%M:%S%.6fZ".to_owned())
                 .build(out);
+            // The header, even when no row follows.
+            writer.write(&columns::utc_as_offset(&RecordBatch::new_empty(Arc::clone(schema)))?)?;
             while let Some(batch) = batches.blocking_recv() {
                 writer.write(&columns::utc_as_offset(&batch)?)?;
             }
@@ -270,7 +323,7 @@ fn write_batches(
             out.flush().map_err(io)?;
         }
     }
-    Ok(file)
+    Ok(())
 }
 
 /// Writes exports into one folder as `<job id>.<format>`: the export jobs' [`Exporter`].
@@ -292,10 +345,20 @@ impl Exporter for Folder {
         request: &ExportRequest,
         name: &str,
         progress: &watch::Sender<ExportProgress>,
+        held: watch::Receiver<bool>,
     ) -> Result<ExportProgress, String> {
         std::fs::create_dir_all(&self.folder).map_err(|e| format!("creating the export folder {}: {e}", self.folder.display()))?;
-        export(&self.db, request, &self.folder.join(name), progress)
+        export(&self.db, request, &self.folder.join(name), progress, Some(held))
             .await
             .map_err(|e| e.to_string())
+    }
+
+    async fn discard(&self, name: &str) {
+        let path = self.folder.join(name);
+        if let Err(error) = std::fs::remove_file(&path)
+            && error.kind() != std::io::ErrorKind::NotFound
+        {
+            tracing::warn!(file = %path.display(), error = %error, "A cancelled export's file could not be removed.");
+        }
     }
 }

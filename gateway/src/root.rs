@@ -49,7 +49,7 @@ impl Server {
     }
 
     /// Stops accepting requests, stops the projectors and the job runner, and waits for all of them;
-    /// then signs the event chain's tip, which now covers every event this process appended.
+    /// then signs the event chain's tip, which now covers every event its tasks appended.
     pub async fn stop(mut self) {
         self.shutdown.cancel();
         while self.tasks.join_next().await.is_some() {}

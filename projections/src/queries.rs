@@ -450,13 +450,15 @@ impl ReadModels {
         Ok(rows.into_iter().next())
     }
 
-    /// Everybody's files (an export's: no scoping), a page at a time in id order, each with its
+    /// Everybody's files (an export's: no scoping), a page at a time in the order of the table's
+    /// key (the column, not its text: the primary key's index serves each page), each with its
     /// owner; `after` is the last id of the page before.
     ///
     /// # Errors
     /// Database failures.
     pub async fn all_files(&self, after: Option<Uuid>, limit: i64) -> Result<Vec<(Uuid, FileRow)>, QueryError> {
-        let sql = format!("SELECT {FILE_COLUMNS}, CAST(user_id AS TEXT) AS owner FROM files WHERE id > $1 ORDER BY id LIMIT $2");
+        let sql =
+            format!("SELECT {FILE_COLUMNS}, CAST(user_id AS TEXT) AS owner FROM files WHERE files.id > $1 ORDER BY files.id LIMIT $2");
         fetch_all!(
             &self.pool,
             &sql,
@@ -473,8 +475,9 @@ impl ReadModels {
     /// # Errors
     /// Database failures.
     pub async fn all_sync_operations(&self, after: Option<Uuid>, limit: i64) -> Result<Vec<(Uuid, SyncOperationRow)>, QueryError> {
-        let sql =
-            format!("SELECT {OPERATION_COLUMNS}, CAST(user_id AS TEXT) AS owner FROM sync_operations WHERE id > $1 ORDER BY id LIMIT $2");
+        let sql = format!(
+            "SELECT {OPERATION_COLUMNS}, CAST(user_id AS TEXT) AS owner FROM sync_operations WHERE sync_operations.id > $1 ORDER BY sync_operations.id LIMIT $2"
+        );
         fetch_all!(
             &self.pool,
             &sql,

@@ -1,7 +1,8 @@
 //! Analytics export jobs: the job runner hands an export to the process's [`Exporter`] and records
-//! its progress (rows as files, bytes written) once a second. A pause holds the export where it is
-//! (nothing is read or written meanwhile); a cancel, a lost lease or a shutdown drops it, and the
-//! exporter leaves no file behind. A retried attempt writes the file again from the start.
+//! its progress (rows as files, bytes written) when it has moved, at most once a second. A pause
+//! holds the export between two pages (no query is left open); a cancel, a lost lease or a shutdown
+//! drops it, and the exporter leaves no file behind. A retried attempt writes the file again from
+//! the start.
 
 use std::time::Duration;
 
@@ -30,12 +31,21 @@ pub struct ExportProgress {
 #[async_trait]
 pub trait Exporter: Send + Sync {
     /// Writes `request` as the file `name` (only once it is whole: a dropped or failed export
-    /// leaves nothing under that name), publishing its progress on `progress`; the totals.
+    /// leaves nothing under that name), publishing its progress on `progress` and reading nothing
+    /// while `held` says true; the totals.
     ///
     /// # Errors
     /// Why the export could not be written, for the job's failure.
-    async fn export(&self, request: &ExportRequest, name: &str, progress: &watch::Sender<ExportProgress>)
-    -> Result<ExportProgress, String>;
+    async fn export(
+        &self,
+        request: &ExportRequest,
+        name: &str,
+        progress: &watch::Sender<ExportProgress>,
+        held: watch::Receiver<bool>,
+    ) -> Result<ExportProgress, String>;
+
+    /// Removes the file `name` (an export cancelled as it ended).
+    async fn discard(&self, name: &str);
 }
 
 /// Runs (or runs again) an export job to its end. Returns quietly when the job has ended, is
@@ -64,58 +74,64 @@ pub(crate) async fn run_export(commands: &Commands, job_id: SyncJobId, cancel: &
     let name = request.file_name(job_id);
     tracing::info!(job = %job_id, what = request.what.as_str(), format = request.format.extension(), file = %name, "Export started.");
     let (progress, seen) = watch::channel(ExportProgress::default());
-    let export = exporter.export(&request, &name, &progress);
+    let (hold, held) = watch::channel(job.is_paused());
+    let export = exporter.export(&request, &name, &progress, held);
     tokio::pin!(export);
     let mut every = tokio::time::interval(PROGRESS_EVERY);
     every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut recorded = ExportProgress::default();
     let outcome = loop {
         tokio::select! {
             outcome = &mut export => break outcome,
             () = cancel.cancelled() => return Ok(()),
             _ = every.tick() => {
-                let done = *seen.borrow();
-                match commands.job_step(job_id, version, &mut job, record(done, false), &ctx).await {
-                    Ok(v) => version = v,
-                    Err(CommandError::Conflict(_)) => (job, version) = commands.load::<SyncJob>(&job_id.stream()).await?,
-                    Err(err) => return Err(err),
-                }
-                // Paused: the export is not polled (it reads and writes nothing) until resumed.
-                if !super::pause::keep_running(commands, job_id, &mut job, &mut version, cancel).await? {
+                // A pause holds the export between two pages; a cancel drops it (and its file).
+                (job, version) = commands.load::<SyncJob>(&job_id.stream()).await?;
+                if job.phase().is_none_or(JobPhase::is_terminal) {
                     return Ok(());
+                }
+                hold.send_replace(job.is_paused());
+                let done = *seen.borrow();
+                if !job.is_paused() && done != recorded {
+                    match commands.job_step(job_id, version, &mut job, record(done, false), &ctx).await {
+                        Ok(v) => (version, recorded) = (v, done),
+                        // A pause or a cancel came meanwhile: the next tick sees it.
+                        Err(CommandError::Conflict(_)) => {}
+                        Err(err) => return Err(err),
+                    }
                 }
             }
         }
     };
-    let ended = match outcome {
-        Ok(done) => {
-            tracing::info!(job = %job_id, rows = done.rows, bytes = done.bytes, file = %name, "Export written.");
-            match commands.job_step(job_id, version, &mut job, record(done, true), &ctx).await {
+    match &outcome {
+        Ok(done) => tracing::info!(job = %job_id, rows = done.rows, bytes = done.bytes, file = %name, "Export written."),
+        Err(reason) => tracing::warn!(job = %job_id, reason = %reason, "Export failed."),
+    }
+    // Recorded once the job may move on: a pause that came as the export ended is waited out, and
+    // a cancel stands (its file goes).
+    loop {
+        if !super::pause::keep_running(commands, job_id, &mut job, &mut version, cancel).await? {
+            if job.phase() == Some(JobPhase::Cancelled) {
+                exporter.discard(&name).await;
+            }
+            return Ok(());
+        }
+        let ended = match &outcome {
+            Ok(done) => match commands.job_step(job_id, version, &mut job, record(*done, true), &ctx).await {
                 Ok(v) => {
                     commands
                         .job_step(job_id, v, &mut job, SyncJobCommand::Complete { at: Utc::now() }, &ctx)
                         .await
                 }
                 Err(err) => Err(err),
-            }
+            },
+            Err(reason) => commands.job_step(job_id, version, &mut job, fail(reason.clone()), &ctx).await,
+        };
+        match ended {
+            Ok(_) => return Ok(()),
+            Err(CommandError::Conflict(_)) => (job, version) = commands.load::<SyncJob>(&job_id.stream()).await?,
+            Err(err) => return Err(err),
         }
-        Err(reason) => {
-            tracing::warn!(job = %job_id, reason = %reason, "Export failed.");
-            commands.job_step(job_id, version, &mut job, fail(reason), &ctx).await
-        }
-    };
-    match ended {
-        // Cancelled as it ended: the cancel stands.
-        Err(CommandError::Conflict(_))
-            if commands
-                .load::<SyncJob>(&job_id.stream())
-                .await?
-                .0
-                .phase()
-                .is_some_and(JobPhase::is_terminal) =>
-        {
-            Ok(())
-        }
-        other => other.map(drop),
     }
 }
 

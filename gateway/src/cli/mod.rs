@@ -478,7 +478,7 @@ pub async fn run(command: Command, config: Config) -> anyhow::Result<()> {
             let db = open_database(&config).await?;
             let started = std::time::Instant::now();
             let (progress, _) = tokio::sync::watch::channel(cloudsync_commands::ExportProgress::default());
-            let result = cloudsync_export::export(&db, &request, &output, &progress).await;
+            let result = cloudsync_export::export(&db, &request, &output, &progress, None).await;
             db.close().await;
             let done = result.with_context(|| format!("exporting {}", what.as_str()))?;
             println!(
