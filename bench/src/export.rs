@@ -14,7 +14,8 @@
 //! ```
 //!
 //! Settings: `BENCH_EXPORT_EVENTS`, `CLOUDSYNC_BENCH_POSTGRES_URL` (an admin URL; a database of the
-//! benchmark's own is made and dropped), `BENCH_BACKENDS` (`sqlite,postgres`).
+//! benchmark's own is made and dropped), `BENCH_BACKENDS` (`sqlite,postgres`), `BENCH_KEEP` (keep the
+//! SQLite run's folder, to profile an export of it).
 
 use std::path::Path;
 use std::process::Command;
@@ -61,6 +62,10 @@ async fn main() -> anyhow::Result<()> {
             other => bail!("unknown backend {other}"),
         };
         let result = run(backend, &url, events, &binary, &python, work.path(), &mut rows).await;
+        if std::env::var_os("BENCH_KEEP").is_some() && drop_database.is_none() {
+            eprintln!("[{backend}] kept in {}", work.keep().display());
+            continue;
+        }
         if let Some(name) = drop_database {
             psql(&admin, &format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))?;
         }
@@ -156,7 +161,7 @@ async fn run(
         out_mib: mib(&csv)?,
     });
     let parquet = work.join("peer-events.parquet");
-    let convert = "import duckdb, sys; duckdb.sql(f\"COPY (SELECT * FROM read_csv('{sys.argv[1]}', header = true)) TO '{sys.argv[2]}' (FORMAT parquet, COMPRESSION zstd)\")";
+    let convert = "import duckdb, sys; duckdb.connect().execute(f\"COPY (SELECT * FROM read_csv('{sys.argv[1]}', header = true)) TO '{sys.argv[2]}' (FORMAT parquet, COMPRESSION zstd)\")";
     let measured = measure(Command::new(python).args(["-c", convert]).arg(&csv).arg(&parquet))?;
     check_count(python, &parquet, "parquet", head)?;
     rows.push(Row {
@@ -182,7 +187,8 @@ fn mib(path: &Path) -> anyhow::Result<f64> {
 /// Reads the export back with DuckDB and checks its row count.
 fn check_count(python: &str, path: &Path, format: &str, expected: i64) -> anyhow::Result<()> {
     let reader = if format == "parquet" { "read_parquet" } else { "read_csv" };
-    let script = format!("import duckdb, sys; print(duckdb.sql(f\"SELECT count(*) FROM {reader}('{{sys.argv[1]}}')\").fetchone()[0])");
+    let script =
+        format!("import duckdb, sys; print(duckdb.connect().execute(f\"SELECT count(*) FROM {reader}('{{sys.argv[1]}}')\").fetchone()[0])");
     let out = Command::new(python).args(["-c", &script]).arg(path).output()?;
     anyhow::ensure!(
         out.status.success(),

@@ -132,26 +132,30 @@ fn times(values: impl Iterator<Item = Option<DateTime<Utc>>>) -> ArrayRef {
 }
 
 /// A page of events; payloads with their secrets' hashes redacted.
-pub(crate) fn events(page: &[&RecordedEvent]) -> Result<RecordBatch, ArrowError> {
+pub(crate) fn events(page: Vec<RecordedEvent>) -> Result<RecordBatch, ArrowError> {
     let mut versions = Int32Builder::new();
     let mut payloads = StringBuilder::new();
+    let mut metadata = Vec::with_capacity(page.len());
+    let mut rest = Vec::with_capacity(page.len());
     for event in page {
         versions.append_value(event.schema_version);
-        payloads.append_value(redacted(event.payload.clone(), false).to_string());
+        payloads.append_value(redacted(event.payload, false).to_string());
+        metadata.push(event.metadata);
+        rest.push((event.position, event.stream_id, event.stream_version, event.event_type));
     }
     RecordBatch::try_new(
         schema(ExportSubject::Events),
         vec![
-            ints(page.iter().map(|e| Some(e.position))),
-            ids(page.iter().map(|e| Some(e.metadata.event_id))),
-            texts(page.iter().map(|e| Some(e.stream_id.as_str()))),
-            ints(page.iter().map(|e| Some(e.stream_version))),
-            texts(page.iter().map(|e| Some(e.event_type.as_str()))),
+            ints(rest.iter().map(|e| Some(e.0))),
+            ids(metadata.iter().map(|m| Some(m.event_id))),
+            texts(rest.iter().map(|e| Some(e.1.as_str()))),
+            ints(rest.iter().map(|e| Some(e.2))),
+            texts(rest.iter().map(|e| Some(e.3.as_str()))),
             Arc::new(versions.finish()),
-            times(page.iter().map(|e| Some(e.metadata.occurred_at))),
-            ids(page.iter().map(|e| e.metadata.actor_id)),
-            ids(page.iter().map(|e| Some(e.metadata.correlation_id))),
-            ids(page.iter().map(|e| e.metadata.causation_id)),
+            times(metadata.iter().map(|m| Some(m.occurred_at))),
+            ids(metadata.iter().map(|m| m.actor_id)),
+            ids(metadata.iter().map(|m| Some(m.correlation_id))),
+            ids(metadata.iter().map(|m| m.causation_id)),
             Arc::new(payloads.finish()),
         ],
     )

@@ -3,8 +3,8 @@
 //!
 //! An export streams: the database is read a page at a time, each page becomes one Arrow record
 //! batch, and a blocking writer thread encodes the batches as they come (a channel two batches
-//! deep between them), flushing a Parquet row group whenever the buffered one grows past
-//! [`ROW_GROUP_BYTES`]. Memory stays bounded whatever the export's size. The file is written under a
+//! deep between them), closing a Parquet row group every [`ROW_GROUP_ROWS`] rows, or earlier when the
+//! memory it holds grows past [`ROW_GROUP_BYTES`]. Memory stays bounded whatever the export's size. The file is written under a
 //! temporary name beside the output (`.<name>.partial`) and renamed once complete and flushed to the
 //! disk, so a crash or a failure never leaves a partial file under the output's name.
 //!
@@ -35,7 +35,12 @@ use uuid::Uuid;
 /// Rows read from the database at a time (one record batch).
 pub const PAGE: i64 = 4096;
 
-/// A Parquet row group is written out once its buffered, encoded size passes this.
+/// Rows in a Parquet row group at most (DuckDB's own row group size): what the writer buffers stays
+/// the same however long the export.
+pub const ROW_GROUP_ROWS: usize = 122_880;
+
+/// A Parquet row group is written out early once the memory it holds passes this (rows of large
+/// payloads).
 pub const ROW_GROUP_BYTES: usize = 32 * 1024 * 1024;
 
 #[derive(Debug, thiserror::Error)]
@@ -202,12 +207,12 @@ async fn read_events(db: &Database, request: &ExportRequest, sink: &mut Sink<'_>
         let page = db.stored.read_all(after, PAGE).await.map_err(read)?;
         let Some(last) = page.last() else { break };
         after = last.position;
-        let kept: Vec<&RecordedEvent> = page
-            .iter()
+        let kept: Vec<RecordedEvent> = page
+            .into_iter()
             .filter(|e| e.position <= head && request.admits(e.metadata.occurred_at))
             .filter(|e| !owner(e).is_some_and(|o| erased.contains(&o)) && !e.metadata.actor_id.is_some_and(|a| erased.contains(&a)))
             .collect();
-        if !kept.is_empty() && !sink.send(columns::events(&kept)?).await {
+        if !kept.is_empty() && !sink.send(columns::events(kept)?).await {
             break;
         }
     }
@@ -293,11 +298,12 @@ fn write_batches(
             let properties = WriterProperties::builder()
                 .set_compression(Compression::ZSTD(ZstdLevel::try_new(3)?))
                 .set_created_by(format!("CloudSync {}", env!("CARGO_PKG_VERSION")))
+                .set_max_row_group_row_count(Some(ROW_GROUP_ROWS))
                 .build();
             let mut writer = ArrowWriter::try_new(out, Arc::clone(schema), Some(properties))?;
             while let Some(batch) = batches.blocking_recv() {
                 writer.write(&batch)?;
-                if writer.in_progress_size() >= ROW_GROUP_BYTES {
+                if writer.memory_size() >= ROW_GROUP_BYTES {
                     writer.flush()?;
                 }
             }
