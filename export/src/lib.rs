@@ -5,8 +5,9 @@
 //! batch, and a blocking writer thread encodes the batches as they come (a channel two batches
 //! deep between them), closing a Parquet row group every [`ROW_GROUP_ROWS`] rows, or earlier when the
 //! memory it holds grows past [`ROW_GROUP_BYTES`]. Memory stays bounded whatever the export's size. The file is written under a
-//! temporary name beside the output (`.<name>.partial`) and renamed once complete and flushed to the
-//! disk, so a crash or a failure never leaves a partial file under the output's name.
+//! temporary name of its own beside the output (`.<name>.<random>.partial`, so that two attempts
+//! never share one) and renamed once complete and flushed to the disk, so a crash or a failure never
+//! leaves a partial file under the output's name.
 //!
 //! Events are exported as stored: sealed fields stay sealed (the export never reads a data key),
 //! hashes of passwords, tokens and codes are redacted, and everything of an erased account (its
@@ -67,9 +68,8 @@ impl From<arrow_schema::ArrowError> for ExportError {
 
 /// Writes `request` to `output` (replacing a file there only once the export is whole); publishes
 /// rows and bytes written so far on `progress`, reads nothing while `held` (when given) says true,
-/// and returns the totals. The export is written as `.<output's name>.partial` beside it first: a
-/// dropped or failed export removes it, and the next export to the same output replaces what a
-/// crash left.
+/// and returns the totals. The export is written under a temporary name beside it first: a dropped
+/// or failed export removes it, and the next export to the same output removes what a crash left.
 ///
 /// # Errors
 /// An unreadable database, or an output that cannot be written.
@@ -115,20 +115,44 @@ pub async fn export(
     Ok(done)
 }
 
-/// The export's file under its temporary name, removed unless kept.
+/// The export's file under a temporary name of its own beside the output
+/// (`.<output's name>.<random>.partial`), removed unless kept.
 struct Partial {
     path: PathBuf,
     file: std::fs::File,
     kept: bool,
 }
 
+/// A temporary file of an export to the same output that nothing has written for this long was
+/// left by a crash: the next export to that output removes it. (A running export writes every
+/// page; one held by a pause whose job was taken over elsewhere has lost its lease.)
+const ABANDONED: std::time::Duration = std::time::Duration::from_secs(15 * 60);
+
 impl Partial {
     fn create(output: &Path) -> std::io::Result<Self> {
         let name = output
             .file_name()
-            .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::InvalidInput, "the output names no file"))?;
-        let path = output.with_file_name(format!(".{}.partial", name.to_string_lossy()));
-        let file = std::fs::File::create(&path)?;
+            .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::InvalidInput, "the output names no file"))?
+            .to_string_lossy()
+            .into_owned();
+        let folder = output.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+        let prefix = format!(".{name}.");
+        for entry in std::fs::read_dir(folder)?.flatten() {
+            let file = entry.file_name().to_string_lossy().into_owned();
+            let abandoned = entry
+                .metadata()
+                .and_then(|m| m.modified())
+                .is_ok_and(|at| at.elapsed().is_ok_and(|age| age > ABANDONED));
+            if file.starts_with(&prefix) && file.ends_with(".partial") && abandoned {
+                let _ = std::fs::remove_file(entry.path());
+            }
+        }
+        let (file, path) = tempfile::Builder::new()
+            .prefix(&prefix)
+            .suffix(".partial")
+            .tempfile_in(folder)?
+            .keep()
+            .map_err(|e| e.error)?;
         Ok(Self { path, file, kept: false })
     }
 
@@ -366,5 +390,40 @@ impl Exporter for Folder {
         {
             tracing::warn!(file = %path.display(), error = %error, "A cancelled export's file could not be removed.");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn names(folder: &Path) -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(folder)
+            .expect("folder")
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        names
+    }
+
+    #[test]
+    fn a_partial_file_is_its_attempts_own_and_goes_unless_kept() {
+        let folder = tempfile::tempdir().expect("folder");
+        let output = folder.path().join("events.parquet");
+        // A crash's leftover, untouched for long, and a live attempt's, written a moment ago.
+        let old = folder.path().join(".events.parquet.crashed.partial");
+        std::fs::File::create(&old)
+            .and_then(|f| f.set_modified(std::time::SystemTime::now() - ABANDONED * 2))
+            .expect("old file");
+        let first = Partial::create(&output).expect("first");
+        assert!(!old.exists(), "what a crash left goes");
+        let second = Partial::create(&output).expect("second");
+        assert_ne!(first.path, second.path, "two attempts never share a file");
+        assert!(first.path.exists() && second.path.exists(), "a live attempt's file stays");
+        drop(first);
+        (&second.file).write_all(b"whole").expect("write");
+        assert_eq!(second.keep_as(&output).expect("kept"), 5);
+        assert_eq!(names(folder.path()), ["events.parquet"]);
     }
 }

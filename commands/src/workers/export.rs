@@ -129,7 +129,12 @@ pub(crate) async fn run_export(commands: &Commands, job_id: SyncJobId, cancel: &
         };
         match ended {
             Ok(_) => return Ok(()),
-            Err(CommandError::Conflict(_)) => (job, version) = commands.load::<SyncJob>(&job_id.stream()).await?,
+            // A pause or a cancel came meanwhile; look again (not at once, should the job refuse
+            // the step for good).
+            Err(CommandError::Conflict(_)) => {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                (job, version) = commands.load::<SyncJob>(&job_id.stream()).await?;
+            }
             Err(err) => return Err(err),
         }
     }
