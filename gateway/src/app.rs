@@ -37,6 +37,8 @@ pub struct Readiness {
 /// What every request handler shares.
 pub struct App {
     pub db: Database,
+    /// Where export jobs write their files (`export_dir`), which `GET /exports/<file>` serves.
+    pub exports: std::path::PathBuf,
     pub commands: Commands,
     pub reads: ReadModels,
     pub projections: Arc<Projections>,

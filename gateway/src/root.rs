@@ -740,6 +740,7 @@ pub async fn start_as(config: &Config, role: Role) -> anyhow::Result<Server> {
         },
         rules: Rules::new(config.rate_limit_api_per_minute, config.rate_limit_login_per_minute),
         db: db.clone(),
+        exports: config.exports(),
     });
     let shutdown = CancellationToken::new();
     let mut tasks = JoinSet::new();

@@ -276,6 +276,19 @@ async fn exports_read_back_with_pyarrow_and_duckdb_as_the_log_and_read_models_ho
     let rows = read["rows"].as_array().expect("rows");
     assert_eq!(done["filesDone"], json!(rows.len()), "the job counts the rows it wrote");
     assert!(rows.iter().any(|r| r["operation_id"] == json!(scanned.operation)));
+    // Downloaded by administrators and auditors only, byte for byte.
+    let url = format!("{}/exports/{}", h.url, started["exportFile"].as_str().expect("file"));
+    let got = h.client.get(&url).bearer_auth(&admin).send().await.expect("download");
+    assert_eq!(got.status(), 200);
+    assert_eq!(got.bytes().await.expect("body"), std::fs::read(&file).expect("file"));
+    let refused = h.client.get(&url).bearer_auth(&scanned.token).send().await.expect("download");
+    assert_eq!(refused.status(), 403, "the role comes with the token");
+    assert_eq!(h.client.get(&url).send().await.expect("download").status(), 401);
+    let other = format!("{}/exports/{}.csv", h.url, uuid::Uuid::new_v4());
+    assert_eq!(
+        h.client.get(&other).bearer_auth(&admin).send().await.expect("download").status(),
+        404
+    );
     let leftovers: Vec<_> = std::fs::read_dir(h.config.exports())
         .expect("folder")
         .filter_map(Result::ok)

@@ -273,12 +273,19 @@ pub(crate) fn session_caller(ctx: &Context<'_>) -> ApiResult<Caller> {
 /// The caller, if it may administer (`write`) or read administrative data: the `admin` scope and
 /// the role `admin` (or `auditor`, to read).
 pub(crate) async fn admin_caller(ctx: &Context<'_>, write: bool) -> ApiResult<Caller> {
+    administers(app(ctx), caller(ctx)?, write).await
+}
+
+/// [`admin_caller`] for a caller authenticated outside GraphQL (an export's download).
+pub(crate) async fn administers(app: &App, caller: Caller, write: bool) -> ApiResult<Caller> {
     use cloudsync_identity::access::role;
-    let caller = caller_for(ctx, cloudsync_identity::access::scope::ADMIN)?;
+    if !caller.scopes.contains(cloudsync_identity::access::scope::ADMIN) {
+        return Err(ApiError::Forbidden("this credential lacks the scope admin".into()));
+    }
     let needed = if write { role::ADMIN } else { role::ADMIN | role::AUDITOR };
     // The role must be in the token and still be held now (a role revoked from the command line
     // ends no session, and the token keeps its roles until it expires).
-    let held = cloudsync_identity::access::roles_from(&load_user(app(ctx), caller.user_id).await?.roles());
+    let held = cloudsync_identity::access::roles_from(&load_user(app, caller.user_id).await?.roles());
     if (caller.roles & held & needed).is_empty() {
         return Err(ApiError::Forbidden(if write {
             "this needs the role admin".into()

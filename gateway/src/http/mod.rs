@@ -23,6 +23,7 @@ use crate::graphql::{CloudSyncSchema, build};
 use cloudsync_identity::sessions::Client;
 
 mod callbacks;
+mod exports;
 mod graphql;
 pub mod tls;
 
@@ -51,6 +52,7 @@ pub fn router(app: Arc<App>, config: &Config) -> anyhow::Result<Router> {
         .route("/auth/saml/acs", post(saml_acs))
         .route("/auth/saml/metadata", get(saml_metadata))
         .route("/metrics", get(crate::metrics::serve))
+        .route("/exports/{file}", get(exports::download))
         .layer(axum::middleware::from_fn(crate::metrics::track_http))
         .layer(axum::middleware::from_fn(follow_request))
         .layer(RequestBodyLimitLayer::new(config.max_body_bytes))
