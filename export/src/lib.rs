@@ -251,39 +251,45 @@ fn owner(event: &RecordedEvent) -> Option<Uuid> {
         .or(event.metadata.actor_id)
 }
 
-async fn read_files(db: &Database, request: &ExportRequest, sink: &mut Sink<'_>) -> Result<(), ExportError> {
-    let reads = ReadModels::new(db.pool.clone());
+/// A read-model row with its owner's id.
+type Owned<R> = (Uuid, R);
+
+/// A read model's rows a page at a time in key order (`fetch` gives the page after a key), those
+/// whose time (`key`) falls in the window made into batches by `batch`.
+async fn read_rows<R, Page>(
+    request: &ExportRequest,
+    sink: &mut Sink<'_>,
+    fetch: impl Fn(Option<Uuid>) -> Page,
+    key: fn(&R) -> (Uuid, chrono::DateTime<chrono::Utc>),
+    batch: fn(&[&Owned<R>]) -> Result<RecordBatch, arrow_schema::ArrowError>,
+) -> Result<(), ExportError>
+where
+    Page: std::future::Future<Output = Result<Vec<Owned<R>>, cloudsync_projections::QueryError>>,
+{
     let mut after = None;
     loop {
         sink.proceed().await;
-        let page = reads.all_files(after, PAGE).await.map_err(|e| ExportError::Read(e.to_string()))?;
+        let page = fetch(after).await.map_err(|e| ExportError::Read(e.to_string()))?;
         let Some((_, last)) = page.last() else { break };
-        after = Some(last.id);
-        let kept: Vec<_> = page.iter().filter(|(_, file)| request.admits(file.updated_at)).collect();
-        if !kept.is_empty() && !sink.send(columns::files(&kept)?).await {
+        after = Some(key(last).0);
+        let kept: Vec<_> = page.iter().filter(|(_, row)| request.admits(key(row).1)).collect();
+        if !kept.is_empty() && !sink.send(batch(&kept)?).await {
             break;
         }
     }
     Ok(())
 }
 
+async fn read_files(db: &Database, request: &ExportRequest, sink: &mut Sink<'_>) -> Result<(), ExportError> {
+    let reads = ReadModels::new(db.pool.clone());
+    let fetch = |after| reads.all_files(after, PAGE);
+    read_rows(request, sink, fetch, |file| (file.id, file.updated_at), columns::files).await
+}
+
 async fn read_operations(db: &Database, request: &ExportRequest, sink: &mut Sink<'_>) -> Result<(), ExportError> {
     let reads = ReadModels::new(db.pool.clone());
-    let mut after = None;
-    loop {
-        sink.proceed().await;
-        let page = reads
-            .all_sync_operations(after, PAGE)
-            .await
-            .map_err(|e| ExportError::Read(e.to_string()))?;
-        let Some((_, last)) = page.last() else { break };
-        after = Some(last.id);
-        let kept: Vec<_> = page.iter().filter(|(_, op)| request.admits(op.created_at)).collect();
-        if !kept.is_empty() && !sink.send(columns::sync_operations(&kept)?).await {
-            break;
-        }
-    }
-    Ok(())
+    let fetch = |after| reads.all_sync_operations(after, PAGE);
+    read_rows(request, sink, fetch, |op| (op.id, op.created_at), columns::sync_operations).await
 }
 
 /// Counts the bytes that reach the file.

@@ -65,6 +65,20 @@ impl Server {
     }
 }
 
+/// Serves `router` on `listener` until `shutdown`, logging `stopped` if it fails.
+async fn serve_http<L>(listener: L, router: axum::Router, shutdown: CancellationToken, stopped: &'static str)
+where
+    L: axum::serve::Listener<Addr = SocketAddr>,
+    for<'a> SocketAddr: axum::extract::connect_info::Connected<axum::serve::IncomingStream<'a, L>>,
+{
+    let served = axum::serve(listener, router.into_make_service_with_connect_info::<SocketAddr>())
+        .with_graceful_shutdown(async move { shutdown.cancelled().await })
+        .await;
+    if let Err(error) = served {
+        tracing::error!(error = %error, "{stopped}");
+    }
+}
+
 /// A secret: configured, or generated once by `generate` and kept (mode 0600) in `<data_dir>/<file>`.
 fn secret(config: &Config, configured: Option<&SecretString>, file: &str, generate: fn() -> String) -> anyhow::Result<SecretString> {
     if let Some(secret) = configured {
@@ -809,24 +823,10 @@ pub async fn start_as(config: &Config, role: Role) -> anyhow::Result<Server> {
             use axum::serve::ListenerExt as _;
             let router = router.layer(axum::middleware::from_fn(crate::http::tls::strict_transport));
             let listener = crate::http::tls::TlsListener::new(listener, tls)?.tap_io(|_| {});
-            tasks.spawn(async move {
-                let served = axum::serve(listener, router.into_make_service_with_connect_info::<SocketAddr>())
-                    .with_graceful_shutdown(async move { http_shutdown.cancelled().await })
-                    .await;
-                if let Err(error) = served {
-                    tracing::error!(error = %error, "The HTTPS server stopped.");
-                }
-            });
+            tasks.spawn(serve_http(listener, router, http_shutdown, "The HTTPS server stopped."));
         }
         None => {
-            tasks.spawn(async move {
-                let served = axum::serve(listener, router.into_make_service_with_connect_info::<SocketAddr>())
-                    .with_graceful_shutdown(async move { http_shutdown.cancelled().await })
-                    .await;
-                if let Err(error) = served {
-                    tracing::error!(error = %error, "The HTTP server stopped.");
-                }
-            });
+            tasks.spawn(serve_http(listener, router, http_shutdown, "The HTTP server stopped."));
         }
     }
     if config.public_url.as_deref().is_some_and(|url| url.starts_with("https://")) {

@@ -129,11 +129,14 @@ pub(crate) async fn run_export(commands: &Commands, job_id: SyncJobId, cancel: &
         };
         match ended {
             Ok(_) => return Ok(()),
-            // A pause or a cancel came meanwhile; look again (not at once, should the job refuse
-            // the step for good).
-            Err(CommandError::Conflict(_)) => {
-                tokio::time::sleep(Duration::from_millis(100)).await;
+            // A pause or a cancel came meanwhile: look again. A job that has not changed refuses
+            // the step for good (its phase does not allow it): that is the attempt's error.
+            Err(CommandError::Conflict(why)) => {
+                let seen = version;
                 (job, version) = commands.load::<SyncJob>(&job_id.stream()).await?;
+                if version == seen {
+                    return Err(CommandError::Conflict(why));
+                }
             }
             Err(err) => return Err(err),
         }

@@ -61,7 +61,7 @@ impl TlsListener {
     ///
     /// # Errors
     /// The listener has no local address.
-    pub fn new(listener: TcpListener, config: Arc<rustls::ServerConfig>) -> std::io::Result<Self> {
+    pub fn new(mut listener: TcpListener, config: Arc<rustls::ServerConfig>) -> std::io::Result<Self> {
         let local = listener.local_addr()?;
         let acceptor = TlsAcceptor::from(config);
         let (sender, ready) = mpsc::channel(64);
@@ -69,14 +69,8 @@ impl TlsListener {
             loop {
                 let (stream, peer) = tokio::select! {
                     () = sender.closed() => return,
-                    accepted = listener.accept() => match accepted {
-                        Ok(accepted) => accepted,
-                        Err(error) => {
-                            tracing::debug!(error = %error, "Could not accept a connection.");
-                            tokio::time::sleep(Duration::from_millis(50)).await;
-                            continue;
-                        }
-                    },
+                    // axum's accept, which waits out an accept error (too many open files) itself.
+                    accepted = axum::serve::Listener::accept(&mut listener) => accepted,
                 };
                 let (acceptor, sender) = (acceptor.clone(), sender.clone());
                 tokio::spawn(async move {
