@@ -8,8 +8,13 @@
 //! aggregates, the projectors and the API see plain events. Sealed paths are opened whether or not
 //! sealing is configured now, so it can be turned on (or off) on a running installation.
 //!
-//! Once an account is erased its key is gone and its paths read as `erased`: its events stay in the
-//! log and still replay (the projectors write no row for an erased account).
+//! Hashes of passwords, tokens and codes (the fields of [`HASHED_FIELDS`] that hold text) are sealed
+//! the same way in every new event, configured or not, as `{"sealed_hash": {nonce, ciphertext}}`
+//! with the associated data `hash:<user>`: the log never holds a hash someone could try passwords
+//! against once the account is erased. Hashes in events written before are left as they are.
+//!
+//! Once an account is erased its key is gone and its paths and hashes read as `erased`: its events
+//! stay in the log and still replay (the projectors write no row for an erased account).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -19,6 +24,7 @@ use async_trait::async_trait;
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
 use cloudsync_domain::UserId;
+use cloudsync_domain::events::HASHED_FIELDS;
 use cloudsync_eventstore::{AppendOutcome, EventMetadata, EventStore, RecordedEvent, StoreError, StreamAppend};
 use serde_json::{Map, Value, json};
 use tokio::sync::watch;
@@ -29,6 +35,8 @@ use crate::{CommandError, Vault};
 
 /// The key that marks a sealed path.
 const MARK: &str = "sealed_path";
+/// The key that marks a sealed hash.
+const HASH_MARK: &str = "sealed_hash";
 /// What an erased account's paths read as (a path that names nothing of theirs).
 const UNREADABLE: &str = "erased";
 
@@ -115,9 +123,44 @@ fn has_paths(value: &Value, top_reason: bool) -> bool {
     }
 }
 
-fn sealed_text(value: &Value) -> Option<(&str, &str)> {
-    let sealed = value.as_object().filter(|o| o.len() == 1)?.get(MARK)?;
-    Some((sealed.get("nonce")?.as_str()?, sealed.get("ciphertext")?.as_str()?))
+/// Seals, with `key`, every hash at the top of `payload` (a text, or a list of texts).
+fn seal_hashes(payload: &mut Value, key: &[u8; 32], aad: &[u8]) -> Result<(), CommandError> {
+    let seal = |value: &mut Value| -> Result<(), CommandError> {
+        let text = value.as_str().unwrap_or_default();
+        let (nonce, ciphertext) = seal_with(key, text.as_bytes(), aad)?;
+        *value = json!({ HASH_MARK: { "nonce": B64.encode(nonce), "ciphertext": B64.encode(ciphertext) } });
+        Ok(())
+    };
+    let Some(object) = payload.as_object_mut() else { return Ok(()) };
+    for (_, value) in object.iter_mut().filter(|(name, _)| HASHED_FIELDS.contains(&name.as_str())) {
+        match value {
+            Value::String(_) => seal(value)?,
+            Value::Array(items) => items.iter_mut().filter(|item| item.is_string()).try_for_each(seal)?,
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+/// Whether `payload` has a hash [`seal_hashes`] would seal.
+fn has_hashes(payload: &Value) -> bool {
+    payload.as_object().is_some_and(|object| {
+        object.iter().any(|(name, value)| {
+            HASHED_FIELDS.contains(&name.as_str())
+                && (value.is_string() || value.as_array().is_some_and(|items| items.iter().any(Value::is_string)))
+        })
+    })
+}
+
+/// A sealed value: whether it is a hash, its nonce and its ciphertext.
+fn sealed_text(value: &Value) -> Option<(bool, &str, &str)> {
+    let object = value.as_object().filter(|o| o.len() == 1)?;
+    let (hash, sealed) = match (object.get(MARK), object.get(HASH_MARK)) {
+        (Some(sealed), _) => (false, sealed),
+        (None, Some(sealed)) => (true, sealed),
+        (None, None) => return None,
+    };
+    Some((hash, sealed.get("nonce")?.as_str()?, sealed.get("ciphertext")?.as_str()?))
 }
 
 fn has_sealed(value: &Value) -> bool {
@@ -128,21 +171,23 @@ fn has_sealed(value: &Value) -> bool {
     }
 }
 
-/// Opens every sealed path in `value` with `key`; without a key (an erased account), or where it
-/// does not open, the path reads as [`UNREADABLE`].
-fn open_paths(value: &mut Value, key: Option<&[u8; 32]>, aad: &[u8]) {
-    if let Some((nonce, ciphertext)) = sealed_text(value) {
-        let opened = key.and_then(|key| {
+/// Opens every sealed path and hash in `value` with `key` (the associated data as [`aad`] and
+/// [`hash_aad`] make it for `user`); without a key (an erased account), or where it does not open,
+/// the value reads as [`UNREADABLE`].
+fn open_paths(value: &mut Value, key: Option<&[u8; 32]>, user: Option<UserId>) {
+    if let Some((hash, nonce, ciphertext)) = sealed_text(value) {
+        let opened = key.zip(user).and_then(|(key, user)| {
             let (nonce, ciphertext) = (B64.decode(nonce).ok()?, B64.decode(ciphertext).ok()?);
-            open_with(key, &nonce, &ciphertext, aad).ok()
+            let aad = if hash { hash_aad(user) } else { aad(user) };
+            open_with(key, &nonce, &ciphertext, &aad).ok()
         });
         let text = opened.and_then(|bytes| String::from_utf8(bytes).ok());
         *value = Value::String(text.unwrap_or_else(|| UNREADABLE.to_owned()));
         return;
     }
     match value {
-        Value::Object(object) => object.values_mut().for_each(|v| open_paths(v, key, aad)),
-        Value::Array(items) => items.iter_mut().for_each(|v| open_paths(v, key, aad)),
+        Value::Object(object) => object.values_mut().for_each(|v| open_paths(v, key, user)),
+        Value::Array(items) => items.iter_mut().for_each(|v| open_paths(v, key, user)),
         _ => {}
     }
 }
@@ -156,6 +201,11 @@ fn aad(user: UserId) -> Vec<u8> {
     format!("path:{user}").into_bytes()
 }
 
+/// The associated data of a sealed hash, apart from the user's paths and other sealed values.
+fn hash_aad(user: UserId) -> Vec<u8> {
+    format!("hash:{user}").into_bytes()
+}
+
 /// Whether an event of this type says at its top why a job stopped (text that may name a file).
 fn has_reason(event_type: &str) -> bool {
     event_type.starts_with("SyncJob")
@@ -164,9 +214,11 @@ fn has_reason(event_type: &str) -> bool {
 impl SealingStore {
     /// `user`'s data key (`None`: erased), from memory when it was unwrapped a moment ago.
     async fn key(&self, user: UserId, create: bool) -> Result<Option<[u8; 32]>, StoreError> {
+        // A key to seal with is looked up again when none was kept: it may have been made since.
         if let Ok(keys) = self.keys.lock()
             && let Some((at, key)) = keys.get(&user)
             && at.elapsed() < KEY_TTL
+            && (key.is_some() || !create)
         {
             return Ok(*key);
         }
@@ -210,11 +262,11 @@ impl SealingStore {
                 continue;
             }
             let Some(user) = self.owner_of(&event.payload, &event.metadata, &event.stream_id).await? else {
-                open_paths(&mut event.payload, None, &[]);
+                open_paths(&mut event.payload, None, None);
                 continue;
             };
             let key = self.key(user, false).await?;
-            open_paths(&mut event.payload, key.as_ref(), &aad(user));
+            open_paths(&mut event.payload, key.as_ref(), Some(user));
         }
         Ok(events)
     }
@@ -223,24 +275,34 @@ impl SealingStore {
 #[async_trait]
 impl EventStore for SealingStore {
     async fn append(&self, mut batches: Vec<StreamAppend>) -> Result<AppendOutcome, StoreError> {
-        if self.seal {
-            for batch in &mut batches {
-                for event in &mut batch.events {
-                    let top_reason = has_reason(&event.event_type);
-                    if !has_paths(&event.payload, top_reason) {
-                        continue;
-                    }
-                    // Never in the clear: an event whose owner cannot be told is refused.
-                    let user = self
-                        .owner_of(&event.payload, &event.metadata, &batch.stream)
-                        .await?
-                        .ok_or_else(|| StoreError::Invalid(format!("{} names paths but no owner to seal them for", event.event_type)))?;
-                    // An erased account (a scan or run still going): refused rather than recorded
-                    // in the clear.
-                    let key = self
-                        .key(user, true)
-                        .await?
-                        .ok_or_else(|| StoreError::Invalid("the account was erased; nothing more is recorded for it".into()))?;
+        for batch in &mut batches {
+            for event in &mut batch.events {
+                let top_reason = has_reason(&event.event_type);
+                let paths = self.seal && has_paths(&event.payload, top_reason);
+                let hashes = has_hashes(&event.payload);
+                if !paths && !hashes {
+                    continue;
+                }
+                // Never in the clear: an event whose owner cannot be told is refused.
+                let user = self
+                    .owner_of(&event.payload, &event.metadata, &batch.stream)
+                    .await?
+                    .ok_or_else(|| {
+                        StoreError::Invalid(format!(
+                            "{} holds what is sealed but names no owner to seal it for",
+                            event.event_type
+                        ))
+                    })?;
+                // An erased account (a scan or run still going): refused rather than recorded in
+                // the clear.
+                let key = self
+                    .key(user, true)
+                    .await?
+                    .ok_or_else(|| StoreError::Invalid("the account was erased; nothing more is recorded for it".into()))?;
+                if hashes {
+                    seal_hashes(&mut event.payload, &key, &hash_aad(user)).map_err(store_error)?;
+                }
+                if paths {
                     seal_paths(&mut event.payload, &key, &aad(user), top_reason).map_err(store_error)?;
                 }
             }
@@ -317,8 +379,9 @@ mod tests {
             "reason": "failed on docs/diary.txt",
             "size": 3,
         });
+        let user = UserId::from_uuid(Uuid::from_u128(1));
         let mut sealed = original.clone();
-        seal_paths(&mut sealed, &key, b"aad", true).expect("sealed");
+        seal_paths(&mut sealed, &key, &aad(user), true).expect("sealed");
         let text = sealed.to_string();
         for clear in ["diary", "a.txt", "old.txt", "new.txt"] {
             assert!(!text.contains(clear), "{clear} in {text}");
@@ -327,16 +390,52 @@ mod tests {
         assert!(has_sealed(&sealed));
         assert!(has_paths(&original, false) && !has_paths(&json!({ "user_id": "x", "at": "now" }), true));
         let mut opened = sealed.clone();
-        open_paths(&mut opened, Some(&key), b"aad");
+        open_paths(&mut opened, Some(&key), Some(user));
         assert_eq!(opened, original);
         let mut erased = sealed;
-        open_paths(&mut erased, None, b"aad");
+        open_paths(&mut erased, None, Some(user));
         assert_eq!(erased["path"], json!(UNREADABLE));
         assert_eq!(erased["decision"]["actions"][1]["to"], json!(UNREADABLE));
         let mut wrong = original.clone();
-        seal_paths(&mut wrong, &key, b"aad", false).expect("sealed");
-        open_paths(&mut wrong, Some(&[8_u8; 32]), b"aad");
+        seal_paths(&mut wrong, &key, &aad(user), false).expect("sealed");
+        open_paths(&mut wrong, Some(&[8_u8; 32]), Some(user));
         assert_eq!(wrong["path"], json!(UNREADABLE), "another key opens nothing");
         assert_eq!(wrong["reason"], original["reason"], "reason only at the top of a finished job");
+    }
+
+    #[test]
+    fn hashes_are_sealed_apart_from_paths_and_open_back_exactly() {
+        let key = [7_u8; 32];
+        let user = UserId::from_uuid(Uuid::from_u128(1));
+        let original = json!({
+            "user_id": user.to_string(),
+            "password_hash": "$argon2id$v=19$m=19456,t=2,p=1$c2FsdA$aGFzaA",
+            "recovery_codes": ["9f86d081", "60303ae2"],
+            "passkey": { "cred": "public" },
+            "reason": "changed",
+        });
+        assert!(has_hashes(&original) && !has_hashes(&json!({ "user_id": "x", "passkey": {} })));
+        let mut sealed = original.clone();
+        seal_hashes(&mut sealed, &key, &hash_aad(user)).expect("sealed");
+        let text = sealed.to_string();
+        for clear in ["argon2", "9f86d081", "60303ae2"] {
+            assert!(!text.contains(clear), "{clear} in {text}");
+        }
+        assert_eq!(sealed["passkey"], original["passkey"], "a passkey's public record is no hash");
+        assert!(sealed["recovery_codes"][1][HASH_MARK].is_object(), "each code on its own");
+        let mut opened = sealed.clone();
+        open_paths(&mut opened, Some(&key), Some(user));
+        assert_eq!(opened, original);
+        // A sealed hash does not open as a path of the same user, nor for another user.
+        let mut as_path = sealed["password_hash"].clone();
+        as_path = json!({ MARK: as_path[HASH_MARK].clone() });
+        open_paths(&mut as_path, Some(&key), Some(user));
+        assert_eq!(as_path, json!(UNREADABLE));
+        let mut other = sealed.clone();
+        open_paths(&mut other, Some(&key), Some(UserId::from_uuid(Uuid::from_u128(2))));
+        assert_eq!(other["password_hash"], json!(UNREADABLE));
+        let mut erased = sealed;
+        open_paths(&mut erased, None, Some(user));
+        assert_eq!(erased["recovery_codes"], json!([UNREADABLE, UNREADABLE]));
     }
 }

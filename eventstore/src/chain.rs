@@ -231,8 +231,8 @@ pub struct Verified {
     pub links_at: HashMap<i64, Link>,
 }
 
-/// Walks the log in order, recomputing each link from the one before and comparing it with the
-/// stored one; returns the links at `wanted` positions, or what is wrong where it first goes wrong.
+/// Walks the log in order as stored (`Database::stored`: sealed values sealed, as they were
+/// linked), recomputing each link from the one before and comparing it with the stored one; returns the links at `wanted` positions, or what is wrong where it first goes wrong.
 ///
 /// # Errors
 /// An unreadable log.
@@ -253,13 +253,13 @@ pub async fn verify_from(db: &Database, start: i64, link: Link, wanted: &[i64]) 
     let mut after = start;
     // The event before the page's first, for a look at a pair across pages.
     loop {
-        let events = db.events.read_all(after, PAGE).await?;
+        let events = db.stored.read_all(after, PAGE).await?;
         // One more link than events, to look one ahead.
         let stored = stored_links(&db.pool, after, events.last().map_or(after, |e| e.position) + 1).await?;
         let Some(last) = events.last() else {
             // Links past the last event: events removed from the end, unless an append committed
             // them (with their links) since the events were read.
-            let appended = !stored.is_empty() && !db.events.read_all(after, 1).await?.is_empty();
+            let appended = !stored.is_empty() && !db.stored.read_all(after, 1).await?.is_empty();
             if appended {
                 continue;
             }
@@ -327,6 +327,14 @@ async fn stored_links(pool: &DbPool, after: i64, upto: i64) -> Result<HashMap<i6
         .into_iter()
         .filter_map(|(position, hash)| Some((position, Link::try_from(hash.as_slice()).ok()?)))
         .collect())
+}
+
+/// The link stored for the event at `position`, if there is one.
+///
+/// # Errors
+/// An unreadable chain.
+pub async fn stored_link(pool: &DbPool, position: i64) -> Result<Option<Link>, StoreError> {
+    Ok(stored_links(pool, position - 1, position).await?.remove(&position))
 }
 
 /// The last link and its position (`(0, GENESIS)` before the first event).

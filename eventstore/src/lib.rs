@@ -7,6 +7,7 @@ mod database;
 mod group;
 pub mod leader;
 mod postgres;
+mod read_only;
 mod reads;
 mod sqlite;
 mod subscription;
@@ -29,6 +30,7 @@ macro_rules! on_pool {
 }
 pub use group::{CommitStats, MAX_EVENTS, MAX_REQUESTS};
 pub use postgres::{APPEND_LOCK_KEY, PgEventStore};
+pub use read_only::ReadOnlyStore;
 pub use sqlite::SqliteEventStore;
 pub use subscription::subscribe;
 pub use types::{AppendOutcome, EventFilter, EventMetadata, ExpectedVersion, NewEvent, RecordedEvent, StoreError, StreamAppend};

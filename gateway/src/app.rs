@@ -39,6 +39,8 @@ pub struct App {
     pub db: Database,
     /// Where export jobs write their files (`export_dir`), which `GET /exports/<file>` serves.
     pub exports: std::path::PathBuf,
+    /// Serves a replay: every mutation but signing in is refused (see [`crate::history`]).
+    pub read_only: bool,
     pub commands: Commands,
     pub reads: ReadModels,
     pub projections: Arc<Projections>,

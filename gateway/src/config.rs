@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context as _, bail};
-use secrecy::SecretString;
+use secrecy::{ExposeSecret as _, SecretString};
 use serde::Deserialize;
 
 #[derive(Debug, Clone, Deserialize)]
@@ -64,8 +64,16 @@ pub struct Config {
     pub rate_limit_login_per_minute: u32,
     /// The WebAuthn relying party id, a registrable domain of the origin; default: the origin's host.
     pub webauthn_rp_id: Option<String>,
+    /// Serve what the database holds without changing it (a point-in-time replay, see `cloudsync
+    /// replay --at`): no jobs, nothing appended to the log, every mutation but signing in refused.
+    pub read_only: bool,
     /// `text` or `json`.
     pub log_format: String,
+    /// Where errors are reported (a Sentry DSN, `https://<key>@<host>/<project>`): every error logged,
+    /// with the request id it served, and every panic. Unset: nothing is sent anywhere.
+    pub sentry_dsn: Option<SecretString>,
+    /// The environment the reports are filed under (`production`, `staging`); default: none.
+    pub sentry_environment: Option<String>,
     /// The largest request body accepted.
     pub max_body_bytes: usize,
     /// How long a query waits for the read models to reflect the caller's own writes.
@@ -194,6 +202,9 @@ impl Default for Config {
             rate_limit_login_per_minute: 10,
             webauthn_rp_id: None,
             log_format: "text".into(),
+            read_only: false,
+            sentry_dsn: None,
+            sentry_environment: None,
             max_body_bytes: 1024 * 1024,
             consistency_timeout_ms: 5000,
             ready_max_lag_events: 10_000,
@@ -317,6 +328,9 @@ impl Config {
                     config.cors_origins = value.split([',', ' ']).filter(|o| !o.is_empty()).map(str::to_owned).collect();
                 }
                 "LOG_FORMAT" => config.log_format = value,
+                "READ_ONLY" => config.read_only = value.parse().context("CLOUDSYNC_READ_ONLY must be true or false")?,
+                "SENTRY_DSN" => config.sentry_dsn = Some(SecretString::from(value)).filter(|v| !v.expose_secret().is_empty()),
+                "SENTRY_ENVIRONMENT" => config.sentry_environment = Some(value).filter(|v| !v.is_empty()),
                 "MAX_BODY_BYTES" => config.max_body_bytes = value.parse().context("CLOUDSYNC_MAX_BODY_BYTES must be a number")?,
                 "TLS_CERT" => config.tls_cert = Some(PathBuf::from(value)).filter(|v| !v.as_os_str().is_empty()),
                 "TLS_KEY" => config.tls_key = Some(PathBuf::from(value)).filter(|v| !v.as_os_str().is_empty()),
@@ -552,6 +566,11 @@ impl Config {
         if !matches!(self.log_format.as_str(), "text" | "json") {
             bail!("log_format must be text or json");
         }
+        if let Some(dsn) = &self.sentry_dsn
+            && dsn.expose_secret().parse::<sentry::types::Dsn>().is_err()
+        {
+            bail!("sentry_dsn must be a Sentry DSN like https://<key>@<host>/<project>");
+        }
         for (kind, app) in &self.oauth {
             if !matches!(kind.as_str(), "gdrive" | "dropbox" | "onedrive") {
                 bail!("oauth.{kind}: OAuth apps are for gdrive, dropbox and onedrive");
@@ -656,6 +675,15 @@ mod tests {
         assert!(Config::load(None, vars(&[("CLOUDSYNC_ARGON2_ITERATIONS", "0")])).is_err());
         assert!(Config::load(None, vars(&[("CLOUDSYNC_REDIS_URL", "localhost:6379")])).is_err());
         assert!(Config::load(None, vars(&[("CLOUDSYNC_CORS_ORIGINS", "https://a.example.org/")])).is_err());
+        assert!(Config::load(None, vars(&[("CLOUDSYNC_SENTRY_DSN", "sentry.example.org")])).is_err());
+        let reporting = Config::load(None, vars(&[("CLOUDSYNC_SENTRY_DSN", "https://key@sentry.example.org/42")])).expect("loads");
+        assert!(reporting.sentry_dsn.is_some());
+        assert!(
+            Config::load(None, vars(&[("CLOUDSYNC_SENTRY_DSN", "")]))
+                .expect("loads")
+                .sentry_dsn
+                .is_none()
+        );
         let cors = Config::load(
             None,
             vars(&[("CLOUDSYNC_CORS_ORIGINS", "https://a.example.org, http://localhost:3000")]),

@@ -8,8 +8,10 @@ pub mod cli;
 pub mod config;
 pub mod errors;
 pub mod graphql;
+pub mod history;
 pub mod http;
 pub mod metrics;
+pub mod reporting;
 pub mod root;
 
 pub use app::App;

@@ -36,7 +36,8 @@ pub struct Server {
     app: Arc<App>,
     shutdown: CancellationToken,
     tasks: JoinSet<()>,
-    signer: Arc<crate::audit::ChainSigner>,
+    /// Signs the chain's tip (none on a read-only server).
+    signer: Option<Arc<crate::audit::ChainSigner>>,
 }
 
 impl Server {
@@ -53,7 +54,9 @@ impl Server {
     pub async fn stop(mut self) {
         self.shutdown.cancel();
         while self.tasks.join_next().await.is_some() {}
-        self.signer.sign_tip(&self.app.db).await;
+        if let Some(signer) = &self.signer {
+            signer.sign_tip(&self.app.db).await;
+        }
         self.app.db.close().await;
     }
 
@@ -665,7 +668,13 @@ pub async fn start(config: &Config) -> anyhow::Result<Server> {
 pub async fn start_as(config: &Config, role: Role) -> anyhow::Result<Server> {
     // Installed before anything records.
     crate::metrics::recorder();
-    let db = open_database(config).await?;
+    // A read-only server (a replay) answers from what is there: the API without jobs, and a log
+    // that refuses appends.
+    let role = if config.read_only { Role::Api } else { role };
+    let mut db = open_database(config).await?;
+    if config.read_only {
+        db.events = Arc::new(cloudsync_eventstore::ReadOnlyStore(Arc::clone(&db.events)));
+    }
     // One clock for the rules that read the time (sessions, limits, second-factor windows, access
     // tokens, keys).
     let clock = cloudsync_identity::clock::system();
@@ -755,12 +764,18 @@ pub async fn start_as(config: &Config, role: Role) -> anyhow::Result<Server> {
         rules: Rules::new(config.rate_limit_api_per_minute, config.rate_limit_login_per_minute),
         db: db.clone(),
         exports: config.exports(),
+        read_only: config.read_only,
     });
     let shutdown = CancellationToken::new();
     let mut tasks = JoinSet::new();
     tasks.spawn(crate::metrics::upkeep(shutdown.child_token()));
-    let signer = Arc::new(crate::audit::ChainSigner::new(&master_key(config)?));
-    tasks.spawn(Arc::clone(&signer).run(db.clone(), shutdown.child_token()));
+    let signer = match config.read_only {
+        false => Some(Arc::new(crate::audit::ChainSigner::new(&master_key(config)?))),
+        true => None,
+    };
+    if let Some(signer) = &signer {
+        tasks.spawn(Arc::clone(signer).run(db.clone(), shutdown.child_token()));
+    }
     if role.serves_api() {
         tasks.spawn(crate::metrics::sample_lag(Arc::clone(&app), shutdown.child_token()));
         tasks.spawn(Arc::clone(&projections).run(shutdown.child_token()));

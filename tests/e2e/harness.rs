@@ -9,6 +9,8 @@ use serde_json::{Value, json};
 
 pub struct Harness {
     pub server: Option<Server>,
+    /// The server's database: `db.events` is the log as the server reads it (sealed paths and
+    /// hashes opened), `db.stored` as stored.
     pub db: TestDatabase,
     pub client: reqwest::Client,
     pub url: String,
@@ -36,6 +38,14 @@ impl Harness {
         };
         adjust(&mut config);
         let server = start(&config).await.expect("server starts");
+        // The test reads the log as the server does, through the store that opens what it seals.
+        let mut db = db;
+        let master = cloudsync_gateway::root::master_key(&config).expect("the master key");
+        db.db.events = std::sync::Arc::new(cloudsync_commands::SealingStore::new(
+            std::sync::Arc::clone(&db.db.stored),
+            cloudsync_commands::Vault::new(master, db.db.pool.clone()),
+            config.seal_paths,
+        ));
         let url = format!("http://{}", server.addr());
         Self {
             server: Some(server),

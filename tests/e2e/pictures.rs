@@ -270,7 +270,7 @@ async fn photographs_are_labelled_with_what_they_show(h: &Harness) {
         "{analyses:?}"
     );
     // In the log itself the labels are sealed, like the paths: they tell what a picture shows.
-    let raw = h.db.db.events.read_all(0, 100_000).await.expect("log");
+    let raw = h.db.db.stored.read_all(0, 100_000).await.expect("log");
     let stored: Vec<&Value> = raw
         .iter()
         .filter(|e| e.event_type == "FileAnalyzed" && e.payload["model"] == "efficientnet-lite0")

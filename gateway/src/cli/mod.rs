@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
+use cloudsync_eventstore::Database;
 use uuid::Uuid;
 
 use crate::config::Config;
@@ -46,6 +47,10 @@ pub enum Command {
         /// worker` processes, through the RabbitMQ broker of CLOUDSYNC_AMQP_URL).
         #[arg(long, value_enum, default_value = "all", env = "CLOUDSYNC_ROLE")]
         role: Role,
+        /// Serves what the database holds without changing it (as `read_only` does): no jobs,
+        /// nothing recorded, mutations other than signing in refused.
+        #[arg(long)]
+        read_only: bool,
     },
     /// Runs jobs (scans, sync runs), the scheduler and the content pipeline, with no API: the
     /// same as `serve --role worker`. Its port (--bind) serves only /healthz and /readyz.
@@ -144,20 +149,36 @@ pub enum Command {
         until: Option<chrono::DateTime<chrono::Utc>>,
     },
     /// Prints history from the event log: one stream's, everything one user did, or everything one
-    /// request and the jobs it started did, in order.
+    /// request and the jobs it started did, in order. With `--at` or `--position`, builds the read
+    /// models as they were then into a folder of their own (`--into`), to serve read-only.
     Replay {
         /// A stream such as `file-<uuid>` or `user-<uuid>`.
-        #[arg(long, conflicts_with_all = ["user", "correlation"], required_unless_present_any = ["user", "correlation"])]
+        #[arg(long, conflicts_with_all = ["user", "correlation", "at", "position"], required_unless_present_any = ["user", "correlation", "at", "position"])]
         stream: Option<String>,
         /// A user id: every event that user caused.
-        #[arg(long, conflicts_with = "correlation")]
+        #[arg(long, conflicts_with_all = ["correlation", "at", "position"])]
         user: Option<Uuid>,
         /// A request id (`X-Request-Id`): the events of that request and of the jobs it started.
-        #[arg(long)]
+        #[arg(long, conflicts_with_all = ["at", "position"])]
         correlation: Option<Uuid>,
         /// One JSON object per line instead of text.
         #[arg(long)]
         json: bool,
+        /// The moment (RFC 3339) whose read models to build: the log up to the last event that
+        /// had happened by then.
+        #[arg(long, conflicts_with = "position", requires = "into")]
+        at: Option<chrono::DateTime<chrono::Utc>>,
+        /// The position of the log whose read models to build (its events up to this one).
+        #[arg(long, requires = "into")]
+        position: Option<i64>,
+        /// A new (or empty) folder for the replay: its database (SQLite unless --database), search
+        /// index, vectors and `cloudsync.toml`, which serves it read-only: `cloudsync --config
+        /// <folder>/cloudsync.toml serve`.
+        #[arg(long)]
+        into: Option<PathBuf>,
+        /// An empty database (`postgres://…`) for the replay's log and read models.
+        #[arg(long, requires = "into")]
+        database: Option<String>,
     },
 }
 
@@ -221,7 +242,8 @@ pub fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    init_tracing(&config);
+    let reporting = crate::reporting::start(&config);
+    init_tracing(&config, reporting.is_some());
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(runtime) => runtime,
         Err(error) => {
@@ -238,7 +260,8 @@ pub fn main() -> ExitCode {
     }
 }
 
-fn init_tracing(config: &Config) {
+/// Logs to stderr (text or JSON), and errors to Sentry when `reporting` (see [`crate::reporting`]).
+fn init_tracing(config: &Config, reporting: bool) {
     use tracing_subscriber::Layer as _;
     use tracing_subscriber::layer::SubscriberExt as _;
     use tracing_subscriber::util::SubscriberInitExt as _;
@@ -256,6 +279,7 @@ fn init_tracing(config: &Config) {
                 .with_filter(filter)
                 .with_filter(tracing_subscriber::filter::filter_fn(no_secrets)),
         )
+        .with(reporting.then(|| crate::reporting::layer().with_filter(tracing_subscriber::filter::filter_fn(no_secrets))))
         .init();
 }
 
@@ -313,7 +337,11 @@ pub async fn run(command: Command, config: Config) -> anyhow::Result<()> {
                 crate::audit::Report::Tampered(_) => anyhow::bail!("the event log does not verify"),
             }
         }
-        Command::Serve { bind, role } => serve(config, bind, role).await,
+        Command::Serve { bind, role, read_only } => {
+            let mut config = config;
+            config.read_only |= read_only;
+            serve(config, bind, role).await
+        }
         Command::Worker { bind } => serve(config, bind, Role::Worker).await,
         Command::Migrate => {
             let db = open_database(&config).await?;
@@ -325,58 +353,9 @@ pub async fn run(command: Command, config: Config) -> anyhow::Result<()> {
             command: ProjectionsCommand::Rebuild { name },
         } => {
             let db = open_database(&config).await?;
-            let all = name == "all";
-            let mut names: Vec<&str> = if all { vec!["search", "vectors"] } else { vec![name.as_str()] };
-            // The read-model tables: all of them in one pass over the log.
-            let tables: Vec<&str> = if all {
-                cloudsync_projections::PROJECTORS.to_vec()
-            } else {
-                names.extract_if(.., |n| cloudsync_projections::PROJECTORS.contains(n)).collect()
-            };
-            let report = |what: &str, rebuilt: cloudsync_projections::Rebuilt| {
-                println!(
-                    "Rebuilt {what} from {} events in {:.1} s ({:.0} events/s).",
-                    rebuilt.events,
-                    rebuilt.elapsed.as_secs_f64(),
-                    rebuilt.events_per_second()
-                );
-            };
-            if !tables.is_empty() {
-                let rebuilt = cloudsync_projections::rebuild_many(&db, &tables)
-                    .await
-                    .with_context(|| format!("rebuilding {}", tables.join(", ")))?;
-                report(&tables.join(", "), rebuilt);
-            }
-            for name in names {
-                let started = std::time::Instant::now();
-                let events = match name {
-                    "search" => {
-                        let engine = crate::root::search_engine(&config)?;
-                        let texts: Arc<dyn cloudsync_search::TextSource> =
-                            Arc::new(crate::root::Texts(crate::root::commands(&config, &db)?));
-                        cloudsync_search::rebuild(&engine, Arc::clone(&db.events), Some(texts))
-                            .await
-                            .with_context(|| format!("rebuilding the search index ({})", engine.describe()))?
-                    }
-                    "vectors" => {
-                        let index = crate::root::vector_index(&config).await?;
-                        let source = Arc::new(crate::root::StoredVectors(crate::root::commands(&config, &db)?));
-                        cloudsync_search::vectors::rebuild(&*index, Arc::clone(&db.events), source)
-                            .await
-                            .context("rebuilding the vector index")?
-                    }
-                    other => return Err(cloudsync_projections::ProjectionError::Unknown(other.to_owned()).into()),
-                };
-                report(
-                    name,
-                    cloudsync_projections::Rebuilt {
-                        events,
-                        elapsed: started.elapsed(),
-                    },
-                );
-            }
+            let result = rebuild(&config, &db, &name).await;
             db.close().await;
-            Ok(())
+            result
         }
         Command::Scan { provider_id } => {
             let db = open_database(&config).await?;
@@ -493,10 +472,42 @@ pub async fn run(command: Command, config: Config) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Replay {
+            at,
+            position,
+            into: Some(into),
+            database,
+            ..
+        } => {
+            let cutoff = match (at, position) {
+                (Some(at), _) => crate::history::Cutoff::At(at),
+                (None, Some(position)) => crate::history::Cutoff::Position(position),
+                (None, None) => anyhow::bail!("--into goes with --at or --position"),
+            };
+            let started = std::time::Instant::now();
+            let source = open_database(&config).await?;
+            let replayed = crate::history::replay_into(&source, &config, cutoff, &into, database, |config, db| async move {
+                rebuild(&config, &db, "all").await
+            })
+            .await;
+            source.close().await;
+            let replayed = replayed?;
+            println!(
+                "Replayed the log up to position {} (its last event happened at {}) into {} in {:.1} s. Serve it \
+                 read-only with: cloudsync --config {} serve",
+                replayed.position,
+                replayed.last_at.map_or_else(|| "-".to_owned(), |at| at.to_rfc3339()),
+                into.display(),
+                started.elapsed().as_secs_f64(),
+                replayed.config_file.display()
+            );
+            Ok(())
+        }
+        Command::Replay {
             stream,
             user,
             correlation,
             json,
+            ..
         } => {
             let db = open_database(&config).await?;
             let out = &mut std::io::stdout().lock();
@@ -547,4 +558,62 @@ async fn shutdown_signal() {
         () = ctrl_c => {}
         () = terminate => {}
     }
+}
+
+/// Rebuilds the read model `name` (or `all`, the tables and the search and vector indexes) of
+/// `db` from the log, printing what each took.
+///
+/// # Errors
+/// An unknown name, or a rebuild that fails.
+async fn rebuild(config: &Config, db: &Database, name: &str) -> anyhow::Result<()> {
+    let all = name == "all";
+    let mut names: Vec<&str> = if all { vec!["search", "vectors"] } else { vec![name] };
+    // The read-model tables: all of them in one pass over the log.
+    let tables: Vec<&str> = if all {
+        cloudsync_projections::PROJECTORS.to_vec()
+    } else {
+        names.extract_if(.., |n| cloudsync_projections::PROJECTORS.contains(n)).collect()
+    };
+    let report = |what: &str, rebuilt: cloudsync_projections::Rebuilt| {
+        println!(
+            "Rebuilt {what} from {} events in {:.1} s ({:.0} events/s).",
+            rebuilt.events,
+            rebuilt.elapsed.as_secs_f64(),
+            rebuilt.events_per_second()
+        );
+    };
+    if !tables.is_empty() {
+        let rebuilt = cloudsync_projections::rebuild_many(db, &tables)
+            .await
+            .with_context(|| format!("rebuilding {}", tables.join(", ")))?;
+        report(&tables.join(", "), rebuilt);
+    }
+    for name in names {
+        let started = std::time::Instant::now();
+        let events = match name {
+            "search" => {
+                let engine = crate::root::search_engine(config)?;
+                let texts: Arc<dyn cloudsync_search::TextSource> = Arc::new(crate::root::Texts(crate::root::commands(config, db)?));
+                cloudsync_search::rebuild(&engine, Arc::clone(&db.events), Some(texts))
+                    .await
+                    .with_context(|| format!("rebuilding the search index ({})", engine.describe()))?
+            }
+            "vectors" => {
+                let index = crate::root::vector_index(config).await?;
+                let source = Arc::new(crate::root::StoredVectors(crate::root::commands(config, db)?));
+                cloudsync_search::vectors::rebuild(&*index, Arc::clone(&db.events), source)
+                    .await
+                    .context("rebuilding the vector index")?
+            }
+            other => return Err(cloudsync_projections::ProjectionError::Unknown(other.to_owned()).into()),
+        };
+        report(
+            name,
+            cloudsync_projections::Rebuilt {
+                events,
+                elapsed: started.elapsed(),
+            },
+        );
+    }
+    Ok(())
 }

@@ -1,4 +1,4 @@
-//! `cloudsync replay`: a stream's or a user's history as the log holds it.
+//! `cloudsync replay`: a stream's or a user's history as the log holds it (hashes redacted).
 
 use anyhow::bail;
 use cloudsync_eventstore::{Database, RecordedEvent};
@@ -67,7 +67,13 @@ pub async fn replay_correlation(db: &Database, correlation: Uuid, json: bool, ou
     Ok(())
 }
 
+/// Prints `event`, hashes of passwords, tokens and codes redacted (they are sealed in the log,
+/// and a history is no place for them in the clear).
 fn write_event(out: &mut impl std::io::Write, event: &RecordedEvent, json: bool) -> anyhow::Result<()> {
+    let event = &RecordedEvent {
+        payload: cloudsync_domain::events::redacted(event.payload.clone(), false),
+        ..event.clone()
+    };
     if json {
         writeln!(out, "{}", serde_json::to_string(event)?)?;
     } else {

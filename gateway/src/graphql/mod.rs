@@ -62,13 +62,74 @@ pub struct SubscriptionRoot(files::FilesSubscription, sync::SyncSubscription);
 
 /// Builds the schema with its limits.
 pub fn build(app: Arc<App>) -> CloudSyncSchema {
-    Schema::build(QueryRoot::default(), MutationRoot::default(), SubscriptionRoot::default())
+    let read_only = app.read_only;
+    let schema = Schema::build(QueryRoot::default(), MutationRoot::default(), SubscriptionRoot::default())
         .data(app)
         .extension(Recheck)
         .extension(depth::DepthLimit)
         .extension(crate::metrics::MeasureGraphql::for_schema(&sdl()))
-        .limit_complexity(1000)
-        .finish()
+        .limit_complexity(1000);
+    match read_only {
+        true => schema.extension(ReadOnly).finish(),
+        false => schema.finish(),
+    }
+}
+
+/// An error an extension answers with, carrying its stable `code`.
+fn coded(message: impl Into<String>, code: &str) -> async_graphql::ServerError {
+    let mut error = async_graphql::ServerError::new(message, None);
+    let mut extensions = async_graphql::ErrorExtensionValues::default();
+    extensions.set("code", code);
+    error.extensions = Some(extensions);
+    error
+}
+
+/// The mutations a read-only server (a replay) still answers: signing in and out, which record
+/// nothing in the log.
+const READ_ONLY_MUTATIONS: [&str; 3] = ["login", "refresh", "logout"];
+
+/// On a read-only server, refuses (`FORBIDDEN`) every document with a mutation other than
+/// [`READ_ONLY_MUTATIONS`], before anything runs.
+struct ReadOnly;
+
+impl async_graphql::extensions::ExtensionFactory for ReadOnly {
+    fn create(&self) -> Arc<dyn async_graphql::extensions::Extension> {
+        Arc::new(ReadOnly)
+    }
+}
+
+#[async_trait::async_trait]
+impl async_graphql::extensions::Extension for ReadOnly {
+    async fn parse_query(
+        &self,
+        ctx: &async_graphql::extensions::ExtensionContext<'_>,
+        query: &str,
+        variables: &async_graphql::Variables,
+        next: async_graphql::extensions::NextParseQuery<'_>,
+    ) -> async_graphql::ServerResult<async_graphql::parser::types::ExecutableDocument> {
+        use async_graphql::parser::types::{OperationType, Selection};
+        let document = next.run(ctx, query, variables).await?;
+        let changes = document.operations.iter().any(|(_, operation)| {
+            operation.node.ty == OperationType::Mutation
+                && operation
+                    .node
+                    .selection_set
+                    .node
+                    .items
+                    .iter()
+                    .any(|selection| match &selection.node {
+                        Selection::Field(field) => !READ_ONLY_MUTATIONS.contains(&field.node.name.node.as_str()),
+                        Selection::FragmentSpread(_) | Selection::InlineFragment(_) => true,
+                    })
+        });
+        if changes {
+            return Err(coded(
+                "this server is read-only (a replay of the log): only signing in and out is possible",
+                crate::errors::code::FORBIDDEN,
+            ));
+        }
+        Ok(document)
+    }
 }
 
 /// The schema in GraphQL's schema definition language, as `cloudsync schema` prints it and the
@@ -141,11 +202,10 @@ impl async_graphql::extensions::Extension for RecheckRequest {
             _ => format!("ip:{}", credential.ip.as_deref().unwrap_or("unknown")),
         };
         if let Ok(Some(wait)) = app.limiter.take(&key, app.rules.api).await {
-            let mut error = async_graphql::ServerError::new(format!("too many requests; try again in {} s", wait.as_secs() + 1), None);
-            let mut extensions = async_graphql::ErrorExtensionValues::default();
-            extensions.set("code", crate::errors::code::RATE_LIMITED);
-            error.extensions = Some(extensions);
-            return Err(error);
+            return Err(coded(
+                format!("too many requests; try again in {} s", wait.as_secs() + 1),
+                crate::errors::code::RATE_LIMITED,
+            ));
         }
         next.run(ctx, request.data(authentication)).await
     }
@@ -186,13 +246,10 @@ impl async_graphql::extensions::Extension for RecheckRequest {
                         Some((response, (inner, checked, false)))
                     }
                     _ => {
-                        let mut error = async_graphql::ServerError::new(
+                        let error = coded(
                             "the credential of this subscription is no longer valid (signed out, revoked or expired); subscribe again",
-                            None,
+                            crate::errors::code::UNAUTHENTICATED,
                         );
-                        let mut extensions = async_graphql::ErrorExtensionValues::default();
-                        extensions.set("code", crate::errors::code::UNAUTHENTICATED);
-                        error.extensions = Some(extensions);
                         Some((async_graphql::Response::from_errors(vec![error]), (inner, checked, true)))
                     }
                 }

@@ -5,6 +5,7 @@ use std::io::{BufRead as _, BufReader};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+mod history;
 mod patch;
 mod ready;
 mod scale;
@@ -322,7 +323,13 @@ fn sealed_tokens(data: &std::path::Path) -> Vec<String> {
         let key = std::fs::read_to_string(data.join("master-key")).expect("master key");
         let vault = cloudsync_commands::Vault::new(cloudsync_commands::MasterKey::parse(&key).expect("key"), db.pool.clone());
         let mut tokens = Vec::new();
-        for recorded in db.events.read_all(0, 100_000).await.expect("log") {
+        // The raw log: only these events are decoded (others hold sealed hashes, which only the
+        // server's store opens).
+        let raw = db.events.read_all(0, 100_000).await.expect("log");
+        for recorded in raw
+            .into_iter()
+            .filter(|e| matches!(e.event_type.as_str(), "ProviderConnected" | "ProviderCredentialsRenewed"))
+        {
             let sealed = match DomainEvent::decode(&recorded.event_type, recorded.schema_version, &recorded.payload).expect("decodes") {
                 DomainEvent::ProviderConnected(c) => c.secrets.map(|s| (c.owner_id, s)),
                 DomainEvent::ProviderCredentialsRenewed(r) => Some((r.owner_id, r.secrets)),

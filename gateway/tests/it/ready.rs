@@ -11,13 +11,13 @@ use serde_json::Value;
 use super::{cloudsync, serve_with};
 
 /// A `redis-server` of the test's own on a free port, without persistence.
-struct PrivateRedis {
+pub(crate) struct PrivateRedis {
     port: u16,
     server: Option<Child>,
 }
 
 impl PrivateRedis {
-    fn start() -> Self {
+    pub(crate) fn start() -> Self {
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .expect("a free port")
             .local_addr()
@@ -28,11 +28,11 @@ impl PrivateRedis {
         redis
     }
 
-    fn url(&self) -> String {
+    pub(crate) fn url(&self) -> String {
         format!("redis://127.0.0.1:{}/0", self.port)
     }
 
-    fn start_again(&mut self) {
+    pub(crate) fn start_again(&mut self) {
         let server = Command::new("redis-server")
             .args([
                 "--port",
@@ -55,7 +55,7 @@ impl PrivateRedis {
         }
     }
 
-    fn stop(&mut self) {
+    pub(crate) fn stop(&mut self) {
         if let Some(mut server) = self.server.take() {
             let _ = server.kill();
             let _ = server.wait();

@@ -1,14 +1,17 @@
 //! Issue 21, item 2: one id follows a request. The id a client sends in `X-Request-Id` (or one the
 //! server makes) comes back in that header, is on every JSON log line of the request and of the
 //! job it started, and is the correlation id of the events both appended, as `cloudsync replay
-//! --json` shows them.
+//! --json` shows them. With a Sentry DSN, the errors a request logs are reported, tagged with it.
 
-use std::time::Duration;
+use std::io::{BufRead as _, BufReader, Read as _, Write as _};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+use super::ready::PrivateRedis;
 use super::sync::{ended, register};
-use super::{cloudsync, serve_traced};
+use super::{cloudsync, serve_traced, serve_with};
 
 #[test]
 fn a_request_id_follows_a_connection_from_the_mutation_to_its_scans_last_event() {
@@ -101,4 +104,104 @@ fn a_request_id_follows_a_connection_from_the_mutation_to_its_scans_last_event()
     assert!(!unknown.status.success(), "an id nothing carries is an error");
     std::fs::remove_dir_all(&data).ok();
     std::fs::remove_dir_all(&root).ok();
+}
+
+/// A Sentry ingestion endpoint of the test's own: it keeps the body of every envelope posted to
+/// it and answers as Sentry does.
+struct SentryInbox {
+    port: u16,
+    envelopes: Arc<Mutex<Vec<String>>>,
+}
+
+impl SentryInbox {
+    fn start() -> Self {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("a free port");
+        let port = listener.local_addr().expect("addr").port();
+        let envelopes = Arc::new(Mutex::new(Vec::new()));
+        let kept = Arc::clone(&envelopes);
+        std::thread::spawn(move || {
+            for stream in listener.incoming().map_while(Result::ok) {
+                let mut reader = BufReader::new(stream);
+                let mut length = 0;
+                let mut line = String::new();
+                while reader.read_line(&mut line).is_ok_and(|n| n > 0) && line != "\r\n" {
+                    if let Some((name, value)) = line.split_once(':')
+                        && name.eq_ignore_ascii_case("content-length")
+                    {
+                        length = value.trim().parse().expect("content-length");
+                    }
+                    line.clear();
+                }
+                let mut body = vec![0; length];
+                if reader.read_exact(&mut body).is_ok() {
+                    kept.lock().expect("lock").push(String::from_utf8_lossy(&body).into_owned());
+                }
+                let _ = reader
+                    .get_mut()
+                    .write_all(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{}");
+            }
+        });
+        Self { port, envelopes }
+    }
+
+    fn dsn(&self) -> String {
+        format!("http://public-key@127.0.0.1:{}/7", self.port)
+    }
+
+    /// The first event reported whose message contains `text`, waited for up to `within`.
+    fn event(&self, text: &str, within: Duration) -> Value {
+        let deadline = Instant::now() + within;
+        loop {
+            let found = self.envelopes.lock().expect("lock").iter().find_map(|envelope| {
+                // An envelope: a header line, then items, each a header line and a payload line.
+                envelope
+                    .lines()
+                    .filter_map(|line| serde_json::from_str::<Value>(line).ok())
+                    .find(|item| item["message"].as_str().is_some_and(|m| m.contains(text)))
+            });
+            if let Some(event) = found {
+                return event;
+            }
+            assert!(Instant::now() < deadline, "no event reporting {text:?} reached Sentry");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+#[test]
+fn errors_a_request_logs_are_reported_to_sentry_with_its_id() {
+    let inbox = SentryInbox::start();
+    let mut redis = PrivateRedis::start();
+    let data = std::env::temp_dir().join(format!("cloudsync-sentry-{}", uuid::Uuid::new_v4().simple()));
+    let mut command = cloudsync(&data);
+    command
+        .env("CLOUDSYNC_REDIS_URL", redis.url())
+        .env("CLOUDSYNC_SENTRY_DSN", inbox.dsn())
+        .env("CLOUDSYNC_SENTRY_ENVIRONMENT", "test");
+    let (_server, addr) = serve_with(command);
+
+    // With Redis gone, the API cannot check rate limits: it logs an error and lets the request through.
+    redis.stop();
+    let id = uuid::Uuid::new_v4();
+    let response = reqwest::blocking::Client::new()
+        .post(format!("http://{addr}/graphql"))
+        .header("X-Request-Id", id.to_string())
+        .header("X-Forwarded-For", "203.0.113.9")
+        .json(&serde_json::json!({ "query": "{ __typename }" }))
+        .send()
+        .expect("graphql");
+    assert!(response.status().is_success(), "{}", response.status());
+
+    let event = inbox.event("Rate limits cannot be checked", Duration::from_secs(20));
+    // Sentry's events are errors unless they say otherwise.
+    assert!(event.get("level").is_none_or(|level| level == "error"), "{event}");
+    assert_eq!(event["tags"]["request_id"], id.to_string(), "the report names the request: {event}");
+    assert_eq!(event["environment"], "test");
+    assert!(event["release"].as_str().is_some_and(|r| r.starts_with("cloudsync@")), "{event}");
+    // The cause is in the report; nothing personal is.
+    let fields = event["contexts"].to_string();
+    assert!(fields.contains("error"), "the logged error's fields are reported: {event}");
+    assert!(event.get("user").is_none_or(Value::is_null), "{event}");
+    assert!(!event.to_string().contains("203.0.113.9"), "no address is reported: {event}");
+    std::fs::remove_dir_all(&data).ok();
 }
