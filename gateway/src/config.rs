@@ -72,7 +72,7 @@ pub struct Config {
     /// Where errors are reported (a Sentry DSN, `https://<key>@<host>/<project>`): every error logged,
     /// with the request id it served, and every panic. Unset: nothing is sent anywhere.
     pub sentry_dsn: Option<SecretString>,
-    /// The environment the reports are filed under (`production`, `staging`); default: none.
+    /// The environment the reports are filed under (`staging`); default: Sentry's (`production`).
     pub sentry_environment: Option<String>,
     /// The largest request body accepted.
     pub max_body_bytes: usize,

@@ -15,6 +15,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context as _, bail};
 use chrono::{DateTime, Utc};
 use cloudsync_eventstore::{Database, DbPool, EventStore, ExpectedVersion, RecordedEvent, StreamAppend};
+use uuid::Uuid;
 
 use crate::config::Config;
 
@@ -118,28 +119,110 @@ where
         // only if every event came across exactly.
         let (tip, link) = cloudsync_eventstore::chain::tip(&target.pool).await?;
         let wanted = cloudsync_eventstore::chain::stored_link(&source.pool, position).await?;
-        if tip != position || wanted.is_some_and(|wanted| wanted != link) {
+        if tip != position || wanted != Some(link) {
             bail!(
                 "the copy's hash chain does not end on the log's link at position {position}: the log changed under \
                  the copy, or was tampered with (run `cloudsync verify`)"
             );
         }
-        Ok(last_at)
+        Ok((last_at, link))
     }
     .await;
     target.close().await;
-    let last_at = copied?;
+    let (last_at, link) = copied?;
     let db = crate::root::open_database(&replay).await?;
-    let rebuilt = rebuild(replay.clone(), db.clone()).await;
+    let rebuilt = async {
+        rebuild(replay.clone(), db.clone()).await?;
+        forget_erased(&replay, &db).await
+    }
+    .await;
     db.close().await;
     rebuilt?;
     let config_file = into.join("cloudsync.toml");
     write_config(&replay, &config_file)?;
+    let marker = serde_json::json!({ "position": position, "link": data_encoding::HEXLOWER.encode(&link) });
+    std::fs::write(into.join(MARKER), marker.to_string()).context("writing the replay's marker")?;
     Ok(Replayed {
         position,
         last_at,
         config_file,
     })
+}
+
+/// The file in a replay's folder that says where its log ends (position and link): a read-only
+/// server started on that folder checks that its database is the replay's.
+const MARKER: &str = "replay.json";
+
+/// Accounts erased since the cut-off have no rows in the replay's read models (the erasure
+/// tombstones came with the keys), but the search and vector indexes, which learn of an erasure
+/// from the log, would hold their files: they are taken out of both.
+async fn forget_erased(replay: &Config, db: &Database) -> anyhow::Result<()> {
+    let erased: Vec<String> = cloudsync_eventstore::on_pool!(&db.pool, |p| sqlx::query_scalar("SELECT user_id FROM erased_users")
+        .fetch_all(p)
+        .await)?;
+    let erased: Vec<cloudsync_domain::UserId> = erased
+        .iter()
+        .filter_map(|id| Uuid::parse_str(id).ok().map(cloudsync_domain::UserId::from_uuid))
+        .collect();
+    if erased.is_empty() {
+        return Ok(());
+    }
+    let (_, index) = crate::root::search_engine(replay)?.open().await?;
+    let checkpoint = index.checkpoint().await?;
+    index
+        .apply(cloudsync_search::Batch {
+            erased: erased.clone(),
+            checkpoint,
+            ..cloudsync_search::Batch::default()
+        })
+        .await?;
+    let vectors = crate::root::vector_index(replay).await?;
+    let checkpoint = vectors.checkpoint().await?;
+    vectors
+        .apply(cloudsync_search::vectors::VectorBatch {
+            erased,
+            from: checkpoint,
+            checkpoint,
+            ..cloudsync_search::vectors::VectorBatch::default()
+        })
+        .await?;
+    Ok(())
+}
+
+/// The configuration a read-only server runs on: everything in its data dir and database (no
+/// shared search or vector engine, cache or broker that the environment may still name).
+pub fn read_only(config: &Config) -> Config {
+    Config {
+        elasticsearch_url: None,
+        vector_url: None,
+        redis_url: None,
+        amqp_url: None,
+        ..config.clone()
+    }
+}
+
+/// On a replay's folder, checks that the database configured is the replay's (its log ends where
+/// the replay's marker says), so that a leftover `CLOUDSYNC_DATABASE_URL` does not serve today's
+/// log as the past.
+///
+/// # Errors
+/// Another database, or an unreadable marker or chain.
+pub async fn check_replay(config: &Config, db: &Database) -> anyhow::Result<()> {
+    let Ok(marker) = std::fs::read_to_string(config.data_dir.join(MARKER)) else {
+        return Ok(());
+    };
+    let marker: serde_json::Value = serde_json::from_str(&marker).context("the replay's marker")?;
+    let (tip, link) = cloudsync_eventstore::chain::tip(&db.pool).await?;
+    if marker["position"].as_i64() != Some(tip) || marker["link"].as_str() != Some(data_encoding::HEXLOWER.encode(&link).as_str()) {
+        bail!(
+            "{} holds a replay up to position {}, but the database configured ({}) ends at {tip}: serve the replay \
+             from its own database (unset CLOUDSYNC_DATABASE_URL, or give the replay's)",
+            config.data_dir.display(),
+            marker["position"],
+            crate::root::redact(&config.database_url())
+        );
+    }
+    Ok(())
 }
 
 /// Whether `a` and `b` name one folder.
@@ -269,5 +352,14 @@ fn write_config(replay: &Config, file: &Path) -> anyhow::Result<()> {
     if let Some(models) = &replay.models_dir {
         table.insert("models_dir".into(), models.display().to_string().into());
     }
-    std::fs::write(file, toml::to_string(&table)?).with_context(|| format!("writing {}", file.display()))
+    // Readable by its owner only: a database URL may hold a password.
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt as _;
+        options.mode(0o600);
+    }
+    let mut out = options.open(file).with_context(|| format!("writing {}", file.display()))?;
+    std::io::Write::write_all(&mut out, toml::to_string(&table)?.as_bytes()).with_context(|| format!("writing {}", file.display()))
 }

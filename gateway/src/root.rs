@@ -668,11 +668,14 @@ pub async fn start(config: &Config) -> anyhow::Result<Server> {
 pub async fn start_as(config: &Config, role: Role) -> anyhow::Result<Server> {
     // Installed before anything records.
     crate::metrics::recorder();
-    // A read-only server (a replay) answers from what is there: the API without jobs, and a log
-    // that refuses appends.
+    // A read-only server (a replay) answers from what is there, all of it in its data dir and
+    // database: the API without jobs or projectors, and a log that refuses appends.
+    let read_only = config.read_only.then(|| crate::history::read_only(config));
+    let config = read_only.as_ref().unwrap_or(config);
     let role = if config.read_only { Role::Api } else { role };
     let mut db = open_database(config).await?;
     if config.read_only {
+        crate::history::check_replay(config, &db).await?;
         db.events = Arc::new(cloudsync_eventstore::ReadOnlyStore(Arc::clone(&db.events)));
     }
     // One clock for the rules that read the time (sessions, limits, second-factor windows, access
@@ -778,6 +781,8 @@ pub async fn start_as(config: &Config, role: Role) -> anyhow::Result<Server> {
     }
     if role.serves_api() {
         tasks.spawn(crate::metrics::sample_lag(Arc::clone(&app), shutdown.child_token()));
+    }
+    if role.serves_api() && !config.read_only {
         tasks.spawn(Arc::clone(&projections).run(shutdown.child_token()));
         // An index that every API process shares is projected into by one of them at a time.
         let shared = |shared: bool, key: i64| match &db.pool {

@@ -255,6 +255,9 @@ pub fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             eprintln!("cloudsync: {error:#}");
+            if reporting.is_some() {
+                sentry::capture_message(&format!("{error:#}"), sentry::Level::Fatal);
+            }
             ExitCode::FAILURE
         }
     }

@@ -57,6 +57,31 @@ fn a_replay_at_a_time_serves_the_read_models_of_then_read_only() {
         "completed"
     );
     assert_eq!(paths(&addr, &token), ["kept.txt", "plans.txt"]);
+    // Someone else, erased after the moment the replay goes back to.
+    let other_root = data.with_extension("other");
+    std::fs::create_dir_all(&other_root).expect("folder");
+    std::fs::write(other_root.join("secret-diary.txt"), "dear diary").expect("file");
+    let registered: Value = reqwest::blocking::Client::new()
+        .post(format!("http://{addr}/graphql"))
+        .json(
+            &json!({ "query": "mutation { register(email: \"gone@example.org\", password: \"correct horse battery\") { accessToken } }" }),
+        )
+        .send()
+        .expect("register")
+        .json()
+        .expect("json");
+    let other = registered["data"]["register"]["accessToken"].as_str().expect("token").to_owned();
+    let theirs = gql(
+        &addr,
+        &other,
+        "mutation($c: JSON!) { connectProvider(provider: \"local\", credentials: $c) { scanOperationId } }",
+        json!({ "c": { "root": other_root } }),
+    );
+    let scan = theirs["connectProvider"]["scanOperationId"].as_str().expect("scan");
+    assert_eq!(
+        ended(&addr, &other, scan, Duration::from_secs(30), "their scan")["status"],
+        "completed"
+    );
 
     // The moment to go back to; then a change.
     let then = chrono::Utc::now();
@@ -74,6 +99,12 @@ fn a_replay_at_a_time_serves_the_read_models_of_then_read_only() {
         json!({ "ids": [plans], "to": "archive" }),
     );
     assert_eq!(paths(&addr, &token), ["archive/plans.txt", "kept.txt"]);
+    gql(
+        &addr,
+        &other,
+        "mutation($p: String) { deleteAccount(password: $p) }",
+        json!({ "p": "correct horse battery" }),
+    );
 
     // Replayed while the server runs.
     let into = data.with_extension("replay");
@@ -103,6 +134,23 @@ fn a_replay_at_a_time_serves_the_read_models_of_then_read_only() {
         .and_then(|n| n.parse().ok())
         .expect("events");
     assert!(source_events > position, "{source} / {verified}");
+
+    // The account erased since is in none of the replay's indexes.
+    let indexed = tokio::runtime::Runtime::new().expect("runtime").block_on(async {
+        let (_, index) = cloudsync_search::Engine::tantivy(into.join("search")).open().await.expect("index");
+        index.count().await.expect("count")
+    });
+    assert_eq!(indexed, 2, "only the files of the account that is still there");
+
+    // A replay's folder with another database (a leftover CLOUDSYNC_DATABASE_URL) does not serve.
+    let source_url = format!("sqlite://{}", data.join("cloudsync.db").display());
+    let wrong = cloudsync(&into)
+        .env("CLOUDSYNC_DATABASE_URL", &source_url)
+        .args(["--config", &config, "serve", "--bind", "127.0.0.1:0"])
+        .output()
+        .expect("serve");
+    let said = String::from_utf8_lossy(&wrong.stderr);
+    assert!(!wrong.status.success() && said.contains("holds a replay up to position"), "{said}");
 
     // Served read-only: the files as they were; signing in works; changes are refused.
     let mut command = cloudsync(&into);
@@ -179,7 +227,7 @@ fn a_replay_at_a_time_serves_the_read_models_of_then_read_only() {
         assert!(!ok && text.contains(why), "{args:?}: {text}");
     }
     assert!(!Path::new("unused").exists());
-    for folder in [&data, &root, &into, &by_position] {
+    for folder in [&data, &root, &other_root, &into, &by_position] {
         std::fs::remove_dir_all(folder).ok();
     }
 }
