@@ -141,17 +141,13 @@ where
     let config_file = into.join("cloudsync.toml");
     write_config(&replay, &config_file)?;
     let marker = serde_json::json!({ "position": position, "link": data_encoding::HEXLOWER.encode(&link) });
-    std::fs::write(into.join(MARKER), marker.to_string()).context("writing the replay's marker")?;
+    std::fs::write(into.join(crate::root::REPLAY_MARKER), marker.to_string()).context("writing the replay's marker")?;
     Ok(Replayed {
         position,
         last_at,
         config_file,
     })
 }
-
-/// The file in a replay's folder that says where its log ends (position and link): a read-only
-/// server started on that folder checks that its database is the replay's.
-const MARKER: &str = "replay.json";
 
 /// Accounts erased since the cut-off have no rows in the replay's read models (the erasure
 /// tombstones came with the keys), but the search and vector indexes, which learn of an erasure
@@ -186,42 +182,6 @@ async fn forget_erased(replay: &Config, db: &Database) -> anyhow::Result<()> {
             ..cloudsync_search::vectors::VectorBatch::default()
         })
         .await?;
-    Ok(())
-}
-
-/// The configuration a read-only server runs on: everything in its data dir and database (no
-/// shared search or vector engine, cache or broker that the environment may still name).
-pub fn read_only(config: &Config) -> Config {
-    Config {
-        elasticsearch_url: None,
-        vector_url: None,
-        redis_url: None,
-        amqp_url: None,
-        ..config.clone()
-    }
-}
-
-/// On a replay's folder, checks that the database configured is the replay's (its log ends where
-/// the replay's marker says), so that a leftover `CLOUDSYNC_DATABASE_URL` does not serve today's
-/// log as the past.
-///
-/// # Errors
-/// Another database, or an unreadable marker or chain.
-pub async fn check_replay(config: &Config, db: &Database) -> anyhow::Result<()> {
-    let Ok(marker) = std::fs::read_to_string(config.data_dir.join(MARKER)) else {
-        return Ok(());
-    };
-    let marker: serde_json::Value = serde_json::from_str(&marker).context("the replay's marker")?;
-    let (tip, link) = cloudsync_eventstore::chain::tip(&db.pool).await?;
-    if marker["position"].as_i64() != Some(tip) || marker["link"].as_str() != Some(data_encoding::HEXLOWER.encode(&link).as_str()) {
-        bail!(
-            "{} holds a replay up to position {}, but the database configured ({}) ends at {tip}: serve the replay \
-             from its own database (unset CLOUDSYNC_DATABASE_URL, or give the replay's)",
-            config.data_dir.display(),
-            marker["position"],
-            crate::root::redact(&config.database_url())
-        );
-    }
     Ok(())
 }
 

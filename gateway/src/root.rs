@@ -641,6 +641,46 @@ impl Role {
     }
 }
 
+/// The file in a replay's folder that says where its log ends (position and link): a read-only
+/// server started on that folder checks that its database is the replay's (see `crate::history`).
+pub const REPLAY_MARKER: &str = "replay.json";
+
+/// The configuration a read-only server runs on: everything in its data dir and database (no
+/// shared search or vector engine, cache or broker that the environment may still name).
+pub fn read_only_config(config: &Config) -> Config {
+    Config {
+        elasticsearch_url: None,
+        vector_url: None,
+        redis_url: None,
+        amqp_url: None,
+        ..config.clone()
+    }
+}
+
+/// On a replay's folder, checks that the database configured is the replay's (its log ends where
+/// the replay's marker says), so that a leftover `CLOUDSYNC_DATABASE_URL` does not serve today's
+/// log as the past.
+///
+/// # Errors
+/// Another database, or an unreadable marker or chain.
+pub async fn check_replay(config: &Config, db: &Database) -> anyhow::Result<()> {
+    let Ok(marker) = std::fs::read_to_string(config.data_dir.join(REPLAY_MARKER)) else {
+        return Ok(());
+    };
+    let marker: serde_json::Value = serde_json::from_str(&marker).context("the replay's marker")?;
+    let (tip, link) = cloudsync_eventstore::chain::tip(&db.pool).await?;
+    if marker["position"].as_i64() != Some(tip) || marker["link"].as_str() != Some(data_encoding::HEXLOWER.encode(&link).as_str()) {
+        anyhow::bail!(
+            "{} holds a replay up to position {}, but the database configured ({}) ends at {tip}: serve the replay \
+             from its own database (unset CLOUDSYNC_DATABASE_URL, or give the replay's)",
+            config.data_dir.display(),
+            marker["position"],
+            redact(&config.database_url())
+        );
+    }
+    Ok(())
+}
+
 /// The job queue of `config`: RabbitMQ at `amqp_url`, else this process's memory.
 async fn job_queue(config: &Config) -> anyhow::Result<Arc<dyn cloudsync_queue::JobQueue>> {
     Ok(match &config.amqp_url {
@@ -670,12 +710,12 @@ pub async fn start_as(config: &Config, role: Role) -> anyhow::Result<Server> {
     crate::metrics::recorder();
     // A read-only server (a replay) answers from what is there, all of it in its data dir and
     // database: the API without jobs or projectors, and a log that refuses appends.
-    let read_only = config.read_only.then(|| crate::history::read_only(config));
+    let read_only = config.read_only.then(|| read_only_config(config));
     let config = read_only.as_ref().unwrap_or(config);
     let role = if config.read_only { Role::Api } else { role };
     let mut db = open_database(config).await?;
     if config.read_only {
-        crate::history::check_replay(config, &db).await?;
+        check_replay(config, &db).await?;
         db.events = Arc::new(cloudsync_eventstore::ReadOnlyStore(Arc::clone(&db.events)));
     }
     // One clock for the rules that read the time (sessions, limits, second-factor windows, access
