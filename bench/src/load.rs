@@ -9,7 +9,8 @@
 //! same size, nothing else) in this process. Then closed-loop throughput (`BENCH_LOAD_CONNECTIONS`
 //! loops, default 8, each sending its next request when its answer is in), and a soak at
 //! `BENCH_SOAK_RATE` (default 200) requests/s for `BENCH_SOAK_SECONDS` (default 600) mixing the
-//! three queries, the server's resident memory sampled every 10 s.
+//! three queries, the server's resident memory sampled every 10 s. `BENCH_LOAD_ONLY=<name>` runs
+//! one kind of request alone (with the bare endpoint), to profile the server under it.
 //!
 //! ```sh
 //! cargo build --release -p cloudsync-gateway -p cloudsync-bench
@@ -411,6 +412,13 @@ async fn main() -> anyhow::Result<()> {
         token: None,
         body: kinds[1].body.clone(),
     };
+    // `BENCH_LOAD_ONLY` (a request's name, such as `files, first page`) measures that one alone, for a
+    // profile of the server under it.
+    let only = std::env::var("BENCH_LOAD_ONLY").ok();
+    let kinds: Vec<Request> = kinds
+        .into_iter()
+        .filter(|k| only.as_deref().is_none_or(|only| k.name == only))
+        .collect();
     // A first pass warms the connections and the caches.
     for kind in kinds.iter().chain([&bare]) {
         open_loop(&client, std::slice::from_ref(kind), 100.0, 1.0).await;
