@@ -36,6 +36,18 @@ fn run(data: &Path, args: &[&str]) -> (bool, String) {
     (output.status.success(), text)
 }
 
+/// Connects the folder `root` as `token`'s local provider and waits for its scan to complete.
+fn connect_and_scan(addr: &str, token: &str, root: &Path) {
+    let connected = gql(
+        addr,
+        token,
+        "mutation($c: JSON!) { connectProvider(provider: \"local\", credentials: $c) { scanOperationId } }",
+        json!({ "c": { "root": root } }),
+    );
+    let scan = connected["connectProvider"]["scanOperationId"].as_str().expect("scan");
+    assert_eq!(ended(addr, token, scan, Duration::from_secs(30), "the scan")["status"], "completed");
+}
+
 #[test]
 fn a_replay_at_a_time_serves_the_read_models_of_then_read_only() {
     let data = std::env::temp_dir().join(format!("cloudsync-history-{}", uuid::Uuid::new_v4().simple()));
@@ -45,17 +57,7 @@ fn a_replay_at_a_time_serves_the_read_models_of_then_read_only() {
     std::fs::write(root.join("plans.txt"), "beta").expect("file");
     let (_server, addr) = serve_with(cloudsync(&data));
     let token = register(&addr);
-    let connected = gql(
-        &addr,
-        &token,
-        "mutation($c: JSON!) { connectProvider(provider: \"local\", credentials: $c) { id scanOperationId } }",
-        json!({ "c": { "root": root } }),
-    );
-    let scan = connected["connectProvider"]["scanOperationId"].as_str().expect("scan");
-    assert_eq!(
-        ended(&addr, &token, scan, Duration::from_secs(30), "the scan")["status"],
-        "completed"
-    );
+    connect_and_scan(&addr, &token, &root);
     assert_eq!(paths(&addr, &token), ["kept.txt", "plans.txt"]);
     // Someone else, erased after the moment the replay goes back to.
     let other_root = data.with_extension("other");
@@ -71,17 +73,7 @@ fn a_replay_at_a_time_serves_the_read_models_of_then_read_only() {
         .json()
         .expect("json");
     let other = registered["data"]["register"]["accessToken"].as_str().expect("token").to_owned();
-    let theirs = gql(
-        &addr,
-        &other,
-        "mutation($c: JSON!) { connectProvider(provider: \"local\", credentials: $c) { scanOperationId } }",
-        json!({ "c": { "root": other_root } }),
-    );
-    let scan = theirs["connectProvider"]["scanOperationId"].as_str().expect("scan");
-    assert_eq!(
-        ended(&addr, &other, scan, Duration::from_secs(30), "their scan")["status"],
-        "completed"
-    );
+    connect_and_scan(&addr, &other, &other_root);
 
     // The moment to go back to; then a change.
     let then = chrono::Utc::now();

@@ -4,7 +4,7 @@
 //! --json` shows them. With a Sentry DSN, the errors a request logs are reported, tagged with it.
 
 use std::io::{BufRead as _, BufReader, Read as _, Write as _};
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
@@ -110,15 +110,14 @@ fn a_request_id_follows_a_connection_from_the_mutation_to_its_scans_last_event()
 /// it and answers as Sentry does.
 struct SentryInbox {
     port: u16,
-    envelopes: Arc<Mutex<Vec<String>>>,
+    envelopes: Mutex<std::sync::mpsc::Receiver<String>>,
 }
 
 impl SentryInbox {
     fn start() -> Self {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("a free port");
         let port = listener.local_addr().expect("addr").port();
-        let envelopes = Arc::new(Mutex::new(Vec::new()));
-        let kept = Arc::clone(&envelopes);
+        let (kept, envelopes) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
             for stream in listener.incoming().map_while(Result::ok) {
                 let mut reader = BufReader::new(stream);
@@ -134,14 +133,17 @@ impl SentryInbox {
                 }
                 let mut body = vec![0; length];
                 if reader.read_exact(&mut body).is_ok() {
-                    kept.lock().expect("lock").push(String::from_utf8_lossy(&body).into_owned());
+                    let _ = kept.send(String::from_utf8_lossy(&body).into_owned());
                 }
                 let _ = reader
                     .get_mut()
                     .write_all(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{}");
             }
         });
-        Self { port, envelopes }
+        Self {
+            port,
+            envelopes: Mutex::new(envelopes),
+        }
     }
 
     fn dsn(&self) -> String {
@@ -151,19 +153,20 @@ impl SentryInbox {
     /// The first event reported whose message contains `text`, waited for up to `within`.
     fn event(&self, text: &str, within: Duration) -> Value {
         let deadline = Instant::now() + within;
+        let envelopes = self.envelopes.lock().expect("lock");
         loop {
-            let found = self.envelopes.lock().expect("lock").iter().find_map(|envelope| {
-                // An envelope: a header line, then items, each a header line and a payload line.
-                envelope
-                    .lines()
-                    .filter_map(|line| serde_json::from_str::<Value>(line).ok())
-                    .find(|item| item["message"].as_str().is_some_and(|m| m.contains(text)))
-            });
-            if let Some(event) = found {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let envelope = envelopes
+                .recv_timeout(left)
+                .unwrap_or_else(|_| panic!("no event reporting {text:?} reached Sentry"));
+            // An envelope: a header line, then items, each a header line and a payload line.
+            if let Some(event) = envelope
+                .lines()
+                .filter_map(|line| serde_json::from_str::<Value>(line).ok())
+                .find(|item| item["message"].as_str().is_some_and(|m| m.contains(text)))
+            {
                 return event;
             }
-            assert!(Instant::now() < deadline, "no event reporting {text:?} reached Sentry");
-            std::thread::sleep(Duration::from_millis(100));
         }
     }
 }
