@@ -140,8 +140,8 @@ impl Request {
         }
     }
 
-    /// Sends it: whether the answer was a success without GraphQL errors.
-    async fn send(&self, client: &reqwest::Client) -> bool {
+    /// Sends it: a success without GraphQL errors, or what went wrong.
+    async fn send(&self, client: &reqwest::Client) -> Result<(), String> {
         let mut request = match &self.body {
             Some(body) => client
                 .post(&self.url)
@@ -152,14 +152,15 @@ impl Request {
         if let Some(token) = &self.token {
             request = request.bearer_auth(token);
         }
-        match request.send().await {
-            Ok(response) if response.status().is_success() => match response.bytes().await {
-                // An answer with errors starts its JSON with them or has them after `data`.
-                Ok(body) => !body.windows(9).any(|w| w == b"\"errors\":"),
-                Err(_) => false,
-            },
-            _ => false,
+        let response = request.send().await.map_err(|err| format!("transport: {err}"))?;
+        let status = response.status();
+        let body = response.bytes().await.map_err(|err| format!("reading the answer: {err}"))?;
+        // An answer with errors starts its JSON with them or has them after `data`.
+        if !status.is_success() || body.windows(9).any(|w| w == b"\"errors\":") {
+            let text = String::from_utf8_lossy(&body[..body.len().min(300)]).into_owned();
+            return Err(format!("HTTP {status}: {text}"));
         }
+        Ok(())
     }
 }
 
@@ -167,10 +168,52 @@ impl Request {
 struct Run {
     latencies: Vec<Duration>,
     errors: usize,
+    /// The first few distinct errors.
+    causes: Vec<String>,
     seconds: f64,
 }
 
 impl Run {
+    fn new(capacity: usize) -> Self {
+        Self {
+            latencies: Vec::with_capacity(capacity),
+            errors: 0,
+            causes: Vec::new(),
+            seconds: 0.0,
+        }
+    }
+
+    /// Counts one answer.
+    fn count(&mut self, answer: Result<Duration, String>) {
+        match answer {
+            Ok(latency) => self.latencies.push(latency),
+            Err(cause) => {
+                self.errors += 1;
+                if self.causes.len() < 3 && !self.causes.contains(&cause) {
+                    self.causes.push(cause);
+                }
+            }
+        }
+    }
+
+    /// Adds `other`'s answers.
+    fn join(&mut self, other: Self) {
+        self.latencies.extend(other.latencies);
+        self.errors += other.errors;
+        for cause in other.causes {
+            if self.causes.len() < 3 && !self.causes.contains(&cause) {
+                self.causes.push(cause);
+            }
+        }
+    }
+
+    /// The first errors, on standard error.
+    fn report_causes(&self, name: &str) {
+        for cause in &self.causes {
+            eprintln!("{name}: error: {cause}");
+        }
+    }
+
     fn percentile(&self, p: f64) -> f64 {
         if self.latencies.is_empty() {
             return f64::NAN;
@@ -204,20 +247,16 @@ async fn open_loop(client: &reqwest::Client, requests: &[Request], rate: f64, se
         tokio::time::sleep_until(due).await;
         let (client, request) = (client.clone(), requests[i % requests.len()].clone());
         tasks.push(tokio::spawn(async move {
-            let ok = tokio::time::timeout(Duration::from_secs(10), request.send(&client)).await == Ok(true);
-            (ok, due.elapsed())
+            match tokio::time::timeout(Duration::from_secs(10), request.send(&client)).await {
+                Ok(Ok(())) => Ok(due.elapsed()),
+                Ok(Err(cause)) => Err(cause),
+                Err(_) => Err("no answer within 10 s".to_owned()),
+            }
         }));
     }
-    let mut run = Run {
-        latencies: Vec::with_capacity(count),
-        errors: 0,
-        seconds: 0.0,
-    };
+    let mut run = Run::new(count);
     for task in tasks {
-        match task.await {
-            Ok((true, latency)) => run.latencies.push(latency),
-            _ => run.errors += 1,
-        }
+        run.count(task.await.unwrap_or_else(|err| Err(format!("the task failed: {err}"))));
     }
     run.seconds = started.elapsed().as_secs_f64().max(seconds);
     run.latencies.sort();
@@ -232,27 +271,19 @@ async fn closed_loop(client: &reqwest::Client, request: &Request, connections: u
     for _ in 0..connections {
         let (client, request) = (client.clone(), request.clone());
         loops.push(tokio::spawn(async move {
-            let (mut latencies, mut errors) = (Vec::new(), 0);
+            let mut run = Run::new(0);
             while Instant::now() < until {
                 let sent = Instant::now();
-                if request.send(&client).await {
-                    latencies.push(sent.elapsed());
-                } else {
-                    errors += 1;
-                }
+                run.count(request.send(&client).await.map(|()| sent.elapsed()));
             }
-            (latencies, errors)
+            run
         }));
     }
-    let mut run = Run {
-        latencies: Vec::new(),
-        errors: 0,
-        seconds: 0.0,
-    };
+    let mut run = Run::new(0);
     for task in loops {
-        if let Ok((latencies, errors)) = task.await {
-            run.latencies.extend(latencies);
-            run.errors += errors;
+        match task.await {
+            Ok(answers) => run.join(answers),
+            Err(err) => run.count(Err(format!("a loop failed: {err}"))),
         }
     }
     run.seconds = started.elapsed().as_secs_f64();
@@ -436,6 +467,7 @@ async fn main() -> anyhow::Result<()> {
         for kind in [&bare].into_iter().chain(kinds.iter()) {
             let run = open_loop(&client, std::slice::from_ref(kind), *rate, seconds).await;
             println!("{}", run.row(kind.name, &format!("{rate:.0}")));
+            run.report_causes(kind.name);
         }
     }
 
@@ -447,6 +479,7 @@ async fn main() -> anyhow::Result<()> {
         let run = closed_loop(&client, kind, connections, seconds).await;
         let used = server.cpu_seconds()? - cpu;
         println!("{}", run.row(kind.name, &connections.to_string()));
+        run.report_causes(kind.name);
         if kind.name != "bare axum" && !run.latencies.is_empty() {
             eprintln!(
                 "{}: server CPU {:.3} ms per answer",
@@ -461,22 +494,17 @@ async fn main() -> anyhow::Result<()> {
             "\nSoak: {soak_rate:.0} requests/s for {soak_seconds} s, `me`, `files` (first and deep page) and `searchFiles` in turn; the server's resident memory every 10 s:\n"
         );
         let mut samples = vec![server.rss_mib()?];
-        let (mut errors, mut latencies) = (0, Vec::new());
+        let mut soak = Run::new(0);
         for _ in 0..soak_seconds.div_ceil(10) {
-            let run = open_loop(&client, &kinds, soak_rate, 10.0).await;
-            errors += run.errors;
-            latencies.extend(run.latencies);
+            soak.join(open_loop(&client, &kinds, soak_rate, 10.0).await);
             samples.push(server.rss_mib()?);
         }
-        latencies.sort();
-        let soak = Run {
-            latencies,
-            errors,
-            seconds: soak_seconds as f64,
-        };
+        soak.latencies.sort();
+        soak.seconds = soak_seconds as f64;
         println!("| request | offered/s | sent/s | p50 | p95 | p99 | max | errors |");
         println!("|---|---|---|---|---|---|---|---|");
         println!("{}", soak.row("mixed", &format!("{soak_rate:.0}")));
+        soak.report_causes("soak");
         let (low, high) = samples
             .iter()
             .fold((f64::MAX, f64::MIN), |(low, high), s| (low.min(*s), high.max(*s)));

@@ -64,7 +64,14 @@ impl Database {
                 .synchronous(SqliteSynchronous::Full)
                 .busy_timeout(Duration::from_secs(30))
                 .foreign_keys(true);
-            let pool = SqlitePoolOptions::new().max_connections(16).connect_with(options).await?;
+            // No ping before each use: an SQLite connection is a file of this process, with no
+            // peer to lose, and the ping was a round trip to the connection's worker thread
+            // before every query.
+            let pool = SqlitePoolOptions::new()
+                .max_connections(16)
+                .test_before_acquire(false)
+                .connect_with(options)
+                .await?;
             Ok(DbPool::Sqlite(pool))
         } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
             let pool = PgPoolOptions::new()

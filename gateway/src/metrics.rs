@@ -237,7 +237,9 @@ fn error_code(error: &async_graphql::ServerError) -> &'static str {
     }
 }
 
-/// Times GraphQL queries and mutations and counts their errors (an extension of the schema).
+/// Times GraphQL queries and mutations and counts their errors: an extension of the WebSocket
+/// schema, and called by the HTTP handler ([`MeasureGraphql::operation`], [`record_operation`]).
+#[derive(Clone)]
 pub struct MeasureGraphql {
     fields: Arc<HashSet<String>>,
 }
@@ -248,6 +250,19 @@ impl MeasureGraphql {
         Self {
             fields: Arc::new(root_fields(sdl)),
         }
+    }
+
+    /// The type and name `document`'s operation is measured under.
+    pub fn operation(&self, document: &ExecutableDocument) -> (&'static str, String) {
+        operation_of(document, &self.fields)
+    }
+}
+
+/// Records one GraphQL operation's duration and its errors by code.
+pub fn record_operation(kind: &'static str, name: String, took: Duration, errors: &[async_graphql::ServerError]) {
+    metrics::histogram!("cloudsync_graphql_operation_duration_seconds", "type" => kind, "name" => name).record(took.as_secs_f64());
+    for error in errors {
+        metrics::counter!("cloudsync_graphql_errors_total", "code" => error_code(error)).increment(1);
     }
 }
 
@@ -276,11 +291,7 @@ impl Extension for MeasureRequest {
             .ok()
             .and_then(|operation| operation.clone())
             .unwrap_or(("unknown", "other".to_owned()));
-        metrics::histogram!("cloudsync_graphql_operation_duration_seconds", "type" => kind, "name" => name)
-            .record(start.elapsed().as_secs_f64());
-        for error in &response.errors {
-            metrics::counter!("cloudsync_graphql_errors_total", "code" => error_code(error)).increment(1);
-        }
+        record_operation(kind, name, start.elapsed(), &response.errors);
         response
     }
 

@@ -2,7 +2,8 @@
 //! (keys in [`crate::keys`]), issuer, audience and expiry checked, each naming the session it
 //! belongs to ([`crate::sessions`]), which must still be live.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
 
 use chrono::{DateTime, Utc};
 use cloudsync_domain::UserId;
@@ -61,7 +62,25 @@ pub struct Tokens {
     keys: Arc<KeyRing>,
     sessions: Sessions,
     ttl_minutes: i64,
+    /// Tokens whose signature and claims were checked, by their whole text (signature included),
+    /// so that a client's next requests skip the signature check; the signing key's standing, the
+    /// expiry and the session are checked on every request all the same. At most
+    /// [`VERIFIED_AT_MOST`] of them.
+    verified: Mutex<HashMap<String, Verified>>,
 }
+
+/// What a token's signature and claims were found to say.
+#[derive(Debug, Clone)]
+struct Verified {
+    kid: String,
+    user_id: UserId,
+    session_id: Uuid,
+    roles: crate::access::Roles,
+    exp: i64,
+}
+
+/// How many checked tokens [`Tokens`] remembers (a few MiB at most).
+const VERIFIED_AT_MOST: usize = 10_000;
 
 /// An access token and when it expires.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -83,6 +102,7 @@ impl Tokens {
             keys,
             sessions,
             ttl_minutes,
+            verified: Mutex::new(HashMap::new()),
         }
     }
 
@@ -127,6 +147,57 @@ impl Tokens {
     /// What is wrong with the token, or that sessions cannot be checked right now.
     pub async fn verify(&self, token: &str) -> Result<Caller, Refused> {
         let invalid = |why: &str| Refused::Invalid(why.to_owned());
+        let known = self.verified.lock().unwrap_or_else(PoisonError::into_inner).get(token).cloned();
+        let verified = match known {
+            Some(verified) => verified,
+            None => {
+                let verified = self.check_signature(token).await?;
+                let mut remembered = self.verified.lock().unwrap_or_else(PoisonError::into_inner);
+                if remembered.len() >= VERIFIED_AT_MOST {
+                    let now = self.sessions.clock().now().timestamp();
+                    remembered.retain(|_, v| v.exp.saturating_add(LEEWAY_SECS.cast_signed()) > now);
+                    if remembered.len() >= VERIFIED_AT_MOST {
+                        remembered.clear();
+                    }
+                }
+                remembered.insert(token.to_owned(), verified.clone());
+                verified
+            }
+        };
+        // A key retired since (past its grace) no longer vouches for its tokens.
+        if self.keys.verifying(&verified.kid).await.is_none() {
+            return Err(invalid("the access token was signed with a key this API does not accept"));
+        }
+        if verified.exp.saturating_add(LEEWAY_SECS.cast_signed()) <= self.sessions.clock().now().timestamp() {
+            return Err(invalid("the access token has expired"));
+        }
+        let Verified {
+            user_id,
+            session_id,
+            roles,
+            ..
+        } = verified;
+        match self.sessions.store().get(session_id).await {
+            Ok(Some(session)) if session.user_id == user_id => Ok(Caller {
+                user_id,
+                session_id: Some(session_id),
+                token_id: None,
+                roles,
+                scopes: crate::access::allowed_scopes(roles),
+            }),
+            Ok(_) => Err(invalid(
+                "the access token's session has ended (signed out or revoked); sign in again",
+            )),
+            Err(err) => {
+                tracing::error!(error = %err, "Sessions cannot be checked.");
+                Err(Refused::Unavailable("sessions cannot be checked right now; try again".into()))
+            }
+        }
+    }
+
+    /// Checks a token's algorithm, key id, signature, issuer and audience, and reads its claims.
+    async fn check_signature(&self, token: &str) -> Result<Verified, Refused> {
+        let invalid = |why: &str| Refused::Invalid(why.to_owned());
         let header = jsonwebtoken::decode_header(token).map_err(|_| invalid("the access token is malformed"))?;
         if header.alg != Algorithm::EdDSA {
             return Err(invalid("the access token uses an algorithm this API does not accept"));
@@ -142,7 +213,7 @@ impl Tokens {
         validation.set_audience(&[AUDIENCE]);
         validation.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
         validation.leeway = LEEWAY_SECS;
-        // Expiry is judged below, on the sessions' clock rather than the system's.
+        // Expiry is judged by `verify`, on the sessions' clock rather than the system's.
         validation.validate_exp = false;
         let data = jsonwebtoken::decode::<Claims>(token, &key.decoding, &validation).map_err(|err| {
             use jsonwebtoken::errors::ErrorKind as K;
@@ -154,30 +225,13 @@ impl Tokens {
                 _ => "the access token is malformed",
             })
         })?;
-        if data.claims.exp.saturating_add(LEEWAY_SECS.cast_signed()) <= self.sessions.clock().now().timestamp() {
-            return Err(invalid("the access token has expired"));
-        }
-        let user_id = UserId::from_uuid(Uuid::parse_str(&data.claims.sub).map_err(|_| invalid("the access token is malformed"))?);
-        let session_id = Uuid::parse_str(&data.claims.sid).map_err(|_| invalid("the access token is malformed"))?;
-        match self.sessions.store().get(session_id).await {
-            Ok(Some(session)) if session.user_id == user_id => {
-                let roles = crate::access::roles_from(&data.claims.roles);
-                Ok(Caller {
-                    user_id,
-                    session_id: Some(session_id),
-                    token_id: None,
-                    roles,
-                    scopes: crate::access::allowed_scopes(roles),
-                })
-            }
-            Ok(_) => Err(invalid(
-                "the access token's session has ended (signed out or revoked); sign in again",
-            )),
-            Err(err) => {
-                tracing::error!(error = %err, "Sessions cannot be checked.");
-                Err(Refused::Unavailable("sessions cannot be checked right now; try again".into()))
-            }
-        }
+        Ok(Verified {
+            kid,
+            user_id: UserId::from_uuid(Uuid::parse_str(&data.claims.sub).map_err(|_| invalid("the access token is malformed"))?),
+            session_id: Uuid::parse_str(&data.claims.sid).map_err(|_| invalid("the access token is malformed"))?,
+            roles: crate::access::roles_from(&data.claims.roles),
+            exp: data.claims.exp,
+        })
     }
 
     /// Interprets an `Authorization` header value (or its absence).

@@ -79,8 +79,10 @@ impl MemoryLimiter {
 #[async_trait]
 impl RateLimiter for MemoryLimiter {
     async fn take(&self, key: &str, rule: Rule) -> Result<Option<Duration>, StoreError> {
-        let now = self.clock.now_ms();
         let mut buckets = self.buckets.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        // Read under the lock: a time read before it may be older than the one another request
+        // stored meanwhile, and would wait for it.
+        let now = self.clock.now_ms();
         if buckets.len() > 100_000 {
             // Buckets whose time has passed are full again: forgetting them changes nothing.
             buckets.retain(|_, tat| *tat > now);

@@ -9,7 +9,7 @@ use uuid::Uuid;
 
 use crate::ops::Table;
 pub use crate::sql::QueryError;
-use crate::sql::{Val, fetch_all};
+use crate::sql::{Val, fetch_all, fetch_page};
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct UserRow {
@@ -167,6 +167,21 @@ fn like_prefix(folder: &str) -> String {
 
 const FILE_COLUMNS: &str = "CAST(id AS TEXT) AS id, CAST(provider_id AS TEXT) AS provider_id, path, name, size_bytes, \
                             mime_type, checksum, modified_at, created_at, updated_at, CAST(metadata AS TEXT) AS metadata, labels";
+/// The names of [`FILE_COLUMNS`]' values.
+const FILE_NAMES: [&str; 12] = [
+    "id",
+    "provider_id",
+    "path",
+    "name",
+    "size_bytes",
+    "mime_type",
+    "checksum",
+    "modified_at",
+    "created_at",
+    "updated_at",
+    "metadata",
+    "labels",
+];
 const OPERATION_COLUMNS: &str = "CAST(id AS TEXT) AS id, kind, CAST(provider_id AS TEXT) AS provider_id, status, paused, \
                                  files_done, bytes_done, files_total, bytes_total, bytes_written, error, CAST(details AS TEXT) AS details, held, \
                                  CAST(retries AS BIGINT) AS retries, retry_reason, retry_at, created_at, updated_at, completed_at";
@@ -376,7 +391,7 @@ impl ReadModels {
         }
         values.push(Val::Int(limit));
         sql.push_str(&format!(" ORDER BY path, id LIMIT ${}", values.len()));
-        fetch_all!(&self.pool, &sql, values, |row| file_row!(row))
+        fetch_page!(&self.pool, &sql, &FILE_NAMES, "path, id", values, |row| file_row!(row))
     }
 
     /// The user's files that have the same content as another of their files (same BLAKE3, on
@@ -728,5 +743,19 @@ impl ReadModels {
                 .map(|i| row.try_get::<Option<String>, _>(i))
                 .collect::<Result<Vec<_>, _>>()
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn file_names_are_the_names_of_file_columns() {
+        let names: Vec<&str> = FILE_COLUMNS
+            .split(',')
+            .map(|column| column.rsplit(" AS ").next().unwrap_or(column).trim())
+            .collect();
+        assert_eq!(names, FILE_NAMES);
     }
 }

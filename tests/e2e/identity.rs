@@ -584,13 +584,36 @@ async fn signing_keys_rotate_without_signing_anyone_out() {
         .expect("rotate");
     // From the rotation on, the ring's clock moves only when the test moves it.
     let clock = cloudsync_identity::clock::ManualClock::starting_now();
-    let ring = ring.with_clock(clock.clone());
+    let ring = Arc::new(ring.with_clock(clock.clone()));
+    // A token of the old key, checked (and so remembered) before the ring learns of the rotation.
+    let sessions = cloudsync_identity::sessions::Sessions::new(
+        Arc::new(cloudsync_identity::sessions::MemorySessions::with_clock(clock.clone())),
+        chrono::Duration::days(30),
+    )
+    .with_clock(clock.clone());
+    let tokens = cloudsync_identity::auth::Tokens::new(Arc::clone(&ring), sessions, 15);
+    let user = cloudsync_domain::UserId::from_uuid(Uuid::new_v4());
+    let client = cloudsync_identity::sessions::Client {
+        user_agent: None,
+        ip: None,
+    };
+    let (session, _) = tokens.sessions().open(user, &client).await.expect("a session");
+    let remembered = tokens.issue(user, session.id, &[]).expect("a token").token;
+    assert!(tokens.verify(&remembered).await.is_ok());
     ring.reload().await;
     assert!(ring.verifying(&old).await.is_some());
     clock.advance(grace - Duration::from_millis(50));
     assert!(ring.verifying(&old).await.is_some(), "still within its grace period");
+    assert!(tokens.verify(&remembered).await.is_ok(), "its tokens too");
     clock.advance(Duration::from_millis(100));
     assert!(ring.verifying(&old).await.is_none());
+    assert_eq!(
+        tokens.verify(&remembered).await,
+        Err(cloudsync_identity::auth::Refused::Invalid(
+            "the access token was signed with a key this API does not accept".into()
+        )),
+        "a token checked before is refused once its key is past its grace"
+    );
     KeyRing::rotate(&db.db.pool, &MasterSealer(master.clone()), grace, &*clock)
         .await
         .expect("rotate");

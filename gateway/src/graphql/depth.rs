@@ -7,11 +7,8 @@
 //! than data may; any other document is held to [`MAX_DEPTH`].
 
 use std::collections::HashMap;
-use std::sync::Arc;
 
-use async_graphql::extensions::{Extension, ExtensionContext, ExtensionFactory, NextParseQuery};
 use async_graphql::parser::types::{ExecutableDocument, Selection, SelectionSet};
-use async_graphql::{ServerError, ServerResult, Variables};
 
 /// How deeply the fields of a query, mutation or subscription may nest.
 pub const MAX_DEPTH: usize = 12;
@@ -20,32 +17,6 @@ pub const MAX_DEPTH: usize = 12;
 pub const MAX_INTROSPECTION_DEPTH: usize = 16;
 /// Fragments spread inside one another, at most, before a document counts as too deep.
 const MAX_FRAGMENT_CHAIN: usize = 64;
-
-/// The extension that applies the limits to every document once it is parsed.
-pub(super) struct DepthLimit;
-
-impl ExtensionFactory for DepthLimit {
-    fn create(&self) -> Arc<dyn Extension> {
-        Arc::new(DepthLimit)
-    }
-}
-
-#[async_trait::async_trait]
-impl Extension for DepthLimit {
-    async fn parse_query(
-        &self,
-        ctx: &ExtensionContext<'_>,
-        query: &str,
-        variables: &Variables,
-        next: NextParseQuery<'_>,
-    ) -> ServerResult<ExecutableDocument> {
-        let document = next.run(ctx, query, variables).await?;
-        if too_deep(&document) {
-            return Err(ServerError::new("Query is nested too deep.", None));
-        }
-        Ok(document)
-    }
-}
 
 /// Whether any operation of `document` nests deeper than its limit.
 pub fn too_deep(document: &ExecutableDocument) -> bool {

@@ -244,14 +244,7 @@ impl FilesQuery {
         let after = after.as_deref().map(parse_file_cursor).transpose()?;
         app.consistent(caller).await;
         let providers = match (id, kind) {
-            (Some(id), _) => {
-                app.reads
-                    .provider(caller.user_id, id)
-                    .await
-                    .map_err(ApiError::from)?
-                    .ok_or_else(|| ApiError::not_found("provider"))?;
-                Providers::Id(id)
-            }
+            (Some(id), _) => Providers::Id(id),
             (None, Some(kind)) => Providers::Kind(kind.as_str()),
             (None, None) => Providers::All,
         };
@@ -266,6 +259,15 @@ impl FilesQuery {
             )
             .await
             .map_err(ApiError::from)?;
+        // Files found are the caller's, and so is their provider; no file may mean that the
+        // provider is someone else's, or none.
+        if let (Some(id), true) = (id, rows.is_empty()) {
+            app.reads
+                .provider(caller.user_id, id)
+                .await
+                .map_err(ApiError::from)?
+                .ok_or_else(|| ApiError::not_found("provider"))?;
+        }
         Ok(rows.into_iter().map(File::from).collect())
     }
 }

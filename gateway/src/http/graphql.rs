@@ -21,7 +21,7 @@ pub(super) async fn graphql(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let request: async_graphql::Request = match serde_json::from_slice(&body) {
+    let mut request: async_graphql::Request = match serde_json::from_slice(&body) {
         Ok(request) => request,
         Err(err) => {
             return error_response(
@@ -31,9 +31,11 @@ pub(super) async fn graphql(
             );
         }
     };
-    if let Err(err) = parse_query(&request.query) {
-        return error_response(StatusCode::BAD_REQUEST, code::PARSE_FAILED, &err.to_string());
-    }
+    // Parsed once, here: the schema runs this document (see `graphql::build_for_http`).
+    let document = match parse_query(&request.query) {
+        Ok(document) => document,
+        Err(err) => return error_response(StatusCode::BAD_REQUEST, code::PARSE_FAILED, &err.to_string()),
+    };
     let authorization = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
     let peer = extensions.get::<axum::extract::ConnectInfo<SocketAddr>>().map(|c| c.0);
     let info = request_info(&headers, peer);
@@ -115,7 +117,16 @@ pub(super) async fn graphql(
             }
         }
     }
-    let mut response = state.schema.execute(request.data(authentication).data(info)).await;
+    let (kind, name) = state.measure.operation(&document);
+    let started = std::time::Instant::now();
+    let mut response = match crate::graphql::refusal(&document, state.app.read_only) {
+        Some(refused) => async_graphql::Response::from_errors(vec![refused]),
+        None => {
+            request.set_parsed_query(document);
+            state.http_schema.execute(request.data(authentication).data(info)).await
+        }
+    };
+    crate::metrics::record_operation(kind, name, started.elapsed(), &response.errors);
     for error in &mut response.errors {
         tag_validation_error(error);
     }

@@ -19,7 +19,7 @@ use tower_http::limit::RequestBodyLimitLayer;
 use crate::app::App;
 use crate::config::Config;
 use crate::graphql::request::RequestInfo;
-use crate::graphql::{CloudSyncSchema, build};
+use crate::graphql::{CloudSyncSchema, build, build_for_http};
 use cloudsync_identity::sessions::Client;
 
 mod callbacks;
@@ -33,7 +33,22 @@ use graphql::{graphql, graphql_ws};
 #[derive(Clone)]
 pub(crate) struct HttpState {
     app: Arc<App>,
+    /// What WebSocket operations run on (with its checking extensions).
     schema: CloudSyncSchema,
+    /// What `POST /graphql` runs on (no extension; see [`build_for_http`]).
+    http_schema: CloudSyncSchema,
+    measure: crate::metrics::MeasureGraphql,
+}
+
+impl HttpState {
+    fn new(app: Arc<App>) -> Self {
+        Self {
+            schema: build(Arc::clone(&app)),
+            http_schema: build_for_http(Arc::clone(&app)),
+            measure: crate::metrics::MeasureGraphql::for_schema(&crate::graphql::sdl()),
+            app,
+        }
+    }
 }
 
 /// The HTTP routes, with the body limit and CORS from `config`.
@@ -41,7 +56,6 @@ pub(crate) struct HttpState {
 /// # Errors
 /// An origin that is not a valid header value.
 pub fn router(app: Arc<App>, config: &Config) -> anyhow::Result<Router> {
-    let schema = build(Arc::clone(&app));
     Ok(Router::new()
         .route("/graphql", get(graphiql).post(graphql))
         .route("/graphql/ws", get(graphql_ws))
@@ -57,18 +71,17 @@ pub fn router(app: Arc<App>, config: &Config) -> anyhow::Result<Router> {
         .layer(axum::middleware::from_fn(follow_request))
         .layer(RequestBodyLimitLayer::new(config.max_body_bytes))
         .layer(cors(config)?)
-        .with_state(HttpState { app, schema }))
+        .with_state(HttpState::new(app)))
 }
 
 /// A worker's HTTP routes: whether it is alive and can reach the database, and its metrics.
 pub fn health_router(app: Arc<App>) -> Router {
-    let schema = build(Arc::clone(&app));
     Router::new()
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(crate::metrics::serve))
         .layer(axum::middleware::from_fn(crate::metrics::track_http))
-        .with_state(HttpState { app, schema })
+        .with_state(HttpState::new(app))
 }
 
 /// A request's id: its `X-Request-Id` where that is a UUID, else a new one; sent back in the same
