@@ -189,10 +189,15 @@ impl Run {
             Ok(latency) => self.latencies.push(latency),
             Err(cause) => {
                 self.errors += 1;
-                if self.causes.len() < 3 && !self.causes.contains(&cause) {
-                    self.causes.push(cause);
-                }
+                self.keep(cause);
             }
+        }
+    }
+
+    /// Keeps `cause` if it is new and fewer than three are kept.
+    fn keep(&mut self, cause: String) {
+        if self.causes.len() < 3 && !self.causes.contains(&cause) {
+            self.causes.push(cause);
         }
     }
 
@@ -201,9 +206,7 @@ impl Run {
         self.latencies.extend(other.latencies);
         self.errors += other.errors;
         for cause in other.causes {
-            if self.causes.len() < 3 && !self.causes.contains(&cause) {
-                self.causes.push(cause);
-            }
+            self.keep(cause);
         }
     }
 
