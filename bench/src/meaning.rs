@@ -176,6 +176,16 @@ async fn main() -> anyhow::Result<()> {
         embedding.as_secs_f64(),
         texts_embedded as f64 / embedding.as_secs_f64()
     );
+    // Hits as [page, score], for the dump.
+    let named = |hits: &[cloudsync_search::Hit]| -> Vec<serde_json::Value> {
+        hits.iter()
+            .filter_map(|h| {
+                ids.iter()
+                    .position(|id| *id == h.file_id)
+                    .map(|at| serde_json::json!([pages[at].name, h.score]))
+            })
+            .collect()
+    };
     let modes = [("KEYWORD", Mode::Keyword), ("SEMANTIC", Mode::Semantic), ("HYBRID", Mode::Hybrid)];
     let mut scores: Vec<Score> = modes.iter().map(|_| Score::default()).collect();
     for (answer, text) in QUERIES {
@@ -197,16 +207,7 @@ async fn main() -> anyhow::Result<()> {
                     ..request.clone()
                 };
                 let all = meaning::search(&index, &vectors, &deep, vector.as_deref(), *mode).await?;
-                let named: Vec<serde_json::Value> = all
-                    .hits
-                    .iter()
-                    .filter_map(|h| {
-                        ids.iter()
-                            .position(|id| *id == h.file_id)
-                            .map(|at| serde_json::json!([pages[at].name, h.score]))
-                    })
-                    .collect();
-                rankings.insert((*label).to_string(), named.into());
+                rankings.insert((*label).to_string(), named(&all.hits).into());
             }
             let rank = results.hits.iter().position(|h| Some(h.file_id) == right);
             if let Some(rank) = rank {
@@ -226,6 +227,11 @@ async fn main() -> anyhow::Result<()> {
                     rank.map_or("-".into(), |r| (r + 1).to_string())
                 );
             }
+        }
+        if dump.is_some() {
+            // The hybrid mode's keyword arm on its own, with its BM25 scores.
+            let arm = meaning::keyword_ranking(&index, &request).await?;
+            rankings.insert("KEYWORD_ARM".into(), named(&arm).into());
         }
         dumped.push(serde_json::json!({"query": text, "answer": answer, "rankings": rankings}));
     }

@@ -41,6 +41,10 @@ pub use workers::{
 /// Days a deleted file's kept content stays restorable unless configured otherwise.
 pub const DELETED_KEEP_DAYS: u32 = 30;
 
+/// Events recorded in a sync pair's stream past its snapshot that make the next load of the pair
+/// save a new snapshot (a run records one event for each of its decisions).
+pub const PAIR_SNAPSHOT_EVERY: i64 = 500;
+
 #[derive(Clone)]
 pub struct Commands {
     pub(crate) store: Arc<dyn EventStore>,
@@ -209,8 +213,9 @@ impl Commands {
         core::load(&*self.store, stream).await
     }
 
-    /// Forgets the sync pairs held in memory (an account was erased: its paths, opened before, go).
-    pub(crate) fn forget_pairs(&self) {
+    /// Forgets the sync pairs held in memory (an account was erased: its paths, opened before,
+    /// go); the next load of each starts from its snapshot.
+    pub fn forget_pairs(&self) {
         self.pairs.clear();
     }
 

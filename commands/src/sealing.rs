@@ -25,7 +25,7 @@ use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
 use cloudsync_domain::UserId;
 use cloudsync_domain::events::HASHED_FIELDS;
-use cloudsync_eventstore::{AppendOutcome, EventMetadata, EventStore, RecordedEvent, StoreError, StreamAppend};
+use cloudsync_eventstore::{AppendOutcome, EventMetadata, EventStore, RecordedEvent, Snapshot, StoreError, StreamAppend};
 use serde_json::{Map, Value, json};
 use tokio::sync::watch;
 use uuid::Uuid;
@@ -206,6 +206,15 @@ fn hash_aad(user: UserId) -> Vec<u8> {
     format!("hash:{user}").into_bytes()
 }
 
+/// The associated data of a sealed snapshot: apart from the user's other sealed values, and bound
+/// to its stream, version and schema, so that no snapshot opens in another's place.
+fn snapshot_aad(user: UserId, stream: &str, snapshot: &Snapshot) -> Vec<u8> {
+    format!("snapshot:{user}:{stream}:{}:{}", snapshot.version, snapshot.schema).into_bytes()
+}
+
+/// The length of the nonce that starts a sealed snapshot's data.
+const NONCE_LEN: usize = 12;
+
 /// Whether an event of this type says at its top why a job stopped (text that may name a file).
 fn has_reason(event_type: &str) -> bool {
     event_type.starts_with("SyncJob")
@@ -323,6 +332,38 @@ impl EventStore for SealingStore {
             }
         }
         outcome
+    }
+
+    /// A snapshot that names an owner is opened with their key; where it does not open (the account
+    /// was erased) there is none.
+    async fn snapshot(&self, stream: &str) -> Result<Option<Snapshot>, StoreError> {
+        let Some(snapshot) = self.inner.snapshot(stream).await? else {
+            return Ok(None);
+        };
+        let Some(user) = snapshot.owner.map(UserId::from_uuid) else {
+            return Ok(Some(snapshot));
+        };
+        let Some(key) = self.key(user, false).await? else { return Ok(None) };
+        let opened = snapshot
+            .data
+            .split_at_checked(NONCE_LEN)
+            .and_then(|(nonce, ciphertext)| open_with(&key, nonce, ciphertext, &snapshot_aad(user, stream, &snapshot)).ok());
+        Ok(opened.map(|data| Snapshot { data, ..snapshot }))
+    }
+
+    /// A snapshot that names an owner is sealed with their key, configured or not (it holds their
+    /// paths), as the nonce followed by the ciphertext.
+    async fn save_snapshot(&self, stream: &str, mut snapshot: Snapshot) -> Result<(), StoreError> {
+        if let Some(user) = snapshot.owner.map(UserId::from_uuid) {
+            let key = self
+                .key(user, true)
+                .await?
+                .ok_or_else(|| StoreError::Invalid("the account was erased; nothing more is recorded for it".into()))?;
+            let (mut sealed, ciphertext) = seal_with(&key, &snapshot.data, &snapshot_aad(user, stream, &snapshot)).map_err(store_error)?;
+            sealed.extend(ciphertext);
+            snapshot.data = sealed;
+        }
+        self.inner.save_snapshot(stream, snapshot).await
     }
 
     async fn read_stream(&self, stream: &str) -> Result<Vec<RecordedEvent>, StoreError> {

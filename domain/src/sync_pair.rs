@@ -15,6 +15,7 @@ use crate::events::{
 use crate::ids::{SyncJobId, UserId};
 use crate::merge::{Action, ConflictKind, Decision, Side, Tree, Version};
 use crate::values::ProviderPath;
+use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 /// The most versions a pair may keep of each file.
@@ -22,7 +23,7 @@ pub const MAX_KEEP_VERSIONS: u32 = 1000;
 /// The longest a pair may keep versions: a hundred years.
 pub const MAX_KEEP_DAYS: u32 = 36_500;
 
-#[derive(Debug, Default, Clone)]
+#[derive(Debug, Default, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SyncPair {
     created: Option<SyncPairCreated>,
     base: Tree,
@@ -41,7 +42,7 @@ pub struct SyncPair {
 }
 
 /// A conflict left for the owner (`MANUAL`).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Conflict {
     pub kind: ConflictKind,
     pub source: Option<Version>,
@@ -49,7 +50,7 @@ pub struct Conflict {
 }
 
 /// Bookkeeping about one agreed file beside its version (see [`BaseChange`]).
-#[derive(Debug, Default, Clone, PartialEq, Eq)]
+#[derive(Debug, Default, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Agreed {
     pub source_tag: Option<String>,
     pub target_tag: Option<String>,
@@ -108,6 +109,45 @@ pub enum SyncPairCommand {
 }
 
 impl SyncPair {
+    /// What a snapshot of a pair is (see [`SyncPair::snapshot`]): the encoding, and a fingerprint of
+    /// the source that defines the state and what [`Aggregate::apply`] makes of each event, so that
+    /// any change to either passes over the snapshots taken before it.
+    pub fn snapshot_schema() -> &'static str {
+        static SCHEMA: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+        SCHEMA.get_or_init(|| {
+            use std::hash::{Hash, Hasher};
+            let mut hasher = std::hash::DefaultHasher::new();
+            (
+                include_str!("sync_pair.rs"),
+                include_str!("events/sync.rs"),
+                include_str!("merge.rs"),
+            )
+                .hash(&mut hasher);
+            format!("sync-pair/json/{:016x}", hasher.finish())
+        })
+    }
+
+    /// The pair as JSON, for a snapshot of its stream.
+    ///
+    /// # Errors
+    /// None expected: every key of the state is text.
+    pub fn snapshot(&self) -> Result<Vec<u8>, serde_json::Error> {
+        serde_json::to_vec(self)
+    }
+
+    /// The pair a [`SyncPair::snapshot`] of [`SyncPair::snapshot_schema`] holds; `None` for any
+    /// other.
+    pub fn from_snapshot(schema: &str, data: &[u8]) -> Option<Self> {
+        (schema == Self::snapshot_schema())
+            .then(|| serde_json::from_slice(data).ok())
+            .flatten()
+    }
+
+    /// The account the pair belongs to.
+    pub fn owner(&self) -> Option<UserId> {
+        self.created.as_ref().map(|c| c.owner_id)
+    }
+
     pub fn settings(&self) -> Option<&SyncPairCreated> {
         self.created.as_ref()
     }
@@ -796,5 +836,70 @@ mod tests {
             vec![Uuid::from_u128(1), Uuid::from_u128(3)],
             "the oldest of the source side, and the target's version that needs it"
         );
+    }
+
+    #[test]
+    fn a_snapshot_holds_the_pair_as_its_history_folds_it() {
+        let mut pair = Story::<SyncPair>::default();
+        pair.when(create(endpoint(1, "a"), endpoint(2, "b"), 50)).expect("created");
+        let settings = pair.state().settings().cloned().expect("settings");
+        let (job, now) = (SyncJobId::from_uuid(Uuid::from_u128(9)), Utc::now());
+        let change = |path: &str, content: &str| BaseChange {
+            path: p(path),
+            version: Some(version(content)),
+            source_tag: Some(format!("etag \"{content}\"")),
+            target_tag: None,
+            stored: Some(format!("stored-{content}")),
+            manifest: Some(format!("manifest-{content}")),
+        };
+        pair.when(SyncPairCommand::AdvanceBase {
+            job_id: job,
+            changes: vec![change("x.txt", "1"), change("dir/ünïcode y.txt", "2")],
+            at: now,
+        })
+        .expect("advanced");
+        let conflict = Decision {
+            path: p("x.txt"),
+            reason: Reason::Changed { side: Side::Source },
+            actions: vec![Action::Unresolved {
+                path: p("x.txt"),
+                kind: crate::merge::ConflictKind::BothModified,
+                source: Some(version("3")),
+                target: None,
+            }],
+        };
+        pair.when(SyncPairCommand::RecordDecision {
+            job_id: job,
+            decision: conflict,
+            at: now,
+        })
+        .expect("recorded");
+        pair.when(SyncPairCommand::StartPatch(FilePatchStarted {
+            pair_id: settings.pair_id,
+            owner_id: settings.owner_id,
+            patch_id: Uuid::from_u128(1),
+            job_id: job,
+            side: Side::Target,
+            provider_id: settings.target.provider_id,
+            path: p("dir/ünïcode y.txt"),
+            provider_path: p("b/dir/ünïcode y.txt"),
+            old: version("2"),
+            new: version("4"),
+            undo: "undo-1".into(),
+            keep: true,
+            at: now,
+        }))
+        .expect("started");
+        let state = pair.state();
+        assert_eq!(state.conflicts().len(), 1, "the snapshot has a conflict to hold");
+        let data = state.snapshot().expect("encoded");
+        assert_eq!(SyncPair::from_snapshot(SyncPair::snapshot_schema(), &data).as_ref(), Some(state));
+        assert_eq!(
+            SyncPair::from_snapshot("sync-pair/json/0", &data),
+            None,
+            "another schema is passed over"
+        );
+        assert_eq!(SyncPair::from_snapshot(SyncPair::snapshot_schema(), &data[1..]), None);
+        assert_eq!(state.owner(), Some(settings.owner_id));
     }
 }

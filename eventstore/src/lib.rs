@@ -33,7 +33,7 @@ pub use postgres::{APPEND_LOCK_KEY, PgEventStore};
 pub use read_only::ReadOnlyStore;
 pub use sqlite::SqliteEventStore;
 pub use subscription::subscribe;
-pub use types::{AppendOutcome, EventFilter, EventMetadata, ExpectedVersion, NewEvent, RecordedEvent, StoreError, StreamAppend};
+pub use types::{AppendOutcome, EventFilter, EventMetadata, ExpectedVersion, NewEvent, RecordedEvent, Snapshot, StoreError, StreamAppend};
 
 use async_trait::async_trait;
 use tokio::sync::watch;
@@ -79,6 +79,13 @@ pub trait EventStore: Send + Sync + 'static {
         found.truncate(usize::try_from(limit).unwrap_or(0));
         Ok(found)
     }
+
+    /// The snapshot kept of `stream`, if any.
+    async fn snapshot(&self, stream: &str) -> Result<Option<Snapshot>, StoreError>;
+
+    /// Keeps `snapshot` of `stream` in place of the one kept (one of a later version stays). A
+    /// version the stream has not reached is [`StoreError::Invalid`].
+    async fn save_snapshot(&self, stream: &str, snapshot: Snapshot) -> Result<(), StoreError>;
 
     /// The position of the newest committed event (0 when the log is empty).
     async fn head(&self) -> Result<i64, StoreError>;

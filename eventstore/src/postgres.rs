@@ -22,7 +22,7 @@ use crate::chain;
 use crate::group::{CommitStats, Committer, GroupWrite, Shared, bump, group_streams, plan_group};
 use crate::reads::{self, col, fetch_events};
 use crate::types::RecordedEvent;
-use crate::{AppendOutcome, EventStore, StoreError, StreamAppend};
+use crate::{AppendOutcome, EventStore, Snapshot, StoreError, StreamAppend};
 
 /// The advisory lock key that serialises appends ("cloudsync" as ASCII).
 pub const APPEND_LOCK_KEY: i64 = 0x0063_6c6f_7564_7379;
@@ -271,6 +271,25 @@ impl EventStore for PgEventStore {
             filter.to,
             limit
         )
+    }
+
+    async fn snapshot(&self, stream: &str) -> Result<Option<Snapshot>, StoreError> {
+        let row: Option<reads::SnapshotRow> = sqlx::query_as(reads::SNAPSHOT).bind(stream).fetch_optional(&self.pool).await?;
+        row.map(|row| reads::snapshot(stream, row)).transpose()
+    }
+
+    async fn save_snapshot(&self, stream: &str, snapshot: Snapshot) -> Result<(), StoreError> {
+        let reached: i64 = sqlx::query_scalar(reads::STREAM_VERSION).bind(stream).fetch_one(&self.pool).await?;
+        reads::check_snapshot(stream, snapshot.version, reached)?;
+        sqlx::query(reads::SAVE_SNAPSHOT)
+            .bind(stream)
+            .bind(snapshot.version)
+            .bind(snapshot.schema)
+            .bind(snapshot.owner.map(|owner| owner.to_string()))
+            .bind(snapshot.data)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
     }
 
     async fn head(&self) -> Result<i64, StoreError> {

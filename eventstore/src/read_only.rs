@@ -6,7 +6,7 @@ use async_trait::async_trait;
 use tokio::sync::watch;
 use uuid::Uuid;
 
-use crate::{AppendOutcome, CommitStats, EventFilter, EventStore, RecordedEvent, StoreError, StreamAppend};
+use crate::{AppendOutcome, CommitStats, EventFilter, EventStore, RecordedEvent, Snapshot, StoreError, StreamAppend};
 
 /// The event store of a read-only server: it reads, and refuses every append.
 pub struct ReadOnlyStore(pub Arc<dyn EventStore>);
@@ -35,6 +35,14 @@ impl EventStore for ReadOnlyStore {
 
     async fn read_filtered(&self, filter: &EventFilter, after: i64, limit: i64) -> Result<Vec<RecordedEvent>, StoreError> {
         self.0.read_filtered(filter, after, limit).await
+    }
+
+    async fn snapshot(&self, stream: &str) -> Result<Option<Snapshot>, StoreError> {
+        self.0.snapshot(stream).await
+    }
+
+    async fn save_snapshot(&self, _stream: &str, _snapshot: Snapshot) -> Result<(), StoreError> {
+        Err(StoreError::Invalid("this server is read-only: nothing is recorded".into()))
     }
 
     async fn head(&self) -> Result<i64, StoreError> {

@@ -36,6 +36,45 @@ pub(crate) const STREAM_AFTER: &str = concat!(
     columns!(),
     " FROM events WHERE stream_id = $1 AND stream_version > $2 ORDER BY stream_version"
 );
+/// A stream's snapshot (`stream_snapshots`, one row a stream).
+pub(crate) const SNAPSHOT: &str = "SELECT stream_version, schema, owner_id, data FROM stream_snapshots WHERE stream_id = $1";
+/// The version a stream has reached.
+pub(crate) const STREAM_VERSION: &str = "SELECT COALESCE(MAX(stream_version), 0) FROM events WHERE stream_id = $1";
+/// Keeps a snapshot unless one of a later version is kept.
+pub(crate) const SAVE_SNAPSHOT: &str = "INSERT INTO stream_snapshots (stream_id, stream_version, schema, owner_id, data) \
+     VALUES ($1, $2, $3, $4, $5) ON CONFLICT (stream_id) DO UPDATE SET stream_version = excluded.stream_version, \
+     schema = excluded.schema, owner_id = excluded.owner_id, data = excluded.data \
+     WHERE excluded.stream_version >= stream_snapshots.stream_version";
+
+/// A snapshot row as read: (version, schema, owner, data).
+pub(crate) type SnapshotRow = (i64, String, Option<String>, Vec<u8>);
+
+/// The snapshot a row of [`SNAPSHOT`] holds.
+pub(crate) fn snapshot(stream: &str, (version, schema, owner, data): SnapshotRow) -> Result<crate::Snapshot, StoreError> {
+    let owner = owner
+        .map(|owner| {
+            Uuid::parse_str(&owner).map_err(|_| StoreError::Invalid(format!("the snapshot of {stream} names no account but {owner:?}")))
+        })
+        .transpose()?;
+    Ok(crate::Snapshot {
+        version,
+        schema,
+        owner,
+        data,
+    })
+}
+
+/// Refuses a snapshot of a version that `stream` has not reached (`reached`, its version now).
+pub(crate) fn check_snapshot(stream: &str, version: i64, reached: i64) -> Result<(), StoreError> {
+    if (1..=reached).contains(&version) {
+        Ok(())
+    } else {
+        Err(StoreError::Invalid(format!(
+            "a snapshot of {stream} at version {version}, which the stream (at {reached}) has not reached"
+        )))
+    }
+}
+
 /// The log after a position, in order, up to a limit.
 pub(crate) const ALL: &str = concat!("SELECT ", columns!(), " FROM events WHERE position > $1 ORDER BY position LIMIT $2");
 /// One actor's events after a position, in order, up to a limit.

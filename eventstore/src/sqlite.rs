@@ -13,7 +13,7 @@ use crate::chain;
 use crate::group::{CommitStats, Committer, GroupWrite, Shared, group_streams, plan_group};
 use crate::reads::{self, Columns, col, fetch_events};
 use crate::types::RecordedEvent;
-use crate::{AppendOutcome, EventStore, StoreError, StreamAppend};
+use crate::{AppendOutcome, EventStore, Snapshot, StoreError, StreamAppend};
 
 pub struct SqliteEventStore {
     pool: SqlitePool,
@@ -217,6 +217,25 @@ impl EventStore for SqliteEventStore {
             filter.to,
             limit
         )
+    }
+
+    async fn snapshot(&self, stream: &str) -> Result<Option<Snapshot>, StoreError> {
+        let row: Option<reads::SnapshotRow> = sqlx::query_as(reads::SNAPSHOT).bind(stream).fetch_optional(&self.pool).await?;
+        row.map(|row| reads::snapshot(stream, row)).transpose()
+    }
+
+    async fn save_snapshot(&self, stream: &str, snapshot: Snapshot) -> Result<(), StoreError> {
+        let reached: i64 = sqlx::query_scalar(reads::STREAM_VERSION).bind(stream).fetch_one(&self.pool).await?;
+        reads::check_snapshot(stream, snapshot.version, reached)?;
+        sqlx::query(reads::SAVE_SNAPSHOT)
+            .bind(stream)
+            .bind(snapshot.version)
+            .bind(snapshot.schema)
+            .bind(snapshot.owner.map(|owner| owner.to_string()))
+            .bind(snapshot.data)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
     }
 
     async fn head(&self) -> Result<i64, StoreError> {

@@ -64,6 +64,20 @@ pub struct RecordedEvent {
     pub metadata: EventMetadata,
 }
 
+/// A stream folded up to a version, kept so that the next load reads only the events after it. It
+/// is a cache of the log, never its truth: a snapshot that cannot be read (an unknown schema, a key
+/// that is gone) is passed over and the stream read from its start.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Snapshot {
+    /// The stream version folded into it.
+    pub version: i64,
+    /// What folded it and how it is encoded: a reader passes over a schema it does not know.
+    pub schema: String,
+    /// Whose it is: the account whose key seals it (see the commands' sealing store).
+    pub owner: Option<Uuid>,
+    pub data: Vec<u8>,
+}
+
 /// The version a stream must have for an append to go through. Versions count events: a stream with
 /// three events is at version 3; a stream that does not exist is at version 0.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

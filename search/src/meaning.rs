@@ -213,6 +213,36 @@ pub fn fuse(rankings: &[Vec<FileId>]) -> Vec<(FileId, f32)> {
     fused.into_iter().map(|(id, score, _)| (id, score)).collect()
 }
 
+/// The hybrid mode's keyword ranking: the query's words but English function words, in files
+/// that hold them together (see the module's doc), best first.
+///
+/// # Errors
+/// The full-text index failed.
+pub async fn keyword_ranking(index: &dyn SearchIndex, request: &SearchRequest) -> SearchResult<Vec<Hit>> {
+    let words = SearchRequest {
+        query: without_function_words(&request.query),
+        offset: 0,
+        limit: CANDIDATES,
+        ..request.clone()
+    };
+    if words.query.matches_all() {
+        return Ok(Vec::new());
+    }
+    let found = index.search(&words).await?.hits;
+    if words.query.must.len() < 2 {
+        return Ok(found);
+    }
+    let checked: Vec<FileId> = found.iter().take(NEAR_CHECKED).map(|h| h.file_id).collect();
+    let near: std::collections::HashSet<FileId> = index
+        .get(&checked)
+        .await?
+        .iter()
+        .filter(|doc| together(doc, &words.query))
+        .map(|doc| doc.file_id)
+        .collect();
+    Ok(found.into_iter().take(NEAR_CHECKED).filter(|h| near.contains(&h.file_id)).collect())
+}
+
 /// Answers `request` in `mode`; `vector` is the query's embedding (required for the semantic and
 /// hybrid modes, which fall back to keywords without it or for an empty query).
 ///
@@ -242,31 +272,7 @@ pub async fn search(
         // Scored by meaning itself, which says more than a rank.
         Mode::Semantic => near,
         _ => {
-            let words = SearchRequest {
-                query: without_function_words(&request.query),
-                offset: 0,
-                limit: CANDIDATES,
-                ..request.clone()
-            };
-            let found = if words.query.matches_all() {
-                Vec::new()
-            } else {
-                index.search(&words).await?.hits
-            };
-            // With several words, only files that hold them together count (see the module's doc).
-            let found = if words.query.must.len() > 1 {
-                let checked: Vec<FileId> = found.iter().take(NEAR_CHECKED).map(|h| h.file_id).collect();
-                let near: std::collections::HashSet<FileId> = index
-                    .get(&checked)
-                    .await?
-                    .iter()
-                    .filter(|doc| together(doc, &words.query))
-                    .map(|doc| doc.file_id)
-                    .collect();
-                found.into_iter().take(NEAR_CHECKED).filter(|h| near.contains(&h.file_id)).collect()
-            } else {
-                found
-            };
+            let found = keyword_ranking(index, request).await?;
             let keyword: Vec<FileId> = found.iter().map(|h| h.file_id).collect();
             keyword_hits = found.into_iter().map(|h| (h.file_id, h)).collect();
             // The meaning's ranking first: where the two fuse to a tie, it decides.

@@ -6,6 +6,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use cloudsync_domain::ProviderPath;
 use cloudsync_domain::events::DomainEvent;
+use cloudsync_eventstore::DbPool;
 use futures::{StreamExt as _, TryStreamExt as _};
 use serde_json::{Value, json};
 
@@ -25,6 +26,7 @@ on_both_backends!(
     earlier_versions_are_kept_listed_and_restored,
     garbage_collection_waits_for_runs_and_keeps_what_is_referenced,
     versions_kept_by_writes_in_place_cost_what_changed_and_restore,
+    a_long_history_loads_from_its_sealed_snapshot,
 );
 
 const SYNC: &str = "mutation($s: FolderInput!, $t: FolderInput!, $m: SyncMode, $c: ConflictPolicy, $d: Int) { \
@@ -1030,6 +1032,77 @@ async fn pair_state(h: &Harness, pair: &str) -> cloudsync_domain::sync_pair::Syn
         cloudsync_domain::Aggregate::apply(&mut state, &event);
     }
     state
+}
+
+/// A pair whose run recorded hundreds of decisions is loaded from a snapshot of its stream, sealed
+/// with the owner's key, and the events after it; an erased account's snapshot cannot be read.
+async fn a_long_history_loads_from_its_sealed_snapshot(h: &Harness) {
+    use cloudsync_domain::sync_pair::SyncPair;
+    let names: Vec<String> = (0..520).map(|n| format!("notes/private-note-{n:04}.txt")).collect();
+    let seed: Vec<(&str, &[u8])> = names.iter().map(|name| (name.as_str(), name.as_bytes())).collect();
+    let (token, source, a, target, _) = two_folders(h, "snapshots@example.org", &seed).await;
+    let pair = pair_keeping(h, &token, &source, &target, 2).await;
+    let (stream, app) = (format!("pair-{pair}"), h.server().app());
+    let snapshot = app
+        .db
+        .events
+        .snapshot(&stream)
+        .await
+        .expect("read")
+        .expect("a snapshot after the long run");
+    let reached = app.db.events.read_stream(&stream).await.expect("stream").len() as i64;
+    assert_eq!(snapshot.version, reached, "the run's events are folded into it");
+    assert!(reached > cloudsync_commands::PAIR_SNAPSHOT_EVERY, "{reached} events");
+    let full = pair_state(h, &pair).await;
+    assert_eq!(SyncPair::from_snapshot(&snapshot.schema, &snapshot.data), Some(full));
+    // Stored sealed: no path in the clear.
+    let raw: Vec<u8> = match &h.db.db.pool {
+        DbPool::Sqlite(pool) => sqlx::query_scalar("SELECT data FROM stream_snapshots WHERE stream_id = $1")
+            .bind(&stream)
+            .fetch_one(pool)
+            .await
+            .expect("row"),
+        DbPool::Postgres(pool) => sqlx::query_scalar("SELECT data FROM stream_snapshots WHERE stream_id = $1")
+            .bind(&stream)
+            .fetch_one(pool)
+            .await
+            .expect("row"),
+    };
+    assert!(raw.len() > 520 * 20, "{} bytes", raw.len());
+    assert!(!String::from_utf8_lossy(&raw).contains("private-note"), "a path in the clear");
+
+    // A later, short run: loading starts from the snapshot and folds the events after it.
+    write(&a, "notes/private-note-0001.txt", b"changed");
+    run(h, &token, &pair).await;
+    let after = app.db.events.snapshot(&stream).await.expect("read").expect("kept");
+    assert_eq!(after.version, snapshot.version, "too few events for a new snapshot");
+    app.commands.forget_pairs();
+    let (loaded, version) = app.commands.load::<SyncPair>(&stream).await.expect("loaded");
+    let now = app.db.events.read_stream(&stream).await.expect("stream").len() as i64;
+    assert!(now > reached, "the later run recorded its decision");
+    assert_eq!((loaded, version), (pair_state(h, &pair).await, now));
+    // It does start from the snapshot: one saved in its place (an empty pair) is what loads.
+    let empty = cloudsync_eventstore::Snapshot {
+        data: SyncPair::default().snapshot().expect("encoded"),
+        ..snapshot.clone()
+    };
+    app.db.events.save_snapshot(&stream, empty).await.expect("saved");
+    app.commands.forget_pairs();
+    let (stand_in, _) = app.commands.load::<SyncPair>(&stream).await.expect("loaded");
+    assert!(
+        stand_in.base().len() < 10,
+        "the snapshot's state was taken, then the last run's events"
+    );
+    app.db.events.save_snapshot(&stream, snapshot).await.expect("put back");
+
+    // Once the account is erased, its snapshot cannot be opened: there is none to read.
+    h.ok(
+        Some(&token),
+        "mutation($p: String) { deleteAccount(password: $p) }",
+        json!({ "p": "correct horse battery" }),
+    )
+    .await;
+    assert_eq!(app.db.events.snapshot(&stream).await.expect("read"), None);
 }
 
 /// The chunk store as the owner of `pair` sees it (its chunks sealed under its key).

@@ -103,7 +103,10 @@ pub async fn load<A: Aggregate<Event = DomainEvent>>(store: &dyn EventStore, str
 /// Sync pairs as last loaded, at most [`PairCache::CAPACITY`] for at most [`PairCache::TTL`], the
 /// least recently used going first. A pair's history grows with every run (each decision is an
 /// event), so loading it again reads only the events after the version held, from the store
-/// itself: what other processes appended is seen as if the whole stream had been read. A pair is
+/// itself: what other processes appended is seen as if the whole stream had been read. A pair not
+/// held starts from its stream's snapshot, where one can be read, and a load that folded
+/// [`crate::PAIR_SNAPSHOT_EVERY`] events or more past the snapshot saves a new one (sealed with the
+/// owner's key by the sealing store), so that a new process does not replay every decision. A pair is
 /// held no longer than the sealing store keeps a user's unwrapped key, so an erased account's
 /// paths leave this process's memory as soon as they would have without it; [`PairCache::clear`]
 /// drops everything at once, loads in flight included.
@@ -114,11 +117,13 @@ pub(crate) struct PairCache {
     generation: std::sync::atomic::AtomicU64,
 }
 
-/// One pair held: its stream, state, version and when it was read.
+/// One pair held: its stream, state, version, the version of its newest snapshot, and when it was
+/// read.
 struct Held {
     stream: String,
     pair: cloudsync_domain::sync_pair::SyncPair,
     version: i64,
+    snapshot: i64,
     at: std::time::Instant,
 }
 
@@ -139,14 +144,20 @@ impl PairCache {
             held.retain(|h| h.at.elapsed() < Self::TTL);
             held.iter().position(|h| h.stream == stream).and_then(|at| held.remove(at))
         };
-        let (mut pair, mut version, at) = held.map_or_else(
-            || (cloudsync_domain::sync_pair::SyncPair::default(), 0, std::time::Instant::now()),
-            |h| (h.pair, h.version, h.at),
-        );
+        let (mut pair, mut version, mut snapshot, at) = match held {
+            Some(h) => (h.pair, h.version, h.snapshot, h.at),
+            None => {
+                let (pair, version) = Self::from_snapshot(store, stream).await;
+                (pair, version, version, std::time::Instant::now())
+            }
+        };
         for recorded in store.read_stream_after(stream, version).await? {
             let event = DomainEvent::decode_owned(&recorded.event_type, recorded.schema_version, recorded.payload)?;
             pair.apply(&event);
             version = recorded.stream_version;
+        }
+        if version - snapshot >= crate::PAIR_SNAPSHOT_EVERY && Self::save_snapshot(store, stream, &pair, version).await {
+            snapshot = version;
         }
         let mut held = self.held.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         // Another load of the same stream may have come back meanwhile: the newer one stays.
@@ -156,11 +167,55 @@ impl PairCache {
                 stream: stream.to_owned(),
                 pair: pair.clone(),
                 version,
+                snapshot,
                 at,
             });
             held.truncate(Self::CAPACITY);
         }
         Ok((pair, version))
+    }
+
+    /// The pair as its stream's snapshot holds it, and the version it holds; a pair at version 0
+    /// where there is none, or it cannot be read.
+    async fn from_snapshot(store: &dyn EventStore, stream: &str) -> (cloudsync_domain::sync_pair::SyncPair, i64) {
+        use cloudsync_domain::sync_pair::SyncPair;
+        match store.snapshot(stream).await {
+            Ok(Some(snapshot)) => match SyncPair::from_snapshot(&snapshot.schema, &snapshot.data) {
+                Some(pair) => return (pair, snapshot.version),
+                None => tracing::debug!(stream, schema = %snapshot.schema, "Passed over a snapshot of another schema."),
+            },
+            Ok(None) => {}
+            Err(error) => tracing::warn!(stream, error = %error, "Could not read a snapshot; reading the stream from its start."),
+        }
+        (SyncPair::default(), 0)
+    }
+
+    /// Saves `pair`, folded up to `version`, as its stream's snapshot; whether it was saved (a
+    /// snapshot is a saving of time, so a failure is only logged).
+    async fn save_snapshot(store: &dyn EventStore, stream: &str, pair: &cloudsync_domain::sync_pair::SyncPair, version: i64) -> bool {
+        // Never in the clear: only a pair with an owner to seal it for is kept.
+        let Some(owner) = pair.owner() else { return false };
+        let saved = match pair.snapshot() {
+            Ok(data) => {
+                let snapshot = cloudsync_eventstore::Snapshot {
+                    version,
+                    schema: cloudsync_domain::sync_pair::SyncPair::snapshot_schema().to_owned(),
+                    owner: Some(owner.as_uuid()),
+                    data,
+                };
+                store.save_snapshot(stream, snapshot).await
+            }
+            Err(error) => Err(cloudsync_eventstore::StoreError::Invalid(error.to_string())),
+        };
+        match &saved {
+            Ok(()) => {}
+            // A read-only server keeps none; an erased account gets none.
+            Err(error @ cloudsync_eventstore::StoreError::Invalid(_)) => {
+                tracing::debug!(stream, version, error = %error, "No snapshot of the sync pair kept.");
+            }
+            Err(error) => tracing::warn!(stream, version, error = %error, "Could not save a snapshot of a sync pair."),
+        }
+        saved.is_ok()
     }
 
     pub(crate) fn clear(&self) {

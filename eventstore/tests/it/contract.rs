@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use cloudsync_eventstore::testing::TestDatabase;
 use cloudsync_eventstore::{
-    APPEND_LOCK_KEY, DbPool, EventMetadata, EventStore, ExpectedVersion, NewEvent, StoreError, StreamAppend, append_to, subscribe,
+    APPEND_LOCK_KEY, DbPool, EventMetadata, EventStore, ExpectedVersion, NewEvent, Snapshot, StoreError, StreamAppend, append_to, subscribe,
 };
 use futures::StreamExt;
 use serde_json::json;
@@ -27,6 +27,7 @@ crate::on_both!(
     a_caller_that_drops_its_append_gets_all_or_nothing,
     two_store_instances_keep_dense_positions,
     concurrent_writers_share_transactions,
+    a_snapshot_is_kept_until_a_later_one,
 );
 
 fn event(kind: &str, n: i64, actor: Option<Uuid>) -> NewEvent {
@@ -688,4 +689,54 @@ async fn concurrent_writers_share_transactions(db: &TestDatabase) {
         "16 writers took {transactions} transactions for {appends} appends"
     );
     assert_eq!(positions(&*store).await, (1..=800).collect::<Vec<_>>());
+}
+
+async fn a_snapshot_is_kept_until_a_later_one(db: &TestDatabase) {
+    let store = &*db.db.events;
+    let (s, other) = (stream(), stream());
+    let owner = Uuid::new_v4();
+    let at = |version: i64, data: &[u8]| Snapshot {
+        version,
+        schema: "test/1".into(),
+        owner: Some(owner),
+        data: data.to_vec(),
+    };
+    assert_eq!(store.snapshot(&s).await.expect("none yet"), None);
+    let refused = store.save_snapshot(&s, at(1, b"ahead")).await;
+    assert!(
+        matches!(refused, Err(StoreError::Invalid(_))),
+        "a stream without events has no snapshot: {refused:?}"
+    );
+    append_to(
+        store,
+        &s,
+        ExpectedVersion::NoStream,
+        (1..=3).map(|n| event("Counted", n, None)).collect(),
+    )
+    .await
+    .expect("append");
+    let ahead = store.save_snapshot(&s, at(4, b"ahead")).await;
+    assert!(
+        matches!(ahead, Err(StoreError::Invalid(_))),
+        "no snapshot of a version not reached: {ahead:?}"
+    );
+    assert!(matches!(store.save_snapshot(&s, at(0, b"none")).await, Err(StoreError::Invalid(_))));
+    // Bytes of every value survive, NUL included.
+    let bytes: Vec<u8> = (0..=255).collect();
+    store.save_snapshot(&s, at(2, &bytes)).await.expect("save");
+    assert_eq!(store.snapshot(&s).await.expect("read"), Some(at(2, &bytes)));
+    store.save_snapshot(&s, at(3, b"three")).await.expect("a later one");
+    store.save_snapshot(&s, at(1, b"one")).await.expect("an earlier one is no error");
+    assert_eq!(
+        store.snapshot(&s).await.expect("read"),
+        Some(at(3, b"three")),
+        "the later one stays"
+    );
+    let anyone = Snapshot {
+        owner: None,
+        ..at(3, b"again")
+    };
+    store.save_snapshot(&s, anyone.clone()).await.expect("the same version again");
+    assert_eq!(store.snapshot(&s).await.expect("read"), Some(anyone));
+    assert_eq!(store.snapshot(&other).await.expect("another stream"), None);
 }

@@ -230,6 +230,11 @@ impl Recorder<'_> {
         // those that writes in place recorded beside this recorder (`beside`) included.
         let pruned = self.pair.handle(SyncPairCommand::PruneVersions { at: Utc::now() })?;
         self.append_pair(&pruned, None).await?;
+        // Loading the pair folds this run's events into its snapshot, before the run is seen to
+        // end (a long run's decisions would otherwise be replayed by the next process to load it).
+        if let Err(error) = self.tracker.commands.load::<SyncPair>(&self.pair_id.stream()).await {
+            tracing::warn!(job = %self.tracker.job_id, error = %error, "Could not load the pair after its run.");
+        }
         if !self.tracker.running().await? {
             return Ok(());
         }
