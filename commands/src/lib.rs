@@ -213,6 +213,22 @@ impl Commands {
         core::load(&*self.store, stream).await
     }
 
+    /// Takes `pair`, the fold of its stream up to `version` that a run kept as it appended, in place
+    /// of the pair held in memory (only where one is held: it began the run), then brings it up to
+    /// date as [`Commands::load`] does, snapshot included.
+    ///
+    /// # Errors
+    /// Store failures and undecodable events.
+    pub(crate) async fn fold_into_pair(
+        &self,
+        stream: &str,
+        pair: cloudsync_domain::sync_pair::SyncPair,
+        version: i64,
+    ) -> Result<(), CommandError> {
+        self.pairs.replace(stream, pair, version);
+        self.pairs.load(&*self.store, stream).await.map(|_| ())
+    }
+
     /// Forgets the sync pairs held in memory (an account was erased: its paths, opened before,
     /// go); the next load of each starts from its snapshot.
     pub fn forget_pairs(&self) {

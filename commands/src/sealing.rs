@@ -30,7 +30,7 @@ use serde_json::{Map, Value, json};
 use tokio::sync::watch;
 use uuid::Uuid;
 
-use crate::secrets::{open_with, seal_with};
+use crate::secrets::{KeyLookup, open_with, seal_with};
 use crate::{CommandError, Vault};
 
 /// The key that marks a sealed path.
@@ -238,7 +238,13 @@ impl SealingStore {
                 Err(err) => return Err(store_error(err)),
             }
         } else {
-            self.vault.key_to_open(user).await.map_err(store_error)?
+            match self.vault.key_to_open(user).await.map_err(store_error)? {
+                KeyLookup::Key(key) => Some(key),
+                // Not remembered: another process may make the key a moment later, and what it
+                // seals must not read as erased here meanwhile (nor be folded into a snapshot so).
+                KeyLookup::Missing => return Ok(None),
+                KeyLookup::Erased => None,
+            }
         };
         if let Ok(mut keys) = self.keys.lock() {
             keys.retain(|_, (at, _)| at.elapsed() < KEY_TTL);
@@ -334,14 +340,14 @@ impl EventStore for SealingStore {
         outcome
     }
 
-    /// A snapshot that names an owner is opened with their key; where it does not open (the account
-    /// was erased) there is none.
+    /// A snapshot is opened with its owner's key; where it does not open (the account was erased,
+    /// the row was changed or names no owner) there is none.
     async fn snapshot(&self, stream: &str) -> Result<Option<Snapshot>, StoreError> {
         let Some(snapshot) = self.inner.snapshot(stream).await? else {
             return Ok(None);
         };
         let Some(user) = snapshot.owner.map(UserId::from_uuid) else {
-            return Ok(Some(snapshot));
+            return Ok(None);
         };
         let Some(key) = self.key(user, false).await? else { return Ok(None) };
         let opened = snapshot
@@ -351,18 +357,20 @@ impl EventStore for SealingStore {
         Ok(opened.map(|data| Snapshot { data, ..snapshot }))
     }
 
-    /// A snapshot that names an owner is sealed with their key, configured or not (it holds their
-    /// paths), as the nonce followed by the ciphertext.
+    /// A snapshot is sealed with its owner's key, configured or not (it holds their paths), as the
+    /// nonce followed by the ciphertext; one that names no owner is refused.
     async fn save_snapshot(&self, stream: &str, mut snapshot: Snapshot) -> Result<(), StoreError> {
-        if let Some(user) = snapshot.owner.map(UserId::from_uuid) {
-            let key = self
-                .key(user, true)
-                .await?
-                .ok_or_else(|| StoreError::Invalid("the account was erased; nothing more is recorded for it".into()))?;
-            let (mut sealed, ciphertext) = seal_with(&key, &snapshot.data, &snapshot_aad(user, stream, &snapshot)).map_err(store_error)?;
-            sealed.extend(ciphertext);
-            snapshot.data = sealed;
-        }
+        let user = snapshot
+            .owner
+            .map(UserId::from_uuid)
+            .ok_or_else(|| StoreError::Invalid("a snapshot names no owner to seal it for".into()))?;
+        let key = self
+            .key(user, true)
+            .await?
+            .ok_or_else(|| StoreError::Invalid("the account was erased; nothing more is recorded for it".into()))?;
+        let (mut sealed, ciphertext) = seal_with(&key, &snapshot.data, &snapshot_aad(user, stream, &snapshot)).map_err(store_error)?;
+        sealed.extend(ciphertext);
+        snapshot.data = sealed;
         self.inner.save_snapshot(stream, snapshot).await
     }
 

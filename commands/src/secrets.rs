@@ -486,13 +486,13 @@ impl Vault {
         self.keys.to_seal(user).await
     }
 
-    /// `user`'s data key for opening many values at once; `None` when there is none (the account
-    /// was erased).
+    /// `user`'s data key for opening many values at once, or why there is none (none made yet, or
+    /// the account was erased).
     ///
     /// # Errors
     /// The key store is unreachable, or no configured master key opens the key.
-    pub(crate) async fn key_to_open(&self, user: UserId) -> Result<Option<[u8; 32]>, CommandError> {
-        self.keys.to_open(user).await
+    pub(crate) async fn key_to_open(&self, user: UserId) -> Result<KeyLookup, CommandError> {
+        self.keys.lookup(user).await
     }
 
     /// Whether `user` has a data key (none yet, or destroyed by erasing the account: `false`).

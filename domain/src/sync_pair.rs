@@ -109,21 +109,27 @@ pub enum SyncPairCommand {
 }
 
 impl SyncPair {
-    /// What a snapshot of a pair is (see [`SyncPair::snapshot`]): the encoding, and a fingerprint of
-    /// the source that defines the state and what [`Aggregate::apply`] makes of each event, so that
-    /// any change to either passes over the snapshots taken before it.
+    /// What a snapshot of a pair is (see [`SyncPair::snapshot`]): the encoding, its format number
+    /// (raise it on any change the fingerprint cannot see), and a fingerprint of the source that
+    /// defines the state, how events are decoded and upcast (their values and ids included) and
+    /// what [`Aggregate::apply`] makes of each, so that any change there passes over the snapshots
+    /// taken before it.
     pub fn snapshot_schema() -> &'static str {
+        const FORMAT: u32 = 1;
         static SCHEMA: std::sync::OnceLock<String> = std::sync::OnceLock::new();
         SCHEMA.get_or_init(|| {
             use std::hash::{Hash, Hasher};
             let mut hasher = std::hash::DefaultHasher::new();
-            (
+            [
                 include_str!("sync_pair.rs"),
+                include_str!("events/mod.rs"),
                 include_str!("events/sync.rs"),
                 include_str!("merge.rs"),
-            )
-                .hash(&mut hasher);
-            format!("sync-pair/json/{:016x}", hasher.finish())
+                include_str!("values.rs"),
+                include_str!("ids.rs"),
+            ]
+            .hash(&mut hasher);
+            format!("sync-pair/json/{FORMAT}/{:016x}", hasher.finish())
         })
     }
 
@@ -890,8 +896,33 @@ mod tests {
             at: now,
         }))
         .expect("started");
+        pair.when(SyncPairCommand::ResolveConflict {
+            by: settings.owner_id,
+            path: p("x.txt"),
+            resolution: crate::events::Resolution::Source,
+            at: now,
+        })
+        .expect("resolved");
+        pair.when(SyncPairCommand::KeepVersions(vec![FileVersionKept {
+            pair_id: settings.pair_id,
+            owner_id: settings.owner_id,
+            version_id: Uuid::from_u128(2),
+            side: Side::Target,
+            provider_id: settings.target.provider_id,
+            path: p("x.txt"),
+            provider_path: p("b/x.txt"),
+            version: version("0"),
+            content: "manifest-of-0".into(),
+            reason: crate::events::VersionReason::Replaced,
+            job_id: Some(job),
+            at: now,
+            base: Some("1".into()),
+        }]))
+        .expect("kept");
         let state = pair.state();
         assert_eq!(state.conflicts().len(), 1, "the snapshot has a conflict to hold");
+        assert!(state.kept_version(Uuid::from_u128(2)).is_some(), "and a version");
+        assert_eq!(state.resolutions.len(), 1, "and the owner's choice");
         let data = state.snapshot().expect("encoded");
         assert_eq!(SyncPair::from_snapshot(SyncPair::snapshot_schema(), &data).as_ref(), Some(state));
         assert_eq!(

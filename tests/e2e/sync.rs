@@ -1081,12 +1081,16 @@ async fn a_long_history_loads_from_its_sealed_snapshot(h: &Harness) {
     let now = app.db.events.read_stream(&stream).await.expect("stream").len() as i64;
     assert!(now > reached, "the later run recorded its decision");
     assert_eq!((loaded, version), (pair_state(h, &pair).await, now));
-    // It does start from the snapshot: one saved in its place (an empty pair) is what loads.
-    let empty = cloudsync_eventstore::Snapshot {
-        data: SyncPair::default().snapshot().expect("encoded"),
+    // It does start from the snapshot: one saved in its place (the pair with an empty base) is
+    // what loads.
+    let mut emptied: Value = serde_json::from_slice(&snapshot.data).expect("JSON");
+    emptied["base"] = json!({});
+    emptied["agreed"] = json!({});
+    let stand_in = cloudsync_eventstore::Snapshot {
+        data: serde_json::to_vec(&emptied).expect("encoded"),
         ..snapshot.clone()
     };
-    app.db.events.save_snapshot(&stream, empty).await.expect("saved");
+    app.db.events.save_snapshot(&stream, stand_in).await.expect("saved");
     app.commands.forget_pairs();
     let (stand_in, _) = app.commands.load::<SyncPair>(&stream).await.expect("loaded");
     assert!(
@@ -1095,7 +1099,46 @@ async fn a_long_history_loads_from_its_sealed_snapshot(h: &Harness) {
     );
     app.db.events.save_snapshot(&stream, snapshot).await.expect("put back");
 
-    // Once the account is erased, its snapshot cannot be opened: there is none to read.
+    // A row moved to another stream, naming no owner, or with one byte changed does not open.
+    let other = format!("pair-{}", uuid::Uuid::new_v4());
+    let copy = "INSERT INTO stream_snapshots (stream_id, stream_version, schema, owner_id, data) \
+                SELECT $1, stream_version, schema, owner_id, data FROM stream_snapshots WHERE stream_id = $2";
+    by_hand(h, copy, &[other.as_str(), stream.as_str()], None).await;
+    assert_eq!(
+        app.db.events.snapshot(&other).await.expect("read"),
+        None,
+        "sealed for its own stream"
+    );
+    by_hand(
+        h,
+        "UPDATE stream_snapshots SET owner_id = NULL WHERE stream_id = $1",
+        &[other.as_str()],
+        None,
+    )
+    .await;
+    assert_eq!(app.db.events.snapshot(&other).await.expect("read"), None, "no owner, no snapshot");
+    let mut changed = raw.clone();
+    let middle = changed.len() / 2;
+    changed[middle] ^= 1;
+    by_hand(
+        h,
+        "UPDATE stream_snapshots SET data = $2 WHERE stream_id = $1",
+        &[stream.as_str()],
+        Some(changed),
+    )
+    .await;
+    assert_eq!(app.db.events.snapshot(&stream).await.expect("read"), None, "one byte changed");
+    by_hand(
+        h,
+        "UPDATE stream_snapshots SET data = $2 WHERE stream_id = $1",
+        &[stream.as_str()],
+        Some(raw),
+    )
+    .await;
+    assert!(app.db.events.snapshot(&stream).await.expect("read").is_some(), "put back");
+
+    // Once the account is erased, its snapshot cannot be opened: there is none to read, and the
+    // pair still loads, from its events.
     h.ok(
         Some(&token),
         "mutation($p: String) { deleteAccount(password: $p) }",
@@ -1103,6 +1146,31 @@ async fn a_long_history_loads_from_its_sealed_snapshot(h: &Harness) {
     )
     .await;
     assert_eq!(app.db.events.snapshot(&stream).await.expect("read"), None);
+    app.commands.forget_pairs();
+    let (erased, _) = app.commands.load::<SyncPair>(&stream).await.expect("loaded");
+    assert_eq!(erased, pair_state(h, &pair).await);
+}
+
+/// Runs `statement` on the database itself (a change made by hand), with `text` bound first and then
+/// `bytes`.
+async fn by_hand(h: &Harness, statement: &str, text: &[&str], bytes: Option<Vec<u8>>) {
+    macro_rules! run_on {
+        ($pool:expr) => {{
+            let mut query = sqlx::query(statement);
+            for value in text {
+                query = query.bind(*value);
+            }
+            if let Some(bytes) = bytes {
+                query = query.bind(bytes);
+            }
+            query.execute($pool).await.map(|_| ())
+        }};
+    }
+    match &h.db.db.pool {
+        DbPool::Sqlite(pool) => run_on!(pool),
+        DbPool::Postgres(pool) => run_on!(pool),
+    }
+    .expect("changed by hand");
 }
 
 /// The chunk store as the owner of `pair` sees it (its chunks sealed under its key).

@@ -156,7 +156,9 @@ impl PairCache {
             pair.apply(&event);
             version = recorded.stream_version;
         }
-        if version - snapshot >= crate::PAIR_SNAPSHOT_EVERY && Self::save_snapshot(store, stream, &pair, version).await {
+        // Tried once per so many events, saved or not (a read-only server keeps none).
+        if version - snapshot >= crate::PAIR_SNAPSHOT_EVERY {
+            Self::save_snapshot(store, stream, &pair, version).await;
             snapshot = version;
         }
         let mut held = self.held.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
@@ -181,8 +183,11 @@ impl PairCache {
         use cloudsync_domain::sync_pair::SyncPair;
         match store.snapshot(stream).await {
             Ok(Some(snapshot)) => match SyncPair::from_snapshot(&snapshot.schema, &snapshot.data) {
-                Some(pair) => return (pair, snapshot.version),
-                None => tracing::debug!(stream, schema = %snapshot.schema, "Passed over a snapshot of another schema."),
+                // Only the owner's own: a snapshot is sealed for the account it names.
+                Some(pair) if snapshot.owner.is_some() && pair.owner().map(|o| o.as_uuid()) == snapshot.owner => {
+                    return (pair, snapshot.version);
+                }
+                _ => tracing::debug!(stream, schema = %snapshot.schema, "Passed over a snapshot of another schema or owner."),
             },
             Ok(None) => {}
             Err(error) => tracing::warn!(stream, error = %error, "Could not read a snapshot; reading the stream from its start."),
@@ -190,11 +195,11 @@ impl PairCache {
         (SyncPair::default(), 0)
     }
 
-    /// Saves `pair`, folded up to `version`, as its stream's snapshot; whether it was saved (a
-    /// snapshot is a saving of time, so a failure is only logged).
-    async fn save_snapshot(store: &dyn EventStore, stream: &str, pair: &cloudsync_domain::sync_pair::SyncPair, version: i64) -> bool {
-        // Never in the clear: only a pair with an owner to seal it for is kept.
-        let Some(owner) = pair.owner() else { return false };
+    /// Saves `pair`, folded up to `version`, as its stream's snapshot (a snapshot is a saving of
+    /// time, so a failure is only logged). The sealing store seals it for the pair's owner; a pair
+    /// without one gets none.
+    async fn save_snapshot(store: &dyn EventStore, stream: &str, pair: &cloudsync_domain::sync_pair::SyncPair, version: i64) {
+        let Some(owner) = pair.owner() else { return };
         let saved = match pair.snapshot() {
             Ok(data) => {
                 let snapshot = cloudsync_eventstore::Snapshot {
@@ -215,7 +220,19 @@ impl PairCache {
             }
             Err(error) => tracing::warn!(stream, version, error = %error, "Could not save a snapshot of a sync pair."),
         }
-        saved.is_ok()
+    }
+
+    /// Puts `pair`, the fold of `stream` up to `version`, in place of the pair held for `stream`,
+    /// keeping when that was read (an erased account's paths leave memory as they would have) and
+    /// its snapshot's version; nothing where no pair is held (cleared, gone past its time) or a
+    /// newer one is.
+    pub(crate) fn replace(&self, stream: &str, pair: cloudsync_domain::sync_pair::SyncPair, version: i64) {
+        let mut held = self.held.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        held.retain(|h| h.at.elapsed() < Self::TTL);
+        if let Some(h) = held.iter_mut().find(|h| h.stream == stream && h.version <= version) {
+            h.pair = pair;
+            h.version = version;
+        }
     }
 
     pub(crate) fn clear(&self) {

@@ -84,6 +84,9 @@ pub(super) struct Recorder<'a> {
     pub(super) tracker: Tracker<'a>,
     pub(super) pair_id: SyncPairId,
     pub(super) pair: SyncPair,
+    /// The version of the pair's stream that `pair` is the fold of, while that is known: `None`
+    /// once something else appended to the stream between this recorder's appends.
+    pub(super) pair_version: Option<i64>,
     pub(super) pending: Vec<BaseChange>,
     pub(super) late: Vec<Decision>,
     pub(super) files: u64,
@@ -149,8 +152,13 @@ impl Recorder<'_> {
                 return Ok(());
             }
             match self.tracker.commands.store().append(appends).await {
-                Ok(_) => {
+                Ok(outcome) => {
                     events.iter().for_each(|e| self.pair.apply(e));
+                    if !events.is_empty() {
+                        let reached = outcome.stream_versions.get(&self.pair_id.stream()).copied();
+                        let appended = i64::try_from(events.len()).unwrap_or(i64::MAX);
+                        self.pair_version = self.pair_version.filter(|known| reached == Some(known + appended)).and(reached);
+                    }
                     progressed.iter().for_each(|e| self.tracker.job.apply(e));
                     self.tracker.version += i64::try_from(progressed.len()).unwrap_or(0);
                     return Ok(());
@@ -224,15 +232,25 @@ impl Recorder<'_> {
     /// Ends the run; `beside`: the pair's events that the executor recorded itself (writes in
     /// place), which this recorder's view of the pair takes in first.
     pub(super) async fn finish(mut self, beside: Vec<DomainEvent>) -> Result<(), CommandError> {
+        if !beside.is_empty() {
+            // Appended between this recorder's own events: the order of the fold is not known here.
+            self.pair_version = None;
+        }
         beside.iter().for_each(|e| self.pair.apply(e));
         self.commit().await?;
         // Versions beyond the pair's retention are let go (the collector frees their chunks),
         // those that writes in place recorded beside this recorder (`beside`) included.
         let pruned = self.pair.handle(SyncPairCommand::PruneVersions { at: Utc::now() })?;
         self.append_pair(&pruned, None).await?;
-        // Loading the pair folds this run's events into its snapshot, before the run is seen to
-        // end (a long run's decisions would otherwise be replayed by the next process to load it).
-        if let Err(error) = self.tracker.commands.load::<SyncPair>(&self.pair_id.stream()).await {
+        // This run's events go into the pair's snapshot before the run is seen to end (a long
+        // run's decisions would otherwise be replayed by the next process to load the pair): from
+        // this recorder's own fold where it is the stream's, else by loading the pair again.
+        let (commands, stream) = (self.tracker.commands, self.pair_id.stream());
+        let folded = match self.pair_version {
+            Some(version) => commands.fold_into_pair(&stream, self.pair.clone(), version).await,
+            None => commands.load::<SyncPair>(&stream).await.map(|_| ()),
+        };
+        if let Err(error) = folded {
             tracing::warn!(job = %self.tracker.job_id, error = %error, "Could not load the pair after its run.");
         }
         if !self.tracker.running().await? {

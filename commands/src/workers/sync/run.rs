@@ -42,7 +42,7 @@ pub(crate) async fn run_sync(commands: &Commands, job_id: SyncJobId, cancel: &Ca
         version,
         cancel,
     };
-    let (pair, _) = commands.load::<SyncPair>(&pair_id.stream()).await?;
+    let (pair, pair_version) = commands.load::<SyncPair>(&pair_id.stream()).await?;
     let Some(settings) = pair.live_for(owner).cloned() else {
         return tracker.fail("the sync pair no longer exists".into()).await;
     };
@@ -70,7 +70,7 @@ pub(crate) async fn run_sync(commands: &Commands, job_id: SyncJobId, cancel: &Ca
         }
     }
     // Writes in place that a stopped run left half-done are settled before anything is listed.
-    let pair = if pair.pending_patches().next().is_some() {
+    let (pair, pair_version) = if pair.pending_patches().next().is_some() {
         match super::delta::settle_pending(commands, &tracker.ctx, &pair, [&*sides.0, &*sides.1]).await {
             Ok(settled) => tracing::info!(job = %job_id, settled, "Settled interrupted writes in place."),
             Err(err) => {
@@ -79,9 +79,9 @@ pub(crate) async fn run_sync(commands: &Commands, job_id: SyncJobId, cancel: &Ca
                     .await;
             }
         }
-        commands.load::<SyncPair>(&pair_id.stream()).await?.0
+        commands.load::<SyncPair>(&pair_id.stream()).await?
     } else {
-        pair
+        (pair, pair_version)
     };
     let listing = async {
         futures::try_join!(
@@ -148,7 +148,7 @@ pub(crate) async fn run_sync(commands: &Commands, job_id: SyncJobId, cancel: &Ca
         commands,
         tracker,
         &settings,
-        pair,
+        (pair, pair_version),
         [sides.0, sides.1],
         [source, target],
         &decisions,
@@ -168,7 +168,7 @@ pub(super) async fn transfer(
     commands: &Commands,
     tracker: Tracker<'_>,
     settings: &SyncPairCreated,
-    pair: SyncPair,
+    (pair, pair_version): (SyncPair, i64),
     sides: [Arc<dyn StorageProvider>; 2],
     listings: [Listing; 2],
     decisions: &[Decision],
@@ -198,6 +198,7 @@ pub(super) async fn transfer(
         tracker,
         pair_id,
         pair,
+        pair_version: Some(pair_version),
         pending: Vec::new(),
         late: Vec::new(),
         files: 0,
