@@ -3,6 +3,7 @@
 //! its own key) that holds file versions for delta transfer and restores.
 
 mod patch;
+mod pieces;
 mod sealed;
 mod store;
 
@@ -14,6 +15,7 @@ use fastcdc::v2020::FastCDC;
 use futures::StreamExt as _;
 
 pub use patch::{Differ, InPlace, Layer, Patch, TooMuch, overlay, put_patch};
+pub use pieces::{PIECE, PieceHash, PieceHasher};
 pub use sealed::AccountStore;
 pub use store::{ChunkStore, Form, ProviderStore, StoreError, Stored};
 

@@ -14,10 +14,11 @@
 use std::collections::HashSet;
 use std::sync::Arc;
 
-use bytes::Buf as _;
 use bytes::Bytes;
 use chrono::Utc;
-use cloudsync_chunks::{ChunkRef, ChunkStore, Chunker, Differ, Layer, Manifest, get_manifest, overlay, put_manifest, put_patch};
+use cloudsync_chunks::{
+    ChunkRef, ChunkStore, Chunker, Differ, Layer, Manifest, PIECE, PieceHasher, get_manifest, overlay, put_manifest, put_patch,
+};
 use cloudsync_domain::events::{FilePatchStarted, PatchOutcome};
 use cloudsync_domain::merge::{Side, Version};
 use cloudsync_domain::sync_pair::{SyncPair, SyncPairCommand};
@@ -171,39 +172,51 @@ impl Executor {
         };
         let provider = self.provider(to);
         let destination = self.full(to, path);
-        let mut source = self.provider(to.other()).read(&self.full(to.other(), from), 0..new.size).await?;
-        let mut target = provider.read(&destination, 0..old.size).await?;
+        let source = self.provider(to.other()).read(&self.full(to.other(), from), 0..new.size).await?;
+        let target = provider.read(&destination, 0..old.size).await?;
         let mut differ = Differ::new(new.size, MAX_PATCH);
-        let (mut new_hash, mut old_hash) = (blake3::Hasher::new(), blake3::Hasher::new());
-        let (mut new_piece, mut old_piece) = (Bytes::new(), Bytes::new());
+        // Both files are hashed in aligned pieces: an old piece equal to the new one at its offset
+        // (nearly all of them) takes the new one's hash instead of being hashed again.
+        let (mut new_hash, mut old_hash) = (PieceHasher::default(), PieceHasher::default());
+        let (mut new_pieces, mut old_pieces) = (Pieces::new(source), Pieces::new(target));
         let (mut new_at, mut old_at) = (0_u64, 0_u64);
-        let (mut new_done, mut old_done) = (false, false);
         loop {
-            refill(&mut source, &mut new_piece, &mut new_hash, &mut new_done).await?;
-            refill(&mut target, &mut old_piece, &mut old_hash, &mut old_done).await?;
-            let planned = match (new_piece.is_empty(), old_piece.is_empty()) {
-                (true, true) => break,
-                (false, false) => {
+            let planned = match (new_pieces.next().await?, old_pieces.next().await?) {
+                (None, None) => break,
+                (Some(new_piece), Some(old_piece)) => {
+                    let hash = new_hash.update(&new_piece);
+                    if new_piece == old_piece {
+                        old_hash.add(hash, old_piece.len());
+                    } else {
+                        old_hash.update(&old_piece);
+                    }
+                    // Only the last piece of either file is short: past the shorter, new bytes
+                    // or old bytes the write cuts off.
                     let n = new_piece.len().min(old_piece.len());
-                    let planned = differ.compare(new_at, &new_piece[..n], &old_piece[..n]);
-                    new_piece.advance(n);
-                    old_piece.advance(n);
-                    new_at += n as u64;
-                    old_at += n as u64;
+                    let at = new_at + n as u64;
+                    let planned = differ.compare(new_at, &new_piece[..n], &old_piece[..n]).and_then(|()| {
+                        match (new_piece.len() > n, old_piece.len() > n) {
+                            (true, _) => differ.beyond(at, &new_piece[n..]),
+                            (_, true) => differ.cut(at, &old_piece[n..]),
+                            _ => Ok(()),
+                        }
+                    });
+                    new_at += new_piece.len() as u64;
+                    old_at += old_piece.len() as u64;
                     planned
                 }
                 // Past the old end: new bytes.
-                (false, true) => {
+                (Some(new_piece), None) => {
+                    new_hash.update(&new_piece);
                     let planned = differ.beyond(new_at, &new_piece);
                     new_at += new_piece.len() as u64;
-                    new_piece.clear();
                     planned
                 }
                 // Past the new end: old bytes the write cuts off.
-                (true, false) => {
+                (None, Some(old_piece)) => {
+                    old_hash.update(&old_piece);
                     let planned = differ.cut(old_at, &old_piece);
                     old_at += old_piece.len() as u64;
-                    old_piece.clear();
                     planned
                 }
             };
@@ -338,17 +351,47 @@ async fn append_pair(commands: &Commands, ctx: &Context, pair: &SyncPair, events
 
 /// Takes the next non-empty piece of `stream` into `piece` (hashing it) once the last one is used
 /// up; `done` once the stream has ended.
-async fn refill(stream: &mut ByteStream, piece: &mut Bytes, hasher: &mut blake3::Hasher, done: &mut bool) -> Result<(), ProviderError> {
-    while piece.is_empty() && !*done {
-        match stream.next().await {
-            Some(next) => {
-                *piece = next?;
-                hasher.update(piece);
-            }
-            None => *done = true,
+/// A stream cut into aligned pieces of [`PIECE`] bytes (the last may be shorter), for
+/// [`PieceHasher`]; a piece that lies within one of the stream's own is not copied.
+struct Pieces {
+    stream: ByteStream,
+    held: Bytes,
+    done: bool,
+}
+
+impl Pieces {
+    fn new(stream: ByteStream) -> Self {
+        Self {
+            stream,
+            held: Bytes::new(),
+            done: false,
         }
     }
-    Ok(())
+
+    async fn next(&mut self) -> Result<Option<Bytes>, ProviderError> {
+        loop {
+            if self.held.len() >= PIECE {
+                return Ok(Some(self.held.split_to(PIECE)));
+            }
+            if self.done {
+                return Ok((!self.held.is_empty()).then(|| std::mem::take(&mut self.held)));
+            }
+            match self.stream.next().await {
+                Some(next) => {
+                    let next = next?;
+                    self.held = if self.held.is_empty() {
+                        next
+                    } else {
+                        let mut joined = bytes::BytesMut::with_capacity(self.held.len() + next.len());
+                        joined.extend_from_slice(&self.held);
+                        joined.extend_from_slice(&next);
+                        joined.freeze()
+                    };
+                }
+                None => self.done = true,
+            }
+        }
+    }
 }
 
 /// Whether `path` is there and still shows `tag` (what a file read without a planned checksum
