@@ -186,10 +186,13 @@ impl Executor {
                 (Some(new_piece), Some(old_piece)) => {
                     let hash = new_hash.update(&new_piece);
                     if new_piece == old_piece {
+                        // Nothing to write here, and the old piece's hash is the new one's.
                         old_hash.add(hash, old_piece.len());
-                    } else {
-                        old_hash.update(&old_piece);
+                        new_at += new_piece.len() as u64;
+                        old_at += old_piece.len() as u64;
+                        continue;
                     }
+                    old_hash.update(&old_piece);
                     // Only the last piece of either file is short: past the shorter, new bytes
                     // or old bytes the write cuts off.
                     let n = new_piece.len().min(old_piece.len());
@@ -349,13 +352,15 @@ async fn append_pair(commands: &Commands, ctx: &Context, pair: &SyncPair, events
     Ok(())
 }
 
-/// Takes the next non-empty piece of `stream` into `piece` (hashing it) once the last one is used
-/// up; `done` once the stream has ended.
 /// A stream cut into aligned pieces of [`PIECE`] bytes (the last may be shorter), for
-/// [`PieceHasher`]; a piece that lies within one of the stream's own is not copied.
+/// [`PieceHasher`]: a piece that lies within one of the stream's own is not copied, and one that
+/// spans several is assembled copying each byte once.
 struct Pieces {
     stream: ByteStream,
+    /// What the stream gave and no piece has taken yet.
     held: Bytes,
+    /// The start of a piece that spans what the stream gave.
+    partial: bytes::BytesMut,
     done: bool,
 }
 
@@ -364,30 +369,32 @@ impl Pieces {
         Self {
             stream,
             held: Bytes::new(),
+            partial: bytes::BytesMut::new(),
             done: false,
         }
     }
 
     async fn next(&mut self) -> Result<Option<Bytes>, ProviderError> {
         loop {
-            if self.held.len() >= PIECE {
+            if self.partial.is_empty() && self.held.len() >= PIECE {
                 return Ok(Some(self.held.split_to(PIECE)));
             }
+            if !self.held.is_empty() {
+                // Less than a piece held, or a piece begun: it takes what it lacks.
+                if self.partial.is_empty() {
+                    self.partial.reserve(PIECE);
+                }
+                let take = (PIECE - self.partial.len()).min(self.held.len());
+                self.partial.extend_from_slice(&self.held.split_to(take));
+                if self.partial.len() == PIECE {
+                    return Ok(Some(self.partial.split().freeze()));
+                }
+            }
             if self.done {
-                return Ok((!self.held.is_empty()).then(|| std::mem::take(&mut self.held)));
+                return Ok((!self.partial.is_empty()).then(|| self.partial.split().freeze()));
             }
             match self.stream.next().await {
-                Some(next) => {
-                    let next = next?;
-                    self.held = if self.held.is_empty() {
-                        next
-                    } else {
-                        let mut joined = bytes::BytesMut::with_capacity(self.held.len() + next.len());
-                        joined.extend_from_slice(&self.held);
-                        joined.extend_from_slice(&next);
-                        joined.freeze()
-                    };
-                }
+                Some(next) => self.held = next?,
                 None => self.done = true,
             }
         }
@@ -552,4 +559,42 @@ pub(super) fn chunking(data: ByteStream, manifest: Arc<std::sync::Mutex<Option<M
         }
     })
     .boxed()
+}
+
+#[cfg(test)]
+mod tests {
+    use futures::StreamExt as _;
+
+    use super::*;
+
+    /// `len` bytes given in frames of `frame` bytes, cut into pieces.
+    async fn pieces_of(len: usize, frame: usize) -> (Vec<u8>, Vec<Bytes>) {
+        let input: Vec<u8> = (0..len).map(|i| (i % 251) as u8).collect();
+        let frames: Vec<Result<Bytes, ProviderError>> = input.chunks(frame).map(|c| Ok(Bytes::copy_from_slice(c))).collect();
+        let mut pieces = Pieces::new(futures::stream::iter(frames).boxed());
+        let mut out = Vec::new();
+        while let Some(piece) = pieces.next().await.expect("no error") {
+            out.push(piece);
+        }
+        (input, out)
+    }
+
+    #[tokio::test]
+    async fn a_stream_is_cut_into_whole_pieces_whatever_its_frames() {
+        for (len, frame) in [
+            (0, 1024),
+            (1, 1024),
+            (PIECE, PIECE),
+            (3 * PIECE + 17, 3000),
+            (5 * PIECE, 1024 * 1024),
+            (2 * PIECE + 5, PIECE + 1),
+            (4 * PIECE - 1, 7 * 1024),
+        ] {
+            let (input, pieces) = pieces_of(len, frame).await;
+            assert_eq!(pieces.concat(), input, "{len} bytes in frames of {frame}");
+            let (last, whole) = pieces.split_last().map_or((0, &[][..]), |(last, whole)| (last.len(), whole));
+            assert!(whole.iter().all(|p| p.len() == PIECE), "{len} bytes in frames of {frame}");
+            assert!((1..=PIECE).contains(&last) || len == 0, "{len} bytes in frames of {frame}");
+        }
+    }
 }
