@@ -31,7 +31,7 @@ impl PieceHasher {
     /// Hashes `piece`, the next piece, and adds it.
     ///
     /// # Panics
-    /// When a piece follows one shorter than [`PIECE`], or is longer than it.
+    /// When a piece follows one shorter than [`PIECE`], or is longer than it, or is empty.
     pub fn update(&mut self, piece: &[u8]) -> PieceHash {
         let hash = self.hash_next(piece);
         self.add(hash, piece.len());
@@ -39,6 +39,9 @@ impl PieceHasher {
     }
 
     /// What `piece`, given as the next piece, hashes to (without adding it).
+    ///
+    /// # Panics
+    /// When `piece` is empty.
     #[must_use]
     pub fn hash_next(&self, piece: &[u8]) -> PieceHash {
         let offset = self.pieces * PIECE as u64;

@@ -213,9 +213,8 @@ impl Commands {
         core::load(&*self.store, stream).await
     }
 
-    /// Takes `pair`, the fold of its stream up to `version` that a run kept as it appended, in place
-    /// of the pair held in memory (only where one is held: it began the run), then brings it up to
-    /// date as [`Commands::load`] does, snapshot included.
+    /// Takes `pair`, the fold of its stream up to `version` that a run kept as it appended, into
+    /// the pairs held in memory and the stream's snapshot (see `PairCache::fold_in`).
     ///
     /// # Errors
     /// Store failures and undecodable events.
@@ -225,8 +224,7 @@ impl Commands {
         pair: cloudsync_domain::sync_pair::SyncPair,
         version: i64,
     ) -> Result<(), CommandError> {
-        self.pairs.replace(stream, pair, version);
-        self.pairs.load(&*self.store, stream).await.map(|_| ())
+        self.pairs.fold_in(&*self.store, stream, pair, version).await
     }
 
     /// Forgets the sync pairs held in memory (an account was erased: its paths, opened before,

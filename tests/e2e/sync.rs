@@ -6,7 +6,6 @@ use std::time::{Duration, Instant, SystemTime};
 
 use cloudsync_domain::ProviderPath;
 use cloudsync_domain::events::DomainEvent;
-use cloudsync_eventstore::DbPool;
 use futures::{StreamExt as _, TryStreamExt as _};
 use serde_json::{Value, json};
 
@@ -1056,18 +1055,13 @@ async fn a_long_history_loads_from_its_sealed_snapshot(h: &Harness) {
     let full = pair_state(h, &pair).await;
     assert_eq!(SyncPair::from_snapshot(&snapshot.schema, &snapshot.data), Some(full));
     // Stored sealed: no path in the clear.
-    let raw: Vec<u8> = match &h.db.db.pool {
-        DbPool::Sqlite(pool) => sqlx::query_scalar("SELECT data FROM stream_snapshots WHERE stream_id = $1")
+    let raw: Vec<u8> = cloudsync_eventstore::on_pool!(&h.db.db.pool, |pool| {
+        sqlx::query_scalar("SELECT data FROM stream_snapshots WHERE stream_id = $1")
             .bind(&stream)
             .fetch_one(pool)
             .await
-            .expect("row"),
-        DbPool::Postgres(pool) => sqlx::query_scalar("SELECT data FROM stream_snapshots WHERE stream_id = $1")
-            .bind(&stream)
-            .fetch_one(pool)
-            .await
-            .expect("row"),
-    };
+            .expect("row")
+    });
     assert!(raw.len() > 520 * 20, "{} bytes", raw.len());
     assert!(!String::from_utf8_lossy(&raw).contains("private-note"), "a path in the clear");
 
@@ -1154,22 +1148,16 @@ async fn a_long_history_loads_from_its_sealed_snapshot(h: &Harness) {
 /// Runs `statement` on the database itself (a change made by hand), with `text` bound first and then
 /// `bytes`.
 async fn by_hand(h: &Harness, statement: &str, text: &[&str], bytes: Option<Vec<u8>>) {
-    macro_rules! run_on {
-        ($pool:expr) => {{
-            let mut query = sqlx::query(statement);
-            for value in text {
-                query = query.bind(*value);
-            }
-            if let Some(bytes) = bytes {
-                query = query.bind(bytes);
-            }
-            query.execute($pool).await.map(|_| ())
-        }};
-    }
-    match &h.db.db.pool {
-        DbPool::Sqlite(pool) => run_on!(pool),
-        DbPool::Postgres(pool) => run_on!(pool),
-    }
+    cloudsync_eventstore::on_pool!(&h.db.db.pool, |pool| {
+        let mut query = sqlx::query(statement);
+        for value in text {
+            query = query.bind(*value);
+        }
+        if let Some(bytes) = bytes {
+            query = query.bind(bytes);
+        }
+        query.execute(pool).await.map(|_| ())
+    })
     .expect("changed by hand");
 }
 

@@ -224,14 +224,33 @@ impl PairCache {
 
     /// Puts `pair`, the fold of `stream` up to `version`, in place of the pair held for `stream`,
     /// keeping when that was read (an erased account's paths leave memory as they would have) and
-    /// its snapshot's version; nothing where no pair is held (cleared, gone past its time) or a
-    /// newer one is.
-    pub(crate) fn replace(&self, stream: &str, pair: cloudsync_domain::sync_pair::SyncPair, version: i64) {
-        let mut held = self.held.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        held.retain(|h| h.at.elapsed() < Self::TTL);
-        if let Some(h) = held.iter_mut().find(|h| h.stream == stream && h.version <= version) {
-            h.pair = pair;
-            h.version = version;
+    /// its snapshot's version, then brings it up to date as [`PairCache::load`] does. Where no pair
+    /// is held (cleared, gone past its time) or a newer one is, `pair` is saved as the stream's
+    /// snapshot instead (a fold at its version, whatever came after).
+    ///
+    /// # Errors
+    /// Store failures and undecodable events.
+    pub(crate) async fn fold_in(
+        &self,
+        store: &dyn EventStore,
+        stream: &str,
+        pair: cloudsync_domain::sync_pair::SyncPair,
+        version: i64,
+    ) -> Result<(), CommandError> {
+        let replaced = {
+            let mut held = self.held.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            held.retain(|h| h.at.elapsed() < Self::TTL);
+            held.iter_mut().find(|h| h.stream == stream && h.version <= version).map(|h| {
+                h.pair = pair.clone();
+                h.version = version;
+            })
+        };
+        match replaced {
+            Some(()) => self.load(store, stream).await.map(|_| ()),
+            None => {
+                Self::save_snapshot(store, stream, &pair, version).await;
+                Ok(())
+            }
         }
     }
 

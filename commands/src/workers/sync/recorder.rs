@@ -85,7 +85,8 @@ pub(super) struct Recorder<'a> {
     pub(super) pair_id: SyncPairId,
     pub(super) pair: SyncPair,
     /// The version of the pair's stream that `pair` is the fold of, while that is known: `None`
-    /// once something else appended to the stream between this recorder's appends.
+    /// once something else appended to the stream between this recorder's appends (the executor's
+    /// writes in place among them).
     pub(super) pair_version: Option<i64>,
     pub(super) pending: Vec<BaseChange>,
     pub(super) late: Vec<Decision>,
