@@ -274,22 +274,11 @@ impl EventStore for PgEventStore {
     }
 
     async fn snapshot(&self, stream: &str) -> Result<Option<Snapshot>, StoreError> {
-        let row: Option<reads::SnapshotRow> = sqlx::query_as(reads::SNAPSHOT).bind(stream).fetch_optional(&self.pool).await?;
-        row.map(|row| reads::snapshot(stream, row)).transpose()
+        reads::snapshot(&crate::DbPool::Postgres(self.pool.clone()), stream).await
     }
 
     async fn save_snapshot(&self, stream: &str, snapshot: Snapshot) -> Result<(), StoreError> {
-        let reached: i64 = sqlx::query_scalar(reads::STREAM_VERSION).bind(stream).fetch_one(&self.pool).await?;
-        reads::check_snapshot(stream, snapshot.version, reached)?;
-        sqlx::query(reads::SAVE_SNAPSHOT)
-            .bind(stream)
-            .bind(snapshot.version)
-            .bind(snapshot.schema)
-            .bind(snapshot.owner.map(|owner| owner.to_string()))
-            .bind(snapshot.data)
-            .execute(&self.pool)
-            .await?;
-        Ok(())
+        reads::save_snapshot(&crate::DbPool::Postgres(self.pool.clone()), stream, snapshot).await
     }
 
     async fn head(&self) -> Result<i64, StoreError> {

@@ -46,33 +46,47 @@ pub(crate) const SAVE_SNAPSHOT: &str = "INSERT INTO stream_snapshots (stream_id,
      schema = excluded.schema, owner_id = excluded.owner_id, data = excluded.data \
      WHERE excluded.stream_version >= stream_snapshots.stream_version";
 
-/// A snapshot row as read: (version, schema, owner, data).
-pub(crate) type SnapshotRow = (i64, String, Option<String>, Vec<u8>);
-
-/// The snapshot a row of [`SNAPSHOT`] holds.
-pub(crate) fn snapshot(stream: &str, (version, schema, owner, data): SnapshotRow) -> Result<crate::Snapshot, StoreError> {
+/// [`crate::EventStore::snapshot`], the same on both backends.
+pub(crate) async fn snapshot(pool: &crate::DbPool, stream: &str) -> Result<Option<crate::Snapshot>, StoreError> {
+    let row: Option<(i64, String, Option<String>, Vec<u8>)> =
+        crate::on_pool!(pool, |p| sqlx::query_as(SNAPSHOT).bind(stream).fetch_optional(p).await)?;
+    let Some((version, schema, owner, data)) = row else {
+        return Ok(None);
+    };
     let owner = owner
         .map(|owner| {
             Uuid::parse_str(&owner).map_err(|_| StoreError::Invalid(format!("the snapshot of {stream} names no account but {owner:?}")))
         })
         .transpose()?;
-    Ok(crate::Snapshot {
+    Ok(Some(crate::Snapshot {
         version,
         schema,
         owner,
         data,
-    })
+    }))
 }
 
-/// Refuses a snapshot of a version that `stream` has not reached (`reached`, its version now).
-pub(crate) fn check_snapshot(stream: &str, version: i64, reached: i64) -> Result<(), StoreError> {
-    if (1..=reached).contains(&version) {
-        Ok(())
-    } else {
-        Err(StoreError::Invalid(format!(
-            "a snapshot of {stream} at version {version}, which the stream (at {reached}) has not reached"
-        )))
+/// [`crate::EventStore::save_snapshot`], the same on both backends: a version the stream has not
+/// reached is refused.
+pub(crate) async fn save_snapshot(pool: &crate::DbPool, stream: &str, snapshot: crate::Snapshot) -> Result<(), StoreError> {
+    let reached: i64 = crate::on_pool!(pool, |p| sqlx::query_scalar(STREAM_VERSION).bind(stream).fetch_one(p).await)?;
+    if !(1..=reached).contains(&snapshot.version) {
+        return Err(StoreError::Invalid(format!(
+            "a snapshot of {stream} at version {}, which the stream (at {reached}) has not reached",
+            snapshot.version
+        )));
     }
+    let owner = snapshot.owner.map(|owner| owner.to_string());
+    crate::on_pool!(pool, |p| sqlx::query(SAVE_SNAPSHOT)
+        .bind(stream)
+        .bind(snapshot.version)
+        .bind(&snapshot.schema)
+        .bind(&owner)
+        .bind(&snapshot.data)
+        .execute(p)
+        .await
+        .map(|_| ()))?;
+    Ok(())
 }
 
 /// The log after a position, in order, up to a limit.
