@@ -45,7 +45,7 @@ pub(crate) fn link_fields(previous: &Link, event: &Fields<'_>) -> Link {
     field(&event.stream_version.to_le_bytes());
     field(event.event_type.as_bytes());
     field(&event.schema_version.to_le_bytes());
-    field(canonical(event.payload).as_bytes());
+    field(&canonical(event.payload));
     field(m.event_id.as_bytes());
     field(m.correlation_id.as_bytes());
     field(m.causation_id.as_ref().map_or(&[][..], |u| &u.as_bytes()[..]));
@@ -80,6 +80,11 @@ impl TipCache {
     pub(crate) fn at(&self, head: i64) -> Option<Link> {
         let tip = self.0.lock().ok()?;
         tip.filter(|(position, _)| *position == head).map(|(_, link)| link)
+    }
+
+    /// The remembered position and link, if any.
+    pub(crate) fn get(&self) -> Option<(i64, Link)> {
+        *self.0.lock().ok()?
     }
 
     /// Remembers `link` at `position` (once its transaction has committed).
@@ -147,53 +152,70 @@ pub fn link(previous: &Link, event: &RecordedEvent) -> Link {
 }
 
 /// JSON with object keys in order and no spaces, whatever order the database keeps them in.
-fn canonical(value: &Value) -> String {
-    let mut out = String::new();
+fn canonical(value: &Value) -> Vec<u8> {
+    let mut out = Vec::with_capacity(256);
     write_canonical(value, &mut out);
     out
 }
 
-fn write_canonical(value: &Value, out: &mut String) {
+fn write_canonical(value: &Value, out: &mut Vec<u8>) {
     match value {
         Value::Object(map) => {
-            let mut keys: Vec<&String> = map.keys().collect();
-            keys.sort();
-            out.push('{');
-            for (i, key) in keys.into_iter().enumerate() {
-                if i > 0 {
-                    out.push(',');
-                }
-                out.push_str(&Value::String(key.clone()).to_string());
-                out.push(':');
-                write_canonical(&map[key], out);
+            // serde_json keeps a map's keys in order unless its `preserve_order` feature is on:
+            // sorted here all the same, so that no feature of a dependency can change a link.
+            let mut entries: Vec<(&String, &Value)> = map.iter().collect();
+            if !entries.is_sorted_by(|a, b| a.0 <= b.0) {
+                entries.sort_by(|a, b| a.0.cmp(b.0));
             }
-            out.push('}');
+            out.push(b'{');
+            for (i, (key, item)) in entries.into_iter().enumerate() {
+                if i > 0 {
+                    out.push(b',');
+                }
+                write_string(key, out);
+                out.push(b':');
+                write_canonical(item, out);
+            }
+            out.push(b'}');
         }
         Value::Array(items) => {
-            out.push('[');
+            out.push(b'[');
             for (i, item) in items.iter().enumerate() {
                 if i > 0 {
-                    out.push(',');
+                    out.push(b',');
                 }
                 write_canonical(item, out);
             }
-            out.push(']');
+            out.push(b']');
         }
-        Value::Number(number) => out.push_str(&canonical_number(number)),
-        scalar => out.push_str(&scalar.to_string()),
+        Value::Number(number) => write_number(number, out),
+        Value::String(text) => write_string(text, out),
+        Value::Bool(true) => out.extend_from_slice(b"true"),
+        Value::Bool(false) => out.extend_from_slice(b"false"),
+        Value::Null => out.extend_from_slice(b"null"),
     }
+}
+
+/// A string as serde_json writes it (quoted, escaped).
+fn write_string(text: &str, out: &mut Vec<u8>) {
+    // Writing a string into a Vec cannot fail.
+    let _ = serde_json::to_writer(&mut *out, text);
 }
 
 /// A number as both databases give it back: PostgreSQL's JSONB prints a whole float without its
 /// exponent or fraction (`1e16` comes back `10000000000000000`, `-0.0` as `0`), so a float with no
 /// fraction that an integer can hold is written as that integer.
-fn canonical_number(number: &serde_json::Number) -> String {
-    match number.as_f64() {
+fn write_number(number: &serde_json::Number, out: &mut Vec<u8>) {
+    use std::io::Write as _;
+    // Writing into a Vec cannot fail.
+    let _ = match number.as_f64() {
         // Whole floats that an i64 or a u64 holds (what serde_json reads such digits back as).
-        Some(float) if number.is_f64() && float.fract() == 0.0 && (-9.2e18..0.0).contains(&float) => format!("{}", float as i64),
-        Some(float) if number.is_f64() && float.fract() == 0.0 && (0.0..1.8e19).contains(&float.abs()) => format!("{}", float.abs() as u64),
-        _ => number.to_string(),
-    }
+        Some(float) if number.is_f64() && float.fract() == 0.0 && (-9.2e18..0.0).contains(&float) => write!(out, "{}", float as i64),
+        Some(float) if number.is_f64() && float.fract() == 0.0 && (0.0..1.8e19).contains(&float.abs()) => {
+            write!(out, "{}", float.abs() as u64)
+        }
+        _ => write!(out, "{number}"),
+    };
 }
 
 /// What is wrong with the log, at the first place it goes wrong.
@@ -375,6 +397,18 @@ mod tests {
         let a: Value = serde_json::from_str(r#"{"b":1,"a":{"d":[1,{"y":2,"x":"é"}],"c":null}}"#).expect("json");
         let b: Value = serde_json::from_str(r#"{ "a": {"c": null, "d": [1, {"x": "é", "y": 2}]}, "b": 1 }"#).expect("json");
         assert_eq!(canonical(&a), canonical(&b));
-        assert_eq!(canonical(&a), r#"{"a":{"c":null,"d":[1,{"x":"é","y":2}]},"b":1}"#);
+        assert_eq!(canonical(&a), r#"{"a":{"c":null,"d":[1,{"x":"é","y":2}]},"b":1}"#.as_bytes());
+    }
+
+    #[test]
+    fn canonical_json_escapes_as_serde_json_writes() {
+        // Links already stored were made from serde_json's own text of each key and string; with
+        // keys in order and no whole floats, that is the whole of the canonical text.
+        let value = serde_json::json!({
+            "quote \" and \\": ["tab\t", "nul\u{0}", "\u{1f}", "é ✓ 𝄞", "\u{2028}"],
+            "n": [-3, 0, 18_446_744_073_709_551_615_u64, 0.5, -1.25e-9, true, false, null],
+            "\u{7f}": {}
+        });
+        assert_eq!(canonical(&value), serde_json::to_vec(&value).expect("json"));
     }
 }

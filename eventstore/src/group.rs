@@ -81,6 +81,11 @@ impl Shared {
         }
     }
 
+    /// Whether a test asked for a pause before the next commit.
+    pub(crate) fn pause_pending(&self) -> bool {
+        self.pause.lock().is_ok_and(|p| p.is_some())
+    }
+
     pub(crate) fn committed(&self) {
         self.transactions.fetch_add(1, Ordering::Relaxed);
     }

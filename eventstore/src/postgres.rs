@@ -1,10 +1,17 @@
 //! The scale event store: a table in PostgreSQL, with LISTEN/NOTIFY to wake subscribers.
 //!
 //! Gap safety: every group of appends (see [`crate::group`]) takes one transaction-scoped advisory
-//! lock before it reads the head, so positions are handed out in commit order, across processes too.
-//! A transaction that took position N has committed (or rolled back, taking nothing) before any other
+//! lock before it writes, so positions are handed out in commit order, across processes too. A
+//! transaction that took position N has committed (or rolled back, taking nothing) before any other
 //! can take N+1, which closes the BIGSERIAL trap where a reader sees N+1 committed while N is still in
 //! flight and skips N forever.
+//!
+//! A group is written in one round trip when the writer can plan it on what it knows (the head it
+//! last wrote, the versions its streams are expected at): `cloudsync_append_group` takes the lock
+//! and writes the plan unless the log moved since. Otherwise (the first group, another process
+//! appended since, a request refused on an assumed version) the writer takes the lock in a
+//! transaction, reads the head and versions, and writes the group through the same function
+//! (decision 015).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -22,7 +29,8 @@ use crate::chain;
 use crate::group::{CommitStats, Committer, GroupWrite, Shared, bump, group_streams, plan_group};
 use crate::reads::{self, col, fetch_events};
 use crate::types::RecordedEvent;
-use crate::{AppendOutcome, EventStore, Snapshot, StoreError, StreamAppend};
+use crate::types::Row;
+use crate::{AppendOutcome, EventStore, ExpectedVersion, Snapshot, StoreError, StreamAppend};
 
 /// The advisory lock key that serialises appends ("cloudsync" as ASCII).
 pub const APPEND_LOCK_KEY: i64 = 0x0063_6c6f_7564_7379;
@@ -58,6 +66,7 @@ impl PgEventStore {
                 pool: writer_pool,
                 shared,
                 tip: chain::TipCache::default(),
+                versions: std::sync::Mutex::default(),
             },
             head.clone(),
         );
@@ -116,11 +125,109 @@ struct Writer {
     shared: Arc<Shared>,
     /// The last link this writer wrote and its position.
     tip: chain::TipCache,
+    /// Versions this writer last saw its streams at: what it assumes for an `Any` append.
+    versions: std::sync::Mutex<HashMap<String, i64>>,
 }
+
+/// Writes a planned group unless the log moved since it was planned (see
+/// `migrations/postgres/0022_append_group.sql`).
+const APPEND_GROUP: &str = "SELECT cloudsync_append_group($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)";
+/// The most streams whose versions a writer remembers.
+const REMEMBERED_VERSIONS: usize = 4_096;
 
 #[async_trait]
 impl GroupWrite for Writer {
     async fn write_group(&self, group: &[&[StreamAppend]]) -> Result<Vec<Result<AppendOutcome, StoreError>>, StoreError> {
+        let results = match self.write_planned(group).await? {
+            Some(results) => results,
+            None => self.write_locked(group).await?,
+        };
+        self.remember(&results);
+        Ok(results)
+    }
+}
+
+impl Writer {
+    /// One round trip: the group planned on the head this writer last wrote and on the versions it
+    /// assumes its streams are at (what each stream's first append expects, or for `Any` what this
+    /// writer last saw, else a new stream), sent to `cloudsync_append_group`, which writes it unless
+    /// the log moved since. `None` when the plan cannot be sent (no head known: another process
+    /// appended since this writer last did; nothing to write; a request refused on an assumed
+    /// version, which only versions read under the lock may decide) or the database refused it;
+    /// the group is then written under the lock.
+    async fn write_planned(&self, group: &[&[StreamAppend]]) -> Result<Option<Vec<Result<AppendOutcome, StoreError>>>, StoreError> {
+        let Some((head, previous)) = self.tip.get() else {
+            return Ok(None);
+        };
+        let assumed = self.assume(group);
+        let (rows, results) = plan_group(group, assumed.clone(), head);
+        if rows.is_empty() || results.iter().any(|r| matches!(r, Err(StoreError::Concurrency { .. }))) {
+            return Ok(None);
+        }
+        let links = chain::links_of(previous, &rows);
+        // A stream assumed at version 0 needs no look: had it an event, its version 1 is taken.
+        let (streams, reached): (Vec<String>, Vec<i64>) = assumed.into_iter().filter(|(_, version)| *version > 0).unzip();
+        let query = append_group(&streams, reached, &rows, &links);
+        let written = if self.shared.pause_pending() {
+            let mut tx = self.pool.begin().await?;
+            match query.fetch_one(&mut *tx).await {
+                Ok(true) => {
+                    self.shared.before_commit().await;
+                    tx.commit().await.map(|()| true)
+                }
+                other => other,
+            }
+        } else {
+            query.fetch_one(&self.pool).await
+        };
+        match written {
+            Ok(true) => {
+                self.shared.committed();
+                if let (Some(row), Some(link)) = (rows.last(), links.last()) {
+                    self.tip.set(row.position, *link);
+                }
+                Ok(Some(results))
+            }
+            Ok(false) => Ok(None),
+            Err(error) if moved_on(&error) => Ok(None),
+            Err(error) => Err(error.into()),
+        }
+    }
+
+    /// What the group assumes of its streams: each one's version as its first append expects it
+    /// (`NoStream`: 0), or for `Any`, the version this writer last saw it at, else 0.
+    fn assume(&self, group: &[&[StreamAppend]]) -> HashMap<String, i64> {
+        let seen = self.versions.lock().ok();
+        let mut assumed = HashMap::new();
+        for batch in group.iter().flat_map(|batches| batches.iter()) {
+            if assumed.contains_key(&batch.stream) {
+                continue;
+            }
+            let version = match batch.expected {
+                ExpectedVersion::NoStream => 0,
+                ExpectedVersion::Exact(version) => version,
+                ExpectedVersion::Any => seen.as_ref().and_then(|v| v.get(&batch.stream).copied()).unwrap_or(0),
+            };
+            assumed.insert(batch.stream.clone(), version);
+        }
+        assumed
+    }
+
+    /// Remembers the versions a group left its streams at (a bounded set, cleared when full).
+    fn remember(&self, results: &[Result<AppendOutcome, StoreError>]) {
+        let Ok(mut versions) = self.versions.lock() else { return };
+        for outcome in results.iter().flatten() {
+            if versions.len() >= REMEMBERED_VERSIONS {
+                versions.clear();
+            }
+            versions.extend(outcome.stream_versions.iter().map(|(s, v)| (s.clone(), *v)));
+        }
+    }
+
+    /// The group under the append lock, taken first: the head, versions and chain tip read in the
+    /// lock's transaction, so the group cannot go stale before it is written. For a writer that
+    /// does not know the head (its first group, or another process appended since its last).
+    async fn write_locked(&self, group: &[&[StreamAppend]]) -> Result<Vec<Result<AppendOutcome, StoreError>>, StoreError> {
         let mut tx = self.pool.begin().await?;
         // Held until this group commits: other processes' groups wait (see the module's doc). Not
         // sent with the BEGIN in one round trip: sqlx rolls back only a transaction whose BEGIN
@@ -149,53 +256,18 @@ impl GroupWrite for Writer {
         .into_iter()
         .collect();
         let head = current.remove("").unwrap_or(0);
+        let (streams, reached): (Vec<String>, Vec<i64>) = current.iter().map(|(s, v)| (s.clone(), *v)).unzip();
         let (rows, results) = plan_group(group, current, head);
         let Some(last) = rows.last().map(|r| r.position) else {
             return Ok(results);
         };
         let previous = self.chain_tip(&mut tx, head).await?;
         let links = chain::links_of(previous, &rows);
-        let mut cols = Columns::default();
-        for row in &rows {
-            let m = &row.event.metadata;
-            cols.position.push(row.position);
-            cols.stream_id.push(row.stream_id.to_owned());
-            cols.stream_version.push(row.stream_version);
-            cols.event_type.push(row.event.event_type.clone());
-            cols.schema_version.push(row.event.schema_version);
-            cols.payload.push(row.event.payload.to_string());
-            cols.event_id.push(m.event_id);
-            cols.correlation_id.push(m.correlation_id);
-            cols.causation_id.push(m.causation_id);
-            cols.actor_id.push(m.actor_id);
-            cols.occurred_at.push(m.occurred_at);
+        // The same function as a planned group's, in this transaction (which holds the lock, so the
+        // function's taking it again returns at once, and its checks pass).
+        if !append_group(&streams, reached, &rows, &links).fetch_one(&mut *tx).await? {
+            return Err(StoreError::Invalid("a stream moved while the append lock was held".into()));
         }
-        sqlx::query(
-            "WITH inserted AS (INSERT INTO events (position, stream_id, stream_version, event_type, schema_version, payload, \
-             event_id, correlation_id, causation_id, actor_id, occurred_at) \
-             SELECT p, s, v, t, sv, pl::jsonb, e, c, ca, a, o FROM UNNEST($1::bigint[], $2::text[], $3::bigint[], \
-             $4::text[], $5::int[], $6::text[], $7::uuid[], $8::uuid[], $9::uuid[], $10::uuid[], $11::timestamptz[]) \
-             AS x(p, s, v, t, sv, pl, e, c, ca, a, o) RETURNING 1), \
-             linked AS (INSERT INTO event_chain (position, hash) SELECT * FROM UNNEST($1::bigint[], $14::bytea[]) RETURNING 1) \
-             SELECT pg_notify($12, $13)",
-        )
-        .bind(cols.position)
-        .bind(cols.stream_id)
-        .bind(cols.stream_version)
-        .bind(cols.event_type)
-        .bind(cols.schema_version)
-        .bind(cols.payload)
-        .bind(cols.event_id)
-        .bind(cols.correlation_id)
-        .bind(cols.causation_id)
-        .bind(cols.actor_id)
-        .bind(cols.occurred_at)
-        .bind(CHANNEL)
-        .bind(last.to_string())
-        // The links, in the same statement (the events' positions are $1).
-        .bind(links.iter().map(|l| l.to_vec()).collect::<Vec<Vec<u8>>>())
-        .execute(&mut *tx)
-        .await?;
         self.shared.before_commit().await;
         tx.commit().await?;
         self.shared.committed();
@@ -204,9 +276,7 @@ impl GroupWrite for Writer {
         }
         Ok(results)
     }
-}
 
-impl Writer {
     /// The link at `head` (the log's last position, read under the append lock): this writer's
     /// last, or the stored one, after adding the links of events written without them.
     async fn chain_tip(&self, tx: &mut sqlx::Transaction<'_, sqlx::Postgres>, head: i64) -> Result<chain::Link, StoreError> {
@@ -229,6 +299,57 @@ impl Writer {
         }
         Ok(link)
     }
+}
+
+/// Whether the database refused a planned group because the log moved since it was planned: the
+/// positions after the head it was planned on, or a stream's next version, are taken.
+fn moved_on(error: &sqlx::Error) -> bool {
+    error
+        .as_database_error()
+        .and_then(|e| e.constraint())
+        .is_some_and(|c| matches!(c, "events_pkey" | "events_stream_id_stream_version_key" | "event_chain_pkey"))
+}
+
+/// The call of `cloudsync_append_group` for a planned group: `streams` and `reached`, the versions
+/// that streams already holding events are assumed to be at.
+fn append_group<'q>(
+    streams: &'q [String],
+    reached: Vec<i64>,
+    rows: &[Row<'_>],
+    links: &[chain::Link],
+) -> sqlx::query::QueryScalar<'q, sqlx::Postgres, bool, sqlx::postgres::PgArguments> {
+    let mut cols = Columns::default();
+    for row in rows {
+        let m = &row.event.metadata;
+        cols.position.push(row.position);
+        cols.stream_id.push(row.stream_id.to_owned());
+        cols.stream_version.push(row.stream_version);
+        cols.event_type.push(row.event.event_type.clone());
+        cols.schema_version.push(row.event.schema_version);
+        cols.payload.push(row.event.payload.to_string());
+        cols.event_id.push(m.event_id);
+        cols.correlation_id.push(m.correlation_id);
+        cols.causation_id.push(m.causation_id);
+        cols.actor_id.push(m.actor_id);
+        cols.occurred_at.push(m.occurred_at);
+    }
+    sqlx::query_scalar(APPEND_GROUP)
+        .bind(APPEND_LOCK_KEY)
+        .bind(streams)
+        .bind(reached)
+        .bind(cols.position)
+        .bind(cols.stream_id)
+        .bind(cols.stream_version)
+        .bind(cols.event_type)
+        .bind(cols.schema_version)
+        .bind(cols.payload)
+        .bind(cols.event_id)
+        .bind(cols.correlation_id)
+        .bind(cols.causation_id)
+        .bind(cols.actor_id)
+        .bind(cols.occurred_at)
+        .bind(links.iter().map(|l| l.to_vec()).collect::<Vec<Vec<u8>>>())
+        .bind(CHANNEL)
 }
 
 #[async_trait]

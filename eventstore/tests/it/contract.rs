@@ -26,6 +26,7 @@ crate::on_both!(
     nothing_of_a_group_is_visible_before_its_commit,
     a_caller_that_drops_its_append_gets_all_or_nothing,
     two_store_instances_keep_dense_positions,
+    an_instance_numbers_its_appends_after_what_another_wrote,
     concurrent_writers_share_transactions,
     a_snapshot_is_kept_until_a_later_one,
 );
@@ -674,6 +675,44 @@ async fn two_store_instances_keep_dense_positions(db: &TestDatabase) {
         per_stream.entry(&e.stream_id).or_default().push(e.stream_version);
     }
     assert!(per_stream.values().all(|v| *v == (1..=20).collect::<Vec<_>>()));
+    other.close().await;
+}
+
+/// Two store instances append to one stream in turns, each without having seen the other's last
+/// append (on PostgreSQL a writer plans a group on the head and the versions it last saw, so this
+/// covers a group planned again on versions the database returned, and one written under the lock
+/// after another process wrote).
+async fn an_instance_numbers_its_appends_after_what_another_wrote(db: &TestDatabase) {
+    let other = cloudsync_eventstore::Database::connect(&db.url, false).await.expect("connect");
+    let (a, b) = (db.db.events.clone(), other.events.clone());
+    let s = stream();
+    let version = |outcome: Result<cloudsync_eventstore::AppendOutcome, StoreError>| outcome.expect("append").stream_versions[&s];
+    assert_eq!(
+        version(append_to(&*a, &s, ExpectedVersion::Any, vec![event("A", 1, None)]).await),
+        1
+    );
+    append_to(&*b, &stream(), ExpectedVersion::NoStream, vec![event("B", 0, None)])
+        .await
+        .expect("append");
+    let two = vec![event("B", 2, None), event("B", 3, None)];
+    assert_eq!(version(append_to(&*b, &s, ExpectedVersion::Any, two).await), 3);
+    assert_eq!(
+        version(append_to(&*a, &s, ExpectedVersion::Any, vec![event("A", 4, None)]).await),
+        4
+    );
+    let stale = append_to(&*b, &s, ExpectedVersion::Exact(3), vec![event("B", 5, None)]).await;
+    assert!(matches!(stale, Err(StoreError::Concurrency { actual: 4, .. })), "{stale:?}");
+    assert_eq!(
+        version(append_to(&*b, &s, ExpectedVersion::Exact(4), vec![event("B", 5, None)]).await),
+        5
+    );
+    let events = a.read_stream(&s).await.expect("read");
+    assert_eq!(events.iter().map(|e| e.stream_version).collect::<Vec<_>>(), [1, 2, 3, 4, 5]);
+    assert_eq!(
+        events.iter().map(|e| e.payload["n"].as_i64()).collect::<Vec<_>>(),
+        [Some(1), Some(2), Some(3), Some(4), Some(5)]
+    );
+    assert_eq!(positions(&*a).await, (1..=6).collect::<Vec<_>>());
     other.close().await;
 }
 

@@ -1,0 +1,40 @@
+-- Group commit in one round trip (decision 015). The group writer plans a group on the head it last
+-- wrote and on the versions it expects the group's streams to be at, and sends it here, where the
+-- plan is checked under the append lock (decision 001): the rows go in at the positions after that
+-- head, so if another process appended since, the first is found taken; a stream that moved past
+-- the version assumed refuses its next version (the unique stream and version: an error, which the
+-- writer expects); a stream not yet at the version assumed is found here. The function then
+-- returns false, or fails, and writes nothing, and the writer writes the group again under the lock
+-- after reading the head and versions. Called on its own, the statement is its own transaction:
+-- one round trip and one flush a group.
+CREATE FUNCTION cloudsync_append_group(
+    lock_key BIGINT, streams TEXT[], reached BIGINT[],
+    positions BIGINT[], stream_ids TEXT[], stream_versions BIGINT[], event_types TEXT[],
+    schema_versions INTEGER[], payloads TEXT[], event_ids UUID[], correlation_ids UUID[],
+    causation_ids UUID[], actor_ids UUID[], occurred_ats TIMESTAMPTZ[], links BYTEA[], channel TEXT
+) RETURNS BOOLEAN LANGUAGE plpgsql VOLATILE AS $$
+BEGIN
+    PERFORM pg_advisory_xact_lock(lock_key);
+    -- Another process appended since the plan's head (else the primary key would refuse the rows,
+    -- which is the same answer but an error in the server's log each time processes take turns).
+    IF EXISTS (SELECT 1 FROM events e WHERE e.position = positions[1]) THEN
+        RETURN FALSE;
+    END IF;
+    -- Versions are dense, so a stream holding its assumed version and refusing the next is at it.
+    IF cardinality(streams) > 0 AND EXISTS (
+        SELECT 1 FROM UNNEST(streams, reached) AS s(name, version)
+        WHERE NOT EXISTS (SELECT 1 FROM events e WHERE e.stream_id = s.name AND e.stream_version = s.version)
+    ) THEN
+        RETURN FALSE;
+    END IF;
+    INSERT INTO events (position, stream_id, stream_version, event_type, schema_version, payload,
+                        event_id, correlation_id, causation_id, actor_id, occurred_at)
+    SELECT x.p, x.s, x.v, x.t, x.sv, x.pl::JSONB, x.e, x.c, x.ca, x.a, x.o
+    FROM UNNEST(positions, stream_ids, stream_versions, event_types, schema_versions, payloads,
+                event_ids, correlation_ids, causation_ids, actor_ids, occurred_ats)
+         AS x(p, s, v, t, sv, pl, e, c, ca, a, o);
+    INSERT INTO event_chain (position, hash) SELECT * FROM UNNEST(positions, links);
+    PERFORM pg_notify(channel, positions[cardinality(positions)]::TEXT);
+    RETURN TRUE;
+END;
+$$;
