@@ -20,7 +20,10 @@
 //! Beside each, the raw ceiling: a plain table `raw_events(id, stream_id, payload)` (bigserial + jsonb on
 //! PostgreSQL, INTEGER PRIMARY KEY + TEXT on SQLite) written with sqlx directly: single-row autocommit
 //! INSERTs from 1, 16 and 64 writers, and 100-row multi-value INSERTs; for the read row, a keyset-paged
-//! `SELECT` of 1000 rows at a time. The raw pool on SQLite is a second pool on the same file with the same
+//! `SELECT` of 1000 rows at a time. The batches are also set beside the same 100-row INSERTs into
+//! `raw_log`, a copy of the log's table with its columns and indexes (not its triggers, nor the
+//! chain's table), bound as the store binds them: what the log's shape costs before CloudSync's
+//! own work. The raw pool on SQLite is a second pool on the same file with the same
 //! pragmas as the store's; on PostgreSQL a second pool with the same options. On PostgreSQL the 16
 //! writers are also set beside `pgbench` with 16 clients running a one-row INSERT script on that table.
 //!
@@ -314,6 +317,10 @@ enum RawPool {
     Postgres(PgPool),
 }
 
+/// The log's columns, for the copy of its table.
+const LOG_COLUMNS: &str = "position, stream_id, stream_version, event_type, schema_version, payload, event_id, correlation_id, \
+     causation_id, actor_id, occurred_at";
+
 /// The `raw_events` table and the statements that write and read it.
 #[derive(Clone)]
 struct Raw {
@@ -322,7 +329,11 @@ struct Raw {
     url: Option<String>,
     insert_one: Arc<str>,
     insert_batch: Arc<str>,
+    /// A batch into `raw_log`, a copy of the log's table (its columns and indexes, not its triggers).
+    insert_log_batch: Arc<str>,
     read_page: Arc<str>,
+    /// The next position in `raw_log`.
+    log_position: Arc<AtomicU64>,
 }
 
 impl Raw {
@@ -331,12 +342,28 @@ impl Raw {
             .execute(&pool)
             .await
             .context("create raw_events on SQLite")?;
+        let schema: Vec<String> = sqlx::query_scalar(
+            "SELECT sql FROM sqlite_master WHERE tbl_name = 'events' AND type IN ('table', 'index') AND sql IS NOT NULL",
+        )
+        .fetch_all(&pool)
+        .await
+        .context("read the log's schema")?;
+        for statement in schema {
+            let copy = statement.replacen("events", "raw_log", 2).replacen("events_", "raw_log_", 1);
+            sqlx::query(&copy)
+                .execute(&pool)
+                .await
+                .with_context(|| format!("copy the log's table: {copy}"))?;
+        }
         let values = vec!["(?, ?)"; BATCH_SIZE].join(", ");
+        let log_values = vec!["(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"; BATCH_SIZE].join(", ");
         Ok(Self {
             pool: RawPool::Sqlite(pool),
             url: None,
             insert_one: "INSERT INTO raw_events (stream_id, payload) VALUES (?, ?)".into(),
             insert_batch: format!("INSERT INTO raw_events (stream_id, payload) VALUES {values}").into(),
+            insert_log_batch: format!("INSERT INTO raw_log ({LOG_COLUMNS}) VALUES {log_values}").into(),
+            log_position: Arc::default(),
             read_page: "SELECT id, stream_id, payload FROM raw_events WHERE id > ? ORDER BY id LIMIT ?".into(),
         })
     }
@@ -346,8 +373,32 @@ impl Raw {
             .execute(&pool)
             .await
             .context("create raw_events on PostgreSQL")?;
+        sqlx::query("CREATE TABLE raw_log (LIKE events INCLUDING ALL)")
+            .execute(&pool)
+            .await
+            .context("copy the log's table on PostgreSQL")?;
         let values = (0..BATCH_SIZE)
             .map(|r| format!("(${}, ${}::jsonb)", 2 * r + 1, 2 * r + 2))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let log_values = (0..BATCH_SIZE)
+            .map(|r| {
+                let n = |k: usize| 11 * r + k;
+                format!(
+                    "(${}, ${}, ${}, ${}, ${}, ${}::jsonb, ${}, ${}, ${}, ${}, ${})",
+                    n(1),
+                    n(2),
+                    n(3),
+                    n(4),
+                    n(5),
+                    n(6),
+                    n(7),
+                    n(8),
+                    n(9),
+                    n(10),
+                    n(11)
+                )
+            })
             .collect::<Vec<_>>()
             .join(", ");
         Ok(Self {
@@ -355,6 +406,8 @@ impl Raw {
             url: Some(url.to_owned()),
             insert_one: "INSERT INTO raw_events (stream_id, payload) VALUES ($1, $2::jsonb)".into(),
             insert_batch: format!("INSERT INTO raw_events (stream_id, payload) VALUES {values}").into(),
+            insert_log_batch: format!("INSERT INTO raw_log ({LOG_COLUMNS}) VALUES {log_values}").into(),
+            log_position: Arc::default(),
             read_page: "SELECT id, stream_id, payload::text FROM raw_events WHERE id > $1 ORDER BY id LIMIT $2".into(),
         })
     }
@@ -385,6 +438,59 @@ impl Raw {
             }
         }
         .context("raw multi-row INSERT")
+    }
+
+    /// `BATCH_SIZE` events of one new stream into `raw_log`, each column bound as the store binds it
+    /// on this backend (ids as text and times as text on SQLite, native types on PostgreSQL).
+    async fn insert_log_batch(&self, first: u64) -> anyhow::Result<()> {
+        let stream = new_stream();
+        let start = self.log_position.fetch_add(BATCH_SIZE as u64, Ordering::Relaxed);
+        let meta = EventMetadata::new(Some(Uuid::new_v4()));
+        let rows: Vec<(i64, i64, String, EventMetadata)> = (0..BATCH_SIZE as u64)
+            .map(|k| {
+                let position = i64::try_from(start + k + 1).unwrap_or(i64::MAX);
+                (position, k as i64 + 1, payload(first + k).to_string(), meta.next())
+            })
+            .collect();
+        match &self.pool {
+            RawPool::Sqlite(p) => {
+                let mut query = sqlx::query(&self.insert_log_batch);
+                for (position, version, payload, m) in &rows {
+                    query = query
+                        .bind(position)
+                        .bind(&stream)
+                        .bind(version)
+                        .bind("FileUploaded")
+                        .bind(1_i32)
+                        .bind(payload)
+                        .bind(m.event_id.to_string())
+                        .bind(m.correlation_id.to_string())
+                        .bind(m.causation_id.map(|u| u.to_string()))
+                        .bind(m.actor_id.map(|u| u.to_string()))
+                        .bind(m.occurred_at);
+                }
+                query.execute(p).await.map(drop)
+            }
+            RawPool::Postgres(p) => {
+                let mut query = sqlx::query(&self.insert_log_batch);
+                for (position, version, payload, m) in &rows {
+                    query = query
+                        .bind(position)
+                        .bind(&stream)
+                        .bind(version)
+                        .bind("FileUploaded")
+                        .bind(1_i32)
+                        .bind(payload)
+                        .bind(m.event_id)
+                        .bind(m.correlation_id)
+                        .bind(m.causation_id)
+                        .bind(m.actor_id)
+                        .bind(m.occurred_at);
+                }
+                query.execute(p).await.map(drop)
+            }
+        }
+        .context("raw multi-row INSERT into the log's table")
     }
 
     async fn read_page(&self, after: i64) -> anyhow::Result<Vec<(i64, String, String)>> {
@@ -428,6 +534,19 @@ async fn raw_batches(raw: &Raw, total: u64, max: Duration) -> anyhow::Result<Mea
                 .collect();
             raw.insert_batch(&rows).await?;
             Ok(rows.len() as u64)
+        }
+    })
+    .await
+}
+
+/// `BATCH_SIZE`-row multi-value INSERTs into the copy of the log's table.
+async fn raw_log_batches(raw: &Raw, total: u64, max: Duration) -> anyhow::Result<Measured> {
+    let raw = raw.clone();
+    drive(1, total, max, move |i| {
+        let raw = raw.clone();
+        async move {
+            raw.insert_log_batch(i * BATCH_SIZE as u64).await?;
+            Ok(BATCH_SIZE as u64)
         }
     })
     .await
@@ -566,6 +685,10 @@ async fn bench_backend(backend: &'static str, db: &Database, raw: &Raw, cfg: &Co
         .context("store: 100-event batches")?;
     let r = raw_batches(raw, cfg.batches, cfg.max).await.context("raw: 100-row INSERTs")?;
     record("batches of 100 events, 1 writer", s, r, None);
+    let r = raw_log_batches(raw, cfg.batches, cfg.max)
+        .await
+        .context("raw: 100-row INSERTs into the log's table")?;
+    record("batches of 100 events (raw: into a copy of the log's table)", s, r, None);
 
     let s = store_catch_up(store.as_ref()).await.context("store: catch-up read")?;
     let r = raw_catch_up(raw).await.context("raw: catch-up read")?;

@@ -131,7 +131,7 @@ struct Writer {
 
 /// Writes a planned group unless the log moved since it was planned (see
 /// `migrations/postgres/0022_append_group.sql`).
-const APPEND_GROUP: &str = "SELECT cloudsync_append_group($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)";
+const APPEND_GROUP: &str = "SELECT cloudsync_append_group($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)";
 /// The most streams whose versions a writer remembers.
 const REMEMBERED_VERSIONS: usize = 4_096;
 
@@ -161,13 +161,22 @@ impl Writer {
         };
         let assumed = self.assume(group);
         let (rows, results) = plan_group(group, assumed.clone(), head);
-        if rows.is_empty() || results.iter().any(|r| matches!(r, Err(StoreError::Concurrency { .. }))) {
+        // The database checks an assumption only through the rows it writes: a stream the plan
+        // writes nothing to (an append of no events) must be read, and so must a version below 0,
+        // which only a reading can refuse.
+        let written: std::collections::HashSet<&str> = rows.iter().map(|r| r.stream_id).collect();
+        if rows.is_empty()
+            || assumed
+                .iter()
+                .any(|(stream, version)| *version < 0 || !written.contains(stream.as_str()))
+            || results.iter().any(|r| matches!(r, Err(StoreError::Concurrency { .. })))
+        {
             return Ok(None);
         }
         let links = chain::links_of(previous, &rows);
         // A stream assumed at version 0 needs no look: had it an event, its version 1 is taken.
         let (streams, reached): (Vec<String>, Vec<i64>) = assumed.into_iter().filter(|(_, version)| *version > 0).unzip();
-        let query = append_group(&streams, reached, &rows, &links);
+        let query = append_group(&streams, reached, &rows, previous, &links);
         let written = if self.shared.pause_pending() {
             let mut tx = self.pool.begin().await?;
             match query.fetch_one(&mut *tx).await {
@@ -265,7 +274,7 @@ impl Writer {
         let links = chain::links_of(previous, &rows);
         // The same function as a planned group's, in this transaction (which holds the lock, so the
         // function's taking it again returns at once, and its checks pass).
-        if !append_group(&streams, reached, &rows, &links).fetch_one(&mut *tx).await? {
+        if !append_group(&streams, reached, &rows, previous, &links).fetch_one(&mut *tx).await? {
             return Err(StoreError::Invalid("a stream moved while the append lock was held".into()));
         }
         self.shared.before_commit().await;
@@ -311,11 +320,13 @@ fn moved_on(error: &sqlx::Error) -> bool {
 }
 
 /// The call of `cloudsync_append_group` for a planned group: `streams` and `reached`, the versions
-/// that streams already holding events are assumed to be at.
+/// that streams already holding events are assumed to be at; `previous`, the link before the first
+/// row.
 fn append_group<'q>(
     streams: &'q [String],
     reached: Vec<i64>,
     rows: &[Row<'_>],
+    previous: chain::Link,
     links: &[chain::Link],
 ) -> sqlx::query::QueryScalar<'q, sqlx::Postgres, bool, sqlx::postgres::PgArguments> {
     let mut cols = Columns::default();
@@ -348,6 +359,7 @@ fn append_group<'q>(
         .bind(cols.causation_id)
         .bind(cols.actor_id)
         .bind(cols.occurred_at)
+        .bind(previous.to_vec())
         .bind(links.iter().map(|l| l.to_vec()).collect::<Vec<Vec<u8>>>())
         .bind(CHANNEL)
 }

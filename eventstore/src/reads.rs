@@ -133,14 +133,30 @@ pub(crate) const FILTERED_ACTOR_SQLITE: &str = concat!(
      AND ($6 IS NULL OR occurred_at < $6) ORDER BY position LIMIT $7"
 );
 
-/// Runs one of the reads on `$pool` with its binds and decodes every row with `$decode` (see
-/// [`decode_rows`]).
+/// Runs one of the reads on `$pool` with its binds and decodes every row with `$decode` as it
+/// arrives (see [`decode_as_read`]).
 macro_rules! fetch_events {
     ($pool:expr, $sql:expr, $decode:path $(, $bind:expr)*) => {
-        $crate::reads::decode_rows(sqlx::query($sql)$(.bind($bind))*.fetch_all($pool).await?, $decode).await
+        $crate::reads::decode_as_read(sqlx::query($sql)$(.bind($bind))*.fetch($pool), $decode).await
     };
 }
 pub(crate) use fetch_events;
+
+/// Decodes rows into events as the database hands them over: the database (SQLite's worker thread,
+/// the PostgreSQL server) reads the next rows while this one is decoded, which is most of a
+/// catch-up read's time on this side (parsing the payloads).
+pub(crate) async fn decode_as_read<R>(
+    rows: impl futures::Stream<Item = Result<R, sqlx::Error>>,
+    decode: fn(&R) -> Result<RecordedEvent, StoreError>,
+) -> Result<Vec<RecordedEvent>, StoreError> {
+    use futures::TryStreamExt as _;
+    let mut rows = std::pin::pin!(rows);
+    let mut events = Vec::new();
+    while let Some(row) = rows.try_next().await? {
+        events.push(decode(&row)?);
+    }
+    Ok(events)
+}
 
 /// Rows from which a page is decoded on two threads: below this, one is quicker.
 const SPLIT_ROWS: usize = 256;

@@ -1,23 +1,31 @@
 -- Group commit in one round trip (decision 015). The group writer plans a group on the head it last
 -- wrote and on the versions it expects the group's streams to be at, and sends it here, where the
 -- plan is checked under the append lock (decision 001): the rows go in at the positions after that
--- head, so if another process appended since, the first is found taken; a stream that moved past
--- the version assumed refuses its next version (the unique stream and version: an error, which the
--- writer expects); a stream not yet at the version assumed is found here. The function then
--- returns false, or fails, and writes nothing, and the writer writes the group again under the lock
--- after reading the head and versions. Called on its own, the statement is its own transaction:
--- one round trip and one flush a group.
+-- head, so if another process appended since, the first is found taken (and the one before it must
+-- hold the link the plan was chained to); a stream that moved past the version assumed refuses its
+-- next version (the unique stream and version: an error, which the writer expects); a stream not
+-- yet at the version assumed is found here. The function then returns false, or fails, and writes
+-- nothing, and the writer writes the group again under the lock after reading the head and
+-- versions. Every stream of a plan sent here gets rows (the writer reads the others). Called on its
+-- own, the statement is its own transaction: one round trip and one flush a group.
 CREATE FUNCTION cloudsync_append_group(
     lock_key BIGINT, streams TEXT[], reached BIGINT[],
     positions BIGINT[], stream_ids TEXT[], stream_versions BIGINT[], event_types TEXT[],
     schema_versions INTEGER[], payloads TEXT[], event_ids UUID[], correlation_ids UUID[],
-    causation_ids UUID[], actor_ids UUID[], occurred_ats TIMESTAMPTZ[], links BYTEA[], channel TEXT
+    causation_ids UUID[], actor_ids UUID[], occurred_ats TIMESTAMPTZ[], previous BYTEA, links BYTEA[],
+    channel TEXT
 ) RETURNS BOOLEAN LANGUAGE plpgsql VOLATILE AS $$
 BEGIN
     PERFORM pg_advisory_xact_lock(lock_key);
     -- Another process appended since the plan's head (else the primary key would refuse the rows,
     -- which is the same answer but an error in the server's log each time processes take turns).
     IF EXISTS (SELECT 1 FROM events e WHERE e.position = positions[1]) THEN
+        RETURN FALSE;
+    END IF;
+    -- The log still ends where the plan was made (not, say, cut back by a restore).
+    IF positions[1] > 1 AND NOT EXISTS (
+        SELECT 1 FROM event_chain c WHERE c.position = positions[1] - 1 AND c.hash = previous
+    ) THEN
         RETURN FALSE;
     END IF;
     -- Versions are dense, so a stream holding its assumed version and refusing the next is at it.

@@ -27,6 +27,7 @@ crate::on_both!(
     a_caller_that_drops_its_append_gets_all_or_nothing,
     two_store_instances_keep_dense_positions,
     an_instance_numbers_its_appends_after_what_another_wrote,
+    an_expectation_is_checked_where_nothing_is_appended,
     concurrent_writers_share_transactions,
     a_snapshot_is_kept_until_a_later_one,
 );
@@ -714,6 +715,54 @@ async fn an_instance_numbers_its_appends_after_what_another_wrote(db: &TestDatab
     );
     assert_eq!(positions(&*a).await, (1..=6).collect::<Vec<_>>());
     other.close().await;
+}
+
+/// An expected version is checked even on a stream the append adds no event to, or one no stream
+/// can be at.
+async fn an_expectation_is_checked_where_nothing_is_appended(db: &TestDatabase) {
+    let store = &*db.db.events;
+    let (s, t) = (stream(), stream());
+    append_to(store, &s, ExpectedVersion::NoStream, vec![event("A", 1, None)])
+        .await
+        .expect("append");
+    append_to(store, &s, ExpectedVersion::Exact(1), vec![event("A", 2, None)])
+        .await
+        .expect("append");
+    let stale = store
+        .append(vec![
+            StreamAppend {
+                stream: t.clone(),
+                expected: ExpectedVersion::NoStream,
+                events: vec![event("T", 1, None)],
+            },
+            StreamAppend {
+                stream: s.clone(),
+                expected: ExpectedVersion::Exact(1),
+                events: vec![],
+            },
+        ])
+        .await;
+    assert!(matches!(stale, Err(StoreError::Concurrency { actual: 2, .. })), "{stale:?}");
+    let absent = store
+        .append(vec![StreamAppend {
+            stream: s.clone(),
+            expected: ExpectedVersion::NoStream,
+            events: vec![],
+        }])
+        .await;
+    assert!(matches!(absent, Err(StoreError::Concurrency { actual: 2, .. })), "{absent:?}");
+    let below = append_to(store, &s, ExpectedVersion::Exact(-1), vec![event("A", 3, None)]).await;
+    assert!(matches!(below, Err(StoreError::Concurrency { actual: 2, .. })), "{below:?}");
+    assert!(store.read_stream(&t).await.expect("read").is_empty());
+    let versions: Vec<i64> = store
+        .read_stream(&s)
+        .await
+        .expect("read")
+        .iter()
+        .map(|e| e.stream_version)
+        .collect();
+    assert_eq!(versions, [1, 2]);
+    assert_eq!(positions(store).await, [1, 2]);
 }
 
 async fn concurrent_writers_share_transactions(db: &TestDatabase) {
