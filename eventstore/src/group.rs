@@ -67,6 +67,8 @@ pub(crate) struct Shared {
     requests: AtomicU64,
     transactions: AtomicU64,
     pause: std::sync::Mutex<Option<Pause>>,
+    /// A test's lost answer for the next group: after its commit (`true`) or before it is sent.
+    lost_answer: std::sync::Mutex<Option<bool>>,
 }
 
 impl Shared {
@@ -79,6 +81,11 @@ impl Shared {
             }
             let _ = pause.release.await;
         }
+    }
+
+    /// Takes the lost answer a test asked for, if any.
+    pub(crate) fn take_lost_answer(&self) -> Option<bool> {
+        self.lost_answer.lock().ok().and_then(|mut lost| lost.take())
     }
 
     /// Whether a test asked for a pause before the next commit.
@@ -124,6 +131,14 @@ impl Committer {
         CommitStats {
             requests: self.shared.requests.load(Ordering::Relaxed),
             transactions: self.shared.transactions.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Makes the next group's call go unanswered (see [`crate::EventStore::lose_next_answer`]).
+    #[cfg(feature = "testing")]
+    pub(crate) fn lose_next_answer(&self, committed: bool) {
+        if let Ok(mut slot) = self.shared.lost_answer.lock() {
+            *slot = Some(committed);
         }
     }
 

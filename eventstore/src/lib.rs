@@ -108,6 +108,14 @@ pub trait EventStore: Send + Sync + 'static {
     fn pause_before_next_commit(&self) -> Option<(tokio::sync::oneshot::Receiver<()>, tokio::sync::oneshot::Sender<()>)> {
         None
     }
+
+    /// For tests: the next group's call to the database goes unanswered, as when a connection
+    /// drops, after it committed (`committed`) or before it was sent. `false` where a backend's
+    /// answers cannot be lost so (SQLite, a library in this process).
+    #[cfg(feature = "testing")]
+    fn lose_next_answer(&self, _committed: bool) -> bool {
+        false
+    }
 }
 
 /// Appends to one stream.

@@ -140,7 +140,7 @@ impl GroupWrite for Writer {
     async fn write_group(&self, group: &[&[StreamAppend]]) -> Result<Vec<Result<AppendOutcome, StoreError>>, StoreError> {
         let results = match self.write_planned(group).await? {
             Some(results) => results,
-            None => self.write_locked(group).await?,
+            None => self.write_locked(group, None).await?,
         };
         self.remember(&results);
         Ok(results)
@@ -177,7 +177,10 @@ impl Writer {
         // A stream assumed at version 0 needs no look: had it an event, its version 1 is taken.
         let (streams, reached): (Vec<String>, Vec<i64>) = assumed.into_iter().filter(|(_, version)| *version > 0).unzip();
         let query = append_group(&streams, reached, &rows, previous, &links);
-        let written = if self.shared.pause_pending() {
+        let lose = self.shared.take_lost_answer();
+        let written = if lose == Some(false) {
+            Err(lost_answer())
+        } else if self.shared.pause_pending() {
             let mut tx = self.pool.begin().await?;
             match query.fetch_one(&mut *tx).await {
                 Ok(true) => {
@@ -189,16 +192,30 @@ impl Writer {
         } else {
             query.fetch_one(&self.pool).await
         };
+        let written = match written {
+            Ok(true) if lose == Some(true) => Err(lost_answer()),
+            other => other,
+        };
+        let (Some(first), Some(last), Some(link)) = (rows.first(), rows.last(), links.last()) else {
+            return Ok(None);
+        };
         match written {
             Ok(true) => {
                 self.shared.committed();
-                if let (Some(row), Some(link)) = (rows.last(), links.last()) {
-                    self.tip.set(row.position, *link);
-                }
+                self.tip.set(last.position, *link);
                 Ok(Some(results))
             }
             Ok(false) => Ok(None),
             Err(error) if moved_on(&error) => Ok(None),
+            Err(error) if unanswered(&error) => {
+                tracing::warn!(error = %error, "A group's call went unanswered; the log tells whether it committed.");
+                let call = Unanswered {
+                    event_id: first.event.metadata.event_id,
+                    results,
+                    tip: (last.position, *link),
+                };
+                self.write_locked(group, Some(call)).await.map(Some)
+            }
             Err(error) => Err(error.into()),
         }
     }
@@ -236,7 +253,15 @@ impl Writer {
     /// The group under the append lock, taken first: the head, versions and chain tip read in the
     /// lock's transaction, so the group cannot go stale before it is written. For a writer that
     /// does not know the head (its first group, or another process appended since its last).
-    async fn write_locked(&self, group: &[&[StreamAppend]]) -> Result<Vec<Result<AppendOutcome, StoreError>>, StoreError> {
+    ///
+    /// After a call that went unanswered (`unanswered`), the log is asked first whether that call
+    /// committed: once the lock is this transaction's, the call has ended, whichever way, or, if it
+    /// never reached the database, can no longer write (its first position will be taken).
+    async fn write_locked(
+        &self,
+        group: &[&[StreamAppend]],
+        unanswered: Option<Unanswered>,
+    ) -> Result<Vec<Result<AppendOutcome, StoreError>>, StoreError> {
         let mut tx = self.pool.begin().await?;
         // Held until this group commits: other processes' groups wait (see the module's doc). Not
         // sent with the BEGIN in one round trip: sqlx rolls back only a transaction whose BEGIN
@@ -246,6 +271,18 @@ impl Writer {
             .bind(APPEND_LOCK_KEY)
             .execute(&mut *tx)
             .await?;
+        if let Some(call) = unanswered {
+            let committed: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM events WHERE event_id = $1)")
+                .bind(call.event_id)
+                .fetch_one(&mut *tx)
+                .await?;
+            if committed {
+                tx.rollback().await?;
+                self.shared.committed();
+                self.tip.set(call.tip.0, call.tip.1);
+                return Ok(call.results);
+            }
+        }
         let streams = group_streams(group);
         // The head and the streams' versions in one round trip (after the lock, in a new statement, so
         // its snapshot sees every append that committed before the lock was granted). The head comes
@@ -308,6 +345,37 @@ impl Writer {
         }
         Ok(link)
     }
+}
+
+/// A planned group whose call went unanswered: what it would have answered had it committed.
+struct Unanswered {
+    /// The id of its first event: in the log if, and only if, the call committed.
+    event_id: Uuid,
+    results: Vec<Result<AppendOutcome, StoreError>>,
+    /// Its last position and link.
+    tip: (i64, chain::Link),
+}
+
+/// Whether a call may have reached the database and committed without its answer reaching here
+/// (the connection dropped, or the answer could not be read), as opposed to an error the database
+/// answered (the call rolled back) or one raised before anything was sent.
+fn unanswered(error: &sqlx::Error) -> bool {
+    !matches!(
+        error,
+        sqlx::Error::Database(_)
+            | sqlx::Error::PoolTimedOut
+            | sqlx::Error::PoolClosed
+            | sqlx::Error::Encode(_)
+            | sqlx::Error::Configuration(_)
+    )
+}
+
+/// The error a test's lost answer stands for.
+fn lost_answer() -> sqlx::Error {
+    sqlx::Error::Io(std::io::Error::new(
+        std::io::ErrorKind::ConnectionReset,
+        "the group's answer was lost (a test asked for it)",
+    ))
 }
 
 /// Whether the database refused a planned group because the log moved since it was planned: the
@@ -435,6 +503,12 @@ impl EventStore for PgEventStore {
     #[cfg(feature = "testing")]
     fn pause_before_next_commit(&self) -> Option<(tokio::sync::oneshot::Receiver<()>, tokio::sync::oneshot::Sender<()>)> {
         Some(self.committer.pause_before_next_commit())
+    }
+
+    #[cfg(feature = "testing")]
+    fn lose_next_answer(&self, committed: bool) -> bool {
+        self.committer.lose_next_answer(committed);
+        true
     }
 }
 

@@ -28,6 +28,7 @@ crate::on_both!(
     two_store_instances_keep_dense_positions,
     an_instance_numbers_its_appends_after_what_another_wrote,
     an_expectation_is_checked_where_nothing_is_appended,
+    a_group_whose_answer_was_lost_is_answered_from_the_log,
     concurrent_writers_share_transactions,
     a_snapshot_is_kept_until_a_later_one,
 );
@@ -763,6 +764,41 @@ async fn an_expectation_is_checked_where_nothing_is_appended(db: &TestDatabase) 
         .collect();
     assert_eq!(versions, [1, 2]);
     assert_eq!(positions(store).await, [1, 2]);
+}
+
+/// A group's call that goes unanswered (a dropped connection) after it committed is answered as
+/// committed, and one lost before it reached the database is written once; on a backend whose
+/// answers cannot be lost so, there is nothing to test.
+async fn a_group_whose_answer_was_lost_is_answered_from_the_log(db: &TestDatabase) {
+    let store = &*db.db.events;
+    let s = stream();
+    append_to(store, &s, ExpectedVersion::NoStream, vec![event("A", 1, None)])
+        .await
+        .expect("append");
+    if !store.lose_next_answer(true) {
+        return;
+    }
+    let two = vec![event("A", 2, None), event("A", 3, None)];
+    let outcome = append_to(store, &s, ExpectedVersion::Exact(1), two).await.expect("it committed");
+    assert_eq!(
+        (outcome.first_position, outcome.last_position, outcome.stream_versions[&s]),
+        (2, 3, 3)
+    );
+    assert!(store.lose_next_answer(false));
+    let outcome = append_to(store, &s, ExpectedVersion::Exact(3), vec![event("A", 4, None)])
+        .await
+        .expect("written once");
+    assert_eq!((outcome.first_position, outcome.stream_versions[&s]), (4, 4));
+    let outcome = append_to(store, &s, ExpectedVersion::Exact(4), vec![event("A", 5, None)])
+        .await
+        .expect("append");
+    assert_eq!(outcome.first_position, 5);
+    let events = store.read_stream(&s).await.expect("read");
+    assert_eq!(
+        events.iter().map(|e| e.payload["n"].as_i64()).collect::<Vec<_>>(),
+        (1..=5).map(Some).collect::<Vec<_>>()
+    );
+    assert_eq!(positions(store).await, (1..=5).collect::<Vec<_>>());
 }
 
 async fn concurrent_writers_share_transactions(db: &TestDatabase) {
