@@ -126,6 +126,10 @@ pub enum StoreError {
     },
     #[error("invalid append: {0}")]
     Invalid(String),
+    /// The append's call went unanswered and the log could not be asked whether it committed: read
+    /// the stream before deciding again.
+    #[error("the append may or may not have been written: {0}")]
+    Unsettled(String),
     #[error("stored event at position {position} is unreadable: {reason}")]
     Corrupt { position: i64, reason: String },
     #[error("database error: {0}")]
