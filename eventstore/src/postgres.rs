@@ -211,6 +211,7 @@ impl Writer {
                 tracing::warn!(error = %error, "A group's call went unanswered; the log tells whether it committed.");
                 let call = Unanswered {
                     event_id: first.event.metadata.event_id,
+                    first_position: first.position,
                     results,
                     tip: (last.position, *link),
                 };
@@ -262,26 +263,20 @@ impl Writer {
         group: &[&[StreamAppend]],
         unanswered: Option<Unanswered>,
     ) -> Result<Vec<Result<AppendOutcome, StoreError>>, StoreError> {
-        let mut tx = self.pool.begin().await?;
-        // Held until this group commits: other processes' groups wait (see the module's doc). Not
-        // sent with the BEGIN in one round trip: sqlx rolls back only a transaction whose BEGIN
-        // statement succeeded, so a lock that failed there would return the connection to the pool
-        // inside a transaction.
-        sqlx::query("SELECT pg_advisory_xact_lock($1)")
-            .bind(APPEND_LOCK_KEY)
-            .execute(&mut *tx)
-            .await?;
-        if let Some(call) = unanswered {
-            let committed: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM events WHERE event_id = $1)")
-                .bind(call.event_id)
-                .fetch_one(&mut *tx)
-                .await?;
-            if committed {
-                tx.rollback().await?;
-                self.shared.committed();
-                self.tip.set(call.tip.0, call.tip.1);
-                return Ok(call.results);
-            }
+        let (mut tx, committed) = match self.lock(unanswered.as_ref()).await {
+            Ok(locked) => locked,
+            // Neither the call nor the log answered: nobody can say whether the group is written,
+            // and writing it again request by request could write it twice.
+            Err(error) => match unanswered {
+                Some(call) => return Ok(call.unsettled(&error)),
+                None => return Err(error.into()),
+            },
+        };
+        if let Some(call) = unanswered.filter(|_| committed) {
+            drop(tx);
+            self.shared.committed();
+            self.tip.set(call.tip.0, call.tip.1);
+            return Ok(call.results);
         }
         let streams = group_streams(group);
         // The head and the streams' versions in one round trip (after the lock, in a new statement, so
@@ -323,6 +318,29 @@ impl Writer {
         Ok(results)
     }
 
+    /// A transaction holding the append lock, and whether `unanswered`'s group is in the log.
+    async fn lock(&self, unanswered: Option<&Unanswered>) -> Result<(sqlx::Transaction<'static, sqlx::Postgres>, bool), sqlx::Error> {
+        let mut tx = self.pool.begin().await?;
+        // Held until this group commits: other processes' groups wait (see the module's doc). Not
+        // sent with the BEGIN in one round trip: sqlx rolls back only a transaction whose BEGIN
+        // statement succeeded, so a lock that failed there would return the connection to the pool
+        // inside a transaction.
+        sqlx::query("SELECT pg_advisory_xact_lock($1)")
+            .bind(APPEND_LOCK_KEY)
+            .execute(&mut *tx)
+            .await?;
+        let Some(call) = unanswered else {
+            return Ok((tx, false));
+        };
+        // At its planned position: an event id alone may be one a copied log already holds.
+        let committed = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM events WHERE event_id = $1 AND position = $2)")
+            .bind(call.event_id)
+            .bind(call.first_position)
+            .fetch_one(&mut *tx)
+            .await?;
+        Ok((tx, committed))
+    }
+
     /// The link at `head` (the log's last position, read under the append lock): this writer's
     /// last, or the stored one, after adding the links of events written without them.
     async fn chain_tip(&self, tx: &mut sqlx::Transaction<'_, sqlx::Postgres>, head: i64) -> Result<chain::Link, StoreError> {
@@ -349,25 +367,40 @@ impl Writer {
 
 /// A planned group whose call went unanswered: what it would have answered had it committed.
 struct Unanswered {
-    /// The id of its first event: in the log if, and only if, the call committed.
+    /// The id of its first event and that event's position: in the log there if, and only if,
+    /// the call committed.
     event_id: Uuid,
+    first_position: i64,
     results: Vec<Result<AppendOutcome, StoreError>>,
     /// Its last position and link.
     tip: (i64, chain::Link),
+}
+
+impl Unanswered {
+    /// Every request's answer when the log could not be asked either.
+    fn unsettled(&self, error: &sqlx::Error) -> Vec<Result<AppendOutcome, StoreError>> {
+        self.results
+            .iter()
+            .map(|_| {
+                Err(StoreError::Unsettled(format!(
+                    "the call went unanswered and the log could not be asked ({error})"
+                )))
+            })
+            .collect()
+    }
 }
 
 /// Whether a call may have reached the database and committed without its answer reaching here
 /// (the connection dropped, or the answer could not be read), as opposed to an error the database
 /// answered (the call rolled back) or one raised before anything was sent.
 fn unanswered(error: &sqlx::Error) -> bool {
-    !matches!(
-        error,
-        sqlx::Error::Database(_)
-            | sqlx::Error::PoolTimedOut
-            | sqlx::Error::PoolClosed
-            | sqlx::Error::Encode(_)
-            | sqlx::Error::Configuration(_)
-    )
+    match error {
+        // The server's own word that the session is ending (shutdown, a connection failure):
+        // sent instead of the call's answer, which may have committed.
+        sqlx::Error::Database(e) => e.code().is_some_and(|code| code.starts_with("57P") || code.starts_with("08")),
+        sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Encode(_) | sqlx::Error::Configuration(_) => false,
+        _ => true,
+    }
 }
 
 /// The error a test's lost answer stands for.
