@@ -8,7 +8,8 @@
 //!
 //! 1. appends/s of single-event transactions from 1 writer, each to a new stream (`ExpectedVersion::NoStream`);
 //! 2. the same from 16 and from 64 concurrent writers (tokio tasks), with how many transactions the
-//!    store's group commit used for them;
+//!    store's group commit used for them, and from 16 writers taking turns over two store instances
+//!    on one database (as two processes would);
 //! 3. events/s of appends that carry a batch of 100 events each;
 //! 4. the catch-up read rate: events/s reading the whole log with `read_all` in pages of 1000;
 //! 5. a rebuild of the read models (`cloudsync_projections::rebuild_many` of every table, what
@@ -249,10 +250,15 @@ fn new_stream() -> String {
 
 /// Single-event appends, each to a new stream.
 async fn store_single(store: &Arc<dyn EventStore>, writers: usize, total: u64, max: Duration) -> anyhow::Result<Measured> {
-    let store = Arc::clone(store);
+    store_single_over(std::slice::from_ref(store), writers, total, max).await
+}
+
+/// Single-event appends, each to a new stream, taking turns over `stores`.
+async fn store_single_over(stores: &[Arc<dyn EventStore>], writers: usize, total: u64, max: Duration) -> anyhow::Result<Measured> {
+    let stores: Arc<[Arc<dyn EventStore>]> = stores.into();
     let actor = Uuid::new_v4();
     drive(writers, total, max, move |i| {
-        let store = Arc::clone(&store);
+        let store = Arc::clone(&stores[i as usize % stores.len()]);
         async move {
             let event = new_event(i, EventMetadata::new(Some(actor)));
             append_to(store.as_ref(), &new_stream(), ExpectedVersion::NoStream, vec![event])
@@ -613,7 +619,14 @@ async fn raw_catch_up(raw: &Raw) -> anyhow::Result<Measured> {
 // ---- Per backend ----
 
 /// Runs every scenario on one connected backend, pushing each finished row into `rows`.
-async fn bench_backend(backend: &'static str, db: &Database, raw: &Raw, cfg: &Config, report: &mut Report) -> anyhow::Result<()> {
+async fn bench_backend(
+    backend: &'static str,
+    url: &str,
+    db: &Database,
+    raw: &Raw,
+    cfg: &Config,
+    report: &mut Report,
+) -> anyhow::Result<()> {
     let Report { rows, rebuilds } = report;
     let store = &db.events;
     eprintln!("[{backend}] warming up");
@@ -669,6 +682,19 @@ async fn bench_backend(backend: &'static str, db: &Database, raw: &Raw, cfg: &Co
         let r = pgbench(url, WRITERS, cfg.max).context("pgbench")?;
         record("single-event appends, 16 writers (raw: pgbench, 16 clients)", sixteen, r, g);
     }
+    // Two store instances on one database, as two processes would be: their writers take turns.
+    let other = Database::connect(url, false).await.context("a second store instance")?;
+    let pair = [Arc::clone(store), Arc::clone(&other.events)];
+    let shared = store_single_over(&pair, WRITERS, cfg.events, cfg.max)
+        .await
+        .context("store: single-event appends, 16 writers over two instances")?;
+    other.close().await;
+    record(
+        "single-event appends, 16 writers over two store instances (raw: 16 writers)",
+        shared,
+        r,
+        None,
+    );
 
     let before = store.commit_stats();
     let s = store_single(store, 4 * WRITERS, cfg.events, cfg.max)
@@ -772,7 +798,7 @@ async fn sqlite_in(dir: &Path, cfg: &Config, report: &mut Report) -> anyhow::Res
         .await
         .context("open the raw SQLite pool")?;
     let raw = Raw::sqlite(pool).await?;
-    let result = bench_backend("sqlite", &db, &raw, cfg, report).await;
+    let result = bench_backend("sqlite", &url, &db, &raw, cfg, report).await;
     raw.close().await;
     db.close().await;
     result
@@ -842,7 +868,7 @@ async fn postgres_in(url: &str, cfg: &Config, report: &mut Report) -> anyhow::Re
         .await
         .context("open the raw PostgreSQL pool")?;
     let raw = Raw::postgres(pool, url).await?;
-    let result = bench_backend("postgres", &db, &raw, cfg, report).await;
+    let result = bench_backend("postgres", url, &db, &raw, cfg, report).await;
     raw.close().await;
     db.close().await;
     result
