@@ -263,7 +263,7 @@ impl Writer {
         group: &[&[StreamAppend]],
         unanswered: Option<Unanswered>,
     ) -> Result<Vec<Result<AppendOutcome, StoreError>>, StoreError> {
-        let (mut tx, committed) = match self.lock(unanswered.as_ref()).await {
+        let (mut tx, committed, state) = match self.lock(group, unanswered.as_ref()).await {
             Ok(locked) => locked,
             // Neither the call nor the log answered: nobody can say whether the group is written,
             // and writing it again request by request could write it twice.
@@ -278,31 +278,13 @@ impl Writer {
             self.tip.set(call.tip.0, call.tip.1);
             return Ok(call.results);
         }
-        let streams = group_streams(group);
-        // The head and the streams' versions in one round trip (after the lock, in a new statement, so
-        // its snapshot sees every append that committed before the lock was granted). The head comes
-        // back under the empty name, which no stream can have. Each stream is one backward probe of
-        // the (stream, version) index: `stream_id = ANY($1)` let the planner, without statistics
-        // (autovacuum off, or a log just loaded), guess that a thousand streams match most of the
-        // table and scan all of it, 58 ms an append at a million events against 2 ms.
-        let mut current: HashMap<String, i64> = sqlx::query_as(
-            "SELECT s.stream_id, v.version FROM UNNEST($1::text[]) AS s(stream_id) CROSS JOIN LATERAL \
-             (SELECT e.stream_version AS version FROM events e WHERE e.stream_id = s.stream_id \
-             ORDER BY e.stream_version DESC LIMIT 1) AS v \
-             UNION ALL SELECT '', COALESCE(MAX(position), 0)::BIGINT FROM events",
-        )
-        .bind(&streams)
-        .fetch_all(&mut *tx)
-        .await?
-        .into_iter()
-        .collect();
-        let head = current.remove("").unwrap_or(0);
+        let Locked { head, tip, current } = state;
         let (streams, reached): (Vec<String>, Vec<i64>) = current.iter().map(|(s, v)| (s.clone(), *v)).unzip();
         let (rows, results) = plan_group(group, current, head);
         let Some(last) = rows.last().map(|r| r.position) else {
             return Ok(results);
         };
-        let previous = self.chain_tip(&mut tx, head).await?;
+        let previous = self.chain_tip(&mut tx, head, tip).await?;
         let links = chain::links_of(previous, &rows);
         // The same function as a planned group's, in this transaction (which holds the lock, so the
         // function's taking it again returns at once, and its checks pass).
@@ -318,19 +300,40 @@ impl Writer {
         Ok(results)
     }
 
-    /// A transaction holding the append lock, and whether `unanswered`'s group is in the log.
-    async fn lock(&self, unanswered: Option<&Unanswered>) -> Result<(sqlx::Transaction<'static, sqlx::Postgres>, bool), sqlx::Error> {
+    /// A transaction holding the append lock, whether `unanswered`'s group is in the log, and what
+    /// the group is planned on, read under the lock in the same call.
+    async fn lock(
+        &self,
+        group: &[&[StreamAppend]],
+        unanswered: Option<&Unanswered>,
+    ) -> Result<(sqlx::Transaction<'static, sqlx::Postgres>, bool, Locked), sqlx::Error> {
+        // Not sent with the BEGIN in one round trip: sqlx rolls back only a transaction whose
+        // BEGIN statement succeeded, so a lock that failed there would return the connection to
+        // the pool inside a transaction.
         let mut tx = self.pool.begin().await?;
-        // Held until this group commits: other processes' groups wait (see the module's doc). Not
-        // sent with the BEGIN in one round trip: sqlx rolls back only a transaction whose BEGIN
-        // statement succeeded, so a lock that failed there would return the connection to the pool
-        // inside a transaction.
-        sqlx::query("SELECT pg_advisory_xact_lock($1)")
+        // The lock is held until this transaction ends: other processes' groups wait (see the
+        // module's doc).
+        let found: Vec<(String, i64, Option<Vec<u8>>)> = sqlx::query_as("SELECT item, amount, link FROM cloudsync_lock_and_read($1, $2)")
             .bind(APPEND_LOCK_KEY)
-            .execute(&mut *tx)
+            .bind(group_streams(group))
+            .fetch_all(&mut *tx)
             .await?;
+        let mut state = Locked {
+            head: 0,
+            tip: None,
+            current: HashMap::new(),
+        };
+        for (item, amount, link) in found {
+            match item.as_str() {
+                "#head" => state.head = amount,
+                "#tip" => state.tip = link.map(|link| (amount, link)),
+                _ => {
+                    state.current.insert(item, amount);
+                }
+            }
+        }
         let Some(call) = unanswered else {
-            return Ok((tx, false));
+            return Ok((tx, false, state));
         };
         // At its planned position: an event id alone may be one a copied log already holds.
         let committed = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM events WHERE event_id = $1 AND position = $2)")
@@ -338,16 +341,21 @@ impl Writer {
             .bind(call.first_position)
             .fetch_one(&mut *tx)
             .await?;
-        Ok((tx, committed))
+        Ok((tx, committed, state))
     }
 
     /// The link at `head` (the log's last position, read under the append lock): this writer's
-    /// last, or the stored one, after adding the links of events written without them.
-    async fn chain_tip(&self, tx: &mut sqlx::Transaction<'_, sqlx::Postgres>, head: i64) -> Result<chain::Link, StoreError> {
+    /// last, or the stored one (`stored`, read with the head), after adding the links of events
+    /// written without them.
+    async fn chain_tip(
+        &self,
+        tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+        head: i64,
+        stored: Option<(i64, Vec<u8>)>,
+    ) -> Result<chain::Link, StoreError> {
         if let Some(link) = self.tip.at(head) {
             return Ok(link);
         }
-        let stored = sqlx::query_as(chain::TIP).fetch_optional(&mut **tx).await?;
         let (mut at, mut link) = chain::parse_tip(stored)?;
         while at < head {
             let rows = sqlx::query(reads::ALL).bind(at).bind(1000_i64).fetch_all(&mut **tx).await?;
@@ -363,6 +371,15 @@ impl Writer {
         }
         Ok(link)
     }
+}
+
+/// What the locked path read under the lock.
+struct Locked {
+    head: i64,
+    /// The chain's last link and its position, if any.
+    tip: Option<(i64, Vec<u8>)>,
+    /// The versions of the group's streams that have events.
+    current: HashMap<String, i64>,
 }
 
 /// A planned group whose call went unanswered: what it would have answered had it committed.

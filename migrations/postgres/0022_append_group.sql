@@ -46,3 +46,21 @@ BEGIN
     RETURN TRUE;
 END;
 $$;
+
+-- The append lock and what a group is planned on, in one call (for the writer's locked path, in its
+-- transaction): the versions of the streams given, the head under '#head' and the chain's last
+-- link under '#tip' (no stream name has a '#'). The reads follow the lock in statements of their
+-- own, so they see every append that committed before it was granted.
+CREATE FUNCTION cloudsync_lock_and_read(lock_key BIGINT, streams TEXT[])
+RETURNS TABLE (item TEXT, amount BIGINT, link BYTEA) LANGUAGE plpgsql VOLATILE AS $$
+BEGIN
+    PERFORM pg_advisory_xact_lock(lock_key);
+    -- One backward probe of the (stream, version) index per stream (decision 007).
+    RETURN QUERY
+        SELECT s.name, v.version, NULL::BYTEA FROM UNNEST(streams) AS s(name)
+        CROSS JOIN LATERAL (SELECT e.stream_version AS version FROM events e WHERE e.stream_id = s.name
+                            ORDER BY e.stream_version DESC LIMIT 1) AS v
+        UNION ALL SELECT '#head'::TEXT, COALESCE(MAX(e.position), 0)::BIGINT, NULL::BYTEA FROM events e
+        UNION ALL (SELECT '#tip'::TEXT, c.position, c.hash FROM event_chain c ORDER BY c.position DESC LIMIT 1);
+END;
+$$;
