@@ -458,43 +458,30 @@ impl Raw {
                 (position, k as i64 + 1, payload(first + k).to_string(), meta.next())
             })
             .collect();
+        // The same binds on either pool; ids go as text on SQLite, as the store writes them there.
+        macro_rules! insert {
+            ($pool:expr, $id:expr) => {{
+                let mut query = sqlx::query(&self.insert_log_batch);
+                for (position, version, payload, m) in &rows {
+                    query = query
+                        .bind(position)
+                        .bind(&stream)
+                        .bind(version)
+                        .bind("FileUploaded")
+                        .bind(1_i32)
+                        .bind(payload)
+                        .bind($id(m.event_id))
+                        .bind($id(m.correlation_id))
+                        .bind(m.causation_id.map($id))
+                        .bind(m.actor_id.map($id))
+                        .bind(m.occurred_at);
+                }
+                query.execute($pool).await.map(drop)
+            }};
+        }
         match &self.pool {
-            RawPool::Sqlite(p) => {
-                let mut query = sqlx::query(&self.insert_log_batch);
-                for (position, version, payload, m) in &rows {
-                    query = query
-                        .bind(position)
-                        .bind(&stream)
-                        .bind(version)
-                        .bind("FileUploaded")
-                        .bind(1_i32)
-                        .bind(payload)
-                        .bind(m.event_id.to_string())
-                        .bind(m.correlation_id.to_string())
-                        .bind(m.causation_id.map(|u| u.to_string()))
-                        .bind(m.actor_id.map(|u| u.to_string()))
-                        .bind(m.occurred_at);
-                }
-                query.execute(p).await.map(drop)
-            }
-            RawPool::Postgres(p) => {
-                let mut query = sqlx::query(&self.insert_log_batch);
-                for (position, version, payload, m) in &rows {
-                    query = query
-                        .bind(position)
-                        .bind(&stream)
-                        .bind(version)
-                        .bind("FileUploaded")
-                        .bind(1_i32)
-                        .bind(payload)
-                        .bind(m.event_id)
-                        .bind(m.correlation_id)
-                        .bind(m.causation_id)
-                        .bind(m.actor_id)
-                        .bind(m.occurred_at);
-                }
-                query.execute(p).await.map(drop)
-            }
+            RawPool::Sqlite(p) => insert!(p, |id: Uuid| id.to_string()),
+            RawPool::Postgres(p) => insert!(p, |id: Uuid| id),
         }
         .context("raw multi-row INSERT into the log's table")
     }

@@ -78,8 +78,7 @@ impl TipCache {
     /// The remembered link, if it is the one at `head` (the log's last position, read under the
     /// append lock).
     pub(crate) fn at(&self, head: i64) -> Option<Link> {
-        let tip = self.0.lock().ok()?;
-        tip.filter(|(position, _)| *position == head).map(|(_, link)| link)
+        self.get().filter(|(position, _)| *position == head).map(|(_, link)| link)
     }
 
     /// The remembered position and link, if any.

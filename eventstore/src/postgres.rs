@@ -174,6 +174,9 @@ impl Writer {
             return Ok(None);
         }
         let links = chain::links_of(previous, &rows);
+        let (Some(first), Some(last), Some(link)) = (rows.first(), rows.last(), links.last()) else {
+            return Ok(None);
+        };
         // A stream assumed at version 0 needs no look: had it an event, its version 1 is taken.
         let (streams, reached): (Vec<String>, Vec<i64>) = assumed.into_iter().filter(|(_, version)| *version > 0).unzip();
         let query = append_group(&streams, reached, &rows, previous, &links);
@@ -195,9 +198,6 @@ impl Writer {
         let written = match written {
             Ok(true) if lose == Some(true) => Err(lost_answer()),
             other => other,
-        };
-        let (Some(first), Some(last), Some(link)) = (rows.first(), rows.last(), links.last()) else {
-            return Ok(None);
         };
         match written {
             Ok(true) => {
@@ -358,8 +358,7 @@ impl Writer {
         }
         let (mut at, mut link) = chain::parse_tip(stored)?;
         while at < head {
-            let rows = sqlx::query(reads::ALL).bind(at).bind(1000_i64).fetch_all(&mut **tx).await?;
-            let linked = chain::link_events(link, &reads::decode_rows(rows, decode).await?);
+            let linked = chain::link_events(link, &fetch_events!(&mut **tx, reads::ALL, decode, at, 1000_i64)?);
             let Some(&(last, last_link)) = linked.last() else { break };
             let (positions, hashes): (Vec<i64>, Vec<Vec<u8>>) = linked.iter().map(|(p, l)| (*p, l.to_vec())).unzip();
             sqlx::query("INSERT INTO event_chain (position, hash) SELECT * FROM UNNEST($1::bigint[], $2::bytea[])")

@@ -158,29 +158,6 @@ pub(crate) async fn decode_as_read<R>(
     Ok(events)
 }
 
-/// Rows from which a page is decoded on two threads: below this, one is quicker.
-const SPLIT_ROWS: usize = 256;
-
-/// Decodes a page of rows into events. Parsing the payloads is most of a catch-up read's time, so
-/// a large page is cut in two and the second half decoded on a blocking thread meanwhile.
-pub(crate) async fn decode_rows<R: Send + 'static>(
-    mut rows: Vec<R>,
-    decode: fn(&R) -> Result<RecordedEvent, StoreError>,
-) -> Result<Vec<RecordedEvent>, StoreError> {
-    if rows.len() < SPLIT_ROWS {
-        return rows.iter().map(decode).collect();
-    }
-    let second = rows.split_off(rows.len() / 2);
-    let other = tokio::task::spawn_blocking(move || second.iter().map(decode).collect::<Result<Vec<_>, _>>());
-    let mut events: Vec<RecordedEvent> = rows.iter().map(decode).collect::<Result<_, _>>()?;
-    drop(rows);
-    let rest = other
-        .await
-        .map_err(|err| StoreError::Database(sqlx::Error::Decode(Box::new(err))))??;
-    events.extend(rest);
-    Ok(events)
-}
-
 /// An event's columns as a backend read them, before they are checked.
 pub(crate) struct Columns {
     pub position: i64,

@@ -110,8 +110,7 @@ impl Writer {
         let stored = sqlx::query_as(chain::TIP).fetch_optional(&mut **tx).await?;
         let (mut at, mut link) = chain::parse_tip(stored)?;
         while at < head {
-            let rows = sqlx::query(reads::ALL).bind(at).bind(1000_i64).fetch_all(&mut **tx).await?;
-            let linked = chain::link_events(link, &reads::decode_rows(rows, decode).await?);
+            let linked = chain::link_events(link, &fetch_events!(&mut **tx, reads::ALL, decode, at, 1000_i64)?);
             let Some(&(last, last_link)) = linked.last() else { break };
             let refs: Vec<(i64, &chain::Link)> = linked.iter().map(|(p, l)| (*p, l)).collect();
             insert_links(tx, &refs).await?;
