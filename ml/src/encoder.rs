@@ -17,6 +17,12 @@ use serde::Deserialize;
 use crate::kernels::{Head, add_norm, attend, bias_gelu};
 use crate::{ModelError, ModelResult};
 
+/// The largest sizes a model's configuration may give (BERT-large is 1,024 wide, 24 layers deep and
+/// 512 positions long).
+const MOST_HIDDEN: usize = 4096;
+const MOST_LAYERS: usize = 64;
+const MOST_POSITIONS: usize = 8192;
+
 /// What the encoder needs of the model's `config.json`.
 #[derive(Debug, Deserialize)]
 struct Config {
@@ -111,10 +117,14 @@ impl Weights {
     /// Dense layers sharing their input, as one layer whose outputs are theirs side by side.
     fn dense(&self, names: &[&str], inputs: usize, outputs: usize) -> Result<Dense, String> {
         let total = outputs * names.len();
+        let mut parts = Vec::with_capacity(names.len());
+        for name in names {
+            // Read (and its shape checked against the file) before the layer is allocated.
+            parts.push(self.get(&format!("{name}.weight"), &[outputs, inputs])?);
+        }
         let mut weight = vec![0f32; inputs * total];
         let mut bias = Vec::with_capacity(total);
-        for (part, name) in names.iter().enumerate() {
-            let w = self.get(&format!("{name}.weight"), &[outputs, inputs])?;
+        for ((part, name), w) in names.iter().enumerate().zip(parts) {
             for (out, row) in w.chunks_exact(inputs).enumerate() {
                 for (input, value) in row.iter().enumerate() {
                     weight[input * total + part * outputs + out] = *value;
@@ -136,6 +146,22 @@ impl Encoder {
         let config: Config = serde_json::from_slice(config).map_err(|err| invalid("config.json", err.to_string()))?;
         if config.hidden_act != "gelu" {
             return Err(invalid("config.json", format!("the activation {} is not GELU", config.hidden_act)));
+        }
+        // Sizes are checked before anything is allocated from them: a corrupt file is refused, it
+        // does not ask for terabytes.
+        let bounded = |name: &str, value: usize, most: usize| {
+            if (1..=most).contains(&value) {
+                Ok(())
+            } else {
+                Err(invalid("config.json", format!("{name} is {value}, not 1 to {most}")))
+            }
+        };
+        bounded("hidden_size", config.hidden_size, MOST_HIDDEN)?;
+        bounded("intermediate_size", config.intermediate_size, 4 * MOST_HIDDEN)?;
+        bounded("num_hidden_layers", config.num_hidden_layers, MOST_LAYERS)?;
+        bounded("max_position_embeddings", config.max_position_embeddings, MOST_POSITIONS)?;
+        if !(config.layer_norm_eps.is_finite() && config.layer_norm_eps > 0.0) {
+            return Err(invalid("config.json", format!("layer_norm_eps is {}", config.layer_norm_eps)));
         }
         if config.num_attention_heads == 0 || !config.hidden_size.is_multiple_of(config.num_attention_heads) {
             return Err(invalid(
@@ -162,7 +188,7 @@ impl Encoder {
             .unwrap_or_default();
         let vocabulary = words.first().copied().unwrap_or(0);
         let build = || -> Result<Self, String> {
-            let mut layers = Vec::with_capacity(config.num_hidden_layers);
+            let mut layers = Vec::new();
             for i in 0..config.num_hidden_layers {
                 let at = |name: &str| format!("encoder.layer.{i}.{name}");
                 layers.push(Layer {

@@ -121,8 +121,10 @@ fn vectors_match_candle_transformers_bert_on_the_same_weights() {
     texts.extend([long.as_str(), &long[..200], "x", ""]);
     let ours = model.embed(&texts).expect("embedded");
     let reference = candle_bert_vectors(&dir, &texts).expect("candle-transformers embeds the texts");
+    assert_eq!(ours.len(), texts.len());
     let mut worst = 0f32;
     for (a, b) in ours.iter().zip(&reference) {
+        assert_eq!((a.len(), b.len()), (TextEmbedder::DIMS, TextEmbedder::DIMS));
         for (x, y) in a.iter().zip(b) {
             worst = worst.max((x - y).abs());
         }
@@ -138,9 +140,36 @@ fn a_call_longer_than_one_pass_embeds_each_text_as_alone() {
     let texts: Vec<String> = (0..40).map(|i| format!("{i} {}", &long[..(i * 97) % long.len()])).collect();
     let borrowed: Vec<&str> = texts.iter().map(String::as_str).collect();
     let together = model.embed(&borrowed).expect("embedded");
-    for (i, text) in borrowed.iter().enumerate().step_by(7) {
+    assert_eq!(together.len(), borrowed.len());
+    for (i, text) in borrowed.iter().enumerate() {
         let alone = model.embed(&[*text]).expect("embedded");
+        assert_eq!((together[i].len(), alone[0].len()), (TextEmbedder::DIMS, TextEmbedder::DIMS));
         let worst = together[i].iter().zip(&alone[0]).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
         assert!(worst < 1e-6, "text {i} differs by {worst} alone");
     }
+}
+
+#[test]
+fn a_corrupt_configuration_is_refused_before_anything_is_allocated() {
+    let Some(dir) = models_dir(TextEmbedder::MODEL) else { return };
+    let config: serde_json::Value = serde_json::from_slice(&std::fs::read(dir.join("config.json")).expect("config")).expect("JSON");
+    let broken = std::env::temp_dir().join(format!("cloudsync-bad-minilm-{}", std::process::id()));
+    std::fs::create_dir_all(&broken).expect("mkdir");
+    for file in ["model.safetensors", "tokenizer.json"] {
+        std::os::unix::fs::symlink(dir.join(file), broken.join(file)).expect("link");
+    }
+    for (field, value, said) in [
+        ("intermediate_size", serde_json::json!(1_000_000_000_000u64), "intermediate_size"),
+        ("num_hidden_layers", serde_json::json!(0), "num_hidden_layers"),
+        ("num_attention_heads", serde_json::json!(7), "heads do not divide"),
+        ("layer_norm_eps", serde_json::json!(-1.0), "layer_norm_eps"),
+        ("hidden_act", serde_json::json!("relu"), "not GELU"),
+    ] {
+        let mut bad = config.clone();
+        bad[field] = value;
+        std::fs::write(broken.join("config.json"), serde_json::to_vec(&bad).expect("JSON")).expect("write");
+        let err = TextEmbedder::load(&broken).expect_err("refused");
+        assert!(err.to_string().contains(said), "{field}: {err}");
+    }
+    std::fs::remove_dir_all(&broken).ok();
 }
