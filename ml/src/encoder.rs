@@ -325,13 +325,10 @@ impl Encoder {
         let d = h / self.heads;
         let tokens: usize = lengths.iter().sum();
         let (storage, layout) = qkv.storage_and_layout();
-        let candle_core::Storage::Cpu(CpuStorage::F32(all)) = &*storage else {
+        let candle_core::Storage::Cpu(cpu) = &*storage else {
             return Err(ModelError::Run("the encoder runs on f32 tensors on the CPU".to_owned()));
         };
-        let Some((from, to)) = layout.contiguous_offsets() else {
-            return Err(ModelError::Run("the query/key/value product is not contiguous".to_owned()));
-        };
-        let qkv = &all[from..to];
+        let qkv = contiguous(cpu, layout)?;
         let mut starts = Vec::with_capacity(lengths.len());
         let mut row = 0;
         for &len in lengths {

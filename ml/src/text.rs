@@ -89,12 +89,14 @@ impl TextEmbedder {
     /// # Errors
     /// The tokenizer failed.
     pub fn token_counts(&self, texts: &[&str]) -> ModelResult<Vec<usize>> {
+        Ok(self.encode(texts)?.iter().map(tokenizers::Encoding::len).collect())
+    }
+
+    /// Each text's tokens, special tokens included, cut at [`MAX_TOKENS`].
+    fn encode(&self, texts: &[&str]) -> ModelResult<Vec<tokenizers::Encoding>> {
         texts
             .iter()
-            .map(|text| {
-                let encoding = self.tokenizer.encode(*text, true).map_err(|err| ModelError::Run(err.to_string()))?;
-                Ok(encoding.len())
-            })
+            .map(|text| self.tokenizer.encode(*text, true).map_err(|err| ModelError::Run(err.to_string())))
             .collect()
     }
 
@@ -103,11 +105,7 @@ impl TextEmbedder {
     /// # Errors
     /// The tokenizer or the model failed.
     pub fn embed(&self, texts: &[&str]) -> ModelResult<Vec<Vec<f32>>> {
-        let mut encoded = Vec::with_capacity(texts.len());
-        for text in texts {
-            let encoding = self.tokenizer.encode(*text, true).map_err(|err| ModelError::Run(err.to_string()))?;
-            encoded.push(encoding);
-        }
+        let encoded = self.encode(texts)?;
         let mut vectors = vec![Vec::new(); texts.len()];
         let mut pass: Vec<usize> = Vec::new();
         let mut tokens = 0;
