@@ -10,7 +10,8 @@
 //! loops, default 8, each sending its next request when its answer is in), and a soak at
 //! `BENCH_SOAK_RATE` (default 200) requests/s for `BENCH_SOAK_SECONDS` (default 600) mixing the
 //! three queries, the server's resident memory sampled every 10 s. `BENCH_LOAD_ONLY=<name>` runs
-//! one kind of request alone (with the bare endpoint), to profile the server under it.
+//! one kind of request alone (with the bare endpoint), to profile the server under it;
+//! `BENCH_SERVER_PRELOAD=<library>` starts the server with another allocator preloaded.
 //!
 //! ```sh
 //! cargo build --release -p cloudsync-gateway -p cloudsync-bench
@@ -45,7 +46,13 @@ impl Drop for Server {
 
 impl Server {
     fn start(work: &Path) -> anyhow::Result<Self> {
-        let mut child = Command::new(cloudsync_binary()?)
+        let mut command = Command::new(cloudsync_binary()?);
+        // Another allocator for the server alone, to compare them (`libmimalloc.so.2`,
+        // `libjemalloc.so.2` from Debian's packages).
+        if let Some(preload) = std::env::var_os("BENCH_SERVER_PRELOAD") {
+            command.env("LD_PRELOAD", preload);
+        }
+        let mut child = command
             .args(["serve", "--bind", "127.0.0.1:0"])
             .env("CLOUDSYNC_DATA_DIR", work.join("data"))
             .env("CLOUDSYNC_RATE_LIMIT_API_PER_MINUTE", "100000000")

@@ -153,16 +153,18 @@ pub(crate) struct Head<'a> {
 
 /// `softmax(Q Kᵀ / √d) V` for one head, `len × d`.
 #[inline(always)]
-fn head_body(head: &Head<'_>) -> Vec<f32> {
+fn head_body<S: pulp::Simd>(simd: S, head: &Head<'_>) -> Vec<f32> {
     match head.dims {
-        32 => head_blocked::<32>(head),
-        64 => head_blocked::<64>(head),
+        32 => head_blocked::<S, 32>(simd, head),
+        64 => head_blocked::<S, 64>(simd, head),
         _ => head_plain(head),
     }
 }
 
 /// Rows of queries (and of output) each step of the blocked products takes.
 const ROWS: usize = 4;
+// The second product walks a block's four rows by name.
+const _: () = assert!(ROWS == 4);
 /// The score of a padding column: `exp` of it less any real score is at most 1.2e-38.
 const PADDING_SCORE: f32 = -1e30;
 
@@ -191,13 +193,16 @@ fn max_lanes(xs: &[f32]) -> f32 {
     fold(lanes, |a, b| if a > b { a } else { b })
 }
 
-/// [`head_body`] for a head of `D` dimensions, both products in register blocks: each step keeps
-/// `ROWS × LANES` scores, or `ROWS × D` outputs, in registers while it runs along the shared
-/// dimension, instead of adding into memory element by element. Rows are padded to a multiple of
-/// `ROWS` and keys to a multiple of `LANES` with zeros, which the softmax leaves out.
+/// [`head_body`] for a head of `D` dimensions (a multiple of two of `S`'s vectors: 32 and 64 are,
+/// for every instruction set `pulp` dispatches to), both products in register blocks: each step
+/// keeps `ROWS` × two vectors of scores, or of outputs, in registers while it runs along the shared
+/// dimension, instead of adding into memory element by element. Eight running sums: a fused
+/// multiply-add waits four cycles for its result and a core may start two a cycle, so the four of
+/// one vector a row left it half idle. Rows are padded to a multiple of `ROWS` and keys to a
+/// multiple of `LANES` with zeros, which the softmax leaves out.
 #[inline(always)]
 #[allow(clippy::cast_precision_loss)]
-fn head_blocked<const D: usize>(head: &Head<'_>) -> Vec<f32> {
+fn head_blocked<S: pulp::Simd, const D: usize>(simd: S, head: &Head<'_>) -> Vec<f32> {
     let len = head.qkv.len() / (3 * head.hidden);
     let rows = len.div_ceil(ROWS) * ROWS;
     let width = len.div_ceil(LANES) * LANES;
@@ -211,7 +216,7 @@ fn head_blocked<const D: usize>(head: &Head<'_>) -> Vec<f32> {
     let (queries, rest) = scratch[..need].split_at_mut(rows * D);
     let (keys, rest) = rest.split_at_mut(D * width);
     let (values, scores) = rest.split_at_mut(len * D);
-    let out = head_blocked_in::<D>(head, len, queries, keys, values, scores);
+    let out = head_blocked_in::<S, D>(simd, head, len, queries, keys, values, scores);
     SCRATCH.set(scratch);
     out
 }
@@ -223,7 +228,8 @@ thread_local! {
 
 #[inline(always)]
 #[allow(clippy::cast_precision_loss)]
-fn head_blocked_in<const D: usize>(
+fn head_blocked_in<S: pulp::Simd, const D: usize>(
+    simd: S,
     head: &Head<'_>,
     len: usize,
     queries: &mut [f32],
@@ -273,28 +279,21 @@ fn head_blocked_in<const D: usize>(
         }
     }
     for (block, out) in queries.chunks_exact(ROWS * D).zip(scores.chunks_exact_mut(ROWS * width)) {
-        for column in (0..width).step_by(LANES) {
-            let mut acc = [[0f32; LANES]; ROWS];
-            for j in 0..D {
-                let key: &[f32; LANES] = keys[j * width + column..j * width + column + LANES]
-                    .try_into()
-                    .unwrap_or(&[0.0; LANES]);
-                for (r, lanes) in acc.iter_mut().enumerate() {
-                    let q = block[r * D + j];
-                    for (a, k) in lanes.iter_mut().zip(key) {
-                        *a = q.mul_add(*k, *a);
-                    }
-                }
-            }
-            for (r, lanes) in acc.iter().enumerate() {
-                out[r * width + column..r * width + column + LANES].copy_from_slice(lanes);
-            }
+        let lanes = S::F32_LANES;
+        let mut column = 0;
+        while column + 2 * lanes <= width {
+            score_step::<S, D, 2>(simd, block, keys, width, column, out);
+            column += 2 * lanes;
+        }
+        while column + lanes <= width {
+            score_step::<S, D, 1>(simd, block, keys, width, column, out);
+            column += lanes;
         }
     }
     // Softmax of each real row, over whole blocks of lanes: the padding columns get a score that
-    // `exp` takes to (next to) nothing, and each row's 1/sum is applied to its output row below.
-    let mut inverse = [0f32; ROWS].repeat(rows / ROWS);
-    for (row, inverse) in scores.chunks_exact_mut(width).zip(inverse.iter_mut()).take(len) {
+    // `exp` takes to (next to) nothing. The 1/sum scales the row here: scaling the output rows after
+    // the second product was compiled across rows, into gathers and scatters.
+    for row in scores.chunks_exact_mut(width).take(len) {
         row[len..].fill(PADDING_SCORE);
         let top = max_lanes(row);
         let mut lanes = [0f32; LANES];
@@ -304,31 +303,93 @@ fn head_blocked_in<const D: usize>(
                 *lane += *x;
             }
         }
-        *inverse = 1.0 / fold(lanes, |a, b| a + b);
+        let inverse = 1.0 / fold(lanes, |a, b| a + b);
+        for x in row.iter_mut() {
+            *x *= inverse;
+        }
     }
     let mut out = vec![0f32; rows * D];
     for (block, probabilities) in out.chunks_exact_mut(ROWS * D).zip(scores.chunks_exact(ROWS * width)) {
-        let mut acc = [[0f32; D]; ROWS];
-        for (j, value) in values.chunks_exact(D).enumerate() {
-            let value: &[f32; D] = value.try_into().unwrap_or(&[0.0; D]);
-            for (r, lanes) in acc.iter_mut().enumerate() {
-                let p = probabilities[r * width + j];
-                for (a, v) in lanes.iter_mut().zip(value) {
-                    *a = p.mul_add(*v, *a);
-                }
-            }
-        }
-        for (r, lanes) in acc.iter().enumerate() {
-            block[r * D..(r + 1) * D].copy_from_slice(lanes);
-        }
-    }
-    for (row, scale) in out.chunks_exact_mut(D).zip(&inverse) {
-        for o in row {
-            *o *= scale;
+        let mut part = 0;
+        while part + 2 * S::F32_LANES <= D {
+            output_step::<S, D>(simd, probabilities, values, width, part, block);
+            part += 2 * S::F32_LANES;
         }
     }
     out.truncate(len * D);
     out
+}
+
+/// One step of `Q Kᵀ`: the scores of `ROWS` queries (`block`, `ROWS × D`) against the `C` vectors
+/// of keys from `column` on (`keys` is `D × width`, transposed), stored into `out` (`ROWS × width`).
+/// The running sums are `pulp`'s vector type, so they stay in registers: as arrays of `f32` left to
+/// the compiler's vectoriser, small changes elsewhere sometimes turned them into scalar sums on the
+/// stack, six times slower.
+#[inline(always)]
+fn score_step<S: pulp::Simd, const D: usize, const C: usize>(
+    simd: S,
+    block: &[f32],
+    keys: &[f32],
+    width: usize,
+    column: usize,
+    out: &mut [f32],
+) {
+    let lanes = S::F32_LANES;
+    let zero = simd.splat_f32s(0.0);
+    let mut acc = [[zero; C]; ROWS];
+    let block = &block[..ROWS * D];
+    for j in 0..D {
+        let (key, _) = S::as_simd_f32s(&keys[j * width + column..j * width + column + C * lanes]);
+        for (r, sums) in acc.iter_mut().enumerate() {
+            let q = simd.splat_f32s(block[r * D + j]);
+            for (sum, k) in sums.iter_mut().zip(key) {
+                *sum = simd.mul_add_f32s(q, *k, *sum);
+            }
+        }
+    }
+    store_rows::<S, C>(&acc, out, width, column);
+}
+
+/// Stores `ROWS` rows of `C` vectors into `out`, row `r` from `r * stride + at` on.
+#[inline(always)]
+fn store_rows<S: pulp::Simd, const C: usize>(rows: &[[S::f32s; C]; ROWS], out: &mut [f32], stride: usize, at: usize) {
+    for (r, sums) in rows.iter().enumerate() {
+        let start = r * stride + at;
+        let (stored, _) = S::as_mut_simd_f32s(&mut out[start..start + C * S::F32_LANES]);
+        for (o, sum) in stored.iter_mut().zip(sums) {
+            *o = *sum;
+        }
+    }
+}
+
+/// One step of `P V`: `ROWS` rows of output (`block`, `ROWS × D`), two vectors of dimensions from
+/// `part` on, from the block's probabilities (`ROWS × width`) and the values (`len × D`). The four
+/// rows of probabilities are walked side by side, so no index is checked inside the loop.
+#[inline(always)]
+fn output_step<S: pulp::Simd, const D: usize>(
+    simd: S,
+    probabilities: &[f32],
+    values: &[f32],
+    width: usize,
+    part: usize,
+    block: &mut [f32],
+) {
+    let lanes = S::F32_LANES;
+    let zero = simd.splat_f32s(0.0);
+    let mut acc = [[zero; 2]; ROWS];
+    let (p0, rest) = probabilities.split_at(width);
+    let (p1, rest) = rest.split_at(width);
+    let (p2, p3) = rest.split_at(width);
+    for ((((value, &a), &b), &c), &d) in values.chunks_exact(D).zip(p0).zip(p1).zip(p2).zip(p3) {
+        let (value, _) = S::as_simd_f32s(&value[part..part + 2 * lanes]);
+        for (sums, p) in acc.iter_mut().zip([a, b, c, d]) {
+            let p = simd.splat_f32s(p);
+            for (sum, v) in sums.iter_mut().zip(value) {
+                *sum = simd.mul_add_f32s(p, *v, *sum);
+            }
+        }
+    }
+    store_rows::<S, 2>(&acc, block, D, part);
 }
 
 /// [`head_body`] for any number of dimensions: the products as multiply-adds along whole rows
@@ -399,9 +460,19 @@ dispatched!(
 dispatched!(
     /// Layer normalisation of every row, after adding `bias` and `residual` where given.
     add_norm -> (), add_norm_body, (rows: &'a mut [f32], bias: Option<&'a [f32]>, residual: Option<&'a [f32]>, gamma: &'a [f32], beta: &'a [f32], eps: f32));
-dispatched!(
-    /// One head's attention over one text (see [`Head`]).
-    attend -> Vec<f32>, head_body, (head: &'a Head<'a>));
+/// One head's attention over one text (see [`Head`]), through `pulp`'s dispatch like the others but
+/// handing the body the instruction set's vector type.
+pub(crate) fn attend(head: &Head<'_>) -> Vec<f32> {
+    struct Attend<'a>(&'a Head<'a>);
+    impl pulp::WithSimd for Attend<'_> {
+        type Output = Vec<f32>;
+        #[inline(always)]
+        fn with_simd<S: pulp::Simd>(self, simd: S) -> Vec<f32> {
+            head_body(simd, self.0)
+        }
+    }
+    pulp::Arch::new().dispatch(Attend(head))
+}
 
 #[cfg(test)]
 mod tests {
@@ -505,17 +576,45 @@ mod tests {
 
     #[test]
     fn a_head_attends_as_the_textbook_formula_says() {
-        // Four dimensions go the plain way, 32 and 64 the blocked one; 37 tokens pad both blocks.
-        for (hidden, dims, len) in [(8usize, 4usize, 5usize), (64, 32, 37), (128, 64, 3), (64, 32, 1)] {
-            head_matches_the_formula(hidden, dims, len);
+        // Four dimensions go the plain way, 32 and 64 the blocked one; 37 tokens pad both blocks and
+        // take two blocks of lanes and then one, 64 only pairs, 3 and 1 only the odd block.
+        for (hidden, dims, len) in [
+            (8usize, 4usize, 5usize),
+            (64, 32, 37),
+            (128, 64, 3),
+            (64, 32, 1),
+            (128, 64, 64),
+            (64, 32, 50),
+        ] {
+            let qkv: Vec<f32> = (0..len * 3 * hidden).map(|i| ((i * 37) % 23) as f32 / 23.0 - 0.5).collect();
+            head_matches_the_formula(hidden, dims, len, &qkv);
         }
     }
 
-    fn head_matches_the_formula(hidden: usize, dims: usize, len: usize) {
-        let qkv: Vec<f32> = (0..len * 3 * hidden).map(|i| ((i * 37) % 23) as f32 / 23.0 - 0.5).collect();
+    #[test]
+    fn a_head_whose_scores_are_all_far_below_zero_still_attends() {
+        // Every query points away from every key, so every real score is about -100: a row's maximum
+        // that counted the padding columns' zero would take all of them below exp's range.
+        for (hidden, dims, len) in [(64usize, 32usize, 37usize), (128, 64, 5), (8, 4, 5)] {
+            let qkv: Vec<f32> = (0..len * 3 * hidden)
+                .map(|i| {
+                    let (part, j) = ((i % (3 * hidden)) / hidden, i % hidden);
+                    let wobble = ((i * 37) % 23) as f32 / 230.0;
+                    match part {
+                        0 => 2.0 + wobble,
+                        1 => -50.0 / (dims as f32).sqrt() + wobble,
+                        _ => j as f32 / 10.0 + wobble,
+                    }
+                })
+                .collect();
+            head_matches_the_formula(hidden, dims, len, &qkv);
+        }
+    }
+
+    fn head_matches_the_formula(hidden: usize, dims: usize, len: usize, qkv: &[f32]) {
         let bias: Vec<f32> = (0..3 * hidden).map(|i| (i % 17) as f32 / 80.0).collect();
         let got = attend(&Head {
-            qkv: &qkv,
+            qkv,
             bias: &bias,
             hidden,
             head: 1,
@@ -533,7 +632,10 @@ mod tests {
             for j in 0..dims {
                 let want: f64 = (0..len).map(|t| (scores[t] - top).exp() / total * value(t, 2, j)).sum();
                 let have = f64::from(got[i * dims + j]);
-                assert!((have - want).abs() < 1e-6, "d {dims}, row {i} column {j}: {have} vs {want}");
+                assert!(
+                    (have - want).abs() < 1e-6 * want.abs().max(1.0),
+                    "d {dims}, row {i} column {j}: {have} vs {want}"
+                );
             }
         }
     }
