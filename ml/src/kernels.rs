@@ -310,6 +310,7 @@ fn head_blocked_in<S: pulp::Simd, const D: usize>(
     }
     let mut out = vec![0f32; rows * D];
     for (block, probabilities) in out.chunks_exact_mut(ROWS * D).zip(scores.chunks_exact(ROWS * width)) {
+        debug_assert!(D.is_multiple_of(2 * S::F32_LANES), "{D} dimensions in steps of two vectors");
         let mut part = 0;
         while part + 2 * S::F32_LANES <= D {
             output_step::<S, D>(simd, probabilities, values, width, part, block);
@@ -576,8 +577,8 @@ mod tests {
 
     #[test]
     fn a_head_attends_as_the_textbook_formula_says() {
-        // Four dimensions go the plain way, 32 and 64 the blocked one; 37 tokens pad both blocks and
-        // take two blocks of lanes and then one, 64 only pairs, 3 and 1 only the odd block.
+        // Four dimensions go the plain way, 32 and 64 the blocked one; with 16 lanes, 37 tokens pad
+        // both blocks and take two vectors of keys and then one, 64 only pairs, 3 and 1 only one.
         for (hidden, dims, len) in [
             (8usize, 4usize, 5usize),
             (64, 32, 37),
@@ -611,15 +612,27 @@ mod tests {
         }
     }
 
+    /// The dispatched kernel, and the same body on the scalar path and (where the CPU has it) on
+    /// AVX2, whatever this machine dispatches to: each must match the formula.
     fn head_matches_the_formula(hidden: usize, dims: usize, len: usize, qkv: &[f32]) {
         let bias: Vec<f32> = (0..3 * hidden).map(|i| (i % 17) as f32 / 80.0).collect();
-        let got = attend(&Head {
+        let head = Head {
             qkv,
             bias: &bias,
             hidden,
             head: 1,
             dims,
-        });
+        };
+        head_output_matches(&head, &attend(&head), len);
+        head_output_matches(&head, &head_body(pulp::Scalar::new(), &head), len);
+        #[cfg(target_arch = "x86_64")]
+        if let Some(simd) = pulp::x86::V3::try_new() {
+            head_output_matches(&head, &head_body(simd, &head), len);
+        }
+    }
+
+    fn head_output_matches(head: &Head<'_>, got: &[f32], len: usize) {
+        let (qkv, bias, hidden, dims) = (head.qkv, head.bias, head.hidden, head.dims);
         let value = |row: usize, part: usize, j: usize| {
             f64::from(qkv[row * 3 * hidden + part * hidden + dims + j]) + f64::from(bias[part * hidden + dims + j])
         };
