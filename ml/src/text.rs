@@ -92,12 +92,12 @@ impl TextEmbedder {
         Ok(self.encode(texts)?.iter().map(tokenizers::Encoding::len).collect())
     }
 
-    /// Each text's tokens, special tokens included, cut at [`MAX_TOKENS`]; the texts are spread
-    /// over rayon's pool, as the encoder's own steps are.
+    /// Each text's tokens, special tokens included, cut at [`MAX_TOKENS`].
     fn encode(&self, texts: &[&str]) -> ModelResult<Vec<tokenizers::Encoding>> {
-        self.tokenizer
-            .encode_batch(texts.to_vec(), true)
-            .map_err(|err| ModelError::Run(err.to_string()))
+        texts
+            .iter()
+            .map(|text| self.tokenizer.encode(*text, true).map_err(|err| ModelError::Run(err.to_string())))
+            .collect()
     }
 
     /// One unit vector of [`Self::DIMS`] numbers per text, in the order given.
