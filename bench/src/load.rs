@@ -11,7 +11,9 @@
 //! `BENCH_SOAK_RATE` (default 200) requests/s for `BENCH_SOAK_SECONDS` (default 600) mixing the
 //! three queries, the server's resident memory sampled every 10 s. `BENCH_LOAD_ONLY=<name>` runs
 //! one kind of request alone (with the bare endpoint), to profile the server under it;
-//! `BENCH_SERVER_PRELOAD=<library>` starts the server with another allocator preloaded.
+//! `BENCH_SERVER_BINARY=<path>` runs another build of the server (`--no-default-features`: the
+//! platform's allocator instead of jemalloc); `BENCH_SERVER_PRELOAD=<library>` starts the server
+//! with a library preloaded (another allocator, for a build without jemalloc).
 //!
 //! ```sh
 //! cargo build --release -p cloudsync-gateway -p cloudsync-bench
@@ -46,9 +48,12 @@ impl Drop for Server {
 
 impl Server {
     fn start(work: &Path) -> anyhow::Result<Self> {
-        let mut command = Command::new(cloudsync_binary()?);
-        // Another allocator for the server alone, to compare them (`libmimalloc.so.2`,
-        // `libjemalloc.so.2` from Debian's packages).
+        // Another build of the server (one without jemalloc, `--no-default-features`, say), to
+        // compare them on one machine.
+        let binary = std::env::var_os("BENCH_SERVER_BINARY").map_or_else(cloudsync_binary, |b| Ok(b.into()))?;
+        let mut command = Command::new(binary);
+        // Another allocator for a server built without jemalloc (`libmimalloc.so.2`,
+        // `libjemalloc.so.2` from Debian's packages); the default build's own symbols come first.
         if let Some(preload) = std::env::var_os("BENCH_SERVER_PRELOAD") {
             command.env("LD_PRELOAD", preload);
         }
