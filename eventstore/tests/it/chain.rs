@@ -18,6 +18,7 @@ crate::on_both!(
     a_removed_last_event_is_found,
     an_inserted_event_is_found,
     reordered_events_are_found,
+    a_log_cut_back_under_a_running_store_is_appended_to_at_its_end,
 );
 
 /// Appends `count` events over three streams, some as one batch, with nested payloads.
@@ -207,5 +208,45 @@ fn backend(db: &TestDatabase) -> Backend {
     match db.db.pool {
         DbPool::Sqlite(_) => Backend::Sqlite,
         DbPool::Postgres(_) => Backend::Postgres,
+    }
+}
+
+/// The log cut back under a running store (an older copy of the database restored, say): the
+/// store's next appends go on from the log's real end, densely and linked to its real last event,
+/// not from the head and link it last wrote (PostgreSQL's writer plans a group on those: the
+/// database finds the link before the plan's first position missing and the group is written
+/// under the lock instead).
+async fn a_log_cut_back_under_a_running_store_is_appended_to_at_its_end(db: &TestDatabase) {
+    let store = &*db.db.events;
+    fill(store, 5).await;
+    let last = store.read_all(4, 1).await.expect("read").remove(0);
+    assert_eq!((last.position, last.stream_version), (5, 2));
+    by_hand(
+        db,
+        &[
+            "DELETE FROM event_chain WHERE position = 5",
+            "DELETE FROM events WHERE position = 5",
+        ],
+    )
+    .await;
+    let new = format!("d-{}", Uuid::new_v4());
+    let appended = cloudsync_eventstore::append_to(store, &new, ExpectedVersion::NoStream, vec![last_like(&last)])
+        .await
+        .expect("append after the cut");
+    assert_eq!(appended.first_position, 5, "the log's end, not the head the store last wrote");
+    let again = cloudsync_eventstore::append_to(store, &last.stream_id, ExpectedVersion::Exact(1), vec![last_like(&last)])
+        .await
+        .expect("the cut stream goes on from its version");
+    assert_eq!((again.first_position, again.stream_versions[&last.stream_id]), (6, 2));
+    let verified = verified(db).await.expect("the log verifies after the cut");
+    assert_eq!(verified.events, 6);
+}
+
+fn last_like(event: &cloudsync_eventstore::RecordedEvent) -> NewEvent {
+    NewEvent {
+        event_type: event.event_type.clone(),
+        schema_version: 1,
+        payload: event.payload.clone(),
+        metadata: EventMetadata::new(None),
     }
 }
