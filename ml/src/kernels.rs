@@ -437,6 +437,13 @@ fn head_plain(head: &Head<'_>) -> Vec<f32> {
 /// best instruction set the CPU has.
 macro_rules! dispatched {
     ($(#[$doc:meta])* $name:ident -> $out:ty, $body:ident, ($($arg:ident: $ty:ty),*)) => {
+        dispatched!(@ $(#[$doc])* $name -> $out, |_simd| $body($($arg),*), ($($arg: $ty),*));
+    };
+    // The body takes the instruction set (`simd`) first, to use its vector types.
+    ($(#[$doc:meta])* $name:ident -> $out:ty, $body:ident(simd), ($($arg:ident: $ty:ty),*)) => {
+        dispatched!(@ $(#[$doc])* $name -> $out, |simd| $body(simd, $($arg),*), ($($arg: $ty),*));
+    };
+    (@ $(#[$doc:meta])* $name:ident -> $out:ty, |$simd:ident| $call:expr, ($($arg:ident: $ty:ty),*)) => {
         $(#[$doc])*
         pub(crate) fn $name<'a>($($arg: $ty),*) -> $out {
             #[allow(non_camel_case_types)]
@@ -446,8 +453,9 @@ macro_rules! dispatched {
             impl pulp::WithSimd for $name<'_> {
                 type Output = $out;
                 #[inline(always)]
-                fn with_simd<S: pulp::Simd>(self, _simd: S) -> $out {
-                    $body($(self.$arg),*)
+                fn with_simd<S: pulp::Simd>(self, $simd: S) -> $out {
+                    let Self { $($arg),* } = self;
+                    $call
                 }
             }
             pulp::Arch::new().dispatch($name { $($arg,)* })
@@ -461,19 +469,9 @@ dispatched!(
 dispatched!(
     /// Layer normalisation of every row, after adding `bias` and `residual` where given.
     add_norm -> (), add_norm_body, (rows: &'a mut [f32], bias: Option<&'a [f32]>, residual: Option<&'a [f32]>, gamma: &'a [f32], beta: &'a [f32], eps: f32));
-/// One head's attention over one text (see [`Head`]), through `pulp`'s dispatch like the others but
-/// handing the body the instruction set's vector type.
-pub(crate) fn attend(head: &Head<'_>) -> Vec<f32> {
-    struct Attend<'a>(&'a Head<'a>);
-    impl pulp::WithSimd for Attend<'_> {
-        type Output = Vec<f32>;
-        #[inline(always)]
-        fn with_simd<S: pulp::Simd>(self, simd: S) -> Vec<f32> {
-            head_body(simd, self.0)
-        }
-    }
-    pulp::Arch::new().dispatch(Attend(head))
-}
+dispatched!(
+    /// One head's attention over one text (see [`Head`]).
+    attend -> Vec<f32>, head_body(simd), (head: &'a Head<'a>));
 
 #[cfg(test)]
 mod tests {
